@@ -1,0 +1,155 @@
+"""RRDBNet, the ESRGAN generator (Wang et al. 2018, section 3.1).
+
+conv_first -> num_block x RRDB -> conv_body -> + long skip -> upsampling stages (nearest x2, conv, LeakyReLU)
+-> conv_hr -> LeakyReLU -> conv_last. No batch norm anywhere. Scales 1 and 2 follow Real-ESRGAN: the input is
+pixel-unshuffled by 4 or 2 and fed to the x4 trunk. Scale 8 adds a third upsampling stage.
+
+Parameter names are the BasicSR / Real-ESRGAN ones (``conv_first``, ``body.{i}.rdb{k}.conv{j}``, ``conv_body``,
+``conv_up{n}``, ``conv_hr``, ``conv_last``): the most widespread layout, so our state dicts load in other tools as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SCALES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class RRDBConfig:
+    """Hyperparameters of an RRDBNet: everything needed to rebuild it, stored with every checkpoint."""
+
+    num_in_ch: int = 3
+    num_out_ch: int = 3
+    num_feat: int = 64
+    num_block: int = 23
+    num_grow: int = 32
+    scale: int = 4
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
+        for name in ("num_in_ch", "num_out_ch", "num_feat", "num_block", "num_grow"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def unshuffle(self) -> int:
+        """Pixel-unshuffle factor applied to the input (Real-ESRGAN's x2/x1 convention)."""
+        return {1: 4, 2: 2}.get(self.scale, 1)
+
+    @property
+    def num_upsample(self) -> int:
+        """Number of nearest-x2 upsampling stages in the tail."""
+        return 3 if self.scale == 8 else 2
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected 3x3 convs; LeakyReLU after the first four; residual scaled by 0.2."""
+
+    def __init__(self, num_feat: int, num_grow: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow, num_grow, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow, num_grow, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow, num_grow, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three RDBs, residual scaled by 0.2."""
+
+    def __init__(self, num_feat: int, num_grow: int) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    """The ESRGAN generator. Paper size (x4, 64 features, 23 blocks, growth 32) has 16,697,987 parameters."""
+
+    def __init__(
+        self,
+        *,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow: int = 32,
+        scale: int = 4,
+    ) -> None:
+        super().__init__()
+        self.config = RRDBConfig(num_in_ch, num_out_ch, num_feat, num_block, num_grow, scale)
+        cfg = self.config
+        self.conv_first = nn.Conv2d(num_in_ch * cfg.unshuffle**2, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*(RRDB(num_feat, num_grow) for _ in range(num_block)))
+        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up3: nn.Conv2d | None = nn.Conv2d(num_feat, num_feat, 3, 1, 1) if scale == 8 else None
+        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    @classmethod
+    def from_config(cls, config: RRDBConfig) -> RRDBNet:
+        return cls(**config.to_dict())
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    def init_weights(self, scale: float = 0.1) -> None:
+        """The paper's initialisation for training from scratch: Kaiming normal x0.1, zero bias, on the RDB convs."""
+        for module in self.body.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight)
+                module.weight.data.mul_(scale)
+                if module.bias is not None:
+                    module.bias.data.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map an (N, C, H, W) image in [0, 1] to (N, C_out, H * scale, W * scale)."""
+        factor = self.config.unshuffle
+        h, w = x.shape[-2:]
+        if factor > 1:
+            pad_h, pad_w = (-h) % factor, (-w) % factor
+            if pad_h or pad_w:
+                # reflect needs pad < size; a 1-pixel-wide input can only be replicated
+                mode = "reflect" if h > pad_h and w > pad_w else "replicate"
+                x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+            x = F.pixel_unshuffle(x, factor)
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
+        if self.conv_up3 is not None:
+            feat = self.lrelu(self.conv_up3(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
+        out = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        if factor > 1:
+            out = out[..., : h * self.config.scale, : w * self.config.scale]
+        return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
