@@ -1,0 +1,38 @@
+"""esrgan: ESRGAN super-resolution (Wang et al., ECCV Workshops 2018) as practical software.
+
+Public API (imported lazily so `import esrgan` stays cheap):
+    RRDBNet, RRDBConfig          the generator and its hyperparameters          (esrgan.generator)
+    load_model, save_model       one loading pipeline for every RRDBNet file     (esrgan.checkpoints)
+    interpolate_state_dicts      network interpolation                           (esrgan.checkpoints)
+    Upscaler                     upscale numpy arrays / PIL images / files        (esrgan.upscale)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "RRDBNet": "generator",
+    "RRDBConfig": "generator",
+    "load_model": "checkpoints",
+    "save_model": "checkpoints",
+    "interpolate_state_dicts": "checkpoints",
+    "Upscaler": "upscale",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from .checkpoints import interpolate_state_dicts, load_model, save_model
+    from .generator import RRDBConfig, RRDBNet
+    from .upscale import Upscaler
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'esrgan' has no attribute {name!r}")

@@ -1,0 +1,127 @@
+"""The `esrgan` command: thin argparse subcommands that parse and call library functions, nothing else.
+
+Each subcommand has an `_add_<name>` function (its arguments) and a `_run_<name>` function (the call). Errors the
+library raises as EsrganError become one line on stderr and exit code 1; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import EsrganError
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def _err(msg: str) -> None:
+    print(f"esrgan: error: {msg}", file=sys.stderr)
+
+
+# --- info -----------------------------------------------------------------------------------------------------------
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a model file: layout, hyperparameters, parameter count, scale")
+    p.add_argument("file", help="model file (.pth, .pt, .safetensors, ncnn .param) or a model name")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .checkpoints import describe
+
+    print(describe(args.file))
+    return 0
+
+
+# --- convert --------------------------------------------------------------------------------------------------------
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert any RRDBNet model file to ours or to another tool's layout")
+    p.add_argument("input", help="model file or model name")
+    p.add_argument("output", help="output file (.safetensors for ours; .pth for basicsr/old/esrgan layouts)")
+    p.add_argument(
+        "--layout",
+        choices=["ours", "basicsr", "esrgan", "old"],
+        default="ours",
+        help="key layout of the output (default: ours = safetensors with hyperparameters in the metadata)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert_file
+
+    out = convert_file(args.input, args.output, layout=args.layout, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+# --- interpolate ----------------------------------------------------------------------------------------------------
+def _add_interpolate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "interpolate",
+        help="network interpolation: theta = (1 - alpha) * theta_A + alpha * theta_B, key by key",
+    )
+    p.add_argument("a", help="model A (e.g. the PSNR-oriented model): file or name")
+    p.add_argument("b", help="model B (e.g. the GAN model): file or name")
+    p.add_argument("--alpha", type=float, required=True, help="weight of B, in [0, 1]")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=_run_interpolate)
+
+
+def _run_interpolate(args: argparse.Namespace) -> int:
+    from .checkpoints import interpolate_files
+
+    out = interpolate_files(args.a, args.b, args.alpha, args.output, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+# --- end of sections; helpers add theirs above this line ------------------------------------------------------------
+
+_SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_info,
+    _add_convert,
+    _add_interpolate,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="esrgan",
+        description="ESRGAN super-resolution: upscale images, evaluate and train models, convert model files.",
+    )
+    parser.add_argument("--version", action="version", version=f"esrgan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SECTIONS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Runner = args.func
+    try:
+        return func(args)
+    except EsrganError as exc:
+        _err(str(exc))
+        return 1
+    except FileExistsError as exc:  # OutputExistsError and friends
+        _err(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+def _path(s: str) -> Path:
+    return Path(s).expanduser()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
