@@ -29,6 +29,9 @@ class RRDBConfig:
     num_block: int = 23
     num_grow: int = 32
     scale: int = 4
+    # Scales 1 and 2 come in two designs: Real-ESRGAN's (pixel-unshuffle the input, then the x4 trunk: True) and the
+    # original ESRGAN community models' (log2(scale) upsampling stages, none for x1: False). Ignored for x4 and x8.
+    pixel_unshuffle: bool = True
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -36,18 +39,24 @@ class RRDBConfig:
         for name in ("num_in_ch", "num_out_ch", "num_feat", "num_block", "num_grow"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.scale >= 4 and not self.pixel_unshuffle:
+            object.__setattr__(self, "pixel_unshuffle", True)  # one canonical config per architecture
 
     @property
     def unshuffle(self) -> int:
         """Pixel-unshuffle factor applied to the input (Real-ESRGAN's x2/x1 convention)."""
+        if not self.pixel_unshuffle:
+            return 1
         return {1: 4, 2: 2}.get(self.scale, 1)
 
     @property
     def num_upsample(self) -> int:
         """Number of nearest-x2 upsampling stages in the tail."""
-        return 3 if self.scale == 8 else 2
+        if self.unshuffle > 1:
+            return 2
+        return {1: 0, 2: 1, 4: 2, 8: 3}[self.scale]
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
 
@@ -97,16 +106,18 @@ class RRDBNet(nn.Module):
         num_block: int = 23,
         num_grow: int = 32,
         scale: int = 4,
+        pixel_unshuffle: bool = True,
     ) -> None:
         super().__init__()
-        self.config = RRDBConfig(num_in_ch, num_out_ch, num_feat, num_block, num_grow, scale)
+        self.config = RRDBConfig(num_in_ch, num_out_ch, num_feat, num_block, num_grow, scale, pixel_unshuffle)
         cfg = self.config
         self.conv_first = nn.Conv2d(num_in_ch * cfg.unshuffle**2, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(num_feat, num_grow) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up3: nn.Conv2d | None = nn.Conv2d(num_feat, num_feat, 3, 1, 1) if scale == 8 else None
+        # conv_up1..conv_upN as plain attributes so the state-dict keys are the BasicSR ones
+        self.upsample_names = [f"conv_up{n + 1}" for n in range(cfg.num_upsample)]
+        for name in self.upsample_names:
+            self.add_module(name, nn.Conv2d(num_feat, num_feat, 3, 1, 1))
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
@@ -141,10 +152,9 @@ class RRDBNet(nn.Module):
             x = F.pixel_unshuffle(x, factor)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
-        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
-        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
-        if self.conv_up3 is not None:
-            feat = self.lrelu(self.conv_up3(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
+        for name in self.upsample_names:
+            conv = getattr(self, name)
+            feat = self.lrelu(conv(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
         out = self.conv_last(self.lrelu(self.conv_hr(feat)))
         if factor > 1:
             out = out[..., : h * self.config.scale, : w * self.config.scale]
