@@ -1,0 +1,169 @@
+"""Hash-verified, atomic HTTP downloads (model weights, VGG19 for the perceptual loss, ...).
+
+A file only appears under its final name once every byte has arrived and its SHA-256 matches the published digest:
+the body streams into a temporary file beside the destination (esrgan.atomic), which is removed on any failure.
+Model files are pickles or large binaries, so an unverified download is refused unless the caller opts in.
+
+urllib rather than requests: one GET with redirects, a timeout and a streamed body needs no extra dependency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import __version__
+from .atomic import atomic_path
+from .errors import DownloadError
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+MIN_PREFIX_HEX = 8  # BasicSR names its release files NAME-<first 8 hex of the SHA-256>.pth
+_CHUNK = 1 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
+def normalize_digest(digest: str) -> str:
+    """Lower-case a full SHA-256 (64 hex) or a published prefix of one (>= 8 hex); reject anything else."""
+    d = digest.strip().lower()
+    if not (MIN_PREFIX_HEX <= len(d) <= 64) or not set(d) <= _HEX:
+        raise ValueError(
+            f"not a SHA-256 digest or a prefix of >= {MIN_PREFIX_HEX} hex characters: {digest!r}"
+        )
+    return d
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest_matches(actual: str, expected: str) -> bool:
+    """True when the full hex digest `actual` equals `expected` or starts with it (a published prefix)."""
+    return actual.lower().startswith(normalize_digest(expected))
+
+
+def download_file(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    sha256: str | None,
+    progress: bool = True,
+    timeout: float = 60,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    allow_unverified: bool = False,
+    expected_size: int | None = None,
+) -> Path:
+    """Download `url` to `dest` (replacing it) only if the body is complete and matches `sha256`.
+
+    `sha256` is a full digest or a published prefix of >= 8 hex characters. None is refused unless
+    `allow_unverified` is set, and then `expected_size` (if given) is the only check. Bodies larger than
+    `max_bytes` are refused. Every failure raises DownloadError (one line: what happened, what to do) and leaves
+    neither `dest` (if it did not exist) nor a temporary file behind.
+    """
+    dest = Path(dest)
+    by_hand = f"download it by hand from {url} and put it at {dest}"
+    expected = normalize_digest(sha256) if sha256 is not None else None
+    if expected is None and not allow_unverified:
+        raise DownloadError(
+            f"refusing to download {url}: no published SHA-256 to verify it against; {by_hand}"
+        )
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise DownloadError(f"refusing to download {url}: only http and https URLs are supported; {by_hand}")
+
+    request = urllib.request.Request(url, headers={"User-Agent": f"esrgan/{__version__}"})
+    try:
+        with (
+            urllib.request.urlopen(request, timeout=timeout) as response,
+            atomic_path(dest, overwrite=True) as tmp,
+        ):
+            length = _content_length(response)
+            if length is not None and length > max_bytes:
+                raise DownloadError(
+                    f"refusing to download {url}: it is {length} bytes, over the {max_bytes}-byte limit; {by_hand}"
+                )
+            actual, received = _stream(
+                response, tmp, desc=dest.name, total=length, progress=progress, cap=max_bytes
+            )
+            if received > max_bytes:
+                raise DownloadError(
+                    f"refusing to download {url}: the body exceeds the {max_bytes}-byte limit; {by_hand}"
+                )
+            if length is not None and received != length:
+                raise DownloadError(
+                    f"download of {url} was cut short: got {received} of {length} bytes; retry, or {by_hand}"
+                )
+            if expected is not None and not actual.startswith(expected):
+                raise DownloadError(
+                    f"download of {url} has SHA-256 {actual}, not the published {expected}; nothing was saved. "
+                    f"Retry, or {by_hand}"
+                )
+            if expected_size is not None and received != expected_size:
+                raise DownloadError(
+                    f"download of {url} is {received} bytes, not the expected {expected_size}; nothing was saved. "
+                    f"Retry, or {by_hand}"
+                )
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; {by_hand}") from None
+    except urllib.error.URLError as exc:
+        raise DownloadError(
+            f"download of {url} failed: {_describe(exc.reason)}; retry, or {by_hand}"
+        ) from None
+    except http.client.IncompleteRead as exc:
+        raise DownloadError(
+            f"download of {url} was cut short after {len(exc.partial)} more bytes; retry, or {by_hand}"
+        ) from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise DownloadError(f"download of {url} failed: {_describe(exc)}; retry, or {by_hand}") from None
+    return dest
+
+
+def _content_length(response: http.client.HTTPResponse) -> int | None:
+    value = response.headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _stream(
+    response: http.client.HTTPResponse, tmp: Path, *, desc: str, total: int | None, progress: bool, cap: int
+) -> tuple[str, int]:
+    """Copy the body into tmp, hashing as it goes; stops once past `cap` bytes. Returns (hex digest, bytes read)."""
+    h = hashlib.sha256()
+    received = 0
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=not progress or not sys.stderr.isatty(),
+        leave=False,
+    )
+    with bar, open(tmp, "wb") as out:
+        while chunk := response.read(_CHUNK):
+            received += len(chunk)
+            if received > cap:
+                break
+            h.update(chunk)
+            out.write(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest(), received
+
+
+def _describe(reason: object) -> str:
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    return str(reason) or type(reason).__name__
