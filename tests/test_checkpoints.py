@@ -1,0 +1,305 @@
+"""The generator and the one loading pipeline: every layout in the wild loads and computes the same image."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from foreign_arch import EsrganRepoNet, old_sequential_net, randomize
+
+from esrgan.checkpoints import (
+    convert_file,
+    interpolate_files,
+    interpolate_state_dicts,
+    load_model,
+    load_weights,
+    save_model,
+)
+from esrgan.errors import CheckpointError
+from esrgan.generator import RRDBNet, count_parameters
+
+
+def _image(photo_small: np.ndarray, channels: int = 3) -> torch.Tensor:
+    x = torch.from_numpy(photo_small).permute(2, 0, 1).float().div(255)[None]
+    return x[:, :channels]
+
+
+def _tiny(seed: int = 0, **kw: object) -> RRDBNet:
+    args: dict[str, object] = dict(num_feat=16, num_block=2, num_grow=8, scale=4)
+    args.update(kw)
+    return randomize(RRDBNet(**args), seed)  # type: ignore[arg-type, return-value]
+
+
+# --- generator ------------------------------------------------------------------------------------------------------
+def test_paper_size_parameter_count() -> None:
+    with torch.device("meta"):
+        assert count_parameters(RRDBNet(num_feat=64, num_block=23, num_grow=32, scale=4)) == 16_697_987
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+@pytest.mark.parametrize("unshuffle", [True, False])
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (16, 12)])
+def test_any_input_size_gives_scaled_output(scale: int, unshuffle: bool, size: tuple[int, int]) -> None:
+    model = RRDBNet(num_feat=8, num_block=1, num_grow=4, scale=scale, pixel_unshuffle=unshuffle).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, *size))
+    assert out.shape == (2, 3, size[0] * scale, size[1] * scale)
+    assert torch.isfinite(out).all()
+
+
+def test_unshuffle_padding_is_bottom_right_reflect_then_cropped(photo_small: np.ndarray) -> None:
+    """An odd-sized input is reflect-padded at the bottom/right only and the output cropped back: no shift."""
+    model = _tiny(scale=2)
+    odd = _image(photo_small)[..., :47, :39]
+    with torch.no_grad():
+        out = model(odd)
+        padded = model(torch.nn.functional.pad(odd, (0, 1, 0, 1), mode="reflect"))
+    assert out.shape[-2:] == (94, 78)
+    torch.testing.assert_close(out, padded[..., :94, :78])
+    with torch.no_grad():  # padding on the other side gives a different (shifted) image: the check can fail
+        shifted = model(torch.nn.functional.pad(odd, (1, 0, 1, 0), mode="reflect"))[..., 2:, 2:]
+    assert (shifted - out).abs().max() > 1e-3
+
+
+def test_init_weights_scales_rdb_convs() -> None:
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=32, num_block=2, num_grow=16)
+    model.init_weights()
+    w = model.body[0].rdb1.conv1.weight
+    fan_in = w.shape[1] * 9
+    assert abs(w.std().item() - 0.1 * (2 / fan_in) ** 0.5) < 0.01 * (2 / fan_in) ** 0.5 * 3
+    assert model.body[0].rdb1.conv1.bias.abs().max() == 0
+
+
+# --- foreign layouts ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("num_up", "nb", "gc"), [(2, 2, 8), (2, 3, 12), (3, 1, 8), (1, 2, 8), (0, 1, 4)])
+def test_old_sequential_layout_loads_and_matches(
+    tmp_path: Path, photo_small: np.ndarray, num_up: int, nb: int, gc: int
+) -> None:
+    ref = randomize(old_sequential_net(3, 3, 16, nb, gc, num_up), seed=nb + num_up)
+    assert "model.1.sub.0.RDB1.conv5.0.weight" in ref.state_dict()
+    path = tmp_path / "old.pth"
+    torch.save(ref.state_dict(), path)
+    loaded = load_weights(path)
+    assert loaded.layout == "old"
+    assert loaded.config.num_block == nb and loaded.config.num_grow == gc and loaded.config.scale == 2**num_up
+    x = _image(photo_small)[..., :24, :20]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path)(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("num_up", "gc"), [(2, 8), (2, 16), (3, 8)])
+def test_esrgan_repo_layout_loads_and_matches(
+    tmp_path: Path, photo_small: np.ndarray, num_up: int, gc: int
+) -> None:
+    ref = randomize(EsrganRepoNet(3, 3, 16, 2, gc, num_up), seed=gc)
+    path = tmp_path / "RRDB_ESRGAN_x4.pth"
+    torch.save(ref.state_dict(), path)
+    loaded = load_weights(path)
+    assert loaded.layout == "esrgan" and loaded.config.num_grow == gc
+    x = _image(photo_small)[..., :24, :20]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path)(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_basicsr_wrapped_layout_prefers_params_ema(
+    tmp_path: Path, photo_small: np.ndarray, scale: int
+) -> None:
+    ema, raw = _tiny(1, scale=scale), _tiny(2, scale=scale)
+    path = tmp_path / "net_g.pth"
+    # DataParallel-saved EMA weights beside plain ones, as BasicSR training writes them
+    torch.save(
+        {"params": raw.state_dict(), "params_ema": {f"module.{k}": v for k, v in ema.state_dict().items()}},
+        path,
+    )
+    loaded = load_weights(path)
+    assert loaded.layout == "basicsr" and loaded.config == ema.config
+    x = _image(photo_small)[..., :16, :12]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path)(x), ema(x))
+
+
+def test_grayscale_model_channels_inferred(tmp_path: Path) -> None:
+    model = _tiny(num_in_ch=1, num_out_ch=1, scale=2)
+    torch.save({"params": model.state_dict()}, tmp_path / "gray.pth")
+    cfg = load_weights(tmp_path / "gray.pth").config
+    assert (cfg.num_in_ch, cfg.num_out_ch, cfg.scale, cfg.pixel_unshuffle) == (1, 1, 2, True)
+
+
+# --- our format and conversion --------------------------------------------------------------------------------------
+def test_safetensors_carries_architecture_and_provenance(tmp_path: Path, photo_small: np.ndarray) -> None:
+    model = _tiny(scale=2, pixel_unshuffle=False)
+    path = save_model(tmp_path / "m.safetensors", model, metadata={"source": "test", "license": "MIT"})
+    loaded = load_weights(path)
+    assert loaded.layout == "ours" and loaded.config == model.config
+    assert loaded.metadata["license"] == "MIT"
+    assert json.loads(loaded.metadata["esrgan.config"])["pixel_unshuffle"] is False
+    x = _image(photo_small)[..., :16, :12]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path)(x), model(x))
+    with pytest.raises(FileExistsError):
+        save_model(path, model)
+
+
+@pytest.mark.parametrize("layout", ["basicsr", "esrgan", "old"])
+def test_convert_to_foreign_layouts_round_trips(tmp_path: Path, layout: str, photo_small: np.ndarray) -> None:
+    model = _tiny(scale=4)
+    src = save_model(tmp_path / "ours.safetensors", model)
+    out = convert_file(src, tmp_path / f"{layout}.pth", layout=layout)
+    raw = torch.load(out, weights_only=True)
+    if layout == "basicsr":
+        assert "body.0.rdb1.conv1.weight" in raw["params_ema"]
+    elif layout == "esrgan":
+        assert {
+            "RRDB_trunk.0.RDB1.conv1.weight",
+            "trunk_conv.weight",
+            "upconv2.weight",
+            "HRconv.weight",
+        } <= raw.keys()
+        ref = EsrganRepoNet(3, 3, 16, 2, 8, 2)
+        ref.load_state_dict(raw)  # strict: the other tool's own module accepts our export
+    else:
+        assert {
+            "model.0.weight",
+            "model.1.sub.2.weight",
+            "model.3.weight",
+            "model.6.weight",
+            "model.10.weight",
+        } <= raw.keys()
+        ref = old_sequential_net(3, 3, 16, 2, 8, 2)
+        ref.load_state_dict(raw)
+    back = load_weights(out)
+    assert back.layout == layout and back.config == model.config
+    x = _image(photo_small)[..., :16, :12]
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(out)(x), model(x))
+
+
+# --- refusing bad files ---------------------------------------------------------------------------------------------
+class _Payload:
+    """Unpickling this writes a file: the proof that code ran."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.write_text, (self.target, "code ran"))
+
+
+@pytest.mark.parametrize("container", ["zip", "legacy", "raw-pickle"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, container: str) -> None:
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    payload = {"params": {"conv_first.weight": torch.zeros(1)}, "hook": _Payload(target)}
+    if container == "raw-pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=container == "zip")
+    assert not target.exists()
+    with pytest.raises(CheckpointError, match="refused"):
+        load_weights(path)
+    assert not target.exists()
+
+
+def test_mismatches_name_the_key_and_shapes(tmp_path: Path) -> None:
+    sd = _tiny().state_dict()
+    bad = dict(sd)
+    bad["body.1.rdb2.conv3.weight"] = torch.zeros(8, 5, 3, 3)
+    torch.save(bad, tmp_path / "shape.pth")
+    with pytest.raises(
+        CheckpointError,
+        match=r"body\.1\.rdb2\.conv3\.weight: expected shape \(8, 32, 3, 3\), file has \(8, 5, 3, 3\)",
+    ):
+        load_weights(tmp_path / "shape.pth")
+    missing = {k: v for k, v in sd.items() if k != "conv_hr.bias"}
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match=r"missing key 'conv_hr\.bias'"):
+        load_weights(tmp_path / "missing.pth")
+    nan = dict(sd)
+    nan["conv_last.bias"] = torch.full_like(sd["conv_last.bias"], float("nan"))
+    torch.save(nan, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"conv_last\.bias: contains NaN"):
+        load_weights(tmp_path / "nan.pth")
+
+
+def test_foreign_architectures_are_declined_clearly(tmp_path: Path) -> None:
+    sd = {k.replace("conv1.", "conv1x1."): v for k, v in _tiny().state_dict().items()}
+    torch.save(sd, tmp_path / "esrganplus.pth")
+    with pytest.raises(CheckpointError, match="ESRGAN\\+"):
+        load_weights(tmp_path / "esrganplus.pth")
+    torch.save(
+        {"body.0.weight": torch.zeros(3, 3, 3, 3), "body.1.weight": torch.zeros(3)}, tmp_path / "compact.pth"
+    )
+    with pytest.raises(CheckpointError, match="not an RRDBNet"):
+        load_weights(tmp_path / "compact.pth")
+
+
+def test_truncated_and_garbage_files(tmp_path: Path) -> None:
+    good = tmp_path / "good.pth"
+    torch.save(_tiny().state_dict(), good)
+    data = good.read_bytes()
+    for name, content in [
+        ("trunc.pth", data[: len(data) // 2]),
+        ("empty.pth", b""),
+        ("text.pth", b"hello world\n" * 10),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=name):
+            load_weights(tmp_path / name)
+    st = save_model(tmp_path / "m.safetensors", _tiny())
+    (tmp_path / "trunc.safetensors").write_bytes(st.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"trunc\.safetensors"):
+        load_weights(tmp_path / "trunc.safetensors")
+
+
+# --- network interpolation ------------------------------------------------------------------------------------------
+def test_interpolation_is_a_key_by_key_lerp(tmp_path: Path) -> None:
+    a, b = _tiny(1), _tiny(2)
+    mid = interpolate_state_dicts(a.state_dict(), b.state_dict(), 0.8)
+    key = "body.1.rdb3.conv5.weight"
+    torch.testing.assert_close(mid[key], 0.2 * a.state_dict()[key] + 0.8 * b.state_dict()[key])
+    pa, pb = save_model(tmp_path / "a.safetensors", a), save_model(tmp_path / "b.safetensors", b)
+    for alpha, ref in [(0.0, a), (1.0, b)]:
+        out = interpolate_files(pa, pb, alpha, tmp_path / f"i{alpha}.safetensors")
+        got = load_weights(out).state_dict
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(got[k], v)
+    with pytest.raises(CheckpointError, match="alpha must be in"):
+        interpolate_state_dicts(a.state_dict(), b.state_dict(), 1.5)
+    other = save_model(tmp_path / "c.safetensors", _tiny(3, num_block=3))
+    with pytest.raises(CheckpointError, match="incompatible architectures"):
+        interpolate_files(pa, other, 0.5, tmp_path / "x.safetensors")
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "esrgan.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_info_convert_interpolate(tmp_path: Path) -> None:
+    ref = randomize(old_sequential_net(3, 3, 16, 2, 8, 2), seed=5)
+    old = tmp_path / "old.pth"
+    torch.save(ref.state_dict(), old)
+    info = _cli("info", str(old))
+    assert info.returncode == 0, info.stderr
+    assert "layout:      old" in info.stdout and "x4" in info.stdout and "blocks: 2, growth: 8" in info.stdout
+    ours = tmp_path / "ours.safetensors"
+    assert _cli("convert", str(old), str(ours)).returncode == 0
+    again = _cli("convert", str(old), str(ours))
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert _cli("convert", str(old), str(ours), "--overwrite").returncode == 0
+    mixed = tmp_path / "mixed.safetensors"
+    res = _cli("interpolate", str(ours), str(old), "--alpha", "0.5", "-o", str(mixed))
+    assert res.returncode == 0, res.stderr
+    assert "interpolated" in _cli("info", str(mixed)).stdout
+    bad = _cli("info", str(tmp_path / "nope.pth"))
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope.pth: no such file" in bad.stderr
