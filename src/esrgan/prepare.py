@@ -1,0 +1,169 @@
+"""Training-data preparation as in the paper: cut large HR images into overlapping sub-images (480x480, step 240).
+
+DIV2K/Flickr2K images are 2K wide; decoding a whole PNG to take one 128x128 patch makes training I/O-bound, so
+ESRGAN (through BasicSR's extract_subimages) pre-cuts them. Crops lie on a grid with the given step, plus a last crop
+flush with the right/bottom border when the strip the grid leaves uncovered is wider than ``min_size`` pixels.
+
+With ``lr_scale`` the matching LR sub-images are written too (OUT_DIR/LR_x{scale}): the HR image is cut to a
+multiple of the scale, downscaled whole with MATLAB bicubic (rounded to the input's integer type), and the LR crop
+taken at the scaled position, so the LR crop is exactly the classic LR image of that region (no invented borders).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, EsrganError
+from .imageio import ImageData, read_image, write_image
+
+__all__ = ["IMAGE_SUFFIXES", "PrepareResult", "crop_origins", "prepare"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+@dataclass(frozen=True)
+class _Settings:
+    out_dir: Path
+    size: int
+    step: int
+    min_size: int
+    lr_scale: int | None
+    overwrite: bool
+
+
+@dataclass
+class PrepareResult:
+    images: int = 0  # images cut successfully
+    crops: int = 0  # HR sub-images written (as many LR ones when lr_scale is set)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+
+
+def crop_origins(length: int, size: int, step: int, min_size: int = 0) -> list[int]:
+    """Top (or left) coordinates of the crops along one axis; empty when the image is smaller than ``size``."""
+    if length < size:
+        return []
+    origins = list(range(0, length - size + 1, step))
+    if length - (origins[-1] + size) > min_size:
+        origins.append(length - size)
+    return origins
+
+
+def _crop(img: ImageData, top: int, left: int, height: int, width: int) -> ImageData:
+    """A region keeping bit depth, alpha, ICC profile and EXIF."""
+    rows, cols = slice(top, top + height), slice(left, left + width)
+    alpha = None if img.alpha is None else np.ascontiguousarray(img.alpha[rows, cols])
+    return replace(img, pixels=np.ascontiguousarray(img.pixels[rows, cols]), alpha=alpha)
+
+
+def _downscale(img: ImageData, scale: int) -> ImageData:
+    """MATLAB bicubic 1/scale of colour and alpha, rounded back to the image's integer type."""
+    from .resize import imresize_np
+
+    def down(a: np.ndarray) -> np.ndarray:
+        limit = np.iinfo(a.dtype).max
+        return np.clip(np.round(imresize_np(a, scale=1 / scale)), 0, limit).astype(a.dtype)
+
+    return replace(img, pixels=down(img.pixels), alpha=None if img.alpha is None else down(img.alpha))
+
+
+def _cut_one(path: Path, cfg: _Settings) -> int:
+    img = read_image(path)
+    s = cfg.lr_scale
+    lr = None
+    if s is not None:
+        h, w = img.height - img.height % s, img.width - img.width % s
+        if h < cfg.size or w < cfg.size:
+            return 0  # no sub-image fits: do not spend a resize on it
+        img = _crop(img, 0, 0, h, w)  # LR images of the literature are made from HR cut to a multiple of s
+        lr = _downscale(img, s)
+    tops = crop_origins(img.height, cfg.size, cfg.step, cfg.min_size)
+    lefts = crop_origins(img.width, cfg.size, cfg.step, cfg.min_size)
+    n = 0
+    for top in tops:
+        for left in lefts:
+            n += 1
+            name = f"{path.stem}_s{n:03d}.png"
+            sub = _crop(img, top, left, cfg.size, cfg.size)
+            write_image(cfg.out_dir / name, sub, format="PNG", overwrite=cfg.overwrite)
+            if lr is not None and s is not None:
+                sub = _crop(lr, top // s, left // s, cfg.size // s, cfg.size // s)
+                write_image(cfg.out_dir / f"LR_x{s}" / name, sub, format="PNG", overwrite=cfg.overwrite)
+    return n
+
+
+def _work(job: tuple[Path, _Settings]) -> tuple[Path, int, str | None]:
+    """One image, in a worker process: never raises, so one bad file cannot stop the run."""
+    path, cfg = job
+    try:
+        return path, _cut_one(path, cfg), None
+    except (EsrganError, OSError) as exc:
+        return path, 0, str(exc)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # parallelism comes from the processes; nested thread pools only thrash
+
+
+def prepare(
+    hr_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    size: int = 480,
+    step: int = 240,
+    min_size: int = 0,
+    lr_scale: int | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PrepareResult:
+    """Cut every image of ``hr_dir`` (by suffix, not recursive) into sub-images written to ``out_dir``.
+
+    Sub-images are named ``{stem}_s{NNN}.png``, numbered row by row. Files that cannot be read or written are
+    reported on stderr one line each and listed in the result; the others are still processed.
+    """
+    hr_dir, out_dir = Path(hr_dir), Path(out_dir)
+    if not hr_dir.is_dir():
+        raise EsrganError(f"{hr_dir}: not a directory")
+    if size <= 0 or step <= 0 or min_size < 0 or workers <= 0:
+        raise ConfigError(
+            f"size, step and workers must be positive and min_size >= 0 (got {size}, {step}, "
+            f"{workers}, {min_size})"
+        )
+    if lr_scale is not None and (lr_scale <= 0 or size % lr_scale or step % lr_scale):
+        raise ConfigError(f"--lr-scale {lr_scale} must divide both --size {size} and --step {step}")
+    files = sorted(p for p in hr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = _Settings(out_dir, size, step, min_size, lr_scale, overwrite)
+    jobs = [(p, cfg) for p in files]
+
+    from tqdm import tqdm
+
+    result = PrepareResult()
+    with tqdm(total=len(jobs), unit="img", disable=not progress, file=sys.stderr) as bar:
+        for path, n, error in _run(jobs, workers):
+            if error is None:
+                result.images += 1
+                result.crops += n
+            else:
+                result.failed.append((path, error))
+                bar.write(f"skipped: {error}", file=sys.stderr)
+            bar.update()
+    return result
+
+
+def _run(jobs: list[tuple[Path, _Settings]], workers: int) -> Iterator[tuple[Path, int, str | None]]:
+    if workers == 1 or len(jobs) <= 1:
+        yield from map(_work, jobs)
+        return
+    # spawn, not fork: a forked child inheriting torch's OpenMP state can deadlock
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+        yield from pool.imap_unordered(_work, jobs)

@@ -1,0 +1,115 @@
+"""`esrgan prepare`: sub-image cutting on real photos, matching LR images, bad files skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from esrgan.cli import main
+from esrgan.prepare import crop_origins, prepare
+from esrgan.resize import imresize_np
+
+
+def test_crop_origins_grid_plus_flush_last_crop() -> None:
+    assert crop_origins(1000, 480, 240) == [
+        0,
+        240,
+        480,
+        520,
+    ]  # 40 px left uncovered -> a crop flush with the end
+    assert crop_origins(960, 480, 240) == [0, 240, 480]  # grid ends exactly at the border
+    assert crop_origins(1000, 480, 240, min_size=40) == [0, 240, 480]  # remainder not above the threshold
+    assert crop_origins(1000, 480, 240, min_size=39) == [0, 240, 480, 520]
+    assert crop_origins(480, 480, 240) == [0]
+    assert crop_origins(479, 480, 240) == []
+    # DIV2K 0001.png is 2040x1356: 8 x 5 = 40 sub-images, the count BasicSR's extract_subimages gives
+    assert len(crop_origins(2040, 480, 240)) * len(crop_origins(1356, 480, 240)) == 40
+
+
+@pytest.fixture
+def hr_dir(tmp_path: Path, photo: np.ndarray) -> Path:
+    """Real photos of several sizes (one not a multiple of 4), a grey one, a corrupt PNG and a non-image file."""
+    d = tmp_path / "hr"
+    d.mkdir()
+    Image.fromarray(photo).save(d / "astronaut.png")
+    Image.fromarray(photo[13:314, 40:450]).save(d / "crop.png")  # 301 x 410
+    Image.fromarray(photo[:200, :300, 1]).save(d / "grey.png")
+    (d / "broken.png").write_bytes((d / "astronaut.png").read_bytes()[:3000])  # truncated mid-stream
+    (d / "notes.txt").write_text("not an image, not counted")
+    return d
+
+
+def _expected(shape: tuple[int, ...], size: int, step: int, scale: int = 1) -> int:
+    h, w = shape[0] - shape[0] % scale, shape[1] - shape[1] % scale
+    return len(crop_origins(h, size, step)) * len(crop_origins(w, size, step))
+
+
+def test_prepare_with_lr(
+    hr_dir: Path, tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    res = prepare(hr_dir, out, size=128, step=96, lr_scale=4, workers=1, progress=False)
+
+    crop = photo[13:314, 40:450]
+    counts = {
+        "astronaut": _expected(photo.shape, 128, 96, 4),
+        "crop": _expected(crop.shape, 128, 96, 4),
+        "grey": _expected((200, 300), 128, 96, 4),
+    }
+    assert counts == {"astronaut": 25, "crop": 12, "grey": 6}
+    assert res.images == 3 and res.crops == sum(counts.values())
+    assert [p.name for p, _ in res.failed] == ["broken.png"]
+    assert "broken.png" in res.failed[0][1]
+    assert "skipped:" in capsys.readouterr().err
+
+    hr_files = sorted(out.glob("*.png"))
+    lr_files = sorted((out / "LR_x4").glob("*.png"))
+    assert len(hr_files) == len(lr_files) == sum(counts.values())
+    assert [p.name for p in hr_files] == [p.name for p in lr_files]
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+    # numbering is row by row; the last crop of the 301x410 image is flush with the mod-4 border (300x408)
+    hr_last = np.asarray(Image.open(out / "crop_s012.png"))
+    np.testing.assert_array_equal(hr_last, crop[300 - 128 : 300, 408 - 128 : 408])
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "astronaut_s002.png")), photo[:128, 96:224])
+
+    # LR crops are the whole-image MATLAB bicubic LR at the scaled position, rounded to uint8
+    lr_whole = np.clip(np.round(imresize_np(crop[:300, :408], scale=0.25)), 0, 255).astype(np.uint8)
+    lr_last = np.asarray(Image.open(out / "LR_x4" / "crop_s012.png"))
+    assert lr_last.shape == (32, 32, 3)
+    np.testing.assert_array_equal(lr_last, lr_whole[(300 - 128) // 4 : 75, (408 - 128) // 4 : 102])
+    grey_lr = Image.open(out / "LR_x4" / "grey_s001.png")
+    assert grey_lr.mode == "L" and grey_lr.size == (32, 32)
+
+
+def test_cli_parallel_failures_and_overwrite(
+    hr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["prepare", str(hr_dir), str(out), "--size", "200", "--step", "150", "--workers", "2"]
+    assert main(args) == 1  # the corrupt file makes the run fail after doing everything else
+    total = (
+        _expected((512, 512), 200, 150) + _expected((301, 410), 200, 150) + _expected((200, 300), 200, 150)
+    )
+    assert len(list(out.glob("*.png"))) == total == 24  # 4x4 + 2x3 + 1x2
+    captured = capsys.readouterr()
+    assert f"3 images -> {total} sub-images" in captured.out and "1 failed" in captured.out
+    assert "broken.png" in captured.err
+
+    (hr_dir / "broken.png").unlink()
+    assert main(args[:-2]) == 1  # outputs exist: every image refuses to overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args[:-2], "--overwrite"]) == 0
+    assert len(list(out.glob("*.png"))) == total
+
+
+def test_cli_rejects_lr_scale_not_dividing_size(
+    hr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["prepare", str(hr_dir), str(tmp_path / "o"), "--size", "130", "--lr-scale", "4"]) == 1
+    assert "esrgan: error: --lr-scale 4 must divide" in capsys.readouterr().err
+    assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "o")]) == 1
+    assert "not a directory" in capsys.readouterr().err
