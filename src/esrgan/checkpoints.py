@@ -96,9 +96,32 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return tensors, metadata
 
 
+def _check_zip(path: Path) -> None:
+    """PyTorch writes its zip archives uncompressed: a compressed or oversized entry is a crafted file (a zip bomb)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt PyTorch zip archive ({_first_line(exc)})") from None
+    if len(entries) > 100_000:
+        raise CheckpointError(f"{path}: {len(entries)} archive entries; refused")
+    for info in entries:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: archive entry {info.filename!r} is compressed; PyTorch never does that; refused"
+            )
+    total = sum(info.file_size for info in entries)
+    if total > MAX_FILE_BYTES:
+        raise CheckpointError(f"{path}: archive claims {total / 1e9:.1f} GB of data; refused")
+
+
 def _read_torch(path: Path) -> dict[str, Any]:
     import pickle
 
+    if _sniff(path) == "torch-zip":
+        _check_zip(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
