@@ -1,0 +1,896 @@
+"""Image files in and out without losing bit depth, alpha, colour profile or EXIF.
+
+Reading sniffs the content (the extension is never trusted), refuses oversized images from the header before any
+pixel is decoded, applies the EXIF orientation, and maps every Pillow mode onto one of four layouts: grey or RGB,
+each with an optional alpha plane, stored as uint8 or uint16 according to the file's bit depth.
+
+Pillow (13 included) still decodes 16-bit colour PNG and TIFF to 8 bits, so those go through other decoders:
+16-bit PNG (every colour type) through the small PNG codec in this module (zlib plus the five scanline filters),
+16-bit multi-sample TIFF through `tifffile`. Everything else is Pillow.
+
+Writing is atomic (esrgan.atomic), keeps ICC profile and EXIF, writes 16-bit PNG/TIFF when the image is 16-bit,
+and converts to 8 bits (rounded) for JPEG/WEBP. BMP, GIF and other Pillow formats are read but not written.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageCms, UnidentifiedImageError
+
+from .atomic import OutputExistsError, atomic_path
+from .errors import ImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "WRITE_FORMATS",
+    "ImageData",
+    "ImageWarning",
+    "read_image",
+    "write_image",
+]
+
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+"""Largest input read by default: 64 megapixels (an 8192x8192 photo). 16-bit RGBA at this size is 512 MiB of
+pixels before the upscaler's float copy; raise it per call with read_image(..., max_pixels=...)."""
+
+WRITE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+"""Output extensions and the format each selects (format names are accepted too, case-insensitively)."""
+
+_JPEG_DEFAULT_QUALITY = 95  # with 4:4:4 chroma: super-resolution output should not be smeared by the encoder
+_EXIF_HEADER = b"Exif\x00\x00"
+_ORIENTATION_TAG = 0x0112
+_MAX_META_BYTES = 64 * 1024 * 1024  # iCCP inflate limit: a profile is kilobytes, never this
+
+
+class ImageWarning(UserWarning):
+    """Something was dropped or approximated on the way in or out (the message says what)."""
+
+
+# --- the in-memory image ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageData:
+    """Decoded pixels plus everything needed to write them back faithfully.
+
+    pixels: HxWxC, C = 1 (grey) or 3 (RGB), uint8 when bit_depth is 8, uint16 when 16 (the file's depth, not the
+    range of its values). alpha: HxW with the same dtype, or None. exif: raw EXIF as Pillow writes it ("Exif\\0\\0"
+    followed by the TIFF structure), orientation already applied to the pixels and its tag reset to 1.
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None = None
+    bit_depth: int = 8
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    format: str = "PNG"
+    source: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, not {self.bit_depth}")
+        dtype = _dtype(self.bit_depth)
+        p = self.pixels
+        if p.ndim != 3 or p.shape[2] not in (1, 3) or p.dtype != dtype:
+            raise ValueError(
+                f"pixels must be HxWx1 or HxWx3 {dtype.name} for {self.bit_depth}-bit, not {p.shape} {p.dtype}"
+            )
+        if p.shape[0] == 0 or p.shape[1] == 0:
+            raise ValueError(f"pixels have zero size {p.shape}")
+        if self.alpha is not None and (self.alpha.shape != p.shape[:2] or self.alpha.dtype != dtype):
+            raise ValueError(
+                f"alpha must be {p.shape[:2]} {dtype.name}, not {self.alpha.shape} {self.alpha.dtype}"
+            )
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def channels(self) -> int:
+        """Colour channels (1 or 3), alpha not counted."""
+        return int(self.pixels.shape[2])
+
+    def to_float(self) -> np.ndarray:
+        """Pixels as float32 HxWxC in [0, 1] (value / 255 or / 65535)."""
+        return to_float(self.pixels)
+
+    def alpha_to_float(self) -> np.ndarray | None:
+        """Alpha as float32 HxW in [0, 1], or None."""
+        return None if self.alpha is None else to_float(self.alpha)
+
+    @classmethod
+    def from_float(
+        cls,
+        pixels: np.ndarray,
+        *,
+        bit_depth: int = 8,
+        alpha: np.ndarray | None = None,
+        icc_profile: bytes | None = None,
+        exif: bytes | None = None,
+        format: str = "PNG",
+        source: Path | None = None,
+    ) -> ImageData:
+        """Build from float pixels in [0, 1] (HxW or HxWxC, alpha HxW): rounded to nearest, clipped, NaN -> 0."""
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        return cls(
+            pixels=from_float(pixels, bit_depth),
+            alpha=None if alpha is None else from_float(alpha, bit_depth),
+            bit_depth=bit_depth,
+            icc_profile=icc_profile,
+            exif=exif,
+            format=format,
+            source=source,
+        )
+
+    def with_float(self, pixels: np.ndarray, alpha: np.ndarray | None = None) -> ImageData:
+        """A new image of any size from float [0, 1] data, keeping this one's bit depth and metadata."""
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        return replace(
+            self,
+            pixels=from_float(pixels, self.bit_depth),
+            alpha=None if alpha is None else from_float(alpha, self.bit_depth),
+        )
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, **meta: Any) -> ImageData:
+        """Wrap a uint8/uint16 array: HxW grey, HxWx2 grey+alpha, HxWx3 RGB or HxWx4 RGBA."""
+        if array.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"expected uint8 or uint16, not {array.dtype}")
+        a = array[:, :, None] if array.ndim == 2 else array
+        if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+            raise ValueError(f"expected HxW or HxWx{{1,2,3,4}}, not {array.shape}")
+        colour = 1 if a.shape[2] <= 2 else 3
+        alpha = np.ascontiguousarray(a[:, :, colour]) if a.shape[2] in (2, 4) else None
+        depth = 16 if a.dtype == np.uint16 else 8
+        return cls(pixels=np.ascontiguousarray(a[:, :, :colour]), alpha=alpha, bit_depth=depth, **meta)
+
+
+def _dtype(bit_depth: int) -> np.dtype[Any]:
+    return np.dtype(np.uint16 if bit_depth == 16 else np.uint8)
+
+
+def to_float(array: np.ndarray) -> np.ndarray:
+    """uint8/uint16 -> float32 in [0, 1]."""
+    scale = 65535.0 if array.dtype == np.uint16 else 255.0
+    return array.astype(np.float32) / np.float32(scale)
+
+
+def from_float(array: np.ndarray, bit_depth: int) -> np.ndarray:
+    """float in [0, 1] -> uint8/uint16, rounded to nearest (halves up) and clipped (NaN becomes 0)."""
+    top = 65535.0 if bit_depth == 16 else 255.0
+    scaled = np.nan_to_num(np.asarray(array, dtype=np.float32), nan=0.0) * np.float32(top)
+    return np.clip(np.floor(scaled + np.float32(0.5)), 0, top).astype(_dtype(bit_depth))
+
+
+def _to_8bit(array: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 by rounding (v * 255 / 65535), exact inverse of the 8->16 scaling by 257."""
+    if array.dtype == np.uint8:
+        return array
+    return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+# --- reading --------------------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """Decode an image file into an ImageData (see the module docstring for what is kept and how).
+
+    Size is checked from the header against max_pixels before decoding, independently of Pillow's global
+    Image.MAX_IMAGE_PIXELS (whose warning is silenced here since this check replaces it; its hard error, at twice
+    its value, still applies and is reported as an ImageError). Animated images: the first frame, with an
+    ImageWarning. 32-bit float and 32-bit integer images are refused (their value range is not defined).
+    Truncated or corrupt files, non-images and unsupported modes raise ImageError("<path>: <problem>").
+    """
+    path = Path(path)
+    try:
+        return _read_any(path, max_pixels)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused by Pillow's decompression-bomb guard ({exc})") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode it") from None
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        KeyError,
+        struct.error,
+        zlib.error,
+    ) as exc:
+        raise ImageError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+
+
+def _read_any(path: Path, max_pixels: int) -> ImageData:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _read_opened(im, path, max_pixels)
+    except UnidentifiedImageError:
+        if _is_tiff(path):  # e.g. 16-bit grey + alpha, which Pillow does not open
+            return _read_tiff16(None, path, max_pixels)
+        raise
+
+
+def _is_tiff(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) in (b"II*\x00", b"MM\x00*")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def _read_opened(im: Image.Image, path: Path, max_pixels: int) -> ImageData:
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{path}: image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+            "(decompression-bomb guard; raise max_pixels to allow it)"
+        )
+    fmt = im.format or "UNKNOWN"
+    frames = int(getattr(im, "n_frames", 1))
+    if frames > 1:
+        warnings.warn(
+            f"{path}: animated {fmt} with {frames} frames; only the first is used",
+            ImageWarning,
+            stacklevel=3,
+        )
+
+    if fmt == "PNG":
+        with open(path, "rb") as fh:
+            head = fh.read(33)
+        if len(head) == 33 and head[24] == 16:  # IHDR bit depth byte
+            return _read_png16(path, max_pixels)
+    if (
+        fmt == "TIFF" and _tiff_tag(im, 258) == 16 and _tiff_tag(im, 277) > 1
+    ):  # BitsPerSample, SamplesPerPixel
+        return _read_tiff16(im, path, max_pixels)
+
+    tiff_orientation = int(im.tag_v2.get(274, 1)) if fmt == "TIFF" else 1  # type: ignore[attr-defined]
+    im.load()
+    exif = _tiff_exif(im) if fmt == "TIFF" else _normalise_exif(im.info.get("exif"), path)
+    icc = im.info.get("icc_profile") or None
+    pixels, alpha, depth, icc = _pil_to_arrays(im, path, icc)
+
+    # Pillow >= 11 applies a TIFF's orientation during load() and deletes the tag: only apply it if it did not
+    orientation = _exif_orientation(exif)
+    if fmt == "TIFF":
+        orientation = tiff_orientation if 274 in im.tag_v2 else 1  # type: ignore[attr-defined]
+    pixels, alpha = _orient(pixels, orientation), None if alpha is None else _orient(alpha, orientation)
+    return ImageData(
+        pixels=pixels,
+        alpha=alpha,
+        bit_depth=depth,
+        icc_profile=icc,
+        exif=_exif_reset_orientation(exif),
+        format=fmt,
+        source=path,
+    )
+
+
+def _pil_to_arrays(
+    im: Image.Image, path: Path, icc: bytes | None
+) -> tuple[np.ndarray, np.ndarray | None, int, bytes | None]:
+    """Map a loaded Pillow image onto (pixels HxWxC, alpha, bit depth, icc profile)."""
+    mode = im.mode
+    transparent = "transparency" in im.info
+    if mode in ("F", "I;32", "I;32B", "I;32L") or mode.startswith("F;"):
+        raise ImageError(
+            f"{path}: 32-bit float images are not supported (their range is undefined; save as 16-bit)"
+        )
+    if mode.startswith("I;16"):
+        grey = np.asarray(im).astype(np.uint16)  # I;16B arrives big-endian: astype makes it native
+        alpha = _transparency_alpha(grey, im.info.get("transparency"), 65535) if transparent else None
+        return grey[:, :, None], alpha, 16, icc
+    if mode == "I":
+        # 32-bit integer mode: older Pillow's 16-bit PNG/PGM greyscale, otherwise genuine 32-bit (refused)
+        if im.format not in ("PNG", "PPM"):
+            raise ImageError(f"{path}: 32-bit integer images are not supported (save as 16-bit)")
+        values = np.asarray(im)
+        if values.min() < 0 or values.max() > 65535:
+            raise ImageError(f"{path}: greyscale values outside the 16-bit range")
+        grey = values.astype(np.uint16)
+        alpha = _transparency_alpha(grey, im.info.get("transparency"), 65535) if transparent else None
+        return grey[:, :, None], alpha, 16, icc
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im, path, icc), None, 8, _srgb_profile() if icc else None
+    target = {
+        "1": "L",
+        "L": "LA" if transparent else "L",
+        "LA": "LA",
+        "La": "LA",
+        "P": "RGBA" if transparent else "RGB",
+        "PA": "RGBA",
+        "RGB": "RGBA" if transparent else "RGB",
+        "RGBA": "RGBA",
+        "RGBa": "RGBA",
+        "RGBX": "RGB",
+        "YCbCr": "RGB",
+        "HSV": "RGB",
+    }.get(mode)
+    if target is None:
+        raise ImageError(f"{path}: unsupported image mode {mode}")
+    if target != mode:
+        im = im.convert(target)
+    array = np.asarray(im)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    colour = 1 if target in ("L", "LA") else 3
+    alpha = np.ascontiguousarray(array[:, :, colour]) if target in ("LA", "RGBA") else None
+    return np.ascontiguousarray(array[:, :, :colour]), alpha, 8, icc
+
+
+def _transparency_alpha(grey: np.ndarray, key: object, opaque: int) -> np.ndarray | None:
+    """PNG tRNS on a greyscale image: one grey value is transparent."""
+    if not isinstance(key, int):
+        return None
+    return np.where(grey == key, 0, opaque).astype(grey.dtype)
+
+
+def _cmyk_to_rgb(im: Image.Image, path: Path, icc: bytes | None) -> np.ndarray:
+    """CMYK -> sRGB through the embedded profile when there is one (the output then carries an sRGB profile);
+    otherwise Pillow's naive R = 255 - C - K conversion, which is what viewers without colour management show."""
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            rgb = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if rgb is not None:
+                return np.asarray(rgb)
+        except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+            warnings.warn(
+                f"{path}: CMYK profile unusable ({_one_line(exc)}); naive conversion",
+                ImageWarning,
+                stacklevel=4,
+            )
+    return np.asarray(im.convert("RGB"))
+
+
+def _srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) exactly as PIL.ImageOps.exif_transpose does."""
+    if orientation == 2:
+        array = array[:, ::-1]
+    elif orientation == 3:
+        array = array[::-1, ::-1]
+    elif orientation == 4:
+        array = array[::-1]
+    elif orientation == 5:
+        array = array.swapaxes(0, 1)
+    elif orientation == 6:
+        array = np.rot90(array, -1)
+    elif orientation == 7:
+        array = array.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        array = np.rot90(array, 1)
+    return np.ascontiguousarray(array)
+
+
+# --- EXIF: read and patch in place (Pillow's Exif.tobytes() rewrites every IFD and can drop maker notes) ----------------
+
+
+def _normalise_exif(raw: object, path: Path) -> bytes | None:
+    """EXIF bytes in one form: "Exif\\0\\0" + TIFF structure (PNG eXIf and WebP EXIF chunks omit the prefix)."""
+    if not isinstance(raw, bytes) or not raw:
+        return None
+    data = raw if raw.startswith(_EXIF_HEADER) else _EXIF_HEADER + raw
+    if data[6:10] not in (b"II*\x00", b"MM\x00*"):
+        warnings.warn(f"{path}: unreadable EXIF block dropped", ImageWarning, stacklevel=4)
+        return None
+    return data
+
+
+def _orientation_offset(exif: bytes) -> tuple[int, Literal["little", "big"]] | None:
+    """Offset of IFD0's Orientation value inside exif, and the byte order; None when absent or malformed."""
+    tiff = len(_EXIF_HEADER)
+    if len(exif) < tiff + 8:
+        return None
+    order: Literal["little", "big"] = "little" if exif[tiff : tiff + 2] == b"II" else "big"
+    ifd = tiff + int.from_bytes(exif[tiff + 4 : tiff + 8], order)
+    if ifd + 2 > len(exif):
+        return None
+    count = int.from_bytes(exif[ifd : ifd + 2], order)
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        if entry + 12 > len(exif):
+            return None
+        tag = int.from_bytes(exif[entry : entry + 2], order)
+        kind = int.from_bytes(exif[entry + 2 : entry + 4], order)
+        if tag == _ORIENTATION_TAG and kind == 3:  # SHORT, value stored inline
+            return entry + 8, order
+    return None
+
+
+def _exif_orientation(exif: bytes | None) -> int:
+    found = _orientation_offset(exif) if exif else None
+    if found is None or exif is None:
+        return 1
+    offset, order = found
+    value = int.from_bytes(exif[offset : offset + 2], order)
+    return value if 1 <= value <= 8 else 1
+
+
+def _exif_reset_orientation(exif: bytes | None) -> bytes | None:
+    """Set the orientation tag to 1 (the pixels are already upright), leaving every other byte untouched."""
+    found = _orientation_offset(exif) if exif else None
+    if found is None or exif is None:
+        return exif
+    offset, order = found
+    patched = bytearray(exif)
+    patched[offset : offset + 2] = (1).to_bytes(2, order)
+    return bytes(patched)
+
+
+# --- TIFF ----------------------------------------------------------------------------------------------------------------
+
+
+def _tiff_tag(im: Image.Image, tag: int) -> int:
+    value = im.tag_v2.get(tag, 1)  # type: ignore[attr-defined]
+    if isinstance(value, tuple):
+        value = max(value) if value else 1
+    return int(value)
+
+
+_TIFF_EXIF_IFD0_TAGS = (
+    270,
+    271,
+    272,
+    305,
+    306,
+    315,
+    33432,
+)  # description, make, model, software, date, artist, (c)
+
+
+def _tiff_exif(im: Image.Image) -> bytes | None:
+    """A TIFF keeps EXIF as tags of its own IFD plus Exif/GPS sub-IFDs: collect the descriptive ones into an EXIF
+    block (the structural tags - strips, sizes, compression - describe this file only and must not travel)."""
+    source = im.getexif()
+    exif = Image.Exif()
+    for tag in _TIFF_EXIF_IFD0_TAGS:
+        if tag in source:
+            exif[tag] = source[tag]
+    for pointer in (0x8769, 0x8825):  # Exif IFD, GPS IFD
+        if pointer in source:
+            sub = source.get_ifd(pointer)
+            if sub:
+                exif.get_ifd(pointer).update(sub)
+    if not len(exif) and not any(exif.get_ifd(p) for p in (0x8769, 0x8825)):
+        return None
+    return exif.tobytes()
+
+
+def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageData:
+    """16-bit multi-sample TIFF via tifffile: Pillow would hand back 8 bits (colour) or not open it at all (grey +
+    alpha, im is None then). Profile, EXIF and orientation come from Pillow's parse when it has one, otherwise the
+    profile and orientation from tifffile's tags (EXIF is then not carried over)."""
+    try:
+        import tifffile
+    except ImportError:
+        raise ImageError(f"{path}: 16-bit TIFF needs the 'tifffile' package (pip install tifffile)") from None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            height, width = int(page.imagelength), int(page.imagewidth)
+            if width * height > max_pixels or width == 0 or height == 0:
+                raise ImageError(
+                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                    "(decompression-bomb guard; raise max_pixels to allow it)"
+                )
+            photometric = int(page.photometric)
+            extra = tuple(int(e) for e in page.extrasamples)
+            tags = {tag.code: tag.value for tag in page.tags}
+            array = page.asarray()
+            axes = page.axes
+    except (ValueError, KeyError, NotImplementedError, tifffile.TiffFileError) as exc:
+        raise ImageError(f"{path}: cannot decode this 16-bit TIFF ({_one_line(exc)})") from None
+    if im is not None:
+        orientation, icc, exif = _tiff_tag(im, 274), im.info.get("icc_profile") or None, _tiff_exif(im)
+    else:
+        orientation, icc, exif = int(tags.get(274, 1)), tags.get(34675) or None, None
+        icc = bytes(icc) if icc is not None else None
+    if array.dtype != np.uint16:
+        raise ImageError(f"{path}: 16-bit TIFF decoded as {array.dtype}; unsupported sample format")
+    if axes.startswith("S"):  # planar configuration "separate": samples first
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim != 3:
+        raise ImageError(f"{path}: unsupported 16-bit TIFF layout {axes} {array.shape}")
+    if photometric not in (1, 2):  # MINISBLACK, RGB
+        raise ImageError(
+            f"{path}: 16-bit TIFF with photometric interpretation {photometric} is not supported"
+        )
+    colour = 3 if photometric == 2 else 1
+    if array.shape[2] < colour:
+        raise ImageError(f"{path}: 16-bit TIFF has {array.shape[2]} samples, too few for its colour model")
+    pixels = array[:, :, :colour]
+    alpha = array[:, :, colour] if array.shape[2] > colour else None
+    if alpha is not None and extra and extra[0] == 1:  # associated (premultiplied) alpha: undo it
+        a = alpha.astype(np.float64)[:, :, None]
+        straight = np.where(a > 0, pixels.astype(np.float64) * 65535.0 / np.maximum(a, 1.0), 0.0)
+        pixels = np.clip(np.rint(straight), 0, 65535).astype(np.uint16)
+    pixels = _orient(pixels, orientation)
+    return ImageData(
+        pixels=pixels,
+        alpha=None if alpha is None else _orient(alpha, orientation),
+        bit_depth=16,
+        icc_profile=icc,
+        exif=exif,
+        format="TIFF",
+        source=path,
+    )
+
+
+# --- 16-bit PNG ------------------------------------------------------------------------------------------------------
+# Hand-written because Pillow decodes every 16-bit colour PNG (RGB, RGBA, grey+alpha) to 8 bits and cannot encode
+# them at all; PNG itself is small: chunks with CRCs, one zlib stream, five per-row byte filters.
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (palette type 3 is never 16-bit)
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+_IDAT_CHUNK = 1 << 20
+
+
+def _png_chunks(data: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ImageError(f"{path}: not a PNG stream")
+    pos = len(_PNG_SIGNATURE)
+    while True:
+        if pos + 12 > len(data):
+            raise ImageError(f"{path}: truncated PNG (ends before IEND)")
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise ImageError(f"{path}: truncated PNG (chunk {kind.decode('latin-1')} cut short)")
+        body = data[pos + 8 : end]
+        if zlib.crc32(kind + body) != int.from_bytes(data[end : end + 4], "big"):
+            raise ImageError(f"{path}: corrupt PNG (CRC mismatch in chunk {kind.decode('latin-1')})")
+        yield kind, body
+        if kind == b"IEND":
+            return
+        pos = end + 4
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    """zlib-decompress at most limit bytes: a hostile stream cannot expand beyond what the header promised."""
+    return zlib.decompressobj().decompress(data, limit)
+
+
+def _read_png16(path: Path, max_pixels: int) -> ImageData:
+    data = path.read_bytes()
+    header: tuple[int, ...] | None = None
+    idat: list[bytes] = []
+    icc = exif = trns = None
+    for kind, body in _png_chunks(data, path):
+        if kind == b"IHDR" and len(body) == 13:
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"iCCP":
+            _name, _, rest = body.partition(b"\x00")
+            icc = _inflate(rest[1:], _MAX_META_BYTES) or None
+        elif kind == b"eXIf":
+            exif = body
+        elif kind == b"tRNS":
+            trns = body
+    if header is None:
+        raise ImageError(f"{path}: corrupt PNG (no valid IHDR)")
+    width, height, depth, colour_type, compression, filter_method, interlace = header
+    if width * height > max_pixels or width == 0 or height == 0:  # Pillow checked too; the bytes may differ
+        raise ImageError(f"{path}: PNG size {width}x{height} refused")
+    if depth != 16 or colour_type not in _PNG_CHANNELS or compression or filter_method or interlace > 1:
+        raise ImageError(f"{path}: unsupported PNG header (depth {depth}, colour type {colour_type})")
+    channels = _PNG_CHANNELS[colour_type]
+    bpp = 2 * channels
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    shapes = [(-(-(height - y0) // dy), -(-(width - x0) // dx)) for y0, x0, dy, dx in passes]
+    expected = sum(h * (1 + w * bpp) for h, w in shapes if h > 0 and w > 0)
+    raw = _inflate(b"".join(idat), expected)
+    if len(raw) < expected:
+        raise ImageError(f"{path}: truncated PNG (image data is {len(raw)} of {expected} bytes)")
+    planes = np.empty((height, width, bpp), np.uint8)
+    pos = 0
+    for (y0, x0, dy, dx), (h, w) in zip(passes, shapes, strict=True):
+        if h <= 0 or w <= 0:
+            continue
+        rows = np.frombuffer(raw, np.uint8, count=h * (1 + w * bpp), offset=pos).reshape(h, 1 + w * bpp)
+        planes[y0::dy, x0::dx] = _unfilter(rows, w, bpp, path)
+        pos += rows.size
+    samples = planes.view(">u2").reshape(height, width, channels).astype(np.uint16)
+    colour = 3 if colour_type in (2, 6) else 1
+    pixels = np.ascontiguousarray(samples[:, :, :colour])
+    alpha = np.ascontiguousarray(samples[:, :, colour]) if channels in (2, 4) else None
+    if alpha is None and trns is not None and len(trns) == 2 * colour:  # one fully transparent colour
+        key = np.frombuffer(trns, ">u2").astype(np.uint16)
+        alpha = np.where((pixels == key).all(axis=2), 0, 65535).astype(np.uint16)
+    exif_bytes = _normalise_exif(exif, path)
+    orientation = _exif_orientation(exif_bytes)
+    return ImageData(
+        pixels=_orient(pixels, orientation),
+        alpha=None if alpha is None else _orient(alpha, orientation),
+        bit_depth=16,
+        icc_profile=icc,
+        exif=_exif_reset_orientation(exif_bytes),
+        format="PNG",
+        source=path,
+    )
+
+
+def _unfilter(rows: np.ndarray, width: int, bpp: int, path: Path) -> np.ndarray:
+    """Undo PNG row filters: rows is (h, 1 + width*bpp) with the filter type first; returns (h, width, bpp).
+
+    Average and Paeth depend on the already-decoded left neighbour, so a row cannot be vectorised along x. Every
+    pixel depends only on its left, upper and upper-left neighbours, so all pixels of one anti-diagonal (x + y = d)
+    are independent: the loop runs over the h + w - 1 diagonals, each a strided view of the padded image.
+    """
+    height = rows.shape[0]
+    kinds = rows[:, 0]
+    if kinds.size and kinds.max() > 4:
+        raise ImageError(f"{path}: corrupt PNG (unknown filter type {int(kinds.max())})")
+    data = rows[:, 1:].reshape(height * width, bpp)
+    # (height + 1) x (width + 1) pixels with a zero top row and left column: neighbours need no bounds checks
+    out = np.zeros(((height + 1) * (width + 1), bpp), np.uint8)
+    for d in range(height + width - 1):
+        y_lo, y_hi = max(0, d - width + 1), min(height, d + 1)
+        n = y_hi - y_lo
+        a = out[_diagonal(y_lo * width + width + 1 + d, width, n)].astype(np.int16)  # left (y+1, x) padded
+        b = out[_diagonal(y_lo * width + d + 1, width, n)].astype(np.int16)  # up (y, x+1) padded
+        c = out[_diagonal(y_lo * width + d, width, n)].astype(np.int16)  # upper-left (y, x) padded
+        raw = data[_diagonal(y_lo * (width - 1) + d, max(width - 1, 1), n)]
+        kind = kinds[y_lo:y_hi, None]
+        p = a + b - c
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        pred = np.select([kind == 1, kind == 2, kind == 3, kind == 4], [a, b, (a + b) >> 1, paeth], 0)
+        out[_diagonal(y_lo * width + width + d + 2, width, n)] = (raw + pred) & 255
+    return out.reshape(height + 1, width + 1, bpp)[1:, 1:]
+
+
+def _diagonal(start: int, step: int, n: int) -> slice:
+    """n elements from start, step apart, of a flattened pixel array."""
+    return slice(start, start + (n - 1) * step + 1, step)
+
+
+def _write_png16(fh: io.BufferedIOBase, image: ImageData) -> None:
+    """Encode a 16-bit image as PNG (grey, grey+alpha, RGB or RGBA), with iCCP and eXIf chunks when present."""
+    samples = (
+        image.pixels
+        if image.alpha is None
+        else np.concatenate([image.pixels, image.alpha[:, :, None]], axis=2)
+    )
+    height, width, channels = samples.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+
+    def chunk(kind: bytes, body: bytes) -> None:
+        fh.write(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)))
+
+    fh.write(_PNG_SIGNATURE)
+    chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+    if image.icc_profile:
+        chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(image.icc_profile))
+    if image.exif:
+        chunk(b"eXIf", image.exif.removeprefix(_EXIF_HEADER))
+    rows = samples.astype(">u2").view(np.uint8).reshape(height, width * channels * 2)
+    compressor = zlib.compressobj(6)
+    pending = b""
+    block = max(1, (8 << 20) // max(1, rows.shape[1]))  # ~8 MiB of rows at a time bounds the filter buffers
+    for start in range(0, height, block):
+        above = rows[start - 1] if start else None
+        pending += compressor.compress(
+            _filter_rows(rows[start : start + block], above, 2 * channels).tobytes()
+        )
+        while len(pending) >= _IDAT_CHUNK:
+            chunk(b"IDAT", pending[:_IDAT_CHUNK])
+            pending = pending[_IDAT_CHUNK:]
+    pending += compressor.flush()
+    for pos in range(0, len(pending), _IDAT_CHUNK):
+        chunk(b"IDAT", pending[pos : pos + _IDAT_CHUNK])
+    chunk(b"IEND", b"")
+
+
+def _filter_rows(rows: np.ndarray, above: np.ndarray | None, bpp: int) -> np.ndarray:
+    """Filter each row with whichever of the five PNG filters gives the smallest sum of |signed bytes| (the
+    libpng heuristic); encoding only reads original bytes, so all five vectorise. Returns rows with type bytes."""
+    x = rows.astype(np.int16)
+    up = np.empty_like(x)
+    up[0] = 0 if above is None else above
+    up[1:] = x[:-1]
+    left = np.zeros_like(x)
+    left[:, bpp:] = x[:, :-bpp]
+    upleft = np.zeros_like(x)
+    upleft[:, bpp:] = up[:, :-bpp]
+    p = left + up - upleft
+    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+    candidates = np.stack([x, x - left, x - up, x - ((left + up) >> 1), x - paeth]).astype(
+        np.uint8
+    )  # wraps mod 256
+    signed = candidates.astype(np.int16)
+    cost = np.minimum(signed, 256 - signed).sum(axis=2)
+    best = cost.argmin(axis=0)
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+    out[:, 0] = best
+    out[:, 1:] = candidates[best, np.arange(rows.shape[0])]
+    return out
+
+
+# --- writing ---------------------------------------------------------------------------------------------------------
+
+
+def _output_format(path: Path, format: str | None) -> str:
+    if format is not None:
+        name = format.upper().lstrip(".")
+        name = {"JPG": "JPEG", "TIF": "TIFF"}.get(name, name)
+        if name not in set(WRITE_FORMATS.values()):
+            raise ImageError(f"{path}: cannot write format {format!r} (choose from png, jpeg, webp, tiff)")
+        return name
+    found = WRITE_FORMATS.get(path.suffix.lower())
+    if found is None:
+        raise ImageError(f"{path}: unknown output extension {path.suffix!r} (use .png, .jpg, .webp or .tif)")
+    return found
+
+
+def write_image(
+    path: str | os.PathLike[str],
+    image: ImageData,
+    *,
+    format: str | None = None,
+    quality: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write image atomically and return the path.
+
+    format: PNG, JPEG, WEBP or TIFF (default: from the extension). PNG and TIFF keep 16 bits and alpha; JPEG and
+    WEBP are 8-bit (16-bit input rounded), WEBP greyscale is stored as RGB. JPEG has no alpha: transparent pixels
+    are composited on white, with an ImageWarning. quality: JPEG 1-100 (default 95, 4:4:4 chroma) or WEBP 0-100
+    (default: lossless, colour under transparent pixels kept); ignored with a warning for PNG/TIFF. ICC profile and
+    EXIF are always written, except that 16-bit TIFF keeps only the descriptive EXIF tags (warns otherwise).
+    An existing file raises OutputExistsError (before any encoding) unless overwrite; any write failure raises
+    ImageError naming the path and leaves no file behind.
+    """
+    path = Path(path)
+    fmt = _output_format(path, format)
+    if not overwrite and path.exists():
+        raise OutputExistsError(path)
+    if quality is not None and fmt not in ("JPEG", "WEBP"):
+        warnings.warn(
+            f"{path}: quality applies to JPEG and WEBP only; ignored for {fmt}", ImageWarning, stacklevel=2
+        )
+    elif quality is not None and not 0 <= quality <= 100:
+        raise ImageError(f"{path}: quality must be between 0 and 100, not {quality}")
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            _encode(tmp, image, fmt, quality, path)
+    except (OutputExistsError, ImageError):
+        raise
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write ({exc.strerror or _one_line(exc)})") from None
+    except ValueError as exc:  # Pillow's refusals (e.g. EXIF too long for a JPEG marker)
+        raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
+    return path
+
+
+def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Path) -> None:
+    if fmt in ("PNG", "TIFF") and image.bit_depth == 16:
+        if fmt == "PNG":
+            with open(tmp, "wb") as fh:
+                _write_png16(fh, image)
+        else:
+            _write_tiff16(tmp, image, path)
+        return
+    pixels, alpha = _to_8bit(image.pixels), None if image.alpha is None else _to_8bit(image.alpha)
+    if fmt == "JPEG" and alpha is not None:
+        warnings.warn(f"{path}: JPEG has no alpha channel; composited on white", ImageWarning, stacklevel=3)
+        a = alpha.astype(np.float32)[:, :, None] / 255.0
+        pixels = np.clip(np.rint(pixels.astype(np.float32) * a + 255.0 * (1.0 - a)), 0, 255).astype(np.uint8)
+        alpha = None
+    if fmt == "WEBP" and pixels.shape[2] == 1:  # WebP has no greyscale: store it as equal R, G, B
+        pixels = np.repeat(pixels, 3, axis=2)
+    stacked = pixels if alpha is None else np.concatenate([pixels, alpha[:, :, None]], axis=2)
+    pil = Image.fromarray(stacked[:, :, 0] if stacked.shape[2] == 1 else stacked)  # L, LA, RGB or RGBA
+    options: dict[str, Any] = {}
+    if image.icc_profile:
+        options["icc_profile"] = image.icc_profile
+    if image.exif:  # the WebP EXIF chunk holds the bare TIFF structure
+        options["exif"] = image.exif.removeprefix(_EXIF_HEADER) if fmt == "WEBP" else image.exif
+    if fmt == "JPEG":
+        options.update(quality=_JPEG_DEFAULT_QUALITY if quality is None else quality, subsampling=0)
+    elif fmt == "WEBP" and quality is None:
+        options.update(lossless=True, quality=100, exact=True)
+    elif fmt == "WEBP":
+        options.update(quality=quality)
+    elif fmt == "PNG":
+        options.update(compress_level=6)
+    elif fmt == "TIFF":
+        options.update(compression="tiff_adobe_deflate")
+    pil.save(tmp, format=fmt, **options)
+
+
+def _write_tiff16(tmp: Path, image: ImageData, path: Path) -> None:
+    """16-bit TIFF through tifffile (Pillow cannot write 16-bit colour), deflate-compressed, ICC as tag 34675.
+
+    tifffile writes no Exif sub-IFD, so only the descriptive IFD0 tags of the EXIF (make, model, date, artist,
+    copyright, description, software) are carried over; anything else warns."""
+    try:
+        import tifffile
+    except ImportError:
+        raise ImageError(
+            f"{path}: writing 16-bit TIFF needs the 'tifffile' package (pip install tifffile)"
+        ) from None
+    extratags: list[tuple[int, int | str, int, Any, bool]] = []
+    if image.icc_profile:
+        extratags.append((34675, 7, len(image.icc_profile), image.icc_profile, True))
+    software: str | bool = False
+    if image.exif:
+        exif = Image.Exif()
+        exif.load(image.exif)
+        for tag in _TIFF_EXIF_IFD0_TAGS:
+            value = exif.get(tag)
+            if isinstance(value, str) and value.isascii():
+                if tag == 305:
+                    software = value  # tifffile owns the Software tag
+                else:
+                    extratags.append((tag, "s", 0, value, True))
+        dropped = set(exif) - set(_TIFF_EXIF_IFD0_TAGS) - {_ORIENTATION_TAG, 0x8769, 0x8825}
+        if dropped or exif.get_ifd(0x8769) or exif.get_ifd(0x8825):
+            warnings.warn(
+                f"{path}: 16-bit TIFF keeps only make/model/date/artist/copyright/description/software of the EXIF; "
+                "use PNG to keep all of it",
+                ImageWarning,
+                stacklevel=4,
+            )
+    samples = (
+        image.pixels
+        if image.alpha is None
+        else np.concatenate([image.pixels, image.alpha[:, :, None]], axis=2)
+    )
+    tifffile.imwrite(
+        tmp,
+        samples if samples.shape[2] > 1 else samples[:, :, 0],
+        photometric="rgb" if image.channels == 3 else "minisblack",
+        extrasamples=["unassalpha"] if image.alpha is not None else None,
+        compression="zlib",
+        extratags=extratags,
+        software=software,
+        metadata=None,
+    )

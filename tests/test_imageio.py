@@ -1,0 +1,537 @@
+"""Image I/O on real photographs: every mode in and out, 16-bit kept exactly, metadata kept, hostile files refused."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms, ImageOps
+
+from esrgan.atomic import OutputExistsError
+from esrgan.errors import ImageError
+from esrgan.imageio import (
+    ImageData,
+    ImageWarning,
+    _unfilter,
+    from_float,
+    read_image,
+    to_float,
+    write_image,
+)
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def cat() -> np.ndarray:
+    """A non-square real photo (300x451) so that rotations are visible in the shape."""
+    return np.ascontiguousarray(skimage_data.chelsea())
+
+
+@pytest.fixture(scope="module")
+def camera() -> np.ndarray:
+    """A real greyscale photo (512x512 uint8)."""
+    return np.ascontiguousarray(skimage_data.camera())
+
+
+@pytest.fixture(scope="module")
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _deep16(photo8: np.ndarray) -> np.ndarray:
+    """A 16-bit image from a real photo with meaningful low bytes, and some values below 256."""
+    rng = np.random.default_rng(0)
+    deep = photo8.astype(np.uint16) * 257 + rng.integers(-128, 128, photo8.shape)
+    deep = np.clip(deep, 0, 65535).astype(np.uint16)
+    deep[:8, :8] = np.arange(64, dtype=np.uint16).reshape(8, 8, *([1] * (photo8.ndim - 2)))  # 0..63
+    return deep
+
+
+def _exif(**tags: object) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010F] = "ESRGAN Test Camera"  # Make
+    exif[0x0110] = "RRDB-1"  # Model
+    for key, value in tags.items():
+        exif[int(key.removeprefix("t"))] = value
+    return exif
+
+
+# --- reading every mode --------------------------------------------------------------------------------------------
+
+
+def test_rgb_png_exact(tmp_path: Path, photo: np.ndarray) -> None:
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    img = read_image(tmp_path / "a.png")
+    assert (img.format, img.bit_depth, img.alpha, img.pixels.dtype) == ("PNG", 8, None, np.uint8)
+    np.testing.assert_array_equal(img.pixels, photo)
+    assert img.source == tmp_path / "a.png"
+
+
+def test_rgba_grey_and_grey_alpha(tmp_path: Path, photo: np.ndarray, camera: np.ndarray) -> None:
+    alpha = camera[:512, :512]
+    Image.fromarray(np.dstack([photo, alpha])).save(tmp_path / "rgba.png")
+    Image.fromarray(camera).save(tmp_path / "l.png")
+    Image.fromarray(np.dstack([camera, 255 - camera]), "LA").save(tmp_path / "la.png")
+    rgba, grey, la = (read_image(tmp_path / n) for n in ("rgba.png", "l.png", "la.png"))
+    np.testing.assert_array_equal(rgba.pixels, photo)
+    np.testing.assert_array_equal(rgba.alpha, alpha)
+    assert grey.pixels.shape == (512, 512, 1) and grey.alpha is None
+    np.testing.assert_array_equal(grey.pixels[:, :, 0], camera)
+    assert la.pixels.shape == (512, 512, 1)
+    np.testing.assert_array_equal(la.pixels[:, :, 0], camera)
+    np.testing.assert_array_equal(la.alpha, 255 - camera)
+
+
+def test_palette_with_and_without_transparency(tmp_path: Path, photo: np.ndarray) -> None:
+    pal = Image.fromarray(photo).quantize(64)
+    pal.save(tmp_path / "p.png")
+    pal.save(tmp_path / "pt.png", transparency=0)
+    plain, transparent = read_image(tmp_path / "p.png"), read_image(tmp_path / "pt.png")
+    expected = np.asarray(pal.convert("RGB"))
+    np.testing.assert_array_equal(plain.pixels, expected)
+    assert plain.alpha is None
+    np.testing.assert_array_equal(transparent.pixels, expected)
+    assert transparent.alpha is not None
+    index = np.asarray(pal)
+    assert (index == 0).any() and (index != 0).any()
+    np.testing.assert_array_equal(transparent.alpha, np.where(index == 0, 0, 255))
+
+
+def test_one_bit_becomes_grey(tmp_path: Path, camera: np.ndarray) -> None:
+    Image.fromarray(camera).convert("1").save(tmp_path / "bw.png")
+    img = read_image(tmp_path / "bw.png")
+    assert img.pixels.shape == (512, 512, 1) and img.bit_depth == 8
+    assert set(np.unique(img.pixels)) == {0, 255}
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: Path, photo: np.ndarray) -> None:
+    Image.fromarray(photo).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    img = read_image(tmp_path / "c.jpg")
+    assert img.pixels.shape == photo.shape and img.format == "JPEG"
+    assert img.icc_profile is None  # no profile: Pillow's naive conversion, nothing claimed
+    assert np.abs(img.pixels.astype(int) - photo).mean() < 4
+
+
+def test_content_is_sniffed_not_the_extension(tmp_path: Path, photo: np.ndarray) -> None:
+    Image.fromarray(photo).save(tmp_path / "really_png.jpg", format="PNG")
+    img = read_image(tmp_path / "really_png.jpg")
+    assert img.format == "PNG"
+    np.testing.assert_array_equal(img.pixels, photo)
+
+
+def test_animated_gif_first_frame_with_warning(tmp_path: Path, photo: np.ndarray) -> None:
+    frames = [Image.fromarray(photo[:128, :128]), Image.fromarray(photo[128:256, :128])]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(ImageWarning, match="first"):
+        img = read_image(tmp_path / "anim.gif")
+    first = np.asarray(Image.open(tmp_path / "anim.gif").convert("RGB"))
+    np.testing.assert_array_equal(img.pixels, first)
+
+
+def test_float_tiff_refused(tmp_path: Path, camera: np.ndarray) -> None:
+    Image.fromarray(camera.astype(np.float32) / 255).save(tmp_path / "f.tif")
+    with pytest.raises(ImageError, match="float"):
+        read_image(tmp_path / "f.tif")
+
+
+# --- 16 bits, exactly ---------------------------------------------------------------------------------------------------
+
+
+def test_16bit_grey_png_written_by_pillow(tmp_path: Path, camera: np.ndarray) -> None:
+    deep = _deep16(camera)
+    Image.fromarray(deep).save(tmp_path / "g16.png")
+    img = read_image(tmp_path / "g16.png")
+    assert (img.bit_depth, img.pixels.dtype, img.pixels.shape) == (16, np.uint16, (512, 512, 1))
+    np.testing.assert_array_equal(img.pixels[:, :, 0], deep)
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+@pytest.mark.parametrize("layout", ["grey", "grey+alpha", "rgb", "rgba"])
+def test_16bit_round_trip_exact(tmp_path: Path, photo: np.ndarray, ext: str, layout: str) -> None:
+    deep = _deep16(photo)
+    pixels = deep[:, :, :1] if layout.startswith("grey") else deep
+    alpha = _deep16(photo[:, :, 1]) if layout.endswith("alpha") else None
+    out = write_image(tmp_path / f"x.{ext}", ImageData(pixels=pixels, alpha=alpha, bit_depth=16))
+    back = read_image(out)
+    assert (back.bit_depth, back.pixels.dtype) == (16, np.uint16)
+    np.testing.assert_array_equal(back.pixels, pixels)
+    if alpha is None:
+        assert back.alpha is None
+    else:
+        np.testing.assert_array_equal(back.alpha, alpha)
+
+
+def test_16bit_stays_16bit_when_all_values_are_small(tmp_path: Path, photo: np.ndarray) -> None:
+    small = (photo // 2).astype(np.uint16)  # every value < 256: still a 16-bit file
+    for ext in ("png", "tif"):
+        back = read_image(write_image(tmp_path / f"s.{ext}", ImageData(pixels=small, bit_depth=16)))
+        assert back.bit_depth == 16 and back.pixels.dtype == np.uint16
+        np.testing.assert_array_equal(back.pixels, small)
+
+
+def test_16bit_files_agree_with_independent_decoders(tmp_path: Path, photo: np.ndarray) -> None:
+    """Our PNG encoder checked by Pillow (which keeps the high bytes) and our TIFF by tifffile (exact)."""
+    tifffile = pytest.importorskip("tifffile")
+    deep = _deep16(photo)
+    alpha = _deep16(photo[:, :, 0])
+    img = ImageData(pixels=deep, alpha=alpha, bit_depth=16)
+    with Image.open(write_image(tmp_path / "x.png", img)) as pil:
+        assert pil.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(pil), (np.dstack([deep, alpha]) >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(
+        tifffile.imread(write_image(tmp_path / "x.tif", img)), np.dstack([deep, alpha])
+    )
+
+
+def test_16bit_tiff_written_by_tifffile_any_planar_config(tmp_path: Path, photo: np.ndarray) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    deep = _deep16(photo)
+    tifffile.imwrite(tmp_path / "contig.tif", deep, photometric="rgb")
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.moveaxis(deep, -1, 0), photometric="rgb", planarconfig="separate"
+    )
+    for name in ("contig.tif", "planar.tif"):
+        img = read_image(tmp_path / name)
+        assert img.bit_depth == 16
+        np.testing.assert_array_equal(img.pixels, deep)
+
+
+def test_png_unfilter_matches_pillow_on_all_filter_types(tmp_path: Path, photo: np.ndarray) -> None:
+    """Pillow's encoder uses adaptive filtering (Paeth, Sub, Up...): our decoder must invert every row exactly."""
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(512, 1 + 512 * 3)
+    assert len(set(rows[:, 0].tolist())) >= 2 and 4 in rows[:, 0]
+    np.testing.assert_array_equal(_unfilter(rows, 512, 3, tmp_path).reshape(photo.shape), photo)
+
+
+def _png(width: int, height: int, depth: int, colour_type: int, body: bytes, interlace: int = 0) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, interlace)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(body))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_interlaced_16bit_png(tmp_path: Path, cat: np.ndarray) -> None:
+    """Adam7 built by hand (filter 0 in each pass) from a real photo crop of odd size."""
+    deep = _deep16(cat[:37, :53])
+    body = b""
+    for y0, x0, dy, dx in (
+        (0, 0, 8, 8),
+        (0, 4, 8, 8),
+        (4, 0, 8, 4),
+        (0, 2, 4, 4),
+        (2, 0, 4, 2),
+        (0, 1, 2, 2),
+        (1, 0, 2, 1),
+    ):
+        sub = deep[y0::dy, x0::dx]
+        for row in sub.astype(">u2"):
+            body += b"\x00" + row.tobytes()
+    (tmp_path / "i.png").write_bytes(_png(53, 37, 16, 2, body, interlace=1))
+    np.testing.assert_array_equal(read_image(tmp_path / "i.png").pixels, deep)
+
+
+# --- orientation and metadata ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_exif_orientation_applied_like_pillow(tmp_path: Path, cat: np.ndarray, orientation: int) -> None:
+    Image.fromarray(cat).save(tmp_path / "o.png", exif=_exif(t274=orientation))
+    img = read_image(tmp_path / "o.png")
+    with Image.open(tmp_path / "o.png") as pil:
+        reference = np.asarray(ImageOps.exif_transpose(pil))
+    np.testing.assert_array_equal(img.pixels, reference)
+    loaded = Image.Exif()
+    loaded.load(img.exif)
+    assert loaded[274] == 1 and loaded[0x010F] == "ESRGAN Test Camera"
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png16", "tif"])
+def test_orientation_6_and_8_rotate_the_pixels(tmp_path: Path, cat: np.ndarray, ext: str) -> None:
+    for orientation, turns in ((6, -1), (8, 1)):  # 6: rotate 90 clockwise to display; 8: counter-clockwise
+        exif = _exif(t274=orientation).tobytes()
+        if ext == "png16":
+            original = _deep16(cat)
+            path = write_image(
+                tmp_path / f"o{orientation}.png", ImageData(pixels=original, bit_depth=16, exif=exif)
+            )
+        else:
+            original = cat
+            path = tmp_path / f"o{orientation}.{ext}"
+            Image.fromarray(cat).save(path, exif=exif, **({"quality": 100} if ext == "jpg" else {}))
+            if ext == "jpg":
+                with Image.open(path) as pil:
+                    original = np.asarray(pil.convert("RGB"))  # the decoded (lossy) pixels, unrotated
+        img = read_image(path)
+        assert img.pixels.shape[:2] == (cat.shape[1], cat.shape[0])
+        np.testing.assert_array_equal(img.pixels, np.rot90(original, turns))
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tif"])
+@pytest.mark.parametrize("depth", [8, 16])
+def test_icc_and_exif_preserved(
+    tmp_path: Path, cat: np.ndarray, srgb_icc: bytes, ext: str, depth: int
+) -> None:
+    if depth == 16 and ext in ("jpg", "webp"):
+        pytest.skip("8-bit formats")
+    exif = _exif(t306="2026:11:22 03:00:00").tobytes()
+    pixels = _deep16(cat) if depth == 16 else cat
+    img = ImageData(pixels=pixels, bit_depth=depth, icc_profile=srgb_icc, exif=exif)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        back = read_image(write_image(tmp_path / f"m.{ext}", img))
+    assert back.icc_profile == srgb_icc
+    assert not caught  # nothing dropped: make, model and date fit every format
+    assert back.exif is not None
+    loaded = Image.Exif()
+    loaded.load(back.exif)
+    assert loaded[0x010F] == "ESRGAN Test Camera" and loaded[0x0110] == "RRDB-1"
+    assert loaded[306] == "2026:11:22 03:00:00"
+
+
+# --- writing -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", ["png", "tif", "webp"])
+@pytest.mark.parametrize("layout", ["L", "LA", "RGB", "RGBA"])
+def test_8bit_lossless_formats_round_trip(
+    tmp_path: Path, photo: np.ndarray, camera: np.ndarray, ext: str, layout: str
+) -> None:
+    """Including colour under fully transparent pixels (the photo's blue channel has zeros) for WebP."""
+    pixels = camera[:, :, None] if layout.startswith("L") else photo
+    alpha = photo[:, :, 2].copy() if layout.endswith("A") else None
+    assert alpha is None or (alpha == 0).any()
+    back = read_image(write_image(tmp_path / f"a.{ext}", ImageData(pixels=pixels, alpha=alpha)))
+    expected = (
+        np.repeat(pixels, 3, axis=2) if ext == "webp" and pixels.shape[2] == 1 else pixels
+    )  # no WebP grey
+    np.testing.assert_array_equal(back.pixels, expected)
+    if alpha is None:
+        assert back.alpha is None
+    else:
+        np.testing.assert_array_equal(back.alpha, alpha)
+
+
+def test_jpeg_flattens_alpha_on_white_with_warning(tmp_path: Path, photo: np.ndarray) -> None:
+    alpha = np.full(photo.shape[:2], 255, np.uint8)
+    alpha[:, :256] = 0
+    with pytest.warns(ImageWarning, match="white"):
+        back = read_image(write_image(tmp_path / "a.jpg", ImageData(pixels=photo, alpha=alpha)))
+    assert back.alpha is None
+    assert back.pixels[:, :240].min() >= 250  # transparent half became white
+    assert np.abs(back.pixels[:, 272:].astype(int) - photo[:, 272:]).mean() < 3
+
+
+def test_16bit_to_jpeg_rounds_to_8bit(tmp_path: Path, photo: np.ndarray) -> None:
+    back = read_image(
+        write_image(tmp_path / "a.jpg", ImageData(pixels=photo.astype(np.uint16) * 257, bit_depth=16))
+    )
+    assert back.bit_depth == 8
+    assert np.abs(back.pixels.astype(int) - photo).mean() < 2
+
+
+def test_overwrite_protection(tmp_path: Path, photo: np.ndarray, camera: np.ndarray) -> None:
+    target = write_image(tmp_path / "a.png", ImageData(pixels=photo))
+    before = target.read_bytes()
+    with pytest.raises(OutputExistsError):
+        write_image(target, ImageData(pixels=camera[:, :, None]))
+    assert target.read_bytes() == before
+    write_image(target, ImageData(pixels=camera[:, :, None]), overwrite=True)
+    assert read_image(target).channels == 1
+
+
+def test_unknown_extension_refused(tmp_path: Path, photo: np.ndarray) -> None:
+    with pytest.raises(ImageError, match=r"\.xyz"):
+        write_image(tmp_path / "a.xyz", ImageData(pixels=photo))
+    assert write_image(tmp_path / "a.xyz", ImageData(pixels=photo), format="png").exists()
+
+
+def test_write_into_path_whose_parent_is_a_file(tmp_path: Path, photo: np.ndarray) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ImageError, match="file"):
+        write_image(tmp_path / "file" / "a.png", ImageData(pixels=photo))
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    """A file-size limit makes the real write fail half way (root ignores permissions, not RLIMIT_FSIZE)."""
+    script = f"""
+import resource, signal, sys
+import numpy as np
+from esrgan.imageio import ImageData, write_image
+from esrgan.errors import ImageError
+from skimage import data
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+img = ImageData(pixels=data.astronaut().astype(np.uint16) * 257, bit_depth=16)
+for name in ("big.png", "big.tif", "big8.png"):
+    try:
+        write_image({str(tmp_path)!r} + "/" + name, img if name != "big8.png" else ImageData(pixels=data.astronaut()))
+    except ImageError as exc:
+        print("ImageError:", exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(
+        line.startswith("ImageError:") and "cannot write" in line for line in lines
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- hostile and broken input --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth,colour_type", [(8, 2), (16, 2)])
+def test_decompression_bomb_refused_from_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, depth: int, colour_type: int
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # our guard does not depend on Pillow's global one
+    bomb = _png(100_000, 100_000, depth, colour_type, b"\x00" * 64)
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    assert len(bomb) < 200
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        read_image(tmp_path / "bomb.png")
+
+
+def test_real_image_over_a_small_limit(tmp_path: Path, photo: np.ndarray) -> None:
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    with pytest.raises(ImageError, match="262144 pixels exceeds the limit of 100000"):
+        read_image(tmp_path / "a.png", max_pixels=100_000)
+    assert read_image(tmp_path / "a.png", max_pixels=512 * 512).width == 512
+
+
+@pytest.mark.parametrize("kind", ["png8", "png16", "jpg"])
+def test_truncated_files(tmp_path: Path, photo: np.ndarray, kind: str) -> None:
+    path = tmp_path / ("a.jpg" if kind == "jpg" else "a.png")
+    if kind == "png16":
+        write_image(path, ImageData(pixels=photo.astype(np.uint16) * 257, bit_depth=16))
+    else:
+        Image.fromarray(photo).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"truncated|corrupt") as info:
+        read_image(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_corrupt_16bit_png_crc(tmp_path: Path, photo: np.ndarray) -> None:
+    path = write_image(tmp_path / "a.png", ImageData(pixels=photo.astype(np.uint16), bit_depth=16))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="corrupt"):
+        read_image(path)
+
+
+def test_not_images(tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("this is a text file, not a picture\n")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    for name, problem in [
+        ("notes.png", "not an image"),
+        ("empty.png", "not an image"),
+        ("folder.png", "directory"),
+        ("missing.png", "no such file"),
+    ]:
+        with pytest.raises(ImageError, match=problem) as info:
+            read_image(tmp_path / name)
+        assert str(info.value).startswith(f"{tmp_path / name}: ")
+
+
+def test_zero_sized_png_refused(tmp_path: Path) -> None:
+    (tmp_path / "zero.png").write_bytes(_png(0, 10, 8, 2, b""))
+    with pytest.raises(ImageError):
+        read_image(tmp_path / "zero.png")
+
+
+def test_no_file_descriptors_leak(tmp_path: Path, photo: np.ndarray) -> None:
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc")
+    Image.fromarray(photo).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes((tmp_path / "ok.png").read_bytes()[:5000])
+    write_image(tmp_path / "ok16.png", ImageData(pixels=photo.astype(np.uint16), bit_depth=16))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        for name in ("ok.png", "bad.png", "ok16.png"):
+            with contextlib.suppress(ImageError):
+                read_image(tmp_path / name)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+# --- float helpers -------------------------------------------------------------------------------------------------------
+
+
+def test_float_conversion_is_exact_for_every_code_value() -> None:
+    for dtype, depth in ((np.uint8, 8), (np.uint16, 16)):
+        values = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+        np.testing.assert_array_equal(from_float(to_float(values), depth), values)
+    np.testing.assert_array_equal(
+        from_float(np.array([-0.5, 1.7, np.nan, 0.5 / 255, 0.49 / 255]), 8), [0, 255, 0, 1, 0]
+    )
+
+
+def test_with_float_keeps_metadata(cat: np.ndarray, srgb_icc: bytes) -> None:
+    img = ImageData(
+        pixels=_deep16(cat), alpha=_deep16(cat[:, :, 0]), bit_depth=16, icc_profile=srgb_icc, format="TIFF"
+    )
+    up = np.repeat(np.repeat(img.to_float(), 2, axis=0), 2, axis=1)
+    alpha = img.alpha_to_float()
+    assert alpha is not None
+    big = img.with_float(up, alpha=np.repeat(np.repeat(alpha, 2, axis=0), 2, axis=1))
+    assert (big.height, big.width, big.bit_depth, big.icc_profile, big.format) == (
+        600,
+        902,
+        16,
+        srgb_icc,
+        "TIFF",
+    )
+    np.testing.assert_array_equal(big.pixels[::2, ::2], img.pixels)
+
+
+def test_image_data_validates() -> None:
+    with pytest.raises(ValueError):
+        ImageData(pixels=np.zeros((4, 4, 3), np.uint16), bit_depth=8)
+    with pytest.raises(ValueError):
+        ImageData(pixels=np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ValueError):
+        ImageData(pixels=np.zeros((4, 4, 3), np.uint8), alpha=np.zeros((4, 5), np.uint8))
+    grey_alpha = ImageData.from_array(np.zeros((4, 5, 2), np.uint16))
+    assert (grey_alpha.channels, grey_alpha.bit_depth, grey_alpha.alpha is not None) == (1, 16, True)
+
+
+def test_16bit_tiff_warns_when_exif_is_dropped(tmp_path: Path, cat: np.ndarray) -> None:
+    exif = _exif()
+    exif.get_ifd(0x8769)[0x829A] = 0.01  # ExposureTime lives in the Exif sub-IFD, which tifffile cannot write
+    img = ImageData(pixels=_deep16(cat), bit_depth=16, exif=exif.tobytes())
+    with pytest.warns(ImageWarning, match="PNG"):
+        back = read_image(write_image(tmp_path / "a.tif", img))
+    assert back.exif is not None
+    loaded = Image.Exif()
+    loaded.load(back.exif)
+    assert loaded[0x010F] == "ESRGAN Test Camera"
+    back_png = read_image(write_image(tmp_path / "a.png", img))
+    assert back_png.exif is not None
+    loaded.load(back_png.exif)
+    assert loaded.get_ifd(0x8769)[0x829A] == 0.01
