@@ -236,7 +236,8 @@ def _resolve_url(entry: ModelEntry, *, download: bool, progress: bool) -> Path:
                 allow_unverified=entry.allow_unverified,
                 expected_size=entry.size if entry.sha256 is None else None,
             )
-    _check_cached(entry, path)
+            return path  # verified while downloading
+    _check_cached(entry, path)  # another process downloaded it while we waited
     return path
 
 
