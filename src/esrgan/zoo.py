@@ -8,7 +8,8 @@ Two kinds of source:
 - "url": official release files, downloaded only when asked (`esrgan models --download NAME`) and checked against the
   published SHA-256 (or the 8-hex prefix BasicSR puts in its file names) by esrgan.download.
 
-Files live in `cache_dir()/models/`. A file put there by hand under the listed name is used, after the same hash check.
+Files live in `cache_dir()/models/`. A release file put there by hand under the listed name is used after the same
+hash check; a converted file put there by hand for an ncnn model is used as is when the package is not installed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ DEFAULT_MODEL = "realesrgan-x4plus"
 
 _REAL_ESRGAN_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _REAL_ESRGAN_LICENSE = "BSD-3-Clause (Real-ESRGAN)"
-_MULTI_SOURCE = "published SHA-256; the same digest appears in several independent public manifests"
+_MULTI_SOURCE = (
+    "full SHA-256 as pinned by several independent public projects that fetch this release file (the authors "
+    "publish no digest); not re-measured here (no network)"
+)
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,8 @@ class ModelStatus:
     """What `esrgan models` shows for one entry."""
 
     entry: ModelEntry
-    available: Literal[
-        "yes", "no", "convertible"
-    ]  # convertible: the ncnn package is installed, not yet converted
+    # "convertible": not converted yet, but the ncnn package that holds it is installed
+    available: Literal["yes", "no", "convertible"]
     path: Path
     default: bool
 
@@ -313,9 +316,8 @@ def _convert(entry: ModelEntry, files: tuple[Path, Path], path: Path) -> None:
         "converted_from": f"{param.name} + {weights.name}",
         "license": f"BSD-3-Clause (Real-ESRGAN weights); the {NCNN_PACKAGE} packaging is MIT",
     }
-    _stamp_path(path).unlink(
-        missing_ok=True
-    )  # a crash between the two writes leaves "unstamped": re-converted
+    # stamp last: a crash between the two writes leaves the file unstamped, so it is converted again
+    _stamp_path(path).unlink(missing_ok=True)
     save_model(path, state, config=config, metadata=metadata, overwrite=True)
     atomic_write_bytes(_stamp_path(path), (sha256_file(path) + "\n").encode("ascii"), overwrite=True)
 
