@@ -34,6 +34,7 @@ def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         raise OutputExistsError(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions any new file would
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -62,6 +63,12 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes, *, overwrite: 
     with atomic_path(dest, overwrite=overwrite) as tmp:
         tmp.write_bytes(data)
     return Path(dest)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
