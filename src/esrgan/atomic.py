@@ -34,7 +34,7 @@ def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         raise OutputExistsError(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions any new file would
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the permissions any new file would
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -65,10 +65,14 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes, *, overwrite: 
     return Path(dest)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: do it once at import, not while other threads create files
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_dir(folder: Path) -> None:
