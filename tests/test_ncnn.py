@@ -28,9 +28,17 @@ needs_packaged = pytest.mark.skipif(not PACKAGED, reason="sr-vulkan-model-reales
 
 # --- writing ncnn files ---------------------------------------------------------------------------------------------
 def write_ncnn(
-    model: RRDBNet, folder: Path, *, fp16: bool = False, tag: int | None = None, stem: str = "net"
+    model: RRDBNet,
+    folder: Path,
+    *,
+    fp16: bool = False,
+    fused: bool = True,
+    tag: int | None = None,
+    stem: str = "net",
 ) -> tuple[Path, Path]:
-    """Write `model` (scale 4 or 8) as ncnn files; `tag` overrides the weight tag (to write invalid files)."""
+    """Write `model` (scale 4 or 8) as ncnn files. fused=True writes what ncnnoptimize produces (LeakyReLU inside
+    the Convolution, x0.2 residuals as one Eltwise); fused=False a plain export (ReLU layers, BinaryOp mul + add).
+    `tag` overrides the weight tag (to write invalid files)."""
     cfg = model.config
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     layers: list[tuple[str, list[str], str]] = []  # (type, inputs, params); output blob = f"b{index}"
@@ -43,15 +51,20 @@ def write_ncnn(
     def conv(name: str, x: str, *, leaky: bool) -> str:
         weight, bias = sd[f"{name}.weight"], sd[f"{name}.bias"]
         params = f"0={weight.shape[0]} 1=3 4=1 5=1 6={weight.size}"
-        if leaky:
-            params += (
-                " 9=2 -23310=1,2.000000e-01"  # activation_type 2 = leaky ReLU, activation_params = [slope]
-            )
+        if leaky and fused:  # activation_type 2 = leaky ReLU, activation_params = [slope]
+            params += " 9=2 -23310=1,2.000000e-01"
         raw = weight.astype("<f2" if fp16 else "<f4").tobytes()
         blob_data.extend(struct.pack("<I", (TAG_FP16 if fp16 else TAG_FP32) if tag is None else tag))
         blob_data.extend(raw + b"\0" * (-len(raw) % 4))  # every blob is padded to 4 bytes
         blob_data.extend(bias.astype("<f4").tobytes())  # bias: raw fp32, no tag
-        return add("Convolution", [x], params)
+        out = add("Convolution", [x], params)
+        return add("ReLU", [out], "0=2.000000e-01") if leaky and not fused else out
+
+    def residual(scaled: str, plain: str) -> str:
+        if fused:  # Eltwise op 1 = sum, coefficients per input
+            return add("Eltwise", [scaled, plain], "0=1 -23301=2,2.000000e-01,1.000000e+00")
+        # BinaryOp op 2 = mul, with_scalar=1, b=0.2; then op 0 = add
+        return add("BinaryOp", [add("BinaryOp", [scaled], "0=2 1=1 2=2.000000e-01"), plain], "0=0")
 
     data = add("Input", [])
     first = x = conv("conv_first", data, leaky=False)
@@ -62,8 +75,8 @@ def write_ncnn(
             for j in (1, 2, 3, 4, 5):
                 src = dense[0] if j == 1 else add("Concat", list(dense), "0=0")
                 dense.append(conv(f"body.{i}.rdb{k}.conv{j}", src, leaky=j < 5))
-            x = add("Eltwise", [dense[-1], dense[0]], "0=1 -23301=2,2.000000e-01,1.000000e+00")
-        x = add("Eltwise", [x, rrdb_in], "0=1 -23301=2,2.000000e-01,1.000000e+00")
+            x = residual(dense[-1], dense[0])
+        x = residual(x, rrdb_in)
     x = add("BinaryOp", [first, conv("conv_body", x, leaky=False)], "0=0")
     for n in range(1, cfg.num_upsample + 1):
         x = conv(f"conv_up{n}", add("Interp", [x], "0=1 1=2.000000e+00 2=2.000000e+00"), leaky=True)
@@ -202,9 +215,22 @@ def test_fp16_file_decodes_to_the_rounded_weights(config: RRDBConfig, tmp_path: 
         assert torch.equal(state[key], expected), key
 
 
-@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+def test_unfused_export_loads_the_same(tmp_path: Path) -> None:
+    model = random_model(TINY, seed=3)
+    fused = load_ncnn(*write_ncnn(model, tmp_path, stem="fused"))
+    unfused = load_ncnn(*write_ncnn(model, tmp_path, fused=False, stem="unfused"))
+    assert "ReLU" in (tmp_path / "unfused.param").read_text()
+    assert unfused[0] == fused[0] == TINY
+    assert all(torch.equal(unfused[1][k], fused[1][k]) for k in fused[1])
+
+
+@pytest.mark.parametrize(
+    ("config", "fused"),
+    [(TINY, True), (ODD_X8, True), (TINY, False)],
+    ids=["x4", "x8-gray-odd", "x4-unfused"],
+)
 def test_ncnn_runtime_reads_our_synthetic_files(
-    config: RRDBConfig, tmp_path: Path, photo: np.ndarray
+    config: RRDBConfig, fused: bool, tmp_path: Path, photo: np.ndarray
 ) -> None:
     """The writer above really speaks ncnn: the runtime computes what RRDBNet computes from the same weights."""
     model = random_model(config, seed=2)
@@ -212,7 +238,7 @@ def test_ncnn_runtime_reads_our_synthetic_files(
     chw = crop.transpose(2, 0, 1)[: config.num_in_ch]
     with torch.no_grad():
         ours = model(torch.from_numpy(np.ascontiguousarray(chw))[None])[0].numpy()
-    theirs = run_ncnn(*write_ncnn(model, tmp_path), chw)
+    theirs = run_ncnn(*write_ncnn(model, tmp_path, fused=fused), chw)
     np.testing.assert_allclose(theirs.reshape(ours.shape), ours, atol=1e-4, rtol=1e-4)
 
 
@@ -320,35 +346,23 @@ def test_binary_garbage_as_param(tiny_files: tuple[Path, Path]) -> None:
         load_ncnn(*tiny_files)
 
 
-def test_random_token_corruption_never_escapes_as_another_exception(tiny_files: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_random_token_corruption_never_escapes_as_another_exception(fused: bool, tmp_path: Path) -> None:
     """Hostile edits anywhere in the graph: the result is a clean load or a CheckpointError, nothing else."""
+    param, weights = write_ncnn(random_model(TINY), tmp_path, fused=fused)
     rng = random.Random(0)
-    original = tiny_files[0].read_text().split(" ")
-    replacements = [
-        "0",
-        "1",
-        "-1",
-        "2",
-        "3",
-        "x",
-        "=",
-        "0=",
-        "9=2",
-        "-23301=",
-        "Split",
-        "b3",
-        "1e400",
-        "nan",
-        "",
-    ]
+    original = param.read_text().split(" ")
+    # numbers, broken key=value pairs, layer and blob names, non-finite floats, an empty token
+    replacements = ["0", "1", "-1", "2", "3", "x", "=", "0=", "9=2", "-23301=", "-23301=1,0.2"]
+    replacements += ["Split", "ReLU", "b3", "1e400", "nan", ""]
     outcomes: Counter[str] = Counter()
     for _ in range(300):
         tokens = list(original)
         tokens[rng.randrange(len(tokens))] = rng.choice(replacements)
-        tiny_files[0].write_text(" ".join(tokens))
+        param.write_text(" ".join(tokens))
         try:
-            load_ncnn(*tiny_files)
+            load_ncnn(param, weights)
             outcomes["loaded"] += 1
         except CheckpointError:
             outcomes["rejected"] += 1
-    assert outcomes["rejected"] > 200
+    assert outcomes["rejected"] > 200, outcomes

@@ -45,9 +45,10 @@ RESIDUAL_SCALE = 0.2
 # ncnn op codes used by an RRDBNet export
 _ELTWISE_SUM = 1
 _BINARYOP_ADD = 0
+_BINARYOP_MUL = 2
 _INTERP_NEAREST = 1
 _ACT_LEAKY = 2
-_KNOWN_LAYERS = ("Input", "Convolution", "Split", "Concat", "Eltwise", "BinaryOp", "Interp")
+_KNOWN_LAYERS = ("Input", "Convolution", "ReLU", "Split", "Concat", "Eltwise", "BinaryOp", "Interp")
 
 ParamValue = int | float | tuple[float, ...]
 
@@ -206,10 +207,16 @@ class _Conv:
     layer: _Layer
     out_ch: int
     in_ch: int
+    output: int  # the layer whose output is this conv's value after its activation (itself, or a ReLU)
 
 
-def _conv_shape(graph: _Graph, layer: _Layer, *, leaky: bool) -> tuple[int, int]:
-    """Check a Convolution is 3x3/stride 1/pad 1 with bias and the expected fused activation; return (out, in)."""
+def _close(value: ParamValue, target: float) -> bool:
+    """ncnn stores floats as float32 and the text holds them to 7 digits."""
+    return isinstance(value, int | float) and abs(value - target) < 1e-6
+
+
+def _conv_shape(graph: _Graph, layer: _Layer) -> tuple[int, int]:
+    """Check a Convolution is 3x3/stride 1/pad 1 with bias; return (out, in) channels."""
     p = layer.get
     if layer.type != "Convolution" or len(layer.inputs) != 1 or len(layer.outputs) != 1:
         raise graph.fail(f"{layer.name} ({layer.type}) where a single-input Convolution was expected")
@@ -234,34 +241,55 @@ def _conv_shape(graph: _Graph, layer: _Layer, *, leaky: bool) -> tuple[int, int]
     in_ch, rest = divmod(size, out_ch * 9)
     if rest or in_ch < 1:
         raise graph.fail(f"{layer.name}: weight_data_size {size} is not num_output {out_ch} x in x 3 x 3")
-    act, act_params = p(9, 0), p(10, ())
-    if leaky and (act != _ACT_LEAKY or act_params != (LEAKY_SLOPE,)):
-        raise graph.fail(
-            f"{layer.name}: expected a fused LeakyReLU({LEAKY_SLOPE}), got activation {act} {act_params}"
-        )
-    if not leaky and act != 0:
-        raise graph.fail(f"{layer.name}: expected no activation, got activation type {act}")
     return out_ch, in_ch
 
 
-def _is_scaled_sum(graph: _Graph, layer: _Layer, scaled: int, plain: int, scale: float) -> bool:
-    """Does `layer` compute out(scaled) * scale + out(plain)?"""
-    if len(layer.inputs) != 2:
-        return False
+def _activated(graph: _Graph, layer: _Layer, *, leaky: bool) -> int:
+    """The layer holding the conv's value after its activation: LeakyReLU(0.2) fused into the Convolution
+    (what ncnnoptimize writes) or a separate ReLU layer with slope 0.2 (a plain onnx2ncnn export); or none."""
+    act, act_params = layer.get(9, 0), layer.get(10, ())
+    if act == 0 and not leaky:
+        return layer.index
+    if act == 0:
+        relu = graph.only_user(layer.index, f"{layer.name} activation")
+        if relu.type == "ReLU" and _close(relu.get(0, 0.0), LEAKY_SLOPE):
+            return relu.index
+        raise graph.fail(
+            f"{layer.name}: expected LeakyReLU({LEAKY_SLOPE}) after it, found {relu.type} {relu.name}"
+        )
+    fused_leaky = (
+        isinstance(act_params, tuple) and len(act_params) == 1 and _close(act_params[0], LEAKY_SLOPE)
+    )
+    if leaky and act == _ACT_LEAKY and fused_leaky:
+        return layer.index
+    want = f"LeakyReLU({LEAKY_SLOPE})" if leaky else "none"
+    raise graph.fail(f"{layer.name}: activation type {act} {act_params}, expected {want}")
+
+
+def _scaled_residual(graph: _Graph, scaled: int, plain: int, scale: float, what: str) -> int:
+    """The layer computing out(scaled) * scale + out(plain): one Eltwise SUM with coefficients (as ncnnoptimize
+    writes it), or BinaryOp mul-by-scalar then BinaryOp add; for scale 1 also a plain BinaryOp add."""
+    layer = graph.only_user(scaled, what)
+    if layer.type == "BinaryOp" and layer.get(0, 0) == _BINARYOP_MUL and scale != 1.0:
+        if layer.get(1, 0) != 1 or not _close(layer.get(2, 0.0), scale) or len(layer.inputs) != 1:
+            raise graph.fail(f"{layer.name} is not the x{scale} scaling of {what}")
+        scaled, layer = layer.index, graph.only_user(layer.index, what)
+        scale = 1.0
     sources = [graph.source(b) for b in layer.inputs]
-    if sorted(sources) != sorted((scaled, plain)):
-        return False
-    if layer.type == "Eltwise" and layer.get(0, 0) == _ELTWISE_SUM:
-        coeffs = layer.get(1, ())
-        coeffs = (1.0, 1.0) if coeffs == () else coeffs
-        if not isinstance(coeffs, tuple) or len(coeffs) != 2:
-            return False
-        by_source = dict(zip(sources, coeffs, strict=True))
-        # coefficients are float32 in ncnn; the text holds them to 7 digits
-        return abs(by_source[scaled] - scale) < 1e-6 and abs(by_source[plain] - 1.0) < 1e-6
-    if layer.type == "BinaryOp" and scale == 1.0:
-        return layer.get(0, 0) == _BINARYOP_ADD and layer.get(1, 0) == 0
-    return False
+    ok = sorted(sources) == sorted((scaled, plain))
+    if ok and layer.type == "Eltwise" and layer.get(0, 0) == _ELTWISE_SUM:
+        coeffs = layer.get(1, ()) or (1.0, 1.0)
+        ok = isinstance(coeffs, tuple) and len(coeffs) == 2
+        if ok and isinstance(coeffs, tuple):
+            by_source = dict(zip(sources, coeffs, strict=True))
+            ok = _close(by_source[scaled], scale) and _close(by_source[plain], 1.0)
+    elif ok and layer.type == "BinaryOp":
+        ok = scale == 1.0 and layer.get(0, 0) == _BINARYOP_ADD and layer.get(1, 0) == 0
+    else:
+        ok = False
+    if not ok:
+        raise graph.fail(f"{layer.name} ({layer.type}) is not the x{scale} residual sum of {what}")
+    return layer.index
 
 
 def _match_rrdbnet(graph: _Graph) -> tuple[RRDBConfig, list[_Conv]]:
@@ -280,73 +308,57 @@ def _match_rrdbnet(graph: _Graph) -> tuple[RRDBConfig, list[_Conv]]:
     num_block, rest = divmod(len(convs) - 4 - num_up, 15)
     if rest or num_block < 1:
         raise graph.fail(f"{len(convs)} convolutions is not 15 x num_block + {4 + num_up}")
-    order = iter(convs)
+    order = iter(convs)  # .bin order = .param order, so the walk must meet the convs in file order
     named: list[_Conv] = []
 
-    def take(
-        name: str, src: int, *, leaky: bool, in_ch: int | None = None, out_ch: int | None = None
-    ) -> _Conv:
-        """The next Convolution in file order, checked to read `src` and (when given) its channel counts."""
+    def take(name: str, reads: list[int], *, leaky: bool, shape: tuple[int, int] | None = None) -> _Conv:
+        """The next Convolution, checked to read `reads` (one value, or the Concat of several along channels)
+        and, when given, to map shape = (in, out) channels."""
         layer = next(order)
-        got_out, got_in = _conv_shape(graph, layer, leaky=leaky)
-        if graph.source(layer.inputs[0]) != src:
-            raise graph.fail(f"{layer.name} (our {name}) does not read the expected blob")
-        want_in, want_out = in_ch or got_in, out_ch or got_out
-        if (got_in, got_out) != (want_in, want_out):
-            raise graph.fail(
-                f"{layer.name} (our {name}) maps {got_in}->{got_out} channels, expected {want_in}->{want_out}"
+        out_ch, in_ch = _conv_shape(graph, layer)
+        src = layers[graph.source(layer.inputs[0])]
+        if len(reads) == 1:
+            ok = src.index == reads[0]
+        else:
+            ok = (
+                src.type == "Concat" and src.get(0, 0) == 0 and [graph.source(b) for b in src.inputs] == reads
             )
-        conv = _Conv(name, layer, got_out, got_in)
+        if not ok:
+            wanted = "the expected blob" if len(reads) == 1 else "the dense concatenation of its RDB"
+            raise graph.fail(f"{layer.name} (our {name}) is not fed {wanted}")
+        if shape is not None and (in_ch, out_ch) != shape:
+            raise graph.fail(
+                f"{layer.name} (our {name}) maps {in_ch}->{out_ch} channels, expected {shape[0]}->{shape[1]}"
+            )
+        conv = _Conv(name, layer, out_ch, in_ch, _activated(graph, layer, leaky=leaky))
         named.append(conv)
         return conv
 
-    first = take("conv_first", inputs[0].index, leaky=False)
-    num_feat = first.out_ch
-    x = first.layer.index
-    num_grow = 0
+    first = take("conv_first", [inputs[0].index], leaky=False)
+    nf = first.out_ch
+    x = first.output
+    gc = 0
     for i in range(num_block):
         rrdb_in = x
         for k in (1, 2, 3):
-            rdb_in, dense = x, [x]
+            dense = [x]
             for j in (1, 2, 3, 4, 5):
                 name = f"body.{i}.rdb{k}.conv{j}"
-                layer = next(order)
-                out_ch, in_ch = _conv_shape(graph, layer, leaky=j < 5)
-                src = graph.source(layer.inputs[0])
-                if j == 1:
-                    ok = src == rdb_in
-                else:
-                    cat = layers[src]
-                    ok = (
-                        cat.type == "Concat"
-                        and cat.get(0, 0) == 0
-                        and [graph.source(b) for b in cat.inputs] == dense
-                    )
-                if not ok:
-                    raise graph.fail(
-                        f"{layer.name} (our {name}) is not fed the dense concatenation of its RDB"
-                    )
-                num_grow = num_grow or out_ch
-                want = (num_feat if j == 5 else num_grow, num_feat + (j - 1) * num_grow)
-                if (out_ch, in_ch) != want:
-                    raise graph.fail(
-                        f"{layer.name} (our {name}) maps {in_ch}->{out_ch} channels, expected {want[1]}->{want[0]}"
-                    )
-                named.append(_Conv(name, layer, out_ch, in_ch))
-                dense.append(layer.index)
-            residual = graph.only_user(dense[-1], f"body.{i}.rdb{k}")
-            if not _is_scaled_sum(graph, residual, dense[-1], rdb_in, RESIDUAL_SCALE):
-                raise graph.fail(f"{residual.name} is not the x{RESIDUAL_SCALE} residual of body.{i}.rdb{k}")
-            x = residual.index
-        residual = graph.only_user(x, f"body.{i}")
-        if not _is_scaled_sum(graph, residual, x, rrdb_in, RESIDUAL_SCALE):
-            raise graph.fail(f"{residual.name} is not the x{RESIDUAL_SCALE} residual of RRDB body.{i}")
-        x = residual.index
-    body = take("conv_body", x, leaky=False, in_ch=num_feat, out_ch=num_feat)
-    skip = graph.only_user(body.layer.index, "conv_body")
-    if not _is_scaled_sum(graph, skip, body.layer.index, first.layer.index, 1.0):
-        raise graph.fail(f"{skip.name} is not the long skip conv_first + conv_body")
-    x = skip.index
+                shape = None if j == 1 else (nf + (j - 1) * gc, nf if j == 5 else gc)
+                conv = take(name, dense, leaky=j < 5, shape=shape)
+                if (
+                    j == 1
+                ):  # growth channels come from the first conv of the first RDB; all later ones checked
+                    gc = gc or conv.out_ch
+                    if (conv.in_ch, conv.out_ch) != (nf, gc):
+                        raise graph.fail(
+                            f"{conv.layer.name} (our {name}) maps {conv.in_ch}->{conv.out_ch} channels, expected {nf}->{gc}"
+                        )
+                dense.append(conv.output)
+            x = _scaled_residual(graph, dense[-1], dense[0], RESIDUAL_SCALE, f"body.{i}.rdb{k}")
+        x = _scaled_residual(graph, x, rrdb_in, RESIDUAL_SCALE, f"body.{i}")
+    body = take("conv_body", [x], leaky=False, shape=(nf, nf))
+    x = _scaled_residual(graph, body.output, first.output, 1.0, "the long skip (conv_first + conv_body)")
     for n in range(1, num_up + 1):
         up = graph.only_user(x, f"upsampler {n}")
         if up.type != "Interp" or (up.get(0, 0), up.get(1, 1.0), up.get(2, 1.0)) != (
@@ -355,17 +367,17 @@ def _match_rrdbnet(graph: _Graph) -> tuple[RRDBConfig, list[_Conv]]:
             2.0,
         ):
             raise graph.fail(f"{up.name} ({up.type}) is not a nearest x2 upsample before conv_up{n}")
-        x = take(f"conv_up{n}", up.index, leaky=True, in_ch=num_feat, out_ch=num_feat).layer.index
-    hr = take("conv_hr", x, leaky=True, in_ch=num_feat, out_ch=num_feat)
-    last = take("conv_last", hr.layer.index, leaky=False, in_ch=num_feat)
-    if graph.users(last.layer.index):
-        raise graph.fail(f"{last.layer.name} (our conv_last) is not the graph output")
+        x = take(f"conv_up{n}", [up.index], leaky=True, shape=(nf, nf)).output
+    hr = take("conv_hr", [x], leaky=True, shape=(nf, nf))
+    last = take("conv_last", [hr.output], leaky=False)
+    if last.in_ch != nf or graph.users(last.layer.index):
+        raise graph.fail(f"{last.layer.name} (our conv_last) must read {nf} channels and be the graph output")
     config = RRDBConfig(
         num_in_ch=first.in_ch,
         num_out_ch=last.out_ch,
-        num_feat=num_feat,
+        num_feat=nf,
         num_block=num_block,
-        num_grow=num_grow,
+        num_grow=gc,
         scale=2**num_up,
     )
     return config, named
