@@ -268,7 +268,7 @@ def test_exif_orientation_applied_like_pillow(tmp_path: Path, cat: np.ndarray, o
     assert loaded[274] == 1 and loaded[0x010F] == "ESRGAN Test Camera"
 
 
-@pytest.mark.parametrize("ext", ["jpg", "png16", "tif"])
+@pytest.mark.parametrize("ext", ["jpg", "png16", "tif", "tif16"])
 def test_orientation_6_and_8_rotate_the_pixels(tmp_path: Path, cat: np.ndarray, ext: str) -> None:
     for orientation, turns in ((6, -1), (8, 1)):  # 6: rotate 90 clockwise to display; 8: counter-clockwise
         exif = _exif(t274=orientation).tobytes()
@@ -277,6 +277,11 @@ def test_orientation_6_and_8_rotate_the_pixels(tmp_path: Path, cat: np.ndarray, 
             path = write_image(
                 tmp_path / f"o{orientation}.png", ImageData(pixels=original, bit_depth=16, exif=exif)
             )
+        elif ext == "tif16":
+            tifffile = pytest.importorskip("tifffile")
+            original = _deep16(cat)
+            path = tmp_path / f"o{orientation}.tif"
+            tifffile.imwrite(path, original, photometric="rgb", extratags=[(274, "H", 1, orientation, True)])
         else:
             original = cat
             path = tmp_path / f"o{orientation}.{ext}"
@@ -289,13 +294,12 @@ def test_orientation_6_and_8_rotate_the_pixels(tmp_path: Path, cat: np.ndarray, 
         np.testing.assert_array_equal(img.pixels, np.rot90(original, turns))
 
 
-@pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tif"])
-@pytest.mark.parametrize("depth", [8, 16])
+@pytest.mark.parametrize(
+    ("ext", "depth"), [("png", 8), ("jpg", 8), ("webp", 8), ("tif", 8), ("png", 16), ("tif", 16)]
+)
 def test_icc_and_exif_preserved(
     tmp_path: Path, cat: np.ndarray, srgb_icc: bytes, ext: str, depth: int
 ) -> None:
-    if depth == 16 and ext in ("jpg", "webp"):
-        pytest.skip("8-bit formats")
     exif = _exif(t306="2026:11:22 03:00:00").tobytes()
     pixels = _deep16(cat) if depth == 16 else cat
     img = ImageData(pixels=pixels, bit_depth=depth, icc_profile=srgb_icc, exif=exif)
@@ -535,3 +539,65 @@ def test_16bit_tiff_warns_when_exif_is_dropped(tmp_path: Path, cat: np.ndarray) 
     assert back_png.exif is not None
     loaded.load(back_png.exif)
     assert loaded.get_ifd(0x8769)[0x829A] == 0.01
+
+
+def test_phone_mpo_is_read_as_its_first_jpeg_without_warning(tmp_path: Path, photo: np.ndarray) -> None:
+    frames = [Image.fromarray(photo), Image.fromarray(photo[::2, ::2])]
+    frames[0].save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=frames[1:], quality=95)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = read_image(tmp_path / "phone.jpg")
+    assert img.format == "JPEG" and img.pixels.shape == photo.shape
+
+
+def test_16bit_png_single_transparent_colour(tmp_path: Path, cat: np.ndarray) -> None:
+    deep = _deep16(cat[:40, :60])
+    key = deep[5, 7].copy()
+    body = b"".join(b"\x00" + row.tobytes() for row in deep.astype(">u2"))
+    png = _png(60, 40, 16, 2, body)
+    trns = key.astype(">u2").tobytes()
+    chunk = struct.pack(">I", len(trns)) + b"tRNS" + trns + struct.pack(">I", zlib.crc32(b"tRNS" + trns))
+    idat = png.index(b"IDAT") - 4
+    (tmp_path / "t.png").write_bytes(png[:idat] + chunk + png[idat:])
+    img = read_image(tmp_path / "t.png")
+    assert img.alpha is not None
+    np.testing.assert_array_equal(img.alpha, np.where((deep == key).all(axis=2), 0, 65535))
+    assert img.alpha[5, 7] == 0 and (img.alpha == 65535).sum() > 2000
+
+
+def test_16bit_tiff_premultiplied_alpha_is_unpremultiplied(tmp_path: Path, cat: np.ndarray) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    deep = _deep16(cat)
+    alpha = np.clip(_deep16(cat[:, :, 1]), 4096, 65535)
+    premultiplied = np.rint(deep * (alpha[:, :, None] / 65535.0)).astype(np.uint16)
+    tifffile.imwrite(
+        tmp_path / "p.tif", np.dstack([premultiplied, alpha]), photometric="rgb", extrasamples=["assocalpha"]
+    )
+    img = read_image(tmp_path / "p.tif")
+    np.testing.assert_array_equal(img.alpha, alpha)
+    assert np.abs(img.pixels.astype(int) - deep).max() <= 65535 / 4096  # rounding of the premultiplied value
+
+
+def test_lossy_webp_quality(tmp_path: Path, photo: np.ndarray) -> None:
+    lossless = write_image(tmp_path / "a.webp", ImageData(pixels=photo))
+    lossy = write_image(tmp_path / "b.webp", ImageData(pixels=photo), quality=80)
+    assert lossy.stat().st_size < lossless.stat().st_size / 2
+    assert 0 < np.abs(read_image(lossy).pixels.astype(int) - photo).mean() < 4
+    with pytest.raises(ImageError, match="quality"):
+        write_image(tmp_path / "c.jpg", ImageData(pixels=photo), quality=101)
+    with pytest.warns(ImageWarning, match="quality"):
+        write_image(tmp_path / "c.png", ImageData(pixels=photo), quality=90)
+
+
+def test_pillow_global_limit_neither_needed_nor_leaking(
+    tmp_path: Path, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's own guard warns above MAX_IMAGE_PIXELS (ours decides instead) and errors at twice it (ImageError)."""
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200_000)  # 262144 px: Pillow would warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "a.png").width == 512
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # Pillow refuses outright
+    with pytest.raises(ImageError, match="decompression"):
+        read_image(tmp_path / "a.png")

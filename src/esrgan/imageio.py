@@ -268,6 +268,10 @@ def _read_opened(im: Image.Image, path: Path, max_pixels: int) -> ImageData:
         )
     fmt = im.format or "UNKNOWN"
     frames = int(getattr(im, "n_frames", 1))
+    if (
+        fmt == "MPO"
+    ):  # a phone JPEG with extra pictures (previews, depth maps) after the photo: not an animation
+        fmt, frames = "JPEG", 1
     if frames > 1:
         warnings.warn(
             f"{path}: animated {fmt} with {frames} frames; only the first is used",
@@ -713,7 +717,7 @@ def _write_png16(fh: io.BufferedIOBase, image: ImageData) -> None:
     rows = samples.astype(">u2").view(np.uint8).reshape(height, width * channels * 2)
     compressor = zlib.compressobj(6)
     pending = b""
-    block = max(1, (8 << 20) // max(1, rows.shape[1]))  # ~8 MiB of rows at a time bounds the filter buffers
+    block = max(1, (2 << 20) // rows.shape[1])  # ~2 MiB of rows at a time: filter buffers stay ~50 MiB
     for start in range(0, height, block):
         above = rows[start - 1] if start else None
         pending += compressor.compress(
@@ -745,8 +749,7 @@ def _filter_rows(rows: np.ndarray, above: np.ndarray | None, bpp: int) -> np.nda
     candidates = np.stack([x, x - left, x - up, x - ((left + up) >> 1), x - paeth]).astype(
         np.uint8
     )  # wraps mod 256
-    signed = candidates.astype(np.int16)
-    cost = np.minimum(signed, 256 - signed).sum(axis=2)
+    cost = np.abs(candidates.view(np.int8).astype(np.int16)).sum(axis=2, dtype=np.int32)
     best = cost.argmin(axis=0)
     out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
     out[:, 0] = best
