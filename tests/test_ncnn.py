@@ -260,19 +260,23 @@ def test_wrong_magic_number(tiny_files: tuple[Path, Path]) -> None:
         load_ncnn(*tiny_files)
 
 
+# (text in the tiny x4 file, its replacement, the error expected)
+PARAM_CORRUPTIONS = [
+    ("Interp", "Deconvolution", "unknown layer type 'Deconvolution'"),
+    ("0=8 1=3 4=1 5=1 6=216", "0=8 1=3 4=1 5=1 6=217", "weight_data_size 217 is not num_output 8"),
+    ("0=4 1=3 4=1 5=1 6=288", "0=8 1=3 4=1 5=1 6=288", "maps 4->8 channels, expected 8->8"),
+    ("0=8 1=3 4=1 5=1 6=216", "0=8 1=5 4=1 5=1 6=216", "kernel_w 5"),
+    ("-23301=2,2.000000e-01", "-23301=2,1.000000e+00", "residual"),
+    ("-23310=1,2.000000e-01", "-23310=1,1.000000e-01", "LeakyReLU"),
+    ("0=1 1=2.000000e+00", "0=2 1=2.000000e+00", "nearest x2 upsample"),
+    ("-23301=2,2.000000e-01,1.000000e+00", "-23301=3,2.000000e-01,1.000000e+00", "announces 3 values"),
+    ("Convolution", "Convolution x", "malformed layer on line 4"),
+    ("Convolution", "Convolution " + "x" * 5000, "longer than 1024 characters"),
+]
+
+
 @pytest.mark.parametrize(
-    ("old", "new", "message"),
-    [
-        ("Interp", "Deconvolution", "unknown layer type 'Deconvolution'"),
-        ("0=8 1=3 4=1 5=1 6=216", "0=8 1=3 4=1 5=1 6=217", "weight_data_size 217 is not num_output 8"),
-        ("0=4 1=3 4=1 5=1 6=288", "0=8 1=3 4=1 5=1 6=288", "maps 4->8 channels, expected 8->8"),
-        ("0=8 1=3 4=1 5=1 6=216", "0=8 1=5 4=1 5=1 6=216", "kernel_w 5"),
-        ("-23301=2,2.000000e-01", "-23301=2,1.000000e+00", "residual"),
-        ("-23310=1,2.000000e-01", "-23310=1,1.000000e-01", "LeakyReLU"),
-        ("0=1 1=2.000000e+00", "0=2 1=2.000000e+00", "nearest x2 upsample"),
-        ("-23301=2,2.000000e-01,1.000000e+00", "-23301=3,2.000000e-01,1.000000e+00", "announces 3 values"),
-        ("Convolution", "Convolution x", "malformed layer on line 4"),
-    ],
+    ("old", "new", "message"), PARAM_CORRUPTIONS, ids=[m[:24] for _, _, m in PARAM_CORRUPTIONS]
 )
 def test_corrupted_param_is_a_checkpoint_error(
     tiny_files: tuple[Path, Path], old: str, new: str, message: str

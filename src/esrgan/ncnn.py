@@ -38,6 +38,7 @@ PARAM_MAGIC = 7767517
 TAG_FP16 = 0x01306B47
 TAG_FP32 = 0
 MAX_PARAM_BYTES = 16 * 1024 * 1024  # the x4plus graph is 117 KB
+MAX_TOKEN = 1024  # longest name or key=value in a .param line
 MAX_BIN_BYTES = 2 * 1024 * 1024 * 1024  # read whole into memory; x4plus is 33 MB (fp16)
 LEAKY_SLOPE = 0.2
 RESIDUAL_SCALE = 0.2
@@ -84,12 +85,14 @@ def _parse_params(tokens: list[str]) -> dict[int, ParamValue]:
     for token in tokens:
         key_text, sep, value_text = token.partition("=")
         if not sep:
-            raise ValueError(f"parameter {token!r} is not key=value")
+            raise ValueError(f"parameter {token[:40]!r} is not key=value")
         key = int(key_text)
         if key <= -23300:  # array parameter: "count,v1,v2,..."
             count_text, *items = value_text.split(",")
             if int(count_text) != len(items):
-                raise ValueError(f"array parameter {token!r} announces {count_text} values, has {len(items)}")
+                raise ValueError(
+                    f"array parameter {key} announces {count_text[:20]} values, has {len(items)}"
+                )
             key = -key - 23300
             value: ParamValue = tuple(float(v) for v in items)
         else:
@@ -115,7 +118,8 @@ def _parse_param(path: Path) -> list[_Layer]:
         raise CheckpointError(
             f"{path}: ncnn .param is not a text file (non-ASCII byte at {exc.start})"
         ) from exc
-    lines = [line.split() for line in text.splitlines() if line.strip()]
+    numbered = [(n, line.split()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    lines = [tokens for _, tokens in numbered]
     if not lines or lines[0] != [str(PARAM_MAGIC)]:
         got = " ".join(lines[0])[:40] if lines else "an empty file"
         raise CheckpointError(
@@ -127,9 +131,10 @@ def _parse_param(path: Path) -> list[_Layer]:
     if layer_count != len(lines) - 2:
         raise CheckpointError(f"{path}: ncnn .param announces {layer_count} layers but has {len(lines) - 2}")
     layers = []
-    for index, tokens in enumerate(lines[2:]):
-        lineno = index + 3
+    for index, (lineno, tokens) in enumerate(numbered[2:]):
         try:
+            if max(map(len, tokens)) > MAX_TOKEN:  # names end up in error messages: keep them short
+                raise ValueError(f"a token is longer than {MAX_TOKEN} characters")
             kind, name, n_in, n_out = tokens[0], tokens[1], int(tokens[2]), int(tokens[3])
             if n_in < 0 or n_out < 0 or len(tokens) < 4 + n_in + n_out:
                 raise ValueError("blob counts do not match the blob names")
