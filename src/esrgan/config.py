@@ -1,0 +1,351 @@
+"""Typed training configuration: nested dataclasses loaded from YAML, unknown keys rejected, types checked.
+
+One config file describes one training stage; `configs/esrgan_x4_psnr.yaml` and `configs/esrgan_x4_gan.yaml` are the
+paper's two stages (the second names the first one's exported generator in `train.pretrained_g`). Every default is
+visible here, nothing is hidden in the training code. `--set section.key=value` overrides are parsed as YAML scalars
+and go through the same type checks as the file. The resolved config is written into the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+@dataclass
+class ModelConfig:
+    """RRDBNet hyperparameters (paper: 64 features, 23 blocks, growth 32) and the discriminator's width."""
+
+    scale: int = 4
+    num_in_ch: int = 3
+    num_out_ch: int = 3
+    num_feat: int = 64
+    num_block: int = 23
+    num_grow: int = 32
+    d_num_feat: int = 64
+
+
+@dataclass
+class DataConfig:
+    """Training images: an HR folder (LR made by MATLAB bicubic on the fly) or paired HR/LR folders."""
+
+    hr_dir: str = ""
+    lr_dir: str | None = None  # paired mode: LR files with the same stem as the HR files
+    patch_size: int = 128  # HR patch; the LR patch is patch_size / scale
+    batch_size: int = 16  # total over all processes (the paper's 16)
+    num_workers: int = 4
+    flip: bool = True
+    rot90: bool = True
+    cache_max_mb: int = 4096  # decoded images kept in RAM when they fit in this budget
+    degradation: Literal["bicubic", "realworld"] = "bicubic"
+    blur_prob: float = 0.5  # realworld only: Gaussian blur before the bicubic downscale
+    blur_sigma: list[float] = field(default_factory=lambda: [0.2, 2.0])
+    noise_prob: float = 0.5  # realworld only: Gaussian noise on the LR image
+    noise_sigma: list[float] = field(default_factory=lambda: [1.0, 15.0])  # in 0..255 levels
+    jpeg_prob: float = 0.5  # realworld only: JPEG re-encoding of the LR image
+    jpeg_quality: list[int] = field(default_factory=lambda: [40, 95])
+
+
+@dataclass
+class TrainConfig:
+    stage: Literal["psnr", "gan"] = "psnr"
+    total_steps: int = 1_000_000
+    seed: int = 0
+    device: str = "auto"  # auto = cuda if available, else cpu
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 (with a grad scaler) is CUDA only
+    pretrained_g: str | None = None  # stage 2: stage 1's exported generator (or a training checkpoint)
+    ema_decay: float = 0.0  # 0 disables the EMA generator; BasicSR uses 0.999
+    max_nonfinite_steps: int = 5  # stop after this many NaN/Inf losses in a row
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+
+@dataclass
+class OptimConfig:
+    """Adam for G and D (paper: beta1 0.9, beta2 0.999)."""
+
+    lr_g: float = 2e-4
+    lr_d: float = 1e-4
+    betas_g: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas_d: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, stepped once per iteration (the same for G and D)."""
+
+    kind: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [200_000, 400_000, 600_000, 800_000])
+    gamma: float = 0.5
+    eta_min: float = 1e-7  # cosine only: the final learning rate
+
+
+@dataclass
+class LossesConfig:
+    """Loss weights: stage 1 is L1 only; stage 2 is percep 1, gan 5e-3 (lambda), pixel 1e-2 (eta)."""
+
+    pixel_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    gan_weight: float = 0.0
+    gan_reduction: Literal["sum", "mean"] = "sum"  # sum: the paper; mean: BasicSR (halves lambda)
+
+
+@dataclass
+class PerceptualConfig:
+    """VGG19 weights: a path, null (torch hub cache, then the official URL) or "random" (smoke tests only)."""
+
+    weights: str | None = None
+    download: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    dir: str | None = None  # HR images; LR by MATLAB bicubic; Y-PSNR/SSIM with `scale` pixels cropped
+    every: int = 5000
+    max_images: int = 0  # 0 = all
+    samples: int = 4  # images put into the saved sample grid
+    sample_crop: int = 128  # HR crop shown per image in the grid
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 100  # JSONL line every this many steps
+    progress: bool = True  # tqdm bar with it/s, losses, ETA
+    tensorboard: bool = False  # needs the optional tensorboard package
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 5000
+    keep_last: int = 3
+    keep_best: bool = True  # keep the checkpoint with the best validation Y-PSNR as best.ckpt
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    output_dir: str = "runs"  # the run folder is output_dir/name
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    losses: LossesConfig = field(default_factory=LossesConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir).expanduser() / self.name
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp` and return it (ints widen to float; nothing else is coerced)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
+    elif origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+    elif origin is list:
+        if isinstance(value, list):
+            (item_tp,) = typing.get_args(tp)
+            return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string, not a number: accept that spelling
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config field type {tp!r}")
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+    kwargs = {
+        key: _convert(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _location(source: str, key: str) -> str:
+    return f"{source}: {key}" if key else source
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as a YAML scalar)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.total_steps=1000")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+    if isinstance(value, dict):
+        raise ConfigError(f"--set {text!r}: set one key at a time (a.b=value), not a mapping")
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set` overrides to the raw mapping; the keys are checked against the dataclasses."""
+    for text in overrides:
+        path, value = parse_override(text)
+        cls: Any = Config
+        node = raw
+        for depth, part in enumerate(path):
+            names = {f.name: f for f in dataclasses.fields(cls)}
+            if part not in names:
+                prefix = ".".join(path[:depth]) or "the top level"
+                raise ConfigError(
+                    f"--set {text!r}: unknown key {part!r} in {prefix} (known: {', '.join(sorted(names))})"
+                )
+            hint = typing.get_type_hints(cls)[part]
+            if depth == len(path) - 1:
+                if dataclasses.is_dataclass(hint):
+                    raise ConfigError(
+                        f"--set {text!r}: {part!r} is a section; set its keys, e.g. {part}.KEY=VALUE"
+                    )
+                node[part] = value
+            else:
+                if not dataclasses.is_dataclass(hint):
+                    raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise ConfigError(f"--set {text!r}: {part!r} is not a mapping in the config")
+                node, cls = child, hint
+        try:
+            _build(Config, raw, "")
+        except ConfigError as exc:
+            raise ConfigError(f"--set {text!r}: {exc}") from None
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
+    try:
+        config: Config = _build(Config, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    validate(config, source)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML training config, apply `--set` overrides, check every key and type."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        _build(Config, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, source=str(path))
+
+
+def validate(config: Config, source: str) -> None:
+    """Value checks the types cannot express; each error names the key."""
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"{source}: {key}: {msg}")
+
+    if not config.data.hr_dir:
+        fail("data.hr_dir", "the training image folder is required")
+    if config.model.scale not in (1, 2, 4, 8):
+        fail("model.scale", f"must be 1, 2, 4 or 8, got {config.model.scale}")
+    if config.data.patch_size % config.model.scale:
+        fail("data.patch_size", f"must be a multiple of model.scale ({config.model.scale})")
+    if config.data.batch_size < 1:
+        fail("data.batch_size", "must be >= 1")
+    if config.train.total_steps < 1:
+        fail("train.total_steps", "must be >= 1")
+    if not 0.0 <= config.train.ema_decay < 1.0:
+        fail("train.ema_decay", "must be in [0, 1)")
+    for key in ("blur_sigma", "noise_sigma", "jpeg_quality"):
+        if len(getattr(config.data, key)) != 2:
+            fail(f"data.{key}", "must be a [low, high] pair")
+    if len(config.optim.betas_g) != 2 or len(config.optim.betas_d) != 2:
+        fail("optim.betas_g/betas_d", "must be [beta1, beta2]")
+    if config.schedule.milestones != sorted(config.schedule.milestones):
+        fail("schedule.milestones", "must be increasing")
+    if config.train.stage == "gan":
+        if config.data.patch_size % 32:
+            fail("data.patch_size", "the discriminator needs a multiple of 32 (128 in the paper)")
+        if config.losses.gan_weight <= 0:
+            fail("losses.gan_weight", "must be > 0 in the gan stage (paper: 5e-3)")
+    elif config.losses.gan_weight or config.losses.perceptual_weight:
+        fail(
+            "losses", "the psnr stage is L1 only: set gan_weight and perceptual_weight to 0 or use stage: gan"
+        )
+    for key in ("every",):
+        if getattr(config.checkpoint, key) < 1 or getattr(config.validation, key) < 1:
+            fail(f"checkpoint/validation.{key}", "must be >= 1")
+    if config.checkpoint.keep_last < 1:
+        fail("checkpoint.keep_last", "must be >= 1")
+    if not config.name or "/" in config.name:
+        fail("name", "must be a non-empty folder name")
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

@@ -1,0 +1,113 @@
+"""Typed training configs: unknown keys and wrong types are errors naming the key and the file; --set overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from esrgan.config import Config, config_to_yaml, load_config
+from esrgan.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_paper_configs_hold_the_paper_settings() -> None:
+    psnr = load_config(REPO / "configs" / "esrgan_x4_psnr.yaml")
+    gan = load_config(REPO / "configs" / "esrgan_x4_gan.yaml")
+    for c in (psnr, gan):
+        assert (c.model.num_feat, c.model.num_block, c.model.num_grow, c.model.scale) == (64, 23, 32, 4)
+        assert (c.data.batch_size, c.data.patch_size, c.data.flip, c.data.rot90) == (16, 128, True, True)
+        assert c.schedule.kind == "multistep" and c.schedule.gamma == 0.5
+    assert psnr.train.stage == "psnr" and psnr.train.total_steps == 1_000_000
+    assert psnr.optim.lr_g == 2e-4 and psnr.optim.betas_g == [0.9, 0.999]
+    assert psnr.schedule.milestones == [200_000, 400_000, 600_000, 800_000]
+    assert (psnr.losses.pixel_weight, psnr.losses.perceptual_weight, psnr.losses.gan_weight) == (
+        1.0,
+        0.0,
+        0.0,
+    )
+    assert gan.train.stage == "gan" and gan.train.total_steps == 400_000
+    assert gan.optim.lr_g == gan.optim.lr_d == 1e-4
+    assert gan.schedule.milestones == [50_000, 100_000, 200_000, 300_000]
+    assert (gan.losses.perceptual_weight, gan.losses.gan_weight, gan.losses.pixel_weight) == (1.0, 5e-3, 1e-2)
+    assert gan.losses.gan_reduction == "sum"
+    # stage 2 starts from stage 1's exported generator
+    assert gan.train.pretrained_g == str(Path(psnr.output_dir) / psnr.name / "model.safetensors")
+
+
+def test_cpu_configs_load() -> None:
+    for name in ("cpu_x4_psnr", "cpu_x4_gan"):
+        assert load_config(REPO / "configs" / f"{name}.yaml").name == name
+
+
+def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data": {"hr_dir": "x", "patchsize": 64}})
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: data: unknown key 'patchsize'") as info:
+        load_config(path)
+    assert "patch_size" in str(info.value)  # the known keys are listed
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'"):
+        load_config(write(tmp_path, {"trian": {"stage": "psnr"}, "data": {"hr_dir": "x"}}))
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"train": {"total_steps": "many"}}, r"train\.total_steps: expected int, got 'many'"),
+        ({"train": {"total_steps": 1.5}}, r"train\.total_steps: expected int"),
+        ({"train": {"total_steps": True}}, r"train\.total_steps: expected int"),
+        ({"data": {"flip": "yes please"}}, r"data\.flip: expected bool"),
+        ({"train": {"stage": "wgan"}}, r"train\.stage: expected 'psnr' or 'gan'"),
+        ({"schedule": {"milestones": [1, "x"]}}, r"schedule\.milestones\[1\]: expected int"),
+        ({"model": 4}, r"model: expected a mapping"),
+        ({"train": {"ema_decay": 1.5}}, r"train\.ema_decay: must be in \[0, 1\)"),
+        ({"losses": {"gan_weight": 5e-3}}, r"the psnr stage is L1 only"),
+    ],
+)
+def test_wrong_types_and_values(tmp_path: Path, data: dict, match: str) -> None:
+    data = {**data, "data": {"hr_dir": "x", **data.get("data", {})}}
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, data))
+
+
+def test_overrides_are_yaml_scalars_and_type_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data": {"hr_dir": "x"}})
+    c = load_config(path, ["train.total_steps=1000", "optim.lr_g=1e-4", "data.lr_dir=null", "data.flip=false",
+                           "schedule.milestones=[10, 20]", "name=short"])  # fmt: skip
+    assert c.train.total_steps == 1000 and c.optim.lr_g == 1e-4  # YAML 1.1 reads 1e-4 as a string: accepted
+    assert c.data.lr_dir is None and c.data.flip is False
+    assert c.schedule.milestones == [10, 20] and c.name == "short"
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.total_steps=abc", r"--set 'train.total_steps=abc'.*expected int"),
+        ("train.totl_steps=5", r"--set 'train.totl_steps=5': unknown key 'totl_steps' in train"),
+        ("nosection.x=1", r"unknown key 'nosection'"),
+        ("train", r"expected KEY=VALUE"),
+        ("train=1", r"'train' is a section"),
+        ("name.x=1", r"'name' is not a section"),
+        ("train.stage=[psnr", r"not valid YAML"),
+    ],
+)
+def test_bad_overrides(tmp_path: Path, override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, {"data": {"hr_dir": "x"}}), [override])
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    c = load_config(REPO / "configs" / "esrgan_x4_gan.yaml", ["train.total_steps=7"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(config_to_yaml(c))
+    again = load_config(path)
+    assert dataclasses.asdict(again) == dataclasses.asdict(c)
+    assert isinstance(again, Config) and again.train.total_steps == 7

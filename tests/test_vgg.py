@@ -1,0 +1,176 @@
+"""VGG19 for the perceptual loss: torchvision-format weight files, conv5_4 before the ReLU, where weights come from."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from esrgan.errors import CheckpointError, ModelNotAvailableError
+from esrgan.vgg import (
+    VGG19_FILENAME,
+    VGG19_URL,
+    VGGFeatureExtractor,
+    load_vgg19_state,
+    resolve_vgg_weights,
+)
+
+# torchvision's vgg19().features: (index, in, out) of the 16 convs; ReLU after each, max pool at 4, 9, 18, 27, 36
+CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
+         (16, 256, 256), (19, 256, 512), (21, 512, 512), (23, 512, 512), (25, 512, 512), (28, 512, 512),
+         (30, 512, 512), (32, 512, 512), (34, 512, 512)]  # fmt: skip
+POOL_BEFORE = {5, 10, 19, 28}  # a pool sits right before these convs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vgg_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torchvision-format VGG19 file: random weights under the published key names and shapes, plus a classifier."""
+    gen = torch.Generator().manual_seed(0)
+    sd: dict[str, torch.Tensor] = {}
+    for idx, cin, cout in CONVS:
+        sd[f"features.{idx}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        sd[f"features.{idx}.bias"] = torch.randn(cout, generator=gen) * 0.01
+    sd["classifier.6.weight"] = torch.zeros(1000, 4096)  # ignored (the real classifier.0 is 400 MB)
+    sd["classifier.6.bias"] = torch.zeros(1000)
+    path = tmp_path_factory.mktemp("vgg") / VGG19_FILENAME
+    torch.save(sd, path)
+    return path
+
+
+def reference_conv5_4(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """conv5_4 pre-activation computed straight from the weight file with functional ops."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    h = (x - mean) / std
+    for idx, _, _ in CONVS:
+        if idx in POOL_BEFORE or idx == 28:
+            h = F.max_pool2d(h, 2)
+        h = F.conv2d(h, sd[f"features.{idx}.weight"], sd[f"features.{idx}.bias"], padding=1)
+        if idx != 34:
+            h = F.relu(h)
+    return h
+
+
+def test_conv5_4_before_relu_matches_the_weight_file(vgg_file: Path, photo: np.ndarray) -> None:
+    extractor = VGGFeatureExtractor(weights=vgg_file)
+    x = torch.from_numpy(photo[100:164, 200:264].copy()).permute(2, 0, 1)[None].float() / 255
+    out = extractor(x)
+    sd = torch.load(vgg_file, weights_only=True)
+    assert out.shape == (1, 512, 4, 4)
+    torch.testing.assert_close(out, reference_conv5_4(sd, x), rtol=1e-4, atol=1e-4)
+    assert (out < 0).any()  # before the ReLU: negative responses survive
+    assert not any(p.requires_grad for p in extractor.parameters())
+    extractor.train()
+    assert not extractor.training  # a fixed feature space
+
+
+def test_missing_and_misshapen_keys_are_named(vgg_file: Path, tmp_path: Path) -> None:
+    sd = torch.load(vgg_file, weights_only=True)
+    del sd["features.34.weight"]
+    torch.save(sd, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match=r"missing features\.34\.weight"):
+        load_vgg19_state(tmp_path / "missing.pth")
+    sd["features.34.weight"] = torch.zeros(512, 512, 1, 1)
+    torch.save(sd, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match=r"features\.34\.weight has shape \(512, 512, 1, 1\)"):
+        load_vgg19_state(tmp_path / "shape.pth")
+
+
+class Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("unpickled!",))
+
+
+def test_pickled_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"features.0.weight": Payload()}, path)
+    with pytest.raises(CheckpointError, match="cannot read as a VGG19 weight file"):
+        load_vgg19_state(path)
+
+
+def test_sources_in_order(vgg_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ModelNotAvailableError) as info:
+        resolve_vgg_weights(None, download=False)
+    msg = str(info.value)
+    assert VGG19_URL in msg and "--vgg-weights" in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME) in msg
+    with pytest.raises(ModelNotAvailableError, match="not found"):
+        resolve_vgg_weights(str(tmp_path / "nope.pth"))
+    assert resolve_vgg_weights(str(vgg_file)) == vgg_file
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(vgg_file.read_bytes())
+    assert resolve_vgg_weights(None, download=False) == cached
+
+
+def test_random_is_explicit_and_loud(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="esrgan.vgg"):
+        assert resolve_vgg_weights("random") is None
+    assert "UNTRAINED" in caplog.text
+
+
+@pytest.fixture()
+def server(vgg_file: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving the weight file at /models/<name> (and 404 elsewhere)."""
+    body = vgg_file.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != f"/models/{VGG19_FILENAME}":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_into_the_hub_cache(
+    server: str, vgg_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    digest = hashlib.sha256(vgg_file.read_bytes()).hexdigest()
+    path = resolve_vgg_weights(None, url=f"{server}/models/{VGG19_FILENAME}", sha256=digest[:8])
+    assert path == tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME
+    assert path.read_bytes() == vgg_file.read_bytes()
+    VGGFeatureExtractor(weights=path)
+
+
+def test_failed_download_says_how_to_get_the_file(
+    server: str, vgg_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(ModelNotAvailableError, match="404") as info:
+        resolve_vgg_weights(None, url=f"{server}/models/missing.pth")
+    assert VGG19_URL in str(info.value) and "--vgg-weights" in str(info.value)
+    # a body that does not match the published hash is refused and leaves nothing in the cache
+    with pytest.raises(ModelNotAvailableError, match="SHA-256"):
+        resolve_vgg_weights(None, url=f"{server}/models/{VGG19_FILENAME}", sha256="dcbb9e9d")
+    assert not (tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME).exists()
