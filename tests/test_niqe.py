@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,21 @@ def test_grey_input_and_crop_border(photo: np.ndarray) -> None:
 def test_too_small_image_is_refused(photo: np.ndarray) -> None:
     with pytest.raises(ValueError, match="two 96x96 blocks"):
         niqe(photo[:100, :150])
+
+
+def test_flat_regions_follow_matlab_nan_convention(photo: np.ndarray) -> None:
+    """Uniform blocks have no distribution to fit: their features are NaN (left out of the covariance) except
+    the shape, which MATLAB's min() over NaNs sets to the first grid value 0.2; no numpy warnings on the way."""
+    from esrgan.niqe import _aggd_fit
+
+    shape, left, right = _aggd_fit(np.zeros((96, 96)))
+    assert shape == pytest.approx(0.2) and np.isnan(left) and np.isnan(right)
+    shape, left, right = _aggd_fit(np.abs(np.random.default_rng(0).normal(size=(48, 48))))  # one-sided
+    assert shape == pytest.approx(0.2) and np.isnan(left) and np.isfinite(right)
+
+    flat = photo.copy()
+    flat[:250, :250] = 128  # four whole 96x96 blocks without texture
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        score = niqe(flat)
+    assert np.isfinite(score) and score != pytest.approx(niqe(photo), abs=1e-3)

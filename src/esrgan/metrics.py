@@ -21,7 +21,8 @@ _Y_COEFFS = np.array([65.481, 128.553, 24.966])
 
 
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
-    """Y of BT.601 YCbCr (MATLAB rgb2ycbcr) as float64 in [16, 235], for RGB or grey input in [0, 255].
+    """Y of BT.601 YCbCr (MATLAB rgb2ycbcr) as float64 in [16, 235], for RGB (RGBA: alpha ignored) or grey input
+    in [0, 255].
 
     A grey image is treated as RGB with three equal channels, so Y = 16 + 219 * v / 255 (not v itself): the same
     formula a colour image of that content gets.

@@ -45,18 +45,25 @@ def _aggd_ratio() -> np.ndarray:
 
 
 def _aggd_fit(v: np.ndarray) -> tuple[float, float, float]:
-    """Asymmetric generalised Gaussian fit by moment matching: (shape, left scale, right scale)."""
+    """Asymmetric generalised Gaussian fit by moment matching: (shape, left scale, right scale).
+
+    A flat or one-sided block (e.g. a uniform area) has no two-sided distribution. MATLAB then gets NaN moments,
+    and its min() over the all-NaN distance picks the first grid shape (0.2); we return the same values (NaN for
+    the scales without data), because that 0.2 enters the published nanmean and so the published scores.
+    """
     v = v.ravel()
-    left_std = np.sqrt(np.mean(v[v < 0] ** 2)) if np.any(v < 0) else np.nan
-    right_std = np.sqrt(np.mean(v[v > 0] ** 2)) if np.any(v > 0) else np.nan
-    g = left_std / right_std
-    rhat = np.mean(np.abs(v)) ** 2 / np.mean(v**2)
-    rhat_norm = rhat * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
-    if not np.isfinite(rhat_norm):
-        return np.nan, np.nan, np.nan  # a flat block: no distribution to fit; NIQE skips such rows
-    shape = float(_SHAPES[np.argmin((_aggd_ratio() - rhat_norm) ** 2)])
+    neg, pos = v[v < 0], v[v > 0]
+    left_std = math.sqrt(float(np.mean(neg**2))) if neg.size else math.nan
+    right_std = math.sqrt(float(np.mean(pos**2))) if pos.size else math.nan
+    if neg.size and pos.size:
+        g = left_std / right_std
+        rhat = float(np.mean(np.abs(v))) ** 2 / float(np.mean(v**2))
+        rhat_norm = rhat * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
+        shape = float(_SHAPES[np.argmin((_aggd_ratio() - rhat_norm) ** 2)])
+    else:
+        shape = float(_SHAPES[0])
     k = math.sqrt(math.gamma(1 / shape) / math.gamma(3 / shape))
-    return shape, float(left_std * k), float(right_std * k)
+    return shape, left_std * k, right_std * k
 
 
 def _block_features(block: np.ndarray) -> list[float]:
