@@ -203,6 +203,8 @@ def test_16bit_tiff_written_by_tifffile_any_planar_config(tmp_path: Path, photo:
         img = read_image(tmp_path / name)
         assert img.bit_depth == 16
         np.testing.assert_array_equal(img.pixels, deep)
+    tifffile.imwrite(tmp_path / "grey_be.tif", deep[:, :, 1], byteorder=">")  # Pillow's I;16B mode
+    np.testing.assert_array_equal(read_image(tmp_path / "grey_be.tif").pixels[:, :, 0], deep[:, :, 1])
 
 
 def test_png_unfilter_matches_pillow_on_all_filter_types(tmp_path: Path, photo: np.ndarray) -> None:

@@ -268,9 +268,7 @@ def _read_opened(im: Image.Image, path: Path, max_pixels: int) -> ImageData:
         )
     fmt = im.format or "UNKNOWN"
     frames = int(getattr(im, "n_frames", 1))
-    if (
-        fmt == "MPO"
-    ):  # a phone JPEG with extra pictures (previews, depth maps) after the photo: not an animation
+    if fmt == "MPO":  # a phone JPEG followed by previews or depth maps: not an animation
         fmt, frames = "JPEG", 1
     if frames > 1:
         warnings.warn(
@@ -284,9 +282,8 @@ def _read_opened(im: Image.Image, path: Path, max_pixels: int) -> ImageData:
             head = fh.read(33)
         if len(head) == 33 and head[24] == 16:  # IHDR bit depth byte
             return _read_png16(path, max_pixels)
-    if (
-        fmt == "TIFF" and _tiff_tag(im, 258) == 16 and _tiff_tag(im, 277) > 1
-    ):  # BitsPerSample, SamplesPerPixel
+    # BitsPerSample 16 with several SamplesPerPixel: Pillow would keep only the high bytes
+    if fmt == "TIFF" and _tiff_tag(im, 258) == 16 and _tiff_tag(im, 277) > 1:
         return _read_tiff16(im, path, max_pixels)
 
     tiff_orientation = int(im.tag_v2.get(274, 1)) if fmt == "TIFF" else 1  # type: ignore[attr-defined]
@@ -336,7 +333,8 @@ def _pil_to_arrays(
         alpha = _transparency_alpha(grey, im.info.get("transparency"), 65535) if transparent else None
         return grey[:, :, None], alpha, 16, icc
     if mode == "CMYK":
-        return _cmyk_to_rgb(im, path, icc), None, 8, _srgb_profile() if icc else None
+        rgb, icc = _cmyk_to_rgb(im, path, icc)
+        return rgb, None, 8, icc
     target = {
         "1": "L",
         "L": "LA" if transparent else "L",
@@ -370,22 +368,22 @@ def _transparency_alpha(grey: np.ndarray, key: object, opaque: int) -> np.ndarra
     return np.where(grey == key, 0, opaque).astype(grey.dtype)
 
 
-def _cmyk_to_rgb(im: Image.Image, path: Path, icc: bytes | None) -> np.ndarray:
-    """CMYK -> sRGB through the embedded profile when there is one (the output then carries an sRGB profile);
-    otherwise Pillow's naive R = 255 - C - K conversion, which is what viewers without colour management show."""
+def _cmyk_to_rgb(im: Image.Image, path: Path, icc: bytes | None) -> tuple[np.ndarray, bytes | None]:
+    """CMYK -> RGB: through the embedded CMYK profile to sRGB when there is one (returned with an sRGB profile);
+    otherwise Pillow's naive R = 255 - C - K conversion (no profile: the CMYK one no longer applies)."""
     if icc:
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             rgb = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
             if rgb is not None:
-                return np.asarray(rgb)
+                return np.asarray(rgb), _srgb_profile()
         except (ImageCms.PyCMSError, OSError, ValueError) as exc:
             warnings.warn(
                 f"{path}: CMYK profile unusable ({_one_line(exc)}); naive conversion",
                 ImageWarning,
                 stacklevel=4,
             )
-    return np.asarray(im.convert("RGB"))
+    return np.asarray(im.convert("RGB")), None
 
 
 def _srgb_profile() -> bytes:
@@ -476,15 +474,8 @@ def _tiff_tag(im: Image.Image, tag: int) -> int:
     return int(value)
 
 
-_TIFF_EXIF_IFD0_TAGS = (
-    270,
-    271,
-    272,
-    305,
-    306,
-    315,
-    33432,
-)  # description, make, model, software, date, artist, (c)
+# ImageDescription, Make, Model, Software, DateTime, Artist, Copyright
+_TIFF_EXIF_IFD0_TAGS = (270, 271, 272, 305, 306, 315, 33432)
 
 
 def _tiff_exif(im: Image.Image) -> bytes | None:
@@ -523,11 +514,18 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
                     "(decompression-bomb guard; raise max_pixels to allow it)"
                 )
             photometric = int(page.photometric)
+            samples = int(page.samplesperpixel)
+            if (
+                photometric not in (1, 2) or not (3 if photometric == 2 else 1) <= samples <= 4
+            ):  # MINISBLACK, RGB
+                raise ImageError(
+                    f"{path}: 16-bit TIFF with photometric {photometric} and {samples} samples is not supported"
+                )
             extra = tuple(int(e) for e in page.extrasamples)
-            tags = {tag.code: tag.value for tag in page.tags}
+            tags = {tag.code: tag.value for tag in page.tags if tag.code in (274, 34675)}
             array = page.asarray()
             axes = page.axes
-    except (ValueError, KeyError, NotImplementedError, tifffile.TiffFileError) as exc:
+    except (ValueError, KeyError, NotImplementedError) as exc:  # TiffFileError is a ValueError
         raise ImageError(f"{path}: cannot decode this 16-bit TIFF ({_one_line(exc)})") from None
     if im is not None:
         orientation, icc, exif = _tiff_tag(im, 274), im.info.get("icc_profile") or None, _tiff_exif(im)
@@ -538,15 +536,11 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
         raise ImageError(f"{path}: 16-bit TIFF decoded as {array.dtype}; unsupported sample format")
     if axes.startswith("S"):  # planar configuration "separate": samples first
         array = np.moveaxis(array, 0, -1)
-    if array.ndim != 3:
+    elif array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape != (height, width, samples):
         raise ImageError(f"{path}: unsupported 16-bit TIFF layout {axes} {array.shape}")
-    if photometric not in (1, 2):  # MINISBLACK, RGB
-        raise ImageError(
-            f"{path}: 16-bit TIFF with photometric interpretation {photometric} is not supported"
-        )
     colour = 3 if photometric == 2 else 1
-    if array.shape[2] < colour:
-        raise ImageError(f"{path}: 16-bit TIFF has {array.shape[2]} samples, too few for its colour model")
     pixels = array[:, :, :colour]
     alpha = array[:, :, colour] if array.shape[2] > colour else None
     if alpha is not None and extra and extra[0] == 1:  # associated (premultiplied) alpha: undo it
@@ -672,6 +666,9 @@ def _unfilter(rows: np.ndarray, width: int, bpp: int, path: Path) -> np.ndarray:
     if kinds.size and kinds.max() > 4:
         raise ImageError(f"{path}: corrupt PNG (unknown filter type {int(kinds.max())})")
     data = rows[:, 1:].reshape(height * width, bpp)
+    # rows of each filter type before row y: lets a diagonal skip predictors none of its rows use
+    before = np.zeros((5, height + 1), np.int64)
+    before[:, 1:] = np.cumsum(kinds[None, :] == np.arange(5)[:, None], axis=1)
     # (height + 1) x (width + 1) pixels with a zero top row and left column: neighbours need no bounds checks
     out = np.zeros(((height + 1) * (width + 1), bpp), np.uint8)
     for d in range(height + width - 1):
@@ -679,14 +676,25 @@ def _unfilter(rows: np.ndarray, width: int, bpp: int, path: Path) -> np.ndarray:
         n = y_hi - y_lo
         a = out[_diagonal(y_lo * width + width + 1 + d, width, n)].astype(np.int16)  # left (y+1, x) padded
         b = out[_diagonal(y_lo * width + d + 1, width, n)].astype(np.int16)  # up (y, x+1) padded
-        c = out[_diagonal(y_lo * width + d, width, n)].astype(np.int16)  # upper-left (y, x) padded
         raw = data[_diagonal(y_lo * (width - 1) + d, max(width - 1, 1), n)]
-        kind = kinds[y_lo:y_hi, None]
-        p = a + b - c
-        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-        pred = np.select([kind == 1, kind == 2, kind == 3, kind == 4], [a, b, (a + b) >> 1, paeth], 0)
-        out[_diagonal(y_lo * width + width + d + 2, width, n)] = (raw + pred) & 255
+        used = before[:, y_hi] - before[:, y_lo]
+        pred = np.zeros_like(a)
+        for kind in np.flatnonzero(used[1:]) + 1:
+            if kind == 1:
+                candidate = a
+            elif kind == 2:
+                candidate = b
+            elif kind == 3:
+                candidate = (a + b) >> 1
+            else:
+                c = out[_diagonal(y_lo * width + d, width, n)].astype(np.int16)  # upper-left (y, x) padded
+                pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)  # |p - a|, |p - b|, |p - c|
+                candidate = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+            if used[kind] == n:
+                pred = candidate
+            else:
+                np.copyto(pred, candidate, where=kinds[y_lo:y_hi, None] == kind)
+        out[_diagonal(y_lo * width + width + d + 2, width, n)] = raw + pred  # wraps mod 256 on assignment
     return out.reshape(height + 1, width + 1, bpp)[1:, 1:]
 
 
