@@ -60,7 +60,7 @@ def test_prepare_with_lr(
         "grey": _expected((200, 300), 128, 96, 4),
     }
     assert counts == {"astronaut": 25, "crop": 12, "grey": 6}
-    assert res.images == 3 and res.crops == sum(counts.values())
+    assert res.images == 3 and res.crops == sum(counts.values()) and res.too_small == 0
     assert [p.name for p, _ in res.failed] == ["broken.png"]
     assert "broken.png" in res.failed[0][1]
     assert "skipped:" in capsys.readouterr().err
@@ -104,6 +104,18 @@ def test_cli_parallel_failures_and_overwrite(
     assert "already exists" in capsys.readouterr().err
     assert main([*args[:-2], "--overwrite"]) == 0
     assert len(list(out.glob("*.png"))) == total
+
+
+def test_images_smaller_than_a_sub_image_are_counted(
+    hr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (hr_dir / "broken.png").unlink()
+    assert main(["prepare", str(hr_dir), str(tmp_path / "o"), "--size", "256", "--lr-scale", "4"]) == 0
+    # 512x512: 3x3 crops (0, 240 and the flush 256); 301x410 cut to 300x408: 2x2; 200x300 grey: none
+    out = capsys.readouterr().out
+    assert "3 images -> 13 sub-images" in out and "(1 smaller than --size: nothing cut)" in out
+    assert main(["prepare", str(hr_dir), str(tmp_path / "o2"), "--size", "400"]) == 0
+    assert "(2 smaller than --size: nothing cut)" in capsys.readouterr().out
 
 
 def test_cli_rejects_lr_scale_not_dividing_size(

@@ -40,6 +40,7 @@ class _Settings:
 @dataclass
 class PrepareResult:
     images: int = 0  # images cut successfully
+    too_small: int = 0  # of those, images smaller than one sub-image (nothing written)
     crops: int = 0  # HR sub-images written (as many LR ones when lr_scale is set)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
 
@@ -152,6 +153,7 @@ def prepare(
             if error is None:
                 result.images += 1
                 result.crops += n
+                result.too_small += n == 0
             else:
                 result.failed.append((path, error))
                 bar.write(f"skipped: {error}", file=sys.stderr)
