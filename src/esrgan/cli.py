@@ -142,7 +142,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
     )
-    print(f"{res.images} images -> {res.crops} sub-images in {args.out_dir}; {len(res.failed)} failed")
+    small = f" ({res.too_small} smaller than --size: nothing cut)" if res.too_small else ""
+    print(f"{res.images} images -> {res.crops} sub-images in {args.out_dir}{small}; {len(res.failed)} failed")
     return 1 if res.failed else 0
 
 
