@@ -603,3 +603,32 @@ def test_pillow_global_limit_neither_needed_nor_leaking(
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # Pillow refuses outright
     with pytest.raises(ImageError, match="decompression"):
         read_image(tmp_path / "a.png")
+
+
+def test_exif_without_prefix_and_unparsable_exif(tmp_path: Path, photo: np.ndarray) -> None:
+    bare = _exif().tobytes().removeprefix(b"Exif\x00\x00")  # the TIFF structure alone, as PNG/WebP store it
+    for ext in ("jpg", "png", "webp", "tif"):
+        back = read_image(write_image(tmp_path / f"bare.{ext}", ImageData(pixels=photo, exif=bare)))
+        assert back.exif is not None and back.exif.startswith(b"Exif\x00\x00")
+        loaded = Image.Exif()
+        loaded.load(back.exif)
+        assert loaded[0x010F] == "ESRGAN Test Camera"
+    with pytest.raises(ImageError, match="cannot encode as TIFF"):
+        write_image(tmp_path / "bad.tif", ImageData(pixels=photo, exif=b"Exif\x00\x00garbage!"))
+    assert not list(tmp_path.glob("bad*")) and not list(tmp_path.glob(".bad*"))
+
+
+def test_imagemagick_raw_profile_exif_in_png(tmp_path: Path, cat: np.ndarray) -> None:
+    """ImageMagick stores EXIF as hex in a text chunk; its orientation must be honoured too."""
+    from PIL import PngImagePlugin
+
+    data = _exif(t274=6).tobytes()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(data):8}\n{data.hex()}\n", zip=True)
+    Image.fromarray(cat).save(tmp_path / "im.png", pnginfo=info)
+    img = read_image(tmp_path / "im.png")
+    np.testing.assert_array_equal(img.pixels, np.rot90(cat, -1))
+    assert img.exif is not None
+    loaded = Image.Exif()
+    loaded.load(img.exif)
+    assert loaded[274] == 1 and loaded[0x010F] == "ESRGAN Test Camera"

@@ -14,9 +14,11 @@ and converts to 8 bits (rounded) for JPEG/WEBP. BMP, GIF and other Pillow format
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -35,7 +37,9 @@ __all__ = [
     "WRITE_FORMATS",
     "ImageData",
     "ImageWarning",
+    "from_float",
     "read_image",
+    "to_float",
     "write_image",
 ]
 
@@ -199,9 +203,9 @@ def _to_8bit(array: np.ndarray) -> np.ndarray:
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
     """Decode an image file into an ImageData (see the module docstring for what is kept and how).
 
-    Size is checked from the header against max_pixels before decoding, independently of Pillow's global
-    Image.MAX_IMAGE_PIXELS (whose warning is silenced here since this check replaces it; its hard error, at twice
-    its value, still applies and is reported as an ImageError). Animated images: the first frame, with an
+    Size is checked from the header against max_pixels before decoding, whatever Pillow's global
+    Image.MAX_IMAGE_PIXELS is (even None). When max_pixels exceeds that global, Pillow's warning is silenced, but
+    its hard error at twice the global still applies and is reported as an ImageError. Animated images: the first frame, with an
     ImageWarning. 32-bit float and 32-bit integer images are refused (their value range is not defined).
     Truncated or corrupt files, non-images and unsupported modes raise ImageError("<path>: <problem>").
     """
@@ -237,14 +241,31 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
 
 def _read_any(path: Path, max_pixels: int) -> ImageData:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                return _read_opened(im, path, max_pixels)
+        with _pillow_bomb_warning_silenced(max_pixels), Image.open(path) as im:
+            return _read_opened(im, path, max_pixels)
     except UnidentifiedImageError:
         if _is_tiff(path):  # e.g. 16-bit grey + alpha, which Pillow does not open
             return _read_tiff16(None, path, max_pixels)
         raise
+
+
+_WARNING_FILTERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_bomb_warning_silenced(max_pixels: int) -> Iterator[None]:
+    """Silence Pillow's DecompressionBombWarning when the caller allowed more pixels than Pillow's global limit.
+
+    Only then: below it, Pillow warns only about images refused here anyway. The warning filters are process
+    global (catch_warnings is not thread-safe), so those reads are serialised by a lock.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or max_pixels <= limit:
+        yield
+        return
+    with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def _is_tiff(path: Path) -> bool:
@@ -288,7 +309,12 @@ def _read_opened(im: Image.Image, path: Path, max_pixels: int) -> ImageData:
 
     tiff_orientation = int(im.tag_v2.get(274, 1)) if fmt == "TIFF" else 1  # type: ignore[attr-defined]
     im.load()
-    exif = _tiff_exif(im) if fmt == "TIFF" else _normalise_exif(im.info.get("exif"), path)
+    if fmt == "TIFF":
+        exif = _tiff_exif(im)
+    elif "exif" not in im.info and "Raw profile type exif" in im.info:  # ImageMagick's PNG text chunk
+        exif = _normalise_exif(im.getexif().tobytes(), path)
+    else:
+        exif = _normalise_exif(im.info.get("exif"), path)
     icc = im.info.get("icc_profile") or None
     pixels, alpha, depth, icc = _pil_to_arrays(im, path, icc)
 
@@ -816,7 +842,7 @@ def write_image(
         raise
     except OSError as exc:
         raise ImageError(f"{path}: cannot write ({exc.strerror or _one_line(exc)})") from None
-    except ValueError as exc:  # Pillow's refusals (e.g. EXIF too long for a JPEG marker)
+    except (ValueError, SyntaxError, struct.error) as exc:  # Pillow's refusals: EXIF too long or unparsable
         raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
     return path
 
@@ -842,8 +868,11 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
     options: dict[str, Any] = {}
     if image.icc_profile:
         options["icc_profile"] = image.icc_profile
-    if image.exif:  # the WebP EXIF chunk holds the bare TIFF structure
-        options["exif"] = image.exif.removeprefix(_EXIF_HEADER) if fmt == "WEBP" else image.exif
+    if (
+        image.exif
+    ):  # JPEG's APP1 needs the "Exif" prefix (callers may hand bare TIFF data); WebP's chunk must not
+        bare = image.exif.removeprefix(_EXIF_HEADER)
+        options["exif"] = bare if fmt == "WEBP" else _EXIF_HEADER + bare
     if fmt == "JPEG":
         options.update(quality=_JPEG_DEFAULT_QUALITY if quality is None else quality, subsampling=0)
     elif fmt == "WEBP" and quality is None:
