@@ -632,3 +632,17 @@ def test_imagemagick_raw_profile_exif_in_png(tmp_path: Path, cat: np.ndarray) ->
     loaded = Image.Exif()
     loaded.load(img.exif)
     assert loaded[274] == 1 and loaded[0x010F] == "ESRGAN Test Camera"
+
+
+def test_profile_that_does_not_fit_the_pixels_is_dropped(
+    tmp_path: Path, photo: np.ndarray, srgb_icc: bytes
+) -> None:
+    """A grey photo upscaled as RGB must not carry its grey profile (nor an RGB profile land on grey pixels)."""
+    grey_icc = srgb_icc[:16] + b"GRAY" + srgb_icc[20:]  # only the header's colour space is consulted
+    with pytest.warns(ImageWarning, match="GRAY ICC profile does not fit RGB"):
+        back = read_image(write_image(tmp_path / "a.png", ImageData(pixels=photo, icc_profile=grey_icc)))
+    assert back.icc_profile is None
+    with pytest.warns(ImageWarning, match="RGB ICC profile does not fit grey"):
+        write_image(tmp_path / "b.png", ImageData(pixels=photo[:, :, :1].copy(), icc_profile=srgb_icc))
+    with pytest.warns(ImageWarning, match="GRAY"):  # WebP turns grey into RGB: the grey profile goes
+        write_image(tmp_path / "c.webp", ImageData(pixels=photo[:, :, :1].copy(), icc_profile=grey_icc))

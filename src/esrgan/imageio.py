@@ -60,7 +60,7 @@ WRITE_FORMATS = {
 _JPEG_DEFAULT_QUALITY = 95  # with 4:4:4 chroma: super-resolution output should not be smeared by the encoder
 _EXIF_HEADER = b"Exif\x00\x00"
 _ORIENTATION_TAG = 0x0112
-_MAX_META_BYTES = 64 * 1024 * 1024  # iCCP inflate limit: a profile is kilobytes, never this
+_MAX_META_BYTES = 16 * 1024 * 1024  # iCCP inflate limit: profiles are kilobytes, big LUT ones a few MiB
 
 
 class ImageWarning(UserWarning):
@@ -835,6 +835,10 @@ def write_image(
         )
     elif quality is not None and not 0 <= quality <= 100:
         raise ImageError(f"{path}: quality must be between 0 and 100, not {quality}")
+    stored_channels = 3 if fmt == "WEBP" else image.channels  # WebP stores grey as RGB
+    icc = _profile_fitting(image.icc_profile, stored_channels, path)
+    if icc is not image.icc_profile:
+        image = replace(image, icc_profile=icc)
     try:
         with atomic_path(path, overwrite=overwrite) as tmp:
             _encode(tmp, image, fmt, quality, path)
@@ -845,6 +849,24 @@ def write_image(
     except (ValueError, SyntaxError, struct.error) as exc:  # Pillow's refusals: EXIF too long or unparsable
         raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
     return path
+
+
+def _profile_fitting(icc: bytes | None, channels: int, path: Path) -> bytes | None:
+    """The ICC profile if its colour space (header bytes 16-20) describes the stored pixels, else None with a
+    warning: a grey profile on RGB data (a grey photo upscaled in colour) misleads colour-managed viewers."""
+    if not icc:
+        return None
+    space = icc[16:20]
+    if (space == b"GRAY" and channels == 1) or (space == b"RGB " and channels == 3):
+        return icc
+    kind = "grey" if channels == 1 else "RGB"
+    space_name = space.decode("latin-1").strip() or "unknown"
+    warnings.warn(
+        f"{path}: {space_name} ICC profile does not fit {kind} pixels; not written",
+        ImageWarning,
+        stacklevel=3,
+    )
+    return None
 
 
 def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Path) -> None:
@@ -868,9 +890,7 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
     options: dict[str, Any] = {}
     if image.icc_profile:
         options["icc_profile"] = image.icc_profile
-    if (
-        image.exif
-    ):  # JPEG's APP1 needs the "Exif" prefix (callers may hand bare TIFF data); WebP's chunk must not
+    if image.exif:  # JPEG's APP1 needs the "Exif" prefix (callers may hand bare TIFF); WebP's chunk must not
         bare = image.exif.removeprefix(_EXIF_HEADER)
         options["exif"] = bare if fmt == "WEBP" else _EXIF_HEADER + bare
     if fmt == "JPEG":
