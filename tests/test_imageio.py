@@ -376,8 +376,11 @@ def test_unknown_extension_refused(tmp_path: Path, photo: np.ndarray) -> None:
 
 def test_write_into_path_whose_parent_is_a_file(tmp_path: Path, photo: np.ndarray) -> None:
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(ImageError, match="file"):
+    with pytest.raises(ImageError, match="is a file, not a folder"):
         write_image(tmp_path / "file" / "a.png", ImageData(pixels=photo))
+    with pytest.raises(ImageError, match="is a file, not a folder"):
+        write_image(tmp_path / "file" / "deeper" / "a.png", ImageData(pixels=photo))
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:

@@ -845,7 +845,9 @@ def write_image(
     except (OutputExistsError, ImageError):
         raise
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or _one_line(exc)})") from None
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or _one_line(exc)
+        raise ImageError(f"{path}: cannot write ({reason})") from None
     except (ValueError, SyntaxError, struct.error) as exc:  # Pillow's refusals: EXIF too long or unparsable
         raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
     return path
