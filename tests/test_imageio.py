@@ -649,3 +649,17 @@ def test_profile_that_does_not_fit_the_pixels_is_dropped(
         write_image(tmp_path / "b.png", ImageData(pixels=photo[:, :, :1].copy(), icc_profile=srgb_icc))
     with pytest.warns(ImageWarning, match="GRAY"):  # WebP turns grey into RGB: the grey profile goes
         write_image(tmp_path / "c.webp", ImageData(pixels=photo[:, :, :1].copy(), icc_profile=grey_icc))
+
+
+def test_bmp_is_8bit_without_alpha_or_metadata(tmp_path: Path, photo: np.ndarray, srgb_icc: bytes) -> None:
+    alpha = np.full(photo.shape[:2], 255, np.uint8)
+    alpha[:10] = 0
+    img = ImageData(pixels=photo.astype(np.uint16) * 257, alpha=alpha.astype(np.uint16) * 257, bit_depth=16)
+    with pytest.warns(ImageWarning, match="white"):
+        back = read_image(write_image(tmp_path / "a.bmp", img))
+    assert (back.format, back.bit_depth, back.alpha) == ("BMP", 8, None)
+    np.testing.assert_array_equal(back.pixels[10:], photo[10:])
+    assert (back.pixels[:10] == 255).all()
+    with pytest.warns(ImageWarning, match="ICC"):
+        write_image(tmp_path / "b.bmp", ImageData(pixels=photo, icc_profile=srgb_icc))
+    np.testing.assert_array_equal(read_image(tmp_path / "b.bmp").pixels, photo)

@@ -9,7 +9,7 @@ Pillow (13 included) still decodes 16-bit colour PNG and TIFF to 8 bits, so thos
 16-bit multi-sample TIFF through `tifffile`. Everything else is Pillow.
 
 Writing is atomic (esrgan.atomic), keeps ICC profile and EXIF, writes 16-bit PNG/TIFF when the image is 16-bit,
-and converts to 8 bits (rounded) for JPEG/WEBP. BMP, GIF and other Pillow formats are read but not written.
+and converts to 8 bits (rounded) for JPEG/WEBP/BMP. GIF and other Pillow formats are read but not written.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ WRITE_FORMATS = {
     ".webp": "WEBP",
     ".tif": "TIFF",
     ".tiff": "TIFF",
+    ".bmp": "BMP",
 }
 """Output extensions and the format each selects (format names are accepted too, case-insensitively)."""
 
@@ -799,11 +800,15 @@ def _output_format(path: Path, format: str | None) -> str:
         name = format.upper().lstrip(".")
         name = {"JPG": "JPEG", "TIF": "TIFF"}.get(name, name)
         if name not in set(WRITE_FORMATS.values()):
-            raise ImageError(f"{path}: cannot write format {format!r} (choose from png, jpeg, webp, tiff)")
+            raise ImageError(
+                f"{path}: cannot write format {format!r} (choose from png, jpeg, webp, tiff, bmp)"
+            )
         return name
     found = WRITE_FORMATS.get(path.suffix.lower())
     if found is None:
-        raise ImageError(f"{path}: unknown output extension {path.suffix!r} (use .png, .jpg, .webp or .tif)")
+        raise ImageError(
+            f"{path}: unknown output extension {path.suffix!r} (use .png, .jpg, .webp, .tif or .bmp)"
+        )
     return found
 
 
@@ -817,9 +822,9 @@ def write_image(
 ) -> Path:
     """Write image atomically and return the path.
 
-    format: PNG, JPEG, WEBP or TIFF (default: from the extension). PNG and TIFF keep 16 bits and alpha; JPEG and
-    WEBP are 8-bit (16-bit input rounded), WEBP greyscale is stored as RGB. JPEG has no alpha: transparent pixels
-    are composited on white, with an ImageWarning. quality: JPEG 1-100 (default 95, 4:4:4 chroma) or WEBP 0-100
+    format: PNG, JPEG, WEBP, TIFF or BMP (default: from the extension). PNG and TIFF keep 16 bits and alpha; JPEG,
+    WEBP and BMP are 8-bit (16-bit input rounded), WEBP greyscale is stored as RGB. JPEG and BMP have no (reliable)
+    alpha: transparent pixels are composited on white, with an ImageWarning; BMP also drops ICC and EXIF (warns). quality: JPEG 1-100 (default 95, 4:4:4 chroma) or WEBP 0-100
     (default: lossless, colour under transparent pixels kept); ignored with a warning for PNG/TIFF. ICC profile and
     EXIF are always written, except that 16-bit TIFF keeps only the descriptive EXIF tags (warns otherwise).
     An existing file raises OutputExistsError (before any encoding) unless overwrite; any write failure raises
@@ -880,8 +885,8 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
             _write_tiff16(tmp, image, path)
         return
     pixels, alpha = _to_8bit(image.pixels), None if image.alpha is None else _to_8bit(image.alpha)
-    if fmt == "JPEG" and alpha is not None:
-        warnings.warn(f"{path}: JPEG has no alpha channel; composited on white", ImageWarning, stacklevel=3)
+    if fmt in ("JPEG", "BMP") and alpha is not None:  # readers ignore a BMP's 4th byte (Pillow included)
+        warnings.warn(f"{path}: {fmt} has no alpha channel; composited on white", ImageWarning, stacklevel=3)
         a = alpha.astype(np.float32)[:, :, None] / 255.0
         pixels = np.clip(np.rint(pixels.astype(np.float32) * a + 255.0 * (1.0 - a)), 0, 255).astype(np.uint8)
         alpha = None
@@ -890,6 +895,9 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
     stacked = pixels if alpha is None else np.concatenate([pixels, alpha[:, :, None]], axis=2)
     pil = Image.fromarray(stacked[:, :, 0] if stacked.shape[2] == 1 else stacked)  # L, LA, RGB or RGBA
     options: dict[str, Any] = {}
+    if fmt == "BMP" and (image.icc_profile or image.exif):
+        warnings.warn(f"{path}: BMP holds no ICC profile or EXIF; not written", ImageWarning, stacklevel=3)
+        image = replace(image, icc_profile=None, exif=None)
     if image.icc_profile:
         options["icc_profile"] = image.icc_profile
     if image.exif:  # JPEG's APP1 needs the "Exif" prefix (callers may hand bare TIFF); WebP's chunk must not
