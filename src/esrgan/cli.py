@@ -147,6 +147,106 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 1 if res.failed else 0
 
 
+# --- evaluate -------------------------------------------------------------------------------------------------------
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score models against bicubic on a folder of HR images (Y-PSNR, Y-SSIM, NIQE; the literature's protocol)",
+    )
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        required=True,
+        metavar="NAME|PATH",
+        help="model name (see `esrgan models`) or file; repeat to compare several side by side",
+    )
+    p.add_argument(
+        "--hr", type=_path, required=True, metavar="DIR", help="folder of HR (ground-truth) images"
+    )
+    p.add_argument(
+        "--lr",
+        type=_path,
+        metavar="DIR",
+        help="folder of LR images paired by name (default: MATLAB bicubic downscale of HR, rounded to uint8)",
+    )
+    p.add_argument("--scale", type=int, help="upscaling factor (default: the models' scale)")
+    p.add_argument(
+        "--crop-border",
+        type=int,
+        metavar="N",
+        help="pixels cut from every side before scoring (default: scale)",
+    )
+    p.add_argument("--no-niqe", action="store_true", help="skip NIQE (no-reference, lower is better)")
+    p.add_argument(
+        "--round-y",
+        action="store_true",
+        help="round Y to integers as MATLAB does on uint8 (default: unrounded, as BasicSR)",
+    )
+    p.add_argument(
+        "--json", type=_path, metavar="FILE", help="write all numbers as JSON (replaced if it exists)"
+    )
+    p.add_argument(
+        "--csv",
+        type=_path,
+        metavar="FILE",
+        help="write one row per image and method as CSV (replaced if it exists)",
+    )
+    p.add_argument(
+        "--report",
+        type=_path,
+        metavar="DIR",
+        help="write a mosaic of a zoomed crop per image and index.html/.md",
+    )
+    p.add_argument(
+        "--save-images", type=_path, metavar="DIR", help="save every result as DIR/<method>/<image>.png"
+    )
+    p.add_argument(
+        "--tile", type=int, metavar="N", help="tile size in LR pixels (default: automatic; 0 = whole image)"
+    )
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default: auto"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table, write_csv, write_json
+
+    result = evaluate(
+        args.hr,
+        args.models,
+        lr_dir=args.lr,
+        scale=args.scale,
+        crop_border=args.crop_border,
+        niqe=not args.no_niqe,
+        round_y=args.round_y,
+        tile=args.tile,
+        precision=args.precision,
+        device=args.device,
+        save_images=args.save_images,
+        report_dir=args.report,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(format_table(result))
+    for path, writer in ((args.json, write_json), (args.csv, write_csv)):
+        if path is not None:
+            writer(result, path)
+            print(f"wrote {path}")
+    if args.report is not None:
+        print(f"wrote {args.report / 'index.html'}")
+    print(f"{len(result.images)} images in {result.seconds:.1f} s")
+    if result.failed:
+        _err(
+            f"{len(result.failed)} of {len(result.failed) + len(result.images)} files could not be evaluated:"
+        )
+        for _, reason in result.failed:
+            print(f"  {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --- end of sections; helpers add theirs above this line ------------------------------------------------------------
 
 _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -155,6 +255,7 @@ _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_interpolate,
     _add_models,
     _add_prepare,
+    _add_evaluate,
 ]
 
 

@@ -1,0 +1,529 @@
+"""`esrgan evaluate`: score models against the bicubic baseline by the super-resolution literature's protocol.
+
+The protocol (esrgan-recipe.md, "Evaluation protocol"; shared/data/README.md) is followed step by step, because
+each step moves the numbers by more than the differences papers report:
+
+1. HR is cut to a multiple of the scale (top-left kept), so LR x scale has exactly the HR size.
+2. LR = MATLAB bicubic downscale of that HR, rounded to uint8 (the LR PNGs of the benchmarks are 8-bit), unless LR
+   files are given (paired by name).
+3. The baseline is the MATLAB bicubic upscale of LR, each model's output comes through the upscale path; both are
+   rounded to uint8, as a saved result would be.
+4. PSNR/SSIM on the BT.601 Y channel (unrounded unless round_y, see esrgan.metrics), ``crop_border`` = scale
+   pixels cut from every side; NIQE (lower is better) on the same cropped region.
+
+One bad image (unreadable, wrong LR size, too small for SSIM, a failed forward pass) is reported and skipped; the
+rest of the folder is still evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write_bytes
+from .errors import ConfigError, EsrganError, ImageError
+from .imageio import ImageData, from_float, read_image, to_float, write_image
+from .metrics import psnr, ssim
+from .prepare import IMAGE_SUFFIXES
+from .resize import imresize_np
+
+__all__ = [
+    "BICUBIC",
+    "EvalResult",
+    "ImageResult",
+    "Scores",
+    "evaluate",
+    "format_table",
+    "write_csv",
+    "write_json",
+]
+
+BICUBIC = "bicubic"
+"""Name of the baseline column: MATLAB bicubic upscaling of the LR image."""
+
+Upscale = Callable[[np.ndarray], np.ndarray]
+"""uint8 HxWx3 LR in, uint8 (H*scale)x(W*scale)x3 out."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    psnr: float  # dB, Y channel; inf for an exact reconstruction
+    ssim: float
+    niqe: float | None  # None when NIQE was not asked for or the image is too small for it
+
+
+@dataclass
+class ImageResult:
+    name: str  # file stem, the key everything else uses
+    file: Path
+    hr_size: tuple[int, int]  # (height, width) after cutting to a multiple of the scale
+    scores: dict[str, Scores]  # method -> scores; bicubic first, then the models in the order given
+    hr_niqe: float | None = None  # the reference image's own NIQE: what "natural" scores on this image
+    seconds: dict[str, float] = field(default_factory=dict)  # model -> upscaling time for this image
+    mosaic: Path | None = None  # the visual report's mosaic of this image, when one was written
+
+
+@dataclass
+class EvalResult:
+    hr_dir: Path
+    lr_dir: Path | None
+    scale: int
+    crop_border: int
+    round_y: bool
+    niqe: bool
+    methods: list[str]  # bicubic, then one name per model
+    sources: dict[str, str]  # model name -> what the user passed (zoo name or file)
+    images: list[ImageResult] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    seconds: float = 0.0  # wall time of the whole evaluation
+
+    def mean(self, method: str) -> Scores:
+        """Mean over the evaluated images, as the literature reports a set (NIQE over images that have one)."""
+        rows = [im.scores[method] for im in self.images]
+        niqes = [s.niqe for s in rows if s.niqe is not None]
+        return Scores(
+            psnr=float(np.mean([s.psnr for s in rows])) if rows else math.nan,
+            ssim=float(np.mean([s.ssim for s in rows])) if rows else math.nan,
+            niqe=float(np.mean(niqes)) if niqes else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data: protocol, per-image scores, means and failures."""
+        return {
+            "protocol": {
+                "scale": self.scale,
+                "crop_border": self.crop_border,
+                "metric_channel": "Y (BT.601, MATLAB rgb2ycbcr)",
+                "round_y": self.round_y,
+                "lr": str(self.lr_dir) if self.lr_dir else "MATLAB bicubic downscale of HR, rounded to uint8",
+                "niqe": self.niqe,
+            },
+            "hr_dir": str(self.hr_dir),
+            "methods": self.methods,
+            "models": {
+                m: {"source": self.sources[m], "seconds": sum(im.seconds.get(m, 0.0) for im in self.images)}
+                for m in self.methods[1:]
+            },
+            "images": [
+                {
+                    "name": im.name,
+                    "file": str(im.file),
+                    "hr_size": list(im.hr_size),
+                    "hr_niqe": im.hr_niqe,
+                    "scores": {m: _scores_dict(s) for m, s in im.scores.items()},
+                    "seconds": im.seconds,
+                    "mosaic": str(im.mosaic) if im.mosaic else None,
+                }
+                for im in self.images
+            ],
+            "mean": {m: _scores_dict(self.mean(m)) for m in self.methods},
+            "failed": [{"file": str(p), "error": msg} for p, msg in self.failed],
+            "seconds": self.seconds,
+        }
+
+
+def _json_float(v: float | None) -> float | str | None:
+    """JSON has no inf/nan: an exact reconstruction's PSNR is written as the string "inf"."""
+    if v is None or math.isfinite(v):
+        return v
+    return str(v)
+
+
+def _scores_dict(s: Scores) -> dict[str, float | str | None]:
+    return {"psnr": _json_float(s.psnr), "ssim": _json_float(s.ssim), "niqe": _json_float(s.niqe)}
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------------
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder (by extension, hidden files skipped), sorted by name."""
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a folder")
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:
+    """The LR file paired with HR ``stem``: same stem, or the usual benchmark suffixes (``x4``, ``_x4``, ``_LRBI_x4``)."""
+    candidates = (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}_LRBI_x{scale}")
+    by_stem = {p.stem: p for p in list_images(lr_dir)}
+    for c in candidates:
+        if c in by_stem:
+            return by_stem[c]
+    raise ImageError(
+        f"{lr_dir}: no LR image for {stem!r} (looked for {', '.join(candidates)} with an image suffix)"
+    )
+
+
+def _as_uint8(img: ImageData) -> np.ndarray:
+    """Pixels as uint8 HxWxC (C = 1 or 3): the protocol's data range is 255, so 16-bit files are rounded to 8 bits."""
+    return img.pixels if img.bit_depth == 8 else from_float(to_float(img.pixels), 8)
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Cut height and width down to multiples of ``scale``, keeping the top-left corner."""
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The protocol's LR image: MATLAB bicubic 1/scale, rounded to uint8."""
+    return _to_u8(imresize_np(hr, scale=1 / scale))
+
+
+def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The baseline: MATLAB bicubic x scale, rounded to uint8."""
+    return _to_u8(imresize_np(lr, scale=scale))
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    """HxWx3 for the models (a grey image becomes three equal channels)."""
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+# --- models ---------------------------------------------------------------------------------------------------------
+@dataclass
+class _Model:
+    name: str
+    source: str
+    scale: int
+    run: Upscale
+
+
+def model_name(spec: str) -> str:
+    """Column name of a model: the zoo name as given, or a file's stem."""
+    p = Path(spec)
+    return p.stem if (p.suffix or "/" in spec) else spec
+
+
+def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> tuple[int, Upscale]:
+    """Scale and upscale function of a model file or zoo name, through the same path `esrgan upscale` uses."""
+    # Interim: plain full-image forward until esrgan.upscale.Upscaler lands (then tiling/precision apply).
+    import torch
+
+    from .checkpoints import load_model
+
+    model = load_model(spec, device=device if device != "auto" else "cpu")
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.array(lr)).permute(2, 0, 1)[None].float().div(255.0)
+        with torch.inference_mode():
+            y = model(x.to(next(model.parameters()).device))
+        return from_float(y[0].permute(1, 2, 0).float().cpu().numpy(), 8)
+
+    return model.config.scale, run
+
+
+def _names(specs: Sequence[str]) -> list[str]:
+    """Unique column names: a repeated stem gets #2, #3."""
+    out: list[str] = []
+    for spec in specs:
+        base = model_name(spec)
+        name, k = base, 1
+        while name in out or name == BICUBIC:
+            k += 1
+            name = f"{base}#{k}"
+        out.append(name)
+    return out
+
+
+# --- scoring --------------------------------------------------------------------------------------------------------
+def _niqe(img: np.ndarray, crop_border: int) -> float | None:
+    """NIQE of the cropped image; None when it has fewer than two 96x96 blocks or is too flat to fit (a blank
+    output leaves no block with a distribution: numpy then warns and the score is NaN)."""
+    from .niqe import niqe
+
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            value = niqe(img, crop_border=crop_border)
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def score(
+    sr: np.ndarray, hr: np.ndarray, *, crop_border: int, round_y: bool = False, with_niqe: bool = True
+) -> Scores:
+    """Y-PSNR, Y-SSIM and (optionally) NIQE of one result against its HR image."""
+    return Scores(
+        psnr=psnr(sr, hr, crop_border=crop_border, round_y=round_y),
+        ssim=ssim(sr, hr, crop_border=crop_border, round_y=round_y),
+        niqe=_niqe(sr, crop_border) if with_niqe else None,
+    )
+
+
+def _resolve_scale(scale: int | None, models: list[_Model]) -> int:
+    scales = {m.scale for m in models}
+    if scale is None:
+        if len(scales) > 1:
+            raise ConfigError(
+                "models of different scales cannot share one evaluation: "
+                + ", ".join(f"{m.name} x{m.scale}" for m in models)
+            )
+        return scales.pop() if scales else 4
+    for m in models:
+        if m.scale != scale:
+            raise ConfigError(f"{m.source}: the model upscales x{m.scale}, but --scale is {scale}")
+    if scale < 1:
+        raise ConfigError(f"scale must be >= 1, got {scale}")
+    return scale
+
+
+def evaluate(
+    hr_dir: str | Path,
+    models: Sequence[str],
+    *,
+    lr_dir: str | Path | None = None,
+    scale: int | None = None,
+    crop_border: int | None = None,
+    niqe: bool = True,
+    round_y: bool = False,
+    tile: int | None = None,
+    precision: str = "auto",
+    device: str = "auto",
+    save_images: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """Evaluate bicubic and each model on every image of ``hr_dir``; see the module docstring for the protocol.
+
+    models: zoo names or model files (all of one scale; ``scale`` defaults to theirs). crop_border defaults to the
+    scale. save_images: write every result as DIR/<method>/<image>.png. report_dir: mosaics and an index page
+    (esrgan.report). progress receives one line per image and per skipped file. Existing output files are replaced:
+    they are results of this run.
+    """
+    start = time.perf_counter()
+    hr_path = Path(hr_dir)
+    lr_path = Path(lr_dir) if lr_dir is not None else None
+    files = list_images(hr_path)
+    if lr_path is not None and not lr_path.is_dir():
+        raise ImageError(f"{lr_path}: not a folder")
+    names = _names(models)
+    loaded = []
+    for name, spec in zip(names, models, strict=True):
+        s, run = _load_model(spec, device=device, precision=precision, tile=tile)
+        loaded.append(_Model(name, spec, s, run))
+    s = _resolve_scale(scale, loaded)
+    border = s if crop_border is None else crop_border
+    if border < 0:
+        raise ConfigError(f"crop border must be >= 0, got {border}")
+    result = EvalResult(
+        hr_dir=hr_path,
+        lr_dir=lr_path,
+        scale=s,
+        crop_border=border,
+        round_y=round_y,
+        niqe=niqe,
+        methods=[BICUBIC, *names],
+        sources={m.name: m.source for m in loaded},
+    )
+    say = progress or (lambda line: None)
+    for i, path in enumerate(files, 1):
+        try:
+            item = _evaluate_one(path, result, loaded, save_images, report_dir)
+        except (EsrganError, OSError, ValueError) as exc:
+            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            result.failed.append((path, reason))
+            say(f"[{i}/{len(files)}] skipped {reason}")
+            continue
+        result.images.append(item)
+        say(
+            f"[{i}/{len(files)}] {item.name}: {' | '.join(_brief(m, item.scores[m]) for m in result.methods)}"
+        )
+    result.seconds = time.perf_counter() - start
+    if report_dir is not None:
+        from .report import write_index
+
+        write_index(result, Path(report_dir))
+    return result
+
+
+def _brief(method: str, s: Scores) -> str:
+    return f"{method} {s.psnr:.2f} dB {s.ssim:.4f}"
+
+
+def _evaluate_one(
+    path: Path,
+    result: EvalResult,
+    models: list[_Model],
+    save_images: str | Path | None,
+    report_dir: str | Path | None,
+) -> ImageResult:
+    s, border = result.scale, result.crop_border
+    hr = mod_crop(_as_uint8(read_image(path)), s)
+    if result.lr_dir is not None:
+        lr_file = find_lr(result.lr_dir, path.stem, s)
+        lr = _as_uint8(read_image(lr_file))
+        want = (hr.shape[0] // s, hr.shape[1] // s)
+        if lr.shape[:2] != want:
+            raise ImageError(
+                f"{lr_file}: LR is {lr.shape[1]}x{lr.shape[0]}, expected {want[1]}x{want[0]} "
+                f"(HR {path.name} cut to a multiple of {s}, divided by {s})"
+            )
+        if lr.shape[2] != hr.shape[2]:
+            lr = _rgb(lr) if lr.shape[2] == 1 else np.round(lr.mean(axis=2, keepdims=True)).astype(np.uint8)
+    else:
+        lr = bicubic_down(hr, s)
+    if min(hr.shape[:2]) - 2 * border < 11:
+        raise ImageError(
+            f"{path}: {hr.shape[1]}x{hr.shape[0]} is too small to score (SSIM needs 11x11 after the crop)"
+        )
+
+    outputs = {BICUBIC: bicubic_up(lr, s)}
+    seconds: dict[str, float] = {}
+    for m in models:
+        t0 = time.perf_counter()
+        out = m.run(_rgb(lr))
+        seconds[m.name] = time.perf_counter() - t0
+        if out.shape[:2] != hr.shape[:2]:
+            raise EsrganError(
+                f"{path}: {m.name} returned {out.shape[1]}x{out.shape[0]}, expected the HR size"
+            )
+        outputs[m.name] = out
+    scores = {
+        name: score(out, hr, crop_border=border, round_y=result.round_y, with_niqe=result.niqe)
+        for name, out in outputs.items()
+    }
+    item = ImageResult(
+        name=path.stem,
+        file=path,
+        hr_size=(hr.shape[0], hr.shape[1]),
+        scores=scores,
+        hr_niqe=_niqe(hr, border) if result.niqe else None,
+        seconds=seconds,
+    )
+    if save_images is not None:
+        for name, out in outputs.items():
+            write_image(
+                Path(save_images) / name / f"{path.stem}.png", ImageData.from_array(out), overwrite=True
+            )
+    if report_dir is not None:
+        from .report import write_mosaic
+
+        item.mosaic = write_mosaic(Path(report_dir), item, hr, outputs, result)
+    return item
+
+
+# --- output ---------------------------------------------------------------------------------------------------------
+def _fmt(v: float | None, digits: int) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if math.isfinite(v) else str(v)
+
+
+def _delta(v: float | None, base: float | None, digits: int) -> str:
+    if v is None or base is None or not (math.isfinite(v) and math.isfinite(base)):
+        return ""
+    return f"{v - base:+.{digits}f}"
+
+
+METRICS = (("psnr", "PSNR", 3), ("ssim", "SSIM", 4), ("niqe", "NIQE", 3))
+"""(field, header, decimals) of every metric, in table order; the table, CSV and report share these."""
+
+
+def _metrics(result: EvalResult) -> list[tuple[str, str, int]]:
+    return [m for m in METRICS if result.niqe or m[0] != "niqe"]
+
+
+def table_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per image, then the mean) of the results table: for every method each metric, and for
+    the models its difference to bicubic right after it."""
+    header = ["image"]
+    for method in result.methods:
+        for _, label, _ in _metrics(result):
+            header.append(f"{method} {label}")
+            if method != BICUBIC:
+                header.append("Δ")
+    if result.niqe:
+        header.append("HR NIQE")
+    rows = []
+    entries: list[tuple[str, dict[str, Scores], float | None]] = [
+        (im.name, im.scores, im.hr_niqe) for im in result.images
+    ]
+    if result.images:
+        hr_niqes = [im.hr_niqe for im in result.images if im.hr_niqe is not None]
+        mean_hr = float(np.mean(hr_niqes)) if hr_niqes else None
+        entries.append((f"mean ({len(result.images)})", {m: result.mean(m) for m in result.methods}, mean_hr))
+    for name, scores, hr_niqe in entries:
+        row = [name]
+        base = scores[BICUBIC]
+        for method in result.methods:
+            for key, _, digits in _metrics(result):
+                v = getattr(scores[method], key)
+                row.append(_fmt(v, digits))
+                if method != BICUBIC:
+                    row.append(_delta(v, getattr(base, key), digits))
+        if result.niqe:
+            row.append(_fmt(hr_niqe, 3))
+        rows.append(row)
+    return header, rows
+
+
+def format_table(result: EvalResult) -> str:
+    """The per-image table and the mean as aligned text (Y-PSNR dB, Y-SSIM, NIQE lower = better; Δ vs bicubic)."""
+    header, rows = table_rows(result)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for k, r in enumerate([header, *rows]):
+        if k == len(rows):  # the mean row
+            lines.append("  ".join("-" * w for w in widths))
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    note = (
+        f"x{result.scale}, Y channel (BT.601{', rounded' if result.round_y else ''}), {result.crop_border}-pixel border "
+        f"cropped; PSNR in dB (higher is better), SSIM (higher is better)"
+        + (", NIQE (lower is better)" if result.niqe else "")
+        + "; Δ = model - bicubic"
+    )
+    return "\n".join([*lines, note])
+
+
+def write_json(result: EvalResult, path: str | Path) -> Path:
+    """The whole result as JSON, written atomically (replacing an older file)."""
+    data = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    return atomic_write_bytes(path, data.encode(), overwrite=True)
+
+
+def write_csv(result: EvalResult, path: str | Path) -> Path:
+    """One row per (image, method) plus the mean rows (image = "mean"), with the differences to bicubic."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "method", "psnr", "ssim", "niqe", "psnr_delta", "ssim_delta", "niqe_delta"])
+    entries = [(im.name, im.scores) for im in result.images]
+    if result.images:
+        entries.append(("mean", {m: result.mean(m) for m in result.methods}))
+    for name, scores in entries:
+        base = scores[BICUBIC]
+        for method in result.methods:
+            sc = scores[method]
+            deltas = [
+                "" if method == BICUBIC else _csv_delta(getattr(sc, k), getattr(base, k))
+                for k in ("psnr", "ssim", "niqe")
+            ]
+            w.writerow([name, method, _csv(sc.psnr), _csv(sc.ssim), _csv(sc.niqe), *deltas])
+    return atomic_write_bytes(path, buf.getvalue().encode(), overwrite=True)
+
+
+def _csv(v: float | None) -> str:
+    return "" if v is None else repr(v)
+
+
+def _csv_delta(v: float | None, base: float | None) -> str:
+    if v is None or base is None:
+        return ""
+    return repr(v - base)

@@ -1,0 +1,268 @@
+"""`esrgan evaluate` end to end on Set5: the bicubic column reproduces the literature protocol's numbers, the model
+column is what the model really produces, and the table, JSON, CSV and visual report agree.
+
+Models are tiny RRDBNets saved with esrgan.checkpoints.save_model: one whose weights make it an exact
+nearest-neighbour x4 upscaler (so its scores can be computed independently here), one randomly initialised.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from esrgan.checkpoints import save_model
+from esrgan.cli import main
+from esrgan.evaluate import bicubic_down, bicubic_up, mod_crop
+from esrgan.generator import RRDBNet
+from esrgan.metrics import psnr, ssim
+from esrgan.report import choose_crop
+
+# shared/data/README.md: bicubic x4, Y-PSNR dB / Y-SSIM per image
+SET5 = {
+    "baby": (31.787, 0.8577),
+    "bird": (30.186, 0.8738),
+    "butterfly": (22.100, 0.7374),
+    "head": (31.617, 0.7548),
+    "woman": (26.467, 0.8326),
+}
+SET5_MEAN = (28.431, 0.8113)
+
+
+def _nearest_model() -> RRDBNet:
+    """x4 RRDBNet computing exactly nearest-neighbour upscaling: identity convs around a switched-off trunk."""
+    torch.manual_seed(0)
+    m = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        for conv in (m.conv_first, m.conv_up1, m.conv_up2, m.conv_hr, m.conv_last):
+            for c in range(3):
+                conv.weight[c, c, 1, 1] = 1.0  # channel c passes through; LeakyReLU keeps [0, 1] as is
+    return m
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(1)
+    random = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
+    return {
+        "nearest": save_model(d / "nearest.safetensors", _nearest_model()),
+        "random": save_model(d / "random.safetensors", random),
+    }
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "esrgan.cli", "evaluate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _run_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """The same command in this process (torch is already imported: saves seconds per call)."""
+    code = main(["evaluate", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _table(stdout: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Header and rows (by first cell) of the printed table; Δ cells may be empty only when NIQE is absent."""
+    lines = stdout.splitlines()
+    header = re.split(r"\s{2,}", lines[0].strip())
+    rows = {}
+    for line in lines[1:]:
+        if line.startswith("x4,"):
+            break
+        if line.startswith("-"):
+            continue
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = cells
+    return header, rows
+
+
+@pytest.fixture(scope="module")
+def set5_run(
+    shared_dir: Path, models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """One evaluation of Set5 with both models, JSON, CSV and report: the tests below read its outputs."""
+    out = tmp_path_factory.mktemp("eval")
+    proc = _run(
+        "--model", models["nearest"], "--model", models["random"],
+        "--hr", shared_dir / "data" / "benchmarks" / "Set5",
+        "--json", out / "r.json", "--csv", out / "r.csv", "--report", out / "report",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc, out
+
+
+def test_bicubic_column_reproduces_the_reference(
+    set5_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    header, rows = _table(set5_run[0].stdout)
+    ip, iss = header.index("bicubic PSNR"), header.index("bicubic SSIM")
+    for name, (ref_psnr, ref_ssim) in SET5.items():
+        assert float(rows[name][ip]) == pytest.approx(ref_psnr, abs=0.01), name
+        assert float(rows[name][iss]) == pytest.approx(ref_ssim, abs=0.001), name
+    assert float(rows["mean (5)"][ip]) == pytest.approx(SET5_MEAN[0], abs=0.01)
+    assert float(rows["mean (5)"][iss]) == pytest.approx(SET5_MEAN[1], abs=0.001)
+
+
+def test_model_column_is_what_the_model_produces(
+    shared_dir: Path, set5_run: tuple[subprocess.CompletedProcess[str], Path]
+) -> None:
+    """The nearest model's scores equal nearest-neighbour upscaling of the protocol's LR, computed here."""
+    data = json.loads((set5_run[1] / "r.json").read_text())
+    for item in data["images"]:
+        hr = mod_crop(
+            np.asarray(Image.open(shared_dir / "data" / "benchmarks" / "Set5" / f"{item['name']}.png")), 4
+        )
+        nearest = np.repeat(np.repeat(bicubic_down(hr, 4), 4, axis=0), 4, axis=1)
+        got = item["scores"]["nearest"]
+        assert got["psnr"] == pytest.approx(psnr(nearest, hr, crop_border=4), abs=1e-9)
+        assert got["ssim"] == pytest.approx(ssim(nearest, hr, crop_border=4), abs=1e-9)
+        # nearest neighbour is worse than bicubic in PSNR on every one of these photos
+        assert got["psnr"] < item["scores"]["bicubic"]["psnr"]
+
+
+def test_two_models_side_by_side(set5_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    header, rows = _table(set5_run[0].stdout)
+    assert [h for h in header if h.endswith("PSNR")] == ["bicubic PSNR", "nearest PSNR", "random PSNR"]
+    for name in SET5:
+        p_near = float(rows[name][header.index("nearest PSNR")])
+        p_rand = float(rows[name][header.index("random PSNR")])
+        assert p_near != p_rand
+        # the Δ column right after a model's PSNR is model - bicubic
+        delta = float(rows[name][header.index("nearest PSNR") + 1])
+        assert delta == pytest.approx(p_near - float(rows[name][header.index("bicubic PSNR")]), abs=0.0015)
+
+
+def test_json_and_csv_hold_the_table_numbers(set5_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = set5_run
+    header, rows = _table(proc.stdout)
+    data = json.loads((out / "r.json").read_text())
+    with (out / "r.csv").open() as fh:
+        csv_rows = {(r["image"], r["method"]): r for r in csv.DictReader(fh)}
+    assert data["methods"] == ["bicubic", "nearest", "random"]
+    assert [im["name"] for im in data["images"]] == list(SET5)
+    entries = [(im["name"], im["name"], im["scores"]) for im in data["images"]]
+    entries.append(("mean (5)", "mean", data["mean"]))
+    checked = 0
+    for table_name, csv_name, scores in entries:
+        for method, s in scores.items():
+            for key, digits in (("psnr", 3), ("ssim", 4), ("niqe", 3)):
+                cell = rows[table_name][header.index(f"{method} {key.upper()}")]
+                csv_cell = csv_rows[(csv_name, method)][key]
+                if s[key] is None:  # the random model's flat output has no NIQE
+                    assert cell == "-" and csv_cell == ""
+                    continue
+                assert cell == f"{s[key]:.{digits}f}"
+                assert float(csv_cell) == s[key]
+                checked += 1
+    assert checked >= 6 * 3 * 2
+    assert data["protocol"]["crop_border"] == 4 and data["failed"] == []
+
+
+def test_report_files_show_every_image_and_its_numbers(
+    set5_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    out = set5_run[1]
+    data = json.loads((out / "r.json").read_text())
+    report = out / "report"
+    html = (report / "index.html").read_text()
+    md = (report / "index.md").read_text()
+    for item in data["images"]:
+        mosaic = report / f"{item['name']}_mosaic.png"
+        with Image.open(mosaic) as im:
+            im.load()
+            # overview + bicubic + 2 models + HR in one row of 288-pixel panels
+            assert im.width >= 5 * 288 and im.height > 288
+        for page in (html, md):
+            assert f"{item['name']}_mosaic.png" in page
+            for method, s in item["scores"].items():
+                assert f"{s['psnr']:.3f}" in page, (method, item["name"])
+                assert f"{s['ssim']:.4f}" in page, (method, item["name"])
+    assert f"{data['mean']['bicubic']['psnr']:.3f}" in html
+
+
+def test_corrupt_file_is_reported_and_the_rest_evaluated(
+    shared_dir: Path, models: dict[str, Path], tmp_path: Path
+) -> None:
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for name in ("bird", "butterfly"):
+        shutil.copy(shared_dir / "data" / "benchmarks" / "Set5" / f"{name}.png", hr)
+    good = (hr / "bird.png").read_bytes()
+    (hr / "broken.png").write_bytes(good[: len(good) // 3])  # a truncated download
+    (hr / "notes.txt").write_text("not an image, not listed")
+    proc = _run("--model", models["nearest"], "--hr", hr, "--no-niqe", "--json", tmp_path / "r.json")
+    assert proc.returncode == 1
+    assert "broken.png" in proc.stderr and "notes.txt" not in proc.stderr + proc.stdout
+    _, rows = _table(proc.stdout)
+    assert set(rows) == {"bird", "butterfly", "mean (2)"}
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [Path(f["file"]).name for f in data["failed"]] == ["broken.png"]
+
+
+def test_paired_lr_folder_is_used(
+    shared_dir: Path, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--lr: LR files paired by name (with the usual x4 suffix) replace the MATLAB downscale; a wrong size fails."""
+    src = shared_dir / "data" / "benchmarks" / "Set5"
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    expected = {}
+    for name in ("bird", "butterfly"):
+        shutil.copy(src / f"{name}.png", hr_dir)
+        hr = mod_crop(np.asarray(Image.open(src / f"{name}.png")), 4)
+        # a different degradation (nearest-neighbour decimation) so that using the file visibly changes the numbers
+        lr = np.ascontiguousarray(hr[1::4, 1::4])
+        Image.fromarray(lr).save(lr_dir / f"{name}x4.png")
+        expected[name] = psnr(bicubic_up(lr, 4), hr, crop_border=4)
+    shutil.copy(src / "head.png", hr_dir)
+    Image.new("RGB", (10, 10)).save(lr_dir / "head.png")  # wrong size for head's 280x280 HR
+    code, out, err = _run_here(
+        capsys, "--model", models["nearest"], "--hr", hr_dir, "--lr", lr_dir, "--no-niqe"
+    )
+    assert code == 1
+    assert "head.png" in err and "expected 70x70" in err
+    header, rows = _table(out)
+    for name, value in expected.items():
+        got = float(rows[name][header.index("bicubic PSNR")])
+        assert got == pytest.approx(value, abs=0.0005)
+        assert abs(got - SET5[name][0]) > 0.05  # not the numbers of the MATLAB-downscaled LR
+
+
+def test_scale_mismatch_is_a_clear_error(
+    shared_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    set5 = shared_dir / "data" / "benchmarks" / "Set5"
+    code, _, err = _run_here(capsys, "--model", models["nearest"], "--hr", set5, "--scale", "2")
+    assert code == 1
+    assert err.startswith("esrgan: error:") and "x4" in err and "--scale is 2" in err
+
+
+def test_crop_goes_where_bicubic_loses_most(photo: np.ndarray) -> None:
+    """On a real photo: the chosen window covers the one region where the 'baseline' differs from HR."""
+    baseline = photo.copy()
+    baseline[300:340, 100:140] = 128  # a flat grey patch: all detail lost there
+    top, left = choose_crop(photo, baseline, 64, border=4)
+    assert top <= 300 and top + 64 >= 340 and left <= 100 and left + 64 >= 140
+    # the window stays inside the border even when the damage touches it
+    baseline = photo.copy()
+    baseline[:20, :20] = 0
+    top, left = choose_crop(photo, baseline, 64, border=4)
+    assert (top, left) == (4, 4)
