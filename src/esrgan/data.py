@@ -1,0 +1,292 @@
+"""Training data: random aligned LR/HR patches from real images, reproducible and resumable.
+
+HR folder mode makes each LR patch by MATLAB bicubic downscaling (esrgan.resize.imresize, the degradation of the
+literature), rounded to uint8 levels as a saved LR image would be. It is computed on the HR crop plus a margin wider
+than the bicubic kernel, so the patch equals the same region of the whole downscaled image (at image borders the
+crop starts at the border and gets the same mirror padding) without resizing whole images per sample. Paired mode
+reads LR files of the same stem from a second folder.
+
+Every random choice of a sample (image order, crop, flips, degradation) comes from (seed, global sample number), not
+from a process-wide RNG: the stream of batches is a pure function of the seed, the same with 0 or 8 DataLoader
+workers, and resuming at step k only needs the sample count k * batch (see InfiniteSampler).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import ConfigError, ImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+MAX_PIXELS = 128_000_000  # refuse decompression bombs; a 12K x 10K photo still fits
+_MARGIN_LR = (
+    4  # LR pixels of context around a patch: covers the x4 bicubic kernel (2 * scale HR px) plus blur
+)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: image folder not found")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode an image as HxWx3 uint8 RGB (grey expanded, alpha dropped, 16-bit reduced), refusing bombs."""
+    from .imageio import read_image
+
+    pixels = np.asarray(read_image(path, max_pixels=MAX_PIXELS).pixels)
+    if pixels.dtype == np.uint16:
+        pixels = np.round(pixels / 257.0).astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return np.ascontiguousarray(pixels[:, :, :3].astype(np.uint8, copy=False))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image ({exc})") from None
+
+
+def to_tensor(pixels: np.ndarray) -> Tensor:
+    """HxWxC uint8 -> CxHxW float32 in [0, 1]."""
+    if not pixels.flags.writeable:  # torch refuses read-only buffers (Pillow's arrays are)
+        pixels = pixels.copy()
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+
+
+def quantize(x: Tensor) -> Tensor:
+    """Round to the 256 levels a saved 8-bit image has (LR inputs are real images, not floats)."""
+    return x.mul(255.0).round_().clamp_(0.0, 255.0).div_(255.0)
+
+
+def bicubic_lr(hr: Tensor, scale: int) -> Tensor:
+    """MATLAB bicubic downscale of a CxHxW (or NxCxHxW) float image, rounded to uint8 levels."""
+    from .resize import imresize  # written alongside
+
+    return quantize(imresize(hr, scale=1.0 / scale))
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A first-order version of Real-ESRGAN's degradation: blur -> bicubic -> noise -> JPEG, each with a probability."""
+
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.2, 2.0)
+    noise_prob: float = 0.5
+    noise_sigma: tuple[float, float] = (1.0, 15.0)
+    jpeg_prob: float = 0.5
+    jpeg_quality: tuple[int, int] = (40, 95)
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[0]
+    y = F.pad(x[None], (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return y[0]
+
+
+def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
+    pixels = x.mul(255.0).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return to_tensor(np.asarray(im.convert("RGB")))
+
+
+class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
+    """Random aligned (LR, HR) patches; indexed by (image index, sample seed) pairs from InfiniteSampler."""
+
+    def __init__(
+        self,
+        hr_dir: str | Path,
+        *,
+        scale: int,
+        patch_size: int,
+        lr_dir: str | Path | None = None,
+        flip: bool = True,
+        rot90: bool = True,
+        degradation: Degradation | None = None,
+        cache_max_mb: int = 4096,
+    ) -> None:
+        if patch_size % scale:
+            raise ConfigError(f"patch size {patch_size} is not a multiple of the scale {scale}")
+        self.scale = scale
+        self.patch_size = patch_size
+        self.flip = flip
+        self.rot90 = rot90
+        self.degradation = degradation
+        self.hr_files = list_images(hr_dir)
+        self.lr_files: list[Path] | None = None
+        if lr_dir is not None:
+            by_stem = {p.stem: p for p in list_images(lr_dir)}
+            missing = [p.name for p in self.hr_files if p.stem not in by_stem]
+            if missing:
+                raise ConfigError(
+                    f"{lr_dir}: no LR image for {', '.join(missing[:5])} (matched by file stem)"
+                )
+            self.lr_files = [by_stem[p.stem] for p in self.hr_files]
+        sizes = [image_size(p) for p in self.hr_files]
+        for path, (h, w) in zip(self.hr_files, sizes, strict=True):
+            if h < patch_size or w < patch_size:
+                raise ConfigError(
+                    f"{path}: {w}x{h} is smaller than the {patch_size}x{patch_size} training patch"
+                )
+        total_mb = sum(h * w * 3 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
+        self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        if total_mb <= cache_max_mb:
+            # decoded once in the parent; forked DataLoader workers share the pages
+            self.cache = [self._load(i) for i in range(len(self.hr_files))]
+        else:
+            log.info(
+                "%d images need %.0f MB decoded (> cache_max_mb): reading per sample", len(sizes), total_mb
+            )
+
+    def __len__(self) -> int:
+        return len(self.hr_files)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        hr = read_rgb(self.hr_files[index])
+        if self.lr_files is None:
+            s = self.scale
+            return hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s], None
+        lr = read_rgb(self.lr_files[index])
+        need = (lr.shape[0] * self.scale, lr.shape[1] * self.scale)
+        if hr.shape[0] < need[0] or hr.shape[1] < need[1] or lr.shape[0] * self.scale < self.patch_size:
+            raise ImageError(
+                f"{self.lr_files[index]}: LR {lr.shape[1]}x{lr.shape[0]} does not match HR "
+                f"{self.hr_files[index].name} {hr.shape[1]}x{hr.shape[0]} at scale {self.scale}"
+            )
+        return hr[: need[0], : need[1]], lr
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, sample_seed = key
+        rng = np.random.default_rng(sample_seed)
+        hr_full, lr_full = self.cache[index] if self.cache is not None else self._load(index)
+        s, p = self.scale, self.patch_size // self.scale
+        lr_h, lr_w = hr_full.shape[0] // s, hr_full.shape[1] // s
+        top, left = int(rng.integers(0, lr_h - p + 1)), int(rng.integers(0, lr_w - p + 1))
+        hr = to_tensor(hr_full[top * s : (top + p) * s, left * s : (left + p) * s])
+        if lr_full is not None:
+            lr = to_tensor(lr_full[top : top + p, left : left + p])
+        else:
+            lr = self._degrade(hr_full, top, left, p, rng)
+        if self.flip and rng.random() < 0.5:
+            hr, lr = hr.flip(-1), lr.flip(-1)
+        if self.rot90:
+            k = int(rng.integers(0, 4))
+            hr, lr = torch.rot90(hr, k, (-2, -1)), torch.rot90(lr, k, (-2, -1))
+        return lr.contiguous(), hr.contiguous()
+
+    def _degrade(self, hr_full: np.ndarray, top: int, left: int, p: int, rng: np.random.Generator) -> Tensor:
+        """LR patch at LR position (top, left) from the HR image region with a margin (see the module docstring)."""
+        s, m = self.scale, _MARGIN_LR
+        t0, l0 = max(0, top - m), max(0, left - m)
+        t1, l1 = min(hr_full.shape[0] // s, top + p + m), min(hr_full.shape[1] // s, left + p + m)
+        region = to_tensor(hr_full[t0 * s : t1 * s, l0 * s : l1 * s])
+        d = self.degradation
+        if d is not None and rng.random() < d.blur_prob:
+            region = gaussian_blur(region, float(rng.uniform(*d.blur_sigma)))
+        from .resize import imresize
+
+        lr = imresize(region, scale=1.0 / s)[:, top - t0 : top - t0 + p, left - l0 : left - l0 + p]
+        if d is not None and rng.random() < d.noise_prob:
+            sigma = float(rng.uniform(*d.noise_sigma)) / 255.0
+            noise = torch.from_numpy(rng.standard_normal(lr.shape, dtype=np.float32)) * sigma
+            lr = lr + noise
+        lr = quantize(lr)
+        if d is not None and rng.random() < d.jpeg_prob:
+            lr = jpeg_roundtrip(lr, int(rng.integers(d.jpeg_quality[0], d.jpeg_quality[1] + 1)))
+        return lr
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """Independent 63-bit seed for global sample number `sample` (SeedSequence mixes the pair well)."""
+    return int(np.random.SeedSequence([seed, sample]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class InfiniteSampler(Sampler[tuple[int, int]]):
+    """Endless shuffled passes over the images, split across DDP ranks, able to start mid-stream.
+
+    Rank r of w takes global samples r, r + w, r + 2w, ...; global sample g is image perm_e[g mod n] of pass
+    e = g // n with perm_e a permutation seeded by (seed, e). This does DistributedSampler's job, but it can start
+    at any sample (exact resume) and never ends (training is counted in steps, not epochs).
+    """
+
+    def __init__(
+        self, num_items: int, *, seed: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.num_items = num_items
+        self.seed = seed
+        self.start = start
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        n = self.start
+        epoch, perm = -1, np.empty(0, dtype=np.int64)
+        while True:
+            g = n * self.world_size + self.rank
+            e, pos = divmod(g, self.num_items)
+            if e != epoch:
+                epoch, perm = e, np.random.default_rng([self.seed, e]).permutation(self.num_items)
+            yield int(perm[pos]), sample_seed(self.seed, g)
+            n += 1
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers resize small patches; more threads only oversubscribe the cores
+
+
+def patch_loader(
+    dataset: PatchDataset,
+    *,
+    batch_size: int,
+    seed: int,
+    start_sample: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless iterator of (LR, HR) batches for one rank, starting after `start_sample` of this rank's samples."""
+    sampler = InfiniteSampler(len(dataset), seed=seed, start=start_sample, rank=rank, world_size=world_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=True,
+        worker_init_fn=_worker_init if num_workers else None,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=2 if num_workers else None,
+    )
+    return iter(loader)

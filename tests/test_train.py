@@ -1,0 +1,224 @@
+"""Real training runs of both stages on real photos (tiny models): learning, exact resume, DDP, robustness."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from esrgan.config import Config, config_from_dict
+from esrgan.errors import ModelNotAvailableError
+from esrgan.train import TrainingError, latest_checkpoint, load_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads crawl
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_photos(root: Path) -> tuple[Path, Path]:
+    """Training folder: 128x128 crops of four of scikit-image's photographs; validation: two 48x48 crops."""
+    skdata = pytest.importorskip("skimage.data")
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    images = {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea(),
+              "rocket": skdata.rocket()}  # fmt: skip
+    for name, img in images.items():
+        h, w = img.shape[:2]
+        Image.fromarray(img[h // 2 - 64 : h // 2 + 64, w // 2 - 64 : w // 2 + 64]).save(
+            root / "train" / f"{name}.png"
+        )
+    Image.fromarray(images["astronaut"][40:88, 180:228]).save(root / "val" / "face.png")
+    Image.fromarray(images["coffee"][100:148, 300:348]).save(root / "val" / "cup.png")
+    return root / "train", root / "val"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_photos(tmp_path_factory.mktemp("photos"))
+
+
+def tiny(photos: tuple[Path, Path], out: Path, name: str = "run", **sections: dict[str, Any]) -> Config:
+    """A tiny model on 32x32 HR patches; `sections` update the defaults section by section."""
+    raw: dict[str, Any] = {
+        "name": name,
+        "output_dir": str(out),
+        "model": {"num_feat": 16, "num_block": 2, "num_grow": 8, "d_num_feat": 8},
+        "data": {"hr_dir": str(photos[0]), "patch_size": 32, "batch_size": 4, "num_workers": 0},
+        "train": {"stage": "psnr", "total_steps": 50, "threads": 1},
+        "optim": {"lr_g": 2e-3},
+        "schedule": {"kind": "constant"},
+        "validation": {"dir": str(photos[1]), "every": 1000},
+        "logging": {"every": 1, "progress": False},
+        "checkpoint": {"every": 1000, "keep_last": 2},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return config_from_dict(raw)
+
+
+def gan_sections(pretrained: Path | None, *, perceptual: float = 1.0) -> dict[str, Any]:
+    train_section: dict[str, Any] = {"stage": "gan"}
+    if pretrained is not None:
+        train_section["pretrained_g"] = str(pretrained)
+    return {
+        "train": train_section,
+        "losses": {"pixel_weight": 1e-2, "perceptual_weight": perceptual, "gan_weight": 5e-3},
+        "perceptual": {"weights": "random"},
+        "optim": {"lr_g": 1e-4, "lr_d": 1e-4},
+    }
+
+
+def log_records(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path, key: str) -> list[float]:
+    return [r[key] for r in log_records(run_dir) if key in r]
+
+
+@pytest.fixture(scope="module")
+def stage1(photos: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stage 1: 50 steps of L1 on the real photos. Returns the run folder."""
+    cfg = tiny(photos, tmp_path_factory.mktemp("runs"), "psnr", train={"ema_decay": 0.9},
+               validation={"every": 25})  # fmt: skip
+    result = train(cfg)
+    assert not result.interrupted and result.step == 50
+    return result.run_dir
+
+
+def test_stage1_learns_and_exports_a_usable_model(stage1: Path) -> None:
+    l_pix = losses(stage1, "l_pix")
+    assert len(l_pix) == 50
+    assert np.mean(l_pix[-10:]) < 0.6 * np.mean(l_pix[:10])
+    val = [r for r in log_records(stage1) if "val_psnr" in r]
+    assert [r["step"] for r in val] == [25, 50] and all(r["val_psnr"] > 10 for r in val)
+    assert (stage1 / "samples" / "step_00000050.png").is_file()
+    assert yaml.safe_load((stage1 / "config.yaml").read_text())["train"]["ema_decay"] == 0.9
+    # the checkpoint is plain data: loadable without unpickling any object
+    state = torch.load(latest_checkpoint(stage1), weights_only=True)
+    assert state["step"] == 50 and state["generator_ema"] is not None and state["discriminator"] is None
+    from esrgan.checkpoints import load_model
+
+    model = load_model(stage1 / "model.safetensors")  # the EMA generator, in our format
+    assert model.config.num_feat == 16 and model.scale == 4
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["generator_ema"][key])
+    assert model(torch.rand(1, 3, 12, 10)).shape == (1, 3, 48, 40)
+
+
+def test_stage2_starts_from_stage1_and_discriminator_learns(
+    stage1: Path, photos: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny(photos, tmp_path, "gan", **gan_sections(stage1 / "model.safetensors"))
+    cfg.train.total_steps = 40
+    cfg.optim.lr_d = 1e-3  # the tiny D learns visibly within 40 steps
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg)
+    assert "random" in caplog.text and "UNTRAINED" in caplog.text  # said loudly
+    l_d = losses(result.run_dir, "l_d")
+    assert len(l_d) == 40 and l_d[0] == pytest.approx(2 * np.log(2), abs=0.3)  # summed RaGAN at chance
+    assert np.mean(l_d[-10:]) < 0.8 * np.mean(l_d[:10])
+    assert all(np.isfinite(losses(result.run_dir, "l_g_total")))
+    state = load_checkpoint(result.checkpoint)  # type: ignore[arg-type]
+    assert state["perceptual_weights"] == "random" and state["discriminator"] is not None
+    from esrgan.checkpoints import read_weights
+
+    _, meta = read_weights(result.run_dir / "model.safetensors")
+    assert meta["esrgan.perceptual_weights"] == "random"
+
+
+def test_missing_vgg_weights_stop_before_training(
+    photos: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    sections = gan_sections(None)
+    sections["perceptual"] = {"weights": None, "download": False}
+    cfg = tiny(photos, tmp_path, "novgg", **sections)
+    with pytest.raises(ModelNotAvailableError, match=r"vgg19-dcbb9e9d\.pth") as info:
+        train(cfg)
+    assert "--vgg-weights" in str(info.value)
+    assert not cfg.run_dir.exists()  # nothing started
+
+
+def weights_of(run_dir: Path) -> dict[str, Any]:
+    return load_checkpoint(latest_checkpoint(run_dir))
+
+
+def assert_same_state(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+RESUMED_KEYS = (
+    "generator",
+    "generator_ema",
+    "discriminator",
+    "optim_g",
+    "optim_d",
+    "sched_g",
+    "sched_d",
+    "step",
+)
+
+
+@pytest.mark.parametrize(("stage", "workers"), [("psnr", 0), ("psnr", 2), ("gan", 0)])
+def test_resume_is_bit_exact(photos: tuple[Path, Path], tmp_path: Path, stage: str, workers: int) -> None:
+    sections: dict[str, Any] = gan_sections(None, perceptual=0.0) if stage == "gan" else {}
+    sections.setdefault("train", {}).update({"total_steps": 6, "ema_decay": 0.5})
+    sections["data"] = {
+        "num_workers": workers,
+        "degradation": "realworld",
+    }  # every random choice is exercised
+    sections["schedule"] = {"kind": "cosine"}
+    straight = train(tiny(photos, tmp_path, "straight", **sections))
+    first = train(tiny(photos, tmp_path, "split", **sections), stop_at_step=3)
+    assert first.interrupted and first.step == 3
+    second = train(tiny(photos, tmp_path, "split", **sections), resume=True)
+    assert second.step == 6 and not second.interrupted
+    a, b = weights_of(straight.run_dir), weights_of(second.run_dir)
+    for key in RESUMED_KEYS:
+        assert_same_state(a[key], b[key], key)
+    assert not torch.equal(
+        a["generator"]["conv_first.weight"], weights_of_step(first.run_dir, 3)["conv_first.weight"]
+    )
+
+
+def weights_of_step(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}.ckpt")["generator"]
+
+
+def test_nonfinite_losses_skip_then_stop(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg = tiny(
+        photos, tmp_path, "nan", optim={"lr_g": 1e30}, train={"total_steps": 20, "max_nonfinite_steps": 3}
+    )
+    with pytest.raises(TrainingError, match="3 steps in a row with a NaN/Inf loss"):
+        train(cfg)
+    events = [r for r in log_records(cfg.run_dir) if r.get("event") == "nonfinite"]
+    assert len(events) == 3
+    # the skipped updates did not touch the weights: the checkpoint holds the weights after the last good step
+    state = weights_of(cfg.run_dir)
+    assert state["step"] == events[-1]["step"]
