@@ -247,6 +247,46 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train ----------------------------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one ESRGAN stage (psnr or gan) from a YAML config")
+    p.add_argument("config", help="YAML training config, e.g. configs/esrgan_x4_psnr.yaml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.total_steps=1000 (repeatable; values parsed as YAML)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PATH",
+        help="continue from the run folder's latest checkpoint, or from PATH",
+    )
+    p.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG19 weights for the perceptual loss")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from .config import load_config
+    from .train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config(_path(args.config), args.overrides)
+    result = train(config, resume=args.resume, vgg_weights=args.vgg_weights)
+    if result.interrupted:
+        print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
+        return 0
+    print(f"finished {result.step} steps; generator: {result.model_path}; checkpoint: {result.checkpoint}")
+    return 0
+
+
 # --- end of sections; helpers add theirs above this line ------------------------------------------------------------
 
 _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -255,6 +295,7 @@ _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_interpolate,
     _add_models,
     _add_prepare,
+    _add_train,
     _add_evaluate,
 ]
 
