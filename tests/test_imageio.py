@@ -663,3 +663,17 @@ def test_bmp_is_8bit_without_alpha_or_metadata(tmp_path: Path, photo: np.ndarray
     with pytest.warns(ImageWarning, match="ICC"):
         write_image(tmp_path / "b.bmp", ImageData(pixels=photo, icc_profile=srgb_icc))
     np.testing.assert_array_equal(read_image(tmp_path / "b.bmp").pixels, photo)
+
+
+@pytest.mark.parametrize("maxval", [65535, 4095])
+def test_16bit_ppm_from_raw_converters(tmp_path: Path, photo: np.ndarray, maxval: int) -> None:
+    """dcraw -6 writes 16-bit binary PPM; Pillow alone would keep 8 bits. Samples scale from maxval to 65535."""
+    raw = np.rint(photo.astype(np.float64) / 255 * maxval).astype(">u2")
+    raw[0, 0] = [0, 1, 2]
+    (tmp_path / "a.ppm").write_bytes(b"P6\n512 512\n%d\n" % maxval + raw.tobytes())
+    img = read_image(tmp_path / "a.ppm")
+    assert (img.format, img.bit_depth) == ("PPM", 16)
+    np.testing.assert_array_equal(img.pixels, np.floor(raw.astype(np.float64) * 65535 / maxval + 0.5))
+    (tmp_path / "cut.ppm").write_bytes((tmp_path / "a.ppm").read_bytes()[:-10])
+    with pytest.raises(ImageError, match="truncated"):
+        read_image(tmp_path / "cut.ppm")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageCms, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from .atomic import OutputExistsError, atomic_path
 from .errors import ImageError
@@ -279,7 +279,7 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def _read_opened(im: Image.Image, path: Path, max_pixels: int) -> ImageData:
+def _read_opened(im: ImageFile.ImageFile, path: Path, max_pixels: int) -> ImageData:
     width, height = im.size
     if width <= 0 or height <= 0:
         raise ImageError(f"{path}: image has zero size ({width}x{height})")
@@ -304,6 +304,9 @@ def _read_opened(im: Image.Image, path: Path, max_pixels: int) -> ImageData:
             head = fh.read(33)
         if len(head) == 33 and head[24] == 16:  # IHDR bit depth byte
             return _read_png16(path, max_pixels)
+    ppm16 = _ppm16_layout(im) if fmt == "PPM" and im.mode == "RGB" else None
+    if ppm16 is not None:  # binary P6 with maxval > 255 (dcraw -6 output): Pillow would keep 8 bits
+        return _read_ppm16(im.size, *ppm16, path)
     # BitsPerSample 16 with several SamplesPerPixel: Pillow would keep only the high bytes
     if fmt == "TIFF" and _tiff_tag(im, 258) == 16 and _tiff_tag(im, 277) > 1:
         return _read_tiff16(im, path, max_pixels)
@@ -584,6 +587,31 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
         format="TIFF",
         source=path,
     )
+
+
+def _ppm16_layout(im: ImageFile.ImageFile) -> tuple[int, int] | None:
+    """(pixel data offset, maxval) of a binary colour PPM deeper than 8 bits, from Pillow's parsed header."""
+    if not im.tile:
+        return None
+    codec, _extents, offset, args = im.tile[0][:4]
+    if codec != "ppm" or not isinstance(args, tuple) or len(args) < 2 or int(args[1]) <= 255:
+        return None
+    return int(offset), int(args[1])
+
+
+def _read_ppm16(size: tuple[int, int], offset: int, maxval: int, path: Path) -> ImageData:
+    """16-bit binary PPM: big-endian samples after the header, scaled from maxval to the full 16-bit range."""
+    width, height = size
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(width * height * 6)
+    if len(data) < width * height * 6:
+        raise ImageError(f"{path}: truncated PPM ({len(data)} of {width * height * 6} pixel bytes)")
+    values = np.frombuffer(data, ">u2").reshape(height, width, 3).astype(np.uint32)
+    if values.max() > maxval:
+        raise ImageError(f"{path}: corrupt PPM (a sample exceeds maxval {maxval})")
+    pixels = ((values * 65535 + maxval // 2) // maxval).astype(np.uint16)
+    return ImageData(pixels=pixels, bit_depth=16, format="PPM", source=path)
 
 
 # --- 16-bit PNG ------------------------------------------------------------------------------------------------------
