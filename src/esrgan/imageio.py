@@ -4,9 +4,10 @@ Reading sniffs the content (the extension is never trusted), refuses oversized i
 pixel is decoded, applies the EXIF orientation, and maps every Pillow mode onto one of four layouts: grey or RGB,
 each with an optional alpha plane, stored as uint8 or uint16 according to the file's bit depth.
 
-Pillow (13 included) still decodes 16-bit colour PNG and TIFF to 8 bits, so those go through other decoders:
+Pillow (13 included) still decodes 16-bit colour PNG, TIFF and PPM to 8 bits, so those go through other decoders:
 16-bit PNG (every colour type) through the small PNG codec in this module (zlib plus the five scanline filters),
-16-bit multi-sample TIFF through `tifffile`. Everything else is Pillow.
+16-bit multi-sample TIFF through `tifffile` (LZW/PackBits-compressed ones also need `imagecodecs`), 16-bit
+binary PPM by reading its samples directly. Everything else is Pillow.
 
 Writing is atomic (esrgan.atomic), keeps ICC profile and EXIF, writes 16-bit PNG/TIFF when the image is 16-bit,
 and converts to 8 bits (rounded) for JPEG/WEBP/BMP. GIF and other Pillow formats are read but not written.
