@@ -296,7 +296,8 @@ def _device(name: str, ddp: _Dist) -> torch.device:
     return device
 
 
-def _autocast(device: torch.device, precision: str) -> Autocast:
+def make_autocast(device: torch.device, precision: str) -> Autocast:
+    """A context-manager factory for the configured precision (fp16 only on CUDA, where a grad scaler runs)."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs CUDA (use bf16 on the CPU)")
     if precision == "fp32":
@@ -481,7 +482,7 @@ def train(
     )
     ddp = _init_distributed(device_kind)
     device = _device(cfg.train.device, ddp)
-    autocast = _autocast(device, cfg.train.precision)
+    autocast = make_autocast(device, cfg.train.precision)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.data.batch_size % ddp.world_size:
@@ -677,7 +678,14 @@ def train(
 
     with _StopSignal() as stop:
         while step < end:
-            lr_img, hr_img = next(batches)
+            try:
+                lr_img, hr_img = next(batches)
+            except RuntimeError:
+                # Ctrl-C reaches the DataLoader workers too (same process group); they exit, and a batch
+                # that was being fetched is lost: save what we have instead of crashing
+                if stop.signum is None:
+                    raise
+                break
             lr_img, hr_img = lr_img.to(device, non_blocking=True), hr_img.to(device, non_blocking=True)
             g_out = generator_step(
                 g_train,

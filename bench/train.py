@@ -1,0 +1,107 @@
+"""Training speed: iterations per second of stage 1 (L1) and stage 2 (GAN) steps, fp32 vs bf16 autocast.
+
+Times the real step functions of esrgan.train (generator_step / discriminator_step, Adam, the VGG19 perceptual
+loss) on batches already in memory, so the numbers are compute only (the DataLoader runs in parallel workers in real
+training). Sizes: the paper's (RRDBNet 64/23/32, batch 16, HR patch 128) and the CPU recipe's
+(configs/cpu_x4_psnr.yaml: 64/6/32, batch 16, HR patch 96; stage 2 batch 8). Prints a Markdown table for
+docs/benchmarks.md. Run it on a quiet machine:
+
+    .venv/bin/python bench/train.py                     # everything, 10 timed steps after 2 warm-up steps
+    .venv/bin/python bench/train.py --sizes recipe --steps 3 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+
+from esrgan.config import LossesConfig
+from esrgan.discriminator import VGGStyleDiscriminator
+from esrgan.generator import RRDBNet
+from esrgan.train import discriminator_step, generator_step, make_autocast
+from esrgan.vgg import VGGFeatureExtractor
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    num_block: int
+    batch: int
+    patch: int
+    batch_gan: int
+
+
+SIZES = {
+    "paper": Size("paper", 23, 16, 128, 16),
+    "recipe": Size("recipe", 6, 16, 96, 8),
+}
+
+
+def bench(size: Size, stage: int, precision: str, steps: int, warmup: int) -> float:
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    autocast = make_autocast(device, precision)
+    g = RRDBNet(num_feat=64, num_block=size.num_block, num_grow=32, scale=4)
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batch = size.batch if stage == 1 else size.batch_gan
+    hr = torch.rand(batch, 3, size.patch, size.patch)
+    lr = torch.rand(batch, 3, size.patch // 4, size.patch // 4)
+    if stage == 1:
+        weights = LossesConfig()
+        d = vgg = opt_d = None
+    else:
+        weights = LossesConfig(pixel_weight=1e-2, perceptual_weight=1.0, gan_weight=5e-3)
+        d = VGGStyleDiscriminator(input_size=size.patch)
+        opt_d = torch.optim.Adam(d.parameters(), lr=1e-4)
+        vgg = VGGFeatureExtractor(weights=None)  # same cost as the pretrained network
+
+    def step() -> None:
+        out = generator_step(g, lr, hr, optimizer=opt_g, scaler=scaler, weights=weights, autocast=autocast,
+                             vgg=vgg, d=d)  # fmt: skip
+        if d is not None and opt_d is not None and out is not None:
+            discriminator_step(
+                d, hr, out[1], optimizer=opt_d, scaler=scaler, reduction="sum", autocast=autocast
+            )
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="paper,recipe", help="comma-separated: paper, recipe")
+    parser.add_argument("--stages", default="1,2", help="comma-separated: 1 (L1), 2 (GAN)")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per cell")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    print(f"{args.steps} timed steps after {args.warmup} warm-up steps; batches in memory (compute only)\n")
+    print("| sizes | stage | blocks | batch | HR patch | precision | it/s | s/it |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size_name in args.sizes.split(","):
+        size = SIZES[size_name]
+        for stage in (int(s) for s in args.stages.split(",")):
+            for precision in args.precisions.split(","):
+                rate = bench(size, stage, precision, args.steps, args.warmup)
+                batch = size.batch if stage == 1 else size.batch_gan
+                print(f"| {size.name} | {stage} | {size.num_block} | {batch} | {size.patch} | {precision} | "
+                      f"{rate:.3f} | {1 / rate:.2f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
