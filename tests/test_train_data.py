@@ -1,0 +1,127 @@
+"""Training patches: LR equals the whole-image MATLAB bicubic, aligned augmentations, resumable seeded streams."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from esrgan.data import Degradation, InfiniteSampler, PatchDataset, patch_loader, quantize, to_tensor
+from esrgan.errors import ConfigError
+from esrgan.resize import imresize, imresize_np
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def hr_dir(tmp_path: Path, photo: np.ndarray) -> Path:
+    """Two real photos of odd sizes (not multiples of 4: the dataset mod-crops them)."""
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    Image.fromarray(photo[:203, :150]).save(folder / "a.png")
+    Image.fromarray(photo[250:, 301:]).save(folder / "b.png")
+    return folder
+
+
+def draws(seed: int, lr_h: int, lr_w: int, p: int) -> tuple[int, int, bool, int]:
+    """The dataset's random choices for a sample seed, in its order: top, left, flip, rotation."""
+    rng = np.random.default_rng(seed)
+    top, left = int(rng.integers(0, lr_h - p + 1)), int(rng.integers(0, lr_w - p + 1))
+    flip = bool(rng.random() < 0.5)
+    return top, left, flip, int(rng.integers(0, 4))
+
+
+def test_patches_are_crops_of_the_whole_image_bicubic_with_aligned_augmentation(hr_dir: Path) -> None:
+    ds = PatchDataset(hr_dir, scale=4, patch_size=32)
+    for index, name in enumerate(["a.png", "b.png"]):
+        hr_full = np.asarray(Image.open(hr_dir / name))
+        hr_full = hr_full[: hr_full.shape[0] // 4 * 4, : hr_full.shape[1] // 4 * 4]
+        lr_full = quantize(imresize(to_tensor(hr_full), scale=0.25))  # the LR image a dataset would store
+        for seed in range(40):
+            lr, hr = ds[(index, seed)]
+            top, left, flip, k = draws(seed, lr_full.shape[1], lr_full.shape[2], 8)
+            exp_lr = lr_full[:, top : top + 8, left : left + 8]
+            exp_hr = to_tensor(hr_full)[:, top * 4 : top * 4 + 32, left * 4 : left * 4 + 32]
+            if flip:
+                exp_lr, exp_hr = exp_lr.flip(-1), exp_hr.flip(-1)
+            exp_lr, exp_hr = torch.rot90(exp_lr, k, (-2, -1)), torch.rot90(exp_hr, k, (-2, -1))
+            assert torch.equal(hr, exp_hr)
+            assert torch.equal(lr, exp_lr), (name, seed)  # bit-identical, borders included
+            assert torch.equal(lr * 255, (lr * 255).round())  # uint8 levels, as a saved LR image
+
+
+def test_reading_per_sample_equals_the_ram_cache(hr_dir: Path) -> None:
+    cached = PatchDataset(hr_dir, scale=4, patch_size=32)
+    uncached = PatchDataset(hr_dir, scale=4, patch_size=32, cache_max_mb=0)
+    assert cached.cache is not None and uncached.cache is None
+    for key in [(0, 1), (1, 2), (1, 99)]:
+        for x, y in zip(cached[key], uncached[key], strict=True):
+            assert torch.equal(x, y)
+
+
+def test_paired_folders(hr_dir: Path, tmp_path: Path) -> None:
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    for name in ("a", "b"):
+        hr = np.asarray(Image.open(hr_dir / f"{name}.png"))
+        hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
+        lr = np.clip(np.round(imresize_np(hr, scale=0.25)), 0, 255).astype(np.uint8)
+        Image.fromarray(lr).save(lr_dir / f"{name}.png")
+    paired = PatchDataset(hr_dir, scale=4, patch_size=32, lr_dir=lr_dir)
+    onthefly = PatchDataset(hr_dir, scale=4, patch_size=32)
+    for key in [(0, 3), (1, 4)]:
+        for x, y in zip(paired[key], onthefly[key], strict=True):
+            assert torch.equal(x, y)
+    (lr_dir / "b.png").unlink()
+    with pytest.raises(ConfigError, match=r"no LR image for b\.png"):
+        PatchDataset(hr_dir, scale=4, patch_size=32, lr_dir=lr_dir)
+
+
+def test_small_images_and_empty_folders_are_errors(hr_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"a\.png: 150x203 is smaller than the 192x192 training patch"):
+        PatchDataset(hr_dir, scale=4, patch_size=192)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no images"):
+        PatchDataset(tmp_path / "empty", scale=4, patch_size=32)
+
+
+def test_realworld_degradation_is_seeded_and_differs_from_bicubic(hr_dir: Path) -> None:
+    always = Degradation(blur_prob=1.0, noise_prob=1.0, jpeg_prob=1.0)
+    # no flips/rotations: the degradation draws from the same per-sample stream before them
+    ds = PatchDataset(hr_dir, scale=4, patch_size=64, degradation=always, flip=False, rot90=False)
+    plain = PatchDataset(hr_dir, scale=4, patch_size=64, flip=False, rot90=False)
+    lr1, hr1 = ds[(0, 5)]
+    lr2, _ = ds[(0, 5)]
+    lr_plain, hr_plain = plain[(0, 5)]
+    assert torch.equal(lr1, lr2) and torch.equal(hr1, hr_plain)
+    assert (lr1 - lr_plain).abs().mean() > 0.005
+
+
+def test_sampler_resumes_mid_stream_and_splits_ranks() -> None:
+    full = list(itertools.islice(InfiniteSampler(7, seed=3), 40))
+    assert list(itertools.islice(InfiniteSampler(7, seed=3, start=13), 27)) == full[13:]
+    assert sorted(i for i, _ in full[:7]) == list(range(7))  # each pass is a permutation
+    rank0 = list(itertools.islice(InfiniteSampler(7, seed=3, rank=0, world_size=2), 20))
+    rank1 = list(itertools.islice(InfiniteSampler(7, seed=3, rank=1, world_size=2), 20))
+    assert rank0 == full[0::2] and rank1 == full[1::2]  # together, the single-process stream
+
+
+def test_loader_batches_do_not_depend_on_workers(hr_dir: Path) -> None:
+    ds = PatchDataset(hr_dir, scale=4, patch_size=32)
+    a = list(itertools.islice(patch_loader(ds, batch_size=3, seed=1, num_workers=0), 4))
+    b = list(itertools.islice(patch_loader(ds, batch_size=3, seed=1, num_workers=2), 4))
+    c = list(itertools.islice(patch_loader(ds, batch_size=3, seed=1, start_sample=6), 2))
+    for (la, ha), (lb, hb) in zip(a, b, strict=True):
+        assert torch.equal(la, lb) and torch.equal(ha, hb)
+    assert torch.equal(a[2][1], c[0][1]) and torch.equal(a[3][0], c[1][0])
