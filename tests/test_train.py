@@ -185,14 +185,16 @@ RESUMED_KEYS = (
 )
 
 
-@pytest.mark.parametrize(("stage", "workers"), [("psnr", 0), ("psnr", 2), ("gan", 0)])
-def test_resume_is_bit_exact(photos: tuple[Path, Path], tmp_path: Path, stage: str, workers: int) -> None:
+@pytest.mark.parametrize(
+    ("stage", "workers", "precision"), [("psnr", 0, "fp32"), ("psnr", 2, "bf16"), ("gan", 0, "bf16")]
+)
+def test_resume_is_bit_exact(
+    photos: tuple[Path, Path], tmp_path: Path, stage: str, workers: int, precision: str
+) -> None:
     sections: dict[str, Any] = gan_sections(None, perceptual=0.0) if stage == "gan" else {}
-    sections.setdefault("train", {}).update({"total_steps": 6, "ema_decay": 0.5})
-    sections["data"] = {
-        "num_workers": workers,
-        "degradation": "realworld",
-    }  # every random choice is exercised
+    sections.setdefault("train", {}).update({"total_steps": 6, "ema_decay": 0.5, "precision": precision})
+    # the realworld degradation exercises every random choice of the data pipeline
+    sections["data"] = {"num_workers": workers, "degradation": "realworld"}
     sections["schedule"] = {"kind": "cosine"}
     straight = train(tiny(photos, tmp_path, "straight", **sections))
     first = train(tiny(photos, tmp_path, "split", **sections), stop_at_step=3)
