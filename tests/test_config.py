@@ -111,3 +111,12 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     again = load_config(path)
     assert dataclasses.asdict(again) == dataclasses.asdict(c)
     assert isinstance(again, Config) and again.train.total_steps == 7
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from esrgan.cli import main
+
+    path = write(tmp_path, {"data": {"hr_dir": "x"}, "train": {"stage": "gan"}})
+    assert main(["train", str(path), "--set", "train.total_steps=lots"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("esrgan: error: ") and "train.total_steps" in err and len(err.splitlines()) == 1

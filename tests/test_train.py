@@ -224,3 +224,26 @@ def test_nonfinite_losses_skip_then_stop(photos: tuple[Path, Path], tmp_path: Pa
     # the skipped updates did not touch the weights: the checkpoint holds the weights after the last good step
     state = weights_of(cfg.run_dir)
     assert state["step"] == events[-1]["step"]
+
+
+def test_vgg_weights_flag_is_used_and_recorded(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """A torchvision-format VGG19 file given like --vgg-weights: no warning, path in the run's config and checkpoint."""
+    from test_vgg import CONVS
+
+    gen = torch.Generator().manual_seed(0)
+    sd = {}
+    for idx, cin, cout in CONVS:
+        sd[f"features.{idx}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        sd[f"features.{idx}.bias"] = torch.zeros(cout)
+    vgg_file = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save(sd, vgg_file)
+    sections = gan_sections(None)
+    sections["perceptual"] = {"weights": None, "download": False}
+    sections["train"]["total_steps"] = 2
+    result = train(tiny(photos, tmp_path, "vggflag", **sections), vgg_weights=str(vgg_file))
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["perceptual"]["weights"] == str(
+        vgg_file
+    )
+    state = load_checkpoint(result.checkpoint)  # type: ignore[arg-type]
+    assert state["perceptual_weights"] == str(vgg_file)
+    assert all(r["l_percep"] > 0 for r in log_records(result.run_dir) if "l_percep" in r)

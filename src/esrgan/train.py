@@ -13,6 +13,7 @@ torch.load(weights_only=True): no pickled objects, so a checkpoint from elsewher
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -443,10 +444,6 @@ class _StopSignal:
         return bool(flag.item())
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 # --- the loop ---------------------------------------------------------------------------------------------------
 def train(
     config: Config,
@@ -459,7 +456,9 @@ def train(
 
     `stop_at_step` ends this invocation early (with a checkpoint) at that step, as a signal would.
     """
-    cfg = config
+    cfg = copy.deepcopy(config)
+    if vgg_weights:
+        cfg.perceptual.weights = vgg_weights  # so the resolved config in the run folder says what was used
     scale = cfg.model.scale
     gan = cfg.train.stage == "gan"
     if not cfg.data.hr_dir:
@@ -471,7 +470,7 @@ def train(
     if gan and cfg.losses.perceptual_weight:
         from .vgg import RANDOM, resolve_vgg_weights
 
-        spec = vgg_weights or cfg.perceptual.weights
+        spec = cfg.perceptual.weights
         vgg_path = resolve_vgg_weights(spec, download=cfg.perceptual.download)
         vgg_random = spec == RANDOM
 
