@@ -1,0 +1,304 @@
+"""Speed of every RRDBNet inference path on this machine, in one table from one run (docs/benchmarks.md, "Speed").
+
+    .venv/bin/python bench/speed.py [--model realesrgan-x4plus] [--size 128] [--repeats 5] [--threads N]
+        [--scaling 128,256,512,1024,2048] [--tile 512] [--rss 1024] [--no-compile] [--no-onnx] [--no-ncnn]
+
+1. One LR crop of a real photo (scikit-image's astronaut), every path timed interleaved (A B C ... A B C ...) so
+   load from other processes hits all of them alike: seconds (median and min of --repeats after one warm-up call,
+   whose time is shown as "first s": compilation for the compiled paths), effective GFLOP/s
+   (2 x MACs per LR pixel x LR pixels / s), the ratio to a conv ceiling measured in the same loop (one 3x3 conv
+   64->64 on a 256x256 channels-last map, weights pre-packed, in fp32 and in bf16) and PSNR (RGB, [0, 1]) against
+   the fp32 eager NCHW output. ncnn runs Real-ESRGAN's own packaged .param/.bin on the same pixels.
+2. Time per LR pixel from 128x128 to 2048x2048 through esrgan.tiling.upscale_tiled with one fixed tile shape
+   (the fastest path of table 1), overlap = tiling.DEFAULT_OVERLAP; the photo is mirrored out to the larger sizes.
+3. Peak RSS of a fresh process that upscales an --rss x --rss LR image to uint8 through the same tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage import data
+
+from esrgan.checkpoints import load_model
+from esrgan.device import ModelRunner, cpu_has_native_bf16
+from esrgan.fast import compile_for_inference
+from esrgan.generator import RRDBConfig, RRDBNet
+from esrgan.tiling import DEFAULT_OVERLAP, upscale_tiled
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def macs_per_lr_pixel(cfg: RRDBConfig) -> float:
+    """Multiply-accumulates of one forward pass per input pixel (17.93 M for x4, nb=23)."""
+    nf, gc, k = cfg.num_feat, cfg.num_grow, 9
+    rdb = sum((nf + j * gc) * gc for j in range(4)) + (nf + 4 * gc) * nf
+    u = cfg.unshuffle**2  # trunk pixels per input pixel is 1 / u
+    trunk = (cfg.num_in_ch * u * nf + cfg.num_block * 3 * rdb + nf * nf) / u
+    tail, pixels = 0.0, 1.0 / u
+    for _ in range(cfg.num_upsample):
+        pixels *= 4
+        tail += pixels * nf * nf
+    tail += pixels * (nf * nf + nf * cfg.num_out_ch)
+    return k * (trunk + tail)
+
+
+def photo(size: int) -> torch.Tensor:
+    """(1, 3, size, size) float32 crop of a real photo, mirrored beyond its 512x512 pixels."""
+    img = data.astronaut()
+    if size <= 400:
+        img = img[100 : 100 + size, 120 : 120 + size]
+    else:
+        reps = math.ceil(size / 512)
+        img = np.pad(img, ((0, 512 * (reps - 1)), (0, 512 * (reps - 1)), (0, 0)), mode="symmetric")[
+            :size, :size
+        ]
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.clamp(0, 1).double() - b.clamp(0, 1).double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ceiling_fns(dtype: torch.dtype) -> Fn:
+    """One pre-packed 3x3 conv 64->64 on a 256x256 channels-last map: the best case for oneDNN on this CPU."""
+    conv = torch.nn.Conv2d(64, 64, 3, 1, 1)
+    x = torch.rand(1, 64, 256, 256).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch._C._nn.mkldnn_reorder_conv2d_weight(
+        conv.weight.detach().to(dtype).to_mkldnn(), [1, 1], [1, 1], [1, 1], 1, list(x.shape)
+    )
+    b = conv.bias.detach().to(dtype)
+
+    def run(_: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
+
+    return run
+
+
+def eager(model: RRDBNet, channels_last: bool) -> Fn:
+    m = copy.deepcopy(model)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return m(x).contiguous()
+
+    return run
+
+
+def ncnn_fn(threads: int, bf16: bool) -> Fn | None:
+    try:
+        import ncnn
+
+        from esrgan.ncnn import find_packaged_ncnn_models
+    except ImportError:
+        return None
+    files = find_packaged_ncnn_models().get("realesrgan-x4plus")
+    if files is None:
+        return None
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+    net.opt.use_bf16_storage = bf16
+    net.load_param(str(files[0]))
+    net.load_model(str(files[1]))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        pixels = np.ascontiguousarray(x[0].numpy())  # must outlive the extraction: ncnn.Mat does not copy it
+        ex = net.create_extractor()
+        ex.input("data", ncnn.Mat(pixels))  # blob names of Real-ESRGAN's .param
+        _, out = ex.extract("output")
+        return torch.from_numpy(np.array(out))[None]
+
+    return run
+
+
+def build_paths(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> dict[str, tuple[Fn, str]]:
+    """name -> (forward, ceiling dtype)."""
+    bf16 = "bf16" if cpu_has_native_bf16() else "fp32"
+    paths: dict[str, tuple[Fn, str]] = {
+        "fp32 eager NCHW (reference)": (eager(model, False), "fp32"),
+        "fp32 eager channels-last": (eager(model, True), "fp32"),
+        "bf16 autocast channels-last (device.ModelRunner)": (
+            ModelRunner(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16),
+            "bf16",
+        ),
+        "fp32 fast (esrgan.fast, packed oneDNN)": (compile_for_inference(model, precision="fp32"), "fp32"),
+        "bf16 fast (esrgan.fast, packed oneDNN)": (compile_for_inference(model, precision="bf16"), bf16),
+    }
+    if args.compile:
+        for p in ("fp32", "bf16"):
+            fn = compile_for_inference(model, precision=p, compile=True, cache_dir=tmp / "inductor")  # type: ignore[arg-type]
+            paths[f"{p} torch.compile channels-last"] = (fn, p)
+    if args.onnx:
+        try:
+            from esrgan.onnx_export import export_onnx, onnx_forward
+
+            onnx_path = export_onnx(model, tmp / "model.onnx")
+            paths["fp32 onnxruntime (CPU EP)"] = (onnx_forward(onnx_path, threads=args.threads), "fp32")
+        except Exception as exc:
+            print(f"onnxruntime skipped: {exc}")
+    if args.ncnn and model.config == RRDBConfig():
+        for label, flag in (("fp32", False), ("bf16 storage", True)):
+            fn = ncnn_fn(args.threads, flag)
+            if fn is not None:
+                paths[f"ncnn {label} (Real-ESRGAN .param/.bin)"] = (fn, "bf16" if flag else "fp32")
+    return paths
+
+
+def main_table(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> str:
+    x = photo(args.size)
+    flop = 2 * macs_per_lr_pixel(model.config) * args.size**2
+    paths = build_paths(model, args, tmp)
+    ceilings = {"fp32": ceiling_fns(torch.float32), "bf16": ceiling_fns(torch.bfloat16)}
+    ceil_flop = 2 * 64 * 64 * 9 * 256 * 256
+    first: dict[str, float] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    for name, (fn, _) in paths.items():
+        t0 = time.perf_counter()
+        outputs[name] = fn(x)
+        first[name] = time.perf_counter() - t0
+    for fn in ceilings.values():
+        fn(x)
+    times: dict[str, list[float]] = {name: [] for name in [*paths, *ceilings]}
+    for _ in range(args.repeats):
+        for name, fn in [*((n, f) for n, (f, _) in paths.items()), *ceilings.items()]:
+            t0 = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - t0)
+    ceil_gflops = {k: ceil_flop / statistics.median(times[k]) / 1e9 for k in ceilings}
+    ref = outputs["fp32 eager NCHW (reference)"]
+    lines = [
+        f"{args.size}x{args.size} LR -> {args.size * model.scale}x{args.size * model.scale}, {args.threads} threads, "
+        f"{args.repeats} interleaved repeats; {macs_per_lr_pixel(model.config) / 1e6:.2f} M MACs per LR pixel",
+        "",
+        "| path | median s | min s | GFLOP/s | % of conv ceiling | PSNR vs fp32 eager (dB) | first call s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, (_, kind) in paths.items():
+        med = statistics.median(times[name])
+        gflops = flop / med / 1e9
+        q = psnr01(outputs[name], ref)
+        lines.append(
+            f"| {name} | {med:.3f} | {min(times[name]):.3f} | {gflops:.0f} | {100 * gflops / ceil_gflops[kind]:.0f} % ({kind}) "
+            f"| {'exact' if math.isinf(q) else f'{q:.1f}'} | {first[name]:.2f} |"
+        )
+    for kind in ceilings:
+        lines.append(
+            f"| conv ceiling {kind} (3x3 64->64, 256x256, channels-last, packed) | {statistics.median(times[kind]):.4f} "
+            f"| {min(times[kind]):.4f} | {ceil_gflops[kind]:.0f} | 100 % | | |"
+        )
+    return "\n".join(lines)
+
+
+def scaling_table(model: RRDBNet, args: argparse.Namespace) -> str:
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    fn = compile_for_inference(model, precision=precision)
+    warm = photo(min(args.tile, args.scaling[0]))
+    fn(warm)
+    lines = [
+        f"{precision} fast path through upscale_tiled, tile {args.tile}, overlap {DEFAULT_OVERLAP} (LR pixels), uint8 output",
+        "",
+        "| LR size | tiles | seconds | us per LR pixel | vs smallest |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    base = None
+    for size in args.scaling:
+        img = photo(size)[0]
+        count = [0]
+
+        def progress(done: int, total: int, count: list[int] = count) -> None:
+            count[0] = total
+
+        t0 = time.perf_counter()
+        upscale_tiled(fn, img, scale=model.scale, tile=args.tile, overlap=DEFAULT_OVERLAP, on_tile=progress)
+        sec = time.perf_counter() - t0
+        per = sec / size**2 * 1e6
+        base = base or per
+        lines.append(f"| {size}x{size} | {count[0]} | {sec:.2f} | {per:.2f} | {per / base:.2f}x |")
+    return "\n".join(lines)
+
+
+def rss_child(args: argparse.Namespace) -> None:
+    """Runs in a fresh process: upscale an --rss-child square LR image, print seconds and peak RSS."""
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model).eval()
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    fn = compile_for_inference(model, precision=precision)
+    img = photo(args.rss_child)[0]
+    t0 = time.perf_counter()
+    out = upscale_tiled(fn, img, scale=model.scale, tile=args.tile, overlap=DEFAULT_OVERLAP)
+    sec = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(
+        f"{precision} {img.shape[1]}x{img.shape[2]} -> {out.shape[0]}x{out.shape[1]}: {sec:.1f} s, peak RSS {peak_mb:.0f} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="realesrgan-x4plus")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--scaling", type=lambda s: [int(v) for v in s.split(",") if v], default=[128, 256, 512, 1024, 2048]
+    )
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--rss", type=int, default=1024, help="LR side for the peak-RSS run (0 = skip)")
+    parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false")
+    parser.add_argument("--no-ncnn", dest="ncnn", action="store_false")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(args)
+        return
+    model = load_model(args.model).eval()
+    print(
+        f"torch {torch.__version__}, native bf16: {cpu_has_native_bf16()}, load average {Path('/proc/loadavg').read_text().split()[:3]}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        print(main_table(model, args, Path(tmp)), flush=True)
+    if args.scaling:
+        print()
+        print(scaling_table(model, args), flush=True)
+    if args.rss:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            args.model,
+            "--threads",
+            str(args.threads),
+            "--tile",
+            str(args.tile),
+            "--rss-child",
+            str(args.rss),
+        ]
+        print()
+        print("peak RSS:", subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
+    print(f"load average at the end {Path('/proc/loadavg').read_text().split()[:3]}")
+
+
+if __name__ == "__main__":
+    main()

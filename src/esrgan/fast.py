@@ -1,0 +1,218 @@
+"""Fast RRDBNet inference: on the CPU, oneDNN convolutions with pre-packed weights, channels-last, fused epilogues.
+
+compile_for_inference(model, ...) returns a forward function (float32 NCHW in, float32 NCHW out) for the tiling
+code. On the CPU it is PackedRRDBNet, a hand-written forward pass over the model's weights that calls oneDNN's fused
+convolution op (torch.ops.mkldnn._convolution_pointwise, the op torch.compile's CPU backend emits) directly:
+
+- weights converted once to the compute dtype and reordered once into oneDNN's blocked layout (eager PyTorch
+  reorders every weight on every call);
+- activations channels-last (NHWC), the layout oneDNN's direct convolutions want: fp32 NCHW eager runs at ~120
+  GFLOP/s per core here, channels-last at ~180-190 of a ~225 ceiling;
+- LeakyReLU fused into the convolution, and the dense block's "x5 * 0.2 + x" fused too (0.2 folded into conv5's
+  weights, the residual added in the convolution's epilogue): fewer passes over memory and fewer thread barriers;
+- one dense-block buffer of num_feat + 4 * num_grow channels per call, each conv writing its slice once, instead of
+  torch.cat re-copying all earlier features for every conv (4x fewer bytes copied).
+
+We use this instead of torch.compile because `torch._inductor.config.freezing = True` (needed for the same
+weight packing) gave wrong outputs for this network, and compiling without it costs ~35 s per input shape for no
+gain over this (bench/speed.py measures both). The numbers: docs/benchmarks.md ("Speed").
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .device import cpu_has_native_bf16
+from .errors import EsrganError
+from .generator import RRDBNet
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Forward = Callable[[Tensor], Tensor]
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_ONE = [1, 1]  # every RRDBNet conv is 3x3, stride 1, padding 1, dilation 1
+_MAX_PACKS = 4  # packed weight sets kept per conv (one per input shape; tiling uses one or two shapes)
+
+__all__ = ["DTYPES", "PackedRRDBNet", "compile_for_inference", "cpu_has_native_bf16"]
+
+
+class _PackedConv:
+    """One 3x3 conv: weights in the compute dtype, reordered for oneDNN once per input shape."""
+
+    def __init__(self, conv: nn.Module, dtype: torch.dtype, scale: float = 1.0) -> None:
+        assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+        weight = conv.weight.detach().float().cpu() * scale
+        self.weight = weight.to(dtype)
+        self.bias = (conv.bias.detach().float().cpu() * scale).to(dtype)
+        self._packs: dict[tuple[int, ...], Tensor] = {}
+
+    def _packed(self, x: Tensor) -> Tensor:
+        key = tuple(x.shape)
+        packed = self._packs.get(key)
+        if packed is None:
+            # The blocked format oneDNN picks depends on the input shape; packing for another shape would still be
+            # correct, but oneDNN would then reorder the weights again on every call.
+            # (the type stub lacks the input_size argument that the op takes)
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
+                self.weight.to_mkldnn(), _ONE, _ONE, _ONE, 1, list(key)
+            )
+            if len(self._packs) >= _MAX_PACKS:
+                self._packs.pop(next(iter(self._packs)))
+            self._packs[key] = packed
+        return packed
+
+    def __call__(self, x: Tensor, *, lrelu: bool) -> Tensor:
+        attr, scalars = ("leaky_relu", [0.2]) if lrelu else ("none", [])
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self._packed(x), self.bias, _ONE, _ONE, _ONE, 1, attr, scalars, ""
+        )
+
+    def plus(self, x: Tensor, residual: Tensor) -> Tensor:
+        """conv(x) + residual, the addition done in the convolution's epilogue."""
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, self._packed(x), self.bias, _ONE, _ONE, _ONE, 1, "add", 1.0, None, [], None
+        )
+
+
+class PackedRRDBNet:
+    """An RRDBNet forward pass on the CPU in fp32 or bf16 (see the module docstring). Same maths as RRDBNet.forward.
+
+    Holds its own copy of the weights (the model is not modified). Calls with a new input shape pack the weights
+    for it (a few ms); keep tile shapes fixed. Safe to call from one thread at a time.
+    """
+
+    def __init__(self, model: RRDBNet, dtype: torch.dtype = torch.float32) -> None:
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise EsrganError(f"the CPU engine computes in fp32 or bf16, not {dtype}")
+        if not torch.backends.mkldnn.is_available():
+            raise EsrganError("this torch build has no oneDNN (mkldnn); use the plain PyTorch path")
+        self.config = model.config
+        self.dtype = dtype
+        self.first = _PackedConv(model.conv_first, dtype)
+        self.blocks = [
+            [
+                [_PackedConv(getattr(rdb, f"conv{j}"), dtype, 0.2 if j == 5 else 1.0) for j in range(1, 6)]
+                for rdb in (rrdb.rdb1, rrdb.rdb2, rrdb.rdb3)
+            ]
+            for rrdb in model.body
+        ]
+        self.body = _PackedConv(model.conv_body, dtype)
+        self.ups = [_PackedConv(getattr(model, name), dtype) for name in model.upsample_names]
+        self.hr = _PackedConv(model.conv_hr, dtype)
+        self.last = _PackedConv(model.conv_last, dtype)
+
+    def _rdb(self, x: Tensor, convs: list[_PackedConv], buf: Tensor) -> Tensor:
+        nf, gc = self.config.num_feat, self.config.num_grow
+        buf[:, :nf].copy_(x)
+        for j in range(4):
+            c = nf + j * gc
+            buf[:, c : c + gc].copy_(convs[j](buf[:, :c], lrelu=True))
+        return convs[4].plus(buf, x)  # conv5 weights carry the 0.2
+
+    def _trunk(self, x: Tensor) -> Tensor:
+        cfg = self.config
+        feat = self.first(x, lrelu=False)
+        n, _, h, w = feat.shape
+        buf = torch.empty(n, cfg.num_feat + 4 * cfg.num_grow, h, w, dtype=self.dtype)
+        buf = buf.contiguous(memory_format=torch.channels_last)
+        t = feat
+        for rdbs in self.blocks:
+            y = t
+            for convs in rdbs:
+                y = self._rdb(y, convs, buf)
+            t = torch.add(t, y, alpha=0.2)
+        feat = self.body.plus(t, feat)
+        for conv in self.ups:
+            feat = conv(F.interpolate(feat, scale_factor=2.0, mode="nearest"), lrelu=True)
+        return self.last(self.hr(feat, lrelu=True), lrelu=False)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) float32 in [0, 1] -> (N, C_out, H * scale, W * scale) float32, contiguous NCHW."""
+        cfg = self.config
+        factor = cfg.unshuffle
+        h, w = x.shape[-2:]
+        with torch.inference_mode():
+            x = x.float()
+            if factor > 1:  # same padding rule as RRDBNet.forward
+                pad_h, pad_w = (-h) % factor, (-w) % factor
+                if pad_h or pad_w:
+                    mode = "reflect" if h > pad_h and w > pad_w else "replicate"
+                    x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+                x = F.pixel_unshuffle(x, factor)
+            x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+            out = self._trunk(x)
+            if factor > 1:
+                out = out[..., : h * cfg.scale, : w * cfg.scale]
+            return out.float().contiguous()
+
+
+class _ModuleForward:
+    """The model itself on `device` in `dtype` (optionally channels-last, optionally torch.compile'd)."""
+
+    def __init__(
+        self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool
+    ) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False).to(device=device, dtype=dtype)
+        self.device, self.dtype, self.channels_last = device, dtype, channels_last
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.fn: Callable[[Tensor], Tensor] = self.module
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            x = x.to(self.device, self.dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.fn(x).float().contiguous().cpu()
+
+
+def compile_for_inference(
+    model: RRDBNet,
+    *,
+    device: str | torch.device = "cpu",
+    precision: Precision = "fp32",
+    compile: bool | Literal["auto"] = "auto",
+    channels_last: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Forward:
+    """The fastest forward function for `model` on `device` in `precision` (a resolved one: see
+    esrgan.device.resolve_precision; fp16 is refused on the CPU). Input and output are float32 NCHW on the host.
+
+    CPU with channels_last and compile False/"auto": PackedRRDBNet. compile=True: torch.compile (inductor, no
+    freezing: it was seen to give wrong outputs for this network) of the model; the first call per input shape
+    compiles (~35 s on 2 cores), later processes reuse the on-disk cache in `cache_dir` (default: torch's own).
+    "auto" compiles only on CUDA with Triton installed. channels_last=False is plain eager PyTorch (the reference).
+    """
+    if precision not in DTYPES:
+        raise EsrganError(f"unknown precision {precision!r} (choose from {', '.join(DTYPES)})")
+    dtype = DTYPES[precision]
+    dev = torch.device(device)
+    if dev.type == "cpu" and dtype == torch.float16:
+        raise EsrganError("fp16 is not supported on the CPU (slow and overflow-prone); use bf16 or fp32")
+    if compile == "auto":
+        compile = dev.type == "cuda" and _has_triton()
+    if dev.type == "cpu" and channels_last and not compile and torch.backends.mkldnn.is_available():
+        return PackedRRDBNet(model, dtype)
+    forward = _ModuleForward(model, dev, dtype, channels_last)
+    if compile:
+        if cache_dir is not None:
+            # Inductor reads its cache location from the environment when it compiles, not at import time.
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).expanduser())
+        forward.fn = torch.compile(forward.module, dynamic=False)
+    return forward
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

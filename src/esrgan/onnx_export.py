@@ -1,0 +1,172 @@
+"""ONNX export of an RRDBNet (dynamic batch, height and width) and an onnxruntime forward function.
+
+The exported graph is the network proper: pixel-unshuffle (x1/x2 Real-ESRGAN models) -> trunk -> upsampling tail.
+The reflect padding to a multiple of the unshuffle factor and the crop afterwards depend on the input size with
+Python-level branches that a traced graph would freeze at the export size, so they live in onnx_forward instead;
+the graph itself wants height and width divisible by the factor (recorded, with the hyperparameters, in the model's
+metadata under "esrgan.config"). Every export is checked with onnxruntime against PyTorch before the file appears.
+
+Needs the optional packages onnx and onnxruntime (`pip install "esrgan[onnx]"`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .atomic import atomic_path
+from .errors import EsrganError
+from .generator import RRDBConfig, RRDBNet
+
+DEFAULT_OPSET = 17
+CHECK_PSNR_DB = 80.0  # fp32 ONNX vs fp32 PyTorch differ only in summation order: far above this
+_CHECK_SIZE = 32  # side of the check input (a multiple of every unshuffle factor)
+
+__all__ = ["DEFAULT_OPSET", "OnnxForward", "export_onnx", "onnx_forward"]
+
+
+class _Graph(nn.Module):
+    """RRDBNet.forward without the size-dependent pad and crop (see the module docstring)."""
+
+    def __init__(self, model: RRDBNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.model
+        if m.config.unshuffle > 1:
+            x = F.pixel_unshuffle(x, m.config.unshuffle)
+        feat = m.conv_first(x)
+        feat = feat + m.conv_body(m.body(feat))
+        for name in m.upsample_names:
+            feat = m.lrelu(getattr(m, name)(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
+        return m.conv_last(m.lrelu(m.conv_hr(feat)))
+
+
+def _require(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise EsrganError(f'ONNX support needs the {module} package: pip install "esrgan[onnx]"') from None
+
+
+def _check_input(config: RRDBConfig) -> Tensor:
+    """A smooth, image-like input (values in [0, 1], gradients and edges), deterministic across machines."""
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, _CHECK_SIZE), torch.linspace(0, 1, _CHECK_SIZE), indexing="ij"
+    )
+    planes = [
+        0.5 + 0.4 * torch.sin(6.0 * xx + 4.0 * yy + c) * (xx > 0.3 + 0.1 * c) for c in range(config.num_in_ch)
+    ]
+    return torch.stack(planes)[None].clamp(0, 1)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.clip(a, 0, 1).astype(np.float64) - np.clip(b, 0, 1)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def export_onnx(
+    model: RRDBNet | str | Path,
+    dest: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` (an RRDBNet, a model file or a model name) as ONNX with dynamic N, H, W; returns the path.
+
+    Uses the TorchScript exporter (dynamo=False): it needs no onnxscript and handles this static graph fully.
+    The file is written only if onnxruntime's output matches PyTorch's to >= CHECK_PSNR_DB dB.
+    """
+    onnx = _require("onnx")
+    if not isinstance(model, RRDBNet):
+        from .checkpoints import load_model
+
+        model = load_model(model)
+    model = model.float().eval()
+    graph = _Graph(model)
+    config = model.config
+    sample = _check_input(config)
+    dest = Path(dest)
+    dyn = {0: "batch", 2: "height", 3: "width"}
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        try:
+            # The legacy exporter is deliberate (see the docstring); its DeprecationWarning would only confuse users.
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(
+                    graph,
+                    (sample,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=["input"],
+                    output_names=["output"],
+                    dynamic_axes={"input": dyn, "output": dyn},
+                )
+        except (RuntimeError, ValueError) as exc:  # e.g. an opset torch cannot target
+            raise EsrganError(f"{dest}: ONNX export failed: {str(exc).splitlines()[0]}") from None
+        proto = onnx.load(str(tmp))
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = "esrgan.config", json.dumps(config.to_dict())
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        with torch.inference_mode():
+            want = graph(sample).numpy()
+        got = onnx_forward(tmp)(sample).numpy()
+        quality = _psnr(got, want)
+        if got.shape != want.shape or quality < CHECK_PSNR_DB:
+            raise EsrganError(
+                f"{dest}: onnxruntime output differs from PyTorch ({quality:.1f} dB < {CHECK_PSNR_DB} dB); not written"
+            )
+    return dest
+
+
+class OnnxForward:
+    """An exported RRDBNet run by onnxruntime on the CPU: float32 NCHW in, float32 NCHW out (the tiling Forward).
+
+    Pads the input to a multiple of the unshuffle factor and crops the output, as RRDBNet.forward does.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        ort = _require("onnxruntime")
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+            raise EsrganError(
+                f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})"
+            ) from None
+        text = self.session.get_modelmeta().custom_metadata_map.get("esrgan.config")
+        if text is None:
+            raise EsrganError(f"{self.path}: no esrgan.config metadata (not exported by esrgan export-onnx)")
+        self.config = RRDBConfig(**json.loads(text))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        factor, scale = self.config.unshuffle, self.config.scale
+        h, w = x.shape[-2:]
+        x = x.float()
+        pad_h, pad_w = (-h) % factor, (-w) % factor
+        if pad_h or pad_w:  # same rule as RRDBNet.forward
+            mode = "reflect" if h > pad_h and w > pad_w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        (out,) = self.session.run(["output"], {"input": np.ascontiguousarray(x.numpy())})
+        return torch.from_numpy(out[..., : h * scale, : w * scale]).contiguous()
+
+
+def onnx_forward(path: str | Path, *, threads: int | None = None) -> OnnxForward:
+    """The onnxruntime backend, same contract as esrgan.fast.compile_for_inference's result."""
+    return OnnxForward(path, threads=threads)

@@ -1,0 +1,154 @@
+"""The fast CPU engine computes the same image as the eager model: fp32 to rounding, bf16 within a stated bound."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from esrgan.errors import EsrganError, ModelNotAvailableError
+from esrgan.fast import PackedRRDBNet, compile_for_inference
+from esrgan.generator import RRDBNet
+from esrgan.tiling import upscale_tiled
+
+# bf16 keeps 8 significant bits: each conv's output is off by ~2^-9 relative. Measured on real photos: the tiny
+# random models below give 68-86 dB, realesrgan-x4plus (69 chained RDBs) 54 dB on a 32x32 crop, ~52 dB on others.
+BF16_TINY_DB = 60.0
+BF16_REAL_DB = 50.0
+FP32_DB = 80.0  # fp32 paths differ from eager only in summation order (~1e-7): > 120 dB in practice
+
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN"
+)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (peak 1) of the raw outputs, not clamped: random tiny models put most values outside [0, 1]."""
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def tiny(**kw: object) -> RRDBNet:
+    torch.manual_seed(0)
+    return RRDBNet(num_feat=16, num_block=2, num_grow=8, **kw).eval()  # type: ignore[arg-type]
+
+
+def eager(model: RRDBNet, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(x)
+
+
+ARCHS = [
+    {"scale": 4},
+    {"scale": 8},
+    {"scale": 2},  # Real-ESRGAN x2: pixel-unshuffle by 2
+    {"scale": 1},  # pixel-unshuffle by 4
+    {"scale": 2, "pixel_unshuffle": False},  # ESRGAN community x2: one upsampling stage
+    {"scale": 1, "pixel_unshuffle": False},  # no upsampling stage
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: "-".join(f"{k}{v}" for k, v in a.items()))
+def test_packed_engine_matches_eager_on_photo(arch: dict[str, object], photo: np.ndarray) -> None:
+    model = tiny(**arch)
+    # 37x41: odd, not a multiple of the unshuffle factors, so the padding and cropping are exercised
+    x = to_tensor(photo[60:97, 180:221])
+    ref = eager(model, x)
+    fp32 = compile_for_inference(model, precision="fp32")
+    bf16 = compile_for_inference(model, precision="bf16")
+    assert isinstance(fp32, PackedRRDBNet) and isinstance(bf16, PackedRRDBNet)
+    out32, out16 = fp32(x), bf16(x)
+    assert out32.shape == ref.shape == out16.shape
+    assert out32.dtype == out16.dtype == torch.float32 and out32.is_contiguous()
+    assert psnr(out32, ref) >= FP32_DB
+    assert float((out32 - ref).abs().max()) < 1e-5
+    assert BF16_TINY_DB <= psnr(out16, ref) < 120  # really computed in bf16, and close
+
+
+@needs_onednn
+def test_repeated_calls_and_new_shapes_stay_correct(photo_small: np.ndarray) -> None:
+    """Weights are packed per input shape: a second shape, then the first again, must all be right."""
+    model = tiny()
+    fn = compile_for_inference(model, precision="fp32")
+    a, b = to_tensor(photo_small), to_tensor(photo_small[:24, :32])
+    first = fn(a)
+    assert torch.equal(fn(a), first)
+    assert psnr(fn(b), eager(model, b)) >= FP32_DB
+    assert torch.equal(fn(a), first)
+    batch = torch.cat([a, a.flip(-1)])
+    out = fn(batch)
+    assert psnr(out[1:], eager(model, batch[1:])) >= FP32_DB
+
+
+@needs_onednn
+def test_engine_leaves_the_model_alone(photo_small: np.ndarray) -> None:
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    compile_for_inference(model, precision="bf16")(to_tensor(photo_small))
+    after = model.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_plain_path_is_the_eager_model(photo_small: np.ndarray) -> None:
+    model = tiny()
+    x = to_tensor(photo_small)
+    fn = compile_for_inference(model, precision="fp32", channels_last=False)
+    assert not isinstance(fn, PackedRRDBNet)
+    assert torch.equal(fn(x), eager(model, x))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_unsupported_precisions_are_refused(precision: str) -> None:
+    with pytest.raises(EsrganError, match=precision):
+        compile_for_inference(tiny(), precision=precision)  # type: ignore[arg-type]
+
+
+@needs_onednn
+def test_drop_in_forward_for_tiling(photo: np.ndarray) -> None:
+    """The engine is a tiling Forward: tiled through it == tiled through the eager model (uint8 output)."""
+    model = tiny()
+    img = to_tensor(photo[:80, :96])[0]
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        return eager(model, x)
+
+    fast = compile_for_inference(model, precision="fp32")
+    want = upscale_tiled(plain, img, scale=4, tile=48, overlap=8)
+    got = upscale_tiled(fast, img, scale=4, tile=48, overlap=8, batch=2)
+    assert got.shape == want.shape == (320, 384, 3)
+    assert int(np.abs(got.astype(int) - want).max()) <= 1  # rounding to uint8 may flip by one level
+
+
+@needs_onednn
+def test_real_x4plus_weights_bf16_and_fp32(photo: np.ndarray) -> None:
+    from esrgan.checkpoints import load_model
+
+    try:
+        model = load_model("realesrgan-x4plus").eval()
+    except ModelNotAvailableError as exc:
+        pytest.skip(str(exc))
+    x = to_tensor(photo[100:132, 150:182])  # face and helmet edge
+    ref = eager(model, x)
+    assert psnr(compile_for_inference(model, precision="fp32")(x), ref) >= FP32_DB
+    assert psnr(compile_for_inference(model, precision="bf16")(x), ref) >= BF16_REAL_DB
+
+
+@needs_onednn
+@pytest.mark.skipif(
+    os.environ.get("ESRGAN_TEST_COMPILE") != "1",
+    reason="inductor compilation takes ~90 s even for a 1-block model on 2 shared cores; ESRGAN_TEST_COMPILE=1 runs it",
+)
+def test_compiled_path_matches_eager(photo_small: np.ndarray) -> None:
+    """torch.compile without freezing (freezing gave wrong outputs for this network)."""
+    model = RRDBNet(num_feat=8, num_block=1, num_grow=4).eval()
+    x = to_tensor(photo_small)
+    fn = compile_for_inference(model, precision="fp32", compile=True)
+    assert psnr(fn(x), eager(model, x)) >= FP32_DB

@@ -1,0 +1,102 @@
+"""ONNX export round trip: onnxruntime reproduces PyTorch on a real photo, at sizes other than the export's."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from esrgan.atomic import OutputExistsError
+from esrgan.cli import main
+from esrgan.errors import EsrganError
+from esrgan.generator import RRDBNet
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from esrgan.onnx_export import export_onnx, onnx_forward  # noqa: E402
+
+FP32_DB = 80.0  # same fp32 maths, other summation order
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def tiny(**kw: object) -> RRDBNet:
+    torch.manual_seed(0)
+    return RRDBNet(num_feat=16, num_block=2, num_grow=8, **kw).eval()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "arch", [{"scale": 4}, {"scale": 2}, {"scale": 1, "pixel_unshuffle": False}], ids=str
+)
+def test_round_trip_on_photo_with_dynamic_size(
+    arch: dict[str, object], photo: np.ndarray, tmp_path: Path
+) -> None:
+    model = tiny(**arch)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    fn = onnx_forward(path)
+    assert fn.config == model.config
+    # exported at 32x32; run at an odd size (padding for the x2 unshuffle) and with a batch of two
+    x = torch.cat([to_tensor(photo[60:97, 180:221]), to_tensor(photo[300:337, 100:141])])
+    with torch.inference_mode():
+        want = model(x)
+    got = fn(x)
+    assert got.shape == want.shape
+    assert psnr(got, want) >= FP32_DB
+
+
+def test_metadata_and_no_silent_overwrite(tmp_path: Path) -> None:
+    model = tiny()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["esrgan.config"]) == model.config.to_dict()
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    before = path.read_bytes()
+    with pytest.raises(OutputExistsError):
+        export_onnx(tiny(scale=2), path)
+    assert path.read_bytes() == before
+    export_onnx(tiny(scale=2), path, overwrite=True)
+    assert onnx_forward(path).config.scale == 2
+
+
+def test_cli_exports_a_model_file(
+    photo_small: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from esrgan.checkpoints import save_model
+
+    model = tiny()
+    src = save_model(tmp_path / "m.safetensors", model)
+    out = tmp_path / "m.onnx"
+    assert main(["export-onnx", str(src), str(out), "--opset", "17"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    x = to_tensor(photo_small)
+    with torch.inference_mode():
+        assert psnr(onnx_forward(out)(x), model(x)) >= FP32_DB
+    assert main(["export-onnx", str(src), str(out)]) == 1  # exists, no --overwrite
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_unreadable_or_foreign_onnx_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(EsrganError, match=r"bad\.onnx"):
+        onnx_forward(bad)
+    # a valid ONNX model that we did not export: no esrgan.config metadata
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(conv, (torch.rand(1, 3, 8, 8),), str(foreign), dynamo=False, input_names=["input"])
+    with pytest.raises(EsrganError, match=r"esrgan\.config"):
+        onnx_forward(foreign)
