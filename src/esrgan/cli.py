@@ -287,6 +287,27 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export-onnx --------------------------------------------------------------------------------------------------
+def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-onnx",
+        help="export a model to ONNX (dynamic batch, height, width), checked against PyTorch with onnxruntime",
+    )
+    p.add_argument("model", help="model file (.pth, .pt, .safetensors, ncnn .param) or a model name")
+    p.add_argument("output", type=_path, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=_run_export_onnx)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    from .onnx_export import export_onnx
+
+    out = export_onnx(args.model, args.output, opset=args.opset, overwrite=args.overwrite)
+    print(f"wrote {out} (checked against PyTorch with onnxruntime)")
+    return 0
+
+
 # --- end of sections; helpers add theirs above this line ------------------------------------------------------------
 
 _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -297,6 +318,7 @@ _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare,
     _add_train,
     _add_evaluate,
+    _add_export_onnx,
 ]
 
 
