@@ -125,3 +125,21 @@ def test_loader_batches_do_not_depend_on_workers(hr_dir: Path) -> None:
     for (la, ha), (lb, hb) in zip(a, b, strict=True):
         assert torch.equal(la, lb) and torch.equal(ha, hb)
     assert torch.equal(a[2][1], c[0][1]) and torch.equal(a[3][0], c[1][0])
+
+
+def test_hr_downscale_shrinks_the_hr_images_first(hr_dir: Path, tmp_path: Path) -> None:
+    ds = PatchDataset(hr_dir, scale=4, patch_size=32, hr_downscale=2.0, flip=False, rot90=False)
+    hr_full = np.asarray(Image.open(hr_dir / "b.png"))
+    small = np.clip(np.round(imresize_np(hr_full, scale=0.5)), 0, 255).astype(np.uint8)
+    small = small[: small.shape[0] // 4 * 4, : small.shape[1] // 4 * 4]
+    assert ds.cache is not None
+    cached = ds.cache[1][0]
+    assert cached.shape == small.shape
+    assert np.abs(cached.astype(int) - small.astype(int)).max() <= 1  # float32 vs float64 rounding at .5
+    _, hr = ds[(1, 7)]
+    top, left, _, _ = draws(7, cached.shape[0] // 4, cached.shape[1] // 4, 8)
+    assert torch.equal(hr, to_tensor(cached[top * 4 : top * 4 + 32, left * 4 : left * 4 + 32]))
+    with pytest.raises(ConfigError, match="smaller than the 128x128"):
+        PatchDataset(hr_dir, scale=4, patch_size=128, hr_downscale=2.0)  # a.png becomes 75x102
+    with pytest.raises(ConfigError, match="paired"):
+        PatchDataset(hr_dir, scale=4, patch_size=32, hr_downscale=2.0, lr_dir=tmp_path)

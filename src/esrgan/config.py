@@ -48,6 +48,9 @@ class DataConfig:
     flip: bool = True
     rot90: bool = True
     cache_max_mb: int = 4096  # decoded images kept in RAM when they fit in this budget
+    # > 1: shrink each HR image by this factor first (MATLAB bicubic). Very large photos (5K wallpapers) then hold
+    # more detail per patch, and resampling hides their JPEG artefacts; the paper's DIV2K needs none (1.0)
+    hr_downscale: float = 1.0
     degradation: Literal["bicubic", "realworld"] = "bicubic"
     blur_prob: float = 0.5  # realworld only: Gaussian blur before the bicubic downscale
     blur_sigma: list[float] = field(default_factory=lambda: [0.2, 2.0])
@@ -316,6 +319,8 @@ def validate(config: Config, source: str) -> None:
         fail("model.scale", f"must be 1, 2, 4 or 8, got {config.model.scale}")
     if config.data.patch_size % config.model.scale:
         fail("data.patch_size", f"must be a multiple of model.scale ({config.model.scale})")
+    if config.data.hr_downscale < 1:
+        fail("data.hr_downscale", "must be >= 1 (1 = use the images as they are)")
     if config.data.batch_size < 1:
         fail("data.batch_size", "must be >= 1")
     if config.train.total_steps < 1:

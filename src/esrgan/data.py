@@ -137,9 +137,18 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         rot90: bool = True,
         degradation: Degradation | None = None,
         cache_max_mb: int = 4096,
+        hr_downscale: float = 1.0,
     ) -> None:
+        """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, uint8-rounded)."""
         if patch_size % scale:
             raise ConfigError(f"patch size {patch_size} is not a multiple of the scale {scale}")
+        if hr_downscale < 1:
+            raise ConfigError(f"hr_downscale must be >= 1, got {hr_downscale}")
+        if hr_downscale != 1 and lr_dir is not None:
+            raise ConfigError(
+                "hr_downscale cannot be used with paired LR folders (the pairs would no longer match)"
+            )
+        self.hr_downscale = hr_downscale
         self.scale = scale
         self.patch_size = patch_size
         self.flip = flip
@@ -156,6 +165,10 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                 )
             self.lr_files = [by_stem[p.stem] for p in self.hr_files]
         sizes = [image_size(p) for p in self.hr_files]
+        if hr_downscale != 1:
+            from .resize import output_size
+
+            sizes = [output_size(hw, 1.0 / hr_downscale) for hw in sizes]
         for path, (h, w) in zip(self.hr_files, sizes, strict=True):
             if h < patch_size or w < patch_size:
                 raise ConfigError(
@@ -176,6 +189,11 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         hr = read_rgb(self.hr_files[index])
+        if self.hr_downscale != 1:
+            from .resize import imresize
+
+            small = quantize(imresize(to_tensor(hr), scale=1.0 / self.hr_downscale))
+            hr = small.mul_(255).round_().byte().permute(1, 2, 0).numpy()
         if self.lr_files is None:
             s = self.scale
             return hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s], None

@@ -604,6 +604,7 @@ def train(
         rot90=cfg.data.rot90,
         degradation=deg,
         cache_max_mb=cfg.data.cache_max_mb,
+        hr_downscale=cfg.data.hr_downscale,
     )
     batches: Iterator[tuple[Tensor, Tensor]] = patch_loader(
         dataset,
@@ -795,7 +796,7 @@ def train(
                     "step": step,
                     "name": cfg.name,
                     "ema": bool(g_ema is not None),
-                    "best_val_psnr": best_psnr,
+                    "best_val_psnr": best_psnr if math.isfinite(best_psnr) else None,
                 }
             ),
         }
