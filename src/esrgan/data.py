@@ -16,7 +16,9 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,8 +179,10 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         total_mb = sum(h * w * 3 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if total_mb <= cache_max_mb:
-            # decoded once in the parent; forked DataLoader workers share the pages
-            self.cache = [self._load(i) for i in range(len(self.hr_files))]
+            # decoded once in the parent (forked DataLoader workers share the pages), on all cores: decoding and
+            # resizing release the GIL
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                self.cache = list(pool.map(self._load, range(len(self.hr_files))))
         else:
             log.info(
                 "%d images need %.0f MB decoded (> cache_max_mb): reading per sample", len(sizes), total_mb
