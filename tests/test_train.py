@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from esrgan.config import Config, config_from_dict
-from esrgan.errors import ModelNotAvailableError
+from esrgan.errors import ConfigError, ModelNotAvailableError
 from esrgan.train import TrainingError, latest_checkpoint, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,3 +247,10 @@ def test_vgg_weights_flag_is_used_and_recorded(photos: tuple[Path, Path], tmp_pa
     state = load_checkpoint(result.checkpoint)  # type: ignore[arg-type]
     assert state["perceptual_weights"] == str(vgg_file)
     assert all(r["l_percep"] > 0 for r in log_records(result.run_dir) if "l_percep" in r)
+
+
+def test_fp16_is_refused_on_the_cpu_before_anything_starts(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg = tiny(photos, tmp_path, "fp16", train={"precision": "fp16", "device": "cpu"})
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        train(cfg)
+    assert not cfg.run_dir.exists()
