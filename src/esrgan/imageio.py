@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import struct
 import threading
@@ -235,6 +236,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         EOFError,
         IndexError,
         KeyError,
+        TypeError,  # Pillow's TIFF reader and tifffile raise it for malformed tags (found by tools/fuzz_images.py)
         struct.error,
         zlib.error,
     ) as exc:
@@ -527,6 +529,32 @@ def _tiff_exif(im: Image.Image) -> bytes | None:
     return exif.tobytes()
 
 
+class _QuietHere(logging.Filter):
+    """Drops records logged by the thread while it is inside _tifffile_quiet()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "active", False)
+
+
+_TIFFFILE_FILTER = _QuietHere()
+logging.getLogger("tifffile").addFilter(_TIFFFILE_FILTER)
+
+
+@contextlib.contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    """tifffile logs each malformed tag of a hostile file at ERROR level, which reaches stderr through logging's
+    last-resort handler (a dozen lines before our one-line ImageError): silence it during our own reads only."""
+    _TIFFFILE_FILTER.local.active = True
+    try:
+        yield
+    finally:
+        _TIFFFILE_FILTER.local.active = False
+
+
 def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageData:
     """16-bit multi-sample TIFF via tifffile: Pillow would hand back 8 bits (colour) or not open it at all (grey +
     alpha, im is None then). Profile, EXIF and orientation come from Pillow's parse when it has one, otherwise the
@@ -536,10 +564,12 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
     except ImportError:
         raise ImageError(f"{path}: 16-bit TIFF needs the 'tifffile' package (pip install tifffile)") from None
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             height, width = int(page.imagelength), int(page.imagewidth)
-            if width * height > max_pixels or width == 0 or height == 0:
+            if width == 0 or height == 0:
+                raise ImageError(f"{path}: image has zero size ({width}x{height})")
+            if width * height > max_pixels:
                 raise ImageError(
                     f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
                     "(decompression-bomb guard; raise max_pixels to allow it)"
