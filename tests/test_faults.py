@@ -135,6 +135,27 @@ def test_training_killed_at_random_moments_always_resumes(tmp_path: Path) -> Non
     assert problem == "" and final == newest + 3
 
 
+def test_resume_removes_partial_checkpoints_of_killed_saves(tmp_path: Path) -> None:
+    """A kill inside torch.save leaves its temporary .part file (up to a checkpoint's size); 12 of 40 kills in
+    tools/kill_training.py did, and they piled up. The next run of the same folder removes them."""
+    from test_train import make_photos, tiny
+
+    from esrgan.train import train
+
+    (tmp_path / "photos").mkdir()
+    cfg = tiny(make_photos(tmp_path / "photos"), tmp_path, "run", train={"total_steps": 2})
+    train(cfg)
+    ckpts = cfg.run_dir / "checkpoints"
+    stale = [ckpts / ".step_00000003.ckpt.k1ll3d.part", ckpts / ".best.ckpt.x9x9x9.part"]
+    for path in stale:
+        path.write_bytes(b"PK\x03\x04 half a checkpoint")
+    keep = ckpts / "notes.part"  # not one of ours: left alone
+    keep.write_bytes(b"")
+    cfg.train.total_steps = 3
+    assert train(cfg, resume=True).step == 3
+    assert not any(p.exists() for p in stale) and keep.exists()
+
+
 def test_batch_upscale_killed_mid_batch_loses_nothing(tmp_path: Path) -> None:
     """Killed after its first output: no partial output; the rerun does the rest and leaves finished ones alone."""
     model = tmp_path / "tiny.safetensors"

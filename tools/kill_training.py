@@ -152,7 +152,9 @@ def kill_rounds(
 
 
 def finish(work: Path, run_dir: Path, extra_steps: int = 3) -> tuple[int, int, str]:
-    """Resume without a kill for a few more steps: (newest step before, final step, problem or '')."""
+    """Resume without a kill for a few more steps: (newest step before, final step, problems or '').
+
+    After it every checkpoint must still load, and no temporary file of a killed save may be left."""
     from esrgan.checkpoints import load_model
 
     newest, _, _, _ = verify_run_dir(run_dir)
@@ -166,7 +168,10 @@ def finish(work: Path, run_dir: Path, extra_steps: int = 3) -> tuple[int, int, s
     if proc.returncode != 0 or f"finished {target} steps" not in proc.stdout:
         return newest, -1, f"final resume failed ({proc.returncode}): {proc.stderr.strip()[-300:]}"
     load_model(run_dir / "model.safetensors")
-    return newest, target, ""
+    _, _, parts, problems = verify_run_dir(run_dir)
+    if parts:  # the resumed run removes what killed saves left behind
+        problems.append(f"{parts} .part files of killed saves left after the resume")
+    return newest, target, "; ".join(problems)
 
 
 def main() -> int:

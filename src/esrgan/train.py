@@ -505,6 +505,9 @@ def train(
             atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
         except OSError as exc:  # read-only or full disk: say so before any work
             raise TrainingError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc})") from None
+        # temporary files of saves that a kill -9 interrupted (esrgan.atomic names them .<name>.<random>.part)
+        for stale in ckpt_dir.glob(".*.ckpt.*.part"):
+            stale.unlink(missing_ok=True)
 
     # models, all ranks from the same seed (DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.train.seed)
