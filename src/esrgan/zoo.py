@@ -334,8 +334,14 @@ def _lock(path: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:  # read-only or full cache folder
+        raise ModelNotAvailableError(
+            f"{path.parent}: cannot write the model cache ({exc.strerror or exc}); set ESRGAN_HOME to a writable folder"
+        ) from None
+    with lock as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
