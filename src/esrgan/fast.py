@@ -11,11 +11,13 @@ convolution op (torch.ops.mkldnn._convolution_pointwise, the op torch.compile's 
 - LeakyReLU fused into the convolution, and the dense block's "x5 * 0.2 + x" fused too (0.2 folded into conv5's
   weights, the residual added in the convolution's epilogue): fewer passes over memory and fewer thread barriers;
 - one dense-block buffer of num_feat + 4 * num_grow channels per call, each conv writing its slice once, instead of
-  torch.cat re-copying all earlier features for every conv (4x fewer bytes copied).
+  torch.cat re-copying all earlier features for every conv (measured: the same speed, since oneDNN copies a strided
+  channel slice to a contiguous input anyway; kept for its simpler memory profile);
+- the upsampling tail in row stripes, so its scale**2-sized maps never dominate the memory (see _tail).
 
-We use this instead of torch.compile because `torch._inductor.config.freezing = True` (needed for the same
-weight packing) gave wrong outputs for this network, and compiling without it costs ~35 s per input shape for no
-gain over this (bench/speed.py measures both). The numbers: docs/benchmarks.md ("Speed").
+Not torch.compile by default: `torch._inductor.config.freezing = True` (needed for the same weight packing) gave
+wrong outputs for this network, and compiling without it costs ~50 s per input shape (minutes on a loaded machine)
+for a few percent (bench/speed.py measures both). Numbers and the ideas that did not pay: docs/benchmarks.md ("Speed").
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .device import cpu_has_native_bf16
 from .errors import EsrganError
 from .generator import RRDBNet
 
@@ -45,7 +46,7 @@ _TAIL_BYTES = 64 << 20  # largest tail feature map computed at once (see PackedR
 # edge, which is at most 1/2 + 1/4 + ... + 2 / scale <= 2 trunk rows for every RRDBNet tail.
 _HALO = 2
 
-__all__ = ["DTYPES", "PackedRRDBNet", "compile_for_inference", "cpu_has_native_bf16"]
+__all__ = ["DTYPES", "PackedRRDBNet", "compile_for_inference"]
 
 
 class _PackedConv:
