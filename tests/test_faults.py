@@ -130,11 +130,11 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_training_killed_at_random_moments_always_resumes(tmp_path: Path) -> None:
-    """Three kills 0-0.5 s into training (checkpoint every step), then a clean resume that finishes."""
-    rounds, run_dir = kill_training.kill_rounds(3, tmp_path, seed=1, warm=True)
-    assert [r.problems for r in rounds] == [[], [], []]
+    """Two kills 0-0.5 s into training (checkpoint every step), then a clean resume that finishes."""
+    rounds, run_dir = kill_training.kill_rounds(2, tmp_path, seed=1, warm=True)
+    assert [r.problems for r in rounds] == [[], []]
     assert all(r.newest is not None for r in rounds)
-    assert [r.resumed_from for r in rounds[1:]] == [rounds[0].newest, rounds[1].newest]
+    assert rounds[1].resumed_from == rounds[0].newest
     newest, final, problem = kill_training.finish(tmp_path, run_dir)
     assert problem == "" and final == newest + 3
 

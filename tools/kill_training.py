@@ -12,7 +12,6 @@ uninterrupted run finishes and writes a loadable model.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -39,7 +38,9 @@ class Round:
     resumed_from: int | None  # step the run said it resumed from (None: fresh start or killed before saying)
     newest: int | None  # newest checkpoint step after the kill
     checkpoints: int  # step_*.ckpt files present (all verified)
-    partial_files: int  # temporary .part files left by a kill inside a write (ignored by resume)
+    partial_files: (
+        int  # new temporary .part files: this kill landed inside a write (the next run removes them)
+    )
     problems: list[str]
 
 
@@ -126,6 +127,7 @@ def kill_rounds(
     newest: int | None = None
     for _ in range(rounds):
         before, _, _, _ = verify_run_dir(cfg.run_dir)
+        parts_before = set((cfg.run_dir / "checkpoints").glob("*.part"))
         records_before = len(_log_records(cfg.run_dir)[0])
         delay = rng.uniform(min_delay, max_delay)
         proc = subprocess.Popen(_command(config, before is not None), stdout=subprocess.DEVNULL,
@@ -136,7 +138,7 @@ def kill_rounds(
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        newest_now, count, parts, problems = verify_run_dir(cfg.run_dir)
+        newest_now, count, _, problems = verify_run_dir(cfg.run_dir)
         records, bad_lines = _log_records(cfg.run_dir)
         if bad_lines:
             problems.append(f"log.jsonl: {bad_lines} unparsable lines")
@@ -147,7 +149,8 @@ def kill_rounds(
         if newest is not None and (newest_now is None or newest_now < newest):
             problems.append(f"newest checkpoint went back from {newest} to {newest_now}")
         newest = newest_now if newest_now is not None else newest
-        results.append(Round(delay, resumed_from, newest_now, count, parts, problems))
+        new_parts = set((cfg.run_dir / "checkpoints").glob("*.part")) - parts_before
+        results.append(Round(delay, resumed_from, newest_now, count, len(new_parts), problems))
     return results, cfg.run_dir
 
 
@@ -189,11 +192,10 @@ def main() -> int:
                                   max_delay=args.max_delay)  # fmt: skip
     for i, r in enumerate(rounds, 1):
         print(f"round {i:3d}: kill after {r.delay:4.1f} s, resumed from {r.resumed_from}, newest {r.newest}, "
-              f"{r.checkpoints} checkpoints, {r.partial_files} .part" + (f"  PROBLEM {r.problems}" if r.problems else ""))  # fmt: skip
+              f"{r.checkpoints} checkpoints, {r.partial_files} new .part" + (f"  PROBLEM {r.problems}" if r.problems else ""))  # fmt: skip
     newest, final, problem = finish(work, run_dir)
     failed = sum(bool(r.problems) for r in rounds) + bool(problem)
-    mid_write = sum(b.partial_files > a.partial_files for a, b in itertools.pairwise(rounds))
-    mid_write += bool(rounds and rounds[0].partial_files)
+    mid_write = sum(r.partial_files > 0 for r in rounds)
     print(f"{len(rounds)} kills, {mid_write} of them inside a checkpoint write (a new .part left behind), "
           f"{sum(r.resumed_from is not None for r in rounds)} runs resumed before being killed; final resume "
           f"{newest} -> {final}: {problem or 'ok'}; rounds with problems: {failed} "
