@@ -382,3 +382,49 @@ def test_unusual_tiff_modes(tmp_path: Path) -> None:
         assert image.pixels.shape[:2] == grey.shape[:2] or image.pixels.shape[:2] == rgb.shape[:2], label
         if label == "grey16":
             np.testing.assert_array_equal(image.pixels[:, :, 0], deep)
+
+
+# --- end to end: a batch with hostile files in it ---------------------------------------------------------------------
+
+
+def test_upscale_batch_with_hostile_files(tmp_path: Path) -> None:
+    """`esrgan upscale` over a folder mixing real photos and hostile files: one line per bad file, the good ones
+    upscaled, exit code 1, no traceback and no tifffile log lines."""
+    import torch
+
+    from esrgan.checkpoints import save_model
+    from esrgan.generator import RRDBNet
+
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "tiny.safetensors", RRDBNet(num_feat=8, num_block=1, num_grow=4, scale=2))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("rgb8.png", "rgb.jpg", "animated.gif"):
+        (folder / name).write_bytes(SEEDS[name])
+    bad = {
+        "bomb.jpg": BOMBS["jpeg.jpg"](),
+        "truncated.png": SEEDS["rgba16.png"][:200],
+        "zero.bmp": _bmp_size(SEEDS["rgb.bmp"], 0, 32),
+        "text.png": b"not a picture\n",
+        "float.tif": SEEDS["float.tif"],
+    }
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    tags = bytearray(SEEDS["rgb16.tif"])
+    for offset, tag, _ in _tiff_entries(tags, _first_ifd(tags)):
+        if tag in (273, 279):  # strip offsets and byte counts: invalid type
+            struct.pack_into("<H", tags, offset + 2, 0)
+    (folder / "tags.tif").write_bytes(bytes(tags))
+    bad["tags.tif"] = bytes(tags)
+    proc = subprocess.run(
+        [sys.executable, "-m", "esrgan.cli", "upscale", str(folder), "-o", str(tmp_path / "out"),
+         "--model", str(model), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("esrgan: error: ")]
+    assert all(line.startswith("esrgan: ") for line in lines), proc.stderr  # warnings and errors only
+    assert sorted(next(name for name in bad if name in line) for line in errors) == sorted(bad)
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outputs == ["animated_x2.png", "rgb8_x2.png", "rgb_x2.jpg"]  # GIF is read, not written: PNG out
