@@ -157,6 +157,16 @@ def test_tiff_with_zero_width_is_called_zero_sized(tmp_path: Path) -> None:
         assert "zero size" in refusal(path), seed
 
 
+def test_16bit_tiff_with_zero_rows_per_strip(tmp_path: Path) -> None:
+    """Found by atheris: tifffile divides by RowsPerStrip, and ZeroDivisionError escaped read_image."""
+    data = bytearray(SEEDS["rgb16.tif"])
+    for offset, tag, kind in _tiff_entries(data, _first_ifd(data)):
+        if tag == 278:
+            struct.pack_into("<H" if kind == 3 else "<I", data, offset + 8, 0)
+    (tmp_path / "a.tif").write_bytes(bytes(data))
+    assert "16-bit TIFF" in refusal(tmp_path / "a.tif")
+
+
 def test_malformed_tiff_tags_do_not_reach_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """tifffile logs each bad tag at ERROR level, which a CLI user saw as a dozen lines above the one-line error."""
     tifffile = pytest.importorskip("tifffile")

@@ -237,6 +237,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         IndexError,
         KeyError,
         TypeError,  # Pillow's TIFF reader and tifffile raise it for malformed tags (found by tools/fuzz_images.py)
+        ArithmeticError,  # e.g. tifffile's division by a RowsPerStrip of 0 (found by atheris)
         struct.error,
         zlib.error,
     ) as exc:
@@ -586,7 +587,7 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
             tags = {tag.code: tag.value for tag in page.tags if tag.code in (274, 34675)}
             array = page.asarray()
             axes = page.axes
-    except (ValueError, KeyError, NotImplementedError) as exc:  # TiffFileError is a ValueError
+    except (ValueError, KeyError, NotImplementedError, ArithmeticError) as exc:  # TiffFileError: ValueError
         raise ImageError(f"{path}: cannot decode this 16-bit TIFF ({_one_line(exc)})") from None
     if im is not None:
         orientation, icc, exif = _tiff_tag(im, 274), im.info.get("icc_profile") or None, _tiff_exif(im)
