@@ -147,6 +147,108 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 1 if res.failed else 0
 
 
+# --- train ----------------------------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one ESRGAN stage (psnr or gan) from a YAML config")
+    p.add_argument("config", help="YAML training config, e.g. configs/esrgan_x4_psnr.yaml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.total_steps=1000 (repeatable; values parsed as YAML)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PATH",
+        help="continue from the run folder's latest checkpoint, or from PATH",
+    )
+    p.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG19 weights for the perceptual loss")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from .config import load_config
+    from .train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config(_path(args.config), args.overrides)
+    result = train(config, resume=args.resume, vgg_weights=args.vgg_weights)
+    if result.interrupted:
+        print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
+        return 0
+    print(f"finished {result.step} steps; generator: {result.model_path}; checkpoint: {result.checkpoint}")
+    return 0
+
+
+# --- serve ----------------------------------------------------------------------------------------------------------
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .serve import (
+        DEFAULT_HOST,
+        DEFAULT_KEEP_SECONDS,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_UPLOAD_BYTES,
+        DEFAULT_PORT,
+    )
+
+    p = sub.add_parser("serve", help="a local web page to upscale images and compare them with bicubic")
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"interface to listen on (default {DEFAULT_HOST}: this machine only)",
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+        help="largest upload in MiB, enforced while it streams (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_PIXELS / 2**20,
+        help="largest input in mebipixels (2^20 pixels), checked from the header (default %(default)g = 4096x4096)",
+    )
+    p.add_argument(
+        "--keep-minutes",
+        type=float,
+        default=DEFAULT_KEEP_SECONDS / 60,
+        help="delete a finished job's files this long after it finished (default %(default)g); all are deleted at exit",
+    )
+    p.add_argument(
+        "--model-file",
+        action="append",
+        metavar="NAME=PATH",
+        help="offer this model file under NAME instead of the named models (repeatable)",
+    )
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .serve import Limits, serve
+
+    models = None
+    if args.model_file:
+        models = {}
+        for item in args.model_file:
+            name, eq, path = item.partition("=")
+            if not (eq and name and path):
+                raise EsrganError(f"--model-file takes NAME=PATH, not {item!r}")
+            models[name] = _path(path)
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 2**20)
+    )
+    serve(args.host, args.port, models=models, limits=limits, keep_seconds=args.keep_minutes * 60)
+    return 0
+
+
 # --- evaluate -------------------------------------------------------------------------------------------------------
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -247,46 +349,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- train ----------------------------------------------------------------------------------------------------------
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one ESRGAN stage (psnr or gan) from a YAML config")
-    p.add_argument("config", help="YAML training config, e.g. configs/esrgan_x4_psnr.yaml")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.total_steps=1000 (repeatable; values parsed as YAML)",
-    )
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="PATH",
-        help="continue from the run folder's latest checkpoint, or from PATH",
-    )
-    p.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG19 weights for the perceptual loss")
-    p.set_defaults(func=_run_train)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    import logging
-
-    from .config import load_config
-    from .train import train
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = load_config(_path(args.config), args.overrides)
-    result = train(config, resume=args.resume, vgg_weights=args.vgg_weights)
-    if result.interrupted:
-        print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
-        return 0
-    print(f"finished {result.step} steps; generator: {result.model_path}; checkpoint: {result.checkpoint}")
-    return 0
-
-
 # --- export-onnx --------------------------------------------------------------------------------------------------
 def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -308,6 +370,185 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- upscale --------------------------------------------------------------------------------------------------------
+def _add_upscale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "upscale",
+        help="upscale images (files, folders, globs) with any ESRGAN-family model",
+        description=(
+            "Upscale images with an RRDBNet model, tiled with blended overlaps so any size fits in memory. "
+            "Existing outputs are skipped (so rerunning an interrupted batch only does the rest) unless "
+            "--overwrite; outputs are written atomically. Bit depth, alpha, ICC profile and EXIF are kept. "
+            "A file that fails is reported in one line and the batch goes on; the exit code is 1 if any failed."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=_path,
+        help="output folder (default: ./upscaled), or an output file when there is one input",
+    )
+    p.add_argument(
+        "--recursive", action="store_true", help="descend into sub-folders (their structure is kept)"
+    )
+    p.add_argument(
+        "--name",
+        default="{name}_x{scale}.{ext}",
+        help="output file name pattern; fields {name} {scale} {ext} {model} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--format", choices=["png", "jpg", "webp", "tiff"], help="output format (default: the input's)"
+    )
+    p.add_argument(
+        "--quality", type=int, help="JPEG quality 1-100 (default 95) or WEBP 0-100 (default: lossless)"
+    )
+    p.add_argument(
+        "--model",
+        default="realesrgan-x4plus",
+        help=(
+            "model name (see `esrgan models`) or model file. Default: realesrgan-x4plus, because it is trained on "
+            "realistic degradations (blur, noise, JPEG) and so suits real photos, where the paper's models, "
+            "trained on clean bicubic downscales, amplify noise and compression artefacts"
+        ),
+    )
+    p.add_argument(
+        "--outscale", type=float, help="final scale, any number (model, then MATLAB-bicubic resize)"
+    )
+    p.add_argument(
+        "--interpolate", metavar="OTHER", help="network interpolation with this second model (name or file)"
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        help="interpolation weight of OTHER: theta = (1 - alpha) * MODEL + alpha * OTHER (needs --interpolate)",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: fp16 on GPUs, bf16 on CPUs that compute it natively, else fp32; NaN/Inf outputs are redone in fp32",
+    )
+    p.add_argument(
+        "--tile", type=int, help="tile side in input pixels; 0 = no tiling (default: from free memory)"
+    )
+    p.add_argument(
+        "--tile-overlap", type=int, default=16, help="blended overlap between tiles (default: %(default)s)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="tiles per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--alpha-mode",
+        choices=["model", "bicubic"],
+        default="model",
+        help="how an alpha channel is upscaled: through the model as a grey image (default) or bicubic",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument("--quiet", action="store_true", help="no progress, only errors")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="refuse inputs larger than this many pixels (default: 67108864 = 64 megapixels, a bomb guard)",
+    )
+    p.set_defaults(func=_run_upscale)
+
+
+def _run_upscale(args: argparse.Namespace) -> int:
+    from .upscale import Upscaler, collect_inputs, output_folder, plan_jobs, upscale_files, warnings_as_lines
+
+    if (args.interpolate is None) != (args.alpha is None):
+        _err("--interpolate and --alpha go together")
+        return 2
+    options = {
+        "device": args.device,
+        "precision": args.precision,
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "batch": args.batch,
+        "alpha_mode": args.alpha_mode,
+        "outscale": args.outscale,
+        "interpolate": args.interpolate,
+        "interpolate_alpha": args.alpha,
+    }
+    with warnings_as_lines():
+        exclude = output_folder(args.output)
+        sources, problems = collect_inputs(args.inputs, recursive=args.recursive, exclude=exclude)
+        for arg, reason in problems:
+            _err(f"{arg}: {reason}")
+        if not sources:
+            _err("nothing to upscale")
+            return 1
+        model = _path(args.model)
+        looks_like_file = model.exists() or model.suffix != "" or "/" in args.model
+        upscaler = (
+            Upscaler.from_file(model, **options)
+            if looks_like_file
+            else Upscaler.from_pretrained(args.model, **options)
+        )
+        jobs = plan_jobs(
+            sources, args.output, name=args.name, format=args.format, scale=upscaler.scale, model=model.stem
+        )
+        result = upscale_files(
+            upscaler,
+            jobs,
+            format=args.format,
+            quality=args.quality,
+            overwrite=args.overwrite,
+            max_pixels=args.max_pixels,
+            progress="quiet" if args.quiet else "auto",
+        )
+    failed = len(result.failed) + len(problems)
+    if not args.quiet or failed:
+        print(
+            f"esrgan upscale: {result.summary()}" + (f", {len(problems)} bad arguments" if problems else "")
+        )
+    return 1 if failed else 0
+
+
+# --- demo -----------------------------------------------------------------------------------------------------------
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="upscale a real photograph (bundled with scikit-image) and write a bicubic-vs-model comparison",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=_path,
+        default=_path("esrgan-demo"),
+        help="output folder (default: %(default)s)",
+    )
+    p.add_argument("--model", default="realesrgan-x4plus", help="model name or file (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default: auto"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .upscale import warnings_as_lines
+
+    with warnings_as_lines():
+        result = run_demo(
+            args.output,
+            model=args.model,
+            device=args.device,
+            precision=args.precision,
+            overwrite=args.overwrite,
+        )
+    if result.skipped:
+        print(f"the demo files are already there (--overwrite redoes them): {result.input.parent}")
+    print(f"input (real photo): {result.input}")
+    print(f"upscaled:           {result.output}")
+    print(f"comparison:         {result.comparison}")
+    if not result.skipped:
+        print(f"took {result.seconds:.1f} s on {result.device} in {result.precision}")
+    return 0
+
+
 # --- end of sections; helpers add theirs above this line ------------------------------------------------------------
 
 _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -317,8 +558,11 @@ _SECTIONS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_prepare,
     _add_train,
+    _add_serve,
     _add_evaluate,
     _add_export_onnx,
+    _add_upscale,
+    _add_demo,
 ]
 
 

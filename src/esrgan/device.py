@@ -1,0 +1,156 @@
+"""Device and precision choice, with safe fallbacks, and the forward pass that checks its own output.
+
+- fp16 is never used on the CPU (slow and overflow-prone there): asking for it gives bf16 where the CPU computes
+  bf16 natively, else fp32, with a warning. bf16 on a CPU without native support (it would be emulated, slower
+  than fp32) also falls back to fp32.
+- Reduced precision uses torch.autocast: the fp32 weights stay in place, so a batch whose output has NaN/Inf is
+  recomputed in fp32 without reloading anything (the runner then stays in fp32: an overflowing model overflows
+  again). Autocast + channels_last measured fastest for bf16 on this project's CPU (AMD EPYC with avx512_bf16);
+  in fp32 channels_last was slower, so it is used with bf16 only (see bench/upscale.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import EsrganError
+from .generator import RRDBConfig, RRDBNet
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PrecisionWarning(UserWarning):
+    """A precision request that could not be honoured, or a reduced-precision output recomputed in fp32."""
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto = CUDA if available, else Apple MPS, else CPU. An explicit device that is absent is an error."""
+    if name not in DEVICES:
+        raise EsrganError(f"unknown device {name!r} (choose from {', '.join(DEVICES)})")
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise EsrganError(
+            f"device {name!r} is not available on this machine (torch {torch.__version__}); use --device cpu"
+        )
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True if the CPU has bf16 arithmetic instructions that oneDNN uses (x86 avx512_bf16 / amx_bf16, Arm bf16).
+
+    Read from /proc/cpuinfo's flags (Linux); torch exposes no direct query. Elsewhere (macOS, Windows): False,
+    i.e. fp32, the safe choice.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """Map auto|fp32|bf16|fp16 to a dtype this device computes well, warning when the request is changed."""
+    if precision not in PRECISIONS:
+        raise EsrganError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if device.type == "cpu":
+        best = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        if precision == "auto":
+            return best
+        if precision == "fp16" or (precision == "bf16" and best == torch.float32):
+            warnings.warn(
+                f"{precision} is not supported well on this CPU; using {precision_name(best)}",
+                PrecisionWarning,
+                stacklevel=2,
+            )
+            return best
+        return _DTYPES[precision]
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        warnings.warn("this GPU has no bf16; using fp16", PrecisionWarning, stacklevel=2)
+        return torch.float16
+    return torch.float16 if precision == "auto" else _DTYPES[precision]
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for activations: CUDA's mem_get_info, MPS's recommended working set, else MemAvailable from
+    /proc/meminfo (psutil is not a dependency); 4 GiB when nothing can be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 << 30
+
+
+def activation_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> float:
+    """Peak activation memory of an RRDBNet forward pass per input pixel.
+
+    The peak is in the tail, at the output resolution: about 3.5 feature maps of num_feat channels at scale**2 times
+    the input pixels, plus the dense-block concatenations at input resolution. Measured for realesrgan-x4plus:
+    15 KB/pixel in fp32, 8 KB in bf16; this estimate gives 16.6 and 8.3.
+    """
+    elem = 4 if dtype == torch.float32 else 2
+    return elem * (config.scale**2 * config.num_feat * 3.5 + (config.num_feat + 4 * config.num_grow) * 3)
+
+
+class ModelRunner:
+    """The forward pass used by tiling: host batch in, host float32 batch out, on `device` in `dtype`.
+
+    Outputs with NaN/Inf in reduced precision are recomputed in fp32 with a PrecisionWarning, and the runner stays
+    in fp32 afterwards. The model must already be on `device`.
+    """
+
+    def __init__(self, model: RRDBNet, device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.device = device
+        self.dtype = dtype
+        self.channels_last = dtype != torch.float32
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def _run(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        with torch.inference_mode():
+            if dtype == torch.float32:
+                return self.model(x.float())
+            with torch.autocast(self.device.type, dtype=dtype):
+                return self.model(x)
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        x = batch.to(self.device, dtype=torch.float32)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self._run(x, self.dtype)
+        if self.dtype != torch.float32 and not bool(torch.isfinite(y).all()):
+            warnings.warn(
+                f"the model produced NaN/Inf in {precision_name(self.dtype)}; recomputing in fp32 (and staying in fp32)",
+                PrecisionWarning,
+                stacklevel=2,
+            )
+            self.dtype = torch.float32
+            y = self._run(x, torch.float32)
+        return y.float().contiguous().cpu()

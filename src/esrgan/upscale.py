@@ -1,0 +1,707 @@
+"""Upscaler: numpy arrays, PIL images and files in, the same kind out, with any model file, size or precision.
+
+    from esrgan import Upscaler
+    up = Upscaler.from_pretrained("realesrgan-x4plus")      # or Upscaler.from_file("model.pth"), Upscaler(model)
+    big = up.upscale(pil_image)                             # PIL in -> PIL out (mode kept), numpy in -> numpy out
+    up.upscale_file("in.png", "out.png")                    # keeps bit depth, ICC profile and EXIF
+
+How the image kinds are handled (and why):
+- Grey: replicated to 3 channels for the model; the output channels are averaged back (the mean, not the first
+  channel: it cancels the small colour casts a colour model adds to a grey input).
+- Alpha: by default through the model too, as a grey image (sharp edges stay sharp); alpha_mode="bicubic" uses
+  MATLAB-style bicubic instead (smooth, never hallucinates texture into the mask).
+- Colour under transparent pixels is arbitrary (often black or white) and would bleed into the visible edge
+  through the model's receptive field, giving dark or light halos. So before the model, fully transparent pixels
+  get the colour of the nearest visible ones (a pull-push fill: an alpha-weighted image pyramid, coarse levels fill
+  the holes of finer ones). Pixels with any opacity keep their colour exactly. This is "colour bleeding" rather
+  than premultiplying: premultiplied colour would darken the edge for the model, and dividing by the upscaled
+  alpha afterwards amplifies the model's errors where alpha is small.
+- 8-bit stays 8-bit, 16-bit stays 16-bit, float stays float (assumed in [0, 1]; the output is clamped to it).
+- outscale: the model's scale first, then MATLAB bicubic (esrgan.resize.imresize, antialiased when shrinking) to
+  round(size * outscale). The model output is kept as uint16 in between (a 1/65535 step, far below 8-bit output
+  precision), then resized one channel at a time, so the float memory is one channel of the model output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .device import (
+    ModelRunner,
+    activation_bytes_per_pixel,
+    available_memory,
+    resolve_device,
+    resolve_precision,
+)
+from .errors import CheckpointError, EsrganError
+from .generator import RRDBNet
+from .tiling import DEFAULT_OVERLAP, auto_tile_size, upscale_tiled
+
+AlphaMode = Literal["model", "bicubic"]
+ALPHA_MODES = ("model", "bicubic")
+ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
+Progress = Callable[[int, int], None]
+
+# Pillow modes and what they are upscaled as; the result has the mode on the right.
+_PIL_MODES = {
+    "1": "L",
+    "L": "L",
+    "LA": "LA",
+    "La": "LA",
+    "P": "RGB",  # "RGBA" when the palette has transparency
+    "PA": "RGBA",
+    "RGB": "RGB",
+    "RGBX": "RGB",
+    "RGBA": "RGBA",
+    "RGBa": "RGBA",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+    "I;16": "I;16",
+    "I;16L": "I;16",
+    "I;16B": "I;16",
+    "I;16N": "I;16",
+    "I": "I",
+    "F": "F",
+}
+
+
+class Upscaler:
+    """Runs an RRDBNet over images of any size: tiled, in the best safe precision of the device.
+
+    device: auto|cpu|cuda|mps. precision: auto|fp32|bf16|fp16 (see esrgan.device for the fallbacks).
+    tile: tile side in input pixels, 0 = no tiling, None = from the free memory. tile_overlap: input pixels shared
+    by neighbouring tiles (blended). batch: tiles per forward pass. alpha_mode: "model" or "bicubic".
+    outscale: final scale (any positive float); None = the model's scale. interpolate / interpolate_alpha: network
+    interpolation, theta = (1 - a) * theta_model + a * theta_other (e.g. model = PSNR-oriented, other = GAN).
+    The model is moved to the device (and to channels_last for reduced precision).
+    """
+
+    def __init__(
+        self,
+        model: RRDBNet,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        tile: int | None = None,
+        tile_overlap: int = DEFAULT_OVERLAP,
+        batch: int = 1,
+        alpha_mode: str = "model",
+        outscale: float | None = None,
+        interpolate: str | Path | RRDBNet | None = None,
+        interpolate_alpha: float | None = None,
+    ) -> None:
+        if alpha_mode not in ALPHA_MODES:
+            raise EsrganError(f"alpha mode must be one of {', '.join(ALPHA_MODES)}, not {alpha_mode!r}")
+        if tile is not None and tile < 0:
+            raise EsrganError(f"tile must be >= 0 (0 = no tiling), not {tile}")
+        if tile_overlap < 0 or batch < 1:
+            raise EsrganError(f"need tile overlap >= 0 and batch >= 1, not {tile_overlap} and {batch}")
+        if tile and tile_overlap >= tile:
+            raise EsrganError(f"tile overlap ({tile_overlap}) must be smaller than the tile ({tile})")
+        if outscale is not None and not (0 < outscale <= 64):
+            raise EsrganError(f"outscale must be in (0, 64], not {outscale}")
+        if interpolate is not None:
+            if interpolate_alpha is None:
+                raise EsrganError("network interpolation needs an alpha in [0, 1] (--alpha)")
+            model = _interpolated(model, interpolate, interpolate_alpha)
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.model = model.to(self.device)
+        self.runner = ModelRunner(self.model, self.device, self.dtype)
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.batch = batch
+        self.alpha_mode: AlphaMode = "bicubic" if alpha_mode == "bicubic" else "model"
+        self.outscale = outscale
+
+    # --- construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name: str, **options: Any) -> Upscaler:
+        """A named model (see `esrgan models`); raises ModelNotAvailableError saying how to get absent weights."""
+        from .checkpoints import load_model
+
+        return cls(load_model(name), **options)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> Upscaler:
+        """Any RRDBNet model file: ours, BasicSR/Real-ESRGAN, ESRGAN, old-style .pth, ncnn .param."""
+        from .checkpoints import load_model
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such model file")
+        return cls(load_model(path), **options)
+
+    @property
+    def scale(self) -> float:
+        """Final scale of the output (outscale, or the model's own scale)."""
+        return float(self.outscale) if self.outscale is not None else float(self.model.scale)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.outscale is None:
+            return height * self.model.scale, width * self.model.scale
+        return max(1, round(height * self.outscale)), max(1, round(width * self.outscale))
+
+    def tile_size(self, height: int, width: int) -> int:
+        """The tile side used for an image of this size (0 when it is processed whole)."""
+        tile = self.tile
+        if tile is None:
+            bpp = activation_bytes_per_pixel(self.model.config, self.dtype)
+            limit = 1024 if self.device.type == "cuda" else 512
+            tile = auto_tile_size(available_memory(self.device), bpp, batch=self.batch, maximum=limit)
+        return 0 if tile >= max(height, width) else tile
+
+    # --- public entry points --------------------------------------------------------------------------------------
+    def upscale(self, image: ImageT, *, on_tile: Progress | None = None) -> ImageT:
+        """Upscale a numpy array (HxW, HxWx1..4; uint8, uint16 or float in [0, 1]) or a PIL image; same type back.
+
+        numpy: same dtype and layout. PIL: same mode (L, LA, RGB, RGBA, I;16, I, F), except palette -> RGB/RGBA,
+        1 -> L, CMYK/YCbCr/LAB/HSV -> RGB; the ICC profile and EXIF in image.info are carried over.
+        """
+        if isinstance(image, Image.Image):
+            return self._upscale_pil(image, on_tile)
+        if isinstance(image, np.ndarray):
+            return self._upscale_numpy(image, on_tile)
+        raise TypeError(f"expected a numpy array or a PIL image, not {type(image).__name__}")
+
+    def upscale_file(
+        self,
+        src: str | Path,
+        dst: str | Path,
+        *,
+        format: str | None = None,
+        quality: int | None = None,
+        overwrite: bool = False,
+        max_pixels: int | None = None,
+        on_tile: Progress | None = None,
+    ) -> Path:
+        """Read src (any format esrgan.imageio reads), upscale, write dst atomically with bit depth, ICC and EXIF.
+
+        An existing dst raises OutputExistsError before any work unless overwrite.
+        """
+        from dataclasses import replace
+
+        from .atomic import OutputExistsError
+        from .imageio import DEFAULT_MAX_PIXELS, read_image, write_image
+
+        dst = Path(dst)
+        if not overwrite and dst.exists():
+            raise OutputExistsError(dst)
+        data = read_image(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+        colour, alpha = self.upscale_planes(data.pixels, data.alpha, on_tile=on_tile)
+        result = replace(data, pixels=colour, alpha=alpha)
+        return write_image(dst, result, format=format, quality=quality, overwrite=overwrite)
+
+    def upscale_planes(
+        self, colour: np.ndarray, alpha: np.ndarray | None, *, on_tile: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The core: colour HxWx1 or HxWx3 and optional alpha HxW, both uint8, uint16 or float, same dtype.
+
+        Returns (colour, alpha) at the output size, in the input dtype (float is clamped to [0, 1]).
+        """
+        if colour.ndim != 3 or colour.shape[2] not in (1, 3):
+            raise EsrganError(f"colour must be HxWx1 or HxWx3, not {colour.shape}")
+        if alpha is not None and alpha.shape != colour.shape[:2]:
+            raise EsrganError(f"alpha must be {colour.shape[:2]}, not {alpha.shape}")
+        dtype = colour.dtype
+        if dtype.kind == "f":
+            colour = np.clip(np.nan_to_num(colour.astype(np.float32, copy=False)), 0.0, 1.0)
+            alpha = None if alpha is None else np.clip(np.nan_to_num(alpha.astype(np.float32)), 0.0, 1.0)
+        elif dtype not in (np.uint8, np.uint16):
+            raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
+        h, w = colour.shape[:2]
+        tile = self.tile_size(h, w)
+        passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
+        per_pass = _tile_count(h, w, tile, self.tile_overlap)
+
+        def progress(k: int) -> Progress | None:
+            if on_tile is None:
+                return None
+            report = on_tile
+            return lambda done, total: report(k * per_pass + done, passes * per_pass)
+
+        if alpha is not None:
+            colour = bleed_colour(colour, alpha)
+        out_colour = self._run(colour, tile, dtype, progress(0))
+        out_alpha: np.ndarray | None = None
+        if alpha is not None:
+            if self.alpha_mode == "model":
+                out_alpha = self._run(alpha[:, :, None], tile, dtype, progress(1))[:, :, 0]
+            else:
+                out_alpha = _resize_plane(alpha, self.output_size(h, w), dtype)
+        return out_colour, out_alpha
+
+    # --- internals ------------------------------------------------------------------------------------------------
+    def _run(self, plane: np.ndarray, tile: int, dtype: np.dtype, on_tile: Progress | None) -> np.ndarray:
+        """Model (and outscale resize) over an HxWx1 or HxWx3 array; HxWx(same C) of dtype back."""
+        grey = plane.shape[2] == 1
+        if not plane.flags.writeable:  # e.g. np.asarray(PIL image): torch wants a writable buffer
+            plane = plane.copy()
+        image = torch.from_numpy(np.ascontiguousarray(plane)).permute(2, 0, 1)
+        if grey:
+            image = image.expand(3, -1, -1)
+        h, w = plane.shape[:2]
+        size = self.output_size(h, w)
+        native = size == (h * self.model.scale, w * self.model.scale)
+        # resize needs an intermediate: uint16 for integer outputs (see the module docstring), float32 for float
+        inter = dtype if native else (np.dtype(np.float32) if dtype.kind == "f" else np.dtype(np.uint16))
+        out = upscale_tiled(
+            self.runner,
+            image,
+            scale=self.model.scale,
+            tile=tile,
+            overlap=self.tile_overlap,
+            batch=self.batch,
+            out_dtype=inter,
+            grey=grey,
+            on_tile=on_tile,
+        )
+        if native:
+            return out
+        resized = np.empty((*size, out.shape[2]), dtype=dtype)
+        for c in range(out.shape[2]):
+            resized[:, :, c] = _resize_plane(out[:, :, c], size, dtype)
+        return resized
+
+    def _upscale_numpy(self, array: np.ndarray, on_tile: Progress | None) -> np.ndarray:
+        if array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[2] <= 4):
+            raise EsrganError(f"expected an HxW or HxWxC (C = 1..4) image array, not shape {array.shape}")
+        if array.shape[0] == 0 or array.shape[1] == 0:
+            raise EsrganError(f"empty image of shape {array.shape}")
+        a = array[:, :, None] if array.ndim == 2 else array
+        n_colour = 1 if a.shape[2] <= 2 else 3
+        alpha = a[:, :, n_colour] if a.shape[2] in (2, 4) else None
+        colour, out_alpha = self.upscale_planes(a[:, :, :n_colour], alpha, on_tile=on_tile)
+        planes = colour if out_alpha is None else np.concatenate([colour, out_alpha[:, :, None]], axis=2)
+        if array.ndim == 2:
+            planes = planes[:, :, 0]
+        return planes.astype(array.dtype, copy=False)
+
+    def _upscale_pil(self, image: Image.Image, on_tile: Progress | None) -> Image.Image:
+        mode = image.mode
+        if mode not in _PIL_MODES:
+            raise EsrganError(f"unsupported PIL image mode {mode!r}")
+        target = _PIL_MODES[mode]
+        if mode == "P":
+            target = "RGBA" if "transparency" in image.info else "RGB"
+        if target in ("I;16", "I", "F"):
+            array = np.asarray(image)
+            if target == "I":  # 32-bit integer images hold 16-bit data in practice (Pillow's 16-bit PNG mode)
+                array = np.clip(array, 0, 65535).astype(np.uint16)
+            elif target == "I;16":
+                array = array.astype(np.uint16)
+            out = self._upscale_numpy(array, on_tile)
+            result = Image.fromarray(out.astype(np.int32) if target == "I" else out)
+        else:
+            out = self._upscale_numpy(np.asarray(image if mode == target else image.convert(target)), on_tile)
+            result = Image.fromarray(out)
+        for key in ("icc_profile", "exif"):
+            if key in image.info:
+                result.info[key] = image.info[key]
+        return result
+
+
+def _interpolated(model: RRDBNet, other: str | Path | RRDBNet, alpha: float) -> RRDBNet:
+    """theta = (1 - alpha) * theta_model + alpha * theta_other, computed in fp32 on the host."""
+    from .checkpoints import interpolate_state_dicts, load_model
+
+    other_model = other if isinstance(other, RRDBNet) else load_model(other)
+    if other_model.config != model.config:
+        raise CheckpointError(
+            f"cannot interpolate models of different architectures: {model.config} and {other_model.config}"
+        )
+    mixed = RRDBNet.from_config(model.config)
+    sd = interpolate_state_dicts(
+        {k: v.cpu() for k, v in model.state_dict().items()},
+        {k: v.cpu() for k, v in other_model.state_dict().items()},
+        alpha,
+    )
+    mixed.load_state_dict(sd, strict=True)
+    return mixed.eval().requires_grad_(False)
+
+
+def _tile_count(h: int, w: int, tile: int, overlap: int) -> int:
+    from .tiling import tile_starts
+
+    if tile == 0:
+        return 1
+    return len(tile_starts(h, min(tile, h), overlap)) * len(tile_starts(w, min(tile, w), overlap))
+
+
+def _to_float(array: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(array)).float()
+    if array.dtype == np.uint8:
+        t /= 255.0
+    elif array.dtype == np.uint16:
+        t /= 65535.0
+    return t
+
+
+def _from_float(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    t = t.clamp(0.0, 1.0)
+    if dtype == np.uint8:
+        return t.mul(255.0).round().to(torch.uint8).numpy()
+    if dtype == np.uint16:
+        return t.mul(65535.0).round().to(torch.int32).numpy().astype(np.uint16)
+    return t.numpy().astype(dtype, copy=False)
+
+
+def _resize_plane(plane: np.ndarray, size: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """MATLAB bicubic of one HxW plane (any of our dtypes) to size, clamped and converted to dtype."""
+    from .resize import imresize
+
+    return _from_float(imresize(_to_float(plane), size=size), dtype)
+
+
+def bleed_colour(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Give fully transparent pixels the colour of the nearest visible ones (pull-push fill); others unchanged.
+
+    Pull: a pyramid of 2x2 sums of (colour x visible, visible). Push: from the coarsest level down, each level's
+    holes take the bilinearly upsampled colour of the level above, so fills vary smoothly instead of repeating
+    the edge pixel. Costs a float copy of the image while it runs (RGBA images with transparent pixels only).
+    """
+    visible = alpha > 0
+    if visible.all() or not visible.any():
+        return colour
+    m = torch.from_numpy(visible).float()[None, None]
+    c = _to_float(colour).permute(2, 0, 1)[None] * m
+    levels = [(c, m)]
+    while not bool((m > 0).all()):  # coarsen until every cell has a visible pixel (at 1x1 at the latest)
+        kernel = (2 if m.shape[-2] > 1 else 1, 2 if m.shape[-1] > 1 else 1)
+        c, m = (F.avg_pool2d(t, kernel, ceil_mode=True) for t in (c, m))
+        levels.append((c, m))
+    c, m = levels[-1]
+    filled = c / m.clamp_min(1e-12)
+    for c, m in reversed(levels[:-1]):
+        up = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
+        filled = torch.where(m > 0, c / m.clamp_min(1e-12), up)
+    out = colour.copy()
+    fill = _from_float(filled[0].permute(1, 2, 0), colour.dtype)
+    out[~visible] = fill[~visible]
+    return out
+
+
+# --- batches of files (the library side of `esrgan upscale`) ----------------------------------------------------------
+INPUT_SUFFIXES = frozenset(
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".bmp",
+        ".gif",
+        ".ppm",
+        ".pgm",
+        ".pnm",
+        ".tga",
+    }
+)
+"""Files picked up when a folder or glob is given (an explicitly named file is tried whatever its name)."""
+
+DEFAULT_OUTPUT_DIR = Path("upscaled")
+DEFAULT_NAME = "{name}_x{scale}.{ext}"
+
+
+@dataclass
+class Job:
+    """One file to upscale: its source and destination."""
+
+    src: Path
+    dst: Path
+
+
+@dataclass
+class BatchResult:
+    written: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)  # destination already there (no --overwrite)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, one-line reason)
+
+    def summary(self) -> str:
+        text = f"{len(self.written)} upscaled, {len(self.skipped)} skipped (output exists), {len(self.failed)} failed"
+        if self.failed:
+            text += (
+                ": "
+                + ", ".join(name for name, _ in self.failed[:5])
+                + (" ..." if len(self.failed) > 5 else "")
+            )
+        return text
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    out = []
+    for p in found:
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):  # hidden files, and our own .part temp files
+            continue
+        if p.suffix.lower() not in INPUT_SUFFIXES or not p.is_file():
+            continue
+        if exclude is not None and p.resolve().is_relative_to(exclude):
+            continue
+        out.append(p)
+    return sorted(out)
+
+
+def collect_inputs(
+    inputs: list[str], *, recursive: bool = False, exclude: Path | None = None
+) -> tuple[list[tuple[Path, Path | None]], list[tuple[str, str]]]:
+    """Expand files, folders and globs (also for shells that do not) into (file, folder it was found under) pairs.
+
+    The folder (None for files named directly) lets outputs keep sub-folder structure. Files under `exclude` (the
+    output folder) are skipped when found by a folder or glob, so a rerun never upscales its own outputs.
+    Returns (found, problems) where problems are (argument, reason) for arguments that matched nothing.
+    """
+    excl = exclude.resolve() if exclude is not None else None
+    found: list[tuple[Path, Path | None]] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, base: Path | None) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((path, base))
+
+    for arg in inputs:
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            images = _folder_images(path, recursive, excl)
+            if not images:
+                problems.append((arg, "folder has no images" + ("" if recursive else " (use --recursive)")))
+            for p in images:
+                add(p, path)
+        elif path.exists():
+            add(path, None)
+        elif _is_glob(arg):
+            import glob
+
+            matches = sorted(glob.glob(str(path), recursive=recursive))
+            files = [
+                Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in INPUT_SUFFIXES
+            ]
+            files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
+            for m in matches:
+                if Path(m).is_dir():
+                    files += _folder_images(Path(m), recursive, excl)
+            if not files:
+                problems.append((arg, "no image matches this pattern"))
+            for p in files:
+                add(p, None)
+        else:
+            problems.append((arg, "no such file or folder"))
+    return found, problems
+
+
+def _format_scale(scale: float) -> str:
+    return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
+
+
+def output_folder(output: Path | None) -> Path | None:
+    """The folder outputs go to: ./upscaled by default, None when -o names a file (an image extension)."""
+    from .imageio import WRITE_FORMATS
+
+    if output is None:
+        return DEFAULT_OUTPUT_DIR
+    return None if output.suffix.lower() in WRITE_FORMATS and not output.is_dir() else output
+
+
+def plan_jobs(
+    sources: list[tuple[Path, Path | None]],
+    output: Path | None,
+    *,
+    name: str = DEFAULT_NAME,
+    format: str | None = None,
+    scale: float,
+    model: str = "",
+) -> list[Job]:
+    """Destination of each source: -o FILE (one input, image extension), else a folder (default ./upscaled).
+
+    name: pattern with {name} (input stem), {scale}, {ext} and {model}; {ext} is --format's extension, else the
+    input's when we can write that format, else png. Sources found under a folder keep their sub-folders.
+    """
+    from .imageio import WRITE_FORMATS
+
+    out = output_folder(output)
+    if out is None:
+        assert output is not None
+        if len(sources) != 1:
+            raise EsrganError(f"{output}: -o names a file but there are {len(sources)} inputs; give a folder")
+        return [Job(sources[0][0], output)]
+    jobs = []
+    for src, base in sources:
+        if format is not None:
+            ext = {"jpeg": "jpg", "tif": "tiff"}.get(format.lower(), format.lower())
+        else:
+            suffix = src.suffix.lower()
+            ext = suffix.lstrip(".") if suffix in WRITE_FORMATS else "png"
+        try:
+            filename = name.format(name=src.stem, scale=_format_scale(scale), ext=ext, model=model)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise EsrganError(
+                f"bad --name pattern {name!r} ({exc}); use {{name}}, {{scale}}, {{ext}}, {{model}}"
+            ) from None
+        folder = out / src.parent.relative_to(base) if base is not None else out
+        jobs.append(Job(src, folder / filename))
+    return jobs
+
+
+class _Reporter:
+    """Progress over files and tiles: tqdm bars on a terminal, plain lines otherwise, nothing but errors if quiet."""
+
+    def __init__(self, total: int, mode: str) -> None:
+        import sys
+
+        self.mode = mode
+        self.stderr = sys.stderr
+        self.files: Any = None
+        self.tiles: Any = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.files = tqdm(total=total, unit="file", desc="files", file=sys.stderr, dynamic_ncols=True)
+            self.tiles = tqdm(total=0, unit="tile", desc="tiles", file=sys.stderr, leave=False, position=1)
+
+    def line(self, text: str, *, error: bool = False) -> None:
+        import sys
+
+        if self.mode == "quiet" and not error:
+            return
+        stream = sys.stderr if error else sys.stdout
+        if self.files is not None:
+            self.files.write(text, file=stream)
+        else:
+            print(text, file=stream, flush=True)
+
+    def on_tile(self, done: int, total: int) -> None:
+        if self.tiles is not None:
+            if self.tiles.total != total or done < self.tiles.n:
+                self.tiles.reset(total=total)
+            self.tiles.update(done - self.tiles.n)
+
+    def file_done(self) -> None:
+        if self.files is not None:
+            self.files.update(1)
+
+    def close(self) -> None:
+        for bar in (self.tiles, self.files):
+            if bar is not None:
+                bar.close()
+
+
+def upscale_files(
+    upscaler: Upscaler,
+    jobs: list[Job],
+    *,
+    format: str | None = None,
+    quality: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    progress: str = "auto",
+) -> BatchResult:
+    """Upscale every job; a file that fails is reported in one line and the batch goes on.
+
+    Existing destinations are skipped unless overwrite, so rerunning after an interruption finishes the rest
+    without redoing finished files (writes are atomic: a killed run leaves no partial output). progress: "bar"
+    (tqdm), "lines" (one line per file), "quiet" (errors only), or "auto" = bar on a terminal, else lines.
+    """
+    import sys
+    import time
+
+    from .atomic import OutputExistsError
+
+    if progress == "auto":
+        progress = "bar" if sys.stderr.isatty() else "lines"
+    result = BatchResult()
+    report = _Reporter(len(jobs), progress)
+    targets: dict[Path, Path] = {}
+
+    try:
+        for i, job in enumerate(jobs, 1):
+            key = job.dst.resolve()
+            if key in targets:
+                reason = (
+                    f"output {job.dst} is also the output of {targets[key]}; use a --name with more fields"
+                )
+                result.failed.append((str(job.src), reason))
+                report.line(f"esrgan: error: {job.src}: {reason}", error=True)
+                report.file_done()
+                continue
+            targets[key] = job.src
+            if job.dst.exists() and not overwrite:
+                result.skipped.append(job)
+                report.line(f"[{i}/{len(jobs)}] skip {job.src}: {job.dst} exists (--overwrite replaces it)")
+                report.file_done()
+                continue
+            start = time.perf_counter()
+            try:
+                upscaler.upscale_file(
+                    job.src,
+                    job.dst,
+                    format=format,
+                    quality=quality,
+                    overwrite=overwrite,
+                    max_pixels=max_pixels,
+                    on_tile=report.on_tile,
+                )
+            except OutputExistsError:  # appeared while we worked: someone else wrote it
+                result.skipped.append(job)
+                report.line(f"[{i}/{len(jobs)}] skip {job.src}: {job.dst} exists (--overwrite replaces it)")
+            except (EsrganError, OSError, ValueError) as exc:
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                result.failed.append((str(job.src), reason))
+                report.line(
+                    f"esrgan: error: {reason if str(job.src) in reason else f'{job.src}: {reason}'}",
+                    error=True,
+                )
+            else:
+                result.written.append(job)
+                seconds = time.perf_counter() - start
+                report.line(f"[{i}/{len(jobs)}] {job.src} -> {job.dst} ({seconds:.1f} s)")
+            report.file_done()
+    finally:
+        report.close()
+    return result
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show warnings as `esrgan: warning: ...` lines on stderr (through tqdm, so progress bars stay intact)."""
+    import sys
+    import warnings
+
+    from tqdm import tqdm
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        tqdm.write(f"esrgan: warning: {message}", file=sys.stderr)
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
