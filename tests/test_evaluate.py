@@ -207,11 +207,20 @@ def test_corrupt_file_is_reported_and_the_rest_evaluated(
     good = (hr / "bird.png").read_bytes()
     (hr / "broken.png").write_bytes(good[: len(good) // 3])  # a truncated download
     (hr / "notes.txt").write_text("not an image, not listed")
+    # a grey image (as Set14's bridge.png): scored on Y of grey, the model's output averaged back to grey
+    Image.open(hr / "bird.png").convert("L").save(hr / "grey.png")
     proc = _run("--model", models["nearest"], "--hr", hr, "--no-niqe", "--json", tmp_path / "r.json")
     assert proc.returncode == 1
     assert "broken.png" in proc.stderr and "notes.txt" not in proc.stderr + proc.stdout
     _, rows = _table(proc.stdout)
-    assert set(rows) == {"bird", "butterfly", "mean (2)"}
+    assert set(rows) == {"bird", "butterfly", "grey", "mean (3)"}
+    grey = mod_crop(np.asarray(Image.open(hr / "grey.png"))[:, :, None], 4)
+    nearest = np.repeat(np.repeat(bicubic_down(grey, 4), 4, axis=0), 4, axis=1)
+    grey_scores = json.loads((tmp_path / "r.json").read_text())["images"][2]["scores"]
+    assert grey_scores["bicubic"]["psnr"] == pytest.approx(
+        psnr(bicubic_up(bicubic_down(grey, 4), 4), grey, crop_border=4)
+    )
+    assert grey_scores["nearest"]["psnr"] == pytest.approx(psnr(nearest, grey, crop_border=4))
     data = json.loads((tmp_path / "r.json").read_text())
     assert [Path(f["file"]).name for f in data["failed"]] == ["broken.png"]
 
@@ -219,24 +228,27 @@ def test_corrupt_file_is_reported_and_the_rest_evaluated(
 def test_paired_lr_folder_is_used(
     shared_dir: Path, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--lr: LR files paired by name (with the usual x4 suffix) replace the MATLAB downscale; a wrong size fails."""
+    """--lr: LR files paired by name (with the usual x4 suffix) replace the MATLAB downscale; a wrong size fails.
+    --save-images writes exactly the images that were scored."""
     src = shared_dir / "data" / "benchmarks" / "Set5"
     hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
     hr_dir.mkdir()
     lr_dir.mkdir()
-    expected = {}
+    expected, lrs = {}, {}
     for name in ("bird", "butterfly"):
         shutil.copy(src / f"{name}.png", hr_dir)
         hr = mod_crop(np.asarray(Image.open(src / f"{name}.png")), 4)
         # a different degradation (nearest-neighbour decimation) so that using the file visibly changes the numbers
         lr = np.ascontiguousarray(hr[1::4, 1::4])
         Image.fromarray(lr).save(lr_dir / f"{name}x4.png")
+        lrs[name] = lr
         expected[name] = psnr(bicubic_up(lr, 4), hr, crop_border=4)
     shutil.copy(src / "head.png", hr_dir)
     Image.new("RGB", (10, 10)).save(lr_dir / "head.png")  # wrong size for head's 280x280 HR
     code, out, err = _run_here(
-        capsys, "--model", models["nearest"], "--hr", hr_dir, "--lr", lr_dir, "--no-niqe"
-    )
+        capsys, "--model", models["nearest"], "--hr", hr_dir, "--lr", lr_dir, "--no-niqe",
+        "--save-images", tmp_path / "out",
+    )  # fmt: skip
     assert code == 1
     assert "head.png" in err and "expected 70x70" in err
     header, rows = _table(out)
@@ -244,6 +256,11 @@ def test_paired_lr_folder_is_used(
         got = float(rows[name][header.index("bicubic PSNR")])
         assert got == pytest.approx(value, abs=0.0005)
         assert abs(got - SET5[name][0]) > 0.05  # not the numbers of the MATLAB-downscaled LR
+        saved_bicubic = np.asarray(Image.open(tmp_path / "out" / "bicubic" / f"{name}.png"))
+        saved_nearest = np.asarray(Image.open(tmp_path / "out" / "nearest" / f"{name}.png"))
+        np.testing.assert_array_equal(saved_bicubic, bicubic_up(lrs[name], 4))
+        np.testing.assert_array_equal(saved_nearest, np.repeat(np.repeat(lrs[name], 4, axis=0), 4, axis=1))
+    assert not (tmp_path / "out" / "bicubic" / "head.png").exists()
 
 
 def test_scale_mismatch_is_a_clear_error(

@@ -52,7 +52,7 @@ BICUBIC = "bicubic"
 """Name of the baseline column: MATLAB bicubic upscaling of the LR image."""
 
 Upscale = Callable[[np.ndarray], np.ndarray]
-"""uint8 HxWx3 LR in, uint8 (H*scale)x(W*scale)x3 out."""
+"""uint8 HxWxC LR in (C = 1 or 3), uint8 (H*scale)x(W*scale)xC out."""
 
 
 @dataclass(frozen=True)
@@ -190,11 +190,6 @@ def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
     return _to_u8(imresize_np(lr, scale=scale))
 
 
-def _rgb(img: np.ndarray) -> np.ndarray:
-    """HxWx3 for the models (a grey image becomes three equal channels)."""
-    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
-
-
 # --- models ---------------------------------------------------------------------------------------------------------
 @dataclass
 class _Model:
@@ -211,21 +206,17 @@ def model_name(spec: str) -> str:
 
 
 def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> tuple[int, Upscale]:
-    """Scale and upscale function of a model file or zoo name, through the same path `esrgan upscale` uses."""
-    # Interim: plain full-image forward until esrgan.upscale.Upscaler lands (then tiling/precision apply).
-    import torch
+    """Scale and upscale function of a model file or zoo name, through the path `esrgan upscale` uses (tiling,
+    precision and device fallbacks included), so the numbers are those of the outputs users get."""
+    from .upscale import Upscaler
 
-    from .checkpoints import load_model
-
-    model = load_model(spec, device=device if device != "auto" else "cpu")
-
-    def run(lr: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.array(lr)).permute(2, 0, 1)[None].float().div(255.0)
-        with torch.inference_mode():
-            y = model(x.to(next(model.parameters()).device))
-        return from_float(y[0].permute(1, 2, 0).float().cpu().numpy(), 8)
-
-    return model.config.scale, run
+    options: dict[str, Any] = {"device": device, "precision": precision, "tile": tile}
+    path = Path(spec).expanduser()
+    if path.exists() or path.suffix or "/" in spec:
+        up = Upscaler.from_file(path, **options)
+    else:
+        up = Upscaler.from_pretrained(spec, **options)
+    return up.model.config.scale, up.upscale
 
 
 def _names(specs: Sequence[str]) -> list[str]:
@@ -376,7 +367,12 @@ def _evaluate_one(
                 f"(HR {path.name} cut to a multiple of {s}, divided by {s})"
             )
         if lr.shape[2] != hr.shape[2]:
-            lr = _rgb(lr) if lr.shape[2] == 1 else np.round(lr.mean(axis=2, keepdims=True)).astype(np.uint8)
+            # a grey LR for a colour HR (or the reverse): give it the HR's channels
+            lr = (
+                np.repeat(lr, 3, axis=2)
+                if lr.shape[2] == 1
+                else np.round(lr.mean(axis=2, keepdims=True)).astype(np.uint8)
+            )
     else:
         lr = bicubic_down(hr, s)
     if min(hr.shape[:2]) - 2 * border < 11:
@@ -388,7 +384,7 @@ def _evaluate_one(
     seconds: dict[str, float] = {}
     for m in models:
         t0 = time.perf_counter()
-        out = m.run(_rgb(lr))
+        out = m.run(lr)
         seconds[m.name] = time.perf_counter() - t0
         if out.shape[:2] != hr.shape[:2]:
             raise EsrganError(
