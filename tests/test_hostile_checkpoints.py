@@ -1,6 +1,6 @@
 """Hostile model files: mutated real files and crafted ones end in a clean load or one CheckpointError, nothing else.
 
-The short Hypothesis run here is part of CI; `bench/fuzz_checkpoints.py` runs the same property much longer.
+The short Hypothesis run here is part of CI; `tools/fuzz_checkpoints.py` runs the same property much longer.
 """
 
 from __future__ import annotations
