@@ -22,7 +22,15 @@ _LAZY = {
     "Upscaler": "upscale",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "RRDBConfig",
+    "RRDBNet",
+    "Upscaler",
+    "__version__",
+    "interpolate_state_dicts",
+    "load_model",
+    "save_model",
+]
 
 if TYPE_CHECKING:
     from .checkpoints import interpolate_state_dicts, load_model, save_model
