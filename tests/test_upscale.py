@@ -1,0 +1,231 @@
+"""Upscaler API: precision fallbacks on a real model, every image kind in -> same kind out, outscale, alpha."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from esrgan.device import ModelRunner, PrecisionWarning, cpu_has_native_bf16, resolve_precision
+from esrgan.generator import RRDBNet
+from esrgan.upscale import Upscaler, bleed_colour
+
+
+def tiny_model(seed: int = 0, *, spread: float = 0.05) -> RRDBNet:
+    """A tiny x4 RRDBNet that is nearest-neighbour upscaling plus a wide-field perturbation of size `spread`.
+
+    An untrained model outputs ~0 everywhere, which would make the alpha, grey and bit-depth checks vacuous; this
+    one reproduces the picture (identity kernels on the trunk) while its random body mixes in far-away pixels, as
+    a real model's receptive field does.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for conv in (model.conv_first, model.conv_up1, model.conv_up2, model.conv_hr, model.conv_last):
+            for c in range(3):
+                conv.weight[c, c, 1, 1] = 1.0
+        for p in model.body.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        model.conv_body.weight.copy_(torch.randn(model.conv_body.weight.shape, generator=gen) * spread)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def up() -> Upscaler:
+    return Upscaler(tiny_model(), device="cpu", precision="fp32", tile=32)
+
+
+# --- precision --------------------------------------------------------------------------------------------------------
+def test_fp16_is_never_used_on_the_cpu() -> None:
+    with pytest.warns(PrecisionWarning, match="fp16"):
+        dtype = resolve_precision("fp16", torch.device("cpu"))
+    assert dtype in (torch.bfloat16, torch.float32)
+    assert dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    with pytest.warns(PrecisionWarning):
+        upscaler = Upscaler(tiny_model(), device="cpu", precision="fp16", tile=0)
+    assert upscaler.dtype != torch.float16 and upscaler.runner.dtype != torch.float16
+
+
+def test_overflowing_bf16_forward_is_recomputed_in_fp32(photo_small: np.ndarray) -> None:
+    """A real model whose bf16 forward overflows: redone in fp32, with a warning, and the runner stays in fp32.
+
+    bf16 has fp32's exponent range but 8 mantissa bits, so its largest finite value is 3.39e38 where fp32's is
+    3.40e38: a conv_last bias of 3.4e38 is finite in fp32 and rounds to Inf under bf16 autocast.
+    """
+    model = tiny_model()
+    with torch.no_grad():
+        model.conv_last.bias.fill_(3.4e38)
+    x = torch.from_numpy(photo_small).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not bool(torch.isfinite(model(x)).all())  # the premise: bf16 really overflows
+        raw_fp32 = model(x)
+    assert bool(torch.isfinite(raw_fp32).all())
+    runner = ModelRunner(model, torch.device("cpu"), torch.bfloat16)
+    with pytest.warns(PrecisionWarning, match="NaN/Inf.*fp32"):
+        y = runner(x)
+    assert bool(torch.isfinite(y).all()) and runner.dtype == torch.float32
+    torch.testing.assert_close(y, raw_fp32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stays in fp32: no second warning
+        runner(x)
+    # end to end: the Upscaler returns a finite picture (white: the bias saturates every pixel), not an error
+    with pytest.warns(PrecisionWarning, match="NaN/Inf"):
+        out = Upscaler(model, device="cpu", precision="bf16", tile=24).upscale(photo_small)
+    assert out.shape == (192, 160, 3) and (out == 255).all()
+
+
+# --- image kinds ------------------------------------------------------------------------------------------------------
+def test_numpy_rgb_uint8(up: Upscaler, photo_small: np.ndarray) -> None:
+    out = up.upscale(photo_small)
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (192, 160, 3)
+
+
+def test_numpy_grey_uint16_float(up: Upscaler, photo_small: np.ndarray) -> None:
+    grey = photo_small.mean(axis=2).astype(np.uint8)
+    g = up.upscale(grey)
+    assert g.shape == (192, 160) and g.dtype == np.uint8
+    deep = photo_small.astype(np.uint16) * 257
+    d = up.upscale(deep)
+    assert d.dtype == np.uint16 and d.shape == (192, 160, 3)
+    # 16-bit carries the same picture as 8-bit, with finer levels
+    assert np.abs(d.astype(np.float64) / 257 - up.upscale(photo_small)).mean() < 1.0
+    f = up.upscale(photo_small.astype(np.float32) / 255)
+    assert f.dtype == np.float32 and f.shape == (192, 160, 3) and f.min() >= 0 and f.max() <= 1
+    f64 = up.upscale(photo_small.astype(np.float64) / 255)
+    assert f64.dtype == np.float64
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16"])
+def test_pil_mode_is_kept(up: Upscaler, photo_small: np.ndarray, mode: str) -> None:
+    if mode == "I;16":
+        img = Image.fromarray(photo_small[:, :, 1].astype(np.uint16) * 257)
+    else:
+        img = Image.fromarray(photo_small).convert(mode)
+    assert img.mode == mode
+    out = up.upscale(img)
+    assert isinstance(out, Image.Image) and out.mode == mode and out.size == (160, 192)
+    if mode == "I;16":
+        assert np.asarray(out).max() > 255  # really 16-bit values, not 8-bit ones in a 16-bit container
+
+
+def test_pil_keeps_icc_and_exif(up: Upscaler, photo_small: np.ndarray) -> None:
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = Image.fromarray(photo_small)
+    exif = Image.Exif()
+    exif[0x010F] = "esrgan-test-camera"
+    img.info["icc_profile"] = icc
+    img.info["exif"] = exif.tobytes()
+    out = up.upscale(img)
+    assert out.info["icc_profile"] == icc and out.info["exif"] == exif.tobytes()
+
+
+@pytest.mark.parametrize("outscale", [2.5, 0.5, 3.0, 1.0])
+def test_outscale_sizes(photo_small: np.ndarray, outscale: float) -> None:
+    up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=outscale)
+    out = up.upscale(photo_small)
+    assert out.shape == (round(48 * outscale), round(40 * outscale), 3) and out.dtype == np.uint8
+    grey = up.upscale(Image.fromarray(photo_small).convert("L"))
+    assert grey.size == (round(40 * outscale), round(48 * outscale)) and grey.mode == "L"
+
+
+def test_outscale_is_the_model_output_resized(photo_small: np.ndarray) -> None:
+    """outscale = model x4 then MATLAB bicubic: at x2 it matches resizing the x4 output by hand."""
+    from esrgan.resize import imresize_np
+
+    native = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0).upscale(photo_small)
+    half = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=2).upscale(photo_small)
+    by_hand = np.clip(np.rint(imresize_np(native.astype(np.float64), size=(96, 80))), 0, 255)
+    assert np.abs(half.astype(np.float64) - by_hand).max() <= 2
+
+
+# --- alpha ------------------------------------------------------------------------------------------------------------
+def circle_rgba(photo: np.ndarray, under: int | None) -> np.ndarray:
+    """The photo with a circular alpha mask (hard edge); `under` replaces the colour of transparent pixels."""
+    h, w = photo.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    inside = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= (min(h, w) * 0.35) ** 2
+    rgba = np.dstack([photo, np.where(inside, 255, 0).astype(np.uint8)])
+    if under is not None:
+        rgba[~inside, :3] = under
+    return rgba
+
+
+@pytest.fixture(scope="module")
+def alpha_photo(photo: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(photo[40:104, 170:234])  # 64x64 real photo: face and background
+
+
+def test_alpha_shape_and_transparent_areas(alpha_photo: np.ndarray) -> None:
+    up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0)
+    rgba = circle_rgba(alpha_photo, under=0)
+    out = up.upscale(rgba)
+    assert out.shape == (256, 256, 4) and out.dtype == np.uint8
+    alpha_in = np.kron(rgba[:, :, 3], np.ones((4, 4), np.uint8))
+    far_out = np.ones_like(alpha_in, bool)
+    far_out[16:-16, 16:-16] = False  # the outer corners are 20+ input pixels from the circle
+    corners = far_out & (alpha_in == 0)
+    assert out[:, :, 3][corners].max() <= 8  # fully transparent stays (nearly) transparent
+    # alpha goes through the model as a grey image (the default alpha mode)
+    assert np.array_equal(out[:, :, 3], up.upscale(np.ascontiguousarray(rgba[:, :, 3])))
+    assert out[:, :, 3][alpha_in == 255].mean() > 150 + out[:, :, 3][corners].mean()
+    pil = up.upscale(Image.fromarray(rgba))
+    assert pil.mode == "RGBA" and pil.size == (256, 256)
+
+
+def test_no_dark_halo_from_black_under_transparent(alpha_photo: np.ndarray) -> None:
+    """Black (or any colour) under transparent pixels must not leak into the visible edge of the upscale."""
+    up = Upscaler(tiny_model(seed=1, spread=0.3), device="cpu", precision="fp32", tile=0)
+    black = up.upscale(circle_rgba(alpha_photo, under=0))
+    white = up.upscale(circle_rgba(alpha_photo, under=255))
+    reference = up.upscale(np.dstack([alpha_photo, np.full(alpha_photo.shape[:2], 255, np.uint8)]))
+    visible = black[:, :, 3] > 128
+    # with colour bleeding, what hides under the transparent area does not matter for the visible pixels
+    assert np.abs(black[:, :, :3].astype(int) - white[:, :, :3].astype(int))[visible].max() <= 1
+    # and the visible edge is no darker than the same photo upscaled without any transparency
+    edge = visible & ~ndimage.binary_erosion(visible, iterations=8)  # the outer 8 output pixels of the disc
+    assert edge.sum() > 500
+    dark = reference[:, :, :3].astype(float)[edge].mean() - black[:, :, :3].astype(float)[edge].mean()
+    assert dark < 2.0
+    # without the bleed (what a naive upscale of the raw RGB does), black does bleed in: the check can fail
+    naive = up.upscale(np.ascontiguousarray(circle_rgba(alpha_photo, under=0)[:, :, :3]))
+    assert reference[:, :, :3].astype(float)[edge].mean() - naive.astype(float)[edge].mean() > dark + 5.0
+
+
+def test_bleed_colour_keeps_visible_pixels(alpha_photo: np.ndarray) -> None:
+    rgba = circle_rgba(alpha_photo, under=0)
+    rgba[30:34, 30:34, 3] = 1  # barely visible pixels keep their colour too
+    filled = bleed_colour(rgba[:, :, :3], rgba[:, :, 3])
+    visible = rgba[:, :, 3] > 0
+    assert np.array_equal(filled[visible], rgba[:, :, :3][visible])
+    assert filled[~visible].mean() > 40  # the black was replaced by photo colours
+
+
+def test_alpha_mode_bicubic(alpha_photo: np.ndarray) -> None:
+    from esrgan.resize import imresize_np
+
+    up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, alpha_mode="bicubic")
+    rgba = circle_rgba(alpha_photo, under=0)
+    out = up.upscale(rgba)
+    expected = np.clip(np.rint(imresize_np(rgba[:, :, 3].astype(np.float64), scale=4)), 0, 255)
+    assert out.shape == (256, 256, 4)
+    assert np.abs(out[:, :, 3].astype(float) - expected).max() <= 1
+
+
+def test_bad_inputs_are_errors(up: Upscaler) -> None:
+    from esrgan.errors import EsrganError
+
+    with pytest.raises(EsrganError, match="shape"):
+        up.upscale(np.zeros((4, 4, 5), np.uint8))
+    with pytest.raises(EsrganError, match="uint8, uint16 or float"):
+        up.upscale(np.zeros((4, 4, 3), np.int32))
+    with pytest.raises(EsrganError, match="alpha mode"):
+        Upscaler(tiny_model(), alpha_mode="premultiplied")
