@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from esrgan.generator import RRDBNet
 from esrgan.tiling import DEFAULT_OVERLAP, TileError, tile_starts, upscale_tiled
 
 sys.path.insert(0, str(Path(__file__).parent))
-import itertools
 
 from foreign_arch import randomize
 

@@ -1,0 +1,253 @@
+"""`esrgan upscale` and `esrgan demo` as a user runs them: a subprocess over real photo files in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_upscale import tiny_model
+
+from esrgan.checkpoints import save_model
+from esrgan.generator import RRDBNet
+
+
+def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "esrgan.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny x4 model files (a photo-preserving one, a sibling to interpolate with, and an incompatible one)."""
+    folder = tmp_path_factory.mktemp("models")
+    other = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=16, num_block=1, num_grow=8, scale=4)
+    return {
+        "tiny": save_model(folder / "tiny.safetensors", tiny_model(0)),
+        "sibling": save_model(folder / "sibling.safetensors", tiny_model(5, spread=0.2)),
+        "wider": save_model(folder / "wider.safetensors", other),
+    }
+
+
+@pytest.fixture
+def photos(tmp_path: Path, photo: np.ndarray) -> Path:
+    """A folder of three real photo crops (PNG, JPEG, grey PNG)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo[60:108, 180:220]).save(folder / "face.png")
+    Image.fromarray(photo[300:340, 100:148]).save(folder / "suit.jpg", quality=92)
+    Image.fromarray(photo[0:32, 0:40]).convert("L").save(folder / "grey.png")
+    return folder
+
+
+def test_folder_with_a_corrupt_file(tmp_path: Path, photos: Path, models: dict[str, Path]) -> None:
+    (photos / "broken.png").write_bytes(Image.open(photos / "face.png").tobytes()[:500])  # not a PNG at all
+    out = tmp_path / "out"
+    r = run("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    assert "3 upscaled, 0 skipped (output exists), 1 failed" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["face_x4.png", "grey_x4.png", "suit_x4.jpg"]
+    with Image.open(out / "face_x4.png") as im:
+        assert im.size == (160, 192) and im.mode == "RGB"
+    with Image.open(out / "grey_x4.png") as im:
+        assert im.mode == "L" and im.size == (160, 128)  # grey in -> grey out
+    with Image.open(out / "suit_x4.jpg") as im:
+        assert im.format == "JPEG" and im.size == (192, 160)
+
+
+def test_existing_output_skipped_then_replaced(tmp_path: Path, photos: Path, models: dict[str, Path]) -> None:
+    src = photos / "face.png"
+    dst = tmp_path / "face_big.png"
+    assert run("upscale", src, "-o", dst, "--model", models["tiny"], cwd=tmp_path).returncode == 0
+    first = dst.read_bytes()
+    os.utime(dst, (1_000_000_000, 1_000_000_000))
+    r = run("upscale", src, "-o", dst, "--model", models["sibling"], cwd=tmp_path)
+    assert r.returncode == 0 and "skip" in r.stdout and "1 skipped" in r.stdout
+    assert dst.stat().st_mtime == 1_000_000_000 and dst.read_bytes() == first
+    r = run("upscale", src, "-o", dst, "--model", models["sibling"], "--overwrite", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert dst.stat().st_mtime != 1_000_000_000 and dst.read_bytes() != first  # the other model's output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+@pytest.mark.parametrize(
+    ("fmt", "magic"), [("jpg", b"\xff\xd8\xff"), ("webp", b"RIFF"), ("tiff", b"II*\x00")]
+)
+def test_format_and_quality(
+    tmp_path: Path, photos: Path, models: dict[str, Path], fmt: str, magic: bytes
+) -> None:
+    sizes = []
+    for quality in ("30", "95"):
+        out = tmp_path / f"q{quality}"
+        extra = ["--quality", quality] if fmt != "tiff" else []
+        r = run(
+            "upscale",
+            photos / "face.png",
+            "-o",
+            out,
+            "--format",
+            fmt,
+            *extra,
+            "--model",
+            models["tiny"],
+            cwd=tmp_path,
+        )
+        assert r.returncode == 0, r.stderr
+        path = out / f"face_x4.{fmt}"
+        assert path.read_bytes()[:4].startswith(magic)
+        sizes.append(path.stat().st_size)
+    if fmt != "tiff":
+        assert sizes[0] < sizes[1]  # --quality reaches the encoder
+
+
+def test_name_pattern_and_recursive(
+    tmp_path: Path, photos: Path, models: dict[str, Path], photo: np.ndarray
+) -> None:
+    sub = photos / "trip" / "day1"
+    sub.mkdir(parents=True)
+    Image.fromarray(photo[200:232, 200:240]).save(sub / "hat.png")
+    out = tmp_path / "out"
+    r = run(
+        "upscale", photos, "-o", out, "--recursive", "--name", "{model}-{name}@{scale}x.{ext}",
+        "--model", models["tiny"], "--outscale", "2", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (out / "trip" / "day1" / "tiny-hat@2x.png").is_file()  # sub-folders kept
+    assert {p.name for p in out.iterdir() if p.is_file()} == {
+        "tiny-face@2x.png",
+        "tiny-suit@2x.jpg",
+        "tiny-grey@2x.png",
+    }
+    with Image.open(out / "tiny-face@2x.png") as im:
+        assert im.size == (80, 96)  # --outscale 2 on a 40x48 photo
+    bad = run("upscale", photos, "-o", out, "--name", "{nope}.png", "--model", models["tiny"], cwd=tmp_path)
+    assert bad.returncode == 1 and "--name" in bad.stderr
+
+
+@pytest.mark.parametrize("outscale", ["2.5", "0.5"])
+def test_outscale(tmp_path: Path, photos: Path, models: dict[str, Path], outscale: str) -> None:
+    dst = tmp_path / "o.png"
+    r = run(
+        "upscale",
+        photos / "face.png",
+        "-o",
+        dst,
+        "--outscale",
+        outscale,
+        "--model",
+        models["tiny"],
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    with Image.open(dst) as im:
+        assert im.size == (round(40 * float(outscale)), round(48 * float(outscale)))
+
+
+def test_16bit_grey_exif_icc_kept(tmp_path: Path, photo: np.ndarray, models: dict[str, Path]) -> None:
+    deep = photo[60:108, 180:220, 1].astype(np.uint16) * 257
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "esrgan-test-camera"
+    Image.fromarray(photo[60:108, 180:220]).save(
+        tmp_path / "tagged.jpg", quality=95, icc_profile=icc, exif=exif
+    )
+    for name in ("deep.png", "tagged.jpg"):
+        r = run("upscale", tmp_path / name, "-o", tmp_path / "out", "--model", models["tiny"], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "out" / "deep_x4.png") as im:
+        assert im.mode.startswith("I") and im.size == (160, 192)  # 16-bit in -> 16-bit out
+        values = np.asarray(im)
+        assert values.max() > 255 and len(np.unique(values % 257)) > 1  # real 16-bit levels
+    with Image.open(tmp_path / "out" / "tagged_x4.jpg") as im:
+        assert im.info.get("icc_profile") == icc
+        assert im.getexif().get(0x010F) == "esrgan-test-camera"
+
+
+def test_interpolate(tmp_path: Path, photos: Path, models: dict[str, Path]) -> None:
+    src = photos / "face.png"
+    outs = {}
+    for alpha in ("0", "0.5", "1"):
+        dst = tmp_path / f"a{alpha}.png"
+        r = run(
+            "upscale",
+            src,
+            "-o",
+            dst,
+            "--model",
+            models["tiny"],
+            "--interpolate",
+            models["sibling"],
+            "--alpha",
+            alpha,
+            cwd=tmp_path,
+        )
+        assert r.returncode == 0, r.stderr
+        outs[alpha] = np.asarray(Image.open(dst)).astype(int)
+    assert not np.array_equal(outs["0"], outs["1"]) and not np.array_equal(outs["0.5"], outs["0"])
+    bad = run(
+        "upscale",
+        src,
+        "-o",
+        tmp_path / "x.png",
+        "--model",
+        models["tiny"],
+        "--interpolate",
+        models["wider"],
+        "--alpha",
+        "0.5",
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 1 and "different architectures" in bad.stderr
+    lonely = run(
+        "upscale", src, "-o", tmp_path / "y.png", "--model", models["tiny"], "--alpha", "0.5", cwd=tmp_path
+    )
+    assert lonely.returncode == 2 and "--interpolate" in lonely.stderr
+
+
+def test_model_not_available_names_the_remedy(tmp_path: Path, photos: Path) -> None:
+    r = run(
+        "upscale",
+        photos / "face.png",
+        "-o",
+        tmp_path / "o.png",
+        "--model",
+        "realesrgan-x2plus",
+        cwd=tmp_path,
+        env={"ESRGAN_HOME": str(tmp_path / "empty-cache")},
+    )
+    assert r.returncode == 1
+    assert r.stderr.startswith("esrgan: error:") and "realesrgan-x2plus" in r.stderr
+    assert "esrgan models --download realesrgan-x2plus" in r.stderr  # the remedy, as a command to paste
+    assert "empty-cache" in r.stderr  # and where a hand-downloaded file goes
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_demo_writes_three_pngs_and_keeps_them(tmp_path: Path, models: dict[str, Path]) -> None:
+    out = tmp_path / "demo"
+    r = run("demo", "-o", out, "--model", models["tiny"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    names = ["chelsea.png", "chelsea_x4.png", "comparison.png"]
+    for name in names:
+        with Image.open(out / name) as im:
+            assert im.format == "PNG"
+    with Image.open(out / "chelsea.png") as a, Image.open(out / "chelsea_x4.png") as b:
+        assert (b.width, b.height) == (4 * a.width, 4 * a.height)
+    stamps = {n: (out / n).stat().st_mtime_ns for n in names}
+    again = run("demo", "-o", out, "--model", models["tiny"], cwd=tmp_path)
+    assert again.returncode == 0 and "already there" in again.stdout
+    assert {n: (out / n).stat().st_mtime_ns for n in names} == stamps
