@@ -31,8 +31,9 @@ Forward = Callable[[Tensor], Tensor]
 """Maps a float32 host batch (N, C, h, w) in [0, 1] to a float32 host batch (N, C_out, h * scale, w * scale)."""
 
 DEFAULT_OVERLAP = 16
-"""Overlap between neighbouring tiles, in input pixels. With it, tiled and untiled outputs of the real
-realesrgan-x4plus model agree to >= 50 dB PSNR on a real photo (tests/test_tiling.py)."""
+"""Overlap between neighbouring tiles, in input pixels. Tiled vs untiled PSNR on astronaut crops (tests/test_tiling.py):
+61 dB for a tiny wide-field model at tile 40 (32 dB without overlap). realesrgan-x4plus sees further than a small
+tile: 50.1 dB (fp32) / 49.1 dB (bf16) at tile 96 on a 128x128 crop (46.4 / 46.0 without overlap), 42 dB at tile 48."""
 
 
 class TileError(EsrganError):
