@@ -183,3 +183,15 @@ def test_progress_and_batching_give_the_same_result(photo_small: np.ndarray, wid
 def test_invalid_tiling_is_rejected(photo_small: np.ndarray, wide_model: RRDBNet) -> None:
     with pytest.raises(ValueError, match="overlap"):
         upscale_tiled(runner(wide_model), chw(photo_small), scale=4, tile=16, overlap=16)
+
+
+@pytest.mark.parametrize("shape", [(3, 100), (100, 3), (1, 60)])
+def test_strip_thinner_than_the_overlap(
+    photo: np.ndarray, wide_model: RRDBNet, shape: tuple[int, int]
+) -> None:
+    """Regression: a strip thinner than the overlap was refused ("overlap must be smaller than the tile")."""
+    strip = np.ascontiguousarray(photo[200 : 200 + shape[0], 100 : 100 + shape[1]])
+    whole = upscale_tiled(runner(wide_model), chw(strip), scale=4, tile=0)
+    tiled = upscale_tiled(runner(wide_model), chw(strip), scale=4, tile=32, overlap=DEFAULT_OVERLAP)
+    assert tiled.shape == (shape[0] * 4, shape[1] * 4, 3)
+    assert psnr(whole, tiled) >= 50.0

@@ -229,3 +229,16 @@ def test_bad_inputs_are_errors(up: Upscaler) -> None:
         up.upscale(np.zeros((4, 4, 3), np.int32))
     with pytest.raises(EsrganError, match="alpha mode"):
         Upscaler(tiny_model(), alpha_mode="premultiplied")
+
+
+@pytest.mark.parametrize("shape", [(3, 200, 4), (200, 2), (1, 1, 3)])
+def test_thin_images_with_tiling(photo: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Regression: with tiling on, images thinner than the tile overlap (16) were refused."""
+    up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=64)
+    image = photo[100 : 100 + shape[0], 100 : 100 + shape[1]]
+    if len(shape) == 2:
+        image = image[:, :, 0]
+    elif shape[2] == 4:
+        image = np.dstack([image, np.full(shape[:2], 255, np.uint8)])
+    out = up.upscale(np.ascontiguousarray(image))
+    assert out.shape == (shape[0] * 4, shape[1] * 4, *shape[2:])

@@ -124,7 +124,8 @@ def upscale_tiled(
     out_dtype = np.dtype(out_dtype)
     h, w = image.shape[1:]
     th, tw = (h, w) if tile == 0 else (min(tile, h), min(tile, w))
-    if (th < h or tw < w) and overlap >= min(th, tw):
+    # per axis: an image thinner than the overlap (a 3-pixel-high strip) is one tile high, which needs no overlap
+    if (th < h and overlap >= th) or (tw < w and overlap >= tw):
         raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile ({tile})")
     ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     out_h, out_w, bh, bw = h * scale, w * scale, th * scale, tw * scale
