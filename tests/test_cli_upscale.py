@@ -251,3 +251,45 @@ def test_demo_writes_three_pngs_and_keeps_them(tmp_path: Path, models: dict[str,
     again = run("demo", "-o", out, "--model", models["tiny"], cwd=tmp_path)
     assert again.returncode == 0 and "already there" in again.stdout
     assert {n: (out / n).stat().st_mtime_ns for n in names} == stamps
+
+
+def test_globs_reruns_and_argument_errors(tmp_path: Path, photos: Path, models: dict[str, Path]) -> None:
+    tiny = models["tiny"]
+    two = run(
+        "upscale",
+        photos / "face.png",
+        photos / "grey.png",
+        "-o",
+        tmp_path / "one.png",
+        "--model",
+        tiny,
+        cwd=tmp_path,
+    )
+    assert two.returncode == 1 and "-o names a file but there are 2 inputs" in two.stderr
+    assert not (tmp_path / "one.png").exists()
+    # a glob (quoted, as from a shell that does not expand it), output folder inside the input folder
+    out = photos / "out"
+    r = run("upscale", str(photos / "*.png"), "-o", out, "--model", tiny, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["face_x4.png", "grey_x4.png"]  # the .jpg is not matched
+    # rerun over the folder: its own outputs are not picked up as inputs, and finished files are skipped
+    again = run("upscale", photos, "-o", out, "--model", tiny, cwd=tmp_path)
+    assert again.returncode == 0 and "1 upscaled, 2 skipped" in again.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["face_x4.png", "grey_x4.png", "suit_x4.jpg"]
+    missing = run("upscale", tmp_path / "nothing.png", "--model", tiny, cwd=tmp_path)
+    assert missing.returncode == 1 and "nothing.png: no such file or folder" in missing.stderr
+
+
+def test_exif_orientation_applied(tmp_path: Path, photo: np.ndarray, models: dict[str, Path]) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(photo[100:140, 0:48]).save(
+        tmp_path / "phone.jpg", quality=95, exif=exif
+    )  # stored 48 wide
+    r = run(
+        "upscale", tmp_path / "phone.jpg", "-o", tmp_path / "big.png", "--model", models["tiny"], cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "big.png") as im:
+        assert im.size == (160, 192)  # upright: 40 wide, 48 high, x4
+        assert im.getexif().get(0x0112, 1) == 1  # and not rotated a second time by viewers
