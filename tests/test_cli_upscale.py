@@ -293,3 +293,28 @@ def test_exif_orientation_applied(tmp_path: Path, photo: np.ndarray, models: dic
     with Image.open(tmp_path / "big.png") as im:
         assert im.size == (160, 192)  # upright: 40 wide, 48 high, x4
         assert im.getexif().get(0x0112, 1) == 1  # and not rotated a second time by viewers
+
+
+@pytest.mark.parametrize("mode", ["model", "bicubic"])
+def test_rgba_png_keeps_alpha(tmp_path: Path, photo: np.ndarray, models: dict[str, Path], mode: str) -> None:
+    from test_upscale import circle_rgba
+
+    rgba = circle_rgba(np.ascontiguousarray(photo[40:104, 170:234]), under=0)
+    Image.fromarray(rgba).save(tmp_path / "cut.png")
+    dst = tmp_path / "cut_x4.png"
+    r = run(
+        "upscale",
+        tmp_path / "cut.png",
+        "-o",
+        dst,
+        "--alpha-mode",
+        mode,
+        "--model",
+        models["tiny"],
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    with Image.open(dst) as im:
+        assert im.mode == "RGBA" and im.size == (256, 256)
+        alpha = np.asarray(im)[:, :, 3]
+    assert alpha[:8, :8].max() <= 8 and alpha[120:136, 120:136].min() >= 200  # corners clear, middle opaque
