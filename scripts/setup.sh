@@ -23,8 +23,8 @@ if [ "$torch_spec" != skip ] && ! .venv/bin/python -c "import torch" >/dev/null 
     "${pip[@]}" "$torch_spec"
   fi
 fi
-extras="models,demo"
-[ $dev = 1 ] && extras="models,demo,dev"
+extras="models,demo,serve"
+[ $dev = 1 ] && extras="models,demo,serve,dev"
 stamp=".venv/.esrgan-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)-$extras"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing esrgan[$extras]"

@@ -1,0 +1,853 @@
+"""`esrgan serve`: a local web page to upscale images and compare them with bicubic, one job at a time.
+
+Stack: Starlette + uvicorn + python-multipart. Starlette is a small ASGI toolkit: the page needs about ten routes,
+a multipart upload and one event stream, so FastAPI's pydantic layer would add weight and nothing we use. uvicorn is
+the standard ASGI server; python-multipart is the parser Starlette uses for uploads. The page is three static files
+(web/index.html, app.js, style.css) with no build step.
+
+Progress uses server-sent events (GET /api/events): one long-lived response per page pushes a JSON snapshot of
+all jobs whenever something changes (every tile), EventSource reconnects on its own after a network blip or a
+server restart, and no client-side timer is needed. The same snapshots are plain JSON at GET /api/jobs[/{id}] for
+scripts and tests.
+
+Design:
+- One worker thread runs one job at a time (the CPU is the bottleneck); the others wait in FIFO order and report
+  their place. DELETE /api/jobs/{id} removes a queued job at once, and stops a running one at the next tile
+  boundary: the tile callback raises JobCancelled. Closing the page does not touch the jobs.
+- Files live in one private temporary folder (tempfile.mkdtemp); a finished job's files are deleted `keep_seconds`
+  after it finished (default one hour), and the whole folder at shutdown.
+- Safety: uploads are capped in bytes while they stream, before any decoding; the pixel count is checked from the
+  header by esrgan.imageio.read_image, which also sniffs the content (the file name is only a display label).
+  Every path on disk is server-made (random job ids, fixed file names); ids from URLs are only dictionary keys,
+  and a file is served only if it resolves inside the result folder. Requests from another web origin are refused
+  (a web page must not drive your local server), and on loopback the Host header must be a loopback name (DNS
+  rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import EsrganError, ImageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).with_name("web")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 16 * 1024 * 1024
+"""16 megapixels (a 4096x4096 input): its x4 output is 268 megapixels, already minutes of CPU per image."""
+DEFAULT_KEEP_SECONDS = 3600.0
+MAX_OUTSCALE = 16.0
+MAX_TILE = 4096
+
+_FORM_SLACK = 64 * 1024  # multipart boundaries and the small option fields around the file
+_STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp"}
+_MIME = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+    "tif": "image/tiff",
+    "bmp": "image/bmp",
+}
+_BROWSER_FORMATS = {"png", "jpg", "webp", "bmp"}  # formats a browser shows; TIFF results get a PNG preview
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+State = Literal["queued", "running", "cancelling", "done", "error"]
+
+
+class JobCancelled(Exception):
+    """Raised from the tile callback to stop a running job at a tile boundary."""
+
+
+class UploadRejected(EsrganError):
+    """An upload refused before it became a job; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_jobs: int = 100  # queued + finished jobs held at once: bounds the disk a busy page can fill
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model the page offers: a zoo name (source None) or an explicit model file (source = its path)."""
+
+    name: str
+    scale: int
+    description: str
+    available: bool
+    hint: str = ""  # how to make an unavailable model available
+    source: Path | None = None
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    model: str
+    outscale: float | None = None  # None: the model's own scale
+    precision: str = "auto"
+    tile: int = 0  # 0: automatic (the engine picks a size that fits in memory)
+
+
+@dataclass
+class Job:
+    id: str
+    name: str  # the uploaded file's name, sanitised: a label only, never a path
+    options: JobOptions
+    folder: Path
+    input_path: Path
+    width: int
+    height: int
+    description: str  # e.g. "RGB + alpha, 16-bit PNG"
+    ext: str  # the result keeps the input's format (as the CLI does)
+    scale: float  # the output scale: options.outscale, else the model's
+    created: float = field(default_factory=time.time)
+    state: State = "queued"
+    tiles_done: int = 0
+    tiles_total: int = 0
+    error: str = ""
+    finished: float | None = None
+    result_path: Path | None = None
+    before_path: Path | None = None
+    after_path: Path | None = None
+    out_width: int = 0
+    out_height: int = 0
+    seconds: float = 0.0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def download_name(self) -> str:
+        return f"{Path(self.name).stem}_x{self.scale:g}.{self.ext}"
+
+    def to_dict(self, position: int | None) -> dict[str, Any]:
+        done = self.state == "done"
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "position": position,
+            "tiles_done": self.tiles_done,
+            "tiles_total": self.tiles_total,
+            "error": self.error,
+            "width": self.width,
+            "height": self.height,
+            "out_width": self.out_width,
+            "out_height": self.out_height,
+            "description": self.description,
+            "seconds": round(self.seconds, 2),
+            "options": {
+                "model": self.options.model,
+                "outscale": self.options.outscale,
+                "precision": self.options.precision,
+                "tile": self.options.tile,
+            },
+            "download_name": self.download_name if done else None,
+            "result_url": f"/api/jobs/{self.id}/result" if done else None,
+            "before_url": f"/api/jobs/{self.id}/before" if done else None,
+            "after_url": f"/api/jobs/{self.id}/after" if done else None,
+        }
+
+
+Progress = Callable[[int, int], None]
+Engine = Callable[[Any, JobOptions, Progress], Any]
+"""(ImageData, options, on_tile(done, total)) -> upscaled ImageData; on_tile may raise JobCancelled."""
+EngineFactory = Callable[[ModelChoice, JobOptions], Engine]
+
+
+# --- models -----------------------------------------------------------------------------------------------------------
+def zoo_models() -> list[ModelChoice]:
+    """The named models, available ones first (the default model leading), each unavailable one with its remedy."""
+    from . import zoo
+
+    choices = []
+    for s in zoo.list_models():
+        e = s.entry
+        hint = "" if s.available != "no" else f"not installed: run `esrgan models --download {e.name}`"
+        choices.append(ModelChoice(e.name, e.scale, e.description, s.available != "no", hint))
+    order = {name: i for i, name in enumerate(zoo.MODELS)}
+    return sorted(choices, key=lambda c: (not c.available, c.name != zoo.DEFAULT_MODEL, order[c.name]))
+
+
+def file_models(paths: Mapping[str, str | Path]) -> list[ModelChoice]:
+    """Explicit model files under display names (reads each file's header for its scale)."""
+    from .checkpoints import load_weights
+
+    out = []
+    for name, path in paths.items():
+        w = load_weights(path)
+        desc = f"{Path(path).name}: {w.config.num_block} blocks, x{w.config.scale}"
+        out.append(ModelChoice(name, w.config.scale, desc, True, source=Path(path)))
+    return out
+
+
+def upscaler_engine(model: ModelChoice, options: JobOptions) -> Engine:
+    """The production engine: esrgan.upscale.Upscaler with its tile callback."""
+    from .upscale import Upscaler
+
+    kwargs: dict[str, Any] = {
+        "device": "auto",
+        "precision": options.precision,
+        "tile": options.tile,
+        "outscale": options.outscale,
+    }
+    if model.source is not None:
+        upscaler = Upscaler.from_file(model.source, **kwargs)
+    else:
+        upscaler = Upscaler.from_pretrained(model.name, **kwargs)
+
+    def run(image: Any, opts: JobOptions, on_tile: Progress) -> Any:
+        from dataclasses import replace
+
+        colour, alpha = upscaler.upscale_planes(image.pixels, image.alpha, on_tile=on_tile)
+        return replace(image, pixels=colour, alpha=alpha)
+
+    return run
+
+
+# --- the job service (no HTTP here) -------------------------------------------------------------------------------------
+def safe_name(name: str | None) -> str:
+    """A display label from an uploaded file name: last path component, harmless characters, bounded length."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = re.sub(r"[^A-Za-z0-9._ ()+-]", "_", base).strip(" .")
+    stem, dot, ext = base.rpartition(".")
+    if dot and len(ext) <= 8:
+        return (stem[:80].strip(" .") or "image") + "." + ext
+    return base[:80] or "image"
+
+
+class JobService:
+    """The queue, the worker thread and the result folder; thread-safe, used by the HTTP layer."""
+
+    def __init__(
+        self,
+        models: list[ModelChoice],
+        *,
+        limits: Limits = Limits(),
+        keep_seconds: float = DEFAULT_KEEP_SECONDS,
+        engine_factory: EngineFactory = upscaler_engine,
+    ) -> None:
+        if not models:
+            raise EsrganError("no models to serve")
+        self.models = {m.name: m for m in models}
+        self.default_model = next((m.name for m in models if m.available), models[0].name)
+        self.limits = limits
+        self.keep_seconds = keep_seconds
+        self.root = Path(tempfile.mkdtemp(prefix="esrgan-serve-")).resolve()
+        self._engine_factory = engine_factory
+        self._engine_key: tuple[str, str, int, float | None] | None = None
+        self._engine: Engine | None = None
+        self._jobs: dict[str, Job] = {}
+        self._queue: list[str] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.version = 0  # bumped on every visible change; the event stream watches it
+        self._worker = threading.Thread(target=self._work, name="esrgan-serve-worker", daemon=True)
+        self._worker.start()
+
+    # -- public API
+    def config(self) -> dict[str, Any]:
+        from .device import PRECISIONS
+
+        return {
+            "models": [
+                {
+                    "name": m.name,
+                    "scale": m.scale,
+                    "description": m.description,
+                    "available": m.available,
+                    "hint": m.hint,
+                }
+                for m in self.models.values()
+            ],
+            "default_model": self.default_model,
+            "precisions": list(PRECISIONS),
+            "max_upload_bytes": self.limits.max_upload_bytes,
+            "max_pixels": self.limits.max_pixels,
+            "keep_seconds": self.keep_seconds,
+            "max_outscale": MAX_OUTSCALE,
+            "max_tile": MAX_TILE,
+        }
+
+    def parse_options(self, fields: Mapping[str, str]) -> JobOptions:
+        """Options from the form; anything out of range is a clear 400, never a silent default."""
+        from .device import PRECISIONS
+
+        model = fields.get("model") or self.default_model
+        choice = self.models.get(model)
+        if choice is None:
+            raise UploadRejected(f"unknown model {model!r}")
+        if not choice.available:
+            raise UploadRejected(f"model {model!r} is {choice.hint}")
+        precision = fields.get("precision") or "auto"
+        if precision not in PRECISIONS:
+            raise UploadRejected(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+        try:
+            outscale = float(fields["outscale"]) if fields.get("outscale") else None
+            tile = int(fields.get("tile") or 0)
+        except ValueError:
+            raise UploadRejected("outscale must be a number and tile an integer") from None
+        if outscale is not None and not 0 < outscale <= MAX_OUTSCALE:
+            raise UploadRejected(f"outscale must be in (0, {MAX_OUTSCALE:g}], not {outscale:g}")
+        if not 0 <= tile <= MAX_TILE:
+            raise UploadRejected(f"tile must be 0 (automatic) or up to {MAX_TILE}, not {tile}")
+        return JobOptions(model=model, outscale=outscale, precision=precision, tile=tile)
+
+    def new_folder(self) -> tuple[str, Path]:
+        """A fresh random job id and its private folder (the only way a path is ever made)."""
+        job_id = secrets.token_urlsafe(12)
+        folder = self.root / job_id
+        folder.mkdir()
+        return job_id, folder
+
+    def submit(self, job_id: str, folder: Path, name: str, options: JobOptions) -> Job:
+        """Check the uploaded file in `folder` (sniffed, pixel limit from the header) and queue it.
+
+        Raises UploadRejected (and deletes the folder) for files that are not images or exceed the limits.
+        """
+        from .imageio import read_image
+
+        path = folder / "input"
+        try:
+            image = read_image(path, max_pixels=self.limits.max_pixels)
+        except ImageError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            message = str(exc).replace(str(path), name)
+            raise UploadRejected(message, 413 if "exceeds the limit" in message else 400) from None
+        colour = "grey" if image.channels == 1 else "RGB"
+        alpha = " + alpha" if image.alpha is not None else ""
+        job = Job(
+            id=job_id,
+            name=name,
+            options=options,
+            folder=folder,
+            input_path=path,
+            width=image.width,
+            height=image.height,
+            description=f"{colour}{alpha}, {image.bit_depth}-bit {image.format}",
+            ext=_EXT.get(image.format, "png"),
+            scale=options.outscale or self.models[options.model].scale,
+        )
+        del image
+        with self._cond:
+            problem = "the server is shutting down" if self._closed else ""
+            if len(self._jobs) >= self.limits.max_jobs:
+                problem = f"too many jobs ({self.limits.max_jobs}): remove finished ones first"
+            if problem:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise UploadRejected(problem, 503)
+            self._jobs[job.id] = job
+            self._queue.append(job.id)
+            self._changed()
+        return job
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return [j.to_dict(self._position(j)) for j in self._jobs.values()]
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._cond:
+            job = self._jobs.get(job_id)
+            return None if job is None else job.to_dict(self._position(job))
+
+    def remove(self, job_id: str) -> bool:
+        """Queued or finished: gone now (files deleted). Running: stops at the next tile, then gone."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return False
+            if job.state in ("running", "cancelling"):
+                job.state = "cancelling"
+                job.cancel.set()
+            else:
+                self._drop(job)
+            self._changed()
+            return True
+
+    def file(self, job_id: str, which: Literal["result", "before", "after"]) -> tuple[Path, str, str] | None:
+        """(path, media type, download name) of a finished job's file, or None. Never leaves the result folder."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != "done":
+                return None
+            path = {"result": job.result_path, "before": job.before_path, "after": job.after_path}[which]
+            ext = job.ext if which == "result" or path == job.result_path else "png"
+            name = job.download_name
+        if path is None or not self._inside(path):
+            return None
+        return path, _MIME[ext], name
+
+    def zip_results(self) -> Path | None:
+        """All finished results in one zip (stored, not deflated: images are compressed already)."""
+        with self._cond:
+            done = [(j.result_path, j.download_name) for j in self._jobs.values() if j.state == "done"]
+        if not done:
+            return None
+        fd, tmp = tempfile.mkstemp(prefix="results-", suffix=".zip", dir=self.root)
+        used: set[str] = set()
+        with open(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
+            for path, name in done:
+                if path is None or not self._inside(path):
+                    continue
+                arc, n = name, 1
+                while arc in used:
+                    n += 1
+                    arc = f"{Path(name).stem} ({n}){Path(name).suffix}"
+                used.add(arc)
+                zf.write(path, arc)
+        return Path(tmp)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop the worker (a running job stops at its next tile) and delete every file."""
+        with self._cond:
+            self._closed = True
+            for job in self._jobs.values():
+                job.cancel.set()
+            self._cond.notify_all()
+        self._worker.join(timeout=30)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- internals (callers hold self._cond where noted)
+    def _changed(self) -> None:  # holds _cond
+        self.version += 1
+        self._cond.notify_all()
+
+    def _position(self, job: Job) -> int | None:  # holds _cond
+        return self._queue.index(job.id) + 1 if job.state == "queued" else None
+
+    def _drop(self, job: Job) -> None:  # holds _cond
+        self._jobs.pop(job.id, None)
+        if job.id in self._queue:
+            self._queue.remove(job.id)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def _inside(self, path: Path) -> bool:
+        resolved = path.resolve()
+        return resolved.is_relative_to(self.root) and resolved.is_file() and not path.is_symlink()
+
+    def _purge(self) -> None:  # holds _cond
+        now = time.time()
+        expired = [
+            j for j in self._jobs.values() if j.finished is not None and now - j.finished > self.keep_seconds
+        ]
+        for job in expired:
+            self._drop(job)
+        if expired:
+            self._changed()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait(timeout=min(30.0, max(self.keep_seconds, 0.5)))
+                    self._purge()
+                if self._closed:
+                    return
+                job = self._jobs[self._queue.pop(0)]
+                job.state = "running"
+                self._changed()
+            self._run(job)
+            with self._cond:
+                self._purge()
+
+    def _run(self, job: Job) -> None:
+        start = time.time()
+
+        def on_tile(done: int, total: int) -> None:
+            if job.cancel.is_set():
+                raise JobCancelled
+            with self._cond:
+                job.tiles_done, job.tiles_total = done, total
+                self._changed()
+
+        try:
+            self._process(job, on_tile)
+        except JobCancelled:
+            with self._cond:
+                self._drop(job)
+                self._changed()
+            return
+        except EsrganError as exc:
+            error = str(exc).replace(str(job.input_path), job.name)
+        except MemoryError:
+            error = f"{job.name}: not enough memory (try a smaller tile size)"
+        except Exception as exc:  # a bug must fail this job, not kill the worker
+            log.exception("job %s failed", job.id)
+            error = f"{job.name}: internal error ({type(exc).__name__}: {exc})"
+        else:
+            error = ""
+        with self._cond:
+            if job.cancel.is_set() and job.id in self._jobs:  # cancelled after its last tile
+                self._drop(job)
+            else:
+                job.state = "error" if error else "done"
+                job.error = error
+                job.seconds = time.time() - start
+                job.finished = time.time()
+            self._changed()
+
+    def _process(self, job: Job, on_tile: Progress) -> None:
+        from .imageio import ImageData, read_image, write_image
+
+        image = read_image(job.input_path, max_pixels=self.limits.max_pixels)
+        engine = self._engine_for(job.options)
+        out = engine(image, job.options, on_tile)
+        if job.cancel.is_set():
+            raise JobCancelled
+        result = job.folder / f"result.{job.ext}"
+        write_image(result, out, format=job.ext)
+        # The comparison: MATLAB bicubic of the input to the output's exact size, as an 8-bit PNG.
+        before = job.folder / "before.png"
+        size = (out.height, out.width)
+        alpha = image.alpha_to_float()
+        write_image(
+            before,
+            ImageData.from_float(
+                _bicubic(image.to_float(), size),
+                alpha=None if alpha is None else _bicubic(alpha[:, :, None], size)[:, :, 0],
+            ),
+        )
+        after = result
+        if job.ext not in _BROWSER_FORMATS:
+            after = job.folder / "after.png"
+            out_alpha = out.alpha_to_float()
+            write_image(after, ImageData.from_float(out.to_float(), alpha=out_alpha))
+        with self._cond:
+            job.result_path, job.before_path, job.after_path = result, before, after
+            job.out_width, job.out_height = out.width, out.height
+
+    def _engine_for(self, options: JobOptions) -> Engine:
+        """The loaded model is reused while consecutive jobs ask for the same model, precision, tile and outscale."""
+        key = (options.model, options.precision, options.tile, options.outscale)
+        if self._engine is None or self._engine_key != key:
+            self._engine = None  # free the previous model before loading the next
+            self._engine = self._engine_factory(self.models[options.model], options)
+            self._engine_key = key
+        return self._engine
+
+
+def _bicubic(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import numpy as np
+
+    from .resize import imresize_np
+
+    return np.clip(imresize_np(pixels, size=size), 0.0, 1.0)
+
+
+# --- HTTP ---------------------------------------------------------------------------------------------------------------
+class _TooLarge(Exception):
+    pass
+
+
+def _capped(receive: Any, limit: int) -> Any:
+    """Wrap an ASGI receive channel so that a body longer than `limit` bytes stops while it streams."""
+    seen = 0
+
+    async def wrapped() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message.get("type") == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge
+        return message
+
+    return wrapped
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MB"
+
+
+def create_app(
+    models: Mapping[str, str | Path] | None = None,
+    *,
+    limits: Limits = Limits(),
+    keep_seconds: float = DEFAULT_KEEP_SECONDS,
+    loopback_only: bool = True,
+    engine_factory: EngineFactory = upscaler_engine,
+) -> Any:
+    """The Starlette app. models: display name -> model file (default: the zoo). The JobService is app.state.service.
+
+    loopback_only: accept only Host headers naming the loopback interface (set False when binding elsewhere).
+    """
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    choices = zoo_models() if models is None else file_models(models)
+    service = JobService(choices, limits=limits, keep_seconds=keep_seconds, engine_factory=engine_factory)
+
+    def error(status: int, message: str) -> Response:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def page(name: str, media: str) -> Response:
+        return Response(
+            (WEB_DIR / name).read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"}
+        )
+
+    async def index(request: Request) -> Response:
+        return page("index.html", "text/html; charset=utf-8")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            return error(404, "not found")
+        return page(name, _STATIC[name])
+
+    async def config(request: Request) -> Response:
+        return JSONResponse(service.config())
+
+    async def list_jobs(request: Request) -> Response:
+        return JSONResponse({"jobs": service.snapshot()})
+
+    async def create_job(request: Request) -> Response:
+        limit = service.limits.max_upload_bytes
+        too_big = f"file too large: the limit is {_mb(limit)}"
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit + _FORM_SLACK:
+            return error(413, too_big)
+        capped = Request(request.scope, _capped(request.receive, limit + _FORM_SLACK))
+        try:
+            async with capped.form(max_files=1, max_fields=8, max_part_size=1024) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    return error(400, "no file in the upload (send it as the multipart field 'file')")
+                name = safe_name(upload.filename)
+                if upload.size is not None and upload.size > limit:
+                    return error(413, f"{name}: {too_big}")
+                fields = {k: v for k, v in form.items() if isinstance(v, str)}
+                options = service.parse_options(fields)
+                job_id, folder = service.new_folder()
+                try:
+                    await run_in_threadpool(_save_upload, upload.file, folder / "input")
+                except OSError as exc:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    return error(507, f"{name}: cannot store the upload ({exc.strerror or exc})")
+        except _TooLarge:
+            return error(413, too_big)
+        except HTTPException as exc:  # Starlette's form parser reports malformed multipart this way
+            return error(400, f"bad upload: {exc.detail}")
+        except UploadRejected as exc:
+            return error(exc.status, str(exc))
+        try:
+            job = await run_in_threadpool(service.submit, job_id, folder, name, options)
+        except UploadRejected as exc:
+            return error(exc.status, str(exc))
+        return JSONResponse(service.get(job.id), status_code=201)
+
+    def job_id(request: Request) -> str | None:
+        value = str(request.path_params["job_id"])
+        return value if _ID.fullmatch(value) else None
+
+    async def get_job(request: Request) -> Response:
+        jid = job_id(request)
+        info = service.get(jid) if jid else None
+        return JSONResponse(info) if info else error(404, "no such job")
+
+    async def delete_job(request: Request) -> Response:
+        jid = job_id(request)
+        if not (jid and service.remove(jid)):
+            return error(404, "no such job")
+        return JSONResponse(service.get(jid) or {"id": jid, "state": "removed"}, status_code=202)
+
+    def file_route(which: Literal["result", "before", "after"]) -> Callable[[Request], Any]:
+        async def handler(request: Request) -> Response:
+            jid = job_id(request)
+            found = service.file(jid, which) if jid else None
+            if found is None:
+                return error(404, "no such result")
+            path, media, name = found
+            disposition = "attachment" if which == "result" else "inline"
+            return FileResponse(path, media_type=media, filename=name, content_disposition_type=disposition)
+
+        return handler
+
+    async def zip_all(request: Request) -> Response:
+        path = await run_in_threadpool(service.zip_results)
+        if path is None:
+            return error(404, "no finished results yet")
+        return FileResponse(
+            path,
+            media_type="application/zip",
+            filename="esrgan-results.zip",
+            background=BackgroundTask(path.unlink, missing_ok=True),
+        )
+
+    async def events(request: Request) -> Response:
+        async def stream() -> AsyncIterator[str]:
+            # Polls an in-memory counter rather than blocking a thread on the condition: cancellable at once
+            # when the page goes away or the server stops, and five checks a second cost nothing.
+            seen, quiet = -1, 0.0
+            while not service.closed:
+                if service.version != seen:
+                    seen, quiet = service.version, 0.0
+                    yield f"data: {json.dumps({'jobs': service.snapshot()})}\n\n"
+                elif quiet > 15.0:
+                    quiet = 0.0
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(0.2)
+                quiet += 0.2
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    middleware = [Middleware(_SameOrigin)]
+    if loopback_only:
+        middleware.insert(
+            0, Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
+        )
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/static/{name}", static),
+            Route("/api/config", config),
+            Route("/api/jobs", list_jobs, methods=["GET"]),
+            Route("/api/jobs", create_job, methods=["POST"]),
+            Route("/api/jobs/{job_id}", get_job, methods=["GET"]),
+            Route("/api/jobs/{job_id}", delete_job, methods=["DELETE"]),
+            Route("/api/jobs/{job_id}/result", file_route("result")),
+            Route("/api/jobs/{job_id}/before", file_route("before")),
+            Route("/api/jobs/{job_id}/after", file_route("after")),
+            Route("/api/results.zip", zip_all),
+            Route("/api/events", events),
+        ],
+        middleware=middleware,
+        lifespan=_lifespan(service),
+    )
+    app.state.service = service
+    return app
+
+
+def _save_upload(src: Any, dest: Path) -> None:
+    src.seek(0)
+    with open(dest, "xb") as fh:
+        shutil.copyfileobj(src, fh, 1024 * 1024)
+
+
+def _lifespan(service: JobService) -> Callable[[Any], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, service.close)
+
+    return lifespan
+
+
+class _SameOrigin:
+    """Refuse state-changing requests sent by a page of another origin (browsers send Origin; curl does not),
+    and add headers that keep the page and its images from being reinterpreted or framed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        if origin is not None and scope["method"] not in ("GET", "HEAD"):
+            host = headers.get("host", "")
+            if origin.split("://", 1)[-1] != host:
+                body = json.dumps({"error": "cross-origin request refused"}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (
+                        b"content-security-policy",
+                        b"default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'",
+                    ),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# --- running -----------------------------------------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    models: Mapping[str, str | Path] | None = None,
+    limits: Limits = Limits(),
+    keep_seconds: float = DEFAULT_KEEP_SECONDS,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Run the server until interrupted. Binding anything but loopback announces a warning first."""
+    import uvicorn
+
+    loopback = is_loopback(host)
+    if not loopback:
+        announce(
+            f"WARNING: listening on {host}: anyone who can reach this machine on port {port} can upload images "
+            "and use its CPU. There is no authentication; use 127.0.0.1 unless you mean it."
+        )
+    app = create_app(models, limits=limits, keep_seconds=keep_seconds, loopback_only=loopback)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    announce(
+        f"esrgan serve: open http://{shown if ':' not in shown else f'[{shown}]'}:{port}/  "
+        f"(results kept {keep_seconds / 60:g} min in {app.state.service.root}; Ctrl+C to stop)"
+    )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    uvicorn.Server(config).run()

@@ -1,0 +1,452 @@
+"""esrgan serve over real HTTP on 127.0.0.1: uploads, progress, results, errors, limits, queue, cancel, safety.
+
+The server runs in a thread (uvicorn on a socket we bind to a free port) with tiny RRDBNet models saved by
+esrgan.checkpoints.save_model, so jobs take well under a second of CPU.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("multipart")
+
+import uvicorn
+
+from esrgan import serve
+from esrgan.checkpoints import save_model
+from esrgan.generator import RRDBNet
+from esrgan.imageio import ImageData, read_image, write_image
+
+MAX_BYTES = 512 * 1024
+MAX_PIXELS = 300_000
+
+
+# --- a real server in a thread ----------------------------------------------------------------------------------------
+class Server:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.service: serve.JobService = app.state.service
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            res = conn.getresponse()
+            return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+        status, _, data = self.request(method, path, **kw)
+        return status, json.loads(data)
+
+    def upload(self, name: str, data: bytes, **fields: Any) -> tuple[int, Any]:
+        body, ctype = multipart(name, data, {k: str(v) for k, v in fields.items()})
+        return self.json("POST", "/api/jobs", body=body, headers={"Content-Type": ctype})
+
+    def wait(self, job_id: str, states: tuple[str, ...] = ("done", "error"), timeout: float = 120) -> dict:
+        deadline = time.time() + timeout
+        while True:
+            status, job = self.json("GET", f"/api/jobs/{job_id}")
+            if status == 404 and "gone" in states:
+                return {"state": "gone"}
+            assert status == 200, job
+            if job["state"] in states:
+                return job
+            assert time.time() < deadline, f"job stuck in {job}"
+            time.sleep(0.05)
+
+
+def multipart(filename: str, data: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
+    """A multipart/form-data body as a browser sends it (the file name is sent verbatim)."""
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for key, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
+    out.write(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+    )
+    out.write(data)
+    out.write(f"\r\n--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode(image: ImageData, suffix: str, tmp: Path) -> bytes:
+    path = tmp / f"{uuid.uuid4().hex}{suffix}"
+    write_image(path, image)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
+    return save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", model)
+
+
+@pytest.fixture(scope="module")
+def model_x2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=2)
+    return save_model(tmp_path_factory.mktemp("models") / "tiny-x2.safetensors", model)
+
+
+@pytest.fixture(scope="module")
+def server(model_file: Path, model_x2: Path) -> Iterator[Server]:
+    app = serve.create_app(
+        {"tiny-x4": model_file, "tiny-x2": model_x2},
+        limits=serve.Limits(max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS),
+    )
+    srv = Server(app)
+    yield srv
+    srv.stop()
+
+
+# --- upload, progress, result -----------------------------------------------------------------------------------------
+def test_upload_progress_and_result(server: Server, photo: np.ndarray, model_file: Path) -> None:
+    crop = np.ascontiguousarray(photo[40:104, 160:240])  # 64x80 of the real photo
+    status, job = server.upload("astronaut.png", png(crop), model="tiny-x4", tile=32)
+    assert status == 201, job
+    assert (job["width"], job["height"], job["description"]) == (80, 64, "RGB, 8-bit PNG")
+
+    seen = []
+    deadline = time.time() + 120
+    while job["state"] != "done":
+        assert job["state"] in ("queued", "running"), job
+        assert time.time() < deadline
+        seen.append((job["tiles_done"], job["tiles_total"]))
+        time.sleep(0.01)
+        job = server.json("GET", f"/api/jobs/{job['id']}")[1]
+    totals = {t for _, t in seen if t}
+    assert totals == {job["tiles_total"]} and job["tiles_total"] > 1  # 32-pixel tiles over 64x80: a grid
+    assert job["tiles_done"] == job["tiles_total"]
+
+    status, headers, data = server.request("GET", job["result_url"])
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert 'filename="astronaut_x4.png"' in headers["content-disposition"]
+    result = np.asarray(Image.open(io.BytesIO(data)))
+    assert result.shape == (256, 320, 3)
+
+    # the same bytes the library produces for this input
+    from esrgan.upscale import Upscaler
+
+    direct = Upscaler.from_file(model_file, device="cpu", tile=32).upscale(crop)
+    np.testing.assert_array_equal(result, direct)
+
+    for url in (job["before_url"], job["after_url"]):
+        status, headers, data = server.request("GET", url)
+        assert status == 200 and headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(data)).size == (320, 256)
+
+
+def test_events_stream_sends_job_snapshots(server: Server, photo_small: np.ndarray) -> None:
+    status, job = server.upload("small.png", png(photo_small), model="tiny-x2")
+    assert status == 201
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/api/events")
+    res = conn.getresponse()
+    assert res.status == 200 and res.getheader("content-type").startswith("text/event-stream")
+    states = []
+    while "done" not in states:
+        line = res.readline().decode()
+        if line.startswith("data: "):
+            snap = {j["id"]: j for j in json.loads(line[6:])["jobs"]}
+            states.append(snap[job["id"]]["state"])
+    conn.close()
+    assert states[-1] == "done"
+
+
+def test_outscale_and_model_choice(server: Server, photo_small: np.ndarray) -> None:
+    status, job = server.upload("small.png", png(photo_small), model="tiny-x2", outscale=3)
+    assert status == 201, job
+    job = server.wait(job["id"])
+    assert job["state"] == "done", job
+    assert (job["out_width"], job["out_height"]) == (120, 144)
+    assert job["download_name"] == "small_x3.png"
+
+
+# --- formats as the CLI keeps them --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "suffix"),
+    [("rgba8", ".png"), ("grey16", ".png"), ("rgb16", ".png"), ("grey8", ".png"), ("rgb8", ".jpg")],
+)
+def test_result_keeps_format(
+    server: Server, photo_small: np.ndarray, tmp_path: Path, kind: str, suffix: str
+) -> None:
+    rgb = photo_small
+    grey = rgb.mean(axis=2).astype(np.uint8)
+    alpha = np.linspace(0, 255, rgb.shape[1], dtype=np.uint8)[None, :].repeat(rgb.shape[0], 0)
+    image = {
+        "rgba8": ImageData(pixels=rgb, alpha=alpha),
+        "grey16": ImageData(pixels=grey[:, :, None].astype(np.uint16) * 257, bit_depth=16),
+        "rgb16": ImageData(pixels=rgb.astype(np.uint16) * 257, bit_depth=16),
+        "grey8": ImageData(pixels=grey[:, :, None]),
+        "rgb8": ImageData(pixels=rgb, format="JPEG"),
+    }[kind]
+    status, job = server.upload(f"in{suffix}", encode(image, suffix, tmp_path), model="tiny-x2")
+    assert status == 201, job
+    job = server.wait(job["id"])
+    assert job["state"] == "done", job
+    status, headers, data = server.request("GET", job["result_url"])
+    assert status == 200 and headers["content-type"] == ("image/jpeg" if suffix == ".jpg" else "image/png")
+    out_path = tmp_path / job["download_name"]
+    out_path.write_bytes(data)
+    out = read_image(out_path)
+    assert out.format == ("JPEG" if suffix == ".jpg" else "PNG")
+    assert (out.height, out.width) == (image.height * 2, image.width * 2)
+    assert out.channels == image.channels
+    assert out.bit_depth == image.bit_depth
+    assert (out.alpha is None) == (image.alpha is None)
+
+
+# --- errors and limits --------------------------------------------------------------------------------------------------
+def test_bad_files_get_a_clear_message_and_others_go_on(server: Server, photo_small: np.ndarray) -> None:
+    status, body = server.upload("holiday.png", b"this is not an image\n" * 10, model="tiny-x2")
+    assert status == 400
+    assert body["error"] == "holiday.png: not an image (or a format Pillow cannot read)"
+    truncated = png(photo_small)[:300]
+    status, body = server.upload("cut.png", truncated, model="tiny-x2")
+    assert status == 400 and body["error"].startswith("cut.png: ") and "truncated" in body["error"]
+    assert str(server.service.root) not in body["error"]  # no server paths in messages
+
+    status, job = server.upload("fine.png", png(photo_small), model="tiny-x2")
+    assert status == 201
+    assert server.wait(job["id"])["state"] == "done"
+
+
+def test_bad_options_are_refused(server: Server, photo_small: np.ndarray) -> None:
+    data = png(photo_small)
+    for fields, words in [
+        ({"model": "nope"}, "unknown model"),
+        ({"model": "tiny-x2", "precision": "fp64"}, "unknown precision"),
+        ({"model": "tiny-x2", "outscale": "-1"}, "outscale"),
+        ({"model": "tiny-x2", "tile": "99999"}, "tile"),
+        ({"model": "tiny-x2", "tile": "abc"}, "integer"),
+    ]:
+        status, body = server.upload("a.png", data, **fields)
+        assert status == 400 and words in body["error"], (fields, body)
+    status, body = server.json("POST", "/api/jobs", body=b"", headers={"Content-Type": "multipart/form-data"})
+    assert status == 400
+
+
+def test_too_many_bytes_declared_or_streamed(server: Server) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (450, 450, 3), dtype=np.uint8)
+    data = png(noise)  # 600 KB, over the 512 KB limit, with 202,500 pixels (under the pixel limit)
+    assert len(data) > MAX_BYTES
+    folders = set(server.service.root.iterdir())
+    status, body = server.upload("noise.png", data)
+    assert status == 413 and body["error"] == "file too large: the limit is 0.5 MB"
+
+    # chunked: no Content-Length to check up front, so the cap must hold while the body streams in
+    body_bytes, ctype = multipart("noise.png", data, {})
+    chunks = (body_bytes[i : i + 65536] for i in range(0, len(body_bytes), 65536))
+    status, _, raw = server.request("POST", "/api/jobs", body=chunks, headers={"Content-Type": ctype})
+    assert status == 413 and b"file too large" in raw
+    assert set(server.service.root.iterdir()) == folders  # nothing kept
+
+
+def test_too_many_pixels_refused_from_the_header(server: Server) -> None:
+    flat = np.full((600, 600), 128, dtype=np.uint8)  # 360,000 pixels in a 1 KB file
+    data = png(flat)
+    assert len(data) < 5000
+    status, body = server.upload("flat.png", data)
+    assert status == 413
+    assert body["error"].startswith("flat.png: 600x600 = 360000 pixels exceeds the limit of 300000")
+
+
+# --- queue and cancel ---------------------------------------------------------------------------------------------------
+def test_queue_order_and_cancel(server: Server, photo: np.ndarray, photo_small: np.ndarray) -> None:
+    big = png(np.ascontiguousarray(photo[:256, :256]))  # 32-pixel tiles with overlap: hundreds of tiles
+    status, a = server.upload("a.png", big, model="tiny-x4", tile=32)
+    assert status == 201
+    _, b = server.upload("b.png", png(photo_small), model="tiny-x2")
+    _, c = server.upload("c.png", png(photo_small), model="tiny-x2")
+    a = server.wait(a["id"], ("running",))
+    assert a["position"] is None
+    assert server.json("GET", f"/api/jobs/{b['id']}")[1]["position"] == 1
+    assert server.json("GET", f"/api/jobs/{c['id']}")[1]["position"] == 2
+
+    # cancel a queued job: gone at once, the others keep their order
+    status, body = server.json("DELETE", f"/api/jobs/{c['id']}")
+    assert status == 202 and body["state"] == "removed"
+    assert server.json("GET", f"/api/jobs/{c['id']}")[0] == 404
+    assert server.json("GET", f"/api/jobs/{b['id']}")[1]["position"] == 1
+
+    # cancel the running job once it has done a tile: it stops at a tile boundary and disappears
+    while (a := server.json("GET", f"/api/jobs/{a['id']}")[1])["tiles_done"] < 1:
+        time.sleep(0.01)
+    status, body = server.json("DELETE", f"/api/jobs/{a['id']}")
+    assert status == 202 and body["state"] == "cancelling"
+    assert body["tiles_done"] < body["tiles_total"]
+    assert server.wait(a["id"], ("gone",))["state"] == "gone"
+    assert server.request("GET", f"/api/jobs/{a['id']}/result")[0] == 404
+    assert not (server.service.root / a["id"]).exists()
+
+    # the queue goes on
+    assert server.wait(b["id"])["state"] == "done"
+    assert server.json("DELETE", f"/api/jobs/{c['id']}")[0] == 404
+
+
+def test_finished_job_removed_with_its_files(server: Server, photo_small: np.ndarray) -> None:
+    _, job = server.upload("x.png", png(photo_small), model="tiny-x2")
+    job = server.wait(job["id"])
+    folder = server.service.root / job["id"]
+    assert (folder / "result.png").is_file()
+    assert server.json("DELETE", f"/api/jobs/{job['id']}")[0] == 202
+    assert not folder.exists()
+    assert server.request("GET", job["result_url"])[0] == 404
+
+
+def test_zip_of_all_results(server: Server, photo_small: np.ndarray) -> None:
+    for job in server.json("GET", "/api/jobs")[1]["jobs"]:
+        server.json("DELETE", f"/api/jobs/{job['id']}")
+    assert server.request("GET", "/api/results.zip")[0] == 404
+    ids = [server.upload("same.png", png(photo_small), model="tiny-x2")[1]["id"] for _ in range(2)]
+    for jid in ids:
+        assert server.wait(jid)["state"] == "done"
+    status, headers, data = server.request("GET", "/api/results.zip")
+    assert status == 200 and headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == ["same_x2 (2).png", "same_x2.png"]
+        assert Image.open(zf.open("same_x2.png")).size == (80, 96)
+
+
+# --- safety -------------------------------------------------------------------------------------------------------------
+def test_traversal_in_file_names_never_reaches_the_disk(server: Server, photo_small: np.ndarray) -> None:
+    outside = server.service.root.parent  # where "../x" from the result folder would land
+    targets = ["etc", "windows", "x.png", "passwd", "win.ini", "..\\..\\windows\\win.ini"]
+    before = {t: (outside / t).exists() for t in targets}
+    for name in ["../../etc/passwd", "..\\..\\windows\\win.ini", "/etc/passwd", "a/../../../x.png"]:
+        status, job = server.upload(name, png(photo_small), model="tiny-x2")
+        assert status == 201, job
+        assert "/" not in job["name"] and "\\" not in job["name"] and not job["name"].startswith(".")
+        job = server.wait(job["id"])
+        assert job["state"] == "done"
+        _, headers, _ = server.request("GET", job["result_url"])
+        assert "/" not in headers["content-disposition"].split("filename=")[1]
+    assert {t: (outside / t).exists() for t in targets} == before  # nothing written beside the result folder
+    for path in server.service.root.rglob("*"):
+        assert path.resolve().is_relative_to(server.service.root)
+        assert path.name in ("input", "result.png", "before.png") or path.is_dir()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/jobs/../../../../etc/passwd",
+        "/api/jobs/..%2F..%2F..%2Fetc%2Fpasswd/result",
+        "/api/jobs/%2e%2e/result",
+        "/api/jobs/..%5C..%5Cetc%5Cpasswd/result",
+        "/static/../serve.py",
+        "/static/..%2Fserve.py",
+        "/static/%2e%2e%2fserve.py",
+        "/static/index.html/../../serve.py",
+        "/api/jobs/input/result",
+    ],
+)
+def test_traversal_in_urls_is_404(server: Server, path: str) -> None:
+    status, _, data = server.request("GET", path)
+    assert status == 404
+    assert b"root:" not in data and b"def create_app" not in data
+
+
+def test_cross_origin_writes_and_foreign_hosts_are_refused(server: Server, photo_small: np.ndarray) -> None:
+    body, ctype = multipart("a.png", png(photo_small), {"model": "tiny-x2"})
+    status, _, raw = server.request(
+        "POST", "/api/jobs", body=body, headers={"Content-Type": ctype, "Origin": "http://evil.example"}
+    )
+    assert status == 403 and b"cross-origin" in raw
+    status, _, _ = server.request("GET", "/api/config", headers={"Host": "evil.example"})
+    assert status == 400  # DNS rebinding: only loopback names are served
+    origin = f"http://127.0.0.1:{server.port}"
+    status, _, _ = server.request(
+        "POST", "/api/jobs", body=body, headers={"Content-Type": ctype, "Origin": origin}
+    )
+    assert status == 201
+
+
+def test_page_and_config(server: Server) -> None:
+    status, headers, data = server.request("GET", "/")
+    assert status == 200 and b'<script src="/static/app.js"' in data
+    assert "default-src 'self'" in headers["content-security-policy"]
+    for name, mime in [("app.js", "text/javascript"), ("style.css", "text/css")]:
+        status, headers, _ = server.request("GET", f"/static/{name}")
+        assert status == 200 and headers["content-type"].startswith(mime)
+    status, config = server.json("GET", "/api/config")
+    assert [m["name"] for m in config["models"]] == ["tiny-x4", "tiny-x2"]
+    assert config["max_upload_bytes"] == MAX_BYTES and config["max_pixels"] == MAX_PIXELS
+
+
+# --- the service without HTTP: expiry and shutdown ---------------------------------------------------------------------
+def test_results_expire_and_shutdown_deletes_everything(model_x2: Path, photo_small: np.ndarray) -> None:
+    service = serve.JobService(serve.file_models({"m": model_x2}), keep_seconds=0.5)
+    try:
+        job_id, folder = service.new_folder()
+        (folder / "input").write_bytes(png(photo_small))
+        service.submit(job_id, folder, "p.png", service.parse_options({}))
+        deadline = time.time() + 60
+        while (job := service.get(job_id)) is not None and job["state"] != "done":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        while service.get(job_id) is not None:  # expired after keep_seconds, folder removed
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert not folder.exists()
+    finally:
+        service.close()
+    assert not service.root.exists()
+
+
+def test_is_loopback() -> None:
+    assert serve.is_loopback("127.0.0.1") and serve.is_loopback("::1") and serve.is_loopback("localhost")
+    assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("192.168.1.5")
+
+
+def test_safe_name() -> None:
+    assert serve.safe_name("../../etc/passwd") == "passwd"
+    assert serve.safe_name("C:\\Users\\me\\photo 1.JPG") == "photo 1.JPG"
+    assert serve.safe_name("..") == "image"
+    assert serve.safe_name("") == "image"
+    assert serve.safe_name("é<script>.png") == "__script_.png"
