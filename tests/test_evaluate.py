@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_lpips import make_files
 
 from esrgan.checkpoints import save_model
 from esrgan.cli import main
-from esrgan.evaluate import bicubic_down, bicubic_up, mod_crop
+from esrgan.evaluate import bicubic_down, bicubic_up, crop, mod_crop
 from esrgan.generator import RRDBNet
+from esrgan.lpips import load_lpips, lpips_available
 from esrgan.metrics import psnr, ssim
 from esrgan.report import choose_crop
 
@@ -283,3 +285,86 @@ def test_crop_goes_where_bicubic_loses_most(photo: np.ndarray) -> None:
     baseline[:20, :20] = 0
     top, left = choose_crop(photo, baseline, 64, border=4)
     assert (top, left) == (4, 4)
+
+
+def test_lpips_without_weights_is_skipped_with_one_line(
+    shared_dir: Path,
+    models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--lpips on a machine without its weights: one stderr line saying why and how to get them, the rest as usual."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    assert not lpips_available("alex")  # nor an installed lpips package nor the hub cache provides them
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    shutil.copy(shared_dir / "data" / "benchmarks" / "Set5" / "bird.png", hr)
+    code, out, err = _run_here(
+        capsys, "--model", models["nearest"], "--hr", hr, "--no-niqe", "--lpips",
+        "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv",
+    )  # fmt: skip
+    assert code == 0, err
+    skipped = [line for line in err.splitlines() if "LPIPS" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("LPIPS skipped: LPIPS (alex) weights missing:")
+    assert "alexnet-owt-7be5be79.pth" in skipped[0] and str(tmp_path / "empty_torch_home") in skipped[0]
+    header, rows = _table(out)
+    assert not any("LPIPS" in h for h in header) and "bird" in rows
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["protocol"]["lpips"] is None and "lpips" not in data["images"][0]["scores"]["nearest"]
+    assert "lpips" not in (tmp_path / "r.csv").read_text().splitlines()[0]
+
+
+def test_lpips_column_with_weights_given(
+    shared_dir: Path, models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--lpips-backbone/--lpips-lin (random weights in the published formats): an LPIPS column for bicubic and the
+    model, computed on the border-cropped region, in the table, JSON and CSV, with the delta to bicubic."""
+    backbone, lin = make_files(tmp_path / "lpips", "alex")
+    set5 = shared_dir / "data" / "benchmarks" / "Set5"
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    for name in ("bird", "head"):
+        shutil.copy(set5 / f"{name}.png", hr_dir)
+    code, out, err = _run_here(
+        capsys, "--model", models["nearest"], "--hr", hr_dir, "--no-niqe", "--lpips", "alex",
+        "--lpips-backbone", backbone, "--lpips-lin", lin,
+        "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "LPIPS skipped" not in err
+    header, rows = _table(out)
+    il_b, il_n = header.index("bicubic LPIPS"), header.index("nearest LPIPS")
+    assert header[il_n + 1] == "Δ"
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["protocol"]["lpips"] == "alex"
+    metric = load_lpips("alex", backbone_weights=backbone, lin_weights=lin)
+    hr = mod_crop(np.asarray(Image.open(hr_dir / "bird.png")), 4)
+    lr = bicubic_down(hr, 4)
+    nearest = np.repeat(np.repeat(lr, 4, axis=0), 4, axis=1)
+    expected = {
+        "bicubic": metric(crop(bicubic_up(lr, 4), 4), crop(hr, 4)),
+        "nearest": metric(crop(nearest, 4), crop(hr, 4)),
+    }
+    bird = data["images"][0]
+    assert bird["name"] == "bird"
+    for method, value in expected.items():
+        assert value > 0
+        assert bird["scores"][method]["lpips"] == pytest.approx(value, rel=1e-5), method
+    # the border crop matters: the uncropped images give another number
+    assert metric(nearest, hr) != pytest.approx(expected["nearest"], rel=1e-5)
+    with (tmp_path / "r.csv").open() as fh:
+        csv_rows = {(r["image"], r["method"]): r for r in csv.DictReader(fh)}
+    for table_name, csv_name, scores in [
+        ("bird", "bird", bird["scores"]),
+        ("head", "head", data["images"][1]["scores"]),
+        ("mean (2)", "mean", data["mean"]),
+    ]:
+        b, n = scores["bicubic"]["lpips"], scores["nearest"]["lpips"]
+        assert rows[table_name][il_b] == f"{b:.4f}" and rows[table_name][il_n] == f"{n:.4f}"
+        assert float(rows[table_name][il_n + 1]) == pytest.approx(n - b, abs=1.5e-4)
+        assert float(csv_rows[(csv_name, "nearest")]["lpips"]) == n
+        assert float(csv_rows[(csv_name, "nearest")]["lpips_delta"]) == pytest.approx(n - b)
+    assert data["mean"]["nearest"]["lpips"] == pytest.approx(
+        (bird["scores"]["nearest"]["lpips"] + data["images"][1]["scores"]["nearest"]["lpips"]) / 2
+    )

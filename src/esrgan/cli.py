@@ -281,6 +281,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-niqe", action="store_true", help="skip NIQE (no-reference, lower is better)")
     p.add_argument(
+        "--lpips",
+        nargs="?",
+        const="alex",
+        choices=["alex", "vgg"],
+        help="add LPIPS v0.1 (lower is better; bare --lpips = alex); skipped with a message when its weights "
+        "are not on this machine",
+    )
+    p.add_argument(
+        "--lpips-backbone", type=_path, metavar="PATH", help="torchvision-format AlexNet/VGG16 weight file"
+    )
+    p.add_argument("--lpips-lin", type=_path, metavar="PATH", help="LPIPS v0.1 lin-layer weight file")
+    p.add_argument(
         "--round-y",
         action="store_true",
         help="round Y to integers as MATLAB does on uint8 (default: unrounded, as BasicSR)",
@@ -314,7 +326,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from .errors import ModelNotAvailableError
     from .evaluate import evaluate, format_table, write_csv, write_json
+    from .lpips import LPIPS, load_lpips
+
+    lpips: LPIPS | None = None
+    if args.lpips is not None:
+        try:
+            lpips = load_lpips(args.lpips, backbone_weights=args.lpips_backbone, lin_weights=args.lpips_lin)
+        except ModelNotAvailableError as exc:  # an optional extra: the other metrics are still worth having
+            print(f"LPIPS skipped: {exc}", file=sys.stderr, flush=True)
 
     result = evaluate(
         args.hr,
@@ -323,6 +344,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         scale=args.scale,
         crop_border=args.crop_border,
         niqe=not args.no_niqe,
+        lpips=lpips,
         round_y=args.round_y,
         tile=args.tile,
         precision=args.precision,

@@ -10,6 +10,7 @@ each step moves the numbers by more than the differences papers report:
    rounded to uint8, as a saved result would be.
 4. PSNR/SSIM on the BT.601 Y channel (unrounded unless round_y, see esrgan.metrics), ``crop_border`` = scale
    pixels cut from every side; NIQE (lower is better) on the same cropped region.
+5. LPIPS (lower is better), when a loaded esrgan.lpips.LPIPS is given, on the same cropped region in RGB.
 
 One bad image (unreadable, wrong LR size, too small for SSIM, a failed forward pass) is reported and skipped; the
 rest of the folder is still evaluated.
@@ -26,7 +27,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from .imageio import ImageData, from_float, read_image, to_float, write_image
 from .metrics import psnr, ssim
 from .prepare import IMAGE_SUFFIXES
 from .resize import imresize_np
+
+if TYPE_CHECKING:
+    from .lpips import LPIPS
 
 __all__ = [
     "BICUBIC",
@@ -60,6 +64,7 @@ class Scores:
     psnr: float  # dB, Y channel; inf for an exact reconstruction
     ssim: float
     niqe: float | None  # None when NIQE was not asked for or the image is too small for it
+    lpips: float | None = None  # None when LPIPS was not asked for or the cropped image is too small for it
 
 
 @dataclass
@@ -83,6 +88,7 @@ class EvalResult:
     niqe: bool
     methods: list[str]  # bicubic, then one name per model
     sources: dict[str, str]  # model name -> what the user passed (zoo name or file)
+    lpips: str | None = None  # the LPIPS network ("alex", "vgg") when LPIPS was computed
     images: list[ImageResult] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
     seconds: float = 0.0  # wall time of the whole evaluation
@@ -90,11 +96,11 @@ class EvalResult:
     def mean(self, method: str) -> Scores:
         """Mean over the evaluated images, as the literature reports a set (NIQE over images that have one)."""
         rows = [im.scores[method] for im in self.images]
-        niqes = [s.niqe for s in rows if s.niqe is not None]
         return Scores(
             psnr=float(np.mean([s.psnr for s in rows])) if rows else math.nan,
             ssim=float(np.mean([s.ssim for s in rows])) if rows else math.nan,
-            niqe=float(np.mean(niqes)) if niqes else None,
+            niqe=_mean_of([s.niqe for s in rows]),
+            lpips=_mean_of([s.lpips for s in rows]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +113,7 @@ class EvalResult:
                 "round_y": self.round_y,
                 "lr": str(self.lr_dir) if self.lr_dir else "MATLAB bicubic downscale of HR, rounded to uint8",
                 "niqe": self.niqe,
+                "lpips": self.lpips,
             },
             "hr_dir": str(self.hr_dir),
             "methods": self.methods,
@@ -120,16 +127,29 @@ class EvalResult:
                     "file": str(im.file),
                     "hr_size": list(im.hr_size),
                     "hr_niqe": im.hr_niqe,
-                    "scores": {m: _scores_dict(s) for m, s in im.scores.items()},
+                    "scores": {m: self._scores_dict(s) for m, s in im.scores.items()},
                     "seconds": im.seconds,
                     "mosaic": str(im.mosaic) if im.mosaic else None,
                 }
                 for im in self.images
             ],
-            "mean": {m: _scores_dict(self.mean(m)) for m in self.methods},
+            "mean": {m: self._scores_dict(self.mean(m)) for m in self.methods},
             "failed": [{"file": str(p), "error": msg} for p, msg in self.failed],
             "seconds": self.seconds,
         }
+
+    def _scores_dict(self, s: Scores) -> dict[str, float | str | None]:
+        """One method's scores; the lpips key only when LPIPS was computed in this run."""
+        out = {"psnr": _json_float(s.psnr), "ssim": _json_float(s.ssim), "niqe": _json_float(s.niqe)}
+        if self.lpips is not None:
+            out["lpips"] = _json_float(s.lpips)
+        return out
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    """Mean over the images that have the score (NIQE and LPIPS can be missing on small images)."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def _json_float(v: float | None) -> float | str | None:
@@ -137,10 +157,6 @@ def _json_float(v: float | None) -> float | str | None:
     if v is None or math.isfinite(v):
         return v
     return str(v)
-
-
-def _scores_dict(s: Scores) -> dict[str, float | str | None]:
-    return {"psnr": _json_float(s.psnr), "ssim": _json_float(s.ssim), "niqe": _json_float(s.niqe)}
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------------
@@ -247,14 +263,34 @@ def _niqe(img: np.ndarray, crop_border: int) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def crop(img: np.ndarray, border: int) -> np.ndarray:
+    """The scored region: ``border`` pixels cut from every side."""
+    return img[border : img.shape[0] - border, border : img.shape[1] - border]
+
+
+def _lpips(metric: LPIPS, sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float | None:
+    """LPIPS of the cropped region (RGB, grey repeated); None when it is smaller than the network accepts."""
+    a, b = crop(sr, crop_border), crop(hr, crop_border)
+    if min(a.shape[:2]) < metric.spec.min_size:
+        return None
+    return metric(a, b)
+
+
 def score(
-    sr: np.ndarray, hr: np.ndarray, *, crop_border: int, round_y: bool = False, with_niqe: bool = True
+    sr: np.ndarray,
+    hr: np.ndarray,
+    *,
+    crop_border: int,
+    round_y: bool = False,
+    with_niqe: bool = True,
+    lpips: LPIPS | None = None,
 ) -> Scores:
-    """Y-PSNR, Y-SSIM and (optionally) NIQE of one result against its HR image."""
+    """Y-PSNR, Y-SSIM and (optionally) NIQE and LPIPS of one result against its HR image."""
     return Scores(
         psnr=psnr(sr, hr, crop_border=crop_border, round_y=round_y),
         ssim=ssim(sr, hr, crop_border=crop_border, round_y=round_y),
         niqe=_niqe(sr, crop_border) if with_niqe else None,
+        lpips=_lpips(lpips, sr, hr, crop_border) if lpips is not None else None,
     )
 
 
@@ -283,6 +319,7 @@ def evaluate(
     scale: int | None = None,
     crop_border: int | None = None,
     niqe: bool = True,
+    lpips: LPIPS | None = None,
     round_y: bool = False,
     tile: int | None = None,
     precision: str = "auto",
@@ -294,7 +331,7 @@ def evaluate(
     """Evaluate bicubic and each model on every image of ``hr_dir``; see the module docstring for the protocol.
 
     models: zoo names or model files (all of one scale; ``scale`` defaults to theirs). crop_border defaults to the
-    scale. save_images: write every result as DIR/<method>/<image>.png. report_dir: mosaics and an index page
+    scale. lpips: a loaded metric (esrgan.lpips.load_lpips) adds an LPIPS column. save_images: write every result as DIR/<method>/<image>.png. report_dir: mosaics and an index page
     (esrgan.report). progress receives one line per image and per skipped file. Existing output files are replaced:
     they are results of this run.
     """
@@ -320,13 +357,14 @@ def evaluate(
         crop_border=border,
         round_y=round_y,
         niqe=niqe,
+        lpips=lpips.net if lpips is not None else None,
         methods=[BICUBIC, *names],
         sources={m.name: m.source for m in loaded},
     )
     say = progress or (lambda line: None)
     for i, path in enumerate(files, 1):
         try:
-            item = _evaluate_one(path, result, loaded, save_images, report_dir)
+            item = _evaluate_one(path, result, loaded, lpips, save_images, report_dir)
         except (EsrganError, OSError, ValueError) as exc:
             reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             result.failed.append((path, reason))
@@ -352,6 +390,7 @@ def _evaluate_one(
     path: Path,
     result: EvalResult,
     models: list[_Model],
+    lpips: LPIPS | None,
     save_images: str | Path | None,
     report_dir: str | Path | None,
 ) -> ImageResult:
@@ -392,7 +431,7 @@ def _evaluate_one(
             )
         outputs[m.name] = out
     scores = {
-        name: score(out, hr, crop_border=border, round_y=result.round_y, with_niqe=result.niqe)
+        name: score(out, hr, crop_border=border, round_y=result.round_y, with_niqe=result.niqe, lpips=lpips)
         for name, out in outputs.items()
     }
     item = ImageResult(
@@ -428,12 +467,15 @@ def _delta(v: float | None, base: float | None, digits: int) -> str:
     return f"{v - base:+.{digits}f}"
 
 
-METRICS = (("psnr", "PSNR", 3), ("ssim", "SSIM", 4), ("niqe", "NIQE", 3))
+METRICS = (("psnr", "PSNR", 3), ("ssim", "SSIM", 4), ("niqe", "NIQE", 3), ("lpips", "LPIPS", 4))
 """(field, header, decimals) of every metric, in table order; the table, CSV and report share these."""
 
 
 def _metrics(result: EvalResult) -> list[tuple[str, str, int]]:
-    return [m for m in METRICS if result.niqe or m[0] != "niqe"]
+    off = {"niqe"} if not result.niqe else set()
+    if result.lpips is None:
+        off.add("lpips")
+    return [m for m in METRICS if m[0] not in off]
 
 
 def table_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
@@ -484,6 +526,7 @@ def format_table(result: EvalResult) -> str:
         f"x{result.scale}, Y channel (BT.601{', rounded' if result.round_y else ''}), {result.crop_border}-pixel border "
         f"cropped; PSNR in dB (higher is better), SSIM (higher is better)"
         + (", NIQE (lower is better)" if result.niqe else "")
+        + (f", LPIPS-{result.lpips} on RGB (lower is better)" if result.lpips else "")
         + "; Δ = model - bicubic"
     )
     return "\n".join([*lines, note])
@@ -499,7 +542,8 @@ def write_csv(result: EvalResult, path: str | Path) -> Path:
     """One row per (image, method) plus the mean rows (image = "mean"), with the differences to bicubic."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image", "method", "psnr", "ssim", "niqe", "psnr_delta", "ssim_delta", "niqe_delta"])
+    keys = ["psnr", "ssim", "niqe"] + (["lpips"] if result.lpips is not None else [])
+    w.writerow(["image", "method", *keys, *(f"{k}_delta" for k in keys)])
     entries = [(im.name, im.scores) for im in result.images]
     if result.images:
         entries.append(("mean", {m: result.mean(m) for m in result.methods}))
@@ -507,11 +551,8 @@ def write_csv(result: EvalResult, path: str | Path) -> Path:
         base = scores[BICUBIC]
         for method in result.methods:
             sc = scores[method]
-            deltas = [
-                "" if method == BICUBIC else _csv_delta(getattr(sc, k), getattr(base, k))
-                for k in ("psnr", "ssim", "niqe")
-            ]
-            w.writerow([name, method, _csv(sc.psnr), _csv(sc.ssim), _csv(sc.niqe), *deltas])
+            deltas = ["" if method == BICUBIC else _csv_delta(getattr(sc, k), getattr(base, k)) for k in keys]
+            w.writerow([name, method, *(_csv(getattr(sc, k)) for k in keys), *deltas])
     return atomic_write_bytes(path, buf.getvalue().encode(), overwrite=True)
 
 

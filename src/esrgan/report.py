@@ -67,14 +67,18 @@ def _pil(img: np.ndarray) -> Image.Image:
 def _label_lines(method: str, s: Scores, base: Scores) -> list[tuple[str, tuple[int, int, int]]]:
     """Name, scores, and for models the difference to bicubic coloured by whether it is better."""
     lines = [(method, _TEXT), (f"PSNR {s.psnr:.2f} dB   SSIM {s.ssim:.4f}", _TEXT)]
-    if s.niqe is not None:
-        lines.append((f"NIQE {s.niqe:.2f}", _TEXT))
+    extra = [f"{k} {v:.{d}f}" for k, v, d in (("NIQE", s.niqe, 2), ("LPIPS", s.lpips, 3)) if v is not None]
+    if extra:
+        lines.append(("   ".join(extra), _TEXT))
     if method != BICUBIC:
         better = [s.psnr > base.psnr, s.ssim > base.ssim]
         parts = [f"{s.psnr - base.psnr:+.2f} dB", f"{s.ssim - base.ssim:+.4f}"]
         if s.niqe is not None and base.niqe is not None:
             parts.append(f"NIQE {s.niqe - base.niqe:+.2f}")
             better.append(s.niqe < base.niqe)
+        if s.lpips is not None and base.lpips is not None:
+            parts.append(f"LPIPS {s.lpips - base.lpips:+.3f}")
+            better.append(s.lpips < base.lpips)
         wins = sum(better)
         colour = _GOOD if wins == len(better) else _BAD if wins == 0 else _TEXT
         lines.append(("vs bicubic: " + "  ".join(parts), colour))
@@ -168,6 +172,8 @@ def _protocol(result: EvalResult) -> str:
     )
     if result.niqe:
         text += "; NIQE: no-reference, lower is better (HR NIQE: the ground truth's own score)"
+    if result.lpips:
+        text += f"; LPIPS ({result.lpips}, v0.1) on RGB of the same region, lower is better"
     return text + "; Δ = model - bicubic."
 
 
