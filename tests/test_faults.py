@@ -164,7 +164,10 @@ def test_batch_upscale_killed_mid_batch_loses_nothing(tmp_path: Path) -> None:
     """Killed after its first output: no partial output; the rerun does the rest and leaves finished ones alone."""
     model = tmp_path / "tiny.safetensors"
     kill_upscale.make_batch(tmp_path / "in", model)
-    result = kill_upscale.kill_round(tmp_path / "in", tmp_path / "out", model, random.Random(0), ENV)
+    # killed as soon as the first output exists: with a random delay a fast machine can finish the batch first
+    result = kill_upscale.kill_round(
+        tmp_path / "in", tmp_path / "out", model, random.Random(0), ENV, max_delay=0.0
+    )
     assert result.problems == []
     assert 1 <= result.finished_before_kill < kill_upscale.EXPECTED_OUTPUTS
 

@@ -75,14 +75,20 @@ def verify_outputs(out: Path) -> tuple[dict[str, tuple[int, bytes]], list[str]]:
     return found, problems
 
 
-def kill_round(inputs: Path, out: Path, model: Path, rng: random.Random, env: dict[str, str]) -> Round:
+def kill_round(
+    inputs: Path, out: Path, model: Path, rng: random.Random, env: dict[str, str], *, max_delay: float = 2.0
+) -> Round:
     """Start a batch in an empty output folder, kill -9 it once one output exists, verify, rerun, verify."""
     proc = subprocess.Popen(command(inputs, out, model), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=env)  # fmt: skip
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not any(out.glob("*_x2.*")):
+
+    def finished() -> bool:  # a final name, not the hidden .part file an atomic write goes through
+        return any(not p.name.startswith(".") for p in out.glob("*_x2.*"))
+
+    while time.monotonic() < deadline and proc.poll() is None and not finished():
         time.sleep(0.02)
-    delay = rng.uniform(0.0, 2.0)  # the other files are being read, upscaled tile by tile, or written
+    delay = rng.uniform(0.0, max_delay)  # the other files are being read, upscaled tile by tile, or written
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
