@@ -501,12 +501,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
             _err("nothing to upscale")
             return 1
         model = _path(args.model)
-        looks_like_file = model.exists() or model.suffix != "" or "/" in args.model
-        upscaler = (
-            Upscaler.from_file(model, **options)
-            if looks_like_file
-            else Upscaler.from_pretrained(args.model, **options)
-        )
+        upscaler = Upscaler.from_pretrained(args.model, **options)  # a name or a file
         jobs = plan_jobs(
             sources, args.output, name=args.name, format=args.format, scale=upscaler.scale, model=model.stem
         )

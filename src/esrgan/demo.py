@@ -63,13 +63,7 @@ def run_demo(
     if not overwrite and all(p.is_file() for p in paths):
         return DemoResult(*paths, seconds=0.0, device="-", precision="-", skipped=True)
     photo = demo_photo()
-    looks_like_file = Path(model).suffix != "" or "/" in model
-    options = {"device": device, "precision": precision}
-    upscaler = (
-        Upscaler.from_file(model, **options)
-        if looks_like_file
-        else Upscaler.from_pretrained(model, **options)
-    )
+    upscaler = Upscaler.from_pretrained(model, device=device, precision=precision)  # a name or a file
     start = time.perf_counter()
     sr = upscaler.upscale(photo)
     seconds = time.perf_counter() - start

@@ -128,7 +128,10 @@ class Upscaler:
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name: str, **options: Any) -> Upscaler:
-        """A named model (see `esrgan models`); raises ModelNotAvailableError saying how to get absent weights."""
+        """A named model (see `esrgan models`) or a model file, told apart by checkpoints.resolve_model_path.
+
+        Raises ModelNotAvailableError saying how to get the weights of an absent named model.
+        """
         from .checkpoints import load_model
 
         return cls(load_model(name), **options)
