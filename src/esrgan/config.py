@@ -71,6 +71,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 disables the EMA generator; BasicSR uses 0.999
     max_nonfinite_steps: int = 5  # stop after this many NaN/Inf losses in a row
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    channels_last: bool = False  # NHWC memory format for G, D and the batches (about 10% faster on this CPU)
 
 
 @dataclass

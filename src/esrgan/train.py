@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -450,6 +450,17 @@ class _StopSignal:
         return bool(flag.item())
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def _place(module: M, device: torch.device, channels_last: bool) -> M:
+    """Move a module to the device, in channels-last (NHWC) memory if asked (oneDNN's fast layout on the CPU)."""
+    module = module.to(device)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return module
+
+
 # --- the loop ---------------------------------------------------------------------------------------------------
 def train(
     config: Config,
@@ -524,9 +535,11 @@ def train(
         _load_pretrained_generator(cfg.train.pretrained_g, g)
     else:
         g.init_weights(0.1)
-    g = g.to(device).train()
+    g = _place(g, device, cfg.train.channels_last).train()
     g_ema = (
-        RRDBNet.from_config(g.config).to(device).eval().requires_grad_(False) if cfg.train.ema_decay else None
+        _place(RRDBNet.from_config(g.config), device, cfg.train.channels_last).eval().requires_grad_(False)
+        if cfg.train.ema_decay
+        else None
     )
     if g_ema is not None:
         g_ema.load_state_dict(g.state_dict())
@@ -536,7 +549,7 @@ def train(
         d = VGGStyleDiscriminator(
             num_in_ch=m.num_out_ch, num_feat=m.d_num_feat, input_size=cfg.data.patch_size
         )
-        d = d.to(device).train()
+        d = _place(d, device, cfg.train.channels_last).train()
         if cfg.losses.perceptual_weight:
             from .vgg import VGGFeatureExtractor
 
@@ -699,6 +712,9 @@ def train(
                     raise
                 break
             lr_img, hr_img = lr_img.to(device, non_blocking=True), hr_img.to(device, non_blocking=True)
+            if cfg.train.channels_last:
+                lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+                hr_img = hr_img.contiguous(memory_format=torch.channels_last)
             g_out = generator_step(
                 g_train,
                 lr_img,
