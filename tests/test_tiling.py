@@ -13,7 +13,7 @@ from torch import Tensor
 
 from esrgan.device import ModelRunner
 from esrgan.generator import RRDBNet
-from esrgan.tiling import DEFAULT_OVERLAP, TileError, tile_starts, upscale_tiled
+from esrgan.tiling import DEFAULT_OVERLAP, TileError, balanced_tile, tile_starts, upscale_tiled
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -39,6 +39,30 @@ def chw(photo: np.ndarray) -> Tensor:
 
 def runner(model: RRDBNet) -> ModelRunner:
     return ModelRunner(model, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("overlap", [0, 8, 16, 32])
+@pytest.mark.parametrize("maximum", [64, 272, 512])
+def test_balanced_tile_needs_no_more_tiles_and_wastes_less(maximum: int, overlap: int) -> None:
+    """For every side length: the balanced tile fits the maximum, needs exactly as many tiles as the maximum does,
+    and computes no more pixels; for power-of-two images at the CPU maximum it stays within 1.1x of the image."""
+    if overlap >= maximum // 2:
+        pytest.skip("overlap too large for this tile")
+    for length in range(1, 3000, 7):
+        side = balanced_tile(length, maximum, overlap)
+        assert 1 <= side <= max(maximum, 1) and (side == length or side % 8 == 0)
+        if length <= maximum:
+            assert side == length
+            continue
+        starts, fixed = tile_starts(length, side, overlap), tile_starts(length, maximum, overlap)
+        assert len(starts) == len(fixed)
+        assert len(starts) * side <= len(fixed) * maximum
+        ends = [s + side for s in starts]
+        assert starts[0] == 0 and ends[-1] == length
+        assert all(s <= e_prev - overlap for s, e_prev in zip(starts[1:], ends, strict=False))
+    for length in (1024, 2048, 4096):
+        side = balanced_tile(length, 512, 16)
+        assert (len(tile_starts(length, side, 16)) * side / length) ** 2 < 1.1, (length, side)
 
 
 @pytest.mark.parametrize(

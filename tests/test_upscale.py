@@ -11,6 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from esrgan.device import ModelRunner, PrecisionWarning, cpu_has_native_bf16, resolve_precision
+from esrgan.errors import EsrganError
 from esrgan.generator import RRDBNet
 from esrgan.upscale import Upscaler, bleed_colour
 
@@ -39,6 +40,46 @@ def tiny_model(seed: int = 0, *, spread: float = 0.05) -> RRDBNet:
 @pytest.fixture(scope="module")
 def up() -> Upscaler:
     return Upscaler(tiny_model(), device="cpu", precision="fp32", tile=32)
+
+
+# --- engine and tile choice -------------------------------------------------------------------------------------------
+def test_cpu_runner_uses_the_packed_engine_with_the_same_output(photo_small: np.ndarray) -> None:
+    """The default CPU engine (esrgan.fast) is the model's own maths: fp32 to rounding, bf16 within its bound."""
+    model = tiny_model(spread=0.5)
+    x = torch.from_numpy(photo_small).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref = model(x)
+    for dtype, min_db in ((torch.float32, 100.0), (torch.bfloat16, 45.0)):
+        if dtype == torch.bfloat16 and not cpu_has_native_bf16():
+            continue
+        packed = ModelRunner(model, torch.device("cpu"), dtype)
+        module = ModelRunner(model, torch.device("cpu"), dtype, engine="module")
+        assert (packed.engine, module.engine) == ("packed", "module")
+        for runner in (packed, module):
+            y = runner(x)
+            mse = float(((y.double() - ref.double()) ** 2).mean())
+            db = 10 * np.log10(1 / max(mse, 1e-30))
+            assert y.shape == ref.shape and db > min_db, f"{runner.engine} {dtype}: {db:.1f} dB"
+    with pytest.raises(EsrganError, match="packed engine"):
+        ModelRunner(model, torch.device("cpu"), torch.float16, engine="packed")
+
+
+def test_automatic_tile_is_balanced_and_bounded_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The automatic tile: whole images up to the CPU maximum, balanced tiles above it (never the wasteful
+    maximum-plus-a-sliver), and smaller tiles when memory is short."""
+    from esrgan import upscale as upscale_module
+
+    up = Upscaler(tiny_model(), device="cpu", precision="fp32")
+    cap = upscale_module.CPU_MAX_TILE
+    assert up.tile_size(cap, cap) == 0  # one tile: processed whole
+    side = up.tile_size(2 * cap, 2 * cap)
+    assert 0 < side < cap and side % 8 == 0
+    per_pixel, fixed = up.runner.activation_bytes()
+    assert per_pixel > 0 and fixed > 0  # packed: the tail's stripes are a fixed cost
+    # this machine has plenty of memory; a small one is simulated by what /proc/meminfo would report
+    monkeypatch.setattr(upscale_module, "available_memory", lambda device: fixed + 64_000_000)
+    small = up.tile_size(4 * cap, 4 * cap)
+    assert 32 <= small < side and small**2 * per_pixel <= 0.5 * 64_000_000
 
 
 # --- precision --------------------------------------------------------------------------------------------------------

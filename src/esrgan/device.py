@@ -3,16 +3,18 @@
 - fp16 is never used on the CPU (slow and overflow-prone there): asking for it gives bf16 where the CPU computes
   bf16 natively, else fp32, with a warning. bf16 on a CPU without native support (it would be emulated, slower
   than fp32) also falls back to fp32.
-- Reduced precision uses torch.autocast: the fp32 weights stay in place, so a batch whose output has NaN/Inf is
-  recomputed in fp32 without reloading anything (the runner then stays in fp32: an overflowing model overflows
-  again). Autocast + channels_last measured fastest for bf16 on this project's CPU (AMD EPYC with avx512_bf16);
-  in fp32 channels_last was slower, so it is used with bf16 only (see bench/upscale.py).
+- On the CPU the forward pass is esrgan.fast.PackedRRDBNet in fp32 or bf16 (pre-packed oneDNN convolutions,
+  channels-last, the tail in stripes: see bench/speed.py and docs/benchmarks.md for what it is worth). Elsewhere
+  reduced precision uses torch.autocast over the fp32 module.
+- A batch whose reduced-precision output has NaN/Inf is recomputed in fp32 without reloading anything (the runner
+  then stays in fp32: an overflowing model overflows again).
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -108,7 +110,7 @@ def available_memory(device: torch.device) -> int:
 
 
 def activation_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> float:
-    """Peak activation memory of an RRDBNet forward pass per input pixel.
+    """Peak activation memory of an RRDBNet forward pass (the module's) per input pixel.
 
     The peak is in the tail, at the output resolution: about 3.5 feature maps of num_feat channels at scale**2 times
     the input pixels, plus the dense-block concatenations at input resolution. Measured for realesrgan-x4plus:
@@ -118,22 +120,59 @@ def activation_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> float:
     return elem * (config.scale**2 * config.num_feat * 3.5 + (config.num_feat + 4 * config.num_grow) * 3)
 
 
+def packed_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> tuple[float, int]:
+    """(bytes per input pixel, fixed bytes) of a PackedRRDBNet forward pass (esrgan.fast).
+
+    Per pixel: the dense-block buffer (num_feat + 4 * num_grow channels), five num_feat maps alive in the trunk, and
+    the float32 output twice (the engine's and the host copy). Fixed: the tail's stripes, whatever the tile.
+    """
+    from .fast import TAIL_BYTES
+
+    elem = 4 if dtype == torch.float32 else 2
+    trunk = elem * (config.num_feat + 4 * config.num_grow + 5 * config.num_feat)
+    return trunk + 2 * 4 * config.num_out_ch * config.scale**2, 4 * TAIL_BYTES
+
+
 class ModelRunner:
     """The forward pass used by tiling: host batch in, host float32 batch out, on `device` in `dtype`.
 
+    On the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
+    fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). Elsewhere, or with
+    engine="module", the model itself, under autocast for reduced precision.
     Outputs with NaN/Inf in reduced precision are recomputed in fp32 with a PrecisionWarning, and the runner stays
     in fp32 afterwards. The model must already be on `device`.
     """
 
-    def __init__(self, model: RRDBNet, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, model: RRDBNet, device: torch.device, dtype: torch.dtype, *, engine: str = "auto"
+    ) -> None:
+        if engine not in ("auto", "packed", "module"):
+            raise EsrganError(f"unknown engine {engine!r} (auto, packed or module)")
         self.model = model.eval().requires_grad_(False)
         self.device = device
         self.dtype = dtype
-        self.channels_last = dtype != torch.float32
+        packable = device.type == "cpu" and dtype != torch.float16 and torch.backends.mkldnn.is_available()
+        if engine == "packed" and not packable:
+            raise EsrganError(f"the packed engine runs on the CPU in fp32 or bf16, not {device.type} {dtype}")
+        self.engine = "packed" if packable and engine != "module" else "module"
+        self._packed: dict[torch.dtype, Callable[[Tensor], Tensor]] = {}
+        self.channels_last = self.engine == "module" and dtype != torch.float32
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
+    def activation_bytes(self) -> tuple[float, int]:
+        """(peak bytes per input pixel, fixed bytes) of one forward pass, for choosing the tile."""
+        if self.engine == "packed":
+            return packed_bytes_per_pixel(self.model.config, self.dtype)
+        return activation_bytes_per_pixel(self.model.config, self.dtype), 0
+
     def _run(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        if self.engine == "packed":
+            if dtype not in self._packed:
+                from .fast import PackedRRDBNet
+
+                self._packed[dtype] = PackedRRDBNet(self.model, dtype)
+            return self._packed[dtype](x)
         with torch.inference_mode():
             if dtype == torch.float32:
                 return self.model(x.float())
@@ -152,5 +191,6 @@ class ModelRunner:
                 stacklevel=2,
             )
             self.dtype = torch.float32
+            self._packed.clear()
             y = self._run(x, torch.float32)
         return y.float().contiguous().cpu()

@@ -41,7 +41,7 @@ Forward = Callable[[Tensor], Tensor]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ONE = [1, 1]  # every RRDBNet conv is 3x3, stride 1, padding 1, dilation 1
 _MAX_PACKS = 4  # packed weight sets kept per conv (one per input shape; tiling uses one or two shapes)
-_TAIL_BYTES = 64 << 20  # largest tail feature map computed at once (see PackedRRDBNet._tail)
+TAIL_BYTES = 64 << 20  # largest tail feature map computed at once (see PackedRRDBNet._tail)
 # Trunk rows of context for a tail stripe: each 3x3 conv spoils one row at its own resolution next to a stripe
 # edge, which is at most 1/2 + 1/4 + ... + 2 / scale <= 2 trunk rows for every RRDBNet tail.
 _HALO = 2
@@ -142,7 +142,7 @@ class PackedRRDBNet:
         return self.last(self.hr(feat, lrelu=True), lrelu=False)
 
     def _tail(self, feat: Tensor) -> Tensor:
-        """The upsampling tail in horizontal stripes of at most _TAIL_BYTES per feature map.
+        """The upsampling tail in horizontal stripes of at most TAIL_BYTES per feature map.
 
         The tail's maps are scale**2 times the trunk's: a 528x528 tile at x4 has 570 MB bf16 maps, and three of
         them alive at once made 1024x1024 -> 4096x4096 peak at 4 GB RSS. The tail is local (3x3 convs, nearest
@@ -150,7 +150,7 @@ class PackedRRDBNet:
         """
         s = 2 ** len(self.ups)
         n, nf, h, w = feat.shape
-        rows = max(8, _TAIL_BYTES // (w * s * s * nf * feat.element_size()))
+        rows = max(8, TAIL_BYTES // (w * s * s * nf * feat.element_size()))
         if h <= rows:
             return self._tail_rows(feat)
         out = torch.empty(n, self.config.num_out_ch, h * s, w * s)

@@ -83,6 +83,20 @@ def auto_tile_size(free_bytes: int, bytes_per_pixel: float, *, batch: int = 1, m
     return max(32, min(maximum, side // 8 * 8))
 
 
+def balanced_tile(length: int, maximum: int, overlap: int) -> int:
+    """The tile side for an image side of `length`: as few tiles as `maximum` allows, each as small as it can be.
+
+    A fixed tile wastes work on the shifted-in last tile: 1024 pixels in tiles of 512 need 3 a side (2.25x the
+    pixels); the same 3 tiles of 352 cover it with 1.06x. Rounded up to a multiple of 8 (never above `maximum`,
+    itself a multiple of 8), so pixel-unshuffle models need no padding. Returns `length` when one tile covers it.
+    """
+    if length <= maximum:
+        return length
+    count = math.ceil((length - overlap) / (maximum - overlap))
+    side = math.ceil((length - overlap) / count) + overlap
+    return min(maximum, -(-side // 8) * 8)
+
+
 def _to_output(band: Tensor, out_dtype: np.dtype) -> np.ndarray:
     """Clamp a float band to [0, 1] and convert it to the output dtype (rounding to the nearest level)."""
     band = band.clamp_(0.0, 1.0)

@@ -37,18 +37,19 @@ from PIL import Image
 
 from .device import (
     ModelRunner,
-    activation_bytes_per_pixel,
     available_memory,
     resolve_device,
     resolve_precision,
 )
 from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
-from .tiling import DEFAULT_OVERLAP, auto_tile_size, upscale_tiled
+from .tiling import DEFAULT_OVERLAP, auto_tile_size, balanced_tile, upscale_tiled
 
 AlphaMode = Literal["model", "bicubic"]
 ALPHA_MODES = ("model", "bicubic")
 ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
+CPU_MAX_TILE = 512
+"""Largest automatic tile on the CPU, in input pixels (the balanced tile is then chosen below it)."""
 Progress = Callable[[int, int], None]
 
 # Pillow modes and what they are upscaled as; the result has the mode on the right.
@@ -160,9 +161,11 @@ class Upscaler:
         """The tile side used for an image of this size (0 when it is processed whole)."""
         tile = self.tile
         if tile is None:
-            bpp = activation_bytes_per_pixel(self.model.config, self.dtype)
-            limit = 1024 if self.device.type == "cuda" else 512
-            tile = auto_tile_size(available_memory(self.device), bpp, batch=self.batch, maximum=limit)
+            bpp, fixed = self.runner.activation_bytes()
+            limit = 1024 if self.device.type == "cuda" else CPU_MAX_TILE
+            free = available_memory(self.device) - fixed
+            tile = auto_tile_size(free, bpp, batch=self.batch, maximum=limit)
+            tile = balanced_tile(max(height, width), tile, self.tile_overlap)
         return 0 if tile >= max(height, width) else tile
 
     # --- public entry points --------------------------------------------------------------------------------------
