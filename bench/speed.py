@@ -1,7 +1,7 @@
 """Speed of every RRDBNet inference path on this machine, in one table from one run (docs/benchmarks.md, "Speed").
 
     .venv/bin/python bench/speed.py [--model realesrgan-x4plus] [--size 128] [--repeats 5] [--threads N]
-        [--scaling 128,256,512,1024,2048] [--tile 512] [--rss 1024] [--no-compile] [--no-onnx] [--no-ncnn]
+        [--sweep 128,192,256,352,512] [--scaling 128,256,512,1024,2048] [--tile N] [--rss 1024] [--no-compile] [--no-onnx] [--no-ncnn]
 
 1. One LR crop of a real photo (scikit-image's astronaut), every path timed interleaved (A B C ... A B C ...) so
    load from other processes hits all of them alike: seconds (median and min of --repeats after one warm-up call,
@@ -9,9 +9,11 @@
    (2 x MACs per LR pixel x LR pixels / s), the ratio to a conv ceiling measured in the same loop (one 3x3 conv
    64->64 on a 256x256 channels-last map, weights pre-packed, in fp32 and in bf16) and PSNR (RGB, [0, 1]) against
    the fp32 eager NCHW output. ncnn runs Real-ESRGAN's own packaged .param/.bin on the same pixels.
-2. Time per LR pixel from 128x128 to 2048x2048 through esrgan.tiling.upscale_tiled with one fixed tile shape
-   (the fastest path of table 1), overlap = tiling.DEFAULT_OVERLAP; the photo is mirrored out to the larger sizes.
-3. Peak RSS of a fresh process that upscales an --rss x --rss LR image to uint8 through the same tiles.
+2. One forward pass per square tile size (--sweep): time per LR pixel against the tile side.
+3. Time per LR pixel from 128x128 to 2048x2048 through Upscaler.upscale, i.e. what `esrgan upscale` runs by
+   default (precision auto, the CPU's packed engine, the automatic balanced tile; --tile N fixes the tile),
+   uint8 in and out, overlap = tiling.DEFAULT_OVERLAP; the photo is mirrored out to the larger sizes.
+4. Peak RSS of a fresh process that upscales an --rss x --rss LR image to uint8 the same way.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ import torch
 from skimage import data
 
 from esrgan.checkpoints import load_model
-from esrgan.device import ModelRunner, cpu_has_native_bf16
+from esrgan.device import ModelRunner, cpu_has_native_bf16, precision_name
 from esrgan.fast import compile_for_inference
 from esrgan.generator import RRDBConfig, RRDBNet
-from esrgan.tiling import DEFAULT_OVERLAP, tile_starts, upscale_tiled
+from esrgan.tiling import DEFAULT_OVERLAP, tile_starts
+from esrgan.upscale import CPU_MAX_TILE, Upscaler
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -55,17 +58,19 @@ def macs_per_lr_pixel(cfg: RRDBConfig) -> float:
     return k * (trunk + tail)
 
 
-def photo(size: int) -> torch.Tensor:
-    """(1, 3, size, size) float32 crop of a real photo, mirrored beyond its 512x512 pixels."""
+def photo_u8(size: int) -> np.ndarray:
+    """size x size x 3 uint8 crop of a real photo, mirrored beyond its 512x512 pixels."""
     img = data.astronaut()
     if size <= 400:
-        img = img[100 : 100 + size, 120 : 120 + size]
-    else:
-        reps = math.ceil(size / 512)
-        img = np.pad(img, ((0, 512 * (reps - 1)), (0, 512 * (reps - 1)), (0, 0)), mode="symmetric")[
-            :size, :size
-        ]
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+        return np.ascontiguousarray(img[100 : 100 + size, 120 : 120 + size])
+    reps = math.ceil(size / 512)
+    pad = 512 * (reps - 1)
+    return np.ascontiguousarray(np.pad(img, ((0, pad), (0, pad), (0, 0)), mode="symmetric")[:size, :size])
+
+
+def photo(size: int) -> torch.Tensor:
+    """(1, 3, size, size) float32 in [0, 1]: photo_u8 as a batch."""
+    return torch.from_numpy(photo_u8(size)).permute(2, 0, 1)[None].float() / 255.0
 
 
 def psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -138,7 +143,7 @@ def build_paths(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> dict[str
         "fp32 eager NCHW (reference)": (eager(model, False), "fp32"),
         "fp32 eager channels-last": (eager(model, True), "fp32"),
         "bf16 autocast channels-last (device.ModelRunner)": (
-            ModelRunner(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16),
+            ModelRunner(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, engine="module"),
             "bf16",
         ),
         "fp32 fast (esrgan.fast, packed oneDNN)": (compile_for_inference(model, precision="fp32"), "fp32"),
@@ -209,51 +214,79 @@ def main_table(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> str:
     return "\n".join(lines)
 
 
+def _upscaler(model: RRDBNet, args: argparse.Namespace) -> Upscaler:
+    """What `esrgan upscale` runs: the default precision and engine, the automatic (balanced) tile unless --tile."""
+    return Upscaler(copy.deepcopy(model), device="cpu", precision="auto", tile=args.tile or None)
+
+
 def scaling_table(model: RRDBNet, args: argparse.Namespace) -> str:
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"
-    fn = compile_for_inference(model, precision=precision)
-    warm = photo(min(args.tile, args.scaling[0]))
-    fn(warm)
+    up = _upscaler(model, args)
+    up.upscale(photo_u8(args.scaling[0]))  # warm-up: oneDNN's first calls
+    tile_note = f"tile {args.tile}" if args.tile else f"automatic tile (<= {CPU_MAX_TILE}, balanced)"
     lines = [
-        f"{precision} fast path through upscale_tiled, tile {args.tile}, overlap {DEFAULT_OVERLAP} (LR pixels), uint8 output",
+        f"Upscaler.upscale (what `esrgan upscale` runs): {precision_name(up.dtype)}, {up.runner.engine} engine, "
+        f"{tile_note}, overlap {DEFAULT_OVERLAP} LR pixels, uint8 in and out",
         "",
-        "| LR size | tiles | computed / image pixels | seconds | us per LR pixel | vs smallest |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| LR size | tile | tiles | computed / image pixels | seconds | us per LR pixel | vs smallest |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     base = None
     for size in args.scaling:
-        img = photo(size)[0]
-        count = [0]
-
-        def progress(done: int, total: int, count: list[int] = count) -> None:
-            count[0] = total
-
+        img = photo_u8(size)
+        side = up.tile_size(size, size) or size
         t0 = time.perf_counter()
-        upscale_tiled(fn, img, scale=model.scale, tile=args.tile, overlap=DEFAULT_OVERLAP, on_tile=progress)
+        up.upscale(img)
         sec = time.perf_counter() - t0
         per = sec / size**2 * 1e6
         base = base or per
-        side = min(args.tile, size)
-        computed = len(tile_starts(size, side, DEFAULT_OVERLAP)) ** 2 * side**2 / size**2
+        count = len(tile_starts(size, side, DEFAULT_OVERLAP)) ** 2
+        computed = count * side**2 / size**2
         lines.append(
-            f"| {size}x{size} | {count[0]} | {computed:.3f} | {sec:.2f} | {per:.2f} | {per / base:.2f}x |"
+            f"| {size}x{size} | {side} | {count} | {computed:.3f} | {sec:.2f} | {per:.2f} | {per / base:.2f}x |"
         )
     return "\n".join(lines)
 
 
+def tile_sweep_table(model: RRDBNet, args: argparse.Namespace) -> str:
+    """One forward pass of the default CPU engine per square tile size: does time per pixel grow with the tile
+    (feature maps falling out of the caches)? This picks upscale.CPU_MAX_TILE."""
+    up = _upscaler(model, args)
+    lines = [
+        f"One forward pass of the {up.runner.engine} engine ({precision_name(up.dtype)}) per tile size, best of 2",
+        "",
+        "| tile (LR) | seconds | us per LR pixel | vs smallest |",
+        "|---:|---:|---:|---:|",
+    ]
+    base = None
+    for side in args.sweep:
+        x = photo(side)
+        up.runner(x)
+        best = math.inf
+        for _ in range(2):
+            t0 = time.perf_counter()
+            up.runner(x)
+            best = min(best, time.perf_counter() - t0)
+        per = best / side**2 * 1e6
+        base = base or per
+        lines.append(f"| {side} | {best:.2f} | {per:.2f} | {per / base:.2f}x |")
+    return "\n".join(lines)
+
+
 def rss_child(args: argparse.Namespace) -> None:
-    """Runs in a fresh process: upscale an --rss-child square LR image, print seconds and peak RSS."""
+    """Runs in a fresh process: upscale an --rss-child square LR image as `esrgan upscale` would, print seconds and
+    peak RSS (of the whole process: torch, the model, input, output)."""
     torch.set_num_threads(args.threads)
     model = load_model(args.model).eval()
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"
-    fn = compile_for_inference(model, precision=precision)
-    img = photo(args.rss_child)[0]
+    up = _upscaler(model, args)
+    img = photo_u8(args.rss_child)
     t0 = time.perf_counter()
-    out = upscale_tiled(fn, img, scale=model.scale, tile=args.tile, overlap=DEFAULT_OVERLAP)
+    out = up.upscale(img)
     sec = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    tile = up.tile_size(*img.shape[:2])
     print(
-        f"{precision} {img.shape[1]}x{img.shape[2]} -> {out.shape[0]}x{out.shape[1]}: {sec:.1f} s, peak RSS {peak_mb:.0f} MB"
+        f"{precision_name(up.dtype)} {img.shape[0]}x{img.shape[1]} -> {out.shape[0]}x{out.shape[1]} (tile {tile}): "
+        f"{sec:.1f} s, peak RSS {peak_mb:.0f} MB"
     )
 
 
@@ -267,11 +300,13 @@ def main() -> None:
         "--scaling", type=lambda s: [int(v) for v in s.split(",") if v], default=[128, 256, 512, 1024, 2048]
     )
     parser.add_argument(
+        "--sweep", type=lambda s: [int(v) for v in s.split(",") if v], default=[128, 192, 256, 352, 512]
+    )
+    parser.add_argument(
         "--tile",
         type=int,
-        default=272,
-        help="tile side in LR pixels (default 272 = 256 + overlap: 1024 and 2048 split into 4 and 8 tiles a side, "
-        "13 %% recomputed; per pixel, 512-wide maps ran ~30 %% slower than 256-wide ones here, out of cache)",
+        default=0,
+        help="tile side in LR pixels for the scaling and RSS runs (0 = automatic)",
     )
     parser.add_argument("--rss", type=int, default=1024, help="LR side for the peak-RSS run (0 = skip)")
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
@@ -289,6 +324,9 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         print(main_table(model, args, Path(tmp)), flush=True)
+    if args.sweep:
+        print()
+        print(tile_sweep_table(model, args), flush=True)
     if args.scaling:
         print()
         print(scaling_table(model, args), flush=True)
