@@ -21,12 +21,7 @@ PAPER_PARAMS = (
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI machine's 2 cores are shared: oversubscribed OpenMP crawls
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_paper_architecture() -> None:

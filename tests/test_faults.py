@@ -142,7 +142,8 @@ def test_training_killed_at_random_moments_always_resumes(tmp_path: Path) -> Non
 def test_resume_removes_partial_checkpoints_of_killed_saves(tmp_path: Path) -> None:
     """A kill inside torch.save leaves its temporary .part file (up to a checkpoint's size); 12 of 40 kills in
     tools/kill_training.py did, and they piled up. The next run of the same folder removes them."""
-    from test_train import make_photos, tiny
+    from conftest import make_photos
+    from test_train import tiny
 
     from esrgan.train import train
 
@@ -203,7 +204,8 @@ def test_convert_over_an_existing_file_on_a_full_disk_keeps_it(small_disk: Path,
 
 
 def _train_config(tmp_path: Path, out: Path) -> Path:
-    from test_train import make_photos, tiny
+    from conftest import make_photos
+    from test_train import tiny
 
     from esrgan.config import config_to_yaml
 

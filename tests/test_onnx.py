@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,28 +12,15 @@ import torch
 from esrgan.atomic import OutputExistsError
 from esrgan.cli import main
 from esrgan.errors import EsrganError
-from esrgan.generator import RRDBNet
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from test_fast import psnr, tiny, to_tensor  # noqa: E402
+
 from esrgan.onnx_export import export_onnx, onnx_forward  # noqa: E402
 
 FP32_DB = 80.0  # same fp32 maths, other summation order
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
-
-
-def tiny(**kw: object) -> RRDBNet:
-    torch.manual_seed(0)
-    return RRDBNet(num_feat=16, num_block=2, num_grow=8, **kw).eval()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,43 +11,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
-from esrgan.config import Config, config_from_dict
+from esrgan.config import Config, config_from_dict, config_to_yaml
 from esrgan.errors import ConfigError, ModelNotAvailableError
 from esrgan.train import TrainingError, latest_checkpoint, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads crawl
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
-def make_photos(root: Path) -> tuple[Path, Path]:
-    """Training folder: 128x128 crops of four of scikit-image's photographs; validation: two 48x48 crops."""
-    skdata = pytest.importorskip("skimage.data")
-    (root / "train").mkdir()
-    (root / "val").mkdir()
-    images = {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea(),
-              "rocket": skdata.rocket()}  # fmt: skip
-    for name, img in images.items():
-        h, w = img.shape[:2]
-        Image.fromarray(img[h // 2 - 64 : h // 2 + 64, w // 2 - 64 : w // 2 + 64]).save(
-            root / "train" / f"{name}.png"
-        )
-    Image.fromarray(images["astronaut"][40:88, 180:228]).save(root / "val" / "face.png")
-    Image.fromarray(images["coffee"][100:148, 300:348]).save(root / "val" / "cup.png")
-    return root / "train", root / "val"
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_photos(tmp_path_factory.mktemp("photos"))
+def write_config(cfg: Config, path: Path) -> Path:
+    path.write_text(config_to_yaml(cfg))
+    return path
 
 
 def tiny(photos: tuple[Path, Path], out: Path, name: str = "run", **sections: dict[str, Any]) -> Config:
@@ -192,7 +168,10 @@ def test_resume_is_bit_exact(
     photos: tuple[Path, Path], tmp_path: Path, stage: str, workers: int, precision: str
 ) -> None:
     sections: dict[str, Any] = gan_sections(None, perceptual=0.0) if stage == "gan" else {}
-    sections.setdefault("train", {}).update({"total_steps": 6, "ema_decay": 0.5, "precision": precision})
+    # the CPU recipe's settings (bf16 with channels-last memory) are what users resume most
+    sections.setdefault("train", {}).update(
+        {"total_steps": 6, "ema_decay": 0.5, "precision": precision, "channels_last": precision == "bf16"}
+    )
     # the realworld degradation exercises every random choice of the data pipeline
     sections["data"] = {"num_workers": workers, "degradation": "realworld"}
     sections["schedule"] = {"kind": "cosine"}

@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_train import assert_same_state, gan_sections, log_records, make_photos, tiny
+from test_train import assert_same_state, gan_sections, log_records, tiny, write_config
 
-from esrgan.config import Config, config_to_yaml
 from esrgan.train import load_checkpoint, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_photos(tmp_path_factory.mktemp("photos"))
-
-
-def write_config(cfg: Config, path: Path) -> Path:
-    path.write_text(config_to_yaml(cfg))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def free_port() -> int:

@@ -7,33 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from test_train import log_records, make_photos, tiny
+from test_train import log_records, tiny, write_config
 
-from esrgan.config import Config, config_to_yaml
 from esrgan.train import latest_checkpoint, load_checkpoint, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_photos(tmp_path_factory.mktemp("photos"))
-
-
-def write_config(cfg: Config, path: Path) -> Path:
-    path.write_text(config_to_yaml(cfg))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_intact(
