@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from esrgan.config import Config, config_from_dict, config_to_yaml
+from esrgan.config import Config, TrainConfig, config_from_dict, config_to_yaml
 from esrgan.errors import ConfigError, ModelNotAvailableError
-from esrgan.train import TrainingError, latest_checkpoint, load_checkpoint, train
+from esrgan.train import TrainingError, ema_decay, latest_checkpoint, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,6 +190,16 @@ def test_resume_is_bit_exact(
 
 def weights_of_step(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}.ckpt")["generator"]
+
+
+def test_ema_warmup_forgets_the_initial_weights_then_holds_the_configured_decay() -> None:
+    warm = TrainConfig(ema_decay=0.999)
+    fixed = TrainConfig(ema_decay=0.999, ema_warmup=False)
+    # weight left on the initial weights after 2500 updates: the product of the decays
+    left_warm = float(np.prod([ema_decay(warm, t) for t in range(1, 2501)]))
+    left_fixed = float(np.prod([ema_decay(fixed, t) for t in range(1, 2501)]))
+    assert left_warm < 1e-6 < 0.05 < left_fixed
+    assert ema_decay(warm, 100_000) == ema_decay(fixed, 1) == 0.999
 
 
 def test_nonfinite_losses_skip_then_stop(photos: tuple[Path, Path], tmp_path: Path) -> None:

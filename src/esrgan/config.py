@@ -69,6 +69,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 (with a grad scaler) is CUDA only
     pretrained_g: str | None = None  # stage 2: stage 1's exported generator (or a training checkpoint)
     ema_decay: float = 0.0  # 0 disables the EMA generator; BasicSR uses 0.999
+    # EMA warm-up: the decay used at step t is min(ema_decay, (1 + t) / (10 + t)), so the average forgets the random
+    # initial weights within a short run (with a fixed 0.999 they still weigh e^-2.5 = 8% after 2500 steps).
+    ema_warmup: bool = True
     max_nonfinite_steps: int = 5  # stop after this many NaN/Inf losses in a row
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     channels_last: bool = False  # NHWC memory format for G, D and the batches (about 10% faster on this CPU)

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .atomic import atomic_path, atomic_write_bytes
-from .config import Config, LossesConfig, ScheduleConfig, config_to_yaml
+from .config import Config, LossesConfig, ScheduleConfig, TrainConfig, config_to_yaml
 from .data import (
     Degradation,
     PatchDataset,
@@ -171,6 +171,13 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         pe.lerp_(p.detach(), 1.0 - decay)
     for be, b in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(b)
+
+
+def ema_decay(cfg: TrainConfig, step: int) -> float:
+    """The EMA decay after `step` optimiser steps: train.ema_decay, or less while warming up (train.ema_warmup)."""
+    if not cfg.ema_warmup:
+        return cfg.ema_decay
+    return min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
 
 
 def make_scheduler(
@@ -757,7 +764,7 @@ def train(
             else:
                 nonfinite = 0
                 if g_ema is not None:
-                    ema_update(g_ema, g, cfg.train.ema_decay)
+                    ema_update(g_ema, g, ema_decay(cfg.train, step))
                 logs = {**g_out[0], **d_logs}
 
             if ddp.main:
