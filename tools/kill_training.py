@@ -26,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_train import make_photos, tiny  # noqa: E402  (the training tests' photos and tiny config)
+from conftest import make_photos  # noqa: E402  (the training tests' photos)
+from test_train import tiny  # noqa: E402  (the training tests' tiny config)
 
 from esrgan.config import config_to_yaml, load_config  # noqa: E402
 from esrgan.train import load_checkpoint, step_checkpoints  # noqa: E402
