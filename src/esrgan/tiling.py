@@ -35,7 +35,8 @@ DEFAULT_OVERLAP = 16
 on real photo crops (tests/test_tiling.py): realesrgan-x4plus at tile 96 on 128x128: 52.6 dB fp32, 51.1 dB bf16
 (47.5 dB with no overlap; 55.1 dB with overlap 32); a tiny wide-field model at tile 40: 61 dB (32 dB with none).
 The 23-block model sees further than any overlap, so very small tiles do worse (tile 48 on 96x96: 42 dB); the
-automatic tile is up to 512 on the CPU, where the overlap costs (512 / 496)^2 = 1.07x the pixels."""
+automatic tile is up to 352 on the CPU (balanced: fewest tiles, then the smallest side), where the overlap computes
+1.06-1.14x the image's pixels for 512-2048 inputs (docs/benchmarks.md)."""
 
 
 class TileError(EsrganError):

@@ -48,8 +48,10 @@ from .tiling import DEFAULT_OVERLAP, auto_tile_size, balanced_tile, upscale_tile
 AlphaMode = Literal["model", "bicubic"]
 ALPHA_MODES = ("model", "bicubic")
 ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
-CPU_MAX_TILE = 512
-"""Largest automatic tile on the CPU, in input pixels (the balanced tile is then chosen below it)."""
+CPU_MAX_TILE = 352
+"""Largest automatic tile on the CPU, in input pixels (the balanced tile is then chosen below it). bench/speed.py's
+tile sweep (docs/benchmarks.md): per pixel, 192-352 tiles are the fastest and 512 costs 10-20 % more (its feature
+maps fall out of the caches), more than the extra overlap that smaller tiles recompute."""
 Progress = Callable[[int, int], None]
 
 # Pillow modes and what they are upscaled as; the result has the mode on the right.
