@@ -1,7 +1,7 @@
 """Speed of every RRDBNet inference path on this machine, in one table from one run (docs/benchmarks.md, "Speed").
 
     .venv/bin/python bench/speed.py [--model realesrgan-x4plus] [--size 128] [--repeats 5] [--threads N]
-        [--sweep 128,192,256,352,512] [--scaling 128,256,512,1024,2048] [--tile N] [--rss 1024] [--no-compile] [--no-onnx] [--no-ncnn]
+        [--sweep 128,192,256,352,512] [--scaling 128,256,512,1024,2048] [--tile N] [--rss 1024] [--no-compile] [--no-onnx] [--no-ncnn] [--no-paths]
 
 1. One LR crop of a real photo (scikit-image's astronaut), every path timed interleaved (A B C ... A B C ...) so
    load from other processes hits all of them alike: seconds (median and min of --repeats after one warm-up call,
@@ -272,6 +272,19 @@ def tile_sweep_table(model: RRDBNet, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. On Linux, VmHWM of /proc/self/status: getrusage's ru_maxrss is NOT reset by
+    fork + exec (the kernel carries the parent's high-water mark over), so a child started by a parent that had
+    grown to 4 GB reports 4 GB whatever it uses itself. That is what made earlier runs print ~4 GB here."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
 def rss_child(args: argparse.Namespace) -> None:
     """Runs in a fresh process: upscale an --rss-child square LR image as `esrgan upscale` would, print seconds and
     peak RSS (of the whole process: torch, the model, input, output)."""
@@ -282,7 +295,7 @@ def rss_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out = up.upscale(img)
     sec = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_mb = peak_rss_mb()
     tile = up.tile_size(*img.shape[:2])
     print(
         f"{precision_name(up.dtype)} {img.shape[0]}x{img.shape[1]} -> {out.shape[0]}x{out.shape[1]} (tile {tile}): "
@@ -313,6 +326,9 @@ def main() -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false")
     parser.add_argument("--no-ncnn", dest="ncnn", action="store_false")
+    parser.add_argument(
+        "--no-paths", dest="paths", action="store_false", help="skip table 1 (rerun tables 2-4 only)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.rss_child:
@@ -322,8 +338,9 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, native bf16: {cpu_has_native_bf16()}, load average {Path('/proc/loadavg').read_text().split()[:3]}"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        print(main_table(model, args, Path(tmp)), flush=True)
+    if args.paths:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(main_table(model, args, Path(tmp)), flush=True)
     if args.sweep:
         print()
         print(tile_sweep_table(model, args), flush=True)
