@@ -165,7 +165,7 @@ def test_tail_in_stripes_is_the_same_image(
     model = tiny(**arch)
     x = to_tensor(photo[40:117, 100:161])
     whole = compile_for_inference(model, precision="fp32")(x)
-    monkeypatch.setattr(esrgan.fast, "_TAIL_BYTES", 1)  # smallest stripes (8 trunk rows): many stripe edges
+    monkeypatch.setattr(esrgan.fast, "TAIL_BYTES", 1)  # smallest stripes (8 trunk rows): many stripe edges
     striped = compile_for_inference(model, precision="fp32")(x)
     assert torch.equal(striped, whole)
     assert psnr(striped, eager(model, x)) >= FP32_DB
