@@ -3,7 +3,7 @@
 Times the real step functions of esrgan.train (generator_step / discriminator_step, Adam, the VGG19 perceptual
 loss) on batches already in memory, so the numbers are compute only (the DataLoader runs in parallel workers in real
 training). Sizes: the paper's (RRDBNet 64/23/32, batch 16, HR patch 128) and the CPU recipe's
-(configs/cpu_x4_psnr.yaml: 64/6/32, batch 16, HR patch 96; stage 2 batch 8). Prints a Markdown table for
+(configs/cpu_x4_psnr.yaml: 48/6/24, batch 16, HR patch 96; stage 2 batch 8). Prints a Markdown table for
 docs/benchmarks.md. Run it on a quiet machine:
 
     .venv/bin/python bench/train.py                     # everything, 10 timed steps after 2 warm-up steps
@@ -30,14 +30,16 @@ from esrgan.vgg import VGGFeatureExtractor
 class Size:
     name: str
     num_block: int
+    num_feat: int
+    num_grow: int
     batch: int
     patch: int
     batch_gan: int
 
 
 SIZES = {
-    "paper": Size("paper", 23, 16, 128, 16),
-    "recipe": Size("recipe", 6, 16, 96, 8),
+    "paper": Size("paper", 23, 64, 32, 16, 128, 16),
+    "recipe": Size("recipe", 6, 48, 24, 16, 96, 8),  # configs/cpu_x4_psnr.yaml and cpu_x4_gan.yaml
 }
 
 
@@ -45,7 +47,7 @@ def bench(size: Size, stage: int, precision: str, steps: int, warmup: int) -> fl
     torch.manual_seed(0)
     device = torch.device("cpu")
     autocast = make_autocast(device, precision)
-    g = RRDBNet(num_feat=64, num_block=size.num_block, num_grow=32, scale=4)
+    g = RRDBNet(num_feat=size.num_feat, num_block=size.num_block, num_grow=size.num_grow, scale=4)
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = size.batch if stage == 1 else size.batch_gan
@@ -91,7 +93,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     print(f"{args.steps} timed steps after {args.warmup} warm-up steps; batches in memory (compute only)\n")
-    print("| sizes | stage | blocks | batch | HR patch | precision | it/s | s/it |")
+    print("| sizes | stage | blocks / features / growth | batch | HR patch | precision | it/s | s/it |")
     print("|---|---|---|---|---|---|---|---|")
     for size_name in args.sizes.split(","):
         size = SIZES[size_name]
@@ -99,7 +101,7 @@ def main() -> None:
             for precision in args.precisions.split(","):
                 rate = bench(size, stage, precision, args.steps, args.warmup)
                 batch = size.batch if stage == 1 else size.batch_gan
-                print(f"| {size.name} | {stage} | {size.num_block} | {batch} | {size.patch} | {precision} | "
+                print(f"| {size.name} | {stage} | {size.num_block} / {size.num_feat} / {size.num_grow} | {batch} | {size.patch} | {precision} | "
                       f"{rate:.3f} | {1 / rate:.2f} |", flush=True)  # fmt: skip
 
 

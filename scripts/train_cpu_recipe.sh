@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU recipe (issue 5's proof of learning), start to finish on a 2-core machine:
 #   1. real photographs: plasma-workspace-wallpapers (scripts/fetch_wallpapers.sh), if not fetched yet;
-#   2. stage 1 (configs/cpu_x4_psnr.yaml): RRDBNet 6 blocks x 64 features, L1, cosine lr 5e-4 -> 1e-6, EMA 0.999,
+#   2. stage 1 (configs/cpu_x4_psnr.yaml): RRDBNet 6 blocks x 48 features (growth 24), L1, cosine lr 5e-4 -> 1e-6, EMA 0.999,
 #      bf16 autocast, batch 16 of 96x96 HR patches; validated on Set5 every 500 steps;
 #   3. Set5 / Set14: Y-PSNR/SSIM of bicubic vs the stage-1 model (esrgan evaluate, the literature protocol);
 #   4. a short stage 2 (configs/cpu_x4_gan.yaml) from the stage-1 generator, and the same evaluation with crops.
@@ -17,7 +17,7 @@
 # the GAN stage diverges within ~60 steps).
 #
 # Without STEPS1, the number of stage-1 steps is sized to the budget: bench/train.py measures this machine's
-# iterations per second at the recipe's size for 20 steps, and 55 of the MINUTES are spent on steps (the rest:
+# iterations per second at the recipe's size for 20 steps, and 52 of the MINUTES are spent on steps (the rest:
 # loading the photos, validation, checkpoints). The cosine schedule needs its length up front, so the budget is
 # turned into steps before training rather than by stopping a run part-way.
 set -euo pipefail
@@ -53,7 +53,7 @@ stage1() {
 if [ -z "${STEPS1:-}" ]; then
     rate="$("$here/.venv/bin/python" -c "import sys; sys.path.insert(0, 'bench'); from train import SIZES, bench
 print(bench(SIZES['recipe'], 1, 'bf16', 20, 3))")"
-    steps="$("$here/.venv/bin/python" -c "print(int($rate * 60 * ${MINUTES:-60} * 55 / 60))")"
+    steps="$("$here/.venv/bin/python" -c "print(int($rate * 60 * ${MINUTES:-60} * 52 / 60))")"
     echo "measured $rate it/s: stage 1 gets $steps steps"
     set1+=(--set "train.total_steps=$steps")
 fi
