@@ -117,6 +117,7 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
     assert "stage 2 WITHOUT a perceptual loss" in proc.stderr
     stage2 = yaml.safe_load((runs / "cpu_x4_gan" / "config.yaml").read_text())
     assert stage2["losses"]["perceptual_weight"] == 0 and stage2["losses"]["pixel_weight"] == 1.0
+    assert stage2["losses"]["gan_reduction"] == "mean"
     assert stage2["train"]["pretrained_g"] == str(runs / "cpu_x4_psnr" / "model.safetensors")
     for run, models in (("cpu_x4_psnr", 1), ("cpu_x4_gan", 2)):
         for bench_set in ("Set5", "Set14"):
