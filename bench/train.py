@@ -2,8 +2,9 @@
 
 Times the real step functions of esrgan.train (generator_step / discriminator_step, Adam, the VGG19 perceptual
 loss) on batches already in memory, so the numbers are compute only (the DataLoader runs in parallel workers in real
-training). Sizes: the paper's (RRDBNet 64/23/32, batch 16, HR patch 128) and the CPU recipe's
-(configs/cpu_x4_psnr.yaml: 48/6/24, batch 16, HR patch 96; stage 2 batch 8). Prints a Markdown table for
+training). Sizes, read from the configs: the paper's (configs/esrgan_x4_*.yaml: RRDBNet 23 blocks, 64 features,
+growth 32, batch 16, HR patch 128) and the CPU recipe's (configs/cpu_x4_*.yaml: 6 / 48 / 24, batch 16, HR patch 96;
+stage 2 batch 8). Prints a Markdown table for
 docs/benchmarks.md. Run it on a quiet machine:
 
     .venv/bin/python bench/train.py                     # everything, 10 timed steps after 2 warm-up steps
@@ -16,10 +17,11 @@ import argparse
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from esrgan.config import LossesConfig
+from esrgan.config import LossesConfig, load_config
 from esrgan.discriminator import VGGStyleDiscriminator
 from esrgan.generator import RRDBNet
 from esrgan.train import discriminator_step, generator_step, make_autocast
@@ -37,9 +39,18 @@ class Size:
     batch_gan: int
 
 
+def size_from_configs(name: str, psnr_config: str, gan_config: str) -> Size:
+    """Read the sizes from the configs themselves: scripts/train_cpu_recipe.sh sizes its run from this bench."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    psnr, gan = load_config(configs / psnr_config), load_config(configs / gan_config)
+    m = psnr.model
+    return Size(name, m.num_block, m.num_feat, m.num_grow, psnr.data.batch_size, psnr.data.patch_size,
+                gan.data.batch_size)  # fmt: skip
+
+
 SIZES = {
-    "paper": Size("paper", 23, 64, 32, 16, 128, 16),
-    "recipe": Size("recipe", 6, 48, 24, 16, 96, 8),  # configs/cpu_x4_psnr.yaml and cpu_x4_gan.yaml
+    "paper": size_from_configs("paper", "esrgan_x4_psnr.yaml", "esrgan_x4_gan.yaml"),
+    "recipe": size_from_configs("recipe", "cpu_x4_psnr.yaml", "cpu_x4_gan.yaml"),
 }
 
 
