@@ -181,6 +181,30 @@ def test_upload_progress_and_result(server: Server, photo: np.ndarray, model_fil
         assert Image.open(io.BytesIO(data)).size == (320, 256)
 
 
+def test_default_tile_is_automatic_and_tiles_a_big_image(
+    server: Server, photo: np.ndarray, model_x2: Path
+) -> None:
+    """The page's default tile (0, "auto") must tile as the CLI does, not run the image whole: 480x480 is above
+    the CPU's largest automatic tile (352), so the automatic size splits it, whatever memory the machine has."""
+    from esrgan.upscale import CPU_MAX_TILE, Upscaler
+
+    crop = np.ascontiguousarray(photo[16:496, 16:496])
+    assert max(crop.shape[:2]) > CPU_MAX_TILE and crop.shape[0] * crop.shape[1] <= MAX_PIXELS
+    status, job = server.upload("big.png", png(crop), model="tiny-x2")  # no tile field: the page's default
+    assert status == 201, job
+    assert job["options"]["tile"] == 0  # the page's name for automatic
+    job = server.wait(job["id"])
+    assert job["state"] == "done", job
+    assert job["tiles_total"] >= 4 and job["tiles_done"] == job["tiles_total"]  # a 2x2 grid at least
+
+    # the same pixels as the CLI's automatic tiling
+    up = Upscaler.from_file(model_x2, device="cpu")
+    assert up.tile_size(*crop.shape[:2]) > 0
+    status, _, data = server.request("GET", job["result_url"])
+    assert status == 200
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), up.upscale(crop))
+
+
 def test_events_stream_sends_job_snapshots(server: Server, photo_small: np.ndarray) -> None:
     status, job = server.upload("small.png", png(photo_small), model="tiny-x2")
     assert status == 201

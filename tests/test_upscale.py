@@ -169,6 +169,26 @@ def test_pil_keeps_icc_and_exif(up: Upscaler, photo_small: np.ndarray) -> None:
     assert out.info["icc_profile"] == icc and out.info["exif"] == exif.tobytes()
 
 
+def test_upscale_image_keeps_everything_but_the_pixels(up: Upscaler, photo_small: np.ndarray) -> None:
+    """The decoded-image entry point (CLI, serve, video): 16-bit RGBA with ICC and EXIF stays so, same pixels."""
+    from esrgan.imageio import ImageData
+
+    rgb16 = photo_small.astype(np.uint16) * 257
+    alpha = (
+        np.linspace(0, 65535, photo_small.shape[1]).astype(np.uint16)[None, :].repeat(photo_small.shape[0], 0)
+    )
+    image = ImageData(
+        pixels=rgb16, alpha=alpha, bit_depth=16, icc_profile=b"icc", exif=b"Exif\0\0", format="TIFF"
+    )
+    calls: list[tuple[int, int]] = []
+    out = up.upscale_image(image, on_tile=lambda done, total: calls.append((done, total)))
+    assert (out.bit_depth, out.icc_profile, out.exif, out.format) == (16, b"icc", b"Exif\0\0", "TIFF")
+    assert out.alpha is not None and (out.height, out.width) == (image.height * 4, image.width * 4)
+    expected = up.upscale(np.concatenate([rgb16, alpha[:, :, None]], axis=2))
+    np.testing.assert_array_equal(np.concatenate([out.pixels, out.alpha[:, :, None]], axis=2), expected)
+    assert calls[-1][0] == calls[-1][1] > 1  # tiles of colour, then of alpha
+
+
 @pytest.mark.parametrize("outscale", [2.5, 0.5, 3.0, 1.0])
 def test_outscale_sizes(photo_small: np.ndarray, outscale: float) -> None:
     up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=outscale)

@@ -48,6 +48,8 @@ from .errors import EsrganError, ImageError
 if TYPE_CHECKING:
     import numpy as np
 
+    from .imageio import ImageData
+
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).with_name("web")
@@ -60,6 +62,9 @@ DEFAULT_KEEP_SECONDS = 3600.0
 MAX_OUTSCALE = 16.0
 MAX_TILE = 4096
 
+_KEEP_DECODED = 2
+"""Queued jobs that keep the pixels decoded at upload (at most max_pixels each): the one that runs next is not
+decoded twice, and a long queue still holds only files on disk."""
 _FORM_SLACK = 64 * 1024  # multipart boundaries and the small option fields around the file
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp"}
@@ -112,7 +117,7 @@ class JobOptions:
     model: str
     outscale: float | None = None  # None: the model's own scale
     precision: str = "auto"
-    tile: int = 0  # 0: automatic (the engine picks a size that fits in memory)
+    tile: int | None = None  # None: automatic, a size that fits in memory (the page and the JSON call it 0)
 
 
 @dataclass
@@ -140,6 +145,7 @@ class Job:
     out_height: int = 0
     seconds: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
+    image: ImageData | None = field(default=None, repr=False)  # decoded at upload, kept near the queue's head
 
     @property
     def download_name(self) -> str:
@@ -165,7 +171,7 @@ class Job:
                 "model": self.options.model,
                 "outscale": self.options.outscale,
                 "precision": self.options.precision,
-                "tile": self.options.tile,
+                "tile": self.options.tile or 0,
             },
             "download_name": self.download_name if done else None,
             "result_url": f"/api/jobs/{self.id}/result" if done else None,
@@ -175,7 +181,7 @@ class Job:
 
 
 Progress = Callable[[int, int], None]
-Engine = Callable[[Any, JobOptions, Progress], Any]
+Engine = Callable[["ImageData", JobOptions, Progress], "ImageData"]
 """(ImageData, options, on_tile(done, total)) -> upscaled ImageData; on_tile may raise JobCancelled."""
 EngineFactory = Callable[[ModelChoice, JobOptions], Engine]
 
@@ -207,7 +213,7 @@ def file_models(paths: Mapping[str, str | Path]) -> list[ModelChoice]:
 
 
 def upscaler_engine(model: ModelChoice, options: JobOptions) -> Engine:
-    """The production engine: esrgan.upscale.Upscaler with its tile callback."""
+    """The production engine: Upscaler.upscale_image with its tile callback (the CLI's path)."""
     from .upscale import Upscaler
 
     kwargs: dict[str, Any] = {
@@ -221,11 +227,8 @@ def upscaler_engine(model: ModelChoice, options: JobOptions) -> Engine:
     else:
         upscaler = Upscaler.from_pretrained(model.name, **kwargs)
 
-    def run(image: Any, opts: JobOptions, on_tile: Progress) -> Any:
-        from dataclasses import replace
-
-        colour, alpha = upscaler.upscale_planes(image.pixels, image.alpha, on_tile=on_tile)
-        return replace(image, pixels=colour, alpha=alpha)
+    def run(image: ImageData, opts: JobOptions, on_tile: Progress) -> ImageData:
+        return upscaler.upscale_image(image, on_tile=on_tile)
 
     return run
 
@@ -260,7 +263,7 @@ class JobService:
         self.keep_seconds = keep_seconds
         self.root = Path(tempfile.mkdtemp(prefix="esrgan-serve-")).resolve()
         self._engine_factory = engine_factory
-        self._engine_key: tuple[str, str, int, float | None] | None = None
+        self._engine_key: tuple[str, str, int | None, float | None] | None = None
         self._engine: Engine | None = None
         self._jobs: dict[str, Job] = {}
         self._queue: list[str] = []
@@ -309,14 +312,14 @@ class JobService:
             raise UploadRejected(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         try:
             outscale = float(fields["outscale"]) if fields.get("outscale") else None
-            tile = int(fields.get("tile") or 0)
+            tile = int(fields.get("tile") or 0)  # 0: automatic
         except ValueError:
             raise UploadRejected("outscale must be a number and tile an integer") from None
         if outscale is not None and not 0 < outscale <= MAX_OUTSCALE:
             raise UploadRejected(f"outscale must be in (0, {MAX_OUTSCALE:g}], not {outscale:g}")
         if not 0 <= tile <= MAX_TILE:
             raise UploadRejected(f"tile must be 0 (automatic) or up to {MAX_TILE}, not {tile}")
-        return JobOptions(model=model, outscale=outscale, precision=precision, tile=tile)
+        return JobOptions(model=model, outscale=outscale, precision=precision, tile=tile or None)
 
     def new_folder(self) -> tuple[str, Path]:
         """A fresh random job id and its private folder (the only way a path is ever made)."""
@@ -353,7 +356,6 @@ class JobService:
             ext=_EXT.get(image.format, "png"),
             scale=options.outscale or self.models[options.model].scale,
         )
-        del image
         with self._cond:
             problem = "the server is shutting down" if self._closed else ""
             if len(self._jobs) >= self.limits.max_jobs:
@@ -361,6 +363,8 @@ class JobService:
             if problem:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise UploadRejected(problem, 503)
+            if len(self._queue) < _KEEP_DECODED:
+                job.image = image  # runs soon: no second decode; jobs further back decode again when they run
             self._jobs[job.id] = job
             self._queue.append(job.id)
             self._changed()
@@ -445,6 +449,7 @@ class JobService:
         return self._queue.index(job.id) + 1 if job.state == "queued" else None
 
     def _drop(self, job: Job) -> None:  # holds _cond
+        job.image = None
         self._jobs.pop(job.id, None)
         if job.id in self._queue:
             self._queue.remove(job.id)
@@ -474,12 +479,14 @@ class JobService:
                     return
                 job = self._jobs[self._queue.pop(0)]
                 job.state = "running"
+                image, job.image = job.image, None
                 self._changed()
-            self._run(job)
+            self._run(job, image)
+            del image
             with self._cond:
                 self._purge()
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, image: ImageData | None) -> None:
         start = time.time()
 
         def on_tile(done: int, total: int) -> None:
@@ -490,7 +497,7 @@ class JobService:
                 self._changed()
 
         try:
-            self._process(job, on_tile)
+            self._process(job, image, on_tile)
         except JobCancelled:
             with self._cond:
                 self._drop(job)
@@ -515,10 +522,11 @@ class JobService:
                 job.finished = time.time()
             self._changed()
 
-    def _process(self, job: Job, on_tile: Progress) -> None:
+    def _process(self, job: Job, image: ImageData | None, on_tile: Progress) -> None:
         from .imageio import ImageData, read_image, write_image
 
-        image = read_image(job.input_path, max_pixels=self.limits.max_pixels)
+        if image is None:
+            image = read_image(job.input_path, max_pixels=self.limits.max_pixels)
         engine = self._engine_for(job.options)
         out = engine(image, job.options, on_tile)
         if job.cancel.is_set():

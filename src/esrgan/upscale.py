@@ -4,6 +4,7 @@
     up = Upscaler.from_pretrained("realesrgan-x4plus")      # or Upscaler.from_file("model.pth"), Upscaler(model)
     big = up.upscale(pil_image)                             # PIL in -> PIL out (mode kept), numpy in -> numpy out
     up.upscale_file("in.png", "out.png")                    # keeps bit depth, ICC profile and EXIF
+    out = up.upscale_image(read_image("in.png"))            # decoded image in -> ImageData out, for write_image
 
 How the image kinds are handled (and why):
 - Grey: replicated to 3 channels for the model; the output channels are averaged back (the mean, not the first
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
 
@@ -43,6 +44,7 @@ from .device import (
 )
 from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
+from .imageio import ImageData
 from .tiling import DEFAULT_OVERLAP, auto_tile_size, balanced_tile, upscale_tiled
 
 AlphaMode = Literal["model", "bicubic"]
@@ -198,8 +200,6 @@ class Upscaler:
 
         An existing dst raises OutputExistsError before any work unless overwrite.
         """
-        from dataclasses import replace
-
         from .atomic import OutputExistsError
         from .imageio import DEFAULT_MAX_PIXELS, read_image, write_image
 
@@ -207,9 +207,21 @@ class Upscaler:
         if not overwrite and dst.exists():
             raise OutputExistsError(dst)
         data = read_image(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
-        colour, alpha = self.upscale_planes(data.pixels, data.alpha, on_tile=on_tile)
-        result = replace(data, pixels=colour, alpha=alpha)
+        result = self.upscale_image(data, on_tile=on_tile)
         return write_image(dst, result, format=format, quality=quality, overwrite=overwrite)
+
+    def upscale_image(self, image: ImageData, *, on_tile: Progress | None = None) -> ImageData:
+        """The entry point for a decoded image: esrgan.imageio.ImageData (as read_image returns it) in, the same
+        image upscaled out, ready for write_image.
+
+        Keeps the bit depth (8 or 16), alpha, ICC profile, EXIF and format of the input; only the pixels change
+        (tiled as this Upscaler is set up: automatic tile from the free memory unless a tile was given).
+        on_tile(done, total) is called after every tile (alpha run through the model counts as a second pass);
+        an exception it raises stops the work at that tile boundary. `upscale_file`, the CLI, `esrgan serve` and
+        video frames all go through here.
+        """
+        colour, alpha = self.upscale_planes(image.pixels, image.alpha, on_tile=on_tile)
+        return replace(image, pixels=colour, alpha=alpha)
 
     def upscale_planes(
         self, colour: np.ndarray, alpha: np.ndarray | None, *, on_tile: Progress | None = None
