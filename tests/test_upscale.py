@@ -93,12 +93,16 @@ def test_fp16_is_never_used_on_the_cpu() -> None:
     assert upscaler.dtype != torch.float16 and upscaler.runner.dtype != torch.float16
 
 
-def test_overflowing_bf16_forward_is_recomputed_in_fp32(photo_small: np.ndarray) -> None:
+def test_overflowing_bf16_forward_is_recomputed_in_fp32(
+    photo_small: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real model whose bf16 forward overflows: redone in fp32, with a warning, and the runner stays in fp32.
 
     bf16 has fp32's exponent range but 8 mantissa bits, so its largest finite value is 3.39e38 where fp32's is
     3.40e38: a conv_last bias of 3.4e38 is finite in fp32 and rounds to Inf under bf16 autocast.
+    bf16 is forced (ESRGAN_CPU_BF16=1) so that the Upscaler runs it on CPUs that only emulate it, too.
     """
+    monkeypatch.setenv("ESRGAN_CPU_BF16", "1")
     model = tiny_model()
     with torch.no_grad():
         model.conv_last.bias.fill_(3.4e38)
@@ -120,6 +124,56 @@ def test_overflowing_bf16_forward_is_recomputed_in_fp32(photo_small: np.ndarray)
     with pytest.warns(PrecisionWarning, match="NaN/Inf"):
         out = Upscaler(model, device="cpu", precision="bf16", tile=24).upscale(photo_small)
     assert out.shape == (192, 160, 3) and (out == 255).all()
+
+
+def grey16_photo(size: int = 64) -> np.ndarray:
+    """A real 16-bit grey photograph: scikit-image's camera, MATLAB-bicubic downscaled in float (thousands of
+    distinct 16-bit levels, not 8-bit ones times 257)."""
+    from esrgan.resize import imresize
+
+    data = pytest.importorskip("skimage.data")
+    cam = torch.from_numpy(data.camera()).float() / 255
+    small = imresize(cam, size=(size, size)).clamp(0, 1)
+    return (small * 65535).round().to(torch.int32).numpy().astype(np.uint16)
+
+
+def test_16bit_input_keeps_16bit_precision_under_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16-bit in, 16-bit out: on a bf16 CPU (forced here: this CPU emulates bf16, so auto picks fp32) a 16-bit photo
+    is computed in fp32, giving fp32's levels exactly; 8-bit images keep bf16. Explicit bf16 does the same, saying so.
+    """
+    from esrgan.tiling import upscale_tiled
+
+    monkeypatch.setenv("ESRGAN_CPU_BF16", "1")
+    model = tiny_model(spread=0.5)
+    photo16 = grey16_photo()
+    ref = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale(photo16)
+    levels = len(np.unique(ref))
+    assert levels > 3000  # measured 3,717 (the tiny model is near nearest-neighbour: about the input's 3,767)
+    # the premise: the same image computed in bf16 loses levels (measured 3,085) and is off by up to 490 steps
+    raw = upscale_tiled(
+        ModelRunner(model, torch.device("cpu"), torch.bfloat16),
+        torch.from_numpy(photo16)[None].expand(3, -1, -1),
+        scale=4,
+        tile=0,
+        out_dtype=np.uint16,
+        grey=True,
+    )[:, :, 0]
+    assert len(np.unique(raw)) < 0.9 * levels and np.abs(raw.astype(int) - ref).max() > 100
+
+    auto = Upscaler(model, device="cpu", precision="auto", tile=0)
+    assert auto.dtype == torch.bfloat16  # what 8-bit images get on this (forced) bf16 CPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto changes precision silently
+        out = auto.upscale(photo16)
+    assert auto.last_precision == "fp32"
+    np.testing.assert_array_equal(out, ref)  # fp32's levels and values exactly
+    auto.upscale((photo16 >> 8).astype(np.uint8))
+    assert auto.last_precision == "bf16"
+    explicit = Upscaler(model, device="cpu", precision="bf16", tile=0)
+    with pytest.warns(PrecisionWarning, match="16-bit and float images are computed in fp32"):
+        out = explicit.upscale(photo16.astype(np.float32) / 65535)
+    assert explicit.last_precision == "fp32"
+    np.testing.assert_allclose(out, ref / 65535, atol=0.51 / 65535)
 
 
 # --- image kinds ------------------------------------------------------------------------------------------------------

@@ -8,11 +8,17 @@
   reduced precision uses torch.autocast over the fp32 module.
 - A batch whose reduced-precision output has NaN/Inf is recomputed in fp32 without reloading anything (the runner
   then stays in fp32: an overflowing model overflows again).
+- High-bit-depth inputs (16-bit, float) are computed in fp32 whatever the precision (esrgan.upscale): bf16 keeps 8
+  significant bits and fp16 11, so a 16-bit output computed in them has about 9-11 bits of real precision.
+
+ESRGAN_CPU_BF16=1 (or 0) overrides the CPU's bf16 detection: for CPUs whose flags are not readable here (macOS,
+Windows), or to run the bf16 path on any CPU (emulated there: slow, but the same numbers).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -50,25 +56,44 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True if the CPU has bf16 arithmetic instructions that oneDNN uses (x86 avx512_bf16 / amx_bf16, Arm bf16).
 
     Read from /proc/cpuinfo's flags (Linux); torch exposes no direct query. Elsewhere (macOS, Windows): False,
-    i.e. fp32, the safe choice.
+    i.e. fp32, the safe choice. The environment variable ESRGAN_CPU_BF16=1 or 0 overrides the detection.
     """
+    forced = os.environ.get("ESRGAN_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return "bf16" in _cpu_flags()
+
+
+def cpu_packs_bf16() -> bool:
+    """True if oneDNN can pack bf16 convolution weights here (AVX512BW+VL+DQ, or AVX-NE-CONVERT, or Arm bf16):
+    esrgan.fast's bf16 engine needs it; elsewhere bf16 runs through the model under autocast."""
+    return "pack" in _cpu_flags()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """{"bf16"} for native bf16 arithmetic, {"pack"} for bf16 weight packing, from /proc/cpuinfo."""
     if not torch.backends.mkldnn.is_available():
-        return False
+        return frozenset()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return False
+        return frozenset()
     flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    out = set()
+    if flags & {"avx512_bf16", "amx_bf16", "bf16"}:
+        out.add("bf16")
+    if {"avx512bw", "avx512vl", "avx512dq"} <= flags or flags & {"avx_ne_convert", "bf16"}:
+        out.add("pack")
+    return frozenset(out)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -151,7 +176,12 @@ class ModelRunner:
         self.model = model.eval().requires_grad_(False)
         self.device = device
         self.dtype = dtype
-        packable = device.type == "cpu" and dtype != torch.float16 and torch.backends.mkldnn.is_available()
+        packable = (
+            device.type == "cpu"
+            and dtype != torch.float16
+            and torch.backends.mkldnn.is_available()
+            and (dtype == torch.float32 or cpu_packs_bf16())
+        )
         if engine == "packed" and not packable:
             raise EsrganError(f"the packed engine runs on the CPU in fp32 or bf16, not {device.type} {dtype}")
         self.engine = "packed" if packable and engine != "module" else "module"

@@ -18,6 +18,11 @@ How the image kinds are handled (and why):
   than premultiplying: premultiplied colour would darken the edge for the model, and dividing by the upscaled
   alpha afterwards amplifies the model's errors where alpha is small.
 - 8-bit stays 8-bit, 16-bit stays 16-bit, float stays float (assumed in [0, 1]; the output is clamped to it).
+- Precision: 16-bit and float inputs are computed in fp32 whatever the precision asked for (a warning says so when
+  bf16 or fp16 was asked for explicitly). bf16 keeps 8 significant bits: a real 16-bit photo computed in it comes
+  out with ~1,700 distinct levels where fp32 gives ~48,000 (a median step of 85/65535, i.e. ~9-10 bits); fp16
+  keeps 11. 8-bit inputs use the reduced precision, whose error is below the 8-bit step. `last_precision` says what
+  the last image was computed in.
 - outscale: the model's scale first, then MATLAB bicubic (esrgan.resize.imresize, antialiased when shrinking) to
   round(size * outscale). The model output is kept as uint16 in between (a 1/65535 step, far below 8-bit output
   precision), then resized one channel at a time, so the float memory is one channel of the model output.
@@ -38,7 +43,9 @@ from PIL import Image
 
 from .device import (
     ModelRunner,
+    PrecisionWarning,
     available_memory,
+    precision_name,
     resolve_device,
     resolve_precision,
 )
@@ -124,6 +131,10 @@ class Upscaler:
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device)
         self.runner = ModelRunner(self.model, self.device, self.dtype)
+        self.precision = precision
+        self._fp32_runner: ModelRunner | None = None  # for high-bit-depth inputs when self.dtype is reduced
+        self.last_precision = precision_name(self.dtype)
+        """The precision the last image was computed in (fp32 for high-bit-depth inputs, and after a NaN/Inf)."""
         self.tile = tile
         self.tile_overlap = tile_overlap
         self.batch = batch
@@ -161,11 +172,30 @@ class Upscaler:
             return height * self.model.scale, width * self.model.scale
         return max(1, round(height * self.outscale)), max(1, round(width * self.outscale))
 
-    def tile_size(self, height: int, width: int) -> int:
-        """The tile side used for an image of this size (0 when it is processed whole)."""
+    def runner_for(self, pixels: np.dtype) -> ModelRunner:
+        """The forward pass for pixels of this dtype: this Upscaler's precision for 8-bit, fp32 for 16-bit and float
+        (reduced precision would leave a 16-bit output with ~9-11 bits of real precision: see the module docstring).
+        """
+        if np.dtype(pixels) == np.uint8 or self.runner.dtype == torch.float32:
+            return self.runner
+        if self._fp32_runner is None:
+            if self.precision != "auto":
+                import warnings
+
+                warnings.warn(
+                    f"16-bit and float images are computed in fp32: {precision_name(self.runner.dtype)} would leave "
+                    "them with ~9-11 bits of precision (8-bit images still use it)",
+                    PrecisionWarning,
+                    stacklevel=3,
+                )
+            self._fp32_runner = ModelRunner(self.model, self.device, torch.float32)
+        return self._fp32_runner
+
+    def tile_size(self, height: int, width: int, pixels: np.dtype | type = np.uint8) -> int:
+        """The tile side used for an image of this size and pixel dtype (0 when it is processed whole)."""
         tile = self.tile
         if tile is None:
-            bpp, fixed = self.runner.activation_bytes()
+            bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
             limit = 1024 if self.device.type == "cuda" else CPU_MAX_TILE
             free = available_memory(self.device) - fixed
             tile = auto_tile_size(free, bpp, batch=self.batch, maximum=limit)
@@ -241,7 +271,8 @@ class Upscaler:
         elif dtype not in (np.uint8, np.uint16):
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
-        tile = self.tile_size(h, w)
+        tile = self.tile_size(h, w, dtype)
+        runner = self.runner_for(dtype)
         passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
         per_pass = _tile_count(h, w, tile, self.tile_overlap)
 
@@ -253,17 +284,20 @@ class Upscaler:
 
         if alpha is not None:
             colour = bleed_colour(colour, alpha)
-        out_colour = self._run(colour, tile, dtype, progress(0))
+        out_colour = self._run(runner, colour, tile, dtype, progress(0))
         out_alpha: np.ndarray | None = None
         if alpha is not None:
             if self.alpha_mode == "model":
-                out_alpha = self._run(alpha[:, :, None], tile, dtype, progress(1))[:, :, 0]
+                out_alpha = self._run(runner, alpha[:, :, None], tile, dtype, progress(1))[:, :, 0]
             else:
                 out_alpha = _resize_plane(alpha, self.output_size(h, w), dtype)
+        self.last_precision = precision_name(runner.dtype)  # fp32 too if a NaN/Inf made the runner switch
         return out_colour, out_alpha
 
     # --- internals ------------------------------------------------------------------------------------------------
-    def _run(self, plane: np.ndarray, tile: int, dtype: np.dtype, on_tile: Progress | None) -> np.ndarray:
+    def _run(
+        self, runner: ModelRunner, plane: np.ndarray, tile: int, dtype: np.dtype, on_tile: Progress | None
+    ) -> np.ndarray:
         """Model (and outscale resize) over an HxWx1 or HxWx3 array; HxWx(same C) of dtype back."""
         grey = plane.shape[2] == 1
         if not plane.flags.writeable:  # e.g. np.asarray(PIL image): torch wants a writable buffer
@@ -277,7 +311,7 @@ class Upscaler:
         # resize needs an intermediate: uint16 for integer outputs (see the module docstring), float32 for float
         inter = dtype if native else (np.dtype(np.float32) if dtype.kind == "f" else np.dtype(np.uint16))
         out = upscale_tiled(
-            self.runner,
+            runner,
             image,
             scale=self.model.scale,
             tile=tile,
