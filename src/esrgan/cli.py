@@ -396,7 +396,7 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "upscale",
-        help="upscale images (files, folders, globs) with any ESRGAN-family model",
+        help="upscale images and videos (files, folders, globs) with any ESRGAN-family model",
         description=(
             "Upscale images with an RRDBNet model, tiled with blended overlaps so any size fits in memory. "
             "Existing outputs are skipped (so rerunning an interrupted batch only does the rest) unless "
@@ -472,6 +472,29 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="refuse inputs larger than this many pixels (default: 67108864 = 64 megapixels, a bomb guard)",
     )
+    v = p.add_argument_group(
+        "videos",
+        "videos (.mp4 .mkv .mov .webm .avi ...) keep their container unless -o or --name gives another suffix; "
+        "timestamps, audio, subtitles, rotation and colour tags are kept (needs PyAV: pip install 'esrgan[video]')",
+    )
+    v.add_argument(
+        "--codec",
+        choices=["h264", "h265", "vp9", "av1", "ffv1"],
+        help="video codec (default: h264; vp9 for .webm; ffv1 is lossless)",
+    )
+    v.add_argument(
+        "--crf", type=int, help="constant quality, lower = better (default: h264 18, h265 20, vp9/av1 24)"
+    )
+    v.add_argument(
+        "--pix-fmt", help="pixel format, e.g. yuv420p, yuv444p, yuv420p10le (default: the source's)"
+    )
+    v.add_argument("--frames", metavar="A:B", help="only frames A to B-1 (0-based), e.g. 0:100 for a preview")
+    v.add_argument(
+        "--segment-frames",
+        type=int,
+        default=240,
+        help="frames per resumable segment: a rerun after a kill keeps the finished ones (default: %(default)s)",
+    )
     p.set_defaults(func=_run_upscale)
 
 
@@ -492,6 +515,16 @@ def _run_upscale(args: argparse.Namespace) -> int:
         "interpolate": args.interpolate,
         "interpolate_alpha": args.alpha,
     }
+    video: dict[str, object] = {
+        "codec": args.codec,
+        "crf": args.crf,
+        "pix_fmt": args.pix_fmt,
+        "segment_frames": args.segment_frames,
+    }
+    if args.frames is not None:
+        from .video import parse_frames
+
+        video["frames"] = parse_frames(args.frames)
     with warnings_as_lines():
         exclude = output_folder(args.output)
         sources, problems = collect_inputs(args.inputs, recursive=args.recursive, exclude=exclude)
@@ -513,6 +546,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             max_pixels=args.max_pixels,
             progress="quiet" if args.quiet else "auto",
+            video=video,
         )
     failed = len(result.failed) + len(problems)
     if not args.quiet or failed:

@@ -53,6 +53,7 @@ from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
 from .imageio import ImageData
 from .tiling import DEFAULT_OVERLAP, auto_tile_size, balanced_tile, upscale_tiled
+from .video import CONTAINERS, VIDEO_SUFFIXES
 
 AlphaMode = Literal["model", "bicubic"]
 ALPHA_MODES = ("model", "bicubic")
@@ -252,6 +253,12 @@ class Upscaler:
         """
         colour, alpha = self.upscale_planes(image.pixels, image.alpha, on_tile=on_tile)
         return replace(image, pixels=colour, alpha=alpha)
+
+    def upscale_video(self, src: str | Path, dst: str | Path, **options: Any) -> Any:
+        """Every frame of a video through this upscaler, sound and timing kept: esrgan.video.upscale_video."""
+        from .video import upscale_video
+
+        return upscale_video(self, src, dst, **options)
 
     def upscale_planes(
         self, colour: np.ndarray, alpha: np.ndarray | None, *, on_tile: Progress | None = None
@@ -465,6 +472,7 @@ INPUT_SUFFIXES = frozenset(
     }
 )
 """Files picked up when a folder or glob is given (an explicitly named file is tried whatever its name)."""
+_PICKED_SUFFIXES = INPUT_SUFFIXES | VIDEO_SUFFIXES  # images and videos
 
 DEFAULT_OUTPUT_DIR = Path("upscaled")
 DEFAULT_NAME = "{name}_x{scale}.{ext}"
@@ -506,7 +514,7 @@ def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[
         rel = p.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):  # hidden files, and our own .part temp files
             continue
-        if p.suffix.lower() not in INPUT_SUFFIXES or not p.is_file():
+        if p.suffix.lower() not in _PICKED_SUFFIXES or not p.is_file():
             continue
         if exclude is not None and p.resolve().is_relative_to(exclude):
             continue
@@ -549,7 +557,7 @@ def collect_inputs(
 
             matches = sorted(glob.glob(str(path), recursive=recursive))
             files = [
-                Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in INPUT_SUFFIXES
+                Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in _PICKED_SUFFIXES
             ]
             files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
             for m in matches:
@@ -574,7 +582,8 @@ def output_folder(output: Path | None) -> Path | None:
 
     if output is None:
         return DEFAULT_OUTPUT_DIR
-    return None if output.suffix.lower() in WRITE_FORMATS and not output.is_dir() else output
+    named = output.suffix.lower() in WRITE_FORMATS or output.suffix.lower() in CONTAINERS
+    return None if named and not output.is_dir() else output
 
 
 def plan_jobs(
@@ -601,7 +610,9 @@ def plan_jobs(
         return [Job(sources[0][0], output)]
     jobs = []
     for src, base in sources:
-        if format is not None:
+        if src.suffix.lower() in VIDEO_SUFFIXES:  # a video keeps its container where we can write it
+            ext = src.suffix.lower().lstrip(".") if src.suffix.lower() in CONTAINERS else "mkv"
+        elif format is not None:
             ext = {"jpeg": "jpg", "tif": "tiff"}.get(format.lower(), format.lower())
         else:
             suffix = src.suffix.lower()
@@ -650,6 +661,13 @@ class _Reporter:
                 self.tiles.reset(total=total)
             self.tiles.update(done - self.tiles.n)
 
+    def on_frame(self, done: int, total: int | None) -> None:
+        if self.tiles is not None:
+            if self.tiles.unit != "frame" or done < self.tiles.n:
+                self.tiles.reset(total=total)
+                self.tiles.unit, self.tiles.desc = "frame", "frames"
+            self.tiles.update(done - self.tiles.n)
+
     def file_done(self) -> None:
         if self.files is not None:
             self.files.update(1)
@@ -669,12 +687,14 @@ def upscale_files(
     overwrite: bool = False,
     max_pixels: int | None = None,
     progress: str = "auto",
+    video: dict[str, Any] | None = None,
 ) -> BatchResult:
     """Upscale every job; a file that fails is reported in one line and the batch goes on.
 
     Existing destinations are skipped unless overwrite, so rerunning after an interruption finishes the rest
     without redoing finished files (writes are atomic: a killed run leaves no partial output). progress: "bar"
     (tqdm), "lines" (one line per file), "quiet" (errors only), or "auto" = bar on a terminal, else lines.
+    Videos (by suffix) go through esrgan.video.upscale_video with the `video` options (codec, crf, ...).
     """
     import sys
     import time
@@ -706,6 +726,19 @@ def upscale_files(
                 continue
             start = time.perf_counter()
             try:
+                if job.src.suffix.lower() in VIDEO_SUFFIXES:
+                    from .video import upscale_video
+
+                    done = upscale_video(
+                        upscaler, job.src, job.dst, overwrite=overwrite, max_pixels=max_pixels,
+                        on_frame=report.on_frame, **(video or {}),
+                    )  # fmt: skip
+                    for note in done.notes:
+                        report.line(f"esrgan: note: {job.src}: {note}", error=True)
+                    result.written.append(job)
+                    report.line(f"[{i}/{len(jobs)}] {done.summary()}")
+                    report.file_done()
+                    continue
                 upscaler.upscale_file(
                     job.src,
                     job.dst,

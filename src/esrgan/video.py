@@ -1,0 +1,968 @@
+"""Video: every frame of a clip through an Upscaler, with sound, timing and tags kept (PyAV, no ffmpeg binary).
+
+    from esrgan import Upscaler
+    from esrgan.video import upscale_video
+    up = Upscaler.from_pretrained("realesrgan-x4plus")
+    upscale_video(up, "clip.mp4", "clip_x4.mp4")            # or up.upscale_video("clip.mp4", "clip_x4.mp4")
+
+What is kept: every frame's timestamp in the source's time base (so the frame rate, 30000/1001 and variable frame
+rates included, and the frame count), audio streams copied packet for packet (re-encoded only where the output
+container cannot hold them, with a note saying so), subtitle streams where the container can hold them (else
+dropped, with a note), container and stream metadata, the rotation (display matrix) and the colour tags (range,
+primaries, transfer, matrix; the YUV <-> RGB conversions around the model use the source's matrix and range).
+
+How (and why):
+- Three threads with small bounded queues: decode (FFmpeg, to RGB), the model (this thread), encode (FFmpeg), so
+  decoding and encoding overlap with the model and memory is a few frames whatever the length of the clip.
+- Resume by segments: the frames are encoded in segments of `segment_frames` frames (each from a fresh encoder, so
+  it starts with a key frame and depends on no other segment), kept as packet files in a hidden work folder next to
+  the output (`.NAME.segments/`), each written under a temporary name and renamed when complete. A killed run
+  leaves complete segments there and nothing under the output's name; a rerun with the same source, model and
+  settings (a fingerprint in the folder says so) keeps the complete segments, decodes past their frames without
+  running the model and upscales from the first missing segment on. At the end the segments are muxed with the
+  audio and subtitle packets into a temporary file, which is renamed to the output; then the folder is removed.
+  Segments rather than a frame-exact restart because an encoder's state cannot be saved: a restart inside a
+  segment would need a key frame there anyway, which is what a segment boundary is.
+- Errors are VideoError (an EsrganError): one line naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import json
+import os
+import queue
+import shutil
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import EsrganError
+
+if TYPE_CHECKING:
+    from .upscale import Upscaler
+
+VIDEO_SUFFIXES = frozenset(
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".mpg",
+        ".mpeg",
+        ".wmv",
+        ".flv",
+        ".3gp",
+        ".ogv",
+    ]
+)
+"""Files treated as videos (picked up from folders and globs like images)."""
+
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+"""Output containers, chosen by the output's suffix (FFmpeg muxer names)."""
+
+CODECS = {"h264": "libx264", "h265": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1", "ffv1": "ffv1"}
+"""--codec names and the FFmpeg encoders behind them (all in PyAV's wheels)."""
+
+DEFAULT_CRF = {"h264": 18, "h265": 20, "vp9": 24, "av1": 24}
+"""Constant-quality defaults: visually near-lossless, as an upscale deserves (lower = better and bigger)."""
+
+DEFAULT_SEGMENT_FRAMES = 240
+"""Frames per resumable segment: about 10 s at 24-25 fps, the usual x264 key frame interval (250), so segments
+cost almost nothing in size; a kill loses at most this many frames of work."""
+
+QUEUE_FRAMES = 4  # frames in flight between decoder, model and encoder (bounded memory)
+_SEGMENT_MAGIC = b"ESRGAN-SEGMENT-1\n"
+_RECORD = struct.Struct("<qqqBI")  # pts, dts, duration, key frame, size
+_NONE = -(2**63)
+
+
+class VideoError(EsrganError):
+    """A video that cannot be read or written (not a video, corrupt, truncated, no video stream, too large)."""
+
+
+FrameProgress = Callable[[int, int | None], None]
+"""on_frame(done, total): frames done so far (kept segments included) and the total when known."""
+
+
+@dataclass
+class VideoResult:
+    src: Path
+    dst: Path
+    frames: int  # frames in the output
+    duration: float  # seconds of video in the output
+    seconds: float  # wall time of this run
+    resumed: int = 0  # frames kept from segments of an earlier, interrupted run
+    upscaled: int = 0  # frames this run put through the model
+    notes: list[str] = field(default_factory=list)  # streams re-encoded or dropped, and why
+
+    def summary(self) -> str:
+        speed = self.upscaled / self.seconds if self.seconds > 0 else 0.0
+        text = (
+            f"{self.src} -> {self.dst}: {self.frames} frames, {self.duration:.2f} s of video, "
+            f"{self.seconds:.1f} s ({speed:.2f} frames/s)"
+        )
+        if self.resumed:
+            text += f", resumed: {self.resumed} frames kept from the interrupted run"
+        return text
+
+
+def is_video(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def parse_frames(text: str) -> tuple[int, int | None]:
+    """--frames A:B -> (A, B): frames A to B-1, 0-based, like a Python slice; A: or :B leave an end open."""
+    start, sep, stop = text.partition(":")
+    try:
+        a = int(start) if start.strip() else 0
+        b = int(stop) if stop.strip() else None
+    except ValueError:
+        raise EsrganError(f"--frames wants A:B (frame numbers, e.g. 0:100), not {text!r}") from None
+    if not sep or a < 0 or (b is not None and b <= a):
+        raise EsrganError(f"--frames wants A:B with 0 <= A < B (e.g. 0:100), not {text!r}")
+    return a, b
+
+
+def _import_av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise EsrganError("videos need PyAV: pip install 'esrgan[video]' (or pip install av)") from None
+    av.logging.set_level(av.logging.PANIC)  # FFmpeg's own chatter; errors reach us as exceptions
+    return av
+
+
+# --- the work folder: fingerprint and segments --------------------------------------------------------------------
+_MODEL_DIGESTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _model_digest(upscaler: Upscaler) -> str:
+    """SHA-256 of the model's weights (cached per model): a rerun with another model must not reuse segments."""
+    model = upscaler.model
+    if model not in _MODEL_DIGESTS:
+        h = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        _MODEL_DIGESTS[model] = h.hexdigest()
+    return _MODEL_DIGESTS[model]
+
+
+def work_folder(dst: Path) -> Path:
+    """The hidden folder next to the output that holds the segments of an unfinished run."""
+    return dst.parent / f".{dst.name}.segments"
+
+
+def _segment_path(work: Path, index: int) -> Path:
+    return work / f"seg{index:06d}.pkt"
+
+
+def _write_segment(path: Path, extradata: bytes, packets: list[Any]) -> None:
+    """Packets of one segment, written to a temporary name, fsynced and renamed: complete or absent."""
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "wb") as fh:
+        fh.write(_SEGMENT_MAGIC)
+        fh.write(struct.pack("<I", len(extradata)))
+        fh.write(extradata)
+        for p in packets:
+            data = bytes(p)
+            if p.pts is None:
+                raise VideoError(f"{path}: the encoder gave a packet without a timestamp")
+            pts = p.pts
+            dts = _NONE if p.dts is None else p.dts
+            fh.write(_RECORD.pack(pts, dts, p.duration or 0, 1 if p.is_keyframe else 0, len(data)))
+            fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_segment(path: Path) -> tuple[bytes, Iterator[tuple[int, int | None, int, bool, bytes]]]:
+    fh = open(path, "rb")  # noqa: SIM115 (closed by the generator)
+    if fh.read(len(_SEGMENT_MAGIC)) != _SEGMENT_MAGIC:
+        fh.close()
+        raise VideoError(f"{path}: not a segment file (remove the folder {path.parent} and rerun)")
+    (n,) = struct.unpack("<I", fh.read(4))
+    extradata = fh.read(n)
+
+    def records() -> Iterator[tuple[int, int | None, int, bool, bytes]]:
+        with fh:
+            while head := fh.read(_RECORD.size):
+                pts, dts, duration, key, size = _RECORD.unpack(head)
+                yield pts, None if dts == _NONE else dts, duration, bool(key), fh.read(size)
+
+    return extradata, records()
+
+
+# --- settings -----------------------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """Everything decided before the first frame: streams, sizes, encoder settings, frame range."""
+
+    container: str
+    codec: str  # our name (h264, ...)
+    encoder: str  # FFmpeg's (libx264, ...)
+    pix_fmt: str
+    rgb_format: str  # rgb24 or rgb48le: what the model sees
+    crf: int | None
+    width: int
+    height: int
+    out_width: int
+    out_height: int
+    time_base: Fraction
+    rate: Fraction | None
+    start: int
+    stop: int | None
+    total: int | None  # frames expected in the output, when the source says
+    colour: dict[str, int]
+    rotation: int
+
+    def encoder_options(self) -> dict[str, str]:
+        if self.crf is None:
+            return {}
+        options = {"crf": str(self.crf)}
+        if self.encoder == "libvpx-vp9":
+            options["b"] = "0"  # constant quality, not constrained quality
+        if self.encoder == "libx265":
+            options["x265-params"] = "log-level=error"
+        return options
+
+
+def _choose_codec(codec: str | None, container: str) -> tuple[str, str]:
+    name = (codec or ("vp9" if container == "webm" else "h264")).lower()
+    name = {"hevc": "h265", "x264": "h264", "x265": "h265", "avc": "h264"}.get(name, name)
+    if name not in CODECS:
+        raise EsrganError(f"unknown video codec {codec!r}; one of {', '.join(CODECS)}")
+    return name, CODECS[name]
+
+
+def _plan(
+    av: Any,
+    inp: Any,
+    vin: Any,
+    first: Any,
+    src: Path,
+    dst: Path,
+    upscaler: Upscaler,
+    *,
+    codec: str | None,
+    crf: int | None,
+    pix_fmt: str | None,
+    frames: tuple[int, int | None] | None,
+) -> _Plan:
+    container = CONTAINERS[dst.suffix.lower()]
+    name, encoder = _choose_codec(codec, container)
+    probe = av.open(_NullSink(), "w", format=container)
+    try:
+        probe.add_stream(encoder)
+    except ValueError:
+        raise VideoError(f"{dst}: a {dst.suffix} file cannot hold {name} video; use .mkv") from None
+    finally:
+        probe.close()
+    h, w = first.height, first.width
+    oh, ow = upscaler.output_size(h, w)
+    formats = [f.name for f in av.Codec(encoder, "w").video_formats or []]
+    bits = max(c.bits for c in first.format.components)
+    if pix_fmt is None and name == "ffv1":  # lossless: keep the model's RGB output as it is
+        pix_fmt = "rgb48le" if bits > 8 else "bgr0"
+    elif pix_fmt is None:
+        pix_fmt = first.format.name if first.format.name in formats else None
+        if pix_fmt is None:
+            high = [f for f in ("yuv420p10le", "gbrp10le") if f in formats]
+            pix_fmt = high[0] if bits > 8 and high else ("yuv420p" if "yuv420p" in formats else formats[0])
+    elif formats and pix_fmt not in formats:
+        more = f", ... ({len(formats)} in all)" if len(formats) > 8 else ""
+        raise EsrganError(
+            f"{name} cannot encode pixel format {pix_fmt!r}; it takes {', '.join(formats[:8])}{more}"
+        )
+    fmt = av.VideoFormat(pix_fmt)
+    if (fmt.chroma_width(ow) * 2 == ow + 1 and ow % 2) or (fmt.chroma_height(oh) * 2 == oh + 1 and oh % 2):
+        raise VideoError(
+            f"{src}: the output would be {ow}x{oh}, odd-sized, which {pix_fmt} cannot hold; choose an --outscale "
+            "giving an even size or --pix-fmt yuv444p"
+        )
+    out_bits = max(c.bits for c in fmt.components)
+    ctx = vin.codec_context
+    colour = {
+        key: int(getattr(first, key) or getattr(ctx, key) or 0)
+        for key in ("color_range", "color_primaries", "color_trc", "colorspace")
+    }
+    rate = vin.average_rate or vin.guessed_rate or vin.base_rate
+    total: int | None = vin.frames or None
+    if total is None and vin.duration and rate:
+        total = round(float(vin.duration * vin.time_base * rate))
+    elif total is None and inp.duration and rate and len(inp.streams) == 1:
+        total = round(inp.duration / 1_000_000 * float(rate))
+    start, stop = frames if frames is not None else (0, None)
+    if total is not None:
+        total = max(0, min(total, stop if stop is not None else total) - start)
+    return _Plan(
+        container=container,
+        codec=name,
+        encoder=encoder,
+        pix_fmt=pix_fmt,
+        rgb_format="rgb48le" if bits > 8 and out_bits > 8 else "rgb24",
+        crf=(crf if crf is not None else DEFAULT_CRF.get(name)) if name != "ffv1" else None,
+        width=w,
+        height=h,
+        out_width=ow,
+        out_height=oh,
+        time_base=vin.time_base,
+        rate=Fraction(rate) if rate else None,
+        start=start,
+        stop=stop,
+        total=total,
+        colour=colour,
+        rotation=int(first.rotation or 0),
+    )
+
+
+class _NullSink:
+    """A write-only file for probing what a container accepts (nothing is kept)."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+
+def _fingerprint(src: Path, upscaler: Upscaler, plan: _Plan, segment_frames: int) -> dict[str, Any]:
+    stat = src.stat()
+    return {
+        "source": str(src.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "model": _model_digest(upscaler),
+        "outscale": upscaler.outscale,
+        "precision": str(upscaler.dtype),
+        "tile": upscaler.tile,
+        "tile_overlap": upscaler.tile_overlap,
+        "codec": plan.encoder,
+        "crf": plan.crf,
+        "pix_fmt": plan.pix_fmt,
+        "frames": [plan.start, plan.stop],
+        "segment_frames": segment_frames,
+    }
+
+
+def _prepare_work(work: Path, fingerprint: dict[str, Any]) -> int:
+    """Keep the complete segments of an interrupted run of this very job; return how many lead without a gap."""
+    stamp = work / "job.json"
+    if work.is_dir():
+        try:
+            same = json.loads(stamp.read_text()) == fingerprint
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(work)
+    if not work.is_dir():
+        work.mkdir(parents=True)
+        tmp = work / ".job.json.part"
+        tmp.write_text(json.dumps(fingerprint, indent=1))
+        os.replace(tmp, stamp)
+        return 0
+    for stale in work.glob(".*.part"):
+        stale.unlink()
+    kept = 0
+    while _segment_path(work, kept).is_file():
+        kept += 1
+    for later in work.glob("seg*.pkt"):  # segments after a gap cannot happen; be safe
+        if int(later.stem[3:]) >= kept:
+            later.unlink()
+    return kept
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------------
+@dataclass
+class _Frame:
+    index: int  # in the output, from 0
+    pts: int  # in the source's video time base, shifted so a --frames range starts at 0
+    duration: int
+    pixels: np.ndarray | None  # HxWx3 RGB (uint8 or uint16); None for frames of kept segments
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _END
+
+
+def _decode_frames(av: Any, inp: Any, vin: Any, src: Path, plan: _Plan, skip: int) -> Iterator[_Frame]:
+    """Frames in presentation order with their timestamps; the first `skip` ones without pixels."""
+    last_pts: int | None = None
+    offset: int | None = None
+    index = -1
+    default_duration = round(1 / (plan.rate * plan.time_base)) if plan.rate else 1
+    try:
+        for frame in inp.decode(vin):
+            index += 1
+            if index < plan.start:
+                continue
+            if plan.stop is not None and index >= plan.stop:
+                break
+            pts = (
+                frame.pts
+                if frame.pts is not None
+                else (last_pts + default_duration if last_pts is not None else 0)
+            )
+            if last_pts is not None and pts <= last_pts:  # broken timestamps: keep them increasing
+                pts = last_pts + 1
+            last_pts = pts
+            if offset is None:
+                offset = pts if plan.start > 0 else 0
+            out = index - plan.start
+            pixels = None
+            if out >= skip:
+                pixels = frame.reformat(
+                    format=plan.rgb_format, src_color_range=plan.colour["color_range"] or None
+                ).to_ndarray()
+            yield _Frame(out, pts - offset, frame.duration or default_duration, pixels)
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"{src}: corrupt video after frame {max(index, 0)} ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return " ".join(str(text).split())
+
+
+class _SegmentEncoder:
+    """Encodes frames into segment files of `size` frames, each from a fresh encoder (closed, self-contained)."""
+
+    def __init__(self, av: Any, plan: _Plan, work: Path, size: int, global_header: bool) -> None:
+        self.av, self.plan, self.work, self.size = av, plan, work, size
+        self.global_header = global_header
+        self.ctx: Any = None
+        self.packets: list[Any] = []
+        self.segment = -1
+
+    def _open(self) -> Any:
+        av, plan = self.av, self.plan
+        ctx = av.CodecContext.create(plan.encoder, "w")
+        _configure(ctx, plan)
+        if self.global_header:
+            ctx.flags |= av.codec.context.Flags.global_header
+        ctx.open()
+        return ctx
+
+    def add(self, frame: _Frame, pixels: np.ndarray) -> None:
+        segment = frame.index // self.size
+        if segment != self.segment:
+            self.finish()
+            self.segment = segment
+            self.ctx = self._open()
+        self.packets += self.ctx.encode(_to_video_frame(self.av, pixels, frame, self.plan))
+
+    def finish(self) -> None:
+        if self.ctx is None:
+            return
+        self.packets += self.ctx.encode(None)
+        _write_segment(_segment_path(self.work, self.segment), bytes(self.ctx.extradata or b""), self.packets)
+        self.packets = []
+        self.ctx = None
+
+
+def _configure(ctx: Any, plan: _Plan) -> None:
+    ctx.width, ctx.height, ctx.pix_fmt = plan.out_width, plan.out_height, plan.pix_fmt
+    ctx.time_base = plan.time_base
+    if plan.rate:
+        ctx.framerate = plan.rate
+    for key, value in plan.colour.items():
+        if value:
+            setattr(ctx, key, value)
+    ctx.options = plan.encoder_options()
+
+
+def _to_video_frame(av: Any, pixels: np.ndarray, frame: _Frame, plan: _Plan) -> Any:
+    rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format=plan.rgb_format)
+    colourspace = plan.colour["colorspace"]
+    out = rgb.reformat(
+        format=plan.pix_fmt,
+        dst_colorspace=colourspace if colourspace not in (0, 2) else None,
+        dst_color_range=plan.colour["color_range"] or None,
+    )
+    for key, value in plan.colour.items():
+        if value:
+            setattr(out, key, value)
+    out.pts = frame.pts
+    out.time_base = plan.time_base
+    out.duration = frame.duration
+    return out
+
+
+def _global_header(av: Any, container: str) -> bool:
+    """Whether the container wants codec headers out of band (mp4, mkv, ...)."""
+    probe = av.open(_NullSink(), "w", format=container)
+    try:
+        return bool(probe.format.flags & 0x40)  # AVFMT_GLOBALHEADER
+    finally:
+        probe.close()
+
+
+def upscale_video(
+    upscaler: Upscaler,
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    codec: str | None = None,
+    crf: int | None = None,
+    pix_fmt: str | None = None,
+    frames: tuple[int, int | None] | None = None,
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    on_frame: FrameProgress | None = None,
+) -> VideoResult:
+    """Upscale every frame of src (or frames A..B-1) into dst, whose suffix picks the container.
+
+    codec: h264 (default; vp9 for .webm), h265, vp9, av1 or ffv1 (lossless). crf: constant quality (default per
+    codec, see DEFAULT_CRF). pix_fmt: default the source's when the encoder takes it, else yuv420p. An existing dst
+    raises OutputExistsError unless overwrite; an interrupted run is resumed from its complete segments.
+    """
+    from .atomic import OutputExistsError, atomic_path
+    from .imageio import DEFAULT_MAX_PIXELS
+
+    av = _import_av()
+    src, dst = Path(src), Path(dst)
+    started = time.perf_counter()
+    if dst.suffix.lower() not in CONTAINERS:
+        raise EsrganError(f"{dst}: unknown video container; use one of {', '.join(sorted(CONTAINERS))}")
+    if segment_frames < 1:
+        raise EsrganError(f"segment_frames must be >= 1, not {segment_frames}")
+    if not overwrite and dst.exists():
+        raise OutputExistsError(dst)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    with _open_input(av, src) as inp:
+        vin = _video_stream(inp, src)
+        w, h = vin.codec_context.width, vin.codec_context.height
+        if w * h > limit:
+            raise VideoError(f"{src}: {w}x{h} frames are over the limit of {limit} pixels (--max-pixels)")
+        first = _first_frame(av, inp, vin, src)
+        plan = _plan(
+            av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
+        )
+    work = work_folder(dst)
+    kept_segments = _prepare_work(work, _fingerprint(src, upscaler, plan, segment_frames))
+    skip = kept_segments * segment_frames
+    result = VideoResult(src, dst, 0, 0.0, 0.0)
+    try:
+        with _open_input(av, src) as inp:
+            vin = _video_stream(inp, src)
+            vin.thread_type = "AUTO"
+            count, end = _run_frames(
+                av, upscaler, inp, vin, src, plan, work, segment_frames, skip, on_frame, result
+            )
+            if count == 0:
+                raise VideoError(
+                    f"{src}: no frames" + (" in the --frames range" if frames is not None else "")
+                )
+            _check_complete(inp, vin, src, plan, count, end)
+        result.frames = count
+        result.duration = float(end * plan.time_base)
+        result.resumed = min(skip, count)
+        with _open_input(av, src) as inp, atomic_path(dst, overwrite=overwrite) as tmp:
+            _mux(av, inp, tmp, work, plan, segment_frames, count, end, result)
+    except EsrganError:
+        shutil.rmtree(work, ignore_errors=True)  # a bad input fails again on a rerun: nothing worth keeping
+        raise
+    except av.error.FFmpegError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise VideoError(f"{src}: {_reason(exc)}") from None
+    shutil.rmtree(work, ignore_errors=True)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@contextlib.contextmanager
+def _open_input(av: Any, src: Path) -> Iterator[Any]:
+    if not src.is_file():
+        raise VideoError(f"{src}: no such file")
+    try:
+        inp = av.open(str(src), metadata_errors="replace")
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"{src}: not a video FFmpeg can read ({_reason(exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VideoError(f"{src}: cannot read ({_reason(exc)})") from None
+    try:
+        yield inp
+    finally:
+        inp.close()
+
+
+def _video_stream(inp: Any, src: Path) -> Any:
+    for stream in inp.streams.video:
+        if stream.disposition & 0x400:  # AV_DISPOSITION_ATTACHED_PIC: cover art, not a video
+            continue
+        if stream.codec_context is None or not stream.codec_context.width:
+            continue
+        return stream
+    kinds = ", ".join(sorted({s.type for s in inp.streams})) or "no streams"
+    raise VideoError(f"{src}: has no video stream ({kinds})")
+
+
+def _first_frame(av: Any, inp: Any, vin: Any, src: Path) -> Any:
+    try:
+        for frame in inp.decode(vin):
+            return frame
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"{src}: corrupt video ({_reason(exc)})") from None
+    raise VideoError(f"{src}: the video stream has no frames (truncated or corrupt?)")
+
+
+def _run_frames(
+    av: Any,
+    upscaler: Upscaler,
+    inp: Any,
+    vin: Any,
+    src: Path,
+    plan: _Plan,
+    work: Path,
+    segment_frames: int,
+    skip: int,
+    on_frame: FrameProgress | None,
+    result: VideoResult,
+) -> tuple[int, int]:
+    """Decode thread -> model (here) -> encode thread. Returns (frames, end timestamp of the last frame)."""
+    from .imageio import ImageData
+
+    stop = threading.Event()
+    decoded: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
+    upscaled: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
+    encoder = _SegmentEncoder(av, plan, work, segment_frames, _global_header(av, plan.container))
+    failures: list[BaseException] = []
+
+    def decode() -> None:
+        try:
+            for frame in _decode_frames(av, inp, vin, src, plan, skip):
+                if not _put(decoded, frame, stop):
+                    return
+            _put(decoded, _END, stop)
+        except BaseException as exc:
+            _put(decoded, _Failure(exc), stop)
+
+    def encode() -> None:
+        try:
+            while (item := _get(upscaled, stop)) is not _END:
+                frame, pixels = item
+                encoder.add(frame, pixels)
+            if not stop.is_set():
+                encoder.finish()
+        except BaseException as exc:
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=decode, daemon=True), threading.Thread(target=encode, daemon=True)]
+    for t in threads:
+        t.start()
+    count, end = 0, 0
+    try:
+        while True:
+            item = _get(decoded, stop)
+            if item is _END:
+                break
+            if isinstance(item, _Failure):
+                raise item.exc
+            frame: _Frame = item
+            count, end = frame.index + 1, frame.pts + frame.duration
+            if frame.pixels is not None:
+                image = ImageData(frame.pixels, bit_depth=16 if frame.pixels.dtype == np.uint16 else 8)
+                out = upscaler.upscale_image(image).pixels  # the one entry point for a decoded image
+                result.upscaled += 1
+                frame.pixels = None
+                if not _put(upscaled, (frame, out), stop):
+                    break
+            if on_frame is not None:
+                on_frame(count, plan.total)
+        _put(upscaled, _END, stop)
+        threads[1].join()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    if failures:
+        exc = failures[0]
+        if isinstance(exc, EsrganError):
+            raise exc
+        if isinstance(exc, av.error.FFmpegError):
+            raise VideoError(f"{src}: encoding with {plan.codec} failed ({_reason(exc)})") from None
+        raise exc
+    return count, end
+
+
+def _check_complete(inp: Any, vin: Any, src: Path, plan: _Plan, count: int, end: int) -> None:
+    """A clip that ends well before its header says is truncated: refuse it rather than write a short video."""
+    if plan.stop is not None and plan.start + count >= plan.stop:
+        return  # the range ended the decoding, not the end of the stream
+    if vin.frames and plan.start + count < vin.frames:
+        raise VideoError(f"{src}: truncated or corrupt: {plan.start + count} of {vin.frames} frames decode")
+    expected: float | None = None
+    if vin.duration:
+        expected = float(vin.duration * vin.time_base)
+    else:
+        tag = vin.metadata.get("DURATION") or vin.metadata.get("duration")
+        if tag:
+            expected = _parse_duration(tag)
+        elif inp.duration and len(inp.streams) == 1:
+            expected = inp.duration / 1_000_000
+    if expected is None:
+        return
+    start = float((vin.start_time or 0) * vin.time_base)
+    got = float(end * plan.time_base) - start
+    if plan.start > 0:  # a range's timestamps start at 0: add the time of the frames before it back
+        got += plan.start / float(plan.rate) if plan.rate else 0.0
+    frame = float(1 / plan.rate) if plan.rate else 0.1
+    if got < (expected - start) - max(3 * frame, 0.02 * expected):
+        raise VideoError(
+            f"{src}: truncated or corrupt: video ends at {got:.2f} s of {expected - start:.2f} s"
+        )
+
+
+def _parse_duration(text: str) -> float | None:
+    """Matroska's DURATION tag, HH:MM:SS.fffffffff."""
+    try:
+        hours, minutes, seconds = text.strip().split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+# --- the final mux ------------------------------------------------------------------------------------------------
+def _mux(
+    av: Any,
+    inp: Any,
+    tmp: Path,
+    work: Path,
+    plan: _Plan,
+    segment_frames: int,
+    count: int,
+    end: int,
+    result: VideoResult,
+) -> None:
+    """Segments + the source's other streams (copied; audio re-encoded where the container needs it) -> tmp."""
+    segments = (count + segment_frames - 1) // segment_frames
+    extradata, _ = _read_segment(_segment_path(work, 0))
+    out = av.open(str(tmp), "w", format=plan.container)
+    try:
+        out.metadata.update(
+            {k: v for k, v in inp.metadata.items() if k.lower() not in ("encoder", "duration")}
+        )
+        vout = out.add_stream(plan.encoder, rate=plan.rate)
+        _configure(vout.codec_context, plan)
+        vout.time_base = plan.time_base
+        vin = _video_stream(inp, Path(inp.name))
+        _copy_stream_metadata(vin, vout)
+        if plan.rotation:
+            vout.set_display_rotation(plan.rotation)
+        t0 = Fraction(0)
+        if plan.start > 0:
+            with _open_input(av, Path(inp.name)) as again:
+                t0 = _first_time(again, _video_stream(again, Path(inp.name)), plan)
+        t1 = t0 + end * plan.time_base if plan.stop is not None else None
+        others = _other_streams(av, inp, out, plan, result)
+        out.start_encoding()
+        if bytes(vout.codec_context.extradata or b"") != extradata:
+            raise VideoError(
+                f"{inp.name}: the encoder's headers changed between segments; rerun with --overwrite"
+            )
+        streams = [_segment_packets(av, work, segments, vout, plan.time_base)]
+        if others:
+            to_mkv = plan.container in ("matroska", "webm") and ("matroska" not in inp.format.name or t0 > 0)
+            streams.append(_other_packets(av, inp, others, t0, t1, to_mkv))
+        for _, packet in heapq.merge(*streams, key=lambda item: item[0]):
+            out.mux(packet)
+        for copy in others.values():
+            if copy.encoder is not None:
+                for packet in copy.encoder.encode(None):
+                    out.mux(packet)
+    finally:
+        out.close()
+
+
+def _copy_stream_metadata(src_stream: Any, dst_stream: Any) -> None:
+    for key, value in src_stream.metadata.items():
+        if key.lower() in ("duration", "encoder", "handler_name", "vendor_id", "number_of_frames", "bps"):
+            continue
+        if key.upper().startswith(("NUMBER_OF_", "_STATISTICS", "BPS", "DURATION")):
+            continue
+        dst_stream.metadata[key] = value
+
+
+def _first_time(inp: Any, vin: Any, plan: _Plan) -> Fraction:
+    """Time of frame `plan.start` (the output's zero for a --frames range)."""
+    for index, frame in enumerate(inp.decode(vin)):
+        if index == plan.start:
+            return Fraction(frame.pts or 0) * plan.time_base
+    return Fraction(0)
+
+
+@dataclass
+class _Copy:
+    out: Any  # the output stream
+    encoder: Any = None  # an audio encoder stream when re-encoding; None = packets copied
+
+
+def _other_streams(av: Any, inp: Any, out: Any, plan: _Plan, result: VideoResult) -> dict[int, _Copy]:
+    """Audio and subtitle streams to carry: copied where the container takes their codec, else audio re-encoded."""
+    supported = out.supported_codecs
+    copies: dict[int, _Copy] = {}
+    for stream in inp.streams:
+        if stream.type not in ("audio", "subtitle") or stream.codec_context is None:
+            continue
+        codec = stream.codec_context.name
+        label = f"{stream.type} stream #{stream.index} ({codec})"
+        if codec in supported or (stream.type == "audio" and _can_copy(av, plan.container, stream)):
+            try:
+                ostream = out.add_stream_from_template(stream)
+            except ValueError:
+                ostream = None
+            if ostream is not None:
+                _copy_stream_metadata(stream, ostream)
+                copies[stream.index] = _Copy(ostream)
+                continue
+        if stream.type == "audio":
+            target = out.default_audio_codec
+            target = {"vorbis": "libopus", "opus": "libopus", "mp2": "aac"}.get(target, target)
+            encoder = out.add_stream(target, rate=stream.codec_context.sample_rate)
+            encoder.layout = stream.codec_context.layout
+            _copy_stream_metadata(stream, encoder)
+            copies[stream.index] = _Copy(encoder, encoder)
+            result.notes.append(
+                f"{label} re-encoded to {target}: a {out.format.name} file cannot hold {codec}"
+            )
+        else:
+            result.notes.append(f"{label} dropped: a {out.format.name} file cannot hold {codec} subtitles")
+    return copies
+
+
+def _can_copy(av: Any, container: str, stream: Any) -> bool:
+    probe = av.open(_NullSink(), "w", format=container)
+    try:
+        probe.add_stream_from_template(stream)
+        return True
+    except ValueError:
+        return False
+    finally:
+        probe.close()
+
+
+def _segment_packets(
+    av: Any, work: Path, segments: int, vout: Any, tb: Fraction
+) -> Iterator[tuple[float, Any]]:
+    """The segments' packets as one stream, with decode timestamps made afresh for the whole of it.
+
+    Each segment comes from its own encoder, whose DTS start `delay` frames before its first PTS (B-frames); a
+    short last segment may have no B-frames and no delay. Concatenated as they are, the DTS would jump where the
+    delay changes. So: one delay D for the stream (the largest any segment needs) and dts_i = the (i - D)th
+    smallest PTS, extrapolated backwards by one frame duration for the first D packets. Segments cover
+    consecutive, disjoint PTS ranges, so this is valid (dts_i <= pts_i) whenever it is within each segment.
+    """
+    delay = 0
+    for index in range(segments):
+        _, records = _read_segment(_segment_path(work, index))
+        pts_list = [pts for pts, *_ in records]
+        order = {p: rank for rank, p in enumerate(sorted(pts_list))}
+        delay = max([delay] + [i - order[p] for i, p in enumerate(pts_list)])
+    sorted_pts: list[int] = []  # PTS of the segments read so far, ascending
+    step: int | None = None
+    i = 0
+    for index in range(segments):
+        _, records = _read_segment(_segment_path(work, index))
+        packets = list(records)  # one segment in memory: at most segment_frames compressed frames
+        sorted_pts += sorted(pts for pts, *_ in packets)
+        if step is None:
+            step = (sorted_pts[1] - sorted_pts[0]) if len(sorted_pts) > 1 else max(packets[0][2], 1)
+        for pts, _, duration, key, data in packets:
+            dts = sorted_pts[i - delay] if i >= delay else sorted_pts[0] - (delay - i) * step
+            i += 1
+            packet = av.Packet(data)
+            packet.pts, packet.dts, packet.duration = pts, dts, duration
+            packet.time_base = tb
+            packet.is_keyframe = key
+            packet.stream = vout
+            yield float(dts * tb), packet
+
+
+def _other_packets(
+    av: Any, inp: Any, copies: dict[int, _Copy], t0: Fraction, t1: Fraction | None, no_negative: bool
+) -> Iterator[tuple[float, Any]]:
+    """The source's audio/subtitle packets in [t0, t1), moved by -t0; re-encoded audio through its encoder.
+
+    no_negative: Matroska holds a track that starts before 0 only with a codec delay, which a Matroska source
+    brings along and an MP4 source (edit lists instead) does not; without it FFmpeg would move every stream later,
+    the video too. So for those, packets that would start before 0 (an MP4's AAC priming packet, the packet
+    straddling a --frames start) are left out: the video keeps its timestamps exactly and the sound starts at most
+    a packet late.
+    """
+    streams = [s for s in inp.streams if s.index in copies]
+    for packet in inp.demux(streams):
+        if packet.size == 0 or (packet.pts is None and packet.dts is None):
+            continue
+        tb = packet.time_base
+        copy = copies[packet.stream.index]
+        start = Fraction(packet.pts if packet.pts is not None else packet.dts) * tb
+        length = Fraction(packet.duration or 0) * tb
+        if t0 > 0 and start + length <= t0:
+            continue
+        if t1 is not None and start >= t1:
+            continue
+        shift = round(t0 / tb) if t0 else 0
+        if no_negative and start - t0 < 0:
+            continue
+        if copy.encoder is None:
+            if packet.pts is not None:
+                packet.pts -= shift
+            if packet.dts is not None:
+                packet.dts -= shift
+            packet.stream = copy.out
+            yield float((packet.dts if packet.dts is not None else packet.pts) * tb), packet
+            continue
+        try:
+            decoded = packet.decode()
+        except av.error.FFmpegError:
+            continue  # a damaged audio packet: skip it, as players do
+        for frame in decoded:
+            if frame.pts is not None:
+                frame.pts -= round(t0 / frame.time_base) if t0 else 0
+            for out_packet in copy.encoder.encode(frame):
+                yield float((out_packet.dts or 0) * out_packet.time_base), out_packet

@@ -1,0 +1,315 @@
+"""Videos: clips made here with PyAV (96x64, about 2 s, a moving pattern, a sine-wave track) through a tiny model.
+
+Checked on the outputs as a player reads them: frame count, size, every frame's timestamp (so fps and variable
+frame rate), audio packets copied byte for byte (duration within one frame), frame N = the image upscale of
+frame N (exactly with the lossless FFV1, within codec tolerance with H.264), rotation, colour tags, metadata,
+subtitles, a --frames range, resuming after an interruption, and bad inputs in a batch. The kill -9 version of the
+resume test is tools/kill_video.py (one round here).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+av = pytest.importorskip("av")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(Path(__file__).parent))
+import kill_video  # noqa: E402
+from make_clip import make_clip, pattern  # noqa: E402
+from test_upscale import tiny_model  # noqa: E402
+
+from esrgan.checkpoints import save_model  # noqa: E402
+from esrgan.upscale import Upscaler  # noqa: E402
+from esrgan.video import VideoError, parse_frames, upscale_video, work_folder  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def up() -> Upscaler:
+    return Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clips")
+    tags = {"color_range": 1, "color_primaries": 1, "color_trc": 1, "colorspace": 1}  # BT.709, TV range
+    return {
+        "25": make_clip(d / "pal.mp4"),
+        "ntsc": make_clip(d / "ntsc.mp4", fps=Fraction(30000, 1001)),
+        "vfr": make_clip(d / "vfr.mkv", vfr=True),
+        "ntsc_mkv": make_clip(d / "ntsc.mkv", fps=Fraction(30000, 1001), seconds=1.0),
+        "tagged": make_clip(
+            d / "tagged.mp4",
+            seconds=1.0,
+            rotation=90,
+            colour=tags,
+            metadata={"title": "a test"},
+            subtitles=[(0.2, 0.6, "hello"), (0.7, 0.9, "world")],
+        ),
+        "srt": make_clip(d / "srt.mkv", seconds=1.0, subtitles=[(0.2, 0.6, "hello")]),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", tiny_model())
+
+
+def frames_of(path: Path) -> tuple[list[Fraction], list[np.ndarray]]:
+    """Every frame's presentation time and RGB pixels, as a player decodes them."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        times, images = [], []
+        for f in c.decode(v):
+            times.append(f.pts * v.time_base)
+            images.append(f.to_ndarray(format="rgb24"))
+    return times, images
+
+
+def packets_of(path: Path, kind: str) -> list[tuple[Fraction, bytes]]:
+    with av.open(str(path)) as c:
+        streams = [s for s in c.streams if s.type == kind]
+        return [(p.pts * p.time_base, bytes(p)) for p in c.demux(streams) if p.size]
+
+
+def audio_seconds(path: Path) -> float:
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        return sum(f.samples for f in c.decode(a)) / a.codec_context.sample_rate
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * np.log10(255**2 / max(mse, 1e-12))
+
+
+@pytest.mark.parametrize(
+    ("clip", "suffix"), [("25", ".mp4"), ("ntsc", ".mp4"), ("vfr", ".mp4"), ("ntsc_mkv", ".mkv")]
+)
+def test_timing_frame_count_and_audio_kept(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path, clip: str, suffix: str
+) -> None:
+    src = clips[clip]
+    dst = tmp_path / f"out{suffix}"
+    result = upscale_video(up, src, dst, segment_frames=16)
+    t_in, f_in = frames_of(src)
+    t_out, f_out = frames_of(dst)
+    assert result.frames == len(f_in) == len(f_out) and result.notes == []
+    assert f_out[0].shape == (256, 384, 3)
+    if suffix == ".mp4":  # the source's time base is kept: every timestamp exactly
+        assert t_out == t_in
+    else:  # Matroska stores milliseconds
+        assert max(abs(a - b) for a, b in zip(t_in, t_out, strict=True)) <= Fraction(1, 1000)
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        if clip != "vfr":  # (a VFR Matroska declares its nominal rate, an MP4 the true average)
+            assert b.streams.video[0].average_rate == a.streams.video[0].average_rate
+        assert b.streams.audio[0].codec_context.name == "aac"
+    if clip == "vfr":
+        steps = {t_in[i + 1] - t_in[i] for i in range(len(t_in) - 1)}
+        assert steps == {Fraction(40, 1000), Fraction(80, 1000)}  # really variable, and kept above
+    # audio copied, not re-encoded: the same packets, and the same length to within one frame
+    assert [d for _, d in packets_of(dst, "audio")] == [d for _, d in packets_of(src, "audio")]
+    assert abs(audio_seconds(dst) - audio_seconds(src)) < 1 / 25
+    assert not work_folder(dst).exists()
+
+
+def test_every_frame_is_the_image_upscale(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
+    """FFV1 (lossless, RGB): frame N of the output equals Upscaler.upscale of frame N of the input, exactly."""
+    dst = tmp_path / "lossless.mkv"
+    upscale_video(up, clips["25"], dst, codec="ffv1", segment_frames=20)
+    _, f_in = frames_of(clips["25"])
+    _, f_out = frames_of(dst)
+    assert len(f_out) == 50
+    for n in range(50):
+        np.testing.assert_array_equal(f_out[n], up.upscale(f_in[n]), err_msg=f"frame {n}")
+    assert len({f.tobytes() for f in f_out}) == 50  # a moving pattern: so frame N is N, not a neighbour
+
+
+def test_h264_frames_match_within_codec_tolerance(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    dst = tmp_path / "out.mp4"
+    upscale_video(up, clips["ntsc"], dst, crf=12)
+    _, f_in = frames_of(clips["ntsc"])
+    _, f_out = frames_of(dst)
+    assert min(psnr(f_out[n], up.upscale(f_in[n])) for n in (0, 17, 59)) > 38
+
+
+def test_outscale_and_interpolation(clips: dict[str, Path], tmp_path: Path) -> None:
+    mixed = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=1.5,
+                     interpolate=tiny_model(3), interpolate_alpha=0.5)  # fmt: skip
+    dst = tmp_path / "out.mkv"
+    upscale_video(mixed, clips["25"], dst, codec="ffv1", frames=(5, 8))
+    _, f_in = frames_of(clips["25"])
+    _, f_out = frames_of(dst)
+    assert [f.shape for f in f_out] == [(96, 144, 3)] * 3
+    np.testing.assert_array_equal(f_out[0], mixed.upscale(f_in[5]))
+
+
+def test_frames_range_is_a_preview(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
+    dst = tmp_path / "preview.mkv"
+    result = upscale_video(up, clips["25"], dst, codec="ffv1", frames=parse_frames("10:30"))
+    t_in, f_in = frames_of(clips["25"])
+    t_out, f_out = frames_of(dst)
+    assert result.frames == len(f_out) == 20
+    assert t_out[0] == 0 and t_out == [t - t_in[10] for t in t_in[10:30]]
+    np.testing.assert_array_equal(f_out[0], up.upscale(f_in[10]))
+    np.testing.assert_array_equal(f_out[-1], up.upscale(f_in[29]))
+    assert abs(audio_seconds(dst) - 20 / 25) < 1 / 25
+    with pytest.raises(Exception, match="A:B"):
+        parse_frames("30:10")
+
+
+def test_rotation_colour_metadata_and_subtitles_kept(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    dst = tmp_path / "tagged.mp4"
+    upscale_video(up, clips["tagged"], dst)
+    with av.open(str(dst)) as c:
+        assert c.metadata.get("title") == "a test"
+        v = c.streams.video[0]
+        first = next(c.decode(v))
+        assert first.rotation == 90
+        assert (first.color_range, first.color_primaries, first.color_trc, first.colorspace) == (1, 1, 1, 1)
+        assert c.streams.audio[0].metadata.get("language") == "eng"
+        assert [s.codec_context.name for s in c.streams.subtitles] == ["mov_text"]
+
+    def cues(path: Path) -> list[tuple[Fraction, bytes]]:  # (the muxer adds empty samples between cues)
+        return [(t, data) for t, data in packets_of(path, "subtitle") if len(data) > 2]
+
+    assert cues(dst) == cues(clips["tagged"]) and len(cues(dst)) == 2
+    # the colours survive the trip: BT.709 in, BT.709 out (a BT.601 round trip would shift them visibly)
+    _, f_in = frames_of(clips["tagged"])
+    _, f_out = frames_of(dst)
+    assert psnr(f_out[3], up.upscale(f_in[3])) > 35
+
+
+def test_streams_the_container_cannot_hold(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
+    """AAC into WebM is re-encoded (Opus), SubRip into MP4 is dropped: each with a note saying so."""
+    webm = upscale_video(up, clips["25"], tmp_path / "out.webm", frames=(0, 25))
+    assert webm.notes == ["audio stream #1 (aac) re-encoded to libopus: a webm file cannot hold aac"]
+    with av.open(str(tmp_path / "out.webm")) as c:
+        assert [s.codec_context.name for s in c.streams] == ["vp9", "opus"]
+    assert abs(audio_seconds(tmp_path / "out.webm") - 1.0) < 2 / 25
+    mp4 = upscale_video(up, clips["srt"], tmp_path / "out.mp4")
+    assert len(mp4.notes) == 1 and "subtitle stream #2" in mp4.notes[0] and "dropped" in mp4.notes[0]
+
+
+def test_interrupted_run_resumes_from_its_segments(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """Stopped at frame 27 (Ctrl-C): segments 0-9 and 10-19 are kept, nothing is under the output's name; the
+    rerun upscales only frames 20-49 and the result is the same file content as an uninterrupted run."""
+    dst = tmp_path / "out.mkv"
+    options: dict[str, Any] = {"codec": "ffv1", "segment_frames": 10}
+
+    def interrupt(done: int, total: int | None) -> None:
+        if done == 27:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        upscale_video(up, clips["25"], dst, on_frame=interrupt, **options)
+    assert not dst.exists() and not list(tmp_path.glob(".*.part"))
+    segments = sorted(p.name for p in work_folder(dst).glob("seg*.pkt"))
+    assert segments == ["seg000000.pkt", "seg000001.pkt"]
+    # another model or other settings: the segments are not reused
+    other = upscale_video(up, clips["25"], tmp_path / "other.mkv", frames=(0, 5), **options)
+    assert other.resumed == 0
+    with pytest.raises(KeyboardInterrupt):
+        upscale_video(up, clips["25"], dst, on_frame=interrupt, **{**options, "pix_fmt": "bgra"})
+    with pytest.raises(KeyboardInterrupt):
+        upscale_video(up, clips["25"], dst, on_frame=interrupt, **options)
+    result = upscale_video(up, clips["25"], dst, **options)
+    assert (result.resumed, result.upscaled, result.frames) == (20, 30, 50)
+    assert "resumed: 20 frames kept" in result.summary()
+    assert not work_folder(dst).exists()
+    straight = tmp_path / "straight.mkv"
+    upscale_video(up, clips["25"], straight, **options)
+    t1, f1 = frames_of(dst)
+    t2, f2 = frames_of(straight)
+    assert t1 == t2 and all(np.array_equal(a, b) for a, b in zip(f1, f2, strict=True))
+
+
+def test_killed_run_resumes(tmp_path: Path) -> None:
+    """kill -9 once two segments exist: no output file; the rerun keeps those segments and finishes the clip."""
+    result = kill_video.kill_round(tmp_path, random.Random(0), ENV, max_delay=0.0)
+    assert result.problems == []
+    assert result.segments_before_kill >= 2 and result.resumed_frames >= 2 * kill_video.SEGMENT
+
+
+def test_cli_folder_of_images_and_videos(clips: dict[str, Path], tiny_file: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(clips["25"].read_bytes())
+    Image.fromarray(pattern(0, 40, 32)).save(folder / "still.png")
+    out = tmp_path / "out"
+    args = ["upscale", str(folder), "-o", str(out), "--model", str(tiny_file), "--device", "cpu",
+            "--precision", "fp32", "--frames", "0:10"]  # fmt: skip
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["clip_x4.mp4", "still_x4.png"]
+    assert "10 frames, 0.40 s of video" in r.stdout and "2 upscaled, 0 skipped" in r.stdout
+    assert len(frames_of(out / "clip_x4.mp4")[1]) == 10
+    again = cli(*args)
+    assert again.returncode == 0 and "0 upscaled, 2 skipped" in again.stdout
+    single = cli("upscale", str(folder / "clip.mp4"), "-o", str(tmp_path / "one.mkv"), "--model", str(tiny_file),
+                 "--frames", "0:3", "--codec", "ffv1")  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    with av.open(str(tmp_path / "one.mkv")) as c:
+        assert c.streams.video[0].codec_context.name == "ffv1" and c.streams.video[0].frames in (0, 3)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "esrgan.cli", *args], capture_output=True, text=True,
+                          timeout=300, env=ENV)  # fmt: skip
+
+
+def test_cli_bad_inputs_one_line_each(clips: dict[str, Path], tiny_file: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.mp4").write_bytes(clips["25"].read_bytes())
+    (folder / "notes.mp4").write_text("not a video at all\n" * 50)
+    data = clips["25"].read_bytes()
+    (folder / "cut.mp4").write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: gone
+    mkv = clips["vfr"].read_bytes()
+    (folder / "cut.mkv").write_bytes(mkv[: len(mkv) // 2])  # readable, but ends at about 1 s of 2
+    make_clip(folder / "sound.mp4", video=False)
+    out = tmp_path / "out"
+    r = cli("upscale", str(folder), "-o", str(out), "--model", str(tiny_file), "--frames", "0:60")
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+    assert len(errors) == 4 and "Traceback" not in r.stderr, r.stderr
+    expect = {"notes.mp4": "not a video", "cut.mp4": "not a video", "cut.mkv": "truncated",
+              "sound.mp4": "has no video stream"}  # fmt: skip
+    for name, words in expect.items():
+        line = next(e for e in errors if name in e)
+        assert words in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["good_x4.mp4"]  # no partial files, no work folders
+    assert "1 upscaled, 0 skipped (output exists), 4 failed" in r.stdout
+    big = cli("upscale", str(folder / "good.mp4"), "-o", str(out / "big.mp4"), "--model", str(tiny_file),
+              "--max-pixels", "5000")  # fmt: skip
+    assert big.returncode == 1 and "96x64 frames are over the limit of 5000 pixels" in big.stderr
+    assert not (out / "big.mp4").exists()
+
+
+def test_errors_name_the_file(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(VideoError, match="cannot hold h264"):
+        upscale_video(up, clips["25"], tmp_path / "x.webm", codec="h264")
+    with pytest.raises(VideoError, match="odd-sized"):
+        odd = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=1.01)
+        upscale_video(odd, clips["25"], tmp_path / "y.mp4")
+    assert not list(tmp_path.iterdir())
