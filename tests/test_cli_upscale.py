@@ -318,3 +318,55 @@ def test_rgba_png_keeps_alpha(tmp_path: Path, photo: np.ndarray, models: dict[st
         assert im.mode == "RGBA" and im.size == (256, 256)
         alpha = np.asarray(im)[:, :, 3]
     assert alpha[:8, :8].max() <= 8 and alpha[120:136, 120:136].min() >= 200  # corners clear, middle opaque
+
+
+WRITE_AND_DIE = """
+import os, signal, sys
+from esrgan.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(300_000))  # half an output
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    print("writing", flush=True)
+    sys.stdin.read()  # a live writer: holds its temporary file until told to go on
+"""
+
+
+def test_rerun_removes_the_temporary_files_of_killed_writes_and_nothing_else(
+    tmp_path: Path, photos: Path, models: dict[str, Path]
+) -> None:
+    """kill -9 during an output's write leaves `.NAME.XXXXXXXX.part`; a rerun writing that output removes it and
+    says so. Files of live writers, of other names, or of other patterns are left alone."""
+    out = tmp_path / "out"
+    killed = subprocess.run(
+        [sys.executable, "-c", WRITE_AND_DIE, str(out / "face_x4.png"), "kill"], timeout=60
+    )
+    assert killed.returncode == -9
+    (leftover,) = out.glob(".face_x4.png.*.part")
+    assert leftover.stat().st_size > 300_000
+    live = subprocess.Popen(
+        [sys.executable, "-c", WRITE_AND_DIE, str(out / "grey_x4.png"), "live"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline() == "writing\n"
+        (live_part,) = out.glob(".grey_x4.png.*.part")
+        decoys = [out / name for name in (".face_x4.png.notours.part", ".other_x4.png.abcdefgh.part",
+                                          "notes.part", ".face_x4.png.abcdefgh.part.bak", "face_x4.png.abcdefgh.part")]  # fmt: skip
+        for decoy in decoys:
+            decoy.write_bytes(b"not ours")
+        r = run("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert f"removed 1 leftover temporary file of an interrupted run (0.3 MB): {leftover}" in r.stdout
+        assert not leftover.exists() and live_part.exists() and all(d.exists() for d in decoys)
+        assert {"face_x4.png", "grey_x4.png", "suit_x4.jpg"} <= {p.name for p in out.iterdir()}
+    finally:
+        live.kill()  # a real kill -9 of the live writer: its temporary file becomes a leftover too
+        live.wait(timeout=60)
+    r = run("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
+    assert (
+        r.returncode == 0 and "removed 1 leftover temporary file" in r.stdout and str(live_part) in r.stdout
+    )
+    assert not live_part.exists() and all(d.exists() for d in decoys) and "3 skipped" in r.stdout

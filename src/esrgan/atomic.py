@@ -2,15 +2,32 @@
 
 A crash, a kill -9, a full disk or an exception never leaves a half-written file under the final name, and an
 existing file is only replaced when the caller says so.
+
+A kill -9 or a power cut does leave the temporary file (`.NAME.XXXXXXXX.part`, up to a whole output in size).
+remove_leftovers(dests) removes those of the given destinations: only names of exactly that pattern, and only files
+no live writer holds (each writer holds an exclusive flock on its temporary file while it exists; the kernel
+releases it when the process dies, however it dies).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except (
+    ImportError
+):  # Windows: no flock, so leftovers are never removed (a live writer's file cannot be told apart)
+    fcntl = None  # type: ignore[assignment]
+
+_TEMP_SUFFIX = ".part"
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
 
 
 class OutputExistsError(FileExistsError):
@@ -33,10 +50,7 @@ def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     if not overwrite and dest.exists():
         raise OutputExistsError(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the permissions any new file would
-    os.close(fd)
-    tmp = Path(tmp_name)
+    fd, tmp = _locked_temp(dest)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -57,6 +71,80 @@ def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        os.close(fd)  # releases the lock, after the file is gone or renamed
+
+
+def _locked_temp(dest: Path) -> tuple[int, Path]:
+    """mkstemp beside dest, flock'ed (held until the fd is closed). A remove_leftovers running between mkstemp and
+    flock could remove the new file: then the path no longer names our file, and we make another."""
+    while True:
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_TEMP_SUFFIX, dir=dest.parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the permissions any new file would
+        if fcntl is None:
+            return fd, Path(name)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                return fd, Path(name)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_leftovers(dests: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, int]]:
+    """Remove the temporary files that interrupted atomic writes of these destinations left; (path, bytes) of each.
+
+    Only files named `.NAME.XXXXXXXX.part` (atomic_path's pattern for a destination NAME given here, in its folder),
+    regular files, not held by a live writer. Nothing else is touched. One directory scan per folder.
+    """
+    if fcntl is None:
+        return []
+    by_folder: dict[Path, set[str]] = {}
+    for dest in dests:
+        d = Path(dest)
+        by_folder.setdefault(d.parent, set()).add(d.name)
+    removed: list[tuple[Path, int]] = []
+    for folder, names in by_folder.items():
+        pattern = re.compile(r"\.(.+)\." + _RANDOM + re.escape(_TEMP_SUFFIX))
+        try:
+            entries = [e.name for e in os.scandir(folder)]
+        except OSError:  # no such folder yet, or unreadable: nothing of ours there
+            continue
+        for entry in entries:
+            match = pattern.fullmatch(entry)
+            if match is None or match.group(1) not in names:
+                continue
+            path = folder / entry
+            size = _remove_if_abandoned(path)
+            if size is not None:
+                removed.append((path, size))
+    return removed
+
+
+def _remove_if_abandoned(path: Path) -> int | None:
+    """Unlink a regular file nobody holds a flock on; its size, or None when it was left alone."""
+    assert fcntl is not None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            return None
+        try:
+            if os.stat(path).st_ino != info.st_ino:
+                return None
+            path.unlink()
+        except OSError:
+            return None
+        return int(info.st_size)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes, *, overwrite: bool = False) -> Path:

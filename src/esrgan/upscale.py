@@ -490,6 +490,9 @@ class Job:
 class BatchResult:
     written: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)  # destination already there (no --overwrite)
+    leftovers: list[tuple[Path, int]] = field(
+        default_factory=list
+    )  # removed .part files of killed runs, bytes
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, one-line reason)
 
     def summary(self) -> str:
@@ -501,6 +504,11 @@ class BatchResult:
                 + (" ..." if len(self.failed) > 5 else "")
             )
         return text
+
+
+def format_bytes(n: int) -> str:
+    """A size for people: 1 decimal MB from 0.1 MB up, else kB (never "0.0 MB" for a small file)."""
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{max(n, 1) / 1e3:.3g} kB" if n else "0 bytes"
 
 
 def _is_glob(text: str) -> bool:
@@ -692,19 +700,29 @@ def upscale_files(
     """Upscale every job; a file that fails is reported in one line and the batch goes on.
 
     Existing destinations are skipped unless overwrite, so rerunning after an interruption finishes the rest
-    without redoing finished files (writes are atomic: a killed run leaves no partial output). progress: "bar"
+    without redoing finished files (writes are atomic: a killed run leaves no partial output under a final name,
+    and the temporary files a kill left beside these destinations are removed first, with a line saying so:
+    esrgan.atomic.remove_leftovers). progress: "bar"
     (tqdm), "lines" (one line per file), "quiet" (errors only), or "auto" = bar on a terminal, else lines.
     Videos (by suffix) go through esrgan.video.upscale_video with the `video` options (codec, crf, ...).
     """
     import sys
     import time
 
-    from .atomic import OutputExistsError
+    from .atomic import OutputExistsError, remove_leftovers
 
     if progress == "auto":
         progress = "bar" if sys.stderr.isatty() else "lines"
     result = BatchResult()
     report = _Reporter(len(jobs), progress)
+    result.leftovers = remove_leftovers(job.dst for job in jobs)
+    if result.leftovers:
+        n, size = len(result.leftovers), sum(b for _, b in result.leftovers)
+        names = ", ".join(str(p) for p, _ in result.leftovers[:3]) + (" ..." if n > 3 else "")
+        report.line(
+            f"removed {n} leftover temporary file{'s' if n > 1 else ''} of an interrupted run "
+            f"({format_bytes(size)}): {names}"
+        )
     targets: dict[Path, Path] = {}
 
     try:
