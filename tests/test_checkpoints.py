@@ -203,9 +203,14 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, container: s
     else:
         torch.save(payload, path, _use_new_zipfile_serialization=container == "zip")
     assert not target.exists()
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="refused") as info:
         load_weights(path)
     assert not target.exists()
+    # the message says what the file is and the safe way out, never PyTorch's advice to load it unsafely
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused: a pickle ") and "\n" not in message
+    assert "weights_only" not in message and "False" not in message and "\x1b" not in message
+    assert "torch.save(model.state_dict(), 'weights.pth')" in message and "trust" in message
 
 
 def test_mismatches_name_the_key_and_shapes(tmp_path: Path) -> None:

@@ -370,3 +370,58 @@ def test_rerun_removes_the_temporary_files_of_killed_writes_and_nothing_else(
         r.returncode == 0 and "removed 1 leftover temporary file" in r.stdout and str(live_part) in r.stdout
     )
     assert not live_part.exists() and all(d.exists() for d in decoys) and "3 skipped" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--tile", "17", "--tile must be 0 (no tiling) or 32-4096, not 17"),  # was 2,304 tiles for 64x64
+        ("--tile", "8", "--tile must be 0 (no tiling) or 32-4096, not 8"),
+        ("--outscale", "0.001", "--outscale must be 0.25-16, not 0.001"),  # was a 1x1 result
+        ("--outscale", "100", "--outscale must be 0.25-16, not 100"),
+    ],
+)
+def test_out_of_range_options_are_refused_before_any_work(
+    tmp_path: Path, photos: Path, models: dict[str, Path], flag: str, value: str, message: str
+) -> None:
+    out = tmp_path / "out"
+    r = run("upscale", photos, "-o", out, "--model", models["tiny"], flag, value, cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, f"esrgan: error: {message}\n")
+    assert not out.exists()
+
+
+def test_the_pixel_limit_flag_is_max_megapixels_and_the_refusal_names_it(
+    tmp_path: Path, photos: Path, models: dict[str, Path]
+) -> None:
+    """One name for the limit, on the CLI and in the server (`--max-megapixels`); the old `--max-pixels` still works."""
+    face = photos / "face.png"  # 40x48 = 1920 pixels
+    for args in (("--max-megapixels", "0.001"), ("--max-pixels", "1049")):
+        r = run("upscale", face, "-o", tmp_path / "out", "--model", models["tiny"], *args, cwd=tmp_path)
+        assert r.returncode == 1
+        assert r.stderr == (
+            f"esrgan: error: {face}: 40x48 = 1920 pixels exceeds the limit of 1049 (0.001 megapixels, a "
+            "decompression-bomb guard; --max-megapixels raises it)\n"
+        )
+    assert "--max-megapixels" in run("upscale", "--help", cwd=tmp_path).stdout
+
+
+def test_the_summary_says_the_precision_really_used(
+    tmp_path: Path, photos: Path, photo: np.ndarray, models: dict[str, Path]
+) -> None:
+    """fp16 on a CPU becomes bf16 (forced here, so that it does on any CPU) or fp32: the summary says which, and
+    16-bit images are computed in fp32, the summary and a warning saying so too (it used to report nothing)."""
+    Image.fromarray(photo[0:32, 40:80, 1].astype(np.uint16) * 257).save(photos / "deep.png")
+    out = tmp_path / "out"
+    args = ("upscale", photos, "-o", out, "--model", models["tiny"], "--device", "cpu", "--precision", "fp16")
+    r = run(*args, cwd=tmp_path, env={"ESRGAN_CPU_BF16": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "esrgan: warning: fp16 is not supported well on this CPU; using bf16" in r.stderr
+    assert "esrgan: warning: 16-bit and float images are computed in fp32" in r.stderr
+    assert r.stdout.splitlines()[-1] == (
+        "esrgan upscale: 4 upscaled, 0 skipped (output exists), 0 failed; "
+        "computed on cpu in fp32 (1 file), bf16 (3 files)"
+    )
+    r = run(*args, "--overwrite", cwd=tmp_path, env={"ESRGAN_CPU_BF16": "0"})
+    assert r.returncode == 0, r.stderr
+    assert "esrgan: warning: fp16 is not supported well on this CPU; using fp32" in r.stderr
+    assert r.stdout.splitlines()[-1].endswith("0 failed; computed on cpu in fp32")

@@ -257,6 +257,27 @@ def test_decompression_bombs_refused_from_the_header(
     assert "100000000 pixels exceeds the limit" in refusal(path)
 
 
+# 20000 x 10000 = 200M pixels: over Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS = 179M), which Image.open
+# enforces before our check sees the size; the refusal must still be ours (and name the flag), not Pillow's text
+HUGE_BOMBS = {
+    "jpeg.jpg": lambda: _jpeg_size(SEEDS["rgb.jpg"], 20_000, 10_000),
+    "tiff16.tif": lambda: _tiff_size(SEEDS["rgb16.tif"], 20_000, 10_000),
+    "bmp.bmp": lambda: _bmp_size(SEEDS["rgb.bmp"], 20_000, 10_000),
+    "ppm.ppm": lambda: b"P6\n20000 10000\n255\n" + b"\0" * 64,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUGE_BOMBS))
+def test_bombs_over_pillows_hard_limit_get_our_message(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(HUGE_BOMBS[name]())
+    message = refusal(path)
+    assert message == (
+        f"{path}: 200000000 pixels exceeds the limit of 67108864 (64 megapixels, a decompression-bomb guard; "
+        "--max-megapixels raises it)"
+    )
+
+
 @pytest.mark.parametrize(
     "name,data",
     [

@@ -473,4 +473,92 @@ def test_safe_name() -> None:
     assert serve.safe_name("C:\\Users\\me\\photo 1.JPG") == "photo 1.JPG"
     assert serve.safe_name("..") == "image"
     assert serve.safe_name("") == "image"
-    assert serve.safe_name("é<script>.png") == "__script_.png"
+    assert serve.safe_name("é<script>.png") == "é_script_.png"  # letters of any script are kept (issue 19)
+
+
+# --- issue 19: options checked at upload, progress phases, precision used, messages, names ---------------------------
+def test_out_of_range_options_are_refused_at_upload_with_the_clis_limits(
+    server: Server, photo_small: np.ndarray
+) -> None:
+    """tile 1-16 used to be queued and fail at run time, tile 17 made 2,304 tiles of a 64x64 image, outscale 0.001
+    gave a 1x1 "done" result: all are refused at upload, naming the range, which is the CLI's."""
+    from esrgan import upscale
+
+    limits = (serve.MIN_TILE, serve.MAX_TILE, serve.MIN_OUTSCALE, serve.MAX_OUTSCALE)
+    assert limits == (upscale.MIN_TILE, upscale.MAX_TILE, upscale.MIN_OUTSCALE, upscale.MAX_OUTSCALE)
+    data = png(photo_small)
+    before = len(server.json("GET", "/api/jobs")[1]["jobs"])
+    for fields, message in [
+        ({"tile": "8"}, "tile must be 0 (automatic) or 32-4096, not 8"),
+        ({"tile": "16"}, "tile must be 0 (automatic) or 32-4096, not 16"),
+        ({"tile": "17"}, "tile must be 0 (automatic) or 32-4096, not 17"),
+        ({"tile": "5000"}, "tile must be 0 (automatic) or 32-4096, not 5000"),
+        ({"outscale": "0.001"}, "outscale must be 0.25-16, not 0.001"),
+        ({"outscale": "17"}, "outscale must be 0.25-16, not 17"),
+        ({"outscale": "nan"}, "outscale must be 0.25-16, not nan"),
+    ]:
+        status, body = server.upload("a.png", data, model="tiny-x2", **fields)
+        assert (status, body) == (400, {"error": message}), fields
+    assert len(server.json("GET", "/api/jobs")[1]["jobs"]) == before  # nothing queued
+    config = server.json("GET", "/api/config")[1]
+    assert (config["min_tile"], config["max_tile"], config["min_outscale"], config["max_outscale"]) == limits
+
+
+def test_a_job_says_what_it_is_doing_and_in_which_precision(server: Server, photo_small: np.ndarray) -> None:
+    """The phases (model loading, computing, writing) with their times, the tiles known from the start, and the
+    precision really used: fp16 asked on a CPU is reported as what it became (bf16 or fp32), not as fp16."""
+    import warnings
+
+    from esrgan.device import precision_name, resolve_precision
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = precision_name(resolve_precision("fp16", torch.device("cpu")))
+    assert expected != "fp16"
+    data = png(photo_small)
+    _, first = server.upload("one.png", data, model="tiny-x2", precision="fp16", outscale=1.5)
+    first = server.wait(first["id"])
+    assert first["state"] == "done", first
+    assert [p["phase"] for p in first["phases"]] == ["loading", "computing", "writing"]
+    times = [p["at"] for p in first["phases"]]
+    assert times == sorted(times) and times[-1] <= first["seconds"]
+    assert first["precision"] == expected and first["options"]["precision"] == "fp16"
+    assert (first["tiles_done"], first["tiles_total"]) == (1, 1)  # 48x40: one tile
+    assert first["phase"] == "" and first["elapsed"] is None
+    # the same options again: the loaded model is reused, so no loading phase
+    _, second = server.upload("two.png", data, model="tiny-x2", precision="fp16", outscale=1.5)
+    second = server.wait(second["id"])
+    assert [p["phase"] for p in second["phases"]] == ["computing", "writing"]
+    assert second["precision"] == expected
+
+
+def test_a_header_over_pillows_own_limit_is_a_413_with_our_message(server: Server) -> None:
+    """A header claiming 200 megapixels (over Pillow's hard limit of ~179) got Pillow's "could be decompression
+    bomb DOS attack" text and a 400; it is our limit message, naming the flag, and a 413."""
+    status, body = server.upload("huge.ppm", b"P6\n20000 10000\n255\n" + bytes(64))
+    assert status == 413
+    assert body["error"] == (
+        "huge.ppm: 200000000 pixels exceeds the limit of 300000 (0.286 megapixels, a decompression-bomb guard; "
+        "--max-megapixels raises it)"
+    )
+
+
+def test_unicode_names_are_kept_and_only_unsafe_characters_replaced(
+    server: Server, photo_small: np.ndarray
+) -> None:
+    from urllib.parse import quote
+
+    assert serve.safe_name("Größe 東京.png") == "Größe 東京.png"
+    assert serve.safe_name("Gro\u0308sse.png") == "Grösse.png"  # decomposed umlaut: NFC-normalised, kept
+    assert serve.safe_name("C:\\Users\\me\\photo<1>.png") == "photo_1_.png"
+    assert serve.safe_name("../../etc/passwd") == "passwd"
+    assert serve.safe_name("holiday\u202egnp.exe") == "holiday_gnp.exe"  # the right-to-left override
+    assert serve.safe_name('a"b\x00c\nd.png') == "a_b_c_d.png"
+    status, job = server.upload("Größe 東京.png", png(photo_small), model="tiny-x2")
+    assert status == 201 and job["name"] == "Größe 東京.png", job
+    job = server.wait(job["id"])
+    assert job["download_name"] == "Größe 東京_x2.png"
+    status, headers, _ = server.request("GET", job["result_url"])
+    assert (
+        status == 200 and f"filename*=utf-8''{quote('Größe 東京_x2.png')}" in headers["content-disposition"]
+    )

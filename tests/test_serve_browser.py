@@ -63,24 +63,46 @@ def find_chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
-    path = save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", model)
-    app = serve.create_app({"tiny-x4": path})
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=20)
-    sock.close()
+    return save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", model)
+
+
+class Running:
+    """A real server (uvicorn in a thread) on 127.0.0.1:port (0: a free port)."""
+
+    def __init__(self, app: object, port: int = 0) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the same port again after a stop
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(model_path: Path) -> Iterator[str]:
+    running = Running(serve.create_app({"tiny-x4": model_path}))
+    yield f"http://127.0.0.1:{running.port}"
+    running.stop()
+
+
+def used_precision() -> str:
+    """What `auto` computes 8-bit images in on this machine (fp32 here, bf16 on CPUs with native bf16)."""
+    from esrgan.device import precision_name, resolve_precision
+
+    return precision_name(resolve_precision("auto", torch.device("cpu")))
 
 
 def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path) -> None:
@@ -102,6 +124,14 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
 
             page.set_input_files("#files", [str(broken), str(crop)])
             sync_api.expect(page.locator("#start")).to_have_text("Upscale 2 images")
+            # small files get sizes that mean something (they were "0.0 MB")
+            kb = crop.stat().st_size / 1024
+            sync_api.expect(page.locator("#pending li > span")).to_have_text(
+                [
+                    "broken.png · 48 bytes",
+                    f"astronaut.png · {kb:.1f} kB" if kb < 10 else f"astronaut.png · {kb:.0f} kB",
+                ]
+            )
             page.click("#start")
 
             # the broken file shows a clear message; the photo goes on
@@ -111,6 +141,33 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
             done = page.locator('.job[data-state="done"]', has_text="astronaut.png")
             sync_api.expect(done).to_be_visible(timeout=120_000)
             sync_api.expect(done.locator(".meta")).to_contain_text("120×96 RGB, 8-bit PNG → 480×384")
+            # the precision really used, and how long the model took to load (the first job loads it)
+            sync_api.expect(done.locator(".meta")).to_contain_text(f"· tiny-x4 · {used_precision()}")
+            sync_api.expect(done.locator(".status")).to_contain_text("(model loading ")
+            # what a running job says: the phase, tiles where there are several, the elapsed time always
+            # (receivedAt = now: the snapshot just arrived, so the elapsed time shown is the server's)
+            says = (
+                "(j) => { receivedAt = performance.now(); "
+                "return statusText(Object.assign({state: 'running', tiles_done: 0, precision: 'fp32'}, j)); }"
+            )
+            running = {
+                "loading the model… · 3.0 s": {"phase": "loading", "tiles_total": 0, "elapsed": 3.0},
+                "computing in fp32 (one tile, no finer progress)… · 7.0 s": {
+                    "phase": "computing",
+                    "tiles_total": 1,
+                    "elapsed": 7.0,
+                },
+                "computing in fp32: tile 5 / 12 · 12 s": {
+                    "phase": "computing",
+                    "tiles_total": 12,
+                    "tiles_done": 5,
+                    "elapsed": 12.0,
+                },
+                "writing the result… · 1.3 min": {"phase": "writing", "tiles_total": 1, "elapsed": 75.0},
+            }
+            assert {page.evaluate(says, job): text for text, job in running.items()} == {
+                t: t for t in running
+            }
 
             # the viewer opens on the finished job; download its result
             sync_api.expect(page.locator("#compare")).to_be_visible()
@@ -143,6 +200,51 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
                 assert page.eval_on_selector(sel, "e => e.complete && e.naturalWidth") == 480
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "serve.png"))
+
+            # a phone (390 px wide): one column, controls above a viewer as wide as the screen, no sideways scroll
+            # (side by side, the viewer was 18-48 pixels wide and the page scrolled sideways)
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            panel, stage = page.locator(".panel").bounding_box(), page.locator("#stage").bounding_box()
+            assert panel is not None and stage is not None
+            assert panel["y"] + panel["height"] <= stage["y"]  # the controls come first
+            assert stage["width"] >= 340 and stage["height"] >= 300
+            for button in ("#zoom-fit", "#download", "#start"):
+                box = page.locator(button).bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, button
+            page.click("#zoom-fit")
+            assert (
+                page.eval_on_selector("#after", "e => e.getBoundingClientRect().width") >= 300
+            )  # fitted, not 18px
+            page.screenshot(path=str(ARTIFACTS / "serve-phone.png"), full_page=True)
             assert errors == []
+        finally:
+            browser.close()
+
+
+def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
+    """After a server restart the open page reconnects by itself; it must then show the new server's settings (it
+    kept saying results are kept for 1 h when the new server kept them 6 s)."""
+    chromium = find_chromium()
+    first = Running(serve.create_app({"tiny-x4": model_path}, keep_seconds=3600))
+    port = first.port
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            page.goto(f"http://127.0.0.1:{port}")
+            sync_api.expect(page.locator("#connection")).to_have_text("live")
+            sync_api.expect(page.locator("#keep")).to_have_text("1 h")
+            sync_api.expect(page.locator("#model option")).to_have_text(["tiny-x4 (x4)"])
+            first.stop()
+            sync_api.expect(page.locator("#connection")).to_have_text("reconnecting…")
+            second = Running(serve.create_app({"other-x4": model_path}, keep_seconds=6), port)
+            try:
+                sync_api.expect(page.locator("#connection")).to_have_text("live", timeout=30_000)
+                sync_api.expect(page.locator("#keep")).to_have_text("6.0 s")
+                sync_api.expect(page.locator("#model option")).to_have_text(["other-x4 (x4)"])
+                sync_api.expect(page.locator("#model")).to_have_value("other-x4")
+            finally:
+                second.stop()
         finally:
             browser.close()

@@ -126,16 +126,35 @@ def _read_torch(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused: the file holds Python objects besides tensors, and unpickling them could run code "
-            f"({_first_line(exc)}). If you trust its source, re-save only its state dict, or convert it on a "
-            "machine where you accept that risk"
-        ) from None
+        raise CheckpointError(f"{path}: {_unsafe_pickle(exc)}") from None
     except Exception as exc:  # truncated zips, corrupt storages, ...: torch raises many types
         raise CheckpointError(f"{path}: unreadable PyTorch file ({_first_line(exc)})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
+
+
+def _unsafe_pickle(exc: BaseException) -> str:
+    """Why a pickle was refused, in our words: what the file holds and the safe way to get its weights.
+
+    PyTorch's own message advises re-running torch.load with weights_only=False, i.e. running the file's code:
+    never repeated to the user (only the name of the offending object or opcode is taken from it).
+    """
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    opcode = re.search(r"Unsupported operand (\d+)", text)
+    if found:
+        what = f"a pickle that refers to the Python object `{found.group(1)}` besides tensors"
+    elif opcode:
+        what = f"a pickle with opcode {opcode.group(1)}, which PyTorch weight files do not use"
+    else:
+        what = "a pickle holding Python objects besides tensors"
+    return (
+        f"refused: {what}; loading it could run code from the file, so it was not loaded. If it comes from a "
+        "source you trust, get a weights-only copy made where the file came from: "
+        "torch.save(model.state_dict(), 'weights.pth') or a .safetensors file (esrgan reads both; "
+        "`esrgan convert` turns them into ours)"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

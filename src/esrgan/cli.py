@@ -435,7 +435,9 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--outscale", type=float, help="final scale, any number (model, then MATLAB-bicubic resize)"
+        "--outscale",
+        type=float,
+        help="final scale, 0.25-16 (the model, then a MATLAB-bicubic resize; default: the model's scale)",
     )
     p.add_argument(
         "--interpolate", metavar="OTHER", help="network interpolation with this second model (name or file)"
@@ -453,7 +455,10 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         help="auto: fp16 on GPUs, bf16 on CPUs that compute it natively, else fp32; NaN/Inf outputs are redone in fp32",
     )
     p.add_argument(
-        "--tile", type=int, help="tile side in input pixels; 0 = no tiling (default: from free memory)"
+        "--tile",
+        type=int,
+        help="tile side in input pixels, 32-4096 and at least twice --tile-overlap; 0 = no tiling "
+        "(default: from free memory)",
     )
     p.add_argument(
         "--tile-overlap", type=int, default=16, help="blended overlap between tiles (default: %(default)s)"
@@ -468,10 +473,12 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--quiet", action="store_true", help="no progress, only errors")
     p.add_argument(
-        "--max-pixels",
-        type=int,
-        help="refuse inputs larger than this many pixels (default: 67108864 = 64 megapixels, a bomb guard)",
+        "--max-megapixels",
+        type=_positive_float("--max-megapixels"),
+        help="refuse inputs larger than this, in mebipixels (2^20 pixels), checked from the header before decoding "
+        "(default 64 = 67108864 pixels, a decompression-bomb guard)",
     )
+    p.add_argument("--max-pixels", type=int, help=argparse.SUPPRESS)  # the old name, in pixels
     v = p.add_argument_group(
         "videos",
         "videos (.mp4 .mkv .mov .webm .avi ...) keep their container unless -o or --name gives another suffix; "
@@ -499,10 +506,25 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
-    from .upscale import Upscaler, collect_inputs, output_folder, plan_jobs, upscale_files, warnings_as_lines
+    from .upscale import (
+        Upscaler,
+        check_outscale,
+        check_tile,
+        collect_inputs,
+        output_folder,
+        plan_jobs,
+        upscale_files,
+        warnings_as_lines,
+    )
 
     if (args.interpolate is None) != (args.alpha is None):
         _err("--interpolate and --alpha go together")
+        return 2
+    try:  # before any model is loaded
+        check_tile(args.tile, args.tile_overlap)
+        check_outscale(args.outscale)
+    except EsrganError as exc:
+        _err(f"--{exc}")
         return 2
     options = {
         "device": args.device,
@@ -544,7 +566,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
             format=args.format,
             quality=args.quality,
             overwrite=args.overwrite,
-            max_pixels=args.max_pixels,
+            max_pixels=args.max_pixels if args.max_megapixels is None else round(args.max_megapixels * 2**20),
             progress="quiet" if args.quiet else "auto",
             video=video,
         )
@@ -650,6 +672,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _path(s: str) -> Path:
     return Path(s).expanduser()
+
+
+def _positive_float(flag: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a number, not {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} must be a positive number, not {text!r}")
+        return value
+
+    return parse
 
 
 if __name__ == "__main__":

@@ -72,13 +72,11 @@ def run_demo(
     for path, pixels in ((paths[0], photo), (paths[1], sr)):
         write_image(path, ImageData(pixels=pixels), overwrite=True)
     write_image(paths[2], ImageData(pixels=comparison(bicubic, sr, scale, model)), overwrite=True)
-    from .device import precision_name
-
     return DemoResult(
         *paths,
         seconds=seconds,
         device=str(upscaler.device),
-        precision=precision_name(upscaler.dtype),
+        precision=upscaler.last_precision,
         skipped=False,
     )
 

@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import struct
 import threading
 import warnings
@@ -218,7 +219,18 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused by Pillow's decompression-bomb guard ({exc})") from None
+        # Pillow refuses more than 2 x Image.MAX_IMAGE_PIXELS (179 megapixels by default) in Image.open, before our
+        # own check sees the size: say it in our words, with the pixel count from Pillow's message
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found is None:
+            raise ImageError(f"{path}: refused by Pillow's decompression-bomb guard ({exc})") from None
+        count = int(found.group(1))
+        if count > max_pixels:
+            raise too_many_pixels(path, str(count), max_pixels) from None
+        raise ImageError(
+            f"{path}: {count} pixels: Pillow refuses more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} "
+            "(2 x PIL.Image.MAX_IMAGE_PIXELS, its decompression-bomb guard); raise that to read it"
+        ) from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -242,6 +254,14 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         zlib.error,
     ) as exc:
         raise ImageError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+
+
+def too_many_pixels(path: str | os.PathLike[str], size: str, max_pixels: int) -> ImageError:
+    """The refusal of an image over the pixel limit (size: "WxH = N" or "N"); "exceeds the limit" marks it."""
+    return ImageError(
+        f"{path}: {size} pixels exceeds the limit of {max_pixels} ({max_pixels / 2**20:.3g} megapixels, a "
+        "decompression-bomb guard; --max-megapixels raises it)"
+    )
 
 
 def _read_any(path: Path, max_pixels: int) -> ImageData:
@@ -288,10 +308,7 @@ def _read_opened(im: ImageFile.ImageFile, path: Path, max_pixels: int) -> ImageD
     if width <= 0 or height <= 0:
         raise ImageError(f"{path}: image has zero size ({width}x{height})")
     if width * height > max_pixels:
-        raise ImageError(
-            f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-            "(decompression-bomb guard; raise max_pixels to allow it)"
-        )
+        raise too_many_pixels(path, f"{width}x{height} = {width * height}", max_pixels)
     fmt = im.format or "UNKNOWN"
     frames = int(getattr(im, "n_frames", 1))
     if fmt == "MPO":  # a phone JPEG followed by previews or depth maps: not an animation
@@ -571,10 +588,7 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
             if width == 0 or height == 0:
                 raise ImageError(f"{path}: image has zero size ({width}x{height})")
             if width * height > max_pixels:
-                raise ImageError(
-                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                    "(decompression-bomb guard; raise max_pixels to allow it)"
-                )
+                raise too_many_pixels(path, f"{width}x{height} = {width * height}", max_pixels)
             photometric = int(page.photometric)
             samples = int(page.samplesperpixel)
             if (
@@ -701,8 +715,10 @@ def _read_png16(path: Path, max_pixels: int) -> ImageData:
     if header is None:
         raise ImageError(f"{path}: corrupt PNG (no valid IHDR)")
     width, height, depth, colour_type, compression, filter_method, interlace = header
-    if width * height > max_pixels or width == 0 or height == 0:  # Pillow checked too; the bytes may differ
-        raise ImageError(f"{path}: PNG size {width}x{height} refused")
+    if width == 0 or height == 0:  # Pillow checked too; the bytes may differ
+        raise ImageError(f"{path}: image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise too_many_pixels(path, f"{width}x{height} = {width * height}", max_pixels)
     if depth != 16 or colour_type not in _PNG_CHANNELS or compression or filter_method or interlace > 1:
         raise ImageError(f"{path}: unsupported PNG header (depth {depth}, colour type {colour_type})")
     channels = _PNG_CHANNELS[colour_type]

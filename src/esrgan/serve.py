@@ -59,8 +59,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 16 * 1024 * 1024
 """16 megapixels (a 4096x4096 input): its x4 output is 268 megapixels, already minutes of CPU per image."""
 DEFAULT_KEEP_SECONDS = 3600.0
-MAX_OUTSCALE = 16.0
+MAX_OUTSCALE = 16.0  # the CLI's limits (esrgan.upscale.MAX_OUTSCALE, MAX_TILE; checked equal in the tests)
 MAX_TILE = 4096
+MIN_OUTSCALE = 0.25
+MIN_TILE = 32
 
 _KEEP_DECODED = 2
 """Queued jobs that keep the pixels decoded at upload (at most max_pixels each): the one that runs next is not
@@ -144,6 +146,10 @@ class Job:
     out_width: int = 0
     out_height: int = 0
     seconds: float = 0.0
+    started: float | None = None  # when it started running
+    phase: str = ""  # while running: "loading" (the model), "computing" or "writing"
+    phases: list[dict[str, Any]] = field(default_factory=list)  # [{"phase", "at": seconds after the start}]
+    precision: str = ""  # computed in (fp16 asked on a CPU: bf16 or fp32; 16-bit images: fp32)
     cancel: threading.Event = field(default_factory=threading.Event)
     image: ImageData | None = field(default=None, repr=False)  # decoded at upload, kept near the queue's head
 
@@ -167,6 +173,10 @@ class Job:
             "out_height": self.out_height,
             "description": self.description,
             "seconds": round(self.seconds, 2),
+            "elapsed": round(time.time() - self.started, 2) if self.started and not self.finished else None,
+            "phase": self.phase,
+            "phases": list(self.phases),
+            "precision": self.precision,
             "options": {
                 "model": self.options.model,
                 "outscale": self.options.outscale,
@@ -212,8 +222,30 @@ def file_models(paths: Mapping[str, str | Path]) -> list[ModelChoice]:
     return out
 
 
+class UpscalerEngine:
+    """The production engine: Upscaler.upscale_image with its tile callback (the CLI's path).
+
+    Engines may also tell the precision an image is computed in (`precision_for(image)`, before) and was computed
+    in (`last_precision`, after: a NaN/Inf recomputed in fp32 changes it); jobs report them.
+    """
+
+    def __init__(self, upscaler: Any) -> None:
+        self.upscaler = upscaler
+
+    def __call__(self, image: ImageData, opts: JobOptions, on_tile: Progress) -> ImageData:
+        out: ImageData = self.upscaler.upscale_image(image, on_tile=on_tile)
+        return out
+
+    def precision_for(self, image: ImageData) -> str:
+        return str(self.upscaler.precision_for(image.pixels.dtype))
+
+    @property
+    def last_precision(self) -> str:
+        return str(self.upscaler.last_precision)
+
+
 def upscaler_engine(model: ModelChoice, options: JobOptions) -> Engine:
-    """The production engine: Upscaler.upscale_image with its tile callback (the CLI's path)."""
+    """The production engine (UpscalerEngine) for a model and options."""
     from .upscale import Upscaler
 
     kwargs: dict[str, Any] = {
@@ -227,17 +259,21 @@ def upscaler_engine(model: ModelChoice, options: JobOptions) -> Engine:
     else:
         upscaler = Upscaler.from_pretrained(model.name, **kwargs)
 
-    def run(image: ImageData, opts: JobOptions, on_tile: Progress) -> ImageData:
-        return upscaler.upscale_image(image, on_tile=on_tile)
-
-    return run
+    return UpscalerEngine(upscaler)
 
 
 # --- the job service (no HTTP here) -------------------------------------------------------------------------------------
 def safe_name(name: str | None) -> str:
-    """A display label from an uploaded file name: last path component, harmless characters, bounded length."""
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = re.sub(r"[^A-Za-z0-9._ ()+-]", "_", base).strip(" .")
+    """A display label from an uploaded file name: last path component, harmless characters, bounded length.
+
+    Letters and digits of any script are kept (NFC-normalised: "Größe 東京.png" stays so); everything else but
+    space and ._()+- becomes "_": path separators, quotes, control and format characters (e.g. the right-to-left
+    override that can disguise an extension), symbols.
+    """
+    import unicodedata
+
+    base = re.split(r"[\\/]", unicodedata.normalize("NFC", name or ""))[-1]
+    base = "".join(c if c.isalnum() or c in "._ ()+-" else "_" for c in base).strip(" .")
     stem, dot, ext = base.rpartition(".")
     if dot and len(ext) <= 8:
         return (stem[:80].strip(" .") or "image") + "." + ext
@@ -293,7 +329,9 @@ class JobService:
             "max_upload_bytes": self.limits.max_upload_bytes,
             "max_pixels": self.limits.max_pixels,
             "keep_seconds": self.keep_seconds,
+            "min_outscale": MIN_OUTSCALE,
             "max_outscale": MAX_OUTSCALE,
+            "min_tile": MIN_TILE,
             "max_tile": MAX_TILE,
         }
 
@@ -315,10 +353,15 @@ class JobService:
             tile = int(fields.get("tile") or 0)  # 0: automatic
         except ValueError:
             raise UploadRejected("outscale must be a number and tile an integer") from None
-        if outscale is not None and not 0 < outscale <= MAX_OUTSCALE:
-            raise UploadRejected(f"outscale must be in (0, {MAX_OUTSCALE:g}], not {outscale:g}")
-        if not 0 <= tile <= MAX_TILE:
-            raise UploadRejected(f"tile must be 0 (automatic) or up to {MAX_TILE}, not {tile}")
+        # the CLI's checks, at upload: nothing out of range is queued to fail (or give a 1x1 result) later
+        from .tiling import DEFAULT_OVERLAP
+        from .upscale import check_outscale, check_tile
+
+        try:
+            check_outscale(outscale)
+            check_tile(tile, DEFAULT_OVERLAP, zero="automatic")
+        except EsrganError as exc:
+            raise UploadRejected(str(exc)) from None
         return JobOptions(model=model, outscale=outscale, precision=precision, tile=tile or None)
 
     def new_folder(self) -> tuple[str, Path]:
@@ -479,6 +522,7 @@ class JobService:
                     return
                 job = self._jobs[self._queue.pop(0)]
                 job.state = "running"
+                job.started = time.time()
                 image, job.image = job.image, None
                 self._changed()
             self._run(job, image)
@@ -518,8 +562,17 @@ class JobService:
             else:
                 job.state = "error" if error else "done"
                 job.error = error
+                job.phase = ""
                 job.seconds = time.time() - start
                 job.finished = time.time()
+            self._changed()
+
+    def _phase(self, job: Job, phase: str, precision: str | None = None) -> None:
+        with self._cond:
+            job.phase = phase
+            job.phases.append({"phase": phase, "at": round(time.time() - (job.started or time.time()), 2)})
+            if precision:
+                job.precision = precision
             self._changed()
 
     def _process(self, job: Job, image: ImageData | None, on_tile: Progress) -> None:
@@ -527,10 +580,15 @@ class JobService:
 
         if image is None:
             image = read_image(job.input_path, max_pixels=self.limits.max_pixels)
+        if not self._engine_ready(job.options):
+            self._phase(job, "loading")
         engine = self._engine_for(job.options)
+        predict = getattr(engine, "precision_for", None)
+        self._phase(job, "computing", predict(image) if callable(predict) else None)
         out = engine(image, job.options, on_tile)
         if job.cancel.is_set():
             raise JobCancelled
+        self._phase(job, "writing", getattr(engine, "last_precision", None))
         result = job.folder / f"result.{job.ext}"
         write_image(result, out, format=job.ext)
         # The comparison: MATLAB bicubic of the input to the output's exact size, as an 8-bit PNG.
@@ -553,9 +611,15 @@ class JobService:
             job.result_path, job.before_path, job.after_path = result, before, after
             job.out_width, job.out_height = out.width, out.height
 
+    def _engine_key_for(self, options: JobOptions) -> tuple[str, str, int | None, float | None]:
+        return (options.model, options.precision, options.tile, options.outscale)
+
+    def _engine_ready(self, options: JobOptions) -> bool:
+        return self._engine is not None and self._engine_key == self._engine_key_for(options)
+
     def _engine_for(self, options: JobOptions) -> Engine:
         """The loaded model is reused while consecutive jobs ask for the same model, precision, tile and outscale."""
-        key = (options.model, options.precision, options.tile, options.outscale)
+        key = self._engine_key_for(options)
         if self._engine is None or self._engine_key != key:
             self._engine = None  # free the previous model before loading the next
             self._engine = self._engine_factory(self.models[options.model], options)

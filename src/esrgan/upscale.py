@@ -64,6 +64,32 @@ tile sweep (docs/benchmarks.md): per pixel, 192-352 tiles are the fastest and 51
 maps fall out of the caches), more than the extra overlap that smaller tiles recompute."""
 Progress = Callable[[int, int], None]
 
+MIN_TILE = 32
+"""Smallest tile side (besides 0): smaller tiles are mostly overlap (tile 17 with the default overlap of 16 steps by
+one pixel: 2,304 tiles for a 64x64 image). A tile must also be at least twice the overlap."""
+MAX_TILE = 4096
+MIN_OUTSCALE = 0.25
+MAX_OUTSCALE = 16.0
+"""The outscale range (the CLI's --outscale, the page's "output scale"): below it results shrink to a few pixels."""
+
+
+def check_tile(tile: int | None, overlap: int = DEFAULT_OVERLAP, *, zero: str = "no tiling") -> None:
+    """Raise EsrganError, naming the allowed range, for a tile side that is not 0, None or MIN_TILE..MAX_TILE (and at
+    least twice the overlap). zero: what 0 means to the caller (the CLI: no tiling; the page: automatic)."""
+    if overlap < 0:
+        raise EsrganError(f"tile overlap must be >= 0, not {overlap}")
+    low = max(MIN_TILE, 2 * overlap)
+    if tile is not None and tile != 0 and not low <= tile <= MAX_TILE:
+        why = f" (twice the tile overlap of {overlap})" if low > MIN_TILE else ""
+        raise EsrganError(f"tile must be 0 ({zero}) or {low}-{MAX_TILE}{why}, not {tile}")
+
+
+def check_outscale(outscale: float | None) -> None:
+    """Raise EsrganError, naming the allowed range, for an outscale outside MIN_OUTSCALE..MAX_OUTSCALE."""
+    if outscale is not None and not MIN_OUTSCALE <= outscale <= MAX_OUTSCALE:  # also refuses NaN
+        raise EsrganError(f"outscale must be {MIN_OUTSCALE:g}-{MAX_OUTSCALE:g}, not {outscale:g}")
+
+
 # Pillow modes and what they are upscaled as; the result has the mode on the right.
 _PIL_MODES = {
     "1": "L",
@@ -93,9 +119,9 @@ class Upscaler:
     """Runs an RRDBNet over images of any size: tiled, in the best safe precision of the device.
 
     device: auto|cpu|cuda|mps. precision: auto|fp32|bf16|fp16 (see esrgan.device for the fallbacks).
-    tile: tile side in input pixels, 0 = no tiling, None = from the free memory. tile_overlap: input pixels shared
-    by neighbouring tiles (blended). batch: tiles per forward pass. alpha_mode: "model" or "bicubic".
-    outscale: final scale (any positive float); None = the model's scale. interpolate / interpolate_alpha: network
+    tile: tile side in input pixels (MIN_TILE..MAX_TILE and >= 2 x overlap), 0 = no tiling, None = from the free
+    memory. tile_overlap: input pixels shared by neighbouring tiles (blended). batch: tiles per forward pass.
+    alpha_mode: "model" or "bicubic". outscale: final scale (MIN_OUTSCALE..MAX_OUTSCALE); None = the model's scale. interpolate / interpolate_alpha: network
     interpolation, theta = (1 - a) * theta_model + a * theta_other (e.g. model = PSNR-oriented, other = GAN).
     The model is moved to the device (and to channels_last for reduced precision).
     """
@@ -116,14 +142,10 @@ class Upscaler:
     ) -> None:
         if alpha_mode not in ALPHA_MODES:
             raise EsrganError(f"alpha mode must be one of {', '.join(ALPHA_MODES)}, not {alpha_mode!r}")
-        if tile is not None and tile < 0:
-            raise EsrganError(f"tile must be >= 0 (0 = no tiling), not {tile}")
-        if tile_overlap < 0 or batch < 1:
-            raise EsrganError(f"need tile overlap >= 0 and batch >= 1, not {tile_overlap} and {batch}")
-        if tile and tile_overlap >= tile:
-            raise EsrganError(f"tile overlap ({tile_overlap}) must be smaller than the tile ({tile})")
-        if outscale is not None and not (0 < outscale <= 64):
-            raise EsrganError(f"outscale must be in (0, 64], not {outscale}")
+        check_tile(tile, tile_overlap)
+        if batch < 1:
+            raise EsrganError(f"batch must be >= 1, not {batch}")
+        check_outscale(outscale)
         if interpolate is not None:
             if interpolate_alpha is None:
                 raise EsrganError("network interpolation needs an alpha in [0, 1] (--alpha)")
@@ -191,6 +213,11 @@ class Upscaler:
                 )
             self._fp32_runner = ModelRunner(self.model, self.device, torch.float32)
         return self._fp32_runner
+
+    def precision_for(self, pixels: np.dtype | type) -> str:
+        """The precision images with pixels of this dtype are computed in: fp32 for 16-bit and float, else this
+        Upscaler's (after an NaN/Inf recomputation, fp32). fp16 asked on a CPU says bf16 or fp32 here."""
+        return precision_name(self.runner_for(np.dtype(pixels)).dtype)
 
     def tile_size(self, height: int, width: int, pixels: np.dtype | type = np.uint8) -> int:
         """The tile side used for an image of this size and pixel dtype (0 when it is processed whole)."""
@@ -289,6 +316,8 @@ class Upscaler:
             report = on_tile
             return lambda done, total: report(k * per_pass + done, passes * per_pass)
 
+        if on_tile is not None:
+            on_tile(0, passes * per_pass)  # the total is known now: progress before the first tile is done
         if alpha is not None:
             colour = bleed_colour(colour, alpha)
         out_colour = self._run(runner, colour, tile, dtype, progress(0))
@@ -490,9 +519,10 @@ class Job:
 class BatchResult:
     written: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)  # destination already there (no --overwrite)
-    leftovers: list[tuple[Path, int]] = field(
-        default_factory=list
-    )  # removed .part files of killed runs, bytes
+    # temporary files of killed runs removed before the batch (path, bytes)
+    leftovers: list[tuple[Path, int]] = field(default_factory=list)
+    device: str = ""
+    precisions: dict[str, int] = field(default_factory=dict)  # precision really used -> files written in it
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, one-line reason)
 
     def summary(self) -> str:
@@ -502,6 +532,11 @@ class BatchResult:
                 ": "
                 + ", ".join(name for name, _ in self.failed[:5])
                 + (" ..." if len(self.failed) > 5 else "")
+            )
+        if self.precisions:
+            used = [f"{p} ({n} file{'s' if n > 1 else ''})" for p, n in self.precisions.items()]
+            text += f"; computed on {self.device} in " + (
+                next(iter(self.precisions)) if len(used) == 1 else ", ".join(used)
             )
         return text
 
@@ -713,7 +748,7 @@ def upscale_files(
 
     if progress == "auto":
         progress = "bar" if sys.stderr.isatty() else "lines"
-    result = BatchResult()
+    result = BatchResult(device=str(upscaler.device))
     report = _Reporter(len(jobs), progress)
     result.leftovers = remove_leftovers(job.dst for job in jobs)
     if result.leftovers:
@@ -754,6 +789,8 @@ def upscale_files(
                     for note in done.notes:
                         report.line(f"esrgan: note: {job.src}: {note}", error=True)
                     result.written.append(job)
+                    used = upscaler.last_precision
+                    result.precisions[used] = result.precisions.get(used, 0) + 1
                     report.line(f"[{i}/{len(jobs)}] {done.summary()}")
                     report.file_done()
                     continue
@@ -778,6 +815,8 @@ def upscale_files(
                 )
             else:
                 result.written.append(job)
+                used = upscaler.last_precision
+                result.precisions[used] = result.precisions.get(used, 0) + 1
                 seconds = time.perf_counter() - start
                 report.line(f"[{i}/{len(jobs)}] {job.src} -> {job.dst} ({seconds:.1f} s)")
             report.file_done()

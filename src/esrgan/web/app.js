@@ -9,35 +9,53 @@ const local = new Map();     // client-side cards: uploads in flight and rejecte
 let jobs = [];               // latest server snapshot
 let selected = null;         // id of the job shown in the viewer
 let localSeq = 0;
+let receivedAt = performance.now();  // when the latest snapshot arrived: running jobs' elapsed time counts from it
 
-function mb(n) { return (n / (1024 * 1024)).toFixed(n < 10 * 1024 * 1024 ? 1 : 0) + " MB"; }
+// sizes in the server's units (MiB = 2^20 bytes); small files in kB or bytes, never "0.0 MB"
+function mb(n) {
+  if (n < 1024) return `${n} bytes`;
+  if (n < 100 * 1024) return `${(n / 1024).toFixed(n < 10 * 1024 ? 1 : 0)} kB`;
+  return (n / (1024 * 1024)).toFixed(n < 10 * 1024 * 1024 ? 1 : 0) + " MB";
+}
 function mpx(n) { return (n / 1e6).toFixed(1) + " MP"; }
+function duration(s) {
+  if (s < 60) return `${s < 10 ? s.toFixed(1) : Math.round(s)} s`;
+  if (s < 3600) return `${+(s / 60).toFixed(1)} min`;
+  return `${+(s / 3600).toFixed(1)} h`;
+}
 
 // --- settings -------------------------------------------------------------------------------------------------------
+// Called at start and again whenever the live connection comes back: a restarted server may have other models,
+// limits or retention, and the page must not keep showing the old server's.
 async function loadConfig() {
   const res = await fetch("/api/config");
   Object.assign(config, await res.json());
   const model = $("model");
+  const precision = $("precision");
+  const keepModel = model.value;
+  const keepPrecision = precision.value;
+  model.replaceChildren();
+  precision.replaceChildren();
   for (const m of config.models) {
     const opt = document.createElement("option");
     opt.value = m.name;
     opt.textContent = `${m.name} (x${m.scale})` + (m.available ? "" : " — not installed");
     opt.disabled = !m.available;
-    opt.selected = m.name === config.default_model;
+    opt.selected = m.available && m.name === (config.models.some((x) => x.available && x.name === keepModel)
+      ? keepModel : config.default_model);
     model.append(opt);
   }
-  const precision = $("precision");
   for (const p of config.precisions) {
     const opt = document.createElement("option");
     opt.value = p;
-    opt.textContent = p === "auto" ? "auto (bf16 where the CPU has it)" : p;
+    opt.textContent = p === "auto" ? "auto (fastest safe; fp32 for 16-bit)" : p;
+    opt.selected = p === keepPrecision;
     precision.append(opt);
   }
+  $("outscale").min = config.min_outscale;
   $("outscale").max = config.max_outscale;
   $("limits").textContent = `up to ${mb(config.max_upload_bytes)} and ${mpx(config.max_pixels)} per image`;
-  $("keep").textContent = config.keep_seconds >= 3600 ? `${+(config.keep_seconds / 3600).toFixed(1)} h`
-    : `${Math.round(config.keep_seconds / 60)} min`;
-  model.addEventListener("change", showModelNote);
+  $("keep").textContent = duration(config.keep_seconds);
   showModelNote();
 }
 
@@ -120,12 +138,28 @@ function mergeJob(job) {
 function connect() {
   const conn = $("connection");
   const source = new EventSource("/api/events");
-  source.onopen = () => { conn.textContent = "live"; conn.className = "connection live"; };
-  source.onerror = () => { conn.textContent = "reconnecting…"; conn.className = "connection down"; };
+  let lost = false;
+  source.onopen = () => {
+    conn.textContent = "live";
+    conn.className = "connection live";
+    if (lost) { lost = false; loadConfig().catch(() => {}); }  // back: maybe a restarted server, other settings
+  };
+  source.onerror = () => { lost = true; conn.textContent = "reconnecting…"; conn.className = "connection down"; };
   source.onmessage = (ev) => {
     jobs = JSON.parse(ev.data).jobs;
+    receivedAt = performance.now();
     render();
   };
+}
+
+// A running job's elapsed time keeps counting between snapshots (a one-tile job sends none while it computes).
+function tick() {
+  for (const li of $("jobs").children) {
+    if (li.dataset.state !== "running") continue;
+    const j = jobs.find((x) => x.id === li.dataset.id);
+    const status = li.querySelector(".status");
+    if (j && status) status.textContent = statusText(j);
+  }
 }
 
 async function removeJob(id) {
@@ -137,9 +171,22 @@ function statusText(j) {
   switch (j.state) {
     case "uploading": return "uploading…";
     case "queued": return j.position === 1 ? "waiting: next in line" : `waiting: place ${j.position} in line`;
-    case "running": return j.tiles_total ? `tile ${j.tiles_done} / ${j.tiles_total}` : "loading the model…";
+    case "running": {
+      const t = j.elapsed == null ? "" : ` · ${duration(j.elapsed + (performance.now() - receivedAt) / 1000)}`;
+      const inp = j.precision ? ` in ${j.precision}` : "";
+      if (j.phase === "loading") return `loading the model…${t}`;
+      if (j.phase === "writing") return `writing the result…${t}`;
+      if (j.tiles_total > 1) return `computing${inp}: tile ${j.tiles_done} / ${j.tiles_total}${t}`;
+      if (j.phase === "computing") return `computing${inp} (one tile, no finer progress)…${t}`;
+      return `starting…${t}`;
+    }
     case "cancelling": return "stopping after the current tile…";
-    case "done": return `done in ${j.seconds.toFixed(1)} s`;
+    case "done": {
+      const at = (name) => (j.phases || []).find((p) => p.phase === name);
+      const load = at("loading"), compute = at("computing");
+      const model = load && compute ? ` (model loading ${duration(compute.at - load.at)})` : "";
+      return `done in ${duration(j.seconds)}${model}`;
+    }
     default: return "";
   }
 }
@@ -160,13 +207,18 @@ function card(j) {
   li.append(top);
   if (j.width) {
     const out = j.out_width ? ` → ${j.out_width}×${j.out_height}` : "";
-    li.append(el("div", "meta", `${j.width}×${j.height} ${j.description}${out} · ${j.options.model}`));
+    const used = j.precision ? ` · ${j.precision}` + (j.options.precision !== "auto" && j.options.precision !== j.precision
+      ? ` (${j.options.precision} asked)` : "") : "";
+    li.append(el("div", "meta", `${j.width}×${j.height} ${j.description}${out} · ${j.options.model}${used}`));
   }
   if (j.state === "running" || j.state === "uploading" || j.state === "cancelling") {
     const bar = el("div", "bar");
     const fill = el("div");
-    if (j.state === "running" && j.tiles_total) fill.style.width = `${(100 * j.tiles_done) / j.tiles_total}%`;
-    else bar.classList.add("indeterminate");
+    if (j.state === "running" && j.phase === "computing" && j.tiles_total > 1) {
+      fill.style.width = `${(100 * j.tiles_done) / j.tiles_total}%`;
+    } else {
+      bar.classList.add("indeterminate");
+    }
     bar.append(fill);
     li.append(bar);
   }
@@ -324,6 +376,8 @@ function setupDrop() {
 document.addEventListener("DOMContentLoaded", async () => {
   setupDrop();
   setupViewer();
+  $("model").addEventListener("change", showModelNote);
   await loadConfig();
   connect();
+  setInterval(tick, 1000);
 });
