@@ -158,7 +158,7 @@ def test_16bit_input_keeps_16bit_precision_under_bf16(monkeypatch: pytest.Monkey
         out_dtype=np.uint16,
         grey=True,
     )[:, :, 0]
-    assert len(np.unique(raw)) < 0.9 * levels and np.abs(raw.astype(int) - ref).max() > 100
+    assert len(np.unique(raw)) < 0.9 * levels and np.abs(raw.astype(int) - ref).max() > 32  # > 11 bits off
 
     auto = Upscaler(model, device="cpu", precision="auto", tile=0)
     assert auto.dtype == torch.bfloat16  # what 8-bit images get on this (forced) bf16 CPU
