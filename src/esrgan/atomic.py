@@ -71,18 +71,23 @@ def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        os.close(fd)  # releases the lock, after the file is gone or renamed
+        if fd >= 0:
+            os.close(fd)  # releases the lock, after the file is gone or renamed
 
 
 def _locked_temp(dest: Path) -> tuple[int, Path]:
-    """mkstemp beside dest, flock'ed (held until the fd is closed). A remove_leftovers running between mkstemp and
-    flock could remove the new file: then the path no longer names our file, and we make another."""
+    """mkstemp beside dest, flock'ed (held until the fd is closed; -1 where there is no flock). A remove_leftovers
+    running between mkstemp and flock could remove the new file: then the path no longer names ours; make another."""
     while True:
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_TEMP_SUFFIX, dir=dest.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the permissions any new file would
-        if fcntl is None:
+        if fcntl is None:  # Windows: an open file could not be renamed; nothing to hold it by
+            os.close(fd)
+            return -1, Path(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system (some NFS set-ups): leftovers cannot be locked either
             return fd, Path(name)
-        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.stat(name).st_ino == os.fstat(fd).st_ino:
                 return fd, Path(name)
