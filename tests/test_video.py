@@ -59,6 +59,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             colour=tags,
             metadata={"title": "a test"},
             subtitles=[(0.2, 0.6, "hello"), (0.7, 0.9, "world")],
+            chapters=[(0.0, 0.5, "one"), (0.5, 1.0, "two")],
         ),
         "srt": make_clip(d / "srt.mkv", seconds=1.0, subtitles=[(0.2, 0.6, "hello")]),
     }
@@ -181,6 +182,10 @@ def test_rotation_colour_metadata_and_subtitles_kept(
     upscale_video(up, clips["tagged"], dst)
     with av.open(str(dst)) as c:
         assert c.metadata.get("title") == "a test"
+        assert [(ch["start"] * ch["time_base"], ch["metadata"]["title"]) for ch in c.chapters()] == [
+            (0, "one"),
+            (Fraction(1, 2), "two"),
+        ]
         v = c.streams.video[0]
         first = next(c.decode(v))
         assert first.rotation == 90
@@ -313,3 +318,34 @@ def test_errors_name_the_file(up: Upscaler, clips: dict[str, Path], tmp_path: Pa
         odd = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=1.01)
         upscale_video(odd, clips["25"], tmp_path / "y.mp4")
     assert not list(tmp_path.iterdir())
+
+
+def test_ten_bit_source_stays_high_bit_depth(up: Upscaler, tmp_path: Path) -> None:
+    """A 10-bit clip goes through the model as 16-bit RGB: exact with FFV1 (16-bit planar RGB), and 10-bit H.264 by default."""
+    src = make_clip(tmp_path / "ten.mkv", pix_fmt="yuv420p10le", seconds=0.4, audio=False)
+    lossless = upscale_video(up, src, tmp_path / "out.mkv", codec="ffv1")
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mkv")) as b:
+        frames_in = [f.to_ndarray(format="rgb48le") for f in a.decode(video=0)]
+        frames_out = [f for f in b.decode(video=0)]
+    assert lossless.frames == len(frames_out) == 10 and frames_out[0].format.name == "gbrp16le"
+    for n in (0, 9):
+        out = frames_out[n].to_ndarray(format="rgb48le")
+        assert out.dtype == np.uint16 and len(np.unique(out)) > 1024  # more levels than 8 bits have
+        np.testing.assert_array_equal(out, up.upscale(frames_in[n]))
+    upscale_video(up, src, tmp_path / "out.mp4")
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+
+
+def test_frames_batched_per_forward_pass(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
+    """--frame-batch 4: the same frames as one at a time, to within float rounding (1 level), the same timing."""
+    one, four = tmp_path / "one.mkv", tmp_path / "four.mkv"
+    upscale_video(up, clips["25"], one, codec="ffv1", frames=(0, 10))
+    result = upscale_video(up, clips["25"], four, codec="ffv1", frames=(0, 10), frame_batch=4)  # 4 + 4 + 2
+    assert result.upscaled == 10
+    t1, f1 = frames_of(one)
+    t4, f4 = frames_of(four)
+    assert t1 == t4 and len(f4) == 10
+    for a, b in zip(f1, f4, strict=True):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.01

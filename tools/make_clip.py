@@ -43,12 +43,14 @@ def make_clip(
     colour: dict[str, int] | None = None,
     subtitles: list[tuple[float, float, str]] | None = None,
     metadata: dict[str, str] | None = None,
+    chapters: list[tuple[float, float, str]] | None = None,
     video: bool = True,
 ) -> Path:
     """Write a clip; returns its path. vfr: frame durations alternate 1, 1, 2 frame periods (time base 1/1000).
 
     colour: codec context colour tags (color_range, color_primaries, color_trc, colorspace as FFmpeg's numbers).
-    subtitles: (start s, end s, text) cues, as mov_text in mp4/mov and SubRip elsewhere.
+    subtitles: (start s, end s, text) cues, as mov_text in mp4/mov and SubRip elsewhere. chapters: (start s, end s,
+    title).
     """
     import av
 
@@ -58,6 +60,10 @@ def make_clip(
     out = av.open(str(path), "w")
     if metadata:
         out.metadata.update(metadata)
+    if chapters:
+        out.set_chapters([{"id": i + 1, "start": round(a * 1000), "end": round(b * 1000),
+                           "time_base": Fraction(1, 1000), "metadata": {"title": title}}
+                          for i, (a, b, title) in enumerate(chapters)])  # fmt: skip
     vs: Any = None
     if video:
         vs = out.add_stream(codec, rate=fps)

@@ -502,6 +502,13 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         default=240,
         help="frames per resumable segment: a rerun after a kill keeps the finished ones (default: %(default)s)",
     )
+    v.add_argument(
+        "--frame-batch",
+        type=int,
+        default=1,
+        help="frames per forward pass where a frame is one tile (8-bit, no --outscale): faster on GPUs for small "
+        "frames; on the CPU it was not (docs/video.md) (default: %(default)s)",
+    )
     p.set_defaults(func=_run_upscale)
 
 
@@ -542,6 +549,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
         "crf": args.crf,
         "pix_fmt": args.pix_fmt,
         "segment_frames": args.segment_frames,
+        "frame_batch": args.frame_batch,
     }
     if args.frames is not None:
         from .video import parse_frames

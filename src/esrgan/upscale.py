@@ -699,17 +699,25 @@ class _Reporter:
             print(text, file=stream, flush=True)
 
     def on_tile(self, done: int, total: int) -> None:
+        self._unit("tile")
         if self.tiles is not None:
             if self.tiles.total != total or done < self.tiles.n:
                 self.tiles.reset(total=total)
             self.tiles.update(done - self.tiles.n)
 
     def on_frame(self, done: int, total: int | None) -> None:
+        """The second bar counts a video's frames (with frames/s and the ETA) instead of tiles."""
+        self._unit("frame")
         if self.tiles is not None:
-            if self.tiles.unit != "frame" or done < self.tiles.n:
+            if self.tiles.total != total or done < self.tiles.n:
                 self.tiles.reset(total=total)
-                self.tiles.unit, self.tiles.desc = "frame", "frames"
             self.tiles.update(done - self.tiles.n)
+
+    def _unit(self, unit: str) -> None:
+        if self.tiles is not None and self.tiles.unit != unit:
+            self.tiles.unit = unit
+            self.tiles.set_description_str(f"{unit}s", refresh=False)
+            self.tiles.reset(total=0)
 
     def file_done(self) -> None:
         if self.files is not None:

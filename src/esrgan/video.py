@@ -8,7 +8,7 @@
 What is kept: every frame's timestamp in the source's time base (so the frame rate, 30000/1001 and variable frame
 rates included, and the frame count), audio streams copied packet for packet (re-encoded only where the output
 container cannot hold them, with a note saying so), subtitle streams where the container can hold them (else
-dropped, with a note), container and stream metadata, the rotation (display matrix) and the colour tags (range,
+dropped, with a note), chapters, container and stream metadata, the rotation (display matrix) and the colour tags (range,
 primaries, transfer, matrix; the YUV <-> RGB conversions around the model use the source's matrix and range).
 
 How (and why):
@@ -280,7 +280,7 @@ def _plan(
     formats = [f.name for f in av.Codec(encoder, "w").video_formats or []]
     bits = max(c.bits for c in first.format.components)
     if pix_fmt is None and name == "ffv1":  # lossless: keep the model's RGB output as it is
-        pix_fmt = "rgb48le" if bits > 8 else "bgr0"
+        pix_fmt = "gbrp16le" if bits > 8 else "bgr0"
     elif pix_fmt is None:
         pix_fmt = first.format.name if first.format.name in formats else None
         if pix_fmt is None:
@@ -552,13 +552,15 @@ def upscale_video(
     segment_frames: int = DEFAULT_SEGMENT_FRAMES,
     overwrite: bool = False,
     max_pixels: int | None = None,
+    frame_batch: int = 1,
     on_frame: FrameProgress | None = None,
 ) -> VideoResult:
     """Upscale every frame of src (or frames A..B-1) into dst, whose suffix picks the container.
 
     codec: h264 (default; vp9 for .webm), h265, vp9, av1 or ffv1 (lossless). crf: constant quality (default per
-    codec, see DEFAULT_CRF). pix_fmt: default the source's when the encoder takes it, else yuv420p. An existing dst
-    raises OutputExistsError unless overwrite; an interrupted run is resumed from its complete segments.
+    codec, see DEFAULT_CRF). pix_fmt: default the source's when the encoder takes it, else yuv420p. frame_batch:
+    frames per forward pass where a frame is one tile (see upscale_frames). An existing dst raises
+    OutputExistsError unless overwrite; an interrupted run is resumed from its complete segments.
     """
     from .atomic import OutputExistsError, atomic_path
     from .imageio import DEFAULT_MAX_PIXELS
@@ -568,8 +570,10 @@ def upscale_video(
     started = time.perf_counter()
     if dst.suffix.lower() not in CONTAINERS:
         raise EsrganError(f"{dst}: unknown video container; use one of {', '.join(sorted(CONTAINERS))}")
-    if segment_frames < 1:
-        raise EsrganError(f"segment_frames must be >= 1, not {segment_frames}")
+    if segment_frames < 1 or frame_batch < 1:
+        raise EsrganError(
+            f"segment_frames and frame_batch must be >= 1, not {segment_frames} and {frame_batch}"
+        )
     if not overwrite and dst.exists():
         raise OutputExistsError(dst)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -591,7 +595,7 @@ def upscale_video(
             vin = _video_stream(inp, src)
             vin.thread_type = "AUTO"
             count, end = _run_frames(
-                av, upscaler, inp, vin, src, plan, work, segment_frames, skip, on_frame, result
+                av, upscaler, inp, vin, src, plan, work, segment_frames, skip, on_frame, result, frame_batch
             )
             if count == 0:
                 raise VideoError(
@@ -662,10 +666,9 @@ def _run_frames(
     skip: int,
     on_frame: FrameProgress | None,
     result: VideoResult,
+    frame_batch: int,
 ) -> tuple[int, int]:
     """Decode thread -> model (here) -> encode thread. Returns (frames, end timestamp of the last frame)."""
-    from .imageio import ImageData
-
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
     upscaled: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
@@ -696,23 +699,37 @@ def _run_frames(
     for t in threads:
         t.start()
     count, end = 0, 0
+    pending: list[_Frame] = []
+
+    def flush() -> bool:
+        """Upscale the pending frames (one forward pass when batched) and hand them to the encoder."""
+        outs = upscale_frames(upscaler, [f.pixels for f in pending if f.pixels is not None])
+        for frame, out in zip(pending, outs, strict=True):
+            result.upscaled += 1
+            frame.pixels = None
+            if not _put(upscaled, (frame, out), stop):
+                return False
+            if on_frame is not None:
+                on_frame(frame.index + 1, plan.total)
+        pending.clear()
+        return True
+
     try:
         while True:
             item = _get(decoded, stop)
             if item is _END:
+                if pending and not flush():
+                    break
                 break
             if isinstance(item, _Failure):
                 raise item.exc
             frame: _Frame = item
             count, end = frame.index + 1, frame.pts + frame.duration
             if frame.pixels is not None:
-                image = ImageData(frame.pixels, bit_depth=16 if frame.pixels.dtype == np.uint16 else 8)
-                out = upscaler.upscale_image(image).pixels  # the one entry point for a decoded image
-                result.upscaled += 1
-                frame.pixels = None
-                if not _put(upscaled, (frame, out), stop):
+                pending.append(frame)
+                if len(pending) >= frame_batch and not flush():
                     break
-            if on_frame is not None:
+            elif on_frame is not None:
                 on_frame(count, plan.total)
         _put(upscaled, _END, stop)
         threads[1].join()
@@ -728,6 +745,53 @@ def _run_frames(
             raise VideoError(f"{src}: encoding with {plan.codec} failed ({_reason(exc)})") from None
         raise exc
     return count, end
+
+
+def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Upscale frames of one size (HxWx3 uint8 or uint16), in one forward pass where that is possible.
+
+    Batched (several frames per forward pass) when they are 8-bit, each fits in one tile (no tiling) and the scale
+    is the model's own; then the pass's output goes through the same blending and rounding as a single image
+    (esrgan.tiling.upscale_tiled). Otherwise, and always for one frame, Upscaler.upscale_image on each: the one
+    entry point for a decoded image. The results agree with upscale_image to within float rounding of the
+    batched convolutions (tests/test_video.py: at most 1 level of 255).
+    """
+    from .imageio import ImageData
+
+    h, w = frames[0].shape[:2]
+    native = upscaler.outscale is None or upscaler.output_size(h, w) == (
+        h * upscaler.model.scale,
+        w * upscaler.model.scale,
+    )
+    if len(frames) == 1 or frames[0].dtype != np.uint8 or not native or upscaler.tile_size(h, w) != 0:
+        return [
+            upscaler.upscale_image(ImageData(f, bit_depth=16 if f.dtype == np.uint16 else 8)).pixels
+            for f in frames
+        ]
+    import torch
+
+    from .tiling import upscale_tiled
+
+    batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    passed = upscaler.runner(batch)
+    return [
+        upscale_tiled(
+            _output_of(passed[i : i + 1]),  # the pass is done: hand its output to the blending
+            torch.from_numpy(f).permute(2, 0, 1),
+            scale=upscaler.model.scale,
+            tile=0,
+            overlap=upscaler.tile_overlap,
+            out_dtype=np.uint8,
+        )
+        for i, f in enumerate(frames)
+    ]
+
+
+def _output_of(y: Any) -> Callable[[Any], Any]:
+    def forward(_tile: Any) -> Any:
+        return y
+
+    return forward
 
 
 def _check_complete(inp: Any, vin: Any, src: Path, plan: _Plan, count: int, end: int) -> None:
@@ -800,6 +864,9 @@ def _mux(
                 t0 = _first_time(again, _video_stream(again, Path(inp.name)), plan)
         t1 = t0 + end * plan.time_base if plan.stop is not None else None
         others = _other_streams(av, inp, out, plan, result)
+        chapters = _chapters(inp, t0, end * plan.time_base)
+        if chapters:
+            out.set_chapters(chapters)
         out.start_encoding()
         if bytes(vout.codec_context.extradata or b"") != extradata:
             raise VideoError(
@@ -817,6 +884,17 @@ def _mux(
                     out.mux(packet)
     finally:
         out.close()
+
+
+def _chapters(inp: Any, t0: Fraction, length: Fraction) -> list[dict[str, Any]]:
+    """The source's chapters within the output's span [t0, t0 + length), moved by -t0."""
+    out = []
+    for chapter in inp.chapters():
+        tb = Fraction(chapter["time_base"])
+        start, end = max(chapter["start"] * tb - t0, Fraction(0)), min(chapter["end"] * tb - t0, length)
+        if end > start:
+            out.append({**chapter, "start": round(start / tb), "end": round(end / tb)})
+    return out
 
 
 def _copy_stream_metadata(src_stream: Any, dst_stream: Any) -> None:

@@ -1,0 +1,145 @@
+"""Frames per second of `esrgan upscale clip.mp4` end to end, against the model alone on the same frames.
+
+    .venv/bin/python bench/video.py [--frames 50] [--size 96x64] [--real-frames 4] [--codecs h264,ffv1] [--batch 1,4]
+
+"model alone": the frames decoded into memory first, then Upscaler.upscale_image on each (what the pipeline's
+middle thread does). "end to end": esrgan.video.upscale_video from the clip file to an output file (decode, RGB
+conversion, model, YUV conversion, encode into segments, final mux with the audio), decode and encode on their
+own threads. The clip is made here (tools/make_clip.py: a moving pattern with a sine-wave track, 25 fps).
+Models: "tiny" (RRDBNet 2 blocks x 16 features, x4: the pipeline's overhead shows), and realesrgan-x4plus (23
+blocks x 64, the default model) on --real-frames frames when its weights are on this machine. "forward passes only": the
+model's forward on the frames stacked --batch at a time, without tiling or conversions (is batching faster?).
+The CPU, torch's thread count and the load average are printed with the table: on a shared machine say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def decoded_frames(clip: Path, count: int) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(clip)) as c:
+        out = []
+        for f in c.decode(video=0):
+            out.append(f.to_ndarray(format="rgb24"))
+            if len(out) == count:
+                break
+    return out
+
+
+def model_alone(up: object, frames: list[np.ndarray]) -> float:
+    """Seconds for Upscaler.upscale_image on each frame (what the pipeline's model thread does)."""
+    from esrgan.imageio import ImageData
+
+    start = time.perf_counter()
+    for f in frames:
+        up.upscale_image(ImageData(f))  # type: ignore[attr-defined]
+    return time.perf_counter() - start
+
+
+def forward_only(up: object, frames: list[np.ndarray], batch: int) -> float:
+    """Seconds for the forward passes alone (no tiling, no conversions), `batch` frames per pass."""
+    import torch
+
+    start = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        x = torch.from_numpy(np.stack(frames[i : i + batch])).permute(0, 3, 1, 2).float() / 255
+        up.runner(x)  # type: ignore[attr-defined]
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--size", default="96x64")
+    parser.add_argument(
+        "--real-frames", type=int, default=4, help="frames for realesrgan-x4plus (0 = skip it)"
+    )
+    parser.add_argument("--codecs", default="h264,ffv1")
+    parser.add_argument("--batch", default="1,4", help="frames per forward pass in the model-alone rows")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from make_clip import make_clip
+
+    from esrgan.errors import EsrganError
+    from esrgan.generator import RRDBNet
+    from esrgan.upscale import Upscaler
+    from esrgan.video import upscale_video
+
+    w, h = (int(v) for v in args.size.split("x"))
+    work = Path(tempfile.mkdtemp(prefix="bench-video-"))
+    clip = make_clip(work / "clip.mp4", size=(w, h), fps=25, seconds=args.frames / 25)
+    torch.manual_seed(0)
+    cases: list[tuple[str, Upscaler, int]] = [
+        ("tiny", Upscaler(RRDBNet(num_feat=16, num_block=2, num_grow=8, scale=4), device="cpu",
+                          precision=args.precision), args.frames),
+    ]  # fmt: skip
+    if args.real_frames > 0:
+        try:
+            real = Upscaler.from_pretrained("realesrgan-x4plus", device="cpu", precision=args.precision)
+            cases.append(("realesrgan-x4plus", real, args.real_frames))
+        except EsrganError as exc:
+            print(f"(realesrgan-x4plus skipped: {exc})")
+    load = os.getloadavg()
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads; load average {load[0]:.1f} {load[1]:.1f} at the start")  # fmt: skip
+    print(f"clip: {w}x{h}, 25 fps, H.264 with AAC; outputs x4 = {4 * w}x{4 * h}\n")
+    print("| model | frames | run | precision | frames/s | vs model alone |")
+    print("|---|---:|---|---|---:|---:|")
+    for name, up, count in cases:
+        frames = decoded_frames(clip, count)
+        model_alone(up, frames[:1])  # warm up (weights packed, kernels chosen)
+        base = count / model_alone(up, frames)
+        print(f"| {name} | {count} | model alone (upscale_image) | {up.dtype} | {base:.2f} | 1.00 |")
+        for batch in (int(b) for b in args.batch.split(",")):
+            fps = count / forward_only(up, frames, batch)
+            label = f"forward passes only, {batch} frame{'s' if batch > 1 else ''} per pass"
+            print(f"| {name} | {count} | {label} | {up.dtype} | {fps:.2f} | {fps / base:.2f} |")
+        runs = [(codec, 1) for codec in args.codecs.split(",")]
+        runs += [(runs[0][0], int(b)) for b in args.batch.split(",") if int(b) > 1]
+        for codec, batch in runs:
+            dst = work / f"{name}_{codec}.mkv"
+            start = time.perf_counter()
+            result = upscale_video(
+                up, clip, dst, codec=codec, frames=(0, count), overwrite=True, frame_batch=batch
+            )
+            seconds = time.perf_counter() - start
+            assert result.frames == count
+            fps = count / seconds
+            label = f"end to end, {codec}" + (f", --frame-batch {batch}" if batch > 1 else "")
+            print(f"| {name} | {count} | {label} | {up.dtype} | {fps:.2f} | {fps / base:.2f} |")
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.1f} {load[1]:.1f} at the end (work folder {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
