@@ -173,39 +173,73 @@ def _segment_path(work: Path, index: int) -> Path:
     return work / f"seg{index:06d}.pkt"
 
 
-def _write_segment(path: Path, extradata: bytes, packets: list[Any]) -> None:
-    """Packets of one segment, written to a temporary name, fsynced and renamed: complete or absent."""
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as fh:
-        fh.write(_SEGMENT_MAGIC)
-        fh.write(struct.pack("<I", len(extradata)))
-        fh.write(extradata)
+class _SegmentWriter:
+    """One segment file, written as the packets come (memory: one packet), under a temporary name until complete.
+
+    Layout: magic, records (pts, dts, duration, key frame, size, data), a last record with key = 255 holding the
+    encoder's extradata, then the extradata's length (so it can be read from the end). close() fsyncs and renames
+    the file: a segment is complete or absent.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.part")
+        self.fh = open(self.tmp, "wb")  # noqa: SIM115 (closed by close or abort)
+        self.fh.write(_SEGMENT_MAGIC)
+
+    def write(self, packets: list[Any]) -> None:
         for p in packets:
-            data = bytes(p)
             if p.pts is None:
-                raise VideoError(f"{path}: the encoder gave a packet without a timestamp")
-            pts = p.pts
+                raise VideoError(f"{self.path}: the encoder gave a packet without a timestamp")
+            data = bytes(p)
             dts = _NONE if p.dts is None else p.dts
-            fh.write(_RECORD.pack(pts, dts, p.duration or 0, 1 if p.is_keyframe else 0, len(data)))
-            fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+            self.fh.write(_RECORD.pack(p.pts, dts, p.duration or 0, 1 if p.is_keyframe else 0, len(data)))
+            self.fh.write(data)
+
+    def close(self, extradata: bytes) -> None:
+        self.fh.write(_RECORD.pack(0, 0, 0, 255, len(extradata)))
+        self.fh.write(extradata)
+        self.fh.write(struct.pack("<I", len(extradata)))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
 
 
-def _read_segment(path: Path) -> tuple[bytes, Iterator[tuple[int, int | None, int, bool, bytes]]]:
+Record = tuple[int, int | None, int, bool, bytes]
+
+
+def _read_segment(path: Path, *, data: bool = True) -> tuple[bytes, Iterator[Record]]:
+    """(extradata, records): the records are read one at a time; data=False skips the packets' bytes."""
     fh = open(path, "rb")  # noqa: SIM115 (closed by the generator)
-    if fh.read(len(_SEGMENT_MAGIC)) != _SEGMENT_MAGIC:
+    try:
+        if fh.read(len(_SEGMENT_MAGIC)) != _SEGMENT_MAGIC:
+            raise VideoError(f"{path}: not a segment file (remove the folder {path.parent} and rerun)")
+        fh.seek(-4, os.SEEK_END)
+        (n,) = struct.unpack("<I", fh.read(4))
+        fh.seek(-4 - n, os.SEEK_END)
+        extradata = fh.read(n)
+        fh.seek(len(_SEGMENT_MAGIC))
+    except BaseException:
         fh.close()
-        raise VideoError(f"{path}: not a segment file (remove the folder {path.parent} and rerun)")
-    (n,) = struct.unpack("<I", fh.read(4))
-    extradata = fh.read(n)
+        raise
 
-    def records() -> Iterator[tuple[int, int | None, int, bool, bytes]]:
+    def records() -> Iterator[Record]:
         with fh:
             while head := fh.read(_RECORD.size):
                 pts, dts, duration, key, size = _RECORD.unpack(head)
-                yield pts, None if dts == _NONE else dts, duration, bool(key), fh.read(size)
+                if key == 255:
+                    return
+                if data:
+                    yield pts, None if dts == _NONE else dts, duration, bool(key), fh.read(size)
+                else:
+                    fh.seek(size, os.SEEK_CUR)
+                    yield pts, None if dts == _NONE else dts, duration, bool(key), b""
 
     return extradata, records()
 
@@ -474,7 +508,7 @@ class _SegmentEncoder:
         self.av, self.plan, self.work, self.size = av, plan, work, size
         self.global_header = global_header
         self.ctx: Any = None
-        self.packets: list[Any] = []
+        self.writer: _SegmentWriter | None = None
         self.segment = -1
 
     def _open(self) -> Any:
@@ -492,15 +526,21 @@ class _SegmentEncoder:
             self.finish()
             self.segment = segment
             self.ctx = self._open()
-        self.packets += self.ctx.encode(_to_video_frame(self.av, pixels, frame, self.plan))
+            self.writer = _SegmentWriter(_segment_path(self.work, segment))
+        assert self.writer is not None
+        self.writer.write(self.ctx.encode(_to_video_frame(self.av, pixels, frame, self.plan)))
 
     def finish(self) -> None:
-        if self.ctx is None:
+        if self.ctx is None or self.writer is None:
             return
-        self.packets += self.ctx.encode(None)
-        _write_segment(_segment_path(self.work, self.segment), bytes(self.ctx.extradata or b""), self.packets)
-        self.packets = []
-        self.ctx = None
+        self.writer.write(self.ctx.encode(None))
+        self.writer.close(bytes(self.ctx.extradata or b""))
+        self.writer, self.ctx = None, None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+        self.writer, self.ctx = None, None
 
 
 def _configure(ctx: Any, plan: _Plan) -> None:
@@ -694,6 +734,8 @@ def _run_frames(
         except BaseException as exc:
             failures.append(exc)
             stop.set()
+        finally:
+            encoder.abort()  # an unfinished segment (stopped, or failed): its temporary file goes
 
     threads = [threading.Thread(target=decode, daemon=True), threading.Thread(target=encode, daemon=True)]
     for t in threads:
@@ -976,22 +1018,21 @@ def _segment_packets(
     consecutive, disjoint PTS ranges, so this is valid (dts_i <= pts_i) whenever it is within each segment.
     """
     delay = 0
+    sorted_pts: list[list[int]] = []  # per segment, ascending (ints only: small)
     for index in range(segments):
-        _, records = _read_segment(_segment_path(work, index))
+        _, records = _read_segment(_segment_path(work, index), data=False)
         pts_list = [pts for pts, *_ in records]
         order = {p: rank for rank, p in enumerate(sorted(pts_list))}
         delay = max([delay] + [i - order[p] for i, p in enumerate(pts_list)])
-    sorted_pts: list[int] = []  # PTS of the segments read so far, ascending
-    step: int | None = None
+        sorted_pts.append(sorted(pts_list))
+    seen: list[int] = []  # PTS of the segments reached so far, ascending
+    step = (sorted_pts[0][1] - sorted_pts[0][0]) if len(sorted_pts[0]) > 1 else 1
     i = 0
     for index in range(segments):
+        seen += sorted_pts[index]
         _, records = _read_segment(_segment_path(work, index))
-        packets = list(records)  # one segment in memory: at most segment_frames compressed frames
-        sorted_pts += sorted(pts for pts, *_ in packets)
-        if step is None:
-            step = (sorted_pts[1] - sorted_pts[0]) if len(sorted_pts) > 1 else max(packets[0][2], 1)
-        for pts, _, duration, key, data in packets:
-            dts = sorted_pts[i - delay] if i >= delay else sorted_pts[0] - (delay - i) * step
+        for pts, _, duration, key, data in records:
+            dts = seen[i - delay] if i >= delay else seen[0] - (delay - i) * step
             i += 1
             packet = av.Packet(data)
             packet.pts, packet.dts, packet.duration = pts, dts, duration
