@@ -306,8 +306,8 @@ def test_cli_bad_inputs_one_line_each(clips: dict[str, Path], tiny_file: Path, t
     assert sorted(p.name for p in out.iterdir()) == ["good_x4.mp4"]  # no partial files, no work folders
     assert "1 upscaled, 0 skipped (output exists), 4 failed" in r.stdout
     big = cli("upscale", str(folder / "good.mp4"), "-o", str(out / "big.mp4"), "--model", str(tiny_file),
-              "--max-pixels", "5000")  # fmt: skip
-    assert big.returncode == 1 and "96x64 frames are over the limit of 5000 pixels" in big.stderr
+              "--max-megapixels", "0.005")  # fmt: skip
+    assert big.returncode == 1 and "96x64 frames are over the limit of 5243 pixels" in big.stderr
     assert not (out / "big.mp4").exists()
 
 

@@ -621,7 +621,10 @@ def upscale_video(
         vin = _video_stream(inp, src)
         w, h = vin.codec_context.width, vin.codec_context.height
         if w * h > limit:
-            raise VideoError(f"{src}: {w}x{h} frames are over the limit of {limit} pixels (--max-pixels)")
+            raise VideoError(
+                f"{src}: {w}x{h} frames are over the limit of {limit} pixels ({limit / 2**20:.3g} megapixels; "
+                "--max-megapixels raises it)"
+            )
         first = _first_frame(av, inp, vin, src)
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
