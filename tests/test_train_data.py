@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-from esrgan.data import Degradation, InfiniteSampler, PatchDataset, patch_loader, quantize, to_tensor
+from esrgan.data import (
+    Degradation,
+    InfiniteSampler,
+    PatchDataset,
+    batch_to_device,
+    patch_loader,
+    quantize,
+    to_tensor,
+    worker_start_method,
+)
 from esrgan.errors import ConfigError
 from esrgan.resize import imresize, imresize_np
 
@@ -136,3 +149,74 @@ def test_hr_downscale_shrinks_the_hr_images_first(hr_dir: Path, tmp_path: Path) 
         PatchDataset(hr_dir, scale=4, patch_size=128, hr_downscale=2.0)  # a.png becomes 75x102
     with pytest.raises(ConfigError, match="paired"):
         PatchDataset(hr_dir, scale=4, patch_size=32, hr_downscale=2.0, lr_dir=tmp_path)
+
+
+def test_lr_made_per_batch_on_the_device_equals_the_per_sample_patches(hr_dir: Path) -> None:
+    """lr_on_device: regions with margin (mirror-padded at borders) -> one batched imresize -> the same LR patches."""
+    per_sample = PatchDataset(hr_dir, scale=4, patch_size=32)
+    batched = PatchDataset(hr_dir, scale=4, patch_size=32, lr_on_device=True)
+    keys = [(i, seed) for i in (0, 1) for seed in range(60)]  # 120 crops: many touch an image border
+    regions = torch.stack([batched.sample_u8(k)[0] for k in keys])
+    assert regions.dtype == torch.uint8 and regions.shape[-1] == (8 + 2 * 4) * 4
+    lr, hr = batch_to_device((regions, torch.empty(0)), torch.device("cpu"), lr_on_device=True, scale=4)
+    exp = [per_sample[k] for k in keys]
+    exp_lr, exp_hr = torch.stack([e[0] for e in exp]), torch.stack([e[1] for e in exp])
+    assert torch.equal(hr, exp_hr)  # the same crops, flips and rotations
+    diff = (lr - exp_lr).abs() * 255
+    assert diff.max() <= 1.0 + 1e-4  # a resampling sum on a rounding boundary may round the other way
+    assert (diff > 0.5).float().mean() < 0.002
+
+
+def test_loader_batches_are_uint8_and_equal_the_float_samples(hr_dir: Path) -> None:
+    ds = PatchDataset(hr_dir, scale=4, patch_size=32)
+    lr_u8, hr_u8 = next(patch_loader(ds, batch_size=4, seed=2))
+    assert lr_u8.dtype == torch.uint8 and hr_u8.dtype == torch.uint8
+    lr, hr = batch_to_device((lr_u8, hr_u8), torch.device("cpu"), lr_on_device=False, scale=4)
+    sampler = iter(InfiniteSampler(len(ds), seed=2))
+    for j in range(4):
+        exp_lr, exp_hr = ds[next(sampler)]
+        assert torch.equal(lr[j], exp_lr) and torch.equal(hr[j], exp_hr)  # bit-exact through uint8
+
+
+class _SeesParentState(Dataset[tuple[Tensor, Tensor]]):
+    """Returns whether the worker sees a mark the parent set after import: a forked worker inherits the
+    parent's memory (an initialised CUDA context included, the cause of 'CUDA error: initialization error');
+    a worker started by forkserver or spawn does not."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        import esrgan.data
+
+        seen = getattr(esrgan.data, "_parent_mark", None) == "set-in-parent"
+        return torch.tensor([int(seen)]), torch.tensor([os.getpid()])
+
+
+def test_workers_of_a_gpu_run_do_not_inherit_the_parents_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    import esrgan.data
+
+    monkeypatch.setattr(esrgan.data, "_parent_mark", "set-in-parent", raising=False)
+    seen = {}
+    for device_type in ("cpu", "cuda"):
+        method = worker_start_method(device_type)
+        context = multiprocessing.get_context(method) if method else None
+        loader = DataLoader(_SeesParentState(), batch_size=2, num_workers=1, multiprocessing_context=context)
+        flags, pids = next(iter(loader))
+        assert int(pids[0]) != os.getpid()
+        seen[device_type] = bool(flags.all())
+    assert seen["cpu"]  # forked: the mark (and so a CUDA context) is inherited; the check can see it
+    assert not seen["cuda"]  # a fresh interpreter: nothing of the parent, no CUDA state to trip over
+    assert worker_start_method("cuda") in ("forkserver", "spawn")
+
+
+def test_loader_for_a_gpu_device_gives_the_same_batches_with_shared_memory(hr_dir: Path) -> None:
+    """forkserver workers receive the decoded images through shared memory and make the same batches."""
+    plain = PatchDataset(hr_dir, scale=4, patch_size=32)
+    a = list(itertools.islice(patch_loader(plain, batch_size=3, seed=5, num_workers=0), 3))
+    ds = PatchDataset(hr_dir, scale=4, patch_size=32)
+    loader = patch_loader(ds, batch_size=3, seed=5, num_workers=2, device_type="cuda-like")
+    b = list(itertools.islice(loader, 3))
+    assert ds._shared is not None and all(t.is_shared() for t, _ in ds._shared)
+    for (la, ha), (lb, hb) in zip(a, b, strict=True):
+        assert torch.equal(la, lb) and torch.equal(ha, hb)

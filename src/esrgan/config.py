@@ -19,21 +19,22 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import ConfigError
+from .generator import RRDBConfig
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-@dataclass
-class ModelConfig:
-    """RRDBNet hyperparameters (paper: 64 features, 23 blocks, growth 32) and the discriminator's width."""
+@dataclass(frozen=True)
+class ModelConfig(RRDBConfig):
+    """The generator's hyperparameters (RRDBConfig's fields: paper 64 features, 23 blocks, growth 32, scale 4) and
+    the discriminator's width: one config type for the generator, extended by what only training needs."""
 
-    scale: int = 4
-    num_in_ch: int = 3
-    num_out_ch: int = 3
-    num_feat: int = 64
-    num_block: int = 23
-    num_grow: int = 32
     d_num_feat: int = 64
+
+    @property
+    def generator(self) -> RRDBConfig:
+        """The RRDBConfig part (what RRDBNet is built from and what checkpoints record)."""
+        return RRDBConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RRDBConfig)})
 
 
 @dataclass
@@ -45,6 +46,8 @@ class DataConfig:
     patch_size: int = 128  # HR patch; the LR patch is patch_size / scale
     batch_size: int = 16  # total over all processes (the paper's 16)
     num_workers: int = 4
+    # LR patches made on the training device for the whole batch (plain bicubic only): auto = on a GPU
+    lr_on_device: bool | Literal["auto"] = "auto"
     flip: bool = True
     rot90: bool = True
     cache_max_mb: int = 4096  # decoded images kept in RAM when they fit in this budget
@@ -75,6 +78,13 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # stop after this many NaN/Inf losses in a row
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     channels_last: bool = False  # NHWC memory format for G, D and the batches (about 10% faster on this CPU)
+    # wall-clock budget of the run (0 = none): the cosine/constant schedule follows elapsed time and the run ends
+    # when the budget is spent (total_steps stays an upper bound); resumed runs continue the budget
+    time_budget_minutes: float = 0.0
+    compile: bool = False  # torch.compile the generator's training forward/backward (compile time counts)
+    cudnn_benchmark: bool = (
+        True  # CUDA: let cuDNN pick the fastest convolution algorithms for the fixed shapes
+    )
 
 
 @dataclass
@@ -224,7 +234,10 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {
         key: _convert(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # value checks in __post_init__ (e.g. RRDBConfig's scale)
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
 
 
 def _location(source: str, key: str) -> str:
@@ -329,6 +342,10 @@ def validate(config: Config, source: str) -> None:
         fail("data.batch_size", "must be >= 1")
     if config.train.total_steps < 1:
         fail("train.total_steps", "must be >= 1")
+    if config.train.time_budget_minutes < 0:
+        fail("train.time_budget_minutes", "must be >= 0 (0 = no budget, total_steps only)")
+    if config.train.time_budget_minutes and config.schedule.kind == "multistep":
+        fail("schedule.kind", "a time budget needs a schedule in time: cosine or constant, not multistep")
     if not 0.0 <= config.train.ema_decay < 1.0:
         fail("train.ema_decay", "must be in [0, 1)")
     for key in ("blur_sigma", "noise_sigma", "jpeg_quality"):

@@ -9,6 +9,18 @@ reads LR files of the same stem from a second folder.
 Every random choice of a sample (image order, crop, flips, degradation) comes from (seed, global sample number), not
 from a process-wide RNG: the stream of batches is a pure function of the seed, the same with 0 or 8 DataLoader
 workers, and resuming at step k only needs the sample count k * batch (see InfiniteSampler).
+
+Batches travel as uint8 (a quarter of the bytes of float32; every patch is on 8-bit levels anyway) and become
+float on the training device (`batch_to_device`). With `lr_on_device` the workers only cut HR regions (the patch
+plus the bicubic margin, mirror-padded at image borders exactly as imresize pads them) and the LR patches of the
+whole batch are made on the training device in one imresize call: on a GPU this takes the per-sample bicubic off
+the CPU, which was what the GPU waited for.
+
+DataLoader workers are forked on the CPU (cheap, the decoded images are shared copy-on-write) and started by
+forkserver (spawn where there is none) whenever the training device is not the CPU: a forked child of a process
+that has initialised CUDA fails at its first CUDA-touching torch call ("CUDA error: initialization error"), and
+which torch calls touch CUDA is not ours to guarantee; a fresh interpreter has no CUDA state at all. The decoded
+images are then moved to shared memory once, so the workers receive handles, not copies.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,8 +153,13 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         degradation: Degradation | None = None,
         cache_max_mb: int = 4096,
         hr_downscale: float = 1.0,
+        lr_on_device: bool = False,
     ) -> None:
-        """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, uint8-rounded)."""
+        """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, uint8-rounded).
+
+        `lr_on_device`: samples are HR regions with margin (`region_u8`) and the LR patches are made per batch by
+        `batch_to_device`; ignored (per-sample LR) with paired LR folders or the realworld degradation.
+        """
         if patch_size % scale:
             raise ConfigError(f"patch size {patch_size} is not a multiple of the scale {scale}")
         if hr_downscale < 1:
@@ -178,6 +196,8 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                 )
         total_mb = sum(h * w * 3 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        self._shared: list[tuple[Tensor, Tensor | None]] | None = None
+        self.lr_on_device = lr_on_device and lr_dir is None and degradation is None
         if total_mb <= cache_max_mb:
             # decoded once in the parent (forked DataLoader workers share the pages), on all cores: decoding and
             # resizing release the GIL
@@ -190,6 +210,37 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def __len__(self) -> int:
         return len(self.hr_files)
+
+    def share_memory(self) -> None:
+        """Move the decoded images to shared memory, so workers that are not forked receive handles, not copies."""
+        if self.cache is None or self._shared is not None:
+            return
+        shared: list[tuple[Tensor, Tensor | None]] = []
+        for hr, lr in self.cache:
+            pair = [
+                None if a is None else torch.empty(a.shape, dtype=torch.uint8).share_memory_()
+                for a in (hr, lr)
+            ]
+            for t, a in zip(pair, (hr, lr), strict=True):
+                if t is not None and a is not None:
+                    t.numpy()[...] = a
+            assert pair[0] is not None
+            shared.append((pair[0], pair[1]))
+        self._shared = shared
+        self.cache = [(hr_t.numpy(), None if lr_t is None else lr_t.numpy()) for hr_t, lr_t in shared]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if state.get("_shared") is not None:
+            state["cache"] = (
+                None  # the numpy views are rebuilt from the shared tensors (handles) in the worker
+            )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._shared is not None:
+            self.cache = [(hr.numpy(), None if lr is None else lr.numpy()) for hr, lr in self._shared]
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         hr = read_rgb(self.hr_files[index])
@@ -211,6 +262,44 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         return hr[: need[0], : need[1]], lr
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """(LR, HR) float CxHxW in [0, 1] for (image index, sample seed)."""
+        lr, hr = self.sample_u8(key)
+        if self.lr_on_device:
+            return lr_from_regions(lr[None].float().div_(255.0), self.scale)[0][0], hr.float().div_(255.0)
+        return lr.float().div_(255.0), hr.float().div_(255.0)
+
+    def sample_u8(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """What a DataLoader worker returns: (LR, HR) uint8 CxHxW, or (HR region with margin, HR) with lr_on_device."""
+        if self.lr_on_device:
+            return self._region_u8(key)
+        lr, hr = self._sample_float(key)
+        return lr.mul(255.0).round_().byte(), hr.mul(255.0).round_().byte()
+
+    def _region_u8(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, sample_seed = key
+        rng = np.random.default_rng(sample_seed)  # the same draws, in the same order, as the per-sample path
+        hr_full = self.cache[index][0] if self.cache is not None else self._load(index)[0]
+        s, p, m = self.scale, self.patch_size // self.scale, _MARGIN_LR
+        lr_h, lr_w = hr_full.shape[0] // s, hr_full.shape[1] // s
+        top, left = int(rng.integers(0, lr_h - p + 1)), int(rng.integers(0, lr_w - p + 1))
+        t0, l0 = max(0, top - m), max(0, left - m)
+        t1, l1 = min(lr_h, top + p + m), min(lr_w, left + p + m)
+        region = hr_full[t0 * s : t1 * s, l0 * s : l1 * s]
+        pads = (
+            ((t0 - (top - m)) * s, (top + p + m - t1) * s),
+            ((l0 - (left - m)) * s, (left + p + m - l1) * s),
+        )
+        if any(a or b for a, b in pads):
+            # imresize mirrors at the image border ('symmetric': the edge pixel repeated); pad the same way
+            region = np.pad(region, (*pads, (0, 0)), mode="symmetric")
+        if self.flip and rng.random() < 0.5:
+            region = region[:, ::-1]
+        if self.rot90:
+            region = np.rot90(region, int(rng.integers(0, 4)), (0, 1))
+        t = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1).contiguous()
+        return t, t[:, m * s : (m + p) * s, m * s : (m + p) * s].clone()
+
+    def _sample_float(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         index, sample_seed = key
         rng = np.random.default_rng(sample_seed)
         hr_full, lr_full = self.cache[index] if self.cache is not None else self._load(index)
@@ -285,6 +374,61 @@ class InfiniteSampler(Sampler[tuple[int, int]]):
             n += 1
 
 
+def lr_from_regions(regions: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+    """(LR, HR) float batches from float HR regions with margin (N, C, R, R): MATLAB bicubic on the whole batch.
+
+    Runs on the regions' device. Equals the per-sample path up to float rounding of the resampling sums (an LR
+    level may differ by one where a sum falls on a rounding boundary).
+    """
+    from .resize import imresize
+
+    s, m = scale, _MARGIN_LR
+    p = regions.shape[-1] // s - 2 * m
+    lr = quantize(imresize(regions, scale=1.0 / s)[..., m : m + p, m : m + p])
+    return lr, regions[..., m * s : (m + p) * s, m * s : (m + p) * s]
+
+
+def batch_to_device(
+    batch: tuple[Tensor, Tensor],
+    device: torch.device,
+    *,
+    lr_on_device: bool,
+    scale: int,
+    channels_last: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """A loader batch (uint8) -> (LR, HR) float32 in [0, 1] on `device` (asynchronous copy from pinned memory)."""
+    a, b = (t.to(device, non_blocking=True) for t in batch)
+    if lr_on_device:
+        lr, hr = lr_from_regions(a.float().div_(255.0), scale)
+    else:
+        lr, hr = a.float().div_(255.0), b.float().div_(255.0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return lr.contiguous(memory_format=fmt), hr.contiguous(memory_format=fmt)
+
+
+def worker_start_method(device_type: str) -> str | None:
+    """How DataLoader workers start: forked on the CPU, a fresh interpreter otherwise (see the module docstring)."""
+    if device_type == "cpu":
+        return None  # the platform default (fork on Linux)
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class _Uint8Samples(Dataset[tuple[Tensor, Tensor]]):
+    """The dataset as the loader sees it: uint8 samples."""
+
+    def __init__(self, dataset: PatchDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        return self.dataset.sample_u8(key)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers resize small patches; more threads only oversubscribe the cores
 
@@ -298,11 +442,24 @@ def patch_loader(
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 0,
+    device_type: str = "cpu",
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless iterator of (LR, HR) batches for one rank, starting after `start_sample` of this rank's samples."""
+    """Endless iterator of uint8 batches for one rank, starting after `start_sample` of this rank's samples.
+
+    (LR, HR), or (HR regions, HR) with `dataset.lr_on_device`; `batch_to_device` makes float (LR, HR) of them.
+    `device_type` is the training device's: it decides how workers start and whether batches are pinned.
+    """
     sampler = InfiniteSampler(len(dataset), seed=seed, start=start_sample, rank=rank, world_size=world_size)
+    context: Any = None
+    if num_workers:
+        method = worker_start_method(device_type)
+        if method is not None:
+            import multiprocessing
+
+            context = multiprocessing.get_context(method)
+            dataset.share_memory()
     loader = DataLoader(
-        dataset,
+        _Uint8Samples(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
@@ -310,5 +467,7 @@ def patch_loader(
         worker_init_fn=_worker_init if num_workers else None,
         persistent_workers=num_workers > 0,
         prefetch_factor=2 if num_workers else None,
+        multiprocessing_context=context,
+        pin_memory=device_type == "cuda",
     )
     return iter(loader)

@@ -39,6 +39,7 @@ from .config import Config, LossesConfig, ScheduleConfig, TrainConfig, config_to
 from .data import (
     Degradation,
     PatchDataset,
+    batch_to_device,
     bicubic_lr,
     list_images,
     patch_loader,
@@ -450,8 +451,9 @@ class _StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def requested(self) -> bool:
-        flag = torch.tensor([1 if self.signum is not None else 0], dtype=torch.int32)
+    def requested(self, also: bool = False) -> bool:
+        """A signal arrived (or `also`: rank 0's budget is spent), on any rank: all ranks stop at the same step."""
+        flag = torch.tensor([1 if self.signum is not None or also else 0], dtype=torch.int32)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one rank's signal stops all ranks at the same step
         return bool(flag.item())
@@ -468,6 +470,266 @@ def _place(module: M, device: torch.device, channels_last: bool) -> M:
     return module
 
 
+# --- building a run ---------------------------------------------------------------------------------------------
+@dataclass
+class Nets:
+    """The modules of a run. `g_train`/`d_train` are what the steps call: DDP wrappers under torchrun (G and D
+    themselves otherwise); the plain modules are what checkpoints hold."""
+
+    g: RRDBNet
+    g_ema: RRDBNet | None
+    d: VGGStyleDiscriminator | None
+    vgg: nn.Module | None
+    g_train: nn.Module
+    d_train: nn.Module | None
+
+
+@dataclass
+class Optimizers:
+    opt_g: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    scaler_g: torch.amp.GradScaler
+    opt_d: torch.optim.Optimizer | None = None
+    sched_d: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler_d: torch.amp.GradScaler | None = None
+
+
+@dataclass
+class Progress:
+    """The counters a checkpoint carries besides the weights: step, best validation PSNR, training time spent."""
+
+    step: int = 0
+    best_psnr: float = -math.inf
+    elapsed_s: float = (
+        0.0  # wall-clock time of this run so far (all invocations), for train.time_budget_minutes
+    )
+
+
+def build_nets(
+    cfg: Config, device: torch.device, ddp: _Dist, vgg_path: Path | None, compile_g: bool = False
+) -> Nets:
+    """G (from stage 1 or initialised), its EMA copy, and in the GAN stage D and the VGG19 feature extractor."""
+    torch.manual_seed(cfg.train.seed)  # every rank builds the same weights (DDP also broadcasts rank 0's)
+    g = RRDBNet.from_config(cfg.model.generator)
+    if cfg.train.pretrained_g:
+        _load_pretrained_generator(cfg.train.pretrained_g, g)
+    else:
+        g.init_weights(0.1)
+    g = _place(g, device, cfg.train.channels_last).train()
+    g_ema = None
+    if cfg.train.ema_decay:
+        g_ema = (
+            _place(RRDBNet.from_config(g.config), device, cfg.train.channels_last)
+            .eval()
+            .requires_grad_(False)
+        )
+        g_ema.load_state_dict(g.state_dict())
+    d: VGGStyleDiscriminator | None = None
+    vgg: nn.Module | None = None
+    if cfg.train.stage == "gan":
+        d = VGGStyleDiscriminator(
+            num_in_ch=cfg.model.num_out_ch, num_feat=cfg.model.d_num_feat, input_size=cfg.data.patch_size
+        )
+        d = _place(d, device, cfg.train.channels_last).train()
+        if cfg.losses.perceptual_weight:
+            from .vgg import VGGFeatureExtractor
+
+            vgg = _place(VGGFeatureExtractor(weights=vgg_path), device, cfg.train.channels_last)
+    g_train: nn.Module = g
+    d_train: nn.Module | None = d
+    if ddp.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        g_train = nn.parallel.DistributedDataParallel(g, device_ids=ids)
+        if d is not None:
+            d_train = nn.parallel.DistributedDataParallel(d, device_ids=ids)
+    if compile_g:
+        # the compiled module shares G's parameters: checkpoints and EMA keep reading `g`
+        g_train = torch.compile(g_train)  # type: ignore[assignment]
+    return Nets(g, g_ema, d, vgg, g_train, d_train)
+
+
+def build_optimizers(cfg: Config, nets: Nets, device: torch.device) -> Optimizers:
+    """Adam for G (and D), their schedules, and grad scalers (active only for fp16). Fused Adam on CUDA."""
+    o = cfg.optim
+    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per step for all parameters
+    fp16 = cfg.train.precision == "fp16"
+    opt_g = torch.optim.Adam(
+        nets.g.parameters(),
+        lr=o.lr_g,
+        betas=(o.betas_g[0], o.betas_g[1]),
+        weight_decay=o.weight_decay,
+        **fused,
+    )
+    opts = Optimizers(
+        opt_g,
+        make_scheduler(opt_g, cfg.schedule, cfg.train.total_steps),
+        torch.amp.GradScaler(device.type, enabled=fp16),
+    )
+    if nets.d is not None:
+        opts.opt_d = torch.optim.Adam(
+            nets.d.parameters(),
+            lr=o.lr_d,
+            betas=(o.betas_d[0], o.betas_d[1]),
+            weight_decay=o.weight_decay,
+            **fused,
+        )
+        opts.sched_d = make_scheduler(opts.opt_d, cfg.schedule, cfg.train.total_steps)
+        opts.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
+    return opts
+
+
+def lr_on_device(cfg: Config, device: torch.device) -> bool:
+    """data.lr_on_device resolved: auto = on a GPU, when the LR is plain bicubic of the HR folder."""
+    setting = cfg.data.lr_on_device
+    possible = cfg.data.lr_dir is None and cfg.data.degradation == "bicubic"
+    if setting == "auto":
+        return possible and device.type != "cpu"
+    return bool(setting) and possible
+
+
+def build_batches(
+    cfg: Config, ddp: _Dist, device: torch.device, step: int
+) -> tuple[Iterator[tuple[Tensor, Tensor]], bool]:
+    """The endless, resumable stream of this rank's uint8 batches from `step` on, and whether LR is made on device."""
+    deg = None
+    dc = cfg.data
+    if dc.degradation == "realworld":
+        deg = Degradation(
+            dc.blur_prob,
+            (dc.blur_sigma[0], dc.blur_sigma[1]),
+            dc.noise_prob,
+            (dc.noise_sigma[0], dc.noise_sigma[1]),
+            dc.jpeg_prob,
+            (dc.jpeg_quality[0], dc.jpeg_quality[1]),
+        )
+    on_device = lr_on_device(cfg, device)
+    dataset = PatchDataset(
+        dc.hr_dir,
+        scale=cfg.model.scale,
+        patch_size=dc.patch_size,
+        lr_dir=dc.lr_dir,
+        flip=dc.flip,
+        rot90=dc.rot90,
+        degradation=deg,
+        cache_max_mb=dc.cache_max_mb,
+        hr_downscale=dc.hr_downscale,
+        lr_on_device=on_device,
+    )
+    per_rank = dc.batch_size // ddp.world_size
+    batches = patch_loader(
+        dataset,
+        batch_size=per_rank,
+        seed=cfg.train.seed,
+        start_sample=step * per_rank,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
+        num_workers=dc.num_workers,
+        device_type=device.type,
+    )
+    return batches, on_device
+
+
+def checkpoint_state(
+    cfg: Config, nets: Nets, opts: Optimizers, progress: Progress, ddp: _Dist, perceptual: str | None
+) -> dict[str, Any]:
+    """Everything that influences the next step, as tensors and plain containers (weights_only-loadable)."""
+    per_rank = cfg.data.batch_size // ddp.world_size
+    sd = lambda m: m.state_dict() if m is not None else None  # noqa: E731
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "stage": cfg.train.stage,
+        "step": progress.step,
+        "data_position": {"samples_per_rank": progress.step * per_rank, "world_size": ddp.world_size},
+        "best_psnr": progress.best_psnr,
+        "elapsed_s": progress.elapsed_s,
+        "config": config_to_yaml(cfg),
+        "model_config": nets.g.config.to_dict(),
+        "perceptual_weights": perceptual,
+        "generator": nets.g.state_dict(),
+        "generator_ema": sd(nets.g_ema),
+        "discriminator": sd(nets.d),
+        "optim_g": opts.opt_g.state_dict(),
+        "optim_d": sd(opts.opt_d),
+        "sched_g": opts.sched_g.state_dict(),
+        "sched_d": sd(opts.sched_d),
+        "scaler_g": opts.scaler_g.state_dict(),
+        "scaler_d": sd(opts.scaler_d),
+        "rng": rng_state(),
+    }
+
+
+def restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
+    """Load a checkpoint into the built run; the RNG states come back last."""
+    state = load_checkpoint(path)
+    if state["model_config"] != nets.g.config.to_dict():
+        raise CheckpointError(
+            f"{path}: generator {state['model_config']} differs from the config's model section"
+        )
+    nets.g.load_state_dict(state["generator"])
+    opts.opt_g.load_state_dict(state["optim_g"])
+    opts.sched_g.load_state_dict(state["sched_g"])
+    opts.scaler_g.load_state_dict(state["scaler_g"])
+    if nets.g_ema is not None:
+        if state.get("generator_ema") is None:
+            raise CheckpointError(f"{path}: has no EMA generator but train.ema_decay is set")
+        nets.g_ema.load_state_dict(state["generator_ema"])
+    if nets.d is not None:
+        if state.get("discriminator") is None:
+            raise CheckpointError(f"{path}: a {state.get('stage')} stage checkpoint; this is the gan stage")
+        assert opts.opt_d is not None and opts.sched_d is not None and opts.scaler_d is not None
+        nets.d.load_state_dict(state["discriminator"])
+        opts.opt_d.load_state_dict(state["optim_d"])
+        opts.sched_d.load_state_dict(state["sched_d"])
+        opts.scaler_d.load_state_dict(state["scaler_d"])
+    set_rng_state(state["rng"])
+    return Progress(int(state["step"]), float(state["best_psnr"]), float(state.get("elapsed_s", 0.0)))
+
+
+def budget_lr(cfg: Config, base_lr: float, fraction: float) -> float:
+    """The learning rate after `fraction` of the time budget: the cosine (or constant) schedule in time, not steps."""
+    if cfg.schedule.kind == "constant":
+        return base_lr
+    f = min(max(fraction, 0.0), 1.0)
+    return cfg.schedule.eta_min + (base_lr - cfg.schedule.eta_min) * 0.5 * (1.0 + math.cos(math.pi * f))
+
+
+def train_step(
+    cfg: Config, nets: Nets, opts: Optimizers, lr_img: Tensor, hr_img: Tensor, autocast: Autocast, step: int
+) -> dict[str, float] | None:
+    """One iteration: G's update, D's update (GAN stage), the EMA. None when a loss was NaN/Inf (step skipped)."""
+    g_out = generator_step(
+        nets.g_train,
+        lr_img,
+        hr_img,
+        optimizer=opts.opt_g,
+        scaler=opts.scaler_g,
+        weights=cfg.losses,
+        autocast=autocast,
+        vgg=nets.vgg,
+        d=nets.d,
+    )
+    if g_out is None:
+        return None
+    d_logs: dict[str, float] | None = {}
+    if nets.d_train is not None:
+        assert opts.opt_d is not None and opts.scaler_d is not None
+        d_logs = discriminator_step(
+            nets.d_train,
+            hr_img,
+            g_out[1],
+            optimizer=opts.opt_d,
+            scaler=opts.scaler_d,
+            reduction=cfg.losses.gan_reduction,
+            autocast=autocast,
+        )
+    if d_logs is None:
+        return None
+    if nets.g_ema is not None:
+        ema_update(nets.g_ema, nets.g, ema_decay(cfg.train, step))
+    return {**g_out[0], **d_logs}
+
+
 # --- the loop ---------------------------------------------------------------------------------------------------
 def train(
     config: Config,
@@ -475,28 +737,31 @@ def train(
     resume: bool | str | Path = False,
     vgg_weights: str | None = None,
     stop_at_step: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainResult:
     """Train one stage as `config` says. `resume`: True = latest checkpoint of the run folder, or a path.
 
-    `stop_at_step` ends this invocation early (with a checkpoint) at that step, as a signal would.
+    `stop_at_step` ends this invocation early (with a checkpoint) at that step, as a signal would. `clock` is the
+    time source of train.time_budget_minutes (seconds; tests pass a scripted one).
     """
+    t_start = clock()
     cfg = copy.deepcopy(config)
     if vgg_weights:
         cfg.perceptual.weights = vgg_weights  # so the resolved config in the run folder says what was used
     scale = cfg.model.scale
-    gan = cfg.train.stage == "gan"
     if not cfg.data.hr_dir:
         raise ConfigError("data.hr_dir: the training image folder is required")
 
     # VGG weights first: a missing file must stop us before any data is read or any step is taken
     vgg_path: Path | None = None
     vgg_random = False
-    if gan and cfg.losses.perceptual_weight:
+    if cfg.train.stage == "gan" and cfg.losses.perceptual_weight:
         from .vgg import RANDOM, resolve_vgg_weights
 
         spec = cfg.perceptual.weights
         vgg_path = resolve_vgg_weights(spec, download=cfg.perceptual.download)
         vgg_random = spec == RANDOM
+    perceptual = "random" if vgg_random else (str(vgg_path) if vgg_path else None)
 
     device_kind = (
         "cuda"
@@ -508,11 +773,12 @@ def train(
     autocast = make_autocast(device, cfg.train.precision)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # every batch has the same shapes
     if cfg.data.batch_size % ddp.world_size:
         raise ConfigError(
             f"data.batch_size {cfg.data.batch_size} is not divisible by {ddp.world_size} processes"
         )
-    batch_per_rank = cfg.data.batch_size // ddp.world_size
 
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
@@ -527,126 +793,15 @@ def train(
         for stale in ckpt_dir.glob(".*.ckpt.*.part"):
             stale.unlink(missing_ok=True)
 
-    # models, all ranks from the same seed (DDP also broadcasts rank 0's weights)
-    torch.manual_seed(cfg.train.seed)
-    m = cfg.model
-    g = RRDBNet(
-        num_in_ch=m.num_in_ch,
-        num_out_ch=m.num_out_ch,
-        num_feat=m.num_feat,
-        num_block=m.num_block,
-        num_grow=m.num_grow,
-        scale=scale,
-    )
-    if cfg.train.pretrained_g:
-        _load_pretrained_generator(cfg.train.pretrained_g, g)
-    else:
-        g.init_weights(0.1)
-    g = _place(g, device, cfg.train.channels_last).train()
-    g_ema = (
-        _place(RRDBNet.from_config(g.config), device, cfg.train.channels_last).eval().requires_grad_(False)
-        if cfg.train.ema_decay
-        else None
-    )
-    if g_ema is not None:
-        g_ema.load_state_dict(g.state_dict())
-    d: VGGStyleDiscriminator | None = None
-    vgg: nn.Module | None = None
-    if gan:
-        d = VGGStyleDiscriminator(
-            num_in_ch=m.num_out_ch, num_feat=m.d_num_feat, input_size=cfg.data.patch_size
-        )
-        d = _place(d, device, cfg.train.channels_last).train()
-        if cfg.losses.perceptual_weight:
-            from .vgg import VGGFeatureExtractor
-
-            vgg = VGGFeatureExtractor(weights=vgg_path).to(device)
-
-    o = cfg.optim
-    opt_g = torch.optim.Adam(
-        g.parameters(), lr=o.lr_g, betas=(o.betas_g[0], o.betas_g[1]), weight_decay=o.weight_decay
-    )
-    sched_g = make_scheduler(opt_g, cfg.schedule, cfg.train.total_steps)
-    scaler_g = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    opt_d = sched_d = scaler_d = None
-    if d is not None:
-        opt_d = torch.optim.Adam(
-            d.parameters(), lr=o.lr_d, betas=(o.betas_d[0], o.betas_d[1]), weight_decay=o.weight_decay
-        )
-        sched_d = make_scheduler(opt_d, cfg.schedule, cfg.train.total_steps)
-        scaler_d = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-
-    # resume: everything that influences the next step comes back
-    step, best_psnr = 0, -math.inf
+    nets = build_nets(cfg, device, ddp, vgg_path, compile_g=cfg.train.compile)
+    opts = build_optimizers(cfg, nets, device)
+    progress = Progress()
     if resume:
         path = latest_checkpoint(run_dir) if resume is True else Path(resume)
-        state = load_checkpoint(path)
-        if state["model_config"] != g.config.to_dict():
-            raise CheckpointError(
-                f"{path}: generator {state['model_config']} differs from the config's model section"
-            )
-        g.load_state_dict(state["generator"])
-        opt_g.load_state_dict(state["optim_g"])
-        sched_g.load_state_dict(state["sched_g"])
-        scaler_g.load_state_dict(state["scaler_g"])
-        if g_ema is not None:
-            if state.get("generator_ema") is None:
-                raise CheckpointError(f"{path}: has no EMA generator but train.ema_decay is set")
-            g_ema.load_state_dict(state["generator_ema"])
-        if d is not None:
-            if state.get("discriminator") is None:
-                raise CheckpointError(
-                    f"{path}: a {state.get('stage')} stage checkpoint; this is the gan stage"
-                )
-            assert opt_d is not None and sched_d is not None and scaler_d is not None
-            d.load_state_dict(state["discriminator"])
-            opt_d.load_state_dict(state["optim_d"])
-            sched_d.load_state_dict(state["sched_d"])
-            scaler_d.load_state_dict(state["scaler_d"])
-        set_rng_state(state["rng"])
-        step, best_psnr = int(state["step"]), float(state["best_psnr"])
+        progress = restore_state(path, nets, opts)
         if ddp.main:
-            log.info("resumed from %s at step %d", path, step)
-
-    g_train: nn.Module = g
-    d_train: nn.Module | None = d
-    if ddp.world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        g_train = nn.parallel.DistributedDataParallel(g, device_ids=ids)
-        if d is not None:
-            d_train = nn.parallel.DistributedDataParallel(d, device_ids=ids)
-
-    deg = None
-    if cfg.data.degradation == "realworld":
-        dc = cfg.data
-        deg = Degradation(
-            dc.blur_prob,
-            (dc.blur_sigma[0], dc.blur_sigma[1]),
-            dc.noise_prob,
-            (dc.noise_sigma[0], dc.noise_sigma[1]),
-            dc.jpeg_prob,
-            (dc.jpeg_quality[0], dc.jpeg_quality[1]),
-        )
-    dataset = PatchDataset(
-        cfg.data.hr_dir,
-        scale=scale,
-        patch_size=cfg.data.patch_size,
-        lr_dir=cfg.data.lr_dir,
-        flip=cfg.data.flip,
-        rot90=cfg.data.rot90,
-        degradation=deg,
-        cache_max_mb=cfg.data.cache_max_mb,
-        hr_downscale=cfg.data.hr_downscale,
-    )
-    batches: Iterator[tuple[Tensor, Tensor]] = patch_loader(
-        dataset,
-        batch_size=batch_per_rank,
-        seed=cfg.train.seed,
-        start_sample=step * batch_per_rank,
-        rank=ddp.rank,
-        world_size=ddp.world_size,
-        num_workers=cfg.data.num_workers,
-    )
+            log.info("resumed from %s at step %d", path, progress.step)
+    batches, on_device = build_batches(cfg, ddp, device, progress.step)
     val_items = (
         _load_validation(cfg.validation.dir, scale, cfg.validation.max_images)
         if cfg.validation.dir and ddp.main
@@ -660,96 +815,82 @@ def train(
     jsonl.write(
         {
             "event": "resume" if resume else "start",
-            "step": step,
+            "step": progress.step,
             "time": time.time(),
             "world_size": ddp.world_size,
+            "device": str(device),
+            "lr_on_device": on_device,
             "perceptual_weights": "random" if vgg_random else str(vgg_path),
         }
     )
 
-    def checkpoint_state() -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "stage": cfg.train.stage,
-            "step": step,
-            "data_position": {"samples_per_rank": step * batch_per_rank, "world_size": ddp.world_size},
-            "best_psnr": best_psnr,
-            "config": config_to_yaml(cfg),
-            "model_config": g.config.to_dict(),
-            "perceptual_weights": "random" if vgg_random else (str(vgg_path) if vgg_path else None),
-            "generator": g.state_dict(),
-            "generator_ema": g_ema.state_dict() if g_ema is not None else None,
-            "discriminator": d.state_dict() if d is not None else None,
-            "optim_g": opt_g.state_dict(),
-            "optim_d": opt_d.state_dict() if opt_d is not None else None,
-            "sched_g": sched_g.state_dict(),
-            "sched_d": sched_d.state_dict() if sched_d is not None else None,
-            "scaler_g": scaler_g.state_dict(),
-            "scaler_d": scaler_d.state_dict() if scaler_d is not None else None,
-            "rng": rng_state(),
-        }
-
     def save_step_checkpoint() -> Path:
-        path = save_checkpoint(ckpt_dir / f"step_{step:08d}.ckpt", checkpoint_state())
+        state = checkpoint_state(cfg, nets, opts, progress, ddp, perceptual)
+        path = save_checkpoint(ckpt_dir / f"step_{progress.step:08d}.ckpt", state)
         for old in step_checkpoints(ckpt_dir)[: -cfg.checkpoint.keep_last]:
             old.unlink(missing_ok=True)
         return path
 
     total = cfg.train.total_steps
     end = min(total, stop_at_step) if stop_at_step is not None else total
+    budget_s = cfg.train.time_budget_minutes * 60.0
+    elapsed_before = progress.elapsed_s - (
+        clock() - t_start
+    )  # earlier invocations' time, plus this one's setup
+    reserve_s = 0.0  # what finishing needs (last validation + checkpoint): the budget stops that much earlier
     last_ckpt: Path | None = None
     nonfinite = 0
-    interrupted = False
-    progress = None
+    interrupted = budget_done = False
+    bar = None
     if ddp.main and cfg.logging.progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=total, initial=step, unit="it", dynamic_ncols=True, desc=cfg.train.stage)
-    t_last, step_last = time.perf_counter(), step
+        bar = tqdm(
+            total=None if budget_s else total,
+            initial=progress.step,
+            unit="it",
+            dynamic_ncols=True,
+            desc=cfg.train.stage,
+        )
+    t_last, step_last, wait_s = time.perf_counter(), progress.step, 0.0
+    base_lrs = [
+        (opt, [grp["initial_lr"] if "initial_lr" in grp else grp["lr"] for grp in opt.param_groups])
+        for opt in (opts.opt_g, opts.opt_d)
+        if opt is not None
+    ]
 
     with _StopSignal() as stop:
-        while step < end:
+        while progress.step < end:
+            if (
+                budget_s
+            ):  # the learning rate follows the time spent, so a slow start cannot cut the schedule short
+                fraction = (elapsed_before + clock() - t_start) / budget_s
+                for opt, bases in base_lrs:
+                    for grp, base in zip(opt.param_groups, bases, strict=True):
+                        grp["lr"] = budget_lr(cfg, base, fraction)
+            t_wait = time.perf_counter()
             try:
-                lr_img, hr_img = next(batches)
+                batch = next(batches)
             except RuntimeError:
                 # Ctrl-C reaches the DataLoader workers too (same process group); they exit, and a batch
                 # that was being fetched is lost: save what we have instead of crashing
                 if stop.signum is None:
                     raise
                 break
-            lr_img, hr_img = lr_img.to(device, non_blocking=True), hr_img.to(device, non_blocking=True)
-            if cfg.train.channels_last:
-                lr_img = lr_img.contiguous(memory_format=torch.channels_last)
-                hr_img = hr_img.contiguous(memory_format=torch.channels_last)
-            g_out = generator_step(
-                g_train,
-                lr_img,
-                hr_img,
-                optimizer=opt_g,
-                scaler=scaler_g,
-                weights=cfg.losses,
-                autocast=autocast,
-                vgg=vgg,
-                d=d,
+            lr_img, hr_img = batch_to_device(
+                batch, device, lr_on_device=on_device, scale=scale, channels_last=cfg.train.channels_last
             )
-            d_logs: dict[str, float] | None = {}
-            if g_out is not None and d_train is not None:
-                assert opt_d is not None and scaler_d is not None
-                d_logs = discriminator_step(
-                    d_train,
-                    hr_img,
-                    g_out[1],
-                    optimizer=opt_d,
-                    scaler=scaler_d,
-                    reduction=cfg.losses.gan_reduction,
-                    autocast=autocast,
-                )
-            step += 1
-            sched_g.step()
-            if sched_d is not None:
-                sched_d.step()
-            if g_out is None or d_logs is None:
+            wait_s += time.perf_counter() - t_wait
+            logs = train_step(cfg, nets, opts, lr_img, hr_img, autocast, progress.step + 1)
+            progress.step += 1
+            step = progress.step
+            if not budget_s:
+                opts.sched_g.step()
+                if opts.sched_d is not None:
+                    opts.sched_d.step()
+            progress.elapsed_s = elapsed_before + clock() - t_start
+            budget_done = bool(budget_s) and progress.elapsed_s + reserve_s >= budget_s
+            if logs is None:
                 nonfinite += 1
                 log.warning("step %d: loss is NaN/Inf, update skipped (%d in a row)", step, nonfinite)
                 jsonl.write({"event": "nonfinite", "step": step})
@@ -760,32 +901,39 @@ def train(
                         f"{nonfinite} steps in a row with a NaN/Inf loss at step {step}: stopping "
                         f"(last checkpoint {last_ckpt}); lower optim.lr_g or use train.precision: fp32"
                     )
-                logs: dict[str, float] = {}
+                logs = {}
             else:
                 nonfinite = 0
-                if g_ema is not None:
-                    ema_update(g_ema, g, ema_decay(cfg.train, step))
-                logs = {**g_out[0], **d_logs}
-
+            finishing = budget_done or step == total
             if ddp.main:
-                if progress is not None:
-                    progress.set_postfix(
+                if bar is not None:
+                    bar.set_postfix(
                         {k: f"{v:.4g}" for k, v in logs.items() if k in ("l_pix", "l_g_total", "l_d")},
                         refresh=False,
                     )
-                    progress.update()
-                if step % cfg.logging.every == 0 or step == end:
+                    bar.update()
+                if step % cfg.logging.every == 0 or step == end or finishing:
                     now = time.perf_counter()
-                    rate = (step - step_last) / max(now - t_last, 1e-9)
-                    t_last, step_last = now, step
-                    record = {"step": step, "lr_g": sched_g.get_last_lr()[0], "it_per_s": rate, **logs}
+                    span = max(now - t_last, 1e-9)
+                    record = {
+                        "step": step,
+                        "lr_g": opts.opt_g.param_groups[0]["lr"],
+                        "it_per_s": (step - step_last) / span,
+                        "data_wait": wait_s / span,  # share of the wall time spent waiting for the next batch
+                        "elapsed_s": progress.elapsed_s,
+                        **logs,
+                    }
+                    if device.type == "cuda":
+                        record["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                    t_last, step_last, wait_s = now, step, 0.0
                     jsonl.write(record)
                     if board is not None:
                         for k, v in record.items():
                             if k != "step":
                                 board.add_scalar(f"train/{k}", v, step)
-                if val_items and (step % cfg.validation.every == 0 or step == total):
-                    model = g_ema if g_ema is not None else g
+                if val_items and (step % cfg.validation.every == 0 or finishing):
+                    t_val = clock()
+                    model = nets.g_ema if nets.g_ema is not None else nets.g
                     vpsnr, vssim, outputs = evaluate_generator(model, val_items, scale=scale, device=device)
                     jsonl.write({"step": step, "val_psnr": vpsnr, "val_ssim": vssim})
                     if board is not None:
@@ -799,27 +947,33 @@ def train(
                         crop=cfg.validation.sample_crop,
                     )
                     msg = f"step {step}: validation Y-PSNR {vpsnr:.3f} dB, SSIM {vssim:.4f}"
-                    if progress is not None:
-                        progress.write(msg)
+                    if bar is not None:
+                        bar.write(msg)
                     else:
                         log.info(msg)
-                    if vpsnr > best_psnr:
-                        best_psnr = vpsnr
+                    if vpsnr > progress.best_psnr:
+                        progress.best_psnr = vpsnr
                         if cfg.checkpoint.keep_best:
-                            save_checkpoint(ckpt_dir / "best.ckpt", checkpoint_state())
-                if step % cfg.checkpoint.every == 0:
+                            save_checkpoint(
+                                ckpt_dir / "best.ckpt",
+                                checkpoint_state(cfg, nets, opts, progress, ddp, perceptual),
+                            )
+                    reserve_s = clock() - t_val
+                if step % cfg.checkpoint.every == 0 and not finishing:
+                    t_ckpt = clock()
                     last_ckpt = save_step_checkpoint()
-            if stop.requested():
-                interrupted = True
+                    reserve_s += clock() - t_ckpt
+            if stop.requested(budget_done):
+                interrupted = stop.signum is not None or not budget_done
                 break
-        if step < total:
+        if progress.step < total and not budget_done:
             interrupted = True
-    if progress is not None:
-        progress.close()
+    if bar is not None:
+        bar.close()
 
-    if ddp.main and (last_ckpt is None or not last_ckpt.name.endswith(f"{step:08d}.ckpt")):
+    if ddp.main and (last_ckpt is None or not last_ckpt.name.endswith(f"{progress.step:08d}.ckpt")):
         last_ckpt = save_step_checkpoint()
-    final = g_ema if g_ema is not None else g
+    final = nets.g_ema if nets.g_ema is not None else nets.g
     model_path = None
     if ddp.main and not interrupted:
         from .checkpoints import save_model  # written alongside
@@ -828,27 +982,43 @@ def train(
             "esrgan.training": json.dumps(
                 {
                     "stage": cfg.train.stage,
-                    "step": step,
+                    "step": progress.step,
                     "name": cfg.name,
-                    "ema": bool(g_ema is not None),
-                    "best_val_psnr": best_psnr if math.isfinite(best_psnr) else None,
+                    "ema": bool(nets.g_ema is not None),
+                    "best_val_psnr": progress.best_psnr if math.isfinite(progress.best_psnr) else None,
+                    "elapsed_s": round(progress.elapsed_s, 1),
                 }
             ),
         }
-        if gan:
+        if cfg.train.stage == "gan":
             meta["esrgan.perceptual_weights"] = "random" if vgg_random else "vgg19-imagenet"
         model_path = save_model(run_dir / "model.safetensors", final, metadata=meta, overwrite=True)
-    jsonl.write({"event": "interrupted" if interrupted else "done", "step": step, "time": time.time()})
+        if budget_s:
+            log.info(
+                "time budget of %.1f min spent: %d steps in %.1f min",
+                budget_s / 60,
+                progress.step,
+                progress.elapsed_s / 60,
+            )
+    jsonl.write(
+        {
+            "event": "interrupted" if interrupted else "done",
+            "step": progress.step,
+            "time": time.time(),
+            "elapsed_s": progress.elapsed_s,
+            "budget_s": budget_s or None,
+        }
+    )
     if board is not None:
         board.close()
     if ddp.world_size > 1:
         dist.barrier()  # rank 0 has written everything before any rank returns
     return TrainResult(
         run_dir,
-        step,
+        progress.step,
         interrupted,
         last_ckpt,
         model_path,
-        best_psnr if math.isfinite(best_psnr) else None,
+        progress.best_psnr if math.isfinite(progress.best_psnr) else None,
         final,
     )
