@@ -69,7 +69,9 @@ class TrainConfig:
     total_steps: int = 1_000_000
     seed: int = 0
     device: str = "auto"  # auto = cuda if available, else cpu
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 (with a grad scaler) is CUDA only
+    # fp16 (with a grad scaler) is CUDA only; auto = bf16 on a GPU that has it (else fp16) and on a CPU that
+    # computes bf16 natively (AVX512-BF16/AMX), fp32 on other CPUs (emulated bf16 is several times slower there)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     pretrained_g: str | None = None  # stage 2: stage 1's exported generator (or a training checkpoint)
     ema_decay: float = 0.0  # 0 disables the EMA generator; BasicSR uses 0.999
     # EMA warm-up: the decay used at step t is min(ema_decay, (1 + t) / (10 + t)), so the average forgets the random

@@ -311,6 +311,17 @@ def _device(name: str, ddp: _Dist) -> torch.device:
     return device
 
 
+def resolve_train_precision(precision: str, device: torch.device) -> str:
+    """train.precision with auto resolved for this device (see config.TrainConfig.precision)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from .device import cpu_has_native_bf16
+
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def make_autocast(device: torch.device, precision: str) -> Autocast:
     """A context-manager factory for the configured precision (fp16 only on CUDA, where a grad scaler runs)."""
     if precision == "fp16" and device.type != "cuda":
@@ -770,6 +781,7 @@ def train(
     )
     ddp = _init_distributed(device_kind)
     device = _device(cfg.train.device, ddp)
+    cfg.train.precision = resolve_train_precision(cfg.train.precision, device)  # type: ignore[assignment]
     autocast = make_autocast(device, cfg.train.precision)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

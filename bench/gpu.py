@@ -1,0 +1,476 @@
+"""Every GPU measurement of the training and upscaling issues, in one command and one table.
+
+Run from source on a machine with a CUDA GPU (no install needed; about 5-6 minutes on one H200):
+
+    PYTHONPATH=src python3 bench/gpu.py                       # everything
+    PYTHONPATH=src python3 bench/gpu.py --only train          # train | infer | batch | video
+    PYTHONPATH=src python3 bench/gpu.py --model realesrgan-x4plus.fp16.safetensors
+
+Training rows run the real `esrgan.train.train` loop (DataLoader workers, LR made on the device, EMA, logging) on
+the paper's stage-1 / stage-2 configs (configs/esrgan_x4_*.yaml: RRDBNet 23 x 64, batch 16 of 128x128 patches) with
+real photographs (scikit-image's samples) as data, and read it/s, the share of the wall time the loop waited for
+data, and the peak GPU memory from the run's own log; TFLOP/s from torch's FLOP counter on one step. Stage 2 uses
+an untrained VGG19 for the perceptual loss (ImageNet weights are not needed for speed). A DDP row runs the same
+stage 1 under torchrun with one process (the many-GPU code path, NCCL), and a resume row checks that a run stopped
+and resumed on the GPU continues as the straight run does.
+
+Upscaling rows: the model alone (fp16 NCHW as Real-ESRGAN's inference does it, fp16 channels-last with
+cudnn.benchmark, torch.compile), `Upscaler` on 512 and 1024 photos (numpy uint8 in and out), the batch command on
+24 PNGs (PNG and JPEG output) against the rate the model alone allows, and bench/video.py's end-to-end row. The
+model is realesrgan-x4plus when its file is given or in the cache, else an RRDBNet of the same size with random
+weights (same speed; the fp16-vs-fp32 PSNR column is then of the random model).
+
+`--smoke` runs every row at toy sizes on whatever device there is (the CPU in CI): it checks the script, not speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from esrgan.generator import RRDBConfig, RRDBNet  # noqa: E402
+
+Row = dict[str, Any]
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}"
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} threads), torch {torch.__version__}, no GPU"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def photos(folder: Path, count: int, side: int | None = None) -> list[Path]:
+    """Real photographs from scikit-image, cut or tiled to `side` if given, written as PNG."""
+    import skimage.data as skdata
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [
+        skdata.astronaut(),
+        skdata.coffee(),
+        skdata.chelsea(),
+        skdata.rocket(),
+        skdata.immunohistochemistry(),
+    ]
+    out = []
+    for i in range(count):
+        img = sources[i % len(sources)]
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, 2)
+        if side is not None:
+            reps = (math.ceil(side / img.shape[0]), math.ceil(side / img.shape[1]), 1)
+            img = np.tile(img, reps)[:side, :side]  # a collage when the photo is smaller than side
+            img = np.roll(img, i * 37, axis=(0, 1))  # no two inputs alike
+        path = folder / f"photo_{i:02d}.png"
+        Image.fromarray(np.ascontiguousarray(img[:, :, :3])).save(path)
+        out.append(path)
+    return out
+
+
+def load_model(spec: str | None, smoke: bool) -> tuple[RRDBNet, str]:
+    if smoke:
+        torch.manual_seed(0)
+        return RRDBNet(num_feat=16, num_block=1, num_grow=8, scale=4).eval(), "tiny random RRDBNet (smoke)"
+    from esrgan.checkpoints import load_model as load_any
+
+    try:
+        return load_any(spec or "realesrgan-x4plus").eval(), str(spec or "realesrgan-x4plus")
+    except Exception as exc:  # no file here (the GPU machine has no network): same size, random weights
+        print(
+            f"(model {spec or 'realesrgan-x4plus'} not available: {exc}; using random weights)",
+            file=sys.stderr,
+        )
+        torch.manual_seed(0)
+        return RRDBNet(scale=4).eval(), "RRDBNet 23x64 x4, random weights"
+
+
+def macs_per_lr_pixel(cfg: RRDBConfig) -> float:
+    sys.path.insert(0, str(REPO / "bench"))
+    from speed import macs_per_lr_pixel as macs  # bench/speed.py: one formula
+
+    return float(macs(cfg))
+
+
+# --- training --------------------------------------------------------------------------------------------------
+def train_row(
+    label: str, config: str, sets: dict[str, Any], data: Path, out: Path, steps: int, smoke: bool
+) -> Row:
+    import yaml
+
+    from esrgan.config import apply_overrides, config_from_dict
+
+    raw = yaml.safe_load((REPO / "configs" / config).read_text())
+    overrides = {
+        "name": label.replace(" ", "_").replace(",", ""),
+        "output_dir": str(out),
+        "data.hr_dir": str(data),
+        "train.total_steps": steps,
+        "validation.dir": None,
+        "checkpoint.every": 10**9,
+        "logging.every": max(steps // 4, 1),
+        "logging.progress": False,
+        **sets,
+    }
+    if smoke:
+        overrides.update({"model.num_block": 1, "model.num_feat": 16, "model.num_grow": 8, "model.d_num_feat": 8,
+                          "data.batch_size": 2, "data.patch_size": 32, "data.num_workers": 1})  # fmt: skip
+    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    cfg = config_from_dict(raw, source=config)
+    from esrgan.train import train
+
+    t0 = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = train(cfg, vgg_weights="random" if cfg.train.stage == "gan" else None)
+    wall = time.perf_counter() - t0
+    records = [json.loads(x) for x in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    rates = [r for r in records if "it_per_s" in r][1:] or [
+        r for r in records if "it_per_s" in r
+    ]  # first: warm-up
+    it_s = float(np.mean([r["it_per_s"] for r in rates]))
+    wait = float(np.mean([r["data_wait"] for r in rates]))
+    peak = max((r.get("gpu_peak_gb", 0.0) for r in rates), default=0.0)
+    return {"row": label, "it/s": it_s, "data wait": wait, "peak GPU GB": peak, "wall s": wall,
+            "flop_step": step_flops(cfg)}  # fmt: skip
+
+
+def step_flops(cfg: Any) -> float:
+    """FLOPs of one training step (G forward + backward, and D / VGG in stage 2), by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from esrgan.discriminator import VGGStyleDiscriminator
+
+    g = RRDBNet.from_config(cfg.model.generator)
+    b, p, s = cfg.data.batch_size, cfg.data.patch_size, cfg.model.scale
+    lr = torch.rand(b, 3, p // s, p // s, device="meta")
+    g = g.to("meta")
+    with FlopCounterMode(display=False) as counter:
+        sr = g(lr)
+        loss = sr.mean()
+        if cfg.train.stage == "gan":
+            d = VGGStyleDiscriminator(num_in_ch=3, num_feat=cfg.model.d_num_feat, input_size=p).to("meta")
+            loss = loss + d(sr).mean() * 3  # D on real and fake for G's loss, and again in D's step (approx.)
+        loss.backward()
+    return float(counter.get_total_flops())
+
+
+def ddp_row(data: Path, out: Path, steps: int, smoke: bool) -> Row:
+    sets = [f"data.hr_dir={data}", f"output_dir={out}", f"train.total_steps={steps}", "validation.dir=null",
+            "checkpoint.every=1000000000", f"logging.every={max(steps // 4, 1)}", "logging.progress=false",
+            "name=ddp", "train.precision=bf16", "train.channels_last=true"]  # fmt: skip
+    if smoke:
+        sets += ["model.num_block=1", "model.num_feat=16", "model.num_grow=8", "data.batch_size=2",
+                 "data.patch_size=32", "data.num_workers=1", "train.precision=fp32", "train.channels_last=false"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+           "-m", "esrgan.cli", "train", str(REPO / "configs" / "esrgan_x4_psnr.yaml")]  # fmt: skip
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        return {
+            "row": "stage 1 bf16, torchrun 1 process (NCCL)",
+            "note": proc.stderr.strip().splitlines()[-1],
+        }
+    records = [json.loads(x) for x in (out / "ddp" / "log.jsonl").read_text().splitlines()]
+    rates = [r for r in records if "it_per_s" in r][1:] or [r for r in records if "it_per_s" in r]
+    return {"row": "stage 1 bf16, torchrun 1 process (NCCL)", "it/s": float(np.mean([r["it_per_s"] for r in rates])),
+            "data wait": float(np.mean([r["data_wait"] for r in rates])), "wall s": time.perf_counter() - t0}  # fmt: skip
+
+
+def resume_row(data: Path, out: Path, smoke: bool) -> Row:
+    """A GPU run stopped at step 10 and resumed to 20 against a straight 20-step run: largest weight difference."""
+    import yaml
+
+    from esrgan.config import apply_overrides, config_from_dict
+    from esrgan.train import load_checkpoint, train
+
+    def cfg(name: str) -> Any:
+        raw = yaml.safe_load((REPO / "configs" / "esrgan_x4_psnr.yaml").read_text())
+        sets = {"name": name, "output_dir": str(out), "data.hr_dir": str(data), "train.total_steps": 20,
+                "validation.dir": None, "checkpoint.every": 10, "logging.progress": False, "data.num_workers": 2,
+                "train.precision": "bf16"}  # fmt: skip
+        if smoke:
+            sets.update({"model.num_block": 1, "model.num_feat": 16, "model.num_grow": 8, "data.batch_size": 2,
+                         "data.patch_size": 32, "train.precision": "fp32"})  # fmt: skip
+        return config_from_dict(apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in sets.items()]))
+
+    straight = train(cfg("straight"))
+    train(cfg("split"), stop_at_step=10)
+    resumed = train(cfg("split"), resume=True)
+    a = load_checkpoint(straight.run_dir / "checkpoints" / "step_00000020.ckpt")["generator"]
+    b = load_checkpoint(resumed.run_dir / "checkpoints" / "step_00000020.ckpt")["generator"]
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    ref = max(float(a[k].float().abs().max()) for k in a)
+    note = (
+        "bit-exact"
+        if diff == 0
+        else f"max |dw| {diff:.2e} (|w| up to {ref:.2f}; GPU kernels are not bit-deterministic)"
+    )
+    return {"row": "resume on the GPU: 10 + 10 steps vs 20", "note": note}
+
+
+def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
+    data = work / "train_photos"
+    photos(data, 5)
+    steps = 8 if args.smoke else 150
+    gan_steps = 6 if args.smoke else 100
+    rows = []
+    variants = [("stage 1 fp32", {"train.precision": "fp32"}),
+                ("stage 1 bf16, channels-last", {"train.precision": "bf16", "train.channels_last": True}),
+                ("stage 1 fp16, channels-last", {"train.precision": "fp16", "train.channels_last": True}),
+                ("stage 1 bf16, LR made on the CPU", {"train.precision": "bf16", "train.channels_last": True,
+                                                       "data.lr_on_device": False}),
+                ("stage 1 bf16, compiled G", {"train.precision": "bf16", "train.channels_last": True,
+                                              "train.compile": True})]  # fmt: skip
+    if args.smoke:  # the CPU: no fp16, and compile would take minutes
+        variants = [v for v in variants if "fp16" not in v[0] and "compiled" not in v[0]]
+        variants = [(n, {**s, "train.precision": "fp32"}) for n, s in variants]
+    for label, sets in variants:
+        sets = {**sets, "data.num_workers": 1 if args.smoke else args.workers}
+        rows.append(train_row(label, "esrgan_x4_psnr.yaml", sets, data, work / "runs", steps, args.smoke))
+        print_row(rows[-1])
+    sets2 = {"train.precision": "fp32" if args.smoke else "bf16", "train.channels_last": not args.smoke,
+             "data.num_workers": 1 if args.smoke else args.workers, "train.pretrained_g": None}  # fmt: skip
+    rows.append(train_row("stage 2 bf16 (VGG19 + D)", "esrgan_x4_gan.yaml", sets2, data, work / "runs", gan_steps,
+                          args.smoke))  # fmt: skip
+    print_row(rows[-1])
+    rows.append(ddp_row(data, work / "runs", steps, args.smoke))
+    print_row(rows[-1])
+    rows.append(resume_row(data, work / "runs", args.smoke))
+    print_row(rows[-1])
+    for r in rows:
+        if "flop_step" in r and "it/s" in r:
+            r["TFLOP/s"] = r.pop("flop_step") * r["it/s"] / 1e12
+    return rows
+
+
+# --- upscaling -------------------------------------------------------------------------------------------------
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+def infer_section(args: argparse.Namespace, model: RRDBNet, device: torch.device) -> list[Row]:
+    from esrgan.upscale import Upscaler
+
+    side = 32 if args.smoke else 512
+    img = np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).open(photos(Path(args.work) / "inf", 1, 2 * side)[0])
+    )
+    x = torch.from_numpy(img[:side, :side].copy()).permute(2, 0, 1)[None].float().div(255).to(device)
+    macs = macs_per_lr_pixel(model.config) * side * side
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    rows: list[Row] = []
+    m32 = model.to(device)
+    with torch.no_grad():
+        ref = m32(x).clamp(0, 1)
+    mh = RRDBNet.from_config(model.config).to(device)
+    mh.load_state_dict(model.state_dict())
+    mh = mh.to(half).eval()
+    with torch.no_grad():
+        t = timed(lambda: mh(x.to(half)), device, args.repeats)
+        out = mh(x.to(half)).float().clamp(0, 1)
+    rows.append({"row": f"model alone, {half} NCHW, {side}^2", "ms": t * 1e3, "TFLOP/s": 2 * macs / t / 1e12,
+                 "note": f"vs fp32 {psnr(out, ref):.1f} dB"})  # fmt: skip
+    print_row(rows[-1])
+    torch.backends.cudnn.benchmark = True
+    mcl = mh.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    xcl = x.to(half).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        t_cl = timed(lambda: mcl(xcl), device, args.repeats)
+    rows.append({"row": f"model alone, {half} channels-last, cudnn.benchmark", "ms": t_cl * 1e3,
+                 "TFLOP/s": 2 * macs / t_cl / 1e12})  # fmt: skip
+    print_row(rows[-1])
+    t_comp = None
+    if not args.smoke and args.compile:
+        t0 = time.perf_counter()
+        mc = torch.compile(mcl)
+        with torch.no_grad():
+            mc(xcl)
+            sync(device)
+            compile_s = time.perf_counter() - t0
+            t_comp = timed(lambda: mc(xcl), device, args.repeats)
+        rows.append({"row": "model alone, compiled", "ms": t_comp * 1e3, "TFLOP/s": 2 * macs / t_comp / 1e12,
+                     "note": f"compile {compile_s:.0f} s"})  # fmt: skip
+        print_row(rows[-1])
+    up = Upscaler(model, device=str(device))
+    small = img[:side, :side].copy()
+    t_up = timed(lambda: up.upscale(small), device, args.repeats)
+    rows.append({"row": f"Upscaler auto, uint8 {side}^2", "ms": t_up * 1e3,
+                 "note": f"{t_up / t_cl:.2f}x the bare channels-last forward; precision {getattr(up, 'last_precision', '?')}"})  # fmt: skip
+    print_row(rows[-1])
+    big = img[: 2 * side, : 2 * side].copy()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t_big = timed(lambda: up.upscale(big), device, max(args.repeats // 2, 1), warmup=1)
+    mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    rows.append({"row": f"Upscaler auto, uint8 {2 * side}^2", "ms": t_big * 1e3,
+                 "note": f"{t_big / t_up:.2f}x the {side}^2 time; peak GPU {mem:.1f} GB"})  # fmt: skip
+    print_row(rows[-1])
+    args.model_rate = 1.0 / (t_comp or t_cl)
+    return rows
+
+
+def batch_section(args: argparse.Namespace, model_file: Path) -> list[Row]:
+    """`esrgan upscale DIR -o OUT` on 24 photos, against the rate of the model alone on the same size."""
+    side = 32 if args.smoke else 512
+    n = 4 if args.smoke else 24
+    src = photos(Path(args.work) / "batch_in", n, side)[0].parent
+    rows = []
+    for fmt in ("png", "jpg"):
+        out = Path(args.work) / f"batch_out_{fmt}"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, "-m", "esrgan.cli", "upscale", str(src), "-o", str(out), "--format", fmt,
+               "--model", str(model_file)]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            rows.append(
+                {"row": f"esrgan upscale {n} x {side}^2 -> {fmt}", "note": proc.stderr.strip()[-200:]}
+            )
+            continue
+        rate = n / wall
+        model_rate = getattr(args, "model_rate", None)
+        note = f"{rate / model_rate:.0%} of the model-alone rate" if model_rate else ""
+        rows.append({"row": f"esrgan upscale {n} x {side}^2 -> {fmt}", "images/s": rate,
+                     "note": note + " (wall incl. process start and model load)"})  # fmt: skip
+        print_row(rows[-1])
+    return rows
+
+
+def video_section(args: argparse.Namespace, model_file: Path) -> list[Row]:
+    script = REPO / "bench" / "video.py"
+    if not script.exists():
+        return [{"row": "video", "note": "bench/video.py not present"}]
+    cmd = [sys.executable, str(script), "--model", str(model_file)] + (["--smoke"] if args.smoke else [])
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-6:]
+    if proc.returncode:
+        tail = [f"failed: {proc.stderr.strip()[-300:]}"]
+    for line in tail:
+        print(f"video: {line}")
+    return [{"row": "video (bench/video.py)", "note": " / ".join(tail)}]
+
+
+# --- output ----------------------------------------------------------------------------------------------------
+COLUMNS = ["it/s", "data wait", "TFLOP/s", "peak GPU GB", "ms", "images/s", "wall s"]
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def print_row(row: Row) -> None:
+    print("  " + ", ".join(f"{k} {fmt(v)}" for k, v in row.items()), flush=True)
+
+
+def table(rows: list[Row]) -> str:
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    lines = ["| row | " + " | ".join(cols) + " | note |", "|---" * (len(cols) + 2) + "|"]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.0%}" if c == "data wait" and v != "" else fmt(v))
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {r.get('note', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["train", "infer", "batch", "video"], action="append")
+    parser.add_argument("--model", default=None, help="model file or name (default realesrgan-x4plus)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers of the training rows")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument(
+        "--smoke", action="store_true", help="toy sizes on any device: checks the script only"
+    )
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not args.smoke:
+        print("bench/gpu.py: no CUDA GPU here; use --smoke to check the script on the CPU", file=sys.stderr)
+        sys.exit(2)
+    sections = args.only or ["train", "infer", "batch", "video"]
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        args.work = args.work or tmp
+        work = Path(args.work)
+        print(f"machine: {machine()}", flush=True)
+        rows: list[Row] = []
+        model, model_name = load_model(args.model, args.smoke)
+        from esrgan.checkpoints import save_model
+
+        model_file = save_model(work / "model.safetensors", model, overwrite=True)
+        print(f"model: {model_name}", flush=True)
+        if "train" in sections:
+            rows += train_section(args, work)
+        if "infer" in sections or "batch" in sections:
+            rows += infer_section(args, model, device)
+        if "batch" in sections:
+            rows += batch_section(args, model_file)
+        if "video" in sections:
+            rows += video_section(args, model_file)
+    print()
+    print(f"{machine()}; model {model_name}; total {time.perf_counter() - t_all:.0f} s")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
