@@ -1,0 +1,43 @@
+"""bench/gpu.py is what a GPU session runs with its few device minutes: its rows must work before it gets there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_runs_the_upscaling_rows_on_the_cpu(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--only", "infer", "--repeats", "1",
+         "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    names = [r["row"] for r in rows]
+    assert any(n.startswith("model alone") for n in names) and any(n.startswith("Upscaler") for n in names)
+    assert all(r["ms"] > 0 for r in rows if "ms" in r)
+    assert "| row |" in proc.stdout  # the Markdown table for docs/benchmarks.md
+
+
+def test_gpu_bench_refuses_to_measure_without_a_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu.py")],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--smoke" in proc.stderr
