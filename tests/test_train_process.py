@@ -110,7 +110,7 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
         env=env,
         capture_output=True,
         text=True,
-        timeout=1500,  # about 3 minutes alone on a 2-core Zen 1; 9 under a load of 5
+        timeout=1500,  # 9 minutes on a 2-core Zen 1 under a load of 5
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "runs"
