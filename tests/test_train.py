@@ -305,5 +305,5 @@ def test_time_budget_continues_across_a_resume(photos: tuple[Path, Path], tmp_pa
 
 
 def test_budget_needs_a_schedule_in_time(photos: tuple[Path, Path], tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="schedule.kind"):
+    with pytest.raises(ConfigError, match=r"schedule\.kind"):
         tiny(photos, tmp_path, train={"time_budget_minutes": 5.0}, schedule={"kind": "multistep"})
