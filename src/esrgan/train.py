@@ -850,6 +850,7 @@ def train(
         clock() - t_start
     )  # earlier invocations' time, plus this one's setup
     reserve_s = 0.0  # what finishing needs (last validation + checkpoint): the budget stops that much earlier
+    step_s = 0.0  # recent seconds per step: the run stops when half a step more would pass the budget
     last_ckpt: Path | None = None
     nonfinite = 0
     interrupted = budget_done = False
@@ -865,6 +866,7 @@ def train(
             desc=cfg.train.stage,
         )
     t_last, step_last, wait_s = time.perf_counter(), progress.step, 0.0
+    first_step = progress.step + 1
     base_lrs = [
         (opt, [grp["initial_lr"] if "initial_lr" in grp else grp["lr"] for grp in opt.param_groups])
         for opt in (opts.opt_g, opts.opt_d)
@@ -880,7 +882,7 @@ def train(
                 for opt, bases in base_lrs:
                     for grp, base in zip(opt.param_groups, bases, strict=True):
                         grp["lr"] = budget_lr(cfg, base, fraction)
-            t_wait = time.perf_counter()
+            t_wait, t_step = time.perf_counter(), clock()
             try:
                 batch = next(batches)
             except RuntimeError:
@@ -900,8 +902,13 @@ def train(
                 opts.sched_g.step()
                 if opts.sched_d is not None:
                     opts.sched_d.step()
-            progress.elapsed_s = elapsed_before + clock() - t_start
-            budget_done = bool(budget_s) and progress.elapsed_s + reserve_s >= budget_s
+            now_c = clock()
+            progress.elapsed_s = elapsed_before + now_c - t_start
+            step_s = now_c - t_step if not step_s else 0.8 * step_s + 0.2 * (now_c - t_step)
+            budget_done = bool(budget_s) and progress.elapsed_s + reserve_s + 0.5 * step_s >= budget_s
+            # a budgeted run validates and saves once at its first step (of each invocation) too: that measures
+            # the reserve
+            first_budget_step = bool(budget_s) and step == first_step and not budget_done
             if logs is None:
                 nonfinite += 1
                 log.warning("step %d: loss is NaN/Inf, update skipped (%d in a row)", step, nonfinite)
@@ -943,7 +950,7 @@ def train(
                         for k, v in record.items():
                             if k != "step":
                                 board.add_scalar(f"train/{k}", v, step)
-                if val_items and (step % cfg.validation.every == 0 or finishing):
+                if val_items and (step % cfg.validation.every == 0 or finishing or first_budget_step):
                     t_val = clock()
                     model = nets.g_ema if nets.g_ema is not None else nets.g
                     vpsnr, vssim, outputs = evaluate_generator(model, val_items, scale=scale, device=device)
@@ -971,7 +978,7 @@ def train(
                                 checkpoint_state(cfg, nets, opts, progress, ddp, perceptual),
                             )
                     reserve_s = clock() - t_val
-                if step % cfg.checkpoint.every == 0 and not finishing:
+                if (step % cfg.checkpoint.every == 0 or first_budget_step) and not finishing:
                     t_ckpt = clock()
                     last_ckpt = save_step_checkpoint()
                     reserve_s += clock() - t_ckpt
@@ -983,6 +990,7 @@ def train(
     if bar is not None:
         bar.close()
 
+    progress.elapsed_s = elapsed_before + clock() - t_start  # the final validation included
     if ddp.main and (last_ckpt is None or not last_ckpt.name.endswith(f"{progress.step:08d}.ckpt")):
         last_ckpt = save_step_checkpoint()
     final = nets.g_ema if nets.g_ema is not None else nets.g
@@ -1005,6 +1013,7 @@ def train(
         if cfg.train.stage == "gan":
             meta["esrgan.perceptual_weights"] = "random" if vgg_random else "vgg19-imagenet"
         model_path = save_model(run_dir / "model.safetensors", final, metadata=meta, overwrite=True)
+        progress.elapsed_s = elapsed_before + clock() - t_start  # the export included
         if budget_s:
             log.info(
                 "time budget of %.1f min spent: %d steps in %.1f min",
