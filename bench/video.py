@@ -86,17 +86,24 @@ def end_to_end(up: object, clip: Path, dst: Path, codec: str, count: int, batch:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=50)
-    parser.add_argument("--size", default="96x64")
     parser.add_argument(
-        "--real-frames", type=int, default=4, help="frames for realesrgan-x4plus (0 = skip it)"
+        "--size", default=None, help="clip size WxH (default: 96x64 on a CPU, 640x360 on a GPU)"
+    )
+    parser.add_argument("--model", default="realesrgan-x4plus", help="the real model: a name or a file")
+    parser.add_argument(
+        "--real-frames",
+        type=int,
+        help="frames for the real model (default: 4 on a CPU, --frames on a GPU; 0 = skip)",
     )
     parser.add_argument("--codecs", default="h264,ffv1")
-    parser.add_argument("--batch", default="1,4", help="frames per forward pass in the model-alone rows")
+    parser.add_argument("--batch", default="1,4", help="frames per forward pass in the batching rows")
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument(
         "--repeat", type=int, default=3, help="best of N runs per row, tiny model (shared CPUs)"
     )
+    parser.add_argument("--smoke", action="store_true", help="toy sizes: checks the script, not speed")
     args = parser.parse_args()
 
     import torch
@@ -105,34 +112,43 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     from make_clip import make_clip
 
+    from esrgan.device import resolve_device
     from esrgan.errors import EsrganError
     from esrgan.generator import RRDBNet
     from esrgan.upscale import Upscaler
 
-    w, h = (int(v) for v in args.size.split("x"))
+    device = resolve_device(args.device)
+    gpu = device.type != "cpu"
+    if args.smoke:
+        args.frames, args.real_frames, args.repeat, args.size, args.codecs = 6, 2, 1, "48x32", "h264"
+    size = args.size or ("640x360" if gpu else "96x64")
+    real_frames = args.real_frames if args.real_frames is not None else (args.frames if gpu else 4)
+    w, h = (int(v) for v in size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench-video-"))
     clip = make_clip(work / "clip.mp4", size=(w, h), fps=25, seconds=args.frames / 25)
     torch.manual_seed(0)
     cases: list[tuple[str, Upscaler, int]] = [
-        ("tiny", Upscaler(RRDBNet(num_feat=16, num_block=2, num_grow=8, scale=4), device="cpu",
+        ("tiny", Upscaler(RRDBNet(num_feat=16, num_block=2, num_grow=8, scale=4), device=str(device),
                           precision=args.precision), args.frames),
     ]  # fmt: skip
-    if args.real_frames > 0:
+    if real_frames > 0:
         try:
-            real = Upscaler.from_pretrained("realesrgan-x4plus", device="cpu", precision=args.precision)
-            cases.append(("realesrgan-x4plus", real, args.real_frames))
+            real = Upscaler.from_pretrained(args.model, device=str(device), precision=args.precision)
+            cases.append((Path(args.model).stem, real, min(real_frames, args.frames)))
         except EsrganError as exc:
-            print(f"(realesrgan-x4plus skipped: {exc})")
+            print(f"({args.model} skipped: {exc})")
     load = os.getloadavg()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads; load average {load[0]:.1f} {load[1]:.1f} at the start")  # fmt: skip
+          f"{torch.get_num_threads()} threads; load average {load[0]:.1f} {load[1]:.1f} at the start; "
+          f"model on {where}")  # fmt: skip
     print(f"clip: {w}x{h}, 25 fps, H.264 with AAC; outputs x4 = {4 * w}x{4 * h}\n")
     print("| model | frames | run | precision | frames/s | vs model alone |")
     print("|---|---:|---|---|---:|---:|")
     for name, up, count in cases:
         frames = decoded_frames(clip, count)
         model_alone(up, frames[:1])  # warm up (weights packed, kernels chosen)
-        repeat = args.repeat if name == "tiny" else 1
+        repeat = args.repeat if name == "tiny" or gpu else 1
 
         def best(run: Callable[[], float], repeat: int = repeat) -> float:
             return min(run() for _ in range(repeat))
