@@ -154,7 +154,7 @@ def test_outscale_and_interpolation(clips: dict[str, Path], tmp_path: Path) -> N
     mixed = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=1.5,
                      interpolate=tiny_model(3), interpolate_alpha=0.5)  # fmt: skip
     dst = tmp_path / "out.mkv"
-    upscale_video(mixed, clips["25"], dst, codec="ffv1", frames=(5, 8))
+    mixed.upscale_video(clips["25"], dst, codec="ffv1", frames=(5, 8))  # the Upscaler method, same thing
     _, f_in = frames_of(clips["25"])
     _, f_out = frames_of(dst)
     assert [f.shape for f in f_out] == [(96, 144, 3)] * 3

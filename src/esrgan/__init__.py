@@ -5,6 +5,7 @@ Public API (imported lazily so `import esrgan` stays cheap):
     load_model, save_model       one loading pipeline for every RRDBNet file     (esrgan.checkpoints)
     interpolate_state_dicts      network interpolation                           (esrgan.checkpoints)
     Upscaler                     upscale numpy arrays / PIL images / files        (esrgan.upscale)
+    upscale_video                a video through an Upscaler, sound and timing kept (esrgan.video; needs PyAV)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _LAZY = {
     "save_model": "checkpoints",
     "interpolate_state_dicts": "checkpoints",
     "Upscaler": "upscale",
+    "upscale_video": "video",
 }
 
 __all__ = [
@@ -30,12 +32,14 @@ __all__ = [
     "interpolate_state_dicts",
     "load_model",
     "save_model",
+    "upscale_video",
 ]
 
 if TYPE_CHECKING:
     from .checkpoints import interpolate_state_dicts, load_model, save_model
     from .generator import RRDBConfig, RRDBNet
     from .upscale import Upscaler
+    from .video import upscale_video
 
 
 def __getattr__(name: str) -> Any:

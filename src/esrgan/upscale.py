@@ -53,7 +53,7 @@ from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
 from .imageio import ImageData
 from .tiling import DEFAULT_OVERLAP, auto_tile_size, balanced_tile, upscale_tiled
-from .video import CONTAINERS, VIDEO_SUFFIXES
+from .video import CONTAINERS, VIDEO_SUFFIXES, VideoResult
 
 AlphaMode = Literal["model", "bicubic"]
 ALPHA_MODES = ("model", "bicubic")
@@ -281,8 +281,9 @@ class Upscaler:
         colour, alpha = self.upscale_planes(image.pixels, image.alpha, on_tile=on_tile)
         return replace(image, pixels=colour, alpha=alpha)
 
-    def upscale_video(self, src: str | Path, dst: str | Path, **options: Any) -> Any:
-        """Every frame of a video through this upscaler, sound and timing kept: esrgan.video.upscale_video."""
+    def upscale_video(self, src: str | Path, dst: str | Path, **options: Any) -> VideoResult:
+        """Every frame of a video through this upscaler, sound and timing kept: esrgan.video.upscale_video (options:
+        codec, crf, pix_fmt, frames, segment_frames, frame_batch, overwrite, max_pixels, on_frame)."""
         from .video import upscale_video
 
         return upscale_video(self, src, dst, **options)
