@@ -349,3 +349,18 @@ def test_frames_batched_per_forward_pass(up: Upscaler, clips: dict[str, Path], t
     for a, b in zip(f1, f4, strict=True):
         diff = np.abs(a.astype(int) - b.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_mpeg_ts_source_that_starts_late(up: Upscaler, tmp_path: Path) -> None:
+    """MPEG-TS: timestamps from 0.08 s in a 90 kHz time base, ADTS audio; kept in MP4 (and the name in a folder)."""
+    src = make_clip(tmp_path / "broadcast.ts", seconds=1.0)
+    result = upscale_video(up, src, tmp_path / "out.mp4")
+    t_in, _ = frames_of(src)
+    t_out, f_out = frames_of(tmp_path / "out.mp4")
+    assert t_in[0] > 0 and t_out == t_in and len(f_out) == 25
+    assert result.duration == pytest.approx(1.0) and "25 frames, 1.00 s of video" in result.summary()
+    assert abs(audio_seconds(tmp_path / "out.mp4") - audio_seconds(src)) < 1 / 25
+    from esrgan.upscale import plan_jobs
+
+    (job,) = plan_jobs([(src, None)], tmp_path / "folder", scale=4)
+    assert job.dst.name == "broadcast_x4.mkv"  # no MPEG-TS muxing here: Matroska holds anything

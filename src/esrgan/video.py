@@ -637,7 +637,7 @@ def upscale_video(
         with _open_input(av, src) as inp:
             vin = _video_stream(inp, src)
             vin.thread_type = "AUTO"
-            count, end = _run_frames(
+            count, first, end = _run_frames(
                 av, upscaler, inp, vin, src, plan, work, segment_frames, skip, on_frame, result, frame_batch
             )
             if count == 0:
@@ -646,7 +646,7 @@ def upscale_video(
                 )
             _check_complete(inp, vin, src, plan, count, end)
         result.frames = count
-        result.duration = float(end * plan.time_base)
+        result.duration = float((end - first) * plan.time_base)
         result.resumed = min(skip, count)
         with _open_input(av, src) as inp, atomic_path(dst, overwrite=overwrite) as tmp:
             _mux(av, inp, tmp, work, plan, segment_frames, count, end, result)
@@ -710,8 +710,8 @@ def _run_frames(
     on_frame: FrameProgress | None,
     result: VideoResult,
     frame_batch: int,
-) -> tuple[int, int]:
-    """Decode thread -> model (here) -> encode thread. Returns (frames, end timestamp of the last frame)."""
+) -> tuple[int, int, int]:
+    """Decode thread -> model (here) -> encode thread. Returns (frames, first frame's timestamp, end of the last)."""
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
     upscaled: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
@@ -743,7 +743,7 @@ def _run_frames(
     threads = [threading.Thread(target=decode, daemon=True), threading.Thread(target=encode, daemon=True)]
     for t in threads:
         t.start()
-    count, end = 0, 0
+    count, first, end = 0, 0, 0
     pending: list[_Frame] = []
 
     def flush() -> bool:
@@ -769,6 +769,8 @@ def _run_frames(
             if isinstance(item, _Failure):
                 raise item.exc
             frame: _Frame = item
+            if count == 0:
+                first = frame.pts
             count, end = frame.index + 1, frame.pts + frame.duration
             if frame.pixels is not None:
                 pending.append(frame)
@@ -789,7 +791,7 @@ def _run_frames(
         if isinstance(exc, av.error.FFmpegError):
             raise VideoError(f"{src}: encoding with {plan.codec} failed ({_reason(exc)})") from None
         raise exc
-    return count, end
+    return count, first, end
 
 
 def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndarray]:
