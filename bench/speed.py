@@ -35,8 +35,7 @@ import torch
 from skimage import data
 
 from esrgan.checkpoints import load_model
-from esrgan.device import ModelRunner, cpu_has_native_bf16, precision_name
-from esrgan.fast import compile_for_inference
+from esrgan.device import DTYPES, ModelRunner, cpu_has_native_bf16, precision_name
 from esrgan.generator import RRDBConfig, RRDBNet
 from esrgan.tiling import DEFAULT_OVERLAP, tile_starts
 from esrgan.upscale import CPU_MAX_TILE, Upscaler
@@ -139,6 +138,7 @@ def ncnn_fn(threads: int, bf16: bool) -> Fn | None:
 def build_paths(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> dict[str, tuple[Fn, str]]:
     """name -> (forward, ceiling dtype)."""
     bf16 = "bf16" if cpu_has_native_bf16() else "fp32"
+    cpu = torch.device("cpu")
     paths: dict[str, tuple[Fn, str]] = {
         "fp32 eager NCHW (reference)": (eager(model, False), "fp32"),
         "fp32 eager channels-last": (eager(model, True), "fp32"),
@@ -146,12 +146,19 @@ def build_paths(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> dict[str
             ModelRunner(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, engine="module"),
             "bf16",
         ),
-        "fp32 fast (esrgan.fast, packed oneDNN)": (compile_for_inference(model, precision="fp32"), "fp32"),
-        "bf16 fast (esrgan.fast, packed oneDNN)": (compile_for_inference(model, precision="bf16"), bf16),
+        "fp32 fast (esrgan.fast, packed oneDNN)": (
+            ModelRunner(model, cpu, torch.float32, engine="packed"),
+            "fp32",
+        ),
+        "bf16 fast (esrgan.fast, packed oneDNN)": (
+            ModelRunner(model, cpu, DTYPES[bf16], engine="packed"),
+            bf16,
+        ),
     }
     if args.compile:
         for p in ("fp32", "bf16"):
-            fn = compile_for_inference(model, precision=p, compile=True, cache_dir=tmp / "inductor")  # type: ignore[arg-type]
+            compiled = copy.deepcopy(model)
+            fn = ModelRunner(compiled, cpu, DTYPES[p], engine="compiled", cache_dir=tmp / "inductor")
             paths[f"{p} torch.compile channels-last"] = (fn, p)
     if args.onnx:
         try:

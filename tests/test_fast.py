@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from esrgan.device import ModelRunner, resolve_precision
 from esrgan.errors import EsrganError, ModelNotAvailableError
-from esrgan.fast import PackedRRDBNet, compile_for_inference
 from esrgan.generator import RRDBNet
 from esrgan.tiling import upscale_tiled
 
@@ -33,6 +33,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+
+
+CPU = torch.device("cpu")
+
+
+def packed(model: RRDBNet, precision: str) -> ModelRunner:
+    """The forward pass the Upscaler picks on the CPU (asserted to be the packed engine)."""
+    runner = ModelRunner(model, CPU, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision])
+    assert runner.engine == "packed"
+    return runner
 
 
 def tiny(**kw: object) -> RRDBNet:
@@ -62,9 +72,7 @@ def test_packed_engine_matches_eager_on_photo(arch: dict[str, object], photo: np
     # 37x41: odd, not a multiple of the unshuffle factors, so the padding and cropping are exercised
     x = to_tensor(photo[60:97, 180:221])
     ref = eager(model, x)
-    fp32 = compile_for_inference(model, precision="fp32")
-    bf16 = compile_for_inference(model, precision="bf16")
-    assert isinstance(fp32, PackedRRDBNet) and isinstance(bf16, PackedRRDBNet)
+    fp32, bf16 = packed(model, "fp32"), packed(model, "bf16")
     out32, out16 = fp32(x), bf16(x)
     assert out32.shape == ref.shape == out16.shape
     assert out32.dtype == out16.dtype == torch.float32 and out32.is_contiguous()
@@ -77,7 +85,7 @@ def test_packed_engine_matches_eager_on_photo(arch: dict[str, object], photo: np
 def test_repeated_calls_and_new_shapes_stay_correct(photo_small: np.ndarray) -> None:
     """Weights are packed per input shape: a second shape, then the first again, must all be right."""
     model = tiny()
-    fn = compile_for_inference(model, precision="fp32")
+    fn = packed(model, "fp32")
     a, b = to_tensor(photo_small), to_tensor(photo_small[:24, :32])
     first = fn(a)
     assert torch.equal(fn(a), first)
@@ -92,7 +100,7 @@ def test_repeated_calls_and_new_shapes_stay_correct(photo_small: np.ndarray) -> 
 def test_engine_leaves_the_model_alone(photo_small: np.ndarray) -> None:
     model = tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    compile_for_inference(model, precision="bf16")(to_tensor(photo_small))
+    packed(model, "bf16")(to_tensor(photo_small))
     after = model.state_dict()
     assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
 
@@ -100,15 +108,18 @@ def test_engine_leaves_the_model_alone(photo_small: np.ndarray) -> None:
 def test_plain_path_is_the_eager_model(photo_small: np.ndarray) -> None:
     model = tiny()
     x = to_tensor(photo_small)
-    fn = compile_for_inference(model, precision="fp32", channels_last=False)
-    assert not isinstance(fn, PackedRRDBNet)
+    fn = ModelRunner(model, CPU, torch.float32, engine="module")
+    assert fn.engine == "module" and not fn.channels_last
     assert torch.equal(fn(x), eager(model, x))
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_unsupported_precisions_are_refused(precision: str) -> None:
-    with pytest.raises(EsrganError, match=precision):
-        compile_for_inference(tiny(), precision=precision)  # type: ignore[arg-type]
+def test_unsupported_precisions_are_refused() -> None:
+    with pytest.raises(EsrganError, match="int8"):
+        resolve_precision("int8", CPU)
+    with pytest.raises(EsrganError, match="float16"):
+        ModelRunner(tiny(), CPU, torch.float16, engine="packed")
+    with pytest.raises(EsrganError, match="jit"):
+        ModelRunner(tiny(), CPU, torch.float32, engine="jit")
 
 
 @needs_onednn
@@ -120,7 +131,7 @@ def test_drop_in_forward_for_tiling(photo: np.ndarray) -> None:
     def plain(x: torch.Tensor) -> torch.Tensor:
         return eager(model, x)
 
-    fast = compile_for_inference(model, precision="fp32")
+    fast = packed(model, "fp32")
     want = upscale_tiled(plain, img, scale=4, tile=48, overlap=8)
     got = upscale_tiled(fast, img, scale=4, tile=48, overlap=8, batch=2)
     assert got.shape == want.shape == (320, 384, 3)
@@ -137,8 +148,8 @@ def test_real_x4plus_weights_bf16_and_fp32(photo: np.ndarray) -> None:
         pytest.skip(str(exc))
     x = to_tensor(photo[100:132, 150:182])  # face and helmet edge
     ref = eager(model, x)
-    assert psnr(compile_for_inference(model, precision="fp32")(x), ref) >= FP32_DB
-    assert psnr(compile_for_inference(model, precision="bf16")(x), ref) >= BF16_REAL_DB
+    assert psnr(packed(model, "fp32")(x), ref) >= FP32_DB
+    assert psnr(packed(model, "bf16")(x), ref) >= BF16_REAL_DB
 
 
 @needs_onednn
@@ -150,7 +161,7 @@ def test_compiled_path_matches_eager(photo_small: np.ndarray) -> None:
     """torch.compile without freezing (freezing gave wrong outputs for this network)."""
     model = RRDBNet(num_feat=8, num_block=1, num_grow=4).eval()
     x = to_tensor(photo_small)
-    fn = compile_for_inference(model, precision="fp32", compile=True)
+    fn = ModelRunner(model, CPU, torch.float32, engine="compiled")
     assert psnr(fn(x), eager(model, x)) >= FP32_DB
 
 
@@ -164,8 +175,8 @@ def test_tail_in_stripes_is_the_same_image(
 
     model = tiny(**arch)
     x = to_tensor(photo[40:117, 100:161])
-    whole = compile_for_inference(model, precision="fp32")(x)
+    whole = packed(model, "fp32")(x)
     monkeypatch.setattr(esrgan.fast, "TAIL_BYTES", 1)  # smallest stripes (8 trunk rows): many stripe edges
-    striped = compile_for_inference(model, precision="fp32")(x)
+    striped = packed(model, "fp32")(x)
     assert torch.equal(striped, whole)
     assert psnr(striped, eager(model, x)) >= FP32_DB

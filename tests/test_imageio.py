@@ -22,6 +22,7 @@ from esrgan.imageio import (
     ImageWarning,
     _unfilter,
     from_float,
+    list_images,
     read_image,
     to_float,
     write_image,
@@ -63,6 +64,22 @@ def _exif(**tags: object) -> Image.Exif:
     for key, value in tags.items():
         exif[int(key.removeprefix("t"))] = value
     return exif
+
+
+# --- listing folders -----------------------------------------------------------------------------------------------
+def test_list_images_one_rule_for_every_command(tmp_path: Path, photo: np.ndarray) -> None:
+    """The listing train, prepare, evaluate and upscale share: image suffixes in any case, sorted; hidden files
+    (the .part temp files of atomic writes) and hidden folders skipped; sub-folders only when recursive."""
+    data = photo[:16, :16]
+    for name in ("b.png", "a.JPG", "c.tga", ".hidden.png", ".out.png.1234.part", "notes.txt", "sub/d.png",
+                 ".cache/e.png", "out/f.png"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(data).save(tmp_path / name, format="PNG")
+    (tmp_path / "folder.png").mkdir()
+    names = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert names == ["a.JPG", "b.png", "c.tga"]
+    deep = list_images(tmp_path, recursive=True, exclude=(tmp_path / "out").resolve())
+    assert [p.relative_to(tmp_path).as_posix() for p in deep] == ["a.JPG", "b.png", "c.tga", "sub/d.png"]
 
 
 # --- reading every mode --------------------------------------------------------------------------------------------

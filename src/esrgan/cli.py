@@ -11,6 +11,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .defaults import (
+    ALPHA_MODES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL,
+    DEFAULT_NAME,
+    DEFAULT_OVERLAP,
+    DEVICES,
+    PRECISIONS,
+)
 from .errors import EsrganError
 
 Runner = Callable[[argparse.Namespace], int]
@@ -318,10 +327,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tile", type=int, metavar="N", help="tile size in LR pixels (default: automatic; 0 = whole image)"
     )
-    p.add_argument(
-        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default: auto"
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: auto")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -416,7 +423,7 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--name",
-        default="{name}_x{scale}.{ext}",
+        default=DEFAULT_NAME,
         help="output file name pattern; fields {name} {scale} {ext} {model} (default: %(default)s)",
     )
     p.add_argument(
@@ -427,9 +434,9 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model",
-        default="realesrgan-x4plus",
+        default=DEFAULT_MODEL,
         help=(
-            "model name (see `esrgan models`) or model file. Default: realesrgan-x4plus, because it is trained on "
+            f"model name (see `esrgan models`) or model file. Default: {DEFAULT_MODEL}, because it is trained on "
             "realistic degradations (blur, noise, JPEG) and so suits real photos, where the paper's models, "
             "trained on clean bicubic downscales, amplify noise and compression artefacts"
         ),
@@ -447,11 +454,11 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="interpolation weight of OTHER: theta = (1 - alpha) * MODEL + alpha * OTHER (needs --interpolate)",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=PRECISIONS,
         help="auto: fp16 on GPUs, bf16 on CPUs that compute it natively, else fp32; NaN/Inf outputs are redone in fp32",
     )
     p.add_argument(
@@ -461,13 +468,16 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         "(default: from free memory)",
     )
     p.add_argument(
-        "--tile-overlap", type=int, default=16, help="blended overlap between tiles (default: %(default)s)"
+        "--tile-overlap",
+        type=int,
+        default=DEFAULT_OVERLAP,
+        help="blended overlap between tiles (default: %(default)s)",
     )
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass (default: %(default)s)")
     p.add_argument(
         "--alpha-mode",
-        choices=["model", "bicubic"],
-        default="model",
+        choices=ALPHA_MODES,
+        default=ALPHA_MODES[0],
         help="how an alpha channel is upscaled: through the model as a grey image (default) or bicubic",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
@@ -476,7 +486,7 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         "--max-megapixels",
         type=_positive_float("--max-megapixels"),
         help="refuse inputs larger than this, in mebipixels (2^20 pixels), checked from the header before decoding "
-        "(default 64 = 67108864 pixels, a decompression-bomb guard)",
+        f"(default {DEFAULT_MAX_PIXELS / 2**20:g} = {DEFAULT_MAX_PIXELS} pixels, a decompression-bomb guard)",
     )
     p.add_argument("--max-pixels", type=int, help=argparse.SUPPRESS)  # the old name, in pixels
     v = p.add_argument_group(
@@ -600,11 +610,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default=_path("esrgan-demo"),
         help="output folder (default: %(default)s)",
     )
-    p.add_argument("--model", default="realesrgan-x4plus", help="model name or file (default: %(default)s)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
-    p.add_argument(
-        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="default: auto"
-    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name or file (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=_run_demo)
 

@@ -43,10 +43,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import ConfigError, ImageError
+from .imageio import IMAGE_SUFFIXES
+from .imageio import list_images as _list_images
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_PIXELS = 128_000_000  # refuse decompression bombs; a 12K x 10K photo still fits
 _MARGIN_LR = (
     4  # LR pixels of context around a patch: covers the x4 bicubic kernel (2 * scale HR px) plus blur
@@ -54,10 +55,11 @@ _MARGIN_LR = (
 
 
 def list_images(folder: str | Path) -> list[Path]:
+    """esrgan.imageio.list_images for a training folder: a missing or empty folder is a ConfigError naming it."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"{folder}: image folder not found")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = _list_images(folder)
     if not files:
         raise ConfigError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files

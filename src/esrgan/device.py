@@ -3,9 +3,10 @@
 - fp16 is never used on the CPU (slow and overflow-prone there): asking for it gives bf16 where the CPU computes
   bf16 natively, else fp32, with a warning. bf16 on a CPU without native support (it would be emulated, slower
   than fp32) also falls back to fp32.
-- On the CPU the forward pass is esrgan.fast.PackedRRDBNet in fp32 or bf16 (pre-packed oneDNN convolutions,
-  channels-last, the tail in stripes: see bench/speed.py and docs/benchmarks.md for what it is worth). Elsewhere
-  reduced precision uses torch.autocast over the fp32 module.
+- ModelRunner is the one place that picks a forward pass. On the CPU it is esrgan.fast.PackedRRDBNet in fp32 or
+  bf16 (pre-packed oneDNN convolutions, channels-last, the tail in stripes: see bench/speed.py and
+  docs/benchmarks.md for what it is worth). Elsewhere reduced precision uses torch.autocast over the fp32 module;
+  engine="compiled" runs that module through torch.compile (measured by bench/speed.py, not a default).
 - A batch whose reduced-precision output has NaN/Inf is recomputed in fp32 without reloading anything (the runner
   then stays in fp32: an overflowing model overflows again).
 - High-bit-depth inputs (16-bit, float) are computed in fp32 whatever the precision (esrgan.upscale): bf16 keeps 8
@@ -26,12 +27,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .defaults import DEVICES, PRECISIONS
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Precision names (as the CLI, the web page and config files spell them) and their dtypes."""
+ENGINES = ("auto", "packed", "module", "compiled")
 
 
 class PrecisionWarning(UserWarning):
@@ -39,7 +41,7 @@ class PrecisionWarning(UserWarning):
 
 
 def precision_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in _DTYPES.items()}[dtype]
+    return {v: k for k, v in DTYPES.items()}[dtype]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -111,11 +113,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
                 stacklevel=2,
             )
             return best
-        return _DTYPES[precision]
+        return DTYPES[precision]
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         warnings.warn("this GPU has no bf16; using fp16", PrecisionWarning, stacklevel=2)
         return torch.float16
-    return torch.float16 if precision == "auto" else _DTYPES[precision]
+    return torch.float16 if precision == "auto" else DTYPES[precision]
 
 
 def available_memory(device: torch.device) -> int:
@@ -163,16 +165,25 @@ class ModelRunner:
 
     On the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
     fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). Elsewhere, or with
-    engine="module", the model itself, under autocast for reduced precision.
+    engine="module", the model itself, under autocast for reduced precision (fp32 module = the eager reference).
+    engine="compiled": that module through torch.compile (inductor, no freezing: freezing gave wrong outputs for
+    this network); the first call per input shape compiles (~35 s on 2 cores), later processes reuse the on-disk
+    cache in `cache_dir` (default: torch's own).
     Outputs with NaN/Inf in reduced precision are recomputed in fp32 with a PrecisionWarning, and the runner stays
     in fp32 afterwards. The model must already be on `device`.
     """
 
     def __init__(
-        self, model: RRDBNet, device: torch.device, dtype: torch.dtype, *, engine: str = "auto"
+        self,
+        model: RRDBNet,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        engine: str = "auto",
+        cache_dir: str | Path | None = None,
     ) -> None:
-        if engine not in ("auto", "packed", "module"):
-            raise EsrganError(f"unknown engine {engine!r} (auto, packed or module)")
+        if engine not in ENGINES:
+            raise EsrganError(f"unknown engine {engine!r} ({', '.join(ENGINES)})")
         self.model = model.eval().requires_grad_(False)
         self.device = device
         self.dtype = dtype
@@ -184,11 +195,19 @@ class ModelRunner:
         )
         if engine == "packed" and not packable:
             raise EsrganError(f"the packed engine runs on the CPU in fp32 or bf16, not {device.type} {dtype}")
-        self.engine = "packed" if packable and engine != "module" else "module"
+        if engine == "auto":
+            engine = "packed" if packable else "module"
+        self.engine = engine
         self._packed: dict[torch.dtype, Callable[[Tensor], Tensor]] = {}
-        self.channels_last = self.engine == "module" and dtype != torch.float32
+        self.channels_last = self.engine == "compiled" or (self.engine == "module" and dtype != torch.float32)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._module: Callable[[Tensor], Tensor] = self.model
+        if self.engine == "compiled":
+            if cache_dir is not None:
+                # Inductor reads its cache location from the environment when it compiles, not at import time.
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).expanduser())
+            self._module = torch.compile(self.model, dynamic=False)
 
     def activation_bytes(self) -> tuple[float, int]:
         """(peak bytes per input pixel, fixed bytes) of one forward pass, for choosing the tile."""
@@ -205,9 +224,9 @@ class ModelRunner:
             return self._packed[dtype](x)
         with torch.inference_mode():
             if dtype == torch.float32:
-                return self.model(x.float())
+                return self._module(x.float())
             with torch.autocast(self.device.type, dtype=dtype):
-                return self.model(x)
+                return self._module(x)
 
     def __call__(self, batch: Tensor) -> Tensor:
         x = batch.to(self.device, dtype=torch.float32)

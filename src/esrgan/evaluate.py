@@ -34,8 +34,8 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .errors import ConfigError, EsrganError, ImageError
 from .imageio import ImageData, from_float, read_image, to_float, write_image
+from .imageio import list_images as _list_images
 from .metrics import psnr, ssim
-from .prepare import IMAGE_SUFFIXES
 from .resize import imresize_np
 
 if TYPE_CHECKING:
@@ -161,12 +161,10 @@ def _json_float(v: float | None) -> float | str | None:
 
 # --- inputs ---------------------------------------------------------------------------------------------------------
 def list_images(folder: Path) -> list[Path]:
-    """Image files of a folder (by extension, hidden files skipped), sorted by name."""
+    """esrgan.imageio.list_images, with a missing folder as an ImageError naming it."""
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a folder")
-    return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    return _list_images(folder)
 
 
 def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:

@@ -1,8 +1,9 @@
 """Fast RRDBNet inference: on the CPU, oneDNN convolutions with pre-packed weights, channels-last, fused epilogues.
 
-compile_for_inference(model, ...) returns a forward function (float32 NCHW in, float32 NCHW out) for the tiling
-code. On the CPU it is PackedRRDBNet, a hand-written forward pass over the model's weights that calls oneDNN's fused
-convolution op (torch.ops.mkldnn._convolution_pointwise, the op torch.compile's CPU backend emits) directly:
+PackedRRDBNet is a forward function (float32 NCHW in, float32 NCHW out) for the tiling code, chosen on the CPU by
+esrgan.device.ModelRunner (the one place that picks a forward pass). It is a hand-written forward pass over the
+model's weights that calls oneDNN's fused convolution op (torch.ops.mkldnn._convolution_pointwise, the op
+torch.compile's CPU backend emits) directly:
 
 - weights converted once to the compute dtype and reordered once into oneDNN's blocked layout (eager PyTorch
   reorders every weight on every call);
@@ -15,18 +16,12 @@ convolution op (torch.ops.mkldnn._convolution_pointwise, the op torch.compile's 
   channel slice to a contiguous input anyway; kept for its simpler memory profile);
 - the upsampling tail in row stripes, so its scale**2-sized maps never dominate the memory (see _tail).
 
-Not torch.compile by default: `torch._inductor.config.freezing = True` (needed for the same weight packing) gave
+Not torch.compile by default (ModelRunner's engine="compiled" is there to measure it): `torch._inductor.config.freezing = True` (needed for the same weight packing) gave
 wrong outputs for this network, and compiling without it costs ~50 s per input shape (minutes on a loaded machine)
 for a few percent (bench/speed.py measures both). Numbers and the ideas that did not pay: docs/benchmarks.md ("Speed").
 """
 
 from __future__ import annotations
-
-import copy
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +30,6 @@ from torch import Tensor, nn
 from .errors import EsrganError
 from .generator import RRDBNet
 
-Precision = Literal["fp32", "bf16", "fp16"]
-Forward = Callable[[Tensor], Tensor]
-
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ONE = [1, 1]  # every RRDBNet conv is 3x3, stride 1, padding 1, dilation 1
 _MAX_PACKS = 4  # packed weight sets kept per conv (one per input shape; tiling uses one or two shapes)
 TAIL_BYTES = 64 << 20  # largest tail feature map computed at once (see PackedRRDBNet._tail)
@@ -46,7 +37,7 @@ TAIL_BYTES = 64 << 20  # largest tail feature map computed at once (see PackedRR
 # edge, which is at most 1/2 + 1/4 + ... + 2 / scale <= 2 trunk rows for every RRDBNet tail.
 _HALO = 2
 
-__all__ = ["DTYPES", "PackedRRDBNet", "compile_for_inference"]
+__all__ = ["PackedRRDBNet"]
 
 
 class _PackedConv:
@@ -179,67 +170,3 @@ class PackedRRDBNet:
             if factor > 1:
                 out = out[..., : h * cfg.scale, : w * cfg.scale]
             return out.float().contiguous()
-
-
-class _ModuleForward:
-    """The model itself on `device` in `dtype` (optionally channels-last, optionally torch.compile'd)."""
-
-    def __init__(
-        self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool
-    ) -> None:
-        self.module = copy.deepcopy(model).eval().requires_grad_(False).to(device=device, dtype=dtype)
-        self.device, self.dtype, self.channels_last = device, dtype, channels_last
-        if channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.fn: Callable[[Tensor], Tensor] = self.module
-
-    def __call__(self, x: Tensor) -> Tensor:
-        with torch.inference_mode():
-            x = x.to(self.device, self.dtype)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return self.fn(x).float().contiguous().cpu()
-
-
-def compile_for_inference(
-    model: RRDBNet,
-    *,
-    device: str | torch.device = "cpu",
-    precision: Precision = "fp32",
-    compile: bool | Literal["auto"] = "auto",
-    channels_last: bool = True,
-    cache_dir: str | Path | None = None,
-) -> Forward:
-    """The fastest forward function for `model` on `device` in `precision` (a resolved one: see
-    esrgan.device.resolve_precision; fp16 is refused on the CPU). Input and output are float32 NCHW on the host.
-
-    CPU with channels_last and compile False/"auto": PackedRRDBNet. compile=True: torch.compile (inductor, no
-    freezing: it was seen to give wrong outputs for this network) of the model; the first call per input shape
-    compiles (~35 s on 2 cores), later processes reuse the on-disk cache in `cache_dir` (default: torch's own).
-    "auto" compiles only on CUDA with Triton installed. channels_last=False is plain eager PyTorch (the reference).
-    """
-    if precision not in DTYPES:
-        raise EsrganError(f"unknown precision {precision!r} (choose from {', '.join(DTYPES)})")
-    dtype = DTYPES[precision]
-    dev = torch.device(device)
-    if dev.type == "cpu" and dtype == torch.float16:
-        raise EsrganError("fp16 is not supported on the CPU (slow and overflow-prone); use bf16 or fp32")
-    if compile == "auto":
-        compile = dev.type == "cuda" and _has_triton()
-    if dev.type == "cpu" and channels_last and not compile and torch.backends.mkldnn.is_available():
-        return PackedRRDBNet(model, dtype)
-    forward = _ModuleForward(model, dev, dtype, channels_last)
-    if compile:
-        if cache_dir is not None:
-            # Inductor reads its cache location from the environment when it compiles, not at import time.
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).expanduser())
-        forward.fn = torch.compile(forward.module, dynamic=False)
-    return forward
-
-
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -33,22 +33,23 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from .atomic import OutputExistsError, atomic_path
+from .defaults import DEFAULT_MAX_PIXELS
 from .errors import ImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "PIL_LAYOUTS",
     "WRITE_FORMATS",
     "ImageData",
     "ImageWarning",
     "from_float",
+    "list_images",
     "read_image",
     "to_float",
     "write_image",
 ]
 
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
-"""Largest input read by default: 64 megapixels (an 8192x8192 photo). 16-bit RGBA at this size is 512 MiB of
-pixels before the upscaler's float copy; raise it per call with read_image(..., max_pixels=...)."""
 
 WRITE_FORMATS = {
     ".png": "PNG",
@@ -60,6 +61,26 @@ WRITE_FORMATS = {
     ".bmp": "BMP",
 }
 """Output extensions and the format each selects (format names are accepted too, case-insensitively)."""
+
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".bmp",
+        ".gif",
+        ".ppm",
+        ".pgm",
+        ".pnm",
+        ".tga",
+    }
+)
+"""File names a folder listing picks up (formats read_image decodes). A file named explicitly is read whatever its
+name: the content is sniffed, the suffix is only for listing folders."""
 
 _JPEG_DEFAULT_QUALITY = 95  # with 4:4:4 chroma: super-resolution output should not be smeared by the encoder
 _EXIF_HEADER = b"Exif\x00\x00"
@@ -175,6 +196,49 @@ class ImageData:
         alpha = np.ascontiguousarray(a[:, :, colour]) if a.shape[2] in (2, 4) else None
         depth = 16 if a.dtype == np.uint16 else 8
         return cls(pixels=np.ascontiguousarray(a[:, :, :colour]), alpha=alpha, bit_depth=depth, **meta)
+
+
+PIL_LAYOUTS = {
+    "1": "L",
+    "L": "L",
+    "LA": "LA",
+    "La": "LA",
+    "P": "RGB",
+    "PA": "RGBA",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "YCbCr": "RGB",
+    "HSV": "RGB",
+}
+"""Pillow's 8-bit modes and the layout their pixels are taken in (converted by Pillow). A transparency key in
+image.info turns P into RGBA; read_image also turns L and RGB into LA and RGBA (a PNG tRNS chunk), whereas
+Upscaler.upscale gives a PIL image back in its own mode. CMYK and 16/32-bit modes are handled apart."""
+
+
+def list_images(
+    folder: Path,
+    *,
+    recursive: bool = False,
+    exclude: Path | None = None,
+    suffixes: frozenset[str] = IMAGE_SUFFIXES,
+) -> list[Path]:
+    """The image files of a folder (by suffix: IMAGE_SUFFIXES, or `suffixes`), sorted. Hidden files and folders are
+    skipped, among them the `.NAME.part` temp files of atomic writes. recursive: sub-folders too. exclude: a
+    resolved folder whose files are left out (an output folder inside the input folder, so a rerun never reads its
+    own outputs)."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    out = []
+    for p in found:
+        if any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        if p.suffix.lower() not in suffixes or not p.is_file():
+            continue
+        if exclude is not None and p.resolve().is_relative_to(exclude):
+            continue
+        out.append(p)
+    return sorted(out)
 
 
 def _dtype(bit_depth: int) -> np.dtype[Any]:
@@ -386,20 +450,9 @@ def _pil_to_arrays(
     if mode == "CMYK":
         rgb, icc = _cmyk_to_rgb(im, path, icc)
         return rgb, None, 8, icc
-    target = {
-        "1": "L",
-        "L": "LA" if transparent else "L",
-        "LA": "LA",
-        "La": "LA",
-        "P": "RGBA" if transparent else "RGB",
-        "PA": "RGBA",
-        "RGB": "RGBA" if transparent else "RGB",
-        "RGBA": "RGBA",
-        "RGBa": "RGBA",
-        "RGBX": "RGB",
-        "YCbCr": "RGB",
-        "HSV": "RGB",
-    }.get(mode)
+    target = PIL_LAYOUTS.get(mode)
+    if transparent and mode in ("L", "P", "RGB"):
+        target = {"L": "LA", "P": "RGBA", "RGB": "RGBA"}[mode]
     if target is None:
         raise ImageError(f"{path}: unsupported image mode {mode}")
     if target != mode:

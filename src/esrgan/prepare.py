@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, EsrganError
-from .imageio import ImageData, read_image, write_image
+from .imageio import ImageData, list_images, read_image, write_image
 
-__all__ = ["IMAGE_SUFFIXES", "PrepareResult", "crop_origins", "prepare"]
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+__all__ = ["PrepareResult", "crop_origins", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -140,7 +138,7 @@ def prepare(
         )
     if lr_scale is not None and (lr_scale <= 0 or size % lr_scale or step % lr_scale):
         raise ConfigError(f"--lr-scale {lr_scale} must divide both --size {size} and --step {step}")
-    files = sorted(p for p in hr_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(hr_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = _Settings(out_dir, size, step, min_size, lr_scale, overwrite)
     jobs = [(p, cfg) for p in files]

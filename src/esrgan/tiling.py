@@ -25,18 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .defaults import DEFAULT_OVERLAP
 from .errors import EsrganError
 
 Forward = Callable[[Tensor], Tensor]
 """Maps a float32 host batch (N, C, h, w) in [0, 1] to a float32 host batch (N, C_out, h * scale, w * scale)."""
-
-DEFAULT_OVERLAP = 16
-"""Overlap between neighbouring tiles, in input pixels (blended with a linear ramp). Tiled vs untiled PSNR (RGB, 8-bit)
-on real photo crops (tests/test_tiling.py): realesrgan-x4plus at tile 96 on 128x128: 52.6 dB fp32, 51.1 dB bf16
-(47.5 dB with no overlap; 55.1 dB with overlap 32); a tiny wide-field model at tile 40: 61 dB (32 dB with none).
-The 23-block model sees further than any overlap, so very small tiles do worse (tile 48 on 96x96: 42 dB); the
-automatic tile is up to 352 on the CPU (balanced: fewest tiles, then the smallest side), where the overlap computes
-1.06-1.14x the image's pixels for 512-2048 inputs (docs/benchmarks.md)."""
 
 
 class TileError(EsrganError):
@@ -98,17 +91,29 @@ def balanced_tile(length: int, maximum: int, overlap: int) -> int:
     return min(maximum, -(-side // 8) * 8)
 
 
-def _to_output(band: Tensor, out_dtype: np.dtype) -> np.ndarray:
-    """Clamp a float band to [0, 1] and convert it to the output dtype (rounding to the nearest level)."""
-    band = band.clamp_(0.0, 1.0)
-    if out_dtype == np.uint8:
-        return band.mul_(255.0).round_().to(torch.uint8).numpy()
-    if out_dtype == np.uint16:
-        return band.mul_(65535.0).round_().to(torch.int32).numpy().astype(np.uint16)
-    return band.numpy().astype(out_dtype, copy=False)
-
-
+# Pixel values between integer images and the model's float [0, 1], on torch tensors. esrgan.imageio has the
+# numpy pair for files: it rounds halves up (as encoders do) where torch's round() goes to even, and it stays free
+# of torch; neither changes pixels that are already on a level.
 _INPUT_SCALE = {torch.uint8: 1 / 255.0, torch.uint16: 1 / 65535.0}
+
+
+def to_unit(t: Tensor) -> Tensor:
+    """uint8 / uint16 -> float32 in [0, 1] (value / 255 or / 65535); float -> float32 as it is."""
+    scale = _INPUT_SCALE.get(t.dtype)
+    t = t.float()
+    return t.mul_(scale) if scale is not None else t
+
+
+def from_unit(t: Tensor, dtype: np.dtype) -> np.ndarray:
+    """Float -> a host array of dtype: clamped to [0, 1], and for uint8 / uint16 rounded to the nearest level.
+
+    Works in place on t (callers pass a temporary)."""
+    t = t.clamp_(0.0, 1.0)
+    if dtype == np.uint8:
+        return t.mul_(255.0).round_().to(torch.uint8).numpy()
+    if dtype == np.uint16:
+        return t.mul_(65535.0).round_().to(torch.int32).numpy().astype(np.uint16)
+    return t.numpy().astype(dtype, copy=False)
 
 
 def upscale_tiled(
@@ -169,7 +174,7 @@ def upscale_tiled(
         rows = band[:n] / (norm_y[band_lo:upto, None, None] * norm_x[None, :, None])
         if grey:
             rows = rows.mean(dim=2, keepdim=True)
-        converted = _to_output(rows, out_dtype)
+        converted = from_unit(rows, out_dtype)
         if out is None:
             out = np.empty((out_h, out_w, converted.shape[2]), dtype=out_dtype)
         out[band_lo:upto] = converted
@@ -179,9 +184,7 @@ def upscale_tiled(
 
     for first in range(0, total, batch):
         chunk = jobs[first : first + batch]
-        crops = torch.stack([image[:, ys[r] : ys[r] + th, xs[k] : xs[k] + tw] for r, k in chunk]).float()
-        if image.dtype in _INPUT_SCALE:
-            crops *= _INPUT_SCALE[image.dtype]
+        crops = to_unit(torch.stack([image[:, ys[r] : ys[r] + th, xs[k] : xs[k] + tw] for r, k in chunk]))
         where = f"tile at x={xs[chunk[0][1]]}, y={ys[chunk[0][0]]} ({tw}x{th} pixels)"
         try:
             result = forward(crops)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .defaults import ALPHA_MODES, DEFAULT_NAME, DEFAULT_OVERLAP
 from .device import (
     ModelRunner,
     PrecisionWarning,
@@ -51,12 +52,11 @@ from .device import (
 )
 from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
-from .imageio import ImageData
-from .tiling import DEFAULT_OVERLAP, auto_tile_size, balanced_tile, upscale_tiled
+from .imageio import IMAGE_SUFFIXES, PIL_LAYOUTS, ImageData, list_images
+from .tiling import auto_tile_size, balanced_tile, from_unit, to_unit, upscale_tiled
 from .video import CONTAINERS, VIDEO_SUFFIXES, VideoResult
 
 AlphaMode = Literal["model", "bicubic"]
-ALPHA_MODES = ("model", "bicubic")
 ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
 CPU_MAX_TILE = 352
 """Largest automatic tile on the CPU, in input pixels (the balanced tile is then chosen below it). bench/speed.py's
@@ -90,22 +90,13 @@ def check_outscale(outscale: float | None) -> None:
         raise EsrganError(f"outscale must be {MIN_OUTSCALE:g}-{MAX_OUTSCALE:g}, not {outscale:g}")
 
 
-# Pillow modes and what they are upscaled as; the result has the mode on the right.
+# Pillow modes and what they are upscaled as; the result has the mode on the right. The 8-bit ones as read_image
+# takes them (P: "RGBA" when the palette has transparency), plus modes only an in-memory image has here: CMYK and
+# LAB converted by Pillow (read_image converts a CMYK file through its profile), 16-bit and 32-bit grey kept.
 _PIL_MODES = {
-    "1": "L",
-    "L": "L",
-    "LA": "LA",
-    "La": "LA",
-    "P": "RGB",  # "RGBA" when the palette has transparency
-    "PA": "RGBA",
-    "RGB": "RGB",
-    "RGBX": "RGB",
-    "RGBA": "RGBA",
-    "RGBa": "RGBA",
+    **PIL_LAYOUTS,
     "CMYK": "RGB",
-    "YCbCr": "RGB",
     "LAB": "RGB",
-    "HSV": "RGB",
     "I;16": "I;16",
     "I;16L": "I;16",
     "I;16B": "I;16",
@@ -431,28 +422,14 @@ def _tile_count(h: int, w: int, tile: int, overlap: int) -> int:
 
 
 def _to_float(array: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(array)).float()
-    if array.dtype == np.uint8:
-        t /= 255.0
-    elif array.dtype == np.uint16:
-        t /= 65535.0
-    return t
-
-
-def _from_float(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    t = t.clamp(0.0, 1.0)
-    if dtype == np.uint8:
-        return t.mul(255.0).round().to(torch.uint8).numpy()
-    if dtype == np.uint16:
-        return t.mul(65535.0).round().to(torch.int32).numpy().astype(np.uint16)
-    return t.numpy().astype(dtype, copy=False)
+    return to_unit(torch.from_numpy(np.ascontiguousarray(array)))
 
 
 def _resize_plane(plane: np.ndarray, size: tuple[int, int], dtype: np.dtype) -> np.ndarray:
     """MATLAB bicubic of one HxW plane (any of our dtypes) to size, clamped and converted to dtype."""
     from .resize import imresize
 
-    return _from_float(imresize(_to_float(plane), size=size), dtype)
+    return from_unit(imresize(_to_float(plane), size=size), dtype)
 
 
 def bleed_colour(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -478,34 +455,17 @@ def bleed_colour(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         up = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
         filled = torch.where(m > 0, c / m.clamp_min(1e-12), up)
     out = colour.copy()
-    fill = _from_float(filled[0].permute(1, 2, 0), colour.dtype)
+    fill = from_unit(filled[0].permute(1, 2, 0), colour.dtype)
     out[~visible] = fill[~visible]
     return out
 
 
 # --- batches of files (the library side of `esrgan upscale`) ----------------------------------------------------------
-INPUT_SUFFIXES = frozenset(
-    {
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".webp",
-        ".tif",
-        ".tiff",
-        ".bmp",
-        ".gif",
-        ".ppm",
-        ".pgm",
-        ".pnm",
-        ".tga",
-    }
-)
-"""Files picked up when a folder or glob is given (an explicitly named file is tried whatever its name)."""
-_PICKED_SUFFIXES = INPUT_SUFFIXES | VIDEO_SUFFIXES  # images and videos
+_PICKED_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+"""Files picked up when a folder or glob is given: images and videos (a file named explicitly is tried whatever
+its name)."""
 
 DEFAULT_OUTPUT_DIR = Path("upscaled")
-DEFAULT_NAME = "{name}_x{scale}.{ext}"
 
 
 @dataclass
@@ -551,21 +511,6 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    out = []
-    for p in found:
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):  # hidden files, and our own .part temp files
-            continue
-        if p.suffix.lower() not in _PICKED_SUFFIXES or not p.is_file():
-            continue
-        if exclude is not None and p.resolve().is_relative_to(exclude):
-            continue
-        out.append(p)
-    return sorted(out)
-
-
 def collect_inputs(
     inputs: list[str], *, recursive: bool = False, exclude: Path | None = None
 ) -> tuple[list[tuple[Path, Path | None]], list[tuple[str, str]]]:
@@ -589,7 +534,7 @@ def collect_inputs(
     for arg in inputs:
         path = Path(arg).expanduser()
         if path.is_dir():
-            images = _folder_images(path, recursive, excl)
+            images = list_images(path, recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES)
             if not images:
                 problems.append((arg, "folder has no images" + ("" if recursive else " (use --recursive)")))
             for p in images:
@@ -606,7 +551,9 @@ def collect_inputs(
             files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
             for m in matches:
                 if Path(m).is_dir():
-                    files += _folder_images(Path(m), recursive, excl)
+                    files += list_images(
+                        Path(m), recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES
+                    )
             if not files:
                 problems.append((arg, "no image matches this pattern"))
             for p in files:

