@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from skimage import data
 
-from esrgan.checkpoints import load_model
 from esrgan.device import DTYPES, ModelRunner, cpu_has_native_bf16, precision_name
 from esrgan.generator import RRDBConfig, RRDBNet
 from esrgan.tiling import DEFAULT_OVERLAP, tile_starts
 from esrgan.upscale import CPU_MAX_TILE, Upscaler
+from esrgan.zoo import load_model
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 

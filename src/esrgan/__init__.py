@@ -2,7 +2,8 @@
 
 Public API (imported lazily so `import esrgan` stays cheap):
     RRDBNet, RRDBConfig          the generator and its hyperparameters          (esrgan.generator)
-    load_model, save_model       one loading pipeline for every RRDBNet file     (esrgan.checkpoints)
+    load_model                   a model by name or any RRDBNet file              (esrgan.zoo)
+    save_model                   one loading pipeline for every RRDBNet file     (esrgan.checkpoints)
     interpolate_state_dicts      network interpolation                           (esrgan.checkpoints)
     Upscaler                     upscale numpy arrays / PIL images / files        (esrgan.upscale)
     upscale_video                a video through an Upscaler, sound and timing kept (esrgan.video; needs PyAV)
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "RRDBNet": "generator",
     "RRDBConfig": "generator",
-    "load_model": "checkpoints",
+    "load_model": "zoo",
     "save_model": "checkpoints",
     "interpolate_state_dicts": "checkpoints",
     "Upscaler": "upscale",
@@ -36,10 +37,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .checkpoints import interpolate_state_dicts, load_model, save_model
+    from .checkpoints import interpolate_state_dicts, save_model
     from .generator import RRDBConfig, RRDBNet
     from .upscale import Upscaler
     from .video import upscale_video
+    from .zoo import load_model
 
 
 def __getattr__(name: str) -> Any:

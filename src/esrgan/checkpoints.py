@@ -349,7 +349,7 @@ def check_state_dict(config: RRDBConfig, sd: Mapping[str, Tensor]) -> dict[str, 
 # --- loading ------------------------------------------------------------------------------------------------------
 def load_weights(path: str | Path) -> LoadedWeights:
     """Read any supported model file (ours, BasicSR, ESRGAN, old, ncnn) into a checked canonical state dict."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.suffix == ".param" or (path.is_file() and _sniff(path) == "ncnn"):
         from .ncnn import load_ncnn
 
@@ -376,25 +376,18 @@ def _config_from_metadata(path: Path, text: str) -> RRDBConfig:
         raise CheckpointError(f"{path}: invalid esrgan.config metadata ({exc})") from None
 
 
-def resolve_model_path(path_or_name: str | Path) -> Path:
-    """A file path as is; otherwise a named model from the zoo (which explains how to get it if absent)."""
-    path = Path(path_or_name).expanduser()
-    if path.exists() or path.suffix or "/" in str(path_or_name):
-        return path
-    from . import zoo
-
-    return zoo.resolve(str(path_or_name))
-
-
 def build_model(weights: LoadedWeights) -> RRDBNet:
     model = RRDBNet.from_config(weights.config)
     model.load_state_dict(weights.state_dict, strict=True)
     return model.eval().requires_grad_(False)
 
 
-def load_model(path_or_name: str | Path, *, device: str | torch.device = "cpu") -> RRDBNet:
-    """Build an RRDBNet from any supported file or a model name, in eval mode with gradients off."""
-    return build_model(load_weights(resolve_model_path(path_or_name))).to(device)
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> RRDBNet:
+    """Build an RRDBNet from any supported model file, in eval mode with gradients off.
+
+    Files only: names (`esrgan models`) are the zoo's, esrgan.zoo.load_model takes a name or a file.
+    """
+    return build_model(load_weights(Path(path).expanduser())).to(device)
 
 
 # --- saving and converting ----------------------------------------------------------------------------------------
@@ -480,7 +473,7 @@ def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict
 
 def convert_file(src: str | Path, dest: str | Path, *, layout: str = "ours", overwrite: bool = False) -> Path:
     """Convert any supported model file into ours (.safetensors) or another tool's layout (.pth, tensors only)."""
-    weights = load_weights(resolve_model_path(src))
+    weights = load_weights(src)
     dest = Path(dest)
     provenance = dict(weights.metadata)
     provenance["converted_from"] = f"{weights.path.name if weights.path else src} ({weights.layout} layout)"
@@ -532,18 +525,16 @@ def interpolate_weights(a: LoadedWeights, b: LoadedWeights, alpha: float) -> Loa
 def interpolate_files(
     a: str | Path, b: str | Path, alpha: float, dest: str | Path, *, overwrite: bool = False
 ) -> Path:
-    mixed = interpolate_weights(
-        load_weights(resolve_model_path(a)), load_weights(resolve_model_path(b)), alpha
-    )
+    mixed = interpolate_weights(load_weights(a), load_weights(b), alpha)
     return save_model(
         dest, mixed.state_dict, config=mixed.config, metadata=mixed.metadata, overwrite=overwrite
     )
 
 
 # --- description --------------------------------------------------------------------------------------------------
-def describe(path_or_name: str | Path) -> str:
-    """Human-readable summary for `esrgan info`."""
-    weights = load_weights(resolve_model_path(path_or_name))
+def describe(path: str | Path) -> str:
+    """Human-readable summary of a model file for `esrgan info`."""
+    weights = load_weights(path)
     cfg = weights.config
     with torch.device("meta"):
         params = count_parameters(RRDBNet.from_config(cfg))

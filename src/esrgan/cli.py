@@ -38,8 +38,9 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 def _run_info(args: argparse.Namespace) -> int:
     from .checkpoints import describe
+    from .zoo import resolve_model_path
 
-    print(describe(args.file))
+    print(describe(resolve_model_path(args.file)))
     return 0
 
 
@@ -60,8 +61,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 def _run_convert(args: argparse.Namespace) -> int:
     from .checkpoints import convert_file
+    from .zoo import resolve_model_path
 
-    out = convert_file(args.input, args.output, layout=args.layout, overwrite=args.overwrite)
+    src = resolve_model_path(args.input)
+    out = convert_file(src, args.output, layout=args.layout, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -82,8 +85,10 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
 
 def _run_interpolate(args: argparse.Namespace) -> int:
     from .checkpoints import interpolate_files
+    from .zoo import resolve_model_path
 
-    out = interpolate_files(args.a, args.b, args.alpha, args.output, overwrite=args.overwrite)
+    a, b = resolve_model_path(args.a), resolve_model_path(args.b)
+    out = interpolate_files(a, b, args.alpha, args.output, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -334,8 +339,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .errors import ModelNotAvailableError
-    from .evaluate import evaluate, format_table, write_csv, write_json
+    from .evaluate import evaluate
     from .lpips import LPIPS, load_lpips
+    from .results import format_table, write_csv, write_json
 
     lpips: LPIPS | None = None
     if args.lpips is not None:

@@ -90,7 +90,7 @@ def export_onnx(
     """
     onnx = _require("onnx")
     if not isinstance(model, RRDBNet):
-        from .checkpoints import load_model
+        from .zoo import load_model
 
         model = load_model(model)
     model = model.float().eval()

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path, atomic_write_bytes
-from .evaluate import BICUBIC, EvalResult, ImageResult, Scores, table_rows
 from .metrics import rgb_to_y
+from .results import BICUBIC, EvalResult, ImageResult, Scores, table_rows
 
 __all__ = ["choose_crop", "mosaic", "write_index", "write_mosaic"]
 

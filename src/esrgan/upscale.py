@@ -158,11 +158,11 @@ class Upscaler:
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name: str, **options: Any) -> Upscaler:
-        """A named model (see `esrgan models`) or a model file, told apart by checkpoints.resolve_model_path.
+        """A named model (see `esrgan models`) or a model file, told apart by zoo.resolve_model_path.
 
         Raises ModelNotAvailableError saying how to get the weights of an absent named model.
         """
-        from .checkpoints import load_model
+        from .zoo import load_model
 
         return cls(load_model(name), **options)
 
@@ -396,7 +396,8 @@ class Upscaler:
 
 def _interpolated(model: RRDBNet, other: str | Path | RRDBNet, alpha: float) -> RRDBNet:
     """theta = (1 - alpha) * theta_model + alpha * theta_other, computed in fp32 on the host."""
-    from .checkpoints import interpolate_state_dicts, load_model
+    from .checkpoints import interpolate_state_dicts
+    from .zoo import load_model
 
     other_model = other if isinstance(other, RRDBNet) else load_model(other)
     if other_model.config != model.config:

@@ -20,12 +20,17 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .atomic import atomic_write_bytes
 from .defaults import DEFAULT_MODEL
 from .download import digest_matches, download_file, sha256_file
 from .errors import ModelNotAvailableError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .generator import RRDBNet
 
 SourceKind = Literal["ncnn-package", "url"]
 
@@ -202,6 +207,22 @@ def list_models() -> list[ModelStatus]:
             available = "convertible"
         statuses.append(ModelStatus(entry, available, path, entry.name == DEFAULT_MODEL))
     return statuses
+
+
+def resolve_model_path(path_or_name: str | Path) -> Path:
+    """What a user typed as a model: a file path as is (it exists, has a suffix or a folder); otherwise a named
+    model, resolved (raises ModelNotAvailableError saying how to get it when absent)."""
+    path = Path(path_or_name).expanduser()
+    if path.exists() or path.suffix or "/" in str(path_or_name):
+        return path
+    return resolve(str(path_or_name))
+
+
+def load_model(path_or_name: str | Path, *, device: str | torch.device = "cpu") -> RRDBNet:
+    """An RRDBNet from a model name (see `esrgan models`) or any model file (esrgan.checkpoints.load_model)."""
+    from .checkpoints import load_model as load_file
+
+    return load_file(resolve_model_path(path_or_name), device=device)
 
 
 def resolve(name: str | ModelEntry, *, download: bool = False, progress: bool = True) -> Path:

@@ -1,0 +1,247 @@
+"""Evaluation results: the types `esrgan evaluate` fills in and the ways they are written (text table, JSON, CSV).
+
+A module of its own so that esrgan.evaluate (which computes them) and esrgan.report (which draws them) both import
+it and not each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write_bytes
+
+__all__ = [
+    "BICUBIC",
+    "METRICS",
+    "EvalResult",
+    "ImageResult",
+    "Scores",
+    "format_table",
+    "table_rows",
+    "write_csv",
+    "write_json",
+]
+
+BICUBIC = "bicubic"
+"""Name of the baseline column: MATLAB bicubic upscaling of the LR image."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    psnr: float  # dB, Y channel; inf for an exact reconstruction
+    ssim: float
+    niqe: float | None  # None when NIQE was not asked for or the image is too small for it
+    lpips: float | None = None  # None when LPIPS was not asked for or the cropped image is too small for it
+
+
+@dataclass
+class ImageResult:
+    name: str  # file stem, the key everything else uses
+    file: Path
+    hr_size: tuple[int, int]  # (height, width) after cutting to a multiple of the scale
+    scores: dict[str, Scores]  # method -> scores; bicubic first, then the models in the order given
+    hr_niqe: float | None = None  # the reference image's own NIQE: what "natural" scores on this image
+    seconds: dict[str, float] = field(default_factory=dict)  # model -> upscaling time for this image
+    mosaic: Path | None = None  # the visual report's mosaic of this image, when one was written
+
+
+@dataclass
+class EvalResult:
+    hr_dir: Path
+    lr_dir: Path | None
+    scale: int
+    crop_border: int
+    round_y: bool
+    niqe: bool
+    methods: list[str]  # bicubic, then one name per model
+    sources: dict[str, str]  # model name -> what the user passed (zoo name or file)
+    lpips: str | None = None  # the LPIPS network ("alex", "vgg") when LPIPS was computed
+    images: list[ImageResult] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    seconds: float = 0.0  # wall time of the whole evaluation
+
+    def mean(self, method: str) -> Scores:
+        """Mean over the evaluated images, as the literature reports a set (NIQE over images that have one)."""
+        rows = [im.scores[method] for im in self.images]
+        return Scores(
+            psnr=float(np.mean([s.psnr for s in rows])) if rows else math.nan,
+            ssim=float(np.mean([s.ssim for s in rows])) if rows else math.nan,
+            niqe=_mean_of([s.niqe for s in rows]),
+            lpips=_mean_of([s.lpips for s in rows]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data: protocol, per-image scores, means and failures."""
+        return {
+            "protocol": {
+                "scale": self.scale,
+                "crop_border": self.crop_border,
+                "metric_channel": "Y (BT.601, MATLAB rgb2ycbcr)",
+                "round_y": self.round_y,
+                "lr": str(self.lr_dir) if self.lr_dir else "MATLAB bicubic downscale of HR, rounded to uint8",
+                "niqe": self.niqe,
+                "lpips": self.lpips,
+            },
+            "hr_dir": str(self.hr_dir),
+            "methods": self.methods,
+            "models": {
+                m: {"source": self.sources[m], "seconds": sum(im.seconds.get(m, 0.0) for im in self.images)}
+                for m in self.methods[1:]
+            },
+            "images": [
+                {
+                    "name": im.name,
+                    "file": str(im.file),
+                    "hr_size": list(im.hr_size),
+                    "hr_niqe": im.hr_niqe,
+                    "scores": {m: self._scores_dict(s) for m, s in im.scores.items()},
+                    "seconds": im.seconds,
+                    "mosaic": str(im.mosaic) if im.mosaic else None,
+                }
+                for im in self.images
+            ],
+            "mean": {m: self._scores_dict(self.mean(m)) for m in self.methods},
+            "failed": [{"file": str(p), "error": msg} for p, msg in self.failed],
+            "seconds": self.seconds,
+        }
+
+    def _scores_dict(self, s: Scores) -> dict[str, float | str | None]:
+        """One method's scores; the lpips key only when LPIPS was computed in this run."""
+        out = {"psnr": _json_float(s.psnr), "ssim": _json_float(s.ssim), "niqe": _json_float(s.niqe)}
+        if self.lpips is not None:
+            out["lpips"] = _json_float(s.lpips)
+        return out
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    """Mean over the images that have the score (NIQE and LPIPS can be missing on small images)."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _json_float(v: float | None) -> float | str | None:
+    """JSON has no inf/nan: an exact reconstruction's PSNR is written as the string "inf"."""
+    if v is None or math.isfinite(v):
+        return v
+    return str(v)
+
+
+# --- output ---------------------------------------------------------------------------------------------------------
+def _fmt(v: float | None, digits: int) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if math.isfinite(v) else str(v)
+
+
+def _delta(v: float | None, base: float | None, digits: int) -> str:
+    if v is None or base is None or not (math.isfinite(v) and math.isfinite(base)):
+        return ""
+    return f"{v - base:+.{digits}f}"
+
+
+METRICS = (("psnr", "PSNR", 3), ("ssim", "SSIM", 4), ("niqe", "NIQE", 3), ("lpips", "LPIPS", 4))
+"""(field, header, decimals) of every metric, in table order; the table, CSV and report share these."""
+
+
+def _metrics(result: EvalResult) -> list[tuple[str, str, int]]:
+    off = {"niqe"} if not result.niqe else set()
+    if result.lpips is None:
+        off.add("lpips")
+    return [m for m in METRICS if m[0] not in off]
+
+
+def table_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per image, then the mean) of the results table: for every method each metric, and for
+    the models its difference to bicubic right after it."""
+    header = ["image"]
+    for method in result.methods:
+        for _, label, _ in _metrics(result):
+            header.append(f"{method} {label}")
+            if method != BICUBIC:
+                header.append("Δ")
+    if result.niqe:
+        header.append("HR NIQE")
+    rows = []
+    entries: list[tuple[str, dict[str, Scores], float | None]] = [
+        (im.name, im.scores, im.hr_niqe) for im in result.images
+    ]
+    if result.images:
+        hr_niqes = [im.hr_niqe for im in result.images if im.hr_niqe is not None]
+        mean_hr = float(np.mean(hr_niqes)) if hr_niqes else None
+        entries.append((f"mean ({len(result.images)})", {m: result.mean(m) for m in result.methods}, mean_hr))
+    for name, scores, hr_niqe in entries:
+        row = [name]
+        base = scores[BICUBIC]
+        for method in result.methods:
+            for key, _, digits in _metrics(result):
+                v = getattr(scores[method], key)
+                row.append(_fmt(v, digits))
+                if method != BICUBIC:
+                    row.append(_delta(v, getattr(base, key), digits))
+        if result.niqe:
+            row.append(_fmt(hr_niqe, 3))
+        rows.append(row)
+    return header, rows
+
+
+def format_table(result: EvalResult) -> str:
+    """The per-image table and the mean as aligned text (Y-PSNR dB, Y-SSIM, NIQE lower = better; Δ vs bicubic)."""
+    header, rows = table_rows(result)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for k, r in enumerate([header, *rows]):
+        if k == len(rows):  # the mean row
+            lines.append("  ".join("-" * w for w in widths))
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    note = (
+        f"x{result.scale}, Y channel (BT.601{', rounded' if result.round_y else ''}), {result.crop_border}-pixel border "
+        f"cropped; PSNR in dB (higher is better), SSIM (higher is better)"
+        + (", NIQE (lower is better)" if result.niqe else "")
+        + (f", LPIPS-{result.lpips} on RGB (lower is better)" if result.lpips else "")
+        + "; Δ = model - bicubic"
+    )
+    return "\n".join([*lines, note])
+
+
+def write_json(result: EvalResult, path: str | Path) -> Path:
+    """The whole result as JSON, written atomically (replacing an older file)."""
+    data = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    return atomic_write_bytes(path, data.encode(), overwrite=True)
+
+
+def write_csv(result: EvalResult, path: str | Path) -> Path:
+    """One row per (image, method) plus the mean rows (image = "mean"), with the differences to bicubic."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    keys = ["psnr", "ssim", "niqe"] + (["lpips"] if result.lpips is not None else [])
+    w.writerow(["image", "method", *keys, *(f"{k}_delta" for k in keys)])
+    entries = [(im.name, im.scores) for im in result.images]
+    if result.images:
+        entries.append(("mean", {m: result.mean(m) for m in result.methods}))
+    for name, scores in entries:
+        base = scores[BICUBIC]
+        for method in result.methods:
+            sc = scores[method]
+            deltas = ["" if method == BICUBIC else _csv_delta(getattr(sc, k), getattr(base, k)) for k in keys]
+            w.writerow([name, method, *(_csv(getattr(sc, k)) for k in keys), *deltas])
+    return atomic_write_bytes(path, buf.getvalue().encode(), overwrite=True)
+
+
+def _csv(v: float | None) -> str:
+    return "" if v is None else repr(v)
+
+
+def _csv_delta(v: float | None, base: float | None) -> str:
+    if v is None or base is None:
+        return ""
+    return repr(v - base)
