@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from foreign_arch import EsrganRepoNet, old_sequential_net, randomize
 
 from esrgan.checkpoints import (
@@ -284,27 +283,21 @@ def test_interpolation_is_a_key_by_key_lerp(tmp_path: Path) -> None:
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------------
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "esrgan.cli", *args], capture_output=True, text=True, timeout=120
-    )
-
-
 def test_cli_info_convert_interpolate(tmp_path: Path) -> None:
     ref = randomize(old_sequential_net(3, 3, 16, 2, 8, 2), seed=5)
     old = tmp_path / "old.pth"
     torch.save(ref.state_dict(), old)
-    info = _cli("info", str(old))
+    info = run_cli("info", str(old))
     assert info.returncode == 0, info.stderr
     assert "layout:      old" in info.stdout and "x4" in info.stdout and "blocks: 2, growth: 8" in info.stdout
     ours = tmp_path / "ours.safetensors"
-    assert _cli("convert", str(old), str(ours)).returncode == 0
-    again = _cli("convert", str(old), str(ours))
+    assert run_cli("convert", str(old), str(ours)).returncode == 0
+    again = run_cli("convert", str(old), str(ours))
     assert again.returncode == 1 and "already exists" in again.stderr
-    assert _cli("convert", str(old), str(ours), "--overwrite").returncode == 0
+    assert run_cli("convert", str(old), str(ours), "--overwrite").returncode == 0
     mixed = tmp_path / "mixed.safetensors"
-    res = _cli("interpolate", str(ours), str(old), "--alpha", "0.5", "-o", str(mixed))
+    res = run_cli("interpolate", str(ours), str(old), "--alpha", "0.5", "-o", str(mixed))
     assert res.returncode == 0, res.stderr
-    assert "interpolated" in _cli("info", str(mixed)).stdout
-    bad = _cli("info", str(tmp_path / "nope.pth"))
+    assert "interpolated" in run_cli("info", str(mixed)).stdout
+    bad = run_cli("info", str(tmp_path / "nope.pth"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope.pth: no such file" in bad.stderr

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import photo_preserving_rrdb, run_cli
 from PIL import Image, ImageCms
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_upscale import tiny_model
 
 from esrgan.checkpoints import save_model
 from esrgan.generator import RRDBNet
-
-
-def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "esrgan.cli", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +20,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     other = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=16, num_block=1, num_grow=8, scale=4)
     return {
-        "tiny": save_model(folder / "tiny.safetensors", tiny_model(0)),
-        "sibling": save_model(folder / "sibling.safetensors", tiny_model(5, spread=0.2)),
+        "tiny": save_model(folder / "tiny.safetensors", photo_preserving_rrdb(0)),
+        "sibling": save_model(folder / "sibling.safetensors", photo_preserving_rrdb(5, spread=0.2)),
         "wider": save_model(folder / "wider.safetensors", other),
     }
 
@@ -55,7 +40,7 @@ def photos(tmp_path: Path, photo: np.ndarray) -> Path:
 def test_folder_with_a_corrupt_file(tmp_path: Path, photos: Path, models: dict[str, Path]) -> None:
     (photos / "broken.png").write_bytes(Image.open(photos / "face.png").tobytes()[:500])  # not a PNG at all
     out = tmp_path / "out"
-    r = run("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
+    r = run_cli("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
     assert len(errors) == 1 and "broken.png" in errors[0]
@@ -72,13 +57,13 @@ def test_folder_with_a_corrupt_file(tmp_path: Path, photos: Path, models: dict[s
 def test_existing_output_skipped_then_replaced(tmp_path: Path, photos: Path, models: dict[str, Path]) -> None:
     src = photos / "face.png"
     dst = tmp_path / "face_big.png"
-    assert run("upscale", src, "-o", dst, "--model", models["tiny"], cwd=tmp_path).returncode == 0
+    assert run_cli("upscale", src, "-o", dst, "--model", models["tiny"], cwd=tmp_path).returncode == 0
     first = dst.read_bytes()
     os.utime(dst, (1_000_000_000, 1_000_000_000))
-    r = run("upscale", src, "-o", dst, "--model", models["sibling"], cwd=tmp_path)
+    r = run_cli("upscale", src, "-o", dst, "--model", models["sibling"], cwd=tmp_path)
     assert r.returncode == 0 and "skip" in r.stdout and "1 skipped" in r.stdout
     assert dst.stat().st_mtime == 1_000_000_000 and dst.read_bytes() == first
-    r = run("upscale", src, "-o", dst, "--model", models["sibling"], "--overwrite", cwd=tmp_path)
+    r = run_cli("upscale", src, "-o", dst, "--model", models["sibling"], "--overwrite", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert dst.stat().st_mtime != 1_000_000_000 and dst.read_bytes() != first  # the other model's output
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
@@ -94,7 +79,7 @@ def test_format_and_quality(
     for quality in ("30", "95"):
         out = tmp_path / f"q{quality}"
         extra = ["--quality", quality] if fmt != "tiff" else []
-        r = run(
+        r = run_cli(
             "upscale",
             photos / "face.png",
             "-o",
@@ -121,7 +106,7 @@ def test_name_pattern_and_recursive(
     sub.mkdir(parents=True)
     Image.fromarray(photo[200:232, 200:240]).save(sub / "hat.png")
     out = tmp_path / "out"
-    r = run(
+    r = run_cli(
         "upscale", photos, "-o", out, "--recursive", "--name", "{model}-{name}@{scale}x.{ext}",
         "--model", models["tiny"], "--outscale", "2", cwd=tmp_path,
     )  # fmt: skip
@@ -134,14 +119,16 @@ def test_name_pattern_and_recursive(
     }
     with Image.open(out / "tiny-face@2x.png") as im:
         assert im.size == (80, 96)  # --outscale 2 on a 40x48 photo
-    bad = run("upscale", photos, "-o", out, "--name", "{nope}.png", "--model", models["tiny"], cwd=tmp_path)
+    bad = run_cli(
+        "upscale", photos, "-o", out, "--name", "{nope}.png", "--model", models["tiny"], cwd=tmp_path
+    )
     assert bad.returncode == 1 and "--name" in bad.stderr
 
 
 @pytest.mark.parametrize("outscale", ["2.5", "0.5"])
 def test_outscale(tmp_path: Path, photos: Path, models: dict[str, Path], outscale: str) -> None:
     dst = tmp_path / "o.png"
-    r = run(
+    r = run_cli(
         "upscale",
         photos / "face.png",
         "-o",
@@ -167,7 +154,9 @@ def test_16bit_grey_exif_icc_kept(tmp_path: Path, photo: np.ndarray, models: dic
         tmp_path / "tagged.jpg", quality=95, icc_profile=icc, exif=exif
     )
     for name in ("deep.png", "tagged.jpg"):
-        r = run("upscale", tmp_path / name, "-o", tmp_path / "out", "--model", models["tiny"], cwd=tmp_path)
+        r = run_cli(
+            "upscale", tmp_path / name, "-o", tmp_path / "out", "--model", models["tiny"], cwd=tmp_path
+        )
         assert r.returncode == 0, r.stderr
     with Image.open(tmp_path / "out" / "deep_x4.png") as im:
         assert im.mode.startswith("I") and im.size == (160, 192)  # 16-bit in -> 16-bit out
@@ -183,7 +172,7 @@ def test_interpolate(tmp_path: Path, photos: Path, models: dict[str, Path]) -> N
     outs = {}
     for alpha in ("0", "0.5", "1"):
         dst = tmp_path / f"a{alpha}.png"
-        r = run(
+        r = run_cli(
             "upscale",
             src,
             "-o",
@@ -199,7 +188,7 @@ def test_interpolate(tmp_path: Path, photos: Path, models: dict[str, Path]) -> N
         assert r.returncode == 0, r.stderr
         outs[alpha] = np.asarray(Image.open(dst)).astype(int)
     assert not np.array_equal(outs["0"], outs["1"]) and not np.array_equal(outs["0.5"], outs["0"])
-    bad = run(
+    bad = run_cli(
         "upscale",
         src,
         "-o",
@@ -213,14 +202,14 @@ def test_interpolate(tmp_path: Path, photos: Path, models: dict[str, Path]) -> N
         cwd=tmp_path,
     )
     assert bad.returncode == 1 and "different architectures" in bad.stderr
-    lonely = run(
+    lonely = run_cli(
         "upscale", src, "-o", tmp_path / "y.png", "--model", models["tiny"], "--alpha", "0.5", cwd=tmp_path
     )
     assert lonely.returncode == 2 and "--interpolate" in lonely.stderr
 
 
 def test_model_not_available_names_the_remedy(tmp_path: Path, photos: Path) -> None:
-    r = run(
+    r = run_cli(
         "upscale",
         photos / "face.png",
         "-o",
@@ -239,7 +228,7 @@ def test_model_not_available_names_the_remedy(tmp_path: Path, photos: Path) -> N
 
 def test_demo_writes_three_pngs_and_keeps_them(tmp_path: Path, models: dict[str, Path]) -> None:
     out = tmp_path / "demo"
-    r = run("demo", "-o", out, "--model", models["tiny"], cwd=tmp_path)
+    r = run_cli("demo", "-o", out, "--model", models["tiny"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     names = ["chelsea.png", "chelsea_x4.png", "comparison.png"]
     for name in names:
@@ -248,14 +237,14 @@ def test_demo_writes_three_pngs_and_keeps_them(tmp_path: Path, models: dict[str,
     with Image.open(out / "chelsea.png") as a, Image.open(out / "chelsea_x4.png") as b:
         assert (b.width, b.height) == (4 * a.width, 4 * a.height)
     stamps = {n: (out / n).stat().st_mtime_ns for n in names}
-    again = run("demo", "-o", out, "--model", models["tiny"], cwd=tmp_path)
+    again = run_cli("demo", "-o", out, "--model", models["tiny"], cwd=tmp_path)
     assert again.returncode == 0 and "already there" in again.stdout
     assert {n: (out / n).stat().st_mtime_ns for n in names} == stamps
 
 
 def test_globs_reruns_and_argument_errors(tmp_path: Path, photos: Path, models: dict[str, Path]) -> None:
     tiny = models["tiny"]
-    two = run(
+    two = run_cli(
         "upscale",
         photos / "face.png",
         photos / "grey.png",
@@ -269,14 +258,14 @@ def test_globs_reruns_and_argument_errors(tmp_path: Path, photos: Path, models: 
     assert not (tmp_path / "one.png").exists()
     # a glob (quoted, as from a shell that does not expand it), output folder inside the input folder
     out = photos / "out"
-    r = run("upscale", str(photos / "*.png"), "-o", out, "--model", tiny, cwd=tmp_path)
+    r = run_cli("upscale", str(photos / "*.png"), "-o", out, "--model", tiny, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["face_x4.png", "grey_x4.png"]  # the .jpg is not matched
     # rerun over the folder: its own outputs are not picked up as inputs, and finished files are skipped
-    again = run("upscale", photos, "-o", out, "--model", tiny, cwd=tmp_path)
+    again = run_cli("upscale", photos, "-o", out, "--model", tiny, cwd=tmp_path)
     assert again.returncode == 0 and "1 upscaled, 2 skipped" in again.stdout
     assert sorted(p.name for p in out.iterdir()) == ["face_x4.png", "grey_x4.png", "suit_x4.jpg"]
-    missing = run("upscale", tmp_path / "nothing.png", "--model", tiny, cwd=tmp_path)
+    missing = run_cli("upscale", tmp_path / "nothing.png", "--model", tiny, cwd=tmp_path)
     assert missing.returncode == 1 and "nothing.png: no such file or folder" in missing.stderr
 
 
@@ -286,7 +275,7 @@ def test_exif_orientation_applied(tmp_path: Path, photo: np.ndarray, models: dic
     Image.fromarray(photo[100:140, 0:48]).save(
         tmp_path / "phone.jpg", quality=95, exif=exif
     )  # stored 48 wide
-    r = run(
+    r = run_cli(
         "upscale", tmp_path / "phone.jpg", "-o", tmp_path / "big.png", "--model", models["tiny"], cwd=tmp_path
     )
     assert r.returncode == 0, r.stderr
@@ -302,7 +291,7 @@ def test_rgba_png_keeps_alpha(tmp_path: Path, photo: np.ndarray, models: dict[st
     rgba = circle_rgba(np.ascontiguousarray(photo[40:104, 170:234]), under=0)
     Image.fromarray(rgba).save(tmp_path / "cut.png")
     dst = tmp_path / "cut_x4.png"
-    r = run(
+    r = run_cli(
         "upscale",
         tmp_path / "cut.png",
         "-o",

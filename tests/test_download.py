@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import QuietHandler, http_server
 
 from esrgan.download import download_file, normalize_digest, sha256_file
 from esrgan.errors import DownloadError
@@ -20,13 +19,10 @@ PAYLOAD = os.urandom(2_500_000)  # spans several 1 MiB read chunks
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
-        pass
-
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         if self.path == "/file.bin":
-            self._send(200, PAYLOAD)
+            self.send_body(200, PAYLOAD)
         elif self.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", "/file.bin")
@@ -47,36 +43,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif self.path == "/slow":
             time.sleep(2)
-            self._send(200, PAYLOAD)
+            self.send_body(200, PAYLOAD)
         elif self.path == "/500":
             self.send_error(500, "Internal Server Error")
         else:
             self.send_error(404, "Not Found")
 
-    def _send(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # clients that time out or give up on purpose break the pipe: expected here, not worth a traceback
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = _Server(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with http_server(_Handler) as httpd:
+        yield httpd.url
 
 
 def _leftovers(folder: Path) -> list[str]:

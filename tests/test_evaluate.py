@@ -12,12 +12,12 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, tiny_rrdb
 from PIL import Image
 from test_lpips import make_files
 
@@ -56,8 +56,7 @@ def _nearest_model() -> RRDBNet:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("models")
-    torch.manual_seed(1)
-    random = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
+    random = tiny_rrdb(1)
     return {
         "nearest": save_model(d / "nearest.safetensors", _nearest_model()),
         "random": save_model(d / "random.safetensors", random),
@@ -65,12 +64,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "esrgan.cli", "evaluate", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("evaluate", *args)
 
 
 def _run_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:

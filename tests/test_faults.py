@@ -17,13 +17,13 @@ import resource
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import http_server, tiny_rrdb
 from PIL import Image
 
 from esrgan.checkpoints import load_weights, save_model
@@ -31,9 +31,8 @@ from esrgan.errors import CheckpointError
 from esrgan.generator import RRDBNet
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 skdata = pytest.importorskip("skimage.data")
-import kill_training  # noqa: E402
+import kill_training  # noqa: E402  (tools/ is on pytest's pythonpath: see pyproject.toml)
 import kill_upscale  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -62,17 +61,14 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny_x2.safetensors"
-    return save_model(path, RRDBNet(num_feat=8, num_block=1, num_grow=4, scale=2))
+    return save_model(tmp_path_factory.mktemp("model") / "tiny_x2.safetensors", tiny_rrdb(scale=2))
 
 
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 1.3 MB of weights: more than the small disks below can take."""
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "big_x2.safetensors"
-    return save_model(path, RRDBNet(num_feat=32, num_block=3, num_grow=16, scale=2))
+    return save_model(path, tiny_rrdb(num_feat=32, num_block=3, num_grow=16, scale=2))
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +125,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # --- kill -9 -----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_killed_at_random_moments_always_resumes(tmp_path: Path) -> None:
     """Two kills 0-0.5 s into training (checkpoint every step), then a clean resume that finishes."""
     rounds, run_dir = kill_training.kill_rounds(2, tmp_path, seed=1, warm=True)
@@ -161,6 +158,7 @@ def test_resume_removes_partial_checkpoints_of_killed_saves(tmp_path: Path) -> N
     assert not any(p.exists() for p in stale) and keep.exists()
 
 
+@pytest.mark.slow
 def test_batch_upscale_killed_mid_batch_loses_nothing(tmp_path: Path) -> None:
     """Killed after its first output: no partial output; the rerun does the rest and leaves finished ones alone."""
     model = tmp_path / "tiny.safetensors"
@@ -252,18 +250,12 @@ def served_file(tmp_path: Path) -> Iterator[tuple[str, str]]:
     body = os.urandom(500_000)
     (root / "weights.bin").write_bytes(body)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
+    class Files(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/weights.bin", hashlib.sha256(body).hexdigest()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(functools.partial(Files, directory=str(root))) as server:
+        yield f"{server.url}/weights.bin", hashlib.sha256(body).hexdigest()
 
 
 def test_download_onto_a_full_disk(small_disk: Path, served_file: tuple[str, str]) -> None:

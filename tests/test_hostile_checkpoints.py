@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_rrdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,8 +24,7 @@ from esrgan.generator import RRDBNet
 
 def _seed_files(folder: Path) -> dict[str, bytes]:
     """Real model files of every container we read, from a tiny RRDBNet."""
-    torch.manual_seed(0)
-    model = RRDBNet(num_feat=8, num_block=1, num_grow=4, scale=2)
+    model = tiny_rrdb(scale=2)
     sd = model.state_dict()
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"params_ema": sd}, folder / "zip.pth")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli, tiny_rrdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -29,9 +30,8 @@ from esrgan.errors import ImageError
 from esrgan.imageio import ImageWarning, read_image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 pytest.importorskip("skimage.data")
-import fuzz_images  # noqa: E402  (tools/ is not a package: the fuzzer and these tests share seeds and mutations)
+import fuzz_images  # noqa: E402  (tools/ is on pytest's pythonpath: the fuzzer and these tests share seeds and mutations)
 
 SEEDS = fuzz_images.seed_images()
 CASE_SECONDS = 10
@@ -100,6 +100,7 @@ def test_every_seed_is_a_real_image_of_its_format(tmp_path: Path) -> None:
         assert outcome(tmp_path / name) == expected, name
 
 
+@pytest.mark.slow
 def test_long_run_tool_under_a_memory_limit() -> None:
     """The long-run tool itself, briefly: a worker under RLIMIT_AS 2 GB, per-case time limit, no findings."""
     proc = subprocess.run(
@@ -421,13 +422,9 @@ def test_unusual_tiff_modes(tmp_path: Path) -> None:
 def test_upscale_batch_with_hostile_files(tmp_path: Path) -> None:
     """`esrgan upscale` over a folder mixing real photos and hostile files: one line per bad file, the good ones
     upscaled, exit code 1, no traceback and no tifffile log lines."""
-    import torch
-
     from esrgan.checkpoints import save_model
-    from esrgan.generator import RRDBNet
 
-    torch.manual_seed(0)
-    model = save_model(tmp_path / "tiny.safetensors", RRDBNet(num_feat=8, num_block=1, num_grow=4, scale=2))
+    model = save_model(tmp_path / "tiny.safetensors", tiny_rrdb(scale=2))
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("rgb8.png", "rgb.jpg", "animated.gif"):
@@ -447,11 +444,7 @@ def test_upscale_batch_with_hostile_files(tmp_path: Path) -> None:
             struct.pack_into("<H", tags, offset + 2, 0)
     (folder / "tags.tif").write_bytes(bytes(tags))
     bad["tags.tif"] = bytes(tags)
-    proc = subprocess.run(
-        [sys.executable, "-m", "esrgan.cli", "upscale", str(folder), "-o", str(tmp_path / "out"),
-         "--model", str(model), "--quiet"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli("upscale", folder, "-o", tmp_path / "out", "--model", model, "--quiet")
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("esrgan: error: ")]

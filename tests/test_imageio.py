@@ -82,6 +82,16 @@ def test_list_images_one_rule_for_every_command(tmp_path: Path, photo: np.ndarra
     assert [p.relative_to(tmp_path).as_posix() for p in deep] == ["a.JPG", "b.png", "c.tga", "sub/d.png"]
 
 
+def test_pillow_still_reads_16bit_colour_png_as_8bit(tmp_path: Path, photo: np.ndarray) -> None:
+    """Why imageio keeps its own 16-bit PNG decoder: Pillow gives 8 bits for 16-bit RGB. When this fails, Pillow
+    keeps 16 bits and _read_png16 can go (its other tests then say whether Pillow's result is exact)."""
+    deep = _deep16(photo[:32, :48])
+    write_image(tmp_path / "deep.png", ImageData(pixels=deep, bit_depth=16))
+    with Image.open(tmp_path / "deep.png") as im:
+        assert np.asarray(im).dtype == np.uint8
+    assert np.array_equal(read_image(tmp_path / "deep.png").pixels, deep)
+
+
 # --- reading every mode --------------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,8 @@ from esrgan.errors import EsrganError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from test_fast import psnr, tiny, to_tensor  # noqa: E402
+from conftest import psnr  # noqa: E402
+from test_fast import tiny, to_tensor  # noqa: E402
 
 from esrgan.onnx_export import export_onnx, onnx_forward  # noqa: E402
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("starlette")
@@ -28,10 +27,10 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
 import uvicorn
+from conftest import tiny_rrdb
 
 from esrgan import serve
 from esrgan.checkpoints import save_model
-from esrgan.generator import RRDBNet
 from esrgan.imageio import ImageData, read_image, write_image
 
 MAX_BYTES = 512 * 1024
@@ -121,16 +120,12 @@ def encode(image: ImageData, suffix: str, tmp: Path) -> bytes:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
-    return save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", model)
+    return save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", tiny_rrdb(0))
 
 
 @pytest.fixture(scope="module")
 def model_x2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(1)
-    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=2)
-    return save_model(tmp_path_factory.mktemp("models") / "tiny-x2.safetensors", model)
+    return save_model(tmp_path_factory.mktemp("models") / "tiny-x2.safetensors", tiny_rrdb(1, scale=2))
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,10 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="pip install playwright (the Python package only)"
 )
 
+from conftest import tiny_rrdb  # noqa: E402
+
 from esrgan import serve  # noqa: E402
 from esrgan.checkpoints import save_model  # noqa: E402
-from esrgan.generator import RRDBNet  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -64,9 +65,7 @@ def find_chromium() -> str:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
-    return save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", model)
+    return save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", tiny_rrdb())
 
 
 class Running:
@@ -105,6 +104,7 @@ def used_precision() -> str:
     return precision_name(resolve_precision("auto", torch.device("cpu")))
 
 
+@pytest.mark.slow
 def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path) -> None:
     chromium = find_chromium()
     crop = tmp_path / "astronaut.png"
@@ -222,6 +222,7 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
             browser.close()
 
 
+@pytest.mark.slow
 def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
     """After a server restart the open page reconnects by itself; it must then show the new server's settings (it
     kept saying results are kept for 1 h when the new server kept them 6 s)."""

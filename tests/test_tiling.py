@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import psnr
+from foreign_arch import randomize
 from torch import Tensor
 
 from esrgan.device import ModelRunner
 from esrgan.generator import RRDBNet
 from esrgan.tiling import DEFAULT_OVERLAP, TileError, balanced_tile, tile_starts, upscale_tiled
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from foreign_arch import randomize
-
-
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +79,7 @@ def test_tiled_matches_untiled_with_default_overlap(photo: np.ndarray, wide_mode
     tiled = upscale_tiled(runner(wide_model), image, scale=4, tile=40, overlap=DEFAULT_OVERLAP)
     hard = upscale_tiled(runner(wide_model), image, scale=4, tile=40, overlap=0)
     assert whole.shape == tiled.shape == (384, 384, 3) and tiled.dtype == np.uint8
-    blended, seams = psnr(whole, tiled), psnr(whole, hard)
+    blended, seams = psnr(whole, tiled, peak=255), psnr(whole, hard, peak=255)
     print(
         f"tiny random x4 model, 96x96 photo crop, tile 40: blended {blended:.1f} dB, overlap 0 {seams:.1f} dB"
     )
@@ -116,7 +107,7 @@ def test_seam_error_sits_on_the_tile_borders_without_overlap(photo: np.ndarray, 
 
 
 def test_real_esrgan_x4plus_tiled_matches_untiled(photo: np.ndarray) -> None:
-    from esrgan.checkpoints import load_model
+    from esrgan.zoo import load_model
 
     try:
         model = load_model("realesrgan-x4plus")
@@ -128,7 +119,7 @@ def test_real_esrgan_x4plus_tiled_matches_untiled(photo: np.ndarray) -> None:
     whole = upscale_tiled(run, image, scale=4, tile=0)
     tiled = upscale_tiled(run, image, scale=4, tile=96, overlap=DEFAULT_OVERLAP)
     hard = upscale_tiled(run, image, scale=4, tile=96, overlap=0)
-    value, seams = psnr(whole, tiled), psnr(whole, hard)
+    value, seams = psnr(whole, tiled, peak=255), psnr(whole, hard, peak=255)
     print(
         f"realesrgan-x4plus fp32, 128x128 crop, tile 96: overlap {DEFAULT_OVERLAP} {value:.1f} dB, 0: {seams:.1f} dB"
     )
@@ -218,4 +209,4 @@ def test_strip_thinner_than_the_overlap(
     whole = upscale_tiled(runner(wide_model), chw(strip), scale=4, tile=0)
     tiled = upscale_tiled(runner(wide_model), chw(strip), scale=4, tile=32, overlap=DEFAULT_OVERLAP)
     assert tiled.shape == (shape[0] * 4, shape[1] * 4, 3)
-    assert psnr(whole, tiled) >= 50.0
+    assert psnr(whole, tiled, peak=255) >= 50.0

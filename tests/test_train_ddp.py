@@ -35,6 +35,7 @@ def ddp_worker(rank: int, cfg_yaml: str, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_end_identical_with_one_checkpoint(photos: tuple[Path, Path], tmp_path: Path) -> None:
     """The GAN stage (G and D both wrapped in DDP, EMA on), two gloo processes on the CPU."""
     sections = gan_sections(None, perceptual=0.0)

@@ -86,6 +86,7 @@ def test_ctrl_c_with_dataloader_workers_saves_and_resumes(photos: tuple[Path, Pa
     assert train(cfg, resume=True).step == step + 2
 
 
+@pytest.mark.slow
 def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> None:
     """scripts/train_cpu_recipe.sh, the documented proof-of-learning recipe, end to end with a few steps: stage 1,
     Set5/Set14 evaluation, stage 2 without a VGG19 (VGG=none: L1 + GAN), evaluation of both generators."""

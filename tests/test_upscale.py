@@ -7,45 +7,24 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import photo_preserving_rrdb
 from PIL import Image
 from scipy import ndimage
 
 from esrgan.device import ModelRunner, PrecisionWarning, cpu_has_native_bf16, resolve_precision
 from esrgan.errors import EsrganError
-from esrgan.generator import RRDBNet
 from esrgan.upscale import Upscaler, bleed_colour
-
-
-def tiny_model(seed: int = 0, *, spread: float = 0.05) -> RRDBNet:
-    """A tiny x4 RRDBNet that is nearest-neighbour upscaling plus a wide-field perturbation of size `spread`.
-
-    An untrained model outputs ~0 everywhere, which would make the alpha, grey and bit-depth checks vacuous; this
-    one reproduces the picture (identity kernels on the trunk) while its random body mixes in far-away pixels, as
-    a real model's receptive field does.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        for conv in (model.conv_first, model.conv_up1, model.conv_up2, model.conv_hr, model.conv_last):
-            for c in range(3):
-                conv.weight[c, c, 1, 1] = 1.0
-        for p in model.body.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-        model.conv_body.weight.copy_(torch.randn(model.conv_body.weight.shape, generator=gen) * spread)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def up() -> Upscaler:
-    return Upscaler(tiny_model(), device="cpu", precision="fp32", tile=32)
+    return Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=32)
 
 
 # --- engine and tile choice -------------------------------------------------------------------------------------------
 def test_cpu_runner_uses_the_packed_engine_with_the_same_output(photo_small: np.ndarray) -> None:
     """The default CPU engine (esrgan.fast) is the model's own maths: fp32 to rounding, bf16 within its bound."""
-    model = tiny_model(spread=0.5)
+    model = photo_preserving_rrdb(spread=0.5)
     x = torch.from_numpy(photo_small).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
         ref = model(x)
@@ -69,7 +48,7 @@ def test_automatic_tile_is_balanced_and_bounded_by_memory(monkeypatch: pytest.Mo
     maximum-plus-a-sliver), and smaller tiles when memory is short."""
     from esrgan import upscale as upscale_module
 
-    up = Upscaler(tiny_model(), device="cpu", precision="fp32")
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32")
     cap = upscale_module.CPU_MAX_TILE
     assert up.tile_size(cap, cap) == 0  # one tile: processed whole
     side = up.tile_size(2 * cap, 2 * cap)
@@ -89,7 +68,7 @@ def test_fp16_is_never_used_on_the_cpu() -> None:
     assert dtype in (torch.bfloat16, torch.float32)
     assert dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     with pytest.warns(PrecisionWarning):
-        upscaler = Upscaler(tiny_model(), device="cpu", precision="fp16", tile=0)
+        upscaler = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp16", tile=0)
     assert upscaler.dtype != torch.float16 and upscaler.runner.dtype != torch.float16
 
 
@@ -103,7 +82,7 @@ def test_overflowing_bf16_forward_is_recomputed_in_fp32(
     bf16 is forced (ESRGAN_CPU_BF16=1) so that the Upscaler runs it on CPUs that only emulate it, too.
     """
     monkeypatch.setenv("ESRGAN_CPU_BF16", "1")
-    model = tiny_model()
+    model = photo_preserving_rrdb()
     with torch.no_grad():
         model.conv_last.bias.fill_(3.4e38)
     x = torch.from_numpy(photo_small).permute(2, 0, 1)[None].float() / 255
@@ -144,7 +123,7 @@ def test_16bit_input_keeps_16bit_precision_under_bf16(monkeypatch: pytest.Monkey
     from esrgan.tiling import upscale_tiled
 
     monkeypatch.setenv("ESRGAN_CPU_BF16", "1")
-    model = tiny_model(spread=0.5)
+    model = photo_preserving_rrdb(spread=0.5)
     photo16 = grey16_photo()
     ref = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale(photo16)
     levels = len(np.unique(ref))
@@ -245,7 +224,7 @@ def test_upscale_image_keeps_everything_but_the_pixels(up: Upscaler, photo_small
 
 @pytest.mark.parametrize("outscale", [2.5, 0.5, 3.0, 1.0])
 def test_outscale_sizes(photo_small: np.ndarray, outscale: float) -> None:
-    up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=outscale)
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, outscale=outscale)
     out = up.upscale(photo_small)
     assert out.shape == (round(48 * outscale), round(40 * outscale), 3) and out.dtype == np.uint8
     grey = up.upscale(Image.fromarray(photo_small).convert("L"))
@@ -256,8 +235,10 @@ def test_outscale_is_the_model_output_resized(photo_small: np.ndarray) -> None:
     """outscale = model x4 then MATLAB bicubic: at x2 it matches resizing the x4 output by hand."""
     from esrgan.resize import imresize_np
 
-    native = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0).upscale(photo_small)
-    half = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=2).upscale(photo_small)
+    native = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0).upscale(photo_small)
+    half = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, outscale=2).upscale(
+        photo_small
+    )
     by_hand = np.clip(np.rint(imresize_np(native.astype(np.float64), size=(96, 80))), 0, 255)
     assert np.abs(half.astype(np.float64) - by_hand).max() <= 2
 
@@ -280,7 +261,7 @@ def alpha_photo(photo: np.ndarray) -> np.ndarray:
 
 
 def test_alpha_shape_and_transparent_areas(alpha_photo: np.ndarray) -> None:
-    up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0)
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0)
     rgba = circle_rgba(alpha_photo, under=0)
     out = up.upscale(rgba)
     assert out.shape == (256, 256, 4) and out.dtype == np.uint8
@@ -298,7 +279,7 @@ def test_alpha_shape_and_transparent_areas(alpha_photo: np.ndarray) -> None:
 
 def test_no_dark_halo_from_black_under_transparent(alpha_photo: np.ndarray) -> None:
     """Black (or any colour) under transparent pixels must not leak into the visible edge of the upscale."""
-    up = Upscaler(tiny_model(seed=1, spread=0.3), device="cpu", precision="fp32", tile=0)
+    up = Upscaler(photo_preserving_rrdb(seed=1, spread=0.3), device="cpu", precision="fp32", tile=0)
     black = up.upscale(circle_rgba(alpha_photo, under=0))
     white = up.upscale(circle_rgba(alpha_photo, under=255))
     reference = up.upscale(np.dstack([alpha_photo, np.full(alpha_photo.shape[:2], 255, np.uint8)]))
@@ -327,7 +308,7 @@ def test_bleed_colour_keeps_visible_pixels(alpha_photo: np.ndarray) -> None:
 def test_alpha_mode_bicubic(alpha_photo: np.ndarray) -> None:
     from esrgan.resize import imresize_np
 
-    up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, alpha_mode="bicubic")
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, alpha_mode="bicubic")
     rgba = circle_rgba(alpha_photo, under=0)
     out = up.upscale(rgba)
     expected = np.clip(np.rint(imresize_np(rgba[:, :, 3].astype(np.float64), scale=4)), 0, 255)
@@ -343,13 +324,13 @@ def test_bad_inputs_are_errors(up: Upscaler) -> None:
     with pytest.raises(EsrganError, match="uint8, uint16 or float"):
         up.upscale(np.zeros((4, 4, 3), np.int32))
     with pytest.raises(EsrganError, match="alpha mode"):
-        Upscaler(tiny_model(), alpha_mode="premultiplied")
+        Upscaler(photo_preserving_rrdb(), alpha_mode="premultiplied")
 
 
 @pytest.mark.parametrize("shape", [(3, 200, 4), (200, 2), (1, 1, 3)])
 def test_thin_images_with_tiling(photo: np.ndarray, shape: tuple[int, ...]) -> None:
     """Regression: with tiling on, images thinner than the tile overlap (16) were refused."""
-    up = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=64)
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=64)
     image = photo[100 : 100 + shape[0], 100 : 100 + shape[1]]
     if len(shape) == 2:
         image = image[:, :, 0]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import QuietHandler, http_server
 
 from esrgan.errors import CheckpointError, ModelNotAvailableError
 from esrgan.vgg import (
@@ -126,25 +125,15 @@ def server(vgg_file: Path) -> Iterator[str]:
     """A real HTTP server on 127.0.0.1 serving the weight file at /models/<name> (and 404 elsewhere)."""
     body = vgg_file.read_bytes()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             if self.path != f"/models/{VGG19_FILENAME}":
                 self.send_error(404)
                 return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_body(200, body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(Handler) as httpd:
+        yield httpd.url
 
 
 def test_download_into_the_hub_cache(

@@ -11,14 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import LocalHTTPServer, QuietHandler, http_server, run_cli, tiny_rrdb
 
 from esrgan import zoo
 from esrgan.checkpoints import load_model, read_weights
@@ -44,8 +43,7 @@ def packaged() -> None:
 
 # --- a real HTTP server serving a real BasicSR-layout checkpoint ----------------------------------------------------
 def _tiny_basicsr_checkpoint() -> tuple[RRDBNet, bytes]:
-    torch.manual_seed(0)
-    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_grow=4, scale=4)
+    model = tiny_rrdb(num_block=2)
     buf = io.BytesIO()
     # BasicSR / Real-ESRGAN release files: {"params_ema": state_dict} with conv_first, body.N.rdbK.convJ, ...
     torch.save({"params_ema": model.state_dict()}, buf)
@@ -56,40 +54,22 @@ MODEL, PAYLOAD = _tiny_basicsr_checkpoint()
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class _Server(ThreadingHTTPServer):
-    requests = 0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         self.server.requests += 1
         if self.path != "/RRDB_tiny.pth":
             self.send_error(404, "Not Found")
             return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
-        self.end_headers()
-        self.wfile.write(PAYLOAD)
+        self.send_body(200, PAYLOAD)
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[_Server]:
-    httpd = _Server(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+def server() -> Iterator[LocalHTTPServer]:
+    with http_server(_Handler) as httpd:
         yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
-def _url_entry(server: _Server, **changes: object) -> ModelEntry:
+def _url_entry(server: LocalHTTPServer, **changes: object) -> ModelEntry:
     entry = ModelEntry(
         name="test-tiny",
         scale=4,
@@ -98,7 +78,7 @@ def _url_entry(server: _Server, **changes: object) -> ModelEntry:
         size=len(PAYLOAD),
         source="url",
         filename="RRDB_tiny.pth",
-        url=f"http://127.0.0.1:{server.server_address[1]}/RRDB_tiny.pth",
+        url=f"{server.url}/RRDB_tiny.pth",
         sha256=DIGEST,
         hash_note="computed by the test",
     )
@@ -253,7 +233,7 @@ def test_url_model_not_downloaded_names_the_remedy(home: Path) -> None:
     assert not (home / "models" / "RealESRGAN_x2plus.pth").exists()
 
 
-def test_url_model_downloads_and_loads(server: _Server, photo_small: np.ndarray) -> None:
+def test_url_model_downloads_and_loads(server: LocalHTTPServer, photo_small: np.ndarray) -> None:
     entry = _url_entry(server)
     with pytest.raises(ModelNotAvailableError):
         zoo.resolve(entry)
@@ -268,18 +248,18 @@ def test_url_model_downloads_and_loads(server: _Server, photo_small: np.ndarray)
     assert server.requests == count
 
 
-def test_url_model_with_hash_prefix(server: _Server) -> None:
+def test_url_model_with_hash_prefix(server: LocalHTTPServer) -> None:
     path = zoo.resolve(_url_entry(server, sha256=DIGEST[:8]), download=True, progress=False)
     assert sha256_file(path) == DIGEST
 
 
-def test_url_model_bad_hash_leaves_nothing(server: _Server, home: Path) -> None:
+def test_url_model_bad_hash_leaves_nothing(server: LocalHTTPServer, home: Path) -> None:
     with pytest.raises(DownloadError, match="not the published"):
         zoo.resolve(_url_entry(server, sha256="deadbeef"), download=True, progress=False)
     assert [p for p in (home / "models").iterdir() if p.suffix != ".lock"] == []
 
 
-def test_url_model_without_hash_is_refused(server: _Server, home: Path) -> None:
+def test_url_model_without_hash_is_refused(server: LocalHTTPServer, home: Path) -> None:
     with pytest.raises(DownloadError, match="no published SHA-256"):
         zoo.resolve(_url_entry(server, sha256=None), download=True, progress=False)
     assert not (home / "models" / "RRDB_tiny.pth").exists()
@@ -289,7 +269,7 @@ def test_url_model_without_hash_is_refused(server: _Server, home: Path) -> None:
 
 
 @pytest.mark.parametrize("prefix", [False, True])
-def test_hand_placed_file_is_hash_checked(server: _Server, home: Path, prefix: bool) -> None:
+def test_hand_placed_file_is_hash_checked(server: LocalHTTPServer, home: Path, prefix: bool) -> None:
     entry = _url_entry(server, sha256=DIGEST[:8] if prefix else DIGEST)
     placed = home / "models" / "RRDB_tiny.pth"
     placed.parent.mkdir(parents=True)
@@ -306,10 +286,7 @@ def test_hand_placed_file_is_hash_checked(server: _Server, home: Path, prefix: b
 
 # --- the CLI --------------------------------------------------------------------------------------------------------
 def _esrgan(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ESRGAN_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "esrgan.cli", *args], capture_output=True, text=True, env=env, timeout=120
-    )
+    return run_cli(*args, env={"ESRGAN_HOME": str(home)}, timeout=120)
 
 
 def test_cli_models_table_and_json(packaged: None, home: Path) -> None:

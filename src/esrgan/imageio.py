@@ -527,6 +527,9 @@ def _normalise_exif(raw: object, path: Path) -> bytes | None:
     return data
 
 
+# EXIF stays hand-read here rather than through PIL.Image.Exif: the one change we make (orientation -> 1) is a
+# two-byte patch at the tag's offset, so every other byte reaches the output as the camera wrote it. Exif.tobytes()
+# would re-serialise the whole structure at new offsets, which breaks maker notes that hold absolute offsets.
 def _orientation_offset(exif: bytes) -> tuple[int, Literal["little", "big"]] | None:
     """Offset of IFD0's Orientation value inside exif, and the byte order; None when absent or malformed."""
     tiff = len(_EXIF_HEADER)
