@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import psnr, tiny_rrdb
 
-from esrgan.device import ModelRunner, resolve_precision
+from esrgan.device import ModelRunner, cpu_packs_bf16, resolve_precision
 from esrgan.errors import EsrganError, ModelNotAvailableError
 from esrgan.generator import RRDBNet
 from esrgan.tiling import upscale_tiled
@@ -34,6 +34,8 @@ CPU = torch.device("cpu")
 
 def packed(model: RRDBNet, precision: str) -> ModelRunner:
     """The forward pass the Upscaler picks on the CPU (asserted to be the packed engine)."""
+    if precision == "bf16" and not cpu_packs_bf16():
+        pytest.skip("oneDNN cannot pack bf16 weights on this CPU (needs AVX512BW+VL+DQ or AVX-NE-CONVERT)")
     runner = ModelRunner(model, CPU, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision])
     assert runner.engine == "packed"
     return runner
@@ -66,12 +68,12 @@ def test_packed_engine_matches_eager_on_photo(arch: dict[str, object], photo: np
     # 37x41: odd, not a multiple of the unshuffle factors, so the padding and cropping are exercised
     x = to_tensor(photo[60:97, 180:221])
     ref = eager(model, x)
-    fp32, bf16 = packed(model, "fp32"), packed(model, "bf16")
-    out32, out16 = fp32(x), bf16(x)
-    assert out32.shape == ref.shape == out16.shape
-    assert out32.dtype == out16.dtype == torch.float32 and out32.is_contiguous()
+    out32 = packed(model, "fp32")(x)
+    assert out32.shape == ref.shape and out32.dtype == torch.float32 and out32.is_contiguous()
     assert psnr(out32, ref) >= FP32_DB
     assert float((out32 - ref).abs().max()) < 1e-5
+    out16 = packed(model, "bf16")(x)
+    assert out16.shape == ref.shape and out16.dtype == torch.float32
     assert BF16_TINY_DB <= psnr(out16, ref) < 120  # really computed in bf16, and close
 
 
