@@ -25,9 +25,10 @@ from esrgan.checkpoints import save_model
 from esrgan.cli import main
 from esrgan.evaluate import bicubic_down, bicubic_up, crop, mod_crop
 from esrgan.generator import RRDBNet
-from esrgan.lpips import load_lpips, lpips_available
+from esrgan.lpips import load_lpips
 from esrgan.metrics import psnr, ssim
 from esrgan.report import choose_crop
+from esrgan.zoo import lpips_available
 
 # shared/data/README.md: bicubic x4, Y-PSNR dB / Y-SSIM per image
 SET5 = {

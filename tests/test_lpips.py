@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from esrgan.errors import CheckpointError, ModelNotAvailableError
-from esrgan.lpips import LPIPS, load_lpips, lpips_available, resolve_lpips_weights
+from esrgan.lpips import LPIPS, load_lpips
+from esrgan.zoo import lpips_available, resolve_lpips_weights
 
 ALEX_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 LIN_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth"

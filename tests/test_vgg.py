@@ -14,13 +14,8 @@ import torch.nn.functional as F
 from conftest import QuietHandler, http_server
 
 from esrgan.errors import CheckpointError, ModelNotAvailableError
-from esrgan.vgg import (
-    VGG19_FILENAME,
-    VGG19_URL,
-    VGGFeatureExtractor,
-    load_vgg19_state,
-    resolve_vgg_weights,
-)
+from esrgan.vgg import VGGFeatureExtractor, load_vgg19_state
+from esrgan.zoo import VGG19_FILENAME, VGG19_URL, resolve_vgg_weights
 
 # torchvision's vgg19().features: (index, in, out) of the 16 convs; ReLU after each, max pool at 4, 9, 18, 27, 36
 CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
@@ -115,7 +110,7 @@ def test_sources_in_order(vgg_file: Path, tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_random_is_explicit_and_loud(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="esrgan.vgg"):
+    with caplog.at_level(logging.WARNING, logger="esrgan.zoo"):
         assert resolve_vgg_weights("random") is None
     assert "UNTRAINED" in caplog.text
 

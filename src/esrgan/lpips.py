@@ -17,12 +17,12 @@ Weights are two files per network, both optional extras that this project never 
   ``lpips_v0.1_<net>.pth``, else the ``weights/v0.1/`` folder of an installed ``lpips`` package (found without
   importing it, since importing it would import torchvision).
 
-Without them `load_lpips` raises ModelNotAvailableError naming each missing file, its URL and where to put it.
+Without them `load_lpips` raises ModelNotAvailableError naming each missing file, its URL and where to put it
+(the lookup is esrgan.zoo.resolve_lpips_weights, beside the other weight files).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,12 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ModelNotAvailableError
-from .vgg import hub_checkpoint_dir
+from .errors import CheckpointError
+from .zoo import resolve_lpips_weights
 
-__all__ = ["LPIPS", "NETS", "load_lpips", "lpips_available", "resolve_lpips_weights"]
+__all__ = ["LPIPS", "NETS", "load_lpips"]
 
-LIN_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth"
 
 # The v0.1 scaling layer: x -> (x - shift) / scale on inputs in [-1, 1] (constants of the published code).
 SHIFT = (-0.030, -0.088, -0.188)
@@ -51,8 +50,6 @@ EPS = 1e-10  # added to the channel norm, as in the published code, so an all-ze
 class NetSpec:
     """One LPIPS backbone: torchvision's `features` layout and the five ReLU outputs LPIPS reads."""
 
-    backbone_file: str
-    backbone_url: str
     # (index, in, out, kernel, stride, padding) of each conv in torchvision's `features`; a ReLU follows each conv
     convs: tuple[tuple[int, int, int, int, int, int], ...]
     pools: tuple[int, ...]  # indices of the max pools
@@ -67,8 +64,6 @@ class NetSpec:
 
 
 _ALEX = NetSpec(
-    backbone_file="alexnet-owt-7be5be79.pth",
-    backbone_url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     convs=(
         (0, 3, 64, 11, 4, 2),
         (3, 64, 192, 5, 1, 2),
@@ -83,8 +78,6 @@ _ALEX = NetSpec(
 )
 
 _VGG16 = NetSpec(
-    backbone_file="vgg16-397923af.pth",
-    backbone_url="https://download.pytorch.org/models/vgg16-397923af.pth",
     convs=(
         (0, 3, 64, 3, 1, 1),
         (2, 64, 64, 3, 1, 1),
@@ -125,78 +118,6 @@ def backbone_features(spec: NetSpec) -> nn.Sequential:
         layers[idx] = nn.MaxPool2d(kernel_size=spec.pool_kernel, stride=2)
     assert sorted(layers) == list(range(len(layers)))
     return nn.Sequential(*(layers[i] for i in range(spec.taps[-1] + 1)))
-
-
-def lin_filename(net: str) -> str:
-    """The name under which the v0.1 lin weights are looked for in torch hub's cache."""
-    return f"lpips_v0.1_{net}.pth"
-
-
-def _package_lin_file(net: str) -> Path | None:
-    """weights/v0.1/<net>.pth inside an installed `lpips` package, located without importing it."""
-    try:
-        found = importlib.util.find_spec("lpips")
-    except (ImportError, ValueError):
-        return None
-    if found is None or not found.submodule_search_locations:
-        return None
-    for folder in found.submodule_search_locations:
-        path = Path(folder) / "weights" / "v0.1" / f"{net}.pth"
-        if path.is_file():
-            return path
-    return None
-
-
-def _missing_backbone(spec: NetSpec, given: Path | None) -> str:
-    if given is not None:
-        return f"{given} (backbone_weights) does not exist"
-    dest = hub_checkpoint_dir() / spec.backbone_file
-    return f"{spec.backbone_file}: download {spec.backbone_url} to {dest} or pass backbone_weights=PATH"
-
-
-def _missing_lin(net: str, given: Path | None) -> str:
-    if given is not None:
-        return f"{given} (lin_weights) does not exist"
-    dest = hub_checkpoint_dir() / lin_filename(net)
-    return (
-        f"{net}.pth (LPIPS v0.1 lin layers): download {LIN_URL.format(net=net)} to {dest}, "
-        f"install the lpips package, or pass lin_weights=PATH"
-    )
-
-
-def resolve_lpips_weights(
-    net: str = "alex",
-    *,
-    backbone_weights: str | os.PathLike[str] | None = None,
-    lin_weights: str | os.PathLike[str] | None = None,
-) -> tuple[Path, Path]:
-    """The (backbone, lin) files to use; ModelNotAvailableError says exactly which are missing and how to get them."""
-    spec = _spec(net)
-    given_bb = Path(backbone_weights).expanduser() if backbone_weights is not None else None
-    given_lin = Path(lin_weights).expanduser() if lin_weights is not None else None
-    backbone = given_bb or hub_checkpoint_dir() / spec.backbone_file
-    lin: Path | None = given_lin
-    if lin is None:
-        cached = hub_checkpoint_dir() / lin_filename(net)
-        lin = cached if cached.is_file() else _package_lin_file(net)
-    missing = []
-    if not backbone.is_file():
-        missing.append(_missing_backbone(spec, given_bb))
-    if lin is None or not lin.is_file():
-        missing.append(_missing_lin(net, given_lin))
-    if missing:
-        raise ModelNotAvailableError(f"LPIPS ({net}) weights missing: " + "; ".join(missing))
-    assert lin is not None
-    return backbone, lin
-
-
-def lpips_available(net: str = "alex") -> bool:
-    """Whether `load_lpips(net)` would find both weight files without explicit paths."""
-    try:
-        resolve_lpips_weights(net)
-    except ModelNotAvailableError:
-        return False
-    return True
 
 
 def _read_tensors(path: Path, what: str) -> dict[str, Tensor]:

@@ -6,26 +6,22 @@ The paper takes features before the activation because after the ReLU deep featu
 supervision (section 3.4); index 34 is conv5_4, so the extractor stops there.
 
 Weights come, in order, from an explicit path (``--vgg-weights`` / config ``perceptual.weights``), torch hub's cache,
-or the official URL (hash-checked). Without any of them training stops before it starts, with instructions.
+or the official URL (hash-checked): esrgan.zoo.resolve_vgg_weights, beside the other weight files. Without any of
+them training stops before it starts, with instructions.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ModelNotAvailableError
+from .errors import CheckpointError
 
-log = logging.getLogger(__name__)
-
-VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
-VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
-VGG19_SHA256_PREFIX = "dcbb9e9d"  # torchvision names its files <arch>-<first 8 hex of the SHA-256>.pth
-RANDOM = "random"
+# Where the weights come from is esrgan.zoo's job; train.py imports these two from here.
+from .zoo import RANDOM, resolve_vgg_weights  # noqa: F401
 
 # torchvision's VGG19 "E" configuration: conv widths, "M" = 2x2 max pool
 _CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
@@ -48,66 +44,6 @@ def vgg19_features(last_index: int = CONV5_4) -> nn.Sequential:
             layers += [nn.Conv2d(in_ch, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             in_ch = item
     return nn.Sequential(*layers[: last_index + 1])
-
-
-def hub_checkpoint_dir() -> Path:
-    """Where torch.hub keeps downloaded weights: $TORCH_HOME/hub/checkpoints (default ~/.cache/torch)."""
-    torch_home = os.environ.get("TORCH_HOME")
-    if torch_home:
-        root = Path(torch_home).expanduser()
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "torch"
-    return root / "hub" / "checkpoints"
-
-
-def how_to_get_weights() -> str:
-    dest = hub_checkpoint_dir() / VGG19_FILENAME
-    return (
-        f"download {VGG19_URL} (548 MB, SHA-256 starting {VGG19_SHA256_PREFIX}) and either put it at {dest} "
-        f"or pass --vgg-weights PATH (config: perceptual.weights: PATH)"
-    )
-
-
-def resolve_vgg_weights(
-    spec: str | None,
-    *,
-    download: bool = True,
-    url: str = VGG19_URL,
-    sha256: str = VGG19_SHA256_PREFIX,
-) -> Path | None:
-    """The VGG19 weight file to use; None means `spec == "random"` (smoke tests only: no perceptual signal).
-
-    `spec` is an explicit path, "random", or None (hub cache, then download from `url`). Raises
-    ModelNotAvailableError, saying exactly how to get the file, when none is available.
-    """
-    if spec == RANDOM:
-        log.warning(
-            "perceptual.weights is 'random': the perceptual loss uses an UNTRAINED VGG19 and means nothing. "
-            "Smoke tests only; this is recorded in the checkpoints."
-        )
-        return None
-    if spec:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ModelNotAvailableError(f"{path}: VGG19 weight file not found; {how_to_get_weights()}")
-        return path
-    cached = hub_checkpoint_dir() / VGG19_FILENAME
-    if cached.is_file():
-        return cached
-    if not download:
-        raise ModelNotAvailableError(
-            f"VGG19 weights for the perceptual loss are not on this machine; {how_to_get_weights()}"
-        )
-    from .download import download_file  # written alongside; imported only when needed
-    from .errors import DownloadError
-
-    log.warning("downloading VGG19 weights for the perceptual loss from %s to %s", url, cached)
-    try:
-        return download_file(url, cached, sha256=sha256)
-    except DownloadError as exc:
-        raise ModelNotAvailableError(
-            f"VGG19 weights for the perceptual loss are not available ({exc}); {how_to_get_weights()}"
-        ) from None
 
 
 def load_vgg19_state(path: str | os.PathLike[str], last_index: int = CONV5_4) -> dict[str, Tensor]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ from typing import TYPE_CHECKING, Literal
 from .atomic import atomic_write_bytes
 from .defaults import DEFAULT_MODEL
 from .download import digest_matches, download_file, sha256_file
-from .errors import ModelNotAvailableError
+from .errors import DownloadError, ModelNotAvailableError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -411,3 +415,148 @@ def format_table(statuses: list[ModelStatus]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
     lines.append(f"* default model. Files live in {models_dir()}")
     return "\n".join(lines)
+
+
+# --- weights of the perceptual networks -----------------------------------------------------------------------------
+# VGG19 for the perceptual loss (esrgan.vgg) and LPIPS's backbones and lin layers (esrgan.lpips): torchvision /
+# PerceptualSimilarity files kept in torch hub's cache, so weights another tool downloaded are used as they are.
+VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
+VGG19_SHA256_PREFIX = "dcbb9e9d"  # torchvision names its files <arch>-<first 8 hex of the SHA-256>.pth
+RANDOM = "random"
+LPIPS_BACKBONES = {
+    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+}
+"""LPIPS network -> (torchvision backbone file name, its URL)."""
+LPIPS_LIN_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth"
+
+
+def hub_checkpoint_dir() -> Path:
+    """Where torch.hub keeps downloaded weights: $TORCH_HOME/hub/checkpoints (default ~/.cache/torch)."""
+    torch_home = os.environ.get("TORCH_HOME")
+    if torch_home:
+        root = Path(torch_home).expanduser()
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "torch"
+    return root / "hub" / "checkpoints"
+
+
+def how_to_get_vgg19() -> str:
+    dest = hub_checkpoint_dir() / VGG19_FILENAME
+    return (
+        f"download {VGG19_URL} (548 MB, SHA-256 starting {VGG19_SHA256_PREFIX}) and either put it at {dest} "
+        f"or pass --vgg-weights PATH (config: perceptual.weights: PATH)"
+    )
+
+
+def resolve_vgg_weights(
+    spec: str | None,
+    *,
+    download: bool = True,
+    url: str = VGG19_URL,
+    sha256: str = VGG19_SHA256_PREFIX,
+) -> Path | None:
+    """The VGG19 weight file to use; None means `spec == "random"` (smoke tests only: no perceptual signal).
+
+    `spec` is an explicit path, "random", or None (hub cache, then download from `url`). Raises
+    ModelNotAvailableError, saying exactly how to get the file, when none is available.
+    """
+    if spec == RANDOM:
+        log.warning(
+            "perceptual.weights is 'random': the perceptual loss uses an UNTRAINED VGG19 and means nothing. "
+            "Smoke tests only; this is recorded in the checkpoints."
+        )
+        return None
+    if spec:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelNotAvailableError(f"{path}: VGG19 weight file not found; {how_to_get_vgg19()}")
+        return path
+    cached = hub_checkpoint_dir() / VGG19_FILENAME
+    if cached.is_file():
+        return cached
+    if not download:
+        raise ModelNotAvailableError(
+            f"VGG19 weights for the perceptual loss are not on this machine; {how_to_get_vgg19()}"
+        )
+    log.warning("downloading VGG19 weights for the perceptual loss from %s to %s", url, cached)
+    try:
+        return download_file(url, cached, sha256=sha256)
+    except DownloadError as exc:
+        raise ModelNotAvailableError(
+            f"VGG19 weights for the perceptual loss are not available ({exc}); {how_to_get_vgg19()}"
+        ) from None
+
+
+def lpips_lin_filename(net: str) -> str:
+    """The name under which the v0.1 lin weights are looked for in torch hub's cache."""
+    return f"lpips_v0.1_{net}.pth"
+
+
+def _package_lin_file(net: str) -> Path | None:
+    """weights/v0.1/<net>.pth inside an installed `lpips` package, located without importing it."""
+    try:
+        found = importlib.util.find_spec("lpips")
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    for folder in found.submodule_search_locations:
+        path = Path(folder) / "weights" / "v0.1" / f"{net}.pth"
+        if path.is_file():
+            return path
+    return None
+
+
+def _missing_backbone(net: str, given: Path | None) -> str:
+    if given is not None:
+        return f"{given} (backbone_weights) does not exist"
+    name, url = LPIPS_BACKBONES[net]
+    return f"{name}: download {url} to {hub_checkpoint_dir() / name} or pass backbone_weights=PATH"
+
+
+def _missing_lin(net: str, given: Path | None) -> str:
+    if given is not None:
+        return f"{given} (lin_weights) does not exist"
+    dest = hub_checkpoint_dir() / lpips_lin_filename(net)
+    return (
+        f"{net}.pth (LPIPS v0.1 lin layers): download {LPIPS_LIN_URL.format(net=net)} to {dest}, "
+        f"install the lpips package, or pass lin_weights=PATH"
+    )
+
+
+def resolve_lpips_weights(
+    net: str = "alex",
+    *,
+    backbone_weights: str | os.PathLike[str] | None = None,
+    lin_weights: str | os.PathLike[str] | None = None,
+) -> tuple[Path, Path]:
+    """The (backbone, lin) files to use; ModelNotAvailableError says exactly which are missing and how to get them."""
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"unknown LPIPS network {net!r}; choose one of {', '.join(LPIPS_BACKBONES)}")
+    given_bb = Path(backbone_weights).expanduser() if backbone_weights is not None else None
+    given_lin = Path(lin_weights).expanduser() if lin_weights is not None else None
+    backbone = given_bb or hub_checkpoint_dir() / LPIPS_BACKBONES[net][0]
+    lin: Path | None = given_lin
+    if lin is None:
+        cached = hub_checkpoint_dir() / lpips_lin_filename(net)
+        lin = cached if cached.is_file() else _package_lin_file(net)
+    missing = []
+    if not backbone.is_file():
+        missing.append(_missing_backbone(net, given_bb))
+    if lin is None or not lin.is_file():
+        missing.append(_missing_lin(net, given_lin))
+    if missing:
+        raise ModelNotAvailableError(f"LPIPS ({net}) weights missing: " + "; ".join(missing))
+    assert lin is not None
+    return backbone, lin
+
+
+def lpips_available(net: str = "alex") -> bool:
+    """Whether `load_lpips(net)` would find both weight files without explicit paths."""
+    try:
+        resolve_lpips_weights(net)
+    except ModelNotAvailableError:
+        return False
+    return True
