@@ -34,6 +34,7 @@ from .imageio import list_images as _list_images
 from .metrics import psnr, ssim
 from .resize import imresize_np
 from .results import BICUBIC, EvalResult, ImageResult, Scores, format_table, write_csv, write_json
+from .zoo import is_model_file
 
 if TYPE_CHECKING:
     from .lpips import LPIPS
@@ -110,8 +111,7 @@ class _Model:
 
 def model_name(spec: str) -> str:
     """Column name of a model: the zoo name as given, or a file's stem."""
-    p = Path(spec)
-    return p.stem if (p.suffix or "/" in spec) else spec
+    return Path(spec).stem if is_model_file(spec) else spec
 
 
 def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> tuple[int, Upscale]:
@@ -120,9 +120,8 @@ def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> 
     from .upscale import Upscaler
 
     options: dict[str, Any] = {"device": device, "precision": precision, "tile": tile}
-    path = Path(spec).expanduser()
-    if path.exists() or path.suffix or "/" in spec:
-        up = Upscaler.from_file(path, **options)
+    if is_model_file(spec):
+        up = Upscaler.from_file(spec, **options)
     else:
         up = Upscaler.from_pretrained(spec, **options)
     return up.model.config.scale, up.upscale

@@ -213,12 +213,17 @@ def list_models() -> list[ModelStatus]:
     return statuses
 
 
-def resolve_model_path(path_or_name: str | Path) -> Path:
-    """What a user typed as a model: a file path as is (it exists, has a suffix or a folder); otherwise a named
-    model, resolved (raises ModelNotAvailableError saying how to get it when absent)."""
+def is_model_file(path_or_name: str | Path) -> bool:
+    """Whether what a user typed as a model means a file (it exists, has a suffix or a folder), not a name."""
     path = Path(path_or_name).expanduser()
-    if path.exists() or path.suffix or "/" in str(path_or_name):
-        return path
+    return path.exists() or bool(path.suffix) or "/" in str(path_or_name)
+
+
+def resolve_model_path(path_or_name: str | Path) -> Path:
+    """What a user typed as a model: a file path as is (see is_model_file); otherwise a named model, resolved
+    (raises ModelNotAvailableError saying how to get it when absent)."""
+    if is_model_file(path_or_name):
+        return Path(path_or_name).expanduser()
     return resolve(str(path_or_name))
 
 
