@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -346,7 +348,7 @@ def test_rerun_removes_the_temporary_files_of_killed_writes_and_nothing_else(
                                           "notes.part", ".face_x4.png.abcdefgh.part.bak", "face_x4.png.abcdefgh.part")]  # fmt: skip
         for decoy in decoys:
             decoy.write_bytes(b"not ours")
-        r = run("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
+        r = run_cli("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert f"removed 1 leftover temporary file of an interrupted run (0.3 MB): {leftover}" in r.stdout
         assert not leftover.exists() and live_part.exists() and all(d.exists() for d in decoys)
@@ -354,7 +356,7 @@ def test_rerun_removes_the_temporary_files_of_killed_writes_and_nothing_else(
     finally:
         live.kill()  # a real kill -9 of the live writer: its temporary file becomes a leftover too
         live.wait(timeout=60)
-    r = run("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
+    r = run_cli("upscale", photos, "-o", out, "--model", models["tiny"], cwd=tmp_path)
     assert (
         r.returncode == 0 and "removed 1 leftover temporary file" in r.stdout and str(live_part) in r.stdout
     )
@@ -374,7 +376,7 @@ def test_out_of_range_options_are_refused_before_any_work(
     tmp_path: Path, photos: Path, models: dict[str, Path], flag: str, value: str, message: str
 ) -> None:
     out = tmp_path / "out"
-    r = run("upscale", photos, "-o", out, "--model", models["tiny"], flag, value, cwd=tmp_path)
+    r = run_cli("upscale", photos, "-o", out, "--model", models["tiny"], flag, value, cwd=tmp_path)
     assert (r.returncode, r.stderr) == (2, f"esrgan: error: {message}\n")
     assert not out.exists()
 
@@ -385,13 +387,13 @@ def test_the_pixel_limit_flag_is_max_megapixels_and_the_refusal_names_it(
     """One name for the limit, on the CLI and in the server (`--max-megapixels`); the old `--max-pixels` still works."""
     face = photos / "face.png"  # 40x48 = 1920 pixels
     for args in (("--max-megapixels", "0.001"), ("--max-pixels", "1049")):
-        r = run("upscale", face, "-o", tmp_path / "out", "--model", models["tiny"], *args, cwd=tmp_path)
+        r = run_cli("upscale", face, "-o", tmp_path / "out", "--model", models["tiny"], *args, cwd=tmp_path)
         assert r.returncode == 1
         assert r.stderr == (
             f"esrgan: error: {face}: 40x48 = 1920 pixels exceeds the limit of 1049 (0.001 megapixels, a "
             "decompression-bomb guard; --max-megapixels raises it)\n"
         )
-    assert "--max-megapixels" in run("upscale", "--help", cwd=tmp_path).stdout
+    assert "--max-megapixels" in run_cli("upscale", "--help", cwd=tmp_path).stdout
 
 
 def test_the_summary_says_the_precision_really_used(
@@ -402,7 +404,7 @@ def test_the_summary_says_the_precision_really_used(
     Image.fromarray(photo[0:32, 40:80, 1].astype(np.uint16) * 257).save(photos / "deep.png")
     out = tmp_path / "out"
     args = ("upscale", photos, "-o", out, "--model", models["tiny"], "--device", "cpu", "--precision", "fp16")
-    r = run(*args, cwd=tmp_path, env={"ESRGAN_CPU_BF16": "1"})
+    r = run_cli(*args, cwd=tmp_path, env={"ESRGAN_CPU_BF16": "1"})
     assert r.returncode == 0, r.stderr
     assert "esrgan: warning: fp16 is not supported well on this CPU; using bf16" in r.stderr
     assert "esrgan: warning: 16-bit and float images are computed in fp32" in r.stderr
@@ -410,7 +412,7 @@ def test_the_summary_says_the_precision_really_used(
         "esrgan upscale: 4 upscaled, 0 skipped (output exists), 0 failed; "
         "computed on cpu in fp32 (1 file), bf16 (3 files)"
     )
-    r = run(*args, "--overwrite", cwd=tmp_path, env={"ESRGAN_CPU_BF16": "0"})
+    r = run_cli(*args, "--overwrite", cwd=tmp_path, env={"ESRGAN_CPU_BF16": "0"})
     assert r.returncode == 0, r.stderr
     assert "esrgan: warning: fp16 is not supported well on this CPU; using fp32" in r.stderr
     assert r.stdout.splitlines()[-1].endswith("0 failed; computed on cpu in fp32")

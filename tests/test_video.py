@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,9 @@ from PIL import Image
 
 av = pytest.importorskip("av")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-sys.path.insert(0, str(Path(__file__).parent))
-import kill_video  # noqa: E402
+import kill_video  # noqa: E402  (tools/ is on pytest's pythonpath: see pyproject.toml)
+from conftest import photo_preserving_rrdb, run_cli  # noqa: E402
 from make_clip import make_clip, pattern  # noqa: E402
-from test_upscale import tiny_model  # noqa: E402
 
 from esrgan.checkpoints import save_model  # noqa: E402
 from esrgan.upscale import Upscaler  # noqa: E402
@@ -40,7 +36,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def up() -> Upscaler:
-    return Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0)
+    return Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +63,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", tiny_model())
+    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", photo_preserving_rrdb())
 
 
 def frames_of(path: Path) -> tuple[list[Fraction], list[np.ndarray]]:
@@ -151,8 +147,8 @@ def test_h264_frames_match_within_codec_tolerance(
 
 
 def test_outscale_and_interpolation(clips: dict[str, Path], tmp_path: Path) -> None:
-    mixed = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=1.5,
-                     interpolate=tiny_model(3), interpolate_alpha=0.5)  # fmt: skip
+    mixed = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, outscale=1.5,
+                     interpolate=photo_preserving_rrdb(3), interpolate_alpha=0.5)  # fmt: skip
     dst = tmp_path / "out.mkv"
     mixed.upscale_video(clips["25"], dst, codec="ffv1", frames=(5, 8))  # the Upscaler method, same thing
     _, f_in = frames_of(clips["25"])
@@ -279,8 +275,7 @@ def test_cli_folder_of_images_and_videos(clips: dict[str, Path], tiny_file: Path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "esrgan.cli", *args], capture_output=True, text=True,
-                          timeout=300, env=ENV)  # fmt: skip
+    return run_cli(*args, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_cli_bad_inputs_one_line_each(clips: dict[str, Path], tiny_file: Path, tmp_path: Path) -> None:
@@ -315,7 +310,7 @@ def test_errors_name_the_file(up: Upscaler, clips: dict[str, Path], tmp_path: Pa
     with pytest.raises(VideoError, match="cannot hold h264"):
         upscale_video(up, clips["25"], tmp_path / "x.webm", codec="h264")
     with pytest.raises(VideoError, match="odd-sized"):
-        odd = Upscaler(tiny_model(), device="cpu", precision="fp32", tile=0, outscale=1.01)
+        odd = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, outscale=1.01)
         upscale_video(odd, clips["25"], tmp_path / "y.mp4")
     assert not list(tmp_path.iterdir())
 

@@ -168,5 +168,5 @@ class OnnxForward:
 
 
 def onnx_forward(path: str | Path, *, threads: int | None = None) -> OnnxForward:
-    """The onnxruntime backend, same contract as esrgan.fast.compile_for_inference's result."""
+    """The onnxruntime backend, same contract as esrgan.device.ModelRunner."""
     return OnnxForward(path, threads=threads)
