@@ -116,7 +116,7 @@ def load_model(spec: str | None, smoke: bool) -> tuple[RRDBNet, str]:
     if smoke:
         torch.manual_seed(0)
         return RRDBNet(num_feat=16, num_block=1, num_grow=8, scale=4).eval(), "tiny random RRDBNet (smoke)"
-    from esrgan.checkpoints import load_model as load_any
+    from esrgan.zoo import load_model as load_any  # a name or a file
 
     try:
         return load_any(spec or "realesrgan-x4plus").eval(), str(spec or "realesrgan-x4plus")
