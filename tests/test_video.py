@@ -359,3 +359,21 @@ def test_mpeg_ts_source_that_starts_late(up: Upscaler, tmp_path: Path) -> None:
 
     (job,) = plan_jobs([(src, None)], tmp_path / "folder", scale=4)
     assert job.dst.name == "broadcast_x4.mkv"  # no MPEG-TS muxing here: Matroska holds anything
+
+
+def test_a_second_run_on_the_same_output_is_refused(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two esrgan writing one output would mix their segments: the second stops at once, the first is untouched."""
+    fcntl = pytest.importorskip("fcntl")
+    dst = tmp_path / "out.mp4"
+    work = work_folder(dst)
+    work.mkdir()
+    (work / "seg000000.pkt").write_bytes(b"the running one's")
+    with open(work / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a live run holds it
+        with pytest.raises(VideoError, match="another esrgan is writing this output"):
+            upscale_video(up, clips["25"], dst, frames=(0, 2))
+        assert (work / "seg000000.pkt").read_bytes() == b"the running one's" and not dst.exists()
+    upscale_video(up, clips["25"], dst, frames=(0, 2))  # that run is gone (a killed one's lock goes with it)
+    assert dst.exists() and not work.exists()

@@ -399,18 +399,47 @@ def _fingerprint(src: Path, upscaler: Upscaler, plan: _Plan, segment_frames: int
     }
 
 
+@contextlib.contextmanager
+def _work_lock(work: Path, dst: Path) -> Iterator[None]:
+    """An exclusive flock on WORK/.lock for the whole run: a second esrgan writing the same output stops at once
+    instead of mixing its segments in (the kernel drops the lock of a killed run). No flock (Windows): no lock."""
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    fd = os.open(work / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise VideoError(
+                    f"{dst}: another esrgan is writing this output now (its work folder {work} is locked)"
+                ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _prepare_work(work: Path, fingerprint: dict[str, Any]) -> int:
-    """Keep the complete segments of an interrupted run of this very job; return how many lead without a gap."""
+    """Keep the complete segments of an interrupted run of this very job; return how many lead without a gap.
+
+    Called with the work folder locked (_work_lock): everything in it but the lock file belongs to earlier runs.
+    """
     stamp = work / "job.json"
-    if work.is_dir():
-        try:
-            same = json.loads(stamp.read_text()) == fingerprint
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            shutil.rmtree(work)
-    if not work.is_dir():
-        work.mkdir(parents=True)
+    try:
+        same = json.loads(stamp.read_text()) == fingerprint
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        for old in work.iterdir():
+            if old.name == ".lock":
+                continue
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
         tmp = work / ".job.json.part"
         tmp.write_text(json.dumps(fingerprint, indent=1))
         os.replace(tmp, stamp)
@@ -630,33 +659,47 @@ def upscale_video(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
     work = work_folder(dst)
-    kept_segments = _prepare_work(work, _fingerprint(src, upscaler, plan, segment_frames))
-    skip = kept_segments * segment_frames
-    result = VideoResult(src, dst, 0, 0.0, 0.0)
-    try:
-        with _open_input(av, src) as inp:
-            vin = _video_stream(inp, src)
-            vin.thread_type = "AUTO"
-            count, first, end = _run_frames(
-                av, upscaler, inp, vin, src, plan, work, segment_frames, skip, on_frame, result, frame_batch
-            )
-            if count == 0:
-                raise VideoError(
-                    f"{src}: no frames" + (" in the --frames range" if frames is not None else "")
+    with _work_lock(work, dst):
+        kept_segments = _prepare_work(work, _fingerprint(src, upscaler, plan, segment_frames))
+        skip = kept_segments * segment_frames
+        result = VideoResult(src, dst, 0, 0.0, 0.0)
+        try:
+            with _open_input(av, src) as inp:
+                vin = _video_stream(inp, src)
+                vin.thread_type = "AUTO"
+                count, first, end = _run_frames(
+                    av,
+                    upscaler,
+                    inp,
+                    vin,
+                    src,
+                    plan,
+                    work,
+                    segment_frames,
+                    skip,
+                    on_frame,
+                    result,
+                    frame_batch,
                 )
-            _check_complete(inp, vin, src, plan, count, end)
-        result.frames = count
-        result.duration = float((end - first) * plan.time_base)
-        result.resumed = min(skip, count)
-        with _open_input(av, src) as inp, atomic_path(dst, overwrite=overwrite) as tmp:
-            _mux(av, inp, tmp, work, plan, segment_frames, count, end, result)
-    except EsrganError:
-        shutil.rmtree(work, ignore_errors=True)  # a bad input fails again on a rerun: nothing worth keeping
-        raise
-    except av.error.FFmpegError as exc:
+                if count == 0:
+                    raise VideoError(
+                        f"{src}: no frames" + (" in the --frames range" if frames is not None else "")
+                    )
+                _check_complete(inp, vin, src, plan, count, end)
+            result.frames = count
+            result.duration = float((end - first) * plan.time_base)
+            result.resumed = min(skip, count)
+            with _open_input(av, src) as inp, atomic_path(dst, overwrite=overwrite) as tmp:
+                _mux(av, inp, tmp, work, plan, segment_frames, count, end, result)
+        except EsrganError:
+            shutil.rmtree(
+                work, ignore_errors=True
+            )  # a bad input fails again on a rerun: nothing worth keeping
+            raise
+        except av.error.FFmpegError as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            raise VideoError(f"{src}: {_reason(exc)}") from None
         shutil.rmtree(work, ignore_errors=True)
-        raise VideoError(f"{src}: {_reason(exc)}") from None
-    shutil.rmtree(work, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     return result
 
