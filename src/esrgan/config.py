@@ -184,6 +184,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+# The typed loader is hand-written (about 60 lines) rather than pydantic/dacite: its errors name the file and the key
+# the way the rest of the CLI does, it reads plain dataclasses, and it keeps the dependency list short.
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp` and return it (ints widen to float; nothing else is coerced)."""
     origin = typing.get_origin(tp)

@@ -767,7 +767,7 @@ def train(
     vgg_path: Path | None = None
     vgg_random = False
     if cfg.train.stage == "gan" and cfg.losses.perceptual_weight:
-        from .vgg import RANDOM, resolve_vgg_weights
+        from .zoo import RANDOM, resolve_vgg_weights
 
         spec = cfg.perceptual.weights
         vgg_path = resolve_vgg_weights(spec, download=cfg.perceptual.download)

@@ -20,9 +20,6 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError
 
-# Where the weights come from is esrgan.zoo's job; train.py imports these two from here.
-from .zoo import RANDOM, resolve_vgg_weights  # noqa: F401
-
 # torchvision's VGG19 "E" configuration: conv widths, "M" = 2x2 max pool
 _CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
                                512, 512, 512, 512, "M")  # fmt: skip
