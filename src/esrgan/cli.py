@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from .defaults import (
     PRECISIONS,
 )
 from .errors import EsrganError
+
+_STARTED = time.monotonic()  # the command's start: a training time budget counts from here
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -193,7 +196,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(_path(args.config), args.overrides)
-    result = train(config, resume=args.resume, vgg_weights=args.vgg_weights)
+    result = train(config, resume=args.resume, vgg_weights=args.vgg_weights, started=_STARTED)
     if result.interrupted:
         print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
         return 0

@@ -749,13 +749,15 @@ def train(
     vgg_weights: str | None = None,
     stop_at_step: int | None = None,
     clock: Callable[[], float] = time.monotonic,
+    started: float | None = None,
 ) -> TrainResult:
     """Train one stage as `config` says. `resume`: True = latest checkpoint of the run folder, or a path.
 
     `stop_at_step` ends this invocation early (with a checkpoint) at that step, as a signal would. `clock` is the
-    time source of train.time_budget_minutes (seconds; tests pass a scripted one).
+    time source of train.time_budget_minutes (seconds; tests pass a scripted one); `started` a reading of it taken
+    earlier (the CLI passes its own start, so the budget covers importing torch too).
     """
-    t_start = clock()
+    t_start = clock() if started is None else started
     cfg = copy.deepcopy(config)
     if vgg_weights:
         cfg.perceptual.weights = vgg_weights  # so the resolved config in the run folder says what was used
@@ -846,9 +848,9 @@ def train(
     total = cfg.train.total_steps
     end = min(total, stop_at_step) if stop_at_step is not None else total
     budget_s = cfg.train.time_budget_minutes * 60.0
-    elapsed_before = progress.elapsed_s - (
-        clock() - t_start
-    )  # earlier invocations' time, plus this one's setup
+    elapsed_before = (
+        progress.elapsed_s
+    )  # earlier invocations' time (this one's, setup included, is added below)
     reserve_s = 0.0  # what finishing needs (last validation + checkpoint): the budget stops that much earlier
     step_s = 0.0  # recent seconds per step: the run stops when half a step more would pass the budget
     last_ckpt: Path | None = None
