@@ -186,3 +186,30 @@ def http_server(handler: Any) -> Iterator[LocalHTTPServer]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+class UvicornThread:
+    """A real ASGI server (uvicorn in a thread) on 127.0.0.1:port (0: a free port); the web page's tests use it."""
+
+    def __init__(self, app: Any, port: int = 0) -> None:
+        import socket
+        import time
+
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the same port again after a stop
+        self.sock.bind(("127.0.0.1", port))
+        self.port: int = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()

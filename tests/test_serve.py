@@ -9,8 +9,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import socket
-import threading
 import time
 import uuid
 import zipfile
@@ -27,8 +25,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
-import uvicorn
-from conftest import tiny_rrdb
+from conftest import UvicornThread, tiny_rrdb
 
 from esrgan import serve
 from esrgan.checkpoints import save_model
@@ -39,26 +36,11 @@ MAX_PIXELS = 300_000
 
 
 # --- a real server in a thread ----------------------------------------------------------------------------------------
-class Server:
+class Server(UvicornThread):
     def __init__(self, app: Any) -> None:
+        super().__init__(app)
         self.app = app
         self.service: serve.JobService = app.state.service
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-        self.sock.close()
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +25,7 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="pip install playwright (the Python package only)"
 )
 
-from conftest import tiny_rrdb  # noqa: E402
+from conftest import UvicornThread, tiny_rrdb  # noqa: E402
 
 from esrgan import serve  # noqa: E402
 from esrgan.checkpoints import save_model  # noqa: E402
@@ -68,31 +65,9 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", tiny_rrdb())
 
 
-class Running:
-    """A real server (uvicorn in a thread) on 127.0.0.1:port (0: a free port)."""
-
-    def __init__(self, app: object, port: int = 0) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the same port again after a stop
-        self.sock.bind(("127.0.0.1", port))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def base_url(model_path: Path) -> Iterator[str]:
-    running = Running(serve.create_app({"tiny-x4": model_path}))
+    running = UvicornThread(serve.create_app({"tiny-x4": model_path}))
     yield f"http://127.0.0.1:{running.port}"
     running.stop()
 
@@ -227,7 +202,7 @@ def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
     """After a server restart the open page reconnects by itself; it must then show the new server's settings (it
     kept saying results are kept for 1 h when the new server kept them 6 s)."""
     chromium = find_chromium()
-    first = Running(serve.create_app({"tiny-x4": model_path}, keep_seconds=3600))
+    first = UvicornThread(serve.create_app({"tiny-x4": model_path}, keep_seconds=3600))
     port = first.port
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -239,7 +214,7 @@ def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
             sync_api.expect(page.locator("#model option")).to_have_text(["tiny-x4 (x4)"])
             first.stop()
             sync_api.expect(page.locator("#connection")).to_have_text("reconnecting…")
-            second = Running(serve.create_app({"other-x4": model_path}, keep_seconds=6), port)
+            second = UvicornThread(serve.create_app({"other-x4": model_path}, keep_seconds=6), port)
             try:
                 sync_api.expect(page.locator("#connection")).to_have_text("live", timeout=30_000)
                 sync_api.expect(page.locator("#keep")).to_have_text("6.0 s")

@@ -311,7 +311,7 @@ class JobService:
 
     # -- public API
     def config(self) -> dict[str, Any]:
-        from .device import PRECISIONS
+        from .defaults import PRECISIONS
 
         return {
             "models": [
@@ -337,7 +337,7 @@ class JobService:
 
     def parse_options(self, fields: Mapping[str, str]) -> JobOptions:
         """Options from the form; anything out of range is a clear 400, never a silent default."""
-        from .device import PRECISIONS
+        from .defaults import PRECISIONS
 
         model = fields.get("model") or self.default_model
         choice = self.models.get(model)
