@@ -7,13 +7,21 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import psnr
+from conftest import photo_preserving_rrdb, psnr
 from foreign_arch import randomize
 from torch import Tensor
 
 from esrgan.device import ModelRunner
 from esrgan.generator import RRDBNet
-from esrgan.tiling import DEFAULT_OVERLAP, TileError, balanced_tile, tile_starts, upscale_tiled
+from esrgan.tiling import (
+    DEFAULT_OVERLAP,
+    TileError,
+    _edge_weights,
+    balanced_tile,
+    tile_starts,
+    upscale_tiled,
+)
+from esrgan.upscale import Upscaler
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +158,122 @@ def test_non_finite_or_wrong_shape_tile_raises(photo_small: np.ndarray, wide_mod
         upscale_tiled(lambda b: run(b) * float("nan"), chw(photo_small), scale=4, tile=24, overlap=4)
     with pytest.raises(TileError, match="returned shape"):
         upscale_tiled(lambda b: run(b)[..., :-1], chw(photo_small), scale=4, tile=24, overlap=4)
+
+
+def host_assembly(
+    forward: ModelRunner, image: Tensor, *, tile: int, overlap: int, out_dtype: type, grey: bool = False
+) -> np.ndarray:
+    """The reference the device assembly must reproduce: every tile through the forward, the weighted outputs
+    summed into one full-size float64 host buffer, divided by the summed weights, rounded with numpy."""
+    scale, (h, w) = 4, image.shape[1:]
+    th, tw = min(tile, h), min(tile, w)
+    acc, norm = np.zeros((h * scale, w * scale, 3)), np.zeros((h * scale, w * scale, 1))
+    for y in tile_starts(h, th, overlap):
+        for x in tile_starts(w, tw, overlap):
+            crop = image[:, y : y + th, x : x + tw][None].float()
+            crop = crop / {torch.uint8: 255.0, torch.uint16: 65535.0}.get(image.dtype, 1.0)
+            res = forward(crop)[0].permute(1, 2, 0).cpu().double().numpy()
+            wy = _edge_weights(y, th, h, scale, overlap).double().numpy()[:, None, None]
+            wx = _edge_weights(x, tw, w, scale, overlap).double().numpy()[None, :, None]
+            acc[y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += res * wy * wx
+            norm[y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += wy * wx
+    out = acc / norm
+    if grey:  # averaged before clamping, as the band is
+        out = out.mean(axis=2, keepdims=True)
+    out = np.clip(out, 0, 1)
+    peak = {np.uint8: 255.0, np.uint16: 65535.0}.get(out_dtype)
+    return out.astype(out_dtype) if peak is None else np.round(out * peak).astype(out_dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("grey", [False, True])
+def test_device_assembly_equals_the_host_reference(photo: np.ndarray, dtype: type, grey: bool) -> None:
+    """Blending on the forward's device, converting there and copying finished rows back gives the full-buffer
+    host assembly's pixels (uint8 / uint16 / float, colour and grey), to within float32 rounding."""
+    crop = photo[150:210, 200:270]  # 60x70 real photo, 3x3 tiles of 28
+    peak = {np.uint8: 255.0, np.uint16: 65535.0}.get(dtype, 1.0)
+    pixels = (
+        (crop.astype(np.float64) / 255.0 * peak).round().astype(dtype)
+        if dtype != np.float32
+        else crop / 255.0
+    )
+    image = chw(pixels.astype(dtype))
+    if grey:
+        image = image[:1].expand(3, -1, -1)
+    run = ModelRunner(photo_preserving_rrdb(spread=0.5), torch.device("cpu"), torch.float32)
+    got = upscale_tiled(run, image, scale=4, tile=28, overlap=8, out_dtype=dtype, grey=grey, device="cpu")
+    ref = host_assembly(run, image, tile=28, overlap=8, out_dtype=dtype, grey=grey)
+    assert got.dtype == ref.dtype and got.shape == ref.shape == (240, 280, 1 if grey else 3)
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64)) / peak
+    # float32 accumulation vs float64: a value on a rounding half may land one level off, never more
+    assert diff.max() <= (1.0 / peak if peak > 1 else 1e-6)
+    assert (diff > 1e-7).mean() < 1e-2
+
+
+def test_forward_returning_device_tensors(photo_small: np.ndarray, wide_model: RRDBNet) -> None:
+    """The forward's contract: tiles arrive on the device upscale_tiled was given (cut there from an image moved
+    once), and whatever it returns (its own device, reduced precision, a channels-last layout) is blended where
+    it is. The CPU is such a device: the result equals the plain float32 path's."""
+    run = runner(wide_model)
+    seen: list[tuple[torch.device, torch.dtype]] = []
+
+    def device_forward(batch: Tensor) -> Tensor:
+        seen.append((batch.device, batch.dtype))
+        return run(batch).to(memory_format=torch.channels_last)
+
+    def half_forward(batch: Tensor) -> Tensor:
+        return run(batch).to(torch.bfloat16)
+
+    image = chw(photo_small)
+    plain = upscale_tiled(run, image, scale=4, tile=24, overlap=8)
+    moved = upscale_tiled(
+        device_forward, image, scale=4, tile=24, overlap=8, batch=2, device=torch.device("cpu")
+    )
+    assert seen and all(d == torch.device("cpu") and t == torch.float32 for d, t in seen)
+    assert np.array_equal(plain, moved)
+    reduced = upscale_tiled(half_forward, image, scale=4, tile=24, overlap=8, device="cpu")
+    assert psnr(plain, reduced, peak=255) > 40  # bf16 outputs blended after a cast to float32
+
+
+def test_upscaler_device_path_keeps_alpha_and_grey(photo: np.ndarray) -> None:
+    """Upscaler (tiles cut on its device, blended on the runner's output device) against the host reference for
+    an RGBA uint8 image and a 16-bit grey one."""
+    model = photo_preserving_rrdb(spread=0.5)
+    up = Upscaler(model, device="cpu", precision="fp32", tile=32, tile_overlap=8)
+    run = ModelRunner(model, torch.device("cpu"), torch.float32)
+    crop = np.ascontiguousarray(photo[200:250, 180:236])
+    alpha = np.ascontiguousarray(crop[:, :, 0])
+    rgba = up.upscale(np.dstack([crop, alpha]))
+    from esrgan.upscale import bleed_colour
+
+    colour = host_assembly(run, chw(bleed_colour(crop, alpha)), tile=32, overlap=8, out_dtype=np.uint8)
+    a = host_assembly(
+        run, chw(alpha[:, :, None]).expand(3, -1, -1), tile=32, overlap=8, out_dtype=np.uint8, grey=True
+    )
+    assert (
+        np.abs(rgba[:, :, :3].astype(int) - colour).max() <= 1
+        and np.abs(rgba[:, :, 3:].astype(int) - a).max() <= 1
+    )
+    grey16 = (crop.mean(axis=2) * 257).astype(np.uint16)
+    out = up.upscale(grey16)
+    ref = host_assembly(
+        run, chw(grey16[:, :, None]).expand(3, -1, -1), tile=32, overlap=8, out_dtype=np.uint16, grey=True
+    )
+    assert out.dtype == np.uint16 and np.abs(out.astype(int) - ref[:, :, 0]).max() <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_reduced_precision_matches_the_cpu(photo: np.ndarray, precision: str) -> None:
+    """On CUDA: weights cast once, channels-last, blended on the GPU; within reduced-precision rounding of the CPU's
+    fp32 result."""
+    crop = np.ascontiguousarray(photo[100:228, 150:278])
+    model = photo_preserving_rrdb(spread=0.5)
+    cpu = Upscaler(model, device="cpu", precision="fp32", tile=64).upscale(crop)
+    gpu = Upscaler(photo_preserving_rrdb(spread=0.5), device="cuda", precision=precision, tile=64)
+    out = gpu.upscale(crop)
+    assert gpu.last_precision == precision and gpu.runner._cast is not None
+    assert psnr(cpu, out, peak=255) > 40
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])

@@ -5,8 +5,12 @@
   than fp32) also falls back to fp32.
 - ModelRunner is the one place that picks a forward pass. On the CPU it is esrgan.fast.PackedRRDBNet in fp32 or
   bf16 (pre-packed oneDNN convolutions, channels-last, the tail in stripes: see bench/speed.py and
-  docs/benchmarks.md for what it is worth). Elsewhere reduced precision uses torch.autocast over the fp32 module;
-  engine="compiled" runs that module through torch.compile (measured by bench/speed.py, not a default).
+  docs/benchmarks.md for what it is worth). On CUDA reduced precision runs a copy of the weights cast once to
+  fp16/bf16, channels-last, with cudnn.benchmark (the tiles repeat one shape); autocast would recast the fp32
+  weights on every call. Elsewhere (MPS, or the CPU without oneDNN) reduced precision uses torch.autocast over the
+  fp32 module; engine="compiled" runs that module through torch.compile (measured by bench/speed.py, not a
+  default).
+- The runner's output stays on its device: tiling blends and converts it there and copies finished rows back.
 - A batch whose reduced-precision output has NaN/Inf is recomputed in fp32 without reloading anything (the runner
   then stays in fp32: an overflowing model overflows again).
 - High-bit-depth inputs (16-bit, float) are computed in fp32 whatever the precision (esrgan.upscale): bf16 keeps 8
@@ -18,6 +22,7 @@ Windows), or to run the bf16 path on any CPU (emulated there: slow, but the same
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import warnings
@@ -161,11 +166,13 @@ def packed_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> tuple[floa
 
 
 class ModelRunner:
-    """The forward pass used by tiling: host batch in, host float32 batch out, on `device` in `dtype`.
+    """The forward pass used by tiling: a batch (on any device) in, a float32 batch on `device` out, in `dtype`.
 
     On the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
-    fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). Elsewhere, or with
-    engine="module", the model itself, under autocast for reduced precision (fp32 module = the eager reference).
+    fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). On CUDA in fp16/bf16: a copy
+    of the model cast once to that dtype, channels-last, with torch.backends.cudnn.benchmark on. Elsewhere, or with
+    engine="module" on the CPU, the model itself, under autocast for reduced precision (fp32 module = the eager
+    reference).
     engine="compiled": that module through torch.compile (inductor, no freezing: freezing gave wrong outputs for
     this network); the first call per input shape compiles (~35 s on 2 cores), later processes reuse the on-disk
     cache in `cache_dir` (default: torch's own).
@@ -203,6 +210,9 @@ class ModelRunner:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module: Callable[[Tensor], Tensor] = self.model
+        self._cast: RRDBNet | None = None  # CUDA reduced precision: the weights cast once (see _run)
+        if self.engine == "module" and device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # tiles repeat one shape: the autotuned kernels are reused
         if self.engine == "compiled":
             if cache_dir is not None:
                 # Inductor reads its cache location from the environment when it compiles, not at import time.
@@ -225,11 +235,15 @@ class ModelRunner:
         with torch.inference_mode():
             if dtype == torch.float32:
                 return self._module(x.float())
+            if self.engine == "module" and self.device.type == "cuda":
+                if self._cast is None or next(self._cast.parameters()).dtype != dtype:
+                    self._cast = copy.deepcopy(self.model).to(dtype=dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
+                return self._cast(x.to(dtype).contiguous(memory_format=torch.channels_last))
             with torch.autocast(self.device.type, dtype=dtype):
                 return self._module(x)
 
     def __call__(self, batch: Tensor) -> Tensor:
-        x = batch.to(self.device, dtype=torch.float32)
+        x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self._run(x, self.dtype)
@@ -241,5 +255,6 @@ class ModelRunner:
             )
             self.dtype = torch.float32
             self._packed.clear()
+            self._cast = None
             y = self._run(x, torch.float32)
-        return y.float().contiguous().cpu()
+        return y.float().contiguous()

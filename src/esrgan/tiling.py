@@ -7,11 +7,12 @@ A pure function of (forward, image, tile, overlap, batch): no object holds half-
 - Overlapping outputs are blended with a raised-cosine weight that falls to ~0 at a tile's inner edges, where the
   model saw zero padding instead of real neighbours; the weights are normalised by their sum, so a pixel covered by
   one tile keeps that tile's value exactly. Pasting hard (Real-ESRGAN's script) leaves seams; this does not.
-- Only one batch of tiles is on the device at a time. The output is assembled on the host in row bands: one float32
-  buffer of (tile height x scale) x (output width) x channels holds the rows still being blended; rows no later tile
-  can touch are normalised, converted to the output dtype and written out. So the float memory is bounded by the tile
-  height, not the image height (a full float32 output of a 4000x3000 photo at x4 would be 2.3 GB; the band for
-  512-pixel tiles is 0.4 GB, and the uint8 output itself 0.58 GB).
+- Only one batch of tiles is in flight at a time. The output is assembled in row bands on the device the model
+  returns its output on (the GPU: no float round trip through the host): one float32 buffer of (tile height x
+  scale) x (output width) x channels holds the rows still being blended; rows no later tile can touch are
+  normalised, converted to the output dtype there, and only those uint8 / uint16 rows are copied to the host. So
+  the float memory is bounded by the tile height, not the image height (a full float32 output of a 4000x3000
+  photo at x4 would be 2.3 GB; the band for 512-pixel tiles is 0.4 GB, and the uint8 output itself 0.58 GB).
 - The blending weights are separable (a product of a row weight and a column weight) and the tiles form a grid, so
   their sum is the product of two 1-D sums: no per-pixel weight buffer is needed.
 """
@@ -29,7 +30,8 @@ from .defaults import DEFAULT_OVERLAP
 from .errors import EsrganError
 
 Forward = Callable[[Tensor], Tensor]
-"""Maps a float32 host batch (N, C, h, w) in [0, 1] to a float32 host batch (N, C_out, h * scale, w * scale)."""
+"""Maps a float32 batch (N, C, h, w) in [0, 1] to a float batch (N, C_out, h * scale, w * scale) on any device
+(where it returns it, the blending happens)."""
 
 
 class TileError(EsrganError):
@@ -71,7 +73,7 @@ def auto_tile_size(free_bytes: int, bytes_per_pixel: float, *, batch: int = 1, m
     """Largest tile side (a multiple of 8, between 32 and `maximum`) whose forward pass fits in half the free memory.
 
     bytes_per_pixel is the model's peak activation memory per input pixel (see device.activation_bytes_per_pixel).
-    Half, because the host also holds the input, the output and the blending band.
+    Half, because the device also holds the input, the blending band and (CUDA) cudnn's workspaces.
     """
     side = math.isqrt(max(int(free_bytes * 0.5 / (bytes_per_pixel * max(batch, 1))), 0))
     return max(32, min(maximum, side // 8 * 8))
@@ -108,12 +110,27 @@ def from_unit(t: Tensor, dtype: np.dtype) -> np.ndarray:
     """Float -> a host array of dtype: clamped to [0, 1], and for uint8 / uint16 rounded to the nearest level.
 
     Works in place on t (callers pass a temporary)."""
+    return _host(_levels(t, np.dtype(dtype)), np.dtype(dtype))
+
+
+def _levels(t: Tensor, dtype: np.dtype) -> Tensor:
+    """from_unit's conversion on t's own device, in place: uint8, or uint16 stored as int16 (torch's uint16 lacks
+    most ops; the bits are the same, and _host views them as uint16), or float32 for float outputs. Half the
+    bytes of the int32 detour for 16-bit, and 1/4 of the float for 8-bit, cross to the host."""
     t = t.clamp_(0.0, 1.0)
     if dtype == np.uint8:
-        return t.mul_(255.0).round_().to(torch.uint8).numpy()
+        return t.mul_(255.0).round_().to(torch.uint8)
     if dtype == np.uint16:
-        return t.mul_(65535.0).round_().to(torch.int32).numpy().astype(np.uint16)
-    return t.numpy().astype(dtype, copy=False)
+        return t.mul_(65535.0).round_().to(torch.int32).to(torch.int16)  # 32768..65535 wrap to negative int16
+    return t.float()
+
+
+def _host(t: Tensor, dtype: np.dtype) -> np.ndarray:
+    """A _levels tensor as a host array of dtype (one copy from the device)."""
+    a = t.cpu().numpy()
+    if dtype == np.uint16:
+        return a.view(np.uint16)
+    return a.astype(dtype, copy=False)
 
 
 def upscale_tiled(
@@ -127,11 +144,14 @@ def upscale_tiled(
     out_dtype: np.dtype | type = np.uint8,
     grey: bool = False,
     on_tile: Callable[[int, int], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
-    """Upscale a (C, H, W) host image; returns an (H * scale, W * scale, C) host array of out_dtype.
+    """Upscale a (C, H, W) image; returns an (H * scale, W * scale, C) host array of out_dtype.
 
-    image: float in [0, 1], or uint8 / uint16 (each tile is scaled to [0, 1] on the way in, so the host never
-    holds a float copy of the whole input); expanded views (a grey plane repeated to 3 channels) are fine.
+    image: float in [0, 1], or uint8 / uint16 (each tile is scaled to [0, 1] on the way in, so no float copy of
+    the whole input is ever made); expanded views (a grey plane repeated to 3 channels) are fine. device: where
+    the tiles are cut (the image is moved there once; None: where it is). The blending band lives on the device
+    of the forward's output and finished rows are converted to out_dtype there: only those cross to the host.
 
     tile: tile side in input pixels; 0 means one tile holding the whole image. overlap: input pixels shared by
     neighbouring tiles (must be smaller than the tile). batch: tiles per forward pass. out_dtype: uint8 or uint16
@@ -149,6 +169,8 @@ def upscale_tiled(
     # per axis: an image thinner than the overlap (a 3-pixel-high strip) is one tile high, which needs no overlap
     if (th < h and overlap >= th) or (tw < w and overlap >= tw):
         raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile ({tile})")
+    if device is not None:
+        image = image.to(device)  # uint8 / uint16: the small copy; tiles are cut where the forward pass runs
     ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     out_h, out_w, bh, bw = h * scale, w * scale, th * scale, tw * scale
     wys = [_edge_weights(y, th, h, scale, overlap) for y in ys]
@@ -161,7 +183,9 @@ def upscale_tiled(
         norm_x[x * scale : x * scale + bw] += wx
 
     out: np.ndarray | None = None
-    band: Tensor | None = None  # float accumulator for output rows [band_lo, band_lo + bh)
+    band: Tensor | None = (
+        None  # float accumulator for output rows [band_lo, band_lo + bh), on the output's device
+    )
     band_lo = 0
     jobs = [(r, col) for r in range(len(ys)) for col in range(len(xs))]
     total, done = len(jobs), 0
@@ -174,7 +198,7 @@ def upscale_tiled(
         rows = band[:n] / (norm_y[band_lo:upto, None, None] * norm_x[None, :, None])
         if grey:
             rows = rows.mean(dim=2, keepdim=True)
-        converted = from_unit(rows, out_dtype)
+        converted = _host(_levels(rows, out_dtype), out_dtype)
         if out is None:
             out = np.empty((out_h, out_w, converted.shape[2]), dtype=out_dtype)
         out[band_lo:upto] = converted
@@ -197,10 +221,13 @@ def upscale_tiled(
             )
         if not bool(torch.isfinite(result).all()):
             raise TileError(f"{where}: the model output contains NaN or Inf")
+        if band is None:  # the first result says where the output lives: the weights go there once
+            dev = result.device
+            band = torch.zeros(bh, out_w, result.shape[1], dtype=torch.float32, device=dev)
+            wys, wxs = [wy.to(dev) for wy in wys], [wx.to(dev) for wx in wxs]
+            norm_y, norm_x = norm_y.to(dev), norm_x.to(dev)
         for (r, k), res in zip(chunk, result, strict=True):
-            if band is None:
-                band = torch.zeros(bh, out_w, res.shape[0], dtype=torch.float32)
-            weighted = res.permute(1, 2, 0) * wys[r][:, None, None] * wxs[k][None, :, None]
+            weighted = res.float().permute(1, 2, 0) * wys[r][:, None, None] * wxs[k][None, :, None]
             off = ys[r] * scale - band_lo
             band[off : off + bh, xs[k] * scale : xs[k] * scale + bw] += weighted
             if k == len(xs) - 1:  # row of tiles complete: rows above the next tile row are final

@@ -58,6 +58,10 @@ from .video import CONTAINERS, VIDEO_SUFFIXES, VideoResult
 
 AlphaMode = Literal["model", "bicubic"]
 ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
+GPU_MAX_TILE = 1024
+"""Largest automatic tile on CUDA: a 1024^2 image is one pass where half the free memory holds it (realesrgan-x4plus
+in fp16: ~8.3 KB per input pixel, 8.7 GB); larger images are batched tiles. Not above 1024: the x4 tail's feature maps
+(64 x 4096^2 per tile) stay under 2^31 elements, the limit of many cudnn kernels."""
 CPU_MAX_TILE = 352
 """Largest automatic tile on the CPU, in input pixels (the balanced tile is then chosen below it). bench/speed.py's
 tile sweep (docs/benchmarks.md): per pixel, 192-352 tiles are the fastest and 512 costs 10-20 % more (its feature
@@ -111,7 +115,8 @@ class Upscaler:
 
     device: auto|cpu|cuda|mps. precision: auto|fp32|bf16|fp16 (see esrgan.device for the fallbacks).
     tile: tile side in input pixels (MIN_TILE..MAX_TILE and >= 2 x overlap), 0 = no tiling, None = from the free
-    memory. tile_overlap: input pixels shared by neighbouring tiles (blended). batch: tiles per forward pass.
+    memory. tile_overlap: input pixels shared by neighbouring tiles (blended). batch: tiles per forward pass; None =
+    from the free memory on a GPU (as many equal tiles as fit in half of it), 1 on the CPU (no gain there).
     alpha_mode: "model" or "bicubic". outscale: final scale (MIN_OUTSCALE..MAX_OUTSCALE); None = the model's scale. interpolate / interpolate_alpha: network
     interpolation, theta = (1 - a) * theta_model + a * theta_other (e.g. model = PSNR-oriented, other = GAN).
     The model is moved to the device (and to channels_last for reduced precision).
@@ -125,7 +130,7 @@ class Upscaler:
         precision: str = "auto",
         tile: int | None = None,
         tile_overlap: int = DEFAULT_OVERLAP,
-        batch: int = 1,
+        batch: int | None = None,
         alpha_mode: str = "model",
         outscale: float | None = None,
         interpolate: str | Path | RRDBNet | None = None,
@@ -134,7 +139,7 @@ class Upscaler:
         if alpha_mode not in ALPHA_MODES:
             raise EsrganError(f"alpha mode must be one of {', '.join(ALPHA_MODES)}, not {alpha_mode!r}")
         check_tile(tile, tile_overlap)
-        if batch < 1:
+        if batch is not None and batch < 1:
             raise EsrganError(f"batch must be >= 1, not {batch}")
         check_outscale(outscale)
         if interpolate is not None:
@@ -211,15 +216,29 @@ class Upscaler:
         return precision_name(self.runner_for(np.dtype(pixels)).dtype)
 
     def tile_size(self, height: int, width: int, pixels: np.dtype | type = np.uint8) -> int:
-        """The tile side used for an image of this size and pixel dtype (0 when it is processed whole)."""
+        """The tile side used for an image of this size and pixel dtype (0 when it is processed whole).
+
+        Automatic: the largest tile whose forward pass fits in half the free memory (on a GPU: CUDA's free memory,
+        up to GPU_MAX_TILE, so a 1024x1024 image is one tile on a big GPU), then balanced (fewest tiles)."""
         tile = self.tile
         if tile is None:
             bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
-            limit = 1024 if self.device.type == "cuda" else CPU_MAX_TILE
+            limit = GPU_MAX_TILE if self.device.type == "cuda" else CPU_MAX_TILE
             free = available_memory(self.device) - fixed
-            tile = auto_tile_size(free, bpp, batch=self.batch, maximum=limit)
+            tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit)
             tile = balanced_tile(max(height, width), tile, self.tile_overlap)
         return 0 if tile >= max(height, width) else tile
+
+    def batch_size(self, height: int, width: int, tile: int, pixels: np.dtype | type = np.uint8) -> int:
+        """Tiles per forward pass for this image and tile: the batch given, else on CUDA as many of the image's
+        tiles as fit in half the free memory (the tile already fits one), else 1."""
+        if self.batch is not None:
+            return self.batch
+        if self.device.type != "cuda" or tile == 0:
+            return 1
+        bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
+        fits = int((available_memory(self.device) - fixed) * 0.5 / (bpp * tile * tile))
+        return max(1, min(fits, _tile_count(height, width, tile, self.tile_overlap)))
 
     # --- public entry points --------------------------------------------------------------------------------------
     def upscale(self, image: ImageT, *, on_tile: Progress | None = None) -> ImageT:
@@ -344,7 +363,8 @@ class Upscaler:
             scale=self.model.scale,
             tile=tile,
             overlap=self.tile_overlap,
-            batch=self.batch,
+            batch=self.batch_size(h, w, tile, dtype),
+            device=runner.device,
             out_dtype=inter,
             grey=grey,
             on_tile=on_tile,
