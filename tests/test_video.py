@@ -355,7 +355,7 @@ def test_mpeg_ts_source_that_starts_late(up: Upscaler, tmp_path: Path) -> None:
     assert t_in[0] > 0 and t_out == t_in and len(f_out) == 25
     assert result.duration == pytest.approx(1.0) and "25 frames, 1.00 s of video" in result.summary()
     assert abs(audio_seconds(tmp_path / "out.mp4") - audio_seconds(src)) < 1 / 25
-    from esrgan.upscale import plan_jobs
+    from esrgan.pipeline import plan_jobs
 
     (job,) = plan_jobs([(src, None)], tmp_path / "folder", scale=4)
     assert job.dst.name == "broadcast_x4.mkv"  # no MPEG-TS muxing here: Matroska holds anything

@@ -442,6 +442,14 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         "--quality", type=int, help="JPEG quality 1-100 (default 95) or WEBP 0-100 (default: lossless)"
     )
     p.add_argument(
+        "--png-compression",
+        type=int,
+        choices=range(10),
+        metavar="0-9",
+        help="zlib level of PNG outputs: 0 = none (largest), 9 = smallest and slowest (default: 1, fast; "
+        "a 2048x2048 photo: docs/benchmarks.md)",
+    )
+    p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help=(
@@ -492,6 +500,13 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--quiet", action="store_true", help="no progress, only errors")
     p.add_argument(
+        "--no-overlap",
+        dest="overlap",
+        action="store_false",
+        help="read, upscale and write one file after the other (default: at once, in a reader thread, the model "
+        "and writer threads)",
+    )
+    p.add_argument(
         "--max-megapixels",
         type=_positive_float("--max-megapixels"),
         help="refuse inputs larger than this, in mebipixels (2^20 pixels), checked from the header before decoding "
@@ -533,16 +548,15 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
-    from .upscale import (
-        Upscaler,
-        check_outscale,
-        check_tile,
+    from .pipeline import (
         collect_inputs,
         output_folder,
         plan_jobs,
+        shard_from_env,
         upscale_files,
         warnings_as_lines,
     )
+    from .upscale import Upscaler, check_outscale, check_tile
 
     if (args.interpolate is None) != (args.alpha is None):
         _err("--interpolate and --alpha go together")
@@ -575,10 +589,10 @@ def _run_upscale(args: argparse.Namespace) -> int:
         from .video import parse_frames
 
         video["frames"] = parse_frames(args.frames)
-    with warnings_as_lines():
+    with warnings_as_lines(), shard_from_env() as shard:  # torchrun: this rank's part, one summary on rank 0
         exclude = output_folder(args.output)
         sources, problems = collect_inputs(args.inputs, recursive=args.recursive, exclude=exclude)
-        for arg, reason in problems:
+        for arg, reason in problems if shard.main else ():
             _err(f"{arg}: {reason}")
         if not sources:
             _err("nothing to upscale")
@@ -588,16 +602,22 @@ def _run_upscale(args: argparse.Namespace) -> int:
         jobs = plan_jobs(
             sources, args.output, name=args.name, format=args.format, scale=upscaler.scale, model=model.stem
         )
-        result = upscale_files(
+        part = upscale_files(
             upscaler,
-            jobs,
+            shard.take(jobs),
             format=args.format,
             quality=args.quality,
+            png_compression=args.png_compression,
             overwrite=args.overwrite,
             max_pixels=args.max_pixels if args.max_megapixels is None else round(args.max_megapixels * 2**20),
             progress="quiet" if args.quiet else "auto",
             video=video,
+            overlap=args.overlap,
+            prefix=shard.prefix,
         )
+        result = shard.gather(part)
+    if result is None:  # another rank: rank 0 prints the summary and carries the exit code
+        return 0
     failed = len(result.failed) + len(problems)
     if not args.quiet or failed:
         print(
@@ -628,7 +648,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .upscale import warnings_as_lines
+    from .pipeline import warnings_as_lines
 
     with warnings_as_lines():
         result = run_demo(

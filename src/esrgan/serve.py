@@ -576,7 +576,8 @@ class JobService:
             self._changed()
 
     def _process(self, job: Job, image: ImageData | None, on_tile: Progress) -> None:
-        from .imageio import ImageData, read_image, write_image
+        from .imageio import ImageData, read_image
+        from .pipeline import OutputOptions, write_output
 
         if image is None:
             image = read_image(job.input_path, max_pixels=self.limits.max_pixels)
@@ -590,12 +591,12 @@ class JobService:
             raise JobCancelled
         self._phase(job, "writing", getattr(engine, "last_precision", None))
         result = job.folder / f"result.{job.ext}"
-        write_image(result, out, format=job.ext)
+        write_output(result, out, OutputOptions(format=job.ext))  # the batch's writer: atomic, fast PNG level
         # The comparison: MATLAB bicubic of the input to the output's exact size, as an 8-bit PNG.
         before = job.folder / "before.png"
         size = (out.height, out.width)
         alpha = image.alpha_to_float()
-        write_image(
+        write_output(
             before,
             ImageData.from_float(
                 _bicubic(image.to_float(), size),
@@ -606,7 +607,7 @@ class JobService:
         if job.ext not in _BROWSER_FORMATS:
             after = job.folder / "after.png"
             out_alpha = out.alpha_to_float()
-            write_image(after, ImageData.from_float(out.to_float(), alpha=out_alpha))
+            write_output(after, ImageData.from_float(out.to_float(), alpha=out_alpha))
         with self._cond:
             job.result_path, job.before_path, job.after_path = result, before, after
             job.out_width, job.out_height = out.width, out.height

@@ -30,18 +30,17 @@ How the image kinds are handled (and why):
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .defaults import ALPHA_MODES, DEFAULT_NAME, DEFAULT_OVERLAP
+from .defaults import ALPHA_MODES, DEFAULT_OVERLAP
 from .device import (
     ModelRunner,
     PrecisionWarning,
@@ -52,9 +51,9 @@ from .device import (
 )
 from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
-from .imageio import IMAGE_SUFFIXES, PIL_LAYOUTS, ImageData, list_images
+from .imageio import PIL_LAYOUTS, ImageData
 from .tiling import auto_tile_size, balanced_tile, from_unit, to_unit, upscale_tiled
-from .video import CONTAINERS, VIDEO_SUFFIXES, VideoResult
+from .video import VideoResult
 
 AlphaMode = Literal["model", "bicubic"]
 ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
@@ -263,10 +262,13 @@ class Upscaler:
         overwrite: bool = False,
         max_pixels: int | None = None,
         on_tile: Progress | None = None,
+        png_compression: int | None = None,
     ) -> Path:
         """Read src (any format esrgan.imageio reads), upscale, write dst atomically with bit depth, ICC and EXIF.
 
-        An existing dst raises OutputExistsError before any work unless overwrite.
+        An existing dst raises OutputExistsError before any work unless overwrite. png_compression: zlib level 0-9
+        for PNG output (default esrgan.imageio.DEFAULT_PNG_COMPRESSION, a fast one). For many files,
+        esrgan.pipeline.upscale_files overlaps reading, upscaling and writing.
         """
         from .atomic import OutputExistsError
         from .imageio import DEFAULT_MAX_PIXELS, read_image, write_image
@@ -276,7 +278,9 @@ class Upscaler:
             raise OutputExistsError(dst)
         data = read_image(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
         result = self.upscale_image(data, on_tile=on_tile)
-        return write_image(dst, result, format=format, quality=quality, overwrite=overwrite)
+        return write_image(
+            dst, result, format=format, quality=quality, overwrite=overwrite, png_compression=png_compression
+        )
 
     def upscale_image(self, image: ImageData, *, on_tile: Progress | None = None) -> ImageData:
         """The entry point for a decoded image: esrgan.imageio.ImageData (as read_image returns it) in, the same
@@ -479,350 +483,3 @@ def bleed_colour(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     fill = from_unit(filled[0].permute(1, 2, 0), colour.dtype)
     out[~visible] = fill[~visible]
     return out
-
-
-# --- batches of files (the library side of `esrgan upscale`) ----------------------------------------------------------
-_PICKED_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
-"""Files picked up when a folder or glob is given: images and videos (a file named explicitly is tried whatever
-its name)."""
-
-DEFAULT_OUTPUT_DIR = Path("upscaled")
-
-
-@dataclass
-class Job:
-    """One file to upscale: its source and destination."""
-
-    src: Path
-    dst: Path
-
-
-@dataclass
-class BatchResult:
-    written: list[Job] = field(default_factory=list)
-    skipped: list[Job] = field(default_factory=list)  # destination already there (no --overwrite)
-    # temporary files of killed runs removed before the batch (path, bytes)
-    leftovers: list[tuple[Path, int]] = field(default_factory=list)
-    device: str = ""
-    precisions: dict[str, int] = field(default_factory=dict)  # precision really used -> files written in it
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, one-line reason)
-
-    def summary(self) -> str:
-        text = f"{len(self.written)} upscaled, {len(self.skipped)} skipped (output exists), {len(self.failed)} failed"
-        if self.failed:
-            text += (
-                ": "
-                + ", ".join(name for name, _ in self.failed[:5])
-                + (" ..." if len(self.failed) > 5 else "")
-            )
-        if self.precisions:
-            used = [f"{p} ({n} file{'s' if n > 1 else ''})" for p, n in self.precisions.items()]
-            text += f"; computed on {self.device} in " + (
-                next(iter(self.precisions)) if len(used) == 1 else ", ".join(used)
-            )
-        return text
-
-
-def format_bytes(n: int) -> str:
-    """A size for people: 1 decimal MB from 0.1 MB up, else kB (never "0.0 MB" for a small file)."""
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{max(n, 1) / 1e3:.3g} kB" if n else "0 bytes"
-
-
-def _is_glob(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
-
-
-def collect_inputs(
-    inputs: list[str], *, recursive: bool = False, exclude: Path | None = None
-) -> tuple[list[tuple[Path, Path | None]], list[tuple[str, str]]]:
-    """Expand files, folders and globs (also for shells that do not) into (file, folder it was found under) pairs.
-
-    The folder (None for files named directly) lets outputs keep sub-folder structure. Files under `exclude` (the
-    output folder) are skipped when found by a folder or glob, so a rerun never upscales its own outputs.
-    Returns (found, problems) where problems are (argument, reason) for arguments that matched nothing.
-    """
-    excl = exclude.resolve() if exclude is not None else None
-    found: list[tuple[Path, Path | None]] = []
-    problems: list[tuple[str, str]] = []
-    seen: set[Path] = set()
-
-    def add(path: Path, base: Path | None) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            found.append((path, base))
-
-    for arg in inputs:
-        path = Path(arg).expanduser()
-        if path.is_dir():
-            images = list_images(path, recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES)
-            if not images:
-                problems.append((arg, "folder has no images" + ("" if recursive else " (use --recursive)")))
-            for p in images:
-                add(p, path)
-        elif path.exists():
-            add(path, None)
-        elif _is_glob(arg):
-            import glob
-
-            matches = sorted(glob.glob(str(path), recursive=recursive))
-            files = [
-                Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in _PICKED_SUFFIXES
-            ]
-            files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
-            for m in matches:
-                if Path(m).is_dir():
-                    files += list_images(
-                        Path(m), recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES
-                    )
-            if not files:
-                problems.append((arg, "no image matches this pattern"))
-            for p in files:
-                add(p, None)
-        else:
-            problems.append((arg, "no such file or folder"))
-    return found, problems
-
-
-def _format_scale(scale: float) -> str:
-    return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
-
-
-def output_folder(output: Path | None) -> Path | None:
-    """The folder outputs go to: ./upscaled by default, None when -o names a file (an image extension)."""
-    from .imageio import WRITE_FORMATS
-
-    if output is None:
-        return DEFAULT_OUTPUT_DIR
-    named = output.suffix.lower() in WRITE_FORMATS or output.suffix.lower() in CONTAINERS
-    return None if named and not output.is_dir() else output
-
-
-def plan_jobs(
-    sources: list[tuple[Path, Path | None]],
-    output: Path | None,
-    *,
-    name: str = DEFAULT_NAME,
-    format: str | None = None,
-    scale: float,
-    model: str = "",
-) -> list[Job]:
-    """Destination of each source: -o FILE (one input, image extension), else a folder (default ./upscaled).
-
-    name: pattern with {name} (input stem), {scale}, {ext} and {model}; {ext} is --format's extension, else the
-    input's when we can write that format, else png. Sources found under a folder keep their sub-folders.
-    """
-    from .imageio import WRITE_FORMATS
-
-    out = output_folder(output)
-    if out is None:
-        assert output is not None
-        if len(sources) != 1:
-            raise EsrganError(f"{output}: -o names a file but there are {len(sources)} inputs; give a folder")
-        return [Job(sources[0][0], output)]
-    jobs = []
-    for src, base in sources:
-        if src.suffix.lower() in VIDEO_SUFFIXES:  # a video keeps its container where we can write it
-            ext = src.suffix.lower().lstrip(".") if src.suffix.lower() in CONTAINERS else "mkv"
-        elif format is not None:
-            ext = {"jpeg": "jpg", "tif": "tiff"}.get(format.lower(), format.lower())
-        else:
-            suffix = src.suffix.lower()
-            ext = suffix.lstrip(".") if suffix in WRITE_FORMATS else "png"
-        try:
-            filename = name.format(name=src.stem, scale=_format_scale(scale), ext=ext, model=model)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise EsrganError(
-                f"bad --name pattern {name!r} ({exc}); use {{name}}, {{scale}}, {{ext}}, {{model}}"
-            ) from None
-        folder = out / src.parent.relative_to(base) if base is not None else out
-        jobs.append(Job(src, folder / filename))
-    return jobs
-
-
-class _Reporter:
-    """Progress over files and tiles: tqdm bars on a terminal, plain lines otherwise, nothing but errors if quiet."""
-
-    def __init__(self, total: int, mode: str) -> None:
-        import sys
-
-        self.mode = mode
-        self.stderr = sys.stderr
-        self.files: Any = None
-        self.tiles: Any = None
-        if mode == "bar":
-            from tqdm import tqdm
-
-            self.files = tqdm(total=total, unit="file", desc="files", file=sys.stderr, dynamic_ncols=True)
-            self.tiles = tqdm(total=0, unit="tile", desc="tiles", file=sys.stderr, leave=False, position=1)
-
-    def line(self, text: str, *, error: bool = False) -> None:
-        import sys
-
-        if self.mode == "quiet" and not error:
-            return
-        stream = sys.stderr if error else sys.stdout
-        if self.files is not None:
-            self.files.write(text, file=stream)
-        else:
-            print(text, file=stream, flush=True)
-
-    def on_tile(self, done: int, total: int) -> None:
-        self._unit("tile")
-        if self.tiles is not None:
-            if self.tiles.total != total or done < self.tiles.n:
-                self.tiles.reset(total=total)
-            self.tiles.update(done - self.tiles.n)
-
-    def on_frame(self, done: int, total: int | None) -> None:
-        """The second bar counts a video's frames (with frames/s and the ETA) instead of tiles."""
-        self._unit("frame")
-        if self.tiles is not None:
-            if self.tiles.total != total or done < self.tiles.n:
-                self.tiles.reset(total=total)
-            self.tiles.update(done - self.tiles.n)
-
-    def _unit(self, unit: str) -> None:
-        if self.tiles is not None and self.tiles.unit != unit:
-            self.tiles.unit = unit
-            self.tiles.set_description_str(f"{unit}s", refresh=False)
-            self.tiles.reset(total=0)
-
-    def file_done(self) -> None:
-        if self.files is not None:
-            self.files.update(1)
-
-    def close(self) -> None:
-        for bar in (self.tiles, self.files):
-            if bar is not None:
-                bar.close()
-
-
-def upscale_files(
-    upscaler: Upscaler,
-    jobs: list[Job],
-    *,
-    format: str | None = None,
-    quality: int | None = None,
-    overwrite: bool = False,
-    max_pixels: int | None = None,
-    progress: str = "auto",
-    video: dict[str, Any] | None = None,
-) -> BatchResult:
-    """Upscale every job; a file that fails is reported in one line and the batch goes on.
-
-    Existing destinations are skipped unless overwrite, so rerunning after an interruption finishes the rest
-    without redoing finished files (writes are atomic: a killed run leaves no partial output under a final name,
-    and the temporary files a kill left beside these destinations are removed first, with a line saying so:
-    esrgan.atomic.remove_leftovers). progress: "bar"
-    (tqdm), "lines" (one line per file), "quiet" (errors only), or "auto" = bar on a terminal, else lines.
-    Videos (by suffix) go through esrgan.video.upscale_video with the `video` options (codec, crf, ...).
-    """
-    import sys
-    import time
-
-    from .atomic import OutputExistsError, remove_leftovers
-
-    if progress == "auto":
-        progress = "bar" if sys.stderr.isatty() else "lines"
-    result = BatchResult(device=str(upscaler.device))
-    report = _Reporter(len(jobs), progress)
-    result.leftovers = remove_leftovers(job.dst for job in jobs)
-    if result.leftovers:
-        n, size = len(result.leftovers), sum(b for _, b in result.leftovers)
-        names = ", ".join(str(p) for p, _ in result.leftovers[:3]) + (" ..." if n > 3 else "")
-        report.line(
-            f"removed {n} leftover temporary file{'s' if n > 1 else ''} of an interrupted run "
-            f"({format_bytes(size)}): {names}"
-        )
-    targets: dict[Path, Path] = {}
-
-    try:
-        for i, job in enumerate(jobs, 1):
-            key = job.dst.resolve()
-            if key in targets:
-                reason = (
-                    f"output {job.dst} is also the output of {targets[key]}; use a --name with more fields"
-                )
-                result.failed.append((str(job.src), reason))
-                report.line(f"esrgan: error: {job.src}: {reason}", error=True)
-                report.file_done()
-                continue
-            targets[key] = job.src
-            if job.dst.exists() and not overwrite:
-                result.skipped.append(job)
-                report.line(f"[{i}/{len(jobs)}] skip {job.src}: {job.dst} exists (--overwrite replaces it)")
-                report.file_done()
-                continue
-            start = time.perf_counter()
-            try:
-                if job.src.suffix.lower() in VIDEO_SUFFIXES:
-                    from .video import upscale_video
-
-                    done = upscale_video(
-                        upscaler, job.src, job.dst, overwrite=overwrite, max_pixels=max_pixels,
-                        on_frame=report.on_frame, **(video or {}),
-                    )  # fmt: skip
-                    for note in done.notes:
-                        report.line(f"esrgan: note: {job.src}: {note}", error=True)
-                    result.written.append(job)
-                    used = upscaler.last_precision
-                    result.precisions[used] = result.precisions.get(used, 0) + 1
-                    report.line(f"[{i}/{len(jobs)}] {done.summary()}")
-                    report.file_done()
-                    continue
-                upscaler.upscale_file(
-                    job.src,
-                    job.dst,
-                    format=format,
-                    quality=quality,
-                    overwrite=overwrite,
-                    max_pixels=max_pixels,
-                    on_tile=report.on_tile,
-                )
-            except OutputExistsError:  # appeared while we worked: someone else wrote it
-                result.skipped.append(job)
-                report.line(f"[{i}/{len(jobs)}] skip {job.src}: {job.dst} exists (--overwrite replaces it)")
-            except (EsrganError, OSError, ValueError) as exc:
-                reason = " ".join(str(exc).split()) or type(exc).__name__
-                result.failed.append((str(job.src), reason))
-                report.line(
-                    f"esrgan: error: {reason if str(job.src) in reason else f'{job.src}: {reason}'}",
-                    error=True,
-                )
-            else:
-                result.written.append(job)
-                used = upscaler.last_precision
-                result.precisions[used] = result.precisions.get(used, 0) + 1
-                seconds = time.perf_counter() - start
-                report.line(f"[{i}/{len(jobs)}] {job.src} -> {job.dst} ({seconds:.1f} s)")
-            report.file_done()
-    finally:
-        report.close()
-    return result
-
-
-@contextlib.contextmanager
-def warnings_as_lines() -> Iterator[None]:
-    """Show warnings as `esrgan: warning: ...` lines on stderr (through tqdm, so progress bars stay intact)."""
-    import sys
-    import warnings
-
-    from tqdm import tqdm
-
-    def show(
-        message: Warning | str,
-        category: type[Warning],
-        filename: str,
-        lineno: int,
-        file: TextIO | None = None,
-        line: str | None = None,
-    ) -> None:
-        tqdm.write(f"esrgan: warning: {message}", file=sys.stderr)
-
-    saved = warnings.showwarning
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = saved

@@ -1,0 +1,758 @@
+"""The batch pipeline of `esrgan upscale`: inputs -> jobs -> reader -> model -> writer, with reporting. One place for
+what the CLI, the web page (`esrgan serve`) and video share: output writing (atomic, PNG level, format/quality),
+the skip-existing / --overwrite rules, per-file errors and the summary.
+
+    sources, problems = collect_inputs(["photos/"], exclude=Path("out"))
+    jobs = plan_jobs(sources, Path("out"), scale=up.scale)
+    result = upscale_files(up, jobs)          # -> BatchResult; result.summary() is the CLI's last line
+
+Overlap: the model runs in the calling thread while a reader thread decodes the next images and writer threads
+encode and write finished ones, connected by bounded queues (`Channel`): at most QUEUE_ITEMS images and
+QUEUE_BYTES bytes wait between two stages (an image larger than that still passes alone), so memory stays a few
+images whatever the batch size. Pillow's decoders/encoders, zlib and torch release the GIL, so threads suffice.
+Videos are one job each, run by the model stage through esrgan.video.upscale_video, which overlaps its own frame
+decoding and encoding; the pipeline gives them the same skip/error/summary handling.
+
+Ctrl-C (KeyboardInterrupt in the model stage) stops the reader after its current decode and the writers after their
+current file (written whole and atomically: a rerun skips it); queued results are dropped, no temporary file stays.
+
+torchrun: with WORLD_SIZE > 1 every rank plans the same sorted jobs and takes those with index % world == rank
+(`Shard`); each writes its own outputs atomically and skips existing ones, so a rerun does only what is missing;
+rank 0 gathers the counts (torch.distributed, gloo) and prints one summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
+
+from .defaults import DEFAULT_NAME
+from .errors import EsrganError
+from .imageio import IMAGE_SUFFIXES, list_images
+from .video import CONTAINERS, VIDEO_SUFFIXES
+
+if TYPE_CHECKING:
+    from .imageio import ImageData
+    from .upscale import Upscaler
+
+T = TypeVar("T")
+
+_PICKED_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+"""Files picked up when a folder or glob is given: images and videos (a file named explicitly is tried whatever
+its name)."""
+
+DEFAULT_OUTPUT_DIR = Path("upscaled")
+
+QUEUE_ITEMS = 2
+"""Images waiting between two stages (decoded for the model, upscaled for the writers), besides those in work."""
+QUEUE_BYTES = 1 << 30
+"""Bytes of pixels waiting or being written between two stages; an item larger than this passes alone."""
+
+
+def default_writers() -> int:
+    """Writer threads: enough that PNG/JPEG encoding keeps up with a GPU, one on a 2-core machine."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+# --- inputs and jobs -------------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One file to upscale: its source and destination."""
+
+    src: Path
+    dst: Path
+
+
+@dataclass
+class BatchResult:
+    written: list[Job] = field(default_factory=list)
+    skipped: list[Job] = field(default_factory=list)  # destination already there (no --overwrite)
+    # temporary files of killed runs removed before the batch (path, bytes)
+    leftovers: list[tuple[Path, int]] = field(default_factory=list)
+    device: str = ""
+    precisions: dict[str, int] = field(default_factory=dict)  # precision really used -> files written in it
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, one-line reason)
+    seconds: float = 0.0  # wall time of the batch
+
+    def summary(self) -> str:
+        text = f"{len(self.written)} upscaled, {len(self.skipped)} skipped (output exists), {len(self.failed)} failed"
+        if self.failed:
+            text += (
+                ": "
+                + ", ".join(name for name, _ in self.failed[:5])
+                + (" ..." if len(self.failed) > 5 else "")
+            )
+        if self.precisions:
+            used = [f"{p} ({n} file{'s' if n > 1 else ''})" for p, n in self.precisions.items()]
+            text += f"; computed on {self.device} in " + (
+                next(iter(self.precisions)) if len(used) == 1 else ", ".join(used)
+            )
+        return text
+
+    def merge(self, other: BatchResult) -> None:
+        """Add another part's files and counts (another rank's): one summary for the whole batch."""
+        self.written += other.written
+        self.skipped += other.skipped
+        self.leftovers += other.leftovers
+        self.failed += other.failed
+        for p, n in other.precisions.items():
+            self.precisions[p] = self.precisions.get(p, 0) + n
+        devices = [d for d in dict.fromkeys(self.device.split(", ") + other.device.split(", ")) if d]
+        self.device = ", ".join(devices)
+        self.seconds = max(self.seconds, other.seconds)
+
+
+def format_bytes(n: int) -> str:
+    """A size for people: 1 decimal MB from 0.1 MB up, else kB (never "0.0 MB" for a small file)."""
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{max(n, 1) / 1e3:.3g} kB" if n else "0 bytes"
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def collect_inputs(
+    inputs: list[str], *, recursive: bool = False, exclude: Path | None = None
+) -> tuple[list[tuple[Path, Path | None]], list[tuple[str, str]]]:
+    """Expand files, folders and globs (also for shells that do not) into (file, folder it was found under) pairs.
+
+    The folder (None for files named directly) lets outputs keep sub-folder structure. Files under `exclude` (the
+    output folder) are skipped when found by a folder or glob, so a rerun never upscales its own outputs.
+    Returns (found, problems) where problems are (argument, reason) for arguments that matched nothing.
+    """
+    excl = exclude.resolve() if exclude is not None else None
+    found: list[tuple[Path, Path | None]] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, base: Path | None) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((path, base))
+
+    for arg in inputs:
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            images = list_images(path, recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES)
+            if not images:
+                problems.append((arg, "folder has no images" + ("" if recursive else " (use --recursive)")))
+            for p in images:
+                add(p, path)
+        elif path.exists():
+            add(path, None)
+        elif _is_glob(arg):
+            import glob
+
+            matches = sorted(glob.glob(str(path), recursive=recursive))
+            files = [
+                Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in _PICKED_SUFFIXES
+            ]
+            files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
+            for m in matches:
+                if Path(m).is_dir():
+                    files += list_images(
+                        Path(m), recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES
+                    )
+            if not files:
+                problems.append((arg, "no image matches this pattern"))
+            for p in files:
+                add(p, None)
+        else:
+            problems.append((arg, "no such file or folder"))
+    return found, problems
+
+
+def _format_scale(scale: float) -> str:
+    return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
+
+
+def output_folder(output: Path | None) -> Path | None:
+    """The folder outputs go to: ./upscaled by default, None when -o names a file (an image extension)."""
+    from .imageio import WRITE_FORMATS
+
+    if output is None:
+        return DEFAULT_OUTPUT_DIR
+    named = output.suffix.lower() in WRITE_FORMATS or output.suffix.lower() in CONTAINERS
+    return None if named and not output.is_dir() else output
+
+
+def plan_jobs(
+    sources: list[tuple[Path, Path | None]],
+    output: Path | None,
+    *,
+    name: str = DEFAULT_NAME,
+    format: str | None = None,
+    scale: float,
+    model: str = "",
+) -> list[Job]:
+    """Destination of each source: -o FILE (one input, image extension), else a folder (default ./upscaled).
+
+    name: pattern with {name} (input stem), {scale}, {ext} and {model}; {ext} is --format's extension, else the
+    input's when we can write that format, else png. Sources found under a folder keep their sub-folders.
+    """
+    from .imageio import WRITE_FORMATS
+
+    out = output_folder(output)
+    if out is None:
+        assert output is not None
+        if len(sources) != 1:
+            raise EsrganError(f"{output}: -o names a file but there are {len(sources)} inputs; give a folder")
+        return [Job(sources[0][0], output)]
+    jobs = []
+    for src, base in sources:
+        if src.suffix.lower() in VIDEO_SUFFIXES:  # a video keeps its container where we can write it
+            ext = src.suffix.lower().lstrip(".") if src.suffix.lower() in CONTAINERS else "mkv"
+        elif format is not None:
+            ext = {"jpeg": "jpg", "tif": "tiff"}.get(format.lower(), format.lower())
+        else:
+            suffix = src.suffix.lower()
+            ext = suffix.lstrip(".") if suffix in WRITE_FORMATS else "png"
+        try:
+            filename = name.format(name=src.stem, scale=_format_scale(scale), ext=ext, model=model)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise EsrganError(
+                f"bad --name pattern {name!r} ({exc}); use {{name}}, {{scale}}, {{ext}}, {{model}}"
+            ) from None
+        folder = out / src.parent.relative_to(base) if base is not None else out
+        jobs.append(Job(src, folder / filename))
+    return jobs
+
+
+# --- writing ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutputOptions:
+    """How outputs are written: format (None: from the extension), JPEG/WEBP quality, PNG zlib level (None: the
+    fast default, esrgan.imageio.DEFAULT_PNG_COMPRESSION) and whether an existing file is replaced."""
+
+    format: str | None = None
+    quality: int | None = None
+    png_compression: int | None = None
+    overwrite: bool = False
+
+
+def write_output(dst: Path, image: ImageData, options: OutputOptions = OutputOptions()) -> Path:
+    """Write one result atomically (esrgan.atomic through esrgan.imageio.write_image): the writer stage of the batch
+    and the web page's results. An existing dst raises OutputExistsError unless options.overwrite."""
+    from .imageio import write_image
+
+    return write_image(
+        dst,
+        image,
+        format=options.format,
+        quality=options.quality,
+        overwrite=options.overwrite,
+        png_compression=options.png_compression,
+    )
+
+
+# --- bounded queues between stages -----------------------------------------------------------------------------------
+class Stopped(Exception):
+    """The pipeline was stopped (Ctrl-C or a fatal error elsewhere) while a stage waited on a queue."""
+
+
+class Channel(Generic[T]):
+    """A FIFO between two stages, bounded by items and by bytes (an item always enters an empty channel).
+
+    The bytes an item brings stay counted until the consumer calls release(size) (when it is done with the item),
+    so an image being written still counts: a stage cannot run ahead of the next by more than the bounds. put and
+    get raise Stopped once `stop` is set; both wait in short slices, so Ctrl-C reaches a waiting main thread.
+    """
+
+    def __init__(self, stop: threading.Event, *, items: int = QUEUE_ITEMS, nbytes: int = QUEUE_BYTES) -> None:
+        self.stop = stop
+        self.items = items
+        self.nbytes = nbytes
+        self._queue: deque[tuple[T, int]] = deque()
+        self._held = 0
+        self._cond = threading.Condition()
+
+    def put(self, item: T, size: int = 0) -> None:
+        with self._cond:
+            while len(self._queue) >= self.items or (self._held and self._held + size > self.nbytes):
+                if self.stop.is_set():
+                    raise Stopped
+                self._cond.wait(0.1)
+            if self.stop.is_set():
+                raise Stopped
+            self._queue.append((item, size))
+            self._held += size
+            self._cond.notify_all()
+
+    def get(self) -> tuple[T, int]:
+        with self._cond:
+            while not self._queue:
+                if self.stop.is_set():
+                    raise Stopped
+                self._cond.wait(0.1)
+            if self.stop.is_set():
+                raise Stopped
+            got = self._queue.popleft()
+            self._cond.notify_all()
+            return got
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._held -= size
+            self._cond.notify_all()
+
+
+# --- reporting -------------------------------------------------------------------------------------------------------
+class Reporter:
+    """Progress over files and tiles: tqdm bars on a terminal, plain lines otherwise, nothing but errors if quiet.
+
+    Safe to call from the pipeline's threads. prefix starts every line (torchrun: the rank)."""
+
+    def __init__(self, total: int, mode: str, *, prefix: str = "") -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode
+        self.prefix = prefix
+        self.files: Any = None
+        self.tiles: Any = None
+        self._lock = threading.RLock()
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.files = tqdm(total=total, unit="file", desc="files", file=sys.stderr, dynamic_ncols=True)
+            self.tiles = tqdm(total=0, unit="tile", desc="tiles", file=sys.stderr, leave=False, position=1)
+
+    def line(self, text: str, *, error: bool = False) -> None:
+        if self.mode == "quiet" and not error:
+            return
+        stream = sys.stderr if error else sys.stdout
+        text = self.prefix + text
+        with self._lock:
+            if self.files is not None:
+                self.files.write(text, file=stream)
+            else:
+                print(text, file=stream, flush=True)
+
+    def error(self, src: Path | str, reason: str) -> None:
+        self.line(f"esrgan: error: {reason if str(src) in reason else f'{src}: {reason}'}", error=True)
+
+    def on_tile(self, done: int, total: int) -> None:
+        self._count("tile", done, total)
+
+    def on_frame(self, done: int, total: int | None) -> None:
+        """The second bar counts a video's frames (with frames/s and the ETA) instead of tiles."""
+        self._count("frame", done, total)
+
+    def _count(self, unit: str, done: int, total: int | None) -> None:
+        if self.tiles is None:
+            return
+        with self._lock:
+            if self.tiles.unit != unit:
+                self.tiles.unit = unit
+                self.tiles.set_description_str(f"{unit}s", refresh=False)
+                self.tiles.reset(total=0)
+            if self.tiles.total != total or done < self.tiles.n:
+                self.tiles.reset(total=total)
+            self.tiles.update(done - self.tiles.n)
+
+    def file_done(self) -> None:
+        if self.files is not None:
+            with self._lock:
+                self.files.update(1)
+
+    def close(self) -> None:
+        for bar in (self.tiles, self.files):
+            if bar is not None:
+                bar.close()
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show warnings as `esrgan: warning: ...` lines on stderr (through tqdm, so progress bars stay intact)."""
+    import warnings
+
+    from tqdm import tqdm
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        tqdm.write(f"esrgan: warning: {message}", file=sys.stderr)
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message with whitespace collapsed, else its type's name."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --- the batch -------------------------------------------------------------------------------------------------------
+FILE_ERRORS = (EsrganError, OSError, ValueError)
+"""What one bad file may raise (undecodable, unwritable, too large...): reported in one line, the batch goes on.
+OutputExistsError is a FileExistsError (an OSError) and is caught before these: someone else wrote the file."""
+
+
+@dataclass
+class _Item:
+    """A job on its way through the stages."""
+
+    index: int  # 1-based position in the batch, for the [i/n] lines
+    job: Job
+    start: float = 0.0
+    image: ImageData | None = None
+    precision: str = ""
+
+
+class _Batch:
+    """One upscale_files call: the shared state of its stages (results under a lock, the reporter, stop)."""
+
+    def __init__(
+        self,
+        upscaler: Upscaler,
+        jobs: list[Job],
+        output: OutputOptions,
+        max_pixels: int | None,
+        report: Reporter,
+        video: dict[str, Any] | None,
+    ) -> None:
+        self.upscaler = upscaler
+        self.total = len(jobs)
+        self.output = output
+        self.max_pixels = max_pixels
+        self.report = report
+        self.video = video or {}
+        self.result = BatchResult(device=str(upscaler.device))
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+
+    # results, from any stage
+    def written(self, item: _Item, line: str) -> None:
+        with self._lock:
+            self.result.written.append(item.job)
+            used = item.precision
+            self.result.precisions[used] = self.result.precisions.get(used, 0) + 1
+        self.report.line(f"[{item.index}/{self.total}] {line}")
+        self.report.file_done()
+
+    def skipped(self, item: _Item) -> None:
+        with self._lock:
+            self.result.skipped.append(item.job)
+        job = item.job
+        self.report.line(
+            f"[{item.index}/{self.total}] skip {job.src}: {job.dst} exists (--overwrite replaces it)"
+        )
+        self.report.file_done()
+
+    def failed(self, item: _Item, reason: str) -> None:
+        with self._lock:
+            self.result.failed.append((str(item.job.src), reason))
+        self.report.error(item.job.src, reason)
+        self.report.file_done()
+
+    # stages: each takes an item and returns it for the next stage, or None when the item ended here
+    def read(self, item: _Item) -> _Item | None:
+        from .imageio import DEFAULT_MAX_PIXELS, read_image
+
+        item.start = time.perf_counter()
+        if is_video_job(item.job):
+            return item  # read by video.upscale_video in the model stage
+        if not self.output.overwrite and item.job.dst.exists():  # appeared since the batch was planned
+            self.skipped(item)
+            return None
+        try:
+            item.image = read_image(
+                item.job.src, max_pixels=DEFAULT_MAX_PIXELS if self.max_pixels is None else self.max_pixels
+            )
+        except FILE_ERRORS as exc:
+            self.failed(item, one_line(exc))
+            return None
+        return item
+
+    def compute(self, item: _Item) -> _Item | None:
+        from .atomic import OutputExistsError
+
+        try:
+            if is_video_job(item.job):
+                self._video(item)
+                return None
+            assert item.image is not None
+            item.image = self.upscaler.upscale_image(item.image, on_tile=self.report.on_tile)
+        except OutputExistsError:
+            self.skipped(item)
+            return None
+        except FILE_ERRORS as exc:
+            self.failed(item, one_line(exc))
+            return None
+        item.precision = self.upscaler.last_precision
+        return item
+
+    def write(self, item: _Item) -> None:
+        from .atomic import OutputExistsError
+
+        assert item.image is not None
+        try:
+            write_output(item.job.dst, item.image, self.output)
+        except OutputExistsError:  # appeared while we worked: someone else wrote it
+            self.skipped(item)
+        except FILE_ERRORS as exc:
+            self.failed(item, one_line(exc))
+        else:
+            seconds = time.perf_counter() - item.start
+            self.written(item, f"{item.job.src} -> {item.job.dst} ({seconds:.1f} s)")
+        item.image = None
+
+    def _video(self, item: _Item) -> None:
+        from .video import upscale_video
+
+        done = upscale_video(
+            self.upscaler, item.job.src, item.job.dst, overwrite=self.output.overwrite,
+            max_pixels=self.max_pixels, on_frame=self.report.on_frame, **self.video,
+        )  # fmt: skip
+        for note in done.notes:
+            self.report.line(f"esrgan: note: {item.job.src}: {note}", error=True)
+        item.precision = self.upscaler.last_precision
+        self.written(item, done.summary())
+
+    # drivers
+    def run_sequential(self, items: list[_Item]) -> None:
+        for item in items:
+            got = self.read(item)
+            got = self.compute(got) if got is not None else None
+            if got is not None:
+                self.write(got)
+
+    def run_overlapped(self, items: list[_Item], writers: int) -> None:
+        """Reader thread -> model (this thread) -> writer threads."""
+        decoded: Channel[_Item | None] = Channel(self.stop)
+        upscaled: Channel[_Item | None] = Channel(self.stop)
+        fatal: list[BaseException] = []
+
+        def guarded(stage: Callable[[], None]) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    stage()
+                except Stopped:
+                    pass
+                except (
+                    BaseException
+                ) as exc:  # a bug, MemoryError...: stop the batch, the model stage raises it
+                    fatal.append(exc)
+                    self.stop.set()
+
+            return run
+
+        def reader() -> None:
+            for item in items:
+                if self.stop.is_set():
+                    return
+                got = self.read(item)
+                if got is not None:
+                    decoded.put(got, _nbytes(got.image))
+            decoded.put(None)
+
+        def writer() -> None:
+            while True:
+                got, size = upscaled.get()
+                if got is None:
+                    upscaled.put(None)  # for the next writer
+                    return
+                try:
+                    self.write(got)
+                finally:
+                    upscaled.release(size)
+
+        threads = [threading.Thread(target=guarded(reader), name="esrgan-reader", daemon=True)]
+        threads += [
+            threading.Thread(target=guarded(writer), name=f"esrgan-writer-{k}", daemon=True)
+            for k in range(writers)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                got, size = decoded.get()
+                if got is None:
+                    break
+                try:
+                    done = self.compute(got)
+                finally:
+                    decoded.release(size)
+                if done is not None:
+                    upscaled.put(done, _nbytes(done.image))
+            upscaled.put(None)
+            for t in threads[1:]:
+                _join(t)
+        except Stopped:
+            pass
+        finally:
+            self.stop.set()  # Ctrl-C or a failure: the reader and writers end after their current file
+            for t in threads:
+                _join(t)
+        if fatal:
+            raise fatal[0]
+
+
+def _join(thread: threading.Thread) -> None:
+    while thread.is_alive():  # short waits: a second Ctrl-C still reaches the main thread
+        thread.join(0.2)
+
+
+def _nbytes(image: ImageData | None) -> int:
+    if image is None:
+        return 0
+    return int(image.pixels.nbytes + (0 if image.alpha is None else image.alpha.nbytes))
+
+
+def is_video_job(job: Job) -> bool:
+    return job.src.suffix.lower() in VIDEO_SUFFIXES
+
+
+def upscale_files(
+    upscaler: Upscaler,
+    jobs: list[Job],
+    *,
+    format: str | None = None,
+    quality: int | None = None,
+    png_compression: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    progress: str = "auto",
+    video: dict[str, Any] | None = None,
+    overlap: bool = True,
+    writers: int | None = None,
+    prefix: str = "",
+) -> BatchResult:
+    """Upscale every job; a file that fails is reported in one line and the batch goes on.
+
+    Existing destinations are skipped unless overwrite, so rerunning after an interruption finishes the rest
+    without redoing finished files (writes are atomic: a killed run leaves no partial output under a final name,
+    and the temporary files a kill left beside these destinations are removed first, with a line saying so:
+    esrgan.atomic.remove_leftovers). progress: "bar" (tqdm), "lines" (one line per file), "quiet" (errors only),
+    or "auto" = bar on a terminal, else lines. Videos (by suffix) go through esrgan.video.upscale_video with the
+    `video` options (codec, crf, ...). png_compression: zlib level 0-9 of PNG outputs (default: a fast one).
+    overlap: decode, upscale and write different files at once (see the module docstring); False runs them one
+    after the other. writers: writer threads (default default_writers()). prefix: starts every progress line.
+    """
+    from .atomic import remove_leftovers
+
+    started = time.perf_counter()
+    report = Reporter(len(jobs), progress, prefix=prefix)
+    batch = _Batch(
+        upscaler, jobs, OutputOptions(format, quality, png_compression, overwrite), max_pixels, report, video
+    )
+    result = batch.result
+    result.leftovers = remove_leftovers(job.dst for job in jobs)
+    if result.leftovers:
+        n, size = len(result.leftovers), sum(b for _, b in result.leftovers)
+        names = ", ".join(str(p) for p, _ in result.leftovers[:3]) + (" ..." if n > 3 else "")
+        report.line(
+            f"removed {n} leftover temporary file{'s' if n > 1 else ''} of an interrupted run "
+            f"({format_bytes(size)}): {names}"
+        )
+    targets: dict[Path, Path] = {}
+    todo: list[_Item] = []
+    try:
+        for i, job in enumerate(jobs, 1):
+            item = _Item(i, job)
+            key = job.dst.resolve()
+            if key in targets:
+                batch.failed(
+                    item,
+                    f"output {job.dst} is also the output of {targets[key]}; use a --name with more fields",
+                )
+                continue
+            targets[key] = job.src
+            if job.dst.exists() and not overwrite:
+                batch.skipped(item)
+                continue
+            todo.append(item)
+        if overlap and len(todo) > 1:
+            batch.run_overlapped(todo, default_writers() if writers is None else max(1, writers))
+        else:
+            batch.run_sequential(todo)
+    finally:
+        report.close()
+    order = {id(job): k for k, job in enumerate(jobs)}
+    result.written.sort(key=lambda job: order[id(job)])
+    result.skipped.sort(key=lambda job: order[id(job)])
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# --- torchrun: shards of a batch -------------------------------------------------------------------------------------
+@dataclass
+class Shard:
+    """This process's part of a batch under torchrun (WORLD_SIZE, RANK, LOCAL_RANK); rank 0 of 1 otherwise."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def prefix(self) -> str:
+        """Starts this rank's progress lines: `[rank 1/4] `, nothing for a single process."""
+        return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
+
+    def take(self, jobs: list[T]) -> list[T]:
+        """The jobs of this rank: index % world == rank of the list every rank planned the same way (sorted)."""
+        return jobs[self.rank :: self.world]
+
+    def gather(self, result: BatchResult) -> BatchResult | None:
+        """Every rank's result merged, on rank 0 (None on the others); the result itself for a single process."""
+        if self.world <= 1:
+            return result
+        import torch.distributed as dist
+
+        parts: list[BatchResult | None] = [None] * self.world
+        dist.all_gather_object(parts, result)
+        if not self.main:
+            return None
+        total = BatchResult()
+        for part in parts:
+            assert part is not None
+            total.merge(part)
+        return total
+
+
+@contextlib.contextmanager
+def shard_from_env() -> Iterator[Shard]:
+    """This process's Shard from torchrun's environment; with WORLD_SIZE > 1, joins the process group (gloo: the
+    group only carries the end-of-batch counts, whatever device upscales) for the duration, and on CUDA makes
+    cuda:LOCAL_RANK the current device, so `--device auto/cuda` means one GPU per rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield Shard()
+        return
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and local < torch.cuda.device_count():
+        torch.cuda.set_device(local)
+    owned = not dist.is_initialized()
+    if owned:  # a long timeout: ranks wait for the slowest at the end, which may be hours behind
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    try:
+        yield Shard(dist.get_rank(), dist.get_world_size(), local)
+    finally:
+        if owned:
+            dist.destroy_process_group()
