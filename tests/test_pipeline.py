@@ -1,0 +1,179 @@
+"""esrgan.pipeline: the overlapped batch (reader -> model -> writers) on real photos, its per-file errors, skip and
+Ctrl-C behaviour, the PNG compression level, and torchrun sharding with two gloo processes on the CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import photo_preserving_rrdb, run_cli
+from PIL import Image
+
+from esrgan.checkpoints import save_model
+from esrgan.imageio import ImageData, read_image, write_image
+from esrgan.pipeline import collect_inputs, plan_jobs, upscale_files
+from esrgan.upscale import Upscaler
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def photo_folder(root: Path, photo: np.ndarray, n: int, *, size: int = 40) -> Path:
+    """n crops of the photo at different places, PNG and JPEG alternately."""
+    root.mkdir(parents=True)
+    for k in range(n):
+        top, left = (37 * k) % (512 - size), (91 * k) % (512 - size)
+        crop = Image.fromarray(photo[top : top + size, left : left + size])
+        if k % 2 == 0:
+            crop.save(root / f"p{k:02d}.png")
+        else:
+            crop.save(root / f"p{k:02d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", photo_preserving_rrdb(0))
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("format", ["png", "jpg"])
+def test_overlapped_batch_writes_the_same_files_as_one_at_a_time(
+    tmp_path: Path, photo: np.ndarray, format: str
+) -> None:
+    folder = photo_folder(tmp_path / "in", photo, 7)
+    up = Upscaler(photo_preserving_rrdb(0), device="cpu", precision="fp32", tile=0)
+    sources, problems = collect_inputs([str(folder)])
+    assert not problems and len(sources) == 7
+    results = {}
+    for overlap in (False, True):
+        out = tmp_path / f"out-{overlap}"
+        jobs = plan_jobs(sources, out, format=format, scale=up.scale)
+        result = upscale_files(up, jobs, format=format, progress="quiet", overlap=overlap, writers=3)
+        assert (len(result.written), len(result.skipped), len(result.failed)) == (7, 0, 0)
+        assert [j.src.name for j in result.written] == sorted(p.name for p in folder.iterdir())  # batch order
+        assert result.precisions == {"fp32": 7} and result.device == "cpu"
+        results[overlap] = outputs(out)
+    assert results[True] == results[False]  # byte for byte
+    first = read_image(tmp_path / "out-True" / f"p00_x4.{format}")
+    assert (first.height, first.width) == (160, 160)
+
+
+def test_bad_files_are_one_line_each_and_the_overlapped_batch_goes_on(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    folder = photo_folder(tmp_path / "in", photo, 6)
+    (folder / "p02.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # truncated: fails in the reader
+    (folder / "p05.jpg").write_bytes(
+        (folder / "p04.png").read_bytes()[:300]
+    )  # cut short: fails in the reader
+    (folder / "sub").mkdir()
+    (folder / "p03.jpg").rename(folder / "sub" / "p03.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_bytes(b"")  # a file where p03's output folder goes: fails in a writer
+    r = run_cli(
+        "upscale", folder, "-o", out, "--recursive", "--model", model_file, "--device", "cpu", cwd=tmp_path
+    )
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+    assert len(errors) == 3, r.stderr
+    for name in ("p02.png", "p03.jpg", "p05.jpg"):
+        assert sum(name in line for line in errors) == 1, errors
+    assert "sub is a file, not a folder" in next(line for line in errors if "p03.jpg" in line)
+    assert sorted(p.name for p in out.iterdir()) == ["p00_x4.png", "p01_x4.jpg", "p04_x4.png", "sub"]
+    assert "3 upscaled, 0 skipped (output exists), 3 failed" in r.stdout
+    assert not list(out.glob(".*.part"))
+
+
+def test_png_compression_level(tmp_path: Path, photo: np.ndarray, model_file: Path) -> None:
+    """Levels change the size, never the pixels; 16-bit PNGs follow the level too; out of range is refused."""
+    folder = photo_folder(tmp_path / "in", photo, 1, size=96)
+    sizes = {}
+    for level in ("0", "9"):
+        out = tmp_path / f"out{level}"
+        r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--device", "cpu",
+                    "--png-compression", level, cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        sizes[level] = (out / "p00_x4.png").stat().st_size
+    assert sizes["9"] < sizes["0"] / 2  # level 0 stores: 384*384*3 bytes and a little more
+    assert sizes["0"] > 384 * 384 * 3
+    a, b = read_image(tmp_path / "out0" / "p00_x4.png"), read_image(tmp_path / "out9" / "p00_x4.png")
+    assert np.array_equal(a.pixels, b.pixels)
+    deep = ImageData(pixels=photo[:64, :64].astype(np.uint16) * 257, bit_depth=16)
+    small, big = write_image(tmp_path / "d9.png", deep, png_compression=9), tmp_path / "d0.png"
+    write_image(big, deep, png_compression=0)
+    assert small.stat().st_size < big.stat().st_size
+    assert np.array_equal(read_image(small).pixels, read_image(big).pixels)
+    r = run_cli("upscale", folder, "--model", model_file, "--png-compression", "10", cwd=tmp_path)
+    assert r.returncode == 2 and "--png-compression" in r.stderr
+
+
+def test_ctrl_c_leaves_whole_outputs_only_and_a_rerun_does_the_rest(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    folder = photo_folder(tmp_path / "in", photo, 24, size=128)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model",
+               str(model_file), "--device", "cpu", "--tile", "32", "--png-compression", "9"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first finished file: the batch is under way
+        if "->" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "esrgan: error: interrupted" in stderr
+    done = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(done) < 24
+    assert not [n for n in done if n.endswith(".part")]  # no temporary file stays
+    for name in done:  # every output there is whole
+        image = read_image(out / name)
+        assert (image.height, image.width) == (512, 512)
+    mtimes = {n: (out / n).stat().st_mtime_ns for n in done}
+    r = run_cli(*command[3:], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{24 - len(done)} upscaled, {len(done)} skipped (output exists), 0 failed" in r.stdout
+    assert {n: (out / n).stat().st_mtime_ns for n in done} == mtimes
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_share_the_batch_and_print_one_summary(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """`torchrun --nproc-per-node 2 -m esrgan.cli upscale DIR -o OUT` with gloo on the CPU: every file once, by the
+    rank of its index, one summary; a rerun after removing two outputs does only those two."""
+    folder = photo_folder(tmp_path / "in", photo, 9)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model", str(model_file),
+               "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in folder.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == [n.replace(".", "_x4.") for n in names]
+    for rank in (0, 1):  # index % 2 == rank, in the sorted order every rank planned
+        mine = [line for line in r.stdout.splitlines() if line.startswith(f"[rank {rank}/2] ")]
+        assert sorted(Path(line.split()[3]).name for line in mine) == names[rank::2], r.stdout
+    summaries = [line for line in r.stdout.splitlines() if line.startswith("esrgan upscale:")]
+    assert summaries == [
+        "esrgan upscale: 9 upscaled, 0 skipped (output exists), 0 failed; computed on cpu in fp32"
+    ]
+    (out / "p03_x4.jpg").unlink()
+    (out / "p04_x4.png").unlink()
+    r = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    summaries = [line for line in r.stdout.splitlines() if line.startswith("esrgan upscale:")]
+    assert summaries == [
+        "esrgan upscale: 2 upscaled, 7 skipped (output exists), 0 failed; computed on cpu in fp32"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [n.replace(".", "_x4.") for n in names]
