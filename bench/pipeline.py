@@ -30,13 +30,15 @@ from PIL import Image
 
 
 def cpu_name() -> str:
+    """The CPU's model name with its family/model numbers (virtual machines often say only "AMD EPYC")."""
     try:
+        fields = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        return f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
+    except (OSError, KeyError):
+        return platform.processor() or "unknown CPU"
 
 
 def make_inputs(folder: Path, n: int, size: int) -> list[Path]:
