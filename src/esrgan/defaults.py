@@ -11,12 +11,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ALPHA_MODES = ("model", "bicubic")
 DEFAULT_MODEL = "realesrgan-x4plus"
 DEFAULT_OVERLAP = 16
-"""Overlap between neighbouring tiles, in input pixels (blended with a linear ramp). Tiled vs untiled PSNR (RGB, 8-bit)
-on real photo crops (tests/test_tiling.py): realesrgan-x4plus at tile 96 on 128x128: 52.6 dB fp32, 51.1 dB bf16
-(47.5 dB with no overlap; 55.1 dB with overlap 32); a tiny wide-field model at tile 40: 61 dB (32 dB with none).
-The 23-block model sees further than any overlap, so very small tiles do worse (tile 48 on 96x96: 42 dB); the
-automatic tile is up to 352 on the CPU (balanced: fewest tiles, then the smallest side), where the overlap computes
-1.06-1.14x the image's pixels for 512-2048 inputs (docs/benchmarks.md)."""
+"""Overlap between neighbouring tiles, in input pixels (blended with a raised cosine over all of it: MARGIN_SHARE 0).
+Measured tiled vs untiled (float RGB, bench/tiles.py, tests/test_tiling.py), against Real-ESRGAN's hard paste
+(tile_pad 10) with tiles no larger than its largest forward pass: this default is no better than the hard paste
+(realesrgan-x4plus, 96x96 crop, tile 48+20: 42.6 dB vs 43.2; a small 8-block model: ~38 dB worse), because pixels
+next to a tile's zero-padded edge keep some weight. Discarding a margin and blending inside what is kept does
+better: overlap 20 with margin 8: 47.0 dB (+3.8 dB over the hard paste at 1.22x its compute), overlap 28 with
+margin 12: 47.3 dB; the small model: overlap 24, margin 10, +15-18 dB at 1.14-1.22x. Not yet the default: the
+>= 50 dB target vs untiled on large photos with realesrgan-x4plus is unmeasured (a 960x480 photo at the automatic
+tile gave 44.4 dB with this default), and a larger overlap raises the smallest tile (>= 2x the overlap)."""
+MARGIN_SHARE = 0.0
+"""Share of the overlap discarded at each inner tile edge when no margin is given (esrgan.tiling: margin =
+int(overlap * MARGIN_SHARE)); the rest, overlap - 2 * margin, is the band where neighbours blend. 0: the whole
+overlap blends (the behaviour before margins; see DEFAULT_OVERLAP for what a margin measured)."""
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 """Largest input read by default: 64 megapixels (an 8192x8192 photo). 16-bit RGBA at this size is 512 MiB of
 pixels before the upscaler's float copy; raise it per call with read_image(..., max_pixels=...)."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .defaults import DEFAULT_OVERLAP
+from .defaults import DEFAULT_OVERLAP, MARGIN_SHARE
 from .errors import EsrganError
 
 Forward = Callable[[Tensor], Tensor]
@@ -49,23 +49,31 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [*range(0, length - tile, step), length - tile]
 
 
-def _edge_weights(start: int, size: int, length: int, scale: int, overlap: int) -> Tensor:
-    """1-D blending weight of one tile's output: 1 inside, a raised-cosine ramp over the overlap at inner edges.
+def default_margin(overlap: int) -> int:
+    """The margin used for an overlap when none is given: MARGIN_SHARE of it (see DEFAULT_OVERLAP)."""
+    return int(overlap * MARGIN_SHARE)
 
-    Sides on the image border keep weight 1 (no neighbour to blend with). The ramp never reaches exactly 0, so
-    every output pixel has a positive total weight.
+
+def _edge_weights(start: int, size: int, length: int, scale: int, overlap: int, margin: int = 0) -> Tensor:
+    """1-D blending weight of one tile's output. At an inner edge (one with a neighbour): 0 over the first `margin`
+    input pixels (discarded: the model saw zero padding nearby), then a raised-cosine ramp over the next
+    overlap - 2 * margin pixels (the blend band, shared with the neighbour's own ramp), then 1.
+
+    Sides on the image border keep weight 1. Neighbours overlap by at least `overlap` >= 2 * margin, so the parts
+    they keep meet: every output pixel has a positive total weight.
     """
     n = size * scale
     w = torch.ones(n, dtype=torch.float32)
-    ramp_len = min(overlap * scale, n)
-    if ramp_len == 0:
-        return w
+    cut = min(margin * scale, n)
+    ramp_len = min(max(overlap - 2 * margin, 0) * scale, n - cut)
     i = torch.arange(ramp_len, dtype=torch.float64)
-    ramp = (0.5 - 0.5 * torch.cos(math.pi * (i + 0.5) / ramp_len)).to(torch.float32)
+    ramp = (0.5 - 0.5 * torch.cos(math.pi * (i + 0.5) / max(ramp_len, 1))).to(torch.float32)
     if start > 0:
-        w[:ramp_len] *= ramp
+        w[cut : cut + ramp_len] *= ramp
+        w[:cut] = 0.0
     if start + size < length:
-        w[n - ramp_len :] *= ramp.flip(0)
+        w[n - cut - ramp_len : n - cut] *= ramp.flip(0)
+        w[n - cut :] = 0.0
     return w
 
 
@@ -140,6 +148,7 @@ def upscale_tiled(
     scale: int,
     tile: int,
     overlap: int = DEFAULT_OVERLAP,
+    margin: int | None = None,
     batch: int = 1,
     out_dtype: np.dtype | type = np.uint8,
     grey: bool = False,
@@ -154,7 +163,9 @@ def upscale_tiled(
     of the forward's output and finished rows are converted to out_dtype there: only those cross to the host.
 
     tile: tile side in input pixels; 0 means one tile holding the whole image. overlap: input pixels shared by
-    neighbouring tiles (must be smaller than the tile). batch: tiles per forward pass. out_dtype: uint8 or uint16
+    neighbouring tiles (must be smaller than the tile). margin: input pixels of each tile's output discarded at
+    its inner edges (at most overlap / 2; None: default_margin(overlap)); neighbours blend over the remaining
+    overlap - 2 * margin. batch: tiles per forward pass. out_dtype: uint8 or uint16
     (rounded from [0, 1]) or a float dtype (clamped to [0, 1]). grey: the image is a grey image replicated to 3
     channels; each finished band is averaged back to one channel (the output then has C = 1). on_tile(done, total)
     is called after every batch, for progress bars.
@@ -169,12 +180,15 @@ def upscale_tiled(
     # per axis: an image thinner than the overlap (a 3-pixel-high strip) is one tile high, which needs no overlap
     if (th < h and overlap >= th) or (tw < w and overlap >= tw):
         raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile ({tile})")
+    margin = default_margin(overlap) if margin is None else margin
+    if not 0 <= 2 * margin <= overlap:
+        raise ValueError(f"tile margin ({margin}) must be between 0 and half the overlap ({overlap})")
     if device is not None:
         image = image.to(device)  # uint8 / uint16: the small copy; tiles are cut where the forward pass runs
     ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     out_h, out_w, bh, bw = h * scale, w * scale, th * scale, tw * scale
-    wys = [_edge_weights(y, th, h, scale, overlap) for y in ys]
-    wxs = [_edge_weights(x, tw, w, scale, overlap) for x in xs]
+    wys = [_edge_weights(y, th, h, scale, overlap, margin) for y in ys]
+    wxs = [_edge_weights(x, tw, w, scale, overlap, margin) for x in xs]
     # Sum of the separable weights over the grid = product of the 1-D sums.
     norm_y, norm_x = torch.zeros(out_h), torch.zeros(out_w)
     for y, wy in zip(ys, wys, strict=True):
