@@ -490,7 +490,12 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_OVERLAP,
         help="blended overlap between tiles (default: %(default)s)",
     )
-    p.add_argument("--batch", type=int, default=1, help="tiles per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="tiles per forward pass (default: as many as fit on a GPU, 1 on a CPU)",
+    )
     p.add_argument(
         "--alpha-mode",
         choices=ALPHA_MODES,
