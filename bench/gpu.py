@@ -137,30 +137,49 @@ def macs_per_lr_pixel(cfg: RRDBConfig) -> float:
 
 
 # --- training --------------------------------------------------------------------------------------------------
-def train_row(
-    label: str, config: str, sets: dict[str, Any], data: Path, out: Path, steps: int, smoke: bool
-) -> Row:
+SMOKE_SIZES = {"model.num_block": 1, "model.num_feat": 16, "model.num_grow": 8, "model.d_num_feat": 8,
+               "data.batch_size": 2, "data.patch_size": 32, "data.num_workers": 1}  # fmt: skip
+
+
+def run_settings(name: str, data: Path, out: Path, steps: int, smoke: bool, **sets: Any) -> dict[str, Any]:
+    """`--set` overrides of one measured run: the data, no validation or periodic checkpoints, a few log lines;
+    toy sizes with --smoke (in fp32: the CPU has no fp16 and may have no native bf16)."""
+    settings = {"name": name, "output_dir": str(out), "data.hr_dir": str(data), "train.total_steps": steps,
+                "validation.dir": None, "checkpoint.every": 10**9, "logging.every": max(steps // 4, 1),
+                "logging.progress": False, **sets}  # fmt: skip
+    if smoke:
+        settings.update({**SMOKE_SIZES, "train.precision": "fp32", "train.channels_last": False})
+    return settings
+
+
+def build_config(config: str, settings: dict[str, Any]) -> Any:
     import yaml
 
     from esrgan.config import apply_overrides, config_from_dict
 
     raw = yaml.safe_load((REPO / "configs" / config).read_text())
-    overrides = {
-        "name": label.replace(" ", "_").replace(",", ""),
-        "output_dir": str(out),
-        "data.hr_dir": str(data),
-        "train.total_steps": steps,
-        "validation.dir": None,
-        "checkpoint.every": 10**9,
-        "logging.every": max(steps // 4, 1),
-        "logging.progress": False,
-        **sets,
-    }
-    if smoke:
-        overrides.update({"model.num_block": 1, "model.num_feat": 16, "model.num_grow": 8, "model.d_num_feat": 8,
-                          "data.batch_size": 2, "data.patch_size": 32, "data.num_workers": 1})  # fmt: skip
-    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
-    cfg = config_from_dict(raw, source=config)
+    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in settings.items()])
+    return config_from_dict(raw, source=config)
+
+
+def log_rates(run_dir: Path) -> tuple[float, float, float]:
+    """Mean it/s, data-wait share and the peak GPU memory of a run's log records (the first, warm-up, left out)."""
+    records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    rates = [r for r in records if "it_per_s" in r]
+    rates = rates[1:] or rates
+    peak = max((r.get("gpu_peak_gb", 0.0) for r in rates), default=0.0)
+    return (
+        float(np.mean([r["it_per_s"] for r in rates])),
+        float(np.mean([r["data_wait"] for r in rates])),
+        peak,
+    )
+
+
+def train_row(
+    label: str, config: str, sets: dict[str, Any], data: Path, out: Path, steps: int, smoke: bool
+) -> Row:
+    name = label.replace(" ", "_").replace(",", "")
+    cfg = build_config(config, run_settings(name, data, out, steps, smoke, **sets))
     from esrgan.train import train
 
     t0 = time.perf_counter()
@@ -168,13 +187,7 @@ def train_row(
         torch.cuda.reset_peak_memory_stats()
     result = train(cfg, vgg_weights="random" if cfg.train.stage == "gan" else None)
     wall = time.perf_counter() - t0
-    records = [json.loads(x) for x in (result.run_dir / "log.jsonl").read_text().splitlines()]
-    rates = [r for r in records if "it_per_s" in r][1:] or [
-        r for r in records if "it_per_s" in r
-    ]  # first: warm-up
-    it_s = float(np.mean([r["it_per_s"] for r in rates]))
-    wait = float(np.mean([r["data_wait"] for r in rates]))
-    peak = max((r.get("gpu_peak_gb", 0.0) for r in rates), default=0.0)
+    it_s, wait, peak = log_rates(result.run_dir)
     return {"row": label, "it/s": it_s, "data wait": wait, "peak GPU GB": peak, "wall s": wall,
             "flop_step": step_flops(cfg)}  # fmt: skip
 
@@ -200,46 +213,30 @@ def step_flops(cfg: Any) -> float:
 
 
 def ddp_row(data: Path, out: Path, steps: int, smoke: bool) -> Row:
-    sets = [f"data.hr_dir={data}", f"output_dir={out}", f"train.total_steps={steps}", "validation.dir=null",
-            "checkpoint.every=1000000000", f"logging.every={max(steps // 4, 1)}", "logging.progress=false",
-            "name=ddp", "train.precision=bf16", "train.channels_last=true"]  # fmt: skip
-    if smoke:
-        sets += ["model.num_block=1", "model.num_feat=16", "model.num_grow=8", "data.batch_size=2",
-                 "data.patch_size=32", "data.num_workers=1", "train.precision=fp32", "train.channels_last=false"]  # fmt: skip
+    label = "stage 1 bf16, torchrun 1 process (NCCL)"
+    settings = run_settings(
+        "ddp", data, out, steps, smoke, **{"train.precision": "bf16", "train.channels_last": True}
+    )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
            "-m", "esrgan.cli", "train", str(REPO / "configs" / "esrgan_x4_psnr.yaml")]  # fmt: skip
-    for s in sets:
-        cmd += ["--set", s]
+    for k, v in settings.items():
+        cmd += ["--set", f"{k}={json.dumps(v)}"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode:
-        return {
-            "row": "stage 1 bf16, torchrun 1 process (NCCL)",
-            "note": proc.stderr.strip().splitlines()[-1],
-        }
-    records = [json.loads(x) for x in (out / "ddp" / "log.jsonl").read_text().splitlines()]
-    rates = [r for r in records if "it_per_s" in r][1:] or [r for r in records if "it_per_s" in r]
-    return {"row": "stage 1 bf16, torchrun 1 process (NCCL)", "it/s": float(np.mean([r["it_per_s"] for r in rates])),
-            "data wait": float(np.mean([r["data_wait"] for r in rates])), "wall s": time.perf_counter() - t0}  # fmt: skip
+        return {"row": label, "note": proc.stderr.strip().splitlines()[-1]}
+    it_s, wait, _ = log_rates(out / "ddp")
+    return {"row": label, "it/s": it_s, "data wait": wait, "wall s": time.perf_counter() - t0}
 
 
 def resume_row(data: Path, out: Path, smoke: bool) -> Row:
     """A GPU run stopped at step 10 and resumed to 20 against a straight 20-step run: largest weight difference."""
-    import yaml
-
-    from esrgan.config import apply_overrides, config_from_dict
     from esrgan.train import load_checkpoint, train
 
     def cfg(name: str) -> Any:
-        raw = yaml.safe_load((REPO / "configs" / "esrgan_x4_psnr.yaml").read_text())
-        sets = {"name": name, "output_dir": str(out), "data.hr_dir": str(data), "train.total_steps": 20,
-                "validation.dir": None, "checkpoint.every": 10, "logging.progress": False, "data.num_workers": 2,
-                "train.precision": "bf16"}  # fmt: skip
-        if smoke:
-            sets.update({"model.num_block": 1, "model.num_feat": 16, "model.num_grow": 8, "data.batch_size": 2,
-                         "data.patch_size": 32, "train.precision": "fp32"})  # fmt: skip
-        return config_from_dict(apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in sets.items()]))
+        sets = {"checkpoint.every": 10, "data.num_workers": 1 if smoke else 2, "train.precision": "bf16"}
+        return build_config("esrgan_x4_psnr.yaml", run_settings(name, data, out, 20, smoke, **sets))
 
     straight = train(cfg("straight"))
     train(cfg("split"), stop_at_step=10)
@@ -269,15 +266,14 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
                                                        "data.lr_on_device": False}),
                 ("stage 1 bf16, compiled G", {"train.precision": "bf16", "train.channels_last": True,
                                               "train.compile": True})]  # fmt: skip
-    if args.smoke:  # the CPU: no fp16, and compile would take minutes
+    if args.smoke:  # the CPU: no fp16, and compile would take minutes (run_settings makes the rest fp32)
         variants = [v for v in variants if "fp16" not in v[0] and "compiled" not in v[0]]
-        variants = [(n, {**s, "train.precision": "fp32"}) for n, s in variants]
     for label, sets in variants:
-        sets = {**sets, "data.num_workers": 1 if args.smoke else args.workers}
+        sets = {**sets, "data.num_workers": args.workers}
         rows.append(train_row(label, "esrgan_x4_psnr.yaml", sets, data, work / "runs", steps, args.smoke))
         print_row(rows[-1])
-    sets2 = {"train.precision": "fp32" if args.smoke else "bf16", "train.channels_last": not args.smoke,
-             "data.num_workers": 1 if args.smoke else args.workers, "train.pretrained_g": None}  # fmt: skip
+    sets2 = {"train.precision": "bf16", "train.channels_last": True, "data.num_workers": args.workers,
+             "train.pretrained_g": None}  # fmt: skip
     rows.append(train_row("stage 2 bf16 (VGG19 + D)", "esrgan_x4_gan.yaml", sets2, data, work / "runs", gan_steps,
                           args.smoke))  # fmt: skip
     print_row(rows[-1])
@@ -301,9 +297,9 @@ def infer_section(args: argparse.Namespace, model: RRDBNet, device: torch.device
     from esrgan.upscale import Upscaler
 
     side = 32 if args.smoke else 512
-    img = np.asarray(
-        __import__("PIL.Image", fromlist=["Image"]).open(photos(Path(args.work) / "inf", 1, 2 * side)[0])
-    )
+    from PIL import Image
+
+    img = np.asarray(Image.open(photos(Path(args.work) / "inf", 1, 2 * side)[0]))
     x = torch.from_numpy(img[:side, :side].copy()).permute(2, 0, 1)[None].float().div(255).to(device)
     macs = macs_per_lr_pixel(model.config) * side * side
     half = torch.float16 if device.type == "cuda" else torch.bfloat16

@@ -16,15 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import run_cli, tiny_rrdb
+from conftest import photo_preserving_rrdb, run_cli, tiny_rrdb
 from PIL import Image
 from test_lpips import make_files
 
 from esrgan.checkpoints import save_model
 from esrgan.cli import main
 from esrgan.evaluate import bicubic_down, bicubic_up, crop, mod_crop
-from esrgan.generator import RRDBNet
 from esrgan.lpips import load_lpips
 from esrgan.metrics import psnr, ssim
 from esrgan.report import choose_crop
@@ -41,25 +39,13 @@ SET5 = {
 SET5_MEAN = (28.431, 0.8113)
 
 
-def _nearest_model() -> RRDBNet:
-    """x4 RRDBNet computing exactly nearest-neighbour upscaling: identity convs around a switched-off trunk."""
-    torch.manual_seed(0)
-    m = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.zero_()
-        for conv in (m.conv_first, m.conv_up1, m.conv_up2, m.conv_hr, m.conv_last):
-            for c in range(3):
-                conv.weight[c, c, 1, 1] = 1.0  # channel c passes through; LeakyReLU keeps [0, 1] as is
-    return m
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("models")
     random = tiny_rrdb(1)
     return {
-        "nearest": save_model(d / "nearest.safetensors", _nearest_model()),
+        # spread 0: the body's output is multiplied by zero, so the model is exactly nearest-neighbour upscaling
+        "nearest": save_model(d / "nearest.safetensors", photo_preserving_rrdb(spread=0.0)),
         "random": save_model(d / "random.safetensors", random),
     }
 
