@@ -497,6 +497,12 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         help="tiles per forward pass (default: as many as fit on a GPU, 1 on a CPU)",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the model through torch.compile: tens of seconds to compile per tile shape, then faster "
+        "(pays for long batches and videos on a GPU)",
+    )
+    p.add_argument(
         "--alpha-mode",
         choices=ALPHA_MODES,
         default=ALPHA_MODES[0],
@@ -582,6 +588,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
         "outscale": args.outscale,
         "interpolate": args.interpolate,
         "interpolate_alpha": args.alpha,
+        "compile": args.compile,
     }
     video: dict[str, object] = {
         "codec": args.codec,

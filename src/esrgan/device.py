@@ -170,7 +170,8 @@ class ModelRunner:
 
     On the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
     fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). On CUDA in fp16/bf16: a copy
-    of the model cast once to that dtype, channels-last, with torch.backends.cudnn.benchmark on. Elsewhere, or with
+    of the model cast once to that dtype, channels-last (compiled too with engine="compiled"), with
+    torch.backends.cudnn.benchmark on. Elsewhere, or with
     engine="module" on the CPU, the model itself, under autocast for reduced precision (fp32 module = the eager
     reference).
     engine="compiled": that module through torch.compile (inductor, no freezing: freezing gave wrong outputs for
@@ -211,7 +212,8 @@ class ModelRunner:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module: Callable[[Tensor], Tensor] = self.model
         self._cast: RRDBNet | None = None  # CUDA reduced precision: the weights cast once (see _run)
-        if self.engine == "module" and device.type == "cuda":
+        self._cast_forward: Callable[[Tensor], Tensor] | None = None  # _cast, compiled for engine="compiled"
+        if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # tiles repeat one shape: the autotuned kernels are reused
         if self.engine == "compiled":
             if cache_dir is not None:
@@ -235,10 +237,14 @@ class ModelRunner:
         with torch.inference_mode():
             if dtype == torch.float32:
                 return self._module(x.float())
-            if self.engine == "module" and self.device.type == "cuda":
+            if self.device.type == "cuda":  # fp16/bf16 weights, not autocast (which re-casts them every call)
                 if self._cast is None or next(self._cast.parameters()).dtype != dtype:
                     self._cast = copy.deepcopy(self.model).to(dtype=dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
-                return self._cast(x.to(dtype).contiguous(memory_format=torch.channels_last))
+                    self._cast_forward = (
+                        torch.compile(self._cast, dynamic=False) if self.engine == "compiled" else self._cast
+                    )
+                assert self._cast_forward is not None
+                return self._cast_forward(x.to(dtype).contiguous(memory_format=torch.channels_last))
             with torch.autocast(self.device.type, dtype=dtype):
                 return self._module(x)
 
@@ -255,6 +261,6 @@ class ModelRunner:
             )
             self.dtype = torch.float32
             self._packed.clear()
-            self._cast = None
+            self._cast = self._cast_forward = None
             y = self._run(x, torch.float32)
         return y.float().contiguous()

@@ -78,10 +78,21 @@ def _matrix(in_len: int, out_len: int, scale: float) -> Tensor:
     return torch.sparse_coo_tensor(coords, values, (out_len, in_len), check_invariants=True).coalesce()
 
 
+@functools.lru_cache(maxsize=64)
+def _device_matrix(
+    in_len: int, out_len: int, scale: float, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """_matrix on an accelerator, copied there once per shape: dense, since a batch's resize is one small matmul
+    there (the sparse product suits the CPU), and sparse kernels are missing on e.g. MPS. The copy per call it
+    replaces was a synchronous host-to-device transfer in every training step that makes LR on the GPU."""
+    return _matrix(in_len, out_len, scale).to_dense().to(device=device, dtype=dtype)
+
+
 def _resize_axis(x: Tensor, dim: int, out_len: int, scale: float) -> Tensor:
-    m = _matrix(x.shape[dim], out_len, scale).to(device=x.device, dtype=x.dtype)
-    if x.device.type not in ("cpu", "cuda"):
-        m = m.to_dense()  # sparse kernels are missing on e.g. MPS; dense is slower but exact all the same
+    if x.device.type == "cpu":
+        m = _matrix(x.shape[dim], out_len, scale).to(dtype=x.dtype)
+    else:
+        m = _device_matrix(x.shape[dim], out_len, scale, x.device, x.dtype)
     moved = x.movedim(dim, 0)
     flat = moved.reshape(moved.shape[0], -1)
     out = torch.sparse.mm(m, flat) if m.is_sparse else m @ flat

@@ -77,23 +77,19 @@ class TrainResult:
 
 
 # --- the two steps ----------------------------------------------------------------------------------------------
-def generator_step(
+def generator_losses(
     g: nn.Module,
     lr: Tensor,
     hr: Tensor,
     *,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
     weights: LossesConfig,
     autocast: Autocast,
     vgg: nn.Module | None = None,
     d: nn.Module | None = None,
-) -> tuple[dict[str, float], Tensor] | None:
-    """One update of G: eta * L1 (+ percep + lambda * L_Ra in the GAN stage). None if the loss is not finite.
-
-    Returns the loss terms and the (detached) SR batch for the discriminator step. `d` must be the plain module
-    (not its DDP wrapper): G's update must not touch D's gradients or DDP's bookkeeping.
-    """
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """G's loss terms, their weighted total and the (float) SR batch: eta * L1 (+ percep + lambda * L_Ra in the GAN
+    stage). `d` must be the plain module (not its DDP wrapper): G's update must not touch D's gradients or DDP's
+    bookkeeping."""
     with autocast():
         sr = g(lr)
     sr = sr.float()
@@ -118,6 +114,26 @@ def generator_step(
         finally:
             d.requires_grad_(True)
         total = total + weights.gan_weight * terms["l_g_gan"]
+    return terms, total, sr
+
+
+def generator_step(
+    g: nn.Module,
+    lr: Tensor,
+    hr: Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    weights: LossesConfig,
+    autocast: Autocast,
+    vgg: nn.Module | None = None,
+    d: nn.Module | None = None,
+) -> tuple[dict[str, float], Tensor] | None:
+    """One update of G (generator_losses, backward, Adam). None if the loss is not finite.
+
+    Returns the loss terms and the (detached) SR batch for the discriminator step.
+    """
+    terms, total, sr = generator_losses(g, lr, hr, weights=weights, autocast=autocast, vgg=vgg, d=d)
     optimizer.zero_grad(set_to_none=True)
     if not _finite_everywhere(total):
         return None
@@ -127,6 +143,20 @@ def generator_step(
     logs = {name: float(value.detach()) for name, value in terms.items()}
     logs["l_g_total"] = float(total.detach())
     return logs, sr.detach()
+
+
+def discriminator_losses(
+    d: nn.Module, hr: Tensor, sr: Tensor, *, reduction: str, autocast: Autocast
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """D's relativistic average loss on real HR vs the detached SR batch, and its logs (mean logits)."""
+    with autocast():
+        real_logits = d(hr)
+        fake_logits = d(sr)
+    loss = discriminator_loss(real_logits.float(), fake_logits.float(), reduction=reduction)  # type: ignore[arg-type]
+    return loss, {
+        "d_real": real_logits.detach().float().mean(),
+        "d_fake": fake_logits.detach().float().mean(),
+    }
 
 
 def discriminator_step(
@@ -140,21 +170,14 @@ def discriminator_step(
     autocast: Autocast,
 ) -> dict[str, float] | None:
     """One update of D with the relativistic average loss on real HR vs the detached SR batch."""
-    with autocast():
-        real_logits = d(hr)
-        fake_logits = d(sr)
-    loss = discriminator_loss(real_logits.float(), fake_logits.float(), reduction=reduction)  # type: ignore[arg-type]
+    loss, logits = discriminator_losses(d, hr, sr, reduction=reduction, autocast=autocast)
     optimizer.zero_grad(set_to_none=True)
     if not _finite_everywhere(loss):
         return None
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return {
-        "l_d": float(loss.detach()),
-        "d_real": float(real_logits.detach().mean()),
-        "d_fake": float(fake_logits.detach().mean()),
-    }
+    return {"l_d": float(loss.detach()), **{k: float(v) for k, v in logits.items()}}
 
 
 def _finite_everywhere(loss: Tensor) -> bool:
@@ -167,9 +190,12 @@ def _finite_everywhere(loss: Tensor) -> bool:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
-    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.lerp_(p.detach(), 1.0 - decay)
+    """ema = decay * ema + (1 - decay) * model for every parameter in one multi-tensor kernel (buffers copied)."""
+    params = list(model.parameters())
+    averages: list[Tensor] = list(ema.parameters())
+    if len(params) != len(averages):
+        raise ValueError("ema_update: the EMA model and the model differ")
+    torch._foreach_lerp_(averages, [p.detach() for p in params], 1.0 - decay)
     for be, b in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(b)
 
@@ -282,6 +308,7 @@ class _Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    distributed: bool = False  # in a process group (under torchrun, even of one process): DDP wrappers on
 
     @property
     def main(self) -> bool:
@@ -289,13 +316,15 @@ class _Dist:
 
 
 def _init_distributed(device_kind: str) -> _Dist:
-    """Join the process group torchrun describes through WORLD_SIZE/RANK/LOCAL_RANK (single process otherwise)."""
+    """Join the process group torchrun describes through WORLD_SIZE/RANK/LOCAL_RANK (single process otherwise).
+    Under torchrun a single process joins too (NCCL on a GPU, gloo on a CPU): the many-GPU code path, testable
+    on one GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return _Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), True)
 
 
 def _device(name: str, ddp: _Dist) -> torch.device:
@@ -322,14 +351,15 @@ def resolve_train_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
-def make_autocast(device: torch.device, precision: str) -> Autocast:
-    """A context-manager factory for the configured precision (fp16 only on CUDA, where a grad scaler runs)."""
+def make_autocast(device: torch.device, precision: str, *, cache: bool = True) -> Autocast:
+    """A context-manager factory for the configured precision (fp16 only on CUDA, where a grad scaler runs).
+    cache=False: no cast-weight cache (what CUDA graph capture needs)."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs CUDA (use bf16 on the CPU)")
     if precision == "fp32":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def _load_pretrained_generator(path: str, g: RRDBNet) -> None:
@@ -548,7 +578,7 @@ def build_nets(
             vgg = _place(VGGFeatureExtractor(weights=vgg_path), device, cfg.train.channels_last)
     g_train: nn.Module = g
     d_train: nn.Module | None = d
-    if ddp.world_size > 1:
+    if ddp.distributed:
         ids = [device.index] if device.type == "cuda" else None
         g_train = nn.parallel.DistributedDataParallel(g, device_ids=ids)
         if d is not None:
@@ -559,17 +589,20 @@ def build_nets(
     return Nets(g, g_ema, d, vgg, g_train, d_train)
 
 
-def build_optimizers(cfg: Config, nets: Nets, device: torch.device) -> Optimizers:
-    """Adam for G (and D), their schedules, and grad scalers (active only for fp16). Fused Adam on CUDA."""
+def build_optimizers(
+    cfg: Config, nets: Nets, device: torch.device, *, fused: bool | None = None
+) -> Optimizers:
+    """Adam for G (and D), their schedules, and grad scalers (active only for fp16). Fused Adam (one kernel per step
+    for all parameters) on CUDA, or where `fused` says (the CPU has it too; tests of device_step use it)."""
     o = cfg.optim
-    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel per step for all parameters
+    kind = {"fused": True} if (device.type == "cuda" if fused is None else fused) else {}
     fp16 = cfg.train.precision == "fp16"
     opt_g = torch.optim.Adam(
         nets.g.parameters(),
         lr=o.lr_g,
         betas=(o.betas_g[0], o.betas_g[1]),
         weight_decay=o.weight_decay,
-        **fused,
+        **kind,
     )
     opts = Optimizers(
         opt_g,
@@ -582,7 +615,7 @@ def build_optimizers(cfg: Config, nets: Nets, device: torch.device) -> Optimizer
             lr=o.lr_d,
             betas=(o.betas_d[0], o.betas_d[1]),
             weight_decay=o.weight_decay,
-            **fused,
+            **kind,
         )
         opts.sched_d = make_scheduler(opts.opt_d, cfg.schedule, cfg.train.total_steps)
         opts.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
@@ -741,6 +774,167 @@ def train_step(
     return {**g_out[0], **d_logs}
 
 
+def device_step(
+    cfg: Config, nets: Nets, opts: Optimizers, lr_img: Tensor, hr_img: Tensor, autocast: Autocast
+) -> dict[str, Tensor]:
+    """train_step without one host synchronisation, as CUDA graph capture needs it (GraphedStep).
+
+    Gradients must be None on entry (the caller zeroes them). A NaN/Inf loss skips the update on the device
+    through fused Adam's found_inf (as GradScaler does): parameters and Adam's state stay as the eager step's skip
+    leaves them; a non-finite G loss skips D's update too. The losses stay 0-d float tensors on the device, with
+    "ok" = 1.0 where the step was applied. Needs fused Adam and no grad scaler (not fp16). The EMA is the caller's.
+    """
+    terms, total, sr = generator_losses(
+        nets.g_train, lr_img, hr_img, weights=cfg.losses, autocast=autocast, vgg=nets.vgg, d=nets.d
+    )
+    ok = torch.isfinite(total.detach())
+    total.backward()
+    _step_unless(opts.opt_g, ok)
+    out = {**terms, "l_g_total": total}
+    if nets.d_train is not None:
+        assert opts.opt_d is not None
+        loss, logits = discriminator_losses(
+            nets.d_train, hr_img, sr.detach(), reduction=cfg.losses.gan_reduction, autocast=autocast
+        )
+        ok = ok & torch.isfinite(loss.detach())
+        loss.backward()
+        _step_unless(opts.opt_d, ok)
+        out.update({"l_d": loss, **logits})
+    result = {name: value.detach().float().reshape(()) for name, value in out.items()}
+    result["ok"] = ok.float()
+    return result
+
+
+def _step_unless(optimizer: torch.optim.Optimizer, ok: Tensor) -> None:
+    """optimizer.step(), skipped on the device where ok is False (fused Adam reads found_inf, as under GradScaler)."""
+    if not optimizer.defaults.get("fused"):
+        raise TrainingError("the synchronisation-free step needs fused Adam")
+    optimizer.found_inf = (~ok).float()  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf  # type: ignore[attr-defined]
+
+
+def use_cuda_graph(cfg: Config, device: torch.device, distributed: bool) -> bool:
+    """train.cuda_graph resolved: auto = on a CUDA device, not under torchrun, bf16 or fp32, not compiled."""
+    setting = cfg.train.cuda_graph
+    why_not = (
+        "it needs a CUDA device"
+        if device.type != "cuda"
+        else "fp16's grad scaler is not captured (use bf16)"
+        if cfg.train.precision == "fp16"
+        else "it does not run under torchrun (DDP)"
+        if distributed
+        else "train.compile makes its own graphs"
+        if cfg.train.compile
+        else None
+    )
+    if setting is True and why_not:
+        raise ConfigError(f"train.cuda_graph: {why_not}")
+    return setting is not False and why_not is None
+
+
+class GraphedStep:
+    """The training iteration as one CUDA graph, recorded once and replayed at every step.
+
+    Eager PyTorch launches the paper's RRDBNet step (23 blocks, ~3,500 kernels forward, backward and Adam) one kernel
+    at a time from Python: on an H200 that took ~100 ms a step while the GPU computed for ~15 (9-10 it/s whatever
+    the precision, 2 % of it waiting for data: bench/gpu.py). Replaying a graph costs one launch. The first WARMUP
+    steps run eagerly on a side stream (cuDNN's autotuning, Adam's state, the allocator: PyTorch's recipe for
+    whole-network capture); the next is captured with the optimiser's learning rates as device tensors (refreshed
+    from the schedule before each replay) and then replayed. Each step syncs once, to read the losses and whether
+    the update was applied (device_step), and the EMA follows on the host side as in train_step. A capture that
+    fails logs one line and training goes on eagerly. On a CPU (tests) every step is device_step run eagerly.
+    """
+
+    WARMUP = 3
+
+    def __init__(
+        self, cfg: Config, nets: Nets, opts: Optimizers, device: torch.device, autocast: Autocast
+    ) -> None:
+        self.cfg, self.nets, self.opts, self.device, self.autocast = cfg, nets, opts, device, autocast
+        self.optimizers = [o for o in (opts.opt_g, opts.opt_d) if o is not None]
+        self.graph: Any = None  # torch.cuda.CUDAGraph once captured
+        self.failed = False
+        self.eager_steps = 0
+        self.replays = 0
+        self.inputs: tuple[Tensor, Tensor] | None = None  # the graph's static input buffers
+        self.outputs: dict[str, Tensor] = {}
+        self.lrs: list[
+            tuple[dict[str, Any], Tensor, float]
+        ] = []  # (param group, device lr, value last written)
+
+    def _zero(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def _eager(self, lr_img: Tensor, hr_img: Tensor) -> dict[str, Tensor]:
+        self._zero()
+        if self.device.type != "cuda":
+            return device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast)
+        main = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast)
+        main.wait_stream(side)
+        return out
+
+    def _capture(self, lr_img: Tensor, hr_img: Tensor) -> None:
+        self.inputs = (lr_img.clone(), hr_img.clone())  # clone keeps the memory format (channels-last)
+        self._zero()  # backward inside the capture then allocates the gradients from the graph's pool
+        groups = [grp for opt in self.optimizers for grp in opt.param_groups]
+        saved = [(grp["lr"], grp.get("capturable", False)) for grp in groups]
+        lrs = [torch.tensor(float(grp["lr"]), dtype=torch.float32, device=self.device) for grp in groups]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            for grp, lr in zip(groups, lrs, strict=True):
+                grp["lr"], grp["capturable"] = lr, True
+            # thread_local: the DataLoader's pin-memory thread goes on allocating page-locked buffers meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.outputs = device_step(self.cfg, self.nets, self.opts, *self.inputs, self.autocast)
+        finally:
+            for grp, (lr_value, capturable) in zip(groups, saved, strict=True):
+                grp["lr"], grp["capturable"] = lr_value, capturable
+        self.lrs = [(grp, lr, float(grp["lr"])) for grp, lr in zip(groups, lrs, strict=True)]
+        self.graph = graph
+
+    def __call__(self, lr_img: Tensor, hr_img: Tensor, step: int) -> dict[str, float] | None:
+        """One training step (as train_step: the logs, or None when a NaN/Inf loss skipped the update)."""
+        out = None
+        if self.device.type == "cuda" and not self.failed and self.eager_steps >= self.WARMUP:
+            if self.graph is None:
+                try:
+                    self._capture(lr_img, hr_img)
+                except RuntimeError as exc:
+                    self.failed, self.graph = True, None
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    log.warning("CUDA graph capture failed (%s): training goes on without graphs", first)
+            if self.graph is not None:
+                assert self.inputs is not None
+                self.inputs[0].copy_(lr_img, non_blocking=True)
+                self.inputs[1].copy_(hr_img, non_blocking=True)
+                for k, (grp, lr, written) in enumerate(self.lrs):
+                    if float(grp["lr"]) != written:  # the schedule moved: one tiny fill, no re-capture
+                        lr.fill_(float(grp["lr"]))
+                        self.lrs[k] = (grp, lr, float(grp["lr"]))
+                self.graph.replay()
+                self.replays += 1
+                out = self.outputs
+        if out is None:
+            self.eager_steps += 1
+            out = self._eager(lr_img, hr_img)
+        names = list(out)
+        values = torch.stack([out[name] for name in names]).tolist()  # the step's one host synchronisation
+        logs = dict(zip(names, values, strict=True))
+        if not logs.pop("ok"):
+            return None
+        if self.nets.g_ema is not None:
+            ema_update(self.nets.g_ema, self.nets.g, ema_decay(self.cfg.train, step))
+        return logs
+
+
 # --- the loop ---------------------------------------------------------------------------------------------------
 def train(
     config: Config,
@@ -785,6 +979,7 @@ def train(
     device = _device(cfg.train.device, ddp)
     cfg.train.precision = resolve_train_precision(cfg.train.precision, device)  # type: ignore[assignment]
     autocast = make_autocast(device, cfg.train.precision)
+    graphed = use_cuda_graph(cfg, device, ddp.distributed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if device.type == "cuda":
@@ -816,6 +1011,11 @@ def train(
         if ddp.main:
             log.info("resumed from %s at step %d", path, progress.step)
     batches, on_device = build_batches(cfg, ddp, device, progress.step)
+    step_graph = (
+        GraphedStep(cfg, nets, opts, device, make_autocast(device, cfg.train.precision, cache=False))
+        if graphed
+        else None
+    )
     val_items = (
         _load_validation(cfg.validation.dir, scale, cfg.validation.max_images)
         if cfg.validation.dir and ddp.main
@@ -834,6 +1034,7 @@ def train(
             "world_size": ddp.world_size,
             "device": str(device),
             "lr_on_device": on_device,
+            "cuda_graph": graphed,
             "perceptual_weights": "random" if vgg_random else str(vgg_path),
         }
     )
@@ -897,7 +1098,10 @@ def train(
                 batch, device, lr_on_device=on_device, scale=scale, channels_last=cfg.train.channels_last
             )
             wait_s += time.perf_counter() - t_wait
-            logs = train_step(cfg, nets, opts, lr_img, hr_img, autocast, progress.step + 1)
+            if step_graph is not None:
+                logs = step_graph(lr_img, hr_img, progress.step + 1)
+            else:
+                logs = train_step(cfg, nets, opts, lr_img, hr_img, autocast, progress.step + 1)
             progress.step += 1
             step = progress.step
             if not budget_s:
@@ -1030,11 +1234,13 @@ def train(
             "time": time.time(),
             "elapsed_s": progress.elapsed_s,
             "budget_s": budget_s or None,
+            # steps replayed from a CUDA graph (0 without one, or when its capture failed: see the log)
+            "graph_steps": step_graph.replays if step_graph is not None else 0,
         }
     )
     if board is not None:
         board.close()
-    if ddp.world_size > 1:
+    if ddp.distributed:
         dist.barrier()  # rank 0 has written everything before any rank returns
     return TrainResult(
         run_dir,

@@ -118,6 +118,8 @@ class Upscaler:
     from the free memory on a GPU (as many equal tiles as fit in half of it), 1 on the CPU (no gain there).
     alpha_mode: "model" or "bicubic". outscale: final scale (MIN_OUTSCALE..MAX_OUTSCALE); None = the model's scale. interpolate / interpolate_alpha: network
     interpolation, theta = (1 - a) * theta_model + a * theta_other (e.g. model = PSNR-oriented, other = GAN).
+    compile: run the model through torch.compile (ModelRunner engine="compiled"): each new tile shape compiles
+    first (tens of seconds), so it pays for long batches of same-sized images and for video, not for one image.
     The model is moved to the device (and to channels_last for reduced precision).
     """
 
@@ -134,6 +136,7 @@ class Upscaler:
         outscale: float | None = None,
         interpolate: str | Path | RRDBNet | None = None,
         interpolate_alpha: float | None = None,
+        compile: bool = False,
     ) -> None:
         if alpha_mode not in ALPHA_MODES:
             raise EsrganError(f"alpha mode must be one of {', '.join(ALPHA_MODES)}, not {alpha_mode!r}")
@@ -148,7 +151,9 @@ class Upscaler:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device)
-        self.runner = ModelRunner(self.model, self.device, self.dtype)
+        self.runner = ModelRunner(
+            self.model, self.device, self.dtype, engine="compiled" if compile else "auto"
+        )
         self.precision = precision
         self._fp32_runner: ModelRunner | None = None  # for high-bit-depth inputs when self.dtype is reduced
         self.last_precision = precision_name(self.dtype)

@@ -1,0 +1,160 @@
+"""The CUDA-graph training step (train.GraphedStep) on the CPU: its synchronisation-free body (train.device_step) must
+train exactly as the eager step does, on real photo patches, and skip a NaN/Inf step on the device as the eager
+step skips it on the host. Only the capture itself needs a GPU (bench/gpu.py runs it); everything it replays is
+this body."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from esrgan.config import Config, config_from_dict
+from esrgan.data import batch_to_device
+from esrgan.errors import ConfigError
+from esrgan.train import (
+    GraphedStep,
+    _init_distributed,
+    build_batches,
+    build_nets,
+    build_optimizers,
+    make_autocast,
+    train_step,
+    use_cuda_graph,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
+CPU = torch.device("cpu")
+
+
+def config(photos: tuple[Path, Path], out: Path, stage: str, **train: Any) -> Config:
+    raw: dict[str, Any] = {
+        "name": stage,
+        "output_dir": str(out),
+        "model": {"num_feat": 16, "num_block": 1, "num_grow": 8, "d_num_feat": 8},
+        "data": {"hr_dir": str(photos[0]), "patch_size": 32, "batch_size": 4, "num_workers": 0},
+        "train": {"stage": stage, "total_steps": 10, "ema_decay": 0.9, **train},
+        "schedule": {"kind": "constant"},
+    }
+    if stage == "gan":
+        raw["losses"] = {"pixel_weight": 1e-2, "perceptual_weight": 1.0, "gan_weight": 5e-3}
+        raw["perceptual"] = {"weights": "random"}
+    return config_from_dict(raw)
+
+
+def setup(cfg: Config) -> tuple[Any, Any, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Nets, fused Adam (what the GPU uses) and 4 real batches, all seeded: two calls give the same start."""
+    torch.manual_seed(0)
+    ddp = _init_distributed("cpu")
+    vgg = None
+    if cfg.train.stage == "gan":
+        from esrgan.zoo import resolve_vgg_weights
+
+        vgg = resolve_vgg_weights("random", download=False)
+    nets = build_nets(cfg, CPU, ddp, vgg)
+    opts = build_optimizers(cfg, nets, CPU, fused=True)
+    batches, on_device = build_batches(cfg, ddp, CPU, 0)
+    data = [batch_to_device(next(batches), CPU, lr_on_device=on_device, scale=4) for _ in range(4)]
+    return nets, opts, data
+
+
+def state(nets: Any, opts: Any) -> dict[str, torch.Tensor]:
+    out = {f"g.{k}": v.clone() for k, v in nets.g.state_dict().items()}
+    if nets.g_ema is not None:
+        out.update({f"ema.{k}": v.clone() for k, v in nets.g_ema.state_dict().items()})
+    if nets.d is not None:
+        out.update({f"d.{k}": v.clone() for k, v in nets.d.state_dict().items()})
+    for name, opt in (("opt_g", opts.opt_g), ("opt_d", opts.opt_d)):
+        if opt is None:
+            continue
+        for i, s in enumerate(opt.state.values()):
+            out.update({f"{name}.{i}.{k}": v.clone() for k, v in s.items()})
+    return out
+
+
+@pytest.mark.parametrize("stage", ["psnr", "gan"])
+def test_sync_free_step_trains_exactly_as_the_eager_step(
+    stage: str, photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """4 steps of the graph body vs 4 eager train_steps from the same start: every weight, EMA weight, D weight and
+    Adam moment equal, and the same logged losses."""
+    cfg = config(photos, tmp_path, stage)
+    autocast = make_autocast(CPU, "fp32")
+    nets_a, opts_a, data = setup(cfg)
+    eager_logs = [train_step(cfg, nets_a, opts_a, lr, hr, autocast, i + 1) for i, (lr, hr) in enumerate(data)]
+    nets_b, opts_b, data_b = setup(cfg)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(data, data_b, strict=True))
+    step = GraphedStep(cfg, nets_b, opts_b, CPU, make_autocast(CPU, "fp32", cache=False))
+    graph_logs = [step(lr, hr, i + 1) for i, (lr, hr) in enumerate(data)]
+    a, b = state(nets_a, opts_a), state(nets_b, opts_b)
+    assert a.keys() == b.keys() and len(a) > 10
+    changed = state(*setup(cfg)[:2])
+    assert any(not torch.equal(a[k], changed[k]) for k in changed if k.startswith("g."))  # it did train
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for la, lb in zip(eager_logs, graph_logs, strict=True):
+        assert la is not None and lb is not None
+        assert la.keys() == lb.keys()
+        for key in la:
+            assert la[key] == pytest.approx(lb[key], rel=1e-6, abs=1e-7), key
+
+
+@pytest.mark.parametrize("stage", ["psnr", "gan"])
+def test_a_nan_step_is_skipped_on_the_device_as_the_eager_step_skips_it(
+    stage: str, photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A batch with a NaN pixel: the eager step returns None before touching anything; the graph body computes
+    NaN gradients but fused Adam's found_inf leaves weights, moments and step counts as they were, and the
+    EMA is not moved. The next finite step then continues identically in both."""
+    cfg = config(photos, tmp_path, stage)
+    nets_a, opts_a, data = setup(cfg)
+    nets_b, opts_b, _ = setup(cfg)
+    autocast = make_autocast(CPU, "fp32")
+    step = GraphedStep(cfg, nets_b, opts_b, CPU, make_autocast(CPU, "fp32", cache=False))
+    lr, hr = data[0]
+    assert train_step(cfg, nets_a, opts_a, lr, hr, autocast, 1) is not None
+    assert step(lr, hr, 1) is not None
+    before = state(nets_b, opts_b)
+    bad_lr = lr.clone()
+    bad_lr[0, 0, 3, 3] = float("nan")
+    assert train_step(cfg, nets_a, opts_a, bad_lr, hr, autocast, 2) is None
+    assert step(bad_lr, hr, 2) is None
+    after = state(nets_b, opts_b)
+    for key in before:
+        if (key.startswith("d.") and "running" in key) or key.endswith("num_batches_tracked"):
+            continue  # BatchNorm statistics move in any forward pass, the eager one's too
+        assert torch.equal(before[key], after[key]), key
+    lr3, hr3 = data[1]
+    assert train_step(cfg, nets_a, opts_a, lr3, hr3, autocast, 3) is not None
+    assert step(lr3, hr3, 3) is not None
+    a, b = state(nets_a, opts_a), state(nets_b, opts_b)
+    for key in a:
+        if key.startswith("d.") and ("running" in key or key.endswith("num_batches_tracked")):
+            continue
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_cuda_graph_setting_is_resolved_with_reasons(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """auto: off on a CPU, under torchrun (DDP) and in fp16 (no error); asked for where it cannot run: a ConfigError
+    that names the setting and the reason."""
+    auto = config(photos, tmp_path, "psnr")
+    assert auto.train.cuda_graph == "auto"
+    assert use_cuda_graph(auto, CPU, False) is False
+    gpu = torch.device("cuda")
+    assert use_cuda_graph(auto, gpu, False) is True  # resolution only: nothing runs on the device
+    assert use_cuda_graph(auto, gpu, True) is False
+    fp16 = copy.deepcopy(auto)
+    fp16.train.precision = "fp16"
+    assert use_cuda_graph(fp16, gpu, False) is False
+    forced = config(photos, tmp_path, "psnr", cuda_graph=True)
+    with pytest.raises(ConfigError, match=r"train\.cuda_graph: it needs a CUDA device"):
+        use_cuda_graph(forced, CPU, False)
+    forced.train.precision = "fp16"
+    with pytest.raises(ConfigError, match=r"train\.cuda_graph: fp16"):
+        use_cuda_graph(forced, gpu, False)
+    off = config(photos, tmp_path, "psnr", cuda_graph=False)
+    assert use_cuda_graph(off, gpu, False) is False
