@@ -286,11 +286,11 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
                 ("stage 1 bf16, channels-last, eager", {**bf16, "train.cuda_graph": False}, eager_steps),
                 ("stage 1 bf16, CUDA graph, LR made on the CPU", {**bf16, "data.lr_on_device": False},
                  graph_steps // 2)]  # fmt: skip
-    if (
-        args.fp16 and not args.smoke
-    ):  # the CPU has no fp16 (run_settings makes the rest fp32, and no graph there)
+    # the CPU has no fp16 (run_settings makes the rest fp32, and there is no graph there)
+    if args.fp16 and not args.smoke:
         fp16 = {"train.precision": "fp16", "train.channels_last": True}
         variants.insert(3, ("stage 1 fp16, channels-last, eager (grad scaler)", fp16, eager_steps))
+    variants = [v for v in variants if not any(skip in v[0] for skip in args.skip_row)]
     runs = work / "runs"
     for label, sets, steps in variants:
         sets = {**sets, "data.num_workers": args.workers}
@@ -506,6 +506,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers of the training rows")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile rows")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="no fp16 training row")
+    parser.add_argument(
+        "--skip-row", action="append", default=[], help="skip stage-1 rows whose label has this"
+    )
     parser.add_argument(
         "--no-bare-compile", dest="bare_compile", action="store_false", help="no compiled bare-model row"
     )
