@@ -27,6 +27,7 @@ from tile_reference import hard_paste_tiled, tiled_pixels
 
 from esrgan.device import ModelRunner
 from esrgan.tiling import balanced_tile, upscale_tiled
+from esrgan.upscale import CPU_MAX_TILE
 from esrgan.zoo import load_model
 
 
@@ -47,6 +48,12 @@ def main() -> None:
     )
     parser.add_argument("--schemes", default="16:0,20:8,28:12,32:12", help="OVERLAP:MARGIN pairs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--auto",
+        action="store_true",
+        help="ours at the automatic CPU tile (balanced, at most upscale.CPU_MAX_TILE), the hard paste at that tile "
+        "- 20; --sizes 0x0 = the whole photo",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
@@ -62,18 +69,21 @@ def main() -> None:
         img = getattr(data, name)()
         for size in args.sizes.split(","):
             h, w = (int(v) for v in size.split("x"))
+            h, w = (h or img.shape[0], w or img.shape[1])
             y0, x0 = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
             crop = np.ascontiguousarray(img[y0 : y0 + h, x0 : x0 + w])
             image = torch.from_numpy(crop).permute(2, 0, 1)
             t0 = time.perf_counter()
             whole = upscale_tiled(run, image, scale=scale, tile=0, out_dtype=np.float32)
-            hard, theirs = hard_paste_tiled(run, image.float() / 255, scale=scale, tile=args.tile)
+            largest = CPU_MAX_TILE if args.auto else args.tile + 20
+            hard, theirs = hard_paste_tiled(run, image.float() / 255, scale=scale, tile=largest - 20)
             base = psnr(hard.permute(1, 2, 0).numpy(), whole)
             print(
-                f"| {name} | {h}x{w} | hard paste, pad 10 | {args.tile} | {base:.1f} | 0 | 1.00 |", flush=True
+                f"| {name} | {h}x{w} | hard paste, pad 10 | {largest - 20} | {base:.1f} | 0 | 1.00 |",
+                flush=True,
             )
             for overlap, margin in schemes:
-                tile = balanced_tile(max(h, w), args.tile + 20, overlap)
+                tile = balanced_tile(max(h, w), largest, overlap)
                 ours = upscale_tiled(
                     run, image, scale=scale, tile=tile, overlap=overlap, margin=margin, out_dtype=np.float32
                 )
