@@ -321,9 +321,9 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     args.save(rows)
     # compiling the train step took > 100 s on the H200 (16 cores): only when asked (compile time in wall s)
     if not args.smoke and args.train_compile:
-        label3 = "stage 1 bf16, compiled G"
+        label3 = "stage 1 bf16, compiled G, CUDA graph"
         sets3 = {**bf16, "train.compile": True, "data.num_workers": args.workers}
-        row_args = (label3, "esrgan_x4_psnr.yaml", sets3, data, runs, eager_steps, args.smoke)
+        row_args = (label3, "esrgan_x4_psnr.yaml", sets3, data, runs, graph_steps, args.smoke)
         rows.append(guarded(label3, train_row, *row_args))
         args.save(rows)
     for r in rows:

@@ -88,7 +88,7 @@ class TrainConfig:
         True  # CUDA: let cuDNN pick the fastest convolution algorithms for the fixed shapes
     )
     # CUDA: record the whole step once as a CUDA graph and replay it (train.GraphedStep); auto = on one GPU in
-    # bf16/fp32 without train.compile (eager PyTorch spends most of a step launching kernels there)
+    # bf16/fp32, not under torchrun (eager PyTorch spends most of a step launching kernels there)
     cuda_graph: bool | Literal["auto"] = "auto"
 
 

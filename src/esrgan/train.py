@@ -817,7 +817,8 @@ def _step_unless(optimizer: torch.optim.Optimizer, ok: Tensor) -> None:
 
 
 def use_cuda_graph(cfg: Config, device: torch.device, distributed: bool) -> bool:
-    """train.cuda_graph resolved: auto = on a CUDA device, not under torchrun, bf16 or fp32, not compiled."""
+    """train.cuda_graph resolved: auto = on a CUDA device, not under torchrun, in bf16 or fp32. With train.compile
+    the compiled G is captured too (it compiles during the eager warm-up steps)."""
     setting = cfg.train.cuda_graph
     why_not = (
         "it needs a CUDA device"
@@ -826,8 +827,6 @@ def use_cuda_graph(cfg: Config, device: torch.device, distributed: bool) -> bool
         if cfg.train.precision == "fp16"
         else "it does not run under torchrun (DDP)"
         if distributed
-        else "train.compile makes its own graphs"
-        if cfg.train.compile
         else None
     )
     if setting is True and why_not:
