@@ -291,6 +291,7 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     rows = []
     variants = [("stage 1 fp32, CUDA graph", {"train.precision": "fp32"}, graph_steps),
                 ("stage 1 bf16, channels-last, CUDA graph", bf16, graph_steps),
+                ("stage 1 bf16, NCHW, CUDA graph", {"train.precision": "bf16"}, graph_steps),
                 ("stage 1 bf16, channels-last, eager", {**bf16, "train.cuda_graph": False}, eager_steps),
                 ("stage 1 bf16, CUDA graph, LR made on the CPU", {**bf16, "data.lr_on_device": False},
                  graph_steps // 2)]  # fmt: skip
