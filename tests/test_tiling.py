@@ -167,6 +167,19 @@ def test_margin_and_blend_beat_the_hard_paste(photo: np.ndarray, deep_model: RRD
     assert psnr(whole, blended, clip=True) < base
 
 
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+def test_default_tiling_matches_untiled_on_whole_photos(deep_model: RRDBNet, name: str) -> None:
+    """The Upscaler's defaults on whole real photos larger than the CPU's automatic tile (512x512 and 400x600: 2x2
+    tiles) with a small deep model: >= 50 dB against the untiled output (uint8). Measured: 72.7 and 72.5 dB with
+    overlap 16 and no margin, ~100 dB with overlap 24 and margin 10 (realesrgan-x4plus: docs/benchmarks.md)."""
+    skdata = pytest.importorskip("skimage.data")
+    photo = np.ascontiguousarray(getattr(skdata, name)())
+    up = Upscaler(deep_model, device="cpu", precision="fp32")
+    assert 0 < up.tile_size(*photo.shape[:2]) < max(photo.shape[:2])  # really tiled
+    whole = Upscaler(deep_model, device="cpu", precision="fp32", tile=0).upscale(photo)
+    assert psnr(whole, up.upscale(photo), peak=255) >= 50.0
+
+
 def test_margin_outputs_are_discarded(photo: np.ndarray, wide_model: RRDBNet) -> None:
     """Whatever a tile outputs within `margin` input pixels of an inner edge is not in the result."""
     image, run, m = chw(photo[100:190, 150:230]), runner(wide_model), 6
