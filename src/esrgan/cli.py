@@ -481,14 +481,15 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tile",
         type=int,
-        help="tile side in input pixels, 32-4096 and at least twice --tile-overlap; 0 = no tiling "
+        help="tile side in input pixels, 32-4096 (and at least twice a --tile-overlap given); 0 = no tiling "
         "(default: from free memory)",
     )
     p.add_argument(
         "--tile-overlap",
         type=int,
-        default=DEFAULT_OVERLAP,
-        help="blended overlap between tiles (default: %(default)s)",
+        default=None,
+        help="overlap between tiles in input pixels: a margin of it is discarded at each inner tile edge, the rest "
+        f"blended (default: {DEFAULT_OVERLAP}, at most half of a --tile given without it)",
     )
     p.add_argument(
         "--batch",

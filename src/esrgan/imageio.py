@@ -868,12 +868,12 @@ def _diagonal(start: int, step: int, n: int) -> slice:
     return slice(start, start + (n - 1) * step + 1, step)
 
 
-PARALLEL_PNG_MIN_CORES = 4
-"""8-bit PNGs are written by _write_png (rows in parallel blocks) on machines with at least this many cores, by
-Pillow on smaller ones. Measured on 2 cores of an AMD EPYC (Zen 1, bench/png_levels.py, 2048x2048 photo, level 1):
-on one thread ours takes 1.4-1.7x Pillow's time (its row filter is numpy, Pillow's is C), same bytes; the blocks
-parallelise, so from 4 cores ours should be ahead: the GPU machine's 16-core measurement is still to be taken
-(bench/gpu.py's pipeline rows). 16-bit PNGs are always ours (Pillow cannot write them)."""
+PARALLEL_PNG_MIN_CORES = 2
+"""8-bit PNGs at levels 1-9 are written by _write_png (rows in parallel blocks) on machines with at least this many
+cores, by Pillow on one core and at level 0. Measured on an idle 2-core AMD EPYC (Zen 1), bench/png_levels.py, two
+2048x2048 photos, same bytes as Pillow: level 1 544 / 458 ms on 2 threads vs Pillow's 660 / 486 (one thread:
+642 / 948); level 6 1118 / 866 vs 2485 / 1595; level 0 411 / 451 vs 245 / 289 (there the row filter, numpy here
+and C in Pillow, is all the work). 16-bit PNGs are always ours (Pillow cannot write them)."""
 _PNG_BLOCK_BYTES = 1 << 20
 """Raw bytes of rows filtered and deflated as one independent block by _png_stream (a 2048x2048 RGB image: 12)."""
 _png_pool: ThreadPoolExecutor | None = None
@@ -882,12 +882,25 @@ _png_pool_lock = threading.Lock()
 
 def _png_executor() -> ThreadPoolExecutor:
     """One pool for the blocks of every PNG being written (writer threads share it, so N writers do not start N x
-    cores threads): zlib and numpy release the GIL, so the blocks of one image use every core."""
+    cores threads): zlib and numpy release the GIL, so the blocks of one image use every core. Its threads run at
+    the lowest priority: encoding fills idle cores and never slows a model running on the CPU."""
     global _png_pool
     with _png_pool_lock:
         if _png_pool is None:
-            _png_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="esrgan-png")
+            _png_pool = ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 2,
+                thread_name_prefix="esrgan-png",
+                initializer=lower_thread_priority,
+            )
         return _png_pool
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's scheduling priority to the lowest (Linux: threads have their own nice value),
+    best effort: for work that should only fill the cores a model leaves idle (esrgan.pipeline's reader and
+    writers on the CPU, the PNG encoding pool)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _adler32_combine(first: int, second: int, second_len: int) -> int:
@@ -1085,7 +1098,9 @@ def _profile_fitting(icc: bytes | None, channels: int, path: Path) -> bytes | No
 
 
 def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Path, level: int) -> None:
-    if fmt == "PNG" and (image.bit_depth == 16 or (os.cpu_count() or 1) >= PARALLEL_PNG_MIN_CORES):
+    if fmt == "PNG" and (
+        image.bit_depth == 16 or (level > 0 and (os.cpu_count() or 1) >= PARALLEL_PNG_MIN_CORES)
+    ):
         with open(tmp, "wb") as fh:
             _write_png(fh, image, level)
         return

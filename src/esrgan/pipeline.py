@@ -618,8 +618,9 @@ def _yield_to_the_model() -> None:
     deschedules one of them and the rest wait for it at the next barrier (measured on 2 cores: the overlapped batch
     ran at 55 % of the one-at-a-time rate). At the lowest priority decoding and encoding fill the moments the
     model leaves cores idle, and when the writers fall behind the model waits on the bounded queue for them."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    from .imageio import lower_thread_priority
+
+    lower_thread_priority()
 
 
 def _join(thread: threading.Thread) -> None:

@@ -354,12 +354,11 @@ class JobService:
         except ValueError:
             raise UploadRejected("outscale must be a number and tile an integer") from None
         # the CLI's checks, at upload: nothing out of range is queued to fail (or give a 1x1 result) later
-        from .tiling import DEFAULT_OVERLAP
         from .upscale import check_outscale, check_tile
 
         try:
             check_outscale(outscale)
-            check_tile(tile, DEFAULT_OVERLAP, zero="automatic")
+            check_tile(tile, zero="automatic")
         except EsrganError as exc:
             raise UploadRejected(str(exc)) from None
         return JobOptions(model=model, outscale=outscale, precision=precision, tile=tile or None)

@@ -51,7 +51,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 def default_margin(overlap: int) -> int:
     """The margin used for an overlap when none is given: MARGIN_SHARE of it (see DEFAULT_OVERLAP)."""
-    return int(overlap * MARGIN_SHARE)
+    return int(overlap * MARGIN_SHARE + 1e-9)  # 24 -> 10 whatever the float rounding of the share
 
 
 def _edge_weights(start: int, size: int, length: int, scale: int, overlap: int, margin: int = 0) -> Tensor:

@@ -76,12 +76,13 @@ MAX_OUTSCALE = 16.0
 """The outscale range (the CLI's --outscale, the page's "output scale"): below it results shrink to a few pixels."""
 
 
-def check_tile(tile: int | None, overlap: int = DEFAULT_OVERLAP, *, zero: str = "no tiling") -> None:
+def check_tile(tile: int | None, overlap: int | None = None, *, zero: str = "no tiling") -> None:
     """Raise EsrganError, naming the allowed range, for a tile side that is not 0, None or MIN_TILE..MAX_TILE (and at
-    least twice the overlap). zero: what 0 means to the caller (the CLI: no tiling; the page: automatic)."""
-    if overlap < 0:
+    least twice an overlap given; without one the overlap adapts: Upscaler.overlap_for). zero: what 0 means to the
+    caller (the CLI: no tiling; the page: automatic)."""
+    if overlap is not None and overlap < 0:
         raise EsrganError(f"tile overlap must be >= 0, not {overlap}")
-    low = max(MIN_TILE, 2 * overlap)
+    low = MIN_TILE if overlap is None else max(MIN_TILE, 2 * overlap)
     if tile is not None and tile != 0 and not low <= tile <= MAX_TILE:
         why = f" (twice the tile overlap of {overlap})" if low > MIN_TILE else ""
         raise EsrganError(f"tile must be 0 ({zero}) or {low}-{MAX_TILE}{why}, not {tile}")
@@ -113,8 +114,9 @@ class Upscaler:
     """Runs an RRDBNet over images of any size: tiled, in the best safe precision of the device.
 
     device: auto|cpu|cuda|mps. precision: auto|fp32|bf16|fp16 (see esrgan.device for the fallbacks).
-    tile: tile side in input pixels (MIN_TILE..MAX_TILE and >= 2 x overlap), 0 = no tiling, None = from the free
-    memory. tile_overlap: input pixels shared by neighbouring tiles (blended). batch: tiles per forward pass; None =
+    tile: tile side in input pixels (MIN_TILE..MAX_TILE, and >= 2 x tile_overlap when one is given), 0 = no tiling,
+    None = from the free memory. tile_overlap: input pixels shared by neighbouring tiles (a margin of it discarded,
+    the rest blended); None = DEFAULT_OVERLAP, at most half the tile. batch: tiles per forward pass; None =
     from the free memory on a GPU (as many equal tiles as fit in half of it), 1 on the CPU (no gain there).
     alpha_mode: "model" or "bicubic". outscale: final scale (MIN_OUTSCALE..MAX_OUTSCALE); None = the model's scale. interpolate / interpolate_alpha: network
     interpolation, theta = (1 - a) * theta_model + a * theta_other (e.g. model = PSNR-oriented, other = GAN).
@@ -130,7 +132,7 @@ class Upscaler:
         device: str = "auto",
         precision: str = "auto",
         tile: int | None = None,
-        tile_overlap: int = DEFAULT_OVERLAP,
+        tile_overlap: int | None = None,
         batch: int | None = None,
         alpha_mode: str = "model",
         outscale: float | None = None,
@@ -159,7 +161,8 @@ class Upscaler:
         self.last_precision = precision_name(self.dtype)
         """The precision the last image was computed in (fp32 for high-bit-depth inputs, and after a NaN/Inf)."""
         self.tile = tile
-        self.tile_overlap = tile_overlap
+        self.tile_overlap = DEFAULT_OVERLAP if tile_overlap is None else tile_overlap
+        self._overlap_given = tile_overlap is not None
         self.batch = batch
         self.alpha_mode: AlphaMode = "bicubic" if alpha_mode == "bicubic" else "model"
         self.outscale = outscale
@@ -230,8 +233,15 @@ class Upscaler:
             limit = GPU_MAX_TILE if self.device.type == "cuda" else CPU_MAX_TILE
             free = available_memory(self.device) - fixed
             tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit)
-            tile = balanced_tile(max(height, width), tile, self.tile_overlap)
+            tile = balanced_tile(max(height, width), tile, self.overlap_for(tile))
         return 0 if tile >= max(height, width) else tile
+
+    def overlap_for(self, tile: int) -> int:
+        """The overlap used with this tile: the one given, else DEFAULT_OVERLAP up to half the tile (a small
+        --tile works without choosing an overlap)."""
+        if self._overlap_given or tile <= 0:
+            return self.tile_overlap
+        return min(self.tile_overlap, tile // 2)
 
     def batch_size(self, height: int, width: int, tile: int, pixels: np.dtype | type = np.uint8) -> int:
         """Tiles per forward pass for this image and tile: the batch given, else on CUDA as many of the image's
@@ -242,7 +252,7 @@ class Upscaler:
             return 1
         bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
         fits = int((available_memory(self.device) - fixed) * 0.5 / (bpp * tile * tile))
-        return max(1, min(fits, _tile_count(height, width, tile, self.tile_overlap)))
+        return max(1, min(fits, _tile_count(height, width, tile, self.overlap_for(tile))))
 
     # --- public entry points --------------------------------------------------------------------------------------
     def upscale(self, image: ImageT, *, on_tile: Progress | None = None) -> ImageT:
@@ -328,7 +338,7 @@ class Upscaler:
         tile = self.tile_size(h, w, dtype)
         runner = self.runner_for(dtype)
         passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
-        per_pass = _tile_count(h, w, tile, self.tile_overlap)
+        per_pass = _tile_count(h, w, tile, self.overlap_for(tile))
 
         def progress(k: int) -> Progress | None:
             if on_tile is None:
@@ -371,7 +381,7 @@ class Upscaler:
             image,
             scale=self.model.scale,
             tile=tile,
-            overlap=self.tile_overlap,
+            overlap=self.overlap_for(tile),
             batch=self.batch_size(h, w, tile, dtype),
             device=runner.device,
             out_dtype=inter,
