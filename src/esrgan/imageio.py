@@ -871,9 +871,11 @@ def _diagonal(start: int, step: int, n: int) -> slice:
 PARALLEL_PNG_MIN_CORES = 2
 """8-bit PNGs at levels 1-9 are written by _write_png (rows in parallel blocks) on machines with at least this many
 cores, by Pillow on one core and at level 0. Measured on an idle 2-core AMD EPYC (Zen 1), bench/png_levels.py, two
-2048x2048 photos, same bytes as Pillow: level 1 544 / 458 ms on 2 threads vs Pillow's 660 / 486 (one thread:
-642 / 948); level 6 1118 / 866 vs 2485 / 1595; level 0 411 / 451 vs 245 / 289 (there the row filter, numpy here
-and C in Pillow, is all the work). 16-bit PNGs are always ours (Pillow cannot write them)."""
+2048x2048 photos, three runs, same bytes as Pillow: level 1 on 2 threads 0.82-1.25x Pillow's time (as fast, within
+the noise of this shared machine), level 6 0.45-0.73x; one thread: level 1 0.97-1.95x, level 6 0.76-1.18x;
+level 0 1.6x (the row filter, numpy here and C in Pillow, is then all the work). The blocks use every core, which
+is what a GPU machine's batch needs (bench/gpu.py's pipeline rows measure it). 16-bit PNGs are always ours
+(Pillow cannot write them)."""
 _PNG_BLOCK_BYTES = 1 << 20
 """Raw bytes of rows filtered and deflated as one independent block by _png_stream (a 2048x2048 RGB image: 12)."""
 _png_pool: ThreadPoolExecutor | None = None
