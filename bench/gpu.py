@@ -240,7 +240,14 @@ def ddp_row(data: Path, out: Path, steps: int, smoke: bool) -> Row:
     if proc.returncode:
         return {"row": label, "note": child_error(proc.stderr)}
     it_s, wait, _ = log_rates(out / "ddp")
-    return {"row": label, "it/s": it_s, "data wait": wait, "wall s": time.perf_counter() - t0}
+    records = [json.loads(x) for x in (out / "ddp" / "log.jsonl").read_text().splitlines()]
+    start = next((r for r in records if r.get("event") == "start"), {})
+    note = (
+        "DDP in a process group"
+        if start.get("distributed")
+        else f"NO PROCESS GROUP: {child_error(proc.stderr)}"
+    )
+    return {"row": label, "it/s": it_s, "data wait": wait, "wall s": time.perf_counter() - t0, "note": note}
 
 
 def resume_row(data: Path, out: Path, smoke: bool) -> Row:

@@ -53,3 +53,32 @@ def test_ddp_two_ranks_end_identical_with_one_checkpoint(photos: tuple[Path, Pat
     assert state["data_position"] == {"samples_per_rank": 8, "world_size": 2}
     assert_same_state(state["generator_ema"], a)  # result.generator is the EMA one
     assert [r["event"] for r in log_records(cfg.run_dir) if "event" in r] == ["start", "done"]
+
+
+@pytest.mark.slow
+def test_torchrun_with_one_process_takes_the_ddp_path_or_says_why_not(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`torchrun --nproc-per-node 1 esrgan train`: one process joins a process group (gloo here, NCCL on a GPU), the
+    many-GPU code path. A backend that cannot start (NCCL asked for on this CPU-only torch) is one warning line and
+    the run trains without DDP to the end."""
+    import subprocess
+    import sys
+
+    cfg = tiny(photos, tmp_path, "one", train={"total_steps": 3}, validation={"dir": None})
+    for name, backend in (("gloo", None), ("nccl", "nccl")):
+        cfg.name = f"one_{name}"
+        cfg_yaml = write_config(cfg, tmp_path / f"{name}.yaml")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if backend:
+            env["ESRGAN_DIST_BACKEND"] = backend
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+        cmd += ["-m", "esrgan.cli", "train", str(cfg_yaml)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        start = next(r for r in log_records(cfg.run_dir) if r.get("event") == "start")
+        assert start["world_size"] == 1
+        assert start["distributed"] is (backend is None)
+        fell_back = "nccl could not start" in proc.stderr and "training without DDP" in proc.stderr
+        assert fell_back is (backend is not None)
+        assert any(cfg.run_dir.glob("*.safetensors"))  # trained to the end: the model was exported

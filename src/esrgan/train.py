@@ -322,9 +322,27 @@ def _init_distributed(device_kind: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return _Dist()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), True)
+        # ESRGAN_DIST_BACKEND=gloo works around a machine whose NCCL cannot start
+        backend = os.environ.get("ESRGAN_DIST_BACKEND") or ("nccl" if device_kind == "cuda" else "gloo")
+        try:
+            if device_kind == "cuda":
+                torch.cuda.set_device(local)
+            dist.init_process_group(backend)
+            dist.all_reduce(torch.ones(1, device="cuda" if backend == "nccl" else "cpu"))  # starts it now
+        except (RuntimeError, ValueError) as exc:
+            if world > 1:
+                raise
+            # one process needs no communication: a backend that cannot start costs nothing but the DDP path
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning(
+                "torchrun, one process: %s could not start (%s); training without DDP", backend, reason
+            )
+            return _Dist()
+    return _Dist(dist.get_rank(), dist.get_world_size(), local, True)
 
 
 def _device(name: str, ddp: _Dist) -> torch.device:
@@ -1031,6 +1049,7 @@ def train(
             "step": progress.step,
             "time": time.time(),
             "world_size": ddp.world_size,
+            "distributed": ddp.distributed,  # in a process group (DDP), also with one process under torchrun
             "device": str(device),
             "lr_on_device": on_device,
             "cuda_graph": graphed,
