@@ -68,8 +68,9 @@ maps fall out of the caches), more than the extra overlap that smaller tiles rec
 Progress = Callable[[int, int], None]
 
 MIN_TILE = 32
-"""Smallest tile side (besides 0): smaller tiles are mostly overlap (tile 17 with the default overlap of 16 steps by
-one pixel: 2,304 tiles for a 64x64 image). A tile must also be at least twice the overlap."""
+"""Smallest tile side (besides 0): smaller tiles are mostly overlap (tile 17 with an overlap of 16 steps by one
+pixel: 2,304 tiles for a 64x64 image). A tile must also be at least twice an overlap given with it; without one
+the overlap is at most half the tile (Upscaler.overlap_for)."""
 MAX_TILE = 4096
 MIN_OUTSCALE = 0.25
 MAX_OUTSCALE = 16.0
