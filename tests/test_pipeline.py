@@ -119,7 +119,9 @@ def test_png_compression_level(tmp_path: Path, photo: np.ndarray, model_file: Pa
 def test_ctrl_c_leaves_whole_outputs_only_and_a_rerun_does_the_rest(
     tmp_path: Path, photo: np.ndarray, model_file: Path
 ) -> None:
-    folder = photo_folder(tmp_path / "in", photo, 24, size=128)
+    # 192-pixel inputs at PNG level 9: the batch lasts seconds after its first file on any machine, so the
+    # Ctrl-C lands mid-batch (with 128 pixels a busy CI run once exited 0: the batch was over before it)
+    folder = photo_folder(tmp_path / "in", photo, 24, size=192)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model",
                str(model_file), "--device", "cpu", "--tile", "32", "--png-compression", "9"]  # fmt: skip
@@ -137,7 +139,7 @@ def test_ctrl_c_leaves_whole_outputs_only_and_a_rerun_does_the_rest(
     assert not [n for n in done if n.endswith(".part")]  # no temporary file stays
     for name in done:  # every output there is whole
         image = read_image(out / name)
-        assert (image.height, image.width) == (512, 512)
+        assert (image.height, image.width) == (768, 768)
     mtimes = {n: (out / n).stat().st_mtime_ns for n in done}
     r = run_cli(*command[3:], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
