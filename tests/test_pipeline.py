@@ -116,6 +116,23 @@ def test_png_compression_level(tmp_path: Path, photo: np.ndarray, model_file: Pa
     assert r.returncode == 2 and "--png-compression" in r.stderr
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT handled by default and not blocked, as a command started from a terminal
+    has it (a signal ignored or blocked in the test process would be inherited: the full CI suite saw the CLI ignore
+    Ctrl-C, exit 0, where the test alone passed)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
+def _signal_state(pid: int) -> str:
+    """The child's blocked / ignored / caught signal masks (Linux), for the failure message."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "no /proc status"
+    return ", ".join(x for x in lines if x.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def test_ctrl_c_leaves_whole_outputs_only_and_a_rerun_does_the_rest(
     tmp_path: Path, photo: np.ndarray, model_file: Path
 ) -> None:
@@ -125,14 +142,16 @@ def test_ctrl_c_leaves_whole_outputs_only_and_a_rerun_does_the_rest(
     out = tmp_path / "out"
     command = [sys.executable, "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model",
                str(model_file), "--device", "cpu", "--tile", "32", "--png-compression", "9"]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:  # the first finished file: the batch is under way
         if "->" in line:
             break
+    signals = _signal_state(proc.pid)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 130, f"{signals}; stderr: {stderr}"
     assert "esrgan: error: interrupted" in stderr
     done = sorted(p.name for p in out.iterdir())
     assert 1 <= len(done) < 24
