@@ -870,9 +870,8 @@ def _diagonal(start: int, step: int, n: int) -> slice:
 
 PARALLEL_PNG_MIN_CORES = 4
 """8-bit PNGs at levels 1-9 are written by _write_png (rows in parallel blocks) on machines with at least this many
-cores, by Pillow on smaller ones and at level 0 (on 2 cores the default level 1 is a wash, see below; and with it
-active on 2 cores the full CI suite twice saw test_pipeline's Ctrl-C test end with exit 0, while 7 runs of it alone
-passed: not explained yet, so 2-core machines keep Pillow). Measured on an idle 2-core AMD EPYC (Zen 1), bench/png_levels.py, two
+cores, by Pillow on smaller ones and at level 0 (on 2 cores the default level 1 is a wash, see below; 2 would
+also do: a CI failure first blamed on the writer turned out not to be its doing). Measured on an idle 2-core AMD EPYC (Zen 1), bench/png_levels.py, two
 2048x2048 photos, three runs, same bytes as Pillow: level 1 on 2 threads 0.82-1.25x Pillow's time (as fast, within
 the noise of this shared machine), level 6 0.45-0.73x; one thread: level 1 0.97-1.95x, level 6 0.76-1.18x;
 level 0 1.6x (the row filter, numpy here and C in Pillow, is then all the work). The blocks use every core, which
