@@ -237,13 +237,7 @@ def test_16bit_tiff_written_by_tifffile_any_planar_config(tmp_path: Path, photo:
 def test_png_unfilter_matches_pillow_on_all_filter_types(tmp_path: Path, photo: np.ndarray) -> None:
     """Pillow's encoder uses adaptive filtering (Paeth, Sub, Up...): our decoder must invert every row exactly."""
     Image.fromarray(photo).save(tmp_path / "a.png")
-    data = (tmp_path / "a.png").read_bytes()
-    pos, idat = 8, b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        if data[pos + 4 : pos + 8] == b"IDAT":
-            idat += data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
+    idat = _idat((tmp_path / "a.png").read_bytes())
     rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(512, 1 + 512 * 3)
     assert len(set(rows[:, 0].tolist())) >= 2 and 4 in rows[:, 0]
     np.testing.assert_array_equal(_unfilter(rows, 512, 3, tmp_path).reshape(photo.shape), photo)
