@@ -36,6 +36,20 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
 
 
+def untiled(run: ModelRunner, image: torch.Tensor, scale: int, cache: Path | None, key: str) -> np.ndarray:
+    """The untiled float output, from --cache when it holds it (written there atomically otherwise)."""
+    path = None if cache is None else cache / f"{key}.npy"
+    if path is not None and path.is_file():
+        return np.load(path, allow_pickle=False)
+    whole = upscale_tiled(run, image, scale=scale, tile=0, out_dtype=np.float32)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npy")
+        np.save(partial, whole, allow_pickle=False)
+        partial.replace(path)
+    return whole
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -48,6 +62,13 @@ def main() -> None:
     )
     parser.add_argument("--schemes", default="16:0,20:8,28:12,32:12", help="OVERLAP:MARGIN pairs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep each untiled output here as .npy and reuse it (a whole photo's untiled pass is the slowest part; "
+        "the key is the model, photo and crop)",
+    )
     parser.add_argument(
         "--auto",
         action="store_true",
@@ -74,7 +95,7 @@ def main() -> None:
             crop = np.ascontiguousarray(img[y0 : y0 + h, x0 : x0 + w])
             image = torch.from_numpy(crop).permute(2, 0, 1)
             t0 = time.perf_counter()
-            whole = upscale_tiled(run, image, scale=scale, tile=0, out_dtype=np.float32)
+            whole = untiled(run, image, scale, args.cache, f"{args.model}-{name}-{h}x{w}")
             largest = CPU_MAX_TILE if args.auto else args.tile + 20
             hard, theirs = hard_paste_tiled(run, image.float() / 255, scale=scale, tile=largest - 20)
             base = psnr(hard.permute(1, 2, 0).numpy(), whole)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +27,30 @@ from esrgan.generator import RRDBNet
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def _sigint_state() -> tuple[object, bool, str]:
+    """SIGINT as this process holds it: the Python handler, blocked in this thread, the kernel's ignored mask."""
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+        ignored = next((x.split()[1] for x in status if x.startswith("SigIgn:")), "")
+    except OSError:
+        ignored = ""
+    return signal.getsignal(signal.SIGINT), blocked, ignored
+
+
+@pytest.fixture(autouse=True)
+def _sigint_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test leaves SIGINT as it found it. Children inherit an ignored or blocked SIGINT: the full suite once
+    saw a CLI child ignore Ctrl-C after some earlier test had changed it (which one is what this reports)."""
+    before = _sigint_state()
+    yield
+    after = _sigint_state()
+    if after != before:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        pytest.fail(f"{request.node.nodeid} changed SIGINT (handler, blocked, SigIgn): {before} -> {after}")
 
 
 @pytest.fixture(scope="session")
