@@ -36,7 +36,7 @@ from skimage import data
 
 from esrgan.device import DTYPES, ModelRunner, cpu_has_native_bf16, precision_name
 from esrgan.generator import RRDBConfig, RRDBNet
-from esrgan.tiling import DEFAULT_OVERLAP, tile_starts
+from esrgan.tiling import tile_grid
 from esrgan.upscale import CPU_MAX_TILE, Upscaler
 from esrgan.zoo import load_model
 
@@ -232,10 +232,10 @@ def scaling_table(model: RRDBNet, args: argparse.Namespace) -> str:
     tile_note = f"tile {args.tile}" if args.tile else f"automatic tile (<= {CPU_MAX_TILE}, balanced)"
     lines = [
         f"Upscaler.upscale (what `esrgan upscale` runs): {precision_name(up.dtype)}, {up.runner.engine} engine, "
-        f"{tile_note}, overlap {DEFAULT_OVERLAP} LR pixels, uint8 in and out",
+        f"{tile_note}, the default overlap (tiling.default_overlap of the tile), uint8 in and out",
         "",
-        "| LR size | tile | tiles | computed / image pixels | seconds | us per LR pixel | vs smallest |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| LR size | tile | overlap | tiles | computed / image pixels | seconds | us per LR pixel | vs smallest |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = None
     for size in args.scaling:
@@ -246,10 +246,12 @@ def scaling_table(model: RRDBNet, args: argparse.Namespace) -> str:
         sec = time.perf_counter() - t0
         per = sec / size**2 * 1e6
         base = base or per
-        count = len(tile_starts(size, side, DEFAULT_OVERLAP)) ** 2
-        computed = count * side**2 / size**2
+        overlap = up.overlap_for(side)
+        th, tw, ys, xs = tile_grid(size, size, side, overlap)
+        count, computed = len(ys) * len(xs), len(ys) * len(xs) * th * tw / size**2
         lines.append(
-            f"| {size}x{size} | {side} | {count} | {computed:.3f} | {sec:.2f} | {per:.2f} | {per / base:.2f}x |"
+            f"| {size}x{size} | {side} | {overlap} | {count} | {computed:.3f} | {sec:.2f} | {per:.2f} | "
+            f"{per / base:.2f}x |"
         )
     return "\n".join(lines)
 

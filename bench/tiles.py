@@ -1,12 +1,13 @@
 """Seams: tiled vs untiled output, esrgan.tiling against Real-ESRGAN's hard paste, at the same largest tile.
 
     PYTHONPATH=src .venv/bin/python bench/tiles.py [--model realesrgan-x4plus] [--sizes 128x128] [--tile 64]
-        [--schemes 16:0,20:8,28:12,32:12] [--threads 2]
+        [--schemes 16:0,20:8,28:12,32:12,default] [--threads 2] [--cache DIR]
 
 For each real-photo crop (scikit-image's astronaut and coffee, centre crops of --sizes): the untiled output, the
 hard paste (tools/tile_reference.py: tiles of --tile pixels, each run with 10 real pixels of padding, pasted) and
 esrgan.tiling for each OVERLAP:MARGIN in --schemes. "The same tile": ours runs tiles of at most --tile + 20
-pixels, the hard paste's largest forward pass (same memory), balanced as Upscaler balances its automatic tile.
+pixels, the hard paste's largest forward pass (same memory), balanced as Upscaler balances its automatic tile
+(and then each axis on its own, as upscale_tiled does).
 PSNR is over all RGB values of the float outputs in [0, 1] (clamped), against the untiled output; "compute" is the
 input pixels run through the model, over the hard paste's.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from tile_reference import hard_paste_tiled, tiled_pixels
 
 from esrgan.device import ModelRunner
-from esrgan.tiling import balanced_tile, upscale_tiled
+from esrgan.tiling import balanced_tile, default_margin, default_overlap, tile_grid, upscale_tiled
 from esrgan.upscale import CPU_MAX_TILE
 from esrgan.zoo import load_model
 
@@ -36,18 +39,28 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
 
 
-def untiled(run: ModelRunner, image: torch.Tensor, scale: int, cache: Path | None, key: str) -> np.ndarray:
-    """The untiled float output, from --cache when it holds it (written there atomically otherwise)."""
+def cached(cache: Path | None, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """make(), or its result kept in --cache under key (written there atomically)."""
     path = None if cache is None else cache / f"{key}.npy"
     if path is not None and path.is_file():
         return np.load(path, allow_pickle=False)
-    whole = upscale_tiled(run, image, scale=scale, tile=0, out_dtype=np.float32)
+    value = make()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npy")
-        np.save(partial, whole, allow_pickle=False)
+        np.save(partial, value, allow_pickle=False)
         partial.replace(path)
-    return whole
+    return value
+
+
+def untiled(run: ModelRunner, image: torch.Tensor, scale: int) -> np.ndarray:
+    return upscale_tiled(run, image, scale=scale, tile=0, out_dtype=np.float32)
+
+
+def paste(run: ModelRunner, image: torch.Tensor, scale: int, tile: int) -> np.ndarray:
+    """The hard paste's pixels computed, then its (C, H, W) output, flat (one array to cache)."""
+    out, computed = hard_paste_tiled(run, image.float() / 255, scale=scale, tile=tile)
+    return np.concatenate([np.array([computed], np.float32), out.numpy().ravel()])
 
 
 def main() -> None:
@@ -60,7 +73,11 @@ def main() -> None:
     parser.add_argument(
         "--tile", type=int, default=64, help="the hard paste's tile (ours: tile + 20 at most)"
     )
-    parser.add_argument("--schemes", default="16:0,20:8,28:12,32:12", help="OVERLAP:MARGIN pairs")
+    parser.add_argument(
+        "--schemes",
+        default="16:0,20:8,28:12,32:12,default",
+        help="OVERLAP:MARGIN pairs, or 'default' (what Upscaler does: tiling.default_overlap of the tile)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--cache",
@@ -80,14 +97,16 @@ def main() -> None:
     model = load_model(args.model)
     run = ModelRunner(model, torch.device("cpu"), torch.float32)
     scale = model.scale
-    schemes = [tuple(int(v) for v in s.split(":")) for s in args.schemes.split(",")]
-    print(f"{args.model}, fp32, {torch.get_num_threads()} threads; hard paste: tile {args.tile} + pad 10")
+    schemes = [s.split(":") for s in args.schemes.split(",")]
+    paste_tile = f"CPU_MAX_TILE - 20 = {CPU_MAX_TILE - 20}" if args.auto else str(args.tile)
+    print(f"{args.model}, fp32, {torch.get_num_threads()} threads; hard paste: tile {paste_tile} + pad 10")
     print(
         "| photo | size | scheme | tile | PSNR vs untiled (dB) | vs hard paste (dB) | compute vs hard paste |"
     )
     print("|---|---|---|---|---|---|---|")
     for name in args.photos.split(","):
         img = getattr(data, name)()
+        img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
         for size in args.sizes.split(","):
             h, w = (int(v) for v in size.split("x"))
             h, w = (h or img.shape[0], w or img.shape[1])
@@ -95,23 +114,38 @@ def main() -> None:
             crop = np.ascontiguousarray(img[y0 : y0 + h, x0 : x0 + w])
             image = torch.from_numpy(crop).permute(2, 0, 1)
             t0 = time.perf_counter()
-            whole = untiled(run, image, scale, args.cache, f"{args.model}-{name}-{h}x{w}")
+            key = f"{args.model}-{name}-{h}x{w}"
+            whole = cached(args.cache, key, partial(untiled, run, image, scale))
             largest = CPU_MAX_TILE if args.auto else args.tile + 20
-            hard, theirs = hard_paste_tiled(run, image.float() / 255, scale=scale, tile=largest - 20)
-            base = psnr(hard.permute(1, 2, 0).numpy(), whole)
+            packed = cached(
+                args.cache, f"{key}-hardpaste-{largest - 20}", partial(paste, run, image, scale, largest - 20)
+            )
+            theirs, hard = int(packed[0]), packed[1:].reshape(3, h * scale, w * scale)
+            base = psnr(hard.transpose(1, 2, 0), whole)
             print(
                 f"| {name} | {h}x{w} | hard paste, pad 10 | {largest - 20} | {base:.1f} | 0 | 1.00 |",
                 flush=True,
             )
-            for overlap, margin in schemes:
-                tile = balanced_tile(max(h, w), largest, overlap)
+            for scheme in schemes:
+                label = ""
+                if scheme == [
+                    "default"
+                ]:  # as Upscaler: balanced with the largest tile's, run with the tile's
+                    label = "default: "
+                    tile = balanced_tile(max(h, w), largest, default_overlap(largest))
+                    overlap = default_overlap(tile)
+                    margin = default_margin(overlap)
+                else:
+                    overlap, margin = int(scheme[0]), int(scheme[1])
+                    tile = balanced_tile(max(h, w), largest, overlap)
                 ours = upscale_tiled(
                     run, image, scale=scale, tile=tile, overlap=overlap, margin=margin, out_dtype=np.float32
                 )
                 value = psnr(ours, whole)
                 ratio = tiled_pixels(h, w, tile, overlap) / theirs
+                th, tw, _, _ = tile_grid(h, w, tile, overlap)
                 print(
-                    f"| {name} | {h}x{w} | overlap {overlap}, margin {margin} | {tile} | {value:.1f} | "
+                    f"| {name} | {h}x{w} | {label}overlap {overlap}, margin {margin} | {th}x{tw} | {value:.1f} | "
                     f"{value - base:+.1f} | {ratio:.2f} |",
                     flush=True,
                 )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from esrgan.tiling import tile_starts
+from esrgan.tiling import tile_grid
 
 
 def hard_paste_tiled(
@@ -42,5 +42,5 @@ def hard_paste_tiled(
 
 def tiled_pixels(h: int, w: int, tile: int, overlap: int) -> int:
     """Input pixels esrgan.tiling.upscale_tiled computes for an h x w image (every tile full-size)."""
-    th, tw = min(tile, h), min(tile, w)
-    return len(tile_starts(h, th, overlap)) * th * len(tile_starts(w, tw, overlap)) * tw
+    th, tw, ys, xs = tile_grid(h, w, tile, overlap)
+    return len(ys) * th * len(xs) * tw

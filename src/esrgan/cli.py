@@ -19,6 +19,7 @@ from .defaults import (
     DEFAULT_NAME,
     DEFAULT_OVERLAP,
     DEVICES,
+    MAX_DEFAULT_OVERLAP,
     PRECISIONS,
 )
 from .errors import EsrganError
@@ -481,15 +482,16 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tile",
         type=int,
-        help="tile side in input pixels, 32-4096 (and at least twice a --tile-overlap given); 0 = no tiling "
-        "(default: from free memory)",
+        help="largest tile side in input pixels, 32-4096 (and at least twice a --tile-overlap given; each side of "
+        "the image is cut into equal tiles no larger); 0 = no tiling (default: from free memory)",
     )
     p.add_argument(
         "--tile-overlap",
         type=int,
         default=None,
         help="overlap between tiles in input pixels: a margin of it is discarded at each inner tile edge, the rest "
-        f"blended (default: {DEFAULT_OVERLAP}, at most half of a --tile given without it)",
+        f"blended (default: {DEFAULT_OVERLAP}, growing with the tile up to {MAX_DEFAULT_OVERLAP}; at most half of a "
+        "--tile given without it)",
     )
     p.add_argument(
         "--batch",

@@ -11,14 +11,17 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ALPHA_MODES = ("model", "bicubic")
 DEFAULT_MODEL = "realesrgan-x4plus"
 DEFAULT_OVERLAP = 24
-"""Overlap between neighbouring tiles, in input pixels, of which MARGIN_SHARE is discarded at each inner edge and
-the rest (overlap - 2 x margin = 4) blended with a raised cosine. A tile given without an overlap uses at most half
-of it as overlap (--tile 32: 16). Measured against the untiled output (float RGB, bench/tiles.py --auto,
-realesrgan-x4plus fp32, whole 512x512 photo, the automatic CPU tile): the old default (overlap 16 blended whole,
-no margin) 50.7 dB, below Real-ESRGAN's hard paste at the same largest forward pass (54.5 dB); overlap 24 with
-margin 10: 55.5 dB (+4.8 dB, 1.05x the hard paste's computed pixels). At small tiles (96x96 crop, tile 48+20) the
-old default was 42.6 dB vs the hard paste's 43.2, margin 8 of 20: 47.0; a small 8-block model: +15-18 dB over the
-hard paste at 1.14-1.22x its compute (tests/test_tiling.py)."""
+"""Overlap between neighbouring tiles, in input pixels, for tiles up to ~100 pixels; larger tiles get more
+(esrgan.tiling.default_overlap: up to MAX_DEFAULT_OVERLAP, within 1.1x a side of what Real-ESRGAN's 10-pixel
+padding recomputes at the same tile). MARGIN_SHARE of it is discarded at each inner edge and the rest blended
+with a raised cosine (24 = 2 x 10 + 4). A tile given without an overlap uses at most half of it as overlap
+(--tile 32: 16). Measured against the untiled output (float RGB, realesrgan-x4plus fp32, bench/tiles.py; the
+numbers are in docs/benchmarks.md, "Tile seams"): overlap 16 blended whole (the default until session 6) was
+below Real-ESRGAN's hard paste; overlap 24 with margin 10 beat it by 4 dB at tile 64 but by 1 dB only at the
+CPU's automatic tile on a whole photo, where the network's padding error reaches ~40 pixels in: hence the wider
+overlap for large tiles."""
+MAX_DEFAULT_OVERLAP = 64
+"""The largest default overlap (esrgan.tiling.default_overlap: it grows with the tile from DEFAULT_OVERLAP)."""
 MARGIN_SHARE = 10 / 24
 """Share of the overlap discarded at each inner tile edge when no margin is given (esrgan.tiling.default_margin):
 the pixels next to a tile's zero-padded edge, which the network computed without their true neighbours."""

@@ -3,7 +3,11 @@
 A pure function of (forward, image, tile, overlap, batch): no object holds half-finished state.
 
 - Every tile has the same shape (the last tile of a row or column is shifted inward rather than cut short), so a
-  compiled or cached model sees one input shape.
+  compiled or cached model sees one input shape. The tile given is the largest side: each axis is cut into as few
+  tiles as it allows, each as small as can be (tile_grid), so a 400x600 photo under a 352 tile runs 2x2 tiles of
+  216x312, not of 312x312.
+- The default overlap grows with the tile (default_overlap): most of it is a margin discarded at inner edges, and
+  a large tile can afford a wide one.
 - Overlapping outputs are blended with a raised-cosine weight that falls to ~0 at a tile's inner edges, where the
   model saw zero padding instead of real neighbours; the weights are normalised by their sum, so a pixel covered by
   one tile keeps that tile's value exactly. Pasting hard (Real-ESRGAN's script) leaves seams; this does not.
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .defaults import DEFAULT_OVERLAP, MARGIN_SHARE
+from .defaults import DEFAULT_OVERLAP, MARGIN_SHARE, MAX_DEFAULT_OVERLAP
 from .errors import EsrganError
 
 Forward = Callable[[Tensor], Tensor]
@@ -47,6 +51,40 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
         return [0]
     step = tile - overlap
     return [*range(0, length - tile, step), length - tile]
+
+
+def default_overlap(tile: int) -> int:
+    """The overlap used with a tile side when none is given: DEFAULT_OVERLAP, growing with the tile up to
+    MAX_DEFAULT_OVERLAP (an even number; at most half the tile, so a small tile keeps working). 0 (one tile): the
+    default.
+
+    What it pays for: the overlap's margin. A trained 23-block network carries the zero padding's error ~40 pixels
+    into a tile (docs/benchmarks.md, "Tile seams"), so the wider the discarded margin, the closer a seam is to the
+    untiled output; the price is the overlap recomputed, tile / (tile - overlap) per axis. The rule keeps that price
+    within OVERLAP_COST per axis of Real-ESRGAN's hard paste at the same largest forward pass (tiles of tile - 20
+    with 10 pixels of padding each side): overlap <= tile - (tile - 20) / OVERLAP_COST.
+    """
+    if tile <= 0:
+        return DEFAULT_OVERLAP
+    affordable = int(tile - (tile - 20) / OVERLAP_COST) // 2 * 2
+    return min(max(DEFAULT_OVERLAP, min(affordable, MAX_DEFAULT_OVERLAP)), tile // 2)
+
+
+OVERLAP_COST = 1.10
+"""Per-axis compute of the default overlap over the hard paste's padding at the same tile (see default_overlap):
+1.1 a side, 1.21 for an image, under the 1.3 the seam goal allows (the balancing of tiles adds a little)."""
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> tuple[int, int, list[int], list[int]]:
+    """(tile height, tile width, row starts, column starts) of the tiles covering a height x width image with
+    tiles of at most tile x tile (0: one tile) overlapping by >= overlap.
+
+    Each axis on its own: as few tiles as the tile allows, each as small as can be (balanced_tile), all one shape.
+    """
+    if tile == 0:
+        return height, width, [0], [0]
+    th, tw = balanced_tile(height, tile, overlap), balanced_tile(width, tile, overlap)
+    return th, tw, tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
 
 
 def default_margin(overlap: int) -> int:
@@ -154,7 +192,7 @@ def upscale_tiled(
     *,
     scale: int,
     tile: int,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     margin: int | None = None,
     batch: int = 1,
     out_dtype: np.dtype | type = np.uint8,
@@ -169,8 +207,9 @@ def upscale_tiled(
     the tiles are cut (the image is moved there once; None: where it is). The blending band lives on the device
     of the forward's output and finished rows are converted to out_dtype there: only those cross to the host.
 
-    tile: tile side in input pixels; 0 means one tile holding the whole image. overlap: input pixels shared by
-    neighbouring tiles (must be smaller than the tile). margin: input pixels of each tile's output discarded at
+    tile: the largest tile side in input pixels (each axis is cut evenly: tile_grid); 0 means one tile holding the
+    whole image. overlap: input pixels shared by neighbouring tiles (smaller than the tile; None:
+    default_overlap(tile)). margin: input pixels of each tile's output discarded at
     its inner edges (at most overlap / 2; None: default_margin(overlap)); neighbours blend over the remaining
     overlap - 2 * margin. batch: tiles per forward pass. out_dtype: uint8 or uint16
     (rounded from [0, 1]) or a float dtype (clamped to [0, 1]). grey: the image is a grey image replicated to 3
@@ -179,20 +218,22 @@ def upscale_tiled(
     """
     if image.ndim != 3:
         raise ValueError(f"expected a (C, H, W) image, got shape {tuple(image.shape)}")
-    if tile < 0 or overlap < 0 or batch < 1 or scale < 1:
+    if tile < 0 or batch < 1 or scale < 1:
         raise ValueError(f"invalid tiling: tile={tile}, overlap={overlap}, batch={batch}, scale={scale}")
     out_dtype = np.dtype(out_dtype)
     h, w = image.shape[1:]
-    th, tw = (h, w) if tile == 0 else (min(tile, h), min(tile, w))
+    overlap = default_overlap(tile) if overlap is None else overlap
+    if overlap < 0:
+        raise ValueError(f"invalid tiling: overlap={overlap}")
     # per axis: an image thinner than the overlap (a 3-pixel-high strip) is one tile high, which needs no overlap
-    if (th < h and overlap >= th) or (tw < w and overlap >= tw):
+    if tile != 0 and ((tile < h and overlap >= tile) or (tile < w and overlap >= tile)):
         raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile ({tile})")
     margin = default_margin(overlap) if margin is None else margin
     if not 0 <= 2 * margin <= overlap:
         raise ValueError(f"tile margin ({margin}) must be between 0 and half the overlap ({overlap})")
     if device is not None:
         image = image.to(device)  # uint8 / uint16: the small copy; tiles are cut where the forward pass runs
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    th, tw, ys, xs = tile_grid(h, w, tile, overlap)
     out_h, out_w, bh, bw = h * scale, w * scale, th * scale, tw * scale
     wys = [_edge_weights(y, th, h, scale, overlap, margin) for y in ys]
     wxs = [_edge_weights(x, tw, w, scale, overlap, margin) for x in xs]

@@ -52,7 +52,15 @@ from .device import (
 from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
 from .imageio import PIL_LAYOUTS, ImageData
-from .tiling import auto_tile_size, balanced_tile, from_unit, to_unit, upscale_tiled
+from .tiling import (
+    auto_tile_size,
+    balanced_tile,
+    default_overlap,
+    from_unit,
+    tile_grid,
+    to_unit,
+    upscale_tiled,
+)
 from .video import VideoResult
 
 AlphaMode = Literal["model", "bicubic"]
@@ -115,9 +123,11 @@ class Upscaler:
     """Runs an RRDBNet over images of any size: tiled, in the best safe precision of the device.
 
     device: auto|cpu|cuda|mps. precision: auto|fp32|bf16|fp16 (see esrgan.device for the fallbacks).
-    tile: tile side in input pixels (MIN_TILE..MAX_TILE, and >= 2 x tile_overlap when one is given), 0 = no tiling,
+    tile: largest tile side in input pixels (MIN_TILE..MAX_TILE, and >= 2 x tile_overlap when one is given; each
+    axis is cut into equal tiles no larger, tiling.tile_grid), 0 = no tiling,
     None = from the free memory. tile_overlap: input pixels shared by neighbouring tiles (a margin of it discarded,
-    the rest blended); None = DEFAULT_OVERLAP, at most half the tile. batch: tiles per forward pass; None =
+    the rest blended); None = tiling.default_overlap(tile): DEFAULT_OVERLAP growing with the tile to
+    MAX_DEFAULT_OVERLAP, at most half the tile. batch: tiles per forward pass; None =
     from the free memory on a GPU (as many equal tiles as fit in half of it), 1 on the CPU (no gain there).
     alpha_mode: "model" or "bicubic". outscale: final scale (MIN_OUTSCALE..MAX_OUTSCALE); None = the model's scale. interpolate / interpolate_alpha: network
     interpolation, theta = (1 - a) * theta_model + a * theta_other (e.g. model = PSNR-oriented, other = GAN).
@@ -238,11 +248,11 @@ class Upscaler:
         return 0 if tile >= max(height, width) else tile
 
     def overlap_for(self, tile: int) -> int:
-        """The overlap used with this tile: the one given, else DEFAULT_OVERLAP up to half the tile (a small
-        --tile works without choosing an overlap)."""
+        """The overlap used with this tile: the one given, else tiling.default_overlap(tile) (DEFAULT_OVERLAP,
+        more for large tiles, at most half the tile: a small --tile works without choosing an overlap)."""
         if self._overlap_given or tile <= 0:
             return self.tile_overlap
-        return min(self.tile_overlap, tile // 2)
+        return default_overlap(tile)
 
     def batch_size(self, height: int, width: int, tile: int, pixels: np.dtype | type = np.uint8) -> int:
         """Tiles per forward pass for this image and tile: the batch given, else on CUDA as many of the image's
@@ -455,11 +465,8 @@ def _interpolated(model: RRDBNet, other: str | Path | RRDBNet, alpha: float) -> 
 
 
 def _tile_count(h: int, w: int, tile: int, overlap: int) -> int:
-    from .tiling import tile_starts
-
-    if tile == 0:
-        return 1
-    return len(tile_starts(h, min(tile, h), overlap)) * len(tile_starts(w, min(tile, w), overlap))
+    _, _, ys, xs = tile_grid(h, w, tile, overlap)
+    return len(ys) * len(xs)
 
 
 def _to_float(array: np.ndarray) -> torch.Tensor:
