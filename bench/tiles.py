@@ -47,9 +47,9 @@ def cached(cache: Path | None, key: str, make: Callable[[], np.ndarray]) -> np.n
     value = make()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npy")
-        np.save(partial, value, allow_pickle=False)
-        partial.replace(path)
+        part = path.with_suffix(".partial.npy")
+        np.save(part, value, allow_pickle=False)
+        part.replace(path)
     return value
 
 
@@ -83,8 +83,8 @@ def main() -> None:
         "--cache",
         type=Path,
         default=None,
-        help="keep each untiled output here as .npy and reuse it (a whole photo's untiled pass is the slowest part; "
-        "the key is the model, photo and crop)",
+        help="keep the untiled and hard-paste outputs here as .npy and reuse them (on whole photos each costs a "
+        "full pass; the key is the model, photo, crop and the hard paste's tile)",
     )
     parser.add_argument(
         "--auto",
@@ -128,9 +128,8 @@ def main() -> None:
             )
             for scheme in schemes:
                 label = ""
-                if scheme == [
-                    "default"
-                ]:  # as Upscaler: balanced with the largest tile's, run with the tile's
+                if scheme == ["default"]:
+                    # as Upscaler: balanced with the largest tile's default overlap, run with the tile's own
                     label = "default: "
                     tile = balanced_tile(max(h, w), largest, default_overlap(largest))
                     overlap = default_overlap(tile)

@@ -29,14 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-def _sigint_state() -> tuple[object, bool, str]:
-    """SIGINT as this process holds it: the Python handler, blocked in this thread, the kernel's ignored mask."""
+def _sigint_state() -> tuple[object, bool, bool | None]:
+    """SIGINT as this process holds it: the Python handler, blocked in this thread, ignored as the kernel sees it
+    (a library may set SIG_IGN below Python; None where /proc is absent)."""
     blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
         status = Path("/proc/self/status").read_text().splitlines()
-        ignored = next((x.split()[1] for x in status if x.startswith("SigIgn:")), "")
-    except OSError:
-        ignored = ""
+        mask = next(int(x.split()[1], 16) for x in status if x.startswith("SigIgn:"))
+        ignored: bool | None = bool(mask >> (signal.SIGINT - 1) & 1)
+    except (OSError, StopIteration):
+        ignored = None
     return signal.getsignal(signal.SIGINT), blocked, ignored
 
 
@@ -50,7 +52,7 @@ def _sigint_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
     if after != before:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
-        pytest.fail(f"{request.node.nodeid} changed SIGINT (handler, blocked, SigIgn): {before} -> {after}")
+        pytest.fail(f"{request.node.nodeid} changed SIGINT (handler, blocked, ignored): {before} -> {after}")
 
 
 @pytest.fixture(scope="session")

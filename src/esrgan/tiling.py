@@ -218,13 +218,11 @@ def upscale_tiled(
     """
     if image.ndim != 3:
         raise ValueError(f"expected a (C, H, W) image, got shape {tuple(image.shape)}")
-    if tile < 0 or batch < 1 or scale < 1:
+    overlap = default_overlap(tile) if overlap is None else overlap
+    if tile < 0 or overlap < 0 or batch < 1 or scale < 1:
         raise ValueError(f"invalid tiling: tile={tile}, overlap={overlap}, batch={batch}, scale={scale}")
     out_dtype = np.dtype(out_dtype)
     h, w = image.shape[1:]
-    overlap = default_overlap(tile) if overlap is None else overlap
-    if overlap < 0:
-        raise ValueError(f"invalid tiling: overlap={overlap}")
     # per axis: an image thinner than the overlap (a 3-pixel-high strip) is one tile high, which needs no overlap
     if tile != 0 and ((tile < h and overlap >= tile) or (tile < w and overlap >= tile)):
         raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile ({tile})")
