@@ -8,7 +8,11 @@
    whose time is shown as "first s": compilation for the compiled paths), effective GFLOP/s
    (2 x MACs per LR pixel x LR pixels / s), the ratio to a conv ceiling measured in the same loop (one 3x3 conv
    64->64 on a 256x256 channels-last map, weights pre-packed, in fp32 and in bf16) and PSNR (RGB, [0, 1]) against
-   the fp32 eager NCHW output. ncnn runs Real-ESRGAN's own packaged .param/.bin on the same pixels.
+   the fp32 eager NCHW output. ncnn runs Real-ESRGAN's own packaged .param/.bin on the same pixels; "fp32 ncnn
+   engine" is ours (the graph esrgan.ncnn writes for this model, run by ncnn). The "default" row is Upscaler.upscale
+   as `esrgan upscale` runs it (precision auto, the engine it picks, uint8 in and out), and the line under the table
+   gives its share of the convolution ceiling of its precision. On CPUs that cannot pack bf16 weights (AVX2 only)
+   the bf16 ceiling is a plain bf16 conv (emulated there).
 2. One forward pass per square tile size (--sweep): time per LR pixel against the tile side.
 3. Time per LR pixel from 128x128 to 2048x2048 through Upscaler.upscale, i.e. what `esrgan upscale` runs by
    default (precision auto, the CPU's packed engine, the automatic balanced tile; --tile N fixes the tile),
@@ -34,13 +38,15 @@ import numpy as np
 import torch
 from skimage import data
 
-from esrgan.device import DTYPES, ModelRunner, cpu_has_native_bf16, precision_name
+from esrgan.device import DTYPES, ModelRunner, cpu_has_native_bf16, cpu_packs_bf16, precision_name
 from esrgan.generator import RRDBConfig, RRDBNet
+from esrgan.ncnn import ncnn_runtime_available, ncnn_supports
 from esrgan.tiling import tile_grid
 from esrgan.upscale import CPU_MAX_TILE, Upscaler
 from esrgan.zoo import load_model
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+DEFAULT_ROW = "default: Upscaler.upscale, uint8 in and out ({}, {} engine)"
 
 
 def macs_per_lr_pixel(cfg: RRDBConfig) -> float:
@@ -78,9 +84,20 @@ def psnr01(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def ceiling_fns(dtype: torch.dtype) -> Fn:
-    """One pre-packed 3x3 conv 64->64 on a 256x256 channels-last map: the best case for oneDNN on this CPU."""
+    """One pre-packed 3x3 conv 64->64 on a 256x256 channels-last map: the best case for oneDNN on this CPU.
+
+    Where oneDNN cannot pack bf16 weights (AVX2-only CPUs such as Zen 1-3: no AVX512BW/VL/DQ, no AVX-NE-CONVERT),
+    the bf16 ceiling is the plain channels-last bf16 conv, which is what bf16 costs there (emulated)."""
     conv = torch.nn.Conv2d(64, 64, 3, 1, 1)
     x = torch.rand(1, 64, 256, 256).to(dtype).contiguous(memory_format=torch.channels_last)
+    if dtype == torch.bfloat16 and not cpu_packs_bf16():
+        plain = conv.to(dtype=dtype, memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+        def run_plain(_: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return plain(x)
+
+        return run_plain
     w = torch._C._nn.mkldnn_reorder_conv2d_weight(
         conv.weight.detach().to(dtype).to_mkldnn(), [1, 1], [1, 1], [1, 1], 1, list(x.shape)
     )
@@ -142,21 +159,41 @@ def build_paths(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> dict[str
     paths: dict[str, tuple[Fn, str]] = {
         "fp32 eager NCHW (reference)": (eager(model, False), "fp32"),
         "fp32 eager channels-last": (eager(model, True), "fp32"),
-        "bf16 autocast channels-last (device.ModelRunner)": (
-            ModelRunner(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, engine="module"),
-            "bf16",
-        ),
         "fp32 fast (esrgan.fast, packed oneDNN)": (
             ModelRunner(model, cpu, torch.float32, engine="packed"),
             "fp32",
         ),
-        "bf16 fast (esrgan.fast, packed oneDNN)": (
+    }
+    # bf16 where the CPU lacks it runs emulated, ~7x slower than fp32 (Zen 1: 90 s for the 128x128 crop), a path
+    # nobody takes: measured only with --emulated-bf16
+    with_bf16 = cpu_has_native_bf16() or args.emulated_bf16
+    if with_bf16:
+        paths["bf16 autocast channels-last (device.ModelRunner)"] = (
+            ModelRunner(copy.deepcopy(model), torch.device("cpu"), torch.bfloat16, engine="module"),
+            "bf16",
+        )
+    if ncnn_runtime_available() and ncnn_supports(model.config):
+        paths["fp32 ncnn engine (esrgan.ncnn: our graph, ncnn's runtime)"] = (
+            ModelRunner(model, cpu, torch.float32, engine="ncnn"),
+            "fp32",
+        )
+    if cpu_packs_bf16():  # elsewhere bf16 cannot be packed and the row would repeat fp32's
+        paths["bf16 fast (esrgan.fast, packed oneDNN)"] = (
             ModelRunner(model, cpu, DTYPES[bf16], engine="packed"),
             bf16,
-        ),
-    }
+        )
+    up = _upscaler(model, args)
+    u8 = photo_u8(args.size)
+
+    def default(_: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(up.upscale(u8)).permute(2, 0, 1)[None].float() / 255
+
+    paths[DEFAULT_ROW.format(precision_name(up.dtype), up.runner.engine)] = (
+        default,
+        precision_name(up.dtype),
+    )
     if args.compile:
-        for p in ("fp32", "bf16"):
+        for p in ("fp32", "bf16") if with_bf16 else ("fp32",):
             compiled = copy.deepcopy(model)
             fn = ModelRunner(compiled, cpu, DTYPES[p], engine="compiled", cache_dir=tmp / "inductor")
             paths[f"{p} torch.compile channels-last"] = (fn, p)
@@ -213,11 +250,15 @@ def main_table(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> str:
             f"| {name} | {med:.3f} | {min(times[name]):.3f} | {gflops:.0f} | {100 * gflops / ceil_gflops[kind]:.0f} % ({kind}) "
             f"| {'exact' if math.isinf(q) else f'{q:.1f}'} | {first[name]:.2f} |"
         )
+    default = next(name for name in paths if name.startswith(DEFAULT_ROW[:20]))
+    share = 100 * flop / statistics.median(times[default]) / 1e9 / ceil_gflops[paths[default][1]]
+    packing = {"fp32": "packed", "bf16": "packed" if cpu_packs_bf16() else "plain: no bf16 packing here"}
     for kind in ceilings:
         lines.append(
-            f"| conv ceiling {kind} (3x3 64->64, 256x256, channels-last, packed) | {statistics.median(times[kind]):.4f} "
+            f"| conv ceiling {kind} (3x3 64->64, 256x256, channels-last, {packing[kind]}) | {statistics.median(times[kind]):.4f} "
             f"| {min(times[kind]):.4f} | {ceil_gflops[kind]:.0f} | 100 % | | |"
         )
+    lines += ["", f"default path: {share:.0f} % of the {paths[default][1]} conv ceiling (the aim: >= 75 %)"]
     return "\n".join(lines)
 
 
@@ -333,6 +374,9 @@ def main() -> None:
     parser.add_argument("--rss", type=int, default=1024, help="LR side for the peak-RSS run (0 = skip)")
     parser.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument(
+        "--emulated-bf16", action="store_true", help="time the bf16 paths on a CPU without native bf16 too"
+    )
     parser.add_argument("--no-onnx", dest="onnx", action="store_false")
     parser.add_argument("--no-ncnn", dest="ncnn", action="store_false")
     parser.add_argument(

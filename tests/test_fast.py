@@ -33,10 +33,12 @@ CPU = torch.device("cpu")
 
 
 def packed(model: RRDBNet, precision: str) -> ModelRunner:
-    """The forward pass the Upscaler picks on the CPU (asserted to be the packed engine)."""
+    """The packed engine: the Upscaler's pick on the CPU in bf16, and in fp32 where ncnn is not installed."""
     if precision == "bf16" and not cpu_packs_bf16():
         pytest.skip("oneDNN cannot pack bf16 weights on this CPU (needs AVX512BW+VL+DQ or AVX-NE-CONVERT)")
-    runner = ModelRunner(model, CPU, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision])
+    runner = ModelRunner(
+        model, CPU, {"fp32": torch.float32, "bf16": torch.bfloat16}[precision], engine="packed"
+    )
     assert runner.engine == "packed"
     return runner
 

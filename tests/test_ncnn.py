@@ -18,9 +18,17 @@ import pytest
 import torch
 from conftest import psnr
 
-from esrgan.errors import CheckpointError
+from esrgan.device import ModelRunner
+from esrgan.errors import CheckpointError, EsrganError
 from esrgan.generator import RRDBConfig, RRDBNet, count_parameters
-from esrgan.ncnn import TAG_FP16, TAG_FP32, find_packaged_ncnn_models, load_ncnn
+from esrgan.ncnn import (
+    TAG_FP16,
+    TAG_FP32,
+    find_packaged_ncnn_models,
+    load_ncnn,
+    ncnn_runtime_available,
+    save_ncnn,
+)
 
 TAG_INT8 = 0x000D4B38
 PACKAGED = find_packaged_ncnn_models()
@@ -366,3 +374,126 @@ def test_random_token_corruption_never_escapes_as_another_exception(fused: bool,
         except CheckpointError:
             outcomes["rejected"] += 1
     assert outcomes["rejected"] > 200, outcomes
+
+
+# --- our writer (esrgan.ncnn.save_ncnn) and the ncnn engine -------------------------------------------------------
+needs_runtime = pytest.mark.skipif(not ncnn_runtime_available(), reason="the ncnn runtime is not installed")
+
+
+@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_saved_ncnn_files_read_back_as_the_model(config: RRDBConfig, fp16: bool, tmp_path: Path) -> None:
+    model = random_model(config, seed=4)
+    param, weights = save_ncnn(config, model.state_dict(), tmp_path / "m.param", fp16=fp16)
+    assert weights == tmp_path / "m.bin"
+    loaded_config, state = load_ncnn(param)
+    assert loaded_config == config
+    for key, value in model.state_dict().items():
+        expected = value.half().float() if fp16 and key.endswith("weight") else value
+        assert torch.equal(state[key], expected), key
+
+
+@needs_packaged
+def test_saved_x4plus_bin_is_byte_identical_to_real_esrgans(tmp_path: Path) -> None:
+    """Real-ESRGAN's own ncnn file, read and written back in fp16: the same weight bytes in the same order, so
+    realesrgan-ncnn-vulkan, upscayl and chaiNNer read what we write as they read theirs."""
+    config, state = load_ncnn(PACKAGED["realesrgan-x4plus"][0])
+    param, weights = save_ncnn(config, state, tmp_path / "x4plus.param")  # fp16 by default
+    assert weights.read_bytes() == PACKAGED["realesrgan-x4plus"][1].read_bytes()
+    theirs = [line.split()[0] for line in PACKAGED["realesrgan-x4plus"][0].read_text().splitlines()[2:]]
+    ours = [line.split()[0] for line in param.read_text().splitlines()[2:]]
+    assert Counter(ours) == Counter(theirs)  # the same layers: Convolution, Split, Concat, Eltwise, ...
+
+
+def test_save_ncnn_refuses_other_scales_and_existing_files(tmp_path: Path) -> None:
+    x2 = RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=2)  # Real-ESRGAN's x2: pixel-unshuffle front
+    with pytest.raises(CheckpointError, match="x4 and x8 only"):
+        save_ncnn(x2, random_model(x2).state_dict(), tmp_path / "x2.param")
+    with pytest.raises(CheckpointError, match=r"\.param"):
+        save_ncnn(TINY, random_model(TINY).state_dict(), tmp_path / "m.bin")
+    save_ncnn(TINY, random_model(TINY).state_dict(), tmp_path / "m.param")
+    (tmp_path / "m.param").write_text("mine")
+    with pytest.raises(CheckpointError, match="exists"):
+        save_ncnn(TINY, random_model(TINY, seed=1).state_dict(), tmp_path / "m.param")
+    assert (tmp_path / "m.param").read_text() == "mine"  # nothing replaced
+    save_ncnn(TINY, random_model(TINY, seed=1).state_dict(), tmp_path / "m.param", overwrite=True)
+    assert load_ncnn(tmp_path / "m.param")[0] == TINY
+
+
+def test_convert_cli_writes_an_ncnn_pair(tmp_path: Path) -> None:
+    from esrgan.checkpoints import load_weights, save_model
+    from esrgan.cli import main
+
+    model = random_model(TINY, seed=5)
+    src = save_model(tmp_path / "m.safetensors", model.state_dict(), config=TINY)
+    assert main(["convert", str(src), str(tmp_path / "out.param"), "--layout", "ncnn"]) == 0
+    back = load_weights(tmp_path / "out.param")
+    assert back.config == TINY and back.layout == "ncnn"
+    assert torch.equal(back.state_dict["conv_hr.weight"], model.state_dict()["conv_hr.weight"].half().float())
+
+
+@needs_runtime
+@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+def test_ncnn_engine_computes_the_model_on_a_real_photo(config: RRDBConfig, photo: np.ndarray) -> None:
+    model = random_model(config, seed=6)
+    crop = photo[100:124, 200:220].astype(np.float32) / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)[: config.num_in_ch]))
+    batch = torch.stack([x, x.flip(-1)])  # two images: the engine runs each
+    runner = ModelRunner(model, torch.device("cpu"), torch.float32)
+    assert runner.engine == "ncnn"  # fp32 on the CPU, runtime installed: the default
+    with torch.inference_mode():
+        ref = model(batch)
+    y = runner(batch)
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    np.testing.assert_allclose(y.numpy(), ref.numpy(), atol=1e-4, rtol=1e-4)
+
+
+@needs_runtime
+def test_engine_choice_on_the_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert ModelRunner(random_model(TINY), cpu, torch.float32).engine == "ncnn"
+    assert ModelRunner(random_model(TINY), cpu, torch.float32, engine="packed").engine == "packed"
+    x2 = RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=2)
+    assert ModelRunner(random_model(x2), cpu, torch.float32).engine == "packed"  # no ncnn graph for x2
+    assert ModelRunner(random_model(TINY), cpu, torch.bfloat16).engine != "ncnn"  # bf16: ours
+    with pytest.raises(EsrganError, match="ncnn engine runs x4/x8 models on the CPU in fp32"):
+        ModelRunner(random_model(TINY), cpu, torch.bfloat16, engine="ncnn")
+
+
+def test_without_the_ncnn_runtime_fp32_runs_on_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import esrgan.device
+
+    monkeypatch.setattr(esrgan.device, "ncnn_runtime_available", lambda: False)  # as on a machine without it
+    assert ModelRunner(random_model(TINY), torch.device("cpu"), torch.float32).engine == "packed"
+    with pytest.raises(EsrganError, match=r"esrgan\[ncnn\].*not installed"):
+        ModelRunner(random_model(TINY), torch.device("cpu"), torch.float32, engine="ncnn")
+
+
+@needs_packaged
+@needs_runtime
+def test_ctrl_c_reaches_the_caller_while_ncnn_computes(photo: np.ndarray) -> None:
+    """The forward runs in a helper thread (ncnn releases the GIL): a KeyboardInterrupt raised in the calling
+    thread ends the call while the helper is still computing, instead of after the whole tile."""
+    import _thread
+    import threading
+
+    config, state = load_ncnn(PACKAGED["realesrgan-x4plus"][0])
+    model = RRDBNet(**config.to_dict())
+    model.load_state_dict(state)
+    runner = ModelRunner(model, torch.device("cpu"), torch.float32)
+    x = torch.from_numpy(photo[:96, :96].astype(np.float32) / 255).permute(2, 0, 1)[None].contiguous()
+    seen: list[bool] = []
+
+    def interrupt_once_started() -> None:
+        while not any(t.name == "esrgan-ncnn" for t in threading.enumerate()):
+            threading.Event().wait(0.005)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        runner(x)
+    seen.append(any(t.name == "esrgan-ncnn" and t.is_alive() for t in threading.enumerate()))
+    assert seen == [True]  # the 23-block model on 96x96 was still running when the caller got control back
+    for t in threading.enumerate():
+        if t.name == "esrgan-ncnn":
+            t.join()  # leave no computation behind for the next test

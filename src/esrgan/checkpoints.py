@@ -472,7 +472,8 @@ def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict
 
 
 def convert_file(src: str | Path, dest: str | Path, *, layout: str = "ours", overwrite: bool = False) -> Path:
-    """Convert any supported model file into ours (.safetensors) or another tool's layout (.pth, tensors only)."""
+    """Convert any supported model file into ours (.safetensors) or another tool's layout (.pth, tensors only;
+    ncnn: .param and .bin, fp16 weights)."""
     weights = load_weights(src)
     dest = Path(dest)
     provenance = dict(weights.metadata)
@@ -483,6 +484,10 @@ def convert_file(src: str | Path, dest: str | Path, *, layout: str = "ours", ove
         return save_model(
             dest, weights.state_dict, config=weights.config, metadata=provenance, overwrite=overwrite
         )
+    if layout == "ncnn":
+        from .ncnn import save_ncnn
+
+        return save_ncnn(weights.config, weights.state_dict, dest, overwrite=overwrite)[0]
     if dest.suffix not in (".pth", ".pt"):
         raise CheckpointError(f"{dest}: the {layout} layout is a PyTorch file: name the output *.pth")
     sd = to_layout(weights.config, weights.state_dict, layout)

@@ -52,12 +52,17 @@ def _run_info(args: argparse.Namespace) -> int:
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert any RRDBNet model file to ours or to another tool's layout")
     p.add_argument("input", help="model file or model name")
-    p.add_argument("output", help="output file (.safetensors for ours; .pth for basicsr/old/esrgan layouts)")
+    p.add_argument(
+        "output",
+        help="output file (.safetensors for ours; .pth for basicsr/old/esrgan layouts; .param for ncnn, "
+        "with the .bin written beside it)",
+    )
     p.add_argument(
         "--layout",
-        choices=["ours", "basicsr", "esrgan", "old"],
+        choices=["ours", "basicsr", "esrgan", "old", "ncnn"],
         default="ours",
-        help="key layout of the output (default: ours = safetensors with hyperparameters in the metadata)",
+        help="key layout of the output (default: ours = safetensors with hyperparameters in the metadata; ncnn = "
+        "the .param/.bin pair realesrgan-ncnn-vulkan, upscayl and chaiNNer run, fp16 weights, x4/x8 models)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=_run_convert)

@@ -22,8 +22,10 @@ RGB pixels x 1/255) and returns RGB in about [0, 1].
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -468,3 +470,209 @@ def find_packaged_ncnn_models() -> dict[str, tuple[Path, Path]]:
             if name not in found and param.is_file() and weights.is_file():
                 found[name] = (param, weights)
     return found
+
+
+# --- writing: our RRDBNet as an ncnn graph ----------------------------------------------------------------------------
+def ncnn_supports(config: RRDBConfig) -> bool:
+    """True if `config` has an ncnn graph here: x4 or x8 (nearest x2 upsamplers), no pixel-unshuffle front."""
+    return config.unshuffle == 1 and config.num_upsample in (2, 3)
+
+
+def _graph_lines(config: RRDBConfig) -> tuple[list[str], list[str]]:
+    """(.param layer lines, conv names in .param order) of RRDBNet.forward, as ncnnoptimize writes it: LeakyReLU
+    fused into its Convolution, each x0.2 residual one Eltwise SUM with coefficients, a Split for every blob read
+    more than once (ncnn's rule: one reader per blob)."""
+    layers: list[tuple[str, str, list[str], str, str]] = []  # type, name, inputs, output, params
+    convs: list[str] = []
+
+    def conv(name: str, src: str, n_in: int, n_out: int, *, leaky: bool) -> str:
+        params = f"0={n_out} 1=3 4=1 5=1 6={n_out * n_in * 9}"
+        if leaky:
+            params += f" 9={_ACT_LEAKY} -23310=1,{LEAKY_SLOPE:e}"
+        layers.append(("Convolution", name, [src], name, params))
+        convs.append(name)
+        return name
+
+    def layer(kind: str, name: str, inputs: list[str], params: str = "") -> str:
+        layers.append((kind, name, inputs, name, params))
+        return name
+
+    nf, gc = config.num_feat, config.num_grow
+    residual = f"0={_ELTWISE_SUM} -23301=2,{RESIDUAL_SCALE:e},{1.0:e}"
+    first = conv("conv_first", "data", config.num_in_ch, nf, leaky=False)
+    x = first
+    for i in range(config.num_block):
+        rrdb_in = x
+        for k in (1, 2, 3):
+            dense = [x]
+            for j in (1, 2, 3, 4, 5):
+                src = dense[0] if j == 1 else layer("Concat", f"body.{i}.rdb{k}.cat{j}", list(dense))
+                n_in = nf + (j - 1) * gc
+                dense.append(conv(f"body.{i}.rdb{k}.conv{j}", src, n_in, nf if j == 5 else gc, leaky=j < 5))
+            x = layer("Eltwise", f"body.{i}.rdb{k}", [dense[-1], dense[0]], residual)
+        x = layer("Eltwise", f"body.{i}", [x, rrdb_in], residual)
+    body = conv("conv_body", x, nf, nf, leaky=False)
+    x = layer("BinaryOp", "skip", [first, body], f"0={_BINARYOP_ADD}")
+    for n in range(1, config.num_upsample + 1):
+        up = layer("Interp", f"up{n}", [x], f"0={_INTERP_NEAREST} 1={2.0:e} 2={2.0:e}")
+        x = conv(f"conv_up{n}", up, nf, nf, leaky=True)
+    x = conv("conv_hr", x, nf, nf, leaky=True)
+    conv("conv_last", x, nf, config.num_out_ch, leaky=False)
+
+    readers: dict[str, int] = {}
+    for _, _, inputs, _, _ in layers:
+        for blob in inputs:
+            readers[blob] = readers.get(blob, 0) + 1
+    taken: dict[str, int] = {}
+    lines = [f"{'Input':<24} {'input':<24} 0 1 data"]
+    blobs = 1
+    last = layers[-1][3]
+    for kind, name, inputs, output, params in layers:
+        names = []
+        for blob in inputs:  # the k-th reader of a split blob reads its k-th copy
+            if readers[blob] > 1:
+                names.append(f"{blob}_split{taken.get(blob, 0)}")
+                taken[blob] = taken.get(blob, 0) + 1
+            else:
+                names.append(blob)
+        out = "output" if output == last else output
+        lines.append(f"{kind:<24} {name:<24} {len(inputs)} 1 {' '.join(names)} {out} {params}".rstrip())
+        blobs += 1
+        if readers.get(output, 0) > 1:
+            copies = " ".join(f"{output}_split{k}" for k in range(readers[output]))
+            lines.append(f"{'Split':<24} {output + '_split':<24} 1 {readers[output]} {output} {copies}")
+            blobs += readers[output]
+    if readers.get("data", 0) > 1:
+        raise AssertionError("the input is read by conv_first only")
+    return [str(PARAM_MAGIC), f"{len(lines)} {blobs}", *lines], convs
+
+
+def ncnn_files(
+    config: RRDBConfig, state_dict: dict[str, Tensor], *, fp16: bool = False
+) -> tuple[bytes, bytes]:
+    """(.param, .bin) bytes of an RRDBNet for ncnn: fp32 weights, or fp16 (tagged, what realesrgan-ncnn-vulkan,
+    upscayl and chaiNNer's ncnn files hold: half the size); biases are always fp32. Raises CheckpointError for a
+    model ncnn_supports() declines."""
+    if not ncnn_supports(config):
+        raise CheckpointError(
+            f"no ncnn graph for this RRDBNet (scale {config.scale}, pixel-unshuffle {config.unshuffle}): x4 and x8 only"
+        )
+    lines, convs = _graph_lines(config)
+    chunks: list[bytes] = []
+    for name in convs:
+        weight = state_dict[f"{name}.weight"].detach().float().cpu().numpy()
+        bias = state_dict[f"{name}.bias"].detach().float().cpu().numpy()
+        if fp16:
+            half = weight.astype("<f2").tobytes()
+            chunks += [np.uint32(TAG_FP16).astype("<u4").tobytes(), half, b"\0" * (-len(half) % 4)]
+        else:
+            chunks += [np.uint32(TAG_FP32).astype("<u4").tobytes(), weight.astype("<f4").tobytes()]
+        chunks.append(bias.astype("<f4").tobytes())
+    return ("\n".join(lines) + "\n").encode(), b"".join(chunks)
+
+
+def save_ncnn(
+    config: RRDBConfig,
+    state_dict: dict[str, Tensor],
+    param_path: str | os.PathLike[str],
+    *,
+    fp16: bool = True,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Write `param_path` and the .bin beside it (same stem), each atomically; fp16 weights by default."""
+    from .atomic import atomic_write_bytes
+
+    param = Path(param_path)
+    if param.suffix != ".param":
+        raise CheckpointError(
+            f"{param}: an ncnn model is a .param file (and a .bin beside it): name it *.param"
+        )
+    text, weights = ncnn_files(config, state_dict, fp16=fp16)
+    bin_path = param.with_suffix(".bin")
+    if not overwrite:
+        for path in (param, bin_path):
+            if path.exists():
+                raise CheckpointError(f"{path}: exists (use overwrite to replace it)")
+    atomic_write_bytes(bin_path, weights, overwrite=overwrite)
+    atomic_write_bytes(param, text, overwrite=overwrite)
+    return param, bin_path
+
+
+# --- running: ncnn's CPU runtime as an engine ---------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def ncnn_runtime_available() -> bool:
+    """True if the ncnn runtime (PyPI `ncnn`, `pip install "esrgan[ncnn]"`) can be imported."""
+    try:
+        return importlib.util.find_spec("ncnn") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class NcnnRRDBNet:
+    """An RRDBNet's forward pass through ncnn's CPU runtime, in fp32: a (N, C, H, W) float32 batch in, the same
+    out at scale.
+
+    Why: on CPUs without native bf16 our fp32 paths are direct convolutions (oneDNN), which run near that CPU's
+    convolution ceiling; ncnn computes 3x3 convolutions by Winograd F(6x6, 3x3), about 4x fewer multiplications for
+    the same result, and oneDNN no longer offers Winograd on x86. Measured on an AVX2-only Zen 1 (docs/benchmarks.md):
+    1.6-1.8x our packed fp32 engine at 129 dB against it. The weights go to ncnn once (fp32, through a temporary
+    .param/.bin pair); each image runs in a helper thread (ncnn releases the GIL), so Ctrl-C reaches the caller at
+    once instead of after the whole tile.
+    """
+
+    def __init__(self, config: RRDBConfig, state_dict: dict[str, Tensor], threads: int | None = None) -> None:
+        import tempfile
+
+        import ncnn as runtime
+
+        self._runtime = runtime
+        self.threads = threads
+        net = runtime.Net()
+        net.opt.use_vulkan_compute = False
+        net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
+        net.opt.use_bf16_storage = False
+        text, weights = ncnn_files(config, state_dict, fp16=False)
+        with tempfile.TemporaryDirectory(prefix="esrgan-ncnn-") as tmp:
+            param, bin_path = Path(tmp) / "model.param", Path(tmp) / "model.bin"
+            param.write_bytes(text)
+            bin_path.write_bytes(weights)
+            if net.load_param(str(param)) != 0 or net.load_model(str(bin_path)) != 0:
+                raise CheckpointError("the ncnn runtime refused the graph written for this model")
+        self._net = net
+
+    def _one(self, image: np.ndarray, out: list[np.ndarray | BaseException], done: threading.Event) -> None:
+        try:
+            self._net.opt.num_threads = self.threads or torch.get_num_threads()  # the extractor copies opt
+            extractor = self._net.create_extractor()
+            mat = self._runtime.Mat(image)  # a view of `image`, which outlives the extraction
+            extractor.input("data", mat)
+            status, result = extractor.extract("output")
+            if status != 0:
+                raise RuntimeError(f"ncnn extract failed with status {status}")
+            out.append(np.array(result))
+        except BaseException as exc:  # handed to the caller's thread
+            out.append(exc)
+        finally:
+            done.set()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        images = x.detach().float().cpu().numpy()
+        results = []
+        for image in images:
+            out: list[np.ndarray | BaseException] = []
+            done = threading.Event()
+            worker = threading.Thread(
+                target=self._one,
+                args=(np.ascontiguousarray(image), out, done),
+                daemon=True,
+                name="esrgan-ncnn",
+            )
+            worker.start()
+            # Waiting on an Event, not on join(): KeyboardInterrupt breaks the wait within 0.1 s, and an
+            # interrupted join() would mark the still-running thread as stopped (CPython's bpo-45274 handling).
+            while not done.wait(0.1):
+                pass
+            if isinstance(out[0], BaseException):
+                raise out[0]
+            results.append(torch.from_numpy(out[0]))
+        return torch.stack(results)

@@ -337,8 +337,9 @@ class Reporter:
         with self._lock:
             if self.files is not None:
                 self.files.write(text, file=stream)
-            else:
-                print(text, file=stream, flush=True)
+            else:  # one write with its newline: ranks of torchrun share the pipe, and print() writes the end apart
+                stream.write(text + "\n")
+                stream.flush()
 
     def error(self, src: Path | str, reason: str) -> None:
         self.line(f"esrgan: error: {reason if str(src) in reason else f'{src}: {reason}'}", error=True)
