@@ -209,7 +209,9 @@ def build_paths(model: RRDBNet, args: argparse.Namespace, tmp: Path) -> dict[str
         for label, flag in (("fp32", False), ("bf16 storage", True)):
             fn = ncnn_fn(args.threads, flag)
             if fn is not None:
-                paths[f"ncnn {label} (Real-ESRGAN .param/.bin)"] = (fn, "bf16" if flag else "fp32")
+                # bf16 storage on a CPU without bf16 arithmetic is fp32 maths on bf16-stored activations
+                kind = "bf16" if flag and cpu_has_native_bf16() else "fp32"
+                paths[f"ncnn {label} (Real-ESRGAN .param/.bin)"] = (fn, kind)
     return paths
 
 

@@ -170,7 +170,7 @@ class ModelRunner:
     """The forward pass used by tiling: a batch (on any device) in, a float32 batch on `device` out, in `dtype`.
 
     On the CPU in fp32, where the ncnn runtime is installed (`esrgan[ncnn]`, part of the standard set-up), it runs
-    esrgan.ncnn.NcnnRRDBNet: ncnn's Winograd convolutions, 1.6-1.8x the packed fp32 engine on an AVX2 CPU.
+    esrgan.ncnn.NcnnRRDBNet: ncnn's Winograd convolutions, 1.3x the packed fp32 engine on an AVX2 CPU.
     Otherwise on the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
     fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). On CUDA in fp16/bf16: a copy
     of the model cast once to that dtype, channels-last (compiled too with engine="compiled"), with

