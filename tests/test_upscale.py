@@ -56,7 +56,8 @@ def test_automatic_tile_is_balanced_and_bounded_by_memory(monkeypatch: pytest.Mo
     side = up.tile_size(2 * cap, 2 * cap)
     assert 0 < side < cap and side % 8 == 0
     per_pixel, fixed = up.runner.activation_bytes()
-    assert per_pixel > 0 and (fixed > 0) == (up.runner.engine == "packed")  # packed: the tail's stripes, fixed
+    packed = up.runner.engine == "packed"
+    assert per_pixel > 0 and (fixed > 0) == packed  # packed: the tail's stripes are a fixed cost
     # this machine has plenty of memory; a small one is simulated by what /proc/meminfo would report
     monkeypatch.setattr(upscale_module, "available_memory", lambda device: fixed + 64_000_000)
     small = up.tile_size(4 * cap, 4 * cap)
