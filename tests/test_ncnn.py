@@ -497,3 +497,25 @@ def test_ctrl_c_reaches_the_caller_while_ncnn_computes(photo: np.ndarray) -> Non
     for t in threading.enumerate():
         if t.name == "esrgan-ncnn":
             t.join()  # leave no computation behind for the next test
+
+
+@needs_runtime
+@pytest.mark.parametrize("threads", [1, None])
+def test_ncnn_engine_is_silent_and_exact_at_odd_sizes(
+    threads: int | None, photo: np.ndarray, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Odd tile sizes (rows not a multiple of ncnn's 16-byte channel alignment) come out right, and nothing is
+    printed: ncnn writes a line per layer and call to stderr when an extraction's thread count differs from the
+    one the weights were laid out for."""
+    from esrgan.ncnn import NcnnRRDBNet
+
+    model = random_model(TINY, seed=7)
+    engine = NcnnRRDBNet(TINY, model.state_dict(), threads=threads)
+    for h, w in [(13, 17), (1, 1), (3, 29)]:
+        crop = photo[200 : 200 + h, 220 : 220 + w].astype(np.float32) / 255.0
+        x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+        with torch.inference_mode():
+            ref = model(x)
+        np.testing.assert_allclose(engine(x).numpy(), ref.numpy(), atol=1e-4, rtol=1e-4)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")

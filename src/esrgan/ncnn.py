@@ -632,8 +632,11 @@ class NcnnRRDBNet:
         import ncnn as runtime
 
         self._runtime = runtime
-        self.threads = threads
+        # Fixed when the weights load: ncnn lays its Winograd kernels out for this thread count and complains on
+        # stderr, per layer and call, if an extraction asks for another.
+        self.threads = threads or torch.get_num_threads()
         net = runtime.Net()
+        net.opt.num_threads = self.threads
         net.opt.use_vulkan_compute = False
         net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
         net.opt.use_bf16_storage = False
@@ -648,7 +651,6 @@ class NcnnRRDBNet:
 
     def _one(self, image: np.ndarray, out: list[np.ndarray | BaseException], done: threading.Event) -> None:
         try:
-            self._net.opt.num_threads = self.threads or torch.get_num_threads()  # the extractor copies opt
             extractor = self._net.create_extractor()
             mat = self._runtime.Mat(image)  # a view of `image`, which outlives the extraction
             extractor.input("data", mat)
