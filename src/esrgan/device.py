@@ -35,7 +35,7 @@ from torch import Tensor
 from .defaults import DEVICES, PRECISIONS
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet
-from .ncnn import ncnn_runtime_available, ncnn_supports
+from .ncnn import NcnnRRDBNet, ncnn_runtime_available, ncnn_supports
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Precision names (as the CLI, the web page and config files spell them) and their dtypes."""
@@ -206,15 +206,16 @@ class ModelRunner:
         )
         if engine == "packed" and not packable:
             raise EsrganError(f"the packed engine runs on the CPU in fp32 or bf16, not {device.type} {dtype}")
-        ncnn_ok = device.type == "cpu" and dtype == torch.float32 and ncnn_supports(model.config)
-        if engine == "ncnn" and not (ncnn_ok and ncnn_runtime_available()):
+        runtime = ncnn_runtime_available()
+        ncnn_ok = runtime and device.type == "cpu" and dtype == torch.float32 and ncnn_supports(model.config)
+        if engine == "ncnn" and not ncnn_ok:
             raise EsrganError(
                 "the ncnn engine runs x4/x8 models on the CPU in fp32 and needs the ncnn runtime "
                 f'(pip install "esrgan[ncnn]"); here: {device.type} {precision_name(dtype)}, scale {model.config.scale}, '
-                f"runtime {'installed' if ncnn_runtime_available() else 'not installed'}"
+                f"runtime {'installed' if runtime else 'not installed'}"
             )
         if engine == "auto":  # fp32 on the CPU: ncnn's Winograd where installed (see esrgan.ncnn.NcnnRRDBNet)
-            engine = "ncnn" if ncnn_ok and ncnn_runtime_available() else "packed" if packable else "module"
+            engine = "ncnn" if ncnn_ok else "packed" if packable else "module"
         self.engine = engine
         self._packed: dict[torch.dtype, Callable[[Tensor], Tensor]] = {}
         self._ncnn: Callable[[Tensor], Tensor] | None = None
@@ -241,8 +242,6 @@ class ModelRunner:
     def _run(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         if self.engine == "ncnn":
             if self._ncnn is None:
-                from .ncnn import NcnnRRDBNet
-
                 self._ncnn = NcnnRRDBNet(self.model.config, self.model.state_dict())
             return self._ncnn(x)
         if self.engine == "packed":

@@ -548,8 +548,6 @@ def _graph_lines(config: RRDBConfig) -> tuple[list[str], list[str]]:
             copies = " ".join(f"{output}_split{k}" for k in range(readers[output]))
             lines.append(f"{'Split':<24} {output + '_split':<24} 1 {readers[output]} {output} {copies}")
             blobs += readers[output]
-    if readers.get("data", 0) > 1:
-        raise AssertionError("the input is read by conv_first only")
     return [str(PARAM_MAGIC), f"{len(lines)} {blobs}", *lines], convs
 
 
