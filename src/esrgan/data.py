@@ -29,6 +29,7 @@ import io
 import logging
 import math
 import os
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -433,6 +434,13 @@ class _Uint8Samples(Dataset[tuple[Tensor, Tensor]]):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers resize small patches; more threads only oversubscribe the cores
+    # A terminal's Ctrl-C (and a scheduler's SIGTERM to the job) reaches the whole process group. The training loop
+    # turns it into "finish the step, save, stop" and then shuts the workers down itself; a worker that died of it
+    # instead could take a batch it had just queued with it (its shared-memory handle then fails to arrive:
+    # ConnectionResetError in the main process). A worker whose parent is gone exits on its own (DataLoader's
+    # watchdog), so ignoring these two signals here leaves no orphan.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def patch_loader(

@@ -1106,9 +1106,10 @@ def train(
             t_wait, t_step = time.perf_counter(), clock()
             try:
                 batch = next(batches)
-            except RuntimeError:
-                # Ctrl-C reaches the DataLoader workers too (same process group); they exit, and a batch
-                # that was being fetched is lost: save what we have instead of crashing
+            except (RuntimeError, OSError, EOFError):
+                # the workers ignore SIGINT/SIGTERM (data._worker_init), but a kill aimed at them can still lose
+                # the batch being fetched (its shared-memory handle fails to arrive): after a stop request,
+                # save what we have instead of crashing
                 if stop.signum is None:
                     raise
                 break
