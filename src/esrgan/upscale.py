@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -61,7 +61,9 @@ from .tiling import (
     to_unit,
     upscale_tiled,
 )
-from .video import VideoResult
+
+if TYPE_CHECKING:  # video imports Upscaler; Upscaler.upscale_video imports video when called
+    from .video import VideoResult
 
 AlphaMode = Literal["model", "bicubic"]
 ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
