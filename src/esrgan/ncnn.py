@@ -28,9 +28,13 @@ only to run a graph, never to read or write one.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import importlib.util
+import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -612,6 +616,42 @@ def ncnn_runtime_available() -> bool:
         return False
 
 
+_abandoned: list[
+    threading.Thread
+] = []  # helper threads whose caller stopped waiting (Ctrl-C), maybe still computing
+_abandoned_status = [130]  # the exit status the interpreter was about to give when it stopped waiting
+
+
+def _abandon(worker: threading.Thread, exc: BaseException) -> None:
+    """The caller stopped waiting for `worker` (KeyboardInterrupt, SystemExit): make sure the process never
+    finalizes while it still runs ncnn code (see _exit_before_finalizing)."""
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        _abandoned_status[0] = code if isinstance(code, int) else (0 if code is None else 1)
+    else:
+        _abandoned_status[0] = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    if not _abandoned:
+        atexit.register(_exit_before_finalizing)
+    _abandoned.append(worker)
+
+
+def _exit_before_finalizing() -> None:
+    """At exit, if an abandoned extraction is still running: flush and end the process at once.
+
+    Why: ncnn's Python binding gives up the GIL while it computes and takes it back when done. If that happens while
+    the interpreter finalizes, CPython ends the thread with pthread_exit, whose forced unwinding meets a C++ frame that
+    must not unwind, and the process aborts ("terminate called without an active exception", status 134), reliably
+    when Ctrl-C lands in the last ~0.3 s of an extraction. Our own clean-up (temporary files, partial outputs) ran in
+    the caller's `finally` blocks before exit; only the interpreter's teardown is skipped.
+    """
+    if any(worker.is_alive() for worker in _abandoned):
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing more to save
+                stream.flush()
+        os._exit(_abandoned_status[0])
+
+
 class NcnnRRDBNet:
     """An RRDBNet's forward pass through ncnn's CPU runtime, in fp32: a (N, C, H, W) float32 batch in, the same
     out at scale.
@@ -676,8 +716,12 @@ class NcnnRRDBNet:
             worker.start()
             # Waiting on an Event, not on join(): KeyboardInterrupt breaks the wait within 0.1 s, and an
             # interrupted join() would mark the still-running thread as stopped (CPython's bpo-45274 handling).
-            while not done.wait(0.1):
-                pass
+            try:
+                while not done.wait(0.1):
+                    pass
+            except BaseException as exc:
+                _abandon(worker, exc)
+                raise
             if isinstance(out[0], BaseException):
                 raise out[0]
             results.append(torch.from_numpy(out[0]))
