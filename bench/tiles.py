@@ -1,7 +1,7 @@
 """Seams: tiled vs untiled output, esrgan.tiling against Real-ESRGAN's hard paste, at the same largest tile.
 
     PYTHONPATH=src .venv/bin/python bench/tiles.py [--model realesrgan-x4plus] [--sizes 128x128] [--tile 64]
-        [--schemes 16:0,20:8,28:12,32:12,default] [--threads 2] [--cache DIR]
+        [--schemes 16:0,20:8,28:12,32:12,default] [--threads 2] [--cache DIR] [--engine packed]
 
 For each real-photo crop (scikit-image's astronaut and coffee, centre crops of --sizes): the untiled output, the
 hard paste (tools/tile_reference.py: tiles of --tile pixels, each run with 10 real pixels of padding, pasted) and
@@ -28,7 +28,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from tile_reference import hard_paste_tiled, tiled_pixels
 
-from esrgan.device import ModelRunner
+from esrgan.device import ENGINES, ModelRunner
 from esrgan.tiling import balanced_tile, default_margin, default_overlap, tile_grid, upscale_tiled
 from esrgan.upscale import CPU_MAX_TILE
 from esrgan.zoo import load_model
@@ -80,6 +80,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="ModelRunner engine; 'packed' for large untiled references (ncnn held 19 GB for 480x960 untiled)",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -95,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    run = ModelRunner(model, torch.device("cpu"), torch.float32)
+    run = ModelRunner(model, torch.device("cpu"), torch.float32, engine=args.engine)
     scale = model.scale
     schemes = [s.split(":") for s in args.schemes.split(",")]
     paste_tile = f"CPU_MAX_TILE - 20 = {CPU_MAX_TILE - 20}" if args.auto else str(args.tile)
