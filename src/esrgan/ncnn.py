@@ -616,40 +616,77 @@ def ncnn_runtime_available() -> bool:
         return False
 
 
-_abandoned: list[
-    threading.Thread
-] = []  # helper threads whose caller stopped waiting (Ctrl-C), maybe still computing
-_abandoned_status = [130]  # the exit status the interpreter was about to give when it stopped waiting
+class _Extractions:
+    """The helper threads computing ncnn extractions right now, and what exit does about them.
 
-
-def _abandon(worker: threading.Thread, exc: BaseException) -> None:
-    """The caller stopped waiting for `worker` (KeyboardInterrupt, SystemExit): make sure the process never
-    finalizes while it still runs ncnn code (see _exit_before_finalizing)."""
-    if isinstance(exc, SystemExit):
-        code = exc.code
-        _abandoned_status[0] = code if isinstance(code, int) else (0 if code is None else 1)
-    else:
-        _abandoned_status[0] = 130 if isinstance(exc, KeyboardInterrupt) else 1
-    if not _abandoned:
-        atexit.register(_exit_before_finalizing)
-    _abandoned.append(worker)
-
-
-def _exit_before_finalizing() -> None:
-    """At exit, if an abandoned extraction is still running: flush and end the process at once.
-
-    Why: ncnn's Python binding gives up the GIL while it computes and takes it back when done. If that happens while
-    the interpreter finalizes, CPython ends the thread with pthread_exit, whose forced unwinding meets a C++ frame that
-    must not unwind, and the process aborts ("terminate called without an active exception", status 134), reliably
-    when Ctrl-C lands in the last ~0.3 s of an extraction. Our own clean-up (temporary files, partial outputs) ran in
-    the caller's `finally` blocks before exit; only the interpreter's teardown is skipped.
+    ncnn's Python binding gives up the GIL while it computes and takes it back when done. If it takes it back while
+    the interpreter finalizes, CPython ends the thread with pthread_exit, whose forced unwinding meets a C++ frame
+    that must not unwind, and the process aborts ("terminate called without an active exception", status 134):
+    reliably when Ctrl-C lands in the last ~0.3 s of an extraction. So at exit (an atexit hook, which runs before
+    finalization) no extraction may still be running:
+    - one whose caller stopped waiting (Ctrl-C: KeyboardInterrupt, or SystemExit): flush and end the process at
+      once with the status the interpreter was about to give (prompt; our own clean-up, partial outputs and
+      temporary files, ran in the callers' `finally` blocks before exit; only the interpreter's teardown is skipped);
+    - one a thread still waits for (a daemon thread, such as `esrgan serve`'s worker when its close() timed out):
+      wait for it to finish; no new extraction starts after that. (This covers ncnn's frames only: a daemon thread
+      inside a torch op that gives up the GIL at that moment meets the same abort; our daemon threads are stopped
+      and joined before exit, serve's for up to 30 s.)
     """
-    if any(worker.is_alive() for worker in _abandoned):
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing more to save
-                stream.flush()
-        os._exit(_abandoned_status[0])
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: set[threading.Thread] = set()
+        self.exiting = False
+        # a worker whose caller stopped waiting for it: the exit status that caller was heading for
+        self.abandoned: dict[threading.Thread, int] = {}
+        self.hooked = False
+
+    def hook(self) -> None:
+        with self.lock:
+            if not self.hooked:
+                atexit.register(self.at_exit)
+                self.hooked = True
+
+    def start(self, worker: threading.Thread) -> None:
+        with self.lock:
+            if self.exiting:
+                raise RuntimeError("the interpreter is exiting: no new ncnn extraction")
+            self.running.add(worker)
+        worker.start()
+
+    def finished(self, worker: threading.Thread) -> None:
+        with self.lock:
+            self.running.discard(worker)
+            self.abandoned.pop(worker, None)
+
+    def abandon(self, worker: threading.Thread, exc: BaseException) -> None:
+        """The caller stopped waiting for `worker` because of `exc`: remember the exit status it leads to."""
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            status = code if isinstance(code, int) else (0 if code is None else 1)
+        else:
+            status = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        with self.lock:
+            if worker in self.running:
+                self.abandoned[worker] = status
+
+    def at_exit(self) -> None:
+        with self.lock:
+            self.exiting = True
+            alive = [worker for worker in self.running if worker.is_alive()]
+            statuses = [self.abandoned[worker] for worker in alive if worker in self.abandoned]
+        if statuses:
+            status = statuses[-1]
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing more to save
+                    stream.flush()
+            os._exit(status)
+        for worker in alive:
+            worker.join()
+
+
+_EXTRACTIONS = _Extractions()
 
 
 class NcnnRRDBNet:
@@ -686,6 +723,7 @@ class NcnnRRDBNet:
             if net.load_param(str(param)) != 0 or net.load_model(str(bin_path)) != 0:
                 raise CheckpointError("the ncnn runtime refused the graph written for this model")
         self._net = net
+        _EXTRACTIONS.hook()
 
     def _one(self, image: np.ndarray, out: list[np.ndarray | BaseException], done: threading.Event) -> None:
         try:
@@ -699,6 +737,7 @@ class NcnnRRDBNet:
         except BaseException as exc:  # handed to the caller's thread
             out.append(exc)
         finally:
+            _EXTRACTIONS.finished(threading.current_thread())
             done.set()
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -713,14 +752,14 @@ class NcnnRRDBNet:
                 daemon=True,
                 name="esrgan-ncnn",
             )
-            worker.start()
+            _EXTRACTIONS.start(worker)
             # Waiting on an Event, not on join(): KeyboardInterrupt breaks the wait within 0.1 s, and an
             # interrupted join() would mark the still-running thread as stopped (CPython's bpo-45274 handling).
             try:
                 while not done.wait(0.1):
                     pass
             except BaseException as exc:
-                _abandon(worker, exc)
+                _EXTRACTIONS.abandon(worker, exc)  # the process must not finalize while it runs: _Extractions
                 raise
             if isinstance(out[0], BaseException):
                 raise out[0]
