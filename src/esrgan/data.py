@@ -434,13 +434,12 @@ class _Uint8Samples(Dataset[tuple[Tensor, Tensor]]):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers resize small patches; more threads only oversubscribe the cores
-    # A terminal's Ctrl-C (and a scheduler's SIGTERM to the job) reaches the whole process group. The training loop
-    # turns it into "finish the step, save, stop" and then shuts the workers down itself; a worker that died of it
-    # instead could take a batch it had just queued with it (its shared-memory handle then fails to arrive:
-    # ConnectionResetError in the main process). A worker whose parent is gone exits on its own (DataLoader's
-    # watchdog), so ignoring these two signals here leaves no orphan.
+    # A terminal's Ctrl-C reaches the whole process group. The training loop turns it into "finish the step, save,
+    # stop" and then shuts the workers down itself; a worker that died of it instead could take a batch it had just
+    # queued with it (its shared-memory handle then fails to arrive: ConnectionResetError in the main process).
+    # SIGTERM keeps its default: it is how DataLoader and multiprocessing end a worker that does not stop on request
+    # (Process.terminate), and a worker that ignored it would leave the main process waiting for it at exit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def patch_loader(

@@ -490,6 +490,7 @@ class _StopSignal:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._child_handler: Any = None
 
     def __enter__(self) -> _StopSignal:
         if threading.current_thread() is threading.main_thread():
@@ -501,6 +502,14 @@ class _StopSignal:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        # A signal sent to the whole process group (systemd's default stop, a scheduler's SIGTERM, kill -TERM -PGID)
+        # also ends the DataLoader workers that do not ignore it (SIGTERM), and DataLoader's SIGCHLD handler would
+        # then raise "worker killed by signal" in the middle of this step. We are stopping anyway: worker deaths no
+        # longer matter (a lost batch ends the loop, see next(batches)).
+        # Put back by release_workers once the loader is shut down, not on leaving the loop: the final save comes
+        # after it, and a worker may die then.
+        if hasattr(signal, "SIGCHLD") and self._child_handler is None:
+            self._child_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         log.warning(
             "%s received: finishing this step, saving a checkpoint, then stopping",
             signal.Signals(signum).name,
@@ -509,6 +518,17 @@ class _StopSignal:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def release_workers(self, batches: object) -> None:
+        """After a signal: shut the DataLoader's workers down, then give DataLoader its SIGCHLD handler back (it
+        watches for crashed workers of later loaders in this process)."""
+        if self._child_handler is None:
+            return
+        shutdown = getattr(batches, "_shutdown_workers", None)  # what the iterator's __del__ calls
+        if shutdown is not None:
+            shutdown()
+        signal.signal(signal.SIGCHLD, self._child_handler)
+        self._child_handler = None
 
     def requested(self, also: bool = False) -> bool:
         """A signal arrived (or `also`: rank 0's budget is spent), on any rank: all ranks stop at the same step."""
@@ -1107,9 +1127,9 @@ def train(
             try:
                 batch = next(batches)
             except (RuntimeError, OSError, EOFError):
-                # the workers ignore SIGINT/SIGTERM (data._worker_init), but a kill aimed at them can still lose
-                # the batch being fetched (its shared-memory handle fails to arrive): after a stop request,
-                # save what we have instead of crashing
+                # the workers ignore SIGINT (data._worker_init), but a SIGTERM to the process group, or a kill
+                # aimed at them, can still lose the batch being fetched (its shared-memory handle fails to
+                # arrive): after a stop request, save what we have instead of crashing
                 if stop.signum is None:
                     raise
                 break
@@ -1259,6 +1279,7 @@ def train(
     )
     if board is not None:
         board.close()
+    stop.release_workers(batches)
     if ddp.distributed:
         dist.barrier()  # rank 0 has written everything before any rank returns
     return TrainResult(
