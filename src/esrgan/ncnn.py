@@ -639,13 +639,6 @@ class _Extractions:
         self.exiting = False
         # a worker whose caller stopped waiting for it: the exit status that caller was heading for
         self.abandoned: dict[threading.Thread, int] = {}
-        self.hooked = False
-
-    def hook(self) -> None:
-        with self.lock:
-            if not self.hooked:
-                atexit.register(self.at_exit)
-                self.hooked = True
 
     def start(self, worker: threading.Thread) -> None:
         with self.lock:
@@ -687,6 +680,7 @@ class _Extractions:
 
 
 _EXTRACTIONS = _Extractions()
+atexit.register(_EXTRACTIONS.at_exit)  # nothing to do unless an extraction is running at exit
 
 
 class NcnnRRDBNet:
@@ -723,7 +717,6 @@ class NcnnRRDBNet:
             if net.load_param(str(param)) != 0 or net.load_model(str(bin_path)) != 0:
                 raise CheckpointError("the ncnn runtime refused the graph written for this model")
         self._net = net
-        _EXTRACTIONS.hook()
 
     def _one(self, image: np.ndarray, out: list[np.ndarray | BaseException], done: threading.Event) -> None:
         try:
