@@ -181,6 +181,39 @@ def test_convert_to_foreign_layouts_round_trips(tmp_path: Path, layout: str, pho
         torch.testing.assert_close(load_model(out)(x), model(x))
 
 
+def test_image_residual_starts_at_bicubic_and_travels_only_in_our_format(
+    tmp_path: Path, photo_small: np.ndarray
+) -> None:
+    """The CPU recipe's generator adds a bicubic upscale of its input: initialised, it IS bicubic; trained, it is the
+    plain network plus that upscale; our files record it (no tensor can), and layouts that cannot are refused."""
+    x = _image(photo_small)[..., :20, :18]
+    fresh = RRDBNet(num_feat=16, num_block=2, num_grow=8, scale=4, image_residual=True)
+    fresh.init_weights()
+    bicubic = torch.nn.functional.interpolate(x, scale_factor=4.0, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), bicubic, rtol=0, atol=0)
+        model = _tiny(seed=3, image_residual=True)
+        plain = _tiny(seed=3)
+        torch.testing.assert_close(model(x), plain(x) + bicubic)
+    path = save_model(tmp_path / "m.safetensors", model)
+    loaded = load_weights(path)
+    assert loaded.config.image_residual and loaded.config == model.config
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path)(x), model(x))
+    info = run_cli("info", str(path))
+    assert info.returncode == 0 and "residual:    bicubic upscale" in info.stdout
+    for layout, name in [("esrgan", "e.pth"), ("old", "o.pth"), ("basicsr", "b.pth"), ("ncnn", "n.param")]:
+        res = run_cli("convert", str(path), str(tmp_path / name), "--layout", layout)
+        assert (
+            res.returncode == 1
+            and res.stderr.count("\n") == 1
+            and "image residual" in res.stderr.replace("_", " ")
+        )
+        assert not list(tmp_path.glob(f"{Path(name).stem}.*"))  # nothing half-written
+    with pytest.raises(ValueError, match="image_residual"):
+        RRDBNet(num_in_ch=1, num_out_ch=3, image_residual=True)
+
+
 # --- refusing bad files ---------------------------------------------------------------------------------------------
 class _Payload:
     """Unpickling this writes a file: the proof that code ran."""

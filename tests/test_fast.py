@@ -60,6 +60,8 @@ ARCHS = [
     {"scale": 1},  # pixel-unshuffle by 4
     {"scale": 2, "pixel_unshuffle": False},  # ESRGAN community x2: one upsampling stage
     {"scale": 1, "pixel_unshuffle": False},  # no upsampling stage
+    {"scale": 4, "image_residual": True},  # the CPU recipe's: bicubic upscale of the input added
+    {"scale": 2, "image_residual": True},  # ... with unshuffle padding and cropping around it
 ]
 
 

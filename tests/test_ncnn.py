@@ -7,6 +7,7 @@ as documentation of the format, and the ncnn runtime itself runs its output, so 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import struct
@@ -433,7 +434,11 @@ def test_convert_cli_writes_an_ncnn_pair(tmp_path: Path) -> None:
 
 
 @needs_runtime
-@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+@pytest.mark.parametrize(
+    "config",
+    [TINY, ODD_X8, dataclasses.replace(TINY, image_residual=True)],
+    ids=["x4", "x8-gray-odd", "x4-image-residual"],
+)
 def test_ncnn_engine_computes_the_model_on_a_real_photo(config: RRDBConfig, photo: np.ndarray) -> None:
     model = random_model(config, seed=6)
     crop = photo[100:124, 200:220].astype(np.float32) / 255.0

@@ -25,7 +25,14 @@ FP32_DB = 80.0  # same fp32 maths, other summation order
 
 
 @pytest.mark.parametrize(
-    "arch", [{"scale": 4}, {"scale": 2}, {"scale": 1, "pixel_unshuffle": False}], ids=str
+    "arch",
+    [
+        {"scale": 4},
+        {"scale": 2},
+        {"scale": 1, "pixel_unshuffle": False},
+        {"scale": 4, "image_residual": True},
+    ],
+    ids=str,
 )
 def test_round_trip_on_photo_with_dynamic_size(
     arch: dict[str, object], photo: np.ndarray, tmp_path: Path

@@ -20,7 +20,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -362,9 +362,10 @@ def load_weights(path: str | Path) -> LoadedWeights:
         raise CheckpointError(f"{path}: {exc}") from None
     if "esrgan.config" in metadata:
         recorded = _config_from_metadata(path, metadata["esrgan.config"])
-        if recorded != config:
+        # the image residual has no tensors: only the metadata can say it is there
+        if replace(recorded, image_residual=False) != config:
             raise CheckpointError(f"{path}: metadata says {recorded} but the tensors say {config}")
-        layout = "ours"
+        config, layout = recorded, "ours"
     return LoadedWeights(config, sd, layout, metadata, path)
 
 
@@ -440,6 +441,11 @@ def _writing(dest: Path, overwrite: bool) -> Iterator[Path]:
 
 def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
     """Rename a canonical state dict into another tool's key layout."""
+    if config.image_residual and layout != "ours":
+        raise CheckpointError(
+            f"this model adds a bicubic upscale of its input to its output (image_residual), which {layout!r} "
+            "files cannot record: other tools would run it without and get a dark, wrong image; keep --layout ours"
+        )
     if layout in ("ours", "basicsr"):
         if layout == "basicsr" and config.scale in (1, 2) and not config.pixel_unshuffle:
             raise CheckpointError("BasicSR's RRDBNet has no native x1/x2 variant: use --layout old or esrgan")
@@ -551,6 +557,7 @@ def describe(path: str | Path) -> str:
         + ("" if cfg.pixel_unshuffle or cfg.scale >= 4 else " (native, original ESRGAN design)"),
         f"channels:    {cfg.num_in_ch} in, {cfg.num_out_ch} out",
         f"features:    {cfg.num_feat}, blocks: {cfg.num_block}, growth: {cfg.num_grow}",
+        *(["residual:    bicubic upscale of the input added to the output"] if cfg.image_residual else []),
         f"parameters:  {params:,}",
     ]
     lines += [f"{k}: {v}" for k, v in sorted(weights.metadata.items()) if k not in ("esrgan.config",)]

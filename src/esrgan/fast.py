@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import EsrganError
-from .generator import RRDBNet
+from .generator import RRDBNet, upscale_input
 
 _ONE = [1, 1]  # every RRDBNet conv is 3x3, stride 1, padding 1, dilation 1
 _MAX_PACKS = 4  # packed weight sets kept per conv (one per input shape; tiling uses one or two shapes)
@@ -159,6 +159,7 @@ class PackedRRDBNet:
         h, w = x.shape[-2:]
         with torch.inference_mode():
             x = x.float()
+            base = upscale_input(x, cfg) if cfg.image_residual else None
             if factor > 1:  # same padding rule as RRDBNet.forward
                 pad_h, pad_w = (-h) % factor, (-w) % factor
                 if pad_h or pad_w:
@@ -169,4 +170,5 @@ class PackedRRDBNet:
             out = self._trunk(x)
             if factor > 1:
                 out = out[..., : h * cfg.scale, : w * cfg.scale]
-            return out.float().contiguous()
+            out = out.float()
+            return (out if base is None else out + base).contiguous()

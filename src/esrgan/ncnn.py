@@ -36,7 +36,7 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
-from .generator import RRDBConfig
+from .generator import RRDBConfig, upscale_input
 
 PARAM_MAGIC = 7767517
 TAG_FP16 = 0x01306B47
@@ -484,7 +484,8 @@ def find_packaged_ncnn_models() -> dict[str, tuple[Path, Path]]:
 
 # --- writing: our RRDBNet as an ncnn graph ----------------------------------------------------------------------------
 def ncnn_supports(config: RRDBConfig) -> bool:
-    """True if `config` has an ncnn graph here: x4 or x8 (nearest x2 upsamplers), no pixel-unshuffle front."""
+    """True if NcnnRRDBNet runs `config`: x4 or x8 (nearest x2 upsamplers), no pixel-unshuffle front. An image
+    residual is added outside the graph (ncnn_files does not write one into a file: see there)."""
     return config.unshuffle == 1 and config.num_upsample in (2, 3)
 
 
@@ -561,6 +562,13 @@ def ncnn_files(
     """(.param, .bin) bytes of an RRDBNet for ncnn: fp32 weights, or fp16 (tagged, what realesrgan-ncnn-vulkan,
     upscayl and chaiNNer's ncnn files hold: half the size); biases are always fp32. Raises CheckpointError for a
     model ncnn_supports() declines."""
+    if config.image_residual:
+        # An Interp (bicubic) + BinaryOp pair could express it; not written: our reader (_match_rrdbnet) knows the
+        # plain RRDBNet graph only, and whether ncnn's bicubic matches PyTorch's has not been checked.
+        raise CheckpointError(
+            "no ncnn file for a model with an image residual (the bicubic upscale of its input added to its "
+            "output): keep it as .safetensors, or export ONNX"
+        )
     if not ncnn_supports(config):
         raise CheckpointError(
             f"no ncnn graph for this RRDBNet (scale {config.scale}, pixel-unshuffle {config.unshuffle}): x4 and x8 only"
@@ -709,7 +717,9 @@ class NcnnRRDBNet:
         net.opt.use_vulkan_compute = False
         net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
         net.opt.use_bf16_storage = False
-        text, weights = ncnn_files(config, state_dict, fp16=False)
+        # the image residual is added in __call__, outside the graph
+        self._base_config = config if config.image_residual else None
+        text, weights = ncnn_files(replace(config, image_residual=False), state_dict, fp16=False)
         with tempfile.TemporaryDirectory(prefix="esrgan-ncnn-") as tmp:
             param, bin_path = Path(tmp) / "model.param", Path(tmp) / "model.bin"
             param.write_bytes(text)
@@ -757,4 +767,7 @@ class NcnnRRDBNet:
             if isinstance(out[0], BaseException):
                 raise out[0]
             results.append(torch.from_numpy(out[0]))
-        return torch.stack(results)
+        out_batch = torch.stack(results)
+        if self._base_config is not None:
+            out_batch += upscale_input(x.detach().float().cpu(), self._base_config)
+        return out_batch

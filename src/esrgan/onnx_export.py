@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .atomic import atomic_path
 from .errors import EsrganError
-from .generator import RRDBConfig, RRDBNet
+from .generator import RRDBConfig, RRDBNet, upscale_input
 
 DEFAULT_OPSET = 17
 CHECK_PSNR_DB = 80.0  # fp32 ONNX vs fp32 PyTorch differ only in summation order: far above this
@@ -42,13 +42,15 @@ class _Graph(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         m = self.model
+        base = upscale_input(x, m.config) if m.config.image_residual else None
         if m.config.unshuffle > 1:
             x = F.pixel_unshuffle(x, m.config.unshuffle)
         feat = m.conv_first(x)
         feat = feat + m.conv_body(m.body(feat))
         for name in m.upsample_names:
             feat = m.lrelu(getattr(m, name)(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
-        return m.conv_last(m.lrelu(m.conv_hr(feat)))
+        out = m.conv_last(m.lrelu(m.conv_hr(feat)))
+        return out if base is None else out + base
 
 
 def _require(module: str) -> Any:
