@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import time
 import uuid
 import zipfile
@@ -439,6 +440,29 @@ def test_results_expire_and_shutdown_deletes_everything(model_x2: Path, photo_sm
     finally:
         service.close()
     assert not service.root.exists()
+
+
+def test_shutdown_waits_for_the_running_tile_and_leaves_nothing(
+    tmp_path: Path, photo: np.ndarray, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a job computes: close() returns only once the worker has stopped (at the end of its tile), then
+    deletes the job folders; it used to give up after 30 s and delete the folder under a running job."""
+    wide = save_model(tmp_path / "wide.safetensors", tiny_rrdb(2, num_feat=64, num_block=4, num_grow=32))
+    service = serve.JobService(serve.file_models({"m": wide}))
+    job_id, folder = service.new_folder()
+    (folder / "input").write_bytes(png(photo))  # 512x512 -> 2048x2048 in one tile: seconds on 2 cores
+    service.submit(job_id, folder, "p.png", service.parse_options({"tile": "512", "precision": "fp32"}))
+    deadline = time.time() + 60
+    while (job := service.get(job_id)) is not None and job["state"] != "running":
+        assert time.time() < deadline
+        time.sleep(0.01)
+    monkeypatch.setattr(serve, "QUIET_STOP_S", 0.0)  # say it at once: the tile is still being computed
+    with caplog.at_level(logging.WARNING):
+        service.close()
+    assert "stopping once the tile being computed is done" in caplog.text
+    assert not service._worker.is_alive()
+    assert not service.root.exists()
+    assert service.get(job_id) is None  # cancelled, not reported as failed
 
 
 def test_is_loopback() -> None:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from .imageio import ImageData
 
 log = logging.getLogger(__name__)
+QUIET_STOP_S = 2.0  # close() waits this long for the running tile before saying it is waiting
 
 WEB_DIR = Path(__file__).with_name("web")
 DEFAULT_HOST = "127.0.0.1"
@@ -473,13 +474,18 @@ class JobService:
         return self._closed
 
     def close(self) -> None:
-        """Stop the worker (a running job stops at its next tile) and delete every file."""
+        """Stop the worker and delete every file. A running job stops at the end of its current tile, which close
+        waits for however long it takes: leaving earlier (this waited 30 s until session 10) deleted the folder the
+        job was writing into, and a thread still inside a model call when Python finalizes can abort the process."""
         with self._cond:
             self._closed = True
             for job in self._jobs.values():
                 job.cancel.set()
             self._cond.notify_all()
-        self._worker.join(timeout=30)
+        self._worker.join(timeout=QUIET_STOP_S)
+        if self._worker.is_alive():
+            log.warning("esrgan serve: stopping once the tile being computed is done")
+            self._worker.join()
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- internals (callers hold self._cond where noted)
