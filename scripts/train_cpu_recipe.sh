@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU recipe (issue 5's proof of learning), start to finish on a 2-core machine:
 #   1. real photographs: plasma-workspace-wallpapers (scripts/fetch_wallpapers.sh), if not fetched yet;
-#   2. stage 1 (configs/cpu_x4_psnr.yaml): RRDBNet 6 blocks x 48 features (growth 24), L1, cosine lr 5e-4 -> 1e-6, EMA 0.999,
+#   2. stage 1 (configs/cpu_x4_psnr.yaml): RRDBNet 6 blocks x 48 features (growth 24) plus the bicubic upscale of its input
+#      (model.image_residual), L1, cosine lr 5e-4 -> 1e-6, EMA 0.999,
 #      bf16 autocast where the CPU has it natively (fp32 elsewhere), batch 16 of 96x96 HR patches; validated on Set5 every 500 steps;
 #   3. Set5 / Set14: Y-PSNR/SSIM of bicubic vs the stage-1 model (esrgan evaluate, the literature protocol);
 #   4. a short stage 2 (configs/cpu_x4_gan.yaml) from the stage-1 generator, and the same evaluation with crops.
