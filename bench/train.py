@@ -37,6 +37,7 @@ class Size:
     batch: int
     patch: int
     batch_gan: int
+    image_residual: bool = False
 
 
 def size_from_configs(name: str, psnr_config: str, gan_config: str) -> Size:
@@ -45,7 +46,7 @@ def size_from_configs(name: str, psnr_config: str, gan_config: str) -> Size:
     psnr, gan = load_config(configs / psnr_config), load_config(configs / gan_config)
     m = psnr.model
     return Size(name, m.num_block, m.num_feat, m.num_grow, psnr.data.batch_size, psnr.data.patch_size,
-                gan.data.batch_size)  # fmt: skip
+                gan.data.batch_size, m.image_residual)  # fmt: skip
 
 
 SIZES = {
@@ -58,7 +59,8 @@ def bench(size: Size, stage: int, precision: str, steps: int, warmup: int) -> fl
     torch.manual_seed(0)
     device = torch.device("cpu")
     autocast = make_autocast(device, precision)
-    g = RRDBNet(num_feat=size.num_feat, num_block=size.num_block, num_grow=size.num_grow, scale=4)
+    g = RRDBNet(num_feat=size.num_feat, num_block=size.num_block, num_grow=size.num_grow, scale=4,
+                image_residual=size.image_residual)  # fmt: skip
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = size.batch if stage == 1 else size.batch_gan
