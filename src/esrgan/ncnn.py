@@ -561,7 +561,7 @@ def ncnn_files(
 ) -> tuple[bytes, bytes]:
     """(.param, .bin) bytes of an RRDBNet for ncnn: fp32 weights, or fp16 (tagged, what realesrgan-ncnn-vulkan,
     upscayl and chaiNNer's ncnn files hold: half the size); biases are always fp32. Raises CheckpointError for a
-    model ncnn_supports() declines."""
+    model ncnn_supports() declines and for one with an image residual (NcnnRRDBNet adds that outside the graph)."""
     if config.image_residual:
         # An Interp (bicubic) + BinaryOp pair could express it; not written: our reader (_match_rrdbnet) knows the
         # plain RRDBNet graph only, and whether ncnn's bicubic matches PyTorch's has not been checked.
