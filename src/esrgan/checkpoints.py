@@ -35,6 +35,7 @@ LAYOUTS = ("ours", "basicsr", "esrgan", "old")
 FORMAT_VERSION = "1"
 # RRDBNet files are ~67 MB in fp32 at paper size; anything past this is not a generator and is refused unread.
 MAX_FILE_BYTES = 2 * 1024**3
+FP16_MAX = 65504.0  # the largest finite float16
 _WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g", "netG", "generator", "g_ema")
 _PREFIXES = ("module.", "_orig_mod.", "net_g.", "generator.")
 
@@ -48,6 +49,9 @@ class LoadedWeights:
     layout: str
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    stored: str | None = (
+        None  # the file's weight dtype ("float16", ...; "mixed"); state_dict is float32 whatever it is
+    )
 
 
 # --- reading ------------------------------------------------------------------------------------------------------
@@ -357,6 +361,7 @@ def load_weights(path: str | Path) -> LoadedWeights:
         return LoadedWeights(config, check_state_dict(config, sd), "ncnn", {}, path)
     raw, metadata = read_weights(path)
     try:
+        stored = _precision(unwrap(raw))
         config, sd, layout = canonicalize(raw)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -366,7 +371,13 @@ def load_weights(path: str | Path) -> LoadedWeights:
         if replace(recorded, image_residual=False) != config:
             raise CheckpointError(f"{path}: metadata says {recorded} but the tensors say {config}")
         config, layout = recorded, "ours"
-    return LoadedWeights(config, sd, layout, metadata, path)
+    return LoadedWeights(config, sd, layout, metadata, path, stored)
+
+
+def _precision(sd: Mapping[str, Tensor]) -> str:
+    """The dtype the weights were stored in ("float16", "float32", ...; "mixed" when they differ)."""
+    kinds = {str(t.dtype).removeprefix("torch.") for t in sd.values() if isinstance(t, Tensor)}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def _config_from_metadata(path: Path, text: str) -> RRDBConfig:
@@ -399,8 +410,10 @@ def save_model(
     config: RRDBConfig | None = None,
     metadata: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    half: bool = False,
 ) -> Path:
-    """Write our format: safetensors with the hyperparameters (and provenance) in its metadata, atomically."""
+    """Write our format: safetensors with the hyperparameters (and provenance) in its metadata, atomically;
+    `half`: fp16 weights (half the file; loading makes them float32 again)."""
     from safetensors.torch import save_file
 
     if isinstance(model, RRDBNet):
@@ -411,6 +424,8 @@ def save_model(
     if config is None:
         config = infer_config(sd)
     tensors = check_state_dict(config, sd)
+    if half:
+        tensors = to_half(tensors)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update(
         {
@@ -477,9 +492,24 @@ def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict
     return out
 
 
-def convert_file(src: str | Path, dest: str | Path, *, layout: str = "ours", overwrite: bool = False) -> Path:
+def to_half(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """fp16 copies of float weights, refused (one CheckpointError) where a value is beyond fp16's range."""
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        peak = float(value.abs().max()) if value.numel() else 0.0
+        if peak > FP16_MAX:
+            raise CheckpointError(
+                f"{key}: a weight of magnitude {peak:.3g} does not fit fp16 (max {FP16_MAX:g})"
+            )
+        out[key] = value.to(torch.float16)
+    return out
+
+
+def convert_file(
+    src: str | Path, dest: str | Path, *, layout: str = "ours", overwrite: bool = False, half: bool = False
+) -> Path:
     """Convert any supported model file into ours (.safetensors) or another tool's layout (.pth, tensors only;
-    ncnn: .param and .bin, fp16 weights)."""
+    ncnn: .param and .bin, fp16 weights always); `half`: fp16 weights in ours and the .pth layouts too."""
     weights = load_weights(src)
     dest = Path(dest)
     provenance = dict(weights.metadata)
@@ -488,7 +518,12 @@ def convert_file(src: str | Path, dest: str | Path, *, layout: str = "ours", ove
         if dest.suffix != ".safetensors":
             raise CheckpointError(f"{dest}: our format is safetensors: name the output *.safetensors")
         return save_model(
-            dest, weights.state_dict, config=weights.config, metadata=provenance, overwrite=overwrite
+            dest,
+            weights.state_dict,
+            config=weights.config,
+            metadata=provenance,
+            overwrite=overwrite,
+            half=half,
         )
     if layout == "ncnn":
         from .ncnn import save_ncnn
@@ -496,7 +531,7 @@ def convert_file(src: str | Path, dest: str | Path, *, layout: str = "ours", ove
         return save_ncnn(weights.config, weights.state_dict, dest, overwrite=overwrite)[0]
     if dest.suffix not in (".pth", ".pt"):
         raise CheckpointError(f"{dest}: the {layout} layout is a PyTorch file: name the output *.pth")
-    sd = to_layout(weights.config, weights.state_dict, layout)
+    sd = to_layout(weights.config, to_half(weights.state_dict) if half else weights.state_dict, layout)
     # BasicSR and Real-ESRGAN look for params_ema, then params; both point at the same storages (saved once).
     payload: dict[str, Any] = {"params_ema": sd, "params": sd} if layout == "basicsr" else sd
     with _writing(dest, overwrite) as tmp:
@@ -559,6 +594,7 @@ def describe(path: str | Path) -> str:
         f"features:    {cfg.num_feat}, blocks: {cfg.num_block}, growth: {cfg.num_grow}",
         *(["residual:    bicubic upscale of the input added to the output"] if cfg.image_residual else []),
         f"parameters:  {params:,}",
+        *([f"weights:     {weights.stored}"] if weights.stored else []),
     ]
     lines += [f"{k}: {v}" for k, v in sorted(weights.metadata.items()) if k not in ("esrgan.config",)]
     return "\n".join(lines)

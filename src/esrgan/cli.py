@@ -64,6 +64,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         help="key layout of the output (default: ours = safetensors with hyperparameters in the metadata; ncnn = "
         "the .param/.bin pair realesrgan-ncnn-vulkan, upscayl and chaiNNer run, fp16 weights, x4/x8 models)",
     )
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="store the weights in fp16: half the file, the same pictures (loading makes them float32 again; "
+        "ncnn files are fp16 anyway)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=_run_convert)
 
@@ -73,7 +79,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from .zoo import resolve_model_path
 
     src = resolve_model_path(args.input)
-    out = convert_file(src, args.output, layout=args.layout, overwrite=args.overwrite)
+    out = convert_file(src, args.output, layout=args.layout, overwrite=args.overwrite, half=args.half)
     print(f"wrote {out}")
     return 0
 
