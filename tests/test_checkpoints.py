@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -374,3 +377,16 @@ def test_convert_half_refuses_weights_beyond_fp16(tmp_path: Path) -> None:
     assert res.returncode == 1 and res.stderr.count("\n") == 1
     assert "conv_hr.weight" in res.stderr and "fp16" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]  # nothing half-written
+
+
+def test_written_files_get_the_umask_permissions(tmp_path: Path) -> None:
+    """Models we write are readable by whoever the umask allows, as any new file is (safetensors' own save_file
+    would make them 0600), in our format as in the .pth layouts."""
+    src = save_model(tmp_path / "src.safetensors", _tiny())
+    for name, extra in [("ours.safetensors", []), ("b.pth", ["--layout", "basicsr"])]:
+        out = tmp_path / name
+        argv = ["convert", str(src), str(out), *extra]
+        code = f"import os, sys; os.umask(0o022); from esrgan.cli import main; sys.exit(main({argv!r}))"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644, (name, oct(out.stat().st_mode))

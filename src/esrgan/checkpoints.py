@@ -414,7 +414,7 @@ def save_model(
 ) -> Path:
     """Write our format: safetensors with the hyperparameters (and provenance) in its metadata, atomically;
     `half`: fp16 weights (half the file; loading makes them float32 again)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if isinstance(model, RRDBNet):
         config = config or model.config
@@ -435,7 +435,11 @@ def save_model(
         }
     )
     with _writing(Path(path), overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        # save() then our own write, not save_file(): safetensors' save_file recreates the file with mode 0600,
+        # which would make every model we write unreadable to other users whatever the umask says
+        data = save(tensors, metadata=meta)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
     return Path(path)
 
 
