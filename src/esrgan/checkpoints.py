@@ -49,9 +49,8 @@ class LoadedWeights:
     layout: str
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
-    stored: str | None = (
-        None  # the file's weight dtype ("float16", ...; "mixed"); state_dict is float32 whatever it is
-    )
+    # the file's weight dtype ("float16", ...; "mixed"; None: not told, as for ncnn); state_dict is always float32
+    stored: str | None = None
 
 
 # --- reading ------------------------------------------------------------------------------------------------------
