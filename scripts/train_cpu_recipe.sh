@@ -12,6 +12,7 @@
 #   SKIP1=1 VGG=none scripts/train_cpu_recipe.sh       stage 2 only, from the stage-1 model already in RUNS
 # Environment: DATA (wallpaper folder, default ../data/wallpapers), RUNS (default runs), BENCH (benchmark sets,
 # default ../shared/data/benchmarks), STEPS1 / STEPS2 (override total_steps), MINUTES (stage-1 budget, default 60),
+# SET1 (extra stage-1 config overrides, space-separated KEY=VALUE, e.g. SET1="data.hr_downscale=3.0"),
 # VGG (VGG19 weight file for stage 2; "none" = no perceptual loss: stage 2 becomes L1 (weight 1) + RaGAN (5e-3,
 # terms averaged as BasicSR does), the demonstration this repository's docs show, made on a machine without ImageNet
 # VGG19 weights; "random" = an untrained VGG19, for a smoke run only: with the paper's weights its perceptual loss is
@@ -36,6 +37,7 @@ bench="${BENCH:-$here/../shared/data/benchmarks}"
 set1=(--set "data.hr_dir=$data/hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5")
 set2=(--set "data.hr_dir=$data/hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5"
       --set "train.pretrained_g=$runs/cpu_x4_psnr/model.safetensors")
+for kv in ${SET1:-}; do set1+=(--set "$kv"); done
 if [ -n "${STEPS1:-}" ]; then
     set1+=(--set "train.total_steps=$STEPS1" --set "validation.every=$STEPS1" --set "checkpoint.every=$STEPS1")
 fi

@@ -373,10 +373,16 @@ def test_convert_half_refuses_weights_beyond_fp16(tmp_path: Path) -> None:
     with torch.no_grad():
         model.conv_hr.weight[0, 0, 1, 1] = 1e5
     src = save_model(tmp_path / "big.safetensors", model)
-    res = run_cli("convert", str(src), str(tmp_path / "half.safetensors"), "--half")
-    assert res.returncode == 1 and res.stderr.count("\n") == 1
-    assert "conv_hr.weight" in res.stderr and "fp16" in res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]  # nothing half-written
+    # ours and the .pth layouts with --half, and ncnn, whose .bin is always fp16 (it wrote an inf before)
+    for out, extra in [
+        ("half.safetensors", ["--half"]),
+        ("half.pth", ["--half", "--layout", "basicsr"]),
+        ("big.param", ["--layout", "ncnn"]),
+    ]:
+        res = run_cli("convert", str(src), str(tmp_path / out), *extra)
+        assert res.returncode == 1 and res.stderr.count("\n") == 1, (out, res.stderr)
+        assert "conv_hr.weight" in res.stderr and "fp16" in res.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]  # nothing half-written
 
 
 def test_written_files_get_the_umask_permissions(tmp_path: Path) -> None:

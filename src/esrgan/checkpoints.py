@@ -29,13 +29,12 @@ from torch import Tensor
 
 from .atomic import OutputExistsError, atomic_path
 from .errors import CheckpointError
-from .generator import RRDBConfig, RRDBNet, count_parameters
+from .generator import RRDBConfig, RRDBNet, count_parameters, to_half
 
 LAYOUTS = ("ours", "basicsr", "esrgan", "old")
 FORMAT_VERSION = "1"
 # RRDBNet files are ~67 MB in fp32 at paper size; anything past this is not a generator and is refused unread.
 MAX_FILE_BYTES = 2 * 1024**3
-FP16_MAX = 65504.0  # the largest finite float16
 _WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g", "netG", "generator", "g_ema")
 _PREFIXES = ("module.", "_orig_mod.", "net_g.", "generator.")
 
@@ -492,19 +491,6 @@ def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict
                 out[f"model.{index}.{tail}"] = value
         else:
             raise CheckpointError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    return out
-
-
-def to_half(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """fp16 copies of float weights, refused (one CheckpointError) where a value is beyond fp16's range."""
-    out: dict[str, Tensor] = {}
-    for key, value in sd.items():
-        peak = float(value.abs().max()) if value.numel() else 0.0
-        if peak > FP16_MAX:
-            raise CheckpointError(
-                f"{key}: a weight of magnitude {peak:.3g} does not fit fp16 (max {FP16_MAX:g})"
-            )
-        out[key] = value.to(torch.float16)
     return out
 
 

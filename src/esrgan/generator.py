@@ -10,13 +10,17 @@ Parameter names are the BasicSR / Real-ESRGAN ones (``conv_first``, ``body.{i}.r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import CheckpointError
+
 SCALES = (1, 2, 4, 8)
+FP16_MAX = 65504.0  # the largest finite float16
 
 
 @dataclass(frozen=True)
@@ -194,3 +198,17 @@ def upscale_input(x: Tensor, config: RRDBConfig) -> Tensor:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def to_half(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """fp16 copies of float weights, refused (one CheckpointError) where a value is beyond fp16's range: every writer
+    of fp16 weights (our safetensors, the .pth layouts, ncnn's .bin) goes through here, so none writes an inf."""
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        peak = float(value.abs().max()) if value.numel() else 0.0
+        if peak > FP16_MAX:
+            raise CheckpointError(
+                f"{key}: a weight of magnitude {peak:.3g} does not fit fp16 (max {FP16_MAX:g})"
+            )
+        out[key] = value.to(torch.float16)
+    return out

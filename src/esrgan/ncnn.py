@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
-from .generator import RRDBConfig, upscale_input
+from .generator import RRDBConfig, to_half, upscale_input
 
 PARAM_MAGIC = 7767517
 TAG_FP16 = 0x01306B47
@@ -574,12 +574,15 @@ def ncnn_files(
             f"no ncnn graph for this RRDBNet (scale {config.scale}, pixel-unshuffle {config.unshuffle}): x4 and x8 only"
         )
     lines, convs = _graph_lines(config)
+    # fp16 through to_half: a weight beyond fp16's range is refused, not written as inf
+    weights = {f"{n}.weight": state_dict[f"{n}.weight"].detach().float().cpu() for n in convs}
+    halves = to_half(weights) if fp16 else {}
     chunks: list[bytes] = []
     for name in convs:
         weight = state_dict[f"{name}.weight"].detach().float().cpu().numpy()
         bias = state_dict[f"{name}.bias"].detach().float().cpu().numpy()
         if fp16:
-            half = weight.astype("<f2").tobytes()
+            half = halves[f"{name}.weight"].numpy().astype("<f2").tobytes()
             chunks += [np.uint32(TAG_FP16).astype("<u4").tobytes(), half, b"\0" * (-len(half) % 4)]
         else:
             chunks += [np.uint32(TAG_FP32).astype("<u4").tobytes(), weight.astype("<f4").tobytes()]
