@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .atomic import atomic_path, atomic_write_bytes
+from .checkpoints import load_weights, save_model  # at import, not at the run's end: see train()'s export
 from .config import Config, LossesConfig, ScheduleConfig, TrainConfig, config_to_yaml
 from .data import (
     Degradation,
@@ -389,8 +390,6 @@ def _load_pretrained_generator(path: str, g: RRDBNet) -> None:
     else:
         if not p.is_file():
             raise ConfigError(f"train.pretrained_g: {p} not found (train stage 1 first, or fix the path)")
-        from .checkpoints import load_weights  # written alongside
-
         weights = load_weights(p)
         if weights.config != g.config:
             raise ConfigError(
@@ -1241,8 +1240,8 @@ def train(
     final = nets.g_ema if nets.g_ema is not None else nets.g
     model_path = None
     if ddp.main and not interrupted:
-        from .checkpoints import save_model  # written alongside
-
+        # save_model was imported with this module: a late import here would fail after the last step if the
+        # package were upgraded (or its source edited) during the run, and lose this export (session 12 lost one)
         meta = {
             "esrgan.training": json.dumps(
                 {
