@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU recipe (issue 5's proof of learning), start to finish on a 2-core machine:
-#   1. real photographs: plasma-workspace-wallpapers (scripts/fetch_wallpapers.sh), if not fetched yet;
+#   1. real photographs: the 25 photographs of three Debian wallpaper packages (scripts/fetch_photos.sh), if not
+#      fetched yet;
 #   2. stage 1 (configs/cpu_x4_psnr.yaml): RRDBNet 6 blocks x 48 features (growth 24) plus the bicubic upscale of its input
 #      (model.image_residual), L1, cosine lr 5e-4 -> 1e-6, EMA 0.999,
 #      bf16 autocast where the CPU has it natively (fp32 elsewhere), batch 16 of 96x96 HR patches; validated on Set5 every 500 steps;
@@ -10,7 +11,7 @@
 #   scripts/train_cpu_recipe.sh                       the full recipe (60 minutes of stage 1, then stage 2)
 #   STEPS1=40 STEPS2=4 VGG=random scripts/train_cpu_recipe.sh    a quick check that every stage runs
 #   SKIP1=1 VGG=none scripts/train_cpu_recipe.sh       stage 2 only, from the stage-1 model already in RUNS
-# Environment: DATA (wallpaper folder, default ../data/wallpapers), RUNS (default runs), BENCH (benchmark sets,
+# Environment: DATA (photograph folder, default ../data/photos), RUNS (default runs), BENCH (benchmark sets,
 # default ../shared/data/benchmarks), STEPS1 / STEPS2 (override total_steps), MINUTES (stage-1 budget, default 60),
 # SET1 (extra stage-1 config overrides, space-separated KEY=VALUE, e.g. SET1="data.hr_downscale=3.0"),
 # VGG (VGG19 weight file for stage 2; "none" = no perceptual loss: stage 2 becomes L1 (weight 1) + RaGAN (5e-3,
@@ -28,11 +29,11 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 esrgan="$here/.venv/bin/esrgan"
-data="${DATA:-$here/../data/wallpapers}"
+data="${DATA:-$here/../data/photos}"
 runs="${RUNS:-runs}"
 bench="${BENCH:-$here/../shared/data/benchmarks}"
 
-[ -d "$data/hr" ] || scripts/fetch_wallpapers.sh "$data"
+[ -d "$data/hr" ] || scripts/fetch_photos.sh "$data"
 
 set1=(--set "data.hr_dir=$data/hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5")
 set2=(--set "data.hr_dir=$data/hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5"

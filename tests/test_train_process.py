@@ -103,14 +103,15 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
         pytest.skip("the recipe script runs .venv/bin/esrgan: set up with scripts/setup.sh")
     photos = {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea()}
     (tmp_path / "data" / "hr").mkdir(parents=True)
-    for name, img in photos.items():  # whole photos: the recipe halves them, then cuts 96x96 patches
+    for name, img in photos.items():  # whole photos: the recipe shrinks them, then cuts 96x96 patches
         Image.fromarray(img).save(tmp_path / "data" / "hr" / f"{name}.png")
     for bench_set in ("Set5", "Set14"):
         (tmp_path / "bench" / bench_set).mkdir(parents=True)
         for name, img in photos.items():
             Image.fromarray(img[:192, :192]).save(tmp_path / "bench" / bench_set / f"{name}.png")
     env = {**os.environ, "DATA": str(tmp_path / "data"), "RUNS": str(tmp_path / "runs"),
-           "BENCH": str(tmp_path / "bench"), "STEPS1": "2", "STEPS2": "2", "VGG": "none"}  # fmt: skip
+           "BENCH": str(tmp_path / "bench"), "STEPS1": "2", "STEPS2": "2", "VGG": "none",
+           "SET1": "data.hr_downscale=2.0"}  # chelsea (451x300) shrunk 4x would be under the 96 px patch  # fmt: skip
     proc = subprocess.run(
         ["bash", str(repo / "scripts" / "train_cpu_recipe.sh")],
         env=env,
