@@ -579,7 +579,7 @@ def ncnn_files(
     halves = to_half(weights) if fp16 else {}
     chunks: list[bytes] = []
     for name in convs:
-        weight = state_dict[f"{name}.weight"].detach().float().cpu().numpy()
+        weight = weights[f"{name}.weight"].numpy()
         bias = state_dict[f"{name}.bias"].detach().float().cpu().numpy()
         if fp16:
             half = halves[f"{name}.weight"].numpy().astype("<f2").tobytes()
