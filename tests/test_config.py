@@ -70,6 +70,11 @@ def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
         ({"model": 4}, r"model: expected a mapping"),
         ({"train": {"ema_decay": 1.5}}, r"train\.ema_decay: must be in \[0, 1\)"),
         ({"losses": {"gan_weight": 5e-3}}, r"the psnr stage is L1 only"),
+        ({"data": {"hr_downscale": 0.5}}, r"data\.hr_downscale: must be >= 1"),
+        ({"data": {"hr_downscale": [2.0, 0.5]}}, r"data\.hr_downscale: must be >= 1"),
+        ({"data": {"hr_downscale": [2, 2.0]}}, r"data\.hr_downscale: .*distinct"),
+        ({"data": {"hr_downscale": []}}, r"data\.hr_downscale: must be"),
+        ({"data": {"hr_downscale": ["big"]}}, r"data\.hr_downscale: expected float or a list of float"),
     ],
 )
 def test_wrong_types_and_values(tmp_path: Path, data: dict, match: str) -> None:
@@ -81,10 +86,11 @@ def test_wrong_types_and_values(tmp_path: Path, data: dict, match: str) -> None:
 def test_overrides_are_yaml_scalars_and_type_checked(tmp_path: Path) -> None:
     path = write(tmp_path, {"data": {"hr_dir": "x"}})
     c = load_config(path, ["train.total_steps=1000", "optim.lr_g=1e-4", "data.lr_dir=null", "data.flip=false",
-                           "schedule.milestones=[10, 20]", "name=short"])  # fmt: skip
+                           "schedule.milestones=[10, 20]", "name=short", "data.hr_downscale=[2, 4.0]"])  # fmt: skip
     assert c.train.total_steps == 1000 and c.optim.lr_g == 1e-4  # YAML 1.1 reads 1e-4 as a string: accepted
     assert c.data.lr_dir is None and c.data.flip is False
     assert c.schedule.milestones == [10, 20] and c.name == "short"
+    assert c.data.hr_downscale == [2.0, 4.0]  # a multi-scale set: every image at each factor
 
 
 @pytest.mark.parametrize(

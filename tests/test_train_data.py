@@ -175,6 +175,25 @@ def test_hr_downscale_shrinks_the_hr_images_first(hr_dir: Path, tmp_path: Path) 
         PatchDataset(hr_dir, scale=4, patch_size=32, hr_downscale=2.0, lr_dir=tmp_path)
 
 
+def test_hr_downscale_list_makes_one_item_per_image_and_factor(hr_dir: Path) -> None:
+    """A multi-scale set: item 2i + k is image i shrunk by factor k, the same pixels as a one-factor dataset."""
+    multi = PatchDataset(hr_dir, scale=4, patch_size=32, hr_downscale=[2.0, 1.5])
+    assert len(multi) == 4 and multi.cache is not None
+    for k, factor in enumerate((2.0, 1.5)):
+        single = PatchDataset(hr_dir, scale=4, patch_size=32, hr_downscale=factor)
+        assert single.cache is not None
+        for i in range(2):
+            assert np.array_equal(multi.cache[2 * i + k][0], single.cache[i][0])
+            assert all(torch.equal(a, b) for a, b in zip(multi[(2 * i + k, 5)], single[(i, 5)], strict=True))
+    assert multi.cache[0][0].shape != multi.cache[1][0].shape  # a.png at 2x and at 1.5x: two sizes
+    sampler = iter(InfiniteSampler(len(multi), seed=0))
+    assert {next(sampler)[0] for _ in range(4)} == {0, 1, 2, 3}  # one pass visits every (image, factor)
+    with pytest.raises(ConfigError, match=r"a\.png: 38x51 \(shrunk 4x by data\.hr_downscale\) is smaller"):
+        PatchDataset(hr_dir, scale=4, patch_size=48, hr_downscale=[1.0, 4.0])
+    with pytest.raises(ConfigError, match="distinct"):
+        PatchDataset(hr_dir, scale=4, patch_size=32, hr_downscale=[2.0, 2.0])
+
+
 def test_lr_made_per_batch_on_the_device_equals_the_per_sample_patches(hr_dir: Path) -> None:
     """lr_on_device: regions with margin (mirror-padded at borders) -> one batched imresize -> the same LR patches."""
     per_sample = PatchDataset(hr_dir, scale=4, patch_size=32)

@@ -52,8 +52,9 @@ class DataConfig:
     rot90: bool = True
     cache_max_mb: int = 4096  # decoded images kept in RAM when they fit in this budget
     # > 1: shrink each HR image by this factor first (MATLAB bicubic). Very large photos (5K wallpapers) then hold
-    # more detail per patch, and resampling hides their JPEG artefacts; the paper's DIV2K needs none (1.0)
-    hr_downscale: float = 1.0
+    # more detail per patch, and resampling hides their JPEG artefacts; the paper's DIV2K needs none (1.0). A list
+    # ([2.0, 4.0]) trains on every image at every factor: a multi-scale set, sharp and soft versions of each photo
+    hr_downscale: float | list[float] = 1.0
     degradation: Literal["bicubic", "realworld"] = "bicubic"
     blur_prob: float = 0.5  # realworld only: Gaussian blur before the bicubic downscale
     blur_sigma: list[float] = field(default_factory=lambda: [0.2, 2.0])
@@ -343,8 +344,13 @@ def validate(config: Config, source: str) -> None:
         fail("model.scale", f"must be 1, 2, 4 or 8, got {config.model.scale}")
     if config.data.patch_size % config.model.scale:
         fail("data.patch_size", f"must be a multiple of model.scale ({config.model.scale})")
-    if config.data.hr_downscale < 1:
-        fail("data.hr_downscale", "must be >= 1 (1 = use the images as they are)")
+    factors = config.data.hr_downscale
+    factors = factors if isinstance(factors, list) else [factors]
+    if not factors or min(factors) < 1 or len(set(factors)) != len(factors):
+        fail(
+            "data.hr_downscale",
+            "must be >= 1 (1 = use the images as they are), or a list of distinct such factors",
+        )
     if config.data.batch_size < 1:
         fail("data.batch_size", "must be >= 1")
     if config.train.total_steps < 1:

@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,29 +155,33 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         rot90: bool = True,
         degradation: Degradation | None = None,
         cache_max_mb: int = 4096,
-        hr_downscale: float = 1.0,
+        hr_downscale: float | Sequence[float] = 1.0,
         lr_on_device: bool = False,
     ) -> None:
-        """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, uint8-rounded).
+        """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, uint8-rounded); a list
+        of factors makes one item per image and factor (a multi-scale set, as BasicSR's multi-scale DF2K: the same
+        photographs both sharp and soft).
 
         `lr_on_device`: samples are HR regions with margin (`region_u8`) and the LR patches are made per batch by
         `batch_to_device`; ignored (per-sample LR) with paired LR folders or the realworld degradation.
         """
         if patch_size % scale:
             raise ConfigError(f"patch size {patch_size} is not a multiple of the scale {scale}")
-        if hr_downscale < 1:
-            raise ConfigError(f"hr_downscale must be >= 1, got {hr_downscale}")
-        if hr_downscale != 1 and lr_dir is not None:
+        factors = (float(hr_downscale),) if isinstance(hr_downscale, (int, float)) else tuple(hr_downscale)
+        if not factors or any(f < 1 for f in factors) or len(set(factors)) != len(factors):
+            raise ConfigError(f"hr_downscale must be >= 1 (distinct factors if a list), got {hr_downscale}")
+        if factors != (1.0,) and lr_dir is not None:
             raise ConfigError(
                 "hr_downscale cannot be used with paired LR folders (the pairs would no longer match)"
             )
-        self.hr_downscale = hr_downscale
         self.scale = scale
         self.patch_size = patch_size
         self.flip = flip
         self.rot90 = rot90
         self.degradation = degradation
         self.hr_files = list_images(hr_dir)
+        # one item per (image, shrink factor), image-major; paired LR folders have the one factor 1.0
+        self.items = [(path, f) for path in self.hr_files for f in factors]
         self.lr_files: list[Path] | None = None
         if lr_dir is not None:
             by_stem = {p.stem: p for p in list_images(lr_dir)}
@@ -187,15 +191,15 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                     f"{lr_dir}: no LR image for {', '.join(missing[:5])} (matched by file stem)"
                 )
             self.lr_files = [by_stem[p.stem] for p in self.hr_files]
-        sizes = [image_size(p) for p in self.hr_files]
-        if hr_downscale != 1:
-            from .resize import output_size
+        from .resize import output_size
 
-            sizes = [output_size(hw, 1.0 / hr_downscale) for hw in sizes]
-        for path, (h, w) in zip(self.hr_files, sizes, strict=True):
+        full = {p: image_size(p) for p in self.hr_files}
+        sizes = [full[p] if f == 1 else output_size(full[p], 1.0 / f) for p, f in self.items]
+        for (path, f), (h, w) in zip(self.items, sizes, strict=True):
             if h < patch_size or w < patch_size:
+                shrunk = f" (shrunk {f:g}x by data.hr_downscale)" if f != 1 else ""
                 raise ConfigError(
-                    f"{path}: {w}x{h} is smaller than the {patch_size}x{patch_size} training patch"
+                    f"{path}: {w}x{h}{shrunk} is smaller than the {patch_size}x{patch_size} training patch"
                 )
         total_mb = sum(h * w * 3 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
@@ -205,14 +209,14 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             # decoded once in the parent (forked DataLoader workers share the pages), on all cores: decoding and
             # resizing release the GIL
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                self.cache = list(pool.map(self._load, range(len(self.hr_files))))
+                self.cache = list(pool.map(self._load, range(len(self.items))))
         else:
             log.info(
                 "%d images need %.0f MB decoded (> cache_max_mb): reading per sample", len(sizes), total_mb
             )
 
     def __len__(self) -> int:
-        return len(self.hr_files)
+        return len(self.items)
 
     def share_memory(self) -> None:
         """Move the decoded images to shared memory, so workers that are not forked receive handles, not copies."""
@@ -246,11 +250,12 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             self.cache = [(hr.numpy(), None if lr is None else lr.numpy()) for hr, lr in self._shared]
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        hr = read_rgb(self.hr_files[index])
-        if self.hr_downscale != 1:
+        path, factor = self.items[index]
+        hr = read_rgb(path)
+        if factor != 1:
             from .resize import imresize
 
-            small = quantize(imresize(to_tensor(hr), scale=1.0 / self.hr_downscale))
+            small = quantize(imresize(to_tensor(hr), scale=1.0 / factor))
             hr = small.mul_(255).round_().byte().permute(1, 2, 0).numpy()
         if self.lr_files is None:
             s = self.scale
