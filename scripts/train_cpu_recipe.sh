@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU recipe (issue 5's proof of learning), start to finish on a 2-core machine:
-#   1. real photographs: the 25 photographs of three Debian wallpaper packages (scripts/fetch_photos.sh), if not
+#   1. real photographs: the 39 photographs of four Debian wallpaper packages (scripts/fetch_photos.sh), if not
 #      fetched yet;
 #   2. stage 1 (configs/cpu_x4_psnr.yaml): RRDBNet 6 blocks x 48 features (growth 24) plus the bicubic upscale of its input
 #      (model.image_residual), L1, cosine lr 5e-4 -> 1e-6, EMA 0.999,
@@ -13,7 +13,7 @@
 #   SKIP1=1 VGG=none scripts/train_cpu_recipe.sh       stage 2 only, from the stage-1 model already in RUNS
 # Environment: DATA (photograph folder, default ../data/photos), RUNS (default runs), BENCH (benchmark sets,
 # default ../shared/data/benchmarks), STEPS1 / STEPS2 (override total_steps), MINUTES (stage-1 budget, default 60),
-# SET1 (extra stage-1 config overrides, space-separated KEY=VALUE, e.g. SET1="data.hr_downscale=3.0"),
+# SET1 (extra stage-1 config overrides, space-separated KEY=VALUE, e.g. SET1="data.hr_downscale=[2.0,4.0]"),
 # VGG (VGG19 weight file for stage 2; "none" = no perceptual loss: stage 2 becomes L1 (weight 1) + RaGAN (5e-3,
 # terms averaged as BasicSR does), the demonstration this repository's docs show, made on a machine without ImageNet
 # VGG19 weights; "random" = an untrained VGG19, for a smoke run only: with the paper's weights its perceptual loss is
@@ -32,13 +32,20 @@ esrgan="$here/.venv/bin/esrgan"
 data="${DATA:-$here/../data/photos}"
 runs="${RUNS:-runs}"
 bench="${BENCH:-$here/../shared/data/benchmarks}"
+photos_version=2  # what scripts/fetch_photos.sh writes to DEST/.version
 
-[ -d "$data/hr" ] || scripts/fetch_photos.sh "$data"
+if [ -z "${DATA:-}" ]; then
+    # the default folder is refreshed when an older fetch_photos.sh filled it (25 photographs until session 13)
+    [ "$(cat "$data/.version" 2>/dev/null)" = "$photos_version" ] || scripts/fetch_photos.sh "$data"
+else
+    [ -d "$data/hr" ] || scripts/fetch_photos.sh "$data"
+fi
 
 set1=(--set "data.hr_dir=$data/hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5")
 set2=(--set "data.hr_dir=$data/hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5"
       --set "train.pretrained_g=$runs/cpu_x4_psnr/model.safetensors")
-for kv in ${SET1:-}; do set1+=(--set "$kv"); done
+read -r -a extra <<< "${SET1:-}"  # split on spaces, no glob expansion (a list value is "[2.0,4.0]")
+for kv in ${extra[@]+"${extra[@]}"}; do set1+=(--set "$kv"); done
 if [ -n "${STEPS1:-}" ]; then
     set1+=(--set "train.total_steps=$STEPS1" --set "validation.every=$STEPS1" --set "checkpoint.every=$STEPS1")
 fi

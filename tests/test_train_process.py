@@ -111,7 +111,8 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
             Image.fromarray(img[:192, :192]).save(tmp_path / "bench" / bench_set / f"{name}.png")
     env = {**os.environ, "DATA": str(tmp_path / "data"), "RUNS": str(tmp_path / "runs"),
            "BENCH": str(tmp_path / "bench"), "STEPS1": "2", "STEPS2": "2", "VGG": "none",
-           "SET1": "data.hr_downscale=2.0"}  # chelsea (451x300) shrunk 4x would be under the 96 px patch  # fmt: skip
+           # chelsea (451x300) shrunk 4x would be under the 96 px patch; a list value passes through unglobbed
+           "SET1": "data.hr_downscale=[1.0,2.0] data.flip=false"}  # fmt: skip
     proc = subprocess.run(
         ["bash", str(repo / "scripts" / "train_cpu_recipe.sh")],
         env=env,
@@ -122,6 +123,8 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "runs"
     assert "stage 2 WITHOUT a perceptual loss" in proc.stderr
+    stage1 = yaml.safe_load((runs / "cpu_x4_psnr" / "config.yaml").read_text())
+    assert stage1["data"]["hr_downscale"] == [1.0, 2.0] and stage1["data"]["flip"] is False  # SET1 reached it
     stage2 = yaml.safe_load((runs / "cpu_x4_gan" / "config.yaml").read_text())
     assert stage2["losses"]["perceptual_weight"] == 0 and stage2["losses"]["pixel_weight"] == 1.0
     assert stage2["losses"]["gan_reduction"] == "mean"
