@@ -11,7 +11,10 @@
 # nothing lands in the repository.
 #
 #   scripts/fetch_photos.sh [DEST]        (default DEST: ../data/photos beside the repository, outside git)
+#   scripts/fetch_photos.sh --version     the set's version, which it writes to DEST/.version
 set -euo pipefail
+version=2  # 1: the first 25 photographs (session 12); 2: 39
+if [ "${1:-}" = --version ]; then echo "$version"; exit 0; fi
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dest="${1:-$here/../data/photos}"
@@ -54,5 +57,5 @@ for name in aitzgorri_by_Aitzol_Berasategi analogpattern_by_Peter_Nerlich Bridge
     keep "$work/root/usr/share/backgrounds/$name.jpg" "$name.jpg"
 done
 rm -rf "$work/root"
-echo 2 > "$dest/.version"  # the set's version (2: 39 photographs), which scripts/train_cpu_recipe.sh checks
+echo "$version" > "$dest/.version"  # scripts/train_cpu_recipe.sh refetches its default folder when this differs
 echo "wrote $count photographs to $dest/hr"

@@ -32,11 +32,10 @@ esrgan="$here/.venv/bin/esrgan"
 data="${DATA:-$here/../data/photos}"
 runs="${RUNS:-runs}"
 bench="${BENCH:-$here/../shared/data/benchmarks}"
-photos_version=2  # what scripts/fetch_photos.sh writes to DEST/.version
 
 if [ -z "${DATA:-}" ]; then
     # the default folder is refreshed when an older fetch_photos.sh filled it (25 photographs until session 13)
-    [ "$(cat "$data/.version" 2>/dev/null)" = "$photos_version" ] || scripts/fetch_photos.sh "$data"
+    [ "$(cat "$data/.version" 2>/dev/null)" = "$(scripts/fetch_photos.sh --version)" ] || scripts/fetch_photos.sh "$data"
 else
     [ -d "$data/hr" ] || scripts/fetch_photos.sh "$data"
 fi

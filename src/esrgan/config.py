@@ -12,6 +12,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -332,6 +333,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return config_from_dict(raw, source=str(path))
 
 
+def downscale_factors(value: float | Sequence[float]) -> tuple[float, ...]:
+    """`data.hr_downscale` as a tuple of factors; ValueError unless each is >= 1 and a list is non-empty, distinct."""
+    factors = (float(value),) if isinstance(value, (int, float)) else tuple(float(f) for f in value)
+    if not factors or min(factors) < 1 or len(set(factors)) != len(factors):
+        raise ValueError(
+            f"must be >= 1 (1 = use the images as they are), or a list of distinct such factors; got {value}"
+        )
+    return factors
+
+
 def validate(config: Config, source: str) -> None:
     """Value checks the types cannot express; each error names the key."""
 
@@ -344,13 +355,10 @@ def validate(config: Config, source: str) -> None:
         fail("model.scale", f"must be 1, 2, 4 or 8, got {config.model.scale}")
     if config.data.patch_size % config.model.scale:
         fail("data.patch_size", f"must be a multiple of model.scale ({config.model.scale})")
-    factors = config.data.hr_downscale
-    factors = factors if isinstance(factors, list) else [factors]
-    if not factors or min(factors) < 1 or len(set(factors)) != len(factors):
-        fail(
-            "data.hr_downscale",
-            "must be >= 1 (1 = use the images as they are), or a list of distinct such factors",
-        )
+    try:
+        downscale_factors(config.data.hr_downscale)
+    except ValueError as exc:
+        fail("data.hr_downscale", str(exc))
     if config.data.batch_size < 1:
         fail("data.batch_size", "must be >= 1")
     if config.train.total_steps < 1:

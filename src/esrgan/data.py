@@ -43,6 +43,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .config import downscale_factors
 from .errors import ConfigError, ImageError
 from .imageio import IMAGE_SUFFIXES
 from .imageio import list_images as _list_images
@@ -167,9 +168,10 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         """
         if patch_size % scale:
             raise ConfigError(f"patch size {patch_size} is not a multiple of the scale {scale}")
-        factors = (float(hr_downscale),) if isinstance(hr_downscale, (int, float)) else tuple(hr_downscale)
-        if not factors or any(f < 1 for f in factors) or len(set(factors)) != len(factors):
-            raise ConfigError(f"hr_downscale must be >= 1 (distinct factors if a list), got {hr_downscale}")
+        try:
+            factors = downscale_factors(hr_downscale)
+        except ValueError as exc:
+            raise ConfigError(f"hr_downscale {exc}") from None
         if factors != (1.0,) and lr_dir is not None:
             raise ConfigError(
                 "hr_downscale cannot be used with paired LR folders (the pairs would no longer match)"
@@ -181,6 +183,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         self.degradation = degradation
         self.hr_files = list_images(hr_dir)
         # one item per (image, shrink factor), image-major; paired LR folders have the one factor 1.0
+        self.factors = factors
         self.items = [(path, f) for path in self.hr_files for f in factors]
         self.lr_files: list[Path] | None = None
         if lr_dir is not None:
@@ -209,7 +212,8 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             # decoded once in the parent (forked DataLoader workers share the pages), on all cores: decoding and
             # resizing release the GIL
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                self.cache = list(pool.map(self._load, range(len(self.items))))
+                per_file = pool.map(self._load_all_factors, range(len(self.hr_files)))
+                self.cache = [pair for pairs in per_file for pair in pairs]  # image-major, as self.items
         else:
             log.info(
                 "%d images need %.0f MB decoded (> cache_max_mb): reading per sample", len(sizes), total_mb
@@ -249,9 +253,15 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         if self._shared is not None:
             self.cache = [(hr.numpy(), None if lr is None else lr.numpy()) for hr, lr in self._shared]
 
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _load_all_factors(self, file_index: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The items of one file, for every factor, from one decode."""
+        hr = read_rgb(self.hr_files[file_index])
+        first = file_index * len(self.factors)
+        return [self._load(first + k, hr) for k in range(len(self.factors))]
+
+    def _load(self, index: int, decoded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         path, factor = self.items[index]
-        hr = read_rgb(path)
+        hr = read_rgb(path) if decoded is None else decoded
         if factor != 1:
             from .resize import imresize
 
