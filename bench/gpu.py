@@ -481,6 +481,24 @@ def batch_section(args: argparse.Namespace, model_file: Path) -> list[Row]:
     return rows
 
 
+def video_rows(stdout: str) -> list[Row]:
+    """bench/video.py's Markdown table as rows of this one (a frames/s column, the ratio in the note)."""
+    rows: list[Row] = []
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or len(cells) != 6:
+            continue
+        name, count, run, precision, fps, ratio = cells
+        try:
+            value, share = float(fps), float(ratio)
+        except ValueError:  # the header
+            continue
+        model = "tiny model" if name == "tiny" else "the model"
+        rows.append({"row": f"video, {model}: {run}, {count} frames", "frames/s": value,
+                     "note": f"{share:.2f}x the model alone; {precision.removeprefix('torch.')}"})  # fmt: skip
+    return rows
+
+
 def video_section(args: argparse.Namespace, model_file: Path) -> list[Row]:
     script = REPO / "bench" / "video.py"
     if not script.exists():
@@ -488,16 +506,15 @@ def video_section(args: argparse.Namespace, model_file: Path) -> list[Row]:
     cmd = [sys.executable, str(script), "--model", str(model_file)] + (["--smoke"] if args.smoke else [])
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
-    tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-6:]
-    if proc.returncode:
-        tail = [f"failed: {proc.stderr.strip()[-300:]}"]
-    for line in tail:
+    for line in proc.stdout.strip().splitlines():
         print(f"video: {line}")
-    return [{"row": "video (bench/video.py)", "note": " / ".join(tail)}]
+    if proc.returncode:
+        return [{"row": "video (bench/video.py)", "note": f"failed: {proc.stderr.strip()[-300:]}"}]
+    return video_rows(proc.stdout) or [{"row": "video (bench/video.py)", "note": "no rows in its output"}]
 
 
 # --- output ----------------------------------------------------------------------------------------------------
-COLUMNS = ["it/s", "data wait", "TFLOP/s", "peak GPU GB", "ms", "images/s", "wall s"]
+COLUMNS = ["it/s", "data wait", "TFLOP/s", "peak GPU GB", "ms", "images/s", "frames/s", "wall s"]
 
 
 def fmt(v: Any) -> str:

@@ -41,3 +41,22 @@ def test_gpu_bench_refuses_to_measure_without_a_gpu() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "--smoke" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_bench_video_rows_are_rows_of_its_table(tmp_path: Path) -> None:
+    """bench/video.py's table becomes rows with a frames/s column: the printed table stays one valid Markdown table."""
+    pytest.importorskip("av")
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--only", "video", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    ends = [r for r in rows if "end to end" in r["row"]]
+    assert ends and all(r["frames/s"] > 0 and "x the model alone" in r["note"] for r in ends)
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ") or line.startswith("|---")]
+    assert len(table) == len(rows) + 2
+    assert len({line.count("|") for line in table}) == 1  # every row has the header's cells
