@@ -13,18 +13,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_gpu_bench_smoke_runs_the_upscaling_rows_on_the_cpu(tmp_path: Path) -> None:
-    pytest.importorskip("skimage")
+def run_smoke(
+    tmp_path: Path, section: str, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    """bench/gpu.py --smoke --only SECTION on this machine: the process and the rows of its --json."""
     out = tmp_path / "rows.json"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--only", "infer", "--repeats", "1",
-         "--json", str(out)],
+        [sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--only", section, *extra, "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    return proc, json.loads(out.read_text())["rows"]
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_runs_the_upscaling_rows_on_the_cpu(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    proc, rows = run_smoke(tmp_path, "infer", "--repeats", "1")
     names = [r["row"] for r in rows]
     assert any(n.startswith("model alone") for n in names) and any(n.startswith("Upscaler") for n in names)
     assert all(r["ms"] > 0 for r in rows if "ms" in r)
@@ -47,14 +53,7 @@ def test_gpu_bench_refuses_to_measure_without_a_gpu() -> None:
 def test_gpu_bench_video_rows_are_rows_of_its_table(tmp_path: Path) -> None:
     """bench/video.py's table becomes rows with a frames/s column: the printed table stays one valid Markdown table."""
     pytest.importorskip("av")
-    out = tmp_path / "rows.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--only", "video", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    proc, rows = run_smoke(tmp_path, "video")
     ends = [r for r in rows if "end to end" in r["row"]]
     assert ends and all(r["frames/s"] > 0 and "x the model alone" in r["note"] for r in ends)
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ") or line.startswith("|---")]
