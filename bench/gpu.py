@@ -16,7 +16,7 @@ and resumed on the GPU continues as the straight run does.
 
 Upscaling rows: the model alone (fp16 NCHW as Real-ESRGAN's inference does it, fp16 channels-last with
 cudnn.benchmark, torch.compile), `Upscaler` on 512 and 1024 photos (numpy uint8 in and out), the batch command on
-24 PNGs (PNG and JPEG output) against the rate the model alone allows, and bench/video.py's end-to-end row. The
+24 PNGs (PNG and JPEG output) against the rate the model alone allows, and bench/video.py's rows (frames/s). The
 model is realesrgan-x4plus when its file is given or in the cache, else an RRDBNet of the same size with random
 weights (same speed; the fp16-vs-fp32 PSNR column is then of the random model).
 
