@@ -275,7 +275,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         if hr.shape[0] < need[0] or hr.shape[1] < need[1] or lr.shape[0] * self.scale < self.patch_size:
             raise ImageError(
                 f"{self.lr_files[index]}: LR {lr.shape[1]}x{lr.shape[0]} does not match HR "
-                f"{self.hr_files[index].name} {hr.shape[1]}x{hr.shape[0]} at scale {self.scale}"
+                f"{path.name} {hr.shape[1]}x{hr.shape[0]} at scale {self.scale}"
             )
         return hr[: need[0], : need[1]], lr
 
