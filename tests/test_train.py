@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,56 @@ def test_resume_is_bit_exact(
     assert not torch.equal(
         a["generator"]["conv_first.weight"], weights_of_step(first.run_dir, 3)["conv_first.weight"]
     )
+
+
+# what torch.load(weights_only=True) accepts in every torch the package supports (>= 2.3): 2.3 refuses, among
+# others, collections.Counter, which MultiStepLR keeps its milestones in
+OLDEST_WEIGHTS_ONLY = (
+    dict,
+    OrderedDict,
+    list,
+    tuple,
+    str,
+    int,
+    float,
+    bool,
+    type(None),
+    torch.Tensor,
+    torch.Size,
+)
+
+
+def assert_plain(obj: Any, where: str = "") -> None:
+    assert type(obj) in OLDEST_WEIGHTS_ONLY or isinstance(obj, torch.Tensor), f"{where}: {type(obj).__name__}"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            assert_plain(k, f"{where} key")
+            assert_plain(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            assert_plain(v, f"{where}[{i}]")
+
+
+def test_the_paper_schedule_resumes_exactly_from_plain_containers(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """MultiStepLR (the paper's schedule, milestones on both sides of the interruption): its milestones are saved as
+    a plain dict, not the Counter torch keeps them in, so torch 2.3 can resume the run; the learning rates and the
+    weights after the resume are those of the run that never stopped."""
+    sections: dict[str, Any] = {
+        "train": {"total_steps": 6},
+        "schedule": {"kind": "multistep", "milestones": [2, 5], "gamma": 0.5},
+    }
+    straight = train(tiny(photos, tmp_path, "straight", **sections))
+    first = train(tiny(photos, tmp_path, "split", **sections), stop_at_step=3)
+    saved = load_checkpoint(first.checkpoint)  # type: ignore[arg-type]
+    assert_plain(saved)
+    assert saved["sched_g"]["milestones"] == {2: 1, 5: 1}
+    second = train(tiny(photos, tmp_path, "split", **sections), resume=True)
+    a, b = weights_of(straight.run_dir), weights_of(second.run_dir)
+    assert a["sched_g"]["_last_lr"] == b["sched_g"]["_last_lr"] == [tiny(photos, tmp_path).optim.lr_g * 0.25]
+    for key in ("generator", "optim_g", "sched_g", "step"):
+        assert_same_state(a[key], b[key], key)
 
 
 def weights_of_step(run_dir: Path, step: int) -> dict[str, torch.Tensor]:

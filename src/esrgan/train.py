@@ -24,6 +24,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -619,7 +620,12 @@ def build_nets(
         ids = [device.index] if device.type == "cuda" else None
         g_train = nn.parallel.DistributedDataParallel(g, device_ids=ids)
         if d is not None:
-            d_train = nn.parallel.DistributedDataParallel(d, device_ids=ids)
+            # No buffer broadcast at each forward: D's step runs D twice (real, fake) before one backward, and the
+            # broadcast before the second forward rewrote in place the BatchNorm running statistics that the first
+            # forward's BatchNorm saved for backward, which torch 2.11 (2.3 too) refuses: "modified by an inplace
+            # operation: [torch.FloatTensor [64]]" at the first step of every DDP GAN run. D never runs in eval mode,
+            # so the running statistics (kept per rank; rank 0's are saved) change no output.
+            d_train = nn.parallel.DistributedDataParallel(d, device_ids=ids, broadcast_buffers=False)
     if compile_g:
         # the compiled module shares G's parameters: checkpoints and EMA keep reading `g`
         g_train = torch.compile(g_train)  # type: ignore[assignment]
@@ -732,12 +738,29 @@ def checkpoint_state(
         "discriminator": sd(nets.d),
         "optim_g": opts.opt_g.state_dict(),
         "optim_d": sd(opts.opt_d),
-        "sched_g": opts.sched_g.state_dict(),
-        "sched_d": sd(opts.sched_d),
+        "sched_g": scheduler_state(opts.sched_g),
+        "sched_d": scheduler_state(opts.sched_d) if opts.sched_d is not None else None,
         "scaler_g": opts.scaler_g.state_dict(),
         "scaler_d": sd(opts.scaler_d),
         "rng": rng_state(),
     }
+
+
+def scheduler_state(sched: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The schedule's state with MultiStepLR's milestones (a collections.Counter) as a plain dict: torch before 2.4
+    refuses a Counter in weights_only loading ("Unsupported class collections.Counter"), so every checkpoint
+    written with the paper's step schedule could not be resumed there."""
+    state = sched.state_dict()
+    if isinstance(state.get("milestones"), Counter):
+        state["milestones"] = dict(state["milestones"])
+    return state
+
+
+def load_scheduler_state(sched: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
+    """Inverse of scheduler_state (a Counter from older checkpoints passes as it is)."""
+    if isinstance(sched, torch.optim.lr_scheduler.MultiStepLR) and isinstance(state.get("milestones"), dict):
+        state = {**state, "milestones": Counter(state["milestones"])}
+    sched.load_state_dict(state)
 
 
 def restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
@@ -749,7 +772,7 @@ def restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
         )
     nets.g.load_state_dict(state["generator"])
     opts.opt_g.load_state_dict(state["optim_g"])
-    opts.sched_g.load_state_dict(state["sched_g"])
+    load_scheduler_state(opts.sched_g, state["sched_g"])
     opts.scaler_g.load_state_dict(state["scaler_g"])
     if nets.g_ema is not None:
         if state.get("generator_ema") is None:
@@ -761,7 +784,7 @@ def restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
         assert opts.opt_d is not None and opts.sched_d is not None and opts.scaler_d is not None
         nets.d.load_state_dict(state["discriminator"])
         opts.opt_d.load_state_dict(state["optim_d"])
-        opts.sched_d.load_state_dict(state["sched_d"])
+        load_scheduler_state(opts.sched_d, state["sched_d"])
         opts.scaler_d.load_state_dict(state["scaler_d"])
     set_rng_state(state["rng"])
     return Progress(int(state["step"]), float(state["best_psnr"]), float(state.get("elapsed_s", 0.0)))
