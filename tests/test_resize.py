@@ -129,3 +129,17 @@ def test_bad_arguments() -> None:
         imresize(x, scale=-1)
     with pytest.raises(ValueError, match="HxW"):
         imresize_np(np.zeros((2, 2, 2, 2)), scale=2)
+
+
+def test_the_resize_warns_nothing_on_stderr() -> None:
+    """Every training run and evaluation resizes: torch 2.11 printed "Sparse invariant checks are implicitly disabled"
+    once per resampling matrix, even with check_invariants=True, until the global switch was set explicitly. A fresh
+    process (torch warns once per process) with warnings as errors."""
+    import subprocess
+    import sys
+
+    code = "import torch; from esrgan.resize import imresize; imresize(torch.rand(1, 3, 40, 36), scale=0.25)"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-800:]

@@ -74,8 +74,11 @@ def _matrix(in_len: int, out_len: int, scale: float) -> Tensor:
     coords = torch.from_numpy(np.stack([rows, index.ravel()]))
     # coalesce sums the weights of taps that the mirror folded onto the same source pixel
     values = torch.from_numpy(weights.ravel())
-    # invariants checked once per cached matrix: costs nothing and silences torch's warning about skipping them
-    return torch.sparse_coo_tensor(coords, values, (out_len, in_len), check_invariants=True).coalesce()
+    # invariants checked once per cached matrix: costs nothing and silences torch's warning about skipping them.
+    # The switch, not the check_invariants argument: torch 2.11 warns even with the argument unless the global
+    # switch was set explicitly (one "Sparse invariant checks are implicitly disabled" line per matrix on stderr)
+    with torch.sparse.check_sparse_tensor_invariants(True):
+        return torch.sparse_coo_tensor(coords, values, (out_len, in_len)).coalesce()
 
 
 @functools.lru_cache(maxsize=64)
