@@ -741,6 +741,9 @@ class Shard:
 
         parts: list[BatchResult | None] = [None] * self.world
         dist.all_gather_object(parts, result)
+        # torch 2.3's gloo: destroy_process_group after an all_gather, with no collective between, never returns
+        # (every rank hung at the end of a sharded batch); a barrier between them ends it
+        dist.barrier()
         if not self.main:
             return None
         total = BatchResult()
