@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 from conftest import psnr  # noqa: E402
 from test_fast import tiny, to_tensor  # noqa: E402
 
-from esrgan.onnx_export import export_onnx, onnx_forward  # noqa: E402
+from esrgan.onnx_export import TORCHSCRIPT_EXPORTER, export_onnx, onnx_forward  # noqa: E402
 
 FP32_DB = 80.0  # same fp32 maths, other summation order
 
@@ -91,6 +91,8 @@ def test_unreadable_or_foreign_onnx_is_a_clear_error(tmp_path: Path) -> None:
     # a valid ONNX model that we did not export: no esrgan.config metadata
     conv = torch.nn.Conv2d(3, 3, 3, padding=1)
     foreign = tmp_path / "foreign.onnx"
-    torch.onnx.export(conv, (torch.rand(1, 3, 8, 8),), str(foreign), dynamo=False, input_names=["input"])
+    torch.onnx.export(
+        conv, (torch.rand(1, 3, 8, 8),), str(foreign), **TORCHSCRIPT_EXPORTER, input_names=["input"]
+    )
     with pytest.raises(EsrganError, match=r"esrgan\.config"):
         onnx_forward(foreign)

@@ -11,6 +11,7 @@ Needs the optional packages onnx and onnxruntime (`pip install "esrgan[onnx]"`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
@@ -26,11 +27,16 @@ from .atomic import atomic_path
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet, upscale_input
 
+# torch.onnx.export's choice of the TorchScript exporter; torch before 2.5 has only that one, and no `dynamo` argument
+TORCHSCRIPT_EXPORTER: dict[str, Any] = (
+    {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+)
+
 DEFAULT_OPSET = 17
 CHECK_PSNR_DB = 80.0  # fp32 ONNX vs fp32 PyTorch differ only in summation order: far above this
 _CHECK_SIZE = 32  # side of the check input (a multiple of every unshuffle factor)
 
-__all__ = ["DEFAULT_OPSET", "OnnxForward", "export_onnx", "onnx_forward"]
+__all__ = ["DEFAULT_OPSET", "TORCHSCRIPT_EXPORTER", "OnnxForward", "export_onnx", "onnx_forward"]
 
 
 class _Graph(nn.Module):
@@ -110,7 +116,7 @@ def export_onnx(
                     graph,
                     (sample,),
                     str(tmp),
-                    dynamo=False,
+                    **TORCHSCRIPT_EXPORTER,
                     opset_version=opset,
                     input_names=["input"],
                     output_names=["output"],
