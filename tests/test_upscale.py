@@ -11,7 +11,13 @@ from conftest import photo_preserving_rrdb
 from PIL import Image
 from scipy import ndimage
 
-from esrgan.device import ModelRunner, PrecisionWarning, cpu_has_native_bf16, resolve_precision
+from esrgan.device import (
+    ModelRunner,
+    PrecisionWarning,
+    available_memory,
+    cpu_has_native_bf16,
+    resolve_precision,
+)
 from esrgan.errors import EsrganError
 from esrgan.upscale import Upscaler, bleed_colour
 
@@ -65,6 +71,15 @@ def test_automatic_tile_is_balanced_and_bounded_by_memory(monkeypatch: pytest.Mo
 
 
 # --- precision --------------------------------------------------------------------------------------------------------
+def test_mps_memory_on_a_torch_without_its_working_set_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.mps.recommended_max_memory came with torch 2.5: on 2.3-2.4 (the package accepts 2.3) the automatic tile
+    on a Mac raised AttributeError; it now sizes from the host's memory, as on a CPU. (No MPS here: the attribute
+    is removed to stand for the older torch, and the MPS call is never reached.)"""
+    monkeypatch.delattr(torch.mps, "recommended_max_memory", raising=False)
+    mps, host = available_memory(torch.device("mps")), available_memory(torch.device("cpu"))
+    assert mps > 0 and abs(mps - host) < 2**28  # the host's free memory, read twice
+
+
 def test_fp16_is_never_used_on_the_cpu() -> None:
     with pytest.warns(PrecisionWarning, match="fp16"):
         dtype = resolve_precision("fp16", torch.device("cpu"))
