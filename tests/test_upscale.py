@@ -72,7 +72,7 @@ def test_automatic_tile_is_balanced_and_bounded_by_memory(monkeypatch: pytest.Mo
 
 # --- precision --------------------------------------------------------------------------------------------------------
 def test_mps_memory_on_a_torch_without_its_working_set_query(monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch 2.3 (which the package accepts) has no torch.mps.recommended_max_memory: the automatic tile
+    """torch 2.3 and 2.4 (the package accepts 2.3) have no torch.mps.recommended_max_memory: the automatic tile
     on a Mac raised AttributeError; it now sizes from the host's memory, as on a CPU. (No MPS here: the attribute
     is removed to stand for the older torch, and the MPS call is never reached.)"""
     monkeypatch.delattr(torch.mps, "recommended_max_memory", raising=False)

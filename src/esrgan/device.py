@@ -127,11 +127,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for activations: CUDA's mem_get_info, MPS's recommended working set (not in torch 2.3), else
+    """Bytes free for activations: CUDA's mem_get_info, MPS's recommended working set (torch 2.5+), else
     MemAvailable from /proc/meminfo (psutil is not a dependency); 4 GiB when nothing can be read."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):  # not in torch 2.3: as a CPU
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):  # 2.3-2.4: as a CPU
         return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -27,7 +27,7 @@ from .atomic import atomic_path
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet, upscale_input
 
-# torch.onnx.export's choice of the TorchScript exporter; torch before 2.5 has only that one, and no `dynamo` argument
+# torch.onnx.export's choice of the TorchScript exporter; torch before 2.4 has only that one, and no `dynamo` argument
 TORCHSCRIPT_EXPORTER: dict[str, Any] = (
     {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 )
