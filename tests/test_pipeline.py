@@ -16,7 +16,7 @@ from PIL import Image
 
 from esrgan.checkpoints import save_model
 from esrgan.imageio import ImageData, read_image, write_image
-from esrgan.pipeline import collect_inputs, plan_jobs, upscale_files
+from esrgan.pipeline import BatchResult, Job, collect_inputs, plan_jobs, upscale_files
 from esrgan.upscale import Upscaler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -164,6 +164,28 @@ def test_ctrl_c_leaves_whole_outputs_only_and_a_rerun_does_the_rest(
     assert r.returncode == 0, r.stderr
     assert f"{24 - len(done)} upscaled, {len(done)} skipped (output exists), 0 failed" in r.stdout
     assert {n: (out / n).stat().st_mtime_ns for n in done} == mtimes
+
+
+def test_a_rank_result_crosses_as_json_and_merges_as_the_original() -> None:
+    """Ranks exchange their results as JSON text (not pickles): every field comes back, names in any script."""
+    part = BatchResult(
+        written=[Job(Path("in/été.png"), Path("out/été_x4.png"))],
+        skipped=[Job(Path("in/b.jpg"), Path("out/b_x4.jpg"))],
+        leftovers=[(Path("out/.c_x4.png.tmp"), 1234)],
+        device="cuda:1",
+        precisions={"fp16": 1},
+        failed=[("in/d.png", "truncated PNG")],
+        seconds=2.5,
+    )
+    back = BatchResult.from_json(part.to_json())
+    assert back == part
+    total = BatchResult()
+    total.merge(back)
+    assert (
+        total.summary()
+        == part.summary()
+        == ("1 upscaled, 1 skipped (output exists), 1 failed: in/d.png; computed on cuda:1 in fp16")
+    )
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ rank 0 gathers the counts (torch.distributed, gloo) and prints one summary.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -112,6 +113,29 @@ class BatchResult:
         devices = [d for d in dict.fromkeys(self.device.split(", ") + other.device.split(", ")) if d]
         self.device = ", ".join(devices)
         self.seconds = max(self.seconds, other.seconds)
+
+    def to_json(self) -> str:
+        """What another rank needs for the summary, as JSON (ranks exchange text, never pickles)."""
+        jobs = lambda js: [[str(j.src), str(j.dst)] for j in js]  # noqa: E731
+        return json.dumps({
+            "written": jobs(self.written), "skipped": jobs(self.skipped),
+            "leftovers": [[str(p), n] for p, n in self.leftovers], "device": self.device,
+            "precisions": self.precisions, "failed": [list(f) for f in self.failed], "seconds": self.seconds,
+        })  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> BatchResult:
+        d = json.loads(text)
+        jobs = lambda js: [Job(Path(a), Path(b)) for a, b in js]  # noqa: E731
+        return cls(
+            written=jobs(d["written"]),
+            skipped=jobs(d["skipped"]),
+            leftovers=[(Path(p), int(n)) for p, n in d["leftovers"]],
+            device=str(d["device"]),
+            precisions={str(k): int(v) for k, v in d["precisions"].items()},
+            failed=[(str(a), str(b)) for a, b in d["failed"]],
+            seconds=float(d["seconds"]),
+        )
 
 
 def format_bytes(n: int) -> str:
@@ -719,6 +743,7 @@ class Shard:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    _held: list[Any] = field(default_factory=list, repr=False, compare=False)  # see _all_gather_text
 
     @property
     def main(self) -> bool:
@@ -737,20 +762,36 @@ class Shard:
         """Every rank's result merged, on rank 0 (None on the others); the result itself for a single process."""
         if self.world <= 1:
             return result
-        import torch.distributed as dist
-
-        parts: list[BatchResult | None] = [None] * self.world
-        dist.all_gather_object(parts, result)
-        # torch 2.3's gloo: destroy_process_group after an all_gather, with no collective between, never returns
-        # (every rank hung at the end of a sharded batch); a barrier between them ends it
-        dist.barrier()
+        parts = [BatchResult.from_json(text) for text in self._all_gather_text(result.to_json())]
         if not self.main:
             return None
         total = BatchResult()
         for part in parts:
-            assert part is not None
             total.merge(part)
         return total
+
+    def _all_gather_text(self, text: str) -> list[str]:
+        """Every rank's text, through two gloo all_gathers (lengths, then the padded UTF-8 bytes).
+
+        Not all_gather_object: its tensors die inside torch while gloo's worker thread may still hold them, and then
+        the worker frees their Python objects. If that happens while destroy_process_group, holding the GIL, joins
+        the worker, both wait for ever: every rank of a sharded batch hung at its end on torch 2.3 (no barrier
+        after the gather) and on 2.6 (with one: the barrier's work keeps the gather's). Our tensors are kept on
+        the Shard until the group is destroyed, so the worker never frees the last reference."""
+        import torch
+        import torch.distributed as dist
+
+        data = text.encode()
+        length = torch.tensor([len(data)], dtype=torch.int64)
+        lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        dist.all_gather(lengths, length)
+        longest = max(int(n.item()) for n in lengths)
+        mine = torch.zeros(longest, dtype=torch.uint8)
+        mine[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        theirs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world)]
+        dist.all_gather(theirs, mine)
+        self._held = [length, *lengths, mine, *theirs]
+        return [t[: int(n.item())].numpy().tobytes().decode() for t, n in zip(theirs, lengths, strict=True)]
 
 
 @contextlib.contextmanager
@@ -773,8 +814,9 @@ def shard_from_env() -> Iterator[Shard]:
     owned = not dist.is_initialized()
     if owned:  # a long timeout: ranks wait for the slowest at the end, which may be hours behind
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    shard = Shard(dist.get_rank(), dist.get_world_size(), local)
     try:
-        yield Shard(dist.get_rank(), dist.get_world_size(), local)
+        yield shard
     finally:
         if owned:
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # while `shard` still holds the tensors of its gather: see _all_gather_text
