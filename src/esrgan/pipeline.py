@@ -26,6 +26,7 @@ rank 0 gathers the counts (torch.distributed, gloo) and prints one summary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -116,17 +117,12 @@ class BatchResult:
 
     def to_json(self) -> str:
         """What another rank needs for the summary, as JSON (ranks exchange text, never pickles)."""
-        jobs = lambda js: [[str(j.src), str(j.dst)] for j in js]  # noqa: E731
-        return json.dumps({
-            "written": jobs(self.written), "skipped": jobs(self.skipped),
-            "leftovers": [[str(p), n] for p, n in self.leftovers], "device": self.device,
-            "precisions": self.precisions, "failed": [list(f) for f in self.failed], "seconds": self.seconds,
-        })  # fmt: skip
+        return json.dumps(dataclasses.asdict(self), default=str)  # paths as text
 
     @classmethod
     def from_json(cls, text: str) -> BatchResult:
         d = json.loads(text)
-        jobs = lambda js: [Job(Path(a), Path(b)) for a, b in js]  # noqa: E731
+        jobs = lambda js: [Job(Path(j["src"]), Path(j["dst"])) for j in js]  # noqa: E731
         return cls(
             written=jobs(d["written"]),
             skipped=jobs(d["skipped"]),
