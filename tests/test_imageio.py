@@ -481,7 +481,7 @@ def test_not_images(tmp_path: Path) -> None:
     (tmp_path / "folder.png").mkdir()
     for name, problem in [
         ("notes.png", "not an image"),
-        ("empty.png", "not an image"),
+        ("empty.png", r"empty file \(0 bytes\)"),
         ("folder.png", "directory"),
         ("missing.png", "no such file"),
     ]:

@@ -307,6 +307,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     except PermissionError:
         raise ImageError(f"{path}: permission denied") from None
     except UnidentifiedImageError:
+        if _is_empty(path):  # an interrupted download or copy: say so rather than "not an image"
+            raise ImageError(f"{path}: empty file (0 bytes)") from None
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
     except MemoryError:
         raise ImageError(f"{path}: not enough memory to decode it") from None
@@ -323,6 +325,13 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         zlib.error,
     ) as exc:
         raise ImageError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def too_many_pixels(path: str | os.PathLike[str], size: str, max_pixels: int) -> ImageError:
