@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ def train_row(
     if "CUDA graph" in label and not graphed:
         note = "NO CUDA GRAPH (capture failed or not used: see the log)"
     return {"row": label, "it/s": it_s, "data wait": wait, "peak GPU GB": peak, "wall s": wall,
-            "flop_step": step_flops(cfg), "note": note}  # fmt: skip
+            "TFLOP/s": step_flops(cfg) * it_s / 1e12, "note": note}  # fmt: skip
 
 
 def step_flops(cfg: Any) -> float:
@@ -225,8 +226,12 @@ def child_error(stderr: str) -> str:
     return (errors or lines or ["(no output)"])[-1][:300]
 
 
+DDP_LABEL = "stage 1 bf16, torchrun 1 process (NCCL), eager"
+RESUME_LABEL = "resume on the GPU: 10 + 10 steps vs 20"
+
+
 def ddp_row(data: Path, out: Path, steps: int, smoke: bool) -> Row:
-    label = "stage 1 bf16, torchrun 1 process (NCCL), eager"
+    label = DDP_LABEL
     settings = run_settings(
         "ddp", data, out, steps, smoke, **{"train.precision": "bf16", "train.channels_last": True}
     )
@@ -270,7 +275,20 @@ def resume_row(data: Path, out: Path, smoke: bool) -> Row:
         if diff == 0
         else f"max |dw| {diff:.2e} (|w| up to {ref:.2f}; GPU kernels are not bit-deterministic)"
     )
-    return {"row": "resume on the GPU: 10 + 10 steps vs 20", "note": note}
+    return {"row": RESUME_LABEL, "note": note}
+
+
+def order_rows(
+    jobs: list[tuple[str, Callable[[], Row]]], skip: list[str], first: list[str]
+) -> list[tuple[str, Callable[[], Row]]]:
+    """The rows to run: those whose label has any `skip` text left out, then those whose label has first[0] first,
+    first[1] next, ..., the rest in their own order (a short lease measures what it lacks before what it knows)."""
+    kept = [job for job in jobs if not any(text in job[0] for text in skip)]
+
+    def rank(job: tuple[str, Callable[[], Row]]) -> int:
+        return next((k for k, text in enumerate(first) if text in job[0]), len(first))
+
+    return sorted(kept, key=rank)  # stable: the same rank keeps the given order
 
 
 def guarded(label: str, fn: Callable[..., Row], *fn_args: Any) -> Row:
@@ -295,7 +313,6 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     eager_steps = 8 if args.smoke else 60
     gan_steps = 6 if args.smoke else 200
     bf16 = {"train.precision": "bf16", "train.channels_last": True}
-    rows = []
     variants = [("stage 1 fp32, CUDA graph", {"train.precision": "fp32"}, graph_steps),
                 ("stage 1 bf16, channels-last, CUDA graph", bf16, graph_steps),
                 ("stage 1 bf16, NCHW, CUDA graph", {"train.precision": "bf16"}, graph_steps),
@@ -306,38 +323,34 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     if args.fp16 and not args.smoke:
         fp16 = {"train.precision": "fp16", "train.channels_last": True}
         variants.insert(3, ("stage 1 fp16, channels-last, eager (grad scaler)", fp16, eager_steps))
-    variants = [v for v in variants if not any(skip in v[0] for skip in args.skip_row)]
     runs = work / "runs"
+    jobs: list[tuple[str, Callable[[], Row]]] = []
     for label, sets, steps in variants:
         sets = {**sets, "data.num_workers": args.workers}
-        row_args = (label, "esrgan_x4_psnr.yaml", sets, data, runs, steps, args.smoke)
-        rows.append(guarded(label, train_row, *row_args))
-        args.save(rows)
+        jobs.append(
+            (label, partial(train_row, label, "esrgan_x4_psnr.yaml", sets, data, runs, steps, args.smoke))
+        )
     sets2 = {**bf16, "data.num_workers": args.workers, "train.pretrained_g": None}
     label2 = "stage 2 bf16 (VGG19 + D), CUDA graph"
-    rows.append(
-        guarded(label2, train_row, label2, "esrgan_x4_gan.yaml", sets2, data, runs, gan_steps, args.smoke)
+    jobs.append(
+        (label2, partial(train_row, label2, "esrgan_x4_gan.yaml", sets2, data, runs, gan_steps, args.smoke))
     )
-    args.save(rows)
-    rows.append(
-        guarded(
-            "stage 1 bf16, torchrun 1 process (NCCL), eager", ddp_row, data, runs, eager_steps, args.smoke
-        )
-    )
-    args.save(rows)
-    rows.append(guarded("resume on the GPU", resume_row, data, runs, args.smoke))
-    args.save(rows)
+    jobs.append((DDP_LABEL, partial(ddp_row, data, runs, eager_steps, args.smoke)))
+    jobs.append((RESUME_LABEL, partial(resume_row, data, runs, args.smoke)))
     # compiling the train step took > 100 s on the H200 (16 cores): only when asked (compile time in wall s)
     if not args.smoke and args.train_compile:
         label3 = "stage 1 bf16, compiled G, CUDA graph"
         sets3 = {**bf16, "train.compile": True, "data.num_workers": args.workers}
-        row_args = (label3, "esrgan_x4_psnr.yaml", sets3, data, runs, graph_steps, args.smoke)
-        rows.append(guarded(label3, train_row, *row_args))
+        jobs.append(
+            (
+                label3,
+                partial(train_row, label3, "esrgan_x4_psnr.yaml", sets3, data, runs, graph_steps, args.smoke),
+            )
+        )
+    rows = []
+    for label, job in order_rows(jobs, args.skip_row, args.first):
+        rows.append(guarded(label, job))
         args.save(rows)
-    for r in rows:
-        if "flop_step" in r and "it/s" in r:
-            r["TFLOP/s"] = r.pop("flop_step") * r["it/s"] / 1e12
-        r.pop("flop_step", None)
     return rows
 
 
@@ -548,7 +561,13 @@ def main() -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="no torch.compile rows")
     parser.add_argument("--no-fp16", dest="fp16", action="store_false", help="no fp16 training row")
     parser.add_argument(
-        "--skip-row", action="append", default=[], help="skip stage-1 rows whose label has this"
+        "--skip-row", action="append", default=[], help="skip the training rows whose label has this"
+    )
+    parser.add_argument(
+        "--first",
+        action="append",
+        default=[],
+        help="run the training rows whose label has this first (repeat it: in that order)",
     )
     parser.add_argument(
         "--no-bare-compile", dest="bare_compile", action="store_false", help="no compiled bare-model row"

@@ -37,6 +37,39 @@ def test_gpu_bench_smoke_runs_the_upscaling_rows_on_the_cpu(tmp_path: Path) -> N
     assert "| row |" in proc.stdout  # the Markdown table for docs/benchmarks.md
 
 
+@pytest.mark.slow
+def test_gpu_bench_training_rows_run_in_the_order_a_short_lease_asks(tmp_path: Path) -> None:
+    """bench/gpu_lease.sh puts the rows still unmeasured first (--first) and leaves known ones out (--skip-row):
+    every training row, the torchrun and resume rows included, runs here at toy sizes in that order."""
+    pytest.importorskip("skimage")
+    proc, rows = run_smoke(
+        tmp_path,
+        "train",
+        "--first",
+        "resume",
+        "--first",
+        "NCCL",
+        "--skip-row",
+        "NCHW",
+        "--skip-row",
+        "LR made",
+    )
+    names = [r["row"] for r in rows]
+    assert names[0].startswith("resume") and "torchrun 1 process" in names[1], names
+    assert not any("NCHW" in n or "LR made" in n for n in names), names
+    assert names[2:] == [
+        "stage 1 fp32, CUDA graph",
+        "stage 1 bf16, channels-last, CUDA graph",
+        "stage 1 bf16, channels-last, eager",
+        "stage 2 bf16 (VGG19 + D), CUDA graph",
+    ]
+    assert rows[0]["note"] == "bit-exact"  # 10 + 10 steps resumed = 20 straight, on this CPU
+    assert rows[1]["note"] == "DDP in a process group"  # gloo here, NCCL on a GPU: the same code path
+    assert all(r["it/s"] > 0 for r in rows[1:]), rows
+    assert not any(r.get("note", "").startswith("failed") for r in rows), rows  # guarded() marks a crash so
+    assert "| row |" in proc.stdout
+
+
 def test_gpu_bench_refuses_to_measure_without_a_gpu() -> None:
     import torch
 
