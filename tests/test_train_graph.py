@@ -46,7 +46,7 @@ def config(photos: tuple[Path, Path], out: Path, stage: str, **train: Any) -> Co
     return config_from_dict(raw)
 
 
-def setup(cfg: Config) -> tuple[Any, Any, list[tuple[torch.Tensor, torch.Tensor]]]:
+def setup(cfg: Config, compile_g: bool = False) -> tuple[Any, Any, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Nets, fused Adam (what the GPU uses) and 4 real batches, all seeded: two calls give the same start."""
     try:
         torch.optim.Adam([torch.zeros(1, requires_grad=True)], fused=True)
@@ -59,7 +59,7 @@ def setup(cfg: Config) -> tuple[Any, Any, list[tuple[torch.Tensor, torch.Tensor]
         from esrgan.zoo import resolve_vgg_weights
 
         vgg = resolve_vgg_weights("random", download=False)
-    nets = build_nets(cfg, CPU, ddp, vgg)
+    nets = build_nets(cfg, CPU, ddp, vgg, compile_g=compile_g)
     opts = build_optimizers(cfg, nets, CPU, fused=True)
     batches, on_device = build_batches(cfg, ddp, CPU, 0)
     data = [batch_to_device(next(batches), CPU, lr_on_device=on_device, scale=4) for _ in range(4)]
@@ -162,3 +162,30 @@ def test_cuda_graph_setting_is_resolved_with_reasons(photos: tuple[Path, Path], 
         use_cuda_graph(forced, gpu, False)
     off = config(photos, tmp_path, "psnr", cuda_graph=False)
     assert use_cuda_graph(off, gpu, False) is False
+
+
+@pytest.mark.slow
+def test_the_compiled_generator_trains_as_the_eager_one_inside_the_graph_body(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """train.compile (bench/gpu.py's compiled-G row, captured in the CUDA graph on a GPU): torch.compile'd G inside
+    the graph body trains as eager G does (Inductor fuses, so to float rounding, not bit for bit), updates the very
+    parameters the checkpoints and the EMA read, and leaves their names plain (no `_orig_mod.`)."""
+    cfg = config(photos, tmp_path, "psnr")
+    autocast = make_autocast(CPU, "fp32")
+    nets_a, opts_a, data = setup(cfg)
+    eager_logs = [train_step(cfg, nets_a, opts_a, lr, hr, autocast, i + 1) for i, (lr, hr) in enumerate(data)]
+    nets_b, opts_b, _ = setup(cfg, compile_g=True)
+    assert nets_b.g_train is not nets_b.g  # what the step calls is the compiled module
+    step = GraphedStep(cfg, nets_b, opts_b, CPU, make_autocast(CPU, "fp32", cache=False))
+    compiled_logs = [step(lr, hr, i + 1) for i, (lr, hr) in enumerate(data)]
+    a, b = state(nets_a, opts_a), state(nets_b, opts_b)
+    assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
+    start = state(*setup(cfg)[:2])
+    for key in a:
+        moved = float((a[key] - start[key]).abs().max()) if key in start else float(a[key].abs().max())
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-4 * max(moved, 1e-3)), key
+    assert any(not torch.equal(b[k], start[k]) for k in b if k.startswith("ema."))  # the EMA followed G
+    for la, lb in zip(eager_logs, compiled_logs, strict=True):
+        assert la is not None and lb is not None
+        assert la["l_pix"] == pytest.approx(lb["l_pix"], rel=1e-4)
