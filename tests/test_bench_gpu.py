@@ -70,6 +70,31 @@ def test_gpu_bench_training_rows_run_in_the_order_a_short_lease_asks(tmp_path: P
     assert "| row |" in proc.stdout
 
 
+def test_the_torchrun_row_says_why_the_process_group_did_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session 6's NCCL row failed for a reason the bench did not keep. Here NCCL is asked of a torch without it
+    (what a GPU machine whose NCCL cannot start looks like to train): the row still trains, through the real
+    torchrun, and its note carries train's own one-line reason."""
+    pytest.importorskip("skimage")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "gpu.py")
+    assert spec is not None and spec.loader is not None
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    data = tmp_path / "photos"
+    gpu.photos(data, 2)
+    monkeypatch.setenv("ESRGAN_DIST_BACKEND", "nccl")
+    import torch.distributed as dist
+
+    if dist.is_nccl_available():
+        pytest.skip("this torch has NCCL: the group would start")
+    row = gpu.ddp_run("nccl", data, tmp_path / "runs", 4, True, gpu.NCCL_NO_TRANSPORTS)
+    assert row["it/s"] > 0, row
+    assert row["note"].startswith("NO PROCESS GROUP: ") and "nccl could not start" in row["note"], row
+
+
 def test_gpu_bench_refuses_to_measure_without_a_gpu() -> None:
     import torch
 
