@@ -26,6 +26,7 @@ weights (same speed; the fp16-vs-fp32 PSNR column is then of the random model).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -359,16 +360,16 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     )
     jobs.append((DDP_LABEL, partial(ddp_row, data, runs, eager_steps, args.smoke)))
     jobs.append((RESUME_LABEL, partial(resume_row, data, runs, args.smoke)))
-    # compiling the train step took > 100 s on the H200 (16 cores): only when asked (compile time in wall s)
+    # compiling the whole G took > 100 s on the H200 (16 cores); per block ~6x less on a CPU (bench/compile_time.py):
+    # only when asked (compile time in wall s)
     if not args.smoke and args.train_compile:
-        label3 = "stage 1 bf16, compiled G, CUDA graph"
-        sets3 = {**bf16, "train.compile": True, "data.num_workers": args.workers}
-        jobs.append(
-            (
-                label3,
-                partial(train_row, label3, "esrgan_x4_psnr.yaml", sets3, data, runs, graph_steps, args.smoke),
+        for how, what in (("blocks", "compiled G blocks"), (True, "compiled G whole")):
+            label3 = f"stage 1 bf16, {what}, CUDA graph"
+            sets3 = {**bf16, "train.compile": how, "data.num_workers": args.workers}
+            row3 = partial(
+                train_row, label3, "esrgan_x4_psnr.yaml", sets3, data, runs, graph_steps, args.smoke
             )
-        )
+            jobs.append((label3, row3))
     rows = []
     for label, job in order_rows(jobs, args.skip_row, args.first):
         rows.append(guarded(label, job))
@@ -425,6 +426,19 @@ def infer_section(args: argparse.Namespace, model: RRDBNet, device: torch.device
         rows.append({"row": "model alone, compiled", "ms": t_comp * 1e3, "TFLOP/s": 2 * macs / t_comp / 1e12,
                      "note": f"compile {compile_s:.0f} s"})  # fmt: skip
         print_row(rows[-1])
+    if not args.smoke and args.compile:  # regional compilation: RRDBNet.compile_blocks
+        mb = copy.deepcopy(mcl)
+        t0 = time.perf_counter()
+        mb.compile_blocks(dynamic=False)
+        with torch.no_grad():
+            mb(xcl)
+            sync(device)
+            compile_s = time.perf_counter() - t0
+            t_blocks = timed(lambda: mb(xcl), device, args.repeats)
+        rows.append({"row": "model alone, compiled per block (compile_blocks)", "ms": t_blocks * 1e3,
+                     "TFLOP/s": 2 * macs / t_blocks / 1e12, "note": f"compile {compile_s:.0f} s"})  # fmt: skip
+        print_row(rows[-1])
+        del mb
     up = Upscaler(model, device=str(device))
     small = img[:side, :side].copy()
     t_up = timed(lambda: up.upscale(small), device, args.repeats)

@@ -31,11 +31,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 CPU = torch.device("cpu")
 
 
-def config(photos: tuple[Path, Path], out: Path, stage: str, **train: Any) -> Config:
+def config(photos: tuple[Path, Path], out: Path, stage: str, num_block: int = 1, **train: Any) -> Config:
     raw: dict[str, Any] = {
         "name": stage,
         "output_dir": str(out),
-        "model": {"num_feat": 16, "num_block": 1, "num_grow": 8, "d_num_feat": 8},
+        "model": {"num_feat": 16, "num_block": num_block, "num_grow": 8, "d_num_feat": 8},
         "data": {"hr_dir": str(photos[0]), "patch_size": 32, "batch_size": 4, "num_workers": 0},
         "train": {"stage": stage, "total_steps": 10, "ema_decay": 0.9, **train},
         "schedule": {"kind": "constant"},
@@ -46,7 +46,9 @@ def config(photos: tuple[Path, Path], out: Path, stage: str, **train: Any) -> Co
     return config_from_dict(raw)
 
 
-def setup(cfg: Config, compile_g: bool = False) -> tuple[Any, Any, list[tuple[torch.Tensor, torch.Tensor]]]:
+def setup(
+    cfg: Config, compile_g: bool | str = False
+) -> tuple[Any, Any, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Nets, fused Adam (what the GPU uses) and 4 real batches, all seeded: two calls give the same start."""
     try:
         torch.optim.Adam([torch.zeros(1, requires_grad=True)], fused=True)
@@ -165,20 +167,31 @@ def test_cuda_graph_setting_is_resolved_with_reasons(photos: tuple[Path, Path], 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", [True, "blocks"])
 def test_the_compiled_generator_trains_as_the_eager_one_inside_the_graph_body(
-    photos: tuple[Path, Path], tmp_path: Path
+    how: bool | str, photos: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """train.compile (bench/gpu.py's compiled-G row, captured in the CUDA graph on a GPU): torch.compile'd G inside
-    the graph body trains as eager G does (Inductor fuses, so to float rounding, not bit for bit), updates the very
-    parameters the checkpoints and the EMA read, and leaves their names plain (no `_orig_mod.`)."""
-    cfg = config(photos, tmp_path, "psnr")
+    """train.compile (bench/gpu.py's compiled-G rows, captured in the CUDA graph on a GPU): the compiled G, whole or
+    per block, inside the graph body trains as eager G does (Inductor fuses, so to float rounding, not bit for bit),
+    updates the very parameters the checkpoints and the EMA read, and leaves their names plain (no `_orig_mod.`).
+    Per block, the two blocks are one compiled graph (what makes it compile several times faster)."""
+    import torch._dynamo
+
+    cfg = config(photos, tmp_path, "psnr", num_block=2)
     autocast = make_autocast(CPU, "fp32")
     nets_a, opts_a, data = setup(cfg)
     eager_logs = [train_step(cfg, nets_a, opts_a, lr, hr, autocast, i + 1) for i, (lr, hr) in enumerate(data)]
-    nets_b, opts_b, _ = setup(cfg, compile_g=True)
-    assert nets_b.g_train is not nets_b.g  # what the step calls is the compiled module
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    nets_b, opts_b, _ = setup(cfg, compile_g=how)
+    if how is True:
+        assert nets_b.g_train is not nets_b.g  # what the step calls is the compiled module
     step = GraphedStep(cfg, nets_b, opts_b, CPU, make_autocast(CPU, "fp32", cache=False))
     compiled_logs = [step(lr, hr, i + 1) for i, (lr, hr) in enumerate(data)]
+    if how == "blocks":
+        assert (
+            torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+        )  # body.0 compiled, body.1 reused it
     a, b = state(nets_a, opts_a), state(nets_b, opts_b)
     assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
     start = state(*setup(cfg)[:2])

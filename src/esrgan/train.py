@@ -585,7 +585,7 @@ class Progress:
 
 
 def build_nets(
-    cfg: Config, device: torch.device, ddp: _Dist, vgg_path: Path | None, compile_g: bool = False
+    cfg: Config, device: torch.device, ddp: _Dist, vgg_path: Path | None, compile_g: bool | str = False
 ) -> Nets:
     """G (from stage 1 or initialised), its EMA copy, and in the GAN stage D and the VGG19 feature extractor."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same weights (DDP also broadcasts rank 0's)
@@ -626,7 +626,12 @@ def build_nets(
             # operation: [torch.FloatTensor [64]]" at the first step of every DDP GAN run. D never runs in eval mode,
             # so the running statistics (kept per rank; rank 0's are saved) change no output.
             d_train = nn.parallel.DistributedDataParallel(d, device_ids=ids, broadcast_buffers=False)
-    if compile_g:
+    if compile_g == "blocks":
+        try:
+            g.compile_blocks()  # in place: g_train (DDP's wrapper too) runs the compiled blocks
+        except RuntimeError as exc:
+            raise ConfigError(f"train.compile: blocks: {exc}") from None
+    elif compile_g:
         # the compiled module shares G's parameters: checkpoints and EMA keep reading `g`
         g_train = torch.compile(g_train)  # type: ignore[assignment]
     return Nets(g, g_ema, d, vgg, g_train, d_train)
