@@ -202,3 +202,16 @@ def test_the_compiled_generator_trains_as_the_eager_one_inside_the_graph_body(
     for la, lb in zip(eager_logs, compiled_logs, strict=True):
         assert la is not None and lb is not None
         assert la["l_pix"] == pytest.approx(lb["l_pix"], rel=1e-4)
+
+
+def test_compiling_per_block_on_an_old_torch_is_a_config_error(
+    photos: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before 2.5, Dynamo recompiled each block (module parameters were not graph inputs) until its cache limit sent
+    the rest back to eager: a slow, silent half-compile. Such a torch is told so instead, naming the setting."""
+    monkeypatch.setattr(torch, "__version__", "2.4.1+cpu")
+    cfg = config(photos, tmp_path, "psnr", compile="blocks")
+    with pytest.raises(
+        ConfigError, match=r"train\.compile: blocks: .*torch >= 2\.5 \(this is 2\.4\.1\+cpu\)"
+    ):
+        build_nets(cfg, CPU, _init_distributed("cpu"), None, compile_g=cfg.train.compile)
