@@ -178,7 +178,9 @@ def test_the_compiled_generator_trains_as_the_eager_one_inside_the_graph_body(
     import torch._dynamo
 
     if how == "blocks" and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 5):
-        pytest.skip(f"compiling per block needs torch >= 2.5 (this is {torch.__version__}; see the next test)")
+        pytest.skip(
+            f"compiling per block needs torch >= 2.5 (this is {torch.__version__}; see the next test)"
+        )
     cfg = config(photos, tmp_path, "psnr", num_block=2)
     autocast = make_autocast(CPU, "fp32")
     nets_a, opts_a, data = setup(cfg)
