@@ -30,7 +30,6 @@ import copy
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -46,6 +45,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))  # hostinfo, also when this file is loaded by path (tests)
+
+from hostinfo import cpu_name  # noqa: E402
 
 from esrgan.generator import RRDBConfig, RRDBNet  # noqa: E402
 
@@ -56,15 +58,7 @@ def machine() -> str:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} threads), torch {torch.__version__}, no GPU"
+    return f"{cpu_name()} ({os.cpu_count()} threads), torch {torch.__version__}, no GPU"
 
 
 def sync(device: torch.device) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,19 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hostinfo import cpu_name
 from PIL import Image
-
-
-def cpu_name() -> str:
-    """The CPU's model name with its family/model numbers (virtual machines often say only "AMD EPYC")."""
-    try:
-        fields = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-        return f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
-    except (OSError, KeyError):
-        return platform.processor() or "unknown CPU"
 
 
 def make_inputs(folder: Path, n: int, size: int) -> list[Path]:
