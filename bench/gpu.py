@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,35 @@ from hostinfo import cpu_name  # noqa: E402
 from esrgan.generator import RRDBConfig, RRDBNet  # noqa: E402
 
 Row = dict[str, Any]
+
+
+class Stopped(BaseException):  # not Exception: `guarded` must not turn it into a row's note
+    """SIGTERM (bench/gpu_lease.sh's `timeout` for this part): no new row starts; what was measured is kept."""
+
+
+STOP = {"requested": False}  # set by SIGTERM, also when it arrived inside train() (whose own handler took it)
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    STOP["requested"] = True
+    raise Stopped
+
+
+def run_train(cfg: Any, **options: Any) -> Any:
+    """esrgan.train.train; a run that SIGTERM cut short (train's own handler took the signal, finished the step
+    and saved) stops the bench after this row."""
+    from esrgan.train import train
+
+    result = train(cfg, **options)
+    if result.interrupted and result.step < options.get("stop_at_step", math.inf):  # not the asked-for stop
+        STOP["requested"] = True
+    return result
+
+
+def check_stop() -> None:
+    """Between rows: a SIGTERM that train() handled (it finished the step and saved) stops the run here."""
+    if STOP["requested"]:
+        raise Stopped
 
 
 def machine() -> str:
@@ -161,8 +191,9 @@ def build_config(config: str, settings: dict[str, Any]) -> Any:
 def log_rates(run_dir: Path) -> tuple[float, float, float]:
     """Mean it/s, data-wait share and the peak GPU memory of a run's log records (the first, warm-up, left out)."""
     records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
-    rates = [r for r in records if "it_per_s" in r]
-    rates = rates[1:] or rates
+    rates = [r for r in records if "it_per_s" in r][1:]  # the first holds warm-up, capture and compile
+    if not rates:  # a run cut short before its second log line: no steady rate to report
+        return math.nan, math.nan, 0.0
     peak = max((r.get("gpu_peak_gb", 0.0) for r in rates), default=0.0)
     return (
         float(np.mean([r["it_per_s"] for r in rates])),
@@ -176,12 +207,10 @@ def train_row(
 ) -> Row:
     name = label.replace(" ", "_").replace(",", "")
     cfg = build_config(config, run_settings(name, data, out, steps, smoke, **sets))
-    from esrgan.train import train
-
     t0 = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    result = train(cfg, vgg_weights="random" if cfg.train.stage == "gan" else None)
+    result = run_train(cfg, vgg_weights="random" if cfg.train.stage == "gan" else None)
     wall = time.perf_counter() - t0
     it_s, wait, peak = log_rates(result.run_dir)
     records = [json.loads(x) for x in (result.run_dir / "log.jsonl").read_text().splitlines()]
@@ -189,6 +218,8 @@ def train_row(
     note = f"{graphed} of {result.step} steps replayed from the CUDA graph" if graphed else ""
     if "CUDA graph" in label and not graphed:
         note = "NO CUDA GRAPH (capture failed or not used: see the log)"
+    if result.interrupted:  # SIGTERM: train() finished the step and saved; no further row starts (run_train)
+        note = f"CUT SHORT by SIGTERM at step {result.step} of {steps}" + (f"; {note}" if note else "")
     return {"row": label, "it/s": it_s, "data wait": wait, "peak GPU GB": peak, "wall s": wall,
             "TFLOP/s": step_flops(cfg) * it_s / 1e12, "note": note}  # fmt: skip
 
@@ -234,7 +265,9 @@ def ddp_row(data: Path, out: Path, steps: int, smoke: bool) -> Row:
     """`torchrun --nproc-per-node 1 ... esrgan train`: DDP in a process group (NCCL on a GPU, gloo on a CPU). Where
     the group did not start, once more with NCCL's transports off, and the row says both results."""
     row = ddp_run("ddp", data, out, steps, smoke, {})
-    if row["note"] == "DDP in a process group" or smoke:
+    if smoke or not (
+        "NO PROCESS GROUP" in row["note"] or "NCCL" in row["note"]
+    ):  # not NCCL's start: no retry
         return row
     retry = ddp_run("ddp_no_transports", data, out, steps, smoke, NCCL_NO_TRANSPORTS)
     retry["note"] = f"with {', '.join(NCCL_NO_TRANSPORTS)}=1: {retry['note']} (first try: {row['note']})"
@@ -274,15 +307,18 @@ def ddp_run(name: str, data: Path, out: Path, steps: int, smoke: bool, extra_env
 
 def resume_row(data: Path, out: Path, smoke: bool) -> Row:
     """A GPU run stopped at step 10 and resumed to 20 against a straight 20-step run: largest weight difference."""
-    from esrgan.train import load_checkpoint, train
+    from esrgan.train import load_checkpoint
 
     def cfg(name: str) -> Any:
         sets = {"checkpoint.every": 10, "data.num_workers": 1 if smoke else 2, "train.precision": "bf16"}
         return build_config("esrgan_x4_psnr.yaml", run_settings(name, data, out, 20, smoke, **sets))
 
-    straight = train(cfg("straight"))
-    train(cfg("split"), stop_at_step=10)
-    resumed = train(cfg("split"), resume=True)
+    straight = run_train(cfg("straight"))
+    check_stop()
+    run_train(cfg("split"), stop_at_step=10)
+    check_stop()
+    resumed = run_train(cfg("split"), resume=True)
+    check_stop()
     a = load_checkpoint(straight.run_dir / "checkpoints" / "step_00000020.ckpt")["generator"]
     b = load_checkpoint(resumed.run_dir / "checkpoints" / "step_00000020.ckpt")["generator"]
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
@@ -368,6 +404,7 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     for label, job in order_rows(jobs, args.skip_row, args.first):
         rows.append(guarded(label, job))
         args.save(rows)
+        check_stop()
     return rows
 
 
@@ -377,87 +414,131 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 
-def infer_section(args: argparse.Namespace, model: RRDBNet, device: torch.device) -> list[Row]:
-    from esrgan.upscale import Upscaler
-
-    side = 32 if args.smoke else 512
+def infer_inputs(args: argparse.Namespace, device: torch.device) -> tuple[np.ndarray, torch.Tensor, int]:
+    """The photo collage (2 side x 2 side, uint8) and its side x side corner as a float tensor on the device."""
     from PIL import Image
 
+    side = 32 if args.smoke else 512
     img = np.asarray(Image.open(photos(Path(args.work) / "inf", 1, 2 * side)[0]))
     x = torch.from_numpy(img[:side, :side].copy()).permute(2, 0, 1)[None].float().div(255).to(device)
-    macs = macs_per_lr_pixel(model.config) * side * side
+    return img, x, side
+
+
+def half_model(model: RRDBNet, device: torch.device) -> tuple[RRDBNet, torch.dtype]:
+    """A copy of the model in half precision (fp16 on CUDA, bf16 on a CPU), NCHW, for inference."""
     half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    mh = RRDBNet.from_config(model.config).to(device)
+    mh.load_state_dict(model.state_dict())
+    return mh.to(half).eval(), half
+
+
+def infer_section(args: argparse.Namespace, model: RRDBNet, device: torch.device) -> list[Row]:
+    """The eager rows: the model alone (NCHW as Real-ESRGAN runs it, channels-last with cudnn.benchmark: the rate
+    the batch rows are measured against) and Upscaler on side^2 and (2 side)^2 photos. The compiled rows come
+    after the batch rows (compile_section): their minutes of compiling must not cost the batch rows."""
+    from esrgan.upscale import Upscaler
+
+    img, x, side = infer_inputs(args, device)
+    macs = macs_per_lr_pixel(model.config) * side * side
     rows: list[Row] = []
+
+    def add(row: Row) -> None:
+        rows.append(row)
+        print_row(row)
+        args.save(rows)
+
     m32 = model.to(device)
     with torch.no_grad():
         ref = m32(x).clamp(0, 1)
-    mh = RRDBNet.from_config(model.config).to(device)
-    mh.load_state_dict(model.state_dict())
-    mh = mh.to(half).eval()
+    mh, half = half_model(model, device)
     with torch.no_grad():
         t = timed(lambda: mh(x.to(half)), device, args.repeats)
         out = mh(x.to(half)).float().clamp(0, 1)
-    rows.append({"row": f"model alone, {half} NCHW, {side}^2", "ms": t * 1e3, "TFLOP/s": 2 * macs / t / 1e12,
-                 "note": f"vs fp32 {psnr(out, ref):.1f} dB"})  # fmt: skip
-    print_row(rows[-1])
+    add({"row": f"model alone, {half} NCHW, {side}^2", "ms": t * 1e3, "TFLOP/s": 2 * macs / t / 1e12,
+         "note": f"vs fp32 {psnr(out, ref):.1f} dB"})  # fmt: skip
     torch.backends.cudnn.benchmark = True
     mcl = mh.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     xcl = x.to(half).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         t_cl = timed(lambda: mcl(xcl), device, args.repeats)
-    rows.append({"row": f"model alone, {half} channels-last, cudnn.benchmark", "ms": t_cl * 1e3,
-                 "TFLOP/s": 2 * macs / t_cl / 1e12})  # fmt: skip
-    print_row(rows[-1])
-    t_comp = None
-    if not args.smoke and args.compile and args.bare_compile:
-        t0 = time.perf_counter()
-        mc = torch.compile(mcl)
-        with torch.no_grad():
-            mc(xcl)
-            sync(device)
-            compile_s = time.perf_counter() - t0
-            t_comp = timed(lambda: mc(xcl), device, args.repeats)
-        rows.append({"row": "model alone, compiled", "ms": t_comp * 1e3, "TFLOP/s": 2 * macs / t_comp / 1e12,
-                     "note": f"compile {compile_s:.0f} s"})  # fmt: skip
-        print_row(rows[-1])
-    if not args.smoke and args.compile:  # regional compilation: RRDBNet.compile_blocks
-        mb = copy.deepcopy(mcl)
-        t0 = time.perf_counter()
-        mb.compile_blocks(dynamic=False)
-        with torch.no_grad():
-            mb(xcl)
-            sync(device)
-            compile_s = time.perf_counter() - t0
-            t_blocks = timed(lambda: mb(xcl), device, args.repeats)
-        rows.append({"row": "model alone, compiled per block (compile_blocks)", "ms": t_blocks * 1e3,
-                     "TFLOP/s": 2 * macs / t_blocks / 1e12, "note": f"compile {compile_s:.0f} s"})  # fmt: skip
-        print_row(rows[-1])
-        del mb
+    args.model_rate = 1.0 / t_cl  # the pipeline runs this eager forward: the batch rows' yardstick
+    args.t_cl = t_cl
+    add({"row": f"model alone, {half} channels-last, cudnn.benchmark", "ms": t_cl * 1e3,
+         "TFLOP/s": 2 * macs / t_cl / 1e12})  # fmt: skip
     up = Upscaler(model, device=str(device))
     small = img[:side, :side].copy()
     t_up = timed(lambda: up.upscale(small), device, args.repeats)
-    rows.append({"row": f"Upscaler auto, uint8 {side}^2", "ms": t_up * 1e3,
-                 "note": f"{t_up / t_cl:.2f}x the bare channels-last forward; precision {getattr(up, 'last_precision', '?')}"})  # fmt: skip
-    print_row(rows[-1])
+    args.t_up = t_up
+    add({"row": f"Upscaler auto, uint8 {side}^2", "ms": t_up * 1e3,
+         "note": f"{t_up / t_cl:.2f}x the bare channels-last forward; precision {getattr(up, 'last_precision', '?')}"})  # fmt: skip
+    check_stop()
     big = img[: 2 * side, : 2 * side].copy()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t_big = timed(lambda: up.upscale(big), device, max(args.repeats // 2, 1), warmup=1)
     mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    rows.append({"row": f"Upscaler auto, uint8 {2 * side}^2", "ms": t_big * 1e3,
-                 "note": f"{t_big / t_up:.2f}x the {side}^2 time; peak GPU {mem:.1f} GB"})  # fmt: skip
-    print_row(rows[-1])
-    if not args.smoke and args.compile:
+    add({"row": f"Upscaler auto, uint8 {2 * side}^2", "ms": t_big * 1e3,
+         "note": f"{t_big / t_up:.2f}x the {side}^2 time; peak GPU {mem:.1f} GB"})  # fmt: skip
+    return rows
+
+
+def compile_section(args: argparse.Namespace, model: RRDBNet, device: torch.device) -> list[Row]:
+    """The torch.compile rows (compile time in the note), each on its own so one failing compile loses no other:
+    the whole model (unless --no-bare-compile), one compile per RRDB (RRDBNet.compile_blocks), and
+    Upscaler(compile=True) (`--compile`). Per block as fast as whole would make --compile compile per block."""
+    from esrgan.upscale import Upscaler
+
+    img, x, side = infer_inputs(args, device)
+    macs = macs_per_lr_pixel(model.config) * side * side
+    torch.backends.cudnn.benchmark = True
+    mh, half = half_model(model, device)
+    mcl = mh.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    xcl = x.to(half).contiguous(memory_format=torch.channels_last)
+    rows: list[Row] = []
+    bare: dict[str, float] = {}
+
+    def compiled(what: str, prepare: Callable[[], Callable[[torch.Tensor], Any]]) -> Row:
+        t0 = time.perf_counter()
+        fn = prepare()
+        with torch.no_grad():
+            fn(xcl)
+            sync(device)
+            compile_s = time.perf_counter() - t0
+            t = timed(lambda: fn(xcl), device, args.repeats)
+        bare[what] = t
+        speedup = f"; {args.t_cl / t:.2f}x eager channels-last" if getattr(args, "t_cl", None) else ""
+        return {"row": f"model alone, {what}", "ms": t * 1e3, "TFLOP/s": 2 * macs / t / 1e12,
+                "note": f"compile {compile_s:.0f} s{speedup}"}  # fmt: skip
+
+    def per_block() -> Callable[[torch.Tensor], Any]:
+        mb = copy.deepcopy(mcl)
+        mb.compile_blocks(dynamic=False)
+        return mb
+
+    jobs: list[tuple[str, Callable[[], Row]]] = [
+        ("model alone, compiled per block (compile_blocks)",
+         partial(compiled, "compiled per block (compile_blocks)", per_block)),
+    ]  # fmt: skip
+    if args.bare_compile:
+        jobs.append(("model alone, compiled", partial(compiled, "compiled", lambda: torch.compile(mcl))))
+
+    def upscaler_compiled() -> Row:
+        small = img[:side, :side].copy()
         t0 = time.perf_counter()
         upc = Upscaler(model, device=str(device), compile=True)
         upc.upscale(small)
         compile_s = time.perf_counter() - t0
         t_upc = timed(lambda: upc.upscale(small), device, args.repeats)
-        bare = f"{t_upc / t_comp:.2f}x the bare compiled forward; " if t_comp else ""
-        rows.append({"row": f"Upscaler compile=True (--compile), uint8 {side}^2", "ms": t_upc * 1e3,
-                     "note": f"{bare}compile {compile_s:.0f} s"})  # fmt: skip
-        print_row(rows[-1])
-    args.model_rate = 1.0 / t_cl  # the pipeline runs this eager forward
+        vs = [f"{t_upc / bare['compiled']:.2f}x the bare compiled forward"] if "compiled" in bare else []
+        vs += [f"{getattr(args, 't_up', math.nan) / t_upc:.2f}x the speed of Upscaler eager"]
+        return {"row": f"Upscaler compile=True (--compile), uint8 {side}^2", "ms": t_upc * 1e3,
+                "note": f"{'; '.join(vs)}; compile {compile_s:.0f} s"}  # fmt: skip
+
+    jobs.append(("Upscaler compile=True", upscaler_compiled))
+    for label, job in jobs:
+        rows.append(guarded(label, job))
+        args.save(rows)
+        check_stop()
     return rows
 
 
@@ -496,6 +577,7 @@ def batch_section(args: argparse.Namespace, model_file: Path) -> list[Row]:
         rows.append({"row": label, "images/s": rate, "wall s": result.seconds, "note": note})
         print_row(rows[-1])
         args.save(rows)
+        check_stop()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
     for fmt, launcher in (("png", [sys.executable]), ("jpg", [sys.executable]), ("jpg", torchrun)):
         out = Path(args.work) / f"batch_out_{fmt}_{len(launcher)}"
@@ -521,6 +603,7 @@ def batch_section(args: argparse.Namespace, model_file: Path) -> list[Row]:
                          "note": "wall incl. process start, CUDA start and model load"})  # fmt: skip
         print_row(rows[-1])
         args.save(rows)
+        check_stop()
     return rows
 
 
@@ -629,6 +712,7 @@ def main() -> None:
         done: list[Row] = []
 
         def save(section_rows: list[Row]) -> None:  # after every row: a run cut short keeps what it measured
+            args.section_rows = section_rows
             if args.json:
                 Path(args.json).write_text(
                     json.dumps({"machine": machine(), "rows": done + section_rows}, indent=1)
@@ -639,14 +723,27 @@ def main() -> None:
             ("train", lambda: train_section(args, work)),
             ("infer", lambda: infer_section(args, model, device)),
             ("batch", lambda: batch_section(args, model_file)),
+            ("compile", lambda: compile_section(args, model, device)),
             ("video", lambda: video_section(args, model_file)),
         ]
+        # the compiled rows belong to "infer" but run after "batch": their minutes must not cost the batch rows
+        wanted = {*sections, *(["infer"] if "batch" in sections else [])}
+        if args.compile and not args.smoke and "infer" in wanted:
+            wanted.add("compile")
+        signal.signal(signal.SIGTERM, on_sigterm)
         for name, run in steps:
-            if name not in sections and not (name == "infer" and "batch" in sections):
+            if name not in wanted:
                 continue
             t0 = time.perf_counter()
+            args.section_rows = []
             try:
+                check_stop()
                 done += run()
+            except Stopped:
+                done += args.section_rows
+                print(f"({name}: stopped by SIGTERM after {time.perf_counter() - t0:.0f} s; no further rows)")
+                save([])
+                break
             except Exception as exc:  # one section's failure is a row; the others still run
                 import traceback
 
@@ -658,6 +755,8 @@ def main() -> None:
     print()
     print(f"{machine()}; model {model_name}; total {time.perf_counter() - t_all:.0f} s")
     print(table(rows))
+    if STOP["requested"]:
+        sys.exit(128 + signal.SIGTERM)  # cut short, as a process ended by SIGTERM says
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ status=0
 if [ "$part" != batch ]; then  # issue 15: stage 1 bf16 >= 40 it/s, compiled G inside the graph, NCCL 1 process
   # what is still unmeasured runs first, after this card's own bf16 baseline (session 6's lease ran out of time
   # before its last rows); the rows of the fp32 / NCHW comparison, measured then, come last
-  timeout "${TRAIN_TIMEOUT:-300}" "$python" bench/gpu.py --only train --no-fp16 --skip-row "LR made" \
+  timeout -k 20 "${TRAIN_TIMEOUT:-300}" "$python" bench/gpu.py --only train --no-fp16 --skip-row "LR made" \
     --skip-row "channels-last, eager" --train-compile --first "bf16, channels-last, CUDA graph" --first NCCL \
     --first resume --first "compiled G blocks" --first "compiled G whole" --first "stage 2" --json "$out/train.json" "$@" 2>&1 | tee "$out/train.log" \
     || status=1
@@ -31,7 +31,7 @@ fi
 if [ "$part" != train ]; then  # issue 16: the batch command >= 80 % of the model-alone rate, PNG and JPEG
   model=.gpu/realesrgan-x4plus.fp16.safetensors
   [ -f "$model" ] || { echo "gpu_lease: $model missing (see the top of this script); a random model stands in"; model=""; }
-  timeout "${BATCH_TIMEOUT:-220}" "$python" bench/gpu.py --only batch --no-bare-compile ${model:+--model "$model"} \
+  timeout -k 20 "${BATCH_TIMEOUT:-220}" "$python" bench/gpu.py --only batch --no-bare-compile ${model:+--model "$model"} \
     --json "$out/batch.json" "$@" 2>&1 | tee "$out/batch.log" || status=1
 fi
 exit $status

@@ -117,3 +117,33 @@ def test_gpu_bench_video_rows_are_rows_of_its_table(tmp_path: Path) -> None:
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ") or line.startswith("|---")]
     assert len(table) == len(rows) + 2
     assert len({line.count("|") for line in table}) == 1  # every row has the header's cells
+
+
+@pytest.mark.slow
+def test_a_part_cut_by_its_time_limit_starts_no_new_row_and_keeps_what_it_measured(tmp_path: Path) -> None:
+    """bench/gpu_lease.sh ends each part with `timeout`, which sends SIGTERM to the part's process group. train()
+    takes SIGTERM as a request to finish the step, save and return: the bench then went on with its next row, so a
+    part ran on past its limit into the next part's minutes. Now the cut row is kept, marked, and nothing else runs."""
+    import signal
+    import time
+
+    pytest.importorskip("skimage")
+    work, out = tmp_path / "work", tmp_path / "rows.json"
+    cmd = [sys.executable, str(REPO / "bench" / "gpu.py"), "--smoke", "--only", "train", "--first", "stage 2",
+           "--work", str(work), "--json", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    log = work / "runs" / "stage_2_bf16_(VGG19_+_D)_CUDA_graph" / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and "it_per_s" in log.read_text()):  # stage 2 has started stepping
+        assert proc.poll() is None and time.monotonic() < deadline, "stage 2 never logged a step"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)  # as timeout does: the bench, its DataLoader workers, all of them
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stdout[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["row"] for r in rows] == ["stage 2 bf16 (VGG19 + D), CUDA graph"], rows
+    assert "CUT SHORT by SIGTERM at step" in rows[0]["note"], rows
+    assert sorted(p.name for p in (work / "runs").iterdir()) == [log.parent.name]  # no other row started
+    assert "stopped by SIGTERM" in stdout and "| row |" in stdout  # the table of what was measured

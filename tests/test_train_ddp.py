@@ -82,3 +82,31 @@ def test_torchrun_with_one_process_takes_the_ddp_path_or_says_why_not(
         fell_back = "nccl could not start" in proc.stderr and "training without DDP" in proc.stderr
         assert fell_back is (backend is not None)
         assert any(cfg.run_dir.glob("*.safetensors"))  # trained to the end: the model was exported
+
+
+@pytest.mark.parametrize(
+    ("backend", "serves_cpu"),
+    [("gloo", True), ("cuda:gloo", False)],  # the second serves CUDA tensors only, as NCCL's "cuda:nccl" does
+)
+def test_the_stop_flag_goes_where_the_process_group_reduces(backend: str, serves_cpu: bool) -> None:
+    """Every step all-reduces a stop flag. NCCL reduces CUDA tensors only: a CPU flag crashed the first step of any
+    NCCL run, which gloo (CPU tensors too) never shows. A real one-process group whose backend serves CUDA alone
+    stands in for NCCL here: a CPU tensor there raises, so the flag must go to the training device."""
+    import torch.distributed as dist
+
+    from esrgan.train import _StopSignal, reduce_device
+
+    gpu = torch.device("cuda", 0)  # only named, never allocated on
+    assert reduce_device(gpu) == torch.device("cpu")  # no group: nothing reduces
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        if serves_cpu:
+            assert reduce_device(gpu) == torch.device("cpu")
+            assert _StopSignal().requested(also=True, device=reduce_device(gpu)) is True
+            assert _StopSignal().requested(device=reduce_device(gpu)) is False
+        else:
+            with pytest.raises(RuntimeError, match="device type cpu"):  # what a CPU flag did under NCCL
+                _StopSignal().requested(device=torch.device("cpu"))
+            assert reduce_device(gpu) == gpu
+    finally:
+        dist.destroy_process_group()

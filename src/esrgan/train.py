@@ -530,12 +530,24 @@ class _StopSignal:
         signal.signal(signal.SIGCHLD, self._child_handler)
         self._child_handler = None
 
-    def requested(self, also: bool = False) -> bool:
-        """A signal arrived (or `also`: rank 0's budget is spent), on any rank: all ranks stop at the same step."""
-        flag = torch.tensor([1 if self.signum is not None or also else 0], dtype=torch.int32)
+    def requested(self, also: bool = False, device: torch.device | None = None) -> bool:
+        """A signal arrived (or `also`: rank 0's budget is spent), on any rank: all ranks stop at the same step.
+        `device`: where the process group reduces tensors (reduce_device)."""
+        flag = torch.tensor([1 if self.signum is not None or also else 0], dtype=torch.int32, device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one rank's signal stops all ranks at the same step
         return bool(flag.item())
+
+
+def reduce_device(device: torch.device) -> torch.device:
+    """Where a small control tensor (stop flag) must live for the default process group to all-reduce it: the CPU
+    where the group's backend serves CPU tensors (gloo: "cpu:gloo,cuda:gloo"), else the training device. NCCL
+    serves CUDA tensors only ("cuda:nccl"): a CPU tensor there raises "No backend type associated with device type
+    cpu" at the first step, which the CPU's gloo tests could never show."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return torch.device("cpu")
+    served = {part.split(":")[0].strip() for part in str(dist.get_backend_config()).split(",")}
+    return torch.device("cpu") if "cpu" in served else device
 
 
 M = TypeVar("M", bound=nn.Module)
@@ -920,6 +932,7 @@ class GraphedStep:
         self.cfg, self.nets, self.opts, self.device, self.autocast = cfg, nets, opts, device, autocast
         self.optimizers = [o for o in (opts.opt_g, opts.opt_d) if o is not None]
         self.graph: Any = None  # torch.cuda.CUDAGraph once captured
+        self.side: Any = None  # the warm-up steps' torch.cuda.Stream
         self.failed = False
         self.eager_steps = 0
         self.replays = 0
@@ -937,8 +950,14 @@ class GraphedStep:
         self._zero()
         if self.device.type != "cuda":
             return device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast)
+        if self.failed:  # no capture to come: the main stream, as train_step
+            return device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast)
         main = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
+        if (
+            self.side is None
+        ):  # one for all warm-up steps: the allocator reuses a block on its own stream only
+            self.side = torch.cuda.Stream(self.device)
+        side = self.side
         side.wait_stream(main)
         with torch.cuda.stream(side):
             out = device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast)
@@ -1141,6 +1160,7 @@ def train(
         if opt is not None
     ]
 
+    flag_device = reduce_device(device)
     with _StopSignal() as stop:
         while progress.step < end:
             if (
@@ -1254,7 +1274,7 @@ def train(
                     t_ckpt = clock()
                     last_ckpt = save_step_checkpoint()
                     reserve_s += clock() - t_ckpt
-            if stop.requested(budget_done):
+            if stop.requested(budget_done, flag_device):
                 interrupted = stop.signum is not None or not budget_done
                 break
         if progress.step < total and not budget_done:
