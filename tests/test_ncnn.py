@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import psnr
+from test_atomic import files, one_line_error, read_only, unprivileged_cli
 
 from esrgan.device import ModelRunner
 from esrgan.errors import CheckpointError, EsrganError
@@ -431,6 +432,50 @@ def test_convert_cli_writes_an_ncnn_pair(tmp_path: Path) -> None:
     back = load_weights(tmp_path / "out.param")
     assert back.config == TINY and back.layout == "ncnn"
     assert torch.equal(back.state_dict["conv_hr.weight"], model.state_dict()["conv_hr.weight"].half().float())
+
+
+def test_convert_over_a_pair_whose_param_is_a_folder_keeps_the_old_bin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The .bin used to be replaced before the .param write failed (a traceback, a new .bin beside no model)."""
+    from esrgan.checkpoints import save_model
+    from esrgan.cli import main
+
+    src = save_model(tmp_path / "m.safetensors", random_model(TINY, seed=5).state_dict(), config=TINY)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p.bin").write_bytes(b"old weights")
+    (out / "p.param").mkdir()
+    assert main(["convert", str(src), str(out / "p.param"), "--layout", "ncnn", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "p.param: is a folder" in err
+    assert files(out) == {"p.bin": b"old weights"}
+    (out / "p.bin").unlink()
+    assert main(["convert", str(src), str(out / "p.param"), "--layout", "ncnn", "--overwrite"]) == 1
+    assert not files(out)  # no orphan .bin
+
+
+def test_convert_into_a_read_only_folder_leaves_the_old_pair(tmp_path: Path) -> None:
+    """--overwrite over a pair the folder does not let us replace: one line, the old pair byte for byte, no
+    temporary file; and into a read-only folder without a pair, nothing at all."""
+    from esrgan.checkpoints import save_model
+
+    src = save_model(tmp_path / "m.safetensors", random_model(TINY, seed=5).state_dict(), config=TINY)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    save_ncnn(TINY, random_model(TINY, seed=1).state_dict(), ro / "p.param")
+    before = files(ro)
+    read_only(ro)
+    proc = unprivileged_cli("convert", src, ro / "p.param", "--layout", "ncnn", "--overwrite")
+    one_line_error(proc, str(ro / "p.param"), "Permission denied")
+    assert files(ro) == before
+    one_line_error(
+        unprivileged_cli("convert", src, ro / "q.param", "--layout", "ncnn"), "q.param", "Permission denied"
+    )
+    assert files(ro) == before
+    # a file where the folder should be
+    proc = unprivileged_cli("convert", src, tmp_path / "m.safetensors" / "q.param", "--layout", "ncnn")
+    one_line_error(proc, "m.safetensors is a file, not a folder")
 
 
 @needs_runtime

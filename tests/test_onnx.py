@@ -17,6 +17,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from conftest import psnr  # noqa: E402
+from test_atomic import files, one_line_error, read_only, unprivileged_cli  # noqa: E402
 from test_fast import tiny, to_tensor  # noqa: E402
 
 from esrgan.onnx_export import TORCHSCRIPT_EXPORTER, export_onnx, onnx_forward  # noqa: E402
@@ -81,6 +82,28 @@ def test_cli_exports_a_model_file(
         assert psnr(onnx_forward(out)(x), model(x)) >= FP32_DB
     assert main(["export-onnx", str(src), str(out)]) == 1  # exists, no --overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_folder_or_a_read_only_one_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from esrgan.checkpoints import save_model
+
+    src = save_model(tmp_path / "m.safetensors", tiny())
+    folder = tmp_path / "d.onnx"
+    (folder / "inside").mkdir(parents=True)
+    assert main(["export-onnx", str(src), str(folder), "--overwrite"]) == 1  # a folder is never replaced
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "d.onnx: is a folder" in err
+    assert [p.name for p in folder.iterdir()] == ["inside"]
+    assert main(["export-onnx", str(src), str(src / "x.onnx")]) == 1
+    assert "m.safetensors is a file, not a folder" in capsys.readouterr().err
+
+    ro = read_only(tmp_path / "ro")
+    one_line_error(
+        unprivileged_cli("export-onnx", src, ro / "x.onnx"), str(ro / "x.onnx"), "Permission denied"
+    )
+    assert not files(ro)  # no temporary file either
 
 
 def test_unreadable_or_foreign_onnx_is_a_clear_error(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_atomic import one_line_error, read_only, unprivileged_cli
 
 from esrgan.cli import main
 from esrgan.prepare import crop_origins, prepare
@@ -125,3 +126,56 @@ def test_cli_rejects_lr_scale_not_dividing_size(
     assert "esrgan: error: --lr-scale 4 must divide" in capsys.readouterr().err
     assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "o")]) == 1
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_two_images_with_one_stem_do_not_overwrite_each_other(
+    tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """a.jpg and a.png (two different photos) would both be cut into a_s001.png...: the second is refused, naming
+    both, before anything is written; the first and the others are cut as usual and the run fails."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(photo[:64, :64]).save(hr / "a.jpg", quality=95)
+    Image.fromarray(photo[200:264, 300:364]).save(hr / "a.png")
+    Image.fromarray(photo[100:164, 100:164]).save(hr / "b.png")
+    out = tmp_path / "out"
+    assert main(["prepare", str(hr), str(out), "--size", "32", "--step", "32", "--overwrite"]) == 1
+    captured = capsys.readouterr()
+    assert "2 images -> 8 sub-images" in captured.out and "1 failed" in captured.out
+    clash = [line for line in captured.err.splitlines() if "skipped:" in line]
+    assert len(clash) == 1 and str(hr / "a.png") in clash[0] and str(hr / "a.jpg") in clash[0]
+    assert sorted(p.name for p in out.iterdir()) == [f"{s}_s00{n}.png" for s in "ab" for n in range(1, 5)]
+    jpg = np.asarray(Image.open(hr / "a.jpg"))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / "a_s004.png")), jpg[32:, 32:]
+    )  # a.jpg's, untouched
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "b_s001.png")), photo[100:132, 100:132])
+
+
+def test_no_images_or_an_output_that_is_a_file_is_one_clear_error(
+    tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    assert main(["prepare", str(empty), str(tmp_path / "o")]) == 1
+    assert f"esrgan: error: {empty}: no images" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing made for nothing
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(photo[:64, :64]).save(hr / "a.png")
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"an earlier file")
+    for out, problem in [
+        (taken, "is a file, not a folder"),
+        (taken / "sub", f"{taken} is a file, not a folder"),
+    ]:
+        assert main(["prepare", str(hr), str(out), "--size", "32"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"esrgan: error: {out}: ") and problem in err
+    assert taken.read_bytes() == b"an earlier file"
+    ro = read_only(tmp_path / "ro")
+    one_line_error(
+        unprivileged_cli("prepare", hr, ro / "sub"), f"{ro / 'sub'}: cannot create", "Permission denied"
+    )

@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 try:
@@ -55,24 +56,114 @@ def atomic_path(dest: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, dest)
-        else:
-            try:
-                os.link(tmp, dest)  # fails if dest appeared since the check: never clobber
-            except FileExistsError:
-                raise OutputExistsError(dest) from None
-            except OSError:
-                # file systems without hard links: best effort
-                if dest.exists():
-                    raise OutputExistsError(dest) from None
-                os.replace(tmp, dest)
+        _publish(tmp, dest, overwrite)
         _fsync_dir(dest.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         if fd >= 0:
             os.close(fd)  # releases the lock, after the file is gone or renamed
+
+
+@contextlib.contextmanager
+def atomic_paths(dests: Sequence[str | os.PathLike[str]], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """atomic_path for files that only make sense together (ncnn's .param and .bin): one temporary path per dest.
+
+    Every dest is checked before anything is written, all are written and fsynced as temporary files, and only then
+    renamed, one after the other in the order given: put last the file whose presence says the set is complete.
+    On any exception the temporary files are removed and the destinations are as they were: when a rename fails
+    after earlier ones succeeded, those are undone (the files they replaced come back from hard links taken just
+    before; on a file system without hard links a replaced file cannot come back, the new one stays).
+    """
+    paths = [Path(d) for d in dests]
+    if not overwrite:
+        for dest in paths:
+            if dest.exists():
+                raise OutputExistsError(dest)
+    for dest in paths:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    held: list[tuple[int, Path]] = []
+    try:
+        for dest in paths:
+            held.append(_locked_temp(dest))
+        yield [tmp for _, tmp in held]
+        for _, tmp in held:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        _publish_all([(tmp, dest) for (_, tmp), dest in zip(held, paths, strict=True)], overwrite)
+        for folder in dict.fromkeys(dest.parent for dest in paths):
+            _fsync_dir(folder)
+    finally:
+        for fd, tmp in held:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            if fd >= 0:
+                os.close(fd)
+
+
+def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Rename tmp to dest; without overwrite, never over a file that appeared since the check."""
+    if overwrite:
+        os.replace(tmp, dest)
+        return
+    try:
+        os.link(tmp, dest)  # fails if dest appeared since the check: never clobber
+    except FileExistsError:
+        raise OutputExistsError(dest) from None
+    except OSError:
+        # file systems without hard links: best effort
+        if dest.exists():
+            raise OutputExistsError(dest) from None
+        os.replace(tmp, dest)
+
+
+def _publish_all(moves: list[tuple[Path, Path]], overwrite: bool) -> None:
+    """_publish each (tmp, dest) in order; if one fails, put back the destinations already published, then raise."""
+    done: list[tuple[Path, Path | None, bool]] = []  # (dest, a link to the file it replaced, was there one)
+    kept: list[Path] = []
+    try:
+        for tmp, dest in moves:
+            existed = os.path.lexists(dest)
+            old = _keep(dest) if existed else None
+            if old is not None:
+                kept.append(old)
+            _publish(tmp, dest, overwrite)
+            done.append((dest, old, existed))
+    except BaseException:
+        for dest, old, existed in reversed(done):
+            with contextlib.suppress(OSError):
+                if old is not None:
+                    os.replace(old, dest)
+                elif not existed:  # ours alone; a replaced file that could not be kept is not made worse
+                    dest.unlink()
+        raise
+    finally:
+        for old in kept:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+
+
+def _keep(dest: Path) -> Path | None:
+    """A hard link to dest's current file under a leftover name (`.NAME.XXXXXXXX.part`: remove_leftovers removes it
+    after a kill -9), so it can be put back; None when it cannot be linked (no hard links there, a folder)."""
+    while True:
+        old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+        try:
+            os.link(dest, old, follow_symlinks=False)  # a symbolic link comes back as itself
+        except FileExistsError:
+            continue
+        except (OSError, NotImplementedError):  # NotImplementedError: platforms without linkat (Windows)
+            return None
+        return old
+
+
+def cannot_write_reason(dest: Path, exc: OSError) -> str:
+    """Why writing dest failed, in a few words for a one-line error: a file where one of its folders should be, else
+    the system's reason ("Permission denied", "No space left on device")."""
+    blocker = next((p for p in dest.parents if os.path.lexists(p) and not p.is_dir()), None)
+    if blocker is not None:
+        return f"{blocker} is a file, not a folder"
+    return exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _locked_temp(dest: Path) -> tuple[int, Path]:

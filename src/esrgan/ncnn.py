@@ -598,22 +598,41 @@ def save_ncnn(
     fp16: bool = True,
     overwrite: bool = False,
 ) -> tuple[Path, Path]:
-    """Write `param_path` and the .bin beside it (same stem), each atomically; fp16 weights by default."""
-    from .atomic import atomic_write_bytes
+    """Write `param_path` and the .bin beside it (same stem) as one atomic pair; fp16 weights by default.
+
+    Both destinations are checked before anything is written and both files are written to temporary files before
+    either is renamed, so a failure (a read-only folder, a full disk) leaves no new file and an old pair untouched.
+    """
+    from .atomic import OutputExistsError, atomic_paths, cannot_write_reason
 
     param = Path(param_path)
     if param.suffix != ".param":
         raise CheckpointError(
             f"{param}: an ncnn model is a .param file (and a .bin beside it): name it *.param"
         )
-    text, weights = ncnn_files(config, state_dict, fp16=fp16)
     bin_path = param.with_suffix(".bin")
-    if not overwrite:
-        for path in (param, bin_path):
-            if path.exists():
-                raise CheckpointError(f"{path}: exists (use overwrite to replace it)")
-    atomic_write_bytes(bin_path, weights, overwrite=overwrite)
-    atomic_write_bytes(param, text, overwrite=overwrite)
+    for path in (param, bin_path):
+        if path.is_dir():  # even with overwrite: a folder is never replaced by a file
+            raise CheckpointError(
+                f"{path}: is a folder, not a file (an ncnn model is written as {param.name} and {bin_path.name})"
+            )
+        if not overwrite and path.exists():
+            raise CheckpointError(f"{path}: exists (use overwrite to replace it)")
+    text, weights = ncnn_files(config, state_dict, fp16=fp16)
+    try:
+        # .bin renamed first, .param last: tools list ncnn models by their .param, so a new model shows up only
+        # once both files are there; and between the two renames an old .param meets the new .bin, which the
+        # reader's size checks refuse unless both describe the same shapes (then it is simply the new model).
+        # A failed second rename puts the old .bin back (atomic_paths).
+        with atomic_paths([bin_path, param], overwrite=overwrite) as (bin_tmp, param_tmp):
+            bin_tmp.write_bytes(weights)
+            param_tmp.write_bytes(text)
+    except OutputExistsError as exc:  # appeared while we computed the weights
+        raise CheckpointError(f"{exc.path}: exists (use overwrite to replace it)") from None
+    except OSError as exc:
+        raise CheckpointError(
+            f"{param}: cannot write the ncnn model ({cannot_write_reason(param, exc)})"
+        ) from None
     return param, bin_path
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .atomic import atomic_path
+from .atomic import OutputExistsError, atomic_path, cannot_write_reason
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet, upscale_input
 
@@ -96,16 +96,28 @@ def export_onnx(
     Uses the TorchScript exporter (dynamo=False): it needs no onnxscript and handles this static graph fully.
     The file is written only if onnxruntime's output matches PyTorch's to >= CHECK_PSNR_DB dB.
     """
-    onnx = _require("onnx")
+    _require("onnx")
+    dest = Path(dest)
+    if dest.is_dir():  # even with overwrite: a folder is never replaced by a file
+        raise EsrganError(f"{dest}: is a folder, not a file; give the name of the .onnx file to write")
     if not isinstance(model, RRDBNet):
         from .zoo import load_model
 
         model = load_model(model)
     model = model.float().eval()
-    graph = _Graph(model)
-    config = model.config
+    try:
+        _write(_Graph(model), model.config, dest, opset, overwrite)
+    except OutputExistsError:
+        raise
+    except OSError as exc:  # a read-only folder, a full disk, a file where a folder should be
+        raise EsrganError(f"{dest}: cannot write ({cannot_write_reason(dest, exc)})") from None
+    return dest
+
+
+def _write(graph: _Graph, config: RRDBConfig, dest: Path, opset: int, overwrite: bool) -> None:
+    """Export to a temporary file, add the metadata, check it against PyTorch, then rename it to dest."""
+    onnx = _require("onnx")
     sample = _check_input(config)
-    dest = Path(dest)
     dyn = {0: "batch", 2: "height", 3: "width"}
     with atomic_path(dest, overwrite=overwrite) as tmp:
         try:
@@ -137,7 +149,6 @@ def export_onnx(
             raise EsrganError(
                 f"{dest}: onnxruntime output differs from PyTorch ({quality:.1f} dB < {CHECK_PSNR_DB} dB); not written"
             )
-    return dest
 
 
 class OnnxForward:

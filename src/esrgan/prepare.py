@@ -11,6 +11,7 @@ taken at the scaled position, so the LR crop is exactly the classic LR image of 
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import sys
 from collections.abc import Iterator
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import cannot_write_reason
 from .errors import ConfigError, EsrganError
-from .imageio import ImageData, list_images, read_image, write_image
+from .imageio import IMAGE_SUFFIXES, ImageData, list_images, read_image, write_image
 
 __all__ = ["PrepareResult", "crop_origins", "prepare"]
 
@@ -125,8 +127,9 @@ def prepare(
 ) -> PrepareResult:
     """Cut every image of ``hr_dir`` (by suffix, not recursive) into sub-images written to ``out_dir``.
 
-    Sub-images are named ``{stem}_s{NNN}.png``, numbered row by row. Files that cannot be read or written are
-    reported on stderr one line each and listed in the result; the others are still processed.
+    Sub-images are named ``{stem}_s{NNN}.png``, numbered row by row. Files that cannot be read or written, and files
+    whose stem another file already has, are reported on stderr one line each and listed in the result; the others
+    are still processed. A folder without images, or an output that cannot be a folder, raises EsrganError.
     """
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
     if not hr_dir.is_dir():
@@ -139,15 +142,20 @@ def prepare(
     if lr_scale is not None and (lr_scale <= 0 or size % lr_scale or step % lr_scale):
         raise ConfigError(f"--lr-scale {lr_scale} must divide both --size {size} and --step {step}")
     files = list_images(hr_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not files:
+        raise EsrganError(
+            f"{hr_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}; sub-folders are not read)"
+        )
+    _make_folder(out_dir)
+    files, clashes = _same_names(files)
     cfg = _Settings(out_dir, size, step, min_size, lr_scale, overwrite)
     jobs = [(p, cfg) for p in files]
 
     from tqdm import tqdm
 
     result = PrepareResult()
-    with tqdm(total=len(jobs), unit="img", disable=not progress, file=sys.stderr) as bar:
-        for path, n, error in _run(jobs, workers):
+    with tqdm(total=len(jobs) + len(clashes), unit="img", disable=not progress, file=sys.stderr) as bar:
+        for path, n, error in itertools.chain(((p, 0, e) for p, e in clashes), _run(jobs, workers)):
             if error is None:
                 result.images += 1
                 result.crops += n
@@ -157,6 +165,42 @@ def prepare(
                 bar.write(f"skipped: {error}", file=sys.stderr)
             bar.update()
     return result
+
+
+def _make_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EsrganError(f"{out_dir}: is a file, not a folder; give a folder for the sub-images")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only parent, a file where a parent folder should be
+        raise EsrganError(
+            f"{out_dir}: cannot create the output folder ({cannot_write_reason(out_dir, exc)})"
+        ) from None
+
+
+def _same_names(files: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files to cut, (file, reason) of those left out): sub-images are named after the file's stem, so a.png and
+    a.jpg (two different photos, often) would write the same a_s001.png...: the second would silently replace the
+    first's sub-images (with --overwrite) or be refused one by one after part of it was written. As `esrgan upscale`
+    does for two inputs with one output name, the first (in sorted order) is cut and the others are reported as
+    failed, before anything is written; the run goes on and ends with exit status 1. Names are compared
+    case-insensitively: on macOS and Windows a.png and A.jpg write the same files too."""
+    first: dict[str, Path] = {}
+    keep: list[Path] = []
+    clashes: list[tuple[Path, str]] = []
+    for path in files:
+        other = first.setdefault(path.stem.casefold(), path)
+        if other is path:
+            keep.append(path)
+        else:
+            clashes.append(
+                (
+                    path,
+                    f"{path}: its sub-images would get the names of those of {other} ({path.stem}_s001.png ...); "
+                    "rename one of the two",
+                )
+            )
+    return keep, clashes
 
 
 def _run(jobs: list[tuple[Path, _Settings]], workers: int) -> Iterator[tuple[Path, int, str | None]]:
