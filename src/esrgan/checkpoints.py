@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,16 @@ LAYOUTS = ("ours", "basicsr", "esrgan", "old")
 FORMAT_VERSION = "1"
 # RRDBNet files are ~67 MB in fp32 at paper size; anything past this is not a generator and is refused unread.
 MAX_FILE_BYTES = 2 * 1024**3
+# Training checkpoints (esrgan train --resume) add the EMA copy, the discriminator and both optimisers' moments: ~0.45 GB
+# for the paper's gan stage. 8 GiB leaves room for much larger models and still refuses an absurd file unread.
+MAX_CHECKPOINT_BYTES = 8 * 1024**3
+# The paper's RRDBNet has 23 blocks, the deepest published ones a few dozen; at paper width 1024 blocks are already past
+# MAX_FILE_BYTES even in fp16. What this stops is a file of thousands of tiny blocks (or one stray `body.100000` key):
+# building a model costs ~5 ms of Python per block whatever its width, out of all proportion to the file's bytes.
+MAX_BLOCKS = 1024
+# Block indices are parsed as ints: Python refuses to convert strings of over 4300 digits (ValueError), and no real
+# index has more than a few; a longer one does not match and is reported as an unexpected key.
+_INDEX = r"(\d{1,9})"
 _WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g", "netG", "generator", "g_ema")
 _PREFIXES = ("module.", "_orig_mod.", "net_g.", "generator.")
 
@@ -70,21 +81,48 @@ def _sniff(path: Path) -> str:
 def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Read a model file without executing anything: returns (raw object as stored, safetensors metadata)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: empty file")
-    if size > MAX_FILE_BYTES:
-        raise CheckpointError(f"{path}: {size / 1e9:.1f} GB is larger than any RRDBNet model file; refused")
+    _check_size(path, f"{path}: ", MAX_FILE_BYTES, "any RRDBNet model file")
     kind = _sniff(path)
     if kind == "safetensors":
         return _read_safetensors(path)
     if kind in ("torch-zip", "pickle"):
-        return _read_torch(path), {}
+        return _read_torch(path, f"{path}: ", MAX_FILE_BYTES, _MODEL_ADVICE), {}
     if kind == "ncnn":
         raise CheckpointError(f"{path}: ncnn model: use load_weights(), which reads .param/.bin pairs")
     raise CheckpointError(f"{path}: not a model file (expected .pth/.pt, .safetensors or ncnn .param)")
+
+
+def read_torch_file(
+    path: str | Path, *, what: str, max_bytes: int | None = None, advice: str
+) -> dict[str, Any]:
+    """Read a pickle-based PyTorch file that is not a model file (LPIPS weights, a training checkpoint) with the same
+    defences as model files: size limit, zip-bomb check, torch.load(weights_only=True) only, and one-line errors
+    ("<path>: cannot read as <what>: <problem>") that never repeat PyTorch's advice to unpickle the file.
+
+    max_bytes: the size limit (default MAX_FILE_BYTES); advice: what to do about a file refused for holding Python
+    objects (said after the refusal).
+    """
+    path = Path(path)
+    where = f"{path}: cannot read as {what}: "
+    max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
+    _check_size(path, where, max_bytes, what)
+    if _sniff(path) not in ("torch-zip", "pickle"):
+        raise CheckpointError(f"{where}not a PyTorch (torch.save) file")
+    return _read_torch(path, where, max_bytes, advice)
+
+
+def _check_size(path: Path, where: str, max_bytes: int, what: str) -> None:
+    """A regular, non-empty file no larger than max_bytes, checked before a byte of it is read."""
+    if path.is_dir():
+        raise CheckpointError(f"{where}a folder, not a file")
+    if not path.is_file():
+        raise CheckpointError(f"{where}no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{where}empty file")
+    if size > max_bytes:
+        shown = f"{size / 1e9:.1f} GB" if size >= 10**8 else f"{size:,} bytes"
+        raise CheckpointError(f"{where}{shown} is larger than {what} can be; refused")
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -99,7 +137,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return tensors, metadata
 
 
-def _check_zip(path: Path) -> None:
+def _check_zip(path: Path, where: str, max_bytes: int) -> None:
     """PyTorch writes its zip archives uncompressed: a compressed or oversized entry is a crafted file (a zip bomb)."""
     import zipfile
 
@@ -107,43 +145,55 @@ def _check_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:  # "zip file version 13.7"
-        raise CheckpointError(f"{path}: corrupt PyTorch zip archive ({_first_line(exc)})") from None
+        raise CheckpointError(f"{where}corrupt PyTorch zip archive ({_first_line(exc)})") from None
     if len(entries) > 100_000:
-        raise CheckpointError(f"{path}: {len(entries)} archive entries; refused")
+        raise CheckpointError(f"{where}{len(entries)} archive entries; refused")
     for info in entries:
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(
-                f"{path}: archive entry {info.filename!r} is compressed; PyTorch never does that; refused"
+                f"{where}archive entry {info.filename[:100]!r} is compressed; PyTorch never does that; refused"
             )
     total = sum(info.file_size for info in entries)
-    if total > MAX_FILE_BYTES:
-        raise CheckpointError(f"{path}: archive claims {total / 1e9:.1f} GB of data; refused")
+    if total > max_bytes:
+        raise CheckpointError(f"{where}archive claims {total / 1e9:.1f} GB of data; refused")
 
 
-def _read_torch(path: Path) -> dict[str, Any]:
+def _read_torch(path: Path, where: str, max_bytes: int, advice: str) -> dict[str, Any]:
+    """torch.load(weights_only=True) behind the zip checks; where: the start of every message (names the file)."""
     import pickle
 
     if _sniff(path) == "torch-zip":
-        _check_zip(path)
+        _check_zip(path, where, max_bytes)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # "Detected pickle protocol 4 in the checkpoint ...": torch's multi-line note on a file it then refuses or
+            # reads anyway; nothing the user can act on
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: {_unsafe_pickle(exc)}") from None
+        raise CheckpointError(f"{where}{_unsafe_pickle(exc, advice)}") from None
     except Exception as exc:  # truncated zips, corrupt storages, ...: torch raises many types
-        raise CheckpointError(f"{path}: unreadable PyTorch file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{where}unreadable PyTorch file ({_first_line(exc)})") from None
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(f"{where}holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
 
 
-def _unsafe_pickle(exc: BaseException) -> str:
-    """Why a pickle was refused, in our words: what the file holds and the safe way to get its weights.
+_MODEL_ADVICE = (
+    "If it comes from a source you trust, get a weights-only copy made where the file came from: "
+    "torch.save(model.state_dict(), 'weights.pth') or a .safetensors file (esrgan reads both; "
+    "`esrgan convert` turns them into ours)"
+)
+
+
+def _unsafe_pickle(exc: BaseException, advice: str) -> str:
+    """Why a pickle was refused, in our words: what the file holds and what to do instead (advice).
 
     PyTorch's own message advises re-running torch.load with weights_only=False, i.e. running the file's code:
     never repeated to the user (only the name of the offending object or opcode is taken from it).
     """
     text = str(exc)
-    found = re.search(r"GLOBAL ([\w.]+)", text)
+    found = re.search(r"GLOBAL ([\w.]{1,200})", text)
     opcode = re.search(r"Unsupported operand (\d+)", text)
     if found:
         what = f"a pickle that refers to the Python object `{found.group(1)}` besides tensors"
@@ -151,12 +201,7 @@ def _unsafe_pickle(exc: BaseException) -> str:
         what = f"a pickle with opcode {opcode.group(1)}, which PyTorch weight files do not use"
     else:
         what = "a pickle holding Python objects besides tensors"
-    return (
-        f"refused: {what}; loading it could run code from the file, so it was not loaded. If it comes from a "
-        "source you trust, get a weights-only copy made where the file came from: "
-        "torch.save(model.state_dict(), 'weights.pth') or a .safetensors file (esrgan reads both; "
-        "`esrgan convert` turns them into ours)"
-    )
+    return f"refused: {what}; loading it could run code from the file, so it was not loaded. {advice}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -236,15 +281,14 @@ def _rename_esrgan(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if head in _ESRGAN_NAMES and tail in ("weight", "bias"):
             out[f"{_ESRGAN_NAMES[head]}.{tail}"] = value
             continue
-        raise CheckpointError(f"unexpected key {key!r} in an ESRGAN-repository (RRDB_trunk) layout")
+        raise CheckpointError(f"unexpected key {_short(key)!r} in an ESRGAN-repository (RRDB_trunk) layout")
     return out
 
 
 def _rename_old(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     tail_convs: dict[int, dict[str, Tensor]] = {}
-    body_idx = [int(m[1]) for k in sd if (m := re.match(r"model\.1\.sub\.(\d+)\.RDB", k))]
-    num_block = max(body_idx) + 1 if body_idx else 0
+    num_block = _count_blocks(sd, r"model\.1\.sub\.", r"\.RDB")
     for key, value in sd.items():
         m = re.fullmatch(r"model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.(?:0\.)?(weight|bias)", key)
         if m:
@@ -254,11 +298,11 @@ def _rename_old(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if m:
             out[f"conv_body.{m[1]}"] = value
             continue
-        m = re.fullmatch(r"model\.(\d+)\.(?:0\.)?(weight|bias)", key)
+        m = re.fullmatch(rf"model\.{_INDEX}\.(?:0\.)?(weight|bias)", key)
         if m and int(m[1]) != 1:
             tail_convs.setdefault(int(m[1]), {})[m[2]] = value
             continue
-        raise CheckpointError(f"unexpected key {key!r} in an old-ESRGAN (model.N) layout")
+        raise CheckpointError(f"unexpected key {_short(key)!r} in an old-ESRGAN (model.N) layout")
     if 0 not in tail_convs:
         raise CheckpointError("old-ESRGAN layout without model.0 (conv_first)")
     order = sorted(i for i in tail_convs if i != 0)
@@ -287,7 +331,7 @@ def infer_config(sd: Mapping[str, Tensor]) -> RRDBConfig:
             raise CheckpointError(f"{name}: expected a 4-D convolution weight, got shape {tuple(w.shape)}")
     num_feat, in_total = int(first.shape[0]), int(first.shape[1])
     num_out = int(last.shape[0])
-    num_block = 1 + max(int(m[1]) for k in sd if (m := re.match(r"body\.(\d+)\.", k)))
+    num_block = _count_blocks(sd, r"body\.", r"\.")
     num_up = sum(1 for k in sd if re.fullmatch(r"conv_up\d+\.weight", k))
     if in_total == num_out * 16 and num_up == 2:
         num_in, scale, unshuffle = num_out, 1, True
@@ -308,11 +352,36 @@ def infer_config(sd: Mapping[str, Tensor]) -> RRDBConfig:
     )
 
 
+def _count_blocks(sd: Mapping[str, Tensor], prefix: str, suffix: str) -> int:
+    """The number of RRDB blocks, from the keys `<prefix>N<suffix>...`: their indices must be exactly 0..N-1.
+
+    Checked before anything is built or even listed per block: a file is only as deep as the blocks it holds, so a
+    single stray key such as body.100000.* (a 69 KB file) cannot make us build, or check against, a model of
+    100,001 blocks (a minute of CPU and gigabytes of memory before the first missing key would be reported).
+    """
+    pattern = re.compile(prefix + _INDEX + suffix)
+    found = {int(m[1]) for key in sd if (m := pattern.match(key))}
+    name = prefix.replace("\\", "")
+    if not found:
+        raise CheckpointError(f"no {name}N blocks: not an RRDBNet state dict")
+    top = max(found)
+    if len(found) != top + 1:
+        first_gap = min(set(range(len(found) + 1)) - found)
+        have = f"only {name}0-{first_gap - 1}" if first_gap else f"no {name}0"
+        raise CheckpointError(f"{name}{top} but {have}: not an RRDBNet state dict")
+    if len(found) > MAX_BLOCKS:
+        raise CheckpointError(
+            f"{len(found)} blocks ({name}0-{top}): more than the {MAX_BLOCKS} any RRDBNet model file has; refused"
+        )
+    return len(found)
+
+
 def canonicalize(obj: Mapping[str, Any]) -> tuple[RRDBConfig, dict[str, Tensor], str]:
     """Unwrap, detect the layout, rename to ours, infer the hyperparameters and check every tensor."""
     sd = unwrap(obj)
     layout = detect_layout(sd)
     if layout == "esrgan":
+        _count_blocks(sd, r"RRDB_trunk\.", r"\.")  # before renaming: errors name the file's own keys
         sd = _rename_esrgan(sd)
     elif layout == "old":
         sd = _rename_old(sd)
@@ -320,10 +389,39 @@ def canonicalize(obj: Mapping[str, Any]) -> tuple[RRDBConfig, dict[str, Tensor],
     return config, check_state_dict(config, sd), layout
 
 
+def expected_shapes(config: RRDBConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of RRDBNet.from_config(config).state_dict() with its shape, in the same order, worked out without
+    building a model (not even on the meta device, whose per-module Python cost is the same)."""
+    feat, grow = config.num_feat, config.num_grow
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(name: str, cin: int, cout: int) -> None:
+        shapes[f"{name}.weight"] = (cout, cin, 3, 3)
+        shapes[f"{name}.bias"] = (cout,)
+
+    conv("conv_first", config.num_in_ch * config.unshuffle**2, feat)
+    for i in range(config.num_block):
+        for k in (1, 2, 3):
+            for j in range(1, 6):
+                conv(f"body.{i}.rdb{k}.conv{j}", feat + (j - 1) * grow, feat if j == 5 else grow)
+    conv("conv_body", feat, feat)
+    for n in range(config.num_upsample):
+        conv(f"conv_up{n + 1}", feat, feat)
+    conv("conv_hr", feat, feat)
+    conv("conv_last", feat, config.num_out_ch)
+    return shapes
+
+
 def check_state_dict(config: RRDBConfig, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Every expected key present with the expected shape, nothing extra, finite float values -> float32 copies."""
-    with torch.device("meta"):
-        expected = RRDBNet.from_config(config).state_dict()
+    """Every expected key present with the expected shape, nothing extra, finite float values -> float32 copies.
+
+    All of it before any model is built: build_model then only fills a model that matches the file.
+    """
+    if config.num_block > MAX_BLOCKS:
+        raise CheckpointError(
+            f"{config.num_block} blocks: more than the {MAX_BLOCKS} any RRDBNet has; refused"
+        )
+    expected = expected_shapes(config)
     missing = [k for k in expected if k not in sd]
     if missing:
         raise CheckpointError(
@@ -332,13 +430,14 @@ def check_state_dict(config: RRDBConfig, sd: Mapping[str, Tensor]) -> dict[str, 
     extra = [k for k in sd if k not in expected]
     if extra:
         raise CheckpointError(
-            f"unexpected key {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+            f"unexpected key {_short(extra[0])!r}"
+            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
         )
     out: dict[str, Tensor] = {}
-    for key, ref in expected.items():
+    for key, shape in expected.items():
         value = sd[key]
-        if tuple(value.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{key}: expected shape {tuple(ref.shape)}, file has {tuple(value.shape)}")
+        if tuple(value.shape) != shape:
+            raise CheckpointError(f"{key}: expected shape {shape}, file has {tuple(value.shape)}")
         if not value.is_floating_point():
             raise CheckpointError(f"{key}: expected floating-point weights, file has {value.dtype}")
         value = value.detach().to(device="cpu", dtype=torch.float32)
@@ -379,11 +478,31 @@ def _precision(sd: Mapping[str, Tensor]) -> str:
 
 
 def _config_from_metadata(path: Path, text: str) -> RRDBConfig:
+    """The architecture our files record, type-checked field by field: the metadata is as hostile as the tensors
+    (a string "yes" would otherwise pass as a true image_residual, a string "8" fail deep inside RRDBConfig)."""
     try:
         values = json.loads(text)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: invalid esrgan.config metadata ({_first_line(exc)})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(
+            f"{path}: invalid esrgan.config metadata (a {type(values).__name__}, not an object)"
+        )
+    fields = RRDBConfig.__dataclass_fields__
+    for key, value in values.items():
+        if key not in fields:
+            raise CheckpointError(
+                f"{path}: invalid esrgan.config metadata (unknown field {_short(str(key))!r})"
+            )
+        wanted = bool if fields[key].type in ("bool", bool) else int
+        if type(value) is not wanted:  # not isinstance: True is an int, 1 is not a bool
+            raise CheckpointError(
+                f"{path}: invalid esrgan.config metadata ({key} is {_short(repr(value))}, not {wanted.__name__})"
+            )
+    try:
         return RRDBConfig(**values)
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: invalid esrgan.config metadata ({exc})") from None
+        raise CheckpointError(f"{path}: invalid esrgan.config metadata ({_first_line(exc)})") from None
 
 
 def build_model(weights: LoadedWeights) -> RRDBNet:
@@ -593,6 +712,11 @@ def _label(w: LoadedWeights) -> str:
     return w.path.name if w.path else "model"
 
 
+def _short(key: str, n: int = 100) -> str:
+    """A key from the file as it may appear in a message: crafted ones can be megabytes long."""
+    return key if len(key) <= n else key[:n] + "..."
+
+
 def _preview(keys: Any, n: int = 4) -> str:
-    items = [str(k) for k in list(keys)[:n]]
+    items = [_short(str(k)) for k in list(keys)[:n]]
     return ", ".join(items) + (", ..." if len(list(keys)) > n else "") if items else "(none)"

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoints import read_torch_file
 from .errors import CheckpointError
 from .zoo import resolve_lpips_weights
 
@@ -121,14 +122,14 @@ def backbone_features(spec: NetSpec) -> nn.Sequential:
 
 
 def _read_tensors(path: Path, what: str) -> dict[str, Tensor]:
-    """Safe read (no arbitrary unpickling) of a flat {name: tensor} file."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: cannot read as {what} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: not a state dict (got {type(obj).__name__}); expected {what}")
-    return obj
+    """A flat {name: tensor} file read as hostile, like every model file (esrgan.checkpoints.read_torch_file: size
+    limit, zip-bomb check, weights_only unpickling, one-line errors naming the file); the caller checks the keys."""
+    return read_torch_file(
+        path,
+        what=what,
+        advice="The published torchvision and LPIPS v0.1 files hold tensors only: get this one again from its "
+        "published URL.",
+    )
 
 
 def _take(obj: dict[str, Tensor], path: Path, key: str, shape: Sequence[int], what: str) -> Tensor:

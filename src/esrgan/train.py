@@ -272,22 +272,26 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint safely (weights_only: tensors and plain containers only)."""
+    """Read a training checkpoint as hostile, like a model file (esrgan.checkpoints.read_torch_file: size limit,
+    zip-bomb check, weights_only unpickling: tensors and plain containers only, one-line errors naming the file)."""
+    from .checkpoints import MAX_CHECKPOINT_BYTES, read_torch_file
+
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # corrupt zip, unsafe pickle, truncated file: all surface as different types
-        raise CheckpointError(
-            f"{path}: cannot read training checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    state = read_torch_file(
+        path,
+        what="an esrgan training checkpoint",
+        max_bytes=MAX_CHECKPOINT_BYTES,
+        advice="esrgan train writes tensors and plain values only: this file was not written by it.",
+    )
+    # type first: a crafted file's tensor here would compare element-wise (an error) and print on many lines
+    fmt, version = state.get("format"), state.get("version")
+    if type(fmt) is not str or fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an esrgan training checkpoint")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}"
-        )
+    if type(version) is not int or version != CHECKPOINT_VERSION:
+        shown = version if type(version) is int else f"a {type(version).__name__}"
+        raise CheckpointError(f"{path}: checkpoint version {shown} is not {CHECKPOINT_VERSION}")
     return state
 
 

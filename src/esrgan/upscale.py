@@ -99,6 +99,22 @@ def check_tile(tile: int | None, overlap: int | None = None, *, zero: str = "no 
         raise EsrganError(f"tile must be 0 ({zero}) or {low}-{MAX_TILE}{why}, not {tile}")
 
 
+def check_model_channels(model: RRDBNet, source: str | Path = "model") -> None:
+    """Raise CheckpointError, naming source (the model file or name), for a model this pipeline cannot feed.
+
+    Every image reaches the model as 3 channels (RGB; grey and alpha planes replicated to 3, the output averaged
+    back to one) and its output is written as the image's colour: so 3 channels in and 3 out, nothing else. Checked
+    once here: otherwise a 1-, 2- or 4-channel model loads fine and then fails on every image after the full compute
+    (or turns colour images grey, for 3 in and 1 out).
+    """
+    cfg = model.config
+    if (cfg.num_in_ch, cfg.num_out_ch) != (3, 3):
+        raise CheckpointError(
+            f"{source}: a model with {cfg.num_in_ch} input and {cfg.num_out_ch} output channels; esrgan upscales "
+            "images as RGB (grey and alpha replicated to 3 channels) and needs 3 channels in and 3 out"
+        )
+
+
 def check_outscale(outscale: float | None) -> None:
     """Raise EsrganError, naming the allowed range, for an outscale outside MIN_OUTSCALE..MAX_OUTSCALE."""
     if outscale is not None and not MIN_OUTSCALE <= outscale <= MAX_OUTSCALE:  # also refuses NaN
@@ -159,6 +175,7 @@ class Upscaler:
         if batch is not None and batch < 1:
             raise EsrganError(f"batch must be >= 1, not {batch}")
         check_outscale(outscale)
+        check_model_channels(model)
         if interpolate is not None:
             if interpolate_alpha is None:
                 raise EsrganError("network interpolation needs an alpha in [0, 1] (--alpha)")
@@ -189,7 +206,9 @@ class Upscaler:
         """
         from .zoo import load_model
 
-        return cls(load_model(name), **options)
+        model = load_model(name)
+        check_model_channels(model, name)  # here, where the error can name the file
+        return cls(model, **options)
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> Upscaler:
@@ -199,7 +218,9 @@ class Upscaler:
         path = Path(path).expanduser()
         if not path.is_file():
             raise CheckpointError(f"{path}: no such model file")
-        return cls(load_model(path), **options)
+        model = load_model(path)
+        check_model_channels(model, path)  # here, where the error can name the file
+        return cls(model, **options)
 
     @property
     def scale(self) -> float:
