@@ -416,3 +416,33 @@ def test_the_summary_says_the_precision_really_used(
     assert r.returncode == 0, r.stderr
     assert "esrgan: warning: fp16 is not supported well on this CPU; using fp32" in r.stderr
     assert r.stdout.splitlines()[-1].endswith("0 failed; computed on cpu in fp32")
+
+
+def test_a_folder_that_is_also_the_output_folder_says_why_nothing_is_done(
+    tmp_path: Path, photos: Path, models: dict[str, Path]
+) -> None:
+    """`esrgan upscale in -o in`: the images are skipped as outputs of the run; it said "folder has no images (use
+    --recursive)", which is false and sends the user the wrong way."""
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    r = run_cli("upscale", photos, "-o", photos, "--model", models["tiny"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"esrgan: error: {photos}: its images are all in the output folder {photos.resolve()}, so they are not "
+        "inputs; give another -o",
+        "esrgan: error: nothing to upscale",
+    ]
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+@pytest.mark.parametrize("name", ["", "  ", "{model}/"])
+def test_a_name_pattern_giving_no_file_name_is_refused(
+    tmp_path: Path, photos: Path, models: dict[str, Path], name: str
+) -> None:
+    """--name "" made the output folder itself every destination (failing with a confusing error per file)."""
+    out = tmp_path / "out"
+    r = run_cli(
+        "upscale", photos / "face.png", "-o", out, "--model", models["tiny"], "--name", name, cwd=tmp_path
+    )
+    assert r.returncode in (1, 2) and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("esrgan: error: ") and "--name" in r.stderr
+    assert not out.exists()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from esrgan.config import Config, config_to_yaml, load_config
 from esrgan.errors import ConfigError
@@ -126,3 +128,52 @@ def test_cli_reports_config_errors_in_one_line(tmp_path: Path, capsys: pytest.Ca
     assert main(["train", str(path), "--set", "train.total_steps=lots"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("esrgan: error: ") and "train.total_steps" in err and len(err.splitlines()) == 1
+
+
+# --- files that are not YAML configs -----------------------------------------------------------------------------------
+
+
+def test_a_binary_file_is_named_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An image given as the config raised UnicodeDecodeError through the CLI as a traceback."""
+    from esrgan.cli import main
+
+    png = tmp_path / "photo.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(
+        ConfigError, match=r"photo\.png: not a YAML config: not UTF-8 text \(byte 0x89 at offset 0\)"
+    ):
+        load_config(png)
+    assert main(["train", str(png)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"esrgan: error: {png}: not a YAML config: not UTF-8 text (byte 0x89 at offset 0)\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        ("data:\n  hr_dir: x\n bad: [1,\n", "3:2", "expected <block end>, but found '<block mapping start>'"),
+        ("data: {hr_dir: x\n", "2:1", "expected ',' or '}', but got '<stream end>'"),
+        ("data:\n\thr_dir: x\n", "2:1", "found character '\\t' that cannot start any token"),
+    ],
+)
+def test_yaml_syntax_errors_are_one_line_with_the_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, where: str, problem: str
+) -> None:
+    """PyYAML's message spans 4 to 8 lines with a source excerpt; the user gets file:line:column and the problem."""
+    from esrgan.cli import main
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    assert main(["train", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"esrgan: error: {path}:{where}: not valid YAML: {problem}"), err
+
+
+def test_a_fifo_config_is_refused_without_waiting(tmp_path: Path) -> None:
+    """Reading a FIFO waits for a writer: `esrgan train pipe.yaml` hung for ever (here: until the timeout)."""
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    proc = run_cli("train", fifo, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == f"esrgan: error: {fifo}: not a regular file; give a YAML config file\n"

@@ -349,3 +349,77 @@ def test_lpips_column_with_weights_given(
     assert data["mean"]["nearest"]["lpips"] == pytest.approx(
         (bird["scores"]["nearest"]["lpips"] + data["images"][1]["scores"]["nearest"]["lpips"]) / 2
     )
+
+
+# --- bad arguments fail before the work, in one line -------------------------------------------------------------------
+
+
+@pytest.fixture
+def hr_photos(tmp_path: Path, photo: np.ndarray) -> Path:
+    """An HR folder of two 64x64 real photo crops (a few milliseconds to evaluate with a tiny model)."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(photo[40:104, 180:244]).save(hr / "face.png")
+    Image.fromarray(photo[300:364, 100:164]).save(hr / "suit.png")
+    return hr
+
+
+@pytest.mark.parametrize(
+    ("flag", "target", "message"),
+    [
+        ("--json", "folder", "is a folder; --json takes the name of a file to write"),
+        ("--csv", "folder", "is a folder; --csv takes the name of a file to write"),
+        ("--csv", "file/r.csv", "{tmp}/file is a file, not a folder (--csv)"),
+        ("--report", "file", "is a file; --report takes a folder"),
+        ("--save-images", "file", "is a file; --save-images takes a folder"),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_any_image_is_scored(
+    tmp_path: Path,
+    hr_photos: Path,
+    models: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    target: str,
+    message: str,
+) -> None:
+    """`--json DIR` scored every image, then died with an IsADirectoryError traceback: the work was lost."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("an earlier file, kept")
+    code, out, err = _run_here(
+        capsys, "--model", models["nearest"], "--hr", hr_photos, "--no-niqe", flag, tmp_path / target
+    )
+    assert code == 1
+    assert out == ""  # nothing scored, no table
+    assert err == f"esrgan: error: {tmp_path / target}: {message.format(tmp=tmp_path)}\n"
+    assert (tmp_path / "file").read_text() == "an earlier file, kept"
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_an_empty_hr_folder_is_an_error(
+    tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed an empty table and exited 0, as if the evaluation had been done."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    code, out, err = _run_here(capsys, "--model", models["nearest"], "--hr", empty)
+    assert code == 1 and out == ""
+    assert (
+        err.startswith(f"esrgan: error: {empty}: folder has no images (looked for .bmp, ")
+        and err.count("\n") == 1
+    )
+
+
+def test_warnings_are_esrgan_lines_naming_the_file(
+    tmp_path: Path, hr_photos: Path, models: dict[str, Path], photo: np.ndarray
+) -> None:
+    """Warnings came out in Python's raw format (path.py:123: ImageWarning: ... and a source line)."""
+    frames = [Image.fromarray(photo[40:104, 180:244]), Image.fromarray(photo[300:364, 100:164])]
+    gif = hr_photos / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    proc = _run("--model", models["nearest"], "--hr", hr_photos, "--no-niqe")
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
+    assert warned == [f"esrgan: warning: {gif}: animated GIF with 2 frames; only the first is used"]
+    assert "ImageWarning" not in proc.stderr and "warnings.warn" not in proc.stderr

@@ -14,10 +14,11 @@ import http.server
 import os
 import random
 import resource
+import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,13 @@ import kill_upscale  # noqa: E402
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def esrgan(*args: str, extra_as: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def esrgan(
+    *args: str, extra_as: int | None = None, timeout: float = 300, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess, optionally with an address-space limit of `extra_as` bytes beyond what the
     process has mapped once torch and the upscaler are imported: a CUDA build of torch maps ~3.1 GB at import, the
-    CPU build ~0.65 GB, so a fixed limit that suits one makes the other fail to import torch (seen with 2.11+cu130)."""
+    CPU build ~0.65 GB, so a fixed limit that suits one makes the other fail to import torch (seen with 2.11+cu130).
+    prefix: a command the CLI runs under (the `without_root` fixture's)."""
     code = "import sys; from esrgan.cli import main; sys.exit(main(sys.argv[1:]))"
     if extra_as is not None:
         code = (
@@ -49,8 +53,8 @@ def esrgan(*args: str, extra_as: int | None = None, timeout: float = 300) -> sub
             "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
             f"resource.setrlimit(resource.RLIMIT_AS, (vm + {extra_as}, vm + {extra_as}))\n" + code
         )
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-                          env=ENV)  # fmt: skip
+    return subprocess.run([*prefix, sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)  # fmt: skip
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -369,3 +373,149 @@ def test_rlimit_helper_is_real() -> None:
     assert (
         resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
     )  # the test process is not limited
+
+
+# --- unreadable model files and folders -------------------------------------------------------------------------------
+# root reads anything (CAP_DAC_OVERRIDE), so chmod 000 alone proves nothing when the tests run as root: the CLI then
+# runs under setpriv with every capability dropped, as an ordinary user would meet these files.
+
+
+@pytest.fixture(scope="module")
+def without_root(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A command prefix under which file permissions apply: none for an ordinary user; for root, setpriv dropping
+    every capability, checked on a real chmod-000 file. Skipped where neither works."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all"]
+    probe = tmp_path_factory.mktemp("probe") / "locked"
+    probe.write_bytes(b"secret")
+    probe.chmod(0)
+    code = f"open({str(probe)!r}, 'rb').read()"
+    try:
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    except FileNotFoundError:
+        pytest.skip("running as root and setpriv is not installed: chmod cannot make a file unreadable")
+    if "PermissionError" not in proc.stderr:
+        pytest.skip(
+            f"running as root and setpriv cannot drop capabilities here: {proc.stderr.strip()[-200:]}"
+        )
+    return prefix
+
+
+@pytest.fixture
+def face(tmp_path: Path) -> Path:
+    """A folder holding one 64x64 real photo crop, large enough for every command's checks."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(skdata.astronaut()[40:104, 180:244]).save(folder / "face.png")
+    return folder / "face.png"
+
+
+@pytest.mark.parametrize("command", ["info", "upscale", "convert", "interpolate", "export-onnx", "evaluate"])
+def test_an_unreadable_model_file_is_one_line_in_every_command(
+    command: str, tmp_path: Path, tiny_model: Path, face: Path, without_root: list[str]
+) -> None:
+    """The model loaders open the file to sniff its format; PermissionError came out as a traceback."""
+    if command == "export-onnx":
+        pytest.importorskip("onnx")
+    model = tmp_path / "locked.safetensors"
+    shutil.copy(tiny_model, model)
+    model.chmod(0)
+    out = tmp_path / "out"
+    args = {
+        "info": ["info", model],
+        "upscale": ["upscale", face, "-o", out, "--model", model],
+        "convert": ["convert", model, out / "converted.safetensors"],
+        "interpolate": ["interpolate", tiny_model, model, "--alpha", "0.5", "-o", out / "mixed.safetensors"],
+        "export-onnx": ["export-onnx", model, out / "model.onnx"],
+        "evaluate": [
+            "evaluate",
+            "--model",
+            model,
+            "--hr",
+            face.parent,
+            "--no-niqe",
+            "--json",
+            out / "r.json",
+        ],
+    }[command]
+    proc = esrgan(*map(str, args), prefix=without_root)
+    assert one_line_error(proc, "locked.safetensors", "Permission denied") == (
+        f"esrgan: error: {model}: Permission denied"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["upscale", "evaluate", "prepare"])
+def test_an_unreadable_folder_is_one_line(
+    command: str, tmp_path: Path, tiny_model: Path, face: Path, without_root: list[str]
+) -> None:
+    """Listing a folder that may not be read raised PermissionError from iterdir, as a traceback."""
+    folder = face.parent
+    out = tmp_path / "out"
+    args = {
+        "upscale": ["upscale", folder, "-o", out, "--model", tiny_model],
+        "evaluate": ["evaluate", "--model", tiny_model, "--hr", folder, "--no-niqe"],
+        "prepare": ["prepare", folder, out],
+    }[command]
+    folder.chmod(0)
+    try:
+        proc = esrgan(*map(str, args), prefix=without_root)
+    finally:
+        folder.chmod(0o755)
+    first = one_line_error(proc, str(folder), "Permission denied")
+    assert first == f"esrgan: error: {folder}: cannot read folder (Permission denied)"
+    assert not out.exists() or not any(out.rglob("*.png"))
+
+
+def test_an_unreadable_sub_folder_is_reported_and_the_rest_upscaled(
+    tmp_path: Path, tiny_model: Path, face: Path, without_root: list[str]
+) -> None:
+    """--recursive skipped a sub-folder it could not read without a word (exit 0, its images silently lost): now
+    one line names it, the readable images are upscaled, and the exit code says something was missed."""
+    top = tmp_path / "top"
+    for sub in ("ok", "locked"):
+        (top / sub).mkdir(parents=True)
+        shutil.copy(face, top / sub / "face.png")
+    shutil.copy(face, top / "top.png")
+    out = tmp_path / "out"
+    (top / "locked").chmod(0)
+    try:
+        proc = esrgan("upscale", str(top), "--recursive", "-o", str(out), "--model", str(tiny_model),
+                      prefix=without_root)  # fmt: skip
+    finally:
+        (top / "locked").chmod(0o755)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"esrgan: error: {top / 'locked'}: cannot read folder (Permission denied)"
+    ]
+    assert "2 upscaled, 0 skipped (output exists), 0 failed" in proc.stdout
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "ok/face_x2.png",
+        "top_x2.png",
+    ]
+
+
+# --- out of memory in the middle of a batch ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "one-at-a-time"])
+def test_a_file_too_large_for_the_memory_fails_alone(
+    tmp_path: Path, tiny_model: Path, astronaut: Path, overlap: bool
+) -> None:
+    """--outscale 16 of the 512x512 photo needs an 8192x8192 float result (805 MB): under 500 MB of address space
+    beyond the imports, torch's CPU allocator refuses it with a RuntimeError (not a MemoryError), which aborted the
+    whole batch with a traceback. That file must fail in one line and the next one of the batch still be done."""
+    small = tmp_path / "small.png"
+    Image.fromarray(skdata.astronaut()[100:132, 200:232]).save(small)
+    out = tmp_path / "out"
+    proc = esrgan("upscale", str(astronaut), str(small), "-o", str(out), "--model", str(tiny_model),
+                  "--outscale", "16", "--precision", "fp32", "--device", "cpu",
+                  *([] if overlap else ["--no-overlap"]), extra_as=500 * 2**20)  # fmt: skip
+    first = one_line_error(proc, str(astronaut), "out of memory", "--tile")
+    assert proc.stderr.splitlines() == [first]
+    assert "1 upscaled, 0 skipped (output exists), 1 failed: " in proc.stdout
+    assert [p.name for p in out.iterdir()] == ["small_x16.png"]  # no partial or temporary file of the big one
+    assert read_image_size(out / "small_x16.png") == (512, 512)

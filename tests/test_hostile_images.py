@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import signal
 import struct
 import subprocess
@@ -452,3 +453,82 @@ def test_upscale_batch_with_hostile_files(tmp_path: Path) -> None:
     assert sorted(next(name for name in bad if name in line) for line in errors) == sorted(bad)
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert outputs == ["animated_x2.png", "rgb8_x2.png", "rgb_x2.jpg"]  # GIF is read, not written: PNG out
+
+
+# --- not files at all: FIFOs and devices -------------------------------------------------------------------------------
+
+
+def special_files(folder: Path) -> dict[str, Path]:
+    """A FIFO (open() on it waits for a writer: for ever) and a link to a device that never ends, image-named."""
+    folder.mkdir(exist_ok=True)
+    fifo = folder / "pipe.png"
+    os.mkfifo(fifo)
+    zero = folder / "zero.png"
+    zero.symlink_to("/dev/zero")
+    return {"named pipe": fifo, "device": zero}
+
+
+def test_fifos_and_devices_are_refused_without_being_opened(tmp_path: Path) -> None:
+    """read_image hung for ever on a FIFO named on the command line; it must refuse it from stat(), at once."""
+    for kind, path in special_files(tmp_path).items():
+        assert refusal(path) == f"{path}: not a regular file (a {kind})"
+
+
+def test_upscale_batch_with_a_fifo_and_a_device_goes_on(tmp_path: Path) -> None:
+    """`esrgan upscale pipe.png zero.png good.png`: one line for each special file, the photo upscaled, exit 1.
+    The old code waited on the FIFO for ever (here: until the subprocess timeout)."""
+    from esrgan.checkpoints import save_model
+
+    model = save_model(tmp_path / "tiny.safetensors", tiny_rrdb(scale=2))
+    special = special_files(tmp_path / "in")
+    good = tmp_path / "in" / "good.png"
+    good.write_bytes(SEEDS["rgb8.png"])
+    out = tmp_path / "out"
+    proc = run_cli("upscale", special["named pipe"], special["device"], good, "-o", out, "--model", model,
+                   "--quiet", timeout=120)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"esrgan: error: {special['named pipe']}: not a regular file (a named pipe)",
+        f"esrgan: error: {special['device']}: not a regular file (a device)",
+    ]
+    assert [p.name for p in out.iterdir()] == ["good_x2.png"]
+
+
+def test_a_fifo_given_as_the_model_is_refused(tmp_path: Path) -> None:
+    """The model loaders open the file to sniff its format: a FIFO there hung `info` and `upscale --model`."""
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.png"
+    good.write_bytes(SEEDS["rgb8.png"])
+    for args in (["info", fifo], ["upscale", good, "-o", tmp_path / "out", "--model", fifo]):
+        proc = run_cli(*args, timeout=120)
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines() == [
+            f"esrgan: error: {fifo}: not a regular file (a named pipe); give a model file or a model name"
+        ]
+    assert not (tmp_path / "out").exists()
+
+
+# --- warnings from inside the decoders name the file -------------------------------------------------------------------
+
+
+def test_pillow_warnings_name_the_file_every_time(tmp_path: Path) -> None:
+    """Pillow warns "Corrupt EXIF data..." without saying which file, and Python shows one text once per process:
+    two JPEGs with the same broken EXIF gave one anonymous line. Now each file gets its line, naming it."""
+    from esrgan.checkpoints import save_model
+
+    model = save_model(tmp_path / "tiny.safetensors", tiny_rrdb(scale=2))
+    exif = b"Exif\x00\x00II*\x00" + struct.pack(
+        "<IH", 8, 0xFFFF
+    )  # an IFD claiming 65535 entries, holding none
+    photo = Image.open(io.BytesIO(SEEDS["rgb8.png"])).convert("RGB")
+    paths = [tmp_path / "in" / name for name in ("one.jpg", "two.jpg")]
+    paths[0].parent.mkdir()
+    for path in paths:
+        photo.save(path, exif=exif)
+    proc = run_cli("upscale", *paths, "-o", tmp_path / "out", "--model", model, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    for line, path in zip(lines, paths, strict=True):
+        assert line.startswith(f"esrgan: warning: {path}: Corrupt EXIF data"), line

@@ -15,7 +15,7 @@ from conftest import photo_preserving_rrdb, run_cli
 from PIL import Image
 
 from esrgan.checkpoints import save_model
-from esrgan.imageio import ImageData, read_image, write_image
+from esrgan.imageio import ImageData, list_images, read_image, write_image
 from esrgan.pipeline import BatchResult, Job, collect_inputs, plan_jobs, upscale_files
 from esrgan.upscale import Upscaler
 
@@ -220,3 +220,38 @@ def test_torchrun_two_ranks_share_the_batch_and_print_one_summary(
         "esrgan upscale: 2 upscaled, 7 skipped (output exists), 0 failed; computed on cpu in fp32"
     ]
     assert sorted(p.name for p in out.iterdir()) == [n.replace(".", "_x4.") for n in names]
+
+
+def test_out_of_memory_is_told_from_real_allocation_failures() -> None:
+    """What makes one file fail alone instead of ending the batch: torch's CPU allocator raises a plain RuntimeError
+    ("DefaultCPUAllocator: can't allocate memory"), numpy a MemoryError; other RuntimeErrors are bugs and still
+    stop the batch. (End to end under a real RLIMIT_AS: tests/test_faults.py.)"""
+    import torch
+
+    from esrgan.pipeline import out_of_memory
+
+    with pytest.raises(RuntimeError) as by_torch:
+        torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: more than any address space
+    with pytest.raises(MemoryError) as by_numpy:
+        np.empty(2**50, dtype=np.uint8)
+    with pytest.raises(RuntimeError) as mismatch:
+        torch.nn.functional.conv2d(torch.zeros(1, 3, 4, 4), torch.zeros(8, 4, 3, 3))
+    assert out_of_memory(by_torch.value) and out_of_memory(by_numpy.value)
+    assert not out_of_memory(mismatch.value) and not out_of_memory(ValueError("out of memory"))
+
+
+def test_recursive_listing_does_not_follow_links_to_folders(tmp_path: Path, photo: np.ndarray) -> None:
+    """The listing walks folders itself (to report unreadable ones): like pathlib's rglob it must not follow a link
+    to a folder, which may loop (a link to the parent) or leave the tree."""
+    folder = photo_folder(tmp_path / "in", photo, 1)
+    (folder / "sub").mkdir()
+    Image.fromarray(photo[:40, :40]).save(folder / "sub" / "deep.png")
+    (folder / "sub" / "loop").symlink_to(folder)
+    (folder / "sub" / "link.png").symlink_to(folder / "sub" / "deep.png")  # a link to a file is a file
+    found, problems = collect_inputs([str(folder)], recursive=True)
+    assert problems == []
+    assert sorted(p.relative_to(folder).as_posix() for p, _ in found) == [
+        "p00.png",
+        "sub/deep.png",
+    ]  # the link resolves to deep.png: once
+    assert sorted(p.name for p in list_images(folder, recursive=True)) == ["deep.png", "link.png", "p00.png"]

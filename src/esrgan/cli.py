@@ -1,7 +1,8 @@
 """The `esrgan` command: thin argparse subcommands that parse and call library functions, nothing else.
 
 Each subcommand has an `_add_<name>` function (its arguments) and a `_run_<name>` function (the call). Errors the
-library raises as EsrganError become one line on stderr and exit code 1; no traceback reaches the user.
+library raises as EsrganError, and OSErrors (an unreadable model file or folder: `<file>: <reason>`), become one
+line on stderr and exit code 1; no traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ def _err(msg: str) -> None:
     print(f"esrgan: error: {msg}", file=sys.stderr)
 
 
+def _model_arg(spec: str) -> str:
+    """A model argument (name or file), refused when it names a FIFO or a device: opening one to sniff its format
+    would wait for ever (a FIFO) or never end (/dev/zero). Anything else goes on to the loader as given."""
+    from .imageio import special_file
+
+    problem = special_file(_path(spec))
+    if problem is not None:
+        raise EsrganError(f"{spec}: not a regular file ({problem}); give a model file or a model name")
+    return spec
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OSError as `<file>: <reason>` (PermissionError from a model loader, a folder that cannot be listed...):
+    the file and the system's words for the problem, without the errno and the repr quotes."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {reason}"
+
+
 # --- info -----------------------------------------------------------------------------------------------------------
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a model file: layout, hyperparameters, parameter count, scale")
@@ -44,7 +66,7 @@ def _run_info(args: argparse.Namespace) -> int:
     from .checkpoints import describe
     from .zoo import resolve_model_path
 
-    print(describe(resolve_model_path(args.file)))
+    print(describe(resolve_model_path(_model_arg(args.file))))
     return 0
 
 
@@ -78,7 +100,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from .checkpoints import convert_file
     from .zoo import resolve_model_path
 
-    src = resolve_model_path(args.input)
+    src = resolve_model_path(_model_arg(args.input))
     out = convert_file(src, args.output, layout=args.layout, overwrite=args.overwrite, half=args.half)
     print(f"wrote {out}")
     return 0
@@ -102,7 +124,7 @@ def _run_interpolate(args: argparse.Namespace) -> int:
     from .checkpoints import interpolate_files
     from .zoo import resolve_model_path
 
-    a, b = resolve_model_path(args.a), resolve_model_path(args.b)
+    a, b = resolve_model_path(_model_arg(args.a)), resolve_model_path(_model_arg(args.b))
     out = interpolate_files(a, b, args.alpha, args.output, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
@@ -352,7 +374,55 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_evaluate)
 
 
+def _check_output_file(flag: str, path: Path | None) -> None:
+    """Refuse an output file that cannot be written, before the work whose numbers it would hold: a folder by that
+    name, or a file where one of its folders should be (they would fail only after every image was scored)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise EsrganError(f"{path}: is a folder; {flag} takes the name of a file to write")
+    _check_output_parents(flag, path)
+
+
+def _check_output_dir(flag: str, path: Path | None) -> None:
+    """As _check_output_file, for an output folder: an existing file by that name cannot become one."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise EsrganError(f"{path}: is a file; {flag} takes a folder")
+    _check_output_parents(flag, path)
+
+
+def _check_output_parents(flag: str, path: Path) -> None:
+    import os
+
+    for parent in path.parents:  # the nearest one that exists must be a folder we may write in
+        if parent.exists():
+            if not parent.is_dir():
+                raise EsrganError(f"{path}: {parent} is a file, not a folder ({flag})")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise EsrganError(f"{path}: cannot write in {parent}: permission denied ({flag})")
+            return
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from .pipeline import warnings_as_lines
+
+    # every output is checked before the models are loaded and the images scored: a bad --json used to fail after
+    # all the work was done
+    _check_output_file("--json", args.json)
+    _check_output_file("--csv", args.csv)
+    _check_output_dir("--report", args.report)
+    _check_output_dir("--save-images", args.save_images)
+    if args.json is not None and args.csv is not None and args.json.resolve() == args.csv.resolve():
+        raise EsrganError(f"{args.json}: --json and --csv name the same file")
+    for spec in args.models:
+        _model_arg(spec)
+    with warnings_as_lines():  # `esrgan: warning: <file>: ...` lines, not Python's file:line format
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from .errors import ModelNotAvailableError
     from .evaluate import evaluate
     from .lpips import LPIPS, load_lpips
@@ -415,7 +485,7 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
 def _run_export_onnx(args: argparse.Namespace) -> int:
     from .onnx_export import export_onnx
 
-    out = export_onnx(args.model, args.output, opset=args.opset, overwrite=args.overwrite)
+    out = export_onnx(_model_arg(args.model), args.output, opset=args.opset, overwrite=args.overwrite)
     print(f"wrote {out} (checked against PyTorch with onnxruntime)")
     return 0
 
@@ -592,6 +662,12 @@ def _run_upscale(args: argparse.Namespace) -> int:
     except EsrganError as exc:
         _err(f"--{exc}")
         return 2
+    if not args.name.strip():  # "" made every destination the output folder itself
+        _err("--name must not be empty: it is the output file name pattern, e.g. {name}_x{scale}.{ext}")
+        return 2
+    _model_arg(args.model)
+    if args.interpolate is not None:
+        _model_arg(args.interpolate)
     options = {
         "device": args.device,
         "precision": args.precision,
@@ -646,9 +722,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
         return 0
     failed = len(result.failed) + len(problems)
     if not args.quiet or failed:
-        print(
-            f"esrgan upscale: {result.summary()}" + (f", {len(problems)} bad arguments" if problems else "")
-        )
+        unused = f", {len(problems)} input{'s' if len(problems) > 1 else ''} not usable (see above)"
+        print(f"esrgan upscale: {result.summary()}" + (unused if problems else ""))
     return 1 if failed else 0
 
 
@@ -679,7 +754,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     with warnings_as_lines():
         result = run_demo(
             args.output,
-            model=args.model,
+            model=_model_arg(args.model),
             device=args.device,
             precision=args.precision,
             overwrite=args.overwrite,
@@ -735,7 +810,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(exc))
         return 1
     except FileExistsError as exc:  # OutputExistsError and friends
-        _err(str(exc))
+        _err(str(exc) if exc.filename is None else _os_error_line(exc))
+        return 1
+    except OSError as exc:  # unreadable model files, folders...: the file and the problem, not a traceback
+        _err(_os_error_line(exc))
+        return 1
+    except MemoryError:
+        _err("out of memory")
         return 1
     except KeyboardInterrupt:
         _err("interrupted")

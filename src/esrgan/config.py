@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import stat
 import types
 import typing
 from collections.abc import Sequence
@@ -263,7 +264,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({_yaml_problem(exc)})") from None
     if isinstance(value, dict):
         raise ConfigError(f"--set {text!r}: set one key at a time (a.b=value), not a mapping")
     return key.strip().split("."), value
@@ -316,13 +317,25 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML training config, apply `--set` overrides, check every key and type."""
     path = Path(path)
     try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a FIFO would block the read for ever
+        raise ConfigError(f"{path}: not a regular file; give a YAML config file")
+    try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:  # an image or a checkpoint given by mistake
+        raise ConfigError(
+            f"{path}: not a YAML config: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -333,6 +346,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, source=str(path))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong (PyYAML's own message spans several lines with a source excerpt),
+    and the context it was in ("while scanning a simple key"); the position is the caller's."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = [p for p in (exc.problem, exc.context) if p]
+        if parts:
+            return "; ".join(" ".join(p.split()) for p in parts)
+    return " ".join(str(exc).split())
 
 
 def downscale_factors(value: float | Sequence[float]) -> tuple[float, ...]:

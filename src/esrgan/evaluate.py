@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigError, EsrganError, ImageError
-from .imageio import ImageData, from_float, read_image, to_float, write_image
+from .imageio import IMAGE_SUFFIXES, ImageData, from_float, read_image, to_float, write_image
 from .imageio import list_images as _list_images
 from .metrics import psnr, ssim
 from .resize import imresize_np
@@ -231,6 +231,9 @@ def evaluate(
     hr_path = Path(hr_dir)
     lr_path = Path(lr_dir) if lr_dir is not None else None
     files = list_images(hr_path)
+    # checked before any model is loaded: an empty table and exit 0 would look like a finished evaluation
+    if not files:
+        raise ImageError(f"{hr_path}: folder has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     if lr_path is not None and not lr_path.is_dir():
         raise ImageError(f"{lr_path}: not a folder")
     names = _names(models)

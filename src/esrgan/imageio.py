@@ -20,11 +20,12 @@ import io
 import logging
 import os
 import re
+import stat
 import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,9 +45,11 @@ __all__ = [
     "WRITE_FORMATS",
     "ImageData",
     "ImageWarning",
+    "file_in_hand",
     "from_float",
     "list_images",
     "read_image",
+    "special_file",
     "to_float",
     "write_image",
 ]
@@ -228,22 +231,54 @@ def list_images(
     recursive: bool = False,
     exclude: Path | None = None,
     suffixes: frozenset[str] = IMAGE_SUFFIXES,
+    on_error: Callable[[Path, OSError], None] | None = None,
 ) -> list[Path]:
     """The image files of a folder (by suffix: IMAGE_SUFFIXES, or `suffixes`), sorted. Hidden files and folders are
-    skipped, among them the `.NAME.part` temp files of atomic writes. recursive: sub-folders too. exclude: a
-    resolved folder whose files are left out (an output folder inside the input folder, so a rerun never reads its
-    own outputs)."""
-    found = folder.rglob("*") if recursive else folder.iterdir()
+    skipped, among them the `.NAME.part` temp files of atomic writes. recursive: sub-folders too (not through
+    symbolic links to folders, which could loop). exclude: a resolved folder whose files are left out (an output
+    folder inside the input folder, so a rerun never reads its own outputs).
+
+    A folder that cannot be listed (permission denied...) raises ImageError naming it, or, with on_error, is passed
+    to on_error(folder, exc) and the listing goes on: a batch reports an unreadable sub-folder and does the rest,
+    instead of losing its images without a word (pathlib's rglob skips such folders silently).
+    """
+
+    def unreadable(path: Path, exc: OSError) -> None:
+        if on_error is None:
+            raise ImageError(f"{path}: cannot read folder ({exc.strerror or exc})") from None
+        on_error(path, exc)
+
     out = []
-    for p in found:
-        if any(part.startswith(".") for part in p.relative_to(folder).parts):
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as scan:
+                entries = list(scan)
+        except OSError as exc:
+            unreadable(current, exc)
             continue
-        if p.suffix.lower() not in suffixes or not p.is_file():
-            continue
-        if exclude is not None and p.resolve().is_relative_to(exclude):
-            continue
-        out.append(p)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = current / entry.name
+            if recursive and _is_real_dir(entry):
+                pending.append(path)
+                continue
+            if path.suffix.lower() not in suffixes or not path.is_file():
+                continue
+            if exclude is not None and path.resolve().is_relative_to(exclude):
+                continue
+            out.append(path)
     return sorted(out)
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    """A folder, not a symbolic link to one (rglob's rule: a link to a parent would recurse for ever)."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _dtype(bit_depth: int) -> np.dtype[Any]:
@@ -283,8 +318,12 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     Truncated or corrupt files, non-images and unsupported modes raise ImageError("<path>: <problem>").
     """
     path = Path(path)
+    problem = special_file(path)
+    if problem is not None:  # before any open(): opening a FIFO waits for a writer, for ever
+        raise ImageError(f"{path}: not a regular file ({problem})")
     try:
-        return _read_any(path, max_pixels)
+        with _in_hand(path):
+            return _read_any(path, max_pixels)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -325,6 +364,50 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         zlib.error,
     ) as exc:
         raise ImageError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+
+
+_IN_HAND = threading.local()
+
+
+@contextlib.contextmanager
+def _in_hand(path: Path) -> Iterator[None]:
+    """Mark `path` as the file this thread is decoding, for file_in_hand()."""
+    before = getattr(_IN_HAND, "path", None)
+    _IN_HAND.path = path
+    try:
+        yield
+    finally:
+        _IN_HAND.path = before
+
+
+def file_in_hand() -> Path | None:
+    """The file read_image is decoding in this thread, if any: a warning raised inside Pillow or tifffile ("Corrupt
+    EXIF data...") does not say which file it is about, so whoever shows it (esrgan.pipeline.warnings_as_lines, in
+    the warning thread) names it with this."""
+    path: Path | None = getattr(_IN_HAND, "path", None)
+    return path
+
+
+def special_file(path: str | os.PathLike[str]) -> str | None:
+    """What `path` is when it exists but is neither a regular file nor a folder ("a named pipe (FIFO)", "a
+    device"...), else None (a missing or unreadable path is left to open() and its usual error).
+
+    Every input must pass this before it is opened: open() on a FIFO blocks until something writes to it (a hang,
+    not an error), and a device such as /dev/zero or /dev/urandom never ends. stat() follows symbolic links, so a
+    link to a device is caught too."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
 
 
 def _is_empty(path: Path) -> bool:

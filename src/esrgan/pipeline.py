@@ -150,7 +150,8 @@ def collect_inputs(
 
     The folder (None for files named directly) lets outputs keep sub-folder structure. Files under `exclude` (the
     output folder) are skipped when found by a folder or glob, so a rerun never upscales its own outputs.
-    Returns (found, problems) where problems are (argument, reason) for arguments that matched nothing.
+    Returns (found, problems) where problems are (argument, reason) for arguments that matched nothing, and
+    (folder, reason) for folders that could not be read (a sub-folder too: its images would be lost without a word).
     """
     excl = exclude.resolve() if exclude is not None else None
     found: list[tuple[Path, Path | None]] = []
@@ -163,36 +164,56 @@ def collect_inputs(
             seen.add(key)
             found.append((path, base))
 
+    def unreadable(folder: Path, exc: OSError) -> None:
+        problems.append((str(folder), f"cannot read folder ({exc.strerror or exc})"))
+
+    def listed(folder: Path) -> list[Path]:
+        return list_images(
+            folder, recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES, on_error=unreadable
+        )
+
     for arg in inputs:
         path = Path(arg).expanduser()
-        if path.is_dir():
-            images = list_images(path, recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES)
-            if not images:
-                problems.append((arg, "folder has no images" + ("" if recursive else " (use --recursive)")))
-            for p in images:
-                add(p, path)
-        elif path.exists():
-            add(path, None)
-        elif _is_glob(arg):
-            import glob
+        try:
+            if path.is_dir():
+                before = len(problems)
+                images = listed(path)
+                if not images and len(problems) == before:  # an unreadable folder already has its line
+                    problems.append((arg, _why_no_images(path, recursive, excl)))
+                for p in images:
+                    add(p, path)
+            elif path.exists():
+                add(path, None)
+            elif _is_glob(arg):
+                import glob
 
-            matches = sorted(glob.glob(str(path), recursive=recursive))
-            files = [
-                Path(m) for m in matches if Path(m).is_file() and Path(m).suffix.lower() in _PICKED_SUFFIXES
-            ]
-            files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
-            for m in matches:
-                if Path(m).is_dir():
-                    files += list_images(
-                        Path(m), recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES
-                    )
-            if not files:
-                problems.append((arg, "no image matches this pattern"))
-            for p in files:
-                add(p, None)
-        else:
-            problems.append((arg, "no such file or folder"))
+                matches = sorted(glob.glob(str(path), recursive=recursive))
+                files = [
+                    Path(m)
+                    for m in matches
+                    if Path(m).is_file() and Path(m).suffix.lower() in _PICKED_SUFFIXES
+                ]
+                files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
+                for m in matches:
+                    if Path(m).is_dir():
+                        files += listed(Path(m))
+                if not files:
+                    problems.append((arg, "no image matches this pattern"))
+                for p in files:
+                    add(p, None)
+            else:
+                problems.append((arg, "no such file or folder"))
+        except OSError as exc:  # a parent folder that may not be searched...: this argument fails alone
+            problems.append((arg, exc.strerror or one_line(exc)))
     return found, problems
+
+
+def _why_no_images(folder: Path, recursive: bool, exclude: Path | None) -> str:
+    """The reason a folder argument gave nothing: empty, its images in sub-folders, or all inside the output folder
+    (`esrgan upscale io -o io`: its images are outputs of an earlier run, or would be mistaken for them)."""
+    if exclude is not None and list_images(folder, recursive=recursive, suffixes=_PICKED_SUFFIXES):
+        return f"its images are all in the output folder {exclude}, so they are not inputs; give another -o"
+    return "folder has no images" + ("" if recursive else " (use --recursive)")
 
 
 def _format_scale(scale: float) -> str:
@@ -246,6 +267,9 @@ def plan_jobs(
             raise EsrganError(
                 f"bad --name pattern {name!r} ({exc}); use {{name}}, {{scale}}, {{ext}}, {{model}}"
             ) from None
+        if not filename.strip() or filename.endswith(("/", os.sep)) or Path(filename).name in ("", ".", ".."):
+            # an empty name would make the output folder itself the destination of every file
+            raise EsrganError(f"bad --name pattern {name!r}: it gives no file name for {src}")
         folder = out / src.parent.relative_to(base) if base is not None else out
         jobs.append(Job(src, folder / filename))
     return jobs
@@ -401,6 +425,8 @@ def warnings_as_lines() -> Iterator[None]:
 
     from tqdm import tqdm
 
+    from .imageio import file_in_hand
+
     def show(
         message: Warning | str,
         category: type[Warning],
@@ -409,19 +435,49 @@ def warnings_as_lines() -> Iterator[None]:
         file: TextIO | None = None,
         line: str | None = None,
     ) -> None:
-        tqdm.write(f"esrgan: warning: {message}", file=sys.stderr)
+        text = " ".join(str(message).split())
+        where = file_in_hand()  # a decoder's own warning ("Corrupt EXIF data") does not say which file
+        if where is not None and str(where) not in text:
+            text = f"{where}: {text}"
+        tqdm.write(f"esrgan: warning: {text}", file=sys.stderr)
 
-    saved = warnings.showwarning
-    warnings.showwarning = show
-    try:
+    with warnings.catch_warnings():  # both restored at the end: showwarning and the filters
+        warnings.showwarning = show
+        # Pillow's own warnings are about the file being decoded, and their text does not name it: show them for
+        # every file (Python's default shows one text once per process, so a second corrupt file went unsaid)
+        warnings.filterwarnings("always", module=r"PIL\.")
         yield
-    finally:
-        warnings.showwarning = saved
 
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: its message with whitespace collapsed, else its type's name."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+OUT_OF_MEMORY = "out of memory: try --tile N (smaller tiles) or a smaller --outscale"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether exc is a failed allocation: MemoryError (numpy, Python), torch.OutOfMemoryError (CUDA, MPS) or the
+    plain RuntimeError torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory"). One file too
+    large for the memory fails alone; the batch goes on (its memory is freed when the exception is)."""
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError from 2.5
+    text = str(exc)
+    return isinstance(exc, oom) or "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _release_device_memory() -> None:
+    """Give the CUDA cache back after an out-of-memory, so the next file starts from a clean allocator."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 # --- the batch -------------------------------------------------------------------------------------------------------
@@ -489,9 +545,13 @@ class _Batch:
 
     # stages: each takes an item and returns it for the next stage, or None when the item ended here
     def read(self, item: _Item) -> _Item | None:
-        from .imageio import DEFAULT_MAX_PIXELS, read_image
+        from .imageio import DEFAULT_MAX_PIXELS, read_image, special_file
 
         item.start = time.perf_counter()
+        problem = special_file(item.job.src)
+        if problem is not None:  # checked before anything opens it: open() on a FIFO waits for ever
+            self.failed(item, f"{item.job.src}: not a regular file ({problem})")
+            return None
         if is_video_job(item.job):
             return item  # read by video.upscale_video in the model stage
         if not self.output.overwrite and item.job.dst.exists():  # appeared since the batch was planned
@@ -521,6 +581,13 @@ class _Batch:
         except FILE_ERRORS as exc:
             self.failed(item, one_line(exc))
             return None
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise  # a bug: not a property of this file
+            item.image = None
+            _release_device_memory()
+            self.failed(item, f"{item.job.src}: {OUT_OF_MEMORY}")
+            return None
         item.precision = self.upscaler.last_precision
         return item
 
@@ -534,6 +601,8 @@ class _Batch:
             self.skipped(item)
         except FILE_ERRORS as exc:
             self.failed(item, one_line(exc))
+        except MemoryError:  # encoding a huge result: this file fails, the others may still fit
+            self.failed(item, f"{item.job.src}: out of memory while writing {item.job.dst}")
         else:
             seconds = time.perf_counter() - item.start
             self.written(item, f"{item.job.src} -> {item.job.dst} ({seconds:.1f} s)")
