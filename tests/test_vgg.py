@@ -89,8 +89,21 @@ class Payload:
 def test_pickled_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"features.0.weight": Payload()}, path)
-    with pytest.raises(CheckpointError, match="cannot read as a VGG19 weight file"):
+    with pytest.raises(CheckpointError, match="cannot read as a VGG19 weight file") as info:
         load_vgg19_state(path)
+    msg = str(info.value)  # one line naming the file, without PyTorch's advice to unpickle it after all
+    assert "\n" not in msg and str(path) in msg and "weights_only" not in msg, msg
+
+
+def test_a_zip_bomb_is_refused_unread(tmp_path: Path) -> None:
+    """The model files' defences (the safe reader): a small file whose tensor record inflates hugely is refused."""
+    from test_hostile_checkpoints import _zip_bomb
+
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "small.pth")
+    bomb = _zip_bomb(tmp_path / "small.pth", tmp_path / "bomb.pth")
+    with pytest.raises(CheckpointError, match="compressed") as info:
+        load_vgg19_state(bomb)
+    assert "\n" not in str(info.value) and str(bomb) in str(info.value)
 
 
 def test_sources_in_order(vgg_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,13 +48,16 @@ def load_vgg19_state(path: str | os.PathLike[str], last_index: int = CONV5_4) ->
 
     Keys other than features.* (the classifier) are ignored; a missing or misshapen conv is an error naming it.
     """
+    # the model files' defences: size limit, zip-bomb check, one line
+    from .checkpoints import read_torch_file
+
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(
-            f"{path}: cannot read as a VGG19 weight file ({type(exc).__name__}: {exc})"
-        ) from None
+    obj = read_torch_file(
+        path,
+        what="a VGG19 weight file",
+        advice="torchvision's published vgg19-dcbb9e9d.pth holds tensors only: get it again from its URL "
+        "(esrgan train says which).",
+    )
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a state dict (got {type(obj).__name__})")
     reference = vgg19_features(last_index).state_dict()
