@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from esrgan.config import Config, TrainConfig, config_from_dict, config_to_yaml
-from esrgan.errors import ConfigError, ModelNotAvailableError
+from esrgan.errors import CheckpointError, ConfigError, ModelNotAvailableError
 from esrgan.train import TrainingError, ema_decay, latest_checkpoint, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,6 +209,34 @@ def test_resume_is_bit_exact(
     assert not torch.equal(
         a["generator"]["conv_first.weight"], weights_of_step(first.run_dir, 3)["conv_first.weight"]
     )
+
+
+def test_a_checkpoint_with_the_right_header_but_wrong_contents_is_one_line(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`--resume X` of a file with train's format and version whose contents are not what train wrote (a crafted
+    or damaged file): one CheckpointError naming the file, where a missing entry was a KeyError traceback."""
+    first = train(tiny(photos, tmp_path, "src", train={"total_steps": 4}), stop_at_step=2)
+    good = latest_checkpoint(first.run_dir)
+    state = torch.load(good, weights_only=True)
+    variants = {
+        "no-optimiser": ({k: v for k, v in state.items() if k != "optim_g"}, "missing entry 'optim_g'"),
+        "bad-shape": (
+            {**state, "generator": {**state["generator"], "conv_first.weight": torch.zeros(1)}},
+            "RuntimeError: Error",
+        ),
+        "text-step": ({**state, "step": "two"}, "ValueError"),
+    }
+    for name, (crafted, expected) in variants.items():
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(crafted, path)
+        with pytest.raises(CheckpointError) as info:
+            train(tiny(photos, tmp_path, name, train={"total_steps": 4}), resume=path)
+        msg = str(info.value)
+        assert msg.startswith(f"{path}: not a checkpoint this run can resume from") and expected in msg, msg
+        assert "\n" not in msg
+    resumed = train(tiny(photos, tmp_path, "src", train={"total_steps": 4}), resume=good)  # the real one resumes
+    assert resumed.step == 4 and not resumed.interrupted
 
 
 # what torch.load(weights_only=True) accepts in every torch the package supports (>= 2.3): 2.3 refuses, among

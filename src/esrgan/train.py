@@ -785,7 +785,20 @@ def load_scheduler_state(sched: torch.optim.lr_scheduler.LRScheduler, state: dic
 
 
 def restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
-    """Load a checkpoint into the built run; the RNG states come back last."""
+    """Load a checkpoint into the built run; the RNG states come back last. A checkpoint whose format and version
+    are right but whose contents are not what train wrote (a missing entry, a tensor of another shape, a value of
+    another type: a crafted or damaged file) is one CheckpointError naming the file, not a traceback."""
+    try:
+        return _restore_state(path, nets, opts)
+    except EsrganError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        what = f"missing entry {first}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {first}"
+        raise CheckpointError(f"{path}: not a checkpoint this run can resume from ({what})") from None
+
+
+def _restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
     state = load_checkpoint(path)
     if state["model_config"] != nets.g.config.to_dict():
         raise CheckpointError(
