@@ -235,7 +235,9 @@ def test_a_checkpoint_with_the_right_header_but_wrong_contents_is_one_line(
         msg = str(info.value)
         assert msg.startswith(f"{path}: not a checkpoint this run can resume from") and expected in msg, msg
         assert "\n" not in msg
-    resumed = train(tiny(photos, tmp_path, "src", train={"total_steps": 4}), resume=good)  # the real one resumes
+    resumed = train(
+        tiny(photos, tmp_path, "src", train={"total_steps": 4}), resume=good
+    )  # the real one resumes
     assert resumed.step == 4 and not resumed.interrupted
 
 
