@@ -377,3 +377,47 @@ def test_a_second_run_on_the_same_output_is_refused(
         assert (work / "seg000000.pkt").read_bytes() == b"the running one's" and not dst.exists()
     upscale_video(up, clips["25"], dst, frames=(0, 2))  # that run is gone (a killed one's lock goes with it)
     assert dst.exists() and not work.exists()
+
+
+def png_video(path: Path, sizes: list[int], header: int = 16) -> Path:
+    """A .mov of PNG frames of the given (square) sizes under a stream header that says header x header: what a
+    crafted file can do (FFmpeg's PNG decoder takes each frame's size from the frame)."""
+    import io
+
+    out = av.open(str(path), "w", format="mov")
+    stream = out.add_stream("png", rate=24)
+    stream.width, stream.height, stream.pix_fmt = header, header, "rgb24"
+    out.start_encoding()
+    for k, side in enumerate(sizes):
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(buf, "PNG")
+        packet = av.Packet(buf.getvalue())
+        packet.stream, packet.pts, packet.dts, packet.duration = stream, k * 512, k * 512, 512
+        packet.is_keyframe = True
+        out.mux(packet)
+    out.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "expected"),
+    [
+        # a stream that changes resolution was squeezed into the first frame's size without a word
+        ([16, 16, 24, 24], None, r"frame 3 is 24x24, not 16x16 as the video began"),
+        # a later frame far over the limit: refused by the decoder before it is allocated (FFmpeg reads the
+        # header's size from the first frame, so the first cannot lie)
+        ([16, 16, 1200], 300, r"corrupt video or a frame far over the pixel limit after frame"),
+    ],
+)
+def test_frames_that_differ_from_the_header_are_refused(
+    up: Upscaler, tmp_path: Path, sizes: list[int], limit: int | None, expected: str
+) -> None:
+    """The pixel limit was checked against the stream's header only: a crafted file (a 16x16 header, a 1200x1200
+    third frame) was decoded, upscaled to 4800x4800 and squeezed into the output. Every frame is checked now."""
+    src = png_video(tmp_path / "crafted.mov", sizes)
+    dst = tmp_path / "out.mkv"
+    with pytest.raises(VideoError, match=expected) as info:
+        upscale_video(up, src, dst, codec="ffv1", max_pixels=limit)
+    assert str(src) in str(info.value) and "\n" not in str(info.value)
+    assert not dst.exists() and not work_folder(dst).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.mov"]  # nothing left behind

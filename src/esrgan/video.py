@@ -29,6 +29,7 @@ How (and why):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import heapq
 import json
@@ -504,6 +505,7 @@ def _decode_frames(av: Any, inp: Any, vin: Any, src: Path, plan: _Plan, skip: in
                 continue
             if plan.stop is not None and index >= plan.stop:
                 break
+            _check_frame_size(src, index, frame.width, frame.height, (plan.width, plan.height))
             pts = (
                 frame.pts
                 if frame.pts is not None
@@ -522,7 +524,28 @@ def _decode_frames(av: Any, inp: Any, vin: Any, src: Path, plan: _Plan, skip: in
                 ).to_ndarray()
             yield _Frame(out, pts - offset, frame.duration or default_duration, pixels)
     except av.error.FFmpegError as exc:
-        raise VideoError(f"{src}: corrupt video after frame {max(index, 0)} ({_reason(exc)})") from None
+        # EINVAL is also how the decoder refuses a frame over its max_pixels (see _video_stream): say both
+        why = " or a frame far over the pixel limit" if getattr(exc, "errno", None) == errno.EINVAL else ""
+        raise VideoError(f"{src}: corrupt video{why} after frame {max(index, 0)} ({_reason(exc)})") from None
+
+
+def _check_frame_size(
+    src: Path, index: int, width: int, height: int, expected: tuple[int, int], limit: int | None = None
+) -> None:
+    """Every frame has the first frame's size (and the first is within the pixel limit). The header's size is
+    checked against the limit before decoding, but a frame may differ from it: a crafted file's later frame far
+    over the limit, or a stream that changes resolution, which used to be squeezed into the first frame's size
+    without a word. Both are refused in one line naming the frame."""
+    if limit is not None and width * height > limit:
+        raise VideoError(
+            f"{src}: frame {index + 1} is {width}x{height}, over the limit of {limit} pixels "
+            f"({limit / 2**20:.3g} megapixels; --max-megapixels raises it)"
+        )
+    if (width, height) != expected:
+        raise VideoError(
+            f"{src}: frame {index + 1} is {width}x{height}, not {expected[0]}x{expected[1]} as the video "
+            "began: videos that change resolution are not supported (split the video where it changes)"
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -647,7 +670,7 @@ def upscale_video(
         raise OutputExistsError(dst)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     with _open_input(av, src) as inp:
-        vin = _video_stream(inp, src)
+        vin = _video_stream(inp, src, limit)
         w, h = vin.codec_context.width, vin.codec_context.height
         if w * h > limit:
             raise VideoError(
@@ -655,6 +678,8 @@ def upscale_video(
                 "--max-megapixels raises it)"
             )
         first = _first_frame(av, inp, vin, src)
+        # the limit again (the header may differ from the frames); the plan takes its size from this frame
+        _check_frame_size(src, 0, first.width, first.height, (first.width, first.height), limit)
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
@@ -665,7 +690,7 @@ def upscale_video(
         result = VideoResult(src, dst, 0, 0.0, 0.0)
         try:
             with _open_input(av, src) as inp:
-                vin = _video_stream(inp, src)
+                vin = _video_stream(inp, src, limit)
                 vin.thread_type = "AUTO"
                 count, first, end = _run_frames(
                     av,
@@ -720,12 +745,21 @@ def _open_input(av: Any, src: Path) -> Iterator[Any]:
         inp.close()
 
 
-def _video_stream(inp: Any, src: Path) -> Any:
+def _video_stream(inp: Any, src: Path, max_pixels: int | None = None) -> Any:
+    """The video stream (not cover art). max_pixels: also FFmpeg's decoder limit, so that a frame larger than the
+    stream's header says (a crafted file: a 16x16 header, then a 16000x16000 PNG frame) is refused by the decoder
+    before it is allocated, not after; twice our own limit, which each frame is checked against exactly (the
+    decoder counts padded sizes)."""
     for stream in inp.streams.video:
         if stream.disposition & 0x400:  # AV_DISPOSITION_ATTACHED_PIC: cover art, not a video
             continue
         if stream.codec_context is None or not stream.codec_context.width:
             continue
+        if max_pixels is not None:
+            stream.codec_context.options = {
+                **dict(stream.codec_context.options or {}),
+                "max_pixels": str(2 * max_pixels + 2**20),
+            }
         return stream
     kinds = ", ".join(sorted({s.type for s in inp.streams})) or "no streams"
     raise VideoError(f"{src}: has no video stream ({kinds})")
@@ -736,7 +770,8 @@ def _first_frame(av: Any, inp: Any, vin: Any, src: Path) -> Any:
         for frame in inp.decode(vin):
             return frame
     except av.error.FFmpegError as exc:
-        raise VideoError(f"{src}: corrupt video ({_reason(exc)})") from None
+        why = " or a frame far over the pixel limit" if getattr(exc, "errno", None) == errno.EINVAL else ""
+        raise VideoError(f"{src}: corrupt video{why} ({_reason(exc)})") from None
     raise VideoError(f"{src}: the video stream has no frames (truncated or corrupt?)")
 
 
