@@ -10,10 +10,16 @@ import http.client
 import io
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +34,7 @@ pytest.importorskip("multipart")
 
 from conftest import UvicornThread, tiny_rrdb
 
-from esrgan import serve
+from esrgan import imageio, serve
 from esrgan.checkpoints import save_model
 from esrgan.imageio import ImageData, read_image, write_image
 
@@ -564,3 +570,253 @@ def test_unicode_names_are_kept_and_only_unsafe_characters_replaced(
     assert (
         status == 200 and f"filename*=utf-8''{quote('Größe 東京_x2.png')}" in headers["content-disposition"]
     )
+
+
+# --- uploads at the job cap, decodes one at a time (session-18 audit) ------------------------------------------------
+class DecodeSpy:
+    """esrgan.imageio.read_image as uploads call it (the worker's decodes of queued jobs pass through uncounted):
+    counts the calls and the most running at once. The first call waits until `hold()` is false (a minute at most),
+    so that the test can see what other uploads do meanwhile."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: Callable[[], bool] = lambda: False) -> None:
+        self.real = imageio.read_image
+        self.hold = hold
+        self.calls = self.running = self.peak = 0
+        self.entered = threading.Event()
+        self.lock = threading.Lock()
+        monkeypatch.setattr(imageio, "read_image", self)
+
+    def __call__(self, path: Path, **kw: Any) -> ImageData:
+        if threading.current_thread().name == "esrgan-serve-worker":
+            return self.real(path, **kw)
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            first = self.calls == 1
+        try:
+            if first:
+                self.entered.set()
+                deadline = time.time() + 60
+                while self.hold() and time.time() < deadline:
+                    time.sleep(0.01)
+            return self.real(path, **kw)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.fixture()
+def make_server(model_x2: Path) -> Iterator[Callable[..., Server]]:
+    """Servers of the tiny x2 model with the test limits and the Limits fields given; stopped after the test."""
+    made: list[Server] = []
+
+    def make(**limits: int) -> Server:
+        limits = {"max_upload_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS, **limits}
+        made.append(Server(serve.create_app({"tiny-x2": model_x2}, limits=serve.Limits(**limits))))
+        return made[-1]
+
+    yield make
+    for srv in made:
+        srv.stop()
+
+
+def upload_in_thread(srv: Server, name: str, data: bytes) -> tuple[threading.Thread, list[tuple[int, Any]]]:
+    answers: list[tuple[int, Any]] = []
+    thread = threading.Thread(target=lambda: answers.append(srv.upload(name, data)), daemon=True)
+    thread.start()
+    return thread, answers
+
+
+def test_uploads_at_the_job_cap_are_refused_before_decoding(
+    make_server: Callable[..., Server], photo_small: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the cap, uploads were fully decoded (~450 MB and seconds each for a 4096x4096 16-bit PNG) before the
+    503: a file that is no image, or one over the pixel limit, gets the cap's 503, not the decoder's 400 or 413."""
+    srv = make_server(max_jobs=2)
+    for _ in range(2):
+        status, job = srv.upload("ok.png", png(photo_small))
+        assert status == 201, job
+        assert srv.wait(job["id"])["state"] == "done"
+    spy = DecodeSpy(monkeypatch)
+    folders = set(srv.service.root.iterdir())
+    flat = png(np.full((600, 600), 128, dtype=np.uint8))  # over MAX_PIXELS: a 413 if its header were read
+    for name, data in [
+        ("junk.png", b"not an image\n" * 100),
+        ("flat.png", flat),
+        ("ok.png", png(photo_small)),
+    ]:
+        status, body = srv.upload(name, data)
+        assert (status, body) == (503, {"error": "too many jobs (2): remove finished ones first"}), name
+    assert spy.calls == 0  # nothing decoded
+    assert set(srv.service.root.iterdir()) == folders  # nothing stored
+
+    # a place again: the same file is decoded now, and refused for what it is
+    job_id = srv.json("GET", "/api/jobs")[1]["jobs"][0]["id"]
+    assert srv.json("DELETE", f"/api/jobs/{job_id}")[0] == 202
+    status, body = srv.upload("junk.png", b"not an image\n" * 100)
+    assert (status, body["error"]) == (400, "junk.png: not an image (or a format Pillow cannot read)")
+    assert spy.calls == 1
+
+
+def test_an_upload_in_flight_holds_its_place_under_the_cap(
+    make_server: Callable[..., Server], photo_small: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uploads arriving together each passed the cap's check and were all decoded; the one free place now goes to
+    the first upload while it decodes, and the next is refused unread."""
+    srv = make_server(max_jobs=1)
+    release = threading.Event()
+    spy = DecodeSpy(monkeypatch, hold=lambda: not release.is_set())
+    thread, answers = upload_in_thread(srv, "first.png", png(photo_small))
+    try:
+        assert spy.entered.wait(60), "the first upload was never decoded"
+        status, body = srv.upload("junk.png", b"not an image\n" * 100)
+        assert (status, body) == (503, {"error": "too many jobs (1): remove finished ones first"})
+        assert spy.calls == 1
+    finally:
+        release.set()
+        thread.join(60)
+    assert answers and answers[0][0] == 201, answers
+    assert srv.wait(answers[0][1]["id"])["state"] == "done"
+
+
+def test_concurrent_uploads_decode_one_at_a_time(
+    make_server: Callable[..., Server], photo_small: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing bounded the decodes of concurrent uploads (6 at once held 2.6 GB): they take turns, and the ones
+    waiting for a turn are accepted, not refused. The first decode is held until the other two wait for their turn
+    (or, as before the fix, decode beside it)."""
+    srv = make_server()
+    decodes = getattr(srv.app.state, "decodes", None)
+
+    def others_arrived() -> bool:
+        waiting = decodes.statistics().tasks_waiting if decodes is not None else 0
+        return waiting < 2 and spy.running < 2
+
+    spy = DecodeSpy(monkeypatch, hold=others_arrived)
+    uploads = [upload_in_thread(srv, f"{i}.png", png(photo_small)) for i in range(3)]
+    for thread, _ in uploads:
+        thread.join(120)
+    assert [answers[0][0] for _, answers in uploads] == [201, 201, 201]
+    assert spy.calls == 3 and spy.peak == 1
+    for _, answers in uploads:
+        assert srv.wait(answers[0][1]["id"])["state"] == "done"
+
+
+# --- the server's log and Ctrl-C, as `esrgan serve` runs (session-18 audit) ------------------------------------------
+class ServerProcess:
+    """`esrgan serve` as a user runs it, in its own process; its stderr (the server's log) goes to a file."""
+
+    def __init__(self, model: Path, tmp: Path) -> None:
+        with socket.socket() as probe:  # a free port (serve binds by number)
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log = tmp / "serve.log"
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "esrgan.cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--model-file",
+                    f"m={model}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        deadline = time.time() + 120
+        while True:
+            assert self.proc.poll() is None, f"esrgan serve exited: {self.log.read_text()}"
+            assert time.time() < deadline, "esrgan serve did not start"
+            try:
+                if self.request("GET", "/api/config")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, ctype: str = ""
+    ) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
+            res = conn.getresponse()
+            return res.status, res.read()
+        finally:
+            conn.close()
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C: (exit status, the server's log)."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            rc = self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        return rc, self.log.read_text()
+
+
+@pytest.fixture()
+def server_process(model_x2: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(model_x2, tmp_path)
+    yield proc
+    if proc.proc.poll() is None:
+        proc.proc.kill()
+        proc.proc.wait()
+
+
+def test_client_mistakes_leave_no_traceback_in_the_servers_log(
+    server_process: ServerProcess, photo_small: np.ndarray
+) -> None:
+    """A client that disconnected mid-upload logged "Exception in ASGI application" and ~45 lines of traceback
+    (ClientDisconnect); a malformed multipart body logged python-multipart's "Expected boundary character"."""
+    srv = server_process
+    body = b'--B\r\nContent-Disposition: form-data; name="file"; filename="r.bin"\r\n\r\n' + os.urandom(
+        100_000
+    )
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as sock:
+            sock.sendall(
+                b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 900000\r\n\r\n" + body
+            )  # 100 KB of the 900 KB announced, then gone
+    status, answer = srv.request("POST", "/api/jobs", b"xx" * 100, "multipart/form-data; boundary=B")
+    assert status == 400 and b"bad upload" in answer
+
+    # still serving, and the abandoned uploads hold no place and left nothing
+    data, ctype = multipart("ok.png", png(photo_small), {})
+    status, answer = srv.request("POST", "/api/jobs", data, ctype)
+    assert status == 201, answer
+    rc, log = srv.interrupt()
+    assert rc == 130, log
+    for noise in ("Traceback", "Exception in ASGI application", "ClientDisconnect", "Expected boundary"):
+        assert noise not in log, log
+
+
+def test_ctrl_c_with_the_page_open_stops_at_once_and_cleanly(server_process: ServerProcess) -> None:
+    """The page's event stream waited for the service to close, which happens only after uvicorn has waited for
+    open responses: Ctrl-C took the graceful timeout, then logged "timeout graceful shutdown exceeded" and a
+    CancelledError traceback. The stream now ends when the server starts stopping, and the page sees it end."""
+    srv = server_process
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    conn.request("GET", "/api/events")
+    res = conn.getresponse()
+    assert res.status == 200
+    assert res.readline().startswith(b"data: ")  # connected: the first snapshot
+    rc, log = srv.interrupt()
+    try:
+        rest = res.read()  # to the stream's end
+        ended: str | None = None
+    except http.client.IncompleteRead as exc:
+        rest, ended = exc.partial, f"cut off: {exc!r}"
+    conn.close()
+    assert rc == 130, log  # the CLI's status for Ctrl-C
+    for noise in ("Traceback", "timeout graceful shutdown exceeded", "CancelledError", "ERROR"):
+        assert noise not in log, log
+    assert ended is None, ended  # the stream's last chunk was sent: it ended, not was cut
+    assert b"Traceback" not in rest

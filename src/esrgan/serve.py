@@ -18,6 +18,8 @@ Design:
   after it finished (default one hour), and the whole folder at shutdown.
 - Safety: uploads are capped in bytes while they stream, before any decoding; the pixel count is checked from the
   header by esrgan.imageio.read_image, which also sniffs the content (the file name is only a display label).
+  An upload takes its place under the job cap before its body is read (at the cap it is refused unread), and
+  uploads decode one at a time (a full-size 16-bit upload takes ~450 MB while it decodes).
   Every path on disk is server-made (random job ids, fixed file names); ids from URLs are only dictionary keys,
   and a file is served only if it resolves inside the result folder. Requests from another web origin are refused
   (a web page must not drive your local server), and on loopback the Host header must be a loopback name (DNS
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -38,7 +41,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -69,6 +72,11 @@ _KEEP_DECODED = 2
 """Queued jobs that keep the pixels decoded at upload (at most max_pixels each): the one that runs next is not
 decoded twice, and a long queue still holds only files on disk."""
 _FORM_SLACK = 64 * 1024  # multipart boundaries and the small option fields around the file
+_DECODES = 1
+"""Uploads decoded at once (each up to max_pixels: ~450 MB for a 4096x4096 16-bit RGBA PNG). Further uploads wait
+for their turn rather than get a "busy" error: the page sends its files one after another anyway, a script sending
+several at once expects them all queued, and a waiting upload holds no thread and no decoded pixels (its place
+under max_jobs bounds how many can wait)."""
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp"}
 _MIME = {
@@ -304,6 +312,7 @@ class JobService:
         self._engine: Engine | None = None
         self._jobs: dict[str, Job] = {}
         self._queue: list[str] = []
+        self._placed = 0  # uploads in flight that hold a place under max_jobs (upload_place)
         self._cond = threading.Condition()
         self._closed = False
         self.version = 0  # bumped on every visible change; the event stream watches it
@@ -371,14 +380,41 @@ class JobService:
         folder.mkdir()
         return job_id, folder
 
-    def submit(self, job_id: str, folder: Path, name: str, options: JobOptions) -> Job:
+    @contextlib.contextmanager
+    def upload_place(self) -> Iterator[None]:
+        """Hold a place under the job cap while an upload arrives; UploadRejected(503) at the cap or shutdown.
+
+        Taken before the body is read: uploads at the cap cost neither disk nor a decode, and uploads in flight
+        count against the cap, so many at once cannot all pass a check that each would pass alone.
+        """
+        with self._cond:
+            problem = self._no_room(placed=False)
+            if problem:
+                raise UploadRejected(problem, 503)
+            self._placed += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._placed -= 1
+
+    def submit(
+        self, job_id: str, folder: Path, name: str, options: JobOptions, *, placed: bool = False
+    ) -> Job:
         """Check the uploaded file in `folder` (sniffed, pixel limit from the header) and queue it.
 
-        Raises UploadRejected (and deletes the folder) for files that are not images or exceed the limits.
+        placed: the caller holds an upload_place() (counted once, not twice, against the cap).
+        Raises UploadRejected (and deletes the folder) for files that are not images or exceed the limits, and
+        with 503 at the job cap, which is checked before the file is decoded.
         """
         from .imageio import read_image
 
         path = folder / "input"
+        with self._cond:
+            problem = self._no_room(placed)
+        if problem:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise UploadRejected(problem, 503)
         try:
             image = read_image(path, max_pixels=self.limits.max_pixels)
         except ImageError as exc:
@@ -400,9 +436,7 @@ class JobService:
             scale=options.outscale or self.models[options.model].scale,
         )
         with self._cond:
-            problem = "the server is shutting down" if self._closed else ""
-            if len(self._jobs) >= self.limits.max_jobs:
-                problem = f"too many jobs ({self.limits.max_jobs}): remove finished ones first"
+            problem = self._no_room(placed)  # again: the queue may have filled while this decoded
             if problem:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise UploadRejected(problem, 503)
@@ -489,6 +523,14 @@ class JobService:
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- internals (callers hold self._cond where noted)
+    def _no_room(self, placed: bool) -> str:  # holds _cond
+        """Why one more job cannot be taken ("" if it can); placed: the job's own place is among _placed."""
+        if self._closed:
+            return "the server is shutting down"
+        if len(self._jobs) + self._placed - placed >= self.limits.max_jobs:
+            return f"too many jobs ({self.limits.max_jobs}): remove finished ones first"
+        return ""
+
     def _changed(self) -> None:  # holds _cond
         self.version += 1
         self._cond.notify_all()
@@ -674,22 +716,28 @@ def create_app(
     loopback_only: bool = True,
     engine_factory: EngineFactory = upscaler_engine,
 ) -> Any:
-    """The Starlette app. models: display name -> model file (default: the zoo). The JobService is app.state.service.
+    """The Starlette app. models: display name -> model file (default: the zoo). The JobService is app.state.service;
+    app.state.stopping() tells event streams the server is stopping (its runner sets it: serve() does).
 
     loopback_only: accept only Host headers naming the loopback interface (set False when binding elsewhere).
     """
+    import anyio.to_thread
     from starlette.applications import Starlette
     from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
+    # A malformed multipart body is answered with a 400 naming the problem; python-multipart's own warning about
+    # it would only repeat that in the server's log, once per bad request.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     choices = zoo_models() if models is None else file_models(models)
     service = JobService(choices, limits=limits, keep_seconds=keep_seconds, engine_factory=engine_factory)
+    decodes = anyio.CapacityLimiter(_DECODES)  # waiting for it is async: a waiting upload holds no thread
 
     def error(status: int, message: str) -> Response:
         return JSONResponse({"error": message}, status_code=status)
@@ -716,13 +764,34 @@ def create_app(
 
     async def create_job(request: Request) -> Response:
         limit = service.limits.max_upload_bytes
-        too_big = f"file too large: the limit is {_mb(limit)}"
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit + _FORM_SLACK:
-            return error(413, too_big)
+            return error(413, f"file too large: the limit is {_mb(limit)}")
         capped = Request(request.scope, _capped(request.receive, limit + _FORM_SLACK))
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(service.upload_place())
+            except UploadRejected as exc:
+                # Refused before a byte is stored or decoded. The body is still read and dropped (bounded as an
+                # upload is): a client that is still sending when the server answers and closes gets a connection
+                # reset, and often loses the answer that says why.
+                with contextlib.suppress(_TooLarge, ClientDisconnect):
+                    async for _ in capped.stream():
+                        pass
+                return error(exc.status, str(exc))
+            try:
+                return await receive_job(capped)
+            except ClientDisconnect:
+                # The client went away mid-upload (closed tab, cancelled curl): nobody to answer, nothing kept (the
+                # job folder is made once the whole form has arrived), and no server error to log with a traceback.
+                log.info("esrgan serve: an upload was abandoned by its client")
+                return error(400, "upload interrupted")
+
+    async def receive_job(request: Request) -> Response:
+        limit = service.limits.max_upload_bytes
+        too_big = f"file too large: the limit is {_mb(limit)}"
         try:
-            async with capped.form(max_files=1, max_fields=8, max_part_size=1024) as form:
+            async with request.form(max_files=1, max_fields=8, max_part_size=1024) as form:
                 upload = form.get("file")
                 if upload is None or isinstance(upload, str):
                     return error(400, "no file in the upload (send it as the multipart field 'file')")
@@ -743,8 +812,9 @@ def create_app(
             return error(400, f"bad upload: {exc.detail}")
         except UploadRejected as exc:
             return error(exc.status, str(exc))
+        submit = functools.partial(service.submit, job_id, folder, name, options, placed=True)
         try:
-            job = await run_in_threadpool(service.submit, job_id, folder, name, options)
+            job = await anyio.to_thread.run_sync(submit, limiter=decodes)
         except UploadRejected as exc:
             return error(exc.status, str(exc))
         return JSONResponse(service.get(job.id), status_code=201)
@@ -791,8 +861,12 @@ def create_app(
         async def stream() -> AsyncIterator[str]:
             # Polls an in-memory counter rather than blocking a thread on the condition: cancellable at once
             # when the page goes away or the server stops, and five checks a second cost nothing.
+            # It must also end once the server is stopping: uvicorn waits for open responses before the lifespan
+            # shutdown (which closes the service), so a stream that waited for service.closed held Ctrl-C up for
+            # the graceful timeout, then was cancelled with an error and a traceback.
             seen, quiet = -1, 0.0
-            while not service.closed:
+            stopping: Callable[[], bool] = request.app.state.stopping
+            while not (service.closed or stopping()):
                 if service.version != seen:
                     seen, quiet = service.version, 0.0
                     yield f"data: {json.dumps({'jobs': service.snapshot()})}\n\n"
@@ -830,6 +904,9 @@ def create_app(
         lifespan=_lifespan(service),
     )
     app.state.service = service
+    app.state.decodes = decodes  # statistics(): uploads decoding now and waiting for their turn
+    # serve() points this at uvicorn's should_exit, so that event streams end as soon as Ctrl-C is pressed
+    app.state.stopping = lambda: False
     return app
 
 
@@ -928,4 +1005,6 @@ def serve(
         f"(results kept {keep_seconds / 60:g} min in {app.state.service.root}; Ctrl+C to stop)"
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    app.state.stopping = lambda: server.should_exit  # set by Ctrl-C before uvicorn waits for open responses
+    server.run()
