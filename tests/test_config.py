@@ -77,6 +77,13 @@ def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
         ({"data": {"hr_downscale": [2, 2.0]}}, r"data\.hr_downscale: .*distinct"),
         ({"data": {"hr_downscale": []}}, r"data\.hr_downscale: must be"),
         ({"data": {"hr_downscale": ["big"]}}, r"data\.hr_downscale: expected float or a list of float"),
+        # a run folder outside output_dir: `--set name=..` wrote the run into output_dir's parent
+        ({"name": ".."}, r"name: must be a plain folder name .*got '\.\.'"),
+        ({"name": "."}, r"name: must be a plain folder name"),
+        ({"name": ""}, r"name: must be a plain folder name"),
+        ({"name": "a/b"}, r"name: must be a plain folder name"),
+        ({"name": "../x"}, r"name: must be a plain folder name"),
+        ({"name": "a\\b"}, r"name: must be a plain folder name"),
     ],
 )
 def test_wrong_types_and_values(tmp_path: Path, data: dict, match: str) -> None:

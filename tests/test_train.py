@@ -412,3 +412,58 @@ def test_time_budget_continues_across_a_resume(photos: tuple[Path, Path], tmp_pa
 def test_budget_needs_a_schedule_in_time(photos: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"schedule\.kind"):
         tiny(photos, tmp_path, train={"time_budget_minutes": 5.0}, schedule={"kind": "multistep"})
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(
+    photos: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second run of the same name without --resume replaced model.safetensors and config.yaml, then checkpoint
+    pruning deleted its own step_1..3 and kept the old run's step_4/5, and it printed a checkpoint that was gone."""
+    from esrgan.cli import main
+
+    sections: dict[str, Any] = {"train": {"total_steps": 5}, "checkpoint": {"every": 1, "keep_last": 2}}
+    first = train(tiny(photos, tmp_path, "ow", **sections))
+    assert first.step == 5 and first.model_path is not None
+    before = files_of(first.run_dir)
+    again = tiny(photos, tmp_path, "ow", train={"total_steps": 3}, checkpoint={"every": 1, "keep_last": 2})
+    with pytest.raises(
+        ConfigError, match=r"ow: already holds a run \(last checkpoint at step 5\); use --resume"
+    ):
+        train(again)
+    capsys.readouterr()
+    assert main(["train", str(write_config(again, tmp_path / "again.yaml"))]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        "\n" not in err and "already holds a run" in err and "--set name=" in err and "Traceback" not in err
+    )
+    assert files_of(first.run_dir) == before  # nothing written, nothing deleted
+    # a run that stopped before its first checkpoint still has its log: refused too
+    (tmp_path / "logonly").mkdir()
+    (tmp_path / "logonly" / "log.jsonl").write_text('{"event": "start", "step": 0}\n')
+    with pytest.raises(ConfigError, match=r"logonly: already holds a run \(log\.jsonl\)"):
+        train(tiny(photos, tmp_path, "logonly", train={"total_steps": 1}))
+    # a folder with only the resolved config of a run refused earlier holds no run: it starts
+    (tmp_path / "cfgonly").mkdir()
+    (tmp_path / "cfgonly" / "config.yaml").write_text("old")
+    assert train(tiny(photos, tmp_path, "cfgonly", train={"total_steps": 1})).step == 1
+
+
+def test_a_refused_resume_writes_nothing(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """--resume wrote config.yaml before checking the checkpoint, and created the run folder when there was none."""
+    fresh = tiny(photos, tmp_path, "none", train={"total_steps": 2})
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        train(fresh, resume=True)
+    assert not fresh.run_dir.exists()
+    with pytest.raises(CheckpointError, match=r"missing\.ckpt: checkpoint not found"):
+        train(fresh, resume=tmp_path / "missing.ckpt")
+    assert not fresh.run_dir.exists()
+    first = train(tiny(photos, tmp_path, "run", train={"total_steps": 2}))
+    before = files_of(first.run_dir)
+    other = tiny(photos, tmp_path, "run", model={"num_feat": 8}, train={"total_steps": 4})
+    with pytest.raises(CheckpointError, match="differs from the config's model section"):
+        train(other, resume=True)
+    assert files_of(first.run_dir) == before  # config.yaml still says what the run was trained with

@@ -263,3 +263,25 @@ def test_loader_for_a_gpu_device_gives_the_same_batches_with_shared_memory(hr_di
     assert ds._shared is not None and all(t.is_shared() for t, _ in ds._shared)
     for (la, ha), (lb, hb) in zip(a, b, strict=True):
         assert torch.equal(la, lb) and torch.equal(ha, hb)
+
+
+def test_a_png_header_bomb_among_the_training_images_is_a_one_line_error(hr_dir: Path) -> None:
+    """A PNG whose header claims 30000x30000 pixels (900 Mpx, a 1.5 kB file): Pillow's Image.open raises
+    DecompressionBombError, which is no OSError: it escaped the dataset as a traceback."""
+    import struct
+    import zlib
+
+    from esrgan.errors import ImageError
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (30000 * 3 + 1) * 16, 9)
+    bomb = hr_dir / "bomb.png"
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    with pytest.raises(ImageError, match=r"bomb\.png: cannot read image .*900000000 pixels") as info:
+        PatchDataset(hr_dir, scale=4, patch_size=32)
+    assert "\n" not in str(info.value)

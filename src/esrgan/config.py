@@ -415,8 +415,11 @@ def validate(config: Config, source: str) -> None:
             fail(f"checkpoint/validation.{key}", "must be >= 1")
     if config.checkpoint.keep_last < 1:
         fail("checkpoint.keep_last", "must be >= 1")
-    if not config.name or "/" in config.name:
-        fail("name", "must be a non-empty folder name")
+    if not config.name.strip() or config.name in (".", "..") or any(c in config.name for c in "/\\\0"):
+        fail(
+            "name",
+            f"must be a plain folder name (not empty, '.', '..' or containing / or \\), got {config.name!r}",
+        )
 
 
 def config_to_yaml(config: Config) -> str:

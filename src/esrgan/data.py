@@ -86,7 +86,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.height, im.width
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:  # the latter: a header claiming a huge image
         raise ImageError(f"{path}: cannot read image ({exc})") from None
 
 

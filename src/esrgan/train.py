@@ -308,6 +308,26 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """Refuse to start a fresh run in a folder that already holds one (checkpoints, an exported model or a log):
+    its files would be overwritten and checkpoint pruning would mix the two runs."""
+    ckpt_dir = run_dir / "checkpoints"
+    steps = step_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
+    others = [
+        p
+        for p in (ckpt_dir / "best.ckpt", run_dir / "model.safetensors", run_dir / "log.jsonl")
+        if p.exists()
+    ]
+    if not steps and not others:
+        return
+    match = _STEP_FILE.fullmatch(steps[-1].name) if steps else None
+    what = f"last checkpoint at step {int(match[1])}" if match else ", ".join(p.name for p in others)
+    raise ConfigError(
+        f"{run_dir}: already holds a run ({what}); use --resume to continue it, "
+        "or another name (--set name=...)"
+    )
+
+
 # --- setup helpers ----------------------------------------------------------------------------------------------
 @dataclass
 class _Dist:
@@ -1058,6 +1078,16 @@ def train(
     scale = cfg.model.scale
     if not cfg.data.hr_dir:
         raise ConfigError("data.hr_dir: the training image folder is required")
+    # before anything is written: a fresh run must not overwrite another, a resume needs a checkpoint
+    resume_path: Path | None = None
+    if resume is True:
+        resume_path = latest_checkpoint(cfg.run_dir)
+    elif resume:
+        resume_path = Path(resume)
+        if not resume_path.exists():
+            raise CheckpointError(f"{resume_path}: checkpoint not found")
+    else:
+        check_fresh_run_dir(cfg.run_dir)
 
     # VGG weights first: a missing file must stop us before any data is read or any step is taken
     vgg_path: Path | None = None
@@ -1091,6 +1121,15 @@ def train(
 
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
+    nets = build_nets(cfg, device, ddp, vgg_path, compile_g=cfg.train.compile)
+    opts = build_optimizers(cfg, nets, device)
+    progress = Progress()
+    if resume_path is not None:
+        progress = restore_state(
+            resume_path, nets, opts
+        )  # a refused checkpoint leaves the run folder as it was
+        if ddp.main:
+            log.info("resumed from %s at step %d", resume_path, progress.step)
     if ddp.main:
         try:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -1101,15 +1140,6 @@ def train(
         # temporary files of saves that a kill -9 interrupted (esrgan.atomic names them .<name>.<random>.part)
         for stale in ckpt_dir.glob(".*.ckpt.*.part"):
             stale.unlink(missing_ok=True)
-
-    nets = build_nets(cfg, device, ddp, vgg_path, compile_g=cfg.train.compile)
-    opts = build_optimizers(cfg, nets, device)
-    progress = Progress()
-    if resume:
-        path = latest_checkpoint(run_dir) if resume is True else Path(resume)
-        progress = restore_state(path, nets, opts)
-        if ddp.main:
-            log.info("resumed from %s at step %d", path, progress.step)
     batches, on_device = build_batches(cfg, ddp, device, progress.step)
     step_graph = (
         GraphedStep(cfg, nets, opts, device, make_autocast(device, cfg.train.precision, cache=False))
