@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +21,7 @@ from esrgan.errors import DownloadError
 
 PAYLOAD = os.urandom(2_500_000)  # spans several 1 MiB read chunks
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
+RELEASE_STALLED = threading.Event()  # /stall holds its connection open until this is set
 
 
 class _Handler(QuietHandler):
@@ -44,6 +49,37 @@ class _Handler(QuietHandler):
         elif self.path == "/slow":
             time.sleep(2)
             self.send_body(200, PAYLOAD)
+        elif self.path == "/loop":
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/to-ftp":
+            self.send_response(302)
+            self.send_header("Location", f"ftp://127.0.0.1:{self.server.server_address[1]}/file.bin")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/trickle":
+            # one byte every 0.3 s: each read is well within the timeout, the whole never ends in practice
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:
+                pass
+        elif self.path == "/stall":
+            # part of the body, then nothing until the test is done: a download to kill mid-body
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[: 3 * len(PAYLOAD) // 5])
+            self.wfile.flush()
+            RELEASE_STALLED.wait(60)
+            self.close_connection = True
         elif self.path == "/500":
             self.send_error(500, "Internal Server Error")
         else:
@@ -191,3 +227,67 @@ def test_only_http_urls(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="only http and https"):
         download_file(secret.as_uri(), tmp_path / "copy.bin", sha256=DIGEST, progress=False)
     assert not (tmp_path / "copy.bin").exists()
+
+
+def test_redirect_loop_is_one_line(server: str, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError) as info:
+        download_file(f"{server}/loop", tmp_path / "m.pth", sha256=DIGEST, progress=False)
+    message = str(info.value)
+    assert "infinite loop" in message and f"{server}/loop" in message
+    assert "\n" not in message
+    assert _leftovers(tmp_path) == []
+
+
+def test_redirect_to_ftp_is_refused(server: str, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError) as info:
+        download_file(f"{server}/to-ftp", tmp_path / "m.pth", sha256=DIGEST, progress=False)
+    message = str(info.value)
+    assert "only http and https redirects" in message and "ftp://127.0.0.1" in message
+    assert "\n" not in message
+    assert _leftovers(tmp_path) == []
+
+
+def test_trickling_server_hits_the_overall_deadline(server: str, tmp_path: Path) -> None:
+    # every read arrives well within timeout=1; only an overall deadline ends this download
+    with pytest.raises(DownloadError, match=r"too slow: under .* KiB/s on average") as info:
+        download_file(f"{server}/trickle", tmp_path / "m.pth", sha256=DIGEST, progress=False, timeout=1)
+    assert "\n" not in str(info.value)
+    assert _leftovers(tmp_path) == []
+
+
+def test_killed_download_leftover_is_removed_by_the_next(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "model.pth"
+    other = tmp_path / ".other.pth.abcdefgh.part"  # a leftover of another destination: not ours to remove
+    other.write_bytes(b"x")
+    code = (
+        "import sys; from esrgan.download import download_file; "
+        "download_file(sys.argv[1], sys.argv[2], sha256=sys.argv[3], progress=False, timeout=60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, f"{server}/stall", str(dest), DIGEST])
+    try:
+        parts: list[Path] = []
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in parts):  # wait until the body is streaming into the file
+            assert child.poll() is None, "the download ended before it could be killed"
+            assert time.monotonic() < deadline, "the download never started writing"
+            time.sleep(0.05)
+            parts = [p for p in tmp_path.glob(".model.pth.*.part") if p.exists()]
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+        RELEASE_STALLED.set()
+    assert child.returncode == -signal.SIGKILL
+    assert len(parts) == 1 and parts[0].exists()  # kill -9 leaves the temporary file
+    capsys.readouterr()
+
+    out = download_file(f"{server}/file.bin", dest, sha256=DIGEST, progress=False)
+    assert out.read_bytes() == PAYLOAD
+    assert _leftovers(tmp_path) == [other.name, "model.pth"]
+    err = capsys.readouterr().err
+    assert "removed 1 leftover temporary file of an interrupted download" in err and str(parts[0]) in err
+    assert len(err.strip().splitlines()) == 1

@@ -57,6 +57,25 @@ DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 class _Handler(QuietHandler):
     def do_GET(self) -> None:
         self.server.requests += 1
+        if self.path == "/endless":
+            # no Content-Length and a body that goes on (up to 64 MiB here): only the size cap can stop it
+            self.send_response(200)
+            self.end_headers()
+            block = b"\0" * (1 << 20)
+            try:
+                for _ in range(64):
+                    self.wfile.write(block)
+            except OSError:  # the client gave up: what the cap should make it do
+                pass
+            self.close_connection = True
+            return
+        if self.path == "/too-long":
+            # announces far more than the listed size: refused before any body is read
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD) * 2 + 4 * 1024**2))
+            self.end_headers()
+            self.close_connection = True
+            return
         if self.path != "/RRDB_tiny.pth":
             self.send_error(404, "Not Found")
             return
@@ -256,6 +275,22 @@ def test_url_model_with_hash_prefix(server: LocalHTTPServer) -> None:
 def test_url_model_bad_hash_leaves_nothing(server: LocalHTTPServer, home: Path) -> None:
     with pytest.raises(DownloadError, match="not the published"):
         zoo.resolve(_url_entry(server, sha256="deadbeef"), download=True, progress=False)
+    assert [p for p in (home / "models").iterdir() if p.suffix != ".lock"] == []
+
+
+@pytest.mark.parametrize(("path", "reason"), [("/endless", "exceeds the"), ("/too-long", "over the")])
+def test_url_model_download_is_capped_at_its_listed_size(
+    server: LocalHTTPServer, home: Path, path: str, reason: str
+) -> None:
+    entry = _url_entry(server, url=f"{server.url}{path}")
+    cap = zoo.size_cap(entry)
+    assert len(PAYLOAD) < cap < len(PAYLOAD) + 2 * 1024**2  # the listed size plus a small margin, not 2 GiB
+    with pytest.raises(DownloadError) as info:
+        zoo.resolve(entry, download=True, progress=False)
+    message = str(info.value)
+    assert f"{reason} {cap}-byte limit" in message
+    assert "'test-tiny'" in message and f"{server.url}{path}" in message
+    assert "\n" not in message
     assert [p for p in (home / "models").iterdir() if p.suffix != ".lock"] == []
 
 

@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,10 +22,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_leftovers
 from .errors import DownloadError
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
+# Overall deadline: after a grace period of `timeout` seconds, the average rate must stay above this (a server that
+# trickles a byte now and then would otherwise keep a download going forever: `timeout` only bounds each read).
+DEFAULT_MIN_RATE = 8 * 1024  # bytes per second: a 67 MB model may take over two hours
 MIN_PREFIX_HEX = 8  # BasicSR names its release files NAME-<first 8 hex of the SHA-256>.pth
 _CHUNK = 1 << 20
 _HEX = frozenset("0123456789abcdef")
@@ -63,12 +67,16 @@ def download_file(
     max_bytes: int = DEFAULT_MAX_BYTES,
     allow_unverified: bool = False,
     expected_size: int | None = None,
+    min_rate: float = DEFAULT_MIN_RATE,
 ) -> Path:
     """Download `url` to `dest` (replacing it) only if the body is complete and matches `sha256`.
 
     `sha256` is a full digest or a published prefix of >= 8 hex characters. None is refused unless
     `allow_unverified` is set, and then `expected_size` (if given) is the only check. Bodies larger than
-    `max_bytes` are refused. Every failure raises DownloadError (one line: what happened, what to do) and leaves
+    `max_bytes` are refused, and so is a download whose average rate falls under `min_rate` bytes/s once `timeout`
+    seconds have passed (an overall deadline; `timeout` alone bounds each read). Only http and https redirects are
+    followed. Temporary files that an interrupted download of `dest` left (kill -9) are removed first, saying so on
+    stderr. Every failure raises DownloadError (one line: what happened, what to do) and leaves
     neither `dest` (if it did not exist) nor a temporary file behind.
     """
     dest = Path(dest)
@@ -82,10 +90,12 @@ def download_file(
     if scheme not in ("http", "https"):
         raise DownloadError(f"refusing to download {url}: only http and https URLs are supported; {by_hand}")
 
+    _remove_leftovers(dest)
     request = urllib.request.Request(url, headers={"User-Agent": f"esrgan/{__version__}"})
+    opener = urllib.request.build_opener(_HTTPOnlyRedirects)
     try:
         with (
-            urllib.request.urlopen(request, timeout=timeout) as response,
+            opener.open(request, timeout=timeout) as response,
             atomic_path(dest, overwrite=True) as tmp,
         ):
             length = _content_length(response)
@@ -94,8 +104,20 @@ def download_file(
                     f"refusing to download {url}: it is {length} bytes, over the {max_bytes}-byte limit; {by_hand}"
                 )
             actual, received = _stream(
-                response, tmp, desc=dest.name, total=length, progress=progress, cap=max_bytes
+                response,
+                tmp,
+                desc=dest.name,
+                total=length,
+                progress=progress,
+                cap=max_bytes,
+                grace=timeout,
+                min_rate=min_rate,
             )
+            if received < 0:
+                raise DownloadError(
+                    f"download of {url} is too slow: under {_rate(min_rate)} on average after {timeout:g} s; "
+                    f"retry later, or {by_hand}"
+                )
             if received > max_bytes:
                 raise DownloadError(
                     f"refusing to download {url}: the body exceeds the {max_bytes}-byte limit; {by_hand}"
@@ -114,8 +136,15 @@ def download_file(
                     f"download of {url} is {received} bytes, not the expected {expected_size}; nothing was saved. "
                     f"Retry, or {by_hand}"
                 )
+    except _RedirectRefused as exc:
+        raise DownloadError(
+            f"refusing to download {url}: it redirects to {exc.target}, and only http and https redirects are "
+            f"followed; {by_hand}"
+        ) from None
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; {by_hand}") from None
+        raise DownloadError(
+            f"download of {url} failed: HTTP {exc.code} {_one_line(exc.reason)}; {by_hand}"
+        ) from None
     except urllib.error.URLError as exc:
         raise DownloadError(
             f"download of {url} failed: {_describe(exc.reason)}; retry, or {by_hand}"
@@ -128,10 +157,56 @@ def download_file(
         raise DownloadError(f"download of {url} failed: {_describe(exc)}; retry, or {by_hand}") from None
     except OSError as exc:  # writing: full disk, read-only folder (network errors are caught above)
         raise DownloadError(
-            f"{dest}: cannot save the download of {url} ({exc.strerror or exc}); free space or choose a writable "
+            f"{dest}: cannot save the download of {url} ({_one_line(exc.strerror or exc)}); free space or choose a writable "
             "folder (ESRGAN_HOME for the model cache)"
         ) from None
     return dest
+
+
+class _RedirectRefused(urllib.error.URLError):
+    def __init__(self, target: str) -> None:
+        super().__init__(f"redirect to {target} refused")
+        self.target = target
+
+
+class _HTTPOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects to ftp:// too; a download may only be redirected to http or https."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: object,
+        code: int,
+        msg: str,
+        headers: object,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise _RedirectRefused(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Remove what interrupted downloads of dest left (esrgan.atomic.remove_leftovers: only files no writer holds)."""
+    removed = remove_leftovers([dest])
+    if removed:
+        n, size = len(removed), sum(b for _, b in removed)
+        names = ", ".join(str(p) for p, _ in removed[:3]) + (" ..." if n > 3 else "")
+        print(
+            f"esrgan: removed {n} leftover temporary file{'s' if n > 1 else ''} of an interrupted download "
+            f"({size} bytes): {names}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _rate(bytes_per_s: float) -> str:
+    return f"{bytes_per_s / 1024:g} KiB/s"
+
+
+def _one_line(text: object) -> str:
+    """urllib's messages can span lines (a redirect loop's does): errors are one line."""
+    return " ".join(str(text).split())
 
 
 def _content_length(response: http.client.HTTPResponse) -> int | None:
@@ -143,11 +218,21 @@ def _content_length(response: http.client.HTTPResponse) -> int | None:
 
 
 def _stream(
-    response: http.client.HTTPResponse, tmp: Path, *, desc: str, total: int | None, progress: bool, cap: int
+    response: http.client.HTTPResponse,
+    tmp: Path,
+    *,
+    desc: str,
+    total: int | None,
+    progress: bool,
+    cap: int,
+    grace: float,
+    min_rate: float,
 ) -> tuple[str, int]:
-    """Copy the body into tmp, hashing as it goes; stops once past `cap` bytes. Returns (hex digest, bytes read)."""
+    """Copy the body into tmp, hashing as it goes; stops once past `cap` bytes. Returns (hex digest, bytes read);
+    bytes read is -1 when the average rate fell under `min_rate` after `grace` seconds (the overall deadline)."""
     h = hashlib.sha256()
     received = 0
+    start = time.monotonic()
     bar = tqdm(
         total=total,
         unit="B",
@@ -158,8 +243,11 @@ def _stream(
         leave=False,
     )
     with bar, open(tmp, "wb") as out:
-        while chunk := response.read(_CHUNK):
+        # read1: whatever has arrived (up to a chunk), so the deadline is checked while a server trickles
+        while chunk := response.read1(_CHUNK):
             received += len(chunk)
+            if time.monotonic() - start > grace + received / min_rate:
+                return "", -1
             if received > cap:
                 break
             h.update(chunk)
@@ -171,4 +259,4 @@ def _stream(
 def _describe(reason: object) -> str:
     if isinstance(reason, TimeoutError):
         return "timed out"
-    return str(reason) or type(reason).__name__
+    return _one_line(reason) or type(reason).__name__

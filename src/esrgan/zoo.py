@@ -261,17 +261,26 @@ def _resolve_url(entry: ModelEntry, *, download: bool, progress: bool) -> Path:
         )
     with _lock(path):
         if not path.is_file():  # another process may have finished it while we waited
-            download_file(
-                entry.url,
-                path,
-                sha256=entry.sha256,
-                progress=progress,
-                allow_unverified=entry.allow_unverified,
-                expected_size=entry.size if entry.sha256 is None else None,
-            )
+            try:
+                download_file(
+                    entry.url,
+                    path,
+                    sha256=entry.sha256,
+                    progress=progress,
+                    allow_unverified=entry.allow_unverified,
+                    expected_size=entry.size if entry.sha256 is None else None,
+                    max_bytes=size_cap(entry),
+                )
+            except DownloadError as exc:
+                raise DownloadError(f"model {entry.name!r} (listed at {entry.size} bytes): {exc}") from None
             return path  # verified while downloading
     _check_cached(entry, path)  # another process downloaded it while we waited
     return path
+
+
+def size_cap(entry: ModelEntry) -> int:
+    """The most bytes a download of entry may have: its listed size (approximate for some entries) plus a margin."""
+    return entry.size + entry.size // 10 + 1024**2
 
 
 def _check_cached(entry: ModelEntry, path: Path) -> None:
