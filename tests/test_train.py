@@ -241,6 +241,31 @@ def test_a_checkpoint_with_the_right_header_but_wrong_contents_is_one_line(
     assert resumed.step == 4 and not resumed.interrupted
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_image_drawn_mid_run_saves_and_stops_in_one_line(
+    photos: tuple[Path, Path], tmp_path: Path, workers: int
+) -> None:
+    """Data too large for the cache is decoded per sample, its files checked up front by their headers only: a
+    file corrupt after its header stopped the run when drawn, without a checkpoint, and through a DataLoader
+    worker as a 30-line traceback. Now the steps made are saved and the error is one line naming the file."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(photos[0], data)
+    good = (data / "astronaut.png").read_bytes()
+    (data / "broken.png").write_bytes(good[: len(good) // 2])  # its header is intact
+    cfg = tiny(photos, tmp_path, f"mid{workers}", train={"total_steps": 40}, checkpoint={"every": 1000},
+               data={"hr_dir": str(data), "batch_size": 1, "cache_max_mb": 0, "num_workers": workers})  # fmt: skip
+    with pytest.raises(TrainingError) as info:
+        train(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg and "broken.png" in msg and "--resume" in msg, msg
+    assert "Traceback" not in msg and "Caught" not in msg, msg
+    saved = latest_checkpoint(cfg.run_dir)  # the steps made before the bad file was drawn
+    step = load_checkpoint(saved)["step"]
+    assert 0 < step < 40 and f"stopped at step {step}" in msg, msg
+
+
 # what torch.load(weights_only=True) accepts in every torch the package supports (>= 2.3): 2.3 refuses, among
 # others, collections.Counter, which MultiStepLR keeps its milestones in
 OLDEST_WEIGHTS_ONLY = (

@@ -50,7 +50,7 @@ from .data import (
     to_tensor,
 )
 from .discriminator import VGGStyleDiscriminator
-from .errors import CheckpointError, ConfigError, EsrganError
+from .errors import CheckpointError, ConfigError, EsrganError, ImageError
 from .generator import RRDBNet
 from .losses import discriminator_loss, generator_adv_loss, perceptual_loss, pixel_loss
 
@@ -561,6 +561,18 @@ class _StopSignal:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one rank's signal stops all ranks at the same step
         return bool(flag.item())
+
+
+def _original_error(exc: BaseException) -> str:
+    """An error's own one-line message, also when a DataLoader worker raised it: the main process then gets the same
+    type with "Caught X in DataLoader worker process N. Original Traceback ...", whose last line is the original
+    `module.Class: message`."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        last = lines[-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        return last.removeprefix(prefix)
+    return lines[0] if lines else type(exc).__name__
 
 
 def reduce_device(device: torch.device) -> torch.device:
@@ -1220,6 +1232,16 @@ def train(
             t_wait, t_step = time.perf_counter(), clock()
             try:
                 batch = next(batches)
+            except ImageError as exc:
+                # a training image that cannot be read: in per-sample mode (data too large for cache_max_mb) only
+                # the headers were checked up front, so a corrupt file shows only when it is drawn. Save the steps
+                # made, then stop in one line naming the file (a worker's copy of the error carries its traceback).
+                last_ckpt = save_step_checkpoint() if ddp.main and progress.step > 0 else last_ckpt
+                raise TrainingError(
+                    f"{_original_error(exc)}; stopped at step {progress.step}"
+                    + (f" (checkpoint {last_ckpt})" if last_ckpt is not None else "")
+                    + ": replace or remove the file, then continue with --resume"
+                ) from None
             except (RuntimeError, OSError, EOFError):
                 # the workers ignore SIGINT (data._worker_init), but a SIGTERM to the process group, or a kill
                 # aimed at them, can still lose the batch being fetched (its shared-memory handle fails to
