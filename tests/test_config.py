@@ -84,6 +84,16 @@ def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
         ({"name": "a/b"}, r"name: must be a plain folder name"),
         ({"name": "../x"}, r"name: must be a plain folder name"),
         ({"name": "a\\b"}, r"name: must be a plain folder name"),
+        # values the types allow and training would crash on with a traceback (conv, DataLoader, Adam, torch)
+        ({"data": {"patch_size": 0}}, r"data\.patch_size: must be >= 1"),
+        ({"data": {"patch_size": -4}}, r"data\.patch_size: must be >= 1"),
+        ({"data": {"num_workers": -1}}, r"data\.num_workers: must be >= 0"),
+        ({"train": {"threads": -3}}, r"train\.threads: must be >= 0"),
+        ({"validation": {"max_images": -1}}, r"validation\.max_images: must be >= 0"),
+        ({"optim": {"lr_g": -1.0}}, r"optim\.lr_g: must be > 0"),
+        ({"optim": {"lr_d": 0.0}}, r"optim\.lr_d: must be > 0"),
+        ({"optim": {"betas_g": [2.0, 3.0]}}, r"optim\.betas_g: must be \[beta1, beta2\], each in \[0, 1\)"),
+        ({"optim": {"betas_d": [0.9]}}, r"optim\.betas_d: must be \[beta1, beta2\]"),
     ],
 )
 def test_wrong_types_and_values(tmp_path: Path, data: dict, match: str) -> None:

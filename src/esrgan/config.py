@@ -384,8 +384,25 @@ def validate(config: Config, source: str) -> None:
         downscale_factors(config.data.hr_downscale)
     except ValueError as exc:
         fail("data.hr_downscale", str(exc))
+    if config.data.patch_size < 1:
+        fail(
+            "data.patch_size",
+            f"must be >= 1 (a positive multiple of model.scale), got {config.data.patch_size}",
+        )
     if config.data.batch_size < 1:
         fail("data.batch_size", "must be >= 1")
+    if config.data.num_workers < 0:
+        fail(
+            "data.num_workers",
+            f"must be >= 0 (0 = load in the training process), got {config.data.num_workers}",
+        )
+    if config.train.threads < 0:
+        fail("train.threads", f"must be >= 0 (0 = torch's default), got {config.train.threads}")
+    if config.validation.max_images < 0:
+        fail("validation.max_images", f"must be >= 0 (0 = all), got {config.validation.max_images}")
+    for key in ("lr_g", "lr_d"):
+        if not getattr(config.optim, key) > 0:  # also NaN
+            fail(f"optim.{key}", f"must be > 0, got {getattr(config.optim, key)}")
     if config.train.total_steps < 1:
         fail("train.total_steps", "must be >= 1")
     if config.train.time_budget_minutes < 0:
@@ -397,8 +414,10 @@ def validate(config: Config, source: str) -> None:
     for key in ("blur_sigma", "noise_sigma", "jpeg_quality"):
         if len(getattr(config.data, key)) != 2:
             fail(f"data.{key}", "must be a [low, high] pair")
-    if len(config.optim.betas_g) != 2 or len(config.optim.betas_d) != 2:
-        fail("optim.betas_g/betas_d", "must be [beta1, beta2]")
+    for key in ("betas_g", "betas_d"):
+        betas = getattr(config.optim, key)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            fail(f"optim.{key}", f"must be [beta1, beta2], each in [0, 1) (Adam's), got {betas}")
     if config.schedule.milestones != sorted(config.schedule.milestones):
         fail("schedule.milestones", "must be increasing")
     if config.train.stage == "gan":
