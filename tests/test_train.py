@@ -266,6 +266,27 @@ def test_a_bad_image_drawn_mid_run_saves_and_stops_in_one_line(
     assert 0 < step < 40 and f"stopped at step {step}" in msg, msg
 
 
+def test_a_validation_image_too_small_for_the_protocol_is_one_line(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A 3x3 validation image at x4 has an empty LR image: imresize's ValueError was a traceback at set-up."""
+    import shutil
+
+    from PIL import Image
+
+    val = tmp_path / "val"
+    shutil.copytree(photos[1], val)
+    Image.new("RGB", (18, 40)).save(
+        val / "tiny.png"
+    )  # 16x40 after the mod-4 crop: SSIM's window does not fit
+    cfg = tiny(photos, tmp_path, "smallval", validation={"dir": str(val)})
+    with pytest.raises(
+        ConfigError, match=r"tiny\.png: 16x40 \(cropped to a multiple of 4\) is too small"
+    ) as info:
+        train(cfg)
+    assert "\n" not in str(info.value) and "at least 19x19" in str(info.value)
+
+
 # what torch.load(weights_only=True) accepts in every torch the package supports (>= 2.3): 2.3 refuses, among
 # others, collections.Counter, which MultiStepLR keeps its milestones in
 OLDEST_WEIGHTS_ONLY = (

@@ -433,9 +433,19 @@ def _load_validation(folder: str, scale: int, max_images: int) -> list[tuple[str
     """(name, HR uint8 mod-cropped, LR float) for each validation image; LR by MATLAB bicubic, uint8-rounded."""
     items = []
     files = list_images(folder)
+    smallest = (
+        2 * scale + 11
+    )  # the border crop of the literature protocol on each side, then SSIM's 11x11 window
     for path in files[: max_images or None]:
         hr = read_rgb(path)
         hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+        if (
+            min(hr.shape[:2]) < smallest
+        ):  # an empty LR image or an SSIM without a window: refused before training
+            raise ConfigError(
+                f"{path}: {hr.shape[1]}x{hr.shape[0]} (cropped to a multiple of {scale}) is too small to validate "
+                f"an x{scale} model: at least {smallest}x{smallest} (validation.dir)"
+            )
         items.append((path.stem, hr, bicubic_lr(to_tensor(hr), scale)))
     return items
 
