@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_path, remove_leftovers
-from .errors import DownloadError
+from .errors import DownloadError, one_line
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # Overall deadline: after a grace period of `timeout` seconds, the average rate must stay above this (a server that
@@ -143,7 +143,7 @@ def download_file(
         ) from None
     except urllib.error.HTTPError as exc:
         raise DownloadError(
-            f"download of {url} failed: HTTP {exc.code} {_one_line(exc.reason)}; {by_hand}"
+            f"download of {url} failed: HTTP {exc.code} {one_line(exc.reason)}; {by_hand}"
         ) from None
     except urllib.error.URLError as exc:
         raise DownloadError(
@@ -157,7 +157,7 @@ def download_file(
         raise DownloadError(f"download of {url} failed: {_describe(exc)}; retry, or {by_hand}") from None
     except OSError as exc:  # writing: full disk, read-only folder (network errors are caught above)
         raise DownloadError(
-            f"{dest}: cannot save the download of {url} ({_one_line(exc.strerror or exc)}); free space or choose a writable "
+            f"{dest}: cannot save the download of {url} ({one_line(exc.strerror or exc)}); free space or choose a writable "
             "folder (ESRGAN_HOME for the model cache)"
         ) from None
     return dest
@@ -202,11 +202,6 @@ def _remove_leftovers(dest: Path) -> None:
 
 def _rate(bytes_per_s: float) -> str:
     return f"{bytes_per_s / 1024:g} KiB/s"
-
-
-def _one_line(text: object) -> str:
-    """urllib's messages can span lines (a redirect loop's does): errors are one line."""
-    return " ".join(str(text).split())
 
 
 def _content_length(response: http.client.HTTPResponse) -> int | None:
@@ -259,4 +254,4 @@ def _stream(
 def _describe(reason: object) -> str:
     if isinstance(reason, TimeoutError):
         return "timed out"
-    return _one_line(reason) or type(reason).__name__
+    return one_line(reason) or type(reason).__name__

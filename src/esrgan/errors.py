@@ -25,3 +25,12 @@ class DownloadError(EsrganError):
 
 class ConfigError(EsrganError):
     """A training config with unknown keys, wrong types or impossible values."""
+
+
+def one_line(what: object) -> str:
+    """An exception (or any message) as one line: whitespace collapsed, else the exception type's name. Library
+    messages can span lines (urllib's redirect loop, PyTorch's), and every error this package shows is one line."""
+    text = " ".join(str(what).split())
+    if text or not isinstance(what, BaseException):
+        return text
+    return type(what).__name__

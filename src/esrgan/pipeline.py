@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from .defaults import DEFAULT_NAME
-from .errors import EsrganError
+from .errors import EsrganError, one_line
 from .imageio import IMAGE_SUFFIXES, list_images
 from .video import CONTAINERS, VIDEO_SUFFIXES
 
@@ -447,11 +447,6 @@ def warnings_as_lines() -> Iterator[None]:
         # every file (Python's default shows one text once per process, so a second corrupt file went unsaid)
         warnings.filterwarnings("always", module=r"PIL\.")
         yield
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its message with whitespace collapsed, else its type's name."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 OUT_OF_MEMORY = "out of memory: try --tile N (smaller tiles) or a smaller --outscale"
