@@ -220,14 +220,27 @@ def _format_scale(scale: float) -> str:
     return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
 
 
+_WRITABLE_IMAGE = "a .png, .jpg, .webp, .tif or .bmp image"
+_WRITABLE_VIDEO = "a .mp4, .mkv, .mov, .webm or .avi video"
+
+
 def output_folder(output: Path | None) -> Path | None:
     """The folder outputs go to: ./upscaled by default, None when -o names a file (an image extension)."""
     from .imageio import WRITE_FORMATS
 
     if output is None:
         return DEFAULT_OUTPUT_DIR
-    named = output.suffix.lower() in WRITE_FORMATS or output.suffix.lower() in CONTAINERS
-    return None if named and not output.is_dir() else output
+    suffix = output.suffix.lower()
+    if output.is_dir():
+        return output
+    if suffix in WRITE_FORMATS or suffix in CONTAINERS:
+        return None
+    if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
+        # a file we read but cannot write (x.gif, x.ppm, x.ts): taken as a folder name, it made a folder "x.gif/"
+        raise EsrganError(
+            f"-o {output}: esrgan does not write {suffix} files; name {_WRITABLE_IMAGE}, {_WRITABLE_VIDEO}, or a folder"
+        )
+    return output
 
 
 def plan_jobs(
@@ -251,7 +264,15 @@ def plan_jobs(
         assert output is not None
         if len(sources) != 1:
             raise EsrganError(f"{output}: -o names a file but there are {len(sources)} inputs; give a folder")
-        return [Job(sources[0][0], output)]
+        src = sources[0][0]
+        src_video, out_video = src.suffix.lower() in VIDEO_SUFFIXES, output.suffix.lower() in CONTAINERS
+        if src_video != out_video:
+            kinds = ("an image", "a video")
+            raise EsrganError(
+                f"-o {output} names {kinds[out_video]} but {src} is {kinds[src_video]}; "
+                f"name {_WRITABLE_VIDEO if src_video else _WRITABLE_IMAGE}, or a folder"
+            )
+        return [Job(src, output)]
     jobs = []
     for src, base in sources:
         if src.suffix.lower() in VIDEO_SUFFIXES:  # a video keeps its container where we can write it
