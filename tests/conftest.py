@@ -29,6 +29,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C is part of what the tests check (in this process and in CLI children). A suite started in the
+    background by a shell (`nohup pytest &`, `(setsid ... &)`) inherits SIGINT ignored, which Python then leaves
+    ignored and every child inherits: those tests failed ("DID NOT RAISE KeyboardInterrupt", exit 0 not 130).
+    A handler, unlike an ignore, is reset to the default in children at exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _sigint_state() -> tuple[object, bool, bool | None]:
     """SIGINT as this process holds it: the Python handler, blocked in this thread, ignored as the kernel sees it
     (a library may set SIG_IGN below Python; None where /proc is absent)."""
