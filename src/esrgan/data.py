@@ -44,6 +44,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import downscale_factors
+from .device import host_memory_available
 from .errors import ConfigError, ImageError
 from .imageio import IMAGE_SUFFIXES
 from .imageio import list_images as _list_images
@@ -208,16 +209,19 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         self._shared: list[tuple[Tensor, Tensor | None]] | None = None
         self.lr_on_device = lr_on_device and lr_dir is None and degradation is None
-        if total_mb <= cache_max_mb:
+        # half of what the host can still give (a container's cgroup limit, not the machine's free memory): a 4 GB
+        # cache in a 2 GB container was a kill by the kernel, with no message, before the first step
+        free = host_memory_available()
+        room_mb = cache_max_mb if free is None else min(cache_max_mb, free / 2 / 2**20)
+        if total_mb <= room_mb:
             # decoded once in the parent (forked DataLoader workers share the pages), on all cores: decoding and
             # resizing release the GIL
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 per_file = pool.map(self._load_all_factors, range(len(self.hr_files)))
                 self.cache = [pair for pairs in per_file for pair in pairs]  # image-major, as self.items
         else:
-            log.info(
-                "%d images need %.0f MB decoded (> cache_max_mb): reading per sample", len(sizes), total_mb
-            )
+            why = "cache_max_mb" if room_mb == cache_max_mb else f"half the free memory, {room_mb:.0f} MB"
+            log.info("%d images need %.0f MB decoded (> %s): reading per sample", len(sizes), total_mb, why)
 
     def __len__(self) -> int:
         return len(self.items)

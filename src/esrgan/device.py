@@ -22,6 +22,7 @@ Windows), or to run the bf16 path on any CPU (emulated there: slow, but the same
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -128,18 +129,116 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 def available_memory(device: torch.device) -> int:
     """Bytes free for activations: CUDA's mem_get_info, MPS's recommended working set (torch 2.5+), else
-    MemAvailable from /proc/meminfo (psutil is not a dependency); 4 GiB when nothing can be read."""
+    host_memory_available() (4 GiB when nothing can be read)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):  # 2.3-2.4: as a CPU
         return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    free = host_memory_available()
+    return 4 << 30 if free is None else free
+
+
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a page-rounded 2**63 - 1
+
+
+def host_memory_available(
+    *, proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """Bytes this process can still allocate on the host: the least of the machine's MemAvailable, what its
+    memory cgroups allow (v1 or v2, every level up to the root: a container's --memory, a systemd or Kubernetes
+    limit) and its address-space limit (RLIMIT_AS, ulimit -v). None when none of them can be read (not Linux).
+
+    MemAvailable alone sees the whole machine: in a 2 GiB container on a 64 GiB host it chose tiles for 30 GiB, and
+    the kernel's OOM killer ended the run without a word. psutil is not a dependency, and reads none of the limits.
+    """
+    found: list[int] = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in (proc / "meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    return 4 << 30
+    cgroup = cgroup_headroom(proc=proc, cgroup_root=cgroup_root)
+    if cgroup is not None:
+        found.append(cgroup)
+    address = address_space_headroom(proc=proc)
+    if address is not None:
+        found.append(address)
+    return max(0, min(found)) if found else None
+
+
+def cgroup_headroom(*, proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes this process's memory cgroups still allow (limit - usage + reclaimable page cache, the least over the
+    process's cgroup and its ancestors, v2 and v1); None when no level has a limit or none can be read."""
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    best: int | None = None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # v2 (alone at the root, or beside v1 under unified/)
+            mounts = [cgroup_root, cgroup_root / "unified"]
+            files = ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            mounts = [cgroup_root / "memory"]
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        for mount in mounts:
+            if not (mount / files[0]).is_file() and not (mount / path.lstrip("/") / files[0]).is_file():
+                continue
+            # inside a container without its own cgroup namespace the path is the host's, and the mount shows
+            # the container's own cgroup at its root: start from the deepest level that exists
+            level = mount / path.lstrip("/")
+            while level != mount and not level.is_dir():
+                level = level.parent
+            while True:
+                room = _cgroup_level_room(level, *files)
+                if room is not None:
+                    best = room if best is None else min(best, room)
+                if level == mount or mount not in level.parents:
+                    break
+                level = level.parent
+            break
+    return best
+
+
+def _cgroup_level_room(level: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        text = (level / limit_file).read_text().strip()
+        if text == "max" or int(text) >= _NO_LIMIT:
+            return None
+        limit, usage = int(text), int((level / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    inactive = 0  # page cache the kernel reclaims before it kills: free for our purpose
+    with contextlib.suppress(OSError, ValueError):
+        for line in (level / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+                break
+    return limit - usage + inactive
+
+
+def address_space_headroom(*, proc: Path = Path("/proc")) -> int | None:
+    """RLIMIT_AS (ulimit -v) minus this process's virtual size; None without such a limit."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        for line in (proc / "self" / "status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return soft - int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def activation_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> float:
