@@ -11,6 +11,10 @@
 #   scripts/train_cpu_recipe.sh                       the full recipe (60 minutes of stage 1, then stage 2)
 #   STEPS1=40 STEPS2=4 VGG=random scripts/train_cpu_recipe.sh    a quick check that every stage runs
 #   SKIP1=1 VGG=none scripts/train_cpu_recipe.sh       stage 2 only, from the stage-1 model already in RUNS
+# A rerun with the same RUNS continues: a finished stage (its model.safetensors in RUNS) is kept and not trained
+# again (delete its folder, or give another RUNS, to train it anew), an interrupted one (Ctrl-C, a kill: a
+# step checkpoint, no model yet) resumes from its last checkpoint (`esrgan train --resume`: exact, and a budget run
+# keeps the time already spent), and an evaluation newer than its model is not redone.
 # Environment: DATA (photograph folder, default ../data/photos), RUNS (default runs), BENCH (benchmark sets,
 # default ../shared/data/benchmarks), STEPS1 / STEPS2 (override total_steps), MINUTES (stage-1 budget, default 60),
 # SET1 (extra stage-1 config overrides, space-separated KEY=VALUE, e.g. SET1="data.hr_downscale=[2.0,4.0]"),
@@ -62,38 +66,54 @@ elif [ -n "${VGG:-}" ]; then
     vgg=(--vgg-weights "$VGG")
 fi
 
-stage1() {
-if [ -z "${STEPS1:-}" ]; then
-    set1+=(--set "train.time_budget_minutes=${MINUTES:-60}" --set "train.total_steps=10000000")
-    echo "stage 1: a budget of ${MINUTES:-60} minutes"
-fi
-
-start=$(date +%s)
-"$esrgan" train configs/cpu_x4_psnr.yaml "${set1[@]}"
-echo "stage 1 wall time: $(( $(date +%s) - start )) s, $(tail -n 1 "$runs/cpu_x4_psnr/log.jsonl" | sed -E 's/.*"step": ([0-9]+).*/\1/') steps"
-if [ ! -f "$runs/cpu_x4_psnr/model.safetensors" ]; then
-    echo "stage 1 did not finish; continue it with: $esrgan train configs/cpu_x4_psnr.yaml ${set1[*]} --resume" >&2
-    exit 1
-fi
-
-for set in Set5 Set14; do
-    "$esrgan" evaluate --model "$runs/cpu_x4_psnr/model.safetensors" --hr "$bench/$set" --no-niqe \
-        --json "$runs/cpu_x4_psnr/eval_$set.json" --report "$runs/cpu_x4_psnr/report_$set" \
-        || echo "evaluate reported a problem with $set (see above); continuing" >&2
-done
+# train STAGE RUN_FOLDER CONFIG ARGS...: a fresh run, the interrupted one resumed, or nothing when it has finished
+train() {
+    local stage=$1 dir=$2
+    shift 2
+    if [ -f "$dir/model.safetensors" ]; then
+        echo "stage $stage: already trained in $dir (delete that folder, or give another RUNS, to train it anew)"
+        return 0
+    fi
+    local resume=()
+    if compgen -G "$dir/checkpoints/step_*.ckpt" >/dev/null; then
+        echo "stage $stage: continuing the interrupted run in $dir"
+        resume=(--resume)
+    fi
+    local start
+    start=$(date +%s)
+    "$esrgan" train "$@" ${resume[@]+"${resume[@]}"}
+    echo "stage $stage wall time: $(( $(date +%s) - start )) s, $(tail -n 1 "$dir/log.jsonl" | sed -E 's/.*"step": ([0-9]+).*/\1/') steps"
+    if [ ! -f "$dir/model.safetensors" ]; then
+        echo "stage $stage did not finish; run this script again (same RUNS) to continue it" >&2
+        exit 1
+    fi
 }
-if [ -n "${SKIP1:-}" ] && [ -f "$runs/cpu_x4_psnr/model.safetensors" ]; then
-    echo "SKIP1: using the stage-1 generator already in $runs/cpu_x4_psnr"
+
+# evaluate RUN_FOLDER SET ARGS...: skipped when its result is newer than the run's model
+evaluate() {
+    local dir=$1 set=$2
+    shift 2
+    [ "$dir/eval_$set.json" -nt "$dir/model.safetensors" ] && return 0
+    "$esrgan" evaluate "$@" --hr "$bench/$set" --json "$dir/eval_$set.json" --report "$dir/report_$set" \
+        || echo "evaluate reported a problem with $set (see above); continuing" >&2
+}
+
+s1="$runs/cpu_x4_psnr"
+if [ -n "${SKIP1:-}" ] && [ -f "$s1/model.safetensors" ]; then
+    echo "SKIP1: using the stage-1 generator already in $s1"
 else
-    stage1
+    if [ -z "${STEPS1:-}" ]; then
+        set1+=(--set "train.time_budget_minutes=${MINUTES:-60}" --set "train.total_steps=10000000")
+        echo "stage 1: a budget of ${MINUTES:-60} minutes"
+    fi
+    train 1 "$s1" configs/cpu_x4_psnr.yaml "${set1[@]}"
+    for set in Set5 Set14; do
+        evaluate "$s1" "$set" --model "$s1/model.safetensors" --no-niqe
+    done
 fi
 
-start=$(date +%s)
-"$esrgan" train configs/cpu_x4_gan.yaml "${set2[@]}" "${vgg[@]}"
-echo "stage 2 wall time: $(( $(date +%s) - start )) s"
-[ -f "$runs/cpu_x4_gan/model.safetensors" ] || { echo "stage 2 did not finish (use --resume)" >&2; exit 1; }
+s2="$runs/cpu_x4_gan"
+train 2 "$s2" configs/cpu_x4_gan.yaml "${set2[@]}" ${vgg[@]+"${vgg[@]}"}
 for set in Set5 Set14; do  # with NIQE (no-reference): the GAN stage trades PSNR for it
-    "$esrgan" evaluate --model "$runs/cpu_x4_psnr/model.safetensors" --model "$runs/cpu_x4_gan/model.safetensors" \
-        --hr "$bench/$set" --json "$runs/cpu_x4_gan/eval_$set.json" --report "$runs/cpu_x4_gan/report_$set" \
-        || echo "evaluate reported a problem with $set (see above); continuing" >&2
+    evaluate "$s2" "$set" --model "$s1/model.safetensors" --model "$s2/model.safetensors"
 done

@@ -134,3 +134,40 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
             result = json.loads((runs / run / f"eval_{bench_set}.json").read_text())
             assert len(result["methods"]) == 1 + models and len(result["images"]) == 3
             assert (runs / run / f"report_{bench_set}" / "index.md").exists()
+
+    # A rerun with the same RUNS keeps what is finished (it used to stop: "already holds a run") ...
+    models = {run: (runs / run / "model.safetensors").read_bytes() for run in ("cpu_x4_psnr", "cpu_x4_gan")}
+    evaluated = {p: p.stat().st_mtime_ns for p in runs.glob("*/eval_*.json")}
+    again = subprocess.run(
+        ["bash", str(repo / "scripts" / "train_cpu_recipe.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage, run in ((1, "cpu_x4_psnr"), (2, "cpu_x4_gan")):
+        assert f"stage {stage}: already trained in {runs / run}" in again.stdout
+        assert (runs / run / "model.safetensors").read_bytes() == models[run]
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/eval_*.json")} == evaluated  # nothing re-evaluated
+    # ... and continues an interrupted stage from its last checkpoint (here: stage 2 stopped before its export)
+    (runs / "cpu_x4_gan" / "model.safetensors").unlink()
+    resumed = subprocess.run(
+        ["bash", str(repo / "scripts" / "train_cpu_recipe.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"stage 2: continuing the interrupted run in {runs / 'cpu_x4_gan'}" in resumed.stdout
+    import torch
+    from safetensors.torch import load, load_file
+
+    weights, before = load_file(runs / "cpu_x4_gan" / "model.safetensors"), load(models["cpu_x4_gan"])
+    assert weights.keys() == before.keys()
+    assert all(torch.equal(weights[k], before[k]) for k in weights)  # the checkpoint's weights, exactly
+    for bench_set in ("Set5", "Set14"):  # the new model is evaluated again
+        assert (runs / "cpu_x4_gan" / f"eval_{bench_set}.json").stat().st_mtime_ns > evaluated[
+            runs / "cpu_x4_gan" / f"eval_{bench_set}.json"
+        ]
