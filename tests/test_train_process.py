@@ -14,6 +14,7 @@ import pytest
 import yaml
 from test_train import log_records, tiny, write_config
 
+from esrgan.errors import CheckpointError
 from esrgan.train import latest_checkpoint, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
@@ -63,6 +64,50 @@ def test_sigterm_finishes_the_step_saves_and_exits(photos: tuple[Path, Path], tm
     step = int(out.split("stopped at step ")[1].split(";")[0])
     assert load_checkpoint(latest_checkpoint(cfg.run_dir))["step"] == step >= 3
     assert log_records(cfg.run_dir)[-1]["event"] == "interrupted"
+
+
+def test_a_second_training_of_a_running_run_is_refused_and_a_killed_run_leaves_no_lock(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two `esrgan train` of one run at once (a second terminal, a scheduler's retry) wrote into each other's
+    checkpoints and pruned them. While one runs, a resume or a fresh start of the same run is one line; once it is
+    gone, even by kill -9 (the kernel drops the lock with the process), the run resumes as usual."""
+    from esrgan.train import TrainingError
+
+    cfg = tiny(
+        photos, tmp_path, "busy", train={"total_steps": 100000}, checkpoint={"every": 2, "keep_last": 2}
+    )
+    config_path = write_config(cfg, tmp_path / "busy.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "esrgan.cli", "train", str(config_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list((cfg.run_dir / "checkpoints").glob("step_*.ckpt")):
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        for resume in (True, False):
+            with pytest.raises(TrainingError, match="another esrgan train is running in this folder"):
+                train(cfg, resume=resume)
+        elsewhere = tiny(photos, tmp_path, "other", train={"total_steps": 1})  # another run is not held up
+        assert train(elsewhere).step == 1
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    step = load_checkpoint(latest_checkpoint(cfg.run_dir))["step"]
+    cfg.train.total_steps = step + 1
+    assert train(cfg, resume=True).step == step + 1
+
+
+def test_a_run_refused_before_it_wrote_anything_leaves_no_folder(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The lock is taken on the run folder, which a fresh run creates first: refused (here: no such resume
+    checkpoint), it removes the folder again, so a later fresh run is not told the folder "already holds a run"."""
+    cfg = tiny(photos, tmp_path / "out", "fresh", train={"total_steps": 1})
+    with pytest.raises(CheckpointError):
+        train(cfg, resume=tmp_path / "missing.ckpt")
+    assert not cfg.run_dir.exists()
+    assert train(cfg).step == 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -326,6 +327,65 @@ def check_fresh_run_dir(run_dir: Path) -> None:
         f"{run_dir}: already holds a run ({what}); use --resume to continue it, "
         "or another name (--set name=...)"
     )
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second `esrgan train` of the same run (another terminal, a job
+    scheduler's retry while the first still runs) wrote into the first one's checkpoints and pruned them. flock on
+    the folder itself: nothing is written into it, and the kernel drops the lock when the process ends, however it
+    ends (kill -9 included), so no stale lock is ever left. A folder this call creates and the run leaves empty (a
+    run refused before it wrote anything) is removed again. No lock where flock does not exist (Windows) or the
+    file system refuses it."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    created = False
+    try:
+        run_dir.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise TrainingError(f"{run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(
+                f"{run_dir}: another esrgan train is running in this folder; wait for it to end (or stop it: it "
+                "saves a checkpoint), or use another name (--set name=...)"
+            ) from None
+        except OSError:  # a file system without locks (some network mounts): run unguarded, as before
+            pass
+        yield
+    finally:
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only if empty
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _holding_the_run_folder(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """train() runs under run_folder_lock(config.run_dir), taken by the process that writes the run (rank 0 under
+    torchrun, which sets RANK before the process group starts) before the run folder is looked at."""
+
+    @functools.wraps(fn)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        config = args[0] if args else kwargs["config"]
+        assert isinstance(config, Config)
+        writer = os.environ.get("RANK", "0") == "0"
+        with run_folder_lock(config.run_dir) if writer else contextlib.nullcontext():
+            return fn(*args, **kwargs)
+
+    return locked
 
 
 # --- setup helpers ----------------------------------------------------------------------------------------------
@@ -1078,6 +1138,7 @@ class GraphedStep:
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
+@_holding_the_run_folder
 def train(
     config: Config,
     *,
