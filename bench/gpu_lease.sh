@@ -3,6 +3,7 @@
 # (15 device-minutes in all, one command at most 10 minutes, the machine's own python3 with torch + CUDA).
 # Here, before the lease (33 MB travels with the call; .gpu/ is git-ignored):
 #   .venv/bin/esrgan convert realesrgan-x4plus .gpu/realesrgan-x4plus.fp16.safetensors --half
+#   bash bench/gpu_lease_preflight.sh   # this script's smoke with the device's torch and package set (~40 s)
 # Then one `run` call with carry [".gpu"] and timeout_s 590 (the parts: 300 + 220 s, each with 20 s to end after SIGTERM):
 #   bash bench/gpu_lease.sh            # train (<= 300 s) then batch (<= 220 s)
 #   bash bench/gpu_lease.sh batch      # one part: train | batch
