@@ -392,7 +392,7 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     jobs.append((RESUME_LABEL, partial(resume_row, data, runs, args.smoke)))
     # compiling the whole G took > 100 s on the H200 (16 cores); per block ~6x less on a CPU (bench/compile_time.py):
     # only when asked (compile time in wall s)
-    if not args.smoke and args.train_compile:
+    if (not args.smoke and args.train_compile) or args.smoke_compile:
         for how, what in (("blocks", "compiled G blocks"), (True, "compiled G whole")):
             label3 = f"stage 1 bf16, {what}, CUDA graph"
             sets3 = {**bf16, "train.compile": how, "data.num_workers": args.workers}
@@ -691,6 +691,12 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="toy sizes on any device: checks the script only"
     )
+    parser.add_argument(
+        "--smoke-compile",
+        action="store_true",
+        help="with --smoke, the torch.compile rows too (--train-compile's and the compiled inference rows; "
+        "minutes of compiling on a CPU)",
+    )
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -728,7 +734,7 @@ def main() -> None:
         ]
         # the compiled rows belong to "infer" but run after "batch": their minutes must not cost the batch rows
         wanted = {*sections, *(["infer"] if "batch" in sections else [])}
-        if args.compile and not args.smoke and "infer" in wanted:
+        if args.compile and (not args.smoke or args.smoke_compile) and "infer" in wanted:
             wanted.add("compile")
         signal.signal(signal.SIGTERM, on_sigterm)
         for name, run in steps:

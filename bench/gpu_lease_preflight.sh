@@ -7,6 +7,7 @@
 # the one scripts/test_torch_version.sh makes for 2.11.0) minus those packages, with an empty model cache.
 #   bash bench/gpu_lease_preflight.sh                 # ~40 s on 2 vCPUs; prints the lease script's tables
 #   VENV=.venv-torch-2.11.0 bash bench/gpu_lease_preflight.sh batch
+#   bash bench/gpu_lease_preflight.sh --smoke-compile   # the torch.compile rows too (~90 s more)
 # Exit status: the lease script's; plus 1 when a row's note says it failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
