@@ -115,8 +115,9 @@ def test_a_real_memory_cgroup_bounds_what_the_tile_may_use(tmp_path: Path) -> No
     assert machine is not None and machine > 2 * 1024 * MiB, (
         "the test needs a machine with more than the limit free"
     )
-    assert 0 < free_before == cg_before < 1024 * MiB  # python + torch are already charged to the group
-    assert 0 < free_after == cg_after
+    # two readings a moment apart (the process may touch a page between them); python + torch are already charged
+    assert 0 < cg_before < 1024 * MiB and abs(free_before - cg_before) < 4 * MiB
+    assert cg_after > 0 and abs(free_after - cg_after) < 4 * MiB
     assert 200 * MiB < free_before - free_after < 300 * MiB  # the 256 MiB the child touched
 
 
