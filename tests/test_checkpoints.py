@@ -396,3 +396,18 @@ def test_written_files_get_the_umask_permissions(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert stat.S_IMODE(out.stat().st_mode) == 0o644, (name, oct(out.stat().st_mode))
+
+
+def test_output_into_a_closed_pipe_is_not_an_error_message(tmp_path: Path) -> None:
+    """`esrgan info FILE | head`: the reader leaves early; "esrgan: error: Broken pipe" on stderr was our noise."""
+    import os
+
+    path = save_model(tmp_path / "m.safetensors", RRDBNet(num_feat=8, num_block=1, num_grow=4))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        proc = subprocess.run([sys.executable, "-m", "esrgan.cli", "info", str(path)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write)
+    assert proc.stderr == "" and proc.returncode == 1

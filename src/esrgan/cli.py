@@ -8,6 +8,8 @@ line on stderr and exit code 1; no traceback reaches the user.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -811,6 +813,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except FileExistsError as exc:  # OutputExistsError and friends
         _err(str(exc) if exc.filename is None else _os_error_line(exc))
+        return 1
+    except BrokenPipeError:  # `esrgan info ... | head`: the reader has gone, which is no error of ours to report
+        # the interpreter's final flush of stdout would raise again: point stdout at /dev/null (Python's docs' way)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:  # unreadable model files, folders...: the file and the problem, not a traceback
         _err(_os_error_line(exc))
