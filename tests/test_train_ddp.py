@@ -84,6 +84,26 @@ def test_torchrun_with_one_process_takes_the_ddp_path_or_says_why_not(
         assert any(cfg.run_dir.glob("*.safetensors"))  # trained to the end: the model was exported
 
 
+def test_torchrun_with_two_processes_reports_once(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node 2 -m esrgan.cli train`: rank 0 writes the run and prints how it ended; rank 1
+    printed "finished 2 steps; generator: None; checkpoint: None" besides it."""
+    import subprocess
+    import sys
+
+    cfg = tiny(photos, tmp_path, "two", train={"total_steps": 2}, validation={"dir": None})
+    cfg_yaml = write_config(cfg, tmp_path / "two.yaml")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "esrgan.cli", "train", str(cfg_yaml)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        f"finished 2 steps; generator: {cfg.run_dir / 'model.safetensors'}; checkpoint: "
+        f"{cfg.run_dir / 'checkpoints' / 'step_00000002.ckpt'}"
+    ]
+    assert next(r for r in log_records(cfg.run_dir) if r.get("event") == "start")["world_size"] == 2
+
+
 @pytest.mark.parametrize(
     ("backend", "serves_cpu"),
     [("gloo", True), ("cuda:gloo", False)],  # the second serves CUDA tensors only, as NCCL's "cuda:nccl" does

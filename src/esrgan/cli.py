@@ -233,6 +233,8 @@ def _run_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(_path(args.config), args.overrides)
     result = train(config, resume=args.resume, vgg_weights=args.vgg_weights, started=_STARTED)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 wrote the run and says how it ended
+        return 0
     if result.interrupted:
         print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
         return 0
@@ -814,8 +816,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileExistsError as exc:  # OutputExistsError and friends
         _err(str(exc) if exc.filename is None else _os_error_line(exc))
         return 1
-    except BrokenPipeError:  # `esrgan info ... | head`: the reader has gone, which is no error of ours to report
-        # the interpreter's final flush of stdout would raise again: point stdout at /dev/null (Python's docs' way)
+    except BrokenPipeError:
+        # `esrgan info ... | head`: the reader has gone, which is no error of ours to report; the interpreter's
+        # final flush of stdout would raise again: point stdout at /dev/null (the way Python's docs show)
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
