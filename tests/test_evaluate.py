@@ -289,6 +289,8 @@ def test_lpips_without_weights_is_skipped_with_one_line(
     skipped = [line for line in err.splitlines() if "LPIPS" in line]
     assert len(skipped) == 1 and skipped[0].startswith("LPIPS skipped: LPIPS (alex) weights missing:")
     assert "alexnet-owt-7be5be79.pth" in skipped[0] and str(tmp_path / "empty_torch_home") in skipped[0]
+    # the command line's own flags (it named the Python keywords, backbone_weights=PATH, to CLI users)
+    assert "pass --lpips-backbone PATH" in skipped[0] and "pass --lpips-lin PATH" in skipped[0]
     header, rows = _table(out)
     assert not any("LPIPS" in h for h in header) and "bird" in rows
     data = json.loads((tmp_path / "r.json").read_text())

@@ -525,18 +525,21 @@ def _package_lin_file(net: str) -> Path | None:
 
 def _missing_backbone(net: str, given: Path | None) -> str:
     if given is not None:
-        return f"{given} (backbone_weights) does not exist"
+        return f"{given} (--lpips-backbone, backbone_weights=) does not exist"
     name, url = LPIPS_BACKBONES[net]
-    return f"{name}: download {url} to {hub_checkpoint_dir() / name} or pass backbone_weights=PATH"
+    return (
+        f"{name}: download {url} to {hub_checkpoint_dir() / name} or pass --lpips-backbone PATH "
+        "(backbone_weights= in Python)"
+    )
 
 
 def _missing_lin(net: str, given: Path | None) -> str:
     if given is not None:
-        return f"{given} (lin_weights) does not exist"
+        return f"{given} (--lpips-lin, lin_weights=) does not exist"
     dest = hub_checkpoint_dir() / lpips_lin_filename(net)
     return (
         f"{net}.pth (LPIPS v0.1 lin layers): download {LPIPS_LIN_URL.format(net=net)} to {dest}, "
-        f"install the lpips package, or pass lin_weights=PATH"
+        f"install the lpips package, or pass --lpips-lin PATH (lin_weights= in Python)"
     )
 
 
