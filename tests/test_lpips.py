@@ -291,7 +291,9 @@ def test_absent_weights_name_every_missing_file(alex_files: tuple[Path, Path], e
         load_lpips("alex", backbone_weights=alex_files[0])
     assert "alexnet-owt" not in str(info.value) and LIN_URL in str(info.value)
     # an explicit path that does not exist is named as such
-    with pytest.raises(ModelNotAvailableError, match=r"nope\.pth \(backbone_weights\) does not exist"):
+    with pytest.raises(
+        ModelNotAvailableError, match=r"nope\.pth \(--lpips-backbone, backbone_weights=\) does not exist"
+    ):
         load_lpips("alex", backbone_weights=empty_hub / "nope.pth", lin_weights=alex_files[1])
     with pytest.raises(ModelNotAvailableError, match=r"vgg16-397923af\.pth"):
         load_lpips("vgg")
