@@ -164,10 +164,24 @@ def test_animated_gif_first_frame_with_warning(tmp_path: Path, photo: np.ndarray
     np.testing.assert_array_equal(img.pixels, first)
 
 
-def test_float_tiff_refused(tmp_path: Path, camera: np.ndarray) -> None:
+def test_float_tiff_refused(tmp_path: Path, camera: np.ndarray, photo: np.ndarray) -> None:
+    """Grey float (Pillow's mode F) and colour float or 32-bit integer TIFFs (which Pillow cannot open: tifffile's
+    path) are refused in the same words; colour float was "16-bit TIFF decoded as float32; unsupported sample
+    format", about a file that is not 16-bit."""
+    tifffile = pytest.importorskip("tifffile")
     Image.fromarray(camera.astype(np.float32) / 255).save(tmp_path / "f.tif")
-    with pytest.raises(ImageError, match="float"):
-        read_image(tmp_path / "f.tif")
+    tifffile.imwrite(tmp_path / "rgb_f.tif", photo[:64, :64].astype(np.float32) / 255)
+    tifffile.imwrite(tmp_path / "rgb_i32.tif", photo[:64, :64].astype(np.uint32) * 65537)
+    for name in ("f.tif", "rgb_f.tif"):
+        with pytest.raises(ImageError) as refused:
+            read_image(tmp_path / name)
+        assert str(refused.value) == (
+            f"{tmp_path / name}: 32-bit float images are not supported (their range is undefined; save as 16-bit)"
+        )
+    with pytest.raises(
+        ImageError, match=r"rgb_i32\.tif: uint32 samples are not supported \(save as 8 or 16-bit\)$"
+    ):
+        read_image(tmp_path / "rgb_i32.tif")
 
 
 # --- 16 bits, exactly ---------------------------------------------------------------------------------------------------

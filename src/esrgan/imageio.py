@@ -520,6 +520,9 @@ def _read_opened(im: ImageFile.ImageFile, path: Path, max_pixels: int) -> ImageD
     )
 
 
+_FLOAT_REFUSED = "32-bit float images are not supported (their range is undefined; save as 16-bit)"
+
+
 def _pil_to_arrays(
     im: Image.Image, path: Path, icc: bytes | None
 ) -> tuple[np.ndarray, np.ndarray | None, int, bytes | None]:
@@ -527,9 +530,7 @@ def _pil_to_arrays(
     mode = im.mode
     transparent = "transparency" in im.info
     if mode in ("F", "I;32", "I;32B", "I;32L") or mode.startswith("F;"):
-        raise ImageError(
-            f"{path}: 32-bit float images are not supported (their range is undefined; save as 16-bit)"
-        )
+        raise ImageError(f"{path}: {_FLOAT_REFUSED}")
     if mode.startswith("I;16"):
         grey = np.asarray(im).astype(np.uint16)  # I;16B arrives big-endian: astype makes it native
         alpha = _transparency_alpha(grey, im.info.get("transparency"), 65535) if transparent else None
@@ -761,8 +762,10 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
     else:
         orientation, icc, exif = int(tags.get(274, 1)), tags.get(34675) or None, None
         icc = bytes(icc) if icc is not None else None
+    if array.dtype.kind == "f":  # SampleFormat IEEEFP: as Pillow's mode F, refused in the same words
+        raise ImageError(f"{path}: {_FLOAT_REFUSED}")
     if array.dtype != np.uint16:
-        raise ImageError(f"{path}: 16-bit TIFF decoded as {array.dtype}; unsupported sample format")
+        raise ImageError(f"{path}: {array.dtype} samples are not supported (save as 8 or 16-bit)")
     if axes.startswith("S"):  # planar configuration "separate": samples first
         array = np.moveaxis(array, 0, -1)
     elif array.ndim == 2:
