@@ -798,6 +798,29 @@ def test_client_mistakes_leave_no_traceback_in_the_servers_log(
         assert noise not in log, log
 
 
+def test_warnings_in_the_servers_log_are_one_line_each(
+    server_process: ServerProcess, photo_small: np.ndarray
+) -> None:
+    """fp16 asked on a CPU: the log showed Python's raw warning, "/.../upscale.py:184: PrecisionWarning: ..." and
+    the source line under it; the CLI's form is one line, "esrgan: warning: ..."."""
+    srv = server_process
+    data, ctype = multipart("ok.png", png(photo_small), {"precision": "fp16"})
+    status, answer = srv.request("POST", "/api/jobs", data, ctype)
+    assert status == 201, answer
+    job_id = json.loads(answer)["id"]
+    deadline = time.time() + 120
+    while json.loads(srv.request("GET", f"/api/jobs/{job_id}")[1])["state"] not in ("done", "failed"):
+        assert time.time() < deadline, "the job did not finish"
+        time.sleep(0.1)
+    rc, log = srv.interrupt()
+    assert rc == 130, log
+    warned = [line for line in log.splitlines() if "fp16" in line]
+    assert warned and all(
+        line.startswith("esrgan: warning: fp16 is not supported well on this CPU") for line in warned
+    )
+    assert "PrecisionWarning" not in log and "warnings.warn" not in log, log
+
+
 def test_ctrl_c_with_the_page_open_stops_at_once_and_cleanly(server_process: ServerProcess) -> None:
     """The page's event stream waited for the service to close, which happens only after uvicorn has waited for
     open responses: Ctrl-C took the graceful timeout, then logged "timeout graceful shutdown exceeded" and a

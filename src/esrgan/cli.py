@@ -287,6 +287,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from .pipeline import warnings_as_lines
     from .serve import Limits, serve
 
     models = None
@@ -300,7 +301,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     limits = Limits(
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 2**20)
     )
-    serve(args.host, args.port, models=models, limits=limits, keep_seconds=args.keep_minutes * 60)
+    with warnings_as_lines():  # the jobs' warnings too (the log is the server's stderr)
+        serve(args.host, args.port, models=models, limits=limits, keep_seconds=args.keep_minutes * 60)
     return 0
 
 
