@@ -272,6 +272,10 @@ def test_cli_folder_of_images_and_videos(clips: dict[str, Path], tiny_file: Path
     assert single.returncode == 0, single.stderr
     with av.open(str(tmp_path / "one.mkv")) as c:
         assert c.streams.video[0].codec_context.name == "ffv1" and c.streams.video[0].frames in (0, 3)
+    # SVT-AV1 printed ~40 lines of banner and settings to stderr per segment
+    av1 = cli("upscale", str(folder / "clip.mp4"), "-o", str(tmp_path / "one_av1.mkv"), "--model", str(tiny_file),
+              "--frames", "0:3", "--codec", "av1")  # fmt: skip
+    assert av1.returncode == 0 and av1.stderr == "", av1.stderr
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

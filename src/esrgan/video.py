@@ -269,6 +269,11 @@ class _Plan:
     rotation: int
 
     def encoder_options(self) -> dict[str, str]:
+        if self.encoder == "libsvtav1":
+            # SVT-AV1 has no log option through FFmpeg: it reads SVT_LOG (1 = errors) when an encoder opens, and
+            # otherwise printed ~40 lines of banner and settings per segment (and, at our threads' low priority,
+            # "Failed to set thread priority"). A value the user set is kept.
+            os.environ.setdefault("SVT_LOG", "1")
         if self.crf is None:
             return {}
         options = {"crf": str(self.crf)}
