@@ -248,7 +248,7 @@ def test_interrupted_run_resumes_from_its_segments(
 def test_killed_run_resumes(tmp_path: Path) -> None:
     """kill -9 once two segments exist: no output file; the rerun keeps those segments and finishes the clip."""
     result = kill_video.kill_round(tmp_path, random.Random(0), ENV, max_delay=0.0)
-    assert result.problems == []
+    assert result.problems == [] and result.killed
     assert result.segments_before_kill >= 2 and result.resumed_frames >= 2 * kill_video.SEGMENT
 
 
