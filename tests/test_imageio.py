@@ -170,8 +170,8 @@ def test_float_tiff_refused(tmp_path: Path, camera: np.ndarray, photo: np.ndarra
     format", about a file that is not 16-bit."""
     tifffile = pytest.importorskip("tifffile")
     Image.fromarray(camera.astype(np.float32) / 255).save(tmp_path / "f.tif")
-    tifffile.imwrite(tmp_path / "rgb_f.tif", photo[:64, :64].astype(np.float32) / 255)
-    tifffile.imwrite(tmp_path / "rgb_i32.tif", photo[:64, :64].astype(np.uint32) * 65537)
+    tifffile.imwrite(tmp_path / "rgb_f.tif", photo[:64, :64].astype(np.float32) / 255, photometric="rgb")
+    tifffile.imwrite(tmp_path / "rgb_i32.tif", photo[:64, :64].astype(np.uint32) * 65537, photometric="rgb")
     for name in ("f.tif", "rgb_f.tif"):
         with pytest.raises(ImageError) as refused:
             read_image(tmp_path / name)
