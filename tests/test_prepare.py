@@ -70,7 +70,7 @@ def test_prepare_with_lr(
     lr_files = sorted((out / "LR_x4").glob("*.png"))
     assert len(hr_files) == len(lr_files) == sum(counts.values())
     assert [p.name for p in hr_files] == [p.name for p in lr_files]
-    assert not list(out.glob(".*"))  # no temporary files left behind
+    assert [p.name for p in out.glob(".*")] == [".esrgan-prepare.json"]  # the settings; no temporary files
 
     # numbering is row by row; the last crop of the 301x410 image is flush with the mod-4 border (300x408)
     hr_last = np.asarray(Image.open(out / "crop_s012.png"))
@@ -101,8 +101,27 @@ def test_cli_parallel_failures_and_overwrite(
     assert "broken.png" in captured.err
 
     (hr_dir / "broken.png").unlink()
-    assert main(args[:-2]) == 1  # outputs exist: every image refuses to overwrite
-    assert "already exists" in capsys.readouterr().err
+    # a rerun (after an interruption: some sub-images missing) writes what is missing and keeps the rest; it used
+    # to refuse every existing file ("already exists") and end in failure
+    made = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    for name in sorted(made)[::3]:
+        (out / name).unlink()
+    assert main(args[:-2]) == 0
+    again = capsys.readouterr()
+    assert (
+        f"3 images -> 8 sub-images in {out}, 16 already there (kept; --overwrite replaces them); 0 failed"
+        in (again.out)
+    ), again
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == made and again.err.count("skipped") == 0
+    # other settings would mix two grids under the same names: refused before anything is written
+    assert main([*args[:-2], "--step", "100"]) == 1  # argparse: the last --step wins
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"esrgan: error: {out}: holds sub-images cut with --size 200 --step 150 --min-size 0, not --size 200 "
+        "--step 100 --min-size 0; rerun with the same settings to finish it, --overwrite to replace them, or give "
+        "another folder"
+    ]
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == made
     assert main([*args[:-2], "--overwrite"]) == 0
     assert len(list(out.glob("*.png"))) == total
 
@@ -144,7 +163,7 @@ def test_two_images_with_one_stem_do_not_overwrite_each_other(
     assert "2 images -> 8 sub-images" in captured.out and "1 failed" in captured.out
     clash = [line for line in captured.err.splitlines() if "skipped:" in line]
     assert len(clash) == 1 and str(hr / "a.png") in clash[0] and str(hr / "a.jpg") in clash[0]
-    assert sorted(p.name for p in out.iterdir()) == [f"{s}_s00{n}.png" for s in "ab" for n in range(1, 5)]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{s}_s00{n}.png" for s in "ab" for n in range(1, 5)]
     jpg = np.asarray(Image.open(hr / "a.jpg"))
     np.testing.assert_array_equal(
         np.asarray(Image.open(out / "a_s004.png")), jpg[32:, 32:]

@@ -196,7 +196,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     small = f" ({res.too_small} smaller than --size: nothing cut)" if res.too_small else ""
-    print(f"{res.images} images -> {res.crops} sub-images in {args.out_dir}{small}; {len(res.failed)} failed")
+    kept = f", {res.kept} already there (kept; --overwrite replaces them)" if res.kept else ""
+    print(
+        f"{res.images} images -> {res.crops} sub-images in {args.out_dir}{kept}{small}; {len(res.failed)} failed"
+    )
     return 1 if res.failed else 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,6 +42,9 @@ class PrepareResult:
     images: int = 0  # images cut successfully
     too_small: int = 0  # of those, images smaller than one sub-image (nothing written)
     crops: int = 0  # HR sub-images written (as many LR ones when lr_scale is set)
+    kept: int = (
+        0  # sub-images already in the output folder (a rerun after an interruption), left as they were
+    )
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
 
 
@@ -73,38 +76,50 @@ def _downscale(img: ImageData, scale: int) -> ImageData:
     return replace(img, pixels=down(img.pixels), alpha=None if img.alpha is None else down(img.alpha))
 
 
-def _cut_one(path: Path, cfg: _Settings) -> int:
+def _cut_one(path: Path, cfg: _Settings) -> tuple[int, int]:
+    """(sub-images written, sub-images kept because they exist): outputs are written atomically, so an existing one
+    is whole, and a rerun after an interruption writes only what is missing (all of it with overwrite)."""
     img = read_image(path)
     s = cfg.lr_scale
     lr = None
     if s is not None:
         h, w = img.height - img.height % s, img.width - img.width % s
         if h < cfg.size or w < cfg.size:
-            return 0  # no sub-image fits: do not spend a resize on it
+            return 0, 0  # no sub-image fits: do not spend a resize on it
         img = _crop(img, 0, 0, h, w)  # LR images of the literature are made from HR cut to a multiple of s
         lr = _downscale(img, s)
     tops = crop_origins(img.height, cfg.size, cfg.step, cfg.min_size)
     lefts = crop_origins(img.width, cfg.size, cfg.step, cfg.min_size)
-    n = 0
+    n = written = kept = 0
     for top in tops:
         for left in lefts:
             n += 1
             name = f"{path.stem}_s{n:03d}.png"
-            sub = _crop(img, top, left, cfg.size, cfg.size)
-            write_image(cfg.out_dir / name, sub, format="PNG", overwrite=cfg.overwrite)
-            if lr is not None and s is not None:
+            hr_dst = cfg.out_dir / name
+            lr_dst = cfg.out_dir / f"LR_x{s}" / name if lr is not None else None
+            hr_needed = cfg.overwrite or not hr_dst.exists()
+            lr_needed = lr_dst is not None and (cfg.overwrite or not lr_dst.exists())
+            if not (hr_needed or lr_needed):
+                kept += 1
+                continue
+            written += 1
+            if hr_needed:
+                write_image(
+                    hr_dst, _crop(img, top, left, cfg.size, cfg.size), format="PNG", overwrite=cfg.overwrite
+                )
+            if lr_needed and lr is not None and lr_dst is not None and s is not None:
                 sub = _crop(lr, top // s, left // s, cfg.size // s, cfg.size // s)
-                write_image(cfg.out_dir / f"LR_x{s}" / name, sub, format="PNG", overwrite=cfg.overwrite)
-    return n
+                write_image(lr_dst, sub, format="PNG", overwrite=cfg.overwrite)
+    return written, kept
 
 
-def _work(job: tuple[Path, _Settings]) -> tuple[Path, int, str | None]:
+def _work(job: tuple[Path, _Settings]) -> tuple[Path, tuple[int, int], str | None]:
     """One image, in a worker process: never raises, so one bad file cannot stop the run."""
     path, cfg = job
     try:
         return path, _cut_one(path, cfg), None
     except (EsrganError, OSError) as exc:
-        return path, 0, str(exc)
+        return path, (0, 0), str(exc)
 
 
 def _init_worker() -> None:
@@ -130,6 +145,10 @@ def prepare(
     Sub-images are named ``{stem}_s{NNN}.png``, numbered row by row. Files that cannot be read or written, and files
     whose stem another file already has, are reported on stderr one line each and listed in the result; the others
     are still processed. A folder without images, or an output that cannot be a folder, raises EsrganError.
+
+    Sub-images already in ``out_dir`` are kept (counted in ``kept``) unless ``overwrite``: a rerun after an
+    interruption does only what is missing. The settings are recorded in ``out_dir/.esrgan-prepare.json``; a rerun
+    with other settings would mix two grids under the same names, so it is refused unless ``overwrite``.
     """
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
     if not hr_dir.is_dir():
@@ -147,6 +166,9 @@ def prepare(
             f"{hr_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}; sub-folders are not read)"
         )
     _make_folder(out_dir)
+    _check_settings(
+        out_dir, {"size": size, "step": step, "min_size": min_size, "lr_scale": lr_scale}, overwrite
+    )
     files, clashes = _same_names(files)
     cfg = _Settings(out_dir, size, step, min_size, lr_scale, overwrite)
     jobs = [(p, cfg) for p in files]
@@ -155,11 +177,14 @@ def prepare(
 
     result = PrepareResult()
     with tqdm(total=len(jobs) + len(clashes), unit="img", disable=not progress, file=sys.stderr) as bar:
-        for path, n, error in itertools.chain(((p, 0, e) for p, e in clashes), _run(jobs, workers)):
+        for path, (n, kept), error in itertools.chain(
+            ((p, (0, 0), e) for p, e in clashes), _run(jobs, workers)
+        ):
             if error is None:
                 result.images += 1
                 result.crops += n
-                result.too_small += n == 0
+                result.kept += kept
+                result.too_small += n + kept == 0
             else:
                 result.failed.append((path, error))
                 bar.write(f"skipped: {error}", file=sys.stderr)
@@ -176,6 +201,37 @@ def _make_folder(out_dir: Path) -> None:
         raise EsrganError(
             f"{out_dir}: cannot create the output folder ({cannot_write_reason(out_dir, exc)})"
         ) from None
+
+
+SETTINGS_FILE = ".esrgan-prepare.json"
+
+
+def _check_settings(out_dir: Path, settings: dict[str, int | None], overwrite: bool) -> None:
+    """Refuse to add sub-images cut with other settings to a folder prepared before (unless overwrite), then record
+    these settings (atomically) for the next run."""
+    import json
+
+    from .atomic import atomic_write_bytes
+
+    record = out_dir / SETTINGS_FILE
+    try:
+        before = json.loads(record.read_text()) if record.is_file() else None
+    except (OSError, ValueError):
+        before = None  # unreadable: as if absent (it is ours, rewritten below)
+    if isinstance(before, dict) and before != settings and not overwrite:
+
+        def flags(d: Mapping[str, object]) -> str:
+            return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items() if v is not None)
+
+        raise EsrganError(
+            f"{out_dir}: holds sub-images cut with {flags(before)}, not {flags(settings)}; rerun with the same "
+            "settings to finish it, --overwrite to replace them, or give another folder"
+        )
+    if before != settings:
+        try:
+            atomic_write_bytes(record, (json.dumps(settings) + "\n").encode(), overwrite=True)
+        except OSError as exc:
+            raise EsrganError(f"{record}: cannot write ({cannot_write_reason(record, exc)})") from None
 
 
 def _same_names(files: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -203,7 +259,9 @@ def _same_names(files: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     return keep, clashes
 
 
-def _run(jobs: list[tuple[Path, _Settings]], workers: int) -> Iterator[tuple[Path, int, str | None]]:
+def _run(
+    jobs: list[tuple[Path, _Settings]], workers: int
+) -> Iterator[tuple[Path, tuple[int, int], str | None]]:
     if workers == 1 or len(jobs) <= 1:
         yield from map(_work, jobs)
         return
