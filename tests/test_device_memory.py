@@ -85,6 +85,19 @@ def test_a_container_without_its_own_cgroup_namespace(tmp_path: Path) -> None:
     assert cgroup_headroom(proc=proc, cgroup_root=tmp_path / "cgroup") is None
 
 
+def _in_a_memory_cgroup(limit: int, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code args` in a new v1 memory cgroup of `limit` bytes, joined before Python starts (so all of its
+    memory is charged there); the group is removed afterwards."""
+    group = V1_MEMORY / f"esrgan-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        script = f"echo $$ > {group / 'cgroup.procs'} && exec {sys.executable} -c '{code}' {' '.join(args)}"
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120)
+    finally:
+        group.rmdir()
+
+
 def _can_make_v1_memory_cgroups() -> bool:
     return (
         sys.platform == "linux"
@@ -100,17 +113,9 @@ def _can_make_v1_memory_cgroups() -> bool:
 def test_a_real_memory_cgroup_bounds_what_the_tile_may_use(tmp_path: Path) -> None:
     """A real cgroup with a 1 GiB limit, the child process inside it: the free memory the automatic tile is sized
     from is under the limit (MemAvailable said the whole machine's), and falls as the child allocates."""
-    group = V1_MEMORY / f"esrgan-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(1024 * MiB))
-        # the child joins the group before it starts Python (all of its memory is charged there)
-        script = f"echo $$ > {group / 'cgroup.procs'} && exec {sys.executable} -c '{_CHILD}'"
-        r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        cg_before, free_before, cg_after, free_after = map(int, r.stdout.split())
-    finally:
-        group.rmdir()
+    r = _in_a_memory_cgroup(1024 * MiB, _CHILD)
+    assert r.returncode == 0, r.stderr
+    cg_before, free_before, cg_after, free_after = map(int, r.stdout.split())
     machine = host_memory_available()  # this process, outside the group
     assert machine is not None and machine > 2 * 1024 * MiB, (
         "the test needs a machine with more than the limit free"
@@ -169,14 +174,7 @@ def test_training_data_is_not_cached_beyond_what_the_container_allows(tmp_path: 
     )
     for i in range(1, 8):
         os.link(hr / "0.png", hr / f"{i}.png")
-    group = V1_MEMORY / f"esrgan-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(384 * MiB))
-        script = f"echo $$ > {group / 'cgroup.procs'} && exec {sys.executable} -c '{_DATA_CHILD}' {hr}"
-        r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120)
-    finally:
-        group.rmdir()
+    r = _in_a_memory_cgroup(384 * MiB, _DATA_CHILD, str(hr))
     assert r.returncode == 0, r.stderr
     free, cached = r.stdout.split()
     assert int(free) < 384 * MiB and cached == "False"

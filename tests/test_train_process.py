@@ -183,13 +183,12 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
     # A rerun with the same RUNS keeps what is finished (it used to stop: "already holds a run") ...
     models = {run: (runs / run / "model.safetensors").read_bytes() for run in ("cpu_x4_psnr", "cpu_x4_gan")}
     evaluated = {p: p.stat().st_mtime_ns for p in runs.glob("*/eval_*.json")}
-    again = subprocess.run(
-        ["bash", str(repo / "scripts" / "train_cpu_recipe.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+
+    def recipe_again() -> subprocess.CompletedProcess[str]:
+        script = str(repo / "scripts" / "train_cpu_recipe.sh")
+        return subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
+
+    again = recipe_again()
     assert again.returncode == 0, again.stderr[-3000:]
     for stage, run in ((1, "cpu_x4_psnr"), (2, "cpu_x4_gan")):
         assert f"stage {stage}: already trained in {runs / run}" in again.stdout
@@ -197,13 +196,7 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/eval_*.json")} == evaluated  # nothing re-evaluated
     # ... and continues an interrupted stage from its last checkpoint (here: stage 2 stopped before its export)
     (runs / "cpu_x4_gan" / "model.safetensors").unlink()
-    resumed = subprocess.run(
-        ["bash", str(repo / "scripts" / "train_cpu_recipe.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = recipe_again()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"stage 2: continuing the interrupted run in {runs / 'cpu_x4_gan'}" in resumed.stdout
     import torch
