@@ -71,20 +71,29 @@ def test_a_second_training_of_a_running_run_is_refused_and_a_killed_run_leaves_n
 ) -> None:
     """Two `esrgan train` of one run at once (a second terminal, a scheduler's retry) wrote into each other's
     checkpoints and pruned them. While one runs, a resume or a fresh start of the same run is one line; once it is
-    gone, even by kill -9 (the kernel drops the lock with the process), the run resumes as usual."""
+    gone, even by kill -9 (the kernel drops the lock with the process; its forked DataLoader workers, which live on
+    a few seconds, hold no copy), the run resumes at once."""
     from esrgan.train import TrainingError
 
     cfg = tiny(
-        photos, tmp_path, "busy", train={"total_steps": 100000}, checkpoint={"every": 2, "keep_last": 2}
+        photos,
+        tmp_path,
+        "busy",
+        train={"total_steps": 100000},
+        checkpoint={"every": 2, "keep_last": 2},
+        data={"num_workers": 2},  # forked workers, which outlive a killed trainer for a few seconds
     )
     config_path = write_config(cfg, tmp_path / "busy.yaml")
-    proc = subprocess.Popen([sys.executable, "-m", "esrgan.cli", "train", str(config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # a file, not a pipe: waiting for a pipe's end would wait for the orphaned workers
+    log = tmp_path / "busy.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "esrgan.cli", "train", str(config_path)],
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not list((cfg.run_dir / "checkpoints").glob("step_*.ckpt")):
             time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[1]
+        assert proc.poll() is None, log.read_text()
         for resume in (True, False):
             with pytest.raises(TrainingError, match="another esrgan train is running in this folder"):
                 train(cfg, resume=resume)
@@ -92,7 +101,8 @@ def test_a_second_training_of_a_running_run_is_refused_and_a_killed_run_leaves_n
         assert train(elsewhere).step == 1
     finally:
         proc.kill()
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+    # at once: the killed trainer's forked DataLoader workers, still alive, held its lock for a few seconds
     step = load_checkpoint(latest_checkpoint(cfg.run_dir))["step"]
     cfg.train.total_steps = step + 1
     assert train(cfg, resume=True).step == step + 1

@@ -329,6 +329,23 @@ def check_fresh_run_dir(run_dir: Path) -> None:
     )
 
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the run folders this process holds (run_folder_lock)
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the copies of the run-folder descriptors. A flock belongs to
+    the open file, which fork shares: the workers kept a killed trainer's lock for the ~5 s they take to notice
+    their parent is gone, and a restart in that time was refused. The parent's own descriptor still holds it."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def run_folder_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run folder for this process: a second `esrgan train` of the same run (another terminal, a job
@@ -361,8 +378,10 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
             ) from None
         except OSError:  # a file system without locks (some network mounts): run unguarded, as before
             pass
+        _HELD_LOCKS.add(fd)
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)
         if created:
             with contextlib.suppress(OSError):
