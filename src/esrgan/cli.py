@@ -231,12 +231,12 @@ def _run_train(args: argparse.Namespace) -> int:
     import logging
 
     from .config import load_config
-    from .train import train
+    from .train import first_rank, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = load_config(_path(args.config), args.overrides)
     result = train(config, resume=args.resume, vgg_weights=args.vgg_weights, started=_STARTED)
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 wrote the run and says how it ended
+    if not first_rank():  # torchrun: rank 0 wrote the run and says how it ended
         return 0
     if result.interrupted:
         print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")

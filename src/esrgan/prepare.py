@@ -42,9 +42,7 @@ class PrepareResult:
     images: int = 0  # images cut successfully
     too_small: int = 0  # of those, images smaller than one sub-image (nothing written)
     crops: int = 0  # HR sub-images written (as many LR ones when lr_scale is set)
-    kept: int = (
-        0  # sub-images already in the output folder (a rerun after an interruption), left as they were
-    )
+    kept: int = 0  # sub-images already there (a rerun after an interruption), left as they were
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
 
 
@@ -96,18 +94,17 @@ def _cut_one(path: Path, cfg: _Settings) -> tuple[int, int]:
             n += 1
             name = f"{path.stem}_s{n:03d}.png"
             hr_dst = cfg.out_dir / name
-            lr_dst = cfg.out_dir / f"LR_x{s}" / name if lr is not None else None
+            lr_dst = cfg.out_dir / f"LR_x{s}" / name
             hr_needed = cfg.overwrite or not hr_dst.exists()
-            lr_needed = lr_dst is not None and (cfg.overwrite or not lr_dst.exists())
+            lr_needed = lr is not None and (cfg.overwrite or not lr_dst.exists())
             if not (hr_needed or lr_needed):
                 kept += 1
                 continue
             written += 1
             if hr_needed:
-                write_image(
-                    hr_dst, _crop(img, top, left, cfg.size, cfg.size), format="PNG", overwrite=cfg.overwrite
-                )
-            if lr_needed and lr is not None and lr_dst is not None and s is not None:
+                sub = _crop(img, top, left, cfg.size, cfg.size)
+                write_image(hr_dst, sub, format="PNG", overwrite=cfg.overwrite)
+            if lr is not None and s is not None and lr_needed:
                 sub = _crop(lr, top // s, left // s, cfg.size // s, cfg.size // s)
                 write_image(lr_dst, sub, format="PNG", overwrite=cfg.overwrite)
     return written, kept

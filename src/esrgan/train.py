@@ -388,6 +388,12 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
                 run_dir.rmdir()  # only if empty
 
 
+def first_rank() -> bool:
+    """Rank 0 of a torchrun launch (RANK is set before any process group starts), or a process on its own: the one
+    that writes the run folder and reports how the run ended."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -400,8 +406,7 @@ def _holding_the_run_folder(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         config = args[0] if args else kwargs["config"]
         assert isinstance(config, Config)
-        writer = os.environ.get("RANK", "0") == "0"
-        with run_folder_lock(config.run_dir) if writer else contextlib.nullcontext():
+        with run_folder_lock(config.run_dir) if first_rank() else contextlib.nullcontext():
             return fn(*args, **kwargs)
 
     return locked

@@ -269,11 +269,6 @@ class _Plan:
     rotation: int
 
     def encoder_options(self) -> dict[str, str]:
-        if self.encoder == "libsvtav1":
-            # SVT-AV1 has no log option through FFmpeg: it reads SVT_LOG (1 = errors) when an encoder opens, and
-            # otherwise printed ~40 lines of banner and settings per segment (and, at our threads' low priority,
-            # "Failed to set thread priority"). A value the user set is kept.
-            os.environ.setdefault("SVT_LOG", "1")
         if self.crf is None:
             return {}
         options = {"crf": str(self.crf)}
@@ -609,6 +604,11 @@ def _configure(ctx: Any, plan: _Plan) -> None:
         if value:
             setattr(ctx, key, value)
     ctx.options = plan.encoder_options()
+    if plan.encoder == "libsvtav1":
+        # SVT-AV1 has no log option through FFmpeg: it reads SVT_LOG (1 = errors) when an encoder opens, and
+        # otherwise printed ~40 lines of banner and settings per segment (and, at our threads' low priority,
+        # "Failed to set thread priority"). A value the user set is kept.
+        os.environ.setdefault("SVT_LOG", "1")
 
 
 def _to_video_frame(av: Any, pixels: np.ndarray, frame: _Frame, plan: _Plan) -> Any:
