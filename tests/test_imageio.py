@@ -165,23 +165,28 @@ def test_animated_gif_first_frame_with_warning(tmp_path: Path, photo: np.ndarray
 
 
 def test_float_tiff_refused(tmp_path: Path, camera: np.ndarray, photo: np.ndarray) -> None:
-    """Grey float (Pillow's mode F) and colour float or 32-bit integer TIFFs (which Pillow cannot open: tifffile's
-    path) are refused in the same words; colour float was "16-bit TIFF decoded as float32; unsupported sample
-    format", about a file that is not 16-bit."""
+    """Outside `esrgan upscale` (which reads them: tests/test_datatiff.py), grey and colour float and 32-bit
+    integer TIFFs are refused in one line that says what they hold (colour float was once "16-bit TIFF decoded as
+    float32", a grey int16 one "32-bit integer"). A float image in another format keeps the old words."""
     tifffile = pytest.importorskip("tifffile")
     Image.fromarray(camera.astype(np.float32) / 255).save(tmp_path / "f.tif")
     tifffile.imwrite(tmp_path / "rgb_f.tif", photo[:64, :64].astype(np.float32) / 255, photometric="rgb")
     tifffile.imwrite(tmp_path / "rgb_i32.tif", photo[:64, :64].astype(np.uint32) * 65537, photometric="rgb")
-    for name in ("f.tif", "rgb_f.tif"):
+    tifffile.imwrite(tmp_path / "i16.tif", camera.astype(np.int16) - 128)
+    held = {"f.tif": "float32", "rgb_f.tif": "float32", "rgb_i32.tif": "uint32", "i16.tif": "int16"}
+    for name, dtype in held.items():
         with pytest.raises(ImageError) as refused:
             read_image(tmp_path / name)
         assert str(refused.value) == (
-            f"{tmp_path / name}: 32-bit float images are not supported (their range is undefined; save as 16-bit)"
+            f"{tmp_path / name}: a measurement TIFF ({dtype} samples): `esrgan upscale` reads it, this does not "
+            "(save it as 8 or 16-bit grey or RGB)"
         )
-    with pytest.raises(
-        ImageError, match=r"rgb_i32\.tif: uint32 samples are not supported \(save as 8 or 16-bit\)$"
-    ):
-        read_image(tmp_path / "rgb_i32.tif")
+    Image.fromarray(camera.astype(np.float32) / 255).save(tmp_path / "f.pfm")
+    with pytest.raises(ImageError) as refused:
+        read_image(tmp_path / "f.pfm")
+    assert str(refused.value) == (
+        f"{tmp_path / 'f.pfm'}: 32-bit float images are not supported (their range is undefined; save as 16-bit)"
+    )
 
 
 # --- 16 bits, exactly ---------------------------------------------------------------------------------------------------

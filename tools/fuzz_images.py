@@ -100,11 +100,46 @@ def seed_images() -> dict[str, bytes]:
         "grey.pgm": _pil_bytes(im_grey, "PPM"),
         "rgb16.ppm": _ppm16(deep),
     }
+    seeds.update(_measurement_seeds(rgb, grey))
     with tempfile.TemporaryDirectory() as tmp:  # our writer's 16-bit PNG and TIFF (tifffile layout)
         for name in ("rgb16.png", "rgba16.png", "rgb16.tif"):
             pixels = ImageData(pixels=deep, bit_depth=16, alpha=deep[:, :, 0] if "rgba" in name else None)
             seeds[name] = write_image(Path(tmp) / name, pixels).read_bytes()
     return seeds
+
+
+def _measurement_seeds(rgb: np.ndarray, grey: np.ndarray) -> dict[str, bytes]:
+    """Measurement TIFFs (esrgan.datatiff) as GDAL lays them out: float with NaN, int16 with GeoTIFF tags and
+    GDAL nodata, six uint16 bands planar, RGB + an unspecified extra sample."""
+    import tifffile
+
+    grey = np.ascontiguousarray(grey.T)  # the same size as rgb
+
+    def tiff(array: np.ndarray, **kw: object) -> bytes:
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, array, **kw)
+        return buf.getvalue()
+
+    reflectance = rgb.astype(np.float32) / 600.0
+    reflectance[:8, :8] = np.nan
+    geo = [
+        (33550, 12, 3, (10.0, 10.0, 0.0), True),
+        (33922, 12, 6, (0.0, 0.0, 0.0, 500000.0, 4200000.0, 0.0), True),
+        (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True),
+        (42113, 2, 0, "-9999", True),
+    ]
+    dem = grey.astype(np.int16) * 12 - 500
+    dem[-4:, -4:] = -9999
+    bands = (
+        np.stack([rgb[:, :, 0], rgb[:, :, 1], rgb[:, :, 2], grey, 255 - grey, grey // 2]).astype(np.uint16)
+        * 257
+    )
+    return {
+        "reflectance.tif": tiff(reflectance, photometric="rgb"),
+        "dem_geo.tif": tiff(dem, extratags=geo),
+        "bands6.tif": tiff(bands, photometric="minisblack", planarconfig="separate"),
+        "rgbn.tif": tiff(np.dstack([rgb, grey]), photometric="rgb", extrasamples=[0]),
+    }
 
 
 # --- mutations ------------------------------------------------------------------------------------------------------
@@ -160,11 +195,35 @@ def case(seeds: dict[str, bytes], index: int) -> tuple[str, bytes]:
 
 
 def read_or_refuse(path: Path) -> str:
-    """'decoded' or 'refused'; raises AssertionError on a malformed refusal, and lets anything else escape."""
+    """'decoded' or 'refused'; raises AssertionError on a malformed refusal, and lets anything else escape.
+
+    Read twice: as a photograph (what training and evaluation do) and as `esrgan upscale` reads (measurement
+    TIFFs too); a decoded measurement TIFF is also written back, which must succeed or be one ImageError."""
+    first = _read_or_refuse(path, measurements=False)
+    return _read_or_refuse(path, measurements=True) if first == "refused" or _is_tiff(path) else first
+
+
+def _write_back(image: ImageData, out: Path) -> None:
+    """A decoded measurement TIFF must write back as one: no error at all (what it holds was checked on the way
+    in), and the file it writes must read back with the same planes."""
+    write_image(out, image, overwrite=True)
+    again = read_image(out, measurements=True)
+    if again.pixels.shape != image.pixels.shape or (again.extra is None) != (image.extra is None):
+        raise AssertionError(f"written back as {again.pixels.shape}, read as {image.pixels.shape}")
+    out.unlink()
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.read_bytes()[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _read_or_refuse(path: Path, *, measurements: bool) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # warnings (animated, EXIF dropped, ...) are allowed outcomes
-            image = read_image(path)
+            image = read_image(path, measurements=measurements)
+            if image.samples is not None:
+                _write_back(image, path.with_name("written.tif"))
     except ImageError as exc:
         msg = str(exc)
         if not msg.startswith(f"{path}: ") or "\n" in msg:

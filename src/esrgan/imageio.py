@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
@@ -38,6 +38,9 @@ from .atomic import OutputExistsError, atomic_path
 from .defaults import DEFAULT_MAX_PIXELS
 from .errors import ImageError
 
+if TYPE_CHECKING:
+    from .datatiff import SampleMap
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
@@ -45,6 +48,7 @@ __all__ = [
     "WRITE_FORMATS",
     "ImageData",
     "ImageWarning",
+    "check_writable",
     "file_in_hand",
     "from_float",
     "list_images",
@@ -110,6 +114,11 @@ class ImageData:
     pixels: HxWxC, C = 1 (grey) or 3 (RGB), uint8 when bit_depth is 8, uint16 when 16 (the file's depth, not the
     range of its values). alpha: HxW with the same dtype, or None. exif: raw EXIF as Pillow writes it ("Exif\\0\\0"
     followed by the TIFF structure), orientation already applied to the pixels and its tag reset to 1.
+
+    Measurement TIFFs (esrgan.datatiff: float, signed or multi-band samples, georeferencing) add: extra, HxWxK
+    bands that are neither colour nor alpha (each upscaled alone, as grey), same dtype; valid, HxWxS bool over all
+    S samples of the file (colour, alpha, extra), False where the file held no data, or None; samples, the
+    esrgan.datatiff.SampleMap that maps the planes back onto the file's samples.
     """
 
     pixels: np.ndarray
@@ -119,6 +128,9 @@ class ImageData:
     exif: bytes | None = None
     format: str = "PNG"
     source: Path | None = field(default=None, compare=False)
+    extra: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    samples: SampleMap | None = None
 
     def __post_init__(self) -> None:
         if self.bit_depth not in (8, 16):
@@ -134,6 +146,19 @@ class ImageData:
         if self.alpha is not None and (self.alpha.shape != p.shape[:2] or self.alpha.dtype != dtype):
             raise ValueError(
                 f"alpha must be {p.shape[:2]} {dtype.name}, not {self.alpha.shape} {self.alpha.dtype}"
+            )
+        if self.extra is not None and (
+            self.extra.ndim != 3 or self.extra.shape[:2] != p.shape[:2] or self.extra.dtype != dtype
+        ):
+            raise ValueError(
+                f"extra must be {p.shape[:2]}xK {dtype.name}, not {self.extra.shape} {self.extra.dtype}"
+            )
+        planes = p.shape[2] + (self.alpha is not None) + (0 if self.extra is None else self.extra.shape[2])
+        if self.valid is not None and (
+            self.valid.shape != (*p.shape[:2], planes) or self.valid.dtype != np.bool_
+        ):
+            raise ValueError(
+                f"valid must be {(*p.shape[:2], planes)} bool, not {self.valid.shape} {self.valid.dtype}"
             )
 
     @property
@@ -190,6 +215,9 @@ class ImageData:
             self,
             pixels=from_float(pixels, self.bit_depth),
             alpha=None if alpha is None else from_float(alpha, self.bit_depth),
+            extra=None,
+            valid=None,
+            samples=None,
         )
 
     @classmethod
@@ -308,7 +336,9 @@ def _to_8bit(array: np.ndarray) -> np.ndarray:
 # --- reading --------------------------------------------------------------------------------------------------------
 
 
-def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+def read_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, measurements: bool = False
+) -> ImageData:
     """Decode an image file into an ImageData (see the module docstring for what is kept and how).
 
     Size is checked from the header against max_pixels before decoding, whatever Pillow's global
@@ -316,6 +346,10 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     its hard error at twice the global still applies and is reported as an ImageError. Animated images: the first frame, with an
     ImageWarning. 32-bit float and 32-bit integer images are refused (their value range is not defined).
     Truncated or corrupt files, non-images and unsupported modes raise ImageError("<path>: <problem>").
+
+    measurements: read measurement TIFFs (float, signed, multi-band, georeferenced: esrgan.datatiff) with
+    everything needed to write them back (what `esrgan upscale` does). Without it, those whose pixels are no
+    photograph's are refused in one line saying what they hold, and a georeferenced photograph is read as one.
     """
     path = Path(path)
     problem = special_file(path)
@@ -323,7 +357,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         raise ImageError(f"{path}: not a regular file ({problem})")
     try:
         with _in_hand(path):
-            return _read_any(path, max_pixels)
+            return _read_any(path, max_pixels, measurements)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -425,7 +459,21 @@ def too_many_pixels(path: str | os.PathLike[str], size: str, max_pixels: int) ->
     )
 
 
-def _read_any(path: Path, max_pixels: int) -> ImageData:
+def _read_any(path: Path, max_pixels: int, measurements: bool) -> ImageData:
+    if _is_tiff(path):
+        from . import datatiff  # deferred: datatiff builds on this module
+
+        if measurements:
+            data = datatiff.read_measurements(path, max_pixels)
+            if data is not None:
+                return data
+        else:
+            kind = datatiff.measurement_kind(path)
+            if kind is not None and not kind[1]:
+                raise ImageError(
+                    f"{path}: a measurement TIFF ({kind[0]}): `esrgan upscale` reads it, this does not "
+                    "(save it as 8 or 16-bit grey or RGB)"
+                )
     try:
         with _pillow_bomb_warning_silenced(max_pixels), Image.open(path) as im:
             return _read_opened(im, path, max_pixels)
@@ -456,7 +504,7 @@ def _pillow_bomb_warning_silenced(max_pixels: int) -> Iterator[None]:
 
 def _is_tiff(path: Path) -> bool:
     with open(path, "rb") as fh:
-        return fh.read(4) in (b"II*\x00", b"MM\x00*")
+        return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF, BigTIFF
 
 
 def _one_line(exc: BaseException) -> str:
@@ -702,7 +750,7 @@ def _tiff_exif(im: Image.Image) -> bytes | None:
 
 
 class _QuietHere(logging.Filter):
-    """Drops records logged by the thread while it is inside _tifffile_quiet()."""
+    """Drops records logged by the thread while it is inside tifffile_quiet()."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -717,7 +765,7 @@ logging.getLogger("tifffile").addFilter(_TIFFFILE_FILTER)
 
 
 @contextlib.contextmanager
-def _tifffile_quiet() -> Iterator[None]:
+def tifffile_quiet() -> Iterator[None]:
     """tifffile logs each malformed tag of a hostile file at ERROR level, which reaches stderr through logging's
     last-resort handler (a dozen lines before our one-line ImageError): silence it during our own reads only."""
     _TIFFFILE_FILTER.local.active = True
@@ -736,7 +784,7 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
     except ImportError:
         raise ImageError(f"{path}: 16-bit TIFF needs the 'tifffile' package (pip install tifffile)") from None
     try:
-        with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
+        with tifffile_quiet(), tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             height, width = int(page.imagelength), int(page.imagewidth)
             if width == 0 or height == 0:
@@ -1159,6 +1207,8 @@ def write_image(
     level = DEFAULT_PNG_COMPRESSION if png_compression is None else png_compression
     if not 0 <= level <= 9:
         raise ImageError(f"{path}: PNG compression must be 0-9, not {level}")
+    if image.samples is not None:
+        image = _measurements_as_photo(image, fmt, path) if fmt != "TIFF" else image
     stored_channels = 3 if fmt == "WEBP" else image.channels  # WebP stores grey as RGB
     icc = _profile_fitting(image.icc_profile, stored_channels, path)
     if icc is not image.icc_profile:
@@ -1175,6 +1225,33 @@ def write_image(
     except (ValueError, SyntaxError, struct.error) as exc:  # Pillow's refusals: EXIF too long or unparsable
         raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
     return path
+
+
+def check_writable(image: ImageData, fmt: str | None, path: Path) -> None:
+    """Raise ImageError if image cannot be written to path in fmt (None: from the extension): a measurement TIFF's
+    values fit TIFF only. Checked by the batch before the model runs, and by write_image."""
+    sm = image.samples
+    out = _output_format(path, fmt)
+    if sm is None or out == "TIFF":
+        return
+    if not sm.photo_compatible or image.valid is not None:
+        what = sm.describe() + (", pixels without data" if image.valid is not None else "")
+        raise ImageError(
+            f"{image.source or path}: {what}: only a TIFF output keeps them, not {out} "
+            "(drop --format, or --format tiff)"
+        )
+
+
+def _measurements_as_photo(image: ImageData, fmt: str, path: Path) -> ImageData:
+    from .datatiff import as_photo  # deferred: datatiff builds on this module
+
+    check_writable(image, fmt, path)
+    assert image.samples is not None
+    if image.samples.tags:
+        warnings.warn(
+            f"{path}: {fmt} holds no georeferencing; not written (use TIFF)", ImageWarning, stacklevel=4
+        )
+    return as_photo(image)
 
 
 def _profile_fitting(icc: bytes | None, channels: int, path: Path) -> bytes | None:
@@ -1201,6 +1278,11 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
     ):
         with open(tmp, "wb") as fh:
             _write_png(fh, image, level)
+        return
+    if fmt == "TIFF" and image.samples is not None:
+        from .datatiff import write_measurements  # deferred: datatiff builds on this module
+
+        write_measurements(tmp, image, path)
         return
     if fmt == "TIFF" and image.bit_depth == 16:
         _write_tiff16(tmp, image, path)

@@ -561,7 +561,7 @@ class _Batch:
 
     # stages: each takes an item and returns it for the next stage, or None when the item ended here
     def read(self, item: _Item) -> _Item | None:
-        from .imageio import DEFAULT_MAX_PIXELS, read_image, special_file
+        from .imageio import DEFAULT_MAX_PIXELS, check_writable, read_image, special_file
 
         item.start = time.perf_counter()
         problem = special_file(item.job.src)
@@ -575,9 +575,13 @@ class _Batch:
             return None
         try:
             item.image = read_image(
-                item.job.src, max_pixels=DEFAULT_MAX_PIXELS if self.max_pixels is None else self.max_pixels
+                item.job.src,
+                max_pixels=DEFAULT_MAX_PIXELS if self.max_pixels is None else self.max_pixels,
+                measurements=True,
             )
+            check_writable(item.image, self.output.format, item.job.dst)  # before the model spends its time
         except FILE_ERRORS as exc:
+            item.image = None
             self.failed(item, one_line(exc))
             return None
         return item
@@ -737,7 +741,8 @@ def _join(thread: threading.Thread) -> None:
 def _nbytes(image: ImageData | None) -> int:
     if image is None:
         return 0
-    return int(image.pixels.nbytes + (0 if image.alpha is None else image.alpha.nbytes))
+    planes = (image.pixels, image.alpha, image.extra, image.valid)
+    return sum(int(p.nbytes) for p in planes if p is not None)
 
 
 def is_video_job(job: Job) -> bool:

@@ -325,7 +325,9 @@ class Upscaler:
         dst = Path(dst)
         if not overwrite and dst.exists():
             raise OutputExistsError(dst)
-        data = read_image(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+        data = read_image(
+            src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, measurements=True
+        )
         result = self.upscale_image(data, on_tile=on_tile)
         return write_image(
             dst, result, format=format, quality=quality, overwrite=overwrite, png_compression=png_compression
@@ -341,8 +343,10 @@ class Upscaler:
         an exception it raises stops the work at that tile boundary. `upscale_file`, the CLI, `esrgan serve` and
         video frames all go through here.
         """
-        colour, alpha = self.upscale_planes(image.pixels, image.alpha, on_tile=on_tile)
-        return replace(image, pixels=colour, alpha=alpha)
+        if image.extra is None and image.valid is None:
+            colour, alpha = self.upscale_planes(image.pixels, image.alpha, on_tile=on_tile)
+            return replace(image, pixels=colour, alpha=alpha)
+        return self._upscale_bands(image, on_tile)
 
     def upscale_video(self, src: str | Path, dst: str | Path, **options: Any) -> VideoResult:
         """Every frame of a video through this upscaler, sound and timing kept: esrgan.video.upscale_video (options:
@@ -395,6 +399,46 @@ class Upscaler:
         return out_colour, out_alpha
 
     # --- internals ------------------------------------------------------------------------------------------------
+    def _upscale_bands(self, image: ImageData, on_tile: Progress | None) -> ImageData:
+        """A measurement image (esrgan.datatiff): pixels without data filled from their neighbours, colour (and
+        alpha) as usual, then each extra band alone as grey; the validity of each output pixel is that of the
+        nearest input pixel."""
+        colour, alpha, extra, valid = image.pixels, image.alpha, image.extra, image.valid
+        c = colour.shape[2]
+        if valid is not None:
+            colour = bleed_colour(colour, np.all(valid[:, :, :c], axis=2).astype(np.uint8))
+            if alpha is not None:
+                alpha = bleed_colour(alpha[:, :, None], valid[:, :, c].astype(np.uint8))[:, :, 0]
+        bands = [] if extra is None else [extra[:, :, k : k + 1] for k in range(extra.shape[2])]
+        if valid is not None:
+            first = c + (alpha is not None)
+            bands = [bleed_colour(b, valid[:, :, first + k].astype(np.uint8)) for k, b in enumerate(bands)]
+        h, w = colour.shape[:2]
+        tile = self.tile_size(h, w, colour.dtype)
+        per_pass = _tile_count(h, w, tile, self.overlap_for(tile))
+        first_passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
+        total = (first_passes + len(bands)) * per_pass
+
+        def progress(offset: int) -> Progress | None:
+            if on_tile is None:
+                return None
+            report = on_tile
+            return lambda done, _total: report(offset + done, total)
+
+        out_colour, out_alpha = self.upscale_planes(colour, alpha, on_tile=progress(0))
+        out_bands = [
+            self.upscale_planes(b, None, on_tile=progress((first_passes + k) * per_pass))[0]
+            for k, b in enumerate(bands)
+        ]
+        size = out_colour.shape[:2]
+        return replace(
+            image,
+            pixels=out_colour,
+            alpha=out_alpha,
+            extra=np.concatenate(out_bands, axis=2) if out_bands else None,
+            valid=None if valid is None else nearest(valid, size),
+        )
+
     def _run(
         self, runner: ModelRunner, plane: np.ndarray, tile: int, dtype: np.dtype, on_tile: Progress | None
     ) -> np.ndarray:
@@ -485,6 +529,15 @@ def _interpolated(model: RRDBNet, other: str | Path | RRDBNet, alpha: float) -> 
     )
     mixed.load_state_dict(sd, strict=True)
     return mixed.eval().requires_grad_(False)
+
+
+def nearest(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an HxW[xC] array to size (H', W'): output pixel centres mapped onto the input
+    grid (for an integer factor s, output (y, x) takes input (y // s, x // s))."""
+    h, w = plane.shape[:2]
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * (h / size[0])).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * (w / size[1])).astype(np.intp), w - 1)
+    return np.ascontiguousarray(plane[rows][:, cols])
 
 
 def _tile_count(h: int, w: int, tile: int, overlap: int) -> int:

@@ -1,0 +1,448 @@
+"""Measurement TIFFs: satellite, aerial, medical and scientific rasters through the same upscaler as photographs.
+
+A TIFF is read here (by `esrgan upscale`, i.e. `read_image(..., measurements=True)`) instead of as a photograph
+when its first page has float samples, signed or 32-bit integer samples, extra samples that are not alpha (GDAL
+writes every band after the first of a multi-band raster as an "unspecified" extra sample), more than one extra
+sample, or GeoTIFF georeferencing. Photo tools drop all of that, or worse: an RGB + near-infrared raster had its
+infrared band taken for alpha (colour premultiplied by it, written back as alpha).
+
+How the samples reach the model (esrgan.upscale.Upscaler.upscale_image):
+- every band mapped linearly from [min, max] of its valid values onto [0, 1] (an RGB file's three colour bands
+  jointly, so their balance stays; alpha keeps its type's full range), held as uint16 in between (1/65535 of the
+  range: finer than the model's own error; 16-bit planes are computed in fp32) and mapped back, so outputs stay
+  within each band's input range (the colour bands' joint one). Stretched because the models, trained on photographs that span the range, do
+  much worse on dark low-range data: +2.7 dB on Set5 as reflectance x 0.25 (docs/measurements.md);
+- RGB colour bands through the model as colour, every other band alone as grey (the models know colour, not how
+  a near-infrared band relates to red), alpha as in photographs;
+- invalid pixels (NaN or GDAL's nodata value, per band) filled from their valid neighbours before the model (a
+  hard edge against a fill value would ring into the data), and invalid again in the output where the nearest
+  input pixel was.
+
+What is written back (TIFF only: the values fit no other format): the same sample type, band count and order,
+photometric interpretation, planar configuration, extra-sample meanings, ICC profile and orientation tag; GeoTIFF
+georeferencing (pixel scale, tie points or transformation matrix, PixelIsArea or PixelIsPoint) scaled to the new
+size, its keys and GDAL's nodata and metadata tags copied. Overviews (reduced-resolution pages) are not written.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageError, one_line
+from .imageio import ImageData, ImageWarning, tifffile_quiet, too_many_pixels
+
+__all__ = ["SampleMap", "as_photo", "measurement_kind", "read_measurements", "write_measurements"]
+
+# ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams
+GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+GDAL_METADATA, GDAL_NODATA = 42112, 42113
+_CARRIED = (*GEO_TAGS, GDAL_METADATA, GDAL_NODATA)
+_ICC, _ORIENTATION = 34675, 274
+_RASTER_TYPE_KEY, _PIXEL_IS_POINT = 1025, 2  # GTRasterTypeGeoKey
+# Samples (all bands) per allowed pixel: a hyperspectral cube of hundreds of bands is refused at the pixel count of
+# an RGBA photo unless the limit is raised (each band is a pass of the model, and held in memory in float64 once).
+MAX_SAMPLES_PER_PIXEL = 4
+_PHOTO_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+@dataclass(frozen=True)
+class SampleMap:
+    """How an ImageData's planes map back onto the samples of the measurement TIFF they came from.
+
+    dtype: the file's sample type. ranges: per file sample, the (lo, hi) that 0 and 65535 of the uint16 planes
+    stand for. extrasamples: the ExtraSamples codes to write
+    (0 unspecified, 2 unassociated alpha). tags: (code, TIFF type, count, value) carried to the output (GeoTIFF,
+    GDAL metadata and nodata). size: the source raster's (height, width), to scale the georeferencing.
+    """
+
+    dtype: np.dtype[Any]
+    ranges: tuple[tuple[float, float], ...]
+    photometric: int
+    planar: int
+    extrasamples: tuple[int, ...]
+    tags: tuple[tuple[int, int, int, Any], ...]
+    nodata: float | None
+    size: tuple[int, int]
+    orientation: int = 1
+
+    @property
+    def samples(self) -> int:
+        return (3 if self.photometric == 2 else 1) + len(self.extrasamples)
+
+    @property
+    def photo_compatible(self) -> bool:
+        """Whether the planes are a photograph's (uint8/uint16 grey or RGB, maybe alpha): only the georeferencing
+        and GDAL tags would be lost in another format."""
+        return (
+            self.dtype in _PHOTO_DTYPES
+            and all(code != 0 for code in self.extrasamples)
+            and len(self.extrasamples) <= 1
+        )
+
+    def describe(self) -> str:
+        bands = f"{self.samples} bands" if self.samples > 1 else "1 band"
+        return f"{self.dtype.name} samples, {bands}"
+
+
+# --- which TIFFs --------------------------------------------------------------------------------------------------
+def _kind(page: Any) -> str | None:
+    """Why this first page is a measurement raster (None: a photograph, for the usual reader)."""
+    dtype = page.dtype
+    photometric = int(page.photometric)
+    samples = int(page.samplesperpixel)
+    colour = 3 if photometric == 2 else 1
+    if dtype is None or photometric not in (1, 2) or samples < colour or int(page.bitspersample) == 1:
+        return None  # palette, CMYK, YCbCr, bilevel, odd bit depths: the photograph reader's business
+    dtype = np.dtype(dtype)
+    extras = tuple(int(e) for e in page.extrasamples)
+    if dtype not in _PHOTO_DTYPES:
+        return f"{dtype.name} samples"
+    if samples - colour > 1:
+        return f"{samples} samples per pixel"
+    if samples - colour == 1 and extras and extras[0] == 0:
+        return "an extra sample that is not alpha"
+    if any(code in page.tags for code in GEO_TAGS):
+        return "GeoTIFF georeferencing"
+    return None
+
+
+def measurement_kind(path: Path) -> tuple[str, bool] | None:
+    """(what makes path a measurement TIFF, whether the photograph reader could still read its pixels), or None
+    for a photograph (or a file tifffile cannot parse: the photograph reader then says what is wrong)."""
+    import tifffile
+
+    try:
+        with tifffile_quiet(), tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            kind = _kind(page)
+            if kind is None:
+                return None
+            return kind, kind == "GeoTIFF georeferencing"
+    except (ValueError, KeyError, NotImplementedError, ArithmeticError, TypeError, IndexError, OSError):
+        return None
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+def read_measurements(path: Path, max_pixels: int) -> ImageData | None:
+    """The first page of a measurement TIFF as an ImageData with a SampleMap; None if path is not one."""
+    try:
+        return _read(path, max_pixels)
+    except (ValueError, KeyError, NotImplementedError, ArithmeticError, TypeError, IndexError) as exc:
+        # tifffile's TiffFileError is a ValueError; NotImplementedError: a compression it cannot decode
+        raise ImageError(f"{path}: cannot decode this TIFF ({one_line(exc)[:200]})") from None
+
+
+def _read(path: Path, max_pixels: int) -> ImageData | None:
+    import tifffile
+
+    with tifffile_quiet(), tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        kind = _kind(page)
+        if kind is None:
+            return None
+        height, width = int(page.imagelength), int(page.imagewidth)
+        samples = int(page.samplesperpixel)
+        if width == 0 or height == 0:
+            raise ImageError(f"{path}: image has zero size ({width}x{height})")
+        if width * height > max_pixels:
+            raise too_many_pixels(path, f"{width}x{height} = {width * height}", max_pixels)
+        if width * height * samples > MAX_SAMPLES_PER_PIXEL * max_pixels:
+            raise ImageError(
+                f"{path}: {width}x{height} with {samples} bands is more than {MAX_SAMPLES_PER_PIXEL} samples per "
+                f"allowed pixel ({max_pixels}); raise --max-megapixels to upscale it"
+            )
+        photometric, planar = int(page.photometric), int(page.planarconfig)
+        extras = tuple(int(e) for e in page.extrasamples)
+        tags = _checked_tags(
+            tuple(
+                (code, int(page.tags[code].dtype), int(page.tags[code].count), page.tags[code].value)
+                for code in _CARRIED
+                if code in page.tags
+            ),
+            path,
+        )
+        icc = page.tags[_ICC].value if _ICC in page.tags else None
+        orientation = int(page.tags[_ORIENTATION].value) if _ORIENTATION in page.tags else 1
+        full_pages = sum(1 for p in tif.pages[1:] if not int(getattr(p, "subfiletype", 0)) & 1)
+        array = page.asarray()
+        axes = page.axes
+    if full_pages:
+        warnings.warn(
+            f"{path}: TIFF with {full_pages + 1} full-size pages; only the first is upscaled", ImageWarning, 4
+        )
+    if axes.startswith("S") and array.ndim == 3:  # planar configuration "separate": samples first
+        array = np.moveaxis(array, 0, -1)
+    elif array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape != (height, width, samples):
+        raise ImageError(f"{path}: unsupported TIFF layout {axes} {array.shape}")
+    colour = 3 if photometric == 2 else 1
+    # a missing ExtraSamples tag, or a code TIFF does not define: unspecified
+    extras = tuple(e if e in (0, 1, 2) else 0 for e in (extras + (0,) * samples)[: samples - colour])
+    nodata = _nodata(tags, path)
+    valid = _valid(array, nodata)
+    # alpha: uint8/uint16 over their range, float over [0, 1]; a signed or 32-bit "alpha" is left a band
+    has_alpha = (
+        bool(extras) and extras[0] in (1, 2) and (array.dtype in _PHOTO_DTYPES or array.dtype.kind == "f")
+    )
+    if has_alpha and extras[0] == 1:  # associated (premultiplied) alpha: straightened, written back as such
+        array = array.copy()
+        array[:, :, :colour] = _straighten(array[:, :, :colour], array[:, :, colour])
+        extras = (2, *extras[1:])
+    ranges = _ranges(array, valid, colour, has_alpha)
+    planes = _to_uint16(array, valid, ranges)
+    pixels = np.ascontiguousarray(planes[:, :, :colour])
+    alpha = np.ascontiguousarray(planes[:, :, colour]) if has_alpha else None
+    first_extra = colour + (1 if has_alpha else 0)
+    extra = np.ascontiguousarray(planes[:, :, first_extra:]) if samples > first_extra else None
+    return ImageData(
+        pixels=pixels,
+        alpha=alpha,
+        bit_depth=16,
+        icc_profile=bytes(icc) if icc else None,
+        format="TIFF",
+        source=path,
+        extra=extra,
+        valid=None if valid is None or valid.all() else valid,
+        samples=SampleMap(
+            dtype=array.dtype,
+            ranges=ranges,
+            photometric=photometric,
+            planar=planar,
+            extrasamples=extras,
+            tags=tags,
+            nodata=nodata,
+            size=(height, width),
+            orientation=orientation,
+        ),
+    )
+
+
+def _checked_tags(
+    tags: tuple[tuple[int, int, int, Any], ...], path: Path
+) -> tuple[tuple[int, int, int, Any], ...]:
+    """The carried tags, or without the georeferencing (with a warning) when one of its tags has a shape GeoTIFF
+    does not allow: half of it, moved, would be worse than none."""
+
+    def numbers(value: Any, sizes: Callable[[int], bool]) -> bool:
+        return (
+            isinstance(value, tuple)
+            and sizes(len(value))
+            and all(isinstance(v, (int, float)) and np.isfinite(v) for v in value)
+        )
+
+    shapes: dict[int, Callable[[Any], bool]] = {
+        33550: lambda v: numbers(v, lambda n: n >= 2) and v[0] > 0 and v[1] > 0,
+        33922: lambda v: numbers(v, lambda n: n >= 6 and n % 6 == 0),
+        34264: lambda v: numbers(v, lambda n: n == 16),
+        34735: lambda v: numbers(v, lambda n: n >= 4 and n % 4 == 0),
+    }
+    bad = [code for code, _, _, value in tags if code in shapes and not shapes[code](value)]
+    if not bad:
+        return tags
+    warnings.warn(
+        f"{path}: malformed GeoTIFF tag {bad[0]}; the georeferencing is not written",
+        ImageWarning,
+        stacklevel=5,
+    )
+    return tuple(t for t in tags if t[0] not in GEO_TAGS)
+
+
+def _nodata(tags: tuple[tuple[int, int, int, Any], ...], path: Path) -> float | None:
+    for code, _type, _count, value in tags:
+        if code == GDAL_NODATA:
+            text = (value.decode("latin-1") if isinstance(value, bytes) else str(value)).strip("\x00 ")
+            try:
+                return float(text)
+            except ValueError:
+                raise ImageError(f"{path}: unreadable GDAL nodata value {text[:40]!r}") from None
+    return None
+
+
+def _valid(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """HxWxS: False where a sample holds no data (NaN/Inf, or the nodata value); None when all do."""
+    valid: np.ndarray | None = None
+    if array.dtype.kind == "f":
+        valid = np.isfinite(array)
+    if nodata is not None and not np.isnan(nodata):
+        same = array == np.asarray(nodata).astype(array.dtype) if _fits(nodata, array.dtype) else None
+        if same is not None:
+            valid = ~same if valid is None else valid & ~same
+    return valid
+
+
+def _fits(value: float, dtype: np.dtype[Any]) -> bool:
+    if dtype.kind == "f":
+        return True
+    info = np.iinfo(dtype)
+    return float(value).is_integer() and info.min <= value <= info.max
+
+
+def _ranges(
+    array: np.ndarray, valid: np.ndarray | None, colour: int, has_alpha: bool
+) -> tuple[tuple[float, float], ...]:
+    """Per sample, the (lo, hi) mapped onto [0, 1]: min and max of its valid values, the RGB colour samples sharing
+    one range; alpha keeps its type's full range (it is no measurement)."""
+
+    def extent(band: np.ndarray, ok: np.ndarray | None) -> tuple[float, float] | None:
+        values = band if ok is None else band[ok]
+        if values.size == 0:
+            return None
+        return float(values.min()), float(values.max())
+
+    samples = array.shape[2]
+    found = [extent(array[:, :, s], None if valid is None else valid[:, :, s]) for s in range(samples)]
+    ranges = [e if e is not None else (0.0, 1.0) for e in found]
+    if colour == 3:
+        known = [e for e in found[:3] if e is not None]
+        joint = (min(e[0] for e in known), max(e[1] for e in known)) if known else (0.0, 1.0)
+        ranges[:3] = [joint] * 3
+    if has_alpha:
+        ranges[colour] = (0.0, 1.0 if array.dtype.kind == "f" else float(np.iinfo(array.dtype).max))
+    return tuple(ranges)
+
+
+def _to_uint16(
+    array: np.ndarray, valid: np.ndarray | None, ranges: tuple[tuple[float, float], ...]
+) -> np.ndarray:
+    out = np.empty(array.shape, dtype=np.uint16)
+    for s, (lo, hi) in enumerate(ranges):
+        band = array[:, :, s].astype(np.float64)
+        unit = (band - lo) * (65535.0 / (hi - lo)) if hi > lo else np.zeros_like(band)
+        if valid is not None:
+            unit[~valid[:, :, s]] = 0.0  # filled from valid neighbours before the model
+        out[:, :, s] = np.clip(np.rint(np.nan_to_num(unit)), 0, 65535)
+    return out
+
+
+def _straighten(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Colour premultiplied by alpha back to straight colour (0 where alpha is 0)."""
+    if pixels.dtype.kind == "f":
+        a = alpha[:, :, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(a > 0, pixels / np.where(a > 0, a, 1), 0).astype(pixels.dtype)
+    top = 255.0 if pixels.dtype == np.uint8 else 65535.0
+    a = alpha.astype(np.float64)[:, :, None]
+    straight = np.where(a > 0, pixels.astype(np.float64) * top / np.maximum(a, 1.0), 0.0)
+    return np.clip(np.rint(straight), 0, top).astype(pixels.dtype)
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+def write_measurements(tmp: Path, image: ImageData, path: Path) -> None:
+    """The upscaled planes of a measurement TIFF back into the file's sample type and layout (see the module)."""
+    import tifffile
+
+    sm = image.samples
+    assert sm is not None
+    planes = [image.pixels]
+    if image.alpha is not None:
+        planes.append(image.alpha[:, :, None])
+    if image.extra is not None:
+        planes.append(image.extra)
+    stacked = np.concatenate(planes, axis=2) if len(planes) > 1 else image.pixels
+    if stacked.shape[2] != sm.samples:
+        raise ImageError(f"{path}: {stacked.shape[2]} planes for a file of {sm.samples} samples")
+    out = _from_uint16(stacked, sm.ranges, sm.dtype)
+    if image.valid is not None:
+        fill = sm.nodata if sm.nodata is not None else float("nan")
+        if sm.dtype.kind != "f" and not (np.isfinite(fill) and _fits(fill, sm.dtype)):
+            raise ImageError(f"{path}: invalid pixels but no nodata value that {sm.dtype.name} holds")
+        out[~image.valid] = np.asarray(fill).astype(sm.dtype)
+    height, width = image.height, image.width
+    extratags = _scaled_tags(sm, width / sm.size[1], height / sm.size[0])
+    if image.icc_profile:
+        extratags.append((_ICC, 7, len(image.icc_profile), image.icc_profile, True))
+    if sm.orientation != 1:
+        extratags.append((_ORIENTATION, 3, 1, sm.orientation, True))
+    data = out if out.shape[2] > 1 else out[:, :, 0]
+    if sm.planar == 2 and out.shape[2] > 1:
+        data = np.ascontiguousarray(np.moveaxis(out, -1, 0))
+    tifffile.imwrite(
+        tmp,
+        data,
+        photometric="rgb" if sm.photometric == 2 else "minisblack",
+        planarconfig=("separate" if sm.planar == 2 else "contig") if out.shape[2] > 1 else None,
+        extrasamples=sm.extrasamples or None,
+        compression="zlib",
+        extratags=extratags,
+        software=False,
+        metadata=None,
+    )
+
+
+def as_photo(image: ImageData) -> ImageData:
+    """A photo-compatible measurement image (SampleMap.photo_compatible, all pixels valid) as the plain photograph
+    it holds: planes back in the file's uint8/uint16 values, without the SampleMap (its georeferencing is lost)."""
+    sm = image.samples
+    assert sm is not None and sm.photo_compatible and image.valid is None and image.extra is None
+    c = image.channels
+    pixels = _from_uint16(image.pixels, sm.ranges[:c], sm.dtype)
+    alpha = None if image.alpha is None else _from_uint16(image.alpha[:, :, None], sm.ranges[c:], sm.dtype)
+    return replace(
+        image,
+        pixels=pixels,
+        alpha=None if alpha is None else alpha[:, :, 0],
+        bit_depth=8 if sm.dtype == np.uint8 else 16,
+        samples=None,
+    )
+
+
+def _from_uint16(
+    planes: np.ndarray, ranges: tuple[tuple[float, float], ...], dtype: np.dtype[Any]
+) -> np.ndarray:
+    out = np.empty(planes.shape, dtype=dtype)
+    for s, (lo, hi) in enumerate(ranges):
+        values = lo + planes[:, :, s].astype(np.float64) * ((hi - lo) / 65535.0)
+        if dtype.kind != "f":
+            info = np.iinfo(dtype)
+            values = np.clip(np.rint(values), max(info.min, lo), min(info.max, hi))
+        out[:, :, s] = values
+    return out
+
+
+def _scaled_tags(sm: SampleMap, sx: float, sy: float) -> list[tuple[int, int, int, Any, bool]]:
+    """The carried tags with the georeferencing moved onto the raster scaled by (sx, sy).
+
+    A raster coordinate r of the output is r / s of the input where pixels are areas (GeoTIFF's default), and
+    (r + 0.5) / s - 0.5 where they are points (PixelIsPoint: coordinates name pixel centres)."""
+    point = any(code == 34735 and _raster_type(value) == _PIXEL_IS_POINT for code, _, _, value in sm.tags)
+    shift = (lambda s: 0.5 / s - 0.5) if point else (lambda s: 0.0)
+    tags: list[tuple[int, int, int, Any, bool]] = []
+    for code, kind, count, value in sm.tags:
+        if code == 33550:  # ModelPixelScale (Sx, Sy, Sz): model units per pixel
+            value = (float(value[0]) / sx, float(value[1]) / sy, *map(float, value[2:]))
+        elif code == 33922:  # ModelTiepoint (I, J, K, X, Y, Z) per point: raster (I, J) at model (X, Y)
+            points = [float(v) for v in value]
+            for i in range(0, len(points) - 5, 6):
+                points[i] = (points[i] - shift(sx)) * sx
+                points[i + 1] = (points[i + 1] - shift(sy)) * sy
+            value = tuple(points)
+        elif code == 34264:  # ModelTransformation: 4x4 row-major, model = M @ (I, J, K, 1)
+            m = np.asarray(value, dtype=np.float64).reshape(4, 4)
+            back = np.array(
+                [[1 / sx, 0, 0, shift(sx)], [0, 1 / sy, 0, shift(sy)], [0, 0, 1, 0], [0, 0, 0, 1]]
+            )
+            value = tuple((m @ back).ravel().tolist())
+        if kind == 2:  # ASCII: tifffile counts and terminates it
+            tags.append(
+                (code, 2, 0, value.decode("latin-1") if isinstance(value, bytes) else str(value), True)
+            )
+        else:
+            tags.append((code, kind, len(value) if isinstance(value, tuple) else count, value, True))
+    return tags
+
+
+def _raster_type(keys: Any) -> int:
+    """GTRasterTypeGeoKey from a GeoKeyDirectory (header of 4 shorts, then 4 per key: id, location, count,
+    value); 1 (PixelIsArea) when absent."""
+    flat = [int(k) for k in keys]
+    for i in range(4, len(flat) - 3, 4):
+        if flat[i] == _RASTER_TYPE_KEY and flat[i + 1] == 0:
+            return flat[i + 3]
+    return 1
