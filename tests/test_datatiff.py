@@ -692,3 +692,40 @@ def test_read_image_still_refuses_measurement_tiffs_in_true_words(tmp_path: Path
     assert not re.search(r"16-bit (TIFF|image|sample|data)", messages["uint8x8"]), messages["uint8x8"]
     for path in files.values():  # the opt-in reads them all
         read_image(path, measurements=True)
+
+
+# --- batch D: one range for the tiles of a mosaic ------------------------------------------------------------------
+def test_value_range_maps_every_tile_of_a_mosaic_alike(
+    tmp_path: Path, model_file: Path, upscaler: Upscaler
+) -> None:
+    """Two tiles of one float raster span different ranges: with --value-range both are mapped from it (not each
+    from its own min and max), values outside it are clipped with a warning naming the file; a range that is not
+    LO < HI is refused before any work."""
+    c = crops()
+    kelvin = (250 + grey(c["cup"]) / 255 * 70).astype(np.float64)
+    tiles = {"west": kelvin[:, : W // 2], "east": kelvin[:, W // 2 :] + 30.0}  # the east tile is warmer
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, tile in tiles.items():
+        tifffile.imwrite(folder / f"{name}.tif", tile.astype(np.float32), photometric="minisblack")
+    lo, hi = 270.0, 345.0  # the west tile reaches below 270: clipped
+    assert tiles["west"].min() < lo and tiles["east"].max() <= hi
+    out = tmp_path / "out"
+    r = run_cli(
+        "upscale", folder, "-o", out, "--model", model_file, "--value-range", f"{lo:g}:{hi:g}",
+        "--precision", "fp32", "--device", "cpu", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    clipped = [line for line in r.stderr.splitlines() if "clipped" in line]
+    assert len(clipped) == 1 and "west.tif" in clipped[0] and "warning" in clipped[0], r.stderr
+    for name, tile in tiles.items():
+        bands, _ = tiff_bands(out / f"{name}_x{S}.tif")
+        expected = stretched(upscaler, np.clip(tile, lo, hi), lo, hi)
+        own = stretched(upscaler, tile, float(tile.min()), float(tile.max()))
+        assert np.abs(own - expected).max() > 10 * STEPS * (hi - lo)  # its own range would show
+        err = np.abs(bands[0] - expected)
+        assert err.max() <= STEPS * (hi - lo), f"{name}: off by up to {err.max():.3g}"
+        assert lo <= bands[0].min() and bands[0].max() <= hi
+    bad = run_cli("upscale", folder, "-o", tmp_path / "bad", "--model", model_file, "--value-range", "5:1")
+    assert bad.returncode == 2 and "--value-range takes LO:HI with LO < HI" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()

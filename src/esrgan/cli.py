@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -617,6 +618,14 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         f"(default {DEFAULT_MAX_PIXELS / 2**20:g} = {DEFAULT_MAX_PIXELS} pixels, a decompression-bomb guard)",
     )
     p.add_argument("--max-pixels", type=int, help=argparse.SUPPRESS)  # the old name, in pixels
+    p.add_argument(
+        "--value-range",
+        metavar="LO:HI",
+        type=_value_range,
+        help="measurement TIFFs (float, signed, multi-band, GeoTIFF: docs/measurements.md): map LO..HI of every band "
+        "onto the model's range instead of each file's own min..max, so that the tiles of a mosaic are treated "
+        "alike; values outside are clipped (with a warning)",
+    )
     v = p.add_argument_group(
         "videos",
         "videos (.mp4 .mkv .mov .webm .avi ...) keep their container unless -o or --name gives another suffix; "
@@ -721,6 +730,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
             png_compression=args.png_compression,
             overwrite=args.overwrite,
             max_pixels=args.max_pixels if args.max_megapixels is None else round(args.max_megapixels * 2**20),
+            value_range=args.value_range,
             progress="quiet" if args.quiet else "auto",
             video=video,
             overlap=args.overlap,
@@ -840,6 +850,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _path(s: str) -> Path:
     return Path(s).expanduser()
+
+
+def _value_range(text: str) -> tuple[float, float]:
+    lo_text, sep, hi_text = text.partition(":")
+    try:
+        lo, hi = float(lo_text), float(hi_text)
+    except ValueError:
+        lo = hi = float("nan")
+    if not sep or not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        raise argparse.ArgumentTypeError(
+            f"--value-range takes LO:HI with LO < HI (e.g. 0:10000), not {text!r}"
+        )
+    return lo, hi
 
 
 def _positive_float(flag: str) -> Callable[[str], float]:

@@ -129,16 +129,21 @@ def measurement_kind(path: Path) -> tuple[str, bool] | None:
 
 
 # --- reading ------------------------------------------------------------------------------------------------------
-def read_measurements(path: Path, max_pixels: int) -> ImageData | None:
-    """The first page of a measurement TIFF as an ImageData with a SampleMap; None if path is not one."""
+def read_measurements(
+    path: Path, max_pixels: int, value_range: tuple[float, float] | None = None
+) -> ImageData | None:
+    """The first page of a measurement TIFF as an ImageData with a SampleMap; None if path is not one.
+
+    value_range: the (lo, hi) every band but alpha is mapped from, instead of its own min and max (the same for
+    every tile of a mosaic); valid values outside it are clipped, with a warning."""
     try:
-        return _read(path, max_pixels)
+        return _read(path, max_pixels, value_range)
     except (ValueError, KeyError, NotImplementedError, ArithmeticError, TypeError, IndexError) as exc:
         # tifffile's TiffFileError is a ValueError; NotImplementedError: a compression it cannot decode
         raise ImageError(f"{path}: cannot decode this TIFF ({one_line(exc)[:200]})") from None
 
 
-def _read(path: Path, max_pixels: int) -> ImageData | None:
+def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) -> ImageData | None:
     import tifffile
 
     with tifffile_quiet(), tifffile.TiffFile(path) as tif:
@@ -196,6 +201,9 @@ def _read(path: Path, max_pixels: int) -> ImageData | None:
         array[:, :, :colour] = _straighten(array[:, :, :colour], array[:, :, colour])
         extras = (2, *extras[1:])
     ranges = _ranges(array, valid, colour, has_alpha)
+    if value_range is not None:
+        ranges = tuple(r if has_alpha and s == colour else value_range for s, r in enumerate(ranges))
+        _warn_clipped(array, valid, ranges, path)
     planes = _to_uint16(array, valid, ranges)
     pixels = np.ascontiguousarray(planes[:, :, :colour])
     alpha = np.ascontiguousarray(planes[:, :, colour]) if has_alpha else None
@@ -306,6 +314,23 @@ def _ranges(
     if has_alpha:
         ranges[colour] = (0.0, 1.0 if array.dtype.kind == "f" else float(np.iinfo(array.dtype).max))
     return tuple(ranges)
+
+
+def _warn_clipped(
+    array: np.ndarray, valid: np.ndarray | None, ranges: tuple[tuple[float, float], ...], path: Path
+) -> None:
+    outside = 0
+    for s, (lo, hi) in enumerate(ranges):
+        band = array[:, :, s]
+        out = (band < lo) | (band > hi)
+        outside += int(np.count_nonzero(out if valid is None else out & valid[:, :, s]))
+    if outside:
+        lo, hi = ranges[0]
+        warnings.warn(
+            f"{path}: {outside} values outside --value-range {lo:g}:{hi:g} clipped to it",
+            ImageWarning,
+            stacklevel=5,
+        )
 
 
 def _to_uint16(

@@ -337,7 +337,11 @@ def _to_8bit(array: np.ndarray) -> np.ndarray:
 
 
 def read_image(
-    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, measurements: bool = False
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    measurements: bool = False,
+    value_range: tuple[float, float] | None = None,
 ) -> ImageData:
     """Decode an image file into an ImageData (see the module docstring for what is kept and how).
 
@@ -350,6 +354,7 @@ def read_image(
     measurements: read measurement TIFFs (float, signed, multi-band, georeferenced: esrgan.datatiff) with
     everything needed to write them back (what `esrgan upscale` does). Without it, those whose pixels are no
     photograph's are refused in one line saying what they hold, and a georeferenced photograph is read as one.
+    value_range: the (lo, hi) every band of a measurement TIFF is mapped from (default: each band's min and max).
     """
     path = Path(path)
     problem = special_file(path)
@@ -357,7 +362,7 @@ def read_image(
         raise ImageError(f"{path}: not a regular file ({problem})")
     try:
         with _in_hand(path):
-            return _read_any(path, max_pixels, measurements)
+            return _read_any(path, max_pixels, measurements, value_range)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -459,12 +464,14 @@ def too_many_pixels(path: str | os.PathLike[str], size: str, max_pixels: int) ->
     )
 
 
-def _read_any(path: Path, max_pixels: int, measurements: bool) -> ImageData:
+def _read_any(
+    path: Path, max_pixels: int, measurements: bool, value_range: tuple[float, float] | None
+) -> ImageData:
     if _is_tiff(path):
         from . import datatiff  # deferred: datatiff builds on this module
 
         if measurements:
-            data = datatiff.read_measurements(path, max_pixels)
+            data = datatiff.read_measurements(path, max_pixels, value_range)
             if data is not None:
                 return data
         else:

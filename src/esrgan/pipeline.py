@@ -529,6 +529,7 @@ class _Batch:
         self.total = len(jobs)
         self.output = output
         self.max_pixels = max_pixels
+        self.value_range: tuple[float, float] | None = None
         self.report = report
         self.video = video or {}
         self.result = BatchResult(device=str(upscaler.device))
@@ -578,6 +579,7 @@ class _Batch:
                 item.job.src,
                 max_pixels=DEFAULT_MAX_PIXELS if self.max_pixels is None else self.max_pixels,
                 measurements=True,
+                value_range=self.value_range,
             )
             check_writable(item.image, self.output.format, item.job.dst)  # before the model spends its time
         except FILE_ERRORS as exc:
@@ -758,6 +760,7 @@ def upscale_files(
     png_compression: int | None = None,
     overwrite: bool = False,
     max_pixels: int | None = None,
+    value_range: tuple[float, float] | None = None,
     progress: str = "auto",
     video: dict[str, Any] | None = None,
     overlap: bool = True,
@@ -774,6 +777,8 @@ def upscale_files(
     `video` options (codec, crf, ...). png_compression: zlib level 0-9 of PNG outputs (default: a fast one).
     overlap: decode, upscale and write different files at once (see the module docstring); False runs them one
     after the other. writers: writer threads (default default_writers()). prefix: starts every progress line.
+    value_range: (lo, hi) that every band of a measurement TIFF is mapped from (esrgan.datatiff; default: each
+    band's own min and max).
     """
     from .atomic import remove_leftovers
 
@@ -782,6 +787,7 @@ def upscale_files(
     batch = _Batch(
         upscaler, jobs, OutputOptions(format, quality, png_compression, overwrite), max_pixels, report, video
     )
+    batch.value_range = value_range
     result = batch.result
     result.leftovers = remove_leftovers(job.dst for job in jobs)
     if result.leftovers:
