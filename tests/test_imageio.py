@@ -200,6 +200,38 @@ def test_16bit_grey_png_written_by_pillow(tmp_path: Path, camera: np.ndarray) ->
     np.testing.assert_array_equal(img.pixels[:, :, 0], deep)
 
 
+def test_a_tiff_writers_note_of_the_array_shape_is_not_carried(tmp_path: Path, photo: np.ndarray) -> None:
+    """tifffile describes what it writes as '{"shape": [h, w, 3]}' (ImageJ as 'ImageJ=...'): carried to an upscaled
+    output, that description is false (tifffile warned "shaped series shape does not match page shape" reading our
+    output). A person's description is kept."""
+    tifffile = pytest.importorskip("tifffile")
+    crop = photo[:40, :48]
+    tifffile.imwrite(tmp_path / "shaped16.tif", crop.astype(np.uint16) * 257, photometric="rgb")
+    tifffile.imwrite(tmp_path / "shaped8.tif", crop, photometric="rgb")
+    tifffile.imwrite(
+        tmp_path / "noted.tif", crop, photometric="rgb", description="scan of a 1962 print", metadata=None
+    )
+    for name in ("shaped16.tif", "shaped8.tif"):
+        assert '{"shape"' in str(
+            tifffile.TiffFile(tmp_path / name).pages.first.description
+        )  # as the test says
+        image = read_image(tmp_path / name)
+        assert image.exif is None or 270 not in _exif_of(image.exif), name
+        big = image.with_float(np.repeat(np.repeat(image.to_float(), 2, axis=0), 2, axis=1))
+        write_image(tmp_path / f"big_{name}", big)
+        with tifffile.TiffFile(tmp_path / f"big_{name}") as tif:
+            assert tif.series[0].shape == (80, 96, 3), name
+            assert "shape" not in str(tif.pages.first.description), name
+    noted = read_image(tmp_path / "noted.tif")
+    assert noted.exif is not None and _exif_of(noted.exif)[270] == "scan of a 1962 print"
+
+
+def _exif_of(raw: bytes) -> Image.Exif:
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif
+
+
 @pytest.mark.parametrize("ext", ["png", "tif"])
 @pytest.mark.parametrize("layout", ["grey", "grey+alpha", "rgb", "rgba"])
 def test_16bit_round_trip_exact(tmp_path: Path, photo: np.ndarray, ext: str, layout: str) -> None:

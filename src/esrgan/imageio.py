@@ -744,7 +744,7 @@ def _tiff_exif(im: Image.Image) -> bytes | None:
     source = im.getexif()
     exif = Image.Exif()
     for tag in _TIFF_EXIF_IFD0_TAGS:
-        if tag in source:
+        if tag in source and not (tag == 270 and _describes_the_array(source[tag])):
             exif[tag] = source[tag]
     for pointer in (0x8769, 0x8825):  # Exif IFD, GPS IFD
         if pointer in source:
@@ -754,6 +754,13 @@ def _tiff_exif(im: Image.Image) -> bytes | None:
     if not len(exif) and not any(exif.get_ifd(p) for p in (0x8769, 0x8825)):
         return None
     return exif.tobytes()
+
+
+def _describes_the_array(description: object) -> bool:
+    """Whether an ImageDescription is a writer's note of the array's shape (tifffile's '{"shape": [...]}', ImageJ's
+    'ImageJ=...'), which would be false of the upscaled image (tifffile then warns that the shapes disagree)."""
+    text = description.decode("latin-1") if isinstance(description, bytes) else str(description)
+    return text.lstrip().startswith(('{"shape"', "ImageJ="))
 
 
 class _QuietHere(logging.Filter):
