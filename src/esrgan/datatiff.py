@@ -338,11 +338,13 @@ def _to_uint16(
 ) -> np.ndarray:
     out = np.empty(array.shape, dtype=np.uint16)
     for s, (lo, hi) in enumerate(ranges):
-        band = array[:, :, s].astype(np.float64)
-        unit = (band - lo) * (65535.0 / (hi - lo)) if hi > lo else np.zeros_like(band)
-        if valid is not None:
-            unit[~valid[:, :, s]] = 0.0  # filled from valid neighbours before the model
-        out[:, :, s] = np.clip(np.rint(np.nan_to_num(unit)), 0, 65535)
+        for top in range(0, array.shape[0], _ROWS):
+            rows = slice(top, top + _ROWS)
+            band = array[rows, :, s].astype(np.float64)
+            unit = (band - lo) * (65535.0 / (hi - lo)) if hi > lo else np.zeros_like(band)
+            if valid is not None:
+                unit[~valid[rows, :, s]] = 0.0  # filled from valid neighbours before the model
+            out[rows, :, s] = np.clip(np.rint(np.nan_to_num(unit)), 0, 65535)
     return out
 
 
@@ -365,34 +367,38 @@ def write_measurements(tmp: Path, image: ImageData, path: Path) -> None:
 
     sm = image.samples
     assert sm is not None
-    planes = [image.pixels]
+    planes = [image.pixels[:, :, c] for c in range(image.channels)]
     if image.alpha is not None:
-        planes.append(image.alpha[:, :, None])
+        planes.append(image.alpha)
     if image.extra is not None:
-        planes.append(image.extra)
-    stacked = np.concatenate(planes, axis=2) if len(planes) > 1 else image.pixels
-    if stacked.shape[2] != sm.samples:
-        raise ImageError(f"{path}: {stacked.shape[2]} planes for a file of {sm.samples} samples")
-    out = _from_uint16(stacked, sm.ranges, sm.dtype)
+        planes.extend(image.extra[:, :, k] for k in range(image.extra.shape[2]))
+    if len(planes) != sm.samples:
+        raise ImageError(f"{path}: {len(planes)} planes for a file of {sm.samples} samples")
+    fill = None
     if image.valid is not None:
         fill = sm.nodata if sm.nodata is not None else float("nan")
         if sm.dtype.kind != "f" and not (np.isfinite(fill) and _fits(fill, sm.dtype)):
             raise ImageError(f"{path}: invalid pixels but no nodata value that {sm.dtype.name} holds")
-        out[~image.valid] = np.asarray(fill).astype(sm.dtype)
     height, width = image.height, image.width
+    # the file's layout straight away (samples last, or first when planar), filled one band at a time
+    out = np.empty((sm.samples, height, width) if sm.planar == 2 else (height, width, sm.samples), sm.dtype)
+    for s, (plane, (lo, hi)) in enumerate(zip(planes, sm.ranges, strict=True)):
+        band = out[s] if sm.planar == 2 else out[:, :, s]
+        _from_uint16(plane, lo, hi, band)
+        if fill is not None:
+            assert image.valid is not None
+            band[~image.valid[:, :, s]] = np.asarray(fill).astype(sm.dtype)
     extratags = _scaled_tags(sm, width / sm.size[1], height / sm.size[0])
     if image.icc_profile:
         extratags.append((_ICC, 7, len(image.icc_profile), image.icc_profile, True))
     if sm.orientation != 1:
         extratags.append((_ORIENTATION, 3, 1, sm.orientation, True))
-    data = out if out.shape[2] > 1 else out[:, :, 0]
-    if sm.planar == 2 and out.shape[2] > 1:
-        data = np.ascontiguousarray(np.moveaxis(out, -1, 0))
+    one = sm.samples == 1
     tifffile.imwrite(
         tmp,
-        data,
+        out.reshape(height, width) if one else out,
         photometric="rgb" if sm.photometric == 2 else "minisblack",
-        planarconfig=("separate" if sm.planar == 2 else "contig") if out.shape[2] > 1 else None,
+        planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
         extrasamples=sm.extrasamples or None,
         compression="zlib",
         extratags=extratags,
@@ -407,28 +413,35 @@ def as_photo(image: ImageData) -> ImageData:
     sm = image.samples
     assert sm is not None and sm.photo_compatible and image.valid is None and image.extra is None
     c = image.channels
-    pixels = _from_uint16(image.pixels, sm.ranges[:c], sm.dtype)
-    alpha = None if image.alpha is None else _from_uint16(image.alpha[:, :, None], sm.ranges[c:], sm.dtype)
+    pixels = np.empty(image.pixels.shape, sm.dtype)
+    for k in range(c):
+        _from_uint16(image.pixels[:, :, k], *sm.ranges[k], pixels[:, :, k])
+    alpha = None
+    if image.alpha is not None:
+        alpha = np.empty(image.alpha.shape, sm.dtype)
+        _from_uint16(image.alpha, *sm.ranges[c], alpha)
     return replace(
         image,
         pixels=pixels,
-        alpha=None if alpha is None else alpha[:, :, 0],
+        alpha=alpha,
         bit_depth=8 if sm.dtype == np.uint8 else 16,
         samples=None,
     )
 
 
-def _from_uint16(
-    planes: np.ndarray, ranges: tuple[tuple[float, float], ...], dtype: np.dtype[Any]
-) -> np.ndarray:
-    out = np.empty(planes.shape, dtype=dtype)
-    for s, (lo, hi) in enumerate(ranges):
-        values = lo + planes[:, :, s].astype(np.float64) * ((hi - lo) / 65535.0)
-        if dtype.kind != "f":
-            info = np.iinfo(dtype)
+_ROWS = 256  # rows converted at once: the float64 intermediate of a band stays small whatever its size
+
+
+def _from_uint16(plane: np.ndarray, lo: float, hi: float, out: np.ndarray) -> None:
+    """One HxW uint16 plane back into out (HxW of the file's type): lo + plane * (hi - lo) / 65535, integers
+    rounded and kept within [lo, hi]."""
+    step = (hi - lo) / 65535.0
+    for top in range(0, plane.shape[0], _ROWS):
+        values = lo + plane[top : top + _ROWS].astype(np.float64) * step
+        if out.dtype.kind != "f":
+            info = np.iinfo(out.dtype)
             values = np.clip(np.rint(values), max(info.min, lo), min(info.max, hi))
-        out[:, :, s] = values
-    return out
+        out[top : top + _ROWS] = values
 
 
 def _scaled_tags(sm: SampleMap, sx: float, sy: float) -> list[tuple[int, int, int, Any, bool]]:

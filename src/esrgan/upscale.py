@@ -426,16 +426,16 @@ class Upscaler:
             return lambda done, _total: report(offset + done, total)
 
         out_colour, out_alpha = self.upscale_planes(colour, alpha, on_tile=progress(0))
-        out_bands = [
-            self.upscale_planes(b, None, on_tile=progress((first_passes + k) * per_pass))[0]
-            for k, b in enumerate(bands)
-        ]
         size = out_colour.shape[:2]
+        out_extra = np.empty((*size, len(bands)), out_colour.dtype)
+        for k, b in enumerate(bands):  # each band's result copied in and dropped: no second copy of them all
+            band, _ = self.upscale_planes(b, None, on_tile=progress((first_passes + k) * per_pass))
+            out_extra[:, :, k] = band[:, :, 0]
         return replace(
             image,
             pixels=out_colour,
             alpha=out_alpha,
-            extra=np.concatenate(out_bands, axis=2) if out_bands else None,
+            extra=out_extra if bands else None,
             valid=None if valid is None else nearest(valid, size),
         )
 
