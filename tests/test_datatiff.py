@@ -287,6 +287,9 @@ def make_inputs(folder: Path) -> dict[str, Any]:
     data["i32"] = np.rint(-1e6 + grey(c["face"]) / 255 * 2e9).astype(np.int32)
     tifffile.imwrite(folder / "i32.tif", data["i32"], photometric="minisblack")
 
+    # a tiled GeoTIFF (as cloud-optimised ones are), 16x16 blocks
+    write_geotiff(folder / "tiled.tif", ms[3:5], tiled=True, blockxsize=16, blockysize=16)
+
     # uint16 with a rotated grid (ModelTransformation tag instead of pixel scale + tiepoint)
     data["rot_transform"] = Affine(10, 2, 500000, 1, -10, 4200000)
     write_geotiff(folder / "rot.tif", ms[4:5], transform=data["rot_transform"])
@@ -337,7 +340,7 @@ def test_the_batch_upscales_every_measurement_tiff(batch: dict[str, Any]) -> Non
     names = sorted(p.name for p in batch["out"].iterdir())
     assert [n for n in names if n.startswith(".")] == []  # no temporary files left
     for name in ("ms", "planar", "u16nd", "dem", "dem_full", "kelvin", "ndvi", "unit", "rgbf", "u32", "rot",
-                 "rgbnir", "rgb_geo", "nir_geo", "rgb16geo", "assoc", "f16", "i8", "i32"):  # fmt: skip
+                 "rgbnir", "rgb_geo", "nir_geo", "rgb16geo", "assoc", "f16", "i8", "i32", "tiled"):  # fmt: skip
         assert f"{name}_x{S}.tif" in names, names
 
 
@@ -548,6 +551,25 @@ def test_other_sample_types_keep_their_type_and_range(
         assert err.max() <= STEPS * (hi - lo) + 0.5, (
             f"off by up to {err.max():.4g} of a range of {hi - lo:.4g}"
         )
+
+
+def test_a_tiled_geotiff_comes_back_tiled(batch: dict[str, Any]) -> None:
+    with rasterio.open(batch["in"] / "tiled.tif") as src, rasterio.open(output(batch, "tiled")) as dst:
+        assert src.block_shapes == [(16, 16)] * 2  # the input is what the test says
+        assert dst.block_shapes == [(16, 16)] * 2, dst.block_shapes
+        assert dst.count == 2 and dst.dtypes == ("uint16", "uint16")
+        assert_transform(dst.transform, scaled(src.transform))
+
+
+def test_complex_samples_are_refused_in_one_line_either_way(tmp_path: Path) -> None:
+    """Complex samples (radar) hold no picture for a model: refused by both readers, before any model runs."""
+    path = tmp_path / "slc.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(path, (rng.random((H, W)) + 1j * rng.random((H, W))).astype(np.complex64))
+    for measurements in (False, True):
+        with pytest.raises(ImageError) as caught:
+            read_image(path, measurements=measurements)
+        assert str(caught.value) == f"{path}: complex64 samples are not supported (save as 8 or 16-bit)"
 
 
 def test_rotated_grid_model_transformation_is_scaled(batch: dict[str, Any]) -> None:

@@ -70,6 +70,7 @@ class SampleMap:
     nodata: float | None
     size: tuple[int, int]
     orientation: int = 1
+    tile: tuple[int, int] | None = None
 
     @property
     def samples(self) -> int:
@@ -100,6 +101,8 @@ def _kind(page: Any) -> str | None:
     if dtype is None or photometric not in (1, 2) or samples < colour or int(page.bitspersample) == 1:
         return None  # palette, CMYK, YCbCr, bilevel, odd bit depths: the photograph reader's business
     dtype = np.dtype(dtype)
+    if dtype.kind not in "uif":  # complex, bool: no values to show a model (the photograph reader refuses them)
+        return None
     extras = tuple(int(e) for e in page.extrasamples)
     if dtype not in _PHOTO_DTYPES:
         return f"{dtype.name} samples"
@@ -174,6 +177,7 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
         )
         icc = page.tags[_ICC].value if _ICC in page.tags else None
         orientation = int(page.tags[_ORIENTATION].value) if _ORIENTATION in page.tags else 1
+        tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
         full_pages = sum(1 for p in tif.pages[1:] if not int(getattr(p, "subfiletype", 0)) & 1)
         array = page.asarray()
         axes = page.axes
@@ -228,6 +232,7 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
             nodata=nodata,
             size=(height, width),
             orientation=orientation,
+            tile=tile if tile and all(t > 0 and t % 16 == 0 for t in tile) else None,
         ),
     )
 
@@ -401,6 +406,7 @@ def write_measurements(tmp: Path, image: ImageData, path: Path) -> None:
         planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
         extrasamples=sm.extrasamples or None,
         compression="zlib",
+        tile=sm.tile,  # a tiled input (a cloud-optimised GeoTIFF, say) gives a tiled output, same tile size
         extratags=extratags,
         software=False,
         metadata=None,
