@@ -135,11 +135,39 @@ def _measurement_seeds(rgb: np.ndarray, grey: np.ndarray) -> dict[str, bytes]:
         * 257
     )
     return {
+        "ct.dcm": _dicom(dem),
+        "us.dcm": _dicom(rgb),
         "reflectance.tif": tiff(reflectance, photometric="rgb"),
         "dem_geo.tif": tiff(dem, extratags=geo),
         "bands6.tif": tiff(bands, photometric="minisblack", planarconfig="separate"),
         "rgbn.tif": tiff(np.dstack([rgb, grey]), photometric="rgb", extrasamples=[0]),
     }
+
+
+def _dicom(pixels: np.ndarray) -> bytes:
+    """A DICOM Part 10 file of pixels (int16 grey or uint8 RGB), as pydicom writes a CT or ultrasound export."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("seed.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = CTImageStorage, "1.2.3.4.5", "1.2.3.4"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    colour = pixels.ndim == 3
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = (3, "RGB") if colour else (1, "MONOCHROME2")
+    if colour:
+        ds.PlanarConfiguration = 0
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 # --- mutations ------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,14 @@ import numpy as np
 from .errors import ImageError, one_line
 from .imageio import ImageData, ImageWarning, tifffile_quiet, too_many_pixels
 
-__all__ = ["SampleMap", "as_photo", "measurement_kind", "read_measurements", "write_measurements"]
+__all__ = [
+    "SampleMap",
+    "as_photo",
+    "measurement_kind",
+    "read_measurements",
+    "stretch_planes",
+    "write_measurements",
+]
 
 # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
@@ -59,6 +66,7 @@ class SampleMap:
     stand for. extrasamples: the ExtraSamples codes to write
     (0 unspecified, 2 unassociated alpha). tags: (code, TIFF type, count, value) carried to the output (GeoTIFF,
     GDAL metadata and nodata). size: the source raster's (height, width), to scale the georeferencing.
+    photometric: 0 (grey, white is low: DICOM's MONOCHROME1), 1 (grey) or 2 (RGB).
     """
 
     dtype: np.dtype[Any]
@@ -71,6 +79,7 @@ class SampleMap:
     size: tuple[int, int]
     orientation: int = 1
     tile: tuple[int, int] | None = None
+    dicom: Any = field(default=None, compare=False, repr=False)  # the source's pydicom Dataset (esrgan.dicom)
 
     @property
     def samples(self) -> int:
@@ -82,6 +91,7 @@ class SampleMap:
         and GDAL tags would be lost in another format."""
         return (
             self.dtype in _PHOTO_DTYPES
+            and self.photometric in (1, 2)
             and all(code != 0 for code in self.extrasamples)
             and len(self.extrasamples) <= 1
         )
@@ -101,7 +111,9 @@ def _kind(page: Any) -> str | None:
     if dtype is None or photometric not in (1, 2) or samples < colour or int(page.bitspersample) == 1:
         return None  # palette, CMYK, YCbCr, bilevel, odd bit depths: the photograph reader's business
     dtype = np.dtype(dtype)
-    if dtype.kind not in "uif":  # complex, bool: no values to show a model (the photograph reader refuses them)
+    if (
+        dtype.kind not in "uif"
+    ):  # complex, bool: no values to show a model (the photograph reader refuses them)
         return None
     extras = tuple(int(e) for e in page.extrasamples)
     if dtype not in _PHOTO_DTYPES:
@@ -204,11 +216,7 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
         array = array.copy()
         array[:, :, :colour] = _straighten(array[:, :, :colour], array[:, :, colour])
         extras = (2, *extras[1:])
-    ranges = _ranges(array, valid, colour, has_alpha)
-    if value_range is not None:
-        ranges = tuple(r if has_alpha and s == colour else value_range for s, r in enumerate(ranges))
-        _warn_clipped(array, valid, ranges, path)
-    planes = _to_uint16(array, valid, ranges)
+    planes, ranges = stretch_planes(array, valid, colour, has_alpha, value_range, path)
     pixels = np.ascontiguousarray(planes[:, :, :colour])
     alpha = np.ascontiguousarray(planes[:, :, colour]) if has_alpha else None
     first_extra = colour + (1 if has_alpha else 0)
@@ -321,6 +329,23 @@ def _ranges(
     return tuple(ranges)
 
 
+def stretch_planes(
+    array: np.ndarray,
+    valid: np.ndarray | None,
+    colour: int,
+    has_alpha: bool,
+    value_range: tuple[float, float] | None,
+    path: Path,
+) -> tuple[np.ndarray, tuple[tuple[float, float], ...]]:
+    """HxWxS samples -> (uint16 planes, the (lo, hi) of each): every band from [min, max] of its valid values (the
+    colour bands jointly, alpha over its type's range), or from value_range (clipped, with a warning)."""
+    ranges = _ranges(array, valid, colour, has_alpha)
+    if value_range is not None:
+        ranges = tuple(r if has_alpha and s == colour else value_range for s, r in enumerate(ranges))
+        _warn_clipped(array, valid, ranges, path)
+    return _to_uint16(array, valid, ranges), ranges
+
+
 def _warn_clipped(
     array: np.ndarray, valid: np.ndarray | None, ranges: tuple[tuple[float, float], ...], path: Path
 ) -> None:
@@ -346,7 +371,7 @@ def _to_uint16(
         for top in range(0, array.shape[0], _ROWS):
             rows = slice(top, top + _ROWS)
             band = array[rows, :, s].astype(np.float64)
-            unit = (band - lo) * (65535.0 / (hi - lo)) if hi > lo else np.zeros_like(band)
+            unit = (band - lo) * (65535.0 / (hi - lo)) if hi != lo else np.zeros_like(band)
             if valid is not None:
                 unit[~valid[rows, :, s]] = 0.0  # filled from valid neighbours before the model
             out[rows, :, s] = np.clip(np.rint(np.nan_to_num(unit)), 0, 65535)
@@ -366,8 +391,9 @@ def _straighten(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
-def write_measurements(tmp: Path, image: ImageData, path: Path) -> None:
-    """The upscaled planes of a measurement TIFF back into the file's sample type and layout (see the module)."""
+def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF") -> None:
+    """The upscaled planes of a measurement TIFF (or DICOM) back into the file's sample type and layout (see the
+    module): as a TIFF, or as DICOM (fmt "DICOM", a DICOM source's dataset)."""
     import tifffile
 
     sm = image.samples
@@ -385,6 +411,8 @@ def write_measurements(tmp: Path, image: ImageData, path: Path) -> None:
         if sm.dtype.kind != "f" and not (np.isfinite(fill) and _fits(fill, sm.dtype)):
             raise ImageError(f"{path}: invalid pixels but no nodata value that {sm.dtype.name} holds")
     height, width = image.height, image.width
+    if fmt == "DICOM" and sm.planar == 2:
+        sm = replace(sm, planar=1)
     # the file's layout straight away (samples last, or first when planar), filled one band at a time
     out = np.empty((sm.samples, height, width) if sm.planar == 2 else (height, width, sm.samples), sm.dtype)
     for s, (plane, (lo, hi)) in enumerate(zip(planes, sm.ranges, strict=True)):
@@ -393,6 +421,11 @@ def write_measurements(tmp: Path, image: ImageData, path: Path) -> None:
         if fill is not None:
             assert image.valid is not None
             band[~image.valid[:, :, s]] = np.asarray(fill).astype(sm.dtype)
+    if fmt == "DICOM":
+        from .dicom import write_dicom  # deferred: esrgan.dicom builds on this module
+
+        write_dicom(tmp, image, path, out)
+        return
     extratags = _scaled_tags(sm, width / sm.size[1], height / sm.size[0])
     if image.icc_profile:
         extratags.append((_ICC, 7, len(image.icc_profile), image.icc_profile, True))
@@ -402,7 +435,7 @@ def write_measurements(tmp: Path, image: ImageData, path: Path) -> None:
     tifffile.imwrite(
         tmp,
         out.reshape(height, width) if one else out,
-        photometric="rgb" if sm.photometric == 2 else "minisblack",
+        photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
         planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
         extrasamples=sm.extrasamples or None,
         compression="zlib",
@@ -446,7 +479,7 @@ def _from_uint16(plane: np.ndarray, lo: float, hi: float, out: np.ndarray) -> No
         values = lo + plane[top : top + _ROWS].astype(np.float64) * step
         if out.dtype.kind != "f":
             info = np.iinfo(out.dtype)
-            values = np.clip(np.rint(values), max(info.min, lo), min(info.max, hi))
+            values = np.clip(np.rint(values), max(info.min, min(lo, hi)), min(info.max, max(lo, hi)))
         out[top : top + _ROWS] = values
 
 

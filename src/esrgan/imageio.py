@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "PIL_LAYOUTS",
     "WRITE_FORMATS",
@@ -67,8 +68,14 @@ WRITE_FORMATS = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
     ".bmp": "BMP",
+    ".dcm": "DICOM",
+    ".dicom": "DICOM",
 }
-"""Output extensions and the format each selects (format names are accepted too, case-insensitively)."""
+"""Output extensions and the format each selects (format names are accepted too, case-insensitively). DICOM is
+written for DICOM inputs only (esrgan.dicom)."""
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+"""DICOM files a folder listing of `esrgan upscale` picks up (the other readers do not read DICOM)."""
 
 IMAGE_SUFFIXES = frozenset(
     {
@@ -467,6 +474,12 @@ def too_many_pixels(path: str | os.PathLike[str], size: str, max_pixels: int) ->
 def _read_any(
     path: Path, max_pixels: int, measurements: bool, value_range: tuple[float, float] | None
 ) -> ImageData:
+    from . import dicom  # deferred: both build on this module
+
+    if dicom.is_dicom(path):
+        if not measurements:
+            raise ImageError(f"{path}: a DICOM file: `esrgan upscale` reads it, this does not")
+        return dicom.read_dicom(path, max_pixels, value_range)
     if _is_tiff(path):
         from . import datatiff  # deferred: datatiff builds on this module
 
@@ -1177,13 +1190,13 @@ def _output_format(path: Path, format: str | None) -> str:
         name = {"JPG": "JPEG", "TIF": "TIFF"}.get(name, name)
         if name not in set(WRITE_FORMATS.values()):
             raise ImageError(
-                f"{path}: cannot write format {format!r} (choose from png, jpeg, webp, tiff, bmp)"
+                f"{path}: cannot write format {format!r} (choose from png, jpeg, webp, tiff, bmp, dicom)"
             )
         return name
     found = WRITE_FORMATS.get(path.suffix.lower())
     if found is None:
         raise ImageError(
-            f"{path}: unknown output extension {path.suffix!r} (use .png, .jpg, .webp, .tif or .bmp)"
+            f"{path}: unknown output extension {path.suffix!r} (use .png, .jpg, .webp, .tif, .bmp or .dcm)"
         )
     return found
 
@@ -1221,8 +1234,9 @@ def write_image(
     level = DEFAULT_PNG_COMPRESSION if png_compression is None else png_compression
     if not 0 <= level <= 9:
         raise ImageError(f"{path}: PNG compression must be 0-9, not {level}")
-    if image.samples is not None:
-        image = _measurements_as_photo(image, fmt, path) if fmt != "TIFF" else image
+    check_writable(image, fmt, path)
+    if image.samples is not None and fmt not in ("TIFF", "DICOM"):
+        image = _measurements_as_photo(image, fmt, path)
     stored_channels = 3 if fmt == "WEBP" else image.channels  # WebP stores grey as RGB
     icc = _profile_fitting(image.icc_profile, stored_channels, path)
     if icc is not image.icc_profile:
@@ -1246,7 +1260,9 @@ def check_writable(image: ImageData, fmt: str | None, path: Path) -> None:
     values fit TIFF only. Checked by the batch before the model runs, and by write_image."""
     sm = image.samples
     out = _output_format(path, fmt)
-    if sm is None or out == "TIFF":
+    if out == "DICOM" and (sm is None or sm.dicom is None):
+        raise ImageError(f"{image.source or path}: only a DICOM input can be written as DICOM ({path.name})")
+    if sm is None or out in ("TIFF", "DICOM"):
         return
     if not sm.photo_compatible or image.valid is not None:
         what = sm.describe() + (", pixels without data" if image.valid is not None else "")
@@ -1293,10 +1309,10 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
         with open(tmp, "wb") as fh:
             _write_png(fh, image, level)
         return
-    if fmt == "TIFF" and image.samples is not None:
+    if fmt in ("TIFF", "DICOM") and image.samples is not None:
         from .datatiff import write_measurements  # deferred: datatiff builds on this module
 
-        write_measurements(tmp, image, path)
+        write_measurements(tmp, image, path, fmt)
         return
     if fmt == "TIFF" and image.bit_depth == 16:
         _write_tiff16(tmp, image, path)

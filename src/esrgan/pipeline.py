@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from .defaults import DEFAULT_NAME
 from .errors import EsrganError, one_line
-from .imageio import IMAGE_SUFFIXES, list_images
+from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_images
 from .video import CONTAINERS, VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
@@ -49,9 +49,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_PICKED_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
-"""Files picked up when a folder or glob is given: images and videos (a file named explicitly is tried whatever
-its name)."""
+_PICKED_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES | VIDEO_SUFFIXES
+"""Files picked up when a folder or glob is given: images, DICOM files and videos (a file named explicitly is
+tried whatever its name)."""
 
 DEFAULT_OUTPUT_DIR = Path("upscaled")
 

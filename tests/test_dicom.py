@@ -1,0 +1,257 @@
+"""DICOM files through `esrgan upscale` (esrgan.dicom): real photographs as CT, MR-like and ultrasound images,
+written by pydicom as scanners' exports are laid out, upscaled by the CLI with a tiny x2 model, read back by pydicom.
+
+What must hold: the stored values stretched from their range for the model and back (MONOCHROME1 inverted for the
+model only), the dataset kept (patient, study) and updated (size, spacing, derived image type, a new series and
+instance UID derived from the old ones, the source referenced, stale elements dropped), other outputs only where
+the values fit, and one-line refusals for what is not supported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+pydicom = pytest.importorskip("pydicom")
+skdata = pytest.importorskip("skimage.data")
+
+from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
+from pydicom.encaps import encapsulate  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+
+from esrgan.checkpoints import save_model  # noqa: E402
+from esrgan.errors import ImageError  # noqa: E402
+from esrgan.generator import RRDBNet  # noqa: E402
+from esrgan.imageio import read_image, write_image  # noqa: E402
+from esrgan.upscale import Upscaler  # noqa: E402
+
+H, W, S = 40, 48, 2
+STEPS = 2 / 65535  # the stored values are held as 16 bits of their range between the mapping and the model
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=16, num_block=1, num_grow=8, scale=2, image_residual=True)
+    with torch.no_grad():
+        model.conv_last.weight.mul_(3.0)  # random texture on top of the bicubic image: mappings tell apart
+    return save_model(tmp_path_factory.mktemp("model") / "tiny_x2.safetensors", model.eval())
+
+
+@pytest.fixture(scope="module")
+def upscaler(model_file: Path) -> Upscaler:
+    return Upscaler.from_file(model_file, device="cpu", precision="fp32", tile=0)
+
+
+def stretched(up: Upscaler, x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """[lo, hi] -> [0, 1], the model, and back (lo > hi: inverted), float64."""
+    unit = (x.astype(np.float64) - lo) / (hi - lo)
+    return lo + up.upscale(np.ascontiguousarray(unit, dtype=np.float32)).astype(np.float64) * (hi - lo)
+
+
+def dicom_file(path: Path, pixels: np.ndarray, **elements: Any) -> Path:
+    """pixels (HxW or HxWx3) as a DICOM Part 10 file (explicit VR little endian) with a CT-like header."""
+    sop_class = elements.pop("SOPClassUID", CTImageStorage)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = elements.pop("TransferSyntaxUID", ExplicitVRLittleEndian)
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = "Phantom^Test", "0001", "CT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SeriesDescription = "abdomen"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    colour = pixels.ndim == 3
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    ds.PixelSpacing = [0.5, 0.625]
+    ds.SmallestImagePixelValue = 0
+    ds.LargestImagePixelValue = 1
+    data = pixels
+    if colour:
+        ds.PlanarConfiguration = elements.pop("PlanarConfiguration", 0)
+        data = np.moveaxis(pixels, -1, 0) if ds.PlanarConfiguration == 1 else pixels
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    ds.PixelData = np.ascontiguousarray(data).tobytes()
+    if (
+        meta.TransferSyntaxUID.is_compressed
+    ):  # a header that says JPEG over bytes that are not: refused unread
+        ds.PixelData = encapsulate([b"\xff\xd8" + bytes(64) + b"\xff\xd9"])
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def ct_values() -> np.ndarray:
+    """A CT slice's stored values (int16, HU with intercept 0): the cameraman as -1000..1040 HU."""
+    return (skdata.camera()[120 : 120 + H, 200 : 200 + W].astype(np.int16) * 8 - 1000).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("dicom")
+    folder = root / "in"
+    folder.mkdir()
+    ct = ct_values()
+    series = generate_uid()
+    dicom_file(folder / "ct1.dcm", ct, RescaleSlope=1, RescaleIntercept=0, SeriesInstanceUID=series,
+               WindowCenter=40, WindowWidth=400)  # fmt: skip
+    dicom_file(folder / "ct2.dcm", ct[::-1].copy(), SeriesInstanceUID=series)  # a second slice of the series
+    xray = (skdata.camera()[300 : 300 + H, 100 : 100 + W].astype(np.uint16) * 16 + 100).astype(np.uint16)
+    dicom_file(folder / "xray.dcm", xray, PhotometricInterpretation="MONOCHROME1", Modality="CR")
+    us = np.ascontiguousarray(skdata.astronaut()[50 : 50 + H, 180 : 180 + W])
+    dicom_file(
+        folder / "us.dcm", us, PlanarConfiguration=1, Modality="US", SOPClassUID=SecondaryCaptureImageStorage
+    )
+    out = root / "out"
+    r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--precision", "fp32", "--device", "cpu",
+                "--quiet", cwd=root)  # fmt: skip
+    return {"in": folder, "out": out, "run": r, "ct": ct, "xray": xray, "us": us, "series": series}
+
+
+def test_a_ct_slice_keeps_its_patient_and_study_and_becomes_a_derived_image(batch: dict[str, Any]) -> None:
+    assert batch["run"].returncode == 0, batch["run"].stderr
+    src = pydicom.dcmread(batch["in"] / "ct1.dcm")
+    out = pydicom.dcmread(batch["out"] / "ct1_x2.dcm")
+    assert (out.Rows, out.Columns) == (H * S, W * S)
+    assert [float(v) for v in out.PixelSpacing] == [0.25, 0.3125]
+    assert out.PatientName == src.PatientName and out.StudyInstanceUID == src.StudyInstanceUID
+    assert list(out.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+    assert "esrgan" in out.DerivationDescription
+    assert (
+        out.SOPInstanceUID != src.SOPInstanceUID
+        and out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+    )
+    assert out.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (
+        "SmallestImagePixelValue" not in out and "LargestImagePixelValue" not in out
+    )  # they described the old
+    assert (float(out.WindowCenter), float(out.WindowWidth)) == (40.0, 400.0)  # same units: still right
+    assert out.pixel_array.shape == (H * S, W * S)  # decodes
+
+
+def test_the_slices_of_one_series_land_in_one_new_series(batch: dict[str, Any]) -> None:
+    one, two = (pydicom.dcmread(batch["out"] / f"ct{k}_x2.dcm") for k in (1, 2))
+    assert one.SeriesInstanceUID == two.SeriesInstanceUID != batch["series"]
+    assert one.SOPInstanceUID != two.SOPInstanceUID
+    assert one.SeriesDescription == "abdomen esrgan x2"
+
+
+def test_ct_values_are_stretched_from_their_range_and_back(batch: dict[str, Any], upscaler: Upscaler) -> None:
+    ct = batch["ct"]
+    out = pydicom.dcmread(batch["out"] / "ct1_x2.dcm").pixel_array
+    assert out.dtype == np.int16 and out.shape == (H * S, W * S)
+    lo, hi = float(ct.min()), float(ct.max())
+    expected = stretched(upscaler, ct, lo, hi)
+    err = np.abs(out - expected)
+    assert err.max() <= 1.0 + STEPS * (hi - lo), f"off by up to {err.max():.2f} HU"
+    assert lo <= out.min() and out.max() <= hi
+
+
+def test_monochrome1_is_inverted_for_the_model_only(batch: dict[str, Any], upscaler: Upscaler) -> None:
+    """MONOCHROME1: low values are bright. The model sees the image as it is shown; the file keeps its values."""
+    xray = batch["xray"]
+    ds = pydicom.dcmread(batch["out"] / "xray_x2.dcm")
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    out = ds.pixel_array
+    lo, hi = float(xray.min()), float(xray.max())
+    expected = stretched(upscaler, xray, hi, lo)  # hi -> 0 (black), lo -> 1 (white)
+    not_inverted = stretched(upscaler, xray, lo, hi)
+    assert np.abs(not_inverted - expected).max() > 20 * STEPS * (hi - lo)  # the model is not symmetric: shows
+    err = np.abs(out - expected)
+    assert err.max() <= 1.0 + STEPS * (hi - lo), f"off by up to {err.max():.2f}"
+
+
+def test_a_planar_rgb_ultrasound_still_comes_back_interleaved(
+    batch: dict[str, Any], upscaler: Upscaler
+) -> None:
+    us = batch["us"]
+    ds = pydicom.dcmread(batch["out"] / "us_x2.dcm")
+    assert ds.PlanarConfiguration == 0 and ds.SamplesPerPixel == 3
+    out = ds.pixel_array
+    assert out.shape == (H * S, W * S, 3) and out.dtype == np.uint8
+    lo, hi = float(us.min()), float(us.max())
+    err = np.abs(out - stretched(upscaler, us, lo, hi))
+    assert err.max() <= 1.0, f"off by up to {err.max():.2f}"
+
+
+def test_a_rerun_gives_the_same_uids(batch: dict[str, Any], model_file: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    r = run_cli("upscale", batch["in"] / "ct1.dcm", "-o", again / "ct1.dcm", "--model", model_file,
+                "--precision", "fp32", "--device", "cpu", "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    first, second = pydicom.dcmread(batch["out"] / "ct1_x2.dcm"), pydicom.dcmread(again / "ct1.dcm")
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (
+        second.SOPInstanceUID,
+        second.SeriesInstanceUID,
+    )
+
+
+def test_other_outputs_only_where_the_values_fit(tmp_path: Path, model_file: Path) -> None:
+    """int16 CT: TIFF keeps it (int16), PNG cannot; a TIFF cannot become DICOM; an unsigned MONOCHROME2 image may
+    become a 16-bit PNG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    dicom_file(folder / "ct.dcm", ct_values())
+    mr = (skdata.camera()[:H, :W].astype(np.uint16) * 100).astype(np.uint16)
+    dicom_file(folder / "mr.dcm", mr, Modality="MR")
+    r = run_cli(
+        "upscale", folder, "-o", tmp_path / "png", "--format", "png", "--model", model_file, "--quiet"
+    )
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "ct.dcm" in errors[0] and "TIFF" in errors[0], r.stderr
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["mr_x2.png"]
+    png = read_image(tmp_path / "png" / "mr_x2.png")
+    assert (png.bit_depth, png.channels) == (16, 1)
+    r = run_cli("upscale", folder / "ct.dcm", "-o", tmp_path / "ct.tif", "--model", model_file, "--quiet")
+    assert r.returncode == 0, r.stderr
+    tifffile = pytest.importorskip("tifffile")
+    assert tifffile.imread(tmp_path / "ct.tif").dtype == np.int16
+    tif = read_image(tmp_path / "ct.tif", measurements=True)
+    with pytest.raises(ImageError, match=r"only a DICOM input can be written as DICOM"):
+        write_image(tmp_path / "back.dcm", tif)
+    assert not (tmp_path / "back.dcm").exists()
+
+
+def test_what_is_not_supported_is_refused_in_one_line(tmp_path: Path) -> None:
+    ct = ct_values()
+    cases = {
+        "compressed": dicom_file(tmp_path / "jpeg.dcm", ct, TransferSyntaxUID=JPEGBaseline8Bit),
+        "multi-frame": dicom_file(tmp_path / "cine.dcm", np.concatenate([ct, ct]), NumberOfFrames=2, Rows=H),
+        "too many pixels": dicom_file(tmp_path / "huge.dcm", ct, Rows=60000, Columns=60000),
+    }
+    truncated = tmp_path / "cut.dcm"
+    truncated.write_bytes(cases["compressed"].read_bytes()[:200])
+    words = {
+        "compressed": "compressed DICOM",
+        "multi-frame": "multi-frame DICOM",
+        "too many pixels": "exceeds",
+    }
+    for kind, path in cases.items():
+        with pytest.raises(ImageError) as caught:
+            read_image(path, measurements=True)
+        text = str(caught.value)
+        assert text.startswith(f"{path}: ") and "\n" not in text and words[kind] in text, text
+    with pytest.raises(ImageError) as caught:
+        read_image(truncated, measurements=True)
+    assert str(caught.value).startswith(f"{truncated}: "), caught.value
+    with pytest.raises(ImageError, match=r"a DICOM file: `esrgan upscale` reads it, this does not"):
+        read_image(cases["compressed"])  # the other readers (training, evaluation, the web page)
