@@ -255,3 +255,21 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path: Path) -> None:
     assert str(caught.value).startswith(f"{truncated}: "), caught.value
     with pytest.raises(ImageError, match=r"a DICOM file: `esrgan upscale` reads it, this does not"):
         read_image(cases["compressed"])  # the other readers (training, evaluation, the web page)
+
+
+def test_values_stay_within_the_bits_stored(tmp_path: Path, upscaler: Upscaler) -> None:
+    """12 bits stored in 16: a --value-range reaching one above 12 bits (0:4096) lets the model's brightest output
+    map to 4096, which a 12-bit image cannot hold; the written values stay within 0..4095."""
+    crop = skdata.camera()[:H, :W].astype(np.float64)
+    xray = np.rint((crop - crop.min()) / (crop.max() - crop.min()) * 4095).astype(np.uint16)  # 0..4095
+    src = dicom_file(tmp_path / "cr.dcm", xray, BitsStored=12, HighBit=11, Modality="CR")
+    image = read_image(src, measurements=True, value_range=(0.0, 4096.0))
+    unclipped = stretched(upscaler, xray, 0.0, 4096.0)
+    assert unclipped.max() > 4095.5  # the case is real
+    write_image(tmp_path / "cr_x2.dcm", upscaler.upscale_image(image))
+    ds = pydicom.dcmread(tmp_path / "cr_x2.dcm")
+    # the stored bytes: pixel_array masks the bits above BitsStored away, and would hide a 4096 as a 0
+    out = np.frombuffer(ds.PixelData, "<u2").reshape(H * S, W * S)
+    assert out.max() <= 4095
+    inside = unclipped <= 4095
+    assert np.abs(out[inside] - unclipped[inside]).max() <= 1.0 + STEPS * 4096

@@ -164,6 +164,12 @@ def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> 
     ds.SOPInstanceUID = generate_uid(entropy_srcs=[source_sop or str(path), *entropy])
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    bits = int(ds.get("BitsStored", values.dtype.itemsize * 8))
+    if values.dtype.kind in "ui" and 0 < bits < values.dtype.itemsize * 8:  # e.g. 12 of 16 bits: stay in them
+        low, high = (
+            (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if values.dtype.kind == "i" else (0, (1 << bits) - 1)
+        )
+        values = np.clip(values, low, high)
     ds.PixelData = np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OB" if values.dtype.itemsize == 1 else "OW"
     ds.save_as(tmp, enforce_file_format=True)
