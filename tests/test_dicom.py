@@ -273,3 +273,31 @@ def test_values_stay_within_the_bits_stored(tmp_path: Path, upscaler: Upscaler) 
     assert out.max() <= 4095
     inside = unclipped <= 4095
     assert np.abs(out[inside] - unclipped[inside]).max() <= 1.0 + STEPS * 4096
+
+
+def test_slices_named_without_dcm_are_found_in_a_folder_and_stay_dicom(
+    tmp_path: Path, model_file: Path
+) -> None:
+    """Scanners and PACS exports name slices IM0001 or by their UID (1.2.840....6): found by content in a folder,
+    written as DICOM under their whole name (two UIDs that differ only after the last dot do not collide); other
+    files of unknown names are left alone, and a FIFO among them is not opened."""
+    import os
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    ct = ct_values()
+    dicom_file(folder / "IM0001", ct)
+    dicom_file(folder / "1.2.826.0.1.3680043.8.498.6", ct[::-1].copy())
+    dicom_file(folder / "1.2.826.0.1.3680043.8.498.7", ct[:, ::-1].copy())
+    (folder / "DICOMDIR.txt").write_text("not an image\n")
+    (folder / "NOTES").write_text("a file without a suffix, not DICOM\n")
+    os.mkfifo(folder / "pipe")
+    out = tmp_path / "out"
+    r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--quiet", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "1.2.826.0.1.3680043.8.498.6_x2.dcm",
+        "1.2.826.0.1.3680043.8.498.7_x2.dcm",
+        "IM0001_x2.dcm",
+    ]
+    assert pydicom.dcmread(out / "IM0001_x2.dcm").Rows == H * S

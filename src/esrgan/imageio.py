@@ -267,6 +267,7 @@ def list_images(
     exclude: Path | None = None,
     suffixes: frozenset[str] = IMAGE_SUFFIXES,
     on_error: Callable[[Path, OSError], None] | None = None,
+    sniff: Callable[[Path], bool] | None = None,
 ) -> list[Path]:
     """The image files of a folder (by suffix: IMAGE_SUFFIXES, or `suffixes`), sorted. Hidden files and folders are
     skipped, among them the `.NAME.part` temp files of atomic writes. recursive: sub-folders too (not through
@@ -276,6 +277,9 @@ def list_images(
     A folder that cannot be listed (permission denied...) raises ImageError naming it, or, with on_error, is passed
     to on_error(folder, exc) and the listing goes on: a batch reports an unreadable sub-folder and does the rest,
     instead of losing its images without a word (pathlib's rglob skips such folders silently).
+
+    sniff: also list a file of another name when sniff(path) says so from its content (DICOM slices are often
+    named "IM0001" or by their UID).
     """
 
     def unreadable(path: Path, exc: OSError) -> None:
@@ -300,7 +304,9 @@ def list_images(
             if recursive and _is_real_dir(entry):
                 pending.append(path)
                 continue
-            if path.suffix.lower() not in suffixes or not path.is_file():
+            if not path.is_file():
+                continue
+            if path.suffix.lower() not in suffixes and (sniff is None or not sniff(path)):
                 continue
             if exclude is not None and path.resolve().is_relative_to(exclude):
                 continue

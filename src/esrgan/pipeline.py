@@ -169,7 +169,12 @@ def collect_inputs(
 
     def listed(folder: Path) -> list[Path]:
         return list_images(
-            folder, recursive=recursive, exclude=excl, suffixes=_PICKED_SUFFIXES, on_error=unreadable
+            folder,
+            recursive=recursive,
+            exclude=excl,
+            suffixes=_PICKED_SUFFIXES,
+            on_error=unreadable,
+            sniff=_named_otherwise_dicom,
         )
 
     for arg in inputs:
@@ -224,6 +229,16 @@ _WRITABLE_IMAGE = "a .png, .jpg, .webp, .tif or .bmp image"
 _WRITABLE_VIDEO = "a .mp4, .mkv, .mov, .webm or .avi video"
 
 
+def _named_otherwise_dicom(path: Path) -> bool:
+    """A DICOM file under a name that does not say so (IM0001, a UID): read 132 bytes of files of unknown names."""
+    from .dicom import is_dicom
+
+    try:
+        return path.is_file() and is_dicom(path)  # a regular file: opening a FIFO would wait for a writer
+    except OSError:
+        return False
+
+
 def output_folder(output: Path | None) -> Path | None:
     """The folder outputs go to: ./upscaled by default, None when -o names a file (an image extension)."""
     from .imageio import WRITE_FORMATS
@@ -275,15 +290,21 @@ def plan_jobs(
         return [Job(src, output)]
     jobs = []
     for src, base in sources:
-        if src.suffix.lower() in VIDEO_SUFFIXES:  # a video keeps its container where we can write it
-            ext = src.suffix.lower().lstrip(".") if src.suffix.lower() in CONTAINERS else "mkv"
+        suffix = src.suffix.lower()
+        # a DICOM slice named IM0001 or by its UID (1.2.840....7): DICOM out, and the whole name kept (the UID's
+        # last part is no suffix: slices 1.2.3.6 and 1.2.3.7 would both become 1.2.3_x4.dcm)
+        unnamed_dicom = suffix not in _PICKED_SUFFIXES and _named_otherwise_dicom(src)
+        stem = src.name if unnamed_dicom else src.stem
+        if suffix in VIDEO_SUFFIXES:  # a video keeps its container where we can write it
+            ext = suffix.lstrip(".") if suffix in CONTAINERS else "mkv"
         elif format is not None:
             ext = {"jpeg": "jpg", "tif": "tiff"}.get(format.lower(), format.lower())
+        elif unnamed_dicom:
+            ext = "dcm"
         else:
-            suffix = src.suffix.lower()
             ext = suffix.lstrip(".") if suffix in WRITE_FORMATS else "png"
         try:
-            filename = name.format(name=src.stem, scale=_format_scale(scale), ext=ext, model=model)
+            filename = name.format(name=stem, scale=_format_scale(scale), ext=ext, model=model)
         except (KeyError, IndexError, ValueError) as exc:
             raise EsrganError(
                 f"bad --name pattern {name!r} ({exc}); use {{name}}, {{scale}}, {{ext}}, {{model}}"
