@@ -751,3 +751,77 @@ def test_value_range_maps_every_tile_of_a_mosaic_alike(
     bad = run_cli("upscale", folder, "-o", tmp_path / "bad", "--model", model_file, "--value-range", "5:1")
     assert bad.returncode == 2 and "--value-range takes LO:HI with LO < HI" in bad.stderr, bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# --- what a review found: compressed orthophotos, GDAL's internal mask, per-band no-data in colour -------------------
+def test_compressed_orthophotos_keep_their_georeferencing(tmp_path: Path, model_file: Path) -> None:
+    """GDAL writes orthophotos LZW- or JPEG(YCbCr)-compressed, tiled: their pixels come through the photograph
+    reader (Pillow decodes them; tifffile would need imagecodecs), their georeferencing through ours (it was
+    refused, or silently dropped for YCbCr). A float raster that only imagecodecs could decode is one line with the
+    remedy, and the batch goes on."""
+    c = crops()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = np.moveaxis(c["face"], -1, 0)
+    write_geotiff(folder / "lzw.tif", rgb, photometric="RGB", compress="LZW")
+    write_geotiff(folder / "jpeg.tif", rgb, photometric="YCBCR", compress="JPEG", tiled=True, blockxsize=16,
+                  blockysize=16)  # fmt: skip
+    write_geotiff(folder / "dem_lzw.tif", (grey(c["cup"]) * 10).astype(np.float32)[None], compress="LZW")
+    out = tmp_path / "out"
+    r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--quiet", cwd=tmp_path)
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    try:
+        import imagecodecs  # noqa: F401
+
+        assert r.returncode == 0 and not errors, r.stderr
+    except ImportError:
+        assert r.returncode == 1 and len(errors) == 1 and "dem_lzw.tif" in errors[0], r.stderr
+        assert "pip install imagecodecs" in errors[0], errors[0]
+    for name in ("lzw", "jpeg"):
+        g_in, g_out = geo(folder / f"{name}.tif"), geo(out / f"{name}_x{S}.tif")
+        assert g_out["crs"] == UTM and g_out["count"] == 3, name
+        assert_transform(g_out["transform"], scaled(g_in["transform"]))
+
+
+def test_gdals_internal_mask_marks_pixels_without_data_in_the_output_too(
+    tmp_path: Path, model_file: Path
+) -> None:
+    """GDAL_TIFF_INTERNAL_MASK: a 1-bit mask page instead of a nodata value. It was taken for a second image
+    ("2 full-size pages") and dropped: masked pixels came back as data."""
+    c = crops()
+    bands = np.stack([c["camera"], c["camera2"]]).astype(np.uint16) * 100 + 7
+    mask = np.full((H, W), 255, np.uint8)
+    mask[10:20, 5:25] = 0
+    src = tmp_path / "masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+        src, "w", driver="GTiff", width=W, height=H, count=2, dtype="uint16", crs=UTM, transform=GRID
+    ) as dst:  # fmt: skip
+        dst.write(bands)
+        dst.write_mask(mask)
+    r = run_cli("upscale", src, "-o", tmp_path / "out.tif", "--model", model_file, "--quiet")
+    assert r.returncode == 0 and "pages" not in r.stderr, r.stderr
+    with rasterio.open(tmp_path / "out.tif") as got:
+        assert got.mask_flag_enums[0] == [rasterio.enums.MaskFlags.per_dataset]
+        assert np.array_equal(got.dataset_mask() == 0, nn_up(mask == 0))
+        assert_transform(got.transform, scaled(GRID))
+
+
+def test_a_colour_band_keeps_its_values_where_another_has_none(tmp_path: Path) -> None:
+    """Per-band no-data in an RGB raster: green is NaN in a block where red holds 0.9; red must come out 0.9
+    there (it came out 0.2, filled from its neighbours as if red had no data either), green NaN."""
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=8, num_block=1, num_grow=4, scale=2, image_residual=True)
+    with torch.no_grad():
+        model.conv_last.weight.zero_()
+        model.conv_last.bias.zero_()  # output = the bicubic upscale of the input: values are easy to predict
+    up = Upscaler(model.eval(), device="cpu", precision="fp32", tile=0)
+    rgb = np.full((16, 16, 3), 0.5, np.float32)
+    rgb[..., 0] = 0.2
+    rgb[4:12, 4:12, 0] = 0.9
+    rgb[4:12, 4:12, 1] = np.nan
+    tifffile.imwrite(tmp_path / "r.tif", rgb, photometric="rgb")
+    write_image(tmp_path / "r_x2.tif", up.upscale_image(read_image(tmp_path / "r.tif", measurements=True)))
+    out, _ = tiff_bands(tmp_path / "r_x2.tif")
+    block = (slice(12, 20), slice(12, 20))  # the middle of the upscaled block, away from bicubic's reach
+    assert np.isnan(out[1][block]).all() and not np.isnan(out[0]).any()
+    assert np.abs(out[0][block] - 0.9).max() < 0.01, out[0][block].min()

@@ -301,3 +301,52 @@ def test_slices_named_without_dcm_are_found_in_a_folder_and_stay_dicom(
         "IM0001_x2.dcm",
     ]
     assert pydicom.dcmread(out / "IM0001_x2.dcm").Rows == H * S
+
+
+def test_positions_and_ultrasound_calibration_follow_the_new_grid(tmp_path: Path, upscaler: Upscaler) -> None:
+    """ImagePositionPatient is the centre of the first pixel: on the x2 grid it moves half an old pixel less half a
+    new one up and left (-0.25 of the old spacing along each image axis). Ultrasound regions are in pixels: their
+    bounds scale, their physical size per pixel halves. (Both were copied unchanged: measurements off by the factor
+    and a half-pixel misregistration.)"""
+    region = pydicom.Dataset()
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 2, 1
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 20, 30
+    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.05, 0.04
+    region.ReferencePixelX0 = 10
+    src = dicom_file(
+        tmp_path / "us.dcm", ct_values(), ImagePositionPatient=[-100, -100, 0],
+        ImageOrientationPatient=[1, 0, 0, 0, 1, 0], SequenceOfUltrasoundRegions=[region],
+    )  # fmt: skip
+    write_image(tmp_path / "us_x2.dcm", upscaler.upscale_image(read_image(src, measurements=True)))
+    out = pydicom.dcmread(tmp_path / "us_x2.dcm")
+    assert [float(v) for v in out.ImagePositionPatient] == [
+        -100.15625,
+        -100.125,
+        0.0,
+    ]  # 0.625 and 0.5 mm pixels
+    r = out.SequenceOfUltrasoundRegions[0]
+    assert (r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1) == (
+        4,
+        2,
+        41,
+        61,
+    )
+    assert (float(r.PhysicalDeltaX), float(r.PhysicalDeltaY)) == (0.025, 0.02)
+    assert r.ReferencePixelX0 == 20
+
+
+def test_another_model_makes_another_series_and_instance(tmp_path: Path, upscaler: Upscaler) -> None:
+    """The new UIDs came from the source's and the factor only: two models' different pixels got one SOP Instance
+    UID, which a PACS takes for one image."""
+    src = dicom_file(tmp_path / "ct.dcm", ct_values())
+    torch.manual_seed(1)
+    other = Upscaler(
+        RRDBNet(num_feat=16, num_block=1, num_grow=8, scale=2).eval(), device="cpu", precision="fp32"
+    )
+    uids = {}
+    for name, up in (("a", upscaler), ("b", other), ("a_again", upscaler)):
+        write_image(tmp_path / f"{name}.dcm", up.upscale_image(read_image(src, measurements=True)))
+        ds = pydicom.dcmread(tmp_path / f"{name}.dcm")
+        uids[name] = (ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert uids["a"] == uids["a_again"]
+    assert uids["a"][0] != uids["b"][0] and uids["a"][1] != uids["b"][1]

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError, one_line
-from .imageio import ImageData, ImageWarning, tifffile_quiet, too_many_pixels
+from .imageio import ImageData, ImageWarning, read_image, tifffile_quiet, too_many_pixels
 
 __all__ = [
     "SampleMap",
@@ -79,6 +79,9 @@ class SampleMap:
     size: tuple[int, int]
     orientation: int = 1
     tile: tuple[int, int] | None = None
+    masked: bool = False  # the source had a transparency mask (GDAL's internal mask): written back as one
+    value_range: tuple[float, float] | None = None  # --value-range, if one was given
+    derivation: str = ""  # what made the planes (Upscaler.fingerprint): DICOM derives its new UIDs from it
     dicom: Any = field(default=None, compare=False, repr=False)  # the source's pydicom Dataset (esrgan.dicom)
 
     @property
@@ -102,12 +105,21 @@ class SampleMap:
 
 
 # --- which TIFFs --------------------------------------------------------------------------------------------------
+GEO_PHOTO = "GeoTIFF georeferencing"
+"""The kind of a georeferenced photograph (8/16-bit grey or RGB, maybe alpha, or JPEG-YCbCr as GDAL writes
+orthophotos): its pixels are decoded by the photograph reader (Pillow knows LZW, JPEG and YCbCr without
+imagecodecs), its georeferencing kept from here."""
+
+
 def _kind(page: Any) -> str | None:
     """Why this first page is a measurement raster (None: a photograph, for the usual reader)."""
     dtype = page.dtype
     photometric = int(page.photometric)
     samples = int(page.samplesperpixel)
-    colour = 3 if photometric == 2 else 1
+    colour = 3 if photometric in (2, 6) else 1
+    georeferenced = any(code in page.tags for code in GEO_TAGS)
+    if photometric == 6 and georeferenced and samples == 3 and dtype == np.uint8:
+        return GEO_PHOTO  # GDAL's JPEG-compressed orthophotos and cloud-optimised GeoTIFFs
     if dtype is None or photometric not in (1, 2) or samples < colour or int(page.bitspersample) == 1:
         return None  # palette, CMYK, YCbCr, bilevel, odd bit depths: the photograph reader's business
     dtype = np.dtype(dtype)
@@ -122,8 +134,8 @@ def _kind(page: Any) -> str | None:
         return f"{samples} samples per pixel"
     if samples - colour == 1 and extras and extras[0] == 0:
         return "an extra sample that is not alpha"
-    if any(code in page.tags for code in GEO_TAGS):
-        return "GeoTIFF georeferencing"
+    if georeferenced:
+        return GEO_PHOTO
     return None
 
 
@@ -138,7 +150,7 @@ def measurement_kind(path: Path) -> tuple[str, bool] | None:
             kind = _kind(page)
             if kind is None:
                 return None
-            return kind, kind == "GeoTIFF georeferencing"
+            return kind, kind == GEO_PHOTO
     except (ValueError, KeyError, NotImplementedError, ArithmeticError, TypeError, IndexError, OSError):
         return None
 
@@ -153,9 +165,20 @@ def read_measurements(
     every tile of a mosaic); valid values outside it are clipped, with a warning."""
     try:
         return _read(path, max_pixels, value_range)
-    except (ValueError, KeyError, NotImplementedError, ArithmeticError, TypeError, IndexError) as exc:
-        # tifffile's TiffFileError is a ValueError; NotImplementedError: a compression it cannot decode
-        raise ImageError(f"{path}: cannot decode this TIFF ({one_line(exc)[:200]})") from None
+    except (
+        ValueError,
+        KeyError,
+        NotImplementedError,
+        ArithmeticError,
+        TypeError,
+        IndexError,
+        ImportError,
+    ) as exc:
+        # tifffile's TiffFileError is a ValueError; NotImplementedError, ImportError: a compression it cannot
+        # decode without a codec (LZW, ZSTD, LERC...: imagecodecs; ZSTD needs Python 3.14's compression.zstd too)
+        why = one_line(exc)[:200]
+        hint = "; pip install imagecodecs" if "imagecodecs" in why or isinstance(exc, ImportError) else ""
+        raise ImageError(f"{path}: cannot decode this TIFF ({why}){hint}") from None
 
 
 def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) -> ImageData | None:
@@ -190,13 +213,27 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
         icc = page.tags[_ICC].value if _ICC in page.tags else None
         orientation = int(page.tags[_ORIENTATION].value) if _ORIENTATION in page.tags else 1
         tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
-        full_pages = sum(1 for p in tif.pages[1:] if not int(getattr(p, "subfiletype", 0)) & 1)
-        array = page.asarray()
-        axes = page.axes
+        # reduced-resolution pages (overviews, bit 0) are not written; a transparency mask (bit 2, GDAL's
+        # internal mask) marks pixels without data
+        others = [(p, int(getattr(p, "subfiletype", 0) or 0)) for p in tif.pages[1:]]
+        full_pages = sum(1 for _, kind_bits in others if not kind_bits & 5)
+        masks = [p for p, kind_bits in others if kind_bits & 4 and not kind_bits & 1]
+        mask = masks[0].asarray() if masks and masks[0].shape[:2] == (height, width) else None
+        if kind == GEO_PHOTO:
+            array, axes = None, ""
+        else:
+            array = page.asarray()
+            axes = page.axes
     if full_pages:
         warnings.warn(
             f"{path}: TIFF with {full_pages + 1} full-size pages; only the first is upscaled", ImageWarning, 4
         )
+    if array is None:  # a georeferenced photograph: the photograph reader decodes it (LZW, JPEG, YCbCr)
+        photo = read_image(path, max_pixels=max_pixels)
+        array = photo.pixels if photo.alpha is None else np.dstack([photo.pixels, photo.alpha])
+        samples, photometric, planar = array.shape[2], 2 if photo.channels == 3 else 1, 1
+        extras = (2,) if photo.alpha is not None else ()
+        icc = photo.icc_profile
     if axes.startswith("S") and array.ndim == 3:  # planar configuration "separate": samples first
         array = np.moveaxis(array, 0, -1)
     elif array.ndim == 2:
@@ -208,6 +245,9 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
     extras = tuple(e if e in (0, 1, 2) else 0 for e in (extras + (0,) * samples)[: samples - colour])
     nodata = _nodata(tags, path)
     valid = _valid(array, nodata)
+    if mask is not None:  # GDAL's internal mask: 0 = no data, in every band
+        masked = np.broadcast_to((np.asarray(mask).reshape(height, width) != 0)[:, :, None], array.shape)
+        valid = masked.copy() if valid is None else valid & masked
     # alpha: uint8/uint16 over their range, float over [0, 1]; a signed or 32-bit "alpha" is left a band
     has_alpha = (
         bool(extras) and extras[0] in (1, 2) and (array.dtype in _PHOTO_DTYPES or array.dtype.kind == "f")
@@ -241,6 +281,7 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
             size=(height, width),
             orientation=orientation,
             tile=tile if tile and all(t > 0 and t % 16 == 0 for t in tile) else None,
+            masked=mask is not None,
         ),
     )
 
@@ -409,7 +450,9 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
     if image.valid is not None:
         fill = sm.nodata if sm.nodata is not None else float("nan")
         if sm.dtype.kind != "f" and not (np.isfinite(fill) and _fits(fill, sm.dtype)):
-            raise ImageError(f"{path}: invalid pixels but no nodata value that {sm.dtype.name} holds")
+            if not sm.masked:
+                raise ImageError(f"{path}: invalid pixels but no nodata value that {sm.dtype.name} holds")
+            fill = None  # the mask written after the pixels says which have no data
     height, width = image.height, image.width
     if fmt == "DICOM" and sm.planar == 2:
         sm = replace(sm, planar=1)
@@ -432,18 +475,23 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
     if sm.orientation != 1:
         extratags.append((_ORIENTATION, 3, 1, sm.orientation, True))
     one = sm.samples == 1
-    tifffile.imwrite(
-        tmp,
-        out.reshape(height, width) if one else out,
-        photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
-        planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
-        extrasamples=sm.extrasamples or None,
-        compression="zlib",
-        tile=sm.tile,  # a tiled input (a cloud-optimised GeoTIFF, say) gives a tiled output, same tile size
-        extratags=extratags,
-        software=False,
-        metadata=None,
-    )
+    with tifffile.TiffWriter(tmp, bigtiff=out.nbytes > 2**32 - 2**25) as tiff:
+        tiff.write(
+            out.reshape(height, width) if one else out,
+            photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
+            planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
+            extrasamples=sm.extrasamples or None,
+            compression="zlib",
+            tile=sm.tile,  # a tiled input (a cloud-optimised GeoTIFF, say) gives a tiled output, same tile size
+            extratags=extratags,
+            software=False,
+            metadata=None,
+        )
+        if sm.masked:  # GDAL's internal mask: a 1-bit page of the same size, 0 where no band has data
+            has_data = np.ones((height, width), bool) if image.valid is None else image.valid.any(axis=2)
+            tiff.write(
+                has_data, photometric=4, subfiletype=4, compression="zlib", tile=sm.tile, metadata=None
+            )
 
 
 def as_photo(image: ImageData) -> ImageData:

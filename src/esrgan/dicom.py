@@ -20,6 +20,7 @@ outputs are marked derived for that reason; they are not for diagnosis (docs/mea
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,70 @@ def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | N
             tags=(),
             nodata=None,
             size=(rows, cols),
+            value_range=value_range,
             dicom=dataset,
         ),
     )
+
+
+def _datasets(ds: Any) -> list[Any]:
+    """ds and every dataset nested in its sequences (enhanced images keep spacing and position in functional
+    groups, ultrasound its calibration in regions)."""
+    found = [ds]
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                found.extend(_datasets(item))
+    return found
+
+
+def _decimal(value: float) -> str:
+    return f"{value:.10g}"[:16]  # DS: at most 16 characters
+
+
+def _regrid(ds: Any, sx: float, sy: float) -> None:
+    """Move what is measured in pixels onto the grid scaled by (sx, sy): pixel spacings divided, image positions
+    (the centre of the first pixel, in mm) moved half an old pixel less half a new one up and left along the image
+    orientation, ultrasound regions' pixel bounds and physical deltas scaled."""
+    items = _datasets(ds)
+    spacing = next(
+        (tuple(float(v) for v in d.PixelSpacing) for d in items if len(d.get("PixelSpacing", [])) == 2), None
+    )
+    orientation = next(
+        (
+            tuple(float(v) for v in d.ImageOrientationPatient)
+            for d in items
+            if len(d.get("ImageOrientationPatient", [])) == 6
+        ),
+        None,
+    )
+    for d in items:
+        if "ImagePositionPatient" in d and len(d.ImagePositionPatient) == 3 and spacing and orientation:
+            along_row, along_column = np.array(orientation[:3]), np.array(orientation[3:])
+            first = np.array([float(v) for v in d.ImagePositionPatient])
+            first = (
+                first
+                + along_row * spacing[1] * (0.5 / sx - 0.5)
+                + along_column * spacing[0] * (0.5 / sy - 0.5)
+            )
+            d.ImagePositionPatient = [_decimal(float(v)) for v in first]
+        for name in _SPACINGS:
+            if len(d.get(name, [])) == 2:
+                row, col = (float(v) for v in d[name].value)  # between rows (vertical), between columns
+                d[name].value = [_decimal(row / sy), _decimal(col / sx)]
+        for name, factor in (("PhysicalDeltaX", sx), ("PhysicalDeltaY", sy)):
+            if name in d:
+                d[name].value = float(d[name].value) / factor
+        for low, high, factor in (
+            ("RegionLocationMinX0", "RegionLocationMaxX1", sx),
+            ("RegionLocationMinY0", "RegionLocationMaxY1", sy),
+        ):
+            if low in d and high in d:  # inclusive pixel bounds
+                d[low].value = round(int(d[low].value) * factor)
+                d[high].value = round((int(d[high].value) + 1) * factor) - 1
+        for name, factor in (("ReferencePixelX0", sx), ("ReferencePixelY0", sy)):
+            if name in d:
+                d[name].value = round((int(d[name].value) + 0.5) * factor - 0.5)
 
 
 def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> None:
@@ -137,10 +199,7 @@ def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> 
     ds.Rows, ds.Columns = height, width
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         ds.PlanarConfiguration = 0  # written interleaved
-    for name in _SPACINGS:
-        if name in ds and len(ds[name].value) == 2:
-            row, col = (float(v) for v in ds[name].value)  # between rows (vertical), between columns
-            ds[name].value = [f"{row / sy:.10g}"[:16], f"{col / sx:.10g}"[:16]]
+    _regrid(ds, sx, sy)
     for name in _STALE:
         if name in ds:
             delattr(ds, name)
@@ -157,11 +216,14 @@ def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> 
         source.ReferencedSOPClassUID = ds.SOPClassUID
         source.ReferencedSOPInstanceUID = source_sop
         ds.SourceImageSequence = [source]
-    entropy = ["esrgan", scale]
+    # the same source, factor, model and value range: the same new series (a folder of slices stays one series,
+    # a rerun gives the same UIDs); another model or range: another series. The instance also hashes its pixels.
+    entropy = ["esrgan", scale, sm.derivation, repr(sm.value_range)]
     if "SeriesInstanceUID" in ds:
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(ds.SeriesInstanceUID), *entropy])
         ds.SeriesDescription = f"{ds.get('SeriesDescription', '')} esrgan x{scale}".strip()[:64]
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[source_sop or str(path), *entropy])
+    digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[source_sop or str(path), *entropy, digest])
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     bits = int(ds.get("BitsStored", values.dtype.itemsize * 8))
@@ -172,4 +234,6 @@ def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> 
         values = np.clip(values, low, high)
     ds.PixelData = np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes()
     ds["PixelData"].VR = "OB" if values.dtype.itemsize == 1 else "OW"
-    ds.save_as(tmp, enforce_file_format=True)
+    ds.preamble = ds.preamble or b"\0" * 128
+    # force_encoding: a dataset read as big endian (or implicit VR) is re-encoded, not refused after the model ran
+    pydicom.dcmwrite(tmp, ds, implicit_vr=False, little_endian=True, force_encoding=True)
