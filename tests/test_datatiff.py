@@ -825,3 +825,23 @@ def test_a_colour_band_keeps_its_values_where_another_has_none(tmp_path: Path) -
     block = (slice(12, 20), slice(12, 20))  # the middle of the upscaled block, away from bicubic's reach
     assert np.isnan(out[1][block]).all() and not np.isnan(out[0]).any()
     assert np.abs(out[0][block] - 0.9).max() < 0.01, out[0][block].min()
+
+
+def test_a_class_map_is_refused_with_what_to_do_instead(tmp_path: Path) -> None:
+    """A land-cover map (class numbers with a colour table, as GDAL writes it): a network would blend classes 1
+    and 3 into a 2 that means something else. It was upscaled as a grey band and its colour table dropped."""
+    path = tmp_path / "landcover.tif"
+    classes = (crops()["camera"] // 52).astype(np.uint8)[None]  # 0..4
+    with rasterio.open(path, "w", driver="GTiff", width=W, height=H, count=1, dtype="uint8", crs=UTM,
+                       transform=GRID) as dst:  # fmt: skip
+        dst.write(classes)
+        dst.write_colormap(
+            1, {0: (0, 0, 0), 1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255), 4: (255, 255, 0)}
+        )
+    for measurements in (False, True):
+        with pytest.raises(ImageError) as caught:
+            read_image(path, measurements=measurements)
+        assert str(caught.value) == (
+            f"{path}: a class map (a colour table): a network would blend its classes; resample it with nearest "
+            "neighbour (gdalwarp -r near)"
+        )

@@ -111,6 +111,13 @@ orthophotos): its pixels are decoded by the photograph reader (Pillow knows LZW,
 imagecodecs), its georeferencing kept from here."""
 
 
+CLASS_MAP = "a class map (a colour table)"
+"""A georeferenced palette raster, or a grey one with a colour table (as GDAL writes land-cover maps): its values
+are class numbers, which a network would blend into numbers of other classes. Refused by every reader."""
+_COLOR_MAP = 320
+CLASS_MAP_ADVICE = "a network would blend its classes; resample it with nearest neighbour (gdalwarp -r near)"
+
+
 def _kind(page: Any) -> str | None:
     """Why this first page is a measurement raster (None: a photograph, for the usual reader)."""
     dtype = page.dtype
@@ -118,6 +125,8 @@ def _kind(page: Any) -> str | None:
     samples = int(page.samplesperpixel)
     colour = 3 if photometric in (2, 6) else 1
     georeferenced = any(code in page.tags for code in GEO_TAGS)
+    if _COLOR_MAP in page.tags and (georeferenced or photometric == 1):
+        return CLASS_MAP
     if photometric == 6 and georeferenced and samples == 3 and dtype == np.uint8:
         return GEO_PHOTO  # GDAL's JPEG-compressed orthophotos and cloud-optimised GeoTIFFs
     if dtype is None or photometric not in (1, 2) or samples < colour or int(page.bitspersample) == 1:
@@ -189,6 +198,8 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
         kind = _kind(page)
         if kind is None:
             return None
+        if kind == CLASS_MAP:
+            raise ImageError(f"{path}: {CLASS_MAP}: {CLASS_MAP_ADVICE}")
         height, width = int(page.imagelength), int(page.imagewidth)
         samples = int(page.samplesperpixel)
         if width == 0 or height == 0:

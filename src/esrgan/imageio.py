@@ -495,6 +495,8 @@ def _read_any(
                 return data
         else:
             kind = datatiff.measurement_kind(path)
+            if kind is not None and kind[0] == datatiff.CLASS_MAP:
+                raise ImageError(f"{path}: {datatiff.CLASS_MAP}: {datatiff.CLASS_MAP_ADVICE}")
             if kind is not None and not kind[1]:
                 raise ImageError(
                     f"{path}: a measurement TIFF ({kind[0]}): `esrgan upscale` reads it, this does not "
