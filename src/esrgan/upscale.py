@@ -357,7 +357,8 @@ class Upscaler:
     @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 of the model's architecture and weights with this upscaler's outscale: what tells the outputs of
-        one set-up from another's (DICOM derives its new series UID from it). Hashed once, ~0.2 s for x4plus."""
+        one set-up from another's (DICOM derives its new series UID from it). Hashed once per Upscaler: 0.06 s for
+        realesrgan-x4plus on a 2-core AMD EPYC Zen 3."""
         digest = hashlib.sha256(f"{type(self.model).__name__} {self.model.scale} {self.outscale}".encode())
         for name, tensor in self.model.state_dict().items():
             digest.update(name.encode())
