@@ -526,6 +526,24 @@ def test_corrupt_16bit_png_crc(tmp_path: Path, photo: np.ndarray) -> None:
         read_image(path)
 
 
+def test_a_16bit_png_chunk_type_with_a_newline_is_still_one_line(tmp_path: Path, photo: np.ndarray) -> None:
+    """A mutated chunk type held a newline; printed raw, it split the error in two (tools/fuzz_images.py case
+    68585). Now escaped."""
+    path = write_image(
+        tmp_path / "a.png", ImageData(pixels=photo[:32, :32].astype(np.uint16) * 257, bit_depth=16)
+    )
+    data = bytearray(path.read_bytes())
+    iend = (
+        len(data) - 12
+    )  # the last chunk, after the pixels: Pillow opens the file, our 16-bit decoder reads on
+    data[iend : iend + 4] = (10**6).to_bytes(4, "big")  # a length past the end of the file
+    data[iend + 4 : iend + 8] = b",|\n\xeb"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError) as info:
+        read_image(path)
+    assert str(info.value) == f"{path}: truncated PNG (chunk ,|\\n\\xeb cut short)"
+
+
 def test_not_images(tmp_path: Path) -> None:
     (tmp_path / "notes.png").write_text("this is a text file, not a picture\n")
     (tmp_path / "empty.png").write_bytes(b"")

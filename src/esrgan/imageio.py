@@ -910,6 +910,14 @@ _ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), 
 _IDAT_CHUNK = 1 << 20
 
 
+def _chunk_name(kind: bytes) -> str:
+    """A chunk type for a message: letters as they are, any other byte escaped (a mutated type held a newline,
+    which split the one-line error; found by tools/fuzz_images.py)."""
+    if kind.isalpha():
+        return kind.decode("ascii")
+    return repr(kind)[2:-1]
+
+
 def _png_chunks(data: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
     if not data.startswith(_PNG_SIGNATURE):
         raise ImageError(f"{path}: not a PNG stream")
@@ -920,10 +928,10 @@ def _png_chunks(data: bytes, path: Path) -> Iterator[tuple[bytes, bytes]]:
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 8 + length
         if end + 4 > len(data):
-            raise ImageError(f"{path}: truncated PNG (chunk {kind.decode('latin-1')} cut short)")
+            raise ImageError(f"{path}: truncated PNG (chunk {_chunk_name(kind)} cut short)")
         body = data[pos + 8 : end]
         if zlib.crc32(kind + body) != int.from_bytes(data[end : end + 4], "big"):
-            raise ImageError(f"{path}: corrupt PNG (CRC mismatch in chunk {kind.decode('latin-1')})")
+            raise ImageError(f"{path}: corrupt PNG (CRC mismatch in chunk {_chunk_name(kind)})")
         yield kind, body
         if kind == b"IEND":
             return
