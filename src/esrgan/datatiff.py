@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError, one_line
-from .imageio import ImageData, ImageWarning, read_image, tifffile_quiet, too_many_pixels
+from .imageio import ImageData, ImageWarning, read_image, straighten, tifffile_quiet, too_many_pixels
 
 __all__ = [
     "SampleMap",
@@ -265,7 +265,7 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
     )
     if has_alpha and extras[0] == 1:  # associated (premultiplied) alpha: straightened, written back as such
         array = array.copy()
-        array[:, :, :colour] = _straighten(array[:, :, :colour], array[:, :, colour])
+        array[:, :, :colour] = straighten(array[:, :, :colour], array[:, :, colour])
         extras = (2, *extras[1:])
     planes, ranges = stretch_planes(array, valid, colour, has_alpha, value_range, path)
     pixels = np.ascontiguousarray(planes[:, :, :colour])
@@ -428,18 +428,6 @@ def _to_uint16(
                 unit[~valid[rows, :, s]] = 0.0  # filled from valid neighbours before the model
             out[rows, :, s] = np.clip(np.rint(np.nan_to_num(unit)), 0, 65535)
     return out
-
-
-def _straighten(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Colour premultiplied by alpha back to straight colour (0 where alpha is 0)."""
-    if pixels.dtype.kind == "f":
-        a = alpha[:, :, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(a > 0, pixels / np.where(a > 0, a, 1), 0).astype(pixels.dtype)
-    top = 255.0 if pixels.dtype == np.uint8 else 65535.0
-    a = alpha.astype(np.float64)[:, :, None]
-    straight = np.where(a > 0, pixels.astype(np.float64) * top / np.maximum(a, 1.0), 0.0)
-    return np.clip(np.rint(straight), 0, top).astype(pixels.dtype)
 
 
 # --- writing ------------------------------------------------------------------------------------------------------

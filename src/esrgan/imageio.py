@@ -55,6 +55,7 @@ __all__ = [
     "list_images",
     "read_image",
     "special_file",
+    "straighten",
     "to_float",
     "write_image",
 ]
@@ -482,11 +483,14 @@ def _read_any(
 ) -> ImageData:
     from . import dicom  # deferred: both build on this module
 
-    if dicom.is_dicom(path):
+    with open(path, "rb") as fh:
+        head = fh.read(132)  # one read tells DICOM (a preamble, then "DICM") and TIFF (4 bytes) apart
+    tiff = _is_tiff_head(head)
+    if dicom.is_dicom_head(head):
         if not measurements:
             raise ImageError(f"{path}: a DICOM file: `esrgan upscale` reads it, this does not")
         return dicom.read_dicom(path, max_pixels, value_range)
-    if _is_tiff(path):
+    if tiff:
         from . import datatiff  # deferred: datatiff builds on this module
 
         if measurements:
@@ -506,7 +510,7 @@ def _read_any(
         with _pillow_bomb_warning_silenced(max_pixels), Image.open(path) as im:
             return _read_opened(im, path, max_pixels)
     except UnidentifiedImageError:
-        if _is_tiff(path):  # e.g. 16-bit grey + alpha, which Pillow does not open
+        if tiff:  # e.g. 16-bit grey + alpha, which Pillow does not open
             return _read_tiff16(None, path, max_pixels)
         raise
 
@@ -530,9 +534,21 @@ def _pillow_bomb_warning_silenced(max_pixels: int) -> Iterator[None]:
         yield
 
 
-def _is_tiff(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF, BigTIFF
+def _is_tiff_head(head: bytes) -> bool:
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF, BigTIFF
+
+
+def straighten(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Colour premultiplied by alpha (TIFF's associated alpha) back to straight colour, 0 where alpha is 0:
+    uint8/uint16 over their range, float over [0, 1]."""
+    if pixels.dtype.kind == "f":
+        a = alpha[:, :, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(a > 0, pixels / np.where(a > 0, a, 1), 0).astype(pixels.dtype)
+    top = 255.0 if pixels.dtype == np.uint8 else 65535.0
+    a = alpha.astype(np.float64)[:, :, None]
+    straight = np.where(a > 0, pixels.astype(np.float64) * top / np.maximum(a, 1.0), 0.0)
+    return np.clip(np.rint(straight), 0, top).astype(pixels.dtype)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -859,9 +875,7 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
     pixels = array[:, :, :colour]
     alpha = array[:, :, colour] if array.shape[2] > colour else None
     if alpha is not None and extra and extra[0] == 1:  # associated (premultiplied) alpha: undo it
-        a = alpha.astype(np.float64)[:, :, None]
-        straight = np.where(a > 0, pixels.astype(np.float64) * 65535.0 / np.maximum(a, 1.0), 0.0)
-        pixels = np.clip(np.rint(straight), 0, 65535).astype(np.uint16)
+        pixels = straighten(pixels, alpha)
     pixels = _orient(pixels, orientation)
     return ImageData(
         pixels=pixels,
@@ -1291,8 +1305,7 @@ def check_writable(image: ImageData, fmt: str | None, path: Path) -> None:
 def _measurements_as_photo(image: ImageData, fmt: str, path: Path) -> ImageData:
     from .datatiff import as_photo  # deferred: datatiff builds on this module
 
-    check_writable(image, fmt, path)
-    assert image.samples is not None
+    assert image.samples is not None  # and checked writable by write_image
     if image.samples.tags:
         warnings.warn(
             f"{path}: {fmt} holds no georeferencing; not written (use TIFF)", ImageWarning, stacklevel=4

@@ -545,12 +545,13 @@ class _Batch:
         max_pixels: int | None,
         report: Reporter,
         video: dict[str, Any] | None,
+        value_range: tuple[float, float] | None = None,
     ) -> None:
         self.upscaler = upscaler
         self.total = len(jobs)
         self.output = output
         self.max_pixels = max_pixels
-        self.value_range: tuple[float, float] | None = None
+        self.value_range = value_range
         self.report = report
         self.video = video or {}
         self.result = BatchResult(device=str(upscaler.device))
@@ -806,9 +807,14 @@ def upscale_files(
     started = time.perf_counter()
     report = Reporter(len(jobs), progress, prefix=prefix)
     batch = _Batch(
-        upscaler, jobs, OutputOptions(format, quality, png_compression, overwrite), max_pixels, report, video
+        upscaler,
+        jobs,
+        OutputOptions(format, quality, png_compression, overwrite),
+        max_pixels,
+        report,
+        video,
+        value_range,
     )
-    batch.value_range = value_range
     result = batch.result
     result.leftovers = remove_leftovers(job.dst for job in jobs)
     if result.leftovers:
