@@ -481,7 +481,9 @@ def warnings_as_lines() -> Iterator[None]:
         where = file_in_hand()  # a decoder's own warning ("Corrupt EXIF data") does not say which file
         if where is not None and str(where) not in text:
             text = f"{where}: {text}"
-        tqdm.write(f"esrgan: warning: {text}", file=sys.stderr)
+        # the line and its newline in one write: tqdm.write writes them apart, and an error line from another stage's
+        # thread landed between them ("...(use TIFF)esrgan: error: ...", seen once in CI)
+        tqdm.write(f"esrgan: warning: {text}\n", file=sys.stderr, end="")
 
     with warnings.catch_warnings():  # both restored at the end: showwarning and the filters
         warnings.showwarning = show
