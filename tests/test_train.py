@@ -185,18 +185,24 @@ RESUMED_KEYS = (
 
 
 @pytest.mark.parametrize(
-    ("stage", "workers", "precision"), [("psnr", 0, "fp32"), ("psnr", 2, "bf16"), ("gan", 0, "bf16")]
+    ("stage", "workers", "precision", "degradation"),
+    [
+        ("psnr", 0, "fp32", "realworld"),
+        ("psnr", 2, "bf16", "realworld"),
+        ("gan", 0, "bf16", "realworld"),
+        ("psnr", 2, "fp32", "realesrgan"),  # batches degraded in the workers
+    ],
 )
 def test_resume_is_bit_exact(
-    photos: tuple[Path, Path], tmp_path: Path, stage: str, workers: int, precision: str
+    photos: tuple[Path, Path], tmp_path: Path, stage: str, workers: int, precision: str, degradation: str
 ) -> None:
     sections: dict[str, Any] = gan_sections(None, perceptual=0.0) if stage == "gan" else {}
     # the CPU recipe's settings (bf16 with channels-last memory) are what users resume most
     sections.setdefault("train", {}).update(
         {"total_steps": 6, "ema_decay": 0.5, "precision": precision, "channels_last": precision == "bf16"}
     )
-    # the realworld degradation exercises every random choice of the data pipeline
-    sections["data"] = {"num_workers": workers, "degradation": "realworld"}
+    # the realworld and realesrgan degradations exercise every random choice of the data pipeline
+    sections["data"] = {"num_workers": workers, "degradation": degradation}
     sections["schedule"] = {"kind": "cosine"}
     straight = train(tiny(photos, tmp_path, "straight", **sections))
     first = train(tiny(photos, tmp_path, "split", **sections), stop_at_step=3)

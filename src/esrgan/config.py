@@ -40,6 +40,46 @@ class ModelConfig(RRDBConfig):
 
 
 @dataclass
+class RealESRGANDegradationConfig:
+    """data.degradation: realesrgan: Real-ESRGAN's second-order degradation (Wang et al. 2021), its x4plus defaults.
+
+    Each order: blur (a random kernel: isotropic/anisotropic Gaussian, generalized Gaussian or plateau, or a sinc
+    filter) -> resize (up/down/keep with the given probabilities, area/bilinear/bicubic) -> noise (Gaussian with
+    `gaussian_noise_prob`, else Poisson; grey noise with `gray_noise_prob`) -> JPEG. Then a resize to the LR size and
+    a sinc filter (with `final_sinc_prob`), before or after the last JPEG at random. Sigmas and noise in 0..255
+    levels of the image at that point; resize scales relative to the HR size (first order) and the LR size (second).
+    """
+
+    kernel_sizes: list[int] = field(default_factory=lambda: [7, 9, 11, 13, 15, 17, 19, 21])
+    # iso, aniso, generalized_iso, generalized_aniso, plateau_iso, plateau_aniso
+    kernel_prob: list[float] = field(default_factory=lambda: [0.45, 0.25, 0.12, 0.03, 0.12, 0.03])
+    sinc_prob: float = 0.1
+    blur_sigma: list[float] = field(default_factory=lambda: [0.2, 3.0])
+    betag: list[float] = field(default_factory=lambda: [0.5, 4.0])
+    betap: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    resize_prob: list[float] = field(default_factory=lambda: [0.2, 0.7, 0.1])  # up, down, keep
+    resize_range: list[float] = field(default_factory=lambda: [0.15, 1.5])
+    gaussian_noise_prob: float = 0.5
+    noise_sigma: list[float] = field(default_factory=lambda: [1.0, 30.0])
+    poisson_scale: list[float] = field(default_factory=lambda: [0.05, 3.0])
+    gray_noise_prob: float = 0.4
+    jpeg_quality: list[float] = field(default_factory=lambda: [30.0, 95.0])
+    second_blur_prob: float = 0.8
+    sinc_prob2: float = 0.1
+    blur_sigma2: list[float] = field(default_factory=lambda: [0.2, 1.5])
+    betag2: list[float] = field(default_factory=lambda: [0.5, 4.0])
+    betap2: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    resize_prob2: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.3])
+    resize_range2: list[float] = field(default_factory=lambda: [0.3, 1.2])
+    gaussian_noise_prob2: float = 0.5
+    noise_sigma2: list[float] = field(default_factory=lambda: [1.0, 25.0])
+    poisson_scale2: list[float] = field(default_factory=lambda: [0.05, 2.5])
+    gray_noise_prob2: float = 0.4
+    jpeg_quality2: list[float] = field(default_factory=lambda: [30.0, 95.0])
+    final_sinc_prob: float = 0.8
+
+
+@dataclass
 class DataConfig:
     """Training images: an HR folder (LR made by MATLAB bicubic on the fly) or paired HR/LR folders."""
 
@@ -48,7 +88,8 @@ class DataConfig:
     patch_size: int = 128  # HR patch; the LR patch is patch_size / scale
     batch_size: int = 16  # total over all processes (the paper's 16)
     num_workers: int = 4
-    # LR patches made on the training device for the whole batch (plain bicubic only): auto = on a GPU
+    # LR patches made on the training device for the whole batch (bicubic and realesrgan degradations): auto = on a
+    # GPU; otherwise in the loader (realesrgan: still batch-wide, in the worker that collates the batch)
     lr_on_device: bool | Literal["auto"] = "auto"
     flip: bool = True
     rot90: bool = True
@@ -57,13 +98,17 @@ class DataConfig:
     # more detail per patch, and resampling hides their JPEG artefacts; the paper's DIV2K needs none (1.0). A list
     # ([2.0, 4.0]) trains on every image at every factor: a multi-scale set, sharp and soft versions of each photo
     hr_downscale: float | list[float] = 1.0
-    degradation: Literal["bicubic", "realworld"] = "bicubic"
+    # bicubic: the paper's (MATLAB bicubic of the HR patch); realworld: blur -> bicubic -> noise -> JPEG (one order,
+    # the settings below); realesrgan: Real-ESRGAN's second-order degradation (data.realesrgan), made for the whole
+    # batch on the training device (a GPU), or in the loader's workers on a CPU
+    degradation: Literal["bicubic", "realworld", "realesrgan"] = "bicubic"
     blur_prob: float = 0.5  # realworld only: Gaussian blur before the bicubic downscale
     blur_sigma: list[float] = field(default_factory=lambda: [0.2, 2.0])
     noise_prob: float = 0.5  # realworld only: Gaussian noise on the LR image
     noise_sigma: list[float] = field(default_factory=lambda: [1.0, 15.0])  # in 0..255 levels
     jpeg_prob: float = 0.5  # realworld only: JPEG re-encoding of the LR image
     jpeg_quality: list[int] = field(default_factory=lambda: [40, 95])
+    realesrgan: RealESRGANDegradationConfig = field(default_factory=RealESRGANDegradationConfig)
 
 
 @dataclass
@@ -414,6 +459,9 @@ def validate(config: Config, source: str) -> None:
     for key in ("blur_sigma", "noise_sigma", "jpeg_quality"):
         if len(getattr(config.data, key)) != 2:
             fail(f"data.{key}", "must be a [low, high] pair")
+    _validate_realesrgan(config.data.realesrgan, fail)
+    if config.data.degradation == "realesrgan" and config.data.lr_dir is not None:
+        fail("data.lr_dir", "the realesrgan degradation makes the LR images from the HR ones: remove lr_dir")
     for key in ("betas_g", "betas_d"):
         betas = getattr(config.optim, key)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -439,6 +487,33 @@ def validate(config: Config, source: str) -> None:
             "name",
             f"must be a plain folder name (not empty, '.', '..' or containing / or \\), got {config.name!r}",
         )
+
+
+def _validate_realesrgan(r: RealESRGANDegradationConfig, fail: typing.Callable[[str, str], None]) -> None:
+    where = "data.realesrgan."
+    for f in dataclasses.fields(r):
+        value = getattr(r, f.name)
+        if "prob" in f.name and isinstance(value, float) and not 0.0 <= value <= 1.0:
+            fail(where + f.name, f"must be a probability in [0, 1], got {value}")
+    for name in ("kernel_prob", "resize_prob", "resize_prob2"):
+        probs = getattr(r, name)
+        size = 6 if name == "kernel_prob" else 3
+        if len(probs) != size or any(not p >= 0 for p in probs) or not sum(probs) > 0:
+            what = "kernel types" if size == 6 else "up, down, keep"
+            fail(where + name, f"must be {size} weights >= 0 ({what}) with a positive sum, got {probs}")
+    pairs = {
+        "blur_sigma": (1e-3, 20.0), "blur_sigma2": (1e-3, 20.0), "betag": (0.05, 20.0), "betag2": (0.05, 20.0),
+        "betap": (0.05, 20.0), "betap2": (0.05, 20.0), "resize_range": (0.05, 4.0), "resize_range2": (0.05, 4.0),
+        "noise_sigma": (0.0, 255.0), "noise_sigma2": (0.0, 255.0), "poisson_scale": (0.0, 20.0),
+        "poisson_scale2": (0.0, 20.0), "jpeg_quality": (1.0, 100.0), "jpeg_quality2": (1.0, 100.0),
+    }  # fmt: skip
+    for name, (lo, hi) in pairs.items():
+        value = getattr(r, name)
+        if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
+            fail(where + name, f"must be a [low, high] pair within [{lo:g}, {hi:g}], got {value}")
+    sizes = r.kernel_sizes
+    if not sizes or any(k % 2 == 0 or not 3 <= k <= 21 for k in sizes):
+        fail(where + "kernel_sizes", f"must be odd sizes from 3 to 21, got {sizes}")
 
 
 def config_to_yaml(config: Config) -> str:

@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from .config import downscale_factors
+from .config import RealESRGANDegradationConfig, downscale_factors
+from .degrade import degrade, draw
 from .device import host_memory_available
 from .errors import ConfigError, ImageError
 from .imageio import IMAGE_SUFFIXES
@@ -55,6 +56,9 @@ MAX_PIXELS = 128_000_000  # refuse decompression bombs; a 12K x 10K photo still 
 _MARGIN_LR = (
     4  # LR pixels of context around a patch: covers the x4 bicubic kernel (2 * scale HR px) plus blur
 )
+# realesrgan: a 21x21 blur at HR resolution (10 px) before any resize, the rest at lower resolutions, so the margin
+# covers the first blur and the bicubic taps that follow; what is left of the edges is reflected, as Real-ESRGAN pads
+_MARGIN_LR_REALESRGAN = 8
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -159,6 +163,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         cache_max_mb: int = 4096,
         hr_downscale: float | Sequence[float] = 1.0,
         lr_on_device: bool = False,
+        realesrgan: RealESRGANDegradationConfig | None = None,
     ) -> None:
         """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, uint8-rounded); a list
         of factors makes one item per image and factor (a multi-scale set, as BasicSR's multi-scale DF2K: the same
@@ -166,7 +171,14 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
 
         `lr_on_device`: samples are HR regions with margin (`region_u8`) and the LR patches are made per batch by
         `batch_to_device`; ignored (per-sample LR) with paired LR folders or the realworld degradation.
+
+        `realesrgan`: Real-ESRGAN's degradation (esrgan.degrade). Samples are (HR region with margin, kernels,
+        parameters); the batch is degraded by `batch_to_device` (lr_on_device) or by the loader's collate function.
         """
+        if realesrgan is not None and (lr_dir is not None or degradation is not None):
+            raise ConfigError(
+                "the realesrgan degradation makes the LR from the HR: no LR folder, no realworld"
+            )
         if patch_size % scale:
             raise ConfigError(f"patch size {patch_size} is not a multiple of the scale {scale}")
         try:
@@ -208,6 +220,8 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         total_mb = sum(h * w * 3 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         self._shared: list[tuple[Tensor, Tensor | None]] | None = None
+        self.realesrgan = realesrgan
+        self.margin = _MARGIN_LR if realesrgan is None else _MARGIN_LR_REALESRGAN
         self.lr_on_device = lr_on_device and lr_dir is None and degradation is None
         # half of what the host can still give (a container's cgroup limit, not the machine's free memory): a 4 GB
         # cache in a 2 GB container was a kill by the kernel, with no message, before the first step
@@ -285,23 +299,37 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(LR, HR) float CxHxW in [0, 1] for (image index, sample seed)."""
-        lr, hr = self.sample_u8(key)
+        sample = self.sample_u8(key)
+        if self.realesrgan is not None:
+            batch = collate_samples([sample])
+            if len(batch) == 3:
+                batch = degrade_batch(batch, self.scale, self.margin)
+            return batch[0][0].float().div_(255.0), batch[1][0].float().div_(255.0)
+        lr, hr = sample
         if self.lr_on_device:
             return lr_from_regions(lr[None].float().div_(255.0), self.scale)[0][0], hr.float().div_(255.0)
         return lr.float().div_(255.0), hr.float().div_(255.0)
 
-    def sample_u8(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """What a DataLoader worker returns: (LR, HR) uint8 CxHxW, or (HR region with margin, HR) with lr_on_device."""
+    def sample_u8(self, key: tuple[int, int]) -> tuple[Tensor, ...]:
+        """What a DataLoader worker returns: (LR, HR) uint8 CxHxW, or (HR region with margin, HR) with lr_on_device,
+        or (HR region with margin, kernels, parameters) with the realesrgan degradation (`esrgan.degrade.draw`)."""
+        if self.realesrgan is not None:
+            region, rng = self._region(key)
+            kernels, params = draw(rng, self.realesrgan)
+            return region, torch.from_numpy(kernels), torch.from_numpy(params)
         if self.lr_on_device:
-            return self._region_u8(key)
+            region, _ = self._region(key)
+            s, p, m = self.scale, self.patch_size // self.scale, self.margin
+            return region, region[:, m * s : (m + p) * s, m * s : (m + p) * s].clone()
         lr, hr = self._sample_float(key)
         return lr.mul(255.0).round_().byte(), hr.mul(255.0).round_().byte()
 
-    def _region_u8(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def _region(self, key: tuple[int, int]) -> tuple[Tensor, np.random.Generator]:
+        """The sample's HR patch with `self.margin` LR pixels of context (uint8 CxRxR), and its generator."""
         index, sample_seed = key
         rng = np.random.default_rng(sample_seed)  # the same draws, in the same order, as the per-sample path
         hr_full = self.cache[index][0] if self.cache is not None else self._load(index)[0]
-        s, p, m = self.scale, self.patch_size // self.scale, _MARGIN_LR
+        s, p, m = self.scale, self.patch_size // self.scale, self.margin
         lr_h, lr_w = hr_full.shape[0] // s, hr_full.shape[1] // s
         top, left = int(rng.integers(0, lr_h - p + 1)), int(rng.integers(0, lr_w - p + 1))
         t0, l0 = max(0, top - m), max(0, left - m)
@@ -318,8 +346,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             region = region[:, ::-1]
         if self.rot90:
             region = np.rot90(region, int(rng.integers(0, 4)), (0, 1))
-        t = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1).contiguous()
-        return t, t[:, m * s : (m + p) * s, m * s : (m + p) * s].clone()
+        return torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1).contiguous(), rng
 
     def _sample_float(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         index, sample_seed = key
@@ -410,15 +437,50 @@ def lr_from_regions(regions: Tensor, scale: int) -> tuple[Tensor, Tensor]:
     return lr, regions[..., m * s : (m + p) * s, m * s : (m + p) * s]
 
 
+def collate_samples(samples: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    """Stack a list of samples into a batch (what the DataLoader does)."""
+    return tuple(default_collate(samples))
+
+
+def degrade_batch(batch: tuple[Tensor, ...], scale: int, margin: int) -> tuple[Tensor, Tensor]:
+    """(HR regions, kernels, parameters) of the realesrgan degradation -> (LR, HR) uint8, on the batch's device."""
+    regions, kernels, params = batch
+    lr, _ = degrade(regions.float().div_(255.0), kernels, params, scale=scale, margin=margin)
+    p = lr.shape[-1]
+    hr = regions[..., margin * scale : (margin + p) * scale, margin * scale : (margin + p) * scale]
+    return lr.mul_(255.0).round_().byte(), hr.contiguous()
+
+
+class _DegradingCollate:
+    """The loader's collate function for the realesrgan degradation made in the workers (a CPU run)."""
+
+    def __init__(self, scale: int, margin: int) -> None:
+        self.scale = scale
+        self.margin = margin
+
+    def __call__(self, samples: list[tuple[Tensor, ...]]) -> tuple[Tensor, Tensor]:
+        return degrade_batch(collate_samples(samples), self.scale, self.margin)
+
+
 def batch_to_device(
-    batch: tuple[Tensor, Tensor],
+    batch: Sequence[Tensor],
     device: torch.device,
     *,
     lr_on_device: bool,
     scale: int,
     channels_last: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """A loader batch (uint8) -> (LR, HR) float32 in [0, 1] on `device` (asynchronous copy from pinned memory)."""
+    """A loader batch (uint8) -> (LR, HR) float32 in [0, 1] on `device` (asynchronous copy from pinned memory).
+
+    A batch of three (HR regions, kernels, parameters) is the realesrgan degradation's: degraded here, on `device`.
+    """
+    if len(batch) == 3:
+        regions, kernels, params = batch
+        regions = regions.to(device, non_blocking=True).float().div_(255.0)
+        lr, hr = degrade(regions, kernels.to(device, non_blocking=True), params, scale=scale,
+                         margin=_MARGIN_LR_REALESRGAN)  # fmt: skip
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return lr.contiguous(memory_format=fmt), hr.contiguous(memory_format=fmt)
     a, b = (t.to(device, non_blocking=True) for t in batch)
     if lr_on_device:
         lr, hr = lr_from_regions(a.float().div_(255.0), scale)
@@ -438,7 +500,7 @@ def worker_start_method(device_type: str) -> str | None:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-class _Uint8Samples(Dataset[tuple[Tensor, Tensor]]):
+class _Uint8Samples(Dataset[tuple[Tensor, ...]]):
     """The dataset as the loader sees it: uint8 samples."""
 
     def __init__(self, dataset: PatchDataset) -> None:
@@ -447,7 +509,7 @@ class _Uint8Samples(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, ...]:
         return self.dataset.sample_u8(key)
 
 
@@ -475,6 +537,8 @@ def patch_loader(
     """Endless iterator of uint8 batches for one rank, starting after `start_sample` of this rank's samples.
 
     (LR, HR), or (HR regions, HR) with `dataset.lr_on_device`; `batch_to_device` makes float (LR, HR) of them.
+    With the realesrgan degradation: (HR regions, kernels, parameters) with `lr_on_device`, else the batch is
+    degraded by the worker that collates it and arrives as (LR, HR).
     `device_type` is the training device's: it decides how workers start and whether batches are pinned.
     """
     sampler = InfiniteSampler(len(dataset), seed=seed, start=start_sample, rank=rank, world_size=world_size)
@@ -497,5 +561,10 @@ def patch_loader(
         prefetch_factor=2 if num_workers else None,
         multiprocessing_context=context,
         pin_memory=device_type == "cuda",
+        collate_fn=(
+            _DegradingCollate(dataset.scale, dataset.margin)
+            if dataset.realesrgan is not None and not dataset.lr_on_device
+            else None
+        ),
     )
     return iter(loader)

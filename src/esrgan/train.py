@@ -813,9 +813,10 @@ def build_optimizers(
 
 
 def lr_on_device(cfg: Config, device: torch.device) -> bool:
-    """data.lr_on_device resolved: auto = on a GPU, when the LR is plain bicubic of the HR folder."""
+    """data.lr_on_device resolved: auto = on a GPU, when the LR is made from the HR folder by the plain bicubic or
+    the realesrgan degradation (on a CPU the realesrgan batches are made by the loader's workers instead)."""
     setting = cfg.data.lr_on_device
-    possible = cfg.data.lr_dir is None and cfg.data.degradation == "bicubic"
+    possible = cfg.data.lr_dir is None and cfg.data.degradation in ("bicubic", "realesrgan")
     if setting == "auto":
         return possible and device.type != "cpu"
     return bool(setting) and possible
@@ -848,6 +849,7 @@ def build_batches(
         cache_max_mb=dc.cache_max_mb,
         hr_downscale=dc.hr_downscale,
         lr_on_device=on_device,
+        realesrgan=dc.realesrgan if dc.degradation == "realesrgan" else None,
     )
     per_rank = dc.batch_size // ddp.world_size
     batches = patch_loader(

@@ -1,0 +1,377 @@
+"""Real-ESRGAN's second-order degradation (`data.degradation: realesrgan`), made for a whole batch at once.
+
+Real-ESRGAN (Wang et al., ICCVW 2021) trains on LR images made from the HR ones by two rounds of blur -> resize ->
+noise -> JPEG, then a resize to the LR size and a sinc filter before or after the last JPEG: it covers the ringing,
+overshoot, blocking and noise of real photos that a plain bicubic downscale never shows the network. The settings are
+`config.RealESRGANDegradationConfig` (the x4plus model's).
+
+Two halves, so that it runs where the training runs:
+- `draw` (in the DataLoader worker, per sample, numpy): every random choice of a sample from its own generator (the
+  sample's seed, as every other choice of the data pipeline: the stream is a pure function of the config's seed):
+  three blur kernels (21x21, zero-padded) and a vector of parameters (`P_*`).
+- `degrade` (per batch, torch, on the batch's device): applies them. Like Real-ESRGAN, a batch shares its resize
+  scales and modes, the order of the last JPEG and sinc, the JPEG block phase and the noise generator's seed (those of
+  its first sample: the shapes in a batch must agree); everything else is per sample. On a GPU this is a few dozen
+  batched kernels per step instead of per-sample CPU work in the workers; on a CPU it runs in the worker that
+  collates the batch (`data.patch_loader`).
+
+The JPEG is computed in torch (`jpeg`): baseline JPEG as libjpeg does it at a given quality (JFIF YCbCr, 4:2:0
+chroma by 2x2 averaging, the standard tables scaled as libjpeg scales them, 8x8 DCT, rounding, the decoder's
+triangle "fancy" chroma upsampling), so a batch needs no encoder round trip per image. Pillow's libjpeg is the oracle
+in the tests. Poisson noise counts 256 levels per image (Real-ESRGAN counts the distinct values of each image, a
+per-image host sync, and gets 256 for photographs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import RealESRGANDegradationConfig
+
+KERNEL_MAX = 21  # kernels travel zero-padded to this size
+MODES = ("area", "bilinear", "bicubic")
+
+# the parameter vector of one sample (float64); "batch" ones are read from the batch's first sample
+P_SCALE1 = 0  # batch: first resize, relative to the HR region
+P_MODE1 = 1  # batch: index into MODES
+P_GAUSS1 = 2  # 1 = Gaussian noise, 0 = Poisson
+P_SIGMA1 = 3  # Gaussian sigma, in 0..1 units
+P_POISSON1 = 4  # Poisson noise scale
+P_GRAY1 = 5  # 1 = the same noise in every channel
+P_QUALITY1 = 6  # JPEG quality (integer-valued)
+P_SCALE2 = 7  # batch: second resize, relative to the LR size
+P_MODE2 = 8  # batch
+P_GAUSS2 = 9
+P_SIGMA2 = 10
+P_POISSON2 = 11
+P_GRAY2 = 12
+P_QUALITY2 = 13
+P_JPEG_LAST = 14  # batch: 1 = resize + sinc, then JPEG; 0 = JPEG, then resize + sinc
+P_MODE3 = 15  # batch: the final resize's mode
+P_SEED = 16  # batch: the noise generator's seed (< 2**52, exact in float64)
+P_PHASE_Y = 17  # batch: JPEG block grid offset (0..15): patches are cut from inside larger images
+P_PHASE_X = 18
+P_SIZE1 = 19  # kernel sizes (1 = no blur): the batch's largest sets the convolution's size
+P_SIZE2 = 20
+P_SIZE3 = 21
+N_PARAMS = 22
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kernels (numpy, float64, in the workers)
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    ax = np.arange(size, dtype=np.float64) - size // 2
+    return np.meshgrid(ax, ax)  # x across columns, y down rows
+
+
+def anisotropic_kernel(
+    size: int, sigma_x: float, sigma_y: float, theta: float, *, beta: float = 1.0, shape: str = "gaussian"
+) -> np.ndarray:
+    """A size x size blur kernel from the rotated covariance diag(sigma_x^2, sigma_y^2), summing to 1.
+
+    gaussian: exp(-q / 2); generalized: exp(-q^beta / 2); plateau: 1 / (1 + q^beta), q = x^T Sigma^-1 x.
+    """
+    c, s = math.cos(theta), math.sin(theta)
+    rot = np.array([[c, -s], [s, c]])
+    inv = np.linalg.inv(rot @ np.diag([sigma_x**2, sigma_y**2]) @ rot.T)
+    x, y = _grid(size)
+    q = inv[0, 0] * x * x + (inv[0, 1] + inv[1, 0]) * x * y + inv[1, 1] * y * y
+    if shape == "gaussian":
+        k = np.exp(-0.5 * q)
+    elif shape == "generalized":
+        k = np.exp(-0.5 * np.power(q, beta))
+    elif shape == "plateau":
+        k = 1.0 / (np.power(q, beta) + 1.0)
+    else:
+        raise ValueError(f"unknown kernel shape {shape!r}")
+    return k / k.sum()
+
+
+def sinc_kernel(size: int, cutoff: float) -> np.ndarray:
+    """The circular low-pass (2-D sinc) filter of angular cutoff `cutoff` (radians per pixel), summing to 1."""
+    x, y = _grid(size)
+    r = np.hypot(x, y)
+    j1 = torch.special.bessel_j1(torch.from_numpy(cutoff * r)).numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = cutoff * j1 / (2 * math.pi * r)
+    k[size // 2, size // 2] = cutoff**2 / (4 * math.pi)  # the limit at r = 0
+    return k / k.sum()
+
+
+def pad_kernel(k: np.ndarray, size: int = KERNEL_MAX) -> np.ndarray:
+    p = (size - k.shape[0]) // 2
+    return np.pad(k, p)
+
+
+def _beta(rng: np.random.Generator, lo: float, hi: float) -> float:
+    # Real-ESRGAN's draw: half of the time below 1 (heavier tails), half above (flatter top)
+    if rng.random() < 0.5 and lo < 1.0:
+        return float(rng.uniform(lo, 1.0))
+    return float(rng.uniform(max(lo, 1.0), max(hi, 1.0)))
+
+
+_KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+
+
+def random_kernel(
+    rng: np.random.Generator,
+    sizes: Sequence[int],
+    probs: Sequence[float],
+    sinc_prob: float,
+    sigma: Sequence[float],
+    betag: Sequence[float],
+    betap: Sequence[float],
+) -> np.ndarray:
+    """One blur kernel of a random size: a sinc filter with `sinc_prob`, else a kernel of a type drawn by `probs`."""
+    size = int(rng.choice(np.asarray(sizes)))
+    if rng.random() < sinc_prob:
+        # a small kernel cannot hold a low cutoff's ripples
+        cutoff = rng.uniform(math.pi / 3, math.pi) if size < 13 else rng.uniform(math.pi / 5, math.pi)
+        return sinc_kernel(size, float(cutoff))
+    p = np.asarray(probs, dtype=np.float64)
+    kind = _KERNEL_TYPES[int(rng.choice(len(_KERNEL_TYPES), p=p / p.sum()))]
+    sx = float(rng.uniform(sigma[0], sigma[1]))
+    if kind.endswith("aniso"):
+        sy, theta = float(rng.uniform(sigma[0], sigma[1])), float(rng.uniform(-math.pi, math.pi))
+    else:
+        sy, theta = sx, 0.0
+    if kind.startswith("generalized"):
+        return anisotropic_kernel(size, sx, sy, theta, beta=_beta(rng, *betag), shape="generalized")
+    if kind.startswith("plateau"):
+        return anisotropic_kernel(size, sx, sy, theta, beta=_beta(rng, *betap), shape="plateau")
+    return anisotropic_kernel(size, sx, sy, theta)
+
+
+def _resize_scale(rng: np.random.Generator, probs: Sequence[float], lo_hi: Sequence[float]) -> float:
+    p = np.asarray(probs, dtype=np.float64)
+    kind = int(rng.choice(3, p=p / p.sum()))  # up, down, keep
+    if kind == 0:
+        return float(rng.uniform(1.0, max(1.0, lo_hi[1])))
+    if kind == 1:
+        return float(rng.uniform(min(1.0, lo_hi[0]), 1.0))
+    return 1.0
+
+
+def draw(rng: np.random.Generator, cfg: RealESRGANDegradationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every random choice of one sample: kernels (3, 21, 21) float32 (blur 1, blur 2, final sinc) and the
+    parameter vector (N_PARAMS,) float64. The order of the draws is fixed (the stream must not change)."""
+    kernels = np.zeros((3, KERNEL_MAX, KERNEL_MAX), dtype=np.float32)
+    params = np.zeros(N_PARAMS, dtype=np.float64)
+    c = KERNEL_MAX // 2
+    k1 = random_kernel(
+        rng, cfg.kernel_sizes, cfg.kernel_prob, cfg.sinc_prob, cfg.blur_sigma, cfg.betag, cfg.betap
+    )
+    kernels[0] = pad_kernel(k1)
+    params[P_SIZE1] = k1.shape[0]
+    if rng.random() < cfg.second_blur_prob:
+        k2 = random_kernel(
+            rng, cfg.kernel_sizes, cfg.kernel_prob, cfg.sinc_prob2, cfg.blur_sigma2, cfg.betag2, cfg.betap2
+        )
+        kernels[1] = pad_kernel(k2)
+        params[P_SIZE2] = k2.shape[0]
+    else:
+        kernels[1, c, c] = 1.0
+        params[P_SIZE2] = 1
+    if rng.random() < cfg.final_sinc_prob:
+        size = int(rng.choice(np.asarray(cfg.kernel_sizes)))
+        k3 = sinc_kernel(size, float(rng.uniform(math.pi / 3, math.pi)))
+        kernels[2] = pad_kernel(k3)
+        params[P_SIZE3] = size
+    else:
+        kernels[2, c, c] = 1.0
+        params[P_SIZE3] = 1
+    orders = (
+        (P_SCALE1, P_MODE1, P_GAUSS1, P_SIGMA1, P_POISSON1, P_GRAY1, P_QUALITY1),
+        (P_SCALE2, P_MODE2, P_GAUSS2, P_SIGMA2, P_POISSON2, P_GRAY2, P_QUALITY2),
+    )
+    settings = (
+        (cfg.resize_prob, cfg.resize_range, cfg.gaussian_noise_prob, cfg.noise_sigma, cfg.poisson_scale,
+         cfg.gray_noise_prob, cfg.jpeg_quality),
+        (cfg.resize_prob2, cfg.resize_range2, cfg.gaussian_noise_prob2, cfg.noise_sigma2, cfg.poisson_scale2,
+         cfg.gray_noise_prob2, cfg.jpeg_quality2),
+    )  # fmt: skip
+    for (i_scale, i_mode, i_gauss, i_sigma, i_poisson, i_gray, i_q), s in zip(orders, settings, strict=True):
+        resize_prob, resize_range, gauss_prob, sigma, poisson, gray_prob, quality = s
+        params[i_scale] = _resize_scale(rng, resize_prob, resize_range)
+        params[i_mode] = int(rng.integers(0, len(MODES)))
+        params[i_gauss] = float(rng.random() < gauss_prob)
+        params[i_sigma] = rng.uniform(sigma[0], sigma[1]) / 255.0
+        params[i_poisson] = rng.uniform(poisson[0], poisson[1])
+        params[i_gray] = float(rng.random() < gray_prob)
+        params[i_q] = round(float(rng.uniform(quality[0], quality[1])))
+    params[P_JPEG_LAST] = float(rng.random() < 0.5)
+    params[P_MODE3] = int(rng.integers(0, len(MODES)))
+    params[P_SEED] = int(rng.integers(0, 2**52))
+    params[P_PHASE_Y], params[P_PHASE_X] = (int(v) for v in rng.integers(0, 16, size=2))
+    return kernels, params
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JPEG in torch
+
+# ITU-T T.81 Annex K tables (what libjpeg scales by the quality)
+_LUMA = [
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+]  # fmt: skip
+_CHROMA = [
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+]  # fmt: skip
+
+
+def quant_tables(quality: Tensor) -> tuple[Tensor, Tensor]:
+    """libjpeg's jpeg_set_quality(q, force_baseline): the luma and chroma tables (N, 8, 8) for integer qualities."""
+    q = quality.round().clamp(1, 100)
+    scale = torch.where(q < 50, torch.floor(5000.0 / q), 200.0 - 2.0 * q)
+    tables = []
+    for base in (_LUMA, _CHROMA):
+        t = torch.tensor(base, dtype=torch.float32, device=quality.device).view(1, 8, 8)
+        tables.append(torch.floor((t * scale.view(-1, 1, 1) + 50.0) / 100.0).clamp(1, 255))
+    return tables[0], tables[1]
+
+
+def _dct_matrix(device: torch.device) -> Tensor:
+    k = torch.arange(8, dtype=torch.float64).view(8, 1)
+    n = torch.arange(8, dtype=torch.float64).view(1, 8)
+    d = torch.cos((2 * n + 1) * k * math.pi / 16) * 0.5
+    d[0] = math.sqrt(1 / 8)
+    return d.to(device=device, dtype=torch.float32)  # orthonormal: JPEG's 2-D DCT is D B D^T
+
+
+def _codec(plane: Tensor, table: Tensor, dct: Tensor) -> Tensor:
+    """Quantize the 8x8 blocks of (N, K, H, W) 0..255 samples (H, W multiples of 8) and decode them again."""
+    n, k, h, w = plane.shape
+    blocks = plane.reshape(n, k, h // 8, 8, w // 8, 8).transpose(3, 4) - 128.0
+    coef = dct @ blocks @ dct.T
+    qt = table.view(n, 1, 1, 1, 8, 8)
+    coef = torch.round(coef / qt) * qt
+    out = (dct.T @ coef @ dct + 128.0).round_().clamp_(0.0, 255.0)
+    return out.transpose(3, 4).reshape(n, k, h, w)
+
+
+def jpeg(x: Tensor, quality: Tensor, phase: tuple[int, int] = (0, 0)) -> Tensor:
+    """Baseline JPEG of an (N, 3, H, W) batch in [0, 1] at per-image integer `quality` (N,), decoded: values on
+    8-bit levels. `phase` shifts the 16x16 block grid (rows, columns) as if the image were cut from a larger one."""
+    _, _, h, w = x.shape
+    v = x.clamp(0.0, 1.0).mul(255.0).round()
+    r, g, b = v.unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = -0.168735892 * r - 0.331264108 * g + 0.5 * b + 128.0
+    cr = 0.5 * r - 0.418687589 * g - 0.081312411 * b + 128.0
+    ycc = torch.stack((y, cb, cr), 1).round_().clamp_(0.0, 255.0)
+    py, px = phase[0] % 16, phase[1] % 16
+    hh, ww = -(-(h + py) // 16) * 16, -(-(w + px) // 16) * 16
+    # libjpeg extends a partial block by repeating the edge sample
+    ycc = F.pad(ycc, (px, ww - w - px, py, hh - h - py), mode="replicate")
+    dct = _dct_matrix(x.device)
+    luma_t, chroma_t = quant_tables(quality.to(device=x.device, dtype=torch.float32))
+    luma = _codec(ycc[:, :1], luma_t, dct)
+    chroma = F.avg_pool2d(ycc[:, 1:], 2).round_()  # 4:2:0
+    chroma = _codec(chroma, chroma_t, dct)
+    # the decoder's "fancy" upsampling: each output sample 3/4 the nearer and 1/4 the farther input sample in
+    # each direction, edges repeated: exactly bilinear interpolation by 2 with half-pixel centres
+    chroma = F.interpolate(chroma, scale_factor=2.0, mode="bilinear", align_corners=False)
+    yy, cb, cr = luma[:, 0], chroma[:, 0] - 128.0, chroma[:, 1] - 128.0
+    rgb = torch.stack((yy + 1.402 * cr, yy - 0.344136286 * cb - 0.714136286 * cr, yy + 1.772 * cb), 1)
+    rgb = rgb[:, :, py : py + h, px : px + w]
+    return rgb.round_().clamp_(0.0, 255.0).div_(255.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the batch (torch, on the batch's device)
+
+
+def filter2d(x: Tensor, kernels: Tensor, size: int) -> Tensor:
+    """Convolve each image of (N, C, H, W) with its own kernel: the centre size x size of (N, 21, 21), reflected
+    edges (replicated where the image is too small to reflect)."""
+    if size <= 1:
+        return x
+    n, c, h, w = x.shape
+    lo = (KERNEL_MAX - size) // 2
+    k = kernels[:, lo : lo + size, lo : lo + size].to(x.dtype)
+    weight = k.repeat_interleave(c, 0).unsqueeze(1)  # (N*C, 1, size, size)
+    p = size // 2
+    mode = "reflect" if p < h and p < w else "replicate"
+    y = F.pad(x.reshape(1, n * c, h, w), (p, p, p, p), mode=mode)
+    return F.conv2d(y, weight, groups=n * c).view(n, c, h, w)  # symmetric kernels: no flip needed
+
+
+def resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if mode == "area":
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def add_noise(
+    x: Tensor, gauss: Tensor, sigma: Tensor, poisson_scale: Tensor, gray: Tensor, generator: torch.Generator
+) -> Tensor:
+    """Per image: Gaussian noise of `sigma` where `gauss` is 1, else Poisson noise times `poisson_scale`; the same
+    noise in every channel where `gray` is 1. Clipped to [0, 1]."""
+    n, c, h, w = x.shape
+    dev = x.device
+    col = (n, 1, 1, 1)
+    noise_c = torch.randn((n, c, h, w), generator=generator, device=dev)
+    noise_g = torch.randn((n, 1, h, w), generator=generator, device=dev)
+    gaussian = torch.lerp(noise_c, noise_g.expand(n, c, h, w), gray.view(col)) * sigma.view(col)
+    img = x.clamp(0.0, 1.0).mul(255.0).round_().div_(255.0)
+    levels = 256.0  # see the module docstring
+    pc = torch.poisson(img * levels, generator=generator) / levels - img
+    grey = (0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3]) if c == 3 else img[:, :1]
+    pg = torch.poisson(grey * levels, generator=generator) / levels - grey
+    poisson = torch.lerp(pc, pg.expand(n, c, h, w), gray.view(col)) * poisson_scale.view(col)
+    noise = torch.lerp(poisson, gaussian, gauss.view(col))
+    return (x + noise).clamp_(0.0, 1.0)
+
+
+def degrade(
+    regions: Tensor, kernels: Tensor, params: Tensor, *, scale: int, margin: int
+) -> tuple[Tensor, Tensor]:
+    """(LR, HR) float batches from float HR regions (N, 3, R, R) with `margin` LR pixels of context on every side,
+    their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the regions' device. LR on 8-bit levels."""
+    dev = regions.device
+    host = params.detach().to("cpu", torch.float64)
+    first = host[0].tolist()
+    per = params.to(dev, torch.float32)
+    kernels = kernels.to(dev, torch.float32)
+    _, _, rh, rw = regions.shape
+    lh, lw = rh // scale, rw // scale
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(first[P_SEED]))
+    phase = (int(first[P_PHASE_Y]), int(first[P_PHASE_X]))
+
+    def largest(i: int) -> int:
+        return int(host[:, i].max())
+
+    x = filter2d(regions, kernels[:, 0], largest(P_SIZE1))
+    s1 = first[P_SCALE1]
+    x = resize(x, (max(8, int(rh * s1)), max(8, int(rw * s1))), MODES[int(first[P_MODE1])])
+    x = add_noise(x, per[:, P_GAUSS1], per[:, P_SIGMA1], per[:, P_POISSON1], per[:, P_GRAY1], gen)
+    x = jpeg(x, per[:, P_QUALITY1], phase)
+    x = filter2d(x, kernels[:, 1], largest(P_SIZE2))
+    s2 = first[P_SCALE2]
+    x = resize(x, (max(8, int(lh * s2)), max(8, int(lw * s2))), MODES[int(first[P_MODE2])])
+    x = add_noise(x, per[:, P_GAUSS2], per[:, P_SIGMA2], per[:, P_POISSON2], per[:, P_GRAY2], gen)
+    final_mode = MODES[int(first[P_MODE3])]
+    if first[P_JPEG_LAST]:
+        x = filter2d(resize(x, (lh, lw), final_mode), kernels[:, 2], largest(P_SIZE3))
+        x = jpeg(x, per[:, P_QUALITY2], phase)
+    else:
+        x = jpeg(x, per[:, P_QUALITY2], phase)
+        x = filter2d(resize(x, (lh, lw), final_mode), kernels[:, 2], largest(P_SIZE3))
+    lr = x.clamp(0.0, 1.0).mul(255.0).round_().div_(255.0)
+    p = lh - 2 * margin
+    hr = regions[..., margin * scale : (margin + p) * scale, margin * scale : (margin + p) * scale]
+    return lr[..., margin : margin + p, margin : margin + p].contiguous(), hr

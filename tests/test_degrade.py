@@ -1,0 +1,293 @@
+"""Real-ESRGAN's second-order degradation: libjpeg as the JPEG oracle, kernels by their moments and spectra, the
+config's probabilities honoured, the LR aligned with the HR, the same batches wherever they are made."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from esrgan.config import RealESRGANDegradationConfig, config_from_dict
+from esrgan.data import PatchDataset, batch_to_device, collate_samples, degrade_batch, patch_loader
+from esrgan.degrade import (
+    KERNEL_MAX,
+    P_GAUSS1,
+    P_JPEG_LAST,
+    P_QUALITY1,
+    P_SCALE1,
+    P_SIZE2,
+    P_SIZE3,
+    add_noise,
+    anisotropic_kernel,
+    degrade,
+    draw,
+    jpeg,
+    quant_tables,
+    sinc_kernel,
+)
+from esrgan.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
+OFF = {  # every degradation at its mildest: keep the size, no noise, JPEG at quality 100, no sinc, 3x3 near-delta blur
+    "kernel_sizes": [3], "kernel_prob": [1, 0, 0, 0, 0, 0], "blur_sigma": [0.01, 0.01], "sinc_prob": 0.0,
+    "second_blur_prob": 0.0, "final_sinc_prob": 0.0, "resize_prob": [0, 0, 1], "resize_prob2": [0, 0, 1],
+    "gaussian_noise_prob": 1.0, "gaussian_noise_prob2": 1.0, "noise_sigma": [0, 0], "noise_sigma2": [0, 0],
+    "jpeg_quality": [100, 100], "jpeg_quality2": [100, 100],
+}  # fmt: skip
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255.0**2 / mse)
+
+
+def pillow_jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def ours(pixels: np.ndarray, qualities: list[int], phase: tuple[int, int] = (0, 0)) -> np.ndarray:
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div(255).expand(len(qualities), -1, -1, -1)
+    out = jpeg(x, torch.tensor(qualities, dtype=torch.float32), phase)
+    return out.mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    data = pytest.importorskip("skimage.data")
+    # odd sizes: partial 8x8 and 16x16 blocks at the right and bottom edges
+    return [np.ascontiguousarray(getattr(data, n)()[:203, :301]) for n in ("astronaut", "coffee", "chelsea")]
+
+
+def test_jpeg_matches_libjpeg_at_every_quality(photos: list[np.ndarray]) -> None:
+    """Our batch JPEG against Pillow's libjpeg on real photos: the same artefacts (40+ dB apart, where each is
+    26-40 dB from the original), and the same loss at each quality to 0.3 dB. One batch, one quality per image."""
+    qualities = [10, 30, 50, 75, 95]
+    for pixels in photos:
+        batch = ours(pixels, qualities)
+        for q, mine in zip(qualities, batch, strict=True):
+            theirs = pillow_jpeg(pixels, q)
+            assert psnr(mine, theirs) > 40.0, (q, psnr(mine, theirs))
+            assert abs(psnr(pixels, mine) - psnr(pixels, theirs)) < 0.3, q
+            assert psnr(pixels, theirs) < 41.0  # the comparison means something: JPEG did change the photo
+
+
+def test_jpeg_quality_tables_are_libjpegs() -> None:
+    luma, chroma = quant_tables(torch.tensor([50.0, 10.0, 100.0, 75.0]))
+    assert luma[0, 0, 0] == 16 and chroma[0, 7, 7] == 99  # quality 50: the standard tables themselves
+    assert luma[1, 0, 0] == 80 and luma[1, 7, 7] == 255  # 5000 / 10 = 500 %, clamped to 255 (baseline)
+    assert torch.all(luma[2] == 1) and torch.all(chroma[2] == 1)
+    assert luma[3, 0, 0] == 8 and luma[3, 0, 1] == 6  # (16 * 50 + 50) // 100, (11 * 50 + 50) // 100
+
+
+def test_jpeg_block_phase_is_that_of_a_crop_from_a_larger_image(photos: list[np.ndarray]) -> None:
+    """A patch cut at (5, 11) from a JPEG-compressed photo has its block grid shifted by (5, 11): `phase` does that.
+    Away from the first (padded) blocks, ours with the phase matches libjpeg's crop; without it, it does not."""
+    big = photos[1]
+    theirs = pillow_jpeg(big, 40)[5:, 11:][16:, 16:]
+    crop = np.ascontiguousarray(big[5:, 11:])
+    shifted = ours(crop, [40], (5, 11))[0][16:, 16:]
+    unshifted = ours(crop, [40])[0][16:, 16:]
+    assert psnr(shifted, theirs) > 40.0
+    assert psnr(unshifted, theirs) < psnr(shifted, theirs) - 6.0
+
+
+def test_kernels_have_the_shapes_they_are_drawn_for() -> None:
+    size = 21
+    x, y = np.meshgrid(np.arange(size) - 10.0, np.arange(size) - 10.0)
+    theta = 0.6
+    k = anisotropic_kernel(size, 3.0, 1.5, theta)
+    cov = np.array([[(k * x * x).sum(), (k * x * y).sum()], [(k * x * y).sum(), (k * y * y).sum()]])
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    np.testing.assert_allclose(cov, rot @ np.diag([9.0, 2.25]) @ rot.T, rtol=0.01, atol=0.01)
+    np.testing.assert_allclose(anisotropic_kernel(size, 2.0, 2.0, 0.0, beta=1.0, shape="generalized"),
+                               anisotropic_kernel(size, 2.0, 2.0, 0.0))  # fmt: skip
+    flat = anisotropic_kernel(size, 2.0, 2.0, 0.0, beta=4.0, shape="generalized")
+    peaked = anisotropic_kernel(size, 2.0, 2.0, 0.0, beta=0.5, shape="generalized")
+    gauss = anisotropic_kernel(size, 2.0, 2.0, 0.0)
+
+    def falloff(kern: np.ndarray) -> float:  # one pixel from the centre, relative to the centre
+        return float(kern[10, 11] / kern[10, 10])
+
+    assert (
+        falloff(flat) > falloff(gauss) > falloff(peaked)
+    )  # beta > 1: a flatter top; beta < 1: a sharper peak
+    assert flat[10, 16] < gauss[10, 16] < peaked[10, 16]  # and the tails the other way round
+    plateau = anisotropic_kernel(size, 2.0, 2.0, 0.0, beta=2.0, shape="plateau")
+    assert plateau[10, 10] == plateau.max() and plateau[10, 11] > 0.9 * plateau[10, 10]
+    for kern in (k, flat, peaked, plateau):
+        assert kern.sum() == pytest.approx(1.0) and np.allclose(
+            kern, kern[::-1, ::-1]
+        )  # no shift of the image
+
+
+@pytest.mark.parametrize("cutoff", [math.pi / 3, math.pi / 2, 0.8 * math.pi])
+def test_sinc_kernel_passes_below_its_cutoff_and_stops_above(cutoff: float) -> None:
+    k = sinc_kernel(21, cutoff)
+    n = 128
+    response = np.abs(np.fft.fft2(np.pad(k, (0, n - 21))))[0]
+
+    def at(w: float) -> float:
+        return float(response[round(w / (2 * math.pi) * n)])
+
+    assert 0.8 < at(0.5 * cutoff) < 1.25 and 0.8 < at(0.8 * cutoff) < 1.25
+    assert at(min(1.25 * cutoff, math.pi)) < 0.15
+
+
+def test_draws_follow_the_configured_probabilities() -> None:
+    cfg = RealESRGANDegradationConfig(sinc_prob=0.3, second_blur_prob=0.6, final_sinc_prob=0.25,
+                                      gaussian_noise_prob=0.7, resize_prob=[0.5, 0.3, 0.2])  # fmt: skip
+    n = 1500
+    draws = [draw(np.random.default_rng(i), cfg) for i in range(n)]
+    kernels = np.stack([k for k, _ in draws])
+    params = np.stack([p for _, p in draws])
+    sinc = [bool((k[0] < -1e-6).any()) for k in kernels]  # only a sinc has negative lobes
+    assert np.mean(sinc) == pytest.approx(0.3 * 0.9, abs=0.05)  # small sinc kernels may have no negative lobe
+    assert np.mean(params[:, P_SIZE2] > 1) == pytest.approx(0.6, abs=0.04)
+    assert np.mean(params[:, P_SIZE3] > 1) == pytest.approx(0.25, abs=0.04)
+    assert np.mean(params[:, P_GAUSS1]) == pytest.approx(0.7, abs=0.04)
+    scale = params[:, P_SCALE1]
+    shares = [np.mean(scale > 1), np.mean(scale < 1), np.mean(scale == 1)]
+    np.testing.assert_allclose(shares, [0.5, 0.3, 0.2], atol=0.04)
+    assert scale.min() >= 0.15 and scale.max() <= 1.5
+    q = params[:, P_QUALITY1]
+    assert q.min() >= 30 and q.max() <= 95 and np.all(q == np.round(q))
+    assert np.mean(params[:, P_JPEG_LAST]) == pytest.approx(0.5, abs=0.05)
+    assert np.allclose(kernels.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    again = draw(np.random.default_rng(7), cfg)
+    assert np.array_equal(again[0], draws[7][0]) and np.array_equal(again[1], draws[7][1])
+
+
+def test_noise_has_the_drawn_strength() -> None:
+    """Gaussian noise of sigma; Poisson noise of variance x / 256 (times scale^2); grey noise equal in R, G, B."""
+    x = torch.full((4, 3, 96, 96), 0.5)
+    gen = torch.Generator().manual_seed(0)
+    gauss = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    sigma = torch.full((4,), 10 / 255)
+    scale = torch.tensor([1.0, 1.0, 1.0, 2.0])
+    gray = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    noise = add_noise(x, gauss, sigma, scale, gray, gen) - x
+    std = noise.std(dim=(1, 2, 3))
+    assert std[0].item() == pytest.approx(10 / 255, rel=0.05) and std[1].item() == pytest.approx(
+        10 / 255, rel=0.05
+    )
+    assert torch.equal(noise[1, 0], noise[1, 2]) and not torch.equal(noise[0, 0], noise[0, 2])
+    assert std[2].item() == pytest.approx(math.sqrt(0.5 / 256), rel=0.05)
+    assert std[3].item() == pytest.approx(2 * math.sqrt(0.5 / 256), rel=0.05)
+    assert abs(noise.mean().item()) < 2e-3
+
+
+@pytest.fixture()
+def hr_dir(tmp_path: Path, photo: np.ndarray) -> Path:
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    Image.fromarray(photo[:203, :250]).save(folder / "a.png")
+    Image.fromarray(photo[250:, 201:]).save(folder / "b.png")
+    return folder
+
+
+def test_lr_is_aligned_with_hr(hr_dir: Path) -> None:
+    """With every degradation at its mildest, the LR patch is the HR patch downscaled in place: closest to the
+    4x4 box average at no shift, and 1 px off is far worse (a misaligned pair teaches the network to shift)."""
+    ds = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=RealESRGANDegradationConfig(**OFF))  # type: ignore[arg-type]
+    lr, hr = degrade_batch(collate_samples([ds.sample_u8((i % 2, 40 + i)) for i in range(8)]), 4, ds.margin)
+    assert lr.shape == (8, 3, 16, 16) and hr.shape == (8, 3, 64, 64)
+    box = F.avg_pool2d(hr.float(), 4)
+
+    def err(dy: int, dx: int) -> float:
+        d = lr.float()[..., 2:-2, 2:-2] - torch.roll(box, (dy, dx), (2, 3))[..., 2:-2, 2:-2]
+        return float(d.pow(2).mean())
+
+    errors = {(dy, dx): err(dy, dx) for dy, dx in itertools.product((-1, 0, 1), repeat=2)}
+    assert min(errors, key=errors.__getitem__) == (0, 0)
+    assert all(e > 4 * errors[(0, 0)] for k, e in errors.items() if k != (0, 0))
+
+
+def test_default_degradation_changes_the_lr_and_keeps_the_hr(hr_dir: Path) -> None:
+    """The x4plus settings: LR patches far from a plain downscale (blur, noise, JPEG), HR patches untouched crops."""
+    mild = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=RealESRGANDegradationConfig(**OFF))  # type: ignore[arg-type]
+    full = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=RealESRGANDegradationConfig())
+    keys = [(i % 2, 90 + i) for i in range(16)]
+    lr_mild, hr_mild = degrade_batch(collate_samples([mild.sample_u8(k) for k in keys]), 4, mild.margin)
+    lr_full, hr_full = degrade_batch(collate_samples([full.sample_u8(k) for k in keys]), 4, full.margin)
+    assert torch.equal(hr_mild, hr_full)  # the geometry draws come first, the same for both
+    diff = (lr_full.float() - lr_mild.float()).abs().mean(dim=(1, 2, 3))
+    assert float(diff.median()) > 4.0  # levels of 255
+    assert lr_full.dtype == torch.uint8
+
+
+def test_batches_are_the_same_in_the_workers_on_the_device_and_after_a_resume(hr_dir: Path) -> None:
+    """Made by the collating worker (a CPU run, 0 or 2 workers) or by batch_to_device (a GPU run, here on the CPU):
+    the same (LR, HR) batches; a loader started mid-stream continues the same stream."""
+    cfg = RealESRGANDegradationConfig()
+    cpu = torch.device("cpu")
+    in_loader = PatchDataset(hr_dir, scale=4, patch_size=32, realesrgan=cfg)
+    on_device = PatchDataset(hr_dir, scale=4, patch_size=32, realesrgan=cfg, lr_on_device=True)
+    a = list(itertools.islice(patch_loader(in_loader, batch_size=3, seed=2, num_workers=0), 4))
+    b = list(itertools.islice(patch_loader(in_loader, batch_size=3, seed=2, num_workers=2), 4))
+    c = list(itertools.islice(patch_loader(on_device, batch_size=3, seed=2, num_workers=0), 4))
+    d = list(itertools.islice(patch_loader(in_loader, batch_size=3, seed=2, start_sample=6), 2))
+    assert len(c[0]) == 3 and c[0][0].shape == (
+        3,
+        3,
+        32 + 2 * 8 * 4,
+        32 + 2 * 8 * 4,
+    )  # regions, kernels, params
+    for (la, ha), (lb, hb), batch in zip(a, b, c, strict=True):
+        lc, hc = batch_to_device(batch, cpu, lr_on_device=True, scale=4)
+        assert torch.equal(la, lb) and torch.equal(ha, hb)
+        assert torch.equal(la, lc.mul(255).round().byte()) and torch.equal(ha, hc.mul(255).round().byte())
+    assert torch.equal(a[2][0], d[0][0]) and torch.equal(a[3][1], d[1][1])
+    assert not torch.equal(a[0][0], a[1][0])
+
+
+def test_degrade_handles_tiny_intermediate_images() -> None:
+    """The smallest first resize (0.15) of a small region with the largest kernels: no reflect-padding error."""
+    cfg = RealESRGANDegradationConfig(resize_prob=[0, 1, 0], resize_range=[0.15, 0.15], kernel_sizes=[21],
+                                      second_blur_prob=1.0, final_sinc_prob=1.0)  # fmt: skip
+    draws = [draw(np.random.default_rng(i), cfg) for i in range(2)]
+    kernels = torch.from_numpy(np.stack([k for k, _ in draws]))
+    params = torch.from_numpy(np.stack([p for _, p in draws]))
+    regions = torch.rand(2, 3, 8 * 4 + 2 * 8 * 4, 8 * 4 + 2 * 8 * 4)
+    lr, hr = degrade(regions, kernels, params, scale=4, margin=8)
+    assert lr.shape == (2, 3, 8, 8) and hr.shape == (2, 3, 32, 32) and torch.isfinite(lr).all()
+    assert kernels.shape[-1] == KERNEL_MAX
+
+
+def test_jpeg_quality_one_draw_is_an_integer_the_encoder_could_use() -> None:
+    _, params = draw(np.random.default_rng(3), RealESRGANDegradationConfig(jpeg_quality=[30.4, 30.4]))
+    assert params[P_QUALITY1] == 30
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"sinc_prob": 1.5}, r"data\.realesrgan\.sinc_prob: must be a probability"),
+        ({"resize_prob": [0.2, 0.8]}, r"data\.realesrgan\.resize_prob: must be 3 weights"),
+        ({"kernel_prob": [0, 0, 0, 0, 0, 0]}, r"data\.realesrgan\.kernel_prob: .*positive sum"),
+        ({"resize_range": [1.5, 0.15]}, r"data\.realesrgan\.resize_range: must be a \[low, high\] pair"),
+        ({"jpeg_quality2": [30, 101]}, r"data\.realesrgan\.jpeg_quality2: must be a \[low, high\] pair"),
+        ({"kernel_sizes": [7, 8]}, r"data\.realesrgan\.kernel_sizes: must be odd sizes from 3 to 21"),
+        ({"kernel_sizes": [23]}, r"data\.realesrgan\.kernel_sizes"),
+    ],
+)
+def test_bad_settings_are_one_line_naming_the_key(override: dict[str, object], message: str) -> None:
+    raw = {"data": {"hr_dir": "x", "degradation": "realesrgan", "realesrgan": override}}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_realesrgan_with_an_lr_folder_is_refused() -> None:
+    raw = {"data": {"hr_dir": "x", "lr_dir": "y", "degradation": "realesrgan"}}
+    with pytest.raises(ConfigError, match=r"data\.lr_dir: the realesrgan degradation makes the LR"):
+        config_from_dict(raw)
