@@ -371,7 +371,9 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
                 ("stage 1 bf16, NCHW, CUDA graph", {"train.precision": "bf16"}, graph_steps),
                 ("stage 1 bf16, channels-last, eager", {**bf16, "train.cuda_graph": False}, eager_steps),
                 ("stage 1 bf16, CUDA graph, LR made on the CPU", {**bf16, "data.lr_on_device": False},
-                 graph_steps // 2)]  # fmt: skip
+                 graph_steps // 2),
+                ("stage 1 bf16, CUDA graph, realesrgan degradation on the GPU",
+                 {**bf16, "data.degradation": "realesrgan"}, graph_steps // 2)]  # fmt: skip
     # the CPU has no fp16 (run_settings makes the rest fp32, and there is no graph there)
     if args.fp16 and not args.smoke:
         fp16 = {"train.precision": "fp16", "train.channels_last": True}

@@ -61,6 +61,7 @@ def test_gpu_bench_training_rows_run_in_the_order_a_short_lease_asks(tmp_path: P
         "stage 1 fp32, CUDA graph",
         "stage 1 bf16, channels-last, CUDA graph",
         "stage 1 bf16, channels-last, eager",
+        "stage 1 bf16, CUDA graph, realesrgan degradation on the GPU",
         "stage 2 bf16 (VGG19 + D), CUDA graph",
     ]
     assert rows[0]["note"] == "bit-exact"  # 10 + 10 steps resumed = 20 straight, on this CPU

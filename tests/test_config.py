@@ -51,6 +51,25 @@ def test_cpu_configs_load() -> None:
         assert load_config(REPO / "configs" / f"{name}.yaml").name == name
 
 
+def test_realesrgan_configs_chain_and_degrade() -> None:
+    """Real-ESRGAN's data: stage 1 starts from ESRGAN's stage 1, stage 2 from it; both degrade with the x4plus
+    settings, which are those of RealESRGANDegradationConfig's defaults."""
+    paper = load_config(REPO / "configs" / "esrgan_x4_psnr.yaml")
+    psnr = load_config(REPO / "configs" / "realesrgan_x4_psnr.yaml")
+    gan = load_config(REPO / "configs" / "realesrgan_x4_gan.yaml")
+    assert psnr.data.degradation == gan.data.degradation == "realesrgan"
+    assert psnr.train.pretrained_g == str(Path(paper.output_dir) / paper.name / "model.safetensors")
+    assert gan.train.pretrained_g == str(Path(psnr.output_dir) / psnr.name / "model.safetensors")
+    r = psnr.data.realesrgan
+    assert (r.resize_range, r.noise_sigma, r.jpeg_quality, r.final_sinc_prob) == (
+        [0.15, 1.5],
+        [1.0, 30.0],
+        [30.0, 95.0],
+        0.8,
+    )
+    assert (psnr.data.patch_size, psnr.data.batch_size, psnr.train.ema_decay) == (256, 12, 0.999)
+
+
 def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, {"data": {"hr_dir": "x", "patchsize": 64}})
     with pytest.raises(ConfigError, match=r"cfg\.yaml: data: unknown key 'patchsize'") as info:

@@ -28,6 +28,7 @@ from esrgan.degrade import (
     anisotropic_kernel,
     degrade,
     draw,
+    filter2d,
     jpeg,
     quant_tables,
     sinc_kernel,
@@ -291,3 +292,18 @@ def test_realesrgan_with_an_lr_folder_is_refused() -> None:
     raw = {"data": {"hr_dir": "x", "lr_dir": "y", "degradation": "realesrgan"}}
     with pytest.raises(ConfigError, match=r"data\.lr_dir: the realesrgan degradation makes the LR"):
         config_from_dict(raw)
+
+
+@pytest.mark.parametrize("size", [5, 15, 17, 21])
+def test_blur_equals_a_reflect_padded_convolution_with_each_images_kernel(size: int) -> None:
+    """filter2d (grouped conv2d up to 15x15, FFT above) against conv2d of each image alone with its own kernel."""
+    rng = np.random.default_rng(size)
+    cfg = RealESRGANDegradationConfig(kernel_sizes=[size], sinc_prob=0.3)
+    kernels = torch.from_numpy(np.stack([draw(rng, cfg)[0][0] for _ in range(3)]))
+    x = torch.rand(3, 3, 40, 52)
+    got = filter2d(x, kernels, size)
+    lo, p = (KERNEL_MAX - size) // 2, size // 2
+    for i in range(3):
+        k = kernels[i, lo : lo + size, lo : lo + size].expand(3, 1, size, size)
+        ref = F.conv2d(F.pad(x[i : i + 1], (p, p, p, p), mode="reflect"), k, groups=3)
+        torch.testing.assert_close(got[i : i + 1], ref, atol=2e-6, rtol=0)

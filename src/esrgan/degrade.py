@@ -294,17 +294,41 @@ def jpeg(x: Tensor, quality: Tensor, phase: tuple[int, int] = (0, 0)) -> Tensor:
 
 def filter2d(x: Tensor, kernels: Tensor, size: int) -> Tensor:
     """Convolve each image of (N, C, H, W) with its own kernel: the centre size x size of (N, 21, 21), reflected
-    edges (replicated where the image is too small to reflect)."""
+    edges (replicated where the image is too small to reflect). Kernels larger than 15x15 go through the FFT,
+    which is faster there (a batch of 16 192x192 regions, 21x21 kernels, one Zen 3 thread: 24 ms against 34 ms
+    for conv2d; 15x15: 23 against 18)."""
     if size <= 1:
         return x
     n, c, h, w = x.shape
     lo = (KERNEL_MAX - size) // 2
     k = kernels[:, lo : lo + size, lo : lo + size].to(x.dtype)
-    weight = k.repeat_interleave(c, 0).unsqueeze(1)  # (N*C, 1, size, size)
     p = size // 2
     mode = "reflect" if p < h and p < w else "replicate"
-    y = F.pad(x.reshape(1, n * c, h, w), (p, p, p, p), mode=mode)
-    return F.conv2d(y, weight, groups=n * c).view(n, c, h, w)  # symmetric kernels: no flip needed
+    y = F.pad(x, (p, p, p, p), mode=mode)
+    if size <= 15:
+        weight = k.repeat_interleave(c, 0).unsqueeze(1)  # (N*C, 1, size, size)
+        y = F.conv2d(y.reshape(1, n * c, h + 2 * p, w + 2 * p), weight, groups=n * c)
+        return y.view(n, c, h, w)  # symmetric kernels: convolution and correlation agree
+    # circular convolution of the padded image with the kernel at the origin; rows and columns p.. of the valid
+    # part (the last h x w) are each pixel's window, centred, as conv2d would compute it
+    # (zero-extended to sizes whose only factors are 2, 3 and 5: an FFT of 212 = 4 x 53 took longer than conv2d)
+    shape = (_smooth(h + 2 * p), _smooth(w + 2 * p))
+    fy = torch.fft.rfft2(y, s=shape)
+    fk = torch.fft.rfft2(k, s=shape).unsqueeze(1)
+    out = torch.fft.irfft2(fy * fk, s=shape)
+    return out[..., 2 * p : 2 * p + h, 2 * p : 2 * p + w].contiguous()
+
+
+def _smooth(n: int) -> int:
+    """The least m >= n whose only prime factors are 2, 3 and 5 (fast FFT sizes)."""
+    while True:
+        m = n
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        if m == 1:
+            return n
+        n += 1
 
 
 def resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
@@ -319,20 +343,33 @@ def add_noise(
     x: Tensor, gauss: Tensor, sigma: Tensor, poisson_scale: Tensor, gray: Tensor, generator: torch.Generator
 ) -> Tensor:
     """Per image: Gaussian noise of `sigma` where `gauss` is 1, else Poisson noise times `poisson_scale`; the same
-    noise in every channel where `gray` is 1. Clipped to [0, 1]."""
+    noise in every channel where `gray` is 1. Clipped to [0, 1]. `gauss` and `gray` are read on the host (they
+    split the batch: each image draws only the noise it gets; Poisson draws cost 8x Gaussian ones on a CPU)."""
     n, c, h, w = x.shape
     dev = x.device
-    col = (n, 1, 1, 1)
-    noise_c = torch.randn((n, c, h, w), generator=generator, device=dev)
-    noise_g = torch.randn((n, 1, h, w), generator=generator, device=dev)
-    gaussian = torch.lerp(noise_c, noise_g.expand(n, c, h, w), gray.view(col)) * sigma.view(col)
+    noise = torch.zeros_like(x)
+    is_gauss, is_gray = gauss.detach().cpu().bool(), gray.detach().cpu().bool()
     img = x.clamp(0.0, 1.0).mul(255.0).round_().div_(255.0)
     levels = 256.0  # see the module docstring
-    pc = torch.poisson(img * levels, generator=generator) / levels - img
-    grey = (0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3]) if c == 3 else img[:, :1]
-    pg = torch.poisson(grey * levels, generator=generator) / levels - grey
-    poisson = torch.lerp(pc, pg.expand(n, c, h, w), gray.view(col)) * poisson_scale.view(col)
-    noise = torch.lerp(poisson, gaussian, gauss.view(col))
+    for want_gauss in (True, False):
+        for want_gray in (False, True):
+            rows = torch.nonzero((is_gauss == want_gauss) & (is_gray == want_gray)).flatten()
+            if not len(rows):
+                continue
+            idx = rows.to(dev)
+            channels = 1 if want_gray else c
+            if want_gauss:
+                z = torch.randn((len(rows), channels, h, w), generator=generator, device=dev)
+                part = z * sigma[idx].view(-1, 1, 1, 1)
+            else:
+                src = img[idx]
+                if want_gray and c == 3:
+                    src = 0.299 * src[:, 0:1] + 0.587 * src[:, 1:2] + 0.114 * src[:, 2:3]
+                elif want_gray:
+                    src = src[:, :1]
+                part = torch.poisson(src * levels, generator=generator) / levels - src
+                part = part * poisson_scale[idx].view(-1, 1, 1, 1)
+            noise[idx] = part.expand(len(rows), c, h, w)
     return (x + noise).clamp_(0.0, 1.0)
 
 
