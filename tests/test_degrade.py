@@ -32,6 +32,7 @@ from esrgan.degrade import (
     jpeg,
     quant_tables,
     sinc_kernel,
+    usm_sharpen,
 )
 from esrgan.errors import ConfigError
 
@@ -41,7 +42,7 @@ OFF = {  # every degradation at its mildest: keep the size, no noise, JPEG at qu
     "kernel_sizes": [3], "kernel_prob": [1, 0, 0, 0, 0, 0], "blur_sigma": [0.01, 0.01], "sinc_prob": 0.0,
     "second_blur_prob": 0.0, "final_sinc_prob": 0.0, "resize_prob": [0, 0, 1], "resize_prob2": [0, 0, 1],
     "gaussian_noise_prob": 1.0, "gaussian_noise_prob2": 1.0, "noise_sigma": [0, 0], "noise_sigma2": [0, 0],
-    "jpeg_quality": [100, 100], "jpeg_quality2": [100, 100],
+    "jpeg_quality": [100, 100], "jpeg_quality2": [100, 100], "usm_weight": 0.0,
 }  # fmt: skip
 
 
@@ -217,7 +218,10 @@ def test_lr_is_aligned_with_hr(hr_dir: Path) -> None:
 def test_default_degradation_changes_the_lr_and_keeps_the_hr(hr_dir: Path) -> None:
     """The x4plus settings: LR patches far from a plain downscale (blur, noise, JPEG), HR patches untouched crops."""
     mild = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=RealESRGANDegradationConfig(**OFF))  # type: ignore[arg-type]
-    full = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=RealESRGANDegradationConfig())
+    # (the default unsharp mask of the HR off here: test_sharpened_hr_is_the_target_and_the_source)
+    full = PatchDataset(
+        hr_dir, scale=4, patch_size=64, realesrgan=RealESRGANDegradationConfig(usm_weight=0.0)
+    )
     keys = [(i % 2, 90 + i) for i in range(16)]
     lr_mild, hr_mild = degrade_batch(collate_samples([mild.sample_u8(k) for k in keys]), 4, mild.margin)
     lr_full, hr_full = degrade_batch(collate_samples([full.sample_u8(k) for k in keys]), 4, full.margin)
@@ -307,3 +311,43 @@ def test_blur_equals_a_reflect_padded_convolution_with_each_images_kernel(size: 
         k = kernels[i, lo : lo + size, lo : lo + size].expand(3, 1, size, size)
         ref = F.conv2d(F.pad(x[i : i + 1], (p, p, p, p), mode="reflect"), k, groups=3)
         torch.testing.assert_close(got[i : i + 1], ref, atol=2e-6, rtol=0)
+
+
+def test_unsharp_mask_sharpens_edges_and_leaves_flat_areas(photo: np.ndarray) -> None:
+    """Real-ESRGAN's USM of the HR: on a real photo, stronger edges (gradient energy up), values in [0, 1]; a flat
+    image and detail under 10 levels unchanged; where the mask is fully on, exactly img + 0.5 (img - blur)."""
+    img = torch.from_numpy(photo[:160, :160]).permute(2, 0, 1)[None].float().div(255)
+    out = usm_sharpen(img, 0.5)
+
+    def gradient_energy(x: torch.Tensor) -> float:
+        return float(
+            (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
+        )
+
+    assert gradient_energy(out) > 1.2 * gradient_energy(img) and out.min() >= 0.0 and out.max() <= 1.0
+    flat = torch.full((1, 3, 64, 64), 0.4)
+    assert torch.equal(usm_sharpen(flat, 0.5), flat)
+    faint = 0.5 + 0.02 * torch.sin(torch.arange(64.0) / 3).expand(1, 3, 64, 64)  # +-5 levels of detail
+    torch.testing.assert_close(usm_sharpen(faint, 0.5), faint)
+    edge = torch.zeros(1, 1, 64, 64)
+    edge[..., 32:] = 0.6  # a strong step: the mask is on across it
+    sharp = usm_sharpen(edge, 0.5)
+    assert sharp[0, 0, 10, 31] == 0.0 and sharp[0, 0, 10, 32] > 0.6  # undershoot clipped, overshoot kept
+    assert torch.equal(usm_sharpen(edge, 0.0), edge)
+
+
+def test_sharpened_hr_is_the_target_and_the_source(hr_dir: Path) -> None:
+    """usm_weight > 0: the HR patches of a batch are the sharpened crops (on 8-bit levels); 0: the plain crops."""
+    plain_cfg = RealESRGANDegradationConfig(**{**OFF, "usm_weight": 0.0})  # type: ignore[arg-type]
+    sharp_cfg = RealESRGANDegradationConfig(**{**OFF, "usm_weight": 0.5})  # type: ignore[arg-type]
+    plain = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=plain_cfg)
+    sharp = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=sharp_cfg)
+    keys = [(i % 2, 300 + i) for i in range(4)]
+    samples = [sharp.sample_u8(k) for k in keys]
+    _, hr_plain = degrade_batch(collate_samples([plain.sample_u8(k) for k in keys]), 4, plain.margin)
+    _, hr_sharp = degrade_batch(collate_samples(samples), 4, sharp.margin)
+    regions = collate_samples(samples)[0].float().div(255)
+    m = 8 * 4
+    expected = usm_sharpen(regions, 0.5)[..., m:-m, m:-m].mul(255).round().byte()
+    assert torch.equal(hr_sharp, expected) and not torch.equal(hr_sharp, hr_plain)
+    assert torch.equal(hr_plain, collate_samples(samples)[0][..., m:-m, m:-m])

@@ -445,10 +445,8 @@ def collate_samples(samples: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
 def degrade_batch(batch: tuple[Tensor, ...], scale: int, margin: int) -> tuple[Tensor, Tensor]:
     """(HR regions, kernels, parameters) of the realesrgan degradation -> (LR, HR) uint8, on the batch's device."""
     regions, kernels, params = batch
-    lr, _ = degrade(regions.float().div_(255.0), kernels, params, scale=scale, margin=margin)
-    p = lr.shape[-1]
-    hr = regions[..., margin * scale : (margin + p) * scale, margin * scale : (margin + p) * scale]
-    return lr.mul_(255.0).round_().byte(), hr.contiguous()
+    lr, hr = degrade(regions.float().div_(255.0), kernels, params, scale=scale, margin=margin)
+    return lr.mul_(255.0).round_().byte(), hr.mul(255.0).round_().byte()  # both on 8-bit levels: exact
 
 
 class _DegradingCollate:

@@ -60,7 +60,8 @@ P_PHASE_X = 18
 P_SIZE1 = 19  # kernel sizes (1 = no blur): the batch's largest sets the convolution's size
 P_SIZE2 = 20
 P_SIZE3 = 21
-N_PARAMS = 22
+P_USM = 22  # batch: the unsharp mask's weight on the HR (0 = none; a setting, carried with the draws)
+N_PARAMS = 23
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,6 +212,7 @@ def draw(rng: np.random.Generator, cfg: RealESRGANDegradationConfig) -> tuple[np
     params[P_MODE3] = int(rng.integers(0, len(MODES)))
     params[P_SEED] = int(rng.integers(0, 2**52))
     params[P_PHASE_Y], params[P_PHASE_X] = (int(v) for v in rng.integers(0, 16, size=2))
+    params[P_USM] = cfg.usm_weight  # not a draw: the stream of draws is the same with and without it
     return kernels, params
 
 
@@ -345,7 +347,7 @@ def add_noise(
     """Per image: Gaussian noise of `sigma` where `gauss` is 1, else Poisson noise times `poisson_scale`; the same
     noise in every channel where `gray` is 1. Clipped to [0, 1]. `gauss` and `gray` are read on the host (they
     split the batch: each image draws only the noise it gets; Poisson draws cost 8x Gaussian ones on a CPU)."""
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     dev = x.device
     noise = torch.zeros_like(x)
     is_gauss, is_gray = gauss.detach().cpu().bool(), gray.detach().cpu().bool()
@@ -373,6 +375,41 @@ def add_noise(
     return (x + noise).clamp_(0.0, 1.0)
 
 
+def _gaussian_1d(size: int, sigma: float, device: torch.device) -> Tensor:
+    t = torch.arange(size, dtype=torch.float64, device=device) - size // 2
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    return (k / k.sum()).to(torch.float32)
+
+
+USM_SIZE, USM_SIGMA, USM_THRESHOLD = (
+    51,
+    8.0,
+    10.0,
+)  # Real-ESRGAN's: radius 50 (OpenCV's sigma for a 51 px kernel)
+
+
+def _blur_separable(x: Tensor, k: Tensor) -> Tensor:
+    n, c, h, w = x.shape
+    p = k.numel() // 2
+    mode = (
+        "reflect" if p < h and p < w else "replicate"
+    )  # OpenCV's default border is reflect-101: torch's reflect
+    y = F.pad(x.reshape(n * c, 1, h, w), (p, p, p, p), mode=mode)
+    y = F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    return y.view(n, c, h, w)
+
+
+def usm_sharpen(img: Tensor, weight: float) -> Tensor:
+    """Real-ESRGAN's unsharp mask of the HR images (N, C, H, W) in [0, 1]: img + weight x (img - Gaussian blur),
+    clipped, applied where the detail exceeds 10 levels (a blurred mask, so that flat areas and their noise stay)."""
+    k = _gaussian_1d(USM_SIZE, USM_SIGMA, img.device)
+    residual = img - _blur_separable(img, k)
+    mask = (residual.abs() * 255.0 > USM_THRESHOLD).to(img.dtype)
+    soft = _blur_separable(mask, k)
+    sharp = (img + weight * residual).clamp_(0.0, 1.0)
+    return torch.lerp(img, sharp, soft)
+
+
 def degrade(
     regions: Tensor, kernels: Tensor, params: Tensor, *, scale: int, margin: int
 ) -> tuple[Tensor, Tensor]:
@@ -392,6 +429,9 @@ def degrade(
     def largest(i: int) -> int:
         return int(host[:, i].max())
 
+    if first[P_USM] > 0:
+        # as Real-ESRGAN: the sharpened HR is the target and the source of the LR
+        regions = usm_sharpen(regions, first[P_USM]).mul_(255.0).round_().div_(255.0)
     x = filter2d(regions, kernels[:, 0], largest(P_SIZE1))
     s1 = first[P_SCALE1]
     x = resize(x, (max(8, int(rh * s1)), max(8, int(rw * s1))), MODES[int(first[P_MODE1])])
