@@ -284,6 +284,11 @@ def test_jpeg_quality_one_draw_is_an_integer_the_encoder_could_use() -> None:
         ({"jpeg_quality2": [30, 101]}, r"data\.realesrgan\.jpeg_quality2: must be a \[low, high\] pair"),
         ({"kernel_sizes": [7, 8]}, r"data\.realesrgan\.kernel_sizes: must be odd sizes from 3 to 21"),
         ({"kernel_sizes": [23]}, r"data\.realesrgan\.kernel_sizes"),
+        (
+            {"resize_range2": [1.1, 1.2]},
+            r"data\.realesrgan\.resize_range2: must hold 1 \(1 = keep the size\)",
+        ),
+        ({"betag": [0.5, 0.8]}, r"data\.realesrgan\.betag: must hold 1"),
     ],
 )
 def test_bad_settings_are_one_line_naming_the_key(override: dict[str, object], message: str) -> None:
@@ -351,3 +356,15 @@ def test_sharpened_hr_is_the_target_and_the_source(hr_dir: Path) -> None:
     expected = usm_sharpen(regions, 0.5)[..., m:-m, m:-m].mul(255).round().byte()
     assert torch.equal(hr_sharp, expected) and not torch.equal(hr_sharp, hr_plain)
     assert torch.equal(hr_plain, collate_samples(samples)[0][..., m:-m, m:-m])
+
+
+def test_plateau_and_generalized_shapes_are_drawn_as_real_esrgan_draws_them() -> None:
+    """Half the betas in [lo, 1], half in [1, hi]: with the plateau range [1, 2], beta is exactly 1 in half the
+    plateau kernels (the reviewer's find: they were all drawn in [1, 2], flatter-topped than x4plus's)."""
+    from esrgan.degrade import _beta
+
+    rng = np.random.default_rng(0)
+    plateau = np.array([_beta(rng, 1.0, 2.0) for _ in range(2000)])
+    assert np.mean(plateau == 1.0) == pytest.approx(0.5, abs=0.04) and plateau.max() <= 2.0
+    generalized = np.array([_beta(rng, 0.5, 4.0) for _ in range(2000)])
+    assert np.mean(generalized < 1.0) == pytest.approx(0.5, abs=0.04) and generalized.min() >= 0.5

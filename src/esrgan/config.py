@@ -520,6 +520,11 @@ def _validate_realesrgan(r: RealESRGANDegradationConfig, fail: typing.Callable[[
         value = getattr(r, name)
         if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
             fail(where + name, f"must be a [low, high] pair within [{lo:g}, {hi:g}], got {value}")
+    for name in ("betag", "betag2", "betap", "betap2", "resize_range", "resize_range2"):
+        value = getattr(r, name)
+        if len(value) == 2 and not value[0] <= 1.0 <= value[1]:
+            what = "shapes are drawn below and above 1" if name.startswith("beta") else "1 = keep the size"
+            fail(where + name, f"must hold 1 ({what}), got {value}")
     sizes = r.kernel_sizes
     if not sizes or any(k % 2 == 0 or not 3 <= k <= 21 for k in sizes):
         fail(where + "kernel_sizes", f"must be odd sizes from 3 to 21, got {sizes}")

@@ -56,8 +56,9 @@ MAX_PIXELS = 128_000_000  # refuse decompression bombs; a 12K x 10K photo still 
 _MARGIN_LR = (
     4  # LR pixels of context around a patch: covers the x4 bicubic kernel (2 * scale HR px) plus blur
 )
-# realesrgan: a 21x21 blur at HR resolution (10 px) before any resize, the rest at lower resolutions, so the margin
-# covers the first blur and the bicubic taps that follow; what is left of the edges is reflected, as Real-ESRGAN pads
+# realesrgan: 8 LR pixels (32 HR at x4) cover the first 21x21 blur at HR size and the resampling taps that follow at
+# x2-x4; not all of the final sinc (up to 10 LR px) nor, at x1, the first blur: there the patch's outermost pixels
+# see reflected context (up to 6 levels off at x4), as Real-ESRGAN's own crops do at their edges
 _MARGIN_LR_REALESRGAN = 8
 
 

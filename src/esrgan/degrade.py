@@ -11,7 +11,8 @@ Two halves, so that it runs where the training runs:
   three blur kernels (21x21, zero-padded) and a vector of parameters (`P_*`).
 - `degrade` (per batch, torch, on the batch's device): applies them. Like Real-ESRGAN, a batch shares its resize
   scales and modes, the order of the last JPEG and sinc, the JPEG block phase and the noise generator's seed (those of
-  its first sample: the shapes in a batch must agree); everything else is per sample. On a GPU this is a few dozen
+  its first sample: the shapes in a batch must agree); everything else is per sample (also whether the second
+  blur happens and which noise, which Real-ESRGAN decides once per batch). On a GPU this is a few dozen
   batched kernels per step instead of per-sample CPU work in the workers; on a CPU it runs in the worker that
   collates the batch (`data.patch_loader`).
 
@@ -113,10 +114,12 @@ def pad_kernel(k: np.ndarray, size: int = KERNEL_MAX) -> np.ndarray:
 
 
 def _beta(rng: np.random.Generator, lo: float, hi: float) -> float:
-    # Real-ESRGAN's draw: half of the time below 1 (heavier tails), half above (flatter top)
-    if rng.random() < 0.5 and lo < 1.0:
+    # Real-ESRGAN's draw: half of the time in [lo, 1] (for generalized Gaussians: heavier tails), half in [1, hi]
+    # (flatter tops); with its plateau range [1, 2], beta is exactly 1 in half the plateau kernels. The validation
+    # keeps lo <= 1 <= hi.
+    if rng.random() < 0.5:
         return float(rng.uniform(lo, 1.0))
-    return float(rng.uniform(max(lo, 1.0), max(hi, 1.0)))
+    return float(rng.uniform(1.0, hi))
 
 
 _KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -153,11 +156,11 @@ def random_kernel(
 
 def _resize_scale(rng: np.random.Generator, probs: Sequence[float], lo_hi: Sequence[float]) -> float:
     p = np.asarray(probs, dtype=np.float64)
-    kind = int(rng.choice(3, p=p / p.sum()))  # up, down, keep
+    kind = int(rng.choice(3, p=p / p.sum()))  # up, down, keep (the validation keeps lo <= 1 <= hi)
     if kind == 0:
-        return float(rng.uniform(1.0, max(1.0, lo_hi[1])))
+        return float(rng.uniform(1.0, lo_hi[1]))
     if kind == 1:
-        return float(rng.uniform(min(1.0, lo_hi[0]), 1.0))
+        return float(rng.uniform(lo_hi[0], 1.0))
     return 1.0
 
 
