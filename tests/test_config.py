@@ -58,6 +58,7 @@ def test_realesrgan_configs_chain_and_degrade() -> None:
     psnr = load_config(REPO / "configs" / "realesrgan_x4_psnr.yaml")
     gan = load_config(REPO / "configs" / "realesrgan_x4_gan.yaml")
     assert psnr.data.degradation == gan.data.degradation == "realesrgan"
+    assert psnr.validation.lr == gan.validation.lr == "realesrgan"
     assert psnr.train.pretrained_g == str(Path(paper.output_dir) / paper.name / "model.safetensors")
     assert gan.train.pretrained_g == str(Path(psnr.output_dir) / psnr.name / "model.safetensors")
     r = psnr.data.realesrgan

@@ -368,3 +368,30 @@ def test_plateau_and_generalized_shapes_are_drawn_as_real_esrgan_draws_them() ->
     assert np.mean(plateau == 1.0) == pytest.approx(0.5, abs=0.04) and plateau.max() <= 2.0
     generalized = np.array([_beta(rng, 0.5, 4.0) for _ in range(2000)])
     assert np.mean(generalized < 1.0) == pytest.approx(0.5, abs=0.04) and generalized.min() >= 0.5
+
+
+def test_validation_lr_can_be_real_world_and_is_fixed(hr_dir: Path) -> None:
+    """validation.lr: realesrgan: each image's LR made once by the degradation (whole image, any aspect), the same
+    in every run, unlike the bicubic LR, and aligned with the HR."""
+    from esrgan.train import _load_validation
+
+    cfg = RealESRGANDegradationConfig()
+    bicubic = _load_validation(str(hr_dir), 4, 0)
+    real = _load_validation(str(hr_dir), 4, 0, cfg)
+    again = _load_validation(str(hr_dir), 4, 0, cfg)
+    for (name, hr, lr_b), (name2, hr2, lr_r), (_, _, lr_again) in zip(bicubic, real, again, strict=True):
+        assert name == name2 and np.array_equal(hr, hr2) and lr_r.shape == lr_b.shape
+        assert lr_b.shape[1:] == (hr.shape[0] // 4, hr.shape[1] // 4) and hr.shape[0] != hr.shape[1]
+        assert torch.equal(lr_r, lr_again) and (lr_r - lr_b).abs().mean() > 0.01
+    mild = _load_validation(str(hr_dir), 4, 0, RealESRGANDegradationConfig(**OFF))  # type: ignore[arg-type]
+    for (
+        _,
+        hr,
+        lr,
+    ) in mild:  # at the mildest settings: the HR downscaled in place (nearest the box average at 0)
+        box = F.avg_pool2d(torch.from_numpy(hr.copy()).permute(2, 0, 1).float().div(255)[None], 4)[0]
+        errors = {
+            shift: float((lr[:, 2:-2, 2:-2] - torch.roll(box, shift, (1, 2))[:, 2:-2, 2:-2]).pow(2).mean())
+            for shift in itertools.product((-1, 0, 1), repeat=2)
+        }
+        assert min(errors, key=errors.__getitem__) == (0, 0)

@@ -188,6 +188,9 @@ class PerceptualConfig:
 @dataclass
 class ValidationConfig:
     dir: str | None = None  # HR images; LR by MATLAB bicubic; Y-PSNR/SSIM with `scale` pixels cropped
+    # bicubic: the literature's LR; realesrgan: each image's LR made once by data.realesrgan's degradation (fixed
+    # draws per image, the HR not sharpened), what a real-world model is for; the best checkpoint follows it
+    lr: Literal["bicubic", "realesrgan"] = "bicubic"
     every: int = 5000
     max_images: int = 0  # 0 = all
     samples: int = 4  # images put into the saved sample grid

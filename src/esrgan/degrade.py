@@ -219,6 +219,17 @@ def draw(rng: np.random.Generator, cfg: RealESRGANDegradationConfig) -> tuple[np
     return kernels, params
 
 
+def degrade_image(hr: Tensor, cfg: RealESRGANDegradationConfig, scale: int, seed: int) -> Tensor:
+    """A whole image's LR (C, H / scale, W / scale) by the degradation, its draws from `seed`, the HR not
+    sharpened: a fixed real-world LR for validation. `hr` (C, H, W) in [0, 1], H and W multiples of `scale`."""
+    kernels, params = draw(np.random.default_rng(seed), cfg)
+    params[P_USM] = 0.0  # validation compares with the HR as it is
+    lr, _ = degrade(
+        hr[None], torch.from_numpy(kernels)[None], torch.from_numpy(params)[None], scale=scale, margin=0
+    )
+    return lr[0]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # JPEG in torch
 
@@ -416,8 +427,9 @@ def usm_sharpen(img: Tensor, weight: float) -> Tensor:
 def degrade(
     regions: Tensor, kernels: Tensor, params: Tensor, *, scale: int, margin: int
 ) -> tuple[Tensor, Tensor]:
-    """(LR, HR) float batches from float HR regions (N, 3, R, R) with `margin` LR pixels of context on every side,
-    their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the regions' device. LR on 8-bit levels."""
+    """(LR, HR) float batches from float HR regions (N, 3, H, W) with `margin` LR pixels of context on every side
+    (H and W multiples of `scale`), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the regions'
+    device. LR on 8-bit levels; HR the regions' centres (sharpened where the parameters say so)."""
     dev = regions.device
     host = params.detach().to("cpu", torch.float64)
     first = host[0].tolist()
@@ -452,6 +464,6 @@ def degrade(
         x = jpeg(x, per[:, P_QUALITY2], phase)
         x = filter2d(resize(x, (lh, lw), final_mode), kernels[:, 2], largest(P_SIZE3))
     lr = x.clamp(0.0, 1.0).mul(255.0).round_().div_(255.0)
-    p = lh - 2 * margin
-    hr = regions[..., margin * scale : (margin + p) * scale, margin * scale : (margin + p) * scale]
-    return lr[..., margin : margin + p, margin : margin + p].contiguous(), hr
+    ph, pw = lh - 2 * margin, lw - 2 * margin
+    hr = regions[..., margin * scale : (margin + ph) * scale, margin * scale : (margin + pw) * scale]
+    return lr[..., margin : margin + ph, margin : margin + pw].contiguous(), hr

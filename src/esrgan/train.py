@@ -38,7 +38,14 @@ from torch import Tensor, nn
 
 from .atomic import atomic_path, atomic_write_bytes
 from .checkpoints import load_weights, save_model  # at import, not at the run's end: see train()'s export
-from .config import Config, LossesConfig, ScheduleConfig, TrainConfig, config_to_yaml
+from .config import (
+    Config,
+    LossesConfig,
+    RealESRGANDegradationConfig,
+    ScheduleConfig,
+    TrainConfig,
+    config_to_yaml,
+)
 from .data import (
     Degradation,
     PatchDataset,
@@ -50,6 +57,7 @@ from .data import (
     read_rgb,
     to_tensor,
 )
+from .degrade import degrade_image
 from .discriminator import VGGStyleDiscriminator
 from .errors import CheckpointError, ConfigError, EsrganError, ImageError
 from .generator import RRDBNet
@@ -513,9 +521,12 @@ def _load_pretrained_generator(path: str, g: RRDBNet) -> None:
         ) from None
 
 
-def _load_validation(folder: str, scale: int, max_images: int) -> list[tuple[str, np.ndarray, Tensor]]:
-    """(name, HR uint8 mod-cropped, LR float) for each validation image; LR by MATLAB bicubic, uint8-rounded."""
-    items = []
+def _load_validation(
+    folder: str, scale: int, max_images: int, degradation: RealESRGANDegradationConfig | None = None
+) -> list[tuple[str, np.ndarray, Tensor]]:
+    """(name, HR uint8 mod-cropped, LR float) for each validation image; LR by MATLAB bicubic, uint8-rounded, or
+    by `degradation` with draws fixed per image (seeded by the image's position: the same LR in every run)."""
+    items: list[tuple[str, np.ndarray, Tensor]] = []
     files = list_images(folder)
     smallest = (
         2 * scale + 11
@@ -530,7 +541,11 @@ def _load_validation(folder: str, scale: int, max_images: int) -> list[tuple[str
                 f"{path}: {hr.shape[1]}x{hr.shape[0]} (cropped to a multiple of {scale}) is too small to validate "
                 f"an x{scale} model: at least {smallest}x{smallest} (validation.dir)"
             )
-        items.append((path.stem, hr, bicubic_lr(to_tensor(hr), scale)))
+        if degradation is None:
+            lr = bicubic_lr(to_tensor(hr), scale)
+        else:
+            lr = degrade_image(to_tensor(hr), degradation, scale, seed=len(items))
+        items.append((path.stem, hr, lr))
     return items
 
 
@@ -1256,7 +1271,12 @@ def train(
         else None
     )
     val_items = (
-        _load_validation(cfg.validation.dir, scale, cfg.validation.max_images)
+        _load_validation(
+            cfg.validation.dir,
+            scale,
+            cfg.validation.max_images,
+            cfg.data.realesrgan if cfg.validation.lr == "realesrgan" else None,
+        )
         if cfg.validation.dir and ddp.main
         else []
     )
