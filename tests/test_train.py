@@ -203,7 +203,9 @@ def test_resume_is_bit_exact(
     )
     # the realworld and realesrgan degradations exercise every random choice of the data pipeline
     sections["data"] = {"num_workers": workers, "degradation": degradation}
-    if degradation == "realesrgan":  # validated on LR degraded the same way (fixed per image: equal in both runs)
+    if (
+        degradation == "realesrgan"
+    ):  # validated on LR degraded the same way (fixed per image: equal in both runs)
         sections["validation"] = {"lr": "realesrgan"}
     sections["schedule"] = {"kind": "cosine"}
     straight = train(tiny(photos, tmp_path, "straight", **sections))
