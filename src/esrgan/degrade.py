@@ -402,15 +402,26 @@ USM_SIZE, USM_SIGMA, USM_THRESHOLD = (
 )  # Real-ESRGAN's: radius 50 (OpenCV's sigma for a 51 px kernel)
 
 
-def _blur_separable(x: Tensor, k: Tensor) -> Tensor:
-    n, c, h, w = x.shape
+def _blur_matrix(n: int, k: Tensor) -> Tensor:
+    """(n, n) matrix M with M @ v = v convolved with the symmetric 1-D kernel k, edges reflected as torch's
+    'reflect' (OpenCV's default, reflect-101) or replicated where n is too short to reflect."""
     p = k.numel() // 2
-    mode = (
-        "reflect" if p < h and p < w else "replicate"
-    )  # OpenCV's default border is reflect-101: torch's reflect
-    y = F.pad(x.reshape(n * c, 1, h, w), (p, p, p, p), mode=mode)
-    y = F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
-    return y.view(n, c, h, w)
+    i = torch.arange(n, device=k.device).view(-1, 1)
+    j = i + torch.arange(-p, p + 1, device=k.device).view(1, -1)
+    if p < n:
+        j = torch.where(j < 0, -j, j)
+        j = torch.where(j > n - 1, 2 * (n - 1) - j, j)
+    else:
+        j = j.clamp(0, n - 1)
+    m = torch.zeros(n, n, dtype=k.dtype, device=k.device)
+    return m.index_put_((i.expand_as(j), j), k.view(1, -1).expand_as(j), accumulate=True)
+
+
+def _blur_separable(x: Tensor, k: Tensor) -> Tensor:
+    # two matrix products with the edge handling inside the matrices: BLAS, where a 51-tap single-channel conv2d
+    # ran at a fraction of the speed (a batch of 16 192x192 regions, one Zen 3 thread: see bench/degrade.py)
+    _, _, h, w = x.shape
+    return _blur_matrix(h, k) @ x @ _blur_matrix(w, k).T
 
 
 def usm_sharpen(img: Tensor, weight: float) -> Tensor:
