@@ -30,6 +30,11 @@ from esrgan.resize import imresize
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ("Set5", "Set14")
+ARMS = {  # name: the --set overrides of the arm
+    "bicubic": ["data.degradation=bicubic"],
+    "realesrgan": ["data.degradation=realesrgan"],
+    "realesrgan-no-usm": ["data.degradation=realesrgan", "data.realesrgan.usm_weight=0"],
+}
 
 
 def degraded_lr(hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -73,17 +78,20 @@ def main() -> None:
     parser.add_argument("--benchmarks", default=str(REPO.parent / "shared" / "data" / "benchmarks"))
     parser.add_argument("--out", required=True)
     parser.add_argument("--lr-g", default="2e-4")
+    parser.add_argument("--arms", default="bicubic,realesrgan",
+                        help=f"comma-separated, from: {', '.join(ARMS)}")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out).resolve()
     benchmarks = Path(args.benchmarks).resolve()
     lr_sets = make_lr_sets(benchmarks, out)
     models = {"start (bicubic stage 1)": Path(args.pretrained).resolve()}
-    for arm in ("bicubic", "realesrgan"):
+    for arm in args.arms.split(","):
         run = out / "runs" / arm
+        sets = [a for s in ARMS[arm] for a in ("--set", s)]
         if not (run / "model.safetensors").exists():
             esrgan("train", "configs/cpu_x4_psnr.yaml", "--set", f"name={arm}", "--set", f"output_dir={out / 'runs'}",
                    "--set", f"data.hr_dir={Path(args.hr_dir).resolve()}", "--set", f"train.pretrained_g={models['start (bicubic stage 1)']}",
-                   "--set", f"train.total_steps={args.steps}", "--set", f"data.degradation={arm}",
+                   "--set", f"train.total_steps={args.steps}", *sets,
                    "--set", f"optim.lr_g={args.lr_g}", "--set", "validation.dir=null", "--set", "logging.progress=false",
                    "--set", f"checkpoint.every={args.steps}")  # fmt: skip
         models[f"fine-tuned {args.steps} steps, {arm}"] = run / "model.safetensors"
