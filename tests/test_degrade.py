@@ -395,3 +395,21 @@ def test_validation_lr_can_be_real_world_and_is_fixed(hr_dir: Path) -> None:
             for shift in itertools.product((-1, 0, 1), repeat=2)
         }
         assert min(errors, key=errors.__getitem__) == (0, 0)
+
+
+@pytest.mark.parametrize("shape", [(192, 160), (40, 30)])
+def test_unsharp_mask_blur_equals_a_reflect_padded_separable_convolution(shape: tuple[int, int]) -> None:
+    """The 51-tap Gaussian as two matrix products equals conv2d on the reflect-padded image (OpenCV's border);
+    an axis shorter than the radius is replicated instead."""
+    from esrgan.degrade import USM_SIGMA, USM_SIZE, _blur_separable, _gaussian_1d
+
+    k = _gaussian_1d(USM_SIZE, USM_SIGMA, torch.device("cpu"))
+    opencv_sigma = 0.3 * ((USM_SIZE - 1) * 0.5 - 1) + 0.8  # what OpenCV uses for a 51 px kernel and sigma 0
+    assert float(k.sum()) == pytest.approx(1.0) and abs(USM_SIGMA - opencv_sigma) < 1e-9
+    x = torch.rand(2, 3, *shape)
+    p = USM_SIZE // 2
+    y = x.reshape(6, 1, *shape)
+    y = F.pad(y, (p, p, 0, 0), mode="reflect" if p < shape[1] else "replicate")
+    y = F.pad(y, (0, 0, p, p), mode="reflect" if p < shape[0] else "replicate")
+    ref = F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1)).view(2, 3, *shape)
+    torch.testing.assert_close(_blur_separable(x, k), ref, atol=2e-6, rtol=0)
