@@ -406,15 +406,18 @@ def _blur_matrix(n: int, k: Tensor) -> Tensor:
     """(n, n) matrix M with M @ v = v convolved with the symmetric 1-D kernel k, edges reflected as torch's
     'reflect' (OpenCV's default, reflect-101) or replicated where n is too short to reflect."""
     p = k.numel() // 2
-    i = torch.arange(n, device=k.device).view(-1, 1)
-    j = i + torch.arange(-p, p + 1, device=k.device).view(1, -1)
+    i = torch.arange(n).view(-1, 1)
+    j = i + torch.arange(-p, p + 1).view(1, -1)
     if p < n:
         j = torch.where(j < 0, -j, j)
         j = torch.where(j > n - 1, 2 * (n - 1) - j, j)
     else:
         j = j.clamp(0, n - 1)
-    m = torch.zeros(n, n, dtype=k.dtype, device=k.device)
-    return m.index_put_((i.expand_as(j), j), k.view(1, -1).expand_as(j), accumulate=True)
+    # built on the host in float64: an accumulating index_put_ on a GPU adds in no fixed order (the batches of a
+    # GPU run must repeat exactly)
+    taps = k.detach().to("cpu", torch.float64).view(1, -1).expand_as(j)
+    m = torch.zeros(n, n, dtype=torch.float64).index_put_((i.expand_as(j), j), taps, accumulate=True)
+    return m.to(device=k.device, dtype=k.dtype)
 
 
 def _blur_separable(x: Tensor, k: Tensor) -> Tensor:
