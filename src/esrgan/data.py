@@ -302,10 +302,8 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         """(LR, HR) float CxHxW in [0, 1] for (image index, sample seed)."""
         sample = self.sample_u8(key)
         if self.realesrgan is not None:
-            batch = collate_samples([sample])
-            if len(batch) == 3:
-                batch = degrade_batch(batch, self.scale, self.margin)
-            return batch[0][0].float().div_(255.0), batch[1][0].float().div_(255.0)
+            lr_u8, hr_u8 = degrade_batch(collate_samples([sample]), self.scale, self.margin)
+            return lr_u8[0].float().div_(255.0), hr_u8[0].float().div_(255.0)
         lr, hr = sample
         if self.lr_on_device:
             return lr_from_regions(lr[None].float().div_(255.0), self.scale)[0][0], hr.float().div_(255.0)

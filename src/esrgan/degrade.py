@@ -431,9 +431,11 @@ def usm_sharpen(img: Tensor, weight: float) -> Tensor:
     """Real-ESRGAN's unsharp mask of the HR images (N, C, H, W) in [0, 1]: img + weight x (img - Gaussian blur),
     clipped, applied where the detail exceeds 10 levels (a blurred mask, so that flat areas and their noise stay)."""
     k = _gaussian_1d(USM_SIZE, USM_SIGMA, img.device)
-    residual = img - _blur_separable(img, k)
+    _, _, h, w = img.shape
+    rows, cols = _blur_matrix(h, k), _blur_matrix(w, k).T  # built once for both blurs (_blur_separable's)
+    residual = img - rows @ img @ cols
     mask = (residual.abs() * 255.0 > USM_THRESHOLD).to(img.dtype)
-    soft = _blur_separable(mask, k)
+    soft = rows @ mask @ cols
     sharp = (img + weight * residual).clamp_(0.0, 1.0)
     return torch.lerp(img, sharp, soft)
 
@@ -464,12 +466,13 @@ def degrade(
     x = filter2d(regions, kernels[:, 0], largest(P_SIZE1))
     s1 = first[P_SCALE1]
     x = resize(x, (max(8, int(rh * s1)), max(8, int(rw * s1))), MODES[int(first[P_MODE1])])
-    x = add_noise(x, per[:, P_GAUSS1], per[:, P_SIGMA1], per[:, P_POISSON1], per[:, P_GRAY1], gen)
+    # the Gaussian/Poisson and grey choices from the host copy: reading them from the GPU would wait for it
+    x = add_noise(x, host[:, P_GAUSS1], per[:, P_SIGMA1], per[:, P_POISSON1], host[:, P_GRAY1], gen)
     x = jpeg(x, per[:, P_QUALITY1], phase)
     x = filter2d(x, kernels[:, 1], largest(P_SIZE2))
     s2 = first[P_SCALE2]
     x = resize(x, (max(8, int(lh * s2)), max(8, int(lw * s2))), MODES[int(first[P_MODE2])])
-    x = add_noise(x, per[:, P_GAUSS2], per[:, P_SIGMA2], per[:, P_POISSON2], per[:, P_GRAY2], gen)
+    x = add_noise(x, host[:, P_GAUSS2], per[:, P_SIGMA2], per[:, P_POISSON2], host[:, P_GRAY2], gen)
     final_mode = MODES[int(first[P_MODE3])]
     if first[P_JPEG_LAST]:
         x = filter2d(resize(x, (lh, lw), final_mode), kernels[:, 2], largest(P_SIZE3))
