@@ -228,7 +228,7 @@ def step_flops(cfg: Any) -> float:
     """FLOPs of one training step (G forward + backward, and D / VGG in stage 2), by torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from esrgan.discriminator import VGGStyleDiscriminator
+    from esrgan.discriminator import build_discriminator
 
     g = RRDBNet.from_config(cfg.model.generator)
     b, p, s = cfg.data.batch_size, cfg.data.patch_size, cfg.model.scale
@@ -238,7 +238,9 @@ def step_flops(cfg: Any) -> float:
         sr = g(lr)
         loss = sr.mean()
         if cfg.train.stage == "gan":
-            d = VGGStyleDiscriminator(num_in_ch=3, num_feat=cfg.model.d_num_feat, input_size=p).to("meta")
+            d = build_discriminator(
+                cfg.model.discriminator, num_in_ch=3, num_feat=cfg.model.d_num_feat, patch_size=p
+            ).to("meta")
             loss = loss + d(sr).mean() * 3  # D on real and fake for G's loss, and again in D's step (approx.)
         loss.backward()
     return float(counter.get_total_flops())
@@ -390,6 +392,14 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     jobs.append(
         (label2, partial(train_row, label2, "esrgan_x4_gan.yaml", sets2, data, runs, gan_steps, args.smoke))
     )
+    # Real-ESRGAN's GAN stage as configured (U-Net D with spectral norm, five VGG19 layers, vanilla GAN, batch 12 of
+    # 256x256 HR on degraded LR): what fine-tuning its x4plus costs per step
+    label_r = "stage 2 Real-ESRGAN bf16 (U-Net D, 5 VGG19 layers, 12 x 256), CUDA graph"
+    sets_r = {**sets2, "train.pretrained_d": None}
+    jobs.append(
+        (label_r, partial(train_row, label_r, "realesrgan_x4_gan.yaml", sets_r, data, runs, gan_steps // 2,
+                          args.smoke))
+    )  # fmt: skip
     jobs.append((DDP_LABEL, partial(ddp_row, data, runs, eager_steps, args.smoke)))
     jobs.append((RESUME_LABEL, partial(resume_row, data, runs, args.smoke)))
     # compiling the whole G took > 100 s on the H200 (16 cores); per block ~6x less on a CPU (bench/compile_time.py):

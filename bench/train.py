@@ -9,6 +9,10 @@ docs/benchmarks.md. Run it on a quiet machine:
 
     .venv/bin/python bench/train.py                     # everything, 10 timed steps after 2 warm-up steps
     .venv/bin/python bench/train.py --sizes recipe --steps 3 --warmup 1
+    .venv/bin/python bench/train.py --stages 2,2r       # ESRGAN's GAN step against Real-ESRGAN's
+
+Stage "2r" is Real-ESRGAN's GAN step (configs/realesrgan_x4_gan.yaml's losses): the U-Net discriminator with spectral
+norm, the vanilla GAN loss, the perceptual loss at five VGG19 depths, at the same sizes as stage 2.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 
 from esrgan.config import LossesConfig, load_config
-from esrgan.discriminator import VGGStyleDiscriminator
+from esrgan.discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
 from esrgan.generator import RRDBNet
 from esrgan.train import discriminator_step, generator_step, make_autocast
 from esrgan.vgg import VGGFeatureExtractor
@@ -55,7 +59,10 @@ SIZES = {
 }
 
 
-def bench(size: Size, stage: int, precision: str, steps: int, warmup: int) -> float:
+REAL_ESRGAN_LAYERS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+
+
+def bench(size: Size, stage: str, precision: str, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
     device = torch.device("cpu")
     autocast = make_autocast(device, precision)
@@ -63,25 +70,34 @@ def bench(size: Size, stage: int, precision: str, steps: int, warmup: int) -> fl
                 image_residual=size.image_residual)  # fmt: skip
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    batch = size.batch if stage == 1 else size.batch_gan
+    batch = size.batch if stage == "1" else size.batch_gan
     hr = torch.rand(batch, 3, size.patch, size.patch)
     lr = torch.rand(batch, 3, size.patch // 4, size.patch // 4)
-    if stage == 1:
+    layer_weights: tuple[float, ...] = (1.0,)
+    d: torch.nn.Module | None
+    if stage == "1":
         weights = LossesConfig()
         d = vgg = opt_d = None
-    else:
+    elif stage == "2":
         weights = LossesConfig(pixel_weight=1e-2, perceptual_weight=1.0, gan_weight=5e-3)
         d = VGGStyleDiscriminator(input_size=size.patch)
         opt_d = torch.optim.Adam(d.parameters(), lr=1e-4)
         vgg = VGGFeatureExtractor(weights=None)  # same cost as the pretrained network
+    elif stage == "2r":
+        weights = LossesConfig(pixel_weight=1.0, perceptual_weight=1.0, gan_weight=0.1, gan_type="vanilla")
+        d = UNetDiscriminatorSN()
+        opt_d = torch.optim.Adam(d.parameters(), lr=1e-4)
+        vgg = VGGFeatureExtractor(weights=None, layers=list(REAL_ESRGAN_LAYERS))
+        layer_weights = tuple(REAL_ESRGAN_LAYERS.values())
+    else:
+        raise SystemExit(f"unknown stage {stage!r} (1, 2 or 2r)")
 
     def step() -> None:
         out = generator_step(g, lr, hr, optimizer=opt_g, scaler=scaler, weights=weights, autocast=autocast,
-                             vgg=vgg, d=d)  # fmt: skip
+                             vgg=vgg, d=d, layer_weights=layer_weights)  # fmt: skip
         if d is not None and opt_d is not None and out is not None:
-            discriminator_step(
-                d, hr, out[1], optimizer=opt_d, scaler=scaler, reduction="sum", autocast=autocast
-            )
+            discriminator_step(d, hr, out[1], optimizer=opt_d, scaler=scaler, reduction="sum", autocast=autocast,
+                               gan_type=weights.gan_type)  # fmt: skip
 
     for _ in range(warmup):
         step()
@@ -94,7 +110,9 @@ def bench(size: Size, stage: int, precision: str, steps: int, warmup: int) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="paper,recipe", help="comma-separated: paper, recipe")
-    parser.add_argument("--stages", default="1,2", help="comma-separated: 1 (L1), 2 (GAN)")
+    parser.add_argument(
+        "--stages", default="1,2", help="comma-separated: 1 (L1), 2 (ESRGAN's GAN), 2r (Real-ESRGAN's GAN)"
+    )
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per cell")
     parser.add_argument("--warmup", type=int, default=2)
@@ -110,10 +128,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for size_name in args.sizes.split(","):
         size = SIZES[size_name]
-        for stage in (int(s) for s in args.stages.split(",")):
+        for stage in args.stages.split(","):
             for precision in args.precisions.split(","):
                 rate = bench(size, stage, precision, args.steps, args.warmup)
-                batch = size.batch if stage == 1 else size.batch_gan
+                batch = size.batch if stage == "1" else size.batch_gan
                 print(f"| {size.name} | {stage} | {size.num_block} / {size.num_feat} / {size.num_grow} | {batch} | {size.patch} | {precision} | "
                       f"{rate:.3f} | {1 / rate:.2f} |", flush=True)  # fmt: skip
 

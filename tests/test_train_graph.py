@@ -21,6 +21,7 @@ from esrgan.train import (
     build_batches,
     build_nets,
     build_optimizers,
+    discriminator_sees_plain_hr,
     make_autocast,
     train_step,
     use_cuda_graph,
@@ -43,12 +44,27 @@ def config(photos: tuple[Path, Path], out: Path, stage: str, num_block: int = 1,
     if stage == "gan":
         raw["losses"] = {"pixel_weight": 1e-2, "perceptual_weight": 1.0, "gan_weight": 5e-3}
         raw["perceptual"] = {"weights": "random"}
+    if stage == "gan-unet":
+        # Real-ESRGAN's GAN stage: U-Net D with spectral norm, vanilla GAN, five VGG19 layers, its degradation, D
+        # shown the HR before the unsharp mask (a third image)
+        raw["train"]["stage"] = "gan"
+        raw["model"]["discriminator"] = "unet"
+        raw["data"]["degradation"] = "realesrgan"
+        raw["losses"] = {
+            "pixel_weight": 1.0,
+            "perceptual_weight": 1.0,
+            "gan_weight": 0.1,
+            "gan_type": "vanilla",
+        }
+        raw["perceptual"] = {
+            "weights": "random",
+            "layers": ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"],
+            "layer_weights": [0.1, 0.1, 1.0, 1.0, 1.0],
+        }
     return config_from_dict(raw)
 
 
-def setup(
-    cfg: Config, compile_g: bool | str = False
-) -> tuple[Any, Any, list[tuple[torch.Tensor, torch.Tensor]]]:
+def setup(cfg: Config, compile_g: bool | str = False) -> tuple[Any, Any, list[tuple[torch.Tensor, ...]]]:
     """Nets, fused Adam (what the GPU uses) and 4 real batches, all seeded: two calls give the same start."""
     try:
         torch.optim.Adam([torch.zeros(1, requires_grad=True)], fused=True)
@@ -64,7 +80,10 @@ def setup(
     nets = build_nets(cfg, CPU, ddp, vgg, compile_g=compile_g)
     opts = build_optimizers(cfg, nets, CPU, fused=True)
     batches, on_device = build_batches(cfg, ddp, CPU, 0)
-    data = [batch_to_device(next(batches), CPU, lr_on_device=on_device, scale=4) for _ in range(4)]
+    plain = discriminator_sees_plain_hr(cfg)
+    data = [
+        batch_to_device(next(batches), CPU, lr_on_device=on_device, scale=4, plain_hr=plain) for _ in range(4)
+    ]
     return nets, opts, data
 
 
@@ -82,7 +101,7 @@ def state(nets: Any, opts: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("stage", ["psnr", "gan"])
+@pytest.mark.parametrize("stage", ["psnr", "gan", "gan-unet"])
 def test_sync_free_step_trains_exactly_as_the_eager_step(
     stage: str, photos: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -91,11 +110,13 @@ def test_sync_free_step_trains_exactly_as_the_eager_step(
     cfg = config(photos, tmp_path, stage)
     autocast = make_autocast(CPU, "fp32")
     nets_a, opts_a, data = setup(cfg)
-    eager_logs = [train_step(cfg, nets_a, opts_a, lr, hr, autocast, i + 1) for i, (lr, hr) in enumerate(data)]
+    eager_logs = [train_step(cfg, nets_a, opts_a, lr, hr, autocast, i + 1, *real)
+                  for i, (lr, hr, *real) in enumerate(data)]  # fmt: skip
     nets_b, opts_b, data_b = setup(cfg)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(data, data_b, strict=True))
     step = GraphedStep(cfg, nets_b, opts_b, CPU, make_autocast(CPU, "fp32", cache=False))
-    graph_logs = [step(lr, hr, i + 1) for i, (lr, hr) in enumerate(data)]
+    graph_logs = [step(lr, hr, i + 1, *real) for i, (lr, hr, *real) in enumerate(data)]
+    assert all(len(batch) == (3 if stage == "gan-unet" else 2) for batch in data)
     a, b = state(nets_a, opts_a), state(nets_b, opts_b)
     assert a.keys() == b.keys() and len(a) > 10
     changed = state(*setup(cfg)[:2])
@@ -219,3 +240,26 @@ def test_compiling_per_block_on_an_old_torch_is_a_config_error(
         ConfigError, match=r"train\.compile: blocks: .*torch >= 2\.5 \(this is 2\.4\.1\+cpu\)"
     ):
         build_nets(cfg, CPU, _init_distributed("cpu"), None, compile_g=cfg.train.compile)
+
+
+def test_the_discriminator_is_shown_the_unsharpened_hr_as_real(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Real-ESRGAN's GAN stage on its degradation: L1 and the perceptual loss against the sharpened HR, D's real
+    images the HR before the unsharp mask (its gan_gt_usm: False). Checked on the VGG-style D (no spectral norm,
+    batch-norm statistics from the batch): the logged mean real logit of D's step is D's score of the plain HR."""
+    cfg = config(photos, tmp_path, "gan")
+    cfg.data.degradation = "realesrgan"
+    assert discriminator_sees_plain_hr(cfg)
+    nets, opts, data = setup(cfg)
+    lr, hr, real = data[0]
+    assert not torch.equal(hr, real) and (hr - real).abs().max() > 0.05  # the unsharp mask moved the edges
+    d_before = copy.deepcopy(nets.d)
+    logs = train_step(cfg, nets, opts, lr, hr, make_autocast(CPU, "fp32"), 1, real)
+    assert logs is not None
+    with torch.no_grad():
+        on_plain, on_sharp = d_before(real).mean().item(), d_before(hr).mean().item()
+    assert logs["d_real"] == pytest.approx(on_plain, rel=1e-5, abs=1e-6)
+    assert abs(on_plain - on_sharp) > 1e-4  # and the check can tell the two apart
+    cfg.data.realesrgan.usm_weight = 0.0  # nothing sharpened: no third image
+    assert not discriminator_sees_plain_hr(cfg)

@@ -59,7 +59,7 @@ def reference_conv5_4(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Ten
 def test_conv5_4_before_relu_matches_the_weight_file(vgg_file: Path, photo: np.ndarray) -> None:
     extractor = VGGFeatureExtractor(weights=vgg_file)
     x = torch.from_numpy(photo[100:164, 200:264].copy()).permute(2, 0, 1)[None].float() / 255
-    out = extractor(x)
+    (out,) = extractor(x)
     sd = torch.load(vgg_file, weights_only=True)
     assert out.shape == (1, 512, 4, 4)
     torch.testing.assert_close(out, reference_conv5_4(sd, x), rtol=1e-4, atol=1e-4)
@@ -166,3 +166,55 @@ def test_failed_download_says_how_to_get_the_file(
     with pytest.raises(ModelNotAvailableError, match="SHA-256"):
         resolve_vgg_weights(None, url=f"{server}/models/{VGG19_FILENAME}", sha256="dcbb9e9d")
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME).exists()
+
+
+def reference_taps(sd: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every conv's output before and after its ReLU, named as BasicSR names them, straight from the weight file."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    h = (x - mean) / std
+    out: dict[str, torch.Tensor] = {}
+    block, conv = 1, 1
+    for idx, _, _ in CONVS:
+        if idx in POOL_BEFORE or idx == 28:
+            h = F.max_pool2d(h, 2)
+            block, conv = block + 1, 1
+        h = F.conv2d(h, sd[f"features.{idx}.weight"], sd[f"features.{idx}.bias"], padding=1)
+        out[f"conv{block}_{conv}"] = h
+        h = F.relu(h)
+        out[f"relu{block}_{conv}"] = h
+        conv += 1
+    return out
+
+
+def test_real_esrgans_five_layers_match_the_weight_file(vgg_file: Path, photo: np.ndarray) -> None:
+    layers = ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"]  # Real-ESRGAN's, before their ReLUs
+    extractor = VGGFeatureExtractor(weights=vgg_file, layers=layers)
+    x = torch.from_numpy(photo[100:164, 200:264].copy()).permute(2, 0, 1)[None].float() / 255
+    feats = extractor(x)
+    ref = reference_taps(torch.load(vgg_file, weights_only=True), x)
+    assert [f.shape[1:] for f in feats] == [
+        (64, 64, 64),
+        (128, 32, 32),
+        (256, 16, 16),
+        (512, 8, 8),
+        (512, 4, 4),
+    ]
+    for name, f in zip(layers, feats, strict=True):
+        torch.testing.assert_close(f, ref[name], rtol=1e-4, atol=1e-4)
+        assert (f < 0).any(), name  # the in-place ReLU after a tapped conv did not overwrite it
+
+
+def test_a_shallow_layer_set_stops_early_and_relu_names_are_after_the_relu(
+    vgg_file: Path, photo: np.ndarray
+) -> None:
+    extractor = VGGFeatureExtractor(weights=vgg_file, layers=["relu2_2", "conv1_1"])
+    assert len(extractor.features) == 9  # up to relu2_2 (index 8): conv4 and 5 are not computed
+    x = torch.from_numpy(photo[100:132, 200:232].copy()).permute(2, 0, 1)[None].float() / 255
+    relu2_2, conv1_1 = extractor(x)
+    ref = reference_taps(torch.load(vgg_file, weights_only=True), x)
+    torch.testing.assert_close(relu2_2, ref["relu2_2"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv1_1, ref["conv1_1"], rtol=1e-4, atol=1e-4)
+    assert relu2_2.min() >= 0
+    with pytest.raises(ValueError, match=r"unknown VGG19 layer\(s\) \['conv6_1'\]"):
+        VGGFeatureExtractor(weights=None, layers=["conv6_1"])

@@ -47,6 +47,7 @@ MAX_BLOCKS = 1024
 # index has more than a few; a longer one does not match and is reported as an unexpected key.
 _INDEX = r"(\d{1,9})"
 _WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g", "netG", "generator", "g_ema")
+_D_WRAPPER_KEYS = ("params", "state_dict", "net_d", "netD", "discriminator", "model")
 _PREFIXES = ("module.", "_orig_mod.", "net_g.", "generator.")
 
 
@@ -210,13 +211,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 # --- canonicalisation ---------------------------------------------------------------------------------------------
-def unwrap(obj: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Find the generator's tensors in a checkpoint: prefer params_ema over params, strip DataParallel prefixes."""
+def unwrap(obj: Mapping[str, Any], wrappers: tuple[str, ...] = _WRAPPER_KEYS) -> dict[str, Tensor]:
+    """Find the generator's tensors in a checkpoint: prefer params_ema over params, strip DataParallel prefixes.
+    (`wrappers`: the keys looked into, in order of preference.)"""
     current: Mapping[str, Any] = obj
     for _ in range(4):  # wrappers nest at most a few levels deep
         if any(isinstance(v, Tensor) for v in current.values()):
             break
-        for key in _WRAPPER_KEYS:
+        for key in wrappers:
             inner = current.get(key)
             if isinstance(inner, Mapping) and inner:
                 current = inner
@@ -238,6 +240,17 @@ def unwrap(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     if not tensors:
         raise CheckpointError(f"no tensors found (top-level keys: {_preview(obj.keys())})")
     return tensors
+
+
+def read_discriminator(path: str | Path) -> dict[str, Tensor]:
+    """A discriminator's tensors from a foreign file (Real-ESRGAN's *_netD.pth and BasicSR's net_d_*.pth hold
+    {"params": state dict}; a bare state dict or safetensors file too), read as hostile as any model file.
+    Naming and shapes are the discriminator's to check (esrgan.discriminator.discriminator_state)."""
+    obj, _ = read_weights(path)
+    try:
+        return unwrap(obj, _D_WRAPPER_KEYS)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def detect_layout(sd: Mapping[str, Tensor]) -> str:

@@ -32,6 +32,9 @@ class ModelConfig(RRDBConfig):
     the discriminator's width: one config type for the generator, extended by what only training needs."""
 
     d_num_feat: int = 64
+    # vgg: ESRGAN's VGG-style discriminator (one logit per image, HR patches of a multiple of 32 px); unet:
+    # Real-ESRGAN's U-Net with spectral norm (one logit per pixel, any patch divisible by 8)
+    discriminator: Literal["vgg", "unet"] = "vgg"
 
     @property
     def generator(self) -> RRDBConfig:
@@ -79,7 +82,7 @@ class RealESRGANDegradationConfig:
     final_sinc_prob: float = 0.8
     # unsharp mask of the HR (Real-ESRGAN's "gt_usm": weight 0.5, radius 50, threshold 10 levels): the sharpened HR is
     # both the target and the source of the LR, so the model learns to output crisper edges than the photos have;
-    # 0 = off. (Real-ESRGAN shows its GAN discriminator the unsharpened HR; here it sees the same target.)
+    # 0 = off. The GAN stage shows its discriminator the HR before sharpening, as Real-ESRGAN does.
     usm_weight: float = 0.5
 
 
@@ -125,6 +128,9 @@ class TrainConfig:
     # computes bf16 natively (AVX512-BF16/AMX), fp32 on other CPUs (emulated bf16 is several times slower there)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     pretrained_g: str | None = None  # stage 2: stage 1's exported generator (or a training checkpoint)
+    # stage 2: a discriminator to start from (a training checkpoint of ours, Real-ESRGAN's *_netD.pth, a BasicSR
+    # net_d_*.pth), e.g. to fine-tune Real-ESRGAN's x4plus with its own discriminator; null = initialised anew
+    pretrained_d: str | None = None
     ema_decay: float = 0.0  # 0 disables the EMA generator; BasicSR uses 0.999
     # EMA warm-up: the decay used at step t is min(ema_decay, (1 + t) / (10 + t)), so the average forgets the random
     # initial weights within a short run (with a fixed 0.999 they still weigh e^-2.5 = 8% after 2500 steps).
@@ -175,14 +181,20 @@ class LossesConfig:
     perceptual_weight: float = 0.0
     gan_weight: float = 0.0
     gan_reduction: Literal["sum", "mean"] = "sum"  # sum: the paper; mean: BasicSR (halves lambda)
+    # ragan: ESRGAN's relativistic average GAN; vanilla: the standard GAN loss (Real-ESRGAN, weight 0.1)
+    gan_type: Literal["ragan", "vanilla"] = "ragan"
 
 
 @dataclass
 class PerceptualConfig:
-    """VGG19 weights: a path, null (torch hub cache, then the official URL) or "random" (smoke tests only)."""
+    """VGG19 weights: a path, null (torch hub cache, then the official URL) or "random" (smoke tests only); the layers
+    whose features are compared and their weights (the paper: conv5_4 alone; Real-ESRGAN: conv1_2 0.1, conv2_2 0.1,
+    conv3_4 1, conv4_4 1, conv5_4 1; names of convs are before their ReLU, relu1_1 .. after)."""
 
     weights: str | None = None
     download: bool = True
+    layers: list[str] = field(default_factory=lambda: ["conv5_4"])
+    layer_weights: list[float] = field(default_factory=lambda: [1.0])
 
 
 @dataclass
@@ -476,14 +488,19 @@ def validate(config: Config, source: str) -> None:
     if config.schedule.milestones != sorted(config.schedule.milestones):
         fail("schedule.milestones", "must be increasing")
     if config.train.stage == "gan":
-        if config.data.patch_size % 32:
-            fail("data.patch_size", "the discriminator needs a multiple of 32 (128 in the paper)")
+        if config.model.discriminator == "vgg" and config.data.patch_size % 32:
+            fail("data.patch_size", "the VGG-style discriminator needs a multiple of 32 (128 in the paper)")
+        if config.model.discriminator == "unet" and config.data.patch_size % 8:
+            fail("data.patch_size", "the U-Net discriminator needs a multiple of 8 (256 in Real-ESRGAN)")
         if config.losses.gan_weight <= 0:
             fail("losses.gan_weight", "must be > 0 in the gan stage (paper: 5e-3)")
     elif config.losses.gan_weight or config.losses.perceptual_weight:
         fail(
             "losses", "the psnr stage is L1 only: set gan_weight and perceptual_weight to 0 or use stage: gan"
         )
+    elif config.train.pretrained_d:
+        fail("train.pretrained_d", "the psnr stage has no discriminator: remove it or use stage: gan")
+    _validate_perceptual(config.perceptual, fail)
     for key in ("every",):
         if getattr(config.checkpoint, key) < 1 or getattr(config.validation, key) < 1:
             fail(f"checkpoint/validation.{key}", "must be >= 1")
@@ -493,6 +510,24 @@ def validate(config: Config, source: str) -> None:
         fail(
             "name",
             f"must be a plain folder name (not empty, '.', '..' or containing / or \\), got {config.name!r}",
+        )
+
+
+def _validate_perceptual(p: PerceptualConfig, fail: typing.Callable[[str, str], None]) -> None:
+    from .vgg import LAYERS  # VGG19's layer names (conv1_1 .. relu5_4)
+
+    unknown = [name for name in p.layers if name not in LAYERS]
+    if unknown or not p.layers:
+        fail(
+            "perceptual.layers",
+            f"VGG19 layers by name (conv1_1 .. conv5_4, relu1_1 .. relu5_4), got {p.layers}",
+        )
+    if len(set(p.layers)) != len(p.layers):
+        fail("perceptual.layers", f"each layer once, got {p.layers}")
+    if len(p.layer_weights) != len(p.layers) or any(w < 0 for w in p.layer_weights):
+        fail(
+            "perceptual.layer_weights",
+            f"one weight >= 0 per layer of perceptual.layers ({len(p.layers)}), got {p.layer_weights}",
         )
 
 

@@ -441,22 +441,27 @@ def collate_samples(samples: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
     return tuple(default_collate(samples))
 
 
-def degrade_batch(batch: tuple[Tensor, ...], scale: int, margin: int) -> tuple[Tensor, Tensor]:
-    """(HR regions, kernels, parameters) of the realesrgan degradation -> (LR, HR) uint8, on the batch's device."""
+def degrade_batch(
+    batch: tuple[Tensor, ...], scale: int, margin: int, plain_hr: bool = False
+) -> tuple[Tensor, ...]:
+    """(HR regions, kernels, parameters) of the realesrgan degradation -> (LR, HR) uint8, on the batch's device;
+    (LR, HR, plain HR) with `plain_hr` (the HR before the unsharp mask: what the GAN stage's discriminator sees)."""
     regions, kernels, params = batch
-    lr, hr = degrade(regions.float().div_(255.0), kernels, params, scale=scale, margin=margin)
-    return lr.mul_(255.0).round_().byte(), hr.mul(255.0).round_().byte()  # both on 8-bit levels: exact
+    lr, hr, plain = degrade(regions.float().div_(255.0), kernels, params, scale=scale, margin=margin)
+    out = (lr.mul_(255.0).round_().byte(), hr.mul(255.0).round_().byte())  # both on 8-bit levels: exact
+    return (*out, plain.mul(255.0).round_().byte()) if plain_hr else out
 
 
 class _DegradingCollate:
     """The loader's collate function for the realesrgan degradation made in the workers (a CPU run)."""
 
-    def __init__(self, scale: int, margin: int) -> None:
+    def __init__(self, scale: int, margin: int, plain_hr: bool) -> None:
         self.scale = scale
         self.margin = margin
+        self.plain_hr = plain_hr
 
-    def __call__(self, samples: list[tuple[Tensor, ...]]) -> tuple[Tensor, Tensor]:
-        return degrade_batch(collate_samples(samples), self.scale, self.margin)
+    def __call__(self, samples: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        return degrade_batch(collate_samples(samples), self.scale, self.margin, self.plain_hr)
 
 
 def batch_to_device(
@@ -466,24 +471,30 @@ def batch_to_device(
     lr_on_device: bool,
     scale: int,
     channels_last: bool = False,
-) -> tuple[Tensor, Tensor]:
+    plain_hr: bool = False,
+) -> tuple[Tensor, ...]:
     """A loader batch (uint8) -> (LR, HR) float32 in [0, 1] on `device` (asynchronous copy from pinned memory).
 
-    A batch of three (HR regions, kernels, parameters) is the realesrgan degradation's: degraded here, on `device`.
+    With the realesrgan degradation: a batch of (HR regions, kernels, parameters) is degraded here, on `device`;
+    with `plain_hr` the result is (LR, HR, plain HR), the third the HR before the unsharp mask (a worker-made batch
+    then arrives with it: patch_loader's `plain_hr`).
     """
-    if len(batch) == 3:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if len(batch) == 3 and batch[2].dim() == 2:  # (N, N_PARAMS) parameters: a degradation still to make
         regions, kernels, params = batch
         regions = regions.to(device, non_blocking=True).float().div_(255.0)
-        lr, hr = degrade(regions, kernels.to(device, non_blocking=True), params, scale=scale,
-                         margin=_MARGIN_LR_REALESRGAN)  # fmt: skip
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return lr.contiguous(memory_format=fmt), hr.contiguous(memory_format=fmt)
+        lr, hr, plain = degrade(regions, kernels.to(device, non_blocking=True), params, scale=scale,
+                                margin=_MARGIN_LR_REALESRGAN)  # fmt: skip
+        made = (lr, hr, plain) if plain_hr else (lr, hr)
+        return tuple(t.contiguous(memory_format=fmt) for t in made)
+    if len(batch) == 3:  # (LR, HR, plain HR) degraded by the worker that collated them
+        return tuple(t.to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=fmt)
+                     for t in batch)  # fmt: skip
     a, b = (t.to(device, non_blocking=True) for t in batch)
     if lr_on_device:
         lr, hr = lr_from_regions(a.float().div_(255.0), scale)
     else:
         lr, hr = a.float().div_(255.0), b.float().div_(255.0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     return lr.contiguous(memory_format=fmt), hr.contiguous(memory_format=fmt)
 
 
@@ -530,12 +541,13 @@ def patch_loader(
     world_size: int = 1,
     num_workers: int = 0,
     device_type: str = "cpu",
-) -> Iterator[tuple[Tensor, Tensor]]:
+    plain_hr: bool = False,
+) -> Iterator[tuple[Tensor, ...]]:
     """Endless iterator of uint8 batches for one rank, starting after `start_sample` of this rank's samples.
 
     (LR, HR), or (HR regions, HR) with `dataset.lr_on_device`; `batch_to_device` makes float (LR, HR) of them.
     With the realesrgan degradation: (HR regions, kernels, parameters) with `lr_on_device`, else the batch is
-    degraded by the worker that collates it and arrives as (LR, HR).
+    degraded by the worker that collates it and arrives as (LR, HR), or (LR, HR, plain HR) with `plain_hr`.
     `device_type` is the training device's: it decides how workers start and whether batches are pinned.
     """
     sampler = InfiniteSampler(len(dataset), seed=seed, start=start_sample, rank=rank, world_size=world_size)
@@ -559,7 +571,7 @@ def patch_loader(
         multiprocessing_context=context,
         pin_memory=device_type == "cuda",
         collate_fn=(
-            _DegradingCollate(dataset.scale, dataset.margin)
+            _DegradingCollate(dataset.scale, dataset.margin, plain_hr)
             if dataset.realesrgan is not None and not dataset.lr_on_device
             else None
         ),

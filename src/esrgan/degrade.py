@@ -224,7 +224,7 @@ def degrade_image(hr: Tensor, cfg: RealESRGANDegradationConfig, scale: int, seed
     sharpened: a fixed real-world LR for validation. `hr` (C, H, W) in [0, 1], H and W multiples of `scale`."""
     kernels, params = draw(np.random.default_rng(seed), cfg)
     params[P_USM] = 0.0  # validation compares with the HR as it is
-    lr, _ = degrade(
+    lr, _, _ = degrade(
         hr[None], torch.from_numpy(kernels)[None], torch.from_numpy(params)[None], scale=scale, margin=0
     )
     return lr[0]
@@ -442,10 +442,11 @@ def usm_sharpen(img: Tensor, weight: float) -> Tensor:
 
 def degrade(
     regions: Tensor, kernels: Tensor, params: Tensor, *, scale: int, margin: int
-) -> tuple[Tensor, Tensor]:
-    """(LR, HR) float batches from float HR regions (N, 3, H, W) with `margin` LR pixels of context on every side
-    (H and W multiples of `scale`), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the regions'
-    device. LR on 8-bit levels; HR the regions' centres (sharpened where the parameters say so)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(LR, HR, plain HR) float batches from float HR regions (N, 3, H, W) with `margin` LR pixels of context on
+    every side (H and W multiples of `scale`), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the
+    regions' device. LR on 8-bit levels; HR the regions' centres, sharpened where the parameters say so (the
+    target); plain HR the centres as they are (what Real-ESRGAN's discriminator sees; HR itself without sharpening)."""
     dev = regions.device
     host = params.detach().to("cpu", torch.float64)
     first = host[0].tolist()
@@ -460,6 +461,7 @@ def degrade(
     def largest(i: int) -> int:
         return int(host[:, i].max())
 
+    plain = regions
     if first[P_USM] > 0:
         # as Real-ESRGAN: the sharpened HR is the target and the source of the LR
         regions = usm_sharpen(regions, first[P_USM]).mul_(255.0).round_().div_(255.0)
@@ -482,5 +484,5 @@ def degrade(
         x = filter2d(resize(x, (lh, lw), final_mode), kernels[:, 2], largest(P_SIZE3))
     lr = x.clamp(0.0, 1.0).mul(255.0).round_().div_(255.0)
     ph, pw = lh - 2 * margin, lw - 2 * margin
-    hr = regions[..., margin * scale : (margin + ph) * scale, margin * scale : (margin + pw) * scale]
-    return lr[..., margin : margin + ph, margin : margin + pw].contiguous(), hr
+    centre = (..., slice(margin * scale, (margin + ph) * scale), slice(margin * scale, (margin + pw) * scale))
+    return lr[..., margin : margin + ph, margin : margin + pw].contiguous(), regions[centre], plain[centre]

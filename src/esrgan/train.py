@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -58,10 +58,10 @@ from .data import (
     to_tensor,
 )
 from .degrade import degrade_image
-from .discriminator import VGGStyleDiscriminator
+from .discriminator import Discriminator, build_discriminator, discriminator_state
 from .errors import CheckpointError, ConfigError, EsrganError, ImageError
 from .generator import RRDBNet
-from .losses import discriminator_loss, generator_adv_loss, perceptual_loss, pixel_loss
+from .losses import GanType, gan_d_loss, gan_g_loss, perceptual_loss, pixel_loss
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,13 @@ def generator_losses(
     autocast: Autocast,
     vgg: nn.Module | None = None,
     d: nn.Module | None = None,
+    layer_weights: Sequence[float] = (1.0,),
+    hr_real: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """G's loss terms, their weighted total and the (float) SR batch: eta * L1 (+ percep + lambda * L_Ra in the GAN
-    stage). `d` must be the plain module (not its DDP wrapper): G's update must not touch D's gradients or DDP's
-    bookkeeping."""
+    stage; `layer_weights`: the perceptual loss's, one per layer of `vgg`; `hr_real`: what D is shown as real when
+    it is not the target `hr`, see discriminator_sees_plain_hr). `d` must be the plain module (not its DDP
+    wrapper): G's update must not touch D's gradients or DDP's bookkeeping."""
     with autocast():
         sr = g(lr)
     sr = sr.float()
@@ -111,16 +114,18 @@ def generator_losses(
         total = total + weights.pixel_weight * terms["l_pix"]
     if vgg is not None and weights.perceptual_weight:
         with autocast():
-            terms["l_percep"] = perceptual_loss(vgg, sr, hr).float()
+            terms["l_percep"] = perceptual_loss(vgg, sr, hr, layer_weights).float()
         total = total + weights.perceptual_weight * terms["l_percep"]
     if d is not None:
         d.requires_grad_(False)
         try:
             with autocast():
-                real_logits = d(hr).detach()  # D is fixed during G's update
+                # D is fixed during G's update; the vanilla loss needs no real logits
+                real = hr if hr_real is None else hr_real
+                real_logits = d(real).detach().float() if weights.gan_type == "ragan" else None
                 fake_logits = d(sr)
-            terms["l_g_gan"] = generator_adv_loss(
-                real_logits.float(), fake_logits.float(), reduction=weights.gan_reduction
+            terms["l_g_gan"] = gan_g_loss(
+                weights.gan_type, real_logits, fake_logits.float(), reduction=weights.gan_reduction
             )
         finally:
             d.requires_grad_(True)
@@ -139,12 +144,24 @@ def generator_step(
     autocast: Autocast,
     vgg: nn.Module | None = None,
     d: nn.Module | None = None,
+    layer_weights: Sequence[float] = (1.0,),
+    hr_real: Tensor | None = None,
 ) -> tuple[dict[str, float], Tensor] | None:
     """One update of G (generator_losses, backward, Adam). None if the loss is not finite.
 
     Returns the loss terms and the (detached) SR batch for the discriminator step.
     """
-    terms, total, sr = generator_losses(g, lr, hr, weights=weights, autocast=autocast, vgg=vgg, d=d)
+    terms, total, sr = generator_losses(
+        g,
+        lr,
+        hr,
+        weights=weights,
+        autocast=autocast,
+        vgg=vgg,
+        d=d,
+        layer_weights=layer_weights,
+        hr_real=hr_real,
+    )
     optimizer.zero_grad(set_to_none=True)
     if not _finite_everywhere(total):
         return None
@@ -157,13 +174,13 @@ def generator_step(
 
 
 def discriminator_losses(
-    d: nn.Module, hr: Tensor, sr: Tensor, *, reduction: str, autocast: Autocast
+    d: nn.Module, hr: Tensor, sr: Tensor, *, reduction: str, autocast: Autocast, gan_type: GanType = "ragan"
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """D's relativistic average loss on real HR vs the detached SR batch, and its logs (mean logits)."""
+    """D's loss (relativistic average or vanilla) on real HR vs the detached SR batch, and its logs (mean logits)."""
     with autocast():
         real_logits = d(hr)
         fake_logits = d(sr)
-    loss = discriminator_loss(real_logits.float(), fake_logits.float(), reduction=reduction)  # type: ignore[arg-type]
+    loss = gan_d_loss(gan_type, real_logits.float(), fake_logits.float(), reduction=reduction)  # type: ignore[arg-type]
     return loss, {
         "d_real": real_logits.detach().float().mean(),
         "d_fake": fake_logits.detach().float().mean(),
@@ -179,9 +196,10 @@ def discriminator_step(
     scaler: torch.amp.GradScaler,
     reduction: str,
     autocast: Autocast,
+    gan_type: GanType = "ragan",
 ) -> dict[str, float] | None:
-    """One update of D with the relativistic average loss on real HR vs the detached SR batch."""
-    loss, logits = discriminator_losses(d, hr, sr, reduction=reduction, autocast=autocast)
+    """One update of D (relativistic average or vanilla loss) on real HR vs the detached SR batch."""
+    loss, logits = discriminator_losses(d, hr, sr, reduction=reduction, autocast=autocast, gan_type=gan_type)
     optimizer.zero_grad(set_to_none=True)
     if not _finite_everywhere(loss):
         return None
@@ -499,12 +517,20 @@ def make_autocast(device: torch.device, precision: str, *, cache: bool = True) -
 
 
 def _load_pretrained_generator(path: str, g: RRDBNet) -> None:
-    """Stage 2 starts from stage 1: an exported model (any format esrgan reads) or a training checkpoint."""
+    """Stage 2 starts from stage 1: an exported model (any format esrgan reads), a training checkpoint, or a named
+    model of `esrgan models` (realesrgan-x4plus: fine-tuning Real-ESRGAN's released generator)."""
+    from .zoo import is_model_file, resolve_model_path
+
     p = Path(path).expanduser()
     if p.suffix == ".ckpt":
         state = load_checkpoint(p)
         sd = state["generator_ema"] if state.get("generator_ema") is not None else state["generator"]
     else:
+        if not is_model_file(path):
+            try:
+                p = resolve_model_path(path)
+            except EsrganError as exc:
+                raise ConfigError(f"train.pretrained_g: {exc}") from None
         if not p.is_file():
             raise ConfigError(f"train.pretrained_g: {p} not found (train stage 1 first, or fix the path)")
         weights = load_weights(p)
@@ -519,6 +545,36 @@ def _load_pretrained_generator(path: str, g: RRDBNet) -> None:
         raise CheckpointError(
             f"{p}: does not fit the configured generator ({str(exc).splitlines()[0]})"
         ) from None
+
+
+def _load_pretrained_discriminator(path: str, d: Discriminator, kind: str) -> None:
+    """Stage 2 from a trained discriminator: a training checkpoint of ours (.ckpt), Real-ESRGAN's *_netD.pth (the
+    U-Net), a BasicSR net_d_*.pth (the VGG-style one, renamed to ours) or a state dict in our names."""
+    from .checkpoints import read_discriminator
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"train.pretrained_d: {p} not found")
+    if p.suffix == ".ckpt":
+        sd = load_checkpoint(p).get("discriminator")
+        if not isinstance(sd, dict):
+            raise CheckpointError(f"{p}: a psnr stage checkpoint, it holds no discriminator")
+    else:
+        sd = read_discriminator(p)
+    try:
+        d.load_state_dict(discriminator_state(d, sd), strict=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(
+            f"{p}: not a discriminator of model.discriminator: {kind} with d_num_feat {_d_width(d)} "
+            f"({detail[:200]})"
+        ) from None
+
+
+def _d_width(d: Discriminator) -> int:
+    first = next(m for m in d.modules() if isinstance(m, nn.Conv2d))
+    return first.out_channels
 
 
 def _load_validation(
@@ -714,7 +770,7 @@ class Nets:
 
     g: RRDBNet
     g_ema: RRDBNet | None
-    d: VGGStyleDiscriminator | None
+    d: Discriminator | None
     vgg: nn.Module | None
     g_train: nn.Module
     d_train: nn.Module | None
@@ -760,17 +816,23 @@ def build_nets(
             .requires_grad_(False)
         )
         g_ema.load_state_dict(g.state_dict())
-    d: VGGStyleDiscriminator | None = None
+    d: Discriminator | None = None
     vgg: nn.Module | None = None
     if cfg.train.stage == "gan":
-        d = VGGStyleDiscriminator(
-            num_in_ch=cfg.model.num_out_ch, num_feat=cfg.model.d_num_feat, input_size=cfg.data.patch_size
+        d = build_discriminator(
+            cfg.model.discriminator,
+            num_in_ch=cfg.model.num_out_ch,
+            num_feat=cfg.model.d_num_feat,
+            patch_size=cfg.data.patch_size,
         )
+        if cfg.train.pretrained_d:
+            _load_pretrained_discriminator(cfg.train.pretrained_d, d, cfg.model.discriminator)
         d = _place(d, device, cfg.train.channels_last).train()
         if cfg.losses.perceptual_weight:
             from .vgg import VGGFeatureExtractor
 
-            vgg = _place(VGGFeatureExtractor(weights=vgg_path), device, cfg.train.channels_last)
+            extractor = VGGFeatureExtractor(weights=vgg_path, layers=cfg.perceptual.layers)
+            vgg = _place(extractor, device, cfg.train.channels_last)
     g_train: nn.Module = g
     d_train: nn.Module | None = d
     if ddp.distributed:
@@ -781,7 +843,10 @@ def build_nets(
             # broadcast before the second forward rewrote in place the BatchNorm running statistics that the first
             # forward's BatchNorm saved for backward, which torch 2.11 (2.3 too) refuses: "modified by an inplace
             # operation: [torch.FloatTensor [64]]" at the first step of every DDP GAN run. D never runs in eval mode,
-            # so the running statistics (kept per rank; rank 0's are saved) change no output.
+            # so the running statistics (kept per rank; rank 0's are saved) change no output. The U-Net's spectral
+            # norm vectors do change its output: they stay equal on every rank because DDP broadcasts rank 0's
+            # buffers once when it wraps D and each power iteration is a deterministic function of the (synchronised)
+            # weights and the previous vectors (tests/test_train_ddp.py: two ranks end identical).
             d_train = nn.parallel.DistributedDataParallel(d, device_ids=ids, broadcast_buffers=False)
     if compile_g == "blocks":
         try:
@@ -839,7 +904,7 @@ def lr_on_device(cfg: Config, device: torch.device) -> bool:
 
 def build_batches(
     cfg: Config, ddp: _Dist, device: torch.device, step: int
-) -> tuple[Iterator[tuple[Tensor, Tensor]], bool]:
+) -> tuple[Iterator[tuple[Tensor, ...]], bool]:
     """The endless, resumable stream of this rank's uint8 batches from `step` on, and whether LR is made on device."""
     deg = None
     dc = cfg.data
@@ -876,8 +941,22 @@ def build_batches(
         world_size=ddp.world_size,
         num_workers=dc.num_workers,
         device_type=device.type,
+        plain_hr=discriminator_sees_plain_hr(cfg),
     )
     return batches, on_device
+
+
+def discriminator_sees_plain_hr(cfg: Config) -> bool:
+    """Whether the batches carry a third image, the HR before the unsharp mask, for D to see as real: in the GAN
+    stage on the realesrgan degradation with `usm_weight` > 0. As Real-ESRGAN (l1_gt_usm and percep_gt_usm on,
+    gan_gt_usm off): L1 and the perceptual loss pull G towards the sharpened HR, D learns what real photographs
+    look like."""
+    return (
+        cfg.train.stage == "gan"
+        and cfg.data.degradation == "realesrgan"
+        and cfg.data.lr_dir is None
+        and cfg.data.realesrgan.usm_weight > 0
+    )
 
 
 def checkpoint_state(
@@ -959,7 +1038,14 @@ def _restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
         if state.get("discriminator") is None:
             raise CheckpointError(f"{path}: a {state.get('stage')} stage checkpoint; this is the gan stage")
         assert opts.opt_d is not None and opts.sched_d is not None and opts.scaler_d is not None
-        nets.d.load_state_dict(state["discriminator"])
+        try:
+            nets.d.load_state_dict(state["discriminator"])
+        except RuntimeError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
+            raise CheckpointError(
+                f"{path}: its discriminator is not the config's (model.discriminator, d_num_feat): {detail}"
+            ) from None
         opts.opt_d.load_state_dict(state["optim_d"])
         load_scheduler_state(opts.sched_d, state["sched_d"])
         opts.scaler_d.load_state_dict(state["scaler_d"])
@@ -976,9 +1062,17 @@ def budget_lr(cfg: Config, base_lr: float, fraction: float) -> float:
 
 
 def train_step(
-    cfg: Config, nets: Nets, opts: Optimizers, lr_img: Tensor, hr_img: Tensor, autocast: Autocast, step: int
+    cfg: Config,
+    nets: Nets,
+    opts: Optimizers,
+    lr_img: Tensor,
+    hr_img: Tensor,
+    autocast: Autocast,
+    step: int,
+    hr_real: Tensor | None = None,
 ) -> dict[str, float] | None:
-    """One iteration: G's update, D's update (GAN stage), the EMA. None when a loss was NaN/Inf (step skipped)."""
+    """One iteration: G's update, D's update (GAN stage), the EMA. None when a loss was NaN/Inf (step skipped).
+    `hr_real`: the HR shown to D as real when it is not the target (the unsharpened HR: discriminator_sees_plain_hr)."""
     g_out = generator_step(
         nets.g_train,
         lr_img,
@@ -989,6 +1083,8 @@ def train_step(
         autocast=autocast,
         vgg=nets.vgg,
         d=nets.d,
+        layer_weights=cfg.perceptual.layer_weights,
+        hr_real=hr_real,
     )
     if g_out is None:
         return None
@@ -997,12 +1093,13 @@ def train_step(
         assert opts.opt_d is not None and opts.scaler_d is not None
         d_logs = discriminator_step(
             nets.d_train,
-            hr_img,
+            hr_img if hr_real is None else hr_real,
             g_out[1],
             optimizer=opts.opt_d,
             scaler=opts.scaler_d,
             reduction=cfg.losses.gan_reduction,
             autocast=autocast,
+            gan_type=cfg.losses.gan_type,
         )
     if d_logs is None:
         return None
@@ -1012,7 +1109,13 @@ def train_step(
 
 
 def device_step(
-    cfg: Config, nets: Nets, opts: Optimizers, lr_img: Tensor, hr_img: Tensor, autocast: Autocast
+    cfg: Config,
+    nets: Nets,
+    opts: Optimizers,
+    lr_img: Tensor,
+    hr_img: Tensor,
+    autocast: Autocast,
+    hr_real: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """train_step without one host synchronisation, as CUDA graph capture needs it (GraphedStep).
 
@@ -1022,7 +1125,15 @@ def device_step(
     "ok" = 1.0 where the step was applied. Needs fused Adam and no grad scaler (not fp16). The EMA is the caller's.
     """
     terms, total, sr = generator_losses(
-        nets.g_train, lr_img, hr_img, weights=cfg.losses, autocast=autocast, vgg=nets.vgg, d=nets.d
+        nets.g_train,
+        lr_img,
+        hr_img,
+        weights=cfg.losses,
+        autocast=autocast,
+        vgg=nets.vgg,
+        d=nets.d,
+        layer_weights=cfg.perceptual.layer_weights,
+        hr_real=hr_real,
     )
     ok = torch.isfinite(total.detach())
     total.backward()
@@ -1031,7 +1142,12 @@ def device_step(
     if nets.d_train is not None:
         assert opts.opt_d is not None
         loss, logits = discriminator_losses(
-            nets.d_train, hr_img, sr.detach(), reduction=cfg.losses.gan_reduction, autocast=autocast
+            nets.d_train,
+            hr_img if hr_real is None else hr_real,
+            sr.detach(),
+            reduction=cfg.losses.gan_reduction,
+            autocast=autocast,
+            gan_type=cfg.losses.gan_type,
         )
         ok = ok & torch.isfinite(loss.detach())
         loss.backward()
@@ -1096,7 +1212,7 @@ class GraphedStep:
         self.failed = False
         self.eager_steps = 0
         self.replays = 0
-        self.inputs: tuple[Tensor, Tensor] | None = None  # the graph's static input buffers
+        self.inputs: tuple[Tensor, ...] | None = None  # the graph's static input buffers (LR, HR[, plain HR])
         self.outputs: dict[str, Tensor] = {}
         self.lrs: list[
             tuple[dict[str, Any], Tensor, float]
@@ -1106,12 +1222,12 @@ class GraphedStep:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
 
-    def _eager(self, lr_img: Tensor, hr_img: Tensor) -> dict[str, Tensor]:
+    def _eager(self, lr_img: Tensor, hr_img: Tensor, hr_real: Tensor | None) -> dict[str, Tensor]:
         self._zero()
         if self.device.type != "cuda":
-            return device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast)
+            return device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast, hr_real)
         if self.failed:  # no capture to come: the main stream, as train_step
-            return device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast)
+            return device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast, hr_real)
         main = torch.cuda.current_stream(self.device)
         if (
             self.side is None
@@ -1120,12 +1236,12 @@ class GraphedStep:
         side = self.side
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            out = device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast)
+            out = device_step(self.cfg, self.nets, self.opts, lr_img, hr_img, self.autocast, hr_real)
         main.wait_stream(side)
         return out
 
-    def _capture(self, lr_img: Tensor, hr_img: Tensor) -> None:
-        self.inputs = (lr_img.clone(), hr_img.clone())  # clone keeps the memory format (channels-last)
+    def _capture(self, images: tuple[Tensor, ...]) -> None:
+        self.inputs = tuple(t.clone() for t in images)  # clone keeps the memory format (channels-last)
         self._zero()  # backward inside the capture then allocates the gradients from the graph's pool
         groups = [grp for opt in self.optimizers for grp in opt.param_groups]
         saved = [(grp["lr"], grp.get("capturable", False)) for grp in groups]
@@ -1136,28 +1252,34 @@ class GraphedStep:
                 grp["lr"], grp["capturable"] = lr, True
             # thread_local: the DataLoader's pin-memory thread goes on allocating page-locked buffers meanwhile
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.outputs = device_step(self.cfg, self.nets, self.opts, *self.inputs, self.autocast)
+                lr_in, hr_in, *real_in = self.inputs
+                self.outputs = device_step(
+                    self.cfg, self.nets, self.opts, lr_in, hr_in, self.autocast, *real_in
+                )
         finally:
             for grp, (lr_value, capturable) in zip(groups, saved, strict=True):
                 grp["lr"], grp["capturable"] = lr_value, capturable
         self.lrs = [(grp, lr, float(grp["lr"])) for grp, lr in zip(groups, lrs, strict=True)]
         self.graph = graph
 
-    def __call__(self, lr_img: Tensor, hr_img: Tensor, step: int) -> dict[str, float] | None:
+    def __call__(
+        self, lr_img: Tensor, hr_img: Tensor, step: int, hr_real: Tensor | None = None
+    ) -> dict[str, float] | None:
         """One training step (as train_step: the logs, or None when a NaN/Inf loss skipped the update)."""
+        images = (lr_img, hr_img) if hr_real is None else (lr_img, hr_img, hr_real)
         out = None
         if self.device.type == "cuda" and not self.failed and self.eager_steps >= self.WARMUP:
             if self.graph is None:
                 try:
-                    self._capture(lr_img, hr_img)
+                    self._capture(images)
                 except RuntimeError as exc:
                     self.failed, self.graph = True, None
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     log.warning("CUDA graph capture failed (%s): training goes on without graphs", first)
             if self.graph is not None:
-                assert self.inputs is not None
-                self.inputs[0].copy_(lr_img, non_blocking=True)
-                self.inputs[1].copy_(hr_img, non_blocking=True)
+                assert self.inputs is not None and len(self.inputs) == len(images)
+                for buffer, image in zip(self.inputs, images, strict=True):
+                    buffer.copy_(image, non_blocking=True)
                 for k, (grp, lr, written) in enumerate(self.lrs):
                     if float(grp["lr"]) != written:  # the schedule moved: one tiny fill, no re-capture
                         lr.fill_(float(grp["lr"]))
@@ -1167,7 +1289,7 @@ class GraphedStep:
                 out = self.outputs
         if out is None:
             self.eager_steps += 1
-            out = self._eager(lr_img, hr_img)
+            out = self._eager(lr_img, hr_img, hr_real)
         names = list(out)
         values = torch.stack([out[name] for name in names]).tolist()  # the step's one host synchronisation
         logs = dict(zip(names, values, strict=True))
@@ -1366,14 +1488,20 @@ def train(
                 if stop.signum is None:
                     raise
                 break
-            lr_img, hr_img = batch_to_device(
-                batch, device, lr_on_device=on_device, scale=scale, channels_last=cfg.train.channels_last
+            lr_img, hr_img, *plain = batch_to_device(
+                batch,
+                device,
+                lr_on_device=on_device,
+                scale=scale,
+                channels_last=cfg.train.channels_last,
+                plain_hr=discriminator_sees_plain_hr(cfg),
             )
+            hr_real = plain[0] if plain else None
             wait_s += time.perf_counter() - t_wait
             if step_graph is not None:
-                logs = step_graph(lr_img, hr_img, progress.step + 1)
+                logs = step_graph(lr_img, hr_img, progress.step + 1, hr_real)
             else:
-                logs = train_step(cfg, nets, opts, lr_img, hr_img, autocast, progress.step + 1)
+                logs = train_step(cfg, nets, opts, lr_img, hr_img, autocast, progress.step + 1, hr_real)
             progress.step += 1
             step = progress.step
             if not budget_s:
