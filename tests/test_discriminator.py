@@ -158,8 +158,14 @@ def test_spectral_norm_runs_in_float32_under_autocast(
     seen: list[bool] = []
     mv = torch.mv
 
+    def cpu_autocast_on() -> bool:
+        try:
+            return torch.is_autocast_enabled("cpu")  # torch >= 2.4
+        except TypeError:  # torch 2.3
+            return torch.is_autocast_cpu_enabled()
+
     def watching_mv(*args: object, **kwargs: object) -> torch.Tensor:
-        seen.append(torch.is_autocast_enabled("cpu"))
+        seen.append(cpu_autocast_on())
         return mv(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch, "mv", watching_mv)
