@@ -300,3 +300,21 @@ def test_a_discriminator_file_holding_code_is_refused_unrun(
         )
     assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
     assert "unpickled!" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["unet", "basicsr-vgg", "ours-vgg"])
+def test_a_discriminator_given_as_a_model_says_what_it_is(kind: str, tmp_path: Path) -> None:
+    """People download RealESRGAN_x4plus_netD.pth beside the generator and try to upscale with it."""
+    from esrgan.checkpoints import load_weights
+
+    sd = {
+        "unet": lambda: UNetDiscriminatorSN(num_feat=8).state_dict(),
+        "basicsr-vgg": basicsr_vgg_state,
+        "ours-vgg": lambda: VGGStyleDiscriminator(num_feat=8).state_dict(),
+    }[kind]()
+    torch.save({"params": sd}, tmp_path / "netD.pth")
+    with pytest.raises(
+        CheckpointError, match=r"netD\.pth: .*a GAN discriminator \(.*\), not a generator"
+    ) as info:
+        load_weights(tmp_path / "netD.pth")
+    assert "train.pretrained_d" in str(info.value) and "\n" not in str(info.value)

@@ -253,6 +253,18 @@ def read_discriminator(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
+def discriminator_kind(sd: Mapping[str, Tensor]) -> str | None:
+    """What a discriminator's state dict is, by its names (None: not one): a file people mistake for a model."""
+    keys = sd.keys()
+    if "conv0.weight" in sd and "conv9.weight" in sd and any(k.endswith(".weight_orig") for k in keys):
+        return "Real-ESRGAN's U-Net with spectral norm"
+    if "conv0_0.weight" in sd and "linear1.weight" in sd:
+        return "BasicSR's VGG-style"
+    if "features.0.weight" in sd and "linear1.weight" in sd and "linear2.weight" in sd:
+        return "esrgan's VGG-style"
+    return None
+
+
 def detect_layout(sd: Mapping[str, Tensor]) -> str:
     keys = sd.keys()
     if any("conv1x1" in k for k in keys):
@@ -265,6 +277,11 @@ def detect_layout(sd: Mapping[str, Tensor]) -> str:
         return "esrgan"
     if "model.0.weight" in sd and any(k.startswith("model.1.sub.") for k in keys):
         return "old"
+    if (kind := discriminator_kind(sd)) is not None:
+        raise CheckpointError(
+            f"a GAN discriminator ({kind}), not a generator: it upscales nothing; training can start its "
+            "discriminator from it (train.pretrained_d)"
+        )
     raise CheckpointError(
         "not an RRDBNet (ESRGAN) model: expected keys like conv_first.weight + body.0.rdb1.conv1.weight, "
         f"RRDB_trunk.*, or model.1.sub.*; found {_preview(keys)}"
