@@ -26,7 +26,7 @@ if [ "$part" != batch ]; then  # issue 15: stage 1 bf16 >= 40 it/s, compiled G i
   # before its last rows); the rows of the fp32 / NCHW comparison, measured then, come last
   timeout -k 20 "${TRAIN_TIMEOUT:-300}" "$python" bench/gpu.py --only train --no-fp16 --skip-row "LR made" \
     --skip-row "channels-last, eager" --train-compile --first "bf16, channels-last, CUDA graph" --first NCCL \
-    --first resume --first "compiled G blocks" --first "compiled G whole" --first "stage 2" --json "$out/train.json" "$@" 2>&1 | tee "$out/train.log" \
+    --first resume --first "compiled G blocks" --first "compiled G whole" --first "stage 2 bf16" --json "$out/train.json" "$@" 2>&1 | tee "$out/train.log" \
     || status=1
 fi
 if [ "$part" != train ]; then  # issue 16: the batch command >= 80 % of the model-alone rate, PNG and JPEG
