@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_train import real_esrgan_sections
 
 from esrgan.config import Config, config_from_dict
 from esrgan.data import batch_to_device
@@ -50,17 +51,8 @@ def config(photos: tuple[Path, Path], out: Path, stage: str, num_block: int = 1,
         raw["train"]["stage"] = "gan"
         raw["model"]["discriminator"] = "unet"
         raw["data"]["degradation"] = "realesrgan"
-        raw["losses"] = {
-            "pixel_weight": 1.0,
-            "perceptual_weight": 1.0,
-            "gan_weight": 0.1,
-            "gan_type": "vanilla",
-        }
-        raw["perceptual"] = {
-            "weights": "random",
-            "layers": ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"],
-            "layer_weights": [0.1, 0.1, 1.0, 1.0, 1.0],
-        }
+        sections = real_esrgan_sections(None)  # test_train's: the losses of configs/realesrgan_x4_gan.yaml
+        raw["losses"], raw["perceptual"] = sections["losses"], sections["perceptual"]
     return config_from_dict(raw)
 
 
