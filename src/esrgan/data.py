@@ -479,23 +479,18 @@ def batch_to_device(
     with `plain_hr` the result is (LR, HR, plain HR), the third the HR before the unsharp mask (a worker-made batch
     then arrives with it: patch_loader's `plain_hr`).
     """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    made: tuple[Tensor, ...]
     if len(batch) == 3 and batch[2].dim() == 2:  # (N, N_PARAMS) parameters: a degradation still to make
         regions, kernels, params = batch
         regions = regions.to(device, non_blocking=True).float().div_(255.0)
-        lr, hr, plain = degrade(regions, kernels.to(device, non_blocking=True), params, scale=scale,
-                                margin=_MARGIN_LR_REALESRGAN)  # fmt: skip
-        made = (lr, hr, plain) if plain_hr else (lr, hr)
-        return tuple(t.contiguous(memory_format=fmt) for t in made)
-    if len(batch) == 3:  # (LR, HR, plain HR) degraded by the worker that collated them
-        return tuple(t.to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=fmt)
-                     for t in batch)  # fmt: skip
-    a, b = (t.to(device, non_blocking=True) for t in batch)
-    if lr_on_device:
-        lr, hr = lr_from_regions(a.float().div_(255.0), scale)
-    else:
-        lr, hr = a.float().div_(255.0), b.float().div_(255.0)
-    return lr.contiguous(memory_format=fmt), hr.contiguous(memory_format=fmt)
+        made = degrade(regions, kernels.to(device, non_blocking=True), params, scale=scale,
+                       margin=_MARGIN_LR_REALESRGAN)[: 3 if plain_hr else 2]  # fmt: skip
+    elif lr_on_device:  # (HR regions, HR): the LR made here
+        made = lr_from_regions(batch[0].to(device, non_blocking=True).float().div_(255.0), scale)
+    else:  # (LR, HR), or the collating worker's (LR, HR, plain HR)
+        made = tuple(t.to(device, non_blocking=True).float().div_(255.0) for t in batch)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return tuple(t.contiguous(memory_format=fmt) for t in made)
 
 
 def worker_start_method(device_type: str) -> str | None:

@@ -564,17 +564,21 @@ def _load_pretrained_discriminator(path: str, d: Discriminator, kind: str) -> No
     try:
         d.load_state_dict(discriminator_state(d, sd), strict=True)
     except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
         raise CheckpointError(
             f"{p}: not a discriminator of model.discriminator: {kind} with d_num_feat {_d_width(d)} "
-            f"({detail[:200]})"
+            f"({_load_error(exc)})"
         ) from None
 
 
 def _d_width(d: Discriminator) -> int:
     first = next(m for m in d.modules() if isinstance(m, nn.Conv2d))
     return first.out_channels
+
+
+def _load_error(exc: RuntimeError) -> str:
+    """The telling line of load_state_dict's many-line error (its first names only the module class)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _load_validation(
@@ -1041,10 +1045,9 @@ def _restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
         try:
             nets.d.load_state_dict(state["discriminator"])
         except RuntimeError as exc:
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
             raise CheckpointError(
-                f"{path}: its discriminator is not the config's (model.discriminator, d_num_feat): {detail}"
+                f"{path}: its discriminator is not the config's (model.discriminator, d_num_feat): "
+                f"{_load_error(exc)}"
             ) from None
         opts.opt_d.load_state_dict(state["optim_d"])
         load_scheduler_state(opts.sched_d, state["sched_d"])
