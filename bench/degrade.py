@@ -3,7 +3,8 @@
 Rows: the paper's batch (16 HR patches of 128 px at x4) made the way each `data.degradation` makes it on a CPU run:
 bicubic per sample (MATLAB bicubic of each patch), bicubic per batch (`lr_on_device`), realworld per sample (blur,
 bicubic, noise, Pillow JPEG), realesrgan per batch (`esrgan.degrade`, in the worker that collates the batch), and
-the realesrgan JPEG alone against Pillow's libjpeg encoding and decoding the same 16 patches one by one. Each row is
+the realesrgan JPEG alone against Pillow's libjpeg encoding and decoding the same 16 patches one by one, and Real-ESRGAN's
+training pair pool (`data.realesrgan.pool_size: auto`, 15 batches) trading one batch of (LR, HR, plain HR). Each row is
 the median of `--repeats` batches; the last column is the row's time over bicubic per sample, measured in the same
 run. Photos: scikit-image's bundled ones. Run on a quiet machine:
 
@@ -28,7 +29,7 @@ from PIL import Image
 
 from esrgan.config import RealESRGANDegradationConfig
 from esrgan.data import Degradation, PatchDataset, collate_samples, degrade_batch, lr_from_regions
-from esrgan.degrade import jpeg
+from esrgan.degrade import POOL_BATCHES, PairPool, jpeg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hostinfo import cpu_name  # bench/, the script's own folder
@@ -102,6 +103,13 @@ def main() -> None:
                     out.append(np.asarray(im.convert("RGB")))
             return out
 
+        pool = PairPool(POOL_BATCHES * n, seed=0)
+        gen = torch.Generator().manual_seed(0)
+        shapes = ((n, 3, p // 4, p // 4), (n, 3, p, p), (n, 3, p, p))
+        pairs = tuple(torch.randint(0, 256, s, generator=gen).float().div_(255.0) for s in shapes)
+        for step in range(POOL_BATCHES):  # full: every call below draws
+            pool(pairs, step)
+
         rows = [
             ("bicubic, per sample (worker)", per_sample(plain)),
             ("bicubic, per batch (lr_on_device)", bicubic_batch),
@@ -110,6 +118,7 @@ def main() -> None:
             ("realesrgan, the worker's share on a GPU run (crops + draws)", draws_only),
             (f"JPEG of {n} patches {lr_side}x{lr_side}: esrgan.degrade.jpeg, one batch", lambda _: jpeg(patches, quality)),
             (f"JPEG of {n} patches {lr_side}x{lr_side}: Pillow, one by one", pillow_jpeg),
+            (f"pair pool of {POOL_BATCHES * n}: a batch traded (LR, HR, plain HR)", lambda r: pool(pairs, 100 + r)),
         ]  # fmt: skip
         print(f"CPU: {cpu_name()}, torch {torch.__version__}, 1 thread; batch {n} x {p} px HR (x4)\n")
         print("| batch made by | ms | x bicubic per sample |")

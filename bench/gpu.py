@@ -394,7 +394,7 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     )
     # Real-ESRGAN's GAN stage as configured (U-Net D with spectral norm, five VGG19 layers, vanilla GAN, batch 12 of
     # 256x256 HR on degraded LR): what fine-tuning its x4plus costs per step
-    label_r = "stage 2 Real-ESRGAN bf16 (U-Net D, 5 VGG19 layers, 12 x 256), CUDA graph"
+    label_r = "stage 2 Real-ESRGAN bf16 (U-Net D, 5 VGG19 layers, 12 x 256, pair pool), CUDA graph"
     sets_r = {**sets2, "train.pretrained_d": None}
     jobs.append(
         (label_r, partial(train_row, label_r, "realesrgan_x4_gan.yaml", sets_r, data, runs, gan_steps // 2,

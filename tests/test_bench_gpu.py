@@ -63,7 +63,7 @@ def test_gpu_bench_training_rows_run_in_the_order_a_short_lease_asks(tmp_path: P
         "stage 1 bf16, channels-last, eager",
         "stage 1 bf16, CUDA graph, realesrgan degradation on the GPU",
         "stage 2 bf16 (VGG19 + D), CUDA graph",
-        "stage 2 Real-ESRGAN bf16 (U-Net D, 5 VGG19 layers, 12 x 256), CUDA graph",
+        "stage 2 Real-ESRGAN bf16 (U-Net D, 5 VGG19 layers, 12 x 256, pair pool), CUDA graph",
     ]
     assert rows[0]["note"] == "bit-exact"  # 10 + 10 steps resumed = 20 straight, on this CPU
     assert rows[1]["note"] == "DDP in a process group"  # gloo here, NCCL on a GPU: the same code path

@@ -20,10 +20,12 @@ from esrgan.degrade import (
     KERNEL_MAX,
     P_GAUSS1,
     P_JPEG_LAST,
+    P_MODE1,
     P_QUALITY1,
     P_SCALE1,
     P_SIZE2,
     P_SIZE3,
+    PairPool,
     add_noise,
     anisotropic_kernel,
     degrade,
@@ -425,3 +427,105 @@ def test_unsharp_mask_blur_equals_a_reflect_padded_separable_convolution(shape: 
     y = F.pad(y, (0, 0, p, p), mode="reflect" if p < shape[0] else "replicate")
     ref = F.conv2d(F.conv2d(y, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1)).view(2, 3, *shape)
     torch.testing.assert_close(_blur_separable(x, k), ref, atol=2e-6, rtol=0)
+
+
+def degraded_batches(
+    hr_dir: Path, count: int, batch: int = 3, seed: int = 5
+) -> list[tuple[torch.Tensor, ...]]:
+    """Real degraded (LR, HR, plain HR) float batches of the photo, as the training loop gets them."""
+    return [b for b, _ in degraded_batches_and_resizes(hr_dir, count, batch, seed)]
+
+
+def degraded_batches_and_resizes(
+    hr_dir: Path, count: int, batch: int = 3, seed: int = 5
+) -> list[tuple[tuple[torch.Tensor, ...], tuple[float, float]]]:
+    """degraded_batches with each batch's shared first resize (scale, mode), which all its pairs went through."""
+    ds = PatchDataset(
+        hr_dir, scale=4, patch_size=32, realesrgan=RealESRGANDegradationConfig(), lr_on_device=True
+    )
+    loader = patch_loader(ds, batch_size=batch, seed=seed, num_workers=0)
+    cpu = torch.device("cpu")
+    return [
+        (batch_to_device(b, cpu, lr_on_device=True, scale=4, plain_hr=True),
+         (float(b[2][0, P_SCALE1]), float(b[2][0, P_MODE1])))
+        for b in itertools.islice(loader, count)
+    ]  # fmt: skip
+
+
+def pair_keys(batch: tuple[torch.Tensor, ...]) -> list[bytes]:
+    """One key per pair: its three images' bytes (so an LR travelling with another pair's HR would not match)."""
+    u8 = [t.mul(255).round().byte() for t in batch]
+    return [b"".join(t[i].contiguous().numpy().tobytes() for t in u8) for i in range(batch[0].shape[0])]
+
+
+def test_the_pair_pool_mixes_batches_and_loses_no_pair(hr_dir: Path) -> None:
+    """Real-ESRGAN's training pair pool on real degraded batches: the first batches pass through while it fills,
+    then every step trains on pairs that entered earlier (LR, HR and plain HR still together, bit for bit, in the
+    run's memory layout), none twice, none lost, and a batch mixes pairs of several batches, i.e. of several
+    shared resize settings (what the pool is for)."""
+    made = degraded_batches_and_resizes(hr_dir, 14)
+    batches = [b for b, _ in made]
+    resizes = [r for _, r in made]
+    assert len(set(resizes)) >= 12  # each batch shares one first resize (1.0 for "keep": the same for some)
+    pool = PairPool(9, seed=1, channels_last=True)
+    entered: dict[bytes, int] = {}  # pair -> the batch it came in
+    floats: dict[bytes, tuple[torch.Tensor, ...]] = {}
+    out_keys: list[bytes] = []
+    mixed = 0
+    for step, batch in enumerate(batches, 1):
+        keys = pair_keys(batch)
+        for i, key in enumerate(keys):
+            entered[key] = step
+            floats[key] = tuple(t[i] for t in batch)
+        out = pool(batch, step)
+        assert len(out) == 3 and [t.shape for t in out] == [t.shape for t in batch]
+        if step <= 3:  # 9 places, 3 pairs a step: the first three batches pass through
+            assert all(o is t for o, t in zip(out, batch, strict=True))
+            continue
+        assert all(t.is_contiguous(memory_format=torch.channels_last) for t in out)
+        got = pair_keys(out)
+        for i, key in enumerate(got):
+            assert entered[key] < step, "a pair of this very batch or one never seen"
+            assert all(torch.equal(o[i], f) for o, f in zip(out, floats[key], strict=True))
+        out_keys += got
+        mixed += len({resizes[entered[k] - 1] for k in got}) > 1
+    assert len(out_keys) == len(set(out_keys)) == 3 * 11  # none twice
+    held = pair_keys(tuple(p.float().div(255) for p in pool.images))
+    assert sorted(held + out_keys) == sorted(entered)  # none lost: trained on or still waiting
+    assert mixed >= 8  # of 11 draws (3 pairs of one batch: probability < 1/10 a step); without a pool: none
+
+
+def test_the_pair_pool_resumes_from_its_state_and_draws_by_step(hr_dir: Path) -> None:
+    """A pool restored from its state_dict (as a checkpoint carries it) continues exactly as the uninterrupted one;
+    the draw depends on the seed and the step, not on how many draws came before; other sizes refill."""
+    batches = degraded_batches(hr_dir, 8, batch=2)
+    straight = PairPool(4, seed=3)
+    outs = [straight(b, s) for s, b in enumerate(batches, 1)]
+    first = PairPool(4, seed=3)
+    for s, b in enumerate(batches[:4], 1):
+        first(b, s)
+    state = first.state_dict()
+    assert state["filled"] == 4 and [p.dtype for p in state["images"]] == [torch.uint8] * 3
+    second = PairPool(4, seed=3)
+    assert second.load_state_dict(state)
+    for s, b in enumerate(batches[4:], 5):
+        assert all(torch.equal(x, y) for x, y in zip(second(b, s), outs[s - 1], strict=True))
+    other_seed = PairPool(4, seed=4)
+    other_seed.load_state_dict(state)
+    assert not all(torch.equal(x, y) for x, y in zip(other_seed(batches[4], 5), outs[4], strict=True))
+    assert not PairPool(6, seed=3).load_state_dict(state)  # another size: refills
+    assert not PairPool(4, seed=3).load_state_dict(None)  # a checkpoint written without a pool
+    with pytest.raises(ValueError, match="pair pool"):
+        PairPool(4, seed=3).load_state_dict({**state, "images": [p.float() for p in state["images"]]})
+
+
+@pytest.mark.parametrize(
+    ("pool_size", "message"),
+    [(7, r"data\.realesrgan\.pool_size: must be auto, 0 \(off\) or a multiple of data\.batch_size \(4: e\.g\. 60\)"),
+     (-4, r"data\.realesrgan\.pool_size"), ("big", r"data\.realesrgan\.pool_size: expected int or 'auto'")],
+)  # fmt: skip
+def test_a_pool_size_that_does_not_fit_the_batch_is_one_line(pool_size: object, message: str) -> None:
+    raw = {"data": {"hr_dir": "x", "batch_size": 4, "degradation": "realesrgan",
+                    "realesrgan": {"pool_size": pool_size}}}  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)

@@ -296,6 +296,8 @@ def test_resume_is_bit_exact(
     )
     # the realworld and realesrgan degradations exercise every random choice of the data pipeline
     sections["data"] = {"num_workers": workers, "degradation": degradation}
+    if degradation == "realesrgan":  # Real-ESRGAN's pair pool: full after 2 steps, drawn from at steps 3-6
+        sections["data"]["realesrgan"] = {"pool_size": 8}
     if (
         degradation == "realesrgan"
     ):  # validated on LR degraded the same way (fixed per image: equal in both runs)
@@ -307,8 +309,9 @@ def test_resume_is_bit_exact(
     second = train(tiny(photos, tmp_path, "split", **sections), resume=True)
     assert second.step == 6 and not second.interrupted
     a, b = weights_of(straight.run_dir), weights_of(second.run_dir)
-    for key in RESUMED_KEYS:
+    for key in (*RESUMED_KEYS, "pair_pool"):
         assert_same_state(a[key], b[key], key)
+    assert (a["pair_pool"] is not None) is (degradation == "realesrgan")
     assert not torch.equal(
         a["generator"]["conv_first.weight"], weights_of_step(first.run_dir, 3)["conv_first.weight"]
     )
@@ -599,6 +602,36 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(
     (tmp_path / "cfgonly").mkdir()
     (tmp_path / "cfgonly" / "config.yaml").write_text("old")
     assert train(tiny(photos, tmp_path, "cfgonly", train={"total_steps": 1})).step == 1
+
+
+def test_a_pair_pool_of_another_size_refills_and_a_malformed_one_is_one_line(
+    photos: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Real-ESRGAN's pair pool travels in the checkpoint (uint8, as full as it was). Resumed with another pool size
+    (or from a run without one) the run goes on and says that the pool refills; a pool of the wrong type in a
+    crafted file is the one-line CheckpointError of any malformed entry."""
+    data = {"degradation": "realesrgan", "realesrgan": {"pool_size": 8}}
+    first = train(tiny(photos, tmp_path, "pool", data=data, train={"total_steps": 6}), stop_at_step=3)
+    state = torch.load(latest_checkpoint(first.run_dir), weights_only=True)
+    pool = state["pair_pool"]
+    assert pool["size"] == 8 and pool["filled"] == 8
+    assert [tuple(p.shape) for p in pool["images"]] == [
+        (8, 3, 8, 8),
+        (8, 3, 32, 32),
+    ]  # LR, HR (no plain: psnr)
+    assert [p.dtype for p in pool["images"]] == [torch.uint8] * 2
+    assert next(r for r in log_records(first.run_dir) if r.get("event") == "start")["pair_pool"] == 8
+    crafted = tmp_path / "crafted.ckpt"
+    bad = {**pool, "images": [p.float() for p in pool["images"]]}
+    torch.save({**state, "pair_pool": bad}, crafted)
+    with pytest.raises(CheckpointError, match=r"crafted\.ckpt: not a checkpoint this run can resume from"):
+        train(tiny(photos, tmp_path, "pool", data=data, train={"total_steps": 6}), resume=crafted)
+    bigger = {"degradation": "realesrgan", "realesrgan": {"pool_size": 12}}
+    with caplog.at_level(logging.WARNING):
+        second = train(tiny(photos, tmp_path, "pool", data=bigger, train={"total_steps": 6}), resume=True)
+    assert second.step == 6 and not second.interrupted
+    assert "holds no training pair pool of 12 pairs: the pool refills" in caplog.text
+    assert weights_of(second.run_dir)["pair_pool"]["size"] == 12
 
 
 def test_a_refused_resume_writes_nothing(photos: tuple[Path, Path], tmp_path: Path) -> None:

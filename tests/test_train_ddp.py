@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_degrade import degraded_batches
 from test_train import assert_same_state, gan_sections, log_records, real_esrgan_sections, tiny, write_config
 
-from esrgan.train import load_checkpoint, train
+from esrgan.degrade import PairPool
+from esrgan.train import _gather_ranks, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -41,9 +43,12 @@ def test_ddp_two_ranks_end_identical_with_one_checkpoint(
     photos: tuple[Path, Path], tmp_path: Path, discriminator: str
 ) -> None:
     """The GAN stage (G and D both wrapped in DDP, EMA on), two gloo processes on the CPU; ESRGAN's and Real-ESRGAN's
-    (U-Net D with spectral norm: its power-iteration vectors are buffers each rank updates the same way)."""
+    (U-Net D with spectral norm: its power-iteration vectors are buffers each rank updates the same way; on
+    Real-ESRGAN's degradation with its pair pool, which every rank holds whole and rank 0 saves)."""
     sections = gan_sections(None, perceptual=0.0) if discriminator == "vgg" else real_esrgan_sections(None)
     sections["train"].update({"total_steps": 4, "ema_decay": 0.5})
+    if discriminator == "unet":
+        sections["data"] = {"degradation": "realesrgan", "realesrgan": {"pool_size": 4}}
     sections["checkpoint"] = {"every": 2, "keep_last": 5}
     cfg = tiny(photos, tmp_path, "ddp", **sections)
     cfg_yaml = write_config(cfg, tmp_path / "ddp.yaml")
@@ -56,6 +61,12 @@ def test_ddp_two_ranks_end_identical_with_one_checkpoint(
     state = load_checkpoint(cfg.run_dir / "checkpoints" / "step_00000004.ckpt")
     assert state["data_position"] == {"samples_per_rank": 8, "world_size": 2}
     assert_same_state(state["generator_ema"], a)  # result.generator is the EMA one
+    if discriminator == "unet":  # both ranks' pairs (LR, sharpened HR, plain HR): 4 in all
+        pool = state["pair_pool"]
+        assert pool["filled"] == 4 and [tuple(p.shape) for p in pool["images"]] == [
+            (4, 3, 8, 8),
+            *[(4, 3, 32, 32)] * 2,
+        ]
     assert [r["event"] for r in log_records(cfg.run_dir) if "event" in r] == ["start", "done"]
 
 
@@ -134,3 +145,39 @@ def test_the_stop_flag_goes_where_the_process_group_reduces(backend: str, serves
             assert reduce_device(gpu) == gpu
     finally:
         dist.destroy_process_group()
+
+
+def pool_worker(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    batches = torch.load(Path(folder) / "batches.pt", weights_only=True)
+    pool = PairPool(8, seed=1, rank=rank, gather=_gather_ranks)
+    outs = []
+    for step, batch in enumerate(batches, 1):
+        b = batch[0].shape[0] // 2
+        outs.append(pool(tuple(t[rank * b : (rank + 1) * b] for t in batch), step))
+    torch.save({"outs": outs, "pool": pool.state_dict()}, Path(folder) / f"pool{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_the_pair_pool_of_two_ranks_is_the_pool_of_their_whole_batch(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Under DDP each rank gathers every rank's pairs into the same pool and trains on its share of the draw: two
+    gloo processes with 2 pairs each = one process with the batch of 4, share for share, and both ranks hold the
+    whole pool (what rank 0's checkpoint saves). Real degraded batches of the photos."""
+    batches = degraded_batches(photos[0], 6, batch=4)
+    torch.save(batches, tmp_path / "batches.pt")
+    mp.spawn(pool_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"pool{r}.pt", weights_only=True) for r in range(2)]
+    whole = PairPool(8, seed=1)
+    for step, batch in enumerate(batches, 1):
+        out = whole(batch, step)
+        for r, rank in enumerate(ranks):
+            assert_same_state(
+                list(rank["outs"][step - 1]), [t[2 * r : 2 * r + 2] for t in out], f"step {step}"
+            )
+    assert whole.filled == 8
+    for rank in ranks:
+        assert_same_state(rank["pool"], whole.state_dict())

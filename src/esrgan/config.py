@@ -84,6 +84,11 @@ class RealESRGANDegradationConfig:
     # both the target and the source of the LR, so the model learns to output crisper edges than the photos have;
     # 0 = off. The GAN stage shows its discriminator the HR before sharpening, as Real-ESRGAN does.
     usm_weight: float = 0.5
+    # Real-ESRGAN's "training pair pool" (its queue_size): degraded (LR, HR) pairs wait in a pool and each step trains
+    # on a random draw of it, the new batch taking the drawn places, so a batch mixes samples of many batches'
+    # shared resize scales and modes. auto = 15 batches (data.batch_size x 15: Real-ESRGAN's 180 for its 12 per GPU,
+    # 720 for its 4 GPUs); a number = that many pairs over all processes (a multiple of data.batch_size); 0 = off.
+    pool_size: int | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -479,6 +484,13 @@ def validate(config: Config, source: str) -> None:
         if len(getattr(config.data, key)) != 2:
             fail(f"data.{key}", "must be a [low, high] pair")
     _validate_realesrgan(config.data.realesrgan, fail)
+    pool = config.data.realesrgan.pool_size
+    if pool != "auto" and (pool < 0 or pool % config.data.batch_size):
+        batch = config.data.batch_size
+        fail(
+            "data.realesrgan.pool_size",
+            f"must be auto, 0 (off) or a multiple of data.batch_size ({batch}: e.g. {15 * batch}), got {pool}",
+        )
     if config.data.degradation == "realesrgan" and config.data.lr_dir is not None:
         fail("data.lr_dir", "the realesrgan degradation makes the LR images from the HR ones: remove lr_dir")
     for key in ("betas_g", "betas_d"):

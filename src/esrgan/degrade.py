@@ -25,8 +25,10 @@ per-image host sync, and gets 256 for photographs).
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import RealESRGANDegradationConfig
+
+log = logging.getLogger(__name__)
 
 KERNEL_MAX = 21  # kernels travel zero-padded to this size
 MODES = ("area", "bilinear", "bicubic")
@@ -486,3 +490,100 @@ def degrade(
     ph, pw = lh - 2 * margin, lw - 2 * margin
     centre = (..., slice(margin * scale, (margin + ph) * scale), slice(margin * scale, (margin + pw) * scale))
     return lr[..., margin : margin + ph, margin : margin + pw].contiguous(), regions[centre], plain[centre]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the training pair pool
+
+
+# data.realesrgan.pool_size: auto = this many batches (Real-ESRGAN: 180 pairs for a batch of 12)
+POOL_BATCHES = 15
+
+
+class PairPool:
+    """Real-ESRGAN's training pair pool (`data.realesrgan.pool_size`; its `queue_size`, 180 for a batch of 12).
+
+    The images of a batch share the degradation's resize scales and modes (see `degrade`); the pool mixes batches:
+    degraded batches fill it first (and are trained on as they come), then each step trains on `n` pairs drawn at
+    random from it and the new batch takes their places. Real-ESRGAN shuffles the whole queue and takes its head,
+    which leaves the same random mixture; drawing the places costs `n` copies instead of the pool's size.
+
+    Held as uint8 on the batch's device: every image of a degraded batch is on 8-bit levels (the LR as Real-ESRGAN
+    rounds it, the HR before and after the unsharp mask as the photos and `degrade` round them), so the round trip is
+    exact, at a quarter of float32's memory (180 pairs of 256x256 HR with their plain HR: 73 MB). The draw of step
+    `s` comes from its own generator (seed, s), so a resumed run draws what the uninterrupted one did once the pool
+    is restored from the checkpoint (`state_dict`).
+
+    Under DDP every process holds the same pool of all processes' pairs: each step's batches are gathered
+    (`gather`: the ranks' tensors concatenated in rank order), the same places drawn on every rank, and each rank
+    trains on its share of the draw, so rank 0's pool is the whole state a checkpoint needs. `size` counts pairs
+    over all processes (Real-ESRGAN's queue is per GPU: 4 GPUs x 180 = 720 here for the same mixture).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        gather: Callable[[Tensor], Tensor] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        self.size, self.seed, self.rank, self.gather = size, seed, rank, gather
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
+        self.images: list[Tensor] = []  # one uint8 (size, C, H, W) tensor per image of a pair
+        self.filled = 0
+
+    def __call__(self, batch: Sequence[Tensor], step: int) -> tuple[Tensor, ...]:
+        """The pairs to train step `step` on: `batch` itself while the pool fills, then a draw from the pool."""
+        local = [t.mul(255.0).round_().to(torch.uint8).contiguous() for t in batch]
+        every = [self.gather(t) for t in local] if self.gather is not None else local
+        n, b = every[0].shape[0], local[0].shape[0]
+        shapes = [tuple(t.shape[1:]) for t in every]
+        if [tuple(p.shape[1:]) for p in self.images] != shapes:
+            if self.images:  # restored from a checkpoint of other patch sizes or channels
+                log.warning("the training pair pool in the checkpoint holds other image sizes: it refills")
+            self.images = [torch.zeros((self.size, *shape), dtype=torch.uint8) for shape in shapes]
+            self.filled = 0
+        self.images = [p.to(t.device) for p, t in zip(self.images, every, strict=True)]
+        if self.filled < self.size:
+            for p, t in zip(self.images, every, strict=True):
+                p[self.filled : self.filled + n] = t
+            self.filled += n
+            return tuple(batch)
+        gen = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, step, 0x706F6F6C]).generate_state(1)[0])
+        )
+        places = torch.randperm(self.size, generator=gen)[:n]  # the same draw on every device
+        device = every[0].device
+        if device.type == "cuda":  # a pageable copy would make the host wait for the step before
+            places = places.pin_memory()
+        places = places.to(device, non_blocking=True)
+        mine = slice(self.rank * b, (self.rank + 1) * b)
+        out = []
+        for p, t in zip(self.images, every, strict=True):
+            out.append(p[places[mine]].float().div_(255.0).contiguous(memory_format=self.format))
+            p[places] = t
+        return tuple(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "filled": self.filled, "images": [p.cpu() for p in self.images]}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> bool:
+        """Restore a pool saved by `state_dict`; False (the pool refills) when there is none or it has another size
+        than this run's (pool_size changed; auto follows data.batch_size). Malformed contents are a ValueError."""
+        if state is None or state["size"] != self.size:
+            return False
+        images, filled = state["images"], state["filled"]
+        if (
+            not isinstance(images, list)
+            or not isinstance(filled, int)
+            or not 0 <= filled <= self.size
+            or any(
+                not isinstance(p, Tensor) or p.dtype != torch.uint8 or p.dim() != 4 or p.shape[0] != self.size
+                for p in images
+            )
+        ):
+            raise ValueError("the pair pool is not one this version writes")
+        self.images, self.filled = list(images), filled
+        return True

@@ -57,7 +57,7 @@ from .data import (
     read_rgb,
     to_tensor,
 )
-from .degrade import degrade_image
+from .degrade import POOL_BATCHES, PairPool, degrade_image
 from .discriminator import Discriminator, build_discriminator, discriminator_state
 from .errors import CheckpointError, ConfigError, EsrganError, ImageError
 from .generator import RRDBNet
@@ -963,8 +963,38 @@ def discriminator_sees_plain_hr(cfg: Config) -> bool:
     )
 
 
+def pair_pool_size(cfg: Config) -> int:
+    """data.realesrgan.pool_size resolved: how many pairs the training pair pool holds over all processes (0 = no
+    pool: it exists for the realesrgan degradation, whose batches share their resize scales and modes)."""
+    if cfg.data.degradation != "realesrgan" or cfg.data.lr_dir is not None:
+        return 0
+    size = cfg.data.realesrgan.pool_size
+    return POOL_BATCHES * cfg.data.batch_size if size == "auto" else size
+
+
+def _gather_ranks(t: Tensor) -> Tensor:
+    """Every process's `t` concatenated in rank order (on NCCL, gloo: the tensor's own device)."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
+def build_pair_pool(cfg: Config, ddp: _Dist) -> PairPool | None:
+    size = pair_pool_size(cfg)
+    if not size:
+        return None
+    gather = _gather_ranks if ddp.distributed and ddp.world_size > 1 else None
+    return PairPool(size, cfg.train.seed, rank=ddp.rank, gather=gather, channels_last=cfg.train.channels_last)
+
+
 def checkpoint_state(
-    cfg: Config, nets: Nets, opts: Optimizers, progress: Progress, ddp: _Dist, perceptual: str | None
+    cfg: Config,
+    nets: Nets,
+    opts: Optimizers,
+    progress: Progress,
+    ddp: _Dist,
+    perceptual: str | None,
+    pool: PairPool | None = None,
 ) -> dict[str, Any]:
     """Everything that influences the next step, as tensors and plain containers (weights_only-loadable)."""
     per_rank = cfg.data.batch_size // ddp.world_size
@@ -990,6 +1020,8 @@ def checkpoint_state(
         "scaler_g": opts.scaler_g.state_dict(),
         "scaler_d": sd(opts.scaler_d),
         "rng": rng_state(),
+        # Real-ESRGAN's training pair pool (uint8; under DDP every rank holds the same, all ranks' pairs)
+        "pair_pool": pool.state_dict() if pool is not None else None,
     }
 
 
@@ -1010,12 +1042,12 @@ def load_scheduler_state(sched: torch.optim.lr_scheduler.LRScheduler, state: dic
     sched.load_state_dict(state)
 
 
-def restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
+def restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None = None) -> Progress:
     """Load a checkpoint into the built run; the RNG states come back last. A checkpoint whose format and version
     are right but whose contents are not what train wrote (a missing entry, a tensor of another shape, a value of
     another type: a crafted or damaged file) is one CheckpointError naming the file, not a traceback."""
     try:
-        return _restore_state(path, nets, opts)
+        return _restore_state(path, nets, opts, pool)
     except EsrganError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
@@ -1024,7 +1056,7 @@ def restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
         raise CheckpointError(f"{path}: not a checkpoint this run can resume from ({what})") from None
 
 
-def _restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
+def _restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None) -> Progress:
     state = load_checkpoint(path)
     if state["model_config"] != nets.g.config.to_dict():
         raise CheckpointError(
@@ -1052,6 +1084,9 @@ def _restore_state(path: Path, nets: Nets, opts: Optimizers) -> Progress:
         opts.opt_d.load_state_dict(state["optim_d"])
         load_scheduler_state(opts.sched_d, state["sched_d"])
         opts.scaler_d.load_state_dict(state["scaler_d"])
+    if pool is not None and not pool.load_state_dict(state.get("pair_pool")):
+        # written without a pool or with another pool size (auto follows data.batch_size): resumes, not exactly
+        log.warning("%s: holds no training pair pool of %d pairs: the pool refills", path, pool.size)
     set_rng_state(state["rng"])
     return Progress(int(state["step"]), float(state["best_psnr"]), float(state.get("elapsed_s", 0.0)))
 
@@ -1373,9 +1408,10 @@ def train(
     nets = build_nets(cfg, device, ddp, vgg_path, compile_g=cfg.train.compile)
     opts = build_optimizers(cfg, nets, device)
     progress = Progress()
+    pool = build_pair_pool(cfg, ddp)
     if resume_path is not None:
         progress = restore_state(
-            resume_path, nets, opts
+            resume_path, nets, opts, pool
         )  # a refused checkpoint leaves the run folder as it was
         if ddp.main:
             log.info("resumed from %s at step %d", resume_path, progress.step)
@@ -1421,11 +1457,12 @@ def train(
             "lr_on_device": on_device,
             "cuda_graph": graphed,
             "perceptual_weights": "random" if vgg_random else str(vgg_path),
+            "pair_pool": pool.size if pool is not None else 0,
         }
     )
 
     def save_step_checkpoint() -> Path:
-        state = checkpoint_state(cfg, nets, opts, progress, ddp, perceptual)
+        state = checkpoint_state(cfg, nets, opts, progress, ddp, perceptual, pool)
         path = save_checkpoint(ckpt_dir / f"step_{progress.step:08d}.ckpt", state)
         for old in step_checkpoints(ckpt_dir)[: -cfg.checkpoint.keep_last]:
             old.unlink(missing_ok=True)
@@ -1499,6 +1536,8 @@ def train(
                 channels_last=cfg.train.channels_last,
                 plain_hr=discriminator_sees_plain_hr(cfg),
             )
+            if pool is not None:
+                lr_img, hr_img, *plain = pool((lr_img, hr_img, *plain), progress.step + 1)
             hr_real = plain[0] if plain else None
             wait_s += time.perf_counter() - t_wait
             if step_graph is not None:
@@ -1584,7 +1623,7 @@ def train(
                         if cfg.checkpoint.keep_best:
                             save_checkpoint(
                                 ckpt_dir / "best.ckpt",
-                                checkpoint_state(cfg, nets, opts, progress, ddp, perceptual),
+                                checkpoint_state(cfg, nets, opts, progress, ddp, perceptual, pool),
                             )
                     reserve_s = clock() - t_val
                 if (step % cfg.checkpoint.every == 0 or first_budget_step) and not finishing:
