@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from esrgan.config import RealESRGANDegradationConfig
+from esrgan.config import POOL_BATCHES, RealESRGANDegradationConfig
 from esrgan.data import Degradation, PatchDataset, collate_samples, degrade_batch, lr_from_regions
-from esrgan.degrade import POOL_BATCHES, PairPool, jpeg
+from esrgan.degrade import PairPool, jpeg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hostinfo import cpu_name  # bench/, the script's own folder

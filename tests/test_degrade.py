@@ -515,17 +515,59 @@ def test_the_pair_pool_resumes_from_its_state_and_draws_by_step(hr_dir: Path) ->
     assert not all(torch.equal(x, y) for x, y in zip(other_seed(batches[4], 5), outs[4], strict=True))
     assert not PairPool(6, seed=3).load_state_dict(state)  # another size: refills
     assert not PairPool(4, seed=3).load_state_dict(None)  # a checkpoint written without a pool
-    with pytest.raises(ValueError, match="pair pool"):
-        PairPool(4, seed=3).load_state_dict({**state, "images": [p.float() for p in state["images"]]})
+
+
+def test_a_pool_saved_while_filling_resumes_with_another_batch_size(
+    hr_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Saved 4 of 12 pairs full with batches of 4, resumed with batches of 3: the whole batches that fit are kept
+    (3 pairs, said in the log), the pool fills on and draws, where the filling overran the pool before."""
+    first = PairPool(12, seed=0)
+    first(degraded_batches(hr_dir, 1, batch=4)[0], 1)
+    pool = PairPool(12, seed=0)
+    assert pool.load_state_dict(first.state_dict())
+    with caplog.at_level("WARNING"):
+        outs = [pool(b, s) for s, b in enumerate(degraded_batches(hr_dir, 6, batch=3), 2)]
+    assert "saved 4 of 12 pairs full: 3 kept" in caplog.text
+    assert pool.filled == 12 and all(o[0].shape[0] == 3 for o in outs)
+
+
+def test_a_crafted_pool_is_refused_or_copied(hr_dir: Path) -> None:
+    """A checkpoint's pool is hostile input: other types, a bool count, tensors on the meta device or sparse, no
+    images for a filled pool are refused (ValueError: one line at the resume); views sharing one storage or
+    expanded are copied, so that a draw writes one place, not all."""
+    pool = PairPool(4, seed=3)
+    for b, s in zip(degraded_batches(hr_dir, 2, batch=2), (1, 2), strict=True):
+        pool(b, s)
+    state = pool.state_dict()
+    lr, hr, plain = state["images"]
+    bad = {
+        "float": [lr.float(), hr, plain],
+        "meta": [lr.to("meta"), hr, plain],
+        "sparse": [lr.to_sparse(), hr, plain],
+    }
+    for images in bad.values():
+        with pytest.raises(ValueError, match="pair pool"):
+            PairPool(4, seed=3).load_state_dict({**state, "images": images})
+    for changes in ({"filled": True}, {"images": []}):  # a bool count; a filled pool without images
+        with pytest.raises(ValueError, match="pair pool"):
+            PairPool(4, seed=3).load_state_dict({**state, **changes})
+    expanded = hr[:1].expand(4, -1, -1, -1)
+    shared = PairPool(4, seed=3)
+    assert shared.load_state_dict({**state, "images": [lr, expanded, expanded]})
+    shared(degraded_batches(hr_dir, 3, batch=2)[2], 3)
+    assert shared.images[1].data_ptr() != shared.images[2].data_ptr()
+    assert len({shared.images[1][i].numpy().tobytes() for i in range(4)}) == 3  # 2 places written, 2 not
 
 
 @pytest.mark.parametrize(
     ("pool_size", "message"),
     [(7, r"data\.realesrgan\.pool_size: must be auto, 0 \(off\) or a multiple of data\.batch_size \(4: e\.g\. 60\)"),
-     (-4, r"data\.realesrgan\.pool_size"), ("big", r"data\.realesrgan\.pool_size: expected int or 'auto'")],
+     (-4, r"data\.realesrgan\.pool_size"), ("big", r"data\.realesrgan\.pool_size: expected int or 'auto'"),
+     (40000, r"data\.realesrgan\.pool_size: 40000 pairs of 256 px hold 15\.1 GiB, in memory and in every checkpoint")],
 )  # fmt: skip
 def test_a_pool_size_that_does_not_fit_the_batch_is_one_line(pool_size: object, message: str) -> None:
-    raw = {"data": {"hr_dir": "x", "batch_size": 4, "degradation": "realesrgan",
+    raw = {"data": {"hr_dir": "x", "batch_size": 4, "patch_size": 256, "degradation": "realesrgan",
                     "realesrgan": {"pool_size": pool_size}}}  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw)

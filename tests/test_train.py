@@ -626,12 +626,30 @@ def test_a_pair_pool_of_another_size_refills_and_a_malformed_one_is_one_line(
     torch.save({**state, "pair_pool": bad}, crafted)
     with pytest.raises(CheckpointError, match=r"crafted\.ckpt: not a checkpoint this run can resume from"):
         train(tiny(photos, tmp_path, "pool", data=data, train={"total_steps": 6}), resume=crafted)
+    off = {"degradation": "realesrgan", "realesrgan": {"pool_size": 0}}
+    with caplog.at_level(logging.WARNING):
+        train(tiny(photos, tmp_path, "pool", data=off, train={"total_steps": 6}), resume=True, stop_at_step=4)
+    assert "its training pair pool is not used (data.realesrgan.pool_size is 0 here)" in caplog.text
+    assert weights_of(first.run_dir)["pair_pool"] is None
     bigger = {"degradation": "realesrgan", "realesrgan": {"pool_size": 12}}
     with caplog.at_level(logging.WARNING):
         second = train(tiny(photos, tmp_path, "pool", data=bigger, train={"total_steps": 6}), resume=True)
     assert second.step == 6 and not second.interrupted
     assert "holds no training pair pool of 12 pairs: the pool refills" in caplog.text
     assert weights_of(second.run_dir)["pair_pool"]["size"] == 12
+
+
+def test_training_takes_its_pairs_from_the_pool(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """With a pool of 2 batches, steps 1-2 train on the batches as they come (the same weights as without a pool)
+    and step 3 on a draw from the pool (other weights): the loop uses what the pool gives."""
+    runs = {}
+    for size in (8, 0):
+        data = {"degradation": "realesrgan", "realesrgan": {"pool_size": size}}
+        runs[size] = train(tiny(photos, tmp_path, f"pool{size}", data=data, train={"total_steps": 3},
+                                checkpoint={"every": 1, "keep_last": 5}))  # fmt: skip
+    at = {(size, step): weights_of_step(r.run_dir, step) for size, r in runs.items() for step in (2, 3)}
+    assert_same_state(at[8, 2], at[0, 2])
+    assert not torch.equal(at[8, 3]["conv_first.weight"], at[0, 3]["conv_first.weight"])
 
 
 def test_a_refused_resume_writes_nothing(photos: tuple[Path, Path], tmp_path: Path) -> None:

@@ -42,6 +42,13 @@ class ModelConfig(RRDBConfig):
         return RRDBConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RRDBConfig)})
 
 
+POOL_BATCHES = 15
+"""data.realesrgan.pool_size: auto = this many batches (Real-ESRGAN: 180 pairs for a batch of 12)."""
+POOL_MAX_BYTES = 2**31
+"""data.realesrgan.pool_size's bound: a pool is held on the training device and saved in every checkpoint (whose
+reader refuses files over 8 GiB)."""
+
+
 @dataclass
 class RealESRGANDegradationConfig:
     """data.degradation: realesrgan: Real-ESRGAN's second-order degradation (Wang et al. 2021), its x4plus defaults.
@@ -485,11 +492,20 @@ def validate(config: Config, source: str) -> None:
             fail(f"data.{key}", "must be a [low, high] pair")
     _validate_realesrgan(config.data.realesrgan, fail)
     pool = config.data.realesrgan.pool_size
-    if pool != "auto" and (pool < 0 or pool % config.data.batch_size):
-        batch = config.data.batch_size
+    batch = config.data.batch_size
+    if pool != "auto" and (pool < 0 or pool % batch):
         fail(
             "data.realesrgan.pool_size",
-            f"must be auto, 0 (off) or a multiple of data.batch_size ({batch}: e.g. {15 * batch}), got {pool}",
+            f"must be auto, 0 (off) or a multiple of data.batch_size ({batch}: e.g. {POOL_BATCHES * batch}), got {pool}",
+        )
+    pairs = POOL_BATCHES * batch if pool == "auto" else pool
+    patch, scale = config.data.patch_size, config.model.scale
+    pool_bytes = pairs * 3 * (2 * patch * patch + (patch // scale) ** 2)  # uint8 LR, HR and plain HR
+    if config.data.degradation == "realesrgan" and pool_bytes > POOL_MAX_BYTES:
+        fail(
+            "data.realesrgan.pool_size",
+            f"{pairs} pairs of {patch} px hold {pool_bytes / 2**30:.1f} GiB, in memory and in every checkpoint "
+            f"(at most {POOL_MAX_BYTES / 2**30:g} GiB; Real-ESRGAN's 180 pairs of 256 px: 73 MB)",
         )
     if config.data.degradation == "realesrgan" and config.data.lr_dir is not None:
         fail("data.lr_dir", "the realesrgan degradation makes the LR images from the HR ones: remove lr_dir")

@@ -496,10 +496,6 @@ def degrade(
 # the training pair pool
 
 
-# data.realesrgan.pool_size: auto = this many batches (Real-ESRGAN: 180 pairs for a batch of 12)
-POOL_BATCHES = 15
-
-
 class PairPool:
     """Real-ESRGAN's training pair pool (`data.realesrgan.pool_size`; its `queue_size`, 180 for a batch of 12).
 
@@ -541,11 +537,20 @@ class PairPool:
         n, b = every[0].shape[0], local[0].shape[0]
         shapes = [tuple(t.shape[1:]) for t in every]
         if [tuple(p.shape[1:]) for p in self.images] != shapes:
-            if self.images:  # restored from a checkpoint of other patch sizes or channels
-                log.warning("the training pair pool in the checkpoint holds other image sizes: it refills")
-            self.images = [torch.zeros((self.size, *shape), dtype=torch.uint8) for shape in shapes]
+            if self.filled:  # restored from a checkpoint of other patch sizes, channels or images per pair
+                log.warning(
+                    "the training pair pool in the checkpoint holds other images than this run makes: it refills"
+                )
+            self.images = [
+                torch.zeros((self.size, *shape), dtype=torch.uint8, device=t.device)
+                for shape, t in zip(shapes, every, strict=True)
+            ]
             self.filled = 0
         self.images = [p.to(t.device) for p, t in zip(self.images, every, strict=True)]
+        if self.filled % n:  # filling when saved, resumed with another batch size: whole batches only
+            log.warning("the training pair pool was saved %d of %d pairs full: %d kept", self.filled, self.size,
+                        self.filled - self.filled % n)  # fmt: skip
+            self.filled -= self.filled % n
         if self.filled < self.size:
             for p, t in zip(self.images, every, strict=True):
                 p[self.filled : self.filled + n] = t
@@ -577,13 +582,21 @@ class PairPool:
         images, filled = state["images"], state["filled"]
         if (
             not isinstance(images, list)
-            or not isinstance(filled, int)
+            or type(filled) is not int
             or not 0 <= filled <= self.size
+            or (filled and not images)
             or any(
-                not isinstance(p, Tensor) or p.dtype != torch.uint8 or p.dim() != 4 or p.shape[0] != self.size
+                not isinstance(p, Tensor)
+                or p.layout != torch.strided
+                or p.device.type != "cpu"
+                or p.dtype != torch.uint8
+                or p.dim() != 4
+                or p.shape[0] != self.size
                 for p in images
             )
         ):
             raise ValueError("the pair pool is not one this version writes")
-        self.images, self.filled = list(images), filled
+        # copies: a crafted file's tensors may share storage or be expanded views, which writes would alias
+        self.images = [p.clone(memory_format=torch.contiguous_format) for p in images]
+        self.filled = filled
         return True

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from .atomic import atomic_path, atomic_write_bytes
 from .checkpoints import load_weights, save_model  # at import, not at the run's end: see train()'s export
 from .config import (
+    POOL_BATCHES,
     Config,
     LossesConfig,
     RealESRGANDegradationConfig,
@@ -57,7 +58,7 @@ from .data import (
     read_rgb,
     to_tensor,
 )
-from .degrade import POOL_BATCHES, PairPool, degrade_image
+from .degrade import PairPool, degrade_image
 from .discriminator import Discriminator, build_discriminator, discriminator_state
 from .errors import CheckpointError, ConfigError, EsrganError, ImageError
 from .generator import RRDBNet
@@ -1084,6 +1085,8 @@ def _restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | No
         opts.opt_d.load_state_dict(state["optim_d"])
         load_scheduler_state(opts.sched_d, state["sched_d"])
         opts.scaler_d.load_state_dict(state["scaler_d"])
+    if pool is None and state.get("pair_pool") is not None:
+        log.warning("%s: its training pair pool is not used (data.realesrgan.pool_size is 0 here)", path)
     if pool is not None and not pool.load_state_dict(state.get("pair_pool")):
         # written without a pool or with another pool size (auto follows data.batch_size): resumes, not exactly
         log.warning("%s: holds no training pair pool of %d pairs: the pool refills", path, pool.size)
