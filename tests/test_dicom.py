@@ -4,7 +4,8 @@ written by pydicom as scanners' exports are laid out, upscaled by the CLI with a
 What must hold: the stored values stretched from their range for the model and back (MONOCHROME1 inverted for the
 model only), the dataset kept (patient, study) and updated (size, spacing, derived image type, a new series and
 instance UID derived from the old ones, the source referenced, stale elements dropped), other outputs only where
-the values fit, and one-line refusals for what is not supported.
+the values fit, and one-line refusals for what is not supported. Compressed, YCbCr, palette and multi-frame files
+come from pydicom's own test files (real scanner and toolkit exports, read from the installed package).
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ from esrgan.errors import ImageError  # noqa: E402
 from esrgan.generator import RRDBNet  # noqa: E402
 from esrgan.imageio import read_image, write_image  # noqa: E402
 from esrgan.upscale import Upscaler  # noqa: E402
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def pydicom_file(name: str) -> Path:
+    """One of the DICOM files pydicom installs with itself (never downloaded)."""
+    path = PYDICOM_FILES / name
+    if not path.is_file():
+        pytest.skip(f"pydicom {pydicom.__version__} does not install {name}")
+    return path
+
 
 H, W, S = 40, 48, 2
 STEPS = 2 / 65535  # the stored values are held as 16 bits of their range between the mapping and the model
@@ -235,15 +247,19 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path: Path) -> None:
     ct = ct_values()
     cases = {
         "compressed": dicom_file(tmp_path / "jpeg.dcm", ct, TransferSyntaxUID=JPEGBaseline8Bit),
-        "multi-frame": dicom_file(tmp_path / "cine.dcm", np.concatenate([ct, ct]), NumberOfFrames=2, Rows=H),
         "too many pixels": dicom_file(tmp_path / "huge.dcm", ct, Rows=60000, Columns=60000),
+        "too many frames": dicom_file(tmp_path / "frames.dcm", ct, NumberOfFrames=40000),
+        "1-bit": pydicom_file("liver_1frame.dcm"),
+        "YBR_PARTIAL_420": dicom_file(tmp_path / "ybr.dcm", ct, PhotometricInterpretation="YBR_PARTIAL_420"),
     }
     truncated = tmp_path / "cut.dcm"
     truncated.write_bytes(cases["compressed"].read_bytes()[:200])
     words = {
-        "compressed": "compressed DICOM",
-        "multi-frame": "multi-frame DICOM",
+        "compressed": "cannot decode the DICOM pixel data",  # JPEG markers around zeros
         "too many pixels": "exceeds",
+        "too many frames": "48x40 x 40000 frames = 76800000",
+        "1-bit": "a 1-bit DICOM",
+        "YBR_PARTIAL_420": "DICOM YBR_PARTIAL_420 with 1 samples per pixel is not supported",
     }
     for kind, path in cases.items():
         with pytest.raises(ImageError) as caught:
@@ -350,3 +366,156 @@ def test_another_model_makes_another_series_and_instance(tmp_path: Path, upscale
         uids[name] = (ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert uids["a"] == uids["a_again"]
     assert uids["a"][0] != uids["b"][0] and uids["a"][1] != uids["b"][1]
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> dict[str, Any]:
+    """pydicom's real files through the CLI in one batch: compressed twins of one MR slice, colour as YCbCr and as
+    a palette, and multi-frame (an RT dose grid of 15 frames, a 30-frame YCbCr JPEG cine)."""
+    root = tmp_path_factory.mktemp("foreign")
+    folder = root / "in"
+    folder.mkdir()
+    names = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_implicit.dcm",
+             "MR_small_bigendian.dcm", "SC_rgb_rle.dcm", "SC_rgb_dcmtk_+eb+cy+n1.dcm", "examples_palette.dcm",
+             "rtdose_rle.dcm", "examples_ybr_color.dcm", "image_dfl.dcm"]  # fmt: skip
+    for name in names:
+        (folder / name).write_bytes(pydicom_file(name).read_bytes())
+    out = root / "out"
+    r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--precision", "fp32", "--device", "cpu",
+                "--quiet", cwd=root)  # fmt: skip
+    return {"in": folder, "out": out, "run": r}
+
+
+def output(foreign: dict[str, Any], name: str) -> Any:
+    assert foreign["run"].returncode == 0, foreign["run"].stderr
+    return pydicom.dcmread(foreign["out"] / name.replace(".dcm", "_x2.dcm"))
+
+
+def test_compressed_files_give_what_their_uncompressed_twins_give(foreign: dict[str, Any]) -> None:
+    """One MR slice stored five ways (explicit and implicit VR, big endian, RLE, lossless JPEG 2000): the same
+    stored values, so the same upscaled values, written uncompressed; a deflated file decodes too."""
+    plain = output(foreign, "MR_small.dcm")
+    assert plain.pixel_array.shape == (128, 128)
+    for name in (
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+    ):
+        ds = output(foreign, name)
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, name
+        assert np.array_equal(ds.pixel_array, plain.pixel_array), name
+    assert output(foreign, "image_dfl.dcm").pixel_array.shape == (1024, 1024)
+
+
+def test_ycbcr_and_palette_colour_come_back_as_rgb(foreign: dict[str, Any], upscaler: Upscaler) -> None:
+    """A YBR_FULL JPEG is decoded to RGB and written as RGB: its output is that of the same picture stored as RGB
+    (lossless RLE) to within the JPEG's own error; a palette image becomes RGB of its tables' depth, the tables
+    dropped, each pixel the upscale of its looked-up colour."""
+    ybr = output(foreign, "SC_rgb_dcmtk_+eb+cy+n1.dcm")
+    rgb = output(foreign, "SC_rgb_rle.dcm")
+    assert ybr.PhotometricInterpretation == "RGB" and ybr.SamplesPerPixel == 3
+    diff = np.abs(ybr.pixel_array.astype(float) - rgb.pixel_array.astype(float)).mean()
+    src_diff = np.abs(
+        pydicom.dcmread(pydicom_file("SC_rgb_dcmtk_+eb+cy+n1.dcm")).pixel_array.astype(float)
+        - pydicom.dcmread(pydicom_file("SC_rgb_rle.dcm")).pixel_array.astype(float)
+    ).mean()
+    assert src_diff < 4 and diff < 2 * src_diff + 1  # read as YCbCr it would be tens of levels off
+    assert str(ybr.LossyImageCompression) == "01"
+    palette = output(foreign, "examples_palette.dcm")
+    assert palette.PhotometricInterpretation == "RGB" and palette.SamplesPerPixel == 3
+    assert (palette.BitsAllocated, palette.BitsStored, palette.PixelRepresentation) == (16, 16, 0)
+    assert not any("Palette" in e.keyword for e in palette)
+    from pydicom.pixels import apply_color_lut
+
+    src = pydicom.dcmread(pydicom_file("examples_palette.dcm"))
+    colours = apply_color_lut(src.pixel_array, src)
+    lo, hi = float(colours.min()), float(colours.max())
+    err = np.abs(palette.pixel_array - stretched(upscaler, colours, lo, hi))
+    assert err.max() <= 1.0 + STEPS * (hi - lo)
+
+
+def test_every_frame_of_a_multi_frame_file_is_upscaled_alone(
+    foreign: dict[str, Any], upscaler: Upscaler
+) -> None:
+    """An RT dose grid (15 frames of uint32) and a YCbCr JPEG cine (30 RGB frames): every frame of the output is the
+    upscale of that frame alone, all frames mapped through one range; the frame count, the grid's spacing (halved)
+    and its frame offsets kept."""
+    for name, colour in (("rtdose_rle.dcm", False), ("examples_ybr_color.dcm", True)):
+        src = pydicom.dcmread(pydicom_file(name))
+        frames = src.pixel_array
+        ds = output(foreign, name)
+        out = ds.pixel_array
+        assert int(ds.NumberOfFrames) == len(frames) and out.shape[0] == len(frames)
+        assert out.shape[1:3] == (frames.shape[1] * S, frames.shape[2] * S) and out.dtype == frames.dtype
+        lo, hi = float(frames.min()), float(frames.max())
+        for k in (0, len(frames) // 2, len(frames) - 1):
+            err = np.abs(out[k] - stretched(upscaler, frames[k], lo, hi))
+            assert err.max() <= 1.0 + STEPS * (hi - lo), f"{name} frame {k}: off by up to {err.max():.2f}"
+        assert not np.array_equal(out[0], out[len(frames) // 2])  # the frames differ: each is its own
+        if colour:
+            assert ds.PhotometricInterpretation == "RGB"
+        else:
+            assert [float(v) for v in ds.PixelSpacing] == [float(v) / S for v in src.PixelSpacing]
+            assert list(ds.GridFrameOffsetVector) == list(src.GridFrameOffsetVector)
+
+
+def test_a_multi_frame_file_becomes_dicom_only(tmp_path: Path, model_file: Path) -> None:
+    src = pydicom_file("rtdose_rle.dcm")
+    for fmt in ("png", "tiff"):
+        r = run_cli("upscale", src, "-o", tmp_path / f"dose.{fmt}", "--model", model_file, "--quiet")
+        assert r.returncode == 1
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert lines == [f"esrgan: error: {src}: a multi-frame DICOM (15 frames): only a DICOM output keeps the "
+                         f"frames, not {fmt.upper()} (drop --format, or --format dicom)"]  # fmt: skip
+        assert not (tmp_path / f"dose.{fmt}").exists()
+
+
+def test_a_lossy_jpeg_source_stays_marked_lossy(tmp_path: Path, model_file: Path, upscaler: Upscaler) -> None:
+    """A JPEG baseline DICOM (a real photo through Pillow's encoder, encapsulated) whose header does not say it is
+    lossy: the uncompressed output says so (DICOM requires it of anything derived), with the method and ratio."""
+    import io
+
+    from PIL import Image
+
+    photo = np.ascontiguousarray(skdata.astronaut()[100 : 100 + H, 150 : 150 + W])
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="JPEG", quality=80)
+    path = dicom_file(tmp_path / "us.dcm", photo, Modality="US", SOPClassUID=SecondaryCaptureImageStorage)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PhotometricInterpretation = "YBR_FULL_422"  # what Pillow's JPEG holds
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    r = run_cli("upscale", path, "-o", tmp_path / "out.dcm", "--model", model_file, "--precision", "fp32",
+                "--device", "cpu", "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    assert (
+        out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian and out.PhotometricInterpretation == "RGB"
+    )
+    assert str(out.LossyImageCompression) == "01" and out.LossyImageCompressionMethod == "ISO_10918_1"
+    ratio = H * W * 3 / len(pydicom.dcmread(path).PixelData)
+    assert abs(float(out.LossyImageCompressionRatio) - ratio) < 0.01 * ratio and ratio > 2
+    rgb = pydicom.dcmread(path).pixel_array  # decoded to RGB (pydicom's JPEG decoding: Pillow's)
+    assert np.abs(rgb.astype(float) - photo).mean() < 4  # it is the photo, not its YCbCr planes
+    lo, hi = float(rgb.min()), float(rgb.max())
+    assert np.abs(out.pixel_array - stretched(upscaler, rgb, lo, hi)).max() <= 1.0
+
+
+def test_a_compression_without_its_decoder_names_the_package(tmp_path: Path) -> None:
+    """JPEG-LS needs a pydicom plugin (pyjpegls); 12-bit JPEG is beyond Pillow (pylibjpeg-libjpeg): one line each
+    naming what to install, no traceback."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
+    if get_decoder(JPEGLSLossless).is_available:
+        pytest.skip("a JPEG-LS decoder is installed here")
+    for name, words in (("MR_small_jpeg_ls_lossless.dcm", "which no installed decoder reads (pip install pyjpegls;"),
+                        ("JPEG-lossy.dcm", "); pip install pylibjpeg pylibjpeg-libjpeg may")):  # fmt: skip
+        path = pydicom_file(name)
+        with pytest.raises(ImageError) as caught:
+            read_image(path, measurements=True)
+        text = str(caught.value)
+        assert text.startswith(f"{path}: ") and "\n" not in text and words in text, text

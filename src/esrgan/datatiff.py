@@ -82,11 +82,15 @@ class SampleMap:
     masked: bool = False  # the source had a transparency mask (GDAL's internal mask): written back as one
     value_range: tuple[float, float] | None = None  # --value-range, if one was given
     derivation: str = ""  # what made the planes (Upscaler.fingerprint): DICOM derives its new UIDs from it
+    # a multi-frame DICOM's frame count: the planes are frame after frame (each frame's colour planes together;
+    # frames after the first are the ImageData's extra planes), written back as frames
+    frames: int = 1
     dicom: Any = field(default=None, compare=False, repr=False)  # the source's pydicom Dataset (esrgan.dicom)
 
     @property
     def samples(self) -> int:
-        return (3 if self.photometric == 2 else 1) + len(self.extrasamples)
+        """Planes in all: the samples of a pixel, times the frames."""
+        return ((3 if self.photometric == 2 else 1) + len(self.extrasamples)) * self.frames
 
     @property
     def photo_compatible(self) -> bool:
@@ -97,9 +101,12 @@ class SampleMap:
             and self.photometric in (1, 2)
             and all(code != 0 for code in self.extrasamples)
             and len(self.extrasamples) <= 1
+            and self.frames == 1
         )
 
     def describe(self) -> str:
+        if self.frames > 1:
+            return f"{self.dtype.name} samples, {self.frames} frames"
         bands = f"{self.samples} bands" if self.samples > 1 else "1 band"
         return f"{self.dtype.name} samples, {bands}"
 

@@ -1292,6 +1292,11 @@ def check_writable(image: ImageData, fmt: str | None, path: Path) -> None:
     out = _output_format(path, fmt)
     if out == "DICOM" and (sm is None or sm.dicom is None):
         raise ImageError(f"{image.source or path}: only a DICOM input can be written as DICOM ({path.name})")
+    if sm is not None and sm.frames > 1 and out != "DICOM":
+        raise ImageError(
+            f"{image.source or path}: a multi-frame DICOM ({sm.frames} frames): only a DICOM output keeps the "
+            f"frames, not {out} (drop --format, or --format dicom)"
+        )
     if sm is None or out in ("TIFF", "DICOM"):
         return
     if not sm.photo_compatible or image.valid is not None:

@@ -418,8 +418,8 @@ class Upscaler:
     # --- internals ------------------------------------------------------------------------------------------------
     def _upscale_bands(self, image: ImageData, on_tile: Progress | None) -> ImageData:
         """A measurement image (esrgan.datatiff): pixels without data filled from their neighbours, colour (and
-        alpha) as usual, then each extra band alone as grey; the validity of each output pixel is that of the
-        nearest input pixel."""
+        alpha) as usual, then each extra band alone as grey (a multi-frame DICOM's later frames: each frame, grey
+        or colour); the validity of each output pixel is that of the nearest input pixel."""
         colour, alpha, extra, valid = image.pixels, image.alpha, image.extra, image.valid
         c = colour.shape[2]
         if valid is not None:  # per band: a band keeps its values where another has none
@@ -428,7 +428,9 @@ class Upscaler:
             )
             if alpha is not None:
                 alpha = bleed_colour(alpha[:, :, None], valid[:, :, c].astype(np.uint8))[:, :, 0]
-        bands = [] if extra is None else [extra[:, :, k : k + 1] for k in range(extra.shape[2])]
+        # extra bands alone as grey; a multi-frame DICOM's frames as what they are (grey or RGB)
+        group = c if image.samples is not None and image.samples.frames > 1 else 1
+        bands = [] if extra is None else [extra[:, :, k : k + group] for k in range(0, extra.shape[2], group)]
         if valid is not None:
             first = c + (alpha is not None)
             bands = [bleed_colour(b, valid[:, :, first + k].astype(np.uint8)) for k, b in enumerate(bands)]
@@ -446,10 +448,10 @@ class Upscaler:
 
         out_colour, out_alpha = self.upscale_planes(colour, alpha, on_tile=progress(0))
         size = out_colour.shape[:2]
-        out_extra = np.empty((*size, len(bands)), out_colour.dtype)
+        out_extra = np.empty((*size, len(bands) * group), out_colour.dtype)
         for k, b in enumerate(bands):  # each band's result copied in and dropped: no second copy of them all
             band, _ = self.upscale_planes(b, None, on_tile=progress((first_passes + k) * per_pass))
-            out_extra[:, :, k] = band[:, :, 0]
+            out_extra[:, :, k * group : (k + 1) * group] = band
         return replace(
             image,
             pixels=out_colour,
