@@ -102,9 +102,17 @@ def dicom_file(path: Path, pixels: np.ndarray, **elements: Any) -> Path:
     for name, value in elements.items():
         setattr(ds, name, value)
     ds.PixelData = np.ascontiguousarray(data).tobytes()
+    syntax = meta.TransferSyntaxUID
     if (
-        meta.TransferSyntaxUID.is_compressed
-    ):  # a header that says JPEG over bytes that are not: refused unread
+        not syntax.is_transfer_syntax
+    ):  # one pydicom does not know: its UID written over explicit VR little endian's
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+        old, new = (f"{uid}\0".encode() for uid in (ExplicitVRLittleEndian, syntax))
+        assert len(old) == len(new)
+        path.write_bytes(path.read_bytes().replace(old, new, 1))
+        return path
+    if syntax.is_compressed:  # a header that says JPEG over bytes that are not
         ds.PixelData = encapsulate([b"\xff\xd8" + bytes(64) + b"\xff\xd9"])
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -250,7 +258,19 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path: Path) -> None:
         "too many pixels": dicom_file(tmp_path / "huge.dcm", ct, Rows=60000, Columns=60000),
         "too many frames": dicom_file(tmp_path / "frames.dcm", ct, NumberOfFrames=40000),
         "1-bit": pydicom_file("liver_1frame.dcm"),
-        "YBR_PARTIAL_420": dicom_file(tmp_path / "ybr.dcm", ct, PhotometricInterpretation="YBR_PARTIAL_420"),
+        "YBR_PARTIAL_420": dicom_file(
+            tmp_path / "ybr.dcm",
+            np.dstack([ct.view(np.uint16) >> 8] * 3).astype(np.uint8),
+            PhotometricInterpretation="YBR_PARTIAL_420",
+        ),
+        "whole slide": dicom_file(
+            tmp_path / "wsi.dcm",
+            ct,
+            SOPClassUID="1.2.840.10008.5.1.4.1.1.77.1.6",
+            TotalPixelMatrixRows=4 * H,
+            TotalPixelMatrixColumns=4 * W,
+        ),
+        "unknown syntax": dicom_file(tmp_path / "new.dcm", ct, TransferSyntaxUID="1.2.840.10008.1.2.9"),
     }
     truncated = tmp_path / "cut.dcm"
     truncated.write_bytes(cases["compressed"].read_bytes()[:200])
@@ -259,7 +279,9 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path: Path) -> None:
         "too many pixels": "exceeds",
         "too many frames": "48x40 x 40000 frames = 76800000",
         "1-bit": "a 1-bit DICOM",
-        "YBR_PARTIAL_420": "DICOM YBR_PARTIAL_420 with 1 samples per pixel is not supported",
+        "YBR_PARTIAL_420": "DICOM YBR_PARTIAL_420 with 3 samples per pixel is not supported",
+        "whole slide": "a tiled whole-slide image: its tiles would be upscaled apart",
+        "unknown syntax": "DICOM in transfer syntax 1.2.840.10008.1.2.9, which pydicom does not know",
     }
     for kind, path in cases.items():
         with pytest.raises(ImageError) as caught:
@@ -519,3 +541,117 @@ def test_a_compression_without_its_decoder_names_the_package(tmp_path: Path) -> 
             read_image(path, measurements=True)
         text = str(caught.value)
         assert text.startswith(f"{path}: ") and "\n" not in text and words in text, text
+
+
+def jpeg_dicom(path: Path, pictures: list[np.ndarray], **elements: Any) -> Path:
+    """Pillow JPEGs (quality 80) encapsulated as a JPEG baseline DICOM, one fragment per picture, with the header of
+    the first picture (elements override it, e.g. a NumberOfFrames that is not the fragments' count)."""
+    import io
+
+    from PIL import Image
+
+    streams = []
+    for picture in pictures:
+        buf = io.BytesIO()
+        Image.fromarray(picture).save(buf, format="JPEG", quality=80)
+        streams.append(buf.getvalue())
+    dicom_file(path, pictures[0], Modality="US", SOPClassUID=SecondaryCaptureImageStorage)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PhotometricInterpretation = "YBR_FULL_422"  # what Pillow's JPEG holds
+    ds.PixelData = encapsulate(streams)
+    ds["PixelData"].VR = "OB"
+    for name, value in elements.items():
+        if name == "LossyImageCompressionRatio":  # raw, so that a malformed value can be written as it is
+            ds[0x00282112] = pydicom.dataelem.RawDataElement(
+                pydicom.tag.Tag(0x00282112), "DS", len(value), value.encode(), 0, False, True
+            )
+        else:
+            setattr(ds, name, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_codestream_bigger_than_its_header_or_excess_frames_are_not_decoded(tmp_path: Path) -> None:
+    """Pillow decodes the size a JPEG says, whatever Rows/Columns: a 16x16 header over a 400x400 JPEG is refused
+    before decoding; fragments beyond NumberOfFrames (a small file with many) are not decoded at all."""
+    photo = skdata.astronaut()
+    big = jpeg_dicom(tmp_path / "big.dcm", [photo[:400, :400].copy()], Rows=16, Columns=16)
+    with pytest.raises(ImageError) as caught:
+        read_image(big, measurements=True)
+    assert str(caught.value) == f"{big}: frame 0's codestream is 400x400, the header says 16x16"
+    pictures = [photo[k * 40 : k * 40 + H, :W].copy() for k in range(5)]
+    excess = jpeg_dicom(tmp_path / "excess.dcm", pictures)  # NumberOfFrames absent: 1
+    image = read_image(excess, measurements=True, max_pixels=H * W)
+    assert image.extra is None and image.pixels.shape == (H, W, 3)
+    single = read_image(jpeg_dicom(tmp_path / "one.dcm", pictures[:1]), measurements=True)
+    assert np.array_equal(image.pixels, single.pixels)
+
+
+def test_lossy_marks_for_jpeg_2000_and_malformed_histories(tmp_path: Path, model_file: Path) -> None:
+    """A JPEG 2000 source with the irreversible 9-7 wavelet is lossy whatever its header says (pydicom's
+    JPEG2000.dcm, its lossy marks removed); a reversible one is not marked (MR_small_jp2klossless.dcm). A ratio
+    without its method, or an unreadable ratio, does not survive as a broken pair of lists."""
+    lossy = pydicom.dcmread(pydicom_file("JPEG2000.dcm"))
+    for name in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if name in lossy:
+            delattr(lossy, name)
+    lossy.save_as(tmp_path / "j2k.dcm")
+    (tmp_path / "lossless.dcm").write_bytes(pydicom_file("MR_small_jp2klossless.dcm").read_bytes())
+    photo = np.ascontiguousarray(skdata.astronaut()[:H, :W])
+    jpeg_dicom(tmp_path / "ratio_only.dcm", [photo], LossyImageCompressionRatio="9.25")
+    jpeg_dicom(tmp_path / "bad_ratio.dcm", [photo], LossyImageCompressionRatio="abcd",
+               LossyImageCompressionMethod="ISO_10918_1")  # fmt: skip
+    out = tmp_path / "out"
+    r = run_cli("upscale", tmp_path, "-o", out, "--model", model_file, "--quiet")
+    assert r.returncode == 0, r.stderr
+    j2k = pydicom.dcmread(out / "j2k_x2.dcm")
+    assert str(j2k.LossyImageCompression) == "01" and j2k.LossyImageCompressionMethod == "ISO_15444_1"
+    assert str(pydicom.dcmread(out / "lossless_x2.dcm").get("LossyImageCompression", "")) != "01"
+    ratio_only = pydicom.dcmread(out / "ratio_only_x2.dcm")
+    assert ratio_only.LossyImageCompressionMethod == "ISO_10918_1"
+    assert not isinstance(ratio_only.LossyImageCompressionRatio, pydicom.multival.MultiValue)  # one: ours
+    bad = pydicom.dcmread(out / "bad_ratio_x2.dcm")
+    assert str(bad.LossyImageCompression) == "01"
+
+
+def test_each_frame_moves_on_its_own_plane(tmp_path: Path, model_file: Path) -> None:
+    """An enhanced multi-frame image (a localiser: frames in the axial, sagittal and coronal planes), spacing in the
+    shared functional groups: each frame's ImagePositionPatient moves along its own rows and columns by half an
+    old pixel less half a new one; each frame's FrameType becomes DERIVED\\SECONDARY as the ImageType does; an
+    extended offset table of the compressed source is not carried to the uncompressed output."""
+    from pydicom.dataset import Dataset
+
+    planes = {"axial": [1, 0, 0, 0, 1, 0], "sagittal": [0, 1, 0, 0, 0, -1], "coronal": [1, 0, 0, 0, 0, -1]}
+    frames = []
+    for orientation in planes.values():
+        group = Dataset()
+        group.PlanePositionSequence = [Dataset()]
+        group.PlanePositionSequence[0].ImagePositionPatient = [10, 20, 30]
+        group.PlaneOrientationSequence = [Dataset()]
+        group.PlaneOrientationSequence[0].ImageOrientationPatient = orientation
+        group.MRImageFrameTypeSequence = [Dataset()]
+        group.MRImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+        frames.append(group)
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [Dataset()]
+    shared.PixelMeasuresSequence[0].PixelSpacing = [1.0, 2.0]  # rows 1 mm apart, columns 2 mm: not the top's
+    ct = ct_values()
+    path = dicom_file(tmp_path / "loc.dcm", np.concatenate([ct, ct[::-1], ct[:, ::-1]]), Rows=H, NumberOfFrames=3,
+                      SharedFunctionalGroupsSequence=[shared], PerFrameFunctionalGroupsSequence=frames,
+                      ExtendedOffsetTable=bytes(24), ExtendedOffsetTableLengths=bytes(24))  # fmt: skip
+    r = run_cli("upscale", path, "-o", tmp_path / "out.dcm", "--model", model_file, "--quiet")
+    assert r.returncode == 0, r.stderr
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    half = 0.5 / S - 0.5  # in old pixels
+    for group, orientation in zip(out.PerFrameFunctionalGroupsSequence, planes.values(), strict=True):
+        row, col = np.array(orientation[:3]), np.array(orientation[3:])
+        expected = np.array([10, 20, 30]) + row * 2.0 * half + col * 1.0 * half
+        moved = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        assert np.allclose(moved, expected), (orientation, moved, expected)
+        assert list(group.MRImageFrameTypeSequence[0].FrameType) == ["DERIVED", "SECONDARY", "M", "NONE"]
+    assert [
+        float(v) for v in out.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    ] == [0.5, 1.0]
+    assert "ExtendedOffsetTable" not in out and "ExtendedOffsetTableLengths" not in out
+    assert int(out.NumberOfFrames) == 3 and out.pixel_array.shape == (3, H * S, W * S)

@@ -5,7 +5,9 @@ MONOCHROME1/MONOCHROME2 grey, RGB, YCbCr (YBR_FULL, YBR_FULL_422, YBR_ICT, YBR_R
 COLOR (its lookup table applied: RGB), 8/16/32-bit, signed or not; uncompressed, deflated, RLE, JPEG baseline and
 JPEG 2000 pixel data with what every install has (pydicom's own decoders and Pillow's); the other compressions
 (JPEG lossless, 12-bit JPEG, JPEG-LS, HTJ2K) where their pydicom plugin is installed, else one line naming the
-package. Multi-frame images (cine loops, RT dose grids, enhanced CT/MR) are read whole, every frame upscaled alone.
+package (only the declared frames decoded, each codestream's own size checked against Rows x Columns first).
+Multi-frame images (cine loops, RT dose grids, enhanced CT/MR) are read whole, every frame upscaled alone; tiled
+whole-slide images are refused (their tiles would be upscaled apart).
 The stored values become the planes of an ImageData as a measurement TIFF's do (esrgan.datatiff): stretched from
 their [min, max] (all frames jointly; or --value-range, in stored values) onto the model's range and back,
 MONOCHROME1 inverted for the model (so that it sees bright as bright) and not in the file; frames after the first
@@ -15,9 +17,9 @@ Written back as DICOM, explicit VR little endian (uncompressed): the same datase
 pixel data, pixel spacings divided by the factor (those of every frame's functional groups too), "DERIVED\\SECONDARY"
 image type, a derivation description, the source image referenced, and new series and instance UIDs derived from
 the old ones (a folder of slices of one series becomes one new series; a rerun gives the same UIDs). Decoded colour
-is written as RGB. A source in a lossy compression stays marked lossy (Lossy Image Compression "01", its method and
-ratio added where the source did not say). Elements that describe the old pixels (overlays, icon, smallest and
-largest pixel values, a palette's tables) are dropped. Or, for one frame, as TIFF (the stored values, their type
+is written as RGB. A source in a lossy compression (JPEG 2000: by its wavelet) stays marked lossy (Lossy Image
+Compression "01", its method and ratio added where the source did not say). Elements that describe the old pixels
+(overlays, icon, smallest and largest pixel values, the extended offset table, a palette's tables) are dropped. Or, for one frame, as TIFF (the stored values, their type
 kept), or as 8/16-bit PNG/TIFF where the stored values are unsigned grey or RGB.
 
 Upscaled medical images show detail the acquisition did not record: a GAN model invents plausible texture. The
@@ -60,7 +62,12 @@ _PLUGINS = {
     "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS lossless
     "1.2.840.10008.1.2.4.81": "pyjpegls",  # JPEG-LS near-lossless
 }
-_J2K_PLUGIN = "pylibjpeg pylibjpeg-openjpeg"  # JPEG 2000 and HTJ2K beyond what Pillow's OpenJPEG decodes
+_J2K_PLUGIN = "pylibjpeg pylibjpeg-openjpeg"
+# JPEG 2000 syntaxes that may be lossy (the codestream tells: the 9-7 wavelet), with DICOM's method code
+_J2K_METHODS = {
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",
+}  # JPEG 2000 and HTJ2K beyond what Pillow's OpenJPEG decodes
 # transfer syntaxes that are lossy whatever the dataset says, with DICOM's code for the method
 _LOSSY = {
     "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline
@@ -68,7 +75,11 @@ _LOSSY = {
     "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
 }
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
-_STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "IconImageSequence", "PixelPaddingRangeLimit")
+_STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "IconImageSequence", "PixelPaddingRangeLimit",
+          "ExtendedOffsetTable", "ExtendedOffsetTableLengths")  # fmt: skip
+_PALETTE_STALE = ("PixelPaddingValue", "SmallestPixelValueInSeries", "LargestPixelValueInSeries", "WindowCenter",
+                  "WindowWidth", "VOILUTFunction")  # palette indices, not colours  # fmt: skip
+_WHOLE_SLIDE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 
 
 def is_dicom(path: Path) -> bool:
@@ -123,10 +134,22 @@ def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | N
         )
     if bits == 1:
         raise ImageError(f"{path}: a 1-bit DICOM (a segmentation or mask): there is no detail to upscale")
+    if str(header.get("SOPClassUID", "")) == _WHOLE_SLIDE or "TotalPixelMatrixRows" in header:
+        raise ImageError(
+            f"{path}: a tiled whole-slide image: its tiles would be upscaled apart (seams) and its pixel matrix "
+            "would not fit them; not supported"
+        )
+    try:
+        compressed = syntax is not None and syntax.is_compressed
+    except ValueError:  # a UID pydicom does not know as a transfer syntax (JPEG XL, private ones)
+        assert syntax is not None
+        raise ImageError(f"{path}: DICOM in transfer syntax {syntax}, which pydicom does not know") from None
     try:
         dataset = pydicom.dcmread(path)
+        if compressed:  # before any decoding: a frame bigger than the header says would be a bomb
+            _check_codestreams(path, dataset, syntax, frames, rows, cols)
         array = _decode(pydicom, dataset, syntax)
-    except MemoryError:
+    except (MemoryError, ImageError):
         raise
     except Exception as exc:  # pydicom's pixel handlers raise many kinds (ValueError, NotImplementedError...)
         raise ImageError(f"{path}: {_why_undecoded(syntax, exc)}") from None
@@ -143,7 +166,13 @@ def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | N
     planes_in = (
         array.reshape(frames, rows, cols, colour).transpose(1, 2, 0, 3).reshape(rows, cols, frames * colour)
     )
-    _mark_lossy(dataset, syntax, rows * cols * frames * samples * bits // 8)
+    try:
+        _mark_lossy(dataset, syntax, rows * cols * frames * samples * bits // 8)
+    except (ValueError, TypeError, IndexError):  # a malformed ratio or method in a file that decoded
+        dataset.LossyImageCompression = "01"
+        for name in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if name in dataset:
+                delattr(dataset, name)
     del dataset.PixelData
     joint = value_range
     if frames > 1 and joint is None:  # every frame through one mapping, as one colour image's bands share one
@@ -179,7 +208,10 @@ def _decode(pydicom: Any, dataset: Any, syntax: Any) -> np.ndarray:
     (by pydicom, or by the JPEG 2000 decoder), a palette's lookup table applied."""
     from pydicom.pixels import apply_color_lut
 
-    array = np.asarray(dataset.pixel_array)  # pydicom 3: YBR_FULL(_422) as RGB (as_rgb)
+    # only the frames the header declares (pydicom would decode every fragment it finds: a small file with many
+    # would be a bomb past the pixel limit); YBR_FULL(_422) as RGB (as_rgb, pydicom 3's default)
+    dataset.pixel_array_options(allow_excess_frames=False)
+    array = np.asarray(dataset.pixel_array)
     if str(dataset.get("PhotometricInterpretation")) == "PALETTE COLOR":
         array = np.asarray(apply_color_lut(array, dataset))
     if array.dtype.byteorder == ">":  # big-endian sources: native order for the arithmetic
@@ -187,26 +219,89 @@ def _decode(pydicom: Any, dataset: Any, syntax: Any) -> np.ndarray:
     return array
 
 
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG (SOFn, JPEG-LS's SOF55 too) or JPEG 2000 (SIZ) codestream's header, None if it
+    has neither where it should."""
+    if (
+        frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24
+    ):  # J2K: SOC, SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
+        x, y, xo, yo = (int.from_bytes(frame[i : i + 4], "big") for i in (8, 12, 16, 20))
+        return x - xo, y - yo
+    pos = 2 if frame[:2] == b"\xff\xd8" else -1
+    while pos >= 0 and pos + 9 <= len(frame):
+        if frame[pos] != 0xFF:
+            return None
+        marker = frame[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
+            return int.from_bytes(frame[pos + 7 : pos + 9], "big"), int.from_bytes(
+                frame[pos + 5 : pos + 7], "big"
+            )
+        pos += 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
+    return None
+
+
+def _check_codestreams(path: Path, dataset: Any, syntax: Any, frames: int, rows: int, cols: int) -> None:
+    """Every declared frame's JPEG / JPEG 2000 codestream is Columns x Rows: Pillow decodes what a codestream
+    says, whatever the header (a 1 MB file saying 16x16 can hold an 8000x8000 JPEG)."""
+    from pydicom.encaps import generate_frames
+
+    if not str(syntax).startswith("1.2.840.10008.1.2.4."):
+        return  # RLE decodes into the header's size
+    for k, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=frames)):
+        size = _codestream_size(frame)
+        if size is not None and size != (cols, rows):
+            raise ImageError(
+                f"{path}: frame {k}'s codestream is {size[0]}x{size[1]}, the header says {cols}x{rows}"
+            )
+        if k + 1 >= frames:
+            break
+
+
+def _j2k_irreversible(dataset: Any, frames: int) -> bool:
+    """Whether the first frame's JPEG 2000 codestream uses the irreversible 9-7 wavelet (lossy whatever the rate):
+    the COD marker segment's transformation byte is 0."""
+    from pydicom.encaps import generate_frames
+
+    frame = next(iter(generate_frames(dataset.PixelData, number_of_frames=frames)), b"")
+    pos = 2
+    while (
+        pos + 14 <= len(frame) and frame[pos] == 0xFF and frame[pos + 1] != 0x90
+    ):  # up to the first tile (SOT)
+        if frame[pos + 1] == 0x52:  # COD: Lcod Scod SGcod(4) levels width height style transformation
+            return frame[pos + 13] == 0
+        pos += 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
+    return False
+
+
 def _mark_lossy(dataset: Any, syntax: Any, raw_bytes: int) -> None:
     """A source in a lossy transfer syntax stays marked lossy in what is derived from it (DICOM PS3.3 C.7.6.1.1.5):
     Lossy Image Compression "01", the method and the ratio (uncompressed bytes / compressed) added where the source
     did not say."""
+    if str(dataset.get("LossyImageCompression", "")) == "01":
+        return
     method = _LOSSY.get(str(syntax))
-    if method is None or str(dataset.get("LossyImageCompression", "")) == "01":
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if method is None and str(syntax) in _J2K_METHODS and _j2k_irreversible(dataset, frames):
+        method = _J2K_METHODS[str(syntax)]
+    if method is None:
         return
     dataset.LossyImageCompression = "01"
-    ratio = raw_bytes / max(1, len(dataset.PixelData))
-    for name, value in (
-        ("LossyImageCompressionRatio", _decimal(ratio)),
-        ("LossyImageCompressionMethod", method),
-    ):
-        earlier = dataset.get(name)  # one value (a str or number), several (a MultiValue), or none
+    ratio = _decimal(raw_bytes / max(1, len(dataset.PixelData)))
+
+    def values(name: str) -> list[Any]:  # one value (a str or number), several (a MultiValue), or none
+        earlier = dataset.get(name)
         if earlier in (None, ""):
-            setattr(dataset, name, value)
-        else:
-            setattr(
-                dataset, name, [*([earlier] if isinstance(earlier, (str, int, float)) else earlier), value]
-            )
+            return []
+        return [earlier] if isinstance(earlier, (str, int, float)) else list(earlier)
+
+    ratios, methods = values("LossyImageCompressionRatio"), values("LossyImageCompressionMethod")
+    if len(ratios) != len(methods):  # the two lists correspond value by value: a broken history is replaced
+        ratios, methods = [], []
+    dataset.LossyImageCompressionRatio = [*ratios, ratio] if ratios else ratio
+    dataset.LossyImageCompressionMethod = [*methods, method] if methods else method
 
 
 def _why_undecoded(syntax: Any, exc: Exception) -> str:
@@ -248,32 +343,48 @@ def _decimal(value: float) -> str:
     return f"{value:.10g}"[:16]  # DS: at most 16 characters
 
 
+def _geometry(d: Any, spacing: Any, orientation: Any) -> tuple[Any, Any]:
+    """The (PixelSpacing, ImageOrientationPatient) in force for dataset d: its own, those of its functional groups
+    (PixelMeasuresSequence, PlaneOrientationSequence), else the ones passed down from where it is nested."""
+    for holder in (d, *d.get("PixelMeasuresSequence", [])[:1]):
+        if len(holder.get("PixelSpacing", [])) == 2:
+            spacing = tuple(float(v) for v in holder.PixelSpacing)
+    for holder in (d, *d.get("PlaneOrientationSequence", [])[:1]):
+        if len(holder.get("ImageOrientationPatient", [])) == 6:
+            orientation = tuple(float(v) for v in holder.ImageOrientationPatient)
+    return spacing, orientation
+
+
+def _move_positions(d: Any, sx: float, sy: float, spacing: Any = None, orientation: Any = None) -> None:
+    """ImagePositionPatient (the centre of the first pixel, in mm) moved half an old pixel less half a new one up
+    and left along the image orientation, with the spacing and orientation of its own frame: each item of an
+    enhanced image's per-frame functional groups has its own (a localiser's frames lie in three planes), else the
+    shared groups', else the dataset's."""
+    spacing, orientation = _geometry(d, spacing, orientation)
+    if "SharedFunctionalGroupsSequence" in d:
+        for shared in d.SharedFunctionalGroupsSequence[:1]:
+            spacing, orientation = _geometry(shared, spacing, orientation)
+    if "ImagePositionPatient" in d and len(d.ImagePositionPatient) == 3 and spacing and orientation:
+        along_row, along_column = np.array(orientation[:3]), np.array(orientation[3:])
+        first = np.array([float(v) for v in d.ImagePositionPatient])
+        first = (
+            first + along_row * spacing[1] * (0.5 / sx - 0.5) + along_column * spacing[0] * (0.5 / sy - 0.5)
+        )
+        d.ImagePositionPatient = [_decimal(float(v)) for v in first]
+    for element in d:
+        if element.VR == "SQ":
+            for item in element.value:
+                _move_positions(item, sx, sy, spacing, orientation)
+
+
 def _regrid(ds: Any, sx: float, sy: float) -> None:
-    """Move what is measured in pixels onto the grid scaled by (sx, sy): pixel spacings divided, image positions
-    (the centre of the first pixel, in mm) moved half an old pixel less half a new one up and left along the image
-    orientation, ultrasound regions' pixel bounds and physical deltas scaled."""
+    """Move what is measured in pixels onto the grid scaled by (sx, sy): image positions (`_move_positions`), pixel
+    spacings divided, ultrasound regions' pixel bounds and physical deltas scaled."""
+    _move_positions(ds, sx, sy)  # first: it reads the spacings as they were
     items = _datasets(ds)
-    spacing = next(
-        (tuple(float(v) for v in d.PixelSpacing) for d in items if len(d.get("PixelSpacing", [])) == 2), None
-    )
-    orientation = next(
-        (
-            tuple(float(v) for v in d.ImageOrientationPatient)
-            for d in items
-            if len(d.get("ImageOrientationPatient", [])) == 6
-        ),
-        None,
-    )
     for d in items:
-        if "ImagePositionPatient" in d and len(d.ImagePositionPatient) == 3 and spacing and orientation:
-            along_row, along_column = np.array(orientation[:3]), np.array(orientation[3:])
-            first = np.array([float(v) for v in d.ImagePositionPatient])
-            first = (
-                first
-                + along_row * spacing[1] * (0.5 / sx - 0.5)
-                + along_column * spacing[0] * (0.5 / sy - 0.5)
-            )
-            d.ImagePositionPatient = [_decimal(float(v)) for v in first]
+        if len(d.get("FrameType", [])) >= 2:  # an enhanced image's per-frame type agrees with its ImageType
+            d.FrameType = ["DERIVED", "SECONDARY", *list(d.FrameType)[2:]]
         for name in _SPACINGS:
             if len(d.get(name, [])) == 2:
                 row, col = (float(v) for v in d[name].value)  # between rows (vertical), between columns
@@ -310,7 +421,7 @@ def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> 
         if (
             str(ds.get("PhotometricInterpretation")) == "PALETTE COLOR"
         ):  # the tables applied: RGB of their depth
-            for name in _PALETTE:
+            for name in (*_PALETTE, *_PALETTE_STALE):
                 if name in ds:
                     delattr(ds, name)
             depth = values.dtype.itemsize * 8
@@ -342,7 +453,7 @@ def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> 
     if "SeriesInstanceUID" in ds:
         ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(ds.SeriesInstanceUID), *entropy])
         ds.SeriesDescription = f"{ds.get('SeriesDescription', '')} esrgan x{scale}".strip()[:64]
-    digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+    digest = hashlib.sha256(np.ascontiguousarray(values).view(np.uint8).data).hexdigest()  # no copy
     ds.SOPInstanceUID = generate_uid(entropy_srcs=[source_sop or str(path), *entropy, digest])
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -354,7 +465,8 @@ def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> 
         values = np.clip(values, low, high)
     if sm.frames > 1:  # rows x cols x (frames * samples) -> frame after frame, each pixel's samples together
         values = values.reshape(height, width, sm.frames, -1).transpose(2, 0, 1, 3)
-    ds.PixelData = np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes()
+    # one copy into the frames' order where there are frames, one into bytes (pydicom writes bytes)
+    ds.PixelData = np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False)).tobytes()
     ds["PixelData"].VR = "OB" if values.dtype.itemsize == 1 else "OW"
     ds.preamble = ds.preamble or b"\0" * 128
     # force_encoding: a dataset read as big endian (or implicit VR) is re-encoded, not refused after the model ran
