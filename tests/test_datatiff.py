@@ -845,3 +845,95 @@ def test_a_class_map_is_refused_with_what_to_do_instead(tmp_path: Path) -> None:
             f"{path}: a class map (a colour table): a network would blend its classes; resample it with nearest "
             "neighbour (gdalwarp -r near)"
         )
+
+
+def block_mean(band: np.ndarray, factor: int, ok: np.ndarray, fill: float) -> np.ndarray:
+    """The reference overview: each factor x factor block's mean over its valid values (edge blocks over what
+    there is), `fill` where a block has none; rounded for integers."""
+    h, w = band.shape
+    out = np.empty((-(-h // factor), -(-w // factor)))
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            block = band[i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
+            good = ok[i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
+            out[i, j] = block[good].astype(np.float64).mean() if good.any() else fill
+    return np.rint(out) if band.dtype.kind in "ui" else out
+
+
+@pytest.mark.parametrize("kind", ["uint16 nodata, tiled", "float32 NaN", "internal mask"])
+def test_a_source_with_overviews_gives_an_output_with_overviews(
+    tmp_path: Path, model_file: Path, kind: str
+) -> None:
+    """A GeoTIFF with internal overviews at 2 and 4 (as gdaladdo or a cloud-optimised GeoTIFF has them): the
+    output has overviews at 2 and 4 and on to 8 (its smallest as small as the source's), which GDAL lists and reads;
+    each is the block average of the upscaled raster's valid values, a block without any stays nodata / NaN /
+    masked; the full raster is unchanged by them."""
+    from rasterio.enums import Resampling
+
+    c = crops()
+    src = tmp_path / "src.tif"
+    hole = (slice(8, 24), slice(4, 20))  # input pixels without data: whole blocks of the output's overviews
+    if kind == "internal mask":
+        bands = np.stack([c["camera"], c["camera2"]]).astype(np.uint16) * 100 + 7
+        mask = np.full((H, W), 255, np.uint8)
+        mask[hole] = 0
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            src, "w", driver="GTiff", width=W, height=H, count=2, dtype="uint16", crs=UTM, transform=GRID
+        ) as dst:  # fmt: skip
+            dst.write(bands)
+            dst.write_mask(mask)
+            dst.build_overviews([2, 4], Resampling.average)
+    else:
+        if kind == "float32 NaN":
+            bands = (c["camera"].astype(np.float32) / 255 * 0.4)[None]
+            bands[0][hole] = np.nan
+            options: dict[str, Any] = {"nodata": float("nan")}
+        else:
+            bands = six_bands(c)[:3].copy()
+            bands[:, hole[0], hole[1]] = 0
+            options = {"nodata": 0, "tiled": True, "blockxsize": 16, "blockysize": 16}
+        with rasterio.open(
+            src, "w", driver="GTiff", height=H, width=W, count=bands.shape[0], dtype=bands.dtype.name, crs=UTM,
+            transform=GRID, **options,
+        ) as dst:  # fmt: skip
+            dst.write(bands)
+            dst.build_overviews([2, 4], Resampling.average)
+    with rasterio.open(src) as got:
+        assert got.overviews(1) == [2, 4]
+    out = tmp_path / "out.tif"
+    r = run_cli("upscale", src, "-o", out, "--model", model_file, "--precision", "fp32", "--quiet")
+    assert r.returncode == 0 and "pages" not in r.stderr, r.stderr
+    with rasterio.open(out) as got:
+        assert [got.overviews(b) for b in got.indexes] == [[2, 4, 8]] * got.count
+        full = got.read()
+        ok = got.dataset_mask() > 0 if kind == "internal mask" else None
+        if kind == "uint16 nodata, tiled":
+            assert got.block_shapes[0] == (16, 16)
+    assert full.shape == (bands.shape[0], H * S, W * S)
+    for level, factor in enumerate((2, 4, 8)):
+        with rasterio.open(out, overview_level=level) as small:
+            data = small.read()
+            small_mask = small.dataset_mask()
+        assert data.shape[1:] == (-(-H * S // factor), -(-W * S // factor))
+        for b in range(bands.shape[0]):
+            if kind == "float32 NaN":
+                good, fill = ~np.isnan(full[b]), np.nan
+            elif kind == "internal mask":
+                assert ok is not None
+                good, fill = ok, 0.0
+            else:
+                good, fill = full[b] != 0, 0.0
+            expected = block_mean(full[b], factor, good, fill)
+            assert np.allclose(data[b], expected, equal_nan=True, atol=1 if bands.dtype.kind == "u" else 1e-6)
+        empty = block_mean(np.zeros((H * S, W * S)), factor, good, np.nan)
+        assert np.isnan(empty).any()  # the hole covers whole blocks at every level
+        if kind == "internal mask":
+            assert np.array_equal(small_mask == 0, np.isnan(empty))
+
+
+def test_a_source_without_overviews_gives_none(tmp_path: Path, model_file: Path) -> None:
+    src = write_geotiff(tmp_path / "plain.tif", six_bands(crops())[:2])
+    r = run_cli("upscale", src, "-o", tmp_path / "out.tif", "--model", model_file, "--quiet")
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert len(tif.pages) == 1

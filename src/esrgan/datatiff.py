@@ -21,7 +21,10 @@ How the samples reach the model (esrgan.upscale.Upscaler.upscale_image):
 What is written back (TIFF only: the values fit no other format): the same sample type, band count and order,
 photometric interpretation, planar configuration, extra-sample meanings, ICC profile and orientation tag; GeoTIFF
 georeferencing (pixel scale, tie points or transformation matrix, PixelIsArea or PixelIsPoint) scaled to the new
-size, its keys and GDAL's nodata and metadata tags copied. Overviews (reduced-resolution pages) are not written.
+size, its keys and GDAL's nodata and metadata tags copied. Overviews (reduced-resolution pages, as a cloud-optimised
+GeoTIFF or `gdaladdo` makes them): where the source had them, the output has them too, made from the upscaled
+raster by averaging each block of valid values (GDAL's "average"), at the source's factors and on down to the
+source's smallest overview size, in the same layout (tiles, mask).
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class SampleMap:
     # a multi-frame DICOM's frame count: the planes are frame after frame (each frame's colour planes together;
     # frames after the first are the ImageData's extra planes), written back as frames
     frames: int = 1
+    overviews: tuple[int, ...] = ()  # the source's overview factors (its reduced-resolution pages: 2, 4, ...)
     dicom: Any = field(default=None, compare=False, repr=False)  # the source's pydicom Dataset (esrgan.dicom)
 
     @property
@@ -231,9 +235,18 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
         icc = page.tags[_ICC].value if _ICC in page.tags else None
         orientation = int(page.tags[_ORIENTATION].value) if _ORIENTATION in page.tags else 1
         tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
-        # reduced-resolution pages (overviews, bit 0) are not written; a transparency mask (bit 2, GDAL's
-        # internal mask) marks pixels without data
+        # reduced-resolution pages (overviews, bit 0): their factors, for the output's; a transparency mask (bit 2,
+        # GDAL's internal mask) marks pixels without data
         others = [(p, int(getattr(p, "subfiletype", 0) or 0)) for p in tif.pages[1:]]
+        overviews = tuple(
+            sorted(
+                {
+                    max(2, round(width / int(getattr(p, "imagewidth", 0))))
+                    for p, kind_bits in others
+                    if kind_bits & 1 and not kind_bits & 4 and int(getattr(p, "imagewidth", 0)) > 0
+                }
+            )
+        )
         full_pages = sum(1 for _, kind_bits in others if not kind_bits & 5)
         masks = [p for p, kind_bits in others if kind_bits & 4 and not kind_bits & 1]
         mask = masks[0].asarray() if masks and masks[0].shape[:2] == (height, width) else None
@@ -300,6 +313,7 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
             orientation=orientation,
             tile=tile if tile and all(t > 0 and t % 16 == 0 for t in tile) else None,
             masked=mask is not None,
+            overviews=overviews,
         ),
     )
 
@@ -493,11 +507,81 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
             software=False,
             metadata=None,
         )
+        has_data = None
         if sm.masked:  # GDAL's internal mask: a 1-bit page of the same size, 0 where no band has data
             has_data = np.ones((height, width), bool) if image.valid is None else image.valid.any(axis=2)
             tiff.write(
                 has_data, photometric=4, subfiletype=4, compression="zlib", tile=sm.tile, metadata=None
             )
+        for factor in overview_factors(sm, height, width):  # after the full raster, as GDAL writes them
+            level = np.stack(
+                [
+                    _block_mean(np.asarray(out[s] if sm.planar == 2 else out[:, :, s]), factor, fill,
+                                None if image.valid is None else image.valid[:, :, s])
+                    for s in range(sm.samples)
+                ],
+                axis=0 if sm.planar == 2 else 2,
+            )  # fmt: skip
+            tiff.write(
+                level.reshape(level.shape[:2]) if one else level,
+                photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
+                planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
+                extrasamples=sm.extrasamples or None,
+                subfiletype=1,  # reduced resolution
+                compression="zlib",
+                tile=sm.tile,
+                metadata=None,
+            )
+            if has_data is not None:  # the mask's overview: data where any pixel of the block had data
+                small = _block_mean(np.asarray(has_data, np.uint8), factor, None, None) > 0
+                tiff.write(
+                    small, photometric=4, subfiletype=5, compression="zlib", tile=sm.tile, metadata=None
+                )
+
+
+def overview_factors(sm: SampleMap, height: int, width: int) -> tuple[int, ...]:
+    """The output's overview factors: none where the source had none; else the source's, then doubling until the
+    smallest is no larger than the source's smallest overview (so an upscaled COG browses as fast as its source)."""
+    if not sm.overviews:
+        return ()
+    smallest = min(sm.size) / max(sm.overviews)
+    factors = list(sm.overviews)
+    while min(height, width) / factors[-1] > smallest and min(height, width) // (factors[-1] * 2) >= 1:
+        factors.append(factors[-1] * 2)
+    return tuple(f for f in factors if min(height, width) // f >= 1)
+
+
+def _block_mean(band: np.ndarray, factor: int, fill: float | None, valid: np.ndarray | None) -> np.ndarray:
+    """band (HxW) averaged over factor x factor blocks (ceil(H / factor) x ceil(W / factor); the last row and column
+    of blocks over what the raster has), counting only valid values (`valid`, and not NaN); a block without any
+    is `fill` (the nodata value, NaN for floats without one). Integers rounded, in the band's type. Converted in
+    row blocks: the float64 intermediate stays small."""
+    h, w = band.shape
+    oh, ow = -(-h // factor), -(-w // factor)
+    out = np.empty((oh, ow), band.dtype)
+    integer = band.dtype.kind in "uib"
+    step = max(1, (1 << 22) // max(1, w * factor))  # output rows per block: ~4 M input values
+    for top in range(0, oh, step):
+        rows = slice(top * factor, min(h, (top + step) * factor))
+        x = band[rows].astype(np.float64)
+        ok = ~np.isnan(x) if valid is None else valid[rows] & ~np.isnan(x)
+        n_rows = -(-x.shape[0] // factor)
+        total = np.zeros((n_rows * factor, ow * factor))
+        count = np.zeros_like(total)
+        total[: x.shape[0], :w] = np.where(ok, x, 0.0)
+        count[: x.shape[0], :w] = ok
+        sums = total.reshape(n_rows, factor, ow, factor).sum(axis=(1, 3))
+        counts = count.reshape(n_rows, factor, ow, factor).sum(axis=(1, 3))
+        mean = sums / np.maximum(counts, 1.0)
+        if integer:
+            info = np.iinfo(band.dtype)
+            mean = np.clip(np.rint(mean), info.min, info.max)
+        level = mean.astype(band.dtype)
+        empty = counts == 0
+        if empty.any():
+            level[empty] = (np.nan if band.dtype.kind == "f" else 0) if fill is None else fill
+        out[top : top + n_rows] = level
+    return out
 
 
 def as_photo(image: ImageData) -> ImageData:
