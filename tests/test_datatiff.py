@@ -847,88 +847,106 @@ def test_a_class_map_is_refused_with_what_to_do_instead(tmp_path: Path) -> None:
         )
 
 
-def block_mean(band: np.ndarray, factor: int, ok: np.ndarray, fill: float) -> np.ndarray:
-    """The reference overview: each factor x factor block's mean over its valid values (edge blocks over what
-    there is), `fill` where a block has none; rounded for integers."""
-    h, w = band.shape
-    out = np.empty((-(-h // factor), -(-w // factor)))
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            block = band[i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
-            good = ok[i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
-            out[i, j] = block[good].astype(np.float64).mean() if good.any() else fill
-    return np.rint(out) if band.dtype.kind in "ui" else out
+def gdal_overviews(path: Path, tmp: Path, factors: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """GDAL's own "average" overviews of the full raster of `path` (copied with its nodata, mask and alpha):
+    the reference for ours, level by level, as (data, dataset mask)."""
+    copy = tmp / "gdal_reference.tif"
+    with rasterio.open(path) as got:
+        profile = {k: got.profile[k] for k in ("driver", "width", "height", "count", "dtype", "nodata", "crs",
+                                                 "transform")}  # fmt: skip
+        data, mask, interp = got.read(), got.dataset_mask(), got.colorinterp
+        masked = got.mask_flag_enums[0] == [rasterio.enums.MaskFlags.per_dataset]
+    from rasterio.enums import Resampling
+
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(copy, "w", **profile) as dst:
+        dst.write(data)
+        dst.colorinterp = interp
+        if masked:
+            dst.write_mask(mask)
+        dst.build_overviews(factors, Resampling.average)
+    levels = []
+    for level in range(len(factors)):
+        with rasterio.open(copy, overview_level=level) as small:
+            levels.append((small.read(), small.dataset_mask()))
+    return levels
 
 
-@pytest.mark.parametrize("kind", ["uint16 nodata, tiled", "float32 NaN", "internal mask"])
+KINDS = ["uint16 nodata, tiled", "float32 NaN", "internal mask", "one band, planar", "RGBA"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_source_with_overviews_gives_an_output_with_overviews(
     tmp_path: Path, model_file: Path, kind: str
 ) -> None:
-    """A GeoTIFF with internal overviews at 2 and 4 (as gdaladdo or a cloud-optimised GeoTIFF has them): the
-    output has overviews at 2 and 4 and on to 8 (its smallest as small as the source's), which GDAL lists and reads;
-    each is the block average of the upscaled raster's valid values, a block without any stays nodata / NaN /
-    masked; the full raster is unchanged by them."""
+    """A GeoTIFF with internal overviews at 2 and 4 (as gdaladdo or a cloud-optimised GeoTIFF has them), of an odd
+    size (47x37: no level divides evenly): the output has overviews at 2 and 4 and on to 8 (its smallest as small
+    as the source's), which GDAL lists and reads, equal to GDAL's own "average" overviews of the upscaled raster
+    (fractional windows, nodata / NaN / masked pixels and colour under alpha 0 left out; empty windows stay
+    nodata / NaN / masked); the full raster is unchanged by them."""
     from rasterio.enums import Resampling
 
-    c = crops()
+    h, w = H - 1, W - 3
+    c = {k: v[:h, :w] for k, v in crops().items()}
     src = tmp_path / "src.tif"
-    hole = (slice(8, 24), slice(4, 20))  # input pixels without data: whole blocks of the output's overviews
+    hole = (slice(7, 23), slice(3, 21))  # input pixels without data: whole and partial windows at every level
+    options: dict[str, Any] = {}
+    mask = None
     if kind == "internal mask":
         bands = np.stack([c["camera"], c["camera2"]]).astype(np.uint16) * 100 + 7
-        mask = np.full((H, W), 255, np.uint8)
+        mask = np.full((h, w), 255, np.uint8)
         mask[hole] = 0
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
-            src, "w", driver="GTiff", width=W, height=H, count=2, dtype="uint16", crs=UTM, transform=GRID
-        ) as dst:  # fmt: skip
-            dst.write(bands)
-            dst.write_mask(mask)
-            dst.build_overviews([2, 4], Resampling.average)
+    elif kind == "float32 NaN":
+        bands = (c["camera"].astype(np.float32) / 255 * 0.4)[None]
+        bands[0][hole] = np.nan
+        options = {"nodata": float("nan")}
+    elif kind == "one band, planar":
+        bands = c["camera"].astype(np.int16)[None] * 9 - 700
+        bands[0][hole] = -9999
+        options = {"nodata": -9999, "interleave": "band"}
+    elif kind == "RGBA":
+        alpha = np.full((h, w), 255, np.uint8)
+        alpha[hole] = 0
+        bands = np.concatenate([np.moveaxis(c["face"], -1, 0), alpha[None]])
+        options = {"photometric": "RGB", "alpha": "YES"}  # GDAL: unassociated alpha
     else:
-        if kind == "float32 NaN":
-            bands = (c["camera"].astype(np.float32) / 255 * 0.4)[None]
-            bands[0][hole] = np.nan
-            options: dict[str, Any] = {"nodata": float("nan")}
-        else:
-            bands = six_bands(c)[:3].copy()
-            bands[:, hole[0], hole[1]] = 0
-            options = {"nodata": 0, "tiled": True, "blockxsize": 16, "blockysize": 16}
-        with rasterio.open(
-            src, "w", driver="GTiff", height=H, width=W, count=bands.shape[0], dtype=bands.dtype.name, crs=UTM,
-            transform=GRID, **options,
-        ) as dst:  # fmt: skip
-            dst.write(bands)
-            dst.build_overviews([2, 4], Resampling.average)
+        bands = six_bands(c)[:3].copy()
+        bands[:, hole[0], hole[1]] = 0
+        options = {"nodata": 0, "tiled": True, "blockxsize": 16, "blockysize": 16}
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+        src, "w", driver="GTiff", height=h, width=w, count=bands.shape[0], dtype=bands.dtype.name, crs=UTM,
+        transform=GRID, **options,
+    ) as dst:  # fmt: skip
+        dst.write(bands)
+        if mask is not None:
+            dst.write_mask(mask)
+        dst.build_overviews([2, 4], Resampling.average)
     with rasterio.open(src) as got:
         assert got.overviews(1) == [2, 4]
     out = tmp_path / "out.tif"
     r = run_cli("upscale", src, "-o", out, "--model", model_file, "--precision", "fp32", "--quiet")
     assert r.returncode == 0 and "pages" not in r.stderr, r.stderr
     with rasterio.open(out) as got:
-        assert [got.overviews(b) for b in got.indexes] == [[2, 4, 8]] * got.count
-        full = got.read()
-        ok = got.dataset_mask() > 0 if kind == "internal mask" else None
+        # GDAL lists each level by round(width / its width): 74 px over 10 reads as 7 for the factor 8 level
+        listed = [round(w * S / -(-w * S // f)) for f in (2, 4, 8)]
+        assert listed == [2, 4, 7] and [got.overviews(b) for b in got.indexes] == [listed] * got.count
+        assert got.read().shape == (bands.shape[0], h * S, w * S)
         if kind == "uint16 nodata, tiled":
             assert got.block_shapes[0] == (16, 16)
-    assert full.shape == (bands.shape[0], H * S, W * S)
-    for level, factor in enumerate((2, 4, 8)):
+    reference = gdal_overviews(out, tmp_path, [2, 4, 8])
+    for level, (factor, (expected, expected_mask)) in enumerate(zip((2, 4, 8), reference, strict=True)):
         with rasterio.open(out, overview_level=level) as small:
-            data = small.read()
-            small_mask = small.dataset_mask()
-        assert data.shape[1:] == (-(-H * S // factor), -(-W * S // factor))
-        for b in range(bands.shape[0]):
-            if kind == "float32 NaN":
-                good, fill = ~np.isnan(full[b]), np.nan
-            elif kind == "internal mask":
-                assert ok is not None
-                good, fill = ok, 0.0
-            else:
-                good, fill = full[b] != 0, 0.0
-            expected = block_mean(full[b], factor, good, fill)
-            assert np.allclose(data[b], expected, equal_nan=True, atol=1 if bands.dtype.kind == "u" else 1e-6)
-        empty = block_mean(np.zeros((H * S, W * S)), factor, good, np.nan)
-        assert np.isnan(empty).any()  # the hole covers whole blocks at every level
-        if kind == "internal mask":
-            assert np.array_equal(small_mask == 0, np.isnan(empty))
+            data, data_mask = small.read(), small.dataset_mask()
+        assert data.shape[1:] == (-(-h * S // factor), -(-w * S // factor))
+        if kind == "float32 NaN":
+            assert np.array_equal(np.isnan(data), np.isnan(expected))
+            assert np.allclose(data, expected, equal_nan=True, rtol=1e-5, atol=1e-6)
+        else:
+            gap = np.abs(data.astype(np.int64) - expected.astype(np.int64))
+            assert gap.max() <= 1, (
+                f"{kind}, factor {factor}: up to {gap.max()} from GDAL's average"
+            )  # fractional windows: a level at most
+        assert np.array_equal(data_mask == 0, expected_mask == 0), f"{kind}, factor {factor}: masks differ"
+        assert (expected_mask == 0).any() or kind == "RGBA"  # the hole leaves windows without data
 
 
 def test_a_source_without_overviews_gives_none(tmp_path: Path, model_file: Path) -> None:
@@ -937,3 +955,24 @@ def test_a_source_without_overviews_gives_none(tmp_path: Path, model_file: Path)
     assert r.returncode == 0, r.stderr
     with tifffile.TiffFile(tmp_path / "out.tif") as tif:
         assert len(tif.pages) == 1
+
+
+def test_overview_levels_follow_the_source_whatever_it_claims() -> None:
+    """The output's levels: the source's factors, each at least twice the one before (a crafted file's hundreds of
+    reduced pages give a handful), then doubling until the smallest level is no larger than the source's smallest
+    in both directions (a long strip too), never past a 1-pixel side, at most MAX_OVERVIEWS."""
+    from esrgan.datatiff import MAX_OVERVIEWS, SampleMap, overview_factors
+
+    def levels(size: tuple[int, int], overviews: tuple[int, ...], out: tuple[int, int]) -> tuple[int, ...]:
+        sm = SampleMap(dtype=np.dtype(np.uint16), ranges=((0.0, 1.0),), photometric=1, planar=1, extrasamples=(),
+                       tags=(), nodata=None, size=size, overviews=overviews)  # fmt: skip
+        return overview_factors(sm, *out)
+
+    assert levels((1024, 1024), (2, 4), (4096, 4096)) == (2, 4, 8, 16)
+    assert levels((1024, 1024), (), (4096, 4096)) == ()
+    assert levels((1000, 1000), tuple(range(2, 500)), (2000, 2000)) == tuple(2**k for k in range(1, 10))
+    assert levels((100, 100000), tuple(2**k for k in range(1, 10)), (400, 400000)) == tuple(
+        2**k for k in range(1, 12)
+    )  # the strip's smallest level: 1 x 196 px, as its source's
+    assert levels((3, 3), (2,), (6, 6)) == (2, 4)
+    assert len(levels((1, 1), (2,), (2**26, 2**26))) == MAX_OVERVIEWS  # 26 halvings to 1 px: capped

@@ -23,8 +23,9 @@ photometric interpretation, planar configuration, extra-sample meanings, ICC pro
 georeferencing (pixel scale, tie points or transformation matrix, PixelIsArea or PixelIsPoint) scaled to the new
 size, its keys and GDAL's nodata and metadata tags copied. Overviews (reduced-resolution pages, as a cloud-optimised
 GeoTIFF or `gdaladdo` makes them): where the source had them, the output has them too, made from the upscaled
-raster by averaging each block of valid values (GDAL's "average"), at the source's factors and on down to the
-source's smallest overview size, in the same layout (tiles, mask).
+raster as `gdaladdo -r average` makes them (each level from the one before, fractional footprints, valid pixels
+only), at the source's factors and on down to the source's smallest overview size, in the same layout (tiles,
+mask).
 """
 
 from __future__ import annotations
@@ -495,7 +496,10 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
     if sm.orientation != 1:
         extratags.append((_ORIENTATION, 3, 1, sm.orientation, True))
     one = sm.samples == 1
-    with tifffile.TiffWriter(tmp, bigtiff=out.nbytes > 2**32 - 2**25) as tiff:
+    # the overviews and masks add up to a third of the raster: counted before choosing classic TIFF or BigTIFF
+    extra = sum(1 / f**2 for f in overview_factors(sm, height, width))
+    size = out.nbytes * (1 + extra) + (height * width * (1 + extra) if sm.masked else 0)
+    with tifffile.TiffWriter(tmp, bigtiff=size > 2**32 - 2**25) as tiff:
         tiff.write(
             out.reshape(height, width) if one else out,
             photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
@@ -507,81 +511,179 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
             software=False,
             metadata=None,
         )
-        has_data = None
+        has_data: np.ndarray | None = None
         if sm.masked:  # GDAL's internal mask: a 1-bit page of the same size, 0 where no band has data
-            has_data = np.ones((height, width), bool) if image.valid is None else image.valid.any(axis=2)
+            has_data = (
+                np.ones((height, width), bool) if image.valid is None else np.asarray(image.valid.any(axis=2))
+            )
             tiff.write(
                 has_data, photometric=4, subfiletype=4, compression="zlib", tile=sm.tile, metadata=None
             )
-        for factor in overview_factors(sm, height, width):  # after the full raster, as GDAL writes them
-            level = np.stack(
-                [
-                    _block_mean(np.asarray(out[s] if sm.planar == 2 else out[:, :, s]), factor, fill,
-                                None if image.valid is None else image.valid[:, :, s])
-                    for s in range(sm.samples)
-                ],
-                axis=0 if sm.planar == 2 else 2,
-            )  # fmt: skip
+        _write_overviews(tiff, out, image, sm, fill, one, has_data)
+
+
+def _write_overviews(
+    tiff: Any, out: np.ndarray, image: ImageData, sm: SampleMap, fill: float | None, one: bool, has_data: Any
+) -> None:
+    """The overview pages (NewSubfileType 1) of the output in the file's layout, each followed by its mask's (5)
+    where the file has a mask: each level made from the one before (the full raster for the first), by GDAL's
+    "average" over the valid pixels, as gdaladdo makes them (equal to GDAL's own, tested). Valid as for GDAL:
+    each sample's own (nodata, NaN, the mask), and where there is alpha only pixels whose alpha is not 0, for
+    every band, alpha too (colour under alpha 0 is not seen: averaging it in would fringe transparent edges)."""
+    height, width = image.height, image.width
+    alpha = image.channels if image.alpha is not None else None
+    bands = [np.asarray(out[s] if sm.planar == 2 else out[:, :, s]) for s in range(sm.samples)]
+    masks: list[Any] = [None if image.valid is None else image.valid[:, :, s] for s in range(sm.samples)]
+    covered = has_data
+    # as GDAL tags its overview pages: the nodata value (what reads the page alone needs it) and how it was made
+    tags = [(code, kind, count, value, True) for code, kind, count, value in sm.tags if code == GDAL_NODATA]
+    made_by = '<GDALMetadata><Item name="RESAMPLING" sample="0">AVERAGE</Item></GDALMetadata>'
+    tags.append((GDAL_METADATA, 2, len(made_by) + 1, made_by, True))
+    for factor in overview_factors(sm, height, width):
+        size = overview_size(height, width, factor)
+
+        def validity(s: int, level: list[np.ndarray], valid: list[Any]) -> Callable[[slice], Any]:
+            def ok(rows: slice) -> Any:
+                mask = None if valid[s] is None else valid[s][rows]
+                if alpha is not None:  # GDAL's alpha mask: for every band, alpha itself included
+                    seen = level[alpha][rows] > 0
+                    mask = seen if mask is None else mask & seen
+                return mask
+
+            return ok
+
+        made = [_overview_band(bands[s], size, validity(s, bands, masks), fill) for s in range(sm.samples)]
+        bands = [level for level, _ in made]
+        masks = [weights > 0 for _, weights in made]  # what holds data at this level, for the next one
+        stacked = np.stack(bands, axis=0 if sm.planar == 2 else 2)
+        tiff.write(
+            bands[0] if one else stacked,
+            photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
+            planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
+            extrasamples=sm.extrasamples or None,
+            subfiletype=1,  # reduced resolution
+            compression="zlib",
+            tile=sm.tile,
+            extratags=tags,
+            software=False,
+            metadata=None,
+        )
+        if covered is not None:  # the mask's overview: data wherever any pixel under it has data
+            previous: np.ndarray = covered
+
+            def has(rows: slice, m: np.ndarray = previous) -> np.ndarray:
+                return m[rows]
+
+            covered = _overview_band(previous.astype(np.uint8), size, has, None)[1] > 0
             tiff.write(
-                level.reshape(level.shape[:2]) if one else level,
-                photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
-                planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
-                extrasamples=sm.extrasamples or None,
-                subfiletype=1,  # reduced resolution
+                covered,
+                photometric=4,
+                subfiletype=5,
                 compression="zlib",
                 tile=sm.tile,
+                software=False,
                 metadata=None,
             )
-            if has_data is not None:  # the mask's overview: data where any pixel of the block had data
-                small = _block_mean(np.asarray(has_data, np.uint8), factor, None, None) > 0
-                tiff.write(
-                    small, photometric=4, subfiletype=5, compression="zlib", tile=sm.tile, metadata=None
-                )
+
+
+MAX_OVERVIEWS = 24  # levels written at most: halving each time, 24 take 16 M x 16 M pixels down to 1
 
 
 def overview_factors(sm: SampleMap, height: int, width: int) -> tuple[int, ...]:
-    """The output's overview factors: none where the source had none; else the source's, then doubling until the
-    smallest is no larger than the source's smallest overview (so an upscaled COG browses as fast as its source)."""
+    """The output's overview factors: none where the source had none; else the source's (each at least twice the
+    one before: a crafted file's hundreds of reduced pages give a handful), then doubling until the smallest is no
+    larger than the source's smallest overview in both directions (an upscaled COG browses as fast as its source),
+    none past the point where a level would be 1x1."""
     if not sm.overviews:
         return ()
-    smallest = min(sm.size) / max(sm.overviews)
-    factors = list(sm.overviews)
-    while min(height, width) / factors[-1] > smallest and min(height, width) // (factors[-1] * 2) >= 1:
+    factors: list[int] = []
+    for f in sorted(sm.overviews):
+        if f >= 2 * (factors[-1] if factors else 1):
+            factors.append(f)
+    src_h, src_w = sm.size
+    small_h, small_w = -(-src_h // factors[-1]), -(-src_w // factors[-1])
+    largest = max(height, width)
+    while -(-height // factors[-1]) > small_h or -(-width // factors[-1]) > small_w:
+        if factors[-1] * 2 > largest:
+            break
         factors.append(factors[-1] * 2)
-    return tuple(f for f in factors if min(height, width) // f >= 1)
+    return tuple(f for f in factors if f <= largest)[:MAX_OVERVIEWS]
 
 
-def _block_mean(band: np.ndarray, factor: int, fill: float | None, valid: np.ndarray | None) -> np.ndarray:
-    """band (HxW) averaged over factor x factor blocks (ceil(H / factor) x ceil(W / factor); the last row and column
-    of blocks over what the raster has), counting only valid values (`valid`, and not NaN); a block without any
-    is `fill` (the nodata value, NaN for floats without one). Integers rounded, in the band's type. Converted in
-    row blocks: the float64 intermediate stays small."""
+def overview_size(height: int, width: int, factor: int) -> tuple[int, int]:
+    """An overview level's size, as GDAL makes it: each side divided by the factor, rounded up."""
+    return -(-height // factor), -(-width // factor)
+
+
+def _window_sums(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Sums of `values` (..., L) over the windows [edges[j], edges[j + 1]) of its last axis, edges fractional: a
+    pixel partly inside a window counts by the part inside (prefix sums, linear within a pixel)."""
+    length = values.shape[-1]
+    prefix = np.zeros((*values.shape[:-1], length + 1))
+    np.cumsum(values, axis=-1, out=prefix[..., 1:])
+    k = np.clip(np.floor(edges).astype(np.int64), 0, length - 1)
+    at = prefix[..., k] + (edges - k) * values[..., k]
+    return np.diff(at, axis=-1)
+
+
+_CHUNK = 1 << 22  # float64 values held at once by an overview's passes (32 MB each)
+
+
+def _overview_band(
+    band: np.ndarray, size: tuple[int, int], ok: Callable[[slice], np.ndarray | None], fill: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(level, weights): band (HxW) averaged as GDAL's "average" resampling does, over the valid values (ok(rows):
+    the valid mask of those rows, or None for all; NaN never counts): overview pixel j covers the band's
+    [j * W / w, (j + 1) * W / w), partly covered pixels counting by the part covered; rounded half away from zero
+    for integers, in the band's type; `fill` (nodata; NaN for floats without one) where no valid value falls, and
+    an average that equals the nodata value moved one step off it. weights: the valid area behind each pixel
+    (0: none). In row chunks of bounded memory, whatever the ratio."""
     h, w = band.shape
-    oh, ow = -(-h // factor), -(-w // factor)
-    out = np.empty((oh, ow), band.dtype)
-    integer = band.dtype.kind in "uib"
-    step = max(1, (1 << 22) // max(1, w * factor))  # output rows per block: ~4 M input values
-    for top in range(0, oh, step):
-        rows = slice(top * factor, min(h, (top + step) * factor))
-        x = band[rows].astype(np.float64)
-        ok = ~np.isnan(x) if valid is None else valid[rows] & ~np.isnan(x)
-        n_rows = -(-x.shape[0] // factor)
-        total = np.zeros((n_rows * factor, ow * factor))
-        count = np.zeros_like(total)
-        total[: x.shape[0], :w] = np.where(ok, x, 0.0)
-        count[: x.shape[0], :w] = ok
-        sums = total.reshape(n_rows, factor, ow, factor).sum(axis=(1, 3))
-        counts = count.reshape(n_rows, factor, ow, factor).sum(axis=(1, 3))
-        mean = sums / np.maximum(counts, 1.0)
-        if integer:
+    oh, ow = size
+    col_edges = np.arange(ow + 1) * (w / ow)
+    row_scale = h / oh
+    level = np.empty((oh, ow), band.dtype)
+    weights = np.empty((oh, ow))
+    out_rows = max(1, _CHUNK // max(1, (int(np.ceil(row_scale)) + 1) * ow))
+    sub_rows = max(1, _CHUNK // max(1, w))
+    for i0 in range(0, oh, out_rows):
+        i1 = min(oh, i0 + out_rows)
+        y0, y1 = int(np.floor(i0 * row_scale)), min(h, int(np.ceil(i1 * row_scale)))
+        sums = np.empty((y1 - y0, ow))
+        counts = np.empty((y1 - y0, ow))
+        for r in range(y0, y1, sub_rows):
+            rows = slice(r, min(y1, r + sub_rows))
+            x = band[rows].astype(np.float64)
+            good = ~np.isnan(x)
+            mask = ok(rows)
+            if mask is not None:
+                good &= mask
+            sums[rows.start - y0 : rows.stop - y0] = _window_sums(np.where(good, x, 0.0), col_edges)
+            counts[rows.start - y0 : rows.stop - y0] = _window_sums(good.astype(np.float64), col_edges)
+        row_edges = np.arange(i0, i1 + 1) * row_scale - y0
+        total = _window_sums(sums.T, row_edges).T
+        area = _window_sums(counts.T, row_edges).T
+        mean = total / np.where(area > 0, area, 1.0)
+        empty = area <= 1e-9
+        if band.dtype.kind in "ui":
             info = np.iinfo(band.dtype)
-            mean = np.clip(np.rint(mean), info.min, info.max)
-        level = mean.astype(band.dtype)
-        empty = counts == 0
+            mean = np.sign(mean) * np.floor(np.abs(mean) + 0.5)  # GDAL rounds halves away from zero
+            top = float(info.max) if info.bits < 64 else float(np.nextafter(float(info.max), 0.0))
+            mean = np.clip(mean, float(info.min), top)
+        part = mean.astype(band.dtype)
+        if fill is not None and not np.isnan(fill):  # an average is data: never the nodata value
+            hit = (part == fill) & ~empty
+            if hit.any():
+                if band.dtype.kind in "ui":
+                    step = 1 if fill < np.iinfo(band.dtype).max else -1
+                    part[hit] = np.asarray(fill + step).astype(band.dtype)
+                else:
+                    part[hit] = np.nextafter(np.asarray(fill, band.dtype), np.asarray(np.inf, band.dtype))
         if empty.any():
-            level[empty] = (np.nan if band.dtype.kind == "f" else 0) if fill is None else fill
-        out[top : top + n_rows] = level
-    return out
+            part[empty] = (np.nan if band.dtype.kind == "f" else 0) if fill is None else fill
+        level[i0:i1] = part
+        weights[i0:i1] = np.where(empty, 0.0, area)
+    return level, weights
 
 
 def as_photo(image: ImageData) -> ImageData:
