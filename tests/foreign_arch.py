@@ -70,10 +70,13 @@ class EsrganRepoNet(nn.Module):
 
 
 class OldRDB(nn.Module):
-    """Original ESRGAN (2018) block: each conv wrapped in a Sequential, so keys read conv{j}.0.weight."""
+    """Original ESRGAN (2018) block: each conv wrapped in a Sequential, so keys read conv{j}.0.weight. With `plus`,
+    ESRGAN+'s block (Rakotonirina & Rasoanaivo 2020, as its code and the community's old-arch models have it): a
+    bias-free 1x1 conv of the input added to the second conv's activated output, and that sum to the fourth's."""
 
-    def __init__(self, nf: int, gc: int) -> None:
+    def __init__(self, nf: int, gc: int, plus: bool = False) -> None:
         super().__init__()
+        self.conv1x1 = nn.Conv2d(nf, gc, 1, 1, 0, bias=False) if plus else None
         self.conv1 = nn.Sequential(nn.Conv2d(nf, gc, 3, 1, 1), _lrelu())
         self.conv2 = nn.Sequential(nn.Conv2d(nf + gc, gc, 3, 1, 1), _lrelu())
         self.conv3 = nn.Sequential(nn.Conv2d(nf + 2 * gc, gc, 3, 1, 1), _lrelu())
@@ -83,17 +86,21 @@ class OldRDB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         a = self.conv1(x)
         b = self.conv2(torch.cat((x, a), 1))
+        if self.conv1x1 is not None:
+            b = b + self.conv1x1(x)
         c = self.conv3(torch.cat((x, a, b), 1))
         d = self.conv4(torch.cat((x, a, b, c), 1))
+        if self.conv1x1 is not None:
+            d = d + b
         return self.conv5(torch.cat((x, a, b, c, d), 1)) * 0.2 + x
 
 
 class OldRRDB(nn.Module):
-    def __init__(self, nf: int, gc: int) -> None:
+    def __init__(self, nf: int, gc: int, plus: bool = False) -> None:
         super().__init__()
-        self.RDB1 = OldRDB(nf, gc)
-        self.RDB2 = OldRDB(nf, gc)
-        self.RDB3 = OldRDB(nf, gc)
+        self.RDB1 = OldRDB(nf, gc, plus)
+        self.RDB2 = OldRDB(nf, gc, plus)
+        self.RDB3 = OldRDB(nf, gc, plus)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
@@ -119,11 +126,13 @@ class OldNet(nn.Module):
         return self.model(x)
 
 
-def old_sequential_net(in_nc: int, out_nc: int, nf: int, nb: int, gc: int, num_up: int) -> OldNet:
+def old_sequential_net(
+    in_nc: int, out_nc: int, nf: int, nb: int, gc: int, num_up: int, plus: bool = False
+) -> OldNet:
     """model.0 conv, model.1 shortcut(RRDBs + conv), [Upsample, conv, LReLU] x num_up, HR conv, LReLU, last conv."""
     layers: list[nn.Module] = [
         nn.Conv2d(in_nc, nf, 3, 1, 1),
-        Shortcut(nn.Sequential(*[OldRRDB(nf, gc) for _ in range(nb)], nn.Conv2d(nf, nf, 3, 1, 1))),
+        Shortcut(nn.Sequential(*[OldRRDB(nf, gc, plus) for _ in range(nb)], nn.Conv2d(nf, nf, 3, 1, 1))),
     ]
     for _ in range(num_up):
         layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(nf, nf, 3, 1, 1), _lrelu()]

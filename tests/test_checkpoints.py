@@ -270,11 +270,50 @@ def test_mismatches_name_the_key_and_shapes(tmp_path: Path) -> None:
         load_weights(tmp_path / "nan.pth")
 
 
+def test_esrgan_plus_loads_in_every_layout_runs_on_every_engine_and_converts(
+    tmp_path: Path, photo_small: np.ndarray
+) -> None:
+    """ESRGAN+ (nESRGAN+ and the community's models trained with it): old-arch keys with a bias-free conv1x1 per
+    dense block. Loaded as RRDBNet(plus=True), its output equals the reference implementation's on a real photo;
+    converted to the esrgan and basicsr layouts and back it is the same model; the packed CPU engine (fp32, bf16)
+    computes the same; ncnn declines it (auto picks the packed engine) and its ncnn export is refused in one line."""
+    from esrgan.device import ModelRunner
+    from esrgan.ncnn import ncnn_files
+
+    ref = randomize(old_sequential_net(3, 3, 16, 2, 8, 2, plus=True), seed=11)
+    sd = ref.state_dict()
+    assert "model.1.sub.0.RDB1.conv1x1.weight" in sd and "model.1.sub.0.RDB1.conv1x1.bias" not in sd
+    path = tmp_path / "4x_esrganplus.pth"
+    torch.save(sd, path)
+    loaded = load_weights(path)
+    assert loaded.layout == "old" and loaded.config.plus and loaded.config.num_grow == 8
+    model = load_model(path)
+    x = _image(photo_small)[..., :24, :20]
+    with torch.no_grad():
+        expected = ref(x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+        plain = ref.model[1].sub[0].RDB1.conv1x1.weight.clone()
+        ref.model[1].sub[0].RDB1.conv1x1.weight.zero_()  # the 1x1 paths matter: without one, another output
+        assert (ref(x) - expected).abs().max() > 1e-3
+        ref.model[1].sub[0].RDB1.conv1x1.weight.copy_(plain)
+    for layout in ("esrgan", "basicsr", "old", "ours"):
+        out = tmp_path / (f"{layout}.pth" if layout != "ours" else "ours.safetensors")
+        convert_file(path, out, layout=layout)
+        again = load_weights(out)
+        assert again.config.plus, layout
+        with torch.no_grad():
+            torch.testing.assert_close(load_model(out)(x), expected, rtol=1e-4, atol=1e-5)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        runner = ModelRunner(model, torch.device("cpu"), dtype)
+        assert runner.engine in ("packed", "module")
+        if runner.engine == "packed":
+            got = runner(x)
+            assert (got - expected).abs().max() < tolerance, (dtype, (got - expected).abs().max())
+    with pytest.raises(CheckpointError, match="no ncnn graph for an ESRGAN\\+ model"):
+        ncnn_files(loaded.config, loaded.state_dict)
+
+
 def test_foreign_architectures_are_declined_clearly(tmp_path: Path) -> None:
-    sd = {k.replace("conv1.", "conv1x1."): v for k, v in _tiny().state_dict().items()}
-    torch.save(sd, tmp_path / "esrganplus.pth")
-    with pytest.raises(CheckpointError, match="ESRGAN\\+"):
-        load_weights(tmp_path / "esrganplus.pth")
     torch.save(
         {"body.0.weight": torch.zeros(3, 3, 3, 3), "body.1.weight": torch.zeros(3)}, tmp_path / "compact.pth"
     )

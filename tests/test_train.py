@@ -667,3 +667,18 @@ def test_a_refused_resume_writes_nothing(photos: tuple[Path, Path], tmp_path: Pa
     with pytest.raises(CheckpointError, match="differs from the config's model section"):
         train(other, resume=True)
     assert files_of(first.run_dir) == before  # config.yaml still says what the run was trained with
+
+
+def test_esrgan_plus_trains_and_exports_its_architecture(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """`model.plus: true` trains ESRGAN+'s generator (its 1x1 paths get gradients and move); the exported model
+    records the architecture and loads as ESRGAN+ again."""
+    from esrgan.checkpoints import load_weights
+
+    result = train(tiny(photos, tmp_path, "plus", model={"plus": True}, train={"total_steps": 3},
+                        checkpoint={"every": 1, "keep_last": 5}))  # fmt: skip
+    assert result.model_path is not None
+    first, last = (weights_of_step(result.run_dir, step) for step in (1, 3))
+    assert first["body.0.rdb1.conv1x1.weight"].shape == (8, 16, 1, 1)
+    assert not torch.equal(first["body.0.rdb1.conv1x1.weight"], last["body.0.rdb1.conv1x1.weight"])
+    loaded = load_weights(result.model_path)
+    assert loaded.config.plus and "body.1.rdb3.conv1x1.weight" in loaded.state_dict

@@ -10,6 +10,9 @@ every key and shape -> load strictly. Layouts in the wild (see the recipe):
 - ``old``: model.0, model.1.sub.{i}.RDB{k}.conv{j}.0, model.1.sub.{nb}, model.{3,6,...}, HR conv, last conv
   (the original RRDB_ESRGAN_x4.pth release and most community models of the upscale wiki).
 
+ESRGAN+ files (nESRGAN+ and community models trained with it) add a bias-free ``conv1x1`` to every dense block
+(``RDB{k}.conv1x1.weight`` in any of the layouts): loaded as RRDBConfig(plus=True).
+
 Pickle-based files are only read with ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is
 refused, never executed. Our own files are safetensors with the hyperparameters in the metadata.
 """
@@ -267,10 +270,6 @@ def discriminator_kind(sd: Mapping[str, Tensor]) -> str | None:
 
 def detect_layout(sd: Mapping[str, Tensor]) -> str:
     keys = sd.keys()
-    if any("conv1x1" in k for k in keys):
-        raise CheckpointError(
-            "ESRGAN+ checkpoint (conv1x1 keys in the dense blocks) is not supported by RRDBNet"
-        )
     if "conv_first.weight" in sd and any(k.startswith("body.") for k in keys):
         return "basicsr"
     if "conv_first.weight" in sd and any(k.startswith("RRDB_trunk.") for k in keys):
@@ -299,7 +298,7 @@ _ESRGAN_NAMES = {
 def _rename_esrgan(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in sd.items():
-        m = re.fullmatch(r"RRDB_trunk\.(\d+)\.RDB(\d)\.conv(\d)\.(weight|bias)", key)
+        m = re.fullmatch(r"RRDB_trunk\.(\d+)\.RDB(\d)\.conv(\d|1x1)\.(weight|bias)", key)
         if m:
             out[f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"] = value
             continue
@@ -320,7 +319,7 @@ def _rename_old(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     tail_convs: dict[int, dict[str, Tensor]] = {}
     num_block = _count_blocks(sd, r"model\.1\.sub\.", r"\.RDB")
     for key, value in sd.items():
-        m = re.fullmatch(r"model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.(?:0\.)?(weight|bias)", key)
+        m = re.fullmatch(r"model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d|1x1)\.(?:0\.)?(weight|bias)", key)
         if m:
             out[f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"] = value
             continue
@@ -379,6 +378,7 @@ def infer_config(sd: Mapping[str, Tensor]) -> RRDBConfig:
         num_grow=int(grow.shape[0]),
         scale=scale,
         pixel_unshuffle=unshuffle,
+        plus=any(k.endswith(".conv1x1.weight") for k in sd),  # ESRGAN+'s extra residual paths
     )
 
 
@@ -434,6 +434,8 @@ def expected_shapes(config: RRDBConfig) -> dict[str, tuple[int, ...]]:
         for k in (1, 2, 3):
             for j in range(1, 6):
                 conv(f"body.{i}.rdb{k}.conv{j}", feat + (j - 1) * grow, feat if j == 5 else grow)
+            if config.plus:  # bias-free 1x1 (ResidualDenseBlock registers it after conv5)
+                shapes[f"body.{i}.rdb{k}.conv1x1.weight"] = (grow, feat, 1, 1)
     conv("conv_body", feat, feat)
     for n in range(config.num_upsample):
         conv(f"conv_up{n + 1}", feat, feat)
@@ -619,7 +621,7 @@ def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict
     out: dict[str, Tensor] = {}
     num_up = config.num_upsample
     for key, value in sd.items():
-        m = re.fullmatch(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)", key)
+        m = re.fullmatch(r"body\.(\d+)\.rdb(\d)\.conv(\d|1x1)\.(weight|bias)", key)
         head, _, tail = key.rpartition(".")
         if layout == "esrgan":
             if m:
@@ -629,8 +631,9 @@ def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict
             else:
                 out[f"{ {'conv_body': 'trunk_conv', 'conv_hr': 'HRconv'}.get(head, head) }.{tail}"] = value
         elif layout == "old":
-            if m:
-                out[f"model.1.sub.{m[1]}.RDB{m[2]}.conv{m[3]}.0.{m[4]}"] = value
+            if m:  # conv1..conv5 inside their conv blocks (".0."); ESRGAN+'s conv1x1 a bare conv
+                wrap = "" if m[3] == "1x1" else "0."
+                out[f"model.1.sub.{m[1]}.RDB{m[2]}.conv{m[3]}.{wrap}{m[4]}"] = value
             elif head == "conv_body":
                 out[f"model.1.sub.{config.num_block}.{tail}"] = value
             else:

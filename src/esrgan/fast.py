@@ -78,6 +78,11 @@ class _PackedConv:
         )
 
 
+def _plus_weight(rdb: object, dtype: torch.dtype) -> Tensor | None:
+    conv = getattr(rdb, "conv1x1", None)
+    return conv.weight.detach().float().cpu().to(dtype) if isinstance(conv, nn.Conv2d) else None
+
+
 class PackedRRDBNet:
     """An RRDBNet forward pass on the CPU in fp32 or bf16 (see the module docstring). Same maths as RRDBNet.forward.
 
@@ -100,17 +105,25 @@ class PackedRRDBNet:
             ]
             for rrdb in model.body
         ]
+        # ESRGAN+'s bias-free 1x1 convs (RRDBConfig.plus), one per dense block, in the compute dtype
+        self.plus_weights = [
+            [_plus_weight(rdb, dtype) for rdb in (rrdb.rdb1, rrdb.rdb2, rrdb.rdb3)] for rrdb in model.body
+        ]
         self.body = _PackedConv(model.conv_body, dtype)
         self.ups = [_PackedConv(getattr(model, name), dtype) for name in model.upsample_names]
         self.hr = _PackedConv(model.conv_hr, dtype)
         self.last = _PackedConv(model.conv_last, dtype)
 
-    def _rdb(self, x: Tensor, convs: list[_PackedConv], buf: Tensor) -> Tensor:
+    def _rdb(self, x: Tensor, convs: list[_PackedConv], buf: Tensor, plus: Tensor | None = None) -> Tensor:
         nf, gc = self.config.num_feat, self.config.num_grow
         buf[:, :nf].copy_(x)
         for j in range(4):
             c = nf + j * gc
             buf[:, c : c + gc].copy_(convs[j](buf[:, :c], lrelu=True))
+            if plus is not None and j == 1:  # ESRGAN+: x2 += conv1x1(x), before x3, x4 and x5 read it
+                buf[:, c : c + gc].add_(F.conv2d(x, plus))
+            elif plus is not None and j == 3:  # ESRGAN+: x4 += x2
+                buf[:, c : c + gc].add_(buf[:, nf + gc : nf + 2 * gc])
         return convs[4].plus(buf, x)  # conv5 weights carry the 0.2
 
     def _trunk(self, x: Tensor) -> Tensor:
@@ -120,10 +133,10 @@ class PackedRRDBNet:
         buf = torch.empty(n, cfg.num_feat + 4 * cfg.num_grow, h, w, dtype=self.dtype)
         buf = buf.contiguous(memory_format=torch.channels_last)
         t = feat
-        for rdbs in self.blocks:
+        for rdbs, pluses in zip(self.blocks, self.plus_weights, strict=True):
             y = t
-            for convs in rdbs:
-                y = self._rdb(y, convs, buf)
+            for convs, plus in zip(rdbs, pluses, strict=True):
+                y = self._rdb(y, convs, buf, plus)
             t = torch.add(t, y, alpha=0.2)
         return self._tail(self.body.plus(t, feat))
 

@@ -42,6 +42,9 @@ class RRDBConfig:
     # starts training at the bicubic baseline instead of at ~9 dB, which matters when a run is a few thousand steps
     # (the CPU recipe); no parameter changes, so only the metadata stored with the weights records it.
     image_residual: bool = False
+    # ESRGAN+ (Rakotonirina & Rasoanaivo, ICASSP 2020): each dense block adds a bias-free 1x1 conv of its input to its
+    # second output, and that sum to its fourth ("conv1x1" keys in the community's ESRGAN+ / nESRGAN+ model files)
+    plus: bool = False
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -73,22 +76,28 @@ class RRDBConfig:
 
 
 class ResidualDenseBlock(nn.Module):
-    """Five densely connected 3x3 convs; LeakyReLU after the first four; residual scaled by 0.2."""
+    """Five densely connected 3x3 convs; LeakyReLU after the first four; residual scaled by 0.2 (ESRGAN+: two more
+    residual paths, see RRDBConfig.plus)."""
 
-    def __init__(self, num_feat: int, num_grow: int) -> None:
+    def __init__(self, num_feat: int, num_grow: int, plus: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(num_feat, num_grow, 3, 1, 1)
         self.conv2 = nn.Conv2d(num_feat + num_grow, num_grow, 3, 1, 1)
         self.conv3 = nn.Conv2d(num_feat + 2 * num_grow, num_grow, 3, 1, 1)
         self.conv4 = nn.Conv2d(num_feat + 3 * num_grow, num_grow, 3, 1, 1)
         self.conv5 = nn.Conv2d(num_feat + 4 * num_grow, num_feat, 3, 1, 1)
+        self.conv1x1 = nn.Conv2d(num_feat, num_grow, 1, bias=False) if plus else None
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x1 = self.lrelu(self.conv1(x))
         x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        if self.conv1x1 is not None:
+            x2 = x2 + self.conv1x1(x)
         x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
         x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        if self.conv1x1 is not None:
+            x4 = x4 + x2
         x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
         return x5 * 0.2 + x
 
@@ -96,11 +105,11 @@ class ResidualDenseBlock(nn.Module):
 class RRDB(nn.Module):
     """Residual-in-residual dense block: three RDBs, residual scaled by 0.2."""
 
-    def __init__(self, num_feat: int, num_grow: int) -> None:
+    def __init__(self, num_feat: int, num_grow: int, plus: bool = False) -> None:
         super().__init__()
-        self.rdb1 = ResidualDenseBlock(num_feat, num_grow)
-        self.rdb2 = ResidualDenseBlock(num_feat, num_grow)
-        self.rdb3 = ResidualDenseBlock(num_feat, num_grow)
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow, plus)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow, plus)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow, plus)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
@@ -120,14 +129,15 @@ class RRDBNet(nn.Module):
         scale: int = 4,
         pixel_unshuffle: bool = True,
         image_residual: bool = False,
+        plus: bool = False,
     ) -> None:
         super().__init__()
         self.config = RRDBConfig(
-            num_in_ch, num_out_ch, num_feat, num_block, num_grow, scale, pixel_unshuffle, image_residual
+            num_in_ch, num_out_ch, num_feat, num_block, num_grow, scale, pixel_unshuffle, image_residual, plus
         )
         cfg = self.config
         self.conv_first = nn.Conv2d(num_in_ch * cfg.unshuffle**2, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(num_feat, num_grow) for _ in range(num_block)))
+        self.body = nn.Sequential(*(RRDB(num_feat, num_grow, plus) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         # conv_up1..conv_upN as plain attributes so the state-dict keys are the BasicSR ones
         self.upsample_names = [f"conv_up{n + 1}" for n in range(cfg.num_upsample)]
@@ -148,6 +158,7 @@ class RRDBNet(nn.Module):
             scale=config.scale,
             pixel_unshuffle=config.pixel_unshuffle,
             image_residual=config.image_residual,
+            plus=config.plus,
         )
 
     @property

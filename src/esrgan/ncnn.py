@@ -485,8 +485,9 @@ def find_packaged_ncnn_models() -> dict[str, tuple[Path, Path]]:
 # --- writing: our RRDBNet as an ncnn graph ----------------------------------------------------------------------------
 def ncnn_supports(config: RRDBConfig) -> bool:
     """True if NcnnRRDBNet runs `config`: x4 or x8 (nearest x2 upsamplers), no pixel-unshuffle front. An image
-    residual is added outside the graph (ncnn_files does not write one into a file: see there)."""
-    return config.unshuffle == 1 and config.num_upsample in (2, 3)
+    residual is added outside the graph (ncnn_files does not write one into a file: see there). Not ESRGAN+ (its
+    1x1 residual paths are not in the graph written here)."""
+    return config.unshuffle == 1 and config.num_upsample in (2, 3) and not config.plus
 
 
 def _graph_lines(config: RRDBConfig) -> tuple[list[str], list[str]]:
@@ -568,6 +569,10 @@ def ncnn_files(
         raise CheckpointError(
             "no ncnn file for a model with an image residual (the bicubic upscale of its input added to its "
             "output): keep it as .safetensors, or export ONNX"
+        )
+    if config.plus:
+        raise CheckpointError(
+            "no ncnn graph for an ESRGAN+ model (its 1x1 residual paths): keep it as .safetensors"
         )
     if not ncnn_supports(config):
         raise CheckpointError(
