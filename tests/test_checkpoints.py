@@ -17,6 +17,7 @@ from foreign_arch import EsrganRepoNet, old_sequential_net, randomize
 
 from esrgan.checkpoints import (
     convert_file,
+    describe,
     interpolate_files,
     interpolate_state_dicts,
     load_model,
@@ -275,9 +276,13 @@ def test_esrgan_plus_loads_in_every_layout_runs_on_every_engine_and_converts(
 ) -> None:
     """ESRGAN+ (nESRGAN+ and the community's models trained with it): old-arch keys with a bias-free conv1x1 per
     dense block. Loaded as RRDBNet(plus=True), its output equals the reference implementation's on a real photo;
-    converted to the esrgan and basicsr layouts and back it is the same model; the packed CPU engine (fp32, bf16)
-    computes the same; ncnn declines it (auto picks the packed engine) and its ncnn export is refused in one line."""
-    from esrgan.device import ModelRunner
+    converted to ours and back to the old layout it is the same model; the esrgan and basicsr layouts, where no
+    tool reads ESRGAN+ (spandrel would drop the 1x1 paths silently), are refused; the packed CPU engine (fp32,
+    bf16) computes the same; ncnn declines it (auto picks another engine) and its ncnn export is refused in one
+    line; `esrgan info` names the variant; a plain model's files do not mention `plus` (earlier releases refuse
+    unknown fields)."""
+    from esrgan.device import cpu_packs_bf16
+    from esrgan.fast import PackedRRDBNet
     from esrgan.ncnn import ncnn_files
 
     ref = randomize(old_sequential_net(3, 3, 16, 2, 8, 2, plus=True), seed=11)
@@ -296,21 +301,58 @@ def test_esrgan_plus_loads_in_every_layout_runs_on_every_engine_and_converts(
         ref.model[1].sub[0].RDB1.conv1x1.weight.zero_()  # the 1x1 paths matter: without one, another output
         assert (ref(x) - expected).abs().max() > 1e-3
         ref.model[1].sub[0].RDB1.conv1x1.weight.copy_(plain)
-    for layout in ("esrgan", "basicsr", "old", "ours"):
-        out = tmp_path / (f"{layout}.pth" if layout != "ours" else "ours.safetensors")
-        convert_file(path, out, layout=layout)
-        again = load_weights(out)
-        assert again.config.plus, layout
+    ours = tmp_path / "ours.safetensors"
+    convert_file(path, ours)
+    convert_file(ours, tmp_path / "old.pth", layout="old")
+    assert set(torch.load(tmp_path / "old.pth", weights_only=True)) == set(sd)  # the ESRGAN+ file's own keys
+    for out in (ours, tmp_path / "old.pth"):
+        assert load_weights(out).config.plus
         with torch.no_grad():
             torch.testing.assert_close(load_model(out)(x), expected, rtol=1e-4, atol=1e-5)
-    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
-        runner = ModelRunner(model, torch.device("cpu"), dtype)
-        assert runner.engine in ("packed", "module")
-        if runner.engine == "packed":
-            got = runner(x)
-            assert (got - expected).abs().max() < tolerance, (dtype, (got - expected).abs().max())
+    for layout in ("esrgan", "basicsr"):
+        with pytest.raises(CheckpointError, match=f"an ESRGAN\\+ model in the '{layout}' layout"):
+            convert_file(path, tmp_path / f"{layout}.pth", layout=layout)
+        assert not (tmp_path / f"{layout}.pth").exists()
+    dtypes = [torch.float32, *([torch.bfloat16] if cpu_packs_bf16() else [])]
+    for dtype in dtypes:
+        with torch.no_grad():
+            got = PackedRRDBNet(model, dtype)(x)
+        tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+        assert (got - expected).abs().max() < tolerance, (dtype, (got - expected).abs().max())
+    from esrgan.device import ModelRunner
+
+    assert ModelRunner(model, torch.device("cpu"), torch.float32).engine != "ncnn"
     with pytest.raises(CheckpointError, match="no ncnn graph for an ESRGAN\\+ model"):
         ncnn_files(loaded.config, loaded.state_dict)
+    assert "variant:     ESRGAN+" in describe(ours)
+    plain = save_model(tmp_path / "plain.safetensors", _tiny())
+    assert "plus" not in json.loads(read_weights(plain)[1]["esrgan.config"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("some blocks", r"missing key 'body\.1\.rdb1\.conv1x1\.weight'"),
+        ("bias", r"unexpected key 'body\.0\.rdb1\.conv1x1\.bias'"),
+        ("3x3", r"body\.0\.rdb1\.conv1x1\.weight: expected shape \(8, 16, 1, 1\)"),
+        ("nan", r"conv1x1\.weight: contains NaN"),
+    ],
+)
+def test_a_damaged_esrgan_plus_file_is_one_line(tmp_path: Path, change: str, message: str) -> None:
+    sd = randomize(old_sequential_net(3, 3, 16, 2, 8, 2, plus=True), seed=3).state_dict()
+    key = "model.1.sub.0.RDB1.conv1x1.weight"
+    if change == "some blocks":
+        sd = {k: v for k, v in sd.items() if not k.startswith("model.1.sub.1.RDB1.conv1x1")}
+    elif change == "bias":
+        sd["model.1.sub.0.RDB1.conv1x1.bias"] = torch.zeros(8)
+    elif change == "3x3":
+        sd[key] = torch.zeros(8, 16, 3, 3)
+    else:
+        sd[key] = torch.full_like(sd[key], float("nan"))
+    torch.save(sd, tmp_path / "damaged.pth")
+    with pytest.raises(CheckpointError, match=message) as caught:
+        load_weights(tmp_path / "damaged.pth")
+    assert "\n" not in str(caught.value)
 
 
 def test_foreign_architectures_are_declined_clearly(tmp_path: Path) -> None:

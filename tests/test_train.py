@@ -682,3 +682,7 @@ def test_esrgan_plus_trains_and_exports_its_architecture(photos: tuple[Path, Pat
     assert not torch.equal(first["body.0.rdb1.conv1x1.weight"], last["body.0.rdb1.conv1x1.weight"])
     loaded = load_weights(result.model_path)
     assert loaded.config.plus and "body.1.rdb3.conv1x1.weight" in loaded.state_dict
+    assert weights_of(result.run_dir)["model_config"]["plus"] is True
+    # a plain run's checkpoints say nothing of `plus`: what earlier releases wrote, so both resume each other's
+    plain = train(tiny(photos, tmp_path, "plain", train={"total_steps": 1}))
+    assert "plus" not in weights_of(plain.run_dir)["model_config"]

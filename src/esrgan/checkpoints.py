@@ -614,6 +614,11 @@ def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict
             f"this model adds a bicubic upscale of its input to its output (image_residual), which {layout!r} "
             "files cannot record: other tools would run it without and get a dark, wrong image; keep --layout ours"
         )
+    if config.plus and layout in ("basicsr", "esrgan"):
+        raise CheckpointError(
+            f"an ESRGAN+ model in the {layout!r} layout: no tool reads ESRGAN+ there (spandrel would drop its 1x1 "
+            "paths without a word and run plain ESRGAN); ESRGAN+ files use --layout old, or keep ours"
+        )
     if layout in ("ours", "basicsr"):
         if layout == "basicsr" and config.scale in (1, 2) and not config.pixel_unshuffle:
             raise CheckpointError("BasicSR's RRDBNet has no native x1/x2 variant: use --layout old or esrgan")
@@ -734,6 +739,7 @@ def describe(path: str | Path) -> str:
         f"channels:    {cfg.num_in_ch} in, {cfg.num_out_ch} out",
         f"features:    {cfg.num_feat}, blocks: {cfg.num_block}, growth: {cfg.num_grow}",
         *(["residual:    bicubic upscale of the input added to the output"] if cfg.image_residual else []),
+        *(["variant:     ESRGAN+ (a 1x1 residual path in every dense block)"] if cfg.plus else []),
         f"parameters:  {params:,}",
         *([f"weights:     {weights.stored}"] if weights.stored else []),
     ]

@@ -310,7 +310,8 @@ class ModelRunner:
         if engine == "ncnn" and not ncnn_ok:
             raise EsrganError(
                 "the ncnn engine runs x4/x8 models on the CPU in fp32 and needs the ncnn runtime "
-                f'(pip install "esrgan[ncnn]"); here: {device.type} {precision_name(dtype)}, scale {model.config.scale}, '
+                f'(pip install "esrgan[ncnn]"), not ESRGAN+ models; here: {device.type} {precision_name(dtype)}, '
+                f"scale {model.config.scale}{', ESRGAN+' if model.config.plus else ''}, "
                 f"runtime {'installed' if runtime else 'not installed'}"
             )
         if engine == "auto":  # fp32 on the CPU: ncnn's Winograd where installed (see esrgan.ncnn.NcnnRRDBNet)

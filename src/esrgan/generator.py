@@ -72,7 +72,12 @@ class RRDBConfig:
         return {1: 0, 2: 1, 4: 2, 8: 3}[self.scale]
 
     def to_dict(self) -> dict[str, int | bool]:
-        return asdict(self)
+        """The fields as written with every model and checkpoint; `plus` only when set, so that files of the plain
+        RRDBNet stay exactly what earlier releases wrote and read (they refuse an unknown field)."""
+        values = asdict(self)
+        if not self.plus:
+            del values["plus"]
+        return values
 
 
 class ResidualDenseBlock(nn.Module):
