@@ -425,3 +425,131 @@ def test_warnings_are_esrgan_lines_naming_the_file(
     warned = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
     assert warned == [f"esrgan: warning: {gif}: animated GIF with 2 frames; only the first is used"]
     assert "ImageWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+
+
+def test_set14_through_evaluate_reproduces_the_reference(shared_dir: Path) -> None:
+    """Set14 holds images that are not multiples of 4 (comic, flowers, zebra, ppt3): the whole path of `esrgan
+    evaluate` (mod-crop from the top left, LR, bicubic, Y, border) gives the reference numbers image by image."""
+    from test_protocol import REFERENCE, SET_MEANS
+
+    from esrgan.evaluate import evaluate
+
+    result = evaluate(shared_dir / "data" / "benchmarks" / "Set14", [], scale=4, niqe=False)
+    assert len(result.images) == 14 and not result.failed
+    assert any(im.hr_size != tuple(Image.open(im.file).size[::-1]) for im in result.images)  # some were cut
+    for im in result.images:
+        ref_psnr, ref_ssim = REFERENCE["Set14", im.name]
+        assert im.scores["bicubic"].psnr == pytest.approx(ref_psnr, abs=0.001), im.name
+        assert im.scores["bicubic"].ssim == pytest.approx(ref_ssim, abs=0.0001), im.name
+    mean = result.mean("bicubic")
+    assert (mean.psnr, mean.ssim) == (pytest.approx(SET_MEANS["Set14"][0], abs=0.001),
+                                      pytest.approx(SET_MEANS["Set14"][1], abs=0.0001))  # fmt: skip
+
+
+def test_means_cover_the_same_images_for_every_method() -> None:
+    """A model without NIQE on one image (a flat output) and an exact reconstruction (infinite PSNR): each metric's
+    mean covers the images every method has a finite score for, so its Δ compares like with like, and the table
+    says how many; the JSON holds the counts."""
+    from esrgan.results import EvalResult, ImageResult, Scores, format_table
+
+    result = EvalResult(hr_dir=Path("hr"), lr_dir=None, scale=4, crop_border=4, round_y=False, niqe=True,
+                        methods=["bicubic", "m"], sources={"m": "m.pth"})  # fmt: skip
+    result.images = [
+        ImageResult(
+            "a", Path("a.png"), (8, 8), {"bicubic": Scores(20.0, 0.5, 8.0), "m": Scores(21.0, 0.6, None)}, 6.0
+        ),
+        ImageResult(
+            "b", Path("b.png"), (8, 8), {"bicubic": Scores(24.0, 0.7, 4.0), "m": Scores(25.0, 0.8, 5.0)}, 3.0
+        ),
+        ImageResult(
+            "c",
+            Path("c.png"),
+            (8, 8),
+            {"bicubic": Scores(float("inf"), 1.0, 7.0), "m": Scores(30.0, 0.9, 7.5)},
+            7.0,
+        ),
+    ]
+    bic, m = result.mean("bicubic"), result.mean("m")
+    assert (bic.psnr, m.psnr) == (22.0, 23.0)  # a and b: c's bicubic is exact
+    assert (bic.ssim, m.ssim) == (pytest.approx(0.7333333), pytest.approx(0.7666667))  # all three
+    assert (bic.niqe, m.niqe) == (
+        5.5,
+        6.25,
+    )  # b and c: the model has none for a (it was +1 worse on b, not -1)
+    assert result.mean_hr_niqe() == 5.0
+    assert result.mean_counts() == {"psnr": 2, "ssim": 3, "niqe": 2}
+    assert result.to_dict()["mean_images"] == {"psnr": 2, "ssim": 3, "niqe": 2}
+    table = format_table(result)
+    assert "means: PSNR over 2 of 3, NIQE over 2 of 3 images" in table
+    assert "inf" not in table.splitlines()[-3]  # the mean row
+
+
+def test_odd_folders_score_what_can_be_scored(tmp_path: Path, photo: np.ndarray) -> None:
+    """Two files of one stem (a.png, a.bmp) and one named mean.png keep their file names as row names (no two rows,
+    mosaics or saved images alike, none taken for the summary row); an exact reconstruction (a flat image) is left
+    out of the PSNR mean with a word, not an infinite mean; a 1x1 image is one line saying it is too small."""
+    from esrgan.evaluate import evaluate
+    from esrgan.results import format_table, write_csv
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(photo[:200, :200]).save(hr / "a.png")
+    Image.fromarray(photo[200:400, 100:300]).save(hr / "a.bmp")
+    Image.fromarray(photo[300:500, 300:500]).save(hr / "mean.png")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(hr / "flat.png")
+    Image.fromarray(photo[:1, :1]).save(hr / "tiny.png")
+    result = evaluate(hr, [], scale=4, niqe=True, save_images=tmp_path / "saved")
+    assert sorted(im.name for im in result.images) == ["a.bmp", "a.png", "flat", "mean.png"]
+    assert sorted(p.name for p in (tmp_path / "saved" / "bicubic").iterdir()) == [
+        "a_bmp.png", "a_png.png", "flat.png", "mean_png.png"]  # fmt: skip
+    [(path, reason)] = result.failed
+    assert path.name == "tiny.png" and "1x1 is too small to score at x4" in reason and "\n" not in reason
+    assert result.mean_counts()["psnr"] == 3 and np.isfinite(result.mean("bicubic").psnr)
+    assert "means: PSNR over 3 of 4" in format_table(result)
+    rows = list(csv.reader(write_csv(result, tmp_path / "r.csv").read_text().splitlines()))
+    assert [r[0] for r in rows[1:]].count("mean") == 1  # the summary row; the image is "mean.png"
+    assert "nan" not in " ".join(",".join(r) for r in rows)
+
+
+def test_an_image_too_large_for_the_memory_fails_alone(tmp_path: Path, photo: np.ndarray) -> None:
+    """Out of memory while scoring one image (numpy's MemoryError in the bicubic resize here: a real allocation
+    failure under an address-space limit) is that image's one-line failure; the others are scored."""
+    import sys
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(photo[:96, :96]).save(hr / "small.png")
+    Image.fromarray(np.tile(photo, (8, 8, 1))).save(hr / "huge.png")  # 4096x4096: ~1.6 GB of float64 resizing
+    script = f"""
+import json, resource, sys
+from esrgan.evaluate import evaluate
+size = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+limit = size + 600 * 2**20  # the interpreter and torch as loaded, plus 600 MB
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+r = evaluate({str(hr)!r}, [], scale=4, niqe=False)
+print(json.dumps({{"images": [im.name for im in r.images], "failed": [m for _, m in r.failed]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["images"] == ["small"]
+    [reason] = out["failed"]
+    assert "huge.png: out of memory while scoring it" in reason and "\n" not in reason
+
+
+def test_a_grey_image_scores_as_its_rgb_copy(tmp_path: Path) -> None:
+    """The same pixels stored as grey or as RGB: the same PSNR, SSIM and NIQE (NIQE took grey values raw, and the
+    Y of the equal-channel RGB otherwise: Set14's bridge 2.548 against 2.521)."""
+    from esrgan.evaluate import evaluate
+
+    skdata = pytest.importorskip("skimage.data")
+    grey = skdata.camera()[:240, :240]
+    for name, pixels in (("grey", grey), ("rgb", np.dstack([grey] * 3))):
+        (tmp_path / name).mkdir()
+        Image.fromarray(pixels).save(tmp_path / name / "camera.png")
+    a, b = (evaluate(tmp_path / name, [], scale=4).images[0] for name in ("grey", "rgb"))
+    assert a.hr_niqe is not None and a.hr_niqe == pytest.approx(b.hr_niqe, abs=1e-9)
+    for key in ("psnr", "ssim", "niqe"):
+        assert getattr(a.scores["bicubic"], key) == pytest.approx(
+            getattr(b.scores["bicubic"], key), abs=1e-9
+        ), key

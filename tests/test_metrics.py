@@ -42,6 +42,10 @@ def test_round_y_changes_result(photo: np.ndarray) -> None:
     noisy = _noisy(photo, 3)
     assert psnr(photo, noisy, round_y=True) != pytest.approx(psnr(photo, noisy), abs=1e-6)
     assert abs(psnr(photo, noisy, round_y=True) - psnr(photo, noisy)) < 0.5
+    # exactly MATLAB's rgb2ycbcr on uint8 images: Y rounded to integers (not floored, not truncated), then PSNR
+    ya, yb = (np.round(rgb_to_y(x))[4:-4, 4:-4] for x in (photo, noisy))
+    expected = 10 * math.log10(255.0**2 / float(np.mean((ya - yb) ** 2)))
+    assert psnr(photo, noisy, crop_border=4, round_y=True) == pytest.approx(expected, abs=1e-12)
 
 
 def test_crop_border_hides_a_border_difference(photo: np.ndarray) -> None:

@@ -34,3 +34,18 @@ def one_line(what: object) -> str:
     if text or not isinstance(what, BaseException):
         return text
     return type(what).__name__
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether exc is a failed allocation: MemoryError (numpy, Python), torch.OutOfMemoryError (CUDA, MPS) or the
+    plain RuntimeError torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory"). One file too
+    large for the memory fails alone; the batch goes on (its memory is freed when the exception is)."""
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError from 2.5
+    text = str(exc)
+    return isinstance(exc, oom) or "can't allocate memory" in text or "out of memory" in text.lower()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConfigError, EsrganError, ImageError
+from .errors import ConfigError, EsrganError, ImageError, one_line, out_of_memory
 from .imageio import IMAGE_SUFFIXES, ImageData, from_float, read_image, to_float, write_image
 from .imageio import list_images as _list_images
 from .metrics import psnr, ssim
@@ -146,6 +147,12 @@ def _niqe(img: np.ndarray, crop_border: int) -> float | None:
     output leaves no block with a distribution: numpy then warns and the score is NaN)."""
     from .niqe import niqe
 
+    if (
+        img.ndim == 2 or img.shape[2] == 1
+    ):  # grey as RGB of three equal channels, as PSNR/SSIM take it (rgb_to_y):
+        img = np.repeat(
+            img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2
+        )  # the same pixels, the same score
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -257,11 +264,18 @@ def evaluate(
         sources={m.name: m.source for m in loaded},
     )
     say = progress or (lambda line: None)
+    shown = image_names(files)
     for i, path in enumerate(files, 1):
         try:
-            item = _evaluate_one(path, result, loaded, lpips, save_images, report_dir)
-        except (EsrganError, OSError, ValueError) as exc:
+            item = _evaluate_one(path, shown[path], result, loaded, lpips, save_images, report_dir)
+        except (EsrganError, OSError, ValueError, MemoryError, RuntimeError) as exc:
+            if isinstance(exc, (MemoryError, RuntimeError)) and not out_of_memory(exc):
+                raise
             reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            if isinstance(
+                exc, (MemoryError, RuntimeError)
+            ):  # the other images are scored, the tables written
+                reason = f"{path}: out of memory while scoring it ({one_line(exc)[:120] or 'MemoryError'})"
             result.failed.append((path, reason))
             say(f"[{i}/{len(files)}] skipped {reason}")
             continue
@@ -277,12 +291,20 @@ def evaluate(
     return result
 
 
+def image_names(files: Sequence[Path]) -> dict[Path, str]:
+    """Each image's name in the tables, files and report: its stem, or its file name where two files share a stem
+    (a.png, a.bmp) or the stem is "mean" (the summary rows' name), so no two rows or mosaics take one name."""
+    stems = Counter(p.stem for p in files)
+    return {p: p.name if stems[p.stem] > 1 or p.stem == "mean" else p.stem for p in files}
+
+
 def _brief(method: str, s: Scores) -> str:
     return f"{method} {s.psnr:.2f} dB {s.ssim:.4f}"
 
 
 def _evaluate_one(
     path: Path,
+    name: str,
     result: EvalResult,
     models: list[_Model],
     lpips: LPIPS | None,
@@ -290,7 +312,13 @@ def _evaluate_one(
     report_dir: str | Path | None,
 ) -> ImageResult:
     s, border = result.scale, result.crop_border
-    hr = mod_crop(_as_uint8(read_image(path)), s)
+    original = _as_uint8(read_image(path))
+    hr = mod_crop(original, s)
+    if min(hr.shape[:2]) - 2 * border < 11:  # before any resizing: a 1x1 HR has no LR to make
+        raise ImageError(
+            f"{path}: {original.shape[1]}x{original.shape[0]} is too small to score at x{s} (SSIM needs 11x11 "
+            f"after cutting to a multiple of {s} and cropping {border} pixels on each side)"
+        )
     if result.lr_dir is not None:
         lr_file = find_lr(result.lr_dir, path.stem, s)
         lr = _as_uint8(read_image(lr_file))
@@ -309,10 +337,6 @@ def _evaluate_one(
             )
     else:
         lr = bicubic_down(hr, s)
-    if min(hr.shape[:2]) - 2 * border < 11:
-        raise ImageError(
-            f"{path}: {hr.shape[1]}x{hr.shape[0]} is too small to score (SSIM needs 11x11 after the crop)"
-        )
 
     outputs = {BICUBIC: bicubic_up(lr, s)}
     seconds: dict[str, float] = {}
@@ -330,7 +354,7 @@ def _evaluate_one(
         for name, out in outputs.items()
     }
     item = ImageResult(
-        name=path.stem,
+        name=name,
         file=path,
         hr_size=(hr.shape[0], hr.shape[1]),
         scores=scores,
@@ -338,9 +362,12 @@ def _evaluate_one(
         seconds=seconds,
     )
     if save_images is not None:
-        for name, out in outputs.items():
+        file_stem = (
+            name.replace(".", "_") if name != path.stem else name
+        )  # a.png, a.bmp -> a_png.png, a_bmp.png
+        for method, out in outputs.items():
             write_image(
-                Path(save_images) / name / f"{path.stem}.png", ImageData.from_array(out), overwrite=True
+                Path(save_images) / method / f"{file_stem}.png", ImageData.from_array(out), overwrite=True
             )
     if report_dir is not None:
         from .report import write_mosaic

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from .defaults import DEFAULT_NAME
-from .errors import EsrganError, one_line
+from .errors import EsrganError, one_line, out_of_memory
 from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_images
 from .video import CONTAINERS, VIDEO_SUFFIXES
 
@@ -494,21 +494,6 @@ def warnings_as_lines() -> Iterator[None]:
 
 
 OUT_OF_MEMORY = "out of memory: try --tile N (smaller tiles) or a smaller --outscale"
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether exc is a failed allocation: MemoryError (numpy, Python), torch.OutOfMemoryError (CUDA, MPS) or the
-    plain RuntimeError torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory"). One file too
-    large for the memory fails alone; the batch goes on (its memory is freed when the exception is)."""
-    if isinstance(exc, MemoryError):
-        return True
-    if not isinstance(exc, RuntimeError):
-        return False
-    import torch
-
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError from 2.5
-    text = str(exc)
-    return isinstance(exc, oom) or "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def _release_device_memory() -> None:

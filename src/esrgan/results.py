@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ class Scores:
 
 @dataclass
 class ImageResult:
-    name: str  # file stem, the key everything else uses
+    name: str  # file stem (the file name where stems collide: evaluate.image_names), the key everything else uses
     file: Path
     hr_size: tuple[int, int]  # (height, width) after cutting to a multiple of the scale
     scores: dict[str, Scores]  # method -> scores; bicubic first, then the models in the order given
@@ -69,15 +68,43 @@ class EvalResult:
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
     seconds: float = 0.0  # wall time of the whole evaluation
 
+    def scored(self, key: str) -> list[ImageResult]:
+        """The images a mean of metric `key` covers: those where every method (and for NIQE the HR) has a finite
+        value, so that every method's mean, and so every difference of means, is over the same images. An image
+        left out: NIQE or LPIPS missing for one method (too small, a flat output), or an exact reconstruction
+        (infinite PSNR), which would make the set's mean infinite."""
+        out = []
+        for im in self.images:
+            values = [getattr(im.scores[m], key) for m in self.methods]
+            if key == "niqe":
+                values.append(im.hr_niqe)
+            if all(v is not None and math.isfinite(v) for v in values):
+                out.append(im)
+        return out
+
     def mean(self, method: str) -> Scores:
-        """Mean over the evaluated images, as the literature reports a set (NIQE over images that have one)."""
-        rows = [im.scores[method] for im in self.images]
+        """Mean over the evaluated images, as the literature reports a set; each metric over `scored(metric)`."""
+
+        def over(key: str) -> float | None:
+            values = [getattr(im.scores[method], key) for im in self.scored(key)]
+            return float(np.mean(values)) if values else None
+
+        psnr, ssim = over("psnr"), over("ssim")
         return Scores(
-            psnr=float(np.mean([s.psnr for s in rows])) if rows else math.nan,
-            ssim=float(np.mean([s.ssim for s in rows])) if rows else math.nan,
-            niqe=_mean_of([s.niqe for s in rows]),
-            lpips=_mean_of([s.lpips for s in rows]),
+            psnr=math.nan if psnr is None else psnr,  # no image (or every one exact): no mean
+            ssim=math.nan if ssim is None else ssim,
+            niqe=over("niqe"),
+            lpips=over("lpips"),
         )
+
+    def mean_hr_niqe(self) -> float | None:
+        """The HR's mean NIQE over the images the methods' NIQE means cover."""
+        values = [im.hr_niqe for im in self.scored("niqe") if im.hr_niqe is not None]
+        return float(np.mean(values)) if values else None
+
+    def mean_counts(self) -> dict[str, int]:
+        """How many images each metric's mean covers (all of them, unless `scored` left some out)."""
+        return {key: len(self.scored(key)) for key, _, _ in _metrics(self)}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data: protocol, per-image scores, means and failures."""
@@ -110,6 +137,7 @@ class EvalResult:
                 for im in self.images
             ],
             "mean": {m: self._scores_dict(self.mean(m)) for m in self.methods},
+            "mean_images": self.mean_counts(),  # per metric, the images its mean covers (see EvalResult.scored)
             "failed": [{"file": str(p), "error": msg} for p, msg in self.failed],
             "seconds": self.seconds,
         }
@@ -120,12 +148,6 @@ class EvalResult:
         if self.lpips is not None:
             out["lpips"] = _json_float(s.lpips)
         return out
-
-
-def _mean_of(values: Sequence[float | None]) -> float | None:
-    """Mean over the images that have the score (NIQE and LPIPS can be missing on small images)."""
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def _json_float(v: float | None) -> float | str | None:
@@ -175,9 +197,13 @@ def table_rows(result: EvalResult) -> tuple[list[str], list[list[str]]]:
         (im.name, im.scores, im.hr_niqe) for im in result.images
     ]
     if result.images:
-        hr_niqes = [im.hr_niqe for im in result.images if im.hr_niqe is not None]
-        mean_hr = float(np.mean(hr_niqes)) if hr_niqes else None
-        entries.append((f"mean ({len(result.images)})", {m: result.mean(m) for m in result.methods}, mean_hr))
+        entries.append(
+            (
+                f"mean ({len(result.images)})",
+                {m: result.mean(m) for m in result.methods},
+                result.mean_hr_niqe(),
+            )
+        )
     for name, scores, hr_niqe in entries:
         row = [name]
         base = scores[BICUBIC]
@@ -199,7 +225,7 @@ def format_table(result: EvalResult) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for k, r in enumerate([header, *rows]):
-        if k == len(rows):  # the mean row
+        if rows and k == len(rows):  # the mean row (none when no image was scored)
             lines.append("  ".join("-" * w for w in widths))
         cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
@@ -210,6 +236,19 @@ def format_table(result: EvalResult) -> str:
         + (f", LPIPS-{result.lpips} on RGB (lower is better)" if result.lpips else "")
         + "; Δ = model - bicubic"
     )
+    counts = result.mean_counts()
+    partial = [
+        f"{label} over {counts[key]} of {len(result.images)}"
+        for key, label, _ in _metrics(result)
+        if result.images and counts[key] < len(result.images)
+    ]
+    if partial:  # the means cover the same images for every method: name what was left out
+        note += (
+            "\nmeans: "
+            + ", ".join(partial)
+            + " images (the others lack the score for some method: too small, a "
+            "flat output, or an exact reconstruction's infinite PSNR)"
+        )
     return "\n".join([*lines, note])
 
 
@@ -242,6 +281,6 @@ def _csv(v: float | None) -> str:
 
 
 def _csv_delta(v: float | None, base: float | None) -> str:
-    if v is None or base is None:
-        return ""
+    if v is None or base is None or not (math.isfinite(v) and math.isfinite(base)):
+        return ""  # as the table leaves it blank
     return repr(v - base)
