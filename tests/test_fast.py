@@ -180,3 +180,23 @@ def test_tail_in_stripes_is_the_same_image(
     striped = packed(model, "fp32")(x)
     assert torch.equal(striped, whole)
     assert psnr(striped, eager(model, x)) >= FP32_DB
+
+
+def test_precision_on_mps_follows_what_this_torch_can_autocast() -> None:
+    """MPS autocasts fp16 from torch 2.5 and bf16 from 2.6: `auto` is fp16 where it can be and fp32 before (every
+    tile failed in autocast on 2.3/2.4); an explicit bf16 that this torch cannot do is changed with a warning. Only
+    the device type is read: no Mac needed."""
+    import warnings as _warnings
+
+    from esrgan.device import PrecisionWarning, resolve_precision
+
+    mps = torch.device("mps")
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    assert resolve_precision("auto", mps) == (torch.float16 if version >= (2, 5) else torch.float32)
+    assert resolve_precision("fp32", mps) == torch.float32
+    with _warnings.catch_warnings(record=True) as seen:
+        _warnings.simplefilter("always")
+        got = resolve_precision("bf16", mps)
+    expected = torch.bfloat16 if version >= (2, 6) else torch.float16 if version >= (2, 5) else torch.float32
+    assert got == expected
+    assert any(issubclass(w.category, PrecisionWarning) for w in seen) is (expected != torch.bfloat16)

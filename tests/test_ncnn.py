@@ -586,7 +586,7 @@ def test_exit_after_ctrl_c_while_ncnn_finishes_is_clean(lead: float) -> None:
     import subprocess
     import sys
 
-    for attempt in range(3):  # status 3: the extraction ended before the exit; aim earlier
+    for attempt in range(5):  # status 3: the extraction ended before the exit; aim earlier
         proc = subprocess.run(
             [sys.executable, "-c", _EXIT_DURING_EXTRACTION, str(lead + 0.1 * attempt)],
             capture_output=True,
@@ -595,6 +595,10 @@ def test_exit_after_ctrl_c_while_ncnn_finishes_is_clean(lead: float) -> None:
         )
         if proc.returncode != 3:
             break
+    if (
+        proc.returncode == 3
+    ):  # the scenario never happened (seen once in CI beside a CPU-heavy process): no verdict
+        pytest.skip("5 extractions ended before their interrupt: the machine's load moved too much to aim it")
     assert "terminate called" not in proc.stderr
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "exiting" in proc.stderr

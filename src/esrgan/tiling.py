@@ -134,6 +134,10 @@ def balanced_tile(length: int, maximum: int, overlap: int) -> int:
     """
     if length <= maximum:
         return length
+    if overlap >= maximum:
+        raise EsrganError(
+            f"a tile overlap of {overlap} needs tiles larger than {overlap} (here at most {maximum})"
+        )
     count = math.ceil((length - overlap) / (maximum - overlap))
     side = math.ceil((length - overlap) / count) + overlap
     return min(maximum, -(-side // 8) * 8)

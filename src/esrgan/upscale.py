@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -72,7 +73,8 @@ ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
 GPU_MAX_TILE = 1024
 """Largest automatic tile on CUDA: a 1024^2 image is one pass where half the free memory holds it (realesrgan-x4plus
 in fp16: ~8.3 KB per input pixel, 8.7 GB); larger images are batched tiles. Not above 1024: the x4 tail's feature maps
-(64 x 4096^2 per tile) stay under 2^31 elements, the limit of many cudnn kernels."""
+(64 x 4096^2 per tile) stay under 2^31 elements, the limit of many cudnn kernels (x8 models: 720, by the same rule,
+in Upscaler.tile_size)."""
 CPU_MAX_TILE = 352
 """Largest automatic tile on the CPU, in input pixels (the balanced tile is then chosen below it). bench/speed.py's
 tile sweep (docs/benchmarks.md): per pixel, 192-352 tiles are the fastest and 512 costs 10-20 % more (its feature
@@ -268,7 +270,14 @@ class Upscaler:
             bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
             limit = GPU_MAX_TILE if self.device.type == "cuda" else CPU_MAX_TILE
             free = available_memory(self.device) - fixed
+            if (
+                self.device.type == "cuda"
+            ):  # the tail's maps, num_feat x (tile * scale)^2, under 2^31 elements
+                cfg = self.model.config
+                limit = min(limit, int(math.isqrt(2**31 // cfg.num_feat) // cfg.scale) // 8 * 8)
             tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit)
+            if self._overlap_given:  # an overlap given without a tile: the automatic tile leaves room for it
+                tile = max(tile, -(-(2 * self.tile_overlap + 8) // 8) * 8)
             tile = balanced_tile(max(height, width), tile, self.overlap_for(tile))
         return 0 if tile >= max(height, width) else tile
 
@@ -279,6 +288,22 @@ class Upscaler:
             return self.tile_overlap
         return default_overlap(tile)
 
+    def tiling(self, height: int, width: int, tile: int) -> tuple[int, int, int, int]:
+        """(height, width, tile, overlap) the tiles are laid out on. For a pixel-unshuffle model (x1, x2) that is
+        tiled: the image padded to a multiple of the unshuffle factor (as the model pads it whole), and tile,
+        overlap and so every tile's start multiples of it, so each tile groups pixels into the same 2x2 / 4x4 blocks
+        as the untiled pass (otherwise a tile starting at an odd row is another computation throughout)."""
+        overlap = self.overlap_for(tile)
+        factor = self.model.config.unshuffle
+        if factor == 1 or tile <= 0:
+            return height, width, tile, overlap
+        return (
+            -(-height // factor) * factor,
+            -(-width // factor) * factor,
+            max(factor, tile // factor * factor),
+            -(-overlap // factor) * factor,
+        )
+
     def batch_size(self, height: int, width: int, tile: int, pixels: np.dtype | type = np.uint8) -> int:
         """Tiles per forward pass for this image and tile: the batch given, else on CUDA as many of the image's
         tiles as fit in half the free memory (the tile already fits one), else 1."""
@@ -288,7 +313,7 @@ class Upscaler:
             return 1
         bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
         fits = int((available_memory(self.device) - fixed) * 0.5 / (bpp * tile * tile))
-        return max(1, min(fits, _tile_count(height, width, tile, self.overlap_for(tile))))
+        return max(1, min(fits, _tile_count(*self.tiling(height, width, tile))))
 
     # --- public entry points --------------------------------------------------------------------------------------
     def upscale(self, image: ImageT, *, on_tile: Progress | None = None) -> ImageT:
@@ -393,7 +418,7 @@ class Upscaler:
         tile = self.tile_size(h, w, dtype)
         runner = self.runner_for(dtype)
         passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
-        per_pass = _tile_count(h, w, tile, self.overlap_for(tile))
+        per_pass = _tile_count(*self.tiling(h, w, tile))
 
         def progress(k: int) -> Progress | None:
             if on_tile is None:
@@ -436,7 +461,7 @@ class Upscaler:
             bands = [bleed_colour(b, valid[:, :, first + k].astype(np.uint8)) for k, b in enumerate(bands)]
         h, w = colour.shape[:2]
         tile = self.tile_size(h, w, colour.dtype)
-        per_pass = _tile_count(h, w, tile, self.overlap_for(tile))
+        per_pass = _tile_count(*self.tiling(h, w, tile))
         first_passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
         total = (first_passes + len(bands)) * per_pass
 
@@ -473,6 +498,12 @@ class Upscaler:
         h, w = plane.shape[:2]
         size = self.output_size(h, w)
         native = size == (h * self.model.scale, w * self.model.scale)
+        padded_h, padded_w, tile, overlap = self.tiling(h, w, tile)
+        if (padded_h, padded_w) != (h, w):  # reflect, as RRDBNet.forward pads an unaligned image itself
+            mode = "reflect" if h > padded_h - h and w > padded_w - w else "replicate"
+            image = F.pad(image[None].float(), (0, padded_w - w, 0, padded_h - h), mode=mode)[0].to(
+                image.dtype
+            )
         # resize needs an intermediate: uint16 for integer outputs (see the module docstring), float32 for float
         inter = dtype if native else (np.dtype(np.float32) if dtype.kind == "f" else np.dtype(np.uint16))
         out = upscale_tiled(
@@ -480,15 +511,17 @@ class Upscaler:
             image,
             scale=self.model.scale,
             tile=tile,
-            overlap=self.overlap_for(tile),
+            overlap=overlap,
             batch=self.batch_size(h, w, tile, dtype),
             device=runner.device,
             out_dtype=inter,
             grey=grey,
             on_tile=on_tile,
         )
+        if (padded_h, padded_w) != (h, w):
+            out = out[: h * self.model.scale, : w * self.model.scale]
         if native:
-            return out
+            return np.ascontiguousarray(out)
         resized = np.empty((*size, out.shape[2]), dtype=dtype)
         for c in range(out.shape[2]):
             resized[:, :, c] = _resize_plane(out[:, :, c], size, dtype)
