@@ -492,3 +492,37 @@ def test_output_into_a_closed_pipe_is_not_an_error_message(tmp_path: Path) -> No
     finally:
         os.close(write)
     assert proc.stderr == "" and proc.returncode == 1
+
+
+def test_our_files_whose_header_length_starts_with_0x80_are_still_ours(tmp_path: Path) -> None:
+    """A safetensors file begins with its JSON header's length (8 bytes, little-endian); padded to a multiple of 8,
+    its first byte is 0x80, a pickle's marker, for one length in 32: such files were read as pickles (by torch.load)
+    and lost their metadata, an image-residual model then running without its residual."""
+    model = _tiny(image_residual=True)
+    for n in range(200):
+        path = save_model(tmp_path / f"m{n}.safetensors", model, metadata={"name": "n" * n})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no metadata length gave a header length starting with 0x80")
+    loaded = load_weights(path)
+    assert loaded.layout == "ours" and loaded.config.image_residual and loaded.metadata["name"] == "n" * n
+
+
+def test_info_shows_a_files_metadata_on_one_safe_line(tmp_path: Path) -> None:
+    """Metadata is as hostile as the tensors: a value cannot forge report lines or send terminal escapes."""
+    note = "x\nscale:       x8\nparameters:  1\x1b[2J\x1b]0;pwned\x07" + "y" * 1000
+    path = save_model(tmp_path / "m.safetensors", _tiny(), metadata={"note": note})
+    text = describe(path)
+    assert "\x1b" not in text and "\x07" not in text
+    [line] = [ln for ln in text.splitlines() if ln.startswith("note:")]
+    assert "\\nscale:       x8" in line and line.endswith("characters)") and len(line) < 400
+    assert sum(ln.startswith("scale:") for ln in text.splitlines()) == 1
+
+
+def test_interpolation_writes_ours_under_our_name_only(tmp_path: Path) -> None:
+    a = save_model(tmp_path / "a.safetensors", _tiny(1))
+    b = save_model(tmp_path / "b.safetensors", _tiny(2))
+    with pytest.raises(CheckpointError, match=r"out\.pth: our format is safetensors"):
+        interpolate_files(a, b, 0.8, tmp_path / "out.pth")
+    assert not (tmp_path / "out.pth").exists()

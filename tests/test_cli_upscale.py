@@ -242,6 +242,28 @@ def test_demo_writes_three_pngs_and_keeps_them(tmp_path: Path, models: dict[str,
     again = run_cli("demo", "-o", out, "--model", models["tiny"], cwd=tmp_path)
     assert again.returncode == 0 and "already there" in again.stdout
     assert {n: (out / n).stat().st_mtime_ns for n in names} == stamps
+    # a folder holding one of the demo's names (the user's own comparison.png) is not written into unasked
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "comparison.png").write_bytes(b"mine")
+    r = run_cli("demo", "-o", own, "--model", models["tiny"], cwd=tmp_path)
+    assert (
+        r.returncode == 1 and "comparison.png: already there" in r.stderr and len(r.stderr.splitlines()) == 1
+    )
+    assert (own / "comparison.png").read_bytes() == b"mine" and not (own / "chelsea.png").exists()
+    # an x2 model's output is named for x2 (it was chelsea_x4.png whatever the scale)
+    from conftest import tiny_rrdb
+
+    from esrgan.checkpoints import save_model
+
+    x2 = save_model(tmp_path / "x2.safetensors", tiny_rrdb(scale=2))
+    r = run_cli("demo", "-o", tmp_path / "two", "--model", x2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(f.name for f in (tmp_path / "two").iterdir()) == [
+        "chelsea.png",
+        "chelsea_x2.png",
+        "comparison.png",
+    ]
 
 
 def test_globs_reruns_and_argument_errors(tmp_path: Path, photos: Path, models: dict[str, Path]) -> None:

@@ -198,3 +198,15 @@ def test_no_images_or_an_output_that_is_a_file_is_one_clear_error(
     one_line_error(
         unprivileged_cli("prepare", hr, ro / "sub"), f"{ro / 'sub'}: cannot create", "Permission denied"
     )
+
+
+def test_the_image_folder_is_not_its_own_output(tmp_path: Path) -> None:
+    """OUT = HR_DIR: a rerun read the sub-images back as images (rgb_s001_s001.png ...): refused in one line."""
+    from esrgan.errors import EsrganError
+    from esrgan.prepare import prepare
+
+    (tmp_path / "hr").mkdir()
+    Image.fromarray(np.zeros((500, 500, 3), np.uint8)).save(tmp_path / "hr" / "a.png")
+    with pytest.raises(EsrganError, match="the output folder is the image folder"):
+        prepare(tmp_path / "hr", tmp_path / "hr" / ".." / "hr", progress=False)
+    assert sorted(p.name for p in (tmp_path / "hr").iterdir()) == ["a.png"]

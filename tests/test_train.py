@@ -686,3 +686,23 @@ def test_esrgan_plus_trains_and_exports_its_architecture(photos: tuple[Path, Pat
     # a plain run's checkpoints say nothing of `plus`: what earlier releases wrote, so both resume each other's
     plain = train(tiny(photos, tmp_path, "plain", train={"total_steps": 1}))
     assert "plus" not in weights_of(plain.run_dir)["model_config"]
+
+
+def test_a_training_checkpoint_given_as_a_model_is_its_ema_generator(
+    stage1: Path, photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`esrgan upscale/info/convert run/checkpoints/step_N.ckpt`: the EMA generator (what model.safetensors holds),
+    with the architecture the checkpoint records (an image residual has no tensors); it was the raw generator
+    without its residual."""
+    from esrgan.checkpoints import load_weights
+
+    ckpt = latest_checkpoint(stage1)
+    state = torch.load(ckpt, weights_only=True)
+    loaded = load_weights(ckpt)
+    assert loaded.metadata["esrgan.checkpoint"] == "generator_ema"
+    assert all(
+        torch.equal(loaded.state_dict[k], state["generator_ema"][k].float()) for k in loaded.state_dict
+    )
+    assert not all(torch.equal(state["generator"][k], state["generator_ema"][k]) for k in state["generator"])
+    residual = train(tiny(photos, tmp_path, "res", model={"image_residual": True}, train={"total_steps": 1}))
+    assert load_weights(latest_checkpoint(residual.run_dir)).config.image_residual

@@ -362,3 +362,13 @@ def test_cli_unknown_model_is_one_line_error(home: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("esrgan: error: unknown model 'nope'")
     assert "Traceback" not in result.stderr
+
+
+def test_a_damaged_conversion_stamp_means_converting_again(tmp_path: Path) -> None:
+    """The stamp beside a converted model holds its SHA-256; bytes that are not ASCII there were a traceback."""
+    from esrgan.zoo import _stamp_ok, _stamp_path
+
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"weights")
+    _stamp_path(model).write_bytes(b"\xff\xfe\x00garbage")
+    assert _stamp_ok(model) is False

@@ -73,10 +73,13 @@ def _sniff(path: Path) -> str:
         head = fh.read(16)
     if head[:4] == b"PK\x03\x04":
         return "torch-zip"
+    # safetensors before pickle: its first 8 bytes are the JSON header's length, little-endian, and a header padded
+    # to a multiple of 8 makes the first byte 0x80 (a pickle's protocol marker) for one length in 32
+    header = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < header <= path.stat().st_size - 8:
+        return "safetensors"
     if head[:1] == b"\x80":
         return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
     if head[:4] == b"7767" or path.suffix == ".param":
         return "ncnn"
     return "unknown"
@@ -489,6 +492,18 @@ def load_weights(path: str | Path) -> LoadedWeights:
         config, sd = load_ncnn(path)
         return LoadedWeights(config, check_state_dict(config, sd), "ncnn", {}, path)
     raw, metadata = read_weights(path)
+    if isinstance(raw, dict) and "generator" in raw and "model_config" in raw:
+        # one of our training checkpoints (.ckpt): the EMA generator where there is one (what the run exports as
+        # model.safetensors), and the architecture it records (the image residual has no tensors to tell it)
+        ema = raw.get("generator_ema")
+        try:
+            metadata = {"esrgan.config": json.dumps(raw["model_config"]),
+                        "esrgan.checkpoint": "generator_ema" if ema is not None else "generator"}  # fmt: skip
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: a training checkpoint with an unreadable model_config") from None
+        raw = ema if ema is not None else raw["generator"]
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: a training checkpoint without a generator state dict")
     try:
         stored = _precision(unwrap(raw))
         config, sd, layout = canonicalize(raw)
@@ -717,6 +732,8 @@ def interpolate_weights(a: LoadedWeights, b: LoadedWeights, alpha: float) -> Loa
 def interpolate_files(
     a: str | Path, b: str | Path, alpha: float, dest: str | Path, *, overwrite: bool = False
 ) -> Path:
+    if Path(dest).suffix != ".safetensors":  # what is written is ours: never under another tool's name
+        raise CheckpointError(f"{dest}: our format is safetensors: name the output *.safetensors")
     mixed = interpolate_weights(load_weights(a), load_weights(b), alpha)
     return save_model(
         dest, mixed.state_dict, config=mixed.config, metadata=mixed.metadata, overwrite=overwrite
@@ -743,8 +760,17 @@ def describe(path: str | Path) -> str:
         f"parameters:  {params:,}",
         *([f"weights:     {weights.stored}"] if weights.stored else []),
     ]
-    lines += [f"{k}: {v}" for k, v in sorted(weights.metadata.items()) if k not in ("esrgan.config",)]
+    lines += [
+        f"{_shown(k)}: {_shown(v)}" for k, v in sorted(weights.metadata.items()) if k != "esrgan.config"
+    ]
     return "\n".join(lines)
+
+
+def _shown(text: object, limit: int = 300) -> str:
+    """A file's metadata as one safe line: control characters escaped (a file cannot forge report lines or send
+    terminal escape sequences), at most `limit` characters."""
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    return escaped if len(escaped) <= limit else escaped[:limit] + f"... ({len(escaped)} characters)"
 
 
 def _label(w: LoadedWeights) -> str:

@@ -59,11 +59,27 @@ def run_demo(
     Existing demo files are left as they are (and reported) unless overwrite is set: like every command here, the
     demo never replaces a file it was not asked to.
     """
-    paths = (output / "chelsea.png", output / "chelsea_x4.png", output / "comparison.png")
+    upscaled = sorted(output.glob("chelsea_x*.png"))
+    paths = (
+        output / "chelsea.png",
+        upscaled[0] if upscaled else output / "chelsea_x4.png",
+        output / "comparison.png",
+    )
     if not overwrite and all(p.is_file() for p in paths):
         return DemoResult(*paths, seconds=0.0, device="-", precision="-", skipped=True)
     photo = demo_photo()
     upscaler = Upscaler.from_pretrained(model, device=device, precision=precision)  # a name or a file
+    paths = (
+        paths[0],
+        output / f"chelsea_x{upscaler.model.scale}.png",
+        paths[2],
+    )  # named by the model's scale
+    there = [p for p in paths if p.exists()]
+    if there and not overwrite:  # some demo files but not all: never replaced unasked
+        raise EsrganError(
+            f"{there[0]}: already there (a demo file of another run, or yours): --overwrite replaces the demo's "
+            "files, or choose another folder with -o"
+        )
     start = time.perf_counter()
     sr = upscaler.upscale(photo)
     seconds = time.perf_counter() - start

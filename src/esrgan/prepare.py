@@ -150,6 +150,8 @@ def prepare(
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)
     if not hr_dir.is_dir():
         raise EsrganError(f"{hr_dir}: not a directory")
+    if out_dir.resolve() == hr_dir.resolve():  # a rerun would cut the sub-images into sub-images
+        raise EsrganError(f"{out_dir}: the output folder is the image folder: write the sub-images elsewhere")
     if size <= 0 or step <= 0 or min_size < 0 or workers <= 0:
         raise ConfigError(
             f"size, step and workers must be positive and min_size >= 0 (got {size}, {step}, "

@@ -317,7 +317,11 @@ def _stamp_ok(path: Path) -> bool:
     stamp = _stamp_path(path)
     if not (path.is_file() and stamp.is_file()):
         return False
-    return stamp.read_text(encoding="ascii").strip() == sha256_file(path)
+    try:
+        recorded = stamp.read_text(encoding="ascii").strip()
+    except (UnicodeDecodeError, ValueError, OSError):  # a damaged stamp: the conversion is made again
+        return False
+    return recorded == sha256_file(path)
 
 
 def _resolve_ncnn(entry: ModelEntry) -> Path:
