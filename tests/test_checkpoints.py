@@ -417,6 +417,18 @@ def test_cli_info_convert_interpolate(tmp_path: Path) -> None:
     res = run_cli("interpolate", str(ours), str(old), "--alpha", "0.5", "-o", str(mixed))
     assert res.returncode == 0, res.stderr
     assert "interpolated" in run_cli("info", str(mixed)).stdout
+    # the paper's direction, through the CLI: alpha weights B (the GAN model); inputs' records carried
+    psnr_model = save_model(tmp_path / "psnr.safetensors", _tiny(1), metadata={"license": "Apache-2.0"})
+    gan_model = save_model(tmp_path / "gan.safetensors", _tiny(2))
+    res = run_cli(
+        "interpolate", psnr_model, gan_model, "--alpha", "0.8", "-o", tmp_path / "interp.safetensors"
+    )
+    assert res.returncode == 0, res.stderr
+    got = load_weights(tmp_path / "interp.safetensors")
+    a, b = load_weights(psnr_model).state_dict, load_weights(gan_model).state_dict
+    for key, value in got.state_dict.items():
+        torch.testing.assert_close(value, 0.2 * a[key] + 0.8 * b[key])
+    assert got.metadata["a.license"] == "Apache-2.0"
     bad = run_cli("info", str(tmp_path / "nope.pth"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope.pth: no such file" in bad.stderr
 

@@ -210,3 +210,36 @@ def test_the_image_folder_is_not_its_own_output(tmp_path: Path) -> None:
     with pytest.raises(EsrganError, match="the output folder is the image folder"):
         prepare(tmp_path / "hr", tmp_path / "hr" / ".." / "hr", progress=False)
     assert sorted(p.name for p in (tmp_path / "hr").iterdir()) == ["a.png"]
+
+
+def test_overwrite_with_other_settings_replaces_the_whole_grid(tmp_path: Path) -> None:
+    """A real photo cut with --step 240 and LR x4, then again with --step 120 --overwrite, then back: each time the
+    folder holds exactly the new grid, every LR crop the downscale of its HR crop (an old LR beside a new HR of the
+    same name was a misaligned training pair; going back left the finer grid's extra crops)."""
+    skdata = pytest.importorskip("skimage.data")
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    photo = skdata.astronaut()[:480]  # 480 x 512, widened to 480 x 720 with its own left part
+    Image.fromarray(np.ascontiguousarray(np.concatenate([photo, photo[:, :208]], axis=1))).save(
+        hr / "rgb.png"
+    )
+    out = tmp_path / "out"
+
+    def crops() -> list[str]:
+        return sorted(p.name for p in out.glob("rgb_s*.png"))
+
+    prepare(hr, out, lr_scale=4, progress=False)
+    first = crops()
+    prepare(hr, out, step=120, lr_scale=4, overwrite=True, progress=False)
+    finer = crops()
+    assert len(finer) > len(first)
+    for name in finer:
+        with Image.open(out / name) as a, Image.open(out / "LR_x4" / name) as b:
+            expected = np.clip(np.rint(imresize_np(np.asarray(a), scale=0.25)), 0, 255).astype(np.uint8)
+            inner = (
+                slice(4, -4),
+                slice(4, -4),
+            )  # away from the crop's edges, where the whole image's context differs
+            assert np.abs(np.asarray(b).astype(int)[inner] - expected[inner]).max() <= 1, name
+    prepare(hr, out, lr_scale=4, overwrite=True, progress=False)
+    assert crops() == first and sorted(p.name for p in (out / "LR_x4").iterdir()) == first

@@ -726,6 +726,13 @@ def interpolate_weights(a: LoadedWeights, b: LoadedWeights, alpha: float) -> Loa
         raise CheckpointError(f"incompatible architectures: A is {a.config}, B is {b.config}")
     sd = interpolate_state_dicts(a.state_dict, b.state_dict, alpha)
     meta = {"interpolated": f"(1 - {alpha}) * {_label(a)} + {alpha} * {_label(b)}"}
+    for side, w in (
+        ("a", a),
+        ("b", b),
+    ):  # the inputs' record (a zoo model's licence above all) goes with the mix
+        for key in ("license", "name", "source", "converted_from"):
+            if key in w.metadata:
+                meta[f"{side}.{key}"] = w.metadata[key]
     return LoadedWeights(a.config, sd, "ours", meta, None)
 
 

@@ -183,7 +183,12 @@ class OnnxForward:
             mode = "reflect" if h > pad_h and w > pad_w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         (out,) = self.session.run(["output"], {"input": np.ascontiguousarray(x.numpy())})
-        return torch.from_numpy(out[..., : h * scale, : w * scale]).contiguous()
+        result = torch.from_numpy(out[..., : h * scale, : w * scale]).contiguous()
+        if (pad_h or pad_w) and self.config.image_residual:
+            # the graph added the bicubic upscale of the padded input; RRDBNet.forward adds the unpadded one's
+            padded_base = upscale_input(x, self.config)[..., : h * scale, : w * scale]
+            result += upscale_input(x[..., :h, :w], self.config) - padded_base
+        return result
 
 
 def onnx_forward(path: str | Path, *, threads: int | None = None) -> OnnxForward:

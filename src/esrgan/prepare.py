@@ -166,7 +166,10 @@ def prepare(
         )
     _make_folder(out_dir)
     _check_settings(
-        out_dir, {"size": size, "step": step, "min_size": min_size, "lr_scale": lr_scale}, overwrite
+        out_dir,
+        {"size": size, "step": step, "min_size": min_size, "lr_scale": lr_scale},
+        overwrite,
+        tuple(sorted({p.stem for p in files})),
     )
     files, clashes = _same_names(files)
     cfg = _Settings(out_dir, size, step, min_size, lr_scale, overwrite)
@@ -205,10 +208,16 @@ def _make_folder(out_dir: Path) -> None:
 SETTINGS_FILE = ".esrgan-prepare.json"
 
 
-def _check_settings(out_dir: Path, settings: dict[str, int | None], overwrite: bool) -> None:
+def _check_settings(
+    out_dir: Path, settings: dict[str, int | None], overwrite: bool, stems: tuple[str, ...] = ()
+) -> None:
     """Refuse to add sub-images cut with other settings to a folder prepared before (unless overwrite), then record
-    these settings (atomically) for the next run."""
+    these settings (atomically) for the next run. With overwrite, the earlier grid's sub-images of these images
+    (and their LR crops) are removed first: the new grid may have fewer, and an old LR beside a new HR of the same
+    name would be a misaligned training pair."""
+    import glob
     import json
+    import re
 
     from .atomic import atomic_write_bytes
 
@@ -226,6 +235,16 @@ def _check_settings(out_dir: Path, settings: dict[str, int | None], overwrite: b
             f"{out_dir}: holds sub-images cut with {flags(before)}, not {flags(settings)}; rerun with the same "
             "settings to finish it, --overwrite to replace them, or give another folder"
         )
+    if isinstance(before, dict) and before != settings:  # overwrite: the earlier grid goes
+        folders = [
+            out_dir,
+            *(out_dir / f"LR_x{s}" for s in {before.get("lr_scale"), settings["lr_scale"]} if s),
+        ]
+        for folder in folders:
+            for stem in stems:
+                for old in folder.glob(f"{glob.escape(stem)}_s*.png"):
+                    if re.fullmatch(rf"{re.escape(stem)}_s\d{{3,}}\.png", old.name):
+                        old.unlink(missing_ok=True)
     if before != settings:
         try:
             atomic_write_bytes(record, (json.dumps(settings) + "\n").encode(), overwrite=True)
