@@ -121,3 +121,16 @@ def test_unreadable_or_foreign_onnx_is_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(EsrganError, match=r"esrgan\.config"):
         onnx_forward(foreign)
+
+
+@pytest.mark.parametrize("opset", [5, 99])
+def test_an_opset_the_exporter_cannot_target_is_one_line(
+    opset: int, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """--opset 5 dumped the whole TorchScript graph before the error, 99 a torch warning: refused first."""
+    from esrgan.errors import EsrganError
+
+    with pytest.raises(EsrganError, match=rf"opset {opset}: this torch exports opsets 11-\d+ \(default 17\)"):
+        export_onnx(tiny(), tmp_path / "m.onnx", opset=opset)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "") and not (tmp_path / "m.onnx").exists()

@@ -33,6 +33,19 @@ TORCHSCRIPT_EXPORTER: dict[str, Any] = (
 )
 
 DEFAULT_OPSET = 17
+MIN_OPSET = 11  # pixel-unshuffle (SpaceToDepth) and the resizes' modes as RRDBNet uses them
+
+
+def _max_opset() -> int:
+    """The highest opset this torch's TorchScript exporter targets (its own constant; 20 if it has moved)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 20
+
+
 CHECK_PSNR_DB = 80.0  # fp32 ONNX vs fp32 PyTorch differ only in summation order: far above this
 _CHECK_SIZE = 32  # side of the check input (a multiple of every unshuffle factor)
 
@@ -97,6 +110,13 @@ def export_onnx(
     The file is written only if onnxruntime's output matches PyTorch's to >= CHECK_PSNR_DB dB.
     """
     _require("onnx")
+    top = _max_opset()
+    if (
+        not MIN_OPSET <= opset <= top
+    ):  # before torch prints its graph and warnings for an opset it cannot target
+        raise EsrganError(
+            f"opset {opset}: this torch exports opsets {MIN_OPSET}-{top} (default {DEFAULT_OPSET})"
+        )
     dest = Path(dest)
     if dest.is_dir():  # even with overwrite: a folder is never replaced by a file
         raise EsrganError(f"{dest}: is a folder, not a file; give the name of the .onnx file to write")
