@@ -129,6 +129,12 @@ class DataConfig:
     jpeg_quality: list[int] = field(default_factory=lambda: [40, 95])
     realesrgan: RealESRGANDegradationConfig = field(default_factory=RealESRGANDegradationConfig)
 
+    @property
+    def pool_pairs(self) -> int:
+        """realesrgan.pool_size as a count of pairs: auto = POOL_BATCHES batches of batch_size."""
+        size = self.realesrgan.pool_size
+        return POOL_BATCHES * self.batch_size if size == "auto" else size
+
 
 @dataclass
 class TrainConfig:
@@ -498,7 +504,7 @@ def validate(config: Config, source: str) -> None:
             "data.realesrgan.pool_size",
             f"must be auto, 0 (off) or a multiple of data.batch_size ({batch}: e.g. {POOL_BATCHES * batch}), got {pool}",
         )
-    pairs = POOL_BATCHES * batch if pool == "auto" else pool
+    pairs = config.data.pool_pairs
     patch, scale = config.data.patch_size, config.model.scale
     pool_bytes = pairs * 3 * (2 * patch * patch + (patch // scale) ** 2)  # uint8 LR, HR and plain HR
     if config.data.degradation == "realesrgan" and pool_bytes > POOL_MAX_BYTES:

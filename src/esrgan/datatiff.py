@@ -497,14 +497,13 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
         extratags.append((_ORIENTATION, 3, 1, sm.orientation, True))
     one = sm.samples == 1
     # the overviews and masks add up to a third of the raster: counted before choosing classic TIFF or BigTIFF
-    extra = sum(1 / f**2 for f in overview_factors(sm, height, width))
+    factors = overview_factors(sm, height, width)
+    extra = sum(1 / f**2 for f in factors)
     size = out.nbytes * (1 + extra) + (height * width * (1 + extra) if sm.masked else 0)
     with tifffile.TiffWriter(tmp, bigtiff=size > 2**32 - 2**25) as tiff:
         tiff.write(
             out.reshape(height, width) if one else out,
-            photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
-            planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
-            extrasamples=sm.extrasamples or None,
+            **_layout(sm),
             compression="zlib",
             tile=sm.tile,  # a tiled input (a cloud-optimised GeoTIFF, say) gives a tiled output, same tile size
             extratags=extratags,
@@ -519,11 +518,27 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
             tiff.write(
                 has_data, photometric=4, subfiletype=4, compression="zlib", tile=sm.tile, metadata=None
             )
-        _write_overviews(tiff, out, image, sm, fill, one, has_data)
+        _write_overviews(tiff, out, image, sm, factors, fill, has_data)
+
+
+def _layout(sm: SampleMap) -> dict[str, Any]:
+    """tifffile's arguments for the file's sample layout, the same on the raster's page and its overviews'."""
+    one = sm.samples == 1
+    return {
+        "photometric": {0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
+        "planarconfig": None if one else ("separate" if sm.planar == 2 else "contig"),
+        "extrasamples": sm.extrasamples or None,
+    }
 
 
 def _write_overviews(
-    tiff: Any, out: np.ndarray, image: ImageData, sm: SampleMap, fill: float | None, one: bool, has_data: Any
+    tiff: Any,
+    out: np.ndarray,
+    image: ImageData,
+    sm: SampleMap,
+    factors: tuple[int, ...],
+    fill: float | None,
+    has_data: Any,
 ) -> None:
     """The overview pages (NewSubfileType 1) of the output in the file's layout, each followed by its mask's (5)
     where the file has a mask: each level made from the one before (the full raster for the first), by GDAL's
@@ -539,7 +554,7 @@ def _write_overviews(
     tags = [(code, kind, count, value, True) for code, kind, count, value in sm.tags if code == GDAL_NODATA]
     made_by = '<GDALMetadata><Item name="RESAMPLING" sample="0">AVERAGE</Item></GDALMetadata>'
     tags.append((GDAL_METADATA, 2, len(made_by) + 1, made_by, True))
-    for factor in overview_factors(sm, height, width):
+    for factor in factors:
         size = overview_size(height, width, factor)
 
         def validity(s: int, level: list[np.ndarray], valid: list[Any]) -> Callable[[slice], Any]:
@@ -557,10 +572,8 @@ def _write_overviews(
         masks = [weights > 0 for _, weights in made]  # what holds data at this level, for the next one
         stacked = np.stack(bands, axis=0 if sm.planar == 2 else 2)
         tiff.write(
-            bands[0] if one else stacked,
-            photometric={0: "miniswhite", 1: "minisblack", 2: "rgb"}[sm.photometric],
-            planarconfig=None if one else ("separate" if sm.planar == 2 else "contig"),
-            extrasamples=sm.extrasamples or None,
+            bands[0] if sm.samples == 1 else stacked,
+            **_layout(sm),
             subfiletype=1,  # reduced resolution
             compression="zlib",
             tile=sm.tile,

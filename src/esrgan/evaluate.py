@@ -147,12 +147,9 @@ def _niqe(img: np.ndarray, crop_border: int) -> float | None:
     output leaves no block with a distribution: numpy then warns and the score is NaN)."""
     from .niqe import niqe
 
-    if (
-        img.ndim == 2 or img.shape[2] == 1
-    ):  # grey as RGB of three equal channels, as PSNR/SSIM take it (rgb_to_y):
-        img = np.repeat(
-            img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2
-        )  # the same pixels, the same score
+    # grey as RGB of three equal channels, as PSNR/SSIM take it (rgb_to_y): the same pixels, the same score
+    if img.ndim == 2 or img.shape[2] == 1:
+        img = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -269,13 +266,13 @@ def evaluate(
         try:
             item = _evaluate_one(path, shown[path], result, loaded, lpips, save_images, report_dir)
         except (EsrganError, OSError, ValueError, MemoryError, RuntimeError) as exc:
-            if isinstance(exc, (MemoryError, RuntimeError)) and not out_of_memory(exc):
+            memory = isinstance(exc, (MemoryError, RuntimeError))
+            if memory and not out_of_memory(exc):
                 raise
-            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-            if isinstance(
-                exc, (MemoryError, RuntimeError)
-            ):  # the other images are scored, the tables written
+            if memory:  # that image alone: the other images are scored, the tables written
                 reason = f"{path}: out of memory while scoring it ({one_line(exc)[:120] or 'MemoryError'})"
+            else:
+                reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             result.failed.append((path, reason))
             say(f"[{i}/{len(files)}] skipped {reason}")
             continue
@@ -362,9 +359,7 @@ def _evaluate_one(
         seconds=seconds,
     )
     if save_images is not None:
-        file_stem = (
-            name.replace(".", "_") if name != path.stem else name
-        )  # a.png, a.bmp -> a_png.png, a_bmp.png
+        file_stem = path.stem if name == path.stem else name.replace(".", "_")  # a.png, a.bmp -> a_png, a_bmp
         for method, out in outputs.items():
             write_image(
                 Path(save_images) / method / f"{file_stem}.png", ImageData.from_array(out), overwrite=True

@@ -39,7 +39,6 @@ from torch import Tensor, nn
 from .atomic import atomic_path, atomic_write_bytes
 from .checkpoints import load_weights, save_model  # at import, not at the run's end: see train()'s export
 from .config import (
-    POOL_BATCHES,
     Config,
     LossesConfig,
     RealESRGANDegradationConfig,
@@ -969,8 +968,7 @@ def pair_pool_size(cfg: Config) -> int:
     pool: it exists for the realesrgan degradation, whose batches share their resize scales and modes)."""
     if cfg.data.degradation != "realesrgan" or cfg.data.lr_dir is not None:
         return 0
-    size = cfg.data.realesrgan.pool_size
-    return POOL_BATCHES * cfg.data.batch_size if size == "auto" else size
+    return cfg.data.pool_pairs
 
 
 def _gather_ranks(t: Tensor) -> Tensor:
