@@ -147,3 +147,29 @@ def randomize(module: nn.Module, seed: int) -> nn.Module:
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
     return module.eval()
+
+
+class RealEsrganCompact(nn.Module):
+    """Real-ESRGAN's SRVGGNetCompact as its published keys describe it (body as a ModuleList: conv, PReLU, ..., conv),
+    with its forward written independently of esrgan.compact: the pixel shuffle by reshape/permute and the nearest
+    upscale by repeat_interleave."""
+
+    def __init__(self, num_in_ch: int, num_feat: int, num_conv: int, upscale: int) -> None:
+        super().__init__()
+        self.upscale = upscale
+        self.body = nn.ModuleList(
+            [nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), nn.PReLU(num_parameters=num_feat)]
+        )
+        for _ in range(num_conv):
+            self.body.append(nn.Conv2d(num_feat, num_feat, 3, 1, 1))
+            self.body.append(nn.PReLU(num_parameters=num_feat))
+        self.body.append(nn.Conv2d(num_feat, num_in_ch * upscale * upscale, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        n, c, h, w = x.shape
+        s = self.upscale
+        out = out.reshape(n, c, s, s, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c, h * s, w * s)
+        return out + x.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)

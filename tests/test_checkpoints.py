@@ -355,12 +355,20 @@ def test_a_damaged_esrgan_plus_file_is_one_line(tmp_path: Path, change: str, mes
     assert "\n" not in str(caught.value)
 
 
-def test_foreign_architectures_are_declined_clearly(tmp_path: Path) -> None:
-    torch.save(
-        {"body.0.weight": torch.zeros(3, 3, 3, 3), "body.1.weight": torch.zeros(3)}, tmp_path / "compact.pth"
-    )
-    with pytest.raises(CheckpointError, match="not an RRDBNet"):
-        load_weights(tmp_path / "compact.pth")
+@pytest.mark.parametrize(
+    "keys",
+    [
+        # SwinIR (conv_first, but transformer layers), EDSR (head/body/tail), RCAN: key layouts spandrel also reads
+        ["conv_first.weight", "patch_embed.norm.weight", "layers.0.residual_group.blocks.0.attn.qkv.weight"],
+        ["head.0.weight", "body.0.body.0.weight", "tail.0.0.weight"],
+        ["head.0.weight", "body.0.body.0.body.0.weight", "body.0.body.0.body.3.conv_du.0.weight"],
+    ],
+)
+def test_foreign_architectures_are_declined_clearly(tmp_path: Path, keys: list[str]) -> None:
+    torch.save({k: torch.zeros(4, 3, 3, 3) for k in keys}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError, match=r"not an RRDBNet \(ESRGAN\) or SRVGGNetCompact") as caught:
+        load_weights(tmp_path / "foreign.pth")
+    assert keys[0] in str(caught.value)  # says what the file holds instead
 
 
 def test_truncated_and_garbage_files(tmp_path: Path) -> None:

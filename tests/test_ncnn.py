@@ -154,7 +154,7 @@ def run_ncnn(param: Path, weights: Path, chw: np.ndarray, *, bf16: bool = False)
 # --- the packaged Real-ESRGAN models -----------------------------------------------------------------------------
 @needs_packaged
 def test_packaged_names_point_at_files() -> None:
-    assert set(PACKAGED) == {"realesrgan-x4plus", "realesrgan-x4plus-anime"}
+    assert set(PACKAGED) == {"realesrgan-x4plus", "realesrgan-x4plus-anime", "realesr-animevideov3"}
     for param, weights in PACKAGED.values():
         assert param.suffix == ".param" and weights.suffix == ".bin" and weights.stat().st_size > 1_000_000
 
@@ -506,7 +506,9 @@ def test_engine_choice_on_the_cpu() -> None:
     x2 = RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=2)
     assert ModelRunner(random_model(x2), cpu, torch.float32).engine == "packed"  # no ncnn graph for x2
     assert ModelRunner(random_model(TINY), cpu, torch.bfloat16).engine != "ncnn"  # bf16: ours
-    with pytest.raises(EsrganError, match="ncnn engine runs x4/x8 models on the CPU in fp32"):
+    with pytest.raises(
+        EsrganError, match="ncnn engine runs x4/x8 RRDBNet and any SRVGGNetCompact on the CPU in fp32"
+    ):
         ModelRunner(random_model(TINY), cpu, torch.bfloat16, engine="ncnn")
 
 

@@ -2,8 +2,9 @@
 
 Public API (imported lazily so `import esrgan` stays cheap):
     RRDBNet, RRDBConfig          the generator and its hyperparameters          (esrgan.generator)
-    load_model                   a model by name or any RRDBNet file              (esrgan.zoo)
-    save_model                   one loading pipeline for every RRDBNet file     (esrgan.checkpoints)
+    SRVGGNetCompact, CompactConfig  Real-ESRGAN's compact generator (inference)  (esrgan.compact)
+    load_model                   a model by name or any model file                (esrgan.zoo)
+    save_model                   one loading pipeline for every model file       (esrgan.checkpoints)
     interpolate_state_dicts      network interpolation                           (esrgan.checkpoints)
     Upscaler                     upscale numpy arrays / PIL images / files        (esrgan.upscale)
     upscale_video                a video through an Upscaler, sound and timing kept (esrgan.video; needs PyAV)
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "RRDBNet": "generator",
     "RRDBConfig": "generator",
+    "SRVGGNetCompact": "compact",
+    "CompactConfig": "compact",
     "load_model": "zoo",
     "save_model": "checkpoints",
     "interpolate_state_dicts": "checkpoints",
@@ -26,8 +29,10 @@ _LAZY = {
 }
 
 __all__ = [
+    "CompactConfig",
     "RRDBConfig",
     "RRDBNet",
+    "SRVGGNetCompact",
     "Upscaler",
     "__version__",
     "interpolate_state_dicts",
@@ -38,6 +43,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .checkpoints import interpolate_state_dicts, save_model
+    from .compact import CompactConfig, SRVGGNetCompact
     from .generator import RRDBConfig, RRDBNet
     from .upscale import Upscaler
     from .video import upscale_video

@@ -1,4 +1,4 @@
-"""One loading pipeline for every RRDBNet model file, and our own safetensors format.
+"""One loading pipeline for every generator model file (RRDBNet and SRVGGNetCompact), and our own safetensors format.
 
 read (safely) -> unwrap -> detect layout -> infer hyperparameters from shapes -> rename to our layout -> check
 every key and shape -> load strictly. Layouts in the wild (see the recipe):
@@ -12,6 +12,10 @@ every key and shape -> load strictly. Layouts in the wild (see the recipe):
 
 ESRGAN+ files (nESRGAN+ and community models trained with it) add a bias-free ``conv1x1`` to every dense block
 (``RDB{k}.conv1x1.weight`` in any of the layouts): loaded as RRDBConfig(plus=True).
+
+Real-ESRGAN's compact generator (SRVGGNetCompact: realesr-animevideov3, realesr-general-x4v3 and the community's
+"Compact" models) has one layout, ``body.{i}.weight`` / ``.bias`` only (BasicSR's, so reported as ``basicsr``):
+told apart from RRDBNet by its keys, loaded as esrgan.compact.CompactConfig (see esrgan.archs).
 
 Pickle-based files are only read with ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling is
 refused, never executed. Our own files are safetensors with the hyperparameters in the metadata.
@@ -31,7 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .archs import ARCHS, Generator, GeneratorConfig, arch_name, build_generator
 from .atomic import OutputExistsError, atomic_path
+from .compact import COMPACT_SCALES, MAX_CONVS, CompactConfig, SRVGGNetCompact
+from .compact import expected_shapes as compact_shapes
 from .errors import CheckpointError
 from .generator import RRDBConfig, RRDBNet, count_parameters, to_half
 
@@ -56,9 +63,9 @@ _PREFIXES = ("module.", "_orig_mod.", "net_g.", "generator.")
 
 @dataclass
 class LoadedWeights:
-    """A model file read and canonicalised: everything needed to build and fill an RRDBNet."""
+    """A model file read and canonicalised: everything needed to build and fill its generator."""
 
-    config: RRDBConfig
+    config: GeneratorConfig
     state_dict: dict[str, Tensor]
     layout: str
     metadata: dict[str, str] = field(default_factory=dict)
@@ -88,7 +95,7 @@ def _sniff(path: Path) -> str:
 def read_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Read a model file without executing anything: returns (raw object as stored, safetensors metadata)."""
     path = Path(path)
-    _check_size(path, f"{path}: ", MAX_FILE_BYTES, "any RRDBNet model file")
+    _check_size(path, f"{path}: ", MAX_FILE_BYTES, "any model file")
     kind = _sniff(path)
     if kind == "safetensors":
         return _read_safetensors(path)
@@ -285,8 +292,9 @@ def detect_layout(sd: Mapping[str, Tensor]) -> str:
             "discriminator from it (train.pretrained_d)"
         )
     raise CheckpointError(
-        "not an RRDBNet (ESRGAN) model: expected keys like conv_first.weight + body.0.rdb1.conv1.weight, "
-        f"RRDB_trunk.*, or model.1.sub.*; found {_preview(keys)}"
+        "not an RRDBNet (ESRGAN) or SRVGGNetCompact (Real-ESRGAN compact) model: expected keys like "
+        "conv_first.weight + body.0.rdb1.conv1.weight, RRDB_trunk.*, model.1.sub.*, or only body.N.weight/bias; "
+        f"found {_preview(keys)}"
     )
 
 
@@ -347,8 +355,10 @@ def _rename_old(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def infer_config(sd: Mapping[str, Tensor]) -> RRDBConfig:
-    """Read every hyperparameter off the tensor shapes of a state dict in our layout."""
+def infer_config(sd: Mapping[str, Tensor]) -> GeneratorConfig:
+    """Read every hyperparameter off the tensor shapes of a state dict in our layout (either architecture)."""
+    if is_compact_state(sd):
+        return infer_compact_config(sd)
     try:
         first, last = sd["conv_first.weight"], sd["conv_last.weight"]
         grow = sd["body.0.rdb1.conv1.weight"]
@@ -409,9 +419,58 @@ def _count_blocks(sd: Mapping[str, Tensor], prefix: str, suffix: str) -> int:
     return len(found)
 
 
-def canonicalize(obj: Mapping[str, Any]) -> tuple[RRDBConfig, dict[str, Tensor], str]:
+_COMPACT_KEY = re.compile(r"body\.(\d{1,9})\.(weight|bias)")
+
+
+def is_compact_state(sd: Mapping[str, Tensor]) -> bool:
+    """Whether a state dict is an SRVGGNetCompact's: body.N.weight / body.N.bias and nothing else (an RRDBNet's
+    body keys always go deeper: body.N.rdbK.convJ)."""
+    return "body.0.weight" in sd and all(_COMPACT_KEY.fullmatch(str(k)) for k in sd)
+
+
+def infer_compact_config(sd: Mapping[str, Tensor]) -> CompactConfig:
+    """An SRVGGNetCompact's hyperparameters from its shapes: the convs are the 4-D body.N.weight at even N, the last
+    one maps num_feat to num_out_ch x scale^2; check_state_dict then checks every key against them."""
+    indices = {int(m[1]) for k in sd if (m := _COMPACT_KEY.fullmatch(str(k)))}
+    top = max(indices)
+    if top > 2 * MAX_CONVS + 2:  # before anything is listed per layer (see _count_blocks)
+        raise CheckpointError(
+            f"body.{top}: more layers than the {MAX_CONVS} convs any compact model has; refused"
+        )
+    convs = [i for i in sorted(indices) if sd.get(f"body.{i}.weight", torch.empty(0)).ndim == 4]
+    if convs != list(range(0, 2 * len(convs), 2)) or len(convs) < 2:
+        raise CheckpointError(
+            "body.N keys of an SRVGGNetCompact must be convs at N = 0, 2, 4, ... (at least two): found convs at "
+            f"{_preview(convs)}"
+        )
+    first, last = sd["body.0.weight"], sd[f"body.{convs[-1]}.weight"]
+    num_feat, num_in = int(first.shape[0]), int(first.shape[1])
+    prelu = sd.get("body.1.weight")
+    if prelu is None or prelu.ndim != 1:
+        raise CheckpointError(
+            "an SRVGGNetCompact without PReLU slopes (body.1.weight): its activation (ReLU or LeakyReLU) is not "
+            "recorded in the file and no released compact model uses one; only PReLU models are supported"
+        )
+    planes = int(last.shape[0])
+    scale = next((s for s in COMPACT_SCALES if num_in * s * s == planes), None)
+    if scale is None:
+        raise CheckpointError(
+            f"body.{convs[-1]} (the last conv) makes {planes} planes, not {num_in} x scale^2 for a scale in "
+            f"{COMPACT_SCALES}"
+        )
+    try:
+        return CompactConfig(num_in_ch=num_in, num_out_ch=num_in, num_feat=num_feat, num_conv=len(convs) - 2,
+                             scale=scale)  # fmt: skip
+    except ValueError as exc:
+        raise CheckpointError(f"not a usable SRVGGNetCompact: {exc}") from None
+
+
+def canonicalize(obj: Mapping[str, Any]) -> tuple[GeneratorConfig, dict[str, Tensor], str]:
     """Unwrap, detect the layout, rename to ours, infer the hyperparameters and check every tensor."""
     sd = unwrap(obj)
+    if is_compact_state(sd):  # one layout in the wild (Real-ESRGAN's, i.e. BasicSR's), ours too
+        compact = infer_compact_config(sd)
+        return compact, check_state_dict(compact, sd), "basicsr"
     layout = detect_layout(sd)
     if layout == "esrgan":
         _count_blocks(sd, r"RRDB_trunk\.", r"\.")  # before renaming: errors name the file's own keys
@@ -422,9 +481,11 @@ def canonicalize(obj: Mapping[str, Any]) -> tuple[RRDBConfig, dict[str, Tensor],
     return config, check_state_dict(config, sd), layout
 
 
-def expected_shapes(config: RRDBConfig) -> dict[str, tuple[int, ...]]:
-    """Every key of RRDBNet.from_config(config).state_dict() with its shape, in the same order, worked out without
+def expected_shapes(config: GeneratorConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of build_generator(config).state_dict() with its shape, in the same order, worked out without
     building a model (not even on the meta device, whose per-module Python cost is the same)."""
+    if isinstance(config, CompactConfig):
+        return compact_shapes(config)
     feat, grow = config.num_feat, config.num_grow
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -447,12 +508,12 @@ def expected_shapes(config: RRDBConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_state_dict(config: RRDBConfig, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def check_state_dict(config: GeneratorConfig, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Every expected key present with the expected shape, nothing extra, finite float values -> float32 copies.
 
     All of it before any model is built: build_model then only fills a model that matches the file.
     """
-    if config.num_block > MAX_BLOCKS:
+    if isinstance(config, RRDBConfig) and config.num_block > MAX_BLOCKS:
         raise CheckpointError(
             f"{config.num_block} blocks: more than the {MAX_BLOCKS} any RRDBNet has; refused"
         )
@@ -510,9 +571,14 @@ def load_weights(path: str | Path) -> LoadedWeights:
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if "esrgan.config" in metadata:
-        recorded = _config_from_metadata(path, metadata["esrgan.config"])
+        recorded = _config_from_metadata(
+            path, metadata["esrgan.config"], metadata.get("esrgan.arch", "RRDBNet")
+        )
         # the image residual has no tensors: only the metadata can say it is there
-        if replace(recorded, image_residual=False) != config:
+        tensors_say = (
+            replace(recorded, image_residual=False) if isinstance(recorded, RRDBConfig) else recorded
+        )
+        if tensors_say != config:
             raise CheckpointError(f"{path}: metadata says {recorded} but the tensors say {config}")
         config, layout = recorded, "ours"
     return LoadedWeights(config, sd, layout, metadata, path, stored)
@@ -524,9 +590,15 @@ def _precision(sd: Mapping[str, Tensor]) -> str:
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-def _config_from_metadata(path: Path, text: str) -> RRDBConfig:
+def _config_from_metadata(path: Path, text: str, arch: str) -> GeneratorConfig:
     """The architecture our files record, type-checked field by field: the metadata is as hostile as the tensors
     (a string "yes" would otherwise pass as a true image_residual, a string "8" fail deep inside RRDBConfig)."""
+    kind = ARCHS.get(arch)
+    if kind is None:
+        raise CheckpointError(
+            f"{path}: esrgan.arch {_short(arch)!r} is not an architecture this esrgan knows "
+            f"({', '.join(ARCHS)}): written by a newer release?"
+        )
     try:
         values = json.loads(text)
     except ValueError as exc:
@@ -535,7 +607,7 @@ def _config_from_metadata(path: Path, text: str) -> RRDBConfig:
         raise CheckpointError(
             f"{path}: invalid esrgan.config metadata (a {type(values).__name__}, not an object)"
         )
-    fields = RRDBConfig.__dataclass_fields__
+    fields = kind.__dataclass_fields__
     for key, value in values.items():
         if key not in fields:
             raise CheckpointError(
@@ -547,19 +619,19 @@ def _config_from_metadata(path: Path, text: str) -> RRDBConfig:
                 f"{path}: invalid esrgan.config metadata ({key} is {_short(repr(value))}, not {wanted.__name__})"
             )
     try:
-        return RRDBConfig(**values)
+        return kind(**values)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: invalid esrgan.config metadata ({_first_line(exc)})") from None
 
 
-def build_model(weights: LoadedWeights) -> RRDBNet:
-    model = RRDBNet.from_config(weights.config)
+def build_model(weights: LoadedWeights) -> Generator:
+    model = build_generator(weights.config)
     model.load_state_dict(weights.state_dict, strict=True)
     return model.eval().requires_grad_(False)
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> RRDBNet:
-    """Build an RRDBNet from any supported model file, in eval mode with gradients off.
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Generator:
+    """Build the generator (RRDBNet or SRVGGNetCompact) of any supported model file, in eval mode, no gradients.
 
     Files only: names (`esrgan models`) are the zoo's, esrgan.zoo.load_model takes a name or a file.
     """
@@ -569,9 +641,9 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> RRDBN
 # --- saving and converting ----------------------------------------------------------------------------------------
 def save_model(
     path: str | Path,
-    model: RRDBNet | Mapping[str, Tensor],
+    model: Generator | Mapping[str, Tensor],
     *,
-    config: RRDBConfig | None = None,
+    config: GeneratorConfig | None = None,
     metadata: Mapping[str, str] | None = None,
     overwrite: bool = False,
     half: bool = False,
@@ -580,7 +652,7 @@ def save_model(
     `half`: fp16 weights (half the file; loading makes them float32 again)."""
     from safetensors.torch import save
 
-    if isinstance(model, RRDBNet):
+    if isinstance(model, RRDBNet | SRVGGNetCompact):
         config = config or model.config
         sd: Mapping[str, Tensor] = model.state_dict()
     else:
@@ -594,7 +666,7 @@ def save_model(
     meta.update(
         {
             "esrgan.format": FORMAT_VERSION,
-            "esrgan.arch": "RRDBNet",
+            "esrgan.arch": arch_name(config),
             "esrgan.config": json.dumps(config.to_dict()),
         }
     )
@@ -622,8 +694,17 @@ def _writing(dest: Path, overwrite: bool) -> Iterator[Path]:
         raise CheckpointError(f"{dest}: cannot write ({_first_line(exc)})") from None
 
 
-def to_layout(config: RRDBConfig, sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
+def to_layout(config: GeneratorConfig, sd: Mapping[str, Tensor], layout: str) -> dict[str, Tensor]:
     """Rename a canonical state dict into another tool's key layout."""
+    if isinstance(config, CompactConfig):
+        if layout in ("ours", "basicsr"):  # Real-ESRGAN's own names
+            return dict(sd)
+        if layout in LAYOUTS:
+            raise CheckpointError(
+                f"the {layout!r} layout is ESRGAN's RRDBNet naming; an SRVGGNetCompact (Real-ESRGAN compact) file "
+                "is written as --layout basicsr (Real-ESRGAN's .pth), ncnn or ours"
+            )
+        raise CheckpointError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if config.image_residual and layout != "ours":
         raise CheckpointError(
             f"this model adds a bicubic upscale of its input to its output (image_residual), which {layout!r} "
@@ -753,17 +834,31 @@ def describe(path: str | Path) -> str:
     weights = load_weights(path)
     cfg = weights.config
     with torch.device("meta"):
-        params = count_parameters(RRDBNet.from_config(cfg))
-    lines = [
-        f"file:        {weights.path}",
-        f"layout:      {weights.layout}",
-        f"scale:       x{cfg.scale}"
-        + (f" (pixel-unshuffle by {cfg.unshuffle}, x4 trunk)" if cfg.unshuffle > 1 else "")
-        + ("" if cfg.pixel_unshuffle or cfg.scale >= 4 else " (native, original ESRGAN design)"),
-        f"channels:    {cfg.num_in_ch} in, {cfg.num_out_ch} out",
-        f"features:    {cfg.num_feat}, blocks: {cfg.num_block}, growth: {cfg.num_grow}",
-        *(["residual:    bicubic upscale of the input added to the output"] if cfg.image_residual else []),
-        *(["variant:     ESRGAN+ (a 1x1 residual path in every dense block)"] if cfg.plus else []),
+        params = count_parameters(build_generator(cfg))
+    lines = [f"file:        {weights.path}", f"layout:      {weights.layout}"]
+    if isinstance(cfg, CompactConfig):
+        lines += [
+            "arch:        SRVGGNetCompact (Real-ESRGAN's compact generator)",
+            f"scale:       x{cfg.scale} (pixel shuffle, plus the nearest upscale of the input)",
+            f"channels:    {cfg.num_in_ch} in, {cfg.num_out_ch} out",
+            f"features:    {cfg.num_feat}, convs: {cfg.num_conv} + 2, activation: PReLU",
+        ]
+    else:
+        lines += [
+            "arch:        RRDBNet (ESRGAN)",
+            f"scale:       x{cfg.scale}"
+            + (f" (pixel-unshuffle by {cfg.unshuffle}, x4 trunk)" if cfg.unshuffle > 1 else "")
+            + ("" if cfg.pixel_unshuffle or cfg.scale >= 4 else " (native, original ESRGAN design)"),
+            f"channels:    {cfg.num_in_ch} in, {cfg.num_out_ch} out",
+            f"features:    {cfg.num_feat}, blocks: {cfg.num_block}, growth: {cfg.num_grow}",
+            *(
+                ["residual:    bicubic upscale of the input added to the output"]
+                if cfg.image_residual
+                else []
+            ),
+            *(["variant:     ESRGAN+ (a 1x1 residual path in every dense block)"] if cfg.plus else []),
+        ]
+    lines += [
         f"parameters:  {params:,}",
         *([f"weights:     {weights.stored}"] if weights.stored else []),
     ]

@@ -22,6 +22,8 @@ from .defaults import (
     DEFAULT_MODEL,
     DEFAULT_NAME,
     DEFAULT_OVERLAP,
+    DENOISE_MODEL,
+    DENOISE_OTHER,
     DEVICES,
     MAX_DEFAULT_OVERLAP,
     PRECISIONS,
@@ -75,7 +77,9 @@ def _run_info(args: argparse.Namespace) -> int:
 
 # --- convert --------------------------------------------------------------------------------------------------------
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert any RRDBNet model file to ours or to another tool's layout")
+    p = sub.add_parser(
+        "convert", help="convert any model file (RRDBNet or compact) to ours or to another tool's layout"
+    )
     p.add_argument("input", help="model file or model name")
     p.add_argument(
         "output",
@@ -87,7 +91,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         choices=["ours", "basicsr", "esrgan", "old", "ncnn"],
         default="ours",
         help="key layout of the output (default: ours = safetensors with hyperparameters in the metadata; ncnn = "
-        "the .param/.bin pair realesrgan-ncnn-vulkan, upscayl and chaiNNer run, fp16 weights, x4/x8 models)",
+        "the .param/.bin pair realesrgan-ncnn-vulkan, upscayl and chaiNNer run, fp16 weights; RRDBNet at x4/x8, any "
+        "compact model)",
     )
     p.add_argument(
         "--half",
@@ -501,12 +506,35 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 
 
 # --- upscale --------------------------------------------------------------------------------------------------------
+def _denoise(args: argparse.Namespace) -> str | None:
+    """--denoise DN as Real-ESRGAN's inference script does it: DN x realesr-general-x4v3 + (1 - DN) x its
+    without-denoising twin, i.e. --interpolate TWIN --alpha 1-DN; the twin of a model file is the file of the same
+    name with realesr-general-wdn-x4v3 in it, beside it. Sets args.interpolate/alpha; returns a problem or None."""
+    if args.interpolate is not None:
+        return "--denoise chooses the second model itself: give it or --interpolate, not both"
+    if not 0.0 <= args.denoise <= 1.0:  # also refuses NaN
+        return f"--denoise must be in [0, 1], not {args.denoise:g}"
+    model = str(args.model)
+    if model == DENOISE_MODEL:
+        twin = DENOISE_OTHER
+    elif DENOISE_MODEL in Path(model).name:
+        twin = str(Path(model).with_name(Path(model).name.replace(DENOISE_MODEL, DENOISE_OTHER)))
+    else:
+        return (
+            f"--denoise is {DENOISE_MODEL}'s (Real-ESRGAN's -dn: it mixes in {DENOISE_OTHER}); with another "
+            "model, interpolate with --interpolate OTHER --alpha A"
+        )
+    if args.denoise < 1.0:  # 1: the model as it is, as Real-ESRGAN does
+        args.interpolate, args.alpha = twin, 1.0 - args.denoise
+    return None
+
+
 def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "upscale",
         help="upscale images and videos (files, folders, globs) with any ESRGAN-family model",
         description=(
-            "Upscale images with an RRDBNet model, tiled with blended overlaps so any size fits in memory. "
+            "Upscale images with an RRDBNet (ESRGAN) or SRVGGNetCompact (Real-ESRGAN compact) model, tiled with blended overlaps so any size fits in memory. "
             "Existing outputs are skipped (so rerunning an interrupted batch only does the rest) unless "
             "--overwrite; outputs are written atomically. Bit depth, alpha, ICC profile and EXIF are kept. "
             "A file that fails is reported in one line and the batch goes on; the exit code is 1 if any failed."
@@ -562,6 +590,14 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         "--alpha",
         type=float,
         help="interpolation weight of OTHER: theta = (1 - alpha) * MODEL + alpha * OTHER (needs --interpolate)",
+    )
+    p.add_argument(
+        "--denoise",
+        type=float,
+        metavar="0-1",
+        help=f"with {DENOISE_MODEL} only, Real-ESRGAN's denoise strength (-dn): 1 = the model as it is (strong "
+        f"denoising), 0 = {DENOISE_OTHER} (keeps noise and grain), between: the two interpolated (a model file "
+        f"named {DENOISE_MODEL}* finds its {DENOISE_OTHER} twin beside it)",
     )
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument(
@@ -673,6 +709,9 @@ def _run_upscale(args: argparse.Namespace) -> int:
 
     if (args.interpolate is None) != (args.alpha is None):
         _err("--interpolate and --alpha go together")
+        return 2
+    if args.denoise is not None and (problem := _denoise(args)):
+        _err(problem)
         return 2
     try:  # before any model is loaded
         check_tile(args.tile, args.tile_overlap)

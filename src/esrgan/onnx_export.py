@@ -1,4 +1,5 @@
-"""ONNX export of an RRDBNet (dynamic batch, height and width) and an onnxruntime forward function.
+"""ONNX export of a generator (RRDBNet or SRVGGNetCompact; dynamic batch, height and width) and an onnxruntime
+forward function. A compact model's forward pass has no size-dependent step: it is exported as it is.
 
 The exported graph is the network proper: pixel-unshuffle (x1/x2 Real-ESRGAN models) -> trunk -> upsampling tail.
 The reflect padding to a multiple of the unshuffle factor and the crop afterwards depend on the input size with
@@ -23,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .archs import ARCHS, Generator, GeneratorConfig, arch_name
 from .atomic import OutputExistsError, atomic_path, cannot_write_reason
+from .compact import SRVGGNetCompact
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet, upscale_input
 
@@ -81,7 +84,7 @@ def _require(module: str) -> Any:
         raise EsrganError(f'ONNX support needs the {module} package: pip install "esrgan[onnx]"') from None
 
 
-def _check_input(config: RRDBConfig) -> Tensor:
+def _check_input(config: GeneratorConfig) -> Tensor:
     """A smooth, image-like input (values in [0, 1], gradients and edges), deterministic across machines."""
     yy, xx = torch.meshgrid(
         torch.linspace(0, 1, _CHECK_SIZE), torch.linspace(0, 1, _CHECK_SIZE), indexing="ij"
@@ -98,7 +101,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def export_onnx(
-    model: RRDBNet | str | Path,
+    model: Generator | str | Path,
     dest: str | Path,
     *,
     opset: int = DEFAULT_OPSET,
@@ -120,13 +123,14 @@ def export_onnx(
     dest = Path(dest)
     if dest.is_dir():  # even with overwrite: a folder is never replaced by a file
         raise EsrganError(f"{dest}: is a folder, not a file; give the name of the .onnx file to write")
-    if not isinstance(model, RRDBNet):
+    if not isinstance(model, RRDBNet | SRVGGNetCompact):
         from .zoo import load_model
 
         model = load_model(model)
     model = model.float().eval()
+    graph = _Graph(model) if isinstance(model, RRDBNet) else model
     try:
-        _write(_Graph(model), model.config, dest, opset, overwrite)
+        _write(graph, model.config, dest, opset, overwrite)
     except OutputExistsError:
         raise
     except OSError as exc:  # a read-only folder, a full disk, a file where a folder should be
@@ -134,7 +138,7 @@ def export_onnx(
     return dest
 
 
-def _write(graph: _Graph, config: RRDBConfig, dest: Path, opset: int, overwrite: bool) -> None:
+def _write(graph: nn.Module, config: GeneratorConfig, dest: Path, opset: int, overwrite: bool) -> None:
     """Export to a temporary file, add the metadata, check it against PyTorch, then rename it to dest."""
     onnx = _require("onnx")
     sample = _check_input(config)
@@ -157,8 +161,12 @@ def _write(graph: _Graph, config: RRDBConfig, dest: Path, opset: int, overwrite:
         except (RuntimeError, ValueError) as exc:  # e.g. an opset torch cannot target
             raise EsrganError(f"{dest}: ONNX export failed: {str(exc).splitlines()[0]}") from None
         proto = onnx.load(str(tmp))
-        meta = proto.metadata_props.add()
-        meta.key, meta.value = "esrgan.config", json.dumps(config.to_dict())
+        for key, value in (
+            ("esrgan.config", json.dumps(config.to_dict())),
+            ("esrgan.arch", arch_name(config)),
+        ):
+            meta = proto.metadata_props.add()
+            meta.key, meta.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         with torch.inference_mode():
@@ -189,10 +197,16 @@ class OnnxForward:
             raise EsrganError(
                 f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})"
             ) from None
-        text = self.session.get_modelmeta().custom_metadata_map.get("esrgan.config")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        text = meta.get("esrgan.config")
         if text is None:
             raise EsrganError(f"{self.path}: no esrgan.config metadata (not exported by esrgan export-onnx)")
-        self.config = RRDBConfig(**json.loads(text))
+        arch = meta.get("esrgan.arch", "RRDBNet")  # files of earlier releases: RRDBNet, the only one then
+        if arch not in ARCHS:
+            raise EsrganError(
+                f"{self.path}: esrgan.arch {arch[:100]!r} is not one this esrgan knows ({', '.join(ARCHS)})"
+            )
+        self.config: GeneratorConfig = ARCHS[arch](**json.loads(text))
 
     def __call__(self, x: Tensor) -> Tensor:
         factor, scale = self.config.unshuffle, self.config.scale
@@ -204,7 +218,7 @@ class OnnxForward:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         (out,) = self.session.run(["output"], {"input": np.ascontiguousarray(x.numpy())})
         result = torch.from_numpy(out[..., : h * scale, : w * scale]).contiguous()
-        if (pad_h or pad_w) and self.config.image_residual:
+        if (pad_h or pad_w) and isinstance(self.config, RRDBConfig) and self.config.image_residual:
             # the graph added the bicubic upscale of the padded input; RRDBNet.forward adds the unpadded one's
             padded_base = upscale_input(x, self.config)[..., : h * scale, : w * scale]
             result += upscale_input(x[..., :h, :w], self.config) - padded_base

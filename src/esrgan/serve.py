@@ -221,12 +221,13 @@ def zoo_models() -> list[ModelChoice]:
 
 def file_models(paths: Mapping[str, str | Path]) -> list[ModelChoice]:
     """Explicit model files under display names (reads each file's header for its scale)."""
+    from .archs import describe_arch
     from .checkpoints import load_weights
 
     out = []
     for name, path in paths.items():
         w = load_weights(path)
-        desc = f"{Path(path).name}: {w.config.num_block} blocks, x{w.config.scale}"
+        desc = f"{Path(path).name}: {describe_arch(w.config)}"
         out.append(ModelChoice(name, w.config.scale, desc, True, source=Path(path)))
     return out
 

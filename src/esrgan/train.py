@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .archs import arch_name
 from .atomic import atomic_path, atomic_write_bytes
 from .checkpoints import load_weights, save_model  # at import, not at the run's end: see train()'s export
 from .config import (
@@ -534,6 +535,11 @@ def _load_pretrained_generator(path: str, g: RRDBNet) -> None:
         if not p.is_file():
             raise ConfigError(f"train.pretrained_g: {p} not found (train stage 1 first, or fix the path)")
         weights = load_weights(p)
+        if not isinstance(weights.config, type(g.config)):
+            raise ConfigError(
+                f"train.pretrained_g: {p} is a {arch_name(weights.config)} model; esrgan trains RRDBNet, the paper's "
+                "generator (compact models are for upscaling, converting and interpolating)"
+            )
         if weights.config != g.config:
             raise ConfigError(
                 f"train.pretrained_g: {p} is {weights.config}, but the config's model section builds {g.config}"

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .archs import Generator, build_generator
+from .compact import SRVGGNetCompact
 from .defaults import ALPHA_MODES, DEFAULT_OVERLAP
 from .device import (
     ModelRunner,
@@ -103,7 +105,7 @@ def check_tile(tile: int | None, overlap: int | None = None, *, zero: str = "no 
         raise EsrganError(f"tile must be 0 ({zero}) or {low}-{MAX_TILE}{why}, not {tile}")
 
 
-def check_model_channels(model: RRDBNet, source: str | Path = "model") -> None:
+def check_model_channels(model: Generator, source: str | Path = "model") -> None:
     """Raise CheckpointError, naming source (the model file or name), for a model this pipeline cannot feed.
 
     Every image reaches the model as 3 channels (RGB; grey and alpha planes replicated to 3, the output averaged
@@ -142,7 +144,7 @@ _PIL_MODES = {
 
 
 class Upscaler:
-    """Runs an RRDBNet over images of any size: tiled, in the best safe precision of the device.
+    """Runs a generator (RRDBNet or SRVGGNetCompact) over images of any size: tiled, in the best safe precision of the device.
 
     device: auto|cpu|cuda|mps. precision: auto|fp32|bf16|fp16 (see esrgan.device for the fallbacks).
     tile: largest tile side in input pixels (MIN_TILE..MAX_TILE, and >= 2 x tile_overlap when one is given; each
@@ -160,7 +162,7 @@ class Upscaler:
 
     def __init__(
         self,
-        model: RRDBNet,
+        model: Generator,
         *,
         device: str = "auto",
         precision: str = "auto",
@@ -169,7 +171,7 @@ class Upscaler:
         batch: int | None = None,
         alpha_mode: str = "model",
         outscale: float | None = None,
-        interpolate: str | Path | RRDBNet | None = None,
+        interpolate: str | Path | Generator | None = None,
         interpolate_alpha: float | None = None,
         compile: bool = False,
     ) -> None:
@@ -216,7 +218,7 @@ class Upscaler:
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> Upscaler:
-        """Any RRDBNet model file: ours, BasicSR/Real-ESRGAN, ESRGAN, old-style .pth, ncnn .param."""
+        """Any model file: ours, BasicSR/Real-ESRGAN (RRDBNet or compact), ESRGAN, old-style .pth, ncnn .param."""
         from .checkpoints import load_model
 
         path = Path(path).expanduser()
@@ -565,17 +567,17 @@ class Upscaler:
         return result
 
 
-def _interpolated(model: RRDBNet, other: str | Path | RRDBNet, alpha: float) -> RRDBNet:
+def _interpolated(model: Generator, other: str | Path | Generator, alpha: float) -> Generator:
     """theta = (1 - alpha) * theta_model + alpha * theta_other, computed in fp32 on the host."""
     from .checkpoints import interpolate_state_dicts
     from .zoo import load_model
 
-    other_model = other if isinstance(other, RRDBNet) else load_model(other)
+    other_model = other if isinstance(other, RRDBNet | SRVGGNetCompact) else load_model(other)
     if other_model.config != model.config:
         raise CheckpointError(
             f"cannot interpolate models of different architectures: {model.config} and {other_model.config}"
         )
-    mixed = RRDBNet.from_config(model.config)
+    mixed = build_generator(model.config)
     sd = interpolate_state_dicts(
         {k: v.cpu() for k, v in model.state_dict().items()},
         {k: v.cpu() for k, v in other_model.state_dict().items()},

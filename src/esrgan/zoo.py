@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .atomic import atomic_write_bytes
-from .defaults import DEFAULT_MODEL
+from .defaults import DEFAULT_MODEL, DENOISE_MODEL, DENOISE_OTHER
 from .download import digest_matches, download_file, sha256_file
 from .errors import DownloadError, ModelNotAvailableError
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     import torch
 
-    from .generator import RRDBNet
+    from .archs import Generator
 
 SourceKind = Literal["ncnn-package", "url"]
 
@@ -138,6 +138,49 @@ MODELS: dict[str, ModelEntry] = {
             hash_note=_MULTI_SOURCE,
         ),
         ModelEntry(
+            name="realesr-animevideov3",
+            scale=4,
+            description=(
+                "Real-ESRGAN animevideov3: anime video and illustrations, compact net (SRVGGNetCompact, 16 convs; "
+                "x2/x3 with --outscale)"
+            ),
+            license=f"{_REAL_ESRGAN_LICENSE} weights; MIT packaging ({NCNN_PACKAGE})",
+            size=2_500_000,
+            source="ncnn-package",
+            filename="realesr-animevideov3.safetensors",
+            hash_note=f"converted locally from {NCNN_PACKAGE}; our own digest is stamped beside the cached file",
+        ),
+        ModelEntry(
+            name=DENOISE_MODEL,
+            scale=4,
+            description=(
+                "Real-ESRGAN general v3: photos, fast compact net (SRVGGNetCompact, 32 convs); --denoise 0-1 mixes "
+                f"in {DENOISE_OTHER} (Real-ESRGAN's denoise strength)"
+            ),
+            license=_REAL_ESRGAN_LICENSE,
+            size=4_885_111,
+            source="url",
+            filename="realesr-general-x4v3.pth",
+            url=f"{_REAL_ESRGAN_RELEASES}/v0.2.5.0/realesr-general-x4v3.pth",
+            sha256="8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292",
+            hash_note=_MULTI_SOURCE,
+        ),
+        ModelEntry(
+            name=DENOISE_OTHER,
+            scale=4,
+            description=(
+                "Real-ESRGAN general v3 without denoising (keeps grain and noise): the other end of "
+                f"{DENOISE_MODEL}'s denoise strength"
+            ),
+            license=_REAL_ESRGAN_LICENSE,
+            size=4_885_111,
+            source="url",
+            filename="realesr-general-wdn-x4v3.pth",
+            url=f"{_REAL_ESRGAN_RELEASES}/v0.2.5.0/realesr-general-wdn-x4v3.pth",
+            sha256="1641f8c4464b9f097c9fdda5589273713f67cf59f3d909e0bd688f0cee269dca",
+            hash_note=_MULTI_SOURCE,
+        ),
+        ModelEntry(
             name="esrgan-x4-df2kost",
             scale=4,
             description="ESRGAN (paper recipe) retrained by BasicSR on DF2K+OST: bicubic x4, GAN stage",
@@ -227,8 +270,8 @@ def resolve_model_path(path_or_name: str | Path) -> Path:
     return resolve(str(path_or_name))
 
 
-def load_model(path_or_name: str | Path, *, device: str | torch.device = "cpu") -> RRDBNet:
-    """An RRDBNet from a model name (see `esrgan models`) or any model file (esrgan.checkpoints.load_model)."""
+def load_model(path_or_name: str | Path, *, device: str | torch.device = "cpu") -> Generator:
+    """A generator from a model name (see `esrgan models`) or any model file (esrgan.checkpoints.load_model)."""
     from .checkpoints import load_model as load_file
 
     return load_file(resolve_model_path(path_or_name), device=device)
