@@ -107,16 +107,16 @@ def test_ncnn_file_we_write_is_byte_identical_to_real_esrgans(tmp_path: Path) ->
 
 
 # --- Real-ESRGAN's .pth and ours -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("wrapper", ["params", "params_ema", None])
+@pytest.mark.parametrize(("wrapper", "scale"), [("params", 4), ("params_ema", 2), (None, 1), ("params", 8)])
 def test_real_esrgan_pth_computes_what_an_independent_implementation_computes(
-    wrapper: str | None, photo_small: np.ndarray, tmp_path: Path
+    wrapper: str | None, scale: int, photo_small: np.ndarray, tmp_path: Path
 ) -> None:
-    reference = randomize(RealEsrganCompact(3, 16, 4, 4), seed=1)
+    reference = randomize(RealEsrganCompact(3, 16, 4, scale), seed=scale)
     sd = reference.state_dict()
     torch.save(sd if wrapper is None else {wrapper: sd}, tmp_path / "compact.pth")
     weights = load_weights(tmp_path / "compact.pth")
     assert weights.layout == "basicsr" and weights.stored == "float32"
-    assert weights.config == CompactConfig(num_feat=16, num_conv=4, scale=4)
+    assert weights.config == CompactConfig(num_feat=16, num_conv=4, scale=scale)
     x = unit(photo_small)
     with torch.inference_mode():
         assert torch.allclose(build_model(weights)(x), reference(x), atol=1e-5)
@@ -160,6 +160,21 @@ def test_metadata_must_agree_with_the_tensors(tmp_path: Path) -> None:
             },
             "metadata says .* but the tensors say",
         ),
+        "type.safetensors": (
+            {"esrgan.arch": "SRVGGNetCompact", "esrgan.config": json.dumps({**TINY.to_dict(), "scale": 4.0})},
+            "scale is 4.0, not int",
+        ),
+        "bool.safetensors": (
+            {
+                "esrgan.arch": "SRVGGNetCompact",
+                "esrgan.config": json.dumps({**TINY.to_dict(), "num_conv": True}),
+            },
+            "num_conv is True, not int",
+        ),
+        "range.safetensors": (
+            {"esrgan.arch": "SRVGGNetCompact", "esrgan.config": json.dumps({**TINY.to_dict(), "scale": 5})},
+            "scale must be one of",
+        ),
         "rrdb.safetensors": (
             {"esrgan.arch": "RRDBNet", "esrgan.config": json.dumps({"num_feat": 8})},
             "metadata says",
@@ -188,6 +203,11 @@ def _without(sd: dict[str, torch.Tensor], *prefixes: str) -> dict[str, torch.Ten
         ),
         (lambda sd: {**sd, "body.3.weight": torch.full((8,), math.nan)}, "body.3.weight: contains NaN"),
         (lambda sd: {**sd, "body.3.weight": torch.zeros(1)}, r"body.3.weight: expected shape \(8,\)"),
+        (lambda sd: {**sd, "body.3.weight": torch.zeros(8).to_sparse()}, "body.3.weight: a torch.sparse_coo"),
+        (
+            lambda sd: {**sd, "body.2.weight": torch.empty(8, 8, 3, 3, device="meta")},
+            "body.2.weight: a .* on meta",
+        ),
     ],
 )
 def test_damaged_compact_state_dicts_are_one_line_errors(
@@ -222,17 +242,40 @@ def test_ncnn_graph_for_every_scale_reads_back_and_runs_in_ncnn(scale: int, tmp_
         (" 0=4\n", " 0=2\n", "pixel shuffle by 4"),
         ("0=1 1=4.000000e+00 2=4.000000e+00", "0=2 1=4.000000e+00 2=4.000000e+00", "nearest x4 upscale"),
         ("2 1 shuffle nearest output 0=0", "2 1 shuffle nearest output 0=2", "is not the sum"),
+        # what ncnn itself would run differently: a fixed output size, a float where ncnn reads an int's bits
+        ("0=1 1=4.000000e+00 2=4.000000e+00", "0=1 1=4.000000e+00 2=4.000000e+00 3=7 4=7", "nearest x4 upscale"),
+        ("0=1 1=4.000000e+00 2=4.000000e+00", "0=1.0 1=4.000000e+00 2=4.000000e+00", "parameter 0 is 1.0"),
+        (" 0=4\n", " 0=4.0\n", "parameter 0 is 4.0, not an integer"),
     ],
 )  # fmt: skip
 def test_rewired_compact_graphs_are_refused(old: str, new: str, message: str, tmp_path: Path) -> None:
     text, weights = ncnn_files(TINY, dict(tiny().state_dict()))
     param = tmp_path / "m.param"
+    if message == "is not the sum":  # ncnn's own runtime loads the unaltered graph (the test's baseline)
+        run_ncnn_text(text, weights, tmp_path)
     assert old in text.decode(), text.decode()
     param.write_text(text.decode().replace(old, new, 1))
     param.with_suffix(".bin").write_bytes(weights)
     with pytest.raises(CheckpointError, match=message) as caught:
         load_weights(param)
     assert "\n" not in str(caught.value)
+
+
+def run_ncnn_text(text: bytes, weights: bytes, folder: Path) -> None:
+    (folder / "ok.param").write_bytes(text)
+    (folder / "ok.bin").write_bytes(weights)
+    x = np.zeros((3, 5, 5), dtype=np.float32)
+    assert run_ncnn(folder / "ok.param", folder / "ok.bin", x).shape == (3, 20, 20)
+
+
+def test_an_ncnn_graph_of_too_many_convolutions_is_refused_before_its_bin_is_read(tmp_path: Path) -> None:
+    lines = ["Input input 0 1 data", "Convolution c0 1 1 data c0 0=1 1=3 4=1 5=1 6=27"]
+    for n in range(1, 1030):
+        lines += [f"PReLU p{n} 1 1 c{n - 1} p{n} 0=1", f"Convolution c{n} 1 1 p{n} c{n} 0=1 1=3 4=1 5=1 6=9"]
+    (tmp_path / "big.param").write_text(f"7767517\n{len(lines)} {len(lines)}\n" + "\n".join(lines) + "\n")
+    (tmp_path / "big.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="1030 convolutions; a compact model has 2 to 1026"):
+        load_weights(tmp_path / "big.param")
 
 
 # --- through the pipeline ------------------------------------------------------------------------------------------
@@ -292,11 +335,12 @@ def test_training_says_it_trains_rrdbnet_only(tmp_path: Path) -> None:
         _load_pretrained_generator(str(path), RRDBNet(num_feat=8, num_block=1, num_grow=4))
 
 
-def test_onnx_export_runs_at_odd_sizes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scale", [1, 3, 8])
+def test_onnx_export_runs_at_odd_sizes(scale: int, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from esrgan.onnx_export import export_onnx, onnx_forward
 
-    model = tiny(CompactConfig(num_feat=8, num_conv=2, scale=3))
+    model = tiny(CompactConfig(num_feat=8, num_conv=2, scale=scale))
     path = export_onnx(model, tmp_path / "compact.onnx")
     run = onnx_forward(path)
     assert run.config == model.config
@@ -352,7 +396,12 @@ def test_denoise_strength_mixes_the_wdn_twin_as_real_esrgan_does(
     same = upscale("alpha.png", "--interpolate", tmp_path / "realesr-general-wdn-x4v3.pth", "--alpha", "0.7")
     assert np.array_equal(mixed, same)
     assert np.array_equal(upscale("one.png", "--denoise", "1"), upscale("plain.png"))
-    assert not np.array_equal(mixed, upscale("zero.png", "--denoise", "0"))
+    done = run_cli("upscale", tmp_path / "in.png", "--model", tmp_path / "realesr-general-wdn-x4v3.pth", "-o",
+                   tmp_path / "wdn.png")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    wdn = np.asarray(Image.open(tmp_path / "wdn.png"))
+    assert np.array_equal(upscale("zero.png", "--denoise", "0"), wdn)
+    assert not np.array_equal(mixed, wdn) and not np.array_equal(mixed, upscale("plain2.png"))
     for options, message in [
         (("--denoise", "1.5"), "must be in [0, 1]"),
         (("--denoise", "0.5", "--interpolate", general, "--alpha", "0.5"), "not both"),
@@ -361,4 +410,34 @@ def test_denoise_strength_mixes_the_wdn_twin_as_real_esrgan_does(
         assert done.returncode == 2 and message in done.stderr
     other = run_cli("upscale", tmp_path / "in.png", "--model", "realesrgan-x4plus", "--denoise", "0.5")
     assert other.returncode == 2 and "--denoise is realesr-general-x4v3's" in other.stderr
+    # by name: the twin is the named model, looked up in the cache like any (not downloaded here: says how)
+    env = {"ESRGAN_HOME": str(tmp_path / "home")}
+    named = run_cli("upscale", tmp_path / "in.png", "--model", "realesr-general-x4v3", "--denoise", "0.5",
+                    "-o", tmp_path / "named.png", env=env)  # fmt: skip
+    assert named.returncode != 0 and "esrgan models --download realesr-general-x4v3" in named.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_random_token_corruption_of_a_compact_graph_is_a_load_or_a_checkpoint_error(tmp_path: Path) -> None:
+    """Hostile edits anywhere in a compact graph: a clean load of a model that is what it claims, or a
+    CheckpointError; nothing else escapes."""
+    import random
+
+    model = tiny(CompactConfig(num_feat=8, num_conv=2, scale=2))
+    param, _ = save_ncnn(model.config, model.state_dict(), tmp_path / "m.param")
+    rng = random.Random(0)
+    original = param.read_text().split(" ")
+    replacements = ["0", "1", "-1", "2", "3", "8", "x", "=", "0=", "0=2.0", "3=7", "-23301=1,0.2", "PReLU"]
+    replacements += ["PixelShuffle", "Split", "Interp", "data", "body.2", "1e400", "nan", ""]
+    outcomes = {"loaded": 0, "rejected": 0}
+    for _ in range(300):
+        tokens = list(original)
+        tokens[rng.randrange(len(tokens))] = rng.choice(replacements)
+        param.write_text(" ".join(tokens))
+        try:
+            loaded = load_weights(param)
+            assert build_model(loaded)(torch.zeros(1, 3, 4, 4)).shape[-1] == 4 * loaded.config.scale
+            outcomes["loaded"] += 1
+        except CheckpointError:
+            outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 200, outcomes

@@ -536,6 +536,8 @@ def check_state_dict(config: GeneratorConfig, sd: Mapping[str, Tensor]) -> dict[
             raise CheckpointError(f"{key}: expected shape {shape}, file has {tuple(value.shape)}")
         if not value.is_floating_point():
             raise CheckpointError(f"{key}: expected floating-point weights, file has {value.dtype}")
+        if value.layout != torch.strided or value.device.type == "meta":  # no data to copy, or not dense
+            raise CheckpointError(f"{key}: a {value.layout} tensor on {value.device.type}, not dense weights")
         value = value.detach().to(device="cpu", dtype=torch.float32)
         if not torch.isfinite(value).all():
             raise CheckpointError(f"{key}: contains NaN or Inf values")
@@ -571,7 +573,7 @@ def load_weights(path: str | Path) -> LoadedWeights:
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if "esrgan.config" in metadata:
-        recorded = _config_from_metadata(
+        recorded = config_from_metadata(
             path, metadata["esrgan.config"], metadata.get("esrgan.arch", "RRDBNet")
         )
         # the image residual has no tensors: only the metadata can say it is there
@@ -590,7 +592,7 @@ def _precision(sd: Mapping[str, Tensor]) -> str:
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-def _config_from_metadata(path: Path, text: str, arch: str) -> GeneratorConfig:
+def config_from_metadata(path: Path, text: str, arch: str) -> GeneratorConfig:
     """The architecture our files record, type-checked field by field: the metadata is as hostile as the tensors
     (a string "yes" would otherwise pass as a true image_residual, a string "8" fail deep inside RRDBConfig)."""
     kind = ARCHS.get(arch)

@@ -596,7 +596,8 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         type=float,
         metavar="0-1",
         help=f"with {DENOISE_MODEL} only, Real-ESRGAN's denoise strength (-dn): 1 = the model as it is (strong "
-        f"denoising), 0 = {DENOISE_OTHER} (keeps noise and grain), between: the two interpolated (a model file "
+        f"denoising; the default here), 0 = {DENOISE_OTHER} (keeps noise and grain), between: the two "
+        "interpolated. Real-ESRGAN's script defaults to 0.5: give --denoise 0.5 for its output (a model file "
         f"named {DENOISE_MODEL}* finds its {DENOISE_OTHER} twin beside it)",
     )
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")

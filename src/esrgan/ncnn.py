@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compact import COMPACT_SCALES, CompactConfig
+from .compact import COMPACT_SCALES, MAX_CONVS, CompactConfig
 from .errors import CheckpointError
 from .generator import RRDBConfig, to_half, upscale_input
 
@@ -398,11 +398,7 @@ def _match_rrdbnet(graph: _Graph) -> tuple[RRDBConfig, list[_Conv]]:
     x = _scaled_residual(graph, body.output, first.output, 1.0, "the long skip (conv_first + conv_body)")
     for n in range(1, num_up + 1):
         up = graph.only_user(x, f"upsampler {n}")
-        if up.type != "Interp" or (up.get(0, 0), up.get(1, 1.0), up.get(2, 1.0)) != (
-            _INTERP_NEAREST,
-            2.0,
-            2.0,
-        ):
+        if not _nearest_upscale(graph, up, 2.0):
             raise graph.fail(f"{up.name} ({up.type}) is not a nearest x2 upsample before conv_up{n}")
         x = take(f"conv_up{n}", [up.index], leaky=True, shape=(nf, nf)).output
     hr = take("conv_hr", [x], leaky=True, shape=(nf, nf))
@@ -482,6 +478,35 @@ def _read_weights(bin_path: Path, convs: list[_Conv | _Slopes]) -> dict[str, Ten
     return state
 
 
+def _int(graph: _Graph, layer: _Layer, key: int, default: int) -> int:
+    """An integer parameter as ncnn reads it: written as an integer (ncnn takes "1.0" as the bits of a float)."""
+    value = layer.get(key, default)
+    if type(value) is not int:
+        raise graph.fail(f"{layer.name}: parameter {key} is {value!r}, not an integer")
+    return value
+
+
+def _one_input(graph: _Graph, layer: _Layer) -> None:
+    if len(layer.inputs) != 1 or len(layer.outputs) != 1:
+        raise graph.fail(
+            f"{layer.name} ({layer.type}) has {len(layer.inputs)} inputs, {len(layer.outputs)} outputs"
+        )
+
+
+def _nearest_upscale(graph: _Graph, layer: _Layer, factor: float) -> bool:
+    """An Interp that upscales its one input by `factor` with nearest neighbours, by scale, not to a fixed size."""
+    if layer.type != "Interp":
+        return False
+    _one_input(graph, layer)
+    fixed = [_int(graph, layer, key, 0) for key in (3, 4, 5, 6)]  # output size, dynamic size, align corners
+    return (
+        _int(graph, layer, 0, 0) == _INTERP_NEAREST
+        and not any(fixed)
+        and _close(layer.get(1, 1.0), factor)
+        and _close(layer.get(2, 1.0), factor)
+    )
+
+
 def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]:
     """Walk the graph as SRVGGNetCompact.forward would: Convolution + PReLU pairs in a chain from the input, a last
     Convolution, a PixelShuffle, and that added to a nearest Interp of the input; nothing else."""
@@ -491,8 +516,8 @@ def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]
         raise graph.fail(f"{len(inputs)} Input layers, expected 1 with one blob")
     data = inputs[0].index
     convs = [layer for layer in layers if layer.type == "Convolution"]
-    if len(convs) < 2:
-        raise graph.fail(f"{len(convs)} convolutions, at least 2 expected")
+    if not 2 <= len(convs) <= MAX_CONVS + 2:
+        raise graph.fail(f"{len(convs)} convolutions; a compact model has 2 to {MAX_CONVS + 2}")
     named: list[_Conv | _Slopes] = []
     visited = {data}
     x = data
@@ -517,7 +542,9 @@ def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]
         if last:
             break
         act = graph.only_user(x, f"{layer.name} activation")
-        count = act.get(0, 0)
+        if act.type == "PReLU":
+            _one_input(graph, act)
+        count = _int(graph, act, 0, 0)
         if act.type != "PReLU" or count != num_feat:
             raise graph.fail(
                 f"{act.name} ({act.type}, {count} slopes) after {layer.name}: expected PReLU with {num_feat} slopes"
@@ -534,20 +561,21 @@ def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]
         )
     shuffle = graph.only_user(x, "the last convolution")
     if scale > 1 or shuffle.type == "PixelShuffle":  # x1: a pixel shuffle by 1 (a copy) or none
-        if shuffle.type != "PixelShuffle" or shuffle.get(0, 1) != scale or shuffle.get(1, 0) != 0:
+        if shuffle.type == "PixelShuffle":
+            _one_input(graph, shuffle)
+        ok = shuffle.type == "PixelShuffle" and _int(graph, shuffle, 0, 1) == scale
+        if not ok or _int(graph, shuffle, 1, 0) != 0:
             raise graph.fail(f"{shuffle.name} ({shuffle.type}) is not PyTorch's pixel shuffle by {scale}")
         visited.add(shuffle.index)
         x = shuffle.index
     add = graph.only_user(x, "the upscaled features")
-    if add.type != "BinaryOp" or add.get(0, 0) != _BINARYOP_ADD or len(add.inputs) != 2:
+    if add.type != "BinaryOp" or _int(graph, add, 0, 0) != _BINARYOP_ADD or len(add.inputs) != 2:
         raise graph.fail(f"{add.name} ({add.type}) is not the sum of the network and the upscaled input")
     base = next((graph.source(b) for b in add.inputs if graph.source(b) != x), x)
     base_layer = layers[base]
     if scale > 1:
-        nearest = (_INTERP_NEAREST, float(scale), float(scale))
-        got = (base_layer.get(0, 0), base_layer.get(1, 1.0), base_layer.get(2, 1.0))
-        ok = base_layer.type == "Interp" and got[0] == nearest[0] and all(map(_close, got[1:], nearest[1:]))
-        if not ok or not base_layer.inputs or graph.source(base_layer.inputs[0]) != data:
+        ok = _nearest_upscale(graph, base_layer, float(scale))
+        if not ok or graph.source(base_layer.inputs[0]) != data:
             raise graph.fail(
                 f"{base_layer.name} ({base_layer.type}) is not a nearest x{scale} upscale of the input"
             )

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .archs import ARCHS, Generator, GeneratorConfig, arch_name
+from .archs import Generator, GeneratorConfig, arch_name
 from .atomic import OutputExistsError, atomic_path, cannot_write_reason
 from .compact import SRVGGNetCompact
 from .errors import EsrganError
@@ -201,12 +201,13 @@ class OnnxForward:
         text = meta.get("esrgan.config")
         if text is None:
             raise EsrganError(f"{self.path}: no esrgan.config metadata (not exported by esrgan export-onnx)")
-        arch = meta.get("esrgan.arch", "RRDBNet")  # files of earlier releases: RRDBNet, the only one then
-        if arch not in ARCHS:
-            raise EsrganError(
-                f"{self.path}: esrgan.arch {arch[:100]!r} is not one this esrgan knows ({', '.join(ARCHS)})"
-            )
-        self.config: GeneratorConfig = ARCHS[arch](**json.loads(text))
+        from .checkpoints import config_from_metadata
+
+        # checked as a model file's metadata is (types, ranges): an .onnx file is as hostile as any model file;
+        # files of earlier releases have no esrgan.arch: RRDBNet, the only architecture then
+        self.config: GeneratorConfig = config_from_metadata(
+            self.path, text, meta.get("esrgan.arch", "RRDBNet")
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         factor, scale = self.config.unshuffle, self.config.scale
