@@ -10,6 +10,7 @@ docs/benchmarks.md. Run it on a quiet machine:
     .venv/bin/python bench/train.py                     # everything, 10 timed steps after 2 warm-up steps
     .venv/bin/python bench/train.py --sizes recipe --steps 3 --warmup 1
     .venv/bin/python bench/train.py --stages 2,2r       # ESRGAN's GAN step against Real-ESRGAN's
+    .venv/bin/python bench/train.py --sizes recipe,compact --stages 1   # the CPU recipe's RRDBNet against a compact
 
 Stage "2r" is Real-ESRGAN's GAN step (configs/realesrgan_x4_gan.yaml's losses): the U-Net discriminator with spectral
 norm, the vanilla GAN loss, the perceptual loss at five VGG19 depths, at the same sizes as stage 2.
@@ -25,9 +26,10 @@ from pathlib import Path
 
 import torch
 
+from esrgan.archs import GeneratorConfig, build_generator
+from esrgan.compact import CompactConfig
 from esrgan.config import LossesConfig, load_config
 from esrgan.discriminator import UNetDiscriminatorSN, VGGStyleDiscriminator
-from esrgan.generator import RRDBNet
 from esrgan.train import discriminator_step, generator_step, make_autocast
 from esrgan.vgg import VGGFeatureExtractor
 
@@ -35,28 +37,32 @@ from esrgan.vgg import VGGFeatureExtractor
 @dataclass(frozen=True)
 class Size:
     name: str
-    num_block: int
-    num_feat: int
-    num_grow: int
+    generator: GeneratorConfig
     batch: int
     patch: int
     batch_gan: int
-    image_residual: bool = False
 
 
 def size_from_configs(name: str, psnr_config: str, gan_config: str) -> Size:
     """Read the sizes from the configs themselves: scripts/train_cpu_recipe.sh sizes its run from this bench."""
     configs = Path(__file__).resolve().parents[1] / "configs"
     psnr, gan = load_config(configs / psnr_config), load_config(configs / gan_config)
-    m = psnr.model
-    return Size(name, m.num_block, m.num_feat, m.num_grow, psnr.data.batch_size, psnr.data.patch_size,
-                gan.data.batch_size, m.image_residual)  # fmt: skip
+    return Size(name, psnr.model.generator, psnr.data.batch_size, psnr.data.patch_size, gan.data.batch_size)
 
 
 SIZES = {
     "paper": size_from_configs("paper", "esrgan_x4_psnr.yaml", "esrgan_x4_gan.yaml"),
     "recipe": size_from_configs("recipe", "cpu_x4_psnr.yaml", "cpu_x4_gan.yaml"),
+    # Real-ESRGAN's compact generator with the CPU recipe's data (configs/cpu_x4_compact_psnr.yaml)
+    "compact": size_from_configs("compact", "cpu_x4_compact_psnr.yaml", "cpu_x4_gan.yaml"),
 }
+
+
+def shape(config: GeneratorConfig) -> str:
+    """The generator's size as the table shows it."""
+    if isinstance(config, CompactConfig):
+        return f"compact, {config.num_conv} convs x {config.num_feat}"
+    return f"RRDBNet {config.num_block} blocks / {config.num_feat} features / growth {config.num_grow}"
 
 
 REAL_ESRGAN_LAYERS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
@@ -66,8 +72,7 @@ def bench(size: Size, stage: str, precision: str, steps: int, warmup: int) -> fl
     torch.manual_seed(0)
     device = torch.device("cpu")
     autocast = make_autocast(device, precision)
-    g = RRDBNet(num_feat=size.num_feat, num_block=size.num_block, num_grow=size.num_grow, scale=4,
-                image_residual=size.image_residual)  # fmt: skip
+    g = build_generator(size.generator)
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = size.batch if stage == "1" else size.batch_gan
@@ -109,7 +114,7 @@ def bench(size: Size, stage: str, precision: str, steps: int, warmup: int) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="paper,recipe", help="comma-separated: paper, recipe")
+    parser.add_argument("--sizes", default="paper,recipe", help="comma-separated: paper, recipe, compact")
     parser.add_argument(
         "--stages", default="1,2", help="comma-separated: 1 (L1), 2 (ESRGAN's GAN), 2r (Real-ESRGAN's GAN)"
     )
@@ -124,7 +129,7 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
     print(f"{args.steps} timed steps after {args.warmup} warm-up steps; batches in memory (compute only)\n")
-    print("| sizes | stage | blocks / features / growth | batch | HR patch | precision | it/s | s/it |")
+    print("| sizes | stage | generator | batch | HR patch | precision | it/s | s/it |")
     print("|---|---|---|---|---|---|---|---|")
     for size_name in args.sizes.split(","):
         size = SIZES[size_name]
@@ -132,7 +137,7 @@ def main() -> None:
             for precision in args.precisions.split(","):
                 rate = bench(size, stage, precision, args.steps, args.warmup)
                 batch = size.batch if stage == "1" else size.batch_gan
-                print(f"| {size.name} | {stage} | {size.num_block} / {size.num_feat} / {size.num_grow} | {batch} | {size.patch} | {precision} | "
+                print(f"| {size.name} | {stage} | {shape(size.generator)} | {batch} | {size.patch} | {precision} | "
                       f"{rate:.3f} | {1 / rate:.2f} |", flush=True)  # fmt: skip
 
 

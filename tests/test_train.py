@@ -706,3 +706,62 @@ def test_a_training_checkpoint_given_as_a_model_is_its_ema_generator(
     assert not all(torch.equal(state["generator"][k], state["generator_ema"][k]) for k in state["generator"])
     residual = train(tiny(photos, tmp_path, "res", model={"image_residual": True}, train={"total_steps": 1}))
     assert load_weights(latest_checkpoint(residual.run_dir)).config.image_residual
+
+
+def test_a_compact_generator_trains_resumes_exactly_and_exports_its_architecture(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """model.arch: compact trains Real-ESRGAN's SRVGGNetCompact: it learns, resumes bit-exactly (bf16 and
+    channels-last, the CPU recipe's settings), exports as a compact model, and stage 2 starts from it."""
+    from esrgan.checkpoints import load_weights
+    from esrgan.compact import CompactConfig
+
+    compact = {"arch": "compact", "num_conv": 4}
+    sections: dict[str, Any] = {"model": compact, "schedule": {"kind": "cosine"},
+                                "train": {"total_steps": 6, "ema_decay": 0.5, "precision": "bf16",
+                                          "channels_last": True}}  # fmt: skip
+    straight = train(tiny(photos, tmp_path, "straight", **sections))
+    first = train(tiny(photos, tmp_path, "split", **sections), stop_at_step=3)
+    second = train(tiny(photos, tmp_path, "split", **sections), resume=True)
+    assert first.step == 3 and second.step == 6
+    a, b = weights_of(straight.run_dir), weights_of(second.run_dir)
+    for key in RESUMED_KEYS:
+        assert_same_state(a[key], b[key], key)
+    assert a["model_arch"] == "SRVGGNetCompact" and "body.9.weight" in a["generator"]  # 4 + 2 convs, 5 PReLUs
+    assert not torch.equal(
+        a["generator"]["body.0.weight"], weights_of_step(first.run_dir, 3)["body.0.weight"]
+    )
+    assert second.model_path is not None
+    exported = load_weights(second.model_path)
+    assert exported.config == CompactConfig(num_feat=16, num_conv=4, scale=4)
+    assert load_weights(latest_checkpoint(second.run_dir)).config == exported.config  # the .ckpt as a model
+
+    # it learns: 40 steps of L1 at a higher rate
+    learn = train(tiny(photos, tmp_path, "learn", model=compact, train={"total_steps": 40}))
+    l_pix = losses(learn.run_dir, "l_pix")
+    assert np.mean(l_pix[-10:]) < 0.8 * np.mean(l_pix[:10])
+    # stage 2 from it (the relativistic GAN and the discriminator as for RRDBNet)
+    gan = gan_sections(learn.model_path, perceptual=0.0)
+    gan["train"]["total_steps"] = 3
+    result = train(tiny(photos, tmp_path, "gan", model=compact, **gan))
+    assert result.step == 3 and all(np.isfinite(losses(result.run_dir, "l_g_total")))
+
+
+def test_compact_configs_that_cannot_work_are_refused_in_one_line(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from esrgan.errors import ConfigError
+
+    for model, train_section, message in [
+        ({"arch": "compact", "image_residual": True}, {}, "no image_residual"),
+        ({"arch": "compact"}, {"compile": "blocks"}, "compiles whole"),
+        ({"arch": "compact", "num_conv": -1}, {}, "num_conv must be 0-1024"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            tiny(photos, tmp_path, "bad", model=model, train=train_section)
+    rrdb = train(tiny(photos, tmp_path, "rrdb", train={"total_steps": 1}))
+    with pytest.raises(
+        ConfigError, match="is a RRDBNet model, but the config's model section builds a SRVGGNetCompact"
+    ):
+        train(tiny(photos, tmp_path, "wrong", model={"arch": "compact"},
+                   train={"pretrained_g": str(rrdb.model_path), "total_steps": 1}))  # fmt: skip

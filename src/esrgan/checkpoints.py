@@ -561,6 +561,7 @@ def load_weights(path: str | Path) -> LoadedWeights:
         ema = raw.get("generator_ema")
         try:
             metadata = {"esrgan.config": json.dumps(raw["model_config"]),
+                        "esrgan.arch": str(raw.get("model_arch", "RRDBNet")),
                         "esrgan.checkpoint": "generator_ema" if ema is not None else "generator"}  # fmt: skip
         except (TypeError, ValueError):
             raise CheckpointError(f"{path}: a training checkpoint with an unreadable model_config") from None

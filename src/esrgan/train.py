@@ -1,8 +1,8 @@
 """ESRGAN training, both stages, in one loop you can read top to bottom (`train`).
 
-Stage 1 (psnr) trains RRDBNet with L1 only. Stage 2 (gan) starts from stage 1's generator and adds the VGG-style
-discriminator, the perceptual loss and the relativistic average GAN loss; `generator_step` and
-`discriminator_step` are plain functions. Everything else here is the machinery around them: checkpoints that
+Stage 1 (psnr) trains RRDBNet (or, with model.arch: compact, Real-ESRGAN's SRVGGNetCompact) with L1 only. Stage 2
+(gan) starts from stage 1's generator and adds the VGG-style discriminator, the perceptual loss and the relativistic
+average GAN loss; `generator_step` and `discriminator_step` are plain functions. Everything else here is the machinery around them: checkpoints that
 resume bit-exactly (models, EMA, optimisers, schedulers, grad scalers, RNG states, data position), SIGINT/SIGTERM
 handling, NaN/Inf skipping, mixed precision, validation with Y-PSNR/SSIM, logs, and DDP under torchrun.
 
@@ -36,9 +36,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .archs import arch_name
+from .archs import Generator, arch_name, build_generator
 from .atomic import atomic_path, atomic_write_bytes
 from .checkpoints import load_weights, save_model  # at import, not at the run's end: see train()'s export
+from .compact import CompactConfig
 from .config import (
     Config,
     LossesConfig,
@@ -85,7 +86,7 @@ class TrainResult:
     checkpoint: Path | None  # the last checkpoint written
     model_path: Path | None  # the exported generator (our safetensors), only when training completed
     best_psnr: float | None
-    generator: RRDBNet = field(repr=False)  # the trained generator (the EMA one when EMA is on)
+    generator: Generator = field(repr=False)  # the trained generator (the EMA one when EMA is on)
 
 
 # --- the two steps ----------------------------------------------------------------------------------------------
@@ -517,7 +518,12 @@ def make_autocast(device: torch.device, precision: str, *, cache: bool = True) -
     return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
-def _load_pretrained_generator(path: str, g: RRDBNet) -> None:
+def _arch_key(config: object) -> str:
+    """model.arch's value for a generator config."""
+    return "compact" if isinstance(config, CompactConfig) else "rrdbnet"
+
+
+def _load_pretrained_generator(path: str, g: Generator) -> None:
     """Stage 2 starts from stage 1: an exported model (any format esrgan reads), a training checkpoint, or a named
     model of `esrgan models` (realesrgan-x4plus: fine-tuning Real-ESRGAN's released generator)."""
     from .zoo import is_model_file, resolve_model_path
@@ -537,8 +543,8 @@ def _load_pretrained_generator(path: str, g: RRDBNet) -> None:
         weights = load_weights(p)
         if not isinstance(weights.config, type(g.config)):
             raise ConfigError(
-                f"train.pretrained_g: {p} is a {arch_name(weights.config)} model; esrgan trains RRDBNet, the paper's "
-                "generator (compact models are for upscaling, converting and interpolating)"
+                f"train.pretrained_g: {p} is a {arch_name(weights.config)} model, but the config's model section "
+                f"builds a {arch_name(g.config)}: set model.arch: {_arch_key(weights.config)} and its sizes"
             )
         if weights.config != g.config:
             raise ConfigError(
@@ -778,8 +784,8 @@ class Nets:
     """The modules of a run. `g_train`/`d_train` are what the steps call: DDP wrappers under torchrun (G and D
     themselves otherwise); the plain modules are what checkpoints hold."""
 
-    g: RRDBNet
-    g_ema: RRDBNet | None
+    g: Generator
+    g_ema: Generator | None
     d: Discriminator | None
     vgg: nn.Module | None
     g_train: nn.Module
@@ -812,18 +818,16 @@ def build_nets(
 ) -> Nets:
     """G (from stage 1 or initialised), its EMA copy, and in the GAN stage D and the VGG19 feature extractor."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same weights (DDP also broadcasts rank 0's)
-    g = RRDBNet.from_config(cfg.model.generator)
+    g = build_generator(cfg.model.generator)
     if cfg.train.pretrained_g:
         _load_pretrained_generator(cfg.train.pretrained_g, g)
-    else:
+    elif isinstance(g, RRDBNet):  # the compact net keeps PyTorch's default init, as Real-ESRGAN trains it
         g.init_weights(0.1)
     g = _place(g, device, cfg.train.channels_last).train()
     g_ema = None
     if cfg.train.ema_decay:
         g_ema = (
-            _place(RRDBNet.from_config(g.config), device, cfg.train.channels_last)
-            .eval()
-            .requires_grad_(False)
+            _place(build_generator(g.config), device, cfg.train.channels_last).eval().requires_grad_(False)
         )
         g_ema.load_state_dict(g.state_dict())
     d: Discriminator | None = None
@@ -860,6 +864,8 @@ def build_nets(
             d_train = nn.parallel.DistributedDataParallel(d, device_ids=ids, broadcast_buffers=False)
     if compile_g == "blocks":
         try:
+            if not isinstance(g, RRDBNet):
+                raise RuntimeError("a compact model compiles whole (train.compile: true)")
             g.compile_blocks()  # in place: g_train (DDP's wrapper too) runs the compiled blocks
         except RuntimeError as exc:
             raise ConfigError(f"train.compile: blocks: {exc}") from None
@@ -1014,6 +1020,7 @@ def checkpoint_state(
         "elapsed_s": progress.elapsed_s,
         "config": config_to_yaml(cfg),
         "model_config": nets.g.config.to_dict(),
+        "model_arch": arch_name(nets.g.config),  # absent in checkpoints of earlier releases: RRDBNet
         "perceptual_weights": perceptual,
         "generator": nets.g.state_dict(),
         "generator_ema": sd(nets.g_ema),
@@ -1063,9 +1070,10 @@ def restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | Non
 
 def _restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None) -> Progress:
     state = load_checkpoint(path)
-    if state["model_config"] != nets.g.config.to_dict():
+    arch = state.get("model_arch", "RRDBNet")
+    if state["model_config"] != nets.g.config.to_dict() or arch != arch_name(nets.g.config):
         raise CheckpointError(
-            f"{path}: generator {state['model_config']} differs from the config's model section"
+            f"{path}: generator {arch} {state['model_config']} differs from the config's model section"
         )
     nets.g.load_state_dict(state["generator"])
     opts.opt_g.load_state_dict(state["optim_g"])
