@@ -326,12 +326,14 @@ def test_interpolation_of_compact_files_and_across_architectures(tmp_path: Path)
     assert not (tmp_path / "no.safetensors").exists()
 
 
-def test_training_says_it_trains_rrdbnet_only(tmp_path: Path) -> None:
+def test_training_from_a_compact_file_needs_the_compact_arch(tmp_path: Path) -> None:
     from esrgan.generator import RRDBNet
     from esrgan.train import _load_pretrained_generator
 
     path = save_model(tmp_path / "compact.safetensors", tiny())
-    with pytest.raises(ConfigError, match="is a SRVGGNetCompact model; esrgan trains RRDBNet"):
+    with pytest.raises(
+        ConfigError, match=r"is a SRVGGNetCompact model, .* builds a RRDBNet: set model.arch: compact"
+    ):
         _load_pretrained_generator(str(path), RRDBNet(num_feat=8, num_block=1, num_grow=4))
 
 
@@ -441,3 +443,30 @@ def test_random_token_corruption_of_a_compact_graph_is_a_load_or_a_checkpoint_er
         except CheckpointError:
             outcomes["rejected"] += 1
     assert outcomes["rejected"] > 200, outcomes
+
+
+def test_training_init_keeps_the_signal_through_every_layer_and_starts_near_nearest(
+    photo: np.ndarray,
+) -> None:
+    """init_weights (what `esrgan train` starts a compact model from): each PReLU's output keeps the scale of the
+    first one's through all 32 inner convs (PyTorch's default init loses nine tenths of it within four layers; such a
+    network barely learns in a CPU budget: docs/training.md), and the untrained output is the nearest upscale plus a little."""
+    torch.manual_seed(0)
+    x = unit(photo[100:164, 150:214])
+    scales: dict[str, list[float]] = {}
+    for init in ("default", "ours"):
+        model = SRVGGNetCompact(CompactConfig(num_conv=32)).eval()
+        if init == "ours":
+            model.init_weights()
+        out, stds = x, []
+        with torch.inference_mode():
+            for layer in model.body:
+                out = layer(out)
+                if isinstance(layer, torch.nn.PReLU):
+                    stds.append(float(out.std()))
+            scales[init] = [s / stds[0] for s in stds]
+            if init == "ours":
+                nearest = torch.nn.functional.interpolate(x, scale_factor=4.0, mode="nearest")
+                assert psnr(model(x), nearest) > 20
+    assert min(scales["ours"]) > 0.15 and max(scales["ours"]) < 5
+    assert max(scales["default"][4:]) < 0.1  # the default: a tenth of the signal left after four layers

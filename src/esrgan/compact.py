@@ -107,6 +107,18 @@ class SRVGGNetCompact(nn.Module):
     def scale(self) -> int:
         return self.config.scale
 
+    def init_weights(self, last_scale: float = 0.1) -> None:
+        """Initialisation for training from scratch (ours; Real-ESRGAN keeps PyTorch's default): He-normal for the
+        convs before a PReLU (gain for its initial slope 0.25), so the signal keeps its scale through all num_conv
+        layers (PyTorch's default loses nine tenths of it within four layers, tests/test_compact.py), zero biases,
+        and the last conv x last_scale, so training starts near the nearest upscale."""
+        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
+        for conv in convs:
+            nn.init.kaiming_normal_(conv.weight, a=0.25, mode="fan_in", nonlinearity="leaky_relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        convs[-1].weight.data.mul_(last_scale)
+
     def forward(self, x: Tensor) -> Tensor:
         """Map an (N, C, H, W) image in [0, 1] to (N, C, H * scale, W * scale)."""
         out = self.body(x)

@@ -821,7 +821,7 @@ def build_nets(
     g = build_generator(cfg.model.generator)
     if cfg.train.pretrained_g:
         _load_pretrained_generator(cfg.train.pretrained_g, g)
-    elif isinstance(g, RRDBNet):  # the compact net keeps PyTorch's default init, as Real-ESRGAN trains it
+    else:  # RRDBNet: the paper's Kaiming x0.1; the compact net: He init, its last conv x0.1 (see its init_weights)
         g.init_weights(0.1)
     g = _place(g, device, cfg.train.channels_last).train()
     g_ema = None
