@@ -22,10 +22,10 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 from skimage import data
 
 from esrgan.compact import CompactConfig, SRVGGNetCompact
@@ -106,12 +106,8 @@ def main() -> None:
             call()
             times[label].append(time.perf_counter() - start)
     base = statistics.median(times[base_label])
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?"
-    )
     print(
-        f"{cpu}, {args.threads} threads, torch {torch.__version__}; astronaut crop {args.size}x{args.size} -> x4"
+        f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}; astronaut crop {args.size}x{args.size} -> x4"
     )
     width = max(len(label) for label in times)
     print(
