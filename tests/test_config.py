@@ -47,7 +47,7 @@ def test_paper_configs_hold_the_paper_settings() -> None:
 
 
 def test_cpu_configs_load() -> None:
-    for name in ("cpu_x4_psnr", "cpu_x4_gan", "cpu_x4_compact_psnr"):
+    for name in ("cpu_x4_psnr", "cpu_x4_gan", "cpu_x4_compact_psnr", "cpu_x4_compact_gan"):
         assert load_config(REPO / "configs" / f"{name}.yaml").name == name
     compact = load_config(REPO / "configs" / "cpu_x4_compact_psnr.yaml").model.generator
     assert (type(compact).__name__, compact.num_conv, compact.num_feat) == ("CompactConfig", 16, 64)

@@ -219,3 +219,37 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
         assert (runs / "cpu_x4_gan" / f"eval_{bench_set}.json").stat().st_mtime_ns > evaluated[
             runs / "cpu_x4_gan" / f"eval_{bench_set}.json"
         ]
+
+
+@pytest.mark.slow
+def test_cpu_recipe_script_with_the_compact_generator(tmp_path: Path) -> None:
+    """ARCH=compact: the same recipe (both stages, the evaluations) with Real-ESRGAN's compact generator."""
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from esrgan.checkpoints import load_weights
+    from esrgan.compact import CompactConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".venv" / "bin" / "esrgan").exists():
+        pytest.skip("the recipe script runs .venv/bin/esrgan: set up with scripts/setup.sh")
+    (tmp_path / "data" / "hr").mkdir(parents=True)
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "data" / "hr" / "astronaut.png")
+    for bench_set in ("Set5", "Set14"):
+        (tmp_path / "bench" / bench_set).mkdir(parents=True)
+        Image.fromarray(skdata.coffee()[:192, :192]).save(tmp_path / "bench" / bench_set / "coffee.png")
+    env = {**os.environ, "DATA": str(tmp_path / "data"), "RUNS": str(tmp_path / "runs"),
+           "BENCH": str(tmp_path / "bench"), "STEPS1": "2", "STEPS2": "2", "VGG": "none", "ARCH": "compact"}  # fmt: skip
+    script = str(repo / "scripts" / "train_cpu_recipe.sh")
+    proc = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for run in ("cpu_x4_compact_psnr", "cpu_x4_compact_gan"):
+        assert load_weights(runs / run / "model.safetensors").config == CompactConfig(
+            num_feat=64, num_conv=16
+        )
+        assert json.loads((runs / run / "eval_Set5.json").read_text())["images"]
+    stage2 = yaml.safe_load((runs / "cpu_x4_compact_gan" / "config.yaml").read_text())
+    assert stage2["train"]["pretrained_g"] == str(runs / "cpu_x4_compact_psnr" / "model.safetensors")
+    wrong = subprocess.run(["bash", script], env={**env, "ARCH": "swinir"}, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "ARCH must be rrdbnet or compact" in wrong.stderr
