@@ -769,3 +769,30 @@ def test_compact_configs_that_cannot_work_are_refused_in_one_line(
     ):
         train(tiny(photos, tmp_path, "wrong", model={"arch": "compact"},
                    train={"pretrained_g": str(rrdb.model_path), "total_steps": 1}))  # fmt: skip
+
+
+def test_architecture_records_of_checkpoints_are_checked_on_resume_and_as_pretrained_g(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A checkpoint without model_arch (earlier releases) resumes as the RRDBNet it is; one of the other
+    architecture, or with a crafted model_arch, is refused in one line, on --resume and as train.pretrained_g."""
+    from esrgan.errors import ConfigError
+
+    rrdb = train(tiny(photos, tmp_path, "rrdb", train={"total_steps": 4}), stop_at_step=2)
+    state = torch.load(latest_checkpoint(rrdb.run_dir), weights_only=True)
+    assert state.pop("model_arch") == "RRDBNet"
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)  # what an earlier release wrote
+    assert train(tiny(photos, tmp_path, "rrdb", train={"total_steps": 4}), resume=old).step == 4
+    compact = train(tiny(photos, tmp_path, "compact", model={"arch": "compact"}, train={"total_steps": 2}))
+    compact_ckpt = latest_checkpoint(compact.run_dir)
+    with pytest.raises(CheckpointError, match=r"generator CompactConfig\(.*\) differs from the config"):
+        train(tiny(photos, tmp_path, "compact-as-rrdb", train={"total_steps": 4}), resume=compact_ckpt)
+    with pytest.raises(ConfigError, match=r"is a SRVGGNetCompact model, but .* set model.arch: compact"):
+        train(tiny(photos, tmp_path, "g2", **gan_sections(compact_ckpt, perceptual=0.0)))
+    for value in (torch.zeros(3, 3), "A" * 5000 + "\nforged line", 7):
+        crafted = tmp_path / "crafted.ckpt"
+        torch.save({**state, "model_arch": value}, crafted)
+        with pytest.raises(CheckpointError) as caught:
+            train(tiny(photos, tmp_path, "crafted", train={"total_steps": 4}), resume=crafted)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 600, str(caught.value)[:300]

@@ -1,13 +1,13 @@
 """The generator architectures a model file can hold, told apart in this one place.
 
-- RRDBNet (esrgan.generator): ESRGAN's generator, the paper's; what `esrgan train` trains and most community
-  models are.
+- RRDBNet (esrgan.generator): ESRGAN's generator, the paper's; what `esrgan train` trains by default and most
+  community models are.
 - SRVGGNetCompact (esrgan.compact): Real-ESRGAN's compact generator (realesr-animevideov3, realesr-general-x4v3);
-  inference, conversion and interpolation only.
+  upscaled, converted, interpolated, and trained with `model.arch: compact`.
 
 Every config has `scale`, `num_in_ch`, `num_out_ch`, `num_feat`, `unshuffle` and `image_residual`, which is all the
-tiling and the upscaling pipeline ask of a model; the engines that exist for one architecture only (esrgan.fast's
-packed RRDBNet, a training run) check `isinstance(config, RRDBConfig)`.
+tiling and the upscaling pipeline ask of a model; what exists for one architecture only (esrgan.fast's packed
+RRDBNet, ncnn's graph, the training init and `compile: blocks`) checks the type.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ odd i after it), so our state dicts load in its code, BasicSR and spandrel as th
 use ReLU or LeakyReLU, which have no tensors: a file without PReLU slopes cannot say which it was, and every released
 compact model uses PReLU, so only PReLU is built (see esrgan.checkpoints).
 
-Used for inference only: `esrgan train` trains RRDBNet (the paper's generator).
+`esrgan train` trains it with `model.arch: compact` (from init_weights, not PyTorch's default init: see there).
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ class SRVGGNetCompact(nn.Module):
         return self.config.scale
 
     def init_weights(self, last_scale: float = 0.1) -> None:
-        """Initialisation for training from scratch (ours; Real-ESRGAN keeps PyTorch's default): He-normal for the
-        convs before a PReLU (gain for its initial slope 0.25), so the signal keeps its scale through all num_conv
+        """Initialisation for training from scratch (ours; Real-ESRGAN keeps PyTorch's default): He-normal for
+        every conv with the gain of the PReLU's initial slope 0.25, so the signal keeps its scale through all num_conv
         layers (PyTorch's default loses nine tenths of it within four layers, tests/test_compact.py), zero biases,
         and the last conv x last_scale, so training starts near the nearest upscale."""
         convs = [m for m in self.body if isinstance(m, nn.Conv2d)]

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .archs import Generator, arch_name, build_generator
+from .archs import Generator, GeneratorConfig, arch_name, build_generator
 from .atomic import atomic_path, atomic_write_bytes
 from .checkpoints import load_weights, save_model  # at import, not at the run's end: see train()'s export
 from .compact import CompactConfig
@@ -518,6 +518,21 @@ def make_autocast(device: torch.device, precision: str, *, cache: bool = True) -
     return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
+def recorded_generator(path: Path, state: Mapping[str, Any]) -> GeneratorConfig:
+    """The generator a training checkpoint records (model_arch, absent in earlier releases' = RRDBNet, and
+    model_config), checked as a model file's metadata is: a crafted value is one CheckpointError line."""
+    from .checkpoints import config_from_metadata
+
+    arch = state.get("model_arch", "RRDBNet")
+    if type(arch) is not str:
+        raise CheckpointError(f"{path}: model_arch is a {type(arch).__name__}, not an architecture's name")
+    try:
+        text = json.dumps(state["model_config"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: no readable model_config (the generator's architecture)") from None
+    return config_from_metadata(path, text, arch)
+
+
 def _arch_key(config: object) -> str:
     """model.arch's value for a generator config."""
     return "compact" if isinstance(config, CompactConfig) else "rrdbnet"
@@ -529,8 +544,9 @@ def _load_pretrained_generator(path: str, g: Generator) -> None:
     from .zoo import is_model_file, resolve_model_path
 
     p = Path(path).expanduser()
-    if p.suffix == ".ckpt":
+    if p.suffix == ".ckpt":  # the architecture it records is checked as a model file's (below)
         state = load_checkpoint(p)
+        config = recorded_generator(p, state)
         sd = state["generator_ema"] if state.get("generator_ema") is not None else state["generator"]
     else:
         if not is_model_file(path):
@@ -541,16 +557,16 @@ def _load_pretrained_generator(path: str, g: Generator) -> None:
         if not p.is_file():
             raise ConfigError(f"train.pretrained_g: {p} not found (train stage 1 first, or fix the path)")
         weights = load_weights(p)
-        if not isinstance(weights.config, type(g.config)):
-            raise ConfigError(
-                f"train.pretrained_g: {p} is a {arch_name(weights.config)} model, but the config's model section "
-                f"builds a {arch_name(g.config)}: set model.arch: {_arch_key(weights.config)} and its sizes"
-            )
-        if weights.config != g.config:
-            raise ConfigError(
-                f"train.pretrained_g: {p} is {weights.config}, but the config's model section builds {g.config}"
-            )
-        sd = weights.state_dict
+        config, sd = weights.config, weights.state_dict
+    if not isinstance(config, type(g.config)):
+        raise ConfigError(
+            f"train.pretrained_g: {p} is a {arch_name(config)} model, but the config's model section "
+            f"builds a {arch_name(g.config)}: set model.arch: {_arch_key(config)} and its sizes"
+        )
+    if config != g.config:
+        raise ConfigError(
+            f"train.pretrained_g: {p} is {config}, but the config's model section builds {g.config}"
+        )
     try:
         g.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
@@ -1070,10 +1086,10 @@ def restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | Non
 
 def _restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None) -> Progress:
     state = load_checkpoint(path)
-    arch = state.get("model_arch", "RRDBNet")
-    if state["model_config"] != nets.g.config.to_dict() or arch != arch_name(nets.g.config):
+    recorded = recorded_generator(path, state)
+    if recorded != nets.g.config:
         raise CheckpointError(
-            f"{path}: generator {arch} {state['model_config']} differs from the config's model section"
+            f"{path}: generator {recorded} differs from the config's model section ({nets.g.config})"
         )
     nets.g.load_state_dict(state["generator"])
     opts.opt_g.load_state_dict(state["optim_g"])
