@@ -8,7 +8,7 @@ class EsrganError(Exception):
 
 
 class CheckpointError(EsrganError):
-    """A model file that cannot be read, is unsafe, or does not fit RRDBNet."""
+    """A model file that cannot be read, is unsafe, or is not a generator esrgan knows (RRDBNet, SRVGGNetCompact)."""
 
 
 class ImageError(EsrganError):
