@@ -50,7 +50,8 @@ sys.path.insert(0, str(REPO / "bench"))  # hostinfo, also when this file is load
 
 from hostinfo import cpu_name  # noqa: E402
 
-from esrgan.generator import RRDBConfig, RRDBNet  # noqa: E402
+from esrgan.archs import Generator, build_generator  # noqa: E402
+from esrgan.generator import RRDBNet  # noqa: E402
 
 Row = dict[str, Any]
 
@@ -138,8 +139,10 @@ def photos(folder: Path, count: int, side: int | None = None) -> list[Path]:
     return out
 
 
-def load_model(spec: str | None, smoke: bool) -> tuple[RRDBNet, str]:
-    if smoke:
+def load_model(spec: str | None, smoke: bool) -> tuple[Generator, str]:
+    """The model of the upscaling rows: `spec` (a name or a file of either architecture, e.g. Real-ESRGAN's compact
+    realesr-animevideov3), else realesrgan-x4plus; with --smoke a tiny random RRDBNet unless a file is given."""
+    if smoke and not (spec and Path(spec).is_file()):
         torch.manual_seed(0)
         return RRDBNet(num_feat=16, num_block=1, num_grow=8, scale=4).eval(), "tiny random RRDBNet (smoke)"
     from esrgan.zoo import load_model as load_any  # a name or a file
@@ -155,7 +158,7 @@ def load_model(spec: str | None, smoke: bool) -> tuple[RRDBNet, str]:
         return RRDBNet(scale=4).eval(), "RRDBNet 23x64 x4, random weights"
 
 
-def macs_per_lr_pixel(cfg: RRDBConfig) -> float:
+def macs_per_lr_pixel(cfg: Any) -> float:
     sys.path.insert(0, str(REPO / "bench"))
     from speed import macs_per_lr_pixel as macs  # bench/speed.py: one formula
 
@@ -436,15 +439,15 @@ def infer_inputs(args: argparse.Namespace, device: torch.device) -> tuple[np.nda
     return img, x, side
 
 
-def half_model(model: RRDBNet, device: torch.device) -> tuple[RRDBNet, torch.dtype]:
+def half_model(model: Generator, device: torch.device) -> tuple[Generator, torch.dtype]:
     """A copy of the model in half precision (fp16 on CUDA, bf16 on a CPU), NCHW, for inference."""
     half = torch.float16 if device.type == "cuda" else torch.bfloat16
-    mh = RRDBNet.from_config(model.config).to(device)
+    mh = build_generator(model.config).to(device)
     mh.load_state_dict(model.state_dict())
     return mh.to(half).eval(), half
 
 
-def infer_section(args: argparse.Namespace, model: RRDBNet, device: torch.device) -> list[Row]:
+def infer_section(args: argparse.Namespace, model: Generator, device: torch.device) -> list[Row]:
     """The eager rows: the model alone (NCHW as Real-ESRGAN runs it, channels-last with cudnn.benchmark: the rate
     the batch rows are measured against) and Upscaler on side^2 and (2 side)^2 photos. The compiled rows come
     after the batch rows (compile_section): their minutes of compiling must not cost the batch rows."""
@@ -494,7 +497,7 @@ def infer_section(args: argparse.Namespace, model: RRDBNet, device: torch.device
     return rows
 
 
-def compile_section(args: argparse.Namespace, model: RRDBNet, device: torch.device) -> list[Row]:
+def compile_section(args: argparse.Namespace, model: Generator, device: torch.device) -> list[Row]:
     """The torch.compile rows (compile time in the note), each on its own so one failing compile loses no other:
     the whole model (unless --no-bare-compile), one compile per RRDB (RRDBNet.compile_blocks), and
     Upscaler(compile=True) (`--compile`). Per block as fast as whole would make --compile compile per block."""
@@ -527,10 +530,10 @@ def compile_section(args: argparse.Namespace, model: RRDBNet, device: torch.devi
         mb.compile_blocks(dynamic=False)
         return mb
 
-    jobs: list[tuple[str, Callable[[], Row]]] = [
-        ("model alone, compiled per block (compile_blocks)",
-         partial(compiled, "compiled per block (compile_blocks)", per_block)),
-    ]  # fmt: skip
+    jobs: list[tuple[str, Callable[[], Row]]] = []
+    if isinstance(model, RRDBNet):  # RRDBNet's blocks; a compact model compiles whole only
+        jobs.append(("model alone, compiled per block (compile_blocks)",
+                     partial(compiled, "compiled per block (compile_blocks)", per_block)))  # fmt: skip
     if args.bare_compile:
         jobs.append(("model alone, compiled", partial(compiled, "compiled", lambda: torch.compile(mcl))))
 

@@ -7,6 +7,10 @@
 # Then one `run` call with carry [".gpu"] and timeout_s 590 (the parts: 300 + 220 s, each with 20 s to end after SIGTERM):
 #   bash bench/gpu_lease.sh            # train (<= 300 s) then batch (<= 220 s)
 #   bash bench/gpu_lease.sh batch      # one part: train | batch
+# Not in this script (it fills the 590 s): Real-ESRGAN's compact model's upscaling rows, a minute, if device time
+# remains on the warm machine: prepare `.venv/bin/esrgan convert realesr-animevideov3
+# .gpu/realesr-animevideov3.fp16.safetensors --half` (1.2 MB) beside the other file, then
+#   PYTHONPATH=src python3 bench/gpu.py --only infer --model .gpu/realesr-animevideov3.fp16.safetensors
 # Each part runs under its own timeout, so a slow one cannot eat the other's time; rows are written to
 # $OUT/<part>.json as they are measured (bench/gpu.py --json), so a part cut short keeps what it measured, and the
 # printed tables and logs land in $OUT/<part>.log. Extra arguments go to bench/gpu.py (`--smoke` tries it on a CPU).

@@ -38,6 +38,27 @@ def test_gpu_bench_smoke_runs_the_upscaling_rows_on_the_cpu(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def test_gpu_bench_upscaling_rows_take_a_compact_model_file(tmp_path: Path) -> None:
+    """--model a compact file (Real-ESRGAN's realesr-animevideov3 as a later lease would carry it): its rows, its
+    own operation count in the TFLOP/s, no per-block compile (RRDBNet's)."""
+    pytest.importorskip("skimage")
+    import torch
+
+    from esrgan.checkpoints import save_model
+    from esrgan.compact import CompactConfig, SRVGGNetCompact
+
+    torch.manual_seed(0)
+    model = save_model(
+        tmp_path / "compact.safetensors", SRVGGNetCompact(CompactConfig(num_feat=8, num_conv=2))
+    )
+    proc, rows = run_smoke(tmp_path, "infer", "--repeats", "1", "--model", str(model))
+    assert f"model: {model}" in proc.stdout
+    alone = [r for r in rows if r["row"].startswith("model alone")]
+    assert alone and all(r["TFLOP/s"] > 0 for r in alone)
+    assert not any("compile_blocks" in r["row"] for r in rows)
+
+
+@pytest.mark.slow
 def test_gpu_bench_training_rows_run_in_the_order_a_short_lease_asks(tmp_path: Path) -> None:
     """bench/gpu_lease.sh puts the rows still unmeasured first (--first) and leaves known ones out (--skip-row):
     every training row, the torchrun and resume rows included, runs here at toy sizes in that order."""
