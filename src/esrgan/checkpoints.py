@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .archs import ARCHS, Generator, GeneratorConfig, arch_name, build_generator
-from .atomic import OutputExistsError, atomic_path
+from .atomic import OutputExistsError, atomic_path, cannot_write_reason
 from .compact import COMPACT_SCALES, MAX_CONVS, CompactConfig, SRVGGNetCompact
 from .compact import expected_shapes as compact_shapes
 from .errors import CheckpointError
@@ -693,7 +693,9 @@ def _writing(dest: Path, overwrite: bool) -> Iterator[Path]:
             yield tmp
     except OutputExistsError:
         raise
-    except (OSError, SafetensorError, RuntimeError) as exc:
+    except OSError as exc:  # the system's reason, not the temporary file's name it comes with
+        raise CheckpointError(f"{dest}: cannot write ({cannot_write_reason(dest, exc)})") from None
+    except (SafetensorError, RuntimeError) as exc:
         raise CheckpointError(f"{dest}: cannot write ({_first_line(exc)})") from None
 
 
