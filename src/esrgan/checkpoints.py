@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .archs import ARCHS, Generator, GeneratorConfig, arch_name, build_generator
 from .atomic import OutputExistsError, atomic_path, cannot_write_reason
-from .compact import COMPACT_SCALES, MAX_CONVS, CompactConfig, SRVGGNetCompact
+from .compact import COMPACT_SCALES, MAX_CONVS, CompactConfig, SRVGGNetCompact, scale_of
 from .compact import expected_shapes as compact_shapes
 from .errors import CheckpointError
 from .generator import RRDBConfig, RRDBNet, count_parameters, to_half
@@ -452,7 +452,7 @@ def infer_compact_config(sd: Mapping[str, Tensor]) -> CompactConfig:
             "recorded in the file and no released compact model uses one; only PReLU models are supported"
         )
     planes = int(last.shape[0])
-    scale = next((s for s in COMPACT_SCALES if num_in * s * s == planes), None)
+    scale = scale_of(num_in, planes)
     if scale is None:
         raise CheckpointError(
             f"body.{convs[-1]} (the last conv) makes {planes} planes, not {num_in} x scale^2 for a scale in "
@@ -555,16 +555,14 @@ def load_weights(path: str | Path) -> LoadedWeights:
         config, sd = load_ncnn(path)
         return LoadedWeights(config, check_state_dict(config, sd), "ncnn", {}, path)
     raw, metadata = read_weights(path)
+    recorded: GeneratorConfig | None = None
     if isinstance(raw, dict) and "generator" in raw and "model_config" in raw:
         # one of our training checkpoints (.ckpt): the EMA generator where there is one (what the run exports as
         # model.safetensors), and the architecture it records (the image residual has no tensors to tell it)
+        recorded = checkpoint_generator(path, raw)
         ema = raw.get("generator_ema")
-        try:
-            metadata = {"esrgan.config": json.dumps(raw["model_config"]),
-                        "esrgan.arch": str(raw.get("model_arch", "RRDBNet")),
-                        "esrgan.checkpoint": "generator_ema" if ema is not None else "generator"}  # fmt: skip
-        except (TypeError, ValueError):
-            raise CheckpointError(f"{path}: a training checkpoint with an unreadable model_config") from None
+        metadata = {"esrgan.config": json.dumps(recorded.to_dict()), "esrgan.arch": arch_name(recorded),
+                    "esrgan.checkpoint": "generator_ema" if ema is not None else "generator"}  # fmt: skip
         raw = ema if ema is not None else raw["generator"]
         if not isinstance(raw, dict):
             raise CheckpointError(f"{path}: a training checkpoint without a generator state dict")
@@ -573,10 +571,11 @@ def load_weights(path: str | Path) -> LoadedWeights:
         config, sd, layout = canonicalize(raw)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    if "esrgan.config" in metadata:
+    if recorded is None and "esrgan.config" in metadata:
         recorded = config_from_metadata(
             path, metadata["esrgan.config"], metadata.get("esrgan.arch", "RRDBNet")
         )
+    if recorded is not None:
         # the image residual has no tensors: only the metadata can say it is there
         tensors_say = (
             replace(recorded, image_residual=False) if isinstance(recorded, RRDBConfig) else recorded
@@ -585,6 +584,19 @@ def load_weights(path: str | Path) -> LoadedWeights:
             raise CheckpointError(f"{path}: metadata says {recorded} but the tensors say {config}")
         config, layout = recorded, "ours"
     return LoadedWeights(config, sd, layout, metadata, path, stored)
+
+
+def checkpoint_generator(path: Path, state: Mapping[str, Any]) -> GeneratorConfig:
+    """The generator a training checkpoint records (model_arch, absent in earlier releases' = RRDBNet, and
+    model_config), checked as a model file's metadata is: a crafted value is one CheckpointError line."""
+    arch = state.get("model_arch", "RRDBNet")
+    if type(arch) is not str:
+        raise CheckpointError(f"{path}: model_arch is a {type(arch).__name__}, not an architecture's name")
+    try:
+        text = json.dumps(state["model_config"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: no readable model_config (the generator's architecture)") from None
+    return config_from_metadata(path, text, arch)
 
 
 def _precision(sd: Mapping[str, Tensor]) -> str:
@@ -845,7 +857,6 @@ def describe(path: str | Path) -> str:
         lines += [
             "arch:        SRVGGNetCompact (Real-ESRGAN's compact generator)",
             f"scale:       x{cfg.scale} (pixel shuffle, plus the nearest upscale of the input)",
-            f"channels:    {cfg.num_in_ch} in, {cfg.num_out_ch} out",
             f"features:    {cfg.num_feat}, convs: {cfg.num_conv} + 2, activation: PReLU",
         ]
     else:
@@ -854,7 +865,6 @@ def describe(path: str | Path) -> str:
             f"scale:       x{cfg.scale}"
             + (f" (pixel-unshuffle by {cfg.unshuffle}, x4 trunk)" if cfg.unshuffle > 1 else "")
             + ("" if cfg.pixel_unshuffle or cfg.scale >= 4 else " (native, original ESRGAN design)"),
-            f"channels:    {cfg.num_in_ch} in, {cfg.num_out_ch} out",
             f"features:    {cfg.num_feat}, blocks: {cfg.num_block}, growth: {cfg.num_grow}",
             *(
                 ["residual:    bicubic upscale of the input added to the output"]
@@ -864,6 +874,7 @@ def describe(path: str | Path) -> str:
             *(["variant:     ESRGAN+ (a 1x1 residual path in every dense block)"] if cfg.plus else []),
         ]
     lines += [
+        f"channels:    {cfg.num_in_ch} in, {cfg.num_out_ch} out",
         f"parameters:  {params:,}",
         *([f"weights:     {weights.stored}"] if weights.stored else []),
     ]

@@ -27,6 +27,11 @@ MAX_CONVS = (
 )
 
 
+def scale_of(num_in_ch: int, planes: int) -> int | None:
+    """The scale whose pixel shuffle turns the last conv's `planes` into num_in_ch channels (None: no such scale)."""
+    return next((s for s in COMPACT_SCALES if num_in_ch * s * s == planes), None)
+
+
 @dataclass(frozen=True)
 class CompactConfig:
     """Hyperparameters of an SRVGGNetCompact: everything needed to rebuild it, stored with our files."""

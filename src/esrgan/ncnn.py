@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compact import COMPACT_SCALES, MAX_CONVS, CompactConfig
+from .compact import COMPACT_SCALES, MAX_CONVS, CompactConfig, scale_of
 from .errors import CheckpointError
 from .generator import RRDBConfig, to_half, upscale_input
 
@@ -329,14 +329,20 @@ def _scaled_residual(graph: _Graph, scaled: int, plain: int, scale: float, what:
     return layer.index
 
 
+def _input(graph: _Graph) -> int:
+    """The index of the graph's one Input layer (with one blob)."""
+    inputs = [layer for layer in graph.layers if layer.type == "Input"]
+    if len(inputs) != 1 or len(inputs[0].outputs) != 1:
+        raise graph.fail(f"{len(inputs)} Input layers, expected 1 with one blob")
+    return inputs[0].index
+
+
 def _match_rrdbnet(graph: _Graph) -> tuple[RRDBConfig, list[_Conv]]:
     """Walk the graph as RRDBNet.forward would and name every Convolution; any deviation is an error."""
     layers = graph.layers
     convs = [layer for layer in layers if layer.type == "Convolution"]
     interps = [layer for layer in layers if layer.type == "Interp"]
-    inputs = [layer for layer in layers if layer.type == "Input"]
-    if len(inputs) != 1 or len(inputs[0].outputs) != 1:
-        raise graph.fail(f"{len(inputs)} Input layers, expected 1 with one blob")
+    data = _input(graph)
     num_up = len(interps)
     if num_up not in (2, 3):
         raise graph.fail(
@@ -371,7 +377,7 @@ def _match_rrdbnet(graph: _Graph) -> tuple[RRDBConfig, list[_Conv]]:
         named.append(conv)
         return conv
 
-    first = take("conv_first", [inputs[0].index], leaky=False)
+    first = take("conv_first", [data], leaky=False)
     nf = first.out_ch
     x = first.output
     gc = 0
@@ -511,17 +517,14 @@ def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]
     """Walk the graph as SRVGGNetCompact.forward would: Convolution + PReLU pairs in a chain from the input, a last
     Convolution, a PixelShuffle, and that added to a nearest Interp of the input; nothing else."""
     layers = graph.layers
-    inputs = [layer for layer in layers if layer.type == "Input"]
-    if len(inputs) != 1 or len(inputs[0].outputs) != 1:
-        raise graph.fail(f"{len(inputs)} Input layers, expected 1 with one blob")
-    data = inputs[0].index
+    data = _input(graph)
     convs = [layer for layer in layers if layer.type == "Convolution"]
     if not 2 <= len(convs) <= MAX_CONVS + 2:
         raise graph.fail(f"{len(convs)} convolutions; a compact model has 2 to {MAX_CONVS + 2}")
     named: list[_Conv | _Slopes] = []
     visited = {data}
     x = data
-    num_feat = 0
+    num_feat = num_in = planes = 0
     for n, layer in enumerate(convs):
         out_ch, in_ch = _conv_shape(graph, layer)  # one input, one output, 3x3
         if graph.source(layer.inputs[0]) != x:
@@ -530,7 +533,7 @@ def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]
             raise graph.fail(
                 f"{layer.name}: a fused activation {layer.get(9, 0)}; SRVGGNetCompact has PReLU layers"
             )
-        num_feat = num_feat or out_ch
+        num_feat, num_in = (num_feat, num_in) if n else (out_ch, in_ch)
         last = n == len(convs) - 1
         if (n and in_ch != num_feat) or (not last and out_ch != num_feat):
             raise graph.fail(
@@ -540,6 +543,7 @@ def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]
         visited.add(layer.index)
         x = layer.index
         if last:
+            planes = out_ch
             break
         act = graph.only_user(x, f"{layer.name} activation")
         if act.type == "PReLU":
@@ -552,9 +556,7 @@ def _match_compact(graph: _Graph) -> tuple[CompactConfig, list[_Conv | _Slopes]]
         named.append(_Slopes(f"body.{2 * n + 1}", act, num_feat))
         visited.add(act.index)
         x = act.index
-    num_in = named[0].in_ch if isinstance(named[0], _Conv) else 0
-    planes = named[-1].out_ch if isinstance(named[-1], _Conv) else 0
-    scale = next((s for s in COMPACT_SCALES if num_in * s * s == planes), None)
+    scale = scale_of(num_in, planes)
     if scale is None:
         raise graph.fail(
             f"the last convolution makes {planes} planes, not {num_in} x scale^2 (scale in {COMPACT_SCALES})"

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -36,9 +36,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .archs import Generator, GeneratorConfig, arch_name, build_generator
+from .archs import Generator, arch_name, build_generator
 from .atomic import atomic_path, atomic_write_bytes
-from .checkpoints import load_weights, save_model  # at import, not at the run's end: see train()'s export
+from .checkpoints import (  # at import, not at the run's end: see train()'s export
+    checkpoint_generator,
+    load_weights,
+    save_model,
+)
 from .compact import CompactConfig
 from .config import (
     Config,
@@ -518,21 +522,6 @@ def make_autocast(device: torch.device, precision: str, *, cache: bool = True) -
     return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
-def recorded_generator(path: Path, state: Mapping[str, Any]) -> GeneratorConfig:
-    """The generator a training checkpoint records (model_arch, absent in earlier releases' = RRDBNet, and
-    model_config), checked as a model file's metadata is: a crafted value is one CheckpointError line."""
-    from .checkpoints import config_from_metadata
-
-    arch = state.get("model_arch", "RRDBNet")
-    if type(arch) is not str:
-        raise CheckpointError(f"{path}: model_arch is a {type(arch).__name__}, not an architecture's name")
-    try:
-        text = json.dumps(state["model_config"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: no readable model_config (the generator's architecture)") from None
-    return config_from_metadata(path, text, arch)
-
-
 def _arch_key(config: object) -> str:
     """model.arch's value for a generator config."""
     return "compact" if isinstance(config, CompactConfig) else "rrdbnet"
@@ -546,7 +535,7 @@ def _load_pretrained_generator(path: str, g: Generator) -> None:
     p = Path(path).expanduser()
     if p.suffix == ".ckpt":  # the architecture it records is checked as a model file's (below)
         state = load_checkpoint(p)
-        config = recorded_generator(p, state)
+        config = checkpoint_generator(p, state)
         sd = state["generator_ema"] if state.get("generator_ema") is not None else state["generator"]
     else:
         if not is_model_file(path):
@@ -1086,7 +1075,7 @@ def restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | Non
 
 def _restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None) -> Progress:
     state = load_checkpoint(path)
-    recorded = recorded_generator(path, state)
+    recorded = checkpoint_generator(path, state)
     if recorded != nets.g.config:
         raise CheckpointError(
             f"{path}: generator {recorded} differs from the config's model section ({nets.g.config})"
