@@ -294,7 +294,7 @@ def scaling_table(model: RRDBNet, args: argparse.Namespace) -> str:
         sec = time.perf_counter() - t0
         per = sec / size**2 * 1e6
         base = base or per
-        overlap = up.overlap_for(side)
+        overlap = up.tiling(size, size, side).overlap
         th, tw, ys, xs = tile_grid(size, size, side, overlap)
         count, computed = len(ys) * len(xs), len(ys) * len(xs) * th * tw / size**2
         lines.append(

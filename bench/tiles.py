@@ -1,7 +1,7 @@
 """Seams: tiled vs untiled output, esrgan.tiling against Real-ESRGAN's hard paste, at the same largest tile.
 
     PYTHONPATH=src .venv/bin/python bench/tiles.py [--model realesrgan-x4plus] [--sizes 128x128] [--tile 64]
-        [--schemes 16:0,20:8,28:12,32:12,default] [--threads 2] [--cache DIR] [--engine packed]
+        [--schemes 16:0,20:8,28:12,32:12,blend,default] [--threads 2] [--cache DIR] [--engine packed]
 
 For each real-photo crop (scikit-image's astronaut and coffee, centre crops of --sizes): the untiled output, the
 hard paste (tools/tile_reference.py: tiles of --tile pixels, each run with 10 real pixels of padding, pasted) and
@@ -30,7 +30,7 @@ from tile_reference import hard_paste_tiled, tiled_pixels
 
 from esrgan.device import ENGINES, ModelRunner
 from esrgan.tiling import balanced_tile, default_margin, default_overlap, tile_grid, upscale_tiled
-from esrgan.upscale import CPU_MAX_TILE
+from esrgan.upscale import CPU_MAX_TILE, Upscaler
 from esrgan.zoo import load_model
 
 
@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument(
         "--schemes",
         default="16:0,20:8,28:12,32:12,default",
-        help="OVERLAP:MARGIN pairs, or 'default' (what Upscaler does: tiling.default_overlap of the tile)",
+        help="OVERLAP:MARGIN pairs, 'blend' (tiling.default_overlap of the tile and its margin) or 'default' "
+        "(what Upscaler does: the exact overlap where the model's receptive radius allows, else the blend)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -110,6 +111,7 @@ def main() -> None:
         "| photo | size | scheme | tile | PSNR vs untiled (dB) | vs hard paste (dB) | compute vs hard paste |"
     )
     print("|---|---|---|---|---|---|---|")
+    up = Upscaler(model, device="cpu", precision="fp32", tile=None if args.auto else args.tile + 20)
     for name in args.photos.split(","):
         img = getattr(data, name)()
         img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
@@ -135,8 +137,14 @@ def main() -> None:
             for scheme in schemes:
                 label = ""
                 if scheme == ["default"]:
-                    # as Upscaler: balanced with the largest tile's default overlap, run with the tile's own
+                    # what Upscaler does: balanced with the largest tile's overlap, run with the tile's own (the
+                    # exact overlap where the model's receptive radius allows, else the blend below)
                     label = "default: "
+                    layout = up.tiling(h, w, up.tile_size(h, w) or max(h, w))
+                    tile, overlap = layout.tile, layout.overlap
+                    margin = default_margin(overlap) if layout.margin is None else layout.margin
+                elif scheme == ["blend"]:  # tiling.default_overlap and its margin, whatever the model
+                    label = "blend: "
                     tile = balanced_tile(max(h, w), largest, default_overlap(largest))
                     overlap = default_overlap(tile)
                     margin = default_margin(overlap)

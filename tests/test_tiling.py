@@ -12,10 +12,12 @@ from foreign_arch import randomize
 from tile_reference import hard_paste_tiled, tiled_pixels
 from torch import Tensor
 
+from esrgan.compact import CompactConfig, SRVGGNetCompact
 from esrgan.device import ModelRunner
-from esrgan.generator import RRDBNet
+from esrgan.generator import RRDBConfig, RRDBNet
 from esrgan.tiling import (
     DEFAULT_OVERLAP,
+    EXACT_COST,
     MAX_DEFAULT_OVERLAP,
     OVERLAP_COST,
     TileError,
@@ -23,6 +25,7 @@ from esrgan.tiling import (
     balanced_tile,
     default_margin,
     default_overlap,
+    exact_or_blend,
     tile_grid,
     tile_starts,
     upscale_tiled,
@@ -100,6 +103,117 @@ def test_default_overlap_grows_with_the_tile_within_its_price() -> None:
         previous = overlap
     assert default_overlap(64) == DEFAULT_OVERLAP and default_overlap(352) == 50
     assert default_overlap(1024) == MAX_DEFAULT_OVERLAP and default_overlap(0) == DEFAULT_OVERLAP
+
+
+def reach(model: torch.nn.Module, scale: int, size: int) -> int:
+    """How far (in input pixels, each side) one input pixel changes the output: an impulse at a few positions
+    near the middle, in float64 so that no change is lost to rounding."""
+    model = model.double().eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, size, size, generator=gen, dtype=torch.float64) * 0.5 + 0.25
+    far = 0
+    with torch.no_grad():
+        base = model(x)
+        for c in range(size // 2, size // 2 + 4):  # 4 phases: a pixel-unshuffle block's positions
+            bumped = x.clone()
+            bumped[0, :, c, c] += 0.3
+            cols = torch.nonzero((model(bumped) - base).abs().amax(dim=(0, 1, 2)) > 0)[:, 0]
+            far = max(far, c - int(cols.min()) // scale, int(cols.max()) // scale - c)
+    return far
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=4),
+        RRDBConfig(num_feat=8, num_block=2, num_grow=4, scale=2, pixel_unshuffle=False),
+        RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=8),
+        RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=2),  # Real-ESRGAN's: unshuffle 2
+        RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=1),  # unshuffle 4
+        RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=1, pixel_unshuffle=False),
+        RRDBConfig(num_feat=8, num_block=1, num_grow=4, scale=4, image_residual=True, plus=True),
+        CompactConfig(num_feat=8, num_conv=0, scale=4),
+        CompactConfig(num_feat=8, num_conv=5, scale=3),
+    ],
+    ids=str,
+)
+def test_receptive_radius_bounds_what_one_input_pixel_changes(config: RRDBConfig | CompactConfig) -> None:
+    """The exact overlap rests on receptive_radius being an upper bound on how far an input pixel reaches: measured
+    with an impulse through random weights (which reach as far as the architecture allows). It is tight within 2
+    pixels (the tail's fractions of one) or, with a pixel unshuffle, within the block's 1-3 pixels."""
+    model = RRDBNet.from_config(config) if isinstance(config, RRDBConfig) else SRVGGNetCompact(config)
+    randomize(model, seed=1)
+    measured = reach(model, config.scale, size=(2 * config.receptive_radius + 24) // 4 * 4)
+    assert measured <= config.receptive_radius <= measured + max(2, config.unshuffle - 1)
+    assert RRDBConfig().receptive_radius == 349 and CompactConfig(num_conv=32).receptive_radius == 34
+
+
+def test_exact_overlap_where_the_image_affords_it() -> None:
+    """Twice the radius with the radius as margin, where it fits in half the tile and computes at most EXACT_COST x
+    the blend's pixels on this image; else the blend as given."""
+
+    def pixels(h: int, w: int, tile: int, overlap: int) -> int:
+        th, tw, ys, xs = tile_grid(h, w, tile, overlap)
+        return len(ys) * len(xs) * th * tw
+
+    sizes = itertools.product((100, 300, 512, 741, 2048), (90, 400), (64, 128, 281, 352), (9, 18, 34))
+    for h, w, tile, radius in sizes:
+        blend = default_overlap(tile)
+        overlap, margin = exact_or_blend(h, w, tile, blend, radius)
+        if margin is None:
+            assert overlap == blend
+            assert 4 * radius > tile or pixels(h, w, tile, 2 * radius) > EXACT_COST * pixels(
+                h, w, tile, blend
+            )
+        else:
+            assert (overlap, margin) == (2 * radius, radius) and 4 * radius <= tile
+            assert pixels(h, w, tile, overlap) <= EXACT_COST * pixels(h, w, tile, blend)
+    # a compact model at the CPU's automatic tile of a 512x512 photo: exact (2 x 2 tiles either way)
+    assert exact_or_blend(512, 512, 352, default_overlap(352), 18) == (36, 18)
+    assert exact_or_blend(512, 512, 352, default_overlap(352), 34) == (68, 34)
+    # tile 128 on 512 pixels: 6 tiles a side instead of 5 (1.44x): the blend
+    assert exact_or_blend(512, 512, 128, 28, 18) == (28, None)
+    assert exact_or_blend(300, 260, 128, 28, 18) == (36, 18)  # 3 x 3 tiles either way
+    # RRDBNet: 23 blocks never fit; 6 blocks (94) on an H200's 1024 tiles of a 2048 image: 1.24x, the blend
+    assert exact_or_blend(4096, 4096, 1024, 64, RRDBConfig().receptive_radius) == (64, None)
+    assert exact_or_blend(2048, 2048, 1024, 64, RRDBConfig(num_block=6).receptive_radius) == (64, None)
+    assert exact_or_blend(100, 100, 0, 24, 18) == (24, None)  # one tile
+    assert exact_or_blend(300, 300, 128, 28, 9, factor=4) == (20, 9)  # a pixel unshuffle's multiple
+
+
+def test_upscaler_tiles_a_small_field_network_exactly(photo: np.ndarray) -> None:
+    """Where the image affords it, the Upscaler's default overlap is twice the network's receptive radius and its
+    margin the radius: a compact network (16 convs, radius 18; He init, which keeps the signal through every layer)
+    on a real 300x260 photo comes out as the untiled pass does, up to float rounding (measured 8e-7), where the
+    blend of the default overlap it had before differs by 8e-4; also at the automatic tile, balanced down."""
+    torch.manual_seed(0)
+    model = SRVGGNetCompact(CompactConfig(num_feat=16, num_conv=16, scale=4))
+    model.init_weights(last_scale=1.0)
+    crop = np.ascontiguousarray(photo[100:400, 150:410])
+    image = crop.astype(np.float32) / 255  # float: nothing rounded away
+    whole = Upscaler(model.eval(), device="cpu", precision="fp32", tile=0).upscale(image)
+    up = Upscaler(model, device="cpu", precision="fp32", tile=128)
+    assert up.tiling(300, 260, up.tile_size(300, 260)) == (300, 260, 128, 36, 18)  # 3 x 3 tiles, as the blend
+    blended = Upscaler(model, device="cpu", precision="fp32", tile=128, tile_overlap=default_overlap(128))
+    exact_error = np.abs(up.upscale(image) - whole).max()
+    assert exact_error < 1e-5 < 1e-4 < np.abs(blended.upscale(image) - whole).max()
+    auto = Upscaler(model, device="cpu", precision="fp32")
+    big = np.ascontiguousarray(photo[:, :400]).astype(np.float32) / 255  # 512 x 400: 2 x 2 tiles under 352
+    tile = auto.tile_size(512, 400)  # the largest tile: the exact overlap does not change with the tile
+    assert tile == CPU_MAX_TILE and auto.tiling(512, 400, tile)[3:] == (36, 18)
+    assert tile_grid(512, 400, tile, 36)[:2] == (280, 224)  # balanced per axis for it
+    reference = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale(big)
+    assert np.abs(auto.upscale(big) - reference).max() < 1e-5
+    wider = Upscaler(SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=32)), device="cpu", precision="fp32")
+    tile = wider.tile_size(512, 512)  # realesr-general-x4v3's radius, 34: exact at the automatic tile
+    assert tile == CPU_MAX_TILE and wider.tiling(512, 512, tile)[3:] == (68, 34)
+    assert tile_grid(512, 512, tile, 68)[:2] == (296, 296)  # balanced per axis for the exact overlap
+    given = Upscaler(model, device="cpu", precision="fp32", tile=128, tile_overlap=36)
+    assert given.tiling(300, 260, 128)[3:] == (36, None)  # an overlap given is blended as given
+    small = Upscaler(model, device="cpu", precision="fp32", tile=64)
+    assert small.tiling(300, 260, 64)[3:] == (default_overlap(64), None)  # 36 > half of 64
+    assert up.tiling(512, 512, 128)[3:] == (28, None)  # 6 x 6 tiles instead of 5 x 5: the blend
+    assert up.tiling(300, 300, 128)[3:] == (28, None)  # tiles of 128 instead of 120: 1.14x, the blend
 
 
 @pytest.mark.parametrize(

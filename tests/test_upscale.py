@@ -19,6 +19,7 @@ from esrgan.device import (
     resolve_precision,
 )
 from esrgan.errors import EsrganError
+from esrgan.tiling import tile_grid
 from esrgan.upscale import Upscaler, bleed_colour
 
 
@@ -59,15 +60,16 @@ def test_automatic_tile_is_balanced_and_bounded_by_memory(monkeypatch: pytest.Mo
     up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32")
     cap = upscale_module.CPU_MAX_TILE
     assert up.tile_size(cap, cap) == 0  # one tile: processed whole
-    side = up.tile_size(2 * cap, 2 * cap)
-    assert 0 < side < cap and side % 8 == 0
+    side = up.tile_size(2 * cap, 2 * cap)  # balanced, or the largest tile where tile_grid balances it
+    th, tw, ys, xs = tile_grid(2 * cap, 2 * cap, side, up.tiling(2 * cap, 2 * cap, side).overlap)
+    assert 0 < th == tw < cap and th % 8 == 0 and len(ys) == len(xs) == 3
     per_pixel, fixed = up.runner.activation_bytes()
     packed = up.runner.engine == "packed"
     assert per_pixel > 0 and (fixed > 0) == packed  # packed: the tail's stripes are a fixed cost
     # this machine has plenty of memory; a small one is simulated by what /proc/meminfo would report
     monkeypatch.setattr(upscale_module, "available_memory", lambda device: fixed + 64_000_000)
     small = up.tile_size(4 * cap, 4 * cap)
-    assert 32 <= small < side and small**2 * per_pixel <= 0.5 * 64_000_000
+    assert 32 <= small < th and small**2 * per_pixel <= 0.5 * 64_000_000
 
 
 # --- precision --------------------------------------------------------------------------------------------------------

@@ -71,6 +71,17 @@ class RRDBConfig:
             return 2
         return {1: 0, 2: 1, 4: 2, 8: 3}[self.scale]
 
+    @property
+    def receptive_radius(self) -> int:
+        """Input pixels each side that can reach one output pixel (an upper bound, tight for random weights), in
+        pixels of the trunk (the input after pixel unshuffle: `unshuffle` input pixels wide, plus the rest of a
+        block): one per 3x3 conv at the trunk's size (conv_first, 5 per dense block x 3 per RRDB, conv_body), and 2
+        for the tail (a conv after k nearest-x2 stages covers 1 / 2^k of a trunk pixel: the upsampling convs and the
+        two full-size ones add up to 1 + 2^-stages, less than 2). The bicubic image residual reaches 2: less.
+        23 blocks at x4: 349, so no tiling of RRDBNet affords an exact overlap; 1 block: 19."""
+        f = self.unshuffle
+        return (4 + 15 * self.num_block) * f + (f - 1)
+
     def to_dict(self) -> dict[str, int | bool]:
         """The fields as written with every model and checkpoint; `plus` only when set, so that files of the plain
         RRDBNet stay exactly what earlier releases wrote and read (they refuse an unknown field)."""

@@ -58,9 +58,11 @@ from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
 from .imageio import PIL_LAYOUTS, ImageData
 from .tiling import (
+    TileLayout,
     auto_tile_size,
     balanced_tile,
     default_overlap,
+    exact_or_blend,
     from_unit,
     tile_grid,
     to_unit,
@@ -150,7 +152,8 @@ class Upscaler:
     tile: largest tile side in input pixels (MIN_TILE..MAX_TILE, and >= 2 x tile_overlap when one is given; each
     axis is cut into equal tiles no larger, tiling.tile_grid), 0 = no tiling,
     None = from the free memory. tile_overlap: input pixels shared by neighbouring tiles (a margin of it discarded,
-    the rest blended); None = tiling.default_overlap(tile): DEFAULT_OVERLAP growing with the tile to
+    the rest blended); None = twice the network's receptive radius with the radius discarded (exact tiles) where the
+    image affords it (`tiling`), else tiling.default_overlap(tile): DEFAULT_OVERLAP growing with the tile to
     MAX_DEFAULT_OVERLAP, at most half the tile. batch: tiles per forward pass; None =
     from the free memory on a GPU (as many equal tiles as fit in half of it), 1 on the CPU (no gain there).
     alpha_mode: "model" or "bicubic". outscale: final scale (MIN_OUTSCALE..MAX_OUTSCALE); None = the model's scale. interpolate / interpolate_alpha: network
@@ -266,7 +269,8 @@ class Upscaler:
         """The tile side used for an image of this size and pixel dtype (0 when it is processed whole).
 
         Automatic: the largest tile whose forward pass fits in half the free memory (on a GPU: CUDA's free memory,
-        up to GPU_MAX_TILE, so a 1024x1024 image is one tile on a big GPU), then balanced (fewest tiles)."""
+        up to GPU_MAX_TILE, so a 1024x1024 image is one tile on a big GPU), then, for the blend, balanced (fewest
+        tiles, each as small as can be); with the exact overlap (`tiling`) tile_grid balances it per axis."""
         tile = self.tile
         if tile is None:
             bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
@@ -280,31 +284,41 @@ class Upscaler:
             tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit)
             if self._overlap_given:  # an overlap given without a tile: the automatic tile leaves room for it
                 tile = max(tile, -(-(2 * self.tile_overlap + 8) // 8) * 8)
-            tile = balanced_tile(max(height, width), tile, self.overlap_for(tile))
+            if self.tiling(height, width, tile).margin is None:  # the blend, whose overlap follows the tile
+                tile = balanced_tile(max(height, width), tile, self.overlap_for(tile))
+            # (the exact overlap does not: the largest tile, which tile_grid balances for it)
         return 0 if tile >= max(height, width) else tile
 
     def overlap_for(self, tile: int) -> int:
-        """The overlap used with this tile: the one given, else tiling.default_overlap(tile) (DEFAULT_OVERLAP,
-        more for large tiles, at most half the tile: a small --tile works without choosing an overlap)."""
+        """The blend's overlap with this tile: the one given, else tiling.default_overlap(tile) (DEFAULT_OVERLAP,
+        more for large tiles, at most half the tile: a small --tile works without choosing an overlap). What an
+        image is tiled with is `tiling` (the exact overlap where the network's receptive radius allows)."""
         if self._overlap_given or tile <= 0:
             return self.tile_overlap
         return default_overlap(tile)
 
-    def tiling(self, height: int, width: int, tile: int) -> tuple[int, int, int, int]:
-        """(height, width, tile, overlap) the tiles are laid out on. For a pixel-unshuffle model (x1, x2) that is
-        tiled: the image padded to a multiple of the unshuffle factor (as the model pads it whole), and tile,
-        overlap and so every tile's start multiples of it, so each tile groups pixels into the same 2x2 / 4x4 blocks
-        as the untiled pass (otherwise a tile starting at an odd row is another computation throughout)."""
+    def tiling(self, height: int, width: int, tile: int) -> TileLayout:
+        """How an image of this size is tiled with this tile (from tile_size): the padded size, tile, overlap and
+        margin (None: the default share of the overlap).
+
+        Without an overlap given: the exact overlap (twice the network's receptive radius, the radius discarded:
+        tiled = untiled) where it fits the tile and costs at most 10 % more on this image than the blend of
+        overlap_for (tiling.exact_or_blend): realesr-animevideov3 (radius 18) and realesr-general-x4v3 (34) at the
+        automatic tiles; RRDBNet, whose radius is 349 input pixels at 23 blocks, gets the blend. For a
+        pixel-unshuffle model (x1, x2) that is tiled: the image padded to a multiple of the unshuffle factor (as the
+        model pads it whole), and tile, overlap and so every tile's start multiples of it, so each tile groups pixels
+        into the same 2x2 / 4x4 blocks as the untiled pass (otherwise a tile starting at an odd row is another
+        computation throughout)."""
         overlap = self.overlap_for(tile)
         factor = self.model.config.unshuffle
-        if factor == 1 or tile <= 0:
-            return height, width, tile, overlap
-        return (
-            -(-height // factor) * factor,
-            -(-width // factor) * factor,
-            max(factor, tile // factor * factor),
-            -(-overlap // factor) * factor,
-        )
+        if factor > 1 and tile > 0:
+            height, width = -(-height // factor) * factor, -(-width // factor) * factor
+            tile, overlap = max(factor, tile // factor * factor), -(-overlap // factor) * factor
+        margin = None
+        if not self._overlap_given:
+            radius = self.model.config.receptive_radius
+            overlap, margin = exact_or_blend(height, width, tile, overlap, radius, factor)
+        return TileLayout(height, width, tile, overlap, margin)
 
     def batch_size(self, height: int, width: int, tile: int, pixels: np.dtype | type = np.uint8) -> int:
         """Tiles per forward pass for this image and tile: the batch given, else on CUDA as many of the image's
@@ -315,7 +329,7 @@ class Upscaler:
             return 1
         bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
         fits = int((available_memory(self.device) - fixed) * 0.5 / (bpp * tile * tile))
-        return max(1, min(fits, _tile_count(*self.tiling(height, width, tile))))
+        return max(1, min(fits, _tile_count(self.tiling(height, width, tile))))
 
     # --- public entry points --------------------------------------------------------------------------------------
     def upscale(self, image: ImageT, *, on_tile: Progress | None = None) -> ImageT:
@@ -420,7 +434,7 @@ class Upscaler:
         tile = self.tile_size(h, w, dtype)
         runner = self.runner_for(dtype)
         passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
-        per_pass = _tile_count(*self.tiling(h, w, tile))
+        per_pass = _tile_count(self.tiling(h, w, tile))
 
         def progress(k: int) -> Progress | None:
             if on_tile is None:
@@ -463,7 +477,7 @@ class Upscaler:
             bands = [bleed_colour(b, valid[:, :, first + k].astype(np.uint8)) for k, b in enumerate(bands)]
         h, w = colour.shape[:2]
         tile = self.tile_size(h, w, colour.dtype)
-        per_pass = _tile_count(*self.tiling(h, w, tile))
+        per_pass = _tile_count(self.tiling(h, w, tile))
         first_passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
         total = (first_passes + len(bands)) * per_pass
 
@@ -500,7 +514,7 @@ class Upscaler:
         h, w = plane.shape[:2]
         size = self.output_size(h, w)
         native = size == (h * self.model.scale, w * self.model.scale)
-        padded_h, padded_w, tile, overlap = self.tiling(h, w, tile)
+        padded_h, padded_w, tile, overlap, margin = self.tiling(h, w, tile)
         if (padded_h, padded_w) != (h, w):  # reflect, as RRDBNet.forward pads an unaligned image itself
             mode = "reflect" if h > padded_h - h and w > padded_w - w else "replicate"
             image = F.pad(image[None].float(), (0, padded_w - w, 0, padded_h - h), mode=mode)[0].to(
@@ -514,6 +528,7 @@ class Upscaler:
             scale=self.model.scale,
             tile=tile,
             overlap=overlap,
+            margin=margin,
             batch=self.batch_size(h, w, tile, dtype),
             device=runner.device,
             out_dtype=inter,
@@ -596,8 +611,8 @@ def nearest(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(plane[rows][:, cols])
 
 
-def _tile_count(h: int, w: int, tile: int, overlap: int) -> int:
-    _, _, ys, xs = tile_grid(h, w, tile, overlap)
+def _tile_count(layout: TileLayout) -> int:
+    _, _, ys, xs = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)
     return len(ys) * len(xs)
 
 
