@@ -496,3 +496,34 @@ def test_an_output_file_we_cannot_write_is_refused_before_anything_is_made(
         with pytest.raises(EsrganError, match="^" + message.replace(".", r"\.")):
             plan_jobs([(Path(src), None)], Path(dst), scale=4)
     assert [j.dst for j in plan_jobs([(Path("a.mov"), None)], Path("b.mkv"), scale=4)] == [Path("b.mkv")]
+
+
+def test_outputs_too_large_for_their_format_fail_before_the_model_runs(
+    tmp_path: Path, photo: np.ndarray, models: dict[str, Path]
+) -> None:
+    """A 4200-pixel-wide real photo strip at --outscale 16 is 67200 pixels wide: past WebP's 16383 and JPEG's 65500
+    (libjpeg's JPEG_MAX_DIMENSION). Each is one line naming the file, the size and the way out, said when the file
+    is read (no output, no temporary file); the batch goes on and --format png writes it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    strip = np.ascontiguousarray(np.tile(photo[200:203], (1, 9, 1))[:, :4200])  # 4200 x 3
+    Image.fromarray(strip).save(folder / "strip.webp", lossless=True)
+    Image.fromarray(strip).save(folder / "strip.jpg", quality=95)
+    Image.fromarray(np.ascontiguousarray(photo[200:203, :500])).save(folder / "short.webp", lossless=True)
+    out = tmp_path / "out"
+    r = run_cli("upscale", folder, "-o", out, "--outscale", "16", "--model", models["tiny"], cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    errors = sorted(line for line in r.stderr.splitlines() if line.startswith("esrgan: error:"))
+    assert errors == [
+        f"esrgan: error: {folder / name}: the output would be 67200x48, larger than {fmt} allows ({limit} pixels a "
+        "side); use --format png or tiff, or a smaller --outscale"
+        for name, fmt, limit in [("strip.jpg", "JPEG", 65500), ("strip.webp", "WebP", 16383)]
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["short_x16.webp"]  # 8000 pixels: fits
+    r = run_cli(
+        "upscale", folder / "strip.webp", "-o", out, "--outscale", "16", "--format", "png",
+        "--model", models["tiny"], cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with Image.open(out / "strip_x16.png") as im:
+        assert im.size == (67200, 48)

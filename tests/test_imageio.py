@@ -843,3 +843,54 @@ def test_png_writer_is_no_larger_than_pillows_at_the_same_level(
         Image.fromarray(photo).save(tmp_path / f"pillow{level}.png", compress_level=level)
         ours, pillow = ((tmp_path / f"{n}{level}.png").stat().st_size for n in ("ours", "pillow"))
         assert ours <= 1.01 * pillow, (level, ours, pillow)
+
+
+def test_sizes_past_a_formats_limits_are_refused_before_encoding(tmp_path: Path, photo: np.ndarray) -> None:
+    """write_image refuses a size its format cannot hold in our words (libwebp and libjpeg say "encoding error 5"
+    or "broken data stream" after the work): WebP at 16384 pixels, JPEG at 65501; their limits themselves are
+    written. check_writable takes the size an image will have, so BMP's and DICOM's 4 GiB are checked without
+    making the pixels."""
+    from esrgan.imageio import MAX_SIDE, check_writable
+
+    row = np.ascontiguousarray(np.tile(photo[100:101], (1, 130, 1)))  # 1 x 66560, a real photo's row repeated
+    for fmt, limit in [("WEBP", 16383), ("JPEG", 65500)]:
+        assert MAX_SIDE[fmt] == limit
+        ext = ".webp" if fmt == "WEBP" else ".jpg"
+        write_image(tmp_path / f"fits{ext}", ImageData(pixels=np.ascontiguousarray(row[:, :limit])))
+        with Image.open(tmp_path / f"fits{ext}") as im:
+            assert im.size == (limit, 1)
+        with pytest.raises(
+            ImageError, match=rf"would be {limit + 1}x1, larger than .* \({limit} pixels a side\)"
+        ):
+            write_image(tmp_path / f"over{ext}", ImageData(pixels=np.ascontiguousarray(row[:, : limit + 1])))
+        assert not (tmp_path / f"over{ext}").exists() and not list(tmp_path.glob(".over*"))
+    image = ImageData(pixels=photo[:8, :8])
+    check_writable(image, "BMP", tmp_path / "a.bmp", size=(37000, 37000))  # 3.8 GiB: fits 32 bits
+    with pytest.raises(ImageError, match=r"would be 38000x38000, 4\.0 GiB: more than BMP holds"):
+        check_writable(image, "BMP", tmp_path / "a.bmp", size=(38000, 38000))
+    grey = ImageData(pixels=photo[:8, :8, :1])
+    check_writable(grey, "BMP", tmp_path / "a.bmp", size=(65000, 65000))  # 8 bits a pixel: 3.9 GiB
+    check_writable(image, "PNG", tmp_path / "a.png", size=(200000, 200000))
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_tiff_past_4_gib_is_written_as_bigtiff(
+    tmp_path: Path, photo: np.ndarray, bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A classic TIFF's offsets end at 4 GiB and tifffile picks BigTIFF only for uncompressed data: past
+    BIG_TIFF_BYTES of pixels ours are BigTIFF, 8-bit (otherwise Pillow's, classic only before Pillow 11.1) and
+    16-bit. The threshold is lowered here so that a real photo crosses it; the pixels read back unchanged."""
+    import tifffile
+
+    from esrgan import imageio
+
+    pixels = photo[:64, :96] if bits == 8 else photo[:64, :96].astype(np.uint16) * 257
+    image = ImageData(pixels=np.ascontiguousarray(pixels), bit_depth=bits)
+    write_image(tmp_path / "classic.tif", image)
+    monkeypatch.setattr(imageio, "BIG_TIFF_BYTES", pixels.nbytes - 1)
+    write_image(tmp_path / "big.tif", image)
+    for name, big in [("classic.tif", False), ("big.tif", True)]:
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            assert tif.is_bigtiff == big
+        back = read_image(tmp_path / name)
+        assert back.bit_depth == bits and np.array_equal(back.pixels, pixels)

@@ -250,6 +250,25 @@ def test_result_keeps_format(
     assert (out.alpha is None) == (image.alpha is None)
 
 
+def test_a_result_too_wide_for_its_format_comes_back_as_png(
+    server: Server, photo: np.ndarray, tmp_path: Path
+) -> None:
+    """A 4200-pixel-wide WebP at x4 would be 16800 wide, past WebP's 16383: the page chooses no format, so the
+    result is a PNG (named so) instead of an encoder error at the end of the work; one that fits stays WebP."""
+    strip = np.ascontiguousarray(np.tile(photo[200:203], (1, 9, 1))[:, :4200])
+    for width, ext in [(4200, "png"), (4000, "webp")]:
+        data = encode(ImageData(pixels=np.ascontiguousarray(strip[:, :width])), ".webp", tmp_path)
+        status, job = server.upload("strip.webp", data, model="tiny-x2", outscale=4)
+        assert status == 201, job
+        job = server.wait(job["id"])
+        assert job["state"] == "done", job
+        assert job["download_name"] == f"strip_x4.{ext}" and job["out_width"] == width * 4
+        status, headers, body = server.request("GET", job["result_url"])
+        assert status == 200 and headers["content-type"] == f"image/{ext}"
+        with Image.open(io.BytesIO(body)) as im:
+            assert im.format == ext.upper() and im.size == (width * 4, 12)
+
+
 # --- errors and limits --------------------------------------------------------------------------------------------------
 def test_bad_files_get_a_clear_message_and_others_go_on(server: Server, photo_small: np.ndarray) -> None:
     status, body = server.upload("holiday.png", b"this is not an image\n" * 10, model="tiny-x2")

@@ -39,7 +39,15 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError, one_line
-from .imageio import ImageData, ImageWarning, read_image, straighten, tifffile_quiet, too_many_pixels
+from .imageio import (
+    BIG_TIFF_BYTES,
+    ImageData,
+    ImageWarning,
+    read_image,
+    straighten,
+    tifffile_quiet,
+    too_many_pixels,
+)
 
 __all__ = [
     "SampleMap",
@@ -500,7 +508,7 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
     factors = overview_factors(sm, height, width)
     extra = sum(1 / f**2 for f in factors)
     size = out.nbytes * (1 + extra) + (height * width * (1 + extra) if sm.masked else 0)
-    with tifffile.TiffWriter(tmp, bigtiff=size > 2**32 - 2**25) as tiff:
+    with tifffile.TiffWriter(tmp, bigtiff=size > BIG_TIFF_BYTES) as tiff:
         tiff.write(
             out.reshape(height, width) if one else out,
             **_layout(sm),

@@ -75,6 +75,18 @@ WRITE_FORMATS = {
 """Output extensions and the format each selects (format names are accepted too, case-insensitively). DICOM is
 written for DICOM inputs only (esrgan.dicom)."""
 
+MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "DICOM": 65535}
+"""The largest width or height each format's writer takes: libjpeg(-turbo)'s JPEG_MAX_DIMENSION (the format's own
+16-bit fields would allow 65535), libwebp's WEBP_MAX_DIMENSION, DICOM's 16-bit Rows / Columns. PNG and TIFF hold
+anything an upscaler makes. Checked before the model runs (check_writable with the output's size), so a 20-minute
+upscale does not end in an encoder's error."""
+MAX_FILE_BYTES = {"BMP": 2**32 - 1, "DICOM": 2**32 - 2}
+"""BMP's header records the file size in 32 bits; an uncompressed DICOM's Pixel Data length is 32 bits (even)."""
+BIG_TIFF_BYTES = 2**32 - 2**25
+"""A TIFF with more pixel bytes than this is written as BigTIFF (a classic TIFF's 32-bit offsets end at 4 GiB, and
+deflate may compress little), through tifffile, 8-bit too (Pillow before 11.1 writes classic TIFF only); tifffile
+itself picks BigTIFF for uncompressed data only. esrgan.datatiff's measurement TIFFs use the same threshold."""
+
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 """DICOM files a folder listing of `esrgan upscale` picks up (the other readers do not read DICOM)."""
 
@@ -1285,11 +1297,19 @@ def write_image(
     return path
 
 
-def check_writable(image: ImageData, fmt: str | None, path: Path) -> None:
+def check_writable(
+    image: ImageData, fmt: str | None, path: Path, size: tuple[int, int] | None = None
+) -> None:
     """Raise ImageError if image cannot be written to path in fmt (None: from the extension): a measurement TIFF's
-    values fit TIFF only. Checked by the batch before the model runs, and by write_image."""
+    values fit TIFF only; the size must fit the format (MAX_SIDE, MAX_FILE_BYTES). size: (height, width) the
+    written image will have (the batch checks the input with its output's size before the model runs), else the
+    image's own. Checked by the batch, the web page and write_image."""
     sm = image.samples
     out = _output_format(path, fmt)
+    height, width = (image.height, image.width) if size is None else size
+    problem = size_problem(out, height, width, image, path)
+    if problem:
+        raise ImageError(f"{image.source or path}: {problem}")
     if out == "DICOM" and (sm is None or sm.dicom is None):
         raise ImageError(f"{image.source or path}: only a DICOM input can be written as DICOM ({path.name})")
     if sm is not None and sm.frames > 1 and out != "DICOM":
@@ -1305,6 +1325,34 @@ def check_writable(image: ImageData, fmt: str | None, path: Path) -> None:
             f"{image.source or path}: {what}: only a TIFF output keeps them, not {out} "
             "(drop --format, or --format tiff)"
         )
+
+
+def size_problem(fmt: str, height: int, width: int, image: ImageData, path: Path) -> str | None:
+    """Why an image of `image`'s kind at height x width cannot be written as fmt, in one phrase; None if it can."""
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(height, width) > limit:
+        return (
+            f"the output would be {width}x{height}, larger than {_FORMAT_NAMES[fmt]} allows ({limit} pixels a side); "
+            f"{_SMALLER}"
+        )
+    if fmt == "BMP":  # Pillow writes L (8 bits, 1 KiB palette) or RGB (24); alpha is composited away
+        bits, palette = (8, 1024) if image.channels == 1 and image.samples is None else (24, 0)
+        size = 54 + palette + (width * bits + 31) // 32 * 4 * height
+    elif fmt == "DICOM":  # every frame (a multi-frame file's later frames are the extra planes), uncompressed
+        planes = image.channels + (0 if image.extra is None else image.extra.shape[2])
+        size = height * width * planes * image.pixels.dtype.itemsize
+    else:
+        return None
+    if size > MAX_FILE_BYTES[fmt]:
+        return (
+            f"the output would be {width}x{height}, {size / 2**30:.1f} GiB: more than {_FORMAT_NAMES[fmt]} holds "
+            f"(4 GiB); {_SMALLER}"
+        )
+    return None
+
+
+_FORMAT_NAMES = {"JPEG": "JPEG", "WEBP": "WebP", "DICOM": "DICOM", "BMP": "BMP"}
+_SMALLER = "use --format png or tiff, or a smaller --outscale"
 
 
 def _measurements_as_photo(image: ImageData, fmt: str, path: Path) -> ImageData:
@@ -1336,6 +1384,10 @@ def _profile_fitting(icc: bytes | None, channels: int, path: Path) -> bytes | No
     return None
 
 
+def _nbytes(array: np.ndarray | None) -> int:
+    return 0 if array is None else array.nbytes
+
+
 def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Path, level: int) -> None:
     if fmt == "PNG" and (
         image.bit_depth == 16 or (level > 0 and (os.cpu_count() or 1) >= PARALLEL_PNG_MIN_CORES)
@@ -1348,8 +1400,10 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
 
         write_measurements(tmp, image, path, fmt)
         return
-    if fmt == "TIFF" and image.bit_depth == 16:
-        _write_tiff16(tmp, image, path)
+    if fmt == "TIFF" and (
+        image.bit_depth == 16 or image.pixels.nbytes + _nbytes(image.alpha) > BIG_TIFF_BYTES
+    ):
+        _write_tiff16(tmp, image, path)  # tifffile: BigTIFF when the pixels need it
         return
     pixels, alpha = _to_8bit(image.pixels), None if image.alpha is None else _to_8bit(image.alpha)
     if fmt in ("JPEG", "BMP") and alpha is not None:  # readers ignore a BMP's 4th byte (Pillow included)
@@ -1384,7 +1438,8 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
 
 
 def _write_tiff16(tmp: Path, image: ImageData, path: Path) -> None:
-    """16-bit TIFF through tifffile (Pillow cannot write 16-bit colour), deflate-compressed, ICC as tag 34675.
+    """16-bit TIFF through tifffile (Pillow cannot write 16-bit colour), deflate-compressed, ICC as tag 34675; also
+    8-bit TIFF too large for a classic TIFF (BIG_TIFF_BYTES: tifffile writes BigTIFF then).
 
     tifffile writes no Exif sub-IFD, so only the descriptive IFD0 tags of the EXIF (make, model, date, artist,
     copyright, description, software) are carried over; anything else warns."""
@@ -1430,4 +1485,5 @@ def _write_tiff16(tmp: Path, image: ImageData, path: Path) -> None:
         extratags=extratags,
         software=software,
         metadata=None,
+        bigtiff=samples.nbytes > BIG_TIFF_BYTES,  # tifffile does not choose it for compressed data
     )

@@ -590,7 +590,10 @@ class _Batch:
                 measurements=True,
                 value_range=self.value_range,
             )
-            check_writable(item.image, self.output.format, item.job.dst)  # before the model spends its time
+            size = self.upscaler.output_size(item.image.height, item.image.width)
+            check_writable(
+                item.image, self.output.format, item.job.dst, size
+            )  # before the model spends its time
         except FILE_ERRORS as exc:
             item.image = None
             self.failed(item, one_line(exc))

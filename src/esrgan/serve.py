@@ -141,7 +141,7 @@ class Job:
     width: int
     height: int
     description: str  # e.g. "RGB + alpha, 16-bit PNG"
-    ext: str  # the result keeps the input's format (as the CLI does)
+    ext: str  # the result keeps the input's format (as the CLI does), PNG where that cannot hold its size
     scale: float  # the output scale: options.outscale, else the model's
     created: float = field(default_factory=time.time)
     state: State = "queued"
@@ -408,7 +408,7 @@ class JobService:
         Raises UploadRejected (and deletes the folder) for files that are not images or exceed the limits, and
         with 503 at the job cap, which is checked before the file is decoded.
         """
-        from .imageio import read_image
+        from .imageio import read_image, size_problem
 
         path = folder / "input"
         with self._cond:
@@ -424,6 +424,12 @@ class JobService:
             raise UploadRejected(message, 413 if "exceeds the limit" in message else 400) from None
         colour = "grey" if image.channels == 1 else "RGB"
         alpha = " + alpha" if image.alpha is not None else ""
+        ext = _EXT.get(image.format, "png")
+        scale = options.outscale or self.models[options.model].scale
+        size = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
+        fmt = {v: k for k, v in _EXT.items()}[ext]
+        if size_problem(fmt, *size, image, path):  # e.g. a 4200-pixel WebP at x4: past WebP's 16383
+            ext = "png"  # the page chooses no format: the result goes where it fits, and says so in its name
         job = Job(
             id=job_id,
             name=name,
@@ -433,8 +439,8 @@ class JobService:
             width=image.width,
             height=image.height,
             description=f"{colour}{alpha}, {image.bit_depth}-bit {image.format}",
-            ext=_EXT.get(image.format, "png"),
-            scale=options.outscale or self.models[options.model].scale,
+            ext=ext,
+            scale=scale,
         )
         with self._cond:
             problem = self._no_room(placed)  # again: the queue may have filled while this decoded
