@@ -280,7 +280,8 @@ def scaling_table(model: RRDBNet, args: argparse.Namespace) -> str:
     tile_note = f"tile {args.tile}" if args.tile else f"automatic tile (<= {CPU_MAX_TILE}, balanced)"
     lines = [
         f"Upscaler.upscale (what `esrgan upscale` runs): {precision_name(up.dtype)}, {up.runner.engine} engine, "
-        f"{tile_note}, the default overlap (tiling.default_overlap of the tile), uint8 in and out",
+        f"{tile_note}, the default overlap (Upscaler.tiling: tiling.default_overlap of the tile, or the exact "
+        "one for a small receptive field), uint8 in and out",
         "",
         "| LR size | tile | overlap | tiles | computed / image pixels | seconds | us per LR pixel | vs smallest |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

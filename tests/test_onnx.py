@@ -33,7 +33,7 @@ FP32_DB = 80.0  # same fp32 maths, other summation order
         {"scale": 1, "pixel_unshuffle": False},
         {"scale": 4, "image_residual": True},
         {"scale": 4, "plus": True},  # ESRGAN+ (its 1x1 paths)
-        {"scale": 2, "image_residual": True},  # the residual of the unpadded input, at the odd size below
+        {"scale": 2, "image_residual": True},  # the residual of the padded input, at the odd size below
     ],
     ids=str,
 )

@@ -171,7 +171,7 @@ def test_exact_overlap_where_the_image_affords_it() -> None:
     # a compact model at the CPU's automatic tile of a 512x512 photo: exact (2 x 2 tiles either way)
     assert exact_or_blend(512, 512, 352, default_overlap(352), 18) == (36, 18)
     assert exact_or_blend(512, 512, 352, default_overlap(352), 34) == (68, 34)
-    # tile 128 on 512 pixels: 6 tiles a side instead of 5 (1.44x): the blend
+    # tile 128 on 512 pixels: 6 x 6 tiles of 120 instead of 5 x 5 of 128 (1.27x the pixels): the blend
     assert exact_or_blend(512, 512, 128, 28, 18) == (28, None)
     assert exact_or_blend(300, 260, 128, 28, 18) == (36, 18)  # 3 x 3 tiles either way
     # RRDBNet: 23 blocks never fit; 6 blocks (94) on an H200's 1024 tiles of a 2048 image: 1.24x, the blend
@@ -205,14 +205,17 @@ def test_upscaler_tiles_a_small_field_network_exactly(photo: np.ndarray) -> None
     reference = Upscaler(model, device="cpu", precision="fp32", tile=0).upscale(big)
     assert np.abs(auto.upscale(big) - reference).max() < 1e-5
     wider = Upscaler(SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=32)), device="cpu", precision="fp32")
-    tile = wider.tile_size(512, 512)  # realesr-general-x4v3's radius, 34: exact at the automatic tile
-    assert tile == CPU_MAX_TILE and wider.tiling(512, 512, tile)[3:] == (68, 34)
-    assert tile_grid(512, 512, tile, 68)[:2] == (296, 296)  # balanced per axis for the exact overlap
+    tile = wider.tile_size(400, 600)  # realesr-general-x4v3's radius, 34: 1.10x the blend's pixels, exact
+    assert tile == CPU_MAX_TILE and wider.tiling(400, 600, tile)[3:] == (68, 34)
+    assert tile_grid(400, 600, tile, 68)[:2] == (240, 336)  # balanced per axis for the exact overlap
+    # on 512x512 it would run 4 tiles of 296 against the balanced blend's 4 of 280 (1.12x): the blend
+    tile = wider.tile_size(512, 512)
+    assert tile == 288 and wider.tiling(512, 512, tile)[3:] == (44, None)
     given = Upscaler(model, device="cpu", precision="fp32", tile=128, tile_overlap=36)
     assert given.tiling(300, 260, 128)[3:] == (36, None)  # an overlap given is blended as given
     small = Upscaler(model, device="cpu", precision="fp32", tile=64)
     assert small.tiling(300, 260, 64)[3:] == (default_overlap(64), None)  # 36 > half of 64
-    assert up.tiling(512, 512, 128)[3:] == (28, None)  # 6 x 6 tiles instead of 5 x 5: the blend
+    assert up.tiling(512, 512, 128)[3:] == (28, None)  # 6 x 6 tiles of 120 instead of 5 x 5 of 128 (1.27x)
     assert up.tiling(300, 300, 128)[3:] == (28, None)  # tiles of 128 instead of 120: 1.14x, the blend
 
 
@@ -585,6 +588,33 @@ def test_pixel_unshuffle_models_tile_like_the_whole_image(scale: int, photo: np.
     tiled = Upscaler(model, device="cpu", precision="fp32", tile=64).upscale(x).astype(np.float64)
     assert tiled.shape == whole.shape == (119 * scale, 209 * scale, 3)
     assert 10 * np.log10(1 / np.mean((tiled - whole) ** 2)) > 85
+
+
+@pytest.mark.parametrize("engine", ["module", "packed"])
+def test_an_image_residual_unshuffle_model_tiles_exactly_at_an_odd_size(
+    engine: str, photo: np.ndarray
+) -> None:
+    """x2 with pixel unshuffle and the bicubic image residual (1 block: radius 39, exact at tile 184) on a 290x101
+    photo: the tiles pad the image once, so the residual at the last columns comes from the padded pixels; the
+    untiled pass (module and packed engine) now takes it from the padded input too. Before: 0.23 off in [0, 1] at
+    the last three output columns (found by a review)."""
+    torch.manual_seed(0)
+    config = RRDBConfig(num_feat=4, num_block=1, num_grow=4, scale=2, image_residual=True)
+    model = randomize(RRDBNet.from_config(config), seed=3)
+    x = np.ascontiguousarray(photo[100:390, 200:301]).astype(np.float32) / 255
+    runs = {}
+    for tile in (0, 184):
+        up = Upscaler(model, device="cpu", precision="fp32", tile=tile)
+        up.runner = ModelRunner(up.model, up.device, torch.float32, engine=engine)
+        runs[tile] = up.upscale(x)
+    assert Upscaler(model, tile=184).tiling(290, 101, 184) == (
+        290,
+        102,
+        184,
+        78,
+        39,
+    )  # exact, on the padded size
+    assert np.abs(runs[184] - runs[0]).max() < 1e-5
 
 
 def test_an_overlap_given_without_a_tile_gets_a_tile_that_holds_it(photo: np.ndarray) -> None:

@@ -172,16 +172,17 @@ class PackedRRDBNet:
         h, w = x.shape[-2:]
         with torch.inference_mode():
             x = x.float()
-            base = upscale_input(x, cfg) if cfg.image_residual else None
             if factor > 1:  # same padding rule as RRDBNet.forward
                 pad_h, pad_w = (-h) % factor, (-w) % factor
                 if pad_h or pad_w:
                     mode = "reflect" if h > pad_h and w > pad_w else "replicate"
                     x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+            base = upscale_input(x, cfg) if cfg.image_residual else None  # of the padded input, as RRDBNet's
+            if factor > 1:
                 x = F.pixel_unshuffle(x, factor)
             x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-            out = self._trunk(x)
+            out = self._trunk(x).float()
+            out = out if base is None else out + base
             if factor > 1:
                 out = out[..., : h * cfg.scale, : w * cfg.scale]
-            out = out.float()
-            return (out if base is None else out + base).contiguous()
+            return out.contiguous()

@@ -210,13 +210,16 @@ class RRDBNet(nn.Module):
         """Map an (N, C, H, W) image in [0, 1] to (N, C_out, H * scale, W * scale)."""
         factor = self.config.unshuffle
         h, w = x.shape[-2:]
-        base = upscale_input(x, self.config) if self.config.image_residual else None
         if factor > 1:
             pad_h, pad_w = (-h) % factor, (-w) % factor
             if pad_h or pad_w:
                 # reflect needs pad < size; a 1-pixel-wide input can only be replicated
                 mode = "reflect" if h > pad_h and w > pad_w else "replicate"
                 x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        # the image residual of the padded input (cropped below with the rest): what a tiled pass, which pads the
+        # image once before cutting it (Upscaler.tiling), computes at the last rows and columns too
+        base = upscale_input(x, self.config) if self.config.image_residual else None
+        if factor > 1:
             x = F.pixel_unshuffle(x, factor)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
@@ -224,9 +227,10 @@ class RRDBNet(nn.Module):
             conv = getattr(self, name)
             feat = self.lrelu(conv(F.interpolate(feat, scale_factor=2.0, mode="nearest")))
         out = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        out = out if base is None else out + base
         if factor > 1:
             out = out[..., : h * self.config.scale, : w * self.config.scale]
-        return out if base is None else out + base
+        return out
 
 
 def upscale_input(x: Tensor, config: RRDBConfig) -> Tensor:

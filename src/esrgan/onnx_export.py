@@ -28,7 +28,7 @@ from .archs import Generator, GeneratorConfig, arch_name
 from .atomic import OutputExistsError, atomic_path, cannot_write_reason
 from .compact import SRVGGNetCompact
 from .errors import EsrganError
-from .generator import RRDBConfig, RRDBNet, upscale_input
+from .generator import RRDBNet, upscale_input
 
 # torch.onnx.export's choice of the TorchScript exporter; torch before 2.4 has only that one, and no `dynamo` argument
 TORCHSCRIPT_EXPORTER: dict[str, Any] = (
@@ -218,12 +218,8 @@ class OnnxForward:
             mode = "reflect" if h > pad_h and w > pad_w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         (out,) = self.session.run(["output"], {"input": np.ascontiguousarray(x.numpy())})
-        result = torch.from_numpy(out[..., : h * scale, : w * scale]).contiguous()
-        if (pad_h or pad_w) and isinstance(self.config, RRDBConfig) and self.config.image_residual:
-            # the graph added the bicubic upscale of the padded input; RRDBNet.forward adds the unpadded one's
-            padded_base = upscale_input(x, self.config)[..., : h * scale, : w * scale]
-            result += upscale_input(x[..., :h, :w], self.config) - padded_base
-        return result
+        # the graph adds the bicubic upscale of the padded input, as RRDBNet.forward does
+        return torch.from_numpy(out[..., : h * scale, : w * scale]).contiguous()
 
 
 def onnx_forward(path: str | Path, *, threads: int | None = None) -> OnnxForward:

@@ -101,8 +101,10 @@ def exact_or_blend(
     neighbours only, never from the zero padding of a tile edge: the tiled output is the untiled one up to the
     float rounding of convolutions of another shape, and no blending is needed. Taken when it fits in half the tile
     and runs at most EXACT_COST x the pixels of the blend on this image (often fewer: a compact model's 36 pixels
-    against 42-50 at the CPU's automatic tiles; or as many, the same number of tiles). A 23-block RRDBNet (radius
-    349) never fits; a 6-block one (94) fits tiles from 376 but costs 1.2-1.3x on an H200's 1024 tiles.
+    against 42-50 at the CPU's automatic tiles; or as many, the same number of tiles). At the automatic tile
+    Upscaler.tile_size compares with the blend as it runs there (balanced for its own overlap). A 23-block
+    RRDBNet (radius 349) never fits; a 6-block one (94) fits tiles from 376 but costs 1.2-1.3x on an H200's 1024
+    tiles.
     """
     if tile <= 0 or radius <= 0 or 4 * radius > tile:
         return overlap, None

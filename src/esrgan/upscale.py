@@ -58,6 +58,7 @@ from .errors import CheckpointError, EsrganError
 from .generator import RRDBNet
 from .imageio import PIL_LAYOUTS, ImageData
 from .tiling import (
+    EXACT_COST,
     TileLayout,
     auto_tile_size,
     balanced_tile,
@@ -284,9 +285,13 @@ class Upscaler:
             tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit)
             if self._overlap_given:  # an overlap given without a tile: the automatic tile leaves room for it
                 tile = max(tile, -(-(2 * self.tile_overlap + 8) // 8) * 8)
-            if self.tiling(height, width, tile).margin is None:  # the blend, whose overlap follows the tile
-                tile = balanced_tile(max(height, width), tile, self.overlap_for(tile))
-            # (the exact overlap does not: the largest tile, which tile_grid balances for it)
+            # the blend's overlap follows the tile, so it is balanced here; the exact overlap does not (the largest
+            # tile, which tile_grid balances for it), and is taken if it costs at most EXACT_COST x that blend
+            blend = balanced_tile(max(height, width), tile, self.overlap_for(tile))
+            exact = self.tiling(height, width, tile)
+            blended = self.tiling(height, width, blend, exact=False)
+            if exact.margin is None or _computed(exact) > EXACT_COST * _computed(blended):
+                tile = blend
         return 0 if tile >= max(height, width) else tile
 
     def overlap_for(self, tile: int) -> int:
@@ -297,7 +302,7 @@ class Upscaler:
             return self.tile_overlap
         return default_overlap(tile)
 
-    def tiling(self, height: int, width: int, tile: int) -> TileLayout:
+    def tiling(self, height: int, width: int, tile: int, *, exact: bool = True) -> TileLayout:
         """How an image of this size is tiled with this tile (from tile_size): the padded size, tile, overlap and
         margin (None: the default share of the overlap).
 
@@ -308,14 +313,14 @@ class Upscaler:
         pixel-unshuffle model (x1, x2) that is tiled: the image padded to a multiple of the unshuffle factor (as the
         model pads it whole), and tile, overlap and so every tile's start multiples of it, so each tile groups pixels
         into the same 2x2 / 4x4 blocks as the untiled pass (otherwise a tile starting at an odd row is another
-        computation throughout)."""
+        computation throughout). exact=False: the blend whatever the radius."""
         overlap = self.overlap_for(tile)
         factor = self.model.config.unshuffle
         if factor > 1 and tile > 0:
             height, width = -(-height // factor) * factor, -(-width // factor) * factor
             tile, overlap = max(factor, tile // factor * factor), -(-overlap // factor) * factor
         margin = None
-        if not self._overlap_given:
+        if exact and not self._overlap_given:
             radius = self.model.config.receptive_radius
             overlap, margin = exact_or_blend(height, width, tile, overlap, radius, factor)
         return TileLayout(height, width, tile, overlap, margin)
@@ -614,6 +619,12 @@ def nearest(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _tile_count(layout: TileLayout) -> int:
     _, _, ys, xs = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)
     return len(ys) * len(xs)
+
+
+def _computed(layout: TileLayout) -> int:
+    """Input pixels the model runs over with this layout."""
+    th, tw, ys, xs = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)
+    return len(ys) * len(xs) * th * tw
 
 
 def _to_float(array: np.ndarray) -> torch.Tensor:
