@@ -319,6 +319,29 @@ def test_errors_name_the_file(up: Upscaler, clips: dict[str, Path], tmp_path: Pa
     assert not list(tmp_path.iterdir())
 
 
+def test_a_frame_size_the_encoder_refuses_is_said_before_any_frame_is_upscaled(tmp_path: Path) -> None:
+    """libx264 (and SVT-AV1) stop at 16384 pixels a side: a 1100x16 clip at --outscale 16 (17600x256) was refused
+    by FFmpeg as "Generic error in an external library" after the first frame's work. The encoder is now opened
+    with the output's settings when the video is planned: one line naming the file, the size and the way out,
+    nothing left behind; VP9 takes the size."""
+    src = make_clip(tmp_path / "wide.mp4", size=(1100, 16), seconds=0.2, audio=False)
+    before = sorted(tmp_path.iterdir())
+    wide = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, outscale=16)
+    for codec in ("h264", "av1"):
+        with pytest.raises(VideoError) as caught:
+            upscale_video(wide, src, tmp_path / "out.mkv", codec=codec)
+        message = str(caught.value)
+        assert message.startswith(f"{src}: {codec} (") and "cannot encode 17600x256 video" in message
+        assert message.endswith(
+            "--codec vp9 or --codec ffv1 (in .mkv) takes larger frames, or choose a smaller --outscale"
+        )
+        assert "\n" not in message and sorted(tmp_path.iterdir()) == before  # no output, no work folder
+    done = upscale_video(wide, src, tmp_path / "out.mkv", codec="vp9", frames=(0, 1))
+    assert done.frames == 1
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (17600, 256)
+
+
 def test_ten_bit_source_stays_high_bit_depth(up: Upscaler, tmp_path: Path) -> None:
     """A 10-bit clip goes through the model as 16-bit RGB: exact with FFV1 (16-bit planar RGB), and 10-bit H.264 by default."""
     src = make_clip(tmp_path / "ten.mkv", pix_fmt="yuv420p10le", seconds=0.4, audio=False)

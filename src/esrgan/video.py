@@ -595,6 +595,25 @@ class _SegmentEncoder:
         self.writer, self.ctx = None, None
 
 
+def _check_encoder_opens(av: Any, plan: _Plan, src: Path) -> None:
+    """Open the encoder as the first segment will, so that a size it refuses is said before the first frame is
+    upscaled (libx264 and SVT-AV1 stop at 16384 pixels a side, x265 refuses some shapes; FFmpeg says only
+    "Generic error in an external library", after the first frame's work)."""
+    ctx = av.CodecContext.create(plan.encoder, "w")
+    _configure(ctx, plan)
+    try:
+        ctx.open()
+    except (av.error.FFmpegError, ValueError) as exc:
+        others = {"vp9": "--codec vp9", "ffv1": "--codec ffv1 (in .mkv)"}
+        instead = " or ".join(v for k, v in others.items() if k != plan.codec)
+        raise VideoError(
+            f"{src}: {plan.codec} ({plan.encoder}) cannot encode {plan.out_width}x{plan.out_height} video "
+            f"({_reason(exc)}); {instead} takes larger frames, or choose a smaller --outscale"
+        ) from None
+    finally:
+        del ctx  # never encoded into: closed when collected
+
+
 def _configure(ctx: Any, plan: _Plan) -> None:
     ctx.width, ctx.height, ctx.pix_fmt = plan.out_width, plan.out_height, plan.pix_fmt
     ctx.time_base = plan.time_base
@@ -688,6 +707,7 @@ def upscale_video(
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
+    _check_encoder_opens(av, plan, src)  # before any frame is upscaled
     work = work_folder(dst)
     with _work_lock(work, dst):
         kept_segments = _prepare_work(work, _fingerprint(src, upscaler, plan, segment_frames))
