@@ -319,6 +319,31 @@ def test_hand_placed_file_is_hash_checked(server: LocalHTTPServer, home: Path, p
     assert server.requests == count  # nothing was fetched
 
 
+def test_a_damaged_download_is_listed_so_and_download_replaces_it(
+    server: LocalHTTPServer, home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`esrgan models` said "yes" for any cached file, and `--download` then refused a damaged one ("delete it and
+    run --download"). Now the listing checks the hash its use would check ("damaged"), and --download moves the
+    damaged file aside (it may be someone's own file: not deleted), downloads the model again and says so."""
+    entry = _url_entry(server)
+    monkeypatch.setitem(zoo.MODELS, entry.name, entry)
+    path = zoo.resolve(entry, download=True, progress=False)
+    assert {s.entry.name: s.available for s in zoo.list_models()}[entry.name] == "yes"
+    path.write_bytes(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1]))  # one bit off: same size
+    listed = {s.entry.name: s for s in zoo.list_models()}[entry.name]
+    assert listed.available == "damaged"
+    assert "damaged (fails its hash check)" in zoo.format_table([listed])
+    with pytest.raises(ModelNotAvailableError, match=r"does not match.*`esrgan models --download test-tiny`"):
+        zoo.resolve(entry)  # used without --download: the remedy, nothing fetched or moved
+    count = server.requests
+    with caplog.at_level("WARNING", logger="esrgan.zoo"):
+        assert zoo.resolve(entry, download=True, progress=False) == path
+    assert server.requests == count + 1 and path.read_bytes() == PAYLOAD
+    assert (path.parent / "RRDB_tiny.pth.damaged").read_bytes()[:-1] == PAYLOAD[:-1]
+    assert "does not match the published" in caplog.text and "downloading it again" in caplog.text
+    assert {s.entry.name: s.available for s in zoo.list_models()}[entry.name] == "yes"
+
+
 # --- the CLI --------------------------------------------------------------------------------------------------------
 def _esrgan(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, env={"ESRGAN_HOME": str(home)}, timeout=120)

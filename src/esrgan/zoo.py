@@ -199,13 +199,16 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
+Availability = Literal["yes", "no", "convertible", "damaged"]
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     """What `esrgan models` shows for one entry."""
 
     entry: ModelEntry
     # "convertible": not converted yet, but the ncnn package that holds it is installed
-    available: Literal["yes", "no", "convertible"]
+    available: Availability
     path: Path
     default: bool
 
@@ -244,14 +247,22 @@ def is_available(name: str | ModelEntry) -> bool:
 
 
 def list_models() -> list[ModelStatus]:
+    """Every named model and whether it can be used now. A cached file is "yes" only if it passes the check its
+    use would make (the published hash; our conversion's recorded digest), else "damaged": `esrgan models
+    --download` replaces a damaged download, and a damaged conversion is converted again on use."""
     statuses = []
     for entry in MODELS.values():
         path = model_path(entry)
-        available: Literal["yes", "no", "convertible"] = "no"
-        if path.is_file():
+        available: Availability = "no"
+        packaged = entry.source == "ncnn-package" and _packaged(entry) is not None
+        if entry.source == "ncnn-package" and _stamp_ok(path):
             available = "yes"
-        elif entry.source == "ncnn-package" and _packaged(entry) is not None:
+        elif packaged:
             available = "convertible"
+        elif path.is_file() and entry.source == "ncnn-package":  # placed by hand (no stamp: checked on load)
+            available = "damaged" if _stamp_path(path).is_file() else "yes"
+        elif path.is_file():
+            available = "yes" if _cached_problem(entry, path) is None else "damaged"
         statuses.append(ModelStatus(entry, available, path, entry.name == DEFAULT_MODEL))
     return statuses
 
@@ -293,32 +304,41 @@ def resolve(name: str | ModelEntry, *, download: bool = False, progress: bool = 
 def _resolve_url(entry: ModelEntry, *, download: bool, progress: bool) -> Path:
     path = model_path(entry)
     if path.is_file():
-        _check_cached(entry, path)
-        return path
-    if entry.url is None:
+        problem = _cached_problem(entry, path)
+        if problem is None:
+            return path
+        if not download or entry.url is None:
+            _check_cached(entry, path)  # raises, with the remedy
+    elif entry.url is None:
         raise ModelNotAvailableError(f"model {entry.name!r} has no download URL; put its file at {path}")
-    if not download:
+    elif not download:
         raise ModelNotAvailableError(
             f"model {entry.name!r} is not downloaded: run `esrgan models --download {entry.name}`, "
             f"or download it by hand from {entry.url} and put it at {path}"
         )
+    assert entry.url is not None  # each way here without one raised above
     with _lock(path):
-        if not path.is_file():  # another process may have finished it while we waited
-            try:
-                download_file(
-                    entry.url,
-                    path,
-                    sha256=entry.sha256,
-                    progress=progress,
-                    allow_unverified=entry.allow_unverified,
-                    expected_size=entry.size if entry.sha256 is None else None,
-                    max_bytes=size_cap(entry),
-                )
-            except DownloadError as exc:
-                raise DownloadError(f"model {entry.name!r} (listed at {entry.size} bytes): {exc}") from None
-            return path  # verified while downloading
-    _check_cached(entry, path)  # another process downloaded it while we waited
-    return path
+        if path.is_file():  # damaged, or another process finished the download while we waited
+            problem = _cached_problem(entry, path)
+            if problem is None:
+                return path
+            # what --download is asked for; kept aside, not deleted: it may be a file someone put there on purpose
+            aside = path.with_name(path.name + ".damaged")
+            path.replace(aside)
+            log.warning("%s: %s; moved to %s, downloading it again", path, problem, aside.name)
+        try:
+            download_file(
+                entry.url,
+                path,
+                sha256=entry.sha256,
+                progress=progress,
+                allow_unverified=entry.allow_unverified,
+                expected_size=entry.size if entry.sha256 is None else None,
+                max_bytes=size_cap(entry),
+            )
+        except DownloadError as exc:
+            raise DownloadError(f"model {entry.name!r} (listed at {entry.size} bytes): {exc}") from None
+    return path  # verified while downloading
 
 
 def size_cap(entry: ModelEntry) -> int:
@@ -326,22 +346,31 @@ def size_cap(entry: ModelEntry) -> int:
     return entry.size + entry.size // 10 + 1024**2
 
 
-def _check_cached(entry: ModelEntry, path: Path) -> None:
-    """A cached or hand-placed file must match the published hash (or, without one, the stated size)."""
-    remedy = f"delete it and run `esrgan models --download {entry.name}`"
-    if entry.url:
-        remedy += f", or download it again by hand from {entry.url}"
+def _cached_problem(entry: ModelEntry, path: Path) -> str | None:
+    """Why a cached or hand-placed file is not the model's (the published hash, or without one the stated size)."""
     if entry.sha256 is not None:
         actual = sha256_file(path)
         if not digest_matches(actual, entry.sha256):
-            raise ModelNotAvailableError(
-                f"{path}: SHA-256 {actual} does not match the published {entry.sha256} for {entry.name!r} "
-                f"(corrupt or a different file); {remedy}"
+            return (
+                f"SHA-256 {actual} does not match the published {entry.sha256} for {entry.name!r} "
+                "(corrupt or a different file)"
             )
     elif (size := path.stat().st_size) != entry.size:
-        raise ModelNotAvailableError(
-            f"{path}: {size} bytes, not the {entry.size} expected for {entry.name!r} (no published hash); {remedy}"
-        )
+        return f"{size} bytes, not the {entry.size} expected for {entry.name!r} (no published hash)"
+    return None
+
+
+def _check_cached(entry: ModelEntry, path: Path) -> None:
+    """Raise ModelNotAvailableError with the remedy when a cached or hand-placed file is not the model's."""
+    problem = _cached_problem(entry, path)
+    if problem is None:
+        return
+    remedy = (
+        f"run `esrgan models --download {entry.name}` (it replaces the file)" if entry.url else "delete it"
+    )
+    if entry.url:
+        remedy += f", or download it again by hand from {entry.url}"
+    raise ModelNotAvailableError(f"{path}: {problem}; {remedy}")
 
 
 # --- ncnn-package entries -------------------------------------------------------------------------------------------
@@ -436,7 +465,12 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 # --- presentation (used by `esrgan models`) -------------------------------------------------------------------------
-_AVAILABLE_TEXT = {"yes": "yes", "no": "no", "convertible": "convertible from installed package"}
+_AVAILABLE_TEXT = {
+    "yes": "yes",
+    "no": "no",
+    "convertible": "convertible from installed package",
+    "damaged": "damaged (fails its hash check)",
+}
 
 
 def status_dict(status: ModelStatus) -> dict[str, object]:
