@@ -527,3 +527,38 @@ def test_outputs_too_large_for_their_format_fail_before_the_model_runs(
     assert r.returncode == 0, r.stderr
     with Image.open(out / "strip_x16.png") as im:
         assert im.size == (67200, 48)
+
+
+def test_a_target_width_or_box_instead_of_a_scale(
+    tmp_path: Path, photos: Path, models: dict[str, Path]
+) -> None:
+    """--width 120: every real photo 120 wide, its height by its aspect ratio, named _120w; --width and --height:
+    within the box, named _120x100; a photo that would need more than x16 is one line and the others go on;
+    with --outscale: refused before any work."""
+    out = tmp_path / "out"
+    r = run_cli("upscale", photos, "-o", out, "--width", "120", "--model", models["tiny"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    sizes = {p.name: Image.open(p).size for p in out.iterdir()}
+    assert sizes == {"face_120w.png": (120, 144), "suit_120w.jpg": (120, 100), "grey_120w.png": (120, 96)}
+    r = run_cli(
+        "upscale", photos, "-o", out, "--width", "120", "--height", "100", "--model", models["tiny"], cwd=tmp_path
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    boxed = {p.name: Image.open(p).size for p in out.glob("*_120x100.*")}
+    assert boxed == {
+        "face_120x100.png": (83, 100),
+        "suit_120x100.jpg": (120, 100),
+        "grey_120x100.png": (120, 96),
+    }
+    r = run_cli("upscale", photos, "-o", out, "--height", "600", "--model", models["tiny"], cwd=tmp_path)
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+    assert errors == [
+        f"esrgan: error: {photos / 'grey.png'}: a 40x32 image within anyx600 would be scaled by 18.8: outside "
+        "0.25-16 (the range --outscale allows)"
+    ]
+    assert "2 upscaled, 0 skipped (output exists), 1 failed" in r.stdout
+    r = run_cli("upscale", photos, "-o", out, "--width", "120", "--outscale", "2", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "esrgan: error: --width / --height and --outscale exclude each other: give a size or a scale"
+    )

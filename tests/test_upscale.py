@@ -263,6 +263,35 @@ def test_outscale_is_the_model_output_resized(photo_small: np.ndarray) -> None:
     assert np.abs(half.astype(np.float64) - by_hand).max() <= 2
 
 
+def test_a_target_size_keeps_the_aspect_ratio_within_it(photo_small: np.ndarray) -> None:
+    """fit = (width, height): the largest size of the image's aspect ratio within them, the limiting side exact;
+    the pixels are what --outscale of the same size gives (the model, then the resize to that size); a scale
+    outside --outscale's range or a bad target is one EsrganError."""
+    from esrgan.upscale import fit_size
+
+    assert fit_size(48, 40, (100, None)) == (120, 100)  # 48x40 (h x w) at width 100: x2.5
+    assert fit_size(48, 40, (None, 96)) == (96, 80)
+    assert fit_size(48, 40, (100, 96)) == (96, 80)  # the height limits: 96/48 < 100/40
+    assert fit_size(1080, 1920, (3840, 3840)) == (2160, 3840)
+    assert fit_size(4, 300, (1000, None)) == (13, 1000)  # the other side rounded
+    with pytest.raises(
+        EsrganError, match=r"a 40x48 image within 1000xany would be scaled by 25: outside 0\.25-16"
+    ):
+        fit_size(48, 40, (1000, None))
+    for bad in [(None, None), (0, None), (None, -3)]:
+        with pytest.raises(EsrganError, match=r"target size|must be 1-"):
+            Upscaler(photo_preserving_rrdb(), fit=bad)
+    with pytest.raises(EsrganError, match="exclude each other"):
+        Upscaler(photo_preserving_rrdb(), fit=(100, None), outscale=2)
+    fitted = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, fit=(100, None))
+    scaled = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, outscale=2.5)
+    out = fitted.upscale(photo_small)
+    assert out.shape == (120, 100, 3) and np.array_equal(out, scaled.upscale(photo_small))
+    assert Upscaler(photo_preserving_rrdb(), fit=(1920, 1080)).output_size(333, 500) == (1080, 1622)
+    with pytest.raises(EsrganError, match=r"scaled by 0\.2: outside"):
+        fitted.output_size(333, 500)  # 500 wide to 100: below x0.25
+
+
 # --- alpha ------------------------------------------------------------------------------------------------------------
 def circle_rgba(photo: np.ndarray, under: int | None) -> np.ndarray:
     """The photo with a circular alpha mask (hard edge); `under` replaces the colour of transparent pixels."""

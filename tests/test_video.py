@@ -342,6 +342,19 @@ def test_a_frame_size_the_encoder_refuses_is_said_before_any_frame_is_upscaled(t
         assert (c.streams.video[0].width, c.streams.video[0].height) == (17600, 256)
 
 
+def test_a_target_width_sizes_every_frame(tmp_path: Path) -> None:
+    """--width on a video: every frame the image upscale of its frame at that width (FFV1: exact), the height by
+    the aspect ratio."""
+    src = make_clip(tmp_path / "clip.mp4", seconds=0.2, audio=False)  # 96x64
+    fitted = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, fit=(240, None))
+    done = upscale_video(fitted, src, tmp_path / "out.mkv", codec="ffv1")
+    _, frames = frames_of(tmp_path / "out.mkv")
+    _, sources = frames_of(src)
+    assert done.frames == len(frames) == len(sources) > 1
+    assert frames[0].shape == (160, 240, 3)
+    assert np.array_equal(frames[0], fitted.upscale(sources[0]))
+
+
 def test_ten_bit_source_stays_high_bit_depth(up: Upscaler, tmp_path: Path) -> None:
     """A 10-bit clip goes through the model as 16-bit RGB: exact with FFV1 (16-bit planar RGB), and 10-bit H.264 by default."""
     src = make_clip(tmp_path / "ten.mkv", pix_fmt="yuv420p10le", seconds=0.4, audio=False)

@@ -584,6 +584,14 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         help="final scale, 0.25-16 (the model, then a MATLAB-bicubic resize; default: the model's scale)",
     )
     p.add_argument(
+        "--width",
+        type=int,
+        help="output width in pixels instead of a scale (the height follows the image's aspect ratio; with "
+        "--height: the largest size within both); each image's scale must be 0.25-16. Default name: "
+        "{name}_{scale}.{ext} with {scale} = 3840w, 2160h or 3840x2160",
+    )
+    p.add_argument("--height", type=int, help="output height in pixels instead of a scale (see --width)")
+    p.add_argument(
         "--interpolate", metavar="OTHER", help="network interpolation with this second model (name or file)"
     )
     p.add_argument(
@@ -706,7 +714,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
         upscale_files,
         warnings_as_lines,
     )
-    from .upscale import Upscaler, check_outscale, check_tile
+    from .upscale import Upscaler, check_fit, check_outscale, check_tile
 
     if (args.interpolate is None) != (args.alpha is None):
         _err("--interpolate and --alpha go together")
@@ -714,11 +722,16 @@ def _run_upscale(args: argparse.Namespace) -> int:
     if args.denoise is not None and (problem := _denoise(args)):
         _err(problem)
         return 2
+    fit = None if args.width is None and args.height is None else (args.width, args.height)
     try:  # before any model is loaded
         check_tile(args.tile, args.tile_overlap)
         check_outscale(args.outscale)
+        check_fit(fit)
     except EsrganError as exc:
         _err(f"--{exc}")
+        return 2
+    if fit is not None and args.outscale is not None:
+        _err("--width / --height and --outscale exclude each other: give a size or a scale")
         return 2
     if not args.name.strip():  # "" made every destination the output folder itself
         _err("--name must not be empty: it is the output file name pattern, e.g. {name}_x{scale}.{ext}")
@@ -734,6 +747,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
         "batch": args.batch,
         "alpha_mode": args.alpha_mode,
         "outscale": args.outscale,
+        "fit": fit,
         "interpolate": args.interpolate,
         "interpolate_alpha": args.alpha,
         "compile": args.compile,
@@ -759,9 +773,18 @@ def _run_upscale(args: argparse.Namespace) -> int:
             return 1
         model = _path(args.model)
         upscaler = Upscaler.from_pretrained(args.model, **options)  # a name or a file
-        jobs = plan_jobs(
-            sources, args.output, name=args.name, format=args.format, scale=upscaler.scale, model=model.stem
-        )
+        scale: float | str = upscaler.scale
+        name = args.name
+        if fit is not None:  # each image has its own scale: names say the target
+            scale = (
+                f"{args.width}x{args.height}"
+                if None not in fit
+                else f"{args.width}w"
+                if args.width
+                else f"{args.height}h"
+            )
+            name = "{name}_{scale}.{ext}" if name == DEFAULT_NAME else name
+        jobs = plan_jobs(sources, args.output, name=name, format=args.format, scale=scale, model=model.stem)
         part = upscale_files(
             upscaler,
             shard.take(jobs),

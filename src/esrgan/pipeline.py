@@ -264,12 +264,13 @@ def plan_jobs(
     *,
     name: str = DEFAULT_NAME,
     format: str | None = None,
-    scale: float,
+    scale: float | str,
     model: str = "",
 ) -> list[Job]:
     """Destination of each source: -o FILE (one input, image extension), else a folder (default ./upscaled).
 
-    name: pattern with {name} (input stem), {scale}, {ext} and {model}; {ext} is --format's extension, else the
+    name: pattern with {name} (input stem), {scale} (a number, or a target size's label), {ext} and {model}; {ext}
+    is --format's extension, else the
     input's when we can write that format, else png. Sources found under a folder keep their sub-folders.
     """
     from .imageio import WRITE_FORMATS
@@ -304,7 +305,10 @@ def plan_jobs(
         else:
             ext = suffix.lstrip(".") if suffix in WRITE_FORMATS else "png"
         try:
-            filename = name.format(name=stem, scale=_format_scale(scale), ext=ext, model=model)
+            label = (
+                scale if isinstance(scale, str) else _format_scale(scale)
+            )  # a target size's label as it is
+            filename = name.format(name=stem, scale=label, ext=ext, model=model)
         except (KeyError, IndexError, ValueError) as exc:
             raise EsrganError(
                 f"bad --name pattern {name!r} ({exc}); use {{name}}, {{scale}}, {{ext}}, {{model}}"
@@ -590,10 +594,12 @@ class _Batch:
                 measurements=True,
                 value_range=self.value_range,
             )
-            size = self.upscaler.output_size(item.image.height, item.image.width)
-            check_writable(
-                item.image, self.output.format, item.job.dst, size
-            )  # before the model spends its time
+            try:
+                size = self.upscaler.output_size(item.image.height, item.image.width)
+            except EsrganError as exc:  # a target size this image cannot be scaled to
+                raise EsrganError(f"{item.job.src}: {exc}") from None
+            # before the model spends its time
+            check_writable(item.image, self.output.format, item.job.dst, size)
         except FILE_ERRORS as exc:
             item.image = None
             self.failed(item, one_line(exc))

@@ -130,6 +130,42 @@ def check_outscale(outscale: float | None) -> None:
         raise EsrganError(f"outscale must be {MIN_OUTSCALE:g}-{MAX_OUTSCALE:g}, not {outscale:g}")
 
 
+def check_fit(fit: tuple[int | None, int | None] | None) -> None:
+    """Raise EsrganError for a target size that is not (width, height) of positive sides, at least one given."""
+    if fit is None:
+        return
+    if len(fit) != 2 or all(v is None for v in fit):
+        raise EsrganError("a target size needs a width, a height or both")
+    for name, value in zip(("width", "height"), fit, strict=True):
+        if value is not None and not 1 <= value <= MAX_TARGET_SIDE:
+            raise EsrganError(f"{name} must be 1-{MAX_TARGET_SIDE}, not {value}")
+
+
+MAX_TARGET_SIDE = 1 << 20
+"""The largest --width / --height (a sanity bound: the output's format and memory decide what really fits)."""
+
+
+def fit_size(height: int, width: int, fit: tuple[int | None, int | None]) -> tuple[int, int]:
+    """(height, width) of an image of this size scaled to fit within `fit` = (width, height) (None: no bound on
+    that side), aspect ratio kept: the limiting side exactly its target, the other rounded. Raises EsrganError when
+    that scale is outside MIN_OUTSCALE..MAX_OUTSCALE (the model's output is resized to it)."""
+    target_w, target_h = fit
+    by_w = math.inf if target_w is None else target_w / width
+    by_h = math.inf if target_h is None else target_h / height
+    scale = min(by_w, by_h)
+    if not MIN_OUTSCALE <= scale <= MAX_OUTSCALE:
+        box = "x".join("any" if v is None else str(v) for v in fit)
+        raise EsrganError(
+            f"a {width}x{height} image within {box} would be scaled by {scale:.3g}: outside "
+            f"{MIN_OUTSCALE:g}-{MAX_OUTSCALE:g} (the range --outscale allows)"
+        )
+    if by_w <= by_h:
+        assert target_w is not None  # by_w is finite
+        return max(1, round(height * scale)), target_w
+    assert target_h is not None
+    return target_h, max(1, round(width * scale))
+
+
 # Pillow modes and what they are upscaled as; the result has the mode on the right. The 8-bit ones as read_image
 # takes them (P: "RGBA" when the palette has transparency), plus modes only an in-memory image has here: CMYK and
 # LAB converted by Pillow (read_image converts a CMYK file through its profile), 16-bit and 32-bit grey kept.
@@ -175,6 +211,7 @@ class Upscaler:
         batch: int | None = None,
         alpha_mode: str = "model",
         outscale: float | None = None,
+        fit: tuple[int | None, int | None] | None = None,
         interpolate: str | Path | Generator | None = None,
         interpolate_alpha: float | None = None,
         compile: bool = False,
@@ -185,6 +222,9 @@ class Upscaler:
         if batch is not None and batch < 1:
             raise EsrganError(f"batch must be >= 1, not {batch}")
         check_outscale(outscale)
+        check_fit(fit)
+        if fit is not None and outscale is not None:
+            raise EsrganError("a target size (--width / --height) and --outscale exclude each other")
         check_model_channels(model)
         if interpolate is not None:
             if interpolate_alpha is None:
@@ -206,6 +246,7 @@ class Upscaler:
         self.batch = batch
         self.alpha_mode: AlphaMode = "bicubic" if alpha_mode == "bicubic" else "model"
         self.outscale = outscale
+        self.fit = None if fit is None else (fit[0], fit[1])
 
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -234,10 +275,16 @@ class Upscaler:
 
     @property
     def scale(self) -> float:
-        """Final scale of the output (outscale, or the model's own scale)."""
+        """Final scale of the output (outscale, or the model's own scale; with a target size, each image's own:
+        output_size)."""
         return float(self.outscale) if self.outscale is not None else float(self.model.scale)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the output of an image of this size. With `fit` (width, height), either may be None:
+        the largest size with the image's aspect ratio within them, the side that limits it exactly; the scale
+        this takes must be within --outscale's range (EsrganError otherwise, naming the image's size)."""
+        if self.fit is not None:
+            return fit_size(height, width, self.fit)
         if self.outscale is None:
             return height * self.model.scale, width * self.model.scale
         return max(1, round(height * self.outscale)), max(1, round(width * self.outscale))
@@ -405,7 +452,10 @@ class Upscaler:
         """SHA-256 of the model's architecture and weights with this upscaler's outscale: what tells the outputs of
         one set-up from another's (DICOM derives its new series UID from it). Hashed once per Upscaler: 0.06 s for
         realesrgan-x4plus on a 2-core AMD EPYC Zen 3."""
-        digest = hashlib.sha256(f"{type(self.model).__name__} {self.model.scale} {self.outscale}".encode())
+        fit = "" if self.fit is None else f" fit {self.fit}"  # only when set: fingerprints stay as they were
+        digest = hashlib.sha256(
+            f"{type(self.model).__name__} {self.model.scale} {self.outscale}{fit}".encode()
+        )
         for name, tensor in self.model.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())

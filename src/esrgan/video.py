@@ -389,6 +389,7 @@ def _fingerprint(src: Path, upscaler: Upscaler, plan: _Plan, segment_frames: int
         "mtime_ns": stat.st_mtime_ns,
         "model": _model_digest(upscaler),
         "outscale": upscaler.outscale,
+        **({"fit": list(upscaler.fit)} if upscaler.fit is not None else {}),  # only when set: old runs resume
         "precision": str(upscaler.dtype),
         "tile": upscaler.tile,
         "tile_overlap": upscaler.tile_overlap,
@@ -909,7 +910,7 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
     from .imageio import ImageData
 
     h, w = frames[0].shape[:2]
-    native = upscaler.outscale is None or upscaler.output_size(h, w) == (
+    native = upscaler.output_size(h, w) == (
         h * upscaler.model.scale,
         w * upscaler.model.scale,
     )
