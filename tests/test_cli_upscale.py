@@ -392,6 +392,8 @@ def test_rerun_removes_the_temporary_files_of_killed_writes_and_nothing_else(
         ("--tile", "8", "--tile must be 0 (no tiling) or 32-4096, not 8"),
         ("--outscale", "0.001", "--outscale must be 0.25-16, not 0.001"),  # was a 1x1 result
         ("--outscale", "100", "--outscale must be 0.25-16, not 100"),
+        ("--quality", "101", "--quality must be 0-100, not 101"),  # was found per file, after the model
+        ("--width", "0", "--width must be 1-1048576, not 0"),
     ],
 )
 def test_out_of_range_options_are_refused_before_any_work(
@@ -496,6 +498,9 @@ def test_an_output_file_we_cannot_write_is_refused_before_anything_is_made(
         with pytest.raises(EsrganError, match="^" + message.replace(".", r"\.")):
             plan_jobs([(Path(src), None)], Path(dst), scale=4)
     assert [j.dst for j in plan_jobs([(Path("a.mov"), None)], Path("b.mkv"), scale=4)] == [Path("b.mkv")]
+    with pytest.raises(EsrganError, match=r"^-o b\.jpg names a JPEG file but --format is png; make them agree"):
+        plan_jobs([(Path("a.png"), None)], Path("b.jpg"), format="png", scale=4)  # was: PNG bytes in b.jpg
+    assert plan_jobs([(Path("a.png"), None)], Path("b.jpeg"), format="jpg", scale=4)[0].dst == Path("b.jpeg")
 
 
 def test_outputs_too_large_for_their_format_fail_before_the_model_runs(

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import photo_preserving_rrdb, run_cli
 from PIL import Image
 
 from esrgan.checkpoints import save_model
+from esrgan.device import ModelRunner
 from esrgan.imageio import ImageData, list_images, read_image, write_image
 from esrgan.pipeline import BatchResult, Job, collect_inputs, plan_jobs, upscale_files
 from esrgan.upscale import Upscaler
@@ -255,3 +257,66 @@ def test_recursive_listing_does_not_follow_links_to_folders(tmp_path: Path, phot
         "sub/deep.png",
     ]  # the link resolves to deep.png: once
     assert sorted(p.name for p in list_images(folder, recursive=True)) == ["deep.png", "link.png", "p00.png"]
+
+
+def test_outputs_that_cannot_be_written_fail_before_the_model_and_camera_exif_goes_to_tiff(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """Found by a review, each after the model had run (or, for the first, stopping the whole batch):
+    - a camera JPEG's EXIF (an Exif sub-IFD: DateTimeOriginal, ExposureTime) written as 8-bit TIFF: Pillow's libtiff
+      writer raised RuntimeError, a traceback; now tifffile writes it (IFD0's descriptive tags kept, a warning);
+    - an EXIF past JPEG's 65533-byte segment: refused after the work; now written without it, with a warning;
+    - a destination that is a folder was "skipped (exists)", exit 0; a file where a folder should be, and a name
+      whose temporary file is too long, failed after the work: now each is one line before anything is computed
+      (the model's forward passes are counted by a hook on the real module)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS 5D"
+    exif.get_ifd(0x8769)[0x9003] = "2020:01:01 10:00:00"
+    exif.get_ifd(0x8769)[0x829A] = (1, 125)
+    Image.fromarray(photo[100:148, 200:248]).save(src / "camera.jpg", exif=exif.tobytes(), quality=92)
+    big = Image.Exif()
+    big[0x013B] = "x" * 70_000  # Artist: a 70 kB EXIF
+    Image.fromarray(photo[200:240, 100:140]).save(src / "big.png", exif=big.tobytes())
+    names = ["blocked.png", "folder.png", "L" * 240 + ".png"]
+    for name in names:
+        Image.fromarray(photo[:16, :16]).save(src / name)
+    model = photo_preserving_rrdb()
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    up = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    up.runner = ModelRunner(up.model, up.device, torch.float32, engine="module")  # so that the hook sees it
+    out = tmp_path / "out"
+    (out / "folder_x4.png").mkdir(parents=True)
+    (out / "sub").write_bytes(b"a file where a folder should be")
+    jobs = [
+        Job(src / "camera.jpg", out / "camera_x4.tif"),
+        Job(src / "big.png", out / "big_x4.jpg"),
+        Job(src / "blocked.png", out / "sub" / "blocked_x4.png"),
+        Job(src / "folder.png", out / "folder_x4.png"),
+        Job(src / names[2], out / ("L" * 240 + "_x4.png")),  # 247 bytes: legal, its temporary file is not
+    ]
+    with pytest.warns(Warning) as caught:
+        result = upscale_files(up, jobs, progress="quiet", overlap=False)
+    assert [j.src.name for j in result.written] == ["camera.jpg", "big.png"] and len(calls) == 2
+    reasons = {Path(src_).name: reason for src_, reason in result.failed}
+    assert reasons["blocked.png"].endswith(
+        f"cannot write {out / 'sub' / 'blocked_x4.png'} ({out / 'sub'} is a file, not a folder)"
+    )
+    assert reasons["folder.png"].endswith(f"cannot write {out / 'folder_x4.png'} (a folder has its name)")
+    assert reasons[names[2]].endswith("(File name too long)")
+    assert not result.skipped
+    tif = read_image(out / "camera_x4.tif")
+    assert (tif.height, tif.width) == (192, 192) and tif.exif is not None
+    kept = Image.Exif()
+    kept.load(tif.exif)
+    assert (kept[0x010F], kept[0x0110]) == ("Canon", "EOS 5D")
+    with Image.open(out / "big_x4.jpg") as im:
+        assert im.size == (160, 160) and not im.info.get("exif")
+    messages = [str(w.message) for w in caught]
+    assert any("TIFF keeps only make/model" in m for m in messages)
+    assert any("the EXIF is 70" in m and "more than a JPEG holds (65533); not written" in m for m in messages)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["camera_x4.tif", "big_x4.jpg", "folder_x4.png", "sub"]
+    )

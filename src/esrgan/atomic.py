@@ -166,6 +166,24 @@ def cannot_write_reason(dest: Path, exc: OSError) -> str:
     return exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
+def writable_reason(dest: str | os.PathLike[str]) -> str | None:
+    """Why dest could not be written atomically, or None: its folders are made (as the write would make them) and
+    a temporary file of the write's own name pattern is created there and removed. A batch asks this before the
+    model runs, so a read-only or full folder, a file where a folder should be, a folder where the output should be
+    or a name too long for the temporary file is said before the work, not after it."""
+    dest = Path(dest)
+    if dest.is_dir():
+        return "a folder has its name"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_TEMP_SUFFIX, dir=dest.parent)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        return cannot_write_reason(dest, exc)
+    return None
+
+
 def _locked_temp(dest: Path) -> tuple[int, Path]:
     """mkstemp beside dest, flock'ed (held until the fd is closed; -1 where there is no flock). A remove_leftovers
     running between mkstemp and flock could remove the new file: then the path no longer names ours; make another."""

@@ -116,6 +116,7 @@ DEFAULT_PNG_COMPRESSION = 1
 ~20 % more bytes (docs/benchmarks.md, "PNG compression level"): upscaled outputs are large and written often, so
 speed wins by default; `--png-compression 9` when the bytes matter more."""
 _EXIF_HEADER = b"Exif\x00\x00"
+_JPEG_MARKER_BYTES = 65533  # an APP segment's 16-bit length, less its own two bytes
 _ORIENTATION_TAG = 0x0112
 _MAX_META_BYTES = 16 * 1024 * 1024  # iCCP inflate limit: profiles are kilobytes, big LUT ones a few MiB
 
@@ -1259,7 +1260,7 @@ def write_image(
     alpha: transparent pixels are composited on white, with an ImageWarning; BMP also drops ICC and EXIF (warns). quality: JPEG 1-100 (default 95, 4:4:4 chroma) or WEBP 0-100
     (default: lossless, colour under transparent pixels kept); ignored with a warning for PNG/TIFF. png_compression:
     zlib level 0-9 of PNG output (default DEFAULT_PNG_COMPRESSION, chosen for speed). ICC profile and
-    EXIF are always written, except that 16-bit TIFF keeps only the descriptive EXIF tags (warns otherwise).
+    EXIF are always written, except that TIFF keeps only the descriptive EXIF tags (warns otherwise).
     An existing file raises OutputExistsError (before any encoding) unless overwrite; any write failure raises
     ImageError naming the path and leaves no file behind.
     """
@@ -1292,7 +1293,8 @@ def write_image(
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or _one_line(exc)
         raise ImageError(f"{path}: cannot write ({reason})") from None
-    except (ValueError, SyntaxError, struct.error) as exc:  # Pillow's refusals: EXIF too long or unparsable
+    except (ValueError, SyntaxError, struct.error, RuntimeError) as exc:  # Pillow's refusals: EXIF too long or
+        # unparsable, or a tag its libtiff writer cannot set
         raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
     return path
 
@@ -1384,10 +1386,6 @@ def _profile_fitting(icc: bytes | None, channels: int, path: Path) -> bytes | No
     return None
 
 
-def _nbytes(array: np.ndarray | None) -> int:
-    return 0 if array is None else array.nbytes
-
-
 def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Path, level: int) -> None:
     if fmt == "PNG" and (
         image.bit_depth == 16 or (level > 0 and (os.cpu_count() or 1) >= PARALLEL_PNG_MIN_CORES)
@@ -1400,10 +1398,8 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
 
         write_measurements(tmp, image, path, fmt)
         return
-    if fmt == "TIFF" and (
-        image.bit_depth == 16 or image.pixels.nbytes + _nbytes(image.alpha) > BIG_TIFF_BYTES
-    ):
-        _write_tiff16(tmp, image, path)  # tifffile: BigTIFF when the pixels need it
+    if fmt == "TIFF":  # tifffile, 8-bit too: Pillow's libtiff writer failed on a camera EXIF (sub-IFD pointers)
+        _write_tiff(tmp, image, path)
         return
     pixels, alpha = _to_8bit(image.pixels), None if image.alpha is None else _to_8bit(image.alpha)
     if fmt in ("JPEG", "BMP") and alpha is not None:  # readers ignore a BMP's 4th byte (Pillow included)
@@ -1424,6 +1420,14 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
     if image.exif:  # JPEG's APP1 needs the "Exif" prefix (callers may hand bare TIFF); WebP's chunk must not
         bare = image.exif.removeprefix(_EXIF_HEADER)
         options["exif"] = bare if fmt == "WEBP" else _EXIF_HEADER + bare
+        if fmt == "JPEG" and len(options["exif"]) > _JPEG_MARKER_BYTES:  # Pillow: "EXIF data is too long"
+            warnings.warn(
+                f"{path}: the EXIF is {len(options['exif'])} bytes, more than a JPEG holds ({_JPEG_MARKER_BYTES}); "
+                "not written (PNG, WebP and TIFF keep it)",
+                ImageWarning,
+                stacklevel=3,
+            )
+            del options["exif"]
     if fmt == "JPEG":
         options.update(quality=_JPEG_DEFAULT_QUALITY if quality is None else quality, subsampling=0)
     elif fmt == "WEBP" and quality is None:
@@ -1437,9 +1441,10 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
     pil.save(tmp, format=fmt, **options)
 
 
-def _write_tiff16(tmp: Path, image: ImageData, path: Path) -> None:
-    """16-bit TIFF through tifffile (Pillow cannot write 16-bit colour), deflate-compressed, ICC as tag 34675; also
-    8-bit TIFF too large for a classic TIFF (BIG_TIFF_BYTES: tifffile writes BigTIFF then).
+def _write_tiff(tmp: Path, image: ImageData, path: Path) -> None:
+    """8- or 16-bit TIFF through tifffile (Pillow cannot write 16-bit colour, and its libtiff writer raised
+    RuntimeError on an ordinary camera EXIF, whose Exif sub-IFD pointer it copies as a tag), deflate-compressed, ICC
+    as tag 34675, BigTIFF past BIG_TIFF_BYTES of pixels.
 
     tifffile writes no Exif sub-IFD, so only the descriptive IFD0 tags of the EXIF (make, model, date, artist,
     copyright, description, software) are carried over; anything else warns."""
@@ -1466,7 +1471,7 @@ def _write_tiff16(tmp: Path, image: ImageData, path: Path) -> None:
         dropped = set(exif) - set(_TIFF_EXIF_IFD0_TAGS) - {_ORIENTATION_TAG, 0x8769, 0x8825}
         if dropped or exif.get_ifd(0x8769) or exif.get_ifd(0x8825):
             warnings.warn(
-                f"{path}: 16-bit TIFF keeps only make/model/date/artist/copyright/description/software of the EXIF; "
+                f"{path}: TIFF keeps only make/model/date/artist/copyright/description/software of the EXIF; "
                 "use PNG to keep all of it",
                 ImageWarning,
                 stacklevel=4,

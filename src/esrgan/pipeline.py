@@ -288,6 +288,10 @@ def plan_jobs(
                 f"-o {output} names {kinds[out_video]} but {src} is {kinds[src_video]}; "
                 f"name {_WRITABLE_VIDEO if src_video else _WRITABLE_IMAGE}, or a folder"
             )
+        named = WRITE_FORMATS.get(output.suffix.lower())
+        asked = None if format is None else {"JPG": "JPEG", "TIF": "TIFF"}.get(format.upper(), format.upper())
+        if named is not None and asked is not None and named != asked:  # was: PNG bytes in a file named .jpg
+            raise EsrganError(f"-o {output} names a {named} file but --format is {format}; make them agree")
         return [Job(src, output)]
     jobs = []
     for src, base in sources:
@@ -304,10 +308,8 @@ def plan_jobs(
             ext = "dcm"
         else:
             ext = suffix.lstrip(".") if suffix in WRITE_FORMATS else "png"
+        label = scale if isinstance(scale, str) else _format_scale(scale)  # a target size's label as it is
         try:
-            label = (
-                scale if isinstance(scale, str) else _format_scale(scale)
-            )  # a target size's label as it is
             filename = name.format(name=stem, scale=label, ext=ext, model=model)
         except (KeyError, IndexError, ValueError) as exc:
             raise EsrganError(
@@ -575,6 +577,7 @@ class _Batch:
 
     # stages: each takes an item and returns it for the next stage, or None when the item ended here
     def read(self, item: _Item) -> _Item | None:
+        from .atomic import writable_reason
         from .imageio import DEFAULT_MAX_PIXELS, check_writable, read_image, special_file
 
         item.start = time.perf_counter()
@@ -584,8 +587,12 @@ class _Batch:
             return None
         if is_video_job(item.job):
             return item  # read by video.upscale_video in the model stage
-        if not self.output.overwrite and item.job.dst.exists():  # appeared since the batch was planned
+        if not self.output.overwrite and item.job.dst.is_file():  # appeared since the batch was planned
             self.skipped(item)
+            return None
+        reason = writable_reason(item.job.dst)  # before anything is decoded or computed for it
+        if reason is not None:
+            self.failed(item, f"{item.job.src}: cannot write {item.job.dst} ({reason})")
             return None
         try:
             item.image = read_image(
@@ -833,7 +840,7 @@ def upscale_files(
                 )
                 continue
             targets[key] = job.src
-            if job.dst.exists() and not overwrite:
+            if job.dst.is_file() and not overwrite:  # a folder there is no output: read() says so
                 batch.skipped(item)
                 continue
             todo.append(item)
