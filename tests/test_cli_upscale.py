@@ -498,7 +498,9 @@ def test_an_output_file_we_cannot_write_is_refused_before_anything_is_made(
         with pytest.raises(EsrganError, match="^" + message.replace(".", r"\.")):
             plan_jobs([(Path(src), None)], Path(dst), scale=4)
     assert [j.dst for j in plan_jobs([(Path("a.mov"), None)], Path("b.mkv"), scale=4)] == [Path("b.mkv")]
-    with pytest.raises(EsrganError, match=r"^-o b\.jpg names a JPEG file but --format is png; make them agree"):
+    with pytest.raises(
+        EsrganError, match=r"^-o b\.jpg names a JPEG file but --format is png; make them agree"
+    ):
         plan_jobs([(Path("a.png"), None)], Path("b.jpg"), format="png", scale=4)  # was: PNG bytes in b.jpg
     assert plan_jobs([(Path("a.png"), None)], Path("b.jpeg"), format="jpg", scale=4)[0].dst == Path("b.jpeg")
 

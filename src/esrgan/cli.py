@@ -730,7 +730,9 @@ def _run_upscale(args: argparse.Namespace) -> int:
     except EsrganError as exc:
         _err(f"--{exc}")
         return 2
-    if args.quality is not None and not 0 <= args.quality <= 100:  # was found per file, after the model had run
+    if (
+        args.quality is not None and not 0 <= args.quality <= 100
+    ):  # was found per file, after the model had run
         _err(f"--quality must be 0-100, not {args.quality}")
         return 2
     if fit is not None and args.outscale is not None:

@@ -1293,7 +1293,12 @@ def write_image(
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or _one_line(exc)
         raise ImageError(f"{path}: cannot write ({reason})") from None
-    except (ValueError, SyntaxError, struct.error, RuntimeError) as exc:  # Pillow's refusals: EXIF too long or
+    except (
+        ValueError,
+        SyntaxError,
+        struct.error,
+        RuntimeError,
+    ) as exc:  # Pillow's refusals: EXIF too long or
         # unparsable, or a tag its libtiff writer cannot set
         raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
     return path
@@ -1398,7 +1403,9 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
 
         write_measurements(tmp, image, path, fmt)
         return
-    if fmt == "TIFF":  # tifffile, 8-bit too: Pillow's libtiff writer failed on a camera EXIF (sub-IFD pointers)
+    if (
+        fmt == "TIFF"
+    ):  # tifffile, 8-bit too: Pillow's libtiff writer failed on a camera EXIF (sub-IFD pointers)
         _write_tiff(tmp, image, path)
         return
     pixels, alpha = _to_8bit(image.pixels), None if image.alpha is None else _to_8bit(image.alpha)
