@@ -523,7 +523,7 @@ def test_outputs_too_large_for_their_format_fail_before_the_model_runs(
     errors = sorted(line for line in r.stderr.splitlines() if line.startswith("esrgan: error:"))
     assert errors == [
         f"esrgan: error: {folder / name}: the output would be 67200x48, larger than {fmt} allows ({limit} pixels a "
-        "side); use --format png or tiff, or a smaller --outscale"
+        "side); use --format png or tiff, or a smaller --outscale (or --width / --height)"
         for name, fmt, limit in [("strip.jpg", "JPEG", 65500), ("strip.webp", "WebP", 16383)]
     ]
     assert sorted(p.name for p in out.iterdir()) == ["short_x16.webp"]  # 8000 pixels: fits

@@ -320,3 +320,30 @@ def test_outputs_that_cannot_be_written_fail_before_the_model_and_camera_exif_go
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["camera_x4.tif", "big_x4.jpg", "folder_x4.png", "sub"]
     )
+
+
+def test_a_failing_input_leaves_no_folder_and_a_fifo_output_is_skipped_before_the_model(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """The destination probe makes no folder (an input that fails later left empty output folders behind), and
+    anything but a folder at the destination is an output that exists: a FIFO there was skipped only after the
+    model had run."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.fromarray(photo[:16, :16]).save(src / "fine.png")
+    model = photo_preserving_rrdb()
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    up = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    up.runner = ModelRunner(up.model, up.device, torch.float32, engine="module")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "fine_x4.png")
+    jobs = [
+        Job(src / "broken.png", out / "deep" / "er" / "broken_x4.png"),
+        Job(src / "fine.png", out / "fine_x4.png"),
+    ]
+    result = upscale_files(up, jobs, progress="quiet", overlap=False)
+    assert len(result.failed) == 1 and [j.src.name for j in result.skipped] == ["fine.png"] and not calls
+    assert sorted(p.name for p in out.iterdir()) == ["fine_x4.png"]  # no out/deep/er/

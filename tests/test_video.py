@@ -333,7 +333,7 @@ def test_a_frame_size_the_encoder_refuses_is_said_before_any_frame_is_upscaled(t
         message = str(caught.value)
         assert message.startswith(f"{src}: {codec} (") and "cannot encode 17600x256 video" in message
         assert message.endswith(
-            "--codec vp9 or --codec ffv1 (in .mkv) takes larger frames, or choose a smaller --outscale"
+            "--codec vp9 or --codec ffv1 (in .mkv) takes larger frames, or choose a smaller --outscale (or --width / --height)"
         )
         assert "\n" not in message and sorted(tmp_path.iterdir()) == before  # no output, no work folder
     done = upscale_video(wide, src, tmp_path / "out.mkv", codec="vp9", frames=(0, 1))
@@ -353,6 +353,26 @@ def test_a_target_width_sizes_every_frame(tmp_path: Path) -> None:
     assert done.frames == len(frames) == len(sources) > 1
     assert frames[0].shape == (160, 240, 3)
     assert np.array_equal(frames[0], fitted.upscale(sources[0]))
+
+
+def test_a_target_width_is_the_width_shown_and_a_folder_in_the_way_is_an_error(tmp_path: Path) -> None:
+    """A phone video turned a quarter (display matrix 90): --width 192 is the width it is shown at (its frames'
+    height), not the stored width (a review found 128 shown). A folder with the output's name is one error before
+    any frame (it was "skip ... exists", exit 0, or with --overwrite a rename error after every frame)."""
+    src = make_clip(
+        tmp_path / "turned.mp4", seconds=0.2, audio=False, rotation=90
+    )  # 96x64 stored, 64x96 shown
+    fitted = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, fit=(192, None))
+    upscale_video(fitted, src, tmp_path / "out.mp4")
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        frame = next(c.decode(video=0))
+        assert (frame.width, frame.height, abs(frame.rotation)) == (288, 192, 90)  # shown 192 x 288
+    assert fitted.fit == (192, None)  # the caller's upscaler is unchanged
+    (tmp_path / "taken.mp4").mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(VideoError, match=r"cannot write .*taken\.mp4 \(a folder has its name\)$"):
+            upscale_video(fitted, src, tmp_path / "taken.mp4", overwrite=overwrite)
+    assert (tmp_path / "taken.mp4").is_dir() and not list((tmp_path / "taken.mp4").iterdir())
 
 
 def test_ten_bit_source_stays_high_bit_depth(up: Upscaler, tmp_path: Path) -> None:

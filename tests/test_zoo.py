@@ -397,3 +397,19 @@ def test_a_damaged_conversion_stamp_means_converting_again(tmp_path: Path) -> No
     model.write_bytes(b"weights")
     _stamp_path(model).write_bytes(b"\xff\xfe\x00garbage")
     assert _stamp_ok(model) is False
+
+
+def test_the_web_page_offers_no_damaged_model(home: Path) -> None:
+    """A damaged download was offered by `esrgan serve` as usable (anything but "no" was), and could even be its
+    default: the job failed after the upload. Now it is listed unavailable, with the remedy."""
+    from esrgan.serve import zoo_models
+
+    entry = zoo.get_entry("realesr-general-x4v3")
+    path = zoo.model_path(entry)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not the model" * 1000)
+    listed = {s.entry.name: s.available for s in zoo.list_models()}
+    assert listed["realesr-general-x4v3"] == "damaged"
+    choice = next(c for c in zoo_models() if c.name == "realesr-general-x4v3")
+    assert not choice.available
+    assert choice.hint == "its file fails its hash check: run `esrgan models --download realesr-general-x4v3`"

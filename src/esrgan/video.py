@@ -29,6 +29,7 @@ How (and why):
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import hashlib
 import heapq
@@ -330,7 +331,7 @@ def _plan(
     if (fmt.chroma_width(ow) * 2 == ow + 1 and ow % 2) or (fmt.chroma_height(oh) * 2 == oh + 1 and oh % 2):
         raise VideoError(
             f"{src}: the output would be {ow}x{oh}, odd-sized, which {pix_fmt} cannot hold; choose an --outscale "
-            "giving an even size or --pix-fmt yuv444p"
+            "(or --width / --height) giving an even size, or --pix-fmt yuv444p"
         )
     out_bits = max(c.bits for c in fmt.components)
     ctx = vin.codec_context
@@ -609,7 +610,7 @@ def _check_encoder_opens(av: Any, plan: _Plan, src: Path) -> None:
         instead = " or ".join(v for k, v in others.items() if k != plan.codec)
         raise VideoError(
             f"{src}: {plan.codec} ({plan.encoder}) cannot encode {plan.out_width}x{plan.out_height} video "
-            f"({_reason(exc)}); {instead} takes larger frames, or choose a smaller --outscale"
+            f"({_reason(exc)}); {instead} takes larger frames, or choose a smaller --outscale (or --width / --height)"
         ) from None
     finally:
         del ctx  # never encoded into: closed when collected
@@ -691,6 +692,10 @@ def upscale_video(
         raise EsrganError(
             f"segment_frames and frame_batch must be >= 1, not {segment_frames} and {frame_batch}"
         )
+    if (
+        dst.is_dir()
+    ):  # not an output that exists: said before any frame (was "skip", or a rename error at the end)
+        raise VideoError(f"{src}: cannot write {dst} (a folder has its name)")
     if not overwrite and dst.exists():
         raise OutputExistsError(dst)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -705,6 +710,11 @@ def upscale_video(
         first = _first_frame(av, inp, vin, src)
         # the limit again (the header may differ from the frames); the plan takes its size from this frame
         _check_frame_size(src, 0, first.width, first.height, (first.width, first.height), limit)
+        fit = upscaler.fit
+        if fit is not None and int(first.rotation or 0) % 180:
+            # a target size is for the video as it is shown: turned a quarter, its width is the frames' height
+            upscaler = copy.copy(upscaler)
+            upscaler.fit = (fit[1], fit[0])
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
