@@ -216,6 +216,24 @@ def test_outscale_and_model_choice(server: Server, photo_small: np.ndarray) -> N
     assert job["download_name"] == "small_x3.png"
 
 
+def test_an_output_width_instead_of_a_scale(server: Server, photo_small: np.ndarray) -> None:
+    """The page's "or width": the result that wide, the height by the aspect ratio, named as the CLI names it;
+    with a scale too, or needing more than x16, a 400 at upload."""
+    status, job = server.upload("small.png", png(photo_small), model="tiny-x2", width="100")
+    assert status == 201, job
+    job = server.wait(job["id"])
+    assert job["state"] == "done", job
+    assert (job["out_width"], job["out_height"]) == (100, 120) and job["download_name"] == "small_100w.png"
+    assert job["options"]["width"] == 100
+    status, body = server.upload("small.png", png(photo_small), model="tiny-x2", width="100", outscale=2)
+    assert status == 400 and body["error"] == "give an output scale or an output width, not both"
+    status, body = server.upload("small.png", png(photo_small), model="tiny-x2", width="1000")
+    assert status == 400 and body["error"] == (
+        "small.png: a 40x48 image within 1000xany would be scaled by 25: outside 0.25-16 (the range --outscale "
+        "allows)"
+    )
+
+
 # --- formats as the CLI keeps them --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("kind", "suffix"),

@@ -128,6 +128,7 @@ class JobOptions:
     model: str
     outscale: float | None = None  # None: the model's own scale
     precision: str = "auto"
+    width: int | None = None  # an output width instead of a scale (the height by the aspect ratio)
     tile: int | None = None  # None: automatic, a size that fits in memory (the page and the JSON call it 0)
 
 
@@ -164,7 +165,10 @@ class Job:
 
     @property
     def download_name(self) -> str:
-        return f"{Path(self.name).stem}_x{self.scale:g}.{self.ext}"
+        label = (
+            f"{self.options.width}w" if self.options.width else f"x{self.scale:g}"
+        )  # as the CLI names them
+        return f"{Path(self.name).stem}_{label}.{self.ext}"
 
     def to_dict(self, position: int | None) -> dict[str, Any]:
         done = self.state == "done"
@@ -189,6 +193,7 @@ class Job:
             "options": {
                 "model": self.options.model,
                 "outscale": self.options.outscale,
+                "width": self.options.width,
                 "precision": self.options.precision,
                 "tile": self.options.tile or 0,
             },
@@ -269,6 +274,7 @@ def upscaler_engine(model: ModelChoice, options: JobOptions) -> Engine:
         "precision": options.precision,
         "tile": options.tile,
         "outscale": options.outscale,
+        "fit": None if options.width is None else (options.width, None),
     }
     if model.source is not None:
         upscaler = Upscaler.from_file(model.source, **kwargs)
@@ -315,7 +321,7 @@ class JobService:
         self.keep_seconds = keep_seconds
         self.root = Path(tempfile.mkdtemp(prefix="esrgan-serve-")).resolve()
         self._engine_factory = engine_factory
-        self._engine_key: tuple[str, str, int | None, float | None] | None = None
+        self._engine_key: tuple[str, str, int | None, float | None, int | None] | None = None
         self._engine: Engine | None = None
         self._jobs: dict[str, Job] = {}
         self._queue: list[str] = []
@@ -368,17 +374,21 @@ class JobService:
         try:
             outscale = float(fields["outscale"]) if fields.get("outscale") else None
             tile = int(fields.get("tile") or 0)  # 0: automatic
+            width = int(fields["width"]) if fields.get("width") else None
         except ValueError:
-            raise UploadRejected("outscale must be a number and tile an integer") from None
+            raise UploadRejected("outscale must be a number, tile and width integers") from None
         # the CLI's checks, at upload: nothing out of range is queued to fail (or give a 1x1 result) later
-        from .upscale import check_outscale, check_tile
+        from .upscale import check_fit, check_outscale, check_tile
 
         try:
             check_outscale(outscale)
             check_tile(tile, zero="automatic")
+            check_fit(None if width is None else (width, None))
         except EsrganError as exc:
             raise UploadRejected(str(exc)) from None
-        return JobOptions(model=model, outscale=outscale, precision=precision, tile=tile or None)
+        if width is not None and outscale is not None:
+            raise UploadRejected("give an output scale or an output width, not both")
+        return JobOptions(model=model, outscale=outscale, precision=precision, tile=tile or None, width=width)
 
     def new_folder(self) -> tuple[str, Path]:
         """A fresh random job id and its private folder (the only way a path is ever made)."""
@@ -415,6 +425,7 @@ class JobService:
         with 503 at the job cap, which is checked before the file is decoded.
         """
         from .imageio import read_image, size_problem
+        from .upscale import fit_size
 
         path = folder / "input"
         with self._cond:
@@ -433,6 +444,13 @@ class JobService:
         ext = _EXT.get(image.format, "png")
         scale = options.outscale or self.models[options.model].scale
         size = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
+        if options.width is not None:  # the scale this image needs must be one --outscale allows: said now
+            try:
+                size = fit_size(image.height, image.width, (options.width, None))
+            except EsrganError as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise UploadRejected(f"{name}: {exc}") from None
+            scale = options.width / image.width
         fmt = {v: k for k, v in _EXT.items()}[ext]
         if size_problem(fmt, *size, image, path):  # e.g. a 4200-pixel WebP at x4: past WebP's 16383
             ext = "png"  # the page chooses no format: the result goes where it fits, and says so in its name
@@ -672,14 +690,15 @@ class JobService:
             job.result_path, job.before_path, job.after_path = result, before, after
             job.out_width, job.out_height = out.width, out.height
 
-    def _engine_key_for(self, options: JobOptions) -> tuple[str, str, int | None, float | None]:
-        return (options.model, options.precision, options.tile, options.outscale)
+    def _engine_key_for(self, options: JobOptions) -> tuple[str, str, int | None, float | None, int | None]:
+        return (options.model, options.precision, options.tile, options.outscale, options.width)
 
     def _engine_ready(self, options: JobOptions) -> bool:
         return self._engine is not None and self._engine_key == self._engine_key_for(options)
 
     def _engine_for(self, options: JobOptions) -> Engine:
-        """The loaded model is reused while consecutive jobs ask for the same model, precision, tile and outscale."""
+        """The loaded model is reused while consecutive jobs ask for the same model, precision, tile and outscale
+        (or width)."""
         key = self._engine_key_for(options)
         if self._engine is None or self._engine_key != key:
             self._engine = None  # free the previous model before loading the next

@@ -111,6 +111,7 @@ async function start() {
     const form = new FormData();
     form.append("model", $("model").value);
     form.append("outscale", $("outscale").value);
+    form.append("width", $("width").value);
     form.append("precision", $("precision").value);
     form.append("tile", $("tile").value);
     form.append("file", file, file.name);
