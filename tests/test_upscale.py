@@ -274,6 +274,8 @@ def test_a_target_size_keeps_the_aspect_ratio_within_it(photo_small: np.ndarray)
     assert fit_size(48, 40, (100, 96)) == (96, 80)  # the height limits: 96/48 < 100/40
     assert fit_size(1080, 1920, (3840, 3840)) == (2160, 3840)
     assert fit_size(4, 300, (1000, None)) == (13, 1000)  # the other side rounded
+    assert fit_size(4, 300, (1000, None), even=True) == (14, 1000)  # to even, for video
+    assert fit_size(64, 96, (None, 129), even=True) == (129, 194)  # the target itself is kept
     with pytest.raises(
         EsrganError, match=r"a 40x48 image within 1000xany would be scaled by 25: outside 0\.25-16"
     ):

@@ -353,6 +353,12 @@ def test_a_target_width_sizes_every_frame(tmp_path: Path) -> None:
     assert done.frames == len(frames) == len(sources) > 1
     assert frames[0].shape == (160, 240, 3)
     assert np.array_equal(frames[0], fitted.upscale(sources[0]))
+    # 128 wide would be 85.3 high: odd, which yuv420p cannot hold; a video's free side is rounded to even (86)
+    narrow = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, fit=(128, None))
+    upscale_video(narrow, src, tmp_path / "narrow.mp4")
+    with av.open(str(tmp_path / "narrow.mp4")) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (128, 86)
+    assert narrow.output_size(64, 96) == (85, 128)  # an image keeps the nearest size
 
 
 def test_a_target_width_is_the_width_shown_and_a_folder_in_the_way_is_an_error(tmp_path: Path) -> None:

@@ -145,10 +145,13 @@ MAX_TARGET_SIDE = 1 << 20
 """The largest --width / --height (a sanity bound: the output's format and memory decide what really fits)."""
 
 
-def fit_size(height: int, width: int, fit: tuple[int | None, int | None]) -> tuple[int, int]:
+def fit_size(
+    height: int, width: int, fit: tuple[int | None, int | None], *, even: bool = False
+) -> tuple[int, int]:
     """(height, width) of an image of this size scaled to fit within `fit` = (width, height) (None: no bound on
-    that side), aspect ratio kept: the limiting side exactly its target, the other rounded. Raises EsrganError when
-    that scale is outside MIN_OUTSCALE..MAX_OUTSCALE (the model's output is resized to it)."""
+    that side), aspect ratio kept: the limiting side exactly its target, the other rounded (to an even number with
+    `even`, as video's subsampled chroma wants: FFmpeg's scale=W:-2). Raises EsrganError when that scale is outside
+    MIN_OUTSCALE..MAX_OUTSCALE (the model's output is resized to it)."""
     target_w, target_h = fit
     by_w = math.inf if target_w is None else target_w / width
     by_h = math.inf if target_h is None else target_h / height
@@ -159,11 +162,15 @@ def fit_size(height: int, width: int, fit: tuple[int | None, int | None]) -> tup
             f"a {width}x{height} image within {box} would be scaled by {scale:.3g}: outside "
             f"{MIN_OUTSCALE:g}-{MAX_OUTSCALE:g} (the range --outscale allows)"
         )
+
+    def free(side: int) -> int:
+        return max(2, 2 * round(side * scale / 2)) if even else max(1, round(side * scale))
+
     if by_w <= by_h:
         assert target_w is not None  # by_w is finite
-        return max(1, round(height * scale)), target_w
+        return free(height), target_w
     assert target_h is not None
-    return target_h, max(1, round(width * scale))
+    return target_h, free(width)
 
 
 # Pillow modes and what they are upscaled as; the result has the mode on the right. The 8-bit ones as read_image
@@ -247,6 +254,7 @@ class Upscaler:
         self.alpha_mode: AlphaMode = "bicubic" if alpha_mode == "bicubic" else "model"
         self.outscale = outscale
         self.fit = None if fit is None else (fit[0], fit[1])
+        self.fit_even = False  # video sets it on its copy: the free side of a fitted size even
 
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -284,7 +292,7 @@ class Upscaler:
         the largest size with the image's aspect ratio within them, the side that limits it exactly; the scale
         this takes must be within --outscale's range (EsrganError otherwise, naming the image's size)."""
         if self.fit is not None:
-            return fit_size(height, width, self.fit)
+            return fit_size(height, width, self.fit, even=self.fit_even)
         if self.outscale is None:
             return height * self.model.scale, width * self.model.scale
         return max(1, round(height * self.outscale)), max(1, round(width * self.outscale))

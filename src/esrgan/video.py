@@ -711,10 +711,13 @@ def upscale_video(
         # the limit again (the header may differ from the frames); the plan takes its size from this frame
         _check_frame_size(src, 0, first.width, first.height, (first.width, first.height), limit)
         fit = upscaler.fit
-        if fit is not None and int(first.rotation or 0) % 180:
-            # a target size is for the video as it is shown: turned a quarter, its width is the frames' height
+        if fit is not None:  # a copy: the caller's upscaler may go on with images
             upscaler = copy.copy(upscaler)
-            upscaler.fit = (fit[1], fit[0])
+            upscaler.fit_even = True  # the free side even, as subsampled chroma wants (FFmpeg's scale=W:-2)
+            if (
+                int(first.rotation or 0) % 180
+            ):  # the target is the video as shown: turned a quarter, its width
+                upscaler.fit = (fit[1], fit[0])  # is the frames' height
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
