@@ -94,6 +94,31 @@ def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("data", "match"),
+    [  # each passed before and then crashed or poisoned the run (a review's audit, session 24)
+        ({"optim": {"weight_decay": -1}}, r"optim\.weight_decay: must be >= 0"),
+        ({"logging": {"every": 0}}, r"logging\.every: must be >= 1"),
+        ({"validation": {"sample_crop": 0}}, r"validation\.sample_crop: must be a positive multiple"),
+        ({"validation": {"samples": 0}}, r"validation\.samples: must be >= 1"),
+        ({"train": {"device": "foo"}}, r"train\.device: must be one of auto, cpu, cuda, mps"),
+        ({"train": {"seed": -1}}, r"train\.seed: must be >= 0"),
+        ({"train": {"time_budget_minutes": float("nan")}}, r"train\.time_budget_minutes: must be a finite"),
+        ({"losses": {"pixel_weight": 0}}, r"losses\.pixel_weight: must be > 0 in the psnr stage"),
+        ({"losses": {"pixel_weight": -1}}, r"losses\.pixel_weight: must be >= 0"),
+        ({"schedule": {"gamma": -1}}, r"schedule\.gamma: must be in \(0, 1\]"),
+        ({"data": {"blur_prob": 5}}, r"data\.blur_prob: must be a probability"),
+        ({"data": {"jpeg_quality": [90, 40]}}, r"data\.jpeg_quality: must be \[low, high\] with 1 <= low"),
+        ({"data": {"jpeg_quality": [200, 300]}}, r"data\.jpeg_quality"),
+        ({"data": {"noise_sigma": [5, -1]}}, r"data\.noise_sigma"),
+    ],
+)
+def test_values_that_crashed_a_run_later_are_refused_at_load(tmp_path: Path, data: dict, match: str) -> None:
+    data = {**data, "data": {"hr_dir": "x", **data.get("data", {})}}
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
     [
         ({"train": {"total_steps": "many"}}, r"train\.total_steps: expected int, got 'many'"),
         ({"train": {"total_steps": 1.5}}, r"train\.total_steps: expected int"),
@@ -234,6 +259,9 @@ def test_a_binary_file_is_named_not_a_traceback(tmp_path: Path, capsys: pytest.C
         ("data:\n  hr_dir: x\n bad: [1,\n", "3:2", "expected <block end>, but found '<block mapping start>'"),
         ("data: {hr_dir: x\n", "2:1", "expected ',' or '}', but got '<stream end>'"),
         ("data:\n\thr_dir: x\n", "2:1", "found character '\\t' that cannot start any token"),
+        # PyYAML keeps the last of two equal keys: a second `train:` replaced the first whole
+        ("train:\n  threads: 2\ndata:\n  hr_dir: x\ntrain:\n  seed: 1\n", "5:1", "'train' is given twice"),
+        ("data:\n  hr_dir: x\n  hr_dir: y\n", "3:3", "'hr_dir' is given twice"),
     ],
 )
 def test_yaml_syntax_errors_are_one_line_with_the_position(

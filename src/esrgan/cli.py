@@ -246,7 +246,8 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0
     if result.interrupted:
         print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
-        return 0
+        # stopped by Ctrl-C / SIGTERM: the shell's status for it (130, 143), so `train psnr && train gan` stops
+        return 128 + result.signum if result.signum else 0
     print(f"finished {result.step} steps; generator: {result.model_path}; checkpoint: {result.checkpoint}")
     return 0
 

@@ -9,6 +9,7 @@ and go through the same type checks as the file. The resolved config is written 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import stat
 import types
@@ -421,7 +422,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             f"{path}: not a YAML config: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
         ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -436,6 +437,24 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping: PyYAML keeps the last silently, so a
+    second `train:` section replaced the first whole (a review found `threads: 2` become 0)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[typing.Any, typing.Any]:
+        seen: set[typing.Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader's own construct_mapping refuses it, in its words
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"{key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -507,8 +526,8 @@ def validate(config: Config, source: str) -> None:
             fail(f"optim.{key}", f"must be > 0, got {getattr(config.optim, key)}")
     if config.train.total_steps < 1:
         fail("train.total_steps", "must be >= 1")
-    if config.train.time_budget_minutes < 0:
-        fail("train.time_budget_minutes", "must be >= 0 (0 = no budget, total_steps only)")
+    if not config.train.time_budget_minutes >= 0 or not math.isfinite(config.train.time_budget_minutes):
+        fail("train.time_budget_minutes", "must be a finite number >= 0 (0 = no budget, total_steps only)")
     if config.train.time_budget_minutes and config.schedule.kind == "multistep":
         fail("schedule.kind", "a time budget needs a schedule in time: cosine or constant, not multistep")
     if not 0.0 <= config.train.ema_decay < 1.0:
@@ -560,11 +579,61 @@ def validate(config: Config, source: str) -> None:
             fail(f"checkpoint/validation.{key}", "must be >= 1")
     if config.checkpoint.keep_last < 1:
         fail("checkpoint.keep_last", "must be >= 1")
+    _validate_ranges(config, fail)
     if not config.name.strip() or config.name in (".", "..") or any(c in config.name for c in "/\\\0"):
         fail(
             "name",
             f"must be a plain folder name (not empty, '.', '..' or containing / or \\), got {config.name!r}",
         )
+
+
+def _validate_ranges(config: Config, fail: typing.Callable[[str, str], None]) -> None:
+    """Values that passed the type checks and would crash or poison a run later (a review found each: a traceback
+    at the first validation or log line, or NaN weights after hours): said before anything starts."""
+    from .defaults import DEVICES
+
+    finite = math.isfinite
+    if config.logging.every < 1:
+        fail("logging.every", f"must be >= 1, got {config.logging.every}")
+    if config.validation.samples < 1:
+        fail(
+            "validation.samples", f"must be >= 1 (images in the sample grid), got {config.validation.samples}"
+        )
+    if (
+        config.validation.sample_crop < config.model.scale
+        or config.validation.sample_crop % config.model.scale
+    ):
+        fail(
+            "validation.sample_crop",
+            f"must be a positive multiple of model.scale ({config.model.scale}), got {config.validation.sample_crop}",
+        )
+    if config.train.device not in DEVICES:
+        fail("train.device", f"must be one of {', '.join(DEVICES)}, got {config.train.device!r}")
+    if config.train.seed < 0:
+        fail("train.seed", f"must be >= 0, got {config.train.seed}")
+    if not (config.optim.weight_decay >= 0 and finite(config.optim.weight_decay)):
+        fail("optim.weight_decay", f"must be >= 0, got {config.optim.weight_decay}")
+    if not 0 < config.schedule.gamma <= 1:
+        fail(
+            "schedule.gamma", f"must be in (0, 1] (the factor at each milestone), got {config.schedule.gamma}"
+        )
+    if not (config.schedule.eta_min >= 0 and finite(config.schedule.eta_min)):
+        fail("schedule.eta_min", f"must be >= 0, got {config.schedule.eta_min}")
+    for key in ("pixel_weight", "perceptual_weight", "gan_weight"):
+        value = getattr(config.losses, key)
+        if not (value >= 0 and finite(value)):
+            fail(f"losses.{key}", f"must be >= 0, got {value}")
+    if config.train.stage == "psnr" and not config.losses.pixel_weight > 0:
+        fail("losses.pixel_weight", "must be > 0 in the psnr stage: it is its only loss")
+    if not 0.0 <= config.data.blur_prob <= 1.0:
+        fail("data.blur_prob", f"must be a probability in [0, 1], got {config.data.blur_prob}")
+    low, high = config.data.jpeg_quality
+    if not 1 <= low <= high <= 100:
+        fail("data.jpeg_quality", f"must be [low, high] with 1 <= low <= high <= 100, got {[low, high]}")
+    for key in ("blur_sigma", "noise_sigma"):
+        low, high = getattr(config.data, key)
+        if not (0 <= low <= high and finite(high)):
+            fail(f"data.{key}", f"must be [low, high] with 0 <= low <= high, got {[low, high]}")
 
 
 def _validate_perceptual(p: PerceptualConfig, fail: typing.Callable[[str, str], None]) -> None:

@@ -844,7 +844,7 @@ def save_ncnn(
                 f"{path}: is a folder, not a file (an ncnn model is written as {param.name} and {bin_path.name})"
             )
         if not overwrite and path.exists():
-            raise CheckpointError(f"{path}: exists (use overwrite to replace it)")
+            raise CheckpointError(f"{path}: exists (--overwrite replaces it)")
     text, weights = ncnn_files(config, state_dict, fp16=fp16)
     try:
         # .bin renamed first, .param last: tools list ncnn models by their .param, so a new model shows up only
@@ -855,7 +855,7 @@ def save_ncnn(
             bin_tmp.write_bytes(weights)
             param_tmp.write_bytes(text)
     except OutputExistsError as exc:  # appeared while we computed the weights
-        raise CheckpointError(f"{exc.path}: exists (use overwrite to replace it)") from None
+        raise CheckpointError(f"{exc.path}: exists (--overwrite replaces it)") from None
     except OSError as exc:
         raise CheckpointError(
             f"{param}: cannot write the ncnn model ({cannot_write_reason(param, exc)})"

@@ -91,6 +91,7 @@ class TrainResult:
     model_path: Path | None  # the exported generator (our safetensors), only when training completed
     best_psnr: float | None
     generator: Generator = field(repr=False)  # the trained generator (the EMA one when EMA is on)
+    signum: int | None = None  # the signal that stopped it (SIGINT, SIGTERM), if one did
 
 
 # --- the two steps ----------------------------------------------------------------------------------------------
@@ -1713,4 +1714,5 @@ def train(
         model_path,
         progress.best_psnr if math.isfinite(progress.best_psnr) else None,
         final,
+        stop.signum,
     )
