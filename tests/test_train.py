@@ -796,3 +796,27 @@ def test_architecture_records_of_checkpoints_are_checked_on_resume_and_as_pretra
         with pytest.raises(CheckpointError) as caught:
             train(tiny(photos, tmp_path, "crafted", train={"total_steps": 4}), resume=crafted)
         assert "\n" not in str(caught.value) and len(str(caught.value)) < 600, str(caught.value)[:300]
+
+
+def test_a_resume_with_a_changed_config_says_what_changed(
+    photos: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A review found every config change accepted on resume without a word, and a changed learning rate without
+    effect (the optimizer's state brings the saved one back) while config.yaml recorded the new one. Now one
+    warning names each change beyond how long / how the run goes (total_steps, threads, logging, ...)."""
+    cfg = tiny(photos, tmp_path, "changed", train={"total_steps": 2})
+    train(cfg)
+    cfg.train.total_steps = 3  # a longer run: free
+    with caplog.at_level(logging.WARNING, logger="esrgan.train"):
+        train(cfg, resume=True)
+    assert "changed config" not in caplog.text
+    cfg.train.total_steps = 4
+    cfg.optim.lr_g = 0.05
+    cfg.data.batch_size = 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="esrgan.train"):
+        assert train(cfg, resume=True).step == 4
+    assert (
+        "resuming with a changed config: data.batch_size 4 -> 2; optim.lr_g 0.002 -> 0.05 (no effect: the "
+        "optimizers and schedules continue as saved): the run no longer continues exactly as it began"
+    ) in caplog.text

@@ -34,6 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from torch import Tensor, nn
 
 from .archs import Generator, arch_name, build_generator
@@ -1060,6 +1061,59 @@ def load_scheduler_state(sched: torch.optim.lr_scheduler.LRScheduler, state: dic
     sched.load_state_dict(state)
 
 
+RESUME_FREE = (
+    "name",
+    "output_dir",
+    "train.total_steps",
+    "train.time_budget_minutes",
+    "train.threads",
+    "train.max_nonfinite_steps",
+    "data.num_workers",
+    "data.cache_max_mb",
+    "checkpoint.",
+    "validation.",
+    "logging.",
+)
+"""Config keys a resume may change without a word: how long and how it runs, what it logs and keeps."""
+
+
+def config_changes(saved: object, cfg: Config) -> str:
+    """What differs between the config a checkpoint recorded and the one it is resumed with, beyond RESUME_FREE, in
+    one line ("" if nothing): a changed learning rate or schedule has no effect (the optimizers and schedulers come
+    back as saved, and config.yaml then records values the run does not use), and other changes end the run's
+    exact continuation. A review found them all accepted without a word."""
+    if not isinstance(saved, str):
+        return ""
+    try:
+        old = yaml.safe_load(saved)
+    except yaml.YAMLError:
+        return ""
+    new = yaml.safe_load(config_to_yaml(cfg))
+
+    def flat(tree: object, prefix: str = "") -> dict[str, object]:
+        if not isinstance(tree, dict):
+            return {prefix.rstrip("."): tree}
+        out: dict[str, object] = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}."))
+        return out
+
+    before, after = flat(old), flat(new)
+    parts = []
+    for key in sorted(set(before) | set(after)):
+        if key.startswith(RESUME_FREE) or before.get(key) == after.get(key):
+            continue
+        effect = (
+            " (no effect: the optimizers and schedules continue as saved)"
+            if key.startswith(("optim.lr", "schedule."))
+            else ""
+        )
+        parts.append(f"{key} {before.get(key)!r} -> {after.get(key)!r}{effect}")
+    if not parts:
+        return ""
+    return "; ".join(parts) + ": the run no longer continues exactly as it began"
+
+
 def restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None = None) -> Progress:
     """Load a checkpoint into the built run; the RNG states come back last. A checkpoint whose format and version
     are right but whose contents are not what train wrote (a missing entry, a tensor of another shape, a value of
@@ -1436,6 +1490,9 @@ def train(
         )  # a refused checkpoint leaves the run folder as it was
         if ddp.main:
             log.info("resumed from %s at step %d", resume_path, progress.step)
+            changed = config_changes(load_checkpoint(resume_path).get("config"), cfg)
+            if changed:
+                log.warning("resuming with a changed config: %s", changed)
     if ddp.main:
         try:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
