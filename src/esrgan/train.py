@@ -1100,15 +1100,15 @@ def config_changes(saved: object, cfg: Config) -> str:
 
     before, after = flat(old), flat(new)
     parts = []
-    for key in sorted(set(before) | set(after)):
-        if key.startswith(RESUME_FREE) or before.get(key) == after.get(key):
+    for key in sorted(set(before) & set(after)):  # a key an older release did not record is no change
+        if key.startswith(RESUME_FREE) or before[key] == after[key]:
             continue
         effect = (
             " (no effect: the optimizers and schedules continue as saved)"
             if key.startswith(("optim.lr", "schedule."))
             else ""
         )
-        parts.append(f"{key} {before.get(key)!r} -> {after.get(key)!r}{effect}")
+        parts.append(f"{key} {before[key]!r} -> {after[key]!r}{effect}")
     if not parts:
         return ""
     return "; ".join(parts) + ": the run no longer continues exactly as it began"
