@@ -820,3 +820,14 @@ def test_a_resume_with_a_changed_config_says_what_changed(
         "resuming with a changed config: data.batch_size 4 -> 2; optim.lr_g 0.002 -> 0.05 (no effect: the "
         "optimizers and schedules continue as saved): the run no longer continues exactly as it began"
     ) in caplog.text
+
+
+def test_a_missing_validation_folder_is_said_before_anything_is_made(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """It was found after the training images had been decoded, with the run folder (config.yaml, checkpoints/,
+    samples/) already made."""
+    cfg = tiny(photos, tmp_path, "noval", validation={"dir": str(tmp_path / "nothere")})
+    with pytest.raises(ConfigError, match=r"nothere: image folder not found$"):
+        train(cfg)
+    assert not cfg.run_dir.exists()

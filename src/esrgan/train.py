@@ -1437,6 +1437,11 @@ def train(
     scale = cfg.model.scale
     if not cfg.data.hr_dir:
         raise ConfigError("data.hr_dir: the training image folder is required")
+    # the image folders exist and hold images, before anything is written or decoded (a missing validation.dir was
+    # found after the whole training set had been decoded, with the run folder already made)
+    for folder in (cfg.data.hr_dir, cfg.data.lr_dir, cfg.validation.dir):
+        if folder:
+            list_images(folder)
     # before anything is written: a fresh run must not overwrite another, a resume needs a checkpoint
     resume_path: Path | None = None
     if resume is True:
