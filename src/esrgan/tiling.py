@@ -110,11 +110,9 @@ def exact_or_blend(
         return overlap, None
     exact = -(-2 * radius // factor) * factor
 
-    def pixels(o: int) -> int:
-        th, tw, ys, xs = tile_grid(height, width, tile, o)
-        return len(ys) * len(xs) * th * tw
-
-    if pixels(exact) > EXACT_COST * pixels(overlap):
+    if computed_pixels(height, width, tile, exact) > EXACT_COST * computed_pixels(
+        height, width, tile, overlap
+    ):
         return overlap, None
     return exact, radius
 
@@ -133,6 +131,12 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> tuple[int, in
         return height, width, [0], [0]
     th, tw = balanced_tile(height, tile, overlap), balanced_tile(width, tile, overlap)
     return th, tw, tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
+
+
+def computed_pixels(height: int, width: int, tile: int, overlap: int) -> int:
+    """Input pixels the model runs over when tile_grid lays out these tiles (the cost of a layout)."""
+    th, tw, ys, xs = tile_grid(height, width, tile, overlap)
+    return len(ys) * len(xs) * th * tw
 
 
 def default_margin(overlap: int) -> int:

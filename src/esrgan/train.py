@@ -1114,12 +1114,15 @@ def config_changes(saved: object, cfg: Config) -> str:
     return "; ".join(parts) + ": the run no longer continues exactly as it began"
 
 
-def restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None = None) -> Progress:
+def restore_state(
+    path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None = None, config: Config | None = None
+) -> Progress:
     """Load a checkpoint into the built run; the RNG states come back last. A checkpoint whose format and version
     are right but whose contents are not what train wrote (a missing entry, a tensor of another shape, a value of
-    another type: a crafted or damaged file) is one CheckpointError naming the file, not a traceback."""
+    another type: a crafted or damaged file) is one CheckpointError naming the file, not a traceback. With
+    `config` (the one resumed with), a warning names what differs from the config the checkpoint recorded."""
     try:
-        return _restore_state(path, nets, opts, pool)
+        return _restore_state(path, nets, opts, pool, config)
     except EsrganError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
@@ -1128,8 +1131,12 @@ def restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | Non
         raise CheckpointError(f"{path}: not a checkpoint this run can resume from ({what})") from None
 
 
-def _restore_state(path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None) -> Progress:
+def _restore_state(
+    path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None, config: Config | None
+) -> Progress:
     state = load_checkpoint(path)
+    if config is not None and (changed := config_changes(state.get("config"), config)):
+        log.warning("resuming with a changed config: %s", changed)
     recorded = checkpoint_generator(path, state)
     if recorded != nets.g.config:
         raise CheckpointError(
@@ -1490,14 +1497,10 @@ def train(
     progress = Progress()
     pool = build_pair_pool(cfg, ddp)
     if resume_path is not None:
-        progress = restore_state(
-            resume_path, nets, opts, pool
-        )  # a refused checkpoint leaves the run folder as it was
+        # a refused checkpoint leaves the run folder as it was; rank 0 says what the config changed
+        progress = restore_state(resume_path, nets, opts, pool, cfg if ddp.main else None)
         if ddp.main:
             log.info("resumed from %s at step %d", resume_path, progress.step)
-            changed = config_changes(load_checkpoint(resume_path).get("config"), cfg)
-            if changed:
-                log.warning("resuming with a changed config: %s", changed)
     if ddp.main:
         try:
             ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ from .tiling import (
     TileLayout,
     auto_tile_size,
     balanced_tile,
+    computed_pixels,
     default_overlap,
     exact_or_blend,
     from_unit,
@@ -345,7 +346,9 @@ class Upscaler:
             blend = balanced_tile(max(height, width), tile, self.overlap_for(tile))
             exact = self.tiling(height, width, tile)
             blended = self.tiling(height, width, blend, exact=False)
-            if exact.margin is None or _computed(exact) > EXACT_COST * _computed(blended):
+            if exact.margin is None or computed_pixels(*exact[:4]) > EXACT_COST * computed_pixels(
+                *blended[:4]
+            ):
                 tile = blend
         return 0 if tile >= max(height, width) else tile
 
@@ -677,12 +680,6 @@ def nearest(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _tile_count(layout: TileLayout) -> int:
     _, _, ys, xs = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)
     return len(ys) * len(xs)
-
-
-def _computed(layout: TileLayout) -> int:
-    """Input pixels the model runs over with this layout."""
-    th, tw, ys, xs = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)
-    return len(ys) * len(xs) * th * tw
 
 
 def _to_float(array: np.ndarray) -> torch.Tensor:
