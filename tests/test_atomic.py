@@ -120,3 +120,38 @@ def test_without_overwrite_a_file_that_appears_meanwhile_is_kept_and_ours_remove
     (tmp_path / "m.bin").write_bytes(b"x")
     with pytest.raises(OutputExistsError, match=r"m\.bin"), atomic_paths(pair):  # before anything is written
         raise AssertionError("not reached")
+
+
+def test_a_name_too_long_for_its_temporary_file_is_written_and_its_leftover_removed(tmp_path: Path) -> None:
+    """A legal name of 241-255 bytes cannot take the 15 bytes of `.NAME.XXXXXXXX.part`: it was refused ("File name
+    too long") although the name itself can be made. Its temporary file now holds the name's first bytes and a hash
+    of the whole name; a kill -9 (os._exit in a real child) leaves it, and remove_leftovers finds it by that hash,
+    not the temporary file of another long name that begins alike."""
+    from esrgan.atomic import atomic_write_bytes, remove_leftovers, temp_stem
+
+    names = ["é" * 125 + ".png", "é" * 125 + ".jpg", "a" * 255]  # 254, 254 and 255 bytes: as long as names go
+    for name in names:
+        atomic_write_bytes(tmp_path / name, name.encode())
+        assert (tmp_path / name).read_bytes() == name.encode()
+        stem = temp_stem(tmp_path, name)
+        assert (
+            len(os.fsencode(f".{stem}.abcdefgh.part")) <= 255 and stem.encode("utf-8").decode("utf-8") == stem
+        )
+    assert temp_stem(tmp_path, names[0]) != temp_stem(tmp_path, names[1])
+    assert temp_stem(tmp_path, "short.png") == "short.png"
+    assert sorted(os.listdir(tmp_path)) == sorted(names)  # no temporary file left
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    child = (
+        "import os, sys\nfrom esrgan.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half')\n    os._exit(9)\n"
+    )
+    for name in names[:2]:
+        r = subprocess.run([sys.executable, "-c", child, str(killed / name)], capture_output=True, text=True)
+        assert r.returncode == 9, r.stderr
+    left = sorted(os.listdir(killed))
+    assert len(left) == 2 and all(n.startswith(".é") and n.endswith(".part") for n in left), left
+    removed = remove_leftovers([killed / names[0]])
+    assert [p.name for p, _ in removed] == [n for n in left if temp_stem(killed, names[0]) in n]
+    assert len(os.listdir(killed)) == 1  # the other name's leftover is not ours to remove

@@ -894,3 +894,29 @@ def test_a_tiff_past_4_gib_is_written_as_bigtiff(
             assert tif.is_bigtiff == big
         back = read_image(tmp_path / name)
         assert back.bit_depth == bits and np.array_equal(back.pixels, pixels)
+
+
+def test_an_icc_profile_too_large_for_jpeg_is_dropped_with_a_warning_not_corrupted(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """JPEG holds an ICC profile in at most 255 APP2 segments (16,707,345 bytes); Pillow wrapped the segment count
+    past that, so a larger profile was written corrupt and every reader dropped it without a word. Now one the size
+    of the limit goes through exactly (read back whole), and one byte more is not written, with a warning; TIFF
+    keeps it."""
+    from PIL import ImageCms
+
+    from esrgan.imageio import _JPEG_ICC_BYTES
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert _JPEG_ICC_BYTES == 16_707_345
+    fits = srgb + bytes(_JPEG_ICC_BYTES - len(srgb))  # a real profile's bytes, padded (tag data readers skip)
+    pixels = np.ascontiguousarray(photo[:32, :32])
+    write_image(tmp_path / "fits.jpg", ImageData(pixels=pixels, icc_profile=fits))
+    assert read_image(tmp_path / "fits.jpg").icc_profile == fits
+    with pytest.warns(
+        ImageWarning, match=r"over\.jpg: the ICC profile is 16707346 bytes, more than a JPEG holds"
+    ):
+        write_image(tmp_path / "over.jpg", ImageData(pixels=pixels, icc_profile=fits + b"\0"))
+    assert read_image(tmp_path / "over.jpg").icc_profile is None
+    write_image(tmp_path / "over.tif", ImageData(pixels=pixels, icc_profile=fits + b"\0"))
+    assert read_image(tmp_path / "over.tif").icc_profile == fits + b"\0"

@@ -266,9 +266,11 @@ def test_outputs_that_cannot_be_written_fail_before_the_model_and_camera_exif_go
     - a camera JPEG's EXIF (an Exif sub-IFD: DateTimeOriginal, ExposureTime) written as 8-bit TIFF: Pillow's libtiff
       writer raised RuntimeError, a traceback; now tifffile writes it (IFD0's descriptive tags kept, a warning);
     - an EXIF past JPEG's 65533-byte segment: refused after the work; now written without it, with a warning;
-    - a destination that is a folder was "skipped (exists)", exit 0; a file where a folder should be, and a name
-      whose temporary file is too long, failed after the work: now each is one line before anything is computed
-      (the model's forward passes are counted by a hook on the real module)."""
+    - a destination that is a folder was "skipped (exists)", exit 0; a file where a folder should be failed after
+      the work: now each is one line before anything is computed (the model's forward passes are counted by a hook
+      on the real module);
+    - a legal name whose temporary file would be too long failed after the work: now it is written (the temporary
+      file's name is shortened)."""
     src = tmp_path / "in"
     src.mkdir()
     exif = Image.Exif()
@@ -295,17 +297,16 @@ def test_outputs_that_cannot_be_written_fail_before_the_model_and_camera_exif_go
         Job(src / "big.png", out / "big_x4.jpg"),
         Job(src / "blocked.png", out / "sub" / "blocked_x4.png"),
         Job(src / "folder.png", out / "folder_x4.png"),
-        Job(src / names[2], out / ("L" * 240 + "_x4.png")),  # 247 bytes: legal, its temporary file is not
+        Job(src / names[2], out / ("L" * 240 + "_x4.png")),  # 247 bytes: legal; `.NAME.XXXXXXXX.part`: not
     ]
     with pytest.warns(Warning) as caught:
         result = upscale_files(up, jobs, progress="quiet", overlap=False)
-    assert [j.src.name for j in result.written] == ["camera.jpg", "big.png"] and len(calls) == 2
+    assert [j.src.name for j in result.written] == ["camera.jpg", "big.png", names[2]] and len(calls) == 3
     reasons = {Path(src_).name: reason for src_, reason in result.failed}
     assert reasons["blocked.png"].endswith(
         f"cannot write {out / 'sub' / 'blocked_x4.png'} ({out / 'sub'} is a file, not a folder)"
     )
     assert reasons["folder.png"].endswith(f"cannot write {out / 'folder_x4.png'} (a folder has its name)")
-    assert reasons[names[2]].endswith("(File name too long)")
     assert not result.skipped
     tif = read_image(out / "camera_x4.tif")
     assert (tif.height, tif.width) == (192, 192) and tif.exif is not None
@@ -318,7 +319,7 @@ def test_outputs_that_cannot_be_written_fail_before_the_model_and_camera_exif_go
     assert any("TIFF keeps only make/model" in m for m in messages)
     assert any("the EXIF is 70" in m and "more than a JPEG holds (65533); not written" in m for m in messages)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["camera_x4.tif", "big_x4.jpg", "folder_x4.png", "sub"]
+        ["camera_x4.tif", "big_x4.jpg", "folder_x4.png", "sub", "L" * 240 + "_x4.png"]
     )
 
 

@@ -3,7 +3,8 @@
 A crash, a kill -9, a full disk or an exception never leaves a half-written file under the final name, and an
 existing file is only replaced when the caller says so.
 
-A kill -9 or a power cut does leave the temporary file (`.NAME.XXXXXXXX.part`, up to a whole output in size).
+A kill -9 or a power cut does leave the temporary file (`.NAME.XXXXXXXX.part`, up to a whole output in size; for a
+name too long to take 15 more bytes, NAME is its first bytes, "~" and 8 hex digits of the whole name's SHA-256).
 remove_leftovers(dests) removes those of the given destinations: only names of exactly that pattern, and only files
 no live writer holds (each writer holds an exclusive flock on its temporary file while it exists; the kernel
 releases it when the process dies, however it dies).
@@ -12,6 +13,7 @@ releases it when the process dies, however it dies).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -29,6 +31,32 @@ except (
 
 _TEMP_SUFFIX = ".part"
 _RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
+_NAME_MAX = (
+    255  # bytes in one file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units); pathconf says where it can
+)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such folder yet, or no pathconf (Windows)
+        return _NAME_MAX
+    return limit if 32 <= limit < _NAME_MAX else _NAME_MAX  # eCryptfs: 143; -1: no limit said
+
+
+def temp_stem(folder: Path, name: str) -> str:
+    """NAME in the temporary file `.NAME.XXXXXXXX.part` of a write to folder/name: the name itself, or where that
+    would make the temporary name longer than a file name may be (a legal name of 241+ bytes), the name's first
+    bytes (whole characters), "~" and 8 hex digits of the whole name's SHA-256, so that it stays one name's own."""
+    encoded = os.fsencode(name)
+    room = _name_max(folder) - len(".." + "x" * 8 + _TEMP_SUFFIX)
+    if len(encoded) <= room:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:8]
+    cut = room - 9
+    while cut > 0 and encoded[cut] & 0xC0 == 0x80:  # never cut a UTF-8 character in two
+        cut -= 1
+    return os.fsdecode(encoded[:cut]) + "~" + digest
 
 
 class OutputExistsError(FileExistsError):
@@ -147,7 +175,7 @@ def _keep(dest: Path) -> Path | None:
     """A hard link to dest's current file under a leftover name (`.NAME.XXXXXXXX.part`: remove_leftovers removes it
     after a kill -9), so it can be put back; None when it cannot be linked (no hard links there, a folder)."""
     while True:
-        old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+        old = dest.parent / f".{temp_stem(dest.parent, dest.name)}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
         try:
             os.link(dest, old, follow_symlinks=False)  # a symbolic link comes back as itself
         except FileExistsError:
@@ -170,8 +198,7 @@ def writable_reason(dest: str | os.PathLike[str]) -> str | None:
     """Why dest could not be written atomically, or None. A temporary file of the write's own name pattern is
     created and removed in the nearest folder of dest that exists (no folder is made: an input that fails later
     leaves nothing behind). A batch asks this before the model runs, so a read-only folder, a file where a folder
-    should be, a folder where the output should be or a name too long for the temporary file is said before the
-    work, not after it."""
+    should be, a folder where the output should be or a name too long is said before the work, not after it."""
     dest = Path(dest)
     if dest.is_dir():
         return "a folder has its name"
@@ -179,7 +206,9 @@ def writable_reason(dest: str | os.PathLike[str]) -> str | None:
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_TEMP_SUFFIX, dir=folder)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{temp_stem(folder, dest.name)}.", suffix=_TEMP_SUFFIX, dir=folder
+        )
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):  # another run's remove_leftovers may have taken it
             os.unlink(name)
@@ -192,7 +221,8 @@ def _locked_temp(dest: Path) -> tuple[int, Path]:
     """mkstemp beside dest, flock'ed (held until the fd is closed; -1 where there is no flock). A remove_leftovers
     running between mkstemp and flock could remove the new file: then the path no longer names ours; make another."""
     while True:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_TEMP_SUFFIX, dir=dest.parent)
+        stem = temp_stem(dest.parent, dest.name)
+        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=_TEMP_SUFFIX, dir=dest.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the permissions any new file would
         if fcntl is None:  # Windows: an open file could not be renamed; nothing to hold it by
             os.close(fd)
@@ -220,7 +250,7 @@ def remove_leftovers(dests: Iterable[str | os.PathLike[str]]) -> list[tuple[Path
     by_folder: dict[Path, set[str]] = {}
     for dest in dests:
         d = Path(dest)
-        by_folder.setdefault(d.parent, set()).add(d.name)
+        by_folder.setdefault(d.parent, set()).add(temp_stem(d.parent, d.name))
     removed: list[tuple[Path, int]] = []
     for folder, names in by_folder.items():
         pattern = re.compile(r"\.(.+)\." + _RANDOM + re.escape(_TEMP_SUFFIX))

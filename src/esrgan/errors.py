@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class EsrganError(Exception):
     """Base class: the message is shown to the user as is, so it names the file and the problem."""
@@ -34,6 +36,26 @@ def one_line(what: object) -> str:
     if text or not isinstance(what, BaseException):
         return text
     return type(what).__name__
+
+
+def shown(text: str) -> str:
+    """text as it can be printed on one line of any terminal: control characters ("\\n" in a file name made a
+    two-line error) and line separators escaped as Python writes them, and the bytes of a file name that is not
+    UTF-8 (which Python holds as lone surrogates: printing one raised UnicodeEncodeError, a traceback, under a
+    strict UTF-8 locale such as en_US.UTF-8) as \\xNN. Printable text, however foreign, is left as it is."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            code = ord(ch)
+            out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
+        elif category in ("Cc", "Zl", "Zp"):
+            out.append(repr(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def out_of_memory(exc: BaseException) -> bool:

@@ -117,6 +117,8 @@ DEFAULT_PNG_COMPRESSION = 1
 speed wins by default; `--png-compression 9` when the bytes matter more."""
 _EXIF_HEADER = b"Exif\x00\x00"
 _JPEG_MARKER_BYTES = 65533  # an APP segment's 16-bit length, less its own two bytes
+# an ICC profile in JPEG: at most 255 APP2 segments ("ICC_PROFILE\0", sequence number, count: 14 bytes each)
+_JPEG_ICC_BYTES = 255 * (_JPEG_MARKER_BYTES - 14)
 _ORIENTATION_TAG = 0x0112
 _MAX_META_BYTES = 16 * 1024 * 1024  # iCCP inflate limit: profiles are kilobytes, big LUT ones a few MiB
 
@@ -437,7 +439,7 @@ _IN_HAND = threading.local()
 
 @contextlib.contextmanager
 def _in_hand(path: Path) -> Iterator[None]:
-    """Mark `path` as the file this thread is decoding, for file_in_hand()."""
+    """Mark `path` as the file this thread is decoding or encoding, for file_in_hand()."""
     before = getattr(_IN_HAND, "path", None)
     _IN_HAND.path = path
     try:
@@ -447,9 +449,10 @@ def _in_hand(path: Path) -> Iterator[None]:
 
 
 def file_in_hand() -> Path | None:
-    """The file read_image is decoding in this thread, if any: a warning raised inside Pillow or tifffile ("Corrupt
-    EXIF data...") does not say which file it is about, so whoever shows it (esrgan.pipeline.warnings_as_lines, in
-    the warning thread) names it with this."""
+    """The file read_image is decoding or write_image encoding in this thread, if any: a warning raised inside
+    Pillow or tifffile ("Corrupt EXIF data...", "Tag data larger than file" while the EXIF is sorted for a TIFF)
+    does not say which file it is about, so whoever shows it (esrgan.pipeline.warnings_as_lines, in the warning
+    thread) names it with this."""
     path: Path | None = getattr(_IN_HAND, "path", None)
     return path
 
@@ -1285,7 +1288,7 @@ def write_image(
     if icc is not image.icc_profile:
         image = replace(image, icc_profile=icc)
     try:
-        with atomic_path(path, overwrite=overwrite) as tmp:
+        with atomic_path(path, overwrite=overwrite) as tmp, _in_hand(path):
             _encode(tmp, image, fmt, quality, path, level)
     except (OutputExistsError, ImageError):
         raise
@@ -1424,6 +1427,16 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
         image = replace(image, icc_profile=None, exif=None)
     if image.icc_profile:
         options["icc_profile"] = image.icc_profile
+        if (
+            fmt == "JPEG" and len(image.icc_profile) > _JPEG_ICC_BYTES
+        ):  # Pillow wraps the chunk count: corrupt
+            warnings.warn(
+                f"{path}: the ICC profile is {len(image.icc_profile)} bytes, more than a JPEG holds "
+                f"({_JPEG_ICC_BYTES}); not written (PNG, TIFF and WebP keep it)",
+                ImageWarning,
+                stacklevel=3,
+            )
+            del options["icc_profile"]
     if image.exif:  # JPEG's APP1 needs the "Exif" prefix (callers may hand bare TIFF); WebP's chunk must not
         bare = image.exif.removeprefix(_EXIF_HEADER)
         options["exif"] = bare if fmt == "WEBP" else _EXIF_HEADER + bare

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from .defaults import DEFAULT_NAME
-from .errors import EsrganError, one_line, out_of_memory
+from .errors import EsrganError, one_line, out_of_memory, shown
 from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_images
 from .video import CONTAINERS, VIDEO_SUFFIXES
 
@@ -431,7 +431,7 @@ class Reporter:
         if self.mode == "quiet" and not error:
             return
         stream = sys.stderr if error else sys.stdout
-        text = self.prefix + text
+        text = shown(self.prefix + text)  # a file name's newline or non-UTF-8 bytes: still one printable line
         with self._lock:
             if self.files is not None:
                 self.files.write(text, file=stream)
@@ -440,6 +440,10 @@ class Reporter:
                 stream.flush()
 
     def error(self, src: Path | str, reason: str) -> None:
+        if (
+            str(src) not in reason and one_line(src) in reason
+        ):  # one_line(exc) collapsed a newline in the name
+            reason = reason.replace(one_line(src), str(src), 1)
         self.line(f"esrgan: error: {reason if str(src) in reason else f'{src}: {reason}'}", error=True)
 
     def on_tile(self, done: int, total: int) -> None:
@@ -495,7 +499,7 @@ def warnings_as_lines() -> Iterator[None]:
             text = f"{where}: {text}"
         # the line and its newline in one write: tqdm.write writes them apart, and an error line from another stage's
         # thread landed between them ("...(use TIFF)esrgan: error: ...", seen once in CI)
-        tqdm.write(f"esrgan: warning: {text}\n", file=sys.stderr, end="")
+        tqdm.write(f"esrgan: warning: {shown(text)}\n", file=sys.stderr, end="")
 
     with warnings.catch_warnings():  # both restored at the end: showwarning and the filters
         warnings.showwarning = show
