@@ -920,3 +920,19 @@ def test_an_icc_profile_too_large_for_jpeg_is_dropped_with_a_warning_not_corrupt
     assert read_image(tmp_path / "over.jpg").icc_profile is None
     write_image(tmp_path / "over.tif", ImageData(pixels=pixels, icc_profile=fits + b"\0"))
     assert read_image(tmp_path / "over.tif").icc_profile == fits + b"\0"
+
+
+def test_an_8bit_png_with_a_profile_over_a_mib_is_read_with_it(tmp_path: Path, photo: np.ndarray) -> None:
+    """Pillow inflates a PNG's iCCP chunk up to 1 MiB and refused the whole image past it ("corrupt or truncated
+    image"), while a 16-bit PNG (our reader), JPEG and TIFF with the same profile were read: now 8-bit PNGs take
+    profiles up to the same 16 MiB, kept on the way out; past that the image is still refused, not inflated."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    big = srgb + bytes(2_000_000)  # a real profile, padded: as big as printer profiles with large LUTs get
+    Image.fromarray(photo[:32, :32]).save(tmp_path / "in.png", icc_profile=big)
+    image = read_image(tmp_path / "in.png")
+    assert image.icc_profile == big and image.bit_depth == 8
+    write_image(tmp_path / "out.png", image)
+    assert read_image(tmp_path / "out.png").icc_profile == big
+    Image.fromarray(photo[:32, :32]).save(tmp_path / "huge.png", icc_profile=srgb + bytes(17 * 2**20))
+    with pytest.raises(ImageError, match=r"huge\.png: "):
+        read_image(tmp_path / "huge.png")

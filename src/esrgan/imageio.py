@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from .atomic import OutputExistsError, atomic_path
 from .defaults import DEFAULT_MAX_PIXELS
@@ -121,6 +121,10 @@ _JPEG_MARKER_BYTES = 65533  # an APP segment's 16-bit length, less its own two b
 _JPEG_ICC_BYTES = 255 * (_JPEG_MARKER_BYTES - 14)
 _ORIENTATION_TAG = 0x0112
 _MAX_META_BYTES = 16 * 1024 * 1024  # iCCP inflate limit: profiles are kilobytes, big LUT ones a few MiB
+# Pillow inflates a PNG's iCCP chunk up to MAX_TEXT_CHUNK (1 MiB) and refuses the whole image past it: an 8-bit PNG
+# with a 2 MiB printer profile was "corrupt", while our 16-bit PNG reader, JPEG and TIFF take it. Raised (never
+# lowered) to the limit our own reader has; the inflate stays bounded, and all text chunks by MAX_TEXT_MEMORY.
+PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, _MAX_META_BYTES)
 
 
 class ImageWarning(UserWarning):
