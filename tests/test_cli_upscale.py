@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -72,15 +73,24 @@ def test_existing_output_skipped_then_replaced(tmp_path: Path, photos: Path, mod
 
 
 @pytest.mark.parametrize(
-    ("fmt", "magic"), [("jpg", b"\xff\xd8\xff"), ("webp", b"RIFF"), ("tiff", b"II*\x00")]
+    ("fmt", "magic"),
+    [
+        ("jpg", b"\xff\xd8\xff"),
+        ("webp", b"RIFF"),
+        ("tiff", b"II*\x00"),
+        ("JPEG", b"\xff\xd8\xff"),
+        ("tif", b"II*\x00"),
+    ],
 )
 def test_format_and_quality(
     tmp_path: Path, photos: Path, models: dict[str, Path], fmt: str, magic: bytes
 ) -> None:
+    """Each format, under the names people type too (JPEG, tif: one file extension each, .jpg and .tiff)."""
+    ext = {"JPEG": "jpg", "tif": "tiff"}.get(fmt, fmt)
     sizes = []
     for quality in ("30", "95"):
         out = tmp_path / f"q{quality}"
-        extra = ["--quality", quality] if fmt != "tiff" else []
+        extra = ["--quality", quality] if ext != "tiff" else []
         r = run_cli(
             "upscale",
             photos / "face.png",
@@ -94,10 +104,11 @@ def test_format_and_quality(
             cwd=tmp_path,
         )
         assert r.returncode == 0, r.stderr
-        path = out / f"face_x4.{fmt}"
+        assert [p.name for p in out.iterdir()] == [f"face_x4.{ext}"]
+        path = out / f"face_x4.{ext}"
         assert path.read_bytes()[:4].startswith(magic)
         sizes.append(path.stat().st_size)
-    if fmt != "tiff":
+    if ext != "tiff":
         assert sizes[0] < sizes[1]  # --quality reaches the encoder
 
 
@@ -569,3 +580,50 @@ def test_a_target_width_or_box_instead_of_a_scale(
     assert r.returncode == 2 and r.stderr.strip() == (
         "esrgan: error: --width / --height and --outscale exclude each other: give a size or a scale"
     )
+
+
+def _exif_with_a_tag_past_its_end() -> bytes:
+    """A TIFF-style EXIF block whose ImageDescription claims 5000 bytes past the block's end: Pillow warns "Tag data
+    larger than file" whenever it parses it, here while the TIFF writer sorts the EXIF, on the writing thread."""
+    entries = [(271, 2, 4, b"Cam\0"), (270, 2, 5000, struct.pack("<I", 38))]
+    ifd = struct.pack("<H", len(entries))
+    ifd += b"".join(struct.pack("<HHI", tag, kind, count) + value for tag, kind, count, value in entries)
+    return b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+
+
+def test_odd_file_names_and_write_time_warnings_stay_one_named_line(
+    tmp_path: Path, photo: np.ndarray, models: dict[str, Path]
+) -> None:
+    """A newline in a file name made every line naming it two (error, progress, summary); a name that is not UTF-8
+    ended the batch in a traceback (UnicodeEncodeError) under a strict UTF-8 locale (en_US.UTF-8; here
+    PYTHONIOENCODING=utf-8:strict) after its output was written; a warning Pillow raised while a file was written
+    did not name the file. Each is now one line naming the file, escaped as Python writes it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    newline, foreign = "a\nb.png", os.fsdecode(b"\xff\xfe.png")
+    Image.fromarray(photo[60:92, 180:212]).save(src / newline, exif=_exif_with_a_tag_past_its_end())
+    Image.fromarray(photo[0:32, 0:32]).save(src / foreign)
+    (src / "bad\nname.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    r = run_cli(
+        "upscale", src, "-o", out, "--model", models["tiny"], "--format", "tiff",
+        env={"PYTHONIOENCODING": "utf-8:strict"},
+    )  # fmt: skip
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert sorted(os.listdir(out)) == sorted(["a\nb_x4.tiff", os.fsdecode(b"\xff\xfe_x4.tiff")])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+    warnings_ = [line for line in r.stderr.splitlines() if line.startswith("esrgan: warning:")]
+    assert len(r.stderr.splitlines()) == len(errors) + len(warnings_) == 2, (
+        r.stderr
+    )  # no line without its prefix
+    assert errors[0].startswith(f"esrgan: error: {src}/bad\\nname.png: ")
+    assert warnings_ == [f"esrgan: warning: {out}/a\\nb_x4.tiff: Tag data larger than file. Skipping tag 270"]
+    progress = [line for line in r.stdout.splitlines() if line.startswith("[")]
+    assert sorted(p.split("] ", 1)[1].split(" -> ")[0] for p in progress) == [
+        f"{src}/\\xff\\xfe.png",
+        f"{src}/a\\nb.png",
+    ]
+    assert r.stdout.splitlines()[-1].startswith(
+        "esrgan upscale: 2 upscaled, 0 skipped (output exists), 1 failed: "
+    )
+    assert f"{src}/bad\\nname.png" in r.stdout.splitlines()[-1]

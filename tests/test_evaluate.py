@@ -553,3 +553,69 @@ def test_a_grey_image_scores_as_its_rgb_copy(tmp_path: Path) -> None:
         assert getattr(a.scores["bicubic"], key) == pytest.approx(
             getattr(b.scores["bicubic"], key), abs=1e-9
         ), key
+
+
+def test_save_images_never_replaces_files_unless_asked(
+    tmp_path: Path, hr_photos: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--save-images replaced any file under its names without a word (an earlier evaluation's results, a model's
+    outputs of another run). Now existing files are refused in one line naming the first, before any model is
+    loaded or image scored; --overwrite replaces them (atomically, as every write)."""
+    saved = tmp_path / "saved"
+    first = ("--model", models["nearest"], "--hr", hr_photos, "--no-niqe", "--save-images", saved)
+    code, _, err = _run_here(capsys, *first)
+    assert code == 0, err
+    made = {p.relative_to(saved).as_posix(): p.read_bytes() for p in sorted(saved.rglob("*.png"))}
+    assert sorted(made) == ["bicubic/face.png", "bicubic/suit.png", "nearest/face.png", "nearest/suit.png"]
+    # an earlier result under one of the names (another model's output, say): a real image, not this run's
+    earlier = saved / "nearest" / "suit.png"
+    Image.fromarray(np.full((256, 256, 3), 50, np.uint8)).save(earlier)
+    kept = earlier.read_bytes()
+    (saved / "bicubic" / "face.png").unlink()  # the first file it writes is gone: the refusal names the next
+    code, out, err = _run_here(capsys, *first, "--json", tmp_path / "r.json")
+    assert code == 1
+    assert out == ""  # nothing scored
+    assert err.count("\n") == 1 and "--overwrite" in err
+    assert err.startswith(f"esrgan: error: {saved / 'nearest' / 'face.png'}: already exists")
+    assert earlier.read_bytes() == kept and not (saved / "bicubic" / "face.png").exists()
+    assert not (tmp_path / "r.json").exists()
+    # asked: every file is this run's again
+    code, _, err = _run_here(capsys, *first, "--overwrite")
+    assert code == 0, err
+    assert {p.relative_to(saved).as_posix(): p.read_bytes() for p in sorted(saved.rglob("*.png"))} == made
+    assert not [p for p in saved.rglob("*") if p.name.startswith(".")]  # no temporary files left
+
+
+def test_a_named_lpips_file_that_cannot_be_loaded_is_an_error(
+    tmp_path: Path,
+    hr_photos: Path,
+    models: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--lpips-backbone naming a missing file skipped LPIPS with a message and exit 0, as if the weights were an
+    optional extra: the user asked for that file. Now a named file (backbone or lin) that cannot be loaded is one
+    line and exit 1 before anything is scored, and a named file without --lpips is not silently ignored. Without
+    named files the missing weights still only skip LPIPS (test_lpips_without_weights_is_skipped_with_one_line)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    backbone, lin = make_files(tmp_path / "lpips", "alex")
+    missing = tmp_path / "nope.pth"
+    base = ("--model", models["nearest"], "--hr", hr_photos, "--no-niqe", "--json", tmp_path / "r.json")
+    for named, shown in [
+        (("--lpips-backbone", missing, "--lpips-lin", lin), f"{missing} (--lpips-backbone"),
+        (("--lpips-backbone", missing), f"{missing} (--lpips-backbone"),  # lin from the (empty) cache
+        (("--lpips-backbone", backbone), "pass --lpips-lin PATH"),  # its lin layers are nowhere
+        (("--lpips-backbone", backbone, "--lpips-lin", missing), f"{missing} (--lpips-lin"),
+    ]:
+        code, out, err = _run_here(capsys, *base, "--lpips", *named)
+        assert code == 1, (named, err)
+        assert out == "" and err.count("\n") == 1 and "skipped" not in err and shown in err
+        assert err.startswith("esrgan: error: LPIPS (alex) weights missing")
+        assert not (tmp_path / "r.json").exists()
+    code, out, err = _run_here(capsys, *base, "--lpips-backbone", backbone, "--lpips-lin", lin)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("esrgan: error: --lpips-backbone/--lpips-lin without --lpips")
+    # the files it names load: the LPIPS column is there
+    code, out, err = _run_here(capsys, *base, "--lpips", "--lpips-backbone", backbone, "--lpips-lin", lin)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["protocol"]["lpips"] == "alex"

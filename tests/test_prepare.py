@@ -243,3 +243,50 @@ def test_overwrite_with_other_settings_replaces_the_whole_grid(tmp_path: Path) -
             assert np.abs(np.asarray(b).astype(int)[inner] - expected[inner]).max() <= 1, name
     prepare(hr, out, lr_scale=4, overwrite=True, progress=False)
     assert crops() == first and sorted(p.name for p in (out / "LR_x4").iterdir()) == first
+
+
+def test_a_rerun_keeps_only_files_that_are_its_sub_images(
+    tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun kept any file with a sub-image's name and counted it as done: a truncated file (our writes are
+    atomic, so never ours), a crop of another size or an LR of another colour type went on into training. Each
+    kept file is now checked from its PNG header and its last bytes (no decoding): one that is not the sub-image
+    this run would write fails its image in one line naming the file, and is rewritten only with --overwrite."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(photo[:256, :256]).save(hr / "colour.png")
+    Image.fromarray(photo[256:, 256:, 1]).save(hr / "grey.png")
+    Image.fromarray(photo[100:228, 300:428]).save(hr / "third.png")
+    out = tmp_path / "out"
+    args = ["prepare", str(hr), str(out), "--size", "128", "--step", "128", "--lr-scale", "4"]
+    assert main(args) == 0
+    capsys.readouterr()
+
+    def files() -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+    made = files()
+    assert len(made) == 2 * (4 + 4 + 1)
+    truncated = out / "colour_s002.png"
+    truncated.write_bytes(made["colour_s002.png"][:-200])  # its header intact
+    Image.fromarray(photo[:64, :64]).save(out / "colour_s003.png")  # a whole PNG of another size
+    Image.fromarray(photo[:32, :32]).save(out / "LR_x4" / "grey_s001.png")  # RGB where the grey LR goes
+    (out / "grey_s004.png").unlink()  # missing: rewritten on a good rerun, not on this one
+    foreign = files()
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if "skipped:" in line]
+    skipped.sort(key=lambda line: "grey" in line)  # colour.png's first
+    assert len(skipped) == 2, captured.err
+    assert f"{truncated}: truncated" in skipped[0] and "colour.png" in skipped[0]
+    assert "1 more" in skipped[0] and "--overwrite" in skipped[0]  # colour_s003.png
+    assert f"{out / 'LR_x4' / 'grey_s001.png'}: 8-bit RGB, not 8-bit grey" in skipped[1]
+    assert "1 images -> 0 sub-images" in captured.out and "1 already there" in captured.out
+    assert "2 failed" in captured.out
+    assert files() == foreign  # nothing written for the failed images, nothing replaced
+    (out / "colour_s003.png").unlink()
+    Image.fromarray(photo[:128, :128]).save(out / "colour_s003.png")  # the right size and type: not decoded
+    assert main(args) == 1
+    assert f"{truncated}: truncated" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert files() == made

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -593,11 +594,12 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(
         "\n" not in err and "already holds a run" in err and "--set name=" in err and "Traceback" not in err
     )
     assert files_of(first.run_dir) == before  # nothing written, nothing deleted
-    # a run that stopped before its first checkpoint still has its log: refused too
+    # a run that stopped before its first checkpoint holds no run to keep: it starts over (see
+    # test_a_run_that_failed_before_its_first_checkpoint_starts_over)
     (tmp_path / "logonly").mkdir()
     (tmp_path / "logonly" / "log.jsonl").write_text('{"event": "start", "step": 0}\n')
-    with pytest.raises(ConfigError, match=r"logonly: already holds a run \(log\.jsonl\)"):
-        train(tiny(photos, tmp_path, "logonly", train={"total_steps": 1}))
+    assert train(tiny(photos, tmp_path, "logonly", train={"total_steps": 1})).step == 1
+    assert [r["event"] for r in log_records(tmp_path / "logonly") if "event" in r] == ["start", "done"]
     # a folder with only the resolved config of a run refused earlier holds no run: it starts
     (tmp_path / "cfgonly").mkdir()
     (tmp_path / "cfgonly" / "config.yaml").write_text("old")
@@ -831,3 +833,125 @@ def test_a_missing_validation_folder_is_said_before_anything_is_made(
     with pytest.raises(ConfigError, match=r"nothere: image folder not found$"):
         train(cfg)
     assert not cfg.run_dir.exists()
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_starts_over(
+    photos: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run that stopped before its first checkpoint (here: its only training image is corrupt after its header,
+    found when drawn at step 1) left config.yaml, log.jsonl and samples/: a fresh start was refused ("already holds
+    a run (log.jsonl)") and --resume too ("no checkpoint"), so the folder had to be deleted by hand. Now --resume
+    says in one line that there is nothing to resume and that a start without it starts over, and a fresh start
+    does, replacing what the earlier start wrote, with one warning saying so. A checkpoint still protects a run."""
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    good = (photos[0] / "astronaut.png").read_bytes()
+    (data / "astronaut.png").write_bytes(good[: len(good) // 2])  # its header is intact
+    sections: dict[str, Any] = {
+        "train": {"total_steps": 2},
+        "data": {"hr_dir": str(data), "batch_size": 1, "cache_max_mb": 0},
+        "validation": {"every": 1},
+    }
+    cfg = tiny(photos, tmp_path, "early", **sections)
+    with pytest.raises(TrainingError) as info:
+        train(cfg)
+    msg = str(info.value)
+    assert "astronaut.png" in msg and "stopped at step 0" in msg and "\n" not in msg, msg
+    assert "--resume" not in msg.split("astronaut.png")[-1] and "start the run again" in msg, msg
+    run = cfg.run_dir
+    assert not latest_checkpoint_or_none(run)
+    (run / "samples" / "step_00000007.png").write_bytes(good)  # a sample grid of that start (a longer one)
+    (run / "checkpoints" / ".step_00000001.ckpt.x1y2.part").write_bytes(b"half a save")  # a kill -9 mid-save
+    user_file = run / "notes.txt"
+    user_file.write_text("not written by esrgan train: left alone")
+    with pytest.raises(CheckpointError) as refused:
+        train(cfg, resume=True)
+    assert str(refused.value) == (
+        f"{run}: no checkpoint to resume from (the run stopped before its first one); start it without --resume: "
+        "it starts over"
+    )
+    assert (run / "log.jsonl").is_file()  # a refusal changes nothing
+    shutil.copy(photos[0] / "astronaut.png", data / "astronaut.png")  # the image replaced
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="esrgan.train"):
+        result = train(cfg)
+    assert result.step == 2 and not result.interrupted
+    said = [r.getMessage() for r in caplog.records if "starting over" in r.getMessage()]
+    assert said == [
+        f"{run}: an earlier start of this run stopped before its first checkpoint; starting over (replacing its "
+        "log.jsonl, 1 sample grid, 1 temporary file)"
+    ]
+    assert [r["event"] for r in log_records(run) if "event" in r] == ["start", "done"]  # this start's only
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_00000001.png", "step_00000002.png"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "step_00000002.ckpt"]
+    assert user_file.read_text() == "not written by esrgan train: left alone"
+    with pytest.raises(ConfigError, match=r"early: already holds a run \(last checkpoint at step 2\)"):
+        train(cfg)
+    # only the best checkpoint left: still a run (refused as before), and each refusal names the way to resume it
+    (run / "checkpoints" / "step_00000002.ckpt").unlink()
+    best = re.escape(str(run / "checkpoints" / "best.ckpt"))
+    held = r"early: already holds a run \(best\.ckpt, model\.safetensors\)"
+    with pytest.raises(ConfigError, match=rf"{held}; use --resume {best} to continue it"):
+        train(cfg)
+    with pytest.raises(CheckpointError, match=rf"no step checkpoint .*; --resume {best} continues from"):
+        train(cfg, resume=True)
+
+
+def latest_checkpoint_or_none(run_dir: Path) -> Path | None:
+    try:
+        return latest_checkpoint(run_dir)
+    except CheckpointError:
+        return None
+
+
+def test_resume_from_another_runs_checkpoint_into_a_folder_holding_a_run_is_refused(
+    photos: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--resume PATH` with a checkpoint of run x into run folder y, which holds a run of its own, wrote y's
+    config.yaml, appended to its log, saved x's continuation among y's checkpoints and pruned y's by step number
+    (a later --resume took whichever step was highest). Refused now in one line naming both, before anything is
+    written. A checkpoint of the folder's own run, and a continuation of x into a new folder, resume as before."""
+    from esrgan.cli import main
+
+    sections: dict[str, Any] = {"train": {"total_steps": 2}, "checkpoint": {"every": 1, "keep_last": 5}}
+    x = train(tiny(photos, tmp_path, "x", **sections))
+    y = train(tiny(photos, tmp_path, "y", **sections))
+    x_ckpt = x.run_dir / "checkpoints" / "step_00000001.ckpt"
+    before = files_of(y.run_dir)
+    longer: dict[str, Any] = {"train": {"total_steps": 4}, "checkpoint": {"every": 1, "keep_last": 5}}
+    y_cfg = tiny(photos, tmp_path, "y", **longer)
+    with pytest.raises(ConfigError) as info:
+        train(y_cfg, resume=x_ckpt)
+    assert str(info.value) == (
+        f"{y.run_dir}: already holds a run (last checkpoint at step 2); --resume {x_ckpt} is a checkpoint of "
+        f"another run ({x.run_dir}): continue this one with --resume alone, or continue from that checkpoint "
+        "under another name (--set name=...)"
+    )
+    capsys.readouterr()
+    assert main(["train", str(write_config(y_cfg, tmp_path / "y.yaml")), "--resume", str(x_ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(x_ckpt) in err and str(y.run_dir) in err
+    # a copy elsewhere (a backup, a download): the run folder its config records is x's
+    loose = tmp_path / "copied.ckpt"
+    loose.write_bytes(x_ckpt.read_bytes())
+    with pytest.raises(ConfigError, match=rf"--resume {re.escape(str(loose))} is a checkpoint of another run "
+                       rf"\({re.escape(str(x.run_dir))}\)"):  # fmt: skip
+        train(y_cfg, resume=loose)
+    assert files_of(y.run_dir) == before
+    # a copy of one of y's own (test_a_pair_pool_of_another_size_... resumes one), and the folder's own checkpoint
+    # by name: resume (back to step 1, as before)
+    again = train(y_cfg, resume=y.run_dir / "checkpoints" / "step_00000001.ckpt")
+    assert again.step == 4 and not again.interrupted
+    # x continued in a new folder: resumes (its own folder is not written)
+    x_before = files_of(x.run_dir)
+    z = train(tiny(photos, tmp_path, "z", **longer), resume=x_ckpt)
+    assert z.step == 4 and (z.run_dir / "checkpoints" / "step_00000004.ckpt").is_file()
+    assert files_of(x.run_dir) == x_before
+    # ... and into a folder where a start stopped before its first checkpoint: no run there, its log replaced
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "log.jsonl").write_text('{"event": "start", "step": 0}\n')
+    early = train(tiny(photos, tmp_path, "early", **longer), resume=x_ckpt)
+    assert early.step == 4
+    assert [r["event"] for r in log_records(early.run_dir) if "event" in r] == ["resume", "done"]

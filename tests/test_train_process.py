@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 from test_train import log_records, tiny, write_config
 
 from esrgan.errors import CheckpointError
@@ -253,3 +254,41 @@ def test_cpu_recipe_script_with_the_compact_generator(tmp_path: Path) -> None:
     assert stage2["train"]["pretrained_g"] == str(runs / "cpu_x4_compact_psnr" / "model.safetensors")
     wrong = subprocess.run(["bash", script], env={**env, "ARCH": "swinir"}, capture_output=True, text=True)
     assert wrong.returncode == 2 and "ARCH must be rrdbnet or compact" in wrong.stderr
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`esrgan train` killed (kill -9) before its first checkpoint left config.yaml, log.jsonl and sample grids,
+    and then neither a fresh start ("already holds a run (log.jsonl)") nor --resume ("no checkpoint") was accepted:
+    the folder had to be deleted by hand. Now --resume says in one line that there is no checkpoint and that a
+    start without it starts over; the fresh start does, replacing the killed start's files, in one stderr line."""
+    # a sample grid at every step; no best.ckpt (a checkpoint: it would hold the run, as any other)
+    cfg = tiny(photos, tmp_path, "killed", train={"total_steps": 100000}, validation={"every": 1},
+               checkpoint={"every": 100000, "keep_best": False})  # fmt: skip
+    config_path = write_config(cfg, tmp_path / "killed.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "esrgan.cli", "train", str(config_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    samples = cfg.run_dir / "samples"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(samples.glob("step_*.png"))) < 3:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert len(list(samples.glob("step_*.png"))) >= 3
+    assert not list((cfg.run_dir / "checkpoints").glob("step_*.ckpt"))
+    resumed = run_cli("train", config_path, "--resume")
+    assert resumed.returncode == 1
+    assert resumed.stderr == (
+        f"esrgan: error: {cfg.run_dir}: no checkpoint to resume from (the run stopped before its first one); "
+        "start it without --resume: it starts over\n"
+    )
+    again = run_cli("train", config_path, "--set", "train.total_steps=2")
+    assert again.returncode == 0, again.stderr
+    said = [line for line in again.stderr.splitlines() if "starting over" in line]
+    assert len(said) == 1 and str(cfg.run_dir) in said[0], again.stderr
+    assert [r["event"] for r in log_records(cfg.run_dir) if "event" in r] == ["start", "done"]
+    assert sorted(p.name for p in samples.iterdir()) == ["step_00000001.png", "step_00000002.png"]
+    assert load_checkpoint(latest_checkpoint(cfg.run_dir))["step"] == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import math
 import os
 import sys
@@ -28,7 +29,7 @@ from .defaults import (
     MAX_DEFAULT_OVERLAP,
     PRECISIONS,
 )
-from .errors import EsrganError
+from .errors import EsrganError, shown
 
 _STARTED = time.monotonic()  # the command's start: a training time budget counts from here
 
@@ -36,7 +37,7 @@ Runner = Callable[[argparse.Namespace], int]
 
 
 def _err(msg: str) -> None:
-    print(f"esrgan: error: {msg}", file=sys.stderr)
+    print(f"esrgan: error: {shown(msg)}", file=sys.stderr)
 
 
 def _model_arg(spec: str) -> str:
@@ -380,7 +381,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="write a mosaic of a zoomed crop per image and index.html/.md",
     )
     p.add_argument(
-        "--save-images", type=_path, metavar="DIR", help="save every result as DIR/<method>/<image>.png"
+        "--save-images",
+        type=_path,
+        metavar="DIR",
+        help="save every result as DIR/<method>/<image>.png (files already there are refused: see --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace files already under --save-images (default: refuse)"
     )
     p.add_argument(
         "--tile", type=int, metavar="N", help="tile size in LR pixels (default: automatic; 0 = whole image)"
@@ -432,8 +439,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _check_output_dir("--save-images", args.save_images)
     if args.json is not None and args.csv is not None and args.json.resolve() == args.csv.resolve():
         raise EsrganError(f"{args.json}: --json and --csv name the same file")
+    if args.lpips is None and (args.lpips_backbone is not None or args.lpips_lin is not None):
+        raise EsrganError(
+            "--lpips-backbone/--lpips-lin without --lpips: add --lpips alex or --lpips vgg (LPIPS is not computed "
+            "without it)"
+        )
     for spec in args.models:
         _model_arg(spec)
+    from .evaluate import check_save_images
+
+    check_save_images(args.hr, args.models, args.save_images, overwrite=args.overwrite)
     with warnings_as_lines():  # `esrgan: warning: <file>: ...` lines, not Python's file:line format
         return _evaluate(args)
 
@@ -448,7 +463,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.lpips is not None:
         try:
             lpips = load_lpips(args.lpips, backbone_weights=args.lpips_backbone, lin_weights=args.lpips_lin)
-        except ModelNotAvailableError as exc:  # an optional extra: the other metrics are still worth having
+        except ModelNotAvailableError as exc:
+            # an optional extra (the other metrics are still worth having), unless the user named its files: then
+            # a missing one is an error, before anything is scored
+            if args.lpips_backbone is not None or args.lpips_lin is not None:
+                raise
             print(f"LPIPS skipped: {exc}", file=sys.stderr, flush=True)
 
     result = evaluate(
@@ -464,6 +483,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         precision=args.precision,
         device=args.device,
         save_images=args.save_images,
+        overwrite=args.overwrite,
         report_dir=args.report,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
@@ -480,7 +500,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{len(result.failed)} of {len(result.failed) + len(result.images)} files could not be evaluated:"
         )
         for _, reason in result.failed:
-            print(f"  {reason}", file=sys.stderr)
+            print(f"  {shown(reason)}", file=sys.stderr)
         return 1
     return 0
 
@@ -557,7 +577,10 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         help="output file name pattern; fields {name} {scale} {ext} {model} (default: %(default)s)",
     )
     p.add_argument(
-        "--format", choices=["png", "jpg", "webp", "tiff"], help="output format (default: the input's)"
+        "--format",
+        type=_format_arg,
+        choices=["png", "jpg", "webp", "tiff"],
+        help="output format (default: the input's; jpeg and tif are accepted too)",
     )
     p.add_argument(
         "--quality", type=int, help="JPEG quality 1-100 (default 95) or WEBP 0-100 (default: lossless)"
@@ -811,7 +834,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
     failed = len(result.failed) + len(problems)
     if not args.quiet or failed:
         unused = f", {len(problems)} input{'s' if len(problems) > 1 else ''} not usable (see above)"
-        print(f"esrgan upscale: {result.summary()}" + (unused if problems else ""))
+        print(shown(f"esrgan upscale: {result.summary()}" + (unused if problems else "")))
     return 1 if failed else 0
 
 
@@ -889,6 +912,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # a file name that is not UTF-8 (held as surrogates) printed on a strict UTF-8 stream (en_US.UTF-8) raised
+        # UnicodeEncodeError after its output was written: a traceback; the lines that name files escape such
+        # characters themselves (errors.shown), any other line shows them as \udcNN instead of failing
+        if getattr(stream, "errors", None) == "strict" and isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Runner = args.func
@@ -915,6 +944,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+
+
+def _format_arg(s: str) -> str:
+    """--format as typed: any case, and the other names of two formats (jpeg, tif), as the choice it means."""
+    s = s.lower().lstrip(".")
+    return {"jpeg": "jpg", "tif": "tiff"}.get(s, s)
 
 
 def _path(s: str) -> Path:

@@ -223,13 +223,15 @@ def evaluate(
     save_images: str | Path | None = None,
     report_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Evaluate bicubic and each model on every image of ``hr_dir``; see the module docstring for the protocol.
 
     models: zoo names or model files (all of one scale; ``scale`` defaults to theirs). crop_border defaults to the
-    scale. lpips: a loaded metric (esrgan.lpips.load_lpips) adds an LPIPS column. save_images: write every result as DIR/<method>/<image>.png. report_dir: mosaics and an index page
-    (esrgan.report). progress receives one line per image and per skipped file. Existing output files are replaced:
-    they are results of this run.
+    scale. lpips: a loaded metric (esrgan.lpips.load_lpips) adds an LPIPS column. save_images: write every result as
+    DIR/<method>/<image>.png; a file already there is refused before any model is loaded (one line naming the
+    first) unless overwrite. report_dir: mosaics and an index page (esrgan.report), replaced if they exist. progress
+    receives one line per image and per skipped file.
     """
     start = time.perf_counter()
     hr_path = Path(hr_dir)
@@ -241,6 +243,8 @@ def evaluate(
     if lr_path is not None and not lr_path.is_dir():
         raise ImageError(f"{lr_path}: not a folder")
     names = _names(models)
+    if save_images is not None and not overwrite:
+        _check_saved_images(files, names, Path(save_images))
     loaded = []
     for name, spec in zip(names, models, strict=True):
         s, run = _load_model(spec, device=device, precision=precision, tile=tile)
@@ -264,7 +268,7 @@ def evaluate(
     shown = image_names(files)
     for i, path in enumerate(files, 1):
         try:
-            item = _evaluate_one(path, shown[path], result, loaded, lpips, save_images, report_dir)
+            item = _evaluate_one(path, shown[path], result, loaded, lpips, save_images, report_dir, overwrite)
         except (EsrganError, OSError, ValueError, MemoryError, RuntimeError) as exc:
             memory = isinstance(exc, (MemoryError, RuntimeError))
             if memory and not out_of_memory(exc):
@@ -295,6 +299,35 @@ def image_names(files: Sequence[Path]) -> dict[Path, str]:
     return {p: p.name if stems[p.stem] > 1 or p.stem == "mean" else p.stem for p in files}
 
 
+def saved_image(folder: Path, method: str, path: Path, name: str) -> Path:
+    """Where save_images writes `method`'s result for HR image `path` (its name in the tables: image_names)."""
+    file_stem = path.stem if name == path.stem else name.replace(".", "_")  # a.png, a.bmp -> a_png, a_bmp
+    return folder / method / f"{file_stem}.png"
+
+
+def _check_saved_images(files: Sequence[Path], names: Sequence[str], folder: Path) -> None:
+    """Refuse, in one line naming the first (in the order they would be written), files that save_images would
+    replace: an earlier evaluation's results or anything else under those names is never overwritten unasked."""
+    shown = image_names(files)
+    for path in files:
+        for method in (BICUBIC, *names):
+            dst = saved_image(folder, method, path, shown[path])
+            if dst.exists() or dst.is_symlink():
+                raise EsrganError(
+                    f"{dst}: already exists; --save-images does not replace files unless --overwrite is given "
+                    "(overwrite=True in Python), or give another folder"
+                )
+
+
+def check_save_images(
+    hr_dir: str | Path, models: Sequence[str], save_images: str | Path | None, *, overwrite: bool
+) -> None:
+    """What evaluate checks of save_images before it loads a model, for a caller with more work before that (the
+    CLI loads LPIPS first)."""
+    if save_images is not None and not overwrite:
+        _check_saved_images(list_images(Path(hr_dir)), _names(models), Path(save_images))
+
+
 def _brief(method: str, s: Scores) -> str:
     return f"{method} {s.psnr:.2f} dB {s.ssim:.4f}"
 
@@ -307,6 +340,7 @@ def _evaluate_one(
     lpips: LPIPS | None,
     save_images: str | Path | None,
     report_dir: str | Path | None,
+    overwrite: bool = False,
 ) -> ImageResult:
     s, border = result.scale, result.crop_border
     original = _as_uint8(read_image(path))
@@ -359,10 +393,12 @@ def _evaluate_one(
         seconds=seconds,
     )
     if save_images is not None:
-        file_stem = path.stem if name == path.stem else name.replace(".", "_")  # a.png, a.bmp -> a_png, a_bmp
+        # checked before the models were loaded; one that appeared since fails this image (OutputExistsError)
         for method, out in outputs.items():
             write_image(
-                Path(save_images) / method / f"{file_stem}.png", ImageData.from_array(out), overwrite=True
+                saved_image(Path(save_images), method, path, name),
+                ImageData.from_array(out),
+                overwrite=overwrite,
             )
     if report_dir is not None:
         from .report import write_mosaic

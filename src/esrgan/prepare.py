@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import stat
+import struct
 import sys
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -75,8 +78,10 @@ def _downscale(img: ImageData, scale: int) -> ImageData:
 
 
 def _cut_one(path: Path, cfg: _Settings) -> tuple[int, int]:
-    """(sub-images written, sub-images kept because they exist): outputs are written atomically, so an existing one
-    is whole, and a rerun after an interruption writes only what is missing (all of it with overwrite)."""
+    """(sub-images written, sub-images kept because they exist): outputs are written atomically, so a rerun after an
+    interruption writes only what is missing (all of it with overwrite). A file kept is first checked to be the
+    sub-image this run would write (_not_our_sub_image); one that is not fails the image before anything of it is
+    written."""
     img = read_image(path)
     s = cfg.lr_scale
     lr = None
@@ -88,26 +93,101 @@ def _cut_one(path: Path, cfg: _Settings) -> tuple[int, int]:
         lr = _downscale(img, s)
     tops = crop_origins(img.height, cfg.size, cfg.step, cfg.min_size)
     lefts = crop_origins(img.width, cfg.size, cfg.step, cfg.min_size)
-    n = written = kept = 0
-    for top in tops:
-        for left in lefts:
-            n += 1
-            name = f"{path.stem}_s{n:03d}.png"
-            hr_dst = cfg.out_dir / name
-            lr_dst = cfg.out_dir / f"LR_x{s}" / name
-            hr_needed = cfg.overwrite or not hr_dst.exists()
-            lr_needed = lr is not None and (cfg.overwrite or not lr_dst.exists())
-            if not (hr_needed or lr_needed):
-                kept += 1
-                continue
-            written += 1
-            if hr_needed:
-                sub = _crop(img, top, left, cfg.size, cfg.size)
-                write_image(hr_dst, sub, format="PNG", overwrite=cfg.overwrite)
-            if lr is not None and s is not None and lr_needed:
-                sub = _crop(lr, top // s, left // s, cfg.size // s, cfg.size // s)
-                write_image(lr_dst, sub, format="PNG", overwrite=cfg.overwrite)
+    crops = [
+        (top, left, f"{path.stem}_s{n:03d}.png")
+        for n, (top, left) in enumerate(itertools.product(tops, lefts), 1)  # row by row
+    ]
+    if not cfg.overwrite:
+        _check_kept(path, img, crops, cfg)
+    written = kept = 0
+    for top, left, name in crops:
+        hr_dst = cfg.out_dir / name
+        lr_dst = cfg.out_dir / f"LR_x{s}" / name
+        hr_needed = cfg.overwrite or not hr_dst.exists()
+        lr_needed = lr is not None and (cfg.overwrite or not lr_dst.exists())
+        if not (hr_needed or lr_needed):
+            kept += 1
+            continue
+        written += 1
+        if hr_needed:
+            sub = _crop(img, top, left, cfg.size, cfg.size)
+            write_image(hr_dst, sub, format="PNG", overwrite=cfg.overwrite)
+        if lr is not None and s is not None and lr_needed:
+            sub = _crop(lr, top // s, left // s, cfg.size // s, cfg.size // s)
+            write_image(lr_dst, sub, format="PNG", overwrite=cfg.overwrite)
     return written, kept
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND" + struct.pack(">I", zlib.crc32(b"IEND"))  # every whole PNG ends so
+_COLOUR_TYPES = {0: "grey", 4: "grey+alpha", 2: "RGB", 6: "RGBA"}  # PNG colour type -> words
+
+
+def _png_layout(img: ImageData) -> tuple[int, int]:
+    """(bit depth, PNG colour type) of `img` written as PNG (esrgan.imageio.write_image: 8 or 16 bits, grey or RGB,
+    with or without alpha; a photo-like measurement TIFF in its file's integer type)."""
+    depth = img.bit_depth
+    if img.samples is not None:
+        depth = 8 if np.dtype(img.samples.dtype) == np.uint8 else 16
+    return depth, {1: 0, 2: 4, 3: 2, 4: 6}[img.channels + (img.alpha is not None)]
+
+
+def _not_our_sub_image(file: Path, side: int, layout: tuple[int, int]) -> str | None:
+    """Why an existing `file` is not the side x side sub-image of this layout that this run would write there, or
+    None. Read cheaply, without decoding: its PNG header (signature, IHDR: size, bit depth, colour type) and its
+    last 12 bytes, the IEND chunk: our writes are atomic, so a file that does not end with it (truncated, or
+    something else under that name) is not ours. Pixels are not compared: a PNG of the right size and type stays."""
+    try:
+        info = file.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        with open(file, "rb") as fh:
+            head = fh.read(33)
+            fh.seek(max(info.st_size - len(_PNG_END), 0))
+            tail = fh.read()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[8:16] != b"\x00\x00\x00\rIHDR":
+        return "not a PNG file"
+    if struct.unpack(">I", head[29:33])[0] != zlib.crc32(head[12:29]):
+        return "a damaged PNG header"
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if (width, height) != (side, side):
+        return f"{width}x{height}, not {side}x{side}"
+    if (depth, colour) != layout:
+
+        def words(d: int, c: int) -> str:
+            return f"{d}-bit {_COLOUR_TYPES.get(c, f'colour type {c}')}"
+
+        return f"{words(depth, colour)}, not {words(*layout)}"
+    if tail != _PNG_END:
+        return "truncated (it does not end with the IEND chunk of a whole PNG)"
+    return None
+
+
+def _check_kept(path: Path, img: ImageData, crops: list[tuple[int, int, str]], cfg: _Settings) -> None:
+    """Raise EsrganError naming the first existing file among `path`'s sub-images (HR and LR) that is not what this
+    run would write there (_not_our_sub_image), before any of them is written: the image fails alone."""
+    layout = _png_layout(img)  # the LR sub-images have the HR's channels and type
+    s = cfg.lr_scale
+    places = [(cfg.out_dir, cfg.size)]
+    if s is not None:
+        places.append((cfg.out_dir / f"LR_x{s}", cfg.size // s))
+    bad = [
+        (dst, problem)
+        for _, _, name in crops
+        for folder, side in places
+        if (dst := folder / name).exists() or dst.is_symlink()
+        if (problem := _not_our_sub_image(dst, side, layout)) is not None
+    ]
+    if bad:
+        dst, problem = bad[0]
+        k = len(bad) - 1
+        more = f", nor {'is' if k == 1 else 'are'} {k} more of its files" if k else ""
+        raise EsrganError(
+            f"{dst}: {problem}: not the sub-image of {path} this run would keep{more}; remove "
+            f"{'them' if k else 'it'}, or rerun with --overwrite to write {path.name}'s sub-images again"
+        )
 
 
 def _work(job: tuple[Path, _Settings]) -> tuple[Path, tuple[int, int], str | None]:
@@ -144,7 +224,9 @@ def prepare(
     are still processed. A folder without images, or an output that cannot be a folder, raises EsrganError.
 
     Sub-images already in ``out_dir`` are kept (counted in ``kept``) unless ``overwrite``: a rerun after an
-    interruption does only what is missing. The settings are recorded in ``out_dir/.esrgan-prepare.json``; a rerun
+    interruption does only what is missing. Each kept file is checked first from its PNG header and end (size, bit
+    depth, colour type, whole file; the pixels are not decoded): a file that is not what this run would write fails
+    its image (nothing of it written) until it is removed or ``overwrite`` is given. The settings are recorded in ``out_dir/.esrgan-prepare.json``; a rerun
     with other settings would mix two grids under the same names, so it is refused unless ``overwrite``.
     """
     hr_dir, out_dir = Path(hr_dir), Path(out_dir)

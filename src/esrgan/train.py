@@ -338,29 +338,133 @@ def step_checkpoints(folder: Path) -> list[Path]:
 
 def latest_checkpoint(run_dir: Path) -> Path:
     found = step_checkpoints(run_dir / "checkpoints")
-    if not found:
-        raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint to resume from (step_*.ckpt)")
-    return found[-1]
+    if found:
+        return found[-1]
+    best = run_dir / "checkpoints" / "best.ckpt"
+    if best.exists():  # kept by validation: a checkpoint like the others, only not the latest
+        raise CheckpointError(
+            f"{run_dir / 'checkpoints'}: no step checkpoint to resume from (step_*.ckpt); --resume {best} "
+            "continues from the best one"
+        )
+    if held_run(run_dir) is None:  # nothing to keep: a fresh start is accepted there (check_fresh_run_dir)
+        why = "the run stopped before its first one" if earlier_start_files(run_dir) else "none saved there"
+        raise CheckpointError(
+            f"{run_dir}: no checkpoint to resume from ({why}); start it without --resume: it starts over"
+        )
+    raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint to resume from (step_*.ckpt)")
 
 
-def check_fresh_run_dir(run_dir: Path) -> None:
-    """Refuse to start a fresh run in a folder that already holds one (checkpoints, an exported model or a log):
-    its files would be overwritten and checkpoint pruning would mix the two runs."""
+_SAMPLE_FILE = re.compile(r"step_\d+\.png")
+
+
+def held_run(run_dir: Path) -> str | None:
+    """What makes run_dir hold a run that a fresh start must not replace, in a few words ("last checkpoint at step
+    N", or the files: best.ckpt, model.safetensors), or None: a folder without any checkpoint or exported model
+    holds at most an earlier start that stopped before its first checkpoint (earlier_start_files)."""
     ckpt_dir = run_dir / "checkpoints"
     steps = step_checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
-    others = [
-        p
-        for p in (ckpt_dir / "best.ckpt", run_dir / "model.safetensors", run_dir / "log.jsonl")
-        if p.exists()
-    ]
-    if not steps and not others:
-        return
-    match = _STEP_FILE.fullmatch(steps[-1].name) if steps else None
-    what = f"last checkpoint at step {int(match[1])}" if match else ", ".join(p.name for p in others)
-    raise ConfigError(
-        f"{run_dir}: already holds a run ({what}); use --resume to continue it, "
-        "or another name (--set name=...)"
+    if steps:
+        match = _STEP_FILE.fullmatch(steps[-1].name)
+        assert match is not None
+        return f"last checkpoint at step {int(match[1])}"
+    others = [p.name for p in (ckpt_dir / "best.ckpt", run_dir / "model.safetensors") if p.exists()]
+    return ", ".join(others) or None
+
+
+def earlier_start_files(run_dir: Path) -> list[Path]:
+    """The files a start of a run writes before its first checkpoint, which a new start replaces: the JSONL log,
+    sample grids (samples/step_*.png), TensorBoard event files and temporary files of interrupted writes
+    (config.yaml is rewritten by every start; files train does not write are not listed)."""
+    found = [run_dir / "log.jsonl"] if (run_dir / "log.jsonl").is_file() else []
+    for folder, patterns in (
+        (run_dir / "samples", ("step_*.png", ".step_*.png.*.part")),
+        (run_dir / "tensorboard", ("events.out.tfevents.*",)),
+        (run_dir / "checkpoints", (".*.ckpt.*.part",)),
+    ):
+        if folder.is_dir():
+            for pattern in patterns:
+                found += sorted(
+                    p
+                    for p in folder.glob(pattern)
+                    if p.is_file() and (pattern != "step_*.png" or _SAMPLE_FILE.fullmatch(p.name))
+                )
+    return found
+
+
+def _described(files: Sequence[Path]) -> str:
+    """earlier_start_files in a few words: "log.jsonl, 3 sample grids, 1 temporary file"."""
+    samples = sum(p.parent.name == "samples" and not p.name.endswith(".part") for p in files)
+    boards = sum(p.parent.name == "tensorboard" for p in files)
+    temporary = sum(p.name.endswith(".part") for p in files)
+    parts = ["log.jsonl"] if any(p.name == "log.jsonl" for p in files) else []
+    for count, what in ((samples, "sample grid"), (boards, "TensorBoard log"), (temporary, "temporary file")):
+        if count:
+            parts.append(f"{count} {what}{'s' if count > 1 else ''}")
+    return ", ".join(parts)
+
+
+def check_fresh_run_dir(run_dir: Path) -> list[Path]:
+    """Refuse to start a fresh run in a folder that already holds one (a checkpoint or an exported model): its files
+    would be overwritten and checkpoint pruning would mix the two runs. A folder that holds only what an earlier
+    start wrote before its first checkpoint (a crash, a kill) is no run to keep: returns those files, which the new
+    start replaces (earlier_start_files)."""
+    what = held_run(run_dir)
+    if what is None:
+        return earlier_start_files(run_dir)
+    best = run_dir / "checkpoints" / "best.ckpt"
+    how = (
+        "use --resume to continue it, or"
+        if what.startswith("last checkpoint")
+        else f"use --resume {best} to continue it, or"
+        if best.exists()
+        else "use"  # an exported model without its checkpoints: nothing to continue from
     )
+    raise ConfigError(f"{run_dir}: already holds a run ({what}); {how} another name (--set name=...)")
+
+
+def in_run_folder(run_dir: Path, checkpoint: Path) -> bool:
+    """Whether `checkpoint` is one of run_dir's own files (in its checkpoints/ folder)."""
+    return checkpoint.resolve().parent == (run_dir / "checkpoints").resolve()
+
+
+def check_resume_into(run_dir: Path, checkpoint: Path, state: dict[str, Any]) -> None:
+    """`--resume PATH` into run_dir, once PATH is loaded (`state`): refused, in one ConfigError naming both, when
+    run_dir holds a run (held_run) and the checkpoint belongs to another, since the continuation's checkpoints would
+    be saved among that run's and pruned with them by step number, and its log and config.yaml mixed into that
+    run's. A checkpoint belongs to run_dir when it is in run_dir's checkpoints/ (its run goes on from there) or
+    when the config it records names run_dir (output_dir/name: a copy, a backup). Into a folder holding no run
+    any checkpoint resumes (a run continued elsewhere)."""
+    if in_run_folder(run_dir, checkpoint):
+        return
+    what = held_run(run_dir)
+    if what is None:
+        return
+    recorded = _recorded_run_dir(state)
+    if recorded is not None and recorded.resolve() == run_dir.resolve():
+        return
+    owner = recorded or (checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None)
+    whose = (
+        f"a checkpoint of another run ({owner})" if owner else "not one of its checkpoints (no run recorded)"
+    )
+    raise ConfigError(
+        f"{run_dir}: already holds a run ({what}); --resume {checkpoint} is {whose}: continue this one with "
+        "--resume alone, or continue from that checkpoint under another name (--set name=...)"
+    )
+
+
+def _recorded_run_dir(state: dict[str, Any]) -> Path | None:
+    """The run folder (output_dir/name) of the config a checkpoint records, or None."""
+    saved = state.get("config")
+    try:
+        recorded = yaml.safe_load(saved) if isinstance(saved, str) else None
+    except yaml.YAMLError:
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    out, name = recorded.get("output_dir"), recorded.get("name")
+    if not (isinstance(out, str) and isinstance(name, str) and name):
+        return None
+    return Path(out).expanduser() / name
 
 
 _HELD_LOCKS: set[int] = set()  # descriptors of the run folders this process holds (run_folder_lock)
@@ -1115,14 +1219,20 @@ def config_changes(saved: object, cfg: Config) -> str:
 
 
 def restore_state(
-    path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None = None, config: Config | None = None
+    path: Path,
+    nets: Nets,
+    opts: Optimizers,
+    pool: PairPool | None = None,
+    config: Config | None = None,
+    into: Path | None = None,
 ) -> Progress:
     """Load a checkpoint into the built run; the RNG states come back last. A checkpoint whose format and version
     are right but whose contents are not what train wrote (a missing entry, a tensor of another shape, a value of
     another type: a crafted or damaged file) is one CheckpointError naming the file, not a traceback. With
-    `config` (the one resumed with), a warning names what differs from the config the checkpoint recorded."""
+    `config` (the one resumed with), a warning names what differs from the config the checkpoint recorded. With
+    `into` (the run folder of a `--resume PATH`), a checkpoint of another run is refused (check_resume_into)."""
     try:
-        return _restore_state(path, nets, opts, pool, config)
+        return _restore_state(path, nets, opts, pool, config, into)
     except EsrganError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
@@ -1132,9 +1242,11 @@ def restore_state(
 
 
 def _restore_state(
-    path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None, config: Config | None
+    path: Path, nets: Nets, opts: Optimizers, pool: PairPool | None, config: Config | None, into: Path | None
 ) -> Progress:
     state = load_checkpoint(path)
+    if into is not None:
+        check_resume_into(into, path, state)
     if config is not None and (changed := config_changes(state.get("config"), config)):
         log.warning("resuming with a changed config: %s", changed)
     recorded = checkpoint_generator(path, state)
@@ -1451,14 +1563,18 @@ def train(
             list_images(folder)
     # before anything is written: a fresh run must not overwrite another, a resume needs a checkpoint
     resume_path: Path | None = None
+    replaced: list[Path] = []  # what an earlier start left before its first checkpoint: replaced by this one
     if resume is True:
         resume_path = latest_checkpoint(cfg.run_dir)
     elif resume:
         resume_path = Path(resume)
         if not resume_path.exists():
             raise CheckpointError(f"{resume_path}: checkpoint not found")
+        # one of another run's checkpoints into a folder holding a run is refused once it is loaded (restore_state)
+        if not in_run_folder(cfg.run_dir, resume_path) and held_run(cfg.run_dir) is None:
+            replaced = earlier_start_files(cfg.run_dir)  # the run continues here, in place of that start
     else:
-        check_fresh_run_dir(cfg.run_dir)
+        replaced = check_fresh_run_dir(cfg.run_dir)
 
     # VGG weights first: a missing file must stop us before any data is read or any step is taken
     vgg_path: Path | None = None
@@ -1498,11 +1614,21 @@ def train(
     pool = build_pair_pool(cfg, ddp)
     if resume_path is not None:
         # a refused checkpoint leaves the run folder as it was; rank 0 says what the config changed
-        progress = restore_state(resume_path, nets, opts, pool, cfg if ddp.main else None)
+        into = run_dir if resume is not True else None  # --resume PATH: the checkpoint may be another run's
+        progress = restore_state(resume_path, nets, opts, pool, cfg if ddp.main else None, into)
         if ddp.main:
             log.info("resumed from %s at step %d", resume_path, progress.step)
     if ddp.main:
         try:
+            if replaced:
+                log.warning(
+                    "%s: an earlier start of this run stopped before its first checkpoint; %s (replacing its %s)",
+                    run_dir,
+                    "starting over" if resume_path is None else f"continuing from {resume_path} instead",
+                    _described(replaced),
+                )
+                for old in replaced:
+                    old.unlink(missing_ok=True)
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "samples").mkdir(exist_ok=True)
             atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
@@ -1605,7 +1731,12 @@ def train(
                 raise TrainingError(
                     f"{_original_error(exc)}; stopped at step {progress.step}"
                     + (f" (checkpoint {last_ckpt})" if last_ckpt is not None else "")
-                    + ": replace or remove the file, then continue with --resume"
+                    + (
+                        ": replace or remove the file, then continue with --resume"
+                        if progress.step > 0
+                        else ", before its first checkpoint: replace or remove the file, then start the run "
+                        "again (it starts over)"
+                    )
                 ) from None
             except (RuntimeError, OSError, EOFError):
                 # the workers ignore SIGINT (data._worker_init), but a SIGTERM to the process group, or a kill
