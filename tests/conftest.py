@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -180,6 +182,40 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+# --- a real memory limit (a cgroup v1 memory group) ---------------------------------------------------------------------
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+def can_make_v1_memory_cgroups() -> bool:
+    return (
+        sys.platform == "linux"
+        and os.geteuid() == 0
+        and os.access(V1_MEMORY, os.W_OK)
+        and (V1_MEMORY / "memory.limit_in_bytes").is_file()
+    )
+
+
+needs_memory_cgroups = pytest.mark.skipif(
+    not can_make_v1_memory_cgroups(), reason="needs root and a writable cgroup v1 memory hierarchy"
+)
+
+
+def in_a_memory_cgroup(limit: int | None, *argv: str | Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run argv in a new v1 memory cgroup of `limit` bytes (None: no limit), joined before the program starts (so
+    all of its memory is charged there); the group is removed afterwards. Returns the run and the most it used."""
+    group = V1_MEMORY / f"esrgan-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        if limit is not None:
+            (group / "memory.limit_in_bytes").write_text(str(limit))
+        command = " ".join(shlex.quote(str(a)) for a in argv)
+        script = f"echo $$ > {group / 'cgroup.procs'} && exec {command}"
+        r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=300)
+        return r, int((group / "memory.max_usage_in_bytes").read_text())
+    finally:
+        group.rmdir()
 
 
 # --- a real HTTP server ------------------------------------------------------------------------------------------------

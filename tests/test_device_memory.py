@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
+from conftest import in_a_memory_cgroup, needs_memory_cgroups
 
 from esrgan.device import address_space_headroom, cgroup_headroom, host_memory_available
 
 MiB = 1 << 20
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
 
 # Run in a child: prints the headroom, allocates and touches 256 MiB, prints it again.
 _CHILD = """
@@ -86,30 +85,11 @@ def test_a_container_without_its_own_cgroup_namespace(tmp_path: Path) -> None:
 
 
 def _in_a_memory_cgroup(limit: int, code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -c code args` in a new v1 memory cgroup of `limit` bytes, joined before Python starts (so all of its
-    memory is charged there); the group is removed afterwards."""
-    group = V1_MEMORY / f"esrgan-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(limit))
-        script = f"echo $$ > {group / 'cgroup.procs'} && exec {sys.executable} -c '{code}' {' '.join(args)}"
-        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120)
-    finally:
-        group.rmdir()
+    """`python -c code args` in a new v1 memory cgroup of `limit` bytes (conftest.in_a_memory_cgroup)."""
+    return in_a_memory_cgroup(limit, sys.executable, "-c", code, *args)[0]
 
 
-def _can_make_v1_memory_cgroups() -> bool:
-    return (
-        sys.platform == "linux"
-        and os.geteuid() == 0
-        and os.access(V1_MEMORY, os.W_OK)
-        and (V1_MEMORY / "memory.limit_in_bytes").is_file()
-    )
-
-
-@pytest.mark.skipif(
-    not _can_make_v1_memory_cgroups(), reason="needs root and a writable cgroup v1 memory hierarchy"
-)
+@needs_memory_cgroups
 def test_a_real_memory_cgroup_bounds_what_the_tile_may_use(tmp_path: Path) -> None:
     """A real cgroup with a 1 GiB limit, the child process inside it: the free memory the automatic tile is sized
     from is under the limit (MemAvailable said the whole machine's), and falls as the child allocates."""
@@ -158,9 +138,7 @@ print(free, data.cache is not None)
 """
 
 
-@pytest.mark.skipif(
-    not _can_make_v1_memory_cgroups(), reason="needs root and a writable cgroup v1 memory hierarchy"
-)
+@needs_memory_cgroups
 def test_training_data_is_not_cached_beyond_what_the_container_allows(tmp_path: Path, photo: object) -> None:
     """8 photos of 2560x2560 need 159 MiB decoded (with their LR), far under cache_max_mb (4096) but over half of what a 384 MiB
     container leaves: they are read per sample, with the reason logged (the cache was decoded whatever the limit)."""

@@ -674,6 +674,12 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--quiet", action="store_true", help="no progress, only errors")
     p.add_argument(
+        "--stream",
+        action="store_true",
+        help="write PNG and TIFF outputs row by row as the model makes them, never holding a whole output "
+        "(default: only outputs that would not fit in the free memory; not for alpha or another --outscale)",
+    )
+    p.add_argument(
         "--no-overlap",
         dest="overlap",
         action="store_false",
@@ -827,6 +833,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
             video=video,
             overlap=args.overlap,
             prefix=shard.prefix,
+            stream=args.stream,
         )
         result = shard.gather(part)
     if result is None:  # another rank: rank 0 prints the summary and carries the exit code

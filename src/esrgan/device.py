@@ -183,6 +183,33 @@ def host_memory_available(
     return max(0, min(found)) if found else None
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+@functools.cache
+def return_freed_memory() -> bool:
+    """Make the C heap give large blocks back to the system when they are freed (glibc: a fixed mmap threshold of
+    MMAP_THRESHOLD; once per process, best effort; True when it was set). glibc raises its threshold to the size of
+    each large block freed, after which blocks that size come from heaps it keeps: a streamed upscale, which frees
+    a few MB of rows many times, grew from 690 MB to 1.14 GB of RSS that way (a 4352x2448 photo at x4, 2-core AMD
+    EPYC Zen 4), past what it had been sized for. Only streamed upscales, which are for the least memory, set it:
+    each block over a MiB then costs a mmap and its page faults (bench/stream.py: up to 2x the time, see
+    docs/benchmarks.md), which the whole-image path need not pay."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None or not hasattr(os, "confstr"):
+        return False
+    try:
+        if "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""):
+            return False
+        return bool(ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def cgroup_headroom(*, proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Bytes this process's memory cgroups still allow (limit - usage + reclaimable page cache, the least over the
     process's cgroup and its ancestors, v2 and v1); None when no level has a limit or none can be read."""

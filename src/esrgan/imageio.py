@@ -15,6 +15,7 @@ and converts to 8 bits (rounded) for JPEG/WEBP/BMP. GIF and other Pillow formats
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -25,7 +26,7 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
 
-from .atomic import OutputExistsError, atomic_path
+from .atomic import OutputExistsError, atomic_path, cannot_write_reason
 from .defaults import DEFAULT_MAX_PIXELS
 from .errors import ImageError
 
@@ -46,6 +47,7 @@ __all__ = [
     "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "PIL_LAYOUTS",
+    "STREAMED_FORMATS",
     "WRITE_FORMATS",
     "ImageData",
     "ImageWarning",
@@ -53,11 +55,13 @@ __all__ = [
     "file_in_hand",
     "from_float",
     "list_images",
+    "output_format",
     "read_image",
     "special_file",
     "straighten",
     "to_float",
     "write_image",
+    "write_image_rows",
 ]
 
 
@@ -1141,34 +1145,48 @@ def _adler32_combine(first: int, second: int, second_len: int) -> int:
     return sum1 | (sum2 << 16)
 
 
-def _png_stream(rows: np.ndarray, bpp: int, level: int) -> Iterator[bytes]:
-    """The IDAT zlib stream of byte rows (H, row bytes), in parts: blocks of rows filtered and deflated in parallel.
+def _png_stream(bands: Iterable[np.ndarray], bpp: int, level: int) -> Iterator[bytes]:
+    """The IDAT zlib stream of byte rows (H, row bytes) given in bands, top to bottom, in parts: blocks of rows
+    filtered and deflated in parallel (one array is one band).
 
     pigz's method: each block is a raw deflate stream ended by a sync flush (the last by a final block), so the
     blocks join into one valid stream; the zlib header goes first and the Adler-32 of all filtered bytes (combined
-    from the blocks') last. Each block starts with an empty dictionary: the stream is ~0.5 % larger at most.
+    from the blocks') last. Each block starts with an empty dictionary: the stream is ~0.5 % larger at most. A
+    band's blocks are deflated while the next band is made (the caller's generator runs meanwhile): at most two
+    bands are held.
     """
-    height = rows.shape[0]
-    block = max(1, _PNG_BLOCK_BYTES // max(rows.shape[1], 1))
-    starts = list(range(0, height, block))
 
-    def deflate(start: int) -> tuple[bytes, int, int]:
-        filtered = _filter_rows(
-            rows[start : start + block], rows[start - 1] if start else None, bpp
-        ).tobytes()
+    def deflate(rows: np.ndarray, above: np.ndarray | None, last: bool) -> tuple[bytes, int, int]:
+        filtered = _filter_rows(rows, above, bpp).tobytes()
         # Z_FILTERED: what libpng and Pillow use on filtered rows (~5 % smaller than the default strategy at level 6)
         compressor = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_FILTERED)
-        end = zlib.Z_FINISH if start == starts[-1] else zlib.Z_SYNC_FLUSH
+        end = zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH
         return compressor.compress(filtered) + compressor.flush(end), zlib.adler32(filtered), len(filtered)
 
-    parts = [deflate(starts[0])] if len(starts) == 1 else None
-    futures = None if parts else [_png_executor().submit(deflate, start) for start in starts]
     yield zlib.compress(b"", level)[:2]  # the zlib header for this level
     adler = 1
-    for k in range(len(starts)):
-        data, block_adler, length = parts[k] if parts else futures[k].result()  # type: ignore[index]
-        adler = _adler32_combine(adler, block_adler, length)
-        yield data
+    pending: collections.deque[Any] = collections.deque()
+    above: np.ndarray | None = None
+    bands = iter(bands)
+    band = next(bands, None)
+    while band is not None:
+        following = next(bands, None)  # the next band is made while this one's blocks are deflated
+        block = max(1, _PNG_BLOCK_BYTES // max(band.shape[1], 1))
+        starts = list(range(0, band.shape[0], block))
+        for start in starts:
+            last = following is None and start == starts[-1]
+            rows = band[start : start + block]
+            if len(starts) == 1 and following is None and not pending:  # one block in all: no thread needed
+                pending.append(deflate(rows, above, last))
+            else:
+                pending.append(_png_executor().submit(deflate, rows, above, last))
+            above = rows[-1].copy()
+        while len(pending) > len(starts) or (following is None and pending):
+            got = pending.popleft()
+            data, block_adler, length = got if isinstance(got, tuple) else got.result()
+            adler = _adler32_combine(adler, block_adler, length)
+            yield data
+        band = following
     yield struct.pack(">I", adler)
 
 
@@ -1180,12 +1198,36 @@ def _write_png(fh: io.BufferedIOBase, image: ImageData, level: int = DEFAULT_PNG
         if image.alpha is None
         else np.concatenate([image.pixels, image.alpha[:, :, None]], axis=2)
     )
-    height, width, channels = samples.shape
+    _write_png_rows(fh, image, samples.shape[:2], [samples], level)
+
+
+def _write_png_rows(
+    fh: io.BufferedIOBase,
+    image: ImageData,
+    size: tuple[int, int],
+    bands: Iterable[np.ndarray],
+    level: int = DEFAULT_PNG_COMPRESSION,
+) -> None:
+    """_write_png of an image of `size` (height, width) whose samples (pixels, then alpha) come in bands of rows,
+    top to bottom (uint8 or uint16, as image's); image gives the channels, ICC profile and EXIF."""
+    height, width = size
+    channels = image.channels + (image.alpha is not None)
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    depth = 16 if samples.dtype == np.uint16 else 8
+    depth = 16 if image.bit_depth == 16 else 8
 
     def chunk(kind: bytes, body: bytes) -> None:
         fh.write(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)))
+
+    def byte_rows() -> Iterator[np.ndarray]:
+        written = 0
+        for band in bands:
+            if band.shape[1:] != (width, channels) or written + band.shape[0] > height:
+                raise ValueError(f"rows of shape {band.shape} do not fit a {width}x{height}x{channels} image")
+            written += band.shape[0]
+            wide = band.astype(">u2") if depth == 16 else np.ascontiguousarray(band, dtype=np.uint8)
+            yield wide.view(np.uint8).reshape(band.shape[0], width * channels * depth // 8)
+        if written != height:
+            raise ValueError(f"{written} rows given for an image {height} high")
 
     fh.write(_PNG_SIGNATURE)
     chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
@@ -1193,10 +1235,8 @@ def _write_png(fh: io.BufferedIOBase, image: ImageData, level: int = DEFAULT_PNG
         chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(image.icc_profile))
     if image.exif:
         chunk(b"eXIf", image.exif.removeprefix(_EXIF_HEADER))
-    wide = samples.astype(">u2") if depth == 16 else np.ascontiguousarray(samples, dtype=np.uint8)
-    rows = wide.view(np.uint8).reshape(height, width * channels * depth // 8)
     pending = b""
-    for part in _png_stream(rows, channels * depth // 8, level):
+    for part in _png_stream(byte_rows(), channels * depth // 8, level):
         pending += part
         while len(pending) >= _IDAT_CHUNK:
             chunk(b"IDAT", pending[:_IDAT_CHUNK])
@@ -1232,6 +1272,12 @@ def _filter_rows(rows: np.ndarray, above: np.ndarray | None, bpp: int) -> np.nda
 
 
 # --- writing ---------------------------------------------------------------------------------------------------------
+
+
+def output_format(path: Path, format: str | None) -> str:
+    """The format a file written to path is in: format (png, jpg/jpeg, webp, tif/tiff, bmp, dicom: any case) when
+    given, else from path's extension; ImageError when neither names one we write."""
+    return _output_format(path, format)
 
 
 def _output_format(path: Path, format: str | None) -> str:
@@ -1308,6 +1354,53 @@ def write_image(
     ) as exc:  # Pillow's refusals: EXIF too long or
         # unparsable, or a tag its libtiff writer cannot set
         raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
+    return path
+
+
+STREAMED_FORMATS = ("PNG", "TIFF")
+"""Formats write_image_rows writes as the rows come (Pillow's JPEG and WebP writers take a whole image)."""
+
+
+def write_image_rows(
+    path: str | os.PathLike[str],
+    like: ImageData,
+    size: tuple[int, int],
+    rows: Iterable[np.ndarray],
+    *,
+    format: str | None = None,
+    overwrite: bool = False,
+    png_compression: int | None = None,
+) -> Path:
+    """write_image for an image whose pixels come as bands of rows, top to bottom (Upscaler.upscale_rows), written
+    as they come: the whole image is never held. size: its (height, width); like: an image with its channels, bit
+    depth, ICC profile and EXIF (its pixels are not read: the input of an upscale). PNG (a stream of IDAT chunks) or
+    TIFF (tiled, STREAMED_FORMATS); without alpha. Atomic as write_image: an exception from `rows` (the model's)
+    leaves no file. The same pixels as write_image of the whole image; a TIFF is tiled where write_image writes
+    strips."""
+    path = Path(path)
+    fmt = _output_format(path, format)
+    if fmt not in STREAMED_FORMATS or like.alpha is not None or like.samples is not None:
+        raise ImageError(f"{path}: only PNG and TIFF without alpha are written row by row, not {fmt}")
+    if not overwrite and path.exists():
+        raise OutputExistsError(path)
+    level = DEFAULT_PNG_COMPRESSION if png_compression is None else png_compression
+    if not 0 <= level <= 9:
+        raise ImageError(f"{path}: PNG compression must be 0-9, not {level}")
+    check_writable(like, fmt, path, size)
+    icc = _profile_fitting(like.icc_profile, like.channels, path)
+    if icc is not like.icc_profile:
+        like = replace(like, icc_profile=icc)
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp, _in_hand(path):
+            if fmt == "PNG":
+                with open(tmp, "wb") as fh:
+                    _write_png_rows(fh, like, size, rows, level)
+            else:
+                _write_tiff(tmp, like, path, rows=(size, rows))
+    except (OutputExistsError, ImageError):
+        raise
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write ({cannot_write_reason(path, exc)})") from None
     return path
 
 
@@ -1465,13 +1558,21 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
     pil.save(tmp, format=fmt, **options)
 
 
-def _write_tiff(tmp: Path, image: ImageData, path: Path) -> None:
+def _write_tiff(
+    tmp: Path,
+    image: ImageData,
+    path: Path,
+    rows: tuple[tuple[int, int], Iterable[np.ndarray]] | None = None,
+) -> None:
     """8- or 16-bit TIFF through tifffile (Pillow cannot write 16-bit colour, and its libtiff writer raised
     RuntimeError on an ordinary camera EXIF, whose Exif sub-IFD pointer it copies as a tag), deflate-compressed, ICC
     as tag 34675, BigTIFF past BIG_TIFF_BYTES of pixels.
 
     tifffile writes no Exif sub-IFD, so only the descriptive IFD0 tags of the EXIF (make, model, date, artist,
-    copyright, description, software) are carried over; anything else warns."""
+    copyright, description, software) are carried over; anything else warns.
+
+    rows: ((height, width), bands of rows top to bottom) to write instead of image's own pixels (image then gives
+    the channels, bit depth and metadata only): a tiled TIFF (_TIFF_TILE), each tile row written as its rows come."""
     try:
         import tifffile
     except ImportError:
@@ -1500,19 +1601,59 @@ def _write_tiff(tmp: Path, image: ImageData, path: Path) -> None:
                 ImageWarning,
                 stacklevel=4,
             )
-    samples = (
-        image.pixels
-        if image.alpha is None
-        else np.concatenate([image.pixels, image.alpha[:, :, None]], axis=2)
-    )
+    options: dict[str, Any] = {}
+    if rows is None:
+        samples = (
+            image.pixels
+            if image.alpha is None
+            else np.concatenate([image.pixels, image.alpha[:, :, None]], axis=2)
+        )
+        data: Any = samples if samples.shape[2] > 1 else samples[:, :, 0]
+        nbytes = samples.nbytes
+    else:
+        (height, width), bands = rows
+        channels = image.channels + (image.alpha is not None)
+        dtype = image.pixels.dtype
+        shape = (height, width) if channels == 1 else (height, width, channels)
+        data = _tiff_tiles(bands, height, width, channels)
+        nbytes = height * width * channels * dtype.itemsize
+        options = {"shape": shape, "dtype": dtype, "tile": (_TIFF_TILE, _TIFF_TILE)}
     tifffile.imwrite(
         tmp,
-        samples if samples.shape[2] > 1 else samples[:, :, 0],
+        data,
+        **options,
         photometric="rgb" if image.channels == 3 else "minisblack",
         extrasamples=["unassalpha"] if image.alpha is not None else None,
         compression="zlib",
         extratags=extratags,
         software=software,
         metadata=None,
-        bigtiff=samples.nbytes > BIG_TIFF_BYTES,  # tifffile does not choose it for compressed data
+        bigtiff=nbytes > BIG_TIFF_BYTES,  # tifffile does not choose it for compressed data
     )
+
+
+_TIFF_TILE = 256
+"""Tile side of TIFFs written from rows (write_image_rows): a multiple of 16 as TIFF asks, and what GDAL and most
+viewers read fastest."""
+
+
+def _tiff_tiles(bands: Iterable[np.ndarray], height: int, width: int, channels: int) -> Iterator[np.ndarray]:
+    """The tiles tifffile asks for, row of tiles by row of tiles (each _TIFF_TILE square; tifffile pads the last
+    ones), from bands of rows of any height: at most one row of tiles and one band are held."""
+    held: list[np.ndarray] = []
+    count = written = 0
+    for band in bands:
+        if band.shape[1:] != (width, channels) or written + band.shape[0] > height:
+            raise ValueError(f"rows of shape {band.shape} do not fit a {width}x{height}x{channels} image")
+        written += band.shape[0]
+        held.append(band)
+        count += band.shape[0]
+        while count >= _TIFF_TILE or (written == height and count):
+            stacked = np.concatenate(held, axis=0) if len(held) > 1 else held[0]
+            strip, rest = stacked[:_TIFF_TILE], stacked[_TIFF_TILE:]
+            for x in range(0, width, _TIFF_TILE):
+                tile = strip[:, x : x + _TIFF_TILE]
+                yield tile if channels > 1 else tile[:, :, 0]
+            held, count = ([rest] if len(rest) else []), len(rest)
+    if written != height:
+        raise ValueError(f"{written} rows given for an image {height} high")

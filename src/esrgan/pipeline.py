@@ -333,12 +333,15 @@ def plan_jobs(
 @dataclass(frozen=True)
 class OutputOptions:
     """How outputs are written: format (None: from the extension), JPEG/WEBP quality, PNG zlib level (None: the
-    fast default, esrgan.imageio.DEFAULT_PNG_COMPRESSION) and whether an existing file is replaced."""
+    fast default, esrgan.imageio.DEFAULT_PNG_COMPRESSION) and whether an existing file is replaced. stream: write
+    PNG and TIFF outputs row by row as the model makes them (imageio.write_image_rows) whenever the image allows
+    (Upscaler.stream_reason); without it only an output that would not fit in the memory free is streamed."""
 
     format: str | None = None
     quality: int | None = None
     png_compression: int | None = None
     overwrite: bool = False
+    stream: bool = False
 
 
 def write_output(dst: Path, image: ImageData, options: OutputOptions = OutputOptions()) -> Path:
@@ -405,6 +408,14 @@ class Channel(Generic[T]):
         with self._cond:
             self._held -= size
             self._cond.notify_all()
+
+    def drained(self) -> None:
+        """Wait until every item put has been taken and released (the writers are done with what they got)."""
+        with self._cond:
+            while self._queue or self._held:
+                if self.stop.is_set():
+                    raise Stopped
+                self._cond.wait(0.1)
 
 
 # --- reporting -------------------------------------------------------------------------------------------------------
@@ -560,6 +571,8 @@ class _Batch:
         self.result = BatchResult(device=str(upscaler.device))
         self.stop = threading.Event()
         self._lock = threading.Lock()
+        self.settle: Callable[[], None] = lambda: None
+        """Waits until the writers hold no output (run_overlapped sets it): memory they free before a refusal."""
 
     # results, from any stage
     def written(self, item: _Item, line: str) -> None:
@@ -623,6 +636,42 @@ class _Batch:
             return None
         return item
 
+    def _streamed(self, image: ImageData, job: Job, size: tuple[int, int]) -> bool:
+        """Whether this image's output is written row by row: as OutputOptions.stream asks, or because the whole
+        output would not fit in the host memory free now (Upscaler.host_bytes); an EsrganError, before the model runs,
+        when neither way fits (the kernel's OOM killer ended the whole batch without a word). Asked by the model
+        stage when it takes the image: before saying no, it waits for the writers to finish the outputs they hold
+        (an earlier image's may be what takes the memory)."""
+        from .device import host_memory_available
+        from .imageio import STREAMED_FORMATS, output_format
+
+        fmt = output_format(job.dst, self.output.format)
+        why_not = self.upscaler.stream_reason(image) or (
+            None if fmt in STREAMED_FORMATS else f"{fmt} is encoded from the whole image"
+        )
+        if self.output.stream and why_not is None:
+            return True
+        whole, streamed = self.upscaler.host_bytes(image)
+        free = host_memory_available()
+        if free is not None and whole > free and not (why_not is None and streamed <= free):
+            self.settle()
+            free = host_memory_available()
+        if free is None or whole <= free:
+            return False
+        if why_not is None and streamed <= free:
+            return True
+        need = whole if why_not is not None else streamed
+        way = (
+            f"{why_not}, so it cannot be written as it is computed (PNG and TIFF without alpha at the model's own "
+            f"scale can); try --format png"
+            if why_not is not None
+            else "use --tile with a smaller tile"
+        )
+        raise EsrganError(
+            f"{job.src}: the {size[1]}x{size[0]} output needs about {format_bytes(need)} of memory and "
+            f"{format_bytes(free)} is free: {way}, or a smaller --outscale (or --width / --height)"
+        )
+
     def compute(self, item: _Item) -> _Item | None:
         from .atomic import OutputExistsError
 
@@ -631,6 +680,10 @@ class _Batch:
                 self._video(item)
                 return None
             assert item.image is not None
+            size = self.upscaler.output_size(item.image.height, item.image.width)
+            if self._streamed(item.image, item.job, size):
+                self._stream(item)
+                return None
             item.image = self.upscaler.upscale_image(item.image, on_tile=self.report.on_tile)
         except OutputExistsError:
             self.skipped(item)
@@ -665,6 +718,31 @@ class _Batch:
             self.written(item, f"{item.job.src} -> {item.job.dst} ({seconds:.1f} s)")
         item.image = None
 
+    def _stream(self, item: _Item) -> None:
+        """Model and writer in one: the rows go to the file as they are made (the writer stage is not used). The C
+        heap is told to give freed blocks back (device.return_freed_memory), as Upscaler.host_bytes' estimate of a
+        streamed upscale assumes: slower, for the least memory."""
+        from .device import return_freed_memory
+        from .imageio import write_image_rows
+
+        return_freed_memory()
+
+        image = item.image
+        assert image is not None
+        item.image = None  # the input goes when the file is done; nothing is queued for the writers
+        write_image_rows(
+            item.job.dst,
+            image,
+            self.upscaler.output_size(image.height, image.width),
+            self.upscaler.upscale_rows(image, on_tile=self.report.on_tile),
+            format=self.output.format,
+            overwrite=self.output.overwrite,
+            png_compression=self.output.png_compression,
+        )
+        item.precision = self.upscaler.last_precision
+        seconds = time.perf_counter() - item.start
+        self.written(item, f"{item.job.src} -> {item.job.dst} ({seconds:.1f} s, written as computed)")
+
     def _video(self, item: _Item) -> None:
         from .video import upscale_video
 
@@ -689,6 +767,7 @@ class _Batch:
         """Reader thread -> model (this thread) -> writer threads."""
         decoded: Channel[_Item | None] = Channel(self.stop)
         upscaled: Channel[_Item | None] = Channel(self.stop)
+        self.settle = upscaled.drained
         fatal: list[BaseException] = []
 
         def guarded(stage: Callable[[], None]) -> Callable[[], None]:
@@ -801,6 +880,7 @@ def upscale_files(
     overlap: bool = True,
     writers: int | None = None,
     prefix: str = "",
+    stream: bool = False,
 ) -> BatchResult:
     """Upscale every job; a file that fails is reported in one line and the batch goes on.
 
@@ -813,7 +893,8 @@ def upscale_files(
     overlap: decode, upscale and write different files at once (see the module docstring); False runs them one
     after the other. writers: writer threads (default default_writers()). prefix: starts every progress line.
     value_range: (lo, hi) that every band of a measurement TIFF is mapped from (esrgan.datatiff; default: each
-    band's own min and max).
+    band's own min and max). stream: PNG and TIFF outputs written row by row as they are computed wherever the
+    image allows it (OutputOptions.stream); otherwise only those whose whole output would not fit in memory.
     """
     from .atomic import remove_leftovers
 
@@ -822,7 +903,7 @@ def upscale_files(
     batch = _Batch(
         upscaler,
         jobs,
-        OutputOptions(format, quality, png_compression, overwrite),
+        OutputOptions(format, quality, png_compression, overwrite, stream),
         max_pixels,
         report,
         video,

@@ -26,7 +26,7 @@ A pure function of (forward, image, tile, overlap, batch): no object holds half-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -167,13 +167,25 @@ def _edge_weights(start: int, size: int, length: int, scale: int, overlap: int, 
     return w
 
 
-def auto_tile_size(free_bytes: int, bytes_per_pixel: float, *, batch: int = 1, maximum: int = 512) -> int:
-    """Largest tile side (a multiple of 8, between 32 and `maximum`) whose forward pass fits in half the free memory.
+def auto_tile_size(
+    free_bytes: int,
+    bytes_per_pixel: float,
+    *,
+    batch: int = 1,
+    maximum: int = 512,
+    band_bytes_per_row: float = 0.0,
+) -> int:
+    """Largest tile side (a multiple of 8, between 32 and `maximum`) whose forward pass and blending band fit in
+    half the free memory.
 
     bytes_per_pixel is the model's peak activation memory per input pixel (see device.activation_bytes_per_pixel).
-    Half, because the device also holds the input, the blending band and (CUDA) cudnn's workspaces.
+    band_bytes_per_row: the blending band's bytes per input row of tile (tiled_rows keeps a tile's height of output
+    rows in float32: scale x output width x 3 x 4 bytes): the band of a wide image can outweigh the forward pass
+    (a 4352-pixel-wide photo at x4: 0.8 MB a row, 284 MB at tile 352, where the forward pass of a small model took
+    60 MB). Half, because the device also holds the input, the output rows and (CUDA) cudnn's workspaces.
     """
-    side = math.isqrt(max(int(free_bytes * 0.5 / (bytes_per_pixel * max(batch, 1))), 0))
+    a, b, c = bytes_per_pixel * max(batch, 1), band_bytes_per_row, max(free_bytes * 0.5, 0.0)
+    side = int((math.sqrt(b * b + 4 * a * c) - b) / (2 * a)) if a > 0 else maximum  # a t^2 + b t = c
     return max(32, min(maximum, side // 8 * 8))
 
 
@@ -242,7 +254,7 @@ def _host(t: Tensor, dtype: np.dtype) -> np.ndarray:
     return a.astype(dtype, copy=False)
 
 
-def upscale_tiled(
+def tiled_rows(
     forward: Forward,
     image: Tensor,
     *,
@@ -255,8 +267,10 @@ def upscale_tiled(
     grey: bool = False,
     on_tile: Callable[[int, int], None] | None = None,
     device: torch.device | str | None = None,
-) -> np.ndarray:
-    """Upscale a (C, H, W) image; returns an (H * scale, W * scale, C) host array of out_dtype.
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Upscale a (C, H, W) image row band by row band: yields (first row, rows) host arrays of out_dtype, rows
+    (n, W * scale, C), top to bottom, each as soon as no later tile can change it. upscale_tiled gathers them into
+    one array; a writer that takes rows (imageio.write_image_rows) never holds the whole output.
 
     image: float in [0, 1], or uint8 / uint16 (each tile is scaled to [0, 1] on the way in, so no float copy of
     the whole input is ever made); expanded views (a grey plane repeated to 3 channels) are fine. device: where
@@ -298,7 +312,6 @@ def upscale_tiled(
     for x, wx in zip(xs, wxs, strict=True):
         norm_x[x * scale : x * scale + bw] += wx
 
-    out: np.ndarray | None = None
     band: Tensor | None = (
         None  # float accumulator for output rows [band_lo, band_lo + bh), on the output's device
     )
@@ -306,21 +319,28 @@ def upscale_tiled(
     jobs = [(r, col) for r in range(len(ys)) for col in range(len(xs))]
     total, done = len(jobs), 0
 
-    def flush(upto: int) -> None:
-        """Normalise, convert and store finished rows [band_lo, upto); slide the band down."""
-        nonlocal out, band, band_lo
+    def flush(upto: int) -> list[tuple[int, np.ndarray]]:
+        """Normalise and convert finished rows [band_lo, upto) (returned on the host, in chunks); slide the band
+        down. Chunks of FLUSH_BYTES bound the float temporaries: whole, a wide band's took twice its own memory
+        again (a 17408-pixel-wide output: 3 x 294 MB), the most a streamed upscale held."""
+        nonlocal band, band_lo
         assert band is not None
         n = upto - band_lo
-        rows = band[:n] / (norm_y[band_lo:upto, None, None] * norm_x[None, :, None])
-        if grey:
-            rows = rows.mean(dim=2, keepdim=True)
-        converted = _host(_levels(rows, out_dtype), out_dtype)
-        if out is None:
-            out = np.empty((out_h, out_w, converted.shape[2]), dtype=out_dtype)
-        out[band_lo:upto] = converted
-        band[: bh - n] = band[n:].clone()
+        step = max(1, FLUSH_BYTES // (out_w * band.shape[2] * 4))
+        done: list[tuple[int, np.ndarray]] = []
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            rows = band[lo:hi] / (norm_y[band_lo + lo : band_lo + hi, None, None] * norm_x[None, :, None])
+            if grey:
+                rows = rows.mean(dim=2, keepdim=True)
+            done.append((band_lo + lo, _host(_levels(rows, out_dtype), out_dtype)))
+        move = min(step, n)  # copied down in pieces no taller than the shift: no piece overlaps its source
+        for lo in range(0, bh - n, move):
+            hi = min(bh - n, lo + move)
+            band[lo:hi] = band[n + lo : n + hi]
         band[bh - n :] = 0.0
         band_lo = upto
+        return done
 
     def run(chunk: list[tuple[int, int]]) -> Tensor:
         crops = to_unit(torch.stack([image[:, ys[r] : ys[r] + th, xs[k] : xs[k] + tw] for r, k in chunk]))
@@ -342,10 +362,13 @@ def upscale_tiled(
         rows = run(jobs)[0].permute(1, 2, 0).float()
         # a new tensor either way (_levels works in place; the forward's output may be an inference tensor)
         rows = rows.mean(dim=2, keepdim=True) if grey else rows.clone()
+        converted = _host(_levels(rows, out_dtype), out_dtype)
         if on_tile is not None:
             on_tile(1, 1)
-        return _host(_levels(rows, out_dtype), out_dtype)
+        yield 0, converted
+        return
 
+    finished: list[tuple[int, np.ndarray]] = []
     for first in range(0, total, batch):
         chunk = jobs[first : first + batch]
         result = run(chunk)
@@ -359,9 +382,44 @@ def upscale_tiled(
             off = ys[r] * scale - band_lo
             band[off : off + bh, xs[k] * scale : xs[k] * scale + bw] += weighted
             if k == len(xs) - 1:  # row of tiles complete: rows above the next tile row are final
-                flush(ys[r + 1] * scale if r + 1 < len(ys) else out_h)
+                finished += flush(ys[r + 1] * scale if r + 1 < len(ys) else out_h)
         done += len(chunk)
         if on_tile is not None:
             on_tile(done, total)
+        yield from finished  # after on_tile: a consumer that takes long (an encoder) is not counted as model time
+        finished.clear()
+
+
+FLUSH_BYTES = 32 * 2**20
+"""Float32 bytes of finished output rows normalised and converted at once (tiled_rows' flush)."""
+
+
+def upscale_tiled(
+    forward: Forward,
+    image: Tensor,
+    *,
+    scale: int,
+    tile: int,
+    overlap: int | None = None,
+    margin: int | None = None,
+    batch: int = 1,
+    out_dtype: np.dtype | type = np.uint8,
+    grey: bool = False,
+    on_tile: Callable[[int, int], None] | None = None,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Upscale a (C, H, W) image; returns an (H * scale, W * scale, C) host array of out_dtype (tiled_rows says
+    how, and what each argument means)."""
+    out: np.ndarray | None = None
+    bands = tiled_rows(
+        forward, image, scale=scale, tile=tile, overlap=overlap, margin=margin, batch=batch,
+        out_dtype=out_dtype, grey=grey, on_tile=on_tile, device=device,
+    )  # fmt: skip
+    for first, rows in bands:
+        if out is None:
+            if first == 0 and rows.shape[0] == image.shape[1] * scale:  # one tile: the rows are the image
+                return rows
+            out = np.empty((image.shape[1] * scale, image.shape[2] * scale, rows.shape[2]), dtype=rows.dtype)
+        out[first : first + rows.shape[0]] = rows
     assert out is not None
     return out

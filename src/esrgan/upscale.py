@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -59,6 +59,7 @@ from .generator import RRDBNet
 from .imageio import PIL_LAYOUTS, ImageData
 from .tiling import (
     EXACT_COST,
+    FLUSH_BYTES,
     TileLayout,
     auto_tile_size,
     balanced_tile,
@@ -67,8 +68,8 @@ from .tiling import (
     exact_or_blend,
     from_unit,
     tile_grid,
+    tiled_rows,
     to_unit,
-    upscale_tiled,
 )
 
 if TYPE_CHECKING:  # video imports Upscaler; Upscaler.upscale_video imports video when called
@@ -338,7 +339,8 @@ class Upscaler:
             ):  # the tail's maps, num_feat x (tile * scale)^2, under 2^31 elements
                 cfg = self.model.config
                 limit = min(limit, int(math.isqrt(2**31 // cfg.num_feat) // cfg.scale) // 8 * 8)
-            tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit)
+            band = self.model.scale * width * self.model.scale * 3 * 4  # tiled_rows' float32 band, a tile row
+            tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit, band_bytes_per_row=band)
             if self._overlap_given:  # an overlap given without a tile: the automatic tile leaves room for it
                 tile = max(tile, -(-(2 * self.tile_overlap + 8) // 8) * 8)
             # the blend's overlap follows the tile, so it is balanced here; the exact overlap does not (the largest
@@ -567,10 +569,70 @@ class Upscaler:
             valid=None if valid is None else nearest(valid, size),
         )
 
-    def _run(
-        self, runner: ModelRunner, plane: np.ndarray, tile: int, dtype: np.dtype, on_tile: Progress | None
-    ) -> np.ndarray:
-        """Model (and outscale resize) over an HxWx1 or HxWx3 array; HxWx(same C) of dtype back."""
+    def host_bytes(self, image: ImageData) -> tuple[int, int]:
+        """Host memory an upscale of image needs beyond the input it holds, estimated: (whole, streamed). whole:
+        upscale_image then write_image: the output, a copy of it for the encoder (Pillow's, a resize's
+        intermediate) and the tiling's float32 band of tile rows (on the host when the model runs on the CPU).
+        streamed: upscale_rows into write_image_rows: the band and a few pieces of output rows. Neither counts the
+        model's own working memory, which the automatic tile already keeps to half of what is free."""
+        h, w = image.height, image.width
+        out_h, out_w = self.output_size(h, w)
+        channels = (
+            image.channels + (image.alpha is not None) + (0 if image.extra is None else image.extra.shape[2])
+        )
+        itemsize = 2 if image.pixels.dtype.itemsize >= 2 else 1
+        out_bytes = out_h * out_w * channels * itemsize
+        tile = self.tile_size(h, w, image.pixels.dtype)
+        layout = self.tiling(h, w, tile)
+        tile_h = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[0] if tile else h
+        band_rows = tile_h * self.model.scale
+        band = band_rows * w * self.model.scale * 3 * 4 if self.device.type == "cpu" else 0
+        band += 2 * FLUSH_BYTES  # rows being normalised and converted
+        # streamed: the rows the encoder holds and its blocks in flight, measured at about 6 FLUSH_BYTES beyond the
+        # band (a 4352x2448 photo at x4, 2-core AMD EPYC Zen 4)
+        return 2 * out_bytes + band, band + 8 * FLUSH_BYTES
+
+    def stream_reason(self, image: ImageData) -> str | None:
+        """None when `upscale_rows` can upscale this image (its output then never has to be held whole), else why
+        not, in a few words: only colour (grey or RGB) at the model's own scale streams; alpha is a second pass
+        over the image, a resize needs the rows around each output row, a measurement image has its bands."""
+        if image.alpha is not None:
+            return "it has an alpha channel"
+        if image.extra is not None or image.valid is not None or image.samples is not None:
+            return "it is a measurement image"
+        h, w = image.pixels.shape[:2]
+        if self.output_size(h, w) != (h * self.model.scale, w * self.model.scale):
+            return f"its output is not at the model's own scale ({self.model.scale}x)"
+        return None
+
+    def upscale_rows(self, image: ImageData, *, on_tile: Progress | None = None) -> Iterator[np.ndarray]:
+        """The output of upscale_image(image).pixels in bands of rows, top to bottom (each (n, W * scale, C), the
+        input's dtype), each as soon as the tiles above the next tile row are done: at most a band of tiles' rows
+        is held, never the whole output (imageio.write_image_rows writes them as they come). The same pixels as
+        upscale_image, tile for tile. Only for what stream_reason allows (EsrganError otherwise)."""
+        reason = self.stream_reason(image)
+        if reason is not None:
+            raise EsrganError(f"cannot upscale row by row: {reason}")
+        plane, dtype = image.pixels, image.pixels.dtype
+        h, w = plane.shape[:2]
+        tile = self.tile_size(h, w, dtype)
+        runner = self.runner_for(dtype)
+        if on_tile is not None:
+            on_tile(0, _tile_count(self.tiling(h, w, tile)))
+        yield from self._tiled(runner, plane, tile, dtype, on_tile, dtype)
+        self.last_precision = precision_name(runner.dtype)
+
+    def _tiled(
+        self,
+        runner: ModelRunner,
+        plane: np.ndarray,
+        tile: int,
+        dtype: np.dtype,
+        on_tile: Progress | None,
+        out_dtype: np.dtype,
+    ) -> Iterator[np.ndarray]:
+        """The model over an HxWx1 or HxWx3 array, tiled, at the model's scale: bands of output rows of out_dtype,
+        top to bottom, cropped to the image's own size (the padding to the model's alignment dropped)."""
         grey = plane.shape[2] == 1
         if not plane.flags.writeable:  # e.g. np.asarray(PIL image): torch wants a writable buffer
             plane = plane.copy()
@@ -578,17 +640,14 @@ class Upscaler:
         if grey:
             image = image.expand(3, -1, -1)
         h, w = plane.shape[:2]
-        size = self.output_size(h, w)
-        native = size == (h * self.model.scale, w * self.model.scale)
         padded_h, padded_w, tile, overlap, margin = self.tiling(h, w, tile)
         if (padded_h, padded_w) != (h, w):  # reflect, as RRDBNet.forward pads an unaligned image itself
             mode = "reflect" if h > padded_h - h and w > padded_w - w else "replicate"
             image = F.pad(image[None].float(), (0, padded_w - w, 0, padded_h - h), mode=mode)[0].to(
                 image.dtype
             )
-        # resize needs an intermediate: uint16 for integer outputs (see the module docstring), float32 for float
-        inter = dtype if native else (np.dtype(np.float32) if dtype.kind == "f" else np.dtype(np.uint16))
-        out = upscale_tiled(
+        out_h, out_w = h * self.model.scale, w * self.model.scale
+        bands = tiled_rows(
             runner,
             image,
             scale=self.model.scale,
@@ -597,12 +656,34 @@ class Upscaler:
             margin=margin,
             batch=self.batch_size(h, w, tile, dtype),
             device=runner.device,
-            out_dtype=inter,
+            out_dtype=out_dtype,
             grey=grey,
             on_tile=on_tile,
         )
-        if (padded_h, padded_w) != (h, w):
-            out = out[: h * self.model.scale, : w * self.model.scale]
+        for first, rows in bands:
+            if first < out_h:
+                yield rows[: out_h - first, :out_w]
+
+    def _run(
+        self, runner: ModelRunner, plane: np.ndarray, tile: int, dtype: np.dtype, on_tile: Progress | None
+    ) -> np.ndarray:
+        """Model (and outscale resize) over an HxWx1 or HxWx3 array; HxWx(same C) of dtype back."""
+        h, w = plane.shape[:2]
+        size = self.output_size(h, w)
+        native = size == (h * self.model.scale, w * self.model.scale)
+        # resize needs an intermediate: uint16 for integer outputs (see the module docstring), float32 for float
+        inter = dtype if native else (np.dtype(np.float32) if dtype.kind == "f" else np.dtype(np.uint16))
+        out: np.ndarray | None = None
+        filled = 0
+        for rows in self._tiled(runner, plane, tile, dtype, on_tile, inter):
+            if out is None:
+                if rows.shape[0] == h * self.model.scale:  # one band: the whole output already
+                    out = rows
+                    break
+                out = np.empty((h * self.model.scale, *rows.shape[1:]), dtype=rows.dtype)
+            out[filled : filled + rows.shape[0]] = rows
+            filled += rows.shape[0]
+        assert out is not None
         if native:
             return np.ascontiguousarray(out)
         resized = np.empty((*size, out.shape[2]), dtype=dtype)

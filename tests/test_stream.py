@@ -1,0 +1,216 @@
+"""Outputs written as they are computed: Upscaler.upscale_rows -> imageio.write_image_rows, and the batch choosing it
+when a whole output would not fit in memory (before: the kernel's OOM killer ended the batch without a word)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import in_a_memory_cgroup, needs_memory_cgroups, photo_preserving_rrdb, run_cli
+from PIL import Image, ImageCms
+
+from esrgan.checkpoints import save_model
+from esrgan.compact import CompactConfig, SRVGGNetCompact
+from esrgan.errors import EsrganError, ImageError
+from esrgan.generator import RRDBNet
+from esrgan.imageio import ImageData, read_image, write_image, write_image_rows
+from esrgan.upscale import Upscaler
+
+ESRGAN = (sys.executable, "-m", "esrgan.cli")
+
+
+def _compact(scale: int = 4, seed: int = 0) -> SRVGGNetCompact:
+    torch.manual_seed(seed)
+    model = SRVGGNetCompact(CompactConfig(num_feat=8, num_conv=4, scale=scale))
+    model.init_weights(last_scale=1.0)
+    return model.eval()
+
+
+def _x2_unshuffle(seed: int = 0) -> RRDBNet:
+    torch.manual_seed(seed)
+    return RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=2).eval()
+
+
+CASES = {
+    "rgb, blended tiles": (lambda: photo_preserving_rrdb(0), lambda p: p[:150, :130], 64),
+    "grey": (lambda: photo_preserving_rrdb(0), lambda p: p[100:190, 50:200, :1], 48),
+    "16-bit": (lambda: photo_preserving_rrdb(0), lambda p: p[:90, :110].astype(np.uint16) * 257 + 3, 48),
+    "x2 unshuffle, odd size": (_x2_unshuffle, lambda p: p[:97, :83], 48),
+    "compact, exact tiles": (_compact, lambda p: p[200:330, 100:360], 128),
+    "one tile": (lambda: photo_preserving_rrdb(0), lambda p: p[:40, :30], 0),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_rows_are_the_whole_images_pixels(photo: np.ndarray, case: str) -> None:
+    """upscale_rows gives, band by band, exactly the pixels upscale_image gives (same tiles, same blend), on crops
+    of a real photo: colour, grey, 16-bit, a pixel-unshuffle model at an odd size (padded), exact tiles; the rows
+    really come in bands (the whole output is never one array) except where one tile is the image."""
+    make, crop, tile = CASES[case]
+    pixels = np.ascontiguousarray(crop(photo))
+    image = ImageData(pixels=pixels, bit_depth=16 if pixels.dtype == np.uint16 else 8)
+    up = Upscaler(make(), device="cpu", precision="fp32", tile=tile)
+    whole = up.upscale_image(image).pixels
+    seen: list[tuple[int, int]] = []
+    bands = list(up.upscale_rows(image, on_tile=lambda done, total: seen.append((done, total))))
+    assert np.array_equal(np.concatenate(bands), whole) and bands[0].dtype == whole.dtype
+    assert all(b.shape[1:] == whole.shape[1:] for b in bands)
+    assert (len(bands) == 1) == (tile == 0) and seen[0][0] == 0 and seen[-1][0] == seen[-1][1] > 0
+
+
+def test_what_cannot_be_streamed_says_why(photo: np.ndarray) -> None:
+    """Alpha is a second pass and a resize needs the rows around each output row: stream_reason says so, and
+    upscale_rows refuses them in those words."""
+    model = photo_preserving_rrdb(0)
+    pixels = np.ascontiguousarray(photo[:32, :32])
+    up = Upscaler(model, device="cpu", precision="fp32")
+    assert up.stream_reason(ImageData(pixels=pixels)) is None
+    alpha = ImageData(pixels=pixels, alpha=np.full((32, 32), 200, np.uint8))
+    assert up.stream_reason(alpha) == "it has an alpha channel"
+    with pytest.raises(EsrganError, match="cannot upscale row by row: it has an alpha channel"):
+        next(up.upscale_rows(alpha))
+    half = Upscaler(model, device="cpu", precision="fp32", outscale=2)
+    assert half.stream_reason(ImageData(pixels=pixels)) == "its output is not at the model's own scale (4x)"
+
+
+def _bands(pixels: np.ndarray, heights: list[int]) -> Iterator[np.ndarray]:
+    start = 0
+    for h in heights:
+        yield pixels[start : start + h]
+        start += h
+    if start < len(pixels):
+        yield pixels[start:]
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_rows_written_as_they_come_read_back_as_the_whole_image(
+    tmp_path: Path, photo: np.ndarray, ext: str
+) -> None:
+    """write_image_rows on bands of any height (1 row, 7, more than a TIFF tile, the rest) writes the file
+    write_image writes from the whole image, pixel for pixel and with its ICC profile (and EXIF, in PNG): 8-bit
+    colour and 16-bit grey; the TIFF is tiled, which GDAL-style readers read by tile."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    colour = np.ascontiguousarray(np.concatenate([photo, photo[::-1]], axis=0)[:, :300])  # 1024 x 300
+    grey = np.ascontiguousarray(colour[:, :, 1:2].astype(np.uint16) * 257)
+    for name, pixels, icc in [("colour", colour, srgb), ("grey", grey, None)]:
+        like = ImageData(
+            pixels=pixels[:8, :8],  # only its channels, bit depth and metadata count
+            bit_depth=16 if pixels.dtype == np.uint16 else 8,
+            icc_profile=icc,
+            exif=exif.tobytes() if ext == "png" else None,
+        )
+        streamed = write_image_rows(
+            tmp_path / f"{name}.{ext}", like, pixels.shape[:2], _bands(pixels, [1, 7, 300, 2, 513])
+        )
+        whole = write_image(
+            tmp_path / f"{name}-whole.{ext}", ImageData(**{**like.__dict__, "pixels": pixels})
+        )
+        a, b = read_image(streamed), read_image(whole)
+        assert np.array_equal(a.pixels, pixels) and np.array_equal(a.pixels, b.pixels)
+        assert a.icc_profile == icc and a.bit_depth == b.bit_depth and (a.exif is not None) == (ext == "png")
+        with Image.open(streamed) as im:
+            im.load()  # the whole stream decodes (Pillow checks CRCs and the zlib stream's end)
+        if ext == "tif":
+            with tifffile.TiffFile(streamed) as tif:
+                assert tif.pages[0].is_tiled and tif.pages[0].tilewidth == 256
+
+
+def test_a_failure_while_rows_come_leaves_nothing(tmp_path: Path, photo: np.ndarray) -> None:
+    """The rows are the model's: an exception between bands (a NaN tile, Ctrl-C) leaves no file and no temporary
+    file; too few rows is an error too, not a short image; JPEG, alpha and an existing file are refused before
+    anything is written."""
+    pixels = np.ascontiguousarray(photo[:200, :200])
+    like = ImageData(pixels=pixels[:4, :4])
+
+    def failing() -> Iterator[np.ndarray]:
+        yield pixels[:100]
+        raise RuntimeError("a tile failed")
+
+    for ext in ("png", "tif"):
+        with pytest.raises(RuntimeError, match="a tile failed"):
+            write_image_rows(tmp_path / f"a.{ext}", like, (200, 200), failing())
+        with pytest.raises(ValueError, match="100 rows given for an image 200 high"):
+            write_image_rows(tmp_path / f"b.{ext}", like, (200, 200), iter([pixels[:100]]))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ImageError, match=r"c\.jpg: only PNG and TIFF without alpha are written row by row"):
+        write_image_rows(tmp_path / "c.jpg", like, (200, 200), iter([pixels]))
+    with pytest.raises(ImageError, match="without alpha"):
+        write_image_rows(tmp_path / "c.png", ImageData(pixels=pixels, alpha=pixels[:, :, 0]), (200, 200), [])
+    (tmp_path / "d.png").write_bytes(b"keep")
+    with pytest.raises(FileExistsError):
+        write_image_rows(tmp_path / "d.png", like, (200, 200), iter([pixels]))
+    assert (tmp_path / "d.png").read_bytes() == b"keep" and sorted(os.listdir(tmp_path)) == ["d.png"]
+
+
+def test_the_cli_streams_png_and_tiff_when_asked_and_writes_the_same_pixels(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """`--stream` writes PNG and TIFF row by row ("written as computed") with the pixels of the default path; a
+    JPEG, which Pillow encodes whole, and an image with alpha are written the usual way."""
+    model = save_model(tmp_path / "m.safetensors", photo_preserving_rrdb(0))
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(photo[:120, :140]).save(src / "a.png")
+    Image.fromarray(photo[200:300, 100:260]).save(src / "b.tif")
+    Image.fromarray(photo[300:380, 300:380]).save(src / "c.jpg", quality=95)
+    rgba = np.dstack([photo[:50, :60], np.full((50, 60), 180, np.uint8)])
+    Image.fromarray(rgba).save(src / "d.png")
+    outs = {}
+    for mode in ("whole", "stream"):
+        extra = ["--stream"] if mode == "stream" else []
+        r = run_cli("upscale", src, "-o", tmp_path / mode, "--model", model, "--tile", "48", *extra)
+        assert r.returncode == 0, r.stderr
+        outs[mode] = r.stdout
+    streamed = sorted(
+        line.split("] ")[1].split(" ->")[0] for line in outs["stream"].splitlines() if "as computed" in line
+    )
+    assert streamed == [str(src / "a.png"), str(src / "b.tif")] and "as computed" not in outs["whole"]
+    for name in ("a_x4.png", "b_x4.tif", "c_x4.jpg", "d_x4.png"):
+        a, b = read_image(tmp_path / "whole" / name), read_image(tmp_path / "stream" / name)
+        assert np.array_equal(a.pixels, b.pixels), name
+
+
+# --- a real memory limit ------------------------------------------------------------------------------------------
+@needs_memory_cgroups
+def test_an_output_too_large_for_the_memory_is_streamed_not_killed(tmp_path: Path, photo: np.ndarray) -> None:
+    """In a container whose memory holds neither the whole output nor a copy of it: before, the kernel's OOM
+    killer ended `esrgan upscale` (signal 9, no word, seen with a 4352x2448 photo at x4 in 900 MiB). Now a PNG output
+    is written row by row and comes out whole; a JPEG output, which needs the whole image, is refused in one line
+    before the model runs. The limit is set from what the command itself takes on a small image here."""
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "m.safetensors", SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=1)))
+    big = np.tile(photo, (6, 4, 1))[
+        :, :, :
+    ]  # 3072 x 2048, the real photo six by four: the x4 output is 302 MB
+    Image.fromarray(big).save(tmp_path / "big.png", compress_level=1)
+    Image.fromarray(photo[:64, :64]).save(tmp_path / "small.png")
+    r, baseline = in_a_memory_cgroup(None, *ESRGAN, "upscale", tmp_path / "small.png", "-o", tmp_path / "s.png",
+                                          "--model", model)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    limit = baseline + 600 * 2**20  # the output is 302 MB: whole, with its copy, it does not fit
+    r, _ = in_a_memory_cgroup(limit, *ESRGAN, "upscale", tmp_path / "big.png", "-o", tmp_path / "big_x4.png",
+                                      "--model", model)  # fmt: skip
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "written as computed" in r.stdout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # 100 megapixels: ours, on purpose
+        with Image.open(tmp_path / "big_x4.png") as im:
+            assert im.size == (8192, 12288)
+            im.load()
+    r, _ = in_a_memory_cgroup(limit, *ESRGAN, "upscale", tmp_path / "big.png", "-o", tmp_path / "big_x4.jpg",
+                                   "--model", model)  # fmt: skip
+    assert r.returncode == 1 and not (tmp_path / "big_x4.jpg").exists()
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"esrgan: error: {tmp_path / 'big.png'}: the 8192x12288 output"
+    )
+    assert "JPEG is encoded from the whole image" in lines[0] and "try --format png" in lines[0]
