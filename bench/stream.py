@@ -8,7 +8,7 @@ PHOTO: default scikit-image's astronaut tiled 6 x 4 (3072 x 2048). FILE: default
 (4 features, 1 conv: the model's time is small, so what differs is the output's handling). --limit-mib: also run
 the PNG case in a v1 memory cgroup of the command's own baseline (measured on a small image) plus N MiB (root and
 cgroup v1 only; default 600), where the batch streams because it must (and returns freed memory to the system,
-device.return_freed_memory). Ratios are against the whole-image run of the same format in the same process.
+device.freed_memory_returned). Ratios are against the whole-image run of the same format in the same process.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ when a whole output would not fit in memory (before: the kernel's OOM killer end
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ CASES = {
     "x2 unshuffle, odd size": (_x2_unshuffle, lambda p: p[:97, :83], 48),
     "compact, exact tiles": (_compact, lambda p: p[200:330, 100:360], 128),
     "one tile": (lambda: photo_preserving_rrdb(0), lambda p: p[:40, :30], 0),
+    "a batch of tiles over tile rows": (lambda: photo_preserving_rrdb(0), lambda p: p[:150, :130], -64),
 }
 
 
@@ -52,14 +54,21 @@ CASES = {
 def test_rows_are_the_whole_images_pixels(photo: np.ndarray, case: str) -> None:
     """upscale_rows gives, band by band, exactly the pixels upscale_image gives (same tiles, same blend), on crops
     of a real photo: colour, grey, 16-bit, a pixel-unshuffle model at an odd size (padded), exact tiles; the rows
-    really come in bands (the whole output is never one array) except where one tile is the image."""
+    really come in bands (the whole output is never one array) except where one tile is the image, also when a
+    batch of tiles spans tile rows (each tile row's rows come as soon as it is done, not when the batch ends)."""
     make, crop, tile = CASES[case]
     pixels = np.ascontiguousarray(crop(photo))
     image = ImageData(pixels=pixels, bit_depth=16 if pixels.dtype == np.uint16 else 8)
-    up = Upscaler(make(), device="cpu", precision="fp32", tile=tile)
+    batch = 7 if tile < 0 else None  # 12 tiles in rows of 3 or 4: the first batch spans two tile rows and more
+    up = Upscaler(make(), device="cpu", precision="fp32", tile=abs(tile), batch=batch)
     whole = up.upscale_image(image).pixels
     seen: list[tuple[int, int]] = []
-    bands = list(up.upscale_rows(image, on_tile=lambda done, total: seen.append((done, total))))
+    bands, progress_at_first = [], None
+    for band in up.upscale_rows(image, on_tile=lambda done, total: seen.append((done, total))):
+        progress_at_first = seen[-1] if progress_at_first is None else progress_at_first
+        bands.append(band)
+    if batch is not None:  # the first tile rows' rows came out before the batch of 7 tiles was counted done
+        assert progress_at_first is not None and progress_at_first[0] == 0 and seen[1][0] == 7 < seen[1][1]
     assert np.array_equal(np.concatenate(bands), whole) and bands[0].dtype == whole.dtype
     assert all(b.shape[1:] == whole.shape[1:] for b in bands)
     assert (len(bands) == 1) == (tile == 0) and seen[0][0] == 0 and seen[-1][0] == seen[-1][1] > 0
@@ -93,7 +102,8 @@ def _bands(pixels: np.ndarray, heights: list[int]) -> Iterator[np.ndarray]:
 def test_rows_written_as_they_come_read_back_as_the_whole_image(
     tmp_path: Path, photo: np.ndarray, ext: str
 ) -> None:
-    """write_image_rows on bands of any height (1 row, 7, more than a TIFF tile, the rest) writes the file
+    """write_image_rows on bands of any height (none, 1 row, 7, more than a TIFF tile, the rest, none: an empty
+    last band left the PNG stream without its final block) writes the file
     write_image writes from the whole image, pixel for pixel and with its ICC profile (and EXIF, in PNG): 8-bit
     colour and 16-bit grey; the TIFF is tiled, which GDAL-style readers read by tile."""
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -109,7 +119,7 @@ def test_rows_written_as_they_come_read_back_as_the_whole_image(
             exif=exif.tobytes() if ext == "png" else None,
         )
         streamed = write_image_rows(
-            tmp_path / f"{name}.{ext}", like, pixels.shape[:2], _bands(pixels, [1, 7, 300, 2, 513])
+            tmp_path / f"{name}.{ext}", like, pixels.shape[:2], _bands(pixels, [0, 1, 7, 300, 0, 2, 714, 0])
         )
         whole = write_image(
             tmp_path / f"{name}-whole.{ext}", ImageData(**{**like.__dict__, "pixels": pixels})
@@ -140,6 +150,10 @@ def test_a_failure_while_rows_come_leaves_nothing(tmp_path: Path, photo: np.ndar
             write_image_rows(tmp_path / f"a.{ext}", like, (200, 200), failing())
         with pytest.raises(ValueError, match="100 rows given for an image 200 high"):
             write_image_rows(tmp_path / f"b.{ext}", like, (200, 200), iter([pixels[:100]]))
+        with pytest.raises(
+            ValueError, match="do not fit a 200-wide 3-channel uint8 image"
+        ):  # 300 came back 44
+            write_image_rows(tmp_path / f"e.{ext}", like, (200, 200), iter([pixels.astype(np.uint16) * 2]))
     assert os.listdir(tmp_path) == []
     with pytest.raises(ImageError, match=r"c\.jpg: only PNG and TIFF without alpha are written row by row"):
         write_image_rows(tmp_path / "c.jpg", like, (200, 200), iter([pixels]))
@@ -188,17 +202,18 @@ def test_an_output_too_large_for_the_memory_is_streamed_not_killed(tmp_path: Pat
     before the model runs. The limit is set from what the command itself takes on a small image here."""
     torch.manual_seed(0)
     model = save_model(tmp_path / "m.safetensors", SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=1)))
-    big = np.tile(photo, (6, 4, 1))[
-        :, :, :
-    ]  # 3072 x 2048, the real photo six by four: the x4 output is 302 MB
+    big = np.tile(photo, (6, 4, 1))  # 3072 x 2048, the real photo six by four: the x4 output is 302 MB
     Image.fromarray(big).save(tmp_path / "big.png", compress_level=1)
     Image.fromarray(photo[:64, :64]).save(tmp_path / "small.png")
     r, baseline = in_a_memory_cgroup(None, *ESRGAN, "upscale", tmp_path / "small.png", "-o", tmp_path / "s.png",
-                                          "--model", model)  # fmt: skip
+                                     "--model", model)  # fmt: skip
     assert r.returncode == 0, r.stderr
     limit = baseline + 600 * 2**20  # the output is 302 MB: whole, with its copy, it does not fit
-    r, _ = in_a_memory_cgroup(limit, *ESRGAN, "upscale", tmp_path / "big.png", "-o", tmp_path / "big_x4.png",
-                                      "--model", model)  # fmt: skip
+
+    def upscale(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return in_a_memory_cgroup(limit, *ESRGAN, "upscale", *args, "--model", model)[0]
+
+    r = upscale(tmp_path / "big.png", "-o", tmp_path / "big_x4.png")
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert "written as computed" in r.stdout
     with warnings.catch_warnings():
@@ -206,11 +221,24 @@ def test_an_output_too_large_for_the_memory_is_streamed_not_killed(tmp_path: Pat
         with Image.open(tmp_path / "big_x4.png") as im:
             assert im.size == (8192, 12288)
             im.load()
-    r, _ = in_a_memory_cgroup(limit, *ESRGAN, "upscale", tmp_path / "big.png", "-o", tmp_path / "big_x4.jpg",
-                                   "--model", model)  # fmt: skip
-    assert r.returncode == 1 and not (tmp_path / "big_x4.jpg").exists()
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(
-        f"esrgan: error: {tmp_path / 'big.png'}: the 8192x12288 output"
+    # what cannot be streamed: one line each, before the model, with the way out that applies
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    (refused / "big.png").hardlink_to(tmp_path / "big.png")
+    Image.fromarray(np.dstack([big, big[:, :, 1]])).save(refused / "rgba.png", compress_level=1)
+    r = upscale(refused, "-o", tmp_path / "out", "--format", "jpg")
+    r2 = upscale(tmp_path / "big.png", "-o", tmp_path / "half.png", "--outscale", "2")
+    assert r.returncode == r2.returncode == 1 and not (tmp_path / "out").exists()
+    assert not (tmp_path / "half.png").exists()
+    lines = [line for line in (r.stderr + r2.stderr).splitlines() if line.strip()]  # big.png, rgba.png, half
+    assert len(lines) == 3 and all(line.startswith("esrgan: error: ") for line in lines), lines
+    assert lines[0].startswith(f"esrgan: error: {refused / 'big.png'}: the 8192x12288 output needs about ")
+    assert lines[0].endswith(": JPEG is encoded from the whole image; try --format png or tiff, which are written "
+                             "as they are computed, or a smaller --outscale")  # fmt: skip
+    assert lines[1].startswith(f"esrgan: error: {refused / 'rgba.png'}: the 8192x12288 output")
+    assert lines[1].endswith(": it has an alpha channel; try a smaller --outscale (or --width / --height)")
+    assert lines[2].startswith(f"esrgan: error: {tmp_path / 'big.png'}: the 4096x6144 output")
+    assert lines[2].endswith(
+        "its output is not at the model's own scale (4x); try no --outscale / --width / --height: at the model's "
+        "own scale it is written as it is computed"
     )
-    assert "JPEG is encoded from the whole image" in lines[0] and "try --format png" in lines[0]

@@ -27,8 +27,9 @@ import copy
 import functools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -185,29 +186,42 @@ def host_memory_available(
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD = 1 << 20
+_MMAP_THRESHOLD_MAX = 32 << 20  # the most glibc's own sliding threshold rises to (64-bit)
 
 
 @functools.cache
-def return_freed_memory() -> bool:
-    """Make the C heap give large blocks back to the system when they are freed (glibc: a fixed mmap threshold of
-    MMAP_THRESHOLD; once per process, best effort; True when it was set). glibc raises its threshold to the size of
-    each large block freed, after which blocks that size come from heaps it keeps: a streamed upscale, which frees
-    a few MB of rows many times, grew from 690 MB to 1.14 GB of RSS that way (a 4352x2448 photo at x4, 2-core AMD
-    EPYC Zen 4), past what it had been sized for. Only streamed upscales, which are for the least memory, set it:
-    each block over a MiB then costs a mmap and its page faults (bench/stream.py: up to 2x the time, see
-    docs/benchmarks.md), which the whole-image path need not pay."""
+def _glibc() -> Any:
+    """The C library through ctypes where it is glibc (mallopt and malloc_trim are glibc's), else None."""
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if name is None or not hasattr(os, "confstr"):
-        return False
     try:
         if "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""):
-            return False
-        return bool(ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, ValueError, AttributeError):
-        return False
+            return None
+        name = ctypes.util.find_library("c")
+        return None if name is None else ctypes.CDLL(name)
+    except (OSError, ValueError, AttributeError):  # no confstr (Windows), no such name
+        return None
+
+
+@contextlib.contextmanager
+def freed_memory_returned() -> Iterator[None]:
+    """While inside, the C heap gives large blocks back to the system when they are freed (glibc: a fixed mmap
+    threshold of MMAP_THRESHOLD; elsewhere nothing changes). glibc raises its threshold to the size of each large
+    block freed, after which blocks that size come from heaps it keeps: a streamed upscale, which frees a few MB of
+    rows many times, grew from 690 MB to 1.14 GB of RSS that way (a 4352x2448 photo at x4, 2-core AMD EPYC Zen 4),
+    past what it had been sized for. Each block over a MiB then costs a mmap and its page faults (bench/stream.py:
+    1.6-2.1x the time, docs/benchmarks.md), so on the way out the threshold goes to glibc's own ceiling (where its
+    sliding threshold ends up in a long run anyway) and the heaps are trimmed: what follows pays nothing more."""
+    libc = _glibc()
+    if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD):
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+        libc.malloc_trim(0)
 
 
 def cgroup_headroom(*, proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:

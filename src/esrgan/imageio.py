@@ -1221,8 +1221,11 @@ def _write_png_rows(
     def byte_rows() -> Iterator[np.ndarray]:
         written = 0
         for band in bands:
-            if band.shape[1:] != (width, channels) or written + band.shape[0] > height:
-                raise ValueError(f"rows of shape {band.shape} do not fit a {width}x{height}x{channels} image")
+            _check_band(
+                band, width, height - written, channels, np.dtype(np.uint16 if depth == 16 else np.uint8)
+            )
+            if not len(band):  # an empty last band would leave the stream without its final block
+                continue
             written += band.shape[0]
             wide = band.astype(">u2") if depth == 16 else np.ascontiguousarray(band, dtype=np.uint8)
             yield wide.view(np.uint8).reshape(band.shape[0], width * channels * depth // 8)
@@ -1615,7 +1618,7 @@ def _write_tiff(
         channels = image.channels + (image.alpha is not None)
         dtype = image.pixels.dtype
         shape = (height, width) if channels == 1 else (height, width, channels)
-        data = _tiff_tiles(bands, height, width, channels)
+        data = _tiff_tiles(bands, height, width, channels, dtype)
         nbytes = height * width * channels * dtype.itemsize
         options = {"shape": shape, "dtype": dtype, "tile": (_TIFF_TILE, _TIFF_TILE)}
     tifffile.imwrite(
@@ -1637,14 +1640,30 @@ _TIFF_TILE = 256
 viewers read fastest."""
 
 
-def _tiff_tiles(bands: Iterable[np.ndarray], height: int, width: int, channels: int) -> Iterator[np.ndarray]:
+def _check_band(band: np.ndarray, width: int, rows_left: int, channels: int, dtype: np.dtype) -> None:
+    """A band of rows write_image_rows was given must be (n <= rows_left, width, channels) of the image's dtype
+    (a uint16 band for an 8-bit PNG wrapped silently: 300 read back as 44)."""
+    if (
+        band.ndim != 3
+        or band.shape[1:] != (width, channels)
+        or band.shape[0] > rows_left
+        or band.dtype != dtype
+    ):
+        raise ValueError(
+            f"rows of shape {band.shape} {band.dtype} do not fit a {width}-wide {channels}-channel {dtype} image "
+            f"with {rows_left} rows left"
+        )
+
+
+def _tiff_tiles(
+    bands: Iterable[np.ndarray], height: int, width: int, channels: int, dtype: np.dtype
+) -> Iterator[np.ndarray]:
     """The tiles tifffile asks for, row of tiles by row of tiles (each _TIFF_TILE square; tifffile pads the last
     ones), from bands of rows of any height: at most one row of tiles and one band are held."""
     held: list[np.ndarray] = []
     count = written = 0
     for band in bands:
-        if band.shape[1:] != (width, channels) or written + band.shape[0] > height:
-            raise ValueError(f"rows of shape {band.shape} do not fit a {width}x{height}x{channels} image")
+        _check_band(band, width, height - written, channels, dtype)
         written += band.shape[0]
         held.append(band)
         count += band.shape[0]

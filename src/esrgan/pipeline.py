@@ -651,25 +651,33 @@ class _Batch:
         )
         if self.output.stream and why_not is None:
             return True
-        whole, streamed = self.upscaler.host_bytes(image)
+        whole, streamed, band = self.upscaler.host_bytes(image)
         free = host_memory_available()
-        if free is not None and whole > free and not (why_not is None and streamed <= free):
+        if free is not None and whole > free:  # what the writers hold may be what is missing: wait for them
             self.settle()
             free = host_memory_available()
         if free is None or whole <= free:
             return False
         if why_not is None and streamed <= free:
             return True
-        need = whole if why_not is not None else streamed
-        way = (
-            f"{why_not}, so it cannot be written as it is computed (PNG and TIFF without alpha at the model's own "
-            f"scale can); try --format png"
-            if why_not is not None
-            else "use --tile with a smaller tile"
-        )
+        if why_not is None:
+            need = streamed
+            way = (
+                "a smaller --tile" if band > streamed // 2 else "a smaller --outscale (or --width / --height)"
+            )
+        else:
+            need = whole
+            way = (
+                "--format png or tiff, which are written as they are computed, or a smaller --outscale"
+                if fmt not in STREAMED_FORMATS and self.upscaler.stream_reason(image) is None
+                else "no --outscale / --width / --height: at the model's own scale it is written as it is computed"
+                if why_not.startswith("its output is not at the model's own scale")
+                else "a smaller --outscale (or --width / --height)"
+            )
+            way = f"{why_not}; try {way}"
         raise EsrganError(
             f"{job.src}: the {size[1]}x{size[0]} output needs about {format_bytes(need)} of memory and "
-            f"{format_bytes(free)} is free: {way}, or a smaller --outscale (or --width / --height)"
+            f"{format_bytes(free)} is free" + (f": {way}" if why_not is not None else f"; try {way}")
         )
 
     def compute(self, item: _Item) -> _Item | None:
@@ -720,25 +728,24 @@ class _Batch:
 
     def _stream(self, item: _Item) -> None:
         """Model and writer in one: the rows go to the file as they are made (the writer stage is not used). The C
-        heap is told to give freed blocks back (device.return_freed_memory), as Upscaler.host_bytes' estimate of a
+        heap is told to give freed blocks back (device.freed_memory_returned), as Upscaler.host_bytes' estimate of a
         streamed upscale assumes: slower, for the least memory."""
-        from .device import return_freed_memory
+        from .device import freed_memory_returned
         from .imageio import write_image_rows
-
-        return_freed_memory()
 
         image = item.image
         assert image is not None
         item.image = None  # the input goes when the file is done; nothing is queued for the writers
-        write_image_rows(
-            item.job.dst,
-            image,
-            self.upscaler.output_size(image.height, image.width),
-            self.upscaler.upscale_rows(image, on_tile=self.report.on_tile),
-            format=self.output.format,
-            overwrite=self.output.overwrite,
-            png_compression=self.output.png_compression,
-        )
+        with freed_memory_returned():
+            write_image_rows(
+                item.job.dst,
+                image,
+                self.upscaler.output_size(image.height, image.width),
+                self.upscaler.upscale_rows(image, on_tile=self.report.on_tile),
+                format=self.output.format,
+                overwrite=self.output.overwrite,
+                png_compression=self.output.png_compression,
+            )
         item.precision = self.upscaler.last_precision
         seconds = time.perf_counter() - item.start
         self.written(item, f"{item.job.src} -> {item.job.dst} ({seconds:.1f} s, written as computed)")

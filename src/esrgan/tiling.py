@@ -319,28 +319,27 @@ def tiled_rows(
     jobs = [(r, col) for r in range(len(ys)) for col in range(len(xs))]
     total, done = len(jobs), 0
 
-    def flush(upto: int) -> list[tuple[int, np.ndarray]]:
-        """Normalise and convert finished rows [band_lo, upto) (returned on the host, in chunks); slide the band
-        down. Chunks of FLUSH_BYTES bound the float temporaries: whole, a wide band's took twice its own memory
-        again (a 17408-pixel-wide output: 3 x 294 MB), the most a streamed upscale held."""
+    def flush(upto: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Normalise and convert finished rows [band_lo, upto) (yielded on the host, in pieces); then slide the
+        band down. Pieces of FLUSH_BYTES bound the float temporaries: whole, a wide band's took twice its own
+        memory again (a 17408-pixel-wide output: 3 x 294 MB), the most a streamed upscale held."""
         nonlocal band, band_lo
         assert band is not None
         n = upto - band_lo
         step = max(1, FLUSH_BYTES // (out_w * band.shape[2] * 4))
-        done: list[tuple[int, np.ndarray]] = []
         for lo in range(0, n, step):
             hi = min(n, lo + step)
             rows = band[lo:hi] / (norm_y[band_lo + lo : band_lo + hi, None, None] * norm_x[None, :, None])
             if grey:
                 rows = rows.mean(dim=2, keepdim=True)
-            done.append((band_lo + lo, _host(_levels(rows, out_dtype), out_dtype)))
+            yield band_lo + lo, _host(_levels(rows, out_dtype), out_dtype)
+            del rows
         move = min(step, n)  # copied down in pieces no taller than the shift: no piece overlaps its source
         for lo in range(0, bh - n, move):
             hi = min(bh - n, lo + move)
             band[lo:hi] = band[n + lo : n + hi]
         band[bh - n :] = 0.0
         band_lo = upto
-        return done
 
     def run(chunk: list[tuple[int, int]]) -> Tensor:
         crops = to_unit(torch.stack([image[:, ys[r] : ys[r] + th, xs[k] : xs[k] + tw] for r, k in chunk]))
@@ -368,7 +367,6 @@ def tiled_rows(
         yield 0, converted
         return
 
-    finished: list[tuple[int, np.ndarray]] = []
     for first in range(0, total, batch):
         chunk = jobs[first : first + batch]
         result = run(chunk)
@@ -381,13 +379,12 @@ def tiled_rows(
             weighted = res.float().permute(1, 2, 0) * wys[r][:, None, None] * wxs[k][None, :, None]
             off = ys[r] * scale - band_lo
             band[off : off + bh, xs[k] * scale : xs[k] * scale + bw] += weighted
-            if k == len(xs) - 1:  # row of tiles complete: rows above the next tile row are final
-                finished += flush(ys[r + 1] * scale if r + 1 < len(ys) else out_h)
+            if k == len(xs) - 1:  # row of tiles complete: rows above the next tile row are final (at once: a
+                # batch of tiles spanning several tile rows would otherwise hold all their rows until it ends)
+                yield from flush(ys[r + 1] * scale if r + 1 < len(ys) else out_h)
         done += len(chunk)
         if on_tile is not None:
             on_tile(done, total)
-        yield from finished  # after on_tile: a consumer that takes long (an encoder) is not counted as model time
-        finished.clear()
 
 
 FLUSH_BYTES = 32 * 2**20
@@ -421,5 +418,6 @@ def upscale_tiled(
                 return rows
             out = np.empty((image.shape[1] * scale, image.shape[2] * scale, rows.shape[2]), dtype=rows.dtype)
         out[first : first + rows.shape[0]] = rows
+        del rows  # not held while the next piece is made
     assert out is not None
     return out

@@ -339,8 +339,12 @@ class Upscaler:
             ):  # the tail's maps, num_feat x (tile * scale)^2, under 2^31 elements
                 cfg = self.model.config
                 limit = min(limit, int(math.isqrt(2**31 // cfg.num_feat) // cfg.scale) // 8 * 8)
-            band = self.model.scale * width * self.model.scale * 3 * 4  # tiled_rows' float32 band, a tile row
-            tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit, band_bytes_per_row=band)
+            tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit)
+            if tile < max(height, width):  # tiled: tiled_rows holds a tile row of output in float32, count it
+                band = self.model.scale * width * self.model.scale * 3 * 4
+                tile = auto_tile_size(
+                    free, bpp, batch=self.batch or 1, maximum=limit, band_bytes_per_row=band
+                )
             if self._overlap_given:  # an overlap given without a tile: the automatic tile leaves room for it
                 tile = max(tile, -(-(2 * self.tile_overlap + 8) // 8) * 8)
             # the blend's overlap follows the tile, so it is balanced here; the exact overlap does not (the largest
@@ -569,13 +573,16 @@ class Upscaler:
             valid=None if valid is None else nearest(valid, size),
         )
 
-    def host_bytes(self, image: ImageData) -> tuple[int, int]:
-        """Host memory an upscale of image needs beyond the input it holds, estimated: (whole, streamed). whole:
-        upscale_image then write_image: the output, a copy of it for the encoder (Pillow's, a resize's
-        intermediate) and the tiling's float32 band of tile rows (on the host when the model runs on the CPU).
-        streamed: upscale_rows into write_image_rows: the band and a few pieces of output rows. Neither counts the
-        model's own working memory, which the automatic tile already keeps to half of what is free."""
+    def host_bytes(self, image: ImageData) -> tuple[int, int, int]:
+        """Host memory an upscale of image needs beyond the input it holds, estimated: (whole, streamed, band).
+        whole: upscale_image then write_image: the output, a copy of it for the encoder (Pillow's) and the tiling's
+        float32 band of a tile row of output (on the host when the model runs on the CPU), and with another output
+        size (--outscale, --width) the model-scale intermediate and the resize's float planes. streamed:
+        upscale_rows into write_image_rows: the band and the rows in flight (at most 8 FLUSH_BYTES, measured at
+        about 6 on a 4352x2448 photo at x4 on a 2-core AMD EPYC Zen 4). band: the band's part of both. The
+        model's own working memory is not counted: the automatic tile keeps it to half of what is free."""
         h, w = image.height, image.width
+        scale = self.model.scale
         out_h, out_w = self.output_size(h, w)
         channels = (
             image.channels + (image.alpha is not None) + (0 if image.extra is None else image.extra.shape[2])
@@ -585,12 +592,12 @@ class Upscaler:
         tile = self.tile_size(h, w, image.pixels.dtype)
         layout = self.tiling(h, w, tile)
         tile_h = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[0] if tile else h
-        band_rows = tile_h * self.model.scale
-        band = band_rows * w * self.model.scale * 3 * 4 if self.device.type == "cpu" else 0
+        band = tile_h * scale * w * scale * 3 * 4 if self.device.type == "cpu" else 0
         band += 2 * FLUSH_BYTES  # rows being normalised and converted
-        # streamed: the rows the encoder holds and its blocks in flight, measured at about 6 FLUSH_BYTES beyond the
-        # band (a 4352x2448 photo at x4, 2-core AMD EPYC Zen 4)
-        return 2 * out_bytes + band, band + 8 * FLUSH_BYTES
+        whole = 2 * out_bytes + band
+        if (out_h, out_w) != (h * scale, w * scale):  # uint16 at the model's scale, then one plane at a time
+            whole += h * scale * w * scale * (channels * 2 + 4) + out_h * (w * scale + out_w) * 4
+        return whole, band + min(8 * FLUSH_BYTES, out_bytes), band
 
     def stream_reason(self, image: ImageData) -> str | None:
         """None when `upscale_rows` can upscale this image (its output then never has to be held whole), else why
@@ -663,6 +670,7 @@ class Upscaler:
         for first, rows in bands:
             if first < out_h:
                 yield rows[: out_h - first, :out_w]
+            del rows  # not held while the next piece is made
 
     def _run(
         self, runner: ModelRunner, plane: np.ndarray, tile: int, dtype: np.dtype, on_tile: Progress | None
@@ -683,6 +691,7 @@ class Upscaler:
                 out = np.empty((h * self.model.scale, *rows.shape[1:]), dtype=rows.dtype)
             out[filled : filled + rows.shape[0]] = rows
             filled += rows.shape[0]
+            del rows  # not held while the next piece is made
         assert out is not None
         if native:
             return np.ascontiguousarray(out)
