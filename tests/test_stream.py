@@ -59,7 +59,9 @@ def test_rows_are_the_whole_images_pixels(photo: np.ndarray, case: str) -> None:
     make, crop, tile = CASES[case]
     pixels = np.ascontiguousarray(crop(photo))
     image = ImageData(pixels=pixels, bit_depth=16 if pixels.dtype == np.uint16 else 8)
-    batch = 7 if tile < 0 else None  # 12 tiles in rows of 3 or 4: the first batch spans two tile rows and more
+    batch = (
+        7 if tile < 0 else None
+    )  # 12 tiles in rows of 3 or 4: the first batch spans two tile rows and more
     up = Upscaler(make(), device="cpu", precision="fp32", tile=abs(tile), batch=batch)
     whole = up.upscale_image(image).pixels
     seen: list[tuple[int, int]] = []
