@@ -32,7 +32,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("multipart")
 
-from conftest import UvicornThread, tiny_rrdb
+from conftest import V1_MEMORY, UvicornThread, needs_memory_cgroups, tiny_rrdb
 
 from esrgan import imageio, serve
 from esrgan.checkpoints import save_model
@@ -744,23 +744,28 @@ def test_concurrent_uploads_decode_one_at_a_time(
 class ServerProcess:
     """`esrgan serve` as a user runs it, in its own process; its stderr (the server's log) goes to a file."""
 
-    def __init__(self, model: Path, tmp: Path) -> None:
+    def __init__(self, model: Path, tmp: Path, cgroup: Path | None = None) -> None:
+        """cgroup: a v1 memory cgroup folder the server joins before Python starts."""
         with socket.socket() as probe:  # a free port (serve binds by number)
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.log = tmp / "serve.log"
+        command = [
+            sys.executable,
+            "-m",
+            "esrgan.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--model-file",
+            f"m={model}",
+        ]
+        if cgroup is not None:
+            quoted = " ".join(f"'{a}'" for a in command)
+            command = ["sh", "-c", f"echo $$ > {cgroup / 'cgroup.procs'} && exec {quoted}"]
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "esrgan.cli",
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--model-file",
-                    f"m={model}",
-                ],
+                command,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -880,3 +885,48 @@ def test_ctrl_c_with_the_page_open_stops_at_once_and_cleanly(server_process: Ser
         assert noise not in log, log
     assert ended is None, ended  # the stream's last chunk was sent: it ended, not was cut
     assert b"Traceback" not in rest
+
+
+@needs_memory_cgroups
+def test_a_job_too_large_for_the_servers_memory_fails_alone(tmp_path: Path, photo: np.ndarray) -> None:
+    """`esrgan serve` in a container: a job whose result (held whole, with the page's previews) does not fit in the
+    memory free was run until the kernel's OOM killer ended the server, with every job in it. Now that job fails
+    before the model runs, in one line naming it and the memory, and the server goes on with the next."""
+    model = save_model(tmp_path / "m.safetensors", tiny_rrdb(0))
+    group = V1_MEMORY / f"esrgan-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    proc = None
+    try:
+        proc = ServerProcess(model, tmp_path, cgroup=group)
+
+        def job(name: str, pixels: np.ndarray) -> dict[str, Any]:
+            body, ctype = multipart(name, png(pixels), {"model": "m"})
+            status, data = proc.request("POST", "/api/jobs", body=body, ctype=ctype)
+            assert status == 201, data
+            deadline = time.time() + 120
+            while True:
+                status, data = proc.request("GET", f"/api/jobs/{json.loads(data)['id']}")
+                answer = json.loads(data)
+                if answer["state"] in ("done", "error"):
+                    return dict(answer)
+                assert proc.proc.poll() is None and time.time() < deadline, proc.log.read_text()[-2000:]
+                time.sleep(0.1)
+
+        small = np.ascontiguousarray(photo[100:164, 200:264])
+        assert job("small.png", small)["state"] == "done"
+        baseline = int((group / "memory.usage_in_bytes").read_text())
+        (group / "memory.limit_in_bytes").write_text(str(baseline + 400 * 2**20))
+        big = job(
+            "big.png", np.tile(photo, (4, 3, 1))
+        )  # 2048 x 1536 -> 6144 x 8192: 151 MB of result, ~1.4 GB
+        assert big["state"] == "error", big
+        assert (
+            big["error"].startswith("big.png: the 6144x8192 result needs about ")
+            and "is free on the server" in big["error"]
+        )
+        assert job("again.png", small)["state"] == "done"  # the server is alive and works
+        assert "oom_kill 0" in (group / "memory.oom_control").read_text()
+    finally:
+        if proc is not None:
+            proc.interrupt()
+        group.rmdir()

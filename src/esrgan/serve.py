@@ -260,6 +260,15 @@ class UpscalerEngine:
     def precision_for(self, image: ImageData) -> str:
         return str(self.upscaler.precision_for(image.pixels.dtype))
 
+    def memory_needed(self, image: ImageData) -> tuple[int, tuple[int, int]]:
+        """Host bytes a job on this image needs beyond its input, estimated, and the result's (height, width): the
+        upscale held whole (Upscaler.host_bytes) and the page's previews made after it (the bicubic "before" and,
+        for a format browsers do not show, an "after" PNG: a float32 copy of the result, 8-bit pixels and the
+        encoder's copy, one after the other)."""
+        whole = int(self.upscaler.host_bytes(image)[0])
+        height, width = self.upscaler.output_size(image.height, image.width)
+        return whole + height * width * (image.channels + (image.alpha is not None)) * 6, (height, width)
+
     @property
     def last_precision(self) -> str:
         return str(self.upscaler.last_precision)
@@ -662,6 +671,7 @@ class JobService:
         if not self._engine_ready(job.options):
             self._phase(job, "loading")
         engine = self._engine_for(job.options)
+        self._check_memory(job, engine, image)
         predict = getattr(engine, "precision_for", None)
         self._phase(job, "computing", predict(image) if callable(predict) else None)
         out = engine(image, job.options, on_tile)
@@ -689,6 +699,26 @@ class JobService:
         with self._cond:
             job.result_path, job.before_path, job.after_path = result, before, after
             job.out_width, job.out_height = out.width, out.height
+
+    def _check_memory(self, job: Job, engine: Engine, image: ImageData) -> None:
+        """Fail the job, before the model runs, when its result would not fit in the host memory free (the page
+        keeps the result whole, with its previews): the kernel's OOM killer would otherwise end the server, with
+        every other job in it. Engines that cannot say (tests' fakes) are not checked."""
+        from .device import host_memory_available
+        from .pipeline import format_bytes
+
+        estimate = getattr(engine, "memory_needed", None)
+        if not callable(estimate):
+            return
+        free = host_memory_available()
+        if free is None:
+            return
+        need, (height, width) = estimate(image)
+        if need > free:
+            raise EsrganError(
+                f"{job.name}: the {width}x{height} result needs about {format_bytes(need)} of memory and "
+                f"{format_bytes(free)} is free on the server: choose a smaller scale or width"
+            )
 
     def _engine_key_for(self, options: JobOptions) -> tuple[str, str, int | None, float | None, int | None]:
         return (options.model, options.precision, options.tile, options.outscale, options.width)
