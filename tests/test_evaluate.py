@@ -584,6 +584,20 @@ def test_save_images_never_replaces_files_unless_asked(
     assert code == 0, err
     assert {p.relative_to(saved).as_posix(): p.read_bytes() for p in sorted(saved.rglob("*.png"))} == made
     assert not [p for p in saved.rglob("*") if p.name.startswith(".")]  # no temporary files left
+    # two images whose results get one name (face.png beside face.bmp is saved as face_png, as face_png.png is):
+    # one replaced the other, or was refused after scoring (found by a review); refused first now, even with
+    # --overwrite
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    for name in ("face.png", "face.bmp", "face_png.png"):
+        Image.open(hr_photos / "face.png").save(clash / name)
+    both = ("--model", models["nearest"], "--hr", clash, "--no-niqe", "--save-images", tmp_path / "saved2")
+    code, out, err = _run_here(capsys, *both, "--overwrite")
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(
+        f"esrgan: error: {clash / 'face.png'} and {clash / 'face_png.png'}: both would be saved"
+    )
+    assert not (tmp_path / "saved2").exists()
 
 
 def test_a_named_lpips_file_that_cannot_be_loaded_is_an_error(

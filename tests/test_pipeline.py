@@ -348,3 +348,22 @@ def test_a_failing_input_leaves_no_folder_and_a_fifo_output_is_skipped_before_th
     result = upscale_files(up, jobs, progress="quiet", overlap=False)
     assert len(result.failed) == 1 and [j.src.name for j in result.skipped] == ["fine.png"] and not calls
     assert sorted(p.name for p in out.iterdir()) == ["fine_x4.png"]  # no out/deep/er/
+
+
+def test_a_warning_names_its_file_once_whatever_spaces_the_name_has(
+    tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A warning raised while a file is encoded is named by the file in hand; one whose text already named it
+    (write_image's own: "NAME: JPEG has no alpha channel") got the name twice when the name had a newline or two
+    spaces, which the line's whitespace collapsing changed (found by a review). Now once, escaped as Python does."""
+    from esrgan.pipeline import warnings_as_lines
+
+    rgba = ImageData(pixels=np.ascontiguousarray(photo[:16, :16]), alpha=np.full((16, 16), 128, np.uint8))
+    with warnings_as_lines():
+        for name in ("two  spaces.jpg", "new\nline.jpg"):
+            write_image(tmp_path / name, rgba)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"esrgan: warning: {tmp_path}/two  spaces.jpg: JPEG has no alpha channel; composited on white",
+        f"esrgan: warning: {tmp_path}/new\\nline.jpg: JPEG has no alpha channel; composited on white",
+    ]

@@ -915,16 +915,18 @@ def test_a_job_too_large_for_the_servers_memory_fails_alone(tmp_path: Path, phot
         small = np.ascontiguousarray(photo[100:164, 200:264])
         assert job("small.png", small)["state"] == "done"
         baseline = int((group / "memory.usage_in_bytes").read_text())
-        (group / "memory.limit_in_bytes").write_text(str(baseline + 400 * 2**20))
-        big = job(
-            "big.png", np.tile(photo, (4, 3, 1))
-        )  # 2048 x 1536 -> 6144 x 8192: 151 MB of result, ~1.4 GB
+        # 768 x 768 -> 3072 x 3072 (28 MB of result): a first version of the check let it through at + 520 MiB
+        # and the server was killed making its previews (found by a review)
+        (group / "memory.limit_in_bytes").write_text(str(baseline + 520 * 2**20))
+        big = job("big.png", np.ascontiguousarray(np.tile(photo, (2, 2, 1))[:768, :768]))
         assert big["state"] == "error", big
-        assert (
-            big["error"].startswith("big.png: the 6144x8192 result needs about ")
-            and "is free on the server" in big["error"]
-        )
+        assert big["error"].startswith("big.png: the 3072x3072 result needs about ")
+        assert "is free on the server" in big["error"]
         assert job("again.png", small)["state"] == "done"  # the server is alive and works
+        # and a small job is not refused for a floor of the estimate (a review: 69 MB asked for a 256x256 result)
+        usage = int((group / "memory.usage_in_bytes").read_text())
+        (group / "memory.limit_in_bytes").write_text(str(usage + 100 * 2**20))
+        assert job("small-again.png", small)["state"] == "done"
         assert "oom_kill 0" in (group / "memory.oom_control").read_text()
     finally:
         if proc is not None:

@@ -897,6 +897,16 @@ def test_a_run_that_failed_before_its_first_checkpoint_starts_over(
         train(cfg)
     with pytest.raises(CheckpointError, match=rf"no step checkpoint .*; --resume {best} continues from"):
         train(cfg, resume=True)
+    # a finished run whose checkpoints and model were moved away (to use them, to free the disk): its log, with the
+    # run's "done", and its sample grids were deleted as an "earlier start" (found by a review); now they hold it
+    shutil.move(run / "checkpoints", tmp_path / "kept")
+    shutil.move(run / "model.safetensors", tmp_path / "kept.safetensors")
+    with pytest.raises(
+        ConfigError, match=r"early: already holds a run \(log\.jsonl of a run that saved checkpoints\)"
+    ):
+        train(cfg)
+    assert [r["event"] for r in log_records(run) if "event" in r] == ["start", "done"]
+    assert len(list((run / "samples").iterdir())) == 2
 
 
 def latest_checkpoint_or_none(run_dir: Path) -> Path | None:
@@ -907,7 +917,10 @@ def latest_checkpoint_or_none(run_dir: Path) -> Path | None:
 
 
 def test_resume_from_another_runs_checkpoint_into_a_folder_holding_a_run_is_refused(
-    photos: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    photos: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`--resume PATH` with a checkpoint of run x into run folder y, which holds a run of its own, wrote y's
     config.yaml, appended to its log, saved x's continuation among y's checkpoints and pruned y's by step number
@@ -949,6 +962,21 @@ def test_resume_from_another_runs_checkpoint_into_a_folder_holding_a_run_is_refu
     z = train(tiny(photos, tmp_path, "z", **longer), resume=x_ckpt)
     assert z.step == 4 and (z.run_dir / "checkpoints" / "step_00000004.ckpt").is_file()
     assert files_of(x.run_dir) == x_before
+    # two projects, each with the shipped configs' relative `output_dir: runs` and the same name: a checkpoint of
+    # one was taken for the other's (its recorded folder resolved against today's directory; found by a review)
+    for project in ("a", "b"):
+        (tmp_path / project).mkdir()
+        monkeypatch.chdir(tmp_path / project)
+        train(tiny(photos, Path("runs"), "run", **sections))
+    b_cfg = tiny(photos, Path("runs"), "run", **longer)  # in project b
+    a_ckpt = (tmp_path / "a" / "runs" / "run" / "checkpoints" / "step_00000001.ckpt").resolve()
+    with pytest.raises(ConfigError, match=r"is a checkpoint of another run \(.*/a/runs/run\)"):
+        train(b_cfg, resume=a_ckpt)
+    # b's own checkpoint, backed up, resumed from another directory with an absolute output_dir: resumes
+    backup = tmp_path / "b-backup.ckpt"
+    backup.write_bytes((tmp_path / "b" / "runs" / "run" / "checkpoints" / "step_00000002.ckpt").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert train(tiny(photos, tmp_path / "b" / "runs", "run", **longer), resume=backup).step == 4
     # ... and into a folder where a start stopped before its first checkpoint: no run there, its log replaced
     (tmp_path / "early").mkdir()
     (tmp_path / "early" / "log.jsonl").write_text('{"event": "start", "step": 0}\n')

@@ -276,6 +276,12 @@ def test_cli_folder_of_images_and_videos(clips: dict[str, Path], tiny_file: Path
     av1 = cli("upscale", str(folder / "clip.mp4"), "-o", str(tmp_path / "one_av1.mkv"), "--model", str(tiny_file),
               "--frames", "0:3", "--codec", "av1")  # fmt: skip
     assert av1.returncode == 0 and av1.stderr == "", av1.stderr
+    # a legal 250-byte name: its hidden segments folder (`.NAME.segments`) passed 255 bytes ("File name too long")
+    long = tmp_path / ("v" * 246 + ".mkv")
+    r = cli(
+        "upscale", str(folder / "clip.mp4"), "-o", str(long), "--model", str(tiny_file), "--frames", "0:2"
+    )
+    assert r.returncode == 0 and long.is_file(), r.stderr
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

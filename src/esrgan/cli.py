@@ -485,7 +485,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         save_images=args.save_images,
         overwrite=args.overwrite,
         report_dir=args.report,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
+        progress=lambda line: print(shown(line), file=sys.stderr, flush=True),
     )
     print(format_table(result))
     for path, writer in ((args.json, write_json), (args.csv, write_csv)):

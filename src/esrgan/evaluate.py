@@ -243,8 +243,8 @@ def evaluate(
     if lr_path is not None and not lr_path.is_dir():
         raise ImageError(f"{lr_path}: not a folder")
     names = _names(models)
-    if save_images is not None and not overwrite:
-        _check_saved_images(files, names, Path(save_images))
+    if save_images is not None:
+        _check_saved_images(files, names, Path(save_images), overwrite)
     loaded = []
     for name, spec in zip(names, models, strict=True):
         s, run = _load_model(spec, device=device, precision=precision, tile=tile)
@@ -305,12 +305,22 @@ def saved_image(folder: Path, method: str, path: Path, name: str) -> Path:
     return folder / method / f"{file_stem}.png"
 
 
-def _check_saved_images(files: Sequence[Path], names: Sequence[str], folder: Path) -> None:
+def _check_saved_images(files: Sequence[Path], names: Sequence[str], folder: Path, overwrite: bool) -> None:
     """Refuse, in one line naming the first (in the order they would be written), files that save_images would
-    replace: an earlier evaluation's results or anything else under those names is never overwritten unasked."""
+    replace: an earlier evaluation's results or anything else under those names is never overwritten unasked; and,
+    with or without overwrite, two images whose results would get one name (a.png beside a.bmp is saved as a_png,
+    which an a_png.png of the same folder is too: the second replaced the first)."""
     shown = image_names(files)
+    taken: dict[Path, Path] = {}
     for path in files:
-        for method in (BICUBIC, *names):
+        dst = saved_image(folder, BICUBIC, path, shown[path])
+        if dst in taken:
+            raise EsrganError(
+                f"{taken[dst]} and {path}: both would be saved as {dst.name} under --save-images; rename one"
+            )
+        taken[dst] = path
+    for path in files:
+        for method in () if overwrite else (BICUBIC, *names):
             dst = saved_image(folder, method, path, shown[path])
             if dst.exists() or dst.is_symlink():
                 raise EsrganError(
@@ -324,8 +334,8 @@ def check_save_images(
 ) -> None:
     """What evaluate checks of save_images before it loads a model, for a caller with more work before that (the
     CLI loads LPIPS first)."""
-    if save_images is not None and not overwrite:
-        _check_saved_images(list_images(Path(hr_dir)), _names(models), Path(save_images))
+    if save_images is not None:
+        _check_saved_images(list_images(Path(hr_dir)), _names(models), Path(save_images), overwrite)
 
 
 def _brief(method: str, s: Scores) -> str:

@@ -504,10 +504,13 @@ def warnings_as_lines() -> Iterator[None]:
         file: TextIO | None = None,
         line: str | None = None,
     ) -> None:
-        text = " ".join(str(message).split())
         where = file_in_hand()  # a decoder's own warning ("Corrupt EXIF data") does not say which file
-        if where is not None and str(where) not in text:
-            text = f"{where}: {text}"
+        raw, token = str(message), "\0file\0"
+        if where is not None and str(where) in raw:  # the name kept as it is (a newline or two spaces in it)
+            raw = raw.replace(str(where), token)
+        elif where is not None:
+            raw = f"{token}: {raw}"
+        text = " ".join(raw.split()).replace(token, str(where))
         # the line and its newline in one write: tqdm.write writes them apart, and an error line from another stage's
         # thread landed between them ("...(use TIFF)esrgan: error: ...", seen once in CI)
         tqdm.write(f"esrgan: warning: {shown(text)}\n", file=sys.stderr, end="")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import cannot_write_reason
-from .errors import ConfigError, EsrganError
+from .errors import ConfigError, EsrganError, shown
 from .imageio import IMAGE_SUFFIXES, ImageData, list_images, read_image, write_image
 
 __all__ = ["PrepareResult", "crop_origins", "prepare"]
@@ -271,7 +271,7 @@ def prepare(
                 result.too_small += n + kept == 0
             else:
                 result.failed.append((path, error))
-                bar.write(f"skipped: {error}", file=sys.stderr)
+                bar.write(shown(f"skipped: {error}"), file=sys.stderr)
             bar.update()
     return result
 

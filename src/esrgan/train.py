@@ -368,7 +368,41 @@ def held_run(run_dir: Path) -> str | None:
         assert match is not None
         return f"last checkpoint at step {int(match[1])}"
     others = [p.name for p in (ckpt_dir / "best.ckpt", run_dir / "model.safetensors") if p.exists()]
+    if not others and _log_shows_a_run(
+        run_dir
+    ):  # its checkpoints deleted or moved, its record still worth keeping
+        others = ["log.jsonl of a run that saved checkpoints"]
     return ", ".join(others) or None
+
+
+def _log_shows_a_run(run_dir: Path) -> bool:
+    """Whether run_dir's log.jsonl records more than a start that never reached a checkpoint: a resume, an end
+    ("done", "interrupted": both save first), or a step at or past the checkpoint interval of the config.yaml that
+    start wrote (a review found a finished run's log and sample grids deleted as an "earlier start" once its
+    checkpoints had been moved away). Unreadable files count as a run: nothing is deleted on a guess."""
+    log_file = run_dir / "log.jsonl"
+    if not log_file.is_file():
+        return False
+    try:
+        saved = (
+            yaml.safe_load((run_dir / "config.yaml").read_text())
+            if (run_dir / "config.yaml").is_file()
+            else {}
+        )
+        every = saved.get("checkpoint", {}).get("every") if isinstance(saved, dict) else None
+        every = every if isinstance(every, int) and every > 0 else None
+        for line in log_file.read_text(errors="replace").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if not isinstance(record, dict):
+                continue
+            if record.get("event") in ("resume", "done", "interrupted"):
+                return True
+            step = record.get("step")
+            if every is not None and isinstance(step, int) and step >= every:
+                return True
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return True
+    return False
 
 
 def earlier_start_files(run_dir: Path) -> list[Path]:
@@ -453,7 +487,13 @@ def check_resume_into(run_dir: Path, checkpoint: Path, state: dict[str, Any]) ->
 
 
 def _recorded_run_dir(state: dict[str, Any]) -> Path | None:
-    """The run folder (output_dir/name) of the config a checkpoint records, or None."""
+    """The run folder a checkpoint records (`run_folder`, absolute), or for a checkpoint of an earlier release the
+    output_dir/name of its config where output_dir is absolute; None otherwise: a relative one would be resolved
+    against today's directory, not the one the run was started from (a review found two projects' `runs/run`
+    taken for one, and a backup resumed from elsewhere refused)."""
+    folder = state.get("run_folder")
+    if isinstance(folder, str) and folder:
+        return Path(folder)
     saved = state.get("config")
     try:
         recorded = yaml.safe_load(saved) if isinstance(saved, str) else None
@@ -462,7 +502,10 @@ def _recorded_run_dir(state: dict[str, Any]) -> Path | None:
     if not isinstance(recorded, dict):
         return None
     out, name = recorded.get("output_dir"), recorded.get("name")
-    if not (isinstance(out, str) and isinstance(name, str) and name):
+    if (
+        not (isinstance(out, str) and isinstance(name, str) and name)
+        or not Path(out).expanduser().is_absolute()
+    ):
         return None
     return Path(out).expanduser() / name
 
@@ -1130,6 +1173,9 @@ def checkpoint_state(
         "best_psnr": progress.best_psnr,
         "elapsed_s": progress.elapsed_s,
         "config": config_to_yaml(cfg),
+        # the run folder as an absolute path: a relative output_dir ("runs", every shipped config) names another
+        # folder from another directory (check_resume_into); absent in checkpoints of earlier releases
+        "run_folder": str(Path(cfg.run_dir).expanduser().resolve()),
         "model_config": nets.g.config.to_dict(),
         "model_arch": arch_name(nets.g.config),  # absent in checkpoints of earlier releases: RRDBNet
         "perceptual_weights": perceptual,

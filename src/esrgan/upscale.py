@@ -593,7 +593,7 @@ class Upscaler:
         layout = self.tiling(h, w, tile)
         tile_h = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[0] if tile else h
         band = tile_h * scale * w * scale * 3 * 4 if self.device.type == "cpu" else 0
-        band += 2 * FLUSH_BYTES  # rows being normalised and converted
+        band += 2 * min(FLUSH_BYTES, out_h * out_w * 3 * 4)  # rows being normalised and converted
         whole = 2 * out_bytes + band
         if (out_h, out_w) != (h * scale, w * scale):  # uint16 at the model's scale, then one plane at a time
             whole += h * scale * w * scale * (channels * 2 + 4) + out_h * (w * scale + out_w) * 4

@@ -167,8 +167,11 @@ def _model_digest(upscaler: Upscaler) -> str:
 
 
 def work_folder(dst: Path) -> Path:
-    """The hidden folder next to the output that holds the segments of an unfinished run."""
-    return dst.parent / f".{dst.name}.segments"
+    """The hidden folder next to the output that holds the segments of an unfinished run (a name too long to take
+    its 10 more bytes shortened as atomic.temp_stem shortens temporary files: a 250-byte output name failed)."""
+    from .atomic import temp_stem
+
+    return dst.parent / f".{temp_stem(dst.parent, dst.name)}.segments"
 
 
 def _segment_path(work: Path, index: int) -> Path:
