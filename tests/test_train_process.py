@@ -292,3 +292,24 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(
     assert [r["event"] for r in log_records(cfg.run_dir) if "event" in r] == ["start", "done"]
     assert sorted(p.name for p in samples.iterdir()) == ["step_00000001.png", "step_00000002.png"]
     assert load_checkpoint(latest_checkpoint(cfg.run_dir))["step"] == 2
+
+
+def test_a_run_folder_with_a_newline_in_its_name_logs_one_line_per_message(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Training's log lines name the run folder; a name with a newline (a legal folder name) split them in two.
+    They are escaped as errors.shown escapes the other lines now: every stderr line is one message."""
+    cfg = tiny(photos, tmp_path, "new\nline", train={"total_steps": 1})
+    config_path = write_config(cfg, tmp_path / "newline.yaml")
+    cfg.run_dir.mkdir()
+    (cfg.run_dir / "log.jsonl").write_text(
+        '{"event": "start", "step": 0}\n'
+    )  # an earlier start: a warning names it
+    r = run_cli("train", config_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines and all(line.split(" ", 1)[0] in ("INFO", "WARNING") for line in lines), r.stderr
+    assert any(line.startswith("WARNING") and "new\\nline: an earlier start" in line for line in lines), (
+        r.stderr
+    )
+    assert (tmp_path / "new\nline" / "checkpoints" / "step_00000001.ckpt").is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import math
 import os
 import sys
@@ -234,13 +235,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
 
+class _ShownFormatter(logging.Formatter):
+    """Log lines as errors.shown escapes them (a run folder named with a newline split its lines in two); a
+    traceback that follows a line keeps its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return shown(super().formatMessage(record))
+
+
 def _run_train(args: argparse.Namespace) -> int:
     import logging
 
     from .config import load_config
     from .train import first_rank, train
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     config = load_config(_path(args.config), args.overrides)
     result = train(config, resume=args.resume, vgg_weights=args.vgg_weights, started=_STARTED)
     if not first_rank():  # torchrun: rank 0 wrote the run and says how it ended
