@@ -211,7 +211,7 @@ def freed_memory_returned() -> Iterator[None]:
     block freed, after which blocks that size come from heaps it keeps: a streamed upscale, which frees a few MB of
     rows many times, grew from 690 MB to 1.14 GB of RSS that way (a 4352x2448 photo at x4, 2-core AMD EPYC Zen 4),
     past what it had been sized for. Each block over a MiB then costs a mmap and its page faults (bench/stream.py:
-    1.6-2.1x the time, docs/benchmarks.md), so on the way out the threshold goes to glibc's own ceiling (where its
+    1.4-2.2x the time, docs/benchmarks.md), so on the way out the threshold goes to glibc's own ceiling (where its
     sliding threshold ends up in a long run anyway) and the heaps are trimmed: what follows pays nothing more."""
     libc = _glibc()
     if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD):
