@@ -639,7 +639,7 @@ class _Batch:
             return None
         return item
 
-    def _streamed(self, image: ImageData, job: Job, size: tuple[int, int]) -> bool:
+    def _streamed(self, image: ImageData, job: Job) -> bool:
         """Whether this image's output is written row by row: as OutputOptions.stream asks, or because the whole
         output would not fit in the host memory free now (Upscaler.host_bytes); an EsrganError, before the model runs,
         when neither way fits (the kernel's OOM killer ended the whole batch without a word). Asked by the model
@@ -649,7 +649,8 @@ class _Batch:
         from .imageio import STREAMED_FORMATS, output_format
 
         fmt = output_format(job.dst, self.output.format)
-        why_not = self.upscaler.stream_reason(image) or (
+        image_reason = self.upscaler.stream_reason(image)  # why the image cannot stream, whatever the format
+        why_not = image_reason or (
             None if fmt in STREAMED_FORMATS else f"{fmt} is encoded from the whole image"
         )
         if self.output.stream and why_not is None:
@@ -672,14 +673,15 @@ class _Batch:
             need = whole
             way = (
                 "--format png or tiff, which are written as they are computed, or a smaller --outscale"
-                if fmt not in STREAMED_FORMATS and self.upscaler.stream_reason(image) is None
+                if image_reason is None
                 else "no --outscale / --width / --height: at the model's own scale it is written as it is computed"
                 if why_not.startswith("its output is not at the model's own scale")
                 else "a smaller --outscale (or --width / --height)"
             )
             way = f"{why_not}; try {way}"
+        height, width = self.upscaler.output_size(image.height, image.width)
         raise EsrganError(
-            f"{job.src}: the {size[1]}x{size[0]} output needs about {format_bytes(need)} of memory and "
+            f"{job.src}: the {width}x{height} output needs about {format_bytes(need)} of memory and "
             f"{format_bytes(free)} is free" + (f": {way}" if why_not is not None else f"; try {way}")
         )
 
@@ -691,8 +693,7 @@ class _Batch:
                 self._video(item)
                 return None
             assert item.image is not None
-            size = self.upscaler.output_size(item.image.height, item.image.width)
-            if self._streamed(item.image, item.job, size):
+            if self._streamed(item.image, item.job):
                 self._stream(item)
                 return None
             item.image = self.upscaler.upscale_image(item.image, on_tile=self.report.on_tile)

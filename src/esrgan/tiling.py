@@ -26,7 +26,7 @@ A pure function of (forward, image, tile, overlap, batch): no object holds half-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -407,17 +407,23 @@ def upscale_tiled(
 ) -> np.ndarray:
     """Upscale a (C, H, W) image; returns an (H * scale, W * scale, C) host array of out_dtype (tiled_rows says
     how, and what each argument means)."""
-    out: np.ndarray | None = None
     bands = tiled_rows(
         forward, image, scale=scale, tile=tile, overlap=overlap, margin=margin, batch=batch,
         out_dtype=out_dtype, grey=grey, on_tile=on_tile, device=device,
     )  # fmt: skip
+    return gather_rows(bands, image.shape[1] * scale)
+
+
+def gather_rows(bands: Iterable[tuple[int, np.ndarray]], height: int) -> np.ndarray:
+    """The (first row, rows) pieces of tiled_rows as one array `height` rows high; a single piece that is the whole
+    image is returned as it is. Each piece is let go once copied, not held while the next one is made."""
+    out: np.ndarray | None = None
     for first, rows in bands:
         if out is None:
-            if first == 0 and rows.shape[0] == image.shape[1] * scale:  # one tile: the rows are the image
+            if first == 0 and rows.shape[0] == height:  # one tile: the rows are the image
                 return rows
-            out = np.empty((image.shape[1] * scale, image.shape[2] * scale, rows.shape[2]), dtype=rows.dtype)
+            out = np.empty((height, *rows.shape[1:]), dtype=rows.dtype)
         out[first : first + rows.shape[0]] = rows
-        del rows  # not held while the next piece is made
+        del rows
     assert out is not None
     return out

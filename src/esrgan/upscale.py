@@ -67,6 +67,7 @@ from .tiling import (
     default_overlap,
     exact_or_blend,
     from_unit,
+    gather_rows,
     tile_grid,
     tiled_rows,
     to_unit,
@@ -626,7 +627,8 @@ class Upscaler:
         runner = self.runner_for(dtype)
         if on_tile is not None:
             on_tile(0, _tile_count(self.tiling(h, w, tile)))
-        yield from self._tiled(runner, plane, tile, dtype, on_tile, dtype)
+        for _, rows in self._tiled(runner, plane, tile, dtype, on_tile, dtype):
+            yield rows
         self.last_precision = precision_name(runner.dtype)
 
     def _tiled(
@@ -637,9 +639,10 @@ class Upscaler:
         dtype: np.dtype,
         on_tile: Progress | None,
         out_dtype: np.dtype,
-    ) -> Iterator[np.ndarray]:
-        """The model over an HxWx1 or HxWx3 array, tiled, at the model's scale: bands of output rows of out_dtype,
-        top to bottom, cropped to the image's own size (the padding to the model's alignment dropped)."""
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """The model over an HxWx1 or HxWx3 array, tiled, at the model's scale: (first row, rows) pieces of the
+        output in out_dtype, top to bottom, cropped to the image's own size (the padding to the model's alignment
+        dropped)."""
         grey = plane.shape[2] == 1
         if not plane.flags.writeable:  # e.g. np.asarray(PIL image): torch wants a writable buffer
             plane = plane.copy()
@@ -669,7 +672,7 @@ class Upscaler:
         )
         for first, rows in bands:
             if first < out_h:
-                yield rows[: out_h - first, :out_w]
+                yield first, rows[: out_h - first, :out_w]
             del rows  # not held while the next piece is made
 
     def _run(
@@ -681,18 +684,7 @@ class Upscaler:
         native = size == (h * self.model.scale, w * self.model.scale)
         # resize needs an intermediate: uint16 for integer outputs (see the module docstring), float32 for float
         inter = dtype if native else (np.dtype(np.float32) if dtype.kind == "f" else np.dtype(np.uint16))
-        out: np.ndarray | None = None
-        filled = 0
-        for rows in self._tiled(runner, plane, tile, dtype, on_tile, inter):
-            if out is None:
-                if rows.shape[0] == h * self.model.scale:  # one band: the whole output already
-                    out = rows
-                    break
-                out = np.empty((h * self.model.scale, *rows.shape[1:]), dtype=rows.dtype)
-            out[filled : filled + rows.shape[0]] = rows
-            filled += rows.shape[0]
-            del rows  # not held while the next piece is made
-        assert out is not None
+        out = gather_rows(self._tiled(runner, plane, tile, dtype, on_tile, inter), h * self.model.scale)
         if native:
             return np.ascontiguousarray(out)
         resized = np.empty((*size, out.shape[2]), dtype=dtype)
