@@ -101,7 +101,9 @@ def main() -> None:
             report = out / f"eval_{name}_{lr_kind}.json"
             extra = ["--lr", str(lr_sets[name])] if lr_kind == "real" else []
             model_args = [a for path in models.values() for a in ("--model", str(path))]
-            esrgan("evaluate", *model_args, "--hr", str(benchmarks / name), *extra, "--json", str(report))
+            # --overwrite: a rerun into the same folder scores again (evaluate refuses an existing file otherwise)
+            outputs = ["--json", str(report), "--overwrite"]
+            esrgan("evaluate", *model_args, "--hr", str(benchmarks / name), *extra, *outputs)
             summary = json.loads(report.read_text())
             # the columns in order: bicubic upscaling, then the models as given
             results[(name, lr_kind)] = [summary["mean"][m] for m in summary["methods"]]

@@ -96,12 +96,13 @@ train() {
     fi
 }
 
-# evaluate RUN_FOLDER SET ARGS...: skipped when its result is newer than the run's model
+# evaluate RUN_FOLDER SET ARGS...: skipped when its result is newer than the run's model; an older one (of an
+# earlier model) is replaced (--overwrite: evaluate refuses to replace its outputs otherwise)
 evaluate() {
     local dir=$1 set=$2
     shift 2
     [ "$dir/eval_$set.json" -nt "$dir/model.safetensors" ] && return 0
-    "$esrgan" evaluate "$@" --hr "$bench/$set" --json "$dir/eval_$set.json" --report "$dir/report_$set" \
+    "$esrgan" evaluate "$@" --hr "$bench/$set" --json "$dir/eval_$set.json" --report "$dir/report_$set" --overwrite \
         || echo "evaluate reported a problem with $set (see above); continuing" >&2
 }
 

@@ -600,6 +600,103 @@ def test_save_images_never_replaces_files_unless_asked(
     assert not (tmp_path / "saved2").exists()
 
 
+def test_json_csv_and_report_never_replace_files_unless_asked(
+    tmp_path: Path, hr_photos: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json and --csv replaced an existing file (their help said so), --report DIR its mosaics and index pages,
+    without a word: an earlier evaluation's numbers were lost. Now each such file is refused in one line naming it,
+    before any model is loaded or image scored, and nothing at all is written; --overwrite replaces them
+    (atomically). Other files in the report folder are no reason to refuse, and are left alone."""
+    from esrgan.errors import EsrganError
+    from esrgan.evaluate import evaluate
+
+    base = ("--model", models["nearest"], "--hr", hr_photos, "--no-niqe")
+    report_names = ["face_mosaic.png", "index.html", "index.md", "suit_mosaic.png"]
+    # a first run into an empty report folder that exists: written as before
+    (tmp_path / "first").mkdir()
+    first = tmp_path / "first"
+    code, _, err = _run_here(
+        capsys, *base, "--json", first / "r.json", "--csv", first / "r.csv", "--report", first / "report"
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in (first / "report").iterdir()) == report_names
+
+    earlier = b"an earlier evaluation, kept\n"
+    fresh = tmp_path / "fresh"  # where the refused runs' other outputs would go
+    others = {
+        "--json": fresh / "r.json",
+        "--csv": fresh / "r.csv",
+        "--report": fresh / "report",
+        "--save-images": fresh / "saved",
+    }
+    for flag, existing in [
+        ("--json", tmp_path / "old_json" / "r.json"),
+        ("--csv", tmp_path / "old_csv" / "r.csv"),
+        ("--report", tmp_path / "old_report" / "suit_mosaic.png"),
+        ("--report", tmp_path / "old_report2" / "index.md"),
+    ]:
+        existing.parent.mkdir(exist_ok=True)
+        existing.write_bytes(earlier)
+        target = existing.parent if flag == "--report" else existing
+        outputs = [a for f, path in {**others, flag: target}.items() for a in (f, path)]
+        code, out, err = _run_here(capsys, *base, *outputs)
+        assert code == 1, (flag, err)
+        assert out == ""  # nothing scored
+        tail = (
+            " (overwrite=True in Python), or give another folder"
+            if flag == "--report"
+            else ", or give another name"
+        )
+        assert err == (
+            f"esrgan: error: {existing}: already exists; {flag} does not replace files unless --overwrite is given"
+            f"{tail}\n"
+        )
+        assert existing.read_bytes() == earlier
+        assert not fresh.exists() and list(existing.parent.iterdir()) == [existing]  # nothing else written
+    # the Python API refuses the same, before any model is loaded
+    with pytest.raises(
+        EsrganError, match=re.escape(f"{tmp_path / 'old_report' / 'suit_mosaic.png'}: already exists")
+    ):
+        evaluate(hr_photos, [str(models["nearest"])], niqe=False, report_dir=tmp_path / "old_report")
+    # a folder under one of the report's names: refused even with --overwrite (no file can replace it)
+    (tmp_path / "blocked" / "index.html").mkdir(parents=True)
+    code, out, err = _run_here(capsys, *base, "--report", tmp_path / "blocked", "--overwrite")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"esrgan: error: {tmp_path / 'blocked' / 'index.html'}: is a folder")
+
+    # files in the report folder that the report does not write: no reason to refuse, left alone
+    unrelated = tmp_path / "shared"
+    unrelated.mkdir()
+    (unrelated / "notes.txt").write_bytes(earlier)
+    shutil.copy(hr_photos / "face.png", unrelated / "face.png")  # an image, but no name the report writes
+    (unrelated / "index").mkdir()
+    code, _, err = _run_here(capsys, *base, "--report", unrelated)
+    assert code == 0, err
+    assert sorted(p.name for p in unrelated.iterdir()) == sorted(
+        ["notes.txt", "face.png", "index", *report_names]
+    )
+    assert (unrelated / "notes.txt").read_bytes() == earlier
+    assert (unrelated / "face.png").read_bytes() == (hr_photos / "face.png").read_bytes()
+
+    # asked: replaced by this run's files, atomically (no temporary file left), the unrelated ones kept
+    (tmp_path / "old_report" / "notes.txt").write_bytes(earlier)
+    code, _, err = _run_here(
+        capsys, *base, "--json", tmp_path / "old_json" / "r.json", "--csv", tmp_path / "old_csv" / "r.csv",
+        "--report", tmp_path / "old_report", "--overwrite",
+    )  # fmt: skip
+    assert code == 0, err
+    replaced, reference = (
+        json.loads(path.read_text()) for path in (tmp_path / "old_json" / "r.json", first / "r.json")
+    )
+    assert replaced["mean"] == reference["mean"] and replaced["methods"] == ["bicubic", "nearest"]
+    assert (tmp_path / "old_csv" / "r.csv").read_bytes() == (first / "r.csv").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "old_report").iterdir()) == sorted(["notes.txt", *report_names])
+    assert (tmp_path / "old_report" / "notes.txt").read_bytes() == earlier
+    new_mosaic = (tmp_path / "old_report" / "suit_mosaic.png").read_bytes()
+    assert new_mosaic != earlier and new_mosaic == (first / "report" / "suit_mosaic.png").read_bytes()
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary files left
+
+
 def test_a_named_lpips_file_that_cannot_be_loaded_is_an_error(
     tmp_path: Path,
     hr_photos: Path,

@@ -377,19 +377,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="round Y to integers as MATLAB does on uint8 (default: unrounded, as BasicSR)",
     )
     p.add_argument(
-        "--json", type=_path, metavar="FILE", help="write all numbers as JSON (replaced if it exists)"
+        "--json",
+        type=_path,
+        metavar="FILE",
+        help="write all numbers as JSON (refused if it exists unless --overwrite)",
     )
     p.add_argument(
         "--csv",
         type=_path,
         metavar="FILE",
-        help="write one row per image and method as CSV (replaced if it exists)",
+        help="write one row per image and method as CSV (refused if it exists unless --overwrite)",
     )
     p.add_argument(
         "--report",
         type=_path,
         metavar="DIR",
-        help="write a mosaic of a zoomed crop per image and index.html/.md",
+        help="write DIR/<image>_mosaic.png (a zoomed crop per image) and DIR/index.html/.md (those already there "
+        "are refused unless --overwrite; other files in DIR are left alone)",
     )
     p.add_argument(
         "--save-images",
@@ -398,7 +402,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="save every result as DIR/<method>/<image>.png (files already there are refused: see --overwrite)",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace files already under --save-images (default: refuse)"
+        "--overwrite",
+        action="store_true",
+        help="replace the files --json, --csv, --report and --save-images would write where they already exist "
+        "(default: refuse them before anything is scored)",
     )
     p.add_argument(
         "--tile", type=int, metavar="N", help="tile size in LR pixels (default: automatic; 0 = whole image)"
@@ -408,13 +415,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_evaluate)
 
 
-def _check_output_file(flag: str, path: Path | None) -> None:
+def _check_output_file(flag: str, path: Path | None, *, overwrite: bool) -> None:
     """Refuse an output file that cannot be written, before the work whose numbers it would hold: a folder by that
-    name, or a file where one of its folders should be (they would fail only after every image was scored)."""
+    name, or a file where one of its folders should be (they would fail only after every image was scored); and an
+    existing file (or link) unless overwrite."""
     if path is None:
         return
     if path.is_dir():
         raise EsrganError(f"{path}: is a folder; {flag} takes the name of a file to write")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise EsrganError(
+            f"{path}: already exists; {flag} does not replace files unless --overwrite is given, or give another name"
+        )
     _check_output_parents(flag, path)
 
 
@@ -444,8 +456,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     # every output is checked before the models are loaded and the images scored: a bad --json used to fail after
     # all the work was done
-    _check_output_file("--json", args.json)
-    _check_output_file("--csv", args.csv)
+    _check_output_file("--json", args.json, overwrite=args.overwrite)
+    _check_output_file("--csv", args.csv, overwrite=args.overwrite)
     _check_output_dir("--report", args.report)
     _check_output_dir("--save-images", args.save_images)
     if args.json is not None and args.csv is not None and args.json.resolve() == args.csv.resolve():
@@ -457,9 +469,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     for spec in args.models:
         _model_arg(spec)
-    from .evaluate import check_save_images
+    from .evaluate import check_outputs
 
-    check_save_images(args.hr, args.models, args.save_images, overwrite=args.overwrite)
+    # the report's mosaics and index pages and --save-images' files already there: refused unless --overwrite
+    check_outputs(
+        args.hr, args.models, save_images=args.save_images, report_dir=args.report, overwrite=args.overwrite
+    )
     with warnings_as_lines():  # `esrgan: warning: <file>: ...` lines, not Python's file:line format
         return _evaluate(args)
 
@@ -501,7 +516,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_table(result))
     for path, writer in ((args.json, write_json), (args.csv, write_csv)):
         if path is not None:
-            writer(result, path)
+            # refused before the work if it existed; one that appeared since is not replaced (OutputExistsError)
+            writer(result, path, overwrite=args.overwrite)
             print(f"wrote {path}")
     if args.report is not None:
         print(f"wrote {args.report / 'index.html'}")

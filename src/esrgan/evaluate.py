@@ -230,8 +230,9 @@ def evaluate(
     models: zoo names or model files (all of one scale; ``scale`` defaults to theirs). crop_border defaults to the
     scale. lpips: a loaded metric (esrgan.lpips.load_lpips) adds an LPIPS column. save_images: write every result as
     DIR/<method>/<image>.png; a file already there is refused before any model is loaded (one line naming the
-    first) unless overwrite. report_dir: mosaics and an index page (esrgan.report), replaced if they exist. progress
-    receives one line per image and per skipped file.
+    first) unless overwrite. report_dir: mosaics and an index page (esrgan.report); the files of those names already
+    there are refused in the same way unless overwrite (other files there are left alone). progress receives one
+    line per image and per skipped file.
     """
     start = time.perf_counter()
     hr_path = Path(hr_dir)
@@ -243,8 +244,7 @@ def evaluate(
     if lr_path is not None and not lr_path.is_dir():
         raise ImageError(f"{lr_path}: not a folder")
     names = _names(models)
-    if save_images is not None:
-        _check_saved_images(files, names, Path(save_images), overwrite)
+    _check_outputs(files, names, save_images, report_dir, overwrite)
     loaded = []
     for name, spec in zip(names, models, strict=True):
         s, run = _load_model(spec, device=device, precision=precision, tile=tile)
@@ -288,7 +288,7 @@ def evaluate(
     if report_dir is not None:
         from .report import write_index
 
-        write_index(result, Path(report_dir))
+        write_index(result, Path(report_dir), overwrite=overwrite)
     return result
 
 
@@ -329,13 +329,48 @@ def _check_saved_images(files: Sequence[Path], names: Sequence[str], folder: Pat
                 )
 
 
-def check_save_images(
-    hr_dir: str | Path, models: Sequence[str], save_images: str | Path | None, *, overwrite: bool
+def _check_report(files: Sequence[Path], folder: Path, overwrite: bool) -> None:
+    """Refuse, in one line naming the first (in the order they would be written), the files of report_dir that the
+    report would replace: its mosaics and index pages (esrgan.report.report_files), never anything else there; and,
+    with or without overwrite, a folder under one of those names (a file cannot replace it)."""
+    from .report import report_files
+
+    shown = image_names(files)
+    for dst in report_files(folder, [shown[p] for p in files]):
+        if dst.is_dir() and not dst.is_symlink():
+            raise EsrganError(f"{dst}: is a folder; --report writes a file of that name, give another folder")
+        if not overwrite and (dst.exists() or dst.is_symlink()):
+            raise EsrganError(
+                f"{dst}: already exists; --report does not replace files unless --overwrite is given "
+                "(overwrite=True in Python), or give another folder"
+            )
+
+
+def _check_outputs(
+    files: Sequence[Path],
+    names: Sequence[str],
+    save_images: str | Path | None,
+    report_dir: str | Path | None,
+    overwrite: bool,
 ) -> None:
-    """What evaluate checks of save_images before it loads a model, for a caller with more work before that (the
-    CLI loads LPIPS first)."""
+    if report_dir is not None:
+        _check_report(files, Path(report_dir), overwrite)
     if save_images is not None:
-        _check_saved_images(list_images(Path(hr_dir)), _names(models), Path(save_images), overwrite)
+        _check_saved_images(files, names, Path(save_images), overwrite)
+
+
+def check_outputs(
+    hr_dir: str | Path,
+    models: Sequence[str],
+    *,
+    save_images: str | Path | None,
+    report_dir: str | Path | None,
+    overwrite: bool,
+) -> None:
+    """What evaluate checks of report_dir and save_images before it loads a model, for a caller with more work
+    before that (the CLI loads LPIPS first)."""
+    if report_dir is not None or save_images is not None:
+        _check_outputs(list_images(Path(hr_dir)), _names(models), save_images, report_dir, overwrite)
 
 
 def _brief(method: str, s: Scores) -> str:
@@ -413,5 +448,6 @@ def _evaluate_one(
     if report_dir is not None:
         from .report import write_mosaic
 
-        item.mosaic = write_mosaic(Path(report_dir), item, hr, outputs, result)
+        # checked before the models were loaded, as save_images
+        item.mosaic = write_mosaic(Path(report_dir), item, hr, outputs, result, overwrite=overwrite)
     return item

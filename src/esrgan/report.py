@@ -6,7 +6,8 @@ viewer), labelled with that image's scores. The crop is chosen where the bicubic
 windowed squared error on Y): the region where super-resolution has something to do, and the same region for
 every model, so runs with different models stay comparable.
 
-Files: DIR/<image>_mosaic.png, DIR/index.html, DIR/index.md (same content; the Markdown renders on code hosts).
+Files: DIR/<image>_mosaic.png, DIR/index.html, DIR/index.md (same content; the Markdown renders on code hosts):
+report_files lists them, so that a caller can refuse the ones that exist before any work is done.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ from .atomic import atomic_path, atomic_write_bytes
 from .metrics import rgb_to_y
 from .results import BICUBIC, EvalResult, ImageResult, Scores, table_rows
 
-__all__ = ["choose_crop", "mosaic", "write_index", "write_mosaic"]
+__all__ = [
+    "INDEX_FILES",
+    "choose_crop",
+    "mosaic",
+    "mosaic_path",
+    "report_files",
+    "write_index",
+    "write_mosaic",
+]
+
+INDEX_FILES = ("index.html", "index.md")  # written in this order, after every mosaic
 
 CROP = (
     96  # HR pixels on a side: small enough to see pixels when zoomed, large enough to recognise the content
@@ -147,14 +158,32 @@ def mosaic(
     return canvas
 
 
+def mosaic_path(report_dir: Path, name: str) -> Path:
+    """Where the mosaic of the image named ``name`` in the tables (evaluate.image_names) is written."""
+    return report_dir / f"{name}_mosaic.png"
+
+
+def report_files(report_dir: Path, names: list[str]) -> list[Path]:
+    """Every file a report of the images named ``names`` writes in report_dir, in the order they are written: a
+    mosaic per image (an image that fails gets none), then the index pages. Nothing else there is touched."""
+    return [mosaic_path(report_dir, name) for name in names] + [report_dir / f for f in INDEX_FILES]
+
+
 def write_mosaic(
-    report_dir: Path, item: ImageResult, hr: np.ndarray, outputs: dict[str, np.ndarray], result: EvalResult
+    report_dir: Path,
+    item: ImageResult,
+    hr: np.ndarray,
+    outputs: dict[str, np.ndarray],
+    result: EvalResult,
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write DIR/<image>_mosaic.png atomically (replacing an older one) and return its path."""
+    """Write DIR/<image>_mosaic.png atomically and return its path; an existing file is replaced only with
+    overwrite (else OutputExistsError, and nothing is written)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     img = mosaic(hr, outputs, item, scale=result.scale, crop_border=result.crop_border)
-    dest = report_dir / f"{item.name}_mosaic.png"
-    with atomic_path(dest, overwrite=True) as tmp:
+    dest = mosaic_path(report_dir, item.name)
+    with atomic_path(dest, overwrite=overwrite) as tmp:
         img.save(tmp, format="PNG", optimize=True)
     return dest
 
@@ -236,10 +265,12 @@ def _html(result: EvalResult) -> str:
     return "\n".join(parts)
 
 
-def write_index(result: EvalResult, report_dir: Path) -> tuple[Path, Path]:
-    """DIR/index.html and DIR/index.md: the results table, then every image's row and mosaic."""
+def write_index(result: EvalResult, report_dir: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """DIR/index.html and DIR/index.md: the results table, then every image's row and mosaic. Each is written
+    atomically; an existing one is replaced only with overwrite (else OutputExistsError)."""
     report_dir.mkdir(parents=True, exist_ok=True)
+    html_name, md_name = INDEX_FILES
     return (
-        atomic_write_bytes(report_dir / "index.html", _html(result).encode(), overwrite=True),
-        atomic_write_bytes(report_dir / "index.md", _markdown(result).encode(), overwrite=True),
+        atomic_write_bytes(report_dir / html_name, _html(result).encode(), overwrite=overwrite),
+        atomic_write_bytes(report_dir / md_name, _markdown(result).encode(), overwrite=overwrite),
     )

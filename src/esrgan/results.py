@@ -252,14 +252,16 @@ def format_table(result: EvalResult) -> str:
     return "\n".join([*lines, note])
 
 
-def write_json(result: EvalResult, path: str | Path) -> Path:
-    """The whole result as JSON, written atomically (replacing an older file)."""
+def write_json(result: EvalResult, path: str | Path, *, overwrite: bool = False) -> Path:
+    """The whole result as JSON, written atomically; an existing file is replaced only with overwrite (else
+    OutputExistsError, and nothing is written)."""
     data = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
-    return atomic_write_bytes(path, data.encode(), overwrite=True)
+    return atomic_write_bytes(path, data.encode(), overwrite=overwrite)
 
 
-def write_csv(result: EvalResult, path: str | Path) -> Path:
-    """One row per (image, method) plus the mean rows (image = "mean"), with the differences to bicubic."""
+def write_csv(result: EvalResult, path: str | Path, *, overwrite: bool = False) -> Path:
+    """One row per (image, method) plus the mean rows (image = "mean"), with the differences to bicubic; written
+    atomically, an existing file replaced only with overwrite (else OutputExistsError)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     keys = ["psnr", "ssim", "niqe"] + (["lpips"] if result.lpips is not None else [])
@@ -273,7 +275,7 @@ def write_csv(result: EvalResult, path: str | Path) -> Path:
             sc = scores[method]
             deltas = ["" if method == BICUBIC else _csv_delta(getattr(sc, k), getattr(base, k)) for k in keys]
             w.writerow([name, method, *(_csv(getattr(sc, k)) for k in keys), *deltas])
-    return atomic_write_bytes(path, buf.getvalue().encode(), overwrite=True)
+    return atomic_write_bytes(path, buf.getvalue().encode(), overwrite=overwrite)
 
 
 def _csv(v: float | None) -> str:
