@@ -25,7 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
+from esrgan.device import ModelRunner
 from esrgan.generator import RRDBNet
+from esrgan.upscale import Upscaler
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -149,6 +151,35 @@ def photo_preserving_rrdb(seed: int = 0, *, spread: float = 0.05) -> RRDBNet:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
         model.conv_body.weight.copy_(torch.randn(model.conv_body.weight.shape, generator=gen) * spread)
     return model.eval()
+
+
+class MemoryBound(RRDBNet):
+    """photo_preserving_rrdb's network on a device with room for passes of at most `pixels` input pixels: a larger
+    pass asks torch's allocator for 2**62 bytes, and gets the error a full device gives (RuntimeError "can't
+    allocate memory" here, torch.OutOfMemoryError on CUDA). `passes`: the (N, H, W) of every pass asked for."""
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__(num_feat=8, num_block=1, num_grow=4, scale=4)
+        self.load_state_dict(photo_preserving_rrdb().state_dict())
+        self.pixels = pixels
+        self.passes: list[tuple[int, int, int]] = []
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes.append((x.shape[0], x.shape[2], x.shape[3]))
+        if x.shape[0] * x.shape[2] * x.shape[3] > self.pixels:
+            torch.empty(1 << 62, dtype=torch.uint8)
+        return super().forward(x)
+
+
+def bound_upscaler(pixels: int, tile: int | None) -> tuple[Upscaler, MemoryBound]:
+    """An Upscaler (CPU, fp32, the module engine: its forward runs) of a MemoryBound network."""
+    model = MemoryBound(pixels)
+    up = Upscaler(model, device="cpu", precision="fp32", tile=tile)
+    up.runner = ModelRunner(
+        up.model, up.device, torch.float32, engine="module"
+    )  # the module: its forward runs
+    return up, model
 
 
 # --- measuring ----------------------------------------------------------------------------------------------------

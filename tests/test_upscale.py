@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import photo_preserving_rrdb
+from conftest import bound_upscaler, photo_preserving_rrdb
 from PIL import Image
 from scipy import ndimage
 
@@ -19,8 +19,8 @@ from esrgan.device import (
     resolve_precision,
 )
 from esrgan.errors import EsrganError
-from esrgan.tiling import tile_grid
-from esrgan.upscale import Upscaler, bleed_colour
+from esrgan.tiling import TileError, tile_grid
+from esrgan.upscale import OutOfMemoryWarning, Upscaler, bleed_colour
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,58 @@ def test_automatic_tile_is_balanced_and_bounded_by_memory(monkeypatch: pytest.Mo
     monkeypatch.setattr(upscale_module, "available_memory", lambda device: fixed + 64_000_000)
     small = up.tile_size(4 * cap, 4 * cap)
     assert 32 <= small < th and small**2 * per_pixel <= 0.5 * 64_000_000
+
+
+# --- out of memory ----------------------------------------------------------------------------------------------------
+def test_a_pass_out_of_memory_is_retried_with_half_the_tile_and_the_tile_kept(photo: np.ndarray) -> None:
+    """Room for 10,000 pixels a pass: the whole 200x256 image (tile 0) and then tiles of 128 fail, tiles of 64 fit.
+    The image is done, one OutOfMemoryWarning per retry, with the pixels of a run at --tile 64; the next image
+    starts at 64 (no failed pass, no warning)."""
+    image = np.ascontiguousarray(photo[100:300, 128:384])
+    up, model = bound_upscaler(10_000, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = up.upscale(image)
+    notes = [str(w.message) for w in caught if issubclass(w.category, OutOfMemoryWarning)]
+    assert notes == [
+        "out of memory with the whole image on cpu; trying tiles of 128x128 (also for the images after it)",
+        "out of memory with tiles of 128x128 pixels on cpu; trying tiles of 64x64 (also for the images after it)",
+    ]
+    assert up.tile_cap == 64
+    reference, _ = bound_upscaler(1 << 30, 64)
+    np.testing.assert_array_equal(out, reference.upscale(image))
+    model.passes.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfMemoryWarning)
+        second = up.upscale(image[:, ::-1].copy())
+    assert second.shape == (800, 1024, 3)
+    assert model.passes and all(n * h * w <= 64 * 64 for n, h, w in model.passes)
+
+
+def test_out_of_memory_at_the_smallest_tile_is_one_error_naming_it(photo: np.ndarray) -> None:
+    up, _ = bound_upscaler(100, None)  # not even a 32x32 tile fits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TileError, match=r"^tile at x=0, y=0 \(\d+x\d+ pixels\): out of memory even with "
+                           r"tiles of 32x32 pixels, the smallest tried \(.*can't allocate memory"):  # fmt: skip
+            up.upscale(np.ascontiguousarray(photo[:120, :120]))
+    notes = [str(w.message) for w in caught if issubclass(w.category, OutOfMemoryWarning)]
+    assert notes[-1].endswith("trying tiles of 32x32 (also for the images after it)"), notes
+
+
+def test_a_failed_pass_that_is_not_out_of_memory_is_not_retried(photo_small: np.ndarray) -> None:
+    up, model = bound_upscaler(1 << 30, 0)
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        model.passes.append((x.shape[0], x.shape[2], x.shape[3]))
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED")
+
+    up.runner._module = broken
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfMemoryWarning)
+        with pytest.raises(TileError, match="forward pass failed: cuDNN error"):
+            up.upscale(photo_small)
+    assert len(model.passes) == 1 and up.tile_cap is None
 
 
 # --- precision --------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,12 @@ from PIL import Image
 av = pytest.importorskip("av")
 
 import kill_video  # noqa: E402  (tools/ is on pytest's pythonpath: see pyproject.toml)
-from conftest import photo_preserving_rrdb, run_cli  # noqa: E402
+from conftest import bound_upscaler, photo_preserving_rrdb, run_cli  # noqa: E402
 from make_clip import make_clip, pattern  # noqa: E402
 
 from esrgan.checkpoints import save_model  # noqa: E402
-from esrgan.upscale import Upscaler  # noqa: E402
-from esrgan.video import VideoError, parse_frames, upscale_video, work_folder  # noqa: E402
+from esrgan.upscale import OutOfMemoryWarning, Upscaler  # noqa: E402
+from esrgan.video import VideoError, parse_frames, upscale_frames, upscale_video, work_folder  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -416,6 +417,20 @@ def test_frames_batched_per_forward_pass(up: Upscaler, clips: dict[str, Path], t
     for a, b in zip(f1, f4, strict=True):
         diff = np.abs(a.astype(int) - b.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_frames_batched_out_of_memory_go_one_by_one(photo: np.ndarray) -> None:
+    """A forward pass of 4 frames that runs out of memory (room for one frame a pass): the frames go one at a time,
+    each whole, and come out as they do one by one (before: the video failed)."""
+    frames = [np.ascontiguousarray(photo[k * 40 : k * 40 + 48, 100:164]) for k in range(4)]
+    bounded, model = bound_upscaler(48 * 64, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfMemoryWarning)  # one frame fits: no smaller tiles
+        outs = upscale_frames(bounded, frames)
+    assert model.passes == [(4, 48, 64)] + [(1, 48, 64)] * 4
+    free, _ = bound_upscaler(1 << 30, 0)
+    for frame, out in zip(frames, outs, strict=True):
+        np.testing.assert_array_equal(out, free.upscale(frame))
 
 
 def test_mpeg_ts_source_that_starts_late(up: Upscaler, tmp_path: Path) -> None:

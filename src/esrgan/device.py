@@ -143,6 +143,20 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.float16 if precision == "auto" else DTYPES[precision]
 
 
+def release_memory(device: torch.device | None = None) -> None:
+    """After an out-of-memory: collect what the failed work left in reference cycles (a traceback's frames hold
+    its tensors), then give the device's cached blocks back (CUDA's or MPS's caching allocator; all CUDA devices
+    when device is None), so that the next attempt or file starts from a clean allocator."""
+    import gc
+
+    gc.collect()
+    kind = None if device is None else device.type
+    if kind in (None, "cuda") and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    if kind == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "empty_cache"):
+        torch.mps.empty_cache()
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes free for activations: CUDA's mem_get_info, MPS's recommended working set (torch 2.5+), else
     host_memory_available() (4 GiB when nothing can be read)."""
@@ -404,6 +418,16 @@ class ModelRunner:
                 # Inductor reads its cache location from the environment when it compiles, not at import time.
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).expanduser())
             self._module = torch.compile(self.model, dynamic=False)
+
+    def release(self) -> None:
+        """After a pass that ran out of memory: drop the ncnn net, rebuilt at the next call. Its pool allocator keeps
+        every blob the failed pass allocated (and reuses a pooled block only for a request of at least 3/4 its
+        size), so the smaller tiles of the retry found the memory still taken: an x4 512x512 image in 300 MiB of
+        address space (RLIMIT_AS, MALLOC_ARENA_MAX=1) still ran out at tiles of 128 without this, and is done at
+        256 with it. Dropping the net makes ncnn print "FATAL ERROR! pool allocator destroyed too early" on
+        stderr (its pool counts the failed allocation's null pointer as in use); the process would print it at
+        exit anyway."""
+        self._ncnn = None
 
     def activation_bytes(self) -> tuple[float, int]:
         """(peak bytes per input pixel, fixed bytes) of one forward pass, for choosing the tile."""

@@ -70,4 +70,9 @@ def out_of_memory(exc: BaseException) -> bool:
 
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError from 2.5
     text = str(exc)
-    return isinstance(exc, oom) or "can't allocate memory" in text or "out of memory" in text.lower()
+    if isinstance(exc, oom) or "can't allocate memory" in text or "out of memory" in text.lower():
+        return True
+    # oneDNN (CPU convolutions): a primitive whose descriptor was made (so the convolution is implemented) and that
+    # then cannot be created is out of memory for its scratchpad; an unimplemented one fails at the descriptor
+    # ("could not create a primitive descriptor for ..."). Seen under a 200 MiB address-space limit on Zen 4.
+    return "could not create a primitive" in text and "could not create a primitive descriptor" not in text

@@ -54,6 +54,7 @@ __all__ = [
     "check_writable",
     "file_in_hand",
     "from_float",
+    "in_hand",
     "list_images",
     "output_format",
     "read_image",
@@ -398,7 +399,7 @@ def read_image(
     if problem is not None:  # before any open(): opening a FIFO waits for a writer, for ever
         raise ImageError(f"{path}: not a regular file ({problem})")
     try:
-        with _in_hand(path):
+        with in_hand(path):
             return _read_any(path, max_pixels, measurements, value_range)
     except ImageError:
         raise
@@ -446,8 +447,8 @@ _IN_HAND = threading.local()
 
 
 @contextlib.contextmanager
-def _in_hand(path: Path) -> Iterator[None]:
-    """Mark `path` as the file this thread is decoding or encoding, for file_in_hand()."""
+def in_hand(path: Path) -> Iterator[None]:
+    """Mark `path` as the file this thread is decoding, upscaling or encoding, for file_in_hand()."""
     before = getattr(_IN_HAND, "path", None)
     _IN_HAND.path = path
     try:
@@ -1341,7 +1342,7 @@ def write_image(
     if icc is not image.icc_profile:
         image = replace(image, icc_profile=icc)
     try:
-        with atomic_path(path, overwrite=overwrite) as tmp, _in_hand(path):
+        with atomic_path(path, overwrite=overwrite) as tmp, in_hand(path):
             _encode(tmp, image, fmt, quality, path, level)
     except (OutputExistsError, ImageError):
         raise
@@ -1394,7 +1395,7 @@ def write_image_rows(
     if icc is not like.icc_profile:
         like = replace(like, icc_profile=icc)
     try:
-        with atomic_path(path, overwrite=overwrite) as tmp, _in_hand(path):
+        with atomic_path(path, overwrite=overwrite) as tmp, in_hand(path):
             if fmt == "PNG":
                 with open(tmp, "wb") as fh:
                     _write_png_rows(fh, like, size, rows, level)

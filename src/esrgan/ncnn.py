@@ -988,6 +988,8 @@ class NcnnRRDBNet:
             mat = self._runtime.Mat(image)  # a view of `image`, which outlives the extraction
             extractor.input("data", mat)
             status, result = extractor.extract("output")
+            if status == -100:  # a layer's output blob could not be allocated (ncnn's only use of -100)
+                raise MemoryError("ncnn ran out of memory (extract status -100)")
             if status != 0:
                 raise RuntimeError(f"ncnn extract failed with status {status}")
             out.append(np.array(result))

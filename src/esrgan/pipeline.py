@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from .defaults import DEFAULT_NAME
 from .errors import EsrganError, one_line, out_of_memory, shown
-from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_images
+from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, in_hand, list_images
 from .video import CONTAINERS, VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
@@ -526,14 +526,6 @@ def warnings_as_lines() -> Iterator[None]:
 OUT_OF_MEMORY = "out of memory: try --tile N (smaller tiles) or a smaller --outscale"
 
 
-def _release_device_memory() -> None:
-    """Give the CUDA cache back after an out-of-memory, so the next file starts from a clean allocator."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-
-
 # --- the batch -------------------------------------------------------------------------------------------------------
 FILE_ERRORS = (EsrganError, OSError, ValueError)
 """What one bad file may raise (undecodable, unwritable, too large...): reported in one line, the batch goes on.
@@ -696,7 +688,9 @@ class _Batch:
             if self._streamed(item.image, item.job):
                 self._stream(item)
                 return None
-            item.image = self.upscaler.upscale_image(item.image, on_tile=self.report.on_tile)
+            # a warning of the model's (smaller tiles after an out-of-memory) names the file
+            with in_hand(item.job.src):
+                item.image = self.upscaler.upscale_image(item.image, on_tile=self.report.on_tile)
         except OutputExistsError:
             self.skipped(item)
             return None
@@ -707,7 +701,9 @@ class _Batch:
             if not out_of_memory(exc):
                 raise  # a bug: not a property of this file
             item.image = None
-            _release_device_memory()
+            from .device import release_memory
+
+            release_memory()
             self.failed(item, f"{item.job.src}: {OUT_OF_MEMORY}")
             return None
         item.precision = self.upscaler.last_precision
@@ -736,20 +732,28 @@ class _Batch:
         streamed upscale assumes: slower, for the least memory."""
         from .device import freed_memory_returned
         from .imageio import write_image_rows
+        from .tiling import TileError
 
         image = item.image
         assert image is not None
         item.image = None  # the input goes when the file is done; nothing is queued for the writers
-        with freed_memory_returned():
-            write_image_rows(
-                item.job.dst,
-                image,
-                self.upscaler.output_size(image.height, image.width),
-                self.upscaler.upscale_rows(image, on_tile=self.report.on_tile),
-                format=self.output.format,
-                overwrite=self.output.overwrite,
-                png_compression=self.output.png_compression,
-            )
+        while True:  # a forward pass out of memory: the file is begun again with smaller tiles (shrink_tile)
+            try:
+                with freed_memory_returned():
+                    write_image_rows(
+                        item.job.dst,
+                        image,
+                        self.upscaler.output_size(image.height, image.width),
+                        self.upscaler.upscale_rows(image, on_tile=self.report.on_tile),
+                        format=self.output.format,
+                        overwrite=self.output.overwrite,
+                        png_compression=self.output.png_compression,
+                    )
+                break
+            except TileError as exc:
+                with in_hand(item.job.src):  # its warning names the file
+                    self.upscaler.shrink_tile(exc, image.height, image.width)
+            self.upscaler.release()
         item.precision = self.upscaler.last_precision
         seconds = time.perf_counter() - item.start
         self.written(item, f"{item.job.src} -> {item.job.dst} ({seconds:.1f} s, written as computed)")

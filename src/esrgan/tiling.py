@@ -42,7 +42,13 @@ Forward = Callable[[Tensor], Tensor]
 
 
 class TileError(EsrganError):
-    """A tile whose forward pass failed or returned a wrong shape or non-finite values (never a black patch)."""
+    """A tile whose forward pass failed or returned a wrong shape or non-finite values (never a black patch).
+    where: the tile, in words ("tile at x=.., y=.. (WxH pixels)"); the exception it wraps, if any, is __cause__
+    (Upscaler retries a forward pass that ran out of memory with smaller tiles)."""
+
+    def __init__(self, message: str, *, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class TileLayout(NamedTuple):
@@ -348,13 +354,14 @@ def tiled_rows(
             result = forward(crops)
         except (RuntimeError, MemoryError) as exc:
             hint = " (try a smaller --tile)" if "memory" in str(exc).lower() else ""
-            raise TileError(f"{where}: forward pass failed{hint}: {exc}") from exc
+            raise TileError(f"{where}: forward pass failed{hint}: {exc}", where=where) from exc
         if tuple(result.shape[-2:]) != (bh, bw) or result.shape[0] != len(chunk):
             raise TileError(
-                f"{where}: the model returned shape {tuple(result.shape)}, expected (*, {bh}, {bw})"
+                f"{where}: the model returned shape {tuple(result.shape)}, expected (*, {bh}, {bw})",
+                where=where,
             )
         if not bool(torch.isfinite(result).all()):
-            raise TileError(f"{where}: the model output contains NaN or Inf")
+            raise TileError(f"{where}: the model output contains NaN or Inf", where=where)
         return result
 
     if total == 1:  # one tile holds the image: its weights are all 1, so no band (same values, fewer passes)

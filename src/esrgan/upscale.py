@@ -51,15 +51,17 @@ from .device import (
     PrecisionWarning,
     available_memory,
     precision_name,
+    release_memory,
     resolve_device,
     resolve_precision,
 )
-from .errors import CheckpointError, EsrganError
+from .errors import CheckpointError, EsrganError, one_line, out_of_memory
 from .generator import RRDBNet
 from .imageio import PIL_LAYOUTS, ImageData
 from .tiling import (
     EXACT_COST,
     FLUSH_BYTES,
+    TileError,
     TileLayout,
     auto_tile_size,
     balanced_tile,
@@ -78,6 +80,7 @@ if TYPE_CHECKING:  # video imports Upscaler; Upscaler.upscale_video imports vide
 
 AlphaMode = Literal["model", "bicubic"]
 ImageT = TypeVar("ImageT", np.ndarray, Image.Image)
+T = TypeVar("T")
 GPU_MAX_TILE = 1024
 """Largest automatic tile on CUDA: a 1024^2 image is one pass where half the free memory holds it (realesrgan-x4plus
 in fp16: ~8.3 KB per input pixel, 8.7 GB); larger images are batched tiles. Not above 1024: the x4 tail's feature maps
@@ -97,6 +100,11 @@ MAX_TILE = 4096
 MIN_OUTSCALE = 0.25
 MAX_OUTSCALE = 16.0
 """The outscale range (the CLI's --outscale, the page's "output scale"): below it results shrink to a few pixels."""
+
+
+class OutOfMemoryWarning(UserWarning):
+    """A forward pass ran out of memory and is being retried with smaller tiles (Upscaler: the tile then stays at
+    most that small for the images after it)."""
 
 
 def check_tile(tile: int | None, overlap: int | None = None, *, zero: str = "no tiling") -> None:
@@ -253,6 +261,11 @@ class Upscaler:
         self.tile = tile
         self.tile_overlap = DEFAULT_OVERLAP if tile_overlap is None else tile_overlap
         self._overlap_given = tile_overlap is not None
+        self.tile_cap: int | None = None
+        """The largest tile side since a forward pass ran out of memory (None: no such pass yet): every image after
+        it is tiled at most this large, whatever `tile` says (0 included). Set by `shrink_tile`."""
+        self.last_tile = 0
+        """The tile side of the last pass begun (0: the whole image), for shrink_tile."""
         self.batch = batch
         self.alpha_mode: AlphaMode = "bicubic" if alpha_mode == "bicubic" else "model"
         self.outscale = outscale
@@ -329,11 +342,16 @@ class Upscaler:
 
         Automatic: the largest tile whose forward pass fits in half the free memory (on a GPU: CUDA's free memory,
         up to GPU_MAX_TILE, so a 1024x1024 image is one tile on a big GPU), then, for the blend, balanced (fewest
-        tiles, each as small as can be); with the exact overlap (`tiling`) tile_grid balances it per axis."""
-        tile = self.tile
+        tiles, each as small as can be); with the exact overlap (`tiling`) tile_grid balances it per axis. After a
+        forward pass ran out of memory, at most `tile_cap` whatever was asked."""
+        tile, cap = self.tile, self.tile_cap
+        if tile is not None and cap is not None and (tile == 0 or tile > cap):
+            tile = cap
         if tile is None:
             bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
             limit = GPU_MAX_TILE if self.device.type == "cuda" else CPU_MAX_TILE
+            if cap is not None:
+                limit = min(limit, cap)
             free = available_memory(self.device) - fixed
             if (
                 self.device.type == "cuda"
@@ -504,30 +522,34 @@ class Upscaler:
         elif dtype not in (np.uint8, np.uint16):
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
-        tile = self.tile_size(h, w, dtype)
         runner = self.runner_for(dtype)
         passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
-        per_pass = _tile_count(self.tiling(h, w, tile))
-
-        def progress(k: int) -> Progress | None:
-            if on_tile is None:
-                return None
-            report = on_tile
-            return lambda done, total: report(k * per_pass + done, passes * per_pass)
-
-        if on_tile is not None:
-            on_tile(0, passes * per_pass)  # the total is known now: progress before the first tile is done
         if alpha is not None:
             colour = bleed_colour(colour, alpha)
-        out_colour = self._run(runner, colour, tile, dtype, progress(0))
-        out_alpha: np.ndarray | None = None
-        if alpha is not None:
-            if self.alpha_mode == "model":
-                out_alpha = self._run(runner, alpha[:, :, None], tile, dtype, progress(1))[:, :, 0]
-            else:
-                out_alpha = _resize_plane(alpha, self.output_size(h, w), dtype)
+
+        def planes(tile: int) -> tuple[np.ndarray, np.ndarray | None]:
+            per_pass = _tile_count(self.tiling(h, w, tile))
+
+            def progress(k: int) -> Progress | None:
+                if on_tile is None:
+                    return None
+                report = on_tile
+                return lambda done, total: report(k * per_pass + done, passes * per_pass)
+
+            if on_tile is not None:  # the total is known now: progress before the first tile is done
+                on_tile(0, passes * per_pass)
+            out_colour = self._run(runner, colour, tile, dtype, progress(0))
+            out_alpha: np.ndarray | None = None
+            if alpha is not None:
+                if self.alpha_mode == "model":
+                    out_alpha = self._run(runner, alpha[:, :, None], tile, dtype, progress(1))[:, :, 0]
+                else:
+                    out_alpha = _resize_plane(alpha, self.output_size(h, w), dtype)
+            return out_colour, out_alpha
+
+        result = self._fitting(h, w, dtype, planes)
         self.last_precision = precision_name(runner.dtype)  # fp32 too if a NaN/Inf made the runner switch
-        return out_colour, out_alpha
+        return result
 
     # --- internals ------------------------------------------------------------------------------------------------
     def _upscale_bands(self, image: ImageData, on_tile: Progress | None) -> ImageData:
@@ -574,6 +596,68 @@ class Upscaler:
             valid=None if valid is None else nearest(valid, size),
         )
 
+    def _fitting(self, height: int, width: int, dtype: np.dtype, attempt: Callable[[int], T]) -> T:
+        """attempt(tile) with this image's tile; while its forward pass runs out of memory, again with smaller tiles
+        (`shrink_tile`) down to the smallest. Real-ESRGAN and the ncnn ports end the run at the first CUDA
+        out-of-memory; a memory estimate cannot see what another process takes between it and the pass."""
+        while True:
+            try:
+                return attempt(self.tile_size(height, width, dtype))
+            except TileError as exc:
+                self.shrink_tile(exc, height, width)
+            self.release()  # here, not in the except block: the exception's traceback holds the pass's tensors
+
+    def shrink_tile(self, exc: TileError, height: int, width: int) -> None:
+        """After `exc` ended a pass over an image of this size: when its forward pass ran out of memory (CUDA's free
+        memory taken by another process, an estimate too low, a --tile too large for the device) and a smaller tile
+        is left, half the side of the tile it had (a quarter of a pass's memory) becomes `tile_cap`, for this
+        image's next attempt and the images after it, with an OutOfMemoryWarning; otherwise raises: exc itself, or
+        at the smallest tile a TileError saying so. Then, outside the except block, `release()`, and start the
+        image again. Nothing is lost but time: the output is blended the same whatever the tile (seams >= 50 dB).
+        upscale_image retries by itself; a caller of upscale_rows, which cannot take back the rows it gave out,
+        starts its output over (esrgan.pipeline does)."""
+        cause = exc.__cause__
+        if cause is None or not out_of_memory(cause):
+            raise exc
+        tile = self.last_tile
+        side = tile or max(height, width)
+        smaller = self._smaller_tile(side)
+        if smaller is None:
+            raise TileError(
+                f"{exc.where}: out of memory even with tiles of {side}x{side} pixels, the smallest tried "
+                f"({one_line(cause)[:160]}); free some memory{self._elsewhere()}",
+                where=exc.where,
+            ) from cause
+        self.tile_cap = smaller
+        import warnings
+
+        warnings.warn(
+            f"out of memory with {'the whole image' if tile == 0 else f'tiles of {side}x{side} pixels'} on "
+            f"{self.device.type}; trying tiles of {smaller}x{smaller} (also for the images after it)",
+            OutOfMemoryWarning,
+            stacklevel=3,
+        )
+
+    def release(self) -> None:
+        """Give back what a pass that ran out of memory left taken: the engines' caches (ncnn's pooled blobs) and
+        the device's cached blocks, after collecting the failed pass's reference cycles."""
+        for runner in (self.runner, self._fp32_runner):
+            if runner is not None:
+                runner.release()
+        release_memory(self.device)
+
+    def _smaller_tile(self, side: int) -> int | None:
+        """Half of `side` (a tile side, or the image's longest side when it was whole), a multiple of 8, at least
+        MIN_TILE (and room for an overlap given); None when `side` is already that small."""
+        low = MIN_TILE
+        if self._overlap_given:  # as tile_size leaves room for it
+            low = max(low, -(-(2 * self.tile_overlap + 8) // 8) * 8)
+        smaller = max(low, side // 2 // 8 * 8)
+        return smaller if smaller < side else None
+
+    def _elsewhere(self) -> str:
+        return " or try --device cpu" if self.device.type != "cpu" else ""
+
     def host_bytes(self, image: ImageData) -> tuple[int, int, int]:
         """Host memory an upscale of image needs beyond the input it holds, estimated: (whole, streamed, band).
         whole: upscale_image then write_image: the output, a copy of it for the encoder (Pillow's) and the tiling's
@@ -617,7 +701,8 @@ class Upscaler:
         """The output of upscale_image(image).pixels in bands of rows, top to bottom (each (n, W * scale, C), the
         input's dtype), each as soon as the tiles above the next tile row are done: at most a band of tiles' rows
         is held, never the whole output (imageio.write_image_rows writes them as they come). The same pixels as
-        upscale_image, tile for tile. Only for what stream_reason allows (EsrganError otherwise)."""
+        upscale_image, tile for tile. Only for what stream_reason allows (EsrganError otherwise). A forward pass out
+        of memory is a TileError, not retried here (see shrink_tile)."""
         reason = self.stream_reason(image)
         if reason is not None:
             raise EsrganError(f"cannot upscale row by row: {reason}")
@@ -643,6 +728,7 @@ class Upscaler:
         """The model over an HxWx1 or HxWx3 array, tiled, at the model's scale: (first row, rows) pieces of the
         output in out_dtype, top to bottom, cropped to the image's own size (the padding to the model's alignment
         dropped)."""
+        self.last_tile = tile
         grey = plane.shape[2] == 1
         if not plane.flags.writeable:  # e.g. np.asarray(PIL image): torch wants a writable buffer
             plane = plane.copy()

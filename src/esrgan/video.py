@@ -937,10 +937,22 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         ]
     import torch
 
+    from .device import release_memory
+    from .errors import out_of_memory
     from .tiling import upscale_tiled
 
     batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
-    passed = upscaler.runner(batch)
+    try:
+        passed = upscaler.runner(batch)
+    except (RuntimeError, MemoryError) as exc:
+        if not out_of_memory(exc):
+            raise
+        passed = None  # the frames one by one instead (Upscaler retries those with smaller tiles)
+    if passed is None:
+        del batch
+        upscaler.runner.release()
+        release_memory(upscaler.device)
+        return [upscaler.upscale_image(ImageData(f, bit_depth=8)).pixels for f in frames]
     return [
         upscale_tiled(
             _output_of(passed[i : i + 1]),  # the pass is done: hand its output to the blending
