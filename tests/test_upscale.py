@@ -98,6 +98,26 @@ def test_a_pass_out_of_memory_is_retried_with_half_the_tile_and_the_tile_kept(ph
     assert model.passes and all(n * h * w <= 64 * 64 for n, h, w in model.passes)
 
 
+def test_a_pass_of_several_tiles_out_of_memory_is_retried_with_half_as_many(photo: np.ndarray) -> None:
+    """4 tiles of 64 a pass (as CUDA's automatic batch fills half the free memory) and room for 2: the batch is
+    halved, not the tile (a smaller tile with as many pixels a pass would fail again)."""
+    image = np.ascontiguousarray(photo[100:300, 128:384])
+    up, model = bound_upscaler(2 * 64 * 64, 64)
+    up.batch = 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = up.upscale(image)
+    notes = [str(w.message) for w in caught if issubclass(w.category, OutOfMemoryWarning)]
+    assert notes == [
+        "out of memory with 4 tiles of 64x64 pixels a pass on cpu; trying 2 a pass (also for the images after it)"
+    ]
+    assert (up.batch_cap, up.tile_cap) == (2, None) and model.passes[0][0] == 4
+    assert all(n <= 2 for n, _, _ in model.passes[1:])
+    reference, _ = bound_upscaler(1 << 30, 64)
+    reference.batch = 2
+    np.testing.assert_array_equal(out, reference.upscale(image))
+
+
 def test_out_of_memory_at_the_smallest_tile_is_one_error_naming_it(photo: np.ndarray) -> None:
     up, _ = bound_upscaler(100, None)  # not even a 32x32 tile fits
     with warnings.catch_warnings(record=True) as caught:

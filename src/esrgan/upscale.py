@@ -264,8 +264,11 @@ class Upscaler:
         self.tile_cap: int | None = None
         """The largest tile side since a forward pass ran out of memory (None: no such pass yet): every image after
         it is tiled at most this large, whatever `tile` says (0 included). Set by `shrink_tile`."""
-        self.last_tile = 0
-        """The tile side of the last pass begun (0: the whole image), for shrink_tile."""
+        self.batch_cap: int | None = None
+        """The most tiles a forward pass since one of several tiles ran out of memory (None: none yet); set by
+        `shrink_tile`, which halves the batch before the tile."""
+        self.last_tile, self.last_batch = 0, 1
+        """The tile side (0: the whole image) and tiles per pass of the last image begun, for shrink_tile."""
         self.batch = batch
         self.alpha_mode: AlphaMode = "bicubic" if alpha_mode == "bicubic" else "model"
         self.outscale = outscale
@@ -410,14 +413,16 @@ class Upscaler:
 
     def batch_size(self, height: int, width: int, tile: int, pixels: np.dtype | type = np.uint8) -> int:
         """Tiles per forward pass for this image and tile: the batch given, else on CUDA as many of the image's
-        tiles as fit in half the free memory (the tile already fits one), else 1."""
+        tiles as fit in half the free memory (the tile already fits one), else 1; at most `batch_cap` after a
+        pass of several tiles ran out of memory."""
+        cap = self.batch_cap or 1 << 30
         if self.batch is not None:
-            return self.batch
+            return min(self.batch, cap)
         if self.device.type != "cuda" or tile == 0:
             return 1
         bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
         fits = int((available_memory(self.device) - fixed) * 0.5 / (bpp * tile * tile))
-        return max(1, min(fits, _tile_count(self.tiling(height, width, tile))))
+        return max(1, min(fits, cap, _tile_count(self.tiling(height, width, tile))))
 
     # --- public entry points --------------------------------------------------------------------------------------
     def upscale(self, image: ImageT, *, on_tile: Progress | None = None) -> ImageT:
@@ -610,8 +615,9 @@ class Upscaler:
     def shrink_tile(self, exc: TileError, height: int, width: int) -> None:
         """After `exc` ended a pass over an image of this size: when its forward pass ran out of memory (CUDA's free
         memory taken by another process, an estimate too low, a --tile too large for the device) and a smaller tile
-        is left, half the side of the tile it had (a quarter of a pass's memory) becomes `tile_cap`, for this
-        image's next attempt and the images after it, with an OutOfMemoryWarning; otherwise raises: exc itself, or
+        is left, half the tiles of a pass of several (`batch_cap`), else half the side of the tile it had (a quarter
+        of a pass's memory, `tile_cap`), for this image's next attempt and the images after it, with an
+        OutOfMemoryWarning; otherwise raises: exc itself, or
         at the smallest tile a TileError saying so. Then, outside the except block, `release()`, and start the
         image again. Nothing is lost but time: the output is blended the same whatever the tile (seams >= 50 dB).
         upscale_image retries by itself; a caller of upscale_rows, which cannot take back the rows it gave out,
@@ -619,8 +625,20 @@ class Upscaler:
         cause = exc.__cause__
         if cause is None or not out_of_memory(cause):
             raise exc
-        tile = self.last_tile
+        import warnings
+
+        tile, batch = self.last_tile, self.last_batch
         side = tile or max(height, width)
+        # several tiles a pass: fewer of them first (on CUDA the automatic batch fills half the free memory)
+        if batch > 1:
+            self.batch_cap = batch // 2
+            warnings.warn(
+                f"out of memory with {batch} tiles of {side}x{side} pixels a pass on {self.device.type}; trying "
+                f"{batch // 2} a pass (also for the images after it)",
+                OutOfMemoryWarning,
+                stacklevel=3,
+            )
+            return
         smaller = self._smaller_tile(side)
         if smaller is None:
             raise TileError(
@@ -629,8 +647,6 @@ class Upscaler:
                 where=exc.where,
             ) from cause
         self.tile_cap = smaller
-        import warnings
-
         warnings.warn(
             f"out of memory with {'the whole image' if tile == 0 else f'tiles of {side}x{side} pixels'} on "
             f"{self.device.type}; trying tiles of {smaller}x{smaller} (also for the images after it)",
@@ -728,7 +744,8 @@ class Upscaler:
         """The model over an HxWx1 or HxWx3 array, tiled, at the model's scale: (first row, rows) pieces of the
         output in out_dtype, top to bottom, cropped to the image's own size (the padding to the model's alignment
         dropped)."""
-        self.last_tile = tile
+        batch = self.batch_size(plane.shape[0], plane.shape[1], tile, dtype)
+        self.last_tile, self.last_batch = tile, batch
         grey = plane.shape[2] == 1
         if not plane.flags.writeable:  # e.g. np.asarray(PIL image): torch wants a writable buffer
             plane = plane.copy()
@@ -750,7 +767,7 @@ class Upscaler:
             tile=tile,
             overlap=overlap,
             margin=margin,
-            batch=self.batch_size(h, w, tile, dtype),
+            batch=batch,
             device=runner.device,
             out_dtype=out_dtype,
             grey=grey,
