@@ -403,6 +403,7 @@ def test_rerun_removes_the_temporary_files_of_killed_writes_and_nothing_else(
         ("--tile", "8", "--tile must be 0 (no tiling) or 32-4096, not 8"),
         ("--outscale", "0.001", "--outscale must be 0.25-16, not 0.001"),  # was a 1x1 result
         ("--outscale", "100", "--outscale must be 0.25-16, not 100"),
+        ("--outscale", "16.0000000001", "--outscale must be 0.25-16, not 16.0000000001"),  # was "not 16"
         ("--quality", "101", "--quality must be 0-100, not 101"),  # was found per file, after the model
         ("--width", "0", "--width must be 1-1048576, not 0"),
     ],

@@ -327,6 +327,53 @@ def test_interlaced_16bit_png(tmp_path: Path, cat: np.ndarray) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "i.png").pixels, deep)
 
 
+def _adam7_rows(image: np.ndarray, interlace: bool, pack: bool = False) -> bytes:
+    """Filter-0 rows of an image (HxW[xC] uint8), in Adam7's passes when interlaced; pack: 1-bit samples."""
+    passes = (
+        (0, 0, 8, 8),
+        (0, 4, 8, 8),
+        (4, 0, 8, 4),
+        (0, 2, 4, 4),
+        (2, 0, 4, 2),
+        (0, 1, 2, 2),
+        (1, 0, 2, 1),
+    )
+    body = b""
+    for y0, x0, dy, dx in passes if interlace else ((0, 0, 1, 1),):
+        sub = image[y0::dy, x0::dx]
+        if sub.size:
+            for row in sub:
+                body += b"\x00" + (np.packbits(row > 0).tobytes() if pack else row.tobytes())
+    return body
+
+
+@pytest.mark.parametrize(
+    ("kind", "interlace"), [("rgb", False), ("rgb", True), ("grey1", False), ("grey1", True)]
+)
+def test_a_png_whose_image_data_ends_early_is_refused(
+    tmp_path: Path, cat: np.ndarray, kind: str, interlace: bool
+) -> None:
+    """Pillow decoded an 8-bit (or 1-bit) PNG whose zlib stream ends properly but early as a whole image, the missing
+    rows black (a 1000-row PNG holding 3 rows: a black picture, no word). Whole data: read as it is; one row short:
+    one ImageError naming the file and the bytes missing."""
+    crop = cat[:37, :53] if kind == "rgb" else (cat[:37, :53, 0] > 128).astype(np.uint8) * 255
+    depth, colour_type = (8, 2) if kind == "rgb" else (1, 0)
+    body = _adam7_rows(crop, interlace, pack=kind == "grey1")
+    whole, short = tmp_path / "whole.png", tmp_path / "short.png"
+    whole.write_bytes(_png(53, 37, depth, colour_type, body, interlace=int(interlace)))
+    got = read_image(whole).pixels
+    np.testing.assert_array_equal(got.reshape(crop.shape), crop)
+    row = (
+        1 + (53 * 3 if kind == "rgb" else 7)
+        if not interlace
+        else 1 + (-(-53 // 2) * 3 if kind == "rgb" else 4)
+    )
+    short.write_bytes(_png(53, 37, depth, colour_type, body[:-row], interlace=int(interlace)))
+    with pytest.raises(ImageError) as info:
+        read_image(short)
+    assert str(info.value) == f"{short}: truncated PNG (image data is {len(body) - row} of {len(body)} bytes)"
+
+
 # --- orientation and metadata ----------------------------------------------------------------------------------------
 
 

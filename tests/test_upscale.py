@@ -127,6 +127,7 @@ def test_out_of_memory_at_the_smallest_tile_is_one_error_naming_it(photo: np.nda
             up.upscale(np.ascontiguousarray(photo[:120, :120]))
     notes = [str(w.message) for w in caught if issubclass(w.category, OutOfMemoryWarning)]
     assert notes[-1].endswith("trying tiles of 32x32 (also for the images after it)"), notes
+    assert up.tile_cap is None  # no tile worked: the next image starts where this one did, not at 32
 
 
 def test_a_failed_pass_that_is_not_out_of_memory_is_not_retried(photo_small: np.ndarray) -> None:
@@ -352,6 +353,8 @@ def test_a_target_size_keeps_the_aspect_ratio_within_it(photo_small: np.ndarray)
         EsrganError, match=r"a 40x48 image within 1000xany would be scaled by 25: outside 0\.25-16"
     ):
         fit_size(48, 40, (1000, None))
+    with pytest.raises(EsrganError, match=r"would be scaled by 16\.0002: outside 0\.25-16"):  # was "by 16"
+        fit_size(1, 65535, (1048576, None))
     for bad in [(None, None), (0, None), (None, -3)]:
         with pytest.raises(EsrganError, match=r"target size|must be 1-"):
             Upscaler(photo_preserving_rrdb(), fit=bad)

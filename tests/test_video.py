@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -285,6 +286,38 @@ def test_cli_folder_of_images_and_videos(clips: dict[str, Path], tiny_file: Path
     assert r.returncode == 0 and long.is_file(), r.stderr
 
 
+def test_a_video_whose_frames_do_not_fit_in_memory_is_refused_before_any_frame(
+    tiny_file: Path, tmp_path: Path
+) -> None:
+    """450 MiB of address space beyond torch's own and a 480x272 clip at x4: 1920x1088 frames, which libx264 and the
+    frames in flight need about 550 MB for. One line before any frame (naming what is needed and free, and ffv1,
+    which fits), nothing of the video left, and the batch goes on (before: left to the kernel's OOM killer)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "wide.mp4", size=(480, 272), seconds=0.2, audio=False)
+    Image.fromarray(pattern(0, 40, 32)).save(folder / "still.png")
+    out = tmp_path / "out"
+    code = (
+        "import resource, sys, av, torch, esrgan.upscale, esrgan.video\n"
+        "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 450 * 2**20,) * 2)\n"
+        "from esrgan.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code, "upscale", str(folder), "-o", str(out), "--model", str(tiny_file),
+                        "--device", "cpu", "--precision", "fp32", "--quiet"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"esrgan: error: {folder / 'wide.mp4'}: the 1920x1088 frames need about "
+    ), r.stderr
+    assert "of memory to encode with h264 (the frames in flight and the encoder's) and " in lines[0]
+    assert lines[0].endswith("is free: try a smaller --outscale (or --width / --height), or --codec ffv1 (lossless, "
+                             "large files)")  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["still_x4.png"]  # no video, no segments folder
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, env={"OMP_NUM_THREADS": "1"})
 
@@ -420,14 +453,22 @@ def test_frames_batched_per_forward_pass(up: Upscaler, clips: dict[str, Path], t
 
 
 def test_frames_batched_out_of_memory_go_one_by_one(photo: np.ndarray) -> None:
-    """A forward pass of 4 frames that runs out of memory (room for one frame a pass): the frames go one at a time,
-    each whole, and come out as they do one by one (before: the video failed)."""
+    """Forward passes of 4 frames and room for one frame a pass: half as many frames a pass until one fits, each
+    frame whole, the same output as one by one (before: the video failed); the next batch starts at one frame."""
     frames = [np.ascontiguousarray(photo[k * 40 : k * 40 + 48, 100:164]) for k in range(4)]
     bounded, model = bound_upscaler(48 * 64, 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", OutOfMemoryWarning)  # one frame fits: no smaller tiles
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         outs = upscale_frames(bounded, frames)
-    assert model.passes == [(4, 48, 64)] + [(1, 48, 64)] * 4
+    notes = [str(w.message) for w in caught if issubclass(w.category, OutOfMemoryWarning)]
+    assert notes == [
+        "out of memory with 4 frames a pass on cpu; trying 2 a pass (also for the frames after them)",
+        "out of memory with 2 frames a pass on cpu; trying 1 a pass (also for the frames after them)",
+    ]
+    assert model.passes == [(4, 48, 64), (2, 48, 64)] + [(1, 48, 64)] * 4
+    model.passes.clear()
+    upscale_frames(bounded, frames[:2])
+    assert model.passes == [(1, 48, 64)] * 2
     free, _ = bound_upscaler(1 << 30, 0)
     for frame, out in zip(frames, outs, strict=True):
         np.testing.assert_array_equal(out, free.upscale(frame))

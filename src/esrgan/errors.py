@@ -58,6 +58,11 @@ def shown(text: str) -> str:
     return "".join(out)
 
 
+def format_bytes(n: int) -> str:
+    """A size for people: 1 decimal MB from 0.1 MB up, else kB (never "0.0 MB" for a small file)."""
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{max(n, 1) / 1e3:.3g} kB" if n else "0 bytes"
+
+
 def out_of_memory(exc: BaseException) -> bool:
     """Whether exc is a failed allocation: MemoryError (numpy, Python), torch.OutOfMemoryError (CUDA, MPS) or the
     plain RuntimeError torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory"). One file too

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from .defaults import DEFAULT_NAME
-from .errors import EsrganError, one_line, out_of_memory, shown
+from .errors import EsrganError, format_bytes, one_line, out_of_memory, shown
 from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, in_hand, list_images
 from .video import CONTAINERS, VIDEO_SUFFIXES
 
@@ -132,11 +132,6 @@ class BatchResult:
             failed=[(str(a), str(b)) for a, b in d["failed"]],
             seconds=float(d["seconds"]),
         )
-
-
-def format_bytes(n: int) -> str:
-    """A size for people: 1 decimal MB from 0.1 MB up, else kB (never "0.0 MB" for a small file)."""
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{max(n, 1) / 1e3:.3g} kB" if n else "0 bytes"
 
 
 def _is_glob(text: str) -> bool:
@@ -520,6 +515,8 @@ def warnings_as_lines() -> Iterator[None]:
         # Pillow's own warnings are about the file being decoded, and their text does not name it: show them for
         # every file (Python's default shows one text once per process, so a second corrupt file went unsaid)
         warnings.filterwarnings("always", module=r"PIL\.")
+        # a retry with smaller tiles is said for every file it happens to (its text does not name the file)
+        warnings.filterwarnings("always", message="out of memory with ")  # upscale.OutOfMemoryWarning's
         yield
 
 
@@ -703,7 +700,7 @@ class _Batch:
             item.image = None
             from .device import release_memory
 
-            release_memory()
+            release_memory(self.upscaler.device)
             self.failed(item, f"{item.job.src}: {OUT_OF_MEMORY}")
             return None
         item.precision = self.upscaler.last_precision
@@ -737,6 +734,7 @@ class _Batch:
         image = item.image
         assert image is not None
         item.image = None  # the input goes when the file is done; nothing is queued for the writers
+        caps = self.upscaler.tile_cap, self.upscaler.batch_cap
         while True:  # a forward pass out of memory: the file is begun again with smaller tiles (shrink_tile)
             try:
                 with freed_memory_returned():
@@ -752,7 +750,12 @@ class _Batch:
                 break
             except TileError as exc:
                 with in_hand(item.job.src):  # its warning names the file
-                    self.upscaler.shrink_tile(exc, image.height, image.width)
+                    try:
+                        self.upscaler.shrink_tile(exc, image.height, image.width)
+                    except TileError:  # no tile worked: the next files start where they did
+                        self.upscaler.tile_cap, self.upscaler.batch_cap = caps
+                        self.upscaler.release()
+                        raise
             self.upscaler.release()
         item.precision = self.upscaler.last_precision
         seconds = time.perf_counter() - item.start
@@ -761,10 +764,13 @@ class _Batch:
     def _video(self, item: _Item) -> None:
         from .video import upscale_video
 
-        done = upscale_video(
-            self.upscaler, item.job.src, item.job.dst, overwrite=self.output.overwrite,
-            max_pixels=self.max_pixels, on_frame=self.report.on_frame, **self.video,
-        )  # fmt: skip
+        with in_hand(
+            item.job.src
+        ):  # the model's warnings (smaller tiles after an out-of-memory) name the video
+            done = upscale_video(
+                self.upscaler, item.job.src, item.job.dst, overwrite=self.output.overwrite,
+                max_pixels=self.max_pixels, on_frame=self.report.on_frame, **self.video,
+            )  # fmt: skip
         for note in done.notes:
             self.report.line(f"esrgan: note: {item.job.src}: {note}", error=True)
         item.precision = self.upscaler.last_precision

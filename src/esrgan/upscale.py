@@ -135,10 +135,23 @@ def check_model_channels(model: Generator, source: str | Path = "model") -> None
         )
 
 
+def outside(value: float, low: float, high: float, *, digits: int = 6) -> str:
+    """`value`, outside low..high, written with `digits` significant digits, or as many more as it takes not to
+    read as inside the range (16.0000000001 is not "16", which the range allows)."""
+    for n in range(digits, 18):
+        text = f"{value:.{n}g}"
+        shown = float(text)
+        if not low <= shown <= high or math.isnan(value):
+            return text
+    return repr(value)
+
+
 def check_outscale(outscale: float | None) -> None:
     """Raise EsrganError, naming the allowed range, for an outscale outside MIN_OUTSCALE..MAX_OUTSCALE."""
     if outscale is not None and not MIN_OUTSCALE <= outscale <= MAX_OUTSCALE:  # also refuses NaN
-        raise EsrganError(f"outscale must be {MIN_OUTSCALE:g}-{MAX_OUTSCALE:g}, not {outscale:g}")
+        raise EsrganError(
+            f"outscale must be {MIN_OUTSCALE:g}-{MAX_OUTSCALE:g}, not {outside(outscale, MIN_OUTSCALE, MAX_OUTSCALE)}"
+        )
 
 
 def check_fit(fit: tuple[int | None, int | None] | None) -> None:
@@ -170,7 +183,8 @@ def fit_size(
     if not MIN_OUTSCALE <= scale <= MAX_OUTSCALE:
         box = "x".join("any" if v is None else str(v) for v in fit)
         raise EsrganError(
-            f"a {width}x{height} image within {box} would be scaled by {scale:.3g}: outside "
+            f"a {width}x{height} image within {box} would be scaled by "
+            f"{outside(scale, MIN_OUTSCALE, MAX_OUTSCALE, digits=3)}: outside "
             f"{MIN_OUTSCALE:g}-{MAX_OUTSCALE:g} (the range --outscale allows)"
         )
 
@@ -264,6 +278,9 @@ class Upscaler:
         self.tile_cap: int | None = None
         """The largest tile side since a forward pass ran out of memory (None: no such pass yet): every image after
         it is tiled at most this large, whatever `tile` says (0 included). Set by `shrink_tile`."""
+        self.host_reserve = 0
+        """Host bytes the caller holds beside the upscaling (video: the frames in flight and the encoder's), left
+        out of the automatic tile's budget on the CPU."""
         self.batch_cap: int | None = None
         """The most tiles a forward pass since one of several tiles ran out of memory (None: none yet); set by
         `shrink_tile`, which halves the batch before the tile."""
@@ -355,7 +372,11 @@ class Upscaler:
             limit = GPU_MAX_TILE if self.device.type == "cuda" else CPU_MAX_TILE
             if cap is not None:
                 limit = min(limit, cap)
-            free = available_memory(self.device) - fixed
+            free = (
+                available_memory(self.device)
+                - fixed
+                - (self.host_reserve if self.device.type == "cpu" else 0)
+            )
             if (
                 self.device.type == "cuda"
             ):  # the tail's maps, num_feat x (tile * scale)^2, under 2^31 elements
@@ -575,23 +596,27 @@ class Upscaler:
         if valid is not None:
             first = c + (alpha is not None)
             bands = [bleed_colour(b, valid[:, :, first + k].astype(np.uint8)) for k, b in enumerate(bands)]
-        h, w = colour.shape[:2]
-        tile = self.tile_size(h, w, colour.dtype)
-        per_pass = _tile_count(self.tiling(h, w, tile))
         first_passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
-        total = (first_passes + len(bands)) * per_pass
+        all_passes = first_passes + len(bands)
 
-        def progress(offset: int) -> Progress | None:
+        def progress(first_pass: int, passes: int) -> Progress | None:
             if on_tile is None:
                 return None
             report = on_tile
-            return lambda done, _total: report(offset + done, total)
 
-        out_colour, out_alpha = self.upscale_planes(colour, alpha, on_tile=progress(0))
+            def tell(
+                done: int, total: int
+            ) -> None:  # total: `passes` passes at the tile used now (a retry's)
+                per_pass = total // passes
+                report(first_pass * per_pass + done, all_passes * per_pass)
+
+            return tell
+
+        out_colour, out_alpha = self.upscale_planes(colour, alpha, on_tile=progress(0, first_passes))
         size = out_colour.shape[:2]
         out_extra = np.empty((*size, len(bands) * group), out_colour.dtype)
         for k, b in enumerate(bands):  # each band's result copied in and dropped: no second copy of them all
-            band, _ = self.upscale_planes(b, None, on_tile=progress((first_passes + k) * per_pass))
+            band, _ = self.upscale_planes(b, None, on_tile=progress(first_passes + k, 1))
             out_extra[:, :, k * group : (k + 1) * group] = band
         return replace(
             image,
@@ -605,11 +630,24 @@ class Upscaler:
         """attempt(tile) with this image's tile; while its forward pass runs out of memory, again with smaller tiles
         (`shrink_tile`) down to the smallest. Real-ESRGAN and the ncnn ports end the run at the first CUDA
         out-of-memory; a memory estimate cannot see what another process takes between it and the pass."""
+        caps = self.tile_cap, self.batch_cap
         while True:
             try:
-                return attempt(self.tile_size(height, width, dtype))
+                try:
+                    return attempt(self.tile_size(height, width, dtype))
+                except (RuntimeError, MemoryError) as exc:  # the band, its flush, the output: beside the pass
+                    if not out_of_memory(exc):
+                        raise
+                    raise TileError(f"the image: {one_line(exc)}", where="the image") from exc
             except TileError as exc:
-                self.shrink_tile(exc, height, width)
+                try:
+                    self.shrink_tile(exc, height, width)
+                except TileError:
+                    self.tile_cap, self.batch_cap = (
+                        caps  # no tile worked: the next images start where they did
+                    )
+                    self.release()
+                    raise
             self.release()  # here, not in the except block: the exception's traceback holds the pass's tensors
 
     def shrink_tile(self, exc: TileError, height: int, width: int) -> None:
@@ -631,7 +669,7 @@ class Upscaler:
         side = tile or max(height, width)
         # several tiles a pass: fewer of them first (on CUDA the automatic batch fills half the free memory)
         if batch > 1:
-            self.batch_cap = batch // 2
+            self.batch_cap = min(batch // 2, self.batch_cap or batch)
             warnings.warn(
                 f"out of memory with {batch} tiles of {side}x{side} pixels a pass on {self.device.type}; trying "
                 f"{batch // 2} a pass (also for the images after it)",
@@ -641,12 +679,15 @@ class Upscaler:
             return
         smaller = self._smaller_tile(side)
         if smaller is None:
+            said = one_line(cause)
+            # oneDNN's "could not create a primitive" is counted as memory (errors.out_of_memory) but not said so
+            what = "out of memory" if "primitive" not in said else "the forward pass failed"
             raise TileError(
-                f"{exc.where}: out of memory even with tiles of {side}x{side} pixels, the smallest tried "
-                f"({one_line(cause)[:160]}); free some memory{self._elsewhere()}",
+                f"{exc.where}: {what} even with tiles of {side}x{side} pixels, the smallest tried "
+                f"({said[:160]}); free some memory{self._elsewhere()}",
                 where=exc.where,
             ) from cause
-        self.tile_cap = smaller
+        self.tile_cap = min(smaller, self.tile_cap or smaller)
         warnings.warn(
             f"out of memory with {'the whole image' if tile == 0 else f'tiles of {side}x{side} pixels'} on "
             f"{self.device.type}; trying tiles of {smaller}x{smaller} (also for the images after it)",

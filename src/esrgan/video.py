@@ -42,7 +42,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +89,11 @@ DEFAULT_SEGMENT_FRAMES = 240
 cost almost nothing in size; a kill loses at most this many frames of work."""
 
 QUEUE_FRAMES = 4  # frames in flight between decoder, model and encoder (bounded memory)
+ENCODER_BYTES = {"h264": 230, "h265": 240, "vp9": 170, "av1": 250, "ffv1": 60}
+"""Host memory an encoder holds, in bytes per output pixel of 8-bit video (twice that for 10-bit and more): PyAV
+encoding 60 frames of 1920x1088 with FFmpeg's defaults on a 2-core AMD EPYC Zen 4 grew by 224 (libx264), 236
+(libx265), 166 (libvpx-vp9), 247 (SVT-AV1) and 58 (ffv1) bytes a pixel (libx264 186 and ffv1 53 at 3840x2176):
+lookahead and reference frames, several planes each. More cores, more frame threads: a floor, not a bound."""
 _SEGMENT_MAGIC = b"ESRGAN-SEGMENT-1\n"
 _RECORD = struct.Struct("<qqqBI")  # pts, dts, duration, key frame, size
 _NONE = -(2**63)
@@ -724,6 +729,7 @@ def upscale_video(
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
+    upscaler = _check_memory(src, plan, upscaler, frame_batch)
     _check_encoder_opens(av, plan, src)  # before any frame is upscaled
     work = work_folder(dst)
     with _work_lock(work, dst):
@@ -914,6 +920,43 @@ def _run_frames(
     return count, first, end
 
 
+def frames_memory(plan: _Plan, frame_batch: int) -> int:
+    """Host memory the video path holds beside the model, estimated: the frames in flight (the decoded and the
+    upscaled queues, a batch, one being converted for the encoder) and the encoder's own (ENCODER_BYTES)."""
+    pixels = plan.out_width * plan.out_height
+    deep = plan.rgb_format == "rgb48le"
+    in_flight = (2 * QUEUE_FRAMES + frame_batch + 2) * 3 * (2 if deep else 1)
+    return pixels * (
+        in_flight + ENCODER_BYTES.get(plan.codec, max(ENCODER_BYTES.values())) * (2 if deep else 1)
+    )
+
+
+def _check_memory(src: Path, plan: _Plan, upscaler: Upscaler, frame_batch: int) -> Upscaler:
+    """Refuse, in one line before any frame, a video whose frames and encoder would not fit in the free host memory
+    (before, the kernel's OOM killer ended the run without a word, e.g. 1080p at x4, 7680x4320 with h264: about 8 GB);
+    else the upscaler to use: a copy whose automatic tile leaves that memory out (Upscaler.host_reserve)."""
+    from .device import host_memory_available
+    from .errors import format_bytes
+
+    need = frames_memory(plan, frame_batch)
+    free = host_memory_available()
+    if free is not None and need > free:
+        ways = "a smaller --outscale (or --width / --height)"
+        lossless = replace(plan, codec="ffv1")
+        if plan.codec != "ffv1" and frames_memory(lossless, 1) <= free:
+            ways += ", or --codec ffv1 (lossless, large files)"
+        elif frame_batch > 1 and frames_memory(plan, 1) <= free:
+            ways += ", or --frame-batch 1"
+        raise VideoError(
+            f"{src}: the {plan.out_width}x{plan.out_height} frames need about {format_bytes(need)} of memory "
+            f"to encode with {plan.codec} (the frames in flight and the encoder's) and {format_bytes(free)} is free: "
+            f"try {ways}"
+        )
+    upscaler = copy.copy(upscaler)  # the caller's upscaler goes on with images without the reservation
+    upscaler.host_reserve = need
+    return upscaler
+
+
 def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndarray]:
     """Upscale frames of one size (HxWx3 uint8 or uint16), in one forward pass where that is possible.
 
@@ -930,6 +973,11 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         h * upscaler.model.scale,
         w * upscaler.model.scale,
     )
+    cap = upscaler.batch_cap
+    if cap is not None and len(frames) > cap:  # a batch ran out of memory before: at most cap frames a pass
+        return [
+            out for k in range(0, len(frames), cap) for out in upscale_frames(upscaler, frames[k : k + cap])
+        ]
     if len(frames) == 1 or frames[0].dtype != np.uint8 or not native or upscaler.tile_size(h, w) != 0:
         return [
             upscaler.upscale_image(ImageData(f, bit_depth=16 if f.dtype == np.uint16 else 8)).pixels
@@ -937,7 +985,6 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         ]
     import torch
 
-    from .device import release_memory
     from .errors import out_of_memory
     from .tiling import upscale_tiled
 
@@ -947,12 +994,22 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
     except (RuntimeError, MemoryError) as exc:
         if not out_of_memory(exc):
             raise
-        passed = None  # the frames one by one instead (Upscaler retries those with smaller tiles)
+        passed = None  # half as many frames a pass, for these and the batches after them (down to one)
     if passed is None:
+        import warnings
+
+        from .upscale import OutOfMemoryWarning
+
         del batch
-        upscaler.runner.release()
-        release_memory(upscaler.device)
-        return [upscaler.upscale_image(ImageData(f, bit_depth=8)).pixels for f in frames]
+        upscaler.batch_cap = max(1, len(frames) // 2)
+        warnings.warn(
+            f"out of memory with {len(frames)} frames a pass on {upscaler.device.type}; trying "
+            f"{upscaler.batch_cap} a pass (also for the frames after them)",
+            OutOfMemoryWarning,
+            stacklevel=2,
+        )
+        upscaler.release()
+        return upscale_frames(upscaler, frames)
     return [
         upscale_tiled(
             _output_of(passed[i : i + 1]),  # the pass is done: hand its output to the blending
