@@ -313,3 +313,40 @@ def test_a_run_folder_with_a_newline_in_its_name_logs_one_line_per_message(
         r.stderr
     )
     assert (tmp_path / "new\nline" / "checkpoints" / "step_00000001.ckpt").is_file()
+
+
+def test_a_full_disk_stops_training_in_one_line_naming_the_file(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A 48 kB disk that the log fills at about step 240: one line naming log.jsonl, the step and what to do
+    (before: "esrgan: error: No space left on device"), every line of the log whole (a torn last line made it
+    unreadable to the next start); with space again, the run starts over and finishes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        config_path = write_config(
+            tiny(photos, disk, "log", train={"total_steps": 2000}), tmp_path / "log.yaml"
+        )
+        r = run_cli("train", config_path, env={"OMP_NUM_THREADS": "1"})
+        assert r.returncode == 1, r.stderr[-2000:]
+        log_file = disk / "log" / "log.jsonl"
+        errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error: ")]
+        assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        prefix = f"esrgan: error: {log_file}: cannot write (No space left on device); stopped at step "
+        assert errors[0].startswith(prefix), errors
+        step = int(errors[0][len(prefix) :].split(",")[0])
+        assert errors[0].endswith(
+            ", before its first checkpoint: free space or fix the folder, then start the run again"
+        )
+        records = [json.loads(line) for line in log_file.read_text().splitlines()]  # every line whole
+        assert records[-1]["step"] == step - 1 > 100
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+        again = write_config(tiny(photos, disk, "log", train={"total_steps": 20}), tmp_path / "again.yaml")
+        r = run_cli("train", again, env={"OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert log_records(disk / "log")[-1]["event"] == "done"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -823,13 +823,35 @@ def save_sample_grid(
 
 
 class _JsonlLog:
+    """The run's log.jsonl, a line a record. A line that cannot be written whole (a full disk) is taken back (the
+    file cut to its length before it: a torn last line would be read as an unreadable log by a later start) and
+    `on_failure(OSError naming the file)` decides what happens (training: stop in one line); without it the error
+    is raised."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.on_failure: Callable[[OSError], None] | None = None
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+        if self.path is None:
+            return
+        line = (json.dumps(record) + "\n").encode()
+        try:
+            with open(self.path, "ab", buffering=0) as fh:
+                end = fh.seek(0, os.SEEK_END)
+                try:
+                    done = 0
+                    while done < len(line):  # unbuffered: a short write is followed by the one that fails
+                        done += fh.write(line[done:]) or 0
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        fh.truncate(end)
+                    raise
+        except OSError as exc:
+            failure = OSError(exc.errno, exc.strerror or str(exc), str(self.path))
+            if self.on_failure is None:
+                raise failure from None
+            self.on_failure(failure)
 
 
 def _tensorboard(run_dir: Path, wanted: bool) -> Any:
@@ -1726,6 +1748,26 @@ def train(
             old.unlink(missing_ok=True)
         return path
 
+    def cannot_write(exc: OSError) -> None:
+        """A log line or sample grid that cannot be written (a full disk, a folder made read-only): the run
+        stops in one line naming the file, with a checkpoint of the steps made where one still fits (before: a bare
+        "No space left on device", the steps since the last checkpoint lost without a word)."""
+        saved = step_checkpoints(ckpt_dir)
+        last = saved[-1] if saved else None
+        if ddp.main and progress.step > 0 and (last is None or last.name != f"step_{progress.step:08d}.ckpt"):
+            with contextlib.suppress(EsrganError, OSError):
+                last = save_step_checkpoint()
+        raise TrainingError(
+            f"{exc.filename}: cannot write ({exc.strerror}); stopped at step {progress.step}"
+            + (
+                f" (checkpoint {last}): free space or fix the folder, then continue with --resume"
+                if last is not None
+                else ", before its first checkpoint: free space or fix the folder, then start the run again"
+            )
+        ) from None
+
+    jsonl.on_failure = cannot_write
+
     total = cfg.train.total_steps
     end = min(total, stop_at_step) if stop_at_step is not None else total
     budget_s = cfg.train.time_budget_minutes * 60.0
@@ -1869,13 +1911,17 @@ def train(
                     if board is not None:
                         board.add_scalar("val/psnr", vpsnr, step)
                         board.add_scalar("val/ssim", vssim, step)
-                    save_sample_grid(
-                        run_dir / "samples" / f"step_{step:08d}.png",
-                        val_items[: cfg.validation.samples],
-                        outputs,
-                        scale=scale,
-                        crop=cfg.validation.sample_crop,
-                    )
+                    grid = run_dir / "samples" / f"step_{step:08d}.png"
+                    try:
+                        save_sample_grid(
+                            grid,
+                            val_items[: cfg.validation.samples],
+                            outputs,
+                            scale=scale,
+                            crop=cfg.validation.sample_crop,
+                        )
+                    except OSError as exc:
+                        cannot_write(OSError(exc.errno, exc.strerror or str(exc), str(grid)))
                     msg = f"step {step}: validation Y-PSNR {vpsnr:.3f} dB, SSIM {vssim:.4f}"
                     if bar is not None:
                         bar.write(msg)
