@@ -11,10 +11,12 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -415,7 +417,11 @@ def test_traversal_in_file_names_never_reaches_the_disk(server: Server, photo_sm
     assert {t: (outside / t).exists() for t in targets} == before  # nothing written beside the result folder
     for path in server.service.root.rglob("*"):
         assert path.resolve().is_relative_to(server.service.root)
-        assert path.name in ("input", "result.png", "before.png") or path.is_dir()
+        assert (
+            path.name in ("input", "result.png", "before.png")
+            or path.is_dir()
+            or path == server.service.root / ".lock"
+        )
 
 
 @pytest.mark.parametrize(
@@ -648,9 +654,11 @@ def make_server(model_x2: Path) -> Iterator[Callable[..., Server]]:
     """Servers of the tiny x2 model with the test limits and the Limits fields given; stopped after the test."""
     made: list[Server] = []
 
-    def make(**limits: int) -> Server:
+    def make(*, host: str | None = None, **limits: float) -> Server:
         limits = {"max_upload_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS, **limits}
-        made.append(Server(serve.create_app({"tiny-x2": model_x2}, limits=serve.Limits(**limits))))
+        more = {} if host is None else {"host": host}  # the address `esrgan serve --host` was given
+        app = serve.create_app({"tiny-x2": model_x2}, limits=serve.Limits(**limits), **more)
+        made.append(Server(app))
         return made[-1]
 
     yield make
@@ -744,17 +752,29 @@ def test_concurrent_uploads_decode_one_at_a_time(
 class ServerProcess:
     """`esrgan serve` as a user runs it, in its own process; its stderr (the server's log) goes to a file."""
 
-    def __init__(self, model: Path, tmp: Path, cgroup: Path | None = None) -> None:
-        """cgroup: a v1 memory cgroup folder the server joins before Python starts."""
+    def __init__(
+        self,
+        model: Path,
+        tmp: Path,
+        cgroup: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """cgroup: a v1 memory cgroup folder the server joins before Python starts. host: its --host; env: more
+        environment (TMPDIR: where it makes its folder)."""
         with socket.socket() as probe:  # a free port (serve binds by number)
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((host, 0))
             self.port = probe.getsockname()[1]
+        self.host = host
         self.log = tmp / "serve.log"
         command = [
             sys.executable,
             "-m",
             "esrgan.cli",
             "serve",
+            "--host",
+            host,
             "--port",
             str(self.port),
             "--model-file",
@@ -768,22 +788,22 @@ class ServerProcess:
                 command,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
-                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
             )
         deadline = time.time() + 120
         while True:
             assert self.proc.poll() is None, f"esrgan serve exited: {self.log.read_text()}"
             assert time.time() < deadline, "esrgan serve did not start"
             try:
-                if self.request("GET", "/api/config")[0] == 200:
-                    break
+                self.request("GET", "/api/config")  # any answer: it is up (the test checks what it says)
+                break
             except OSError:
                 time.sleep(0.1)
 
     def request(
         self, method: str, path: str, body: bytes | None = None, ctype: str = ""
     ) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
             conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
             res = conn.getresponse()
@@ -932,3 +952,384 @@ def test_a_job_too_large_for_the_servers_memory_fails_alone(tmp_path: Path, phot
         if proc is not None:
             proc.interrupt()
         group.rmdir()
+
+
+# --- session-26 audit: full disks, results.zip, stalled uploads, stopped servers' folders, hosts, options ------------
+@pytest.fixture()
+def small_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 2 MiB tmpfs as the system's temporary folder for the test: the server's folder is made there, and Starlette
+    spools uploads over 1 MiB there (needs root to mount: skipped otherwise). Request it before make_server, so
+    that the servers stop before it is unmounted."""
+    disk = tmp_path / "tmpfs"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    monkeypatch.setattr(tempfile, "tempdir", str(disk))
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file that leaves about `leave` bytes free on disk."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def raw_upload(srv: Server, name: str, data: bytes, **fields: Any) -> tuple[int, bytes]:
+    body, ctype = multipart(name, data, {k: str(v) for k, v in fields.items()})
+    status, _, raw = srv.request("POST", "/api/jobs", body=body, headers={"Content-Type": ctype})
+    return status, raw
+
+
+def test_a_full_disk_is_a_507_in_one_line_and_leaves_nothing(
+    small_tmp: Path, make_server: Callable[..., Server], photo_small: np.ndarray
+) -> None:
+    """Audit item 1: on a full disk, an upload over 1 MiB (which Starlette spools to the temporary folder while the
+    form arrives) was a 500 with a traceback, and GET /api/results.zip a 500 leaving a half-written results-*.zip
+    in the server's folder at each try. Now one-line 507s, and the zip is streamed from the results (no copy)."""
+    srv = make_server(max_upload_bytes=4 * 2**20)
+    assert srv.service.root.parent == small_tmp
+    status, job = srv.upload("ok.png", png(photo_small))
+    assert status == 201, job
+    job = srv.wait(job["id"])
+    assert job["state"] == "done", job
+    filler = fill(small_tmp, 64 * 1024)
+    before = files_under(small_tmp)
+
+    status, raw = raw_upload(srv, "big.png", os.urandom(1_500_000))
+    assert status == 507, raw
+    assert json.loads(raw) == {"error": "cannot store the upload (No space left on device)"}
+    # under 1 MiB: held in memory, then stored in the job's folder
+    status, raw = raw_upload(srv, "mid.png", os.urandom(300_000))
+    assert (status, json.loads(raw)) == (
+        507,
+        {"error": "mid.png: cannot store the upload (No space left on device)"},
+    )
+    for _ in range(2):
+        status, headers, data = srv.request("GET", "/api/results.zip")
+        assert status == 200 and headers["content-type"] == "application/zip", data[:200]
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            assert zf.namelist() == ["ok_x2.png"] and zf.testzip() is None
+            assert zf.read("ok_x2.png") == srv.request("GET", job["result_url"])[2]
+    assert files_under(small_tmp) == before  # nothing half-written left, nothing new
+    filler.unlink()
+    status, job = srv.upload("again.png", png(photo_small))
+    assert status == 201 and srv.wait(job["id"])["state"] == "done"  # the server goes on
+
+
+def test_the_servers_folder_removed_by_a_cleaner_is_made_again(
+    make_server: Callable[..., Server], photo_small: np.ndarray
+) -> None:
+    """Audit item 1: the server's folder removed (a /tmp cleaner): every upload was a 500 (new_folder's mkdir
+    outside the OSError handler). A new folder is made at the next upload, and the server goes on."""
+    srv = make_server()
+    old = srv.service.root
+    shutil.rmtree(old)
+    status, raw = raw_upload(srv, "ok.png", png(photo_small))
+    assert status == 201, raw
+    job = srv.wait(json.loads(raw)["id"])
+    assert job["state"] == "done", job
+    assert srv.service.root != old and srv.service.root.parent == old.parent
+    assert (srv.service.root / job["id"] / "result.png").is_file()
+    status, _, data = srv.request("GET", "/api/results.zip")
+    assert status == 200 and zipfile.ZipFile(io.BytesIO(data)).namelist() == ["ok_x2.png"]
+
+
+def test_one_zip_at_a_time_and_no_cross_site_reads(
+    make_server: Callable[..., Server], photo: np.ndarray, tmp_path: Path
+) -> None:
+    """Audit item 2: every GET /api/results.zip wrote a copy of all the results to disk, any number at once, and a
+    page of another site could start them (<img src=.../api/results.zip>: Origin was checked for writes only).
+    Now the zip is streamed from the results, one at a time (503 in one line otherwise), and /api/ requests that a
+    browser marks as coming from another site are refused."""
+    srv = make_server()
+    bmp = encode(ImageData(pixels=np.ascontiguousarray(photo[:160, :160])), ".bmp", tmp_path)
+    status, job = srv.upload("photo.bmp", bmp)  # the result is a BMP too: 300 kB, uncompressed
+    assert status == 201, job
+    job = srv.wait(job["id"])
+    assert job["state"] == "done", job
+    result = srv.request("GET", job["result_url"])[2]
+    assert len(result) > 300_000  # more than the small socket buffers below and uvicorn's 64 KiB hold
+
+    # small buffers both sides (accepted sockets take the listening socket's): a client that does not read keeps
+    # its zip in progress
+    srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    def slow_client() -> http.client.HTTPConnection:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", srv.port))
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        conn.sock = sock
+        return conn
+
+    def zip_status() -> tuple[int, bytes]:
+        status, _, data = srv.request("GET", "/api/results.zip")
+        return status, data
+
+    def released() -> tuple[int, bytes]:  # the first zip's lock is given back just after its last byte
+        deadline = time.time() + 10
+        while (answer := zip_status())[0] == 503 and time.time() < deadline:
+            time.sleep(0.05)
+        return answer
+
+    first = slow_client()
+    first.request("GET", "/api/results.zip")
+    res = first.getresponse()
+    assert res.status == 200 and res.getheader("content-type") == "application/zip"
+    status, data = zip_status()
+    assert status == 503, data[:100]
+    assert (status, json.loads(data)) == (
+        503,
+        {"error": "a zip of the results is being sent already: try again when it is done"},
+    )
+    with zipfile.ZipFile(io.BytesIO(res.read())) as zf:  # the first one is whole
+        assert zf.namelist() == ["photo_x2.bmp"] and zf.read("photo_x2.bmp") == result
+    first.close()
+    status, data = released()
+    assert status == 200 and zipfile.ZipFile(io.BytesIO(data)).read("photo_x2.bmp") == result
+
+    # a client that goes away mid-zip gives its place back too
+    gone = slow_client()
+    gone.request("GET", "/api/results.zip")
+    assert gone.getresponse().status == 200
+    gone.close()
+    assert released()[0] == 200
+
+    # another site's page: refused for every /api/ read; the same origin, a typed URL and scripts are served
+    for site, expected in [("cross-site", 403), ("same-site", 403), ("same-origin", 200), ("none", 200)]:
+        for path in ("/api/results.zip", job["result_url"], "/api/jobs"):
+            status, _, data = srv.request("GET", path, headers={"Sec-Fetch-Site": site})
+            assert status == expected, (site, path, data[:200])
+            if expected == 403:
+                assert json.loads(data) == {
+                    "error": "cross-site request refused: use the page this server serves"
+                }
+    assert srv.request("GET", "/", headers={"Sec-Fetch-Site": "cross-site"})[0] == 200  # a link to the page
+
+
+def test_a_stalled_upload_is_dropped_and_gives_its_place_back(
+    make_server: Callable[..., Server], photo_small: np.ndarray
+) -> None:
+    """Audit item 3: an upload that sent its headers and part of its body, then nothing, held its place under the
+    job cap for ever: 100 of them and every upload was "503 too many jobs (100)" with no job listed. An upload
+    silent for Limits.stall_seconds (60 s; 1 s here) is answered 408 in one line and gives its place back; the
+    503 meanwhile says how many places uploads still arriving hold."""
+    srv = make_server(max_jobs=2, stall_seconds=1.0)
+    body, ctype = multipart("slow.png", png(photo_small), {})
+    stalled = []
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        sock.sendall(
+            f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:200]
+        )
+        stalled.append(sock)
+    try:
+        deadline = time.time() + 10
+        while True:  # until both hold their places: a junk upload is refused for the cap, not for being junk
+            status, raw = raw_upload(srv, "junk.png", b"not an image\n" * 10)
+            if status == 503:
+                break
+            assert status == 400 and time.time() < deadline, raw
+        assert json.loads(raw) == {
+            "error": "too many jobs (2, 2 of them uploads still arriving): remove finished ones first"
+        }
+        for sock in stalled:
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            head, _, payload = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 "), answer
+            assert json.loads(payload) == {"error": "upload stalled: nothing received for 1 s"}
+    finally:
+        for sock in stalled:
+            sock.close()
+    status, job = srv.upload("ok.png", png(photo_small))
+    assert status == 201, job
+    assert srv.wait(job["id"])["state"] == "done"
+    assert [p.name for p in srv.service.root.iterdir() if p.is_dir()] == [job["id"]]  # nothing else kept
+
+
+def server_folders(parent: Path) -> set[Path]:
+    return {p for p in parent.iterdir() if p.name.startswith("esrgan-serve-")}
+
+
+def test_sighup_stops_the_server_and_deletes_its_folder(
+    model_x2: Path, tmp_path: Path, photo_small: np.ndarray
+) -> None:
+    """Audit item 4: closing the terminal (SIGHUP) ended `esrgan serve` at once, leaving every upload and result in
+    its folder for ever. SIGHUP now stops it as SIGTERM does: the folder is deleted, and the process ends by
+    SIGHUP."""
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    proc = ServerProcess(model_x2, tmp_path, env={"TMPDIR": str(parent)})
+    try:
+        data, ctype = multipart("ok.png", png(photo_small), {})
+        status, answer = proc.request("POST", "/api/jobs", data, ctype)
+        assert status == 201, answer
+        (folder,) = server_folders(parent)
+        assert any(folder.rglob("input"))
+        proc.proc.send_signal(signal.SIGHUP)
+        rc = proc.proc.wait(60)
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+    log = proc.log.read_text()
+    assert rc == -signal.SIGHUP, log
+    assert not folder.exists() and server_folders(parent) == set(), log
+    assert "Traceback" not in log, log
+
+
+def test_folders_of_killed_servers_are_removed_at_start_and_live_ones_kept(
+    model_x2: Path,
+    tmp_path: Path,
+    photo_small: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    make_server: Callable[..., Server],
+) -> None:
+    """Audit item 4: a server killed (SIGKILL, the OOM killer) left its folder for ever. Each server holds an flock
+    on its folder; a server starting removes the folders whose lock it can take (their server is gone), never a
+    running server's, nor a folder without the marker that says its server locks it (an older server's)."""
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    monkeypatch.setattr(
+        tempfile, "tempdir", str(parent)
+    )  # the servers' TMPDIR, in this process and the killed one
+    live = make_server()
+    status, live_job = live.upload("live.png", png(photo_small))
+    assert status == 201, live_job
+    live_job = live.wait(live_job["id"])
+    assert live_job["state"] == "done", live_job
+    older = parent / "esrgan-serve-old12345"  # a folder of a server from before the lock: can't tell, kept
+    older.mkdir()
+    (older / "input").write_bytes(b"kept")
+
+    killed = ServerProcess(model_x2, tmp_path, env={"TMPDIR": str(parent)})
+    try:
+        data, ctype = multipart("ok.png", png(photo_small), {})
+        assert killed.request("POST", "/api/jobs", data, ctype)[0] == 201
+        (dead,) = server_folders(parent) - {live.service.root, older}  # its start kept the live one's
+        assert live.service.root.is_dir() and (older / "input").is_file()
+    finally:
+        killed.proc.kill()
+        killed.proc.wait()
+    assert any(dead.rglob("input"))  # SIGKILL: nothing cleaned up
+
+    new = make_server()
+    assert server_folders(parent) == {live.service.root, new.service.root, older}
+    assert new.service.stale == [dead]
+    status, _, data = live.request("GET", live_job["result_url"])  # the live server's results are whole
+    assert status == 200 and Image.open(io.BytesIO(data)).size == (80, 96)
+    status, job = new.upload("new.png", png(photo_small))
+    assert status == 201 and new.wait(job["id"])["state"] == "done"
+
+
+def test_the_loopback_address_the_server_was_started_on_is_a_valid_host(
+    model_x2: Path, tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
+    """Audit item 5: `--host 127.0.0.2` (or ::1 written out) is loopback, so the Host check is on, but only
+    127.0.0.1, localhost and [::1] passed it: every request, the page included, was "400 Invalid host header"."""
+    proc = ServerProcess(model_x2, tmp_path, host="127.0.0.2")  # a real `esrgan serve --host 127.0.0.2`
+    try:
+        status, data = proc.request("GET", "/")  # Host: 127.0.0.2:port, as a browser sends it
+        assert status == 200 and b"<script" in data, data
+        assert proc.request("GET", "/api/config")[0] == 200
+    finally:
+        proc.interrupt()
+    srv = make_server(host="0:0:0:0:0:0:0:1")  # the Host check of `--host 0:0:0:0:0:0:0:1`
+    for host, expected in [
+        ("[0:0:0:0:0:0:0:1]", 200),  # as typed (curl)
+        ("[::1]", 200),  # as a browser writes it
+        ("[0000:0000:0000:0000:0000:0000:0000:0001]", 200),
+        ("127.0.0.1", 200),
+        ("evil.example", 400),
+        ("127.0.0.2", 400),
+    ]:
+        status, _, _ = srv.request("GET", "/api/config", headers={"Host": f"{host}:{srv.port}"})
+        assert status == expected, host
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-upload-mb", "nan"], "--max-upload-mb must be a positive number, not 'nan'"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be a positive number, not '0'"),
+        (["--max-upload-mb", "-1"], "--max-upload-mb must be a positive number, not '-1'"),
+        (["--max-upload-mb", "1e306"], "--max-upload-mb must be at most 1000000000, not '1e306'"),
+        (["--max-megapixels", "nan"], "--max-megapixels must be a positive number, not 'nan'"),
+        (["--max-megapixels", "inf"], "--max-megapixels must be a positive number, not 'inf'"),
+        (["--max-megapixels", "0"], "--max-megapixels must be a positive number, not '0'"),
+        (["--port", "99999"], "--port must be 1-65535, not '99999'"),
+        (["--port", "-1"], "--port must be 1-65535, not '-1'"),
+        (["--port", "0"], "--port must be 1-65535, not '0'"),
+        (["--port", "http"], "--port takes a whole number, not 'http'"),
+        (["--keep-minutes", "-1"], "--keep-minutes must be a positive number, not '-1'"),
+        (["--keep-minutes", "nan"], "--keep-minutes must be a positive number, not 'nan'"),
+        (["--keep-minutes", "0"], "--keep-minutes must be a positive number, not '0'"),
+    ],
+)
+def test_bad_serve_options_are_one_line_and_exit_2(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Audit item 6: nan limits and --port 99999 were Python tracebacks, --keep-minutes -1 deleted results at once
+    (nan: never), --max-upload-mb 0 refused every upload. Each is argparse's one line and exit 2, before anything
+    loads (the model file here does not exist: an option let through would fail on it, with exit 1)."""
+    from esrgan import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", *args, "--model-file", f"m={tmp_path / 'missing.safetensors'}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("esrgan serve: error: argument ") and err[-1].endswith(message), err
+    assert not any("Traceback" in line for line in err)
+    # the range's ends are accepted
+    parsed = cli.build_parser().parse_args(
+        [
+            "serve",
+            "--port",
+            "65535",
+            "--max-upload-mb",
+            "0.5",
+            "--keep-minutes",
+            "0.1",
+            "--max-megapixels",
+            "1e9",
+        ]
+    )
+    assert (parsed.port, parsed.max_upload_mb, parsed.keep_minutes) == (65535, 0.5, 0.1)
+
+
+def test_a_job_failing_to_write_names_the_file_not_the_servers_folder(
+    small_tmp: Path, make_server: Callable[..., Server], photo: np.ndarray, photo_small: np.ndarray
+) -> None:
+    """Audit item 7: a job that failed writing its result said "/tmp/.../esrgan-serve-XXX/<job>/result.png: cannot
+    write (No space left on device)": the server's temporary path. It names the user's file, and the failed job's
+    files are deleted at once (its disk given back)."""
+    srv = make_server()
+    data = png(np.ascontiguousarray(photo[100:228, 100:228]))  # 128x128 -> a 256x256 result
+    fill(small_tmp, len(data) + 12 * 1024)  # room for the upload, not for its result
+    status, job = srv.upload("n1.png", data)
+    assert status == 201, job
+    job = srv.wait(job["id"])
+    assert job["state"] == "error", job
+    assert job["error"] == "n1.png (result): cannot write (No space left on device)"
+    assert not (srv.service.root / job["id"]).exists()
+    (small_tmp / "filler").unlink()
+    status, job = srv.upload("n2.png", png(photo_small))
+    assert status == 201 and srv.wait(job["id"])["state"] == "done"

@@ -280,22 +280,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_HOST,
         help=f"interface to listen on (default {DEFAULT_HOST}: this machine only)",
     )
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port, 1-65535 (default {DEFAULT_PORT})")
     p.add_argument(
         "--max-upload-mb",
-        type=float,
+        type=_positive_float("--max-upload-mb", most=_SERVE_MOST),
         default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
         help="largest upload in MiB, enforced while it streams (default %(default)g)",
     )
     p.add_argument(
         "--max-megapixels",
-        type=float,
+        type=_positive_float("--max-megapixels", most=_SERVE_MOST),
         default=DEFAULT_MAX_PIXELS / 2**20,
         help="largest input in mebipixels (2^20 pixels), checked from the header (default %(default)g = 4096x4096)",
     )
     p.add_argument(
         "--keep-minutes",
-        type=float,
+        type=_positive_float("--keep-minutes", most=_SERVE_MOST),
         default=DEFAULT_KEEP_SECONDS / 60,
         help="delete a finished job's files this long after it finished (default %(default)g); all are deleted at exit",
     )
@@ -320,8 +320,9 @@ def _run_serve(args: argparse.Namespace) -> int:
             if not (eq and name and path):
                 raise EsrganError(f"--model-file takes NAME=PATH, not {item!r}")
             models[name] = _path(path)
-    limits = Limits(
-        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 2**20)
+    limits = Limits(  # at least one byte / pixel: --max-upload-mb 1e-9 is a tiny limit, not none
+        max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
+        max_pixels=max(1, int(args.max_megapixels * 2**20)),
     )
     with warnings_as_lines():  # the jobs' warnings too (the log is the server's stderr)
         serve(args.host, args.port, models=models, limits=limits, keep_seconds=args.keep_minutes * 60)
@@ -1003,7 +1004,7 @@ def _value_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _positive_float(flag: str) -> Callable[[str], float]:
+def _positive_float(flag: str, most: float = math.inf) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -1011,9 +1012,26 @@ def _positive_float(flag: str) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{flag} takes a number, not {text!r}") from None
         if not value > 0 or value == float("inf"):
             raise argparse.ArgumentTypeError(f"{flag} must be a positive number, not {text!r}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"{flag} must be at most {most:.15g}, not {text!r}")
         return value
 
     return parse
+
+
+_SERVE_MOST = 1e9
+"""The largest --max-upload-mb, --max-megapixels and --keep-minutes (~1 PB, ~1e15 pixels, ~1,900 years): far past
+any use, and short of a float overflow (1e306 MiB in bytes is inf) and of JSON's numbers (/api/config)."""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port takes a whole number, not {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be 1-65535, not {text!r}")
+    return value
 
 
 if __name__ == "__main__":

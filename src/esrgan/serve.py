@@ -15,15 +15,23 @@ Design:
   their place. DELETE /api/jobs/{id} removes a queued job at once, and stops a running one at the next tile
   boundary: the tile callback raises JobCancelled. Closing the page does not touch the jobs.
 - Files live in one private temporary folder (tempfile.mkdtemp); a finished job's files are deleted `keep_seconds`
-  after it finished (default one hour), and the whole folder at shutdown.
+  after it finished (default one hour), a failed job's at once, and the whole folder at shutdown (Ctrl-C, SIGTERM,
+  SIGHUP). The server holds an flock on its folder for its life: a server killed (SIGKILL, the OOM killer) leaves
+  its folder unlocked, and the next server to start removes it (make_folder, remove_stale_folders); the lock also
+  keeps systemd-tmpfiles' age-based cleaning out of it. A folder removed all the same is made again at the next
+  upload. Nothing is copied for a download: results.zip is streamed from the result files, one zip at a time.
 - Safety: uploads are capped in bytes while they stream, before any decoding; the pixel count is checked from the
   header by esrgan.imageio.read_image, which also sniffs the content (the file name is only a display label).
-  An upload takes its place under the job cap before its body is read (at the cap it is refused unread), and
-  uploads decode one at a time (a full-size 16-bit upload takes ~450 MB while it decodes).
+  An upload takes its place under the job cap before its body is read (at the cap it is refused unread), an
+  upload that sends nothing for `Limits.stall_seconds` (60 s) is dropped with a 408 and gives its place back, and
+  uploads decode one at a time (a full-size 16-bit upload takes ~450 MB while it decodes). A full disk is a 507
+  in one line, leaving nothing half-written.
   Every path on disk is server-made (random job ids, fixed file names); ids from URLs are only dictionary keys,
   and a file is served only if it resolves inside the result folder. Requests from another web origin are refused
-  (a web page must not drive your local server), and on loopback the Host header must be a loopback name (DNS
-  rebinding).
+  (a web page must not drive your local server): writes by their Origin header, and any /api/ request a browser
+  marks Sec-Fetch-Site cross-site or same-site (an <img> of results.zip on another site's page). On loopback the
+  Host header must be a loopback name or the address the server was started on (DNS rebinding). Job errors name
+  the user's file, never a path in the server's folder.
 """
 
 from __future__ import annotations
@@ -34,9 +42,11 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -47,6 +57,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import EsrganError, ImageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no folder is ever taken for a stopped server's
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,6 +78,12 @@ DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 16 * 1024 * 1024
 """16 megapixels (a 4096x4096 input): its x4 output is 268 megapixels, already minutes of CPU per image."""
 DEFAULT_KEEP_SECONDS = 3600.0
+DEFAULT_STALL_SECONDS = 60.0
+"""An upload whose client sends nothing for this long is dropped (408) and frees its place under the job cap."""
+FOLDER_PREFIX = "esrgan-serve-"
+_MARK = ".lock"
+"""A file in a server's folder that says its server holds an flock on the folder (made once the lock is held).
+Folders without it (made by servers before session 26, which held no lock) are never removed by another server."""
 MAX_OUTSCALE = 16.0  # the CLI's limits (esrgan.upscale.MAX_OUTSCALE, MAX_TILE; checked equal in the tests)
 MAX_TILE = 4096
 MIN_OUTSCALE = 0.25
@@ -109,6 +130,8 @@ class Limits:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_jobs: int = 100  # queued + finished jobs held at once: bounds the disk a busy page can fill
+    # an upload whose client sends nothing this long is dropped (408), its place freed
+    stall_seconds: float = DEFAULT_STALL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -312,8 +335,75 @@ def safe_name(name: str | None) -> str:
     return base[:80] or "image"
 
 
+# --- the server's folder ------------------------------------------------------------------------------------------------
+def make_folder(parent: Path) -> tuple[Path, int]:
+    """A new private folder (esrgan-serve-XXXXXXXX in parent) and the fd holding an flock on it (-1: no lock).
+
+    The lock (LOCK_EX on the folder itself) is held until the fd is closed, which the kernel does when the process
+    ends however it ends. The marker file is made only once the lock is held: a folder another server sees without
+    it is starting (or from an older server) and is left alone. systemd-tmpfiles skips locked folders too.
+    """
+    root = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=parent)).resolve()
+    if fcntl is None:
+        return root, -1
+    fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # no locks on this file system (some NFS set-ups): unmarked, never taken for a dead one's
+        os.close(fd)
+        return root, -1
+    try:
+        (root / _MARK).touch(exist_ok=False)
+    except OSError:
+        os.close(fd)
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return root, fd
+
+
+def remove_stale_folders(parent: Path) -> list[Path]:
+    """Remove the folders that servers which are gone left in parent (killed: SIGKILL, the OOM killer, a crash); the
+    folders removed. Only folders named esrgan-serve-*, owned by this user, holding the marker, whose flock can be
+    taken: a running server holds its own, so its folder is never touched."""
+    if fcntl is None:
+        return []
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(FOLDER_PREFIX)]
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        try:
+            fd = os.open(
+                entry.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+            )
+        except OSError:  # not a folder, a link, gone already
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # its server is running
+                continue
+            mark = os.lstat(os.path.join(entry.path, _MARK))
+            if stat.S_ISREG(mark.st_mode) and os.stat(entry.path).st_ino == info.st_ino:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+        except OSError:  # no marker: an older server's, or one starting
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
 class JobService:
-    """The queue, the worker thread and the result folder; thread-safe, used by the HTTP layer."""
+    """The queue, the worker thread and the result folder; thread-safe, used by the HTTP layer.
+
+    The result folder is made in the system's temporary folder (TMPDIR); the folders that stopped servers left
+    there are removed first (`stale`: the ones removed).
+    """
 
     def __init__(
         self,
@@ -329,13 +419,16 @@ class JobService:
         self.default_model = next((m.name for m in models if m.available), models[0].name)
         self.limits = limits
         self.keep_seconds = keep_seconds
-        self.root = Path(tempfile.mkdtemp(prefix="esrgan-serve-")).resolve()
+        self.parent = Path(tempfile.gettempdir())
+        self.stale = remove_stale_folders(self.parent)
+        self.root, self._lock_fd = make_folder(self.parent)
         self._engine_factory = engine_factory
         self._engine_key: tuple[str, str, int | None, float | None, int | None] | None = None
         self._engine: Engine | None = None
         self._jobs: dict[str, Job] = {}
         self._queue: list[str] = []
         self._placed = 0  # uploads in flight that hold a place under max_jobs (upload_place)
+        self._arriving = 0  # of those, the ones whose body is still arriving
         self._cond = threading.Condition()
         self._closed = False
         self.version = 0  # bumped on every visible change; the event stream watches it
@@ -401,27 +494,45 @@ class JobService:
         return JobOptions(model=model, outscale=outscale, precision=precision, tile=tile or None, width=width)
 
     def new_folder(self) -> tuple[str, Path]:
-        """A fresh random job id and its private folder (the only way a path is ever made)."""
+        """A fresh random job id and its private folder (the only way a path is ever made). OSError where it cannot
+        be made. The server's folder removed from under it (a temporary-file cleaner) is made again, elsewhere."""
         job_id = secrets.token_urlsafe(12)
-        folder = self.root / job_id
+        with self._cond:
+            if self._closed:  # close() has removed the folder: none is made again
+                raise UploadRejected("the server is shutting down", 503)
+            if not self.root.is_dir():
+                self._new_root()
+            folder = self.root / job_id
         folder.mkdir()
         return job_id, folder
 
     @contextlib.contextmanager
-    def upload_place(self) -> Iterator[None]:
+    def upload_place(self) -> Iterator[Callable[[], None]]:
         """Hold a place under the job cap while an upload arrives; UploadRejected(503) at the cap or shutdown.
 
         Taken before the body is read: uploads at the cap cost neither disk nor a decode, and uploads in flight
-        count against the cap, so many at once cannot all pass a check that each would pass alone.
+        count against the cap, so many at once cannot all pass a check that each would pass alone. Yields
+        `arrived()`, to call once the body is in (until then the place counts as held by an upload still arriving).
         """
         with self._cond:
             problem = self._no_room(placed=False)
             if problem:
                 raise UploadRejected(problem, 503)
             self._placed += 1
+            self._arriving += 1
+        arriving = True
+
+        def arrived() -> None:
+            nonlocal arriving
+            with self._cond:
+                if arriving:
+                    arriving = False
+                    self._arriving -= 1
+
         try:
-            yield
+            yield arrived
         finally:
+            arrived()
             with self._cond:
                 self._placed -= 1
 
@@ -447,7 +558,7 @@ class JobService:
             image = read_image(path, max_pixels=self.limits.max_pixels)
         except ImageError as exc:
             shutil.rmtree(folder, ignore_errors=True)
-            message = str(exc).replace(str(path), name)
+            message = self.public(str(exc).replace(str(path), name))
             raise UploadRejected(message, 413 if "exceeds the limit" in message else 400) from None
         colour = "grey" if image.channels == 1 else "RGB"
         alpha = " + alpha" if image.alpha is not None else ""
@@ -524,25 +635,25 @@ class JobService:
             return None
         return path, _MIME[ext], name
 
-    def zip_results(self) -> Path | None:
-        """All finished results in one zip (stored, not deflated: images are compressed already)."""
+    def zip_results(self) -> Iterator[bytes] | None:
+        """All finished results in one zip, as its bytes come (stored, not deflated: images are compressed
+        already), or None when there are none. Nothing is written to disk and at most ZIP_CHUNK bytes and the
+        zip's directory are held: a result removed meanwhile is left out, one removed while it is read (an open
+        file) is still whole."""
         with self._cond:
             done = [(j.result_path, j.download_name) for j in self._jobs.values() if j.state == "done"]
-        if not done:
-            return None
-        fd, tmp = tempfile.mkstemp(prefix="results-", suffix=".zip", dir=self.root)
+        entries: list[tuple[Path, str]] = []
         used: set[str] = set()
-        with open(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
-            for path, name in done:
-                if path is None or not self._inside(path):
-                    continue
-                arc, n = name, 1
-                while arc in used:
-                    n += 1
-                    arc = f"{Path(name).stem} ({n}){Path(name).suffix}"
-                used.add(arc)
-                zf.write(path, arc)
-        return Path(tmp)
+        for path, name in done:
+            if path is None or not self._inside(path):
+                continue
+            arc, n = name, 1
+            while arc in used:
+                n += 1
+                arc = f"{Path(name).stem} ({n}){Path(name).suffix}"
+            used.add(arc)
+            entries.append((path, arc))
+        return _zip_stream(entries) if entries else None
 
     @property
     def closed(self) -> bool:
@@ -562,6 +673,22 @@ class JobService:
             log.warning("esrgan serve: stopping once the tile being computed is done")
             self._worker.join()
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_fd >= 0:  # after the removal: no other server may see the folder unlocked
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def public(self, message: str, job: Job | None = None) -> str:
+        """A message with the server's paths replaced by what the user knows: a job's files by its file name."""
+        if job is not None:
+            for path, label in [
+                (job.folder / f"result.{job.ext}", f"{job.name} (result)"),
+                (job.folder / "before.png", f"{job.name} (bicubic preview)"),
+                (job.folder / "after.png", f"{job.name} (preview)"),
+                (job.input_path, job.name),
+                (job.folder, "the job's folder"),
+            ]:
+                message = message.replace(str(path), label)
+        return message.replace(str(self.root), "the server's folder")
 
     # -- internals (callers hold self._cond where noted)
     def _no_room(self, placed: bool) -> str:  # holds _cond
@@ -569,8 +696,20 @@ class JobService:
         if self._closed:
             return "the server is shutting down"
         if len(self._jobs) + self._placed - placed >= self.limits.max_jobs:
-            return f"too many jobs ({self.limits.max_jobs}): remove finished ones first"
+            arriving = f", {self._arriving} of them uploads still arriving" if self._arriving else ""
+            return f"too many jobs ({self.limits.max_jobs}{arriving}): remove finished ones first"
         return ""
+
+    def _new_root(self) -> None:  # holds _cond
+        """The server's folder was removed from under it: a new one (its files, and so its results, are lost)."""
+        old = self.root
+        self.root, fd = make_folder(self.parent)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+        self._lock_fd = fd
+        log.warning(
+            "esrgan serve: the server's folder %s was removed by something else; now using %s", old, self.root
+        )
 
     def _changed(self) -> None:  # holds _cond
         self.version += 1
@@ -636,14 +775,18 @@ class JobService:
                 self._changed()
             return
         except EsrganError as exc:
-            error = str(exc).replace(str(job.input_path), job.name)
+            error = self.public(str(exc), job)
+        except OSError as exc:  # e.g. the job's folder removed from under it
+            error = self.public(f"{exc.filename or job.name}: {exc.strerror or exc}", job)
         except MemoryError:
             error = f"{job.name}: not enough memory (try a smaller tile size)"
         except Exception as exc:  # a bug must fail this job, not kill the worker
             log.exception("job %s failed", job.id)
-            error = f"{job.name}: internal error ({type(exc).__name__}: {exc})"
+            error = self.public(f"{job.name}: internal error ({type(exc).__name__}: {exc})", job)
         else:
             error = ""
+        if error:  # nothing of a failed job is served: its disk is given back now (a full disk above all)
+            shutil.rmtree(job.folder, ignore_errors=True)
         with self._cond:
             if job.cancel.is_set() and job.id in self._jobs:  # cancelled after its last tile
                 self._drop(job)
@@ -751,13 +894,21 @@ class _TooLarge(Exception):
     pass
 
 
-def _capped(receive: Any, limit: int) -> Any:
-    """Wrap an ASGI receive channel so that a body longer than `limit` bytes stops while it streams."""
+class _Stalled(Exception):
+    pass
+
+
+def _capped(receive: Any, limit: int, stall: float) -> Any:
+    """Wrap an ASGI receive channel so that a body longer than `limit` bytes stops while it streams (_TooLarge),
+    and a client that sends nothing for `stall` seconds is given up (_Stalled)."""
     seen = 0
 
     async def wrapped() -> Any:
         nonlocal seen
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), stall)
+        except asyncio.TimeoutError:
+            raise _Stalled from None
         if message.get("type") == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
@@ -771,22 +922,36 @@ def _mb(n: int) -> str:
     return f"{n / (1024 * 1024):g} MB"
 
 
+def host_names(host: str) -> list[str]:
+    """The Host header values (without the port) that name `host`, an address or name the server listens on: as
+    written and, for an IP address, its usual forms (IPv6 in brackets, shortened and written out)."""
+    bare = host.strip().strip("[]").lower()
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return [bare]
+    if ip.version == 6:
+        return sorted({f"[{bare}]", f"[{ip.compressed}]", f"[{ip.exploded}]"})
+    return sorted({bare, str(ip)})
+
+
 def create_app(
     models: Mapping[str, str | Path] | None = None,
     *,
     limits: Limits = Limits(),
     keep_seconds: float = DEFAULT_KEEP_SECONDS,
     loopback_only: bool = True,
+    host: str | None = None,
     engine_factory: EngineFactory = upscaler_engine,
 ) -> Any:
     """The Starlette app. models: display name -> model file (default: the zoo). The JobService is app.state.service;
     app.state.stopping() tells event streams the server is stopping (its runner sets it: serve() does).
 
-    loopback_only: accept only Host headers naming the loopback interface (set False when binding elsewhere).
+    loopback_only: accept only Host headers naming the loopback interface (set False when binding elsewhere): the
+    loopback names, and `host` (the address the server listens on: 127.0.0.2 is loopback too).
     """
     import anyio.to_thread
     from starlette.applications import Starlette
-    from starlette.background import BackgroundTask
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
@@ -801,6 +966,27 @@ def create_app(
     choices = zoo_models() if models is None else file_models(models)
     service = JobService(choices, limits=limits, keep_seconds=keep_seconds, engine_factory=engine_factory)
     decodes = anyio.CapacityLimiter(_DECODES)  # waiting for it is async: a waiting upload holds no thread
+    zipping = threading.Lock()  # held while a results.zip is sent: one at a time
+
+    class ZipResponse(StreamingResponse):
+        """A results.zip being sent; the zip lock is given back however the response ends (sent, client gone)."""
+
+        def __init__(self, chunks: Iterator[bytes]) -> None:
+            super().__init__(
+                chunks,
+                media_type="application/zip",
+                headers={"Content-Disposition": 'attachment; filename="esrgan-results.zip"'},
+            )
+            self.chunks = chunks
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                close = getattr(self.chunks, "close", None)
+                if callable(close):  # no thread is inside it now: a cancelled step is waited for
+                    close()
+                zipping.release()
 
     def error(status: int, message: str) -> Response:
         return JSONResponse({"error": message}, status_code=status)
@@ -830,31 +1016,42 @@ def create_app(
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit + _FORM_SLACK:
             return error(413, f"file too large: the limit is {_mb(limit)}")
-        capped = Request(request.scope, _capped(request.receive, limit + _FORM_SLACK))
+        stall = service.limits.stall_seconds
+        capped = Request(request.scope, _capped(request.receive, limit + _FORM_SLACK, stall))
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(service.upload_place())
+                arrived = stack.enter_context(service.upload_place())
             except UploadRejected as exc:
                 # Refused before a byte is stored or decoded. The body is still read and dropped (bounded as an
                 # upload is): a client that is still sending when the server answers and closes gets a connection
                 # reset, and often loses the answer that says why.
-                with contextlib.suppress(_TooLarge, ClientDisconnect):
+                with contextlib.suppress(_TooLarge, _Stalled, ClientDisconnect):
                     async for _ in capped.stream():
                         pass
                 return error(exc.status, str(exc))
             try:
-                return await receive_job(capped)
+                return await receive_job(capped, arrived)
             except ClientDisconnect:
                 # The client went away mid-upload (closed tab, cancelled curl): nobody to answer, nothing kept (the
                 # job folder is made once the whole form has arrived), and no server error to log with a traceback.
                 log.info("esrgan serve: an upload was abandoned by its client")
                 return error(400, "upload interrupted")
+            except _Stalled:
+                # Headers and part of a body, then silence (a stalled or hostile client): its place under the job
+                # cap is given back; the connection is closed after this answer.
+                log.info("esrgan serve: an upload sent nothing for %g s and was dropped", stall)
+                return JSONResponse(
+                    {"error": f"upload stalled: nothing received for {stall:g} s"},
+                    status_code=408,
+                    headers={"Connection": "close"},
+                )
 
-    async def receive_job(request: Request) -> Response:
+    async def receive_job(request: Request, arrived: Callable[[], None]) -> Response:
         limit = service.limits.max_upload_bytes
         too_big = f"file too large: the limit is {_mb(limit)}"
         try:
             async with request.form(max_files=1, max_fields=8, max_part_size=1024) as form:
+                arrived()
                 upload = form.get("file")
                 if upload is None or isinstance(upload, str):
                     return error(400, "no file in the upload (send it as the multipart field 'file')")
@@ -863,7 +1060,10 @@ def create_app(
                     return error(413, f"{name}: {too_big}")
                 fields = {k: v for k, v in form.items() if isinstance(v, str)}
                 options = service.parse_options(fields)
-                job_id, folder = service.new_folder()
+                try:
+                    job_id, folder = await run_in_threadpool(service.new_folder)
+                except OSError as exc:
+                    return error(507, f"{name}: cannot store the upload ({exc.strerror or exc})")
                 try:
                     await run_in_threadpool(_save_upload, upload.file, folder / "input")
                 except OSError as exc:
@@ -871,6 +1071,10 @@ def create_app(
                     return error(507, f"{name}: cannot store the upload ({exc.strerror or exc})")
         except _TooLarge:
             return error(413, too_big)
+        except OSError as exc:
+            # Starlette keeps an upload over 1 MiB in a temporary file while the form arrives (the system's
+            # temporary folder): a full disk there. The file was anonymous and is closed: nothing is left.
+            return error(507, f"cannot store the upload ({exc.strerror or exc})")
         except HTTPException as exc:  # Starlette's form parser reports malformed multipart this way
             return error(400, f"bad upload: {exc.detail}")
         except UploadRejected as exc:
@@ -910,15 +1114,18 @@ def create_app(
         return handler
 
     async def zip_all(request: Request) -> Response:
-        path = await run_in_threadpool(service.zip_results)
-        if path is None:
+        # Streamed from the result files (no copy on disk); one at a time, since each reads every result.
+        if not zipping.acquire(blocking=False):
+            return error(503, "a zip of the results is being sent already: try again when it is done")
+        try:
+            chunks = await run_in_threadpool(service.zip_results)
+        except BaseException:
+            zipping.release()
+            raise
+        if chunks is None:
+            zipping.release()
             return error(404, "no finished results yet")
-        return FileResponse(
-            path,
-            media_type="application/zip",
-            filename="esrgan-results.zip",
-            background=BackgroundTask(path.unlink, missing_ok=True),
-        )
+        return ZipResponse(chunks)
 
     async def events(request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
@@ -945,9 +1152,8 @@ def create_app(
 
     middleware = [Middleware(_SameOrigin)]
     if loopback_only:
-        middleware.insert(
-            0, Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
-        )
+        allowed = ["127.0.0.1", "localhost", "[::1]", *(host_names(host) if host else [])]
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=sorted(set(allowed))))
     app = Starlette(
         routes=[
             Route("/", index),
@@ -973,6 +1179,52 @@ def create_app(
     return app
 
 
+ZIP_CHUNK = 1024 * 1024
+"""Bytes of a result read (and sent) at a time by results.zip."""
+
+
+class _Sink:
+    """A write-only file for zipfile (no tell or seek: it writes data descriptors) that hands back what it got."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+def _zip_stream(entries: list[tuple[Path, str]]) -> Iterator[bytes]:
+    """A stored zip of (file, name in the zip) as its bytes come, ZIP_CHUNK of a file at a time. A file that cannot
+    be opened any more (its job removed meanwhile) is left out."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:  # type: ignore[call-overload]
+        for path, name in entries:
+            try:
+                src = open(path, "rb")  # noqa: SIM115 (closed below; an open file stays readable if removed)
+            except OSError:
+                continue
+            with src:
+                st = os.fstat(src.fileno())
+                info = zipfile.ZipInfo(name, time.localtime(max(st.st_mtime, 315619200))[:6])
+                info.file_size = st.st_size  # zip64 headers where needed are chosen from it
+                info.compress_type = zipfile.ZIP_STORED
+                info.external_attr = 0o644 << 16
+                with zf.open(info, "w") as dest:
+                    while block := src.read(ZIP_CHUNK):
+                        dest.write(block)
+                        yield sink.take()
+    yield sink.take()
+
+
 def _save_upload(src: Any, dest: Path) -> None:
     src.seek(0)
     with open(dest, "xb") as fh:
@@ -991,8 +1243,14 @@ def _lifespan(service: JobService) -> Callable[[Any], Any]:
 
 
 class _SameOrigin:
-    """Refuse state-changing requests sent by a page of another origin (browsers send Origin; curl does not),
-    and add headers that keep the page and its images from being reinterpreted or framed."""
+    """Refuse requests that a page of another origin makes a browser send, and add headers that keep the page and
+    its images from being reinterpreted or framed.
+
+    State-changing requests are refused when their Origin (browsers send it; curl does not) is not this server.
+    Any /api/ request (reads too: results.zip reads every result) is refused when the browser says it comes from
+    another site (Sec-Fetch-Site cross-site or same-site: an <img> or a link on another page); a request without
+    the header comes from a script or an older browser and is let through, as is the page itself.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -1001,21 +1259,26 @@ class _SameOrigin:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         origin = headers.get("origin")
-        if origin is not None and scope["method"] not in ("GET", "HEAD"):
-            host = headers.get("host", "")
-            if origin.split("://", 1)[-1] != host:
-                body = json.dumps({"error": "cross-origin request refused"}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 403,
-                        "headers": [(b"content-type", b"application/json")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
+        refused = ""
+        writes = scope["method"] not in ("GET", "HEAD")
+        if origin is not None and writes and origin.split("://", 1)[-1] != headers.get("host", ""):
+            refused = "cross-origin request refused"
+        if headers.get("sec-fetch-site", "").strip().lower() in ("cross-site", "same-site") and str(
+            scope.get("path", "")
+        ).startswith("/api/"):
+            refused = "cross-site request refused: use the page this server serves"
+        if refused:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": json.dumps({"error": refused}).encode()})
+            return
 
         async def send_with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -1052,7 +1315,8 @@ def serve(
     keep_seconds: float = DEFAULT_KEEP_SECONDS,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Run the server until interrupted. Binding anything but loopback announces a warning first."""
+    """Run the server until interrupted (Ctrl-C, SIGTERM, or SIGHUP: the terminal closed), which deletes its
+    folder. Binding anything but loopback announces a warning first."""
     import uvicorn
 
     loopback = is_loopback(host)
@@ -1061,13 +1325,49 @@ def serve(
             f"WARNING: listening on {host}: anyone who can reach this machine on port {port} can upload images "
             "and use its CPU. There is no authentication; use 127.0.0.1 unless you mean it."
         )
-    app = create_app(models, limits=limits, keep_seconds=keep_seconds, loopback_only=loopback)
+    app = create_app(models, limits=limits, keep_seconds=keep_seconds, loopback_only=loopback, host=host)
+    service: JobService = app.state.service
+    if service.stale:
+        announce(
+            f"esrgan serve: removed {len(service.stale)} folder(s) that stopped servers left in {service.parent}"
+        )
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     announce(
         f"esrgan serve: open http://{shown if ':' not in shown else f'[{shown}]'}:{port}/  "
-        f"(results kept {keep_seconds / 60:g} min in {app.state.service.root}; Ctrl+C to stop)"
+        f"(results kept {keep_seconds / 60:g} min in {service.root}; Ctrl+C to stop)"
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     app.state.stopping = lambda: server.should_exit  # set by Ctrl-C before uvicorn waits for open responses
-    server.run()
+    with _hangup_stops(server):
+        server.run()
+
+
+@contextlib.contextmanager
+def _hangup_stops(server: Any) -> Iterator[None]:
+    """SIGHUP (the terminal closed) stops the server as SIGTERM does, cleanly (uvicorn handles SIGINT and SIGTERM
+    only: SIGHUP's default action ended the process at once, leaving its folder). Afterwards the process ends by
+    SIGHUP as it would have. Left alone where SIGHUP is ignored (nohup) or handled already, or off the main thread."""
+    import signal
+
+    hup = getattr(signal, "SIGHUP", None)
+    if (
+        hup is None
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(hup) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    received: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        server.should_exit = True
+
+    signal.signal(hup, stop)
+    try:
+        yield
+    finally:
+        signal.signal(hup, signal.SIG_DFL)
+    if received:
+        signal.raise_signal(hup)
