@@ -335,20 +335,21 @@ def test_model_cache_in_a_read_only_folder(read_only: Path) -> None:
 # --- too little memory ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_a_pass_out_of_memory_is_retried_with_smaller_tiles(tmp_path: Path, precision: str) -> None:
+def test_a_pass_out_of_memory_is_retried_with_smaller_tiles(tmp_path: Path) -> None:
     """400 MiB of address space beyond torch's own and `--tile 0` (the whole image in one pass) on a 1024x1024
     photo at x4: the pass needs about 1 GB and fails to allocate, as a pass on a full GPU does. The file is done
     anyway, with smaller tiles, one warning line naming it per retry; written whole and written as it is computed
     (`--stream`, where rows already written are started over) alike, and the pixels those of a run with all the
     memory it wants. Before: the file failed ("forward pass failed (try a smaller --tile)"). bf16 (forced on every
-    CPU) runs the packed or autocast engines, which allocate through torch; fp32 the CPU's default, ncnn where it is
-    installed (whose own allocator fails too, and then prints two lines of its own when its net is dropped)."""
+    CPU) runs the packed or autocast engines, which allocate through torch. Not fp32 here: its CPU engine, ncnn,
+    runs each image in a new thread, and under an address-space limit glibc aborts the process when it cannot map
+    a thread's stack and TLS ("cannot allocate memory for thread-local data: ABORT", seen once in CI), which a
+    real shortage of memory does not do; its retry is the same code (a helper's review ran it by hand)."""
     photo = tmp_path / "big.png"
     Image.fromarray(np.tile(skdata.astronaut(), (2, 2, 1))).save(photo)
     model = save_model(tmp_path / "photo_x4.safetensors", photo_preserving_rrdb())
     bf16 = {"ESRGAN_CPU_BF16": "1"}
-    common = ("--model", str(model), "--tile", "0", "--precision", precision, "--device", "cpu", "--quiet")
+    common = ("--model", str(model), "--tile", "0", "--precision", "bf16", "--device", "cpu", "--quiet")
     free = esrgan("upscale", str(photo), "-o", str(tmp_path / "free"), *common, env=bf16)
     assert free.returncode == 0 and free.stderr == "", free.stderr[-2000:]
     expected = np.asarray(Image.open(tmp_path / "free" / "big_x4.png"))
@@ -356,8 +357,7 @@ def test_a_pass_out_of_memory_is_retried_with_smaller_tiles(tmp_path: Path, prec
         out = tmp_path / f"out{len(stream)}"
         proc = esrgan("upscale", str(photo), "-o", str(out), *common, *stream, extra_as=400 * 2**20, env=bf16)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        ncnn = ("FATAL ERROR! pool allocator destroyed too early", "(nil) still in use")
-        lines = [line for line in proc.stderr.splitlines() if precision == "bf16" or line not in ncnn]
+        lines = proc.stderr.splitlines()
         assert lines and all(
             line.startswith(f"esrgan: warning: {photo}: out of memory with ") for line in lines
         )
