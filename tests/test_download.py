@@ -291,3 +291,68 @@ def test_killed_download_leftover_is_removed_by_the_next(
     err = capsys.readouterr().err
     assert "removed 1 leftover temporary file of an interrupted download" in err and str(parts[0]) in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_sigterm_during_a_download_leaves_no_temporary_file(server: str, tmp_path: Path) -> None:
+    """`timeout`, systemd and `docker stop` send SIGTERM: the download unwinds as Ctrl-C does (its temporary file
+    removed, exit 143), where it used to leave the partial file (an audit's finding)."""
+    code = (
+        "import sys; from esrgan.download import download_file; "
+        "download_file(sys.argv[1], sys.argv[2], sha256=sys.argv[3], progress=False, timeout=60)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, f"{server}/trickle", str(tmp_path / "m.pth"), DIGEST]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not list(tmp_path.glob(".m.pth.*.part")):  # the body (100 bytes over 30 s) is arriving
+            assert child.poll() is None and time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        child.send_signal(signal.SIGTERM)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+    assert child.returncode == 128 + signal.SIGTERM
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Slow: ",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1;",
+    ],
+)
+def test_a_trickled_header_or_chunk_size_line_meets_the_deadline(tmp_path: Path, start: bytes) -> None:
+    """The overall deadline also holds while a server trickles its headers or a chunk-size line (each read returns
+    at once, so the per-read timeout never fired: a download could wait for days; an audit's finding)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(start)
+            while not done.is_set():  # one byte every 0.2 s: each read is quick, the line never ends
+                try:
+                    conn.sendall(b"a")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match="too slow"):
+            download_file(
+                f"http://127.0.0.1:{listener.getsockname()[1]}/x", tmp_path / "f", sha256="0" * 64, timeout=1
+            )
+    finally:
+        done.set()
+        listener.close()
+    assert time.monotonic() - t0 < 10
+    assert list(tmp_path.iterdir()) == []

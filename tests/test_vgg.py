@@ -119,7 +119,12 @@ def test_sources_in_order(vgg_file: Path, tmp_path: Path, monkeypatch: pytest.Mo
     cached = tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME
     cached.parent.mkdir(parents=True)
     cached.write_bytes(vgg_file.read_bytes())
-    assert resolve_vgg_weights(None, download=False) == cached
+    digest = hashlib.sha256(vgg_file.read_bytes()).hexdigest()
+    assert resolve_vgg_weights(None, download=False, sha256=digest) == cached
+    # the hub file is checked on every use: a damaged one is refused (a download replaces it)
+    cached.write_bytes(vgg_file.read_bytes()[:-1])
+    with pytest.raises(ModelNotAvailableError, match="not the published"):
+        resolve_vgg_weights(None, download=False, sha256=digest)
 
 
 def test_random_is_explicit_and_loud(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,14 +9,21 @@ urllib rather than requests: one GET with redirects, a timeout and a streamed bo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import http.client
 import os
+import signal
+import socket
+import ssl
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -91,8 +98,47 @@ def download_file(
         raise DownloadError(f"refusing to download {url}: only http and https URLs are supported; {by_hand}")
 
     _remove_leftovers(dest)
+    too_slow = (
+        f"download of {url} is too slow: under {_rate(min_rate)} on average after {timeout:g} s; "
+        f"retry later, or {by_hand}"
+    )
+    with _Deadline(timeout, min_rate) as deadline, _sigterm_unwinds():
+        try:
+            return _fetch(
+                url,
+                dest,
+                expected,
+                by_hand,
+                deadline,
+                progress=progress,
+                timeout=timeout,
+                max_bytes=max_bytes,
+                expected_size=expected_size,
+                min_rate=min_rate,
+            )
+        except DownloadError:
+            if deadline.fired:  # whatever the cut connection looked like (reset, short read, no status line)
+                raise DownloadError(too_slow) from None
+            raise
+
+
+def _fetch(
+    url: str,
+    dest: Path,
+    expected: str | None,
+    by_hand: str,
+    deadline: _Deadline,
+    *,
+    progress: bool,
+    timeout: float,
+    max_bytes: int,
+    expected_size: int | None,
+    min_rate: float,
+) -> Path:
     request = urllib.request.Request(url, headers={"User-Agent": f"esrgan/{__version__}"})
-    opener = urllib.request.build_opener(_HTTPOnlyRedirects)
+    opener = urllib.request.build_opener(
+        _HTTPOnlyRedirects, _WatchedHTTPHandler(deadline), _WatchedHTTPSHandler(deadline)
+    )
     try:
         with (
             opener.open(request, timeout=timeout) as response,
@@ -112,6 +158,7 @@ def download_file(
                 cap=max_bytes,
                 grace=timeout,
                 min_rate=min_rate,
+                deadline=deadline,
             )
             if received < 0:
                 raise DownloadError(
@@ -153,14 +200,144 @@ def download_file(
         raise DownloadError(
             f"download of {url} was cut short after {len(exc.partial)} more bytes; retry, or {by_hand}"
         ) from None
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-        raise DownloadError(f"download of {url} failed: {_describe(exc)}; retry, or {by_hand}") from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException, ssl.SSLError, _ReadError) as exc:
+        reason = exc.__cause__ if isinstance(exc, _ReadError) else exc
+        raise DownloadError(f"download of {url} failed: {_describe(reason)}; retry, or {by_hand}") from None
     except OSError as exc:  # writing: full disk, read-only folder (network errors are caught above)
         raise DownloadError(
             f"{dest}: cannot save the download of {url} ({one_line(exc.strerror or exc)}); free space or choose a writable "
             "folder (ESRGAN_HOME for the model cache)"
         ) from None
     return dest
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (timeout(1), systemd, docker stop) ends the process as usual (status 143), but by unwinding, so the
+    temporary file (up to the whole download) is removed at once, as Ctrl-C does, not left for a later download of
+    the same file to find. Only the main thread can set a handler; elsewhere, and where a handler is set, nothing
+    changes."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _ReadError(Exception):
+    """An OSError from the connection while reading the body (TLS record errors, EHOSTUNREACH...): not a disk error."""
+
+
+class _Deadline:
+    """The overall deadline (`grace` seconds, then an average of `min_rate` bytes/s), enforced while urllib is inside
+    a read: a server that trickles its status line, its headers or a chunk-size line one byte per `timeout` keeps each
+    read short and the whole going for days. Every socket this download opens is registered; once the deadline has
+    passed, a watchdog thread shuts them down, which ends whatever read is blocked at once."""
+
+    def __init__(self, grace: float, min_rate: float) -> None:
+        self.grace, self.min_rate = grace, min_rate
+        self.received = 0
+        self.fired = False
+        self._start = time.monotonic()
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="esrgan-download-deadline", daemon=True)
+
+    def expired(self) -> bool:
+        return time.monotonic() - self._start > self.grace + self.received / self.min_rate
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.fired:
+                self._shutdown(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            if self.expired():
+                with self._lock:
+                    self.fired = True
+                    for sock in self._socks:
+                        self._shutdown(sock)
+                return
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        # closed, or detached by the TLS wrapper (its TLS socket is watched too)
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the TCP shutdown, also under an SSLSocket
+
+
+class _Watched:
+    """An http.client connection whose sockets (TCP, then TLS) are registered with a _Deadline."""
+
+    sock: socket.socket
+    _create_connection: Callable[..., socket.socket]
+
+    def __init__(self, *args: object, deadline: _Deadline, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+        create = self._create_connection
+
+        def create_watched(*a: object, **k: object) -> socket.socket:
+            sock = create(*a, **k)
+            deadline.watch(sock)
+            return sock
+
+        self._create_connection = create_watched
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._deadline.watch(self.sock)
+
+
+class _WatchedHTTPConnection(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_WatchedHTTPConnection, deadline=self._deadline), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(
+            functools.partial(_WatchedHTTPSConnection, deadline=self._deadline),
+            req,
+            context=getattr(self, "_context", None),
+        )
 
 
 class _RedirectRefused(urllib.error.URLError):
@@ -222,6 +399,7 @@ def _stream(
     cap: int,
     grace: float,
     min_rate: float,
+    deadline: _Deadline,
 ) -> tuple[str, int]:
     """Copy the body into tmp, hashing as it goes; stops once past `cap` bytes. Returns (hex digest, bytes read);
     bytes read is -1 when the average rate fell under `min_rate` after `grace` seconds (the overall deadline)."""
@@ -239,8 +417,17 @@ def _stream(
     )
     with bar, open(tmp, "wb") as out:
         # read1: whatever has arrived (up to a chunk), so the deadline is checked while a server trickles
-        while chunk := response.read1(_CHUNK):
+        while True:
+            try:
+                chunk = response.read1(_CHUNK)
+            except (TimeoutError, ConnectionError, http.client.HTTPException):
+                raise
+            except OSError as exc:  # the connection's, not the disk's (ssl.SSLError, EHOSTUNREACH...)
+                raise _ReadError() from exc
+            if not chunk:
+                break
             received += len(chunk)
+            deadline.received = received
             if time.monotonic() - start > grace + received / min_rate:
                 return "", -1
             if received > cap:

@@ -518,6 +518,7 @@ def format_table(statuses: list[ModelStatus]) -> str:
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 VGG19_FILENAME = "vgg19-dcbb9e9d.pth"
 VGG19_SHA256_PREFIX = "dcbb9e9d"  # torchvision names its files <arch>-<first 8 hex of the SHA-256>.pth
+VGG19_MAX_BYTES = 600 * 1024**2  # the file is 574,673,361 bytes: not the 2 GiB default cap
 RANDOM = "random"
 LPIPS_BACKBONES = {
     "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
@@ -540,7 +541,7 @@ def hub_checkpoint_dir() -> Path:
 def how_to_get_vgg19() -> str:
     dest = hub_checkpoint_dir() / VGG19_FILENAME
     return (
-        f"download {VGG19_URL} (548 MB, SHA-256 starting {VGG19_SHA256_PREFIX}) and either put it at {dest} "
+        f"download {VGG19_URL} (575 MB, SHA-256 starting {VGG19_SHA256_PREFIX}) and either put it at {dest} "
         f"or pass --vgg-weights PATH (config: perceptual.weights: PATH)"
     )
 
@@ -569,19 +570,34 @@ def resolve_vgg_weights(
             raise ModelNotAvailableError(f"{path}: VGG19 weight file not found; {how_to_get_vgg19()}")
         return path
     cached = hub_checkpoint_dir() / VGG19_FILENAME
-    if cached.is_file():
+    problem = _vgg_problem(cached, sha256)
+    if problem is None:
         return cached
     if not download:
         raise ModelNotAvailableError(
-            f"VGG19 weights for the perceptual loss are not on this machine; {how_to_get_vgg19()}"
+            f"VGG19 weights for the perceptual loss are not on this machine{problem}; {how_to_get_vgg19()}"
         )
-    log.warning("downloading VGG19 weights for the perceptual loss from %s to %s", url, cached)
-    try:
-        return download_file(url, cached, sha256=sha256)
-    except DownloadError as exc:
-        raise ModelNotAvailableError(
-            f"VGG19 weights for the perceptual loss are not available ({exc}); {how_to_get_vgg19()}"
-        ) from None
+    with _lock(cached):  # DDP ranks and parallel runs: one download, the others wait and use it
+        if _vgg_problem(cached, sha256) is None:
+            return cached
+        log.warning("downloading VGG19 weights for the perceptual loss from %s to %s%s", url, cached, problem)
+        try:
+            return download_file(url, cached, sha256=sha256, max_bytes=VGG19_MAX_BYTES)
+        except DownloadError as exc:
+            raise ModelNotAvailableError(
+                f"VGG19 weights for the perceptual loss are not available ({exc}); {how_to_get_vgg19()}"
+            ) from None
+
+
+def _vgg_problem(cached: Path, sha256: str) -> str | None:
+    """None when the hub cache holds torchvision's VGG19 (its published hash prefix, checked on every use like the
+    named models: a corrupt file loads without complaint and gives an inf/NaN perceptual loss); else why not."""
+    if not cached.is_file():
+        return ""
+    actual = sha256_file(cached)
+    if digest_matches(actual, sha256):
+        return None
+    return f" ({cached} has SHA-256 {actual}, not the published {sha256}...: corrupt or another file)"
 
 
 def lpips_lin_filename(net: str) -> str:
