@@ -307,28 +307,9 @@ def _png(width: int, height: int, depth: int, colour_type: int, body: bytes, int
     )
 
 
-def test_interlaced_16bit_png(tmp_path: Path, cat: np.ndarray) -> None:
-    """Adam7 built by hand (filter 0 in each pass) from a real photo crop of odd size."""
-    deep = _deep16(cat[:37, :53])
-    body = b""
-    for y0, x0, dy, dx in (
-        (0, 0, 8, 8),
-        (0, 4, 8, 8),
-        (4, 0, 8, 4),
-        (0, 2, 4, 4),
-        (2, 0, 4, 2),
-        (0, 1, 2, 2),
-        (1, 0, 2, 1),
-    ):
-        sub = deep[y0::dy, x0::dx]
-        for row in sub.astype(">u2"):
-            body += b"\x00" + row.tobytes()
-    (tmp_path / "i.png").write_bytes(_png(53, 37, 16, 2, body, interlace=1))
-    np.testing.assert_array_equal(read_image(tmp_path / "i.png").pixels, deep)
-
-
 def _adam7_rows(image: np.ndarray, interlace: bool, pack: bool = False) -> bytes:
-    """Filter-0 rows of an image (HxW[xC] uint8), in Adam7's passes when interlaced; pack: 1-bit samples."""
+    """Filter-0 rows of an image (HxW[xC], uint8 or big-endian uint16), in Adam7's passes when interlaced; pack:
+    1-bit samples."""
     passes = (
         (0, 0, 8, 8),
         (0, 4, 8, 8),
@@ -345,6 +326,13 @@ def _adam7_rows(image: np.ndarray, interlace: bool, pack: bool = False) -> bytes
             for row in sub:
                 body += b"\x00" + (np.packbits(row > 0).tobytes() if pack else row.tobytes())
     return body
+
+
+def test_interlaced_16bit_png(tmp_path: Path, cat: np.ndarray) -> None:
+    """Adam7 built by hand (filter 0 in each pass) from a real photo crop of odd size."""
+    deep = _deep16(cat[:37, :53])
+    (tmp_path / "i.png").write_bytes(_png(53, 37, 16, 2, _adam7_rows(deep.astype(">u2"), True), interlace=1))
+    np.testing.assert_array_equal(read_image(tmp_path / "i.png").pixels, deep)
 
 
 @pytest.mark.parametrize(
