@@ -80,6 +80,22 @@ class _Handler(QuietHandler):
             self.wfile.flush()
             RELEASE_STALLED.wait(60)
             self.close_connection = True
+        elif self.path == "/busy":
+            self.send_response(429)
+            self.send_header("Retry-After", "30")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/negative-length":  # "-1": no length given, the body delimited by closing
+            self.send_response(200)
+            self.send_header("Content-Length", "-1")
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+            self.close_connection = True
+        elif self.path == "/to-missing":
+            self.send_response(302)
+            self.send_header("Location", "/missing")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/500":
             self.send_error(500, "Internal Server Error")
         else:
@@ -160,6 +176,26 @@ def test_http_errors(server: str, tmp_path: Path, path: str, code: int) -> None:
     assert f"download it by hand from {server}{path} and put it at {dest}" in message
     assert "\n" not in message
     assert _leftovers(tmp_path) == []
+
+
+def test_http_errors_say_when_to_retry_and_where_a_redirect_led(server: str, tmp_path: Path) -> None:
+    """An audit's nits: a 429 or 5xx says "retry later" (with the Retry-After the server sent), an error after a
+    redirect names the URL that failed, and a Content-Length of -1 is no length (the download verifies) where it
+    was "cut short: got N of -1 bytes"."""
+    dest = tmp_path / "m.pth"
+    with pytest.raises(
+        DownloadError, match=r"HTTP 429 .*; retry later \(the server asks for 30 s\), or download"
+    ):
+        download_file(f"{server}/busy", dest, sha256=DIGEST, progress=False)
+    with pytest.raises(DownloadError, match=r"HTTP 500 .*; retry later, or download"):
+        download_file(f"{server}/500", dest, sha256=DIGEST, progress=False)
+    with pytest.raises(DownloadError) as info:
+        download_file(f"{server}/to-missing", dest, sha256=DIGEST, progress=False)
+    assert f"HTTP 404 Not Found at {server}/missing (redirected); download it by hand" in str(info.value)
+    assert (
+        download_file(f"{server}/negative-length", dest, sha256=DIGEST, progress=False).read_bytes()
+        == PAYLOAD
+    )
 
 
 def test_size_cap_from_content_length(server: str, tmp_path: Path) -> None:

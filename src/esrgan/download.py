@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_path, remove_leftovers
-from .errors import DownloadError, one_line
+from .errors import DownloadError, one_line, shown
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # Overall deadline: after a grace period of `timeout` seconds, the average rate must stay above this (a server that
@@ -189,8 +189,17 @@ def _fetch(
             f"followed; {by_hand}"
         ) from None
     except urllib.error.HTTPError as exc:
+        where = "" if exc.url in (None, url) else f" at {shown(exc.url)} (redirected)"
+        later = ""
+        if exc.code == 429 or exc.code >= 500:  # busy or broken for now: another try may work
+            wait = str(exc.headers.get("Retry-After", "")) if exc.headers is not None else ""
+            later = (
+                "retry later"
+                + (f" (the server asks for {int(wait)} s)" if wait.strip().isdigit() else "")
+                + ", or "
+            )
         raise DownloadError(
-            f"download of {url} failed: HTTP {exc.code} {one_line(exc.reason)}; {by_hand}"
+            f"download of {url} failed: HTTP {exc.code} {one_line(exc.reason)}{where}; {later}{by_hand}"
         ) from None
     except urllib.error.URLError as exc:
         raise DownloadError(
@@ -384,9 +393,12 @@ def _rate(bytes_per_s: float) -> str:
 def _content_length(response: http.client.HTTPResponse) -> int | None:
     value = response.headers.get("Content-Length")
     try:
-        return int(value) if value is not None else None
+        length = int(value) if value is not None else None
     except ValueError:
         return None
+    return (
+        length if length is not None and length >= 0 else None
+    )  # "-1": no length given (the cap still holds)
 
 
 def _stream(
