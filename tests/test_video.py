@@ -421,6 +421,22 @@ def test_a_target_width_is_the_width_shown_and_a_folder_in_the_way_is_an_error(t
     assert (tmp_path / "taken.mp4").is_dir() and not list((tmp_path / "taken.mp4").iterdir())
 
 
+def test_a_ten_bit_video_says_it_was_computed_in_fp32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16-bit frames are computed in fp32 whatever the upscaler's precision; the video runs on a copy of the
+    upscaler, and the batch's summary ("computed on cpu in ...") reads the caller's: it said bf16."""
+    monkeypatch.setenv("ESRGAN_CPU_BF16", "1")
+    bf16 = Upscaler(photo_preserving_rrdb(), device="cpu", precision="bf16", tile=0)
+    bf16.upscale(pattern(0, 40, 32))
+    assert bf16.last_precision == "bf16"
+    src = make_clip(tmp_path / "ten.mkv", pix_fmt="yuv420p10le", seconds=0.2, audio=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "16-bit and float images are computed in fp32"
+        upscale_video(bf16, src, tmp_path / "out.mkv", codec="ffv1")
+    assert bf16.last_precision == "fp32"
+
+
 def test_ten_bit_source_stays_high_bit_depth(up: Upscaler, tmp_path: Path) -> None:
     """A 10-bit clip goes through the model as 16-bit RGB: exact with FFV1 (16-bit planar RGB), and 10-bit H.264 by default."""
     src = make_clip(tmp_path / "ten.mkv", pix_fmt="yuv420p10le", seconds=0.4, audio=False)

@@ -694,6 +694,9 @@ def upscale_video(
     av = _import_av()
     src, dst = Path(src), Path(dst)
     started = time.perf_counter()
+    caller = (
+        upscaler  # the video runs on a copy (fit_even, host_reserve): what it learnt goes back to this one
+    )
     if dst.suffix.lower() not in CONTAINERS:
         raise EsrganError(f"{dst}: unknown video container; use one of {', '.join(sorted(CONTAINERS))}")
     if segment_frames < 1 or frame_batch < 1:
@@ -774,6 +777,7 @@ def upscale_video(
             raise VideoError(f"{src}: {_reason(exc)}") from None
         shutil.rmtree(work, ignore_errors=True)
     result.seconds = time.perf_counter() - started
+    caller.last_precision = upscaler.last_precision  # fp32 for 10-bit frames: the batch's summary says so
     return result
 
 
