@@ -1118,6 +1118,36 @@ def test_one_zip_at_a_time_and_no_cross_site_reads(
     assert srv.request("GET", "/", headers={"Sec-Fetch-Site": "cross-site"})[0] == 200  # a link to the page
 
 
+def test_a_zip_reader_that_stops_reading_and_a_head_do_not_hold_the_zip(
+    make_server: Callable[..., Server], photo: np.ndarray, tmp_path: Path
+) -> None:
+    """A review's findings: a client that stopped reading its results.zip (a paused browser download, an idle
+    socket) held the one zip for ever, every other "Download all" a 503; a HEAD ran the whole zip in the
+    background. Now a reader that takes nothing for the stall limit is dropped, and a HEAD reads no file."""
+    srv = make_server(stall_seconds=1)
+    bmp = encode(ImageData(pixels=np.ascontiguousarray(photo[:160, :160])), ".bmp", tmp_path)
+    status, job = srv.upload("photo.bmp", bmp)
+    assert status == 201 and srv.wait(job["id"])["state"] == "done", job
+    srv.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    paused = socket.socket()
+    paused.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    paused.connect(("127.0.0.1", srv.port))
+    paused.sendall(b"GET /api/results.zip HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert paused.recv(200).startswith(b"HTTP/1.1 200")  # then reads nothing more
+    try:
+        assert srv.request("GET", "/api/results.zip")[0] == 503  # the zip is the paused reader's
+        deadline = time.time() + 15
+        while (status := srv.request("GET", "/api/results.zip")[0]) == 503 and time.time() < deadline:
+            time.sleep(0.2)
+        assert status == 200  # dropped after a second of not reading
+    finally:
+        paused.close()
+    for _ in range(3):  # a HEAD answers with the headers and leaves the zip free
+        status, headers, body = srv.request("HEAD", "/api/results.zip")
+        assert (status, body) == (200, b"") and headers.get("content-type") == "application/zip"
+        assert srv.request("GET", "/api/results.zip")[0] == 200
+
+
 def test_a_stalled_upload_is_dropped_and_gives_its_place_back(
     make_server: Callable[..., Server], photo_small: np.ndarray
 ) -> None:

@@ -347,9 +347,18 @@ def make_folder(parent: Path) -> tuple[Path, int]:
     if fcntl is None:
         return root, -1
     fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # no locks on this file system (some NFS set-ups): unmarked, never taken for a dead one's
+    for _ in range(200):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:  # another server's remove_stale_folders looking at it: it lets go at once
+            time.sleep(0.01)
+        except (
+            OSError
+        ):  # no locks on this file system (some NFS set-ups): unmarked, never taken for a dead one's
+            os.close(fd)
+            return root, -1
+    else:
         os.close(fd)
         return root, -1
     try:
@@ -688,7 +697,9 @@ class JobService:
                 (job.folder, "the job's folder"),
             ]:
                 message = message.replace(str(path), label)
-        return message.replace(str(self.root), "the server's folder")
+        message = message.replace(str(self.root), "the server's folder")
+        # the same paths as repr() writes them (an error text quoting an OSError: doubled backslashes on Windows)
+        return message.replace(repr(str(self.root))[1:-1], "the server's folder")
 
     # -- internals (callers hold self._cond where noted)
     def _no_room(self, placed: bool) -> str:  # holds _cond
@@ -980,13 +991,25 @@ def create_app(
             self.chunks = chunks
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            stall = service.limits.stall_seconds
+
+            async def send_or_give_up(message: Any) -> None:
+                # a reader that stops reading (a paused browser download, an idle socket) would hold the one zip
+                # for ever: after the stall limit it is dropped and the zip is free for the others
+                with anyio.fail_after(stall):
+                    await send(message)
+
             try:
-                await super().__call__(scope, receive, send)
+                await super().__call__(scope, receive, send_or_give_up)
+            except TimeoutError:
+                log.info("esrgan serve: a results.zip reader read nothing for %g s; dropped", stall)
             finally:
-                close = getattr(self.chunks, "close", None)
-                if callable(close):  # no thread is inside it now: a cancelled step is waited for
-                    close()
-                zipping.release()
+                try:
+                    close = getattr(self.chunks, "close", None)
+                    if callable(close):  # no thread is inside it now: a cancelled step is waited for
+                        close()
+                finally:
+                    zipping.release()
 
     def error(status: int, message: str) -> Response:
         return JSONResponse({"error": message}, status_code=status)
@@ -1115,6 +1138,17 @@ def create_app(
 
     async def zip_all(request: Request) -> Response:
         # Streamed from the result files (no copy on disk); one at a time, since each reads every result.
+        if request.method == "HEAD":  # the headers only: no lock, no file read (Starlette would run the body)
+            found = await run_in_threadpool(service.zip_results)
+            if found is None:
+                return error(404, "no finished results yet")
+            close = getattr(found, "close", None)
+            if callable(close):
+                close()
+            return Response(
+                media_type="application/zip",
+                headers={"Content-Disposition": 'attachment; filename="esrgan-results.zip"'},
+            )
         if not zipping.acquire(blocking=False):
             return error(503, "a zip of the results is being sent already: try again when it is done")
         try:
