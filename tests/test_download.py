@@ -25,14 +25,17 @@ RELEASE_STALLED = threading.Event()  # /stall holds its connection open until th
 
 
 class _Handler(QuietHandler):
+    def redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_GET(self) -> None:
         if self.path == "/file.bin":
             self.send_body(200, PAYLOAD)
         elif self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", "/file.bin")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.redirect("/file.bin")
         elif self.path == "/truncated":
             # promise more than is sent, then close: what a dropped connection looks like
             self.send_response(200)
@@ -50,15 +53,9 @@ class _Handler(QuietHandler):
             time.sleep(2)
             self.send_body(200, PAYLOAD)
         elif self.path == "/loop":
-            self.send_response(302)
-            self.send_header("Location", "/loop")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.redirect("/loop")
         elif self.path == "/to-ftp":
-            self.send_response(302)
-            self.send_header("Location", f"ftp://127.0.0.1:{self.server.server_address[1]}/file.bin")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.redirect(f"ftp://127.0.0.1:{self.server.server_address[1]}/file.bin")
         elif self.path == "/trickle":
             # one byte every 0.3 s: each read is well within the timeout, the whole never ends in practice
             self.send_response(200)
@@ -92,10 +89,7 @@ class _Handler(QuietHandler):
             self.wfile.write(PAYLOAD)
             self.close_connection = True
         elif self.path == "/to-missing":
-            self.send_response(302)
-            self.send_header("Location", "/missing")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.redirect("/missing")
         elif self.path == "/500":
             self.send_error(500, "Internal Server Error")
         else:

@@ -729,34 +729,26 @@ class _Batch:
         streamed upscale assumes: slower, for the least memory."""
         from .device import freed_memory_returned
         from .imageio import write_image_rows
-        from .tiling import TileError
 
         image = item.image
         assert image is not None
         item.image = None  # the input goes when the file is done; nothing is queued for the writers
-        caps = self.upscaler.tile_cap, self.upscaler.batch_cap
-        while True:  # a forward pass out of memory: the file is begun again with smaller tiles (shrink_tile)
-            try:
-                with freed_memory_returned():
-                    write_image_rows(
-                        item.job.dst,
-                        image,
-                        self.upscaler.output_size(image.height, image.width),
-                        self.upscaler.upscale_rows(image, on_tile=self.report.on_tile),
-                        format=self.output.format,
-                        overwrite=self.output.overwrite,
-                        png_compression=self.output.png_compression,
-                    )
-                break
-            except TileError as exc:
-                with in_hand(item.job.src):  # its warning names the file
-                    try:
-                        self.upscaler.shrink_tile(exc, image.height, image.width)
-                    except TileError:  # no tile worked: the next files start where they did
-                        self.upscaler.tile_cap, self.upscaler.batch_cap = caps
-                        self.upscaler.release()
-                        raise
-            self.upscaler.release()
+
+        def write(_tile: int) -> None:  # upscale_rows takes the same tile itself
+            with freed_memory_returned():
+                write_image_rows(
+                    item.job.dst,
+                    image,
+                    self.upscaler.output_size(image.height, image.width),
+                    self.upscaler.upscale_rows(image, on_tile=self.report.on_tile),
+                    format=self.output.format,
+                    overwrite=self.output.overwrite,
+                    png_compression=self.output.png_compression,
+                )
+
+        # a forward pass out of memory: the file is begun again with smaller tiles, a warning naming it
+        with in_hand(item.job.src):
+            self.upscaler.retrying(image.height, image.width, image.pixels.dtype, write)
         item.precision = self.upscaler.last_precision
         seconds = time.perf_counter() - item.start
         self.written(item, f"{item.job.src} -> {item.job.dst} ({seconds:.1f} s, written as computed)")
@@ -764,9 +756,8 @@ class _Batch:
     def _video(self, item: _Item) -> None:
         from .video import upscale_video
 
-        with in_hand(
-            item.job.src
-        ):  # the model's warnings (smaller tiles after an out-of-memory) name the video
+        # the model's warnings (smaller tiles after an out-of-memory) name the video
+        with in_hand(item.job.src):
             done = upscale_video(
                 self.upscaler, item.job.src, item.job.dst, overwrite=self.output.overwrite,
                 max_pixels=self.max_pixels, on_frame=self.report.on_frame, **self.video,

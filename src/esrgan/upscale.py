@@ -372,11 +372,8 @@ class Upscaler:
             limit = GPU_MAX_TILE if self.device.type == "cuda" else CPU_MAX_TILE
             if cap is not None:
                 limit = min(limit, cap)
-            free = (
-                available_memory(self.device)
-                - fixed
-                - (self.host_reserve if self.device.type == "cpu" else 0)
-            )
+            reserved = self.host_reserve if self.device.type == "cpu" else 0
+            free = available_memory(self.device) - fixed - reserved
             if (
                 self.device.type == "cuda"
             ):  # the tail's maps, num_feat x (tile * scale)^2, under 2^31 elements
@@ -564,16 +561,21 @@ class Upscaler:
 
             if on_tile is not None:  # the total is known now: progress before the first tile is done
                 on_tile(0, passes * per_pass)
-            out_colour = self._run(runner, colour, tile, dtype, progress(0))
-            out_alpha: np.ndarray | None = None
-            if alpha is not None:
-                if self.alpha_mode == "model":
-                    out_alpha = self._run(runner, alpha[:, :, None], tile, dtype, progress(1))[:, :, 0]
-                else:
-                    out_alpha = _resize_plane(alpha, self.output_size(h, w), dtype)
+            try:
+                out_colour = self._run(runner, colour, tile, dtype, progress(0))
+                out_alpha: np.ndarray | None = None
+                if alpha is not None:
+                    if self.alpha_mode == "model":
+                        out_alpha = self._run(runner, alpha[:, :, None], tile, dtype, progress(1))[:, :, 0]
+                    else:
+                        out_alpha = _resize_plane(alpha, self.output_size(h, w), dtype)
+            except (RuntimeError, MemoryError) as exc:  # the band, its flush, the output: beside the pass
+                if not out_of_memory(exc):
+                    raise
+                raise TileError(f"the image: {one_line(exc)}", where="the image") from exc
             return out_colour, out_alpha
 
-        result = self._fitting(h, w, dtype, planes)
+        result = self.retrying(h, w, dtype, planes)
         self.last_precision = precision_name(runner.dtype)  # fp32 too if a NaN/Inf made the runner switch
         return result
 
@@ -604,10 +606,8 @@ class Upscaler:
                 return None
             report = on_tile
 
-            def tell(
-                done: int, total: int
-            ) -> None:  # total: `passes` passes at the tile used now (a retry's)
-                per_pass = total // passes
+            def tell(done: int, total: int) -> None:
+                per_pass = total // passes  # total: `passes` passes at the tile used now (a retry's)
                 report(first_pass * per_pass + done, all_passes * per_pass)
 
             return tell
@@ -626,26 +626,22 @@ class Upscaler:
             valid=None if valid is None else nearest(valid, size),
         )
 
-    def _fitting(self, height: int, width: int, dtype: np.dtype, attempt: Callable[[int], T]) -> T:
-        """attempt(tile) with this image's tile; while its forward pass runs out of memory, again with smaller tiles
-        (`shrink_tile`) down to the smallest. Real-ESRGAN and the ncnn ports end the run at the first CUDA
-        out-of-memory; a memory estimate cannot see what another process takes between it and the pass."""
+    def retrying(self, height: int, width: int, dtype: np.dtype, attempt: Callable[[int], T]) -> T:
+        """attempt(tile) with the tile of an image of this size and dtype; while it raises a TileError of a forward
+        pass out of memory, again with fewer or smaller tiles (`shrink_tile`) down to the smallest; when no tile
+        works, the caps go back to what they were before this image. upscale_image goes through it, and the batch's
+        streamed outputs (an attempt writes the whole file: rows given out cannot be taken back). Real-ESRGAN and
+        the ncnn ports end the run at the first CUDA out-of-memory; a memory estimate cannot see what another
+        process takes between it and the pass."""
         caps = self.tile_cap, self.batch_cap
         while True:
             try:
-                try:
-                    return attempt(self.tile_size(height, width, dtype))
-                except (RuntimeError, MemoryError) as exc:  # the band, its flush, the output: beside the pass
-                    if not out_of_memory(exc):
-                        raise
-                    raise TileError(f"the image: {one_line(exc)}", where="the image") from exc
+                return attempt(self.tile_size(height, width, dtype))
             except TileError as exc:
                 try:
                     self.shrink_tile(exc, height, width)
-                except TileError:
-                    self.tile_cap, self.batch_cap = (
-                        caps  # no tile worked: the next images start where they did
-                    )
+                except TileError:  # no tile worked: the next images start where this one did
+                    self.tile_cap, self.batch_cap = caps
                     self.release()
                     raise
             self.release()  # here, not in the except block: the exception's traceback holds the pass's tensors
@@ -655,11 +651,9 @@ class Upscaler:
         memory taken by another process, an estimate too low, a --tile too large for the device) and a smaller tile
         is left, half the tiles of a pass of several (`batch_cap`), else half the side of the tile it had (a quarter
         of a pass's memory, `tile_cap`), for this image's next attempt and the images after it, with an
-        OutOfMemoryWarning; otherwise raises: exc itself, or
-        at the smallest tile a TileError saying so. Then, outside the except block, `release()`, and start the
-        image again. Nothing is lost but time: the output is blended the same whatever the tile (seams >= 50 dB).
-        upscale_image retries by itself; a caller of upscale_rows, which cannot take back the rows it gave out,
-        starts its output over (esrgan.pipeline does)."""
+        OutOfMemoryWarning; otherwise raises: exc itself, or at the smallest tile a TileError saying so. Then,
+        outside the except block, `release()`, and start the image again (`retrying` does all of it). Nothing is
+        lost but time: the output is blended the same whatever the tile (seams >= 50 dB)."""
         cause = exc.__cause__
         if cause is None or not out_of_memory(cause):
             raise exc
@@ -759,7 +753,7 @@ class Upscaler:
         input's dtype), each as soon as the tiles above the next tile row are done: at most a band of tiles' rows
         is held, never the whole output (imageio.write_image_rows writes them as they come). The same pixels as
         upscale_image, tile for tile. Only for what stream_reason allows (EsrganError otherwise). A forward pass out
-        of memory is a TileError, not retried here (see shrink_tile)."""
+        of memory is a TileError, not retried here: a caller that can start its output over does (`retrying`)."""
         reason = self.stream_reason(image)
         if reason is not None:
             raise EsrganError(f"cannot upscale row by row: {reason}")

@@ -695,9 +695,8 @@ def upscale_video(
     av = _import_av()
     src, dst = Path(src), Path(dst)
     started = time.perf_counter()
-    caller = (
-        upscaler  # the video runs on a copy (fit_even, host_reserve): what it learnt goes back to this one
-    )
+    # the video runs on a copy (its fit_even, host_reserve and caps); the precision it ends in goes back to the caller's
+    caller, upscaler = upscaler, copy.copy(upscaler)
     if dst.suffix.lower() not in CONTAINERS:
         raise EsrganError(f"{dst}: unknown video container; use one of {', '.join(sorted(CONTAINERS))}")
     if segment_frames < 1 or frame_batch < 1:
@@ -723,8 +722,7 @@ def upscale_video(
         # the limit again (the header may differ from the frames); the plan takes its size from this frame
         _check_frame_size(src, 0, first.width, first.height, (first.width, first.height), limit)
         fit = upscaler.fit
-        if fit is not None:  # a copy: the caller's upscaler may go on with images
-            upscaler = copy.copy(upscaler)
+        if fit is not None:
             upscaler.fit_even = True  # the free side even, as subsampled chroma wants (FFmpeg's scale=W:-2)
             if (
                 int(first.rotation or 0) % 180
@@ -733,7 +731,7 @@ def upscale_video(
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
-    upscaler = _check_memory(src, plan, upscaler, frame_batch)
+    _check_memory(src, plan, upscaler, frame_batch)
     _check_encoder_opens(av, plan, src)  # before any frame is upscaled
     work = work_folder(dst)
     with _work_lock(work, dst):
@@ -928,18 +926,16 @@ def _run_frames(
 def frames_memory(plan: _Plan, frame_batch: int) -> int:
     """Host memory the video path holds beside the model, estimated: the frames in flight (the decoded and the
     upscaled queues, a batch, one being converted for the encoder) and the encoder's own (ENCODER_BYTES)."""
-    pixels = plan.out_width * plan.out_height
-    deep = plan.rgb_format == "rgb48le"
-    in_flight = (2 * QUEUE_FRAMES + frame_batch + 2) * 3 * (2 if deep else 1)
-    return pixels * (
-        in_flight + ENCODER_BYTES.get(plan.codec, max(ENCODER_BYTES.values())) * (2 if deep else 1)
-    )
+    depth = 2 if plan.rgb_format == "rgb48le" else 1  # bytes a sample
+    in_flight = (2 * QUEUE_FRAMES + frame_batch + 2) * 3
+    encoder = ENCODER_BYTES.get(plan.codec, max(ENCODER_BYTES.values()))
+    return plan.out_width * plan.out_height * (in_flight + encoder) * depth
 
 
-def _check_memory(src: Path, plan: _Plan, upscaler: Upscaler, frame_batch: int) -> Upscaler:
+def _check_memory(src: Path, plan: _Plan, upscaler: Upscaler, frame_batch: int) -> None:
     """Refuse, in one line before any frame, a video whose frames and encoder would not fit in the free host memory
     (before, the kernel's OOM killer ended the run without a word, e.g. 1080p at x4, 7680x4320 with h264: about 8 GB);
-    else the upscaler to use: a copy whose automatic tile leaves that memory out (Upscaler.host_reserve)."""
+    else make the (video's own) upscaler's automatic tile leave that memory out (Upscaler.host_reserve)."""
     from .device import host_memory_available
     from .errors import format_bytes
 
@@ -957,9 +953,7 @@ def _check_memory(src: Path, plan: _Plan, upscaler: Upscaler, frame_batch: int) 
             f"to encode with {plan.codec} (the frames in flight and the encoder's) and {format_bytes(free)} is free: "
             f"try {ways}"
         )
-    upscaler = copy.copy(upscaler)  # the caller's upscaler goes on with images without the reservation
     upscaler.host_reserve = need
-    return upscaler
 
 
 def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndarray]:
