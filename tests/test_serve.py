@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from esrgan.checkpoints import save_model
 from esrgan.imageio import ImageData, read_image, write_image
 
 MAX_BYTES = 512 * 1024
+TOKEN = "t0k3n-of-the-tests-" + uuid.uuid4().hex
 MAX_PIXELS = 300_000
 
 
@@ -760,14 +762,20 @@ class ServerProcess:
         *,
         host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
+        token: str | None = TOKEN,
+        args: tuple[str, ...] = (),
     ) -> None:
         """cgroup: a v1 memory cgroup folder the server joins before Python starts. host: its --host; env: more
-        environment (TMPDIR: where it makes its folder)."""
+        environment (TMPDIR: where it makes its folder). token: given as ESRGAN_SERVE_TOKEN and sent by request()
+        (None: neither; the server then keeps its own in ESRGAN_HOME). args: more options. stdout (the address the
+        server prints) goes to self.out."""
         with socket.socket() as probe:  # a free port (serve binds by number)
             probe.bind((host, 0))
             self.port = probe.getsockname()[1]
         self.host = host
+        self.token = token
         self.log = tmp / "serve.log"
+        self.out = tmp / "serve.out"
         command = [
             sys.executable,
             "-m",
@@ -779,17 +787,17 @@ class ServerProcess:
             str(self.port),
             "--model-file",
             f"m={model}",
+            *args,
         ]
+        environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        environ.pop(serve.TOKEN_ENV, None)
+        if token is not None:
+            environ[serve.TOKEN_ENV] = token
         if cgroup is not None:
             quoted = " ".join(f"'{a}'" for a in command)
             command = ["sh", "-c", f"echo $$ > {cgroup / 'cgroup.procs'} && exec {quoted}"]
-        with open(self.log, "wb") as err:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-            )
+        with open(self.log, "wb") as err, open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=err, env=environ)
         deadline = time.time() + 120
         while True:
             assert self.proc.poll() is None, f"esrgan serve exited: {self.log.read_text()}"
@@ -801,13 +809,34 @@ class ServerProcess:
                 time.sleep(0.1)
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, ctype: str = ""
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        ctype: str = "",
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
+        status, _, data = self.exchange(method, path, body, ctype, headers)
+        return status, data
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        ctype: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request (with the token unless `headers` are given): status, headers (lower-case names), body."""
+        if headers is None:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
-            conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
+            conn.request(
+                method, path, body=body, headers={**headers, **({"Content-Type": ctype} if ctype else {})}
+            )
             res = conn.getresponse()
-            return res.status, res.read()
+            return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read()
         finally:
             conn.close()
 
@@ -844,8 +873,9 @@ def test_client_mistakes_leave_no_traceback_in_the_servers_log(
     for _ in range(2):
         with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as sock:
             sock.sendall(
-                b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 900000\r\n\r\n" + body
+                f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {srv.token}\r\n".encode()
+                + b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 900000\r\n\r\n"
+                + body
             )  # 100 KB of the 900 KB announced, then gone
     status, answer = srv.request("POST", "/api/jobs", b"xx" * 100, "multipart/form-data; boundary=B")
     assert status == 400 and b"bad upload" in answer
@@ -889,7 +919,7 @@ def test_ctrl_c_with_the_page_open_stops_at_once_and_cleanly(server_process: Ser
     CancelledError traceback. The stream now ends when the server starts stopping, and the page sees it end."""
     srv = server_process
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
-    conn.request("GET", "/api/events")
+    conn.request("GET", "/api/events", headers={"Authorization": f"Bearer {srv.token}"})
     res = conn.getresponse()
     assert res.status == 200
     assert res.readline().startswith(b"data: ")  # connected: the first snapshot
@@ -1363,3 +1393,157 @@ def test_a_job_failing_to_write_names_the_file_not_the_servers_folder(
     (small_tmp / "filler").unlink()
     status, job = srv.upload("n2.png", png(photo_small))
     assert status == 201 and srv.wait(job["id"])["state"] == "done"
+
+
+# --- the token (session 27): every request needs it -----------------------------------------------------------------
+def printed_token(proc: ServerProcess) -> str:
+    """The token in the address `esrgan serve` printed on its stdout."""
+    line = next(x for x in proc.out.read_text().splitlines() if x.startswith("esrgan serve: open http://"))
+    address = line.split()[3]
+    assert address.startswith(f"http://127.0.0.1:{proc.port}/?token="), line
+    return address.split("?token=", 1)[1]
+
+
+def test_every_request_needs_the_printed_token_and_it_outlives_a_restart(
+    model_x2: Path, tmp_path: Path, photo_small: np.ndarray
+) -> None:
+    """A known limit until session 27: a server on 127.0.0.1 let every user of the machine (and every process)
+    list, fetch and delete its jobs. Now each request needs the token the printed address carries: the page trades
+    it for an HttpOnly, SameSite=Strict cookie (a redirect takes it out of the address), scripts send a Bearer
+    header. The token is kept in the cache with mode 0600, so a restarted server has the same one and an open page
+    goes on working."""
+    home, parent = tmp_path / "home", tmp_path / "tmp"
+    parent.mkdir()
+    env = {"ESRGAN_HOME": str(home), "TMPDIR": str(parent)}
+    proc = ServerProcess(model_x2, tmp_path, env=env, token=None)
+    try:
+        token = printed_token(proc)
+        kept = home / serve.TOKEN_FILE
+        assert kept.read_text().strip() == token and len(token) >= 40
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        data, ctype = multipart("ok.png", png(photo_small), {})
+        for method, path, body, kind in [
+            ("GET", "/", None, ""),
+            ("GET", "/static/app.js", None, ""),
+            ("GET", "/api/jobs", None, ""),
+            ("GET", "/api/events", None, ""),
+            ("GET", "/api/results.zip", None, ""),
+            ("POST", "/api/jobs", data, ctype),
+            ("GET", f"/?token={token[:-1]}", None, ""),  # a wrong token
+        ]:
+            status, answer = proc.request(method, path, body, kind, headers={})
+            assert status == 401 and b"needs its token" in answer, (path, status, answer)
+        status, answer = proc.request("GET", "/api/jobs", headers={})
+        assert json.loads(answer)["error"].startswith("this server needs its token: open the address")
+        assert not [f for folder in server_folders(parent) for f in folder.rglob("input")]  # nothing stored
+        for refused in (
+            {"Authorization": f"Bearer {token[::-1]}"},
+            {"Cookie": f"esrgan-serve-{proc.port + 1}={token}"},  # another port's server's cookie
+        ):
+            assert proc.request("GET", "/api/jobs", headers=refused)[0] == 401, refused
+
+        # the printed address: a cookie for the page, and the token out of the address bar
+        status, headers, _ = proc.exchange("GET", f"/?token={token}", headers={})
+        assert status == 303 and headers["location"] == "/", headers
+        cookie = headers["set-cookie"]
+        assert cookie.startswith(f"esrgan-serve-{proc.port}={token};"), cookie
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+        jar = {"Cookie": cookie.split(";")[0]}
+        status, page = proc.request("GET", "/", headers=jar)
+        assert status == 200 and b"<script" in page
+        status, answer = proc.request("POST", "/api/jobs", data, ctype, headers=jar)  # as the page uploads
+        assert status == 201, answer
+        job = json.loads(answer)
+        deadline = time.time() + 120
+        while job["state"] not in ("done", "error"):
+            assert time.time() < deadline, job
+            time.sleep(0.1)
+            job = json.loads(proc.request("GET", f"/api/jobs/{job['id']}", headers=jar)[1])
+        assert job["state"] == "done", job
+        status, result = proc.request("GET", job["result_url"], headers=jar)
+        assert status == 200 and Image.open(io.BytesIO(result)).size == (80, 96)
+        # scripts: the header (as the other tests send it), or the query
+        assert proc.request("GET", "/api/jobs", headers={"Authorization": f"Bearer {token}"})[0] == 200
+        assert proc.request("GET", f"/api/jobs?token={token}", headers={})[0] == 200
+    finally:
+        rc, log = proc.interrupt()
+    assert rc == 130 and "Traceback" not in log, log
+
+    again = ServerProcess(model_x2, tmp_path, env=env, token=None)  # started again: the same token
+    try:
+        assert printed_token(again) == token
+        assert "the token is kept in" in again.out.read_text()
+        cookie = {"Cookie": f"esrgan-serve-{again.port}={token}"}
+        assert again.request("GET", "/api/config", headers=cookie)[0] == 200
+    finally:
+        rc, log = again.interrupt()
+    assert rc == 130, log
+
+
+def test_a_token_file_others_could_read_or_plant_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The kept token is the server's key: one that other users may read (mode 0644), a link or a FIFO planted in
+    its place (a shared cache), or a file that is not a token is not used; the server makes a token for this run
+    and says why. ESRGAN_SERVE_TOKEN must look like a token (a short one is refused in one line)."""
+    monkeypatch.delenv(serve.TOKEN_ENV, raising=False)
+    home = tmp_path / "home"
+    token, where = serve.server_token(home)
+    kept = home / serve.TOKEN_FILE
+    assert kept.read_text() == token + "\n" and "kept in" in where
+    assert serve.server_token(home) == (token, where)  # read back, not made again
+    assert [p.name for p in home.iterdir()] == [serve.TOKEN_FILE]  # no temporary file left
+
+    def unused(because: str) -> None:
+        other, said = serve.server_token(home)
+        assert other != token and len(other) >= 40, said
+        assert "for this run only" in said and because in said, said
+
+    kept.chmod(0o644)
+    unused("other users may read it")
+    kept.unlink()
+    planted = tmp_path / "planted"
+    planted.write_text(token + "\n")
+    planted.chmod(0o600)
+    kept.symlink_to(planted)
+    unused("symbolic link")
+    kept.unlink()
+    os.mkfifo(kept)
+    unused("not a regular file")  # and no hang: nothing writes to the FIFO
+    kept.unlink()
+    kept.write_text("short\n")
+    kept.chmod(0o600)
+    unused("not a token")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    other, said = serve.server_token(blocked / "home")  # cannot be made: a file where the folder should be
+    assert "for this run only" in said and len(other) >= 40, said
+
+    monkeypatch.setenv(serve.TOKEN_ENV, "given-token-0123456789")
+    assert serve.server_token(home)[0] == "given-token-0123456789"
+    from esrgan import cli
+
+    for bad in ("", "short", "with spaces in it!!", "é" * 20):
+        monkeypatch.setenv(serve.TOKEN_ENV, bad)
+        with pytest.raises(serve.TokenError):
+            serve.server_token(home)
+    assert cli.main(["serve", "--model-file", f"m={tmp_path / 'missing.safetensors'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"esrgan: error: {serve.TOKEN_ENV} must be 16 to 256 of the characters " + err[0].split(
+        "characters ", 1)[1]], err  # fmt: skip
+
+
+def test_no_token_serves_everyone_and_says_so(model_x2: Path, tmp_path: Path) -> None:
+    """`--no-token`: requests without a token are served, and the start-up lines say what that means."""
+    proc = ServerProcess(
+        model_x2, tmp_path, token=None, args=("--no-token",), env={"ESRGAN_HOME": str(tmp_path)}
+    )
+    try:
+        assert proc.request("GET", "/api/config", headers={})[0] == 200
+        out = proc.out.read_text()
+        assert "WARNING: --no-token: every user of this machine can use this server" in out, out
+        assert f"http://127.0.0.1:{proc.port}/  " in out and "token=" not in out, out
+        assert not (tmp_path / serve.TOKEN_FILE).exists()
+    finally:
+        rc, log = proc.interrupt()
+    assert rc == 130, log

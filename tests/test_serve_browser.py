@@ -65,9 +65,12 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(tmp_path_factory.mktemp("models") / "tiny-x4.safetensors", tiny_rrdb())
 
 
+TOKEN = "browser-test-token-0123456789"
+
+
 @pytest.fixture(scope="module")
 def base_url(model_path: Path) -> Iterator[str]:
-    running = UvicornThread(serve.create_app({"tiny-x4": model_path}))
+    running = UvicornThread(serve.create_app({"tiny-x4": model_path}, token=TOKEN))
     yield f"http://127.0.0.1:{running.port}"
     running.stop()
 
@@ -93,7 +96,13 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
             page = browser.new_page(viewport={"width": 1280, "height": 760}, accept_downloads=True)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(base_url)
+            # the address `esrgan serve` prints: the token becomes a cookie the page's scripts cannot read, and
+            # leaves the address bar; everything below (uploads, events, images, the download) runs on the cookie
+            page.goto(f"{base_url}/?token={TOKEN}")
+            assert page.url == f"{base_url}/"
+            (cookie,) = page.context.cookies()
+            assert cookie["value"] == TOKEN and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert page.evaluate("document.cookie") == ""
             sync_api.expect(page.locator("#connection")).to_have_text("live")
             sync_api.expect(page.locator("#model")).to_have_value("tiny-x4")
 
@@ -200,21 +209,24 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
 @pytest.mark.slow
 def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
     """After a server restart the open page reconnects by itself; it must then show the new server's settings (it
-    kept saying results are kept for 1 h when the new server kept them 6 s)."""
+    kept saying results are kept for 1 h when the new server kept them 6 s). A server started with another token
+    (its kept one deleted) refuses the page's cookie: the page says what to do instead of "reconnecting…"."""
     chromium = find_chromium()
-    first = UvicornThread(serve.create_app({"tiny-x4": model_path}, keep_seconds=3600))
+    first = UvicornThread(serve.create_app({"tiny-x4": model_path}, keep_seconds=3600, token=TOKEN))
     port = first.port
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 760})
-            page.goto(f"http://127.0.0.1:{port}")
+            page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
             sync_api.expect(page.locator("#connection")).to_have_text("live")
             sync_api.expect(page.locator("#keep")).to_have_text("1 h")
             sync_api.expect(page.locator("#model option")).to_have_text(["tiny-x4 (x4)"])
             first.stop()
             sync_api.expect(page.locator("#connection")).to_have_text("reconnecting…")
-            second = UvicornThread(serve.create_app({"other-x4": model_path}, keep_seconds=6), port)
+            second = UvicornThread(
+                serve.create_app({"other-x4": model_path}, keep_seconds=6, token=TOKEN), port
+            )
             try:
                 sync_api.expect(page.locator("#connection")).to_have_text("live", timeout=30_000)
                 sync_api.expect(page.locator("#keep")).to_have_text("6.0 s")
@@ -222,5 +234,14 @@ def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
                 sync_api.expect(page.locator("#model")).to_have_value("other-x4")
             finally:
                 second.stop()
+            third = UvicornThread(serve.create_app({"other-x4": model_path}, token=TOKEN[::-1]), port)
+            try:
+                sync_api.expect(page.locator("#connection")).to_have_text(
+                    "token needed: open the address esrgan serve printed", timeout=30_000
+                )
+                page.goto(f"http://127.0.0.1:{port}/?token={TOKEN[::-1]}")  # what the message says to do
+                sync_api.expect(page.locator("#connection")).to_have_text("live")
+            finally:
+                third.stop()
         finally:
             browser.close()

@@ -305,6 +305,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=PATH",
         help="offer this model file under NAME instead of the named models (repeatable)",
     )
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        help="ask for no token (by default every request needs the one in the address the server prints, kept in "
+        "the model cache's serve-token; ESRGAN_SERVE_TOKEN sets another): every user of this machine can then "
+        "use the server and see, fetch and delete its jobs",
+    )
     p.set_defaults(func=_run_serve)
 
 
@@ -325,7 +332,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_pixels=max(1, int(args.max_megapixels * 2**20)),
     )
     with warnings_as_lines():  # the jobs' warnings too (the log is the server's stderr)
-        serve(args.host, args.port, models=models, limits=limits, keep_seconds=args.keep_minutes * 60)
+        serve(
+            args.host,
+            args.port,
+            models=models,
+            limits=limits,
+            keep_seconds=args.keep_minutes * 60,
+            use_token=not args.no_token,
+        )
     return 0
 
 

@@ -26,6 +26,12 @@ Design:
   upload that sends nothing for `Limits.stall_seconds` (60 s) is dropped with a 408 and gives its place back, and
   uploads decode one at a time (a full-size 16-bit upload takes ~450 MB while it decodes). A full disk is a 507
   in one line, leaving nothing half-written.
+  Every request needs the server's token (as Jupyter does; `--no-token` turns it off): the address the server
+  prints carries it once (`/?token=...`), which the page trades for an HttpOnly, SameSite=Strict cookie and a
+  redirect that takes it out of the address bar; scripts send `Authorization: Bearer TOKEN`. Without it, every
+  user of a shared machine could list, fetch and delete the jobs of a server on 127.0.0.1. The token is kept in
+  a file only its owner can read (`serve-token` in the model cache), so the page open in a browser goes on working
+  after a restart; ESRGAN_SERVE_TOKEN sets one instead (not an option: other users see a process's arguments).
   Every path on disk is server-made (random job ids, fixed file names); ids from URLs are only dictionary keys,
   and a file is served only if it resolves inside the result folder. Requests from another web origin are refused
   (a web page must not drive your local server): writes by their Origin header, and any /api/ request a browser
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
 import json
@@ -109,6 +116,13 @@ _MIME = {
 }
 _BROWSER_FORMATS = {"png", "jpg", "webp", "bmp"}  # formats a browser shows; TIFF results get a PNG preview
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOKEN_ENV = "ESRGAN_SERVE_TOKEN"
+TOKEN_FILE = "serve-token"
+"""The token's file in the model cache (esrgan.zoo.cache_dir()), mode 0600, made at the first start."""
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
+"""What a token may be: URL-safe without escaping (it travels in a query string and a cookie), 16 characters or more
+(secrets.token_urlsafe(32), the one made here, has 43)."""
+_COOKIE_DAYS = 30
 
 State = Literal["queued", "running", "cancelling", "done", "error"]
 
@@ -954,12 +968,15 @@ def create_app(
     loopback_only: bool = True,
     host: str | None = None,
     engine_factory: EngineFactory = upscaler_engine,
+    token: str | None = None,
 ) -> Any:
     """The Starlette app. models: display name -> model file (default: the zoo). The JobService is app.state.service;
     app.state.stopping() tells event streams the server is stopping (its runner sets it: serve() does).
 
     loopback_only: accept only Host headers naming the loopback interface (set False when binding elsewhere): the
     loopback names, and `host` (the address the server listens on: 127.0.0.2 is loopback too).
+    token: every request must carry it (_TokenGate); None: none is asked for (serve() passes server_token()'s
+    unless told --no-token).
     """
     import anyio.to_thread
     from starlette.applications import Starlette
@@ -1185,6 +1202,10 @@ def create_app(
         )
 
     middleware = [Middleware(_SameOrigin)]
+    if token is not None:
+        middleware.append(
+            Middleware(_TokenGate, token=token)
+        )  # inside _SameOrigin: its headers on the 401 too
     if loopback_only:
         allowed = ["127.0.0.1", "localhost", "[::1]", *(host_names(host) if host else [])]
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=sorted(set(allowed))))
@@ -1330,6 +1351,164 @@ class _SameOrigin:
         await self.app(scope, receive, send_with_headers)
 
 
+class TokenError(EsrganError):
+    """ESRGAN_SERVE_TOKEN is not a usable token."""
+
+
+class _UnusableToken(Exception):
+    """The token file exists but must not be used (why, in a few words)."""
+
+
+def server_token(folder: Path | None = None) -> tuple[str, str]:
+    """The token every request must carry, and where it comes from (for the start-up line).
+
+    ESRGAN_SERVE_TOKEN when set (16-256 URL-safe characters, else TokenError); else the one kept in
+    `folder`/serve-token (folder: the model cache), made at the first start with mode 0600, so a page left open
+    goes on working after a restart. A token file that other users can read or that belongs to another user, that
+    is not a regular file or not a token, or one that cannot be read or made (a read-only cache) is not used: the
+    server makes a token for this run only and says why."""
+    given = os.environ.get(TOKEN_ENV)
+    if given is not None:
+        if not _TOKEN.fullmatch(given):
+            raise TokenError(
+                f"{TOKEN_ENV} must be 16 to 256 of the characters A-Z a-z 0-9 . _ ~ - (a random one: "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return given, f"the token is {TOKEN_ENV}'s"
+    if folder is None:
+        from .zoo import cache_dir
+
+        folder = cache_dir()
+    path = folder / TOKEN_FILE
+    try:
+        return _kept_token(path), f"the token is kept in {path} (delete it for a new one)"
+    except _UnusableToken as exc:
+        why = str(exc)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+    return secrets.token_urlsafe(32), f"a token for this run only ({path}: {why})"
+
+
+def _kept_token(path: Path) -> str:
+    """The token in `path`, made first if there is none (whole, 0600 from the start, linked in under its name so
+    that two servers starting at once keep the same one)."""
+    for _ in range(3):
+        try:
+            # O_NOFOLLOW: a link planted in a shared cache is not followed; O_NONBLOCK: a FIFO does not hang
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+            made = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(made, "w") as f:
+                    f.write(secrets.token_urlsafe(32) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, path)  # FileExistsError: another server made it first; read theirs
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _UnusableToken("a symbolic link, not used") from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise _UnusableToken("not a regular file")
+            if os.name == "posix" and info.st_uid != os.getuid():
+                raise _UnusableToken("belongs to another user")
+            if os.name == "posix" and info.st_mode & 0o077:
+                raise _UnusableToken("other users may read it: chmod 600 it, or delete it for a new token")
+            text = f.read(512).decode("ascii", "replace").strip()
+        if not _TOKEN.fullmatch(text):
+            raise _UnusableToken("not a token: delete it for a new one")
+        return text
+    raise _UnusableToken("made and gone again three times")
+
+
+def _cookie(header: str, name: str) -> str | None:
+    """The value of cookie `name` in a Cookie header, or None."""
+    for part in header.split(";"):
+        key, eq, value = part.strip().partition("=")
+        if eq and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+class _TokenGate:
+    """Let through only requests that carry the server's token: the `esrgan-serve-PORT` cookie (the page), an
+    `Authorization: Bearer TOKEN` header (scripts; `token TOKEN` as Jupyter's is taken too) or `?token=TOKEN`.
+
+    `GET /?token=TOKEN` (the address the server prints) is answered with the cookie (HttpOnly: the page's scripts
+    never see it; SameSite=Strict: no other site's page sends it) and a redirect to `/`, which takes the token out
+    of the address bar and the history. Anything else without the token is a 401 (JSON under /api/, a line of text
+    for the page) that says where to find it. Tokens are compared in constant time."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    def _matches(self, value: str | None) -> bool:
+        return value is not None and secrets.compare_digest(value.encode("utf-8", "replace"), self.token)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from urllib.parse import parse_qs, urlencode
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        server = scope.get("server") or (None, None)
+        name = f"esrgan-serve-{server[1]}" if server[1] else "esrgan-serve"  # cookies are shared across ports
+        in_query = query.get("token", [None])[-1]
+        scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+        in_header = value.strip() if scheme.lower() in ("bearer", "token") else None
+        path = str(scope.get("path", ""))
+        if path == "/" and scope["method"] in ("GET", "HEAD") and self._matches(in_query):
+            rest = urlencode([(k, v) for k, values in query.items() if k != "token" for v in values])
+            cookie = f"{name}={self.token.decode()}; Path=/; Max-Age={_COOKIE_DAYS * 86400}; HttpOnly; SameSite=Strict"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [
+                        (b"location", ("/" + ("?" + rest if rest else "")).encode("latin-1")),
+                        (b"set-cookie", cookie.encode("latin-1")),
+                        (b"cache-control", b"no-store"),
+                        (b"referrer-policy", b"no-referrer"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if any(self._matches(v) for v in (in_query, in_header, _cookie(headers.get("cookie", ""), name))):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "this server needs its token: open the address esrgan serve printed when it started "
+            "(http://HOST:PORT/?token=...), or send the header 'Authorization: Bearer TOKEN'"
+        )
+        api = path.startswith("/api/")
+        body = json.dumps({"error": message}).encode() if api else f"esrgan serve: {message}\n".encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json" if api else b"text/plain; charset=utf-8"),
+                    (b"www-authenticate", b'Bearer realm="esrgan serve"'),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 # --- running -----------------------------------------------------------------------------------------------------------
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -1347,29 +1526,48 @@ def serve(
     models: Mapping[str, str | Path] | None = None,
     limits: Limits = Limits(),
     keep_seconds: float = DEFAULT_KEEP_SECONDS,
-    announce: Callable[[str], None] = print,
+    announce: Callable[[str], None] | None = None,
+    use_token: bool = True,
 ) -> None:
     """Run the server until interrupted (Ctrl-C, SIGTERM, or SIGHUP: the terminal closed), which deletes its
-    folder. Binding anything but loopback announces a warning first."""
+    folder. Every request needs server_token()'s token unless use_token is False. Binding anything but loopback,
+    or no token, announces a warning first."""
     import uvicorn
 
+    if announce is None:  # printed and flushed: `esrgan serve > log` has the address at once, not at exit
+        announce = functools.partial(print, flush=True)
+    token, where = server_token() if use_token else (None, "")
     loopback = is_loopback(host)
     if not loopback:
         announce(
-            f"WARNING: listening on {host}: anyone who can reach this machine on port {port} can upload images "
-            "and use its CPU. There is no authentication; use 127.0.0.1 unless you mean it."
+            f"WARNING: listening on {host}: anyone who can reach this machine on port {port} "
+            + (
+                "and read its traffic can take the token (plain HTTP, unencrypted) and use the server; "
+                if token
+                else "can upload images, see and delete jobs and use its CPU (--no-token); "
+            )
+            + "use 127.0.0.1 (through an SSH tunnel from elsewhere) unless you mean it."
         )
-    app = create_app(models, limits=limits, keep_seconds=keep_seconds, loopback_only=loopback, host=host)
+    elif token is None:
+        announce(
+            "WARNING: --no-token: every user of this machine can use this server, see, fetch and delete its jobs."
+        )
+    app = create_app(
+        models, limits=limits, keep_seconds=keep_seconds, loopback_only=loopback, host=host, token=token
+    )
     service: JobService = app.state.service
     if service.stale:
         announce(
             f"esrgan serve: removed {len(service.stale)} folder(s) that stopped servers left in {service.parent}"
         )
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    query = f"?token={token}" if token else ""
     announce(
-        f"esrgan serve: open http://{shown if ':' not in shown else f'[{shown}]'}:{port}/  "
+        f"esrgan serve: open http://{shown if ':' not in shown else f'[{shown}]'}:{port}/{query}  "
         f"(results kept {keep_seconds / 60:g} min in {service.root}; Ctrl+C to stop)"
     )
+    if token:
+        announce(f"esrgan serve: {where}; scripts send the header 'Authorization: Bearer TOKEN'")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     app.state.stopping = lambda: server.should_exit  # set by Ctrl-C before uvicorn waits for open responses

@@ -29,6 +29,8 @@ function duration(s) {
 // limits or retention, and the page must not keep showing the old server's.
 async function loadConfig() {
   const res = await fetch("/api/config");
+  if (res.status === 401) { tokenNeeded(); throw new Error("token needed"); }
+  needToken = false;
   Object.assign(config, await res.json());
   const model = $("model");
   const precision = $("precision");
@@ -136,6 +138,15 @@ function mergeJob(job) {
 }
 
 // --- live state -----------------------------------------------------------------------------------------------------
+// The server asks for its token (a cookie the address it printed set); a server started again with another token
+// refuses this page's cookie: say what to do rather than "reconnecting" for ever.
+let needToken = false;
+function tokenNeeded() {
+  needToken = true;
+  $("connection").textContent = "token needed: open the address esrgan serve printed";
+  $("connection").className = "connection down";
+}
+
 function connect() {
   const conn = $("connection");
   const source = new EventSource("/api/events");
@@ -145,7 +156,13 @@ function connect() {
     conn.className = "connection live";
     if (lost) { lost = false; loadConfig().catch(() => {}); }  // back: maybe a restarted server, other settings
   };
-  source.onerror = () => { lost = true; conn.textContent = "reconnecting…"; conn.className = "connection down"; };
+  source.onerror = () => {
+    lost = true;
+    if (!needToken) { conn.textContent = "reconnecting…"; conn.className = "connection down"; }
+    if (source.readyState === EventSource.CLOSED) {  // refused (401): EventSource gives up; ask again in a while
+      setTimeout(async () => { await loadConfig().catch(() => {}); connect(); }, 3000);
+    }
+  };
   source.onmessage = (ev) => {
     jobs = JSON.parse(ev.data).jobs;
     receivedAt = performance.now();
@@ -378,7 +395,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   setupDrop();
   setupViewer();
   $("model").addEventListener("change", showModelNote);
-  await loadConfig();
+  await loadConfig().catch(() => {});  // without the token: the header says so, and connect() asks again
   connect();
   setInterval(tick, 1000);
 });
