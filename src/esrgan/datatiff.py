@@ -39,21 +39,14 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageError, one_line
-from .imageio import (
-    BIG_TIFF_BYTES,
-    ImageData,
-    ImageWarning,
-    read_image,
-    straighten,
-    tifffile_quiet,
-    too_many_pixels,
-)
+from .imagedata import BIG_TIFF_BYTES, ImageData, ImageWarning, straighten, tifffile_quiet, too_many_pixels
 
 __all__ = [
     "SampleMap",
     "as_photo",
     "measurement_kind",
     "read_measurements",
+    "stored_values",
     "stretch_planes",
     "write_measurements",
 ]
@@ -186,14 +179,20 @@ def measurement_kind(path: Path) -> tuple[str, bool] | None:
 
 # --- reading ------------------------------------------------------------------------------------------------------
 def read_measurements(
-    path: Path, max_pixels: int, value_range: tuple[float, float] | None = None
+    path: Path,
+    max_pixels: int,
+    value_range: tuple[float, float] | None = None,
+    *,
+    read_photo: Callable[[Path, int], ImageData],
 ) -> ImageData | None:
     """The first page of a measurement TIFF as an ImageData with a SampleMap; None if path is not one.
 
     value_range: the (lo, hi) every band but alpha is mapped from, instead of its own min and max (the same for
-    every tile of a mosaic); valid values outside it are clipped, with a warning."""
+    every tile of a mosaic); valid values outside it are clipped, with a warning. read_photo(path, max_pixels):
+    the photograph reader (esrgan.imageio's, which calls this function), for the pixels of a georeferenced
+    photograph (LZW, JPEG, YCbCr: what Pillow decodes); its georeferencing is read here."""
     try:
-        return _read(path, max_pixels, value_range)
+        return _read(path, max_pixels, value_range, read_photo)
     except (
         ValueError,
         KeyError,
@@ -210,7 +209,12 @@ def read_measurements(
         raise ImageError(f"{path}: cannot decode this TIFF ({why}){hint}") from None
 
 
-def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) -> ImageData | None:
+def _read(
+    path: Path,
+    max_pixels: int,
+    value_range: tuple[float, float] | None,
+    read_photo: Callable[[Path, int], ImageData],
+) -> ImageData | None:
     import tifffile
 
     with tifffile_quiet(), tifffile.TiffFile(path) as tif:
@@ -269,7 +273,7 @@ def _read(path: Path, max_pixels: int, value_range: tuple[float, float] | None) 
             f"{path}: TIFF with {full_pages + 1} full-size pages; only the first is upscaled", ImageWarning, 4
         )
     if array is None:  # a georeferenced photograph: the photograph reader decodes it (LZW, JPEG, YCbCr)
-        photo = read_image(path, max_pixels=max_pixels)
+        photo = read_photo(path, max_pixels)
         array = photo.pixels if photo.alpha is None else np.dstack([photo.pixels, photo.alpha])
         samples, photometric, planar = array.shape[2], 2 if photo.channels == 3 else 1, 1
         extras = (2,) if photo.alpha is not None else ()
@@ -461,11 +465,13 @@ def _to_uint16(
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
-def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF") -> None:
-    """The upscaled planes of a measurement TIFF (or DICOM) back into the file's sample type and layout (see the
-    module): as a TIFF, or as DICOM (fmt "DICOM", a DICOM source's dataset)."""
-    import tifffile
-
+def stored_values(
+    image: ImageData, path: Path, *, interleaved: bool = False
+) -> tuple[np.ndarray, float | None]:
+    """The upscaled planes of a measurement TIFF (or DICOM) back in the file's sample type, in its layout: samples
+    last, or first where the file had them planar (interleaved: last whatever the file had, as DICOM is written).
+    And the value that marks invalid pixels in them: None where there are none, or where the file's mask marks
+    them (ImageError where neither a mask nor a value the sample type holds can)."""
     sm = image.samples
     assert sm is not None
     planes = [image.pixels[:, :, c] for c in range(image.channels)]
@@ -483,21 +489,27 @@ def write_measurements(tmp: Path, image: ImageData, path: Path, fmt: str = "TIFF
                 raise ImageError(f"{path}: invalid pixels but no nodata value that {sm.dtype.name} holds")
             fill = None  # the mask written after the pixels says which have no data
     height, width = image.height, image.width
-    if fmt == "DICOM" and sm.planar == 2:
-        sm = replace(sm, planar=1)
+    planar = sm.planar == 2 and not interleaved
     # the file's layout straight away (samples last, or first when planar), filled one band at a time
-    out = np.empty((sm.samples, height, width) if sm.planar == 2 else (height, width, sm.samples), sm.dtype)
+    out = np.empty((sm.samples, height, width) if planar else (height, width, sm.samples), sm.dtype)
     for s, (plane, (lo, hi)) in enumerate(zip(planes, sm.ranges, strict=True)):
-        band = out[s] if sm.planar == 2 else out[:, :, s]
+        band = out[s] if planar else out[:, :, s]
         _from_uint16(plane, lo, hi, band)
         if fill is not None:
             assert image.valid is not None
             band[~image.valid[:, :, s]] = np.asarray(fill).astype(sm.dtype)
-    if fmt == "DICOM":
-        from .dicom import write_dicom  # deferred: esrgan.dicom builds on this module
+    return out, fill
 
-        write_dicom(tmp, image, path, out)
-        return
+
+def write_measurements(tmp: Path, image: ImageData, path: Path) -> None:
+    """The upscaled planes of a measurement TIFF back into the file's sample type and layout, as a TIFF (see the
+    module). A DICOM source's are written as DICOM by esrgan.dicom.write_dicom."""
+    import tifffile
+
+    sm = image.samples
+    assert sm is not None
+    out, fill = stored_values(image, path)
+    height, width = image.height, image.width
     extratags = _scaled_tags(sm, width / sm.size[1], height / sm.size[0])
     if image.icc_profile:
         extratags.append((_ICC, 7, len(image.icc_profile), image.icc_profile, True))

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from .datatiff import SampleMap, stretch_planes
+from .datatiff import SampleMap, stored_values, stretch_planes
 from .errors import ImageError, one_line
-from .imageio import ImageData, too_many_pixels
+from .imagedata import ImageData, too_many_pixels
 
 __all__ = ["DICOM_PIP", "is_dicom", "is_dicom_head", "read_dicom", "write_dicom"]
 
@@ -404,11 +404,13 @@ def _regrid(ds: Any, sx: float, sy: float) -> None:
                 d[name].value = round((int(d[name].value) + 0.5) * factor - 0.5)
 
 
-def write_dicom(tmp: Path, image: ImageData, path: Path, values: np.ndarray) -> None:
-    """values (HxWxC in the stored type) as the pixel data of a copy of the source dataset (see the module)."""
+def write_dicom(tmp: Path, image: ImageData, path: Path) -> None:
+    """The upscaled planes back in the stored type (esrgan.datatiff.stored_values, HxWxC) as the pixel data of a
+    copy of the source dataset (see the module)."""
     pydicom = _pydicom()
     sm = image.samples
     assert sm is not None and sm.dicom is not None and pydicom is not None
+    values, _ = stored_values(image, path, interleaved=True)
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     ds = copy.deepcopy(sm.dicom)

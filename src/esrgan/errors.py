@@ -1,4 +1,5 @@
-"""Exceptions the CLI turns into one clear line and a non-zero exit (never a traceback)."""
+"""Exceptions the CLI turns into one clear line and a non-zero exit (never a traceback), and OutOfMemoryWarning (here,
+below esrgan.upscale and esrgan.video, which both warn it)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ class DownloadError(EsrganError):
 
 class ConfigError(EsrganError):
     """A training config with unknown keys, wrong types or impossible values."""
+
+
+class OutOfMemoryWarning(UserWarning):
+    """A forward pass ran out of memory and is being retried with smaller tiles (esrgan.upscale.Upscaler: the tile
+    then stays at most that small for the images after it), or a video's frames with fewer frames a pass."""
 
 
 def one_line(what: object) -> str:

@@ -55,7 +55,7 @@ from .device import (
     resolve_device,
     resolve_precision,
 )
-from .errors import CheckpointError, EsrganError, one_line, out_of_memory
+from .errors import CheckpointError, EsrganError, OutOfMemoryWarning, one_line, out_of_memory
 from .generator import RRDBNet
 from .imageio import PIL_LAYOUTS, ImageData
 from .tiling import (
@@ -100,11 +100,6 @@ MAX_TILE = 4096
 MIN_OUTSCALE = 0.25
 MAX_OUTSCALE = 16.0
 """The outscale range (the CLI's --outscale, the page's "output scale"): below it results shrink to a few pixels."""
-
-
-class OutOfMemoryWarning(UserWarning):
-    """A forward pass ran out of memory and is being retried with smaller tiles (Upscaler: the tile then stays at
-    most that small for the images after it)."""
 
 
 def check_tile(tile: int | None, overlap: int | None = None, *, zero: str = "no tiling") -> None:

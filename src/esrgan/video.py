@@ -984,7 +984,7 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         ]
     import torch
 
-    from .errors import out_of_memory
+    from .errors import OutOfMemoryWarning, out_of_memory
     from .tiling import upscale_tiled
 
     batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -996,8 +996,6 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         passed = None  # half as many frames a pass, for these and the batches after them (down to one)
     if passed is None:
         import warnings
-
-        from .upscale import OutOfMemoryWarning
 
         del batch
         upscaler.batch_cap = max(1, len(frames) // 2)
