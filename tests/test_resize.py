@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from esrgan.resize import imresize, imresize_np, output_size
+from esrgan.resize import imresize, imresize_np, imresize_rows, output_size
 
 SCALES = [0.25, 0.5, 1 / 3, 0.7, 1.5, 2.0, 2.3, 3.0, 4.0]
 
@@ -143,3 +143,24 @@ def test_the_resize_warns_nothing_on_stderr() -> None:
         [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-800:]
+
+
+@pytest.mark.parametrize(
+    ("size", "band"),
+    [((492, 388), 64), ((300, 200), 7), ((123, 300), 50), ((60, 40), 64), ((41, 29), 5), ((123, 97), 123)],
+)
+def test_rows_made_a_band_at_a_time_are_the_whole_resize(
+    photo: np.ndarray, size: tuple[int, int], band: int
+) -> None:
+    """imresize_rows (the web page's previews, made without a result-sized array): every band of output rows, from
+    the input rows it needs only, is the whole image's resize up to float32 rounding; upscales, downscales with
+    their wider kernel (and mirrored borders), one axis only, and bands of 5 rows to the whole height."""
+    arr = np.ascontiguousarray(photo[:123, 40:137]).astype(np.float32) / 255
+    whole = imresize_np(arr, size=size)
+    bands = [imresize_rows(arr, size, start, min(size[0], start + band)) for start in range(0, size[0], band)]
+    assert all(b.dtype == np.float32 for b in bands)
+    np.testing.assert_allclose(np.concatenate(bands), whole, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        imresize_rows(arr, size, 0, size[0] + 1)
+    with pytest.raises(ValueError, match="float32"):
+        imresize_rows(arr.astype(np.float64), size, 0, 1)

@@ -331,15 +331,19 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
         max_pixels=max(1, int(args.max_megapixels * 2**20)),
     )
-    with warnings_as_lines():  # the jobs' warnings too (the log is the server's stderr)
-        serve(
-            args.host,
-            args.port,
-            models=models,
-            limits=limits,
-            keep_seconds=args.keep_minutes * 60,
-            use_token=not args.no_token,
-        )
+    try:
+        with warnings_as_lines():  # the jobs' warnings too (the log is the server's stderr)
+            serve(
+                args.host,
+                args.port,
+                models=models,
+                limits=limits,
+                keep_seconds=args.keep_minutes * 60,
+                use_token=not args.no_token,
+            )
+    except KeyboardInterrupt:  # how a server is stopped, not an error (uvicorn raises it again at the end)
+        print("esrgan serve: stopped; its files are deleted", file=sys.stderr, flush=True)
+        return 130  # the shell's status for Ctrl-C, as every command here
     return 0
 
 

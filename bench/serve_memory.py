@@ -1,0 +1,136 @@
+"""Peak memory of one `esrgan serve` job (the web page's): the upscale, its result written, and the page's previews
+(the bicubic "before" at the result's size and, for a TIFF result, an 8-bit "after"), against the server's own
+estimate (UpscalerEngine.memory_needed), which decides whether a job is refused before the model runs.
+
+    .venv/bin/python bench/serve_memory.py [--sizes 512,768,1024] [--formats png,tif] [--baseline-src DIR]
+
+Each case runs in a child process: a JobService with a tiny random x4 RRDBNet (1 block, 8 features: the model's
+own memory is small, so what differs is the result's and the previews' handling), a first 64x64 job to load the
+model and warm the allocators, then the peak RSS is reset (/proc/self/clear_refs) and one job on a crop of
+scikit-image's astronaut tiled to SIZE x SIZE is run. "peak" is VmHWM minus the RSS before that job. --baseline-src:
+the same cases with the package from another checkout's src/ (e.g. `git worktree add /tmp/base HEAD~1`), in the
+same run, for the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def child(size: int, fmt: str, model: Path) -> dict[str, float]:
+    from PIL import Image
+    from skimage import data
+
+    from esrgan import serve
+    from esrgan.imageio import read_image
+    from esrgan.upscale import Upscaler
+
+    service = serve.JobService(serve.file_models({"m": model}), limits=serve.Limits(max_pixels=64 * 2**20))
+
+    def run(pixels: np.ndarray) -> dict[str, object]:
+        job_id, folder = service.new_folder()
+        ext = {"png": "PNG", "tif": "TIFF"}[fmt]
+        Image.fromarray(pixels).save(folder / "input", format=ext)
+        service.submit(job_id, folder, f"photo.{fmt}", serve.JobOptions(model="m"))
+        while (job := service.get(job_id)) is not None and job["state"] not in ("done", "error"):
+            time.sleep(0.02)
+        assert job is not None and job["state"] == "done", job
+        return job
+
+    photo = np.tile(data.astronaut(), (3, 3, 1))
+    big = np.ascontiguousarray(photo[:size, :size])
+    with tempfile.TemporaryDirectory() as tmp:
+        Image.fromarray(big).save(Path(tmp) / "in.png")
+        estimate = serve.UpscalerEngine(Upscaler.from_file(model, device="cpu")).memory_needed(
+            read_image(Path(tmp) / "in.png")
+        )[0]
+    run(np.ascontiguousarray(photo[:64, :64]))
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _status("VmRSS")
+    start = time.perf_counter()
+    job = run(big)
+    seconds = time.perf_counter() - start
+    peak = _status("VmHWM") - before
+    service.close()
+    out = (int(job["out_width"]), int(job["out_height"]))  # type: ignore[call-overload]
+    return {"peak": peak, "estimate": estimate, "seconds": seconds, "out_w": out[0], "out_h": out[1]}
+
+
+def measure(src: Path, size: int, fmt: str, model: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, __file__, "--child", str(size), fmt, str(model)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"{src}: size {size} {fmt} failed: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(child(int(sys.argv[2]), sys.argv[3], Path(sys.argv[4]))))
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="512,768,1024")
+    parser.add_argument("--formats", default="png,tif")
+    parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare with")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(SRC))
+    import torch
+    from hostinfo import cpu_name
+
+    from esrgan.checkpoints import save_model
+    from esrgan.generator import RRDBNet
+
+    torch.manual_seed(0)
+    mib = 2**20
+    print(f"# {cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__}")
+    print(
+        "| input | result | format | peak (this checkout) | estimate | estimate / peak |"
+        + (" peak (baseline) | estimate (baseline) | peak / baseline |" if args.baseline_src else "")
+    )
+    print("|---|---|---|---|---|---|" + ("---|---|---|" if args.baseline_src else ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = save_model(
+            Path(tmp) / "tiny-x4.safetensors", RRDBNet(num_feat=8, num_block=1, num_grow=8, scale=4)
+        )
+        for size in (int(s) for s in args.sizes.split(",")):
+            for fmt in args.formats.split(","):
+                new = measure(SRC, size, fmt, model)
+                row = (
+                    f"| {size}x{size} | {new['out_w']:.0f}x{new['out_h']:.0f} | {fmt} | {new['peak'] / mib:.0f} MiB"
+                    f" | {new['estimate'] / mib:.0f} MiB | {new['estimate'] / new['peak']:.2f} |"
+                )
+                if args.baseline_src:
+                    old = measure(args.baseline_src, size, fmt, model)
+                    row += (
+                        f" {old['peak'] / mib:.0f} MiB | {old['estimate'] / mib:.0f} MiB |"
+                        f" {new['peak'] / old['peak']:.2f} |"
+                    )
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
