@@ -3,13 +3,16 @@
 estimate (UpscalerEngine.memory_needed), which decides whether a job is refused before the model runs.
 
     .venv/bin/python bench/serve_memory.py [--sizes 512,768,1024] [--formats png,tif] [--baseline-src DIR]
+                                           [--times-only]
 
 Each case runs in a child process: a JobService with a tiny random x4 RRDBNet (1 block, 8 features: the model's
 own memory is small, so what differs is the result's and the previews' handling), a first 64x64 job to load the
 model and warm the allocators, then the peak RSS is reset (/proc/self/clear_refs) and one job on a crop of
 scikit-image's astronaut tiled to SIZE x SIZE is run. "peak" is VmHWM minus the RSS before that job. --baseline-src:
 the same cases with the package from another checkout's src/ (e.g. `git worktree add /tmp/base HEAD~1`), in the
-same run, for the ratio.
+same run, for the ratio. A second table times the "before" preview alone, in this process (best of 3): made whole
+(MATLAB bicubic of the input at the result's size in float32, as until session 27) and a band of rows at a time
+(serve._before_rows), for the same sizes at x4 and one downscale.
 """
 
 from __future__ import annotations
@@ -85,6 +88,35 @@ def measure(src: Path, size: int, fmt: str, model: Path) -> dict[str, float]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def preview_times(sizes: list[int]) -> None:
+    from skimage import data
+
+    from esrgan import serve
+    from esrgan.imageio import ImageData, from_float
+
+    photo = np.tile(data.astronaut(), (3, 3, 1))
+    print("\n| input | preview | whole | bands | bands / whole |\n|---|---|---|---|---|")
+    cases = [((s, s), (4 * s, 4 * s)) for s in sizes] + [((1024, 1024), (400, 400))]
+    for (h, w), size in cases:
+        image = ImageData(pixels=np.ascontiguousarray(photo[:h, :w]))
+        best = {}
+        for name, make in (
+            ("whole", lambda image=image, size=size: from_float(serve._bicubic(image.to_float(), size), 8)),
+            ("bands", lambda image=image, size=size: list(serve._before_rows(image, size))),
+        ):
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                make()
+                times.append(time.perf_counter() - start)
+            best[name] = min(times)
+        print(
+            f"| {w}x{h} | {size[1]}x{size[0]} | {best['whole']:.3f} s | {best['bands']:.3f} s |"
+            f" {best['bands'] / best['whole']:.2f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(child(int(sys.argv[2]), sys.argv[3], Path(sys.argv[4]))))
@@ -95,6 +127,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="512,768,1024")
     parser.add_argument("--formats", default="png,tif")
     parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare with")
+    parser.add_argument("--times-only", action="store_true", help="only the preview times")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(SRC))
@@ -106,7 +139,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     mib = 2**20
-    print(f"# {cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__}")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(
+        f"# {cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}"
+    )
+    if args.times_only:
+        preview_times(sizes)
+        return
     print(
         "| input | result | format | peak (this checkout) | estimate | estimate / peak |"
         + (" peak (baseline) | estimate (baseline) | peak / baseline |" if args.baseline_src else "")
@@ -116,7 +155,7 @@ def main() -> None:
         model = save_model(
             Path(tmp) / "tiny-x4.safetensors", RRDBNet(num_feat=8, num_block=1, num_grow=8, scale=4)
         )
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size in sizes:
             for fmt in args.formats.split(","):
                 new = measure(SRC, size, fmt, model)
                 row = (
@@ -130,6 +169,7 @@ def main() -> None:
                         f" {new['peak'] / old['peak']:.2f} |"
                     )
                 print(row, flush=True)
+    preview_times(sizes)
 
 
 if __name__ == "__main__":

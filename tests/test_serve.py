@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -823,7 +822,7 @@ class ServerProcess:
         environment (TMPDIR: where it makes its folder). token: given as ESRGAN_SERVE_TOKEN and sent by request()
         (None: neither; the server then keeps its own in ESRGAN_HOME). args: more options. stdout (the address the
         server prints) goes to self.out."""
-        with socket.socket() as probe:  # a free port (serve binds by number)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a free port
             probe.bind((host, 0))
             self.port = probe.getsockname()[1]
         self.host = host
@@ -1456,34 +1455,30 @@ def test_a_job_failing_to_write_names_the_file_not_the_servers_folder(
 
 
 # --- the token (session 27): every request needs it -----------------------------------------------------------------
-def printed_token(proc: ServerProcess) -> str:
+def printed_token(proc: ServerProcess, host: str = "127.0.0.1") -> str:
     """The token in the address `esrgan serve` printed on its stdout."""
     line = next(x for x in proc.out.read_text().splitlines() if x.startswith("esrgan serve: open http://"))
     address = line.split()[3]
-    assert address.startswith(f"http://127.0.0.1:{proc.port}/?token="), line
+    assert address.startswith(f"http://{host}:{proc.port}/?token="), line
     return address.split("?token=", 1)[1]
 
 
-def test_every_request_needs_the_printed_token_and_it_outlives_a_restart(
+def test_every_request_needs_the_printed_token(
     model_x2: Path, tmp_path: Path, photo_small: np.ndarray
 ) -> None:
     """A known limit until session 27: a server on 127.0.0.1 let every user of the machine (and every process)
     list, fetch and delete its jobs. Now each request needs the token the printed address carries: the page trades
-    it for an HttpOnly, SameSite=Strict cookie (a redirect takes it out of the address), scripts send a Bearer
-    header. The token is kept in the cache with mode 0600, so a restarted server has the same one and an open page
-    goes on working."""
-    home, parent = tmp_path / "home", tmp_path / "tmp"
-    parent.mkdir()
-    env = {"ESRGAN_HOME": str(home), "TMPDIR": str(parent)}
-    proc = ServerProcess(model_x2, tmp_path, env=env, token=None)
+    it for an HttpOnly, SameSite=Lax cookie (a redirect takes it out of the address), scripts send a Bearer header.
+    A new token each start (a review: a browser sends 127.0.0.1's cookies to every port, so a kept token leaked to
+    another user's listener for good): a restarted server refuses the old one."""
+    proc = ServerProcess(model_x2, tmp_path, token=None)
     try:
         token = printed_token(proc)
-        kept = home / serve.TOKEN_FILE
-        assert kept.read_text().strip() == token and len(token) >= 40
-        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert len(token) >= 40 and "a new token for this run" in proc.out.read_text()
         data, ctype = multipart("ok.png", png(photo_small), {})
         for method, path, body, kind in [
             ("GET", "/", None, ""),
+            ("HEAD", "/", None, ""),
             ("GET", "/static/app.js", None, ""),
             ("GET", "/api/jobs", None, ""),
             ("GET", "/api/events", None, ""),
@@ -1492,10 +1487,13 @@ def test_every_request_needs_the_printed_token_and_it_outlives_a_restart(
             ("GET", f"/?token={token[:-1]}", None, ""),  # a wrong token
         ]:
             status, answer = proc.request(method, path, body, kind, headers={})
-            assert status == 401 and b"needs its token" in answer, (path, status, answer)
+            assert status == 401 and (method == "HEAD" or b"needs its token" in answer), (
+                path,
+                status,
+                answer,
+            )
         status, answer = proc.request("GET", "/api/jobs", headers={})
         assert json.loads(answer)["error"].startswith("this server needs its token: open the address")
-        assert not [f for folder in server_folders(parent) for f in folder.rglob("input")]  # nothing stored
         for refused in (
             {"Authorization": f"Bearer {token[::-1]}"},
             {"Cookie": f"esrgan-serve-{proc.port + 1}={token}"},  # another port's server's cookie
@@ -1507,10 +1505,14 @@ def test_every_request_needs_the_printed_token_and_it_outlives_a_restart(
         assert status == 303 and headers["location"] == "/", headers
         cookie = headers["set-cookie"]
         assert cookie.startswith(f"esrgan-serve-{proc.port}={token};"), cookie
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Max-Age" not in cookie, cookie
         jar = {"Cookie": cookie.split(";")[0]}
         status, page = proc.request("GET", "/", headers=jar)
         assert status == 200 and b"<script" in page
+        # a junk cookie of the same name (another local server can set one for 127.0.0.1, with a longer Path that
+        # browsers send first) does not lock the page out
+        tossed = {"Cookie": f"esrgan-serve-{proc.port}=junk; {jar['Cookie']}"}
+        assert proc.request("GET", "/api/config", headers=tossed)[0] == 200
         status, answer = proc.request("POST", "/api/jobs", data, ctype, headers=jar)  # as the page uploads
         assert status == 201, answer
         job = json.loads(answer)
@@ -1529,81 +1531,88 @@ def test_every_request_needs_the_printed_token_and_it_outlives_a_restart(
         rc, log = proc.interrupt()
     assert rc == 130 and "Traceback" not in log, log
 
-    again = ServerProcess(model_x2, tmp_path, env=env, token=None)  # started again: the same token
+    again = ServerProcess(model_x2, tmp_path, token=None)  # started again: a new token, the old one refused
     try:
-        assert printed_token(again) == token
-        assert "the token is kept in" in again.out.read_text()
+        assert printed_token(again) != token
         cookie = {"Cookie": f"esrgan-serve-{again.port}={token}"}
-        assert again.request("GET", "/api/config", headers=cookie)[0] == 200
+        assert again.request("GET", "/api/config", headers=cookie)[0] == 401
     finally:
         rc, log = again.interrupt()
     assert rc == 130, log
 
 
-def test_a_token_file_others_could_read_or_plant_is_not_used(
+def test_the_address_is_printed_once_the_port_is_the_servers(model_x2: Path, tmp_path: Path) -> None:
+    """The address (with the token) was printed before uvicorn bound the port: with the port held by another
+    process the start failed after it, and a user who clicked it gave that process the token (a review). And
+    `--host ::` printed an IPv4 address its IPv6-only socket does not answer; it prints [::1]."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "esrgan.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--model-file",
+                f"m={model_x2}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if k != serve.TOKEN_ENV},
+        )
+    assert done.returncode != 0, done
+    assert "token=" not in done.stdout + done.stderr, done.stdout
+    assert "address already in use" in done.stderr, done.stderr
+
+    proc = ServerProcess(model_x2, tmp_path, host="::", token=None)
+    try:
+        token = printed_token(proc, host="[::1]")
+        conn = http.client.HTTPConnection("::1", proc.port, timeout=30)
+        conn.request("GET", "/api/config", headers={"Authorization": f"Bearer {token}"})
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        rc, log = proc.interrupt()
+    assert rc == 130, log
+
+
+def test_the_token_is_new_each_run_or_the_environments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The kept token is the server's key: one that other users may read (mode 0644), a link or a FIFO planted in
-    its place (a shared cache), or a file that is not a token is not used; the server makes a token for this run
-    and says why. ESRGAN_SERVE_TOKEN must look like a token (a short one is refused in one line)."""
+    """No token kept on disk (where a leak would last): a new one each start, or ESRGAN_SERVE_TOKEN's for scripts,
+    which must look like a token (an empty one means none given; a short one is refused in one line)."""
     monkeypatch.delenv(serve.TOKEN_ENV, raising=False)
-    home = tmp_path / "home"
-    token, where = serve.server_token(home)
-    kept = home / serve.TOKEN_FILE
-    assert kept.read_text() == token + "\n" and "kept in" in where
-    assert serve.server_token(home) == (token, where)  # read back, not made again
-    assert [p.name for p in home.iterdir()] == [serve.TOKEN_FILE]  # no temporary file left
-
-    def unused(because: str) -> None:
-        other, said = serve.server_token(home)
-        assert other != token and len(other) >= 40, said
-        assert "for this run only" in said and because in said, said
-
-    kept.chmod(0o644)
-    unused("other users may read it")
-    kept.unlink()
-    planted = tmp_path / "planted"
-    planted.write_text(token + "\n")
-    planted.chmod(0o600)
-    kept.symlink_to(planted)
-    unused("symbolic link")
-    kept.unlink()
-    os.mkfifo(kept)
-    unused("not a regular file")  # and no hang: nothing writes to the FIFO
-    kept.unlink()
-    kept.write_text("short\n")
-    kept.chmod(0o600)
-    unused("not a token")
-    blocked = tmp_path / "a-file"
-    blocked.write_text("")
-    other, said = serve.server_token(blocked / "home")  # cannot be made: a file where the folder should be
-    assert "for this run only" in said and len(other) >= 40, said
-
+    first, said = serve.server_token()
+    assert len(first) >= 40 and said == "a new token for this run"
+    assert serve.server_token()[0] != first
+    monkeypatch.setenv(serve.TOKEN_ENV, "")
+    assert serve.server_token()[1] == "a new token for this run"
     monkeypatch.setenv(serve.TOKEN_ENV, "given-token-0123456789")
-    assert serve.server_token(home)[0] == "given-token-0123456789"
+    assert serve.server_token() == ("given-token-0123456789", f"the token is {serve.TOKEN_ENV}'s")
     from esrgan import cli
 
-    for bad in ("", "short", "with spaces in it!!", "é" * 20):
+    for bad in ("short", "with spaces in it!!", "é" * 20):
         monkeypatch.setenv(serve.TOKEN_ENV, bad)
         with pytest.raises(serve.TokenError):
-            serve.server_token(home)
+            serve.server_token()
     assert cli.main(["serve", "--model-file", f"m={tmp_path / 'missing.safetensors'}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"esrgan: error: {serve.TOKEN_ENV} must be 16 to 256 of the characters " + err[0].split(
-        "characters ", 1)[1]], err  # fmt: skip
+    assert len(err) == 1 and err[0].startswith(f"esrgan: error: {serve.TOKEN_ENV} must be 16 to 256 of"), err
 
 
 def test_no_token_serves_everyone_and_says_so(model_x2: Path, tmp_path: Path) -> None:
     """`--no-token`: requests without a token are served, and the start-up lines say what that means."""
-    proc = ServerProcess(
-        model_x2, tmp_path, token=None, args=("--no-token",), env={"ESRGAN_HOME": str(tmp_path)}
-    )
+    proc = ServerProcess(model_x2, tmp_path, token=None, args=("--no-token",))
     try:
         assert proc.request("GET", "/api/config", headers={})[0] == 200
         out = proc.out.read_text()
         assert "WARNING: --no-token: every user of this machine can use this server" in out, out
         assert f"http://127.0.0.1:{proc.port}/  " in out and "token=" not in out, out
-        assert not (tmp_path / serve.TOKEN_FILE).exists()
     finally:
         rc, log = proc.interrupt()
     assert rc == 130, log

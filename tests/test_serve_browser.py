@@ -101,7 +101,7 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
             page.goto(f"{base_url}/?token={TOKEN}")
             assert page.url == f"{base_url}/"
             (cookie,) = page.context.cookies()
-            assert cookie["value"] == TOKEN and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert cookie["value"] == TOKEN and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
             assert page.evaluate("document.cookie") == ""
             sync_api.expect(page.locator("#connection")).to_have_text("live")
             sync_api.expect(page.locator("#model")).to_have_value("tiny-x4")
@@ -210,7 +210,8 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
 def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
     """After a server restart the open page reconnects by itself; it must then show the new server's settings (it
     kept saying results are kept for 1 h when the new server kept them 6 s). A server started with another token
-    (its kept one deleted) refuses the page's cookie: the page says what to do instead of "reconnecting…"."""
+    (a new start without ESRGAN_SERVE_TOKEN) refuses the page's cookie: the page says what to do instead of
+    "reconnecting…"."""
     chromium = find_chromium()
     first = UvicornThread(serve.create_app({"tiny-x4": model_path}, keep_seconds=3600, token=TOKEN))
     port = first.port
@@ -245,3 +246,43 @@ def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
                 third.stop()
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_the_printed_address_works_when_clicked_on_another_sites_page(base_url: str, tmp_path: Path) -> None:
+    """A review: the printed address clicked on a page of another site (a browser-based terminal or notebook on
+    localhost:8888; localhost and 127.0.0.1 are different sites) was a 401, reloads too: a SameSite=Strict cookie
+    is not sent on a navigation another site started. The cookie is SameSite=Lax: the page opens; other sites'
+    /api/ requests are still refused (Sec-Fetch-Site)."""
+    import http.server
+    import threading
+
+    chromium = find_chromium()
+    link = f'<a id="go" href="{base_url}/?token={TOKEN}">open</a>'.encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(link)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://localhost:{other.server_address[1]}/")
+                page.click("#go")
+                sync_api.expect(page.locator("#connection")).to_have_text("live")
+                assert page.url == f"{base_url}/"
+            finally:
+                browser.close()
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -308,9 +308,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-token",
         action="store_true",
-        help="ask for no token (by default every request needs the one in the address the server prints, kept in "
-        "the model cache's serve-token; ESRGAN_SERVE_TOKEN sets another): every user of this machine can then "
-        "use the server and see, fetch and delete its jobs",
+        help="ask for no token (by default every request needs the one in the address the server prints, new "
+        "each start; ESRGAN_SERVE_TOKEN sets a fixed one): every user of this machine can then use the server and "
+        "see, fetch and delete its jobs",
     )
     p.set_defaults(func=_run_serve)
 

@@ -178,11 +178,13 @@ def imresize_rows(arr: np.ndarray, size: tuple[int, int], start: int, stop: int)
         raise ValueError(f"imresize_rows: rows {start}:{stop} outside 0:{out_h}")
     weights, index = _contributions(in_h, out_h, out_h / in_h)
     weights, index = weights[start:stop], index[start:stop]
-    rows = np.unique(index)  # the input rows this band reads (mirrored ones included once)
-    local = torch.from_numpy(np.searchsorted(rows, index))  # (band, taps) into `rows`
-    block = torch.from_numpy(np.ascontiguousarray(arr[rows])).permute(2, 0, 1)  # C, n, in_w
+    rows, local = np.unique(index, return_inverse=True)  # the input rows this band reads, once each
+    # the band's rows as a small dense matrix over those rows (taps the mirror folded together add up)
+    matrix = np.zeros((stop - start, len(rows)), np.float64)
+    np.add.at(matrix, (np.repeat(np.arange(stop - start), index.shape[1]), local.ravel()), weights.ravel())
+    block = torch.from_numpy(np.ascontiguousarray(arr[rows]))  # n, in_w, C
     if out_w != in_w:
-        block = _resize_axis(block, 2, out_w, out_w / in_w)  # C, n, out_w
-    taps = block[:, local]  # C, band, taps, out_w
-    band = (taps * torch.from_numpy(weights.astype(np.float32))[None, :, :, None]).sum(dim=2)
-    return np.ascontiguousarray(band.permute(1, 2, 0).numpy())
+        block = _resize_axis(block, 1, out_w, out_w / in_w)  # n, out_w, C
+    flat = block.reshape(len(rows), -1)
+    band = torch.from_numpy(matrix.astype(np.float32)) @ flat
+    return np.ascontiguousarray(band.reshape(stop - start, out_w, arr.shape[2]).numpy())

@@ -26,12 +26,13 @@ Design:
   upload that sends nothing for `Limits.stall_seconds` (60 s) is dropped with a 408 and gives its place back, and
   uploads decode one at a time (a full-size 16-bit upload takes ~450 MB while it decodes). A full disk is a 507
   in one line, leaving nothing half-written.
-  Every request needs the server's token (as Jupyter does; `--no-token` turns it off): the address the server
-  prints carries it once (`/?token=...`), which the page trades for an HttpOnly, SameSite=Strict cookie and a
-  redirect that takes it out of the address bar; scripts send `Authorization: Bearer TOKEN`. Without it, every
-  user of a shared machine could list, fetch and delete the jobs of a server on 127.0.0.1. The token is kept in
-  a file only its owner can read (`serve-token` in the model cache), so the page open in a browser goes on working
-  after a restart; ESRGAN_SERVE_TOKEN sets one instead (not an option: other users see a process's arguments).
+  Every request needs the server's token (as Jupyter's do; `--no-token` turns it off): the address the server
+  prints once it listens carries it (`/?token=...`), which the page trades for an HttpOnly, SameSite=Lax cookie
+  and a redirect that takes it out of the address bar; scripts send `Authorization: Bearer TOKEN`. Without it,
+  every user of a shared machine could list, fetch and delete the jobs of a server on 127.0.0.1. A new token each
+  start, as Jupyter's default: a browser sends its cookies for 127.0.0.1 to every port, so another local user's
+  listener can collect the cookie (and a stopped server's port can be taken): what it collects ends with the run.
+  ESRGAN_SERVE_TOKEN sets a fixed one for scripts (not an option: other users see a process's arguments).
   Every path on disk is server-made (random job ids, fixed file names); ids from URLs are only dictionary keys,
   and a file is served only if it resolves inside the result folder. Requests from another web origin are refused
   (a web page must not drive your local server): writes by their Origin header, and any /api/ request a browser
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import ipaddress
 import json
@@ -117,12 +117,9 @@ _MIME = {
 _BROWSER_FORMATS = {"png", "jpg", "webp", "bmp"}  # formats a browser shows; TIFF results get a PNG preview
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOKEN_ENV = "ESRGAN_SERVE_TOKEN"
-TOKEN_FILE = "serve-token"
-"""The token's file in the model cache (esrgan.zoo.cache_dir()), mode 0600, made at the first start."""
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 """What a token may be: URL-safe without escaping (it travels in a query string and a cookie), 16 characters or more
 (secrets.token_urlsafe(32), the one made here, has 43)."""
-_COOKIE_DAYS = 30
 
 State = Literal["queued", "running", "cancelling", "done", "error"]
 
@@ -305,7 +302,7 @@ class UpscalerEngine:
         114 / 214 / 377 estimated at 512 / 1024 / 1536 pixels in, x4, on a 2-core AMD EPYC Zen 4), then the page's
         previews: made in bands of rows (PREVIEW_ROWS), they add the 8-bit result kept for them and ~1 byte a
         sample; with alpha they are made whole, in float32 (20 bytes a sample, measured in session 25).
-        bench/serve_memory.py measures jobs against this: 1.2-2.2x their peak (docs/benchmarks.md)."""
+        bench/serve_memory.py measures jobs against this: 1.2-2.3x their peak (docs/benchmarks.md)."""
         whole = int(self.upscaler.host_bytes(image)[0])
         height, width = self.upscaler.output_size(image.height, image.width)
         samples = height * width * (image.channels + (image.alpha is not None))
@@ -1400,88 +1397,29 @@ class TokenError(EsrganError):
     """ESRGAN_SERVE_TOKEN is not a usable token."""
 
 
-class _UnusableToken(Exception):
-    """The token file exists but must not be used (why, in a few words)."""
+def server_token() -> tuple[str, str]:
+    """The token every request must carry, and where it comes from (for the start-up lines): ESRGAN_SERVE_TOKEN
+    when set and not empty (16-256 URL-safe characters, else TokenError), else a new one for this run."""
+    given = os.environ.get(TOKEN_ENV, "")
+    if not given:
+        return secrets.token_urlsafe(32), "a new token for this run"
+    if not _TOKEN.fullmatch(given):
+        raise TokenError(
+            f"{TOKEN_ENV} must be 16 to 256 of the characters A-Z a-z 0-9 . _ ~ - (a random one: "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return given, f"the token is {TOKEN_ENV}'s"
 
 
-def server_token(folder: Path | None = None) -> tuple[str, str]:
-    """The token every request must carry, and where it comes from (for the start-up line).
-
-    ESRGAN_SERVE_TOKEN when set (16-256 URL-safe characters, else TokenError); else the one kept in
-    `folder`/serve-token (folder: the model cache), made at the first start with mode 0600, so a page left open
-    goes on working after a restart. A token file that other users can read or that belongs to another user, that
-    is not a regular file or not a token, or one that cannot be read or made (a read-only cache) is not used: the
-    server makes a token for this run only and says why."""
-    given = os.environ.get(TOKEN_ENV)
-    if given is not None:
-        if not _TOKEN.fullmatch(given):
-            raise TokenError(
-                f"{TOKEN_ENV} must be 16 to 256 of the characters A-Z a-z 0-9 . _ ~ - (a random one: "
-                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-            )
-        return given, f"the token is {TOKEN_ENV}'s"
-    if folder is None:
-        from .zoo import cache_dir
-
-        folder = cache_dir()
-    path = folder / TOKEN_FILE
-    try:
-        return _kept_token(path), f"the token is kept in {path} (delete it for a new one)"
-    except _UnusableToken as exc:
-        why = str(exc)
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-    return secrets.token_urlsafe(32), f"a token for this run only ({path}: {why})"
-
-
-def _kept_token(path: Path) -> str:
-    """The token in `path`, made first if there is none (whole, 0600 from the start, linked in under its name so
-    that two servers starting at once keep the same one)."""
-    for _ in range(3):
-        try:
-            # O_NOFOLLOW: a link planted in a shared cache is not followed; O_NONBLOCK: a FIFO does not hang
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-            made = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(made, "w") as f:
-                    f.write(secrets.token_urlsafe(32) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.link(tmp, path)  # FileExistsError: another server made it first; read theirs
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
-            continue
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise _UnusableToken("a symbolic link, not used") from None
-            raise
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise _UnusableToken("not a regular file")
-            if os.name == "posix" and info.st_uid != os.getuid():
-                raise _UnusableToken("belongs to another user")
-            if os.name == "posix" and info.st_mode & 0o077:
-                raise _UnusableToken("other users may read it: chmod 600 it, or delete it for a new token")
-            text = f.read(512).decode("ascii", "replace").strip()
-        if not _TOKEN.fullmatch(text):
-            raise _UnusableToken("not a token: delete it for a new one")
-        return text
-    raise _UnusableToken("made and gone again three times")
-
-
-def _cookie(header: str, name: str) -> str | None:
-    """The value of cookie `name` in a Cookie header, or None."""
+def _cookies(header: str, name: str) -> list[str]:
+    """Every value of cookie `name` in a Cookie header: another local server can set one of the same name for
+    127.0.0.1 with a longer Path, which browsers then send first (a page locked out by a junk cookie)."""
+    found = []
     for part in header.split(";"):
         key, eq, value = part.strip().partition("=")
         if eq and key == name:
-            return value.strip().strip('"')
-    return None
+            found.append(value.strip().strip('"'))
+    return found
 
 
 class _TokenGate:
@@ -1489,9 +1427,11 @@ class _TokenGate:
     `Authorization: Bearer TOKEN` header (scripts; `token TOKEN` as Jupyter's is taken too) or `?token=TOKEN`.
 
     `GET /?token=TOKEN` (the address the server prints) is answered with the cookie (HttpOnly: the page's scripts
-    never see it; SameSite=Strict: no other site's page sends it) and a redirect to `/`, which takes the token out
-    of the address bar and the history. Anything else without the token is a 401 (JSON under /api/, a line of text
-    for the page) that says where to find it. Tokens are compared in constant time."""
+    never see it; SameSite=Lax: no other site's request sends it but a link followed to the page, so the printed
+    address works when clicked in a browser-based terminal on another port; _SameOrigin refuses other sites' /api/
+    requests) and a redirect to `/`, which takes the token out of the address bar (the history keeps the address:
+    the token is this run's). Anything else without the token is a 401 (JSON under /api/, a line of text for the
+    page) that says where to find it. Tokens are compared in constant time."""
 
     def __init__(self, app: Any, token: str) -> None:
         self.app = app
@@ -1516,7 +1456,9 @@ class _TokenGate:
         path = str(scope.get("path", ""))
         if path == "/" and scope["method"] in ("GET", "HEAD") and self._matches(in_query):
             rest = urlencode([(k, v) for k, values in query.items() if k != "token" for v in values])
-            cookie = f"{name}={self.token.decode()}; Path=/; Max-Age={_COOKIE_DAYS * 86400}; HttpOnly; SameSite=Strict"
+            cookie = (
+                f"{name}={self.token.decode()}; Path=/; HttpOnly; SameSite=Lax"  # for the browser's session
+            )
             await send(
                 {
                     "type": "http.response.start",
@@ -1531,7 +1473,7 @@ class _TokenGate:
             )
             await send({"type": "http.response.body", "body": b""})
             return
-        if any(self._matches(v) for v in (in_query, in_header, _cookie(headers.get("cookie", ""), name))):
+        if any(self._matches(v) for v in (in_query, in_header, *_cookies(headers.get("cookie", ""), name))):
             await self.app(scope, receive, send)
             return
         message = (
@@ -1579,12 +1521,12 @@ def serve(
     or no token, announces a warning first."""
     import uvicorn
 
-    if announce is None:  # printed and flushed: `esrgan serve > log` has the address at once, not at exit
-        announce = functools.partial(print, flush=True)
+    # printed and flushed: `esrgan serve > log` has the address at once, not at exit
+    say: Callable[[str], None] = announce or functools.partial(print, flush=True)
     token, where = server_token() if use_token else (None, "")
     loopback = is_loopback(host)
     if not loopback:
-        announce(
+        say(
             f"WARNING: listening on {host}: anyone who can reach this machine on port {port} "
             + (
                 "and read its traffic can take the token (plain HTTP, unencrypted) and use the server; "
@@ -1594,7 +1536,7 @@ def serve(
             + "use 127.0.0.1 (through an SSH tunnel from elsewhere) unless you mean it."
         )
     elif token is None:
-        announce(
+        say(
             "WARNING: --no-token: every user of this machine can use this server, see, fetch and delete its jobs."
         )
     app = create_app(
@@ -1602,19 +1544,31 @@ def serve(
     )
     service: JobService = app.state.service
     if service.stale:
-        announce(
+        say(
             f"esrgan serve: removed {len(service.stale)} folder(s) that stopped servers left in {service.parent}"
         )
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    # an address a browser on this machine reaches: "::" listens on IPv6 only (asyncio sets IPV6_V6ONLY)
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host.strip("[]"), host.strip("[]"))
     query = f"?token={token}" if token else ""
-    announce(
+    lines = [
         f"esrgan serve: open http://{shown if ':' not in shown else f'[{shown}]'}:{port}/{query}  "
         f"(results kept {keep_seconds / 60:g} min in {service.root}; Ctrl+C to stop)"
-    )
+    ]
     if token:
-        announce(f"esrgan serve: {where}; scripts send the header 'Authorization: Bearer TOKEN'")
+        lines.append(f"esrgan serve: {where}; scripts send the header 'Authorization: Bearer TOKEN'")
+
+    class Announcing(uvicorn.Server):
+        """Prints the address once the port is this server's: printed before, a process that held the port
+        (the start then fails) would get the token of a user who clicked it."""
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                for line in lines:
+                    say(line)
+
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    server = Announcing(config)
     app.state.stopping = lambda: server.should_exit  # set by Ctrl-C before uvicorn waits for open responses
     with _hangup_stops(server):
         server.run()
