@@ -157,3 +157,45 @@ def test_training_data_is_not_cached_beyond_what_the_container_allows(tmp_path: 
     free, cached = r.stdout.split()
     assert int(free) < 384 * MiB and cached == "False"
     assert "8 images need 159 MB decoded (> half the free memory, " in r.stderr
+
+
+@needs_memory_cgroups
+@pytest.mark.parametrize("extra_mib", [350, 500])
+def test_the_fp32_default_fits_a_small_container(tmp_path: Path, extra_mib: int) -> None:
+    """realesrgan-x4plus in fp32 (the CPU default without native bf16: the ncnn engine where installed) on a
+    128x128 photo in a container of its loaded model + 350 or 500 MiB: the kernel's OOM killer ended both runs,
+    because ncnn's net (its weights' Winograd transforms: +356 MiB, 5.6x the 64 MiB of weights) was not counted
+    when the tile was sized, and at 350 it does not fit at all. Now the tile counts it (NCNN_FIXED_FACTOR) and
+    where the net would take more than half the memory free, the packed engine runs instead (_ncnn_fits)."""
+    from PIL import Image
+    from skimage import data
+
+    from esrgan.errors import ModelNotAvailableError
+    from esrgan.zoo import load_model
+
+    try:
+        load_model("realesrgan-x4plus")
+    except ModelNotAvailableError as exc:
+        pytest.skip(str(exc))
+    photo = tmp_path / "face.png"
+    Image.fromarray(data.astronaut()[100:228, 180:308]).save(photo)
+    load = (
+        "from esrgan.upscale import Upscaler; "
+        "Upscaler.from_pretrained('realesrgan-x4plus', device='cpu', precision='fp32')"
+    )
+    _, base = in_a_memory_cgroup(None, sys.executable, "-c", load)  # the model loaded, no pass
+    cli = [
+        sys.executable,
+        "-m",
+        "esrgan.cli",
+        "upscale",
+        photo,
+        "-o",
+        tmp_path / "out",
+        "--precision",
+        "fp32",
+    ]
+    proc, used = in_a_memory_cgroup(base + extra_mib * MiB, *cli)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # was -9
+    assert Image.open(tmp_path / "out" / "face_x4.png").size == (512, 512)
+    assert used <= base + extra_mib * MiB

@@ -626,3 +626,22 @@ def test_ncnn_engine_is_silent_and_exact_at_odd_sizes(
         np.testing.assert_allclose(engine(x).numpy(), ref.numpy(), atol=1e-4, rtol=1e-4)
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
+
+
+def test_the_ncnn_engine_counts_its_net_until_it_is_built() -> None:
+    """The automatic tile subtracts ncnn's net (its weights' Winograd transforms, NCNN_FIXED_FACTOR x the fp32
+    weights) from the memory free while the net is not built (the first image, after release()), and not once it
+    is (its memory is then in what the machine reports as used)."""
+    pytest.importorskip("ncnn")
+    from esrgan.device import NCNN_FIXED_FACTOR
+
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=16, num_block=1, num_grow=8, scale=4).eval()
+    runner = ModelRunner(model, torch.device("cpu"), torch.float32, engine="ncnn")
+    weights = 4 * count_parameters(model)
+    per_pixel, fixed = runner.activation_bytes()
+    assert per_pixel > 0 and fixed == int(NCNN_FIXED_FACTOR * weights)
+    runner(torch.rand(1, 3, 16, 16))
+    assert runner.activation_bytes() == (per_pixel, 0)
+    runner.release()
+    assert runner.activation_bytes() == (per_pixel, fixed)

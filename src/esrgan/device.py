@@ -332,6 +332,24 @@ NCNN_MEMORY_FACTOR = 3.0
 CPU (a helper's audit, session 22: 413 MB at 96^2 and 1157 MB at 160^2 input, ~47 KB per input pixel, against the
 estimate's 16.6 KB), so the automatic tile of the ncnn engine fits the memory it is sized for."""
 
+NCNN_FIXED_FACTOR = 6.0
+"""ncnn's memory for a net before any tile, over the model's fp32 weight bytes: its copy of the weights and their
+Winograd transforms (an 8x8 tile of each 3x3 kernel), made when the net is built. Measured for realesrgan-x4plus on
+a 2-core AMD EPYC Zen 4 (session 27): +356 MiB for building the net and a first 32x32 pass, 5.6x its 64 MiB of
+weights. Without it the automatic tile of a 384x384 photo in a 900 MiB container was sized as if that memory were
+free, and the kernel's OOM killer ended the process."""
+
+
+def _ncnn_fits(model: torch.nn.Module) -> bool:
+    """Whether ncnn's net (NCNN_FIXED_FACTOR x the model's fp32 weights) would take at most half the host memory
+    free, leaving the tiles the rest. In less, the fp32 default is the packed engine (its weights once): ncnn's net
+    alone is more than a 350 MiB container holds beside realesrgan-x4plus's loaded model, and the kernel's OOM
+    killer ended the process; the packed engine did it (session 27, 2-core AMD EPYC Zen 4). True where the free
+    memory cannot be read."""
+    free = host_memory_available()
+    weights = 4 * sum(p.numel() for p in model.parameters())
+    return free is None or 2 * NCNN_FIXED_FACTOR * weights <= free
+
 
 def packed_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> tuple[float, int]:
     """(bytes per input pixel, fixed bytes) of a PackedRRDBNet forward pass (esrgan.fast).
@@ -400,8 +418,8 @@ class ModelRunner:
                 f"{precision_name(dtype)}, scale {model.config.scale}{', ESRGAN+' if plus else ''}, "
                 f"runtime {'installed' if runtime else 'not installed'}"
             )
-        if engine == "auto":  # fp32 on the CPU: ncnn's Winograd where installed (see esrgan.ncnn.NcnnRRDBNet)
-            engine = "ncnn" if ncnn_ok else "packed" if packable else "module"
+        if engine == "auto":  # fp32 on the CPU: ncnn's Winograd where installed and its net fits (_ncnn_fits)
+            engine = "ncnn" if ncnn_ok and _ncnn_fits(model) else "packed" if packable else "module"
         self.engine = engine
         self._packed: dict[torch.dtype, Callable[[Tensor], Tensor]] = {}
         self._ncnn: Callable[[Tensor], Tensor] | None = None
@@ -435,11 +453,13 @@ class ModelRunner:
             assert isinstance(self.model.config, RRDBConfig)
             return packed_bytes_per_pixel(self.model.config, self.dtype)
         per_pixel = activation_bytes_per_pixel(self.model.config, self.dtype)
-        if (
-            self.engine == "ncnn"
-        ):  # ncnn keeps more blobs alive than the module's peak (see NCNN_MEMORY_FACTOR)
-            per_pixel *= NCNN_MEMORY_FACTOR
-        return per_pixel, 0
+        if self.engine != "ncnn":
+            return per_pixel, 0
+        # ncnn keeps more blobs alive than the module's peak (NCNN_MEMORY_FACTOR), and a net not built yet (the
+        # first image, or after release()) will take its weights' transforms (NCNN_FIXED_FACTOR) on top
+        weights = 4 * sum(p.numel() for p in self.model.parameters())
+        fixed = 0 if self._ncnn is not None else int(NCNN_FIXED_FACTOR * weights)
+        return per_pixel * NCNN_MEMORY_FACTOR, fixed
 
     def _run(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         if self.engine == "ncnn":

@@ -352,16 +352,22 @@ class Upscaler:
         Upscaler's (after an NaN/Inf recomputation, fp32). fp16 asked on a CPU says bf16 or fp32 here."""
         return precision_name(self.runner_for(np.dtype(pixels)).dtype)
 
-    def tile_size(self, height: int, width: int, pixels: np.dtype | type = np.uint8) -> int:
+    def tile_size(
+        self, height: int, width: int, pixels: np.dtype | type = np.uint8, *, commit: bool = False
+    ) -> int:
         """The tile side used for an image of this size and pixel dtype (0 when it is processed whole).
 
         Automatic: the largest tile whose forward pass fits in half the free memory (on a GPU: CUDA's free memory,
         up to GPU_MAX_TILE, so a 1024x1024 image is one tile on a big GPU), then, for the blend, balanced (fewest
         tiles, each as small as can be); with the exact overlap (`tiling`) tile_grid balances it per axis. After a
-        forward pass ran out of memory, at most `tile_cap` whatever was asked."""
+        forward pass ran out of memory, at most `tile_cap` whatever was asked. On a CPU, a tile given whose pass
+        would not fit in the memory free is capped first (`_fitting`; commit: the pass is about to run, so the cap
+        is kept and said; `retrying` asks, once an image)."""
         tile, cap = self.tile, self.tile_cap
         if tile is not None and cap is not None and (tile == 0 or tile > cap):
             tile = cap
+        if commit and tile is not None and self.device.type == "cpu":
+            tile = self._fitting(tile, height, width, np.dtype(pixels))
         if tile is None:
             bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
             limit = GPU_MAX_TILE if self.device.type == "cuda" else CPU_MAX_TILE
@@ -631,7 +637,7 @@ class Upscaler:
         caps = self.tile_cap, self.batch_cap
         while True:
             try:
-                return attempt(self.tile_size(height, width, dtype))
+                return attempt(self.tile_size(height, width, dtype, commit=True))
             except TileError as exc:
                 try:
                     self.shrink_tile(exc, height, width)
@@ -691,6 +697,48 @@ class Upscaler:
             if runner is not None:
                 runner.release()
         release_memory(self.device)
+
+    def _fitting(self, tile: int, height: int, width: int, pixels: np.dtype) -> int:
+        """`tile` (a tile given, --tile; 0: the whole image), or when its forward pass would not fit in the host
+        memory free now (the machine's, a container's, `ulimit -v`), the automatic tile for that memory, kept as
+        `tile_cap` for the images after it, with an OutOfMemoryWarning. On a CPU a pass too large is seldom an
+        error the retry (shrink_tile) could catch: Linux hands out memory it does not have, and the kernel's OOM
+        killer ends the process without a word when it is touched (measured: `--tile 384 --precision fp32`, the
+        ncnn engine's ~50 KB an input pixel, on a 384x384 photo in a 900 MiB container). Not where the free memory
+        cannot be read; GPUs raise an error the retry catches."""
+        from .device import host_memory_available
+        from .errors import format_bytes
+
+        longest = max(height, width)
+        side = min(tile or longest, longest)
+        if side <= MIN_TILE:
+            return tile
+        overlap = self.overlap_for(side) if side < longest else 0
+        free = host_memory_available()
+        if free is None:
+            return tile
+        bpp, fixed = self.runner_for(pixels).activation_bytes()
+        free -= fixed + self.host_reserve
+        batch = self.batch or 1
+        need = bpp * min(side + 2 * overlap, height) * min(side + 2 * overlap, width) * batch
+        if need <= free:
+            return tile
+        fit = auto_tile_size(max(free, 0), bpp, batch=batch, maximum=max(MIN_TILE, side // 8 * 8))
+        if self._overlap_given:  # as tile_size leaves room for it
+            fit = max(fit, -(-(2 * self.tile_overlap + 8) // 8) * 8)
+        if fit >= side:
+            return tile
+        self.tile_cap = min(fit, self.tile_cap or fit)
+        import warnings
+
+        warnings.warn(
+            f"out of memory with {'the whole image' if side == longest else f'tiles of {side}x{side} pixels'} on "
+            f"cpu, foreseen: a pass needs about {format_bytes(int(need))} and {format_bytes(max(int(free), 0))} is "
+            f"free; tiles of {fit}x{fit} instead (also for the images after it)",
+            OutOfMemoryWarning,
+            stacklevel=4,
+        )
+        return fit
 
     def _smaller_tile(self, side: int) -> int | None:
         """Half of `side` (a tile side, or the image's longest side when it was whole), a multiple of 8, at least
