@@ -73,6 +73,53 @@ def test_automatic_tile_is_balanced_and_bounded_by_memory(monkeypatch: pytest.Mo
 
 
 # --- out of memory ----------------------------------------------------------------------------------------------------
+def test_a_tile_given_is_made_smaller_only_when_its_pass_would_not_fit(
+    photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--tile 0` (or a large --tile) on a CPU: the tile is made smaller for the image when the engine's estimate of
+    its pass (ModelRunner.pass_bytes, the tile itself: the overlap is inside it) is over 3/4 of the memory free,
+    to the largest tile whose pass takes at most half, with one warning per tile given and used. Not checked for a
+    pass no larger than one already run (the engines keep that memory for reuse: a review saw the tile shrink image
+    after image, one warning each, in a container where all three fitted whole), and not kept for later images
+    (a server's later jobs are not held to one moment's memory). The free memory is set here as /proc/meminfo, a
+    cgroup or ulimit -v would report it (the containers themselves: test_faults.py)."""
+    import esrgan.device as device_module
+    from esrgan.errors import format_bytes
+
+    image = np.ascontiguousarray(photo[:160, :200])
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0)
+    runner = up.runner_for(np.dtype(np.uint8))
+    whole = runner.pass_bytes(160, 200)
+    free = {"bytes": 100 * whole}
+    monkeypatch.setattr(device_module, "host_memory_available", lambda: free["bytes"])
+
+    def tile_and_notes() -> tuple[int, list[str]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tile = up.tile_size(160, 200, commit=True)
+        return tile, [str(w.message) for w in caught if issubclass(w.category, OutOfMemoryWarning)]
+
+    assert tile_and_notes() == (0, [])  # plenty: whole
+    free["bytes"] = int(whole / 0.74)  # the pass just under 3/4 of it: whole still
+    assert tile_and_notes() == (0, [])
+    free["bytes"] = int(whole / 0.8)
+    tile, notes = tile_and_notes()
+    assert 32 <= tile < 200 and tile % 8 == 0
+    assert runner.pass_bytes(min(tile, 160), tile) + 4 * 3 * 4 * 200 * min(tile, 160) <= 0.5 * free["bytes"]
+    assert notes == [
+        f"out of memory with the whole image on cpu, foreseen: a pass needs about {format_bytes(whole)} and "
+        f"{format_bytes(free['bytes'])} is free; tiles of at most {tile}x{tile} instead"
+    ]
+    assert tile_and_notes() == (tile, [])  # the same image again: the same tile, said once
+    assert up.tile_cap is None  # nothing kept for later images
+    free["bytes"] = 100 * whole
+    assert tile_and_notes() == (0, [])  # memory back: whole again
+    up.upscale(image)  # a whole pass has run: its memory is the engine's to reuse
+    free["bytes"] = int(whole / 0.8)
+    assert tile_and_notes() == (0, [])
+    assert up.batch_fits(160, 200, 1) and not up.batch_fits(160, 200, 4)  # a video's frames a pass
+
+
 def test_a_pass_out_of_memory_is_retried_with_half_the_tile_and_the_tile_kept(photo: np.ndarray) -> None:
     """Room for 10,000 pixels a pass: the whole 200x256 image (tile 0) and then tiles of 128 fail, tiles of 64 fit.
     The image is done, one OutOfMemoryWarning per retry, with the pixels of a run at --tile 64; the next image

@@ -461,6 +461,20 @@ class ModelRunner:
         fixed = 0 if self._ncnn is not None else int(NCNN_FIXED_FACTOR * weights)
         return per_pixel * NCNN_MEMORY_FACTOR, fixed
 
+    def pass_bytes(self, height: int, width: int, batch: int = 1) -> int:
+        """Estimated peak bytes of one forward pass over `batch` tiles of height x width: activation_bytes, with
+        the packed engine's tail stripes at their size for this tile (TAIL_BYTES each at most: the fixed figure
+        the automatic tile keeps is for any tile, 256 MiB where a 32x32 tile's whole pass took 174)."""
+        per_pixel, fixed = self.activation_bytes()
+        if self.engine == "packed":
+            from .fast import TAIL_BYTES
+
+            cfg = self.model.config
+            assert isinstance(cfg, RRDBConfig)
+            elem = 4 if self.dtype == torch.float32 else 2
+            fixed = 4 * min(TAIL_BYTES, height * width * cfg.scale**2 * cfg.num_feat * elem)
+        return int(per_pixel * height * width * batch) + fixed
+
     def _run(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         if self.engine == "ncnn":
             if self._ncnn is None:

@@ -734,13 +734,13 @@ class _Batch:
         assert image is not None
         item.image = None  # the input goes when the file is done; nothing is queued for the writers
 
-        def write(_tile: int) -> None:  # upscale_rows takes the same tile itself
+        def write(tile: int) -> None:  # the tile `retrying` chose for this attempt
             with freed_memory_returned():
                 write_image_rows(
                     item.job.dst,
                     image,
                     self.upscaler.output_size(image.height, image.width),
-                    self.upscaler.upscale_rows(image, on_tile=self.report.on_tile),
+                    self.upscaler.upscale_rows(image, on_tile=self.report.on_tile, tile=tile),
                     format=self.output.format,
                     overwrite=self.output.overwrite,
                     png_compression=self.output.png_compression,

@@ -273,6 +273,10 @@ class Upscaler:
         self.tile_cap: int | None = None
         """The largest tile side since a forward pass ran out of memory (None: no such pass yet): every image after
         it is tiled at most this large, whatever `tile` says (0 included). Set by `shrink_tile`."""
+        self._passed = (
+            0  # pixels of the largest pass run (tile area x batch): a pass no larger fits (_fitting)
+        )
+        self._foreseen: set[tuple[int, int]] = set()  # (tile given, tile used) already said by _fitting
         self.host_reserve = 0
         """Host bytes the caller holds beside the upscaling (video: the frames in flight and the encoder's), left
         out of the automatic tile's budget on the CPU."""
@@ -361,8 +365,8 @@ class Upscaler:
         up to GPU_MAX_TILE, so a 1024x1024 image is one tile on a big GPU), then, for the blend, balanced (fewest
         tiles, each as small as can be); with the exact overlap (`tiling`) tile_grid balances it per axis. After a
         forward pass ran out of memory, at most `tile_cap` whatever was asked. On a CPU, a tile given whose pass
-        would not fit in the memory free is capped first (`_fitting`; commit: the pass is about to run, so the cap
-        is kept and said; `retrying` asks, once an image)."""
+        would not fit in the memory free is made smaller for the image (`_fitting`; commit: the pass is about to
+        run; `retrying` asks)."""
         tile, cap = self.tile, self.tile_cap
         if tile is not None and cap is not None and (tile == 0 or tile > cap):
             tile = cap
@@ -637,7 +641,13 @@ class Upscaler:
         caps = self.tile_cap, self.batch_cap
         while True:
             try:
-                return attempt(self.tile_size(height, width, dtype, commit=True))
+                tile = self.tile_size(height, width, dtype, commit=True)
+                done = attempt(tile)
+                side = min(tile or max(height, width), max(height, width))
+                self._passed = max(
+                    self._passed, min(side, height) * min(side, width) * (self.last_batch or 1)
+                )
+                return done
             except TileError as exc:
                 try:
                     self.shrink_tile(exc, height, width)
@@ -699,46 +709,71 @@ class Upscaler:
         release_memory(self.device)
 
     def _fitting(self, tile: int, height: int, width: int, pixels: np.dtype) -> int:
-        """`tile` (a tile given, --tile; 0: the whole image), or when its forward pass would not fit in the host
-        memory free now (the machine's, a container's, `ulimit -v`), the automatic tile for that memory, kept as
-        `tile_cap` for the images after it, with an OutOfMemoryWarning. On a CPU a pass too large is seldom an
-        error the retry (shrink_tile) could catch: Linux hands out memory it does not have, and the kernel's OOM
-        killer ends the process without a word when it is touched (measured: `--tile 384 --precision fp32`, the
-        ncnn engine's ~50 KB an input pixel, on a 384x384 photo in a 900 MiB container). Not where the free memory
-        cannot be read; GPUs raise an error the retry catches."""
+        """`tile` (a tile given, --tile; 0: the whole image), or when its pass would not fit in the host memory free
+        now (the machine's, a container's, `ulimit -v`), the largest tile whose pass takes at most half of it, for
+        this image, with an OutOfMemoryWarning (once per tile given and tile used). On a CPU a pass too large is
+        seldom an error the retry (shrink_tile) could catch: Linux hands out memory it does not have, and the
+        kernel's OOM killer ends the process without a word when it is touched (measured: `--tile 384 --precision
+        fp32`, the ncnn engine's ~50 KB an input pixel, on a 384x384 photo in a 900 MiB container).
+
+        "Would not fit": the pass (ModelRunner.pass_bytes: the engine's estimate for that tile) and the tiling's
+        float32 band of a tile row of output over three quarters of the memory free (the packed fp32 engine's
+        estimate runs ~20 % short at large tiles). Not checked for a pass no larger than one this upscaler has run:
+        the engines keep what a pass took for the next (ncnn's pool, the heap), which then reads as taken. Not where
+        the free memory cannot be read; GPUs raise an error the retry catches."""
         from .device import host_memory_available
         from .errors import format_bytes
 
         longest = max(height, width)
         side = min(tile or longest, longest)
-        if side <= MIN_TILE:
+        batch = self.batch or 1
+        if side <= MIN_TILE or min(side, height) * min(side, width) * batch <= self._passed:
             return tile
-        overlap = self.overlap_for(side) if side < longest else 0
         free = host_memory_available()
         if free is None:
             return tile
-        bpp, fixed = self.runner_for(pixels).activation_bytes()
-        free -= fixed + self.host_reserve
-        batch = self.batch or 1
-        need = bpp * min(side + 2 * overlap, height) * min(side + 2 * overlap, width) * batch
-        if need <= free:
+        runner = self.runner_for(pixels)
+        row = (
+            self.model.scale * width * self.model.scale * 3 * 4
+        )  # a tile row of output, float32, per input row
+
+        def need(t: int) -> int:
+            span_h, span_w = min(t, height), min(t, width)
+            return runner.pass_bytes(span_h, span_w, batch) + (row * span_h if t < longest else 0)
+
+        if need(side) <= 0.75 * free:
             return tile
-        fit = auto_tile_size(max(free, 0), bpp, batch=batch, maximum=max(MIN_TILE, side // 8 * 8))
+        low = MIN_TILE
         if self._overlap_given:  # as tile_size leaves room for it
-            fit = max(fit, -(-(2 * self.tile_overlap + 8) // 8) * 8)
+            low = max(low, -(-(2 * self.tile_overlap + 8) // 8) * 8)
+        fit = next((t for t in range(side // 8 * 8, low, -8) if need(t) <= 0.5 * free), low)
         if fit >= side:
             return tile
-        self.tile_cap = min(fit, self.tile_cap or fit)
-        import warnings
+        said = (tile, fit)
+        if said not in self._foreseen:
+            self._foreseen.add(said)
+            import warnings
 
-        warnings.warn(
-            f"out of memory with {'the whole image' if side == longest else f'tiles of {side}x{side} pixels'} on "
-            f"cpu, foreseen: a pass needs about {format_bytes(int(need))} and {format_bytes(max(int(free), 0))} is "
-            f"free; tiles of {fit}x{fit} instead (also for the images after it)",
-            OutOfMemoryWarning,
-            stacklevel=4,
-        )
+            whole = "the whole image" if side == longest else f"tiles of {side}x{side} pixels"
+            warnings.warn(
+                f"out of memory with {whole} on cpu, foreseen: a pass needs about {format_bytes(need(side))} and "
+                f"{format_bytes(free)} is free; tiles of at most {fit}x{fit} instead",
+                OutOfMemoryWarning,
+                stacklevel=4,
+            )
         return fit
+
+    def batch_fits(self, height: int, width: int, frames: int, pixels: np.dtype | type = np.uint8) -> bool:
+        """Whether a pass over `frames` whole images of this size fits in the host memory free as `_fitting` sees
+        it (always on a GPU, whose out-of-memory is an error the caller retries): a video's frame batches."""
+        from .device import host_memory_available
+
+        if self.device.type != "cpu" or height * width * frames <= self._passed:
+            return True
+        free = host_memory_available()
+        return (
+            free is None or self.runner_for(np.dtype(pixels)).pass_bytes(height, width, frames) <= 0.75 * free
+        )
 
     def _smaller_tile(self, side: int) -> int | None:
         """Half of `side` (a tile side, or the image's longest side when it was whole), a multiple of 8, at least
@@ -791,18 +826,22 @@ class Upscaler:
             return f"its output is not at the model's own scale ({self.model.scale}x)"
         return None
 
-    def upscale_rows(self, image: ImageData, *, on_tile: Progress | None = None) -> Iterator[np.ndarray]:
+    def upscale_rows(
+        self, image: ImageData, *, on_tile: Progress | None = None, tile: int | None = None
+    ) -> Iterator[np.ndarray]:
         """The output of upscale_image(image).pixels in bands of rows, top to bottom (each (n, W * scale, C), the
         input's dtype), each as soon as the tiles above the next tile row are done: at most a band of tiles' rows
         is held, never the whole output (imageio.write_image_rows writes them as they come). The same pixels as
         upscale_image, tile for tile. Only for what stream_reason allows (EsrganError otherwise). A forward pass out
-        of memory is a TileError, not retried here: a caller that can start its output over does (`retrying`)."""
+        of memory is a TileError, not retried here: a caller that can start its output over does (`retrying`,
+        passing each attempt's `tile`)."""
         reason = self.stream_reason(image)
         if reason is not None:
             raise EsrganError(f"cannot upscale row by row: {reason}")
         plane, dtype = image.pixels, image.pixels.dtype
         h, w = plane.shape[:2]
-        tile = self.tile_size(h, w, dtype)
+        if tile is None:  # else the tile `retrying` chose for this attempt
+            tile = self.tile_size(h, w, dtype)
         runner = self.runner_for(dtype)
         if on_tile is not None:
             on_tile(0, _tile_count(self.tiling(h, w, tile)))

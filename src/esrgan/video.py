@@ -977,7 +977,13 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         return [
             out for k in range(0, len(frames), cap) for out in upscale_frames(upscaler, frames[k : k + cap])
         ]
-    if len(frames) == 1 or frames[0].dtype != np.uint8 or not native or upscaler.tile_size(h, w) != 0:
+    if (
+        len(frames) == 1
+        or frames[0].dtype != np.uint8
+        or not native
+        or upscaler.tile_size(h, w) != 0
+        or not upscaler.batch_fits(h, w, len(frames))  # one at a time, each as large as the memory allows
+    ):
         return [
             upscaler.upscale_image(ImageData(f, bit_depth=16 if f.dtype == np.uint16 else 8)).pixels
             for f in frames
