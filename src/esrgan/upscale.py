@@ -733,9 +733,8 @@ class Upscaler:
         if free is None:
             return tile
         runner = self.runner_for(pixels)
-        row = (
-            self.model.scale * width * self.model.scale * 3 * 4
-        )  # a tile row of output, float32, per input row
+        # the tiling's band: a tile row of output in float32, bytes per input row of the tile
+        row = self.model.scale * width * self.model.scale * 3 * 4
 
         def need(t: int) -> int:
             span_h, span_w = min(t, height), min(t, width)
