@@ -2,7 +2,7 @@
 (the bicubic "before" at the result's size and, for a TIFF result, an 8-bit "after"), against the server's own
 estimate (UpscalerEngine.memory_needed), which decides whether a job is refused before the model runs.
 
-    .venv/bin/python bench/serve_memory.py [--sizes 512,768,1024] [--formats png,tif] [--baseline-src DIR]
+    .venv/bin/python bench/serve_memory.py [--sizes 512,768,1024] [--formats png,tif,rgba] [--baseline-src DIR]
                                            [--times-only]
 
 Each case runs in a child process: a JobService with a tiny random x4 RRDBNet (1 block, 8 features: the model's
@@ -52,9 +52,12 @@ def child(size: int, fmt: str, model: Path) -> dict[str, float]:
 
     def run(pixels: np.ndarray) -> dict[str, object]:
         job_id, folder = service.new_folder()
-        ext = {"png": "PNG", "tif": "TIFF"}[fmt]
+        ext = {"png": "PNG", "tif": "TIFF", "rgba": "PNG"}[fmt]
+        if fmt == "rgba":  # a transparency gradient across the photo
+            ramp = np.linspace(0, 255, pixels.shape[1], dtype=np.uint8)[None, :].repeat(pixels.shape[0], 0)
+            pixels = np.dstack([pixels, ramp])
         Image.fromarray(pixels).save(folder / "input", format=ext)
-        service.submit(job_id, folder, f"photo.{fmt}", serve.JobOptions(model="m"))
+        service.submit(job_id, folder, f"photo.{ext.lower()}", serve.JobOptions(model="m"))
         while (job := service.get(job_id)) is not None and job["state"] not in ("done", "error"):
             time.sleep(0.02)
         assert job is not None and job["state"] == "done", job
@@ -63,7 +66,11 @@ def child(size: int, fmt: str, model: Path) -> dict[str, float]:
     photo = np.tile(data.astronaut(), (3, 3, 1))
     big = np.ascontiguousarray(photo[:size, :size])
     with tempfile.TemporaryDirectory() as tmp:
-        Image.fromarray(big).save(Path(tmp) / "in.png")
+        if fmt == "rgba":
+            ramp = np.linspace(0, 255, size, dtype=np.uint8)[None, :].repeat(size, 0)
+            Image.fromarray(np.dstack([big, ramp])).save(Path(tmp) / "in.png")
+        else:
+            Image.fromarray(big).save(Path(tmp) / "in.png")
         estimate = serve.UpscalerEngine(Upscaler.from_file(model, device="cpu")).memory_needed(
             read_image(Path(tmp) / "in.png")
         )[0]
@@ -88,11 +95,19 @@ def measure(src: Path, size: int, fmt: str, model: Path) -> dict[str, float]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def whole_preview(image: object, size: tuple[int, int]) -> np.ndarray:
+    """The "before" preview as it was made until session 27: the MATLAB bicubic of the whole input, in float32."""
+    from esrgan.imageio import from_float
+    from esrgan.resize import imresize_np
+
+    return from_float(np.clip(imresize_np(image.to_float(), size=size), 0.0, 1.0), 8)  # type: ignore[attr-defined]
+
+
 def preview_times(sizes: list[int]) -> None:
     from skimage import data
 
     from esrgan import serve
-    from esrgan.imageio import ImageData, from_float
+    from esrgan.imageio import ImageData
 
     photo = np.tile(data.astronaut(), (3, 3, 1))
     print("\n| input | preview | whole | bands | bands / whole |\n|---|---|---|---|---|")
@@ -101,7 +116,7 @@ def preview_times(sizes: list[int]) -> None:
         image = ImageData(pixels=np.ascontiguousarray(photo[:h, :w]))
         best = {}
         for name, make in (
-            ("whole", lambda image=image, size=size: from_float(serve._bicubic(image.to_float(), size), 8)),
+            ("whole", lambda image=image, size=size: whole_preview(image, size)),
             ("bands", lambda image=image, size=size: list(serve._before_rows(image, size))),
         ):
             times = []

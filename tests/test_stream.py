@@ -136,6 +136,24 @@ def test_rows_written_as_they_come_read_back_as_the_whole_image(
                 assert tif.pages[0].is_tiled and tif.pages[0].tilewidth == 256
 
 
+def test_a_png_with_alpha_written_as_rows_come_is_the_whole_image(tmp_path: Path, photo: np.ndarray) -> None:
+    """Alpha as the last channel of each band (the web page's previews of an RGBA upload, made in bands since
+    session 27): the PNG write_image writes, pixel for pixel, 8-bit RGBA and 16-bit grey + alpha."""
+    rgb = np.ascontiguousarray(photo[:300, :200])
+    alpha = np.linspace(0, 255, 200, dtype=np.uint8)[None, :].repeat(300, 0)
+    grey16 = np.ascontiguousarray(rgb[:, :, :1].astype(np.uint16) * 257)
+    for name, pixels, a in [("rgba", rgb, alpha), ("la16", grey16, alpha.astype(np.uint16) * 257)]:
+        like = ImageData(pixels=pixels[:4, :4], alpha=a[:4, :4], bit_depth=16 if a.dtype == np.uint16 else 8)
+        planes = np.dstack([pixels, a])
+        streamed = write_image_rows(
+            tmp_path / f"{name}.png", like, (300, 200), _bands(planes, [0, 1, 64, 235])
+        )
+        back = read_image(streamed)
+        assert (
+            np.array_equal(back.pixels, pixels) and back.alpha is not None and np.array_equal(back.alpha, a)
+        )
+
+
 def test_a_failure_while_rows_come_leaves_nothing(tmp_path: Path, photo: np.ndarray) -> None:
     """The rows are the model's: an exception between bands (a NaN tile, Ctrl-C) leaves no file and no temporary
     file; too few rows is an error too, not a short image; JPEG, alpha and an existing file are refused before
@@ -157,10 +175,12 @@ def test_a_failure_while_rows_come_leaves_nothing(tmp_path: Path, photo: np.ndar
         ):  # 300 came back 44
             write_image_rows(tmp_path / f"e.{ext}", like, (200, 200), iter([pixels.astype(np.uint16) * 2]))
     assert os.listdir(tmp_path) == []
-    with pytest.raises(ImageError, match=r"c\.jpg: only PNG and TIFF without alpha are written row by row"):
+    with pytest.raises(
+        ImageError, match=r"c\.jpg: only PNG and TIFF \(without alpha: PNG\) are written row by"
+    ):
         write_image_rows(tmp_path / "c.jpg", like, (200, 200), iter([pixels]))
-    with pytest.raises(ImageError, match="without alpha"):
-        write_image_rows(tmp_path / "c.png", ImageData(pixels=pixels, alpha=pixels[:, :, 0]), (200, 200), [])
+    with pytest.raises(ImageError, match="not TIFF with alpha"):
+        write_image_rows(tmp_path / "c.tif", ImageData(pixels=pixels, alpha=pixels[:, :, 0]), (200, 200), [])
     (tmp_path / "d.png").write_bytes(b"keep")
     with pytest.raises(FileExistsError):
         write_image_rows(tmp_path / "d.png", like, (200, 200), iter([pixels]))

@@ -1219,13 +1219,16 @@ def write_image_rows(
     """write_image for an image whose pixels come as bands of rows, top to bottom (Upscaler.upscale_rows), written
     as they come: the whole image is never held. size: its (height, width); like: an image with its channels, bit
     depth, ICC profile and EXIF (its pixels are not read: the input of an upscale). PNG (a stream of IDAT chunks) or
-    TIFF (tiled, STREAMED_FORMATS); without alpha. Atomic as write_image: an exception from `rows` (the model's)
-    leaves no file. The same pixels as write_image of the whole image; a TIFF is tiled where write_image writes
-    strips."""
+    TIFF (tiled, STREAMED_FORMATS); with alpha (`like` has some) PNG only, each band's alpha as its last channel.
+    Atomic as write_image: an exception from `rows` (the model's) leaves no file. The same pixels as write_image of
+    the whole image; a TIFF is tiled where write_image writes strips."""
     path = Path(path)
     fmt = _output_format(path, format)
-    if fmt not in STREAMED_FORMATS or like.alpha is not None or like.samples is not None:
-        raise ImageError(f"{path}: only PNG and TIFF without alpha are written row by row, not {fmt}")
+    if fmt not in STREAMED_FORMATS or (like.alpha is not None and fmt != "PNG") or like.samples is not None:
+        raise ImageError(
+            f"{path}: only PNG and TIFF (without alpha: PNG) are written row by row, not {fmt}"
+            + (" with alpha" if like.alpha is not None and fmt in STREAMED_FORMATS else "")
+        )
     if not overwrite and path.exists():
         raise OutputExistsError(path)
     level = DEFAULT_PNG_COMPRESSION if png_compression is None else png_compression

@@ -300,13 +300,13 @@ class UpscalerEngine:
         Twice the upscale held whole (Upscaler.host_bytes runs 20-50 % short of the pass's peak with a small model,
         and a job's threads and writers add ~100 MiB at small sizes: 169 / 301 / 451 MiB for the pass alone against
         114 / 214 / 377 estimated at 512 / 1024 / 1536 pixels in, x4, on a 2-core AMD EPYC Zen 4), then the page's
-        previews: made in bands of rows (PREVIEW_ROWS), they add the 8-bit result kept for them and ~1 byte a
-        sample; with alpha they are made whole, in float32 (20 bytes a sample, measured in session 25).
-        bench/serve_memory.py measures jobs against this: 1.2-2.3x their peak (docs/benchmarks.md)."""
+        previews: made in bands of rows (PREVIEW_ROWS), alpha included, they add the 8-bit result kept for them and
+        ~1 byte a sample (made whole in float32 until session 27: 20 bytes a sample). bench/serve_memory.py measures
+        jobs against this: 1.2-2.3x their peak (docs/benchmarks.md)."""
         whole = int(self.upscaler.host_bytes(image)[0])
         height, width = self.upscaler.output_size(image.height, image.width)
         samples = height * width * (image.channels + (image.alpha is not None))
-        return whole * 2 + samples * (20 if image.alpha is not None else 4), (height, width)
+        return whole * 2 + samples * 4, (height, width)
 
     @property
     def last_precision(self) -> str:
@@ -833,7 +833,7 @@ class JobService:
             self._changed()
 
     def _process(self, job: Job, image: ImageData | None, on_tile: Progress) -> None:
-        from .imageio import ImageData, read_image, write_image_rows
+        from .imageio import read_image, write_image_rows
         from .pipeline import OutputOptions, write_output
 
         if image is None:
@@ -853,24 +853,15 @@ class JobService:
         # The comparison: MATLAB bicubic of the input to the output's exact size, as an 8-bit PNG.
         before = job.folder / "before.png"
         size = (out.height, out.width)
-        if image.alpha is None:  # made and written a band of rows at a time: see _preview_rows
-            write_image_rows(before, _preview_like(image.channels), size, _before_rows(image, size))
-        else:
-            alpha = image.alpha_to_float()
-            assert alpha is not None
-            write_output(
-                before,
-                ImageData.from_float(
-                    _bicubic(image.to_float(), size), alpha=_bicubic(alpha[:, :, None], size)[:, :, 0]
-                ),
-            )
+        # made and written a band of rows at a time (PREVIEW_ROWS), alpha as a last channel
+        like = _preview_like(image.channels, image.alpha is not None)
+        write_image_rows(before, like, size, _before_rows(image, size))
         after = result
         if job.ext not in _BROWSER_FORMATS:  # a TIFF result: an 8-bit PNG the browser shows
             after = job.folder / "after.png"
-            if out.alpha is None:
-                write_image_rows(after, _preview_like(out.channels), size, _after_rows(out))
-            else:
-                write_output(after, ImageData.from_float(out.to_float(), alpha=out.alpha_to_float()))
+            write_image_rows(
+                after, _preview_like(out.channels, out.alpha is not None), size, _after_rows(out)
+            )
         with self._cond:
             job.result_path, job.before_path, job.after_path = result, before, after
             job.out_width, job.out_height = out.width, out.height
@@ -913,36 +904,39 @@ class JobService:
         return self._engine
 
 
-def _bicubic(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import numpy as np
-
-    from .resize import imresize_np
-
-    return np.clip(imresize_np(pixels, size=size), 0.0, 1.0)
-
-
 PREVIEW_ROWS = 64
-"""Rows of a preview made at a time. The previews were made whole, in float32: the bicubic "before" of a 12 MP
-photo at x4 (192 MP) took 2.3 GB and its resize as much again, so the page refused at x4 on a 16 GB machine the
-phone photos the CLI upscales in 1-2 GB. A band of 64 rows of a 16000-wide result costs ~25 MB."""
+"""Rows of a preview made at a time. The previews were made whole, in float32 (the MATLAB bicubic of the whole
+input: bench/serve_memory.py's baseline): the "before" of a 12 MP photo at x4 (192 MP) took 2.3 GB and its resize
+as much again, so the page refused at x4 on a 16 GB machine the phone photos the CLI upscales in 1-2 GB. A band of
+64 rows of a 16000-wide result costs ~25 MB."""
 
 
-def _preview_like(channels: int) -> ImageData:
-    """What write_image_rows needs to know of a preview: 8-bit, `channels` (1 or 3), no profile or EXIF."""
+def _preview_like(channels: int, alpha: bool) -> ImageData:
+    """What write_image_rows needs to know of a preview: 8-bit, `channels` (1 or 3), alpha or not, no profile or
+    EXIF."""
     import numpy as np
 
     from .imageio import ImageData
 
-    return ImageData(pixels=np.zeros((1, 1, channels), np.uint8), bit_depth=8)
+    return ImageData(
+        pixels=np.zeros((1, 1, channels), np.uint8),
+        alpha=np.zeros((1, 1), np.uint8) if alpha else None,
+        bit_depth=8,
+    )
 
 
 def _before_rows(image: ImageData, size: tuple[int, int]) -> Iterator[np.ndarray]:
     """The "before" preview: MATLAB bicubic of the input to `size`, as 8-bit bands of PREVIEW_ROWS rows
     (resize.imresize_rows; the same pixels as the whole resize but for a level where a value sits on a half)."""
+    import numpy as np
+
     from .imageio import from_float
     from .resize import imresize_rows
 
     pixels = image.to_float()  # the input's size: 1/16 of the result's at x4
+    alpha = image.alpha_to_float()
+    if alpha is not None:  # resized as one more plane (each plane is resized alone)
+        pixels = np.dstack([pixels, alpha])
     for start in range(0, size[0], PREVIEW_ROWS):
         band = imresize_rows(pixels, size, start, min(size[0], start + PREVIEW_ROWS))
         yield from_float(band.clip(0.0, 1.0), 8)
@@ -950,10 +944,15 @@ def _before_rows(image: ImageData, size: tuple[int, int]) -> Iterator[np.ndarray
 
 def _after_rows(out: ImageData) -> Iterator[np.ndarray]:
     """An 8-bit copy of a result the browser cannot show (TIFF, 16-bit), in bands of PREVIEW_ROWS rows."""
+    import numpy as np
+
     from .imageio import from_float, to_float
 
     for start in range(0, out.height, PREVIEW_ROWS):
-        yield from_float(to_float(out.pixels[start : start + PREVIEW_ROWS]), 8)
+        band = out.pixels[start : start + PREVIEW_ROWS]
+        if out.alpha is not None:
+            band = np.dstack([band, out.alpha[start : start + PREVIEW_ROWS]])
+        yield from_float(to_float(band), 8)
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------------------
