@@ -37,7 +37,7 @@ from torch import Tensor
 from .archs import Generator, GeneratorConfig
 from .defaults import DEVICES, PRECISIONS
 from .errors import EsrganError
-from .generator import RRDBConfig, RRDBNet
+from .generator import RRDBConfig, RRDBNet, count_parameters
 from .ncnn import NcnnRRDBNet, ncnn_runtime_available, ncnn_supports
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -347,8 +347,7 @@ def _ncnn_fits(model: torch.nn.Module) -> bool:
     killer ended the process; the packed engine did it (session 27, 2-core AMD EPYC Zen 4). True where the free
     memory cannot be read."""
     free = host_memory_available()
-    weights = 4 * sum(p.numel() for p in model.parameters())
-    return free is None or 2 * NCNN_FIXED_FACTOR * weights <= free
+    return free is None or 2 * NCNN_FIXED_FACTOR * 4 * count_parameters(model) <= free
 
 
 def packed_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> tuple[float, int]:
@@ -457,8 +456,7 @@ class ModelRunner:
             return per_pixel, 0
         # ncnn keeps more blobs alive than the module's peak (NCNN_MEMORY_FACTOR), and a net not built yet (the
         # first image, or after release()) will take its weights' transforms (NCNN_FIXED_FACTOR) on top
-        weights = 4 * sum(p.numel() for p in self.model.parameters())
-        fixed = 0 if self._ncnn is not None else int(NCNN_FIXED_FACTOR * weights)
+        fixed = 0 if self._ncnn is not None else int(NCNN_FIXED_FACTOR * 4 * count_parameters(self.model))
         return per_pixel * NCNN_MEMORY_FACTOR, fixed
 
     def pass_bytes(self, height: int, width: int, batch: int = 1) -> int:

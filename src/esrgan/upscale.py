@@ -386,12 +386,11 @@ class Upscaler:
                 limit = min(limit, int(math.isqrt(2**31 // cfg.num_feat) // cfg.scale) // 8 * 8)
             tile = auto_tile_size(free, bpp, batch=self.batch or 1, maximum=limit)
             if tile < max(height, width):  # tiled: tiled_rows holds a tile row of output in float32, count it
-                band = self.model.scale * width * self.model.scale * 3 * 4
                 tile = auto_tile_size(
-                    free, bpp, batch=self.batch or 1, maximum=limit, band_bytes_per_row=band
+                    free, bpp, batch=self.batch or 1, maximum=limit, band_bytes_per_row=self._band_row(width)
                 )
             if self._overlap_given:  # an overlap given without a tile: the automatic tile leaves room for it
-                tile = max(tile, -(-(2 * self.tile_overlap + 8) // 8) * 8)
+                tile = max(tile, self._least_tile())
             # the blend's overlap follows the tile, so it is balanced here; the exact overlap does not (the largest
             # tile, which tile_grid balances for it), and is taken if it costs at most EXACT_COST x that blend
             blend = balanced_tile(max(height, width), tile, self.overlap_for(tile))
@@ -733,8 +732,7 @@ class Upscaler:
         if free is None:
             return tile
         runner = self.runner_for(pixels)
-        # the tiling's band: a tile row of output in float32, bytes per input row of the tile
-        row = self.model.scale * width * self.model.scale * 3 * 4
+        row = self._band_row(width)
 
         def need(t: int) -> int:
             span_h, span_w = min(t, height), min(t, width)
@@ -742,9 +740,7 @@ class Upscaler:
 
         if need(side) <= 0.75 * free:
             return tile
-        low = MIN_TILE
-        if self._overlap_given:  # as tile_size leaves room for it
-            low = max(low, -(-(2 * self.tile_overlap + 8) // 8) * 8)
+        low = self._least_tile()
         fit = next((t for t in range(side // 8 * 8, low, -8) if need(t) <= 0.5 * free), low)
         if fit >= side:
             return tile
@@ -777,11 +773,19 @@ class Upscaler:
     def _smaller_tile(self, side: int) -> int | None:
         """Half of `side` (a tile side, or the image's longest side when it was whole), a multiple of 8, at least
         MIN_TILE (and room for an overlap given); None when `side` is already that small."""
-        low = MIN_TILE
-        if self._overlap_given:  # as tile_size leaves room for it
-            low = max(low, -(-(2 * self.tile_overlap + 8) // 8) * 8)
-        smaller = max(low, side // 2 // 8 * 8)
+        smaller = max(self._least_tile(), side // 2 // 8 * 8)
         return smaller if smaller < side else None
+
+    def _least_tile(self) -> int:
+        """The smallest tile side tried: MIN_TILE, or room for an overlap given (twice it and 8, a multiple of 8)."""
+        if self._overlap_given:
+            return max(MIN_TILE, -(-(2 * self.tile_overlap + 8) // 8) * 8)
+        return MIN_TILE
+
+    def _band_row(self, width: int) -> int:
+        """Bytes of the tiling's band (a tile row of output, float32, on the host) per input row of the tile, for an
+        image `width` wide."""
+        return self.model.scale * width * self.model.scale * 3 * 4
 
     def _elsewhere(self) -> str:
         return " or try --device cpu" if self.device.type != "cpu" else ""
@@ -805,7 +809,7 @@ class Upscaler:
         tile = self.tile_size(h, w, image.pixels.dtype)
         layout = self.tiling(h, w, tile)
         tile_h = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[0] if tile else h
-        band = tile_h * scale * w * scale * 3 * 4 if self.device.type == "cpu" else 0
+        band = tile_h * self._band_row(w) if self.device.type == "cpu" else 0
         band += 2 * min(FLUSH_BYTES, out_h * out_w * 3 * 4)  # rows being normalised and converted
         whole = 2 * out_bytes + band
         if (out_h, out_w) != (h * scale, w * scale):  # uint16 at the model's scale, then one plane at a time
