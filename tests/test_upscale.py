@@ -19,6 +19,7 @@ from esrgan.device import (
     resolve_precision,
 )
 from esrgan.errors import EsrganError
+from esrgan.imagedata import ImageData
 from esrgan.tiling import TileError, tile_grid
 from esrgan.upscale import OutOfMemoryWarning, Upscaler, bleed_colour
 
@@ -118,6 +119,36 @@ def test_a_tile_given_is_made_smaller_only_when_its_pass_would_not_fit(
     free["bytes"] = int(whole / 0.8)
     assert tile_and_notes() == (0, [])
     assert up.batch_fits(160, 200, 1) and not up.batch_fits(160, 200, 4)  # a video's frames a pass
+
+
+def test_a_tile_given_is_fitted_with_its_band_before_the_batch_decides_and_after_a_pass(
+    photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiling's float32 band (a tile row of output) grows with the image's width: after a pass of `--tile 64`
+    has run on a small image, a 160x20000 panorama's band at that tile (~246 MB at x4) is still counted, and the
+    tile is made smaller for it (before, a pass no larger than one run was never checked). host_bytes, which the
+    batch asks before the model runs (stream or not, or refuse), sees that smaller tile's band and says nothing;
+    the warning comes once, when the pass is about to run."""
+    import esrgan.device as device_module
+
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=64)
+    up.upscale(np.ascontiguousarray(photo[:160, :200]))  # a pass of 64x64 has run
+    row = up.model.scale**2 * 20000 * 3 * 4  # band bytes per input row of a 20000-wide image
+    free = {"bytes": 10 * 64 * row}
+    monkeypatch.setattr(device_module, "host_memory_available", lambda: free["bytes"])
+    wide = ImageData(np.zeros((160, 20000, 3), np.uint8), bit_depth=8)
+    assert up.host_bytes(wide)[2] >= 64 * row  # plenty free: the tile given
+    free["bytes"] = 100 * 2**20
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        band = up.host_bytes(wide)[2]
+        assert caught == []
+        tile = up.tile_size(160, 20000, commit=True)
+    notes = [str(w.message) for w in caught if issubclass(w.category, OutOfMemoryWarning)]
+    assert tile == 32 and 32 * row <= band < 64 * row  # the smallest: even its band is over half of it
+    assert len(notes) == 1 and notes[0].startswith(
+        "out of memory with tiles of 64x64 pixels on cpu, foreseen"
+    )
 
 
 def test_a_pass_out_of_memory_is_retried_with_half_the_tile_and_the_tile_kept(photo: np.ndarray) -> None:

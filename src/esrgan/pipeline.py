@@ -644,20 +644,19 @@ class _Batch:
         )
         if self.output.stream and why_not is None:
             return True
-        whole, streamed, band = self.upscaler.host_bytes(image)
+        whole, streamed, _ = self.upscaler.host_bytes(image)
         free = host_memory_available()
         if free is not None and whole > free:  # what the writers hold may be what is missing: wait for them
             self.settle()
             free = host_memory_available()
+            whole, streamed, _ = self.upscaler.host_bytes(image)  # a --tile is fitted to what is free now
         if free is None or whole <= free:
             return False
         if why_not is None and streamed <= free:
             return True
-        if why_not is None:
+        if why_not is None:  # a --tile whose band would not fit has been made smaller already (host_bytes)
             need = streamed
-            way = (
-                "a smaller --tile" if band > streamed // 2 else "a smaller --outscale (or --width / --height)"
-            )
+            way = "a smaller --outscale (or --width / --height)"
         else:
             need = whole
             way = (

@@ -357,7 +357,13 @@ class Upscaler:
         return precision_name(self.runner_for(np.dtype(pixels)).dtype)
 
     def tile_size(
-        self, height: int, width: int, pixels: np.dtype | type = np.uint8, *, commit: bool = False
+        self,
+        height: int,
+        width: int,
+        pixels: np.dtype | type = np.uint8,
+        *,
+        commit: bool = False,
+        foresee: bool = False,
     ) -> int:
         """The tile side used for an image of this size and pixel dtype (0 when it is processed whole).
 
@@ -366,12 +372,12 @@ class Upscaler:
         tiles, each as small as can be); with the exact overlap (`tiling`) tile_grid balances it per axis. After a
         forward pass ran out of memory, at most `tile_cap` whatever was asked. On a CPU, a tile given whose pass
         would not fit in the memory free is made smaller for the image (`_fitting`; commit: the pass is about to
-        run; `retrying` asks)."""
+        run, `retrying` asks; foresee: the same tile, without the warning, for an estimate made before it)."""
         tile, cap = self.tile, self.tile_cap
         if tile is not None and cap is not None and (tile == 0 or tile > cap):
             tile = cap
-        if commit and tile is not None and self.device.type == "cpu":
-            tile = self._fitting(tile, height, width, np.dtype(pixels))
+        if (commit or foresee) and tile is not None and self.device.type == "cpu":
+            tile = self._fitting(tile, height, width, np.dtype(pixels), warn=commit)
         if tile is None:
             bpp, fixed = self.runner_for(np.dtype(pixels)).activation_bytes()
             limit = GPU_MAX_TILE if self.device.type == "cuda" else CPU_MAX_TILE
@@ -707,26 +713,27 @@ class Upscaler:
                 runner.release()
         release_memory(self.device)
 
-    def _fitting(self, tile: int, height: int, width: int, pixels: np.dtype) -> int:
+    def _fitting(self, tile: int, height: int, width: int, pixels: np.dtype, *, warn: bool = True) -> int:
         """`tile` (a tile given, --tile; 0: the whole image), or when its pass would not fit in the host memory free
         now (the machine's, a container's, `ulimit -v`), the largest tile whose pass takes at most half of it, for
-        this image, with an OutOfMemoryWarning (once per tile given and tile used). On a CPU a pass too large is
+        this image, with an OutOfMemoryWarning (once per tile given and tile used; none when not `warn`). On a CPU a pass too large is
         seldom an error the retry (shrink_tile) could catch: Linux hands out memory it does not have, and the
         kernel's OOM killer ends the process without a word when it is touched (measured: `--tile 384 --precision
         fp32`, the ncnn engine's ~50 KB an input pixel, on a 384x384 photo in a 900 MiB container).
 
         "Would not fit": the pass (ModelRunner.pass_bytes: the engine's estimate for that tile) and the tiling's
         float32 band of a tile row of output over three quarters of the memory free (the packed fp32 engine's
-        estimate runs ~20 % short at large tiles). Not checked for a pass no larger than one this upscaler has run:
-        the engines keep what a pass took for the next (ncnn's pool, the heap), which then reads as taken. Not where
-        the free memory cannot be read; GPUs raise an error the retry catches."""
+        estimate runs ~20 % short at large tiles). A pass no larger than one this upscaler has run is not counted:
+        the engines keep what a pass took for the next (ncnn's pool, the heap), which then reads as taken; its band,
+        which grows with the image's width and is given back after each image, still is. Not where the free memory
+        cannot be read; GPUs raise an error the retry catches."""
         from .device import host_memory_available
         from .errors import format_bytes
 
         longest = max(height, width)
         side = min(tile or longest, longest)
         batch = self.batch or 1
-        if side <= MIN_TILE or min(side, height) * min(side, width) * batch <= self._passed:
+        if side <= MIN_TILE or (side == longest and height * width * batch <= self._passed):
             return tile
         free = host_memory_available()
         if free is None:
@@ -736,7 +743,8 @@ class Upscaler:
 
         def need(t: int) -> int:
             span_h, span_w = min(t, height), min(t, width)
-            return runner.pass_bytes(span_h, span_w, batch) + (row * span_h if t < longest else 0)
+            run = 0 if span_h * span_w * batch <= self._passed else runner.pass_bytes(span_h, span_w, batch)
+            return run + (row * span_h if t < longest else 0)
 
         if need(side) <= 0.75 * free:
             return tile
@@ -745,7 +753,7 @@ class Upscaler:
         if fit >= side:
             return tile
         said = (tile, fit)
-        if said not in self._foreseen:
+        if warn and said not in self._foreseen:
             self._foreseen.add(said)
             import warnings
 
@@ -797,7 +805,8 @@ class Upscaler:
         size (--outscale, --width) the model-scale intermediate and the resize's float planes. streamed:
         upscale_rows into write_image_rows: the band and the rows in flight (at most 8 FLUSH_BYTES, measured at
         about 6 on a 4352x2448 photo at x4 on a 2-core AMD EPYC Zen 4). band: the band's part of both. The
-        model's own working memory is not counted: the automatic tile keeps it to half of what is free."""
+        model's own working memory is not counted: the automatic tile keeps it to half of what is free, and so does
+        a tile given, made smaller where its pass and band would not fit (`_fitting`)."""
         h, w = image.height, image.width
         scale = self.model.scale
         out_h, out_w = self.output_size(h, w)
@@ -806,7 +815,8 @@ class Upscaler:
         )
         itemsize = 2 if image.pixels.dtype.itemsize >= 2 else 1
         out_bytes = out_h * out_w * channels * itemsize
-        tile = self.tile_size(h, w, image.pixels.dtype)
+        # the tile the pass will use: a --tile whose pass and band would not fit is made smaller (_fitting)
+        tile = self.tile_size(h, w, image.pixels.dtype, foresee=True)
         layout = self.tiling(h, w, tile)
         tile_h = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[0] if tile else h
         band = tile_h * self._band_row(w) if self.device.type == "cpu" else 0
