@@ -175,7 +175,7 @@ class MemoryBound(RRDBNet):
 def bound_upscaler(pixels: int, tile: int | None) -> tuple[Upscaler, MemoryBound]:
     """An Upscaler (CPU, fp32, the module engine: its forward runs) of a MemoryBound network."""
     model = MemoryBound(pixels)
-    up = Upscaler(model, device="cpu", precision="fp32", tile=tile)
+    up = Upscaler(model, device="cpu", precision="fp32", tile=tile, copy_model=False)  # it counts its passes
     up.runner = ModelRunner(
         up.model, up.device, torch.float32, engine="module"
     )  # the module: its forward runs

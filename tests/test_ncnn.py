@@ -606,6 +606,74 @@ def test_exit_after_ctrl_c_while_ncnn_finishes_is_clean(lead: float) -> None:
     assert "exiting" in proc.stderr
 
 
+_CAUGHT_DURING_EXTRACTION = """
+import atexit, os, signal, sys, threading, time
+import torch
+marker = sys.argv[1]
+atexit.register(lambda: open(marker, "w").write("ran"))  # registered before esrgan's own hook, so run after it
+from esrgan.generator import RRDBNet
+from esrgan.ncnn import NcnnRRDBNet
+model = RRDBNet(scale=4, num_block=2).eval()
+engine = NcnnRRDBNet(model.config, model.state_dict(), threads=1)
+side = 32
+while True:  # an extraction of at least 2.5 s on this machine
+    x = torch.rand(1, 3, side, side)
+    start = time.perf_counter()
+    engine(x)
+    if time.perf_counter() - start >= 2.5 or side >= 1024:
+        break
+    side *= 2
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    engine(x)
+except KeyboardInterrupt:
+    print("caught", file=sys.stderr, flush=True)
+    sys.exit(0)  # a library user's program that ends cleanly after Ctrl-C
+sys.exit(3)
+"""
+
+
+@needs_runtime
+@pytest.mark.parametrize("again", [False, True])
+def test_a_program_that_catches_ctrl_c_during_ncnn_exits_as_it_asks(tmp_path: Path, again: bool) -> None:
+    """A library user's program catches the KeyboardInterrupt of an upscale on the ncnn engine and calls
+    sys.exit(0). Before, esrgan's exit hook ended the process with 130 at once (os._exit), so the program's status
+    was lost and its own atexit hooks never ran. Now the exit waits for the interrupted extraction (one tile's
+    pass), saying so when it takes over a second, and the process exits with 0, its hooks run; a second Ctrl-C while
+    it waits ends it at once with 130 (hooks skipped), never with an abort."""
+    import signal
+    import subprocess
+    import sys
+
+    marker = tmp_path / "hook-ran"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CAUGHT_DURING_EXTRACTION, str(marker)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if again and line.startswith("esrgan: waiting for the interrupted ncnn pass to end"):
+                proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    stderr = "".join(lines)
+    assert "terminate called" not in stderr and "caught" in stderr, stderr[-2000:]
+    assert (
+        "esrgan: waiting for the interrupted ncnn pass to end before exit (Ctrl-C again to end now)" in stderr
+    )
+    if again:
+        assert status == 130 and not marker.exists()
+    else:
+        assert status == 0, stderr[-2000:]
+        assert marker.read_text() == "ran"
+
+
 @needs_runtime
 @pytest.mark.parametrize("threads", [1, None])
 def test_ncnn_engine_is_silent_and_exact_at_odd_sizes(

@@ -19,6 +19,7 @@ from esrgan.device import (
     resolve_precision,
 )
 from esrgan.errors import EsrganError
+from esrgan.generator import RRDBNet
 from esrgan.imagedata import ImageData
 from esrgan.tiling import TileError, tile_grid
 from esrgan.upscale import OutOfMemoryWarning, Upscaler, bleed_colour
@@ -231,6 +232,23 @@ def test_mps_memory_on_a_torch_without_its_working_set_query(monkeypatch: pytest
     monkeypatch.delattr(torch.mps, "recommended_max_memory", raising=False)
     mps, host = available_memory(torch.device("mps")), available_memory(torch.device("cpu"))
     assert mps > 0 and abs(mps - host) < 2**28  # the host's free memory, read twice
+
+
+def test_cudnn_autotuning_is_on_only_during_a_cuda_pass() -> None:
+    """An Upscaler on CUDA turned torch.backends.cudnn.benchmark on for the whole process, for good (a program
+    that trains beside it got other kernels, and other results); now only around its passes (the flag is plain
+    Python state, so this runs without a GPU), put back after an error too, and never touched elsewhere."""
+    from esrgan.device import autotuned
+
+    assert torch.backends.cudnn.benchmark is False  # the process's own setting
+    with autotuned(torch.device("cuda")):
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is False
+    with pytest.raises(RuntimeError), autotuned(torch.device("cuda")):
+        raise RuntimeError("out of memory")
+    assert torch.backends.cudnn.benchmark is False
+    with autotuned(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark is False
 
 
 def test_fp16_is_never_used_on_the_cpu() -> None:
@@ -529,6 +547,75 @@ def test_bad_inputs_are_errors(up: Upscaler) -> None:
         up.upscale(np.zeros((4, 4, 3), np.int32))
     with pytest.raises(EsrganError, match="alpha mode"):
         Upscaler(photo_preserving_rrdb(), alpha_mode="premultiplied")
+
+
+def test_what_is_not_an_esrgan_model_or_an_alpha_alone_is_a_clear_error() -> None:
+    """Users coming from spandrel or BasicSR pass a state dict or another module: a TypeError that says how to load
+    it, not "AttributeError: ... no attribute 'config'"; an interpolation weight without a second model is an
+    error, not ignored."""
+    model = photo_preserving_rrdb()
+    for wrong, what in (
+        (model.state_dict(), "a state dict"),
+        (torch.nn.Conv2d(3, 3, 3), "a torch.nn.modules.conv.Conv2d"),
+    ):
+        with pytest.raises(TypeError, match=rf"not {what}.*esrgan\.load_model"):
+            Upscaler(wrong)  # type: ignore[arg-type]
+    with pytest.raises(EsrganError, match=r"interpolate_alpha .* needs a second model"):
+        Upscaler(model, interpolate_alpha=0.5)
+
+
+@pytest.mark.parametrize("make", ["rrdb", "compact"])
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_the_model_given_is_left_as_it_was_and_its_later_changes_do_not_reach_the_upscaler(
+    photo_small: np.ndarray, make: str, precision: str
+) -> None:
+    """A notebook shows a preview with an Upscaler and trains on: before, Upscaler(model) put the caller's module
+    in eval mode, froze it (requires_grad False: its training went on without a word and learnt nothing) and, for
+    a compact model in reduced precision, made it channels_last; and a change of its weights reached the upscaler on
+    some engines (the module's) and not on others (packed, ncnn: copied at their first pass), so the same code gave
+    other pixels on another CPU. Now the upscaler works on a copy: the module is untouched and its later changes
+    never reach it, on every engine; copy_model=False shares it, as from_pretrained does with its own model."""
+    from esrgan.compact import CompactConfig, SRVGGNetCompact
+
+    torch.manual_seed(0)
+    model = (
+        photo_preserving_rrdb() if make == "rrdb" else SRVGGNetCompact(CompactConfig(num_feat=8, num_conv=2))
+    )
+    model.train().requires_grad_(True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    up = Upscaler(model, device="cpu", precision=precision, tile=0)
+    first = up.upscale(photo_small)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(p.is_contiguous() for p in model.parameters())  # not made channels_last
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    last = model.conv_last if isinstance(model, RRDBNet) else model.body[-1]
+    with torch.no_grad():
+        last.bias += 0.25  # training goes on
+    np.testing.assert_array_equal(up.upscale(photo_small), first)
+    assert not np.array_equal(
+        Upscaler(model, device="cpu", precision=precision, tile=0).upscale(photo_small), first
+    )
+    shared = Upscaler(model, device="cpu", precision=precision, copy_model=False)
+    assert shared.model is model and not model.training
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_one_upscaler_serves_several_threads_at_once(photo: np.ndarray, precision: str) -> None:
+    """A web backend shares one Upscaler between its request threads: four threads at once, crops of other sizes,
+    grey and colour, tiled and whole, give exactly what one thread gives (the packed engine's per-shape caches, the
+    ncnn engine's helper threads, the tile and memory bookkeeping)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision=precision, tile=48)
+    crops = [
+        np.ascontiguousarray(c)
+        for c in (photo[:90, :70], photo[100:140, 200:300, :1], photo[:40, :30], photo[300:420, 10:110])
+    ]
+    alone = [up.upscale(c) for c in crops]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(up.upscale, crops * 3))
+    for k, out in enumerate(together):
+        np.testing.assert_array_equal(out, alone[k % 4])
 
 
 @pytest.mark.parametrize("shape", [(3, 200, 4), (200, 2), (1, 1, 3)])

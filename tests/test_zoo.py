@@ -22,7 +22,7 @@ from conftest import LocalHTTPServer, QuietHandler, http_server, run_cli, tiny_r
 from esrgan import zoo
 from esrgan.checkpoints import load_model, read_weights
 from esrgan.download import normalize_digest, sha256_file
-from esrgan.errors import DownloadError, ModelNotAvailableError
+from esrgan.errors import CheckpointError, DownloadError, ModelNotAvailableError
 from esrgan.generator import RRDBNet
 from esrgan.zoo import ModelEntry
 
@@ -188,6 +188,23 @@ def test_ncnn_model_converts_once_into_cache(
     assert zoo.resolve(ANIME) == path
     assert (path.stat().st_mtime_ns, sha256_file(path)) == before  # second call reuses the file
     assert {s.entry.name: s.available for s in zoo.list_models()}[ANIME] == "yes"
+
+
+def test_a_models_name_is_a_name_where_a_folder_of_that_name_is(
+    converted: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A folder named like a model in the current folder (earlier results: `esrgan upscale ... -o
+    realesrgan-x4plus-anime`): before, load_model(name) said "a folder, not a file" there and worked everywhere
+    else; now the name is the model. A file of that name is still the file, and another folder is still refused."""
+    monkeypatch.setenv("ESRGAN_HOME", str(converted))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ANIME).mkdir()
+    assert not zoo.is_model_file(ANIME)
+    assert zoo.load_model(ANIME).config.num_block == 6
+    (tmp_path / "results").mkdir()
+    assert zoo.is_model_file("results")  # not a model's name: what was typed is a path
+    with pytest.raises(CheckpointError, match="folder"):
+        zoo.load_model("results")
 
 
 def test_corrupt_conversion_is_redone(converted: Path, home: Path) -> None:

@@ -996,6 +996,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         _err("interrupted")
+        ncnn = sys.modules.get("esrgan.ncnn")
+        if (
+            ncnn is not None
+        ):  # an ncnn pass Ctrl-C stopped waiting for ends the process now, not after its tile
+            ncnn.end_at_once(130)
         return 130
 
 

@@ -363,6 +363,23 @@ def packed_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> tuple[floa
     return trunk + 2 * 4 * config.num_out_ch * config.scale**2, 4 * TAIL_BYTES
 
 
+@contextlib.contextmanager
+def autotuned(device: torch.device) -> Iterator[None]:
+    """cuDNN's autotuning (torch.backends.cudnn.benchmark) on for a forward pass on CUDA, where the tiles repeat one
+    shape and the kernels it picks are reused; the process's setting is put back after, so a program that upscales
+    with esrgan and trains or computes beside it keeps its own (benchmark changes which kernels, and so which
+    results, its other convolutions get). Elsewhere nothing."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 class ModelRunner:
     """The forward pass used by tiling: a batch (on any device) in, a float32 batch on `device` out, in `dtype`.
 
@@ -371,7 +388,7 @@ class ModelRunner:
     Otherwise on the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
     fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). On CUDA in fp16/bf16: a copy
     of the model cast once to that dtype, channels-last (compiled too with engine="compiled"), with
-    torch.backends.cudnn.benchmark on. Elsewhere, or with
+    torch.backends.cudnn.benchmark on during the pass (`autotuned`). Elsewhere, or with
     engine="module" on the CPU, the model itself, under autocast for reduced precision (fp32 module = the eager
     reference).
     engine="compiled": that module through torch.compile (inductor, no freezing: freezing gave wrong outputs for
@@ -428,8 +445,6 @@ class ModelRunner:
         self._module: Callable[[Tensor], Tensor] = self.model
         self._cast: Generator | None = None  # CUDA reduced precision: the weights cast once (see _run)
         self._cast_forward: Callable[[Tensor], Tensor] | None = None  # _cast, compiled for engine="compiled"
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # tiles repeat one shape: the autotuned kernels are reused
         if self.engine == "compiled":
             if cache_dir is not None:
                 # Inductor reads its cache location from the environment when it compiles, not at import time.
@@ -503,7 +518,8 @@ class ModelRunner:
         x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = self._run(x, self.dtype)
+        with autotuned(self.device):
+            y = self._run(x, self.dtype)
         if self.dtype != torch.float32 and not bool(torch.isfinite(y).all()):
             warnings.warn(
                 f"the model produced NaN/Inf in {precision_name(self.dtype)}; recomputing in fp32 (and staying in fp32)",
@@ -513,5 +529,6 @@ class ModelRunner:
             self.dtype = torch.float32
             self._packed.clear()
             self._cast = self._cast_forward = None
-            y = self._run(x, torch.float32)
+            with autotuned(self.device):
+                y = self._run(x, torch.float32)
         return y.float().contiguous()

@@ -38,6 +38,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -881,21 +882,25 @@ class _Extractions:
     that must not unwind, and the process aborts ("terminate called without an active exception", status 134):
     reliably when Ctrl-C lands in the last ~0.3 s of an extraction. So at exit (an atexit hook, which runs before
     finalization) no extraction may still be running:
-    - one whose caller stopped waiting (Ctrl-C: KeyboardInterrupt, or SystemExit): flush and end the process at
-      once with the status the interpreter was about to give (prompt; our own clean-up, partial outputs and
-      temporary files, ran in the callers' `finally` blocks before exit; only the interpreter's teardown is skipped);
-    - one a thread still waits for (a daemon thread, such as `esrgan serve`'s worker when its close() timed out):
-      wait for it to finish; no new extraction starts after that. (This covers ncnn's frames only: a daemon thread
-      inside a torch op that gives up the GIL at that moment meets the same abort; our daemon threads are stopped
-      and joined before exit, serve's for up to 30 s.)
+    - one a thread still waits for (a daemon thread, such as `esrgan serve`'s worker when its close() timed out), or
+      whose caller stopped waiting for it (Ctrl-C: KeyboardInterrupt, or SystemExit, caught or not): wait for it to
+      finish (one tile's pass), saying so on stderr when that takes more than a second; no new extraction starts
+      after that. The interpreter then exits as it was going to: with the status the program asked for, and the
+      program's own atexit hooks run (a library user who catches Ctrl-C and calls sys.exit(0) gets 0). A second
+      Ctrl-C while it waits ends the process at once with status 130.
+    - the command line, which ends with 130 after Ctrl-C and runs nothing after it (`end_at_once`): end the process
+      at once with that status, not after the tile (prompt; our own clean-up, partial outputs and temporary files,
+      ran in the callers' `finally` blocks before exit; only the interpreter's teardown is skipped).
+    (This covers ncnn's frames only: a daemon thread inside a torch op that gives up the GIL at that moment meets
+    the same abort; our daemon threads are stopped and joined before exit, serve's for up to 30 s.)
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.running: set[threading.Thread] = set()
         self.exiting = False
-        # a worker whose caller stopped waiting for it: the exit status that caller was heading for
-        self.abandoned: dict[threading.Thread, int] = {}
+        self.abandoned: set[threading.Thread] = set()  # workers whose caller stopped waiting for them
+        self.status_at_once: int | None = None  # end_at_once's status
 
     def start(self, worker: threading.Thread) -> None:
         with self.lock:
@@ -907,33 +912,51 @@ class _Extractions:
     def finished(self, worker: threading.Thread) -> None:
         with self.lock:
             self.running.discard(worker)
-            self.abandoned.pop(worker, None)
+            self.abandoned.discard(worker)
 
-    def abandon(self, worker: threading.Thread, exc: BaseException) -> None:
-        """The caller stopped waiting for `worker` because of `exc`: remember the exit status it leads to."""
-        if isinstance(exc, SystemExit):
-            code = exc.code
-            status = code if isinstance(code, int) else (0 if code is None else 1)
-        else:
-            status = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    def abandon(self, worker: threading.Thread) -> None:
+        """The caller stopped waiting for `worker` (an exception such as KeyboardInterrupt reached it)."""
         with self.lock:
             if worker in self.running:
-                self.abandoned[worker] = status
+                self.abandoned.add(worker)
 
-    def at_exit(self) -> None:
+    def at_exit(self, patience: float = 1.0) -> None:
         with self.lock:
             self.exiting = True
             alive = [worker for worker in self.running if worker.is_alive()]
-            statuses = [self.abandoned[worker] for worker in alive if worker in self.abandoned]
-        if statuses:
-            status = statuses[-1]
-            logging.shutdown()
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing more to save
-                    stream.flush()
-            os._exit(status)
-        for worker in alive:
-            worker.join()
+            abandoned = any(worker in self.abandoned for worker in alive)
+        if abandoned and self.status_at_once is not None:
+            _end_now(self.status_at_once)
+        try:
+            deadline = time.monotonic() + patience
+            while any(worker.is_alive() for worker in alive) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if abandoned and any(worker.is_alive() for worker in alive):
+                print(
+                    "esrgan: waiting for the interrupted ncnn pass to end before exit (Ctrl-C again to end now)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            for worker in alive:
+                while worker.is_alive():
+                    worker.join(0.1)
+        except KeyboardInterrupt:
+            _end_now(130)
+
+
+def _end_now(status: int) -> None:
+    """End the process with `status` at once, its output flushed: no interpreter teardown, no atexit hook after."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing more to save
+            stream.flush()
+    os._exit(status)
+
+
+def end_at_once(status: int) -> None:
+    """The process ends now with `status` and runs nothing of its own after (the command line after Ctrl-C): an
+    ncnn extraction still running then ends it at once instead of being waited for (see _Extractions)."""
+    _EXTRACTIONS.status_at_once = status
 
 
 _EXTRACTIONS = _Extractions()
@@ -1017,8 +1040,8 @@ class NcnnRRDBNet:
             try:
                 while not done.wait(0.1):
                     pass
-            except BaseException as exc:
-                _EXTRACTIONS.abandon(worker, exc)  # the process must not finalize while it runs: _Extractions
+            except BaseException:
+                _EXTRACTIONS.abandon(worker)  # the process must not finalize while it runs: _Extractions
                 raise
             if isinstance(out[0], BaseException):
                 raise out[0]

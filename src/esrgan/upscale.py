@@ -224,7 +224,12 @@ class Upscaler:
     interpolation, theta = (1 - a) * theta_model + a * theta_other (e.g. model = PSNR-oriented, other = GAN).
     compile: run the model through torch.compile (ModelRunner engine="compiled"): each new tile shape compiles
     first (tens of seconds), so it pays for long batches of same-sized images and for video, not for one image.
-    The model is moved to the device (and to channels_last for reduced precision).
+    copy_model: the upscaler works on its own copy of the model (taken here, on the device; the weights as they
+    are now), so the module given is left as it was (its device, train/eval mode, requires_grad, memory format)
+    and a notebook can go on training it; False uses the module itself (no second copy of a large model's weights
+    in memory), which is then put in eval mode, frozen and moved to the device, and whose later changes reach
+    some engines and not others (the packed, ncnn and CUDA reduced-precision engines copy the weights at their
+    first pass). from_pretrained and from_file load a model of their own and use it without a copy.
     """
 
     def __init__(
@@ -242,7 +247,20 @@ class Upscaler:
         interpolate: str | Path | Generator | None = None,
         interpolate_alpha: float | None = None,
         compile: bool = False,
+        copy_model: bool = True,
     ) -> None:
+        if not isinstance(
+            model, RRDBNet | SRVGGNetCompact
+        ):  # spandrel's and BasicSR's users pass other things
+            what = (
+                "a state dict"
+                if isinstance(model, dict)
+                else f"a {type(model).__module__}.{type(model).__name__}"
+            )
+            raise TypeError(
+                f"Upscaler needs an esrgan model (RRDBNet or SRVGGNetCompact), not {what}: load a model file or a "
+                "named model with esrgan.load_model(path_or_name), or use Upscaler.from_pretrained(path_or_name)"
+            )
         if alpha_mode not in ALPHA_MODES:
             raise EsrganError(f"alpha mode must be one of {', '.join(ALPHA_MODES)}, not {alpha_mode!r}")
         check_tile(tile, tile_overlap)
@@ -256,7 +274,13 @@ class Upscaler:
         if interpolate is not None:
             if interpolate_alpha is None:
                 raise EsrganError("network interpolation needs an alpha in [0, 1] (--alpha)")
-            model = _interpolated(model, interpolate, interpolate_alpha)
+            model = _interpolated(model, interpolate, interpolate_alpha)  # a new model: no copy needed
+        elif interpolate_alpha is not None:
+            raise EsrganError(
+                "interpolate_alpha (--alpha) needs a second model to interpolate with (interpolate)"
+            )
+        elif copy_model:
+            model = _copied(model)
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device)
@@ -302,7 +326,7 @@ class Upscaler:
 
         model = load_model(name)
         check_model_channels(model, name)  # here, where the error can name the file
-        return cls(model, **options)
+        return cls(model, **{"copy_model": False, **options})  # its own model: no copy
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> Upscaler:
@@ -314,7 +338,7 @@ class Upscaler:
             raise CheckpointError(f"{path}: no such model file")
         model = load_model(path)
         check_model_channels(model, path)  # here, where the error can name the file
-        return cls(model, **options)
+        return cls(model, **{"copy_model": False, **options})  # its own model: no copy
 
     @property
     def scale(self) -> float:
@@ -961,6 +985,17 @@ class Upscaler:
             if key in image.info:
                 result.info[key] = image.info[key]
         return result
+
+
+def _copied(model: Generator) -> Generator:
+    """A copy of `model` (the same weights, device and dtype) in eval mode and frozen, sharing nothing with it: the
+    module the caller gave is left as it was."""
+    import copy
+
+    copied = copy.deepcopy(model)
+    for parameter in copied.parameters():
+        parameter.grad = None  # a model in training may hold its gradients: not needed here
+    return copied.eval().requires_grad_(False)
 
 
 def _interpolated(model: Generator, other: str | Path | Generator, alpha: float) -> Generator:

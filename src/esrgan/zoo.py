@@ -268,9 +268,13 @@ def list_models() -> list[ModelStatus]:
 
 
 def is_model_file(path_or_name: str | Path) -> bool:
-    """Whether what a user typed as a model means a file (it exists, has a suffix or a folder), not a name."""
+    """Whether what a user typed as a model means a file (it exists, has a suffix or a folder), not a name. A
+    model's name is a name even where the current folder holds a folder of that name (earlier results, say):
+    a folder is never a model file, and the name worked from every other folder."""
     path = Path(path_or_name).expanduser()
-    return path.exists() or bool(path.suffix) or "/" in str(path_or_name)
+    if bool(path.suffix) or "/" in str(path_or_name):
+        return True
+    return path.exists() and not (str(path_or_name) in MODELS and path.is_dir())
 
 
 def resolve_model_path(path_or_name: str | Path) -> Path:
