@@ -19,7 +19,7 @@ from esrgan.device import (
     resolve_precision,
 )
 from esrgan.errors import EsrganError
-from esrgan.imagedata import ImageData
+from esrgan.imagedata import ImageData, ImageWarning
 from esrgan.tiling import TileError, tile_grid
 from esrgan.upscale import OutOfMemoryWarning, Upscaler, bleed_colour
 
@@ -371,6 +371,32 @@ def test_pil_keeps_icc_and_exif(up: Upscaler, photo_small: np.ndarray) -> None:
     img.info["exif"] = exif.tobytes()
     out = up.upscale(img)
     assert out.info["icc_profile"] == icc and out.info["exif"] == exif.tobytes()
+
+
+def test_pil_profile_is_kept_only_where_it_fits_the_output(up: Upscaler, photo_small: np.ndarray) -> None:
+    """Modes converted to RGB on the way keep the ICC profile only where its colour space is the output's: the Lab
+    profile Pillow gives a LAB image, left on the RGB output, makes colour-managed conversion of it fail."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = Image.fromarray(photo_small)
+    rgb.info["icc_profile"] = srgb
+    expected = up.upscale(photo_small).astype(np.float64)
+    lab = rgb.convert("LAB")
+    assert lab.info["icc_profile"][16:20] == b"Lab "
+    out = up.upscale(lab)
+    assert out.mode == "RGB" and "icc_profile" not in out.info
+    assert np.abs(np.asarray(out) - expected).mean() < 3  # the same picture, through LAB and back
+    for mode in ("YCbCr", "HSV"):  # converted by Pillow's own maths: the sRGB profile describes the RGB again
+        out = up.upscale(rgb.convert(mode))
+        assert out.mode == "RGB" and out.info["icc_profile"] == srgb
+    # a CMYK image's profile must be a CMYK one: an RGB profile on it cannot convert it (naive conversion, none)
+    with pytest.warns(ImageWarning, match="PIL image: CMYK profile unusable"):
+        out = up.upscale(rgb.convert("CMYK"))
+    assert out.mode == "RGB" and "icc_profile" not in out.info
+    assert np.abs(np.asarray(out) - expected).mean() < 3
+    grey = up.upscale(rgb.convert("L"))  # an RGB profile does not describe grey pixels
+    assert grey.mode == "L" and "icc_profile" not in grey.info
 
 
 def test_upscale_image_keeps_everything_but_the_pixels(up: Upscaler, photo_small: np.ndarray) -> None:

@@ -57,7 +57,7 @@ from .device import (
 )
 from .errors import CheckpointError, EsrganError, OutOfMemoryWarning, one_line, out_of_memory
 from .generator import RRDBNet
-from .imageio import PIL_LAYOUTS, ImageData
+from .imageio import PIL_LAYOUTS, ImageData, cmyk_to_rgb, profile_fits
 from .tiling import (
     EXACT_COST,
     FLUSH_BYTES,
@@ -457,7 +457,9 @@ class Upscaler:
         """Upscale a numpy array (HxW, HxWx1..4; uint8, uint16 or float in [0, 1]) or a PIL image; same type back.
 
         numpy: same dtype and layout. PIL: same mode (L, LA, RGB, RGBA, I;16, I, F), except palette -> RGB/RGBA,
-        1 -> L, CMYK/YCbCr/LAB/HSV -> RGB; the ICC profile and EXIF in image.info are carried over.
+        1 -> L, CMYK/YCbCr/LAB/HSV -> RGB; EXIF in image.info is carried over, and the ICC profile where its colour
+        space fits the output (RGB for RGB/RGBA, GRAY for the grey modes): a CMYK image with a CMYK profile is
+        converted through it to sRGB (and carries an sRGB profile), other colour spaces' profiles are dropped.
         """
         if isinstance(image, Image.Image):
             return self._upscale_pil(image, on_tile)
@@ -946,6 +948,7 @@ class Upscaler:
         target = _PIL_MODES[mode]
         if mode == "P":
             target = "RGBA" if "transparency" in image.info else "RGB"
+        icc = image.info.get("icc_profile") or None
         if target in ("I;16", "I", "F"):
             array = np.asarray(image)
             if target == "I":  # 32-bit integer images hold 16-bit data in practice (Pillow's 16-bit PNG mode)
@@ -955,11 +958,17 @@ class Upscaler:
             out = self._upscale_numpy(array, on_tile)
             result = Image.fromarray(out.astype(np.int32) if target == "I" else out)
         else:
-            out = self._upscale_numpy(np.asarray(image if mode == target else image.convert(target)), on_tile)
+            if mode == "CMYK":  # through its CMYK profile to sRGB where it has one, as files are read
+                array, icc = cmyk_to_rgb(image, "PIL image", icc)
+            else:
+                array = np.asarray(image if mode == target else image.convert(target))
+            out = self._upscale_numpy(array, on_tile)
             result = Image.fromarray(out)
-        for key in ("icc_profile", "exif"):
-            if key in image.info:
-                result.info[key] = image.info[key]
+        # the profile only where it describes the output: a LAB, CMYK or YCbCr image's no longer does
+        if icc is not None and profile_fits(icc, 1 if out.ndim == 2 or out.shape[2] <= 2 else 3):
+            result.info["icc_profile"] = icc
+        if "exif" in image.info:
+            result.info["exif"] = image.info["exif"]
         return result
 
 
