@@ -360,6 +360,47 @@ def test_pil_mode_is_kept(up: Upscaler, photo_small: np.ndarray, mode: str) -> N
         assert np.asarray(out).max() > 255  # really 16-bit values, not 8-bit ones in a 16-bit container
 
 
+def test_pil_float_image_keeps_its_range(up: Upscaler, photo_small: np.ndarray) -> None:
+    """Mode F has no [0, 1] convention (Pillow's convert("F") gives 0..255): its own range goes through the model and
+    comes back, the same picture as the 8-bit one's; the mapping follows the values (an affine change of them
+    changes the output alike), and NaN and inf are taken as the minimum and maximum."""
+    grey = Image.fromarray(photo_small).convert("L")
+    expected = np.asarray(up.upscale(grey)).astype(np.float64)
+    as_float = grey.convert("F")
+    lo, hi = np.asarray(as_float).min(), np.asarray(as_float).max()
+    out = up.upscale(as_float)
+    assert out.mode == "F" and out.size == (160, 192)
+    values = np.asarray(out)  # all ~1.0 when the values were clamped to [0, 1]
+    assert lo <= values.min() and values.max() <= hi and values.max() - values.min() > 0.75 * (hi - lo)
+    assert np.abs(values - expected).mean() < 6 and np.corrcoef(values.ravel(), expected.ravel())[0, 1] > 0.99
+    # a height map, metres below and above sea level, with two pixels without a value
+    heights = np.asarray(as_float) * 4.0 - 300.0
+    heights[5, 7], heights[20, 30] = np.nan, np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing outside [0, 1] reaches the model: no clipping warning
+        out_h = np.asarray(up.upscale(Image.fromarray(heights, mode="F")))
+    assert np.isfinite(out_h).all() and lo * 4 - 300 <= out_h.min() and out_h.max() <= hi * 4 - 300
+    unknown = np.zeros(heights.shape, bool)
+    unknown[5, 7] = unknown[20, 30] = True
+    far = ~ndimage.binary_dilation(unknown, iterations=8).repeat(4, 0).repeat(4, 1)
+    # the same picture away from them (the model's wide field sees them faintly: 1/10,000 of the range)
+    assert np.abs(out_h - (values * 4.0 - 300.0))[far].max() < 1e-4 * (hi - lo) * 4
+
+
+def test_numpy_float_outside_unit_range_warns_once(up: Upscaler, photo_small: np.ndarray) -> None:
+    """A float array in 0..255 is not silently turned white: one warning a call says how many values were clipped."""
+    as_float = photo_small.astype(np.float32)
+    with pytest.warns(ImageWarning, match=r"\d+ float values outside \[0, 1\] clipped") as caught:
+        out = up.upscale(as_float)
+    assert len([w for w in caught if issubclass(w.category, ImageWarning)]) == 1
+    assert out.dtype == np.float32 and out.max() <= 1.0
+    expected = int(np.count_nonzero(as_float > 1))
+    assert f"{expected} float values" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        up.upscale(as_float / 255)  # in range: nothing to say
+
+
 def test_pil_keeps_icc_and_exif(up: Upscaler, photo_small: np.ndarray) -> None:
     from PIL import ImageCms
 
