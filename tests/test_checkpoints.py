@@ -152,6 +152,19 @@ def test_safetensors_carries_architecture_and_provenance(tmp_path: Path, photo_s
         save_model(path, model)
 
 
+def test_save_model_refuses_a_name_other_tools_read_as_pytorch(tmp_path: Path) -> None:
+    """save_model writes safetensors: under a .pth/.pt name torch.load (and every tool that reads .pth) failed on it.
+    Refused before anything is written; convert_file makes the .pth, which torch.load and esrgan both read."""
+    model = _tiny()
+    for name in ("m.pth", "m.pt", "m"):
+        with pytest.raises(CheckpointError, match=r"writes safetensors: name the file \*\.safetensors"):
+            save_model(tmp_path / name, model)
+        assert not (tmp_path / name).exists()
+    pth = convert_file(save_model(tmp_path / "m.safetensors", model), tmp_path / "m.pth", layout="basicsr")
+    torch.load(pth, weights_only=True)
+    assert load_weights(pth).config == model.config
+
+
 @pytest.mark.parametrize("layout", ["basicsr", "esrgan", "old"])
 def test_convert_to_foreign_layouts_round_trips(tmp_path: Path, layout: str, photo_small: np.ndarray) -> None:
     model = _tiny(scale=4)

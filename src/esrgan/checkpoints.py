@@ -664,9 +664,19 @@ def save_model(
     half: bool = False,
 ) -> Path:
     """Write our format: safetensors with the hyperparameters (and provenance) in its metadata, atomically;
-    `half`: fp16 weights (half the file; loading makes them float32 again)."""
+    `half`: fp16 weights (half the file; loading makes them float32 again).
+
+    The name must end in .safetensors: under a .pth name it would be a file torch.load cannot read. A .pth holds
+    tensors only (not the hyperparameters or metadata written here); convert_file writes one in another tool's
+    layout from this file.
+    """
     from safetensors.torch import save
 
+    if Path(path).suffix != ".safetensors":  # checked before any work: nothing is written under another name
+        raise CheckpointError(
+            f"{path}: save_model writes safetensors: name the file *.safetensors (for a .pth, convert that file: "
+            "esrgan convert --layout basicsr, or esrgan.checkpoints.convert_file)"
+        )
     if isinstance(model, RRDBNet | SRVGGNetCompact):
         config = config or model.config
         sd: Mapping[str, Tensor] = model.state_dict()
