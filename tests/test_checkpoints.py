@@ -152,6 +152,29 @@ def test_safetensors_carries_architecture_and_provenance(tmp_path: Path, photo_s
         save_model(path, model)
 
 
+def test_load_model_on_a_device_absent_here_is_a_clear_error(tmp_path: Path) -> None:
+    """load_model(device=) as Upscaler(device=) takes it: a device this machine lacks is one EsrganError line (torch
+    raised AssertionError "Torch not compiled with CUDA enabled"); auto and torch's own spellings still work."""
+    import esrgan
+    from esrgan.device import resolve_device
+    from esrgan.errors import EsrganError
+
+    path = save_model(tmp_path / "m.safetensors", _tiny())
+    absent = [name for name, here in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
+              if not here]  # fmt: skip
+    if not absent:
+        pytest.skip("both CUDA and MPS are available")
+    for device in (absent[0], f"{absent[0]}:0", torch.device(absent[0])):
+        with pytest.raises(EsrganError, match=f"device '{absent[0]}' is not available on this machine"):
+            esrgan.load_model(path, device=device)
+    with pytest.raises(EsrganError, match="unknown device 'gpu'"):
+        esrgan.load_model(path, device="gpu")
+    for device in ("auto", "cpu", torch.device("cpu")):
+        model = esrgan.load_model(path, device=device)
+        expected = "cpu" if device != "auto" else resolve_device("auto").type
+        assert next(model.parameters()).device.type == expected
+
+
 def test_save_model_refuses_a_name_other_tools_read_as_pytorch(tmp_path: Path) -> None:
     """save_model writes safetensors: under a .pth/.pt name torch.load (and every tool that reads .pth) failed on it.
     Refused before anything is written; convert_file makes the .pth, which torch.load and esrgan both read."""

@@ -648,9 +648,13 @@ def build_model(weights: LoadedWeights) -> Generator:
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Generator:
     """Build the generator (RRDBNet or SRVGGNetCompact) of any supported model file, in eval mode, no gradients.
 
-    Files only: names (`esrgan models`) are the zoo's, esrgan.zoo.load_model takes a name or a file.
+    Files only: names (`esrgan models`) are the zoo's, esrgan.zoo.load_model takes a name or a file. device: auto,
+    cpu, cuda, mps or anything torch.device takes ("cuda:1"); one absent here is an EsrganError, before loading.
     """
-    return build_model(load_weights(Path(path).expanduser())).to(device)
+    from .device import torch_device
+
+    where = torch_device(device)
+    return build_model(load_weights(Path(path).expanduser())).to(where)
 
 
 # --- saving and converting ----------------------------------------------------------------------------------------
