@@ -347,6 +347,22 @@ def test_numpy_grey_uint16_float(up: Upscaler, photo_small: np.ndarray) -> None:
     assert f64.dtype == np.float64
 
 
+def test_numpy_big_endian_arrays(up: Upscaler, photo_small: np.ndarray) -> None:
+    """Arrays in the other byte order (as read from a big-endian file or FITS) are the same values: the same output,
+    in native order; a big-endian uint16 array was refused ("must be uint8, uint16 or float, not >u2")."""
+    rgba = np.dstack([photo_small, np.full(photo_small.shape[:2], 200, np.uint8)])
+    for native in (
+        rgba.astype(np.uint16) * 257,
+        rgba.astype(np.float32) / 255,
+        photo_small.astype(np.float64) / 255,
+    ):
+        swapped = native.astype(native.dtype.newbyteorder("S"))  # the same values, bytes swapped
+        assert not swapped.dtype.isnative and np.array_equal(swapped, native)
+        out = up.upscale(swapped)
+        assert out.dtype == native.dtype and out.dtype.isnative
+        assert np.array_equal(out, up.upscale(native))
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16"])
 def test_pil_mode_is_kept(up: Upscaler, photo_small: np.ndarray, mode: str) -> None:
     if mode == "I;16":

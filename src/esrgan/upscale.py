@@ -460,7 +460,7 @@ class Upscaler:
     def upscale(self, image: ImageT, *, on_tile: Progress | None = None) -> ImageT:
         """Upscale a numpy array (HxW, HxWx1..4; uint8, uint16 or float in [0, 1]) or a PIL image; same type back.
 
-        numpy: same dtype and layout; float values outside [0, 1] are clipped to it (an ImageWarning says how
+        numpy: same dtype (in native byte order: a big-endian '>u2' array gives uint16) and layout; float values outside [0, 1] are clipped to it (an ImageWarning says how
         many), NaN is taken as 0. PIL: same mode (L, LA, RGB, RGBA, I;16, I, F), except palette -> RGB/RGBA,
         1 -> L, CMYK/YCbCr/LAB/HSV -> RGB; EXIF in image.info is carried over, and the ICC profile where its colour
         space fits the output (RGB for RGB/RGBA, GRAY for the grey modes): a CMYK image with a CMYK profile is
@@ -549,7 +549,8 @@ class Upscaler:
     def upscale_planes(
         self, colour: np.ndarray, alpha: np.ndarray | None, *, on_tile: Progress | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The core: colour HxWx1 or HxWx3 and optional alpha HxW, both uint8, uint16 or float, same dtype.
+        """The core: colour HxWx1 or HxWx3 and optional alpha HxW, both uint8, uint16 or float, same dtype (either
+        byte order; the output is in native order).
 
         Returns (colour, alpha) at the output size, in the input dtype. Float is taken to be in [0, 1]: values
         outside are clipped to it (one ImageWarning a call says how many), NaN becomes 0; the output is clamped.
@@ -558,6 +559,10 @@ class Upscaler:
             raise EsrganError(f"colour must be HxWx1 or HxWx3, not {colour.shape}")
         if alpha is not None and alpha.shape != colour.shape[:2]:
             raise EsrganError(f"alpha must be {colour.shape[:2]}, not {alpha.shape}")
+        if not colour.dtype.isnative:  # big-endian ('>u2'): computed, and returned, in native order
+            colour = colour.astype(colour.dtype.newbyteorder("="))
+        if alpha is not None and not alpha.dtype.isnative:
+            alpha = alpha.astype(alpha.dtype.newbyteorder("="))
         dtype = colour.dtype
         if dtype.kind == "f":
             colour = colour.astype(np.float32, copy=False)
@@ -949,6 +954,8 @@ class Upscaler:
             raise EsrganError(f"expected an HxW or HxWxC (C = 1..4) image array, not shape {array.shape}")
         if array.shape[0] == 0 or array.shape[1] == 0:
             raise EsrganError(f"empty image of shape {array.shape}")
+        if not array.dtype.isnative:  # e.g. '>u2' from a big-endian file: same values, output in native order
+            array = array.astype(array.dtype.newbyteorder("="))
         a = array[:, :, None] if array.ndim == 2 else array
         n_colour = 1 if a.shape[2] <= 2 else 3
         alpha = a[:, :, n_colour] if a.shape[2] in (2, 4) else None
