@@ -37,13 +37,37 @@ def _image(photo_small: np.ndarray, channels: int = 3) -> torch.Tensor:
 def _tiny(seed: int = 0, **kw: object) -> RRDBNet:
     args: dict[str, object] = dict(num_feat=16, num_block=2, num_grow=8, scale=4)
     args.update(kw)
-    return randomize(RRDBNet(**args), seed)  # type: ignore[arg-type, return-value]
+    return randomize(RRDBNet(**args), seed)  # type: ignore[call-overload, return-value]
 
 
 # --- generator ------------------------------------------------------------------------------------------------------
 def test_paper_size_parameter_count() -> None:
     with torch.device("meta"):
         assert count_parameters(RRDBNet(num_feat=64, num_block=23, num_grow=32, scale=4)) == 16_697_987
+
+
+def test_rrdbnet_takes_its_config_as_srvggnetcompact_does(photo_small: np.ndarray) -> None:
+    """RRDBNet(RRDBConfig(...)) builds the network its keywords build (it raised TypeError, while
+    SRVGGNetCompact(CompactConfig(...)) worked); a config and keywords together, or another config, are refused."""
+    from esrgan import CompactConfig, SRVGGNetCompact
+    from esrgan.generator import RRDBConfig
+
+    by_keywords = RRDBNet(num_feat=16, num_block=2, num_grow=8, scale=2, pixel_unshuffle=False, plus=True)
+    config = RRDBConfig(num_feat=16, num_block=2, num_grow=8, scale=2, pixel_unshuffle=False, plus=True)
+    by_config = RRDBNet(config)
+    assert by_config.config == by_keywords.config == RRDBNet.from_config(config).config == config
+    assert {k: v.shape for k, v in by_config.state_dict().items()} == {
+        k: v.shape for k, v in by_keywords.state_dict().items()
+    }
+    by_config.load_state_dict(randomize(by_keywords, 1).state_dict())
+    x = _image(photo_small)[..., :16, :12]
+    with torch.no_grad():
+        assert torch.equal(by_config.eval()(x), by_keywords.eval()(x))
+    assert SRVGGNetCompact(CompactConfig(num_conv=2)).config.num_conv == 2
+    with pytest.raises(TypeError, match="a config or keyword hyperparameters, not both"):
+        RRDBNet(config, num_feat=16)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="RRDBNet takes an RRDBConfig, not CompactConfig"):
+        RRDBNet(CompactConfig())  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
