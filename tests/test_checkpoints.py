@@ -37,13 +37,37 @@ def _image(photo_small: np.ndarray, channels: int = 3) -> torch.Tensor:
 def _tiny(seed: int = 0, **kw: object) -> RRDBNet:
     args: dict[str, object] = dict(num_feat=16, num_block=2, num_grow=8, scale=4)
     args.update(kw)
-    return randomize(RRDBNet(**args), seed)  # type: ignore[arg-type, return-value]
+    return randomize(RRDBNet(**args), seed)  # type: ignore[call-overload, return-value]
 
 
 # --- generator ------------------------------------------------------------------------------------------------------
 def test_paper_size_parameter_count() -> None:
     with torch.device("meta"):
         assert count_parameters(RRDBNet(num_feat=64, num_block=23, num_grow=32, scale=4)) == 16_697_987
+
+
+def test_rrdbnet_takes_its_config_as_srvggnetcompact_does(photo_small: np.ndarray) -> None:
+    """RRDBNet(RRDBConfig(...)) builds the network its keywords build (it raised TypeError, while
+    SRVGGNetCompact(CompactConfig(...)) worked); a config and keywords together, or another config, are refused."""
+    from esrgan import CompactConfig, SRVGGNetCompact
+    from esrgan.generator import RRDBConfig
+
+    by_keywords = RRDBNet(num_feat=16, num_block=2, num_grow=8, scale=2, pixel_unshuffle=False, plus=True)
+    config = RRDBConfig(num_feat=16, num_block=2, num_grow=8, scale=2, pixel_unshuffle=False, plus=True)
+    by_config = RRDBNet(config)
+    assert by_config.config == by_keywords.config == RRDBNet.from_config(config).config == config
+    assert {k: v.shape for k, v in by_config.state_dict().items()} == {
+        k: v.shape for k, v in by_keywords.state_dict().items()
+    }
+    by_config.load_state_dict(randomize(by_keywords, 1).state_dict())
+    x = _image(photo_small)[..., :16, :12]
+    with torch.no_grad():
+        assert torch.equal(by_config.eval()(x), by_keywords.eval()(x))
+    assert SRVGGNetCompact(CompactConfig(num_conv=2)).config.num_conv == 2
+    with pytest.raises(TypeError, match="a config or keyword hyperparameters, not both"):
+        RRDBNet(config, num_feat=16)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="RRDBNet takes an RRDBConfig, not CompactConfig"):
+        RRDBNet(CompactConfig())  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
@@ -150,6 +174,42 @@ def test_safetensors_carries_architecture_and_provenance(tmp_path: Path, photo_s
         torch.testing.assert_close(load_model(path)(x), model(x))
     with pytest.raises(FileExistsError):
         save_model(path, model)
+
+
+def test_load_model_on_a_device_absent_here_is_a_clear_error(tmp_path: Path) -> None:
+    """load_model(device=) as Upscaler(device=) takes it: a device this machine lacks is one EsrganError line (torch
+    raised AssertionError "Torch not compiled with CUDA enabled"); auto and torch's own spellings still work."""
+    import esrgan
+    from esrgan.device import resolve_device
+    from esrgan.errors import EsrganError
+
+    path = save_model(tmp_path / "m.safetensors", _tiny())
+    absent = [name for name, here in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
+              if not here]  # fmt: skip
+    if not absent:
+        pytest.skip("both CUDA and MPS are available")
+    for device in (absent[0], f"{absent[0]}:0", torch.device(absent[0])):
+        with pytest.raises(EsrganError, match=f"device '{absent[0]}' is not available on this machine"):
+            esrgan.load_model(path, device=device)
+    with pytest.raises(EsrganError, match="unknown device 'gpu'"):
+        esrgan.load_model(path, device="gpu")
+    for device in ("auto", "cpu", torch.device("cpu")):
+        model = esrgan.load_model(path, device=device)
+        expected = "cpu" if device != "auto" else resolve_device("auto").type
+        assert next(model.parameters()).device.type == expected
+
+
+def test_save_model_refuses_a_name_other_tools_read_as_pytorch(tmp_path: Path) -> None:
+    """save_model writes safetensors: under a .pth/.pt name torch.load (and every tool that reads .pth) failed on it.
+    Refused before anything is written; convert_file makes the .pth, which torch.load and esrgan both read."""
+    model = _tiny()
+    for name in ("m.pth", "m.pt", "m"):
+        with pytest.raises(CheckpointError, match=r"writes safetensors: name the file \*\.safetensors"):
+            save_model(tmp_path / name, model)
+        assert not (tmp_path / name).exists()
+    pth = convert_file(save_model(tmp_path / "m.safetensors", model), tmp_path / "m.pth", layout="basicsr")
+    torch.load(pth, weights_only=True)
+    assert load_weights(pth).config == model.config
 
 
 @pytest.mark.parametrize("layout", ["basicsr", "esrgan", "old"])

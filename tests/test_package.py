@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "esrgan"
@@ -104,3 +106,16 @@ class Methods:
         from esrgan.g import G
 """
     assert _module_imports(source, {"a", "b", "c", "d", "e", "f", "g"}) == {"a", "c", "d", "e", "f", "g"}
+
+
+def test_dir_lists_the_lazy_exports_without_importing_them() -> None:
+    """dir(esrgan) (tab completion, help()) shows the public API, which __getattr__ imports only when used: it
+    listed none of it. In a fresh interpreter: listing must not import torch."""
+    code = (
+        "import sys, esrgan; names = dir(esrgan); "
+        "assert set(esrgan.__all__) <= set(names), sorted(set(esrgan.__all__) - set(names)); "
+        "assert 'torch' not in sys.modules, 'dir imported torch'; "
+        "assert all(getattr(esrgan, n) is not None for n in esrgan.__all__)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -20,7 +20,7 @@ from esrgan.device import (
 )
 from esrgan.errors import EsrganError
 from esrgan.generator import RRDBNet
-from esrgan.imagedata import ImageData
+from esrgan.imagedata import ImageData, ImageWarning
 from esrgan.tiling import TileError, tile_grid
 from esrgan.upscale import OutOfMemoryWarning, Upscaler, bleed_colour
 
@@ -365,6 +365,22 @@ def test_numpy_grey_uint16_float(up: Upscaler, photo_small: np.ndarray) -> None:
     assert f64.dtype == np.float64
 
 
+def test_numpy_big_endian_arrays(up: Upscaler, photo_small: np.ndarray) -> None:
+    """Arrays in the other byte order (as read from a big-endian file or FITS) are the same values: the same output,
+    in native order; a big-endian uint16 array was refused ("must be uint8, uint16 or float, not >u2")."""
+    rgba = np.dstack([photo_small, np.full(photo_small.shape[:2], 200, np.uint8)])
+    for native in (
+        rgba.astype(np.uint16) * 257,
+        rgba.astype(np.float32) / 255,
+        photo_small.astype(np.float64) / 255,
+    ):
+        swapped = native.astype(native.dtype.newbyteorder("S"))  # the same values, bytes swapped
+        assert not swapped.dtype.isnative and np.array_equal(swapped, native)
+        out = up.upscale(swapped)
+        assert out.dtype == native.dtype and out.dtype.isnative
+        assert np.array_equal(out, up.upscale(native))
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16"])
 def test_pil_mode_is_kept(up: Upscaler, photo_small: np.ndarray, mode: str) -> None:
     if mode == "I;16":
@@ -378,6 +394,47 @@ def test_pil_mode_is_kept(up: Upscaler, photo_small: np.ndarray, mode: str) -> N
         assert np.asarray(out).max() > 255  # really 16-bit values, not 8-bit ones in a 16-bit container
 
 
+def test_pil_float_image_keeps_its_range(up: Upscaler, photo_small: np.ndarray) -> None:
+    """Mode F has no [0, 1] convention (Pillow's convert("F") gives 0..255): its own range goes through the model and
+    comes back, the same picture as the 8-bit one's; the mapping follows the values (an affine change of them
+    changes the output alike), and NaN and inf are taken as the minimum and maximum."""
+    grey = Image.fromarray(photo_small).convert("L")
+    expected = np.asarray(up.upscale(grey)).astype(np.float64)
+    as_float = grey.convert("F")
+    lo, hi = np.asarray(as_float).min(), np.asarray(as_float).max()
+    out = up.upscale(as_float)
+    assert out.mode == "F" and out.size == (160, 192)
+    values = np.asarray(out)  # all ~1.0 when the values were clamped to [0, 1]
+    assert lo <= values.min() and values.max() <= hi and values.max() - values.min() > 0.75 * (hi - lo)
+    assert np.abs(values - expected).mean() < 6 and np.corrcoef(values.ravel(), expected.ravel())[0, 1] > 0.99
+    # a height map, metres below and above sea level, with two pixels without a value
+    heights = np.asarray(as_float) * 4.0 - 300.0
+    heights[5, 7], heights[20, 30] = np.nan, np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing outside [0, 1] reaches the model: no clipping warning
+        out_h = np.asarray(up.upscale(Image.fromarray(heights, mode="F")))
+    assert np.isfinite(out_h).all() and lo * 4 - 300 <= out_h.min() and out_h.max() <= hi * 4 - 300
+    unknown = np.zeros(heights.shape, bool)
+    unknown[5, 7] = unknown[20, 30] = True
+    far = ~ndimage.binary_dilation(unknown, iterations=8).repeat(4, 0).repeat(4, 1)
+    # the same picture away from them (the model's wide field sees them faintly: 1/10,000 of the range)
+    assert np.abs(out_h - (values * 4.0 - 300.0))[far].max() < 1e-4 * (hi - lo) * 4
+
+
+def test_numpy_float_outside_unit_range_warns_once(up: Upscaler, photo_small: np.ndarray) -> None:
+    """A float array in 0..255 is not silently turned white: one warning a call says how many values were clipped."""
+    as_float = photo_small.astype(np.float32)
+    with pytest.warns(ImageWarning, match=r"\d+ float values outside \[0, 1\] clipped") as caught:
+        out = up.upscale(as_float)
+    assert len([w for w in caught if issubclass(w.category, ImageWarning)]) == 1
+    assert out.dtype == np.float32 and out.max() <= 1.0
+    expected = int(np.count_nonzero(as_float > 1))
+    assert f"{expected} float values" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        up.upscale(as_float / 255)  # in range: nothing to say
+
+
 def test_pil_keeps_icc_and_exif(up: Upscaler, photo_small: np.ndarray) -> None:
     from PIL import ImageCms
 
@@ -389,6 +446,32 @@ def test_pil_keeps_icc_and_exif(up: Upscaler, photo_small: np.ndarray) -> None:
     img.info["exif"] = exif.tobytes()
     out = up.upscale(img)
     assert out.info["icc_profile"] == icc and out.info["exif"] == exif.tobytes()
+
+
+def test_pil_profile_is_kept_only_where_it_fits_the_output(up: Upscaler, photo_small: np.ndarray) -> None:
+    """Modes converted to RGB on the way keep the ICC profile only where its colour space is the output's: the Lab
+    profile Pillow gives a LAB image, left on the RGB output, makes colour-managed conversion of it fail."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = Image.fromarray(photo_small)
+    rgb.info["icc_profile"] = srgb
+    expected = up.upscale(photo_small).astype(np.float64)
+    lab = rgb.convert("LAB")
+    assert lab.info["icc_profile"][16:20] == b"Lab "
+    out = up.upscale(lab)
+    assert out.mode == "RGB" and "icc_profile" not in out.info
+    assert np.abs(np.asarray(out) - expected).mean() < 3  # the same picture, through LAB and back
+    for mode in ("YCbCr", "HSV"):  # converted by Pillow's own maths: the sRGB profile describes the RGB again
+        out = up.upscale(rgb.convert(mode))
+        assert out.mode == "RGB" and out.info["icc_profile"] == srgb
+    # a CMYK image's profile must be a CMYK one: an RGB profile on it cannot convert it (naive conversion, none)
+    with pytest.warns(ImageWarning, match="PIL image: CMYK profile unusable"):
+        out = up.upscale(rgb.convert("CMYK"))
+    assert out.mode == "RGB" and "icc_profile" not in out.info
+    assert np.abs(np.asarray(out) - expected).mean() < 3
+    grey = up.upscale(rgb.convert("L"))  # an RGB profile does not describe grey pixels
+    assert grey.mode == "L" and "icc_profile" not in grey.info
 
 
 def test_upscale_image_keeps_everything_but_the_pixels(up: Upscaler, photo_small: np.ndarray) -> None:

@@ -359,6 +359,25 @@ def test_errors_name_the_file(up: Upscaler, clips: dict[str, Path], tmp_path: Pa
     assert not list(tmp_path.iterdir())
 
 
+def test_av1_quiets_svt_av1_only_while_it_opens_an_encoder(
+    up: Upscaler,
+    clips: dict[str, Path],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SVT-AV1 reads SVT_LOG when an encoder opens: set to 1 (errors only) around each opening and removed after
+    (it was left in os.environ for good, inherited by every child process); a value the caller set is kept."""
+    monkeypatch.delenv("SVT_LOG", raising=False)
+    done = upscale_video(up, clips["25"], tmp_path / "a.mkv", codec="av1", frames=(0, 3), segment_frames=2)
+    assert done.frames == 3 and "SVT_LOG" not in os.environ
+    out, err = capfd.readouterr()
+    assert "SVT" not in out + err  # still quiet: the banner and settings, ~40 lines per segment
+    monkeypatch.setenv("SVT_LOG", "2")
+    upscale_video(up, clips["25"], tmp_path / "b.mkv", codec="av1", frames=(0, 1))
+    assert os.environ["SVT_LOG"] == "2"
+
+
 def test_a_frame_size_the_encoder_refuses_is_said_before_any_frame_is_upscaled(tmp_path: Path) -> None:
     """libx264 (and SVT-AV1) stop at 16384 pixels a side: a 1100x16 clip at --outscale 16 (17600x256) was refused
     by FFmpeg as "Generic error in an external library" after the first frame's work. The encoder is now opened

@@ -56,3 +56,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'esrgan' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy exports too (tab completion, help()), without importing them."""
+    return sorted({*globals(), *_LAZY})

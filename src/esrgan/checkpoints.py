@@ -648,9 +648,13 @@ def build_model(weights: LoadedWeights) -> Generator:
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Generator:
     """Build the generator (RRDBNet or SRVGGNetCompact) of any supported model file, in eval mode, no gradients.
 
-    Files only: names (`esrgan models`) are the zoo's, esrgan.zoo.load_model takes a name or a file.
+    Files only: names (`esrgan models`) are the zoo's, esrgan.zoo.load_model takes a name or a file. device: auto,
+    cpu, cuda, mps or anything torch.device takes ("cuda:1"); one absent here is an EsrganError, before loading.
     """
-    return build_model(load_weights(Path(path).expanduser())).to(device)
+    from .device import torch_device
+
+    where = torch_device(device)
+    return build_model(load_weights(Path(path).expanduser())).to(where)
 
 
 # --- saving and converting ----------------------------------------------------------------------------------------
@@ -664,9 +668,19 @@ def save_model(
     half: bool = False,
 ) -> Path:
     """Write our format: safetensors with the hyperparameters (and provenance) in its metadata, atomically;
-    `half`: fp16 weights (half the file; loading makes them float32 again)."""
+    `half`: fp16 weights (half the file; loading makes them float32 again).
+
+    The name must end in .safetensors: under a .pth name it would be a file torch.load cannot read. A .pth holds
+    tensors only (not the hyperparameters or metadata written here); convert_file writes one in another tool's
+    layout from this file.
+    """
     from safetensors.torch import save
 
+    if Path(path).suffix != ".safetensors":  # checked before any work: nothing is written under another name
+        raise CheckpointError(
+            f"{path}: save_model writes safetensors: name the file *.safetensors (for a .pth, convert that file: "
+            "esrgan convert --layout basicsr, or esrgan.checkpoints.convert_file)"
+        )
     if isinstance(model, RRDBNet | SRVGGNetCompact):
         config = config or model.config
         sd: Mapping[str, Tensor] = model.state_dict()

@@ -67,6 +67,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def torch_device(device: str | torch.device) -> torch.device:
+    """A device as load_model takes it: a name resolve_device knows (auto included), or what torch.device takes
+    ("cuda:1", a torch.device). One absent here, or unknown, is the same EsrganError as resolve_device's, where
+    torch's own would be an AssertionError ("Torch not compiled with CUDA enabled") at the first tensor moved."""
+    if isinstance(device, str) and device in DEVICES:
+        return resolve_device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # torch's "Expected one of cpu, cuda, ... device type at start of device string"
+        raise EsrganError(
+            f"unknown device {device!r} (choose from {', '.join(DEVICES)}, or e.g. cuda:1)"
+        ) from None
+    if dev.type in ("cuda", "mps"):
+        resolve_device(dev.type)  # absent: raises
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EsrganError(
+            f"device {str(dev)!r} is not available on this machine ({torch.cuda.device_count()} CUDA devices)"
+        )
+    return dev
+
+
 def cpu_has_native_bf16() -> bool:
     """True if the CPU has bf16 arithmetic instructions that oneDNN uses (x86 avx512_bf16 / amx_bf16, Arm bf16).
 

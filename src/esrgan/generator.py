@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +134,10 @@ class RRDB(nn.Module):
 class RRDBNet(nn.Module):
     """The ESRGAN generator. Paper size (x4, 64 features, 23 blocks, growth 32) has 16,697,987 parameters."""
 
+    @overload
+    def __init__(self, config: RRDBConfig) -> None: ...
+
+    @overload
     def __init__(
         self,
         *,
@@ -146,36 +150,36 @@ class RRDBNet(nn.Module):
         pixel_unshuffle: bool = True,
         image_residual: bool = False,
         plus: bool = False,
-    ) -> None:
+    ) -> None: ...
+
+    def __init__(self, config: RRDBConfig | None = None, **hyperparameters: Any) -> None:
+        """RRDBNet(RRDBConfig(...)), as SRVGGNetCompact takes its config, or RRDBNet(num_feat=..., ...) with the
+        RRDBConfig fields as keywords (its defaults: the paper's network); not both."""
         super().__init__()
-        self.config = RRDBConfig(
-            num_in_ch, num_out_ch, num_feat, num_block, num_grow, scale, pixel_unshuffle, image_residual, plus
-        )
-        cfg = self.config
-        self.conv_first = nn.Conv2d(num_in_ch * cfg.unshuffle**2, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(num_feat, num_grow, plus) for _ in range(num_block)))
+        if config is None:
+            config = RRDBConfig(**hyperparameters)
+        elif not isinstance(config, RRDBConfig):
+            raise TypeError(f"RRDBNet takes an RRDBConfig, not {type(config).__name__}")
+        elif hyperparameters:
+            raise TypeError(
+                f"RRDBNet takes a config or keyword hyperparameters, not both (got {', '.join(hyperparameters)})"
+            )
+        self.config = cfg = config
+        num_feat = cfg.num_feat
+        self.conv_first = nn.Conv2d(cfg.num_in_ch * cfg.unshuffle**2, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*(RRDB(num_feat, cfg.num_grow, cfg.plus) for _ in range(cfg.num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         # conv_up1..conv_upN as plain attributes so the state-dict keys are the BasicSR ones
         self.upsample_names = [f"conv_up{n + 1}" for n in range(cfg.num_upsample)]
         for name in self.upsample_names:
             self.add_module(name, nn.Conv2d(num_feat, num_feat, 3, 1, 1))
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, cfg.num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     @classmethod
     def from_config(cls, config: RRDBConfig) -> RRDBNet:
-        return cls(
-            num_in_ch=config.num_in_ch,
-            num_out_ch=config.num_out_ch,
-            num_feat=config.num_feat,
-            num_block=config.num_block,
-            num_grow=config.num_grow,
-            scale=config.scale,
-            pixel_unshuffle=config.pixel_unshuffle,
-            image_residual=config.image_residual,
-            plus=config.plus,
-        )
+        return cls(config)
 
     @property
     def scale(self) -> int:

@@ -63,11 +63,13 @@ __all__ = [
     "ImageData",
     "ImageWarning",
     "check_writable",
+    "cmyk_to_rgb",
     "file_in_hand",
     "from_float",
     "in_hand",
     "list_images",
     "output_format",
+    "profile_fits",
     "read_image",
     "special_file",
     "straighten",
@@ -501,7 +503,7 @@ def _pil_to_arrays(
         alpha = _transparency_alpha(grey, im.info.get("transparency"), 65535) if transparent else None
         return grey[:, :, None], alpha, 16, icc
     if mode == "CMYK":
-        rgb, icc = _cmyk_to_rgb(im, path, icc)
+        rgb, icc = cmyk_to_rgb(im, path, icc)
         return rgb, None, 8, icc
     target = PIL_LAYOUTS.get(mode)
     if transparent and mode in ("L", "P", "RGB"):
@@ -525,9 +527,10 @@ def _transparency_alpha(grey: np.ndarray, key: object, opaque: int) -> np.ndarra
     return np.where(grey == key, 0, opaque).astype(grey.dtype)
 
 
-def _cmyk_to_rgb(im: Image.Image, path: Path, icc: bytes | None) -> tuple[np.ndarray, bytes | None]:
+def cmyk_to_rgb(im: Image.Image, name: str | Path, icc: bytes | None) -> tuple[np.ndarray, bytes | None]:
     """CMYK -> RGB: through the embedded CMYK profile to sRGB when there is one (returned with an sRGB profile);
-    otherwise Pillow's naive R = 255 - C - K conversion (no profile: the CMYK one no longer applies)."""
+    otherwise Pillow's naive R = 255 - C - K conversion (no profile: the CMYK one no longer applies).
+    name: the image in the warning about an unusable profile (a path, or "PIL image" for Upscaler.upscale)."""
     if icc:
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
@@ -536,7 +539,7 @@ def _cmyk_to_rgb(im: Image.Image, path: Path, icc: bytes | None) -> tuple[np.nda
                 return np.asarray(rgb), _srgb_profile()
         except (ImageCms.PyCMSError, OSError, ValueError) as exc:
             warnings.warn(
-                f"{path}: CMYK profile unusable ({_one_line(exc)}); naive conversion",
+                f"{name}: CMYK profile unusable ({_one_line(exc)}); naive conversion",
                 ImageWarning,
                 stacklevel=4,
             )
@@ -1319,16 +1322,23 @@ def _measurements_as_photo(image: ImageData, fmt: str, path: Path) -> ImageData:
     return datatiff.as_photo(image)
 
 
+def profile_fits(icc: bytes | None, channels: int) -> bool:
+    """Whether an ICC profile's data colour space (header bytes 16-20) describes pixels of `channels` colour
+    channels (alpha not counted): GRAY for 1, RGB for 3. A profile of another space (Lab, CMYK, a grey one on
+    RGB data) misleads colour-managed viewers, or makes them fail, on those pixels."""
+    space = icc[16:20] if icc else b""
+    return (space == b"GRAY" and channels == 1) or (space == b"RGB " and channels == 3)
+
+
 def _profile_fitting(icc: bytes | None, channels: int, path: Path) -> bytes | None:
-    """The ICC profile if its colour space (header bytes 16-20) describes the stored pixels, else None with a
-    warning: a grey profile on RGB data (a grey photo upscaled in colour) misleads colour-managed viewers."""
+    """The ICC profile if it fits the stored pixels (profile_fits), else None with a warning: e.g. a grey profile
+    on RGB data (a grey photo upscaled in colour)."""
     if not icc:
         return None
-    space = icc[16:20]
-    if (space == b"GRAY" and channels == 1) or (space == b"RGB " and channels == 3):
+    if profile_fits(icc, channels):
         return icc
     kind = "grey" if channels == 1 else "RGB"
-    space_name = space.decode("latin-1").strip() or "unknown"
+    space_name = icc[16:20].decode("latin-1").strip() or "unknown"
     warnings.warn(
         f"{path}: {space_name} ICC profile does not fit {kind} pixels; not written",
         ImageWarning,

@@ -17,7 +17,10 @@ How the image kinds are handled (and why):
   the holes of finer ones). Pixels with any opacity keep their colour exactly. This is "colour bleeding" rather
   than premultiplying: premultiplied colour would darken the edge for the model, and dividing by the upscaled
   alpha afterwards amplifies the model's errors where alpha is small.
-- 8-bit stays 8-bit, 16-bit stays 16-bit, float stays float (assumed in [0, 1]; the output is clamped to it).
+- 8-bit stays 8-bit, 16-bit stays 16-bit, float stays float. A float array is taken to be in [0, 1] (values
+  outside are clipped, with a warning; the output is clamped to it). A PIL "F" image has no such convention
+  (Pillow's convert("F") gives 0..255, float TIFFs hold any range), so its own finite min..max is mapped to [0, 1]
+  and the output mapped back, as the CLI does for float TIFFs (esrgan.datatiff).
 - Precision: 16-bit and float inputs are computed in fp32 whatever the precision asked for (a warning says so when
   bf16 or fp16 was asked for explicitly). bf16 keeps 8 significant bits: a real 16-bit photo computed in it comes
   out with ~1,700 distinct levels where fp32 gives ~48,000 (a median step of 85/65535, i.e. ~9-10 bits); fp16
@@ -33,6 +36,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -57,7 +61,7 @@ from .device import (
 )
 from .errors import CheckpointError, EsrganError, OutOfMemoryWarning, one_line, out_of_memory
 from .generator import RRDBNet
-from .imageio import PIL_LAYOUTS, ImageData
+from .imageio import PIL_LAYOUTS, ImageData, ImageWarning, cmyk_to_rgb, profile_fits
 from .tiling import (
     EXACT_COST,
     FLUSH_BYTES,
@@ -480,8 +484,13 @@ class Upscaler:
     def upscale(self, image: ImageT, *, on_tile: Progress | None = None) -> ImageT:
         """Upscale a numpy array (HxW, HxWx1..4; uint8, uint16 or float in [0, 1]) or a PIL image; same type back.
 
-        numpy: same dtype and layout. PIL: same mode (L, LA, RGB, RGBA, I;16, I, F), except palette -> RGB/RGBA,
-        1 -> L, CMYK/YCbCr/LAB/HSV -> RGB; the ICC profile and EXIF in image.info are carried over.
+        numpy: same dtype (in native byte order: a big-endian '>u2' array gives uint16) and layout; float values
+        outside [0, 1] are clipped to it (an ImageWarning says how many), NaN is taken as 0. PIL: same mode (L, LA, RGB, RGBA, I;16, I, F), except palette -> RGB/RGBA,
+        1 -> L, CMYK/YCbCr/LAB/HSV -> RGB; EXIF in image.info is carried over, and the ICC profile where its colour
+        space fits the output (RGB for RGB/RGBA, GRAY for the grey modes): a CMYK image with a CMYK profile is
+        converted through it to sRGB (and carries an sRGB profile), other colour spaces' profiles are dropped.
+        Mode F keeps its range: its finite min..max is mapped to [0, 1] for the model and the output back to it
+        (NaN and -inf come back as the minimum, +inf as the maximum).
         """
         if isinstance(image, Image.Image):
             return self._upscale_pil(image, on_tile)
@@ -564,18 +573,33 @@ class Upscaler:
     def upscale_planes(
         self, colour: np.ndarray, alpha: np.ndarray | None, *, on_tile: Progress | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The core: colour HxWx1 or HxWx3 and optional alpha HxW, both uint8, uint16 or float, same dtype.
+        """The core: colour HxWx1 or HxWx3 and optional alpha HxW, both uint8, uint16 or float, same dtype (either
+        byte order; the output is in native order).
 
-        Returns (colour, alpha) at the output size, in the input dtype (float is clamped to [0, 1]).
+        Returns (colour, alpha) at the output size, in the input dtype. Float is taken to be in [0, 1]: values
+        outside are clipped to it (one ImageWarning a call says how many), NaN becomes 0; the output is clamped.
         """
         if colour.ndim != 3 or colour.shape[2] not in (1, 3):
             raise EsrganError(f"colour must be HxWx1 or HxWx3, not {colour.shape}")
         if alpha is not None and alpha.shape != colour.shape[:2]:
             raise EsrganError(f"alpha must be {colour.shape[:2]}, not {alpha.shape}")
+        if not colour.dtype.isnative:  # big-endian ('>u2'): computed, and returned, in native order
+            colour = colour.astype(colour.dtype.newbyteorder("="))
+        if alpha is not None and not alpha.dtype.isnative:
+            alpha = alpha.astype(alpha.dtype.newbyteorder("="))
         dtype = colour.dtype
         if dtype.kind == "f":
-            colour = np.clip(np.nan_to_num(colour.astype(np.float32, copy=False)), 0.0, 1.0)
-            alpha = None if alpha is None else np.clip(np.nan_to_num(alpha.astype(np.float32)), 0.0, 1.0)
+            colour = colour.astype(np.float32, copy=False)
+            alpha = None if alpha is None else alpha.astype(np.float32, copy=False)
+            outside = sum(int(np.count_nonzero((p < 0) | (p > 1))) for p in (colour, alpha) if p is not None)
+            if outside:  # said, not silently changed: e.g. 0..255 floats would come back all white
+                warnings.warn(
+                    f"{outside} float values outside [0, 1] clipped to it (float images are taken to be in [0, 1])",
+                    ImageWarning,
+                    stacklevel=2,
+                )
+            colour = np.clip(np.nan_to_num(colour), 0.0, 1.0)
+            alpha = None if alpha is None else np.clip(np.nan_to_num(alpha), 0.0, 1.0)
         elif dtype not in (np.uint8, np.uint16):
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
@@ -954,6 +978,8 @@ class Upscaler:
             raise EsrganError(f"expected an HxW or HxWxC (C = 1..4) image array, not shape {array.shape}")
         if array.shape[0] == 0 or array.shape[1] == 0:
             raise EsrganError(f"empty image of shape {array.shape}")
+        if not array.dtype.isnative:  # e.g. '>u2' from a big-endian file: same values, output in native order
+            array = array.astype(array.dtype.newbyteorder("="))
         a = array[:, :, None] if array.ndim == 2 else array
         n_colour = 1 if a.shape[2] <= 2 else 3
         alpha = a[:, :, n_colour] if a.shape[2] in (2, 4) else None
@@ -963,6 +989,18 @@ class Upscaler:
             planes = planes[:, :, 0]
         return planes.astype(array.dtype, copy=False)
 
+    def _upscale_float_range(self, values: np.ndarray, on_tile: Progress | None) -> np.ndarray:
+        """A float32 HxW image of any range (PIL mode F): its finite min..max mapped to [0, 1], upscaled, and the
+        output mapped back. NaN and -inf go in as the minimum, +inf as the maximum (the float array path's 0 and 1);
+        a constant image comes back constant."""
+        finite = values[np.isfinite(values)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        span = hi - lo
+        unit = (values.astype(np.float64) - lo) / span if span > 0 else np.zeros(values.shape)
+        unit = np.clip(np.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0).astype(np.float32)
+        out = self._upscale_numpy(unit, on_tile)
+        return (out.astype(np.float64) * span + lo).astype(np.float32)
+
     def _upscale_pil(self, image: Image.Image, on_tile: Progress | None) -> Image.Image:
         mode = image.mode
         if mode not in _PIL_MODES:
@@ -970,20 +1008,29 @@ class Upscaler:
         target = _PIL_MODES[mode]
         if mode == "P":
             target = "RGBA" if "transparency" in image.info else "RGB"
-        if target in ("I;16", "I", "F"):
+        icc = image.info.get("icc_profile") or None
+        if target == "F":
+            out = self._upscale_float_range(np.asarray(image, dtype=np.float32), on_tile)
+            result = Image.fromarray(out)
+        elif target in ("I;16", "I"):
             array = np.asarray(image)
             if target == "I":  # 32-bit integer images hold 16-bit data in practice (Pillow's 16-bit PNG mode)
-                array = np.clip(array, 0, 65535).astype(np.uint16)
-            elif target == "I;16":
-                array = array.astype(np.uint16)
+                array = np.clip(array, 0, 65535)
+            array = array.astype(np.uint16)
             out = self._upscale_numpy(array, on_tile)
             result = Image.fromarray(out.astype(np.int32) if target == "I" else out)
         else:
-            out = self._upscale_numpy(np.asarray(image if mode == target else image.convert(target)), on_tile)
+            if mode == "CMYK":  # through its CMYK profile to sRGB where it has one, as files are read
+                array, icc = cmyk_to_rgb(image, "PIL image", icc)
+            else:
+                array = np.asarray(image if mode == target else image.convert(target))
+            out = self._upscale_numpy(array, on_tile)
             result = Image.fromarray(out)
-        for key in ("icc_profile", "exif"):
-            if key in image.info:
-                result.info[key] = image.info[key]
+        # the profile only where it describes the output: a LAB, CMYK or YCbCr image's no longer does
+        if icc is not None and profile_fits(icc, 1 if out.ndim == 2 or out.shape[2] <= 2 else 3):
+            result.info["icc_profile"] = icc
+        if "exif" in image.info:
+            result.info["exif"] = image.info["exif"]
         return result
 
 

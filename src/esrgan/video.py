@@ -580,7 +580,8 @@ class _SegmentEncoder:
         _configure(ctx, plan)
         if self.global_header:
             ctx.flags |= av.codec.context.Flags.global_header
-        ctx.open()
+        with _quiet_encoder(plan):
+            ctx.open()
         return ctx
 
     def add(self, frame: _Frame, pixels: np.ndarray) -> None:
@@ -613,7 +614,8 @@ def _check_encoder_opens(av: Any, plan: _Plan, src: Path) -> None:
     ctx = av.CodecContext.create(plan.encoder, "w")
     _configure(ctx, plan)
     try:
-        ctx.open()
+        with _quiet_encoder(plan):
+            ctx.open()
     except (av.error.FFmpegError, ValueError) as exc:
         others = {"vp9": "--codec vp9", "ffv1": "--codec ffv1 (in .mkv)"}
         instead = " or ".join(v for k, v in others.items() if k != plan.codec)
@@ -634,11 +636,22 @@ def _configure(ctx: Any, plan: _Plan) -> None:
         if value:
             setattr(ctx, key, value)
     ctx.options = plan.encoder_options()
-    if plan.encoder == "libsvtav1":
-        # SVT-AV1 has no log option through FFmpeg: it reads SVT_LOG (1 = errors) when an encoder opens, and
-        # otherwise printed ~40 lines of banner and settings per segment (and, at our threads' low priority,
-        # "Failed to set thread priority"). A value the user set is kept.
-        os.environ.setdefault("SVT_LOG", "1")
+
+
+@contextlib.contextmanager
+def _quiet_encoder(plan: _Plan) -> Iterator[None]:
+    """Around opening an encoder: SVT-AV1 has no log option through FFmpeg; it reads SVT_LOG (1 = errors) when an
+    encoder opens, and otherwise printed ~40 lines of banner and settings per segment (and, at our threads' low
+    priority, "Failed to set thread priority"). Set for the opening only and removed after: the environment is the
+    caller's process's, which child processes inherit (it was left set). A value the user set is kept."""
+    if plan.encoder != "libsvtav1" or "SVT_LOG" in os.environ:
+        yield
+        return
+    os.environ["SVT_LOG"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("SVT_LOG", None)
 
 
 def _to_video_frame(av: Any, pixels: np.ndarray, frame: _Frame, plan: _Plan) -> Any:
@@ -1106,7 +1119,8 @@ def _mux(
         chapters = _chapters(inp, t0, end * plan.time_base)
         if chapters:
             out.set_chapters(chapters)
-        out.start_encoding()
+        with _quiet_encoder(plan):  # opens the encoder (for its headers; no frame is encoded here)
+            out.start_encoding()
         if bytes(vout.codec_context.extradata or b"") != extradata:
             raise VideoError(
                 f"{inp.name}: the encoder's headers changed between segments; rerun with --overwrite"

@@ -286,7 +286,8 @@ def resolve_model_path(path_or_name: str | Path) -> Path:
 
 
 def load_model(path_or_name: str | Path, *, device: str | torch.device = "cpu") -> Generator:
-    """A generator from a model name (see `esrgan models`) or any model file (esrgan.checkpoints.load_model)."""
+    """A generator from a model name (see `esrgan models`) or any model file (esrgan.checkpoints.load_model), on
+    `device`: auto, cpu, cuda, mps or anything torch.device takes; one absent here is an EsrganError."""
     from .checkpoints import load_model as load_file
 
     return load_file(resolve_model_path(path_or_name), device=device)
