@@ -701,6 +701,23 @@ def test_one_upscaler_serves_several_threads_at_once(photo: np.ndarray, precisio
         np.testing.assert_array_equal(out, alone[k % 4])
 
 
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_every_tiny_image_is_upscaled_with_the_automatic_tile(photo: np.ndarray, scale: int) -> None:
+    """Images of 1..5 pixels a side with the automatic tile: an x2 model (pixel-unshuffle) refused 3-pixel sides
+    ("a tile overlap of 2 needs tiles larger than 2"): the image is one tile, but the layouts were still weighed
+    for it. Every size gives the whole-image pass's pixels."""
+    torch.manual_seed(0)
+    model = RRDBNet(num_feat=8, num_block=1, num_grow=4, scale=scale).eval()
+    auto = Upscaler(model, device="cpu", precision="fp32")
+    whole = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    for h in range(1, 6):
+        for w in range(1, 6):
+            crop = np.ascontiguousarray(photo[200 : 200 + h, 300 : 300 + w])
+            out = auto.upscale(crop)
+            assert out.shape == (h * scale, w * scale, 3)
+            np.testing.assert_array_equal(out, whole.upscale(crop))
+
+
 @pytest.mark.parametrize("shape", [(3, 200, 4), (200, 2), (1, 1, 3)])
 def test_thin_images_with_tiling(photo: np.ndarray, shape: tuple[int, ...]) -> None:
     """Regression: with tiling on, images thinner than the tile overlap (16) were refused."""

@@ -425,6 +425,8 @@ class Upscaler:
                 )
             if self._overlap_given:  # an overlap given without a tile: the automatic tile leaves room for it
                 tile = max(tile, self._least_tile())
+            if tile >= max(height, width):  # one tile: whole, no layout to weigh (a 3x3 image's was an error)
+                return 0
             # the blend's overlap follows the tile, so it is balanced here; the exact overlap does not (the largest
             # tile, which tile_grid balances for it), and is taken if it costs at most EXACT_COST x that blend
             blend = balanced_tile(max(height, width), tile, self.overlap_for(tile))
@@ -485,11 +487,11 @@ class Upscaler:
         """Upscale a numpy array (HxW, HxWx1..4; uint8, uint16 or float in [0, 1]) or a PIL image; same type back.
 
         numpy: same dtype (in native byte order: a big-endian '>u2' array gives uint16) and layout; float values
-        outside [0, 1] are clipped to it (an ImageWarning says how many), NaN is taken as 0. PIL: same mode (L, LA, RGB, RGBA, I;16, I, F), except palette -> RGB/RGBA,
-        1 -> L, CMYK/YCbCr/LAB/HSV -> RGB; EXIF in image.info is carried over, and the ICC profile where its colour
-        space fits the output (RGB for RGB/RGBA, GRAY for the grey modes): a CMYK image with a CMYK profile is
-        converted through it to sRGB (and carries an sRGB profile), other colour spaces' profiles are dropped.
-        Mode F keeps its range: its finite min..max is mapped to [0, 1] for the model and the output back to it
+        outside [0, 1] are clipped to it (an ImageWarning says how many), NaN is taken as 0.
+        PIL: same mode (L, LA, RGB, RGBA, I;16, I, F), except palette -> RGB/RGBA, 1 -> L, CMYK/YCbCr/LAB/HSV ->
+        RGB; EXIF in image.info is carried over, and the ICC profile where its colour space fits the output (RGB
+        for RGB/RGBA, GRAY for the grey modes): a CMYK image with a CMYK profile is converted through it to sRGB
+        (and carries an sRGB profile), other colour spaces' profiles are dropped. Mode F keeps its range: its finite min..max is mapped to [0, 1] for the model and the output back to it
         (NaN and -inf come back as the minimum, +inf as the maximum).
         """
         if isinstance(image, Image.Image):
