@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,116 @@ def test_torchrun_two_ranks_share_the_batch_and_print_one_summary(
         "esrgan upscale: 2 upscaled, 7 skipped (output exists), 0 failed; computed on cpu in fp32"
     ]
     assert sorted(p.name for p in out.iterdir()) == [n.replace(".", "_x4.") for n in names]
+
+
+def torchrun(
+    *args: str | Path, cwd: Path, script: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m esrgan.cli ARGS` (or `SCRIPT ARGS`): two gloo ranks on the CPU,
+    one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               *(["-m", "esrgan.cli"] if script is None else [str(script)]), *map(str, args)]  # fmt: skip
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=environ)
+
+
+_LISTS_LATE = """
+import os, sys, time
+import esrgan.pipeline
+from esrgan.cli import main
+if os.environ["RANK"] == "1":  # rank 1 lists the inputs only once the file GO exists: it started later
+    listing = esrgan.pipeline.collect_inputs
+    def late(*args, **kwargs):
+        while not os.path.exists(os.environ["GO"]):
+            time.sleep(0.05)
+        return listing(*args, **kwargs)
+    esrgan.pipeline.collect_inputs = late
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_take_their_part_of_rank_0s_list_when_a_file_arrives_between_listings(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """A file arriving while the ranks list the folder (a folder being filled; a rank that starts later on another
+    machine): each rank took every other file of its own list, so with rank 1 listing after a new p00a.png came,
+    p01, p03 and p05 were done by no rank, p02 and p04 by both, and the summary said all went well (exit 0). Now
+    rank 0 lists and every rank takes its part of that one list. Rank 1's late listing is made sure by a wrapper
+    (_LISTS_LATE) that holds it until rank 0 has written its first output and the new file is there."""
+    folder = photo_folder(tmp_path / "in", photo, 6)
+    out, go = tmp_path / "out", tmp_path / "go"
+    script = tmp_path / "lists_late.py"
+    script.write_text(_LISTS_LATE)
+    finished = threading.Event()
+
+    def arrive() -> None:  # once rank 0 has begun: a new file that sorts second, then rank 1 may list
+        while not (out / "p00_x4.png").exists() and not finished.wait(0.05):
+            pass
+        Image.fromarray(photo[300:340, 300:340]).save(folder / "p00a.png")
+        go.touch()
+
+    thread = threading.Thread(target=arrive)
+    thread.start()
+    try:
+        r = torchrun("upscale", folder, "-o", out, "--model", model_file, "--device", "cpu",
+                     cwd=tmp_path, script=script, env={"GO": str(go)})  # fmt: skip
+    finally:
+        finished.set()
+        thread.join()
+    assert r.returncode == 0, r.stderr
+    names = [f"p{k:02d}" for k in range(6)]  # p00a.png came after the listing: the next run does it
+    assert sorted(p.stem for p in out.iterdir()) == [f"{n}_x4" for n in names]
+    done = [Path(line.split()[3]).stem for line in r.stdout.splitlines() if " -> " in line]
+    assert sorted(done) == names, r.stdout  # each once
+    assert "esrgan upscale: 6 upscaled, 0 skipped (output exists), 0 failed" in r.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_finds_two_inputs_with_one_output_on_different_ranks(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """d1/a.png and d2/a.png into one folder: one process says that the second's output is the first's and fails
+    it; under torchrun each rank checked only its own files, so rank 1 skipped d2/a.png as "exists" (exit 0), and
+    with --overwrite the rank that wrote last won. Now rank 0 checks the whole list, as one process does."""
+    crops = {"d1": photo[100:140, 200:240], "d2": np.zeros((40, 40, 3), np.uint8)}
+    for folder, crop in crops.items():
+        (tmp_path / folder).mkdir()
+        Image.fromarray(crop).save(tmp_path / folder / "a.png")
+    out = tmp_path / "out"
+    for extra in ((), ("--overwrite",)):
+        r = torchrun("upscale", "d1", "d2", "-o", "out", "--model", model_file, "--device", "cpu", *extra,
+                     cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 1, r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+        assert errors == [
+            "esrgan: error: d2/a.png: output out/a_x4.png is also the output of d1/a.png; "
+            "use a --name with more fields"
+        ]
+        assert "esrgan upscale: 1 upscaled, 0 skipped (output exists), 1 failed: d2/a.png" in r.stdout
+        assert sorted(p.name for p in out.iterdir()) == ["a_x4.png"]
+        upscaled = read_image(out / "a_x4.png").pixels[::4, ::4].astype(float)
+        distance = {folder: np.abs(upscaled - crop).mean() for folder, crop in crops.items()}
+        assert distance["d1"] < distance["d2"] / 2, distance  # d1's picture, not the black d2's
+
+
+@pytest.mark.slow
+def test_torchrun_says_what_stops_a_batch_before_its_work_once(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """Nothing to upscale, or -o naming a file for two inputs: every rank said so (the lines twice over two ranks);
+    now rank 0 alone, and the exit status is still 1."""
+    (tmp_path / "empty").mkdir()
+    folder = photo_folder(tmp_path / "in", photo, 2)
+    for args, said in (
+        (("empty", "-o", "out"), ["empty: folder has no images (use --recursive)", "nothing to upscale"]),
+        ((folder, "-o", "one.png"), ["one.png: -o names a file but there are 2 inputs; give a folder"]),
+    ):
+        r = torchrun("upscale", *args, "--model", model_file, "--device", "cpu", cwd=tmp_path)
+        assert r.returncode == 1
+        errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+        assert errors == [f"esrgan: error: {line}" for line in said], r.stderr
+        assert not (tmp_path / "out").exists() and not (tmp_path / "one.png").exists()
 
 
 def test_out_of_memory_is_told_from_real_allocation_failures() -> None:

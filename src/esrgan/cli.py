@@ -783,9 +783,11 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
 
 def _run_upscale(args: argparse.Namespace) -> int:
     from .pipeline import (
+        Job,
         collect_inputs,
         output_folder,
         plan_jobs,
+        repeated_outputs,
         shard_from_env,
         upscale_files,
         warnings_as_lines,
@@ -844,14 +846,16 @@ def _run_upscale(args: argparse.Namespace) -> int:
         from .video import parse_frames
 
         video["frames"] = parse_frames(args.frames)
-    with warnings_as_lines(), shard_from_env() as shard:  # torchrun: this rank's part, one summary on rank 0
+
+    def plan() -> tuple[Upscaler, list[Job], list[tuple[str, str]]] | None:
+        """The model, the jobs and the unusable inputs (each said here); None when there is nothing to do."""
         exclude = output_folder(args.output)
         sources, problems = collect_inputs(args.inputs, recursive=args.recursive, exclude=exclude)
-        for arg, reason in problems if shard.main else ():
+        for arg, reason in problems:
             _err(f"{arg}: {reason}")
         if not sources:
             _err("nothing to upscale")
-            return 1
+            return None
         model = _path(args.model)
         upscaler = Upscaler.from_pretrained(args.model, **options)  # a name or a file
         scale: float | str = upscaler.scale
@@ -866,6 +870,36 @@ def _run_upscale(args: argparse.Namespace) -> int:
             )
             name = "{name}_{scale}.{ext}" if name == DEFAULT_NAME else name
         jobs = plan_jobs(sources, args.output, name=name, format=args.format, scale=scale, model=model.stem)
+        return upscaler, jobs, problems
+
+    problems: list[tuple[str, str]] = []
+    repeated: list[tuple[str, str]] = []  # torchrun: inputs whose output another input has, said by rank 0
+    with warnings_as_lines(), shard_from_env() as shard:  # torchrun: this rank's part, one summary on rank 0
+        # torchrun: rank 0 alone lists the inputs and plans (and says what is wrong with them, once); the other ranks
+        # take their part of its list (Shard.share_jobs) and load the model once it has come
+        if shard.main:
+            try:
+                planned = plan()
+            except BaseException:
+                shard.share_jobs(None)  # the other ranks end too, without a word: this one says why
+                raise
+            if planned is None:
+                shard.share_jobs(None)
+                return 1
+            upscaler, jobs, problems = planned
+            if shard.world > 1:  # one process says so per file in upscale_files; here the shards never meet
+                clash = repeated_outputs(jobs)
+                for k, reason in clash.items():
+                    _err(f"{jobs[k].src}: {reason}")
+                repeated = [(str(jobs[k].src), reason) for k, reason in clash.items()]
+                jobs = [job for k, job in enumerate(jobs) if k not in clash]
+            shard.share_jobs(jobs)
+        else:
+            shared = shard.share_jobs()
+            if shared is None:  # rank 0 stopped before the work and said why
+                return 1
+            jobs = shared
+            upscaler = Upscaler.from_pretrained(args.model, **options)
         part = upscale_files(
             upscaler,
             shard.take(jobs),
@@ -884,6 +918,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
         result = shard.gather(part)
     if result is None:  # another rank: rank 0 prints the summary and carries the exit code
         return 0
+    result.failed += repeated
     failed = len(result.failed) + len(problems)
     if not args.quiet or failed:
         unused = f", {len(problems)} input{'s' if len(problems) > 1 else ''} not usable (see above)"

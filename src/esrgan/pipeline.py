@@ -18,9 +18,10 @@ decoding and encoding; the pipeline gives them the same skip/error/summary handl
 Ctrl-C (KeyboardInterrupt in the model stage) stops the reader after its current decode and the writers after their
 current file (written whole and atomically: a rerun skips it); queued results are dropped, no temporary file stays.
 
-torchrun: with WORLD_SIZE > 1 every rank plans the same sorted jobs and takes those with index % world == rank
-(`Shard`); each writes its own outputs atomically and skips existing ones, so a rerun does only what is missing;
-rank 0 gathers the counts (torch.distributed, gloo) and prints one summary.
+torchrun: with WORLD_SIZE > 1 rank 0 lists the inputs and plans the jobs, and sends the list to the other ranks
+(`Shard.share_jobs`); each rank takes those with index % world == rank (`Shard.take`), writes its own outputs
+atomically and skips existing ones, so a rerun does only what is missing; rank 0 gathers the counts
+(torch.distributed, gloo) and prints one summary.
 """
 
 from __future__ import annotations
@@ -251,6 +252,22 @@ def output_folder(output: Path | None) -> Path | None:
             f"-o {output}: esrgan does not write {suffix} files; name {_WRITABLE_IMAGE}, {_WRITABLE_VIDEO}, or a folder"
         )
     return output
+
+
+def repeated_outputs(jobs: list[Job]) -> dict[int, str]:
+    """The jobs whose output is also an earlier job's (d1/a.png and d2/a.png into one folder): index -> why, in one
+    line. The first keeps the output; the others fail, or the last one written would replace the others' silently."""
+    first: dict[Path, Path] = {}
+    repeated = {}
+    for k, job in enumerate(jobs):
+        key = job.dst.resolve()
+        if key in first:
+            repeated[k] = (
+                f"output {job.dst} is also the output of {first[key]}; use a --name with more fields"
+            )
+        else:
+            first[key] = job.src
+    return repeated
 
 
 def _taken(dst: Path) -> bool:
@@ -929,19 +946,14 @@ def upscale_files(
             f"removed {n} leftover temporary file{'s' if n > 1 else ''} of an interrupted run "
             f"({format_bytes(size)}): {names}"
         )
-    targets: dict[Path, Path] = {}
+    repeated = repeated_outputs(jobs)
     todo: list[_Item] = []
     try:
         for i, job in enumerate(jobs, 1):
             item = _Item(i, job)
-            key = job.dst.resolve()
-            if key in targets:
-                batch.failed(
-                    item,
-                    f"output {job.dst} is also the output of {targets[key]}; use a --name with more fields",
-                )
+            if i - 1 in repeated:
+                batch.failed(item, repeated[i - 1])
                 continue
-            targets[key] = job.src
             if _taken(job.dst) and not overwrite:
                 batch.skipped(item)
                 continue
@@ -979,8 +991,21 @@ class Shard:
         return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
 
     def take(self, jobs: list[T]) -> list[T]:
-        """The jobs of this rank: index % world == rank of the list every rank planned the same way (sorted)."""
+        """The jobs of this rank: index % world == rank of the list rank 0 planned (share_jobs)."""
         return jobs[self.rank :: self.world]
+
+    def share_jobs(self, jobs: list[Job] | None = None) -> list[Job] | None:
+        """Rank 0's jobs on every rank: rank 0 passes the list it planned, or None when it stops before the work (it
+        says why itself); the other ranks pass nothing and get the same. A single process gets its own back.
+
+        Every rank listing the inputs itself gave lists that differ when a file arrives between two ranks' listings
+        (a folder being filled, a rank that starts later on another machine): taken by index, some files were done
+        by no rank and others by two, and the summary said all went well."""
+        if self.world <= 1:
+            return jobs
+        planned = None if jobs is None else [[str(job.src), str(job.dst)] for job in jobs]
+        got = json.loads(self._broadcast_text(json.dumps(planned) if self.main else ""))
+        return None if got is None else [Job(Path(src), Path(dst)) for src, dst in got]
 
     def gather(self, result: BatchResult) -> BatchResult | None:
         """Every rank's result merged, on rank 0 (None on the others); the result itself for a single process."""
@@ -993,6 +1018,22 @@ class Shard:
         for part in parts:
             total.merge(part)
         return total
+
+    def _broadcast_text(self, text: str) -> str:
+        """Rank 0's text on every rank, through two gloo broadcasts (the length, then the UTF-8 bytes); the tensors
+        are kept on the Shard, as _all_gather_text's are."""
+        import torch
+        import torch.distributed as dist
+
+        data = text.encode()
+        length = torch.tensor([len(data)], dtype=torch.int64)
+        dist.broadcast(length, src=0)
+        buffer = torch.zeros(int(length.item()), dtype=torch.uint8)
+        if self.main:
+            buffer[:] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        dist.broadcast(buffer, src=0)
+        self._held += [length, buffer]
+        return buffer.numpy().tobytes().decode()
 
     def _all_gather_text(self, text: str) -> list[str]:
         """Every rank's text, through two gloo all_gathers (lengths, then the padded UTF-8 bytes).
@@ -1014,7 +1055,7 @@ class Shard:
         mine[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         theirs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world)]
         dist.all_gather(theirs, mine)
-        self._held = [length, *lengths, mine, *theirs]
+        self._held += [length, *lengths, mine, *theirs]
         return [t[: int(n.item())].numpy().tobytes().decode() for t, n in zip(theirs, lengths, strict=True)]
 
 
