@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,90 @@ def test_ctrl_c_leaves_whole_outputs_only_and_a_rerun_does_the_rest(
     assert r.returncode == 0, r.stderr
     assert f"{24 - len(done)} upscaled, {len(done)} skipped (output exists), 0 failed" in r.stdout
     assert {n: (out / n).stat().st_mtime_ns for n in done} == mtimes
+
+
+def _until_a_writer_is_in_a_file(proc: subprocess.Popen[str], out: Path) -> None:
+    """Wait until an output's temporary file is there (a writer is in the middle of it), or the process has ended."""
+    while proc.poll() is None and not list(out.glob(".*.part")):
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    ("signals", "status", "said"),
+    [([signal.SIGTERM], 143, "terminated"), ([signal.SIGINT, signal.SIGTERM], 130, "interrupted")],
+    ids=["sigterm", "sigint-then-sigterm"],
+)
+def test_sigterm_stops_a_batch_as_ctrl_c_does_and_a_second_signal_waits_for_the_writers(
+    tmp_path: Path,
+    photo: np.ndarray,
+    model_file: Path,
+    signals: list[signal.Signals],
+    status: int,
+    said: str,
+) -> None:
+    """SIGTERM (`timeout`, systemd, a scheduler, torchrun's agent) killed `esrgan upscale` at once (status -15): the
+    outputs being written stayed as hidden `.part` files. One Ctrl-C under torchrun can reach a rank as SIGINT and
+    then SIGTERM (its agent sends SIGTERM when it gets a second signal), which did the same. Now SIGTERM stops the
+    batch as Ctrl-C does (status 143), and a second signal soon after the first is the same request. The signals
+    come while a writer is in the middle of a file."""
+    folder = photo_folder(tmp_path / "in", photo, 8, size=256)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model",
+               str(model_file), "--device", "cpu", "--tile", "32", "--png-compression", "9"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first finished file: the batch is under way
+        if "->" in line:
+            break
+    _until_a_writer_is_in_a_file(proc, out)
+    for sig in signals:
+        proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == status, stderr
+    assert f"esrgan: error: {said}" in stderr
+    done = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(done) < 8
+    assert not [n for n in done if n.endswith(".part")]  # no temporary file stays
+    for name in done:  # every output there is whole
+        image = read_image(out / name)
+        assert (image.height, image.width) == (1024, 1024)
+    if len(signals) == 1:
+        r = run_cli(*command[3:], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert f"{8 - len(done)} upscaled, {len(done)} skipped (output exists), 0 failed" in r.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_after_the_files_being_written(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """SIGTERM to torchrun (a scheduler's stop, `timeout`; a Ctrl-C that reaches it twice ends the same way): its
+    agent passes SIGTERM on to every rank, which died at once, the files being written left as `.part` files. Now
+    each rank stops as for Ctrl-C and says so; the outputs there are whole."""
+    folder = photo_folder(tmp_path / "in", photo, 12, size=256)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model", str(model_file),
+               "--device", "cpu", "--tile", "32", "--png-compression", "9"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "->" in line:
+            break
+    _until_a_writer_is_in_a_file(proc, out)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    said = [line for line in stderr.splitlines() if line.startswith("esrgan: error:")]
+    assert said == ["esrgan: error: terminated"] * 2, stderr  # each rank
+    done = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(done) < 12
+    assert not [n for n in done if n.endswith(".part")]
+    for name in done:
+        image = read_image(out / name)
+        assert (image.height, image.width) == (1024, 1024)
 
 
 def test_a_rank_result_crosses_as_json_and_merges_as_the_original() -> None:

@@ -13,9 +13,11 @@ import io
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .defaults import (
@@ -781,6 +783,51 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_upscale)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during `esrgan upscale`, raised in the main thread where Ctrl-C raises KeyboardInterrupt, so that the
+    batch stops the same way (_stops_on_signals); the command then exits 143."""
+
+
+SECOND_SIGNAL_GRACE = 2.0
+"""Seconds after the signal that stops `esrgan upscale` during which another Ctrl-C or SIGTERM is the same request,
+and is ignored: under torchrun one Ctrl-C can reach a rank as SIGINT and then SIGTERM (its agent sends SIGTERM when
+it gets a second signal itself: a second Ctrl-C, or `timeout` passing the first one on), and a double tap is one
+request. A later one ends the stop at once."""
+
+
+@contextlib.contextmanager
+def _stops_on_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (systemd, a scheduler, torchrun's agent) stop a batch the same way: an exception in the
+    main thread, after which the writers finish the files they are writing (whole; no temporary file stays).
+
+    With SIGTERM's default the process died at once, leaving the files being written as hidden temporary files;
+    a second signal during the stop ended the wait for the writers the same way. Another signal within
+    SECOND_SIGNAL_GRACE seconds of the first is ignored; a later one still ends the stop at once (the next run
+    removes what it leaves). Handlers are set only in the main thread and where SIGINT and SIGTERM have their
+    usual ones (not where a program embedding us set its own or ignores them), and put back at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    first: list[float] = []  # when the signal that stopped the batch came
+
+    def stop(signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if first and now - first[0] < SECOND_SIGNAL_GRACE:
+            return
+        first[:] = [now]
+        raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    previous = {}
+    for sig, usual in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) == usual:
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run_upscale(args: argparse.Namespace) -> int:
     from .pipeline import (
         Job,
@@ -1009,6 +1056,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Runner = args.func
+    # upscale: SIGTERM stops a batch as Ctrl-C does; the handlers stay until the line that says so is written
+    with _stops_on_signals() if func is _run_upscale else contextlib.nullcontext():
+        return _call(func, args)
+
+
+def _call(func: Runner, args: argparse.Namespace) -> int:
+    """func(args), and what it raises as one line and an exit status."""
     try:
         return func(args)
     except EsrganError as exc:
@@ -1029,14 +1083,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         _err("out of memory")
         return 1
-    except KeyboardInterrupt:
-        _err("interrupted")
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)  # SIGTERM: the status a shell gives a process it ended
+        _err("terminated" if terminated else "interrupted")
+        status = 143 if terminated else 130
         ncnn = sys.modules.get("esrgan.ncnn")
         if (
             ncnn is not None
         ):  # an ncnn pass Ctrl-C stopped waiting for ends the process now, not after its tile
-            ncnn.end_at_once(130)
-        return 130
+            ncnn.end_at_once(status)
+        return status
 
 
 def _format_arg(s: str) -> str:

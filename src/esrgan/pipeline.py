@@ -15,8 +15,9 @@ decoding/encoding fill the gaps (as equals they slowed the model's OpenMP thread
 Videos are one job each, run by the model stage through esrgan.video.upscale_video, which overlaps its own frame
 decoding and encoding; the pipeline gives them the same skip/error/summary handling.
 
-Ctrl-C (KeyboardInterrupt in the model stage) stops the reader after its current decode and the writers after their
-current file (written whole and atomically: a rerun skips it); queued results are dropped, no temporary file stays.
+Ctrl-C (KeyboardInterrupt in the model stage; `esrgan upscale` raises one for SIGTERM too) stops the reader after
+its current decode and the writers after their current file (written whole and atomically: a rerun skips it);
+queued results are dropped, no temporary file stays.
 
 torchrun: with WORLD_SIZE > 1 rank 0 lists the inputs and plans the jobs, and sends the list to the other ranks
 (`Shard.share_jobs`); each rank takes those with index % world == rank (`Shard.take`), writes its own outputs
