@@ -546,6 +546,55 @@ def test_a_failing_input_leaves_no_folder_and_a_fifo_output_is_skipped_before_th
     assert sorted(p.name for p in out.iterdir()) == ["fine_x4.png"]  # no out/deep/er/
 
 
+def test_an_output_name_too_long_for_the_file_system_fails_alone_before_the_model(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """A legal input name 4 bytes short of the limit gives an output name 3 bytes over it (`_x4`). With the output
+    folder there (a rerun, any -o that exists), looking the output up raised ENAMETOOLONG out of the batch: no file
+    done, no summary; in a new folder the file failed only after the model had run for it (the probe tried the
+    shortened temporary name). Now one line for that file before the model, and the batch goes on."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    src = tmp_path / "in"
+    src.mkdir()
+    long = "L" * (limit - 4) + ".png"
+    for k, name in enumerate(("a.png", long, "b.png")):
+        Image.fromarray(photo[40 * k : 40 * k + 16, :16]).save(src / name)
+    model = photo_preserving_rrdb()
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    up = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    up.runner = ModelRunner(up.model, up.device, torch.float32, engine="module")  # so that the hook sees it
+    sources, _ = collect_inputs([str(src)])
+    for out, overwrite in (
+        (tmp_path / "there", False),
+        (tmp_path / "there", True),
+        (tmp_path / "new", False),
+    ):
+        if out.name == "there":
+            out.mkdir(exist_ok=True)
+            for name in os.listdir(out):
+                (out / name).unlink()
+        calls.clear()
+        jobs = plan_jobs(sources, out, scale=up.scale)
+        result = upscale_files(up, jobs, progress="quiet", overwrite=overwrite)
+        dst = out / (long[:-4] + "_x4.png")
+        assert result.failed == [
+            (
+                str(src / long),
+                f"{src / long}: cannot write {dst} (name too long: {limit + 3} bytes, at most {limit})",
+            )
+        ]
+        assert [j.src.name for j in result.written] == ["a.png", "b.png"] and len(calls) == 2
+        assert sorted(os.listdir(out)) == ["a_x4.png", "b_x4.png"]
+    r = run_cli("upscale", src, "-o", "there", "--model", model_file, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"esrgan: error: {src / long}: cannot write there/{long[:-4]}_x4.png (name too long: {limit + 3} bytes, "
+        f"at most {limit})"
+    ]
+    assert "esrgan upscale: 0 upscaled, 2 skipped (output exists), 1 failed" in r.stdout
+
+
 def test_a_warning_names_its_file_once_whatever_spaces_the_name_has(
     tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
 ) -> None:

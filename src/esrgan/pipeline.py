@@ -273,8 +273,12 @@ def repeated_outputs(jobs: list[Job]) -> dict[int, str]:
 
 def _taken(dst: Path) -> bool:
     """Something other than a folder is at dst (a file, a FIFO, a link to one): an output that exists, skipped
-    without --overwrite. A folder there is no output: the destination's probe says so, as an error."""
-    return dst.exists() and not dst.is_dir()
+    without --overwrite. A folder there is no output: the destination's probe says so, as an error. So does it for
+    a dst that cannot be looked up (a name too long: Path.exists raised ENAMETOOLONG, which stopped the batch)."""
+    try:
+        return dst.exists() and not dst.is_dir()
+    except OSError:
+        return False
 
 
 def plan_jobs(
