@@ -3,6 +3,7 @@ Ctrl-C behaviour, the PNG compression level, and torchrun sharding with two gloo
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -593,6 +594,34 @@ def test_an_output_name_too_long_for_the_file_system_fails_alone_before_the_mode
         f"at most {limit})"
     ]
     assert "esrgan upscale: 0 upscaled, 2 skipped (output exists), 1 failed" in r.stdout
+
+
+def test_a_symbolic_link_loop_at_the_output_folder_or_an_output_is_one_line(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """A link to itself as -o, or where one output goes: Path.resolve raised RuntimeError (Python 3.10-3.12), a
+    traceback. Now -o is refused in one line, and an output's link is something at its name: skipped without
+    --overwrite (before the model), replaced with it."""
+    folder = photo_folder(tmp_path / "in", photo, 2)  # p00.png, p01.jpg
+    (tmp_path / "loop").symlink_to("loop")
+    r = run_cli("upscale", folder, "-o", "loop", "--model", model_file, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"esrgan: error: -o loop: {os.strerror(errno.ELOOP)} (a symbolic link that leads back to itself)"
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p00_x4.png").symlink_to("p00_x4.png")
+    r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "esrgan upscale: 1 upscaled, 1 skipped (output exists), 0 failed" in r.stdout
+    assert os.readlink(out / "p00_x4.png") == "p00_x4.png"
+    r = run_cli(
+        "upscale", folder, "-o", out, "--model", model_file, "--device", "cpu", "--overwrite", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert "esrgan upscale: 2 upscaled, 0 skipped (output exists), 0 failed" in r.stdout
+    assert read_image(out / "p00_x4.png").height == 160 and not (out / "p00_x4.png").is_symlink()
 
 
 def test_a_warning_names_its_file_once_whatever_spaces_the_name_has(

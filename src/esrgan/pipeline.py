@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -136,6 +137,16 @@ class BatchResult:
         )
 
 
+def resolved(path: Path) -> Path:
+    """path.resolve(), or where a symbolic link on the way loops, the absolute path as written: Path.resolve raises
+    RuntimeError on a loop (Python 3.10-3.12; OSError since), and a link to itself at -o or at an output's name
+    was a traceback."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
 def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
@@ -150,13 +161,13 @@ def collect_inputs(
     Returns (found, problems) where problems are (argument, reason) for arguments that matched nothing, and
     (folder, reason) for folders that could not be read (a sub-folder too: its images would be lost without a word).
     """
-    excl = exclude.resolve() if exclude is not None else None
+    excl = resolved(exclude) if exclude is not None else None
     found: list[tuple[Path, Path | None]] = []
     problems: list[tuple[str, str]] = []
     seen: set[Path] = set()
 
     def add(path: Path, base: Path | None) -> None:
-        key = path.resolve()
+        key = resolved(path)
         if key not in seen:
             seen.add(key)
             found.append((path, base))
@@ -195,7 +206,7 @@ def collect_inputs(
                     for m in matches
                     if Path(m).is_file() and Path(m).suffix.lower() in _PICKED_SUFFIXES
                 ]
-                files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
+                files = [p for p in files if excl is None or not resolved(p).is_relative_to(excl)]
                 for m in matches:
                     if Path(m).is_dir():
                         files += listed(Path(m))
@@ -242,6 +253,13 @@ def output_folder(output: Path | None) -> Path | None:
 
     if output is None:
         return DEFAULT_OUTPUT_DIR
+    try:
+        os.stat(output)
+    except OSError as exc:  # no such folder yet is fine; a loop is said here, once, not for every file
+        if exc.errno == errno.ELOOP:
+            raise EsrganError(
+                f"-o {output}: {exc.strerror} (a symbolic link that leads back to itself)"
+            ) from None
     suffix = output.suffix.lower()
     if output.is_dir():
         return output
@@ -261,7 +279,7 @@ def repeated_outputs(jobs: list[Job]) -> dict[int, str]:
     first: dict[Path, Path] = {}
     repeated = {}
     for k, job in enumerate(jobs):
-        key = job.dst.resolve()
+        key = resolved(job.dst)
         if key in first:
             repeated[k] = (
                 f"output {job.dst} is also the output of {first[key]}; use a --name with more fields"
@@ -273,10 +291,11 @@ def repeated_outputs(jobs: list[Job]) -> dict[int, str]:
 
 def _taken(dst: Path) -> bool:
     """Something other than a folder is at dst (a file, a FIFO, a link to one): an output that exists, skipped
-    without --overwrite. A folder there is no output: the destination's probe says so, as an error. So does it for
-    a dst that cannot be looked up (a name too long: Path.exists raised ENAMETOOLONG, which stopped the batch)."""
+    without --overwrite; a link that leads nowhere or to itself too, before the model (the write would refuse to
+    replace it). A folder there is no output: the destination's probe says so, as an error. So does it for a dst
+    that cannot be looked up (a name too long: Path.exists raised ENAMETOOLONG, which stopped the batch)."""
     try:
-        return dst.exists() and not dst.is_dir()
+        return os.path.lexists(dst) and not dst.is_dir()
     except OSError:
         return False
 
