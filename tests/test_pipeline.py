@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -419,6 +420,58 @@ def test_torchrun_says_what_stops_a_batch_before_its_work_once(
         errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
         assert errors == [f"esrgan: error: {line}" for line in said], r.stderr
         assert not (tmp_path / "out").exists() and not (tmp_path / "one.png").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is pid (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_rank_whose_partner_dies_says_so_in_one_line(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """Two machines (two torchrun agents, --nnodes 2, one rank each): rank 1 has done its small files and waits for
+    rank 0 at the end when rank 0 is killed. It printed gloo's traceback ("RuntimeError: ... Connection reset by
+    peer ... GLHF!"); now one line that says what happened, what is written, and to rerun."""
+    names = []
+    for k in range(6):  # big files at even places (rank 0's), small ones at odd places (rank 1's)
+        name, size = (f"big{k}.png", 256) if k % 2 == 0 else (f"small{k}.png", 16)
+        Image.fromarray(photo[40 * k : 40 * k + size, :size]).save(tmp_path / name)
+        names.append(name)
+    with socket.socket() as sock:  # a free port for rank 0's agent to serve the rendezvous on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "esrgan.cli", "upscale", *names,
+               "-o", "out", "--model", str(model_file), "--device", "cpu", "--tile", "32",
+               "--png-compression", "9"]  # fmt: skip
+    agents = []
+    for node in (0, 1):
+        agents.append(subprocess.Popen([*command[:3], "--node-rank", str(node), *command[3:]], cwd=tmp_path,
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    mine = [tmp_path / "out" / f"small{k}_x4.png" for k in (1, 3, 5)]
+    # rank 1 has written its files and waits for rank 0 (or is about to)
+    while agents[0].poll() is None and not all(p.exists() for p in mine):
+        time.sleep(0.05)
+    for worker in _children(agents[0].pid):
+        os.kill(worker, signal.SIGKILL)
+    said = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert all(agent.returncode != 0 for agent in agents)
+    assert (
+        "esrgan: error: [rank 1/2] another rank stopped before the end; this rank's 3 files are written; "
+        "rerun to finish" in said[1].splitlines()
+    ), said[1]
+    assert "RuntimeError" not in said[1] and "Connection reset" not in said[1], said[1]
 
 
 def test_out_of_memory_is_told_from_real_allocation_failures() -> None:

@@ -1028,20 +1028,33 @@ class Shard:
         if self.world <= 1:
             return jobs
         planned = None if jobs is None else [[str(job.src), str(job.dst)] for job in jobs]
-        got = json.loads(self._broadcast_text(json.dumps(planned) if self.main else ""))
+        try:
+            got = json.loads(self._broadcast_text(json.dumps(planned) if self.main else ""))
+        except RuntimeError:  # gloo's errors (DistBackendError is one)
+            raise self._lost("before the work began; this rank wrote nothing") from None
         return None if got is None else [Job(Path(src), Path(dst)) for src, dst in got]
 
     def gather(self, result: BatchResult) -> BatchResult | None:
         """Every rank's result merged, on rank 0 (None on the others); the result itself for a single process."""
         if self.world <= 1:
             return result
-        parts = [BatchResult.from_json(text) for text in self._all_gather_text(result.to_json())]
+        try:
+            texts = self._all_gather_text(result.to_json())
+        except RuntimeError:  # gloo's errors (DistBackendError is one)
+            n = len(result.written)
+            raise self._lost(f"before the end; this rank's {n} file{'s' * (n != 1)} are written") from None
+        parts = [BatchResult.from_json(text) for text in texts]
         if not self.main:
             return None
         total = BatchResult()
         for part in parts:
             total.merge(part)
         return total
+
+    def _lost(self, when: str) -> EsrganError:
+        """The one line of a rank whose exchange failed because another rank is gone (killed, its machine down):
+        gloo's own error was a traceback ending in "Read error ...: Connection reset by peer ... GLHF!"."""
+        return EsrganError(f"{self.prefix}another rank stopped {when}; rerun to finish")
 
     def _broadcast_text(self, text: str) -> str:
         """Rank 0's text on every rank, through two gloo broadcasts (the length, then the UTF-8 bytes); the tensors
