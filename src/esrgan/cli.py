@@ -928,7 +928,10 @@ def _run_upscale(args: argparse.Namespace) -> int:
             try:
                 planned = plan()
             except BaseException:
-                shard.share_jobs(None)  # the other ranks end too, without a word: this one says why
+                # the other ranks end too, without a word: this one says why (its own error, also where one of
+                # them is gone already)
+                with contextlib.suppress(EsrganError):
+                    shard.share_jobs(None)
                 raise
             if planned is None:
                 shard.share_jobs(None)
