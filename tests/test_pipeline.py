@@ -3,10 +3,14 @@ Ctrl-C behaviour, the PNG compression level, and torchrun sharding with two gloo
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +172,90 @@ def test_ctrl_c_leaves_whole_outputs_only_and_a_rerun_does_the_rest(
     assert {n: (out / n).stat().st_mtime_ns for n in done} == mtimes
 
 
+def _until_a_writer_is_in_a_file(proc: subprocess.Popen[str], out: Path) -> None:
+    """Wait until an output's temporary file is there (a writer is in the middle of it), or the process has ended."""
+    while proc.poll() is None and not list(out.glob(".*.part")):
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    ("signals", "status", "said"),
+    [([signal.SIGTERM], 143, "terminated"), ([signal.SIGINT, signal.SIGTERM], 130, "interrupted")],
+    ids=["sigterm", "sigint-then-sigterm"],
+)
+def test_sigterm_stops_a_batch_as_ctrl_c_does_and_a_second_signal_waits_for_the_writers(
+    tmp_path: Path,
+    photo: np.ndarray,
+    model_file: Path,
+    signals: list[signal.Signals],
+    status: int,
+    said: str,
+) -> None:
+    """SIGTERM (`timeout`, systemd, a scheduler, torchrun's agent) killed `esrgan upscale` at once (status -15): the
+    outputs being written stayed as hidden `.part` files. One Ctrl-C under torchrun can reach a rank as SIGINT and
+    then SIGTERM (its agent sends SIGTERM when it gets a second signal), which did the same. Now SIGTERM stops the
+    batch as Ctrl-C does (status 143), and a second signal soon after the first is the same request. The signals
+    come while a writer is in the middle of a file."""
+    folder = photo_folder(tmp_path / "in", photo, 8, size=256)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model",
+               str(model_file), "--device", "cpu", "--tile", "32", "--png-compression", "9"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first finished file: the batch is under way
+        if "->" in line:
+            break
+    _until_a_writer_is_in_a_file(proc, out)
+    for sig in signals:
+        proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == status, stderr
+    assert f"esrgan: error: {said}" in stderr
+    done = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(done) < 8
+    assert not [n for n in done if n.endswith(".part")]  # no temporary file stays
+    for name in done:  # every output there is whole
+        image = read_image(out / name)
+        assert (image.height, image.width) == (1024, 1024)
+    if len(signals) == 1:
+        r = run_cli(*command[3:], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert f"{8 - len(done)} upscaled, {len(done)} skipped (output exists), 0 failed" in r.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_after_the_files_being_written(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """SIGTERM to torchrun (a scheduler's stop, `timeout`; a Ctrl-C that reaches it twice ends the same way): its
+    agent passes SIGTERM on to every rank, which died at once, the files being written left as `.part` files. Now
+    each rank stops as for Ctrl-C and says so; the outputs there are whole."""
+    folder = photo_folder(tmp_path / "in", photo, 12, size=256)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model", str(model_file),
+               "--device", "cpu", "--tile", "32", "--png-compression", "9"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "->" in line:
+            break
+    _until_a_writer_is_in_a_file(proc, out)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    said = [line for line in stderr.splitlines() if line.startswith("esrgan: error:")]
+    assert said == ["esrgan: error: terminated"] * 2, stderr  # each rank
+    done = sorted(p.name for p in out.iterdir())
+    assert 1 <= len(done) < 12
+    assert not [n for n in done if n.endswith(".part")]
+    for name in done:
+        image = read_image(out / name)
+        assert (image.height, image.width) == (1024, 1024)
+
+
 def test_a_rank_result_crosses_as_json_and_merges_as_the_original() -> None:
     """Ranks exchange their results as JSON text (not pickles): every field comes back, names in any script."""
     part = BatchResult(
@@ -222,6 +310,168 @@ def test_torchrun_two_ranks_share_the_batch_and_print_one_summary(
         "esrgan upscale: 2 upscaled, 7 skipped (output exists), 0 failed; computed on cpu in fp32"
     ]
     assert sorted(p.name for p in out.iterdir()) == [n.replace(".", "_x4.") for n in names]
+
+
+def torchrun(
+    *args: str | Path, cwd: Path, script: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m esrgan.cli ARGS` (or `SCRIPT ARGS`): two gloo ranks on the CPU,
+    one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               *(["-m", "esrgan.cli"] if script is None else [str(script)]), *map(str, args)]  # fmt: skip
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=environ)
+
+
+_LISTS_LATE = """
+import os, sys, time
+import esrgan.pipeline
+from esrgan.cli import main
+if os.environ["RANK"] == "1":  # rank 1 lists the inputs only once the file GO exists: it started later
+    listing = esrgan.pipeline.collect_inputs
+    def late(*args, **kwargs):
+        while not os.path.exists(os.environ["GO"]):
+            time.sleep(0.05)
+        return listing(*args, **kwargs)
+    esrgan.pipeline.collect_inputs = late
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_take_their_part_of_rank_0s_list_when_a_file_arrives_between_listings(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """A file arriving while the ranks list the folder (a folder being filled; a rank that starts later on another
+    machine): each rank took every other file of its own list, so with rank 1 listing after a new p00a.png came,
+    p01, p03 and p05 were done by no rank, p02 and p04 by both, and the summary said all went well (exit 0). Now
+    rank 0 lists and every rank takes its part of that one list. Rank 1's late listing is made sure by a wrapper
+    (_LISTS_LATE) that holds it until rank 0 has written its first output and the new file is there."""
+    folder = photo_folder(tmp_path / "in", photo, 6)
+    out, go = tmp_path / "out", tmp_path / "go"
+    script = tmp_path / "lists_late.py"
+    script.write_text(_LISTS_LATE)
+    finished = threading.Event()
+
+    def arrive() -> None:  # once rank 0 has begun: a new file that sorts second, then rank 1 may list
+        while not (out / "p00_x4.png").exists() and not finished.wait(0.05):
+            pass
+        Image.fromarray(photo[300:340, 300:340]).save(folder / "p00a.png")
+        go.touch()
+
+    thread = threading.Thread(target=arrive)
+    thread.start()
+    try:
+        r = torchrun("upscale", folder, "-o", out, "--model", model_file, "--device", "cpu",
+                     cwd=tmp_path, script=script, env={"GO": str(go)})  # fmt: skip
+    finally:
+        finished.set()
+        thread.join()
+    assert r.returncode == 0, r.stderr
+    names = [f"p{k:02d}" for k in range(6)]  # p00a.png came after the listing: the next run does it
+    assert sorted(p.stem for p in out.iterdir()) == [f"{n}_x4" for n in names]
+    done = [Path(line.split()[3]).stem for line in r.stdout.splitlines() if " -> " in line]
+    assert sorted(done) == names, r.stdout  # each once
+    assert "esrgan upscale: 6 upscaled, 0 skipped (output exists), 0 failed" in r.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_finds_two_inputs_with_one_output_on_different_ranks(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """d1/a.png and d2/a.png into one folder: one process says that the second's output is the first's and fails
+    it; under torchrun each rank checked only its own files, so rank 1 skipped d2/a.png as "exists" (exit 0), and
+    with --overwrite the rank that wrote last won. Now rank 0 checks the whole list, as one process does."""
+    crops = {"d1": photo[100:140, 200:240], "d2": np.zeros((40, 40, 3), np.uint8)}
+    for folder, crop in crops.items():
+        (tmp_path / folder).mkdir()
+        Image.fromarray(crop).save(tmp_path / folder / "a.png")
+    out = tmp_path / "out"
+    for extra in ((), ("--overwrite",)):
+        r = torchrun("upscale", "d1", "d2", "-o", "out", "--model", model_file, "--device", "cpu", *extra,
+                     cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 1, r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+        assert errors == [
+            "esrgan: error: d2/a.png: output out/a_x4.png is also the output of d1/a.png; "
+            "use a --name with more fields"
+        ]
+        assert "esrgan upscale: 1 upscaled, 0 skipped (output exists), 1 failed: d2/a.png" in r.stdout
+        assert sorted(p.name for p in out.iterdir()) == ["a_x4.png"]
+        upscaled = read_image(out / "a_x4.png").pixels[::4, ::4].astype(float)
+        distance = {folder: np.abs(upscaled - crop).mean() for folder, crop in crops.items()}
+        assert distance["d1"] < distance["d2"] / 2, distance  # d1's picture, not the black d2's
+
+
+@pytest.mark.slow
+def test_torchrun_says_what_stops_a_batch_before_its_work_once(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """Nothing to upscale, or -o naming a file for two inputs: every rank said so (the lines twice over two ranks);
+    now rank 0 alone, and the exit status is still 1."""
+    (tmp_path / "empty").mkdir()
+    folder = photo_folder(tmp_path / "in", photo, 2)
+    for args, said in (
+        (("empty", "-o", "out"), ["empty: folder has no images (use --recursive)", "nothing to upscale"]),
+        ((folder, "-o", "one.png"), ["one.png: -o names a file but there are 2 inputs; give a folder"]),
+    ):
+        r = torchrun("upscale", *args, "--model", model_file, "--device", "cpu", cwd=tmp_path)
+        assert r.returncode == 1
+        errors = [line for line in r.stderr.splitlines() if line.startswith("esrgan: error:")]
+        assert errors == [f"esrgan: error: {line}" for line in said], r.stderr
+        assert not (tmp_path / "out").exists() and not (tmp_path / "one.png").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is pid (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_rank_whose_partner_dies_says_so_in_one_line(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """Two machines (two torchrun agents, --nnodes 2, one rank each): rank 1 has done its small files and waits for
+    rank 0 at the end when rank 0 is killed. It printed gloo's traceback ("RuntimeError: ... Connection reset by
+    peer ... GLHF!"); now one line that says what happened, what is written, and to rerun."""
+    names = []
+    for k in range(6):  # big files at even places (rank 0's), small ones at odd places (rank 1's)
+        name, size = (f"big{k}.png", 256) if k % 2 == 0 else (f"small{k}.png", 16)
+        Image.fromarray(photo[40 * k : 40 * k + size, :size]).save(tmp_path / name)
+        names.append(name)
+    with socket.socket() as sock:  # a free port for rank 0's agent to serve the rendezvous on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "esrgan.cli", "upscale", *names,
+               "-o", "out", "--model", str(model_file), "--device", "cpu", "--tile", "32",
+               "--png-compression", "9"]  # fmt: skip
+    agents = []
+    for node in (0, 1):
+        agents.append(subprocess.Popen([*command[:3], "--node-rank", str(node), *command[3:]], cwd=tmp_path,
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    mine = [tmp_path / "out" / f"small{k}_x4.png" for k in (1, 3, 5)]
+    # rank 1 has written its files and waits for rank 0 (or is about to)
+    while agents[0].poll() is None and not all(p.exists() for p in mine):
+        time.sleep(0.05)
+    for worker in _children(agents[0].pid):
+        os.kill(worker, signal.SIGKILL)
+    said = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert all(agent.returncode != 0 for agent in agents)
+    assert (
+        "esrgan: error: [rank 1/2] another rank stopped before the end; this rank's 3 files are written; "
+        "rerun to finish" in said[1].splitlines()
+    ), said[1]
+    assert "RuntimeError" not in said[1] and "Connection reset" not in said[1], said[1]
 
 
 def test_out_of_memory_is_told_from_real_allocation_failures() -> None:
@@ -348,6 +598,83 @@ def test_a_failing_input_leaves_no_folder_and_a_fifo_output_is_skipped_before_th
     result = upscale_files(up, jobs, progress="quiet", overlap=False)
     assert len(result.failed) == 1 and [j.src.name for j in result.skipped] == ["fine.png"] and not calls
     assert sorted(p.name for p in out.iterdir()) == ["fine_x4.png"]  # no out/deep/er/
+
+
+def test_an_output_name_too_long_for_the_file_system_fails_alone_before_the_model(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """A legal input name 4 bytes short of the limit gives an output name 3 bytes over it (`_x4`). With the output
+    folder there (a rerun, any -o that exists), looking the output up raised ENAMETOOLONG out of the batch: no file
+    done, no summary; in a new folder the file failed only after the model had run for it (the probe tried the
+    shortened temporary name). Now one line for that file before the model, and the batch goes on."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    src = tmp_path / "in"
+    src.mkdir()
+    long = "L" * (limit - 4) + ".png"
+    for k, name in enumerate(("a.png", long, "b.png")):
+        Image.fromarray(photo[40 * k : 40 * k + 16, :16]).save(src / name)
+    model = photo_preserving_rrdb()
+    calls: list[int] = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    up = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    up.runner = ModelRunner(up.model, up.device, torch.float32, engine="module")  # so that the hook sees it
+    sources, _ = collect_inputs([str(src)])
+    for out, overwrite in (
+        (tmp_path / "there", False),
+        (tmp_path / "there", True),
+        (tmp_path / "new", False),
+    ):
+        if out.name == "there":
+            out.mkdir(exist_ok=True)
+            for name in os.listdir(out):
+                (out / name).unlink()
+        calls.clear()
+        jobs = plan_jobs(sources, out, scale=up.scale)
+        result = upscale_files(up, jobs, progress="quiet", overwrite=overwrite)
+        dst = out / (long[:-4] + "_x4.png")
+        assert result.failed == [
+            (
+                str(src / long),
+                f"{src / long}: cannot write {dst} (name too long: {limit + 3} bytes, at most {limit})",
+            )
+        ]
+        assert [j.src.name for j in result.written] == ["a.png", "b.png"] and len(calls) == 2
+        assert sorted(os.listdir(out)) == ["a_x4.png", "b_x4.png"]
+    r = run_cli("upscale", src, "-o", "there", "--model", model_file, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"esrgan: error: {src / long}: cannot write there/{long[:-4]}_x4.png (name too long: {limit + 3} bytes, "
+        f"at most {limit})"
+    ]
+    assert "esrgan upscale: 0 upscaled, 2 skipped (output exists), 1 failed" in r.stdout
+
+
+def test_a_symbolic_link_loop_at_the_output_folder_or_an_output_is_one_line(
+    tmp_path: Path, photo: np.ndarray, model_file: Path
+) -> None:
+    """A link to itself as -o, or where one output goes: Path.resolve raised RuntimeError (Python 3.10-3.12), a
+    traceback. Now -o is refused in one line, and an output's link is something at its name: skipped without
+    --overwrite (before the model), replaced with it."""
+    folder = photo_folder(tmp_path / "in", photo, 2)  # p00.png, p01.jpg
+    (tmp_path / "loop").symlink_to("loop")
+    r = run_cli("upscale", folder, "-o", "loop", "--model", model_file, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"esrgan: error: -o loop: {os.strerror(errno.ELOOP)} (a symbolic link that leads back to itself)"
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p00_x4.png").symlink_to("p00_x4.png")
+    r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "esrgan upscale: 1 upscaled, 1 skipped (output exists), 0 failed" in r.stdout
+    assert os.readlink(out / "p00_x4.png") == "p00_x4.png"
+    r = run_cli(
+        "upscale", folder, "-o", out, "--model", model_file, "--device", "cpu", "--overwrite", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    assert "esrgan upscale: 2 upscaled, 0 skipped (output exists), 0 failed" in r.stdout
+    assert read_image(out / "p00_x4.png").height == 160 and not (out / "p00_x4.png").is_symlink()
 
 
 def test_a_warning_names_its_file_once_whatever_spaces_the_name_has(

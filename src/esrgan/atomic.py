@@ -194,17 +194,36 @@ def cannot_write_reason(dest: Path, exc: OSError) -> str:
     return exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
+def _longest_name(folder: Path) -> int | None:
+    """The bytes a file name may have in folder (its file system's NAME_MAX), or None where none is said."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows)
+        return None
+    return limit if limit > 0 else None
+
+
 def writable_reason(dest: str | os.PathLike[str]) -> str | None:
     """Why dest could not be written atomically, or None. A temporary file of the write's own name pattern is
     created and removed in the nearest folder of dest that exists (no folder is made: an input that fails later
     leaves nothing behind). A batch asks this before the model runs, so a read-only folder, a file where a folder
     should be, a folder where the output should be or a name too long is said before the work, not after it."""
     dest = Path(dest)
-    if dest.is_dir():
-        return "a folder has its name"
+    with contextlib.suppress(OSError):  # a name too long to look up, a folder not to be searched: said below
+        if dest.is_dir():
+            return "a folder has its name"
     folder = next((p for p in dest.parents if os.path.lexists(p)), Path("."))
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
+    # the names still to be made, checked against the folder's limit: the probe's temporary name is shortened to
+    # fit (temp_stem), so a name too long to be the output's passed it, and failed after the model had run
+    limit = _longest_name(folder)
+    missing = dest.parts[len(folder.parts) :] if folder in dest.parents else (dest.name,)
+    for k, name in enumerate(missing):
+        size = len(os.fsencode(name))
+        if limit is not None and size > limit:
+            which = "" if k == len(missing) - 1 else f"folder {name} is "
+            return f"name too long: {which}{size} bytes, at most {limit}"
     try:
         fd, name = tempfile.mkstemp(
             prefix=f".{temp_stem(folder, dest.name)}.", suffix=_TEMP_SUFFIX, dir=folder

@@ -13,9 +13,11 @@ import io
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .defaults import (
@@ -781,11 +783,58 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_upscale)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during `esrgan upscale`, raised in the main thread where Ctrl-C raises KeyboardInterrupt, so that the
+    batch stops the same way (_stops_on_signals); the command then exits 143."""
+
+
+SECOND_SIGNAL_GRACE = 2.0
+"""Seconds after the signal that stops `esrgan upscale` during which another Ctrl-C or SIGTERM is the same request,
+and is ignored: under torchrun one Ctrl-C can reach a rank as SIGINT and then SIGTERM (its agent sends SIGTERM when
+it gets a second signal itself: a second Ctrl-C, or `timeout` passing the first one on), and a double tap is one
+request. A later one ends the stop at once."""
+
+
+@contextlib.contextmanager
+def _stops_on_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (systemd, a scheduler, torchrun's agent) stop a batch the same way: an exception in the
+    main thread, after which the writers finish the files they are writing (whole; no temporary file stays).
+
+    With SIGTERM's default the process died at once, leaving the files being written as hidden temporary files;
+    a second signal during the stop ended the wait for the writers the same way. Another signal within
+    SECOND_SIGNAL_GRACE seconds of the first is ignored; a later one still ends the stop at once (the next run
+    removes what it leaves). Handlers are set only in the main thread and where SIGINT and SIGTERM have their
+    usual ones (not where a program embedding us set its own or ignores them), and put back at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    first: list[float] = []  # when the signal that stopped the batch came
+
+    def stop(signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if first and now - first[0] < SECOND_SIGNAL_GRACE:
+            return
+        first[:] = [now]
+        raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    previous = {}
+    for sig, usual in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) == usual:
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run_upscale(args: argparse.Namespace) -> int:
     from .pipeline import (
+        Job,
         collect_inputs,
         output_folder,
         plan_jobs,
+        repeated_outputs,
         shard_from_env,
         upscale_files,
         warnings_as_lines,
@@ -844,14 +893,16 @@ def _run_upscale(args: argparse.Namespace) -> int:
         from .video import parse_frames
 
         video["frames"] = parse_frames(args.frames)
-    with warnings_as_lines(), shard_from_env() as shard:  # torchrun: this rank's part, one summary on rank 0
+
+    def plan() -> tuple[Upscaler, list[Job], list[tuple[str, str]]] | None:
+        """The model, the jobs and the unusable inputs (each said here); None when there is nothing to do."""
         exclude = output_folder(args.output)
         sources, problems = collect_inputs(args.inputs, recursive=args.recursive, exclude=exclude)
-        for arg, reason in problems if shard.main else ():
+        for arg, reason in problems:
             _err(f"{arg}: {reason}")
         if not sources:
             _err("nothing to upscale")
-            return 1
+            return None
         model = _path(args.model)
         upscaler = Upscaler.from_pretrained(args.model, **options)  # a name or a file
         scale: float | str = upscaler.scale
@@ -866,6 +917,39 @@ def _run_upscale(args: argparse.Namespace) -> int:
             )
             name = "{name}_{scale}.{ext}" if name == DEFAULT_NAME else name
         jobs = plan_jobs(sources, args.output, name=name, format=args.format, scale=scale, model=model.stem)
+        return upscaler, jobs, problems
+
+    problems: list[tuple[str, str]] = []
+    repeated: list[tuple[str, str]] = []  # torchrun: inputs whose output another input has, said by rank 0
+    with warnings_as_lines(), shard_from_env() as shard:  # torchrun: this rank's part, one summary on rank 0
+        # torchrun: rank 0 alone lists the inputs and plans (and says what is wrong with them, once); the other ranks
+        # take their part of its list (Shard.share_jobs) and load the model once it has come
+        if shard.main:
+            try:
+                planned = plan()
+            except BaseException:
+                # the other ranks end too, without a word: this one says why (its own error, also where one of
+                # them is gone already)
+                with contextlib.suppress(EsrganError):
+                    shard.share_jobs(None)
+                raise
+            if planned is None:
+                shard.share_jobs(None)
+                return 1
+            upscaler, jobs, problems = planned
+            if shard.world > 1:  # one process says so per file in upscale_files; here the shards never meet
+                clash = repeated_outputs(jobs)
+                for k, reason in clash.items():
+                    _err(f"{jobs[k].src}: {reason}")
+                repeated = [(str(jobs[k].src), reason) for k, reason in clash.items()]
+                jobs = [job for k, job in enumerate(jobs) if k not in clash]
+            shard.share_jobs(jobs)
+        else:
+            shared = shard.share_jobs()
+            if shared is None:  # rank 0 stopped before the work and said why
+                return 1
+            jobs = shared
+            upscaler = Upscaler.from_pretrained(args.model, **options)
         part = upscale_files(
             upscaler,
             shard.take(jobs),
@@ -884,6 +968,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
         result = shard.gather(part)
     if result is None:  # another rank: rank 0 prints the summary and carries the exit code
         return 0
+    result.failed += repeated
     failed = len(result.failed) + len(problems)
     if not args.quiet or failed:
         unused = f", {len(problems)} input{'s' if len(problems) > 1 else ''} not usable (see above)"
@@ -974,6 +1059,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Runner = args.func
+    # upscale: SIGTERM stops a batch as Ctrl-C does; the handlers stay until the line that says so is written
+    with _stops_on_signals() if func is _run_upscale else contextlib.nullcontext():
+        return _call(func, args)
+
+
+def _call(func: Runner, args: argparse.Namespace) -> int:
+    """func(args), and what it raises as one line and an exit status."""
     try:
         return func(args)
     except EsrganError as exc:
@@ -994,14 +1086,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         _err("out of memory")
         return 1
-    except KeyboardInterrupt:
-        _err("interrupted")
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)  # SIGTERM: the status a shell gives a process it ended
+        _err("terminated" if terminated else "interrupted")
+        status = 143 if terminated else 130
         ncnn = sys.modules.get("esrgan.ncnn")
         if (
             ncnn is not None
         ):  # an ncnn pass Ctrl-C stopped waiting for ends the process now, not after its tile
-            ncnn.end_at_once(130)
-        return 130
+            ncnn.end_at_once(status)
+        return status
 
 
 def _format_arg(s: str) -> str:

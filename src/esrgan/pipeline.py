@@ -15,18 +15,21 @@ decoding/encoding fill the gaps (as equals they slowed the model's OpenMP thread
 Videos are one job each, run by the model stage through esrgan.video.upscale_video, which overlaps its own frame
 decoding and encoding; the pipeline gives them the same skip/error/summary handling.
 
-Ctrl-C (KeyboardInterrupt in the model stage) stops the reader after its current decode and the writers after their
-current file (written whole and atomically: a rerun skips it); queued results are dropped, no temporary file stays.
+Ctrl-C (KeyboardInterrupt in the model stage; `esrgan upscale` raises one for SIGTERM too) stops the reader after
+its current decode and the writers after their current file (written whole and atomically: a rerun skips it);
+queued results are dropped, no temporary file stays.
 
-torchrun: with WORLD_SIZE > 1 every rank plans the same sorted jobs and takes those with index % world == rank
-(`Shard`); each writes its own outputs atomically and skips existing ones, so a rerun does only what is missing;
-rank 0 gathers the counts (torch.distributed, gloo) and prints one summary.
+torchrun: with WORLD_SIZE > 1 rank 0 lists the inputs and plans the jobs, and sends the list to the other ranks
+(`Shard.share_jobs`); each rank takes those with index % world == rank (`Shard.take`), writes its own outputs
+atomically and skips existing ones, so a rerun does only what is missing; rank 0 gathers the counts
+(torch.distributed, gloo) and prints one summary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -134,6 +137,16 @@ class BatchResult:
         )
 
 
+def resolved(path: Path) -> Path:
+    """path.resolve(), or where a symbolic link on the way loops, the absolute path as written: Path.resolve raises
+    RuntimeError on a loop (Python 3.10-3.12; OSError since), and a link to itself at -o or at an output's name
+    was a traceback."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
 def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
@@ -148,13 +161,13 @@ def collect_inputs(
     Returns (found, problems) where problems are (argument, reason) for arguments that matched nothing, and
     (folder, reason) for folders that could not be read (a sub-folder too: its images would be lost without a word).
     """
-    excl = exclude.resolve() if exclude is not None else None
+    excl = resolved(exclude) if exclude is not None else None
     found: list[tuple[Path, Path | None]] = []
     problems: list[tuple[str, str]] = []
     seen: set[Path] = set()
 
     def add(path: Path, base: Path | None) -> None:
-        key = path.resolve()
+        key = resolved(path)
         if key not in seen:
             seen.add(key)
             found.append((path, base))
@@ -193,7 +206,7 @@ def collect_inputs(
                     for m in matches
                     if Path(m).is_file() and Path(m).suffix.lower() in _PICKED_SUFFIXES
                 ]
-                files = [p for p in files if excl is None or not p.resolve().is_relative_to(excl)]
+                files = [p for p in files if excl is None or not resolved(p).is_relative_to(excl)]
                 for m in matches:
                     if Path(m).is_dir():
                         files += listed(Path(m))
@@ -240,6 +253,13 @@ def output_folder(output: Path | None) -> Path | None:
 
     if output is None:
         return DEFAULT_OUTPUT_DIR
+    try:
+        os.stat(output)
+    except OSError as exc:  # no such folder yet is fine; a loop is said here, once, not for every file
+        if exc.errno == errno.ELOOP:
+            raise EsrganError(
+                f"-o {output}: {exc.strerror} (a symbolic link that leads back to itself)"
+            ) from None
     suffix = output.suffix.lower()
     if output.is_dir():
         return output
@@ -253,10 +273,31 @@ def output_folder(output: Path | None) -> Path | None:
     return output
 
 
+def repeated_outputs(jobs: list[Job]) -> dict[int, str]:
+    """The jobs whose output is also an earlier job's (d1/a.png and d2/a.png into one folder): index -> why, in one
+    line. The first keeps the output; the others fail, or the last one written would replace the others' silently."""
+    first: dict[Path, Path] = {}
+    repeated = {}
+    for k, job in enumerate(jobs):
+        key = resolved(job.dst)
+        if key in first:
+            repeated[k] = (
+                f"output {job.dst} is also the output of {first[key]}; use a --name with more fields"
+            )
+        else:
+            first[key] = job.src
+    return repeated
+
+
 def _taken(dst: Path) -> bool:
     """Something other than a folder is at dst (a file, a FIFO, a link to one): an output that exists, skipped
-    without --overwrite. A folder there is no output: the destination's probe says so, as an error."""
-    return dst.exists() and not dst.is_dir()
+    without --overwrite; a link that leads nowhere or to itself too, before the model (the write would refuse to
+    replace it). A folder there is no output: the destination's probe says so, as an error. So does it for a dst
+    that cannot be looked up (a name too long: Path.exists raised ENAMETOOLONG, which stopped the batch)."""
+    try:
+        return os.path.lexists(dst) and not dst.is_dir()
+    except OSError:
+        return False
 
 
 def plan_jobs(
@@ -929,19 +970,14 @@ def upscale_files(
             f"removed {n} leftover temporary file{'s' if n > 1 else ''} of an interrupted run "
             f"({format_bytes(size)}): {names}"
         )
-    targets: dict[Path, Path] = {}
+    repeated = repeated_outputs(jobs)
     todo: list[_Item] = []
     try:
         for i, job in enumerate(jobs, 1):
             item = _Item(i, job)
-            key = job.dst.resolve()
-            if key in targets:
-                batch.failed(
-                    item,
-                    f"output {job.dst} is also the output of {targets[key]}; use a --name with more fields",
-                )
+            if i - 1 in repeated:
+                batch.failed(item, repeated[i - 1])
                 continue
-            targets[key] = job.src
             if _taken(job.dst) and not overwrite:
                 batch.skipped(item)
                 continue
@@ -979,20 +1015,62 @@ class Shard:
         return f"[rank {self.rank}/{self.world}] " if self.world > 1 else ""
 
     def take(self, jobs: list[T]) -> list[T]:
-        """The jobs of this rank: index % world == rank of the list every rank planned the same way (sorted)."""
+        """The jobs of this rank: index % world == rank of the list rank 0 planned (share_jobs)."""
         return jobs[self.rank :: self.world]
+
+    def share_jobs(self, jobs: list[Job] | None = None) -> list[Job] | None:
+        """Rank 0's jobs on every rank: rank 0 passes the list it planned, or None when it stops before the work (it
+        says why itself); the other ranks pass nothing and get the same. A single process gets its own back.
+
+        Every rank listing the inputs itself gave lists that differ when a file arrives between two ranks' listings
+        (a folder being filled, a rank that starts later on another machine): taken by index, some files were done
+        by no rank and others by two, and the summary said all went well."""
+        if self.world <= 1:
+            return jobs
+        planned = None if jobs is None else [[str(job.src), str(job.dst)] for job in jobs]
+        try:
+            got = json.loads(self._broadcast_text(json.dumps(planned) if self.main else ""))
+        except RuntimeError:  # gloo's errors (DistBackendError is one)
+            raise self._lost("before the work began; this rank wrote nothing") from None
+        return None if got is None else [Job(Path(src), Path(dst)) for src, dst in got]
 
     def gather(self, result: BatchResult) -> BatchResult | None:
         """Every rank's result merged, on rank 0 (None on the others); the result itself for a single process."""
         if self.world <= 1:
             return result
-        parts = [BatchResult.from_json(text) for text in self._all_gather_text(result.to_json())]
+        try:
+            texts = self._all_gather_text(result.to_json())
+        except RuntimeError:  # gloo's errors (DistBackendError is one)
+            n = len(result.written)
+            raise self._lost(f"before the end; this rank's {n} file{'s' * (n != 1)} are written") from None
+        parts = [BatchResult.from_json(text) for text in texts]
         if not self.main:
             return None
         total = BatchResult()
         for part in parts:
             total.merge(part)
         return total
+
+    def _lost(self, when: str) -> EsrganError:
+        """The one line of a rank whose exchange failed because another rank is gone (killed, its machine down):
+        gloo's own error was a traceback ending in "Read error ...: Connection reset by peer ... GLHF!"."""
+        return EsrganError(f"{self.prefix}another rank stopped {when}; rerun to finish")
+
+    def _broadcast_text(self, text: str) -> str:
+        """Rank 0's text on every rank, through two gloo broadcasts (the length, then the UTF-8 bytes); the tensors
+        are kept on the Shard, as _all_gather_text's are."""
+        import torch
+        import torch.distributed as dist
+
+        data = text.encode()
+        length = torch.tensor([len(data)], dtype=torch.int64)
+        dist.broadcast(length, src=0)
+        buffer = torch.zeros(int(length.item()), dtype=torch.uint8)
+        if self.main:
+            buffer[:] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        dist.broadcast(buffer, src=0)
+        self._held += [length, buffer]
+        return buffer.numpy().tobytes().decode()
 
     def _all_gather_text(self, text: str) -> list[str]:
         """Every rank's text, through two gloo all_gathers (lengths, then the padded UTF-8 bytes).
@@ -1014,7 +1092,7 @@ class Shard:
         mine[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         theirs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world)]
         dist.all_gather(theirs, mine)
-        self._held = [length, *lengths, mine, *theirs]
+        self._held += [length, *lengths, mine, *theirs]
         return [t[: int(n.item())].numpy().tobytes().decode() for t, n in zip(theirs, lengths, strict=True)]
 
 
