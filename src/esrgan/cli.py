@@ -1091,9 +1091,7 @@ def _call(func: Runner, args: argparse.Namespace) -> int:
         _err("terminated" if terminated else "interrupted")
         status = 143 if terminated else 130
         ncnn = sys.modules.get("esrgan.ncnn")
-        if (
-            ncnn is not None
-        ):  # an ncnn pass Ctrl-C stopped waiting for ends the process now, not after its tile
+        if ncnn is not None:  # an ncnn pass we stopped waiting for ends the process now, not after its tile
             ncnn.end_at_once(status)
         return status
 
