@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -997,7 +998,9 @@ def test_a_job_too_large_for_the_servers_memory_fails_alone(tmp_path: Path, phot
     memory free was run until the kernel's OOM killer ended the server, with every job in it. Now that job fails
     before the model runs, in one line naming it and the memory, and the server goes on with the next.
     Session 27: the previews are made in bands of rows, so a 768x768 upload at x4, refused in 520 MiB until then
-    (its previews took ~380 MiB in float32), runs in it."""
+    (its previews took ~380 MiB in float32), runs in it. Session 28: a result too large to hold whole is written as
+    it is computed, as a PNG (a JPEG upload's too, its name says so), as the CLI's batch does; one that cannot be
+    (alpha) is still refused."""
     model = save_model(tmp_path / "m.safetensors", tiny_rrdb(0))
     group = V1_MEMORY / f"esrgan-test-{uuid.uuid4().hex[:8]}"
     group.mkdir()
@@ -1006,7 +1009,12 @@ def test_a_job_too_large_for_the_servers_memory_fails_alone(tmp_path: Path, phot
         proc = ServerProcess(model, tmp_path, cgroup=group)
 
         def job(name: str, pixels: np.ndarray) -> dict[str, Any]:
-            body, ctype = multipart(name, png(pixels), {"model": "m"})
+            data = png(pixels)
+            if name.endswith(".jpg"):
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+                data = buf.getvalue()
+            body, ctype = multipart(name, data, {"model": "m"})
             status, data = proc.request("POST", "/api/jobs", body=body, ctype=ctype)
             assert status == 201, data
             deadline = time.time() + 120
@@ -1027,10 +1035,25 @@ def test_a_job_too_large_for_the_servers_memory_fails_alone(tmp_path: Path, phot
         tiled = np.tile(photo, (3, 3, 1))
         fits = job("fits.png", np.ascontiguousarray(tiled[:768, :768]))
         assert fits["state"] == "done", fits
-        big = job("big.png", np.ascontiguousarray(tiled[:1536, :1536]))  # 6144 x 6144: ~540 MiB at its peak
-        assert big["state"] == "error", big
-        assert big["error"].startswith("big.png: the 6144x6144 result needs about ")
-        assert "is free on the server" in big["error"]
+        big_in = np.ascontiguousarray(tiled[:1536, :1536])  # 6144 x 6144: ~540 MiB at its peak held whole
+        # whole, with the server's margin (twice the estimate), it asks for ~920 MB; written as computed, ~420
+        (group / "memory.limit_in_bytes").write_text(str(baseline + 700 * 2**20))
+        for name in ("big.png", "big.jpg"):  # until session 28 both failed: "the 6144x6144 result needs about"
+            big = job(name, big_in)
+            assert big["state"] == "done", big["error"]
+            status, data = proc.request("GET", big["result_url"])
+            assert status == 200 and data[:8] == b"\x89PNG\r\n\x1a\n", (status, data[:40])  # a JPEG's too
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as result:
+                    assert result.size == (6144, 6144)
+                    result.load()  # decodes whole: the rows were all written
+            del data
+        alpha = np.dstack([big_in, np.full(big_in.shape[:2], 200, np.uint8)])  # alpha: a second pass, held whole
+        refused = job("alpha.png", alpha)
+        assert refused["state"] == "error", refused
+        assert refused["error"].startswith("alpha.png: the 6144x6144 result needs about ")
+        assert "is free on the server" in refused["error"]
         assert job("again.png", small)["state"] == "done"  # the server is alive and works
         # and a small job is not refused for a floor of the estimate (a review: 69 MB asked for a 256x256 result)
         usage = int((group / "memory.usage_in_bytes").read_text())

@@ -48,7 +48,7 @@ from .video import CONTAINERS, VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
     from .imageio import ImageData
-    from .upscale import Upscaler
+    from .upscale import Progress, Upscaler
 
 T = TypeVar("T")
 
@@ -378,6 +378,41 @@ class OutputOptions:
     png_compression: int | None = None
     overwrite: bool = False
     stream: bool = False
+
+
+def write_streamed(
+    upscaler: Upscaler,
+    image: ImageData,
+    dst: Path,
+    output: OutputOptions,
+    *,
+    on_tile: Progress | None = None,
+) -> tuple[int, int]:
+    """Upscale `image` into `dst` row band by row band as the model makes them (Upscaler.upscale_rows into
+    imageio.write_image_rows: a PNG or TIFF output is never held whole), atomically; returns the output's (height,
+    width). Only where upscaler.stream_reason(image) is None. A forward pass out of memory begins the file again
+    with smaller tiles (Upscaler.retrying; the partial file is removed). The C heap is told to give freed blocks
+    back (device.freed_memory_returned), as Upscaler.host_bytes' estimate of a streamed upscale assumes: slower,
+    for the least memory. The batch's streamed outputs and the web page's go through it."""
+    from .device import freed_memory_returned
+    from .imageio import write_image_rows
+
+    size = upscaler.output_size(image.height, image.width)
+
+    def write(tile: int) -> None:  # the tile `retrying` chose for this attempt
+        with freed_memory_returned():
+            write_image_rows(
+                dst,
+                image,
+                size,
+                upscaler.upscale_rows(image, on_tile=on_tile, tile=tile),
+                format=output.format,
+                overwrite=output.overwrite,
+                png_compression=output.png_compression,
+            )
+
+    upscaler.retrying(image.height, image.width, image.pixels.dtype, write)
+    return size
 
 
 def write_output(dst: Path, image: ImageData, options: OutputOptions = OutputOptions()) -> Path:
@@ -764,31 +799,13 @@ class _Batch:
         item.image = None
 
     def _stream(self, item: _Item) -> None:
-        """Model and writer in one: the rows go to the file as they are made (the writer stage is not used). The C
-        heap is told to give freed blocks back (device.freed_memory_returned), as Upscaler.host_bytes' estimate of a
-        streamed upscale assumes: slower, for the least memory."""
-        from .device import freed_memory_returned
-        from .imageio import write_image_rows
-
+        """Model and writer in one: the rows go to the file as they are made (write_streamed; the writer stage is
+        not used)."""
         image = item.image
         assert image is not None
         item.image = None  # the input goes when the file is done; nothing is queued for the writers
-
-        def write(tile: int) -> None:  # the tile `retrying` chose for this attempt
-            with freed_memory_returned():
-                write_image_rows(
-                    item.job.dst,
-                    image,
-                    self.upscaler.output_size(image.height, image.width),
-                    self.upscaler.upscale_rows(image, on_tile=self.report.on_tile, tile=tile),
-                    format=self.output.format,
-                    overwrite=self.output.overwrite,
-                    png_compression=self.output.png_compression,
-                )
-
-        # a forward pass out of memory: the file is begun again with smaller tiles, a warning naming it
-        with in_hand(item.job.src):
-            self.upscaler.retrying(image.height, image.width, image.pixels.dtype, write)
+        with in_hand(item.job.src):  # a warning of the model's (smaller tiles) names the file
+            write_streamed(self.upscaler, image, item.job.dst, self.output, on_tile=self.report.on_tile)
         item.precision = self.upscaler.last_precision
         seconds = time.perf_counter() - item.start
         self.written(item, f"{item.job.src} -> {item.job.dst} ({seconds:.1f} s, written as computed)")

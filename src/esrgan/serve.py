@@ -176,7 +176,8 @@ class Job:
     width: int
     height: int
     description: str  # e.g. "RGB + alpha, 16-bit PNG"
-    ext: str  # the result keeps the input's format (as the CLI does), PNG where that cannot hold its size
+    ext: str  # the result keeps the input's format (as the CLI does), PNG where that cannot hold its size or
+    # the result does not fit whole in the memory free (written as it is computed)
     scale: float  # the output scale: options.outscale, else the model's
     created: float = field(default_factory=time.time)
     state: State = "queued"
@@ -307,6 +308,24 @@ class UpscalerEngine:
         height, width = self.upscaler.output_size(image.height, image.width)
         samples = height * width * (image.channels + (image.alpha is not None))
         return whole * 2 + samples * 4, (height, width)
+
+    def streamed_memory_needed(self, image: ImageData) -> int | None:
+        """Host bytes a job needs when its result is a PNG written as it is computed (write_rows); None where this
+        image cannot be (alpha, another scale, a measurement: Upscaler.stream_reason). Upscaler.host_bytes'
+        streamed estimate (the tiling's band and the rows in flight; the model's pass is inside the half of the
+        free memory the tile is chosen for, so doubling it as memory_needed does would ask for more than the tile
+        leaves) and JOB_OVERHEAD. The previews then hold nothing of the result: the "before" is made from the input
+        in bands, and a PNG is its own "after"."""
+        if self.upscaler.stream_reason(image) is not None:
+            return None
+        return int(self.upscaler.host_bytes(image)[1]) + JOB_OVERHEAD
+
+    def write_rows(self, image: ImageData, path: Path, on_tile: Progress) -> tuple[int, int]:
+        """Upscale `image` into the PNG `path` as it is computed (pipeline.write_streamed, the batch's way);
+        returns the result's (height, width)."""
+        from .pipeline import OutputOptions, write_streamed
+
+        return write_streamed(self.upscaler, image, path, OutputOptions(format="png"), on_tile=on_tile)
 
     @property
     def last_precision(self) -> str:
@@ -841,51 +860,70 @@ class JobService:
         if not self._engine_ready(job.options):
             self._phase(job, "loading")
         engine = self._engine_for(job.options)
-        self._check_memory(job, engine, image)
+        streamed = self._check_memory(job, engine, image)
         predict = getattr(engine, "precision_for", None)
         self._phase(job, "computing", predict(image) if callable(predict) else None)
-        out = engine(image, job.options, on_tile)
-        if job.cancel.is_set():
-            raise JobCancelled
-        self._phase(job, "writing", getattr(engine, "last_precision", None))
         result = job.folder / f"result.{job.ext}"
-        write_output(result, out, OutputOptions(format=job.ext))  # the batch's writer: atomic, fast PNG level
-        # The comparison: MATLAB bicubic of the input to the output's exact size, as an 8-bit PNG.
+        after = result
+        if streamed:  # a PNG too large to hold whole: written as it is computed, and its own "after"
+            assert isinstance(engine, UpscalerEngine)  # the only engine that says it can (streamed_memory_needed)
+            size = engine.write_rows(image, result, on_tile)
+            if job.cancel.is_set():
+                raise JobCancelled
+            self._phase(job, "writing", getattr(engine, "last_precision", None))
+        else:
+            out = engine(image, job.options, on_tile)
+            if job.cancel.is_set():
+                raise JobCancelled
+            self._phase(job, "writing", getattr(engine, "last_precision", None))
+            write_output(result, out, OutputOptions(format=job.ext))  # the batch's writer: atomic, fast PNG level
+            size = (out.height, out.width)
+            if job.ext not in _BROWSER_FORMATS:  # a TIFF result: an 8-bit PNG the browser shows
+                after = job.folder / "after.png"
+                write_image_rows(
+                    after, _preview_like(out.channels, out.alpha is not None), size, _after_rows(out)
+                )
+            del out  # the result is on disk: the "before" below does not need it held
+        # The comparison: MATLAB bicubic of the input to the output's exact size, as an 8-bit PNG, made and written
+        # a band of rows at a time (PREVIEW_ROWS), alpha as a last channel.
         before = job.folder / "before.png"
-        size = (out.height, out.width)
-        # made and written a band of rows at a time (PREVIEW_ROWS), alpha as a last channel
         like = _preview_like(image.channels, image.alpha is not None)
         write_image_rows(before, like, size, _before_rows(image, size))
-        after = result
-        if job.ext not in _BROWSER_FORMATS:  # a TIFF result: an 8-bit PNG the browser shows
-            after = job.folder / "after.png"
-            write_image_rows(
-                after, _preview_like(out.channels, out.alpha is not None), size, _after_rows(out)
-            )
         with self._cond:
             job.result_path, job.before_path, job.after_path = result, before, after
-            job.out_width, job.out_height = out.width, out.height
+            job.out_height, job.out_width = size
 
-    def _check_memory(self, job: Job, engine: Engine, image: ImageData) -> None:
-        """Fail the job, before the model runs, when its result would not fit in the host memory free (the page
-        keeps the result whole and makes its previews from it, in bands of rows): the kernel's OOM killer would
-        otherwise end the server, with every other job in it. Engines that cannot say (tests' fakes) are not
-        checked."""
+    def _check_memory(self, job: Job, engine: Engine, image: ImageData) -> bool:
+        """Whether the job's result is written as it is computed: a result that would not fit whole in the host
+        memory free, where the image allows (UpscalerEngine.write_rows, the CLI batch's way), as a PNG (a JPEG,
+        WebP or TIFF result, which is encoded whole, becomes one, as the page does for a size past a format's
+        limit: the name says so). Else False; the job fails, before the model runs, when its result fits neither
+        way (the page keeps a result whole and makes its previews from it, in bands of rows): the kernel's OOM
+        killer would otherwise end the server, with every other job in it. Engines that cannot say (tests' fakes)
+        are not checked."""
         from .device import host_memory_available
         from .pipeline import format_bytes
 
         estimate = getattr(engine, "memory_needed", None)
         if not callable(estimate):
-            return
+            return False
         free = host_memory_available()
         if free is None:
-            return
+            return False
         need, (height, width) = estimate(image)
-        if need > free:
-            raise EsrganError(
-                f"{job.name}: the {width}x{height} result needs about {format_bytes(need)} of memory and "
-                f"{format_bytes(free)} is free on the server: choose a smaller scale or width"
-            )
+        if need <= free:
+            return False
+        streamed = getattr(engine, "streamed_memory_needed", None)
+        rows = streamed(image) if callable(streamed) else None
+        if rows is not None and rows <= free:
+            with self._cond:
+                job.ext = "png"
+                self._changed()
+            return True
+        raise EsrganError(
+            f"{job.name}: the {width}x{height} result needs about {format_bytes(need if rows is None else rows)} "
+            f"of memory and {format_bytes(free)} is free on the server: choose a smaller scale or width"
+        )
 
     def _engine_key_for(self, options: JobOptions) -> tuple[str, str, int | None, float | None, int | None]:
         return (options.model, options.precision, options.tile, options.outscale, options.width)
@@ -903,6 +941,10 @@ class JobService:
             self._engine_key = key
         return self._engine
 
+
+JOB_OVERHEAD = 100 * 2**20
+"""Host bytes a job takes beyond Upscaler.host_bytes' estimate of its upscale: its threads and the writers (~100 MiB
+measured at small sizes, UpscalerEngine.memory_needed)."""
 
 PREVIEW_ROWS = 64
 """Rows of a preview made at a time. The previews were made whole, in float32 (the MATLAB bicubic of the whole
