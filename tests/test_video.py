@@ -342,7 +342,9 @@ def test_cli_bad_inputs_one_line_each(clips: dict[str, Path], tiny_file: Path, t
     for name, words in expect.items():
         line = next(e for e in errors if name in e)
         assert words in line, line
-    assert sorted(p.name for p in out.iterdir()) == ["good_x4.mp4"]  # no partial files, no work folders
+    # no partial files; no work folders but the truncated clip's, found at its end (its frames upscaled are kept)
+    assert sorted(p.name for p in out.iterdir()) == [".cut_x4.mkv.segments", "good_x4.mp4"]
+    assert "kept in " in next(e for e in errors if "cut.mkv" in e)
     assert "1 upscaled, 0 skipped (output exists), 4 failed" in r.stdout
     big = cli("upscale", str(folder / "good.mp4"), "-o", str(out / "big.mp4"), "--model", str(tiny_file),
               "--max-megapixels", "0.005")  # fmt: skip
@@ -584,3 +586,74 @@ def test_frames_that_differ_from_the_header_are_refused(
     assert str(src) in str(info.value) and "\n" not in str(info.value)
     assert not dst.exists() and not work_folder(dst).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.mov"]  # nothing left behind
+
+
+def cut_without_reencoding(src: Path, dst: Path, at: Fraction) -> Path:
+    """An MP4 cut at `at` seconds as `ffmpeg -ss AT -c copy` or LosslessCut write it: every packet kept, moved back
+    by `at`, so those before the cut (from the key frame before it) have negative timestamps, and the muxer writes
+    an edit list hiding them. The header's frame count (nb_frames) still counts them."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        streams = {
+            s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")
+        }
+        for packet in inp.demux(*[s for s in inp.streams if s.index in streams]):
+            if packet.dts is None:
+                continue
+            shift = round(at / packet.time_base)
+            if packet.stream.type == "audio" and packet.pts + packet.duration <= shift:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dst
+
+
+def test_an_mp4_cut_without_reencoding_is_what_plays(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """An MP4 cut at 0.2 s without re-encoding: 50 samples, 45 shown (an edit list hides the 5 before the cut). It
+    was refused as "truncated or corrupt: 45 of 50 frames decode" after all 45 were upscaled, and the work deleted;
+    now the 45 frames that play are the output, and the progress counts 45."""
+    src = cut_without_reencoding(clips["25"], tmp_path / "cut.mp4", Fraction(1, 5))
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].frames == 50  # the header's count: the hidden samples too
+    t_in, f_in = frames_of(src)
+    assert len(f_in) == 45 and t_in[0] == 0
+    totals: set[int | None] = set()
+    dst = tmp_path / "out.mkv"
+    result = upscale_video(up, src, dst, codec="ffv1", on_frame=lambda done, total: totals.add(total))
+    t_out, f_out = frames_of(dst)
+    assert result.frames == len(f_out) == 45 and totals == {45}
+    assert max(abs(a - b) for a, b in zip(t_in, t_out, strict=True)) <= Fraction(1, 1000)
+    np.testing.assert_array_equal(f_out[0], up.upscale(f_in[0]))
+    np.testing.assert_array_equal(f_out[-1], up.upscale(f_in[-1]))
+    _, f_whole = frames_of(clips["25"])
+    np.testing.assert_array_equal(f_in[0], f_whole[5])  # what plays first is the source's frame 5
+
+
+def test_a_clip_found_truncated_at_its_end_keeps_the_frames_upscaled(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """Where a stream ends is known only once it is decoded, so a truncated clip is refused after its frames were
+    upscaled: that work is kept in the work folder (it was deleted, so a check wrong about an unusual file cost the
+    whole run each time), the error says where, and a rerun reuses it (no frame through the model again)."""
+    data = clips["vfr"].read_bytes()
+    src = tmp_path / "cut.mkv"
+    src.write_bytes(data[: len(data) // 2])  # readable, but ends at about 1 s of 2
+    counting, model = bound_upscaler(1 << 30, 0)
+    dst = tmp_path / "out.mkv"
+    for run in range(2):
+        with pytest.raises(VideoError, match=r"truncated or corrupt: video ends at") as caught:
+            upscale_video(counting, src, dst, codec="ffv1", segment_frames=10)
+        message = str(caught.value)
+        assert message.startswith(f"{src}: ") and "\n" not in message
+        assert message.endswith(
+            f"; the 20 frames upscaled are kept in {work_folder(dst)} (a rerun reuses them; remove the folder if "
+            "the source is bad)"
+        )
+        assert not dst.exists() and len(list(work_folder(dst).glob("seg*.pkt"))) == 2
+        if run == 0:
+            assert len(model.passes) == 20
+            model.passes.clear()
+    assert model.passes == []  # the rerun decoded past the kept segments without the model

@@ -349,9 +349,12 @@ def _plan(
         for key in ("color_range", "color_primaries", "color_trc", "colorspace")
     }
     rate = vin.average_rate or vin.guessed_rate or vin.base_rate
+    # frames that play: the header's count (an MP4's nb_frames) includes the samples an edit list hides (an MP4 cut
+    # without re-encoding keeps the packets from the key frame before the cut), the stream's duration does not
     total: int | None = vin.frames or None
-    if total is None and vin.duration and rate:
-        total = round(float(vin.duration * vin.time_base * rate))
+    if vin.duration and rate:
+        shown = round(float(vin.duration * vin.time_base * rate))
+        total = min(total, shown) if total is not None else shown
     elif total is None and inp.duration and rate and len(inp.streams) == 1:
         total = round(inp.duration / 1_000_000 * float(rate))
     start, stop = frames if frames is not None else (0, None)
@@ -751,6 +754,7 @@ def upscale_video(
         kept_segments = _prepare_work(work, _fingerprint(src, upscaler, plan, segment_frames))
         skip = kept_segments * segment_frames
         result = VideoResult(src, dst, 0, 0.0, 0.0)
+        kept = False
         try:
             with _open_input(av, src) as inp:
                 vin = _video_stream(inp, src, limit)
@@ -773,16 +777,24 @@ def upscale_video(
                     raise VideoError(
                         f"{src}: no frames" + (" in the --frames range" if frames is not None else "")
                     )
-                _check_complete(inp, vin, src, plan, count, end)
+                try:
+                    _check_complete(inp, vin, src, plan, count, end)
+                except VideoError as exc:
+                    # said only after every frame was upscaled (where a stream ends is known only once it is decoded):
+                    # the work is kept, not thrown away on a check that may be wrong about an unusual file
+                    kept = True
+                    raise VideoError(
+                        f"{exc}; the {count} frames upscaled are kept in {work} (a rerun reuses them; remove the "
+                        "folder if the source is bad)"
+                    ) from None
             result.frames = count
             result.duration = float((end - first) * plan.time_base)
             result.resumed = min(skip, count)
             with _open_input(av, src) as inp, atomic_path(dst, overwrite=overwrite) as tmp:
                 _mux(av, inp, tmp, work, plan, segment_frames, count, end, result)
         except EsrganError:
-            shutil.rmtree(
-                work, ignore_errors=True
-            )  # a bad input fails again on a rerun: nothing worth keeping
+            if not kept:  # a bad input found before the work fails again on a rerun: nothing worth keeping
+                shutil.rmtree(work, ignore_errors=True)
             raise
         except av.error.FFmpegError as exc:
             shutil.rmtree(work, ignore_errors=True)
@@ -1047,11 +1059,14 @@ def _output_of(y: Any) -> Callable[[Any], Any]:
 
 
 def _check_complete(inp: Any, vin: Any, src: Path, plan: _Plan, count: int, end: int) -> None:
-    """A clip that ends well before its header says is truncated: refuse it rather than write a short video."""
+    """A clip that ends well before its header says is truncated: refuse it rather than write a short video.
+
+    The duration decides where there is one: the header's frame count (an MP4's nb_frames) counts the samples an
+    edit list hides, so an MP4 cut without re-encoding (ffmpeg -ss -c copy, LosslessCut: the packets from the key
+    frame before the cut are kept, and hidden) has more of them than play; the stream's duration is what plays. The
+    count is the check only for a clip that declares no duration."""
     if plan.stop is not None and plan.start + count >= plan.stop:
         return  # the range ended the decoding, not the end of the stream
-    if vin.frames and plan.start + count < vin.frames:
-        raise VideoError(f"{src}: truncated or corrupt: {plan.start + count} of {vin.frames} frames decode")
     expected: float | None = None
     if vin.duration:
         expected = float(vin.duration * vin.time_base)
@@ -1062,6 +1077,10 @@ def _check_complete(inp: Any, vin: Any, src: Path, plan: _Plan, count: int, end:
         elif inp.duration and len(inp.streams) == 1:
             expected = inp.duration / 1_000_000
     if expected is None:
+        if vin.frames and plan.start + count < vin.frames:
+            raise VideoError(
+                f"{src}: truncated or corrupt: {plan.start + count} of {vin.frames} frames decode"
+            )
         return
     start = float((vin.start_time or 0) * vin.time_base)
     got = float(end * plan.time_base) - start
