@@ -657,3 +657,56 @@ def test_a_clip_found_truncated_at_its_end_keeps_the_frames_upscaled(
             assert len(model.passes) == 20
             model.passes.clear()
     assert model.passes == []  # the rerun decoded past the kept segments without the model
+
+
+def anamorphic_clip(path: Path, sar: Fraction, *, rotation: int | None = None, frames: int = 5) -> Path:
+    """A 96x64 H.264 clip of the moving pattern whose pixels are not square (sample aspect ratio `sar`, in the
+    bitstream and the container), as DVD, PAL and HDV video are: 96x64 at 4:3 is shown 128x64."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+        vs.codec_context.sample_aspect_ratio = sar
+        if rotation is not None:
+            vs.set_display_rotation(rotation)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(pattern(i, 96, 64), format="rgb24")
+            frame.pts = i
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode(None):
+            out.mux(packet)
+    return path
+
+
+def shown(path: Path) -> tuple[int, int, Fraction | None]:
+    """(stored width, height, sample aspect ratio) of a file's video as a player reads it."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        return v.codec_context.width, v.codec_context.height, v.sample_aspect_ratio
+
+
+def test_non_square_pixels_are_kept_and_a_target_width_is_the_width_shown(
+    up: Upscaler, tmp_path: Path
+) -> None:
+    """An anamorphic source (a Matroska at 16:15 as PAL, an MP4 at 4:3 as HDV) came out with square pixels, shown
+    distorted, and --width sized the stored width. The sample aspect ratio is carried to the output (H.264's VUI,
+    MP4's pasp), --width / --height size the video as shown (rotation included), and a container that cannot carry
+    it for the codec (VP9 in Matroska) says so in a note."""
+    pal = anamorphic_clip(tmp_path / "pal.mkv", Fraction(16, 15))
+    for suffix in (".mkv", ".mp4"):
+        result = upscale_video(up, pal, tmp_path / f"out{suffix}")
+        assert shown(tmp_path / f"out{suffix}") == (384, 256, Fraction(16, 15)) and result.notes == []
+    hdv = anamorphic_clip(tmp_path / "hdv.mp4", Fraction(4, 3))  # shown 128x64
+    wide = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, fit=(256, None))
+    upscale_video(wide, hdv, tmp_path / "w256.mp4")
+    assert shown(tmp_path / "w256.mp4") == (192, 128, Fraction(4, 3))  # shown 256x128
+    assert wide.fit == (256, None)  # the caller's upscaler is unchanged
+    turned = anamorphic_clip(tmp_path / "turned.mp4", Fraction(4, 3), rotation=90)  # shown 64x128
+    tall = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, fit=(None, 256))
+    upscale_video(tall, turned, tmp_path / "h256.mp4")
+    assert shown(tmp_path / "h256.mp4") == (192, 128, Fraction(4, 3))  # shown 128x256
+    lost = upscale_video(up, hdv, tmp_path / "vp9.mkv", codec="vp9")
+    assert lost.notes == [
+        "the sample aspect ratio 4:3 is lost (vp9 video in .mkv cannot carry it here): the video is shown 384x256, "
+        "not 512x256; .mp4, or --codec h264 or h265, keeps it"
+    ]

@@ -8,8 +8,9 @@
 What is kept: every frame's timestamp in the source's time base (so the frame rate, 30000/1001 and variable frame
 rates included, and the frame count), audio streams copied packet for packet (re-encoded only where the output
 container cannot hold them, with a note saying so), subtitle streams where the container can hold them (else
-dropped, with a note), chapters, container and stream metadata, the rotation (display matrix) and the colour tags (range,
-primaries, transfer, matrix; the YUV <-> RGB conversions around the model use the source's matrix and range).
+dropped, with a note), chapters, container and stream metadata, the rotation (display matrix), the sample aspect ratio
+(non-square pixels) and the colour tags (range, primaries, transfer, matrix; the YUV <-> RGB conversions around the
+model use the source's matrix and range).
 
 How (and why):
 - Three threads with small bounded queues: decode (FFmpeg, to RGB), the model (this thread), encode (FFmpeg), so
@@ -277,6 +278,9 @@ class _Plan:
     total: int | None  # frames expected in the output, when the source says
     colour: dict[str, int]
     rotation: int
+    sar: Fraction | None = (
+        None  # the sample (pixel) aspect ratio of an anamorphic source; None: square pixels
+    )
 
     def encoder_options(self) -> dict[str, str]:
         if self.crf is None:
@@ -378,7 +382,16 @@ def _plan(
         total=total,
         colour=colour,
         rotation=int(first.rotation or 0),
+        sar=_sample_aspect(vin),
     )
+
+
+def _sample_aspect(vin: Any) -> Fraction | None:
+    """The source's sample aspect ratio where its pixels are not square (DVD, PAL and HDV video, anamorphic
+    widescreen: 720x576 at 16:15 is shown 768x576): FFmpeg's guess, the container's value (MP4 pasp, Matroska's
+    display size) before the bitstream's. The model scales both sides alike, so the output has the same ratio."""
+    sar = vin.sample_aspect_ratio or vin.codec_context.sample_aspect_ratio
+    return Fraction(sar) if sar and sar > 0 and sar != 1 else None
 
 
 class _NullSink:
@@ -411,6 +424,9 @@ def _fingerprint(src: Path, upscaler: Upscaler, plan: _Plan, segment_frames: int
         "pix_fmt": plan.pix_fmt,
         "frames": [plan.start, plan.stop],
         "segment_frames": segment_frames,
+        **(
+            {"sar": str(plan.sar)} if plan.sar else {}
+        ),  # in the encoder's headers; only when set: old runs resume
     }
 
 
@@ -635,6 +651,8 @@ def _configure(ctx: Any, plan: _Plan) -> None:
     ctx.time_base = plan.time_base
     if plan.rate:
         ctx.framerate = plan.rate
+    if plan.sar:  # in the bitstream's headers, and (through the stream's parameters) the container's
+        ctx.sample_aspect_ratio = plan.sar
     for key, value in plan.colour.items():
         if value:
             setattr(ctx, key, value)
@@ -740,10 +758,15 @@ def upscale_video(
         fit = upscaler.fit
         if fit is not None:
             upscaler.fit_even = True  # the free side even, as subsampled chroma wants (FFmpeg's scale=W:-2)
-            if (
-                int(first.rotation or 0) % 180
-            ):  # the target is the video as shown: turned a quarter, its width
-                upscaler.fit = (fit[1], fit[0])  # is the frames' height
+            # the target is the video as shown: turned a quarter, its width is the frames' height; and a frame of
+            # non-square pixels is shown sar times as wide as it is stored (the stored width for a width shown:
+            # divided by sar, rounded to even as a free side is)
+            if int(first.rotation or 0) % 180:
+                fit = (fit[1], fit[0])
+            sar = _sample_aspect(vin)
+            if sar and fit[0] is not None:
+                fit = (max(2, 2 * round(fit[0] / sar / 2)), fit[1])
+            upscaler.fit = fit
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
@@ -1156,6 +1179,31 @@ def _mux(
                     out.mux(packet)
     finally:
         out.close()
+    if plan.sar:
+        _check_sar(av, tmp, plan, result)
+
+
+def _check_sar(av: Any, tmp: Path, plan: _Plan, result: VideoResult) -> None:
+    """A note where the output does not carry the source's sample aspect ratio, read back as a player reads it.
+
+    The encoder's context carries it to the stream's parameters, which MP4 and MOV write (pasp) for any codec, and
+    into H.264 and H.265 bitstreams (VUI). Matroska and AVI write it only from the stream's own field, which PyAV
+    cannot set, so VP9, AV1 and FFV1 (no aspect ratio in their bitstreams) in .mkv, .webm or .avi lose it: the
+    video would be shown with square pixels, too narrow or too wide, without a word."""
+    with av.open(str(tmp)) as out:
+        got = out.streams.video[0].sample_aspect_ratio or Fraction(1)
+    if got != plan.sar:
+        sar = plan.sar
+        assert sar is not None
+        suffix = next(k for k, v in CONTAINERS.items() if v == plan.container)
+        keeps = {"matroska": ", or --codec h264 or h265,", "avi": ", or --codec h264,"}.get(
+            plan.container, ""
+        )
+        result.notes.append(
+            f"the sample aspect ratio {sar.numerator}:{sar.denominator} is lost ({plan.codec} video in {suffix} "
+            f"cannot carry it here): the video is shown {plan.out_width}x{plan.out_height}, not "
+            f"{round(plan.out_width * sar)}x{plan.out_height}; .mp4{keeps} keeps it"
+        )
 
 
 def _chapters(inp: Any, t0: Fraction, length: Fraction) -> list[dict[str, Any]]:
