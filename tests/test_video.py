@@ -710,3 +710,22 @@ def test_non_square_pixels_are_kept_and_a_target_width_is_the_width_shown(
         "the sample aspect ratio 4:3 is lost (vp9 video in .mkv cannot carry it here): the video is shown 384x256, "
         "not 512x256; .mp4, or --codec h264 or h265, keeps it"
     ]
+
+
+def test_an_open_ended_range_of_a_variable_frame_rate_clip(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """--frames 20: (and 20:1000, past the end) of a VFR clip (frame steps of 40, 40, 80 ms; its Matroska header
+    says 25 fps): the truncation check put frame 20 at 20 / 25 = 0.8 s instead of its real 1.04 s, and refused the
+    clip as "truncated or corrupt: video ends at ..." after every frame was upscaled. It takes frame 20's time."""
+    t_in, f_in = frames_of(clips["vfr"])
+    for stop in (None, 1000):
+        dst = tmp_path / f"tail_{stop}.mkv"
+        result = upscale_video(up, clips["vfr"], dst, codec="ffv1", frames=(20, stop))
+        t_out, f_out = frames_of(dst)
+        assert result.frames == len(f_out) == len(f_in) - 20
+        assert max(abs(a - (b - t_in[20])) for a, b in zip(t_out, t_in[20:], strict=True)) <= Fraction(
+            1, 1000
+        )
+        np.testing.assert_array_equal(f_out[0], up.upscale(f_in[20]))
+        np.testing.assert_array_equal(f_out[-1], up.upscale(f_in[-1]))

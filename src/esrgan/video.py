@@ -493,6 +493,7 @@ class _Frame:
     pts: int  # in the source's video time base, shifted so a --frames range starts at 0
     duration: int
     pixels: np.ndarray | None  # HxWx3 RGB (uint8 or uint16); None for frames of kept segments
+    origin: int = 0  # the source's timestamp that pts 0 stands for (frame A's for a --frames range, else 0)
 
 
 _END = object()
@@ -552,7 +553,7 @@ def _decode_frames(av: Any, inp: Any, vin: Any, src: Path, plan: _Plan, skip: in
                 pixels = frame.reformat(
                     format=plan.rgb_format, src_color_range=plan.colour["color_range"] or None
                 ).to_ndarray()
-            yield _Frame(out, pts - offset, frame.duration or default_duration, pixels)
+            yield _Frame(out, pts - offset, frame.duration or default_duration, pixels, offset)
     except av.error.FFmpegError as exc:
         # EINVAL is also how the decoder refuses a frame over its max_pixels (see _video_stream): say both
         why = " or a frame far over the pixel limit" if getattr(exc, "errno", None) == errno.EINVAL else ""
@@ -782,7 +783,7 @@ def upscale_video(
             with _open_input(av, src) as inp:
                 vin = _video_stream(inp, src, limit)
                 vin.thread_type = "AUTO"
-                count, first, end = _run_frames(
+                count, first, end, origin = _run_frames(
                     av,
                     upscaler,
                     inp,
@@ -801,7 +802,7 @@ def upscale_video(
                         f"{src}: no frames" + (" in the --frames range" if frames is not None else "")
                     )
                 try:
-                    _check_complete(inp, vin, src, plan, count, end)
+                    _check_complete(inp, vin, src, plan, count, end + origin)
                 except VideoError as exc:
                     # said only after every frame was upscaled (where a stream ends is known only once it is decoded):
                     # the work is kept, not thrown away on a check that may be wrong about an unusual file
@@ -887,8 +888,9 @@ def _run_frames(
     on_frame: FrameProgress | None,
     result: VideoResult,
     frame_batch: int,
-) -> tuple[int, int, int]:
-    """Decode thread -> model (here) -> encode thread. Returns (frames, first frame's timestamp, end of the last)."""
+) -> tuple[int, int, int, int]:
+    """Decode thread -> model (here) -> encode thread. Returns (frames, first frame's timestamp, end of the last,
+    the source's timestamp that timestamp 0 stands for: _Frame.origin)."""
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
     upscaled: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
@@ -920,7 +922,7 @@ def _run_frames(
     threads = [threading.Thread(target=decode, daemon=True), threading.Thread(target=encode, daemon=True)]
     for t in threads:
         t.start()
-    count, first, end = 0, 0, 0
+    count, first, end, origin = 0, 0, 0, 0
     pending: list[_Frame] = []
 
     def flush() -> bool:
@@ -947,7 +949,7 @@ def _run_frames(
                 raise item.exc
             frame: _Frame = item
             if count == 0:
-                first = frame.pts
+                first, origin = frame.pts, frame.origin
             count, end = frame.index + 1, frame.pts + frame.duration
             if frame.pixels is not None:
                 pending.append(frame)
@@ -968,7 +970,7 @@ def _run_frames(
         if isinstance(exc, av.error.FFmpegError):
             raise VideoError(f"{src}: encoding with {plan.codec} failed ({_reason(exc)})") from None
         raise exc
-    return count, first, end
+    return count, first, end, origin
 
 
 def frames_memory(plan: _Plan, frame_batch: int) -> int:
@@ -1083,6 +1085,8 @@ def _output_of(y: Any) -> Callable[[Any], Any]:
 
 def _check_complete(inp: Any, vin: Any, src: Path, plan: _Plan, count: int, end: int) -> None:
     """A clip that ends well before its header says is truncated: refuse it rather than write a short video.
+    end: where the last frame ends, in the source's timestamps (with a --frames range, frame A's added back: the
+    real time, not A frames at the average rate, which a variable frame rate made seconds off).
 
     The duration decides where there is one: the header's frame count (an MP4's nb_frames) counts the samples an
     edit list hides, so an MP4 cut without re-encoding (ffmpeg -ss -c copy, LosslessCut: the packets from the key
@@ -1107,8 +1111,6 @@ def _check_complete(inp: Any, vin: Any, src: Path, plan: _Plan, count: int, end:
         return
     start = float((vin.start_time or 0) * vin.time_base)
     got = float(end * plan.time_base) - start
-    if plan.start > 0:  # a range's timestamps start at 0: add the time of the frames before it back
-        got += plan.start / float(plan.rate) if plan.rate else 0.0
     frame = float(1 / plan.rate) if plan.rate else 0.1
     if got < (expected - start) - max(3 * frame, 0.02 * expected):
         raise VideoError(
