@@ -729,3 +729,40 @@ def test_an_open_ended_range_of_a_variable_frame_rate_clip(
         )
         np.testing.assert_array_equal(f_out[0], up.upscale(f_in[20]))
         np.testing.assert_array_equal(f_out[-1], up.upscale(f_in[-1]))
+
+
+def shown_cues(path: Path) -> list[tuple[Fraction, Fraction, str]]:
+    """(start, end, text) of every subtitle cue a player shows (decoded; the empty samples MP4 puts between cues
+    and packets before 0 are not shown)."""
+    cues = []
+    with av.open(str(path)) as c:
+        for packet in c.demux(c.streams.subtitles[0]):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            for sub in packet.decode():
+                text = bytes(getattr(sub, "ass", b"") or getattr(sub, "text", b"")).decode()
+                if text and packet.pts >= 0:
+                    start = packet.pts * packet.time_base
+                    cues.append((start, start + packet.duration * packet.time_base, text.split(",")[-1]))
+    return cues
+
+
+def test_a_frames_range_keeps_the_subtitle_on_screen_at_its_start(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """--frames 10:20 (0.4-0.8 s) with a cue from 0.2 to 0.6 s, on screen at the range's start: it was dropped from
+    Matroska, and written at -0.2 s in MP4 (never shown), which also moved the MP4's next cue ~0.1 s early. Now it
+    starts at 0 and ends where it did (0.2 s in); the next cue keeps its time, moved by the range's start."""
+    for name, suffix, expected in (
+        ("srt", ".mkv", [(Fraction(0), Fraction(1, 5), "hello")]),
+        (
+            "tagged",
+            ".mp4",
+            [(Fraction(0), Fraction(1, 5), "hello"), (Fraction(3, 10), Fraction(1, 2), "world")],
+        ),
+    ):
+        dst = tmp_path / f"range{suffix}"
+        upscale_video(up, clips[name], dst, frames=(10, 20))
+        assert shown_cues(dst) == expected, name
+        with av.open(str(dst)) as c:
+            assert all(p.pts >= 0 for p in c.demux(c.streams.subtitles[0]) if p.pts is not None)

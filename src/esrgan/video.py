@@ -1346,6 +1346,15 @@ def _other_packets(
         if t1 is not None and start >= t1:
             continue
         shift = round(t0 / tb) if t0 else 0
+        if packet.stream.type == "subtitle" and start < t0:
+            # a cue on screen at a --frames range's start: shown from the start, for what is left of it (it was
+            # dropped from Matroska, and written before 0 into MP4, where no player shows it). Its text holds no time.
+            cut = shift - round(start / tb)
+            for key in ("pts", "dts"):
+                if getattr(packet, key) is not None:
+                    setattr(packet, key, getattr(packet, key) + cut)
+            packet.duration -= cut
+            start = t0
         if no_negative and start - t0 < 0:
             continue
         if copy.encoder is None:
