@@ -766,3 +766,51 @@ def test_a_frames_range_keeps_the_subtitle_on_screen_at_its_start(
         assert shown_cues(dst) == expected, name
         with av.open(str(dst)) as c:
             assert all(p.pts >= 0 for p in c.demux(c.streams.subtitles[0]) if p.pts is not None)
+
+
+def with_dispositions(src: Path, dst: Path) -> Path:
+    """src (video, audio, subtitles) remuxed with its audio twice, and each track flagged as a player's menu shows
+    them: the video and the first audio default, the second audio a commentary, the subtitles forced."""
+    flags = av.stream.Disposition
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        v, a, s = inp.streams.video[0], inp.streams.audio[0], inp.streams.subtitles[0]
+        made = [out.add_stream_from_template(t) for t in (v, a, a, s)]  # in this order: #0 to #3
+        for stream, flag in zip(
+            made, (flags.default, flags.default, flags.comment, flags.forced), strict=True
+        ):
+            stream.disposition = flag
+        streams = {v.index: made[:1], a.index: made[1:3], s.index: made[3:]}
+        for packet in inp.demux(v, a, s):
+            if packet.size == 0:  # the demuxer's end-of-stream packets
+                continue
+            copies = []  # made before muxing: the muxer takes the packet's data
+            for stream in streams[packet.stream.index]:
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+                copy.time_base, copy.is_keyframe, copy.stream = packet.time_base, packet.is_keyframe, stream
+                copies.append(copy)
+            for copy in copies:
+                out.mux(copy)
+    return dst
+
+
+def test_track_dispositions_are_kept(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
+    """Which track is the default, the commentary, the forced subtitles: all were lost (a Matroska output had no
+    default track at all). Kept on every stream, copied or re-encoded (AAC into WebM becomes Opus)."""
+    flags = av.stream.Disposition
+    src = with_dispositions(clips["srt"], tmp_path / "flagged.mkv")
+    with av.open(str(src)) as c:
+        assert [s.disposition for s in c.streams] == [
+            flags.default,
+            flags.default,
+            flags.comment,
+            flags.forced,
+        ]
+    for suffix, expected in (
+        (".mkv", [flags.default, flags.default, flags.comment, flags.forced]),
+        (".webm", [flags.default, flags.default, flags(0)]),  # (WebM holds no SubRip and no commentary flag)
+    ):
+        dst = tmp_path / f"out{suffix}"
+        upscale_video(up, src, dst, frames=(0, 5))
+        with av.open(str(dst)) as c:
+            assert [s.disposition for s in c.streams] == expected, suffix

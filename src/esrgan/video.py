@@ -8,9 +8,9 @@
 What is kept: every frame's timestamp in the source's time base (so the frame rate, 30000/1001 and variable frame
 rates included, and the frame count), audio streams copied packet for packet (re-encoded only where the output
 container cannot hold them, with a note saying so), subtitle streams where the container can hold them (else
-dropped, with a note), chapters, container and stream metadata, the rotation (display matrix), the sample aspect ratio
-(non-square pixels) and the colour tags (range, primaries, transfer, matrix; the YUV <-> RGB conversions around the
-model use the source's matrix and range).
+dropped, with a note), chapters, container and stream metadata, the tracks' dispositions (default, forced, ...), the
+rotation (display matrix), the sample aspect ratio (non-square pixels) and the colour tags (range, primaries,
+transfer, matrix; the YUV <-> RGB conversions around the model use the source's matrix and range).
 
 How (and why):
 - Three threads with small bounded queues: decode (FFmpeg, to RGB), the model (this thread), encode (FFmpeg), so
@@ -1220,6 +1220,9 @@ def _chapters(inp: Any, t0: Fraction, length: Fraction) -> list[dict[str, Any]]:
 
 
 def _copy_stream_metadata(src_stream: Any, dst_stream: Any) -> None:
+    """The stream's tags (title, language, ...; not the encoder's or the statistics) and its disposition: which
+    track is the default, a commentary, forced subtitles, ... (a player picks tracks by them)."""
+    dst_stream.disposition = src_stream.disposition
     for key, value in src_stream.metadata.items():
         if key.lower() in ("duration", "encoder", "handler_name", "vendor_id", "number_of_frames", "bps"):
             continue
