@@ -29,6 +29,7 @@ from conftest import bound_upscaler, photo_preserving_rrdb, run_cli  # noqa: E40
 from make_clip import make_clip, pattern  # noqa: E402
 
 from esrgan.checkpoints import save_model  # noqa: E402
+from esrgan.errors import EsrganError  # noqa: E402
 from esrgan.upscale import OutOfMemoryWarning, Upscaler  # noqa: E402
 from esrgan.video import VideoError, parse_frames, upscale_frames, upscale_video, work_folder  # noqa: E402
 
@@ -814,3 +815,62 @@ def test_track_dispositions_are_kept(up: Upscaler, clips: dict[str, Path], tmp_p
         upscale_video(up, src, dst, frames=(0, 5))
         with av.open(str(dst)) as c:
             assert [s.disposition for s in c.streams] == expected, suffix
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "crf", "allowed"),
+    [
+        ("h264", ".mp4", -1, "0 to 51"),  # was libx264's default, 23, without a word
+        ("h264", ".mp4", 52, "0 to 51"),  # was 51, without a word
+        ("h265", ".mkv", 100, "0 to 51"),  # these three were refused as a frame size the encoder cannot take
+        (None, ".webm", 64, "0 to 63"),  # (vp9: .webm's default)
+        ("av1", ".mkv", 70, "1 to 63"),
+        ("av1", ".mkv", 0, "1 to 63"),  # was SVT-AV1's default, 35
+    ],
+)
+def test_a_crf_outside_the_codecs_range_is_refused_before_any_work(
+    up: Upscaler,
+    clips: dict[str, Path],
+    tmp_path: Path,
+    codec: str | None,
+    suffix: str,
+    crf: int,
+    allowed: str,
+) -> None:
+    """One line before any work, naming the codec's range; the end of the range nearest is taken."""
+    name = codec or "vp9"
+    with pytest.raises(EsrganError) as caught:
+        upscale_video(up, clips["25"], tmp_path / f"out{suffix}", codec=codec, crf=crf)
+    assert (
+        str(caught.value) == f"--crf {crf} is outside {name}'s range, {allowed} (lower is better and bigger)"
+    )
+    assert not list(tmp_path.iterdir())  # no output, no work folder
+    low, high = (int(v) for v in allowed.split(" to "))
+    nearest = min(max(crf, low), high)  # the end of the range: taken
+    done = upscale_video(up, clips["25"], tmp_path / f"out{suffix}", codec=codec, crf=nearest, frames=(0, 1))
+    assert done.frames == 1
+
+
+def test_an_encoder_refusal_blames_the_frame_size_only_where_it_is_the_reason(
+    up: Upscaler, tmp_path: Path
+) -> None:
+    """x265 lists yuva420p and refuses it at any size, and refuses frames under 16x16: both were said as "cannot
+    encode WxH video ... takes larger frames, or choose a smaller --outscale". The encoder is tried at 256x256 too
+    (which every encoder here opens) to tell them apart."""
+    src = make_clip(tmp_path / "clip.mp4", size=(32, 24), seconds=0.2, audio=False)
+    with pytest.raises(VideoError) as caught:
+        upscale_video(up, src, tmp_path / "alpha.mkv", codec="h265", pix_fmt="yuva420p")
+    message = str(caught.value)
+    assert message.startswith(
+        f"{src}: h265 (libx265) cannot encode video with pixel format yuva420p, crf 20, at any size ("
+    )
+    assert message.endswith("); choose another --pix-fmt or --codec") and "128x96" not in message
+    small = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, outscale=0.25)
+    with pytest.raises(VideoError) as caught:
+        upscale_video(small, src, tmp_path / "small.mkv", codec="h265")
+    message = str(caught.value)
+    assert message.startswith(f"{src}: h265 (libx265) cannot encode 8x6 video (")
+    assert message.endswith(
+        "): too small for it; choose a larger --outscale (or --width / --height) or another --codec"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]

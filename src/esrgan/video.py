@@ -85,6 +85,11 @@ CODECS = {"h264": "libx264", "h265": "libx265", "vp9": "libvpx-vp9", "av1": "lib
 DEFAULT_CRF = {"h264": 18, "h265": 20, "vp9": 24, "av1": 24}
 """Constant-quality defaults: visually near-lossless, as an upscale deserves (lower = better and bigger)."""
 
+CRF_RANGE = {"h264": (0, 51), "h265": (0, 51), "vp9": (0, 63), "av1": (1, 63)}
+"""The CRF each encoder takes, checked before any work. Measured with PyAV's FFmpeg: libx264 took -1 as its default
+(23) and 52 and up as 51, without a word; x265 refuses 52 and up, libvpx-vp9 64, SVT-AV1 64 and takes 0 as its
+default (35) (refused only when the encoder opened, with a message that blamed the frame size)."""
+
 DEFAULT_SEGMENT_FRAMES = 240
 """Frames per resumable segment: about 10 s at 24-25 fps, the usual x264 key frame interval (250), so segments
 cost almost nothing in size; a kill loses at most this many frames of work."""
@@ -629,20 +634,44 @@ class _SegmentEncoder:
 
 def _check_encoder_opens(av: Any, plan: _Plan, src: Path) -> None:
     """Open the encoder as the first segment will, so that a size it refuses is said before the first frame is
-    upscaled (libx264 and SVT-AV1 stop at 16384 pixels a side, x265 refuses some shapes; FFmpeg says only
-    "Generic error in an external library", after the first frame's work)."""
+    upscaled (libx264 and SVT-AV1 stop at 16384 pixels a side, x265 refuses some shapes and frames under 16x16;
+    FFmpeg says only "Generic error in an external library", after the first frame's work). Where it refuses
+    256x256 frames too (all of them open that size), the size is not the reason and the message says so: x265
+    refuses yuva420p, which it lists, at any size (said as "cannot encode 384x256 video", too large)."""
+    try:
+        _open_encoder(av, plan)
+    except (av.error.FFmpegError, ValueError) as exc:
+        reason = _reason(exc)
+    else:
+        return
+    size = f"{plan.out_width}x{plan.out_height}"
+    try:
+        _open_encoder(av, replace(plan, out_width=256, out_height=256))
+    except (av.error.FFmpegError, ValueError):
+        crf = f", crf {plan.crf}" if plan.crf is not None else ""
+        raise VideoError(
+            f"{src}: {plan.codec} ({plan.encoder}) cannot encode video with pixel format {plan.pix_fmt}{crf}, "
+            f"at any size ({reason}); choose another --pix-fmt or --codec"
+        ) from None
+    if max(plan.out_width, plan.out_height) < 256:
+        raise VideoError(
+            f"{src}: {plan.codec} ({plan.encoder}) cannot encode {size} video ({reason}): too small for it; "
+            "choose a larger --outscale (or --width / --height) or another --codec"
+        )
+    others = {"vp9": "--codec vp9", "ffv1": "--codec ffv1 (in .mkv)"}
+    instead = " or ".join(v for k, v in others.items() if k != plan.codec)
+    raise VideoError(
+        f"{src}: {plan.codec} ({plan.encoder}) cannot encode {size} video ({reason}); {instead} takes larger "
+        "frames, or choose a smaller --outscale (or --width / --height)"
+    )
+
+
+def _open_encoder(av: Any, plan: _Plan) -> None:
     ctx = av.CodecContext.create(plan.encoder, "w")
     _configure(ctx, plan)
     try:
         with _quiet_encoder(plan):
             ctx.open()
-    except (av.error.FFmpegError, ValueError) as exc:
-        others = {"vp9": "--codec vp9", "ffv1": "--codec ffv1 (in .mkv)"}
-        instead = " or ".join(v for k, v in others.items() if k != plan.codec)
-        raise VideoError(
-            f"{src}: {plan.codec} ({plan.encoder}) cannot encode {plan.out_width}x{plan.out_height} video "
-            f"({_reason(exc)}); {instead} takes larger frames, or choose a smaller --outscale (or --width / --height)"
-        ) from None
     finally:
         del ctx  # never encoded into: closed when collected
 
@@ -737,6 +766,12 @@ def upscale_video(
     if segment_frames < 1 or frame_batch < 1:
         raise EsrganError(
             f"segment_frames and frame_batch must be >= 1, not {segment_frames} and {frame_batch}"
+        )
+    name, _ = _choose_codec(codec, CONTAINERS[dst.suffix.lower()])
+    if crf is not None and name in CRF_RANGE and not CRF_RANGE[name][0] <= crf <= CRF_RANGE[name][1]:
+        low, high = CRF_RANGE[name]
+        raise EsrganError(
+            f"--crf {crf} is outside {name}'s range, {low} to {high} (lower is better and bigger)"
         )
     if (
         dst.is_dir()
