@@ -874,3 +874,20 @@ def test_an_encoder_refusal_blames_the_frame_size_only_where_it_is_the_reason(
         "): too small for it; choose a larger --outscale (or --width / --height) or another --codec"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize(
+    "frames", [(-5, 10), (-3, None), (5, 3), (0, 0), (3.5, 8), (2, 7.0), (True, 4), (0, 5, 9), "0:10"]
+)
+def test_a_frame_range_the_cli_would_refuse_is_refused_by_the_api(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path, frames: Any
+) -> None:
+    """upscale_video's `frames` was not checked as --frames is: (-5, 10) wrote frames 0-9 and its summary said 15
+    frames; (3.5, 8) was "ValueError: Unknown format code 'd'" and left its work folder. One line before anything."""
+    with pytest.raises(EsrganError) as caught:
+        upscale_video(up, clips["25"], tmp_path / "out.mkv", frames=frames)
+    assert (
+        str(caught.value)
+        == f"frames wants (A, B) with whole numbers 0 <= A < B (B None: to the end), not {frames!r}"
+    )
+    assert not list(tmp_path.iterdir())  # no output, no work folder

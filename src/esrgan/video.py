@@ -35,6 +35,7 @@ import errno
 import hashlib
 import heapq
 import json
+import numbers
 import os
 import queue
 import shutil
@@ -151,6 +152,22 @@ def parse_frames(text: str) -> tuple[int, int | None]:
     if not sep or a < 0 or (b is not None and b <= a):
         raise EsrganError(f"--frames wants A:B with 0 <= A < B (e.g. 0:100), not {text!r}")
     return a, b
+
+
+def _frame_range(frames: Any) -> tuple[int, int | None]:
+    """upscale_video's `frames` checked as parse_frames checks --frames: (A, B) of whole numbers, 0 <= A < B, B None
+    for the end. Unchecked, (-5, 10) wrote frames 0-9 and said 15 frames, and (3.5, 8) was a ValueError."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if isinstance(frames, tuple | list) and len(frames) == 2:
+        a, b = frames
+        if whole(a) and a >= 0 and (b is None or (whole(b) and b > a)):
+            return int(a), None if b is None else int(b)
+    raise EsrganError(
+        f"frames wants (A, B) with whole numbers 0 <= A < B (B None: to the end), not {frames!r}"
+    )
 
 
 def _import_av() -> Any:
@@ -767,6 +784,8 @@ def upscale_video(
         raise EsrganError(
             f"segment_frames and frame_batch must be >= 1, not {segment_frames} and {frame_batch}"
         )
+    if frames is not None:  # before the work folder is made: (3.5, 8) failed after, and left it
+        frames = _frame_range(frames)
     name, _ = _choose_codec(codec, CONTAINERS[dst.suffix.lower()])
     if crf is not None and name in CRF_RANGE and not CRF_RANGE[name][0] <= crf <= CRF_RANGE[name][1]:
         low, high = CRF_RANGE[name]
