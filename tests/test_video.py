@@ -891,3 +891,60 @@ def test_a_frame_range_the_cli_would_refuse_is_refused_by_the_api(
         == f"frames wants (A, B) with whole numbers 0 <= A < B (B None: to the end), not {frames!r}"
     )
     assert not list(tmp_path.iterdir())  # no output, no work folder
+
+
+def with_extras(src: Path, dst: Path, font: bytes) -> Path:
+    """src's video twice (a second angle) and its audio, remuxed into Matroska with a font attached, as a
+    Matroska with styled subtitles carries the fonts they need."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        v, a = inp.streams.video[0], inp.streams.audio[0]
+        made = [out.add_stream_from_template(t) for t in (v, v, a)]
+        out.add_attachment("Font.ttf", "application/x-truetype-font", font)
+        streams = {v.index: made[:2], a.index: made[2:]}
+        for packet in inp.demux(v, a):
+            if packet.size == 0:
+                continue
+            copies = []  # made before muxing: the muxer takes the packet's data
+            for stream in streams[packet.stream.index]:
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+                copy.time_base, copy.is_keyframe, copy.stream = packet.time_base, packet.is_keyframe, stream
+                copies.append(copy)
+            for copy in copies:
+                out.mux(copy)
+    return dst
+
+
+def test_attachments_and_other_video_streams_are_copied_or_said(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """A Matroska's font attachment and a second video stream were dropped without a word (subtitles the container
+    cannot hold get a note). The font is copied into Matroska; what is dropped gets a note."""
+    font = bytes(range(256)) * 4
+    src = with_extras(clips["25"], tmp_path / "extras.mkv", font)
+    mkv = upscale_video(up, src, tmp_path / "out.mkv", frames=(0, 5))
+    assert mkv.notes == ["video stream #1 (h264) dropped: only one video stream is upscaled (#0)"]
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        (attached,) = [s for s in c.streams if s.type == "attachment"]
+        assert (attached.name, attached.mimetype, bytes(attached.data)) == (
+            "Font.ttf",
+            "application/x-truetype-font",
+            font,
+        )
+    mp4 = upscale_video(up, src, tmp_path / "out.mp4", frames=(0, 5))
+    assert mp4.notes == [
+        "video stream #1 (h264) dropped: only one video stream is upscaled (#0)",
+        "attachment #3 (Font.ttf) dropped: a mp4 file cannot hold attachments",
+    ]
+
+
+def test_an_error_names_the_source_once(clips: dict[str, Path], tiny_file: Path, tmp_path: Path) -> None:
+    """The CLI puts the source before a message that does not name it: one naming only the output read
+    "esrgan: error: clip.mp4: out/x.webm: a .webm file cannot hold h264 video; use .mkv"."""
+    dst = tmp_path / "x.webm"
+    r = cli("upscale", str(clips["25"]), "-o", str(dst), "--model", str(tiny_file), "--codec", "h264")
+    assert r.returncode == 1
+    assert (
+        f"esrgan: error: {clips['25']}: cannot write {dst}: a .webm file cannot hold h264 video; use .mkv\n"
+        in r.stderr
+    )

@@ -343,7 +343,9 @@ def _plan(
     try:
         probe.add_stream(encoder)
     except ValueError:
-        raise VideoError(f"{dst}: a {dst.suffix} file cannot hold {name} video; use .mkv") from None
+        raise VideoError(
+            f"{src}: cannot write {dst}: a {dst.suffix} file cannot hold {name} video; use .mkv"
+        ) from None
     finally:
         probe.close()
     h, w = first.height, first.width
@@ -453,7 +455,7 @@ def _fingerprint(src: Path, upscaler: Upscaler, plan: _Plan, segment_frames: int
 
 
 @contextlib.contextmanager
-def _work_lock(work: Path, dst: Path) -> Iterator[None]:
+def _work_lock(work: Path, src: Path, dst: Path) -> Iterator[None]:
     """An exclusive flock on WORK/.lock for the whole run: a second esrgan writing the same output stops at once
     instead of mixing its segments in (the kernel drops the lock of a killed run). No flock (Windows): no lock."""
     work.mkdir(parents=True, exist_ok=True)
@@ -468,7 +470,8 @@ def _work_lock(work: Path, dst: Path) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 raise VideoError(
-                    f"{dst}: another esrgan is writing this output now (its work folder {work} is locked)"
+                    f"{src}: cannot write {dst}: another esrgan is writing this output now (its work folder "
+                    f"{work} is locked)"
                 ) from None
         yield
     finally:
@@ -828,7 +831,7 @@ def upscale_video(
     _check_memory(src, plan, upscaler, frame_batch)
     _check_encoder_opens(av, plan, src)  # before any frame is upscaled
     work = work_folder(dst)
-    with _work_lock(work, dst):
+    with _work_lock(work, src, dst):
         kept_segments = _prepare_work(work, _fingerprint(src, upscaler, plan, segment_frames))
         skip = kept_segments * segment_frames
         result = VideoResult(src, dst, 0, 0.0, 0.0)
@@ -1213,7 +1216,7 @@ def _mux(
             with _open_input(av, Path(inp.name)) as again:
                 t0 = _first_time(again, _video_stream(again, Path(inp.name)), plan)
         t1 = t0 + end * plan.time_base if plan.stop is not None else None
-        others = _other_streams(av, inp, out, plan, result)
+        others = _other_streams(av, inp, out, plan, result, vin.index)
         chapters = _chapters(inp, t0, end * plan.time_base)
         if chapters:
             out.set_chapters(chapters)
@@ -1299,11 +1302,33 @@ class _Copy:
     encoder: Any = None  # an audio encoder stream when re-encoding; None = packets copied
 
 
-def _other_streams(av: Any, inp: Any, out: Any, plan: _Plan, result: VideoResult) -> dict[int, _Copy]:
-    """Audio and subtitle streams to carry: copied where the container takes their codec, else audio re-encoded."""
+def _other_streams(
+    av: Any, inp: Any, out: Any, plan: _Plan, result: VideoResult, video: int
+) -> dict[int, _Copy]:
+    """Audio and subtitle streams to carry: copied where the container takes their codec, else audio re-encoded.
+    Attachments (a Matroska's fonts for its styled subtitles) are copied into Matroska. What is left out, other video
+    streams and cover art included, gets a note (they went without a word); data streams (an MP4's chapter track,
+    timecodes) do not: the chapters are carried as chapters."""
     supported = out.supported_codecs
     copies: dict[int, _Copy] = {}
     for stream in inp.streams:
+        if stream.type == "attachment":
+            name = stream.metadata.get("filename") or "unnamed"
+            if plan.container == "matroska":
+                _copy_stream_metadata(stream, out.add_stream_from_template(stream))
+            else:
+                result.notes.append(
+                    f"attachment #{stream.index} ({name}) dropped: a {out.format.name} file cannot hold attachments"
+                )
+            continue
+        if stream.type == "video" and stream.index != video:
+            codec = stream.codec_context.name if stream.codec_context is not None else "unknown codec"
+            result.notes.append(
+                f"video stream #{stream.index} ({codec}, cover art) dropped: cover art is not carried over"
+                if stream.disposition & 0x400  # AV_DISPOSITION_ATTACHED_PIC
+                else f"video stream #{stream.index} ({codec}) dropped: only one video stream is upscaled (#{video})"
+            )
+            continue
         if stream.type not in ("audio", "subtitle") or stream.codec_context is None:
             continue
         codec = stream.codec_context.name
