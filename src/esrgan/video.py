@@ -8,9 +8,10 @@
 What is kept: every frame's timestamp in the source's time base (so the frame rate, 30000/1001 and variable frame
 rates included, and the frame count), audio streams copied packet for packet (re-encoded only where the output
 container cannot hold them, with a note saying so), subtitle streams where the container can hold them (else
-dropped, with a note), chapters, container and stream metadata, the tracks' dispositions (default, forced, ...), the
-rotation (display matrix), the sample aspect ratio (non-square pixels) and the colour tags (range, primaries,
-transfer, matrix; the YUV <-> RGB conversions around the model use the source's matrix and range).
+dropped, with a note), attachments (fonts) into Matroska (else dropped, with a note), chapters, container and
+stream metadata, the tracks' dispositions (default, forced, ...), the rotation (display matrix), the sample aspect
+ratio (non-square pixels) and the colour tags (range, primaries, transfer, matrix; the YUV <-> RGB conversions
+around the model use the source's matrix and range).
 
 How (and why):
 - Three threads with small bounded queues: decode (FFmpeg, to RGB), the model (this thread), encode (FFmpeg), so
