@@ -29,6 +29,7 @@ from conftest import bound_upscaler, photo_preserving_rrdb, run_cli  # noqa: E40
 from make_clip import make_clip, pattern  # noqa: E402
 
 from esrgan.checkpoints import save_model  # noqa: E402
+from esrgan.errors import EsrganError  # noqa: E402
 from esrgan.upscale import OutOfMemoryWarning, Upscaler  # noqa: E402
 from esrgan.video import VideoError, parse_frames, upscale_frames, upscale_video, work_folder  # noqa: E402
 
@@ -342,7 +343,9 @@ def test_cli_bad_inputs_one_line_each(clips: dict[str, Path], tiny_file: Path, t
     for name, words in expect.items():
         line = next(e for e in errors if name in e)
         assert words in line, line
-    assert sorted(p.name for p in out.iterdir()) == ["good_x4.mp4"]  # no partial files, no work folders
+    # no partial files; no work folders but the truncated clip's, found at its end (its frames upscaled are kept)
+    assert sorted(p.name for p in out.iterdir()) == [".cut_x4.mkv.segments", "good_x4.mp4"]
+    assert "kept in " in next(e for e in errors if "cut.mkv" in e)
     assert "1 upscaled, 0 skipped (output exists), 4 failed" in r.stdout
     big = cli("upscale", str(folder / "good.mp4"), "-o", str(out / "big.mp4"), "--model", str(tiny_file),
               "--max-megapixels", "0.005")  # fmt: skip
@@ -584,3 +587,364 @@ def test_frames_that_differ_from_the_header_are_refused(
     assert str(src) in str(info.value) and "\n" not in str(info.value)
     assert not dst.exists() and not work_folder(dst).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crafted.mov"]  # nothing left behind
+
+
+def cut_without_reencoding(src: Path, dst: Path, at: Fraction) -> Path:
+    """An MP4 cut at `at` seconds as `ffmpeg -ss AT -c copy` or LosslessCut write it: every packet kept, moved back
+    by `at`, so those before the cut (from the key frame before it) have negative timestamps, and the muxer writes
+    an edit list hiding them. The header's frame count (nb_frames) still counts them."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        streams = {
+            s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in ("video", "audio")
+        }
+        for packet in inp.demux(*[s for s in inp.streams if s.index in streams]):
+            if packet.dts is None:
+                continue
+            shift = round(at / packet.time_base)
+            if packet.stream.type == "audio" and packet.pts + packet.duration <= shift:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dst
+
+
+def test_an_mp4_cut_without_reencoding_is_what_plays(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """An MP4 cut at 0.2 s without re-encoding: 50 samples, 45 shown (an edit list hides the 5 before the cut). It
+    was refused as "truncated or corrupt: 45 of 50 frames decode" after all 45 were upscaled, and the work deleted;
+    now the 45 frames that play are the output, and the progress counts 45."""
+    src = cut_without_reencoding(clips["25"], tmp_path / "cut.mp4", Fraction(1, 5))
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].frames == 50  # the header's count: the hidden samples too
+    t_in, f_in = frames_of(src)
+    assert len(f_in) == 45 and t_in[0] == 0
+    totals: set[int | None] = set()
+    dst = tmp_path / "out.mkv"
+    result = upscale_video(up, src, dst, codec="ffv1", on_frame=lambda done, total: totals.add(total))
+    t_out, f_out = frames_of(dst)
+    assert result.frames == len(f_out) == 45 and totals == {45}
+    assert max(abs(a - b) for a, b in zip(t_in, t_out, strict=True)) <= Fraction(1, 1000)
+    np.testing.assert_array_equal(f_out[0], up.upscale(f_in[0]))
+    np.testing.assert_array_equal(f_out[-1], up.upscale(f_in[-1]))
+    _, f_whole = frames_of(clips["25"])
+    np.testing.assert_array_equal(f_in[0], f_whole[5])  # what plays first is the source's frame 5
+
+
+def test_a_clip_found_truncated_at_its_end_keeps_the_frames_upscaled(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """Where a stream ends is known only once it is decoded, so a truncated clip is refused after its frames were
+    upscaled: that work is kept in the work folder (it was deleted, so a check wrong about an unusual file cost the
+    whole run each time), the error says where, and a rerun reuses it (no frame through the model again)."""
+    data = clips["vfr"].read_bytes()
+    src = tmp_path / "cut.mkv"
+    src.write_bytes(data[: len(data) // 2])  # readable, but ends at about 1 s of 2
+    counting, model = bound_upscaler(1 << 30, 0)
+    dst = tmp_path / "out.mkv"
+    for run in range(2):
+        with pytest.raises(VideoError, match=r"truncated or corrupt: video ends at") as caught:
+            upscale_video(counting, src, dst, codec="ffv1", segment_frames=10)
+        message = str(caught.value)
+        assert message.startswith(f"{src}: ") and "\n" not in message
+        assert message.endswith(
+            f"; the 20 frames upscaled are kept in {work_folder(dst)} (a rerun reuses them; remove the folder if "
+            "the source is bad)"
+        )
+        assert not dst.exists() and len(list(work_folder(dst).glob("seg*.pkt"))) == 2
+        if run == 0:
+            assert len(model.passes) == 20
+            model.passes.clear()
+    assert model.passes == []  # the rerun decoded past the kept segments without the model
+
+
+def anamorphic_clip(path: Path, sar: Fraction, *, rotation: int | None = None, frames: int = 5) -> Path:
+    """A 96x64 H.264 clip of the moving pattern whose pixels are not square (sample aspect ratio `sar`, in the
+    bitstream and the container), as DVD, PAL and HDV video are: 96x64 at 4:3 is shown 128x64."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv420p"
+        vs.codec_context.sample_aspect_ratio = sar
+        if rotation is not None:
+            vs.set_display_rotation(rotation)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(pattern(i, 96, 64), format="rgb24")
+            frame.pts = i
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode(None):
+            out.mux(packet)
+    return path
+
+
+def shown(path: Path) -> tuple[int, int, Fraction | None]:
+    """(stored width, height, sample aspect ratio) of a file's video as a player reads it."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        return v.codec_context.width, v.codec_context.height, v.sample_aspect_ratio
+
+
+def test_non_square_pixels_are_kept_and_a_target_width_is_the_width_shown(
+    up: Upscaler, tmp_path: Path
+) -> None:
+    """An anamorphic source (a Matroska at 16:15 as PAL, an MP4 at 4:3 as HDV) came out with square pixels, shown
+    distorted, and --width sized the stored width. The sample aspect ratio is carried to the output (H.264's VUI,
+    MP4's pasp), --width / --height size the video as shown (rotation included), and a container that cannot carry
+    it for the codec (VP9 in Matroska) says so in a note."""
+    pal = anamorphic_clip(tmp_path / "pal.mkv", Fraction(16, 15))
+    for suffix in (".mkv", ".mp4"):
+        result = upscale_video(up, pal, tmp_path / f"out{suffix}")
+        assert shown(tmp_path / f"out{suffix}") == (384, 256, Fraction(16, 15)) and result.notes == []
+    hdv = anamorphic_clip(tmp_path / "hdv.mp4", Fraction(4, 3))  # shown 128x64
+    wide = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, fit=(256, None))
+    upscale_video(wide, hdv, tmp_path / "w256.mp4")
+    assert shown(tmp_path / "w256.mp4") == (192, 128, Fraction(4, 3))  # shown 256x128
+    assert wide.fit == (256, None)  # the caller's upscaler is unchanged
+    turned = anamorphic_clip(tmp_path / "turned.mp4", Fraction(4, 3), rotation=90)  # shown 64x128
+    tall = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, fit=(None, 256))
+    upscale_video(tall, turned, tmp_path / "h256.mp4")
+    assert shown(tmp_path / "h256.mp4") == (192, 128, Fraction(4, 3))  # shown 128x256
+    lost = upscale_video(up, hdv, tmp_path / "vp9.mkv", codec="vp9")
+    assert lost.notes == [
+        "the sample aspect ratio 4:3 is lost (vp9 video in .mkv cannot carry it here): the video is shown 384x256, "
+        "not 512x256; .mp4, or --codec h264 or h265, keeps it"
+    ]
+
+
+def test_an_open_ended_range_of_a_variable_frame_rate_clip(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """--frames 20: (and 20:1000, past the end) of a VFR clip (frame steps of 40, 40, 80 ms; its Matroska header
+    says 25 fps): the truncation check put frame 20 at 20 / 25 = 0.8 s instead of its real 1.04 s, and refused the
+    clip as "truncated or corrupt: video ends at ..." after every frame was upscaled. It takes frame 20's time."""
+    t_in, f_in = frames_of(clips["vfr"])
+    for stop in (None, 1000):
+        dst = tmp_path / f"tail_{stop}.mkv"
+        result = upscale_video(up, clips["vfr"], dst, codec="ffv1", frames=(20, stop))
+        t_out, f_out = frames_of(dst)
+        assert result.frames == len(f_out) == len(f_in) - 20
+        assert max(abs(a - (b - t_in[20])) for a, b in zip(t_out, t_in[20:], strict=True)) <= Fraction(
+            1, 1000
+        )
+        np.testing.assert_array_equal(f_out[0], up.upscale(f_in[20]))
+        np.testing.assert_array_equal(f_out[-1], up.upscale(f_in[-1]))
+
+
+def shown_cues(path: Path) -> list[tuple[Fraction, Fraction, str]]:
+    """(start, end, text) of every subtitle cue a player shows (decoded; the empty samples MP4 puts between cues
+    and packets before 0 are not shown)."""
+    cues = []
+    with av.open(str(path)) as c:
+        for packet in c.demux(c.streams.subtitles[0]):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            for sub in packet.decode():
+                text = bytes(getattr(sub, "ass", b"") or getattr(sub, "text", b"")).decode()
+                if text and packet.pts >= 0:
+                    start = packet.pts * packet.time_base
+                    cues.append((start, start + packet.duration * packet.time_base, text.split(",")[-1]))
+    return cues
+
+
+def test_a_frames_range_keeps_the_subtitle_on_screen_at_its_start(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """--frames 10:20 (0.4-0.8 s) with a cue from 0.2 to 0.6 s, on screen at the range's start: it was dropped from
+    Matroska, and written at -0.2 s in MP4 (never shown), which also moved the MP4's next cue ~0.1 s early. Now it
+    starts at 0 and ends where it did (0.2 s in); the next cue keeps its time, moved by the range's start."""
+    for name, suffix, expected in (
+        ("srt", ".mkv", [(Fraction(0), Fraction(1, 5), "hello")]),
+        (
+            "tagged",
+            ".mp4",
+            [(Fraction(0), Fraction(1, 5), "hello"), (Fraction(3, 10), Fraction(1, 2), "world")],
+        ),
+    ):
+        dst = tmp_path / f"range{suffix}"
+        upscale_video(up, clips[name], dst, frames=(10, 20))
+        assert shown_cues(dst) == expected, name
+        with av.open(str(dst)) as c:
+            assert all(p.pts >= 0 for p in c.demux(c.streams.subtitles[0]) if p.pts is not None)
+
+
+def with_dispositions(src: Path, dst: Path) -> Path:
+    """src (video, audio, subtitles) remuxed with its audio twice, and each track flagged as a player's menu shows
+    them: the video and the first audio default, the second audio a commentary, the subtitles forced."""
+    flags = av.stream.Disposition
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        v, a, s = inp.streams.video[0], inp.streams.audio[0], inp.streams.subtitles[0]
+        made = [out.add_stream_from_template(t) for t in (v, a, a, s)]  # in this order: #0 to #3
+        for stream, flag in zip(
+            made, (flags.default, flags.default, flags.comment, flags.forced), strict=True
+        ):
+            stream.disposition = flag
+        streams = {v.index: made[:1], a.index: made[1:3], s.index: made[3:]}
+        for packet in inp.demux(v, a, s):
+            if packet.size == 0:  # the demuxer's end-of-stream packets
+                continue
+            copies = []  # made before muxing: the muxer takes the packet's data
+            for stream in streams[packet.stream.index]:
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+                copy.time_base, copy.is_keyframe, copy.stream = packet.time_base, packet.is_keyframe, stream
+                copies.append(copy)
+            for copy in copies:
+                out.mux(copy)
+    return dst
+
+
+def test_track_dispositions_are_kept(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
+    """Which track is the default, the commentary, the forced subtitles: all were lost (a Matroska output had no
+    default track at all). Kept on every stream, copied or re-encoded (AAC into WebM becomes Opus)."""
+    flags = av.stream.Disposition
+    src = with_dispositions(clips["srt"], tmp_path / "flagged.mkv")
+    with av.open(str(src)) as c:
+        assert [s.disposition for s in c.streams] == [
+            flags.default,
+            flags.default,
+            flags.comment,
+            flags.forced,
+        ]
+    for suffix, expected in (
+        (".mkv", [flags.default, flags.default, flags.comment, flags.forced]),
+        (".webm", [flags.default, flags.default, flags(0)]),  # (WebM holds no SubRip and no commentary flag)
+    ):
+        dst = tmp_path / f"out{suffix}"
+        upscale_video(up, src, dst, frames=(0, 5))
+        with av.open(str(dst)) as c:
+            assert [s.disposition for s in c.streams] == expected, suffix
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "crf", "allowed"),
+    [
+        ("h264", ".mp4", -1, "0 to 51"),  # was libx264's default, 23, without a word
+        ("h264", ".mp4", 52, "0 to 51"),  # was 51, without a word
+        ("h265", ".mkv", 100, "0 to 51"),  # these three were refused as a frame size the encoder cannot take
+        (None, ".webm", 64, "0 to 63"),  # (vp9: .webm's default)
+        ("av1", ".mkv", 70, "1 to 63"),
+        ("av1", ".mkv", 0, "1 to 63"),  # was SVT-AV1's default, 35
+    ],
+)
+def test_a_crf_outside_the_codecs_range_is_refused_before_any_work(
+    up: Upscaler,
+    clips: dict[str, Path],
+    tmp_path: Path,
+    codec: str | None,
+    suffix: str,
+    crf: int,
+    allowed: str,
+) -> None:
+    """One line before any work, naming the codec's range; the end of the range nearest is taken."""
+    name = codec or "vp9"
+    with pytest.raises(EsrganError) as caught:
+        upscale_video(up, clips["25"], tmp_path / f"out{suffix}", codec=codec, crf=crf)
+    assert (
+        str(caught.value) == f"--crf {crf} is outside {name}'s range, {allowed} (lower is better and bigger)"
+    )
+    assert not list(tmp_path.iterdir())  # no output, no work folder
+    low, high = (int(v) for v in allowed.split(" to "))
+    nearest = min(max(crf, low), high)  # the end of the range: taken
+    done = upscale_video(up, clips["25"], tmp_path / f"out{suffix}", codec=codec, crf=nearest, frames=(0, 1))
+    assert done.frames == 1
+
+
+def test_an_encoder_refusal_blames_the_frame_size_only_where_it_is_the_reason(
+    up: Upscaler, tmp_path: Path
+) -> None:
+    """x265 lists yuva420p and refuses it at any size, and refuses frames under 16x16: both were said as "cannot
+    encode WxH video ... takes larger frames, or choose a smaller --outscale". The encoder is tried at 256x256 too
+    (which every encoder here opens) to tell them apart."""
+    src = make_clip(tmp_path / "clip.mp4", size=(32, 24), seconds=0.2, audio=False)
+    with pytest.raises(VideoError) as caught:
+        upscale_video(up, src, tmp_path / "alpha.mkv", codec="h265", pix_fmt="yuva420p")
+    message = str(caught.value)
+    assert message.startswith(
+        f"{src}: h265 (libx265) cannot encode video with pixel format yuva420p, crf 20, at any size ("
+    )
+    assert message.endswith("); choose another --pix-fmt or --codec") and "128x96" not in message
+    small = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=0, outscale=0.25)
+    with pytest.raises(VideoError) as caught:
+        upscale_video(small, src, tmp_path / "small.mkv", codec="h265")
+    message = str(caught.value)
+    assert message.startswith(f"{src}: h265 (libx265) cannot encode 8x6 video (")
+    assert message.endswith(
+        "): too small for it; choose a larger --outscale (or --width / --height) or another --codec"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize(
+    "frames", [(-5, 10), (-3, None), (5, 3), (0, 0), (3.5, 8), (2, 7.0), (True, 4), (0, 5, 9), "0:10"]
+)
+def test_a_frame_range_the_cli_would_refuse_is_refused_by_the_api(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path, frames: Any
+) -> None:
+    """upscale_video's `frames` was not checked as --frames is: (-5, 10) wrote frames 0-9 and its summary said 15
+    frames; (3.5, 8) was "ValueError: Unknown format code 'd'" and left its work folder. One line before anything."""
+    with pytest.raises(EsrganError) as caught:
+        upscale_video(up, clips["25"], tmp_path / "out.mkv", frames=frames)
+    assert (
+        str(caught.value)
+        == f"frames wants (A, B) with whole numbers 0 <= A < B (B None: to the end), not {frames!r}"
+    )
+    assert not list(tmp_path.iterdir())  # no output, no work folder
+
+
+def with_extras(src: Path, dst: Path, font: bytes) -> Path:
+    """src's video twice (a second angle) and its audio, remuxed into Matroska with a font attached, as a
+    Matroska with styled subtitles carries the fonts they need."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        v, a = inp.streams.video[0], inp.streams.audio[0]
+        made = [out.add_stream_from_template(t) for t in (v, v, a)]
+        out.add_attachment("Font.ttf", "application/x-truetype-font", font)
+        streams = {v.index: made[:2], a.index: made[2:]}
+        for packet in inp.demux(v, a):
+            if packet.size == 0:
+                continue
+            copies = []  # made before muxing: the muxer takes the packet's data
+            for stream in streams[packet.stream.index]:
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+                copy.time_base, copy.is_keyframe, copy.stream = packet.time_base, packet.is_keyframe, stream
+                copies.append(copy)
+            for copy in copies:
+                out.mux(copy)
+    return dst
+
+
+def test_attachments_and_other_video_streams_are_copied_or_said(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """A Matroska's font attachment and a second video stream were dropped without a word (subtitles the container
+    cannot hold get a note). The font is copied into Matroska; what is dropped gets a note."""
+    font = bytes(range(256)) * 4
+    src = with_extras(clips["25"], tmp_path / "extras.mkv", font)
+    mkv = upscale_video(up, src, tmp_path / "out.mkv", frames=(0, 5))
+    assert mkv.notes == ["video stream #1 (h264) dropped: only one video stream is upscaled (#0)"]
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        (attached,) = [s for s in c.streams if s.type == "attachment"]
+        assert (attached.name, attached.mimetype, bytes(attached.data)) == (
+            "Font.ttf",
+            "application/x-truetype-font",
+            font,
+        )
+    mp4 = upscale_video(up, src, tmp_path / "out.mp4", frames=(0, 5))
+    assert mp4.notes == [
+        "video stream #1 (h264) dropped: only one video stream is upscaled (#0)",
+        "attachment #3 (Font.ttf) dropped: a mp4 file cannot hold attachments",
+    ]
+
+
+def test_an_error_names_the_source_once(clips: dict[str, Path], tiny_file: Path, tmp_path: Path) -> None:
+    """The CLI puts the source before a message that does not name it: one naming only the output read
+    "esrgan: error: clip.mp4: out/x.webm: a .webm file cannot hold h264 video; use .mkv"."""
+    dst = tmp_path / "x.webm"
+    r = cli("upscale", str(clips["25"]), "-o", str(dst), "--model", str(tiny_file), "--codec", "h264")
+    assert r.returncode == 1
+    assert (
+        f"esrgan: error: {clips['25']}: cannot write {dst}: a .webm file cannot hold h264 video; use .mkv\n"
+        in r.stderr
+    )

@@ -8,8 +8,10 @@
 What is kept: every frame's timestamp in the source's time base (so the frame rate, 30000/1001 and variable frame
 rates included, and the frame count), audio streams copied packet for packet (re-encoded only where the output
 container cannot hold them, with a note saying so), subtitle streams where the container can hold them (else
-dropped, with a note), chapters, container and stream metadata, the rotation (display matrix) and the colour tags (range,
-primaries, transfer, matrix; the YUV <-> RGB conversions around the model use the source's matrix and range).
+dropped, with a note), attachments (fonts) into Matroska (else dropped, with a note), chapters, container and
+stream metadata, the tracks' dispositions (default, forced, ...), the rotation (display matrix), the sample aspect
+ratio (non-square pixels) and the colour tags (range, primaries, transfer, matrix; the YUV <-> RGB conversions
+around the model use the source's matrix and range).
 
 How (and why):
 - Three threads with small bounded queues: decode (FFmpeg, to RGB), the model (this thread), encode (FFmpeg), so
@@ -34,6 +36,7 @@ import errno
 import hashlib
 import heapq
 import json
+import numbers
 import os
 import queue
 import shutil
@@ -83,6 +86,11 @@ CODECS = {"h264": "libx264", "h265": "libx265", "vp9": "libvpx-vp9", "av1": "lib
 
 DEFAULT_CRF = {"h264": 18, "h265": 20, "vp9": 24, "av1": 24}
 """Constant-quality defaults: visually near-lossless, as an upscale deserves (lower = better and bigger)."""
+
+CRF_RANGE = {"h264": (0, 51), "h265": (0, 51), "vp9": (0, 63), "av1": (1, 63)}
+"""The CRF each encoder takes, checked before any work. Measured with PyAV's FFmpeg: libx264 took -1 as its default
+(23) and 52 and up as 51, without a word; x265 refuses 52 and up, libvpx-vp9 64, SVT-AV1 64 and takes 0 as its
+default (35) (refused only when the encoder opened, with a message that blamed the frame size)."""
 
 DEFAULT_SEGMENT_FRAMES = 240
 """Frames per resumable segment: about 10 s at 24-25 fps, the usual x264 key frame interval (250), so segments
@@ -145,6 +153,22 @@ def parse_frames(text: str) -> tuple[int, int | None]:
     if not sep or a < 0 or (b is not None and b <= a):
         raise EsrganError(f"--frames wants A:B with 0 <= A < B (e.g. 0:100), not {text!r}")
     return a, b
+
+
+def _frame_range(frames: Any) -> tuple[int, int | None]:
+    """upscale_video's `frames` checked as parse_frames checks --frames: (A, B) of whole numbers, 0 <= A < B, B None
+    for the end. Unchecked, (-5, 10) wrote frames 0-9 and said 15 frames, and (3.5, 8) was a ValueError."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if isinstance(frames, tuple | list) and len(frames) == 2:
+        a, b = frames
+        if whole(a) and a >= 0 and (b is None or (whole(b) and b > a)):
+            return int(a), None if b is None else int(b)
+    raise EsrganError(
+        f"frames wants (A, B) with whole numbers 0 <= A < B (B None: to the end), not {frames!r}"
+    )
 
 
 def _import_av() -> Any:
@@ -277,6 +301,9 @@ class _Plan:
     total: int | None  # frames expected in the output, when the source says
     colour: dict[str, int]
     rotation: int
+    sar: Fraction | None = (
+        None  # the sample (pixel) aspect ratio of an anamorphic source; None: square pixels
+    )
 
     def encoder_options(self) -> dict[str, str]:
         if self.crf is None:
@@ -317,7 +344,9 @@ def _plan(
     try:
         probe.add_stream(encoder)
     except ValueError:
-        raise VideoError(f"{dst}: a {dst.suffix} file cannot hold {name} video; use .mkv") from None
+        raise VideoError(
+            f"{src}: cannot write {dst}: a {dst.suffix} file cannot hold {name} video; use .mkv"
+        ) from None
     finally:
         probe.close()
     h, w = first.height, first.width
@@ -349,9 +378,12 @@ def _plan(
         for key in ("color_range", "color_primaries", "color_trc", "colorspace")
     }
     rate = vin.average_rate or vin.guessed_rate or vin.base_rate
+    # frames that play: the header's count (an MP4's nb_frames) includes the samples an edit list hides (an MP4 cut
+    # without re-encoding keeps the packets from the key frame before the cut), the stream's duration does not
     total: int | None = vin.frames or None
-    if total is None and vin.duration and rate:
-        total = round(float(vin.duration * vin.time_base * rate))
+    if vin.duration and rate:
+        shown = round(float(vin.duration * vin.time_base * rate))
+        total = min(total, shown) if total is not None else shown
     elif total is None and inp.duration and rate and len(inp.streams) == 1:
         total = round(inp.duration / 1_000_000 * float(rate))
     start, stop = frames if frames is not None else (0, None)
@@ -375,7 +407,16 @@ def _plan(
         total=total,
         colour=colour,
         rotation=int(first.rotation or 0),
+        sar=_sample_aspect(vin),
     )
+
+
+def _sample_aspect(vin: Any) -> Fraction | None:
+    """The source's sample aspect ratio where its pixels are not square (DVD, PAL and HDV video, anamorphic
+    widescreen: 720x576 at 16:15 is shown 768x576): FFmpeg's guess, the container's value (MP4 pasp, Matroska's
+    display size) before the bitstream's. The model scales both sides alike, so the output has the same ratio."""
+    sar = vin.sample_aspect_ratio or vin.codec_context.sample_aspect_ratio
+    return Fraction(sar) if sar and sar > 0 and sar != 1 else None
 
 
 class _NullSink:
@@ -408,11 +449,14 @@ def _fingerprint(src: Path, upscaler: Upscaler, plan: _Plan, segment_frames: int
         "pix_fmt": plan.pix_fmt,
         "frames": [plan.start, plan.stop],
         "segment_frames": segment_frames,
+        **(
+            {"sar": str(plan.sar)} if plan.sar else {}
+        ),  # in the encoder's headers; only when set: old runs resume
     }
 
 
 @contextlib.contextmanager
-def _work_lock(work: Path, dst: Path) -> Iterator[None]:
+def _work_lock(work: Path, src: Path, dst: Path) -> Iterator[None]:
     """An exclusive flock on WORK/.lock for the whole run: a second esrgan writing the same output stops at once
     instead of mixing its segments in (the kernel drops the lock of a killed run). No flock (Windows): no lock."""
     work.mkdir(parents=True, exist_ok=True)
@@ -427,7 +471,8 @@ def _work_lock(work: Path, dst: Path) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 raise VideoError(
-                    f"{dst}: another esrgan is writing this output now (its work folder {work} is locked)"
+                    f"{src}: cannot write {dst}: another esrgan is writing this output now (its work folder "
+                    f"{work} is locked)"
                 ) from None
         yield
     finally:
@@ -474,6 +519,7 @@ class _Frame:
     pts: int  # in the source's video time base, shifted so a --frames range starts at 0
     duration: int
     pixels: np.ndarray | None  # HxWx3 RGB (uint8 or uint16); None for frames of kept segments
+    origin: int = 0  # the source's timestamp that pts 0 stands for (frame A's for a --frames range, else 0)
 
 
 _END = object()
@@ -533,7 +579,7 @@ def _decode_frames(av: Any, inp: Any, vin: Any, src: Path, plan: _Plan, skip: in
                 pixels = frame.reformat(
                     format=plan.rgb_format, src_color_range=plan.colour["color_range"] or None
                 ).to_ndarray()
-            yield _Frame(out, pts - offset, frame.duration or default_duration, pixels)
+            yield _Frame(out, pts - offset, frame.duration or default_duration, pixels, offset)
     except av.error.FFmpegError as exc:
         # EINVAL is also how the decoder refuses a frame over its max_pixels (see _video_stream): say both
         why = " or a frame far over the pixel limit" if getattr(exc, "errno", None) == errno.EINVAL else ""
@@ -609,20 +655,44 @@ class _SegmentEncoder:
 
 def _check_encoder_opens(av: Any, plan: _Plan, src: Path) -> None:
     """Open the encoder as the first segment will, so that a size it refuses is said before the first frame is
-    upscaled (libx264 and SVT-AV1 stop at 16384 pixels a side, x265 refuses some shapes; FFmpeg says only
-    "Generic error in an external library", after the first frame's work)."""
+    upscaled (libx264 and SVT-AV1 stop at 16384 pixels a side, x265 refuses some shapes and frames under 16x16;
+    FFmpeg says only "Generic error in an external library", after the first frame's work). Where it refuses
+    256x256 frames too (all of them open that size), the size is not the reason and the message says so: x265
+    refuses yuva420p, which it lists, at any size (said as "cannot encode 384x256 video", too large)."""
+    try:
+        _open_encoder(av, plan)
+    except (av.error.FFmpegError, ValueError) as exc:
+        reason = _reason(exc)
+    else:
+        return
+    size = f"{plan.out_width}x{plan.out_height}"
+    try:
+        _open_encoder(av, replace(plan, out_width=256, out_height=256))
+    except (av.error.FFmpegError, ValueError):
+        crf = f", crf {plan.crf}" if plan.crf is not None else ""
+        raise VideoError(
+            f"{src}: {plan.codec} ({plan.encoder}) cannot encode video with pixel format {plan.pix_fmt}{crf}, "
+            f"at any size ({reason}); choose another --pix-fmt or --codec"
+        ) from None
+    if max(plan.out_width, plan.out_height) < 256:
+        raise VideoError(
+            f"{src}: {plan.codec} ({plan.encoder}) cannot encode {size} video ({reason}): too small for it; "
+            "choose a larger --outscale (or --width / --height) or another --codec"
+        )
+    others = {"vp9": "--codec vp9", "ffv1": "--codec ffv1 (in .mkv)"}
+    instead = " or ".join(v for k, v in others.items() if k != plan.codec)
+    raise VideoError(
+        f"{src}: {plan.codec} ({plan.encoder}) cannot encode {size} video ({reason}); {instead} takes larger "
+        "frames, or choose a smaller --outscale (or --width / --height)"
+    )
+
+
+def _open_encoder(av: Any, plan: _Plan) -> None:
     ctx = av.CodecContext.create(plan.encoder, "w")
     _configure(ctx, plan)
     try:
         with _quiet_encoder(plan):
             ctx.open()
-    except (av.error.FFmpegError, ValueError) as exc:
-        others = {"vp9": "--codec vp9", "ffv1": "--codec ffv1 (in .mkv)"}
-        instead = " or ".join(v for k, v in others.items() if k != plan.codec)
-        raise VideoError(
-            f"{src}: {plan.codec} ({plan.encoder}) cannot encode {plan.out_width}x{plan.out_height} video "
-            f"({_reason(exc)}); {instead} takes larger frames, or choose a smaller --outscale (or --width / --height)"
-        ) from None
     finally:
         del ctx  # never encoded into: closed when collected
 
@@ -632,6 +702,8 @@ def _configure(ctx: Any, plan: _Plan) -> None:
     ctx.time_base = plan.time_base
     if plan.rate:
         ctx.framerate = plan.rate
+    if plan.sar:  # in the bitstream's headers, and (through the stream's parameters) the container's
+        ctx.sample_aspect_ratio = plan.sar
     for key, value in plan.colour.items():
         if value:
             setattr(ctx, key, value)
@@ -716,6 +788,14 @@ def upscale_video(
         raise EsrganError(
             f"segment_frames and frame_batch must be >= 1, not {segment_frames} and {frame_batch}"
         )
+    if frames is not None:  # before the work folder is made: (3.5, 8) failed after, and left it
+        frames = _frame_range(frames)
+    name, _ = _choose_codec(codec, CONTAINERS[dst.suffix.lower()])
+    if crf is not None and name in CRF_RANGE and not CRF_RANGE[name][0] <= crf <= CRF_RANGE[name][1]:
+        low, high = CRF_RANGE[name]
+        raise EsrganError(
+            f"--crf {crf} is outside {name}'s range, {low} to {high} (lower is better and bigger)"
+        )
     if (
         dst.is_dir()
     ):  # not an output that exists: said before any frame (was "skip", or a rename error at the end)
@@ -737,25 +817,31 @@ def upscale_video(
         fit = upscaler.fit
         if fit is not None:
             upscaler.fit_even = True  # the free side even, as subsampled chroma wants (FFmpeg's scale=W:-2)
-            if (
-                int(first.rotation or 0) % 180
-            ):  # the target is the video as shown: turned a quarter, its width
-                upscaler.fit = (fit[1], fit[0])  # is the frames' height
+            # the target is the video as shown: turned a quarter, its width is the frames' height; and a frame of
+            # non-square pixels is shown sar times as wide as it is stored (the stored width for a width shown:
+            # divided by sar, rounded to even as a free side is)
+            if int(first.rotation or 0) % 180:
+                fit = (fit[1], fit[0])
+            sar = _sample_aspect(vin)
+            if sar and fit[0] is not None:
+                fit = (max(2, 2 * round(fit[0] / sar / 2)), fit[1])
+            upscaler.fit = fit
         plan = _plan(
             av, inp, vin, first, src, dst, upscaler, codec=codec, crf=crf, pix_fmt=pix_fmt, frames=frames
         )
     _check_memory(src, plan, upscaler, frame_batch)
     _check_encoder_opens(av, plan, src)  # before any frame is upscaled
     work = work_folder(dst)
-    with _work_lock(work, dst):
+    with _work_lock(work, src, dst):
         kept_segments = _prepare_work(work, _fingerprint(src, upscaler, plan, segment_frames))
         skip = kept_segments * segment_frames
         result = VideoResult(src, dst, 0, 0.0, 0.0)
+        kept = False
         try:
             with _open_input(av, src) as inp:
                 vin = _video_stream(inp, src, limit)
                 vin.thread_type = "AUTO"
-                count, first, end = _run_frames(
+                count, first, end, origin = _run_frames(
                     av,
                     upscaler,
                     inp,
@@ -773,16 +859,24 @@ def upscale_video(
                     raise VideoError(
                         f"{src}: no frames" + (" in the --frames range" if frames is not None else "")
                     )
-                _check_complete(inp, vin, src, plan, count, end)
+                try:
+                    _check_complete(inp, vin, src, plan, count, end + origin)
+                except VideoError as exc:
+                    # said only after every frame was upscaled (where a stream ends is known only once it is decoded):
+                    # the work is kept, not thrown away on a check that may be wrong about an unusual file
+                    kept = True
+                    raise VideoError(
+                        f"{exc}; the {count} frames upscaled are kept in {work} (a rerun reuses them; remove the "
+                        "folder if the source is bad)"
+                    ) from None
             result.frames = count
             result.duration = float((end - first) * plan.time_base)
             result.resumed = min(skip, count)
             with _open_input(av, src) as inp, atomic_path(dst, overwrite=overwrite) as tmp:
                 _mux(av, inp, tmp, work, plan, segment_frames, count, end, result)
         except EsrganError:
-            shutil.rmtree(
-                work, ignore_errors=True
-            )  # a bad input fails again on a rerun: nothing worth keeping
+            if not kept:  # a bad input found before the work fails again on a rerun: nothing worth keeping
+                shutil.rmtree(work, ignore_errors=True)
             raise
         except av.error.FFmpegError as exc:
             shutil.rmtree(work, ignore_errors=True)
@@ -852,8 +946,9 @@ def _run_frames(
     on_frame: FrameProgress | None,
     result: VideoResult,
     frame_batch: int,
-) -> tuple[int, int, int]:
-    """Decode thread -> model (here) -> encode thread. Returns (frames, first frame's timestamp, end of the last)."""
+) -> tuple[int, int, int, int]:
+    """Decode thread -> model (here) -> encode thread. Returns (frames, first frame's timestamp, end of the last,
+    the source's timestamp that timestamp 0 stands for: _Frame.origin)."""
     stop = threading.Event()
     decoded: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
     upscaled: queue.Queue[Any] = queue.Queue(QUEUE_FRAMES)
@@ -885,7 +980,7 @@ def _run_frames(
     threads = [threading.Thread(target=decode, daemon=True), threading.Thread(target=encode, daemon=True)]
     for t in threads:
         t.start()
-    count, first, end = 0, 0, 0
+    count, first, end, origin = 0, 0, 0, 0
     pending: list[_Frame] = []
 
     def flush() -> bool:
@@ -912,7 +1007,7 @@ def _run_frames(
                 raise item.exc
             frame: _Frame = item
             if count == 0:
-                first = frame.pts
+                first, origin = frame.pts, frame.origin
             count, end = frame.index + 1, frame.pts + frame.duration
             if frame.pixels is not None:
                 pending.append(frame)
@@ -933,7 +1028,7 @@ def _run_frames(
         if isinstance(exc, av.error.FFmpegError):
             raise VideoError(f"{src}: encoding with {plan.codec} failed ({_reason(exc)})") from None
         raise exc
-    return count, first, end
+    return count, first, end, origin
 
 
 def frames_memory(plan: _Plan, frame_batch: int) -> int:
@@ -1047,11 +1142,16 @@ def _output_of(y: Any) -> Callable[[Any], Any]:
 
 
 def _check_complete(inp: Any, vin: Any, src: Path, plan: _Plan, count: int, end: int) -> None:
-    """A clip that ends well before its header says is truncated: refuse it rather than write a short video."""
+    """A clip that ends well before its header says is truncated: refuse it rather than write a short video.
+    end: where the last frame ends, in the source's timestamps (with a --frames range, frame A's added back: the
+    real time, not A frames at the average rate, which a variable frame rate made seconds off).
+
+    The duration decides where there is one: the header's frame count (an MP4's nb_frames) counts the samples an
+    edit list hides, so an MP4 cut without re-encoding (ffmpeg -ss -c copy, LosslessCut: the packets from the key
+    frame before the cut are kept, and hidden) has more of them than play; the stream's duration is what plays. The
+    count is the check only for a clip that declares no duration."""
     if plan.stop is not None and plan.start + count >= plan.stop:
         return  # the range ended the decoding, not the end of the stream
-    if vin.frames and plan.start + count < vin.frames:
-        raise VideoError(f"{src}: truncated or corrupt: {plan.start + count} of {vin.frames} frames decode")
     expected: float | None = None
     if vin.duration:
         expected = float(vin.duration * vin.time_base)
@@ -1062,11 +1162,13 @@ def _check_complete(inp: Any, vin: Any, src: Path, plan: _Plan, count: int, end:
         elif inp.duration and len(inp.streams) == 1:
             expected = inp.duration / 1_000_000
     if expected is None:
+        if vin.frames and plan.start + count < vin.frames:
+            raise VideoError(
+                f"{src}: truncated or corrupt: {plan.start + count} of {vin.frames} frames decode"
+            )
         return
     start = float((vin.start_time or 0) * vin.time_base)
     got = float(end * plan.time_base) - start
-    if plan.start > 0:  # a range's timestamps start at 0: add the time of the frames before it back
-        got += plan.start / float(plan.rate) if plan.rate else 0.0
     frame = float(1 / plan.rate) if plan.rate else 0.1
     if got < (expected - start) - max(3 * frame, 0.02 * expected):
         raise VideoError(
@@ -1115,7 +1217,7 @@ def _mux(
             with _open_input(av, Path(inp.name)) as again:
                 t0 = _first_time(again, _video_stream(again, Path(inp.name)), plan)
         t1 = t0 + end * plan.time_base if plan.stop is not None else None
-        others = _other_streams(av, inp, out, plan, result)
+        others = _other_streams(av, inp, out, plan, result, vin.index)
         chapters = _chapters(inp, t0, end * plan.time_base)
         if chapters:
             out.set_chapters(chapters)
@@ -1137,6 +1239,31 @@ def _mux(
                     out.mux(packet)
     finally:
         out.close()
+    if plan.sar:
+        _check_sar(av, tmp, plan, result)
+
+
+def _check_sar(av: Any, tmp: Path, plan: _Plan, result: VideoResult) -> None:
+    """A note where the output does not carry the source's sample aspect ratio, read back as a player reads it.
+
+    The encoder's context carries it to the stream's parameters, which MP4 and MOV write (pasp) for any codec, and
+    into H.264 and H.265 bitstreams (VUI). Matroska and AVI write it only from the stream's own field, which PyAV
+    cannot set, so VP9, AV1 and FFV1 (no aspect ratio in their bitstreams) in .mkv, .webm or .avi lose it: the
+    video would be shown with square pixels, too narrow or too wide, without a word."""
+    with av.open(str(tmp)) as out:
+        got = out.streams.video[0].sample_aspect_ratio or Fraction(1)
+    if got != plan.sar:
+        sar = plan.sar
+        assert sar is not None
+        suffix = next(k for k, v in CONTAINERS.items() if v == plan.container)
+        keeps = {"matroska": ", or --codec h264 or h265,", "avi": ", or --codec h264,"}.get(
+            plan.container, ""
+        )
+        result.notes.append(
+            f"the sample aspect ratio {sar.numerator}:{sar.denominator} is lost ({plan.codec} video in {suffix} "
+            f"cannot carry it here): the video is shown {plan.out_width}x{plan.out_height}, not "
+            f"{round(plan.out_width * sar)}x{plan.out_height}; .mp4{keeps} keeps it"
+        )
 
 
 def _chapters(inp: Any, t0: Fraction, length: Fraction) -> list[dict[str, Any]]:
@@ -1151,6 +1278,9 @@ def _chapters(inp: Any, t0: Fraction, length: Fraction) -> list[dict[str, Any]]:
 
 
 def _copy_stream_metadata(src_stream: Any, dst_stream: Any) -> None:
+    """The stream's tags (title, language, ...; not the encoder's or the statistics) and its disposition: which
+    track is the default, a commentary, forced subtitles, ... (a player picks tracks by them)."""
+    dst_stream.disposition = src_stream.disposition
     for key, value in src_stream.metadata.items():
         if key.lower() in ("duration", "encoder", "handler_name", "vendor_id", "number_of_frames", "bps"):
             continue
@@ -1173,11 +1303,33 @@ class _Copy:
     encoder: Any = None  # an audio encoder stream when re-encoding; None = packets copied
 
 
-def _other_streams(av: Any, inp: Any, out: Any, plan: _Plan, result: VideoResult) -> dict[int, _Copy]:
-    """Audio and subtitle streams to carry: copied where the container takes their codec, else audio re-encoded."""
+def _other_streams(
+    av: Any, inp: Any, out: Any, plan: _Plan, result: VideoResult, video: int
+) -> dict[int, _Copy]:
+    """Audio and subtitle streams to carry: copied where the container takes their codec, else audio re-encoded.
+    Attachments (a Matroska's fonts for its styled subtitles) are copied into Matroska. What is left out, other video
+    streams and cover art included, gets a note (they went without a word); data streams (an MP4's chapter track,
+    timecodes) do not: the chapters are carried as chapters."""
     supported = out.supported_codecs
     copies: dict[int, _Copy] = {}
     for stream in inp.streams:
+        if stream.type == "attachment":
+            name = stream.metadata.get("filename") or "unnamed"
+            if plan.container == "matroska":
+                _copy_stream_metadata(stream, out.add_stream_from_template(stream))
+            else:
+                result.notes.append(
+                    f"attachment #{stream.index} ({name}) dropped: a {out.format.name} file cannot hold attachments"
+                )
+            continue
+        if stream.type == "video" and stream.index != video:
+            codec = stream.codec_context.name if stream.codec_context is not None else "unknown codec"
+            result.notes.append(
+                f"video stream #{stream.index} ({codec}, cover art) dropped: cover art is not carried over"
+                if stream.disposition & 0x400  # AV_DISPOSITION_ATTACHED_PIC
+                else f"video stream #{stream.index} ({codec}) dropped: only one video stream is upscaled (#{video})"
+            )
+            continue
         if stream.type not in ("audio", "subtitle") or stream.codec_context is None:
             continue
         codec = stream.codec_context.name
@@ -1277,6 +1429,15 @@ def _other_packets(
         if t1 is not None and start >= t1:
             continue
         shift = round(t0 / tb) if t0 else 0
+        if packet.stream.type == "subtitle" and start < t0:
+            # a cue on screen at a --frames range's start: shown from the start, for what is left of it (it was
+            # dropped from Matroska, and written before 0 into MP4, where no player shows it). Its text holds no time.
+            cut = shift - round(start / tb)
+            for key in ("pts", "dts"):
+                if getattr(packet, key) is not None:
+                    setattr(packet, key, getattr(packet, key) + cut)
+            packet.duration -= cut
+            start = t0
         if no_negative and start - t0 < 0:
             continue
         if copy.encoder is None:
