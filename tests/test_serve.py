@@ -1038,7 +1038,10 @@ def test_a_job_too_large_for_the_servers_memory_fails_alone(tmp_path: Path, phot
         big_in = np.ascontiguousarray(tiled[:1536, :1536])  # 6144 x 6144: ~540 MiB at its peak held whole
         # whole, with the server's margin (twice the estimate), it asks for ~920 MB; written as computed, ~420
         (group / "memory.limit_in_bytes").write_text(str(baseline + 700 * 2**20))
-        for name in ("big.png", "big.jpg"):  # until session 28 both failed: "the 6144x6144 result needs about"
+        for name in (
+            "big.png",
+            "big.jpg",
+        ):  # until session 28 both failed: "the 6144x6144 result needs about"
             big = job(name, big_in)
             assert big["state"] == "done", big["error"]
             status, data = proc.request("GET", big["result_url"])
@@ -1049,7 +1052,9 @@ def test_a_job_too_large_for_the_servers_memory_fails_alone(tmp_path: Path, phot
                     assert result.size == (6144, 6144)
                     result.load()  # decodes whole: the rows were all written
             del data
-        alpha = np.dstack([big_in, np.full(big_in.shape[:2], 200, np.uint8)])  # alpha: a second pass, held whole
+        alpha = np.dstack(
+            [big_in, np.full(big_in.shape[:2], 200, np.uint8)]
+        )  # alpha: a second pass, held whole
         refused = job("alpha.png", alpha)
         assert refused["state"] == "error", refused
         assert refused["error"].startswith("alpha.png: the 6144x6144 result needs about ")

@@ -866,7 +866,9 @@ class JobService:
         result = job.folder / f"result.{job.ext}"
         after = result
         if streamed:  # a PNG too large to hold whole: written as it is computed, and its own "after"
-            assert isinstance(engine, UpscalerEngine)  # the only engine that says it can (streamed_memory_needed)
+            assert isinstance(
+                engine, UpscalerEngine
+            )  # the only engine that says it can (streamed_memory_needed)
             size = engine.write_rows(image, result, on_tile)
             if job.cancel.is_set():
                 raise JobCancelled
@@ -876,7 +878,9 @@ class JobService:
             if job.cancel.is_set():
                 raise JobCancelled
             self._phase(job, "writing", getattr(engine, "last_precision", None))
-            write_output(result, out, OutputOptions(format=job.ext))  # the batch's writer: atomic, fast PNG level
+            write_output(
+                result, out, OutputOptions(format=job.ext)
+            )  # the batch's writer: atomic, fast PNG level
             size = (out.height, out.width)
             if job.ext not in _BROWSER_FORMATS:  # a TIFF result: an 8-bit PNG the browser shows
                 after = job.folder / "after.png"
