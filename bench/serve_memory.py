@@ -2,13 +2,15 @@
 (the bicubic "before" at the result's size and, for a TIFF result, an 8-bit "after"), against the server's own
 estimate (UpscalerEngine.memory_needed), which decides whether a job is refused before the model runs.
 
-    .venv/bin/python bench/serve_memory.py [--sizes 512,768,1024] [--formats png,tif,rgba] [--baseline-src DIR]
-                                           [--times-only]
+    .venv/bin/python bench/serve_memory.py [--sizes 512,768,1024] [--formats png,tif,rgba,stream]
+                                           [--baseline-src DIR] [--times-only]
 
 Each case runs in a child process: a JobService with a tiny random x4 RRDBNet (1 block, 8 features: the model's
 own memory is small, so what differs is the result's and the previews' handling), a first 64x64 job to load the
 model and warm the allocators, then the peak RSS is reset (/proc/self/clear_refs) and one job on a crop of
-scikit-image's astronaut tiled to SIZE x SIZE is run. "peak" is VmHWM minus the RSS before that job. --baseline-src:
+scikit-image's astronaut tiled to SIZE x SIZE is run. "peak" is VmHWM minus the RSS before that job. Format
+"stream": the PNG job written as it is computed (the server's way since session 28 for a result that does not fit
+whole: forced here whatever the memory free), against UpscalerEngine.streamed_memory_needed. --baseline-src:
 the same cases with the package from another checkout's src/ (e.g. `git worktree add /tmp/base HEAD~1`), in the
 same run, for the ratio. A second table times the "before" preview alone, in this process (best of 3): made whole
 (MATLAB bicubic of the input at the result's size in float32, as until session 27) and a band of rows at a time
@@ -49,10 +51,14 @@ def child(size: int, fmt: str, model: Path) -> dict[str, float]:
     from esrgan.upscale import Upscaler
 
     service = serve.JobService(serve.file_models({"m": model}), limits=serve.Limits(max_pixels=64 * 2**20))
+    if (
+        fmt == "stream"
+    ):  # the streamed path, whatever the memory free (the check would choose it only when short)
+        service._check_memory = lambda job, engine, image: True  # type: ignore[method-assign]
 
     def run(pixels: np.ndarray) -> dict[str, object]:
         job_id, folder = service.new_folder()
-        ext = {"png": "PNG", "tif": "TIFF", "rgba": "PNG"}[fmt]
+        ext = {"png": "PNG", "tif": "TIFF", "rgba": "PNG", "stream": "PNG"}[fmt]
         if fmt == "rgba":  # a transparency gradient across the photo
             ramp = np.linspace(0, 255, pixels.shape[1], dtype=np.uint8)[None, :].repeat(pixels.shape[0], 0)
             pixels = np.dstack([pixels, ramp])
@@ -71,9 +77,11 @@ def child(size: int, fmt: str, model: Path) -> dict[str, float]:
             Image.fromarray(np.dstack([big, ramp])).save(Path(tmp) / "in.png")
         else:
             Image.fromarray(big).save(Path(tmp) / "in.png")
-        estimate = serve.UpscalerEngine(Upscaler.from_file(model, device="cpu")).memory_needed(
-            read_image(Path(tmp) / "in.png")
-        )[0]
+        engine = serve.UpscalerEngine(Upscaler.from_file(model, device="cpu"))
+        image = read_image(Path(tmp) / "in.png")
+        streamed = engine.streamed_memory_needed(image) if fmt == "stream" else None
+        estimate = engine.memory_needed(image)[0] if streamed is None else streamed
+        del engine, image
     run(np.ascontiguousarray(photo[:64, :64]))
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = _status("VmRSS")
