@@ -948,3 +948,27 @@ def test_an_error_names_the_source_once(clips: dict[str, Path], tiny_file: Path,
         f"esrgan: error: {clips['25']}: cannot write {dst}: a .webm file cannot hold h264 video; use .mkv\n"
         in r.stderr
     )
+
+
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+def test_a_container_that_refuses_the_codec_only_at_its_header_is_said_before_any_work(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path, codec: str
+) -> None:
+    """FFmpeg's .mov muxer takes a VP9 or AV1 stream and refuses it when it writes its header, at the final mux:
+    every frame was upscaled first, then a bare "Invalid argument". Now one line before any work, as for the
+    pairs add_stream refuses."""
+    dst = tmp_path / "out.mov"
+    with pytest.raises(
+        VideoError, match=rf"cannot write {dst}: a \.mov file cannot hold {codec} video; use \.mkv"
+    ):
+        upscale_video(up, clips["25"], dst, codec=codec)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_crf_for_the_lossless_codec_is_refused(
+    up: Upscaler, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """--crf with --codec ffv1 (lossless) was ignored without a word."""
+    with pytest.raises(EsrganError, match="--crf does not apply to ffv1, which is lossless"):
+        upscale_video(up, clips["25"], tmp_path / "out.mkv", codec="ffv1", crf=10)
+    assert not list(tmp_path.iterdir())

@@ -316,6 +316,13 @@ class _Plan:
         return options
 
 
+_REFUSED_AT_HEADER = {("mov", "vp9"), ("mov", "av1")}
+"""Containers that take a codec's stream but refuse it when their header is written, at the final mux, after every
+frame was upscaled (FFmpeg's mov muxer: "vp9 only supported in MP4", a bare "Invalid argument" through PyAV).
+Measured by encoding a frame of every CODECS entry into every CONTAINERS format with PyAV's FFmpeg: these two are
+the only such pairs (the others are refused by add_stream, which _plan asks first, or are written)."""
+
+
 def _choose_codec(codec: str | None, container: str) -> tuple[str, str]:
     name = (codec or ("vp9" if container == "webm" else "h264")).lower()
     name = {"hevc": "h265", "x264": "h264", "x265": "h265", "avc": "h264"}.get(name, name)
@@ -342,6 +349,8 @@ def _plan(
     name, encoder = _choose_codec(codec, container)
     probe = av.open(_NullSink(), "w", format=container)
     try:
+        if (container, name) in _REFUSED_AT_HEADER:
+            raise ValueError(name)
         probe.add_stream(encoder)
     except ValueError:
         raise VideoError(
@@ -791,7 +800,9 @@ def upscale_video(
     if frames is not None:  # before the work folder is made: (3.5, 8) failed after, and left it
         frames = _frame_range(frames)
     name, _ = _choose_codec(codec, CONTAINERS[dst.suffix.lower()])
-    if crf is not None and name in CRF_RANGE and not CRF_RANGE[name][0] <= crf <= CRF_RANGE[name][1]:
+    if crf is not None and name not in CRF_RANGE:  # ffv1: was ignored without a word
+        raise EsrganError(f"--crf does not apply to {name}, which is lossless")
+    if crf is not None and not CRF_RANGE[name][0] <= crf <= CRF_RANGE[name][1]:
         low, high = CRF_RANGE[name]
         raise EsrganError(
             f"--crf {crf} is outside {name}'s range, {low} to {high} (lower is better and bigger)"
