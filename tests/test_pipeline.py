@@ -21,6 +21,7 @@ from PIL import Image
 
 from esrgan.checkpoints import save_model
 from esrgan.device import ModelRunner
+from esrgan.generator import RRDBNet
 from esrgan.imageio import ImageData, list_images, read_image, write_image
 from esrgan.pipeline import BatchResult, Job, collect_inputs, plan_jobs, upscale_files
 from esrgan.upscale import Upscaler
@@ -254,6 +255,43 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_files_being_written(
     for name in done:
         image = read_image(out / name)
         assert (image.height, image.width) == (1024, 1024)
+
+
+def test_sigterm_to_a_rank_waiting_for_the_others_ends_it_at_once(tmp_path: Path, photo: np.ndarray) -> None:
+    """A rank that has done its part waits in the end-of-batch gather (gloo, in C++), where a Python signal handler
+    cannot run: since the batch handled SIGTERM itself, a SIGTERM to that rank (a scheduler stopping one process)
+    waited until every other rank had done all its work, then reported the finished batch as failed. Its files are
+    whole there: SIGTERM ends it at once, and torchrun then stops the other rank, whose large files are not all
+    done yet."""
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "slow.safetensors", RRDBNet(num_feat=32, num_block=3, num_grow=16, scale=4))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(4):  # taken by index: rank 0 the two small ones, rank 1 the two large ones
+        side = 16 if k % 2 == 0 else 384
+        Image.fromarray(np.ascontiguousarray(photo[:side, :side])).save(folder / f"a{k}.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "esrgan.cli", "upscale", str(folder), "-o", str(out), "--model", str(model),
+               "--device", "cpu", "--precision", "fp32", "--tile", "384"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        while not ((out / "a0_x4.png").exists() and (out / "a2_x4.png").exists()):
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.05)
+        time.sleep(0.5)  # rank 0 is in the gather
+        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        rank0 = [pid for pid in ranks if b"\0RANK=0\0" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()]
+        assert len(rank0) == 1, ranks
+        os.kill(int(rank0[0]), signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    done = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert done[:2] == ["a0_x4.png", "a2_x4.png"] and len(done) < 4, (done, stderr[-2000:])
 
 
 def test_a_rank_result_crosses_as_json_and_merges_as_the_original() -> None:
@@ -537,7 +575,9 @@ def test_outputs_that_cannot_be_written_fail_before_the_model_and_camera_exif_go
     model = photo_preserving_rrdb()
     calls: list[int] = []
     model.register_forward_hook(lambda *_: calls.append(1))
-    up = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    up = Upscaler(
+        model, device="cpu", precision="fp32", tile=0, copy_model=False
+    )  # the hook counts its passes
     up.runner = ModelRunner(up.model, up.device, torch.float32, engine="module")  # so that the hook sees it
     out = tmp_path / "out"
     (out / "folder_x4.png").mkdir(parents=True)
@@ -586,7 +626,9 @@ def test_a_failing_input_leaves_no_folder_and_a_fifo_output_is_skipped_before_th
     model = photo_preserving_rrdb()
     calls: list[int] = []
     model.register_forward_hook(lambda *_: calls.append(1))
-    up = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    up = Upscaler(
+        model, device="cpu", precision="fp32", tile=0, copy_model=False
+    )  # the hook counts its passes
     up.runner = ModelRunner(up.model, up.device, torch.float32, engine="module")
     out = tmp_path / "out"
     out.mkdir()
@@ -616,7 +658,9 @@ def test_an_output_name_too_long_for_the_file_system_fails_alone_before_the_mode
     model = photo_preserving_rrdb()
     calls: list[int] = []
     model.register_forward_hook(lambda *_: calls.append(1))
-    up = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    up = Upscaler(
+        model, device="cpu", precision="fp32", tile=0, copy_model=False
+    )  # the hook counts its passes
     up.runner = ModelRunner(up.model, up.device, torch.float32, engine="module")  # so that the hook sees it
     sources, _ = collect_inputs([str(src)])
     for out, overwrite in (

@@ -718,6 +718,48 @@ def test_every_tiny_image_is_upscaled_with_the_automatic_tile(photo: np.ndarray,
             np.testing.assert_array_equal(out, whole.upscale(crop))
 
 
+def test_a_model_with_hooks_or_compiled_is_copied_by_its_weights(photo_small: np.ndarray) -> None:
+    """The copy took copy.deepcopy of the module, which raised for a model a training script had hooked (a forward
+    hook that is a method of an object holding a lock: "cannot pickle '_thread.lock' object") and for a
+    weight_norm layer after a forward pass (a non-leaf tensor): Upscaler(model) worked before the copy existed.
+    Only the weights are copied now; a module whose weights are not its architecture's is deep-copied, or refused
+    in one line that says copy_model=False. A torch.compile'd model is its model, run with compile=True."""
+    import threading
+
+    model = photo_preserving_rrdb()
+
+    class Logger:
+        def __init__(self) -> None:
+            self.lock, self.calls = threading.Lock(), 0
+
+        def hook(self, module: torch.nn.Module, inputs: object, output: object) -> None:
+            with self.lock:
+                self.calls += 1
+
+    logger = Logger()
+    model.register_forward_hook(logger.hook)
+    up = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    x = torch.from_numpy(photo_small).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = (model(x).clamp(0, 1) * 255).round().squeeze(0).permute(1, 2, 0).byte().numpy()
+    np.testing.assert_array_equal(up.upscale(photo_small), expected)
+    assert logger.calls == 1  # the model's own forward above; the upscaler's copy has no hook
+
+    normed = photo_preserving_rrdb()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old weight_norm, as older training code has it
+        torch.nn.utils.weight_norm(normed.conv_last)
+    normed(x)  # weight is now a non-leaf tensor computed from weight_g and weight_v
+    with pytest.raises(EsrganError, match=r"cannot copy this RRDBNet .*copy_model=False"):
+        Upscaler(normed, device="cpu")
+    assert Upscaler(normed, device="cpu", copy_model=False).model is normed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on importing its compiler
+        compiled = Upscaler(torch.compile(photo_preserving_rrdb()), device="cpu")  # type: ignore[arg-type]
+    assert isinstance(compiled.model, RRDBNet) and compiled.runner.engine == "compiled"
+
+
 @pytest.mark.parametrize("shape", [(3, 200, 4), (200, 2), (1, 1, 3)])
 def test_thin_images_with_tiling(photo: np.ndarray, shape: tuple[int, ...]) -> None:
     """Regression: with tiling on, images thinner than the tile overlap (16) were refused."""

@@ -1046,7 +1046,8 @@ class Shard:
             return jobs
         planned = None if jobs is None else [[str(job.src), str(job.dst)] for job in jobs]
         try:
-            got = json.loads(self._broadcast_text(json.dumps(planned) if self.main else ""))
+            with _sigterm_default():  # nothing is written yet
+                got = json.loads(self._broadcast_text(json.dumps(planned) if self.main else ""))
         except RuntimeError:  # gloo's errors (DistBackendError is one)
             raise self._lost("before the work began; this rank wrote nothing") from None
         return None if got is None else [Job(Path(src), Path(dst)) for src, dst in got]
@@ -1056,7 +1057,8 @@ class Shard:
         if self.world <= 1:
             return result
         try:
-            texts = self._all_gather_text(result.to_json())
+            with _sigterm_default():  # every file of this rank is whole
+                texts = self._all_gather_text(result.to_json())
         except RuntimeError:  # gloo's errors (DistBackendError is one)
             n = len(result.written)
             raise self._lost(f"before the end; this rank's {n} file{'s' * (n != 1)} are written") from None
@@ -1111,6 +1113,29 @@ class Shard:
         dist.all_gather(theirs, mine)
         self._held += [length, *lengths, mine, *theirs]
         return [t[: int(n.item())].numpy().tobytes().decode() for t, n in zip(theirs, lengths, strict=True)]
+
+
+@contextlib.contextmanager
+def _sigterm_default() -> Iterator[None]:
+    """SIGTERM's default action (the process ends at once) while a rank waits in a gloo collective, where nothing is
+    being written. A Python handler (`esrgan upscale` stops a batch on SIGTERM as on Ctrl-C) runs only once the main
+    thread is back from C: blocked in the collective, a SIGTERM to one rank waited until every other rank had done
+    all its work, then turned a finished batch into a failed one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    if not callable(handler):  # SIG_DFL or SIG_IGN: what the process chose stands
+        yield
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager

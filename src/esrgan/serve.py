@@ -866,10 +866,17 @@ class JobService:
         result = job.folder / f"result.{job.ext}"
         after = result
         if streamed:  # a PNG too large to hold whole: written as it is computed, and its own "after"
-            assert isinstance(
-                engine, UpscalerEngine
-            )  # the only engine that says it can (streamed_memory_needed)
-            size = engine.write_rows(image, result, on_tile)
+            # the only engine that says it can (streamed_memory_needed)
+            assert isinstance(engine, UpscalerEngine)
+
+            def tiles_then_writing(done: int, total: int) -> None:
+                on_tile(done, total)
+                # the last rows are still being encoded when the tiles are done: the page says "writing" then, not
+                # "computing" (and "computing" again when a pass out of memory begins the file anew)
+                if done == total or (done == 0 and job.phase == "writing"):
+                    self._phase(job, "writing" if done == total else "computing")
+
+            size = engine.write_rows(image, result, tiles_then_writing)
             if job.cancel.is_set():
                 raise JobCancelled
             self._phase(job, "writing", getattr(engine, "last_precision", None))

@@ -253,9 +253,13 @@ class Upscaler:
         compile: bool = False,
         copy_model: bool = True,
     ) -> None:
-        if not isinstance(
-            model, RRDBNet | SRVGGNetCompact
-        ):  # spandrel's and BasicSR's users pass other things
+        inner = getattr(
+            model, "_orig_mod", None
+        )  # torch.compile(model): the model, run the way compile=True runs it
+        if isinstance(inner, RRDBNet | SRVGGNetCompact):
+            model, compile = inner, True
+        # spandrel's and BasicSR's users pass other things
+        if not isinstance(model, RRDBNet | SRVGGNetCompact):
             what = (
                 "a state dict"
                 if isinstance(model, dict)
@@ -1037,11 +1041,31 @@ class Upscaler:
 
 
 def _copied(model: Generator) -> Generator:
-    """A copy of `model` (the same weights, device and dtype) in eval mode and frozen, sharing nothing with it: the
-    module the caller gave is left as it was."""
+    """A copy of `model`'s weights (same values, dtype and device) in a new module of its architecture, in eval mode
+    and frozen, sharing nothing with it: the module the caller gave is left as it was. The module is built on the
+    meta device (no random initialisation to throw away) and only the weights are copied, so what else hangs on the
+    caller's module (hooks holding loggers or locks, a training graph) is not: copy.deepcopy of such a module
+    raised. A subclass (its own forward) or a module whose weights are not its architecture's plain ones
+    (weight_norm's weight_g/weight_v) is deep-copied instead, or refused with the way out (copy_model=False)."""
     import copy
 
-    copied = copy.deepcopy(model)
+    if type(model) in (RRDBNet, SRVGGNetCompact):
+        first = next(model.parameters())
+        with torch.device("meta"):
+            copied = build_generator(model.config)
+        copied = copied.to_empty(device=first.device).to(dtype=first.dtype)
+        try:
+            copied.load_state_dict(model.state_dict(), strict=True)
+            return copied.eval().requires_grad_(False)
+        except RuntimeError:  # other keys than the architecture's
+            pass
+    try:
+        copied = copy.deepcopy(model)
+    except Exception as exc:
+        raise EsrganError(
+            f"cannot copy this {type(model).__name__} ({one_line(exc)}): pass copy_model=False to upscale with "
+            "the module itself (it is then put in eval mode and frozen)"
+        ) from None
     for parameter in copied.parameters():
         parameter.grad = None  # a model in training may hold its gradients: not needed here
     return copied.eval().requires_grad_(False)
