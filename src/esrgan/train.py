@@ -912,12 +912,23 @@ class _StopSignal:
         self._child_handler = None
 
     def requested(self, also: bool = False, device: torch.device | None = None) -> bool:
-        """A signal arrived (or `also`: rank 0's budget is spent), on any rank: all ranks stop at the same step.
-        `device`: where the process group reduces tensors (reduce_device)."""
-        flag = torch.tensor([1 if self.signum is not None or also else 0], dtype=torch.int32, device=device)
+        """A signal arrived (or `also`), on any rank: all ranks stop at the same step. `device`: where the process
+        group reduces tensors (reduce_device)."""
+        signum, (flag,) = self.agree([float(also)], device)
+        return signum is not None or bool(flag)
+
+    def agree(
+        self, values: Sequence[float], device: torch.device | None = None
+    ) -> tuple[int | None, list[float]]:
+        """The signal that stopped any rank (the largest number where ranks got different ones) and each of
+        `values` as its largest over the ranks, in one all-reduce: every rank decides the same from them (each
+        rank's own clock and signal made ranks train at different learning rates, and a rank whose budget was not
+        yet spent think a signal stopped the run)."""
+        flag = torch.tensor([float(self.signum or 0), *values], dtype=torch.float64, device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one rank's signal stops all ranks at the same step
-        return bool(flag.item())
+        got = flag.tolist()
+        return (int(got[0]) or None), got[1:]
 
 
 def _original_error(exc: BaseException) -> str:
@@ -1779,6 +1790,7 @@ def train(
     last_ckpt: Path | None = None
     nonfinite = 0
     interrupted = budget_done = False
+    stopped_by: int | None = None  # the signal that stopped any rank
     bar = None
     if ddp.main and cfg.logging.progress:
         from tqdm import tqdm
@@ -1801,10 +1813,10 @@ def train(
     flag_device = reduce_device(device)
     with _StopSignal() as stop:
         while progress.step < end:
-            if (
-                budget_s
-            ):  # the learning rate follows the time spent, so a slow start cannot cut the schedule short
-                fraction = (elapsed_before + clock() - t_start) / budget_s
+            if budget_s:
+                # the learning rate follows the time spent, so a slow start cannot cut the schedule short (the time
+                # all ranks agreed on after the last step: their own clocks gave each rank its own rate)
+                fraction = progress.elapsed_s / budget_s
                 for opt, bases in base_lrs:
                     for grp, base in zip(opt.param_groups, bases, strict=True):
                         grp["lr"] = budget_lr(cfg, base, fraction)
@@ -1856,8 +1868,12 @@ def train(
                 if opts.sched_d is not None:
                     opts.sched_d.step()
             now_c = clock()
-            progress.elapsed_s = elapsed_before + now_c - t_start
-            step_s = now_c - t_step if not step_s else 0.8 * step_s + 0.2 * (now_c - t_step)
+            # one time, stop signal and reserve for all ranks (the slowest clock's, rank 0's reserve): they decide
+            # the learning rate, the end of the budget and how the run ended alike
+            stopped_by, (progress.elapsed_s, took, reserve_s) = stop.agree(
+                [elapsed_before + now_c - t_start, now_c - t_step, reserve_s], flag_device
+            )
+            step_s = took if not step_s else 0.8 * step_s + 0.2 * took
             budget_done = bool(budget_s) and progress.elapsed_s + reserve_s + 0.5 * step_s >= budget_s
             # a budgeted run validates and saves once at its first step (of each invocation) too: that measures
             # the reserve
@@ -1939,8 +1955,8 @@ def train(
                     t_ckpt = clock()
                     last_ckpt = save_step_checkpoint()
                     reserve_s += clock() - t_ckpt
-            if stop.requested(budget_done, flag_device):
-                interrupted = stop.signum is not None or not budget_done
+            if stopped_by is not None or budget_done:
+                interrupted = stopped_by is not None or not budget_done
                 break
         if progress.step < total and not budget_done:
             interrupted = True
@@ -2002,5 +2018,5 @@ def train(
         model_path,
         progress.best_psnr if math.isfinite(progress.best_psnr) else None,
         final,
-        stop.signum,
+        stopped_by if stopped_by is not None else stop.signum,
     )
