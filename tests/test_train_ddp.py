@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,80 @@ def test_the_pair_pool_of_two_ranks_is_the_pool_of_their_whole_batch(
     assert whole.filled == 8
     for rank in ranks:
         assert_same_state(rank["pool"], whole.state_dict())
+
+
+def torchrun_train(cfg_yaml: Path, *, entry: list[str] | None = None) -> list[str]:
+    """The command line of `torchrun --standalone --nproc-per-node 2 -m esrgan.cli train CFG` (or `entry` in place
+    of `-m esrgan.cli`)."""
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return [*cmd, *(entry or ["-m", "esrgan.cli"]), "train", str(cfg_yaml)]
+
+
+def test_ranks_of_a_time_budget_share_one_clock(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """train.time_budget_minutes under torchrun, rank 0 started 3 s after rank 1 (a slower import): each rank went by
+    its own clock, so rank 1's budget ran out first and rank 0 took the run for stopped by a signal ("stopped at step
+    N; continue with --resume", no final validation, no model), exit 0. All ranks now go by the same elapsed time."""
+    import subprocess
+
+    cfg = tiny(photos, tmp_path, "budget", train={"total_steps": 100_000, "time_budget_minutes": 0.1},
+               schedule={"kind": "cosine"}, validation={"dir": None})  # fmt: skip
+    cfg_yaml = write_config(cfg, tmp_path / "budget.yaml")
+    late = tmp_path / "late.py"  # rank 0 starts 3 s late, then runs `python -m esrgan.cli`
+    late.write_text(
+        "import os, runpy, sys, time\n"
+        "if os.environ['RANK'] == '0':\n    time.sleep(3)\n"
+        "sys.argv[0] = 'esrgan'\nrunpy.run_module('esrgan.cli', run_name='__main__')\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(torchrun_train(cfg_yaml, entry=[str(late)]), capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("finished "), proc.stdout
+    assert (cfg.run_dir / "model.safetensors").exists()
+    assert log_records(cfg.run_dir)[-1]["event"] == "done"
+
+
+def rank_pid(agent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of `rank` (a child of the agent process whose environment says RANK=rank)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == agent and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    return None
+
+
+def test_a_sigterm_to_rank_1_only_stops_the_run_with_its_status(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A scheduler that signals one worker (rank 1): all ranks stop at the same step and save, and the run ends
+    as a SIGTERM to rank 0 does: rank 0 says so, and the ranks exit 143, so `train psnr && train gan` stops. Only
+    rank 0's own signal counted: the ranks exited 0 and torchrun with them."""
+    import signal
+    import subprocess
+
+    cfg = tiny(photos, tmp_path, "sig", train={"total_steps": 100_000}, validation={"dir": None},
+               checkpoint={"every": 2, "keep_last": 2})  # fmt: skip
+    cfg_yaml = write_config(cfg, tmp_path / "sig.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(torchrun_train(cfg_yaml), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:  # fmt: skip
+        try:
+            while not (cfg.run_dir / "checkpoints" / "step_00000002.ckpt").exists() and proc.poll() is None:
+                time.sleep(0.1)
+            pid = rank_pid(proc.pid, 1)
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    assert out.startswith("stopped at step "), err[-2000:]
+    assert "exitcode  : 143" in err or "exitcode: 143" in err, err[-2000:]
+    assert proc.returncode != 0
+    assert not (cfg.run_dir / "model.safetensors").exists()
+    assert log_records(cfg.run_dir)[-1]["event"] == "interrupted"
