@@ -259,3 +259,29 @@ def test_a_sigterm_to_rank_1_only_stops_the_run_with_its_status(
     assert proc.returncode != 0
     assert not (cfg.run_dir / "model.safetensors").exists()
     assert log_records(cfg.run_dir)[-1]["event"] == "interrupted"
+
+
+def test_a_rank_that_stops_on_a_bad_image_leaves_the_other_one_line(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A file corrupt after its header (per-sample decoding) stops the rank that draws it, in one line naming the
+    file; the other rank's next collective then failed with gloo's traceback ("Connection closed by peer ... GLHF!").
+    It is one line too now, saying another rank stopped."""
+    import shutil
+    import subprocess
+
+    data = tmp_path / "data"
+    shutil.copytree(photos[0], data)
+    good = (data / "astronaut.png").read_bytes()
+    (data / "broken.png").write_bytes(good[: len(good) // 2])  # its header is intact
+    # seed 1: rank 0 draws the broken file at step 2, rank 1 never does
+    cfg = tiny(photos, tmp_path, "bad", train={"total_steps": 40, "seed": 1}, validation={"dir": None},
+               data={"hr_dir": str(data), "batch_size": 2, "cache_max_mb": 0})  # fmt: skip
+    cfg_yaml = write_config(cfg, tmp_path / "bad.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(torchrun_train(cfg_yaml), capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("esrgan: error: ")]
+    assert len(errors) == 2 and any("broken.png" in line for line in errors), proc.stderr[-3000:]
+    assert any(line.startswith("esrgan: error: another rank stopped at step ") for line in errors), errors
+    assert "GLHF" not in proc.stderr and "[rank" not in proc.stderr, proc.stderr  # no worker traceback

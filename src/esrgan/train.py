@@ -943,6 +943,28 @@ def _original_error(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _peer_lost(exc: RuntimeError) -> bool:
+    """Whether a collective failed because another rank is gone (it stopped on an error of its own, was killed, its
+    machine went down): gloo raises a RuntimeError naming its own source ("third_party/gloo/... Connection closed by
+    peer ... GLHF!"), NCCL and the store raise torch's DistError types."""
+    return isinstance(exc, dist.DistError) or "gloo" in str(exc).lower()
+
+
+@contextlib.contextmanager
+def _other_ranks_watched(ddp: _Dist, progress: Progress) -> Iterator[None]:
+    """A collective of the loop that fails because another rank stopped is one line naming the step, on the ranks
+    left (that rank's own error says why): it was gloo's traceback ending in "Connection closed by peer"."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not (ddp.distributed and ddp.world_size > 1 and _peer_lost(exc)):
+            raise
+        raise TrainingError(
+            f"another rank stopped at step {progress.step} (its own error says why): fix that, then continue with "
+            "--resume from the last checkpoint"
+        ) from None
+
+
 def reduce_device(device: torch.device) -> torch.device:
     """Where a small control tensor (stop flag) must live for the default process group to all-reduce it: the CPU
     where the group's backend serves CPU tensors (gloo: "cpu:gloo,cuda:gloo"), else the training device. NCCL
@@ -1811,7 +1833,7 @@ def train(
     ]
 
     flag_device = reduce_device(device)
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, _other_ranks_watched(ddp, progress):
         while progress.step < end:
             if budget_s:
                 # the learning rate follows the time spent, so a slow start cannot cut the schedule short (the time
