@@ -285,3 +285,49 @@ def test_a_rank_that_stops_on_a_bad_image_leaves_the_other_one_line(
     assert len(errors) == 2 and any("broken.png" in line for line in errors), proc.stderr[-3000:]
     assert any(line.startswith("esrgan: error: another rank stopped at step ") for line in errors), errors
     assert "GLHF" not in proc.stderr and "[rank" not in proc.stderr, proc.stderr  # no worker traceback
+
+
+def test_an_error_every_rank_meets_is_said_once(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """A batch the processes do not divide is refused before anything starts, by rank 0 alone (each rank said it)."""
+    import subprocess
+
+    cfg = tiny(photos, tmp_path, "odd", data={"batch_size": 3}, validation={"dir": None})
+    cfg_yaml = write_config(cfg, tmp_path / "odd.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(torchrun_train(cfg_yaml), capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("esrgan: error: ")]
+    assert errors == ["esrgan: error: data.batch_size 3 is not divisible by 2 processes"], proc.stderr[-3000:]
+    assert not cfg.run_dir.exists()
+
+
+def test_a_node_that_cannot_start_stops_the_others(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two torchrun agents (two nodes here on one machine, one process each); node 1's data folder is missing. It
+    stopped before joining the process group, and node 0 waited for it until torch's timeout (30 minutes). Every
+    rank joins first now, then they agree on their checks: node 0 stops at once, saying which rank could not."""
+    import subprocess
+    import sys
+
+    cfg = tiny(photos, tmp_path, "nodes", validation={"dir": None})
+    node0 = write_config(cfg, tmp_path / "node0.yaml")
+    cfg.data.hr_dir = str(tmp_path / "missing")
+    node1 = write_config(cfg, tmp_path / "node1.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    common += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "nodes"]
+    agents = [
+        subprocess.Popen([*common, "--node-rank", str(n), "-m", "esrgan.cli", "train", str(yaml)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for n, yaml in enumerate((node0, node1))
+    ]  # fmt: skip
+    try:
+        errs = [agent.communicate(timeout=120)[1] for agent in agents]  # before: node 0 waited 30 minutes
+    finally:
+        for agent in agents:
+            agent.kill()
+    lines = [[line for line in err.splitlines() if line.startswith("esrgan: error: ")] for err in errs]
+    assert lines[0] == ["esrgan: error: rank 1 could not start (its error says why): nothing was trained"], (
+        errs[0]
+    )
+    assert len(lines[1]) == 1 and "missing" in lines[1][0], errs[1]
+    assert all(agent.returncode != 0 for agent in agents)

@@ -965,6 +965,36 @@ def _other_ranks_watched(ddp: _Dist, progress: Progress) -> Iterator[None]:
         ) from None
 
 
+class StoppedWithRankZero(TrainingError):
+    """A rank's error that rank 0 also met and reports (the CLI prints it once, not once per rank)."""
+
+
+def _all_ranks_ready(ddp: _Dist, failure: EsrganError | OSError | None, device_kind: str) -> None:
+    """Every rank's checks before training, agreed: all ranks go on, or all stop. Rank 0 says why in one line (its
+    own error, or which ranks failed); a rank that failed says its own error unless rank 0 failed too (an error all
+    ranks meet, as a batch size the processes do not divide, was printed once per rank)."""
+    if not (ddp.distributed and ddp.world_size > 1):
+        if failure is not None:
+            raise failure
+        return
+    on = torch.device("cuda", ddp.local_rank) if device_kind == "cuda" else torch.device("cpu")
+    failed = torch.zeros(ddp.world_size, dtype=torch.int32, device=reduce_device(on))
+    failed[ddp.rank] = int(failure is not None)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    ranks = [r for r, f in enumerate(failed.tolist()) if f]
+    if failure is not None:
+        if ddp.main or 0 not in ranks:
+            raise failure
+        raise StoppedWithRankZero(str(failure)) from None
+    if ranks:
+        if not ddp.main:
+            raise StoppedWithRankZero(f"rank {ranks[0]} could not start") from None
+        which = ", ".join(map(str, ranks))
+        raise TrainingError(
+            f"rank{'s' * (len(ranks) > 1)} {which} could not start (its error says why): nothing was trained"
+        )
+
+
 def reduce_device(device: torch.device) -> torch.device:
     """Where a small control tensor (stop flag) must live for the default process group to all-reduce it: the CPU
     where the group's backend serves CPU tensors (gloo: "cpu:gloo,cuda:gloo"), else the training device. NCCL
@@ -1654,58 +1684,67 @@ def train(
     cfg = copy.deepcopy(config)
     if vgg_weights:
         cfg.perceptual.weights = vgg_weights  # so the resolved config in the run folder says what was used
-    scale = cfg.model.scale
-    if not cfg.data.hr_dir:
-        raise ConfigError("data.hr_dir: the training image folder is required")
-    # the image folders exist and hold images, before anything is written or decoded (a missing validation.dir was
-    # found after the whole training set had been decoded, with the run folder already made)
-    for folder in (cfg.data.hr_dir, cfg.data.lr_dir, cfg.validation.dir):
-        if folder:
-            list_images(folder)
-    # before anything is written: a fresh run must not overwrite another, a resume needs a checkpoint
-    resume_path: Path | None = None
-    replaced: list[Path] = []  # what an earlier start left before its first checkpoint: replaced by this one
-    if resume is True:
-        resume_path = latest_checkpoint(cfg.run_dir)
-    elif resume:
-        resume_path = Path(resume)
-        if not resume_path.exists():
-            raise CheckpointError(f"{resume_path}: checkpoint not found")
-        # one of another run's checkpoints into a folder holding a run is refused once it is loaded (restore_state)
-        if not in_run_folder(cfg.run_dir, resume_path) and held_run(cfg.run_dir) is None:
-            replaced = earlier_start_files(cfg.run_dir)  # the run continues here, in place of that start
-    else:
-        replaced = check_fresh_run_dir(cfg.run_dir)
-
-    # VGG weights first: a missing file must stop us before any data is read or any step is taken
-    vgg_path: Path | None = None
-    vgg_random = False
-    if cfg.train.stage == "gan" and cfg.losses.perceptual_weight:
-        from .zoo import RANDOM, resolve_vgg_weights
-
-        spec = cfg.perceptual.weights
-        vgg_path = resolve_vgg_weights(spec, download=cfg.perceptual.download)
-        vgg_random = spec == RANDOM
-    perceptual = "random" if vgg_random else (str(vgg_path) if vgg_path else None)
-
     device_kind = (
         "cuda"
         if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
         else "cpu"
     )
     ddp = _init_distributed(device_kind)
-    device = _device(cfg.train.device, ddp)
-    cfg.train.precision = resolve_train_precision(cfg.train.precision, device)  # type: ignore[assignment]
-    autocast = make_autocast(device, cfg.train.precision)
-    graphed = use_cuda_graph(cfg, device, ddp.distributed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # every batch has the same shapes
-    if cfg.data.batch_size % ddp.world_size:
-        raise ConfigError(
-            f"data.batch_size {cfg.data.batch_size} is not divisible by {ddp.world_size} processes"
-        )
+    # every rank joins the process group first, then checks what it was given: a rank that failed before joining
+    # left the others of a many-node run waiting for it (torch's 30-minute timeout); now all ranks stop together
+    failure: EsrganError | OSError | None = None
+    try:
+        scale = cfg.model.scale
+        if not cfg.data.hr_dir:
+            raise ConfigError("data.hr_dir: the training image folder is required")
+        # the image folders exist and hold images, before anything is written or decoded (a missing validation.dir
+        # was found after the whole training set had been decoded, with the run folder already made)
+        for folder in (cfg.data.hr_dir, cfg.data.lr_dir, cfg.validation.dir):
+            if folder:
+                list_images(folder)
+        # before anything is written: a fresh run must not overwrite another, a resume needs a checkpoint
+        resume_path: Path | None = None
+        # what an earlier start left before its first checkpoint: replaced by this one
+        replaced: list[Path] = []
+        if resume is True:
+            resume_path = latest_checkpoint(cfg.run_dir)
+        elif resume:
+            resume_path = Path(resume)
+            if not resume_path.exists():
+                raise CheckpointError(f"{resume_path}: checkpoint not found")
+            # one of another run's checkpoints into a folder holding a run is refused once it is loaded
+            # (restore_state)
+            if not in_run_folder(cfg.run_dir, resume_path) and held_run(cfg.run_dir) is None:
+                replaced = earlier_start_files(cfg.run_dir)  # the run continues here, in place of that start
+        else:
+            replaced = check_fresh_run_dir(cfg.run_dir)
+
+        # VGG weights first: a missing file must stop us before any data is read or any step is taken
+        vgg_path: Path | None = None
+        vgg_random = False
+        if cfg.train.stage == "gan" and cfg.losses.perceptual_weight:
+            from .zoo import RANDOM, resolve_vgg_weights
+
+            spec = cfg.perceptual.weights
+            vgg_path = resolve_vgg_weights(spec, download=cfg.perceptual.download)
+            vgg_random = spec == RANDOM
+        perceptual = "random" if vgg_random else (str(vgg_path) if vgg_path else None)
+
+        device = _device(cfg.train.device, ddp)
+        cfg.train.precision = resolve_train_precision(cfg.train.precision, device)  # type: ignore[assignment]
+        autocast = make_autocast(device, cfg.train.precision)
+        graphed = use_cuda_graph(cfg, device, ddp.distributed)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # every batch has the same shapes
+        if cfg.data.batch_size % ddp.world_size:
+            raise ConfigError(
+                f"data.batch_size {cfg.data.batch_size} is not divisible by {ddp.world_size} processes"
+            )
+    except (EsrganError, OSError) as exc:
+        failure = exc
+    _all_ranks_ready(ddp, failure, device_kind)
 
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
