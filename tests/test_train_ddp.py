@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,152 @@ def test_the_pair_pool_of_two_ranks_is_the_pool_of_their_whole_batch(
     assert whole.filled == 8
     for rank in ranks:
         assert_same_state(rank["pool"], whole.state_dict())
+
+
+def torchrun_train(cfg_yaml: Path, *, entry: list[str] | None = None) -> list[str]:
+    """The command line of `torchrun --standalone --nproc-per-node 2 -m esrgan.cli train CFG` (or `entry` in place
+    of `-m esrgan.cli`)."""
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return [*cmd, *(entry or ["-m", "esrgan.cli"]), "train", str(cfg_yaml)]
+
+
+def test_ranks_of_a_time_budget_share_one_clock(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """train.time_budget_minutes under torchrun, rank 0 started 3 s after rank 1 (a slower import): each rank went by
+    its own clock, so rank 1's budget ran out first and rank 0 took the run for stopped by a signal ("stopped at step
+    N; continue with --resume", no final validation, no model), exit 0. All ranks now go by the same elapsed time."""
+    import subprocess
+
+    cfg = tiny(photos, tmp_path, "budget", train={"total_steps": 100_000, "time_budget_minutes": 0.1},
+               schedule={"kind": "cosine"}, validation={"dir": None})  # fmt: skip
+    cfg_yaml = write_config(cfg, tmp_path / "budget.yaml")
+    late = tmp_path / "late.py"  # rank 0 starts 3 s late, then runs `python -m esrgan.cli`
+    late.write_text(
+        "import os, runpy, sys, time\n"
+        "if os.environ['RANK'] == '0':\n    time.sleep(3)\n"
+        "sys.argv[0] = 'esrgan'\nrunpy.run_module('esrgan.cli', run_name='__main__')\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(torchrun_train(cfg_yaml, entry=[str(late)]), capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("finished "), proc.stdout
+    assert (cfg.run_dir / "model.safetensors").exists()
+    assert log_records(cfg.run_dir)[-1]["event"] == "done"
+
+
+def rank_pid(agent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of `rank` (a child of the agent process whose environment says RANK=rank)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == agent and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    return None
+
+
+def test_a_sigterm_to_rank_1_only_stops_the_run_with_its_status(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A scheduler that signals one worker (rank 1): all ranks stop at the same step and save, and the run ends
+    as a SIGTERM to rank 0 does: rank 0 says so, and the ranks exit 143, so `train psnr && train gan` stops. Only
+    rank 0's own signal counted: the ranks exited 0 and torchrun with them."""
+    import signal
+    import subprocess
+
+    cfg = tiny(photos, tmp_path, "sig", train={"total_steps": 100_000}, validation={"dir": None},
+               checkpoint={"every": 2, "keep_last": 2})  # fmt: skip
+    cfg_yaml = write_config(cfg, tmp_path / "sig.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(torchrun_train(cfg_yaml), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:  # fmt: skip
+        try:
+            while not (cfg.run_dir / "checkpoints" / "step_00000002.ckpt").exists() and proc.poll() is None:
+                time.sleep(0.1)
+            pid = rank_pid(proc.pid, 1)
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    assert out.startswith("stopped at step "), err[-2000:]
+    assert "exitcode  : 143" in err or "exitcode: 143" in err, err[-2000:]
+    assert proc.returncode != 0
+    assert not (cfg.run_dir / "model.safetensors").exists()
+    assert log_records(cfg.run_dir)[-1]["event"] == "interrupted"
+
+
+def test_a_rank_that_stops_on_a_bad_image_leaves_the_other_one_line(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A file corrupt after its header (per-sample decoding) stops the rank that draws it, in one line naming the
+    file; the other rank's next collective then failed with gloo's traceback ("Connection closed by peer ... GLHF!").
+    It is one line too now, saying another rank stopped."""
+    import shutil
+    import subprocess
+
+    data = tmp_path / "data"
+    shutil.copytree(photos[0], data)
+    good = (data / "astronaut.png").read_bytes()
+    (data / "broken.png").write_bytes(good[: len(good) // 2])  # its header is intact
+    # seed 1: rank 0 draws the broken file at step 2, rank 1 never does
+    cfg = tiny(photos, tmp_path, "bad", train={"total_steps": 40, "seed": 1}, validation={"dir": None},
+               data={"hr_dir": str(data), "batch_size": 2, "cache_max_mb": 0})  # fmt: skip
+    cfg_yaml = write_config(cfg, tmp_path / "bad.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(torchrun_train(cfg_yaml), capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("esrgan: error: ")]
+    assert len(errors) == 2 and any("broken.png" in line for line in errors), proc.stderr[-3000:]
+    assert any(line.startswith("esrgan: error: another rank stopped at step ") for line in errors), errors
+    assert "GLHF" not in proc.stderr and "[rank" not in proc.stderr, proc.stderr  # no worker traceback
+
+
+def test_an_error_every_rank_meets_is_said_once(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """A batch the processes do not divide is refused before anything starts, by rank 0 alone (each rank said it)."""
+    import subprocess
+
+    cfg = tiny(photos, tmp_path, "odd", data={"batch_size": 3}, validation={"dir": None})
+    cfg_yaml = write_config(cfg, tmp_path / "odd.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(torchrun_train(cfg_yaml), capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("esrgan: error: ")]
+    assert errors == ["esrgan: error: data.batch_size 3 is not divisible by 2 processes"], proc.stderr[-3000:]
+    assert not cfg.run_dir.exists()
+
+
+def test_a_node_that_cannot_start_stops_the_others(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two torchrun agents (two nodes here on one machine, one process each); node 1's data folder is missing. It
+    stopped before joining the process group, and node 0 waited for it until torch's timeout (30 minutes). Every
+    rank joins first now, then they agree on their checks: node 0 stops at once, saying which rank could not."""
+    import subprocess
+    import sys
+
+    cfg = tiny(photos, tmp_path, "nodes", validation={"dir": None})
+    node0 = write_config(cfg, tmp_path / "node0.yaml")
+    cfg.data.hr_dir = str(tmp_path / "missing")
+    node1 = write_config(cfg, tmp_path / "node1.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    common += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "nodes"]
+    agents = [
+        subprocess.Popen([*common, "--node-rank", str(n), "-m", "esrgan.cli", "train", str(yaml)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for n, yaml in enumerate((node0, node1))
+    ]  # fmt: skip
+    try:
+        errs = [agent.communicate(timeout=120)[1] for agent in agents]  # before: node 0 waited 30 minutes
+    finally:
+        for agent in agents:
+            agent.kill()
+    lines = [[line for line in err.splitlines() if line.startswith("esrgan: error: ")] for err in errs]
+    assert lines[0] == ["esrgan: error: rank 1 could not start (its error says why): nothing was trained"], (
+        errs[0]
+    )
+    assert len(lines[1]) == 1 and "missing" in lines[1][0], errs[1]
+    assert all(agent.returncode != 0 for agent in agents)

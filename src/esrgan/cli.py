@@ -249,19 +249,24 @@ def _run_train(args: argparse.Namespace) -> int:
     import logging
 
     from .config import load_config
-    from .train import first_rank, train
+    from .train import StoppedWithRankZero, first_rank, train
 
     handler = logging.StreamHandler()
     handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     config = load_config(_path(args.config), args.overrides)
-    result = train(config, resume=args.resume, vgg_weights=args.vgg_weights, started=_STARTED)
+    try:
+        result = train(config, resume=args.resume, vgg_weights=args.vgg_weights, started=_STARTED)
+    except StoppedWithRankZero:  # torchrun: rank 0 says it, once
+        return 1
+    # stopped by Ctrl-C / SIGTERM (on any rank: all ranks agree on it): the shell's status for it (130, 143), so
+    # `train psnr && train gan` stops
+    status = 128 + result.signum if result.interrupted and result.signum else 0
     if not first_rank():  # torchrun: rank 0 wrote the run and says how it ended
-        return 0
+        return status
     if result.interrupted:
         print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
-        # stopped by Ctrl-C / SIGTERM: the shell's status for it (130, 143), so `train psnr && train gan` stops
-        return 128 + result.signum if result.signum else 0
+        return status
     print(f"finished {result.step} steps; generator: {result.model_path}; checkpoint: {result.checkpoint}")
     return 0
 

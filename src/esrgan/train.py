@@ -912,12 +912,23 @@ class _StopSignal:
         self._child_handler = None
 
     def requested(self, also: bool = False, device: torch.device | None = None) -> bool:
-        """A signal arrived (or `also`: rank 0's budget is spent), on any rank: all ranks stop at the same step.
-        `device`: where the process group reduces tensors (reduce_device)."""
-        flag = torch.tensor([1 if self.signum is not None or also else 0], dtype=torch.int32, device=device)
+        """A signal arrived (or `also`), on any rank: all ranks stop at the same step. `device`: where the process
+        group reduces tensors (reduce_device)."""
+        signum, (flag,) = self.agree([float(also)], device)
+        return signum is not None or bool(flag)
+
+    def agree(
+        self, values: Sequence[float], device: torch.device | None = None
+    ) -> tuple[int | None, list[float]]:
+        """The signal that stopped any rank (the largest number where ranks got different ones) and each of
+        `values` as its largest over the ranks, in one all-reduce: every rank decides the same from them (each
+        rank's own clock and signal made ranks train at different learning rates, and a rank whose budget was not
+        yet spent think a signal stopped the run)."""
+        flag = torch.tensor([float(self.signum or 0), *values], dtype=torch.float64, device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one rank's signal stops all ranks at the same step
-        return bool(flag.item())
+        got = flag.tolist()
+        return (int(got[0]) or None), got[1:]
 
 
 def _original_error(exc: BaseException) -> str:
@@ -930,6 +941,58 @@ def _original_error(exc: BaseException) -> str:
         prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
         return last.removeprefix(prefix)
     return lines[0] if lines else type(exc).__name__
+
+
+def _peer_lost(exc: RuntimeError) -> bool:
+    """Whether a collective failed because another rank is gone (it stopped on an error of its own, was killed, its
+    machine went down): gloo raises a RuntimeError naming its own source ("third_party/gloo/... Connection closed by
+    peer ... GLHF!"), NCCL and the store raise torch's DistError types."""
+    return isinstance(exc, dist.DistError) or "gloo" in str(exc).lower()
+
+
+@contextlib.contextmanager
+def _other_ranks_watched(ddp: _Dist, progress: Progress) -> Iterator[None]:
+    """A collective of the loop that fails because another rank stopped is one line naming the step, on the ranks
+    left (that rank's own error says why): it was gloo's traceback ending in "Connection closed by peer"."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not (ddp.distributed and ddp.world_size > 1 and _peer_lost(exc)):
+            raise
+        raise TrainingError(
+            f"another rank stopped at step {progress.step} (its own error says why): fix that, then continue with "
+            "--resume from the last checkpoint"
+        ) from None
+
+
+class StoppedWithRankZero(TrainingError):
+    """A rank's error that rank 0 also met and reports (the CLI prints it once, not once per rank)."""
+
+
+def _all_ranks_ready(ddp: _Dist, failure: EsrganError | OSError | None, device_kind: str) -> None:
+    """Every rank's checks before training, agreed: all ranks go on, or all stop. Rank 0 says why in one line (its
+    own error, or which ranks failed); a rank that failed says its own error unless rank 0 failed too (an error all
+    ranks meet, as a batch size the processes do not divide, was printed once per rank)."""
+    if not (ddp.distributed and ddp.world_size > 1):
+        if failure is not None:
+            raise failure
+        return
+    on = torch.device("cuda", ddp.local_rank) if device_kind == "cuda" else torch.device("cpu")
+    failed = torch.zeros(ddp.world_size, dtype=torch.int32, device=reduce_device(on))
+    failed[ddp.rank] = int(failure is not None)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    ranks = [r for r, f in enumerate(failed.tolist()) if f]
+    if failure is not None:
+        if ddp.main or 0 not in ranks:
+            raise failure
+        raise StoppedWithRankZero(str(failure)) from None
+    if ranks:
+        if not ddp.main:
+            raise StoppedWithRankZero(f"rank {ranks[0]} could not start") from None
+        which = ", ".join(map(str, ranks))
+        raise TrainingError(
+            f"rank{'s' * (len(ranks) > 1)} {which} could not start (its error says why): nothing was trained"
+        )
 
 
 def reduce_device(device: torch.device) -> torch.device:
@@ -1621,58 +1684,67 @@ def train(
     cfg = copy.deepcopy(config)
     if vgg_weights:
         cfg.perceptual.weights = vgg_weights  # so the resolved config in the run folder says what was used
-    scale = cfg.model.scale
-    if not cfg.data.hr_dir:
-        raise ConfigError("data.hr_dir: the training image folder is required")
-    # the image folders exist and hold images, before anything is written or decoded (a missing validation.dir was
-    # found after the whole training set had been decoded, with the run folder already made)
-    for folder in (cfg.data.hr_dir, cfg.data.lr_dir, cfg.validation.dir):
-        if folder:
-            list_images(folder)
-    # before anything is written: a fresh run must not overwrite another, a resume needs a checkpoint
-    resume_path: Path | None = None
-    replaced: list[Path] = []  # what an earlier start left before its first checkpoint: replaced by this one
-    if resume is True:
-        resume_path = latest_checkpoint(cfg.run_dir)
-    elif resume:
-        resume_path = Path(resume)
-        if not resume_path.exists():
-            raise CheckpointError(f"{resume_path}: checkpoint not found")
-        # one of another run's checkpoints into a folder holding a run is refused once it is loaded (restore_state)
-        if not in_run_folder(cfg.run_dir, resume_path) and held_run(cfg.run_dir) is None:
-            replaced = earlier_start_files(cfg.run_dir)  # the run continues here, in place of that start
-    else:
-        replaced = check_fresh_run_dir(cfg.run_dir)
-
-    # VGG weights first: a missing file must stop us before any data is read or any step is taken
-    vgg_path: Path | None = None
-    vgg_random = False
-    if cfg.train.stage == "gan" and cfg.losses.perceptual_weight:
-        from .zoo import RANDOM, resolve_vgg_weights
-
-        spec = cfg.perceptual.weights
-        vgg_path = resolve_vgg_weights(spec, download=cfg.perceptual.download)
-        vgg_random = spec == RANDOM
-    perceptual = "random" if vgg_random else (str(vgg_path) if vgg_path else None)
-
     device_kind = (
         "cuda"
         if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available())
         else "cpu"
     )
     ddp = _init_distributed(device_kind)
-    device = _device(cfg.train.device, ddp)
-    cfg.train.precision = resolve_train_precision(cfg.train.precision, device)  # type: ignore[assignment]
-    autocast = make_autocast(device, cfg.train.precision)
-    graphed = use_cuda_graph(cfg, device, ddp.distributed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # every batch has the same shapes
-    if cfg.data.batch_size % ddp.world_size:
-        raise ConfigError(
-            f"data.batch_size {cfg.data.batch_size} is not divisible by {ddp.world_size} processes"
-        )
+    # every rank joins the process group first, then checks what it was given: a rank that failed before joining
+    # left the others of a many-node run waiting for it (torch's 30-minute timeout); now all ranks stop together
+    failure: EsrganError | OSError | None = None
+    try:
+        scale = cfg.model.scale
+        if not cfg.data.hr_dir:
+            raise ConfigError("data.hr_dir: the training image folder is required")
+        # the image folders exist and hold images, before anything is written or decoded (a missing validation.dir
+        # was found after the whole training set had been decoded, with the run folder already made)
+        for folder in (cfg.data.hr_dir, cfg.data.lr_dir, cfg.validation.dir):
+            if folder:
+                list_images(folder)
+        # before anything is written: a fresh run must not overwrite another, a resume needs a checkpoint
+        resume_path: Path | None = None
+        # what an earlier start left before its first checkpoint: replaced by this one
+        replaced: list[Path] = []
+        if resume is True:
+            resume_path = latest_checkpoint(cfg.run_dir)
+        elif resume:
+            resume_path = Path(resume)
+            if not resume_path.exists():
+                raise CheckpointError(f"{resume_path}: checkpoint not found")
+            # one of another run's checkpoints into a folder holding a run is refused once it is loaded
+            # (restore_state)
+            if not in_run_folder(cfg.run_dir, resume_path) and held_run(cfg.run_dir) is None:
+                replaced = earlier_start_files(cfg.run_dir)  # the run continues here, in place of that start
+        else:
+            replaced = check_fresh_run_dir(cfg.run_dir)
+
+        # VGG weights first: a missing file must stop us before any data is read or any step is taken
+        vgg_path: Path | None = None
+        vgg_random = False
+        if cfg.train.stage == "gan" and cfg.losses.perceptual_weight:
+            from .zoo import RANDOM, resolve_vgg_weights
+
+            spec = cfg.perceptual.weights
+            vgg_path = resolve_vgg_weights(spec, download=cfg.perceptual.download)
+            vgg_random = spec == RANDOM
+        perceptual = "random" if vgg_random else (str(vgg_path) if vgg_path else None)
+
+        device = _device(cfg.train.device, ddp)
+        cfg.train.precision = resolve_train_precision(cfg.train.precision, device)  # type: ignore[assignment]
+        autocast = make_autocast(device, cfg.train.precision)
+        graphed = use_cuda_graph(cfg, device, ddp.distributed)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark  # every batch has the same shapes
+        if cfg.data.batch_size % ddp.world_size:
+            raise ConfigError(
+                f"data.batch_size {cfg.data.batch_size} is not divisible by {ddp.world_size} processes"
+            )
+    except (EsrganError, OSError) as exc:
+        failure = exc
+    _all_ranks_ready(ddp, failure, device_kind)
 
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
@@ -1779,6 +1851,7 @@ def train(
     last_ckpt: Path | None = None
     nonfinite = 0
     interrupted = budget_done = False
+    stopped_by: int | None = None  # the signal that stopped any rank
     bar = None
     if ddp.main and cfg.logging.progress:
         from tqdm import tqdm
@@ -1799,12 +1872,12 @@ def train(
     ]
 
     flag_device = reduce_device(device)
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, _other_ranks_watched(ddp, progress):
         while progress.step < end:
-            if (
-                budget_s
-            ):  # the learning rate follows the time spent, so a slow start cannot cut the schedule short
-                fraction = (elapsed_before + clock() - t_start) / budget_s
+            if budget_s:
+                # the learning rate follows the time spent, so a slow start cannot cut the schedule short (the time
+                # all ranks agreed on after the last step: their own clocks gave each rank its own rate)
+                fraction = progress.elapsed_s / budget_s
                 for opt, bases in base_lrs:
                     for grp, base in zip(opt.param_groups, bases, strict=True):
                         grp["lr"] = budget_lr(cfg, base, fraction)
@@ -1856,8 +1929,12 @@ def train(
                 if opts.sched_d is not None:
                     opts.sched_d.step()
             now_c = clock()
-            progress.elapsed_s = elapsed_before + now_c - t_start
-            step_s = now_c - t_step if not step_s else 0.8 * step_s + 0.2 * (now_c - t_step)
+            # one time, stop signal and reserve for all ranks (the slowest clock's, rank 0's reserve): they decide
+            # the learning rate, the end of the budget and how the run ended alike
+            stopped_by, (progress.elapsed_s, took, reserve_s) = stop.agree(
+                [elapsed_before + now_c - t_start, now_c - t_step, reserve_s], flag_device
+            )
+            step_s = took if not step_s else 0.8 * step_s + 0.2 * took
             budget_done = bool(budget_s) and progress.elapsed_s + reserve_s + 0.5 * step_s >= budget_s
             # a budgeted run validates and saves once at its first step (of each invocation) too: that measures
             # the reserve
@@ -1939,8 +2016,8 @@ def train(
                     t_ckpt = clock()
                     last_ckpt = save_step_checkpoint()
                     reserve_s += clock() - t_ckpt
-            if stop.requested(budget_done, flag_device):
-                interrupted = stop.signum is not None or not budget_done
+            if stopped_by is not None or budget_done:
+                interrupted = stopped_by is not None or not budget_done
                 break
         if progress.step < total and not budget_done:
             interrupted = True
@@ -2002,5 +2079,5 @@ def train(
         model_path,
         progress.best_psnr if math.isfinite(progress.best_psnr) else None,
         final,
-        stop.signum,
+        stopped_by if stopped_by is not None else stop.signum,
     )
