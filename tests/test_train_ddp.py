@@ -255,7 +255,9 @@ def test_a_sigterm_to_rank_1_only_stops_the_run_with_its_status(
         finally:
             proc.kill()
     assert out.startswith("stopped at step "), err[-2000:]
-    assert "exitcode  : 143" in err or "exitcode: 143" in err, err[-2000:]
+    # rank 1 exits 143; in 1 of 4 runs under CI's load it aborted instead in gloo's teardown at exit ("terminate
+    # called without an active exception", SIGABRT: docs/reliability.md, known limits), after the same stop and save
+    assert "exitcode  : 143" in err or "exitcode: 143" in err or "Signal 6 (SIGABRT)" in err, err[-2000:]
     assert proc.returncode != 0
     assert not (cfg.run_dir / "model.safetensors").exists()
     assert log_records(cfg.run_dir)[-1]["event"] == "interrupted"
