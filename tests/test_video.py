@@ -92,6 +92,18 @@ def audio_seconds(path: Path) -> float:
         return sum(f.samples for f in c.decode(a)) / a.codec_context.sample_rate
 
 
+def _mux_copies(av: Any, out: Any, packet: Any, streams: list[Any]) -> None:
+    """Mux a copy of a demuxed packet into each of `streams` (a test clip with a track written twice)."""
+    copies = []  # made before muxing: the muxer takes the packet's data
+    for stream in streams:
+        copy = av.Packet(bytes(packet))
+        copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+        copy.time_base, copy.is_keyframe, copy.stream = packet.time_base, packet.is_keyframe, stream
+        copies.append(copy)
+    for copy in copies:
+        out.mux(copy)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 10 * np.log10(255**2 / max(mse, 1e-12))
@@ -784,14 +796,7 @@ def with_dispositions(src: Path, dst: Path) -> Path:
         for packet in inp.demux(v, a, s):
             if packet.size == 0:  # the demuxer's end-of-stream packets
                 continue
-            copies = []  # made before muxing: the muxer takes the packet's data
-            for stream in streams[packet.stream.index]:
-                copy = av.Packet(bytes(packet))
-                copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
-                copy.time_base, copy.is_keyframe, copy.stream = packet.time_base, packet.is_keyframe, stream
-                copies.append(copy)
-            for copy in copies:
-                out.mux(copy)
+            _mux_copies(av, out, packet, streams[packet.stream.index])
     return dst
 
 
@@ -904,14 +909,7 @@ def with_extras(src: Path, dst: Path, font: bytes) -> Path:
         for packet in inp.demux(v, a):
             if packet.size == 0:
                 continue
-            copies = []  # made before muxing: the muxer takes the packet's data
-            for stream in streams[packet.stream.index]:
-                copy = av.Packet(bytes(packet))
-                copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
-                copy.time_base, copy.is_keyframe, copy.stream = packet.time_base, packet.is_keyframe, stream
-                copies.append(copy)
-            for copy in copies:
-                out.mux(copy)
+            _mux_copies(av, out, packet, streams[packet.stream.index])
     return dst
 
 
