@@ -644,6 +644,7 @@ def test_a_program_that_catches_ctrl_c_during_ncnn_exits_as_it_asks(tmp_path: Pa
     import signal
     import subprocess
     import sys
+    import time
 
     marker = tmp_path / "hook-ran"
     proc = subprocess.Popen(
@@ -654,19 +655,30 @@ def test_a_program_that_catches_ctrl_c_during_ncnn_exits_as_it_asks(tmp_path: Pa
     )
     assert proc.stderr is not None
     lines = []
+    caught_at = None
     try:
         for line in proc.stderr:
             lines.append(line)
+            if line == "caught\n":
+                caught_at = time.monotonic()
             if again and line.startswith("esrgan: waiting for the interrupted ncnn pass to end"):
                 proc.send_signal(signal.SIGINT)
         status = proc.wait(timeout=120)
     finally:
         proc.kill()
+    waited = time.monotonic() - caught_at if caught_at is not None else 0.0
     stderr = "".join(lines)
     assert "terminate called" not in stderr and "caught" in stderr, stderr[-2000:]
-    assert (
+    said = (
         "esrgan: waiting for the interrupted ncnn pass to end before exit (Ctrl-C again to end now)" in stderr
     )
+    if not said and waited < 1.5:  # the parent's reading is later than the child's
+        # the rest of the pass (calibrated at >= 2.5 s, interrupted at 0.3 s) took under the second after which the
+        # wait is said: the machine sped up under the test (seen once in CI's xdist load); the exit is still checked
+        assert status == 0 and marker.read_text() == "ran", stderr[-2000:]
+        if again:
+            pytest.skip("the interrupted pass ended within a second: no wait to interrupt")
+    assert said, (waited, stderr[-2000:])
     if again:
         assert status == 130 and not marker.exists()
     else:
