@@ -107,6 +107,9 @@ def test_stage2_starts_from_stage1_and_discriminator_learns(
     with caplog.at_level(logging.WARNING):
         result = train(cfg)
     assert "random" in caplog.text and "UNTRAINED" in caplog.text  # said loudly
+    assert "pretrained_g is not set" not in caplog.text
+    (start,) = [r for r in log_records(result.run_dir) if r.get("event") == "start"]
+    assert start["pretrained_g"] == str(stage1 / "model.safetensors")
     l_d = losses(result.run_dir, "l_d")
     assert len(l_d) == 40 and l_d[0] == pytest.approx(2 * np.log(2), abs=0.3)  # summed RaGAN at chance
     assert np.mean(l_d[-10:]) < 0.8 * np.mean(l_d[:10])
@@ -471,8 +474,12 @@ def test_nonfinite_losses_skip_then_stop(photos: tuple[Path, Path], tmp_path: Pa
     assert state["step"] == events[-1]["step"]
 
 
-def test_vgg_weights_flag_is_used_and_recorded(photos: tuple[Path, Path], tmp_path: Path) -> None:
-    """A torchvision-format VGG19 file given like --vgg-weights: no warning, path in the run's config and checkpoint."""
+def test_vgg_weights_flag_is_used_and_recorded(
+    photos: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torchvision-format VGG19 file given like --vgg-weights: no warning about it, path in the run's config and
+    checkpoint. This GAN stage names no train.pretrained_g: it starts from random weights, which the paper never
+    does (stage 2 starts from stage 1's model), and says so in one warning (before: not a word, in the log either)."""
     from test_vgg import CONVS
 
     gen = torch.Generator().manual_seed(0)
@@ -485,7 +492,12 @@ def test_vgg_weights_flag_is_used_and_recorded(photos: tuple[Path, Path], tmp_pa
     sections = gan_sections(None)
     sections["perceptual"] = {"weights": None, "download": False}
     sections["train"]["total_steps"] = 2
-    result = train(tiny(photos, tmp_path, "vggflag", **sections), vgg_weights=str(vgg_file))
+    with caplog.at_level(logging.WARNING):
+        result = train(tiny(photos, tmp_path, "vggflag", **sections), vgg_weights=str(vgg_file))
+    (scratch,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "train.pretrained_g is not set: the generator starts from random weights" in scratch
+    (start,) = [r for r in log_records(result.run_dir) if r.get("event") == "start"]
+    assert start["pretrained_g"] is None
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["perceptual"]["weights"] == str(
         vgg_file
     )

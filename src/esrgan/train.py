@@ -1798,6 +1798,14 @@ def train(
     board = _tensorboard(run_dir, cfg.logging.tensorboard) if ddp.main else None
     if vgg_random and ddp.main:
         log.warning("TRAINING WITH A RANDOM VGG19 (perceptual.weights: random): for smoke tests only")
+    if cfg.train.stage == "gan" and not cfg.train.pretrained_g and resume_path is None and ddp.main:
+        # the paper (and Real-ESRGAN) start the GAN stage from the PSNR-oriented model; from random weights the
+        # discriminator wins early and the generator learns artefacts (the recipe's "training from scratch fails")
+        log.warning(
+            "train.stage is gan but train.pretrained_g is not set: the generator starts from random weights, "
+            "where the paper starts stage 2 from stage 1's model; train stage 1 first and name its "
+            "model.safetensors in train.pretrained_g"
+        )
     jsonl.write(
         {
             "event": "resume" if resume else "start",
@@ -1809,6 +1817,7 @@ def train(
             "lr_on_device": on_device,
             "cuda_graph": graphed,
             "perceptual_weights": "random" if vgg_random else str(vgg_path),
+            "pretrained_g": cfg.train.pretrained_g if resume_path is None else None,
             "pair_pool": pool.size if pool is not None else 0,
         }
     )
