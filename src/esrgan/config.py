@@ -487,6 +487,14 @@ def validate(config: Config, source: str) -> None:
         fail("data.hr_dir", "the training image folder is required")
     if config.model.scale not in (1, 2, 4, 8):
         fail("model.scale", f"must be 1, 2, 4 or 8, got {config.model.scale}")
+    if (config.model.num_in_ch, config.model.num_out_ch) != (3, 3):
+        # the data pipeline, the losses and `esrgan upscale` all work in RGB (a grey image trains as RGB with three
+        # equal channels); before, such a config crashed at the first step with torch's shape error
+        fail(
+            "model.num_in_ch/num_out_ch",
+            f"training takes RGB images (3 and 3), got {config.model.num_in_ch} and {config.model.num_out_ch}; "
+            "grey images train as RGB with three equal channels",
+        )
     if config.model.arch == "compact":
         try:
             config.model.generator  # noqa: B018 (CompactConfig's own checks)
