@@ -148,6 +148,30 @@ def test_the_stop_flag_goes_where_the_process_group_reduces(backend: str, serves
         dist.destroy_process_group()
 
 
+def mean_worker(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from esrgan.train import mean_over_ranks, reduce_device
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # each rank's losses on its share of the batch (rank 1's D loss 3x rank 0's)
+    got = mean_over_ranks({"l_pix": 0.25 + rank, "l_d": 1.0 + 2.0 * rank}, reduce_device(torch.device("cpu")))
+    torch.save(got, Path(folder) / f"mean{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_the_logged_losses_are_the_mean_over_the_ranks(tmp_path: Path) -> None:
+    """Under DDP each rank computes its losses on its share of the batch; the log and the progress bar showed rank
+    0's share alone (noisier, and not the loss of the batch the config names). Now the logged values are averaged
+    over the ranks in one all-reduce at each logged step: two real gloo processes here."""
+    from esrgan.train import mean_over_ranks
+
+    assert mean_over_ranks({"l_pix": 0.25}) == {"l_pix": 0.25}  # outside a process group: as it is
+    mp.spawn(mean_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"mean{rank}.pt", weights_only=True) == {"l_pix": 0.75, "l_d": 2.0}
+
+
 def pool_worker(rank: int, port: int, folder: str) -> None:
     import torch.distributed as dist
 

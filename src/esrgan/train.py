@@ -995,6 +995,18 @@ def _all_ranks_ready(ddp: _Dist, failure: EsrganError | OSError | None, device_k
         )
 
 
+def mean_over_ranks(logs: dict[str, float], device: torch.device | None = None) -> dict[str, float]:
+    """Each logged value averaged over the DDP ranks (each computes it on its own share of the batch), in one
+    all-reduce; as it is outside a process group. Every rank calls it at the same steps, with the same keys (the
+    same config; a skipped step has none on every rank: _finite_everywhere). `device`: reduce_device's."""
+    if not (logs and dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return logs
+    keys = sorted(logs)
+    values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, (values / dist.get_world_size()).tolist(), strict=True))
+
+
 def reduce_device(device: torch.device) -> torch.device:
     """Where a small control tensor (stop flag) must live for the default process group to all-reduce it: the CPU
     where the group's backend serves CPU tensors (gloo: "cpu:gloo,cuda:gloo"), else the training device. NCCL
@@ -1963,6 +1975,11 @@ def train(
             else:
                 nonfinite = 0
             finishing = budget_done or step == total
+            logged = step % cfg.logging.every == 0 or step == end or finishing
+            if (
+                logged and ddp.distributed
+            ):  # the whole batch's losses, not rank 0's share (every rank takes part)
+                logs = mean_over_ranks(logs, flag_device)
             if ddp.main:
                 if bar is not None:
                     bar.set_postfix(
@@ -1970,7 +1987,7 @@ def train(
                         refresh=False,
                     )
                     bar.update()
-                if step % cfg.logging.every == 0 or step == end or finishing:
+                if logged:
                     now = time.perf_counter()
                     span = max(now - t_last, 1e-9)
                     record = {
