@@ -132,20 +132,20 @@ def tiny_rrdb(
     return model.eval()
 
 
-def photo_preserving_rrdb(seed: int = 0, *, spread: float = 0.05) -> RRDBNet:
+def photo_preserving_rrdb(seed: int = 0, *, spread: float = 0.05, channels: int = 3) -> RRDBNet:
     """A tiny x4 RRDBNet that is nearest-neighbour upscaling plus a wide-field perturbation of size `spread`.
 
     An untrained model outputs ~0 everywhere, which would make the alpha, grey and bit-depth checks vacuous; this
     one reproduces the picture (identity kernels on the trunk) while its random body mixes in far-away pixels, as
-    a real model's receptive field does.
+    a real model's receptive field does. channels=1: a grey model (1 channel in and out).
     """
     gen = torch.Generator().manual_seed(seed)
-    model = RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, num_grow=4, scale=4)
+    model = RRDBNet(num_in_ch=channels, num_out_ch=channels, num_feat=8, num_block=1, num_grow=4, scale=4)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
         for conv in (model.conv_first, model.conv_up1, model.conv_up2, model.conv_hr, model.conv_last):
-            for c in range(3):
+            for c in range(channels):
                 conv.weight[c, c, 1, 1] = 1.0
         for p in model.body.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)

@@ -628,3 +628,39 @@ def test_odd_file_names_and_write_time_warnings_stay_one_named_line(
         "esrgan upscale: 2 upscaled, 0 skipped (output exists), 1 failed: "
     )
     assert f"{src}/bad\\nname.png" in r.stdout.splitlines()[-1]
+
+
+def test_a_grey_model_file_upscales_grey_colour_and_alpha_images(photo: np.ndarray, tmp_path: Path) -> None:
+    """A grey model in BasicSR's layout (`params_ema`, 1 channel in and out) was "a model with 1 input and 1 output
+    channels" and nothing was upscaled. Now a folder of a colour JPEG, a grey PNG and an RGBA PNG is done: each
+    keeps its mode, and the pixels are the Python API's (fp32), also with --stream (the colour PNG is then written
+    whole: a grey model takes its channels one at a time)."""
+    import torch
+
+    from esrgan import Upscaler
+
+    model = photo_preserving_rrdb(channels=1)
+    model_path = tmp_path / "grey_x4.pth"
+    torch.save({"params_ema": model.state_dict()}, model_path)
+    src = tmp_path / "in"
+    src.mkdir()
+    crop = photo[96:160, 160:240]
+    Image.fromarray(crop).save(src / "colour.jpg", quality=95)
+    Image.fromarray(crop[:, :, 1]).save(src / "grey.png")
+    Image.fromarray(crop).convert("RGBA").save(src / "alpha.png")
+    Image.fromarray(crop).save(src / "colour.png")
+    up = Upscaler(model, device="cpu", precision="fp32")
+    for extra in ((), ("--stream",)):
+        out = tmp_path / f"out{len(extra)}"
+        r = run_cli(
+            "upscale", src, "-o", out, "--model", model_path, "--precision", "fp32", "--quiet", *extra
+        )
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        for name, mode in (("colour_x4.jpg", "RGB"), ("grey_x4.png", "L"), ("alpha_x4.png", "RGBA")):
+            with Image.open(out / name) as im:
+                assert (im.mode, im.size) == (mode, (320, 256)), name
+        with Image.open(out / "colour_x4.png") as im:
+            got = np.asarray(im)
+        np.testing.assert_array_equal(got, up.upscale(crop))
+        with Image.open(out / "grey_x4.png") as im:
+            np.testing.assert_array_equal(np.asarray(im), up.upscale(np.ascontiguousarray(crop[:, :, 1])))

@@ -296,14 +296,17 @@ def test_our_metadata_is_checked_against_the_tensors_unbuilt(
 
 
 # --- channel counts the image pipeline cannot feed -------------------------------------------------------------------
-@pytest.mark.parametrize(("num_in", "num_out"), [(4, 4), (1, 1), (1, 3), (3, 1)])
+@pytest.mark.parametrize(("num_in", "num_out"), [(4, 4), (2, 2), (1, 3), (3, 1)])
 def test_upscaler_refuses_models_it_cannot_feed_at_load(tmp_path: Path, num_in: int, num_out: int) -> None:
-    """Every image reaches the model as 3 channels and its output is the image's colour: a 4-channel model used to
-    load and then fail on every image after the full compute (3 in, 1 out: turned colour images grey)."""
+    """An image reaches the model as RGB (an RGB model) or one plane at a time (a grey model, 1 in and 1 out), and
+    its output is the image's colour: a 4-channel model used to load and then fail on every image after the full
+    compute (3 in, 1 out: turned colour images grey)."""
     model = tiny_rrdb(num_in_ch=num_in, num_out_ch=num_out)
     path = tmp_path / f"ch{num_in}_{num_out}.pth"
     torch.save(model.state_dict(), path)
-    expected = rf"{num_in} input and {num_out} output channels.*needs 3 channels in and 3 out"
+    expected = (
+        rf"{num_in} input and {num_out} output channels.*RGB models \(3 channels in and 3 out\) and grey"
+    )
     with pytest.raises(CheckpointError, match=expected) as info:
         Upscaler.from_file(path, device="cpu")
     _one_line_naming(info, path)
@@ -323,8 +326,8 @@ def test_cli_refuses_a_four_channel_model_in_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode != 0
     assert r.stderr.strip().splitlines() == [
-        f"esrgan: error: {model_path}: a model with 4 input and 4 output channels; esrgan upscales images as RGB "
-        "(grey and alpha replicated to 3 channels) and needs 3 channels in and 3 out"
+        f"esrgan: error: {model_path}: a model with 4 input and 4 output channels; esrgan upscales with RGB "
+        "models (3 channels in and 3 out) and grey ones (1 in and 1 out)"
     ]
     assert not (tmp_path / "out.png").exists()
 

@@ -771,3 +771,46 @@ def test_thin_images_with_tiling(photo: np.ndarray, shape: tuple[int, ...]) -> N
         image = np.dstack([image, np.full(shape[:2], 255, np.uint8)])
     out = up.upscale(np.ascontiguousarray(image))
     assert out.shape == (shape[0] * 4, shape[1] * 4, *shape[2:])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_grey_model_upscales_every_plane_alone_and_keeps_colour(photo: np.ndarray, precision: str) -> None:
+    """A grey model (1 channel in and out: some released models, other tools' grey training) was refused at load.
+    Now a grey image goes through it as it is, and a colour image one channel at a time (R, G, B each as a grey
+    image, so the colour is kept), as alpha goes through any model: each output channel is the upscale of that
+    channel alone, and untiled it is the network's own output. Progress counts the three passes (and alpha's)."""
+    model = photo_preserving_rrdb(channels=1)
+    crop = np.ascontiguousarray(photo[96:176, 160:256])  # 80x96 of the real photo
+    whole = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    out = whole.upscale(crop)
+    assert out.shape == (320, 384, 3) and out.dtype == np.uint8
+    with torch.no_grad():
+        net = [
+            model(torch.from_numpy(crop[:, :, c].copy()).float()[None, None] / 255)[0, 0] for c in range(3)
+        ]
+    expected = np.stack([(t.clamp(0, 1) * 255).round().to(torch.uint8).numpy() for t in net], axis=2)
+    assert np.abs(out.astype(int) - expected).max() <= 1  # fp32 rounding between engines
+    assert len(np.unique(out.reshape(-1, 3), axis=0)) > 1000 and not np.array_equal(out[..., 0], out[..., 1])
+    tiled = Upscaler(model, device="cpu", precision=precision, tile=48)
+    seen: list[tuple[int, int]] = []
+    rgba = np.dstack([crop, np.where(crop[:, :, 1] > 100, 255, 40).astype(np.uint8)])
+    got = tiled.upscale(rgba, on_tile=lambda done, total: seen.append((done, total)))
+    for c in range(4):  # each plane alone, the same tiles
+        np.testing.assert_array_equal(
+            got[:, :, c], tiled.upscale(np.ascontiguousarray(rgba[:, :, c])), f"{c}"
+        )
+    assert tiled.last_precision == precision
+    assert seen[0][0] == 0 and seen[-1][0] == seen[-1][1] and len({t for _, t in seen}) == 1
+    assert seen[-1][1] == 4 * len(tile_grid(80, 96, 48, tiled.overlap_for(48))[2]) * len(
+        tile_grid(80, 96, 48, tiled.overlap_for(48))[3]
+    )
+    grey16 = (crop[:, :, 1].astype(np.uint16) * 257)[
+        :, :, None
+    ]  # 16-bit grey: computed in fp32, stays 16-bit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16's "16-bit images are computed in fp32"
+        out16 = tiled.upscale(grey16)
+    assert out16.dtype == np.uint16 and out16.shape == (320, 384, 1)
+    image = ImageData(crop, bit_depth=8)
+    assert tiled.stream_reason(image) == "a grey model upscales a colour image one channel at a time"
+    assert tiled.stream_reason(ImageData(crop[:, :, 1:2], bit_depth=8)) is None

@@ -172,6 +172,20 @@ def test_outscale_and_interpolation(clips: dict[str, Path], tmp_path: Path) -> N
     np.testing.assert_array_equal(f_out[0], mixed.upscale(f_in[5]))
 
 
+def test_a_grey_models_frames_keep_their_colour(clips: dict[str, Path], tmp_path: Path) -> None:
+    """A grey model (1 channel in and out) on a colour video: the frames' batched pass (3 channels) does not fit it,
+    so each frame goes through the image path, its channels one at a time: frame N is Upscaler.upscale of frame N."""
+    grey = Upscaler(photo_preserving_rrdb(channels=1), device="cpu", precision="fp32", tile=0)
+    dst = tmp_path / "grey.mkv"
+    grey.upscale_video(clips["25"], dst, codec="ffv1", frames=(5, 9), frame_batch=4)
+    _, f_in = frames_of(clips["25"])
+    _, f_out = frames_of(dst)
+    assert len(f_out) == 4
+    for n in range(4):
+        np.testing.assert_array_equal(f_out[n], grey.upscale(f_in[5 + n]), err_msg=f"frame {n}")
+    assert not np.array_equal(f_out[0][..., 0], f_out[0][..., 2])  # colour, not grey
+
+
 def test_frames_range_is_a_preview(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
     dst = tmp_path / "preview.mkv"
     result = upscale_video(up, clips["25"], dst, codec="ffv1", frames=parse_frames("10:30"))

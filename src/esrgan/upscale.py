@@ -9,6 +9,9 @@
 How the image kinds are handled (and why):
 - Grey: replicated to 3 channels for the model; the output channels are averaged back (the mean, not the first
   channel: it cancels the small colour casts a colour model adds to a grey input).
+- Grey models (1 channel in and out, as some released models and other tools' training make): a grey image goes
+  through as it is; a colour image one channel at a time (R, G, B each as a grey image: the colour is kept,
+  at three passes' cost), as alpha goes through any model.
 - Alpha: by default through the model too, as a grey image (sharp edges stay sharp); alpha_mode="bicubic" uses
   MATLAB-style bicubic instead (smooth, never hallucinates texture into the mask).
 - Colour under transparent pixels is arbitrary (often black or white) and would bleed into the visible edge
@@ -121,16 +124,16 @@ def check_tile(tile: int | None, overlap: int | None = None, *, zero: str = "no 
 def check_model_channels(model: Generator, source: str | Path = "model") -> None:
     """Raise CheckpointError, naming source (the model file or name), for a model this pipeline cannot feed.
 
-    Every image reaches the model as 3 channels (RGB; grey and alpha planes replicated to 3, the output averaged
-    back to one) and its output is written as the image's colour: so 3 channels in and 3 out, nothing else. Checked
-    once here: otherwise a 1-, 2- or 4-channel model loads fine and then fails on every image after the full compute
-    (or turns colour images grey, for 3 in and 1 out).
+    An RGB model (3 channels in and out) takes every image as RGB (grey and alpha planes replicated to 3, the
+    output averaged back to one); a grey model (1 in, 1 out) takes every plane alone (a colour image's R, G and B
+    one at a time). Nothing else: checked once here, since otherwise a 2- or 4-channel model loads fine and then
+    fails on every image after the full compute (or turns colour images grey, for 3 in and 1 out).
     """
     cfg = model.config
-    if (cfg.num_in_ch, cfg.num_out_ch) != (3, 3):
+    if (cfg.num_in_ch, cfg.num_out_ch) not in ((3, 3), (1, 1)):
         raise CheckpointError(
             f"{source}: a model with {cfg.num_in_ch} input and {cfg.num_out_ch} output channels; esrgan upscales "
-            "images as RGB (grey and alpha replicated to 3 channels) and needs 3 channels in and 3 out"
+            "with RGB models (3 channels in and 3 out) and grey ones (1 in and 1 out)"
         )
 
 
@@ -610,7 +613,9 @@ class Upscaler:
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
         runner = self.runner_for(dtype)
-        passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
+        # a grey model takes a colour image one channel at a time: each channel is a pass of its own
+        colour_passes = 3 if colour.shape[2] == 3 and self.model.config.num_in_ch == 1 else 1
+        passes = colour_passes + (1 if alpha is not None and self.alpha_mode == "model" else 0)
         if alpha is not None:
             colour = bleed_colour(colour, alpha)
 
@@ -626,11 +631,20 @@ class Upscaler:
             if on_tile is not None:  # the total is known now: progress before the first tile is done
                 on_tile(0, passes * per_pass)
             try:
-                out_colour = self._run(runner, colour, tile, dtype, progress(0))
+                if colour_passes == 1:
+                    out_colour = self._run(runner, colour, tile, dtype, progress(0))
+                else:  # each channel's output copied in and dropped: no second copy of them all
+                    out_colour = np.empty((*self.output_size(h, w), 3), dtype)
+                    for k in range(3):
+                        out_colour[:, :, k] = self._run(
+                            runner, colour[:, :, k : k + 1], tile, dtype, progress(k)
+                        )[:, :, 0]
                 out_alpha: np.ndarray | None = None
                 if alpha is not None:
                     if self.alpha_mode == "model":
-                        out_alpha = self._run(runner, alpha[:, :, None], tile, dtype, progress(1))[:, :, 0]
+                        out_alpha = self._run(
+                            runner, alpha[:, :, None], tile, dtype, progress(colour_passes)
+                        )[:, :, 0]
                     else:
                         out_alpha = _resize_plane(alpha, self.output_size(h, w), dtype)
             except (RuntimeError, MemoryError) as exc:  # the band, its flush, the output: beside the pass
@@ -847,7 +861,7 @@ class Upscaler:
     def _band_row(self, width: int) -> int:
         """Bytes of the tiling's band (a tile row of output, float32, on the host) per input row of the tile, for an
         image `width` wide."""
-        return self.model.scale * width * self.model.scale * 3 * 4
+        return self.model.scale * width * self.model.scale * self.model.config.num_out_ch * 4
 
     def _elsewhere(self) -> str:
         return " or try --device cpu" if self.device.type != "cpu" else ""
@@ -891,6 +905,8 @@ class Upscaler:
         h, w = image.pixels.shape[:2]
         if self.output_size(h, w) != (h * self.model.scale, w * self.model.scale):
             return f"its output is not at the model's own scale ({self.model.scale}x)"
+        if image.channels == 3 and self.model.config.num_in_ch == 1:
+            return "a grey model upscales a colour image one channel at a time"
         return None
 
     def upscale_rows(
@@ -930,7 +946,9 @@ class Upscaler:
         dropped)."""
         batch = self.batch_size(plane.shape[0], plane.shape[1], tile, dtype)
         self.last_tile, self.last_batch = tile, batch
-        grey = plane.shape[2] == 1
+        if plane.shape[2] != 1 and self.model.config.num_in_ch == 1:
+            raise EsrganError("a grey model takes one channel at a time")  # upscale_planes splits colour
+        grey = plane.shape[2] == 1 and self.model.config.num_in_ch == 3  # replicated to RGB, averaged back
         if not plane.flags.writeable:  # e.g. np.asarray(PIL image): torch wants a writable buffer
             plane = plane.copy()
         image = torch.from_numpy(np.ascontiguousarray(plane)).permute(2, 0, 1)

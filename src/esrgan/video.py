@@ -1101,6 +1101,7 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         or frames[0].dtype != np.uint8
         or not native
         or upscaler.tile_size(h, w) != 0
+        or upscaler.model.config.num_in_ch != 3  # a grey model: each frame's channels one at a time
         or not upscaler.batch_fits(h, w, len(frames))  # one at a time, each as large as the memory allows
     ):
         return [
