@@ -13,6 +13,7 @@ torch.load(weights_only=True): no pickled objects, so a checkpoint from elsewher
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import functools
 import json
@@ -579,18 +580,30 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+_HOLD: contextvars.ContextVar[contextlib.ExitStack] = contextvars.ContextVar("esrgan_train_hold")
+
+
 def _holding_the_run_folder(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """train() runs under run_folder_lock(config.run_dir), taken by the process that writes the run (rank 0 under
-    torchrun, which sets RANK before the process group starts) before the run folder is looked at."""
+    """train() holds run_folder_lock(config.run_dir) from its first check to its end: taken inside it by the process
+    that writes the run (rank 0), once every rank has joined the process group (`_hold_run_folder`, before the run
+    folder is looked at), and released here when train returns or raises. Taken before joining, a lock held by
+    another run stopped rank 0 alone, and a rank on another node waited for it until torch's timeout."""
 
     @functools.wraps(fn)
-    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        config = args[0] if args else kwargs["config"]
-        assert isinstance(config, Config)
-        with run_folder_lock(config.run_dir) if first_rank() else contextlib.nullcontext():
-            return fn(*args, **kwargs)
+    def holding(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with contextlib.ExitStack() as stack:
+            token = _HOLD.set(stack)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _HOLD.reset(token)
 
-    return locked
+    return holding
+
+
+def _hold_run_folder(run_dir: Path) -> None:
+    """run_folder_lock(run_dir) until train() ends (see _holding_the_run_folder); TrainingError when it is held."""
+    _HOLD.get().enter_context(run_folder_lock(run_dir))
 
 
 # --- setup helpers ----------------------------------------------------------------------------------------------
@@ -1706,6 +1719,8 @@ def train(
     # left the others of a many-node run waiting for it (torch's 30-minute timeout); now all ranks stop together
     failure: EsrganError | OSError | None = None
     try:
+        if ddp.main:  # the process that writes the run holds its folder (a second train of it is refused)
+            _hold_run_folder(cfg.run_dir)
         scale = cfg.model.scale
         if not cfg.data.hr_dir:
             raise ConfigError("data.hr_dir: the training image folder is required")
