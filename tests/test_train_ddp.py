@@ -365,6 +365,43 @@ def test_a_run_folder_held_by_another_run_stops_every_node(photos: tuple[Path, P
     assert all(agent.returncode != 0 for agent in agents)
 
 
+def test_a_node_whose_config_does_not_load_stops_the_others(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two torchrun agents (two nodes on one machine, one process each); node 1's config file has a typo in a key (or
+    is missing there). Its rank stopped before joining the process group, and node 0 waited for it until torch's
+    timeout (30 minutes). It joins to say it could not start now: node 0 stops at once, naming rank 1, which says
+    why in one line."""
+    import subprocess
+    import sys
+
+    cfg = tiny(photos, tmp_path, "cfg", validation={"dir": None})
+    node0 = write_config(cfg, tmp_path / "node0.yaml")
+    node1 = tmp_path / "node1.yaml"
+    node1.write_text(node0.read_text().replace("patch_size:", "patchsize:"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    common += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "cfg"]
+    agents = [
+        subprocess.Popen([*common, "--node-rank", str(n), "-m", "esrgan.cli", "train", str(yaml)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for n, yaml in enumerate((node0, node1))
+    ]  # fmt: skip
+    try:
+        errs = [agent.communicate(timeout=120)[1] for agent in agents]  # before: node 0 waited 30 minutes
+    finally:
+        for agent in agents:
+            agent.kill()
+    lines = [[line for line in err.splitlines() if line.startswith("esrgan: error: ")] for err in errs]
+    assert lines[0] == ["esrgan: error: rank 1 could not start (its error says why): nothing was trained"], (
+        errs[0]
+    )
+    assert len(lines[1]) == 1, errs[1]
+    assert lines[1][0].startswith(f"esrgan: error: {node1}: data: unknown key 'patchsize' (known: "), lines[1]
+    assert all(agent.returncode != 0 for agent in agents)
+    assert not cfg.run_dir.exists()
+
+
 def test_a_node_that_cannot_start_stops_the_others(photos: tuple[Path, Path], tmp_path: Path) -> None:
     """Two torchrun agents (two nodes here on one machine, one process each); node 1's data folder is missing. It
     stopped before joining the process group, and node 0 waited for it until torch's timeout (30 minutes). Every

@@ -249,13 +249,17 @@ def _run_train(args: argparse.Namespace) -> int:
     import logging
 
     from .config import load_config
-    from .train import StoppedWithRankZero, first_rank, train
+    from .errors import EsrganError
+    from .train import StoppedWithRankZero, first_rank, stop_with_the_others, train
 
     handler = logging.StreamHandler()
     handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    config = load_config(_path(args.config), args.overrides)
     try:
+        try:
+            config = load_config(_path(args.config), args.overrides)
+        except (EsrganError, OSError) as exc:  # under torchrun, the other ranks are told (not left waiting)
+            stop_with_the_others(exc)
         result = train(config, resume=args.resume, vgg_weights=args.vgg_weights, started=_STARTED)
     except StoppedWithRankZero:  # torchrun: rank 0 says it, once
         return 1

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -1006,6 +1006,18 @@ def _all_ranks_ready(ddp: _Dist, failure: EsrganError | OSError | None, device_k
         raise TrainingError(
             f"rank{'s' * (len(ranks) > 1)} {which} could not start (its error says why): nothing was trained"
         )
+
+
+def stop_with_the_others(failure: EsrganError | OSError) -> NoReturn:
+    """Raise `failure`, met before train() (a config file this node lacks or cannot load), after joining the process
+    group under a torchrun of several processes and agreeing it with the other ranks' checks (_all_ranks_ready):
+    they stop at once, rank 0 saying which rank could not start, where before a rank on another node waited for this
+    one until torch's 30-minute timeout. The backend is the one a default config picks (NCCL where CUDA is)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise failure
+    kind = "cuda" if torch.cuda.is_available() else "cpu"
+    _all_ranks_ready(_init_distributed(kind), failure, kind)
+    raise failure  # _all_ranks_ready raised already: a failure is never agreed away
 
 
 def mean_over_ranks(logs: dict[str, float], device: torch.device | None = None) -> dict[str, float]:
