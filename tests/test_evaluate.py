@@ -246,6 +246,21 @@ def test_paired_lr_folder_is_used(
     assert not (tmp_path / "out" / "bicubic" / "head.png").exists()
 
 
+def test_lr_and_baseline_round_halves_away_from_zero_as_matlab(shared_dir: Path) -> None:
+    """MATLAB's imresize of a uint8 image converts its double sums with round-half-away; np.round (half to even)
+    put some x2 LR and bicubic-baseline pixels of real photos one level off (review 57). Set5's baby at x2: 48
+    LR sums and 61 upscale sums are exact halves."""
+    from esrgan.resize import imresize_np
+
+    hr = np.asarray(Image.open(shared_dir / "data" / "benchmarks" / "Set5" / "baby.png"))
+    exact_lr = imresize_np(hr, scale=0.5)
+    lr = bicubic_down(hr, 2)
+    exact_up = imresize_np(lr, scale=2)
+    for exact, got in ((exact_lr, lr), (exact_up, bicubic_up(lr, 2))):
+        assert int((exact - np.floor(exact) == 0.5).sum()) > 10  # ties exist: the test is not vacuous
+        np.testing.assert_array_equal(got, np.clip(np.floor(exact + 0.5), 0, 255).astype(np.uint8))
+
+
 def test_scale_mismatch_is_a_clear_error(
     shared_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -82,7 +82,9 @@ def _as_uint8(img: ImageData) -> np.ndarray:
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+    """Round to uint8 as MATLAB converts a double to uint8: halves away from zero, floor(x + 0.5) (np.round rounds
+    them to even, and MATLAB-bicubic x2 sums land exactly on .5 for some pixels of real photos)."""
+    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
