@@ -233,7 +233,12 @@ def test_paired_lr_folder_is_used(
         "--save-images", tmp_path / "out",
     )  # fmt: skip
     assert code == 1
-    assert "head.png" in err and "expected 70x70" in err
+    # one line naming the HR and the LR file once each (the HR path was written twice)
+    assert (
+        f"  {hr_dir / 'head.png'}: LR {lr_dir / 'head.png'} is 10x10, expected 70x70 (HR cut to a multiple of 4, "
+        "divided by 4)\n" in err
+    )
+    assert err.count(str(hr_dir / "head.png")) == 2  # the progress line and the summary line
     header, rows = _table(out)
     for name, value in expected.items():
         got = float(rows[name][header.index("bicubic PSNR")])
@@ -268,6 +273,11 @@ def test_scale_mismatch_is_a_clear_error(
     code, _, err = _run_here(capsys, "--model", models["nearest"], "--hr", set5, "--scale", "2")
     assert code == 1
     assert err.startswith("esrgan: error:") and "x4" in err and "--scale is 2" in err
+    # a scale no model can have is said as such, not as a mismatch with the model (review 58)
+    for bad in ("0", "-3"):
+        code, out, err = _run_here(capsys, "--model", models["nearest"], "--hr", set5, "--scale", bad)
+        assert (code, out) == (1, "")
+        assert err == f"esrgan: error: scale must be >= 1, got {bad}\n"
 
 
 def test_crop_goes_where_bicubic_loses_most(photo: np.ndarray) -> None:

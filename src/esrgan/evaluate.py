@@ -193,6 +193,8 @@ def score(
 
 
 def _resolve_scale(scale: int | None, models: list[_Model]) -> int:
+    if scale is not None and scale < 1:  # before the models' scales: --scale 0 is wrong whatever they are
+        raise ConfigError(f"scale must be >= 1, got {scale}")
     scales = {m.scale for m in models}
     if scale is None:
         if len(scales) > 1:
@@ -204,8 +206,6 @@ def _resolve_scale(scale: int | None, models: list[_Model]) -> int:
     for m in models:
         if m.scale != scale:
             raise ConfigError(f"{m.source}: the model upscales x{m.scale}, but --scale is {scale}")
-    if scale < 1:
-        raise ConfigError(f"scale must be >= 1, got {scale}")
     return scale
 
 
@@ -245,6 +245,8 @@ def evaluate(
         raise ImageError(f"{hr_path}: folder has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     if lr_path is not None and not lr_path.is_dir():
         raise ImageError(f"{lr_path}: not a folder")
+    if scale is not None and scale < 1:  # before any model is loaded
+        raise ConfigError(f"scale must be >= 1, got {scale}")
     names = _names(models)
     _check_outputs(files, names, save_images, report_dir, overwrite)
     loaded = []
@@ -402,9 +404,9 @@ def _evaluate_one(
         lr = _as_uint8(read_image(lr_file))
         want = (hr.shape[0] // s, hr.shape[1] // s)
         if lr.shape[:2] != want:
-            raise ImageError(
-                f"{lr_file}: LR is {lr.shape[1]}x{lr.shape[0]}, expected {want[1]}x{want[0]} "
-                f"(HR {path.name} cut to a multiple of {s}, divided by {s})"
+            raise ImageError(  # the HR path first, as every failure of this image; each file named once
+                f"{path}: LR {lr_file} is {lr.shape[1]}x{lr.shape[0]}, expected {want[1]}x{want[0]} "
+                f"(HR cut to a multiple of {s}, divided by {s})"
             )
         if lr.shape[2] != hr.shape[2]:
             # a grey LR for a colour HR (or the reverse): give it the HR's channels
