@@ -436,7 +436,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tile", type=int, metavar="N", help="tile size in LR pixels (default: automatic; 0 = whole image)"
     )
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: auto")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="the models' precision (default: fp32, as the papers' numbers; auto = the device's fastest, e.g. bf16, "
+        "which moves PSNR by up to 0.06 dB an image); the one used is recorded in the table, JSON, CSV and report",
+    )
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.set_defaults(func=_run_evaluate)
 

@@ -203,7 +203,9 @@ def _protocol(result: EvalResult) -> str:
         text += "; NIQE: no-reference, lower is better (HR NIQE: the ground truth's own score)"
     if result.lpips:
         text += f"; LPIPS ({result.lpips}, v0.1) on RGB of the same region, lower is better"
-    return text + "; Δ = model - bicubic."
+    text += "; Δ = model - bicubic."
+    how = result.inference_text()
+    return text + (f" {how[0].upper()}{how[1:]}." if how else "")
 
 
 def _models_line(result: EvalResult) -> str:
