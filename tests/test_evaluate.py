@@ -190,7 +190,7 @@ def test_corrupt_file_is_reported_and_the_rest_evaluated(
     good = (hr / "bird.png").read_bytes()
     (hr / "broken.png").write_bytes(good[: len(good) // 3])  # a truncated download
     (hr / "notes.txt").write_text("not an image, not listed")
-    # a grey image (as Set14's bridge.png): scored on Y of grey, the model's output averaged back to grey
+    # a grey image (as Set14's bridge.png): RGB of equal channels; the nearest model's output keeps them equal
     Image.open(hr / "bird.png").convert("L").save(hr / "grey.png")
     proc = _run("--model", models["nearest"], "--hr", hr, "--no-niqe", "--json", tmp_path / "r.json")
     assert proc.returncode == 1
@@ -812,3 +812,42 @@ def test_precision_device_engine_and_tile_are_recorded_everywhere(
             f"Inference: random on cpu in {precision} ({engine} engine), tile {tile}."
             in (out / "index.md").read_text()
         )
+
+
+def test_a_grey_image_is_scored_on_the_models_rgb_output(
+    tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A grey HR went through the model as three equal channels and the output's channels were averaged back to
+    grey before scoring. The literature's protocol (BasicSR's test: grey read as 3 equal channels, Y of the RGB
+    output) scores the RGB output; a colour model's channels differ on a grey input (realesrgan-x4plus: by up to
+    19 levels on Set14's bridge, 0.013 dB). Now the RGB output is scored, and --save-images writes it."""
+    from esrgan.upscale import Upscaler
+
+    skdata = pytest.importorskip("skimage.data")
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    grey = skdata.camera()[:200, :200]
+    Image.fromarray(grey).save(hr_dir / "camera.png")
+    code, _, err = _run_here(
+        capsys, "--model", models["random"], "--hr", hr_dir, "--json", tmp_path / "r.json",
+        "--save-images", tmp_path / "saved",
+    )  # fmt: skip
+    assert code == 0, err
+    hr_rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    lr = bicubic_down(hr_rgb, 4)
+    rgb_out = Upscaler.from_file(models["random"], precision="fp32").upscale(lr)
+    assert rgb_out.shape == (200, 200, 3) and np.abs(rgb_out.astype(int) - rgb_out[:, :, :1]).max() > 10
+    averaged = np.floor(rgb_out.mean(axis=2) + 0.5).astype(np.uint8)  # what was scored before
+    scores = json.loads((tmp_path / "r.json").read_text())["images"][0]["scores"]["random"]
+    assert scores["psnr"] == pytest.approx(psnr(rgb_out, hr_rgb, crop_border=4), abs=1e-9)
+    assert scores["ssim"] == pytest.approx(ssim(rgb_out, hr_rgb, crop_border=4), abs=1e-9)
+    assert abs(scores["psnr"] - psnr(averaged, grey, crop_border=4)) > 1e-3  # the change is visible
+    with Image.open(tmp_path / "saved" / "random" / "camera.png") as saved:
+        assert saved.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(saved), rgb_out)
+    # the bicubic baseline of equal channels keeps the grey's numbers
+    bicubic = json.loads((tmp_path / "r.json").read_text())["images"][0]["scores"]["bicubic"]
+    grey_lr = bicubic_down(grey[:, :, None], 4)
+    assert bicubic["psnr"] == pytest.approx(
+        psnr(bicubic_up(grey_lr, 4), grey[:, :, None], crop_border=4), abs=1e-9
+    )

@@ -3,7 +3,8 @@
 The protocol (esrgan-recipe.md, "Evaluation protocol"; shared/data/README.md) is followed step by step, because
 each step moves the numbers by more than the differences papers report:
 
-1. HR is cut to a multiple of the scale (top-left kept), so LR x scale has exactly the HR size.
+1. HR is cut to a multiple of the scale (top-left kept), so LR x scale has exactly the HR size. A grey HR is RGB
+   of three equal channels, as BasicSR's test reads it: the models get RGB and their RGB output is scored.
 2. LR = MATLAB bicubic downscale of that HR, rounded to uint8 (the LR PNGs of the benchmarks are 8-bit), unless LR
    files are given (paired by name).
 3. The baseline is the MATLAB bicubic upscale of LR, each model's output comes through the upscale path; both are
@@ -406,7 +407,9 @@ def _evaluate_one(
 ) -> ImageResult:
     s, border = result.scale, result.crop_border
     original = _as_uint8(read_image(path))
-    hr = mod_crop(original, s)
+    # grey as RGB of three equal channels, as BasicSR's test reads it: the LR is RGB, the model's RGB output is
+    # scored as it is (not averaged back to grey); PSNR, SSIM and NIQE of the equal channels are the grey's
+    hr = mod_crop(original if original.shape[2] == 3 else np.repeat(original, 3, axis=2), s)
     if min(hr.shape[:2]) - 2 * border < 11:  # before any resizing: a 1x1 HR has no LR to make
         raise ImageError(
             f"{path}: {original.shape[1]}x{original.shape[0]} is too small to score at x{s} (SSIM needs 11x11 "
@@ -421,13 +424,8 @@ def _evaluate_one(
                 f"{path}: LR {lr_file} is {lr.shape[1]}x{lr.shape[0]}, expected {want[1]}x{want[0]} "
                 f"(HR cut to a multiple of {s}, divided by {s})"
             )
-        if lr.shape[2] != hr.shape[2]:
-            # a grey LR for a colour HR (or the reverse): give it the HR's channels
-            lr = (
-                np.repeat(lr, 3, axis=2)
-                if lr.shape[2] == 1
-                else np.round(lr.mean(axis=2, keepdims=True)).astype(np.uint8)
-            )
+        if lr.shape[2] == 1:  # a grey LR file: RGB of three equal channels, as the HR
+            lr = np.repeat(lr, 3, axis=2)
     else:
         lr = bicubic_down(hr, s)
 
