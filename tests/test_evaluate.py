@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -851,3 +852,103 @@ def test_a_grey_image_is_scored_on_the_models_rgb_output(
     assert bicubic["psnr"] == pytest.approx(
         psnr(bicubic_up(grey_lr, 4), grey[:, :, None], crop_border=4), abs=1e-9
     )
+
+
+def test_without_a_model_the_bicubic_baseline_alone(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--model was required, so the reference numbers needed a dummy model. Without one now: bicubic alone, at x4
+    unless --scale says otherwise, and no inference line (nothing was inferred)."""
+    code, out, err = _run_here(
+        capsys,
+        "--hr",
+        shared_dir / "data" / "benchmarks" / "Set5",
+        "--no-niqe",
+        "--json",
+        tmp_path / "r.json",
+    )
+    assert code == 0, err
+    header, rows = _table(out)
+    assert header == ["image", "bicubic PSNR", "bicubic SSIM"]
+    for name, (ref_psnr, ref_ssim) in SET5.items():
+        assert float(rows[name][1]) == pytest.approx(ref_psnr, abs=0.001), name
+        assert float(rows[name][2]) == pytest.approx(ref_ssim, abs=0.0001), name
+    assert "inference:" not in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert (
+        data["methods"] == ["bicubic"]
+        and data["protocol"]["inference"] == {}
+        and data["protocol"]["scale"] == 4
+    )
+
+
+def test_a_folder_of_sr_results_is_scored_as_a_column(
+    shared_dir: Path, tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """There was no way to score SR images made elsewhere (another tool's, an earlier run's) against HR. --sr DIR
+    pairs them by name as --lr pairs LR files (plus Real-ESRGAN's _out), names the column by the folder, and scores
+    them as a model's output: the outputs `esrgan upscale` wrote score exactly as evaluate's own run of that model.
+    A missing or wrong-size SR image fails that image alone, in one line."""
+    src = shared_dir / "data" / "benchmarks" / "Set5"
+    hr_dir, lr_dir, sr_dir = tmp_path / "hr", tmp_path / "lr", tmp_path / "upscaled"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    for name in ("bird", "butterfly", "head", "woman", "baby"):
+        shutil.copy(src / f"{name}.png", hr_dir)
+    for name in (
+        "bird",
+        "butterfly",
+        "head",
+    ):  # the protocol's LR (evaluate's own), saved as benchmark LR files
+        hr = mod_crop(np.asarray(Image.open(src / f"{name}.png")), 4)
+        Image.fromarray(bicubic_down(hr, 4)).save(lr_dir / f"{name}.png")
+    code = main(["upscale", str(lr_dir), "-o", str(sr_dir), "--model", str(models["random"]), "--precision", "fp32",
+                 "--quiet"])  # fmt: skip
+    capsys.readouterr()
+    assert code == 0
+    assert sorted(p.name for p in sr_dir.iterdir()) == ["bird_x4.png", "butterfly_x4.png", "head_x4.png"]
+    (sr_dir / "butterfly_x4.png").rename(sr_dir / "butterfly_out.png")  # Real-ESRGAN's inference names
+    with Image.open(src / "baby.png") as baby:  # baby: an SR image of the wrong size; woman: none at all
+        baby.resize((100, 100)).save(sr_dir / "baby.png")
+    code, out, err = _run_here(
+        capsys, "--model", models["random"], "--sr", sr_dir, "--hr", hr_dir, "--json", tmp_path / "r.json"
+    )
+    assert code == 1
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["methods"] == ["bicubic", "random", "upscaled"]
+    assert data["sr_dirs"] == {"upscaled": str(sr_dir)} and list(data["models"]) == ["random"]
+    assert [im["name"] for im in data["images"]] == ["bird", "butterfly", "head"]
+    for im in data["images"]:
+        assert im["scores"]["upscaled"] == im["scores"]["random"], im["name"]  # every metric, NIQE included
+    assert data["mean"]["upscaled"] == data["mean"]["random"]
+    header, _ = _table(out)
+    assert "upscaled PSNR" in header and header[header.index("upscaled PSNR") + 1] == "Δ"
+    failed = {Path(f["file"]).name: f["error"] for f in data["failed"]}
+    assert failed == {
+        "baby.png": f"{hr_dir / 'baby.png'}: SR {sr_dir / 'baby.png'} is 100x100, expected 512x512 (the HR cut to "
+        "a multiple of 4) or the HR's own 512x512",
+        "woman.png": f"{hr_dir / 'woman.png'}: {sr_dir}: no SR image for 'woman' (looked for woman, womanx4, "
+        "woman_x4, woman_LRBI_x4, woman_out, woman_SR, woman_x4_SR with an image suffix)",
+    }
+    # a folder that is not there: refused before anything is scored
+    code, out, err = _run_here(capsys, "--sr", tmp_path / "nowhere", "--hr", hr_dir)
+    assert (code, out) == (1, "")
+    assert err == f"esrgan: error: {tmp_path / 'nowhere'}: not a folder (SR results)\n"
+
+
+def test_sr_results_of_the_hr_files_own_size_are_cut_as_the_hr(tmp_path: Path, photo: np.ndarray) -> None:
+    """An SR image the size of the HR file (a tool that upscaled to the original size) is cut to a multiple of the
+    scale as the HR is; one of the cut size is taken as it is. Here the SR images are the HR itself: exact."""
+    from esrgan.evaluate import evaluate
+
+    for name in ("hr", "full", "cut"):
+        (tmp_path / name).mkdir()
+    hr = photo[100:166, 200:270]  # 70x66: not a multiple of 4
+    Image.fromarray(hr).save(tmp_path / "hr" / "a.png")
+    Image.fromarray(hr).save(tmp_path / "full" / "a_x4.png")
+    Image.fromarray(mod_crop(hr, 4)).save(tmp_path / "cut" / "a.png")
+    result = evaluate(tmp_path / "hr", sr_dirs=[tmp_path / "full", tmp_path / "cut"], niqe=False)
+    assert not result.failed and result.methods == ["bicubic", "full", "cut"]
+    for column in ("full", "cut"):
+        assert result.images[0].scores[column].psnr == math.inf
+        assert result.images[0].scores[column].ssim == pytest.approx(1.0)

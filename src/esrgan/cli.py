@@ -364,9 +364,20 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--model",
         dest="models",
         action="append",
-        required=True,
+        default=[],
         metavar="NAME|PATH",
-        help="model name (see `esrgan models`) or file; repeat to compare several side by side",
+        help="model name (see `esrgan models`) or file; repeat to compare several side by side (none: the bicubic "
+        "baseline alone, or with --sr)",
+    )
+    p.add_argument(
+        "--sr",
+        dest="sr_dirs",
+        action="append",
+        default=[],
+        type=_path,
+        metavar="DIR",
+        help="a folder of SR results made elsewhere, paired with HR by name (baby.png, baby_x4.png, baby_out.png, "
+        "...) and scored as a column named by the folder; repeat for several",
     )
     p.add_argument(
         "--hr", type=_path, required=True, metavar="DIR", help="folder of HR (ground-truth) images"
@@ -377,7 +388,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="folder of LR images paired by name (default: MATLAB bicubic downscale of HR, rounded to uint8)",
     )
-    p.add_argument("--scale", type=int, help="upscaling factor (default: the models' scale)")
+    p.add_argument(
+        "--scale", type=int, help="upscaling factor (default: the models' scale; 4 without a model)"
+    )
     p.add_argument(
         "--crop-border",
         type=int,
@@ -505,7 +518,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     # the report's mosaics and index pages and --save-images' files already there: refused unless --overwrite
     check_outputs(
-        args.hr, args.models, save_images=args.save_images, report_dir=args.report, overwrite=args.overwrite
+        args.hr,
+        args.models,
+        sr_dirs=args.sr_dirs,
+        save_images=args.save_images,
+        report_dir=args.report,
+        overwrite=args.overwrite,
     )
     with warnings_as_lines():  # `esrgan: warning: <file>: ...` lines, not Python's file:line format
         return _evaluate(args)
@@ -531,6 +549,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         args.hr,
         args.models,
+        sr_dirs=args.sr_dirs,
         lr_dir=args.lr,
         scale=args.scale,
         crop_border=args.crop_border,

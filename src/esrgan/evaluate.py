@@ -62,16 +62,37 @@ def list_images(folder: Path) -> list[Path]:
     return _list_images(folder)
 
 
-def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:
-    """The LR file paired with HR ``stem``: same stem, or the usual benchmark suffixes (``x4``, ``_x4``, ``_LRBI_x4``)."""
-    candidates = (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}_LRBI_x{scale}")
-    by_stem = {p.stem: p for p in list_images(lr_dir)}
+def _find_paired(folder: Path, stem: str, candidates: Sequence[str], what: str) -> Path:
+    """The first of ``candidates`` (file stems, in order) that is an image in ``folder``; else an ImageError naming
+    the folder, HR ``stem`` and every name looked for."""
+    by_stem = {p.stem: p for p in list_images(folder)}
     for c in candidates:
         if c in by_stem:
             return by_stem[c]
     raise ImageError(
-        f"{lr_dir}: no LR image for {stem!r} (looked for {', '.join(candidates)} with an image suffix)"
+        f"{folder}: no {what} image for {stem!r} (looked for {', '.join(candidates)} with an image suffix)"
     )
+
+
+def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:
+    """The LR file paired with HR ``stem``: same stem, or the usual benchmark suffixes (``x4``, ``_x4``, ``_LRBI_x4``)."""
+    candidates = (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}_LRBI_x{scale}")
+    return _find_paired(lr_dir, stem, candidates, "LR")
+
+
+def find_sr(sr_dir: Path, stem: str, scale: int) -> Path:
+    """The SR result paired with HR ``stem``: the LR pairing's names (same stem, ``x4``, ``_x4`` as `esrgan upscale`
+    names its outputs, ``_LRBI_x4``), then ``_out`` (Real-ESRGAN's inference script), ``_SR`` and ``_x4_SR``."""
+    candidates = (
+        stem,
+        f"{stem}x{scale}",
+        f"{stem}_x{scale}",
+        f"{stem}_LRBI_x{scale}",
+        f"{stem}_out",
+        f"{stem}_SR",
+        f"{stem}_x{scale}_SR",
+    )
+    return _find_paired(sr_dir, stem, candidates, "SR")
 
 
 def _as_uint8(img: ImageData) -> np.ndarray:
@@ -129,6 +150,20 @@ def model_name(spec: str) -> str:
     return Path(spec).stem if is_model_file(spec) else spec
 
 
+def sr_name(folder: str | Path) -> str:
+    """Column name of a folder of SR results: the folder's name."""
+    path = Path(folder)
+    return path.name or path.resolve().name or str(path)
+
+
+@dataclass
+class _SavedResults:
+    """A folder of SR results made elsewhere (another tool, an earlier run), scored as a column of its own."""
+
+    name: str
+    folder: Path
+
+
 def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> Upscaler:
     """The Upscaler of a model file or zoo name: the path `esrgan upscale` uses (tiling, precision and device
     fallbacks included), so the numbers are those of the outputs users get."""
@@ -140,11 +175,10 @@ def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> 
     return Upscaler.from_pretrained(spec, **options)
 
 
-def _names(specs: Sequence[str]) -> list[str]:
-    """Unique column names: a repeated stem gets #2, #3."""
+def _names(specs: Sequence[str], sr_dirs: Sequence[str | Path] = ()) -> list[str]:
+    """Unique column names, the models' then the SR folders': a repeated stem or folder name gets #2, #3."""
     out: list[str] = []
-    for spec in specs:
-        base = model_name(spec)
+    for base in [*(model_name(spec) for spec in specs), *(sr_name(d) for d in sr_dirs)]:
         name, k = base, 1
         while name in out or name == BICUBIC:
             k += 1
@@ -221,8 +255,9 @@ def _resolve_scale(scale: int | None, models: list[_Model]) -> int:
 
 def evaluate(
     hr_dir: str | Path,
-    models: Sequence[str],
+    models: Sequence[str] = (),
     *,
+    sr_dirs: Sequence[str | Path] = (),
     lr_dir: str | Path | None = None,
     scale: int | None = None,
     crop_border: int | None = None,
@@ -239,7 +274,10 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate bicubic and each model on every image of ``hr_dir``; see the module docstring for the protocol.
 
-    models: zoo names or model files (all of one scale; ``scale`` defaults to theirs). precision: fp32 by default,
+    models: zoo names or model files (all of one scale; ``scale`` defaults to theirs, 4 without a model); none:
+    the bicubic baseline alone. sr_dirs: folders of SR results made elsewhere, each a column named by the folder,
+    paired with the HR images by name (find_sr); a missing one, or one whose size is neither the HR's cut to a
+    multiple of the scale nor the HR file's own (then cut the same way), fails that image. precision: fp32 by default,
     as the papers' numbers are computed ("auto" = the device's fastest, bf16 on a CPU with native bf16, which moves
     PSNR by up to 0.06 dB an image); device, precision as computed, engine and tile are recorded in the result
     (EvalResult.inference). crop_border defaults to the scale. lpips: a loaded metric (esrgan.lpips.load_lpips) adds an LPIPS column. save_images: write every result as
@@ -257,14 +295,18 @@ def evaluate(
         raise ImageError(f"{hr_path}: folder has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     if lr_path is not None and not lr_path.is_dir():
         raise ImageError(f"{lr_path}: not a folder")
+    for folder in sr_dirs:
+        if not Path(folder).is_dir():
+            raise ImageError(f"{folder}: not a folder (SR results)")
     if scale is not None and scale < 1:  # before any model is loaded
         raise ConfigError(f"scale must be >= 1, got {scale}")
-    names = _names(models)
+    names = _names(models, sr_dirs)
     _check_outputs(files, names, save_images, report_dir, overwrite)
     loaded = []
-    for name, spec in zip(names, models, strict=True):
+    for name, spec in zip(names, models, strict=False):
         up = _load_model(spec, device=device, precision=precision, tile=tile)
         loaded.append(_Model(name, spec, up.model.config.scale, up))
+    saved = [_SavedResults(name, Path(d)) for name, d in zip(names[len(models) :], sr_dirs, strict=True)]
     s = _resolve_scale(scale, loaded)
     border = s if crop_border is None else crop_border
     if border < 0:
@@ -279,6 +321,7 @@ def evaluate(
         lpips=lpips.net if lpips is not None else None,
         methods=[BICUBIC, *names],
         sources={m.name: m.source for m in loaded},
+        sr_dirs={r.name: r.folder for r in saved},
         loaded={m.name: m.inference() for m in loaded},
         tile=tile,
     )
@@ -286,7 +329,9 @@ def evaluate(
     shown = image_names(files)
     for i, path in enumerate(files, 1):
         try:
-            item = _evaluate_one(path, shown[path], result, loaded, lpips, save_images, report_dir, overwrite)
+            item = _evaluate_one(
+                path, shown[path], result, loaded, saved, lpips, save_images, report_dir, overwrite
+            )
         except (EsrganError, OSError, ValueError, MemoryError, RuntimeError) as exc:
             memory = isinstance(exc, (MemoryError, RuntimeError))
             if memory and not out_of_memory(exc):
@@ -381,6 +426,7 @@ def check_outputs(
     hr_dir: str | Path,
     models: Sequence[str],
     *,
+    sr_dirs: Sequence[str | Path] = (),
     save_images: str | Path | None,
     report_dir: str | Path | None,
     overwrite: bool,
@@ -388,7 +434,24 @@ def check_outputs(
     """What evaluate checks of report_dir and save_images before it loads a model, for a caller with more work
     before that (the CLI loads LPIPS first)."""
     if report_dir is not None or save_images is not None:
-        _check_outputs(list_images(Path(hr_dir)), _names(models), save_images, report_dir, overwrite)
+        _check_outputs(list_images(Path(hr_dir)), _names(models, sr_dirs), save_images, report_dir, overwrite)
+
+
+def _saved_result(
+    r: _SavedResults, path: Path, original: tuple[int, ...], size: tuple[int, ...], scale: int
+) -> np.ndarray:
+    """The SR result of ``r`` for HR ``path`` as uint8 RGB of the scored size ``size`` (the HR cut to a multiple of
+    the scale); one of the HR file's own size ``original`` is cut the same way."""
+    file = find_sr(r.folder, path.stem, scale)
+    sr = _as_uint8(read_image(file))
+    if sr.shape[:2] == original and original != size:
+        sr = mod_crop(sr, scale)
+    if sr.shape[:2] != size:
+        raise ImageError(
+            f"{path}: SR {file} is {sr.shape[1]}x{sr.shape[0]}, expected {size[1]}x{size[0]} (the HR cut to a "
+            f"multiple of {scale}) or the HR's own {original[1]}x{original[0]}"
+        )
+    return sr if sr.shape[2] == 3 else np.repeat(sr, 3, axis=2)
 
 
 def _brief(method: str, s: Scores) -> str:
@@ -400,6 +463,7 @@ def _evaluate_one(
     name: str,
     result: EvalResult,
     models: list[_Model],
+    saved: list[_SavedResults],
     lpips: LPIPS | None,
     save_images: str | Path | None,
     report_dir: str | Path | None,
@@ -441,6 +505,8 @@ def _evaluate_one(
                 f"{path}: {m.name} returned {out.shape[1]}x{out.shape[0]}, expected the HR size"
             )
         outputs[m.name] = out
+    for r in saved:
+        outputs[r.name] = _saved_result(r, path, original.shape[:2], hr.shape[:2], s)
     scores = {
         name: score(out, hr, crop_border=border, round_y=result.round_y, with_niqe=result.niqe, lpips=lpips)
         for name, out in outputs.items()

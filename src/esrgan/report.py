@@ -209,10 +209,12 @@ def _protocol(result: EvalResult) -> str:
 
 
 def _models_line(result: EvalResult) -> str:
-    parts = [f"{m} ({result.sources[m]})" for m in result.methods[1:]]
-    return (
-        "Models: " + ", ".join(parts) + f". Wall time {result.seconds:.1f} s for {len(result.images)} images."
-    )
+    models = [f"{m} ({result.sources[m]})" for m in result.methods[1:] if m in result.sources]
+    saved = [f"{m} ({folder})" for m, folder in result.sr_dirs.items()]
+    parts = [f"Models: {', '.join(models)}." if models else "No model."]
+    if saved:
+        parts.append(f"SR results read from folders: {', '.join(saved)}.")
+    return " ".join(parts) + f" Wall time {result.seconds:.1f} s for {len(result.images)} images."
 
 
 def _markdown(result: EvalResult) -> str:

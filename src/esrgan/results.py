@@ -81,6 +81,9 @@ class EvalResult:
     niqe: bool
     methods: list[str]  # bicubic, then one name per model
     sources: dict[str, str]  # model name -> what the user passed (zoo name or file)
+    sr_dirs: dict[str, Path] = field(
+        default_factory=dict
+    )  # column name -> folder of SR results made elsewhere
     lpips: str | None = None  # the LPIPS network ("alex", "vgg") when LPIPS was computed
     loaded: dict[str, Inference] = field(
         default_factory=dict
@@ -181,7 +184,9 @@ class EvalResult:
             "models": {
                 m: {"source": self.sources[m], "seconds": sum(im.seconds.get(m, 0.0) for im in self.images)}
                 for m in self.methods[1:]
+                if m in self.sources
             },
+            "sr_dirs": {m: str(folder) for m, folder in self.sr_dirs.items()},  # columns of saved SR results
             "images": [
                 {
                     "name": im.name,
