@@ -952,3 +952,43 @@ def test_sr_results_of_the_hr_files_own_size_are_cut_as_the_hr(tmp_path: Path, p
     for column in ("full", "cut"):
         assert result.images[0].scores[column].psnr == math.inf
         assert result.images[0].scores[column].ssim == pytest.approx(1.0)
+
+
+def test_json_or_csv_naming_a_report_or_saved_file_is_refused_first(
+    tmp_path: Path, hr_photos: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json REPORT/index.md scored every image and then failed ("already exists"), the JSON lost; with
+    --overwrite the JSON replaced the report's index page without a word. Any --json/--csv naming a file (or
+    folder) that --report or --save-images writes in the same run is refused in one line before any model is
+    loaded, with or without --overwrite, as --json == --csv is."""
+    base = ("--model", models["nearest"], "--hr", hr_photos, "--no-niqe")
+    report, saved = tmp_path / "report", tmp_path / "saved"
+    cases = [
+        ("--json", report / "index.md", ("--report", report), "file", "--report"),
+        ("--csv", report / "face_mosaic.png", ("--report", report), "file", "--report"),
+        ("--json", report, ("--report", report), "folder", "--report"),
+        ("--csv", saved / "nearest" / "suit.png", ("--save-images", saved), "file", "--save-images"),
+        ("--json", saved / "bicubic", ("--save-images", saved), "folder", "--save-images"),
+    ]
+    for flag, path, other, what, by in cases:
+        for overwrite in ((), ("--overwrite",)):
+            code, out, err = _run_here(capsys, *base, *other, flag, path, *overwrite)
+            assert (code, out) == (1, ""), (flag, path, overwrite)
+            assert (
+                err
+                == f"esrgan: error: {path}: {flag} names a {what} that {by} writes in this run; give another name\n"
+            )
+            assert not report.exists() and not saved.exists()  # nothing written
+    # after a run that wrote the report, --overwrite does not let the JSON replace its index page
+    code, _, err = _run_here(capsys, *base, "--report", report)
+    assert code == 0, err
+    page = (report / "index.md").read_bytes()
+    code, out, err = _run_here(
+        capsys, *base, "--report", report, "--json", report / "index.md", "--overwrite"
+    )
+    assert (code, out) == (1, "") and "--json names a file that --report writes" in err
+    assert (report / "index.md").read_bytes() == page
+    # a JSON beside the report's files, not one of them: fine
+    code, _, err = _run_here(capsys, *base, "--report", report, "--json", report / "r.json", "--overwrite")
+    assert code == 0, err
+    assert json.loads((report / "r.json").read_text())["methods"] == ["bicubic", "nearest"]

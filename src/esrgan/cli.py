@@ -507,6 +507,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _check_output_dir("--save-images", args.save_images)
     if args.json is not None and args.csv is not None and args.json.resolve() == args.csv.resolve():
         raise EsrganError(f"{args.json}: --json and --csv name the same file")
+    from .evaluate import planned_outputs
+
+    if args.json is not None or args.csv is not None:
+        # a file --report or --save-images writes in this run (with --overwrite one replaced the other; without it
+        # the run failed after all the scoring), or a folder they make: refused, --overwrite or not
+        planned = planned_outputs(
+            args.hr, args.models, sr_dirs=args.sr_dirs, save_images=args.save_images, report_dir=args.report
+        )
+        for flag, path in (("--json", args.json), ("--csv", args.csv)):
+            if path is None:
+                continue
+            for other, written, what in planned:
+                if path.resolve() == written.resolve():
+                    raise EsrganError(
+                        f"{path}: {flag} names a {what} that {other} writes in this run; give another name"
+                    )
     if args.lpips is None and (args.lpips_backbone is not None or args.lpips_lin is not None):
         raise EsrganError(
             "--lpips-backbone/--lpips-lin without --lpips: add --lpips alex or --lpips vgg (LPIPS is not computed "

@@ -454,6 +454,37 @@ def _saved_result(
     return sr if sr.shape[2] == 3 else np.repeat(sr, 3, axis=2)
 
 
+def planned_outputs(
+    hr_dir: str | Path,
+    models: Sequence[str],
+    *,
+    sr_dirs: Sequence[str | Path] = (),
+    save_images: str | Path | None,
+    report_dir: str | Path | None,
+) -> list[tuple[str, Path, str]]:
+    """(option, path, "file" or "folder") of everything report_dir and save_images would write for the images of
+    hr_dir: the report folder, its mosaics and index pages; the save_images folder, one folder per method and
+    every result. For a caller that writes other files in the same run (the CLI's --json and --csv) and must not
+    write them over these, nor these over them."""
+    if report_dir is None and save_images is None:
+        return []
+    files = list_images(Path(hr_dir))
+    shown = image_names(files)
+    out: list[tuple[str, Path, str]] = []
+    if report_dir is not None:
+        from .report import report_files
+
+        out.append(("--report", Path(report_dir), "folder"))
+        out += [("--report", p, "file") for p in report_files(Path(report_dir), [shown[f] for f in files])]
+    if save_images is not None:
+        folder = Path(save_images)
+        out.append(("--save-images", folder, "folder"))
+        for method in (BICUBIC, *_names(models, sr_dirs)):
+            out.append(("--save-images", folder / method, "folder"))
+            out += [("--save-images", saved_image(folder, method, f, shown[f]), "file") for f in files]
+    return out
+
+
 def _brief(method: str, s: Scores) -> str:
     return f"{method} {s.psnr:.2f} dB {s.ssim:.4f}"
 
