@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -190,7 +191,7 @@ def test_corrupt_file_is_reported_and_the_rest_evaluated(
     good = (hr / "bird.png").read_bytes()
     (hr / "broken.png").write_bytes(good[: len(good) // 3])  # a truncated download
     (hr / "notes.txt").write_text("not an image, not listed")
-    # a grey image (as Set14's bridge.png): scored on Y of grey, the model's output averaged back to grey
+    # a grey image (as Set14's bridge.png): RGB of equal channels; the nearest model's output keeps them equal
     Image.open(hr / "bird.png").convert("L").save(hr / "grey.png")
     proc = _run("--model", models["nearest"], "--hr", hr, "--no-niqe", "--json", tmp_path / "r.json")
     assert proc.returncode == 1
@@ -233,7 +234,12 @@ def test_paired_lr_folder_is_used(
         "--save-images", tmp_path / "out",
     )  # fmt: skip
     assert code == 1
-    assert "head.png" in err and "expected 70x70" in err
+    # one line naming the HR and the LR file once each (the HR path was written twice)
+    assert (
+        f"  {hr_dir / 'head.png'}: LR {lr_dir / 'head.png'} is 10x10, expected 70x70 (HR cut to a multiple of 4, "
+        "divided by 4)\n" in err
+    )
+    assert err.count(str(hr_dir / "head.png")) == 2  # the progress line and the summary line
     header, rows = _table(out)
     for name, value in expected.items():
         got = float(rows[name][header.index("bicubic PSNR")])
@@ -246,6 +252,21 @@ def test_paired_lr_folder_is_used(
     assert not (tmp_path / "out" / "bicubic" / "head.png").exists()
 
 
+def test_lr_and_baseline_round_halves_away_from_zero_as_matlab(shared_dir: Path) -> None:
+    """MATLAB's imresize of a uint8 image converts its double sums with round-half-away; np.round (half to even)
+    put some x2 LR and bicubic-baseline pixels of real photos one level off (review 57). Set5's baby at x2: 48
+    LR sums and 61 upscale sums are exact halves."""
+    from esrgan.resize import imresize_np
+
+    hr = np.asarray(Image.open(shared_dir / "data" / "benchmarks" / "Set5" / "baby.png"))
+    exact_lr = imresize_np(hr, scale=0.5)
+    lr = bicubic_down(hr, 2)
+    exact_up = imresize_np(lr, scale=2)
+    for exact, got in ((exact_lr, lr), (exact_up, bicubic_up(lr, 2))):
+        assert int((exact - np.floor(exact) == 0.5).sum()) > 10  # ties exist: the test is not vacuous
+        np.testing.assert_array_equal(got, np.clip(np.floor(exact + 0.5), 0, 255).astype(np.uint8))
+
+
 def test_scale_mismatch_is_a_clear_error(
     shared_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -253,6 +274,11 @@ def test_scale_mismatch_is_a_clear_error(
     code, _, err = _run_here(capsys, "--model", models["nearest"], "--hr", set5, "--scale", "2")
     assert code == 1
     assert err.startswith("esrgan: error:") and "x4" in err and "--scale is 2" in err
+    # a scale no model can have is said as such, not as a mismatch with the model (review 58)
+    for bad in ("0", "-3"):
+        code, out, err = _run_here(capsys, "--model", models["nearest"], "--hr", set5, "--scale", bad)
+        assert (code, out) == (1, "")
+        assert err == f"esrgan: error: scale must be >= 1, got {bad}\n"
 
 
 def test_crop_goes_where_bicubic_loses_most(photo: np.ndarray) -> None:
@@ -730,3 +756,239 @@ def test_a_named_lpips_file_that_cannot_be_loaded_is_an_error(
     code, out, err = _run_here(capsys, *base, "--lpips", "--lpips-backbone", backbone, "--lpips-lin", lin)
     assert code == 0, err
     assert json.loads((tmp_path / "r.json").read_text())["protocol"]["lpips"] == "alex"
+
+
+def test_precision_device_engine_and_tile_are_recorded_everywhere(
+    shared_dir: Path, tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model's precision moves its scores (bf16 by up to 0.06 dB an image) and its tiles and engine by less,
+    but none of them was written anywhere, and the default was the device's fastest precision (bf16 on this CPU):
+    a table to be set beside papers' fp32 numbers. Now fp32 is the default and the precision as computed (not
+    "auto"), the device, the engine and the tile are in the table's note, the JSON protocol, every CSV row of the
+    model and the report's protocol line."""
+    from esrgan.upscale import Upscaler
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    shutil.copy(shared_dir / "data" / "benchmarks" / "Set5" / "bird.png", hr)  # 288x288: LR 72x72
+    runs = {
+        "default": (),
+        "auto": ("--precision", "auto"),
+        "tiled": ("--tile", "32"),
+    }
+    for label, extra in runs.items():
+        out = tmp_path / label
+        code, stdout, err = _run_here(
+            capsys, "--model", models["random"], "--hr", hr, "--no-niqe", *extra,
+            "--json", tmp_path / f"{label}.json", "--csv", tmp_path / f"{label}.csv", "--report", out,
+        )  # fmt: skip
+        assert code == 0, err
+        asked = "auto" if label == "auto" else "fp32"
+        up = Upscaler.from_file(models["random"], precision=asked)
+        precision = up.precision_for(np.uint8)  # what it resolves to on this machine
+        engine = up.runner_for(np.dtype(np.uint8)).engine
+        if label == "default":
+            assert precision == "fp32"
+        tile = "32 (at most 32)" if label == "tiled" else "whole image (automatic)"
+        data = json.loads((tmp_path / f"{label}.json").read_text())
+        expected = {"device": "cpu", "precision": precision, "engine": engine, "tile": tile}
+        assert data["protocol"]["inference"] == {"random": expected}
+        assert data["images"][0]["inference"]["random"]["precision"] == precision
+        line = f"inference: random on cpu in {precision} ({engine} engine), tile {tile}"
+        assert line in stdout.splitlines()
+        with (tmp_path / f"{label}.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        for row in rows:
+            how = [row["device"], row["precision"], row["engine"], row["tile"]]
+            if row["method"] == "bicubic":
+                assert how == ["", "", "", ""]
+            else:
+                assert how == [
+                    "cpu",
+                    precision,
+                    engine,
+                    tile if row["image"] == "mean" else tile.split(" (")[0],
+                ]
+        assert (
+            f"Inference: random on cpu in {precision} ({engine} engine), tile {tile}."
+            in (out / "index.md").read_text()
+        )
+
+
+def test_a_grey_image_is_scored_on_the_models_rgb_output(
+    tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A grey HR went through the model as three equal channels and the output's channels were averaged back to
+    grey before scoring. The literature's protocol (BasicSR's test: grey read as 3 equal channels, Y of the RGB
+    output) scores the RGB output; a colour model's channels differ on a grey input (realesrgan-x4plus: by up to
+    19 levels on Set14's bridge, 0.013 dB). Now the RGB output is scored, and --save-images writes it."""
+    from esrgan.upscale import Upscaler
+
+    skdata = pytest.importorskip("skimage.data")
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    grey = skdata.camera()[:200, :200]
+    Image.fromarray(grey).save(hr_dir / "camera.png")
+    code, _, err = _run_here(
+        capsys, "--model", models["random"], "--hr", hr_dir, "--json", tmp_path / "r.json",
+        "--save-images", tmp_path / "saved",
+    )  # fmt: skip
+    assert code == 0, err
+    hr_rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    lr = bicubic_down(hr_rgb, 4)
+    rgb_out = Upscaler.from_file(models["random"], precision="fp32").upscale(lr)
+    assert rgb_out.shape == (200, 200, 3) and np.abs(rgb_out.astype(int) - rgb_out[:, :, :1]).max() > 10
+    averaged = np.floor(rgb_out.mean(axis=2) + 0.5).astype(np.uint8)  # what was scored before
+    scores = json.loads((tmp_path / "r.json").read_text())["images"][0]["scores"]["random"]
+    assert scores["psnr"] == pytest.approx(psnr(rgb_out, hr_rgb, crop_border=4), abs=1e-9)
+    assert scores["ssim"] == pytest.approx(ssim(rgb_out, hr_rgb, crop_border=4), abs=1e-9)
+    assert abs(scores["psnr"] - psnr(averaged, grey, crop_border=4)) > 1e-3  # the change is visible
+    with Image.open(tmp_path / "saved" / "random" / "camera.png") as saved:
+        assert saved.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(saved), rgb_out)
+    # the bicubic baseline of equal channels keeps the grey's numbers
+    bicubic = json.loads((tmp_path / "r.json").read_text())["images"][0]["scores"]["bicubic"]
+    grey_lr = bicubic_down(grey[:, :, None], 4)
+    assert bicubic["psnr"] == pytest.approx(
+        psnr(bicubic_up(grey_lr, 4), grey[:, :, None], crop_border=4), abs=1e-9
+    )
+
+
+def test_without_a_model_the_bicubic_baseline_alone(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--model was required, so the reference numbers needed a dummy model. Without one now: bicubic alone, at x4
+    unless --scale says otherwise, and no inference line (nothing was inferred)."""
+    code, out, err = _run_here(
+        capsys,
+        "--hr",
+        shared_dir / "data" / "benchmarks" / "Set5",
+        "--no-niqe",
+        "--json",
+        tmp_path / "r.json",
+    )
+    assert code == 0, err
+    header, rows = _table(out)
+    assert header == ["image", "bicubic PSNR", "bicubic SSIM"]
+    for name, (ref_psnr, ref_ssim) in SET5.items():
+        assert float(rows[name][1]) == pytest.approx(ref_psnr, abs=0.001), name
+        assert float(rows[name][2]) == pytest.approx(ref_ssim, abs=0.0001), name
+    assert "inference:" not in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert (
+        data["methods"] == ["bicubic"]
+        and data["protocol"]["inference"] == {}
+        and data["protocol"]["scale"] == 4
+    )
+
+
+def test_a_folder_of_sr_results_is_scored_as_a_column(
+    shared_dir: Path, tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """There was no way to score SR images made elsewhere (another tool's, an earlier run's) against HR. --sr DIR
+    pairs them by name as --lr pairs LR files (plus Real-ESRGAN's _out), names the column by the folder, and scores
+    them as a model's output: the outputs `esrgan upscale` wrote score exactly as evaluate's own run of that model.
+    A missing or wrong-size SR image fails that image alone, in one line."""
+    src = shared_dir / "data" / "benchmarks" / "Set5"
+    hr_dir, lr_dir, sr_dir = tmp_path / "hr", tmp_path / "lr", tmp_path / "upscaled"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    for name in ("bird", "butterfly", "head", "woman", "baby"):
+        shutil.copy(src / f"{name}.png", hr_dir)
+    for name in (
+        "bird",
+        "butterfly",
+        "head",
+    ):  # the protocol's LR (evaluate's own), saved as benchmark LR files
+        hr = mod_crop(np.asarray(Image.open(src / f"{name}.png")), 4)
+        Image.fromarray(bicubic_down(hr, 4)).save(lr_dir / f"{name}.png")
+    code = main(["upscale", str(lr_dir), "-o", str(sr_dir), "--model", str(models["random"]), "--precision", "fp32",
+                 "--quiet"])  # fmt: skip
+    capsys.readouterr()
+    assert code == 0
+    assert sorted(p.name for p in sr_dir.iterdir()) == ["bird_x4.png", "butterfly_x4.png", "head_x4.png"]
+    (sr_dir / "butterfly_x4.png").rename(sr_dir / "butterfly_out.png")  # Real-ESRGAN's inference names
+    with Image.open(src / "baby.png") as baby:  # baby: an SR image of the wrong size; woman: none at all
+        baby.resize((100, 100)).save(sr_dir / "baby.png")
+    code, out, err = _run_here(
+        capsys, "--model", models["random"], "--sr", sr_dir, "--hr", hr_dir, "--json", tmp_path / "r.json"
+    )
+    assert code == 1
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["methods"] == ["bicubic", "random", "upscaled"]
+    assert data["sr_dirs"] == {"upscaled": str(sr_dir)} and list(data["models"]) == ["random"]
+    assert [im["name"] for im in data["images"]] == ["bird", "butterfly", "head"]
+    for im in data["images"]:
+        assert im["scores"]["upscaled"] == im["scores"]["random"], im["name"]  # every metric, NIQE included
+    assert data["mean"]["upscaled"] == data["mean"]["random"]
+    header, _ = _table(out)
+    assert "upscaled PSNR" in header and header[header.index("upscaled PSNR") + 1] == "Δ"
+    failed = {Path(f["file"]).name: f["error"] for f in data["failed"]}
+    assert failed == {
+        "baby.png": f"{hr_dir / 'baby.png'}: SR {sr_dir / 'baby.png'} is 100x100, expected 512x512 (the HR cut to "
+        "a multiple of 4) or the HR's own 512x512",
+        "woman.png": f"{hr_dir / 'woman.png'}: {sr_dir}: no SR image for 'woman' (looked for woman, womanx4, "
+        "woman_x4, woman_LRBI_x4, woman_out, woman_SR, woman_x4_SR with an image suffix)",
+    }
+    # a folder that is not there: refused before anything is scored
+    code, out, err = _run_here(capsys, "--sr", tmp_path / "nowhere", "--hr", hr_dir)
+    assert (code, out) == (1, "")
+    assert err == f"esrgan: error: {tmp_path / 'nowhere'}: not a folder (SR results)\n"
+
+
+def test_sr_results_of_the_hr_files_own_size_are_cut_as_the_hr(tmp_path: Path, photo: np.ndarray) -> None:
+    """An SR image the size of the HR file (a tool that upscaled to the original size) is cut to a multiple of the
+    scale as the HR is; one of the cut size is taken as it is. Here the SR images are the HR itself: exact."""
+    from esrgan.evaluate import evaluate
+
+    for name in ("hr", "full", "cut"):
+        (tmp_path / name).mkdir()
+    hr = photo[100:166, 200:270]  # 70x66: not a multiple of 4
+    Image.fromarray(hr).save(tmp_path / "hr" / "a.png")
+    Image.fromarray(hr).save(tmp_path / "full" / "a_x4.png")
+    Image.fromarray(mod_crop(hr, 4)).save(tmp_path / "cut" / "a.png")
+    result = evaluate(tmp_path / "hr", sr_dirs=[tmp_path / "full", tmp_path / "cut"], niqe=False)
+    assert not result.failed and result.methods == ["bicubic", "full", "cut"]
+    for column in ("full", "cut"):
+        assert result.images[0].scores[column].psnr == math.inf
+        assert result.images[0].scores[column].ssim == pytest.approx(1.0)
+
+
+def test_json_or_csv_naming_a_report_or_saved_file_is_refused_first(
+    tmp_path: Path, hr_photos: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json REPORT/index.md scored every image and then failed ("already exists"), the JSON lost; with
+    --overwrite the JSON replaced the report's index page without a word. Any --json/--csv naming a file (or
+    folder) that --report or --save-images writes in the same run is refused in one line before any model is
+    loaded, with or without --overwrite, as --json == --csv is."""
+    base = ("--model", models["nearest"], "--hr", hr_photos, "--no-niqe")
+    report, saved = tmp_path / "report", tmp_path / "saved"
+    cases = [
+        ("--json", report / "index.md", ("--report", report), "file", "--report"),
+        ("--csv", report / "face_mosaic.png", ("--report", report), "file", "--report"),
+        ("--json", report, ("--report", report), "folder", "--report"),
+        ("--csv", saved / "nearest" / "suit.png", ("--save-images", saved), "file", "--save-images"),
+        ("--json", saved / "bicubic", ("--save-images", saved), "folder", "--save-images"),
+    ]
+    for flag, path, other, what, by in cases:
+        for overwrite in ((), ("--overwrite",)):
+            code, out, err = _run_here(capsys, *base, *other, flag, path, *overwrite)
+            assert (code, out) == (1, ""), (flag, path, overwrite)
+            assert (
+                err
+                == f"esrgan: error: {path}: {flag} names a {what} that {by} writes in this run; give another name\n"
+            )
+            assert not report.exists() and not saved.exists()  # nothing written
+    # after a run that wrote the report, --overwrite does not let the JSON replace its index page
+    code, _, err = _run_here(capsys, *base, "--report", report)
+    assert code == 0, err
+    page = (report / "index.md").read_bytes()
+    code, out, err = _run_here(
+        capsys, *base, "--report", report, "--json", report / "index.md", "--overwrite"
+    )
+    assert (code, out) == (1, "") and "--json names a file that --report writes" in err
+    assert (report / "index.md").read_bytes() == page
+    # a JSON beside the report's files, not one of them: fine
+    code, _, err = _run_here(capsys, *base, "--report", report, "--json", report / "r.json", "--overwrite")
+    assert code == 0, err
+    assert json.loads((report / "r.json").read_text())["methods"] == ["bicubic", "nearest"]

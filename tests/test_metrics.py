@@ -98,3 +98,29 @@ def test_grey_and_float_inputs(photo: np.ndarray) -> None:
     assert psnr(grey.astype(np.float32), noisy.astype(np.float64)) == pytest.approx(
         psnr(grey, noisy), abs=1e-9
     )
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int64, np.int16, np.bool_])
+def test_integer_pixels_other_than_uint8_are_refused(photo: np.ndarray, dtype: type) -> None:
+    """A uint16 image was taken on the 255 scale without a word: one 16-bit level step of 1000 in a 32x32 crop gave
+    30.04 dB where its real PSNR (peak 65535) is 78.2 (review 58). Every integer dtype but uint8 is refused now,
+    naming the dtype; float on 0..255 and uint8 are what the metrics take."""
+    from esrgan.niqe import niqe
+
+    a = photo[:200, :200]
+    b = _noisy(a, 3)
+    wide = a.astype(np.uint16) * 257 if dtype is np.uint16 else a.astype(dtype)
+    for metric in (psnr, ssim):
+        with pytest.raises(
+            ValueError, match=rf"psnr/ssim: {np.dtype(dtype)} pixels are not accepted .*uint8"
+        ):
+            metric(wide, b)
+        with pytest.raises(ValueError, match=rf"{np.dtype(dtype)} pixels"):
+            metric(b, wide)
+    with pytest.raises(ValueError, match=rf"niqe: {np.dtype(dtype)} pixels are not accepted"):
+        niqe(wide)
+    # the conversion the message names gives the 8-bit numbers
+    if dtype is np.uint16:
+        assert psnr(wide / 257.0, b) == psnr(a, b)
+        assert ssim(wide / 257.0, b) == ssim(a, b)
+        assert niqe(wide / 257.0) == niqe(a)

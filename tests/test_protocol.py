@@ -42,7 +42,7 @@ SET_MEANS = {"Set5": (28.431, 0.8113), "Set14": (26.092, 0.7050)}
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)  # MATLAB: halves away from zero
 
 
 def _bicubic_scores(path: Path) -> tuple[float, float]:

@@ -21,13 +21,13 @@ from esrgan.data import (
     InfiniteSampler,
     PatchDataset,
     batch_to_device,
+    bicubic_lr,
     patch_loader,
-    quantize,
     to_tensor,
     worker_start_method,
 )
 from esrgan.errors import ConfigError
-from esrgan.resize import imresize, imresize_np
+from esrgan.resize import imresize_np
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -55,7 +55,7 @@ def test_patches_are_crops_of_the_whole_image_bicubic_with_aligned_augmentation(
     for index, name in enumerate(["a.png", "b.png"]):
         hr_full = np.asarray(Image.open(hr_dir / name))
         hr_full = hr_full[: hr_full.shape[0] // 4 * 4, : hr_full.shape[1] // 4 * 4]
-        lr_full = quantize(imresize(to_tensor(hr_full), scale=0.25))  # the LR image a dataset would store
+        lr_full = bicubic_lr(to_tensor(hr_full), 4)  # the LR image a dataset would store
         for seed in range(40):
             lr, hr = ds[(index, seed)]
             top, left, flip, k = draws(seed, lr_full.shape[1], lr_full.shape[2], 8)
@@ -67,6 +67,33 @@ def test_patches_are_crops_of_the_whole_image_bicubic_with_aligned_augmentation(
             assert torch.equal(hr, exp_hr)
             assert torch.equal(lr, exp_lr), (name, seed)  # bit-identical, borders included
             assert torch.equal(lr * 255, (lr * 255).round())  # uint8 levels, as a saved LR image
+
+
+def test_lr_levels_round_halves_up_as_matlab(shared_dir: Path, tmp_path: Path) -> None:
+    """MATLAB's imresize of a uint8 image rounds its double sums to uint8 halves away from zero; at x2 some sums of a
+    real photo land exactly on .5 (48 in Set5's baby). The training LR rounded them to even (torch.round, in
+    float32 where a tie is float noise either way): now floor(x + 0.5) in float64, for the validation LR
+    (bicubic_lr) and for every training patch, which equals the same region of the whole image's LR."""
+    hr = np.asarray(Image.open(shared_dir / "data" / "benchmarks" / "Set5" / "baby.png"))
+    exact = imresize_np(hr, scale=0.5)  # float64 on 0..255
+    assert int((exact - np.floor(exact) == 0.5).sum()) > 10  # not vacuous: exact ties exist
+    matlab = np.clip(np.floor(exact + 0.5), 0, 255)
+    assert not np.array_equal(matlab, np.clip(np.round(exact), 0, 255))  # half-to-even would differ
+    lr = bicubic_lr(to_tensor(hr), 2)
+    assert lr.dtype == torch.float32
+    np.testing.assert_array_equal((lr * 255).round().permute(1, 2, 0).numpy(), matlab)
+    (tmp_path / "hr").mkdir()
+    Image.fromarray(hr).save(tmp_path / "hr" / "baby.png")
+    ds = PatchDataset(tmp_path / "hr", scale=2, patch_size=64, flip=False, rot90=False)
+    lr_full = torch.from_numpy(matlab / 255.0).float().permute(2, 0, 1)
+    ties = exact - np.floor(exact) == 0.5
+    covered = 0
+    for seed in range(30):
+        patch, _ = ds[(0, seed)]
+        top, left, _, _ = draws(seed, 256, 256, 32)
+        assert torch.equal(patch, lr_full[:, top : top + 32, left : left + 32]), seed
+        covered += int(ties[top : top + 32, left : left + 32].sum())
+    assert covered > 0  # the patches hold some of the ties
 
 
 def test_reading_per_sample_equals_the_ram_cache(hr_dir: Path) -> None:

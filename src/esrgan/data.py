@@ -103,16 +103,44 @@ def to_tensor(pixels: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
 
 
+def _work_dtype(x: Tensor) -> torch.dtype:
+    """float64 where the device has it (MPS has none: float32 there)."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
+def _round_levels(y: Tensor) -> Tensor:
+    """Values on the 0..255 scale -> the 256 levels of an 8-bit image, as fractions of 255 (y's dtype): rounded as
+    MATLAB converts a double to uint8, halves away from zero (floor(y + 0.5)), not to even as torch.round."""
+    return y.add(0.5).floor_().clamp_(0.0, 255.0).div_(255.0)
+
+
 def quantize(x: Tensor) -> Tensor:
-    """Round to the 256 levels a saved 8-bit image has (LR inputs are real images, not floats)."""
-    return x.mul(255.0).round_().clamp_(0.0, 255.0).div_(255.0)
+    """Round a float image in [0, 1] to the 256 levels a saved 8-bit image has (LR inputs are real images, not
+    floats): floor(255 x + 0.5), MATLAB's uint8 conversion, computed in float64 (float32 on MPS); x's dtype back."""
+    return _round_levels(x.to(_work_dtype(x)).mul(255.0)).to(x.dtype)
+
+
+def _levels255(x: Tensor) -> Tensor:
+    """A float image in [0, 1] on the 0..255 scale in float64 (float32 on MPS). An image on 8-bit levels (every
+    value within 1e-3 of some k/255, as to_tensor makes them) becomes those exact integers: a resampling sum of
+    them can then land exactly on .5, as MATLAB's does, and is rounded the way MATLAB rounds it."""
+    y = x.to(_work_dtype(x)).mul(255.0)
+    k = y.round()
+    return k if y.numel() and float((y - k).abs().max()) < 1e-3 else y
+
+
+def bicubic_down(hr: Tensor, factor: float) -> Tensor:
+    """MATLAB bicubic downscale by ``factor`` of a CxHxW (or NxCxHxW) float image in [0, 1], rounded to uint8
+    levels as MATLAB's imresize of a uint8 image is: computed in float64 on the 0..255 scale, halves rounded up
+    (_levels255, _round_levels). hr's dtype back."""
+    from .resize import imresize  # written alongside
+
+    return _round_levels(imresize(_levels255(hr), scale=1.0 / factor)).to(hr.dtype)
 
 
 def bicubic_lr(hr: Tensor, scale: int) -> Tensor:
-    """MATLAB bicubic downscale of a CxHxW (or NxCxHxW) float image, rounded to uint8 levels."""
-    from .resize import imresize  # written alongside
-
-    return quantize(imresize(hr, scale=1.0 / scale))
+    """MATLAB bicubic downscale of a CxHxW (or NxCxHxW) float image, rounded to uint8 levels (bicubic_down)."""
+    return bicubic_down(hr, scale)
 
 
 @dataclass(frozen=True)
@@ -282,9 +310,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         path, factor = self.items[index]
         hr = read_rgb(path) if decoded is None else decoded
         if factor != 1:
-            from .resize import imresize
-
-            small = quantize(imresize(to_tensor(hr), scale=1.0 / factor))
+            small = bicubic_down(to_tensor(hr), factor)
             hr = small.mul_(255).round_().byte().permute(1, 2, 0).numpy()
         if self.lr_files is None:
             s = self.scale
@@ -377,12 +403,15 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             region = gaussian_blur(region, float(rng.uniform(*d.blur_sigma)))
         from .resize import imresize
 
-        lr = imresize(region, scale=1.0 / s)[:, top - t0 : top - t0 + p, left - l0 : left - l0 + p]
+        # on the 0..255 scale in float64 (exact 8-bit levels unless blurred): MATLAB's sums and its rounding
+        lr = imresize(_levels255(region), scale=1.0 / s)[
+            :, top - t0 : top - t0 + p, left - l0 : left - l0 + p
+        ]
         if d is not None and rng.random() < d.noise_prob:
             sigma = float(rng.uniform(*d.noise_sigma)) / 255.0
             noise = torch.from_numpy(rng.standard_normal(lr.shape, dtype=np.float32)) * sigma
-            lr = lr + noise
-        lr = quantize(lr)
+            lr = lr + noise.to(lr.dtype) * 255.0
+        lr = _round_levels(lr).float()
         if d is not None and rng.random() < d.jpeg_prob:
             lr = jpeg_roundtrip(lr, int(rng.integers(d.jpeg_quality[0], d.jpeg_quality[1] + 1)))
         return lr

@@ -3,7 +3,8 @@
 The protocol (esrgan-recipe.md, "Evaluation protocol"; shared/data/README.md) is followed step by step, because
 each step moves the numbers by more than the differences papers report:
 
-1. HR is cut to a multiple of the scale (top-left kept), so LR x scale has exactly the HR size.
+1. HR is cut to a multiple of the scale (top-left kept), so LR x scale has exactly the HR size. A grey HR is RGB
+   of three equal channels, as BasicSR's test reads it: the models get RGB and their RGB output is scored.
 2. LR = MATLAB bicubic downscale of that HR, rounded to uint8 (the LR PNGs of the benchmarks are 8-bit), unless LR
    files are given (paired by name).
 3. The baseline is the MATLAB bicubic upscale of LR, each model's output comes through the upscale path; both are
@@ -34,11 +35,12 @@ from .imageio import IMAGE_SUFFIXES, ImageData, from_float, read_image, to_float
 from .imageio import list_images as _list_images
 from .metrics import psnr, ssim
 from .resize import imresize_np
-from .results import BICUBIC, EvalResult, ImageResult, Scores, format_table, write_csv, write_json
+from .results import BICUBIC, EvalResult, ImageResult, Inference, Scores, format_table, write_csv, write_json
 from .zoo import is_model_file
 
 if TYPE_CHECKING:
     from .lpips import LPIPS
+    from .upscale import Upscaler
 
 __all__ = [
     "BICUBIC",
@@ -52,10 +54,6 @@ __all__ = [
 ]
 
 
-Upscale = Callable[[np.ndarray], np.ndarray]
-"""uint8 HxWxC LR in (C = 1 or 3), uint8 (H*scale)x(W*scale)xC out."""
-
-
 # --- inputs ---------------------------------------------------------------------------------------------------------
 def list_images(folder: Path) -> list[Path]:
     """esrgan.imageio.list_images, with a missing folder as an ImageError naming it."""
@@ -64,16 +62,37 @@ def list_images(folder: Path) -> list[Path]:
     return _list_images(folder)
 
 
-def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:
-    """The LR file paired with HR ``stem``: same stem, or the usual benchmark suffixes (``x4``, ``_x4``, ``_LRBI_x4``)."""
-    candidates = (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}_LRBI_x{scale}")
-    by_stem = {p.stem: p for p in list_images(lr_dir)}
+def _find_paired(folder: Path, stem: str, candidates: Sequence[str], what: str) -> Path:
+    """The first of ``candidates`` (file stems, in order) that is an image in ``folder``; else an ImageError naming
+    the folder, HR ``stem`` and every name looked for."""
+    by_stem = {p.stem: p for p in list_images(folder)}
     for c in candidates:
         if c in by_stem:
             return by_stem[c]
     raise ImageError(
-        f"{lr_dir}: no LR image for {stem!r} (looked for {', '.join(candidates)} with an image suffix)"
+        f"{folder}: no {what} image for {stem!r} (looked for {', '.join(candidates)} with an image suffix)"
     )
+
+
+def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:
+    """The LR file paired with HR ``stem``: same stem, or the usual benchmark suffixes (``x4``, ``_x4``, ``_LRBI_x4``)."""
+    candidates = (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}_LRBI_x{scale}")
+    return _find_paired(lr_dir, stem, candidates, "LR")
+
+
+def find_sr(sr_dir: Path, stem: str, scale: int) -> Path:
+    """The SR result paired with HR ``stem``: the LR pairing's names (same stem, ``x4``, ``_x4`` as `esrgan upscale`
+    names its outputs, ``_LRBI_x4``), then ``_out`` (Real-ESRGAN's inference script), ``_SR`` and ``_x4_SR``."""
+    candidates = (
+        stem,
+        f"{stem}x{scale}",
+        f"{stem}_x{scale}",
+        f"{stem}_LRBI_x{scale}",
+        f"{stem}_out",
+        f"{stem}_SR",
+        f"{stem}_x{scale}_SR",
+    )
+    return _find_paired(sr_dir, stem, candidates, "SR")
 
 
 def _as_uint8(img: ImageData) -> np.ndarray:
@@ -82,7 +101,9 @@ def _as_uint8(img: ImageData) -> np.ndarray:
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+    """Round to uint8 as MATLAB converts a double to uint8: halves away from zero, floor(x + 0.5) (np.round rounds
+    them to even, and MATLAB-bicubic x2 sums land exactly on .5 for some pixels of real photos)."""
+    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
@@ -107,7 +128,21 @@ class _Model:
     name: str
     source: str
     scale: int
-    run: Upscale
+    upscaler: Upscaler
+
+    def run(self, lr: np.ndarray) -> tuple[np.ndarray, Inference]:
+        """The model's output for uint8 LR, and how it was computed (precision as computed, tile as used)."""
+        out = self.upscaler.upscale(lr)
+        up = self.upscaler
+        tile = up.last_tile if up.last_tile < max(lr.shape[:2]) else 0  # a tile the image fits in: one pass
+        engine = up.runner_for(np.dtype(np.uint8)).engine
+        return out, Inference(str(up.device), up.last_precision, engine, tile)
+
+    def inference(self) -> Inference:
+        """Device, precision and engine for 8-bit images, as loaded (no image run yet)."""
+        up = self.upscaler
+        runner = up.runner_for(np.dtype(np.uint8))
+        return Inference(str(up.device), up.precision_for(np.uint8), runner.engine)
 
 
 def model_name(spec: str) -> str:
@@ -115,24 +150,35 @@ def model_name(spec: str) -> str:
     return Path(spec).stem if is_model_file(spec) else spec
 
 
-def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> tuple[int, Upscale]:
-    """Scale and upscale function of a model file or zoo name, through the path `esrgan upscale` uses (tiling,
-    precision and device fallbacks included), so the numbers are those of the outputs users get."""
+def sr_name(folder: str | Path) -> str:
+    """Column name of a folder of SR results: the folder's name."""
+    path = Path(folder)
+    return path.name or path.resolve().name or str(path)
+
+
+@dataclass
+class _SavedResults:
+    """A folder of SR results made elsewhere (another tool, an earlier run), scored as a column of its own."""
+
+    name: str
+    folder: Path
+
+
+def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> Upscaler:
+    """The Upscaler of a model file or zoo name: the path `esrgan upscale` uses (tiling, precision and device
+    fallbacks included), so the numbers are those of the outputs users get."""
     from .upscale import Upscaler
 
     options: dict[str, Any] = {"device": device, "precision": precision, "tile": tile}
     if is_model_file(spec):
-        up = Upscaler.from_file(spec, **options)
-    else:
-        up = Upscaler.from_pretrained(spec, **options)
-    return up.model.config.scale, up.upscale
+        return Upscaler.from_file(spec, **options)
+    return Upscaler.from_pretrained(spec, **options)
 
 
-def _names(specs: Sequence[str]) -> list[str]:
-    """Unique column names: a repeated stem gets #2, #3."""
+def _names(specs: Sequence[str], sr_dirs: Sequence[str | Path] = ()) -> list[str]:
+    """Unique column names, the models' then the SR folders': a repeated stem or folder name gets #2, #3."""
     out: list[str] = []
-    for spec in specs:
-        base = model_name(spec)
+    for base in [*(model_name(spec) for spec in specs), *(sr_name(d) for d in sr_dirs)]:
         name, k = base, 1
         while name in out or name == BICUBIC:
             k += 1
@@ -191,6 +237,8 @@ def score(
 
 
 def _resolve_scale(scale: int | None, models: list[_Model]) -> int:
+    if scale is not None and scale < 1:  # before the models' scales: --scale 0 is wrong whatever they are
+        raise ConfigError(f"scale must be >= 1, got {scale}")
     scales = {m.scale for m in models}
     if scale is None:
         if len(scales) > 1:
@@ -202,15 +250,14 @@ def _resolve_scale(scale: int | None, models: list[_Model]) -> int:
     for m in models:
         if m.scale != scale:
             raise ConfigError(f"{m.source}: the model upscales x{m.scale}, but --scale is {scale}")
-    if scale < 1:
-        raise ConfigError(f"scale must be >= 1, got {scale}")
     return scale
 
 
 def evaluate(
     hr_dir: str | Path,
-    models: Sequence[str],
+    models: Sequence[str] = (),
     *,
+    sr_dirs: Sequence[str | Path] = (),
     lr_dir: str | Path | None = None,
     scale: int | None = None,
     crop_border: int | None = None,
@@ -218,7 +265,7 @@ def evaluate(
     lpips: LPIPS | None = None,
     round_y: bool = False,
     tile: int | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     device: str = "auto",
     save_images: str | Path | None = None,
     report_dir: str | Path | None = None,
@@ -227,8 +274,13 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate bicubic and each model on every image of ``hr_dir``; see the module docstring for the protocol.
 
-    models: zoo names or model files (all of one scale; ``scale`` defaults to theirs). crop_border defaults to the
-    scale. lpips: a loaded metric (esrgan.lpips.load_lpips) adds an LPIPS column. save_images: write every result as
+    models: zoo names or model files (all of one scale; ``scale`` defaults to theirs, 4 without a model); none:
+    the bicubic baseline alone. sr_dirs: folders of SR results made elsewhere, each a column named by the folder,
+    paired with the HR images by name (find_sr); a missing one, or one whose size is neither the HR's cut to a
+    multiple of the scale nor the HR file's own (then cut the same way), fails that image. precision: fp32 by default,
+    as the papers' numbers are computed ("auto" = the device's fastest, bf16 on a CPU with native bf16, which moves
+    PSNR by up to 0.06 dB an image); device, precision as computed, engine and tile are recorded in the result
+    (EvalResult.inference). crop_border defaults to the scale. lpips: a loaded metric (esrgan.lpips.load_lpips) adds an LPIPS column. save_images: write every result as
     DIR/<method>/<image>.png; a file already there is refused before any model is loaded (one line naming the
     first) unless overwrite. report_dir: mosaics and an index page (esrgan.report); the files of those names already
     there are refused in the same way unless overwrite (other files there are left alone). progress receives one
@@ -243,12 +295,18 @@ def evaluate(
         raise ImageError(f"{hr_path}: folder has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     if lr_path is not None and not lr_path.is_dir():
         raise ImageError(f"{lr_path}: not a folder")
-    names = _names(models)
+    for folder in sr_dirs:
+        if not Path(folder).is_dir():
+            raise ImageError(f"{folder}: not a folder (SR results)")
+    if scale is not None and scale < 1:  # before any model is loaded
+        raise ConfigError(f"scale must be >= 1, got {scale}")
+    names = _names(models, sr_dirs)
     _check_outputs(files, names, save_images, report_dir, overwrite)
     loaded = []
-    for name, spec in zip(names, models, strict=True):
-        s, run = _load_model(spec, device=device, precision=precision, tile=tile)
-        loaded.append(_Model(name, spec, s, run))
+    for name, spec in zip(names, models, strict=False):
+        up = _load_model(spec, device=device, precision=precision, tile=tile)
+        loaded.append(_Model(name, spec, up.model.config.scale, up))
+    saved = [_SavedResults(name, Path(d)) for name, d in zip(names[len(models) :], sr_dirs, strict=True)]
     s = _resolve_scale(scale, loaded)
     border = s if crop_border is None else crop_border
     if border < 0:
@@ -263,12 +321,17 @@ def evaluate(
         lpips=lpips.net if lpips is not None else None,
         methods=[BICUBIC, *names],
         sources={m.name: m.source for m in loaded},
+        sr_dirs={r.name: r.folder for r in saved},
+        loaded={m.name: m.inference() for m in loaded},
+        tile=tile,
     )
     say = progress or (lambda line: None)
     shown = image_names(files)
     for i, path in enumerate(files, 1):
         try:
-            item = _evaluate_one(path, shown[path], result, loaded, lpips, save_images, report_dir, overwrite)
+            item = _evaluate_one(
+                path, shown[path], result, loaded, saved, lpips, save_images, report_dir, overwrite
+            )
         except (EsrganError, OSError, ValueError, MemoryError, RuntimeError) as exc:
             memory = isinstance(exc, (MemoryError, RuntimeError))
             if memory and not out_of_memory(exc):
@@ -363,6 +426,7 @@ def check_outputs(
     hr_dir: str | Path,
     models: Sequence[str],
     *,
+    sr_dirs: Sequence[str | Path] = (),
     save_images: str | Path | None,
     report_dir: str | Path | None,
     overwrite: bool,
@@ -370,7 +434,55 @@ def check_outputs(
     """What evaluate checks of report_dir and save_images before it loads a model, for a caller with more work
     before that (the CLI loads LPIPS first)."""
     if report_dir is not None or save_images is not None:
-        _check_outputs(list_images(Path(hr_dir)), _names(models), save_images, report_dir, overwrite)
+        _check_outputs(list_images(Path(hr_dir)), _names(models, sr_dirs), save_images, report_dir, overwrite)
+
+
+def _saved_result(
+    r: _SavedResults, path: Path, original: tuple[int, ...], size: tuple[int, ...], scale: int
+) -> np.ndarray:
+    """The SR result of ``r`` for HR ``path`` as uint8 RGB of the scored size ``size`` (the HR cut to a multiple of
+    the scale); one of the HR file's own size ``original`` is cut the same way."""
+    file = find_sr(r.folder, path.stem, scale)
+    sr = _as_uint8(read_image(file))
+    if sr.shape[:2] == original and original != size:
+        sr = mod_crop(sr, scale)
+    if sr.shape[:2] != size:
+        raise ImageError(
+            f"{path}: SR {file} is {sr.shape[1]}x{sr.shape[0]}, expected {size[1]}x{size[0]} (the HR cut to a "
+            f"multiple of {scale}) or the HR's own {original[1]}x{original[0]}"
+        )
+    return sr if sr.shape[2] == 3 else np.repeat(sr, 3, axis=2)
+
+
+def planned_outputs(
+    hr_dir: str | Path,
+    models: Sequence[str],
+    *,
+    sr_dirs: Sequence[str | Path] = (),
+    save_images: str | Path | None,
+    report_dir: str | Path | None,
+) -> list[tuple[str, Path, str]]:
+    """(option, path, "file" or "folder") of everything report_dir and save_images would write for the images of
+    hr_dir: the report folder, its mosaics and index pages; the save_images folder, one folder per method and
+    every result. For a caller that writes other files in the same run (the CLI's --json and --csv) and must not
+    write them over these, nor these over them."""
+    if report_dir is None and save_images is None:
+        return []
+    files = list_images(Path(hr_dir))
+    shown = image_names(files)
+    out: list[tuple[str, Path, str]] = []
+    if report_dir is not None:
+        from .report import report_files
+
+        out.append(("--report", Path(report_dir), "folder"))
+        out += [("--report", p, "file") for p in report_files(Path(report_dir), [shown[f] for f in files])]
+    if save_images is not None:
+        folder = Path(save_images)
+        out.append(("--save-images", folder, "folder"))
+        for method in (BICUBIC, *_names(models, sr_dirs)):
+            out.append(("--save-images", folder / method, "folder"))
+            out += [("--save-images", saved_image(folder, method, f, shown[f]), "file") for f in files]
+    return out
 
 
 def _brief(method: str, s: Scores) -> str:
@@ -382,6 +494,7 @@ def _evaluate_one(
     name: str,
     result: EvalResult,
     models: list[_Model],
+    saved: list[_SavedResults],
     lpips: LPIPS | None,
     save_images: str | Path | None,
     report_dir: str | Path | None,
@@ -389,7 +502,9 @@ def _evaluate_one(
 ) -> ImageResult:
     s, border = result.scale, result.crop_border
     original = _as_uint8(read_image(path))
-    hr = mod_crop(original, s)
+    # grey as RGB of three equal channels, as BasicSR's test reads it: the LR is RGB, the model's RGB output is
+    # scored as it is (not averaged back to grey); PSNR, SSIM and NIQE of the equal channels are the grey's
+    hr = mod_crop(original if original.shape[2] == 3 else np.repeat(original, 3, axis=2), s)
     if min(hr.shape[:2]) - 2 * border < 11:  # before any resizing: a 1x1 HR has no LR to make
         raise ImageError(
             f"{path}: {original.shape[1]}x{original.shape[0]} is too small to score at x{s} (SSIM needs 11x11 "
@@ -400,31 +515,29 @@ def _evaluate_one(
         lr = _as_uint8(read_image(lr_file))
         want = (hr.shape[0] // s, hr.shape[1] // s)
         if lr.shape[:2] != want:
-            raise ImageError(
-                f"{lr_file}: LR is {lr.shape[1]}x{lr.shape[0]}, expected {want[1]}x{want[0]} "
-                f"(HR {path.name} cut to a multiple of {s}, divided by {s})"
+            raise ImageError(  # the HR path first, as every failure of this image; each file named once
+                f"{path}: LR {lr_file} is {lr.shape[1]}x{lr.shape[0]}, expected {want[1]}x{want[0]} "
+                f"(HR cut to a multiple of {s}, divided by {s})"
             )
-        if lr.shape[2] != hr.shape[2]:
-            # a grey LR for a colour HR (or the reverse): give it the HR's channels
-            lr = (
-                np.repeat(lr, 3, axis=2)
-                if lr.shape[2] == 1
-                else np.round(lr.mean(axis=2, keepdims=True)).astype(np.uint8)
-            )
+        if lr.shape[2] == 1:  # a grey LR file: RGB of three equal channels, as the HR
+            lr = np.repeat(lr, 3, axis=2)
     else:
         lr = bicubic_down(hr, s)
 
     outputs = {BICUBIC: bicubic_up(lr, s)}
     seconds: dict[str, float] = {}
+    inference: dict[str, Inference] = {}
     for m in models:
         t0 = time.perf_counter()
-        out = m.run(lr)
+        out, inference[m.name] = m.run(lr)
         seconds[m.name] = time.perf_counter() - t0
         if out.shape[:2] != hr.shape[:2]:
             raise EsrganError(
                 f"{path}: {m.name} returned {out.shape[1]}x{out.shape[0]}, expected the HR size"
             )
         outputs[m.name] = out
+    for r in saved:
+        outputs[r.name] = _saved_result(r, path, original.shape[:2], hr.shape[:2], s)
     scores = {
         name: score(out, hr, crop_border=border, round_y=result.round_y, with_niqe=result.niqe, lpips=lpips)
         for name, out in outputs.items()
@@ -436,6 +549,7 @@ def _evaluate_one(
         scores=scores,
         hr_niqe=_niqe(hr, border) if result.niqe else None,
         seconds=seconds,
+        inference=inference,
     )
     if save_images is not None:
         # checked before the models were loaded; one that appeared since fails this image (OutputExistsError)

@@ -5,7 +5,10 @@ pixels cropped from every border, and SSIM with an 11x11 Gaussian window (sigma 
 region only. Generic library defaults (full-range luma, 7x7 uniform windows, padded borders) give different numbers,
 which is why this is written out here.
 
-Inputs are HxWxC (RGB) or HxW / HxWx1 (grey) arrays, uint8 or float in [0, 255].
+Inputs are HxWxC (RGB) or HxW / HxWx1 (grey) arrays, uint8 or float in [0, 255]. Other integer dtypes (uint16,
+int64, ...) and bool are refused with a ValueError naming the dtype: the data range is 255, so a 16-bit image taken
+as it is would be scored against the wrong peak (a one-level error of 1000/65535 read as 30 dB, not 78). Convert
+first: ``img / 257.0`` for 16-bit, ``img.astype(np.uint8)`` for integers already on 0..255.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 
 import numpy as np
 
-__all__ = ["psnr", "rgb_to_y", "ssim"]
+__all__ = ["check_pixels", "psnr", "rgb_to_y", "ssim"]
 
 # MATLAB rgb2ycbcr, Y row, for RGB in [0, 1]; the coefficients sum to 219 (= 235 - 16)
 _Y_COEFFS = np.array([65.481, 128.553, 24.966])
@@ -37,10 +40,23 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     raise ValueError(f"rgb_to_y: need an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {a.shape}")
 
 
+def check_pixels(img: np.ndarray, where: str) -> np.ndarray:
+    """``img`` as an array, refused (ValueError naming ``where`` and the dtype) unless uint8 or float: the metrics'
+    data range is 255, and an integer array of another type would be taken on the wrong scale without a word."""
+    a = np.asarray(img)
+    if a.dtype.kind == "b" or (a.dtype.kind in "iu" and a.dtype != np.uint8):
+        raise ValueError(
+            f"{where}: {a.dtype} pixels are not accepted (data range 255): pass uint8, or float on the 0..255 scale "
+            "(a 16-bit image: img / 257.0; integers already on 0..255: img.astype(np.uint8))"
+        )
+    return a
+
+
 def _prepare(
     a: np.ndarray, b: np.ndarray, crop_border: int, y_channel: bool, round_y: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both images as float64 HxWxC (C = 1 for Y), borders cropped."""
+    a, b = check_pixels(a, "psnr/ssim"), check_pixels(b, "psnr/ssim")
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
     if crop_border < 0:

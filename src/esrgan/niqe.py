@@ -15,7 +15,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .metrics import rgb_to_y
+from .metrics import check_pixels, rgb_to_y
 from .resize import imresize
 
 __all__ = ["niqe"]
@@ -107,10 +107,12 @@ def _scale_features(img: np.ndarray, window: np.ndarray, block: int) -> np.ndarr
 def niqe(img: np.ndarray, *, crop_border: int = 0) -> float:
     """NIQE of an RGB (HxWx3, Y channel used) or grey (HxW, used as is) image, uint8 or float in [0, 255].
 
-    Y is rounded to integers as MATLAB's rgb2ycbcr does for uint8 images; the image is cut to whole 96x96 blocks
-    (top-left kept). Needs at least two blocks (a covariance of one sample is undefined).
+    Other integer dtypes (uint16, int64, ...) and bool are refused (ValueError naming the dtype; see
+    esrgan.metrics.check_pixels): convert a 16-bit image with img / 257.0 first. Y is rounded to integers as
+    MATLAB's rgb2ycbcr does for uint8 images; the image is cut to whole 96x96 blocks (top-left kept). Needs at
+    least two blocks (a covariance of one sample is undefined).
     """
-    a = np.asarray(img)
+    a = check_pixels(img, "niqe")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     y = np.round(rgb_to_y(a)) if a.ndim == 3 else np.round(a.astype(np.float64))

@@ -203,14 +203,18 @@ def _protocol(result: EvalResult) -> str:
         text += "; NIQE: no-reference, lower is better (HR NIQE: the ground truth's own score)"
     if result.lpips:
         text += f"; LPIPS ({result.lpips}, v0.1) on RGB of the same region, lower is better"
-    return text + "; Δ = model - bicubic."
+    text += "; Δ = model - bicubic."
+    how = result.inference_text()
+    return text + (f" {how[0].upper()}{how[1:]}." if how else "")
 
 
 def _models_line(result: EvalResult) -> str:
-    parts = [f"{m} ({result.sources[m]})" for m in result.methods[1:]]
-    return (
-        "Models: " + ", ".join(parts) + f". Wall time {result.seconds:.1f} s for {len(result.images)} images."
-    )
+    models = [f"{m} ({result.sources[m]})" for m in result.methods[1:] if m in result.sources]
+    saved = [f"{m} ({folder})" for m, folder in result.sr_dirs.items()]
+    parts = [f"Models: {', '.join(models)}." if models else "No model."]
+    if saved:
+        parts.append(f"SR results read from folders: {', '.join(saved)}.")
+    return " ".join(parts) + f" Wall time {result.seconds:.1f} s for {len(result.images)} images."
 
 
 def _markdown(result: EvalResult) -> str:

@@ -150,7 +150,8 @@ def imresize_np(
 
     Returns float32 for float32 input and float64 for everything else, in the input's value range (0..255 stays
     0..255), UNROUNDED and unclipped: the rounding step differs between protocols (the literature rounds LR images
-    to uint8), so the caller does it, e.g. ``np.clip(np.round(out), 0, 255).astype(np.uint8)``.
+    to uint8), so the caller does it, e.g. ``np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)`` (MATLAB's
+    halves away from zero; np.round's halves to even differ where a sum lands exactly on .5).
     """
     if arr.ndim not in (2, 3):
         raise ValueError(f"imresize_np: need an HxW or HxWxC array, got shape {arr.shape}")

@@ -23,6 +23,7 @@ __all__ = [
     "METRICS",
     "EvalResult",
     "ImageResult",
+    "Inference",
     "Scores",
     "format_table",
     "table_rows",
@@ -42,6 +43,22 @@ class Scores:
     lpips: float | None = None  # None when LPIPS was not asked for or the cropped image is too small for it
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How a model's output was computed: these change its scores (bf16 moves PSNR by up to 0.06 dB an image, the
+    tiles' blending and the engines' arithmetic by less), so every table, file and report states them."""
+
+    device: str  # torch's name of it: "cpu", "cuda:0"
+    precision: str  # as computed, not as asked: "fp32", "bf16", "fp16"
+    engine: str  # esrgan.device.ModelRunner's: "ncnn", "packed", "module", "compiled"
+    tile: int | None = (
+        None  # tile side in LR pixels, 0 = the whole image in one pass; None = no image run yet
+    )
+
+    def tile_text(self) -> str:
+        return "-" if self.tile is None else "whole image" if self.tile == 0 else f"{self.tile}"
+
+
 @dataclass
 class ImageResult:
     name: str  # file stem (the file name where stems collide: evaluate.image_names), the key everything else uses
@@ -51,6 +68,7 @@ class ImageResult:
     hr_niqe: float | None = None  # the reference image's own NIQE: what "natural" scores on this image
     seconds: dict[str, float] = field(default_factory=dict)  # model -> upscaling time for this image
     mosaic: Path | None = None  # the visual report's mosaic of this image, when one was written
+    inference: dict[str, Inference] = field(default_factory=dict)  # model -> how its output here was computed
 
 
 @dataclass
@@ -63,7 +81,14 @@ class EvalResult:
     niqe: bool
     methods: list[str]  # bicubic, then one name per model
     sources: dict[str, str]  # model name -> what the user passed (zoo name or file)
+    sr_dirs: dict[str, Path] = field(
+        default_factory=dict
+    )  # column name -> folder of SR results made elsewhere
     lpips: str | None = None  # the LPIPS network ("alex", "vgg") when LPIPS was computed
+    loaded: dict[str, Inference] = field(
+        default_factory=dict
+    )  # model -> device, precision and engine as loaded
+    tile: int | None = None  # the tile asked for (None: automatic, from the free memory; 0: whole images)
     images: list[ImageResult] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
     seconds: float = 0.0  # wall time of the whole evaluation
@@ -106,6 +131,40 @@ class EvalResult:
         """How many images each metric's mean covers (all of them, unless `scored` left some out)."""
         return {key: len(self.scored(key)) for key, _, _ in _metrics(self)}
 
+    def inference(self, method: str) -> dict[str, str] | None:
+        """How ``method``'s outputs were computed, over the scored images (several values joined by ", ", in the
+        order first met: a NaN's fp32 recomputation, automatic tiles that differ with the image size); None for
+        what no model computed (bicubic)."""
+        if method not in self.loaded:
+            return None
+        runs = [im.inference[method] for im in self.images if method in im.inference] or [self.loaded[method]]
+
+        def joined(values: list[str]) -> str:
+            return ", ".join(dict.fromkeys(values))
+
+        tiles = joined([r.tile_text() for r in runs])
+        asked = (
+            "automatic" if self.tile is None else "whole images" if self.tile == 0 else f"at most {self.tile}"
+        )
+        return {
+            "device": joined([r.device for r in runs]),
+            "precision": joined([r.precision for r in runs]),
+            "engine": joined([r.engine for r in runs]),
+            "tile": f"{tiles} ({asked})",
+        }
+
+    def inference_text(self) -> str:
+        """One line for the table's note and the report: each model's device, precision, engine and tile."""
+        parts = []
+        for m in self.methods:
+            info = self.inference(m)
+            if info is not None:
+                parts.append(
+                    f"{m} on {info['device']} in {info['precision']} ({info['engine']} engine), tile "
+                    f"{info['tile']}"
+                )
+        return "inference: " + "; ".join(parts) if parts else ""
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data: protocol, per-image scores, means and failures."""
         return {
@@ -117,13 +176,17 @@ class EvalResult:
                 "lr": str(self.lr_dir) if self.lr_dir else "MATLAB bicubic downscale of HR, rounded to uint8",
                 "niqe": self.niqe,
                 "lpips": self.lpips,
+                # per model: device, precision as computed, engine, tile side in LR pixels ("whole image": one pass)
+                "inference": {m: info for m in self.methods if (info := self.inference(m)) is not None},
             },
             "hr_dir": str(self.hr_dir),
             "methods": self.methods,
             "models": {
                 m: {"source": self.sources[m], "seconds": sum(im.seconds.get(m, 0.0) for im in self.images)}
                 for m in self.methods[1:]
+                if m in self.sources
             },
+            "sr_dirs": {m: str(folder) for m, folder in self.sr_dirs.items()},  # columns of saved SR results
             "images": [
                 {
                     "name": im.name,
@@ -132,6 +195,10 @@ class EvalResult:
                     "hr_niqe": im.hr_niqe,
                     "scores": {m: self._scores_dict(s) for m, s in im.scores.items()},
                     "seconds": im.seconds,
+                    "inference": {
+                        m: {"precision": r.precision, "engine": r.engine, "tile": r.tile_text()}
+                        for m, r in im.inference.items()
+                    },
                     "mosaic": str(im.mosaic) if im.mosaic else None,
                 }
                 for im in self.images
@@ -236,6 +303,8 @@ def format_table(result: EvalResult) -> str:
         + (f", LPIPS-{result.lpips} on RGB (lower is better)" if result.lpips else "")
         + "; Δ = model - bicubic"
     )
+    if result.inference_text():
+        note += "\n" + result.inference_text()
     counts = result.mean_counts()
     partial = [
         f"{label} over {counts[key]} of {len(result.images)}"
@@ -265,17 +334,35 @@ def write_csv(result: EvalResult, path: str | Path, *, overwrite: bool = False) 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     keys = ["psnr", "ssim", "niqe"] + (["lpips"] if result.lpips is not None else [])
-    w.writerow(["image", "method", *keys, *(f"{k}_delta" for k in keys)])
-    entries = [(im.name, im.scores) for im in result.images]
+    how = ["device", "precision", "engine", "tile"]  # how a model's output was computed; empty for bicubic
+    w.writerow(["image", "method", *keys, *(f"{k}_delta" for k in keys), *how])
+    entries: list[tuple[str, dict[str, Scores], ImageResult | None]] = [
+        (im.name, im.scores, im) for im in result.images
+    ]
     if result.images:
-        entries.append(("mean", {m: result.mean(m) for m in result.methods}))
-    for name, scores in entries:
+        entries.append(("mean", {m: result.mean(m) for m in result.methods}, None))
+    for name, scores, im in entries:
         base = scores[BICUBIC]
         for method in result.methods:
             sc = scores[method]
             deltas = ["" if method == BICUBIC else _csv_delta(getattr(sc, k), getattr(base, k)) for k in keys]
-            w.writerow([name, method, *(_csv(getattr(sc, k)) for k in keys), *deltas])
+            w.writerow(
+                [name, method, *(_csv(getattr(sc, k)) for k in keys), *deltas, *_csv_how(result, method, im)]
+            )
     return atomic_write_bytes(path, buf.getvalue().encode(), overwrite=overwrite)
+
+
+def _csv_how(result: EvalResult, method: str, im: ImageResult | None) -> list[str]:
+    """Device, precision, engine and tile of a model's row: this image's, or over the set for the mean row."""
+    if im is not None and method in im.inference:
+        r = im.inference[method]
+        return [r.device, r.precision, r.engine, r.tile_text()]
+    info = result.inference(method)
+    return (
+        ["", "", "", ""]
+        if info is None
+        else [info["device"], info["precision"], info["engine"], info["tile"]]
+    )
 
 
 def _csv(v: float | None) -> str:
