@@ -246,6 +246,34 @@ def test_convert_to_foreign_layouts_round_trips(tmp_path: Path, layout: str, pho
         torch.testing.assert_close(load_model(out)(x), model(x))
 
 
+def test_an_x8_model_is_refused_in_layouts_with_two_upsamplers_naming_its_file(
+    tmp_path: Path, photo_small: np.ndarray
+) -> None:
+    """`convert --layout basicsr` (and esrgan) of an x8 RRDBNet wrote conv_up3 (upconv3), which BasicSR's and
+    Real-ESRGAN's RRDBNet (conv_up1, conv_up2) and the ESRGAN repository's (upconv1, upconv2) cannot load strictly:
+    refused in one line naming the model's file and the layouts that hold it, as native x1/x2 in basicsr (which now
+    names the file too). The old layout holds x8, and the old architecture with three upsamplers loads it strictly."""
+    model = _tiny(scale=8)
+    src = save_model(tmp_path / "x8.safetensors", model)
+    for layout in ("basicsr", "esrgan"):
+        res = run_cli("convert", src, tmp_path / f"{layout}.pth", "--layout", layout)
+        assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+        assert f"{src}: an x8 RRDBNet in the '{layout}' layout" in res.stderr, res.stderr
+        assert "--layout old" in res.stderr and "ncnn" in res.stderr
+        assert not (tmp_path / f"{layout}.pth").exists()
+    native = save_model(tmp_path / "x2.safetensors", _tiny(scale=2, pixel_unshuffle=False))
+    res = run_cli("convert", native, tmp_path / "x2.pth", "--layout", "basicsr")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert f"{native}: BasicSR's RRDBNet has no native x1/x2 variant" in res.stderr, res.stderr
+    res = run_cli("convert", src, tmp_path / "old.pth", "--layout", "old")
+    assert res.returncode == 0, res.stderr
+    ref = old_sequential_net(3, 3, 16, 2, 8, 3)
+    ref.load_state_dict(torch.load(tmp_path / "old.pth", weights_only=True))
+    x = _image(photo_small)[..., :12, :10]
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), model(x))
+
+
 def test_image_residual_starts_at_bicubic_and_travels_only_in_our_format(
     tmp_path: Path, photo_small: np.ndarray
 ) -> None:
@@ -273,7 +301,8 @@ def test_image_residual_starts_at_bicubic_and_travels_only_in_our_format(
             res.returncode == 1
             and res.stderr.count("\n") == 1
             and "image residual" in res.stderr.replace("_", " ")
-        )
+            and f"error: {path}: " in res.stderr  # the model's file named, in every layout
+        ), res.stderr
         assert not list(tmp_path.glob(f"{Path(name).stem}.*"))  # nothing half-written
     with pytest.raises(ValueError, match="image_residual"):
         RRDBNet(num_in_ch=1, num_out_ch=3, image_residual=True)

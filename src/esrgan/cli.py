@@ -96,7 +96,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         default="ours",
         help="key layout of the output (default: ours = safetensors with hyperparameters in the metadata; ncnn = "
         "the .param/.bin pair realesrgan-ncnn-vulkan, upscayl and chaiNNer run, fp16 weights; RRDBNet at x4/x8, any "
-        "compact model)",
+        "compact model; an x8 RRDBNet: old, ncnn or ours)",
     )
     p.add_argument(
         "--half",
