@@ -530,6 +530,34 @@ def test_cli_info_convert_interpolate(tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope.pth: no such file" in bad.stderr
 
 
+def test_a_mix_of_mixes_keeps_every_inputs_licence(tmp_path: Path) -> None:
+    """`esrgan interpolate` of an interpolated model kept only the keys license/name/source/converted_from of its
+    inputs: the first input's own a.*/b.* record (the licence of the model its weights still come from) was dropped.
+    Now each input's provenance, its earlier mixes' included, goes with the mix under a./b., nested."""
+    lic_a = save_model(
+        tmp_path / "licA.safetensors", _tiny(1), metadata={"license": "BSD-3-Clause", "name": "A"}
+    )
+    lic_b = save_model(
+        tmp_path / "licB.safetensors", _tiny(2), metadata={"license": "Apache-2.0", "name": "B"}
+    )
+    mix1, mix2 = tmp_path / "mix1.safetensors", tmp_path / "mix2.safetensors"
+    for a, b, out in ((lic_a, lic_b, mix1), (mix1, lic_b, mix2)):
+        res = run_cli("interpolate", a, b, "--alpha", "0.5", "-o", out)
+        assert res.returncode == 0, res.stderr
+    meta = {k: v for k, v in load_weights(mix2).metadata.items() if not k.startswith("esrgan.")}
+    assert meta == {
+        "interpolated": "(1 - 0.5) * mix1.safetensors + 0.5 * licB.safetensors",
+        "a.interpolated": "(1 - 0.5) * licA.safetensors + 0.5 * licB.safetensors",
+        "a.a.license": "BSD-3-Clause",
+        "a.a.name": "A",
+        "a.b.license": "Apache-2.0",
+        "a.b.name": "B",
+        "b.license": "Apache-2.0",
+        "b.name": "B",
+    }
+    assert "a.a.license: BSD-3-Clause" in run_cli("info", mix2).stdout
+
+
 def test_convert_half_halves_the_file_and_keeps_the_picture(tmp_path: Path, photo_small: np.ndarray) -> None:
     """`esrgan convert --half` on a real model (Real-ESRGAN's x4plus-anime, fp32 here after the ncnn load): fp16
     tensors in our file and in BasicSR's .pth, half the bytes, the same output to well past what 8 bits show."""

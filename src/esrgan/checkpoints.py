@@ -858,14 +858,24 @@ def interpolate_weights(a: LoadedWeights, b: LoadedWeights, alpha: float) -> Loa
         raise CheckpointError(f"incompatible architectures: A is {a.config}, B is {b.config}")
     sd = interpolate_state_dicts(a.state_dict, b.state_dict, alpha)
     meta = {"interpolated": f"(1 - {alpha}) * {_label(a)} + {alpha} * {_label(b)}"}
-    for side, w in (
-        ("a", a),
-        ("b", b),
-    ):  # the inputs' record (a zoo model's licence above all) goes with the mix
-        for key in ("license", "name", "source", "converted_from"):
-            if key in w.metadata:
-                meta[f"{side}.{key}"] = w.metadata[key]
+    # the inputs' record (a zoo model's licence above all) goes with the mix, each input's under its side's prefix;
+    # an input that is itself a mix brings its own inputs' records, nested: a.a.license, a.b.license, ...
+    for side, w in (("a", a), ("b", b)):
+        for key, value in w.metadata.items():
+            if _is_provenance(key):
+                meta[f"{side}.{key}"] = value
     return LoadedWeights(a.config, sd, "ours", meta, None)
+
+
+_PROVENANCE_KEYS = ("license", "name", "source", "converted_from", "interpolated")
+
+
+def _is_provenance(key: str) -> bool:
+    """A metadata key interpolate_weights carries over: one of _PROVENANCE_KEYS, or one under a.* / b.* (the inputs'
+    record of an earlier mix), at any depth."""
+    while key[:2] in ("a.", "b."):
+        key = key[2:]
+    return key in _PROVENANCE_KEYS
 
 
 def interpolate_files(
