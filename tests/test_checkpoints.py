@@ -558,6 +558,27 @@ def test_a_mix_of_mixes_keeps_every_inputs_licence(tmp_path: Path) -> None:
     assert "a.a.license: BSD-3-Clause" in run_cli("info", mix2).stdout
 
 
+def test_a_quoted_tilde_in_convert_and_interpolate_outputs_means_home(tmp_path: Path) -> None:
+    """`esrgan convert m '~/x.safetensors'` and `interpolate ... -o '~/...'` (a quoted ~, or one from a script)
+    made a folder named "~" in the current folder, where export-onnx and every other command write to the home."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    a = save_model(tmp_path / "a.safetensors", _tiny(1))
+    b = save_model(tmp_path / "b.safetensors", _tiny(2))
+    for args in (
+        ("convert", a, "~/c.safetensors"),
+        ("convert", a, "~/c.pth", "--layout", "basicsr"),
+        ("interpolate", a, b, "--alpha", "0.5", "-o", "~/i.safetensors"),
+    ):
+        res = run_cli(*args, cwd=cwd, env={"HOME": str(home)})
+        assert res.returncode == 0, res.stderr
+        assert f"wrote {home}/" in res.stdout
+    assert sorted(p.name for p in home.iterdir()) == ["c.pth", "c.safetensors", "i.safetensors"]
+    assert list(cwd.iterdir()) == []
+    assert load_weights(home / "i.safetensors").metadata["interpolated"]
+
+
 def test_convert_half_halves_the_file_and_keeps_the_picture(tmp_path: Path, photo_small: np.ndarray) -> None:
     """`esrgan convert --half` on a real model (Real-ESRGAN's x4plus-anime, fp32 here after the ncnn load): fp16
     tensors in our file and in BasicSR's .pth, half the bytes, the same output to well past what 8 bits show."""
