@@ -246,6 +246,34 @@ def test_convert_to_foreign_layouts_round_trips(tmp_path: Path, layout: str, pho
         torch.testing.assert_close(load_model(out)(x), model(x))
 
 
+def test_an_x8_model_is_refused_in_layouts_with_two_upsamplers_naming_its_file(
+    tmp_path: Path, photo_small: np.ndarray
+) -> None:
+    """`convert --layout basicsr` (and esrgan) of an x8 RRDBNet wrote conv_up3 (upconv3), which BasicSR's and
+    Real-ESRGAN's RRDBNet (conv_up1, conv_up2) and the ESRGAN repository's (upconv1, upconv2) cannot load strictly:
+    refused in one line naming the model's file and the layouts that hold it, as native x1/x2 in basicsr (which now
+    names the file too). The old layout holds x8, and the old architecture with three upsamplers loads it strictly."""
+    model = _tiny(scale=8)
+    src = save_model(tmp_path / "x8.safetensors", model)
+    for layout in ("basicsr", "esrgan"):
+        res = run_cli("convert", src, tmp_path / f"{layout}.pth", "--layout", layout)
+        assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+        assert f"{src}: an x8 RRDBNet in the '{layout}' layout" in res.stderr, res.stderr
+        assert "--layout old" in res.stderr and "ncnn" in res.stderr
+        assert not (tmp_path / f"{layout}.pth").exists()
+    native = save_model(tmp_path / "x2.safetensors", _tiny(scale=2, pixel_unshuffle=False))
+    res = run_cli("convert", native, tmp_path / "x2.pth", "--layout", "basicsr")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert f"{native}: BasicSR's RRDBNet has no native x1/x2 variant" in res.stderr, res.stderr
+    res = run_cli("convert", src, tmp_path / "old.pth", "--layout", "old")
+    assert res.returncode == 0, res.stderr
+    ref = old_sequential_net(3, 3, 16, 2, 8, 3)
+    ref.load_state_dict(torch.load(tmp_path / "old.pth", weights_only=True))
+    x = _image(photo_small)[..., :12, :10]
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), model(x))
+
+
 def test_image_residual_starts_at_bicubic_and_travels_only_in_our_format(
     tmp_path: Path, photo_small: np.ndarray
 ) -> None:
@@ -273,7 +301,8 @@ def test_image_residual_starts_at_bicubic_and_travels_only_in_our_format(
             res.returncode == 1
             and res.stderr.count("\n") == 1
             and "image residual" in res.stderr.replace("_", " ")
-        )
+            and f"error: {path}: " in res.stderr  # the model's file named, in every layout
+        ), res.stderr
         assert not list(tmp_path.glob(f"{Path(name).stem}.*"))  # nothing half-written
     with pytest.raises(ValueError, match="image_residual"):
         RRDBNet(num_in_ch=1, num_out_ch=3, image_residual=True)
@@ -499,6 +528,55 @@ def test_cli_info_convert_interpolate(tmp_path: Path) -> None:
     assert got.metadata["a.license"] == "Apache-2.0"
     bad = run_cli("info", str(tmp_path / "nope.pth"))
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "nope.pth: no such file" in bad.stderr
+
+
+def test_a_mix_of_mixes_keeps_every_inputs_licence(tmp_path: Path) -> None:
+    """`esrgan interpolate` of an interpolated model kept only the keys license/name/source/converted_from of its
+    inputs: the first input's own a.*/b.* record (the licence of the model its weights still come from) was dropped.
+    Now each input's provenance, its earlier mixes' included, goes with the mix under a./b., nested."""
+    lic_a = save_model(
+        tmp_path / "licA.safetensors", _tiny(1), metadata={"license": "BSD-3-Clause", "name": "A"}
+    )
+    lic_b = save_model(
+        tmp_path / "licB.safetensors", _tiny(2), metadata={"license": "Apache-2.0", "name": "B"}
+    )
+    mix1, mix2 = tmp_path / "mix1.safetensors", tmp_path / "mix2.safetensors"
+    for a, b, out in ((lic_a, lic_b, mix1), (mix1, lic_b, mix2)):
+        res = run_cli("interpolate", a, b, "--alpha", "0.5", "-o", out)
+        assert res.returncode == 0, res.stderr
+    meta = {k: v for k, v in load_weights(mix2).metadata.items() if not k.startswith("esrgan.")}
+    assert meta == {
+        "interpolated": "(1 - 0.5) * mix1.safetensors + 0.5 * licB.safetensors",
+        "a.interpolated": "(1 - 0.5) * licA.safetensors + 0.5 * licB.safetensors",
+        "a.a.license": "BSD-3-Clause",
+        "a.a.name": "A",
+        "a.b.license": "Apache-2.0",
+        "a.b.name": "B",
+        "b.license": "Apache-2.0",
+        "b.name": "B",
+    }
+    assert "a.a.license: BSD-3-Clause" in run_cli("info", mix2).stdout
+
+
+def test_a_quoted_tilde_in_convert_and_interpolate_outputs_means_home(tmp_path: Path) -> None:
+    """`esrgan convert m '~/x.safetensors'` and `interpolate ... -o '~/...'` (a quoted ~, or one from a script)
+    made a folder named "~" in the current folder, where export-onnx and every other command write to the home."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    a = save_model(tmp_path / "a.safetensors", _tiny(1))
+    b = save_model(tmp_path / "b.safetensors", _tiny(2))
+    for args in (
+        ("convert", a, "~/c.safetensors"),
+        ("convert", a, "~/c.pth", "--layout", "basicsr"),
+        ("interpolate", a, b, "--alpha", "0.5", "-o", "~/i.safetensors"),
+    ):
+        res = run_cli(*args, cwd=cwd, env={"HOME": str(home)})
+        assert res.returncode == 0, res.stderr
+        assert f"wrote {home}/" in res.stdout
+    assert sorted(p.name for p in home.iterdir()) == ["c.pth", "c.safetensors", "i.safetensors"]
+    assert list(cwd.iterdir()) == []
+    assert load_weights(home / "i.safetensors").metadata["interpolated"]
 
 
 def test_convert_half_halves_the_file_and_keeps_the_picture(tmp_path: Path, photo_small: np.ndarray) -> None:

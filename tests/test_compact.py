@@ -97,10 +97,21 @@ def test_packaged_x2_x3_files_say_to_use_the_x4_with_outscale(stem: str, outscal
 
 
 @needs_packaged
-def test_ncnn_file_we_write_is_byte_identical_to_real_esrgans(tmp_path: Path) -> None:
+def test_ncnn_bin_we_write_is_byte_identical_to_real_esrgans_and_the_param_the_same_graph(
+    tmp_path: Path,
+) -> None:
     ours = convert_file(PACKAGED[NAME][0], tmp_path / "video.safetensors")
     param = convert_file(ours, tmp_path / "video.param", layout="ncnn")
     assert param.with_suffix(".bin").read_bytes() == PACKAGED[NAME][1].read_bytes()
+    # the .param (what the README says): the same layers in the same order, other layer and blob names, and the
+    # input and output blobs that tools name (data, output) the same
+    mine, theirs = (p.read_text().splitlines()[2:] for p in (param, PACKAGED[NAME][0]))
+    assert [ln.split()[0] for ln in mine] == [ln.split()[0] for ln in theirs]
+    assert mine != theirs
+    for lines in (mine, theirs):
+        first, last = lines[0].split(), lines[-1].split()
+        assert first[:4] == ["Input", first[1], "0", "1"] and first[4] == "data"
+        assert last[4 + int(last[2]) : 4 + int(last[2]) + int(last[3])] == ["output"]
     again = load_weights(param)
     assert again.config == load_weights(ours).config
     x = np.random.default_rng(0).random((3, 24, 20), dtype=np.float32)

@@ -361,6 +361,40 @@ def test_a_damaged_download_is_listed_so_and_download_replaces_it(
     assert {s.entry.name: s.available for s in zoo.list_models()}[entry.name] == "yes"
 
 
+def test_download_over_a_damaged_file_never_replaces_one_kept_aside_before(
+    server: LocalHTTPServer, home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second `--download` over another damaged file moved it to NAME.damaged, replacing the file the first run
+    had kept there (its message: "kept aside, not deleted"). Each is now kept under a free name (.damaged,
+    .damaged.1, ...), which the warning names, and so does the error when the download then fails."""
+    entry = _url_entry(server)
+    monkeypatch.setitem(zoo.MODELS, entry.name, entry)
+    path = zoo.model_path(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrong = [b"file A " * 100, b"file B " * 100, b"file C " * 100]
+    kept = [path.with_name("RRDB_tiny.pth.damaged"), path.with_name("RRDB_tiny.pth.damaged.1")]
+    said = []
+    for content in wrong[:2]:
+        path.write_bytes(content)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="esrgan.zoo"):
+            assert zoo.resolve(entry, download=True, progress=False) == path
+        assert path.read_bytes() == PAYLOAD
+        said.append(caplog.text)
+    assert sorted(path.parent.glob("*.damaged*")) == kept
+    assert [p.read_bytes() for p in kept] == wrong[:2]
+    for text, aside in zip(said, kept, strict=True):
+        assert f"kept aside as {aside}, downloading it again" in text
+    # the download fails (the release is gone): the message says where the file that was there is
+    gone = dataclasses.replace(entry, url=f"{server.url}/gone.pth")
+    monkeypatch.setitem(zoo.MODELS, entry.name, gone)
+    path.write_bytes(wrong[2])
+    third = path.with_name("RRDB_tiny.pth.damaged.2")
+    with pytest.raises(DownloadError, match=rf"the file that was there is kept as {re.escape(str(third))}$"):
+        zoo.resolve(gone, download=True, progress=False)
+    assert [p.read_bytes() for p in (*kept, third)] == wrong and not path.exists()
+
+
 # --- the CLI --------------------------------------------------------------------------------------------------------
 def _esrgan(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, env={"ESRGAN_HOME": str(home)}, timeout=120)

@@ -746,6 +746,19 @@ def to_layout(config: GeneratorConfig, sd: Mapping[str, Tensor], layout: str) ->
             f"an ESRGAN+ model in the {layout!r} layout: no tool reads ESRGAN+ there (spandrel would drop its 1x1 "
             "paths without a word and run plain ESRGAN); ESRGAN+ files use --layout old, or keep ours"
         )
+    if layout in ("basicsr", "esrgan") and config.num_upsample > 2:
+        # BasicSR's and Real-ESRGAN's RRDBNet have conv_up1/conv_up2 only, the ESRGAN repository's (and BSRGAN's)
+        # upconv1/upconv2: a strict load of a third upsampler fails there. The community's x8 files are old-layout.
+        tool, up = (
+            ("BasicSR's RRDBNet (Real-ESRGAN's)", "conv_up")
+            if layout == "basicsr"
+            else ("the ESRGAN repository's RRDBNet", "upconv")
+        )
+        raise CheckpointError(
+            f"an x{config.scale} RRDBNet in the {layout!r} layout: {tool} has two upsamplers ({up}1, {up}2: x4 at "
+            f"most) and cannot load this model's {up}3; x8 files use --layout old (the community's x8 models), "
+            "ncnn, or ours"
+        )
     if layout in ("ours", "basicsr"):
         if layout == "basicsr" and config.scale in (1, 2) and not config.pixel_unshuffle:
             raise CheckpointError("BasicSR's RRDBNet has no native x1/x2 variant: use --layout old or esrgan")
@@ -799,12 +812,19 @@ def convert_file(
             half=half,
         )
     if layout == "ncnn":
-        from .ncnn import save_ncnn
+        from .ncnn import ncnn_file_refusal, save_ncnn
 
+        if (problem := ncnn_file_refusal(weights.config)) is not None:
+            raise CheckpointError(f"{weights.path or src}: {problem}")
         return save_ncnn(weights.config, weights.state_dict, dest, overwrite=overwrite)[0]
     if dest.suffix not in (".pth", ".pt"):
         raise CheckpointError(f"{dest}: the {layout} layout is a PyTorch file: name the output *.pth")
-    sd = to_layout(weights.config, to_half(weights.state_dict) if half else weights.state_dict, layout)
+    try:
+        sd = to_layout(weights.config, to_half(weights.state_dict) if half else weights.state_dict, layout)
+    except (
+        CheckpointError
+    ) as exc:  # what the model is that the layout cannot hold: named with the model's file
+        raise CheckpointError(f"{weights.path or src}: {exc}") from None
     # BasicSR and Real-ESRGAN look for params_ema, then params; both point at the same storages (saved once).
     payload: dict[str, Any] = {"params_ema": sd, "params": sd} if layout == "basicsr" else sd
     with _writing(dest, overwrite) as tmp:
@@ -838,14 +858,24 @@ def interpolate_weights(a: LoadedWeights, b: LoadedWeights, alpha: float) -> Loa
         raise CheckpointError(f"incompatible architectures: A is {a.config}, B is {b.config}")
     sd = interpolate_state_dicts(a.state_dict, b.state_dict, alpha)
     meta = {"interpolated": f"(1 - {alpha}) * {_label(a)} + {alpha} * {_label(b)}"}
-    for side, w in (
-        ("a", a),
-        ("b", b),
-    ):  # the inputs' record (a zoo model's licence above all) goes with the mix
-        for key in ("license", "name", "source", "converted_from"):
-            if key in w.metadata:
-                meta[f"{side}.{key}"] = w.metadata[key]
+    # the inputs' record (a zoo model's licence above all) goes with the mix, each input's under its side's prefix;
+    # an input that is itself a mix brings its own inputs' records, nested: a.a.license, a.b.license, ...
+    for side, w in (("a", a), ("b", b)):
+        for key, value in w.metadata.items():
+            if _is_provenance(key):
+                meta[f"{side}.{key}"] = value
     return LoadedWeights(a.config, sd, "ours", meta, None)
+
+
+_PROVENANCE_KEYS = ("license", "name", "source", "converted_from", "interpolated")
+
+
+def _is_provenance(key: str) -> bool:
+    """A metadata key interpolate_weights carries over: one of _PROVENANCE_KEYS, or one under a.* / b.* (the inputs'
+    record of an earlier mix), at any depth."""
+    while key[:2] in ("a.", "b."):
+        key = key[2:]
+    return key in _PROVENANCE_KEYS
 
 
 def interpolate_files(

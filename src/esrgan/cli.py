@@ -87,6 +87,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="model file or model name")
     p.add_argument(
         "output",
+        type=_path,
         help="output file (.safetensors for ours; .pth for basicsr/old/esrgan layouts; .param for ncnn, "
         "with the .bin written beside it)",
     )
@@ -96,7 +97,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         default="ours",
         help="key layout of the output (default: ours = safetensors with hyperparameters in the metadata; ncnn = "
         "the .param/.bin pair realesrgan-ncnn-vulkan, upscayl and chaiNNer run, fp16 weights; RRDBNet at x4/x8, any "
-        "compact model)",
+        "compact model; an x8 RRDBNet: old, ncnn or ours)",
     )
     p.add_argument(
         "--half",
@@ -127,7 +128,7 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("a", help="model A (e.g. the PSNR-oriented model): file or name")
     p.add_argument("b", help="model B (e.g. the GAN model): file or name")
     p.add_argument("--alpha", type=float, required=True, help="weight of B, in [0, 1]")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument("-o", "--output", type=_path, required=True, help="output .safetensors file")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=_run_interpolate)
 

@@ -775,23 +775,28 @@ def ncnn_files(
     if isinstance(config, CompactConfig):
         lines, convs = _compact_graph_lines(config)
         return _pack(lines, convs, state_dict, fp16)
+    if (problem := ncnn_file_refusal(config)) is not None:
+        raise CheckpointError(problem)
+    lines, convs = _graph_lines(config)
+    return _pack(lines, convs, state_dict, fp16)
+
+
+def ncnn_file_refusal(config: RRDBConfig | CompactConfig) -> str | None:
+    """Why ncnn_files writes no file for `config` (None: it writes one)."""
+    if isinstance(config, CompactConfig):
+        return None
     if config.image_residual:
         # An Interp (bicubic) + BinaryOp pair could express it; not written: our reader (_match_rrdbnet) knows the
         # plain RRDBNet graph only, and whether ncnn's bicubic matches PyTorch's has not been checked.
-        raise CheckpointError(
+        return (
             "no ncnn file for a model with an image residual (the bicubic upscale of its input added to its "
             "output): keep it as .safetensors, or export ONNX"
         )
     if config.plus:
-        raise CheckpointError(
-            "no ncnn graph for an ESRGAN+ model (its 1x1 residual paths): keep it as .safetensors"
-        )
+        return "no ncnn graph for an ESRGAN+ model (its 1x1 residual paths): keep it as .safetensors"
     if not ncnn_supports(config):
-        raise CheckpointError(
-            f"no ncnn graph for this RRDBNet (scale {config.scale}, pixel-unshuffle {config.unshuffle}): x4 and x8 only"
-        )
-    lines, convs = _graph_lines(config)
-    return _pack(lines, convs, state_dict, fp16)
+        return f"no ncnn graph for this RRDBNet (scale {config.scale}, pixel-unshuffle {config.unshuffle}): x4 and x8 only"
+    return None
 
 
 def _pack(

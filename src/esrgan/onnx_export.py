@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .archs import Generator, GeneratorConfig, arch_name
+from .archs import Generator, GeneratorConfig, arch_name, build_generator
 from .atomic import OutputExistsError, atomic_path, cannot_write_reason
 from .compact import SRVGGNetCompact
 from .errors import EsrganError
@@ -107,10 +107,14 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
 ) -> Path:
-    """Write `model` (an RRDBNet, a model file or a model name) as ONNX with dynamic N, H, W; returns the path.
+    """Write `model` (an RRDBNet or SRVGGNetCompact, a model file or a model name) as ONNX with dynamic N, H, W;
+    returns the path, which must end in .onnx.
 
     Uses the TorchScript exporter (dynamo=False): it needs no onnxscript and handles this static graph fully.
-    The file is written only if onnxruntime's output matches PyTorch's to >= CHECK_PSNR_DB dB.
+    The file is written only if onnxruntime's output matches PyTorch's to >= CHECK_PSNR_DB dB. A module given is
+    exported from a float32 copy on the CPU: its dtype, device and train/eval mode are left as they were. A file's
+    or a named model's provenance (licence, name, source, ...: what `esrgan convert` keeps) goes into the ONNX
+    metadata beside esrgan.config and esrgan.arch, with converted_from naming the file.
     """
     _require("onnx")
     top = _max_opset()
@@ -123,14 +127,24 @@ def export_onnx(
     dest = Path(dest)
     if dest.is_dir():  # even with overwrite: a folder is never replaced by a file
         raise EsrganError(f"{dest}: is a folder, not a file; give the name of the .onnx file to write")
-    if not isinstance(model, RRDBNet | SRVGGNetCompact):
-        from .zoo import load_model
+    # before any work: an ONNX file under a model's name (even the input's, with --overwrite) is no model
+    if dest.suffix != ".onnx":
+        raise EsrganError(f"{dest}: the export is an ONNX file: name it *.onnx")
+    provenance: dict[str, str] = {}
+    if isinstance(model, RRDBNet | SRVGGNetCompact):
+        model = _export_copy(model)
+    else:
+        from .checkpoints import build_model, load_weights
+        from .zoo import resolve_model_path
 
-        model = load_model(model)
-    model = model.float().eval()
+        path = resolve_model_path(model)
+        weights = load_weights(path)
+        model = build_model(weights)
+        provenance = {k: v for k, v in weights.metadata.items() if not k.startswith("esrgan.")}
+        provenance["converted_from"] = f"{path.name} ({weights.layout} layout)"  # as esrgan convert writes it
     graph = _Graph(model) if isinstance(model, RRDBNet) else model
     try:
-        _write(graph, model.config, dest, opset, overwrite)
+        _write(graph, model.config, dest, opset, overwrite, provenance)
     except OutputExistsError:
         raise
     except OSError as exc:  # a read-only folder, a full disk, a file where a folder should be
@@ -138,11 +152,39 @@ def export_onnx(
     return dest
 
 
-def _write(graph: nn.Module, config: GeneratorConfig, dest: Path, opset: int, overwrite: bool) -> None:
+def _export_copy(model: Generator) -> Generator:
+    """A float32 copy of `model` on the CPU, in eval mode, sharing nothing with it: the caller's module keeps its
+    dtype, device and mode, and a model on a GPU is exported on the CPU, where the check input is. Built on the
+    meta device and filled from the state dict (no GPU copy on the way); a subclass or a module with other keys
+    (weight_norm's) is deep-copied instead."""
+    import copy
+
+    if type(model) in (RRDBNet, SRVGGNetCompact):
+        with torch.device("meta"):
+            copied = build_generator(model.config)
+        copied = copied.to_empty(device="cpu").float()
+        try:
+            copied.load_state_dict(model.state_dict(), strict=True)  # copy_: any dtype and device to CPU fp32
+            return copied.eval().requires_grad_(False)
+        except RuntimeError:  # other keys than the architecture's
+            pass
+    return copy.deepcopy(model).to("cpu", torch.float32).eval().requires_grad_(False)
+
+
+def _write(
+    graph: nn.Module,
+    config: GeneratorConfig,
+    dest: Path,
+    opset: int,
+    overwrite: bool,
+    provenance: dict[str, str] | None = None,
+) -> None:
     """Export to a temporary file, add the metadata, check it against PyTorch, then rename it to dest."""
     onnx = _require("onnx")
     sample = _check_input(config)
-    dyn = {0: "batch", 2: "height", 3: "width"}
+    # the output's spatial sizes are its own: scale x the input's (one name for both would say they are equal)
+    dyn_in = {0: "batch", 2: "height", 3: "width"}
+    dyn_out = {0: "batch", 2: "out_height", 3: "out_width"}
     with atomic_path(dest, overwrite=overwrite) as tmp:
         try:
             # The legacy exporter is deliberate (see the docstring); its DeprecationWarning would only confuse users.
@@ -156,12 +198,13 @@ def _write(graph: nn.Module, config: GeneratorConfig, dest: Path, opset: int, ov
                     opset_version=opset,
                     input_names=["input"],
                     output_names=["output"],
-                    dynamic_axes={"input": dyn, "output": dyn},
+                    dynamic_axes={"input": dyn_in, "output": dyn_out},
                 )
         except (RuntimeError, ValueError) as exc:  # e.g. an opset torch cannot target
             raise EsrganError(f"{dest}: ONNX export failed: {str(exc).splitlines()[0]}") from None
         proto = onnx.load(str(tmp))
         for key, value in (
+            *sorted((provenance or {}).items()),
             ("esrgan.config", json.dumps(config.to_dict())),
             ("esrgan.arch", arch_name(config)),
         ):

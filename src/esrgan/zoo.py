@@ -322,15 +322,16 @@ def _resolve_url(entry: ModelEntry, *, download: bool, progress: bool) -> Path:
             f"or download it by hand from {entry.url} and put it at {path}"
         )
     assert entry.url is not None  # each way here without one raised above
+    aside: Path | None = None
     with _lock(path):
         if path.is_file():  # damaged, or another process finished the download while we waited
             problem = _cached_problem(entry, path)
             if problem is None:
                 return path
             # what --download is asked for; kept aside, not deleted: it may be a file someone put there on purpose
-            aside = path.with_name(path.name + ".damaged")
-            path.replace(aside)
-            log.warning("%s: %s; moved to %s, downloading it again", path, problem, aside.name)
+            aside = _aside_path(path)
+            path.rename(aside)  # a free name, found under the lock: nothing kept aside before is replaced
+            log.warning("%s: %s; kept aside as %s, downloading it again", path, problem, aside)
         try:
             download_file(
                 entry.url,
@@ -342,8 +343,19 @@ def _resolve_url(entry: ModelEntry, *, download: bool, progress: bool) -> Path:
                 max_bytes=size_cap(entry),
             )
         except DownloadError as exc:
-            raise DownloadError(f"model {entry.name!r} (listed at {entry.size} bytes): {exc}") from None
+            kept = f"; the file that was there is kept as {aside}" if aside is not None else ""
+            raise DownloadError(f"model {entry.name!r} (listed at {entry.size} bytes): {exc}{kept}") from None
     return path  # verified while downloading
+
+
+def _aside_path(path: Path) -> Path:
+    """Where a damaged file at `path` is kept: NAME.damaged, or NAME.damaged.1, .2, ... when that name is taken by
+    a file kept aside before (never replaced: each may be someone's own file)."""
+    aside, n = path.with_name(path.name + ".damaged"), 0
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged.{n}")
+    return aside
 
 
 def size_cap(entry: ModelEntry) -> int:
