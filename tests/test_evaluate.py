@@ -992,3 +992,60 @@ def test_json_or_csv_naming_a_report_or_saved_file_is_refused_first(
     code, _, err = _run_here(capsys, *base, "--report", report, "--json", report / "r.json", "--overwrite")
     assert code == 0, err
     assert json.loads((report / "r.json").read_text())["methods"] == ["bicubic", "nearest"]
+
+
+def test_sr_results_of_hr_images_sharing_a_stem_and_folders_never_written_into(
+    tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """a.png and a.bmp (two HR images of one stem) with their SR results named as `esrgan upscale` names them
+    (a_x4.png, a_x4.bmp): both HR took one of them, so a.bmp was scored against a.png's result without a word. Each
+    now takes the SR file of its own suffix, or the name --save-images gives it (a_png); an SR folder holding only
+    one of them fails the other in one line. --sr naming the HR folder (every image scored against itself: inf dB)
+    and --save-images writing into a folder the evaluation reads (with --overwrite it replaced the SR inputs) are
+    refused before any work."""
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    Image.fromarray(photo[:128, :128]).save(hr_dir / "a.png")
+    Image.fromarray(photo[200:328, 240:368]).save(hr_dir / "a.bmp")
+    Image.fromarray(photo[300:428, 100:228]).save(hr_dir / "c.png")
+    saved = tmp_path / "saved"
+    code, _, err = _run_here(capsys, "--hr", hr_dir, "--no-niqe", "--save-images", saved)
+    assert code == 0, err
+    assert sorted(p.name for p in (saved / "bicubic").iterdir()) == ["a_bmp.png", "a_png.png", "c.png"]
+    sr_dir = tmp_path / "sr"
+    sr_dir.mkdir()
+    for src, dst in (("a_png.png", "a_x4.png"), ("a_bmp.png", "a_x4.bmp"), ("c.png", "c_x4.png")):
+        Image.open(saved / "bicubic" / src).save(
+            sr_dir / dst
+        )  # the bicubic results: the column equals bicubic's
+    for folder in (sr_dir, saved / "bicubic"):
+        code, _, err = _run_here(capsys, "--hr", hr_dir, "--no-niqe", "--sr", folder, "--json", tmp_path / "r.json",
+                                 "--overwrite")  # fmt: skip
+        assert code == 0, err
+        data = json.loads((tmp_path / "r.json").read_text())
+        name = folder.name
+        assert [im["name"] for im in data["images"]] == ["a.bmp", "a.png", "c"]
+        for im in data["images"]:
+            assert im["scores"][name] == im["scores"]["bicubic"], (folder, im["name"])
+    (sr_dir / "a_x4.bmp").unlink()  # a.png's result alone: a.bmp has none (it took a_x4.png before)
+    code, _, err = _run_here(capsys, "--hr", hr_dir, "--no-niqe", "--sr", sr_dir)
+    assert code == 1
+    assert err.splitlines()[0] == (
+        f"[1/3] skipped {hr_dir / 'a.bmp'}: {sr_dir}: no SR image for 'a' (looked for a, ax4, a_x4, a_LRBI_x4, "
+        "a_out, a_SR, a_x4_SR with the suffix .bmp, as another HR image has its stem)"
+    ), err
+    assert "a.png: bicubic 33.29 dB 0.9445 | sr 33.29 dB 0.9445" in err
+    code, out, err = _run_here(capsys, "--hr", hr_dir, "--sr", hr_dir)
+    assert (code, out) == (1, "")
+    assert (
+        err == f"esrgan: error: {hr_dir}: --sr is the HR folder: every image would be scored against itself\n"
+    )
+    before = {p.name: p.read_bytes() for p in (saved / "bicubic").iterdir()}
+    code, out, err = _run_here(capsys, "--hr", hr_dir, "--sr", saved / "bicubic", "--save-images", saved,
+                               "--overwrite")  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err == (
+        f"esrgan: error: {saved / 'bicubic'}: --save-images would write into a folder this evaluation reads its "
+        "images from; give another folder\n"
+    )
+    assert {p.name: p.read_bytes() for p in (saved / "bicubic").iterdir()} == before

@@ -62,27 +62,53 @@ def list_images(folder: Path) -> list[Path]:
     return _list_images(folder)
 
 
-def _find_paired(folder: Path, stem: str, candidates: Sequence[str], what: str) -> Path:
+def _find_paired(
+    folder: Path, hr: Path, candidates: Sequence[str], what: str, *, shared: bool = False
+) -> Path:
     """The first of ``candidates`` (file stems, in order) that is an image in ``folder``; else an ImageError naming
-    the folder, HR ``stem`` and every name looked for."""
-    by_stem = {p.stem: p for p in list_images(folder)}
+    the folder, HR file ``hr`` and every name looked for. Several images of one candidate stem (a.png, a.bmp): the
+    one with the HR's suffix, else an error naming them. ``shared``: another HR image has ``hr``'s stem (a.png beside
+    a.bmp), so only files with the HR's suffix pair with it (either HR would take a lone a_x4.png: the wrong one's
+    scores were given without a word)."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in list_images(folder):
+        by_stem.setdefault(p.stem, []).append(p)
+    suffix = hr.suffix.lower()
     for c in candidates:
-        if c in by_stem:
-            return by_stem[c]
-    raise ImageError(
-        f"{folder}: no {what} image for {stem!r} (looked for {', '.join(candidates)} with an image suffix)"
+        found = by_stem.get(c, [])
+        same = [p for p in found if p.suffix.lower() == suffix]
+        if len(same) == 1:
+            return same[0]
+        if shared or not found:
+            continue
+        if len(found) > 1:
+            raise ImageError(
+                f"{folder}: several {what} images for {hr.name} ({', '.join(sorted(p.name for p in found))}); "
+                f"keep one, or name it with {hr.name}'s suffix"
+            )
+        return found[0]
+    kept = (
+        f" with the suffix {hr.suffix}, as another HR image has its stem"
+        if shared
+        else " with an image suffix"
     )
+    raise ImageError(f"{folder}: no {what} image for {hr.stem!r} (looked for {', '.join(candidates)}{kept})")
 
 
-def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:
-    """The LR file paired with HR ``stem``: same stem, or the usual benchmark suffixes (``x4``, ``_x4``, ``_LRBI_x4``)."""
+def find_lr(lr_dir: Path, hr: Path, scale: int, *, shared: bool = False) -> Path:
+    """The LR file paired with HR file ``hr``: its stem, or the usual benchmark suffixes (``x4``, ``_x4``,
+    ``_LRBI_x4``); ``shared``: see _find_paired."""
+    stem = hr.stem
     candidates = (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}_LRBI_x{scale}")
-    return _find_paired(lr_dir, stem, candidates, "LR")
+    return _find_paired(lr_dir, hr, candidates, "LR", shared=shared)
 
 
-def find_sr(sr_dir: Path, stem: str, scale: int) -> Path:
-    """The SR result paired with HR ``stem``: the LR pairing's names (same stem, ``x4``, ``_x4`` as `esrgan upscale`
-    names its outputs, ``_LRBI_x4``), then ``_out`` (Real-ESRGAN's inference script), ``_SR`` and ``_x4_SR``."""
+def find_sr(sr_dir: Path, hr: Path, scale: int, *, shared: bool = False) -> Path:
+    """The SR result paired with HR file ``hr``: the LR pairing's names (its stem, ``x4``, ``_x4`` as `esrgan
+    upscale` names its outputs, ``_LRBI_x4``), then ``_out`` (Real-ESRGAN's inference script), ``_SR`` and
+    ``_x4_SR``; where another HR image has its stem (``shared``), first the name `--save-images` gives it
+    (``a_png`` for a.png beside a.bmp; any suffix), then those with the HR's suffix only."""
+    stem = hr.stem
     candidates = (
         stem,
         f"{stem}x{scale}",
@@ -92,7 +118,12 @@ def find_sr(sr_dir: Path, stem: str, scale: int) -> Path:
         f"{stem}_SR",
         f"{stem}_x{scale}_SR",
     )
-    return _find_paired(sr_dir, stem, candidates, "SR")
+    if shared:
+        own = hr.name.replace(".", "_")  # saved_image's name for it
+        found = [p for p in list_images(sr_dir) if p.stem == own]
+        if len(found) == 1:
+            return found[0]
+    return _find_paired(sr_dir, hr, candidates, "SR", shared=shared)
 
 
 def _as_uint8(img: ImageData) -> np.ndarray:
@@ -298,6 +329,17 @@ def evaluate(
     for folder in sr_dirs:
         if not Path(folder).is_dir():
             raise ImageError(f"{folder}: not a folder (SR results)")
+        if Path(folder).resolve() == hr_path.resolve():
+            raise ImageError(f"{folder}: --sr is the HR folder: every image would be scored against itself")
+    if save_images is not None:  # never written into a folder this evaluation reads, --overwrite or not
+        inputs = [hr_path, *([lr_path] if lr_path is not None else []), *map(Path, sr_dirs)]
+        for method in (BICUBIC, *_names(models, sr_dirs)):
+            out = Path(save_images) / method
+            if any(out.resolve() == Path(d).resolve() for d in inputs):
+                raise ImageError(
+                    f"{out}: --save-images would write into a folder this evaluation reads its images from; "
+                    "give another folder"
+                )
     if scale is not None and scale < 1:  # before any model is loaded
         raise ConfigError(f"scale must be >= 1, got {scale}")
     names = _names(models, sr_dirs)
@@ -327,10 +369,20 @@ def evaluate(
     )
     say = progress or (lambda line: None)
     shown = image_names(files)
+    stems = Counter(p.stem for p in files)
     for i, path in enumerate(files, 1):
         try:
             item = _evaluate_one(
-                path, shown[path], result, loaded, saved, lpips, save_images, report_dir, overwrite
+                path,
+                shown[path],
+                result,
+                loaded,
+                saved,
+                lpips,
+                save_images,
+                report_dir,
+                overwrite,
+                shared=stems[path.stem] > 1,
             )
         except (EsrganError, OSError, ValueError, MemoryError, RuntimeError) as exc:
             memory = isinstance(exc, (MemoryError, RuntimeError))
@@ -438,11 +490,17 @@ def check_outputs(
 
 
 def _saved_result(
-    r: _SavedResults, path: Path, original: tuple[int, ...], size: tuple[int, ...], scale: int
+    r: _SavedResults,
+    path: Path,
+    original: tuple[int, ...],
+    size: tuple[int, ...],
+    scale: int,
+    *,
+    shared: bool = False,
 ) -> np.ndarray:
     """The SR result of ``r`` for HR ``path`` as uint8 RGB of the scored size ``size`` (the HR cut to a multiple of
     the scale); one of the HR file's own size ``original`` is cut the same way."""
-    file = find_sr(r.folder, path.stem, scale)
+    file = find_sr(r.folder, path, scale, shared=shared)
     sr = _as_uint8(read_image(file))
     if sr.shape[:2] == original and original != size:
         sr = mod_crop(sr, scale)
@@ -499,7 +557,10 @@ def _evaluate_one(
     save_images: str | Path | None,
     report_dir: str | Path | None,
     overwrite: bool = False,
+    *,
+    shared: bool = False,
 ) -> ImageResult:
+    """One HR image scored by every method; ``shared``: another HR image has its stem (see _find_paired)."""
     s, border = result.scale, result.crop_border
     original = _as_uint8(read_image(path))
     # grey as RGB of three equal channels, as BasicSR's test reads it: the LR is RGB, the model's RGB output is
@@ -511,7 +572,7 @@ def _evaluate_one(
             f"after cutting to a multiple of {s} and cropping {border} pixels on each side)"
         )
     if result.lr_dir is not None:
-        lr_file = find_lr(result.lr_dir, path.stem, s)
+        lr_file = find_lr(result.lr_dir, path, s, shared=shared)
         lr = _as_uint8(read_image(lr_file))
         want = (hr.shape[0] // s, hr.shape[1] // s)
         if lr.shape[:2] != want:
@@ -537,7 +598,7 @@ def _evaluate_one(
             )
         outputs[m.name] = out
     for r in saved:
-        outputs[r.name] = _saved_result(r, path, original.shape[:2], hr.shape[:2], s)
+        outputs[r.name] = _saved_result(r, path, original.shape[:2], hr.shape[:2], s, shared=shared)
     scores = {
         name: score(out, hr, crop_border=border, round_y=result.round_y, with_niqe=result.niqe, lpips=lpips)
         for name, out in outputs.items()
