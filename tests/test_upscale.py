@@ -814,3 +814,25 @@ def test_a_grey_model_upscales_every_plane_alone_and_keeps_colour(photo: np.ndar
     image = ImageData(crop, bit_depth=8)
     assert tiled.stream_reason(image) == "a grey model upscales a colour image one channel at a time"
     assert tiled.stream_reason(ImageData(crop[:, :, 1:2], bit_depth=8)) is None
+
+
+def test_progress_ends_at_its_total_with_one_total_for_every_plane(photo: np.ndarray) -> None:
+    """on_tile's last call is (total, total), and an image's passes share one total: (1) a 60x70 image at tile 64 is
+    one row of two tiles, whose rows come whole at the last tile, and the output was returned before that tile's
+    progress (the bar ended at 1/2); (2) a measurement image (colour and an extra band) through a grey model counted
+    one colour pass, so its totals changed mid-image and the bar went back (0..48 of 96, then 16..32 of 32)."""
+    calls: list[tuple[int, int]] = []
+    rgb = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=64)
+    rgb.upscale(np.ascontiguousarray(photo[:60, :70]), on_tile=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (2, 2), calls
+    grey = Upscaler(photo_preserving_rrdb(channels=1), device="cpu", precision="fp32", tile=32)
+    crop = np.ascontiguousarray(photo[:72, :80])
+    image = ImageData(crop, bit_depth=8, extra=np.ascontiguousarray(crop[:, :, :1]), format="TIFF")
+    calls.clear()
+    out = grey.upscale_image(image, on_tile=lambda d, t: calls.append((d, t)))
+    per_pass = len(tile_grid(72, 80, 32, grey.overlap_for(32))[2]) * len(
+        tile_grid(72, 80, 32, grey.overlap_for(32))[3]
+    )
+    assert {t for _, t in calls} == {4 * per_pass} and calls[-1] == (4 * per_pass, 4 * per_pass), calls
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert out.extra is not None and np.array_equal(out.extra[:, :, 0], out.pixels[:, :, 0])  # R, as the band

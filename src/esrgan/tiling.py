@@ -427,8 +427,9 @@ def gather_rows(bands: Iterable[tuple[int, np.ndarray]], height: int) -> np.ndar
     out: np.ndarray | None = None
     for first, rows in bands:
         if out is None:
-            if first == 0 and rows.shape[0] == height:  # one tile: the rows are the image
-                return rows
+            if first == 0 and rows.shape[0] == height:  # one piece: the rows are the image
+                out = rows  # and the pieces run to their end, so the last tile's progress is said (a row of
+                continue  # several tiles comes whole at its last tile, before its on_tile)
             out = np.empty((height, *rows.shape[1:]), dtype=rows.dtype)
         out[first : first + rows.shape[0]] = rows
         del rows

@@ -613,8 +613,7 @@ class Upscaler:
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
         runner = self.runner_for(dtype)
-        # a grey model takes a colour image one channel at a time: each channel is a pass of its own
-        colour_passes = 3 if colour.shape[2] == 3 and self.model.config.num_in_ch == 1 else 1
+        colour_passes = self._colour_passes(colour.shape[2])
         passes = colour_passes + (1 if alpha is not None and self.alpha_mode == "model" else 0)
         if alpha is not None:
             colour = bleed_colour(colour, alpha)
@@ -676,7 +675,7 @@ class Upscaler:
         if valid is not None:
             first = c + (alpha is not None)
             bands = [bleed_colour(b, valid[:, :, first + k].astype(np.uint8)) for k, b in enumerate(bands)]
-        first_passes = 2 if alpha is not None and self.alpha_mode == "model" else 1
+        first_passes = self._colour_passes(c) + (1 if alpha is not None and self.alpha_mode == "model" else 0)
         all_passes = first_passes + len(bands)
 
         def progress(first_pass: int, passes: int) -> Progress | None:
@@ -703,6 +702,10 @@ class Upscaler:
             extra=out_extra if bands else None,
             valid=None if valid is None else nearest(valid, size),
         )
+
+    def _colour_passes(self, channels: int) -> int:
+        """Passes of the model over an image's colour: a grey model takes a colour image one channel at a time."""
+        return 3 if channels == 3 and self.model.config.num_in_ch == 1 else 1
 
     def retrying(self, height: int, width: int, dtype: np.dtype, attempt: Callable[[int], T]) -> T:
         """attempt(tile) with the tile of an image of this size and dtype; while it raises a TileError of a forward
