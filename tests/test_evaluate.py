@@ -1049,3 +1049,11 @@ def test_sr_results_of_hr_images_sharing_a_stem_and_folders_never_written_into(
         "images from; give another folder\n"
     )
     assert {p.name: p.read_bytes() for p in (saved / "bicubic").iterdir()} == before
+    code, out, err = _run_here(
+        capsys, "--hr", hr_dir, "--sr", sr_dir, "--save-images", sr_dir
+    )  # the SR folder
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        f"esrgan: error: {sr_dir}: --save-images would write into a folder this evaluation"
+    ), err
+    assert not (sr_dir / "bicubic").exists()

@@ -836,3 +836,15 @@ def test_progress_ends_at_its_total_with_one_total_for_every_plane(photo: np.nda
     assert {t for _, t in calls} == {4 * per_pass} and calls[-1] == (4 * per_pass, 4 * per_pass), calls
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert out.extra is not None and np.array_equal(out.extra[:, :, 0], out.pixels[:, :, 0])  # R, as the band
+
+
+def test_a_measurement_images_later_passes_do_not_repeat_their_start(photo: np.ndarray) -> None:
+    """on_tile is called once with (0, total), then once after every tile: each extra band's pass reported its start
+    again (the count where the pass before it ended), so a bar got two calls for one tile."""
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32", tile=32)
+    crop = np.ascontiguousarray(photo[:40, :40])
+    image = ImageData(crop, bit_depth=8, extra=np.ascontiguousarray(crop[:, :, :2]), format="TIFF")
+    calls: list[tuple[int, int]] = []
+    up.upscale_image(image, on_tile=lambda d, t: calls.append((d, t)))
+    total = calls[-1][1]
+    assert [d for d, _ in calls] == list(range(total + 1)), calls

@@ -333,8 +333,7 @@ def evaluate(
             raise ImageError(f"{folder}: --sr is the HR folder: every image would be scored against itself")
     if save_images is not None:  # never written into a folder this evaluation reads, --overwrite or not
         inputs = [hr_path, *([lr_path] if lr_path is not None else []), *map(Path, sr_dirs)]
-        for method in (BICUBIC, *_names(models, sr_dirs)):
-            out = Path(save_images) / method
+        for out in (Path(save_images), *(Path(save_images) / m for m in (BICUBIC, *_names(models, sr_dirs)))):
             if any(out.resolve() == Path(d).resolve() for d in inputs):
                 raise ImageError(
                     f"{out}: --save-images would write into a folder this evaluation reads its images from; "

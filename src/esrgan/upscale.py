@@ -684,6 +684,8 @@ class Upscaler:
             report = on_tile
 
             def tell(done: int, total: int) -> None:
+                if done == 0 and first_pass:  # a later pass's start is where the pass before it ended
+                    return
                 per_pass = total // passes  # total: `passes` passes at the tile used now (a retry's)
                 report(first_pass * per_pass + done, all_passes * per_pass)
 
