@@ -194,7 +194,10 @@ def test_the_compiled_generator_trains_as_the_eager_one_inside_the_graph_body(
         pytest.skip(
             f"compiling per block needs torch >= 2.5 (this is {torch.__version__}; see the next test)"
         )
-    cfg = config(photos, tmp_path, "psnr", num_block=2)
+    # two blocks where the per-block compile must reuse one graph for both; one for the whole G, which proves the
+    # same with one and compiles a smaller graph (~10 % less time here: Inductor's C++ kernels, most of the time,
+    # are shared by identical blocks anyway)
+    cfg = config(photos, tmp_path, "psnr", num_block=2 if how == "blocks" else 1)
     autocast = make_autocast(CPU, "fp32")
     nets_a, opts_a, data = setup(cfg)
     eager_logs = [train_step(cfg, nets_a, opts_a, lr, hr, autocast, i + 1) for i, (lr, hr) in enumerate(data)]
