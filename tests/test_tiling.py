@@ -640,3 +640,22 @@ def test_an_overlap_given_without_a_tile_gets_a_tile_that_holds_it(photo: np.nda
     assert np.array_equal(up.upscale(x), Upscaler(model, device="cpu", precision="fp32", tile=0).upscale(x))
     with pytest.raises(EsrganError, match="a tile overlap of 352 needs tiles larger than 352"):
         balanced_tile(1000, 352, 352)
+
+
+def test_all_finite_is_false_for_any_nan_or_inf_and_true_past_a_sum_that_overflows() -> None:
+    """all_finite checks a pass's output through its float32 sum (one read, no mask): a NaN or an Inf anywhere makes
+    it False (+Inf beside -Inf sums to NaN), and finite values whose sum overflows are still finite."""
+    from esrgan.tiling import all_finite
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        t = torch.rand(2, 3, 40, 50).to(dtype)
+        assert all_finite(t)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            u = t.clone()
+            u[1, 2, 39, 49] = bad
+            assert not all_finite(u), (dtype, bad)
+        u = t.clone()
+        u[0, 0, 0, 0], u[1, 1, 1, 1] = float("inf"), float("-inf")
+        assert not all_finite(u)
+    assert all_finite(torch.full((8,), 3e38))  # finite values, an overflowing sum
+    assert all_finite(torch.full((70_000,), 60_000.0, dtype=torch.float16))  # an fp16 sum would overflow

@@ -39,6 +39,7 @@ from .defaults import DEVICES, PRECISIONS
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet, count_parameters
 from .ncnn import NcnnRRDBNet, ncnn_runtime_available, ncnn_supports
+from .tiling import all_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Precision names (as the CLI, the web page and config files spell them) and their dtypes."""
@@ -541,7 +542,7 @@ class ModelRunner:
             x = x.contiguous(memory_format=torch.channels_last)
         with autotuned(self.device):
             y = self._run(x, self.dtype)
-        if self.dtype != torch.float32 and not bool(torch.isfinite(y).all()):
+        if self.dtype != torch.float32 and not all_finite(y):
             warnings.warn(
                 f"the model produced NaN/Inf in {precision_name(self.dtype)}; recomputing in fp32 (and staying in fp32)",
                 PrecisionWarning,
