@@ -327,92 +327,12 @@ def test_an_error_every_rank_meets_is_said_once(photos: tuple[Path, Path], tmp_p
     assert not cfg.run_dir.exists()
 
 
-def test_a_run_folder_held_by_another_run_stops_every_node(photos: tuple[Path, Path], tmp_path: Path) -> None:
-    """Two torchrun agents (two nodes on one machine, one process each) start a run whose folder another `esrgan
-    train` holds (here this test, through the same lock). Rank 0 took the lock before joining the process group,
-    so it stopped alone, and node 1's rank then crashed joining a group whose store was gone (torch's C++ stack
-    trace, its agent's "failed to shutdown the rendezvous"). The lock is taken after joining now, its refusal
-    agreed like any other check: both nodes stop, rank 0 saying why in one line, rank 1 without a word."""
+def two_nodes(node0: Path, node1: Path) -> tuple[list[str], list[int]]:
+    """Two torchrun agents (two nodes on this machine, one process each) running `esrgan train` of node0's and
+    node1's configs: each agent's stderr and exit status, within 120 s."""
     import subprocess
     import sys
 
-    from esrgan.train import run_folder_lock
-
-    cfg = tiny(photos, tmp_path, "held", validation={"dir": None})
-    yaml = write_config(cfg, tmp_path / "held.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
-    common += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "held"]
-    with run_folder_lock(cfg.run_dir):
-        agents = [
-            subprocess.Popen([*common, "--node-rank", str(n), "-m", "esrgan.cli", "train", str(yaml)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for n in range(2)
-        ]  # fmt: skip
-        try:
-            errs = [agent.communicate(timeout=120)[1] for agent in agents]
-        finally:
-            for agent in agents:
-                agent.kill()
-        assert list(cfg.run_dir.iterdir()) == []  # nothing written into the held folder
-    lines = [[line for line in err.splitlines() if line.startswith("esrgan: error: ")] for err in errs]
-    assert lines[0] == [
-        f"esrgan: error: {cfg.run_dir}: another esrgan train is running in this folder; wait for it to end (or "
-        "stop it: it saves a checkpoint), or use another name (--set name=...)"
-    ], errs[0]
-    assert lines[1] == [], errs[1]  # rank 0 said it
-    assert "frame #" not in errs[1] and "failed to shutdown the rendezvous" not in errs[1], errs[1][-3000:]
-    assert all(agent.returncode != 0 for agent in agents)
-
-
-def test_a_node_whose_config_does_not_load_stops_the_others(
-    photos: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """Two torchrun agents (two nodes on one machine, one process each); node 1's config file has a typo in a key (or
-    is missing there). Its rank stopped before joining the process group, and node 0 waited for it until torch's
-    timeout (30 minutes). It joins to say it could not start now: node 0 stops at once, naming rank 1, which says
-    why in one line."""
-    import subprocess
-    import sys
-
-    cfg = tiny(photos, tmp_path, "cfg", validation={"dir": None})
-    node0 = write_config(cfg, tmp_path / "node0.yaml")
-    node1 = tmp_path / "node1.yaml"
-    node1.write_text(node0.read_text().replace("patch_size:", "patchsize:"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
-    common += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "cfg"]
-    agents = [
-        subprocess.Popen([*common, "--node-rank", str(n), "-m", "esrgan.cli", "train", str(yaml)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for n, yaml in enumerate((node0, node1))
-    ]  # fmt: skip
-    try:
-        errs = [agent.communicate(timeout=120)[1] for agent in agents]  # before: node 0 waited 30 minutes
-    finally:
-        for agent in agents:
-            agent.kill()
-    lines = [[line for line in err.splitlines() if line.startswith("esrgan: error: ")] for err in errs]
-    assert lines[0] == ["esrgan: error: rank 1 could not start (its error says why): nothing was trained"], (
-        errs[0]
-    )
-    assert len(lines[1]) == 1, errs[1]
-    assert lines[1][0].startswith(f"esrgan: error: {node1}: data: unknown key 'patchsize' (known: "), lines[1]
-    assert all(agent.returncode != 0 for agent in agents)
-    assert not cfg.run_dir.exists()
-
-
-def test_a_node_that_cannot_start_stops_the_others(photos: tuple[Path, Path], tmp_path: Path) -> None:
-    """Two torchrun agents (two nodes here on one machine, one process each); node 1's data folder is missing. It
-    stopped before joining the process group, and node 0 waited for it until torch's timeout (30 minutes). Every
-    rank joins first now, then they agree on their checks: node 0 stops at once, saying which rank could not."""
-    import subprocess
-    import sys
-
-    cfg = tiny(photos, tmp_path, "nodes", validation={"dir": None})
-    node0 = write_config(cfg, tmp_path / "node0.yaml")
-    cfg.data.hr_dir = str(tmp_path / "missing")
-    node1 = write_config(cfg, tmp_path / "node1.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
     common += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "nodes"]
@@ -422,13 +342,73 @@ def test_a_node_that_cannot_start_stops_the_others(photos: tuple[Path, Path], tm
         for n, yaml in enumerate((node0, node1))
     ]  # fmt: skip
     try:
-        errs = [agent.communicate(timeout=120)[1] for agent in agents]  # before: node 0 waited 30 minutes
+        errs = [agent.communicate(timeout=120)[1] for agent in agents]
     finally:
         for agent in agents:
             agent.kill()
+    return errs, [agent.returncode for agent in agents]
+
+
+def test_a_run_folder_held_by_another_run_stops_every_node(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two torchrun agents (two nodes on one machine, one process each) start a run whose folder another `esrgan
+    train` holds (here this test, through the same lock). Rank 0 took the lock before joining the process group,
+    so it stopped alone, and node 1's rank then crashed joining a group whose store was gone (torch's C++ stack
+    trace, its agent's "failed to shutdown the rendezvous"). The lock is taken after joining now, its refusal
+    agreed like any other check: both nodes stop, rank 0 saying why in one line, rank 1 without a word."""
+
+    from esrgan.train import run_folder_lock
+
+    cfg = tiny(photos, tmp_path, "held", validation={"dir": None})
+    yaml = write_config(cfg, tmp_path / "held.yaml")
+    with run_folder_lock(cfg.run_dir):
+        errs, codes = two_nodes(yaml, yaml)
+        assert list(cfg.run_dir.iterdir()) == []  # nothing written into the held folder
+    lines = [[line for line in err.splitlines() if line.startswith("esrgan: error: ")] for err in errs]
+    assert lines[0] == [
+        f"esrgan: error: {cfg.run_dir}: another esrgan train is running in this folder; wait for it to end (or "
+        "stop it: it saves a checkpoint), or use another name (--set name=...)"
+    ], errs[0]
+    assert lines[1] == [], errs[1]  # rank 0 said it
+    assert "frame #" not in errs[1] and "failed to shutdown the rendezvous" not in errs[1], errs[1][-3000:]
+    assert all(code != 0 for code in codes)
+
+
+def test_a_node_whose_config_does_not_load_stops_the_others(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Two torchrun agents (two nodes on one machine, one process each); node 1's config file has a typo in a key (or
+    is missing there). Its rank stopped before joining the process group, and node 0 waited for it until torch's
+    timeout (30 minutes). It joins to say it could not start now: node 0 stops at once, naming rank 1, which says
+    why in one line."""
+
+    cfg = tiny(photos, tmp_path, "cfg", validation={"dir": None})
+    node0 = write_config(cfg, tmp_path / "node0.yaml")
+    node1 = tmp_path / "node1.yaml"
+    node1.write_text(node0.read_text().replace("patch_size:", "patchsize:"))
+    errs, codes = two_nodes(node0, node1)  # before: node 0 waited 30 minutes
+    lines = [[line for line in err.splitlines() if line.startswith("esrgan: error: ")] for err in errs]
+    assert lines[0] == ["esrgan: error: rank 1 could not start (its error says why): nothing was trained"], (
+        errs[0]
+    )
+    assert len(lines[1]) == 1, errs[1]
+    assert lines[1][0].startswith(f"esrgan: error: {node1}: data: unknown key 'patchsize' (known: "), lines[1]
+    assert all(code != 0 for code in codes)
+    assert not cfg.run_dir.exists()
+
+
+def test_a_node_that_cannot_start_stops_the_others(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two torchrun agents (two nodes here on one machine, one process each); node 1's data folder is missing. It
+    stopped before joining the process group, and node 0 waited for it until torch's timeout (30 minutes). Every
+    rank joins first now, then they agree on their checks: node 0 stops at once, saying which rank could not."""
+
+    cfg = tiny(photos, tmp_path, "nodes", validation={"dir": None})
+    node0 = write_config(cfg, tmp_path / "node0.yaml")
+    cfg.data.hr_dir = str(tmp_path / "missing")
+    node1 = write_config(cfg, tmp_path / "node1.yaml")
+    errs, codes = two_nodes(node0, node1)  # before: node 0 waited 30 minutes
     lines = [[line for line in err.splitlines() if line.startswith("esrgan: error: ")] for err in errs]
     assert lines[0] == ["esrgan: error: rank 1 could not start (its error says why): nothing was trained"], (
         errs[0]
     )
     assert len(lines[1]) == 1 and "missing" in lines[1][0], errs[1]
-    assert all(agent.returncode != 0 for agent in agents)
+    assert all(code != 0 for code in codes)
