@@ -63,16 +63,24 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _find_paired(
-    folder: Path, hr: Path, candidates: Sequence[str], what: str, *, shared: bool = False
+    folder: Path,
+    hr: Path,
+    candidates: Sequence[str],
+    what: str,
+    *,
+    shared: bool = False,
+    own: str | None = None,
 ) -> Path:
     """The first of ``candidates`` (file stems, in order) that is an image in ``folder``; else an ImageError naming
     the folder, HR file ``hr`` and every name looked for. Several images of one candidate stem (a.png, a.bmp): the
     one with the HR's suffix, else an error naming them. ``shared``: another HR image has ``hr``'s stem (a.png beside
     a.bmp), so only files with the HR's suffix pair with it (either HR would take a lone a_x4.png: the wrong one's
-    scores were given without a word)."""
+    scores were given without a word); ``own``: a stem that is ``hr``'s alone, taken first with any suffix."""
     by_stem: dict[str, list[Path]] = {}
     for p in list_images(folder):
         by_stem.setdefault(p.stem, []).append(p)
+    if own is not None and len(by_stem.get(own, [])) == 1:
+        return by_stem[own][0]
     suffix = hr.suffix.lower()
     for c in candidates:
         found = by_stem.get(c, [])
@@ -118,12 +126,8 @@ def find_sr(sr_dir: Path, hr: Path, scale: int, *, shared: bool = False) -> Path
         f"{stem}_SR",
         f"{stem}_x{scale}_SR",
     )
-    if shared:
-        own = hr.name.replace(".", "_")  # saved_image's name for it
-        found = [p for p in list_images(sr_dir) if p.stem == own]
-        if len(found) == 1:
-            return found[0]
-    return _find_paired(sr_dir, hr, candidates, "SR", shared=shared)
+    own = hr.name.replace(".", "_") if shared else None  # saved_image's name for it
+    return _find_paired(sr_dir, hr, candidates, "SR", shared=shared, own=own)
 
 
 def _as_uint8(img: ImageData) -> np.ndarray:

@@ -910,7 +910,7 @@ class Upscaler:
         h, w = image.pixels.shape[:2]
         if self.output_size(h, w) != (h * self.model.scale, w * self.model.scale):
             return f"its output is not at the model's own scale ({self.model.scale}x)"
-        if image.channels == 3 and self.model.config.num_in_ch == 1:
+        if self._colour_passes(image.channels) > 1:
             return "a grey model upscales a colour image one channel at a time"
         return None
 
