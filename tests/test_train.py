@@ -501,9 +501,33 @@ def test_vgg_weights_flag_is_used_and_recorded(
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["perceptual"]["weights"] == str(
         vgg_file
     )
+    assert start["perceptual_weights"] == str(vgg_file)
     state = load_checkpoint(result.checkpoint)  # type: ignore[arg-type]
     assert state["perceptual_weights"] == str(vgg_file)
     assert all(r["l_percep"] > 0 for r in log_records(result.run_dir) if "l_percep" in r)
+    from esrgan.checkpoints import read_weights
+
+    assert (
+        read_weights(result.run_dir / "model.safetensors")[1]["esrgan.perceptual_weights"] == "vgg19-imagenet"
+    )
+
+
+def test_a_gan_stage_without_the_perceptual_loss_records_no_vgg(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The CPU recipe's stage 2 without VGG19 (losses.perceptual_weight 0): the model said it was trained with
+    ImageNet VGG19 features ("esrgan.perceptual_weights: vgg19-imagenet") and the log's start record held the
+    string "None". Now "none" and null; no VGG19 is looked for."""
+    from esrgan.checkpoints import read_weights
+
+    sections = gan_sections(None, perceptual=0.0)
+    sections["perceptual"] = {"weights": None, "download": False}  # would be an error if it were looked for
+    sections["train"]["total_steps"] = 2
+    result = train(tiny(photos, tmp_path, "novgg", **sections))
+    (start,) = [r for r in log_records(result.run_dir) if r.get("event") == "start"]
+    assert start["perceptual_weights"] is None
+    assert read_weights(result.run_dir / "model.safetensors")[1]["esrgan.perceptual_weights"] == "none"
+    assert load_checkpoint(result.checkpoint)["perceptual_weights"] is None  # type: ignore[arg-type]
 
 
 def test_fp16_is_refused_on_the_cpu_before_anything_starts(photos: tuple[Path, Path], tmp_path: Path) -> None:
@@ -678,8 +702,20 @@ def test_a_refused_resume_writes_nothing(photos: tuple[Path, Path], tmp_path: Pa
     first = train(tiny(photos, tmp_path, "run", train={"total_steps": 2}))
     before = files_of(first.run_dir)
     other = tiny(photos, tmp_path, "run", model={"num_feat": 8}, train={"total_steps": 4})
-    with pytest.raises(CheckpointError, match="differs from the config's model section"):
+    with pytest.raises(CheckpointError) as refused:  # the keys that differ, not two whole config reprs
         train(other, resume=True)
+    assert str(refused.value).endswith(
+        "its generator differs from the config's model section (model.num_feat: 16 in the file, 8 in the config)"
+    ), refused.value
+    stage2 = tiny(
+        photos, tmp_path, "g2", model={"num_feat": 8, "num_block": 1}, **gan_sections(first.model_path)
+    )
+    with pytest.raises(ConfigError) as refused:
+        train(stage2)
+    assert str(refused.value).endswith(
+        "does not fit the config's model section (model.num_feat: 16 in the file, 8 in the config; model.num_block: "
+        "2 in the file, 1 in the config)"
+    ), refused.value
     assert files_of(first.run_dir) == before  # config.yaml still says what the run was trained with
 
 
@@ -800,7 +836,7 @@ def test_architecture_records_of_checkpoints_are_checked_on_resume_and_as_pretra
     assert train(tiny(photos, tmp_path, "rrdb", train={"total_steps": 4}), resume=old).step == 4
     compact = train(tiny(photos, tmp_path, "compact", model={"arch": "compact"}, train={"total_steps": 2}))
     compact_ckpt = latest_checkpoint(compact.run_dir)
-    with pytest.raises(CheckpointError, match=r"generator CompactConfig\(.*\) differs from the config"):
+    with pytest.raises(CheckpointError, match=r"model.arch: compact in the file, rrdbnet in the config\)$"):
         train(tiny(photos, tmp_path, "compact-as-rrdb", train={"total_steps": 4}), resume=compact_ckpt)
     with pytest.raises(ConfigError, match=r"is a SRVGGNetCompact model, but .* set model.arch: compact"):
         train(tiny(photos, tmp_path, "g2", **gan_sections(compact_ckpt, perceptual=0.0)))
@@ -842,9 +878,26 @@ def test_a_missing_validation_folder_is_said_before_anything_is_made(
     """It was found after the training images had been decoded, with the run folder (config.yaml, checkpoints/,
     samples/) already made."""
     cfg = tiny(photos, tmp_path, "noval", validation={"dir": str(tmp_path / "nothere")})
-    with pytest.raises(ConfigError, match=r"nothere: image folder not found$"):
+    with pytest.raises(ConfigError, match=r"^validation.dir: .*nothere: image folder not found$"):
         train(cfg)
     assert not cfg.run_dir.exists()
+
+
+def test_a_missing_folder_names_its_key_and_where_a_relative_path_was_looked_for(
+    photos: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shipped config run with only data.hr_dir changed said "datasets/Set14: image folder not found": nothing
+    said it was validation.dir, nor that relative paths are read from the current directory."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny(photos, tmp_path, "rel", validation={"dir": "datasets/Set14"})
+    with pytest.raises(ConfigError) as refused:
+        train(cfg)
+    assert str(refused.value) == (
+        f"validation.dir: datasets/Set14: image folder not found (relative to {tmp_path}, where esrgan runs)"
+    )
+    cfg = tiny(photos, tmp_path, "rel", data={"hr_dir": str(tmp_path)})  # a folder without images
+    with pytest.raises(ConfigError, match=rf"^data.hr_dir: {re.escape(str(tmp_path))}: no images \("):
+        train(cfg)
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_starts_over(

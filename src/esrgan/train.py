@@ -38,7 +38,7 @@ import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 
-from .archs import Generator, arch_name, build_generator
+from .archs import Generator, GeneratorConfig, arch_name, build_generator
 from .atomic import atomic_path, atomic_write_bytes
 from .checkpoints import (  # at import, not at the run's end: see train()'s export
     checkpoint_generator,
@@ -613,6 +613,7 @@ class _Dist:
     world_size: int = 1
     local_rank: int = 0
     distributed: bool = False  # in a process group (under torchrun, even of one process): DDP wrappers on
+    owned: bool = False  # the group was started by _init_distributed, so train() destroys it when it ends
 
     @property
     def main(self) -> bool:
@@ -646,7 +647,27 @@ def _init_distributed(device_kind: str) -> _Dist:
                 "torchrun, one process: %s could not start (%s); training without DDP", backend, reason
             )
             return _Dist()
+        return _Dist(dist.get_rank(), dist.get_world_size(), local, True, owned=True)
     return _Dist(dist.get_rank(), dist.get_world_size(), local, True)
+
+
+def _leave_group(ddp: _Dist) -> None:
+    """Destroy the process group _init_distributed started, where every rank has reached the same point with no
+    collective pending (the end of a run, a start-up refusal agreed by all): torch's shutdown advice. Left to the
+    interpreter's exit, NCCL (torch >= 2.4) prints "destroy_process_group() was not called before program exit" on
+    every rank, and gloo's worker threads, still holding the last collectives' tensors, free them during the
+    interpreter's teardown: "terminate called without an active exception", SIGABRT (a batch size the processes
+    do not divide ended that way in 2 runs of 2). Not after an error in the middle of a run: a collective may be
+    pending there with a rank that is gone, and destroying would wait for it until torch's timeout.
+
+    Before torch 2.8 the group's destructor held the GIL while it joined gloo's worker threads, and a worker freeing
+    a tensor's Python object waited for the GIL: every rank hung in destroy_process_group right after the final
+    barrier (torch 2.3.1, here; pytorch#154976 released the GIL). There the group stays, as it always did."""
+    if not (ddp.owned and dist.is_initialized()):
+        return
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 8):
+        return
+    dist.destroy_process_group()
 
 
 def _device(name: str, ddp: _Dist) -> torch.device:
@@ -689,6 +710,20 @@ def _arch_key(config: object) -> str:
     return "compact" if isinstance(config, CompactConfig) else "rrdbnet"
 
 
+def model_differences(recorded: GeneratorConfig, wanted: GeneratorConfig) -> str:
+    """What a file's generator has that the config's model section does not, key by key ("model.num_feat: 64 in
+    the file, 32 in the config"), where two whole config reprs were printed side by side."""
+    if type(recorded) is not type(wanted):
+        return f"model.arch: {_arch_key(recorded)} in the file, {_arch_key(wanted)} in the config"
+    have: dict[str, object] = dict(recorded.to_dict())
+    want: dict[str, object] = dict(wanted.to_dict())
+    return "; ".join(
+        f"model.{key}: {have.get(key, False)} in the file, {want.get(key, False)} in the config"
+        for key in {**have, **want}  # the fields' order
+        if have.get(key, False) != want.get(key, False)
+    )
+
+
 def _load_pretrained_generator(path: str, g: Generator) -> None:
     """Stage 2 starts from stage 1: an exported model (any format esrgan reads), a training checkpoint, or a named
     model of `esrgan models` (realesrgan-x4plus: fine-tuning Real-ESRGAN's released generator)."""
@@ -716,7 +751,7 @@ def _load_pretrained_generator(path: str, g: Generator) -> None:
         )
     if config != g.config:
         raise ConfigError(
-            f"train.pretrained_g: {p} is {config}, but the config's model section builds {g.config}"
+            f"train.pretrained_g: {p} does not fit the config's model section ({model_differences(config, g.config)})"
         )
     try:
         g.load_state_dict(sd, strict=True)
@@ -878,6 +913,10 @@ def _tensorboard(run_dir: Path, wanted: bool) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A Python handler that does nothing (see _StopSignal._handle)."""
+
+
 class _StopSignal:
     """SIGINT/SIGTERM ask the loop to finish the current step, save and exit; a second SIGINT aborts at once."""
 
@@ -902,8 +941,11 @@ class _StopSignal:
         # longer matter (a lost batch ends the loop, see next(batches)).
         # Put back by release_workers once the loader is shut down, not on leaving the loop: the final save comes
         # after it, and a worker may die then.
+        # A Python no-op, not SIG_DFL: the workers' deaths are often pending already (Python runs the handlers of
+        # signals that arrived together in number order: SIGTERM's, this one, then SIGCHLD's), and a signal whose
+        # handler became SIG_DFL meanwhile is printed as "OSError: Signal 17 ignored due to race condition"
         if hasattr(signal, "SIGCHLD") and self._child_handler is None:
-            self._child_handler = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            self._child_handler = signal.signal(signal.SIGCHLD, _ignore_signal)
         log.warning(
             "%s received: finishing this step, saving a checkpoint, then stopping",
             signal.Signals(signum).name,
@@ -1016,7 +1058,11 @@ def stop_with_the_others(failure: EsrganError | OSError) -> NoReturn:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise failure
     kind = "cuda" if torch.cuda.is_available() else "cpu"
-    _all_ranks_ready(_init_distributed(kind), failure, kind)
+    ddp = _init_distributed(kind)
+    try:
+        _all_ranks_ready(ddp, failure, kind)
+    finally:
+        _leave_group(ddp)
     raise failure  # _all_ranks_ready raised already: a failure is never agreed away
 
 
@@ -1420,7 +1466,7 @@ def _restore_state(
     recorded = checkpoint_generator(path, state)
     if recorded != nets.g.config:
         raise CheckpointError(
-            f"{path}: generator {recorded} differs from the config's model section ({nets.g.config})"
+            f"{path}: its generator differs from the config's model section ({model_differences(recorded, nets.g.config)})"
         )
     nets.g.load_state_dict(state["generator"])
     opts.opt_g.load_state_dict(state["optim_g"])
@@ -1738,9 +1784,18 @@ def train(
             raise ConfigError("data.hr_dir: the training image folder is required")
         # the image folders exist and hold images, before anything is written or decoded (a missing validation.dir
         # was found after the whole training set had been decoded, with the run folder already made)
-        for folder in (cfg.data.hr_dir, cfg.data.lr_dir, cfg.validation.dir):
-            if folder:
-                list_images(folder)
+        for key, folder in (
+            ("data.hr_dir", cfg.data.hr_dir),
+            ("data.lr_dir", cfg.data.lr_dir),
+            ("validation.dir", cfg.validation.dir),
+        ):
+            if folder:  # the key named: a shipped config's validation.dir (datasets/Set14) read as the data's
+                try:
+                    list_images(folder)
+                except ConfigError as exc:
+                    relative = not Path(folder).expanduser().is_absolute()
+                    where = f" (relative to {Path.cwd()}, where esrgan runs)" if relative else ""
+                    raise ConfigError(f"{key}: {exc}{where}") from None
         # before anything is written: a fresh run must not overwrite another, a resume needs a checkpoint
         resume_path: Path | None = None
         # what an earlier start left before its first checkpoint: replaced by this one
@@ -1783,7 +1838,11 @@ def train(
             )
     except (EsrganError, OSError) as exc:
         failure = exc
-    _all_ranks_ready(ddp, failure, device_kind)
+    try:
+        _all_ranks_ready(ddp, failure, device_kind)
+    except (EsrganError, OSError):
+        _leave_group(ddp)  # every rank stops here together
+        raise
 
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
@@ -1855,7 +1914,7 @@ def train(
             "device": str(device),
             "lr_on_device": on_device,
             "cuda_graph": graphed,
-            "perceptual_weights": "random" if vgg_random else str(vgg_path),
+            "perceptual_weights": perceptual,  # null where no VGG19 is used (the PSNR stage, a zero weight)
             "pretrained_g": cfg.train.pretrained_g if resume_path is None else None,
             "pair_pool": pool.size if pool is not None else 0,
         }
@@ -2098,7 +2157,11 @@ def train(
             ),
         }
         if cfg.train.stage == "gan":
-            meta["esrgan.perceptual_weights"] = "random" if vgg_random else "vgg19-imagenet"
+            # what the perceptual loss compared features with: a GAN stage without it (the CPU recipe's VGG=none)
+            # said "vgg19-imagenet" although no VGG19 was read
+            meta["esrgan.perceptual_weights"] = (
+                "random" if vgg_random else "vgg19-imagenet" if vgg_path else "none"
+            )
         model_path = save_model(run_dir / "model.safetensors", final, metadata=meta, overwrite=True)
         progress.elapsed_s = elapsed_before + clock() - t_start  # the export included
         if budget_s:
@@ -2124,6 +2187,7 @@ def train(
     stop.release_workers(batches)
     if ddp.distributed:
         dist.barrier()  # rank 0 has written everything before any rank returns
+        _leave_group(ddp)
     return TrainResult(
         run_dir,
         progress.step,
