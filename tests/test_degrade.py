@@ -37,6 +37,7 @@ from esrgan.degrade import (
     usm_sharpen,
 )
 from esrgan.errors import ConfigError
+from esrgan.train import lr_on_device
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -304,6 +305,18 @@ def test_realesrgan_with_an_lr_folder_is_refused() -> None:
     raw = {"data": {"hr_dir": "x", "lr_dir": "y", "degradation": "realesrgan"}}
     with pytest.raises(ConfigError, match=r"data\.lr_dir: the realesrgan degradation makes the LR"):
         config_from_dict(raw)
+
+
+def test_auto_makes_the_realesrgan_lr_on_cuda_only() -> None:
+    """On MPS torch.poisson has no kernel and area resizes to sizes that do not divide fail (the degradation uses
+    both): auto leaves the realesrgan batches to the loader there; the bicubic LR stays on any GPU."""
+    realesrgan = config_from_dict({"data": {"hr_dir": "x", "degradation": "realesrgan"}})
+    bicubic = config_from_dict({"data": {"hr_dir": "x"}})
+    mps, cuda, cpu = torch.device("mps"), torch.device("cuda"), torch.device("cpu")  # nothing allocated
+    assert [lr_on_device(realesrgan, d) for d in (mps, cuda, cpu)] == [False, True, False]
+    assert [lr_on_device(bicubic, d) for d in (mps, cuda, cpu)] == [True, True, False]
+    forced = config_from_dict({"data": {"hr_dir": "x", "degradation": "realesrgan", "lr_on_device": True}})
+    assert lr_on_device(forced, mps)  # an explicit setting is obeyed
 
 
 @pytest.mark.parametrize("size", [5, 15, 17, 21])
