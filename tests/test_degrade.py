@@ -17,6 +17,7 @@ from PIL import Image
 from esrgan.config import RealESRGANDegradationConfig, config_from_dict
 from esrgan.data import PatchDataset, batch_to_device, collate_samples, degrade_batch, patch_loader
 from esrgan.degrade import (
+    GREY,
     KERNEL_MAX,
     P_GAUSS1,
     P_JPEG_LAST,
@@ -28,10 +29,12 @@ from esrgan.degrade import (
     PairPool,
     add_noise,
     anisotropic_kernel,
+    count_levels,
     degrade,
     draw,
     filter2d,
     jpeg,
+    poisson_vals,
     quant_tables,
     sinc_kernel,
     usm_sharpen,
@@ -174,22 +177,71 @@ def test_draws_follow_the_configured_probabilities() -> None:
 
 
 def test_noise_has_the_drawn_strength() -> None:
-    """Gaussian noise of sigma; Poisson noise of variance x / 256 (times scale^2); grey noise equal in R, G, B."""
+    """Gaussian noise of sigma; Poisson noise of variance x / 256 (times scale^2) in an image of all 256 levels;
+    grey noise equal in R, G, B."""
     x = torch.full((4, 3, 96, 96), 0.5)
+    x[:, :, :3] = torch.arange(288).remainder(256).div(255).view(3, 96)  # every level: Poisson's vals = 256
     gen = torch.Generator().manual_seed(0)
     gauss = torch.tensor([1.0, 1.0, 0.0, 0.0])
     sigma = torch.full((4,), 10 / 255)
     scale = torch.tensor([1.0, 1.0, 1.0, 2.0])
     gray = torch.tensor([0.0, 1.0, 0.0, 0.0])
-    noise = add_noise(x, gauss, sigma, scale, gray, gen) - x
+    noise = (add_noise(x, gauss, sigma, scale, gray, gen) - x)[:, :, 3:]  # where x is 0.5 (level 128)
     std = noise.std(dim=(1, 2, 3))
     assert std[0].item() == pytest.approx(10 / 255, rel=0.05) and std[1].item() == pytest.approx(
         10 / 255, rel=0.05
     )
     assert torch.equal(noise[1, 0], noise[1, 2]) and not torch.equal(noise[0, 0], noise[0, 2])
-    assert std[2].item() == pytest.approx(math.sqrt(0.5 / 256), rel=0.05)
-    assert std[3].item() == pytest.approx(2 * math.sqrt(0.5 / 256), rel=0.05)
+    assert std[2].item() == pytest.approx(math.sqrt(128 / 255 / 256), rel=0.05)
+    assert std[3].item() == pytest.approx(2 * math.sqrt(128 / 255 / 256), rel=0.05)
     assert abs(noise.mean().item()) < 2e-3
+
+
+def test_poisson_noise_is_as_strong_as_real_esrgans_for_an_image_of_few_levels() -> None:
+    """Real-ESRGAN's Poisson noise: poisson(x vals) / vals - x, vals = 2^ceil(log2(distinct levels of the image)).
+    An image of two levels (0 and 128/255, colour or grey) has vals = 2: where x = 128/255 the noisy value is
+    clip(k / 2) with k ~ Poisson(2x), so its std is that of a variable 0, 1/2, 1 with probabilities P(k = 0),
+    P(k = 1), P(k >= 2): ~0.39, 100 levels (256 levels for every image made it 0.044, 11 levels). The other half
+    (x = 0) stays 0. The third image, a photo's 256 levels beside the same flat half, keeps vals = 256 (per image)."""
+    x = torch.zeros(3, 3, 128, 128)
+    x[..., 64:] = 128 / 255
+    x[2, :, :, :64] = torch.arange(3 * 128 * 64).remainder(256).div(255).view(3, 128, 64)
+    gen = torch.Generator().manual_seed(0)
+    zero = torch.zeros(3)
+    noisy = add_noise(x, zero, zero, torch.ones(3), torch.tensor([0.0, 1.0, 0.0]), gen)
+    lam = 2 * 128 / 255
+    p0, p1 = math.exp(-lam), lam * math.exp(-lam)
+    mean = 0.5 * p1 + (1 - p0 - p1)
+    expected = math.sqrt(0.25 * p1 + (1 - p0 - p1) - mean**2)
+    half = noisy[..., 64:]
+    assert half[0].std().item() == pytest.approx(expected, rel=0.03)  # colour noise
+    assert half[1].std().item() == pytest.approx(
+        expected, rel=0.03
+    )  # grey noise: its grey image has 2 levels
+    assert torch.equal(half[1, 0], half[1, 2])
+    assert half[0].mean().item() == pytest.approx(mean, abs=0.01)
+    assert torch.all(noisy[:2, ..., :64] == 0)
+    assert half[2].std().item() == pytest.approx(math.sqrt(128 / 255 / 256), rel=0.05)
+
+
+def test_poisson_levels_are_counted_per_image_as_torch_unique_counts_them(photos: list[np.ndarray]) -> None:
+    """The levels of real photo crops, as they are, dark (few levels), resized by bicubic (values between levels and
+    outside [0, 1]) and their grey images, counted on the device as Real-ESRGAN counts them with torch.unique per
+    image after clamp(round(x * 255), 0, 255); and vals = 2^ceil(log2(count))."""
+    crops = torch.stack([torch.from_numpy(p[y : y + 96, x : x + 96]).permute(2, 0, 1).float().div(255)
+                         for p in photos for y, x in ((0, 0), (100, 200))])  # fmt: skip
+    batches = [crops, crops * 0.05, F.interpolate(crops, scale_factor=0.7, mode="bicubic")]
+    counted = []
+    for x in batches:
+        grey = GREY[0] * x[:, 0:1] + GREY[1] * x[:, 1:2] + GREY[2] * x[:, 2:3]
+        for images in (x, grey):
+            levels = images.mul(255).round().clamp(0, 255)
+            count = count_levels(levels)
+            unique = [len(torch.unique(im)) for im in levels]
+            assert count.tolist() == unique
+            assert poisson_vals(levels).tolist() == [2.0 ** math.ceil(math.log2(n)) for n in unique]
+            counted += unique
+    assert min(counted) < 64 and max(counted) == 256  # dark crops have few levels, others every one
 
 
 @pytest.fixture()
