@@ -336,6 +336,12 @@ def test_jpeg_quality_one_draw_is_an_integer_the_encoder_could_use() -> None:
         ({"sinc_prob": 1.5}, r"data\.realesrgan\.sinc_prob: must be a probability"),
         ({"resize_prob": [0.2, 0.8]}, r"data\.realesrgan\.resize_prob: must be 3 weights"),
         ({"kernel_prob": [0, 0, 0, 0, 0, 0]}, r"data\.realesrgan\.kernel_prob: .*positive sum"),
+        (
+            {"kernel_prob": [math.inf, 0, 0, 0, 0, 0]},
+            r"data\.realesrgan\.kernel_prob: must be 6 weights, finite",
+        ),
+        ({"resize_prob2": [1, math.nan, 0]}, r"data\.realesrgan\.resize_prob2: must be 3 weights, finite"),
+        ({"resize_prob": [1e308, 1e308, 0]}, r"data\.realesrgan\.resize_prob: must have a finite sum"),
         ({"resize_range": [1.5, 0.15]}, r"data\.realesrgan\.resize_range: must be a \[low, high\] pair"),
         ({"jpeg_quality2": [30, 101]}, r"data\.realesrgan\.jpeg_quality2: must be a \[low, high\] pair"),
         ({"kernel_sizes": [7, 8]}, r"data\.realesrgan\.kernel_sizes: must be odd sizes from 3 to 21"),
