@@ -31,6 +31,7 @@ from esrgan.degrade import (
     anisotropic_kernel,
     count_levels,
     degrade,
+    degrade_image,
     draw,
     filter2d,
     jpeg,
@@ -323,6 +324,44 @@ def test_degrade_handles_tiny_intermediate_images() -> None:
     assert lr.shape == (2, 3, 8, 8) and hr.shape == (2, 3, 32, 32) and torch.isfinite(lr).all()
     assert torch.equal(plain, regions[..., 32:-32, 32:-32])  # the centres as they were
     assert kernels.shape[-1] == KERNEL_MAX
+
+
+@pytest.mark.parametrize(
+    ("hr", "problem"),
+    [
+        (
+            torch.rand(1, 64, 64),
+            r"must be RGB images \(.*3, H, W\) \(3 channels\), got torch.float32 \(.*1, 64, 64\)",
+        ),
+        (torch.rand(4, 64, 64), r"must be RGB images .* \(.*4, 64, 64\)"),
+        (torch.rand(64, 64), r"must be RGB images .* \(.*64, 64\)"),
+        (torch.rand(3, 64, 64, dtype=torch.float64), r"must be float32 in \[0, 1\] .*got torch.float64"),
+        (torch.zeros(3, 64, 64, dtype=torch.uint8), r"must be float32 .*x.float\(\) / 255 for uint8"),
+        (torch.rand(3, 66, 64), r"height and width must be multiples of the scale \(4\)"),
+    ],
+)
+def test_a_library_callers_wrong_image_is_one_clear_error(hr: torch.Tensor, problem: str) -> None:
+    """degrade_image and degrade take float32 RGB (what the loader and the validation give them); another shape or
+    dtype was a deep "not enough values to unpack" or dtype error, or (uint8, sizes off the scale) a wrong LR."""
+    with pytest.raises(ValueError, match="^hr: " + problem):
+        degrade_image(hr, RealESRGANDegradationConfig(), 4, seed=0)
+    kernels, params = (
+        torch.from_numpy(a)[None] for a in draw(np.random.default_rng(0), RealESRGANDegradationConfig())
+    )
+    with pytest.raises(ValueError, match="^regions: " + problem):
+        degrade(hr[None], kernels, params, scale=4, margin=0)
+    with pytest.raises(ValueError, match=r"kernels and params: must be \(2, 3, 21, 21\) and \(2, 23\)"):
+        degrade(torch.rand(2, 3, 64, 64), kernels, params, scale=4, margin=0)
+
+
+def test_unsharp_mask_takes_float64_and_refuses_other_dtypes(photo: np.ndarray) -> None:
+    img = torch.from_numpy(photo[:64, :80].copy()).permute(2, 0, 1)[None].float().div(255)
+    sharp32, sharp64 = usm_sharpen(img, 0.5), usm_sharpen(img.double(), 0.5)
+    assert sharp64.dtype == torch.float64 and float((sharp64 - sharp32).abs().max()) < 1e-5
+    with pytest.raises(
+        ValueError, match=r"img: must be float32 or float64 images \(N, C, H, W\), got torch.float16"
+    ):
+        usm_sharpen(img.half(), 0.5)
 
 
 def test_jpeg_quality_one_draw_is_an_integer_the_encoder_could_use() -> None:

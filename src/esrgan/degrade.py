@@ -226,9 +226,25 @@ def draw(rng: np.random.Generator, cfg: RealESRGANDegradationConfig) -> tuple[np
     return kernels, params
 
 
+def _check_rgb(x: Tensor, what: str, scale: int) -> None:
+    """One ValueError naming what is wrong with an image input of `degrade` / `degrade_image`: float32 RGB in
+    [0, 1], (N, 3, H, W) or (3, H, W), H and W multiples of `scale` (deep inside, a wrong one fails obscurely:
+    "not enough values to unpack", "expected scalar type Double", or a silently misaligned or saturated LR)."""
+    dims, shape = (4, "(N, 3, H, W)") if what == "regions" else (3, "(3, H, W)")
+    got = f"got {x.dtype} {tuple(x.shape)}"
+    if x.dim() != dims or x.shape[-3] != 3:
+        raise ValueError(f"{what}: must be RGB images {shape} (3 channels), {got}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"{what}: must be float32 in [0, 1] (x.float() / 255 for uint8), {got}")
+    if x.shape[-1] % scale or x.shape[-2] % scale:
+        raise ValueError(f"{what}: height and width must be multiples of the scale ({scale}), {got}")
+
+
 def degrade_image(hr: Tensor, cfg: RealESRGANDegradationConfig, scale: int, seed: int) -> Tensor:
-    """A whole image's LR (C, H / scale, W / scale) by the degradation, its draws from `seed`, the HR not
-    sharpened: a fixed real-world LR for validation. `hr` (C, H, W) in [0, 1], H and W multiples of `scale`."""
+    """A whole image's LR (3, H / scale, W / scale) by the degradation, its draws from `seed`, the HR not
+    sharpened: a fixed real-world LR for validation. `hr` (3, H, W) float32 in [0, 1], H and W multiples of `scale`
+    (otherwise a ValueError)."""
+    _check_rgb(hr, "hr", scale)
     kernels, params = draw(np.random.default_rng(seed), cfg)
     params[P_USM] = 0.0  # validation compares with the HR as it is
     lr, _, _ = degrade(
@@ -462,8 +478,13 @@ def _blur_separable(x: Tensor, k: Tensor) -> Tensor:
 
 def usm_sharpen(img: Tensor, weight: float) -> Tensor:
     """Real-ESRGAN's unsharp mask of the HR images (N, C, H, W) in [0, 1]: img + weight x (img - Gaussian blur),
-    clipped, applied where the detail exceeds 10 levels (a blurred mask, so that flat areas and their noise stay)."""
-    k = _gaussian_1d(USM_SIZE, USM_SIGMA, img.device)
+    clipped, applied where the detail exceeds 10 levels (a blurred mask, so that flat areas and their noise stay).
+    float32 or float64, computed in that dtype; anything else is a ValueError."""
+    if img.dim() != 4 or img.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"img: must be float32 or float64 images (N, C, H, W), got {img.dtype} {tuple(img.shape)}"
+        )
+    k = _gaussian_1d(USM_SIZE, USM_SIGMA, img.device).to(img.dtype)
     _, _, h, w = img.shape
     rows, cols = _blur_matrix(h, k), _blur_matrix(w, k).T  # built once for both blurs (_blur_separable's)
     residual = img - rows @ img @ cols
@@ -479,7 +500,15 @@ def degrade(
     """(LR, HR, plain HR) float batches from float HR regions (N, 3, H, W) with `margin` LR pixels of context on
     every side (H and W multiples of `scale`), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the
     regions' device. LR on 8-bit levels; HR the regions' centres, sharpened where the parameters say so (the
-    target); plain HR the centres as they are (what Real-ESRGAN's discriminator sees; HR itself without sharpening)."""
+    target); plain HR the centres as they are (what Real-ESRGAN's discriminator sees; HR itself without sharpening).
+    Regions of another shape or dtype, or kernels and parameters that are not one per region, are a ValueError."""
+    _check_rgb(regions, "regions", scale)
+    n = regions.shape[0]
+    if tuple(kernels.shape) != (n, 3, KERNEL_MAX, KERNEL_MAX) or tuple(params.shape) != (n, N_PARAMS):
+        raise ValueError(
+            f"kernels and params: must be ({n}, 3, {KERNEL_MAX}, {KERNEL_MAX}) and ({n}, {N_PARAMS}) for {n} regions "
+            f"(esrgan.degrade.draw's, stacked), got {tuple(kernels.shape)} and {tuple(params.shape)}"
+        )
     dev = regions.device
     host = params.detach().to("cpu", torch.float64)
     first = host[0].tolist()
