@@ -83,6 +83,16 @@ def test_realesrgan_configs_chain_and_degrade() -> None:
         assert getattr(finetune, section) == getattr(gan, section), section
 
 
+def test_realesrgan_configs_augment_as_real_esrgans_option_files() -> None:
+    """Real-ESRGAN's train_realesrnet_x4plus.yml, train_realesrgan_x4plus.yml and finetune_realesrgan_x4plus.yml:
+    use_hflip: True, use_rot: False. Every shipped realesrgan config flips and does not rotate."""
+    paths = sorted((REPO / "configs").glob("realesrgan_*.yaml"))
+    assert len(paths) >= 3
+    for path in paths:
+        data = load_config(path).data
+        assert (data.flip, data.rot90) == (True, False), path.name
+
+
 def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, {"data": {"hr_dir": "x", "patchsize": 64}})
     with pytest.raises(ConfigError, match=r"cfg\.yaml: data: unknown key 'patchsize'") as info:

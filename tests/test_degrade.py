@@ -17,6 +17,7 @@ from PIL import Image
 from esrgan.config import RealESRGANDegradationConfig, config_from_dict
 from esrgan.data import PatchDataset, batch_to_device, collate_samples, degrade_batch, patch_loader
 from esrgan.degrade import (
+    GREY,
     KERNEL_MAX,
     P_GAUSS1,
     P_JPEG_LAST,
@@ -28,15 +29,19 @@ from esrgan.degrade import (
     PairPool,
     add_noise,
     anisotropic_kernel,
+    count_levels,
     degrade,
+    degrade_image,
     draw,
     filter2d,
     jpeg,
+    poisson_vals,
     quant_tables,
     sinc_kernel,
     usm_sharpen,
 )
 from esrgan.errors import ConfigError
+from esrgan.train import lr_on_device
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -173,22 +178,71 @@ def test_draws_follow_the_configured_probabilities() -> None:
 
 
 def test_noise_has_the_drawn_strength() -> None:
-    """Gaussian noise of sigma; Poisson noise of variance x / 256 (times scale^2); grey noise equal in R, G, B."""
+    """Gaussian noise of sigma; Poisson noise of variance x / 256 (times scale^2) in an image of all 256 levels;
+    grey noise equal in R, G, B."""
     x = torch.full((4, 3, 96, 96), 0.5)
+    x[:, :, :3] = torch.arange(288).remainder(256).div(255).view(3, 96)  # every level: Poisson's vals = 256
     gen = torch.Generator().manual_seed(0)
     gauss = torch.tensor([1.0, 1.0, 0.0, 0.0])
     sigma = torch.full((4,), 10 / 255)
     scale = torch.tensor([1.0, 1.0, 1.0, 2.0])
     gray = torch.tensor([0.0, 1.0, 0.0, 0.0])
-    noise = add_noise(x, gauss, sigma, scale, gray, gen) - x
+    noise = (add_noise(x, gauss, sigma, scale, gray, gen) - x)[:, :, 3:]  # where x is 0.5 (level 128)
     std = noise.std(dim=(1, 2, 3))
     assert std[0].item() == pytest.approx(10 / 255, rel=0.05) and std[1].item() == pytest.approx(
         10 / 255, rel=0.05
     )
     assert torch.equal(noise[1, 0], noise[1, 2]) and not torch.equal(noise[0, 0], noise[0, 2])
-    assert std[2].item() == pytest.approx(math.sqrt(0.5 / 256), rel=0.05)
-    assert std[3].item() == pytest.approx(2 * math.sqrt(0.5 / 256), rel=0.05)
+    assert std[2].item() == pytest.approx(math.sqrt(128 / 255 / 256), rel=0.05)
+    assert std[3].item() == pytest.approx(2 * math.sqrt(128 / 255 / 256), rel=0.05)
     assert abs(noise.mean().item()) < 2e-3
+
+
+def test_poisson_noise_is_as_strong_as_real_esrgans_for_an_image_of_few_levels() -> None:
+    """Real-ESRGAN's Poisson noise: poisson(x vals) / vals - x, vals = 2^ceil(log2(distinct levels of the image)).
+    An image of two levels (0 and 128/255, colour or grey) has vals = 2: where x = 128/255 the noisy value is
+    clip(k / 2) with k ~ Poisson(2x), so its std is that of a variable 0, 1/2, 1 with probabilities P(k = 0),
+    P(k = 1), P(k >= 2): ~0.39, 100 levels (256 levels for every image made it 0.044, 11 levels). The other half
+    (x = 0) stays 0. The third image, a photo's 256 levels beside the same flat half, keeps vals = 256 (per image)."""
+    x = torch.zeros(3, 3, 128, 128)
+    x[..., 64:] = 128 / 255
+    x[2, :, :, :64] = torch.arange(3 * 128 * 64).remainder(256).div(255).view(3, 128, 64)
+    gen = torch.Generator().manual_seed(0)
+    zero = torch.zeros(3)
+    noisy = add_noise(x, zero, zero, torch.ones(3), torch.tensor([0.0, 1.0, 0.0]), gen)
+    lam = 2 * 128 / 255
+    p0, p1 = math.exp(-lam), lam * math.exp(-lam)
+    mean = 0.5 * p1 + (1 - p0 - p1)
+    expected = math.sqrt(0.25 * p1 + (1 - p0 - p1) - mean**2)
+    half = noisy[..., 64:]
+    assert half[0].std().item() == pytest.approx(expected, rel=0.03)  # colour noise
+    assert half[1].std().item() == pytest.approx(
+        expected, rel=0.03
+    )  # grey noise: its grey image has 2 levels
+    assert torch.equal(half[1, 0], half[1, 2])
+    assert half[0].mean().item() == pytest.approx(mean, abs=0.01)
+    assert torch.all(noisy[:2, ..., :64] == 0)
+    assert half[2].std().item() == pytest.approx(math.sqrt(128 / 255 / 256), rel=0.05)
+
+
+def test_poisson_levels_are_counted_per_image_as_torch_unique_counts_them(photos: list[np.ndarray]) -> None:
+    """The levels of real photo crops, as they are, dark (few levels), resized by bicubic (values between levels and
+    outside [0, 1]) and their grey images, counted on the device as Real-ESRGAN counts them with torch.unique per
+    image after clamp(round(x * 255), 0, 255); and vals = 2^ceil(log2(count))."""
+    crops = torch.stack([torch.from_numpy(p[y : y + 96, x : x + 96]).permute(2, 0, 1).float().div(255)
+                         for p in photos for y, x in ((0, 0), (100, 200))])  # fmt: skip
+    batches = [crops, crops * 0.05, F.interpolate(crops, scale_factor=0.7, mode="bicubic")]
+    counted = []
+    for x in batches:
+        grey = GREY[0] * x[:, 0:1] + GREY[1] * x[:, 1:2] + GREY[2] * x[:, 2:3]
+        for images in (x, grey):
+            levels = images.mul(255).round().clamp(0, 255)
+            count = count_levels(levels)
+            unique = [len(torch.unique(im)) for im in levels]
+            assert count.tolist() == unique
+            assert poisson_vals(levels).tolist() == [2.0 ** math.ceil(math.log2(n)) for n in unique]
+            counted += unique
+    assert min(counted) < 64 and max(counted) == 256  # dark crops have few levels, others every one
 
 
 @pytest.fixture()
@@ -272,6 +326,44 @@ def test_degrade_handles_tiny_intermediate_images() -> None:
     assert kernels.shape[-1] == KERNEL_MAX
 
 
+@pytest.mark.parametrize(
+    ("hr", "problem"),
+    [
+        (
+            torch.rand(1, 64, 64),
+            r"must be RGB images \(.*3, H, W\) \(3 channels\), got torch.float32 \(.*1, 64, 64\)",
+        ),
+        (torch.rand(4, 64, 64), r"must be RGB images .* \(.*4, 64, 64\)"),
+        (torch.rand(64, 64), r"must be RGB images .* \(.*64, 64\)"),
+        (torch.rand(3, 64, 64, dtype=torch.float64), r"must be float32 in \[0, 1\] .*got torch.float64"),
+        (torch.zeros(3, 64, 64, dtype=torch.uint8), r"must be float32 .*x.float\(\) / 255 for uint8"),
+        (torch.rand(3, 66, 64), r"height and width must be multiples of the scale \(4\)"),
+    ],
+)
+def test_a_library_callers_wrong_image_is_one_clear_error(hr: torch.Tensor, problem: str) -> None:
+    """degrade_image and degrade take float32 RGB (what the loader and the validation give them); another shape or
+    dtype was a deep "not enough values to unpack" or dtype error, or (uint8, sizes off the scale) a wrong LR."""
+    with pytest.raises(ValueError, match="^hr: " + problem):
+        degrade_image(hr, RealESRGANDegradationConfig(), 4, seed=0)
+    kernels, params = (
+        torch.from_numpy(a)[None] for a in draw(np.random.default_rng(0), RealESRGANDegradationConfig())
+    )
+    with pytest.raises(ValueError, match="^regions: " + problem):
+        degrade(hr[None], kernels, params, scale=4, margin=0)
+    with pytest.raises(ValueError, match=r"kernels and params: must be \(2, 3, 21, 21\) and \(2, 23\)"):
+        degrade(torch.rand(2, 3, 64, 64), kernels, params, scale=4, margin=0)
+
+
+def test_unsharp_mask_takes_float64_and_refuses_other_dtypes(photo: np.ndarray) -> None:
+    img = torch.from_numpy(photo[:64, :80].copy()).permute(2, 0, 1)[None].float().div(255)
+    sharp32, sharp64 = usm_sharpen(img, 0.5), usm_sharpen(img.double(), 0.5)
+    assert sharp64.dtype == torch.float64 and float((sharp64 - sharp32).abs().max()) < 1e-5
+    with pytest.raises(
+        ValueError, match=r"img: must be float32 or float64 images \(N, C, H, W\), got torch.float16"
+    ):
+        usm_sharpen(img.half(), 0.5)
+
+
 def test_jpeg_quality_one_draw_is_an_integer_the_encoder_could_use() -> None:
     _, params = draw(np.random.default_rng(3), RealESRGANDegradationConfig(jpeg_quality=[30.4, 30.4]))
     assert params[P_QUALITY1] == 30
@@ -283,6 +375,12 @@ def test_jpeg_quality_one_draw_is_an_integer_the_encoder_could_use() -> None:
         ({"sinc_prob": 1.5}, r"data\.realesrgan\.sinc_prob: must be a probability"),
         ({"resize_prob": [0.2, 0.8]}, r"data\.realesrgan\.resize_prob: must be 3 weights"),
         ({"kernel_prob": [0, 0, 0, 0, 0, 0]}, r"data\.realesrgan\.kernel_prob: .*positive sum"),
+        (
+            {"kernel_prob": [math.inf, 0, 0, 0, 0, 0]},
+            r"data\.realesrgan\.kernel_prob: must be 6 weights, finite",
+        ),
+        ({"resize_prob2": [1, math.nan, 0]}, r"data\.realesrgan\.resize_prob2: must be 3 weights, finite"),
+        ({"resize_prob": [1e308, 1e308, 0]}, r"data\.realesrgan\.resize_prob: must have a finite sum"),
         ({"resize_range": [1.5, 0.15]}, r"data\.realesrgan\.resize_range: must be a \[low, high\] pair"),
         ({"jpeg_quality2": [30, 101]}, r"data\.realesrgan\.jpeg_quality2: must be a \[low, high\] pair"),
         ({"kernel_sizes": [7, 8]}, r"data\.realesrgan\.kernel_sizes: must be odd sizes from 3 to 21"),
@@ -304,6 +402,18 @@ def test_realesrgan_with_an_lr_folder_is_refused() -> None:
     raw = {"data": {"hr_dir": "x", "lr_dir": "y", "degradation": "realesrgan"}}
     with pytest.raises(ConfigError, match=r"data\.lr_dir: the realesrgan degradation makes the LR"):
         config_from_dict(raw)
+
+
+def test_auto_makes_the_realesrgan_lr_on_cuda_only() -> None:
+    """On MPS torch.poisson has no kernel and area resizes to sizes that do not divide fail (the degradation uses
+    both): auto leaves the realesrgan batches to the loader there; the bicubic LR stays on any GPU."""
+    realesrgan = config_from_dict({"data": {"hr_dir": "x", "degradation": "realesrgan"}})
+    bicubic = config_from_dict({"data": {"hr_dir": "x"}})
+    mps, cuda, cpu = torch.device("mps"), torch.device("cuda"), torch.device("cpu")  # nothing allocated
+    assert [lr_on_device(realesrgan, d) for d in (mps, cuda, cpu)] == [False, True, False]
+    assert [lr_on_device(bicubic, d) for d in (mps, cuda, cpu)] == [True, True, False]
+    forced = config_from_dict({"data": {"hr_dir": "x", "degradation": "realesrgan", "lr_on_device": True}})
+    assert lr_on_device(forced, mps)  # an explicit setting is obeyed
 
 
 @pytest.mark.parametrize("size", [5, 15, 17, 21])

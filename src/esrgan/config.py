@@ -671,9 +671,14 @@ def _validate_realesrgan(r: RealESRGANDegradationConfig, fail: typing.Callable[[
     for name in ("kernel_prob", "resize_prob", "resize_prob2"):
         probs = getattr(r, name)
         size = 6 if name == "kernel_prob" else 3
-        if len(probs) != size or any(not p >= 0 for p in probs) or not sum(probs) > 0:
-            what = "kernel types" if size == 6 else "up, down, keep"
-            fail(where + name, f"must be {size} weights >= 0 ({what}) with a positive sum, got {probs}")
+        what = "kernel types" if size == 6 else "up, down, keep"
+        if len(probs) != size or any(not 0 <= p < math.inf for p in probs) or not sum(probs) > 0:
+            fail(
+                where + name,
+                f"must be {size} weights, finite and >= 0 ({what}), with a positive sum, got {probs}",
+            )
+        if not math.isfinite(sum(probs)):  # each finite, their sum not: the draw divides by it
+            fail(where + name, f"must have a finite sum ({what}; only their ratios matter), got {probs}")
     pairs = {
         "blur_sigma": (1e-3, 20.0), "blur_sigma2": (1e-3, 20.0), "betag": (0.05, 20.0), "betag2": (0.05, 20.0),
         "betap": (0.05, 20.0), "betap2": (0.05, 20.0), "resize_range": (0.05, 4.0), "resize_range2": (0.05, 4.0),

@@ -56,9 +56,13 @@ MAX_PIXELS = 128_000_000  # refuse decompression bombs; a 12K x 10K photo still 
 _MARGIN_LR = (
     4  # LR pixels of context around a patch: covers the x4 bicubic kernel (2 * scale HR px) plus blur
 )
-# realesrgan: 8 LR pixels (32 HR at x4) cover the first 21x21 blur at HR size and the resampling taps that follow at
-# x2-x4; not all of the final sinc (up to 10 LR px) nor, at x1, the first blur: there the patch's outermost pixels
-# see reflected context (up to 6 levels off at x4), as Real-ESRGAN's own crops do at their edges
+# realesrgan: 8 LR pixels (32 HR at x4) of the image around the patch. They cover the first 21x21 blur at HR size
+# (10 HR px: 2.5 LR px at x4, 5 at x2) and the resampling taps; not all of what reaches further: the second blur
+# works at s1 x HR size (10 px there: up to 16.7 LR px at x4 with s1 = 0.15), the final sinc up to 10 LR px, and at
+# x1 the first blur 10. Beyond the margin the steps see reflected context, as at the edges of Real-ESRGAN's own
+# crops. Measured at x4 (a 21 px sinc as the second blur at s1 = 0.25, with and without the final sinc), the patch
+# differs from one cut with 40 LR px of margin by at most 3 levels, in its outermost rows as in its centre (float
+# rounding: the convolutions run at other sizes): there the margin costs no more than that rounding
 _MARGIN_LR_REALESRGAN = 8
 
 

@@ -19,8 +19,11 @@ Two halves, so that it runs where the training runs:
 The JPEG is computed in torch (`jpeg`): baseline JPEG as libjpeg does it at a given quality (JFIF YCbCr, 4:2:0
 chroma by 2x2 averaging, the standard tables scaled as libjpeg scales them, 8x8 DCT, rounding, the decoder's
 triangle "fancy" chroma upsampling), so a batch needs no encoder round trip per image. Pillow's libjpeg is the oracle
-in the tests. Poisson noise counts 256 levels per image (Real-ESRGAN counts the distinct values of each image, a
-per-image host sync, and gets 256 for photographs).
+in the tests. Poisson noise is Real-ESRGAN's (BasicSR's `generate_poisson_noise_pt`): poisson(img x vals) / vals - img
+on the image rounded to 8-bit levels (for grey noise its grey image, torchvision's weights), vals = 2^ceil(log2(the
+number of distinct levels in the image)), counted per image on the device (`count_levels`: a table of the 256
+levels, no host sync where Real-ESRGAN calls torch.unique per image). Photographs mostly have 256 after the first
+blur and resize, not always: 128 or fewer in 17 % of the crops an audit measured, where the noise is stronger.
 """
 
 from __future__ import annotations
@@ -223,9 +226,25 @@ def draw(rng: np.random.Generator, cfg: RealESRGANDegradationConfig) -> tuple[np
     return kernels, params
 
 
+def _check_rgb(x: Tensor, what: str, scale: int) -> None:
+    """One ValueError naming what is wrong with an image input of `degrade` / `degrade_image`: float32 RGB in
+    [0, 1], (N, 3, H, W) or (3, H, W), H and W multiples of `scale` (deep inside, a wrong one fails obscurely:
+    "not enough values to unpack", "expected scalar type Double", or a silently misaligned or saturated LR)."""
+    dims, shape = (4, "(N, 3, H, W)") if what == "regions" else (3, "(3, H, W)")
+    got = f"got {x.dtype} {tuple(x.shape)}"
+    if x.dim() != dims or x.shape[-3] != 3:
+        raise ValueError(f"{what}: must be RGB images {shape} (3 channels), {got}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"{what}: must be float32 in [0, 1] (x.float() / 255 for uint8), {got}")
+    if x.shape[-1] % scale or x.shape[-2] % scale:
+        raise ValueError(f"{what}: height and width must be multiples of the scale ({scale}), {got}")
+
+
 def degrade_image(hr: Tensor, cfg: RealESRGANDegradationConfig, scale: int, seed: int) -> Tensor:
-    """A whole image's LR (C, H / scale, W / scale) by the degradation, its draws from `seed`, the HR not
-    sharpened: a fixed real-world LR for validation. `hr` (C, H, W) in [0, 1], H and W multiples of `scale`."""
+    """A whole image's LR (3, H / scale, W / scale) by the degradation, its draws from `seed`, the HR not
+    sharpened: a fixed real-world LR for validation. `hr` (3, H, W) float32 in [0, 1], H and W multiples of `scale`
+    (otherwise a ValueError)."""
+    _check_rgb(hr, "hr", scale)
     kernels, params = draw(np.random.default_rng(seed), cfg)
     params[P_USM] = 0.0  # validation compares with the HR as it is
     lr, _, _ = degrade(
@@ -359,18 +378,41 @@ def resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
 
 
+GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale, which Real-ESRGAN's grey Poisson noise uses
+
+
+def count_levels(levels: Tensor) -> Tensor:
+    """The number of distinct values in each image of `levels` (N, ...), integer-valued floats in 0..255: (N,)
+    float, Real-ESRGAN's len(torch.unique(image)), from a table of the 256 levels each image holds, on the device
+    without waiting for it (no host sync)."""
+    idx = levels.flatten(1).long()
+    seen = torch.zeros((idx.shape[0], 256), dtype=torch.float32, device=levels.device)
+    seen.scatter_(1, idx, 1.0)  # every write puts the same 1: the order of the writes cannot change the table
+    return seen.sum(1)
+
+
+def poisson_vals(levels: Tensor) -> Tensor:
+    """Real-ESRGAN's Poisson `vals` per image of `levels` (see `count_levels`): 2^ceil(log2(distinct levels)),
+    (N,) float, as the least power of two from 1 to 256 not below the count (exact, no logarithm's rounding)."""
+    count = count_levels(levels)
+    powers = 2.0 ** torch.arange(9, dtype=torch.float32, device=levels.device)
+    return powers[(powers.view(1, -1) < count.view(-1, 1)).sum(1)]
+
+
 def add_noise(
     x: Tensor, gauss: Tensor, sigma: Tensor, poisson_scale: Tensor, gray: Tensor, generator: torch.Generator
 ) -> Tensor:
     """Per image: Gaussian noise of `sigma` where `gauss` is 1, else Poisson noise times `poisson_scale`; the same
     noise in every channel where `gray` is 1. Clipped to [0, 1]. `gauss` and `gray` are read on the host (they
-    split the batch: each image draws only the noise it gets; Poisson draws cost 8x Gaussian ones on a CPU)."""
+    split the batch: each image draws only the noise it gets; Poisson draws cost 8x Gaussian ones on a CPU).
+
+    Poisson noise as Real-ESRGAN makes it: of the image rounded as it rounds it, clamp(round(x * 255), 0, 255)
+    (grey noise: of its grey image so rounded), poisson(levels / 255 x vals) / vals - levels / 255, with `vals`
+    from the number of distinct levels of that image (`poisson_vals`): few levels, strong noise."""
     _, c, h, w = x.shape
     dev = x.device
     noise = torch.zeros_like(x)
     is_gauss, is_gray = gauss.detach().cpu().bool(), gray.detach().cpu().bool()
-    img = x.clamp(0.0, 1.0).mul(255.0).round_().div_(255.0)
-    levels = 256.0  # see the module docstring
     for want_gauss in (True, False):
         for want_gray in (False, True):
             rows = torch.nonzero((is_gauss == want_gauss) & (is_gray == want_gray)).flatten()
@@ -382,12 +424,15 @@ def add_noise(
                 z = torch.randn((len(rows), channels, h, w), generator=generator, device=dev)
                 part = z * sigma[idx].view(-1, 1, 1, 1)
             else:
-                src = img[idx]
+                src = x[idx]
                 if want_gray and c == 3:
-                    src = 0.299 * src[:, 0:1] + 0.587 * src[:, 1:2] + 0.114 * src[:, 2:3]
+                    src = GREY[0] * src[:, 0:1] + GREY[1] * src[:, 1:2] + GREY[2] * src[:, 2:3]
                 elif want_gray:
                     src = src[:, :1]
-                part = torch.poisson(src * levels, generator=generator) / levels - src
+                levels = src.mul(255.0).round_().clamp_(0.0, 255.0)
+                vals = poisson_vals(levels).view(-1, 1, 1, 1)
+                src = levels.div_(255.0)
+                part = torch.poisson(src * vals, generator=generator) / vals - src
                 part = part * poisson_scale[idx].view(-1, 1, 1, 1)
             noise[idx] = part.expand(len(rows), c, h, w)
     return (x + noise).clamp_(0.0, 1.0)
@@ -433,8 +478,13 @@ def _blur_separable(x: Tensor, k: Tensor) -> Tensor:
 
 def usm_sharpen(img: Tensor, weight: float) -> Tensor:
     """Real-ESRGAN's unsharp mask of the HR images (N, C, H, W) in [0, 1]: img + weight x (img - Gaussian blur),
-    clipped, applied where the detail exceeds 10 levels (a blurred mask, so that flat areas and their noise stay)."""
-    k = _gaussian_1d(USM_SIZE, USM_SIGMA, img.device)
+    clipped, applied where the detail exceeds 10 levels (a blurred mask, so that flat areas and their noise stay).
+    float32 or float64, computed in that dtype; anything else is a ValueError."""
+    if img.dim() != 4 or img.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"img: must be float32 or float64 images (N, C, H, W), got {img.dtype} {tuple(img.shape)}"
+        )
+    k = _gaussian_1d(USM_SIZE, USM_SIGMA, img.device).to(img.dtype)
     _, _, h, w = img.shape
     rows, cols = _blur_matrix(h, k), _blur_matrix(w, k).T  # built once for both blurs (_blur_separable's)
     residual = img - rows @ img @ cols
@@ -450,7 +500,15 @@ def degrade(
     """(LR, HR, plain HR) float batches from float HR regions (N, 3, H, W) with `margin` LR pixels of context on
     every side (H and W multiples of `scale`), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the
     regions' device. LR on 8-bit levels; HR the regions' centres, sharpened where the parameters say so (the
-    target); plain HR the centres as they are (what Real-ESRGAN's discriminator sees; HR itself without sharpening)."""
+    target); plain HR the centres as they are (what Real-ESRGAN's discriminator sees; HR itself without sharpening).
+    Regions of another shape or dtype, or kernels and parameters that are not one per region, are a ValueError."""
+    _check_rgb(regions, "regions", scale)
+    n = regions.shape[0]
+    if tuple(kernels.shape) != (n, 3, KERNEL_MAX, KERNEL_MAX) or tuple(params.shape) != (n, N_PARAMS):
+        raise ValueError(
+            f"kernels and params: must be ({n}, 3, {KERNEL_MAX}, {KERNEL_MAX}) and ({n}, {N_PARAMS}) for {n} regions "
+            f"(esrgan.degrade.draw's, stacked), got {tuple(kernels.shape)} and {tuple(params.shape)}"
+        )
     dev = regions.device
     host = params.detach().to("cpu", torch.float64)
     first = host[0].tolist()

@@ -1232,10 +1232,16 @@ def build_optimizers(
 
 def lr_on_device(cfg: Config, device: torch.device) -> bool:
     """data.lr_on_device resolved: auto = on a GPU, when the LR is made from the HR folder by the plain bicubic or
-    the realesrgan degradation (on a CPU the realesrgan batches are made by the loader's workers instead)."""
+    the realesrgan degradation (on a CPU the realesrgan batches are made by the loader's workers instead), and the
+    realesrgan degradation on CUDA only."""
     setting = cfg.data.lr_on_device
     possible = cfg.data.lr_dir is None and cfg.data.degradation in ("bicubic", "realesrgan")
     if setting == "auto":
+        if cfg.data.degradation == "realesrgan":
+            # only where it is known to run: on Apple's MPS torch.poisson has no kernel (pytorch#102852) and
+            # F.interpolate's area mode fails at sizes that do not divide (pytorch#96056), both of which the
+            # degradation uses; there the loader's workers make the batches on the CPU, as on a CPU run
+            return possible and device.type == "cuda"
         return possible and device.type != "cpu"
     return bool(setting) and possible
 
