@@ -117,7 +117,8 @@ class DataConfig:
     batch_size: int = 16  # total over all processes (the paper's 16)
     num_workers: int = 4
     # LR patches made on the training device for the whole batch (bicubic and realesrgan degradations): auto = on a
-    # GPU; otherwise in the loader (realesrgan: still batch-wide, in the worker that collates the batch)
+    # GPU (realesrgan: on CUDA only, see train.lr_on_device); otherwise in the loader (realesrgan: still batch-wide,
+    # in the worker that collates the batch)
     lr_on_device: bool | Literal["auto"] = "auto"
     flip: bool = True
     rot90: bool = True
