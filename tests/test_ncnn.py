@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import psnr
+from conftest import psnr, run_cli
+from PIL import Image
 from test_atomic import files, one_line_error, read_only, unprivileged_cli
 
+from esrgan.compact import CompactConfig, SRVGGNetCompact
 from esrgan.device import ModelRunner
 from esrgan.errors import CheckpointError, EsrganError
 from esrgan.generator import RRDBConfig, RRDBNet, count_parameters
@@ -277,6 +279,9 @@ PARAM_CORRUPTIONS = [
     ("0=1 1=2.000000e+00", "0=2 1=2.000000e+00", "nearest x2 upsample"),
     ("-23301=2,2.000000e-01,1.000000e+00", "-23301=3,2.000000e-01,1.000000e+00", "announces 3 values"),
     ("Convolution", "Convolution x", "malformed layer on line 4"),
+    # ncnn reads each blob once (a Split makes the copies): one blob read by two layers, or twice by one
+    ("b1_split1 b2_split0", "b1_split0 b2_split0", "blob 'b1_split0' is read by convolution_2 and concat_3"),
+    ("2 1 b10 b1_split5", "2 1 b10 b10", "blob 'b10' is read twice by eltwise_11"),
     ("Convolution", "Convolution " + "x" * 5000, "longer than 1024 characters"),
 ]
 
@@ -301,6 +306,32 @@ def test_rewired_dense_block_is_rejected(tiny_files: tuple[Path, Path]) -> None:
     tiny_files[0].write_text("\n".join(lines) + "\n")
     with pytest.raises(CheckpointError, match="dense concatenation"):
         load_ncnn(*tiny_files)
+
+
+def test_a_chain_of_splits_that_read_their_input_thrice_is_refused_at_once(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """A Split copies one blob. In a compact graph, 40 Splits after the first Convolution that each read their
+    input three times made the walk through Splits to the convolution's readers 3**40 long (the audit's: 26
+    two-input links took 19 s and 736 MB, 40 never ended, and `esrgan upscale --model` on such a 2 KB .param was
+    killed by a timeout): refused in one line naming the file. Run as the CLI with a timeout, so a regression
+    fails instead of hanging the suite."""
+    torch.manual_seed(0)
+    model = SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=1))
+    param, _ = save_ncnn(model.config, model.state_dict(), tmp_path / "net.param", fp16=False)
+    lines = param.read_text().splitlines()
+    conv = lines.index(next(line for line in lines if line.startswith("Convolution ")))
+    blob = lines[conv].split()[5]  # the first convolution's output, read by its PReLU
+    chain = [f"Split s{j} 3 1 {b} {b} {b} f{j}" for j, b in enumerate([blob, *(f"f{j}" for j in range(39))])]
+    lines[conv + 1] = lines[conv + 1].replace(f" {blob} ", " f39 ", 1)
+    lines[conv + 1 : conv + 1] = chain
+    lines[1] = f"{len(lines) - 2} 999"
+    param.write_text("\n".join(lines) + "\n")
+    Image.fromarray(photo[:12, :10]).save(tmp_path / "in.png")
+    proc = run_cli("upscale", tmp_path / "in.png", "--model", param, "-o", tmp_path / "out.png", timeout=120)
+    one_line_error(proc, f"{param}: Split s0 has 3 inputs")
+    with pytest.raises(CheckpointError, match=r"net\.param: Split s0 has 3 inputs"):
+        load_ncnn(param)
 
 
 def test_huge_sizes_are_checked_against_the_bin_before_allocating(tiny_files: tuple[Path, Path]) -> None:

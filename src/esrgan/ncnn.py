@@ -13,7 +13,8 @@ tag (0x01306B47 = fp16, padded to 4 bytes; 0 = raw fp32; anything else = quantiz
 the data in PyTorch's (out, in, kh, kw) order, then the bias as raw fp32 with no tag.
 
 The files are treated as hostile: every size read from the .param is checked against the .bin's real length before
-anything is allocated, and the graph has to be an RRDBNet, checked blob by blob (dense concatenations, the x0.2
+anything is allocated, each blob has one reader (ncnn's rule: a Split, with one input, makes the copies for
+several), and the graph has to be an RRDBNet, checked blob by blob (dense concatenations, the x0.2
 residuals, the long skip, the nearest x2 upsamplers), or an SRVGGNetCompact (a chain of Convolution + PReLU, a
 PixelShuffle, plus the nearest upscale of the input), before any weight is given a name. Any violation raises
 CheckpointError naming the file and the problem. (A PReLU's slopes are stored in the .bin as raw fp32, no tag.)
@@ -189,12 +190,25 @@ class _Graph:
                     raise CheckpointError(f"{path}: blob {blob!r} is produced twice")
                 self.producer[blob] = layer.index
         for layer in layers:
+            if layer.type == "Split" and len(layer.inputs) != 1:
+                raise CheckpointError(
+                    f"{path}: Split {layer.name} has {len(layer.inputs)} inputs (a Split copies one blob)"
+                )
             for blob in layer.inputs:
                 if blob not in self.producer or self.producer[blob] >= layer.index:
                     raise CheckpointError(
                         f"{path}: layer {layer.name} reads blob {blob!r} before it is produced"
                     )
-                self.consumers.setdefault(blob, []).append(layer.index)
+                # ncnn's format: an input blob name is unique among all layers' inputs (a Split makes the copies
+                # for several readers); a blob read twice is not an ncnn graph, and a chain of Splits each reading
+                # its input twice would double the fan-out walk (users) per link
+                if blob in self.consumers:
+                    first = self.layers[self.consumers[blob][0]].name
+                    readers = f"twice by {first}" if first == layer.name else f"by {first} and {layer.name}"
+                    raise CheckpointError(
+                        f"{path}: blob {blob!r} is read {readers}: ncnn reads each blob once (a Split copies it)"
+                    )
+                self.consumers[blob] = [layer.index]
 
     def fail(self, problem: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: not an {self.arch} graph: {problem}")
@@ -212,13 +226,17 @@ class _Graph:
         """The non-Split layers reading the output of layer `index` (through any Splits)."""
         found: list[_Layer] = []
         pending = list(self.layers[index].outputs)
+        seen = set(pending)  # each blob has one reader (__init__), so this only guards the walk
         while pending:
             for user in self.consumers.get(pending.pop(), []):
                 layer = self.layers[user]
-                if layer.type == "Split":
-                    pending.extend(layer.outputs)
-                else:
+                if layer.type != "Split":
                     found.append(layer)
+                    continue
+                for blob in layer.outputs:
+                    if blob not in seen:
+                        seen.add(blob)
+                        pending.append(blob)
         return found
 
     def only_user(self, index: int, what: str) -> _Layer:
