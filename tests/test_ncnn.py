@@ -8,10 +8,14 @@ as documentation of the format, and the ncnn runtime itself runs its output, so 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import shutil
 import struct
+import sys
+import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -546,10 +550,90 @@ def test_engine_choice_on_the_cpu() -> None:
 def test_without_the_ncnn_runtime_fp32_runs_on_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
     import esrgan.device
 
-    monkeypatch.setattr(esrgan.device, "ncnn_runtime_available", lambda: False)  # as on a machine without it
+    monkeypatch.setattr(
+        esrgan.device, "ncnn_runtime_problem", lambda: "not installed"
+    )  # as on a machine without it
     assert ModelRunner(random_model(TINY), torch.device("cpu"), torch.float32).engine == "packed"
     with pytest.raises(EsrganError, match=r"esrgan\[ncnn\].*not installed"):
         ModelRunner(random_model(TINY), torch.device("cpu"), torch.float32, engine="ncnn")
+
+
+def broken_ncnn_package(folder: Path) -> Path:
+    """`folder`/ncnn, a package that raises ImportError when imported, as a wheel whose shared library does not
+    load: found by importlib.util.find_spec, broken at import. Returns `folder`, to put first on the path."""
+    (folder / "ncnn").mkdir(parents=True)
+    (folder / "ncnn" / "__init__.py").write_text(
+        'raise ImportError("libncnn.so.1: cannot open shared object file (a broken ncnn wheel)")\n'
+    )
+    return folder
+
+
+@pytest.fixture
+def broken_ncnn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """broken_ncnn_package first on sys.path in this process; sys.path, sys.modules and the cached answers are
+    restored after."""
+    import esrgan.device
+    from esrgan.ncnn import ncnn_runtime_problem
+
+    fake = broken_ncnn_package(tmp_path / "fake")
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.delitem(
+        sys.modules, "ncnn", raising=False
+    )  # put back after: the real one, if it was imported
+    ncnn_runtime_problem.cache_clear()
+    esrgan.device._say_once.cache_clear()
+    yield fake
+    ncnn_runtime_problem.cache_clear()
+    esrgan.device._say_once.cache_clear()
+
+
+def test_a_broken_ncnn_install_falls_back_to_the_packed_engine_once_said(
+    broken_ncnn: Path, photo: np.ndarray
+) -> None:
+    """`auto` in fp32 picked ncnn when the package was merely found, and its first image raised ImportError (a
+    traceback from the CLI in fp32, the default on CPUs without bf16, and for 16-bit images on every CPU). Now the
+    runtime is imported to be called available; a broken one gives the packed engine and one warning naming why."""
+    from esrgan.ncnn import ncnn_runtime_available
+
+    assert not ncnn_runtime_available()
+    model = random_model(TINY, seed=3)
+    crop = photo[100:116, 200:212].astype(np.float32) / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+    with pytest.warns(
+        RuntimeWarning, match=r"ncnn runtime is installed but does not import \(ImportError: libncnn"
+    ):
+        runner = ModelRunner(model, torch.device("cpu"), torch.float32)
+    assert runner.engine == "packed"
+    with torch.inference_mode():
+        ref = model(x)
+    np.testing.assert_allclose(runner(x).numpy(), ref.numpy(), atol=1e-5, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process, not for every runner
+        assert ModelRunner(model, torch.device("cpu"), torch.float32).engine == "packed"
+    with pytest.raises(EsrganError, match=r"runtime installed but does not import \(ImportError: libncnn"):
+        ModelRunner(model, torch.device("cpu"), torch.float32, engine="ncnn")
+
+
+def test_the_cli_with_a_broken_ncnn_install_upscales_in_fp32(tmp_path: Path, photo: np.ndarray) -> None:
+    """The command line in fp32 with that broken package first on its path: the image is made (exit 0) and one
+    warning line says why ncnn was not used; before, an ImportError traceback."""
+    import esrgan
+    from esrgan.checkpoints import save_model
+
+    save_model(tmp_path / "tiny.safetensors", random_model(TINY, seed=3))
+    Image.fromarray(photo[100:124, 200:220]).save(tmp_path / "in.png")
+    src = Path(esrgan.__file__).parents[1]
+    proc = run_cli(
+        "upscale", tmp_path / "in.png", "--model", tmp_path / "tiny.safetensors", "--precision", "fp32",
+        "-o", tmp_path / "out.png",
+        env={"PYTHONPATH": f"{broken_ncnn_package(tmp_path / 'fake')}{os.pathsep}{src}"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "esrgan: warning: the ncnn runtime is installed but does not"
+    ), lines
+    assert Image.open(tmp_path / "out.png").size == (80, 96)
 
 
 @needs_packaged

@@ -38,7 +38,7 @@ from .archs import Generator, GeneratorConfig
 from .defaults import DEVICES, PRECISIONS
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet, count_parameters
-from .ncnn import NcnnRRDBNet, ncnn_runtime_available, ncnn_supports
+from .ncnn import NcnnRRDBNet, ncnn_runtime_problem, ncnn_supports
 from .tiling import all_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -402,10 +402,18 @@ def autotuned(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+@functools.cache
+def _say_once(message: str) -> None:
+    """One warning per process for `message` (each ModelRunner would say it again: Upscaler makes a second for
+    16-bit images)."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 class ModelRunner:
     """The forward pass used by tiling: a batch (on any device) in, a float32 batch on `device` out, in `dtype`.
 
-    On the CPU in fp32, where the ncnn runtime is installed (`esrgan[ncnn]`, part of the standard set-up), it runs
+    On the CPU in fp32, where the ncnn runtime imports (`esrgan[ncnn]`, part of the standard set-up; a broken
+    install is said once in a RuntimeWarning and skipped) and runs the model (ncnn_supports), it runs
     esrgan.ncnn.NcnnRRDBNet: ncnn's Winograd convolutions, 1.3x the packed fp32 engine on an AVX2 CPU.
     Otherwise on the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
     fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). On CUDA in fp16/bf16: a copy
@@ -446,18 +454,21 @@ class ModelRunner:
                 f"the packed engine runs RRDBNet on the CPU in fp32 or bf16, not {type(model).__name__} on "
                 f"{device.type} {dtype}"
             )
-        runtime = ncnn_runtime_available()
-        ncnn_ok = runtime and device.type == "cpu" and dtype == torch.float32 and ncnn_supports(model.config)
+        wants_ncnn = device.type == "cpu" and dtype == torch.float32 and ncnn_supports(model.config)
+        problem = ncnn_runtime_problem() if wants_ncnn or engine == "ncnn" else None  # imports ncnn once
+        ncnn_ok = wants_ncnn and problem is None
         if engine == "ncnn" and not ncnn_ok:
             plus = isinstance(model.config, RRDBConfig) and model.config.plus
             raise EsrganError(
                 "the ncnn engine runs x4/x8 RRDBNet and any SRVGGNetCompact on the CPU in fp32 and needs the ncnn "
                 f'runtime (pip install "esrgan[ncnn]"), not ESRGAN+ models; here: {device.type} '
                 f"{precision_name(dtype)}, scale {model.config.scale}{', ESRGAN+' if plus else ''}, "
-                f"runtime {'installed' if runtime else 'not installed'}"
+                f"runtime {problem or 'installed'}"
             )
         if engine == "auto":  # fp32 on the CPU: ncnn's Winograd where installed and its net fits (_ncnn_fits)
             engine = "ncnn" if ncnn_ok and _ncnn_fits(model) else "packed" if packable else "module"
+            if wants_ncnn and problem is not None and problem != "not installed":
+                _say_once(f"the ncnn runtime is {problem}: fp32 runs on the {engine} engine instead")
         self.engine = engine
         self._packed: dict[torch.dtype, Callable[[Tensor], Tensor]] = {}
         self._ncnn: Callable[[Tensor], Tensor] | None = None

@@ -889,12 +889,27 @@ def save_ncnn(
 
 # --- running: ncnn's CPU runtime as an engine ---------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
-def ncnn_runtime_available() -> bool:
-    """True if the ncnn runtime (PyPI `ncnn`, `pip install "esrgan[ncnn]"`) can be imported."""
+def ncnn_runtime_problem() -> str | None:
+    """Why the ncnn runtime (PyPI `ncnn`, `pip install "esrgan[ncnn]"`) cannot run here, None if it can: "not
+    installed", or "installed but does not import (...)" with what importing it raised (a wheel whose shared
+    library does not load: finding the package is not enough, and the fp32 engine then failed at its first
+    image). Imported once; the answer is kept for the process."""
     try:
-        return importlib.util.find_spec("ncnn") is not None
+        if importlib.util.find_spec("ncnn") is None:
+            return "not installed"
     except (ImportError, ValueError):
-        return False
+        return "not installed"
+    try:
+        importlib.import_module("ncnn")
+    except Exception as exc:  # whatever a broken binding raises: ImportError, OSError, AttributeError...
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"installed but does not import ({type(exc).__name__}: {first})"
+    return None
+
+
+def ncnn_runtime_available() -> bool:
+    """True if the ncnn runtime imports (ncnn_runtime_problem)."""
+    return ncnn_runtime_problem() is None
 
 
 class _Extractions:
