@@ -840,3 +840,27 @@ def test_the_ncnn_engine_counts_its_net_until_it_is_built() -> None:
     assert runner.activation_bytes() == (per_pixel, 0)
     runner.release()
     assert runner.activation_bytes() == (per_pixel, fixed)
+
+
+@needs_runtime
+def test_the_ncnn_engine_follows_torch_set_num_threads(photo: np.ndarray) -> None:
+    """ncnn takes its thread count when the net is built: a torch.set_num_threads(1) after a first pass at 2 was
+    ignored (the audit counted two busy threads). The net is now rebuilt for torch's count, and the automatic tile
+    counts it as not built until then."""
+    threads = torch.get_num_threads()
+    model = random_model(TINY, seed=5)
+    crop = photo[100:113, 200:217].astype(np.float32) / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+    try:
+        torch.set_num_threads(2)
+        runner = ModelRunner(model, torch.device("cpu"), torch.float32, engine="ncnn")
+        first = runner(x)
+        assert runner._ncnn is not None and runner._ncnn.threads == 2
+        assert runner.activation_bytes()[1] == 0
+        torch.set_num_threads(1)
+        assert runner.activation_bytes()[1] > 0  # a net to build before the next pass
+        second = runner(x)
+        assert runner._ncnn is not None and runner._ncnn.threads == 1
+        np.testing.assert_allclose(second.numpy(), first.numpy(), atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)

@@ -471,7 +471,7 @@ class ModelRunner:
                 _say_once(f"the ncnn runtime is {problem}: fp32 runs on the {engine} engine instead")
         self.engine = engine
         self._packed: dict[torch.dtype, Callable[[Tensor], Tensor]] = {}
-        self._ncnn: Callable[[Tensor], Tensor] | None = None
+        self._ncnn: NcnnRRDBNet | None = None
         self.channels_last = self.engine == "compiled" or (self.engine == "module" and dtype != torch.float32)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -504,7 +504,9 @@ class ModelRunner:
             return per_pixel, 0
         # ncnn keeps more blobs alive than the module's peak (NCNN_MEMORY_FACTOR), and a net not built yet (the
         # first image, or after release()) will take its weights' transforms (NCNN_FIXED_FACTOR) on top
-        fixed = 0 if self._ncnn is not None else int(NCNN_FIXED_FACTOR * 4 * count_parameters(self.model))
+        fixed = (
+            0 if self._ncnn_net() is not None else int(NCNN_FIXED_FACTOR * 4 * count_parameters(self.model))
+        )
         return per_pixel * NCNN_MEMORY_FACTOR, fixed
 
     def pass_bytes(self, height: int, width: int, batch: int = 1) -> int:
@@ -521,11 +523,20 @@ class ModelRunner:
             fixed = 4 * min(TAIL_BYTES, height * width * cfg.scale**2 * cfg.num_feat * elem)
         return int(per_pixel * height * width * batch) + fixed
 
+    def _ncnn_net(self) -> NcnnRRDBNet | None:
+        """The ncnn net the next pass runs on, None if it is built first: not built yet, released, or built for
+        another thread count than torch's now. ncnn fixes its threads (and lays its Winograd kernels out for them)
+        when the net is built, so a torch.set_num_threads after the first pass was ignored: the net is rebuilt."""
+        if self._ncnn is not None and self._ncnn.threads != torch.get_num_threads():
+            self._ncnn = None
+        return self._ncnn
+
     def _run(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         if self.engine == "ncnn":
-            if self._ncnn is None:
-                self._ncnn = NcnnRRDBNet(self.model.config, self.model.state_dict())
-            return self._ncnn(x)
+            net = self._ncnn_net()
+            if net is None:
+                net = self._ncnn = NcnnRRDBNet(self.model.config, self.model.state_dict())
+            return net(x)
         if self.engine == "packed":
             if dtype not in self._packed:
                 from .fast import PackedRRDBNet
