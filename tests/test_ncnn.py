@@ -377,6 +377,19 @@ def test_quantized_weights_are_declined(tmp_path: Path) -> None:
         load_ncnn(*files)
 
 
+def test_a_pair_with_more_blocks_than_any_rrdbnet_is_refused_naming_the_param(tmp_path: Path) -> None:
+    """The ncnn reader builds any block count the .bin holds weights for; load_weights then refuses more than
+    MAX_BLOCKS, and its line names the file like every other format's (it said only "1030 blocks: ...")."""
+    from esrgan.checkpoints import MAX_BLOCKS, expected_shapes, load_weights
+
+    config = RRDBConfig(num_feat=2, num_block=MAX_BLOCKS + 6, num_grow=1, scale=4)
+    weights = {k: torch.full(shape, 0.01) for k, shape in expected_shapes(config).items()}
+    param, _ = save_ncnn(config, weights, tmp_path / "deep.param", fp16=False)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(param)
+    assert str(info.value).startswith(f"{param}: 1030 blocks: more than the 1024")
+
+
 def test_nan_weights_are_rejected(tmp_path: Path) -> None:
     model = random_model(TINY)
     with torch.no_grad():
