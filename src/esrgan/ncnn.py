@@ -9,8 +9,8 @@ is small and fully specified by ncnn's wiki (param-and-model-file-structure, ope
 .param: a magic line ``7767517``, ``<layer count> <blob count>``, then one line per layer:
 ``type name n_in n_out in_blobs... out_blobs... key=value...``; a key ``-233xx`` holds an array for key ``xx`` as
 ``count,v1,v2,...``. .bin: for each layer in .param order, its weights; a Convolution stores its weight as a 4-byte
-tag (0x01306B47 = fp16, padded to 4 bytes; 0 = raw fp32; anything else = quantized, which we decline) followed by
-the data in PyTorch's (out, in, kh, kw) order, then the bias as raw fp32 with no tag.
+tag (0x01306B47 = fp16 and 0x01348B83 = bf16, both padded to 4 bytes; 0 = raw fp32; anything else = quantized,
+which we decline) followed by the data in PyTorch's (out, in, kh, kw) order, then the bias as raw fp32 with no tag.
 
 The files are treated as hostile: every size read from the .param is checked against the .bin's real length before
 anything is allocated, each blob has one reader (ncnn's rule: a Split, with one input, makes the copies for
@@ -53,6 +53,7 @@ from .generator import RRDBConfig, to_half, upscale_input
 
 PARAM_MAGIC = 7767517
 TAG_FP16 = 0x01306B47
+TAG_BF16 = 0x01348B83  # ncnn's "bfloat16" (ncnnoptimize's storage type 2): the upper 16 bits of an fp32
 TAG_FP32 = 0
 MAX_PARAM_BYTES = 16 * 1024 * 1024  # the x4plus graph is 117 KB
 MAX_TOKEN = 1024  # longest name or key=value in a .param line
@@ -480,6 +481,10 @@ def _read_weights(bin_path: Path, convs: list[_Conv | _Slopes]) -> dict[str, Ten
         if tag == TAG_FP16:
             raw = take((count * 2 + 3) // 4 * 4, f"{conv.name} fp16 weight")  # fp16 data is padded to 4 bytes
             weight = np.frombuffer(raw, dtype="<f2", count=count).astype(np.float32)
+        elif tag == TAG_BF16:  # exact: bf16 is an fp32 with its low 16 bits zero
+            raw = take((count * 2 + 3) // 4 * 4, f"{conv.name} bf16 weight")  # padded to 4 bytes like fp16
+            bits = np.frombuffer(raw, dtype="<u2", count=count).astype("<u4") << 16
+            weight = bits.view("<f4").astype(np.float32)
         elif tag == TAG_FP32:
             weight = np.frombuffer(take(count * 4, f"{conv.name} fp32 weight"), dtype="<f4").astype(
                 np.float32
@@ -487,7 +492,7 @@ def _read_weights(bin_path: Path, convs: list[_Conv | _Slopes]) -> dict[str, Ten
         else:
             raise CheckpointError(
                 f"{bin_path}: {conv.name} ({conv.layer.name}) has weight tag {int(tag):#010x}: quantized (int8) "
-                f"ncnn weights are not supported, only fp16 ({TAG_FP16:#010x}) and fp32 (0)"
+                f"ncnn weights are not supported, only fp16 ({TAG_FP16:#010x}), bf16 ({TAG_BF16:#010x}) and fp32 (0)"
             )
         bias = np.frombuffer(take(conv.out_ch * 4, f"{conv.name} bias"), dtype="<f4").astype(np.float32)
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
