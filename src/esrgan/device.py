@@ -3,9 +3,12 @@
 - fp16 is never used on the CPU (slow and overflow-prone there): asking for it gives bf16 where the CPU computes
   bf16 natively, else fp32, with a warning. bf16 on a CPU without native support (it would be emulated, slower
   than fp32) also falls back to fp32.
-- ModelRunner is the one place that picks a forward pass. On the CPU it is esrgan.fast.PackedRRDBNet in fp32 or
-  bf16 (pre-packed oneDNN convolutions, channels-last, the tail in stripes: see bench/speed.py and
-  docs/benchmarks.md for what it is worth). On CUDA reduced precision runs a copy of the weights cast once to
+- ModelRunner is the one place that picks a forward pass. On the CPU in fp32 it is esrgan.ncnn.NcnnRRDBNet (ncnn's
+  runtime, Winograd convolutions) for an x4/x8 RRDBNet that is not ESRGAN+ and for any SRVGGNetCompact, where the
+  runtime imports and its net takes at most half the memory free; otherwise, and in bf16 where oneDNN packs bf16
+  weights, an RRDBNet runs on esrgan.fast.PackedRRDBNet (pre-packed oneDNN convolutions, channels-last, the tail
+  in stripes: see bench/speed.py and docs/benchmarks.md for what it is worth) and an SRVGGNetCompact as the module
+  (under autocast in bf16). On CUDA reduced precision runs a copy of the weights cast once to
   fp16/bf16, channels-last, with cudnn.benchmark (the tiles repeat one shape); autocast would recast the fp32
   weights on every call. Elsewhere (MPS, or the CPU without oneDNN) reduced precision uses torch.autocast over the
   fp32 module; engine="compiled" runs that module through torch.compile (measured by bench/speed.py, not a
@@ -415,11 +418,11 @@ class ModelRunner:
     On the CPU in fp32, where the ncnn runtime imports (`esrgan[ncnn]`, part of the standard set-up; a broken
     install is said once in a RuntimeWarning and skipped) and runs the model (ncnn_supports), it runs
     esrgan.ncnn.NcnnRRDBNet: ncnn's Winograd convolutions, 1.3x the packed fp32 engine on an AVX2 CPU.
-    Otherwise on the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
+    Otherwise on the CPU (fp32 or bf16, with oneDNN) an RRDBNet runs on esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
     fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). On CUDA in fp16/bf16: a copy
     of the model cast once to that dtype, channels-last (compiled too with engine="compiled"), with
-    torch.backends.cudnn.benchmark on during the pass (`autotuned`). Elsewhere, or with
-    engine="module" on the CPU, the model itself, under autocast for reduced precision (fp32 module = the eager
+    torch.backends.cudnn.benchmark on during the pass (`autotuned`). Elsewhere (an SRVGGNetCompact off ncnn too), or
+    with engine="module" on the CPU, the model itself, under autocast for reduced precision (fp32 module = the eager
     reference).
     engine="compiled": that module through torch.compile (inductor, no freezing: freezing gave wrong outputs for
     this network); the first call per input shape compiles (~35 s on 2 cores), later processes reuse the on-disk
