@@ -54,7 +54,8 @@ class PrecisionWarning(UserWarning):
 
 
 def precision_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}[dtype]
+    """fp32, bf16 or fp16 (as DTYPES spells them); another dtype as torch prints it."""
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -455,7 +456,7 @@ class ModelRunner:
         if engine == "packed" and not packable:
             raise EsrganError(
                 f"the packed engine runs RRDBNet on the CPU in fp32 or bf16, not {type(model).__name__} on "
-                f"{device.type} {dtype}"
+                f"{device.type} {precision_name(dtype)}"
             )
         wants_ncnn = device.type == "cpu" and dtype == torch.float32 and ncnn_supports(model.config)
         problem = ncnn_runtime_problem() if wants_ncnn or engine == "ncnn" else None  # imports ncnn once
