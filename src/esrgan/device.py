@@ -42,6 +42,7 @@ from .defaults import DEVICES, PRECISIONS
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet, count_parameters
 from .ncnn import NcnnRRDBNet, ncnn_runtime_problem, ncnn_supports
+from .ncnn import ncnn_runtime_available as ncnn_runtime_available  # re-exported: bench/engine_memory.py
 from .tiling import all_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
