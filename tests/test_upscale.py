@@ -294,6 +294,22 @@ def test_overflowing_bf16_forward_is_recomputed_in_fp32(
     assert out.shape == (192, 160, 3) and (out == 255).all()
 
 
+def test_compile_runs_16_bit_images_compiled_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upscaler(compile=True) computes 16-bit and float images in fp32 when its precision is reduced, on a runner
+    of their own, which was built with engine="auto": they ran uncompiled without a word. That runner is compiled
+    too now, as compile=True says. (torch.compile is lazy: nothing compiles here.)"""
+    monkeypatch.setenv("ESRGAN_CPU_BF16", "1")  # auto = bf16, so that 16-bit images get an fp32 runner
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch's own, on importing its compiler
+        up = Upscaler(photo_preserving_rrdb(), device="cpu", compile=True)
+    assert up.runner.engine == "compiled" and up.runner.dtype == torch.bfloat16
+    fp32 = up.runner_for(np.dtype(np.uint16))
+    assert fp32.dtype == torch.float32 and fp32.engine == "compiled"
+    assert up.runner_for(np.dtype(np.float32)) is fp32
+    plain = Upscaler(photo_preserving_rrdb(), device="cpu")
+    assert plain.runner_for(np.dtype(np.uint16)).engine != "compiled"
+
+
 def grey16_photo(size: int = 64) -> np.ndarray:
     """A real 16-bit grey photograph: scikit-image's camera, MATLAB-bicubic downscaled in float (thousands of
     distinct 16-bit levels, not 8-bit ones times 257)."""

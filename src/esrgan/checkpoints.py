@@ -552,8 +552,12 @@ def load_weights(path: str | Path) -> LoadedWeights:
     if path.suffix == ".param" or (path.is_file() and _sniff(path) == "ncnn"):
         from .ncnn import load_ncnn
 
-        config, sd = load_ncnn(path)
-        return LoadedWeights(config, check_state_dict(config, sd), "ncnn", {}, path)
+        config, sd = load_ncnn(path)  # its own errors name the .param or the .bin
+        try:
+            checked = check_state_dict(config, sd)
+        except CheckpointError as exc:  # e.g. more blocks than any RRDBNet has
+            raise CheckpointError(f"{path}: {exc}") from None
+        return LoadedWeights(config, checked, "ncnn", {}, path)
     raw, metadata = read_weights(path)
     recorded: GeneratorConfig | None = None
     if isinstance(raw, dict) and "generator" in raw and "model_config" in raw:

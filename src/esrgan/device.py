@@ -3,9 +3,12 @@
 - fp16 is never used on the CPU (slow and overflow-prone there): asking for it gives bf16 where the CPU computes
   bf16 natively, else fp32, with a warning. bf16 on a CPU without native support (it would be emulated, slower
   than fp32) also falls back to fp32.
-- ModelRunner is the one place that picks a forward pass. On the CPU it is esrgan.fast.PackedRRDBNet in fp32 or
-  bf16 (pre-packed oneDNN convolutions, channels-last, the tail in stripes: see bench/speed.py and
-  docs/benchmarks.md for what it is worth). On CUDA reduced precision runs a copy of the weights cast once to
+- ModelRunner is the one place that picks a forward pass. On the CPU in fp32 it is esrgan.ncnn.NcnnRRDBNet (ncnn's
+  runtime, Winograd convolutions) for an x4/x8 RRDBNet that is not ESRGAN+ and for any SRVGGNetCompact, where the
+  runtime imports and its net takes at most half the memory free; otherwise, and in bf16 where oneDNN packs bf16
+  weights, an RRDBNet runs on esrgan.fast.PackedRRDBNet (pre-packed oneDNN convolutions, channels-last, the tail
+  in stripes: see bench/speed.py and docs/benchmarks.md for what it is worth) and an SRVGGNetCompact as the module
+  (under autocast in bf16). On CUDA reduced precision runs a copy of the weights cast once to
   fp16/bf16, channels-last, with cudnn.benchmark (the tiles repeat one shape); autocast would recast the fp32
   weights on every call. Elsewhere (MPS, or the CPU without oneDNN) reduced precision uses torch.autocast over the
   fp32 module; engine="compiled" runs that module through torch.compile (measured by bench/speed.py, not a
@@ -38,7 +41,8 @@ from .archs import Generator, GeneratorConfig
 from .defaults import DEVICES, PRECISIONS
 from .errors import EsrganError
 from .generator import RRDBConfig, RRDBNet, count_parameters
-from .ncnn import NcnnRRDBNet, ncnn_runtime_available, ncnn_supports
+from .ncnn import NcnnRRDBNet, ncnn_runtime_problem, ncnn_supports
+from .ncnn import ncnn_runtime_available as ncnn_runtime_available  # re-exported: bench/engine_memory.py
 from .tiling import all_finite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,7 +55,8 @@ class PrecisionWarning(UserWarning):
 
 
 def precision_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}[dtype]
+    """fp32, bf16 or fp16 (as DTYPES spells them); another dtype as torch prints it."""
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -402,16 +407,24 @@ def autotuned(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+@functools.cache
+def _say_once(message: str) -> None:
+    """One warning per process for `message` (each ModelRunner would say it again: Upscaler makes a second for
+    16-bit images)."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 class ModelRunner:
     """The forward pass used by tiling: a batch (on any device) in, a float32 batch on `device` out, in `dtype`.
 
-    On the CPU in fp32, where the ncnn runtime is installed (`esrgan[ncnn]`, part of the standard set-up), it runs
+    On the CPU in fp32, where the ncnn runtime imports (`esrgan[ncnn]`, part of the standard set-up; a broken
+    install is said once in a RuntimeWarning and skipped) and runs the model (ncnn_supports), it runs
     esrgan.ncnn.NcnnRRDBNet: ncnn's Winograd convolutions, 1.3x the packed fp32 engine on an AVX2 CPU.
-    Otherwise on the CPU (fp32 or bf16, with oneDNN) it runs esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
+    Otherwise on the CPU (fp32 or bf16, with oneDNN) an RRDBNet runs on esrgan.fast.PackedRRDBNet: weights packed once, channels-last,
     fused epilogues, the upsampling tail in stripes (bounded memory at any tile size). On CUDA in fp16/bf16: a copy
     of the model cast once to that dtype, channels-last (compiled too with engine="compiled"), with
-    torch.backends.cudnn.benchmark on during the pass (`autotuned`). Elsewhere, or with
-    engine="module" on the CPU, the model itself, under autocast for reduced precision (fp32 module = the eager
+    torch.backends.cudnn.benchmark on during the pass (`autotuned`). Elsewhere (an SRVGGNetCompact off ncnn too), or
+    with engine="module" on the CPU, the model itself, under autocast for reduced precision (fp32 module = the eager
     reference).
     engine="compiled": that module through torch.compile (inductor, no freezing: freezing gave wrong outputs for
     this network); the first call per input shape compiles (~35 s on 2 cores), later processes reuse the on-disk
@@ -444,23 +457,26 @@ class ModelRunner:
         if engine == "packed" and not packable:
             raise EsrganError(
                 f"the packed engine runs RRDBNet on the CPU in fp32 or bf16, not {type(model).__name__} on "
-                f"{device.type} {dtype}"
+                f"{device.type} {precision_name(dtype)}"
             )
-        runtime = ncnn_runtime_available()
-        ncnn_ok = runtime and device.type == "cpu" and dtype == torch.float32 and ncnn_supports(model.config)
+        wants_ncnn = device.type == "cpu" and dtype == torch.float32 and ncnn_supports(model.config)
+        problem = ncnn_runtime_problem() if wants_ncnn or engine == "ncnn" else None  # imports ncnn once
+        ncnn_ok = wants_ncnn and problem is None
         if engine == "ncnn" and not ncnn_ok:
             plus = isinstance(model.config, RRDBConfig) and model.config.plus
             raise EsrganError(
                 "the ncnn engine runs x4/x8 RRDBNet and any SRVGGNetCompact on the CPU in fp32 and needs the ncnn "
                 f'runtime (pip install "esrgan[ncnn]"), not ESRGAN+ models; here: {device.type} '
                 f"{precision_name(dtype)}, scale {model.config.scale}{', ESRGAN+' if plus else ''}, "
-                f"runtime {'installed' if runtime else 'not installed'}"
+                f"runtime {problem or 'installed'}"
             )
         if engine == "auto":  # fp32 on the CPU: ncnn's Winograd where installed and its net fits (_ncnn_fits)
             engine = "ncnn" if ncnn_ok and _ncnn_fits(model) else "packed" if packable else "module"
+            if wants_ncnn and problem is not None and problem != "not installed":
+                _say_once(f"the ncnn runtime is {problem}: fp32 runs on the {engine} engine instead")
         self.engine = engine
         self._packed: dict[torch.dtype, Callable[[Tensor], Tensor]] = {}
-        self._ncnn: Callable[[Tensor], Tensor] | None = None
+        self._ncnn: NcnnRRDBNet | None = None
         self.channels_last = self.engine == "compiled" or (self.engine == "module" and dtype != torch.float32)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -493,7 +509,9 @@ class ModelRunner:
             return per_pixel, 0
         # ncnn keeps more blobs alive than the module's peak (NCNN_MEMORY_FACTOR), and a net not built yet (the
         # first image, or after release()) will take its weights' transforms (NCNN_FIXED_FACTOR) on top
-        fixed = 0 if self._ncnn is not None else int(NCNN_FIXED_FACTOR * 4 * count_parameters(self.model))
+        fixed = (
+            0 if self._ncnn_net() is not None else int(NCNN_FIXED_FACTOR * 4 * count_parameters(self.model))
+        )
         return per_pixel * NCNN_MEMORY_FACTOR, fixed
 
     def pass_bytes(self, height: int, width: int, batch: int = 1) -> int:
@@ -510,11 +528,20 @@ class ModelRunner:
             fixed = 4 * min(TAIL_BYTES, height * width * cfg.scale**2 * cfg.num_feat * elem)
         return int(per_pixel * height * width * batch) + fixed
 
+    def _ncnn_net(self) -> NcnnRRDBNet | None:
+        """The ncnn net the next pass runs on, None if it is built first: not built yet, released, or built for
+        another thread count than torch's now. ncnn fixes its threads (and lays its Winograd kernels out for them)
+        when the net is built, so a torch.set_num_threads after the first pass was ignored: the net is rebuilt."""
+        if self._ncnn is not None and self._ncnn.threads != torch.get_num_threads():
+            self._ncnn = None
+        return self._ncnn
+
     def _run(self, x: Tensor, dtype: torch.dtype) -> Tensor:
         if self.engine == "ncnn":
-            if self._ncnn is None:
-                self._ncnn = NcnnRRDBNet(self.model.config, self.model.state_dict())
-            return self._ncnn(x)
+            net = self._ncnn_net()
+            if net is None:
+                net = self._ncnn = NcnnRRDBNet(self.model.config, self.model.state_dict())
+            return net(x)
         if self.engine == "packed":
             if dtype not in self._packed:
                 from .fast import PackedRRDBNet

@@ -9,11 +9,12 @@ is small and fully specified by ncnn's wiki (param-and-model-file-structure, ope
 .param: a magic line ``7767517``, ``<layer count> <blob count>``, then one line per layer:
 ``type name n_in n_out in_blobs... out_blobs... key=value...``; a key ``-233xx`` holds an array for key ``xx`` as
 ``count,v1,v2,...``. .bin: for each layer in .param order, its weights; a Convolution stores its weight as a 4-byte
-tag (0x01306B47 = fp16, padded to 4 bytes; 0 = raw fp32; anything else = quantized, which we decline) followed by
-the data in PyTorch's (out, in, kh, kw) order, then the bias as raw fp32 with no tag.
+tag (0x01306B47 = fp16 and 0x01348B83 = bf16, both padded to 4 bytes; 0 = raw fp32; anything else = quantized,
+which we decline) followed by the data in PyTorch's (out, in, kh, kw) order, then the bias as raw fp32 with no tag.
 
 The files are treated as hostile: every size read from the .param is checked against the .bin's real length before
-anything is allocated, and the graph has to be an RRDBNet, checked blob by blob (dense concatenations, the x0.2
+anything is allocated, each blob has one reader (ncnn's rule: a Split, with one input, makes the copies for
+several), and the graph has to be an RRDBNet, checked blob by blob (dense concatenations, the x0.2
 residuals, the long skip, the nearest x2 upsamplers), or an SRVGGNetCompact (a chain of Convolution + PReLU, a
 PixelShuffle, plus the nearest upscale of the input), before any weight is given a name. Any violation raises
 CheckpointError naming the file and the problem. (A PReLU's slopes are stored in the .bin as raw fp32, no tag.)
@@ -52,6 +53,7 @@ from .generator import RRDBConfig, to_half, upscale_input
 
 PARAM_MAGIC = 7767517
 TAG_FP16 = 0x01306B47
+TAG_BF16 = 0x01348B83  # ncnn's "bfloat16" (ncnnoptimize's storage type 2): the upper 16 bits of an fp32
 TAG_FP32 = 0
 MAX_PARAM_BYTES = 16 * 1024 * 1024  # the x4plus graph is 117 KB
 MAX_TOKEN = 1024  # longest name or key=value in a .param line
@@ -189,12 +191,25 @@ class _Graph:
                     raise CheckpointError(f"{path}: blob {blob!r} is produced twice")
                 self.producer[blob] = layer.index
         for layer in layers:
+            if layer.type == "Split" and len(layer.inputs) != 1:
+                raise CheckpointError(
+                    f"{path}: Split {layer.name} has {len(layer.inputs)} inputs (a Split copies one blob)"
+                )
             for blob in layer.inputs:
                 if blob not in self.producer or self.producer[blob] >= layer.index:
                     raise CheckpointError(
                         f"{path}: layer {layer.name} reads blob {blob!r} before it is produced"
                     )
-                self.consumers.setdefault(blob, []).append(layer.index)
+                # ncnn's format: an input blob name is unique among all layers' inputs (a Split makes the copies
+                # for several readers); a blob read twice is not an ncnn graph, and a chain of Splits each reading
+                # its input twice would double the fan-out walk (users) per link
+                if blob in self.consumers:
+                    first = self.layers[self.consumers[blob][0]].name
+                    readers = f"twice by {first}" if first == layer.name else f"by {first} and {layer.name}"
+                    raise CheckpointError(
+                        f"{path}: blob {blob!r} is read {readers}: ncnn reads each blob once (a Split copies it)"
+                    )
+                self.consumers[blob] = [layer.index]
 
     def fail(self, problem: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: not an {self.arch} graph: {problem}")
@@ -212,13 +227,17 @@ class _Graph:
         """The non-Split layers reading the output of layer `index` (through any Splits)."""
         found: list[_Layer] = []
         pending = list(self.layers[index].outputs)
+        seen = set(pending)  # each blob has one reader (__init__), so this only guards the walk
         while pending:
             for user in self.consumers.get(pending.pop(), []):
                 layer = self.layers[user]
-                if layer.type == "Split":
-                    pending.extend(layer.outputs)
-                else:
+                if layer.type != "Split":
                     found.append(layer)
+                    continue
+                for blob in layer.outputs:
+                    if blob not in seen:
+                        seen.add(blob)
+                        pending.append(blob)
         return found
 
     def only_user(self, index: int, what: str) -> _Layer:
@@ -462,6 +481,10 @@ def _read_weights(bin_path: Path, convs: list[_Conv | _Slopes]) -> dict[str, Ten
         if tag == TAG_FP16:
             raw = take((count * 2 + 3) // 4 * 4, f"{conv.name} fp16 weight")  # fp16 data is padded to 4 bytes
             weight = np.frombuffer(raw, dtype="<f2", count=count).astype(np.float32)
+        elif tag == TAG_BF16:  # exact: bf16 is an fp32 with its low 16 bits zero
+            raw = take((count * 2 + 3) // 4 * 4, f"{conv.name} bf16 weight")  # padded to 4 bytes like fp16
+            bits = np.frombuffer(raw, dtype="<u2", count=count).astype("<u4") << 16
+            weight = bits.view("<f4").astype(np.float32)
         elif tag == TAG_FP32:
             weight = np.frombuffer(take(count * 4, f"{conv.name} fp32 weight"), dtype="<f4").astype(
                 np.float32
@@ -469,7 +492,7 @@ def _read_weights(bin_path: Path, convs: list[_Conv | _Slopes]) -> dict[str, Ten
         else:
             raise CheckpointError(
                 f"{bin_path}: {conv.name} ({conv.layer.name}) has weight tag {int(tag):#010x}: quantized (int8) "
-                f"ncnn weights are not supported, only fp16 ({TAG_FP16:#010x}) and fp32 (0)"
+                f"ncnn weights are not supported, only fp16 ({TAG_FP16:#010x}), bf16 ({TAG_BF16:#010x}) and fp32 (0)"
             )
         bias = np.frombuffer(take(conv.out_ch * 4, f"{conv.name} bias"), dtype="<f4").astype(np.float32)
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
@@ -871,12 +894,27 @@ def save_ncnn(
 
 # --- running: ncnn's CPU runtime as an engine ---------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
-def ncnn_runtime_available() -> bool:
-    """True if the ncnn runtime (PyPI `ncnn`, `pip install "esrgan[ncnn]"`) can be imported."""
+def ncnn_runtime_problem() -> str | None:
+    """Why the ncnn runtime (PyPI `ncnn`, `pip install "esrgan[ncnn]"`) cannot run here, None if it can: "not
+    installed", or "installed but does not import (...)" with what importing it raised (a wheel whose shared
+    library does not load: finding the package is not enough, and the fp32 engine then failed at its first
+    image). Imported once; the answer is kept for the process."""
     try:
-        return importlib.util.find_spec("ncnn") is not None
+        if importlib.util.find_spec("ncnn") is None:
+            return "not installed"
     except (ImportError, ValueError):
-        return False
+        return "not installed"
+    try:
+        importlib.import_module("ncnn")
+    except Exception as exc:  # whatever a broken binding raises: ImportError, OSError, AttributeError...
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"installed but does not import ({type(exc).__name__}: {first})"
+    return None
+
+
+def ncnn_runtime_available() -> bool:
+    """True if the ncnn runtime imports (ncnn_runtime_problem)."""
+    return ncnn_runtime_problem() is None
 
 
 class _Extractions:

@@ -231,6 +231,7 @@ class Upscaler:
     interpolation, theta = (1 - a) * theta_model + a * theta_other (e.g. model = PSNR-oriented, other = GAN).
     compile: run the model through torch.compile (ModelRunner engine="compiled"): each new tile shape compiles
     first (tens of seconds), so it pays for long batches of same-sized images and for video, not for one image.
+    16-bit and float images, computed in fp32 when the precision is reduced, run compiled too (in fp32).
     copy_model: the upscaler works on its own copy of the model (taken here, on the device; the weights as they
     are now), so the module given is left as it was (its device, train/eval mode, requires_grad, memory format)
     and a notebook can go on training it; False uses the module itself (no second copy of a large model's weights
@@ -295,9 +296,8 @@ class Upscaler:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device)
-        self.runner = ModelRunner(
-            self.model, self.device, self.dtype, engine="compiled" if compile else "auto"
-        )
+        self._engine = "compiled" if compile else "auto"  # the fp32 runner of 16-bit images too (runner_for)
+        self.runner = ModelRunner(self.model, self.device, self.dtype, engine=self._engine)
         self.precision = precision
         self._fp32_runner: ModelRunner | None = None  # for high-bit-depth inputs when self.dtype is reduced
         self.last_precision = precision_name(self.dtype)
@@ -383,7 +383,7 @@ class Upscaler:
                     PrecisionWarning,
                     stacklevel=3,
                 )
-            self._fp32_runner = ModelRunner(self.model, self.device, torch.float32)
+            self._fp32_runner = ModelRunner(self.model, self.device, torch.float32, engine=self._engine)
         return self._fp32_runner
 
     def precision_for(self, pixels: np.dtype | type) -> str:
