@@ -225,7 +225,9 @@ def test_image_residual_learns_faster_and_is_recorded_for_stage2(
     stage1 = tmp_path / "resTrue" / "model.safetensors"
     assert load_weights(stage1).config.image_residual
     plain = tiny(photos, tmp_path, "gan", **gan_sections(stage1))
-    with pytest.raises(ConfigError, match=r"\(model.image_residual: True in the file, False in the config\)$"):
+    with pytest.raises(
+        ConfigError, match=r"\(model.image_residual: True in the file, False in the config\)$"
+    ):
         train(plain)
     assert not list((tmp_path / "gan").rglob("*.ckpt"))  # refused before any step
 
