@@ -134,11 +134,14 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_interpolate(args: argparse.Namespace) -> int:
-    from .checkpoints import interpolate_files
+    from .checkpoints import input_label, interpolate_files
     from .zoo import resolve_model_path
 
     a, b = resolve_model_path(_model_arg(args.a)), resolve_model_path(_model_arg(args.b))
-    out = interpolate_files(a, b, args.alpha, args.output, overwrite=args.overwrite)
+    # the record names each input as typed (a model name, or the path: runs/gan/model.safetensors, not the
+    # model.safetensors every trained model is)
+    labels = (input_label(args.a), input_label(args.b))
+    out = interpolate_files(a, b, args.alpha, args.output, overwrite=args.overwrite, labels=labels)
     print(f"wrote {out}")
     return 0
 
