@@ -211,9 +211,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
     )
     small = f" ({res.too_small} smaller than --size: nothing cut)" if res.too_small else ""
     kept = f", {res.kept} already there (kept; --overwrite replaces them)" if res.kept else ""
-    print(
-        f"{res.images} images -> {res.crops} sub-images in {args.out_dir}{kept}{small}; {len(res.failed)} failed"
-    )
+    lr = f" + {res.crops} LR in {args.out_dir / f'LR_x{args.lr_scale}'}" if args.lr_scale else ""
+    images = f"{res.images} image{'' if res.images == 1 else 's'}"
+    crops = f"{res.crops} sub-image{'' if res.crops == 1 else 's'}"
+    print(f"{images} -> {crops} in {args.out_dir}{lr}{kept}{small}; {len(res.failed)} failed")
     return 1 if res.failed else 0
 
 
