@@ -330,3 +330,18 @@ def test_a_fifo_config_is_refused_without_waiting(tmp_path: Path) -> None:
     proc = run_cli("train", fifo, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == f"esrgan: error: {fifo}: not a regular file; give a YAML config file\n"
+
+
+def test_the_config_key_table_of_the_docs_lists_every_key_and_its_default() -> None:
+    """docs/training.md's config reference is made from the dataclasses (tools/config_table.py): a key added to
+    src/esrgan/config.py (or a default changed) without the table fails here, so the table cannot drift."""
+    import config_table
+
+    table = config_table.parse((REPO / "docs" / "training.md").read_text(encoding="utf-8"))
+    keys = config_table.rows()
+    missing = [key for key, _ in keys if key not in table]
+    assert not missing, f"not in docs/training.md's config table: {missing}; run tools/config_table.py"
+    assert [key for key, _ in keys] == list(table), "keys in another order or unknown keys in the table"
+    assert {key: default for key, default in keys} == {key: d for key, (d, _) in table.items()}
+    assert all(meaning and meaning != config_table.TODO for _, meaning in table.values())
+    assert len(table) > 100  # the parse found the rows (110 keys in session 30)
