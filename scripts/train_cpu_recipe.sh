@@ -17,9 +17,13 @@
 # again (delete its folder, or give another RUNS, to train it anew), an interrupted one (Ctrl-C, a kill: a
 # step checkpoint, no model yet) resumes from its last checkpoint (`esrgan train --resume`: exact, and a budget run
 # keeps the time already spent), and an evaluation newer than its model is not redone.
-# Environment: DATA (photograph folder, default ../data/photos), RUNS (default runs), BENCH (benchmark sets,
-# default ../shared/data/benchmarks), STEPS1 / STEPS2 (override total_steps), MINUTES (stage-1 budget, default 60),
-# SET1 (extra stage-1 config overrides, space-separated KEY=VALUE, e.g. SET1="data.hr_downscale=[2.0,4.0]"),
+# Environment: DATA (your photograph folder: the images in DATA/hr, or else in DATA itself; unset = the recipe's
+# 39 photographs in ../data/photos, fetched there once: a DATA you give is never downloaded into), RUNS (default
+# runs/ in the repository), BENCH (benchmark sets, default ../shared/data/benchmarks); relative DATA, RUNS, BENCH
+# and VGG paths are taken from the folder you run the script in. STEPS1 / STEPS2 (override total_steps), MINUTES
+# (stage-1 budget, default 60), SET1 / SET2 (extra stage-1 / stage-2 config overrides, space-separated KEY=VALUE,
+# e.g. SET1="data.hr_downscale=[2.0,4.0]"; SET2 comes last, over STEPS2's and VGG=none's), ESRGAN (the esrgan
+# command, default .venv/bin/esrgan),
 # VGG (VGG19 weight file for stage 2; "none" = no perceptual loss: stage 2 becomes L1 (weight 1) + RaGAN (5e-3,
 # terms averaged as BasicSR does), the demonstration this repository's docs show, made on a machine without ImageNet
 # VGG19 weights; "random" = an untrained VGG19, for a smoke run only: with the paper's weights its perceptual loss is
@@ -38,8 +42,14 @@ case "${ARCH:-rrdbnet}" in
     compact) psnr=cpu_x4_compact_psnr gan=cpu_x4_compact_gan ;;
     *) echo "ARCH must be rrdbnet or compact, not ${ARCH}" >&2; exit 2 ;;
 esac
+# paths given relative to the caller's folder, made absolute before the cd to the repository
+absolute() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+[ -z "${DATA:-}" ] || DATA="$(absolute "$DATA")"
+[ -z "${RUNS:-}" ] || RUNS="$(absolute "$RUNS")"
+[ -z "${BENCH:-}" ] || BENCH="$(absolute "$BENCH")"
+case "${VGG:-}" in "" | none | random) ;; *) VGG="$(absolute "$VGG")" ;; esac
 cd "$here"
-esrgan="$here/.venv/bin/esrgan"
+esrgan="${ESRGAN:-$here/.venv/bin/esrgan}"
 data="${DATA:-$here/../data/photos}"
 runs="${RUNS:-runs}"
 bench="${BENCH:-$here/../shared/data/benchmarks}"
@@ -47,15 +57,32 @@ bench="${BENCH:-$here/../shared/data/benchmarks}"
 if [ -z "${DATA:-}" ]; then
     # the default folder is refreshed when an older fetch_photos.sh filled it (25 photographs until session 13)
     [ "$(cat "$data/.version" 2>/dev/null)" = "$(scripts/fetch_photos.sh --version)" ] || scripts/fetch_photos.sh "$data"
+    hr="$data/hr"
+elif [ -d "$data/hr" ]; then
+    hr="$data/hr"
 else
-    [ -d "$data/hr" ] || scripts/fetch_photos.sh "$data"
+    # your own photographs, directly in DATA; never a download into your folder
+    hr="$data"
+    found=$(find "$hr" -maxdepth 1 -type f ! -name '.*' \( -iname '*.png' -o -iname '*.jpg' -o -iname '*.jpeg' \
+        -o -iname '*.jpe' -o -iname '*.webp' -o -iname '*.tif' -o -iname '*.tiff' -o -iname '*.bmp' -o -iname '*.gif' \
+        -o -iname '*.ppm' -o -iname '*.pgm' -o -iname '*.pnm' -o -iname '*.tga' \) -print -quit 2>/dev/null || true)
+    if [ ! -d "$data" ]; then
+        echo "DATA=$data: no such folder; point DATA at your photographs (or unset it for the recipe's own)" >&2
+        exit 2
+    elif [ -z "$found" ]; then
+        echo "DATA=$data: no images there nor in $data/hr; point DATA at your photographs (or unset it for the recipe's own)" >&2
+        exit 2
+    fi
 fi
 
-set1=(--set "data.hr_dir=$data/hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5")
-set2=(--set "data.hr_dir=$data/hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5"
+set1=(--set "data.hr_dir=$hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5")
+set2=(--set "data.hr_dir=$hr" --set "output_dir=$runs" --set "validation.dir=$bench/Set5"
       --set "train.pretrained_g=$runs/$psnr/model.safetensors")
 read -r -a extra <<< "${SET1:-}"  # split on spaces, no glob expansion (a list value is "[2.0,4.0]")
 for kv in ${extra[@]+"${extra[@]}"}; do set1+=(--set "$kv"); done
+set2_extra=()  # SET2 goes last: it overrides STEPS2's and VGG=none's settings too
+read -r -a extra <<< "${SET2:-}"
+for kv in ${extra[@]+"${extra[@]}"}; do set2_extra+=(--set "$kv"); done
 if [ -n "${STEPS1:-}" ]; then
     set1+=(--set "train.total_steps=$STEPS1" --set "validation.every=$STEPS1" --set "checkpoint.every=$STEPS1")
 fi
@@ -121,7 +148,7 @@ else
 fi
 
 s2="$runs/$gan"
-train 2 "$s2" "configs/$gan.yaml" "${set2[@]}" ${vgg[@]+"${vgg[@]}"}
+train 2 "$s2" "configs/$gan.yaml" "${set2[@]}" ${vgg[@]+"${vgg[@]}"} ${set2_extra[@]+"${set2_extra[@]}"}
 for set in Set5 Set14; do  # with NIQE (no-reference): the GAN stage trades PSNR for it
     evaluate "$s2" "$set" --model "$s1/model.safetensors" --model "$s2/model.safetensors"
 done

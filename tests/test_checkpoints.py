@@ -541,8 +541,8 @@ def test_a_mix_of_mixes_keeps_every_inputs_licence(tmp_path: Path) -> None:
         tmp_path / "licB.safetensors", _tiny(2), metadata={"license": "Apache-2.0", "name": "B"}
     )
     mix1, mix2 = tmp_path / "mix1.safetensors", tmp_path / "mix2.safetensors"
-    for a, b, out in ((lic_a, lic_b, mix1), (mix1, lic_b, mix2)):
-        res = run_cli("interpolate", a, b, "--alpha", "0.5", "-o", out)
+    for a, b, out in ((lic_a, lic_b, mix1), (mix1, lic_b, mix2)):  # run in tmp_path: labelled relative to it
+        res = run_cli("interpolate", a, b, "--alpha", "0.5", "-o", out, cwd=tmp_path)
         assert res.returncode == 0, res.stderr
     meta = {k: v for k, v in load_weights(mix2).metadata.items() if not k.startswith("esrgan.")}
     assert meta == {
@@ -556,6 +556,47 @@ def test_a_mix_of_mixes_keeps_every_inputs_licence(tmp_path: Path) -> None:
         "b.name": "B",
     }
     assert "a.a.license: BSD-3-Clause" in run_cli("info", mix2).stdout
+
+
+def test_interpolate_names_its_inputs_by_their_paths_and_keeps_their_training_record(tmp_path: Path) -> None:
+    """Every trained model is a model.safetensors, so a mix recorded `(1 - 0.8) * model.safetensors + 0.8 *
+    model.safetensors`, and the inputs' esrgan.training (their runs' configs, steps) was dropped. Now each input is
+    named by its path as given (an absolute one under the current folder: relative to it), and its training record
+    goes with the mix under its side's prefix, as the licences do."""
+    runs = tmp_path / "runs"
+    training = {
+        side: json.dumps({"config": {"name": side}, "steps": n}) for side, n in (("psnr", 10), ("gan", 4))
+    }
+    for side in ("psnr", "gan"):
+        (runs / side).mkdir(parents=True)
+        meta = {"esrgan.training": training[side]}
+        if side == "gan":
+            meta["esrgan.perceptual_weights"] = "vgg19-imagenet"
+        save_model(runs / side / "model.safetensors", _tiny(len(side)), metadata=meta)
+    res = run_cli("interpolate", "runs/psnr/model.safetensors", runs / "gan" / "model.safetensors",
+                  "--alpha", "0.8", "-o", "mix.safetensors", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    meta = load_weights(tmp_path / "mix.safetensors").metadata
+    assert (
+        meta["interpolated"] == "(1 - 0.8) * runs/psnr/model.safetensors + 0.8 * runs/gan/model.safetensors"
+    )
+    assert meta["a.esrgan.training"] == training["psnr"] and meta["b.esrgan.training"] == training["gan"]
+    assert (
+        meta["b.esrgan.perceptual_weights"] == "vgg19-imagenet" and "a.esrgan.perceptual_weights" not in meta
+    )
+    assert "esrgan.training" not in meta  # the mix itself was not trained
+    # a mix of the mix: nested, as the licences are
+    res = run_cli("interpolate", "mix.safetensors", "runs/psnr/model.safetensors", "--alpha", "0.5",
+                  "-o", "mix2.safetensors", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    meta = load_weights(tmp_path / "mix2.safetensors").metadata
+    assert meta["a.b.esrgan.training"] == training["gan"] and meta["b.esrgan.training"] == training["psnr"]
+    # the library call: the paths as given, too (absolute here: tmp_path is not under the tests' folder)
+    a, b = runs / "psnr" / "model.safetensors", runs / "gan" / "model.safetensors"
+    interpolate_files(a, b, 0.5, tmp_path / "lib.safetensors")
+    assert (
+        load_weights(tmp_path / "lib.safetensors").metadata["interpolated"] == f"(1 - 0.5) * {a} + 0.5 * {b}"
+    )
 
 
 def test_a_quoted_tilde_in_convert_and_interpolate_outputs_means_home(tmp_path: Path) -> None:

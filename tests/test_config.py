@@ -100,6 +100,10 @@ def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
     assert "patch_size" in str(info.value)  # the known keys are listed
     with pytest.raises(ConfigError, match=r"unknown key 'trian'"):
         load_config(write(tmp_path, {"trian": {"stage": "psnr"}, "data": {"hr_dir": "x"}}))
+    # a top-level key: no empty section name ("cfg.yaml: : unknown key 'nme'")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, {"nme": "x", "data": {"hr_dir": "x"}}))
+    assert str(info.value).startswith(f"{tmp_path / 'cfg.yaml'}: unknown key 'nme' at the top level (known: ")
 
 
 @pytest.mark.parametrize(
@@ -230,6 +234,44 @@ def test_bad_overrides(tmp_path: Path, override: str, match: str) -> None:
         load_config(write(tmp_path, {"data": {"hr_dir": "x"}}), [override])
 
 
+@pytest.mark.parametrize(
+    ("data", "overrides", "said"),
+    [
+        ({}, ["data.patch_size=48"], "data.patch_size: the VGG-style discriminator needs a multiple of 32 (128 in the "
+         "paper) (from --set data.patch_size=48)"),
+        ({}, ["name=a/b"], "name: must be a plain folder name (not empty, '.', '..' or containing / or \\), got "
+         "'a/b' (from --set name=a/b)"),
+        # the last --set of a key is the one in force
+        ({}, ["data.patch_size=64", "data.patch_size=48"], "(from --set data.patch_size=48)"),
+        # a key the message names (the scale the patch must be a multiple of)
+        ({"model": {"scale": 2}}, ["model.scale=8", "data.patch_size=36"],
+         "data.patch_size: must be a multiple of model.scale (8) (from --set model.scale=8, --set data.patch_size=36)"),
+        # several keys in one error
+        ({}, ["checkpoint.every=0"], "checkpoint/validation.every: must be >= 1 (from --set checkpoint.every=0)"),
+        ({}, ["losses.gan_weight=0.1", "train.stage=psnr"], "losses: the psnr stage is L1 only: set gan_weight and "
+         "perceptual_weight to 0 or use stage: gan (from --set losses.gan_weight=0.1)"),
+        # the file's own value: the file alone is named
+        ({"data": {"patch_size": 48}}, ["train.total_steps=5"], "data.patch_size: the VGG-style discriminator needs "
+         "a multiple of 32 (128 in the paper)"),
+    ],
+)  # fmt: skip
+def test_a_value_error_names_the_set_that_gave_the_value(
+    tmp_path: Path, data: dict, overrides: list[str], said: str
+) -> None:
+    """`--set data.patch_size=48` was refused as `tiny_gan.yaml: data.patch_size: ...`, `--set name=a/b` as
+    `tiny_psnr.yaml: name: ...`: the file blamed for a value typed on the command line."""
+    raw = {"name": "g", "data": {"hr_dir": "x", "patch_size": 64}, "train": {"stage": "gan"},
+           "losses": {"gan_weight": 5e-3, "perceptual_weight": 1.0}}  # fmt: skip
+    for section, values in data.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, raw), overrides)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'cfg.yaml'}: ") and message.endswith(said), message
+    if not any(o.split("=")[0] in said for o in overrides):
+        assert "--set" not in message
+
+
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
     c = load_config(REPO / "configs" / "esrgan_x4_gan.yaml", ["train.total_steps=7"])
     path = tmp_path / "resolved.yaml"
@@ -298,3 +340,18 @@ def test_a_fifo_config_is_refused_without_waiting(tmp_path: Path) -> None:
     proc = run_cli("train", fifo, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == f"esrgan: error: {fifo}: not a regular file; give a YAML config file\n"
+
+
+def test_the_config_key_table_of_the_docs_lists_every_key_and_its_default() -> None:
+    """docs/training.md's config reference is made from the dataclasses (tools/config_table.py): a key added to
+    src/esrgan/config.py (or a default changed) without the table fails here, so the table cannot drift."""
+    import config_table
+
+    table = config_table.parse((REPO / "docs" / "training.md").read_text(encoding="utf-8"))
+    keys = config_table.rows()
+    missing = [key for key, _ in keys if key not in table]
+    assert not missing, f"not in docs/training.md's config table: {missing}; run tools/config_table.py"
+    assert [key for key, _ in keys] == list(table), "keys in another order or unknown keys in the table"
+    assert {key: default for key, default in keys} == {key: d for key, (d, _) in table.items()}
+    assert all(meaning and meaning != config_table.TODO for _, meaning in table.values())
+    assert len(table) > 100  # the parse found the rows (110 keys in session 30)

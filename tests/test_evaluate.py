@@ -626,6 +626,38 @@ def test_save_images_never_replaces_files_unless_asked(
     assert not (tmp_path / "saved2").exists()
 
 
+def test_models_sharing_a_file_name_are_told_apart_by_their_folders(
+    tmp_path: Path, hr_photos: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every trained model is a model.safetensors: two runs' models were the columns `model` and `model#2`. Now a
+    stem two models share takes as many parent folders as tell them apart (psnr/model, gan/model), in the table,
+    the JSON and the --save-images folders; a stem of its own stays as it is; the same file twice is still #2."""
+    for run, model in (("psnr", "nearest"), ("gan", "random")):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        shutil.copy(models[model], tmp_path / "runs" / run / "model.safetensors")
+    psnr_model, gan_model = (tmp_path / "runs" / run / "model.safetensors" for run in ("psnr", "gan"))
+    code, out, err = _run_here(
+        capsys, "--model", psnr_model, "--model", gan_model, "--model", models["nearest"], "--hr", hr_photos,
+        "--no-niqe", "--json", tmp_path / "r.json", "--save-images", tmp_path / "saved",
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["methods"] == ["bicubic", "psnr/model", "gan/model", "nearest"]
+    assert data["models"]["psnr/model"]["source"] == str(psnr_model)
+    assert data["models"]["gan/model"]["source"] == str(gan_model)
+    header, _ = _table(out)
+    assert [h for h in header if h.endswith("PSNR")] == [
+        "bicubic PSNR", "psnr/model PSNR", "gan/model PSNR", "nearest PSNR"
+    ]  # fmt: skip
+    assert (tmp_path / "saved" / "gan" / "model" / "face.png").is_file()
+    # the same file twice: nothing tells them apart
+    code, out, err = _run_here(
+        capsys, "--model", psnr_model, "--model", psnr_model, "--hr", hr_photos, "--no-niqe"
+    )
+    assert code == 0, err
+    assert [h for h in _table(out)[0] if h.endswith("PSNR")] == ["bicubic PSNR", "model PSNR", "model#2 PSNR"]
+
+
 def test_json_csv_and_report_never_replace_files_unless_asked(
     tmp_path: Path, hr_photos: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -133,7 +133,11 @@ def test_images_smaller_than_a_sub_image_are_counted(
     assert main(["prepare", str(hr_dir), str(tmp_path / "o"), "--size", "256", "--lr-scale", "4"]) == 0
     # 512x512: 3x3 crops (0, 240 and the flush 256); 301x410 cut to 300x408: 2x2; 200x300 grey: none
     out = capsys.readouterr().out
-    assert "3 images -> 13 sub-images" in out and "(1 smaller than --size: nothing cut)" in out
+    # the LR crops --lr-scale wrote are said too
+    assert out == (
+        f"3 images -> 13 sub-images in {tmp_path / 'o'} + 13 LR in {tmp_path / 'o' / 'LR_x4'} (1 smaller than "
+        "--size: nothing cut); 0 failed\n"
+    )
     assert main(["prepare", str(hr_dir), str(tmp_path / "o2"), "--size", "400"]) == 0
     assert "(2 smaller than --size: nothing cut)" in capsys.readouterr().out
 
@@ -281,7 +285,7 @@ def test_a_rerun_keeps_only_files_that_are_its_sub_images(
     assert f"{truncated}: truncated" in skipped[0] and "colour.png" in skipped[0]
     assert "1 more" in skipped[0] and "--overwrite" in skipped[0]  # colour_s003.png
     assert f"{out / 'LR_x4' / 'grey_s001.png'}: 8-bit RGB, not 8-bit grey" in skipped[1]
-    assert "1 images -> 0 sub-images" in captured.out and "1 already there" in captured.out
+    assert f"1 image -> 0 sub-images in {out} + 0 LR in {out / 'LR_x4'}, 1 already there" in captured.out
     assert "2 failed" in captured.out
     assert files() == foreign  # nothing written for the failed images, nothing replaced
     (out / "colour_s003.png").unlink()

@@ -721,6 +721,34 @@ def test_a_refused_resume_writes_nothing(photos: tuple[Path, Path], tmp_path: Pa
     assert files_of(first.run_dir) == before  # config.yaml still says what the run was trained with
 
 
+def test_resume_before_the_config_on_the_command_line(
+    photos: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`esrgan train --resume CONFIG` failed with "the following arguments are required: config" (argparse took
+    the YAML as --resume's checkpoint). A .yaml/.yml there with no config given is the config, resumed from its run
+    folder's latest checkpoint; another value says it was taken as the checkpoint and how to write the command."""
+    from esrgan.cli import main
+
+    config = write_config(tiny(photos, tmp_path, "order", train={"total_steps": 1}, checkpoint={"every": 1}),
+                          tmp_path / "order.yml")  # fmt: skip
+    assert main(["train", str(config)]) == 0
+    assert "finished 1 step; " in capsys.readouterr().out  # not "1 steps"
+    assert main(["train", "--resume", str(config), "--set", "train.total_steps=2"]) == 0
+    assert "finished 2 steps; " in capsys.readouterr().out
+    assert load_checkpoint(latest_checkpoint(tmp_path / "order"))["step"] == 2
+    ckpt = latest_checkpoint(tmp_path / "order")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--resume", str(ckpt)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.splitlines()[-1] == (
+        f"esrgan train: error: the following arguments are required: config ({str(ckpt)!r} was taken as "
+        "--resume's checkpoint; give the YAML config too: esrgan train CONFIG [--resume [CHECKPOINT]])"
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--resume"])
+    assert info.value.code == 2 and "required: config" in capsys.readouterr().err
+
+
 def test_esrgan_plus_trains_and_exports_its_architecture(photos: tuple[Path, Path], tmp_path: Path) -> None:
     """`model.plus: true` trains ESRGAN+'s generator (its 1x1 paths get gradients and move); the exported model
     records the architecture and loads as ESRGAN+ again."""

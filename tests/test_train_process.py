@@ -281,6 +281,75 @@ def test_cpu_recipe_script_with_the_compact_generator(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "ARCH must be rrdbnet or compact" in wrong.stderr
 
 
+def _recipe_until_first_train(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """scripts/train_cpu_recipe.sh with ESRGAN pointing at a stub that records its arguments and fails (the script
+    stops at its first `esrgan train`), and an apt-get in PATH that records being called (fetch_photos.sh
+    downloads with it): what the script would train on, in a fraction of a second."""
+    repo = Path(__file__).resolve().parents[1]
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    calls = tmp_path / "calls.txt"
+    calls.unlink(missing_ok=True)
+    for name in ("esrgan", "apt-get"):
+        stub = stubs / name
+        stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" {name} "$@" >> {calls}\nexit 3\n')
+        stub.chmod(0o755)
+    path = f"{stubs}:{os.environ.get('PATH', '')}"
+    full_env = {**os.environ, "PATH": path, "ESRGAN": str(stubs / "esrgan"), "STEPS1": "1", **env}
+    script = str(repo / "scripts" / "train_cpu_recipe.sh")
+    proc = subprocess.run(
+        ["bash", script], env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    return proc, calls
+
+
+def test_cpu_recipe_trains_on_the_photos_in_data_and_never_fetches_into_it(tmp_path: Path) -> None:
+    """DATA=/my/photos holding the images themselves (no hr/ folder) had 39 Debian wallpapers downloaded into it
+    (fetch_photos.sh) and trained on them. Now a DATA without hr/ is the image folder itself; relative DATA and RUNS
+    are the caller's (the script cds to the repository)."""
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    photos = tmp_path / "my photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(skdata, name)()[:128, :128]).save(photos / f"{name}.jpg")
+    before = sorted(p.name for p in photos.iterdir())
+    proc, calls = _recipe_until_first_train(tmp_path, DATA="my photos", RUNS="runs", BENCH="bench")
+    assert proc.returncode == 3, proc.stderr  # the stub's status: the script reached stage 1's training
+    args = calls.read_text().splitlines()
+    assert args[:3] == ["esrgan", "train", "configs/cpu_x4_psnr.yaml"], args  # no apt-get: nothing fetched
+    assert f"data.hr_dir={photos}" in args and f"output_dir={tmp_path / 'runs'}" in args
+    assert f"validation.dir={tmp_path / 'bench' / 'Set5'}" in args
+    assert sorted(p.name for p in photos.iterdir()) == before  # no hr/, no .version, no .deb
+    # DATA with an hr/ folder: that folder, as before
+    (tmp_path / "data" / "hr").mkdir(parents=True)
+    (photos / "astronaut.jpg").rename(tmp_path / "data" / "hr" / "astronaut.jpg")
+    proc, calls = _recipe_until_first_train(tmp_path, DATA=str(tmp_path / "data"))
+    assert (
+        proc.returncode == 3 and f"data.hr_dir={tmp_path / 'data' / 'hr'}" in calls.read_text().splitlines()
+    )
+    # SET2 reaches stage 2, after VGG=none's settings (SKIP1: stage 1's model is there)
+    (tmp_path / "runs" / "cpu_x4_psnr").mkdir(parents=True)
+    (tmp_path / "runs" / "cpu_x4_psnr" / "model.safetensors").touch()
+    proc, calls = _recipe_until_first_train(tmp_path, DATA="data", RUNS="runs", SKIP1="1", VGG="none",
+                                            SET2="losses.gan_weight=0.01 data.flip=false")  # fmt: skip
+    args = calls.read_text().splitlines()
+    assert proc.returncode == 3 and args[:3] == ["esrgan", "train", "configs/cpu_x4_gan.yaml"], args
+    assert args[-4:] == ["--set", "losses.gan_weight=0.01", "--set", "data.flip=false"]
+    assert "losses.perceptual_weight=0" in args
+
+
+@pytest.mark.parametrize("folder", ["empty", "missing"])
+def test_cpu_recipe_stops_on_a_data_folder_without_images(tmp_path: Path, folder: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no photographs here")
+    proc, calls = _recipe_until_first_train(tmp_path, DATA=folder)
+    assert proc.returncode == 2 and not calls.exists()  # neither a fetch nor a training
+    assert len(proc.stderr.splitlines()) == 1 and f"DATA={tmp_path / folder}: " in proc.stderr, proc.stderr
+    assert (tmp_path / "empty").exists() and not (tmp_path / "empty" / "hr").exists()
+
+
 def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(
     photos: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -15,7 +15,7 @@ from conftest import QuietHandler, http_server
 
 from esrgan.errors import CheckpointError, ModelNotAvailableError
 from esrgan.vgg import VGGFeatureExtractor, load_vgg19_state
-from esrgan.zoo import VGG19_FILENAME, VGG19_URL, resolve_vgg_weights
+from esrgan.zoo import NO_PERCEPTUAL, VGG19_FILENAME, VGG19_URL, resolve_vgg_weights
 
 # torchvision's vgg19().features: (index, in, out) of the 16 convs; ReLU after each, max pool at 4, 9, 18, 27, 36
 CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
@@ -111,8 +111,9 @@ def test_sources_in_order(vgg_file: Path, tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ModelNotAvailableError) as info:
         resolve_vgg_weights(None, download=False)
     msg = str(info.value)
-    assert VGG19_URL in msg and "--vgg-weights" in msg
-    assert str(tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME) in msg
+    assert msg.count(VGG19_URL) == 1 and "--vgg-weights PATH" in msg and "\n" not in msg
+    assert msg.count(str(tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME)) == 1
+    assert msg.endswith(NO_PERCEPTUAL)
     with pytest.raises(ModelNotAvailableError, match="not found"):
         resolve_vgg_weights(str(tmp_path / "nope.pth"))
     assert resolve_vgg_weights(str(vgg_file)) == vgg_file
@@ -164,9 +165,18 @@ def test_failed_download_says_how_to_get_the_file(
     server: str, vgg_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = f"{server}/models/missing.pth"
     with pytest.raises(ModelNotAvailableError, match="404") as info:
-        resolve_vgg_weights(None, url=f"{server}/models/missing.pth")
-    assert VGG19_URL in str(info.value) and "--vgg-weights" in str(info.value)
+        resolve_vgg_weights(None, url=url)
+    # one line: what is missing, the URL once, where to put the file or --vgg-weights, or training without VGG19
+    # (it said the URL three times and the cache path twice)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / VGG19_FILENAME
+    assert str(info.value) == (
+        f"VGG19 weights for the perceptual loss are not available: download of {url} failed: HTTP 404 Not Found; "
+        f"download it by hand (575 MB, SHA-256 starting dcbb9e9d) to {cached} or pass --vgg-weights PATH; "
+        "or train without the perceptual loss (not the paper's recipe): --set losses.perceptual_weight=0 "
+        "--set losses.pixel_weight=1 --set losses.gan_reduction=mean"
+    )
     # a body that does not match the published hash is refused and leaves nothing in the cache
     with pytest.raises(ModelNotAvailableError, match="SHA-256"):
         resolve_vgg_weights(None, url=f"{server}/models/{VGG19_FILENAME}", sha256="dcbb9e9d")

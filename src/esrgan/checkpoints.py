@@ -857,13 +857,19 @@ def interpolate_state_dicts(
     return out
 
 
-def interpolate_weights(a: LoadedWeights, b: LoadedWeights, alpha: float) -> LoadedWeights:
+def interpolate_weights(
+    a: LoadedWeights, b: LoadedWeights, alpha: float, *, labels: tuple[str, str] | None = None
+) -> LoadedWeights:
+    """The mix of `a` and `b`, its metadata naming them by `labels` (default: their file names; interpolate_files
+    gives the paths as the user gave them: every trained model is a model.safetensors)."""
     if a.config != b.config:
         raise CheckpointError(f"incompatible architectures: A is {a.config}, B is {b.config}")
     sd = interpolate_state_dicts(a.state_dict, b.state_dict, alpha)
-    meta = {"interpolated": f"(1 - {alpha}) * {_label(a)} + {alpha} * {_label(b)}"}
-    # the inputs' record (a zoo model's licence above all) goes with the mix, each input's under its side's prefix;
-    # an input that is itself a mix brings its own inputs' records, nested: a.a.license, a.b.license, ...
+    label_a, label_b = labels if labels is not None else (_label(a), _label(b))
+    meta = {"interpolated": f"(1 - {alpha}) * {label_a} + {alpha} * {label_b}"}
+    # the inputs' record (a zoo model's licence above all, a trained model's esrgan.training) goes with the mix,
+    # each input's under its side's prefix; an input that is itself a mix brings its own inputs' records, nested:
+    # a.a.license, a.b.esrgan.training, ...
     for side, w in (("a", a), ("b", b)):
         for key, value in w.metadata.items():
             if _is_provenance(key):
@@ -871,7 +877,15 @@ def interpolate_weights(a: LoadedWeights, b: LoadedWeights, alpha: float) -> Loa
     return LoadedWeights(a.config, sd, "ours", meta, None)
 
 
-_PROVENANCE_KEYS = ("license", "name", "source", "converted_from", "interpolated")
+_PROVENANCE_KEYS = (
+    "license",
+    "name",
+    "source",
+    "converted_from",
+    "interpolated",
+    "esrgan.training",  # a trained model's run: its config, steps, data (esrgan.train)
+    "esrgan.perceptual_weights",  # its stage 2's VGG19: vgg19-imagenet or random
+)
 
 
 def _is_provenance(key: str) -> bool:
@@ -883,11 +897,21 @@ def _is_provenance(key: str) -> bool:
 
 
 def interpolate_files(
-    a: str | Path, b: str | Path, alpha: float, dest: str | Path, *, overwrite: bool = False
+    a: str | Path,
+    b: str | Path,
+    alpha: float,
+    dest: str | Path,
+    *,
+    overwrite: bool = False,
+    labels: tuple[str, str] | None = None,
 ) -> Path:
+    """Write the mix of the model files `a` and `b`; its metadata names them by `labels`, default input_label of
+    each (the path as given, relative to the current folder when under it)."""
     if Path(dest).suffix != ".safetensors":  # what is written is ours: never under another tool's name
         raise CheckpointError(f"{dest}: our format is safetensors: name the output *.safetensors")
-    mixed = interpolate_weights(load_weights(a), load_weights(b), alpha)
+    if labels is None:
+        labels = (input_label(a), input_label(b))
+    mixed = interpolate_weights(load_weights(a), load_weights(b), alpha, labels=labels)
     return save_model(
         dest, mixed.state_dict, config=mixed.config, metadata=mixed.metadata, overwrite=overwrite
     )
@@ -941,6 +965,18 @@ def _shown(text: object, limit: int = 300) -> str:
 
 def _label(w: LoadedWeights) -> str:
     return w.path.name if w.path else "model"
+
+
+def input_label(spec: str | Path) -> str:
+    """A model as the user named it, for a record: a name or relative path as given, an absolute path under the
+    current folder relative to it (runs/gan/model.safetensors, not /home/.../runs/gan/model.safetensors)."""
+    path = Path(spec)
+    if path.is_absolute():
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except (ValueError, OSError):
+            return str(path)
+    return str(spec)
 
 
 def _short(key: str, n: int = 100) -> str:

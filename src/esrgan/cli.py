@@ -134,11 +134,14 @@ def _add_interpolate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_interpolate(args: argparse.Namespace) -> int:
-    from .checkpoints import interpolate_files
+    from .checkpoints import input_label, interpolate_files
     from .zoo import resolve_model_path
 
     a, b = resolve_model_path(_model_arg(args.a)), resolve_model_path(_model_arg(args.b))
-    out = interpolate_files(a, b, args.alpha, args.output, overwrite=args.overwrite)
+    # the record names each input as typed (a model name, or the path: runs/gan/model.safetensors, not the
+    # model.safetensors every trained model is)
+    labels = (input_label(args.a), input_label(args.b))
+    out = interpolate_files(a, b, args.alpha, args.output, overwrite=args.overwrite, labels=labels)
     print(f"wrote {out}")
     return 0
 
@@ -208,16 +211,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
     )
     small = f" ({res.too_small} smaller than --size: nothing cut)" if res.too_small else ""
     kept = f", {res.kept} already there (kept; --overwrite replaces them)" if res.kept else ""
-    print(
-        f"{res.images} images -> {res.crops} sub-images in {args.out_dir}{kept}{small}; {len(res.failed)} failed"
-    )
+    lr = f" + {res.crops} LR in {args.out_dir / f'LR_x{args.lr_scale}'}" if args.lr_scale else ""
+    images = f"{res.images} image{'' if res.images == 1 else 's'}"
+    crops = f"{res.crops} sub-image{'' if res.crops == 1 else 's'}"
+    print(f"{images} -> {crops} in {args.out_dir}{lr}{kept}{small}; {len(res.failed)} failed")
     return 1 if res.failed else 0
 
 
 # --- train ----------------------------------------------------------------------------------------------------------
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one ESRGAN stage (psnr or gan) from a YAML config")
-    p.add_argument("config", help="YAML training config, e.g. configs/esrgan_x4_psnr.yaml")
+    # optional to argparse only so that `--resume CONFIG` (the config taken as --resume's value) can be read as
+    # meant: _train_config says what is missing otherwise
+    p.add_argument("config", nargs="?", help="YAML training config, e.g. configs/esrgan_x4_psnr.yaml")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -232,10 +238,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         const=True,
         default=False,
         metavar="PATH",
-        help="continue from the run folder's latest checkpoint, or from PATH",
+        help="continue from the run folder's latest checkpoint, or from PATH (a checkpoint)",
     )
     p.add_argument("--vgg-weights", metavar="PATH", help="torchvision VGG19 weights for the perceptual loss")
-    p.set_defaults(func=_run_train)
+    p.set_defaults(func=_run_train, train_parser=p)
+
+
+def _train_config(args: argparse.Namespace) -> None:
+    """`esrgan train --resume CONFIG`: argparse takes CONFIG as --resume's value (a checkpoint path) and then
+    missed the config ("the following arguments are required: config"). A .yaml/.yml value with no config given
+    is the config, and --resume the bare flag (the run folder's latest checkpoint); without a config otherwise, the
+    usage error says how to write the command."""
+    if args.config is not None:
+        return
+    if isinstance(args.resume, str) and Path(args.resume).suffix.lower() in (".yaml", ".yml"):
+        args.config, args.resume = args.resume, True
+        return
+    how = "esrgan train CONFIG [--resume [CHECKPOINT]]"
+    if isinstance(args.resume, str):
+        args.train_parser.error(
+            f"the following arguments are required: config ({args.resume!r} was taken as --resume's checkpoint; "
+            f"give the YAML config too: {how})"
+        )
+    args.train_parser.error(f"the following arguments are required: config ({how})")
 
 
 class _ShownFormatter(logging.Formatter):
@@ -272,7 +297,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
         return status
-    print(f"finished {result.step} steps; generator: {result.model_path}; checkpoint: {result.checkpoint}")
+    steps = f"{result.step} step{'' if result.step == 1 else 's'}"
+    print(f"finished {steps}; generator: {result.model_path}; checkpoint: {result.checkpoint}")
     return 0
 
 
@@ -1111,6 +1137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Runner = args.func
+    if func is _run_train:
+        _train_config(args)
     # upscale: SIGTERM stops a batch as Ctrl-C does; the handlers stay until the line that says so is written
     with _stops_on_signals() if func is _run_upscale else contextlib.nullcontext():
         return _call(func, args)

@@ -334,7 +334,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+            # a top-level key has no section to name: "top.yaml: unknown key 'nme' ..." (it was "top.yaml: : ...")
+            place = f"{where}: unknown key {key!r}" if where else f"unknown key {key!r} at the top level"
+            raise ConfigError(f"{place} (known: {', '.join(sorted(names))})")
     kwargs = {
         key: _convert(value, hints[key], f"{where}.{key}" if where else key) for key, value in data.items()
     }
@@ -396,13 +398,36 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
+def config_from_dict(raw: dict[str, Any], *, source: str = "config", overrides: Sequence[str] = ()) -> Config:
+    """The typed, checked config of `raw`; `overrides`: the `--set` texts applied to it, named by the value
+    errors of the keys they set."""
     try:
         config: Config = _build(Config, raw, "")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    validate(config, source)
+    validate(config, source, overrides=overrides)
     return config
+
+
+def _blamed_overrides(key: str, msg: str, overrides: Sequence[str]) -> list[str]:
+    """The `--set` texts behind a value error on `key` (as validate names it: "data.patch_size", a section
+    "losses", or several keys "checkpoint/validation.every") or a key its message names ("model.scale"): the last
+    one of each key, as that is the value in force."""
+    last: dict[str, str] = {}
+    for text in overrides:
+        name = text.partition("=")[0].strip()
+        last[name] = text
+    named = set(re.split(r"[./]", key))
+    out = []
+    for name, text in last.items():
+        if (
+            name == key
+            or name.startswith(key + ".")
+            or ("/" in key and set(name.split(".")) <= named)
+            or re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", msg)
+        ):
+            out.append(text)
+    return out
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -437,7 +462,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, source=str(path))
+    return config_from_dict(raw, source=str(path), overrides=overrides or [])
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -478,11 +503,14 @@ def downscale_factors(value: float | Sequence[float]) -> tuple[float, ...]:
     return factors
 
 
-def validate(config: Config, source: str) -> None:
-    """Value checks the types cannot express; each error names the key."""
+def validate(config: Config, source: str, *, overrides: Sequence[str] = ()) -> None:
+    """Value checks the types cannot express; each error names the key, and the `--set` (of `overrides`) that gave
+    it its value (else the file was blamed for a value typed on the command line)."""
 
     def fail(key: str, msg: str) -> None:
-        raise ConfigError(f"{source}: {key}: {msg}")
+        blamed = _blamed_overrides(key, msg, overrides)
+        said = f" (from {', '.join(f'--set {t}' for t in blamed)})" if blamed else ""
+        raise ConfigError(f"{source}: {key}: {msg}{said}")
 
     if not config.data.hr_dir:
         fail("data.hr_dir", "the training image folder is required")

@@ -75,6 +75,7 @@ def download_file(
     allow_unverified: bool = False,
     expected_size: int | None = None,
     min_rate: float = DEFAULT_MIN_RATE,
+    by_hand: str | None = None,
 ) -> Path:
     """Download `url` to `dest` (replacing it) only if the body is complete and matches `sha256`.
 
@@ -84,10 +85,12 @@ def download_file(
     seconds have passed (an overall deadline; `timeout` alone bounds each read). Only http and https redirects are
     followed. Temporary files that an interrupted download of `dest` left (kill -9) are removed first, saying so on
     stderr. Every failure raises DownloadError (one line: what happened, what to do) and leaves
-    neither `dest` (if it did not exist) nor a temporary file behind.
+    neither `dest` (if it did not exist) nor a temporary file behind. by_hand: what the errors advise instead
+    (default: "download it by hand from URL and put it at DEST"); a caller that says more itself names the URL once.
     """
     dest = Path(dest)
-    by_hand = f"download it by hand from {url} and put it at {dest}"
+    if by_hand is None:
+        by_hand = f"download it by hand from {url} and put it at {dest}"
     expected = normalize_digest(sha256) if sha256 is not None else None
     if expected is None and not allow_unverified:
         raise DownloadError(

@@ -211,9 +211,35 @@ def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> 
 
 
 def _names(specs: Sequence[str], sr_dirs: Sequence[str | Path] = ()) -> list[str]:
-    """Unique column names, the models' then the SR folders': a repeated stem or folder name gets #2, #3."""
+    """Unique column names, the models' then the SR folders': a file's stem, a zoo name, a folder's name; where
+    two of them are the same (every trained model is a model.safetensors), each of those takes as many of its
+    parent folders as tell it apart (psnr/model, gan/model). The same file twice, or a name that is still the
+    same, gets #2, #3."""
+    import os
+
+    def parts(path: str | Path, leaf: str) -> tuple[str, ...]:
+        """`leaf`, then the names of the folders above it, nearest first."""
+        full = Path(os.path.abspath(Path(path).expanduser()))
+        return (leaf, *(p.name for p in full.parents if p.name))
+
+    items = [parts(spec, model_name(spec)) if is_model_file(spec) else (spec,) for spec in specs]
+    items += [parts(d, sr_name(d)) for d in sr_dirs]
+    distinct = list(dict.fromkeys(items))  # the same file given twice: one label, then #2
+    depth = dict.fromkeys(distinct, 1)
+
+    def label(item: tuple[str, ...]) -> str:
+        return "/".join(reversed(item[: depth[item]]))
+
+    while True:
+        counts = Counter(label(item) for item in distinct)
+        longer = [i for i in distinct if counts[label(i)] > 1 and depth[i] < len(i)]
+        if not longer:
+            break
+        for item in longer:
+            depth[item] += 1
     out: list[str] = []
-    for base in [*(model_name(spec) for spec in specs), *(sr_name(d) for d in sr_dirs)]:
+    for item in items:
+        base = label(item)
         name, k = base, 1
         while name in out or name == BICUBIC:
             k += 1

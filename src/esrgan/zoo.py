@@ -555,11 +555,19 @@ def hub_checkpoint_dir() -> Path:
     return root / "hub" / "checkpoints"
 
 
+NO_PERCEPTUAL = (
+    "or train without the perceptual loss (not the paper's recipe): --set losses.perceptual_weight=0 "
+    "--set losses.pixel_weight=1 --set losses.gan_reduction=mean"
+)
+"""The stage-2 settings without VGG19 (scripts/train_cpu_recipe.sh's VGG=none): L1 weight 1 + RaGAN, its terms
+averaged (the summed ones let D win without the perceptual loss; docs/training.md)."""
+
+
 def how_to_get_vgg19() -> str:
     dest = hub_checkpoint_dir() / VGG19_FILENAME
     return (
-        f"download {VGG19_URL} (575 MB, SHA-256 starting {VGG19_SHA256_PREFIX}) and either put it at {dest} "
-        f"or pass --vgg-weights PATH (config: perceptual.weights: PATH)"
+        f"download {VGG19_URL} (575 MB, SHA-256 starting {VGG19_SHA256_PREFIX}) and put it at {dest} "
+        f"or pass --vgg-weights PATH (config: perceptual.weights: PATH); {NO_PERCEPTUAL}"
     )
 
 
@@ -599,10 +607,16 @@ def resolve_vgg_weights(
             return cached
         log.warning("downloading VGG19 weights for the perceptual loss from %s to %s%s", url, cached, problem)
         try:
-            return download_file(url, cached, sha256=sha256, max_bytes=VGG19_MAX_BYTES)
+            # the error names the URL once and the cache path once: its by-hand advice says neither again
+            by_hand = (
+                f"download it by hand (575 MB, SHA-256 starting {VGG19_SHA256_PREFIX}) to {cached} "
+                "or pass --vgg-weights PATH"
+            )
+            return download_file(url, cached, sha256=sha256, max_bytes=VGG19_MAX_BYTES, by_hand=by_hand)
         except DownloadError as exc:
+            said = str(exc) if "--vgg-weights" in str(exc) else f"{exc}; or pass --vgg-weights PATH"
             raise ModelNotAvailableError(
-                f"VGG19 weights for the perceptual loss are not available ({exc}); {how_to_get_vgg19()}"
+                f"VGG19 weights for the perceptual loss are not available: {said}; {NO_PERCEPTUAL}"
             ) from None
 
 
