@@ -788,7 +788,8 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         "--compile",
         action="store_true",
         help="run the model through torch.compile: tens of seconds to compile per tile shape, then faster "
-        "(pays for long batches and videos on a GPU)",
+        "(pays for long batches and videos on a GPU; 16-bit and float images' fp32 model is compiled too, when "
+        "the first of them comes)",
     )
     p.add_argument(
         "--alpha-mode",
