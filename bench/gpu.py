@@ -311,7 +311,8 @@ def ddp_run(name: str, data: Path, out: Path, steps: int, smoke: bool, extra_env
 
 
 def resume_row(data: Path, out: Path, smoke: bool) -> Row:
-    """A GPU run stopped at step 10 and resumed to 20 against a straight 20-step run: largest weight difference."""
+    """A GPU run stopped at step 10 and resumed to 20 against a straight 20-step run: the same checkpoint entries, and
+    the largest difference over G, its EMA, D and the optimizers' states (compare_checkpoints)."""
     from esrgan.train import load_checkpoint
 
     def cfg(name: str) -> Any:
@@ -324,16 +325,43 @@ def resume_row(data: Path, out: Path, smoke: bool) -> Row:
     check_stop()
     resumed = run_train(cfg("split"), resume=True)
     check_stop()
-    a = load_checkpoint(straight.run_dir / "checkpoints" / "step_00000020.ckpt")["generator"]
-    b = load_checkpoint(resumed.run_dir / "checkpoints" / "step_00000020.ckpt")["generator"]
-    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    ref = max(float(a[k].float().abs().max()) for k in a)
-    note = (
-        "bit-exact"
-        if diff == 0
-        else f"max |dw| {diff:.2e} (|w| up to {ref:.2f}; GPU kernels are not bit-deterministic)"
-    )
-    return {"row": RESUME_LABEL, "note": note}
+    one = load_checkpoint(straight.run_dir / "checkpoints" / "step_00000020.ckpt")
+    two = load_checkpoint(resumed.run_dir / "checkpoints" / "step_00000020.ckpt")
+    return {"row": RESUME_LABEL, "note": compare_checkpoints(one, two)}
+
+
+def _tensors(value: Any, name: str = "") -> dict[str, Any]:
+    """Every tensor of a checkpoint entry (nested dicts and lists: an optimizer's state), by its path."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return {name: value}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    found: dict[str, Any] = {}
+    for key, item in items:
+        found.update(_tensors(item, f"{name}.{key}" if name else str(key)))
+    return found
+
+
+def compare_checkpoints(one: dict[str, Any], two: dict[str, Any]) -> str:
+    """A straight run's checkpoint against a resumed one's: the same entries (the format), and every tensor of G,
+    its EMA, D and both optimizers ("bit-exact", or the largest difference and where)."""
+    if one.keys() != two.keys():
+        return f"CHECKPOINT ENTRIES DIFFER: {sorted(one.keys() ^ two.keys())}"
+    if one["step"] != two["step"]:
+        return f"STEPS DIFFER: {one['step']} vs {two['step']}"
+    worst, where, ref = 0.0, "", 0.0
+    for entry in ("generator", "generator_ema", "discriminator", "optim_g", "optim_d"):
+        a, b = _tensors(one.get(entry)), _tensors(two.get(entry))
+        if a.keys() != b.keys():
+            return f"{entry}: TENSORS DIFFER: {sorted(a.keys() ^ b.keys())[:3]}"
+        for key in a:
+            diff = float((a[key].double() - b[key].double()).abs().max()) if a[key].numel() else 0.0
+            if diff > worst:
+                worst, where, ref = diff, f"{entry}.{key}", float(a[key].double().abs().max())
+    if worst == 0:
+        return "bit-exact"
+    return f"max |d| {worst:.2e} at {where} (|x| up to {ref:.2f}; GPU kernels are not bit-deterministic)"
 
 
 def order_rows(

@@ -20,6 +20,10 @@ out=${OUT:-/tmp/gpu-lease}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=src
 python=${PYTHON:-python3}
+# here, before a lease, the system python3 has no torch: the project's venv stands in (the device's python3 has it)
+if [ -z "${PYTHON:-}" ] && ! "$python" -c "import torch" 2>/dev/null && [ -x .venv/bin/python ]; then
+  python=.venv/bin/python
+fi
 part=all
 case "${1:-}" in train | batch | all) part=$1; shift ;; esac
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
@@ -28,10 +32,11 @@ status=0
 if [ "$part" != batch ]; then  # issue 15: stage 1 bf16 >= 40 it/s, compiled G inside the graph, NCCL 1 process
   # what is still unmeasured runs first, after this card's own bf16 baseline (session 6's lease ran out of time
   # before its last rows); the rows of the fp32 / NCHW comparison, measured then, come last
-  timeout -k 20 "${TRAIN_TIMEOUT:-300}" "$python" bench/gpu.py --only train --no-fp16 --skip-row "LR made" \
-    --skip-row "channels-last, eager" --train-compile --first "bf16, channels-last, CUDA graph" --first NCCL \
-    --first resume --first "compiled G blocks" --first "compiled G whole" --first "stage 2 bf16" --json "$out/train.json" "$@" 2>&1 | tee "$out/train.log" \
-    || status=1
+  # fp16 (eager, grad scaler) after them: issue 15 asks for fp32/bf16/fp16 side by side
+  timeout -k 20 "${TRAIN_TIMEOUT:-300}" "$python" bench/gpu.py --only train --skip-row "LR made" \
+    --skip-row "bf16, channels-last, eager" --train-compile --first "bf16, channels-last, CUDA graph" --first NCCL \
+    --first resume --first "compiled G blocks" --first "compiled G whole" --first "stage 2 bf16" --first fp16 \
+    --json "$out/train.json" "$@" 2>&1 | tee "$out/train.log" || status=1
 fi
 if [ "$part" != train ]; then  # issue 16: the batch command >= 80 % of the model-alone rate, PNG and JPEG
   model=.gpu/realesrgan-x4plus.fp16.safetensors

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,3 +171,60 @@ def test_a_part_cut_by_its_time_limit_starts_no_new_row_and_keeps_what_it_measur
     assert "CUT SHORT by SIGTERM at step" in rows[0]["note"], rows
     assert sorted(p.name for p in (work / "runs").iterdir()) == [log.parent.name]  # no other row started
     assert "stopped by SIGTERM" in stdout and "| row |" in stdout  # the table of what was measured
+
+
+def load_gpu_bench() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "gpu.py")
+    assert spec is not None and spec.loader is not None
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    return gpu
+
+
+def test_the_resume_row_compares_the_whole_checkpoint(photos: tuple[Path, Path], tmp_path: Path) -> None:
+    """Issue 15 asks that a resumed GPU run continue exactly and the checkpoint format stay as it is: the row
+    compared G's weights only. Now every tensor of G, its EMA, D and both optimizers, and the entries; real
+    checkpoints of a tiny GAN run, one of them altered in a place the old row never looked."""
+    import torch
+    from test_train import gan_sections, tiny
+
+    from esrgan.train import load_checkpoint, train
+
+    gpu: Any = load_gpu_bench()
+    result = train(tiny(photos, tmp_path, "gan", **gan_sections(None, perceptual=0.0)), stop_at_step=2)
+    assert result.checkpoint is not None
+    one = load_checkpoint(result.checkpoint)
+    assert gpu.compare_checkpoints(one, load_checkpoint(result.checkpoint)) == "bit-exact"
+    two = load_checkpoint(result.checkpoint)
+    moment = next(iter(two["optim_d"]["state"].values()))["exp_avg"]
+    moment.view(-1)[0] += 0.5
+    assert gpu.compare_checkpoints(one, two).startswith("max |d| 5.00e-01 at optim_d.state.")
+    del two["generator_ema"]
+    assert gpu.compare_checkpoints(one, two) == "CHECKPOINT ENTRIES DIFFER: ['generator_ema']"
+    assert isinstance(moment, torch.Tensor)
+
+
+def test_the_lease_keeps_the_fp16_training_row_and_skips_only_what_was_measured() -> None:
+    """Issue 15 asks for fp32/bf16/fp16 side by side; the lease passed --no-fp16, and its --skip-row "channels-last,
+    eager" would have dropped the fp16 row too (its label holds those words). The lease's own arguments, read from
+    the script, applied to the bench's training labels."""
+    import re
+    import shlex
+
+    gpu: Any = load_gpu_bench()
+    script = (REPO / "bench" / "gpu_lease.sh").read_text()
+    call = re.search(r"bench/gpu\.py --only train (.*?)--json", script, re.S)
+    assert call is not None
+    words = shlex.split(call.group(1).replace("\\\n", " "))
+    assert "--no-fp16" not in words
+    skip = [words[i + 1] for i, w in enumerate(words) if w == "--skip-row"]
+    first = [words[i + 1] for i, w in enumerate(words) if w == "--first"]
+    labels = ["stage 1 fp32, CUDA graph", "stage 1 bf16, channels-last, CUDA graph", "stage 1 bf16, NCHW, CUDA graph",
+              "stage 1 fp16, channels-last, eager (grad scaler)", "stage 1 bf16, channels-last, eager",
+              "stage 1 bf16, CUDA graph, LR made on the CPU", "stage 2 bf16 (VGG19 + D), CUDA graph"]  # fmt: skip
+    order = [label for label, _ in gpu.order_rows([(label, None) for label in labels], skip, first)]
+    assert order == ["stage 1 bf16, channels-last, CUDA graph", "stage 2 bf16 (VGG19 + D), CUDA graph",
+                     "stage 1 fp16, channels-last, eager (grad scaler)", "stage 1 fp32, CUDA graph",
+                     "stage 1 bf16, NCHW, CUDA graph"]  # fmt: skip
