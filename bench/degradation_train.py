@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 from PIL import Image
 
 from esrgan.data import gaussian_blur, read_rgb, to_tensor
@@ -81,6 +83,10 @@ def main() -> None:
     parser.add_argument("--arms", default="bicubic,realesrgan",
                         help=f"comma-separated, from: {', '.join(ARMS)}")  # fmt: skip
     args = parser.parse_args()
+    print(
+        f"{cpu_name()}, {os.cpu_count()} CPUs; torch {torch.__version__} (training and scoring both run here)",
+        flush=True,
+    )
     out = Path(args.out).resolve()
     benchmarks = Path(args.benchmarks).resolve()
     lr_sets = make_lr_sets(benchmarks, out)

@@ -12,6 +12,7 @@ import argparse
 import time
 
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 from speed import photo
 
 from esrgan.device import ModelRunner
@@ -29,7 +30,9 @@ def main() -> None:
     model = load_model(args.model).eval()
     cpu = torch.device("cpu")
     runners = {engine: ModelRunner(model, cpu, torch.float32, engine=engine) for engine in ("ncnn", "packed")}
-    print(f"{args.model}, fp32, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
+    print(
+        f"{cpu_name()}; {args.model}, fp32, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds"
+    )
     print("| LR size | ncnn s | packed s | packed / ncnn (minima) |")
     print("|---:|---|---|---:|")
     for size in (int(s) for s in args.sizes.split(",")):

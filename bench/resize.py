@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 from PIL import Image
 
 from esrgan.resize import _contributions, imresize
@@ -124,6 +125,7 @@ def main() -> None:
     hr = torch.from_numpy(photo).permute(2, 0, 1).float()
     ours = imresize(hr, scale=0.25)
 
+    print(cpu_name())
     print(
         f"torch threads: {args.threads}; input 2040x1356 RGB, scale 1/4 (output {ours.shape[2]}x{ours.shape[1]})"
     )

@@ -1,7 +1,8 @@
 """Speed of every RRDBNet inference path on this machine, in one table from one run (docs/benchmarks.md, "Speed").
 
     .venv/bin/python bench/speed.py [--model realesrgan-x4plus] [--size 128] [--repeats 5] [--threads N]
-        [--sweep 128,192,256,352,512] [--scaling 128,256,512,1024,2048] [--tile N] [--rss 1024] [--no-compile] [--no-onnx] [--no-ncnn] [--no-paths]
+        [--sweep 128,192,256,352,512] [--scaling 128,256,512,1024,2048] [--tile N] [--rss 1024] [--no-compile]
+        [--no-onnx] [--no-ncnn] [--no-paths] [--emulated-bf16]
 
 1. One LR crop of a real photo (scikit-image's astronaut), every path timed interleaved (A B C ... A B C ...) so
    load from other processes hits all of them alike: seconds (median and min of --repeats after one warm-up call,
@@ -13,11 +14,16 @@
    as `esrgan upscale` runs it (precision auto, the engine it picks, uint8 in and out), and the line under the table
    gives its share of the convolution ceiling of its precision. On CPUs that cannot pack bf16 weights (AVX2 only)
    the bf16 ceiling is a plain bf16 conv (emulated there).
-2. One forward pass per square tile size (--sweep): time per LR pixel against the tile side.
+2. One forward pass per square tile size (--sweep) of the engine the Upscaler picks (precision auto): time per LR
+   pixel against the tile side.
 3. Time per LR pixel from 128x128 to 2048x2048 through Upscaler.upscale, i.e. what `esrgan upscale` runs by
-   default (precision auto, the CPU's packed engine, the automatic balanced tile; --tile N fixes the tile),
-   uint8 in and out, overlap = tiling.DEFAULT_OVERLAP; the photo is mirrored out to the larger sizes.
-4. Peak RSS of a fresh process that upscales an --rss x --rss LR image to uint8 the same way.
+   default (precision auto and the engine the Upscaler picks for it on this CPU, both named in the table's title:
+   e.g. packed oneDNN for an RRDBNet in bf16, ncnn's runtime in fp32 where it is installed; the automatic
+   balanced tile, --tile N fixes it), uint8 in and out, the
+   default overlap (Upscaler.tiling: tiling.default_overlap of the tile, or the exact overlap for a model with a
+   small receptive field); the photo is mirrored out to the larger sizes.
+4. Peak RSS of a fresh process that upscales an --rss x --rss LR image to uint8 the same way (the script runs
+   itself with the internal option --rss-child N for it).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 from skimage import data
 
 from esrgan.compact import CompactConfig
@@ -397,7 +404,8 @@ def main() -> None:
         return
     model = load_model(args.model).eval()
     print(
-        f"torch {torch.__version__}, native bf16: {cpu_has_native_bf16()}, load average {Path('/proc/loadavg').read_text().split()[:3]}"
+        f"{cpu_name()}, torch {torch.__version__}, native bf16: {cpu_has_native_bf16()}, "
+        f"load average {Path('/proc/loadavg').read_text().split()[:3]}"
     )
     if args.paths:
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,10 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from hostinfo import cpu_name  # bench/, the script's own folder
 from PIL import Image
 
 V1_MEMORY = Path("/sys/fs/cgroup/memory")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def run(args: list[str], limit: int | None = None, cgroup: bool = False) -> tuple[float, float, int, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -106,7 +107,9 @@ def main() -> None:
     scale = model.scale
     schemes = [s.split(":") for s in args.schemes.split(",")]
     paste_tile = f"CPU_MAX_TILE - 20 = {CPU_MAX_TILE - 20}" if args.auto else str(args.tile)
-    print(f"{args.model}, fp32, {torch.get_num_threads()} threads; hard paste: tile {paste_tile} + pad 10")
+    print(
+        f"{cpu_name()}; {args.model}, fp32, {torch.get_num_threads()} threads; hard paste: tile {paste_tile} + pad 10"
+    )
     print(
         "| photo | size | scheme | tile | PSNR vs untiled (dB) | vs hard paste (dB) | compute vs hard paste |"
     )

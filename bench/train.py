@@ -19,12 +19,12 @@ norm, the vanilla GAN loss, the perceptual loss at five VGG19 depths, at the sam
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hostinfo import cpu_name  # bench/, the script's own folder
 
 from esrgan.archs import GeneratorConfig, build_generator
 from esrgan.compact import CompactConfig
@@ -125,9 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
-    )
+    print(f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{args.steps} timed steps after {args.warmup} warm-up steps; batches in memory (compute only)\n")
     print("| sizes | stage | generator | batch | HR patch | precision | it/s | s/it |")
     print("|---|---|---|---|---|---|---|---|")

@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+from hostinfo import cpu_name  # bench/, the script's own folder
 
 
 def photo(size: int) -> np.ndarray:
@@ -103,7 +104,7 @@ def main() -> None:
         child(model, int(size), precision, None if tile == "auto" else int(tile))
         return
     sizes = [128] if args.quick else [int(s) for s in args.sizes.split(",")]
-    print(f"model {args.model}, CPU, {os.cpu_count()} cores; one fresh process per row\n")
+    print(f"model {args.model}, {cpu_name()}, {os.cpu_count()} cores; one fresh process per row\n")
     print("| input | precision | tiling | load s | upscale s | peak RSS MB |")
     print("|---|---|---|---:|---:|---:|")
     for size in sizes:

@@ -10,13 +10,15 @@ Models: "tiny" (RRDBNet 2 blocks x 16 features, x4: the pipeline's overhead show
 blocks x 64, the default model) on --real-frames frames when its weights are on this machine. "forward passes only": the
 model's forward on the frames stacked --batch at a time, without tiling or conversions (is batching faster?).
 The CPU, torch's thread count and the load average are printed with the table: on a shared machine say so;
---repeat N keeps the best of N runs of each tiny-model row (the real model's rows run once).
+--repeat N keeps the best of N runs of each tiny-model row (the real model's rows run once). The clip and the
+outputs go to a bench-video-* folder in $TMPDIR, removed at the end unless --keep.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -95,7 +97,21 @@ def main() -> int:
         "--repeat", type=int, default=3, help="best of N runs per row, tiny model (shared CPUs)"
     )
     parser.add_argument("--smoke", action="store_true", help="toy sizes: checks the script, not speed")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work folder (the clip and the outputs) in $TMPDIR"
+    )
     args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-video-"))
+    try:
+        return run(args, work)
+    finally:
+        if args.keep:
+            print(f"(work folder kept: {work})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
 
     import torch
 
@@ -115,7 +131,6 @@ def main() -> int:
     size = args.size or ("640x360" if gpu else "96x64")
     real_frames = args.real_frames if args.real_frames is not None else (args.frames if gpu else 4)
     w, h = (int(v) for v in size.split("x"))
-    work = Path(tempfile.mkdtemp(prefix="bench-video-"))
     clip = make_clip(work / "clip.mp4", size=(w, h), fps=25, seconds=args.frames / 25)
     torch.manual_seed(0)
     cases: list[tuple[str, Upscaler, int]] = [
@@ -159,7 +174,7 @@ def main() -> int:
             label = f"end to end, {codec}" + (f", --frame-batch {batch}" if batch > 1 else "")
             print(f"| {name} | {count} | {label} | {up.dtype} | {fps:.2f} | {fps / base:.2f} |")
     load = os.getloadavg()
-    print(f"\nload average {load[0]:.1f} {load[1]:.1f} at the end (work folder {work})")
+    print(f"\nload average {load[0]:.1f} {load[1]:.1f} at the end")
     return 0
 
 
