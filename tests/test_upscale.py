@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -910,6 +911,83 @@ def test_a_grey_model_upscales_every_plane_alone_and_keeps_colour(photo: np.ndar
     image = ImageData(crop, bit_depth=8)
     assert tiled.stream_reason(image) == "a grey model upscales a colour image one channel at a time"
     assert tiled.stream_reason(ImageData(crop[:, :, 1:2], bit_depth=8)) is None
+
+
+def grey_photo(photo: np.ndarray) -> np.ndarray:
+    """A real grey photograph: the astronaut's face, made grey by Pillow (ITU-R 601 luma), 48x40 uint8."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(photo[60:108, 180:220])).convert("L"))
+
+
+def channels_equal(rgb: np.ndarray) -> bool:
+    return np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
+
+
+@pytest.mark.parametrize("tile", [0, 32])
+def test_a_grey_image_stored_as_rgb_comes_back_grey_as_the_grey_path_makes_it(
+    photo: np.ndarray, tmp_path: Path, tile: int
+) -> None:
+    """helper-72's audit of image I/O fidelity (session 30): black-and-white JPEGs decode to R == G == B and grey
+    GIFs are palettes made RGB; they went through the colour model as colour and came back tinted (realesrgan-x4plus:
+    channels up to 6 levels apart; realesr-animevideov3: 8, 3181 of 36864 pixels more than 2). A 3-channel image
+    with R == G == B everywhere now takes the grey path and comes back RGB with its channels equal, the grey (mode
+    L) image's output in each: a real grey photo as an RGB PNG, an RGB JPEG and a grey GIF, by file and by the
+    numpy and PIL API, 8- and 16-bit, tiled and whole."""
+    up = Upscaler(photo_preserving_rrdb(seed=1, spread=0.3), device="cpu", precision="fp32", tile=tile)
+    grey = grey_photo(photo)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    expected = up.upscale(grey)
+    out = up.upscale(rgb)
+    assert out.shape == (*expected.shape, 3) and channels_equal(out)
+    assert np.array_equal(out[:, :, 0], expected)
+    pil = up.upscale(Image.fromarray(rgb))
+    assert pil.mode == "RGB" and np.array_equal(np.asarray(pil), out)
+    deep = grey.astype(np.uint16) * 257 + 40  # 16-bit
+    out16 = up.upscale(np.repeat(deep[:, :, None], 3, axis=2))
+    assert (
+        out16.dtype == np.uint16
+        and channels_equal(out16)
+        and np.array_equal(out16[:, :, 0], up.upscale(deep))
+    )
+    Image.fromarray(rgb).save(tmp_path / "bw.png")
+    Image.fromarray(rgb).save(tmp_path / "bw.jpg", quality=90)  # as cameras and phones store black and white
+    Image.fromarray(grey).convert("P").save(tmp_path / "bw.gif")
+    for name in ("bw.png", "bw.jpg", "bw.gif"):
+        with Image.open(tmp_path / name) as im:
+            decoded = np.asarray(im.convert("RGB"))
+        assert channels_equal(decoded), name  # the input really is grey stored as colour
+        up.upscale_file(tmp_path / name, tmp_path / f"{name}.out.png", overwrite=True)
+        with Image.open(tmp_path / f"{name}.out.png") as im:
+            written = np.asarray(im)
+        assert im.mode == "RGB" and channels_equal(written), name
+        assert np.array_equal(written[:, :, 0], up.upscale(np.ascontiguousarray(decoded[:, :, 0]))), name
+
+
+def test_one_colour_pixel_makes_a_colour_image(photo: np.ndarray) -> None:
+    """A grey image with a single pixel whose channels differ goes the colour way: the model's own colour output
+    (its channels differ all over), not the grey path's."""
+    up = Upscaler(photo_preserving_rrdb(seed=1, spread=0.3), device="cpu", precision="fp32", tile=0)
+    rgb = np.repeat(grey_photo(photo)[:, :, None], 3, axis=2)
+    out_grey = up.upscale(rgb)
+    rgb[47, 39, 2] ^= 1  # the last pixel, its blue one level off
+    out = up.upscale(rgb)
+    assert not np.array_equal(out[:, :, 0], out[:, :, 1])
+    assert (np.abs(out[:100, :100].astype(int) - out_grey[:100, :100]).max(axis=2) > 0).sum() > 1000
+
+
+def test_a_grey_model_takes_a_grey_image_stored_as_rgb_in_one_pass(photo: np.ndarray) -> None:
+    """A grey model upscales a colour image one channel at a time (three passes); a grey one stored as RGB is one
+    pass, the grey image's, and may stream."""
+    up = Upscaler(photo_preserving_rrdb(channels=1), device="cpu", precision="fp32", tile=32)
+    grey = grey_photo(photo)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    calls: list[tuple[int, int]] = []
+    out = up.upscale(rgb, on_tile=lambda d, t: calls.append((d, t)))
+    per_pass = len(tile_grid(48, 40, 32, up.overlap_for(32))[2]) * len(
+        tile_grid(48, 40, 32, up.overlap_for(32))[3]
+    )
+    assert calls[-1] == (per_pass, per_pass) and channels_equal(out)
+    assert np.array_equal(out[:, :, 0], up.upscale(grey))
+    assert up.stream_reason(ImageData(rgb, bit_depth=8)) is None
 
 
 def test_progress_ends_at_its_total_with_one_total_for_every_plane(photo: np.ndarray) -> None:

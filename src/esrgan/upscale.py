@@ -8,7 +8,10 @@
 
 How the image kinds are handled (and why):
 - Grey: replicated to 3 channels for the model; the output channels are averaged back (the mean, not the first
-  channel: it cancels the small colour casts a colour model adds to a grey input).
+  channel: it cancels the small colour casts a colour model adds to a grey input). A grey image stored as colour
+  (R == G == B at every pixel: black-and-white JPEGs, grey GIFs and palettes) goes the same way and comes back
+  with its three channels equal again: as colour, a colour model tints it (realesrgan-x4plus: channels up to 6
+  levels apart; realesr-animevideov3: 8). One pixel with unequal channels makes it a colour image.
 - Grey models (1 channel in and out, as some released models and other tools' training make): a grey image goes
   through as it is; a colour image one channel at a time (R, G, B each as a grey image: the colour is kept,
   at three passes' cost), as alpha goes through any model.
@@ -618,6 +621,9 @@ class Upscaler:
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
         runner = self.runner_for(dtype)
+        grey = colour.shape[2] == 3 and channels_equal(colour)
+        if grey:  # a grey image stored as colour: the grey path, its output's channels equal again
+            colour = colour[:, :, :1]
         model_alpha = alpha is not None and self.alpha_mode == "model" and not constant(alpha)
         colour_passes = self._colour_passes(colour.shape[2])
         passes = colour_passes + model_alpha
@@ -638,6 +644,8 @@ class Upscaler:
             try:
                 if colour_passes == 1:
                     out_colour = self._run(runner, colour, tile, dtype, progress(0))
+                    if grey:
+                        out_colour = np.repeat(out_colour, 3, axis=2)
                 else:  # each channel's output copied in and dropped: no second copy of them all
                     out_colour = np.empty((*self.output_size(h, w), 3), dtype)
                     for k in range(3):
@@ -718,9 +726,11 @@ class Upscaler:
         return 3 if channels == 3 and self.model.config.num_in_ch == 1 else 1
 
     def _passes(self, colour: np.ndarray, alpha: np.ndarray | None) -> int:
-        """Passes of the model upscale_planes makes over these planes: an alpha plane of one value takes none."""
+        """Passes of the model upscale_planes makes over these planes: a grey image stored as colour is one, and
+        an alpha plane of one value none."""
+        grey = colour.shape[2] == 3 and channels_equal(colour)
         model_alpha = alpha is not None and self.alpha_mode == "model" and not constant(alpha)
-        return self._colour_passes(colour.shape[2]) + model_alpha
+        return self._colour_passes(1 if grey else colour.shape[2]) + model_alpha
 
     def retrying(self, height: int, width: int, dtype: np.dtype, attempt: Callable[[int], T]) -> T:
         """attempt(tile) with the tile of an image of this size and dtype; while it raises a TileError of a forward
@@ -923,7 +933,8 @@ class Upscaler:
         h, w = image.pixels.shape[:2]
         if self.output_size(h, w) != (h * self.model.scale, w * self.model.scale):
             return f"its output is not at the model's own scale ({self.model.scale}x)"
-        if self._colour_passes(image.channels) > 1:
+        # a grey model takes grey stored as RGB in one pass, as the grey image (upscale_rows)
+        if self._colour_passes(image.channels) > 1 and not channels_equal(image.pixels):
             return "a grey model upscales a colour image one channel at a time"
         return None
 
@@ -941,13 +952,16 @@ class Upscaler:
             raise EsrganError(f"cannot upscale row by row: {reason}")
         plane, dtype = image.pixels, image.pixels.dtype
         h, w = plane.shape[:2]
+        grey = plane.shape[2] == 3 and channels_equal(plane)  # as upscale_planes: the grey path
+        if grey:
+            plane = plane[:, :, :1]
         if tile is None:  # else the tile `retrying` chose for this attempt
             tile = self.tile_size(h, w, dtype)
         runner = self.runner_for(dtype)
         if on_tile is not None:
             on_tile(0, _tile_count(self.tiling(h, w, tile)))
         for _, rows in self._tiled(runner, plane, tile, dtype, on_tile, dtype):
-            yield rows
+            yield np.repeat(rows, 3, axis=2) if grey else rows
         self.last_precision = precision_name(runner.dtype)
 
     def _tiled(
@@ -1137,6 +1151,19 @@ def _interpolated(model: Generator, other: str | Path | Generator, alpha: float)
     )
     mixed.load_state_dict(sd, strict=True)
     return mixed.eval().requires_grad_(False)
+
+
+def channels_equal(colour: np.ndarray) -> bool:
+    """Whether an HxWx3 array has R == G == B at every pixel (a grey image stored as colour). Compared a band of
+    rows at a time: a colour image is told apart at its first band with a colour pixel, not after a whole pass."""
+    step = max(1, 2**20 // max(1, colour.shape[1]))
+    for y in range(0, colour.shape[0], step):
+        band = colour[y : y + step]
+        if not (
+            np.array_equal(band[:, :, 0], band[:, :, 1]) and np.array_equal(band[:, :, 1], band[:, :, 2])
+        ):
+            return False
+    return True
 
 
 def constant(plane: np.ndarray) -> bool:
