@@ -341,7 +341,45 @@ def test_rgba_png_keeps_alpha(tmp_path: Path, photo: np.ndarray, models: dict[st
     with Image.open(dst) as im:
         assert im.mode == "RGBA" and im.size == (256, 256)
         alpha = np.asarray(im)[:, :, 3]
-    assert alpha[:8, :8].max() <= 8 and alpha[120:136, 120:136].min() >= 200  # corners clear, middle opaque
+    # corners clear and middle opaque, exactly: the model's alpha is kept within each input neighbourhood's
+    # min..max (helper-72's audit, session 30: ringing had left alpha up to 8 in the clear corners)
+    assert alpha[:8, :8].max() == 0 and alpha[120:136, 120:136].min() == 255
+
+
+def test_black_and_white_jpegs_and_grey_gifs_come_back_grey(
+    tmp_path: Path, photo: np.ndarray, models: dict[str, Path]
+) -> None:
+    """helper-72's audit (session 30): a black-and-white JPEG (decoded R == G == B) and a grey GIF (a palette, read
+    as RGB) went through the colour model as colour and came back tinted. Now RGB with R == G == B exactly, each
+    channel the output of the same grey as an L PNG, written whole and streamed (--stream)."""
+    grey = np.asarray(Image.fromarray(np.ascontiguousarray(photo[40:104, 170:234])).convert("L"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.dstack([grey] * 3)).save(folder / "bw.jpg", quality=90)
+    with Image.open(folder / "bw.jpg") as im:
+        decoded = np.asarray(im.convert("RGB"))
+    assert np.array_equal(decoded[:, :, 0], decoded[:, :, 1]) and np.array_equal(
+        decoded[:, :, 1], decoded[:, :, 2]
+    )
+    Image.fromarray(decoded[:, :, 0]).save(folder / "bw_l.png")  # the JPEG's grey, as grey
+    Image.fromarray(grey).convert("P").save(folder / "pal.gif")
+    Image.fromarray(grey).save(folder / "pal_l.png")
+    for stream in ((), ("--stream",)):
+        out = tmp_path / f"out{len(stream)}"
+        r = run_cli(
+            "upscale", folder, "-o", out, "--format", "png", "--model", models["tiny"], *stream, cwd=tmp_path
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        for name in ("bw", "pal"):
+            with Image.open(out / f"{name}_l_x4.png") as im:
+                assert im.mode == "L"
+                expected = np.asarray(im)
+            with Image.open(out / f"{name}_x4.png") as im:
+                assert im.mode == "RGB", name
+                written = np.asarray(im)
+            assert np.array_equal(written[:, :, 0], written[:, :, 1]), name
+            assert np.array_equal(written[:, :, 1], written[:, :, 2]), name
+            assert np.array_equal(written[:, :, 0], expected), name
 
 
 WRITE_AND_DIE = """

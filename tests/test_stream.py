@@ -77,6 +77,29 @@ def test_rows_are_the_whole_images_pixels(photo: np.ndarray, case: str) -> None:
     assert (len(bands) == 1) == (tile == 0) and seen[0][0] == 0 and seen[-1][0] == seen[-1][1] > 0
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_grey_image_stored_as_rgb_streams_as_the_whole_image_grey(photo: np.ndarray, bits: int) -> None:
+    """helper-72's audit (session 30): a grey image stored as RGB (R == G == B: a black-and-white JPEG) took the
+    colour path and came back tinted. Streamed, as whole, it takes the grey path: the rows are the whole image's,
+    R == G == B, the grey image's own rows in each channel (a real photo made grey, tiled rows)."""
+    grey = np.asarray(Image.fromarray(np.ascontiguousarray(photo[:150, :130])).convert("L"))[:, :, None]
+    if bits == 16:
+        grey = grey.astype(np.uint16) * 257 + 3
+    rgb = np.repeat(grey, 3, axis=2)
+    up = Upscaler(photo_preserving_rrdb(1, spread=0.3), device="cpu", precision="fp32", tile=64)
+    image = ImageData(pixels=rgb, bit_depth=bits)
+    assert up.stream_reason(image) is None
+    bands = list(up.upscale_rows(image))
+    assert len(bands) > 1 and all(b.shape[2] == 3 and b.dtype == rgb.dtype for b in bands)
+    streamed = np.concatenate(bands)
+    assert np.array_equal(streamed, up.upscale_image(image).pixels)
+    assert np.array_equal(streamed[:, :, 0], streamed[:, :, 1]) and np.array_equal(
+        streamed[:, :, 1], streamed[:, :, 2]
+    )
+    alone = np.concatenate(list(up.upscale_rows(ImageData(pixels=grey, bit_depth=bits))))
+    assert np.array_equal(streamed[:, :, :1], alone)
+
+
 def test_what_cannot_be_streamed_says_why(photo: np.ndarray) -> None:
     """Alpha is a second pass and a resize needs the rows around each output row: stream_reason says so, and
     upscale_rows refuses them in those words."""

@@ -8,12 +8,20 @@
 
 How the image kinds are handled (and why):
 - Grey: replicated to 3 channels for the model; the output channels are averaged back (the mean, not the first
-  channel: it cancels the small colour casts a colour model adds to a grey input).
+  channel: it cancels the small colour casts a colour model adds to a grey input). A grey image stored as colour
+  (R == G == B at every pixel: black-and-white JPEGs, grey GIFs and palettes) goes the same way and comes back
+  with its three channels equal again: as colour, a colour model tints it (realesrgan-x4plus: channels up to 6
+  levels apart; realesr-animevideov3: 8). One pixel with unequal channels makes it a colour image.
 - Grey models (1 channel in and out, as some released models and other tools' training make): a grey image goes
   through as it is; a colour image one channel at a time (R, G, B each as a grey image: the colour is kept,
   at three passes' cost), as alpha goes through any model.
-- Alpha: by default through the model too, as a grey image (sharp edges stay sharp); alpha_mode="bicubic" uses
-  MATLAB-style bicubic instead (smooth, never hallucinates texture into the mask).
+- Alpha: by default through the model too, as a grey image (sharp edges stay sharp), then each output pixel is
+  clamped to the min..max of the input alpha over the 3x3 neighbourhood of the input pixel it comes from (at the
+  model's scale, before any resize to another outscale): a model's ringing would otherwise stay in the mask
+  (realesrgan-x4plus left alpha > 0 on half of a clear background, realesr-animevideov3 took an opaque photo's to
+  254). So flat alpha stays exactly flat (clear stays 0, opaque stays the maximum) and edges cannot overshoot; an
+  alpha plane of one value skips the model (the same result). alpha_mode="bicubic" uses MATLAB-style bicubic
+  instead (smooth, never hallucinates texture into the mask).
 - Colour under transparent pixels is arbitrary (often black or white) and would bleed into the visible edge
   through the model's receptive field, giving dark or light halos. So before the model, fully transparent pixels
   get the colour of the nearest visible ones (a pull-push fill: an alpha-weighted image pyramid, coarse levels fill
@@ -40,7 +48,7 @@ import functools
 import hashlib
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -613,8 +621,12 @@ class Upscaler:
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
         runner = self.runner_for(dtype)
+        grey = colour.shape[2] == 3 and channels_equal(colour)
+        if grey:  # a grey image stored as colour: the grey path, its output's channels equal again
+            colour = colour[:, :, :1]
+        model_alpha = alpha is not None and self.alpha_mode == "model" and not constant(alpha)
         colour_passes = self._colour_passes(colour.shape[2])
-        passes = colour_passes + (1 if alpha is not None and self.alpha_mode == "model" else 0)
+        passes = colour_passes + model_alpha
         if alpha is not None:
             colour = bleed_colour(colour, alpha)
 
@@ -632,6 +644,8 @@ class Upscaler:
             try:
                 if colour_passes == 1:
                     out_colour = self._run(runner, colour, tile, dtype, progress(0))
+                    if grey:
+                        out_colour = np.repeat(out_colour, 3, axis=2)
                 else:  # each channel's output copied in and dropped: no second copy of them all
                     out_colour = np.empty((*self.output_size(h, w), 3), dtype)
                     for k in range(3):
@@ -640,10 +654,12 @@ class Upscaler:
                         )[:, :, 0]
                 out_alpha: np.ndarray | None = None
                 if alpha is not None:
-                    if self.alpha_mode == "model":
+                    if model_alpha:  # clamped to its input's neighbourhoods: no ringing kept in the mask
                         out_alpha = self._run(
-                            runner, alpha[:, :, None], tile, dtype, progress(colour_passes)
+                            runner, alpha[:, :, None], tile, dtype, progress(colour_passes), bounds=alpha
                         )[:, :, 0]
+                    elif self.alpha_mode == "model":  # one value: what the clamp would make of any output
+                        out_alpha = np.full(self.output_size(h, w), alpha.flat[0], dtype)
                     else:
                         out_alpha = _resize_plane(alpha, self.output_size(h, w), dtype)
             except (RuntimeError, MemoryError) as exc:  # the band, its flush, the output: beside the pass
@@ -675,7 +691,7 @@ class Upscaler:
         if valid is not None:
             first = c + (alpha is not None)
             bands = [bleed_colour(b, valid[:, :, first + k].astype(np.uint8)) for k, b in enumerate(bands)]
-        first_passes = self._colour_passes(c) + (1 if alpha is not None and self.alpha_mode == "model" else 0)
+        first_passes = self._passes(colour, alpha)
         all_passes = first_passes + len(bands)
 
         def progress(first_pass: int, passes: int) -> Progress | None:
@@ -708,6 +724,13 @@ class Upscaler:
     def _colour_passes(self, channels: int) -> int:
         """Passes of the model over an image's colour: a grey model takes a colour image one channel at a time."""
         return 3 if channels == 3 and self.model.config.num_in_ch == 1 else 1
+
+    def _passes(self, colour: np.ndarray, alpha: np.ndarray | None) -> int:
+        """Passes of the model upscale_planes makes over these planes: a grey image stored as colour is one, and
+        an alpha plane of one value none."""
+        grey = colour.shape[2] == 3 and channels_equal(colour)
+        model_alpha = alpha is not None and self.alpha_mode == "model" and not constant(alpha)
+        return self._colour_passes(1 if grey else colour.shape[2]) + model_alpha
 
     def retrying(self, height: int, width: int, dtype: np.dtype, attempt: Callable[[int], T]) -> T:
         """attempt(tile) with the tile of an image of this size and dtype; while it raises a TileError of a forward
@@ -910,7 +933,8 @@ class Upscaler:
         h, w = image.pixels.shape[:2]
         if self.output_size(h, w) != (h * self.model.scale, w * self.model.scale):
             return f"its output is not at the model's own scale ({self.model.scale}x)"
-        if self._colour_passes(image.channels) > 1:
+        # a grey model takes grey stored as RGB in one pass, as the grey image (upscale_rows)
+        if self._colour_passes(image.channels) > 1 and not channels_equal(image.pixels):
             return "a grey model upscales a colour image one channel at a time"
         return None
 
@@ -928,13 +952,16 @@ class Upscaler:
             raise EsrganError(f"cannot upscale row by row: {reason}")
         plane, dtype = image.pixels, image.pixels.dtype
         h, w = plane.shape[:2]
+        grey = plane.shape[2] == 3 and channels_equal(plane)  # as upscale_planes: the grey path
+        if grey:
+            plane = plane[:, :, :1]
         if tile is None:  # else the tile `retrying` chose for this attempt
             tile = self.tile_size(h, w, dtype)
         runner = self.runner_for(dtype)
         if on_tile is not None:
             on_tile(0, _tile_count(self.tiling(h, w, tile)))
         for _, rows in self._tiled(runner, plane, tile, dtype, on_tile, dtype):
-            yield rows
+            yield np.repeat(rows, 3, axis=2) if grey else rows
         self.last_precision = precision_name(runner.dtype)
 
     def _tiled(
@@ -986,15 +1013,27 @@ class Upscaler:
             del rows  # not held while the next piece is made
 
     def _run(
-        self, runner: ModelRunner, plane: np.ndarray, tile: int, dtype: np.dtype, on_tile: Progress | None
+        self,
+        runner: ModelRunner,
+        plane: np.ndarray,
+        tile: int,
+        dtype: np.dtype,
+        on_tile: Progress | None,
+        *,
+        bounds: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Model (and outscale resize) over an HxWx1 or HxWx3 array; HxWx(same C) of dtype back."""
+        """Model (and outscale resize) over an HxWx1 or HxWx3 array; HxWx(same C) of dtype back. bounds: an HxW
+        plane (the alpha that went in) whose 3x3 neighbourhoods' min..max each output pixel at the model's scale is
+        clamped to (`within_neighbours`), before the resize."""
         h, w = plane.shape[:2]
         size = self.output_size(h, w)
         native = size == (h * self.model.scale, w * self.model.scale)
         # resize needs an intermediate: uint16 for integer outputs (see the module docstring), float32 for float
         inter = dtype if native else (np.dtype(np.float32) if dtype.kind == "f" else np.dtype(np.uint16))
-        out = gather_rows(self._tiled(runner, plane, tile, dtype, on_tile, inter), h * self.model.scale)
+        pieces = self._tiled(runner, plane, tile, dtype, on_tile, inter)
+        if bounds is not None:
+            pieces = within_neighbours(pieces, bounds, self.model.scale)
+        out = gather_rows(pieces, h * self.model.scale)
         if native:
             return np.ascontiguousarray(out)
         resized = np.empty((*size, out.shape[2]), dtype=dtype)
@@ -1112,6 +1151,69 @@ def _interpolated(model: Generator, other: str | Path | Generator, alpha: float)
     )
     mixed.load_state_dict(sd, strict=True)
     return mixed.eval().requires_grad_(False)
+
+
+def channels_equal(colour: np.ndarray) -> bool:
+    """Whether an HxWx3 array has R == G == B at every pixel (a grey image stored as colour). Compared a band of
+    rows at a time: a colour image is told apart at its first band with a colour pixel, not after a whole pass."""
+    step = max(1, 2**20 // max(1, colour.shape[1]))
+    for y in range(0, colour.shape[0], step):
+        band = colour[y : y + step]
+        if not (
+            np.array_equal(band[:, :, 0], band[:, :, 1]) and np.array_equal(band[:, :, 1], band[:, :, 2])
+        ):
+            return False
+    return True
+
+
+def constant(plane: np.ndarray) -> bool:
+    """Whether every value of a (non-empty) array is the first one."""
+    return bool((plane == plane.flat[0]).all())
+
+
+def neighbour_bounds(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The min and max of an HxW plane over each pixel's 3x3 neighbourhood (the part inside the image)."""
+    lo, hi = plane.copy(), plane.copy()
+    for axis in (0, 1):  # separable: rows, then columns
+        for bound, pick in ((lo, np.minimum), (hi, np.maximum)):
+            src = bound.copy()
+            n = src.shape[axis]
+            if n > 1:
+                ahead = [slice(None), slice(None)]
+                behind = [slice(None), slice(None)]
+                ahead[axis], behind[axis] = slice(1, None), slice(None, n - 1)
+                pick(bound[tuple(behind)], src[tuple(ahead)], out=bound[tuple(behind)])
+                pick(bound[tuple(ahead)], src[tuple(behind)], out=bound[tuple(ahead)])
+    return lo, hi
+
+
+def within_neighbours(
+    pieces: Iterable[tuple[int, np.ndarray]], plane: np.ndarray, scale: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The (first row, rows) pieces of a model's output of `plane` (HxW, at `scale`, each (n, W', 1)) with each
+    output pixel clamped to the min..max of `plane` over the 3x3 neighbourhood of the input pixel it comes from
+    (y // scale, x // scale), in the pieces' dtype (8-bit bounds times 257 for a 16-bit intermediate): flat
+    regions stay exactly flat, and edges cannot ring past the values around them."""
+    lo, hi = neighbour_bounds(plane)
+    for first, rows in pieces:
+        if rows.dtype != lo.dtype:
+            lo, hi = (_as_levels(b, rows.dtype) for b in (lo, hi))
+        ys = np.arange(first, first + rows.shape[0]) // scale
+        xs = np.arange(rows.shape[1]) // scale
+        if not rows.flags.writeable:
+            rows = rows.copy()
+        np.clip(rows, lo[ys][:, xs, None], hi[ys][:, xs, None], out=rows)
+        yield first, rows
+
+
+def _as_levels(plane: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An array of uint8, uint16 or float levels in another of these dtypes, the same fraction of full scale
+    (exact: 8-bit to 16-bit is times 257)."""
+    if plane.dtype == dtype or plane.dtype.kind == dtype.kind == "f":
+        return plane.astype(dtype, copy=False)
+    if plane.dtype == np.uint8 and dtype == np.uint16:
+        return plane.astype(np.uint16) * np.uint16(257)
+    raise EsrganError(f"no exact conversion of {plane.dtype} levels to {dtype}")
 
 
 def nearest(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
