@@ -516,6 +516,22 @@ def test_frames_batched_per_forward_pass(up: Upscaler, clips: dict[str, Path], t
         assert diff.max() <= 1 and diff.mean() < 0.01
 
 
+def test_a_black_and_white_films_frames_stay_grey_in_a_batch(up: Upscaler, photo: np.ndarray) -> None:
+    """A grey frame (R == G == B, as a black-and-white film decodes) takes upscale_image's grey path one at a time;
+    batched with others (--frame-batch) it went through the colour model as colour and came back tinted. Now its
+    output channels are equal, as one at a time, and a colour frame beside it stays colour."""
+    grey = np.repeat(photo[:48, 100:164].mean(axis=2, keepdims=True).round().astype(np.uint8), 3, axis=2)
+    colour = np.ascontiguousarray(photo[48:96, 100:164])
+    outs = upscale_frames(up, [grey, colour, grey])
+    alone = up.upscale(grey)
+    assert np.array_equal(alone[:, :, 0], alone[:, :, 1]) and np.array_equal(alone[:, :, 1], alone[:, :, 2])
+    for out in (outs[0], outs[2]):
+        assert np.array_equal(out[:, :, 0], out[:, :, 1]) and np.array_equal(out[:, :, 1], out[:, :, 2])
+        assert np.abs(out.astype(int) - alone.astype(int)).max() <= 1  # the batched convolutions' rounding
+    assert not np.array_equal(outs[1][:, :, 0], outs[1][:, :, 1])
+    assert np.abs(outs[1].astype(int) - up.upscale(colour).astype(int)).max() <= 1
+
+
 def test_frames_batched_out_of_memory_go_one_by_one(photo: np.ndarray) -> None:
     """Forward passes of 4 frames and room for one frame a pass: half as many frames a pass until one fits, each
     frame whole, the same output as one by one (before: the video failed); the next batch starts at one frame."""

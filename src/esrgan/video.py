@@ -1133,17 +1133,24 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         )
         upscaler.release()
         return upscale_frames(upscaler, frames)
-    return [
-        upscale_tiled(
+    from .upscale import channels_equal
+
+    outs = []
+    for i, f in enumerate(frames):
+        # a black-and-white film's frame (R == G == B) as upscale_image makes it: the output's channels averaged
+        # (tiled_rows' grey), then equal again; the batched pass left them as the colour model made them, tinted
+        grey = channels_equal(f)
+        out = upscale_tiled(
             _output_of(passed[i : i + 1]),  # the pass is done: hand its output to the blending
             torch.from_numpy(f).permute(2, 0, 1),
             scale=upscaler.model.scale,
             tile=0,
             overlap=upscaler.tile_overlap,
             out_dtype=np.uint8,
+            grey=grey,
         )
-        for i, f in enumerate(frames)
-    ]
+        outs.append(np.repeat(out, 3, axis=2) if grey else out)
+    return outs
 
 
 def _output_of(y: Any) -> Callable[[Any], Any]:
