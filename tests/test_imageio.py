@@ -1263,6 +1263,52 @@ def _thumbnail_of(exif: bytes) -> bool:
     return bool(loaded.get_ifd(ExifTags.IFD.IFD1))
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_exif_thumbnail_dropped_when_the_pixels_are_turned(
+    tmp_path: Path, cat: np.ndarray, orientation: int
+) -> None:
+    """With the orientation applied, the EXIF thumbnail (IFD1) still showed the picture on its side, under
+    Orientation 1: the link to it is cut. Unturned pixels keep it. Every other byte stays (maker notes)."""
+    exif = _exif_with_thumbnail(orientation)
+    assert _thumbnail_of(exif)
+    Image.fromarray(np.ascontiguousarray(cat[100:160, 150:230])).save(tmp_path / "in.jpg", exif=exif)
+    image = read_image(tmp_path / "in.jpg")
+    assert image.exif is not None and len(image.exif) == len(exif)
+    assert _thumbnail_of(image.exif) == (orientation == 1)
+    assert _exif_of(image.exif)[274] == 1
+
+
+@pytest.mark.parametrize("dst", ["jpg", "png", "webp", "rows.png"])
+def test_exif_pixel_dimensions_are_the_outputs(tmp_path: Path, cat: np.ndarray, dst: str) -> None:
+    """The Exif IFD's PixelXDimension / PixelYDimension said the input's size (80x60 stored, turned: 60x80)."""
+    import esrgan.imageio
+
+    Image.fromarray(np.ascontiguousarray(cat[100:160, 150:230])).save(
+        tmp_path / "in.jpg", exif=_exif_with_thumbnail(6)
+    )
+    image = read_image(tmp_path / "in.jpg")  # 60 wide, 80 high once turned
+    big = replace(image, pixels=np.repeat(np.repeat(image.pixels, 3, axis=0), 3, axis=1))  # 180 x 240
+    if dst == "rows.png":
+        esrgan.imageio.write_image_rows(tmp_path / dst, image, (240, 180), [big.pixels])
+    else:
+        write_image(tmp_path / f"out.{dst}", big)
+        dst = f"out.{dst}"
+    with Image.open(tmp_path / dst) as im:
+        sub = im.getexif().get_ifd(0x8769)
+        assert (sub[0xA002], sub[0xA003]) == im.size == (180, 240)
+        assert sub[0x9003] == "2024:05:06 07:08:09"
+
+
+def test_exif_pixel_dimensions_past_a_short_become_a_long() -> None:
+    from esrgan.imageio import _exif_with_size
+
+    exif = _exif_with_thumbnail(1)
+    patched = _exif_with_size(exif, 70_000, 300)
+    assert patched is not None and len(patched) == len(exif)
+    sub = _exif_of(patched).get_ifd(0x8769)
+    assert (sub[0xA002], sub[0xA003]) == (70_000, 300)
+
+
 def test_metadata_size_limits_hold_for_xmp_and_png_text(tmp_path: Path, cat: np.ndarray) -> None:
     """A compressed XMP that inflates past 16 MiB (after the image data, where only our reader of 16-bit PNGs
     looks) is dropped with a warning, not inflated whole; text chunks past 16 MiB in all are dropped the same way."""

@@ -54,7 +54,8 @@ class ImageData:
 
     pixels: HxWxC, C = 1 (grey) or 3 (RGB), uint8 when bit_depth is 8, uint16 when 16 (the file's depth, not the
     range of its values). alpha: HxW with the same dtype, or None. exif: raw EXIF as Pillow writes it ("Exif\\0\\0"
-    followed by the TIFF structure), orientation already applied to the pixels and its tag reset to 1.
+    followed by the TIFF structure), orientation already applied to the pixels and its tag reset to 1 (and its
+    thumbnail, IFD1, dropped then: it shows the pixels unturned).
 
     The rest of the metadata, each written where the output format holds it (esrgan.imageio.write_image; what it
     cannot hold is named in one ImageWarning): xmp, the XMP packet (its tiff:Orientation reset to 1 as the EXIF's);

@@ -606,6 +606,8 @@ def _normalise_exif(raw: object, path: Path) -> bytes | None:
 # camera wrote it. Exif.tobytes() would re-serialise the whole structure at new offsets, which breaks maker notes
 # that hold absolute offsets.
 _ExifOrder = Literal["little", "big"]
+_EXIF_IFD_POINTER = 0x8769
+_PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0xA002, 0xA003
 
 
 def _exif_order(exif: bytes) -> _ExifOrder | None:
@@ -658,14 +660,52 @@ def _exif_orientation(exif: bytes | None) -> int:
 
 
 def _exif_upright(exif: bytes | None, orientation: int) -> bytes | None:
-    """The EXIF of pixels turned upright by `orientation` (read from it): the orientation tag set to 1, every other
-    byte left untouched."""
+    """The EXIF of pixels turned upright by `orientation` (read from it): the orientation tag set to 1, and, when
+    the pixels were turned (2-8), IFD0's link to IFD1 cut, as exiftool does when it drops a thumbnail: the thumbnail
+    there shows the pixels unturned, and viewers show it (a preview, a file manager's icon) as it is. Every other
+    byte is left untouched (the thumbnail's bytes too, unreferenced)."""
     found = _orientation_offset(exif) if exif else None
     if found is None or exif is None:
         return exif
     offset, order = found
     patched = bytearray(exif)
     patched[offset : offset + 2] = (1).to_bytes(2, order)
+    if orientation != 1:
+        ifd = _ifd0(exif, order)
+        entries = list(_ifd_entries(exif, ifd, order))
+        link = ifd + 2 + 12 * len(entries)
+        if link + 4 <= len(exif) and len(entries) == int.from_bytes(exif[ifd : ifd + 2], order):
+            patched[link : link + 4] = bytes(4)
+    return bytes(patched)
+
+
+def _exif_with_size(exif: bytes | None, width: int, height: int) -> bytes | None:
+    """The EXIF with the Exif IFD's PixelXDimension / PixelYDimension (the size of the image it describes: the
+    input's, until now) set to width x height, where the file has them (one SHORT or LONG each, stored inline: a
+    SHORT too small for the new size becomes a LONG, in the same 4 bytes). Every other byte is left untouched."""
+    order = _exif_order(exif) if exif else None
+    if order is None or exif is None:
+        return exif
+    sub = next(
+        (
+            int.from_bytes(exif[entry + 8 : entry + 12], order)
+            for entry, tag, kind, count in _ifd_entries(exif, _ifd0(exif, order), order)
+            if tag == _EXIF_IFD_POINTER and kind in (4, 13) and count == 1
+        ),
+        None,
+    )
+    if sub is None:
+        return exif
+    patched = bytearray(exif)
+    for entry, tag, kind, count in _ifd_entries(exif, len(_EXIF_HEADER) + sub, order):
+        value = {_PIXEL_X_DIMENSION: width, _PIXEL_Y_DIMENSION: height}.get(tag)
+        if value is None or kind not in (3, 4) or count != 1:
+            continue
+        if kind == 3 and value <= 0xFFFF:  # SHORT: left-justified in the value field
+            patched[entry + 8 : entry + 10] = value.to_bytes(2, order)
+        else:
+            patched[entry + 2 : entry + 4] = (4).to_bytes(2, order)
+            patched[entry + 8 : entry + 12] = value.to_bytes(4, order)
     return bytes(patched)
 
 
@@ -1476,9 +1516,9 @@ def write_image(
 
     Metadata (_metadata_for): PNG keeps all of it but a comment; JPEG the ICC profile, EXIF and XMP (up to what its
     segments hold), the resolution and a comment; WebP the ICC profile, EXIF and XMP; TIFF the ICC profile, XMP,
-    the resolution and only the descriptive EXIF tags; BMP the resolution only. The XMP's PixelXDimension /
-    PixelYDimension become the image's size. What the format cannot hold (and IPTC/Photoshop data, which no writer
-    keeps) is named in one ImageWarning.
+    the resolution and only the descriptive EXIF tags; BMP the resolution only. The EXIF's (and XMP's)
+    PixelXDimension / PixelYDimension become the image's size. What the format cannot hold (and IPTC/Photoshop
+    data, which no writer keeps) is named in one ImageWarning.
     An existing file raises OutputExistsError (before any encoding) unless overwrite; any write failure raises
     ImageError naming the path and leaves no file behind.
     """
@@ -1579,12 +1619,12 @@ def _png_level(png_compression: int | None, fmt: str, path: Path) -> int:
 
 
 def _metadata_for(image: ImageData, fmt: str, path: Path, size: tuple[int, int]) -> ImageData:
-    """image's metadata as a `fmt` output of `size` (height, width) holds it: the XMP's pixel size made the
-    output's, and what the format cannot hold removed, named in one ImageWarning (the writers then write all
+    """image's metadata as a `fmt` output of `size` (height, width) holds it: the EXIF's and XMP's pixel size made
+    the output's, and what the format cannot hold removed, named in one ImageWarning (the writers then write all
     that is left). PNG holds everything but a comment; JPEG XMP (one segment), a comment and the resolution; WebP
     XMP; TIFF XMP and the resolution; BMP the resolution only. The IPTC/Photoshop data no writer keeps."""
     height, width = size
-    exif, xmp = image.exif, image.xmp
+    exif, xmp = _exif_with_size(image.exif, width, height), image.xmp
     if xmp is not None:
         xmp = _xmp_set(
             _xmp_set(xmp, _XMP_NS_EXIF, b"PixelXDimension", width), _XMP_NS_EXIF, b"PixelYDimension", height
