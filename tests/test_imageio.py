@@ -1341,3 +1341,24 @@ def test_upscale_file_keeps_the_metadata(tmp_path: Path, cat: np.ndarray) -> Non
     with Image.open(tmp_path / "out.tif") as im:
         assert im.size == (160, 120) and im.info["dpi"] == (300, 300)
         assert b"<exif:PixelXDimension>160</exif:PixelXDimension>" in im.info["xmp"]
+
+
+def test_png_compression_for_another_format_is_said_to_be_ignored(tmp_path: Path, cat: np.ndarray) -> None:
+    """--quality on a PNG output warned that it was ignored, --png-compression on a JPEG or TIFF output did not."""
+    import esrgan.imageio
+
+    image = ImageData(pixels=np.ascontiguousarray(cat[100:160, 150:230]))
+    for ext in ("jpg", "webp", "tif"):
+        with pytest.warns(
+            ImageWarning, match=rf"out\.{ext}: PNG compression applies to PNG only; ignored for \w+$"
+        ):
+            write_image(tmp_path / f"out.{ext}", image, png_compression=9)
+    with pytest.warns(
+        ImageWarning, match=r"rows\.tif: PNG compression applies to PNG only; ignored for TIFF"
+    ):
+        esrgan.imageio.write_image_rows(
+            tmp_path / "rows.tif", image, (60, 80), [image.pixels], png_compression=9
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_image(tmp_path / "out.png", image, png_compression=9)

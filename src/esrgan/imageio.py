@@ -1512,7 +1512,7 @@ def write_image(
     alpha: transparent pixels are composited on white, with an ImageWarning. quality: JPEG 0-100 (libjpeg takes 0
     as 1; default 95, 4:4:4 chroma) or WEBP 0-100 (default: lossless, colour under transparent pixels kept); ignored
     with a warning for PNG/TIFF. png_compression: zlib level 0-9 of PNG output (default DEFAULT_PNG_COMPRESSION,
-    chosen for speed).
+    chosen for speed); ignored with a warning for other formats.
 
     Metadata (_metadata_for): PNG keeps all of it but a comment; JPEG the ICC profile, EXIF and XMP (up to what its
     segments hold), the resolution and a comment; WebP the ICC profile, EXIF and XMP; TIFF the ICC profile, XMP,
@@ -1611,10 +1611,15 @@ def write_image_rows(
 
 
 def _png_level(png_compression: int | None, fmt: str, path: Path) -> int:
-    """The zlib level of a PNG output."""
+    """The zlib level of a PNG output; png_compression given for another format is ignored with a warning (as
+    quality is for PNG and TIFF)."""
     level = DEFAULT_PNG_COMPRESSION if png_compression is None else png_compression
     if not 0 <= level <= 9:
         raise ImageError(f"{path}: PNG compression must be 0-9, not {level}")
+    if png_compression is not None and fmt != "PNG":
+        warnings.warn(
+            f"{path}: PNG compression applies to PNG only; ignored for {fmt}", ImageWarning, stacklevel=3
+        )
     return level
 
 
