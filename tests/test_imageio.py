@@ -1056,6 +1056,29 @@ def test_xmp_orientation_is_reset_with_the_exif_one(tmp_path: Path, cat: np.ndar
     )
 
 
+def test_a_hostile_xmp_is_searched_in_linear_time(tmp_path: Path, cat: np.ndarray) -> None:
+    """The XMP of a turned photo is patched by patterns, not parsed: the element's pattern held nested repeats
+    (`\\s*\\d*\\s*`), and 200 KB of spaces in <tiff:Orientation> took 277 s to read. In a child with a time limit,
+    which the old pattern overran by minutes; the value is replaced whatever spaces surround it."""
+    xmp = _XMP.replace(
+        b"</rdf:Description>",
+        b"<tiff:Orientation>" + b" " * 200_000 + b"6 (turned)</tiff:Orientation></rdf:Description>",
+    )
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    Image.fromarray(np.ascontiguousarray(cat[100:160, 150:230])).save(
+        tmp_path / "in.png", pnginfo=info, exif=_exif(t274=6)
+    )
+    code = "import sys\nfrom esrgan.imageio import read_image\nsys.stdout.buffer.write(read_image(sys.argv[1]).xmp[-200:])"
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "in.png")], capture_output=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.endswith(
+        b'<tiff:Orientation>1</tiff:Orientation></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    )
+
+
 def test_xmp_too_large_for_a_jpeg_is_named(tmp_path: Path, cat: np.ndarray) -> None:
     big = _XMP.replace(b"<?xpacket end", b" " * 70_000 + b"<?xpacket end")
     image = ImageData(pixels=np.ascontiguousarray(cat[:40, :40]), xmp=big)

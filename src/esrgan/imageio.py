@@ -725,16 +725,18 @@ _PILLOW_JPEG_XMP = tuple(int(p) for p in re.findall(r"\d+", PIL.__version__)[:2]
 def _xmp_set(xmp: bytes, namespace: bytes, name: bytes, value: int) -> bytes:
     """The XMP packet with the property `name` of `namespace` set to value wherever the packet gives it, as an
     attribute (tiff:Orientation="6") or an element (<tiff:Orientation>6</tiff:Orientation>), under each prefix the
-    packet binds to that namespace; every other byte as it was (no XML parser: a hostile packet is only searched)."""
+    packet binds to that namespace (the first 4: a packet has one); every other byte as it was. No XML parser: a
+    hostile packet is only searched, by patterns linear in its length (an element's text is taken up to the next
+    "<", never by nested repeats: `\\s*\\d*\\s*` took 277 s on 200 KB of spaces)."""
     bound = re.findall(rb"xmlns:([\w.-]+)\s*=\s*[\"']" + re.escape(namespace) + rb"[\"']", xmp)
     text = str(value).encode()
-    for prefix in set(bound):
+    for prefix in list(dict.fromkeys(bound))[:4]:
         qname = re.escape(prefix + b":" + name)
         xmp = re.sub(
             rb"(\s" + qname + rb"\s*=\s*)([\"'])[^\"'<>]*\2", lambda m: m[1] + m[2] + text + m[2], xmp
         )
         xmp = re.sub(
-            rb"(<" + qname + rb"\s*>)\s*\d*\s*(</" + qname + rb"\s*>)", lambda m: m[1] + text + m[2], xmp
+            rb"(<" + qname + rb"\s*>)[^<]*(</" + qname + rb"\s*>)", lambda m: m[1] + text + m[2], xmp
         )
     return xmp
 
