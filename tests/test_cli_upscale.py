@@ -726,3 +726,57 @@ def test_option_errors_that_need_no_model_come_before_torch_is_imported(
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.stdout.split() == ["False", "2"], (proc.stdout, proc.stderr)
     assert proc.stderr.startswith(f"esrgan: error: {error}"), proc.stderr
+
+
+def test_metadata_reaches_the_outputs_of_a_batch(
+    tmp_path: Path, photo: np.ndarray, models: dict[str, Path]
+) -> None:
+    """helper-72's audit: a phone JPEG's XMP (rights), comment and 300 dpi, a Stable Diffusion PNG's parameters and
+    gamma left `esrgan upscale` without a word, and the EXIF still gave the input's size and a thumbnail on its
+    side. Through the batch's two writers (a JPEG whole, a PNG row by row with --stream): all of it kept, the
+    sizes the output's; --png-compression on a JPEG output says it is ignored, as --quality on a PNG does."""
+    from test_imageio import _XMP, _exif_with_thumbnail, _png_chunk_list, _png_with_text, _thumbnail_of
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    turn = _XMP.replace(
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/">',
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/" tiff:Orientation="6">',
+    )
+    Image.fromarray(photo[100:140, 0:48]).save(
+        folder / "phone.jpg",
+        quality=95,
+        exif=_exif_with_thumbnail(6),
+        xmp=turn,
+        comment=b"Kodachrome",
+        dpi=(300, 300),
+    )
+    chunks = _png_with_text(folder / "sd.png", np.ascontiguousarray(photo[60:108, 180:220]))
+    out = tmp_path / "out"
+    r = run_cli(
+        "upscale",
+        folder,
+        "-o",
+        out,
+        "--model",
+        models["tiny"],
+        "--png-compression",
+        "9",
+        "--stream",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "phone_x4.jpg: PNG compression applies to PNG only; ignored for JPEG" in r.stderr
+    assert "input's" not in r.stderr  # nothing dropped
+    with Image.open(out / "phone_x4.jpg") as im:
+        assert im.size == (160, 192)  # 40 x 48, turned upright, x4
+        assert im.info["dpi"] == (300, 300) and im.info["comment"] == b"Kodachrome"
+        assert b'tiff:Orientation="1"' in im.info["xmp"] and b"(c) 2024 A. Photographer" in im.info["xmp"]
+        assert b"<exif:PixelXDimension>160</exif:PixelXDimension>" in im.info["xmp"]
+        exif = im.getexif()
+        assert exif[0x0112] == 1 and not _thumbnail_of(im.info["exif"])
+        assert (exif.get_ifd(0x8769)[0xA002], exif.get_ifd(0x8769)[0xA003]) == (160, 192)
+    kept = [
+        c for c in _png_chunk_list(out / "sd_x4.png") if c[0] in (b"tEXt", b"zTXt", b"iTXt", b"gAMA", b"cHRM")
+    ]
+    assert sorted(kept) == sorted(chunks)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import struct
 import subprocess
 import sys
 import warnings
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps, PngImagePlugin
 
 from esrgan.atomic import OutputExistsError
 from esrgan.errors import ImageError
@@ -971,3 +973,419 @@ def test_an_8bit_png_with_a_profile_over_a_mib_is_read_with_it(tmp_path: Path, p
     Image.fromarray(photo[:32, :32]).save(tmp_path / "huge.png", icc_profile=srgb + bytes(17 * 2**20))
     with pytest.raises(ImageError, match=r"huge\.png: "):
         read_image(tmp_path / "huge.png")
+
+
+# --- metadata beyond ICC and EXIF: XMP, PNG text and colour chunks, comments, resolution, EXIF sizes -------------------
+
+_XMP = (
+    b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"'
+    b' xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/">'
+    b'<dc:rights><rdf:Alt><rdf:li xml:lang="x-default">(c) 2024 A. Photographer</rdf:li></rdf:Alt></dc:rights>'
+    b"<exif:PixelXDimension>80</exif:PixelXDimension><exif:PixelYDimension>60</exif:PixelYDimension>"
+    b'</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+)
+
+
+def _xmp_of(path: Path) -> bytes | None:
+    """The XMP packet of a file as Pillow reads it (info["xmp"]; TIFF: tag 700)."""
+    with Image.open(path) as im:
+        found = im.info.get("xmp")
+        return found.encode() if isinstance(found, str) else found
+
+
+def _save_with_xmp(path: Path, pixels: np.ndarray, xmp: bytes, **meta: object) -> None:
+    """A real photo saved with an XMP packet the way each format's writers store it."""
+    fmt = path.suffix[1:]
+    if fmt == "tif":
+        import tifffile
+
+        tifffile.imwrite(path, pixels, photometric="rgb", extratags=[(700, 1, len(xmp), xmp, True)])
+    elif fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
+        Image.fromarray(pixels).save(path, pnginfo=info, **meta)  # type: ignore[arg-type]
+    else:
+        Image.fromarray(pixels).save(path, xmp=xmp, **meta)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("src", ["jpg", "png", "webp", "tif"])
+@pytest.mark.parametrize("dst", ["png", "jpg", "webp", "tiff"])
+def test_xmp_is_kept_in_every_format(tmp_path: Path, cat: np.ndarray, src: str, dst: str) -> None:
+    """XMP (rights, credits, ratings, captions) reached no output: it goes into each format's XMP container,
+    with its record of the pixel size made the output's."""
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])  # 80 x 60
+    _save_with_xmp(tmp_path / f"in.{src}", pixels, _XMP)
+    image = read_image(tmp_path / f"in.{src}")
+    assert image.xmp == _XMP
+    bigger = replace(image, pixels=np.repeat(np.repeat(image.pixels, 2, axis=0), 2, axis=1))  # 160 x 120
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_image(tmp_path / f"out.{dst}", bigger)
+    out = _xmp_of(tmp_path / f"out.{dst}")
+    assert out is not None and b"(c) 2024 A. Photographer" in out
+    assert b"<exif:PixelXDimension>160</exif:PixelXDimension>" in out
+    assert b"<exif:PixelYDimension>120</exif:PixelYDimension>" in out
+    assert read_image(tmp_path / f"out.{dst}").xmp == out
+
+
+def test_xmp_orientation_is_reset_with_the_exif_one(tmp_path: Path, cat: np.ndarray) -> None:
+    """A phone's JPEG says "turn 90 degrees" in EXIF and XMP alike: with the pixels turned, both say upright (a
+    viewer reading XMP turned the upright output once more); unturned pixels leave the XMP alone."""
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])
+    turn = _XMP.replace(
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/">',
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/" tiff:Orientation="6">',
+    )
+    for orientation, expected in ((6, b'tiff:Orientation="1"'), (1, b'tiff:Orientation="6"')):
+        _save_with_xmp(tmp_path / "in.jpg", pixels, turn, exif=_exif(t274=orientation))
+        image = read_image(tmp_path / "in.jpg")
+        assert image.xmp is not None and expected in image.xmp
+        write_image(tmp_path / "out.jpg", image, overwrite=True)
+        assert expected in (_xmp_of(tmp_path / "out.jpg") or b"")
+        assert Image.open(tmp_path / "out.jpg").getexif()[274] == 1
+    # a TIFF with no Orientation tag: Pillow >= 11 turns it by the XMP's (older ones do not); either way the XMP
+    # then says what the pixels are
+    _save_with_xmp(tmp_path / "in.tif", pixels, turn)
+    image = read_image(tmp_path / "in.tif")
+    turned = image.pixels.shape[:2] == (80, 60)
+    assert (
+        image.xmp is not None
+        and (b'tiff:Orientation="1"' if turned else b'tiff:Orientation="6"') in image.xmp
+    )
+
+
+def test_a_hostile_xmp_is_searched_in_linear_time(tmp_path: Path, cat: np.ndarray) -> None:
+    """The XMP of a turned photo is patched by patterns, not parsed: the element's pattern held nested repeats
+    (`\\s*\\d*\\s*`), and 200 KB of spaces in <tiff:Orientation> took 277 s to read. In a child with a time limit,
+    which the old pattern overran by minutes; the value is replaced whatever spaces surround it."""
+    xmp = _XMP.replace(
+        b"</rdf:Description>",
+        b"<tiff:Orientation>" + b" " * 200_000 + b"6 (turned)</tiff:Orientation></rdf:Description>",
+    )
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    Image.fromarray(np.ascontiguousarray(cat[100:160, 150:230])).save(
+        tmp_path / "in.png", pnginfo=info, exif=_exif(t274=6)
+    )
+    code = "import sys\nfrom esrgan.imageio import read_image\nsys.stdout.buffer.write(read_image(sys.argv[1]).xmp[-200:])"
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "in.png")], capture_output=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.endswith(
+        b'<tiff:Orientation>1</tiff:Orientation></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    )
+
+
+def test_xmp_too_large_for_a_jpeg_is_named(tmp_path: Path, cat: np.ndarray) -> None:
+    big = _XMP.replace(b"<?xpacket end", b" " * 70_000 + b"<?xpacket end")
+    image = ImageData(pixels=np.ascontiguousarray(cat[:40, :40]), xmp=big)
+    with pytest.warns(
+        ImageWarning, match=r"big\.jpg: JPEG output: the input's XMP \(70\d+ bytes: a JPEG holds"
+    ):
+        write_image(tmp_path / "big.jpg", image)
+    assert _xmp_of(tmp_path / "big.jpg") is None
+    write_image(tmp_path / "big.png", image)  # PNG, WebP and TIFF hold it
+    assert _xmp_of(tmp_path / "big.png") == big.replace(b">80<", b">40<").replace(b">60<", b">40<")
+
+
+def _png_chunk_list(path: Path) -> list[tuple[bytes, bytes]]:
+    data, pos, out = path.read_bytes(), 8, []
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]))
+        pos += 12 + n
+    return out
+
+
+def _insert_png_chunks(path: Path, chunks: list[tuple[bytes, bytes]], after_idat: bool = False) -> None:
+    """Chunks put into a PNG Pillow wrote, after IHDR (or before IEND)."""
+    data = path.read_bytes()
+    body = b"".join(
+        struct.pack(">I", len(b)) + k + b + struct.pack(">I", zlib.crc32(k + b)) for k, b in chunks
+    )
+    at = len(data) - 12 if after_idat else 33
+    path.write_bytes(data[:at] + body + data[at:])
+
+
+_SD_PARAMETERS = "a lighthouse at dusk, oil painting\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1234"
+
+
+def _png_with_text(path: Path, pixels: np.ndarray, gamma: int = 100000) -> list[tuple[bytes, bytes]]:
+    """A PNG (8-bit by Pillow, 16-bit by ours) as Stable Diffusion UIs and editors leave them: text chunks of each
+    kind (one after the image data), gAMA 1.0 with cHRM (a linear image, no ICC profile). Returns the text and
+    colour chunks as written."""
+    if pixels.dtype == np.uint16:
+        write_image(path, ImageData(pixels=pixels, bit_depth=16))
+    else:
+        Image.fromarray(pixels).save(path)
+    chrm = struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+    before = [
+        (b"gAMA", struct.pack(">I", gamma)),
+        (b"cHRM", chrm),
+        (b"tEXt", b"parameters\x00" + _SD_PARAMETERS.encode("latin-1")),
+        (b"zTXt", b"Copyright\x00\x00" + zlib.compress(b"(c) 2024 A. Photographer")),
+        (b"iTXt", b"Description\x00\x00\x00de\x00Beschreibung\x00" + "Leuchtturm in der Dämmerung".encode()),
+    ]
+    after = [(b"tEXt", b"Comment\x00written after the image data")]
+    _insert_png_chunks(path, before)
+    _insert_png_chunks(path, after, after_idat=True)
+    return before + after
+
+
+@pytest.mark.parametrize("writer", ["pillow", "parallel", "16-bit", "rows"])
+def test_png_text_and_colour_chunks_are_kept_png_to_png(
+    tmp_path: Path, cat: np.ndarray, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """A Stable Diffusion PNG lost its generation parameters, a PNG with gAMA 1.0 and no profile its gamma (it then
+    showed darker): PNG to PNG, every text chunk and gAMA/cHRM/sRGB is copied byte for byte, by each PNG writer."""
+    import esrgan.imageio
+
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])
+    src = tmp_path / "in.png"
+    chunks = _png_with_text(src, _deep16(pixels) if writer == "16-bit" else pixels)
+    monkeypatch.setattr(esrgan.imageio, "PARALLEL_PNG_MIN_CORES", 1 if writer == "parallel" else 10**6)
+    image = read_image(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if writer == "rows":
+            esrgan.imageio.write_image_rows(tmp_path / "out.png", image, (60, 80), [image.pixels])
+        else:
+            write_image(tmp_path / "out.png", image)
+    out = [
+        (k, b)
+        for k, b in _png_chunk_list(tmp_path / "out.png")
+        if k in (b"tEXt", b"zTXt", b"iTXt", b"gAMA", b"cHRM")
+    ]
+    assert sorted(out) == sorted(chunks)
+    with Image.open(tmp_path / "out.png") as im:
+        im.load()
+        assert im.text["parameters"] == _SD_PARAMETERS and im.info["gamma"] == 1.0
+
+
+def test_png_text_and_a_non_srgb_gamma_are_named_when_the_output_cannot_hold_them(
+    tmp_path: Path, cat: np.ndarray, srgb_icc: bytes
+) -> None:
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])
+    _png_with_text(tmp_path / "linear.png", pixels, gamma=100000)
+    image = read_image(tmp_path / "linear.png")
+    for ext in ("jpg", "webp", "tif"):
+        with pytest.warns(ImageWarning) as caught:
+            write_image(tmp_path / f"out.{ext}", image)
+        lines = [str(w.message) for w in caught if "input's" in str(w.message)]
+        assert len(lines) == 1, lines  # one warning naming all of it
+        assert "PNG text (parameters, Copyright, Description and 1 more)" in lines[0]
+        assert "PNG gamma (gAMA 1, not sRGB's 0.45455)" in lines[0]
+    # sRGB's own gamma, or a profile that describes the colours, loses nothing that matters
+    _png_with_text(tmp_path / "srgb.png", pixels, gamma=45455)
+    for path, image in (
+        (tmp_path / "srgb.png", read_image(tmp_path / "srgb.png")),
+        (tmp_path / "linear.png", replace(read_image(tmp_path / "linear.png"), icc_profile=srgb_icc)),
+    ):
+        with pytest.warns(ImageWarning) as caught:
+            write_image(tmp_path / "out.jpg", image, overwrite=True)
+        assert [str(w.message) for w in caught if "gamma" in str(w.message)] == [], path
+
+
+def test_jpeg_comment_kept_jpeg_to_jpeg_and_named_elsewhere(tmp_path: Path, cat: np.ndarray) -> None:
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])
+    Image.fromarray(pixels).save(tmp_path / "in.jpg", comment=b"Scanned from a 1962 slide, Kodachrome")
+    image = read_image(tmp_path / "in.jpg")
+    write_image(tmp_path / "out.jpg", image)
+    assert Image.open(tmp_path / "out.jpg").info["comment"] == b"Scanned from a 1962 slide, Kodachrome"
+    with pytest.warns(ImageWarning, match=r"out\.png: PNG output: the input's comment not written"):
+        write_image(tmp_path / "out.png", image)
+
+
+def test_iptc_is_named_as_not_written(tmp_path: Path, cat: np.ndarray) -> None:
+    """IPTC (a news photo's caption, credit, keywords) in Photoshop's APP13 segment: no writer keeps it, and the
+    output says so instead of losing it without a word."""
+    iptc = b"\x1c\x02\x00\x00\x02\x00\x04\x1c\x02\x78\x00\x0bA lighthouse"  # record version, caption
+    resource = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(iptc)) + iptc + b"\x00" * (len(iptc) % 2)
+    segment = b"Photoshop 3.0\x00" + resource
+    Image.fromarray(np.ascontiguousarray(cat[100:160, 150:230])).save(tmp_path / "plain.jpg")
+    data = (tmp_path / "plain.jpg").read_bytes()
+    app13 = b"\xff\xed" + struct.pack(">H", 2 + len(segment)) + segment
+    (tmp_path / "news.jpg").write_bytes(data[:2] + app13 + data[2:])
+    image = read_image(tmp_path / "news.jpg")
+    for ext in ("jpg", "png", "tif"):
+        with pytest.warns(
+            ImageWarning, match=rf"out\.{ext}: \w+ output: the input's IPTC/Photoshop data not written"
+        ):
+            write_image(tmp_path / f"out.{ext}", image)
+
+
+@pytest.mark.parametrize("src", ["jpg", "png", "tif", "tif-cm", "tif16"])
+@pytest.mark.parametrize("dst", ["png", "jpg", "tiff", "bmp"])
+def test_resolution_is_kept(tmp_path: Path, cat: np.ndarray, src: str, dst: str) -> None:
+    """A 300 dpi scan came out with no resolution (PNG), JFIF's 1:1 "no unit" (JPEG) or 1/1 "no unit" (TIFF),
+    while its EXIF still said 300 dpi. The resolution is kept as it is: the upscaled print is as many times larger
+    as the pixels (Photoshop's resampling keeps the resolution too), and agrees with the EXIF."""
+    import tifffile
+
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])
+    path = tmp_path / f"in.{src[:3]}"
+    if src == "tif-cm":  # 118.11 pixels per centimetre
+        tifffile.imwrite(path, pixels, photometric="rgb", resolution=(118.11, 118.11), resolutionunit=3)
+    elif src == "tif16":  # tifffile's reader
+        tifffile.imwrite(
+            path, pixels.astype(np.uint16) * 257, photometric="rgb", resolution=(300, 300), resolutionunit=2
+        )
+    else:
+        Image.fromarray(pixels).save(path, dpi=(300, 300))
+    image = read_image(path)
+    assert image.dpi is not None and image.dpi == pytest.approx((300, 300), abs=0.01)
+    if dst == "bmp":  # BMP is 8-bit, and holds no EXIF (tifffile's Software tag is one)
+        image = replace(image, pixels=_to8(image.pixels), bit_depth=8, exif=None)
+    write_image(tmp_path / f"out.{dst}", image)
+    with Image.open(tmp_path / f"out.{dst}") as im:
+        assert im.info.get("dpi") == pytest.approx((300, 300), abs=0.01)
+    assert read_image(tmp_path / f"out.{dst}").dpi == pytest.approx((300, 300), abs=0.01)
+
+
+def _to8(pixels: np.ndarray) -> np.ndarray:
+    return pixels if pixels.dtype == np.uint8 else (pixels // 257).astype(np.uint8)
+
+
+def test_resolution_turns_with_the_pixels_and_is_not_made_up(tmp_path: Path, cat: np.ndarray) -> None:
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", dpi=(300, 150), exif=_exif(t274=6))
+    assert read_image(tmp_path / "turned.jpg").dpi == (150, 300)  # x and y swap with a quarter turn
+    # an EXIF without a resolution: Pillow's info["dpi"] says 72, the file says nothing
+    Image.fromarray(pixels).save(tmp_path / "none.jpg", exif=_exif())
+    assert read_image(tmp_path / "none.jpg").dpi is None
+    write_image(tmp_path / "none.tif", read_image(tmp_path / "none.jpg"))
+    assert Image.open(tmp_path / "none.tif").tag_v2.get(296) == 1  # "no unit", as before
+    # a JPEG without JFIF density takes its EXIF's resolution (what Pillow does too)
+    Image.fromarray(pixels).save(tmp_path / "exif.jpg", exif=_exif(t282=240.0, t283=240.0, t296=2))
+    assert read_image(tmp_path / "exif.jpg").dpi == (240, 240)
+
+
+def _exif_with_thumbnail(orientation: int) -> bytes:
+    """A camera's EXIF: IFD0 (make, model, orientation, the Exif IFD with PixelX/YDimension as SHORTs) linked to
+    IFD1, whose JPEG thumbnail shows the pixels as stored (a 16x12 red picture here)."""
+    exif = _exif(t274=orientation)
+    exif.get_ifd(0x8769).update({0xA002: 80, 0xA003: 60, 0x9003: "2024:05:06 07:08:09"})
+    raw = bytearray(exif.tobytes())  # Pillow writes no IFD1: appended here, and linked from IFD0
+    order = "<" if raw[6:8] == b"II" else ">"
+    thumb = io.BytesIO()
+    Image.new("RGB", (16, 12), "red").save(thumb, "JPEG")
+    ifd0 = 6 + struct.unpack(order + "I", raw[10:14])[0]
+    link = ifd0 + 2 + 12 * struct.unpack(order + "H", raw[ifd0 : ifd0 + 2])[0]
+    ifd1 = len(raw) - 6
+    raw[link : link + 4] = struct.pack(order + "I", ifd1)
+    entries = struct.pack(order + "HHIIHHII", 0x0201, 4, 1, ifd1 + 30, 0x0202, 4, 1, len(thumb.getvalue()))
+    return bytes(raw) + struct.pack(order + "H", 2) + entries + bytes(4) + thumb.getvalue()
+
+
+def _thumbnail_of(exif: bytes) -> bool:
+    loaded = Image.Exif()
+    loaded.load(exif)
+    return bool(loaded.get_ifd(ExifTags.IFD.IFD1))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_exif_thumbnail_dropped_when_the_pixels_are_turned(
+    tmp_path: Path, cat: np.ndarray, orientation: int
+) -> None:
+    """With the orientation applied, the EXIF thumbnail (IFD1) still showed the picture on its side, under
+    Orientation 1: the link to it is cut. Unturned pixels keep it. Every other byte stays (maker notes)."""
+    exif = _exif_with_thumbnail(orientation)
+    assert _thumbnail_of(exif)
+    Image.fromarray(np.ascontiguousarray(cat[100:160, 150:230])).save(tmp_path / "in.jpg", exif=exif)
+    image = read_image(tmp_path / "in.jpg")
+    assert image.exif is not None and len(image.exif) == len(exif)
+    assert _thumbnail_of(image.exif) == (orientation == 1)
+    assert _exif_of(image.exif)[274] == 1
+
+
+@pytest.mark.parametrize("dst", ["jpg", "png", "webp", "rows.png"])
+def test_exif_pixel_dimensions_are_the_outputs(tmp_path: Path, cat: np.ndarray, dst: str) -> None:
+    """The Exif IFD's PixelXDimension / PixelYDimension said the input's size (80x60 stored, turned: 60x80)."""
+    import esrgan.imageio
+
+    Image.fromarray(np.ascontiguousarray(cat[100:160, 150:230])).save(
+        tmp_path / "in.jpg", exif=_exif_with_thumbnail(6)
+    )
+    image = read_image(tmp_path / "in.jpg")  # 60 wide, 80 high once turned
+    big = replace(image, pixels=np.repeat(np.repeat(image.pixels, 3, axis=0), 3, axis=1))  # 180 x 240
+    if dst == "rows.png":
+        esrgan.imageio.write_image_rows(tmp_path / dst, image, (240, 180), [big.pixels])
+    else:
+        write_image(tmp_path / f"out.{dst}", big)
+        dst = f"out.{dst}"
+    with Image.open(tmp_path / dst) as im:
+        sub = im.getexif().get_ifd(0x8769)
+        assert (sub[0xA002], sub[0xA003]) == im.size == (180, 240)
+        assert sub[0x9003] == "2024:05:06 07:08:09"
+
+
+def test_exif_pixel_dimensions_past_a_short_become_a_long() -> None:
+    from esrgan.imageio import _exif_with_size
+
+    exif = _exif_with_thumbnail(1)
+    patched = _exif_with_size(exif, 70_000, 300)
+    assert patched is not None and len(patched) == len(exif)
+    sub = _exif_of(patched).get_ifd(0x8769)
+    assert (sub[0xA002], sub[0xA003]) == (70_000, 300)
+
+
+def test_metadata_size_limits_hold_for_xmp_and_png_text(tmp_path: Path, cat: np.ndarray) -> None:
+    """A compressed XMP that inflates past 16 MiB (after the image data, where only our reader of 16-bit PNGs
+    looks) is dropped with a warning, not inflated whole; text chunks past 16 MiB in all are dropped the same way."""
+    pixels = _deep16(np.ascontiguousarray(cat[100:160, 150:230]))
+    path = write_image(tmp_path / "in.png", ImageData(pixels=pixels, bit_depth=16))
+    bomb = zlib.compress(b" " * (17 * 2**20), 9)
+    _insert_png_chunks(path, [(b"iTXt", b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + bomb)], after_idat=True)
+    with pytest.warns(ImageWarning, match=r"in\.png: XMP of 16777217 bytes \(more than 16777216\) dropped"):
+        assert read_image(path).xmp is None
+    text = [(b"tEXt", b"notes\x00" + b"x" * (9 * 2**20)), (b"tEXt", b"more\x00" + b"y" * (9 * 2**20))]
+    _insert_png_chunks(path, text, after_idat=True)
+    with pytest.warns(ImageWarning) as caught:
+        image = read_image(path)
+    assert [str(w.message).split(": ", 1)[1] for w in caught] == [
+        "PNG text past 16777216 bytes dropped (more and after)",
+        "XMP of 16777217 bytes (more than 16777216) dropped",  # still there
+    ]
+    assert len(image.png_chunks) == 1
+
+
+def test_upscale_file_keeps_the_metadata(tmp_path: Path, cat: np.ndarray) -> None:
+    """The Python API's file to file (Upscaler.upscale_file) goes through the same reader and writer."""
+    from conftest import photo_preserving_rrdb
+
+    from esrgan import Upscaler
+
+    Image.fromarray(np.ascontiguousarray(cat[100:130, 150:190])).save(
+        tmp_path / "in.jpg", exif=_exif_with_thumbnail(1), xmp=_XMP, dpi=(300, 300)
+    )
+    with pytest.warns(ImageWarning, match="TIFF keeps only make/model"):  # the EXIF's camera settings
+        Upscaler(photo_preserving_rrdb(0), device="cpu").upscale_file(
+            tmp_path / "in.jpg", tmp_path / "out.tif"
+        )
+    with Image.open(tmp_path / "out.tif") as im:
+        assert im.size == (160, 120) and im.info["dpi"] == (300, 300)
+        assert b"<exif:PixelXDimension>160</exif:PixelXDimension>" in im.info["xmp"]
+
+
+def test_png_compression_for_another_format_is_said_to_be_ignored(tmp_path: Path, cat: np.ndarray) -> None:
+    """--quality on a PNG output warned that it was ignored, --png-compression on a JPEG or TIFF output did not."""
+    import esrgan.imageio
+
+    image = ImageData(pixels=np.ascontiguousarray(cat[100:160, 150:230]))
+    for ext in ("jpg", "webp", "tif"):
+        with pytest.warns(
+            ImageWarning, match=rf"out\.{ext}: PNG compression applies to PNG only; ignored for \w+$"
+        ):
+            write_image(tmp_path / f"out.{ext}", image, png_compression=9)
+    with pytest.warns(
+        ImageWarning, match=r"rows\.tif: PNG compression applies to PNG only; ignored for TIFF"
+    ):
+        esrgan.imageio.write_image_rows(
+            tmp_path / "rows.tif", image, (60, 80), [image.pixels], png_compression=9
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_image(tmp_path / "out.png", image, png_compression=9)

@@ -682,7 +682,10 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         description=(
             "Upscale images with an RRDBNet (ESRGAN) or SRVGGNetCompact (Real-ESRGAN compact) model, tiled with blended overlaps so any size fits in memory. "
             "Existing outputs are skipped (so rerunning an interrupted batch only does the rest) unless "
-            "--overwrite; outputs are written atomically. Bit depth, alpha, ICC profile and EXIF are kept. "
+            "--overwrite; outputs are written atomically. Bit depth, alpha, ICC profile, EXIF, XMP and resolution "
+            "(dpi, as it was: the print grows with the pixels) are kept where the output format holds them (TIFF: "
+            "only the descriptive EXIF tags; JPEG and BMP: no alpha; JPEG, WEBP and BMP: 8 bits; PNG text: PNG only); "
+            "what it cannot hold is named in a warning. "
             "A file that fails is reported in one line and the batch goes on; the exit code is 1 if any failed."
         ),
     )
@@ -708,7 +711,10 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         help="output format (default: the input's; jpeg and tif are accepted too)",
     )
     p.add_argument(
-        "--quality", type=int, help="JPEG quality 1-100 (default 95) or WEBP 0-100 (default: lossless)"
+        "--quality",
+        type=int,
+        help="JPEG or WEBP quality 0-100 (JPEG: default 95, 0 is 1; WEBP: default lossless); PNG and TIFF ignore it, "
+        "with a warning",
     )
     p.add_argument(
         "--png-compression",
@@ -716,7 +722,7 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         choices=range(10),
         metavar="0-9",
         help="zlib level of PNG outputs: 0 = none (largest), 9 = smallest and slowest (default: 1, fast; "
-        "a 2048x2048 photo: docs/benchmarks.md)",
+        "a 2048x2048 photo: docs/benchmarks.md); other formats ignore it, with a warning",
     )
     p.add_argument(
         "--model",

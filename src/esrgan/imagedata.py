@@ -54,7 +54,15 @@ class ImageData:
 
     pixels: HxWxC, C = 1 (grey) or 3 (RGB), uint8 when bit_depth is 8, uint16 when 16 (the file's depth, not the
     range of its values). alpha: HxW with the same dtype, or None. exif: raw EXIF as Pillow writes it ("Exif\\0\\0"
-    followed by the TIFF structure), orientation already applied to the pixels and its tag reset to 1.
+    followed by the TIFF structure), orientation already applied to the pixels and its tag reset to 1 (and its
+    thumbnail, IFD1, dropped then: it shows the pixels unturned).
+
+    The rest of the metadata, each written where the output format holds it (esrgan.imageio.write_image; what it
+    cannot hold is named in one ImageWarning): xmp, the XMP packet (its tiff:Orientation reset to 1 as the EXIF's);
+    dpi, the resolution (x, y) in pixels per inch (kept as it is by an upscale: the print size grows by the scale);
+    comment, a JPEG's (or GIF's) comment, written to JPEG; png_chunks, a PNG's text chunks (tEXt, zTXt, iTXt) and
+    colour chunks (gAMA, cHRM, sRGB) as (type, body), written to PNG; unwritten, what the input held that no writer
+    keeps ("IPTC/Photoshop data"), named in that warning.
 
     Measurement TIFFs (esrgan.datatiff: float, signed or multi-band samples, georeferencing) add: extra, HxWxK
     bands that are neither colour nor alpha (each upscaled alone, as grey), same dtype; valid, HxWxS bool over all
@@ -72,6 +80,11 @@ class ImageData:
     extra: np.ndarray | None = None
     valid: np.ndarray | None = None
     samples: SampleMap | None = None
+    xmp: bytes | None = None
+    dpi: tuple[float, float] | None = None
+    comment: bytes | None = None
+    png_chunks: tuple[tuple[bytes, bytes], ...] = ()
+    unwritten: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.bit_depth not in (8, 16):
