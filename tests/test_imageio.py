@@ -1245,6 +1245,30 @@ def test_resolution_is_kept(tmp_path: Path, cat: np.ndarray, src: str, dst: str)
     assert read_image(tmp_path / f"out.{dst}").dpi == pytest.approx((300, 300), abs=0.01)
 
 
+def test_a_resolution_or_colour_chunk_an_output_cannot_hold_is_named(tmp_path: Path, cat: np.ndarray) -> None:
+    """README: what an output cannot hold is named in one warning per file. A 300 dpi PNG without EXIF to WebP
+    (which holds a resolution only in its EXIF), 70000 dpi to JPEG (JFIF's density is 16-bit), and a PNG's
+    non-sRGB primaries (cHRM, no profile) to JPEG lost them without a word (helper-76's review)."""
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])
+    Image.fromarray(pixels).save(tmp_path / "scan.png", dpi=(300, 300))
+    scan = read_image(tmp_path / "scan.png")
+    with pytest.warns(ImageWarning, match=r"WEBP output: the input's resolution \(300 dpi\) not written"):
+        write_image(tmp_path / "scan.webp", scan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its EXIF carries the resolution: nothing lost
+        Image.fromarray(pixels).save(
+            tmp_path / "exif.png", dpi=(300, 300), exif=_exif(t282=300.0, t283=300.0)
+        )
+        write_image(tmp_path / "exif.webp", read_image(tmp_path / "exif.png"))
+    with pytest.warns(ImageWarning, match=r"resolution \(70000 dpi: a JPEG holds 1-65535\) not written"):
+        write_image(tmp_path / "fine.jpg", replace(scan, dpi=(70000.0, 70000.0)))
+    wide = struct.pack(">8I", 31270, 32900, 73470, 26530, 11400, 82620, 15660, 1770)  # a wide-gamut set
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    _insert_png_chunks(tmp_path / "wide.png", [(b"cHRM", wide)])
+    with pytest.warns(ImageWarning, match=r"the input's PNG chromaticities \(cHRM, not sRGB's\) not written"):
+        write_image(tmp_path / "wide.jpg", read_image(tmp_path / "wide.png"))
+
+
 def _to8(pixels: np.ndarray) -> np.ndarray:
     return pixels if pixels.dtype == np.uint8 else (pixels // 257).astype(np.uint8)
 

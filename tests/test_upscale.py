@@ -704,6 +704,15 @@ def test_model_alpha_at_another_outscale_is_clamped_before_the_resize(alpha_phot
     lo = ndimage.minimum_filter(alpha, 7, mode="nearest").repeat(3, 0).repeat(3, 1)
     hi = ndimage.maximum_filter(alpha, 7, mode="nearest").repeat(3, 0).repeat(3, 1)
     assert out.shape == (3 * h, 3 * w) and (out[hi == 0] == 0).all() and (out[lo == 255] == 255).all()
+    # a float image at a scale that is not an integer: the float resize of a flat 1.0 gave 0.9999998 (helper-76)
+    up = Upscaler(photo_preserving_rrdb(seed=1, spread=0.3), device="cpu", precision="fp32", outscale=3.3)
+    rgba = np.dstack([alpha_photo, alpha]).astype(np.float32) / 255
+    out = up.upscale(rgba)[:, :, 3]
+    oh, ow = out.shape
+    far_in = ndimage.minimum_filter(alpha, 7, mode="nearest")[(np.arange(oh) * h) // oh][
+        :, (np.arange(ow) * w) // ow
+    ]
+    assert (out[far_in == 255] == 1.0).all() and out.max() == 1.0 and out.min() == 0.0
 
 
 def test_alpha_mode_bicubic(alpha_photo: np.ndarray) -> None:

@@ -679,6 +679,14 @@ def _exif_upright(exif: bytes | None, orientation: int) -> bytes | None:
     return bytes(patched)
 
 
+def _exif_has_resolution(exif: bytes | None) -> bool:
+    """Whether IFD0 has XResolution (a reader's resolution where the format has no field of its own: WebP)."""
+    order = _exif_order(exif) if exif else None
+    if order is None or exif is None:
+        return False
+    return any(tag == 282 for _entry, tag, _kind, _count in _ifd_entries(exif, _ifd0(exif, order), order))
+
+
 def _exif_with_size(exif: bytes | None, width: int, height: int) -> bytes | None:
     """The EXIF with the Exif IFD's PixelXDimension / PixelYDimension (the size of the image it describes: the
     input's, until now) set to width x height, where the file has them (one SHORT or LONG each, stored inline: a
@@ -1651,6 +1659,11 @@ def _metadata_for(image: ImageData, fmt: str, path: Path, size: tuple[int, int])
             else f"comment ({len(comment)} bytes: a JPEG holds {_JPEG_MARKER_BYTES})"
         )
         comment = None
+    if image.dpi is not None and not (fmt == "JPEG" and _jfif_dpi(image.dpi) is None):
+        if fmt == "WEBP" and not _exif_has_resolution(exif):  # WebP holds one only in its EXIF
+            dropped.append(f"resolution ({image.dpi[0]:g} dpi)")
+    elif image.dpi is not None:  # JFIF's density is a 16-bit integer
+        dropped.append(f"resolution ({image.dpi[0]:g} dpi: a JPEG holds 1-65535)")
     if chunks and fmt != "PNG":
         keywords = [
             _chunk_name(body.partition(b"\x00")[0][:40]) for kind, body in chunks if kind in _PNG_TEXT
@@ -1662,6 +1675,9 @@ def _metadata_for(image: ImageData, fmt: str, path: Path, size: tuple[int, int])
         srgb = any(kind == b"sRGB" for kind, _ in chunks)
         if gama is not None and not icc and not srgb and abs(int.from_bytes(gama, "big") - _SRGB_GAMA) > 100:
             dropped.append(f"PNG gamma (gAMA {int.from_bytes(gama, 'big') / 100000:g}, not sRGB's 0.45455)")
+        chrm = next((body for kind, body in chunks if kind == b"cHRM" and len(body) == 32), None)
+        if chrm is not None and not icc and not srgb and not _srgb_chromaticities(chrm):
+            dropped.append("PNG chromaticities (cHRM, not sRGB's)")
         chunks = ()
     dropped += image.unwritten
     if dropped:
@@ -1671,6 +1687,15 @@ def _metadata_for(image: ImageData, fmt: str, path: Path, size: tuple[int, int])
     return replace(
         image, icc_profile=icc, exif=exif, xmp=xmp, comment=comment, png_chunks=chunks, unwritten=()
     )
+
+
+_SRGB_CHRM = (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)  # white, red, green, blue x/y * 100000
+
+
+def _srgb_chromaticities(chrm: bytes) -> bool:
+    """Whether a cHRM chunk's white point and primaries are sRGB's (what a reader assumes without them)."""
+    values = struct.unpack(">8I", chrm)
+    return all(abs(v - ref) <= 100 for v, ref in zip(values, _SRGB_CHRM, strict=True))
 
 
 def _listed(names: list[str]) -> str:

@@ -1039,6 +1039,15 @@ class Upscaler:
         resized = np.empty((*size, out.shape[2]), dtype=dtype)
         for c in range(out.shape[2]):
             resized[:, :, c] = _resize_plane(out[:, :, c], size, dtype)
+        if bounds is not None and dtype.kind == "f":  # the float resize of a flat 1.0 gave 0.9999999: the
+            lo, hi = (
+                float(bounds.min()),
+                float(bounds.max()),
+            )  # input's extremes kept exact, as integers keep them
+            near = 4 * float(np.finfo(dtype).eps) * max(1.0, abs(hi), abs(lo))  # the resize's float rounding
+            np.clip(resized, lo, hi, out=resized)
+            resized[resized > hi - near] = hi
+            resized[resized < lo + near] = lo
         return resized
 
     def _upscale_numpy(self, array: np.ndarray, on_tile: Progress | None) -> np.ndarray:
