@@ -123,6 +123,27 @@ def test_paired_folders(hr_dir: Path, tmp_path: Path) -> None:
         PatchDataset(hr_dir, scale=4, patch_size=32, lr_dir=lr_dir)
 
 
+def test_a_paired_lr_of_another_scale_is_refused_before_training(hr_dir: Path, tmp_path: Path) -> None:
+    """An LR folder made at x8 given to a x4 run: the HR was only required to be at least LR x 4, so each pair
+    trained on the HR's top-left quarter against the whole LR (a silent misalignment; BasicSR refuses any pair
+    whose sizes are not exactly LR x scale). Now the HR may exceed LR x scale by less than the scale, on both
+    sides, checked from the headers before anything is drawn."""
+    from esrgan.resize import imresize_np
+
+    lr_dir = tmp_path / "lr8"
+    lr_dir.mkdir()
+    for name in ("a", "b"):
+        hr = np.asarray(Image.open(hr_dir / f"{name}.png"))
+        lr = np.clip(
+            np.round(imresize_np(hr[: hr.shape[0] // 8 * 8, : hr.shape[1] // 8 * 8], scale=0.125)), 0, 255
+        )
+        Image.fromarray(lr.astype(np.uint8)).save(lr_dir / f"{name}.png")
+    with pytest.raises(ConfigError, match=r"lr8/a\.png: LR 18x25 does not match HR a\.png 150x203 at scale 4 \(the LR "
+                       r"of 150x203 is 37x50\)$"):  # fmt: skip
+        PatchDataset(hr_dir, scale=4, patch_size=32, lr_dir=lr_dir)
+    assert PatchDataset(hr_dir, scale=8, patch_size=32, lr_dir=lr_dir).lr_files is not None  # its own scale
+
+
 def test_small_images_and_empty_folders_are_errors(hr_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"a\.png: 150x203 is smaller than the 192x192 training patch"):
         PatchDataset(hr_dir, scale=4, patch_size=192)

@@ -180,6 +180,25 @@ def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
         return to_tensor(np.asarray(im.convert("RGB")))
 
 
+def pair_problem(hr: tuple[int, ...], lr: tuple[int, ...], scale: int, patch_size: int) -> str | None:
+    """Why an LR file (height, width) is not the LR of an HR (height, width) at `scale` (a "{hr}" in it for the HR
+    file's name), or None. The HR may be up to scale - 1 pixels larger on a side (the LR of an HR whose size is no
+    multiple of the scale; it is cut to LR x scale), never more: an LR made at another scale (x8 files for a x4
+    run) passed the old check (HR at least LR x scale) and trained on the HR's top-left corner against the whole
+    LR. Both sides are checked against the patch (only the height was)."""
+    (hh, hw), (lh, lw) = hr[:2], lr[:2]
+    if not (lh * scale <= hh < (lh + 1) * scale and lw * scale <= hw < (lw + 1) * scale):
+        return (
+            f"LR {lw}x{lh} does not match HR {{hr}} {hw}x{hh} at scale {scale} (the LR of {hw}x{hh} is "
+            + (f"{hw // scale}x{hh // scale})")
+        )
+    if lh * scale < patch_size or lw * scale < patch_size:
+        return (
+            f"LR {lw}x{lh} x{scale} is smaller than the {patch_size}x{patch_size} training patch (HR {{hr}})"
+        )
+    return None
+
+
 class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
     """Random aligned (LR, HR) patches; indexed by (image index, sample seed) pairs from InfiniteSampler."""
 
@@ -250,6 +269,11 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                 raise ConfigError(
                     f"{path}: {w}x{h}{shrunk} is smaller than the {patch_size}x{patch_size} training patch"
                 )
+        if self.lr_files is not None:  # from the files' headers, before any step (it was found when drawn)
+            for path, (h, w), lr_path in zip(self.hr_files, sizes, self.lr_files, strict=True):
+                problem = pair_problem((h, w), image_size(lr_path), scale, patch_size)
+                if problem:
+                    raise ConfigError(f"{lr_path}: {problem.format(hr=path.name)}")
         total_mb = sum(h * w * 3 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         self._shared: list[tuple[Tensor, Tensor | None]] | None = None
@@ -320,13 +344,10 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             s = self.scale
             return hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s], None
         lr = read_rgb(self.lr_files[index])
-        need = (lr.shape[0] * self.scale, lr.shape[1] * self.scale)
-        if hr.shape[0] < need[0] or hr.shape[1] < need[1] or lr.shape[0] * self.scale < self.patch_size:
-            raise ImageError(
-                f"{self.lr_files[index]}: LR {lr.shape[1]}x{lr.shape[0]} does not match HR "
-                f"{path.name} {hr.shape[1]}x{hr.shape[0]} at scale {self.scale}"
-            )
-        return hr[: need[0], : need[1]], lr
+        problem = pair_problem(hr.shape[:2], lr.shape[:2], self.scale, self.patch_size)
+        if problem:  # the file changed since the check at the start
+            raise ImageError(f"{self.lr_files[index]}: {problem.format(hr=path.name)}")
+        return hr[: lr.shape[0] * self.scale, : lr.shape[1] * self.scale], lr
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(LR, HR) float CxHxW in [0, 1] for (image index, sample seed)."""
