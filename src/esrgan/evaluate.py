@@ -205,9 +205,15 @@ def _load_model(spec: str, *, device: str, precision: str, tile: int | None) -> 
     from .upscale import Upscaler
 
     options: dict[str, Any] = {"device": device, "precision": precision, "tile": tile}
-    if is_model_file(spec):
-        return Upscaler.from_file(spec, **options)
-    return Upscaler.from_pretrained(spec, **options)
+    up = (
+        Upscaler.from_file(spec, **options)
+        if is_model_file(spec)
+        else Upscaler.from_pretrained(spec, **options)
+    )
+    up.keep_grey = (
+        False  # a grey HR is scored on the model's own RGB output (BasicSR's test), not made grey again
+    )
+    return up
 
 
 def _names(specs: Sequence[str], sr_dirs: Sequence[str | Path] = ()) -> list[str]:

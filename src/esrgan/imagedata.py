@@ -1,7 +1,8 @@
 """The decoded image and what every image reader and writer shares, below all of them.
 
 ImageData (pixels, alpha, bit depth, metadata; a measurement's extra bands, validity and SampleMap), ImageWarning,
-the pixel-limit refusal, un-premultiplying, quiet tifffile reads and the BigTIFF threshold. esrgan.datatiff,
+the pixel-limit refusal, un-premultiplying, quiet tifffile reads, the BigTIFF threshold and channels_equal (a
+grey image stored as colour: upscale and video's batched frames). esrgan.datatiff,
 esrgan.dicom and esrgan.imageio (which dispatches to both, and re-exports these names: import them from there)
 build on this module, and it imports none of them: the image modules import downwards only.
 """
@@ -250,3 +251,16 @@ def tifffile_quiet() -> Iterator[None]:
         yield
     finally:
         _TIFFFILE_FILTER.local.active = False
+
+
+def channels_equal(colour: np.ndarray) -> bool:
+    """Whether an HxWx3 array has R == G == B at every pixel (a grey image stored as colour). Compared a band of
+    rows at a time: a colour image is told apart at its first band with a colour pixel, not after a whole pass."""
+    step = max(1, 2**20 // max(1, colour.shape[1]))
+    for y in range(0, colour.shape[0], step):
+        band = colour[y : y + step]
+        if not (
+            np.array_equal(band[:, :, 0], band[:, :, 1]) and np.array_equal(band[:, :, 1], band[:, :, 2])
+        ):
+            return False
+    return True

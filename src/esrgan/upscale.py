@@ -72,6 +72,7 @@ from .device import (
 )
 from .errors import CheckpointError, EsrganError, OutOfMemoryWarning, one_line, out_of_memory
 from .generator import RRDBNet
+from .imagedata import channels_equal
 from .imageio import PIL_LAYOUTS, ImageData, ImageWarning, cmyk_to_rgb, profile_fits
 from .tiling import (
     EXACT_COST,
@@ -333,6 +334,10 @@ class Upscaler:
         self.outscale = outscale
         self.fit = None if fit is None else (fit[0], fit[1])
         self.fit_even = False  # video sets it on its copy: the free side of a fitted size even
+        # a grey image stored as colour (R == G == B) comes back grey: the colour model's output channels averaged,
+        # as a grey image's are. esrgan evaluate sets it False: the literature's protocol (BasicSR's test) scores
+        # the colour model's own RGB output of a grey image read as three equal channels
+        self.keep_grey = True
 
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -621,7 +626,7 @@ class Upscaler:
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
         runner = self.runner_for(dtype)
-        grey = colour.shape[2] == 3 and channels_equal(colour)
+        grey = self.keep_grey and colour.shape[2] == 3 and channels_equal(colour)
         if grey:  # a grey image stored as colour: the grey path, its output's channels equal again
             colour = colour[:, :, :1]
         model_alpha = alpha is not None and self.alpha_mode == "model" and not constant(alpha)
@@ -728,7 +733,7 @@ class Upscaler:
     def _passes(self, colour: np.ndarray, alpha: np.ndarray | None) -> int:
         """Passes of the model upscale_planes makes over these planes: a grey image stored as colour is one, and
         an alpha plane of one value none."""
-        grey = colour.shape[2] == 3 and channels_equal(colour)
+        grey = self.keep_grey and colour.shape[2] == 3 and channels_equal(colour)
         model_alpha = alpha is not None and self.alpha_mode == "model" and not constant(alpha)
         return self._colour_passes(1 if grey else colour.shape[2]) + model_alpha
 
@@ -952,7 +957,9 @@ class Upscaler:
             raise EsrganError(f"cannot upscale row by row: {reason}")
         plane, dtype = image.pixels, image.pixels.dtype
         h, w = plane.shape[:2]
-        grey = plane.shape[2] == 3 and channels_equal(plane)  # as upscale_planes: the grey path
+        grey = (
+            self.keep_grey and plane.shape[2] == 3 and channels_equal(plane)
+        )  # as upscale_planes: the grey path
         if grey:
             plane = plane[:, :, :1]
         if tile is None:  # else the tile `retrying` chose for this attempt
@@ -1160,19 +1167,6 @@ def _interpolated(model: Generator, other: str | Path | Generator, alpha: float)
     )
     mixed.load_state_dict(sd, strict=True)
     return mixed.eval().requires_grad_(False)
-
-
-def channels_equal(colour: np.ndarray) -> bool:
-    """Whether an HxWx3 array has R == G == B at every pixel (a grey image stored as colour). Compared a band of
-    rows at a time: a colour image is told apart at its first band with a colour pixel, not after a whole pass."""
-    step = max(1, 2**20 // max(1, colour.shape[1]))
-    for y in range(0, colour.shape[0], step):
-        band = colour[y : y + step]
-        if not (
-            np.array_equal(band[:, :, 0], band[:, :, 1]) and np.array_equal(band[:, :, 1], band[:, :, 2])
-        ):
-            return False
-    return True
 
 
 def constant(plane: np.ndarray) -> bool:

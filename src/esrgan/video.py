@@ -1133,7 +1133,7 @@ def upscale_frames(upscaler: Upscaler, frames: list[np.ndarray]) -> list[np.ndar
         )
         upscaler.release()
         return upscale_frames(upscaler, frames)
-    from .upscale import channels_equal
+    from .imagedata import channels_equal
 
     outs = []
     for i, f in enumerate(frames):
