@@ -465,6 +465,27 @@ def test_pil_keeps_icc_and_exif(up: Upscaler, photo_small: np.ndarray) -> None:
     assert out.info["icc_profile"] == icc and out.info["exif"] == exif.tobytes()
 
 
+def test_pil_keeps_xmp_resolution_and_comment_as_files_do(
+    up: Upscaler, photo_small: np.ndarray, tmp_path: Path
+) -> None:
+    """A PIL image kept only its ICC profile and EXIF, where the file path keeps XMP, the resolution and a JPEG
+    comment too (session 30): they are in the result's info now, where Pillow's readers put them (a notebook's
+    `out.save(path, dpi=out.info["dpi"], xmp=out.info["xmp"])`). Read from a real JPEG."""
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
+    Image.fromarray(photo_small).save(tmp_path / "scan.jpg", dpi=(300, 300), comment=b"slide 12", xmp=xmp)
+    with Image.open(tmp_path / "scan.jpg") as img:
+        img.load()
+        out = up.upscale(img)
+    assert out.info["xmp"] == xmp and out.info["comment"] == b"slide 12"
+    assert out.info["dpi"] == pytest.approx((300, 300))  # kept as it is: the print grows with the pixels
+    out.save(
+        tmp_path / "out.jpg"
+    )  # Pillow's JPEG writer takes the comment from info; dpi= and xmp= are asked
+    with Image.open(tmp_path / "out.jpg") as saved:
+        assert saved.info["comment"] == b"slide 12"
+        assert saved.size == (4 * photo_small.shape[1], 4 * photo_small.shape[0])
+
+
 def test_pil_profile_is_kept_only_where_it_fits_the_output(up: Upscaler, photo_small: np.ndarray) -> None:
     """Modes converted to RGB on the way keep the ICC profile only where its colour space is the output's: the Lab
     profile Pillow gives a LAB image, left on the RGB output, makes colour-managed conversion of it fail."""

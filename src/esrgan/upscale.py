@@ -1113,8 +1113,11 @@ class Upscaler:
         # the profile only where it describes the output: a LAB, CMYK or YCbCr image's no longer does
         if icc is not None and profile_fits(icc, 1 if out.ndim == 2 or out.shape[2] <= 2 else 3):
             result.info["icc_profile"] = icc
-        if "exif" in image.info:
-            result.info["exif"] = image.info["exif"]
+        # what Pillow's writers take from info by default, as the file path keeps them (README, Metadata): the EXIF,
+        # XMP, the resolution (kept as it is: the print grows with the pixels) and a JPEG comment
+        for key in ("exif", "xmp", "dpi", "comment"):
+            if key in image.info:
+                result.info[key] = image.info[key]
         return result
 
 
