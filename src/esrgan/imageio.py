@@ -639,12 +639,21 @@ def _ifd0(exif: bytes, order: _ExifOrder) -> int:
     return tiff + int.from_bytes(exif[tiff + 4 : tiff + 8], order)
 
 
+def _ifd0_entries(exif: bytes | None) -> tuple[_ExifOrder, list[tuple[int, int, int, int]]] | None:
+    """The byte order and IFD0's entries (_ifd_entries) of an EXIF; None when there is none or it is malformed."""
+    order = _exif_order(exif) if exif else None
+    if order is None or exif is None:
+        return None
+    return order, list(_ifd_entries(exif, _ifd0(exif, order), order))
+
+
 def _orientation_offset(exif: bytes) -> tuple[int, _ExifOrder] | None:
     """Offset of IFD0's Orientation value inside exif, and the byte order; None when absent or malformed."""
-    order = _exif_order(exif)
-    if order is None:
+    found = _ifd0_entries(exif)
+    if found is None:
         return None
-    for entry, tag, kind, _count in _ifd_entries(exif, _ifd0(exif, order), order):
+    order, entries = found
+    for entry, tag, kind, _count in entries:
         if tag == _ORIENTATION_TAG and kind == 3:  # SHORT, value stored inline
             return entry + 8, order
     return None
@@ -681,23 +690,22 @@ def _exif_upright(exif: bytes | None, orientation: int) -> bytes | None:
 
 def _exif_has_resolution(exif: bytes | None) -> bool:
     """Whether IFD0 has XResolution (a reader's resolution where the format has no field of its own: WebP)."""
-    order = _exif_order(exif) if exif else None
-    if order is None or exif is None:
-        return False
-    return any(tag == 282 for _entry, tag, _kind, _count in _ifd_entries(exif, _ifd0(exif, order), order))
+    found = _ifd0_entries(exif)
+    return found is not None and any(tag == 282 for _entry, tag, _kind, _count in found[1])
 
 
 def _exif_with_size(exif: bytes | None, width: int, height: int) -> bytes | None:
     """The EXIF with the Exif IFD's PixelXDimension / PixelYDimension (the size of the image it describes: the
     input's, until now) set to width x height, where the file has them (one SHORT or LONG each, stored inline: a
     SHORT too small for the new size becomes a LONG, in the same 4 bytes). Every other byte is left untouched."""
-    order = _exif_order(exif) if exif else None
-    if order is None or exif is None:
+    found = _ifd0_entries(exif)
+    if found is None or exif is None:
         return exif
+    order, entries = found
     sub = next(
         (
             int.from_bytes(exif[entry + 8 : entry + 12], order)
-            for entry, tag, kind, count in _ifd_entries(exif, _ifd0(exif, order), order)
+            for entry, tag, kind, count in entries
             if tag == _EXIF_IFD_POINTER and kind in (4, 13) and count == 1
         ),
         None,

@@ -626,10 +626,10 @@ class Upscaler:
             raise EsrganError(f"pixels must be uint8, uint16 or float, not {dtype}")
         h, w = colour.shape[:2]
         runner = self.runner_for(dtype)
-        grey = self.keep_grey and colour.shape[2] == 3 and channels_equal(colour)
+        grey = self._stored_grey(colour)
         if grey:  # a grey image stored as colour: the grey path, its output's channels equal again
             colour = colour[:, :, :1]
-        model_alpha = alpha is not None and self.alpha_mode == "model" and not constant(alpha)
+        model_alpha = self._model_alpha(alpha)
         colour_passes = self._colour_passes(colour.shape[2])
         passes = colour_passes + model_alpha
         if alpha is not None:
@@ -733,9 +733,16 @@ class Upscaler:
     def _passes(self, colour: np.ndarray, alpha: np.ndarray | None) -> int:
         """Passes of the model upscale_planes makes over these planes: a grey image stored as colour is one, and
         an alpha plane of one value none."""
-        grey = self.keep_grey and colour.shape[2] == 3 and channels_equal(colour)
-        model_alpha = alpha is not None and self.alpha_mode == "model" and not constant(alpha)
-        return self._colour_passes(1 if grey else colour.shape[2]) + model_alpha
+        channels = 1 if self._stored_grey(colour) else colour.shape[2]
+        return self._colour_passes(channels) + self._model_alpha(alpha)
+
+    def _stored_grey(self, colour: np.ndarray) -> bool:
+        """Whether HxWxC colour is a grey image stored as colour (R == G == B), which takes the grey path."""
+        return self.keep_grey and colour.shape[2] == 3 and channels_equal(colour)
+
+    def _model_alpha(self, alpha: np.ndarray | None) -> bool:
+        """Whether an alpha plane goes through the model: alpha_mode "model", and more than one value in it."""
+        return alpha is not None and self.alpha_mode == "model" and not constant(alpha)
 
     def retrying(self, height: int, width: int, dtype: np.dtype, attempt: Callable[[int], T]) -> T:
         """attempt(tile) with the tile of an image of this size and dtype; while it raises a TileError of a forward
@@ -957,9 +964,7 @@ class Upscaler:
             raise EsrganError(f"cannot upscale row by row: {reason}")
         plane, dtype = image.pixels, image.pixels.dtype
         h, w = plane.shape[:2]
-        grey = (
-            self.keep_grey and plane.shape[2] == 3 and channels_equal(plane)
-        )  # as upscale_planes: the grey path
+        grey = self._stored_grey(plane)  # as upscale_planes: the grey path
         if grey:
             plane = plane[:, :, :1]
         if tile is None:  # else the tile `retrying` chose for this attempt
@@ -1046,11 +1051,9 @@ class Upscaler:
         resized = np.empty((*size, out.shape[2]), dtype=dtype)
         for c in range(out.shape[2]):
             resized[:, :, c] = _resize_plane(out[:, :, c], size, dtype)
-        if bounds is not None and dtype.kind == "f":  # the float resize of a flat 1.0 gave 0.9999999: the
-            lo, hi = (
-                float(bounds.min()),
-                float(bounds.max()),
-            )  # input's extremes kept exact, as integers keep them
+        if bounds is not None and dtype.kind == "f":
+            # the float resize of a flat 1.0 gave 0.9999999: the input's extremes kept exact, as integers keep them
+            lo, hi = float(bounds.min()), float(bounds.max())
             near = 4 * float(np.finfo(dtype).eps) * max(1.0, abs(hi), abs(lo))  # the resize's float rounding
             np.clip(resized, lo, hi, out=resized)
             resized[resized > hi - near] = hi
