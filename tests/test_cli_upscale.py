@@ -525,21 +525,22 @@ def test_a_name_pattern_giving_no_file_name_is_refused(
 def test_an_output_file_we_cannot_write_is_refused_before_anything_is_made(
     tmp_path: Path, photos: Path, models: dict[str, Path]
 ) -> None:
-    """`-o x.gif`: .gif is read but not written, and the name was taken for a folder: "x.gif/face_x4.png", exit 0.
-    A named output must be a file of the input's kind (an image for an image, a video for a video)."""
+    """`-o x.gif` (when GIF was read but not written; now `-o x.ppm`): the name was taken for a folder,
+    "x.gif/face_x4.png", exit 0. A named output must be a file of the input's kind (an image for an image, a video
+    for a video)."""
     from esrgan.errors import EsrganError
     from esrgan.pipeline import output_folder, plan_jobs
 
     before = sorted(tmp_path.iterdir())
-    r = run_cli("upscale", photos / "face.png", "-o", "x.gif", "--model", models["tiny"], cwd=tmp_path)
+    r = run_cli("upscale", photos / "face.png", "-o", "x.ppm", "--model", models["tiny"], cwd=tmp_path)
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
-        "esrgan: error: -o x.gif: esrgan does not write .gif files; name a .png, .jpg, .webp, .tif or .bmp image, "
+        "esrgan: error: -o x.ppm: esrgan does not write .ppm files; name a .png, .jpg, .webp, .tif, .bmp or .gif image, "
         "a .mp4, .mkv, .mov, .webm or .avi video, or a folder"
     ]
-    assert sorted(tmp_path.iterdir()) == before  # no folder x.gif/
-    (tmp_path / "old.gif").mkdir()  # an existing folder keeps its name, whatever its suffix
-    assert output_folder(tmp_path / "old.gif") == tmp_path / "old.gif"
+    assert sorted(tmp_path.iterdir()) == before  # no folder x.ppm/
+    (tmp_path / "old.ppm").mkdir()  # an existing folder keeps its name, whatever its suffix
+    assert output_folder(tmp_path / "old.ppm") == tmp_path / "old.ppm"
     assert output_folder(tmp_path / "out.v2") == tmp_path / "out.v2"  # not a media suffix: a folder
     for src, dst, message in [
         ("a.png", "b.mp4", "-o b.mp4 names a video but a.png is an image; name a .png, .jpg"),

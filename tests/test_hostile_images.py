@@ -456,8 +456,8 @@ def test_upscale_batch_with_hostile_files(tmp_path: Path) -> None:
     assert all(line.startswith("esrgan: ") for line in lines), proc.stderr  # warnings and errors only
     assert sorted(next(name for name in bad if name in line) for line in errors) == sorted(bad)
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    # GIF is read, not written: PNG out
-    assert outputs == ["animated_x2.png", "float_x2.tif", "rgb8_x2.png", "rgb_x2.jpg"]
+    # an animated GIF stays one (esrgan.animation: tests/test_animation.py)
+    assert outputs == ["animated_x2.gif", "float_x2.tif", "rgb8_x2.png", "rgb_x2.jpg"]
 
 
 # --- not files at all: FIFOs and devices -------------------------------------------------------------------------------

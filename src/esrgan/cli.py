@@ -684,8 +684,9 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
             "Existing outputs are skipped (so rerunning an interrupted batch only does the rest) unless "
             "--overwrite; outputs are written atomically. Bit depth, alpha, ICC profile, EXIF, XMP and resolution "
             "(dpi, as it was: the print grows with the pixels) are kept where the output format holds them (TIFF: "
-            "only the descriptive EXIF tags; JPEG and BMP: no alpha; JPEG, WEBP and BMP: 8 bits; PNG text: PNG only); "
-            "what it cannot hold is named in a warning. "
+            "only the descriptive EXIF tags; JPEG and BMP: no alpha; JPEG, WEBP, BMP and GIF: 8 bits; GIF: 256 colours a "
+            "frame, all-or-nothing transparency; PNG text: PNG only); what it cannot hold is named in a warning. "
+            "Animated GIF, APNG and WebP: every frame, with its display time and the loop count. "
             "A file that fails is reported in one line and the batch goes on; the exit code is 1 if any failed."
         ),
     )
@@ -707,8 +708,10 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         type=_format_arg,
-        choices=["png", "jpg", "webp", "tiff"],
-        help="output format (default: the input's; jpeg and tif are accepted too)",
+        choices=["png", "jpg", "webp", "tiff", "gif"],
+        help="output format (default: the input's; a still GIF's is png; jpeg and tif are accepted too). An animated "
+        "GIF, PNG or WebP stays animated in gif, png (APNG) or webp, every frame upscaled; jpg and tiff take its first "
+        "frame",
     )
     p.add_argument(
         "--quality",

@@ -12,7 +12,9 @@ binary PPM by reading its samples directly. Everything else is Pillow.
 Writing is atomic (esrgan.atomic), keeps the metadata where the output format holds it (ICC profile, EXIF, XMP,
 resolution; a PNG's text and gamma chunks PNG to PNG, a JPEG comment JPEG to JPEG; what it cannot hold is named in
 one ImageWarning), writes 16-bit PNG/TIFF when the image is 16-bit, and converts to 8 bits (rounded) for
-JPEG/WEBP/BMP. GIF and other Pillow formats are read but not written.
+JPEG/WEBP/BMP/GIF (GIF: a palette of 256 colours made for each frame, 1-bit transparency). Animations (GIF, APNG,
+animated WebP) are read a frame at a time (read_frames) and written from frames held as they come
+(AnimationWriter): esrgan.animation upscales them. Other Pillow formats are read but not written.
 
 Measurement TIFFs and DICOM are read and written by esrgan.datatiff and esrgan.dicom, which this module dispatches
 to. ImageData, ImageWarning and the helpers those modules share with this one live below all three, in
@@ -90,15 +92,21 @@ WRITE_FORMATS = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
     ".bmp": "BMP",
+    ".gif": "GIF",
     ".dcm": "DICOM",
     ".dicom": "DICOM",
 }
 """Output extensions and the format each selects (format names are accepted too, case-insensitively). DICOM is
 written for DICOM inputs only (esrgan.dicom)."""
 
-MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "DICOM": 65535}
+ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
+"""Formats read and written as animations (GIF, APNG, animated WebP): every frame of such an input is upscaled into
+an output in one of them (esrgan.animation); another output format gets the first frame, with a warning."""
+
+MAX_SIDE = {"JPEG": 65500, "WEBP": 16383, "GIF": 65535, "DICOM": 65535}
 """The largest width or height each format's writer takes: libjpeg(-turbo)'s JPEG_MAX_DIMENSION (the format's own
-16-bit fields would allow 65535), libwebp's WEBP_MAX_DIMENSION, DICOM's 16-bit Rows / Columns. PNG and TIFF hold
+16-bit fields would allow 65535), libwebp's WEBP_MAX_DIMENSION, GIF's 16-bit screen size, DICOM's 16-bit Rows /
+Columns. PNG and TIFF hold
 anything an upscaler makes. Checked before the model runs (check_writable with the output's size), so a 20-minute
 upscale does not end in an encoder's error."""
 MAX_FILE_BYTES = {"BMP": 2**32 - 1, "DICOM": 2**32 - 2}
@@ -259,9 +267,16 @@ def read_image(
     problem = special_file(path)
     if problem is not None:  # before any open(): opening a FIFO waits for a writer, for ever
         raise ImageError(f"{path}: not a regular file ({problem})")
+    with _read_errors(path, max_pixels), in_hand(path):
+        return _read_any(path, max_pixels, measurements, value_range)
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path, max_pixels: int, where: str = "") -> Iterator[None]:
+    """Every way a decoder fails, as one ImageError line naming the file (and `where` in it: "frame 3 of 20")."""
+    at = f"{path}: {where}: " if where else f"{path}: "
     try:
-        with in_hand(path):
-            return _read_any(path, max_pixels, measurements, value_range)
+        yield
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -269,7 +284,7 @@ def read_image(
         # own check sees the size: say it in our words, with the pixel count from Pillow's message
         found = re.search(r"\((\d+) pixels\)", str(exc))
         if found is None:
-            raise ImageError(f"{path}: refused by Pillow's decompression-bomb guard ({exc})") from None
+            raise ImageError(f"{at}refused by Pillow's decompression-bomb guard ({exc})") from None
         count = int(found.group(1))
         if count > max_pixels:
             raise too_many_pixels(path, str(count), max_pixels) from None
@@ -278,7 +293,7 @@ def read_image(
             "(2 x PIL.Image.MAX_IMAGE_PIXELS, its decompression-bomb guard); raise that to read it"
         ) from None
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{at}no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image") from None
     except PermissionError:
@@ -288,7 +303,7 @@ def read_image(
             raise ImageError(f"{path}: empty file (0 bytes)") from None
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
     except MemoryError:
-        raise ImageError(f"{path}: not enough memory to decode it") from None
+        raise ImageError(f"{at}not enough memory to decode it") from None
     except (
         OSError,
         SyntaxError,
@@ -301,7 +316,7 @@ def read_image(
         struct.error,
         zlib.error,
     ) as exc:
-        raise ImageError(f"{path}: corrupt or truncated image ({_one_line(exc)})") from None
+        raise ImageError(f"{at}corrupt or truncated image ({_one_line(exc)})") from None
 
 
 _IN_HAND = threading.local()
@@ -423,7 +438,11 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def _read_opened(im: ImageFile.ImageFile, path: Path, max_pixels: int) -> ImageData:
+def _read_opened(
+    im: ImageFile.ImageFile, path: Path, max_pixels: int, *, first_frame: bool = False
+) -> ImageData:
+    """The image Pillow opened, decoded with its metadata. first_frame: an animation's first frame, read by
+    read_frames (no warning that the other frames are left out: they are read too)."""
     width, height = im.size
     if width <= 0 or height <= 0:
         raise ImageError(f"{path}: image has zero size ({width}x{height})")
@@ -433,7 +452,7 @@ def _read_opened(im: ImageFile.ImageFile, path: Path, max_pixels: int) -> ImageD
     frames = int(getattr(im, "n_frames", 1))
     if fmt == "MPO":  # a phone JPEG followed by previews or depth maps: not an animation
         fmt, frames = "JPEG", 1
-    if frames > 1:
+    if frames > 1 and not first_frame:
         warnings.warn(
             f"{path}: animated {fmt} with {frames} frames; only the first is used",
             ImageWarning,
@@ -1503,13 +1522,13 @@ def _output_format(path: Path, format: str | None) -> str:
         name = {"JPG": "JPEG", "TIF": "TIFF"}.get(name, name)
         if name not in set(WRITE_FORMATS.values()):
             raise ImageError(
-                f"{path}: cannot write format {format!r} (choose from png, jpeg, webp, tiff, bmp, dicom)"
+                f"{path}: cannot write format {format!r} (choose from png, jpeg, webp, tiff, bmp, gif, dicom)"
             )
         return name
     found = WRITE_FORMATS.get(path.suffix.lower())
     if found is None:
         raise ImageError(
-            f"{path}: unknown output extension {path.suffix!r} (use .png, .jpg, .webp, .tif, .bmp or .dcm)"
+            f"{path}: unknown output extension {path.suffix!r} (use .png, .jpg, .webp, .tif, .bmp, .gif or .dcm)"
         )
     return found
 
@@ -1645,7 +1664,8 @@ def _metadata_for(image: ImageData, fmt: str, path: Path, size: tuple[int, int])
     """image's metadata as a `fmt` output of `size` (height, width) holds it: the EXIF's and XMP's pixel size made
     the output's, and what the format cannot hold removed, named in one ImageWarning (the writers then write all
     that is left). PNG holds everything but a comment; JPEG XMP (one segment), a comment and the resolution; WebP
-    XMP; TIFF XMP and the resolution; BMP the resolution only. The IPTC/Photoshop data no writer keeps."""
+    XMP; TIFF XMP and the resolution; BMP the resolution only; GIF a comment only. The IPTC/Photoshop data no
+    writer keeps."""
     height, width = size
     exif, xmp = _exif_with_size(image.exif, width, height), image.xmp
     if xmp is not None:
@@ -1654,13 +1674,13 @@ def _metadata_for(image: ImageData, fmt: str, path: Path, size: tuple[int, int])
         )
     dropped: list[str] = []
     icc, comment, chunks = image.icc_profile, image.comment, image.png_chunks
-    if fmt == "BMP":
+    if fmt in ("BMP", "GIF"):
         dropped += [name for name, v in (("ICC profile", icc), ("EXIF", exif), ("XMP", xmp)) if v]
         icc = exif = xmp = None
     if xmp is not None and fmt == "JPEG" and len(xmp) > _JPEG_XMP_BYTES:
         dropped.append(f"XMP ({len(xmp)} bytes: a JPEG holds {_JPEG_XMP_BYTES})")
         xmp = None
-    if comment is not None and (fmt != "JPEG" or len(comment) > _JPEG_MARKER_BYTES):
+    if comment is not None and fmt != "GIF" and (fmt != "JPEG" or len(comment) > _JPEG_MARKER_BYTES):
         dropped.append(
             "comment"
             if fmt != "JPEG"
@@ -1668,7 +1688,9 @@ def _metadata_for(image: ImageData, fmt: str, path: Path, size: tuple[int, int])
         )
         comment = None
     if image.dpi is not None and not (fmt == "JPEG" and _jfif_dpi(image.dpi) is None):
-        if fmt == "WEBP" and not _exif_has_resolution(exif):  # WebP holds one only in its EXIF
+        if (
+            fmt == "WEBP" and not _exif_has_resolution(exif)
+        ) or fmt == "GIF":  # WebP holds one only in its EXIF
             dropped.append(f"resolution ({image.dpi[0]:g} dpi)")
     elif image.dpi is not None:  # JFIF's density is a 16-bit integer
         dropped.append(f"resolution ({image.dpi[0]:g} dpi: a JPEG holds 1-65535)")
@@ -1764,7 +1786,7 @@ def size_problem(fmt: str, height: int, width: int, image: ImageData, path: Path
     return None
 
 
-_FORMAT_NAMES = {"JPEG": "JPEG", "WEBP": "WebP", "DICOM": "DICOM", "BMP": "BMP"}
+_FORMAT_NAMES = {"JPEG": "JPEG", "WEBP": "WebP", "GIF": "GIF", "DICOM": "DICOM", "BMP": "BMP"}
 _SMALLER = "use --format png or tiff, or a smaller --outscale (or --width / --height)"
 
 
@@ -1819,6 +1841,9 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
         fmt == "TIFF"
     ):  # tifffile, 8-bit too: Pillow's libtiff writer failed on a camera EXIF (sub-IFD pointers)
         _write_tiff(tmp, image, path)
+        return
+    if fmt == "GIF":  # one frame (an animation: AnimationWriter)
+        gif_frame(image).save(tmp, format="GIF", **({"comment": image.comment} if image.comment else {}))
         return
     pixels, alpha = _to_8bit(image.pixels), None if image.alpha is None else _to_8bit(image.alpha)
     if fmt in ("JPEG", "BMP") and alpha is not None:  # readers ignore a BMP's 4th byte (Pillow included)
@@ -2003,3 +2028,256 @@ def _tiff_tiles(
             held, count = ([rest] if len(rest) else []), len(rest)
     if written != height:
         raise ValueError(f"{written} rows given for an image {height} high")
+
+
+# --- animated images: GIF, APNG, animated WebP -----------------------------------------------------------------------
+def is_animated(path: str | os.PathLike[str]) -> bool:
+    """Whether path is an animation (a GIF, APNG or WebP of more than one frame), from its header and the start of
+    its second frame only. False for a still image, a multi-page TIFF (pages, not frames), an MPO (a phone JPEG
+    with previews) and a file that cannot be opened (read_image says what is wrong with it)."""
+    path = Path(path)
+    if special_file(path) is not None:
+        return False
+    try:
+        # the header only: a size beyond Pillow's bomb limits is read_image's to refuse, in its words
+        with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.format in ANIMATED_FORMATS and bool(getattr(im, "is_animated", False))
+    except Exception:  # any decoder failure: not an animation we can read; read_image reports it
+        return False
+
+
+class Frames:
+    """An animation opened by read_frames: its first frame with the file's metadata (as read_image reads it),
+    count, loop (how many times it plays as the file says, Pillow's convention: 0 = for ever; None = the file says
+    nothing, which for a GIF means once) and default_image (an APNG whose first frame is the still image shown by
+    readers without animation support, not part of the animation). Iterating gives every frame in order (the first
+    included) as (ImageData, duration in ms): full frames at the canvas size, as a viewer shows them (Pillow
+    composites each frame onto the ones before it, by their disposal and blend), RGB or RGBA, 8 bits."""
+
+    def __init__(self, im: ImageFile.ImageFile, path: Path, max_pixels: int) -> None:
+        self._im, self._path, self._max_pixels = im, path, max_pixels
+        self.count = int(getattr(im, "n_frames", 1))
+        self.loop: int | None = im.info.get("loop") if isinstance(im.info.get("loop"), int) else None
+        self.default_image = bool(im.info.get("default_image"))
+        exif = _normalise_exif(im.info.get("exif"), path)
+        self._orientation = _exif_orientation(exif)
+        self.first = _read_opened(im, path, max_pixels, first_frame=True)
+        self._first_duration = _duration(im)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of every frame."""
+        return self.first.height, self.first.width
+
+    def __iter__(self) -> Iterator[tuple[ImageData, float]]:
+        yield self.first, self._first_duration
+        for k in range(1, self.count):
+            with _read_errors(self._path, self._max_pixels, f"frame {k + 1} of {self.count}"):
+                self._im.seek(k)
+                self._im.load()
+                if self._im.size != (self.first.width, self.first.height):
+                    raise ImageError(
+                        f"{self._path}: frame {k + 1} of {self.count} is {self._im.size[0]}x{self._im.size[1]}, "
+                        f"the first {self.first.width}x{self.first.height}"
+                    )
+                pixels, alpha, _, _ = _pil_to_arrays(self._im, self._path, None)
+            pixels = _orient(pixels, self._orientation)
+            alpha = None if alpha is None else _orient(alpha, self._orientation)
+            yield replace(self.first, pixels=pixels, alpha=alpha, bit_depth=8), _duration(self._im)
+
+
+def _duration(im: Image.Image) -> float:
+    """The loaded frame's display time in ms (0 where the file gives none, as a GIF without a control block)."""
+    value = im.info.get("duration")
+    return float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
+
+
+@contextlib.contextmanager
+def read_frames(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Frames]:
+    """Open an animation (GIF, APNG, animated WebP) to read its frames one at a time (Frames): only one frame is
+    decoded at a time. The canvas is checked against max_pixels from the header, as read_image checks an image;
+    each frame that cannot be decoded is one ImageError line naming the file and the frame."""
+    path = Path(path)
+    problem = special_file(path)
+    if problem is not None:
+        raise ImageError(f"{path}: not a regular file ({problem})")
+    with contextlib.ExitStack() as stack:
+        with _read_errors(path, max_pixels), in_hand(path):
+            with _pillow_bomb_warning_silenced(max_pixels):  # its lock only while the header is read
+                im = Image.open(path)
+            stack.callback(im.close)
+            if im.format not in ANIMATED_FORMATS:
+                raise ImageError(f"{path}: {im.format} is no animation (GIF, APNG or WebP)")
+            frames = Frames(im, path, max_pixels)
+        yield frames
+
+
+def _rgb8(image: ImageData) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image's colour as 8-bit RGB (grey repeated) and its alpha as 8 bits (None when there is none)."""
+    pixels = _to_8bit(image.pixels)
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return pixels, None if image.alpha is None else _to_8bit(image.alpha)
+
+
+ANIMATION_BYTES = {"GIF": (2, 1), "PNG": (4, 5), "WEBP": (4, 5)}
+"""Host memory an AnimationWriter takes, in bytes per pixel of every output frame: (held until save, added by the
+encoder while save writes). Measured with 24 frames of 1280x960 on a 2-core AMD EPYC Zen 4 (Pillow 13): GIF held
+1.85 (the palette image and its quantizer's leftovers) and its encoder added 0.4; APNG and WebP held 4.0 (Pillow
+keeps RGB in 4 bytes a pixel) and their encoders added 4.7 and 4.4 (a copy of every frame, and the deltas)."""
+
+GIF_TRANSPARENT = 255
+"""The palette index of transparent pixels in the GIFs written here (the other 255 are the frame's colours)."""
+
+
+def gif_frame(image: ImageData) -> Image.Image:
+    """image as one GIF frame: a palette of at most 256 colours made for it by median cut (Pillow's, without
+    dithering: dithering noise changes from frame to frame and flickers, and it cost 1-4 dB here), and pixels whose
+    alpha is below half transparent (GIF's transparency is all or nothing: GIF_TRANSPARENT, the other pixels then
+    take 255 colours). What is under transparent pixels takes no colour of the palette."""
+    pixels, alpha = _rgb8(image)
+    clear = None if alpha is None else alpha < 128
+    if clear is None or not clear.any():
+        return Image.fromarray(pixels).quantize(256, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    seen = ~clear
+    if seen.any():  # the hidden pixels take a visible colour, so that they take no entry of the palette
+        pixels = pixels.copy()
+        pixels[clear] = pixels[seen][0]
+    indexed = Image.fromarray(pixels).quantize(255, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    index = np.asarray(indexed).copy()  # 0..254: 255 colours at most
+    index[clear] = GIF_TRANSPARENT
+    out = Image.fromarray(index, mode="P")
+    palette = (indexed.getpalette() or [])[: 3 * GIF_TRANSPARENT]
+    out.putpalette(palette + [0] * (3 * 256 - len(palette)))
+    out.info["transparency"] = GIF_TRANSPARENT
+    return out
+
+
+class AnimationWriter:
+    """The frames of an animated output (GIF, APNG or animated WebP), held as they come and written atomically by
+    save(). `like` is the input's first frame: its metadata, where the format holds it (GIF a comment; APNG and
+    WebP the ICC profile, EXIF and XMP, APNG its text chunks and resolution too), and what cannot be held named in
+    one ImageWarning, as write_image does. Frames are held in the form the encoder takes (GIF: palette images, 1
+    byte a pixel; APNG and WebP: 8-bit RGB or RGBA); repeat() holds one again without another copy.
+
+    loop: None plays once (a GIF without a loop count), else Pillow's count (0 = for ever). quality: WebP's (default
+    lossless); png_compression: APNG's zlib level. A 16-bit frame is written in 8 bits (GIF and WebP hold no more;
+    nor does Pillow's APNG writer)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        like: ImageData,
+        *,
+        format: str | None = None,
+        quality: int | None = None,
+        png_compression: int | None = None,
+        loop: int | None = None,
+        default_image: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.fmt = _output_format(self.path, format)
+        if self.fmt not in ANIMATED_FORMATS:
+            raise ImageError(f"{self.path}: {self.fmt} holds no animation (GIF, PNG or WebP do)")
+        if quality is not None and self.fmt != "WEBP":
+            warnings.warn(
+                f"{self.path}: quality applies to JPEG and WEBP only; ignored for {self.fmt}",
+                ImageWarning,
+                stacklevel=2,
+            )
+        elif quality is not None and not 0 <= quality <= 100:
+            raise ImageError(f"{self.path}: quality must be between 0 and 100, not {quality}")
+        self.quality, self.level = quality, _png_level(png_compression, self.fmt, self.path)
+        self.loop, self.default_image = loop, default_image
+        self.like = like
+        self.frames: list[Image.Image] = []
+        self.durations: list[float] = []
+        self.transparent = False
+
+    def add(self, image: ImageData, duration: float) -> int:
+        """Hold the next frame (displayed for `duration` ms); returns its index, for repeat()."""
+        if self.fmt == "GIF":
+            frame = gif_frame(image)
+            self.transparent |= "transparency" in frame.info
+        else:
+            pixels, alpha = _rgb8(image)
+            if alpha is not None and alpha.min() < 255:
+                frame = Image.fromarray(np.concatenate([pixels, alpha[:, :, None]], axis=2))
+                self.transparent = True
+            else:
+                frame = Image.fromarray(pixels)
+        self.frames.append(frame)
+        self.durations.append(duration)
+        return len(self.frames) - 1
+
+    def repeat(self, index: int, duration: float) -> None:
+        """Hold frame `index` again as the next frame (an input frame seen before: its output is the same)."""
+        self.frames.append(self.frames[index])
+        self.durations.append(duration)
+
+    def save(self, *, overwrite: bool = False) -> Path:
+        """Write the frames held to path, atomically (an existing file: OutputExistsError unless overwrite)."""
+        if not self.frames:
+            raise ImageError(f"{self.path}: no frames to write")
+        if not overwrite and self.path.exists():
+            raise OutputExistsError(self.path)
+        first = self.frames[0]
+        size = (first.height, first.width)
+        check_writable(self.like, self.fmt, self.path, size)
+        like = _metadata_for(self.like, self.fmt, self.path, size)
+        frames, durations = self.frames, self.durations
+        if self.default_image and self.fmt != "PNG" and len(frames) > 1:
+            frames, durations = (
+                frames[1:],
+                durations[1:],
+            )  # an APNG's still image is no frame of the animation
+        elif self.default_image:  # Pillow's durations are the animation's, after the still image
+            durations = durations[1:]
+        if self.fmt != "GIF" and self.transparent:  # one mode for every frame: the encoders take the first's
+            frames = [f if f.mode == "RGBA" else f.convert("RGBA") for f in frames]
+        options: dict[str, Any] = {"save_all": True, "append_images": frames[1:], "duration": durations}
+        if self.fmt == "GIF":
+            if self.loop is not None:
+                options["loop"] = self.loop
+            if (
+                self.transparent
+            ):  # each frame replaces the one before; without it the one before shows through
+                options["disposal"] = 2
+            if like.comment:
+                options["comment"] = like.comment
+        else:
+            options["loop"] = 1 if self.loop is None else self.loop
+            icc = _profile_fitting(like.icc_profile, 3, self.path)
+            if icc:
+                options["icc_profile"] = icc
+            if like.exif:
+                bare = like.exif.removeprefix(_EXIF_HEADER)
+                options["exif"] = bare if self.fmt == "WEBP" else _EXIF_HEADER + bare
+        if self.fmt == "PNG":
+            options.update(compress_level=self.level, default_image=self.default_image and len(frames) > 1)
+            if like.dpi is not None:
+                options["dpi"] = like.dpi
+            info = PngImagePlugin.PngInfo()
+            for kind, body in _png_extra_chunks(like):
+                if kind != b"pHYs":
+                    info.add(kind, body)
+            options["pnginfo"] = info
+        elif self.fmt == "WEBP":
+            if like.xmp:
+                options["xmp"] = like.xmp
+            if self.quality is None:
+                options.update(lossless=True, quality=100, exact=True)
+            else:
+                options.update(quality=self.quality)
+        try:
+            with atomic_path(self.path, overwrite=overwrite) as tmp, in_hand(self.path):
+                frames[0].save(tmp, format=self.fmt, **options)
+        except (OutputExistsError, ImageError):
+            raise
+        except OSError as exc:
+            raise ImageError(f"{self.path}: cannot write ({exc.strerror or _one_line(exc)})") from None
+        except (ValueError, SyntaxError, struct.error, RuntimeError) as exc:
+            raise ImageError(f"{self.path}: cannot encode as {self.fmt} ({_one_line(exc)})") from None
+        return self.path

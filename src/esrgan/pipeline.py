@@ -13,7 +13,8 @@ images whatever the batch size. Pillow's decoders/encoders, zlib and torch relea
 On the CPU the reader and writers run at the lowest scheduling priority: the model's threads keep the cores, and
 decoding/encoding fill the gaps (as equals they slowed the model's OpenMP threads: see _yield_to_the_model).
 Videos are one job each, run by the model stage through esrgan.video.upscale_video, which overlaps its own frame
-decoding and encoding; the pipeline gives them the same skip/error/summary handling.
+decoding and encoding; so are animated images (GIF, APNG, WebP) written to a format that holds an animation
+(esrgan.animation.upscale_animation). The pipeline gives them the same skip/error/summary handling.
 
 Ctrl-C (KeyboardInterrupt in the model stage; `esrgan upscale` raises one for SIGTERM too) stops the reader after
 its current decode and the writers after their current file (written whole and atomically: a rerun skips it);
@@ -233,7 +234,7 @@ def _format_scale(scale: float) -> str:
     return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
 
 
-_WRITABLE_IMAGE = "a .png, .jpg, .webp, .tif or .bmp image"
+_WRITABLE_IMAGE = "a .png, .jpg, .webp, .tif, .bmp or .gif image"
 _WRITABLE_VIDEO = "a .mp4, .mkv, .mov, .webm or .avi video"
 
 
@@ -312,10 +313,11 @@ def plan_jobs(
     """Destination of each source: -o FILE (one input, image extension), else a folder (default ./upscaled).
 
     name: pattern with {name} (input stem), {scale} (a number, or a target size's label), {ext} and {model}; {ext}
-    is --format's extension, else the
-    input's when we can write that format, else png. Sources found under a folder keep their sub-folders.
+    is --format's extension, else the input's when we can write that format (a GIF's only when it is animated: a
+    still one is written as PNG, which keeps every colour), else png. Sources found under a folder keep their
+    sub-folders.
     """
-    from .imageio import WRITE_FORMATS
+    from .imageio import WRITE_FORMATS, is_animated
 
     out = output_folder(output)
     if out is None:
@@ -348,6 +350,8 @@ def plan_jobs(
             ext = {"jpeg": "jpg", "tif": "tiff"}.get(format.lower(), format.lower())
         elif unnamed_dicom:
             ext = "dcm"
+        elif suffix == ".gif":  # an animation stays one; a still GIF gains every colour as a PNG
+            ext = "gif" if is_animated(src) else "png"
         else:
             ext = suffix.lstrip(".") if suffix in WRITE_FORMATS else "png"
         label = scale if isinstance(scale, str) else _format_scale(scale)  # a target size's label as it is
@@ -614,6 +618,7 @@ class _Item:
     start: float = 0.0
     image: ImageData | None = None
     precision: str = ""
+    animation: bool = False  # read and upscaled a frame at a time by the model stage (esrgan.animation)
 
 
 class _Batch:
@@ -668,6 +673,7 @@ class _Batch:
 
     # stages: each takes an item and returns it for the next stage, or None when the item ended here
     def read(self, item: _Item) -> _Item | None:
+        from .animation import is_animation_job
         from .atomic import writable_reason
         from .imageio import DEFAULT_MAX_PIXELS, check_writable, read_image, special_file
 
@@ -685,6 +691,9 @@ class _Batch:
         if reason is not None:
             self.failed(item, f"{item.job.src}: cannot write {item.job.dst} ({reason})")
             return None
+        if is_animation_job(item.job.src, item.job.dst, self.output.format):
+            item.animation = True  # its frames are read one at a time by the model stage
+            return item
         try:
             item.image = read_image(
                 item.job.src,
@@ -756,6 +765,9 @@ class _Batch:
             if is_video_job(item.job):
                 self._video(item)
                 return None
+            if item.animation:
+                self._animation(item)
+                return None
             assert item.image is not None
             if self._streamed(item.image, item.job):
                 self._stream(item)
@@ -821,6 +833,17 @@ class _Batch:
             )  # fmt: skip
         for note in done.notes:
             self.report.line(f"esrgan: note: {item.job.src}: {note}", error=True)
+        item.precision = self.upscaler.last_precision
+        self.written(item, done.summary())
+
+    def _animation(self, item: _Item) -> None:
+        from .animation import upscale_animation
+
+        done = upscale_animation(
+            self.upscaler, item.job.src, item.job.dst, format=self.output.format, quality=self.output.quality,
+            png_compression=self.output.png_compression, overwrite=self.output.overwrite,
+            max_pixels=self.max_pixels, on_frame=self.report.on_frame,
+        )  # fmt: skip
         item.precision = self.upscaler.last_precision
         self.written(item, done.summary())
 

@@ -536,14 +536,23 @@ class Upscaler:
 
         An existing dst raises OutputExistsError before any work unless overwrite. png_compression: zlib level 0-9
         for PNG output (default esrgan.imageio.DEFAULT_PNG_COMPRESSION, a fast one). For many files,
-        esrgan.pipeline.upscale_files overlaps reading, upscaling and writing.
+        esrgan.pipeline.upscale_files overlaps reading, upscaling and writing. An animated GIF, APNG or WebP
+        written as GIF, PNG or WebP is upscaled frame by frame (esrgan.animation.upscale_animation; on_tile is not
+        called); into another format, its first frame, with a warning.
         """
+        from .animation import is_animation_job, upscale_animation
         from .atomic import OutputExistsError
         from .imageio import DEFAULT_MAX_PIXELS, read_image, write_image
 
         dst = Path(dst)
         if not overwrite and dst.exists():
             raise OutputExistsError(dst)
+        if is_animation_job(Path(src), dst, format):
+            done = upscale_animation(
+                self, src, dst, format=format, quality=quality, png_compression=png_compression,
+                overwrite=overwrite, max_pixels=max_pixels,
+            )  # fmt: skip
+            return done.dst
         data = read_image(
             src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, measurements=True
         )

@@ -1,0 +1,163 @@
+"""Animated images: every frame of a GIF, APNG or animated WebP through an Upscaler, written back as an animation.
+
+    from esrgan import Upscaler
+    from esrgan.animation import upscale_animation
+    up = Upscaler.from_pretrained("realesrgan-x4plus-anime")
+    upscale_animation(up, "sticker.gif", "sticker_x4.gif")   # or up.upscale_file(...), or `esrgan upscale`
+
+Each frame is the full picture a viewer shows at that moment (esrgan.imageio.read_frames: Pillow composites a
+frame onto the ones before it by their disposal and blend), upscaled as an image on its own (alpha included), and
+written as a full frame with the source's display times and loop count (esrgan.imageio.AnimationWriter). Frames
+equal to an earlier one (a pause, a cycle: common in GIFs) go through the model once.
+
+Only one input frame is decoded at a time, but the output frames are held until the file is written (Pillow's
+encoders take them all at once): about 2 bytes an output pixel for a GIF, 4 for APNG and WebP, and the encoder adds
+about 1 and 5 while it writes (esrgan.imageio.ANIMATION_BYTES, measured). That is checked against the free memory before the first frame (`animation_memory`), in one line
+saying what would fit. The output is written atomically when the last frame is done: a stopped or failed run
+leaves nothing (an animation is not resumed: the video path, esrgan.video, resumes long clips).
+
+GIF output: a palette of at most 256 colours made for each frame by median cut, no dithering, transparency all or
+nothing, display times in hundredths of a second (the format's): a larger image needs no more colours, so an
+upscaled GIF looks as its source did, larger. `--format png` (APNG) or `webp` keep every colour and alpha level.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import EsrganError, format_bytes
+from .imageio import (
+    ANIMATED_FORMATS,
+    ANIMATION_BYTES,
+    DEFAULT_MAX_PIXELS,
+    AnimationWriter,
+    is_animated,
+    output_format,
+    read_frames,
+)
+
+if TYPE_CHECKING:
+    from .imagedata import ImageData
+    from .upscale import Upscaler
+
+FrameProgress = Callable[[int, int | None], None]
+"""on_frame(done, total): frames done so far and how many the animation holds."""
+
+
+@dataclass
+class AnimationResult:
+    src: Path
+    dst: Path
+    frames: int  # frames in the output
+    upscaled: int  # frames put through the model (the others repeat one of them)
+    duration: float  # seconds the animation plays once
+    seconds: float  # wall time of this run
+
+    def summary(self) -> str:
+        repeated = self.frames - self.upscaled
+        again = f", {repeated} repeated (upscaled once)" if repeated else ""
+        return (
+            f"{self.src} -> {self.dst}: {self.frames} frames{again}, {self.duration:.2f} s of animation, "
+            f"{self.seconds:.1f} s"
+        )
+
+
+def is_animation_job(src: Path, dst: Path, format: str | None = None) -> bool:
+    """Whether src is an animation and dst a format that holds one (GIF, APNG, WebP): upscale_animation's job.
+    An animation written to another format (JPEG, TIFF, BMP) is an image: its first frame, with a warning."""
+    try:
+        fmt = output_format(dst, format)
+    except EsrganError:
+        return False
+    return fmt in ANIMATED_FORMATS and is_animated(src)
+
+
+def animation_memory(frames: int, height: int, width: int, fmt: str) -> int:
+    """Host memory the output frames of a `fmt` animation take until the file is written, estimated: held as they
+    come and added by the encoder while it writes (esrgan.imageio.ANIMATION_BYTES, measured)."""
+    held, encoder = ANIMATION_BYTES[fmt]
+    return frames * height * width * (held + encoder)
+
+
+def upscale_animation(
+    upscaler: Upscaler,
+    src: str | Path,
+    dst: str | Path,
+    *,
+    format: str | None = None,
+    quality: int | None = None,
+    png_compression: int | None = None,
+    overwrite: bool = False,
+    max_pixels: int | None = None,
+    on_frame: FrameProgress | None = None,
+) -> AnimationResult:
+    """Every frame of the animation src through upscaler, written to dst (GIF, PNG as APNG, or WebP: from format
+    or dst's extension) with the display times and loop count of src. An existing dst raises OutputExistsError
+    before anything is read unless overwrite; a frame that cannot be decoded, or output frames that would not fit
+    in the free memory, raise one EsrganError line naming src; nothing is written unless every frame was done."""
+    from .atomic import OutputExistsError
+    from .device import host_memory_available
+    from .imageio import check_writable, in_hand
+
+    start = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    # on a copy, whose host_reserve is this animation's; the precision it ends in goes back to the caller's
+    caller, upscaler = upscaler, copy.copy(upscaler)
+    if not overwrite and dst.exists():
+        raise OutputExistsError(dst)
+    with read_frames(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels) as frames:
+        height, width = upscaler.output_size(*frames.size)
+        check_writable(frames.first, format, dst, (height, width))
+        writer = AnimationWriter(
+            dst,
+            frames.first,
+            format=format,
+            quality=quality,
+            png_compression=png_compression,
+            loop=frames.loop,
+            default_image=frames.default_image,
+        )
+        need = animation_memory(frames.count, height, width, writer.fmt)
+        free = host_memory_available()
+        if free is not None and need + upscaler.host_bytes(frames.first)[0] > free:
+            held = sum(ANIMATION_BYTES[writer.fmt])
+            raise EsrganError(
+                f"{src}: the {frames.count} frames of {width}x{height} need about {format_bytes(need)} of memory "
+                f"until the {writer.fmt} file is written (about {held} bytes an output pixel, held and encoded) "
+                f"and {format_bytes(free)} is free: try a smaller --outscale (or --width / --height), or make it "
+                "a video (ffmpeg -i in.gif out.mp4) and upscale that"
+            )
+        upscaler.host_reserve = need
+        seen: dict[bytes, int] = {}
+        upscaled = 0
+        total = 0.0
+        with in_hand(src):  # the model's warnings (smaller tiles after an out-of-memory) name the file
+            for done, (image, duration) in enumerate(frames, start=1):
+                key = _frame_key(image)
+                if key in seen:
+                    writer.repeat(seen[key], duration)
+                else:
+                    seen[key] = writer.add(upscaler.upscale_image(image), duration)
+                    upscaled += 1
+                total += duration
+                if on_frame is not None:
+                    on_frame(done, frames.count)
+        count = frames.count
+    caller.last_precision = upscaler.last_precision
+    writer.save(overwrite=overwrite)
+    return AnimationResult(src, dst, count, upscaled, total / 1000.0, time.perf_counter() - start)
+
+
+def _frame_key(image: ImageData) -> bytes:
+    """A frame's pixels and alpha, hashed: equal keys, equal frames (and so equal outputs)."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(image.pixels.tobytes())
+    digest.update(b"" if image.alpha is None else image.alpha.tobytes())
+    digest.update(repr(image.pixels.shape).encode())
+    return digest.digest()
