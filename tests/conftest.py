@@ -235,6 +235,32 @@ def run_cli(
     )
 
 
+def run_cli_in_address_space(
+    extra: int,
+    *args: str | Path,
+    preload: str = "torch, esrgan.upscale",
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """run_cli with a real address-space limit (RLIMIT_AS) of `extra` bytes beyond what the process has mapped once
+    `preload` is imported (what esrgan.device.host_memory_available then sees as free): relative, because a CUDA
+    build of torch maps ~3.1 GB at import and the CPU build ~0.65 GB."""
+    code = (
+        f"import resource, sys, {preload}\n"
+        "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, (vm + {extra},) * 2)\n"
+        "from esrgan.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
 # --- a real memory limit (a cgroup v1 memory group) ---------------------------------------------------------------------
 V1_MEMORY = Path("/sys/fs/cgroup/memory")
 

@@ -4,14 +4,11 @@ references are each frame as Pillow composites it, upscaled alone by an Upscaler
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import photo_preserving_rrdb, psnr, run_cli
+from conftest import photo_preserving_rrdb, psnr, run_cli, run_cli_in_address_space
 from PIL import Image, ImageCms, ImageSequence
 
 from esrgan import Upscaler
@@ -252,17 +249,9 @@ def test_frames_that_do_not_fit_in_memory_are_refused_before_the_model(
     images = [Image.fromarray(f) for f in frames]
     images[0].save(folder / "long.webp", save_all=True, append_images=images[1:], duration=50, lossless=True)
     save(folder / "short.webp", pan(photo)[:2], lossless=True)
-    code = (
-        "import resource, sys, torch, esrgan.upscale\n"
-        "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (vm + 450 * 2**20,) * 2)\n"
-        "from esrgan.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))"
-    )
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-c", code, "upscale", str(folder), "-o", str(out), "--model", str(model),
-                        "--outscale", "16", *SETTINGS], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    r = run_cli_in_address_space(450 * 2**20, "upscale", folder, "-o", out, "--model", model, "--outscale", "16",
+                                 *SETTINGS, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     assert r.returncode == 1, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -25,7 +24,7 @@ from PIL import Image
 av = pytest.importorskip("av")
 
 import kill_video  # noqa: E402  (tools/ is on pytest's pythonpath: see pyproject.toml)
-from conftest import bound_upscaler, photo_preserving_rrdb, run_cli  # noqa: E402
+from conftest import bound_upscaler, photo_preserving_rrdb, run_cli, run_cli_in_address_space  # noqa: E402
 from make_clip import make_clip, pattern  # noqa: E402
 
 from esrgan.checkpoints import save_model  # noqa: E402
@@ -324,16 +323,10 @@ def test_a_video_whose_frames_do_not_fit_in_memory_is_refused_before_any_frame(
     make_clip(folder / "wide.mp4", size=(480, 272), seconds=0.2, audio=False)
     Image.fromarray(pattern(0, 40, 32)).save(folder / "still.png")
     out = tmp_path / "out"
-    code = (
-        "import resource, sys, av, torch, esrgan.upscale, esrgan.video\n"
-        "vm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (vm + 450 * 2**20,) * 2)\n"
-        "from esrgan.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))"
-    )
-    r = subprocess.run([sys.executable, "-c", code, "upscale", str(folder), "-o", str(out), "--model", str(tiny_file),
-                        "--device", "cpu", "--precision", "fp32", "--quiet"], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    r = run_cli_in_address_space(
+        450 * 2**20, "upscale", folder, "-o", out, "--model", tiny_file, "--device", "cpu", "--precision", "fp32",
+        "--quiet", preload="av, torch, esrgan.upscale, esrgan.video", env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
     assert r.returncode == 1, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(
