@@ -2128,6 +2128,11 @@ encoder while save writes). Measured with 24 frames of 1280x960 on a 2-core AMD 
 1.85 (the palette image and its quantizer's leftovers) and its encoder added 0.4; APNG and WebP held 4.0 (Pillow
 keeps RGB in 4 bytes a pixel) and their encoders added 4.7 and 4.4 (a copy of every frame, and the deltas)."""
 
+ANIMATED_WEBP_EFFORT = (50, 0)
+"""Pillow's (quality, method) of a lossless animated WebP: libwebp's effort, not the pixels (lossless is exact).
+8 frames of 640x480 on a 2-core AMD EPYC Zen 4: 0.15 s and 3377 KiB, against 3.34 s and 2831 KiB at a still
+WebP's (100, 4): 22x quicker for 19 % more bytes, which matters when every frame pays it (--quality N for lossy)."""
+
 GIF_TRANSPARENT = 255
 """The palette index of transparent pixels in the GIFs written here (the other 255 are the frame's colours)."""
 
@@ -2163,7 +2168,7 @@ class AnimationWriter:
     byte a pixel; APNG and WebP: 8-bit RGB or RGBA); repeat() holds one again without another copy.
 
     loop: None plays once (a GIF without a loop count), else Pillow's count (0 = for ever). quality: WebP's (default
-    lossless); png_compression: APNG's zlib level. A 16-bit frame is written in 8 bits (GIF and WebP hold no more;
+    lossless, at the quickest effort: ANIMATED_WEBP_EFFORT); png_compression: APNG's zlib level. A 16-bit frame is written in 8 bits (GIF and WebP hold no more;
     nor does Pillow's APNG writer)."""
 
     def __init__(
@@ -2267,8 +2272,8 @@ class AnimationWriter:
         elif self.fmt == "WEBP":
             if like.xmp:
                 options["xmp"] = like.xmp
-            if self.quality is None:
-                options.update(lossless=True, quality=100, exact=True)
+            if self.quality is None:  # lossless at libwebp's quickest effort: every frame costs it again
+                options.update(lossless=True, quality=ANIMATED_WEBP_EFFORT[0], method=ANIMATED_WEBP_EFFORT[1])
             else:
                 options.update(quality=self.quality)
         try:
