@@ -7,18 +7,26 @@
 
 Each frame is the full picture a viewer shows at that moment (esrgan.imageio.read_frames: Pillow composites a
 frame onto the ones before it by their disposal and blend), upscaled as an image on its own (alpha included), and
-written as a full frame with the source's display times and loop count (esrgan.imageio.AnimationWriter). Frames
-equal to an earlier one (a pause, a cycle: common in GIFs) go through the model once.
+written as a full frame with the source's display times and the number of times it plays (a GIF's loop count N is
+N + 1 plays, as browsers play it; APNG's and WebP's count plays: esrgan.imageio.AnimationWriter). Frames equal to
+an earlier one (a pause, a cycle: common in GIFs) go through the model once.
 
 Only one input frame is decoded at a time, but the output frames are held until the file is written (Pillow's
-encoders take them all at once): about 2 bytes an output pixel for a GIF, 4 for APNG and WebP, and the encoder adds
-about 1 and 5 while it writes (esrgan.imageio.ANIMATION_BYTES, measured). That is checked against the free memory before the first frame (`animation_memory`), in one line
-saying what would fit. The output is written atomically when the last frame is done: a stopped or failed run
-leaves nothing (an animation is not resumed: the video path, esrgan.video, resumes long clips).
+encoders take them all at once, and a GIF's palette is made from all of them): about 4 bytes an output pixel, and
+the encoder adds about 2 (GIF) or 5 (APNG, WebP) while it writes (esrgan.imageio.ANIMATION_BYTES, measured). That
+is checked against the free memory before the first frame (`animation_memory`), in one line saying what would
+help. The output is written atomically when the last frame is done: a stopped or failed run leaves nothing (an
+animation is not resumed: the video path, esrgan.video, resumes long clips).
 
-GIF output: a palette of at most 256 colours made for each frame by median cut, no dithering, transparency all or
-nothing, display times in hundredths of a second (the format's): a larger image needs no more colours, so an
-upscaled GIF looks as its source did, larger. `--format png` (APNG) or `webp` keep every colour and alpha level.
+GIF output: one palette of 256 colours for the whole animation (as FFmpeg's palettegen makes by default: what does
+not move keeps its colour, so it does not flicker, and the encoder writes only what changed), nearest colours
+without dithering, transparency all or nothing, display times in whole hundredths of a second (frames under 20 ms
+apart left out, with a warning, so that the animation keeps its speed). `--format png` (APNG) or `webp` keep every
+colour, alpha level and display time.
+
+Known limits (Pillow's compositing, which read_frames uses): a GIF area cleared by disposal 2 is filled with the
+background colour where browsers show it transparent, and an APNG frame blended "over" with partial alpha is
+blended as Pillow blends it (a half-transparent square over an opaque frame came out with alpha 191, not 255).
 """
 
 from __future__ import annotations
@@ -120,7 +128,7 @@ def upscale_animation(
             format=format,
             quality=quality,
             png_compression=png_compression,
-            loop=frames.loop,
+            plays=frames.plays,
             default_image=frames.default_image,
         )
         need = animation_memory(frames.count, height, width, writer.fmt)

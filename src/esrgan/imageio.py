@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import itertools
 import os
 import re
 import stat
@@ -1846,6 +1847,8 @@ def _encode(tmp: Path, image: ImageData, fmt: str, quality: int | None, path: Pa
         gif_frame(image).save(tmp, format="GIF", **({"comment": image.comment} if image.comment else {}))
         return
     pixels, alpha = _to_8bit(image.pixels), None if image.alpha is None else _to_8bit(image.alpha)
+    if fmt in ("JPEG", "BMP") and alpha is not None and int(alpha.min()) == 255:
+        alpha = None  # opaque everywhere (an animated WebP decodes as RGBA): nothing to composite or say
     if fmt in ("JPEG", "BMP") and alpha is not None:  # readers ignore a BMP's 4th byte (Pillow included)
         warnings.warn(f"{path}: {fmt} has no alpha channel; composited on white", ImageWarning, stacklevel=3)
         a = alpha.astype(np.float32)[:, :, None] / 255.0
@@ -2050,20 +2053,38 @@ def is_animated(path: str | os.PathLike[str]) -> bool:
 
 class Frames:
     """An animation opened by read_frames: its first frame with the file's metadata (as read_image reads it),
-    count, loop (how many times it plays as the file says, Pillow's convention: 0 = for ever; None = the file says
-    nothing, which for a GIF means once) and default_image (an APNG whose first frame is the still image shown by
-    readers without animation support, not part of the animation). Iterating gives every frame in order (the first
+    count, plays (how many times it plays: 0 = for ever; a GIF's loop count N is N + 1 plays, as browsers play it,
+    and no loop count is 1) and default_image (an APNG whose first frame is the still image shown by readers
+    without animation support, not part of the animation). Iterating gives every frame in order (the first
     included) as (ImageData, duration in ms): full frames at the canvas size, as a viewer shows them (Pillow
-    composites each frame onto the ones before it, by their disposal and blend), RGB or RGBA, 8 bits."""
+    composites each frame onto the ones before it, by their disposal and blend; a GIF frame reaching past the
+    canvas is cut to it, as browsers do), RGB or RGBA (or grey), 8 bits but for 16-bit grey APNGs."""
 
     def __init__(self, im: ImageFile.ImageFile, path: Path, max_pixels: int) -> None:
         self._im, self._path, self._max_pixels = im, path, max_pixels
         self.count = int(getattr(im, "n_frames", 1))
-        self.loop: int | None = im.info.get("loop") if isinstance(im.info.get("loop"), int) else None
+        size = path.stat().st_size
+        if im.format == "PNG" and self.count > size // _APNG_FRAME_BYTES:  # acTL's count is only a claim
+            raise ImageError(
+                f"{path}: corrupt APNG: it claims {self.count} frames in {size} bytes (each takes "
+                f"{_APNG_FRAME_BYTES} at least)"
+            )
+        loop = im.info.get("loop")
+        if im.format == "GIF":  # the NETSCAPE loop count repeats the animation: N + 1 plays
+            self.plays = 1 if not isinstance(loop, int) else 0 if loop == 0 else loop + 1
+        else:
+            self.plays = loop if isinstance(loop, int) and loop >= 0 else 1
         self.default_image = bool(im.info.get("default_image"))
         exif = _normalise_exif(im.info.get("exif"), path)
         self._orientation = _exif_orientation(exif)
-        self.first = _read_opened(im, path, max_pixels, first_frame=True)
+        first = _read_opened(im, path, max_pixels, first_frame=True)
+        self._canvas = im.size
+        if (
+            first.bit_depth == 16
+        ):  # our 16-bit PNG reader: the frame as Pillow gives the others, to compare them
+            im.load()
+            first = replace(first, **self._arrays())
+        self.first = first
         self._first_duration = _duration(im)
 
     @property
@@ -2071,21 +2092,28 @@ class Frames:
         """(height, width) of every frame."""
         return self.first.height, self.first.width
 
+    def _arrays(self) -> dict[str, Any]:
+        """The loaded frame's pixels, alpha and bit depth, cut to the canvas and turned upright."""
+        im: Image.Image = self._im
+        if im.size != self._canvas:  # a GIF frame past the canvas: Pillow grows the image, browsers cut it
+            im = im.crop((0, 0, *self._canvas))
+        pixels, alpha, depth, _ = _pil_to_arrays(im, self._path, None)
+        pixels = _orient(pixels, self._orientation)
+        alpha = None if alpha is None else _orient(alpha, self._orientation)
+        return {"pixels": pixels, "alpha": alpha, "bit_depth": depth}
+
     def __iter__(self) -> Iterator[tuple[ImageData, float]]:
         yield self.first, self._first_duration
         for k in range(1, self.count):
             with _read_errors(self._path, self._max_pixels, f"frame {k + 1} of {self.count}"):
                 self._im.seek(k)
                 self._im.load()
-                if self._im.size != (self.first.width, self.first.height):
-                    raise ImageError(
-                        f"{self._path}: frame {k + 1} of {self.count} is {self._im.size[0]}x{self._im.size[1]}, "
-                        f"the first {self.first.width}x{self.first.height}"
-                    )
-                pixels, alpha, _, _ = _pil_to_arrays(self._im, self._path, None)
-            pixels = _orient(pixels, self._orientation)
-            alpha = None if alpha is None else _orient(alpha, self._orientation)
-            yield replace(self.first, pixels=pixels, alpha=alpha, bit_depth=8), _duration(self._im)
+                arrays = self._arrays()
+            yield replace(self.first, **arrays), _duration(self._im)
+
+
+_APNG_FRAME_BYTES = 38
+"""The least an APNG frame takes: its fcTL chunk (12 bytes of chunk, 26 of data)."""
 
 
 def _duration(im: Image.Image) -> float:
@@ -2122,11 +2150,12 @@ def _rgb8(image: ImageData) -> tuple[np.ndarray, np.ndarray | None]:
     return pixels, None if image.alpha is None else _to_8bit(image.alpha)
 
 
-ANIMATION_BYTES = {"GIF": (2, 1), "PNG": (4, 5), "WEBP": (4, 5)}
+ANIMATION_BYTES = {"GIF": (4, 2), "PNG": (4, 5), "WEBP": (4, 5)}
 """Host memory an AnimationWriter takes, in bytes per pixel of every output frame: (held until save, added by the
-encoder while save writes). Measured with 24 frames of 1280x960 on a 2-core AMD EPYC Zen 4 (Pillow 13): GIF held
-1.85 (the palette image and its quantizer's leftovers) and its encoder added 0.4; APNG and WebP held 4.0 (Pillow
-keeps RGB in 4 bytes a pixel) and their encoders added 4.7 and 4.4 (a copy of every frame, and the deltas)."""
+encoder while save writes). Measured with 24 frames of 1280x960 on a 2-core AMD EPYC Zen 4 (Pillow 13): APNG and
+WebP held 4.0 (Pillow keeps RGB in 4 bytes a pixel) and their encoders added 4.7 and 4.4 (a copy of every frame,
+and the deltas); GIF held 2.9 (the frames as they came, 3 bytes, 4 with alpha, until one palette is made from all
+of them) and its save added 1.2 (their palette images and the encoder's copies)."""
 
 ANIMATED_WEBP_EFFORT = (50, 0)
 """Pillow's (quality, method) of a lossless animated WebP: libwebp's effort, not the pixels (lossless is exact).
@@ -2134,42 +2163,97 @@ ANIMATED_WEBP_EFFORT = (50, 0)
 WebP's (100, 4): 22x quicker for 19 % more bytes, which matters when every frame pays it (--quality N for lossy)."""
 
 GIF_TRANSPARENT = 255
-"""The palette index of transparent pixels in the GIFs written here (the other 255 are the frame's colours)."""
+"""The palette index of transparent pixels in the GIFs written here (the other 255 are the frames' colours)."""
+GIF_PALETTE_SAMPLE = 1 << 16
+"""Pixels the palette of a GIF is made from, taken evenly from all its frames: median cut then one k-means pass
+(Pillow's) on 65536 pixels took 0.2-0.4 s and gave 36.6-38.6 dB on 1024x768 photos, as much as or more than median
+cut on every pixel (34.6-39.0 dB, 0.2 s each)."""
+GIF_MIN_DELAY = 20
+"""The shortest display time a GIF frame is written with, in ms: browsers show 10 ms and less as 100 ms."""
+
+
+def gif_palette(frames: Iterable[tuple[np.ndarray, np.ndarray | None]], colours: int = 256) -> Image.Image:
+    """One palette for frames of 8-bit RGB (and alpha: pixels below half are left out), as a palette image: made
+    from GIF_PALETTE_SAMPLE pixels taken evenly from all of them. One palette for the whole animation, as FFmpeg's
+    palettegen makes by default: a pixel that keeps its colour keeps its index, so what does not move does not
+    flicker and the encoder writes only what changed (a palette per frame changed 40-75 % of the still pixels of
+    a photo from one frame to the next)."""
+    chosen = [(rgb, alpha) for rgb, alpha in frames]
+    total = sum(rgb.shape[0] * rgb.shape[1] for rgb, _ in chosen)
+    step = max(1, total // GIF_PALETTE_SAMPLE)
+    parts = []
+    for rgb, alpha in chosen:
+        flat = rgb.reshape(-1, 3) if alpha is None else rgb[alpha >= 128]
+        parts.append(flat[::step])
+    sample = np.concatenate(parts) if parts else np.zeros((0, 3), np.uint8)
+    if len(sample) == 0:
+        sample = np.zeros((1, 3), np.uint8)
+    return Image.fromarray(np.ascontiguousarray(sample[None])).quantize(
+        colours, Image.Quantize.MEDIANCUT, kmeans=1, dither=Image.Dither.NONE
+    )
+
+
+def gif_indexed(rgb: np.ndarray, alpha: np.ndarray | None, palette: Image.Image) -> Image.Image:
+    """A frame as a palette image on `palette` (nearest colour, no dithering: its noise would change from frame to
+    frame and flicker), pixels whose alpha is below half GIF_TRANSPARENT."""
+    indexed = Image.fromarray(rgb).quantize(palette=palette, dither=Image.Dither.NONE)
+    if alpha is None:
+        return indexed
+    index = np.asarray(indexed).copy()
+    index[alpha < 128] = GIF_TRANSPARENT
+    out = Image.fromarray(index, mode="P")
+    colours = (palette.getpalette() or [])[: 3 * GIF_TRANSPARENT]
+    out.putpalette(colours + [0] * (3 * 256 - len(colours)))
+    out.info["transparency"] = GIF_TRANSPARENT
+    return out
 
 
 def gif_frame(image: ImageData) -> Image.Image:
-    """image as one GIF frame: a palette of at most 256 colours made for it by median cut (Pillow's, without
-    dithering: dithering noise changes from frame to frame and flickers, and it cost 1-4 dB here), and pixels whose
-    alpha is below half transparent (GIF's transparency is all or nothing: GIF_TRANSPARENT, the other pixels then
-    take 255 colours). What is under transparent pixels takes no colour of the palette."""
-    pixels, alpha = _rgb8(image)
-    clear = None if alpha is None else alpha < 128
-    if clear is None or not clear.any():
-        return Image.fromarray(pixels).quantize(256, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    seen = ~clear
-    if seen.any():  # the hidden pixels take a visible colour, so that they take no entry of the palette
-        pixels = pixels.copy()
-        pixels[clear] = pixels[seen][0]
-    indexed = Image.fromarray(pixels).quantize(255, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    index = np.asarray(indexed).copy()  # 0..254: 255 colours at most
-    index[clear] = GIF_TRANSPARENT
-    out = Image.fromarray(index, mode="P")
-    palette = (indexed.getpalette() or [])[: 3 * GIF_TRANSPARENT]
-    out.putpalette(palette + [0] * (3 * 256 - len(palette)))
-    out.info["transparency"] = GIF_TRANSPARENT
-    return out
+    """A still image as a GIF: its own palette (gif_palette), pixels whose alpha is below half transparent."""
+    rgb, alpha = _rgb8(image)
+    clear = alpha is not None and bool((alpha < 128).any())
+    palette = gif_palette([(rgb, alpha)], 255 if clear else 256)
+    return gif_indexed(rgb, alpha if clear else None, palette)
+
+
+def gif_timeline(durations: list[float]) -> tuple[list[int], list[int]]:
+    """The frames a GIF keeps and their display times, for frames shown `durations` ms each: as they are where each
+    is a whole number of hundredths of a second (as a GIF's are); else each frame starts at its time rounded to
+    10 ms, and a frame that would start less than GIF_MIN_DELAY after the one kept before it is left out (that one
+    shows on), so that the animation keeps its length and speed: a 60 fps APNG plays at its speed, about 40
+    frames a second, where 10 ms delays would have played it at 10. Returns (indices kept, delays in ms)."""
+    if all(float(d).is_integer() and int(d) % 10 == 0 for d in durations):
+        return list(range(len(durations))), [int(d) for d in durations]
+    starts, t = [], 0.0
+    for d in durations:
+        starts.append(t)
+        t += d
+    kept: list[int] = []
+    times: list[int] = []
+    for k, start in enumerate(starts):
+        at = round(start / 10.0) * 10
+        if not kept or at - times[-1] >= GIF_MIN_DELAY:
+            kept.append(k)
+            times.append(at)
+    end = round(t / 10.0) * 10
+    delays = [b - a for a, b in itertools.pairwise(times)]
+    delays.append(max(end - times[-1], GIF_MIN_DELAY))
+    return kept, delays
 
 
 class AnimationWriter:
     """The frames of an animated output (GIF, APNG or animated WebP), held as they come and written atomically by
     save(). `like` is the input's first frame: its metadata, where the format holds it (GIF a comment; APNG and
     WebP the ICC profile, EXIF and XMP, APNG its text chunks and resolution too), and what cannot be held named in
-    one ImageWarning, as write_image does. Frames are held in the form the encoder takes (GIF: palette images, 1
-    byte a pixel; APNG and WebP: 8-bit RGB or RGBA); repeat() holds one again without another copy.
+    one ImageWarning, as write_image does. APNG and WebP frames are held as the encoder takes them (8-bit RGB, or
+    RGBA for all once one has alpha); a GIF's as they came, until save() makes one palette for all of them
+    (gif_palette) and their display times whole hundredths (gif_timeline). repeat() holds a frame again without
+    another copy.
 
-    loop: None plays once (a GIF without a loop count), else Pillow's count (0 = for ever). quality: WebP's (default
-    lossless, at the quickest effort: ANIMATED_WEBP_EFFORT); png_compression: APNG's zlib level. A 16-bit frame is written in 8 bits (GIF and WebP hold no more;
-    nor does Pillow's APNG writer)."""
+    plays: how many times the animation plays, 0 = for ever (a GIF's loop count is one less: N + 1 plays; 1 play
+    writes none). quality: WebP's (default lossless, at the quickest effort: ANIMATED_WEBP_EFFORT); png_compression:
+    APNG's zlib level. A 16-bit frame is written in 8 bits (GIF and WebP hold no more; nor does Pillow's APNG
+    writer)."""
 
     def __init__(
         self,
@@ -2179,7 +2263,7 @@ class AnimationWriter:
         format: str | None = None,
         quality: int | None = None,
         png_compression: int | None = None,
-        loop: int | None = None,
+        plays: int = 0,
         default_image: bool = False,
     ) -> None:
         self.path = Path(path)
@@ -2195,32 +2279,53 @@ class AnimationWriter:
         elif quality is not None and not 0 <= quality <= 100:
             raise ImageError(f"{self.path}: quality must be between 0 and 100, not {quality}")
         self.quality, self.level = quality, _png_level(png_compression, self.fmt, self.path)
-        self.loop, self.default_image = loop, default_image
+        self.plays, self.default_image = plays, default_image
         self.like = like
-        self.frames: list[Image.Image] = []
+        self.frames: list[Any] = []  # PIL images (APNG, WebP), (rgb, alpha) arrays (GIF)
         self.durations: list[float] = []
         self.transparent = False
 
     def add(self, image: ImageData, duration: float) -> int:
         """Hold the next frame (displayed for `duration` ms); returns its index, for repeat()."""
+        rgb, alpha = _rgb8(image)
+        clear = alpha is not None and int(alpha.min()) < 255
         if self.fmt == "GIF":
-            frame = gif_frame(image)
-            self.transparent |= "transparency" in frame.info
+            self.frames.append((rgb, alpha if clear else None))
+            self.transparent |= clear
         else:
-            pixels, alpha = _rgb8(image)
-            if alpha is not None and alpha.min() < 255:
-                frame = Image.fromarray(np.concatenate([pixels, alpha[:, :, None]], axis=2))
-                self.transparent = True
+            if clear and not self.transparent:  # every frame held so far becomes RGBA, once
+                self._all_rgba()
+            self.transparent |= clear
+            if self.transparent:
+                a = alpha if alpha is not None else np.full(rgb.shape[:2], 255, np.uint8)
+                self.frames.append(Image.fromarray(np.dstack([rgb, a])))
             else:
-                frame = Image.fromarray(pixels)
-        self.frames.append(frame)
+                self.frames.append(Image.fromarray(rgb))
         self.durations.append(duration)
         return len(self.frames) - 1
+
+    def _all_rgba(self) -> None:
+        done: dict[int, Image.Image] = {}  # a repeated frame is one object: converted once
+        for k, frame in enumerate(self.frames):
+            if id(frame) not in done:
+                done[id(frame)] = frame.convert("RGBA")
+            self.frames[k] = done[id(frame)]
 
     def repeat(self, index: int, duration: float) -> None:
         """Hold frame `index` again as the next frame (an input frame seen before: its output is the same)."""
         self.frames.append(self.frames[index])
         self.durations.append(duration)
+
+    def _gif_frames(self) -> list[Image.Image]:
+        """The held frames as palette images on one palette; each held array is let go once converted."""
+        distinct = {id(f): f for f in self.frames}
+        palette = gif_palette(distinct.values(), 255 if self.transparent else 256)
+        done: dict[int, Image.Image] = {}
+        for k, frame in enumerate(self.frames):
+            if id(frame) not in done:
+                done[id(frame)] = gif_indexed(frame[0], frame[1], palette)
+            self.frames[k] = done[id(frame)]
+        return self.frames
 
     def save(self, *, overwrite: bool = False) -> Path:
         """Write the frames held to path, atomically (an existing file: OutputExistsError unless overwrite)."""
@@ -2229,10 +2334,11 @@ class AnimationWriter:
         if not overwrite and self.path.exists():
             raise OutputExistsError(self.path)
         first = self.frames[0]
-        size = (first.height, first.width)
+        size = first[0].shape[:2] if self.fmt == "GIF" else (first.height, first.width)
         check_writable(self.like, self.fmt, self.path, size)
         like = _metadata_for(self.like, self.fmt, self.path, size)
-        frames, durations = self.frames, self.durations
+        frames = self._gif_frames() if self.fmt == "GIF" else self.frames
+        durations = self.durations
         if self.default_image and self.fmt != "PNG" and len(frames) > 1:
             frames, durations = (
                 frames[1:],
@@ -2240,12 +2346,20 @@ class AnimationWriter:
             )  # an APNG's still image is no frame of the animation
         elif self.default_image:  # Pillow's durations are the animation's, after the still image
             durations = durations[1:]
-        if self.fmt != "GIF" and self.transparent:  # one mode for every frame: the encoders take the first's
-            frames = [f if f.mode == "RGBA" else f.convert("RGBA") for f in frames]
-        options: dict[str, Any] = {"save_all": True, "append_images": frames[1:], "duration": durations}
+        options: dict[str, Any] = {"save_all": True}
         if self.fmt == "GIF":
-            if self.loop is not None:
-                options["loop"] = self.loop
+            kept, delays = gif_timeline(durations)
+            if len(kept) < len(frames):
+                warnings.warn(
+                    f"{self.path}: GIF output: {len(frames) - len(kept)} of {len(frames)} frames shown for less "
+                    f"than {GIF_MIN_DELAY} ms left out, the frames before them shown on (GIF viewers show shorter "
+                    "delays at 100 ms); APNG or WebP keep every frame",
+                    ImageWarning,
+                    stacklevel=2,
+                )
+            frames, durations = [frames[k] for k in kept], [float(d) for d in delays]
+            if self.plays != 1:
+                options["loop"] = self.plays - 1 if self.plays else 0  # N + 1 plays
             if (
                 self.transparent
             ):  # each frame replaces the one before; without it the one before shows through
@@ -2253,13 +2367,14 @@ class AnimationWriter:
             if like.comment:
                 options["comment"] = like.comment
         else:
-            options["loop"] = 1 if self.loop is None else self.loop
+            options["loop"] = self.plays
             icc = _profile_fitting(like.icc_profile, 3, self.path)
             if icc:
                 options["icc_profile"] = icc
             if like.exif:
                 bare = like.exif.removeprefix(_EXIF_HEADER)
                 options["exif"] = bare if self.fmt == "WEBP" else _EXIF_HEADER + bare
+        options.update(append_images=frames[1:], duration=durations)
         if self.fmt == "PNG":
             options.update(compress_level=self.level, default_image=self.default_image and len(frames) > 1)
             if like.dpi is not None:
