@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .defaults import DEFAULT_MAX_PIXELS
 from .errors import EsrganError, format_bytes
 from .imageio import (
     ANIMATED_FORMATS,
     ANIMATION_BYTES,
-    DEFAULT_MAX_PIXELS,
     AnimationWriter,
     is_animated,
     output_format,
@@ -106,7 +106,7 @@ def upscale_animation(
     on_frame: FrameProgress | None = None,
 ) -> AnimationResult:
     """Every frame of the animation src through upscaler, written to dst (GIF, PNG as APNG, or WebP: from format
-    or dst's extension) with the display times and loop count of src. An existing dst raises OutputExistsError
+    or dst's extension) with the display times of src and as many plays. An existing dst raises OutputExistsError
     before anything is read unless overwrite; a frame that cannot be decoded, or output frames that would not fit
     in the free memory, raise one EsrganError line naming src; nothing is written unless every frame was done."""
     from .atomic import OutputExistsError
