@@ -174,7 +174,7 @@ def test_a_workers_death_pending_with_the_stop_signal_is_not_reported_as_a_race(
 
 @pytest.mark.slow
 def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> None:
-    """scripts/train_cpu_recipe.sh, the documented proof-of-learning recipe, end to end with a few steps: stage 1,
+    """scripts/train_cpu_recipe.sh, the documented proof-of-learning recipe, end to end with one step each: stage 1,
     Set5/Set14 evaluation, stage 2 without a VGG19 (VGG=none: L1 + GAN), evaluation of both generators."""
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
@@ -190,10 +190,12 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
         (tmp_path / "bench" / bench_set).mkdir(parents=True)
         for name, img in photos.items():
             Image.fromarray(img[:192, :192]).save(tmp_path / "bench" / bench_set / f"{name}.png")
+    # one step a stage, in batches of 2 (the configs': 16, 8): this checks the stages, not what they learn
     env = {**os.environ, "DATA": str(tmp_path / "data"), "RUNS": str(tmp_path / "runs"),
-           "BENCH": str(tmp_path / "bench"), "STEPS1": "2", "STEPS2": "2", "VGG": "none",
+           "BENCH": str(tmp_path / "bench"), "STEPS1": "1", "STEPS2": "1", "VGG": "none",
            # chelsea (451x300) shrunk 4x would be under the 96 px patch; a list value passes through unglobbed
-           "SET1": "data.hr_downscale=[1.0,2.0] data.flip=false"}  # fmt: skip
+           "SET1": "data.hr_downscale=[1.0,2.0] data.flip=false data.batch_size=2",
+           "SET2": "data.batch_size=2"}  # fmt: skip
     proc = subprocess.run(
         ["bash", str(repo / "scripts" / "train_cpu_recipe.sh")],
         env=env,
@@ -207,6 +209,7 @@ def test_cpu_recipe_script_runs_both_stages_and_evaluates(tmp_path: Path) -> Non
     stage1 = yaml.safe_load((runs / "cpu_x4_psnr" / "config.yaml").read_text())
     assert stage1["data"]["hr_downscale"] == [1.0, 2.0] and stage1["data"]["flip"] is False  # SET1 reached it
     stage2 = yaml.safe_load((runs / "cpu_x4_gan" / "config.yaml").read_text())
+    assert stage1["data"]["batch_size"] == stage2["data"]["batch_size"] == 2  # and SET2 stage 2
     assert stage2["losses"]["perceptual_weight"] == 0 and stage2["losses"]["pixel_weight"] == 1.0
     assert stage2["losses"]["gan_reduction"] == "mean"
     assert stage2["train"]["pretrained_g"] == str(runs / "cpu_x4_psnr" / "model.safetensors")
@@ -264,8 +267,10 @@ def test_cpu_recipe_script_with_the_compact_generator(tmp_path: Path) -> None:
     for bench_set in ("Set5", "Set14"):
         (tmp_path / "bench" / bench_set).mkdir(parents=True)
         Image.fromarray(skdata.coffee()[:192, :192]).save(tmp_path / "bench" / bench_set / "coffee.png")
+    # one step a stage, in batches of 2 (the configs' 16 and 8): this checks the stages, not what they learn
     env = {**os.environ, "DATA": str(tmp_path / "data"), "RUNS": str(tmp_path / "runs"),
-           "BENCH": str(tmp_path / "bench"), "STEPS1": "2", "STEPS2": "2", "VGG": "none", "ARCH": "compact"}  # fmt: skip
+           "BENCH": str(tmp_path / "bench"), "STEPS1": "1", "STEPS2": "1", "VGG": "none", "ARCH": "compact",
+           "SET1": "data.batch_size=2", "SET2": "data.batch_size=2"}  # fmt: skip
     script = str(repo / "scripts" / "train_cpu_recipe.sh")
     proc = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
