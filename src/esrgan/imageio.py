@@ -2529,15 +2529,20 @@ def _over(region: np.ndarray, colour: np.ndarray, alpha: np.ndarray, top: int) -
     """Draw colour with alpha onto region (colour channels, then alpha; values 0-top) by the APNG specification's
     "over": with s, d the source's and the region's alpha as fractions, the alpha s + d (1 - s) and the colour
     (C_s s + C_d (d (1 - s))) / that alpha, in float64 then rounded (half to even). A clear source pixel leaves the
-    region's as it is."""
-    s = alpha[:, :, None] / top
-    d = region[:, :, -1:] / top
+    region's as it is; an opaque one replaces it (what the formula gives, exactly): the floating point is spent on
+    the partly transparent pixels only."""
+    opaque = alpha == top
+    np.copyto(region[:, :, :-1], colour, where=opaque[:, :, None])
+    region[:, :, -1][opaque] = top
+    partial = np.nonzero((alpha > 0) & ~opaque)
+    if not len(partial[0]):
+        return
+    s = alpha[partial][:, None] / top
+    under = region[partial]
+    d = under[:, -1:] / top
     out = s + d * (1 - s)
-    drawn = alpha > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mixed = (colour * s + region[:, :, :-1] * (d * (1 - s))) / out
-    region[:, :, :-1][drawn] = np.round(mixed[drawn])
-    region[:, :, -1][drawn] = np.round(out[:, :, 0][drawn] * top)
+    region[:, :, :-1][partial] = np.round((colour[partial] * s + under[:, :-1] * (d * (1 - s))) / out)
+    region[:, :, -1][partial] = np.round(out[:, 0] * top)
 
 
 def _canvas_arrays(canvas: np.ndarray, channels: int, depth: int, orientation: int) -> dict[str, Any]:
