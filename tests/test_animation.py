@@ -8,6 +8,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from esrgan import Upscaler
 from esrgan.animation import upscale_animation
 from esrgan.checkpoints import save_model
 from esrgan.errors import EsrganError
-from esrgan.imageio import AnimationWriter, ImageData, ImageWarning
+from esrgan.imageio import AnimationWriter, ImageData, ImageWarning, read_frames
 from esrgan.pipeline import plan_jobs
 
 SETTINGS = ("--device", "cpu", "--precision", "fp32", "--quiet")
@@ -314,17 +315,39 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 
 def _gif(width: int, height: int, frames: list[tuple[np.ndarray, int, int]], palette: np.ndarray) -> bytes:
     """A GIF written byte by byte (Pillow's writer cannot make these): frames of palette indices at (x, y), a
-    global palette, loop for ever, 100 ms each. LZW kept trivial: a clear code before every 250 indices, 9-bit
-    codes (what every decoder reads)."""
+    global palette, loop for ever, 100 ms each (_gif_animation)."""
+    return _gif_animation(
+        width, height, [GifFrame(index, x, y, disposal=1) for index, x, y in frames], palette
+    )
+
+
+class GifFrame(NamedTuple):
+    index: np.ndarray
+    """palette indices, h x w"""
+    x: int = 0
+    y: int = 0
+    disposal: int = 0
+    transparency: int | None = None
+    palette: np.ndarray | None = None
+    """its own colour table (256 x 3), else the file's"""
+
+
+def _gif_animation(width: int, height: int, frames: list[GifFrame], palette: np.ndarray) -> bytes:
+    """A GIF written byte by byte: a global palette (256 x 3), loop for ever, each frame 100 ms at its place, with
+    its disposal, transparent index and own colour table. LZW kept trivial: a clear code before every 250
+    indices, 9-bit codes (what every decoder reads)."""
     out = bytearray(b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF7, 0, 0))
     out += np.ascontiguousarray(palette, dtype=np.uint8).tobytes()
     out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
-    for index, x, y in frames:
-        h, w = index.shape
-        out += b"\x21\xf9\x04\x04\x0a\x00\x00\x00"  # disposal 1, 100 ms
-        out += b"\x2c" + struct.pack("<HHHHB", x, y, w, h, 0)
+    for frame in frames:
+        h, w = frame.index.shape
+        flags = frame.disposal << 2 | (frame.transparency is not None)
+        out += b"\x21\xf9\x04" + struct.pack("<BHB", flags, 10, frame.transparency or 0) + b"\x00"
+        out += b"\x2c" + struct.pack("<HHHHB", frame.x, frame.y, w, h, 0 if frame.palette is None else 0x87)
+        if frame.palette is not None:
+            out += np.ascontiguousarray(frame.palette, dtype=np.uint8).tobytes()
         codes: list[int] = []
-        for n, value in enumerate(index.ravel()):
+        for n, value in enumerate(frame.index.ravel()):
             if n % 250 == 0:
                 codes.append(256)
             codes.append(int(value))
@@ -462,3 +485,245 @@ def test_held_frames_turn_rgba_once_and_repeats_stay_one(photo: np.ndarray, tmp_
         and (frames[0][:, :, 3] == 255).all()
         and (frames[1][:, :, 3][:, :8] == 0).all()
     )
+
+
+# --- GIF and APNG frames composited as browsers show them (helper-81's audit: Pillow's compositing differed) -----------
+def read_rgba(path: Path) -> list[np.ndarray]:
+    """Every frame read_frames gives, as RGBA (grey repeated, no alpha: opaque)."""
+    out = []
+    with read_frames(path) as frames:
+        for image, _ in frames:
+            pixels = image.pixels if image.pixels.shape[2] == 3 else np.repeat(image.pixels, 3, axis=2)
+            alpha = np.full(pixels.shape[:2], 255, np.uint8) if image.alpha is None else image.alpha
+            out.append(np.dstack([pixels, alpha]))
+    return out
+
+
+def gif_shown(width: int, height: int, frames: list[GifFrame], palette: np.ndarray) -> list[np.ndarray]:
+    """What a browser (Chrome, Firefox) shows of a GIF: an RGBA canvas that starts transparent; each frame drawn at
+    its place, cut to the canvas, its transparent index leaving the pixel under it; then disposal 2 clears its
+    rectangle to transparent, 3 puts back what was there before it, 0 and 1 leave it."""
+    canvas = np.zeros((height, width, 4), np.uint8)
+    shown = []
+    for f in frames:
+        table = palette if f.palette is None else f.palette
+        before = canvas.copy()
+        h, w = f.index.shape
+        for r in range(h):
+            for c in range(w):
+                value = int(f.index[r, c])
+                if f.y + r < height and f.x + c < width and value != f.transparency:
+                    canvas[f.y + r, f.x + c] = (*table[value], 255)
+        shown.append(canvas.copy())
+        if f.disposal == 2:
+            canvas[f.y : f.y + h, f.x : f.x + w] = 0
+        elif f.disposal == 3:
+            canvas = before
+    return shown
+
+
+def indexed(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A photo's view as palette indices and its palette of 200 colours (256 x 3; index 255 unused: transparent)."""
+    q = Image.fromarray(view).quantize(200, dither=Image.Dither.NONE)
+    palette = np.zeros((256, 3), np.uint8)
+    palette[:200] = np.array(q.getpalette()[:600]).reshape(200, 3)
+    return np.asarray(q).copy(), palette
+
+
+def test_a_gif_area_disposed_to_background_is_transparent(tmp_path: Path, photo: np.ndarray) -> None:
+    """An opaque first frame, then a frame with disposal 2 ("restore to background"): the frame after shows that
+    area transparent, as browsers do (Pillow filled it with the background colour, opaque: the audit's case)."""
+    base, palette = indexed(pan(photo)[0])
+    second = base[::-1, ::-1]  # the view turned round, in the same colours
+    frames = [
+        GifFrame(base, disposal=1),
+        GifFrame(second[8:28, 10:34], x=10, y=8, disposal=2),
+        GifFrame(base[30:46, 40:56], x=40, y=24, disposal=1),
+    ]
+    (tmp_path / "cleared.gif").write_bytes(_gif_animation(64, 48, frames, palette))
+    got, want = read_rgba(tmp_path / "cleared.gif"), gif_shown(64, 48, frames, palette)
+    assert len(got) == 3 and (want[2][8:28, 10:34, 3] == 0).all() and (want[2][:8, :, 3] == 255).all()
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_a_gif_frame_disposed_to_previous_is_undone_and_only_it(tmp_path: Path, photo: np.ndarray) -> None:
+    """Disposal 3 puts back what was there before the frame, and a later frame whose disposal is 0 (none) stays,
+    as browsers show it (Pillow kept the last disposal given for frames that give 0: it undid that one too); on
+    the first frame, disposal 3 leaves the canvas as it started: transparent."""
+    views = pan(photo)
+    base, palette = indexed(views[0])
+    other, local = indexed(np.ascontiguousarray(photo[300:348, 200:264]))  # a local colour table
+    frames = [
+        GifFrame(base[:24, :32], disposal=3),
+        GifFrame(base, disposal=0),
+        GifFrame(other[4:20, 6:30], x=6, y=4, disposal=3, palette=local),
+        GifFrame(other[20:40, 30:50], x=30, y=20, disposal=0, palette=local),
+        GifFrame(base[:16, :16], x=48, y=0, disposal=1),
+    ]
+    (tmp_path / "previous.gif").write_bytes(_gif_animation(64, 48, frames, palette))
+    got, want = read_rgba(tmp_path / "previous.gif"), gif_shown(64, 48, frames, palette)
+    assert len(got) == 5
+    np.testing.assert_array_equal(want[4][20:40, 30:48, :3], local[other[20:40, 30:48]])  # frame 4 stayed
+    np.testing.assert_array_equal(want[4][4:20, 6:30, :3], palette[base[4:20, 6:30]])  # frame 3 was undone
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_partial_gif_frames_with_transparency_over_earlier_ones(tmp_path: Path, photo: np.ndarray) -> None:
+    """The canvas starts transparent: a first frame covering part of it leaves the rest clear (Pillow filled it
+    with colour 0, opaque); later frames with a transparent index and their own colour tables show the frames
+    before through their holes, one reaching past the canvas is cut to it."""
+    views = pan(photo)
+    base, palette = indexed(views[0])
+    other, local = indexed(np.ascontiguousarray(photo[300:348, 200:264]))
+    holes = other.copy()
+    holes[10:30, 12:40] = 255
+    sticker = base[::-1, ::-1].copy()
+    sticker[:, ::3] = 255
+    frames = [
+        GifFrame(base[:40, :44], disposal=1),
+        GifFrame(holes, transparency=255, palette=local, disposal=1),
+        GifFrame(sticker[:24, :40], x=36, y=30, transparency=255, disposal=0),
+        GifFrame(holes[::-1], transparency=255, palette=local, disposal=2),
+        GifFrame(sticker, transparency=255, disposal=1),
+    ]
+    (tmp_path / "partial.gif").write_bytes(_gif_animation(64, 48, frames, palette))
+    got, want = read_rgba(tmp_path / "partial.gif"), gif_shown(64, 48, frames, palette)
+    assert len(got) == 5 and (want[0][:, 44:, 3] == 0).all() and (want[4][:, :, 3] == 0).any()
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+class PngFrame(NamedTuple):
+    rgba: np.ndarray
+    x: int = 0
+    y: int = 0
+    dispose: int = 0
+    """0 NONE, 1 BACKGROUND (clear to transparent black), 2 PREVIOUS"""
+    blend: int = 0
+    """0 SOURCE, 1 OVER"""
+
+
+def _apng(width: int, height: int, frames: list[PngFrame]) -> bytes:
+    """An RGBA APNG written chunk by chunk: the first frame is the IDAT image (the whole canvas), each frame at
+    its place with its dispose and blend ops, 100 ms, loop for ever."""
+    out = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+    out += _chunk(b"acTL", struct.pack(">II", len(frames), 0))
+    seq = 0
+    for k, f in enumerate(frames):
+        h, w = f.rgba.shape[:2]
+        out += _chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, f.x, f.y, 1, 10, f.dispose, f.blend))
+        rows = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in np.ascontiguousarray(f.rgba)))
+        out += _chunk(b"IDAT", rows) if k == 0 else _chunk(b"fdAT", struct.pack(">I", seq + 1) + rows)
+        seq += 1 if k == 0 else 2
+    return out + _chunk(b"IEND", b"")
+
+
+def apng_shown(width: int, height: int, frames: list[PngFrame]) -> list[np.ndarray]:
+    """What the APNG specification shows: an RGBA canvas that starts transparent black; a frame drawn at its place
+    by its blend op: SOURCE replaces, OVER composites (with s, d the source's and the canvas's alpha as fractions:
+    alpha s + d (1 - s), colour (C_s s + C_d (d (1 - s))) / alpha, rounded; a clear source pixel changes
+    nothing); then dispose BACKGROUND clears its rectangle to transparent black, PREVIOUS puts back what was
+    there before it."""
+    canvas = np.zeros((height, width, 4), np.uint8)
+    shown = []
+    for f in frames:
+        before = canvas.copy()
+        h, w = f.rgba.shape[:2]
+        for r in range(h):
+            for c in range(w):
+                src, dst = f.rgba[r, c], canvas[f.y + r, f.x + c]
+                if f.blend == 0:
+                    canvas[f.y + r, f.x + c] = src
+                elif src[3]:
+                    s, d = src[3] / 255, dst[3] / 255
+                    a = s + d * (1 - s)
+                    colour = [round((int(src[i]) * s + int(dst[i]) * (d * (1 - s))) / a) for i in range(3)]
+                    canvas[f.y + r, f.x + c] = (*colour, round(a * 255))
+        shown.append(canvas.copy())
+        if f.dispose == 1:
+            canvas[f.y : f.y + h, f.x : f.x + w] = 0
+        elif f.dispose == 2:
+            canvas = before
+    return shown
+
+
+def with_alpha(view: np.ndarray, alpha: np.ndarray | int) -> np.ndarray:
+    return np.dstack([view, np.broadcast_to(np.asarray(alpha, np.uint8), view.shape[:2])])
+
+
+def test_an_apng_frame_blended_over_an_opaque_one_stays_opaque(tmp_path: Path, photo: np.ndarray) -> None:
+    """Frames with partial alpha (a ramp 0-255, a half-transparent square) blended OVER an opaque frame: opaque, in
+    the colours of the specification's alpha compositing (Pillow gave alpha 191 for the square)."""
+    views = pan(photo)
+    ramp = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (24, 1))
+    frames = [
+        PngFrame(with_alpha(views[0], 255)),
+        PngFrame(with_alpha(views[1][:24, :32], ramp), x=20, y=12, blend=1),
+        PngFrame(with_alpha(views[2][10:26, 20:36], 128), x=4, y=30, blend=1),
+    ]
+    (tmp_path / "over.png").write_bytes(_apng(64, 48, frames))
+    got, want = read_rgba(tmp_path / "over.png"), apng_shown(64, 48, frames)
+    assert len(got) == 3 and (want[2][:, :, 3] == 255).all()
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_apng_frames_over_cleared_areas_disposed_and_placed(tmp_path: Path, photo: np.ndarray) -> None:
+    """BACKGROUND clears to transparent black, PREVIOUS puts back what was there, frames sit at their offsets, a
+    SOURCE frame with alpha 0 punches a hole, and partial alpha blended OVER a cleared area keeps its colour (Pillow
+    darkened it, by up to 119 levels in the audit)."""
+    views = pan(photo)
+    ramp = np.tile(np.linspace(0, 255, 24).astype(np.uint8), (20, 1))
+    frames = [
+        PngFrame(with_alpha(views[0], 255), dispose=0),
+        PngFrame(with_alpha(views[1][:16, :16], 255), x=4, y=4, dispose=1),
+        PngFrame(with_alpha(views[2][:20, :24], ramp), x=2, y=2, dispose=2, blend=1),
+        PngFrame(with_alpha(views[3][:20, :24], 200), x=30, y=20, dispose=0, blend=1),
+        PngFrame(with_alpha(views[0][:10, :12], 0), x=40, y=30, dispose=1, blend=0),
+        PngFrame(with_alpha(views[1][:20, :24], ramp[:, ::-1]), x=36, y=24, dispose=0, blend=1),
+    ]
+    (tmp_path / "disposed.png").write_bytes(_apng(64, 48, frames))
+    got, want = read_rgba(tmp_path / "disposed.png"), apng_shown(64, 48, frames)
+    assert len(got) == 6 and (want[2][4:20, 4:20, 3] < 255).any() and (want[4][30:40, 40:52, 3] == 0).all()
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_a_grey_gif_stays_grey_until_a_frame_brings_colour(tmp_path: Path, photo: np.ndarray) -> None:
+    """A GIF whose colour tables are all grey (the identity: index i is grey i) gives grey frames; one whose later
+    frame has a colour table of its own shows that frame in colour (Pillow read it as grey, its indices as levels)."""
+    grey = np.asarray(Image.fromarray(pan(photo)[0]).convert("L")).copy()
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    other, local = indexed(np.ascontiguousarray(photo[300:348, 200:264]))
+    frames = [GifFrame(grey, disposal=1), GifFrame(grey[::-1, ::-1][:24, :32], x=8, y=8, disposal=1)]
+    (tmp_path / "grey.gif").write_bytes(_gif_animation(64, 48, frames, levels))
+    with read_frames(tmp_path / "grey.gif") as read:
+        assert [image.pixels.shape for image, _ in read] == [(48, 64, 1)] * 2
+    np.testing.assert_array_equal(read_rgba(tmp_path / "grey.gif"), gif_shown(64, 48, frames, levels))
+    frames.append(GifFrame(other[:20, :20], x=40, y=20, palette=local, disposal=1))
+    (tmp_path / "colour.gif").write_bytes(_gif_animation(64, 48, frames, levels))
+    got, want = read_rgba(tmp_path / "colour.gif"), gif_shown(64, 48, frames, levels)
+    assert len(got) == 3 and (np.ptp(want[2][20:40, 40:60, :3].astype(int), axis=2) > 30).any()
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_a_broken_apng_frame_is_named_after_the_frames_before_it(tmp_path: Path, photo: np.ndarray) -> None:
+    """An APNG cut in its third frame's data, or with a wrong CRC there: the two frames before it are read, then
+    one line naming the file, the frame and what is wrong with it."""
+    frames = [PngFrame(with_alpha(view, 255)) for view in pan(photo)[:4]]
+    whole = _apng(64, 48, frames)
+    third = whole.index(b"fdAT", whole.index(b"fdAT") + 4)
+    cut, crc = tmp_path / "cut.png", tmp_path / "crc.png"
+    cut.write_bytes(whole[: third + 300])
+    crc.write_bytes(whole[: third + 300] + bytes([whole[third + 300] ^ 1]) + whole[third + 301 :])
+    for path, problem in ((cut, "truncated PNG (chunk fdAT cut short)"), (crc, "CRC mismatch in chunk fdAT")):
+        seen = []
+        with pytest.raises(EsrganError) as caught, read_frames(path) as read:
+            seen.extend(read)
+        assert len(seen) == 2 and str(caught.value).startswith(
+            f"{path}: frame 3 of 4: corrupt or truncated image"
+        )
+        assert problem in str(caught.value) and "\n" not in str(caught.value)

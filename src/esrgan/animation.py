@@ -5,11 +5,12 @@
     up = Upscaler.from_pretrained("realesrgan-x4plus-anime")
     upscale_animation(up, "sticker.gif", "sticker_x4.gif")   # or up.upscale_file(...), or `esrgan upscale`
 
-Each frame is the full picture a viewer shows at that moment (esrgan.imageio.read_frames: Pillow composites a
-frame onto the ones before it by their disposal and blend), upscaled as an image on its own (alpha included), and
-written as a full frame with the source's display times and the number of times it plays (a GIF's loop count N is
-N + 1 plays, as browsers play it; APNG's and WebP's count plays: esrgan.imageio.AnimationWriter). Frames equal to
-an earlier one (a pause, a cycle: common in GIFs) go through the model once.
+Each frame is the full picture a browser shows at that moment (esrgan.imageio.read_frames: each frame drawn onto
+the ones before it by their disposal and blend, as Chrome, Firefox and the APNG specification do), upscaled as an
+image on its own (alpha included), and written as a full frame with the source's display times and the number of
+times it plays (a GIF's loop count N is N + 1 plays, as browsers play it; APNG's and WebP's count plays:
+esrgan.imageio.AnimationWriter). Frames equal to an earlier one (a pause, a cycle: common in GIFs) go through the
+model once.
 
 Only one input frame is decoded at a time, but the output frames are held until the file is written (Pillow's
 encoders take them all at once, and a GIF's palette is made from all of them): about 4 bytes an output pixel, and
@@ -24,9 +25,14 @@ without dithering, transparency all or nothing, display times in whole hundredth
 apart left out, with a warning, so that the animation keeps its speed). `--format png` (APNG) or `webp` keep every
 colour, alpha level and display time.
 
-Known limits (Pillow's compositing, which read_frames uses): a GIF area cleared by disposal 2 is filled with the
-background colour where browsers show it transparent, and an APNG frame blended "over" with partial alpha is
-blended as Pillow blends it (a half-transparent square over an opaque frame came out with alpha 191, not 255).
+Compositing (read_frames, esrgan.imageio.Frames): GIF and APNG frames are decoded one at a time by Pillow, each
+from a small file of its own, and composited here as browsers do: the canvas starts transparent, a GIF's
+transparent index leaves the pixel under it, disposal 2 clears the frame's area to transparent (Pillow filled it
+with the background colour, opaque) and 3 restores it, and an APNG frame blended "over" is alpha-composited as the
+specification says (Pillow made a half-transparent square over an opaque frame alpha 191, not 255). Animated WebP
+is composited by libwebp. Known limits: a GIF or APNG laid out in a way that frame walk does not follow (a count
+of frames other than Pillow's, an empty extension, a first APNG frame smaller than the canvas: broken files) is
+composited by Pillow, as before, with Pillow's differences.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import PIL
@@ -2056,9 +2056,19 @@ class Frames:
     count, plays (how many times it plays: 0 = for ever; a GIF's loop count N is N + 1 plays, as browsers play it,
     and no loop count is 1) and default_image (an APNG whose first frame is the still image shown by readers
     without animation support, not part of the animation). Iterating gives every frame in order (the first
-    included) as (ImageData, duration in ms): full frames at the canvas size, as a viewer shows them (Pillow
-    composites each frame onto the ones before it, by their disposal and blend; a GIF frame reaching past the
-    canvas is cut to it, as browsers do), RGB or RGBA (or grey), 8 bits but for 16-bit grey APNGs."""
+    included) as (ImageData, duration in ms): full frames at the canvas size, as a browser shows them, RGB or RGBA
+    (alpha where some pixel is not opaque), or grey (a GIF whose colour tables are all grey, a grey APNG), 8 bits
+    but for 16-bit grey APNGs.
+
+    GIF and APNG frames are composited here as browsers (Chrome, Firefox) and the APNG specification do it, each
+    frame decoded alone by Pillow (_Composited): the canvas starts transparent; a GIF frame's transparent index
+    leaves the pixel under it, disposal 2 clears the frame's rectangle to transparent (Pillow fills it with the
+    background colour) and 3 restores what was there before it, and a frame reaching past the canvas is cut to it;
+    an APNG frame is drawn by its blend_op (SOURCE, or OVER: the specification's alpha compositing, in floating
+    point then rounded, where Pillow's made a half-transparent square over an opaque frame 191 alpha) and disposed
+    of by its dispose_op (BACKGROUND clears to transparent black, PREVIOUS restores). A file laid out in a way that
+    walk does not follow is composited by Pillow as before; animated WebP is composited by libwebp (through
+    Pillow), which does it as browsers do."""
 
     def __init__(self, im: ImageFile.ImageFile, path: Path, max_pixels: int) -> None:
         self._im, self._path, self._max_pixels = im, path, max_pixels
@@ -2079,13 +2089,23 @@ class Frames:
         self._orientation = _exif_orientation(exif)
         first = _read_opened(im, path, max_pixels, first_frame=True)
         self._canvas = im.size
-        if (
+        self._first_duration = _duration(im)
+        self._composited: _Composited | None = None
+        if im.format in ("GIF", "PNG") and self.count > 1:
+            self._composited = _Composited.open(
+                path, im.format, self._canvas, max_pixels, self.count, self.default_image
+            )
+        self._steps: Iterator[tuple[dict[str, Any], float]] | None = None
+        if self._composited is not None and not self.default_image:  # the first frame as composited here
+            self._steps = self._composited.frames(self._orientation)
+            arrays, _ = next(self._steps)
+            first = replace(first, **arrays)
+        elif (
             first.bit_depth == 16
         ):  # our 16-bit PNG reader: the frame as Pillow gives the others, to compare them
             im.load()
             first = replace(first, **self._arrays())
         self.first = first
-        self._first_duration = _duration(im)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -2104,12 +2124,29 @@ class Frames:
 
     def __iter__(self) -> Iterator[tuple[ImageData, float]]:
         yield self.first, self._first_duration
+        if self._composited is None:
+            for k in range(1, self.count):
+                with _read_errors(self._path, self._max_pixels, f"frame {k + 1} of {self.count}"):
+                    self._im.seek(k)
+                    self._im.load()
+                    arrays = self._arrays()
+                yield replace(self.first, **arrays), _duration(self._im)
+            return
+        steps, self._steps = (
+            self._steps,
+            None,
+        )  # the walk begun by __init__, else a new one past the first frame
+        if steps is None:
+            steps = self._composited.frames(self._orientation)
+            if not self.default_image:
+                with _read_errors(self._path, self._max_pixels, f"frame 1 of {self.count}"):
+                    next(steps)
         for k in range(1, self.count):
             with _read_errors(self._path, self._max_pixels, f"frame {k + 1} of {self.count}"):
-                self._im.seek(k)
-                self._im.load()
-                arrays = self._arrays()
-            yield replace(self.first, **arrays), _duration(self._im)
+                step = next(steps, None)
+                if step is None:
+                    raise EOFError(f"no more images in the {self._im.format} file")
+            yield replace(self.first, **step[0]), step[1]
 
 
 _APNG_FRAME_BYTES = 38
@@ -2120,6 +2157,405 @@ def _duration(im: Image.Image) -> float:
     """The loaded frame's display time in ms (0 where the file gives none, as a GIF without a control block)."""
     value = im.info.get("duration")
     return float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
+
+
+# --- GIF and APNG frames composited as browsers do (Frames) ------------------------------------------------------------
+class _Unfollowed(Exception):
+    """The file is laid out in a way _gif_walk or _apng_layout does not follow: Pillow composites it."""
+
+
+_GIF_GREY = bytes(v for v in range(256) for _ in range(3))
+"""A colour table of greys 0-255 (index i is grey i): what Pillow reads as a grey GIF, and a GIF without any."""
+
+
+class _GifFrame(NamedTuple):
+    x: int
+    y: int
+    width: int
+    height: int
+    interlace: bool
+    table: tuple[
+        int, int
+    ]  # where its colour table is in the file (its own, else the global one): offset, bytes
+    transparency: int | None
+    disposal: int
+    duration: float
+    data: tuple[
+        int, int
+    ]  # its image data in the file: from the LZW code size byte to the end of its sub-blocks
+    complete: bool  # the data ends with its terminator (not with the file)
+
+
+def _gif_walk(data: bytes) -> Iterator[_GifFrame]:
+    """The frames of a GIF (its bytes), found as Pillow's GifImagePlugin finds them (the same frames, so the same
+    count): extensions skipped but for the graphic control one, a stray byte between blocks skipped, the trailer or
+    the file's end ending it. Every offset is checked against the file's length; where Pillow would fail, or read
+    past an empty extension, raises _Unfollowed."""
+    end = len(data)
+    if end < 13:
+        raise _Unfollowed
+    flags, pos = data[10], 13
+    table = (0, 0)
+    if flags & 0x80:
+        table = (pos, 3 << ((flags & 7) + 1))
+        pos += table[1]
+        if pos > end:
+            raise _Unfollowed
+    while True:
+        control: bytes | None = None
+        while True:
+            if pos >= end or data[pos] == 0x3B:
+                return
+            byte, pos = data[pos], pos + 1
+            if byte == 0x2C:
+                break
+            if byte != 0x21:
+                continue  # a stray byte: Pillow reads on
+            if pos >= end:
+                raise _Unfollowed
+            label, pos = data[pos], pos + 1
+            if pos >= end or data[pos] == 0:  # no sub-block: Pillow would skip the one after the terminator
+                raise _Unfollowed
+            if label == 0xF9:
+                control = data[pos + 1 : pos + 1 + data[pos]]
+                if len(control) < 4:
+                    raise _Unfollowed
+            pos, _ = _gif_sub_blocks(data, pos)
+        if pos + 9 > end:
+            raise _Unfollowed
+        x, y, width, height, image_flags = struct.unpack_from("<HHHHB", data, pos)
+        pos += 9
+        frame_table = table
+        if image_flags & 0x80:
+            frame_table = (pos, 3 << ((image_flags & 7) + 1))
+            pos += frame_table[1]
+        if pos >= end:  # the table cut short, or no LZW code size
+            raise _Unfollowed
+        start = pos
+        pos, complete = _gif_sub_blocks(data, pos + 1)
+        transparency = None if control is None or not control[0] & 1 else control[3]
+        yield _GifFrame(
+            x,
+            y,
+            width,
+            height,
+            bool(image_flags & 0x40),
+            frame_table,
+            transparency,
+            0 if control is None else (control[0] >> 2) & 7,
+            0.0 if control is None else float(struct.unpack_from("<H", control, 1)[0] * 10),
+            (start, min(pos, end)),
+            complete,
+        )
+
+
+def _gif_sub_blocks(data: bytes, pos: int) -> tuple[int, bool]:
+    """The offset past the sub-blocks starting at pos, and whether they end with their terminator (not the file)."""
+    end = len(data)
+    while pos < end:
+        size = data[pos]
+        pos += 1 + size
+        if size == 0:
+            return pos, True
+    return pos, False
+
+
+class _ApngLayout(NamedTuple):
+    header: bytes  # IHDR's data
+    palette: bytes | None  # PLTE's
+    transparency: bytes | None  # tRNS's
+    start: int  # offset of the first IDAT chunk
+    first: bytes | None  # the fcTL before the IDAT (the IDAT is the first frame), or None (a default image)
+
+
+def _apng_layout(data: bytes) -> _ApngLayout:
+    """An APNG's chunks up to its first IDAT (the reader judged them: read_image's checks, Pillow's). Raises
+    _Unfollowed for what the walk does not follow: no IHDR first, a first frame that is not the whole canvas."""
+    header = palette = transparency = first = None
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        body = data[pos + 8 : pos + 8 + length]
+        if len(body) < length:
+            break
+        if kind == b"IHDR" and header is None and len(body) == 13:
+            header = body
+        elif header is None:
+            break
+        elif kind == b"PLTE":
+            palette = body
+        elif kind == b"tRNS":
+            transparency = body
+        elif kind == b"fcTL" and first is None:
+            first = body
+        elif kind == b"IDAT":
+            if first is not None:
+                if len(first) < 26:
+                    raise _Unfollowed
+                seq, width, height, x, y = struct.unpack_from(">IIIII", first)
+                if (seq, x, y, width, height) != (0, 0, 0, *struct.unpack_from(">II", header)):
+                    raise _Unfollowed
+            return _ApngLayout(header, palette, transparency, pos, first)
+        pos += 12 + length
+    raise _Unfollowed
+
+
+_APNG_CHECKED = (b"IDAT", b"fcTL", b"fdAT")
+"""Chunks whose CRC a frame depends on: a mismatch there fails the frame (elsewhere the chunk is skipped)."""
+
+
+def _apng_walk(data: bytes, layout: _ApngLayout) -> Iterator[tuple[bytes, list[bytes]]]:
+    """An APNG's animation frames from its first IDAT on: (fcTL data, the frame's image data: IDAT's, or fdAT's
+    without their sequence numbers), as the chunks come. What is wrong with a frame (a chunk cut short or with a
+    wrong CRC, a sequence number out of order, no data) raises when that frame is asked for, not before: the
+    frames before it are given."""
+    control, seq = layout.first, 0 if layout.first is not None else -1
+    pieces: list[bytes] = []
+    frame_data = False  # an fdAT seen: IDATs are no longer the first frame's
+    pos, end = layout.start, len(data)
+    while True:
+        kind, problem = b"IEND", None
+        if pos + 12 > end:
+            problem = ValueError("truncated PNG (ends before IEND)")
+        else:
+            length, kind = struct.unpack_from(">I4s", data, pos)
+            stop = pos + 8 + length
+            if stop + 4 > end:
+                problem = ValueError(f"truncated PNG (chunk {_chunk_name(kind)} cut short)")
+            else:
+                body = data[pos + 8 : stop]
+                pos = stop + 4
+                if kind in _APNG_CHECKED and zlib.crc32(kind + body) != int.from_bytes(data[stop:pos], "big"):
+                    problem = ValueError(f"corrupt PNG (CRC mismatch in chunk {_chunk_name(kind)})")
+        if problem is not None:
+            if kind not in (b"fdAT", b"IDAT") and control is not None and pieces:
+                yield control, pieces  # the chunk after the frame's data is broken: the frame may be whole
+            raise problem
+        if kind in (b"fcTL", b"IEND"):
+            if control is not None:
+                if not pieces:
+                    raise SyntaxError("APNG missing frame data")
+                yield control, pieces
+            if kind == b"IEND":
+                return
+            if len(body) < 26:
+                raise ValueError("APNG contains truncated fcTL chunk")
+            control, pieces = body, []
+        elif kind == b"IDAT" and control is not None and control is layout.first and not frame_data:
+            pieces.append(body)
+            continue
+        elif kind == b"fdAT":
+            if len(body) < 4:
+                raise ValueError("APNG contains truncated fdAT chunk")
+            frame_data = True
+            if control is not None:
+                pieces.append(body[4:])
+        else:
+            continue
+        if int.from_bytes(body[:4], "big") != seq + 1:
+            raise SyntaxError("APNG contains frame sequence errors")
+        seq += 1
+
+
+class _Composited:
+    """A GIF's or APNG's frames composited as browsers do (Frames): each frame decoded alone by Pillow, from a
+    small file of its own made from its bytes (a GIF of the frame at 0,0 with its transparency, a PNG of its size
+    with the file's palette and the frame's image data), and drawn onto an RGBA canvas with numpy."""
+
+    def __init__(self, path: Path, fmt: str, data: bytes, canvas: tuple[int, int], max_pixels: int) -> None:
+        self.path, self.fmt, self.data, self.max_pixels = path, fmt, data, max_pixels
+        self.width, self.height = canvas
+        self.count, self.skipped = (
+            0,
+            0,
+        )  # frames in Frames, and before the walk's first (an APNG's default image)
+        self.grey = False
+        self.layout: _ApngLayout | None = None
+
+    @classmethod
+    def open(
+        cls, path: Path, fmt: str, canvas: tuple[int, int], max_pixels: int, count: int, default_image: bool
+    ) -> _Composited | None:
+        """The compositor of the animation at path, or None where the walk does not follow its layout (a GIF found
+        to hold another count of frames than Pillow's, for one: count)."""
+        self = cls(path, fmt, path.read_bytes(), canvas, max_pixels)
+        self.count, self.skipped = count, int(default_image)
+        try:
+            if fmt == "GIF":
+                found = grey = 0
+                for frame in _gif_walk(self.data):
+                    found += 1
+                    offset, size = frame.table
+                    grey += self.data[offset : offset + size] == _GIF_GREY[:size]
+                if found != count:
+                    return None
+                self.grey = grey == count
+            else:
+                self.layout = _apng_layout(self.data)
+                if (self.layout.first is None) != default_image:
+                    return None
+        except _Unfollowed:
+            return None
+        return self
+
+    def frames(self, orientation: int) -> Iterator[tuple[dict[str, Any], float]]:
+        """Every frame in order (an APNG's default image left out): (pixels, alpha and bit depth, turned upright by
+        orientation; duration in ms). Decodes one frame per step."""
+        if self.fmt == "GIF":
+            yield from self._gif_frames(orientation)
+        else:
+            yield from self._apng_frames(orientation)
+
+    def _decoded(self, data: bytes, width: int, height: int, frame: int) -> Image.Image:
+        """A frame's own file (data) decoded by Pillow, its size checked first (frame: its index, for a message)."""
+        if width * height > self.max_pixels:
+            at = f"{self.path}: frame {frame + 1} of {self.count}"
+            raise too_many_pixels(at, f"{width}x{height} = {width * height}", self.max_pixels)
+        try:
+            with _pillow_bomb_warning_silenced(self.max_pixels):
+                im = Image.open(io.BytesIO(data), formats=[self.fmt])
+        except UnidentifiedImageError:
+            raise ValueError(f"Pillow cannot read the frame's {width}x{height} {self.fmt} image") from None
+        im.load()
+        return im
+
+    def _gif_frames(self, orientation: int) -> Iterator[tuple[dict[str, Any], float]]:
+        canvas = np.zeros((self.height, self.width, 4), np.uint8)
+        for n, frame in enumerate(_gif_walk(self.data)):
+            x0, y0 = min(frame.x, self.width), min(frame.y, self.height)
+            x1, y1 = min(frame.x + frame.width, self.width), min(frame.y + frame.height, self.height)
+            region = canvas[y0:y1, x0:x1]
+            before = region.copy() if frame.disposal == 3 else None
+            if frame.width and frame.height:
+                index = np.asarray(self._gif_indices(frame, n))[: y1 - y0, : x1 - x0]
+                colours = self._gif_colours(frame.table)[index]
+                if frame.transparency is None:
+                    region[...] = colours
+                else:
+                    np.copyto(region, colours, where=(index != frame.transparency)[:, :, None])
+            yield _canvas_arrays(canvas, 1 if self.grey else 3, 8, orientation), frame.duration
+            if frame.disposal == 2:
+                region[...] = 0
+            elif before is not None:
+                region[...] = before
+
+    def _gif_indices(self, frame: _GifFrame, n: int) -> Image.Image:
+        """The frame's palette indices, decoded by Pillow from a GIF of the frame alone, at 0,0, without a colour
+        table (Pillow reads it as grey: the values are the indices). Its transparency goes with it: Pillow fills
+        what the data leaves undrawn with that index, which leaves the canvas there as it is."""
+        start, stop = frame.data
+        control = b""
+        if frame.transparency is not None:
+            control = b"\x21\xf9\x04\x01\x00\x00" + bytes([frame.transparency]) + b"\x00"
+        head = b"GIF89a" + struct.pack("<HHBBB", frame.width, frame.height, 0, 0, 0) + control
+        head += b"\x2c" + struct.pack(
+            "<HHHHB", 0, 0, frame.width, frame.height, 0x40 if frame.interlace else 0
+        )
+        # a frame cut short by the file's end stays cut (no trailer, read as more data): Pillow says it is truncated
+        tail = b"\x3b" if frame.complete else b""
+        return self._decoded(head + self.data[start:stop] + tail, frame.width, frame.height, n)
+
+    def _gif_colours(self, table: tuple[int, int]) -> np.ndarray:
+        """A colour table as 256 RGBA colours (opaque; black past its end; a grey table, or none, as Pillow reads
+        it: index i is grey i)."""
+        offset, size = table
+        colours = np.zeros((256, 4), np.uint8)
+        colours[:, 3] = 255
+        raw = self.data[offset : offset + size]
+        if raw == _GIF_GREY[:size]:
+            raw = _GIF_GREY
+        colours[: len(raw) // 3, :3] = np.frombuffer(raw, np.uint8, len(raw) // 3 * 3).reshape(-1, 3)
+        return colours
+
+    def _apng_frames(self, orientation: int) -> Iterator[tuple[dict[str, Any], float]]:
+        assert self.layout is not None
+        canvas: np.ndarray | None = None
+        top = 0
+        for n, (control, pieces) in enumerate(_apng_walk(self.data, self.layout), start=self.skipped):
+            width, height, x, y, delay, scale, dispose, blend = struct.unpack_from(">IIIIHHBB", control, 4)
+            if not width or not height or x + width > self.width or y + height > self.height:
+                raise SyntaxError(
+                    f"APNG frame of {width}x{height} at ({x}, {y}) outside its {self.width}x{self.height} canvas"
+                )
+            pixels, alpha, depth = self._apng_frame(width, height, pieces, n)
+            if canvas is None:
+                canvas = np.zeros((self.height, self.width, pixels.shape[2] + 1), pixels.dtype)
+                top = np.iinfo(pixels.dtype).max
+            if canvas.shape[2] != pixels.shape[2] + 1 or canvas.dtype != pixels.dtype:
+                raise ValueError(
+                    f"APNG frame of {pixels.shape[2]} channels of {pixels.dtype}, unlike the first"
+                )
+            region = canvas[y : y + height, x : x + width]
+            before = region.copy() if dispose == 2 else None
+            if alpha is None or blend != 1 or alpha.min() == top:
+                region[:, :, :-1] = pixels
+                region[:, :, -1] = top if alpha is None else alpha
+            else:
+                _over(region, pixels, alpha, top)
+            duration = float(delay) / float(scale or 100) * 1000
+            yield _canvas_arrays(canvas, pixels.shape[2], depth, orientation), duration
+            if dispose == 1:
+                region[...] = 0
+            elif before is not None:
+                region[...] = before
+
+    def _apng_frame(
+        self, width: int, height: int, pieces: list[bytes], n: int
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """A frame's pixels, alpha and bit depth, decoded by Pillow from a PNG of the frame alone (the file's header
+        at the frame's size, its palette and transparency, the frame's data as one IDAT), after the check read_image
+        makes (image data that ends before the rows do is an error, not rows of zeros)."""
+        assert self.layout is not None
+        header = struct.pack(">II", width, height) + self.layout.header[8:]
+        png = _PNG_SIGNATURE + _png_chunk(b"IHDR", header)
+        if self.layout.palette is not None:
+            png += _png_chunk(b"PLTE", self.layout.palette)
+        if self.layout.transparency is not None:
+            png += _png_chunk(b"tRNS", self.layout.transparency)
+        png += _png_chunk(b"IDAT", b"".join(pieces)) + _png_chunk(b"IEND", b"")
+        try:
+            _check_png_data(self.path, png)
+        except ImageError as exc:
+            raise ValueError(str(exc).removeprefix(f"{self.path}: ")) from None
+        pixels, alpha, depth, _ = _pil_to_arrays(self._decoded(png, width, height, n), self.path, None)
+        return pixels, alpha, depth
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _over(region: np.ndarray, colour: np.ndarray, alpha: np.ndarray, top: int) -> None:
+    """Draw colour with alpha onto region (colour channels, then alpha; values 0-top) by the APNG specification's
+    "over": with s, d the source's and the region's alpha as fractions, the alpha s + d (1 - s) and the colour
+    (C_s s + C_d (d (1 - s))) / that alpha, in float64 then rounded (half to even). A clear source pixel leaves the
+    region's as it is; an opaque one replaces it (what the formula gives, exactly): the floating point is spent on
+    the partly transparent pixels only."""
+    opaque = alpha == top
+    np.copyto(region[:, :, :-1], colour, where=opaque[:, :, None])
+    region[:, :, -1][opaque] = top
+    partial = np.nonzero((alpha > 0) & ~opaque)
+    if not len(partial[0]):
+        return
+    s = alpha[partial][:, None] / top
+    under = region[partial]
+    d = under[:, -1:] / top
+    out = s + d * (1 - s)
+    region[:, :, :-1][partial] = np.round((colour[partial] * s + under[:, :-1] * (d * (1 - s))) / out)
+    region[:, :, -1][partial] = np.round(out[:, 0] * top)
+
+
+def _canvas_arrays(canvas: np.ndarray, channels: int, depth: int, orientation: int) -> dict[str, Any]:
+    """A frame from the canvas (colour, then alpha): its first `channels` colour channels and its alpha (None
+    where every pixel is opaque), copied and turned upright, as Frames gives them."""
+    alpha: np.ndarray | None = canvas[:, :, -1]
+    if alpha is not None and alpha.min() == np.iinfo(canvas.dtype).max:
+        alpha = None
+    return {  # _orient copies: a slice of the canvas is never contiguous
+        "pixels": _orient(canvas[:, :, :channels], orientation),
+        "alpha": None if alpha is None else _orient(alpha, orientation),
+        "bit_depth": depth,
+    }
 
 
 @contextlib.contextmanager
