@@ -20,7 +20,6 @@ memory its held frames take against the estimate the batch refuses by (docs/benc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import resource
 import subprocess
@@ -112,7 +111,7 @@ def main() -> None:
         return
 
     from esrgan import Upscaler
-    from esrgan.animation import upscale_animation
+    from esrgan.animation import frame_key, upscale_animation
     from esrgan.imageio import AnimationWriter, read_frames
 
     width, height = (int(v) for v in args.size.split("x"))
@@ -144,7 +143,7 @@ def main() -> None:
                 if item is None:
                     break
                 image, duration = item
-                key = hashlib.blake2b(image.pixels.tobytes()).digest()
+                key = frame_key(image)
                 if key in seen:
                     t = time.perf_counter()
                     writer.repeat(seen[key], duration)
@@ -183,8 +182,7 @@ def main() -> None:
             h, w = frames.size
             for image, _ in frames:
                 count += 1
-                alpha = b"" if image.alpha is None else image.alpha.tobytes()
-                keys.add(hashlib.blake2b(image.pixels.tobytes() + alpha).digest())
+                keys.add(frame_key(image))
         seconds = time.perf_counter() - t
         print(f"{args.gif} ({w}x{h}): {count} frames, {len(keys)} distinct: the model runs "
               f"{len(keys) / count:.0%} of the frames; decoding them all {seconds:.2f} s")  # fmt: skip

@@ -157,7 +157,8 @@ def test_transparency_follows_each_frame(
 def test_frames_seen_before_go_through_the_model_once(
     tmp_path: Path, photo: np.ndarray, upscaler: Upscaler
 ) -> None:
-    """Six frames, four different ones: four go through the model (counted by the tiles it reports), and the
+    """Six frames, four different ones: four go through the model (the calls of its upscale_image, counted by a
+    wrapper around the real one), and the
     repeated frames come out the same as the first time. The summary says so."""
     src = save(tmp_path / "pan.png", pan(photo))
     tiles: list[int] = []
@@ -260,25 +261,32 @@ def test_a_stopped_animation_leaves_nothing(tmp_path: Path, photo: np.ndarray, u
 def test_frames_that_do_not_fit_in_memory_are_refused_before_the_model(
     tmp_path: Path, photo: np.ndarray, model: Path
 ) -> None:
-    """450 MiB of address space beyond what torch takes, and 100 frames that at --outscale 16 are 1024x768 WebP
-    frames: about 315 MB held and as much again for the encoder's copy: one line before any frame, saying what is
-    needed and what would help, and nothing written; a smaller animation in the same batch is done."""
+    """450 MiB of address space beyond what torch takes, and 100 frames that at --outscale 16 are 1024x768 GIF
+    frames (88 of them different): about 430 MB held and encoded, one line before any frame, saying what is
+    needed and what would help, and nothing written. 100 frames of that size that cycle through 2 pictures are held
+    twice, not 100 times: a decoding pass counts the different ones, and that animation is done (about 165 MB: it
+    was refused as if every frame differed)."""
     folder = tmp_path / "in"
     folder.mkdir()
-    frames = [np.roll(pan(photo)[k % 6], k, axis=1) for k in range(100)]
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(folder / "long.webp", save_all=True, append_images=images[1:], duration=50, lossless=True)
-    save(folder / "short.webp", pan(photo)[:2], lossless=True)
+    views = pan(photo)
+    for name, frames in [("long", [np.roll(views[k % 6], k, axis=1) for k in range(100)]),
+                         ("cycle", [views[k % 2] for k in range(100)])]:  # fmt: skip
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(
+            folder / f"{name}.webp", save_all=True, append_images=images[1:], duration=50, lossless=True
+        )
     out = tmp_path / "out"
     r = run_cli_in_address_space(450 * 2**20, "upscale", folder, "-o", out, "--model", model, "--outscale", "16",
-                                 *SETTINGS, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+                                 "--format", "gif", *SETTINGS, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     assert r.returncode == 1, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        f"esrgan: error: {folder / 'long.webp'}: the 100 frames of 1024x768 need about "
+        f"esrgan: error: {folder / 'long.webp'}: the 100 frames of 1024x768 (88 different) need about "
     ), r.stderr
     assert "try a smaller --outscale (or --width / --height), or make it a video" in lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ["short_x16.webp"]
+    assert sorted(p.name for p in out.iterdir()) == ["cycle_x16.gif"]
+    with Image.open(out / "cycle_x16.gif") as im:
+        assert im.n_frames == 100 and im.size == (1024, 768)
 
 
 def test_metadata_and_the_apng_still_image_are_kept(
@@ -727,3 +735,64 @@ def test_a_broken_apng_frame_is_named_after_the_frames_before_it(tmp_path: Path,
             f"{path}: frame 3 of 4: corrupt or truncated image"
         )
         assert problem in str(caught.value) and "\n" not in str(caught.value)
+
+
+# --- the review of session 31 (helper-80) ---------------------------------------------------------------------------------
+def test_a_gif_palette_is_drawn_from_all_of_every_frame(tmp_path: Path, photo: np.ndarray) -> None:
+    """64 frames of 512x512 whose colour changes across the width (a gradient under the photograph, as a sky has
+    one): the GIF's one palette comes from pixels drawn all over them. Every 256th pixel, as it was, was columns 0
+    and 256 of every frame: 2 colours, 8 dB (helper-80's finding); a palette for these frames alone gives 30+."""
+    x = np.arange(512, dtype=np.float32)[None, :, None] / 511.0
+    ramp = np.concatenate([x, 1.0 - x, np.abs(2.0 * x - 1.0)], axis=2) * 255.0
+    picture = np.clip(0.6 * ramp + 0.4 * photo, 0, 255).astype(np.uint8)
+    writer = AnimationWriter(tmp_path / "sky.gif", ImageData(pixels=picture))
+    for k in range(64):
+        writer.add(ImageData(pixels=np.roll(picture, 4 * k, axis=0)), 50)
+    writer.save()
+    frames, _, _ = shown(tmp_path / "sky.gif")
+    assert len(frames) == 64 and psnr(frames[0][:, :, :3], picture, peak=255) >= 30.0
+
+
+def test_times_a_format_cannot_hold_and_10_ms_frames(
+    tmp_path: Path, photo: np.ndarray, upscaler: Upscaler
+) -> None:
+    """A frame shown longer than a GIF holds (655.35 s) is cut to it with a warning (Pillow's OverflowError was a
+    traceback that ended the batch, after the model); an APNG of 10 ms frames keeps its speed as a GIF (10 ms was
+    kept, which browsers play at 100); a GIF's own 10 ms stay 10 ms (its viewers play it as they did)."""
+    views = [Image.fromarray(v) for v in pan(photo)[:4]]
+    views[0].save(
+        tmp_path / "long.png", save_all=True, append_images=views[1:2], duration=[700_000, 100], loop=0
+    )
+    with pytest.warns(
+        ImageWarning, match=r"long\.gif: GIF output: 1 frame shown longer than GIF holds \(655\.35 s\)"
+    ):
+        upscale_animation(upscaler, tmp_path / "long.png", tmp_path / "long.gif")
+    assert shown(tmp_path / "long.gif")[1] == [655_350, 100]
+    fast = [Image.fromarray(np.roll(pan(photo)[k % 4], k, axis=1)) for k in range(12)]
+    fast[0].save(tmp_path / "fast.png", save_all=True, append_images=fast[1:], duration=10, loop=0)
+    with pytest.warns(ImageWarning, match=r"6 of 12 frames shown for less than 20 ms"):
+        upscale_animation(upscaler, tmp_path / "fast.png", tmp_path / "fast.gif")
+    frames, durations, _ = shown(tmp_path / "fast.gif")
+    assert len(frames) == 6 and durations == [20] * 6
+    upscale_animation(upscaler, tmp_path / "fast.gif", tmp_path / "again.gif")
+    assert shown(tmp_path / "again.gif")[1] == [20] * 6
+    fast[0].save(tmp_path / "own.gif", save_all=True, append_images=fast[1:], duration=10, loop=0)
+    upscale_animation(upscaler, tmp_path / "own.gif", tmp_path / "own_x4.gif")
+    assert shown(tmp_path / "own_x4.gif")[1] == [10] * 12
+
+
+def test_frames_pillow_composites_are_held_to_the_pixel_limit(tmp_path: Path) -> None:
+    """A GIF the frame walk does not follow (an empty extension before a frame) goes to Pillow's compositing, which
+    grows the image to a later frame's size: that size is held to max_pixels before the frame is decoded (a 16x16
+    GIF's 400x400 frame was decoded under a limit of 1,000; at the default limit a 1x1 GIF could ask ~0.85 GB)."""
+    palette = np.random.default_rng(0).integers(0, 255, (256, 3), np.uint8)
+    big = np.random.default_rng(1).integers(0, 200, (400, 400), np.uint8)
+    data = _gif_animation(
+        16, 16, [GifFrame(np.zeros((16, 16), np.uint8), disposal=1), GifFrame(big)], palette
+    )
+    second = data.index(b"\x21\xf9\x04", data.index(b"\x2c"))
+    (tmp_path / "odd.gif").write_bytes(data[:second] + b"\x21\xfe\x00\x01\x00\x00" + data[second:])
+    with read_frames(tmp_path / "odd.gif", max_pixels=1000) as frames:
+        assert frames._composited is None  # Pillow's branch, the one this is about
+        with pytest.raises(EsrganError, match=r"odd\.gif: frame 2 of 2: 400x400 = 160000 pixels exceeds"):
+            list(frames)

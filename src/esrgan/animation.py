@@ -15,8 +15,8 @@ model once.
 Only one input frame is decoded at a time, but the output frames are held until the file is written (Pillow's
 encoders take them all at once, and a GIF's palette is made from all of them): about 4 bytes an output pixel, and
 the encoder adds about 2 (GIF) or 5 (APNG, WebP) while it writes (esrgan.imageio.ANIMATION_BYTES, measured). That
-is checked against the free memory before the first frame (`animation_memory`), in one line saying what would
-help. The output is written atomically when the last frame is done: a stopped or failed run leaves nothing (an
+is checked against the free memory before the first frame (`animation_memory`; where every frame would not fit,
+a decoding pass counts the different ones, which are held once), in one line saying what would help. The output is written atomically when the last frame is done: a stopped or failed run leaves nothing (an
 animation is not resumed: the video path, esrgan.video, resumes long clips).
 
 GIF output: one palette of 256 colours for the whole animation (as FFmpeg's palettegen makes by default: what does
@@ -92,11 +92,25 @@ def is_animation_job(src: Path, dst: Path, format: str | None = None) -> bool:
     return fmt in ANIMATED_FORMATS and is_animated(src)
 
 
-def animation_memory(frames: int, height: int, width: int, fmt: str) -> int:
+ANIMATION_FRAME_BYTES = 1024
+"""What a frame costs besides its pixels (Pillow's image object, the encoder's record of it): 100,000 different
+4x4 APNG frames took 63 MiB, about 650 bytes a frame beyond their pixels (helper-80's measurement, session 31)."""
+
+
+def animation_memory(frames: int, height: int, width: int, fmt: str, distinct: int | None = None) -> int:
     """Host memory the output frames of a `fmt` animation take until the file is written, estimated: held as they
-    come and added by the encoder while it writes (esrgan.imageio.ANIMATION_BYTES, measured)."""
+    come (a repeated frame is held once: `distinct` of them, default all) and added by the encoder while it writes,
+    for every frame (esrgan.imageio.ANIMATION_BYTES, measured)."""
     held, encoder = ANIMATION_BYTES[fmt]
-    return frames * height * width * (held + encoder)
+    pixels = height * width * ((frames if distinct is None else distinct) * held + frames * encoder)
+    return pixels + frames * ANIMATION_FRAME_BYTES
+
+
+def distinct_frames(src: Path, max_pixels: int) -> int:
+    """How many different frames the animation src holds: a pass that decodes every frame and hashes it (783
+    frames of 640x421 in about 2 s on a 2-core Zen 4), no model."""
+    with read_frames(src, max_pixels=max_pixels) as frames:
+        return len({frame_key(image) for image, _ in frames})
 
 
 def upscale_animation(
@@ -125,7 +139,8 @@ def upscale_animation(
     caller, upscaler = upscaler, copy.copy(upscaler)
     if not overwrite and dst.exists():
         raise OutputExistsError(dst)
-    with read_frames(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels) as frames:
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    with read_frames(src, max_pixels=limit) as frames:
         height, width = upscaler.output_size(*frames.size)
         check_writable(frames.first, format, dst, (height, width))
         writer = AnimationWriter(
@@ -138,14 +153,20 @@ def upscale_animation(
             default_image=frames.default_image,
         )
         need = animation_memory(frames.count, height, width, writer.fmt)
+        work = upscaler.host_bytes(frames.first)[0]
         free = host_memory_available()
-        if free is not None and need + upscaler.host_bytes(frames.first)[0] > free:
-            held = sum(ANIMATION_BYTES[writer.fmt])
+        distinct = None
+        if free is not None and need + work > free:  # as if every frame differed: count the ones that do
+            distinct = distinct_frames(src, limit)
+            need = animation_memory(frames.count, height, width, writer.fmt, distinct)
+        if free is not None and need + work > free:
+            held, encoded = ANIMATION_BYTES[writer.fmt]
             raise EsrganError(
-                f"{src}: the {frames.count} frames of {width}x{height} need about {format_bytes(need)} of memory "
-                f"until the {writer.fmt} file is written (about {held} bytes an output pixel, held and encoded) "
-                f"and {format_bytes(free)} is free: try a smaller --outscale (or --width / --height), or make it "
-                "a video (ffmpeg -i in.gif out.mp4) and upscale that"
+                f"{src}: the {frames.count} frames of {width}x{height} ({distinct} different) need about "
+                f"{format_bytes(need)} of memory until the {writer.fmt} file is written (about {held} bytes an "
+                f"output pixel for each different frame, {encoded} for each frame while it is encoded) and "
+                f"{format_bytes(free)} is free: try a smaller --outscale (or --width / --height), or make it a "
+                "video (ffmpeg -i in.gif out.mp4) and upscale that"
             )
         upscaler.host_reserve = need
         seen: dict[bytes, int] = {}
@@ -153,7 +174,7 @@ def upscale_animation(
         total = 0.0
         with in_hand(src):  # the model's warnings (smaller tiles after an out-of-memory) name the file
             for done, (image, duration) in enumerate(frames, start=1):
-                key = _frame_key(image)
+                key = frame_key(image)
                 if key in seen:
                     writer.repeat(seen[key], duration)
                 else:
@@ -168,7 +189,7 @@ def upscale_animation(
     return AnimationResult(src, dst, count, upscaled, total / 1000.0, time.perf_counter() - start)
 
 
-def _frame_key(image: ImageData) -> bytes:
+def frame_key(image: ImageData) -> bytes:
     """A frame's pixels and alpha, hashed: equal keys, equal frames (and so equal outputs)."""
     digest = hashlib.blake2b(digest_size=20)
     digest.update(image.pixels.tobytes())

@@ -12,7 +12,7 @@ binary PPM by reading its samples directly. Everything else is Pillow.
 Writing is atomic (esrgan.atomic), keeps the metadata where the output format holds it (ICC profile, EXIF, XMP,
 resolution; a PNG's text and gamma chunks PNG to PNG, a JPEG comment JPEG to JPEG; what it cannot hold is named in
 one ImageWarning), writes 16-bit PNG/TIFF when the image is 16-bit, and converts to 8 bits (rounded) for
-JPEG/WEBP/BMP/GIF (GIF: a palette of 256 colours made for each frame, 1-bit transparency). Animations (GIF, APNG,
+JPEG/WEBP/BMP/GIF (GIF: 256 colours, one palette for all the frames of an animation; 1-bit transparency). Animations (GIF, APNG,
 animated WebP) are read a frame at a time (read_frames) and written from frames held as they come
 (AnimationWriter): esrgan.animation upscales them. Other Pillow formats are read but not written.
 
@@ -1422,7 +1422,7 @@ def _write_png_rows(
     depth = 16 if image.bit_depth == 16 else 8
 
     def chunk(kind: bytes, body: bytes) -> None:
-        fh.write(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)))
+        fh.write(_png_chunk(kind, body))
 
     def byte_rows() -> Iterator[np.ndarray]:
         written = 0
@@ -1512,7 +1512,7 @@ def _filter_rows(rows: np.ndarray, above: np.ndarray | None, bpp: int) -> np.nda
 
 
 def output_format(path: Path, format: str | None) -> str:
-    """The format a file written to path is in: format (png, jpg/jpeg, webp, tif/tiff, bmp, dicom: any case) when
+    """The format a file written to path is in: format (png, jpg/jpeg, webp, tif/tiff, bmp, gif, dicom: any case) when
     given, else from path's extension; ImageError when neither names one we write."""
     return _output_format(path, format)
 
@@ -1545,8 +1545,9 @@ def write_image(
 ) -> Path:
     """Write image atomically and return the path.
 
-    format: PNG, JPEG, WEBP, TIFF or BMP (default: from the extension). PNG and TIFF keep 16 bits and alpha; JPEG,
-    WEBP and BMP are 8-bit (16-bit input rounded), WEBP greyscale is stored as RGB. JPEG and BMP have no (reliable)
+    format: PNG, JPEG, WEBP, TIFF, BMP or GIF (default: from the extension). PNG and TIFF keep 16 bits and alpha;
+    JPEG, WEBP, BMP and GIF are 8-bit (16-bit input rounded; GIF 256 colours, alpha all or nothing: gif_frame), WEBP
+    greyscale is stored as RGB. JPEG and BMP have no (reliable)
     alpha: transparent pixels are composited on white, with an ImageWarning. quality: JPEG 0-100 (libjpeg takes 0
     as 1; default 95, 4:4:4 chroma) or WEBP 0-100 (default: lossless, colour under transparent pixels kept); ignored
     with a warning for PNG/TIFF. png_compression: zlib level 0-9 of PNG output (default DEFAULT_PNG_COMPRESSION,
@@ -2127,7 +2128,13 @@ class Frames:
         if self._composited is None:
             for k in range(1, self.count):
                 with _read_errors(self._path, self._max_pixels, f"frame {k + 1} of {self.count}"):
-                    self._im.seek(k)
+                    self._im.seek(
+                        k
+                    )  # Pillow grows the image to a frame larger than the canvas: check it first
+                    width, height = self._im.size
+                    if width * height > self._max_pixels:
+                        at = f"{self._path}: frame {k + 1} of {self.count}"
+                        raise too_many_pixels(at, f"{width}x{height} = {width * height}", self._max_pixels)
                     self._im.load()
                     arrays = self._arrays()
                 yield replace(self.first, **arrays), _duration(self._im)
@@ -2604,23 +2611,31 @@ GIF_PALETTE_SAMPLE = 1 << 16
 """Pixels the palette of a GIF is made from, taken evenly from all its frames: median cut then one k-means pass
 (Pillow's) on 65536 pixels took 0.2-0.4 s and gave 36.6-38.6 dB on 1024x768 photos, as much as or more than median
 cut on every pixel (34.6-39.0 dB, 0.2 s each)."""
+MAX_DELAY = {"GIF": 655350, "PNG": 65535000, "WEBP": 2**24 - 1}
+"""The longest display time each animated format holds, in ms: a GIF's 16-bit hundredths, an APNG's 16-bit
+numerator of seconds (Pillow's fraction), a WebP's 24-bit milliseconds. Longer frames are cut to it, with a warning
+(Pillow raised OverflowError for a GIF, after the model had run)."""
 GIF_MIN_DELAY = 20
 """The shortest display time a GIF frame is written with, in ms: browsers show 10 ms and less as 100 ms."""
 
 
 def gif_palette(frames: Iterable[tuple[np.ndarray, np.ndarray | None]], colours: int = 256) -> Image.Image:
     """One palette for frames of 8-bit RGB (and alpha: pixels below half are left out), as a palette image: made
-    from GIF_PALETTE_SAMPLE pixels taken evenly from all of them. One palette for the whole animation, as FFmpeg's
+    from about GIF_PALETTE_SAMPLE pixels drawn at random from all of them, each frame's share by its size. One palette for the whole animation, as FFmpeg's
     palettegen makes by default: a pixel that keeps its colour keeps its index, so what does not move does not
     flicker and the encoder writes only what changed (a palette per frame changed 40-75 % of the still pixels of
     a photo from one frame to the next)."""
     chosen = [(rgb, alpha) for rgb, alpha in frames]
     total = sum(rgb.shape[0] * rgb.shape[1] for rgb, _ in chosen)
-    step = max(1, total // GIF_PALETTE_SAMPLE)
+    share = min(1.0, GIF_PALETTE_SAMPLE / max(total, 1))
+    # positions drawn at random (a fixed seed: the same file gives the same GIF): every n-th pixel took the same
+    # few columns of every frame where n divided the width (a 512x512 animation got 2 colours, 8 dB)
+    rng = np.random.default_rng(0)
     parts = []
     for rgb, alpha in chosen:
         flat = rgb.reshape(-1, 3) if alpha is None else rgb[alpha >= 128]
-        parts.append(flat[::step])
+        take = min(len(flat), int(np.ceil(len(flat) * share)))
+        parts.append(flat if take == len(flat) else flat[rng.integers(0, len(flat), take)])
     sample = np.concatenate(parts) if parts else np.zeros((0, 3), np.uint8)
     if len(sample) == 0:
         sample = np.zeros((1, 3), np.uint8)
@@ -2652,13 +2667,16 @@ def gif_frame(image: ImageData) -> Image.Image:
     return gif_indexed(rgb, alpha if clear else None, palette)
 
 
-def gif_timeline(durations: list[float]) -> tuple[list[int], list[int]]:
-    """The frames a GIF keeps and their display times, for frames shown `durations` ms each: as they are where each
-    is a whole number of hundredths of a second (as a GIF's are); else each frame starts at its time rounded to
+def gif_timeline(durations: list[float], *, from_gif: bool = False) -> tuple[list[int], list[int]]:
+    """The frames a GIF keeps and their display times, for frames shown `durations` ms each: as they are when they
+    come from a GIF (from_gif: browsers play them as they played the source) or are each 0 or a whole number of
+    hundredths from 20 ms up (a 10 ms APNG frame kept at 10 would play at 100); else each frame starts at its time rounded to
     10 ms, and a frame that would start less than GIF_MIN_DELAY after the one kept before it is left out (that one
     shows on), so that the animation keeps its length and speed: a 60 fps APNG plays at its speed, about 40
     frames a second, where 10 ms delays would have played it at 10. Returns (indices kept, delays in ms)."""
-    if all(float(d).is_integer() and int(d) % 10 == 0 for d in durations):
+    if from_gif or all(
+        float(d).is_integer() and int(d) % 10 == 0 and (d == 0 or d >= GIF_MIN_DELAY) for d in durations
+    ):
         return list(range(len(durations))), [int(d) for d in durations]
     starts, t = [], 0.0
     for d in durations:
@@ -2756,6 +2774,7 @@ class AnimationWriter:
         """The held frames as palette images on one palette; each held array is let go once converted."""
         distinct = {id(f): f for f in self.frames}
         palette = gif_palette(distinct.values(), 255 if self.transparent else 256)
+        del distinct  # self.frames alone holds the arrays now: each goes when its frames are converted
         done: dict[int, Image.Image] = {}
         for k, frame in enumerate(self.frames):
             if id(frame) not in done:
@@ -2782,9 +2801,19 @@ class AnimationWriter:
             )  # an APNG's still image is no frame of the animation
         elif self.default_image:  # Pillow's durations are the animation's, after the still image
             durations = durations[1:]
+        longest = MAX_DELAY[self.fmt]
+        if max(durations, default=0) > longest:
+            long = sum(d > longest for d in durations)
+            warnings.warn(
+                f"{self.path}: {self.fmt} output: {long} frame{'s' if long > 1 else ''} shown longer than "
+                f"{self.fmt} holds ({longest / 1000:g} s), cut to it",
+                ImageWarning,
+                stacklevel=2,
+            )
+            durations = [min(d, longest) for d in durations]
         options: dict[str, Any] = {"save_all": True}
         if self.fmt == "GIF":
-            kept, delays = gif_timeline(durations)
+            kept, delays = gif_timeline(durations, from_gif=self.like.format == "GIF")
             if len(kept) < len(frames):
                 warnings.warn(
                     f"{self.path}: GIF output: {len(frames) - len(kept)} of {len(frames)} frames shown for less "
@@ -2834,6 +2863,6 @@ class AnimationWriter:
             raise
         except OSError as exc:
             raise ImageError(f"{self.path}: cannot write ({exc.strerror or _one_line(exc)})") from None
-        except (ValueError, SyntaxError, struct.error, RuntimeError) as exc:
+        except (ValueError, SyntaxError, struct.error, RuntimeError, ArithmeticError) as exc:
             raise ImageError(f"{self.path}: cannot encode as {self.fmt} ({_one_line(exc)})") from None
         return self.path

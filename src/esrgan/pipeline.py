@@ -267,7 +267,8 @@ def output_folder(output: Path | None) -> Path | None:
     if suffix in WRITE_FORMATS or suffix in CONTAINERS:
         return None
     if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
-        # a file we read but cannot write (x.gif, x.ppm, x.ts): taken as a folder name, it made a folder "x.gif/"
+        # a file we read but cannot write (x.ppm, x.ts; x.gif before GIF was written): taken as a folder name, it
+        # made a folder "x.gif/"
         raise EsrganError(
             f"-o {output}: esrgan does not write {suffix} files; name {_WRITABLE_IMAGE}, {_WRITABLE_VIDEO}, or a folder"
         )
