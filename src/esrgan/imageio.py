@@ -2598,7 +2598,8 @@ ANIMATION_BYTES = {"GIF": (4, 2), "PNG": (4, 5), "WEBP": (4, 5)}
 encoder while save writes). Measured with 24 frames of 1280x960 on a 2-core AMD EPYC Zen 4 (Pillow 13): APNG and
 WebP held 4.0 (Pillow keeps RGB in 4 bytes a pixel) and their encoders added 4.7 and 4.4 (a copy of every frame,
 and the deltas); GIF held 2.9 (the frames as they came, 3 bytes, 4 with alpha, until one palette is made from all
-of them) and its save added 1.2 (their palette images and the encoder's copies)."""
+of them) and its save added 0.4 (their palette images, each array let go as it is converted, and the encoder's
+copies)."""
 
 ANIMATED_WEBP_EFFORT = (50, 0)
 """Pillow's (quality, method) of a lossless animated WebP: libwebp's effort, not the pixels (lossless is exact).
