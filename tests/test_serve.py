@@ -170,6 +170,25 @@ def test_upload_progress_and_result(server: Server, photo: np.ndarray, model_fil
         assert Image.open(io.BytesIO(data)).size == (320, 256)
 
 
+def test_an_animation_says_the_page_takes_its_first_frame(server: Server, photo: np.ndarray) -> None:
+    """An animated GIF uploaded to the page: its first frame is upscaled, and the job says so (it became a still
+    PNG without a word on the page; `esrgan upscale` does every frame: tests/test_animation.py)."""
+    frames = [
+        Image.fromarray(np.ascontiguousarray(photo[40 + 8 * k : 104 + 8 * k, 160:240])) for k in range(2)
+    ]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    status, job = server.upload("wave.gif", buf.getvalue(), model="tiny-x4", tile=32)
+    assert status == 201, job
+    assert job["description"] == (
+        "RGB, 8-bit GIF, its first frame only: an animation (esrgan upscale does every frame)"
+    )
+    status, still = server.upload(
+        "still.png", png(np.ascontiguousarray(photo[40:104, 160:240])), model="tiny-x4"
+    )
+    assert status == 201 and still["description"] == "RGB, 8-bit PNG"
+
+
 def test_default_tile_is_automatic_and_tiles_a_big_image(
     server: Server, photo: np.ndarray, model_x2: Path
 ) -> None:

@@ -588,7 +588,7 @@ class JobService:
         Raises UploadRejected (and deletes the folder) for files that are not images or exceed the limits, and
         with 503 at the job cap, which is checked before the file is decoded.
         """
-        from .imageio import read_image, size_problem
+        from .imageio import is_animated, read_image, size_problem
         from .upscale import fit_size
 
         path = folder / "input"
@@ -626,7 +626,13 @@ class JobService:
             input_path=path,
             width=image.width,
             height=image.height,
-            description=f"{colour}{alpha}, {image.bit_depth}-bit {image.format}",
+            # the page upscales an animation's first frame, and says so (`esrgan upscale` does every frame)
+            description=f"{colour}{alpha}, {image.bit_depth}-bit {image.format}"
+            + (
+                ", its first frame only: an animation (esrgan upscale does every frame)"
+                if is_animated(path)
+                else ""
+            ),
             ext=ext,
             scale=scale,
         )
