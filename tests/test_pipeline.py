@@ -738,3 +738,18 @@ def test_a_warning_names_its_file_once_whatever_spaces_the_name_has(
         f"esrgan: warning: {tmp_path}/two  spaces.jpg: JPEG has no alpha channel; composited on white",
         f"esrgan: warning: {tmp_path}/new\\nline.jpg: JPEG has no alpha channel; composited on white",
     ]
+
+
+def test_error_lines_of_processes_sharing_a_pipe_stay_whole(tmp_path: Path) -> None:
+    """torchrun's ranks write to one stderr pipe: each `esrgan: error:` line goes in one write with its newline
+    (print() wrote the end apart, and a CI run saw two ranks' "terminated" on one line, then an empty one). Two
+    real processes, unbuffered as a rank's stderr can be, 3000 lines each into one pipe: every line whole."""
+    code = "from esrgan.cli import _err\nfor _ in range(3000):\n    _err('terminated')\n"
+    read, write = os.pipe()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=write, env=env) for _ in range(2)]
+    os.close(write)
+    with os.fdopen(read, "r") as stream:
+        lines = stream.read().splitlines()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert lines == ["esrgan: error: terminated"] * 6000

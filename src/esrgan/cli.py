@@ -40,7 +40,10 @@ Runner = Callable[[argparse.Namespace], int]
 
 
 def _err(msg: str) -> None:
-    print(f"esrgan: error: {shown(msg)}", file=sys.stderr)
+    # one write with its newline, as esrgan.pipeline.Reporter.line: torchrun's ranks share the pipe, and print()
+    # writes the end apart (seen in CI: two ranks' "terminated" on one line, then an empty one)
+    sys.stderr.write(f"esrgan: error: {shown(msg)}\n")
+    sys.stderr.flush()
 
 
 def _model_arg(spec: str) -> str:
