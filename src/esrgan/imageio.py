@@ -1565,12 +1565,7 @@ def write_image(
     fmt = _output_format(path, format)
     if not overwrite and path.exists():
         raise OutputExistsError(path)
-    if quality is not None and fmt not in ("JPEG", "WEBP"):
-        warnings.warn(
-            f"{path}: quality applies to JPEG and WEBP only; ignored for {fmt}", ImageWarning, stacklevel=2
-        )
-    elif quality is not None and not 0 <= quality <= 100:
-        raise ImageError(f"{path}: quality must be between 0 and 100, not {quality}")
+    _check_quality(quality, fmt, path)
     level = _png_level(png_compression, fmt, path)
     check_writable(image, fmt, path)
     if image.samples is not None and fmt not in ("TIFF", "DICOM"):
@@ -1580,24 +1575,33 @@ def write_image(
     if icc is not image.icc_profile:
         image = replace(image, icc_profile=icc)
     image = _metadata_for(image, fmt, path, (image.height, image.width))
+    with _encoding_errors(path, fmt), atomic_path(path, overwrite=overwrite) as tmp, in_hand(path):
+        _encode(tmp, image, fmt, quality, path, level)
+    return path
+
+
+def _check_quality(quality: int | None, fmt: str, path: Path) -> None:
+    """quality given for a format without one is ignored with a warning; out of 0-100 it is an ImageError."""
+    if quality is not None and fmt not in ("JPEG", "WEBP"):
+        warnings.warn(
+            f"{path}: quality applies to JPEG and WEBP only; ignored for {fmt}", ImageWarning, stacklevel=3
+        )
+    elif quality is not None and not 0 <= quality <= 100:
+        raise ImageError(f"{path}: quality must be between 0 and 100, not {quality}")
+
+
+@contextlib.contextmanager
+def _encoding_errors(path: Path, fmt: str) -> Iterator[None]:
+    """An encoder's failures as one ImageError line naming path: the file system's (cannot write), and Pillow's
+    refusals (an EXIF too long or unparsable, a tag its libtiff writer cannot set, a GIF delay past 16 bits)."""
     try:
-        with atomic_path(path, overwrite=overwrite) as tmp, in_hand(path):
-            _encode(tmp, image, fmt, quality, path, level)
+        yield
     except (OutputExistsError, ImageError):
         raise
     except OSError as exc:
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or _one_line(exc)
-        raise ImageError(f"{path}: cannot write ({reason})") from None
-    except (
-        ValueError,
-        SyntaxError,
-        struct.error,
-        RuntimeError,
-    ) as exc:  # Pillow's refusals: EXIF too long or
-        # unparsable, or a tag its libtiff writer cannot set
+        raise ImageError(f"{path}: cannot write ({cannot_write_reason(path, exc)})") from None
+    except (ValueError, SyntaxError, struct.error, RuntimeError, ArithmeticError) as exc:
         raise ImageError(f"{path}: cannot encode as {fmt} ({_one_line(exc)})") from None
-    return path
 
 
 STREAMED_FORMATS = ("PNG", "TIFF")
@@ -2725,14 +2729,7 @@ class AnimationWriter:
         self.fmt = _output_format(self.path, format)
         if self.fmt not in ANIMATED_FORMATS:
             raise ImageError(f"{self.path}: {self.fmt} holds no animation (GIF, PNG or WebP do)")
-        if quality is not None and self.fmt != "WEBP":
-            warnings.warn(
-                f"{self.path}: quality applies to JPEG and WEBP only; ignored for {self.fmt}",
-                ImageWarning,
-                stacklevel=2,
-            )
-        elif quality is not None and not 0 <= quality <= 100:
-            raise ImageError(f"{self.path}: quality must be between 0 and 100, not {quality}")
+        _check_quality(quality, self.fmt, self.path)
         self.quality, self.level = quality, _png_level(png_compression, self.fmt, self.path)
         self.plays, self.default_image = plays, default_image
         self.like = like
@@ -2857,13 +2854,10 @@ class AnimationWriter:
                 options.update(lossless=True, quality=ANIMATED_WEBP_EFFORT[0], method=ANIMATED_WEBP_EFFORT[1])
             else:
                 options.update(quality=self.quality)
-        try:
-            with atomic_path(self.path, overwrite=overwrite) as tmp, in_hand(self.path):
-                frames[0].save(tmp, format=self.fmt, **options)
-        except (OutputExistsError, ImageError):
-            raise
-        except OSError as exc:
-            raise ImageError(f"{self.path}: cannot write ({exc.strerror or _one_line(exc)})") from None
-        except (ValueError, SyntaxError, struct.error, RuntimeError, ArithmeticError) as exc:
-            raise ImageError(f"{self.path}: cannot encode as {self.fmt} ({_one_line(exc)})") from None
+        with (
+            _encoding_errors(self.path, self.fmt),
+            atomic_path(self.path, overwrite=overwrite) as tmp,
+            in_hand(self.path),
+        ):
+            frames[0].save(tmp, format=self.fmt, **options)
         return self.path
