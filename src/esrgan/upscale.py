@@ -860,8 +860,7 @@ class Upscaler:
 
         def need(t: int) -> int:
             span_h, span_w = min(t, height), min(t, width)
-            run = 0 if span_h * span_w * batch <= self._passed else runner.pass_bytes(span_h, span_w, batch)
-            return run + (row * span_h if t < longest else 0)
+            return self._pass_host_bytes(runner, span_h, span_w) + (row * span_h if t < longest else 0)
 
         if need(side) <= 0.75 * free:
             return tile
@@ -882,6 +881,15 @@ class Upscaler:
                 stacklevel=4,
             )
         return fit
+
+    def _pass_host_bytes(self, runner: ModelRunner, tile_h: int, tile_w: int) -> int:
+        """Host memory a forward pass over tiles of tile_h x tile_w (this upscaler's batch of them) takes beyond
+        what the engine holds already: none on a GPU (its memory is the device's) or for a pass no larger than one
+        this upscaler has run (the engines keep what a pass took, which then reads as taken)."""
+        batch = self.batch or 1
+        if self.device.type != "cpu" or tile_h * tile_w * batch <= self._passed:
+            return 0
+        return runner.pass_bytes(tile_h, tile_w, batch)
 
     def batch_fits(self, height: int, width: int, frames: int, pixels: np.dtype | type = np.uint8) -> bool:
         """Whether a pass over `frames` whole images of this size fits in the host memory free as `_fitting` sees
@@ -921,9 +929,11 @@ class Upscaler:
         float32 band of a tile row of output (on the host when the model runs on the CPU), and with another output
         size (--outscale, --width) the model-scale intermediate and the resize's float planes. streamed:
         upscale_rows into write_image_rows: the band and the rows in flight (at most 8 FLUSH_BYTES, measured at
-        about 6 on a 4352x2448 photo at x4 on a 2-core AMD EPYC Zen 4). band: the band's part of both. The
-        model's own working memory is not counted: the automatic tile keeps it to half of what is free, and so does
-        a tile given, made smaller where its pass and band would not fit (`_fitting`)."""
+        about 6 on a 4352x2448 photo at x4 on a 2-core AMD EPYC Zen 4), and in both the model's forward pass at
+        the tile it will use (on a CPU: `_pass_host_bytes`). band: the band's part of both, the pass's with it.
+        The pass had been left out (its tile is kept to half of what is free), but the output held whole may take
+        the other half and more: a 512x4096 photo at x4 in a container with 393 MB free was written whole (358 MB)
+        beside a 65 MB pass, and the kernel killed it."""
         h, w = image.height, image.width
         scale = self.model.scale
         out_h, out_w = self.output_size(h, w)
@@ -935,8 +945,11 @@ class Upscaler:
         # the tile the pass will use: a --tile whose pass and band would not fit is made smaller (_fitting)
         tile = self.tile_size(h, w, image.pixels.dtype, foresee=True)
         layout = self.tiling(h, w, tile)
-        tile_h = tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[0] if tile else h
+        tile_h, tile_w = (
+            tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[:2] if tile else (h, w)
+        )
         band = tile_h * self._band_row(w) if self.device.type == "cpu" else 0
+        band += self._pass_host_bytes(self.runner_for(image.pixels.dtype), tile_h, tile_w)
         band += 2 * min(FLUSH_BYTES, out_h * out_w * 3 * 4)  # rows being normalised and converted
         whole = 2 * out_bytes + band
         if (out_h, out_w) != (h * scale, w * scale):  # uint16 at the model's scale, then one plane at a time
