@@ -207,6 +207,51 @@ def test_upscale_in_the_browser(base_url: str, photo: np.ndarray, tmp_path: Path
 
 
 @pytest.mark.slow
+def test_an_animation_plays_at_the_results_size_beside_its_upload(
+    base_url: str, photo: np.ndarray, tmp_path: Path
+) -> None:
+    """An animated GIF dropped on the page: the job says it is animated and counts frames, and the viewer plays the
+    upload itself as the "before" at the result's size (its own is 4x smaller), beside the upscaled animation."""
+    chromium = find_chromium()
+    gif = tmp_path / "wave.gif"
+    frames = [
+        Image.fromarray(np.ascontiguousarray(photo[40 + 8 * k : 88 + 8 * k, 160:224])) for k in range(3)
+    ]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=120, loop=0)  # 64x48, 3 frames
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{base_url}/?token={TOKEN}")
+            sync_api.expect(page.locator("#connection")).to_have_text("live")
+            page.set_input_files("#files", [str(gif)])
+            page.click("#start")
+            done = page.locator('.job[data-state="done"]', has_text="wave.gif")
+            sync_api.expect(done).to_be_visible(timeout=120_000)
+            sync_api.expect(done.locator(".meta")).to_contain_text(
+                "64×48 RGB, 8-bit GIF, animated: 3 frames → 256×192"
+            )
+            says = "(j) => statusText(Object.assign({state: 'running', precision: 'fp32', elapsed: 2.0}, j))"
+            running = {"phase": "computing", "frames": 3, "tiles_done": 1, "tiles_total": 3}
+            assert page.evaluate(says, running).startswith("computing in fp32: frame 1 / 3 · ")
+
+            done.click()  # the viewer shows it (the first finished job of the server, another test's, else)
+            sync_api.expect(page.locator("#viewer-title")).to_contain_text("wave.gif")
+            sync_api.expect(page.locator("#before-tag")).to_have_text("Original (browser-scaled)")
+            loaded = "e => e.complete && [e.naturalWidth, e.naturalHeight]"
+            assert page.eval_on_selector("#before", loaded) == [64, 48]  # the upload, as it is
+            assert page.eval_on_selector("#after", loaded) == [256, 192]
+            box = "e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; }"
+            assert page.eval_on_selector("#before", box) == page.eval_on_selector("#after", box)
+            assert errors == []
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
 def test_the_page_takes_a_restarted_servers_settings(model_path: Path) -> None:
     """After a server restart the open page reconnects by itself; it must then show the new server's settings (it
     kept saying results are kept for 1 h when the new server kept them 6 s). A server started with another token

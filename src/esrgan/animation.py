@@ -72,6 +72,7 @@ class AnimationResult:
     upscaled: int  # frames put through the model (the others repeat one of them)
     duration: float  # seconds the animation plays once
     seconds: float  # wall time of this run
+    size: tuple[int, int] = (0, 0)  # the output's (height, width)
 
     def summary(self) -> str:
         repeated = self.frames - self.upscaled
@@ -124,11 +125,13 @@ def upscale_animation(
     overwrite: bool = False,
     max_pixels: int | None = None,
     on_frame: FrameProgress | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> AnimationResult:
     """Every frame of the animation src through upscaler, written to dst (GIF, PNG as APNG, or WebP: from format
     or dst's extension) with the display times of src and as many plays. An existing dst raises OutputExistsError
     before anything is read unless overwrite; a frame that cannot be decoded, or output frames that would not fit
-    in the free memory, raise one EsrganError line naming src; nothing is written unless every frame was done."""
+    in the free memory, raise one EsrganError line naming src; nothing is written unless every frame was done
+    (nor when on_frame or on_tile, which each frame's upscale_image is given, raise: `esrgan serve` cancels so)."""
     from .atomic import OutputExistsError
     from .device import host_memory_available
     from .imageio import check_writable, in_hand
@@ -153,7 +156,7 @@ def upscale_animation(
             default_image=frames.default_image,
         )
         need = animation_memory(frames.count, height, width, writer.fmt)
-        work = upscaler.host_bytes(frames.first)[0]
+        work = upscaler.host_bytes(frames.first).whole
         free = host_memory_available()
         distinct = None
         if free is not None and need + work > free:  # as if every frame differed: count the ones that do
@@ -178,7 +181,7 @@ def upscale_animation(
                 if key in seen:
                     writer.repeat(seen[key], duration)
                 else:
-                    seen[key] = writer.add(upscaler.upscale_image(image), duration)
+                    seen[key] = writer.add(upscaler.upscale_image(image, on_tile=on_tile), duration)
                     upscaled += 1
                 total += duration
                 if on_frame is not None:
@@ -186,7 +189,9 @@ def upscale_animation(
         count = frames.count
     caller.last_precision = upscaler.last_precision
     writer.save(overwrite=overwrite)
-    return AnimationResult(src, dst, count, upscaled, total / 1000.0, time.perf_counter() - start)
+    return AnimationResult(
+        src, dst, count, upscaled, total / 1000.0, time.perf_counter() - start, (height, width)
+    )
 
 
 def frame_key(image: ImageData) -> bytes:

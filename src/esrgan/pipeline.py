@@ -730,12 +730,12 @@ class _Batch:
         )
         if self.output.stream and why_not is None:
             return True
-        whole, streamed, _ = self.upscaler.host_bytes(image)
+        whole, streamed = self.upscaler.host_bytes(image)[:2]
         free = host_memory_available()
         if free is not None and whole > free:  # what the writers hold may be what is missing: wait for them
             self.settle()
             free = host_memory_available()
-            whole, streamed, _ = self.upscaler.host_bytes(image)  # a --tile is fitted to what is free now
+            whole, streamed = self.upscaler.host_bytes(image)[:2]  # a --tile is fitted to what is free now
         if free is None or whole <= free:
             return False
         if why_not is None and streamed <= free:

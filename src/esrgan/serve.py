@@ -111,10 +111,22 @@ _MIME = {
     "png": "image/png",
     "jpg": "image/jpeg",
     "webp": "image/webp",
+    "gif": "image/gif",
     "tif": "image/tiff",
     "bmp": "image/bmp",
 }
-_BROWSER_FORMATS = {"png", "jpg", "webp", "bmp"}  # formats a browser shows; TIFF results get a PNG preview
+_BROWSER_FORMATS = {
+    "png",
+    "jpg",
+    "webp",
+    "bmp",
+    "gif",
+}  # formats a browser shows; TIFF results get a PNG preview
+_ANIMATION_EXT = {
+    "GIF": "gif",
+    "PNG": "png",
+    "WEBP": "webp",
+}  # an animation's result keeps its format (APNG: png)
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOKEN_ENV = "ESRGAN_SERVE_TOKEN"
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
@@ -195,6 +207,8 @@ class Job:
     phase: str = ""  # while running: "loading" (the model), "computing" or "writing"
     phases: list[dict[str, Any]] = field(default_factory=list)  # [{"phase", "at": seconds after the start}]
     precision: str = ""  # computed in (fp16 asked on a CPU: bf16 or fp32; 16-bit images: fp32)
+    frames: int = 1  # an animation's (GIF, APNG, WebP): every frame is upscaled, progress counts frames
+    before_ext: str = "png"  # the "before" served: the bicubic preview, or an animation's own upload
     cancel: threading.Event = field(default_factory=threading.Event)
     image: ImageData | None = field(default=None, repr=False)  # decoded at upload, kept near the queue's head
 
@@ -225,6 +239,7 @@ class Job:
             "phase": self.phase,
             "phases": list(self.phases),
             "precision": self.precision,
+            "frames": self.frames,
             "options": {
                 "model": self.options.model,
                 "outscale": self.options.outscale,
@@ -298,27 +313,27 @@ class UpscalerEngine:
     def memory_needed(self, image: ImageData) -> tuple[int, tuple[int, int]]:
         """Host bytes a job on this image needs beyond its input, estimated, and the result's (height, width).
 
-        Twice the upscale held whole (Upscaler.host_bytes runs 20-50 % short of the pass's peak with a small model,
-        and a job's threads and writers add ~100 MiB at small sizes: 169 / 301 / 451 MiB for the pass alone against
-        114 / 214 / 377 estimated at 512 / 1024 / 1536 pixels in, x4, on a 2-core AMD EPYC Zen 4), then the page's
-        previews: made in bands of rows (PREVIEW_ROWS), alpha included, they add the 8-bit result kept for them and
-        ~1 byte a sample (made whole in float32 until session 27: 20 bytes a sample). bench/serve_memory.py measures
-        jobs against this: 1.2-2.3x their peak (docs/benchmarks.md)."""
-        whole = int(self.upscaler.host_bytes(image)[0])
+        Twice the upscale held whole but for the model's pass, once (Upscaler.host_bytes: without the pass it ran
+        20-50 % short of the job's peak with a small model, and a job's threads and writers add ~100 MiB at small
+        sizes: 169 / 301 / 451 MiB for the pass alone against 114 / 214 / 377 estimated at 512 / 1024 / 1536 pixels
+        in, x4, on a 2-core AMD EPYC Zen 4; the pass, counted since session 32, is kept to half of what is free by
+        the tile and is not doubled), then the page's previews: made in bands of rows (PREVIEW_ROWS), alpha
+        included, they add the 8-bit result kept for them and ~1 byte a sample (made whole in float32 until session
+        27: 20 bytes a sample). bench/serve_memory.py measures jobs against this (docs/benchmarks.md)."""
+        need = self.upscaler.host_bytes(image)
         height, width = self.upscaler.output_size(image.height, image.width)
         samples = height * width * (image.channels + (image.alpha is not None))
-        return whole * 2 + samples * 4, (height, width)
+        return int(2 * need.whole - need.forward) + samples * 4, (height, width)
 
     def streamed_memory_needed(self, image: ImageData) -> int | None:
         """Host bytes a job needs when its result is a PNG written as it is computed (write_rows); None where this
         image cannot be (alpha, another scale, a measurement: Upscaler.stream_reason). Upscaler.host_bytes'
-        streamed estimate (the tiling's band and the rows in flight; the model's pass is inside the half of the
-        free memory the tile is chosen for, so doubling it as memory_needed does would ask for more than the tile
-        leaves) and JOB_OVERHEAD. The previews then hold nothing of the result: the "before" is made from the input
-        in bands, and a PNG is its own "after"."""
+        streamed estimate (the tiling's band, the rows in flight and the model's pass) and JOB_OVERHEAD. The
+        previews then hold nothing of the result: the "before" is made from the input in bands, and a PNG is its
+        own "after"."""
         if self.upscaler.stream_reason(image) is not None:
             return None
-        return int(self.upscaler.host_bytes(image)[1]) + JOB_OVERHEAD
+        return int(self.upscaler.host_bytes(image).streamed) + JOB_OVERHEAD
 
     def write_rows(self, image: ImageData, path: Path, on_tile: Progress) -> tuple[int, int]:
         """Upscale `image` into the PNG `path` as it is computed (pipeline.write_streamed, the batch's way);
@@ -326,6 +341,25 @@ class UpscalerEngine:
         from .pipeline import OutputOptions, write_streamed
 
         return write_streamed(self.upscaler, image, path, OutputOptions(format="png"), on_tile=on_tile)
+
+    def animate(
+        self,
+        src: Path,
+        dst: Path,
+        fmt: str,
+        max_pixels: int,
+        on_frame: Callable[[int, int | None], None],
+        on_tile: Progress,
+    ) -> tuple[int, int]:
+        """Every frame of the animation src upscaled into dst (GIF, APNG or WebP, `fmt` its extension) as `esrgan
+        upscale` does (esrgan.animation.upscale_animation: checked against the memory free first, written
+        atomically when the last frame is done); returns the result's (height, width)."""
+        from .animation import upscale_animation
+
+        done = upscale_animation(
+            self.upscaler, src, dst, format=fmt, max_pixels=max_pixels, on_frame=on_frame, on_tile=on_tile
+        )
+        return done.size
 
     @property
     def last_precision(self) -> str:
@@ -588,7 +622,7 @@ class JobService:
         Raises UploadRejected (and deletes the folder) for files that are not images or exceed the limits, and
         with 503 at the job cap, which is checked before the file is decoded.
         """
-        from .imageio import is_animated, read_image, size_problem
+        from .imageio import is_animated, read_frames, read_image, size_problem
         from .upscale import fit_size
 
         path = folder / "input"
@@ -597,15 +631,20 @@ class JobService:
         if problem:
             shutil.rmtree(folder, ignore_errors=True)
             raise UploadRejected(problem, 503)
+        frames = 1
         try:
-            image = read_image(path, max_pixels=self.limits.max_pixels)
+            if is_animated(path):  # every frame is upscaled (the first one's kind describes it)
+                with read_frames(path, max_pixels=self.limits.max_pixels) as animation:
+                    image, frames = animation.first, animation.count
+            else:
+                image = read_image(path, max_pixels=self.limits.max_pixels)
         except ImageError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             message = self.public(str(exc).replace(str(path), name))
             raise UploadRejected(message, 413 if "exceeds the limit" in message else 400) from None
         colour = "grey" if image.channels == 1 else "RGB"
         alpha = " + alpha" if image.alpha is not None else ""
-        ext = _EXT.get(image.format, "png")
+        ext = _ANIMATION_EXT[image.format] if frames > 1 else _EXT.get(image.format, "png")
         scale = options.outscale or self.models[options.model].scale
         size = (max(1, round(image.height * scale)), max(1, round(image.width * scale)))
         if options.width is not None:  # the scale this image needs must be one --outscale allows: said now
@@ -615,7 +654,7 @@ class JobService:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise UploadRejected(f"{name}: {exc}") from None
             scale = options.width / image.width
-        fmt = {v: k for k, v in _EXT.items()}[ext]
+        fmt = {v: k for k, v in (_EXT | _ANIMATION_EXT).items()}[ext]
         if size_problem(fmt, *size, image, path):  # e.g. a 4200-pixel WebP at x4: past WebP's 16383
             ext = "png"  # the page chooses no format: the result goes where it fits, and says so in its name
         job = Job(
@@ -626,22 +665,19 @@ class JobService:
             input_path=path,
             width=image.width,
             height=image.height,
-            # the page upscales an animation's first frame, and says so (`esrgan upscale` does every frame)
             description=f"{colour}{alpha}, {image.bit_depth}-bit {image.format}"
-            + (
-                ", its first frame only: an animation (esrgan upscale does every frame)"
-                if is_animated(path)
-                else ""
-            ),
+            + (f", animated: {frames} frames" if frames > 1 else ""),
             ext=ext,
             scale=scale,
+            frames=frames,
+            before_ext=_ANIMATION_EXT[image.format] if frames > 1 else "png",
         )
         with self._cond:
             problem = self._no_room(placed)  # again: the queue may have filled while this decoded
             if problem:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise UploadRejected(problem, 503)
-            if len(self._queue) < _KEEP_DECODED:
+            if len(self._queue) < _KEEP_DECODED and frames == 1:
                 job.image = image  # runs soon: no second decode; jobs further back decode again when they run
             self._jobs[job.id] = job
             self._queue.append(job.id)
@@ -678,7 +714,13 @@ class JobService:
             if job is None or job.state != "done":
                 return None
             path = {"result": job.result_path, "before": job.before_path, "after": job.after_path}[which]
-            ext = job.ext if which == "result" or path == job.result_path else "png"
+            ext = (
+                job.ext
+                if which == "result" or path == job.result_path
+                else job.before_ext
+                if which == "before"
+                else "png"
+            )
             name = job.download_name
         if path is None or not self._inside(path):
             return None
@@ -861,6 +903,9 @@ class JobService:
         from .imageio import read_image, write_image_rows
         from .pipeline import OutputOptions, write_output
 
+        if job.frames > 1:
+            self._animate(job, on_tile)
+            return
         if image is None:
             image = read_image(job.input_path, max_pixels=self.limits.max_pixels)
         if not self._engine_ready(job.options):
@@ -908,6 +953,45 @@ class JobService:
         write_image_rows(before, like, size, _before_rows(image, size))
         with self._cond:
             job.result_path, job.before_path, job.after_path = result, before, after
+            job.out_height, job.out_width = size
+
+    def _animate(self, job: Job, on_tile: Progress) -> None:
+        """An animation's job: every frame upscaled into an animation of its format (UpscalerEngine.animate, as
+        `esrgan upscale` does), its progress in frames, cancelled between tiles; the "before" is the upload itself,
+        which the page shows at the result's size (a browser plays it: a preview of its own would be a second
+        animation to encode and hold)."""
+        from .imageio import read_frames
+
+        if not self._engine_ready(job.options):
+            self._phase(job, "loading")
+        engine = self._engine_for(job.options)
+        animate = getattr(engine, "animate", None)
+        if not callable(animate):  # an engine of stills only (tests' fakes)
+            raise EsrganError(f"{job.name}: this server's engine upscales still images only")
+        predict = getattr(engine, "precision_for", None)
+        precision = None
+        if callable(predict):
+            with read_frames(job.input_path, max_pixels=self.limits.max_pixels) as frames:
+                precision = predict(frames.first)
+        self._phase(job, "computing", precision)
+
+        def frame_done(done: int, total: int | None) -> None:
+            on_tile(done, total or job.frames)
+            if done == (total or job.frames):
+                self._phase(job, "writing")
+
+        def cancelled(done: int, total: int) -> None:
+            if job.cancel.is_set():
+                raise JobCancelled
+
+        result = job.folder / f"result.{job.ext}"
+        size = animate(job.input_path, result, job.ext, self.limits.max_pixels, frame_done, cancelled)
+        if job.cancel.is_set():
+            result.unlink(missing_ok=True)
+            raise JobCancelled
+        self._phase(job, "writing", getattr(engine, "last_precision", None))
+        with self._cond:
+            job.result_path, job.before_path, job.after_path = result, job.input_path, result
             job.out_height, job.out_width = size
 
     def _check_memory(self, job: Job, engine: Engine, image: ImageData) -> bool:

@@ -51,7 +51,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -223,6 +223,18 @@ _PIL_MODES = {
     "I": "I",
     "F": "F",
 }
+
+
+class HostBytes(NamedTuple):
+    """Host memory an upscale needs beyond its input, estimated (Upscaler.host_bytes): written whole, written as
+    it is computed (both with `band` and `forward`), the tiling's band of a tile row of output with the rows being
+    converted, and the model's forward pass at the tile it will use (0 on a GPU, or for a pass no larger than one
+    already run)."""
+
+    whole: int
+    streamed: int
+    band: int
+    forward: int
 
 
 class Upscaler:
@@ -923,17 +935,16 @@ class Upscaler:
     def _elsewhere(self) -> str:
         return " or try --device cpu" if self.device.type != "cpu" else ""
 
-    def host_bytes(self, image: ImageData) -> tuple[int, int, int]:
-        """Host memory an upscale of image needs beyond the input it holds, estimated: (whole, streamed, band).
-        whole: upscale_image then write_image: the output, a copy of it for the encoder (Pillow's) and the tiling's
-        float32 band of a tile row of output (on the host when the model runs on the CPU), and with another output
-        size (--outscale, --width) the model-scale intermediate and the resize's float planes. streamed:
-        upscale_rows into write_image_rows: the band and the rows in flight (at most 8 FLUSH_BYTES, measured at
-        about 6 on a 4352x2448 photo at x4 on a 2-core AMD EPYC Zen 4), and in both the model's forward pass at
-        the tile it will use (on a CPU: `_pass_host_bytes`). band: the band's part of both, the pass's with it.
-        The pass had been left out (its tile is kept to half of what is free), but the output held whole may take
-        the other half and more: a 512x4096 photo at x4 in a container with 393 MB free was written whole (358 MB)
-        beside a 65 MB pass, and the kernel killed it."""
+    def host_bytes(self, image: ImageData) -> HostBytes:
+        """Host memory an upscale of image needs beyond the input it holds, estimated (HostBytes). whole:
+        upscale_image then write_image: the output, a copy of it for the encoder (Pillow's) and the tiling's float32
+        band of a tile row of output (on the host when the model runs on the CPU), and with another output size
+        (--outscale, --width) the model-scale intermediate and the resize's float planes. streamed: upscale_rows
+        into write_image_rows: the band and the rows in flight (at most 8 FLUSH_BYTES, measured at about 6 on a
+        4352x2448 photo at x4 on a 2-core AMD EPYC Zen 4). Both count the model's forward pass at the tile it will
+        use (on a CPU: `_pass_host_bytes`). It had been left out (its tile is kept to half of what is free), but
+        the output held whole may take the other half and more: a 512x4096 photo at x4 in a container with 393 MB
+        free was written whole (358 MB) beside a 65 MB pass, and the kernel killed it."""
         h, w = image.height, image.width
         scale = self.model.scale
         out_h, out_w = self.output_size(h, w)
@@ -949,12 +960,12 @@ class Upscaler:
             tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[:2] if tile else (h, w)
         )
         band = tile_h * self._band_row(w) if self.device.type == "cpu" else 0
-        band += self._pass_host_bytes(self.runner_for(image.pixels.dtype), tile_h, tile_w)
         band += 2 * min(FLUSH_BYTES, out_h * out_w * 3 * 4)  # rows being normalised and converted
-        whole = 2 * out_bytes + band
+        forward = self._pass_host_bytes(self.runner_for(image.pixels.dtype), tile_h, tile_w)
+        whole = 2 * out_bytes + band + forward
         if (out_h, out_w) != (h * scale, w * scale):  # uint16 at the model's scale, then one plane at a time
             whole += h * scale * w * scale * (channels * 2 + 4) + out_h * (w * scale + out_w) * 4
-        return whole, band + min(8 * FLUSH_BYTES, out_bytes), band
+        return HostBytes(whole, band + forward + min(8 * FLUSH_BYTES, out_bytes), band, forward)
 
     def stream_reason(self, image: ImageData) -> str | None:
         """None when `upscale_rows` can upscale this image (its output then never has to be held whole), else why

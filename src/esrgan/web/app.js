@@ -194,6 +194,9 @@ function statusText(j) {
       const inp = j.precision ? ` in ${j.precision}` : "";
       if (j.phase === "loading") return `loading the model…${t}`;
       if (j.phase === "writing") return `writing the result…${t}`;
+      if (j.frames > 1 && j.phase === "computing") {
+        return `computing${inp}: frame ${j.tiles_done} / ${j.tiles_total || j.frames}${t}`;
+      }
       if (j.tiles_total > 1) return `computing${inp}: tile ${j.tiles_done} / ${j.tiles_total}${t}`;
       if (j.phase === "computing") return `computing${inp} (one tile, no finer progress)…${t}`;
       return `starting…${t}`;
@@ -300,6 +303,13 @@ function showViewer(j) {
   $("download").download = j.download_name;
   view.w = j.out_width;
   view.h = j.out_height;
+  // an animation's "before" is its upload, which the browser plays at the result's size (a still's is the
+  // bicubic preview, already that size)
+  $("before-tag").textContent = j.frames > 1 ? "Original (browser-scaled)" : "Bicubic";
+  for (const id of ["before", "after"]) {
+    $(id).style.width = `${view.w}px`;
+    $(id).style.height = `${view.h}px`;
+  }
   $("before").src = j.before_url;
   $("after").src = j.after_url;
   fit();
