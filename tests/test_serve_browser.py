@@ -236,7 +236,7 @@ def test_an_animation_plays_at_the_results_size_beside_its_upload(
             )
             says = "(j) => statusText(Object.assign({state: 'running', precision: 'fp32', elapsed: 2.0}, j))"
             running = {"phase": "computing", "frames": 3, "tiles_done": 1, "tiles_total": 3}
-            assert page.evaluate(says, running).startswith("computing in fp32: frame 1 / 3 · ")
+            assert page.evaluate(says, running).startswith("computing in fp32: frame 2 / 3 · ")  # 1 done
 
             done.click()  # the viewer shows it (the first finished job of the server, another test's, else)
             sync_api.expect(page.locator("#viewer-title")).to_contain_text("wave.gif")

@@ -293,6 +293,38 @@ def test_an_output_too_large_for_the_memory_is_streamed_not_killed(tmp_path: Pat
 
 
 @needs_memory_cgroups
+def test_an_output_that_fits_only_beside_smaller_tiles_gets_them(tmp_path: Path, photo: np.ndarray) -> None:
+    """A 1024x4096 panorama at x4 (a 201 MB output) at `--tile 1024` in a container of the command's own use + 400
+    MiB: held whole it does not fit, and written as it is computed at the tile fitted to half of what is free its
+    pass, band and rows in flight do not either (~430 MB). Counting the pass beside them (session 32), the batch
+    refused it ("... try a smaller --outscale"), where tiles small enough to leave the rows' memory out fit
+    (`Upscaler.plan_memory`'s reserve): it is written, as computed, with one foreseen warning naming the file,
+    well under the limit, with the pixels of a run with all the memory (this model's tiles are exact)."""
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "m.safetensors", SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=1)))
+    wide = np.tile(photo, (2, 8, 1))  # 1024 x 4096
+    Image.fromarray(wide).save(tmp_path / "wide.png", compress_level=1)
+    Image.fromarray(photo[:64, :64]).save(tmp_path / "small.png")
+    r, baseline = in_a_memory_cgroup(None, *ESRGAN, "upscale", tmp_path / "small.png", "-o", tmp_path / "s.png",
+                                     "--model", model)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    limit = baseline + 400 * 2**20
+    r, used = in_a_memory_cgroup(limit, *ESRGAN, "upscale", tmp_path / "wide.png", "-o", tmp_path / "wide_x4.png",
+                                 "--model", model, "--tile", "1024", "--precision", "fp32")  # fmt: skip
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    notes = [line for line in r.stderr.splitlines() if "foreseen" in line]
+    assert len(notes) == 1 and str(tmp_path / "wide.png") in notes[0], r.stderr
+    assert "MB more is set aside for the output); tiles of at most " in notes[0], notes
+    assert "written as computed" in r.stdout and used <= limit - 48 * 2**20, (used >> 20, limit >> 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        written = read_image(tmp_path / "wide_x4.png").pixels
+    reference = Upscaler(load_model(model), device="cpu", precision="fp32", tile=512).upscale(wide)
+    diff = np.abs(written.astype(np.int16) - reference)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-5
+
+
+@needs_memory_cgroups
 def test_a_tile_whose_band_does_not_fit_is_made_smaller_not_refused(
     tmp_path: Path, photo: np.ndarray
 ) -> None:

@@ -153,6 +153,55 @@ def test_a_tile_given_is_fitted_with_its_band_before_the_batch_decides_and_after
     )
 
 
+def test_the_memory_plan_keeps_the_output_whole_with_smaller_tiles_only_where_they_cost_little(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 12 MP photo (4000x3000) at x4 with realesrgan-x4plus's architecture on the page's costs (a machine with
+    that much free; no pass runs): held whole at its automatic tile with 5.3 GiB free; with 5.2 GiB whole with
+    tiles small enough to leave the output's memory out (they compute at most SMALLER_TILE_COST x the pixels);
+    with 4.9 GiB those would be too small, so it is streamed at its tile; with 0.75 GiB only streamed with smaller
+    tiles fits, and that is the plan; with 0.1 GiB nothing fits. Each plan's reserve, held, gives a tile whose
+    cost fits in what is free."""
+    import esrgan.device as device_module
+    from esrgan import serve
+    from esrgan.generator import RRDBConfig
+    from esrgan.tiling import computed_pixels
+    from esrgan.upscale import SMALLER_TILE_COST, MemoryPlan
+
+    engine = serve.UpscalerEngine(
+        Upscaler(RRDBNet(RRDBConfig()), device="cpu", precision="bf16", copy_model=False)
+    )
+    up = engine.upscaler
+    photo = ImageData(np.zeros((3000, 4000, 3), np.uint8), bit_depth=8)
+    gib = 2**30
+
+    def tile_and_cost(reserve: int) -> tuple[int, int]:
+        with up.reserving(reserve):
+            tile = up.tile_size(3000, 4000, np.uint8, foresee=True)
+            return tile, computed_pixels(*up.tiling(3000, 4000, tile)[:4])
+
+    plans = {}
+    for free in (5.3, 5.2, 4.9, 0.75, 0.1):
+        monkeypatch.setattr(device_module, "host_memory_available", lambda f=free: int(f * gib))
+        plans[free] = engine.plan(photo, int(free * gib))
+        if plans[free] is not None:
+            tile = tile_and_cost(plans[free].reserve)[0]
+            with up.reserving(plans[free].reserve):
+                need = up.host_bytes(photo)
+                cost = (
+                    need.streamed + serve.JOB_OVERHEAD
+                    if plans[free].streamed
+                    else engine.memory_needed(photo)[0]
+                )
+            assert cost <= free * gib, (free, tile, cost)
+    assert plans[5.3] == MemoryPlan(False, 0) and plans[4.9] == MemoryPlan(True, 0) and plans[0.1] is None
+    assert plans[5.2] is not None and not plans[5.2].streamed and plans[5.2].reserve > 4 * gib
+    monkeypatch.setattr(device_module, "host_memory_available", lambda: int(5.2 * gib))
+    (tile, cost), (smaller, smaller_cost) = tile_and_cost(0), tile_and_cost(plans[5.2].reserve)
+    assert 32 < smaller < tile and smaller_cost <= SMALLER_TILE_COST * cost
+    assert plans[0.75] is not None and plans[0.75].streamed and plans[0.75].reserve > 0
+
+
 def test_a_pass_out_of_memory_is_retried_with_half_the_tile_and_the_tile_kept(photo: np.ndarray) -> None:
     """Room for 10,000 pixels a pass: the whole 200x256 image (tile 0) and then tiles of 128 fail, tiles of 64 fit.
     The image is done, one OutOfMemoryWarning per retry, with the pixels of a run at --tile 64; the next image

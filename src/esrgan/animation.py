@@ -107,11 +107,21 @@ def animation_memory(frames: int, height: int, width: int, fmt: str, distinct: i
     return pixels + frames * ANIMATION_FRAME_BYTES
 
 
-def distinct_frames(src: Path, max_pixels: int) -> int:
+def distinct_frames(src: Path, max_pixels: int, on_frame: FrameProgress | None = None) -> int:
     """How many different frames the animation src holds: a pass that decodes every frame and hashes it (783
-    frames of 640x421 in about 2 s on a 2-core Zen 4), no model."""
+    frames of 640x421 in about 2 s on a 2-core Zen 4), no model. on_frame(0, count) after each frame decoded (none
+    upscaled yet): a caller that raises there stops the pass (`esrgan serve` cancels so)."""
+    keys = set()
     with read_frames(src, max_pixels=max_pixels) as frames:
-        return len({frame_key(image) for image, _ in frames})
+        for image, _ in frames:
+            keys.add(frame_key(image))
+            if on_frame is not None:
+                on_frame(0, frames.count)
+    return len(keys)
+
+
+TOO_MUCH = "try a smaller --outscale (or --width / --height), or make it a video (ffmpeg -i in.gif out.mp4) and upscale that"
+"""upscale_animation's way out of an animation too large for the memory (`esrgan serve` gives its own)."""
 
 
 def upscale_animation(
@@ -126,12 +136,14 @@ def upscale_animation(
     max_pixels: int | None = None,
     on_frame: FrameProgress | None = None,
     on_tile: Callable[[int, int], None] | None = None,
+    too_much: str = TOO_MUCH,
 ) -> AnimationResult:
     """Every frame of the animation src through upscaler, written to dst (GIF, PNG as APNG, or WebP: from format
     or dst's extension) with the display times of src and as many plays. An existing dst raises OutputExistsError
     before anything is read unless overwrite; a frame that cannot be decoded, or output frames that would not fit
     in the free memory, raise one EsrganError line naming src; nothing is written unless every frame was done
-    (nor when on_frame or on_tile, which each frame's upscale_image is given, raise: `esrgan serve` cancels so)."""
+    (nor when on_frame or on_tile, which each frame's upscale_image is given, raise: `esrgan serve` cancels so).
+    too_much: what the memory refusal advises (the CLI's flags by default)."""
     from .atomic import OutputExistsError
     from .device import host_memory_available
     from .imageio import check_writable, in_hand
@@ -155,21 +167,29 @@ def upscale_animation(
             plays=frames.plays,
             default_image=frames.default_image,
         )
-        need = animation_memory(frames.count, height, width, writer.fmt)
-        work = upscaler.host_bytes(frames.first).whole
         free = host_memory_available()
-        distinct = None
-        if free is not None and need + work > free:  # as if every frame differed: count the ones that do
-            distinct = distinct_frames(src, limit)
-            need = animation_memory(frames.count, height, width, writer.fmt, distinct)
-        if free is not None and need + work > free:
+
+        def needed(need: int) -> int:
+            """The frames held and encoded, and one frame's upscale at the tile it gets with them set aside."""
+            with upscaler.reserving(need):
+                return need + upscaler.host_bytes(frames.first).whole
+
+        need = animation_memory(frames.count, height, width, writer.fmt)
+        different = "all"
+        if free is not None and needed(need) > free:  # as if every frame differed: count the ones that do
+            need = animation_memory(frames.count, height, width, writer.fmt, 1)
+            different = "at least one"  # too much even if one frame were held: no need to count them
+            if needed(need) <= free:
+                distinct = distinct_frames(src, limit, on_frame)
+                need = animation_memory(frames.count, height, width, writer.fmt, distinct)
+                different = str(distinct)
+        if free is not None and needed(need) > free:
             held, encoded = ANIMATION_BYTES[writer.fmt]
             raise EsrganError(
-                f"{src}: the {frames.count} frames of {width}x{height} ({distinct} different) need about "
-                f"{format_bytes(need)} of memory until the {writer.fmt} file is written (about {held} bytes an "
-                f"output pixel for each different frame, {encoded} for each frame while it is encoded) and "
-                f"{format_bytes(free)} is free: try a smaller --outscale (or --width / --height), or make it a "
-                "video (ffmpeg -i in.gif out.mp4) and upscale that"
+                f"{src}: the {frames.count} frames of {width}x{height} ({different} different) need about "
+                f"{format_bytes(needed(need))} of memory until the {writer.fmt} file is written (one frame's "
+                f"upscale, and about {held} bytes an output pixel for each different frame, {encoded} for each "
+                f"frame while it is encoded) and {format_bytes(free)} is free: {too_much}"
             )
         upscaler.host_reserve = need
         seen: dict[bytes, int] = {}
@@ -188,6 +208,10 @@ def upscale_animation(
                     on_frame(done, frames.count)
         count = frames.count
     caller.last_precision = upscaler.last_precision
+    # what the engines now hold (a pass of this size needs nothing more) and a tile a pass ran out of memory with
+    caller._passed = max(caller._passed, upscaler._passed)
+    if upscaler.tile_cap is not None:
+        caller.tile_cap = min(upscaler.tile_cap, caller.tile_cap or upscaler.tile_cap)
     writer.save(overwrite=overwrite)
     return AnimationResult(
         src, dst, count, upscaled, total / 1000.0, time.perf_counter() - start, (height, width)

@@ -49,7 +49,7 @@ from .video import CONTAINERS, VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
     from .imageio import ImageData
-    from .upscale import Progress, Upscaler
+    from .upscale import MemoryPlan, Progress, Upscaler
 
 T = TypeVar("T")
 
@@ -714,14 +714,16 @@ class _Batch:
             return None
         return item
 
-    def _streamed(self, image: ImageData, job: Job) -> bool:
-        """Whether this image's output is written row by row: as OutputOptions.stream asks, or because the whole
-        output would not fit in the host memory free now (Upscaler.host_bytes); an EsrganError, before the model runs,
-        when neither way fits (the kernel's OOM killer ended the whole batch without a word). Asked by the model
-        stage when it takes the image: before saying no, it waits for the writers to finish the outputs they hold
-        (an earlier image's may be what takes the memory)."""
+    def _plan(self, image: ImageData, job: Job) -> MemoryPlan:
+        """Whether this image's output is written row by row, and the memory its tiles leave out: as
+        OutputOptions.stream asks, or as fits in the host memory free now (Upscaler.plan_memory: whole, else
+        streamed, else either with smaller tiles); an EsrganError, before the model runs, when no way fits (the
+        kernel's OOM killer ended the whole batch without a word). Asked by the model stage when it takes the
+        image: before saying no, it waits for the writers to finish the outputs they hold (an earlier image's may
+        be what takes the memory)."""
         from .device import host_memory_available
         from .imageio import STREAMED_FORMATS, output_format
+        from .upscale import MemoryPlan
 
         fmt = output_format(job.dst, self.output.format)
         image_reason = self.upscaler.stream_reason(image)  # why the image cannot stream, whatever the format
@@ -729,18 +731,25 @@ class _Batch:
             None if fmt in STREAMED_FORMATS else f"{fmt} is encoded from the whole image"
         )
         if self.output.stream and why_not is None:
-            return True
-        whole, streamed = self.upscaler.host_bytes(image)[:2]
+            return MemoryPlan(True, 0)
         free = host_memory_available()
-        if free is not None and whole > free:  # what the writers hold may be what is missing: wait for them
+        if free is None:
+            return MemoryPlan(False, 0)
+
+        def planned(free: int) -> MemoryPlan | None:
+            if why_not is None:
+                return self.upscaler.plan_memory(image, free)
+            return self.upscaler.plan_memory(image, free, streamed=None)
+
+        plan = planned(free)
+        if plan != MemoryPlan(False, 0):  # what the writers hold may be what is missing: wait for them
             self.settle()
-            free = host_memory_available()
-            whole, streamed = self.upscaler.host_bytes(image)[:2]  # a --tile is fitted to what is free now
-        if free is None or whole <= free:
-            return False
-        if why_not is None and streamed <= free:
-            return True
-        if why_not is None:  # a --tile whose band would not fit has been made smaller already (host_bytes)
+            free = host_memory_available() or free
+            plan = planned(free)
+        if plan is not None:
+            return plan
+        whole, streamed = self.upscaler.host_bytes(image)[:2]
+        if why_not is None:  # no tile fits either way: the output is too large
             need = streamed
             way = "a smaller --outscale (or --width / --height)"
         else:
@@ -770,12 +779,14 @@ class _Batch:
                 self._animation(item)
                 return None
             assert item.image is not None
-            if self._streamed(item.image, item.job):
-                self._stream(item)
-                return None
-            # a warning of the model's (smaller tiles after an out-of-memory) names the file
-            with in_hand(item.job.src):
-                item.image = self.upscaler.upscale_image(item.image, on_tile=self.report.on_tile)
+            plan = self._plan(item.image, item.job)
+            with self.upscaler.reserving(plan.reserve):  # the tiles leave out what the plan holds beside them
+                if plan.streamed:
+                    self._stream(item)
+                    return None
+                # a warning of the model's (smaller tiles after an out-of-memory) names the file
+                with in_hand(item.job.src):
+                    item.image = self.upscaler.upscale_image(item.image, on_tile=self.report.on_tile)
         except OutputExistsError:
             self.skipped(item)
             return None

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .imageio import ImageData
+    from .upscale import HostBytes, MemoryPlan
 
 log = logging.getLogger(__name__)
 QUIET_STOP_S = 2.0  # close() waits this long for the running tile before saying it is waiting
@@ -311,29 +312,50 @@ class UpscalerEngine:
         return str(self.upscaler.precision_for(image.pixels.dtype))
 
     def memory_needed(self, image: ImageData) -> tuple[int, tuple[int, int]]:
-        """Host bytes a job on this image needs beyond its input, estimated, and the result's (height, width).
-
-        Twice the upscale held whole but for the model's pass, once (Upscaler.host_bytes: without the pass it ran
-        20-50 % short of the job's peak with a small model, and a job's threads and writers add ~100 MiB at small
-        sizes: 169 / 301 / 451 MiB for the pass alone against 114 / 214 / 377 estimated at 512 / 1024 / 1536 pixels
-        in, x4, on a 2-core AMD EPYC Zen 4; the pass, counted since session 32, is kept to half of what is free by
-        the tile and is not doubled), then the page's previews: made in bands of rows (PREVIEW_ROWS), alpha
-        included, they add the 8-bit result kept for them and ~1 byte a sample (made whole in float32 until session
-        27: 20 bytes a sample). bench/serve_memory.py measures jobs against this (docs/benchmarks.md)."""
-        need = self.upscaler.host_bytes(image)
+        """Host bytes a job on this image needs beyond its input, estimated (`cost`, at the tile it would use
+        now), and the result's (height, width)."""
         height, width = self.upscaler.output_size(image.height, image.width)
-        samples = height * width * (image.channels + (image.alpha is not None))
-        return int(2 * need.whole - need.forward) + samples * 4, (height, width)
+        return self._whole_cost(image)(self.upscaler.host_bytes(image)), (height, width)
+
+    def _whole_cost(self, image: ImageData) -> Callable[[HostBytes], int]:
+        """A job's memory held whole, from Upscaler.host_bytes: twice the upscale held whole but for the model's
+        pass, once (without the pass it ran 20-50 % short of the job's peak with a small model, and a job's
+        threads and writers add ~100 MiB at small sizes: 169 / 301 / 451 MiB for the pass alone against 114 / 214
+        / 377 estimated at 512 / 1024 / 1536 pixels in, x4, on a 2-core AMD EPYC Zen 4; the pass, counted since
+        session 32, is kept to half of what is free by the tile and is not doubled), then the page's previews:
+        made in bands of rows (PREVIEW_ROWS), alpha included, they add the 8-bit result kept for them and ~1 byte
+        a sample (made whole in float32 until session 27: 20 bytes a sample). bench/serve_memory.py measures jobs
+        against this (docs/benchmarks.md)."""
+        height, width = self.upscaler.output_size(image.height, image.width)
+        previews = height * width * (image.channels + (image.alpha is not None)) * 4
+        return lambda need: 2 * need.whole - need.forward + previews
+
+    def plan(self, image: ImageData, free: int) -> MemoryPlan | None:
+        """How a job on this image fits in `free` host bytes (Upscaler.plan_memory with the job's costs): held
+        whole, with smaller tiles where that keeps the upload's format, else (where the image allows) as a PNG
+        written as it is computed, with the rows in flight, the model's pass and JOB_OVERHEAD (the previews then
+        hold nothing of the result: the "before" is made from the input in bands, and a PNG is its own
+        "after"); None when no way fits."""
+        can_stream = self.upscaler.stream_reason(image) is None
+        return self.upscaler.plan_memory(
+            image,
+            free,
+            self._whole_cost(image),
+            (lambda need: need.streamed + JOB_OVERHEAD) if can_stream else None,
+            whole_first=True,
+        )
 
     def streamed_memory_needed(self, image: ImageData) -> int | None:
-        """Host bytes a job needs when its result is a PNG written as it is computed (write_rows); None where this
-        image cannot be (alpha, another scale, a measurement: Upscaler.stream_reason). Upscaler.host_bytes'
-        streamed estimate (the tiling's band, the rows in flight and the model's pass) and JOB_OVERHEAD. The
-        previews then hold nothing of the result: the "before" is made from the input in bands, and a PNG is its
-        own "after"."""
+        """Host bytes a job needs when its result is a PNG written as it is computed (write_rows), at the tile it
+        would use now; None where this image cannot be (alpha, another scale, a measurement:
+        Upscaler.stream_reason)."""
         if self.upscaler.stream_reason(image) is not None:
             return None
         return int(self.upscaler.host_bytes(image).streamed) + JOB_OVERHEAD
+
+    def reserving(self, nbytes: int) -> contextlib.AbstractContextManager[None]:
+        """The upscaler's tiles leave nbytes out while inside (a plan's reserve: Upscaler.reserving)."""
+        return self.upscaler.reserving(nbytes)
 
     def write_rows(self, image: ImageData, path: Path, on_tile: Progress) -> tuple[int, int]:
         """Upscale `image` into the PNG `path` as it is computed (pipeline.write_streamed, the batch's way);
@@ -357,7 +379,14 @@ class UpscalerEngine:
         from .animation import upscale_animation
 
         done = upscale_animation(
-            self.upscaler, src, dst, format=fmt, max_pixels=max_pixels, on_frame=on_frame, on_tile=on_tile
+            self.upscaler,
+            src,
+            dst,
+            format=fmt,
+            max_pixels=max_pixels,
+            on_frame=on_frame,
+            on_tile=on_tile,
+            too_much="choose a smaller scale or width",
         )
         return done.size
 
@@ -721,7 +750,8 @@ class JobService:
                 if which == "before"
                 else "png"
             )
-            name = job.download_name
+            # a preview's name says what it is and ends as it is encoded (a JPEG job's bicubic "before" is a PNG)
+            name = job.download_name if which == "result" else f"{Path(job.download_name).stem}_{which}.{ext}"
         if path is None or not self._inside(path):
             return None
         return path, _MIME[ext], name
@@ -900,8 +930,7 @@ class JobService:
             self._changed()
 
     def _process(self, job: Job, image: ImageData | None, on_tile: Progress) -> None:
-        from .imageio import read_image, write_image_rows
-        from .pipeline import OutputOptions, write_output
+        from .imageio import read_image
 
         if job.frames > 1:
             self._animate(job, on_tile)
@@ -911,7 +940,15 @@ class JobService:
         if not self._engine_ready(job.options):
             self._phase(job, "loading")
         engine = self._engine_for(job.options)
-        streamed = self._check_memory(job, engine, image)
+        streamed, reserve = self._check_memory(job, engine, image)
+        with engine.reserving(reserve) if reserve else contextlib.nullcontext():  # type: ignore[attr-defined]
+            self._compute(job, engine, image, streamed, on_tile)
+
+    def _compute(self, job: Job, engine: Engine, image: ImageData, streamed: bool, on_tile: Progress) -> None:
+        """The job's upscale, its result written (streamed: as it is computed, as a PNG) and its previews."""
+        from .imageio import write_image_rows
+        from .pipeline import OutputOptions, write_output
+
         predict = getattr(engine, "precision_for", None)
         self._phase(job, "computing", predict(image) if callable(predict) else None)
         result = job.folder / f"result.{job.ext}"
@@ -989,38 +1026,37 @@ class JobService:
         if job.cancel.is_set():
             result.unlink(missing_ok=True)
             raise JobCancelled
-        self._phase(job, "writing", getattr(engine, "last_precision", None))
         with self._cond:
+            job.precision = getattr(engine, "last_precision", None) or job.precision
             job.result_path, job.before_path, job.after_path = result, job.input_path, result
             job.out_height, job.out_width = size
 
-    def _check_memory(self, job: Job, engine: Engine, image: ImageData) -> bool:
-        """Whether the job's result is written as it is computed: a result that would not fit whole in the host
-        memory free, where the image allows (UpscalerEngine.write_rows, the CLI batch's way), as a PNG (a JPEG,
-        WebP or TIFF result, which is encoded whole, becomes one, as the page does for a size past a format's
-        limit: the name says so). Else False; the job fails, before the model runs, when its result fits neither
-        way (the page keeps a result whole and makes its previews from it, in bands of rows): the kernel's OOM
-        killer would otherwise end the server, with every other job in it. Engines that cannot say (tests' fakes)
-        are not checked."""
+    def _check_memory(self, job: Job, engine: Engine, image: ImageData) -> tuple[bool, int]:
+        """(streamed, reserve): whether the job's result is written as it is computed, and the memory its tiles
+        leave out (UpscalerEngine.plan: held whole, with smaller tiles where needed, else streamed as a PNG: a
+        JPEG, WebP or TIFF result, which is encoded whole, becomes one, as the page does for a size past a
+        format's limit: the name says so). The job fails, before the model runs, when no way fits: the kernel's
+        OOM killer would otherwise end the server, with every other job in it. Engines that cannot say (tests'
+        fakes) are not checked."""
         from .device import host_memory_available
         from .pipeline import format_bytes
 
-        estimate = getattr(engine, "memory_needed", None)
-        if not callable(estimate):
-            return False
+        plan = getattr(engine, "plan", None)
+        if not callable(plan):
+            return False, 0
         free = host_memory_available()
         if free is None:
-            return False
-        need, (height, width) = estimate(image)
-        if need <= free:
-            return False
-        streamed = getattr(engine, "streamed_memory_needed", None)
-        rows = streamed(image) if callable(streamed) else None
-        if rows is not None and rows <= free:
-            with self._cond:
-                job.ext = "png"
-                self._changed()
-            return True
+            return False, 0
+        fitted = plan(image, free)
+        if fitted is not None:
+            if fitted.streamed:
+                with self._cond:
+                    job.ext = "png"
+                    self._changed()
+            return fitted.streamed, fitted.reserve
+        assert isinstance(engine, UpscalerEngine)
+        need, (height, width) = engine.memory_needed(image)
+        rows = engine.streamed_memory_needed(image)
         raise EsrganError(
             f"{job.name}: the {width}x{height} result needs about {format_bytes(need if rows is None else rows)} "
             f"of memory and {format_bytes(free)} is free on the server: choose a smaller scale or width"

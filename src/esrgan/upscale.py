@@ -44,6 +44,7 @@ How the image kinds are handled (and why):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -227,14 +228,28 @@ _PIL_MODES = {
 
 class HostBytes(NamedTuple):
     """Host memory an upscale needs beyond its input, estimated (Upscaler.host_bytes): written whole, written as
-    it is computed (both with `band` and `forward`), the tiling's band of a tile row of output with the rows being
-    converted, and the model's forward pass at the tile it will use (0 on a GPU, or for a pass no larger than one
-    already run)."""
+    it is computed (both with `band` and `forward`), the tiling's band of a tile row of output, and the model's
+    forward pass at the tile it will use (0 on a GPU, or for a pass no larger than one already run): the two that
+    a smaller tile makes smaller."""
 
     whole: int
     streamed: int
     band: int
     forward: int
+
+
+SMALLER_TILE_COST = 1.25
+"""The most computation (input pixels the model runs over, overlaps included) a plan that keeps an output whole
+with smaller tiles may take against its tile's, where writing it as it is computed would do (Upscaler.plan_memory,
+whole_first)."""
+
+
+class MemoryPlan(NamedTuple):
+    """How an image is upscaled in the host memory free (Upscaler.plan_memory): written as it is computed or held
+    whole, and the bytes to hold aside (Upscaler.reserving) while it is, so that its tiles leave them out."""
+
+    streamed: bool
+    reserve: int
 
 
 class Upscaler:
@@ -334,8 +349,9 @@ class Upscaler:
         )
         self._foreseen: set[tuple[int, int]] = set()  # (tile given, tile used) already said by _fitting
         self.host_reserve = 0
-        """Host bytes the caller holds beside the upscaling (video: the frames in flight and the encoder's), left
-        out of the automatic tile's budget on the CPU."""
+        """Host bytes the caller holds beside the upscaling (video: the frames in flight and the encoder's; a batch's
+        image: its output held whole, or the rows in flight: `plan_memory`), left out of the tile's budget on the
+        CPU (the automatic tile's, and a tile given that `_fitting` makes smaller)."""
         self.batch_cap: int | None = None
         """The most tiles a forward pass since one of several tiles ran out of memory (None: none yet); set by
         `shrink_tile`, which halves the batch before the tile."""
@@ -867,6 +883,7 @@ class Upscaler:
         free = host_memory_available()
         if free is None:
             return tile
+        free = max(0, free - self.host_reserve)
         runner = self.runner_for(pixels)
         row = self._band_row(width)
 
@@ -888,7 +905,13 @@ class Upscaler:
             whole = "the whole image" if side == longest else f"tiles of {side}x{side} pixels"
             warnings.warn(
                 f"out of memory with {whole} on cpu, foreseen: a pass needs about {format_bytes(need(side))} and "
-                f"{format_bytes(free)} is free; tiles of at most {fit}x{fit} instead",
+                f"{format_bytes(free)} is free"
+                + (
+                    f" ({format_bytes(self.host_reserve)} more is set aside for the output)"
+                    if self.host_reserve
+                    else ""
+                )
+                + f"; tiles of at most {fit}x{fit} instead",
                 OutOfMemoryWarning,
                 stacklevel=4,
             )
@@ -960,12 +983,72 @@ class Upscaler:
             tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[:2] if tile else (h, w)
         )
         band = tile_h * self._band_row(w) if self.device.type == "cpu" else 0
-        band += 2 * min(FLUSH_BYTES, out_h * out_w * 3 * 4)  # rows being normalised and converted
+        converted = 2 * min(FLUSH_BYTES, out_h * out_w * 3 * 4)  # rows being normalised and converted
         forward = self._pass_host_bytes(self.runner_for(image.pixels.dtype), tile_h, tile_w)
-        whole = 2 * out_bytes + band + forward
+        whole = 2 * out_bytes + band + converted + forward
         if (out_h, out_w) != (h * scale, w * scale):  # uint16 at the model's scale, then one plane at a time
             whole += h * scale * w * scale * (channels * 2 + 4) + out_h * (w * scale + out_w) * 4
-        return HostBytes(whole, band + forward + min(8 * FLUSH_BYTES, out_bytes), band, forward)
+        streamed = band + converted + forward + min(8 * FLUSH_BYTES, out_bytes)
+        return HostBytes(whole, streamed, band, forward)
+
+    @contextlib.contextmanager
+    def reserving(self, nbytes: int) -> Iterator[None]:
+        """host_reserve raised by nbytes while inside (the tile leaves that memory out), as it was afterwards."""
+        before = self.host_reserve
+        self.host_reserve = before + max(0, nbytes)
+        try:
+            yield
+        finally:
+            self.host_reserve = before
+
+    def plan_memory(
+        self,
+        image: ImageData,
+        free: int,
+        whole: Callable[[HostBytes], int] = lambda need: need.whole,
+        streamed: Callable[[HostBytes], int] | None = lambda need: need.streamed,
+        *,
+        whole_first: bool = False,
+    ) -> MemoryPlan | None:
+        """How this image is upscaled within `free` host bytes: held whole, else (where `streamed` is given: the
+        image and format allow it) written as it is computed, else the one of those two whose tiles, made small
+        enough to leave the output's (or the rows') memory out, compute the fewest pixels; None when nothing fits.
+        whole / streamed: a caller's cost of each way from host_bytes (the web page adds its previews and
+        threads). whole_first: whole with smaller tiles before streamed, where they compute at most
+        SMALLER_TILE_COST x the pixels (the web page: a streamed result is a PNG, where whole the upload's format
+        is kept; tiles of 32 would take ten times as long).
+
+        The tile (automatic or given) is fitted to half of what is free, without the output: counted beside it,
+        an output that fit whole had been written beside a pass that took the rest (the kernel killed it), and
+        counting it (session 32) refused images a smaller tile fits. A plan's `reserve` is held (`reserving`)
+        while the image is upscaled, so that its pass takes those smaller tiles."""
+        need = self.host_bytes(image)
+        dtype = image.pixels.dtype
+
+        def computed() -> int:  # input pixels the model runs over at the tile used now
+            tile = self.tile_size(image.height, image.width, dtype, foresee=True)
+            return computed_pixels(*self.tiling(image.height, image.width, tile)[:4])
+
+        def smaller(stream: bool, cost: Callable[[HostBytes], int]) -> tuple[int, MemoryPlan] | None:
+            reserve = cost(need) - need.band - need.forward  # what the tiling does not take, set aside
+            if reserve >= free:
+                return None
+            with self.reserving(reserve):
+                if cost(self.host_bytes(image)) > free:
+                    return None
+                return computed(), MemoryPlan(stream, reserve)
+
+        if whole(need) <= free:
+            return MemoryPlan(False, 0)
+        if whole_first:
+            fitted = smaller(False, whole)
+            if fitted is not None and fitted[0] <= SMALLER_TILE_COST * computed():
+                return fitted[1]
+        if streamed is not None and streamed(need) <= free:
+            return MemoryPlan(True, 0)
+        ways = [smaller(False, whole)] + ([] if streamed is None else [smaller(True, streamed)])
+        found = [way for way in ways if way is not None]
+        return min(found, key=lambda way: way[0])[1] if found else None
 
     def stream_reason(self, image: ImageData) -> str | None:
         """None when `upscale_rows` can upscale this image (its output then never has to be held whole), else why

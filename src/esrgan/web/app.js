@@ -195,7 +195,8 @@ function statusText(j) {
       if (j.phase === "loading") return `loading the model…${t}`;
       if (j.phase === "writing") return `writing the result…${t}`;
       if (j.frames > 1 && j.phase === "computing") {
-        return `computing${inp}: frame ${j.tiles_done} / ${j.tiles_total || j.frames}${t}`;
+        const total = j.tiles_total || j.frames;  // the frame being computed: one more than those done
+        return `computing${inp}: frame ${Math.min(j.tiles_done + 1, total)} / ${total}${t}`;
       }
       if (j.tiles_total > 1) return `computing${inp}: tile ${j.tiles_done} / ${j.tiles_total}${t}`;
       if (j.phase === "computing") return `computing${inp} (one tile, no finer progress)…${t}`;
