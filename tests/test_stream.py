@@ -314,7 +314,7 @@ def test_an_output_that_fits_only_beside_smaller_tiles_gets_them(tmp_path: Path,
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     notes = [line for line in r.stderr.splitlines() if "foreseen" in line]
     assert len(notes) == 1 and str(tmp_path / "wide.png") in notes[0], r.stderr
-    assert "MB more is set aside for the output); tiles of at most " in notes[0], notes
+    assert "MB more is set aside beside the pass); tiles of at most " in notes[0], notes
     assert "written as computed" in r.stdout and used <= limit - 48 * 2**20, (used >> 20, limit >> 20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -202,6 +202,37 @@ def test_the_memory_plan_keeps_the_output_whole_with_smaller_tiles_only_where_th
     assert plans[0.75] is not None and plans[0.75].streamed and plans[0.75].reserve > 0
 
 
+def test_reserves_of_threads_sharing_an_upscaler_add_up_whatever_order_they_end_in() -> None:
+    """Two threads' images on one Upscaler (the README allows it): A sets aside 5 GB, B 3 GB, A ends first. B's
+    reserve must still hold while B's pass runs, and none be left afterwards; restoring the value each saw on entry
+    dropped B's (0 while B ran) and left A's raised for good (helper-82's review, session 32)."""
+    import threading
+
+    up = Upscaler(photo_preserving_rrdb(), device="cpu", precision="fp32")
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def a() -> None:
+        with up.reserving(5 * 2**30):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(10)
+        with up.reserving(3 * 2**30):
+            b_in.set()
+            a_out.wait(10)
+            seen["while B runs, A done"] = up.host_reserve
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"while B runs, A done": 3 * 2**30} and up.host_reserve == 0
+
+
 def test_a_pass_out_of_memory_is_retried_with_half_the_tile_and_the_tile_kept(photo: np.ndarray) -> None:
     """Room for 10,000 pixels a pass: the whole 200x256 image (tile 0) and then tiles of 128 fail, tiles of 64 fit.
     The image is done, one OutOfMemoryWarning per retry, with the pixels of a run at --tile 64; the next image

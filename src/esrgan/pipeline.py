@@ -744,7 +744,8 @@ class _Batch:
         plan = planned(free)
         if plan != MemoryPlan(False, 0):  # what the writers hold may be what is missing: wait for them
             self.settle()
-            free = host_memory_available() or free
+            now = host_memory_available()
+            free = free if now is None else now
             plan = planned(free)
         if plan is not None:
             return plan

@@ -48,6 +48,7 @@ import contextlib
 import functools
 import hashlib
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -237,6 +238,8 @@ class HostBytes(NamedTuple):
     band: int
     forward: int
 
+
+_RESERVE_LOCK = threading.Lock()  # Upscaler.reserving's additions and removals
 
 SMALLER_TILE_COST = 1.25
 """The most computation (input pixels the model runs over, overlaps included) a plan that keeps an output whole
@@ -907,7 +910,7 @@ class Upscaler:
                 f"out of memory with {whole} on cpu, foreseen: a pass needs about {format_bytes(need(side))} and "
                 f"{format_bytes(free)} is free"
                 + (
-                    f" ({format_bytes(self.host_reserve)} more is set aside for the output)"
+                    f" ({format_bytes(self.host_reserve)} more is set aside beside the pass)"
                     if self.host_reserve
                     else ""
                 )
@@ -993,13 +996,17 @@ class Upscaler:
 
     @contextlib.contextmanager
     def reserving(self, nbytes: int) -> Iterator[None]:
-        """host_reserve raised by nbytes while inside (the tile leaves that memory out), as it was afterwards."""
-        before = self.host_reserve
-        self.host_reserve = before + max(0, nbytes)
+        """host_reserve raised by nbytes while inside (the tile leaves that memory out), and lowered by as much
+        afterwards: threads that share this upscaler add their reserves up (restoring the value seen on entry
+        dropped another thread's reserve in the middle of its pass, or left one raised for good)."""
+        nbytes = max(0, nbytes)
+        with _RESERVE_LOCK:
+            self.host_reserve += nbytes
         try:
             yield
         finally:
-            self.host_reserve = before
+            with _RESERVE_LOCK:
+                self.host_reserve -= nbytes
 
     def plan_memory(
         self,
