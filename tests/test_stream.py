@@ -292,6 +292,38 @@ def test_an_output_too_large_for_the_memory_is_streamed_not_killed(tmp_path: Pat
     )
 
 
+def panorama_in_a_container(
+    tmp_path: Path, photo: np.ndarray, rows: int, tile: int
+) -> tuple[subprocess.CompletedProcess[str], int, int, Path, np.ndarray]:
+    """`esrgan upscale` of a panorama (`rows` x 4096 pixels of the photo tiled) at `--tile tile` in fp32, with a
+    tiny compact x4 model, in a v1 memory cgroup of the command's own use (a 64x64 run's peak) + 400 MiB: (the run,
+    its peak, the limit, the model, the panorama)."""
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "m.safetensors", SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=1)))
+    wide = np.tile(photo, (rows // photo.shape[0], 4096 // photo.shape[1], 1))
+    Image.fromarray(wide).save(tmp_path / "wide.png", compress_level=1)
+    Image.fromarray(photo[:64, :64]).save(tmp_path / "small.png")
+    r, baseline = in_a_memory_cgroup(None, *ESRGAN, "upscale", tmp_path / "small.png", "-o", tmp_path / "s.png",
+                                     "--model", model)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    limit = baseline + 400 * 2**20
+    r, used = in_a_memory_cgroup(limit, *ESRGAN, "upscale", tmp_path / "wide.png", "-o", tmp_path / "wide_x4.png",
+                                 "--model", model, "--tile", str(tile), "--precision", "fp32")  # fmt: skip
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    return r, used, limit, model, wide
+
+
+def assert_the_pixels_of_a_run_with_all_the_memory(written: Path, model: Path, wide: np.ndarray) -> None:
+    """The file holds what the same model makes with no memory limit: this model's tiles are exact (any tile
+    gives the same output, but for fp32 rounding: measured 1 in 8 bits on 1e-6 of the samples)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        pixels = read_image(written).pixels
+    reference = Upscaler(load_model(model), device="cpu", precision="fp32", tile=512).upscale(wide)
+    diff = np.abs(pixels.astype(np.int16) - reference)  # fp32 convolutions of other shapes round a few apart
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-5
+
+
 @needs_memory_cgroups
 def test_an_output_that_fits_only_beside_smaller_tiles_gets_them(tmp_path: Path, photo: np.ndarray) -> None:
     """A 1024x4096 panorama at x4 (a 201 MB output) at `--tile 1024` in a container of the command's own use + 400
@@ -300,28 +332,12 @@ def test_an_output_that_fits_only_beside_smaller_tiles_gets_them(tmp_path: Path,
     refused it ("... try a smaller --outscale"), where tiles small enough to leave the rows' memory out fit
     (`Upscaler.plan_memory`'s reserve): it is written, as computed, with one foreseen warning naming the file,
     well under the limit, with the pixels of a run with all the memory (this model's tiles are exact)."""
-    torch.manual_seed(0)
-    model = save_model(tmp_path / "m.safetensors", SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=1)))
-    wide = np.tile(photo, (2, 8, 1))  # 1024 x 4096
-    Image.fromarray(wide).save(tmp_path / "wide.png", compress_level=1)
-    Image.fromarray(photo[:64, :64]).save(tmp_path / "small.png")
-    r, baseline = in_a_memory_cgroup(None, *ESRGAN, "upscale", tmp_path / "small.png", "-o", tmp_path / "s.png",
-                                     "--model", model)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    limit = baseline + 400 * 2**20
-    r, used = in_a_memory_cgroup(limit, *ESRGAN, "upscale", tmp_path / "wide.png", "-o", tmp_path / "wide_x4.png",
-                                 "--model", model, "--tile", "1024", "--precision", "fp32")  # fmt: skip
-    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    r, used, limit, model, wide = panorama_in_a_container(tmp_path, photo, 1024, 1024)
     notes = [line for line in r.stderr.splitlines() if "foreseen" in line]
     assert len(notes) == 1 and str(tmp_path / "wide.png") in notes[0], r.stderr
     assert "MB more is set aside beside the pass); tiles of at most " in notes[0], notes
     assert "written as computed" in r.stdout and used <= limit - 48 * 2**20, (used >> 20, limit >> 20)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        written = read_image(tmp_path / "wide_x4.png").pixels
-    reference = Upscaler(load_model(model), device="cpu", precision="fp32", tile=512).upscale(wide)
-    diff = np.abs(written.astype(np.int16) - reference)
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-5
+    assert_the_pixels_of_a_run_with_all_the_memory(tmp_path / "wide_x4.png", model, wide)
 
 
 @needs_memory_cgroups
@@ -332,21 +348,11 @@ def test_a_tile_whose_band_does_not_fit_is_made_smaller_not_refused(
     tile row of output is 402 MB, more than the container has free. Before, the batch refused the file before the
     model ran ("... try a smaller --tile"); now the tile is made smaller for it, as for a pass that would not fit
     (one foreseen OutOfMemoryWarning naming the file), and the PNG is written (as it is computed: whole, its output
-    beside the smaller tiles' pass would not fit), within the limit with room to spare, with the pixels of the same model run with no memory limit (this model's tiles are exact:
-    any tile gives the same output, but for fp32 rounding: measured 1 in 8 bits on 1e-6 of the samples)."""
-    torch.manual_seed(0)
-    model = save_model(tmp_path / "m.safetensors", SRVGGNetCompact(CompactConfig(num_feat=4, num_conv=1)))
-    wide = np.tile(photo, (1, 8, 1))  # 512 x 4096: the x4 output is 2048 x 16384, 100 MB
-    Image.fromarray(wide).save(tmp_path / "wide.png", compress_level=1)
-    Image.fromarray(photo[:64, :64]).save(tmp_path / "small.png")
-    r, baseline = in_a_memory_cgroup(None, *ESRGAN, "upscale", tmp_path / "small.png", "-o", tmp_path / "s.png",
-                                     "--model", model)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    # at --tile 512 the band alone (402 MB) is over this; a tile of ~250 needs about half of it
-    limit = baseline + 400 * 2**20
-    r, used = in_a_memory_cgroup(limit, *ESRGAN, "upscale", tmp_path / "wide.png", "-o", tmp_path / "wide_x4.png",
-                                 "--model", model, "--tile", "512", "--precision", "fp32")  # fmt: skip
-    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    beside the smaller tiles' pass would not fit), within the limit with room to spare, with the pixels of the same
+    model run with no memory limit."""
+    # 512 x 4096: the x4 output is 2048 x 16384, 100 MB; at --tile 512 the band alone (402 MB) is over the 400
+    # MiB; a tile of ~250 needs about half of it
+    r, used, limit, model, wide = panorama_in_a_container(tmp_path, photo, 512, 512)
     # the plan leaves room: the output held whole (358 MB) beside the 168-pixel tiles' pass (65 MB) is more than
     # the 393 MB free, so it streams. Counting the output but not the pass, it peaked at 518-555 MiB of a 555 MiB
     # limit (killed in CI); streamed, 470-473 (2-core AMD EPYC Zen 4)
@@ -354,9 +360,4 @@ def test_a_tile_whose_band_does_not_fit_is_made_smaller_not_refused(
     notes = [line for line in r.stderr.splitlines() if "foreseen" in line]
     assert len(notes) == 1 and str(tmp_path / "wide.png") in notes[0], r.stderr
     assert "out of memory with tiles of 512x512 pixels on cpu, foreseen" in notes[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        written = read_image(tmp_path / "wide_x4.png").pixels
-    reference = Upscaler(load_model(model), device="cpu", precision="fp32", tile=512).upscale(wide)
-    diff = np.abs(written.astype(np.int16) - reference)  # fp32 convolutions of other shapes round a few apart
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-5
+    assert_the_pixels_of_a_run_with_all_the_memory(tmp_path / "wide_x4.png", model, wide)
