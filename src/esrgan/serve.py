@@ -116,18 +116,10 @@ _MIME = {
     "tif": "image/tiff",
     "bmp": "image/bmp",
 }
-_BROWSER_FORMATS = {
-    "png",
-    "jpg",
-    "webp",
-    "bmp",
-    "gif",
-}  # formats a browser shows; TIFF results get a PNG preview
-_ANIMATION_EXT = {
-    "GIF": "gif",
-    "PNG": "png",
-    "WEBP": "webp",
-}  # an animation's result keeps its format (APNG: png)
+# formats a browser shows; TIFF results get a PNG preview
+_BROWSER_FORMATS = {"png", "jpg", "webp", "bmp", "gif"}
+# an animation's result keeps its format (APNG: png)
+_ANIMATION_EXT = {"GIF": "gif", "PNG": "png", "WEBP": "webp"}
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOKEN_ENV = "ESRGAN_SERVE_TOKEN"
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
@@ -312,8 +304,8 @@ class UpscalerEngine:
         return str(self.upscaler.precision_for(image.pixels.dtype))
 
     def memory_needed(self, image: ImageData) -> tuple[int, tuple[int, int]]:
-        """Host bytes a job on this image needs beyond its input, estimated (`cost`, at the tile it would use
-        now), and the result's (height, width)."""
+        """Host bytes a job on this image needs beyond its input held whole (`_whole_cost`, at the tile it would
+        use now), and the result's (height, width)."""
         height, width = self.upscaler.output_size(image.height, image.width)
         return self._whole_cost(image)(self.upscaler.host_bytes(image)), (height, width)
 
@@ -743,13 +735,7 @@ class JobService:
             if job is None or job.state != "done":
                 return None
             path = {"result": job.result_path, "before": job.before_path, "after": job.after_path}[which]
-            ext = (
-                job.ext
-                if which == "result" or path == job.result_path
-                else job.before_ext
-                if which == "before"
-                else "png"
-            )
+            ext = job.ext if path == job.result_path else job.before_ext if which == "before" else "png"
             # a preview's name says what it is and ends as it is encoded (a JPEG job's bicubic "before" is a PNG)
             name = job.download_name if which == "result" else f"{Path(job.download_name).stem}_{which}.{ext}"
         if path is None or not self._inside(path):
