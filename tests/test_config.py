@@ -123,9 +123,13 @@ def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
         ({"data": {"jpeg_quality": [90, 40]}}, r"data\.jpeg_quality: must be \[low, high\] with 1 <= low"),
         ({"data": {"jpeg_quality": [200, 300]}}, r"data\.jpeg_quality"),
         ({"data": {"noise_sigma": [5, -1]}}, r"data\.noise_sigma"),
-        # session 29 (helper-57's audit): torch's shape error at the first step; the data are RGB
-        ({"model": {"num_in_ch": 1, "num_out_ch": 1}}, r"model\.num_in_ch/num_out_ch: training takes RGB"),
-        ({"model": {"num_in_ch": 3, "num_out_ch": 4}}, r"got 3 and 4; grey images train as RGB"),
+        # session 29 (helper-57's audit): torch's shape error at the first step; the data are RGB or grey (1 and 1)
+        (
+            {"model": {"num_in_ch": 1, "num_out_ch": 3}},
+            r"model\.num_in_ch/num_out_ch: training takes RGB models",
+        ),
+        ({"model": {"num_in_ch": 3, "num_out_ch": 4}}, r"or grey ones \(1 and 1\), got 3 and 4"),
+        ({"model": {"num_in_ch": 4, "num_out_ch": 4}}, r"got 4 and 4"),
     ],
 )
 def test_values_that_crashed_a_run_later_are_refused_at_load(tmp_path: Path, data: dict, match: str) -> None:

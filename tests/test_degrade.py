@@ -20,6 +20,9 @@ from esrgan.degrade import (
     GREY,
     KERNEL_MAX,
     P_GAUSS1,
+    P_GAUSS2,
+    P_GRAY1,
+    P_GRAY2,
     P_JPEG_LAST,
     P_MODE1,
     P_QUALITY1,
@@ -89,6 +92,28 @@ def test_jpeg_matches_libjpeg_at_every_quality(photos: list[np.ndarray]) -> None
             assert psnr(mine, theirs) > 40.0, (q, psnr(mine, theirs))
             assert abs(psnr(pixels, mine) - psnr(pixels, theirs)) < 0.3, q
             assert psnr(pixels, theirs) < 41.0  # the comparison means something: JPEG did change the photo
+
+
+def test_a_grey_jpeg_is_libjpegs_grey_jpeg_and_the_colour_path_of_three_equal_channels(
+    photos: list[np.ndarray],
+) -> None:
+    """A grey batch (a grey model's training data) goes through the luma plane alone: as close to Pillow's grey
+    JPEG as the colour path is to its colour one, and equal to the colour path given the grey as three channels."""
+    qualities = [10, 50, 95]
+    for pixels in photos:
+        grey = np.array(Image.fromarray(pixels).convert("L"))
+        x = torch.from_numpy(grey)[None, None].float().div(255).expand(len(qualities), -1, -1, -1)
+        batch = jpeg(x, torch.tensor(qualities, dtype=torch.float32))
+        assert batch.shape == x.shape
+        as_colour = jpeg(x.expand(-1, 3, -1, -1), torch.tensor(qualities, dtype=torch.float32))
+        assert torch.equal(batch, as_colour[:, :1]) and torch.equal(as_colour[:, 0], as_colour[:, 2])
+        for q, mine in zip(qualities, batch.mul(255).round().byte()[:, 0].numpy(), strict=True):
+            buf = io.BytesIO()
+            Image.fromarray(grey).save(buf, format="JPEG", quality=q)
+            theirs = np.asarray(Image.open(buf))
+            assert theirs.ndim == 2 and psnr(mine, theirs) > 40.0, (q, psnr(mine, theirs))
+            assert abs(psnr(grey, mine) - psnr(grey, theirs)) < 0.3, q
+            assert psnr(grey, theirs) < 46.0  # the comparison means something: JPEG did change the photo
 
 
 def test_jpeg_quality_tables_are_libjpegs() -> None:
@@ -330,18 +355,18 @@ def test_degrade_handles_tiny_intermediate_images() -> None:
     ("hr", "problem"),
     [
         (
-            torch.rand(1, 64, 64),
-            r"must be RGB images \(.*3, H, W\) \(3 channels\), got torch.float32 \(.*1, 64, 64\)",
+            torch.rand(2, 64, 64),
+            r"must be RGB or grey images \(.*C, H, W\) \(C = 3 or 1\), got torch.float32 \(.*2, 64, 64\)",
         ),
-        (torch.rand(4, 64, 64), r"must be RGB images .* \(.*4, 64, 64\)"),
-        (torch.rand(64, 64), r"must be RGB images .* \(.*64, 64\)"),
+        (torch.rand(4, 64, 64), r"must be RGB or grey images .* \(.*4, 64, 64\)"),
+        (torch.rand(64, 64), r"must be RGB or grey images .* \(.*64, 64\)"),
         (torch.rand(3, 64, 64, dtype=torch.float64), r"must be float32 in \[0, 1\] .*got torch.float64"),
         (torch.zeros(3, 64, 64, dtype=torch.uint8), r"must be float32 .*x.float\(\) / 255 for uint8"),
         (torch.rand(3, 66, 64), r"height and width must be multiples of the scale \(4\)"),
     ],
 )
 def test_a_library_callers_wrong_image_is_one_clear_error(hr: torch.Tensor, problem: str) -> None:
-    """degrade_image and degrade take float32 RGB (what the loader and the validation give them); another shape or
+    """degrade_image and degrade take float32 RGB or grey (what the loader and the validation give them); another shape or
     dtype was a deep "not enough values to unpack" or dtype error, or (uint8, sizes off the scale) a wrong LR."""
     with pytest.raises(ValueError, match="^hr: " + problem):
         degrade_image(hr, RealESRGANDegradationConfig(), 4, seed=0)
@@ -352,6 +377,33 @@ def test_a_library_callers_wrong_image_is_one_clear_error(hr: torch.Tensor, prob
         degrade(hr[None], kernels, params, scale=4, margin=0)
     with pytest.raises(ValueError, match=r"kernels and params: must be \(2, 3, 21, 21\) and \(2, 23\)"):
         degrade(torch.rand(2, 3, 64, 64), kernels, params, scale=4, margin=0)
+
+
+def test_a_grey_batch_is_degraded_as_three_equal_channels_with_grey_noise(photos: list[np.ndarray]) -> None:
+    """A grey model's batch (N, 1, H, W) gets Real-ESRGAN's degradation of its images read as RGB, with the noise
+    every grey sensor has (the same in each channel, whatever the draws said): LR, sharpened HR and plain HR equal
+    channel for channel, Gaussian and Poisson noise, JPEG before and after the last resize."""
+    grey = [np.asarray(Image.fromarray(p).convert("L"))[:160, :160] for p in photos]
+    regions = torch.from_numpy(np.stack(grey + grey[:1]))[:, None].float().div(255)  # (4, 1, 160, 160)
+    draws = [draw(np.random.default_rng(i), RealESRGANDegradationConfig()) for i in range(4)]
+    kernels = torch.from_numpy(np.stack([k for k, _ in draws]))
+    params = torch.from_numpy(np.stack([p for _, p in draws]))
+    params[:, P_GAUSS1] = params[:, P_GAUSS2] = torch.tensor([1.0, 0.0, 1.0, 0.0])  # both kinds of noise
+    params[:, P_GRAY1] = params[:, P_GRAY2] = torch.tensor([0.0, 0.0, 1.0, 1.0])  # colour noise drawn for two
+    grey_noise = params.clone()
+    grey_noise[:, P_GRAY1] = grey_noise[:, P_GRAY2] = 1.0
+    for jpeg_last in (0.0, 1.0):
+        params[0, P_JPEG_LAST] = grey_noise[0, P_JPEG_LAST] = jpeg_last  # the batch's: the first image's
+        drawn = params.clone()
+        one = degrade(regions, kernels, params, scale=4, margin=8)
+        assert torch.equal(params, drawn)  # the caller's parameters are left as they were
+        three = degrade(regions.expand(-1, 3, -1, -1), kernels, grey_noise, scale=4, margin=8)
+        assert one[0].shape == (4, 1, 24, 24) and one[1].shape == one[2].shape == (4, 1, 96, 96)
+        for a, b in zip(one, three, strict=True):
+            assert torch.equal(b[:, :1], b[:, 1:2]) and torch.equal(b[:, :1], b[:, 2:])  # still grey
+            assert torch.equal(a, b[:, :1])
+        plain_lr = F.interpolate(regions, scale_factor=0.25, mode="area")[:, :, 8:-8, 8:-8]
+        assert psnr(one[0].mul(255).numpy(), plain_lr.mul(255).numpy()) < 35  # the LR was degraded
 
 
 def test_unsharp_mask_takes_float64_and_refuses_other_dtypes(photo: np.ndarray) -> None:

@@ -749,6 +749,95 @@ def test_resume_before_the_config_on_the_command_line(
     assert info.value.code == 2 and "required: config" in capsys.readouterr().err
 
 
+def test_a_grey_model_trains_on_the_luma_of_its_photos_resumes_exactly_and_upscales(
+    photos: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """model.num_in_ch/num_out_ch 1 (scans, X-rays, thermal and depth images): colour photos train as their luma
+    (Pillow's convert("L")), grey ones as they are; validated on the luma; both stages, Real-ESRGAN's degradation
+    and its pair pool resume exactly; the model upscales grey images to grey and colour ones channel by channel."""
+    from PIL import Image
+
+    from esrgan.checkpoints import load_model
+    from esrgan.metrics import psnr
+    from esrgan.resize import imresize
+    from esrgan.upscale import Upscaler
+
+    skdata = pytest.importorskip("skimage.data")
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in photos[0].iterdir():
+        (data / path.name).write_bytes(path.read_bytes())
+    Image.fromarray(skdata.camera()[160:288, 192:320]).save(data / "camera.png")  # a grey photograph (mode L)
+    grey = {
+        "model": {"num_in_ch": 1, "num_out_ch": 1},
+        "data": {"hr_dir": str(data), "degradation": "realworld"},
+    }
+    cfg = tiny(photos, tmp_path, "psnr", **grey, train={"ema_decay": 0.9, "total_steps": 40},
+               validation={"every": 20})  # fmt: skip
+    stage1 = train(cfg).run_dir
+    l_pix = losses(stage1, "l_pix")
+    assert len(l_pix) == 40 and np.mean(l_pix[-10:]) < 0.7 * np.mean(l_pix[:10])
+    with Image.open(stage1 / "samples" / "step_00000040.png") as grid:
+        assert grid.mode == "L"
+    model = load_model(stage1 / "model.safetensors")
+    assert (model.config.num_in_ch, model.config.num_out_ch) == (1, 1)
+    assert model.conv_first.weight.shape[1] == 1 and model(torch.rand(1, 1, 12, 10)).shape == (1, 1, 48, 40)
+    # the validation's figure is the model's on the luma of the validation photos (computed here independently)
+    want = []
+    for path in sorted(photos[1].iterdir()):
+        hr = np.asarray(Image.open(path).convert("L"))
+        lr = (
+            imresize(torch.from_numpy(hr.astype(np.float64))[None], scale=0.25).round().clamp(0, 255).float()
+            / 255
+        )
+        with torch.no_grad():
+            sr = model(lr[None])[0, 0].clamp(0, 1).mul(255).round().byte().numpy()
+        want.append(psnr(sr, hr, crop_border=4))
+    (last,) = [r for r in log_records(stage1) if "val_psnr" in r and r["step"] == 40]
+    assert last["val_psnr"] == pytest.approx(float(np.mean(want)), abs=1e-4)
+
+    # stage 2, Real-ESRGAN's way (U-Net D, VGG19 loss, its degradation and pair pool), straight and resumed
+    gan = real_esrgan_sections(stage1 / "model.safetensors")
+    gan["model"] = {**gan["model"], **grey["model"]}
+    gan["data"] = {"hr_dir": str(data), "degradation": "realesrgan", "realesrgan": {"pool_size": 8}}
+    gan["train"] = {**gan["train"], "total_steps": 4}
+    straight = train(tiny(photos, tmp_path, "gan", **gan))
+    first = train(tiny(photos, tmp_path, "split", **gan), stop_at_step=2)
+    second = train(tiny(photos, tmp_path, "split", **gan), resume=True)
+    assert first.step == 2 and second.step == 4
+    a, b = weights_of(straight.run_dir), weights_of(second.run_dir)
+    for key in (*RESUMED_KEYS, "pair_pool"):
+        assert_same_state(a[key], b[key], key)
+    assert a["discriminator"]["conv0.weight"].shape[1] == 1 and a["pair_pool"]["images"][0].shape[1] == 1
+    assert all(np.isfinite(losses(straight.run_dir, "l_g_total")))
+
+    # an RGB model's files do not fit it: one line each, naming the file and the channels
+    from esrgan.discriminator import UNetDiscriminatorSN
+
+    torch.save({"params": UNetDiscriminatorSN(num_feat=8).state_dict()}, tmp_path / "rgb_netD.pth")
+    rgb_d = {**gan["train"], "pretrained_d": str(tmp_path / "rgb_netD.pth")}
+    with pytest.raises(
+        CheckpointError, match=r"rgb_netD\.pth: not a discriminator .* of grey images \(size mis"
+    ):
+        train(tiny(photos, tmp_path, "d3", **{**gan, "train": rgb_d}))
+    rgb_g = {**gan["train"], "pretrained_g": str(straight.run_dir.parent / "rgb" / "model.safetensors")}
+    train(tiny(photos, tmp_path, "rgb", train={"total_steps": 1}))
+    with pytest.raises(
+        ConfigError, match=r"rgb/model\.safetensors does not fit .*num_in_ch: 3 in the file, 1 in"
+    ):
+        train(tiny(photos, tmp_path, "g3", **{**gan, "train": rgb_g}))
+
+    up = Upscaler(load_model(straight.run_dir / "model.safetensors"), device="cpu", precision="fp32", tile=0)
+    camera = np.ascontiguousarray(skdata.camera()[:64, :80])
+    out = up.upscale(camera)
+    assert out.shape == (256, 320) and out.dtype == np.uint8  # grey stays grey
+    colour = np.asarray(Image.open(photos[1] / "cup.png"))
+    out = up.upscale(colour)
+    assert out.shape == (192, 192, 3)  # each channel through the grey model
+    for c in range(3):
+        assert np.array_equal(out[:, :, c], up.upscale(np.ascontiguousarray(colour[:, :, c])))
+
+
 def test_esrgan_plus_trains_and_exports_its_architecture(photos: tuple[Path, Path], tmp_path: Path) -> None:
     """`model.plus: true` trains ESRGAN+'s generator (its 1x1 paths get gradients and move); the exported model
     records the architecture and loads as ESRGAN+ again."""

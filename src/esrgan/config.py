@@ -516,13 +516,13 @@ def validate(config: Config, source: str, *, overrides: Sequence[str] = ()) -> N
         fail("data.hr_dir", "the training image folder is required")
     if config.model.scale not in (1, 2, 4, 8):
         fail("model.scale", f"must be 1, 2, 4 or 8, got {config.model.scale}")
-    if (config.model.num_in_ch, config.model.num_out_ch) != (3, 3):
-        # the data pipeline, the losses and `esrgan upscale` all work in RGB (a grey image trains as RGB with three
-        # equal channels); before, such a config crashed at the first step with torch's shape error
+    if (config.model.num_in_ch, config.model.num_out_ch) not in ((3, 3), (1, 1)):
+        # the data pipeline, the losses and `esrgan upscale` work in RGB or in grey (a grey model trains on the
+        # images' luma); before, such a config crashed at the first step with torch's shape error
         fail(
             "model.num_in_ch/num_out_ch",
-            f"training takes RGB images (3 and 3), got {config.model.num_in_ch} and {config.model.num_out_ch}; "
-            "grey images train as RGB with three equal channels",
+            f"training takes RGB models (3 and 3) or grey ones (1 and 1), got {config.model.num_in_ch} and "
+            f"{config.model.num_out_ch}",
         )
     if config.model.arch == "compact":
         try:

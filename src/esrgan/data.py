@@ -77,8 +77,16 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image as HxWx3 uint8 RGB (grey expanded, alpha dropped, 16-bit reduced), refusing bombs."""
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB -> HxWx1 uint8 grey: ITU-R BT.601 luma in Pillow's fixed point (its convert("L") exactly;
+    0.299 R + 0.587 G + 0.114 B, rounded): what a grey model trains on from a colour photo."""
+    r, g, b = (rgb[:, :, i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, :, None]
+
+
+def read_pixels(path: Path, channels: int = 3) -> np.ndarray:
+    """Decode an image as HxWxC uint8 (16-bit reduced, alpha dropped), refusing bombs: C = 3 is RGB (grey repeated),
+    C = 1 grey (a colour image's luma)."""
     from .imageio import read_image
 
     pixels = np.asarray(read_image(path, max_pixels=MAX_PIXELS).pixels)
@@ -86,9 +94,12 @@ def read_rgb(path: Path) -> np.ndarray:
         pixels = np.round(pixels / 257.0).astype(np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+    pixels = pixels.astype(np.uint8, copy=False)
+    if channels == 1:
+        return np.ascontiguousarray(pixels if pixels.shape[2] == 1 else luma(pixels))
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(pixels[:, :, :3].astype(np.uint8, copy=False))
+    return np.ascontiguousarray(pixels[:, :, :3])
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -172,12 +183,15 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 
 def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
+    """A CxHxW image in [0, 1] (C = 3 or 1) through Pillow's JPEG at `quality`: colour as YCbCr, grey as one plane."""
     pixels = x.mul(255.0).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    grey = pixels.shape[2] == 1
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(pixels[:, :, 0] if grey else pixels).save(buf, format="JPEG", quality=quality)
     buf.seek(0)
     with Image.open(buf) as im:
-        return to_tensor(np.asarray(im.convert("RGB")))
+        decoded = np.asarray(im.convert("L" if grey else "RGB"))
+    return to_tensor(decoded[:, :, None] if grey else decoded)
 
 
 def pair_problem(hr: tuple[int, ...], lr: tuple[int, ...], scale: int, patch_size: int) -> str | None:
@@ -216,6 +230,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         hr_downscale: float | Sequence[float] = 1.0,
         lr_on_device: bool = False,
         realesrgan: RealESRGANDegradationConfig | None = None,
+        channels: int = 3,
     ) -> None:
         """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, uint8-rounded); a list
         of factors makes one item per image and factor (a multi-scale set, as BasicSR's multi-scale DF2K: the same
@@ -226,6 +241,8 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
 
         `realesrgan`: Real-ESRGAN's degradation (esrgan.degrade). Samples are (HR region with margin, kernels,
         parameters); the batch is degraded by `batch_to_device` (lr_on_device) or by the loader's collate function.
+
+        `channels`: 3 for an RGB model (grey images repeated), 1 for a grey one (colour images' luma, `read_pixels`).
         """
         if realesrgan is not None and (lr_dir is not None or degradation is not None):
             raise ConfigError(
@@ -246,6 +263,9 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         self.flip = flip
         self.rot90 = rot90
         self.degradation = degradation
+        if channels not in (1, 3):
+            raise ConfigError(f"training images have 1 channel (grey) or 3 (RGB), not {channels}")
+        self.channels = channels
         self.hr_files = list_images(hr_dir)
         # one item per (image, shrink factor), image-major; paired LR folders have the one factor 1.0
         self.factors = factors
@@ -274,7 +294,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                 problem = pair_problem((h, w), image_size(lr_path), scale, patch_size)
                 if problem:
                     raise ConfigError(f"{lr_path}: {problem.format(hr=path.name)}")
-        total_mb = sum(h * w * 3 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
+        total_mb = sum(h * w * channels for h, w in sizes) * (1 + 1 / scale**2) / 2**20
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         self._shared: list[tuple[Tensor, Tensor | None]] | None = None
         self.realesrgan = realesrgan
@@ -330,20 +350,20 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def _load_all_factors(self, file_index: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """The items of one file, for every factor, from one decode."""
-        hr = read_rgb(self.hr_files[file_index])
+        hr = read_pixels(self.hr_files[file_index], self.channels)
         first = file_index * len(self.factors)
         return [self._load(first + k, hr) for k in range(len(self.factors))]
 
     def _load(self, index: int, decoded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         path, factor = self.items[index]
-        hr = read_rgb(path) if decoded is None else decoded
+        hr = read_pixels(path, self.channels) if decoded is None else decoded
         if factor != 1:
             small = bicubic_down(to_tensor(hr), factor)
             hr = small.mul_(255).round_().byte().permute(1, 2, 0).numpy()
         if self.lr_files is None:
             s = self.scale
             return hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s], None
-        lr = read_rgb(self.lr_files[index])
+        lr = read_pixels(self.lr_files[index], self.channels)
         problem = pair_problem(hr.shape[:2], lr.shape[:2], self.scale, self.patch_size)
         if problem:  # the file changed since the check at the start
             raise ImageError(f"{self.lr_files[index]}: {problem.format(hr=path.name)}")

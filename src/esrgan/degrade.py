@@ -226,14 +226,15 @@ def draw(rng: np.random.Generator, cfg: RealESRGANDegradationConfig) -> tuple[np
     return kernels, params
 
 
-def _check_rgb(x: Tensor, what: str, scale: int) -> None:
-    """One ValueError naming what is wrong with an image input of `degrade` / `degrade_image`: float32 RGB in
-    [0, 1], (N, 3, H, W) or (3, H, W), H and W multiples of `scale` (deep inside, a wrong one fails obscurely:
-    "not enough values to unpack", "expected scalar type Double", or a silently misaligned or saturated LR)."""
-    dims, shape = (4, "(N, 3, H, W)") if what == "regions" else (3, "(3, H, W)")
+def _check_images(x: Tensor, what: str, scale: int) -> None:
+    """One ValueError naming what is wrong with an image input of `degrade` / `degrade_image`: float32 RGB or grey in
+    [0, 1], (N, 3 or 1, H, W) or (3 or 1, H, W), H and W multiples of `scale` (deep inside, a wrong one fails
+    obscurely: "not enough values to unpack", "expected scalar type Double", or a silently misaligned or saturated
+    LR)."""
+    dims, shape = (4, "(N, C, H, W)") if what == "regions" else (3, "(C, H, W)")
     got = f"got {x.dtype} {tuple(x.shape)}"
-    if x.dim() != dims or x.shape[-3] != 3:
-        raise ValueError(f"{what}: must be RGB images {shape} (3 channels), {got}")
+    if x.dim() != dims or x.shape[-3] not in (1, 3):
+        raise ValueError(f"{what}: must be RGB or grey images {shape} (C = 3 or 1), {got}")
     if x.dtype != torch.float32:
         raise ValueError(f"{what}: must be float32 in [0, 1] (x.float() / 255 for uint8), {got}")
     if x.shape[-1] % scale or x.shape[-2] % scale:
@@ -241,10 +242,10 @@ def _check_rgb(x: Tensor, what: str, scale: int) -> None:
 
 
 def degrade_image(hr: Tensor, cfg: RealESRGANDegradationConfig, scale: int, seed: int) -> Tensor:
-    """A whole image's LR (3, H / scale, W / scale) by the degradation, its draws from `seed`, the HR not
-    sharpened: a fixed real-world LR for validation. `hr` (3, H, W) float32 in [0, 1], H and W multiples of `scale`
-    (otherwise a ValueError)."""
-    _check_rgb(hr, "hr", scale)
+    """A whole image's LR (C, H / scale, W / scale) by the degradation, its draws from `seed`, the HR not
+    sharpened: a fixed real-world LR for validation. `hr` (C, H, W) float32 in [0, 1], C = 3 or 1, H and W multiples
+    of `scale` (otherwise a ValueError)."""
+    _check_images(hr, "hr", scale)
     kernels, params = draw(np.random.default_rng(seed), cfg)
     params[P_USM] = 0.0  # validation compares with the HR as it is
     lr, _, _ = degrade(
@@ -301,20 +302,25 @@ def _codec(plane: Tensor, table: Tensor, dct: Tensor) -> Tensor:
 
 def jpeg(x: Tensor, quality: Tensor, phase: tuple[int, int] = (0, 0)) -> Tensor:
     """Baseline JPEG of an (N, 3, H, W) batch in [0, 1] at per-image integer `quality` (N,), decoded: values on
-    8-bit levels. `phase` shifts the 16x16 block grid (rows, columns) as if the image were cut from a larger one."""
-    _, _, h, w = x.shape
+    8-bit levels. `phase` shifts the 16x16 block grid (rows, columns) as if the image were cut from a larger one.
+    A grey batch (N, 1, H, W) is its luma plane alone: what the colour path gives three equal channels (their
+    chroma is 128 everywhere, which the codec keeps exactly), at a third of the work."""
+    _, c, h, w = x.shape
     v = x.clamp(0.0, 1.0).mul(255.0).round()
+    py, px = phase[0] % 16, phase[1] % 16
+    hh, ww = -(-(h + py) // 16) * 16, -(-(w + px) // 16) * 16
+    dct = _dct_matrix(x.device)
+    luma_t, chroma_t = quant_tables(quality.to(device=x.device, dtype=torch.float32))
+    if c == 1:
+        grey = _codec(F.pad(v, (px, ww - w - px, py, hh - h - py), mode="replicate"), luma_t, dct)
+        return grey[:, :, py : py + h, px : px + w].div_(255.0)
     r, g, b = v.unbind(1)
     y = 0.299 * r + 0.587 * g + 0.114 * b
     cb = -0.168735892 * r - 0.331264108 * g + 0.5 * b + 128.0
     cr = 0.5 * r - 0.418687589 * g - 0.081312411 * b + 128.0
     ycc = torch.stack((y, cb, cr), 1).round_().clamp_(0.0, 255.0)
-    py, px = phase[0] % 16, phase[1] % 16
-    hh, ww = -(-(h + py) // 16) * 16, -(-(w + px) // 16) * 16
     # libjpeg extends a partial block by repeating the edge sample
     ycc = F.pad(ycc, (px, ww - w - px, py, hh - h - py), mode="replicate")
-    dct = _dct_matrix(x.device)
-    luma_t, chroma_t = quant_tables(quality.to(device=x.device, dtype=torch.float32))
     luma = _codec(ycc[:, :1], luma_t, dct)
     chroma = F.avg_pool2d(ycc[:, 1:], 2).round_()  # 4:2:0
     chroma = _codec(chroma, chroma_t, dct)
@@ -428,7 +434,8 @@ def add_noise(
                 if want_gray and c == 3:
                     src = GREY[0] * src[:, 0:1] + GREY[1] * src[:, 1:2] + GREY[2] * src[:, 2:3]
                 elif want_gray:
-                    src = src[:, :1]
+                    # a grey image's grey as three equal channels give it (the weights sum to 0.9999)
+                    src = GREY[0] * src[:, :1] + GREY[1] * src[:, :1] + GREY[2] * src[:, :1]
                 levels = src.mul(255.0).round_().clamp_(0.0, 255.0)
                 vals = poisson_vals(levels).view(-1, 1, 1, 1)
                 src = levels.div_(255.0)
@@ -498,11 +505,12 @@ def degrade(
     regions: Tensor, kernels: Tensor, params: Tensor, *, scale: int, margin: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(LR, HR, plain HR) float batches from float HR regions (N, 3, H, W) with `margin` LR pixels of context on
-    every side (H and W multiples of `scale`), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the
+    every side (H and W multiples of `scale`; grey regions (N, 1, H, W) give what three equal channels with grey
+    noise would give, channel for channel: a grey sensor's noise, not a colour one's), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the
     regions' device. LR on 8-bit levels; HR the regions' centres, sharpened where the parameters say so (the
     target); plain HR the centres as they are (what Real-ESRGAN's discriminator sees; HR itself without sharpening).
     Regions of another shape or dtype, or kernels and parameters that are not one per region, are a ValueError."""
-    _check_rgb(regions, "regions", scale)
+    _check_images(regions, "regions", scale)
     n = regions.shape[0]
     if tuple(kernels.shape) != (n, 3, KERNEL_MAX, KERNEL_MAX) or tuple(params.shape) != (n, N_PARAMS):
         raise ValueError(
@@ -511,6 +519,10 @@ def degrade(
         )
     dev = regions.device
     host = params.detach().to("cpu", torch.float64)
+    if regions.shape[1] == 1:
+        # grey: a grey sensor's noise, the same in every channel of the RGB it stands for
+        host = host.clone()  # `.to` returned the caller's own tensor if it was on the CPU in float64
+        host[:, P_GRAY1] = host[:, P_GRAY2] = 1.0
     first = host[0].tolist()
     per = params.to(dev, torch.float32)
     kernels = kernels.to(dev, torch.float32)

@@ -62,7 +62,7 @@ from .data import (
     list_images,
     patch_loader,
     quantize,
-    read_rgb,
+    read_pixels,
     to_tensor,
 )
 from .degrade import PairPool, degrade_image
@@ -778,15 +778,18 @@ def _load_pretrained_discriminator(path: str, d: Discriminator, kind: str) -> No
     try:
         d.load_state_dict(discriminator_state(d, sd), strict=True)
     except RuntimeError as exc:
+        first = _first_conv(d)
+        images = {1: "grey images", 3: "RGB images"}.get(
+            first.in_channels, f"{first.in_channels}-channel images"
+        )
         raise CheckpointError(
-            f"{p}: not a discriminator of model.discriminator: {kind} with d_num_feat {_d_width(d)} "
-            f"({_load_error(exc)})"
+            f"{p}: not a discriminator of model.discriminator: {kind} with d_num_feat {first.out_channels} "
+            f"of {images} ({_load_error(exc)})"
         ) from None
 
 
-def _d_width(d: Discriminator) -> int:
-    first = next(m for m in d.modules() if isinstance(m, nn.Conv2d))
-    return first.out_channels
+def _first_conv(d: Discriminator) -> nn.Conv2d:
+    return next(m for m in d.modules() if isinstance(m, nn.Conv2d))
 
 
 def _load_error(exc: RuntimeError) -> str:
@@ -796,17 +799,22 @@ def _load_error(exc: RuntimeError) -> str:
 
 
 def _load_validation(
-    folder: str, scale: int, max_images: int, degradation: RealESRGANDegradationConfig | None = None
+    folder: str,
+    scale: int,
+    max_images: int,
+    degradation: RealESRGANDegradationConfig | None = None,
+    channels: int = 3,
 ) -> list[tuple[str, np.ndarray, Tensor]]:
     """(name, HR uint8 mod-cropped, LR float) for each validation image; LR by MATLAB bicubic, uint8-rounded, or
-    by `degradation` with draws fixed per image (seeded by the image's position: the same LR in every run)."""
+    by `degradation` with draws fixed per image (seeded by the image's position: the same LR in every run).
+    `channels`: the model's, 3 (RGB) or 1 (grey: the images' luma, as the training data)."""
     items: list[tuple[str, np.ndarray, Tensor]] = []
     files = list_images(folder)
     smallest = (
         2 * scale + 11
     )  # the border crop of the literature protocol on each side, then SSIM's 11x11 window
     for path in files[: max_images or None]:
-        hr = read_rgb(path)
+        hr = read_pixels(path, channels)
         hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
         if (
             min(hr.shape[:2]) < smallest
@@ -867,7 +875,7 @@ def save_sample_grid(
     width = max(r.shape[1] for r in rows)
     grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], 0)
     with atomic_path(path, overwrite=True) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+        Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(tmp, format="PNG")
 
 
 class _JsonlLog:
@@ -1274,6 +1282,7 @@ def build_batches(
         hr_downscale=dc.hr_downscale,
         lr_on_device=on_device,
         realesrgan=dc.realesrgan if dc.degradation == "realesrgan" else None,
+        channels=cfg.model.num_in_ch,
     )
     per_rank = dc.batch_size // ddp.world_size
     batches = patch_loader(
@@ -1893,6 +1902,7 @@ def train(
             scale,
             cfg.validation.max_images,
             cfg.data.realesrgan if cfg.validation.lr == "realesrgan" else None,
+            cfg.model.num_in_ch,
         )
         if cfg.validation.dir and ddp.main
         else []
@@ -1902,6 +1912,10 @@ def train(
     board = _tensorboard(run_dir, cfg.logging.tensorboard) if ddp.main else None
     if vgg_random and ddp.main:
         log.warning("TRAINING WITH A RANDOM VGG19 (perceptual.weights: random): for smoke tests only")
+    if cfg.model.num_in_ch == 1 and ddp.main:
+        log.info(
+            "a grey model (model.num_in_ch 1): colour training and validation images are read as their luma"
+        )
     if cfg.train.stage == "gan" and not cfg.train.pretrained_g and resume_path is None and ddp.main:
         # the paper (and Real-ESRGAN) start the GAN stage from the PSNR-oriented model; from random weights the
         # discriminator wins early and the generator learns artefacts (the recipe's "training from scratch fails")

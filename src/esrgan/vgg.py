@@ -128,6 +128,10 @@ class VGGFeatureExtractor(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         mean: Tensor = self.mean  # type: ignore[assignment]
         std: Tensor = self.std  # type: ignore[assignment]
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"VGG19 features of NCHW RGB or grey images (C = 3 or 1), got {tuple(x.shape)}")
+        # a grey batch (a grey model's) broadcasts against the three channels' means: VGG19 sees it as RGB with
+        # three equal channels, as it would see the same photo saved in colour
         h = (x - mean) / std
         found: dict[int, Tensor] = {}
         wanted = set(self._taps)
