@@ -27,7 +27,7 @@ import torch
 from hostinfo import cpu_name  # bench/, the script's own folder
 from PIL import Image
 
-from esrgan.data import gaussian_blur, read_rgb, to_tensor
+from esrgan.data import gaussian_blur, read_pixels, to_tensor
 from esrgan.resize import imresize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def make_lr_sets(benchmarks: Path, out: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
         for path in sorted((benchmarks / name).glob("*.png")):
-            Image.fromarray(degraded_lr(read_rgb(path), rng)).save(folder / path.name)
+            Image.fromarray(degraded_lr(read_pixels(path), rng)).save(folder / path.name)
         folders[name] = folder
     return folders
 

@@ -238,6 +238,21 @@ def test_bad_overrides(tmp_path: Path, override: str, match: str) -> None:
         load_config(write(tmp_path, {"data": {"hr_dir": "x"}}), [override])
 
 
+def test_keys_that_change_together_are_two_overrides(tmp_path: Path) -> None:
+    """A grey model from the CPU recipe's config (image_residual on): num_in_ch alone, or num_out_ch alone, is a
+    model no one can build; both together are one. An override that stays wrong is named, not the transient one."""
+    cpu = REPO / "configs" / "cpu_x4_psnr.yaml"
+    grey = ["model.num_in_ch=1", "model.num_out_ch=1", "data.hr_dir=x"]
+    c = load_config(cpu, grey)
+    assert (c.model.num_in_ch, c.model.num_out_ch, c.model.image_residual) == (1, 1, True)
+    with pytest.raises(ConfigError, match=r"^--set 'model.num_in_ch=1': model: image_residual needs as many"):
+        load_config(cpu, ["model.num_in_ch=1", "data.hr_dir=x"])
+    with pytest.raises(ConfigError, match=r"^--set 'model.num_feat=abc': .*expected int"):
+        load_config(cpu, [*grey, "model.num_feat=abc", "train.total_steps=5"])
+    with pytest.raises(ConfigError, match=r"^--set 'model.num_out_ch=3': model: image_residual needs"):
+        load_config(cpu, [*grey, "model.num_out_ch=3"])
+
+
 @pytest.mark.parametrize(
     ("data", "overrides", "said"),
     [

@@ -733,3 +733,15 @@ def test_a_pool_size_that_does_not_fit_the_batch_is_one_line(pool_size: object, 
                     "realesrgan": {"pool_size": pool_size}}}  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw)
+
+
+def test_a_grey_models_pool_counts_one_channel() -> None:
+    """A grey model's pairs are a third of an RGB model's bytes: 8000 pairs of 256 px (3.0 GiB in RGB) fit it."""
+    raw = {"data": {"hr_dir": "x", "batch_size": 4, "patch_size": 256, "degradation": "realesrgan",
+                    "realesrgan": {"pool_size": 8000}}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"8000 pairs of 256 px hold 3\.0 GiB"):
+        config_from_dict(raw)
+    assert config_from_dict({**raw, "model": {"num_in_ch": 1, "num_out_ch": 1}}).data.pool_pairs == 8000
+    more = {**raw["data"], "realesrgan": {"pool_size": 16000}}
+    with pytest.raises(ConfigError, match=r"16000 pairs of 256 px hold 2\.0 GiB"):
+        config_from_dict({"data": more, "model": {"num_in_ch": 1, "num_out_ch": 1}})

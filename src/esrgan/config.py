@@ -365,7 +365,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--set` overrides to the raw mapping; the keys are checked against the dataclasses."""
+    """Apply `--set` overrides to the raw mapping; the keys are checked against the dataclasses, and the values by
+    building the config once all are applied: keys that must change together (a grey model's num_in_ch and
+    num_out_ch with image_residual on) are two overrides whose first alone is refused. An error then names the
+    override since which the config has not built (the first of the last failing run)."""
+    broken_since: str | None = None
     for text in overrides:
         path, value = parse_override(text)
         cls: Any = Config
@@ -394,7 +398,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         try:
             _build(Config, raw, "")
         except ConfigError as exc:
-            raise ConfigError(f"--set {text!r}: {exc}") from None
+            broken_since, error = broken_since or text, exc
+        else:
+            broken_since = None
+    if broken_since is not None:
+        raise ConfigError(f"--set {broken_since!r}: {error}")
     return raw
 
 
@@ -582,7 +590,8 @@ def validate(config: Config, source: str, *, overrides: Sequence[str] = ()) -> N
         )
     pairs = config.data.pool_pairs
     patch, scale = config.data.patch_size, config.model.scale
-    pool_bytes = pairs * 3 * (2 * patch * patch + (patch // scale) ** 2)  # uint8 LR, HR and plain HR
+    channels = config.model.num_out_ch  # 3, or 1 for a grey model
+    pool_bytes = pairs * channels * (2 * patch * patch + (patch // scale) ** 2)  # uint8 LR, HR and plain HR
     if config.data.degradation == "realesrgan" and pool_bytes > POOL_MAX_BYTES:
         fail(
             "data.realesrgan.pool_size",
