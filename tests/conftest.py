@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cli_forkserver import ForkServer
 from PIL import Image
 
 from esrgan.device import ModelRunner
@@ -221,12 +222,22 @@ def _mse_8_bit(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # --- the CLI as a user runs it ---------------------------------------------------------------------------------------
+_FORK_SERVER = ForkServer()
+
+
 def run_cli(
     *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """`esrgan ARGS...` in a subprocess (this interpreter, env added to ours), output captured as text."""
+    """`esrgan ARGS...` in a process of its own (this interpreter, env added to ours), output captured as text:
+    forked from a server that has imported torch where the environment allows (tests/cli_forkserver.py), else a
+    subprocess."""
+    command = [sys.executable, "-m", "esrgan.cli", *map(str, args)]
+    done = _FORK_SERVER.run(command[3:], cwd=cwd, env=env, timeout=timeout)
+    if done is not None:
+        done.args = command
+        return done
     return subprocess.run(
-        [sys.executable, "-m", "esrgan.cli", *map(str, args)],
+        command,
         cwd=cwd,
         capture_output=True,
         text=True,

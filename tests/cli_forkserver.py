@@ -1,0 +1,176 @@
+"""`esrgan` CLI runs for the tests without paying the torch import each time: a fork server.
+
+Run as a script, this is the server: it imports torch (about 1.6 of the ~2.3 s a CLI test's subprocess took on a
+2-core Zen 4, 188 of them in the suite), then for each request read from stdin forks a child that becomes
+`python -m esrgan.cli ARGS` as a fresh interpreter would run it: its own working folder, environment, stdin from
+/dev/null and stdout/stderr into files, `esrgan` imported anew (nothing of the package is loaded in the server), the
+exit status as subprocess reports it (negative for a signal), atexit hooks and non-daemon threads run at the end.
+The child is a real process running the real CLI; only the interpreter's start and torch's import are shared.
+
+Not for what a fresh interpreter reads at start or at torch's import: an environment that gives another value than
+the server's to anything but ESRGAN_* and PYTEST_* keys, HOME and XDG_* folders (OMP_NUM_THREADS=2, PYTHON*,
+TORCH_*...) goes to a plain subprocess (`ForkServer.run` returns None), as does every run with ESRGAN_TEST_FORK=0 in
+the tests' environment (to rule the server out when a test misbehaves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+SAFE_KEYS = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+"""Environment keys a forked child may take other values of: read when used, not at the interpreter's start or
+torch's import (ESRGAN_* too: the package is imported by each child; PYTEST_*: pytest's own, PYTEST_CURRENT_TEST
+changing at every test)."""
+
+
+def _safe(key: str) -> bool:
+    return key.startswith(("ESRGAN_", "PYTEST_")) or key in SAFE_KEYS
+
+
+class ForkServer:
+    """One server per test process, started at the first run, stopped with the process (its stdin closes)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._base = dict(os.environ)
+        self._buffer = b""
+
+    @staticmethod
+    def wanted() -> bool:
+        return os.environ.get("ESRGAN_TEST_FORK", "1") != "0"
+
+    def _server(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._base = dict(os.environ)
+            self._buffer = b""
+            self._proc = subprocess.Popen(
+                [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._base
+            )
+            ready = self._reply(self._proc, 120)
+            assert ready.get("ready"), ready
+        return self._proc
+
+    def _reply(self, proc: subprocess.Popen[bytes], timeout: float | None) -> dict[str, Any]:
+        """The server's next reply line (read from the descriptor itself: a buffered reader could hold the next
+        line while select waits on the descriptor)."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            if timeout is not None and not select.select([fd], [], [], timeout)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"the CLI fork server ended (status {proc.wait()})")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def run(
+        self, argv: Sequence[str], *, cwd: Path | None, env: Mapping[str, str] | None, timeout: float
+    ) -> subprocess.CompletedProcess[str] | None:
+        """The CLI run, or None where the environment differs from the server's where it matters or another thread
+        holds the server (the caller runs a subprocess)."""
+        if not self.wanted() or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            proc = self._server()
+            full = {**os.environ, **(env or {})}
+            if any(full.get(k) != self._base.get(k) for k in set(full) | set(self._base) if not _safe(k)):
+                return None  # a value the interpreter or torch reads at start differs from the server's
+            with tempfile.TemporaryDirectory(prefix="esrgan-cli-") as folder:
+                out, err = Path(folder) / "out", Path(folder) / "err"
+                request = {"argv": list(argv), "cwd": str(cwd) if cwd else os.getcwd(), "env": full,
+                           "out": str(out), "err": str(err)}  # fmt: skip
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(request).encode() + b"\n")
+                proc.stdin.flush()
+                pid = self._reply(proc, 60)["pid"]
+                try:
+                    status = self._reply(proc, timeout)["status"]
+                except TimeoutError:
+                    os.kill(pid, 9)
+                    self._reply(proc, 60)
+                    raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text()) from None
+                return subprocess.CompletedProcess(
+                    list(argv), status, out.read_text(errors="replace"), err.read_text(errors="replace")
+                )
+        finally:
+            self._lock.release()
+
+
+def _child(request: dict[str, Any]) -> None:
+    """In the forked child: become `python -m esrgan.cli ARGV` and never return."""
+    import atexit
+    import runpy
+    import signal
+    import traceback
+
+    code = 1
+    try:
+        os.chdir(request["cwd"])
+        sys.path[0] = os.getcwd()  # as `python -m` puts it first (the server's is this script's folder)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for fd, path in ((1, request["out"]), (2, request["err"])):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
+        sys.argv = ["esrgan", *request["argv"]]
+        try:
+            runpy.run_module("esrgan.cli", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None:
+                code = 0
+            elif isinstance(exc.code, int):
+                code = exc.code
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's own wait for non-daemon threads
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed or broken stream: nothing more to say
+                stream.flush()
+        os._exit(code & 0xFF)
+
+
+def _serve(requests: IO[str], replies: IO[str]) -> None:
+    import torch  # noqa: F401  (what every child shares)
+
+    replies.write(json.dumps({"ready": True}) + "\n")
+    replies.flush()
+    for line in requests:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(request)
+        replies.write(json.dumps({"pid": pid}) + "\n")
+        replies.flush()
+        _, status = os.waitpid(pid, 0)
+        replies.write(json.dumps({"status": os.waitstatus_to_exitcode(status)}) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    # the replies go through a duplicate of stdout: the children's fd 1 is theirs
+    _serve(sys.stdin, os.fdopen(os.dup(1), "w"))
