@@ -655,3 +655,39 @@ def test_each_frame_moves_on_its_own_plane(tmp_path: Path, model_file: Path) -> 
     ] == [0.5, 1.0]
     assert "ExtendedOffsetTable" not in out and "ExtendedOffsetTableLengths" not in out
     assert int(out.NumberOfFrames) == 3 and out.pixel_array.shape == (3, H * S, W * S)
+
+
+def test_a_grey_model_trains_on_ct_slices_as_the_upscaler_stretches_them(tmp_path: Path) -> None:
+    """A training folder of DICOM slices and a float TIFF (measurements): each read as `esrgan upscale` reads it for
+    the model (stretched from its [min, max], MONOCHROME1 inverted) and reduced to 8 bits; a grey model trains on
+    them and on another such folder as validation."""
+    tifffile = pytest.importorskip("tifffile")
+    from esrgan.config import config_from_dict
+    from esrgan.data import PatchDataset
+    from esrgan.train import train
+
+    folder, val = tmp_path / "ct", tmp_path / "val"
+    folder.mkdir()
+    val.mkdir()
+    values = ct_values()
+    dicom_file(folder / "slice1.dcm", values)
+    dicom_file(folder / "slice2", np.ascontiguousarray(values[::-1]))  # no suffix: not a training file
+    dicom_file(folder / "slice3.dcm", values, PhotometricInterpretation="MONOCHROME1")
+    tifffile.imwrite(folder / "dose.tif", values.astype(np.float32) / 7.5)
+    dicom_file(val / "slice.dcm", np.ascontiguousarray(values[:, ::-1]))
+    data = PatchDataset(folder, scale=4, patch_size=32, channels=1)
+    assert [p.name for p in data.hr_files] == ["dose.tif", "slice1.dcm", "slice3.dcm"]
+    lo, hi = float(values.min()), float(values.max())
+    want = np.round(np.rint((values - lo) * (65535.0 / (hi - lo))) / 257.0).astype(
+        np.uint8
+    )  # 16 bits, then 8
+    assert data.cache is not None
+    for (hr, _), expected in zip(data.cache, (want, want, 255 - want), strict=True):
+        assert hr.shape == (H, W, 1) and np.array_equal(hr[:, :, 0], expected)
+    raw = {"output_dir": str(tmp_path / "runs"), "name": "ct",
+           "model": {"num_in_ch": 1, "num_out_ch": 1, "num_feat": 8, "num_block": 1, "num_grow": 4},
+           "data": {"hr_dir": str(folder), "patch_size": 32, "batch_size": 2, "num_workers": 0},
+           "train": {"total_steps": 2, "threads": 1}, "validation": {"dir": str(val), "every": 2},
+           "logging": {"progress": False}}  # fmt: skip
+    result = train(config_from_dict(raw))
+    assert result.step == 2 and (result.run_dir / "model.safetensors").is_file()

@@ -47,7 +47,7 @@ from .config import RealESRGANDegradationConfig, downscale_factors
 from .degrade import degrade, draw
 from .device import host_memory_available
 from .errors import ConfigError, ImageError
-from .imageio import IMAGE_SUFFIXES
+from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from .imageio import list_images as _list_images
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,18 @@ _MARGIN_LR = (
 _MARGIN_LR_REALESRGAN = 8
 
 
+TRAINING_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+"""What a training or validation folder's listing picks up: the images `esrgan upscale` reads, DICOM files too."""
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """esrgan.imageio.list_images for a training folder: a missing or empty folder is a ConfigError naming it."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"{folder}: image folder not found")
-    files = _list_images(folder)
+    files = _list_images(folder, suffixes=TRAINING_SUFFIXES)
     if not files:
-        raise ConfigError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ConfigError(f"{folder}: no images ({', '.join(sorted(TRAINING_SUFFIXES))})")
     return files
 
 
@@ -86,10 +90,12 @@ def luma(rgb: np.ndarray) -> np.ndarray:
 
 def read_pixels(path: Path, channels: int = 3) -> np.ndarray:
     """Decode an image as HxWxC uint8 (16-bit reduced, alpha dropped), refusing bombs: C = 3 is RGB (grey repeated),
-    C = 1 grey (a colour image's luma)."""
+    C = 1 grey (a colour image's luma). Measurements (DICOM; float, signed or multi-band TIFFs) are stretched from
+    their [min, max] as `esrgan upscale` stretches them for the model (esrgan.datatiff), then reduced: their colour
+    or grey planes, the first frame of a multi-frame DICOM, not the extra bands."""
     from .imageio import read_image
 
-    pixels = np.asarray(read_image(path, max_pixels=MAX_PIXELS).pixels)
+    pixels = np.asarray(read_image(path, max_pixels=MAX_PIXELS, measurements=True).pixels)
     if pixels.dtype == np.uint16:
         pixels = np.round(pixels / 257.0).astype(np.uint8)
     if pixels.ndim == 2:
@@ -103,12 +109,15 @@ def read_pixels(path: Path, channels: int = 3) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
+    """(height, width) from the file header, without decoding the pixels (a DICOM file, or a TIFF Pillow cannot
+    open, is decoded: its size is that of what training reads)."""
     try:
         with Image.open(path) as im:
             return im.height, im.width
-    except (OSError, Image.DecompressionBombError) as exc:  # the latter: a header claiming a huge image
+    except Image.DecompressionBombError as exc:  # a header claiming a huge image
         raise ImageError(f"{path}: cannot read image ({exc})") from None
+    except OSError:
+        return read_pixels(path, 1).shape[:2]  # or its one-line error: the reader's word on what the file is
 
 
 def to_tensor(pixels: np.ndarray) -> Tensor:
