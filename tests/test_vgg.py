@@ -233,3 +233,14 @@ def test_a_shallow_layer_set_stops_early_and_relu_names_are_after_the_relu(
     assert relu2_2.min() >= 0
     with pytest.raises(ValueError, match=r"unknown VGG19 layer\(s\) \['conv6_1'\]"):
         VGGFeatureExtractor(weights=None, layers=["conv6_1"])
+
+
+def test_a_grey_batch_has_the_features_of_its_three_equal_channels(vgg_file: Path) -> None:
+    """A grey model's SR and HR (N, 1, H, W) reach VGG19 as the same photo saved in colour would; other channel
+    counts are one clear error, not a broadcast."""
+    extractor = VGGFeatureExtractor(weights=vgg_file, layers=["conv3_4", "conv5_4"])
+    grey = torch.rand(2, 1, 48, 40)
+    for a, b in zip(extractor(grey), extractor(grey.expand(-1, 3, -1, -1)), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match=r"RGB or grey images \(C = 3 or 1\), got \(2, 2, 48, 40\)"):
+        extractor(torch.rand(2, 2, 48, 40))

@@ -505,11 +505,12 @@ def degrade(
     regions: Tensor, kernels: Tensor, params: Tensor, *, scale: int, margin: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(LR, HR, plain HR) float batches from float HR regions (N, 3, H, W) with `margin` LR pixels of context on
-    every side (H and W multiples of `scale`; grey regions (N, 1, H, W) give what three equal channels with grey
-    noise would give, channel for channel: a grey sensor's noise, not a colour one's), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the
-    regions' device. LR on 8-bit levels; HR the regions' centres, sharpened where the parameters say so (the
-    target); plain HR the centres as they are (what Real-ESRGAN's discriminator sees; HR itself without sharpening).
-    Regions of another shape or dtype, or kernels and parameters that are not one per region, are a ValueError."""
+    every side (H and W multiples of `scale`), their kernels (N, 3, 21, 21) and parameters (N, N_PARAMS), on the
+    regions' device. Grey regions (N, 1, H, W) give what three equal channels with grey noise would give, channel
+    for channel (a grey sensor's noise, not a colour one's, whatever the parameters drew). LR on 8-bit levels; HR
+    the regions' centres, sharpened where the parameters say so (the target); plain HR the centres as they are (what
+    Real-ESRGAN's discriminator sees; HR itself without sharpening). Regions of another shape or dtype, or kernels
+    and parameters that are not one per region, are a ValueError."""
     _check_images(regions, "regions", scale)
     n = regions.shape[0]
     if tuple(kernels.shape) != (n, 3, KERNEL_MAX, KERNEL_MAX) or tuple(params.shape) != (n, N_PARAMS):
