@@ -1760,3 +1760,31 @@ def test_no_token_serves_everyone_and_says_so(model_x2: Path, tmp_path: Path) ->
     finally:
         rc, log = proc.interrupt()
     assert rc == 130, log
+
+
+def test_a_grey_model_upscales_a_colour_upload_channel_by_channel_and_a_grey_one_to_grey(
+    tmp_path: Path, photo_small: np.ndarray
+) -> None:
+    """A grey model (one `esrgan train` makes with model.num_in_ch/num_out_ch 1) on the page: the same pixels as
+    the library's, colour kept (each channel through the model), grey kept grey."""
+    from esrgan.upscale import Upscaler
+
+    grey_model = save_model(
+        tmp_path / "grey-x2.safetensors", tiny_rrdb(2, scale=2, num_in_ch=1, num_out_ch=1)
+    )
+    srv = Server(serve.create_app({"grey-x2": grey_model}, limits=serve.Limits(max_upload_bytes=MAX_BYTES,
+                                                                               max_pixels=MAX_PIXELS)))  # fmt: skip
+    try:
+        up = Upscaler.from_file(grey_model, device="cpu")
+        grey = np.ascontiguousarray(np.asarray(Image.fromarray(photo_small).convert("L")))
+        for name, pixels, shape in (("colour.png", photo_small, (2 * photo_small.shape[0], 2 * photo_small.shape[1], 3)),
+                                    ("grey.png", grey, (2 * grey.shape[0], 2 * grey.shape[1]))):  # fmt: skip
+            status, job = srv.upload(name, png(pixels), model="grey-x2")
+            assert status == 201, job
+            job = srv.wait(job["id"])
+            assert job["state"] == "done", job
+            result = np.asarray(Image.open(io.BytesIO(srv.request("GET", job["result_url"])[2])))
+            assert result.shape == shape
+            np.testing.assert_array_equal(result, up.upscale(pixels))
+    finally:
+        srv.stop()
