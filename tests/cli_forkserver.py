@@ -1,16 +1,22 @@
 """`esrgan` CLI runs for the tests without paying the torch import each time: a fork server.
 
-Run as a script, this is the server: it imports torch (about 1.6 of the ~2.3 s a CLI test's subprocess took on a
-2-core Zen 4, 188 of them in the suite), then for each request read from stdin forks a child that becomes
-`python -m esrgan.cli ARGS` as a fresh interpreter would run it: its own working folder, environment, stdin from
-/dev/null and stdout/stderr into files, `esrgan` imported anew (nothing of the package is loaded in the server), the
-exit status as subprocess reports it (negative for a signal), atexit hooks and non-daemon threads run at the end.
-The child is a real process running the real CLI; only the interpreter's start and torch's import are shared.
+Run as a script, this is the server: it imports torch (about 1.6 of the ~2.1 s a CLI test's subprocess took on a
+2-core Zen 4, ~190 of them in the suite), then for each request read from stdin forks a child that becomes
+`python -m esrgan.cli ARGS` as a fresh interpreter runs it: its own working folder first on sys.path, its
+environment, a fresh __main__, stdin from /dev/null and stdout/stderr into files, no other descriptor of the
+server's, `esrgan` imported anew (nothing of the package is loaded in the server), and the interpreter's own end:
+exit status, sys.excepthook, atexit hooks, non-daemon threads, finalizers, flushed files, SIGINT for an uncaught
+KeyboardInterrupt (tests/test_cli_forkserver.py compares each with a subprocess). The child is a real process
+running the real CLI; only the interpreter's start and torch's import are shared.
 
-Not for what a fresh interpreter reads at start or at torch's import: an environment that gives another value than
-the server's to anything but ESRGAN_* and PYTEST_* keys, HOME and XDG_* folders (OMP_NUM_THREADS=2, PYTHON*,
-TORCH_*...) goes to a plain subprocess (`ForkServer.run` returns None), as does every run with ESRGAN_TEST_FORK=0 in
-the tests' environment (to rule the server out when a test misbehaves).
+What differs, and is not for these tests: every child has the server's string-hash seed (a fresh interpreter draws
+its own: a test that needs two runs to differ in set order runs subprocesses, ESRGAN_TEST_FORK=0), and an uncaught
+exception's traceback starts with the server's frames where `python -m` shows runpy's. An environment that gives
+another value than the server's to anything but ESRGAN_* and PYTEST_* keys, HOME and XDG_* folders
+(OMP_NUM_THREADS=2, PYTHON*, TORCH_*...: read at the interpreter's start or torch's import) goes to a plain
+subprocess (`ForkServer.run` returns None), as does every run with ESRGAN_TEST_FORK=0 in the tests' environment (to
+rule the server out when a test misbehaves). A run interrupted while it waits (Ctrl-C, a test's timeout) kills its
+child and the server, which the next run starts anew.
 """
 
 from __future__ import annotations
@@ -78,12 +84,14 @@ class ForkServer:
         return reply
 
     def run(
-        self, argv: Sequence[str], *, cwd: Path | None, env: Mapping[str, str] | None, timeout: float
+        self, command: Sequence[str], *, cwd: Path | None, env: Mapping[str, str] | None, timeout: float
     ) -> subprocess.CompletedProcess[str] | None:
-        """The CLI run, or None where the environment differs from the server's where it matters or another thread
-        holds the server (the caller runs a subprocess)."""
+        """`command` ([python, "-m", "esrgan.cli", ARGS...]) as subprocess.run(command, cwd=cwd, env=os.environ +
+        env, capture_output=True, text=True, timeout=timeout) would run it; None where the environment differs
+        from the server's where it matters or another thread holds the server (the caller runs a subprocess)."""
         if not self.wanted() or not self._lock.acquire(blocking=False):
             return None
+        pid = None
         try:
             proc = self._server()
             full = {**os.environ, **(env or {})}
@@ -91,7 +99,7 @@ class ForkServer:
                 return None  # a value the interpreter or torch reads at start differs from the server's
             with tempfile.TemporaryDirectory(prefix="esrgan-cli-") as folder:
                 out, err = Path(folder) / "out", Path(folder) / "err"
-                request = {"argv": list(argv), "cwd": str(cwd) if cwd else os.getcwd(), "env": full,
+                request = {"argv": list(command[3:]), "cwd": os.path.abspath(cwd or os.getcwd()), "env": full,
                            "out": str(out), "err": str(err)}  # fmt: skip
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps(request).encode() + b"\n")
@@ -102,54 +110,55 @@ class ForkServer:
                 except TimeoutError:
                     os.kill(pid, 9)
                     self._reply(proc, 60)
-                    raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text()) from None
-                return subprocess.CompletedProcess(
-                    list(argv), status, out.read_text(errors="replace"), err.read_text(errors="replace")
-                )
+                    pid = None
+                    raise subprocess.TimeoutExpired(
+                        list(command), timeout, out.read_bytes(), err.read_bytes()
+                    ) from None
+                pid = None
+                # decoded as subprocess.run(text=True) decodes: the locale's encoding, strictly
+                return subprocess.CompletedProcess(list(command), status, out.read_text(), err.read_text())
+        except BaseException:
+            # interrupted while a child ran (Ctrl-C, a test's own timeout): the child killed as subprocess.run
+            # kills its own, and the server too, whose replies would otherwise answer the next run
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)
+            if self._proc is not None and pid is not None:
+                self._proc.kill()
+                self._proc.wait()
+                self._proc = None
+            raise
         finally:
             self._lock.release()
 
 
-def _child(request: dict[str, Any]) -> None:
-    """In the forked child: become `python -m esrgan.cli ARGV` and never return."""
-    import atexit
+def _child(request: dict[str, Any], replies: IO[str]) -> None:
+    """In the forked child: become `python -m esrgan.cli ARGV`. Whatever ends the module (a return, SystemExit,
+    an uncaught exception, KeyboardInterrupt) leaves this function and the server's loop: the interpreter ends the
+    process as it ends `python -m` (its exit status, sys.excepthook, atexit hooks, non-daemon threads, objects'
+    finalizers, flushed files; a KeyboardInterrupt by SIGINT)."""
     import runpy
     import signal
-    import traceback
+    import types
 
-    code = 1
-    try:
-        os.chdir(request["cwd"])
-        sys.path[0] = os.getcwd()  # as `python -m` puts it first (the server's is this script's folder)
-        os.environ.clear()
-        os.environ.update(request["env"])
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        for fd, path in ((1, request["out"]), (2, request["err"])):
-            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
-        sys.argv = ["esrgan", *request["argv"]]
-        try:
-            runpy.run_module("esrgan.cli", run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            if exc.code is None:
-                code = 0
-            elif isinstance(exc.code, int):
-                code = exc.code
-            else:
-                print(exc.code, file=sys.stderr)
-                code = 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's own wait for non-daemon threads
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):  # a closed or broken stream: nothing more to say
-                stream.flush()
-        os._exit(code & 0xFF)
+    replies.close()  # the server's reply pipe: not the child's (nor its DataLoader workers')
+    os.chdir(request["cwd"])
+    sys.path[0] = os.getcwd()  # as `python -m` puts it first (the server's is this script's folder)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):  # fmt: skip
+        opened = os.open(path, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
+    sys.argv = ["esrgan", *request["argv"]]
+    # a fresh __main__, as the interpreter makes for `python -m` (not the server's)
+    main = types.ModuleType("__main__")
+    main.__annotations__ = {}
+    sys.modules["__main__"] = main
+    runpy._run_module_as_main("esrgan.cli")  # type: ignore[attr-defined]  # what `python -m` calls
+    raise SystemExit(0)  # the module returned: the end of the program, not back into the server's loop
 
 
 def _serve(requests: IO[str], replies: IO[str]) -> None:
@@ -163,7 +172,7 @@ def _serve(requests: IO[str], replies: IO[str]) -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(request)
+            _child(request, replies)  # never returns: its end propagates out of this loop and the script
         replies.write(json.dumps({"pid": pid}) + "\n")
         replies.flush()
         _, status = os.waitpid(pid, 0)

@@ -232,9 +232,8 @@ def run_cli(
     forked from a server that has imported torch where the environment allows (tests/cli_forkserver.py), else a
     subprocess."""
     command = [sys.executable, "-m", "esrgan.cli", *map(str, args)]
-    done = _FORK_SERVER.run(command[3:], cwd=cwd, env=env, timeout=timeout)
+    done = _FORK_SERVER.run(command, cwd=cwd, env=env, timeout=timeout)
     if done is not None:
-        done.args = command
         return done
     return subprocess.run(
         command,
