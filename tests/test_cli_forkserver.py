@@ -41,19 +41,13 @@ def test_the_fork_server_runs_the_cli_as_a_subprocess_does(
     save_model(tmp_path / "tiny.safetensors", tiny_rrdb())
     Image.fromarray(skdata.astronaut()[100:164, 200:280]).save(tmp_path / "photo.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    # paths relative to the run's folder; one file of two failing (status 1); a model's description; an argument
+    # error (status 2)
     cases = [
-        ["upscale", "photo.png", "-o", "{out}", "--model", "tiny.safetensors", "--quiet"],  # relative to cwd
-        [
-            "upscale",
-            "photo.png",
-            "broken.png",
-            "-o",
-            "{out}",
-            "--model",
-            "tiny.safetensors",
-        ],  # one fails: status 1
+        ["upscale", "photo.png", "-o", "{out}", "--model", "tiny.safetensors", "--quiet"],
+        ["upscale", "photo.png", "broken.png", "-o", "{out}", "--model", "tiny.safetensors"],
         ["info", "tiny.safetensors"],
-        ["upscale", "photo.png", "--tile", "-3"],  # an argument error: status 2
+        ["upscale", "photo.png", "--tile", "-3"],
     ]
     for case, status in zip(cases, (0, 1, 0, 2), strict=True):
         args, out = [a.format(out=tmp_path / "out") for a in case], tmp_path / "out"
