@@ -227,6 +227,24 @@ def test_rotation_colour_metadata_and_subtitles_kept(
     assert psnr(f_out[3], up.upscale(f_in[3])) > 35
 
 
+def test_a_title_that_is_not_utf8_neither_stops_the_video_nor_is_lost(up: Upscaler, tmp_path: Path) -> None:
+    """A container title written in Latin-1 (bytes that are not UTF-8): PyAV before 19 failed to open such a file
+    unless told to replace them, and PyAV 19 refuses that argument (every video failed on Python 3.13, where pip
+    gets 19). The video is upscaled; its title comes back as the same bytes (19) or with U+FFFD in their place."""
+    clip = make_clip(tmp_path / "latin.mkv", seconds=0.2, audio=False, metadata={"title": "caf\u00e9 XXXX"})
+    data = clip.read_bytes()
+    assert data.count("caf\u00e9 XXXX".encode()) == 1
+    clip.write_bytes(
+        data.replace("caf\u00e9 XXXX".encode(), b"caf\xe9\xe9 XXXX")
+    )  # Latin-1 bytes, same length
+    dst = tmp_path / "latin_x4.mkv"
+    upscale_video(up, clip, dst)
+    with av.open(str(dst)) as c:
+        assert len(list(c.decode(video=0))) == 5
+    out = dst.read_bytes()
+    assert b"caf\xe9\xe9 XXXX" in out or "caf\ufffd\ufffd XXXX".encode() in out
+
+
 def test_streams_the_container_cannot_hold(up: Upscaler, clips: dict[str, Path], tmp_path: Path) -> None:
     """AAC into WebM is re-encoded (Opus), SubRip into MP4 is dropped: each with a note saying so."""
     webm = upscale_video(up, clips["25"], tmp_path / "out.webm", frames=(0, 25))

@@ -898,12 +898,20 @@ def upscale_video(
     return result
 
 
+def _metadata_errors(av: Any) -> dict[str, str]:
+    """av.open's argument for metadata that is not UTF-8 (a title written in Latin-1): PyAV before 19 decodes it
+    strictly unless told to replace it (the open failed: UnicodeDecodeError); 19 dropped the argument (a TypeError
+    for every video) and decodes with surrogateescape, which writes the same bytes back."""
+    major = int(str(av.__version__).split(".")[0])
+    return {"metadata_errors": "replace"} if major < 19 else {}
+
+
 @contextlib.contextmanager
 def _open_input(av: Any, src: Path) -> Iterator[Any]:
     if not src.is_file():
         raise VideoError(f"{src}: no such file")
     try:
-        inp = av.open(str(src), metadata_errors="replace")
+        inp = av.open(str(src), **_metadata_errors(av))
     except av.error.FFmpegError as exc:
         raise VideoError(f"{src}: not a video FFmpeg can read ({_reason(exc)})") from None
     except (OSError, UnicodeDecodeError) as exc:
