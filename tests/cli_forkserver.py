@@ -49,7 +49,7 @@ class ForkServer:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._base = dict(os.environ)
+        self._base: dict[str, str] = {}  # the environment the server started with
         self._buffer = b""
 
     @staticmethod
@@ -91,7 +91,7 @@ class ForkServer:
         from the server's where it matters or another thread holds the server (the caller runs a subprocess)."""
         if not self.wanted() or not self._lock.acquire(blocking=False):
             return None
-        pid = None
+        pid, pending = None, False  # pending: a request whose replies have not all been read
         try:
             proc = self._server()
             full = {**os.environ, **(env or {})}
@@ -104,26 +104,27 @@ class ForkServer:
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps(request).encode() + b"\n")
                 proc.stdin.flush()
+                pending = True
                 pid = self._reply(proc, 60)["pid"]
                 try:
                     status = self._reply(proc, timeout)["status"]
                 except TimeoutError:
                     os.kill(pid, 9)
                     self._reply(proc, 60)
-                    pid = None
+                    pending = False
                     raise subprocess.TimeoutExpired(
                         list(command), timeout, out.read_bytes(), err.read_bytes()
                     ) from None
-                pid = None
+                pending = False
                 # decoded as subprocess.run(text=True) decodes: the locale's encoding, strictly
                 return subprocess.CompletedProcess(list(command), status, out.read_text(), err.read_text())
         except BaseException:
             # interrupted while a child ran (Ctrl-C, a test's own timeout): the child killed as subprocess.run
             # kills its own, and the server too, whose replies would otherwise answer the next run
-            if pid is not None:
+            if pending and pid is not None:
                 with contextlib.suppress(OSError):
                     os.kill(pid, 9)
-            if self._proc is not None and pid is not None:
+            if pending and self._proc is not None:
                 self._proc.kill()
                 self._proc.wait()
                 self._proc = None
