@@ -77,17 +77,19 @@ def main() -> None:
             return [(i % k, 1000 * r + i) for i in range(n)]
 
         def per_sample(ds: PatchDataset) -> Callable[[int], object]:
-            return lambda r: collate_samples([ds.sample_u8(key) for key in keys(r)])
+            return lambda r: collate_samples([ds.loader_sample(key) for key in keys(r)])
 
         def bicubic_batch(r: int) -> object:
-            batch = collate_samples([regions.sample_u8(key) for key in keys(r)])
+            batch = collate_samples([regions.loader_sample(key) for key in keys(r)])
             return lr_from_regions(batch[0].float().div_(255.0), 4)
 
         def realesrgan_batch(r: int) -> object:
-            return degrade_batch(collate_samples([high.sample_u8(key) for key in keys(r)]), 4, high.margin)
+            return degrade_batch(
+                collate_samples([high.loader_sample(key) for key in keys(r)]), 4, high.margin
+            )
 
         def draws_only(r: int) -> object:
-            return collate_samples([high.sample_u8(key) for key in keys(r)])
+            return collate_samples([high.loader_sample(key) for key in keys(r)])
 
         lr_side = p // 4 + 2 * high.margin
         patches = torch.rand(n, 3, lr_side, lr_side)

@@ -130,6 +130,11 @@ def test_unknown_keys_are_named_with_the_file(tmp_path: Path) -> None:
         ),
         ({"model": {"num_in_ch": 3, "num_out_ch": 4}}, r"or grey ones \(1 and 1\), got 3 and 4"),
         ({"model": {"num_in_ch": 4, "num_out_ch": 4}}, r"got 4 and 4"),
+        ({"data": {"bit_depth": 12}}, r"data\.bit_depth: must be 8 or 16, got 12"),
+        (
+            {"data": {"bit_depth": 16, "degradation": "realesrgan"}},
+            r"data\.bit_depth: the realesrgan degradation works on 8-bit images .* 16 takes the bicubic or realworld",
+        ),
     ],
 )
 def test_values_that_crashed_a_run_later_are_refused_at_load(tmp_path: Path, data: dict, match: str) -> None:

@@ -283,7 +283,9 @@ def test_lr_is_aligned_with_hr(hr_dir: Path) -> None:
     """With every degradation at its mildest, the LR patch is the HR patch downscaled in place: closest to the
     4x4 box average at no shift, and 1 px off is far worse (a misaligned pair teaches the network to shift)."""
     ds = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=RealESRGANDegradationConfig(**OFF))  # type: ignore[arg-type]
-    lr, hr = degrade_batch(collate_samples([ds.sample_u8((i % 2, 40 + i)) for i in range(8)]), 4, ds.margin)
+    lr, hr = degrade_batch(
+        collate_samples([ds.loader_sample((i % 2, 40 + i)) for i in range(8)]), 4, ds.margin
+    )
     assert lr.shape == (8, 3, 16, 16) and hr.shape == (8, 3, 64, 64)
     box = F.avg_pool2d(hr.float(), 4)
 
@@ -304,8 +306,8 @@ def test_default_degradation_changes_the_lr_and_keeps_the_hr(hr_dir: Path) -> No
         hr_dir, scale=4, patch_size=64, realesrgan=RealESRGANDegradationConfig(usm_weight=0.0)
     )
     keys = [(i % 2, 90 + i) for i in range(16)]
-    lr_mild, hr_mild = degrade_batch(collate_samples([mild.sample_u8(k) for k in keys]), 4, mild.margin)
-    lr_full, hr_full = degrade_batch(collate_samples([full.sample_u8(k) for k in keys]), 4, full.margin)
+    lr_mild, hr_mild = degrade_batch(collate_samples([mild.loader_sample(k) for k in keys]), 4, mild.margin)
+    lr_full, hr_full = degrade_batch(collate_samples([full.loader_sample(k) for k in keys]), 4, full.margin)
     assert torch.equal(hr_mild, hr_full)  # the geometry draws come first, the same for both
     diff = (lr_full.float() - lr_mild.float()).abs().mean(dim=(1, 2, 3))
     assert float(diff.median()) > 4.0  # levels of 255
@@ -513,8 +515,8 @@ def test_sharpened_hr_is_the_target_and_the_source(hr_dir: Path) -> None:
     plain = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=plain_cfg)
     sharp = PatchDataset(hr_dir, scale=4, patch_size=64, realesrgan=sharp_cfg)
     keys = [(i % 2, 300 + i) for i in range(4)]
-    samples = [sharp.sample_u8(k) for k in keys]
-    _, hr_plain = degrade_batch(collate_samples([plain.sample_u8(k) for k in keys]), 4, plain.margin)
+    samples = [sharp.loader_sample(k) for k in keys]
+    _, hr_plain = degrade_batch(collate_samples([plain.loader_sample(k) for k in keys]), 4, plain.margin)
     _, hr_sharp = degrade_batch(collate_samples(samples), 4, sharp.margin)
     regions = collate_samples(samples)[0].float().div(255)
     m = 8 * 4

@@ -838,6 +838,77 @@ def test_a_grey_model_trains_on_the_luma_of_its_photos_resumes_exactly_and_upsca
         assert np.array_equal(out[:, :, c], up.upscale(np.ascontiguousarray(colour[:, :, c])))
 
 
+def test_16_bit_data_train_validate_at_16_bits_and_resume_exactly(
+    photos: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`data.bit_depth: 16`: 16-bit photos (real ones, MATLAB-bicubic shrunk in float64 and kept with 16 bits) train
+    with the LR at 16-bit levels; validation scores the model's 16-bit output against the 16-bit HR (computed here
+    independently); a stopped run resumes to the same weights; the sample grid is an 8-bit preview."""
+    from PIL import Image
+
+    from esrgan.checkpoints import load_model
+    from esrgan.imagedata import ImageData
+    from esrgan.imageio import read_image, write_image
+    from esrgan.metrics import psnr
+    from esrgan.resize import imresize_np
+
+    skdata = pytest.importorskip("skimage.data")
+
+    def deep(img: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor(imresize_np(img, scale=0.5) * 257.0 + 0.5), 0, 65535).astype(np.uint16)
+
+    data, val = tmp_path / "deep", tmp_path / "deep_val"
+    data.mkdir()
+    val.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        img = deep(getattr(skdata, name)())
+        h, w = img.shape[0] // 2, img.shape[1] // 2
+        write_image(data / f"{name}.png", ImageData(pixels=np.ascontiguousarray(img[h - 48 : h + 48, w - 48 : w + 48]),
+                                                    bit_depth=16))  # fmt: skip
+    write_image(val / "rocket.png", ImageData(pixels=np.ascontiguousarray(deep(skdata.rocket())[60:124, 100:164]),
+                                              bit_depth=16))  # fmt: skip
+    sections: dict[str, Any] = {
+        "data": {"hr_dir": str(data), "bit_depth": 16},
+        "validation": {"dir": str(val), "every": 6},
+        "train": {"total_steps": 6},
+    }
+    straight = train(tiny(photos, tmp_path, "deep", **sections)).run_dir
+    first = train(tiny(photos, tmp_path, "split", **sections), stop_at_step=3)
+    second = train(tiny(photos, tmp_path, "split", **sections), resume=True)
+    assert first.step == 3 and second.step == 6
+    a, b = weights_of(straight), weights_of(second.run_dir)
+    for key in RESUMED_KEYS:
+        assert_same_state(a[key], b[key], key)
+
+    model = load_model(straight / "model.safetensors")
+    hr = np.asarray(read_image(val / "rocket.png").pixels)
+    lr = np.clip(np.floor(imresize_np(hr.astype(np.float64), scale=0.25) + 0.5), 0, 65535) / 65535
+    assert len(np.unique(lr.round(6) * 65535 % 257)) > 100  # the LR the model saw is not on 8-bit levels
+    with torch.no_grad():
+        sr = model(torch.from_numpy(lr).float().permute(2, 0, 1)[None])[0].clamp(0, 1)
+    sr16 = sr.mul(65535).round().permute(1, 2, 0).numpy()
+    want = psnr(sr16 / 257.0, hr / 257.0, crop_border=4)
+    as_8bit = psnr(np.round(sr16 / 257.0), np.round(hr / 257.0), crop_border=4)
+    (record,) = [r for r in log_records(straight) if "val_psnr" in r]
+    assert record["val_psnr"] == pytest.approx(want, abs=1e-5) and abs(want - as_8bit) > 1e-4
+    with Image.open(straight / "samples" / "step_00000006.png") as grid:
+        assert grid.mode == "RGB"
+
+    # precision: auto is fp32 for 16-bit data (bf16 would hold 8 significant bits); an explicit bf16 is said
+    one = {**sections, "validation": {"dir": str(val), "every": 1000}}
+    with caplog.at_level(logging.INFO, logger="esrgan.train"):
+        auto = train(
+            tiny(photos, tmp_path, "auto", **{**one, "train": {"total_steps": 1, "precision": "auto"}})
+        )
+        assert yaml.safe_load((auto.run_dir / "config.yaml").read_text())["train"]["precision"] == "fp32"
+        assert "train.precision auto is fp32" in caplog.text
+        train(tiny(photos, tmp_path, "bf16", **{**one, "train": {"total_steps": 1, "precision": "bf16"}}))
+    assert (
+        "data.bit_depth 16 with train.precision bf16: the network computes with 8 significant bits"
+        in caplog.text
+    )
+
+
 def test_esrgan_plus_trains_and_exports_its_architecture(photos: tuple[Path, Path], tmp_path: Path) -> None:
     """`model.plus: true` trains ESRGAN+'s generator (its 1x1 paths get gradients and move); the exported model
     records the architecture and loads as ESRGAN+ again."""

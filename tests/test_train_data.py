@@ -247,7 +247,7 @@ def test_lr_made_per_batch_on_the_device_equals_the_per_sample_patches(hr_dir: P
     per_sample = PatchDataset(hr_dir, scale=4, patch_size=32)
     batched = PatchDataset(hr_dir, scale=4, patch_size=32, lr_on_device=True)
     keys = [(i, seed) for i in (0, 1) for seed in range(60)]  # 120 crops: many touch an image border
-    regions = torch.stack([batched.sample_u8(k)[0] for k in keys])
+    regions = torch.stack([batched.loader_sample(k)[0] for k in keys])
     assert regions.dtype == torch.uint8 and regions.shape[-1] == (8 + 2 * 4) * 4
     lr, hr = batch_to_device((regions, torch.empty(0)), torch.device("cpu"), lr_on_device=True, scale=4)
     exp = [per_sample[k] for k in keys]

@@ -127,6 +127,10 @@ class DataConfig:
     # more detail per patch, and resampling hides their JPEG artefacts; the paper's DIV2K needs none (1.0). A list
     # ([2.0, 4.0]) trains on every image at every factor: a multi-scale set, sharp and soft versions of each photo
     hr_downscale: float | list[float] = 1.0
+    # 8, or 16 to train on every bit of 16-bit files and measurements (DICOM, float TIFFs: stretched from their
+    # range as `esrgan upscale` stretches them); with 8 they are reduced to 8 bits. 8-bit files train the same either
+    # way (their levels times 257); the LR patches are rounded to the levels of this depth. Not with realesrgan
+    bit_depth: int = 8
     # bicubic: the paper's (MATLAB bicubic of the HR patch); realworld: blur -> bicubic -> noise -> JPEG (one order,
     # the settings below); realesrgan: Real-ESRGAN's second-order degradation (data.realesrgan), made for the whole
     # batch on the training device (a GPU), or in the loader's workers on a CPU
@@ -597,6 +601,14 @@ def validate(config: Config, source: str, *, overrides: Sequence[str] = ()) -> N
             "data.realesrgan.pool_size",
             f"{pairs} pairs of {patch} px hold {pool_bytes / 2**30:.1f} GiB, in memory and in every checkpoint "
             f"(at most {POOL_MAX_BYTES / 2**30:g} GiB; Real-ESRGAN's 180 pairs of 256 px: 73 MB)",
+        )
+    if config.data.bit_depth not in (8, 16):
+        fail("data.bit_depth", f"must be 8 or 16, got {config.data.bit_depth}")
+    if config.data.bit_depth == 16 and config.data.degradation == "realesrgan":
+        fail(
+            "data.bit_depth",
+            "the realesrgan degradation works on 8-bit images (its rounding between steps, its JPEG, its pair "
+            "pool): 16 takes the bicubic or realworld degradation",
         )
     if config.data.degradation == "realesrgan" and config.data.lr_dir is not None:
         fail("data.lr_dir", "the realesrgan degradation makes the LR images from the HR ones: remove lr_dir")

@@ -1,7 +1,7 @@
 """Training data: random aligned LR/HR patches from real images, reproducible and resumable.
 
 HR folder mode makes each LR patch by MATLAB bicubic downscaling (esrgan.resize.imresize, the degradation of the
-literature), rounded to uint8 levels as a saved LR image would be. It is computed on the HR crop plus a margin wider
+literature), rounded to the levels a saved LR image would have (8 bits, or 16 with `data.bit_depth: 16`). It is computed on the HR crop plus a margin wider
 than the bicubic kernel, so the patch equals the same region of the whole downscaled image (at image borders the
 crop starts at the border and gets the same mirror padding) without resizing whole images per sample. Paired mode
 reads LR files of the same stem from a second folder.
@@ -11,7 +11,10 @@ from a process-wide RNG: the stream of batches is a pure function of the seed, t
 workers, and resuming at step k only needs the sample count k * batch (see InfiniteSampler).
 
 Batches travel as uint8 (a quarter of the bytes of float32; every patch is on 8-bit levels anyway) and become
-float on the training device (`batch_to_device`). With `lr_on_device` the workers only cut HR regions (the patch
+float on the training device (`batch_to_device`). With `bits` 16 (scans, medical and scientific images: a CT's 12
+bits, a raw photo's 14) the images keep their 16 bits: decoded to uint16 (an 8-bit file's levels times 257, exact),
+LR patches rounded to 16-bit levels, batches carried as int16 (the same 16 bits: torch's uint16 has no flip or
+indexing on the CPU in older releases, int16 has every operation on every device) and read back by `to_unit`. With `lr_on_device` the workers only cut HR regions (the patch
 plus the bicubic margin, mirror-padded at image borders exactly as imresize pads them) and the LR patches of the
 whole batch are made on the training device in one imresize call: on a GPU this takes the per-sample bicubic off
 the CPU, which was what the GPU waited for.
@@ -81,30 +84,56 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+BIT_DEPTHS = (8, 16)
+"""What training data can be held as (`data.bit_depth`)."""
+
+
+def pixel_dtype(bits: int) -> type[np.unsignedinteger[Any]]:
+    """The numpy type of decoded training images of `bits` (8 or 16)."""
+    if bits not in BIT_DEPTHS:
+        raise ConfigError(f"training images are held with 8 or 16 bits, not {bits}")
+    return np.uint8 if bits == 8 else np.uint16
+
+
 def luma(rgb: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 RGB -> HxWx1 uint8 grey: ITU-R BT.601 luma in Pillow's fixed point (its convert("L") exactly;
-    0.299 R + 0.587 G + 0.114 B, rounded): what a grey model trains on from a colour photo."""
-    r, g, b = (rgb[:, :, i].astype(np.uint32) for i in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, :, None]
+    """HxWx3 RGB -> HxWx1 grey of the same type (uint8 or uint16): ITU-R BT.601 luma in Pillow's fixed point (its
+    convert("L") exactly for uint8; 0.299 R + 0.587 G + 0.114 B, rounded): what a grey model trains on from a
+    colour photo."""
+    r, g, b = (rgb[:, :, i].astype(np.uint64) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(rgb.dtype)[:, :, None]
 
 
-def read_pixels(path: Path, channels: int = 3) -> np.ndarray:
-    """Decode an image as HxWxC uint8 (16-bit reduced, alpha dropped), refusing bombs: C = 3 is RGB (grey repeated),
-    C = 1 grey (a colour image's luma). Measurements (DICOM; float, signed or multi-band TIFFs) are stretched from
-    their [min, max] as `esrgan upscale` stretches them for the model (esrgan.datatiff), then reduced: their colour
-    or grey planes, the first frame of a multi-frame DICOM, not the extra bands."""
+def decode_pixels(path: Path) -> np.ndarray:
+    """A training file as decoded: HxWxC uint8 or uint16 (C = 1 or 3, esrgan.imageio.read_image's planes; alpha
+    and a measurement's extra bands are not in them), refusing bombs. Measurements (DICOM; float, signed or
+    multi-band TIFFs) are stretched from their [min, max] to uint16 as `esrgan upscale` stretches them for the
+    model (esrgan.datatiff); a multi-frame DICOM gives its first frame."""
     from .imageio import read_image
 
     pixels = np.asarray(read_image(path, max_pixels=MAX_PIXELS, measurements=True).pixels)
-    if pixels.dtype == np.uint16:
-        pixels = np.round(pixels / 257.0).astype(np.uint8)
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    pixels = pixels.astype(np.uint8, copy=False)
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def read_pixels(path: Path, channels: int = 3, bits: int = 8) -> np.ndarray:
+    """Decode an image as HxWxC of `bits` (uint8: 16-bit files reduced; uint16: 8-bit files' levels times 257),
+    alpha and a measurement's extra bands dropped: C = 3 is RGB (grey repeated), C = 1 grey (a colour image's
+    luma). See `decode_pixels`."""
+    return to_bits(decode_pixels(path), channels, bits)
+
+
+def to_bits(pixels: np.ndarray, channels: int, bits: int) -> np.ndarray:
+    """A decoded HxWxC image (`decode_pixels`) as the training data holds it: `bits` deep, `channels` planes."""
+    dtype = pixel_dtype(bits)
+    if pixels.dtype != dtype:
+        pixels = (
+            np.round(pixels / 257.0).astype(np.uint8)
+            if pixels.dtype == np.uint16
+            else pixels.astype(np.uint16) * np.uint16(257)
+        )
     if channels == 1:
-        return np.ascontiguousarray(pixels if pixels.shape[2] == 1 else luma(pixels))
-    if pixels.shape[2] == 1:
-        pixels = np.repeat(pixels, 3, axis=2)
+        return np.ascontiguousarray(pixels[:, :, :1] if pixels.shape[2] < 3 else luma(pixels[:, :, :3]))
+    if pixels.shape[2] < 3:
+        pixels = np.repeat(pixels[:, :, :1], 3, axis=2)
     return np.ascontiguousarray(pixels[:, :, :3])
 
 
@@ -117,14 +146,48 @@ def image_size(path: Path) -> tuple[int, int]:
     except Image.DecompressionBombError as exc:  # a header claiming a huge image
         raise ImageError(f"{path}: cannot read image ({exc})") from None
     except OSError:
-        return read_pixels(path, 1).shape[:2]  # or its one-line error: the reader's word on what the file is
+        return decode_pixels(path).shape[:2]  # or its one-line error: the reader's word on what the file is
 
 
 def to_tensor(pixels: np.ndarray) -> Tensor:
-    """HxWxC uint8 -> CxHxW float32 in [0, 1]."""
-    if not pixels.flags.writeable:  # torch refuses read-only buffers (Pillow's arrays are)
+    """HxWxC uint8 or uint16 -> CxHxW float32 in [0, 1]."""
+    top = 255.0 if pixels.dtype == np.uint8 else 65535.0
+    if pixels.dtype == np.uint16:
+        pixels = pixels.astype(np.float32)
+    elif not pixels.flags.writeable:  # torch refuses read-only buffers (Pillow's arrays are)
         pixels = pixels.copy()
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(top)
+
+
+def top_level(bits: int) -> float:
+    """The largest value of a `bits`-deep image: 255.0 or 65535.0."""
+    return float((1 << bits) - 1)
+
+
+def carry(pixels: np.ndarray) -> Tensor:
+    """HxWxC uint8 or uint16 pixels -> the CxHxW tensor a loader carries: uint8 as it is, uint16 as int16 of the
+    same bits (see the module docstring); `to_unit` reads either."""
+    if pixels.dtype == np.uint16:
+        pixels = np.ascontiguousarray(pixels).view(np.int16)
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
+
+
+def to_carrier(x: Tensor, bits: int) -> Tensor:
+    """A float image in [0, 1] on `bits` levels -> its carried levels (uint8, or int16 holding the 16 bits)."""
+    v = x.mul(top_level(bits)).round_().clamp_(0.0, top_level(bits))
+    if bits == 8:
+        return v.to(torch.uint8)
+    v = v.to(torch.int32)
+    return torch.where(v >= 32768, v - 65536, v).to(torch.int16)
+
+
+def to_unit(t: Tensor) -> Tensor:
+    """Carried levels (uint8, or int16 holding 16 bits) -> float32 in [0, 1], on t's device."""
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0)
+    if t.dtype != torch.int16:
+        raise TypeError(f"a training batch is carried as uint8 or int16, not {t.dtype}")
+    return t.float().remainder_(65536.0).div_(65535.0)  # -1 -> 65535: the unsigned value, exact in float32
 
 
 def _work_dtype(x: Tensor) -> torch.dtype:
@@ -132,39 +195,45 @@ def _work_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.device.type == "mps" else torch.float64
 
 
-def _round_levels(y: Tensor) -> Tensor:
-    """Values on the 0..255 scale -> the 256 levels of an 8-bit image, as fractions of 255 (y's dtype): rounded as
-    MATLAB converts a double to uint8, halves away from zero (floor(y + 0.5)), not to even as torch.round."""
-    return y.add(0.5).floor_().clamp_(0.0, 255.0).div_(255.0)
+def _round_levels(y: Tensor, bits: int = 8) -> Tensor:
+    """Values on the 0..top scale (top 255, or 65535 for 16 bits) -> the levels of an image of `bits`, as fractions
+    of top (y's dtype): rounded as MATLAB converts a double to uint8 or uint16, halves away from zero
+    (floor(y + 0.5)), not to even as torch.round."""
+    top = top_level(bits)
+    return y.add(0.5).floor_().clamp_(0.0, top).div_(top)
 
 
-def quantize(x: Tensor) -> Tensor:
-    """Round a float image in [0, 1] to the 256 levels a saved 8-bit image has (LR inputs are real images, not
-    floats): floor(255 x + 0.5), MATLAB's uint8 conversion, computed in float64 (float32 on MPS); x's dtype back."""
-    return _round_levels(x.to(_work_dtype(x)).mul(255.0)).to(x.dtype)
+def quantize(x: Tensor, bits: int = 8) -> Tensor:
+    """Round a float image in [0, 1] to the levels a saved image of `bits` has (LR inputs are real images, not
+    floats): floor(top x + 0.5), MATLAB's uint8 (uint16) conversion, computed in float64 (float32 on MPS); x's
+    dtype back."""
+    return _round_levels(x.to(_work_dtype(x)).mul(top_level(bits)), bits).to(x.dtype)
 
 
-def _levels255(x: Tensor) -> Tensor:
-    """A float image in [0, 1] on the 0..255 scale in float64 (float32 on MPS). An image on 8-bit levels (every
-    value within 1e-3 of some k/255, as to_tensor makes them) becomes those exact integers: a resampling sum of
-    them can then land exactly on .5, as MATLAB's does, and is rounded the way MATLAB rounds it."""
-    y = x.to(_work_dtype(x)).mul(255.0)
+def _levels(x: Tensor, bits: int = 8) -> Tensor:
+    """A float image in [0, 1] on the 0..top scale in float64 (float32 on MPS). An image on the levels of `bits`
+    (every value within float32's rounding of some k/top, as to_tensor makes them: 1e-3 at 8 bits, 1/16 at 16)
+    becomes those exact integers: a resampling sum of them can then land exactly on .5, as MATLAB's does, and is
+    rounded the way MATLAB rounds it."""
+    top = top_level(bits)
+    y = x.to(_work_dtype(x)).mul(top)
     k = y.round()
-    return k if y.numel() and float((y - k).abs().max()) < 1e-3 else y
+    return k if y.numel() and float((y - k).abs().max()) < max(1e-3, top * 2.0**-20) else y
 
 
-def bicubic_down(hr: Tensor, factor: float) -> Tensor:
-    """MATLAB bicubic downscale by ``factor`` of a CxHxW (or NxCxHxW) float image in [0, 1], rounded to uint8
-    levels as MATLAB's imresize of a uint8 image is: computed in float64 on the 0..255 scale, halves rounded up
-    (_levels255, _round_levels). hr's dtype back."""
+def bicubic_down(hr: Tensor, factor: float, bits: int = 8) -> Tensor:
+    """MATLAB bicubic downscale by ``factor`` of a CxHxW (or NxCxHxW) float image in [0, 1], rounded to the levels
+    of `bits` as MATLAB's imresize of a uint8 (uint16) image is: computed in float64 on the 0..top scale, halves
+    rounded up (_levels, _round_levels). hr's dtype back."""
     from .resize import imresize  # written alongside
 
-    return _round_levels(imresize(_levels255(hr), scale=1.0 / factor)).to(hr.dtype)
+    return _round_levels(imresize(_levels(hr, bits), scale=1.0 / factor), bits).to(hr.dtype)
 
 
-def bicubic_lr(hr: Tensor, scale: int) -> Tensor:
-    """MATLAB bicubic downscale of a CxHxW (or NxCxHxW) float image, rounded to uint8 levels (bicubic_down)."""
-    return bicubic_down(hr, scale)
+def bicubic_lr(hr: Tensor, scale: int, bits: int = 8) -> Tensor:
+    """MATLAB bicubic downscale of a CxHxW (or NxCxHxW) float image, rounded to the levels of `bits`
+    (bicubic_down)."""
+    return bicubic_down(hr, scale, bits)
 
 
 @dataclass(frozen=True)
@@ -240,8 +309,9 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         lr_on_device: bool = False,
         realesrgan: RealESRGANDegradationConfig | None = None,
         channels: int = 3,
+        bits: int = 8,
     ) -> None:
-        """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, uint8-rounded); a list
+        """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, rounded to its levels); a list
         of factors makes one item per image and factor (a multi-scale set, as BasicSR's multi-scale DF2K: the same
         photographs both sharp and soft).
 
@@ -252,7 +322,17 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         parameters); the batch is degraded by `batch_to_device` (lr_on_device) or by the loader's collate function.
 
         `channels`: 3 for an RGB model (grey images repeated), 1 for a grey one (colour images' luma, `read_pixels`).
+
+        `bits`: 8, or 16 to keep the depth of 16-bit files and measurements (HR as decoded, LR rounded to 16-bit
+        levels; an 8-bit file's levels times 257). Real-ESRGAN's degradation is defined on 8-bit images (its
+        rounding to 8-bit levels between steps, its JPEG, its pair pool): it takes 8.
         """
+        pixel_dtype(bits)  # or a ConfigError
+        if bits != 8 and realesrgan is not None:
+            raise ConfigError(
+                "the realesrgan degradation works on 8-bit images (its rounding between steps, its JPEG, its pair "
+                "pool): data.bit_depth 16 takes the bicubic or realworld degradation"
+            )
         if realesrgan is not None and (lr_dir is not None or degradation is not None):
             raise ConfigError(
                 "the realesrgan degradation makes the LR from the HR: no LR folder, no realworld"
@@ -275,6 +355,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         if channels not in (1, 3):
             raise ConfigError(f"training images have 1 channel (grey) or 3 (RGB), not {channels}")
         self.channels = channels
+        self.bits = bits
         self.hr_files = list_images(hr_dir)
         # one item per (image, shrink factor), image-major; paired LR folders have the one factor 1.0
         self.factors = factors
@@ -303,7 +384,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                 problem = pair_problem((h, w), image_size(lr_path), scale, patch_size)
                 if problem:
                     raise ConfigError(f"{lr_path}: {problem.format(hr=path.name)}")
-        total_mb = sum(h * w * channels for h, w in sizes) * (1 + 1 / scale**2) / 2**20
+        total_mb = sum(h * w * channels * bits // 8 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
         self.cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         self._shared: list[tuple[Tensor, Tensor | None]] | None = None
         self.realesrgan = realesrgan
@@ -317,8 +398,16 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             # decoded once in the parent (forked DataLoader workers share the pages), on all cores: decoding and
             # resizing release the GIL
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                per_file = pool.map(self._load_all_factors, range(len(self.hr_files)))
-                self.cache = [pair for pairs in per_file for pair in pairs]  # image-major, as self.items
+                per_file = list(pool.map(self._load_all_factors, range(len(self.hr_files))))
+                self.cache = [pair for pairs, _ in per_file for pair in pairs]  # image-major, as self.items
+            deep = sum(deeper for _, deeper in per_file)
+            if deep:
+                log.info(
+                    "%d of %d training images have more than 8 bits: they are trained on as 8-bit images "
+                    "(data.bit_depth: 16 keeps every bit)",
+                    deep,
+                    len(per_file),
+                )
         else:
             why = "cache_max_mb" if room_mb == cache_max_mb else f"half the free memory, {room_mb:.0f} MB"
             log.info("%d images need %.0f MB decoded (> %s): reading per sample", len(sizes), total_mb, why)
@@ -331,18 +420,16 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         if self.cache is None or self._shared is not None:
             return
         shared: list[tuple[Tensor, Tensor | None]] = []
+        kind = torch.uint8 if self.bits == 8 else torch.int16  # int16: the uint16 images' bits (see `carry`)
         for hr, lr in self.cache:
-            pair = [
-                None if a is None else torch.empty(a.shape, dtype=torch.uint8).share_memory_()
-                for a in (hr, lr)
-            ]
+            pair = [None if a is None else torch.empty(a.shape, dtype=kind).share_memory_() for a in (hr, lr)]
             for t, a in zip(pair, (hr, lr), strict=True):
                 if t is not None and a is not None:
-                    t.numpy()[...] = a
+                    _pixels_of(t)[...] = a
             assert pair[0] is not None
             shared.append((pair[0], pair[1]))
         self._shared = shared
-        self.cache = [(hr_t.numpy(), None if lr_t is None else lr_t.numpy()) for hr_t, lr_t in shared]
+        self.cache = _cache_of(shared)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -355,24 +442,26 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self._shared is not None:
-            self.cache = [(hr.numpy(), None if lr is None else lr.numpy()) for hr, lr in self._shared]
+            self.cache = _cache_of(self._shared)
 
-    def _load_all_factors(self, file_index: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """The items of one file, for every factor, from one decode."""
-        hr = read_pixels(self.hr_files[file_index], self.channels)
+    def _load_all_factors(self, file_index: int) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], bool]:
+        """The items of one file, for every factor, from one decode; and whether the file had more bits than
+        the training data keeps."""
+        decoded = decode_pixels(self.hr_files[file_index])
+        hr = to_bits(decoded, self.channels, self.bits)
         first = file_index * len(self.factors)
-        return [self._load(first + k, hr) for k in range(len(self.factors))]
+        deeper = decoded.dtype.itemsize * 8 > self.bits
+        return [self._load(first + k, hr) for k in range(len(self.factors))], deeper
 
     def _load(self, index: int, decoded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         path, factor = self.items[index]
-        hr = read_pixels(path, self.channels) if decoded is None else decoded
+        hr = read_pixels(path, self.channels, self.bits) if decoded is None else decoded
         if factor != 1:
-            small = bicubic_down(to_tensor(hr), factor)
-            hr = small.mul_(255).round_().byte().permute(1, 2, 0).numpy()
+            hr = to_pixels(bicubic_down(to_tensor(hr), factor, self.bits), self.bits)
         if self.lr_files is None:
             s = self.scale
             return hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s], None
-        lr = read_pixels(self.lr_files[index], self.channels)
+        lr = read_pixels(self.lr_files[index], self.channels, self.bits)
         problem = pair_problem(hr.shape[:2], lr.shape[:2], self.scale, self.patch_size)
         if problem:  # the file changed since the check at the start
             raise ImageError(f"{self.lr_files[index]}: {problem.format(hr=path.name)}")
@@ -380,18 +469,19 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(LR, HR) float CxHxW in [0, 1] for (image index, sample seed)."""
-        sample = self.sample_u8(key)
+        sample = self.loader_sample(key)
         if self.realesrgan is not None:
             lr_u8, hr_u8 = degrade_batch(collate_samples([sample]), self.scale, self.margin)
-            return lr_u8[0].float().div_(255.0), hr_u8[0].float().div_(255.0)
+            return to_unit(lr_u8[0]), to_unit(hr_u8[0])
         lr, hr = sample
         if self.lr_on_device:
-            return lr_from_regions(lr[None].float().div_(255.0), self.scale)[0][0], hr.float().div_(255.0)
-        return lr.float().div_(255.0), hr.float().div_(255.0)
+            return lr_from_regions(to_unit(lr[None]), self.scale, self.bits)[0][0], to_unit(hr)
+        return to_unit(lr), to_unit(hr)
 
-    def sample_u8(self, key: tuple[int, int]) -> tuple[Tensor, ...]:
-        """What a DataLoader worker returns: (LR, HR) uint8 CxHxW, or (HR region with margin, HR) with lr_on_device,
-        or (HR region with margin, kernels, parameters) with the realesrgan degradation (`esrgan.degrade.draw`)."""
+    def loader_sample(self, key: tuple[int, int]) -> tuple[Tensor, ...]:
+        """What a DataLoader worker returns: (LR, HR) CxHxW levels (uint8, or int16 carrying 16 bits: `carry`), or
+        (HR region with margin, HR) with lr_on_device, or (HR region with margin, kernels, parameters) with the
+        realesrgan degradation (`esrgan.degrade.draw`)."""
         if self.realesrgan is not None:
             region, rng = self._region(key)
             kernels, params = draw(rng, self.realesrgan)
@@ -401,10 +491,11 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             s, p, m = self.scale, self.patch_size // self.scale, self.margin
             return region, region[:, m * s : (m + p) * s, m * s : (m + p) * s].clone()
         lr, hr = self._sample_float(key)
-        return lr.mul(255.0).round_().byte(), hr.mul(255.0).round_().byte()
+        return to_carrier(lr, self.bits), to_carrier(hr, self.bits)
 
     def _region(self, key: tuple[int, int]) -> tuple[Tensor, np.random.Generator]:
-        """The sample's HR patch with `self.margin` LR pixels of context (uint8 CxRxR), and its generator."""
+        """The sample's HR patch with `self.margin` LR pixels of context (CxRxR levels, `carry`), and its
+        generator."""
         index, sample_seed = key
         rng = np.random.default_rng(sample_seed)  # the same draws, in the same order, as the per-sample path
         hr_full = self.cache[index][0] if self.cache is not None else self._load(index)[0]
@@ -425,7 +516,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             region = region[:, ::-1]
         if self.rot90:
             region = np.rot90(region, int(rng.integers(0, 4)), (0, 1))
-        return torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1).contiguous(), rng
+        return carry(region), rng
 
     def _sample_float(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         index, sample_seed = key
@@ -457,18 +548,34 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             region = gaussian_blur(region, float(rng.uniform(*d.blur_sigma)))
         from .resize import imresize
 
-        # on the 0..255 scale in float64 (exact 8-bit levels unless blurred): MATLAB's sums and its rounding
-        lr = imresize(_levels255(region), scale=1.0 / s)[
+        # on the 0..top scale in float64 (exact levels unless blurred): MATLAB's sums and its rounding
+        bits = self.bits
+        lr = imresize(_levels(region, bits), scale=1.0 / s)[
             :, top - t0 : top - t0 + p, left - l0 : left - l0 + p
         ]
         if d is not None and rng.random() < d.noise_prob:
-            sigma = float(rng.uniform(*d.noise_sigma)) / 255.0
+            sigma = float(rng.uniform(*d.noise_sigma)) / 255.0  # noise_sigma is in 8-bit levels at any depth
             noise = torch.from_numpy(rng.standard_normal(lr.shape, dtype=np.float32)) * sigma
-            lr = lr + noise.to(lr.dtype) * 255.0
-        lr = _round_levels(lr).float()
+            lr = lr + noise.to(lr.dtype) * top_level(bits)
+        lr = _round_levels(lr, bits).float()
         if d is not None and rng.random() < d.jpeg_prob:
             lr = jpeg_roundtrip(lr, int(rng.integers(d.jpeg_quality[0], d.jpeg_quality[1] + 1)))
         return lr
+
+
+def to_pixels(x: Tensor, bits: int) -> np.ndarray:
+    """A CxHxW float image in [0, 1] on the levels of `bits` -> HxWxC uint8 or uint16."""
+    levels = x.mul(top_level(bits)).round_().clamp_(0.0, top_level(bits)).to(torch.int32)
+    return levels.permute(1, 2, 0).numpy().astype(pixel_dtype(bits))
+
+
+def _pixels_of(t: Tensor) -> np.ndarray:
+    """The numpy pixels a shared tensor holds: uint8 as it is, int16 as the uint16 pixels of the same bits."""
+    return t.numpy().view(np.uint16) if t.dtype == torch.int16 else t.numpy()
+
+
+def _cache_of(shared: list[tuple[Tensor, Tensor | None]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    return [(_pixels_of(hr), None if lr is None else _pixels_of(lr)) for hr, lr in shared]
 
 
 def sample_seed(seed: int, sample: int) -> int:
@@ -505,8 +612,9 @@ class InfiniteSampler(Sampler[tuple[int, int]]):
             n += 1
 
 
-def lr_from_regions(regions: Tensor, scale: int) -> tuple[Tensor, Tensor]:
-    """(LR, HR) float batches from float HR regions with margin (N, C, R, R): MATLAB bicubic on the whole batch.
+def lr_from_regions(regions: Tensor, scale: int, bits: int = 8) -> tuple[Tensor, Tensor]:
+    """(LR, HR) float batches from float HR regions with margin (N, C, R, R): MATLAB bicubic on the whole batch,
+    the LR rounded to the levels of `bits`.
 
     Runs on the regions' device. Equals the per-sample path up to float rounding of the resampling sums (an LR
     level may differ by one where a sum falls on a rounding boundary).
@@ -515,7 +623,7 @@ def lr_from_regions(regions: Tensor, scale: int) -> tuple[Tensor, Tensor]:
 
     s, m = scale, _MARGIN_LR
     p = regions.shape[-1] // s - 2 * m
-    lr = quantize(imresize(regions, scale=1.0 / s)[..., m : m + p, m : m + p])
+    lr = quantize(imresize(regions, scale=1.0 / s)[..., m : m + p, m : m + p], bits)
     return lr, regions[..., m * s : (m + p) * s, m * s : (m + p) * s]
 
 
@@ -556,7 +664,8 @@ def batch_to_device(
     channels_last: bool = False,
     plain_hr: bool = False,
 ) -> tuple[Tensor, ...]:
-    """A loader batch (uint8) -> (LR, HR) float32 in [0, 1] on `device` (asynchronous copy from pinned memory).
+    """A loader batch (uint8, or int16 carrying 16 bits) -> (LR, HR) float32 in [0, 1] on `device` (asynchronous
+    copy from pinned memory).
 
     With the realesrgan degradation: a batch of (HR regions, kernels, parameters) is degraded here, on `device`;
     with `plain_hr` the result is (LR, HR, plain HR), the third the HR before the unsharp mask (a worker-made batch
@@ -565,13 +674,14 @@ def batch_to_device(
     made: tuple[Tensor, ...]
     if len(batch) == 3 and batch[2].dim() == 2:  # (N, N_PARAMS) parameters: a degradation still to make
         regions, kernels, params = batch
-        regions = regions.to(device, non_blocking=True).float().div_(255.0)
+        regions = to_unit(regions.to(device, non_blocking=True))
         made = degrade(regions, kernels.to(device, non_blocking=True), params, scale=scale,
                        margin=_MARGIN_LR_REALESRGAN)[: 3 if plain_hr else 2]  # fmt: skip
     elif lr_on_device:  # (HR regions, HR): the LR made here
-        made = lr_from_regions(batch[0].to(device, non_blocking=True).float().div_(255.0), scale)
+        bits = 8 if batch[0].dtype == torch.uint8 else 16
+        made = lr_from_regions(to_unit(batch[0].to(device, non_blocking=True)), scale, bits)
     else:  # (LR, HR), or the collating worker's (LR, HR, plain HR)
-        made = tuple(t.to(device, non_blocking=True).float().div_(255.0) for t in batch)
+        made = tuple(to_unit(t.to(device, non_blocking=True)) for t in batch)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return tuple(t.contiguous(memory_format=fmt) for t in made)
 
@@ -586,8 +696,8 @@ def worker_start_method(device_type: str) -> str | None:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-class _Uint8Samples(Dataset[tuple[Tensor, ...]]):
-    """The dataset as the loader sees it: uint8 samples."""
+class _LoaderSamples(Dataset[tuple[Tensor, ...]]):
+    """The dataset as the loader sees it: samples of carried levels (`PatchDataset.loader_sample`)."""
 
     def __init__(self, dataset: PatchDataset) -> None:
         self.dataset = dataset
@@ -596,7 +706,7 @@ class _Uint8Samples(Dataset[tuple[Tensor, ...]]):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, ...]:
-        return self.dataset.sample_u8(key)
+        return self.dataset.loader_sample(key)
 
 
 def _worker_init(_: int) -> None:
@@ -621,7 +731,8 @@ def patch_loader(
     device_type: str = "cpu",
     plain_hr: bool = False,
 ) -> Iterator[tuple[Tensor, ...]]:
-    """Endless iterator of uint8 batches for one rank, starting after `start_sample` of this rank's samples.
+    """Endless iterator of batches of carried levels (uint8, or int16 with 16 bits) for one rank, starting after
+    `start_sample` of this rank's samples.
 
     (LR, HR), or (HR regions, HR) with `dataset.lr_on_device`; `batch_to_device` makes float (LR, HR) of them.
     With the realesrgan degradation: (HR regions, kernels, parameters) with `lr_on_device`, else the batch is
@@ -638,7 +749,7 @@ def patch_loader(
             context = multiprocessing.get_context(method)
             dataset.share_memory()
     loader = DataLoader(
-        _Uint8Samples(dataset),
+        _LoaderSamples(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,

@@ -63,6 +63,7 @@ from .data import (
     patch_loader,
     quantize,
     read_pixels,
+    to_pixels,
     to_tensor,
 )
 from .degrade import PairPool, degrade_image
@@ -683,10 +684,14 @@ def _device(name: str, ddp: _Dist) -> torch.device:
     return device
 
 
-def resolve_train_precision(precision: str, device: torch.device) -> str:
-    """train.precision with auto resolved for this device (see config.TrainConfig.precision)."""
+def resolve_train_precision(precision: str, device: torch.device, bits: int = 8) -> str:
+    """train.precision with auto resolved for this device (see config.TrainConfig.precision); with 16-bit
+    training data (`bits` 16) auto is fp32: bf16 holds 8 significant bits and fp16 11, fewer than the data's 16
+    (a bf16 step apart near white is 1/256, an 8-bit level), as `esrgan upscale` computes 16-bit images in fp32."""
     if precision != "auto":
         return precision
+    if bits > 8:
+        return "fp32"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     from .device import cpu_has_native_bf16
@@ -804,17 +809,19 @@ def _load_validation(
     max_images: int,
     degradation: RealESRGANDegradationConfig | None = None,
     channels: int = 3,
+    bits: int = 8,
 ) -> list[tuple[str, np.ndarray, Tensor]]:
-    """(name, HR uint8 mod-cropped, LR float) for each validation image; LR by MATLAB bicubic, uint8-rounded, or
-    by `degradation` with draws fixed per image (seeded by the image's position: the same LR in every run).
-    `channels`: the model's, 3 (RGB) or 1 (grey: the images' luma, as the training data)."""
+    """(name, HR mod-cropped, LR float) for each validation image; LR by MATLAB bicubic, rounded to the levels of
+    `bits`, or by `degradation` with draws fixed per image (seeded by the image's position: the same LR in every
+    run). `channels`: the model's, 3 (RGB) or 1 (grey: the images' luma, as the training data); `bits`: the
+    training data's depth (`data.bit_depth`), the HR's (uint8 or uint16)."""
     items: list[tuple[str, np.ndarray, Tensor]] = []
     files = list_images(folder)
     smallest = (
         2 * scale + 11
     )  # the border crop of the literature protocol on each side, then SSIM's 11x11 window
     for path in files[: max_images or None]:
-        hr = read_pixels(path, channels)
+        hr = read_pixels(path, channels, bits)
         hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
         if (
             min(hr.shape[:2]) < smallest
@@ -824,7 +831,7 @@ def _load_validation(
                 f"an x{scale} model: at least {smallest}x{smallest} (validation.dir)"
             )
         if degradation is None:
-            lr = bicubic_lr(to_tensor(hr), scale)
+            lr = bicubic_lr(to_tensor(hr), scale, bits)
         else:
             lr = degrade_image(to_tensor(hr), degradation, scale, seed=len(items))
         items.append((path.stem, hr, lr))
@@ -835,18 +842,20 @@ def _load_validation(
 def evaluate_generator(
     g: nn.Module, items: list[tuple[str, np.ndarray, Tensor]], *, scale: int, device: torch.device
 ) -> tuple[float, float, list[np.ndarray]]:
-    """Mean Y-PSNR / Y-SSIM (border `scale` cropped, fp32) and the uint8 SR images."""
+    """Mean Y-PSNR / Y-SSIM (border `scale` cropped, fp32) and the SR images, of the HR images' depth: uint8, or
+    uint16 for 16-bit training data, the metrics then on the 0..255 scale with 16-bit precision."""
     from .metrics import psnr, ssim  # written alongside
 
     was_training = g.training
     g.eval()
     psnrs, ssims, outputs = [], [], []
     for _, hr, lr in items:
-        sr = quantize(g(lr[None].to(device)).float().clamp(0, 1))[0].cpu()
-        sr_u8 = (sr * 255).round().byte().permute(1, 2, 0).numpy()
-        psnrs.append(psnr(sr_u8, hr, crop_border=scale))
-        ssims.append(ssim(sr_u8, hr, crop_border=scale))
-        outputs.append(sr_u8)
+        bits = hr.dtype.itemsize * 8
+        sr = to_pixels(quantize(g(lr[None].to(device)).float().clamp(0, 1), bits)[0].cpu(), bits)
+        a, b = (sr, hr) if bits == 8 else (sr / 257.0, hr / 257.0)  # the metrics' data range is 255
+        psnrs.append(psnr(a, b, crop_border=scale))
+        ssims.append(ssim(a, b, crop_border=scale))
+        outputs.append(sr)
     g.train(was_training)
     return float(np.mean(psnrs)), float(np.mean(ssims)), outputs
 
@@ -859,14 +868,16 @@ def save_sample_grid(
     scale: int,
     crop: int,
 ) -> None:
-    """One row per image: LR (nearest-upscaled) | SR | HR, centre crops of `crop` HR pixels."""
+    """One row per image: LR (nearest-upscaled) | SR | HR, centre crops of `crop` HR pixels, in 8 bits."""
     from PIL import Image
 
     rows = []
     for (_, hr, lr), sr in zip(items, outputs, strict=False):
+        if hr.dtype != np.uint8:  # 16-bit training data: a preview in 8 bits
+            hr, sr = (np.round(a / 257.0).astype(np.uint8) for a in (hr, sr))
         c = min(crop, hr.shape[0], hr.shape[1]) // scale * scale
         t, left = (hr.shape[0] - c) // 2 // scale * scale, (hr.shape[1] - c) // 2 // scale * scale
-        lr_u8 = (lr * 255).round().byte().permute(1, 2, 0).numpy()
+        lr_u8 = to_pixels(lr, 8)
         lr_crop = lr_u8[t // scale : (t + c) // scale, left // scale : (left + c) // scale]
         lr_up = lr_crop.repeat(scale, axis=0).repeat(scale, axis=1)
         rows.append(
@@ -1283,6 +1294,7 @@ def build_batches(
         lr_on_device=on_device,
         realesrgan=dc.realesrgan if dc.degradation == "realesrgan" else None,
         channels=cfg.model.num_in_ch,
+        bits=dc.bit_depth,
     )
     per_rank = dc.batch_size // ddp.world_size
     batches = patch_loader(
@@ -1840,7 +1852,18 @@ def train(
         perceptual = "random" if vgg_random else (str(vgg_path) if vgg_path else None)
 
         device = _device(cfg.train.device, ddp)
-        cfg.train.precision = resolve_train_precision(cfg.train.precision, device)  # type: ignore[assignment]
+        asked = cfg.train.precision
+        cfg.train.precision = resolve_train_precision(asked, device, cfg.data.bit_depth)  # type: ignore[assignment]
+        if cfg.data.bit_depth == 16 and ddp.main:
+            if cfg.train.precision in ("bf16", "fp16"):
+                log.warning(
+                    "data.bit_depth 16 with train.precision %s: the network computes with %d significant bits, "
+                    "fewer than the data's 16 (train.precision fp32, or auto, keeps them)",
+                    cfg.train.precision,
+                    8 if cfg.train.precision == "bf16" else 11,
+                )
+            elif asked == "auto":
+                log.info("data.bit_depth 16: train.precision auto is fp32 (bf16 and fp16 hold fewer bits)")
         autocast = make_autocast(device, cfg.train.precision)
         graphed = use_cuda_graph(cfg, device, ddp.distributed)
         if cfg.train.threads:
@@ -1903,6 +1926,7 @@ def train(
             cfg.validation.max_images,
             cfg.data.realesrgan if cfg.validation.lr == "realesrgan" else None,
             cfg.model.num_in_ch,
+            cfg.data.bit_depth,
         )
         if cfg.validation.dir and ddp.main
         else []
