@@ -522,7 +522,43 @@ def infer_section(args: argparse.Namespace, model: Generator, device: torch.devi
     mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     add({"row": f"Upscaler auto, uint8 {2 * side}^2", "ms": t_big * 1e3,
          "note": f"{t_big / t_up:.2f}x the {side}^2 time; peak GPU {mem:.1f} GB"})  # fmt: skip
+    add(fp32_row(model, device, img))
     return rows
+
+
+def fp32_row(model: Generator, device: torch.device, img: np.ndarray) -> Row:
+    """A 16-bit image is computed in fp32 to keep its 16 bits: the model's fp32 output on this device against a
+    float64 forward on the CPU, with cuDNN's convolutions in IEEE fp32 (what esrgan.device.autotuned sets for an
+    fp32 pass) and in TF32 (torch's default for fp32 convolutions), in 16-bit levels; and the Upscaler's 16-bit
+    output against the float64 one rounded."""
+    from esrgan.device import _conv_fp32_precision, _set_conv_fp32_precision, autotuned
+    from esrgan.upscale import Upscaler
+
+    crop = img[:64, :64].astype(np.uint16) * np.uint16(257)
+    x = torch.from_numpy(crop.astype(np.float64) / 65535).permute(2, 0, 1)[None]
+    m64 = build_generator(model.config).double()
+    m64.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ref = m64(x).clamp(0, 1)
+        m32 = model.float().to(device)
+        with autotuned(device, torch.float32):
+            ieee = m32(x.float().to(device)).double().cpu().clamp(0, 1)
+        before = _conv_fp32_precision()
+        _set_conv_fp32_precision("tf32")
+        try:
+            tf32 = m32(x.float().to(device)).double().cpu().clamp(0, 1)
+        finally:
+            _set_conv_fp32_precision(before)
+    up = Upscaler(model, device=str(device), precision="fp32", tile=0).upscale(crop)
+    want = (ref[0].permute(1, 2, 0).numpy() * 65535).round()
+
+    def levels(y: torch.Tensor) -> str:
+        d = (y - ref).abs() * 65535
+        return f"max {float(d.max()):.1f}, mean {float(d.mean()):.3f}"
+
+    return {"row": "16-bit 64^2 in fp32 vs float64 (16-bit levels)",
+            "note": f"IEEE {levels(ieee)}; TF32 {levels(tf32)}; Upscaler uint16 out max "
+                    f"{float(np.abs(up.astype(np.float64) - want).max()):.0f}"}  # fmt: skip
 
 
 def compile_section(args: argparse.Namespace, model: Generator, device: torch.device) -> list[Row]:

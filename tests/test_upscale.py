@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import bound_upscaler, photo_preserving_rrdb
+from conftest import bound_upscaler, photo_preserving_rrdb, tiny_rrdb
 from PIL import Image
 from scipy import ndimage
 
@@ -330,6 +330,55 @@ def test_cudnn_autotuning_is_on_only_during_a_cuda_pass() -> None:
     assert torch.backends.cudnn.benchmark is False
     with autotuned(torch.device("cpu")):
         assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("torch_api", ["fp32_precision", "allow_tf32"])
+def test_fp32_passes_on_cuda_are_ieee_not_tf32(monkeypatch: pytest.MonkeyPatch, torch_api: str) -> None:
+    """torch lets cuDNN compute fp32 convolutions in TF32 by default (10 bits of each input's mantissa), so the
+    fp32 that 16-bit images are computed in (to keep their 16 bits) was TF32 on a GPU. An fp32 pass now sets cuDNN's
+    convolutions to IEEE fp32 for its duration (torch >= 2.9's fp32_precision, or allow_tf32 before it: both run
+    here, the flags are plain state) and puts the process's setting back, after an error too; a bf16 or fp16 pass
+    leaves it; and the runner says which precision its pass is in."""
+    from esrgan import device as device_module
+    from esrgan.device import ModelRunner, autotuned
+
+    cudnn = torch.backends.cudnn
+    if torch_api == "allow_tf32":  # an older torch: no cudnn.conv.fp32_precision
+        monkeypatch.setattr(device_module, "_conv_settings", lambda: None)
+
+        def mode() -> str:
+            return "tf32" if cudnn.allow_tf32 else "ieee"
+    else:
+        if not hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+            pytest.skip(f"torch {torch.__version__} has no cudnn.conv.fp32_precision")
+
+        def mode() -> str:
+            return str(cudnn.conv.fp32_precision)
+
+    assert mode() == "tf32"  # torch's default
+    cuda = torch.device("cuda")
+    with autotuned(cuda, torch.float32):
+        assert mode() == "ieee"
+    assert mode() == "tf32"
+    with pytest.raises(RuntimeError), autotuned(cuda, torch.float32):
+        raise RuntimeError("out of memory")
+    assert mode() == "tf32"
+    for reduced in (torch.float16, torch.bfloat16, None):
+        with autotuned(cuda, reduced):
+            assert mode() == "tf32"
+    with autotuned(torch.device("cpu"), torch.float32):
+        assert mode() == "tf32"
+    seen: list[tuple[str, torch.dtype | None]] = []
+    real = device_module.autotuned
+
+    def spy(device: torch.device, dtype: torch.dtype | None = None):  # type: ignore[no-untyped-def]
+        seen.append((device.type, dtype))
+        return real(device, dtype)
+
+    monkeypatch.setattr(device_module, "autotuned", spy)
+    runner = ModelRunner(tiny_rrdb(), torch.device("cpu"), torch.float32, engine="module")
+    runner(torch.rand(1, 3, 8, 8))
+    assert seen == [("cpu", torch.float32)]
 
 
 def test_fp16_is_never_used_on_the_cpu() -> None:

@@ -391,20 +391,55 @@ def packed_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> tuple[floa
 
 
 @contextlib.contextmanager
-def autotuned(device: torch.device) -> Iterator[None]:
+def autotuned(device: torch.device, dtype: torch.dtype | None = None) -> Iterator[None]:
     """cuDNN's autotuning (torch.backends.cudnn.benchmark) on for a forward pass on CUDA, where the tiles repeat one
     shape and the kernels it picks are reused; the process's setting is put back after, so a program that upscales
     with esrgan and trains or computes beside it keeps its own (benchmark changes which kernels, and so which
-    results, its other convolutions get). Elsewhere nothing."""
+    results, its other convolutions get). Elsewhere nothing.
+
+    With `dtype` float32 the convolutions are IEEE fp32 during the pass, not TF32: torch lets cuDNN compute fp32
+    convolutions in TF32 by default (10 bits of mantissa read from each input, what an fp16 input holds), and fp32
+    is what 16-bit images are computed in to keep their 16 bits (and what `--precision fp32` asks for). Put back
+    after, as benchmark."""
     if device.type != "cuda":
         yield
         return
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
+    exact = dtype == torch.float32
+    precision = _conv_fp32_precision() if exact else None
+    if exact:
+        _set_conv_fp32_precision("ieee")
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark = before
+        if precision is not None:
+            _set_conv_fp32_precision(precision)
+
+
+def _conv_settings() -> Any:
+    """torch >= 2.9's cuDNN convolution settings (with fp32_precision), or None before."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    return conv if hasattr(conv, "fp32_precision") else None
+
+
+def _conv_fp32_precision() -> str:
+    """cuDNN convolutions' fp32 mode: "tf32" or "ieee" (torch >= 2.9's setting; before, from allow_tf32)."""
+    conv = _conv_settings()
+    if conv is not None:
+        return str(conv.fp32_precision)
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def _set_conv_fp32_precision(mode: str) -> None:
+    """Set what `_conv_fp32_precision` reads, through torch's newer setting where it has one (mixing it with the
+    legacy allow_tf32 is an error in torch >= 2.9 once the two disagree)."""
+    conv = _conv_settings()
+    if conv is not None:
+        conv.fp32_precision = mode
+    else:
+        torch.backends.cudnn.allow_tf32 = mode == "tf32"
 
 
 @functools.cache
@@ -567,7 +602,7 @@ class ModelRunner:
         x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autotuned(self.device):
+        with autotuned(self.device, self.dtype):
             y = self._run(x, self.dtype)
         if self.dtype != torch.float32 and not all_finite(y):
             warnings.warn(
@@ -578,6 +613,6 @@ class ModelRunner:
             self.dtype = torch.float32
             self._packed.clear()
             self._cast = self._cast_forward = None
-            with autotuned(self.device):
+            with autotuned(self.device, torch.float32):
                 y = self._run(x, torch.float32)
         return y.float().contiguous()
