@@ -839,13 +839,18 @@ def test_a_grey_model_trains_on_the_luma_of_its_photos_resumes_exactly_and_upsca
 
 
 def test_16_bit_data_train_validate_at_16_bits_and_resume_exactly(
-    photos: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    photos: tuple[Path, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`data.bit_depth: 16`: 16-bit photos (real ones, MATLAB-bicubic shrunk in float64 and kept with 16 bits) train
-    with the LR at 16-bit levels; validation scores the model's 16-bit output against the 16-bit HR (computed here
-    independently); a stopped run resumes to the same weights; the sample grid is an 8-bit preview."""
+    on batches carried at 16 bits with the LR at 16-bit levels; validation scores the model's 16-bit output against
+    the 16-bit HR (computed here independently); a stopped run resumes to the same weights; the sample grid is an
+    8-bit preview; an fp32 run holds IEEE fp32 convolutions (a no-op off CUDA, entered all the same)."""
     from PIL import Image
 
+    import esrgan.train as train_module
     from esrgan.checkpoints import load_model
     from esrgan.imagedata import ImageData
     from esrgan.imageio import read_image, write_image
@@ -872,7 +877,26 @@ def test_16_bit_data_train_validate_at_16_bits_and_resume_exactly(
         "validation": {"dir": str(val), "every": 6},
         "train": {"total_steps": 6},
     }
+    carried: list[
+        tuple[torch.dtype, bool]
+    ] = []  # each batch: its type, and whether its LR is on 8-bit levels
+    exact: list[str] = []
+    to_device, ieee = train_module.batch_to_device, train_module.ieee_fp32
+
+    def spy(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        made = to_device(batch, *args, **kwargs)
+        y = made[0].double() * 255
+        carried.append((batch[0].dtype, bool(((y - y.round()).abs() < 1e-3).all())))
+        return made
+
+    def spy_ieee(device: torch.device) -> Any:
+        exact.append(device.type)
+        return ieee(device)
+
+    monkeypatch.setattr(train_module, "batch_to_device", spy)
+    monkeypatch.setattr(train_module, "ieee_fp32", spy_ieee)
     straight = train(tiny(photos, tmp_path, "deep", **sections)).run_dir
+    assert carried == [(torch.int16, False)] * 6 and exact == ["cpu"]
     first = train(tiny(photos, tmp_path, "split", **sections), stop_at_step=3)
     second = train(tiny(photos, tmp_path, "split", **sections), resume=True)
     assert first.step == 3 and second.step == 6
@@ -902,7 +926,9 @@ def test_16_bit_data_train_validate_at_16_bits_and_resume_exactly(
         )
         assert yaml.safe_load((auto.run_dir / "config.yaml").read_text())["train"]["precision"] == "fp32"
         assert "train.precision auto is fp32" in caplog.text
+        exact.clear()
         train(tiny(photos, tmp_path, "bf16", **{**one, "train": {"total_steps": 1, "precision": "bf16"}}))
+        assert exact == []  # bf16: nothing to hold
     assert (
         "data.bit_depth 16 with train.precision bf16: the network computes with 8 significant bits"
         in caplog.text

@@ -153,6 +153,10 @@ def test_16_bit_lr_made_on_the_device_equals_the_per_sample_patches(hr_dir: Path
     diff = (lr - torch.stack([e[0] for e in exp])).abs() * 65535
     assert diff.max() <= 1.0 + 1e-2  # float32 sums against float64 ones: a level either side of a boundary
     assert not on_8bit_levels(lr)
+    for k, (exp_lr, exp_hr) in zip(keys[:6], exp, strict=False):  # the dataset's own items, one at a time
+        one_lr, one_hr = batched[k]
+        assert torch.equal(one_hr, exp_hr) and float((one_lr - exp_lr).abs().max()) * 65535 <= 1.0 + 1e-2
+        assert not on_8bit_levels(one_lr)
 
 
 def test_16_bit_paired_folders_and_shrunk_images(hr_dir: Path, tmp_path: Path) -> None:
@@ -182,7 +186,8 @@ def test_16_bit_paired_folders_and_shrunk_images(hr_dir: Path, tmp_path: Path) -
 
 
 def test_realworld_degradation_at_16_bits(hr_dir: Path) -> None:
-    """blur, bicubic and noise at 16-bit levels; a JPEG'd LR is on the 8-bit levels a JPEG holds."""
+    """blur, bicubic and noise at 16-bit levels, the noise as strong as at 8 bits (noise_sigma is in 8-bit levels
+    at any depth); a JPEG'd LR is on the 8-bit levels a JPEG holds."""
     d = Degradation(blur_prob=1.0, noise_prob=1.0, jpeg_prob=0.0)
     ds = PatchDataset(hr_dir, scale=4, patch_size=32, degradation=d, bits=16)
     again = PatchDataset(hr_dir, scale=4, patch_size=32, degradation=d, bits=16)
@@ -191,6 +196,21 @@ def test_realworld_degradation_at_16_bits(hr_dir: Path) -> None:
     assert on_levels(lr, 65535.0) and not on_8bit_levels(lr)
     jpeg = PatchDataset(hr_dir, scale=4, patch_size=32, degradation=Degradation(jpeg_prob=1.0), bits=16)
     assert on_8bit_levels(jpeg[(0, 5)][0])
+    for bits in (
+        8,
+        16,
+    ):  # same crops with and without noise of sigma 8 levels (no flips: their draws come after)
+        kw = {"scale": 4, "patch_size": 32, "flip": False, "rot90": False, "bits": bits}
+        noisy = PatchDataset(hr_dir, **kw, degradation=Degradation(0.0, noise_prob=1.0, noise_sigma=(8.0, 8.0),
+                                                                   jpeg_prob=0.0))  # fmt: skip
+        clean = PatchDataset(hr_dir, **kw, degradation=Degradation(0.0, noise_prob=0.0, jpeg_prob=0.0))
+        diffs = []
+        for seed in range(12):
+            n, c = noisy[(1, seed)][0], clean[(1, seed)][0]
+            inside = (c > 30 / 255) & (c < 225 / 255)  # away from the clipping at black and white
+            diffs.append(((n - c) * 255)[inside])
+        spread = float(torch.cat(diffs).std())
+        assert 7.2 < spread < 8.8, (bits, spread)
 
 
 def test_realesrgan_and_other_depths_are_refused(hr_dir: Path) -> None:

@@ -335,12 +335,15 @@ def test_cudnn_autotuning_is_on_only_during_a_cuda_pass() -> None:
 @pytest.mark.parametrize("torch_api", ["fp32_precision", "allow_tf32"])
 def test_fp32_passes_on_cuda_are_ieee_not_tf32(monkeypatch: pytest.MonkeyPatch, torch_api: str) -> None:
     """torch lets cuDNN compute fp32 convolutions in TF32 by default (10 bits of each input's mantissa), so the
-    fp32 that 16-bit images are computed in (to keep their 16 bits) was TF32 on a GPU. An fp32 pass now sets cuDNN's
-    convolutions to IEEE fp32 for its duration (torch >= 2.9's fp32_precision, or allow_tf32 before it: both run
-    here, the flags are plain state) and puts the process's setting back, after an error too; a bf16 or fp16 pass
-    leaves it; and the runner says which precision its pass is in."""
+    fp32 that 16-bit images are computed in (to keep their 16 bits) was TF32 on a GPU. An fp32 pass now turns TF32
+    off for its duration (torch >= 2.9's fp32_precision and allow_tf32 before it: both run here, the flags are plain
+    state), keeps allow_tf32 readable (torch >= 2.9 refuses to read it once its newer settings say "ieee"), and puts
+    the process's setting back, after an error too, and only when the last of overlapping passes (threads sharing an
+    Upscaler) ends; a bf16 or fp16 pass leaves it; and the runner says which precision its pass is in."""
+    import threading
+
     from esrgan import device as device_module
-    from esrgan.device import ModelRunner, autotuned
+    from esrgan.device import ModelRunner, autotuned, ieee_fp32
 
     cudnn = torch.backends.cudnn
     if torch_api == "allow_tf32":  # an older torch: no cudnn.conv.fp32_precision
@@ -352,22 +355,52 @@ def test_fp32_passes_on_cuda_are_ieee_not_tf32(monkeypatch: pytest.MonkeyPatch, 
         if not hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
             pytest.skip(f"torch {torch.__version__} has no cudnn.conv.fp32_precision")
 
-        def mode() -> str:
-            return str(cudnn.conv.fp32_precision)
+        def mode() -> str:  # "none" everywhere (what allow_tf32 = False records) computes in IEEE fp32
+            conv = str(cudnn.conv.fp32_precision)
+            return "tf32" if conv == "tf32" else "ieee"
 
-    assert mode() == "tf32"  # torch's default
+    assert mode() == "tf32" and cudnn.allow_tf32  # torch's default
     cuda = torch.device("cuda")
     with autotuned(cuda, torch.float32):
         assert mode() == "ieee"
-    assert mode() == "tf32"
+        assert cudnn.allow_tf32 is False  # readable, and says so
+    assert mode() == "tf32" and cudnn.allow_tf32
     with pytest.raises(RuntimeError), autotuned(cuda, torch.float32):
         raise RuntimeError("out of memory")
     assert mode() == "tf32"
     for reduced in (torch.float16, torch.bfloat16, None):
         with autotuned(cuda, reduced):
             assert mode() == "tf32"
-    with autotuned(torch.device("cpu"), torch.float32):
+    with autotuned(torch.device("cpu"), torch.float32), ieee_fp32(torch.device("cpu")):
         assert mode() == "tf32"
+
+    # two threads' passes overlap: A starts, B starts, A ends (B still runs in IEEE), B ends (TF32 back)
+    a_in, b_in, a_out, b_check = (threading.Event() for _ in range(4))
+    seen_by_b: list[str] = []
+
+    def pass_a() -> None:
+        with autotuned(cuda, torch.float32):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def pass_b() -> None:
+        a_in.wait(5)
+        with autotuned(cuda, torch.float32):
+            b_in.set()
+            a_out.wait(5)
+            seen_by_b.append(mode())
+            seen_by_b.append(str(cudnn.benchmark))
+        b_check.set()
+
+    threads = [threading.Thread(target=pass_a), threading.Thread(target=pass_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert b_check.is_set() and seen_by_b == ["ieee", "True"]
+    assert mode() == "tf32" and cudnn.benchmark is False
+
     seen: list[tuple[str, torch.dtype | None]] = []
     real = device_module.autotuned
 

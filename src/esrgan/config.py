@@ -127,9 +127,10 @@ class DataConfig:
     # more detail per patch, and resampling hides their JPEG artefacts; the paper's DIV2K needs none (1.0). A list
     # ([2.0, 4.0]) trains on every image at every factor: a multi-scale set, sharp and soft versions of each photo
     hr_downscale: float | list[float] = 1.0
-    # 8, or 16 to train on every bit of 16-bit files and measurements (DICOM, float TIFFs: stretched from their
-    # range as `esrgan upscale` stretches them); with 8 they are reduced to 8 bits. 8-bit files train the same either
-    # way (their levels times 257); the LR patches are rounded to the levels of this depth. Not with realesrgan
+    # 8, or 16 to train on 16 bits of 16-bit files and measurements (DICOM, float TIFFs: stretched from their
+    # range as `esrgan upscale` stretches them); with 8 they are reduced to 8 bits. 8-bit files keep their levels
+    # (times 257; a grey model's luma of a colour file is then computed at 16 bits); the LR patches are rounded to
+    # the levels of this depth. Not with the realesrgan degradation
     bit_depth: int = 8
     # bicubic: the paper's (MATLAB bicubic of the HR patch); realworld: blur -> bicubic -> noise -> JPEG (one order,
     # the settings below); realesrgan: Real-ESRGAN's second-order degradation (data.realesrgan), made for the whole

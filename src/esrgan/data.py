@@ -450,7 +450,8 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         decoded = decode_pixels(self.hr_files[file_index])
         hr = to_bits(decoded, self.channels, self.bits)
         first = file_index * len(self.factors)
-        deeper = decoded.dtype.itemsize * 8 > self.bits
+        # more than the data keep: 16-bit values that are not an 8-bit image's levels times 257
+        deeper = self.bits == 8 and decoded.dtype == np.uint16 and bool((decoded % 257).any())
         return [self._load(first + k, hr) for k in range(len(self.factors))], deeper
 
     def _load(self, index: int, decoded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -29,6 +29,7 @@ import contextlib
 import copy
 import functools
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -390,6 +391,37 @@ def packed_bytes_per_pixel(config: RRDBConfig, dtype: torch.dtype) -> tuple[floa
     return trunk + 2 * 4 * config.num_out_ch * config.scale**2, 4 * TAIL_BYTES
 
 
+# The cuDNN settings a pass changes are the process's: passes that overlap (threads sharing an Upscaler) count
+# themselves in, the first one in saves the setting and the last one out puts it back (each restoring what it saw
+# on entry let the first to finish switch a pass still running back, and left the process changed for good)
+_SETTINGS_LOCK = threading.Lock()
+_settings_users = {"benchmark": 0, "ieee": 0}
+_settings_saved: dict[str, Any] = {}
+
+
+def _enter_setting(name: str) -> None:
+    with _SETTINGS_LOCK:
+        if _settings_users[name] == 0:
+            if name == "benchmark":
+                _settings_saved[name] = torch.backends.cudnn.benchmark
+                torch.backends.cudnn.benchmark = True
+            else:
+                _settings_saved[name] = _conv_fp32_precision()
+                _set_conv_fp32_precision("ieee")
+        _settings_users[name] += 1
+
+
+def _leave_setting(name: str) -> None:
+    with _SETTINGS_LOCK:
+        _settings_users[name] -= 1
+        if _settings_users[name] == 0:
+            saved = _settings_saved.pop(name)
+            if name == "benchmark":
+                torch.backends.cudnn.benchmark = saved
+            else:
+                _set_conv_fp32_precision(saved)
+
+
 @contextlib.contextmanager
 def autotuned(device: torch.device, dtype: torch.dtype | None = None) -> Iterator[None]:
     """cuDNN's autotuning (torch.backends.cudnn.benchmark) on for a forward pass on CUDA, where the tiles repeat one
@@ -397,49 +429,67 @@ def autotuned(device: torch.device, dtype: torch.dtype | None = None) -> Iterato
     with esrgan and trains or computes beside it keeps its own (benchmark changes which kernels, and so which
     results, its other convolutions get). Elsewhere nothing.
 
-    With `dtype` float32 the convolutions are IEEE fp32 during the pass, not TF32: torch lets cuDNN compute fp32
-    convolutions in TF32 by default (10 bits of mantissa read from each input, what an fp16 input holds), and fp32
-    is what 16-bit images are computed in to keep their 16 bits (and what `--precision fp32` asks for). Put back
-    after, as benchmark."""
+    With `dtype` float32 the convolutions are IEEE fp32 during the pass (`ieee_fp32`). Overlapping passes (threads)
+    share the settings: the last to end puts the process's back."""
     if device.type != "cuda":
         yield
         return
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    exact = dtype == torch.float32
-    precision = _conv_fp32_precision() if exact else None
-    if exact:
-        _set_conv_fp32_precision("ieee")
+    _enter_setting("benchmark")
+    try:
+        with ieee_fp32(device) if dtype == torch.float32 else contextlib.nullcontext():
+            yield
+    finally:
+        _leave_setting("benchmark")
+
+
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """cuDNN's fp32 convolutions in IEEE fp32, not TF32, while the block runs on CUDA (elsewhere nothing): torch lets
+    cuDNN compute fp32 convolutions in TF32 by default (10 bits of mantissa read from each input, what an fp16 input
+    holds), and fp32 is what 16-bit images are computed in to keep their 16 bits (and what `--precision fp32`
+    asks for). The process's setting is put back after, by the last of overlapping blocks."""
+    if device.type != "cuda":
+        yield
+        return
+    _enter_setting("ieee")
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
-        if precision is not None:
-            _set_conv_fp32_precision(precision)
+        _leave_setting("ieee")
 
 
 def _conv_settings() -> Any:
-    """torch >= 2.9's cuDNN convolution settings (with fp32_precision), or None before."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    return conv if hasattr(conv, "fp32_precision") else None
+    """torch >= 2.9's cuDNN settings with fp32_precision (`.conv`, `.rnn`), or None before."""
+    cudnn = torch.backends.cudnn
+    return cudnn if hasattr(getattr(cudnn, "conv", None), "fp32_precision") else None
 
 
-def _conv_fp32_precision() -> str:
-    """cuDNN convolutions' fp32 mode: "tf32" or "ieee" (torch >= 2.9's setting; before, from allow_tf32)."""
-    conv = _conv_settings()
-    if conv is not None:
-        return str(conv.fp32_precision)
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+def _conv_fp32_precision() -> tuple[bool | None, tuple[str, str] | None]:
+    """cuDNN's fp32 settings as torch holds them, to put back: allow_tf32 (None where torch >= 2.9 refuses to read
+    it: its newer settings were set to disagree with it) and torch >= 2.9's (conv, rnn) fp32_precision."""
+    try:
+        legacy: bool | None = bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        legacy = None
+    cudnn = _conv_settings()
+    newer = None if cudnn is None else (str(cudnn.conv.fp32_precision), str(cudnn.rnn.fp32_precision))
+    return legacy, newer
 
 
-def _set_conv_fp32_precision(mode: str) -> None:
-    """Set what `_conv_fp32_precision` reads, through torch's newer setting where it has one (mixing it with the
-    legacy allow_tf32 is an error in torch >= 2.9 once the two disagree)."""
-    conv = _conv_settings()
-    if conv is not None:
-        conv.fp32_precision = mode
-    else:
+def _set_conv_fp32_precision(mode: str | tuple[bool | None, tuple[str, str] | None]) -> None:
+    """Mode "ieee": no TF32 in cuDNN, through allow_tf32 = False on every torch (torch >= 2.9 records it as its newer
+    settings' "none", which computes in IEEE fp32 and keeps allow_tf32 readable; its "ieee" makes reading
+    allow_tf32 an error, for any code beside us, inductor's convolution templates and torch.backends.cudnn.flags()
+    included). "tf32": TF32 allowed. Or what `_conv_fp32_precision` read, put back as it was."""
+    if isinstance(mode, str):
         torch.backends.cudnn.allow_tf32 = mode == "tf32"
+        return
+    legacy, newer = mode
+    if legacy is not None:
+        torch.backends.cudnn.allow_tf32 = legacy
+    cudnn = _conv_settings()
+    if newer is not None and cudnn is not None:
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = newer
 
 
 @functools.cache

@@ -67,6 +67,7 @@ from .data import (
     to_tensor,
 )
 from .degrade import PairPool, degrade_image
+from .device import ieee_fp32
 from .discriminator import Discriminator, build_discriminator, discriminator_state
 from .errors import CheckpointError, ConfigError, EsrganError, ImageError
 from .generator import RRDBNet
@@ -1864,6 +1865,10 @@ def train(
                 )
             elif asked == "auto":
                 log.info("data.bit_depth 16: train.precision auto is fp32 (bf16 and fp16 hold fewer bits)")
+        if cfg.data.bit_depth == 16 and cfg.train.precision == "fp32":
+            # IEEE fp32 convolutions for the whole run on CUDA, validation included: torch's default lets cuDNN
+            # compute fp32 convolutions in TF32 (10 bits of each input's mantissa); the setting is put back at the end
+            _HOLD.get().enter_context(ieee_fp32(device))
         autocast = make_autocast(device, cfg.train.precision)
         graphed = use_cuda_graph(cfg, device, ddp.distributed)
         if cfg.train.threads:
