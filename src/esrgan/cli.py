@@ -450,6 +450,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="round Y to integers as MATLAB does on uint8 (default: unrounded, as BasicSR)",
     )
     p.add_argument(
+        "--bit-depth",
+        type=int,
+        choices=(8, 16),
+        default=8,
+        help="16: LR, outputs and metrics at 16-bit precision, for models trained with data.bit_depth 16 on "
+        "16-bit images (default 8: the literature's protocol)",
+    )
+    p.add_argument(
         "--json",
         type=_path,
         metavar="FILE",
@@ -606,6 +614,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         niqe=not args.no_niqe,
         lpips=lpips,
         round_y=args.round_y,
+        bit_depth=args.bit_depth,
         tile=args.tile,
         precision=args.precision,
         device=args.device,

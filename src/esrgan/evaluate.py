@@ -15,6 +15,11 @@ each step moves the numbers by more than the differences papers report:
 
 One bad image (unreadable, wrong LR size, too small for SSIM, a failed forward pass) is reported and skipped; the
 rest of the folder is still evaluated.
+
+``bit_depth=16`` (models trained with `data.bit_depth: 16`, 16-bit validation images) runs the same protocol at
+16 bits: HR read at 16 bits (an 8-bit file's levels times 257), LR, baseline and model outputs rounded to 16-bit
+levels (the models compute 16-bit images in fp32), and every metric on the 0..255 scale with 16-bit precision
+(values / 257). Its figures are comparable with each other, not with the literature's 8-bit ones.
 """
 
 from __future__ import annotations
@@ -130,15 +135,29 @@ def find_sr(sr_dir: Path, hr: Path, scale: int, *, shared: bool = False) -> Path
     return _find_paired(sr_dir, hr, candidates, "SR", shared=shared, own=own)
 
 
-def _as_uint8(img: ImageData) -> np.ndarray:
-    """Pixels as uint8 HxWxC (C = 1 or 3): the protocol's data range is 255, so 16-bit files are rounded to 8 bits."""
+def _as_uint8(img: ImageData, bits: int = 8) -> np.ndarray:
+    """Pixels as uint8 HxWxC (C = 1 or 3): the protocol's data range is 255, so 16-bit files are rounded to 8 bits.
+    With `bits` 16: uint16, an 8-bit file's levels times 257."""
+    if bits == 16:
+        return img.pixels if img.bit_depth == 16 else img.pixels.astype(np.uint16) * np.uint16(257)
     return img.pixels if img.bit_depth == 8 else from_float(to_float(img.pixels), 8)
 
 
-def _to_u8(x: np.ndarray) -> np.ndarray:
-    """Round to uint8 as MATLAB converts a double to uint8: halves away from zero, floor(x + 0.5) (np.round rounds
-    them to even, and MATLAB-bicubic x2 sums land exactly on .5 for some pixels of real photos)."""
-    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+def _to_u8(x: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Round to uint8 (uint16 with `bits` 16) as MATLAB converts a double: halves away from zero, floor(x + 0.5)
+    (np.round rounds them to even, and MATLAB-bicubic x2 sums land exactly on .5 for some pixels of real photos)."""
+    top, dtype = (255, np.uint8) if bits == 8 else (65535, np.uint16)
+    return np.clip(np.floor(x + 0.5), 0, top).astype(dtype)
+
+
+def _on_255(img: np.ndarray) -> np.ndarray:
+    """What the metrics take (data range 255): uint8 as it is, uint16 as float64 / 257 (16-bit precision kept)."""
+    return img / 257.0 if img.dtype == np.uint16 else img
+
+
+def _preview(img: np.ndarray) -> np.ndarray:
+    """An 8-bit version of a result, for the report's mosaics."""
+    return np.round(img / 257.0).astype(np.uint8) if img.dtype == np.uint16 else img
 
 
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
@@ -148,13 +167,13 @@ def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
 
 
 def bicubic_down(hr: np.ndarray, scale: int) -> np.ndarray:
-    """The protocol's LR image: MATLAB bicubic 1/scale, rounded to uint8."""
-    return _to_u8(imresize_np(hr, scale=1 / scale))
+    """The protocol's LR image: MATLAB bicubic 1/scale, rounded to uint8 (a uint16 image: to uint16)."""
+    return _to_u8(imresize_np(hr, scale=1 / scale), 16 if hr.dtype == np.uint16 else 8)
 
 
 def bicubic_up(lr: np.ndarray, scale: int) -> np.ndarray:
-    """The baseline: MATLAB bicubic x scale, rounded to uint8."""
-    return _to_u8(imresize_np(lr, scale=scale))
+    """The baseline: MATLAB bicubic x scale, rounded to uint8 (a uint16 image: to uint16)."""
+    return _to_u8(imresize_np(lr, scale=scale), 16 if lr.dtype == np.uint16 else 8)
 
 
 # --- models ---------------------------------------------------------------------------------------------------------
@@ -166,18 +185,20 @@ class _Model:
     upscaler: Upscaler
 
     def run(self, lr: np.ndarray) -> tuple[np.ndarray, Inference]:
-        """The model's output for uint8 LR, and how it was computed (precision as computed, tile as used)."""
+        """The model's output for uint8 (uint16) LR, of the same type, and how it was computed (precision as
+        computed, tile as used)."""
         out = self.upscaler.upscale(lr)
         up = self.upscaler
         tile = up.last_tile if up.last_tile < max(lr.shape[:2]) else 0  # a tile the image fits in: one pass
-        engine = up.runner_for(np.dtype(np.uint8)).engine
+        engine = up.runner_for(lr.dtype).engine
         return out, Inference(str(up.device), up.last_precision, engine, tile)
 
-    def inference(self) -> Inference:
-        """Device, precision and engine for 8-bit images, as loaded (no image run yet)."""
+    def inference(self, bits: int = 8) -> Inference:
+        """Device, precision and engine for images of `bits`, as loaded (no image run yet)."""
         up = self.upscaler
-        runner = up.runner_for(np.dtype(np.uint8))
-        return Inference(str(up.device), up.precision_for(np.uint8), runner.engine)
+        dtype = np.dtype(np.uint8 if bits == 8 else np.uint16)
+        runner = up.runner_for(dtype)
+        return Inference(str(up.device), up.precision_for(dtype.type), runner.engine)
 
 
 def model_name(spec: str) -> str:
@@ -294,11 +315,13 @@ def score(
     with_niqe: bool = True,
     lpips: LPIPS | None = None,
 ) -> Scores:
-    """Y-PSNR, Y-SSIM and (optionally) NIQE and LPIPS of one result against its HR image."""
+    """Y-PSNR, Y-SSIM and (optionally) NIQE and LPIPS of one result against its HR image (uint8, or uint16 scored
+    with 16-bit precision on the 0..255 scale)."""
+    a, b = _on_255(sr), _on_255(hr)
     return Scores(
-        psnr=psnr(sr, hr, crop_border=crop_border, round_y=round_y),
-        ssim=ssim(sr, hr, crop_border=crop_border, round_y=round_y),
-        niqe=_niqe(sr, crop_border) if with_niqe else None,
+        psnr=psnr(a, b, crop_border=crop_border, round_y=round_y),
+        ssim=ssim(a, b, crop_border=crop_border, round_y=round_y),
+        niqe=_niqe(a, crop_border) if with_niqe else None,
         lpips=_lpips(lpips, sr, hr, crop_border) if lpips is not None else None,
     )
 
@@ -338,6 +361,7 @@ def evaluate(
     report_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    bit_depth: int = 8,
 ) -> EvalResult:
     """Evaluate bicubic and each model on every image of ``hr_dir``; see the module docstring for the protocol.
 
@@ -351,7 +375,8 @@ def evaluate(
     DIR/<method>/<image>.png; a file already there is refused before any model is loaded (one line naming the
     first) unless overwrite. report_dir: mosaics and an index page (esrgan.report); the files of those names already
     there are refused in the same way unless overwrite (other files there are left alone). progress receives one
-    line per image and per skipped file.
+    line per image and per skipped file. bit_depth: 8 (the literature's protocol) or 16 (module docstring; saved
+    images are 16-bit PNGs, the report's mosaics 8-bit previews).
     """
     start = time.perf_counter()
     hr_path = Path(hr_dir)
@@ -377,6 +402,12 @@ def evaluate(
                 )
     if scale is not None and scale < 1:  # before any model is loaded
         raise ConfigError(f"scale must be >= 1, got {scale}")
+    if bit_depth not in (8, 16):
+        raise ConfigError(f"bit depth must be 8 or 16, got {bit_depth}")
+    if bit_depth == 16 and round_y:
+        raise ConfigError(
+            "--round-y rounds Y to integers as MATLAB does on 8-bit images: not with bit depth 16"
+        )
     names = _names(models, sr_dirs)
     _check_outputs(files, names, save_images, report_dir, overwrite)
     loaded = []
@@ -399,8 +430,9 @@ def evaluate(
         methods=[BICUBIC, *names],
         sources={m.name: m.source for m in loaded},
         sr_dirs={r.name: r.folder for r in saved},
-        loaded={m.name: m.inference() for m in loaded},
+        loaded={m.name: m.inference(bit_depth) for m in loaded},
         tile=tile,
+        bit_depth=bit_depth,
     )
     say = progress or (lambda line: None)
     shown = image_names(files)
@@ -530,13 +562,14 @@ def _saved_result(
     original: tuple[int, ...],
     size: tuple[int, ...],
     scale: int,
+    bits: int = 8,
     *,
     shared: bool = False,
 ) -> np.ndarray:
-    """The SR result of ``r`` for HR ``path`` as uint8 RGB of the scored size ``size`` (the HR cut to a multiple of
-    the scale); one of the HR file's own size ``original`` is cut the same way."""
+    """The SR result of ``r`` for HR ``path`` as uint8 (uint16 with `bits` 16) RGB of the scored size ``size`` (the
+    HR cut to a multiple of the scale); one of the HR file's own size ``original`` is cut the same way."""
     file = find_sr(r.folder, path, scale, shared=shared)
-    sr = _as_uint8(read_image(file))
+    sr = _as_uint8(read_image(file), bits)
     if sr.shape[:2] == original and original != size:
         sr = mod_crop(sr, scale)
     if sr.shape[:2] != size:
@@ -596,8 +629,8 @@ def _evaluate_one(
     shared: bool = False,
 ) -> ImageResult:
     """One HR image scored by every method; ``shared``: another HR image has its stem (see _find_paired)."""
-    s, border = result.scale, result.crop_border
-    original = _as_uint8(read_image(path))
+    s, border, bits = result.scale, result.crop_border, result.bit_depth
+    original = _as_uint8(read_image(path), bits)
     # grey as RGB of three equal channels, as BasicSR's test reads it: the LR is RGB, the model's RGB output is
     # scored as it is (not averaged back to grey); PSNR, SSIM and NIQE of the equal channels are the grey's
     hr = mod_crop(original if original.shape[2] == 3 else np.repeat(original, 3, axis=2), s)
@@ -608,7 +641,7 @@ def _evaluate_one(
         )
     if result.lr_dir is not None:
         lr_file = find_lr(result.lr_dir, path, s, shared=shared)
-        lr = _as_uint8(read_image(lr_file))
+        lr = _as_uint8(read_image(lr_file), bits)
         want = (hr.shape[0] // s, hr.shape[1] // s)
         if lr.shape[:2] != want:
             raise ImageError(  # the HR path first, as every failure of this image; each file named once
@@ -633,7 +666,7 @@ def _evaluate_one(
             )
         outputs[m.name] = out
     for r in saved:
-        outputs[r.name] = _saved_result(r, path, original.shape[:2], hr.shape[:2], s, shared=shared)
+        outputs[r.name] = _saved_result(r, path, original.shape[:2], hr.shape[:2], s, bits, shared=shared)
     scores = {
         name: score(out, hr, crop_border=border, round_y=result.round_y, with_niqe=result.niqe, lpips=lpips)
         for name, out in outputs.items()
@@ -643,7 +676,7 @@ def _evaluate_one(
         file=path,
         hr_size=(hr.shape[0], hr.shape[1]),
         scores=scores,
-        hr_niqe=_niqe(hr, border) if result.niqe else None,
+        hr_niqe=_niqe(_on_255(hr), border) if result.niqe else None,
         seconds=seconds,
         inference=inference,
     )
@@ -659,5 +692,8 @@ def _evaluate_one(
         from .report import write_mosaic
 
         # checked before the models were loaded, as save_images
-        item.mosaic = write_mosaic(Path(report_dir), item, hr, outputs, result, overwrite=overwrite)
+        previews = {method: _preview(out) for method, out in outputs.items()}
+        item.mosaic = write_mosaic(
+            Path(report_dir), item, _preview(hr), previews, result, overwrite=overwrite
+        )
     return item

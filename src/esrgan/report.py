@@ -192,7 +192,7 @@ def _protocol(result: EvalResult) -> str:
     lr = (
         f"LR files from {result.lr_dir}"
         if result.lr_dir
-        else "LR = MATLAB bicubic downscale of HR, rounded to uint8"
+        else "LR = MATLAB bicubic downscale of HR, rounded to uint" + str(result.bit_depth)
     )
     y = "rounded" if result.round_y else "unrounded"
     text = (

@@ -89,6 +89,7 @@ class EvalResult:
         default_factory=dict
     )  # model -> device, precision and engine as loaded
     tile: int | None = None  # the tile asked for (None: automatic, from the free memory; 0: whole images)
+    bit_depth: int = 8  # 16: LR, outputs and metrics at 16-bit precision (esrgan.evaluate, module docstring)
     images: list[ImageResult] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
     seconds: float = 0.0  # wall time of the whole evaluation
@@ -173,7 +174,10 @@ class EvalResult:
                 "crop_border": self.crop_border,
                 "metric_channel": "Y (BT.601, MATLAB rgb2ycbcr)",
                 "round_y": self.round_y,
-                "lr": str(self.lr_dir) if self.lr_dir else "MATLAB bicubic downscale of HR, rounded to uint8",
+                "lr": str(self.lr_dir)
+                if self.lr_dir
+                else f"MATLAB bicubic downscale of HR, rounded to uint{self.bit_depth}",
+                "bit_depth": self.bit_depth,
                 "niqe": self.niqe,
                 "lpips": self.lpips,
                 # per model: device, precision as computed, engine, tile side in LR pixels ("whole image": one pass)
@@ -298,7 +302,9 @@ def format_table(result: EvalResult) -> str:
         lines.append("  ".join(cells).rstrip())
     note = (
         f"x{result.scale}, Y channel (BT.601{', rounded' if result.round_y else ''}), {result.crop_border}-pixel border "
-        f"cropped; PSNR in dB (higher is better), SSIM (higher is better)"
+        "cropped"
+        + (", at 16-bit precision (LR and outputs on 16-bit levels)" if result.bit_depth == 16 else "")
+        + "; PSNR in dB (higher is better), SSIM (higher is better)"
         + (", NIQE (lower is better)" if result.niqe else "")
         + (f", LPIPS-{result.lpips} on RGB (lower is better)" if result.lpips else "")
         + "; Δ = model - bicubic"

@@ -1,0 +1,105 @@
+"""`esrgan evaluate --bit-depth 16`: the protocol at 16 bits for models trained on 16-bit images.
+
+The HR images are real: scikit-image photos MATLAB-bicubic shrunk in float64 and kept with 16 bits (sub-8-bit detail
+in every pixel), and one 8-bit photo; the model is a tiny x4 RRDBNet that reproduces the picture with a perturbation.
+Every number is recomputed here from the saved 16-bit results and the protocol's definition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import photo_preserving_rrdb
+from PIL import Image
+
+from esrgan.checkpoints import load_model, save_model
+from esrgan.cli import main
+from esrgan.errors import ConfigError
+from esrgan.evaluate import evaluate
+from esrgan.imagedata import ImageData
+from esrgan.imageio import read_image, write_image
+from esrgan.metrics import psnr, ssim
+from esrgan.resize import imresize_np
+from esrgan.upscale import Upscaler
+
+skdata = pytest.importorskip("skimage.data")
+
+
+def deep(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(imresize_np(img, scale=0.5) * 257.0 + 0.5), 0, 65535).astype(np.uint16)
+
+
+def matlab16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(x + 0.5), 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("deep_eval")
+    hr = root / "hr"
+    hr.mkdir()
+    write_image(hr / "rocket.png", ImageData(pixels=np.ascontiguousarray(deep(skdata.rocket())[40:142, 90:190]),
+                                             bit_depth=16))  # fmt: skip
+    write_image(hr / "coffee.png", ImageData(pixels=np.ascontiguousarray(deep(skdata.coffee())[30:130, 50:150]),
+                                             bit_depth=16))  # fmt: skip
+    Image.fromarray(skdata.astronaut()[60:160, 180:280]).save(hr / "face.png")  # an 8-bit file among them
+    model = save_model(root / "model.safetensors", photo_preserving_rrdb(3))
+    return {"root": root, "hr": hr, "model": model}
+
+
+def test_16_bit_evaluation_scores_16_bit_results_at_16_bit_precision(folders: dict[str, Path]) -> None:
+    out = folders["root"] / "saved"
+    result = evaluate(folders["hr"], [str(folders["model"])], bit_depth=16, niqe=False, save_images=out)
+    assert result.bit_depth == 16 and not result.failed and len(result.images) == 3
+    assert result.loaded["model"].precision == "fp32"  # 16-bit images are computed in fp32
+    up = Upscaler(load_model(folders["model"]), device="cpu", precision="fp32")
+    for item in result.images:
+        pixels = read_image(item.file).pixels
+        hr = pixels if pixels.dtype == np.uint16 else pixels.astype(np.uint16) * np.uint16(257)
+        hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
+        lr = matlab16(imresize_np(hr.astype(np.float64), scale=0.25))
+        bicubic = matlab16(imresize_np(lr.astype(np.float64), scale=4))
+        model_out = up.upscale(lr)
+        assert model_out.dtype == np.uint16
+        for method, want in (("bicubic", bicubic), ("model", model_out)):
+            saved = read_image(out / method / f"{item.name}.png").pixels
+            assert saved.dtype == np.uint16  # a 16-bit PNG, as scored
+            assert np.abs(saved.astype(int) - want.astype(int)).max() <= 1  # float sums at a .5 boundary
+            assert (saved != want).mean() < 1e-3
+            scores = item.scores[method]
+            assert scores.psnr == pytest.approx(psnr(saved / 257.0, hr / 257.0, crop_border=4), abs=1e-9)
+            assert scores.ssim == pytest.approx(ssim(saved / 257.0, hr / 257.0, crop_border=4), abs=1e-12)
+        # the 16-bit results hold levels between the 8-bit ones: 16 bits were scored, not 8 in disguise
+        assert len(np.unique(read_image(out / "model" / f"{item.name}.png").pixels % 257)) > 100
+    # the 8-bit protocol on the same folder is another measurement (rounded to 8 bits)
+    eight = evaluate(folders["hr"], [str(folders["model"])], niqe=False)
+    assert eight.bit_depth == 8
+    assert all(
+        a.scores["bicubic"].psnr != b.scores["bicubic"].psnr
+        for a, b in zip(result.images, eight.images, strict=True)
+    )
+
+
+def test_the_cli_records_the_depth_and_refuses_rounded_y(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "report"
+    code = main(["evaluate", "--hr", str(folders["hr"]), "--model", str(folders["model"]), "--bit-depth", "16",
+                 "--no-niqe", "--json", str(tmp_path / "r.json"), "--report", str(report)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "at 16-bit precision" in out
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["protocol"]["bit_depth"] == 16
+    assert data["protocol"]["lr"] == "MATLAB bicubic downscale of HR, rounded to uint16"
+    with Image.open(next(report.glob("*_mosaic.png"))) as mosaic:
+        assert mosaic.mode == "RGB"  # an 8-bit preview
+    assert "rounded to uint16" in (report / "index.html").read_text()
+    code = main(["evaluate", "--hr", str(folders["hr"]), "--bit-depth", "16", "--round-y"])
+    _, err = capsys.readouterr()
+    assert code != 0 and "--round-y rounds Y to integers" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="bit depth must be 8 or 16, got 12"):
+        evaluate(folders["hr"], bit_depth=12)
