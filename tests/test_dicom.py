@@ -691,3 +691,46 @@ def test_a_grey_model_trains_on_ct_slices_as_the_upscaler_stretches_them(tmp_pat
            "logging": {"progress": False}}  # fmt: skip
     result = train(config_from_dict(raw))
     assert result.step == 2 and (result.run_dir / "model.safetensors").is_file()
+
+
+def test_every_frame_of_a_multi_frame_dicom_is_a_training_image(tmp_path: Path) -> None:
+    """A real 30-frame YCbCr JPEG ultrasound cine (pydicom's examples_ybr_color.dcm) beside a grey CT slice: each
+    frame is an image of the training set (it trained on the first frame alone), held as `esrgan upscale` reads
+    the file for the model (RGB, all frames through one mapping) at the data's depth; the sampler visits every
+    frame; reading per sample gives the cached frames; hr_downscale multiplies frames by factors; paired LR folders
+    refuse a multi-frame file in one line."""
+    from esrgan.data import InfiniteSampler, PatchDataset
+    from esrgan.errors import ConfigError
+
+    folder = tmp_path / "us"
+    folder.mkdir()
+    cine = folder / "cine.dcm"
+    cine.write_bytes(pydicom_file("examples_ybr_color.dcm").read_bytes())
+    dicom_file(folder / "slice.dcm", ct_values())  # sorts after cine.dcm
+    image = read_image(cine, measurements=True)
+    frames = [np.asarray(image.pixels)] + [image.extra[:, :, 3 * k : 3 * k + 3] for k in range(29)]
+    deep = PatchDataset(folder, scale=4, patch_size=32, bits=16)
+    assert len(deep) == 31 and deep.cache is not None
+    for k in (0, 1, 17, 29):
+        assert np.array_equal(deep.cache[k][0], frames[k][:240, :320])
+    assert not np.array_equal(deep.cache[0][0], deep.cache[17][0])  # the frames differ
+    assert deep.cache[30][0].shape == (H, W, 3)  # the CT slice after the 30 frames
+    eight = PatchDataset(folder, scale=4, patch_size=32)
+    assert eight.cache is not None and len(eight) == 31
+    assert np.array_equal(eight.cache[17][0], np.round(frames[17] / 257.0).astype(np.uint8))
+    sampler = iter(InfiniteSampler(len(deep), seed=0))
+    assert {next(sampler)[0] for _ in range(31)} == set(range(31))  # one pass: every frame once
+    per_sample = PatchDataset(folder, scale=4, patch_size=32, bits=16, cache_max_mb=0)
+    assert per_sample.cache is None
+    for key in ((17, 3), (29, 4), (30, 5)):
+        assert all(torch.equal(a, b) for a, b in zip(deep[key], per_sample[key], strict=True))
+    multi = PatchDataset(folder, scale=4, patch_size=16, hr_downscale=[1.0, 2.0])
+    assert len(multi) == 62 and multi.cache is not None
+    assert multi.cache[2 * 17 + 1][0].shape == (120, 160, 3)  # frame 17 shrunk 2x
+    assert np.array_equal(multi.cache[2 * 17][0], eight.cache[17][0])
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    with pytest.raises(
+        ConfigError, match=r"cine\.dcm: 30 frames; paired LR folders \(data\.lr_dir\) take single"
+    ):
+        PatchDataset(folder, scale=4, patch_size=32, lr_dir=lr)

@@ -103,15 +103,27 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(rgb.dtype)[:, :, None]
 
 
-def decode_pixels(path: Path) -> np.ndarray:
-    """A training file as decoded: HxWxC uint8 or uint16 (C = 1 or 3, esrgan.imageio.read_image's planes; alpha
-    and a measurement's extra bands are not in them), refusing bombs. Measurements (DICOM; float, signed or
-    multi-band TIFFs) are stretched from their [min, max] to uint16 as `esrgan upscale` stretches them for the
-    model (esrgan.datatiff); a multi-frame DICOM gives its first frame."""
+def decode_frames(path: Path) -> list[np.ndarray]:
+    """A training file as decoded, a frame each: HxWxC uint8 or uint16 (C = 1 or 3, esrgan.imageio.read_image's
+    planes; alpha and a measurement's extra bands are not in them), refusing bombs. Measurements (DICOM; float,
+    signed or multi-band TIFFs) are stretched from their [min, max] to uint16 as `esrgan upscale` stretches them
+    for the model (esrgan.datatiff; a multi-frame DICOM's frames through one mapping); every frame of a multi-frame
+    DICOM (an enhanced CT or MR series, a cine loop) is one image, the others' files one each."""
     from .imageio import read_image
 
-    pixels = np.asarray(read_image(path, max_pixels=MAX_PIXELS, measurements=True).pixels)
-    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+    image = read_image(path, max_pixels=MAX_PIXELS, measurements=True)
+    first = np.asarray(image.pixels)
+    first = first[:, :, None] if first.ndim == 2 else first
+    count = image.samples.frames if image.samples is not None else 1
+    if count == 1 or image.extra is None:
+        return [first]
+    c = first.shape[2]  # a frame's planes: later frames are the extra planes, each frame's together
+    return [first, *(image.extra[:, :, k * c : (k + 1) * c] for k in range(count - 1))]
+
+
+def decode_pixels(path: Path) -> np.ndarray:
+    """`decode_frames`' first frame."""
+    return decode_frames(path)[0]
 
 
 def read_pixels(path: Path, channels: int = 3, bits: int = 8) -> np.ndarray:
@@ -140,13 +152,21 @@ def to_bits(pixels: np.ndarray, channels: int, bits: int) -> np.ndarray:
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels (a DICOM file, or a TIFF Pillow cannot
     open, is decoded: its size is that of what training reads)."""
+    return image_shape(path)[:2]
+
+
+def image_shape(path: Path) -> tuple[int, int, int]:
+    """(height, width, frames as training images: `decode_frames`), from the file header where Pillow reads it
+    (one frame: an animation or a multi-page TIFF trains on its first), else (DICOM, TIFFs Pillow cannot open)
+    decoded."""
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            return im.height, im.width, 1
     except Image.DecompressionBombError as exc:  # a header claiming a huge image
         raise ImageError(f"{path}: cannot read image ({exc})") from None
     except OSError:
-        return decode_pixels(path).shape[:2]  # or its one-line error: the reader's word on what the file is
+        frames = decode_frames(path)  # or its one-line error: the reader's word on what the file is
+        return frames[0].shape[0], frames[0].shape[1], len(frames)
 
 
 def to_tensor(pixels: np.ndarray) -> Tensor:
@@ -357,11 +377,22 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         self.channels = channels
         self.bits = bits
         self.hr_files = list_images(hr_dir)
-        # one item per (image, shrink factor), image-major; paired LR folders have the one factor 1.0
+        shapes = {p: image_shape(p) for p in self.hr_files}
+        # one item per (image, frame, shrink factor), image-major, then frame; paired LR folders have the one
+        # factor 1.0 and single-frame images
         self.factors = factors
-        self.items = [(path, f) for path in self.hr_files for f in factors]
+        self.items = [
+            (path, frame, f) for path in self.hr_files for frame in range(shapes[path][2]) for f in factors
+        ]
+        self._first_item = np.cumsum([0] + [shapes[p][2] * len(factors) for p in self.hr_files]).tolist()
         self.lr_files: list[Path] | None = None
         if lr_dir is not None:
+            multi = [p for p in self.hr_files if shapes[p][2] > 1]
+            if multi:
+                raise ConfigError(
+                    f"{multi[0]}: {shapes[multi[0]][2]} frames; paired LR folders (data.lr_dir) take single-frame "
+                    "images (the LR made from the HR, without data.lr_dir, takes every frame)"
+                )
             by_stem = {p.stem: p for p in list_images(lr_dir)}
             missing = [p.name for p in self.hr_files if p.stem not in by_stem]
             if missing:
@@ -371,9 +402,8 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             self.lr_files = [by_stem[p.stem] for p in self.hr_files]
         from .resize import output_size
 
-        full = {p: image_size(p) for p in self.hr_files}
-        sizes = [full[p] if f == 1 else output_size(full[p], 1.0 / f) for p, f in self.items]
-        for (path, f), (h, w) in zip(self.items, sizes, strict=True):
+        sizes = [shapes[p][:2] if f == 1 else output_size(shapes[p][:2], 1.0 / f) for p, _, f in self.items]
+        for (path, _, f), (h, w) in zip(self.items, sizes, strict=True):
             if h < patch_size or w < patch_size:
                 shrunk = f" (shrunk {f:g}x by data.hr_downscale)" if f != 1 else ""
                 raise ConfigError(
@@ -445,18 +475,28 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             self.cache = _cache_of(self._shared)
 
     def _load_all_factors(self, file_index: int) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], bool]:
-        """The items of one file, for every factor, from one decode; and whether the file had more bits than
-        the training data keeps."""
-        decoded = decode_pixels(self.hr_files[file_index])
-        hr = to_bits(decoded, self.channels, self.bits)
-        first = file_index * len(self.factors)
+        """The items of one file, for every frame and factor, from one decode; and whether the file had more bits
+        than the training data keeps."""
+        frames = decode_frames(self.hr_files[file_index])
+        first, end = self._first_item[file_index], self._first_item[file_index + 1]
+        if len(frames) * len(self.factors) != end - first:  # the file changed since its frames were counted
+            raise ImageError(f"{self.hr_files[file_index]}: {len(frames)} frames, {end - first} when listed")
+        items = []
+        for k, decoded in enumerate(frames):
+            hr = to_bits(decoded, self.channels, self.bits)
+            items += [self._load(first + k * len(self.factors) + j, hr) for j in range(len(self.factors))]
         # more than the data keep: 16-bit values that are not an 8-bit image's levels times 257
-        deeper = self.bits == 8 and decoded.dtype == np.uint16 and bool((decoded % 257).any())
-        return [self._load(first + k, hr) for k in range(len(self.factors))], deeper
+        deeper = self.bits == 8 and any(f.dtype == np.uint16 and bool((f % 257).any()) for f in frames)
+        return items, deeper
 
     def _load(self, index: int, decoded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        path, factor = self.items[index]
-        hr = read_pixels(path, self.channels, self.bits) if decoded is None else decoded
+        path, frame, factor = self.items[index]
+        if decoded is None:  # read per sample: a multi-frame file is decoded whole for one of its frames
+            frames = decode_frames(path)
+            if frame >= len(frames):
+                raise ImageError(f"{path}: {len(frames)} frames, {frame + 1} or more when listed")
+            decoded = to_bits(frames[frame], self.channels, self.bits)
+        hr = decoded
         if factor != 1:
             hr = to_pixels(bicubic_down(to_tensor(hr), factor, self.bits), self.bits)
         if self.lr_files is None:
