@@ -9,7 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:?usage: bash scripts/test_python_version.sh VERSION [pytest args]}
 shift
-python=${PYTHON:-$(command -v "python$version" || ls -d "$HOME"/.pyenv/versions/"$version"*/bin/python 2>/dev/null | tail -1)}
+python=${PYTHON:-$(command -v "python$version" || true)}
+# pyenv's shim for a version that is not the active one is on the PATH and fails when run: then its own binary
+if [ -z "${PYTHON:-}" ] && ! { [ -n "$python" ] && "$python" -c "" 2>/dev/null; }; then
+  python=$(ls -d "$HOME"/.pyenv/versions/"$version"*/bin/python 2>/dev/null | tail -1)
+fi
 [ -n "$python" ] && [ -x "$python" ] || { echo "no python$version found (give PYTHON=/path/to/python)" >&2; exit 2; }
 venv=".venv-py$version"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"

@@ -420,7 +420,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--lr",
         type=_path,
         metavar="DIR",
-        help="folder of LR images paired by name (default: MATLAB bicubic downscale of HR, rounded to uint8)",
+        help="folder of LR images paired by name (default: MATLAB bicubic downscale of HR, rounded to uint8, "
+        "or uint16 with --bit-depth 16)",
     )
     p.add_argument(
         "--scale", type=int, help="upscaling factor (default: the models' scale; 4 without a model)"
@@ -565,6 +566,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                     raise EsrganError(
                         f"{path}: {flag} names a {what} that {other} writes in this run; give another name"
                     )
+    if args.round_y and args.bit_depth == 16:  # before LPIPS and the models are loaded
+        raise EsrganError(
+            "--round-y rounds Y to integers as MATLAB does on 8-bit images: not with --bit-depth 16"
+        )
     if args.lpips is None and (args.lpips_backbone is not None or args.lpips_lin is not None):
         raise EsrganError(
             "--lpips-backbone/--lpips-lin without --lpips: add --lpips alex or --lpips vgg (LPIPS is not computed "

@@ -135,7 +135,7 @@ def find_sr(sr_dir: Path, hr: Path, scale: int, *, shared: bool = False) -> Path
     return _find_paired(sr_dir, hr, candidates, "SR", shared=shared, own=own)
 
 
-def _as_uint8(img: ImageData, bits: int = 8) -> np.ndarray:
+def _pixels_at(img: ImageData, bits: int = 8) -> np.ndarray:
     """Pixels as uint8 HxWxC (C = 1 or 3): the protocol's data range is 255, so 16-bit files are rounded to 8 bits.
     With `bits` 16: uint16, an 8-bit file's levels times 257."""
     if bits == 16:
@@ -153,11 +153,6 @@ def _to_u8(x: np.ndarray, bits: int = 8) -> np.ndarray:
 def _on_255(img: np.ndarray) -> np.ndarray:
     """What the metrics take (data range 255): uint8 as it is, uint16 as float64 / 257 (16-bit precision kept)."""
     return img / 257.0 if img.dtype == np.uint16 else img
-
-
-def _preview(img: np.ndarray) -> np.ndarray:
-    """An 8-bit version of a result, for the report's mosaics."""
-    return np.round(img / 257.0).astype(np.uint8) if img.dtype == np.uint16 else img
 
 
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
@@ -276,7 +271,7 @@ def _names(specs: Sequence[str], sr_dirs: Sequence[str | Path] = ()) -> list[str
 
 
 # --- scoring --------------------------------------------------------------------------------------------------------
-def _niqe(img: np.ndarray, crop_border: int) -> float | None:
+def _niqe(img: np.ndarray, crop_border: int, bits: int = 8) -> float | None:
     """NIQE of the cropped image; None when it has fewer than two 96x96 blocks or is too flat to fit (a blank
     output leaves no block with a distribution: numpy then warns and the score is NaN)."""
     from .niqe import niqe
@@ -287,7 +282,7 @@ def _niqe(img: np.ndarray, crop_border: int) -> float | None:
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
-            value = niqe(img, crop_border=crop_border)
+            value = niqe(img, crop_border=crop_border, bits=bits)
     except (ValueError, np.linalg.LinAlgError):
         return None
     return value if math.isfinite(value) else None
@@ -318,10 +313,11 @@ def score(
     """Y-PSNR, Y-SSIM and (optionally) NIQE and LPIPS of one result against its HR image (uint8, or uint16 scored
     with 16-bit precision on the 0..255 scale)."""
     a, b = _on_255(sr), _on_255(hr)
+    bits = 16 if sr.dtype == np.uint16 else 8
     return Scores(
         psnr=psnr(a, b, crop_border=crop_border, round_y=round_y),
         ssim=ssim(a, b, crop_border=crop_border, round_y=round_y),
-        niqe=_niqe(a, crop_border) if with_niqe else None,
+        niqe=_niqe(a, crop_border, bits) if with_niqe else None,
         lpips=_lpips(lpips, sr, hr, crop_border) if lpips is not None else None,
     )
 
@@ -402,8 +398,8 @@ def evaluate(
                 )
     if scale is not None and scale < 1:  # before any model is loaded
         raise ConfigError(f"scale must be >= 1, got {scale}")
-    if bit_depth not in (8, 16):
-        raise ConfigError(f"bit depth must be 8 or 16, got {bit_depth}")
+    if type(bit_depth) is not int or bit_depth not in (8, 16):
+        raise ConfigError(f"bit depth must be 8 or 16, got {bit_depth!r}")
     if bit_depth == 16 and round_y:
         raise ConfigError(
             "--round-y rounds Y to integers as MATLAB does on 8-bit images: not with bit depth 16"
@@ -569,7 +565,7 @@ def _saved_result(
     """The SR result of ``r`` for HR ``path`` as uint8 (uint16 with `bits` 16) RGB of the scored size ``size`` (the
     HR cut to a multiple of the scale); one of the HR file's own size ``original`` is cut the same way."""
     file = find_sr(r.folder, path, scale, shared=shared)
-    sr = _as_uint8(read_image(file), bits)
+    sr = _pixels_at(read_image(file), bits)
     if sr.shape[:2] == original and original != size:
         sr = mod_crop(sr, scale)
     if sr.shape[:2] != size:
@@ -630,7 +626,7 @@ def _evaluate_one(
 ) -> ImageResult:
     """One HR image scored by every method; ``shared``: another HR image has its stem (see _find_paired)."""
     s, border, bits = result.scale, result.crop_border, result.bit_depth
-    original = _as_uint8(read_image(path), bits)
+    original = _pixels_at(read_image(path), bits)
     # grey as RGB of three equal channels, as BasicSR's test reads it: the LR is RGB, the model's RGB output is
     # scored as it is (not averaged back to grey); PSNR, SSIM and NIQE of the equal channels are the grey's
     hr = mod_crop(original if original.shape[2] == 3 else np.repeat(original, 3, axis=2), s)
@@ -641,7 +637,7 @@ def _evaluate_one(
         )
     if result.lr_dir is not None:
         lr_file = find_lr(result.lr_dir, path, s, shared=shared)
-        lr = _as_uint8(read_image(lr_file), bits)
+        lr = _pixels_at(read_image(lr_file), bits)
         want = (hr.shape[0] // s, hr.shape[1] // s)
         if lr.shape[:2] != want:
             raise ImageError(  # the HR path first, as every failure of this image; each file named once
@@ -676,7 +672,7 @@ def _evaluate_one(
         file=path,
         hr_size=(hr.shape[0], hr.shape[1]),
         scores=scores,
-        hr_niqe=_niqe(_on_255(hr), border) if result.niqe else None,
+        hr_niqe=_niqe(_on_255(hr), border, bits) if result.niqe else None,
         seconds=seconds,
         inference=inference,
     )
@@ -692,8 +688,6 @@ def _evaluate_one(
         from .report import write_mosaic
 
         # checked before the models were loaded, as save_images
-        previews = {method: _preview(out) for method, out in outputs.items()}
-        item.mosaic = write_mosaic(
-            Path(report_dir), item, _preview(hr), previews, result, overwrite=overwrite
-        )
+        # the crop is chosen on the 16-bit data, shown in 8-bit previews (esrgan.report)
+        item.mosaic = write_mosaic(Path(report_dir), item, hr, outputs, result, overwrite=overwrite)
     return item

@@ -104,18 +104,20 @@ def _scale_features(img: np.ndarray, window: np.ndarray, block: int) -> np.ndarr
     )
 
 
-def niqe(img: np.ndarray, *, crop_border: int = 0) -> float:
+def niqe(img: np.ndarray, *, crop_border: int = 0, bits: int = 8) -> float:
     """NIQE of an RGB (HxWx3, Y channel used) or grey (HxW, used as is) image, uint8 or float in [0, 255].
 
     Other integer dtypes (uint16, int64, ...) and bool are refused (ValueError naming the dtype; see
     esrgan.metrics.check_pixels): convert a 16-bit image with img / 257.0 first. Y is rounded to integers as
-    MATLAB's rgb2ycbcr does for uint8 images; the image is cut to whole 96x96 blocks (top-left kept). Needs at
-    least two blocks (a covariance of one sample is undefined).
+    MATLAB's rgb2ycbcr does for uint8 images (`bits` 16: to 1/257, as it does for uint16 ones: a 16-bit image
+    keeps its precision; the pristine model was fitted on 8-bit images); the image is cut to whole 96x96 blocks
+    (top-left kept). Needs at least two blocks (a covariance of one sample is undefined).
     """
     a = check_pixels(img, "niqe")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
-    y = np.round(rgb_to_y(a)) if a.ndim == 3 else np.round(a.astype(np.float64))
+    step = 257.0 if bits == 16 else 1.0
+    y = np.round((rgb_to_y(a) if a.ndim == 3 else a.astype(np.float64)) * step) / step
     if y.ndim != 2:
         raise ValueError(f"niqe: need an HxW or HxWx3 image, got shape {np.asarray(img).shape}")
     if crop_border:

@@ -54,7 +54,8 @@ _BOX = (255, 40, 40)
 def choose_crop(hr: np.ndarray, baseline: np.ndarray, size: int, border: int = 0) -> tuple[int, int]:
     """(top, left) of the size x size window, inside ``border``, where ``baseline`` differs most from ``hr`` on Y.
 
-    Windowed sums come from an integral image, so every position is considered.
+    Windowed sums come from an integral image, so every position is considered. 16-bit images are compared as
+    they are (their scale does not move the window), not through 8-bit previews.
     """
     err = (rgb_to_y(hr) - rgb_to_y(baseline)) ** 2
     h, w = err.shape
@@ -72,6 +73,9 @@ def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def _pil(img: np.ndarray) -> Image.Image:
+    """An image panel; a 16-bit result (`esrgan evaluate --bit-depth 16`) as its 8-bit preview."""
+    if img.dtype == np.uint16:
+        img = np.round(img / 257.0).astype(np.uint8)
     return Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).convert("RGB")
 
 
@@ -194,6 +198,8 @@ def _protocol(result: EvalResult) -> str:
         if result.lr_dir
         else "LR = MATLAB bicubic downscale of HR, rounded to uint" + str(result.bit_depth)
     )
+    if result.bit_depth == 16:
+        lr += "; at 16-bit precision (files read at 16 bits, LR and outputs on 16-bit levels, metrics unrounded)"
     y = "rounded" if result.round_y else "unrounded"
     text = (
         f"x{result.scale}; {lr}; HR cut to a multiple of {result.scale}; PSNR (dB) and SSIM on the BT.601 Y channel "

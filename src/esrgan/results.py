@@ -303,7 +303,11 @@ def format_table(result: EvalResult) -> str:
     note = (
         f"x{result.scale}, Y channel (BT.601{', rounded' if result.round_y else ''}), {result.crop_border}-pixel border "
         "cropped"
-        + (", at 16-bit precision (LR and outputs on 16-bit levels)" if result.bit_depth == 16 else "")
+        + (
+            ", at 16-bit precision (files read at 16 bits, LR and outputs on 16-bit levels)"
+            if result.bit_depth == 16
+            else ""
+        )
         + "; PSNR in dB (higher is better), SSIM (higher is better)"
         + (", NIQE (lower is better)" if result.niqe else "")
         + (f", LPIPS-{result.lpips} on RGB (lower is better)" if result.lpips else "")
@@ -341,7 +345,8 @@ def write_csv(result: EvalResult, path: str | Path, *, overwrite: bool = False) 
     w = csv.writer(buf, lineterminator="\n")
     keys = ["psnr", "ssim", "niqe"] + (["lpips"] if result.lpips is not None else [])
     how = ["device", "precision", "engine", "tile"]  # how a model's output was computed; empty for bicubic
-    w.writerow(["image", "method", *keys, *(f"{k}_delta" for k in keys), *how])
+    # the protocol's depth on every row: a 16-bit evaluation's file must not read as an 8-bit one
+    w.writerow(["image", "method", *keys, *(f"{k}_delta" for k in keys), *how, "bit_depth"])
     entries: list[tuple[str, dict[str, Scores], ImageResult | None]] = [
         (im.name, im.scores, im) for im in result.images
     ]
@@ -353,7 +358,14 @@ def write_csv(result: EvalResult, path: str | Path, *, overwrite: bool = False) 
             sc = scores[method]
             deltas = ["" if method == BICUBIC else _csv_delta(getattr(sc, k), getattr(base, k)) for k in keys]
             w.writerow(
-                [name, method, *(_csv(getattr(sc, k)) for k in keys), *deltas, *_csv_how(result, method, im)]
+                [
+                    name,
+                    method,
+                    *(_csv(getattr(sc, k)) for k in keys),
+                    *deltas,
+                    *_csv_how(result, method, im),
+                    result.bit_depth,
+                ]
             )
     return atomic_write_bytes(path, buf.getvalue().encode(), overwrite=overwrite)
 
