@@ -400,6 +400,9 @@ def train_section(args: argparse.Namespace, work: Path) -> list[Row]:
     gan_steps = 6 if args.smoke else 200
     bf16 = {"train.precision": "bf16", "train.channels_last": True}
     variants = [("stage 1 fp32, CUDA graph", {"train.precision": "fp32"}, graph_steps),
+                # data.bit_depth 16 holds IEEE fp32 convolutions (no TF32) for the run: what that costs
+                ("stage 1 fp32, 16-bit data (IEEE convolutions), CUDA graph",
+                 {"train.precision": "fp32", "data.bit_depth": 16}, graph_steps // 2),
                 ("stage 1 bf16, channels-last, CUDA graph", bf16, graph_steps),
                 ("stage 1 bf16, NCHW, CUDA graph", {"train.precision": "bf16"}, graph_steps),
                 ("stage 1 bf16, channels-last, eager", {**bf16, "train.cuda_graph": False}, eager_steps),
@@ -529,8 +532,12 @@ def infer_section(args: argparse.Namespace, model: Generator, device: torch.devi
 def fp32_row(model: Generator, device: torch.device, img: np.ndarray) -> Row:
     """A 16-bit image is computed in fp32 to keep its 16 bits: the model's fp32 output on this device against a
     float64 forward on the CPU, with cuDNN's convolutions in IEEE fp32 (what esrgan.device.autotuned sets for an
-    fp32 pass) and in TF32 (torch's default for fp32 convolutions), in 16-bit levels; and the Upscaler's 16-bit
-    output against the float64 one rounded."""
+    fp32 pass) and in TF32 (torch's default for fp32 convolutions), in 16-bit levels; the Upscaler's 16-bit output
+    against the float64 one rounded; and what IEEE costs: the Upscaler on a 16-bit copy of the whole photo, as it
+    runs (IEEE) and with esrgan.device.ieee_fp32 bypassed (TF32)."""
+    import contextlib
+
+    import esrgan.device
     from esrgan.device import _conv_fp32_precision, _set_conv_fp32_precision, autotuned
     from esrgan.upscale import Upscaler
 
@@ -549,8 +556,18 @@ def fp32_row(model: Generator, device: torch.device, img: np.ndarray) -> Row:
             tf32 = m32(x.float().to(device)).double().cpu().clamp(0, 1)
         finally:
             _set_conv_fp32_precision(before)
-    up = Upscaler(model, device=str(device), precision="fp32", tile=0).upscale(crop)
+    upscaler = Upscaler(model, device=str(device), precision="fp32")
+    up = upscaler.upscale(crop)
     want = (ref[0].permute(1, 2, 0).numpy() * 65535).round()
+    side = min(img.shape[0], img.shape[1]) // 2
+    whole = img[:side, :side].astype(np.uint16) * np.uint16(257)
+    t_ieee = timed(lambda: upscaler.upscale(whole), device, 3, warmup=1)
+    real = esrgan.device.ieee_fp32
+    esrgan.device.ieee_fp32 = lambda device: contextlib.nullcontext()  # type: ignore[assignment,misc]
+    try:
+        t_tf32 = timed(lambda: upscaler.upscale(whole), device, 3, warmup=1)
+    finally:
+        esrgan.device.ieee_fp32 = real
 
     def levels(y: torch.Tensor) -> str:
         d = (y - ref).abs() * 65535
@@ -558,7 +575,8 @@ def fp32_row(model: Generator, device: torch.device, img: np.ndarray) -> Row:
 
     return {"row": "16-bit 64^2 in fp32 vs float64 (16-bit levels)",
             "note": f"IEEE {levels(ieee)}; TF32 {levels(tf32)}; Upscaler uint16 out max "
-                    f"{float(np.abs(up.astype(np.float64) - want).max()):.0f}"}  # fmt: skip
+                    f"{float(np.abs(up.astype(np.float64) - want).max()):.0f}; Upscaler 16-bit {side}^2: IEEE "
+                    f"{t_ieee * 1e3:.0f} ms, TF32 {t_tf32 * 1e3:.0f} ms"}  # fmt: skip
 
 
 def compile_section(args: argparse.Namespace, model: Generator, device: torch.device) -> list[Row]:
