@@ -734,3 +734,39 @@ def test_every_frame_of_a_multi_frame_dicom_is_a_training_image(tmp_path: Path) 
         ConfigError, match=r"cine\.dcm: 30 frames; paired LR folders \(data\.lr_dir\) take single"
     ):
         PatchDataset(folder, scale=4, patch_size=32, lr_dir=lr)
+
+
+def test_one_value_range_maps_every_slice_alike(tmp_path: Path) -> None:
+    """Each slice stretched from its own [min, max] puts one CT value at different levels in different slices (a
+    slice with bone beside one without); `data.value_range` maps every slice from one range, as `esrgan upscale
+    --value-range` does: the same value, the same level, in training and in validation; outside, clipped with a
+    warning; a bad range is refused at load."""
+    from esrgan.config import config_from_dict
+    from esrgan.data import PatchDataset
+    from esrgan.errors import ConfigError
+    from esrgan.imagedata import ImageWarning
+    from esrgan.train import _load_validation
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    values = ct_values()  # -1000..1040 HU
+    bone = values.copy()
+    bone[0, 0] = 3000  # one bright pixel widens this slice's own range
+    dicom_file(folder / "a.dcm", values)
+    dicom_file(folder / "b.dcm", bone)
+    own = PatchDataset(folder, scale=4, patch_size=32, bits=16, channels=1)
+    one = PatchDataset(folder, scale=4, patch_size=32, bits=16, channels=1, value_range=(-1024.0, 3071.0))
+    assert own.cache is not None and one.cache is not None
+    same = (slice(1, None), slice(None))  # every pixel but the bright one's row
+    assert not np.array_equal(own.cache[0][0][same], own.cache[1][0][same])  # one HU, two levels
+    assert np.array_equal(one.cache[0][0][same], one.cache[1][0][same])  # one HU, one level
+    want = np.rint((values.astype(np.float64) + 1024) * (65535.0 / 4095.0))
+    assert np.array_equal(one.cache[0][0][:, :, 0], want)
+    validation = _load_validation(str(folder), 4, 0, None, 1, 16, [-1024.0, 3071.0])
+    assert np.array_equal(validation[0][1][:, :, 0], want[: H // 4 * 4, : W // 4 * 4])
+    with pytest.warns(ImageWarning, match="clipped|outside"):
+        narrow = PatchDataset(folder, scale=4, patch_size=32, channels=1, value_range=(-500.0, 500.0))
+    assert narrow.cache is not None and narrow.cache[0][0].max() == 255 and narrow.cache[0][0].min() == 0
+    raw = {"data": {"hr_dir": str(folder), "value_range": [100, -100]}}
+    with pytest.raises(ConfigError, match=r"data\.value_range: must be \[lo, hi\] with lo < hi"):
+        config_from_dict(raw)

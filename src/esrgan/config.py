@@ -132,6 +132,10 @@ class DataConfig:
     # (times 257; a grey model's luma of a colour file is then computed at 16 bits); the LR patches are rounded to
     # the levels of this depth. Not with the realesrgan degradation
     bit_depth: int = 8
+    # [lo, hi] in the files' stored values: every DICOM slice and measurement TIFF mapped from this one range (as
+    # `esrgan upscale --value-range LO HI`), not each from its own min and max, so that one value (a CT's HU) is one
+    # level in every image; values outside are clipped, with a warning. Photos are read as they are. null: per file
+    value_range: list[float] | None = None
     # bicubic: the paper's (MATLAB bicubic of the HR patch); realworld: blur -> bicubic -> noise -> JPEG (one order,
     # the settings below); realesrgan: Real-ESRGAN's second-order degradation (data.realesrgan), made for the whole
     # batch on the training device (a GPU), or in the loader's workers on a CPU
@@ -602,6 +606,11 @@ def validate(config: Config, source: str, *, overrides: Sequence[str] = ()) -> N
             "data.realesrgan.pool_size",
             f"{pairs} pairs of {patch} px hold {pool_bytes / 2**30:.1f} GiB, in memory and in every checkpoint "
             f"(at most {POOL_MAX_BYTES / 2**30:g} GiB; Real-ESRGAN's 180 pairs of 256 px: 73 MB)",
+        )
+    vr = config.data.value_range
+    if vr is not None and not (len(vr) == 2 and all(math.isfinite(v) for v in vr) and vr[0] < vr[1]):
+        fail(
+            "data.value_range", f"must be [lo, hi] with lo < hi, finite (the files' stored values), got {vr}"
         )
     if config.data.bit_depth not in (8, 16):
         fail("data.bit_depth", f"must be 8 or 16, got {config.data.bit_depth}")

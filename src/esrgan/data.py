@@ -103,15 +103,16 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(rgb.dtype)[:, :, None]
 
 
-def decode_frames(path: Path) -> list[np.ndarray]:
+def decode_frames(path: Path, value_range: tuple[float, float] | None = None) -> list[np.ndarray]:
     """A training file as decoded, a frame each: HxWxC uint8 or uint16 (C = 1 or 3, esrgan.imageio.read_image's
     planes; alpha and a measurement's extra bands are not in them), refusing bombs. Measurements (DICOM; float,
     signed or multi-band TIFFs) are stretched from their [min, max] to uint16 as `esrgan upscale` stretches them
     for the model (esrgan.datatiff; a multi-frame DICOM's frames through one mapping); every frame of a multi-frame
-    DICOM (an enhanced CT or MR series, a cine loop) is one image, the others' files one each."""
+    DICOM (an enhanced CT or MR series, a cine loop) is one image, the others' files one each. `value_range`: the
+    (lo, hi) of stored values measurements are mapped from instead of their own [min, max] (`data.value_range`)."""
     from .imageio import read_image
 
-    image = read_image(path, max_pixels=MAX_PIXELS, measurements=True)
+    image = read_image(path, max_pixels=MAX_PIXELS, measurements=True, value_range=value_range)
     first = np.asarray(image.pixels)
     first = first[:, :, None] if first.ndim == 2 else first
     count = image.samples.frames if image.samples is not None else 1
@@ -121,16 +122,18 @@ def decode_frames(path: Path) -> list[np.ndarray]:
     return [first, *(image.extra[:, :, k * c : (k + 1) * c] for k in range(count - 1))]
 
 
-def decode_pixels(path: Path) -> np.ndarray:
+def decode_pixels(path: Path, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """`decode_frames`' first frame."""
-    return decode_frames(path)[0]
+    return decode_frames(path, value_range)[0]
 
 
-def read_pixels(path: Path, channels: int = 3, bits: int = 8) -> np.ndarray:
+def read_pixels(
+    path: Path, channels: int = 3, bits: int = 8, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """Decode an image as HxWxC of `bits` (uint8: 16-bit files reduced; uint16: 8-bit files' levels times 257),
     alpha and a measurement's extra bands dropped: C = 3 is RGB (grey repeated), C = 1 grey (a colour image's
     luma). See `decode_pixels`."""
-    return to_bits(decode_pixels(path), channels, bits)
+    return to_bits(decode_pixels(path, value_range), channels, bits)
 
 
 def to_bits(pixels: np.ndarray, channels: int, bits: int) -> np.ndarray:
@@ -330,6 +333,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         realesrgan: RealESRGANDegradationConfig | None = None,
         channels: int = 3,
         bits: int = 8,
+        value_range: tuple[float, float] | None = None,
     ) -> None:
         """`hr_downscale` > 1 first shrinks each HR image by that factor (MATLAB bicubic, rounded to its levels); a list
         of factors makes one item per image and factor (a multi-scale set, as BasicSR's multi-scale DF2K: the same
@@ -346,6 +350,9 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         `bits`: 8, or 16 to keep the depth of 16-bit files and measurements (HR as decoded, LR rounded to 16-bit
         levels; an 8-bit file's levels times 257). Real-ESRGAN's degradation is defined on 8-bit images (its
         rounding to 8-bit levels between steps, its JPEG, its pair pool): it takes 8.
+
+        `value_range`: measurements (DICOM, float TIFFs) mapped from this (lo, hi) of stored values, not each from
+        its own [min, max] (`decode_frames`); paired LR files too.
         """
         pixel_dtype(bits)  # or a ConfigError
         if bits != 8 and realesrgan is not None:
@@ -376,6 +383,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             raise ConfigError(f"training images have 1 channel (grey) or 3 (RGB), not {channels}")
         self.channels = channels
         self.bits = bits
+        self.value_range = value_range
         self.hr_files = list_images(hr_dir)
         shapes = {p: image_shape(p) for p in self.hr_files}
         # one item per (image, frame, shrink factor), image-major, then frame; paired LR folders have the one
@@ -477,7 +485,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
     def _load_all_factors(self, file_index: int) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], bool]:
         """The items of one file, for every frame and factor, from one decode; and whether the file had more bits
         than the training data keeps."""
-        frames = decode_frames(self.hr_files[file_index])
+        frames = decode_frames(self.hr_files[file_index], self.value_range)
         first, end = self._first_item[file_index], self._first_item[file_index + 1]
         if len(frames) * len(self.factors) != end - first:  # the file changed since its frames were counted
             raise ImageError(f"{self.hr_files[file_index]}: {len(frames)} frames, {end - first} when listed")
@@ -492,7 +500,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
     def _load(self, index: int, decoded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         path, frame, factor = self.items[index]
         if decoded is None:  # read per sample: a multi-frame file is decoded whole for one of its frames
-            frames = decode_frames(path)
+            frames = decode_frames(path, self.value_range)
             if frame >= len(frames):
                 raise ImageError(f"{path}: {len(frames)} frames, {frame + 1} or more when listed")
             decoded = to_bits(frames[frame], self.channels, self.bits)
@@ -502,7 +510,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         if self.lr_files is None:
             s = self.scale
             return hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s], None
-        lr = read_pixels(self.lr_files[index], self.channels, self.bits)
+        lr = read_pixels(self.lr_files[index], self.channels, self.bits, self.value_range)
         problem = pair_problem(hr.shape[:2], lr.shape[:2], self.scale, self.patch_size)
         if problem:  # the file changed since the check at the start
             raise ImageError(f"{self.lr_files[index]}: {problem.format(hr=path.name)}")

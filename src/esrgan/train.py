@@ -811,18 +811,22 @@ def _load_validation(
     degradation: RealESRGANDegradationConfig | None = None,
     channels: int = 3,
     bits: int = 8,
+    value_range: Sequence[float] | None = None,
 ) -> list[tuple[str, np.ndarray, Tensor]]:
     """(name, HR mod-cropped, LR float) for each validation image; LR by MATLAB bicubic, rounded to the levels of
     `bits`, or by `degradation` with draws fixed per image (seeded by the image's position: the same LR in every
     run). `channels`: the model's, 3 (RGB) or 1 (grey: the images' luma, as the training data); `bits`: the
-    training data's depth (`data.bit_depth`), the HR's (uint8 or uint16)."""
+    training data's depth (`data.bit_depth`), the HR's (uint8 or uint16); `value_range`: the training data's
+    (`data.value_range`), for measurements."""
     items: list[tuple[str, np.ndarray, Tensor]] = []
     files = list_images(folder)
     smallest = (
         2 * scale + 11
     )  # the border crop of the literature protocol on each side, then SSIM's 11x11 window
     for path in files[: max_images or None]:
-        hr = read_pixels(path, channels, bits)
+        hr = read_pixels(
+            path, channels, bits, None if value_range is None else (value_range[0], value_range[1])
+        )
         hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
         if (
             min(hr.shape[:2]) < smallest
@@ -1296,6 +1300,7 @@ def build_batches(
         realesrgan=dc.realesrgan if dc.degradation == "realesrgan" else None,
         channels=cfg.model.num_in_ch,
         bits=dc.bit_depth,
+        value_range=None if dc.value_range is None else (dc.value_range[0], dc.value_range[1]),
     )
     per_rank = dc.batch_size // ddp.world_size
     batches = patch_loader(
@@ -1932,6 +1937,7 @@ def train(
             cfg.data.realesrgan if cfg.validation.lr == "realesrgan" else None,
             cfg.model.num_in_ch,
             cfg.data.bit_depth,
+            cfg.data.value_range,
         )
         if cfg.validation.dir and ddp.main
         else []
