@@ -10,6 +10,7 @@ come from pydicom's own test files (real scanner and toolkit exports, read from 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -770,3 +771,73 @@ def test_one_value_range_maps_every_slice_alike(tmp_path: Path) -> None:
     raw = {"data": {"hr_dir": str(folder), "value_range": [100, -100]}}
     with pytest.raises(ConfigError, match=r"data\.value_range: must be \[lo, hi\] with lo < hi"):
         config_from_dict(raw)
+
+
+def test_evaluate_scores_ct_slices_as_training_reads_them(tmp_path: Path, model_file: Path) -> None:
+    """`esrgan evaluate` on a folder of DICOM slices (it listed none before, and read_image refused them): each
+    read as training and upscale read it (stretched to 16 bits from its own [min, max], or from --value-range), the
+    protocol then as for photos; paired DICOM LR files need --value-range (each from its own range, they are not on
+    the HR's scale): without it their image fails in one line, with it they are scored."""
+    from esrgan.evaluate import evaluate
+    from esrgan.metrics import psnr
+    from esrgan.resize import imresize_np
+
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    values = ct_values()
+    bone = values.copy()
+    bone[0, 0] = 3000
+    slices = {"a": values, "b": bone}
+    for name, v in slices.items():
+        dicom_file(hr_dir / f"{name}.dcm", v)
+        lr_hu = np.clip(np.floor(imresize_np(v.astype(np.float64), scale=0.5) + 0.5), -32768, 32767)
+        dicom_file(lr_dir / f"{name}.dcm", lr_hu.astype(np.int16))
+
+    def matlab16(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor(x + 0.5), 0, 65535)
+
+    def mapped(v: np.ndarray, lo: float, hi: float) -> np.ndarray:  # the stretch, in 16-bit levels, RGB
+        return np.repeat(np.clip(np.rint((v.astype(np.float64) - lo) * (65535.0 / (hi - lo))), 0, 65535)[:, :, None],
+                         3, axis=2)  # fmt: skip
+
+    own = evaluate(hr_dir, [str(model_file)], bit_depth=16, niqe=False)
+    assert [im.name for im in own.images] == ["a", "b"] and not own.failed
+    for item, v in zip(own.images, slices.values(), strict=True):
+        hr = mapped(v, float(v.min()), float(v.max()))
+        bicubic = matlab16(imresize_np(matlab16(imresize_np(hr, scale=0.5)), scale=2))
+        assert item.scores["bicubic"].psnr == pytest.approx(
+            psnr(bicubic / 257, hr / 257, crop_border=2), abs=1e-9
+        )
+    ranged = evaluate(hr_dir, [str(model_file)], bit_depth=16, niqe=False, value_range=(-1024.0, 3071.0))
+    assert ranged.to_dict()["protocol"]["value_range"] == [-1024.0, 3071.0]
+    hr_a = mapped(values, -1024.0, 3071.0)
+    bic_a = matlab16(imresize_np(matlab16(imresize_np(hr_a, scale=0.5)), scale=2))
+    assert ranged.images[0].scores["bicubic"].psnr == pytest.approx(
+        psnr(bic_a / 257, hr_a / 257, crop_border=2), abs=1e-9
+    )
+    unpaired = evaluate(hr_dir, lr_dir=lr_dir, scale=2, bit_depth=16, niqe=False)
+    assert not unpaired.images and len(unpaired.failed) == 2
+    assert "a measurement file as LR: stretched from its own [min, max]" in unpaired.failed[0][1]
+    assert "--value-range LO:HI" in unpaired.failed[0][1]
+    paired = evaluate(hr_dir, lr_dir=lr_dir, scale=2, bit_depth=16, niqe=False, value_range=(-1024.0, 3071.0))
+    assert len(paired.images) == 2 and not paired.failed
+    lr_a = np.clip(np.floor(imresize_np(values.astype(np.float64), scale=0.5) + 0.5), -32768, 32767)
+    bic_paired = matlab16(imresize_np(mapped(lr_a, -1024.0, 3071.0), scale=2))
+    assert paired.images[0].scores["bicubic"].psnr == pytest.approx(
+        psnr(bic_paired / 257, hr_a / 257, crop_border=2), abs=1e-9
+    )
+    eight = evaluate(hr_dir, [str(model_file)], niqe=False)  # the 8-bit protocol reads them too, reduced
+    assert (
+        len(eight.images) == 2
+        and eight.images[0].scores["bicubic"].psnr != own.images[0].scores["bicubic"].psnr
+    )
+    # the CLI: a range that starts below zero is one value (argparse took "-1024:3071" for an option)
+    from esrgan.cli import main
+
+    assert main(["evaluate", "--hr", str(hr_dir), "--lr", str(lr_dir), "--scale", "2", "--bit-depth", "16",
+                 "--no-niqe", "--value-range", "-1024:3071", "--json", str(tmp_path / "r.json")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "r.json").read_text())["protocol"]["value_range"] == [-1024.0, 3071.0]
+    assert main(["upscale", str(hr_dir / "a.dcm"), "-o", str(tmp_path / "a_x2.dcm"), "--model", str(model_file),
+                 "--value-range", "-1024:3071"]) == 0  # fmt: skip
+    assert (tmp_path / "a_x2.dcm").is_file()

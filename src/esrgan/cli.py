@@ -451,6 +451,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="round Y to integers as MATLAB does on uint8 (default: unrounded, as BasicSR)",
     )
     p.add_argument(
+        "--value-range",
+        metavar="LO:HI",
+        type=_value_range,
+        help="DICOM slices and measurement TIFFs: map LO..HI of their stored values (as `upscale --value-range` and "
+        "data.value_range) instead of each file's own min..max; needed for measurement files given by --lr or --sr",
+    )
+    p.add_argument(
         "--bit-depth",
         type=int,
         choices=(8, 16),
@@ -620,6 +627,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         lpips=lpips,
         round_y=args.round_y,
         bit_depth=args.bit_depth,
+        value_range=args.value_range,
         tile=args.tile,
         precision=args.precision,
         device=args.device,
@@ -1162,13 +1170,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(stream, "errors", None) == "strict" and isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_ranges(sys.argv[1:] if argv is None else list(argv)))
     func: Runner = args.func
     if func is _run_train:
         _train_config(args)
     # upscale: SIGTERM stops a batch as Ctrl-C does; the handlers stay until the line that says so is written
     with _stops_on_signals() if func is _run_upscale else contextlib.nullcontext():
         return _call(func, args)
+
+
+def _negative_ranges(argv: list[str]) -> list[str]:
+    """`--value-range -1024:3071` as `--value-range=-1024:3071`: argparse takes a value that starts with "-" (and is
+    no plain number) for an option and stopped with "expected one argument", while a CT's range starts below 0."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--value-range":
+            value = next(it, None)
+            if value is not None and value.startswith("-") and ":" in value:
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
 
 
 def _call(func: Runner, args: argparse.Namespace) -> int:

@@ -133,7 +133,7 @@ class DataConfig:
     # the levels of this depth. Not with the realesrgan degradation
     bit_depth: int = 8
     # [lo, hi] in the files' stored values: every DICOM slice and measurement TIFF mapped from this one range (as
-    # `esrgan upscale --value-range LO HI`), not each from its own min and max, so that one value (a CT's HU) is one
+    # `esrgan upscale --value-range LO:HI`), not each from its own min and max, so that one value (a CT's HU) is one
     # level in every image; values outside are clipped, with a warning. Photos are read as they are. null: per file
     value_range: list[float] | None = None
     # bicubic: the paper's (MATLAB bicubic of the HR patch); realworld: blur -> bicubic -> noise -> JPEG (one order,

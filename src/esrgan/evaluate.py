@@ -16,6 +16,11 @@ each step moves the numbers by more than the differences papers report:
 One bad image (unreadable, wrong LR size, too small for SSIM, a failed forward pass) is reported and skipped; the
 rest of the folder is still evaluated.
 
+Measurements (DICOM slices, float or signed TIFFs) are scored as training and `esrgan upscale` feed them to a model:
+stretched to 16 bits from their [min, max], or from ``value_range`` (the stored values `--value-range LO:HI` and
+`data.value_range` take), first frame and colour (or first) band; paired LR and SR files that are measurements need
+``value_range`` (each stretched from its own range would not be on the HR's scale) and fail their image without.
+
 ``bit_depth=16`` (models trained with `data.bit_depth: 16`, 16-bit validation images) runs the same protocol at
 16 bits: HR read at 16 bits (an 8-bit file's levels times 257), LR, baseline and model outputs rounded to 16-bit
 levels (the models compute 16-bit images in fp32), and every metric on the 0..255 scale with 16-bit precision
@@ -36,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigError, EsrganError, ImageError, one_line, out_of_memory
-from .imageio import IMAGE_SUFFIXES, ImageData, from_float, read_image, to_float, write_image
+from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageData, from_float, read_image, to_float, write_image
 from .imageio import list_images as _list_images
 from .metrics import psnr, ssim
 from .resize import imresize_np
@@ -61,10 +66,38 @@ __all__ = [
 
 # --- inputs ---------------------------------------------------------------------------------------------------------
 def list_images(folder: Path) -> list[Path]:
-    """esrgan.imageio.list_images, with a missing folder as an ImageError naming it."""
+    """esrgan.imageio.list_images (DICOM files too), with a missing folder as an ImageError naming it."""
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a folder")
-    return _list_images(folder)
+    return _list_images(folder, suffixes=IMAGE_SUFFIXES | DICOM_SUFFIXES)
+
+
+def _is_measurement(path: Path) -> bool:
+    """A DICOM file or a measurement TIFF (float, signed, multi-band): what a photograph reader refuses."""
+    from . import datatiff, dicom
+
+    try:
+        if dicom.is_dicom(path):
+            return True
+    except OSError:  # missing, unreadable, a folder: read_image says so in its own words
+        return False
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    kind = datatiff.measurement_kind(path)
+    return kind is not None and not kind[1]
+
+
+def _read(path: Path, value_range: tuple[float, float] | None, what: str | None = None) -> ImageData:
+    """An image of the evaluation: a photograph as it is, a measurement as training reads it (module docstring).
+    `what` (LR, SR): a paired file, whose measurement needs `value_range` to share the HR's scale."""
+    if not _is_measurement(path):
+        return read_image(path)
+    if what is not None and value_range is None:
+        raise ImageError(
+            f"{path}: a measurement file as {what}: stretched from its own [min, max] it is not on the HR's scale; "
+            "give --value-range LO:HI (the stored values every file is mapped from)"
+        )
+    return read_image(path, measurements=True, value_range=value_range)
 
 
 def _find_paired(
@@ -358,6 +391,7 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
     bit_depth: int = 8,
+    value_range: tuple[float, float] | None = None,
 ) -> EvalResult:
     """Evaluate bicubic and each model on every image of ``hr_dir``; see the module docstring for the protocol.
 
@@ -372,7 +406,8 @@ def evaluate(
     first) unless overwrite. report_dir: mosaics and an index page (esrgan.report); the files of those names already
     there are refused in the same way unless overwrite (other files there are left alone). progress receives one
     line per image and per skipped file. bit_depth: 8 (the literature's protocol) or 16 (module docstring; saved
-    images are 16-bit PNGs, the report's mosaics 8-bit previews).
+    images are 16-bit PNGs, the report's mosaics 8-bit previews). value_range: the (lo, hi) of stored values
+    measurements are mapped from (module docstring).
     """
     start = time.perf_counter()
     hr_path = Path(hr_dir)
@@ -380,7 +415,8 @@ def evaluate(
     files = list_images(hr_path)
     # checked before any model is loaded: an empty table and exit 0 would look like a finished evaluation
     if not files:
-        raise ImageError(f"{hr_path}: folder has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES | DICOM_SUFFIXES))
+        raise ImageError(f"{hr_path}: folder has no images (looked for {suffixes})")
     if lr_path is not None and not lr_path.is_dir():
         raise ImageError(f"{lr_path}: not a folder")
     for folder in sr_dirs:
@@ -429,6 +465,7 @@ def evaluate(
         loaded={m.name: m.inference(bit_depth) for m in loaded},
         tile=tile,
         bit_depth=bit_depth,
+        value_range=value_range,
     )
     say = progress or (lambda line: None)
     shown = image_names(files)
@@ -559,13 +596,14 @@ def _saved_result(
     size: tuple[int, ...],
     scale: int,
     bits: int = 8,
+    value_range: tuple[float, float] | None = None,
     *,
     shared: bool = False,
 ) -> np.ndarray:
     """The SR result of ``r`` for HR ``path`` as uint8 (uint16 with `bits` 16) RGB of the scored size ``size`` (the
     HR cut to a multiple of the scale); one of the HR file's own size ``original`` is cut the same way."""
     file = find_sr(r.folder, path, scale, shared=shared)
-    sr = _pixels_at(read_image(file), bits)
+    sr = _pixels_at(_read(file, value_range, "SR"), bits)
     if sr.shape[:2] == original and original != size:
         sr = mod_crop(sr, scale)
     if sr.shape[:2] != size:
@@ -626,7 +664,7 @@ def _evaluate_one(
 ) -> ImageResult:
     """One HR image scored by every method; ``shared``: another HR image has its stem (see _find_paired)."""
     s, border, bits = result.scale, result.crop_border, result.bit_depth
-    original = _pixels_at(read_image(path), bits)
+    original = _pixels_at(_read(path, result.value_range), bits)
     # grey as RGB of three equal channels, as BasicSR's test reads it: the LR is RGB, the model's RGB output is
     # scored as it is (not averaged back to grey); PSNR, SSIM and NIQE of the equal channels are the grey's
     hr = mod_crop(original if original.shape[2] == 3 else np.repeat(original, 3, axis=2), s)
@@ -637,7 +675,7 @@ def _evaluate_one(
         )
     if result.lr_dir is not None:
         lr_file = find_lr(result.lr_dir, path, s, shared=shared)
-        lr = _pixels_at(read_image(lr_file), bits)
+        lr = _pixels_at(_read(lr_file, result.value_range, "LR"), bits)
         want = (hr.shape[0] // s, hr.shape[1] // s)
         if lr.shape[:2] != want:
             raise ImageError(  # the HR path first, as every failure of this image; each file named once
@@ -662,7 +700,9 @@ def _evaluate_one(
             )
         outputs[m.name] = out
     for r in saved:
-        outputs[r.name] = _saved_result(r, path, original.shape[:2], hr.shape[:2], s, bits, shared=shared)
+        outputs[r.name] = _saved_result(
+            r, path, original.shape[:2], hr.shape[:2], s, bits, result.value_range, shared=shared
+        )
     scores = {
         name: score(out, hr, crop_border=border, round_y=result.round_y, with_niqe=result.niqe, lpips=lpips)
         for name, out in outputs.items()

@@ -90,6 +90,9 @@ class EvalResult:
     )  # model -> device, precision and engine as loaded
     tile: int | None = None  # the tile asked for (None: automatic, from the free memory; 0: whole images)
     bit_depth: int = 8  # 16: LR, outputs and metrics at 16-bit precision (esrgan.evaluate, module docstring)
+    value_range: tuple[float, float] | None = (
+        None  # measurements mapped from these stored values (else their own)
+    )
     images: list[ImageResult] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
     seconds: float = 0.0  # wall time of the whole evaluation
@@ -178,6 +181,7 @@ class EvalResult:
                 if self.lr_dir
                 else f"MATLAB bicubic downscale of HR, rounded to uint{self.bit_depth}",
                 "bit_depth": self.bit_depth,
+                "value_range": None if self.value_range is None else list(self.value_range),
                 "niqe": self.niqe,
                 "lpips": self.lpips,
                 # per model: device, precision as computed, engine, tile side in LR pixels ("whole image": one pass)
