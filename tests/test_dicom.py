@@ -768,9 +768,116 @@ def test_one_value_range_maps_every_slice_alike(tmp_path: Path) -> None:
     with pytest.warns(ImageWarning, match="clipped|outside"):
         narrow = PatchDataset(folder, scale=4, patch_size=32, channels=1, value_range=(-500.0, 500.0))
     assert narrow.cache is not None and narrow.cache[0][0].max() == 255 and narrow.cache[0][0].min() == 0
-    raw = {"data": {"hr_dir": str(folder), "value_range": [100, -100]}}
-    with pytest.raises(ConfigError, match=r"data\.value_range: must be \[lo, hi\] with lo < hi"):
-        config_from_dict(raw)
+    for wrong in ([100, -100], [1, 2, 3], [-1e308, 1e308]):
+        with pytest.raises(ConfigError, match=r"data\.value_range: must be \[lo, hi\] with lo < hi"):
+            config_from_dict({"data": {"hr_dir": str(folder), "value_range": wrong}})
+
+
+def test_the_value_range_reaches_every_reading_path_and_spares_photos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """data.value_range reaches per-sample reads (warning once per file, not once per sample), paired LR files and,
+    through train(), the training set and the validation images; a georeferenced 8-bit photograph (read as a
+    measurement by `esrgan upscale`) and plain photos are read as they are; a paired LR file with frames is
+    refused; a DICOM volume beyond what training reads from one file is refused from its header."""
+    import warnings
+
+    import tifffile
+
+    import esrgan.train as train_module
+    from esrgan.config import config_from_dict
+    from esrgan.data import MAX_VOLUME_PIXELS, PatchDataset
+    from esrgan.errors import ConfigError
+    from esrgan.imagedata import ImageData, ImageWarning
+    from esrgan.resize import imresize_np
+
+    folder, lr_dir = tmp_path / "ct", tmp_path / "lr"
+    folder.mkdir()
+    lr_dir.mkdir()
+    values = ct_values()
+    dicom_file(folder / "a.dcm", values)
+    lr_hu = np.clip(np.floor(imresize_np(values.astype(np.float64), scale=0.25) + 0.5), -32768, 32767)
+    dicom_file(lr_dir / "a.dcm", lr_hu.astype(np.int16))
+    vr = (-1024.0, 3071.0)
+
+    def mapped(v: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint((v.astype(np.float64) - vr[0]) * (65535.0 / (vr[1] - vr[0]))), 0, 65535)
+
+    cached = PatchDataset(folder, scale=4, patch_size=32, bits=16, channels=1, value_range=vr)
+    per_sample = PatchDataset(
+        folder, scale=4, patch_size=32, bits=16, channels=1, value_range=vr, cache_max_mb=0
+    )
+    assert per_sample.cache is None
+    for key in ((0, 1), (0, 2), (0, 3)):
+        assert all(torch.equal(a, b) for a, b in zip(cached[key], per_sample[key], strict=True))
+    paired = PatchDataset(folder, scale=4, patch_size=32, bits=16, channels=1, value_range=vr, lr_dir=lr_dir)
+    assert paired.cache is not None and np.array_equal(paired.cache[0][1][:, :, 0], mapped(lr_hu))
+    narrow = PatchDataset(
+        folder, scale=4, patch_size=32, channels=1, value_range=(-500.0, 500.0), cache_max_mb=0
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for seed in range(6):
+            narrow[(0, seed)]
+    clipped = [w for w in caught if issubclass(w.category, ImageWarning)]
+    assert len(clipped) == 1 and "outside the value range -500:500 (--value-range, data.value_range)" in str(
+        clipped[0].message
+    )
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rgb = np.ascontiguousarray(skdata.astronaut()[100:140, 200:248])
+    geo_tags = [(33550, "d", 3, (1.0, 1.0, 0.0), False),
+                (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), False),
+                (34735, "H", 8, (1, 1, 0, 1, 1024, 0, 1, 1), False)]  # fmt: skip
+    tifffile.imwrite(photos / "ortho.tif", rgb, photometric="rgb", extratags=geo_tags)
+    write_image(photos / "deep.png", ImageData(pixels=rgb.astype(np.uint16) * np.uint16(257), bit_depth=16))
+    as_is = PatchDataset(photos, scale=4, patch_size=32)
+    ranged = PatchDataset(photos, scale=4, patch_size=32, value_range=vr)
+    assert as_is.cache is not None and ranged.cache is not None
+    for (a, _), (b, _) in zip(as_is.cache, ranged.cache, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(a, rgb)
+
+    dicom_file(lr_dir / "b.dcm", np.stack([lr_hu.astype(np.int16)] * 2), NumberOfFrames=2)
+    dicom_file(folder / "b.dcm", values)
+    with pytest.raises(
+        ConfigError, match=r"b\.dcm: 2 frames; paired LR folders \(data\.lr_dir\) take single-frame"
+    ):
+        PatchDataset(folder, scale=4, patch_size=32, lr_dir=lr_dir)
+    (folder / "b.dcm").unlink()
+
+    # train(): the value range reaches the training set and the validation images
+    seen: dict[str, Any] = {}
+    real_dataset, real_validation = train_module.PatchDataset, train_module._load_validation
+
+    def dataset_spy(*args: Any, **kwargs: Any) -> Any:
+        seen["train"] = kwargs.get("value_range")
+        return real_dataset(*args, **kwargs)
+
+    def validation_spy(*args: Any) -> Any:
+        seen["validation"] = args[6]
+        return real_validation(*args)
+
+    monkeypatch.setattr(train_module, "PatchDataset", dataset_spy)
+    monkeypatch.setattr(train_module, "_load_validation", validation_spy)
+    raw = {"output_dir": str(tmp_path / "runs"), "name": "ct",
+           "model": {"num_in_ch": 1, "num_out_ch": 1, "num_feat": 8, "num_block": 1, "num_grow": 4},
+           "data": {"hr_dir": str(folder), "patch_size": 32, "batch_size": 2, "num_workers": 0,
+                    "value_range": list(vr)},
+           "train": {"total_steps": 1, "threads": 1}, "validation": {"dir": str(folder), "every": 1},
+           "logging": {"progress": False}}  # fmt: skip
+    train_module.train(config_from_dict(raw))
+    assert seen == {"train": vr, "validation": list(vr)}
+
+    big = tmp_path / "big"
+    big.mkdir()
+    header_only = dicom_file(big / "volume.dcm", values)
+    assert MAX_VOLUME_PIXELS < 48 * 40 * 140_000
+    ds = pydicom.dcmread(header_only)
+    ds.NumberOfFrames = 140_000  # the header claims a volume the pixel data does not hold: refused from it
+    ds.save_as(header_only)
+    with pytest.raises(ImageError, match=r"volume\.dcm: 48x40 x 140000 frames is more than training reads"):
+        PatchDataset(big, scale=4, patch_size=32)
 
 
 def test_evaluate_scores_ct_slices_as_training_reads_them(tmp_path: Path, model_file: Path) -> None:

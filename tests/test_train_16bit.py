@@ -244,7 +244,7 @@ def test_a_ct_slice_trains_on_all_its_levels_at_16_bits(
     with caplog.at_level(logging.INFO, logger="esrgan.data"):
         flat = PatchDataset(folder, scale=4, patch_size=64, channels=1)
     assert flat.cache is not None and len(np.unique(flat.cache[0][0])) <= 256
-    assert "1 of 1 training images have more than 8 bits" in caplog.text
+    assert "1 of 1 training files have more than 8 bits" in caplog.text
     assert "data.bit_depth: 16 keeps every bit" in caplog.text
     lr, hr = deep_ds[(0, 3)]
     assert lr.shape == (1, 16, 16) and hr.shape == (1, 64, 64)

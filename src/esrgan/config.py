@@ -608,7 +608,13 @@ def validate(config: Config, source: str, *, overrides: Sequence[str] = ()) -> N
             f"(at most {POOL_MAX_BYTES / 2**30:g} GiB; Real-ESRGAN's 180 pairs of 256 px: 73 MB)",
         )
     vr = config.data.value_range
-    if vr is not None and not (len(vr) == 2 and all(math.isfinite(v) for v in vr) and vr[0] < vr[1]):
+    if vr is not None and not (
+        len(vr) == 2
+        and all(math.isfinite(v) for v in vr)
+        and vr[0] < vr[1]
+        and math.isfinite(vr[1] - vr[0])
+        and math.isfinite(65535.0 / (vr[1] - vr[0]))  # a span no image can be mapped from (all one level)
+    ):
         fail(
             "data.value_range", f"must be [lo, hi] with lo < hi, finite (the files' stored values), got {vr}"
         )

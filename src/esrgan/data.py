@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import signal
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,12 +51,16 @@ from .config import RealESRGANDegradationConfig, downscale_factors
 from .degrade import degrade, draw
 from .device import host_memory_available
 from .errors import ConfigError, ImageError
+from .imagedata import ImageWarning
 from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from .imageio import list_images as _list_images
 
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 128_000_000  # refuse decompression bombs; a 12K x 10K photo still fits
+# a multi-frame DICOM: each frame within MAX_PIXELS, the whole volume within this (976 CT slices of 512x512; decoded
+# once, then held at 1-2 bytes a sample by the cache)
+MAX_VOLUME_PIXELS = 2 * MAX_PIXELS
 _MARGIN_LR = (
     4  # LR pixels of context around a patch: covers the x4 bicubic kernel (2 * scale HR px) plus blur
 )
@@ -110,9 +115,17 @@ def decode_frames(path: Path, value_range: tuple[float, float] | None = None) ->
     for the model (esrgan.datatiff; a multi-frame DICOM's frames through one mapping); every frame of a multi-frame
     DICOM (an enhanced CT or MR series, a cine loop) is one image, the others' files one each. `value_range`: the
     (lo, hi) of stored values measurements are mapped from instead of their own [min, max] (`data.value_range`)."""
-    from .imageio import read_image
+    from .imageio import is_measurement, read_image
 
-    image = read_image(path, max_pixels=MAX_PIXELS, measurements=True, value_range=value_range)
+    # photos (a georeferenced one too, which `esrgan upscale` stretches as a measurement) are read as they are
+    measurement = is_measurement(path)
+    limit = MAX_VOLUME_PIXELS if _is_dicom(path) else MAX_PIXELS  # image_shape checked each frame's size
+    image = read_image(
+        path,
+        max_pixels=limit,
+        measurements=measurement,
+        value_range=value_range if measurement else None,
+    )
     first = np.asarray(image.pixels)
     first = first[:, :, None] if first.ndim == 2 else first
     count = image.samples.frames if image.samples is not None else 1
@@ -152,24 +165,45 @@ def to_bits(pixels: np.ndarray, channels: int, bits: int) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, :3])
 
 
+def _is_dicom(path: Path) -> bool:
+    from .dicom import is_dicom
+
+    try:
+        return is_dicom(path)
+    except OSError:  # missing or unreadable: the reader says so in its own words
+        return False
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels (a DICOM file, or a TIFF Pillow cannot
-    open, is decoded: its size is that of what training reads)."""
+    """(height, width) from the file header, without decoding the pixels (a TIFF Pillow cannot open is decoded: its
+    size is that of what training reads)."""
     return image_shape(path)[:2]
 
 
 def image_shape(path: Path) -> tuple[int, int, int]:
-    """(height, width, frames as training images: `decode_frames`), from the file header where Pillow reads it
-    (one frame: an animation or a multi-page TIFF trains on its first), else (DICOM, TIFFs Pillow cannot open)
-    decoded."""
+    """(height, width, frames as training images: `decode_frames`), from the file header: a DICOM's (refused in one
+    line beyond MAX_PIXELS a frame or MAX_VOLUME_PIXELS a file) or where Pillow reads it (one frame: an animation or
+    a multi-page TIFF trains on its first); a TIFF Pillow cannot open is decoded."""
+    if _is_dicom(path):  # from its header: a volume's pixels are decoded once, for the cache
+        from .dicom import dicom_shape
+
+        rows, cols, frames = dicom_shape(path)
+        if rows * cols > MAX_PIXELS or rows * cols * frames > MAX_VOLUME_PIXELS:
+            raise ImageError(
+                f"{path}: {cols}x{rows}"
+                + (f" x {frames} frames" if frames > 1 else "")
+                + " is more than training "
+                f"reads from one file ({MAX_PIXELS} pixels a frame, {MAX_VOLUME_PIXELS} a file): split the series"
+            )
+        return rows, cols, frames
     try:
         with Image.open(path) as im:
             return im.height, im.width, 1
     except Image.DecompressionBombError as exc:  # a header claiming a huge image
         raise ImageError(f"{path}: cannot read image ({exc})") from None
     except OSError:
-        frames = decode_frames(path)  # or its one-line error: the reader's word on what the file is
-        return frames[0].shape[0], frames[0].shape[1], len(frames)
+        decoded = decode_frames(path)  # or its one-line error: the reader's word on what the file is
+        return decoded[0].shape[0], decoded[0].shape[1], len(decoded)
 
 
 def to_tensor(pixels: np.ndarray) -> Tensor:
@@ -384,6 +418,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
         self.channels = channels
         self.bits = bits
         self.value_range = value_range
+        self._warned: set[Path] = set()  # files read per sample whose warnings were shown (in this process)
         self.hr_files = list_images(hr_dir)
         shapes = {p: image_shape(p) for p in self.hr_files}
         # one item per (image, frame, shrink factor), image-major, then frame; paired LR folders have the one
@@ -408,6 +443,13 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                     f"{lr_dir}: no LR image for {', '.join(missing[:5])} (matched by file stem)"
                 )
             self.lr_files = [by_stem[p.stem] for p in self.hr_files]
+            lr_shapes = {p: image_shape(p) for p in self.lr_files}  # the paired files only
+            for lr_path in self.lr_files:
+                if lr_shapes[lr_path][2] > 1:
+                    raise ConfigError(
+                        f"{lr_path}: {lr_shapes[lr_path][2]} frames; paired LR folders (data.lr_dir) take "
+                        "single-frame images"
+                    )
         from .resize import output_size
 
         sizes = [shapes[p][:2] if f == 1 else output_size(shapes[p][:2], 1.0 / f) for p, _, f in self.items]
@@ -419,7 +461,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                 )
         if self.lr_files is not None:  # from the files' headers, before any step (it was found when drawn)
             for path, (h, w), lr_path in zip(self.hr_files, sizes, self.lr_files, strict=True):
-                problem = pair_problem((h, w), image_size(lr_path), scale, patch_size)
+                problem = pair_problem((h, w), lr_shapes[lr_path][:2], scale, patch_size)
                 if problem:
                     raise ConfigError(f"{lr_path}: {problem.format(hr=path.name)}")
         total_mb = sum(h * w * channels * bits // 8 for h, w in sizes) * (1 + 1 / scale**2) / 2**20
@@ -441,7 +483,7 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
             deep = sum(deeper for _, deeper in per_file)
             if deep:
                 log.info(
-                    "%d of %d training images have more than 8 bits: they are trained on as 8-bit images "
+                    "%d of %d training files have more than 8 bits: they are trained on as 8-bit images "
                     "(data.bit_depth: 16 keeps every bit)",
                     deep,
                     len(per_file),
@@ -500,7 +542,12 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
     def _load(self, index: int, decoded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         path, frame, factor = self.items[index]
         if decoded is None:  # read per sample: a multi-frame file is decoded whole for one of its frames
-            frames = decode_frames(path, self.value_range)
+            # a file's warnings (values clipped to data.value_range) once, not once a sample
+            with warnings.catch_warnings():
+                if path in self._warned:
+                    warnings.simplefilter("ignore", ImageWarning)
+                self._warned.add(path)
+                frames = decode_frames(path, self.value_range)
             if frame >= len(frames):
                 raise ImageError(f"{path}: {len(frames)} frames, {frame + 1} or more when listed")
             decoded = to_bits(frames[frame], self.channels, self.bits)

@@ -443,7 +443,8 @@ def _warn_clipped(
     if outside:
         lo, hi = ranges[0]
         warnings.warn(
-            f"{path}: {outside} values outside --value-range {lo:g}:{hi:g} clipped to it",
+            f"{path}: {outside} values outside the value range {lo:g}:{hi:g} (--value-range, data.value_range) "
+            "clipped to it",
             ImageWarning,
             stacklevel=5,
         )

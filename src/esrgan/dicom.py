@@ -101,6 +101,25 @@ def _pydicom() -> Any:
     return pydicom
 
 
+def dicom_shape(path: Path) -> tuple[int, int, int]:
+    """(rows, columns, frames) from a DICOM file's header, the pixel data not read (read_dicom checks the decoded
+    pixels against the same elements)."""
+    pydicom = _pydicom()
+    if pydicom is None:
+        raise ImageError(f"{path}: a DICOM file; reading it needs pydicom ({DICOM_PIP})")
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        rows, cols = int(header.get("Rows", 0)), int(header.get("Columns", 0))
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+    except MemoryError:
+        raise
+    except Exception as exc:  # a hostile header makes pydicom raise almost anything: one line for all
+        raise ImageError(f"{path}: unreadable DICOM ({one_line(exc)[:200]})") from None
+    if rows <= 0 or cols <= 0 or frames < 1:
+        raise ImageError(f"{path}: DICOM without an image (Rows x Columns {rows}x{cols}, {frames} frames)")
+    return rows, cols, frames
+
+
 def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | None = None) -> ImageData:
     """A DICOM file as an ImageData whose SampleMap carries the dataset (without its pixel data) for writing."""
     pydicom = _pydicom()

@@ -41,7 +41,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigError, EsrganError, ImageError, one_line, out_of_memory
-from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageData, from_float, read_image, to_float, write_image
+from .imageio import (
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    ImageData,
+    from_float,
+    is_measurement,
+    read_image,
+    to_float,
+    write_image,
+)
 from .imageio import list_images as _list_images
 from .metrics import psnr, ssim
 from .resize import imresize_np
@@ -72,25 +81,10 @@ def list_images(folder: Path) -> list[Path]:
     return _list_images(folder, suffixes=IMAGE_SUFFIXES | DICOM_SUFFIXES)
 
 
-def _is_measurement(path: Path) -> bool:
-    """A DICOM file or a measurement TIFF (float, signed, multi-band): what a photograph reader refuses."""
-    from . import datatiff, dicom
-
-    try:
-        if dicom.is_dicom(path):
-            return True
-    except OSError:  # missing, unreadable, a folder: read_image says so in its own words
-        return False
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return False
-    kind = datatiff.measurement_kind(path)
-    return kind is not None and not kind[1]
-
-
 def _read(path: Path, value_range: tuple[float, float] | None, what: str | None = None) -> ImageData:
     """An image of the evaluation: a photograph as it is, a measurement as training reads it (module docstring).
     `what` (LR, SR): a paired file, whose measurement needs `value_range` to share the HR's scale."""
-    if not _is_measurement(path):
+    if not is_measurement(path):
         return read_image(path)
     if what is not None and value_range is None:
         raise ImageError(

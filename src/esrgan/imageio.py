@@ -343,6 +343,22 @@ def file_in_hand() -> Path | None:
     return path
 
 
+def is_measurement(path: str | os.PathLike[str]) -> bool:
+    """A DICOM file or a measurement TIFF (float, signed, multi-band): what `read_image` reads only with
+    measurements=True, and what a value range maps (a georeferenced photograph is a photograph here). False for a
+    file that cannot be opened: reading it says why."""
+    path = Path(path)
+    try:
+        if dicom.is_dicom(path):
+            return True
+    except OSError:
+        return False
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    kind = datatiff.measurement_kind(path)
+    return kind is not None and not kind[1]
+
+
 def special_file(path: str | os.PathLike[str]) -> str | None:
     """What `path` is when it exists but is neither a regular file nor a folder ("a named pipe (FIFO)", "a
     device"...), else None (a missing or unreadable path is left to open() and its usual error).
