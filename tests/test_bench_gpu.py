@@ -81,6 +81,7 @@ def test_gpu_bench_training_rows_run_in_the_order_a_short_lease_asks(tmp_path: P
     assert not any("NCHW" in n or "LR made" in n for n in names), names
     assert names[2:] == [
         "stage 1 fp32, CUDA graph",
+        "stage 1 fp32, 16-bit data (IEEE convolutions), CUDA graph",
         "stage 1 bf16, channels-last, CUDA graph",
         "stage 1 bf16, channels-last, eager",
         "stage 1 bf16, CUDA graph, realesrgan degradation on the GPU",
