@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train_data import draws
 
 from esrgan.data import (
     Degradation,
@@ -50,14 +51,6 @@ def hr_dir(tmp_path: Path, photo: np.ndarray) -> Path:
     )
     Image.fromarray(photo[250:, 301:]).save(folder / "b.png")
     return folder
-
-
-def draws(seed: int, lr_h: int, lr_w: int, p: int) -> tuple[int, int, bool, int]:
-    """The dataset's random choices for a sample seed, in its order: top, left, flip, rotation."""
-    rng = np.random.default_rng(seed)
-    top, left = int(rng.integers(0, lr_h - p + 1)), int(rng.integers(0, lr_w - p + 1))
-    flip = bool(rng.random() < 0.5)
-    return top, left, flip, int(rng.integers(0, 4))
 
 
 def on_levels(x: torch.Tensor, top: float) -> bool:

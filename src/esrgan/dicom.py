@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .datatiff import SampleMap, stored_values, stretch_planes
 from .errors import ImageError, one_line
 from .imagedata import ImageData, too_many_pixels
+
+_T = TypeVar("_T")
 
 __all__ = ["DICOM_PIP", "is_dicom", "is_dicom_head", "read_dicom", "write_dicom"]
 
@@ -101,20 +104,33 @@ def _pydicom() -> Any:
     return pydicom
 
 
-def dicom_shape(path: Path) -> tuple[int, int, int]:
-    """(rows, columns, frames) from a DICOM file's header, the pixel data not read (read_dicom checks the decoded
-    pixels against the same elements)."""
+def _header(path: Path, read: Callable[[Any, Any], _T]) -> _T:
+    """read(pydicom, header) on the file's header (its pixel data not read); pydicom missing, or anything a hostile
+    header makes pydicom or `read` raise, as one ImageError naming the file."""
     pydicom = _pydicom()
     if pydicom is None:
         raise ImageError(f"{path}: a DICOM file; reading it needs pydicom ({DICOM_PIP})")
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        rows, cols = int(header.get("Rows", 0)), int(header.get("Columns", 0))
-        frames = int(header.get("NumberOfFrames", 1) or 1)
+        return read(pydicom, pydicom.dcmread(path, stop_before_pixels=True))
     except MemoryError:
         raise
     except Exception as exc:  # a hostile header makes pydicom raise almost anything: one line for all
         raise ImageError(f"{path}: unreadable DICOM ({one_line(exc)[:200]})") from None
+
+
+def _shape(header: Any) -> tuple[int, int, int]:
+    """(rows, columns, frames) as the header says."""
+    return (
+        int(header.get("Rows", 0)),
+        int(header.get("Columns", 0)),
+        int(header.get("NumberOfFrames", 1) or 1),
+    )
+
+
+def dicom_shape(path: Path) -> tuple[int, int, int]:
+    """(rows, columns, frames) from a DICOM file's header, the pixel data not read (read_dicom checks the decoded
+    pixels against the same elements)."""
+    rows, cols, frames = _header(path, lambda _, header: _shape(header))
     if rows <= 0 or cols <= 0 or frames < 1:
         raise ImageError(f"{path}: DICOM without an image (Rows x Columns {rows}x{cols}, {frames} frames)")
     return rows, cols, frames
@@ -122,23 +138,18 @@ def dicom_shape(path: Path) -> tuple[int, int, int]:
 
 def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | None = None) -> ImageData:
     """A DICOM file as an ImageData whose SampleMap carries the dataset (without its pixel data) for writing."""
-    pydicom = _pydicom()
-    if pydicom is None:
-        raise ImageError(f"{path}: a DICOM file; reading it needs pydicom ({DICOM_PIP})")
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        rows, cols = int(header.get("Rows", 0)), int(header.get("Columns", 0))
+
+    def fields(pydicom: Any, header: Any) -> tuple[Any, Any, tuple[int, int, int], int, str, int, Any]:
+        shape = _shape(header)
         samples = int(header.get("SamplesPerPixel", 1))
         photometric = str(header.get("PhotometricInterpretation", ""))
-        frames = int(header.get("NumberOfFrames", 1) or 1)
         bits = int(header.get("BitsAllocated", 0) or 0)
         syntax = header.file_meta.get("TransferSyntaxUID") if hasattr(header, "file_meta") else None
         if syntax is not None:  # a UID, or whatever a hostile file holds there (UID() of it raises then)
             syntax = pydicom.uid.UID(str(syntax))
-    except MemoryError:
-        raise
-    except Exception as exc:  # a hostile header makes pydicom raise almost anything: one line for all
-        raise ImageError(f"{path}: unreadable DICOM ({one_line(exc)[:200]})") from None
+        return pydicom, header, shape, samples, photometric, bits, syntax
+
+    pydicom, header, (rows, cols, frames), samples, photometric, bits, syntax = _header(path, fields)
     if rows <= 0 or cols <= 0:
         raise ImageError(f"{path}: DICOM without an image (Rows x Columns {rows}x{cols})")
     if frames < 1:
