@@ -5,9 +5,9 @@ GeoTIFF, an int16 elevation model with a nodata hole (PixelIsPoint), float32 tem
 uint32 counts, RGB + NIR, planar multi-band, float RGBA with associated alpha. They are written with rasterio (GDAL)
 and tifffile, upscaled by the CLI in a subprocess with a tiny x2 model, and checked against what
 docs/measurements.md promises: same samples, dtype, layout and ExtraSamples; georeferencing scaled; nodata and NaN
-where the nearest-neighbour upscale of the invalid mask says; every band stretched from its own [min, max] (the RGB
-bands jointly) to [0, 1] for the model and back, and the values what upscaling each band alone (or the RGB bands
-together) as a one-band (or RGB) raster gives.
+where the nearest-neighbour upscale of the invalid mask says; every band of more than 8 bits stretched from its own
+[min, max] (the RGB bands jointly) to [0, 1] for the model and back, 8-bit bands over 0..255 as a PNG's, and the
+values what upscaling each band alone (or the RGB bands together) as a one-band (or RGB) raster gives.
 
 Three CLI runs in all (one batch per output format, one for the sample-count guard): each costs seconds of start-up.
 """
@@ -698,6 +698,7 @@ def test_read_image_still_refuses_measurement_tiffs_in_true_words(tmp_path: Path
         "int16": tmp_path / "elevation.tif",
         "uint8x8": tmp_path / "eight_bands.tif",
         "uint16x6": tmp_path / "six_bands.tif",
+        "geo16": tmp_path / "band.tif",  # a sensor's 16-bit band: a measurement, not a dark photograph
     }
     tifffile.imwrite(
         files["float32"], (250 + grey(c["cup"]) / 4).astype(np.float32), photometric="minisblack"
@@ -710,6 +711,9 @@ def test_read_image_still_refuses_measurement_tiffs_in_true_words(tmp_path: Path
         planarconfig="contig",
     )
     write_geotiff(files["uint16x6"], six_bands(c))
+    write_geotiff(files["geo16"], six_bands(c)[:1])
+    write_geotiff(tmp_path / "ortho.tif", np.moveaxis(c["face"], -1, 0), photometric="RGB")
+    assert np.array_equal(read_image(tmp_path / "ortho.tif").pixels, c["face"])  # an 8-bit one: a photograph
     messages = {}
     for kind, path in files.items():
         with pytest.raises(ImageError) as caught:
@@ -719,6 +723,7 @@ def test_read_image_still_refuses_measurement_tiffs_in_true_words(tmp_path: Path
     assert "float" in messages["float32"].lower()
     assert "32-bit" not in messages["int16"], messages["int16"]
     assert not re.search(r"16-bit (TIFF|image|sample|data)", messages["uint8x8"]), messages["uint8x8"]
+    assert "georeferencing" in messages["geo16"] and "gdal_translate" in messages["geo16"], messages["geo16"]
     for path in files.values():  # the opt-in reads them all
         read_image(path, measurements=True)
 
@@ -758,6 +763,56 @@ def test_value_range_maps_every_tile_of_a_mosaic_alike(
     bad = run_cli("upscale", folder, "-o", tmp_path / "bad", "--model", model_file, "--value-range", "5:1")
     assert bad.returncode == 2 and "--value-range takes LO:HI with LO < HI" in bad.stderr, bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# --- batch E: 8-bit rasters hold a screen's values; 16-bit ones a sensor's -------------------------------------------
+def test_an_8_bit_orthophoto_upscales_as_the_same_pixels_in_a_png(tmp_path: Path, model_file: Path) -> None:
+    """A hazy photograph (levels 41..212) as a PNG, as an LZW-compressed RGB GeoTIFF and as the RGB of an RGB + NIR
+    GeoTIFF: all three come out alike, at the default precision (computed at 8 bits as the PNG is). They were
+    stretched from their own min and max (so the same pixels came out differently, and each tile of a mosaic got
+    its own contrast) and computed in fp32. Training reads the GeoTIFF as the PNG. A 16-bit georeferenced band (a
+    sensor's 12 bits) is still stretched from its range, in `esrgan upscale` and in training alike."""
+    from esrgan.data import decode_frames
+
+    c = crops()
+    hazy = np.rint(40 + c["face"].astype(np.float64) * 0.69).astype(np.uint8)
+    assert (hazy.min(), hazy.max()) == (41, 212)
+    band12 = c["camera"].astype(np.uint16) * 12 + 300  # a 12-bit sensor: within 300..3360 of 0..65535
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder / "photo.png", ImageData.from_array(hazy))
+    write_geotiff(folder / "ortho.tif", np.moveaxis(hazy, -1, 0), photometric="RGB", compress="LZW")
+    tifffile.imwrite(folder / "rgbn.tif", np.dstack([hazy, nir8(c)]), photometric="rgb", extrasamples=[0])
+    write_geotiff(folder / "band12.tif", band12[None])
+    out = tmp_path / "out"
+    r = run_cli(
+        "upscale", folder, "-o", out, "--model", model_file, "--device", "cpu", "--quiet", cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    photo = read_image(out / f"photo_x{S}.png").pixels
+    ortho, _ = tiff_bands(out / f"ortho_x{S}.tif")
+    rgbn, _ = tiff_bands(out / f"rgbn_x{S}.tif")
+    assert np.array_equal(np.moveaxis(ortho, 0, -1), photo), "the GeoTIFF's output differs from the PNG's"
+    assert np.array_equal(np.moveaxis(rgbn[:3], 0, -1), photo), "RGB + NIR's RGB differs from the PNG's"
+    assert geo(out / f"ortho_x{S}.tif")["crs"] == UTM  # still georeferenced
+    up = Upscaler.from_file(model_file, device="cpu")  # the CLI's default precision, in this process
+    up.upscale_image(read_image(folder / "photo.png"))
+    as_png = up.last_precision
+    up.upscale_image(read_image(folder / "ortho.tif", measurements=True))
+    assert up.last_precision == as_png, "the orthophoto was computed in another precision than the PNG"
+    # the stretch, for scale: what the old mapping gave differs by far more than rounding
+    fp32 = Upscaler.from_file(model_file, device="cpu", precision="fp32", tile=0)
+    lo, hi = float(hazy.min()), float(hazy.max())
+    assert np.abs(stretched(fp32, hazy, lo, hi) - photo).max() > 3
+    # training reads what upscaling reads
+    assert np.array_equal(decode_frames(folder / "ortho.tif")[0], hazy)
+    sensor = read_image(folder / "band12.tif", measurements=True)
+    assert sensor.pixels.max() == 65535 and sensor.pixels.min() == 0  # stretched from its own range
+    assert np.array_equal(decode_frames(folder / "band12.tif")[0], sensor.pixels)
+    band, _ = tiff_bands(out / f"band12_x{S}.tif")
+    lo, hi = float(band12.min()), float(band12.max())
+    err = np.abs(band[0] - stretched(fp32, band12, lo, hi))
+    assert err.max() <= 1 + STEPS * (hi - lo), f"16-bit band off by up to {err.max():.3g}"
 
 
 # --- what a review found: compressed orthophotos, GDAL's internal mask, per-band no-data in colour -------------------

@@ -180,7 +180,8 @@ def test_float_tiff_refused(tmp_path: Path, camera: np.ndarray, photo: np.ndarra
         with pytest.raises(ImageError) as refused:
             read_image(tmp_path / name)
         assert str(refused.value) == (
-            f"{tmp_path / name}: a measurement TIFF ({dtype} samples): `esrgan upscale` reads it, this does not "
+            f"{tmp_path / name}: a measurement TIFF ({dtype} samples): `esrgan upscale`, training and `esrgan "
+            "evaluate` read it, this does not "
             "(save it as 8 or 16-bit grey or RGB)"
         )
     Image.fromarray(camera.astype(np.float32) / 255).save(tmp_path / "f.pfm")

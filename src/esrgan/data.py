@@ -117,7 +117,8 @@ def decode_frames(path: Path, value_range: tuple[float, float] | None = None) ->
     (lo, hi) of stored values measurements are mapped from instead of their own [min, max] (`data.value_range`)."""
     from .imageio import is_measurement, read_image
 
-    # photos (a georeferenced one too, which `esrgan upscale` stretches as a measurement) are read as they are
+    # photos (an 8-bit georeferenced one too) are read as they are; measurements (a 16-bit georeferenced raster
+    # too) stretched as `esrgan upscale` stretches them
     measurement = is_measurement(path)
     limit = MAX_VOLUME_PIXELS if _is_dicom(path) else MAX_PIXELS  # image_shape checked each frame's size
     image = read_image(

@@ -119,9 +119,15 @@ class SampleMap:
 
 # --- which TIFFs --------------------------------------------------------------------------------------------------
 GEO_PHOTO = "GeoTIFF georeferencing"
-"""The kind of a georeferenced photograph (8/16-bit grey or RGB, maybe alpha, or JPEG-YCbCr as GDAL writes
+"""The kind of a georeferenced 8-bit photograph (grey or RGB, maybe alpha, or JPEG-YCbCr as GDAL writes
 orthophotos): its pixels are decoded by the photograph reader (Pillow knows LZW, JPEG and YCbCr without
-imagecodecs), its georeferencing kept from here."""
+imagecodecs), its georeferencing kept from here, and its values are a photograph's (over 0..255, as the same
+pixels in a PNG: GIS tools show a Byte raster unstretched too)."""
+
+GEO_16 = "16-bit samples with GeoTIFF georeferencing"
+"""The kind of a georeferenced 16-bit grey or RGB raster (maybe alpha): decoded as GEO_PHOTO is, but its values are
+a sensor's (a satellite band's 10-14 bits, reflectance times 10,000), stretched from their range as other
+measurements are (and as GIS tools show a UInt16 raster): over 0..65535 most would be near black."""
 
 
 CLASS_MAP = "a class map (a colour table)"
@@ -157,7 +163,7 @@ def _kind(page: Any) -> str | None:
     if samples - colour == 1 and extras and extras[0] == 0:
         return "an extra sample that is not alpha"
     if georeferenced:
-        return GEO_PHOTO
+        return GEO_PHOTO if dtype == np.uint8 else GEO_16
     return None
 
 
@@ -172,7 +178,7 @@ def measurement_kind(path: Path) -> tuple[str, bool] | None:
             kind = _kind(page)
             if kind is None:
                 return None
-            return kind, kind == GEO_PHOTO
+            return kind, kind in (GEO_PHOTO, GEO_16)
     except (ValueError, KeyError, NotImplementedError, ArithmeticError, TypeError, IndexError, OSError):
         return None
 
@@ -263,7 +269,7 @@ def _read(
         full_pages = sum(1 for _, kind_bits in others if not kind_bits & 5)
         masks = [p for p, kind_bits in others if kind_bits & 4 and not kind_bits & 1]
         mask = masks[0].asarray() if masks and masks[0].shape[:2] == (height, width) else None
-        if kind == GEO_PHOTO:
+        if kind in (GEO_PHOTO, GEO_16):
             array, axes = None, ""
         else:
             array = page.asarray()
@@ -300,7 +306,11 @@ def _read(
         array = array.copy()
         array[:, :, :colour] = straighten(array[:, :, :colour], array[:, :, colour])
         extras = (2, *extras[1:])
-    planes, ranges = stretch_planes(array, valid, colour, has_alpha, value_range, path)
+    # an 8-bit orthophoto's values over 0..255, as the same pixels in a PNG (GEO_PHOTO), not stretched from this
+    # file's own min and max (which would also give each tile of a mosaic its own contrast)
+    planes, ranges = stretch_planes(
+        array, valid, colour, has_alpha, value_range, path, photo=kind == GEO_PHOTO
+    )
     pixels = np.ascontiguousarray(planes[:, :, :colour])
     alpha = np.ascontiguousarray(planes[:, :, colour]) if has_alpha else None
     first_extra = colour + (1 if has_alpha else 0)
@@ -422,9 +432,18 @@ def stretch_planes(
     has_alpha: bool,
     value_range: tuple[float, float] | None,
     path: Path,
+    *,
+    photo: bool = False,
 ) -> tuple[np.ndarray, tuple[tuple[float, float], ...]]:
     """HxWxS samples -> (uint16 planes, the (lo, hi) of each): every band from [min, max] of its valid values (the
-    colour bands jointly, alpha over its type's range), or from value_range (clipped, with a warning)."""
+    colour bands jointly, alpha over its type's range), or from value_range (clipped, with a warning). 8-bit
+    samples are over 0..255 unless value_range is given: a byte raster (an orthophoto, RGB + near-infrared, an
+    ultrasound still) is already what a screen shows, and stretching each file from its own min and max would
+    give each tile of a mosaic its own contrast. photo: a photograph's samples (GEO_PHOTO), over 0..255 whatever
+    value_range says (value ranges are for measurements; training and evaluation read it as a photograph)."""
+    if photo or (array.dtype == np.uint8 and value_range is None):
+        full = ((0.0, 255.0),) * array.shape[2]
+        return _to_uint16(array, valid, full), full
     ranges = _ranges(array, valid, colour, has_alpha)
     if value_range is not None:
         ranges = tuple(r if has_alpha and s == colour else value_range for s, r in enumerate(ranges))

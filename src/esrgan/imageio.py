@@ -344,9 +344,10 @@ def file_in_hand() -> Path | None:
 
 
 def is_measurement(path: str | os.PathLike[str]) -> bool:
-    """A DICOM file or a measurement TIFF (float, signed, multi-band): what `read_image` reads only with
-    measurements=True, and what a value range maps (a georeferenced photograph is a photograph here). False for a
-    file that cannot be opened: reading it says why."""
+    """A DICOM file or a measurement TIFF (float, signed, multi-band, or a georeferenced 16-bit raster: a sensor's
+    values): what readers stretch from its range (its own, or a value range given) as `esrgan upscale` does. A
+    georeferenced 8-bit photograph is a photograph here. False for a file that cannot be opened: reading it says
+    why."""
     path = Path(path)
     try:
         if dicom.is_dicom(path):
@@ -356,7 +357,7 @@ def is_measurement(path: str | os.PathLike[str]) -> bool:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
     kind = datatiff.measurement_kind(path)
-    return kind is not None and not kind[1]
+    return kind is not None and (not kind[1] or kind[0] == datatiff.GEO_16)
 
 
 def special_file(path: str | os.PathLike[str]) -> str | None:
@@ -396,7 +397,7 @@ def _read_any(
     tiff = _is_tiff_head(head)
     if dicom.is_dicom_head(head):
         if not measurements:
-            raise ImageError(f"{path}: a DICOM file: `esrgan upscale` reads it, this does not")
+            raise ImageError(f"{path}: a DICOM file: {_MEASUREMENT_READERS} read it, this does not")
         return dicom.read_dicom(path, max_pixels, value_range)
     if tiff:
         if measurements:
@@ -407,11 +408,23 @@ def _read_any(
             kind = datatiff.measurement_kind(path)
             if kind is not None and kind[0] == datatiff.CLASS_MAP:
                 raise ImageError(f"{path}: {datatiff.CLASS_MAP}: {datatiff.CLASS_MAP_ADVICE}")
-            if kind is not None and not kind[1]:
-                raise ImageError(
-                    f"{path}: a measurement TIFF ({kind[0]}): `esrgan upscale` reads it, this does not "
-                    "(save it as 8 or 16-bit grey or RGB)"
+            if kind is not None and (not kind[1] or kind[0] == datatiff.GEO_16):
+                advice = (
+                    "a PNG of it, `gdal_translate -of PNG`, is read as a photograph"
+                    if kind[0] == datatiff.GEO_16
+                    else "save it as 8 or 16-bit grey or RGB"
                 )
+                raise ImageError(
+                    f"{path}: a measurement TIFF ({kind[0]}): {_MEASUREMENT_READERS} read it, this does not "
+                    f"({advice})"
+                )
+    return _read_photo(path, max_pixels, tiff)
+
+
+def _read_photo(path: Path, max_pixels: int, tiff: bool = True) -> ImageData:
+    """A file's pixels read as a photograph's (LZW, JPEG, YCbCr...). esrgan.datatiff is given this for a
+    georeferenced raster's pixels (it reads the georeferencing itself): it sits below this module and does not
+    import it. tiff: whether the file is a TIFF (the 16-bit reader's fallback)."""
     try:
         with _pillow_bomb_warning_silenced(max_pixels), Image.open(path) as im:
             return _read_opened(im, path, max_pixels)
@@ -421,10 +434,8 @@ def _read_any(
         raise
 
 
-def _read_photo(path: Path, max_pixels: int) -> ImageData:
-    """A georeferenced photograph's pixels, read as a photograph (LZW, JPEG, YCbCr...), for esrgan.datatiff (which
-    reads its georeferencing). Passed to it: datatiff sits below this module and does not import it."""
-    return read_image(path, max_pixels=max_pixels)
+_MEASUREMENT_READERS = "`esrgan upscale`, training and `esrgan evaluate`"
+"""What reads measurement files (is_measurement), for the others' refusal."""
 
 
 _WARNING_FILTERS_LOCK = threading.Lock()

@@ -602,11 +602,16 @@ class Upscaler:
         an exception it raises stops the work at that tile boundary. `upscale_file`, the CLI, `esrgan serve` and
         video frames all go through here.
         """
+        byte_samples = _byte_samples(image)
+        if byte_samples:  # computed as the same pixels in a PNG are: at 8 bits, in this Upscaler's precision
+            image = _map_planes(image, 8, lambda plane: (plane // 257).astype(np.uint8))
         if image.extra is None and image.valid is None:
             colour, alpha = self.upscale_planes(image.pixels, image.alpha, on_tile=on_tile)
             out = replace(image, pixels=colour, alpha=alpha)
         else:
             out = self._upscale_bands(image, on_tile)
+        if byte_samples:
+            out = _map_planes(out, 16, lambda plane: plane.astype(np.uint16) * np.uint16(257))
         if out.samples is not None:  # a measurement image or DICOM: say what made it (DICOM's new UIDs)
             out = replace(out, samples=replace(out.samples, derivation=self.fingerprint))
         return out
@@ -1245,6 +1250,28 @@ class Upscaler:
             if key in image.info:
                 result.info[key] = image.info[key]
         return result
+
+
+def _byte_samples(image: ImageData) -> bool:
+    """Whether a measurement image's planes are 8-bit samples over 0..255 (esrgan.datatiff maps every 8-bit raster
+    and DICOM so unless given a value range; MONOCHROME1 inverted): their uint16 planes are the 8-bit values times
+    257, and the file stores 8 bits, so fp32 and 16-bit planes would buy nothing but time and another result than
+    the same pixels in a PNG."""
+    sm = image.samples
+    return (
+        sm is not None and sm.dtype == np.uint8 and all(r in ((0.0, 255.0), (255.0, 0.0)) for r in sm.ranges)
+    )
+
+
+def _map_planes(image: ImageData, bits: int, change: Callable[[np.ndarray], np.ndarray]) -> ImageData:
+    """image at `bits` with change applied to its colour, alpha and extra planes (validity and the rest kept)."""
+    return replace(
+        image,
+        bit_depth=bits,
+        pixels=change(image.pixels),
+        alpha=None if image.alpha is None else change(image.alpha),
+        extra=None if image.extra is None else change(image.extra),
+    )
 
 
 def _copied(model: Generator) -> Generator:
