@@ -4,7 +4,7 @@
 #   bash scripts/test_python_version.sh 3.10 -x -k grey  # the oldest the package accepts; extra args go to pytest
 # The interpreter: PYTHON, else pythonVERSION on the PATH, else pyenv's. The venv gets the pinned torch (TORCH_SPEC,
 # as scripts/setup.sh) and the newest releases of everything else that install there, so a new Python is checked
-# together with the numpy and Pillow its users get (BasicSR 1.4.2 broke on Python 3.12: README, "Python versions").
+# together with the numpy and Pillow its users get (BasicSR 1.4.2 broke on Python 3.12, on distutils).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:?usage: bash scripts/test_python_version.sh VERSION [pytest args]}

@@ -815,6 +815,96 @@ def test_an_8_bit_orthophoto_upscales_as_the_same_pixels_in_a_png(tmp_path: Path
     assert err.max() <= 1 + STEPS * (hi - lo), f"16-bit band off by up to {err.max():.3g}"
 
 
+def test_an_8_bit_band_never_comes_back_as_its_nodata_value(tmp_path: Path, model_file: Path) -> None:
+    """Over 0..255 an 8-bit band's output can reach its nodata value (stretched from its valid [min, max], it never
+    could): a dark grey GeoTIFF with nodata 0, a bright one with nodata 255, each with a hole, and an RGB orthophoto
+    with GDAL's internal mask (which Pillow could not count the pages of: "corrupt or truncated image"). Valid
+    pixels stay data (one step off the nodata value), the hole stays the hole. Review of session 35."""
+    c = crops()
+    dark = np.rint(c["camera"] * (11 / 255) + 1).astype(np.uint8)  # 1..12: the model's output reaches 0
+    dark[10:20, 10:20] = 0
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "nd0.tif", dark[None], nodata=0)
+    write_geotiff(tmp_path / "in" / "nd255.tif", (255 - dark)[None], nodata=255)
+    rgb = np.moveaxis(c["face"], -1, 0)
+    mask = np.full((H, W), 255, np.uint8)
+    mask[5:12, 5:15] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+        tmp_path / "in" / "masked.tif", "w", driver="GTiff", height=H, width=W, count=3, dtype="uint8", crs=UTM,
+        transform=GRID, photometric="RGB",
+    ) as dst:  # fmt: skip
+        dst.write(rgb)
+        dst.write_mask(mask)
+    out = tmp_path / "out"
+    r = run_cli("upscale", tmp_path / "in", "-o", out, "--model", model_file, "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    hole = nn_up(dark == 0)
+    for name, nodata in (("nd0", 0), ("nd255", 255)):
+        with rasterio.open(out / f"{name}_x{S}.tif") as src:
+            band, valid = src.read(1), src.read_masks(1) > 0
+        assert np.array_equal(valid, ~hole), f"{name}: the hole moved"
+        assert np.count_nonzero(band[~hole] == nodata) == 0, f"{name}: data came back as nodata {nodata}"
+        assert np.abs(band[~hole].astype(int) - nodata).min() == 1  # it did reach it: moved one step off
+    with rasterio.open(out / f"masked_x{S}.tif") as src:
+        assert src.count == 3 and src.crs == UTM
+        assert np.array_equal(src.read_masks(1) > 0, nn_up(mask > 0)), "the mask was not kept"
+
+
+def test_8_bit_rasters_plan_and_report_8_bit_precision(tmp_path: Path, model_file: Path) -> None:
+    """An 8-bit orthophoto is computed at 8 bits (above): the memory plan, the tile and the precision reported
+    before the work (the web page's, the batch's fp32 warning) say so too. They took its uint16 planes for 16-bit
+    pixels: `--precision bf16` warned that it would be computed in fp32, and an fp32 copy of the weights was made.
+    Review of session 35."""
+    c = crops()
+    write_geotiff(tmp_path / "ortho.tif", np.moveaxis(c["face"], -1, 0), photometric="RGB")
+    image = read_image(tmp_path / "ortho.tif", measurements=True)
+    assert image.pixels.dtype == np.uint16 and Upscaler.computed_dtype(image) == np.uint8
+    up = Upscaler.from_file(model_file, device="cpu", precision="bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "16-bit and float images are computed in fp32"
+        up.plan_memory(image, 1 << 30)
+        up.upscale_image(image)
+    assert up.last_precision == up.precision_for(Upscaler.computed_dtype(image)) == up.precision_for(np.uint8)
+    assert up._fp32_runner is None or up.runner.dtype == torch.float32  # no second copy of the weights
+    tifffile.imwrite(
+        tmp_path / "rgbn.tif", np.dstack([c["face"], nir8(c)]), photometric="rgb", extrasamples=[0]
+    )
+    for given, computed in ((None, np.uint8), ((0.0, 300.0), np.uint16)):  # a range given: not 0..255
+        rgbn = read_image(tmp_path / "rgbn.tif", measurements=True, value_range=given)
+        assert Upscaler.computed_dtype(rgbn) == computed, given
+
+
+def test_a_paired_set_of_16_bit_rasters_needs_one_value_range(tmp_path: Path) -> None:
+    """Paired LR/HR training on 16-bit georeferenced bands (a 20 m LR band beside its 10 m HR): each stretched from
+    its own [min, max] they are not on one scale (the LR's brightest pixel is averaged away), so the set is refused
+    in one line naming the file and data.value_range; with the range both sides agree. 8-bit rasters (over
+    0..255) need none. Review of session 35 (`esrgan evaluate` refused the same already)."""
+    from esrgan.data import PatchDataset
+    from esrgan.errors import ConfigError
+
+    c = crops()
+    hr = c["camera"].astype(np.uint16) * 12 + 300  # a 12-bit sensor
+    hr[0, 0] = 4000  # one bright pixel
+    lr = np.rint(hr.reshape(H // 2, 2, W // 2, 2).mean(axis=(1, 3))).astype(np.uint16)
+    for name, bands, res in (("hr", hr, 10), ("lr", lr, 20)):
+        (tmp_path / name).mkdir()
+        write_geotiff(
+            tmp_path / name / "b04.tif", bands[None], transform=from_origin(500000, 4200000, res, res)
+        )
+    common = {"scale": 2, "patch_size": 16, "lr_dir": tmp_path / "lr", "channels": 1, "bits": 16}
+    with pytest.raises(ConfigError) as refused:
+        PatchDataset(tmp_path / "hr", **common)  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert "b04.tif" in message and "data.value_range" in message and "\n" not in message, message
+    ds = PatchDataset(tmp_path / "hr", value_range=(0.0, 4095.0), **common)  # type: ignore[arg-type]
+    hr_read, lr_read = (a[:, :, 0].astype(np.float64) for a in ds._load(0))
+    mean_of_hr = hr_read.reshape(H // 2, 2, W // 2, 2).mean(axis=(1, 3))
+    assert np.abs(lr_read - mean_of_hr).max() <= 257  # one scale: within an 8-bit level of the 2x2 mean
+    for name, bands in (("hr", c["face"]), ("lr", c["face"][::2, ::2])):  # 8-bit orthophotos: no range needed
+        write_geotiff(tmp_path / name / "b04.tif", np.moveaxis(bands, -1, 0), photometric="RGB")
+    PatchDataset(tmp_path / "hr", scale=2, patch_size=16, lr_dir=tmp_path / "lr")
+
+
 # --- what a review found: compressed orthophotos, GDAL's internal mask, per-band no-data in colour -------------------
 def test_compressed_orthophotos_keep_their_georeferencing(tmp_path: Path, model_file: Path) -> None:
     """GDAL writes orthophotos LZW- or JPEG(YCbCr)-compressed, tiled: their pixels come through the photograph

@@ -465,8 +465,9 @@ def test_every_frame_of_a_multi_frame_file_is_upscaled_alone(
     foreign: dict[str, Any], upscaler: Upscaler
 ) -> None:
     """An RT dose grid (15 frames of uint32) and a YCbCr JPEG cine (30 RGB frames): every frame of the output is the
-    upscale of that frame alone, all frames mapped through one range; the frame count, the grid's spacing (halved)
-    and its frame offsets kept."""
+    upscale of that frame alone, the dose's frames mapped through one range, the cine's 8-bit frames as the same
+    pixels in a PNG (not stretched: this cine spans 0..220, review of session 35); the frame count, the grid's
+    spacing (halved) and its frame offsets kept."""
     for name, colour in (("rtdose_rle.dcm", False), ("examples_ybr_color.dcm", True)):
         src = pydicom.dcmread(pydicom_file(name))
         frames = src.pixel_array
@@ -476,6 +477,9 @@ def test_every_frame_of_a_multi_frame_file_is_upscaled_alone(
         assert out.shape[1:3] == (frames.shape[1] * S, frames.shape[2] * S) and out.dtype == frames.dtype
         lo, hi = float(frames.min()), float(frames.max())
         for k in (0, len(frames) // 2, len(frames) - 1):
+            if frames.dtype == np.uint8:
+                assert hi < 255 and np.array_equal(out[k], upscaler.upscale(frames[k])), f"{name} frame {k}"
+                continue
             err = np.abs(out[k] - stretched(upscaler, frames[k], lo, hi))
             assert err.max() <= 1.0 + STEPS * (hi - lo), f"{name} frame {k}: off by up to {err.max():.2f}"
         assert not np.array_equal(out[0], out[len(frames) // 2])  # the frames differ: each is its own
@@ -493,7 +497,7 @@ def test_a_multi_frame_file_becomes_dicom_only(tmp_path: Path, model_file: Path)
         assert r.returncode == 1
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert lines == [f"esrgan: error: {src}: a multi-frame DICOM (15 frames): only a DICOM output keeps the "
-                         f"frames, not {fmt.upper()} (drop --format, or --format dicom)"]  # fmt: skip
+                         f"frames, not {fmt.upper()} (drop --format: the output is then DICOM)"]  # fmt: skip
         assert not (tmp_path / f"dose.{fmt}").exists()
 
 
@@ -951,3 +955,29 @@ def test_evaluate_scores_ct_slices_as_training_reads_them(tmp_path: Path, model_
     assert main(["upscale", str(hr_dir / "a.dcm"), "-o", str(tmp_path / "a_x2.dcm"), "--model", str(model_file),
                  "--value-range", "-1024:3071"]) == 0  # fmt: skip
     assert (tmp_path / "a_x2.dcm").is_file()
+
+
+def test_evaluate_takes_8_bit_dicom_pairs_without_a_range(tmp_path: Path) -> None:
+    """8-bit DICOM (an ultrasound still) is over 0..255, as a PNG of it: a paired LR needs no --value-range, and it
+    is scored exactly as the same pixels in PNG files are. It was refused ("stretched from its own [min, max]"),
+    which had become false. Review of session 35."""
+    from PIL import Image
+
+    from esrgan.evaluate import evaluate
+    from esrgan.resize import imresize_np
+
+    us = np.ascontiguousarray(skdata.astronaut()[50 : 50 + H, 180 : 180 + W])
+    lr = np.clip(np.floor(imresize_np(us.astype(np.float64), scale=0.5) + 0.5), 0, 255).astype(np.uint8)
+    for kind in ("dcm", "png"):
+        for name, pixels in (("hr", us), ("lr", lr)):
+            (tmp_path / kind / name).mkdir(parents=True)
+            if kind == "dcm":
+                dicom_file(tmp_path / kind / name / "us.dcm", pixels, Modality="US")
+            else:
+                Image.fromarray(pixels).save(tmp_path / kind / name / "us.png")
+    scores = {}
+    for kind in ("dcm", "png"):
+        report = evaluate(tmp_path / kind / "hr", lr_dir=tmp_path / kind / "lr", scale=2, niqe=False)
+        assert len(report.images) == 1 and not report.failed, report.failed
+        scores[kind] = report.images[0].scores["bicubic"]
+    assert (scores["dcm"].psnr, scores["dcm"].ssim) == (scores["png"].psnr, scores["png"].ssim)

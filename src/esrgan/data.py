@@ -52,7 +52,7 @@ from .degrade import degrade, draw
 from .device import host_memory_available
 from .errors import ConfigError, ImageError
 from .imagedata import ImageWarning
-from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from .imageio import DICOM_SUFFIXES, IMAGE_SUFFIXES, own_range
 from .imageio import list_images as _list_images
 
 log = logging.getLogger(__name__)
@@ -450,6 +450,15 @@ class PatchDataset(Dataset[tuple[Tensor, Tensor]]):
                     raise ConfigError(
                         f"{lr_path}: {lr_shapes[lr_path][2]} frames; paired LR folders (data.lr_dir) take "
                         "single-frame images"
+                    )
+            if value_range is None:  # as esrgan evaluate's paired LR: one scale for both sides of a pair
+                pairs = zip(self.hr_files, self.lr_files, strict=True)
+                stretched = next((p for pair in pairs for p in pair if own_range(p)), None)
+                if stretched is not None:
+                    raise ConfigError(
+                        f"{stretched}: a measurement in a paired set: stretched from its own [min, max] it is not "
+                        "on its pair's scale; set data.value_range: [lo, hi] (the stored values every file is "
+                        "mapped from)"
                     )
         from .resize import output_size
 

@@ -7,11 +7,13 @@ sample, or GeoTIFF georeferencing. Photo tools drop all of that, or worse: an RG
 infrared band taken for alpha (colour premultiplied by it, written back as alpha).
 
 How the samples reach the model (esrgan.upscale.Upscaler.upscale_image):
-- every band mapped linearly from [min, max] of its valid values onto [0, 1] (an RGB file's three colour bands
-  jointly, so their balance stays; alpha keeps its type's full range), held as uint16 in between (1/65535 of the
-  range: finer than the model's own error; 16-bit planes are computed in fp32) and mapped back, so outputs stay
-  within each band's input range (the colour bands' joint one). Stretched because the models, trained on photographs that span the range, do
-  much worse on dark low-range data: +2.7 dB on Set5 as reflectance x 0.25 (docs/measurements.md);
+- every band wider than 8 bits mapped linearly from [min, max] of its valid values onto [0, 1] (an RGB file's
+  three colour bands jointly, so their balance stays; alpha keeps its type's full range), held as uint16 in between
+  (1/65535 of the range: finer than the model's own error; 16-bit planes are computed in fp32) and mapped back, so
+  outputs stay within each band's input range (the colour bands' joint one). Stretched because the models, trained
+  on photographs that span the range, do much worse on dark low-range data: +2.7 dB on Set5 as reflectance x 0.25
+  (docs/measurements.md). 8-bit bands are over 0..255 (a screen's values: an orthophoto comes out as the same
+  pixels in a PNG do, computed at 8 bits), and data that reaches the nodata value moves one step off it;
 - RGB colour bands through the model as colour, every other band alone as grey (the models know colour, not how
   a near-infrared band relates to red), alpha as in photographs;
 - invalid pixels (NaN or GDAL's nodata value, per band) filled from their valid neighbours before the model (a
@@ -34,7 +36,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,9 +45,11 @@ from .imagedata import BIG_TIFF_BYTES, ImageData, ImageWarning, straighten, tiff
 
 __all__ = [
     "SampleMap",
+    "TiffKind",
     "as_photo",
     "measurement_kind",
     "read_measurements",
+    "step_off",
     "stored_values",
     "stretch_planes",
     "write_measurements",
@@ -167,9 +171,20 @@ def _kind(page: Any) -> str | None:
     return None
 
 
-def measurement_kind(path: Path) -> tuple[str, bool] | None:
-    """(what makes path a measurement TIFF, whether the photograph reader could still read its pixels), or None
-    for a photograph (or a file tifffile cannot parse: the photograph reader then says what is wrong)."""
+class TiffKind(NamedTuple):
+    """What makes a TIFF a measurement raster (measurement_kind)."""
+
+    kind: str
+    """Why (GEO_PHOTO, GEO_16, CLASS_MAP or a description: "float32 samples", "6 samples per pixel"...)."""
+    readable: bool
+    """Whether the photograph reader could still read its pixels (GEO_PHOTO, GEO_16)."""
+    byte_samples: bool
+    """Whether its samples are uint8: mapped over 0..255, not from their own range (stretch_planes)."""
+
+
+def measurement_kind(path: Path) -> TiffKind | None:
+    """What makes path a measurement TIFF, or None for a photograph (or a file tifffile cannot parse: the
+    photograph reader then says what is wrong)."""
     import tifffile
 
     try:
@@ -178,7 +193,9 @@ def measurement_kind(path: Path) -> tuple[str, bool] | None:
             kind = _kind(page)
             if kind is None:
                 return None
-            return kind, kind in (GEO_PHOTO, GEO_16)
+            return TiffKind(
+                kind, kind in (GEO_PHOTO, GEO_16), page.dtype is not None and page.dtype == np.uint8
+            )
     except (ValueError, KeyError, NotImplementedError, ArithmeticError, TypeError, IndexError, OSError):
         return None
 
@@ -508,6 +525,11 @@ def stored_values(
             if not sm.masked:
                 raise ImageError(f"{path}: invalid pixels but no nodata value that {sm.dtype.name} holds")
             fill = None  # the mask written after the pixels says which have no data
+    # the value written as nodata: data that comes out equal to it (an 8-bit band spans 0..255, a nodata value
+    # among them) moves one step off, or readers would take it for a pixel without data
+    marker = (
+        sm.nodata if sm.nodata is not None and np.isfinite(sm.nodata) and _fits(sm.nodata, sm.dtype) else None
+    )
     height, width = image.height, image.width
     planar = sm.planar == 2 and not interleaved
     # the file's layout straight away (samples last, or first when planar), filled one band at a time
@@ -515,6 +537,9 @@ def stored_values(
     for s, (plane, (lo, hi)) in enumerate(zip(planes, sm.ranges, strict=True)):
         band = out[s] if planar else out[:, :, s]
         _from_uint16(plane, lo, hi, band)
+        if marker is not None:
+            hit = band == np.asarray(marker).astype(sm.dtype)
+            step_off(band, hit if image.valid is None else hit & image.valid[:, :, s], marker)
         if fill is not None:
             assert image.valid is not None
             band[~image.valid[:, :, s]] = np.asarray(fill).astype(sm.dtype)
@@ -725,18 +750,24 @@ def _overview_band(
             mean = np.clip(mean, float(info.min), top)
         part = mean.astype(band.dtype)
         if fill is not None and not np.isnan(fill):  # an average is data: never the nodata value
-            hit = (part == fill) & ~empty
-            if hit.any():
-                if band.dtype.kind in "ui":
-                    step = 1 if fill < np.iinfo(band.dtype).max else -1
-                    part[hit] = np.asarray(fill + step).astype(band.dtype)
-                else:
-                    part[hit] = np.nextafter(np.asarray(fill, band.dtype), np.asarray(np.inf, band.dtype))
+            step_off(part, (part == fill) & ~empty, fill)
         if empty.any():
             part[empty] = (np.nan if band.dtype.kind == "f" else 0) if fill is None else fill
         level[i0:i1] = part
         weights[i0:i1] = np.where(empty, 0.0, area)
     return level, weights
+
+
+def step_off(band: np.ndarray, hit: np.ndarray, nodata: float) -> None:
+    """Move band's values where hit (data equal to the nodata value) one step off it, in place: +1 for integers
+    (-1 at the type's top), the next float up for floats. Readers would take them for pixels without data."""
+    if not hit.any():
+        return
+    if band.dtype.kind in "ui":
+        step = 1 if nodata < np.iinfo(band.dtype).max else -1
+        band[hit] = np.asarray(nodata + step).astype(band.dtype)
+    else:
+        band[hit] = np.nextafter(np.asarray(nodata, band.dtype), np.asarray(np.inf, band.dtype))
 
 
 def as_photo(image: ImageData) -> ImageData:

@@ -136,6 +136,20 @@ def dicom_shape(path: Path) -> tuple[int, int, int]:
     return rows, cols, frames
 
 
+def byte_samples(path: Path) -> bool:
+    """Whether a DICOM file's header says 8-bit unsigned samples (a palette's aside: its tables may hold 16 bits):
+    read over 0..255, not from their own range (esrgan.datatiff.stretch_planes)."""
+
+    def eight(_: Any, header: Any) -> bool:
+        return (
+            int(header.get("BitsAllocated", 0) or 0) == 8
+            and int(header.get("PixelRepresentation", 0) or 0) == 0
+            and str(header.get("PhotometricInterpretation", "")) != "PALETTE COLOR"
+        )
+
+    return _header(path, eight)
+
+
 def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | None = None) -> ImageData:
     """A DICOM file as an ImageData whose SampleMap carries the dataset (without its pixel data) for writing."""
 
@@ -205,7 +219,8 @@ def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | N
                 delattr(dataset, name)
     del dataset.PixelData
     joint = value_range
-    if frames > 1 and joint is None:  # every frame through one mapping, as one colour image's bands share one
+    # every frame through one mapping, as one colour image's bands share one (8-bit frames: over 0..255 already)
+    if frames > 1 and joint is None and array.dtype != np.uint8:
         joint = (float(array.min()), float(array.max()))
     pixels, ranges = stretch_planes(planes_in, None, colour, False, joint, path)
     if photometric == "MONOCHROME1":  # bright is low: inverted for the model, as the file is shown

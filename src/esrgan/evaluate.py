@@ -47,6 +47,7 @@ from .imageio import (
     ImageData,
     from_float,
     is_measurement,
+    own_range,
     read_image,
     to_float,
     write_image,
@@ -86,7 +87,7 @@ def _read(path: Path, value_range: tuple[float, float] | None, what: str | None 
     `what` (LR, SR): a paired file, whose measurement needs `value_range` to share the HR's scale."""
     if not is_measurement(path):
         return read_image(path)
-    if what is not None and value_range is None:
+    if what is not None and value_range is None and own_range(path):
         raise ImageError(
             f"{path}: a measurement file as {what}: stretched from its own [min, max] it is not on the HR's scale; "
             "give --value-range LO:HI (the stored values every file is mapped from)"

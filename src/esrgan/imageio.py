@@ -114,7 +114,7 @@ MAX_FILE_BYTES = {"BMP": 2**32 - 1, "DICOM": 2**32 - 2}
 """BMP's header records the file size in 32 bits; an uncompressed DICOM's Pixel Data length is 32 bits (even)."""
 
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-"""DICOM files a folder listing of `esrgan upscale` picks up (the other readers do not read DICOM)."""
+"""DICOM files the folder listings of `esrgan upscale`, training and `esrgan evaluate` pick up."""
 
 IMAGE_SUFFIXES = frozenset(
     {
@@ -357,7 +357,24 @@ def is_measurement(path: str | os.PathLike[str]) -> bool:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
     kind = datatiff.measurement_kind(path)
-    return kind is not None and (not kind[1] or kind[0] == datatiff.GEO_16)
+    return kind is not None and (not kind.readable or kind.kind == datatiff.GEO_16)
+
+
+def own_range(path: str | os.PathLike[str]) -> bool:
+    """Whether readers map this file from its own [min, max] when no value range is given: a measurement
+    (is_measurement) of samples wider than 8 bits (8-bit ones are over 0..255). Such a file's values are not on
+    another file's scale: a paired LR or an SR result of one needs a value range. False for a file that cannot be
+    opened (reading it says why)."""
+    if not is_measurement(path):
+        return False
+    path = Path(path)
+    try:
+        if dicom.is_dicom(path):
+            return not dicom.byte_samples(path)
+    except (OSError, ImageError):
+        return False
+    kind = datatiff.measurement_kind(path)
+    return kind is not None and not kind.byte_samples
 
 
 def special_file(path: str | os.PathLike[str]) -> str | None:
@@ -406,16 +423,17 @@ def _read_any(
                 return data
         else:
             kind = datatiff.measurement_kind(path)
-            if kind is not None and kind[0] == datatiff.CLASS_MAP:
+            if kind is not None and kind.kind == datatiff.CLASS_MAP:
                 raise ImageError(f"{path}: {datatiff.CLASS_MAP}: {datatiff.CLASS_MAP_ADVICE}")
-            if kind is not None and (not kind[1] or kind[0] == datatiff.GEO_16):
+            if kind is not None and (not kind.readable or kind.kind == datatiff.GEO_16):
                 advice = (
-                    "a PNG of it, `gdal_translate -of PNG`, is read as a photograph"
-                    if kind[0] == datatiff.GEO_16
+                    "to use it as a photograph, stretch it to 16 bits first: "
+                    "`gdal_translate -of PNG -scale LO HI 0 65535`"
+                    if kind.kind == datatiff.GEO_16
                     else "save it as 8 or 16-bit grey or RGB"
                 )
                 raise ImageError(
-                    f"{path}: a measurement TIFF ({kind[0]}): {_MEASUREMENT_READERS} read it, this does not "
+                    f"{path}: a measurement TIFF ({kind.kind}): {_MEASUREMENT_READERS} read it, this does not "
                     f"({advice})"
                 )
     return _read_photo(path, max_pixels, tiff)
@@ -477,7 +495,16 @@ def _read_opened(
     if width * height > max_pixels:
         raise too_many_pixels(path, f"{width}x{height} = {width * height}", max_pixels)
     fmt = im.format or "UNKNOWN"
-    frames = int(getattr(im, "n_frames", 1))
+    try:
+        frames = int(getattr(im, "n_frames", 1))
+    except (SyntaxError, OSError, ValueError):
+        if fmt != "TIFF":
+            raise
+        # a later page Pillow cannot parse (SyntaxError "unknown pixel mode": the 1-bit mask page GDAL writes
+        # after an RGB orthophoto, GDAL_TIFF_INTERNAL_MASK, which esrgan.datatiff reads itself): the first page
+        # is what is read anyway
+        im.seek(0)
+        frames = 1
     if fmt == "MPO":  # a phone JPEG followed by previews or depth maps: not an animation
         fmt, frames = "JPEG", 1
     if frames > 1 and not first_frame:
@@ -1783,7 +1810,7 @@ def check_writable(
     if sm is not None and sm.frames > 1 and out != "DICOM":
         raise ImageError(
             f"{image.source or path}: a multi-frame DICOM ({sm.frames} frames): only a DICOM output keeps the "
-            f"frames, not {out} (drop --format, or --format dicom)"
+            f"frames, not {out} (drop --format: the output is then DICOM)"
         )
     if sm is None or out in ("TIFF", "DICOM"):
         return

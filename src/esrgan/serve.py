@@ -301,7 +301,7 @@ class UpscalerEngine:
         return out
 
     def precision_for(self, image: ImageData) -> str:
-        return str(self.upscaler.precision_for(image.pixels.dtype))
+        return str(self.upscaler.precision_for(self.upscaler.computed_dtype(image)))
 
     def memory_needed(self, image: ImageData) -> tuple[int, tuple[int, int]]:
         """Host bytes a job on this image needs beyond its input held whole (`_whole_cost`, at the tile it would

@@ -430,6 +430,13 @@ class Upscaler:
             self._fp32_runner = ModelRunner(self.model, self.device, torch.float32, engine=self._engine)
         return self._fp32_runner
 
+    @staticmethod
+    def computed_dtype(image: ImageData) -> np.dtype:
+        """The dtype image's planes reach the model in (what runner_for, precision_for and tile_size take): uint8
+        for a measurement's 8-bit samples over 0..255 (held as uint16 planes, computed as the same pixels in a PNG),
+        else its pixels'."""
+        return np.dtype(np.uint8) if _byte_samples(image) else image.pixels.dtype
+
     def precision_for(self, pixels: np.dtype | type) -> str:
         """The precision images with pixels of this dtype are computed in: fp32 for 16-bit and float, else this
         Upscaler's (after an NaN/Inf recomputation, fp32). fp16 asked on a CPU says bf16 or fp32 here."""
@@ -985,14 +992,15 @@ class Upscaler:
         itemsize = 2 if image.pixels.dtype.itemsize >= 2 else 1
         out_bytes = out_h * out_w * channels * itemsize
         # the tile the pass will use: a --tile whose pass and band would not fit is made smaller (_fitting)
-        tile = self.tile_size(h, w, image.pixels.dtype, foresee=True)
+        computed = self.computed_dtype(image)
+        tile = self.tile_size(h, w, computed, foresee=True)
         layout = self.tiling(h, w, tile)
         tile_h, tile_w = (
             tile_grid(layout.height, layout.width, layout.tile, layout.overlap)[:2] if tile else (h, w)
         )
         band = tile_h * self._band_row(w) if self.device.type == "cpu" else 0
         converted = 2 * min(FLUSH_BYTES, out_h * out_w * 3 * 4)  # rows being normalised and converted
-        forward = self._pass_host_bytes(self.runner_for(image.pixels.dtype), tile_h, tile_w)
+        forward = self._pass_host_bytes(self.runner_for(computed), tile_h, tile_w)
         whole = 2 * out_bytes + band + converted + forward
         if (out_h, out_w) != (h * scale, w * scale):  # uint16 at the model's scale, then one plane at a time
             whole += h * scale * w * scale * (channels * 2 + 4) + out_h * (w * scale + out_w) * 4
@@ -1035,7 +1043,7 @@ class Upscaler:
         counting it (session 32) refused images a smaller tile fits. A plan's `reserve` is held (`reserving`)
         while the image is upscaled, so that its pass takes those smaller tiles."""
         need = self.host_bytes(image)
-        dtype = image.pixels.dtype
+        dtype = self.computed_dtype(image)
 
         def computed() -> int:  # input pixels the model runs over at the tile used now
             tile = self.tile_size(image.height, image.width, dtype, foresee=True)
