@@ -272,6 +272,13 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path: Path) -> None:
             TotalPixelMatrixColumns=4 * W,
         ),
         "unknown syntax": dicom_file(tmp_path / "new.dcm", ct, TransferSyntaxUID="1.2.840.10008.1.2.9"),
+        # hostile header values with line breaks (tools/fuzz_images.py, session 35): still one line
+        "photometric with a line break": dicom_file(
+            tmp_path / "nl.dcm", ct, PhotometricInterpretation="MONO\nHROME2"
+        ),
+        "syntax with a line break": dicom_file(
+            tmp_path / "nl2.dcm", ct, TransferSyntaxUID="1.2.840.\n0008.1.2.1"
+        ),
     }
     truncated = tmp_path / "cut.dcm"
     truncated.write_bytes(cases["compressed"].read_bytes()[:200])
@@ -283,6 +290,8 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path: Path) -> None:
         "YBR_PARTIAL_420": "DICOM YBR_PARTIAL_420 with 3 samples per pixel is not supported",
         "whole slide": "a tiled whole-slide image: its tiles would be upscaled apart",
         "unknown syntax": "DICOM in transfer syntax 1.2.840.10008.1.2.9, which pydicom does not know",
+        "photometric with a line break": "DICOM MONO\\nHROME2 with 1 samples per pixel is not supported",
+        "syntax with a line break": "DICOM in transfer syntax 1.2.840.\\n0008.1.2.1, which pydicom does not know",
     }
     for kind, path in cases.items():
         with pytest.raises(ImageError) as caught:
@@ -296,7 +305,7 @@ def test_what_is_not_supported_is_refused_in_one_line(tmp_path: Path) -> None:
         ImageError,
         match=r"a DICOM file: `esrgan upscale`, training and `esrgan evaluate` read it, this does not",
     ):
-        read_image(cases["compressed"])  # the other readers (training, evaluation, the web page)
+        read_image(cases["compressed"])  # the photograph readers (`esrgan prepare`, the web page)
 
 
 def test_values_stay_within_the_bits_stored(tmp_path: Path, upscaler: Upscaler) -> None:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .datatiff import SampleMap, stored_values, stretch_planes
-from .errors import ImageError, one_line
+from .errors import ImageError, one_line, shown
 from .imagedata import ImageData, too_many_pixels
 
 _T = TypeVar("_T")
@@ -173,8 +173,8 @@ def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | N
         raise too_many_pixels(path, f"{what} = {rows * cols * frames}", max_pixels)
     if photometric not in _PHOTOMETRIC or samples != _PHOTOMETRIC[photometric]:
         raise ImageError(
-            f"{path}: DICOM {photometric or 'without PhotometricInterpretation'} with {samples} samples per "
-            "pixel is not supported"
+            f"{path}: DICOM {shown(photometric[:64]) or 'without PhotometricInterpretation'} with {samples} "
+            "samples per pixel is not supported"
         )
     if bits == 1:
         raise ImageError(f"{path}: a 1-bit DICOM (a segmentation or mask): there is no detail to upscale")
@@ -187,7 +187,9 @@ def read_dicom(path: Path, max_pixels: int, value_range: tuple[float, float] | N
         compressed = syntax is not None and syntax.is_compressed
     except ValueError:  # a UID pydicom does not know as a transfer syntax (JPEG XL, private ones)
         assert syntax is not None
-        raise ImageError(f"{path}: DICOM in transfer syntax {syntax}, which pydicom does not know") from None
+        raise ImageError(
+            f"{path}: DICOM in transfer syntax {shown(str(syntax)[:64])}, which pydicom does not know"
+        ) from None
     try:
         dataset = pydicom.dcmread(path)
         if compressed:  # before any decoding: a frame bigger than the header says would be a bomb
