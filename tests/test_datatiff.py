@@ -905,6 +905,53 @@ def test_a_paired_set_of_16_bit_rasters_needs_one_value_range(tmp_path: Path) ->
     PatchDataset(tmp_path / "hr", scale=2, patch_size=16, lr_dir=tmp_path / "lr")
 
 
+def test_a_georeferenced_raster_with_an_orientation_tag_is_upscaled_as_shown(
+    tmp_path: Path, model_file: Path
+) -> None:
+    """An 8-bit orthophoto with Orientation 3 and a 16-bit raster with Orientation 6 (not square): the photograph
+    reader turned their pixels, the tag was written back (so every reader turned the output once more: 225 levels
+    off) and the 6 was refused ("unsupported TIFF layout"). Now the raster is held as stored (the georeferencing
+    maps its rows and columns), the model sees it as shown, and the output is stored with its tag: shown, it is
+    what the same pixels in a plain TIFF give. Session 35's format audit."""
+    c = crops()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rect = np.ascontiguousarray(c["cup"])  # 48 x 40
+    rect16 = rect.astype(np.uint16) * 200 + 1000  # a 16-bit raster (stretched from its range)
+    geotags = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (33922, "d", 6, (0.0, 0.0, 0.0, 5e5, 4.2e6, 0.0), True),
+               (34735, "H", 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True)]  # fmt: skip
+    cases = {"geo8": (rect, 3, geotags), "plain8": (rect, 3, []), "geo16": (rect16, 6, geotags)}
+    for name, (pixels, turn, tags) in cases.items():
+        tifffile.imwrite(
+            folder / f"{name}.tif", pixels, photometric="rgb", extratags=[*tags, (274, "H", 1, turn, True)]
+        )
+    out = tmp_path / "out"
+    r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--precision", "fp32", "--device", "cpu",
+                "--quiet", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from esrgan.imagedata import orient
+
+    shown = {}
+    for name, (_, turn, _) in cases.items():
+        with tifffile.TiffFile(out / f"{name}_x{S}.tif") as tif:
+            tag = tif.pages.first.tags.get(274)
+            stored = tif.pages.first.asarray()
+        assert (tag.value if tag else 1) == (turn if name != "plain8" else 1), name
+        shown[name] = orient(stored, tag.value if tag else 1)  # as a viewer shows it
+    assert np.array_equal(shown["geo8"], shown["plain8"]), (
+        "the orthophoto, shown, differs from the plain TIFF's"
+    )
+    assert shown["geo16"].shape[:2] == (W * S, H * S)  # turned 90 degrees to be shown
+    assert geo(out / f"geo16_x{S}.tif")["size"] == (
+        H * S,
+        W * S,
+    )  # stored as the raster the georeferencing maps
+    plain16 = Upscaler.from_file(model_file, device="cpu", precision="fp32", tile=0)
+    lo, hi = float(rect16.min()), float(rect16.max())
+    expected = stretched(plain16, np.rot90(rect16, -1), lo, hi)  # the model saw it as shown
+    assert np.abs(shown["geo16"] - expected).max() <= 1 + STEPS * (hi - lo)
+
+
 # --- what a review found: compressed orthophotos, GDAL's internal mask, per-band no-data in colour -------------------
 def test_compressed_orthophotos_keep_their_georeferencing(tmp_path: Path, model_file: Path) -> None:
     """GDAL writes orthophotos LZW- or JPEG(YCbCr)-compressed, tiled: their pixels come through the photograph

@@ -1057,6 +1057,52 @@ def test_xmp_orientation_is_reset_with_the_exif_one(tmp_path: Path, cat: np.ndar
     )
 
 
+def test_an_xmp_orientation_alone_turns_every_format_alike(tmp_path: Path, cat: np.ndarray) -> None:
+    """An XMP tiff:Orientation with no EXIF one (what some editors write): Pillow's load turned a TIFF by it, and
+    PNG, WebP and JPEG were read unturned, so one photo came out two ways (session 35's format audit). Now every
+    format is turned, as the Metadata Working Group and Pillow's exif_transpose read it, and the XMP then says 1."""
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])  # 60 rows x 80 columns
+    turn = _XMP.replace(
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/">',
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/" tiff:Orientation="6">',
+    )
+    for fmt in ("tif", "png", "webp", "jpg"):
+        options = {"lossless": True} if fmt == "webp" else {"quality": 100} if fmt == "jpg" else {}
+        _save_with_xmp(tmp_path / f"in.{fmt}", pixels, turn, **options)
+        image = read_image(tmp_path / f"in.{fmt}")
+        assert image.pixels.shape[:2] == (80, 60), fmt
+        if fmt != "jpg":  # lossless: exactly the pixels turned
+            np.testing.assert_array_equal(image.pixels, np.rot90(pixels, -1), err_msg=fmt)
+        assert image.xmp is not None and b'tiff:Orientation="1"' in image.xmp, fmt
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_a_grey_tiff_turned_by_its_orientation_tag_is_not_scrambled(tmp_path: Path, orientation: int) -> None:
+    """An uncompressed grey TIFF (8 or 16-bit, a portrait scan) with Orientation 5-8 and a non-square size:
+    Pillow 13, opening it by path, memory-maps it and its load turns the size but not the pixels, so a scrambled
+    image was upscaled (session 35's format audit). RGB, compressed and square TIFFs were right."""
+    tifffile = pytest.importorskip("tifffile")
+    grey = np.ascontiguousarray(skimage_data.camera()[100:148, 200:264])  # 48 x 64, as stored
+    shown = {5: grey.T, 6: np.rot90(grey, -1), 7: grey.T[::-1, ::-1], 8: np.rot90(grey, 1)}[orientation]
+    for bits, stored in ((8, grey), (16, grey.astype(np.uint16) * 257 + 3)):
+        path = tmp_path / f"g{bits}.tif"
+        tifffile.imwrite(path, stored, photometric="minisblack", extratags=[(274, "H", 1, orientation, True)])
+        expected = shown if bits == 8 else shown.astype(np.uint16) * 257 + 3
+        np.testing.assert_array_equal(read_image(path).pixels[:, :, 0], expected, err_msg=f"{bits}-bit")
+
+
+def test_a_16_bit_min_is_white_tiff_is_read_as_shown(tmp_path: Path) -> None:
+    """PhotometricInterpretation 0 (MinIsWhite: 0 is white), single-sample: Pillow inverts it at 8 bits, not at 16,
+    so a 16-bit one was upscaled (and written, as MinIsBlack) as its own negative (session 35's format audit)."""
+    tifffile = pytest.importorskip("tifffile")
+    grey = np.ascontiguousarray(skimage_data.camera()[100:164, 200:264])
+    deep = grey.astype(np.uint16) * 257 + 3
+    tifffile.imwrite(tmp_path / "w8.tif", 255 - grey, photometric="miniswhite")
+    tifffile.imwrite(tmp_path / "w16.tif", 65535 - deep, photometric="miniswhite")
+    np.testing.assert_array_equal(read_image(tmp_path / "w8.tif").pixels[:, :, 0], grey)
+    np.testing.assert_array_equal(read_image(tmp_path / "w16.tif").pixels[:, :, 0], deep)
+
+
 def test_a_hostile_xmp_is_searched_in_linear_time(tmp_path: Path, cat: np.ndarray) -> None:
     """The XMP of a turned photo is patched by patterns, not parsed: the element's pattern held nested repeats
     (`\\s*\\d*\\s*`), and 200 KB of spaces in <tiff:Orientation> took 277 s to read. In a child with a time limit,

@@ -41,7 +41,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .errors import ImageError, one_line
-from .imagedata import BIG_TIFF_BYTES, ImageData, ImageWarning, straighten, tifffile_quiet, too_many_pixels
+from .imagedata import (
+    BIG_TIFF_BYTES,
+    ImageData,
+    ImageWarning,
+    orient,
+    straighten,
+    tifffile_quiet,
+    too_many_pixels,
+    unorient,
+)
 
 __all__ = [
     "SampleMap",
@@ -298,6 +307,9 @@ def _read(
     if array is None:  # a georeferenced photograph: the photograph reader decodes it (LZW, JPEG, YCbCr)
         photo = read_photo(path, max_pixels)
         array = photo.pixels if photo.alpha is None else np.dstack([photo.pixels, photo.alpha])
+        # as stored, as tifffile reads the others: the georeferencing (and a mask) maps the stored rows and
+        # columns, and the orientation tag is written back (the photograph reader had turned them)
+        array = unorient(array, orientation)
         samples, photometric, planar = array.shape[2], 2 if photo.channels == 3 else 1, 1
         extras = (2,) if photo.alpha is not None else ()
         icc = photo.icc_profile
@@ -783,10 +795,10 @@ def as_photo(image: ImageData) -> ImageData:
     if image.alpha is not None:
         alpha = np.empty(image.alpha.shape, sm.dtype)
         _from_uint16(image.alpha, *sm.ranges[c], alpha)
-    return replace(
+    return replace(  # as shown: a photograph holds no orientation tag for the stored raster
         image,
-        pixels=pixels,
-        alpha=alpha,
+        pixels=orient(pixels, sm.orientation),
+        alpha=None if alpha is None else orient(alpha, sm.orientation),
         bit_depth=8 if sm.dtype == np.uint8 else 16,
         samples=None,
     )

@@ -30,10 +30,12 @@ __all__ = [
     "ImageData",
     "ImageWarning",
     "from_float",
+    "orient",
     "straighten",
     "tifffile_quiet",
     "to_float",
     "too_many_pixels",
+    "unorient",
 ]
 
 BIG_TIFF_BYTES = 2**32 - 2**25
@@ -212,6 +214,31 @@ def too_many_pixels(path: str | os.PathLike[str], size: str, max_pixels: int) ->
         f"{path}: {size} pixels exceeds the limit of {max_pixels} ({max_pixels / 2**20:.3g} megapixels, a "
         "decompression-bomb guard; --max-megapixels raises it)"
     )
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF/TIFF orientation (1-8) to HxW(xC) exactly as PIL.ImageOps.exif_transpose does: the pixels as
+    they are shown."""
+    if orientation == 2:
+        array = array[:, ::-1]
+    elif orientation == 3:
+        array = array[::-1, ::-1]
+    elif orientation == 4:
+        array = array[::-1]
+    elif orientation == 5:
+        array = array.swapaxes(0, 1)
+    elif orientation == 6:
+        array = np.rot90(array, -1)
+    elif orientation == 7:
+        array = array.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        array = np.rot90(array, 1)
+    return np.ascontiguousarray(array)
+
+
+def unorient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Undo `orient`: pixels as shown back as stored (6 and 8 undo each other; the others undo themselves)."""
+    return orient(array, {6: 8, 8: 6}.get(orientation, orientation))
 
 
 def straighten(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ from .imagedata import (
     ImageData,
     ImageWarning,
     from_float,
+    orient,
     straighten,
     tifffile_quiet,
     to_float,
@@ -442,9 +443,16 @@ def _read_any(
 def _read_photo(path: Path, max_pixels: int, tiff: bool = True) -> ImageData:
     """A file's pixels read as a photograph's (LZW, JPEG, YCbCr...). esrgan.datatiff is given this for a
     georeferenced raster's pixels (it reads the georeferencing itself): it sits below this module and does not
-    import it. tiff: whether the file is a TIFF (the 16-bit reader's fallback)."""
+    import it. tiff: whether the file is a TIFF (the 16-bit reader's fallback).
+
+    A TIFF is given to Pillow as an open file, not a path: from a path Pillow 13 memory-maps an uncompressed
+    single-strip grey TIFF, and that load turns an Orientation 5-8 raster's size but not its pixels (a scrambled
+    image, upscaled as such: session 35's format audit); from a file it decodes and turns it right."""
     try:
-        with _pillow_bomb_warning_silenced(max_pixels), Image.open(path) as im:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_pillow_bomb_warning_silenced(max_pixels))
+            source = stack.enter_context(open(path, "rb")) if tiff else path
+            im = stack.enter_context(Image.open(source))
             return _read_opened(im, path, max_pixels)
     except UnidentifiedImageError:
         if tiff:  # e.g. 16-bit grey + alpha, which Pillow does not open
@@ -545,10 +553,10 @@ def _read_opened(
     pixels, alpha, depth, icc = _pil_to_arrays(im, path, icc)
 
     # Pillow >= 11 applies a TIFF's orientation during load() and deletes the tag: only apply it if it did not
-    orientation = _exif_orientation(exif)
+    orientation = _shown_orientation(exif, png[0] if fmt == "PNG" else im.info.get("xmp"))
     if fmt == "TIFF":
         orientation = tiff_orientation if 274 in im.tag_v2 else 1  # type: ignore[attr-defined]
-    pixels, alpha = _orient(pixels, orientation), None if alpha is None else _orient(alpha, orientation)
+    pixels, alpha = orient(pixels, orientation), None if alpha is None else orient(alpha, orientation)
     turned = tiff_orientation if fmt == "TIFF" else orientation  # by Pillow or by us
     if fmt == "TIFF" and xmp_orientation != 1 and _xmp_orientation(im.info.get("xmp")) == 1:
         turned = xmp_orientation
@@ -582,6 +590,10 @@ def _pil_to_arrays(
         raise ImageError(f"{path}: {_FLOAT_REFUSED}")
     if mode.startswith("I;16"):
         grey = np.asarray(im).astype(np.uint16)  # I;16B arrives big-endian: astype makes it native
+        if im.format == "TIFF" and _tiff_tag(im, 262) == 0:
+            # MINISWHITE (0 is white): Pillow inverts it at 8 bits ("L;I"), not at 16 (it was upscaled and written
+            # as its own negative: session 35's format audit); written back as MINISBLACK, as at 8 bits
+            grey = np.subtract(65535, grey, dtype=np.uint16)
         alpha = _transparency_alpha(grey, im.info.get("transparency"), 65535) if transparent else None
         return grey[:, :, None], alpha, 16, icc
     if mode == "I":
@@ -640,25 +652,6 @@ def cmyk_to_rgb(im: Image.Image, name: str | Path, icc: bytes | None) -> tuple[n
 
 def _srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
-def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1-8) exactly as PIL.ImageOps.exif_transpose does."""
-    if orientation == 2:
-        array = array[:, ::-1]
-    elif orientation == 3:
-        array = array[::-1, ::-1]
-    elif orientation == 4:
-        array = array[::-1]
-    elif orientation == 5:
-        array = array.swapaxes(0, 1)
-    elif orientation == 6:
-        array = np.rot90(array, -1)
-    elif orientation == 7:
-        array = array.swapaxes(0, 1)[::-1, ::-1]
-    elif orientation == 8:
-        array = np.rot90(array, 1)
-    return np.ascontiguousarray(array)
 
 
 # --- EXIF: read and patch in place (Pillow's Exif.tobytes() rewrites every IFD and can drop maker notes) ----------------
@@ -731,6 +724,16 @@ def _orientation_offset(exif: bytes) -> tuple[int, _ExifOrder] | None:
         if tag == _ORIENTATION_TAG and kind == 3:  # SHORT, value stored inline
             return entry + 8, order
     return None
+
+
+def _shown_orientation(exif: bytes | None, xmp: object) -> int:
+    """How the pixels are shown: the EXIF's orientation tag, else (no such tag) the XMP's tiff:Orientation, as the
+    Metadata Working Group's guidelines and Pillow (Image.getexif, ImageOps.exif_transpose; a TIFF's load) read
+    them. The XMP's alone was applied to TIFFs only (Pillow's load does), not to PNG, WebP or JPEG: session 35's
+    format audit."""
+    if exif and _orientation_offset(exif) is not None:
+        return _exif_orientation(exif)
+    return _xmp_orientation(xmp)
 
 
 def _exif_orientation(exif: bytes | None) -> int:
@@ -1048,10 +1051,10 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
     alpha = array[:, :, colour] if array.shape[2] > colour else None
     if alpha is not None and extra and extra[0] == 1:  # associated (premultiplied) alpha: undo it
         pixels = straighten(pixels, alpha)
-    pixels = _orient(pixels, orientation)
+    pixels = orient(pixels, orientation)
     return ImageData(
         pixels=pixels,
-        alpha=None if alpha is None else _orient(alpha, orientation),
+        alpha=None if alpha is None else orient(alpha, orientation),
         bit_depth=16,
         icc_profile=icc,
         exif=exif,
@@ -1289,11 +1292,11 @@ def _read_png16(path: Path, max_pixels: int) -> ImageData:
         key = np.frombuffer(trns, ">u2").astype(np.uint16)
         alpha = np.where((pixels == key).all(axis=2), 0, 65535).astype(np.uint16)
     exif_bytes = _normalise_exif(exif, path)
-    orientation = _exif_orientation(exif_bytes)
     xmp, dpi, chunks = _png_metadata(data, path)
+    orientation = _shown_orientation(exif_bytes, xmp)
     return ImageData(
-        pixels=_orient(pixels, orientation),
-        alpha=None if alpha is None else _orient(alpha, orientation),
+        pixels=orient(pixels, orientation),
+        alpha=None if alpha is None else orient(alpha, orientation),
         bit_depth=16,
         icc_profile=icc,
         exif=_exif_upright(exif_bytes, orientation),
@@ -2145,7 +2148,7 @@ class Frames:
             self.plays = loop if isinstance(loop, int) and loop >= 0 else 1
         self.default_image = bool(im.info.get("default_image"))
         exif = _normalise_exif(im.info.get("exif"), path)
-        self._orientation = _exif_orientation(exif)
+        self._orientation = _shown_orientation(exif, im.info.get("xmp"))
         first = _read_opened(im, path, max_pixels, first_frame=True)
         self._canvas = im.size
         self._first_duration = _duration(im)
@@ -2177,8 +2180,8 @@ class Frames:
         if im.size != self._canvas:  # a GIF frame past the canvas: Pillow grows the image, browsers cut it
             im = im.crop((0, 0, *self._canvas))
         pixels, alpha, depth, _ = _pil_to_arrays(im, self._path, None)
-        pixels = _orient(pixels, self._orientation)
-        alpha = None if alpha is None else _orient(alpha, self._orientation)
+        pixels = orient(pixels, self._orientation)
+        alpha = None if alpha is None else orient(alpha, self._orientation)
         return {"pixels": pixels, "alpha": alpha, "bit_depth": depth}
 
     def __iter__(self) -> Iterator[tuple[ImageData, float]]:
@@ -2617,8 +2620,8 @@ def _canvas_arrays(canvas: np.ndarray, channels: int, depth: int, orientation: i
     if alpha is not None and alpha.min() == np.iinfo(canvas.dtype).max:
         alpha = None
     return {  # _orient copies: a slice of the canvas is never contiguous
-        "pixels": _orient(canvas[:, :, :channels], orientation),
-        "alpha": None if alpha is None else _orient(alpha, orientation),
+        "pixels": orient(canvas[:, :, :channels], orientation),
+        "alpha": None if alpha is None else orient(alpha, orientation),
         "bit_depth": depth,
     }
 

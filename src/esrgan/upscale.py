@@ -74,7 +74,7 @@ from .device import (
 )
 from .errors import CheckpointError, EsrganError, OutOfMemoryWarning, one_line, out_of_memory
 from .generator import RRDBNet
-from .imagedata import channels_equal
+from .imagedata import channels_equal, orient, unorient
 from .imageio import PIL_LAYOUTS, ImageData, ImageWarning, cmyk_to_rgb, profile_fits
 from .tiling import (
     EXACT_COST,
@@ -609,6 +609,11 @@ class Upscaler:
         an exception it raises stops the work at that tile boundary. `upscale_file`, the CLI, `esrgan serve` and
         video frames all go through here.
         """
+        # a measurement raster is held as stored; the model sees it as it is shown (its orientation tag applied),
+        # as the same pixels in a plain TIFF or a PNG
+        turned = image.samples.orientation if image.samples is not None else 1
+        if turned != 1:
+            image = _map_planes(image, image.bit_depth, lambda plane: orient(plane, turned), validity=True)
         byte_samples = _byte_samples(image)
         if byte_samples:  # computed as the same pixels in a PNG are: at 8 bits, in this Upscaler's precision
             image = _map_planes(image, 8, lambda plane: (plane // 257).astype(np.uint8))
@@ -619,6 +624,8 @@ class Upscaler:
             out = self._upscale_bands(image, on_tile)
         if byte_samples:
             out = _map_planes(out, 16, lambda plane: plane.astype(np.uint16) * np.uint16(257))
+        if turned != 1:
+            out = _map_planes(out, out.bit_depth, lambda plane: unorient(plane, turned), validity=True)
         if out.samples is not None:  # a measurement image or DICOM: say what made it (DICOM's new UIDs)
             out = replace(out, samples=replace(out.samples, derivation=self.fingerprint))
         return out
@@ -1271,14 +1278,18 @@ def _byte_samples(image: ImageData) -> bool:
     )
 
 
-def _map_planes(image: ImageData, bits: int, change: Callable[[np.ndarray], np.ndarray]) -> ImageData:
-    """image at `bits` with change applied to its colour, alpha and extra planes (validity and the rest kept)."""
+def _map_planes(
+    image: ImageData, bits: int, change: Callable[[np.ndarray], np.ndarray], *, validity: bool = False
+) -> ImageData:
+    """image at `bits` with change applied to its colour, alpha and extra planes (and its validity mask too where
+    `validity`; the rest kept)."""
     return replace(
         image,
         bit_depth=bits,
         pixels=change(image.pixels),
         alpha=None if image.alpha is None else change(image.alpha),
         extra=None if image.extra is None else change(image.extra),
+        valid=image.valid if image.valid is None or not validity else change(image.valid),
     )
 
 
