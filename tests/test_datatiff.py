@@ -920,15 +920,24 @@ def test_a_georeferenced_raster_with_an_orientation_tag_is_upscaled_as_shown(
     rect16 = rect.astype(np.uint16) * 200 + 1000  # a 16-bit raster (stretched from its range)
     geotags = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (33922, "d", 6, (0.0, 0.0, 0.0, 5e5, 4.2e6, 0.0), True),
                (34735, "H", 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True)]  # fmt: skip
-    cases = {"geo8": (rect, 3, geotags), "plain8": (rect, 3, []), "geo16": (rect16, 6, geotags)}
+    xmp6 = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description rdf:about="" xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+            b"</rdf:RDF></x:xmpmeta>")  # fmt: skip
+    cases = {
+        "geo8": (rect, 3, geotags),
+        "plain8": (rect, 3, []),
+        "geo16": (rect16, 6, geotags),
+        "geoxmp": (rect, 6, geotags),  # its orientation in its XMP only (Pillow's load turns it by that)
+        "plain6": (rect, 6, []),
+    }
     for name, (pixels, turn, tags) in cases.items():
-        tifffile.imwrite(
-            folder / f"{name}.tif", pixels, photometric="rgb", extratags=[*tags, (274, "H", 1, turn, True)]
-        )
+        said = [(700, 1, len(xmp6), xmp6, True)] if name == "geoxmp" else [(274, "H", 1, turn, True)]
+        tifffile.imwrite(folder / f"{name}.tif", pixels, photometric="rgb", extratags=[*tags, *said])
     out = tmp_path / "out"
     r = run_cli("upscale", folder, "-o", out, "--model", model_file, "--precision", "fp32", "--device", "cpu",
                 "--quiet", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
+    from esrgan.evaluate import evaluate
     from esrgan.imagedata import orient
 
     shown = {}
@@ -936,20 +945,35 @@ def test_a_georeferenced_raster_with_an_orientation_tag_is_upscaled_as_shown(
         with tifffile.TiffFile(out / f"{name}_x{S}.tif") as tif:
             tag = tif.pages.first.tags.get(274)
             stored = tif.pages.first.asarray()
-        assert (tag.value if tag else 1) == (turn if name != "plain8" else 1), name
+        assert (tag.value if tag else 1) == (turn if name.startswith("geo") else 1), name
         shown[name] = orient(stored, tag.value if tag else 1)  # as a viewer shows it
     assert np.array_equal(shown["geo8"], shown["plain8"]), (
         "the orthophoto, shown, differs from the plain TIFF's"
+    )
+    assert np.array_equal(shown["geoxmp"], shown["plain6"]), (
+        "the XMP-turned one differs from the plain TIFF's"
     )
     assert shown["geo16"].shape[:2] == (W * S, H * S)  # turned 90 degrees to be shown
     assert geo(out / f"geo16_x{S}.tif")["size"] == (
         H * S,
         W * S,
-    )  # stored as the raster the georeferencing maps
+    )  # stored: the raster the georeferencing maps
     plain16 = Upscaler.from_file(model_file, device="cpu", precision="fp32", tile=0)
     lo, hi = float(rect16.min()), float(rect16.max())
     expected = stretched(plain16, np.rot90(rect16, -1), lo, hi)  # the model saw it as shown
     assert np.abs(shown["geo16"] - expected).max() <= 1 + STEPS * (hi - lo)
+    # esrgan evaluate scores the model on what upscale runs it on: the tagged raster as its untagged, turned twin
+    for name, pixels, said in (
+        ("tagged", rect16, [(274, "H", 1, 6, True)]),
+        ("twin", np.rot90(rect16, -1), []),
+    ):
+        (tmp_path / name).mkdir()
+        tifffile.imwrite(tmp_path / name / "b.tif", pixels, photometric="rgb", extratags=[*geotags, *said])
+    scores = [
+        evaluate(tmp_path / name, [str(model_file)], bit_depth=16, niqe=False).images[0].scores["tiny_x2"]
+        for name in ("tagged", "twin")
+    ]
+    assert (scores[0].psnr, scores[0].ssim) == pytest.approx((scores[1].psnr, scores[1].ssim), abs=1e-9)
 
 
 # --- what a review found: compressed orthophotos, GDAL's internal mask, per-band no-data in colour -------------------

@@ -25,6 +25,7 @@ from esrgan.imageio import (
     _unfilter,
     from_float,
     list_images,
+    read_frames,
     read_image,
     to_float,
     write_image,
@@ -1039,13 +1040,17 @@ def test_xmp_orientation_is_reset_with_the_exif_one(tmp_path: Path, cat: np.ndar
         b'xmlns:exif="http://ns.adobe.com/exif/1.0/">',
         b'xmlns:exif="http://ns.adobe.com/exif/1.0/" tiff:Orientation="6">',
     )
-    for orientation, expected in ((6, b'tiff:Orientation="1"'), (1, b'tiff:Orientation="6"')):
+    # EXIF 1 with XMP 6: the EXIF wins (pixels unturned) and the XMP says 1 too, or a TIFF output (whose EXIF
+    # holds no orientation) would be turned by its XMP when read again (session 35's review)
+    for orientation, expected in ((6, b'tiff:Orientation="1"'), (1, b'tiff:Orientation="1"')):
         _save_with_xmp(tmp_path / "in.jpg", pixels, turn, exif=_exif(t274=orientation))
         image = read_image(tmp_path / "in.jpg")
         assert image.xmp is not None and expected in image.xmp
         write_image(tmp_path / "out.jpg", image, overwrite=True)
         assert expected in (_xmp_of(tmp_path / "out.jpg") or b"")
         assert Image.open(tmp_path / "out.jpg").getexif()[274] == 1
+        write_image(tmp_path / "out.tif", image, overwrite=True)
+        assert read_image(tmp_path / "out.tif").pixels.shape == image.pixels.shape  # shown as it was
     # a TIFF with no Orientation tag: Pillow >= 11 turns it by the XMP's (older ones do not); either way the XMP
     # then says what the pixels are
     _save_with_xmp(tmp_path / "in.tif", pixels, turn)
@@ -1074,6 +1079,46 @@ def test_an_xmp_orientation_alone_turns_every_format_alike(tmp_path: Path, cat: 
         if fmt != "jpg":  # lossless: exactly the pixels turned
             np.testing.assert_array_equal(image.pixels, np.rot90(pixels, -1), err_msg=fmt)
         assert image.xmp is not None and b'tiff:Orientation="1"' in image.xmp, fmt
+
+
+def test_an_xmp_orientation_turns_16_bit_tiffs_and_every_frame_alike(tmp_path: Path, cat: np.ndarray) -> None:
+    """The XMP's orientation (no EXIF one) read by every reader alike (session 35's review): a 16-bit RGB TIFF
+    (tifffile's reader, which turned only by the tag), and an APNG whose XMP follows its first image data (the
+    frame reader took its orientation before the first frame's load had seen the XMP: frames unturned, the XMP
+    then said 1)."""
+    tifffile = pytest.importorskip("tifffile")
+    pixels = np.ascontiguousarray(cat[100:160, 150:230])  # 60 x 80
+    turn = _XMP.replace(
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/">',
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/" tiff:Orientation="6">',
+    )
+    deep = _deep16(pixels)
+    tifffile.imwrite(tmp_path / "d.tif", deep, photometric="rgb", extratags=[(700, 1, len(turn), turn, True)])
+    np.testing.assert_array_equal(read_image(tmp_path / "d.tif").pixels, np.rot90(deep, -1))
+    frames = [pixels, np.ascontiguousarray(pixels[::-1]), np.ascontiguousarray(255 - pixels)]
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", turn.decode())
+    Image.fromarray(frames[0]).save(
+        tmp_path / "a.png",
+        save_all=True,
+        append_images=[Image.fromarray(f) for f in frames[1:]],
+        pnginfo=info,
+    )
+    blob, at, chunks = (tmp_path / "a.png").read_bytes(), 8, []
+    while at < len(blob):
+        n = struct.unpack(">I", blob[at : at + 4])[0]
+        chunks.append((blob[at + 4 : at + 8], blob[at : at + 12 + n]))
+        at += 12 + n
+    late = [c for k, c in chunks if k not in (b"iTXt", b"IEND")] + [
+        c for k, c in chunks if k in (b"iTXt", b"IEND")
+    ]
+    (tmp_path / "late.png").write_bytes(blob[:8] + b"".join(late))
+    assert np.array_equal(read_image(tmp_path / "late.png").pixels, np.rot90(frames[0], -1))
+    with read_frames(tmp_path / "late.png") as read:
+        got = [frame.pixels for frame, _ in read]
+    assert len(got) == 3
+    for k, frame in enumerate(got):
+        np.testing.assert_array_equal(frame, np.rot90(frames[k], -1), err_msg=f"frame {k}")
 
 
 @pytest.mark.parametrize("orientation", [5, 6, 7, 8])

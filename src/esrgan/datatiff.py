@@ -50,6 +50,7 @@ from .imagedata import (
     tifffile_quiet,
     too_many_pixels,
     unorient,
+    xmp_orientation,
 )
 
 __all__ = [
@@ -68,7 +69,7 @@ __all__ = [
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 GDAL_METADATA, GDAL_NODATA = 42112, 42113
 _CARRIED = (*GEO_TAGS, GDAL_METADATA, GDAL_NODATA)
-_ICC, _ORIENTATION = 34675, 274
+_ICC, _ORIENTATION, _XMP = 34675, 274, 700
 _RASTER_TYPE_KEY, _PIXEL_IS_POINT = 1025, 2  # GTRasterTypeGeoKey
 # Samples (all bands) per allowed pixel: a hyperspectral cube of hundreds of bands is refused at the pixel count of
 # an RGBA photo unless the limit is raised (each band is a pass of the model, and held in memory in float64 once).
@@ -278,7 +279,11 @@ def _read(
             path,
         )
         icc = page.tags[_ICC].value if _ICC in page.tags else None
-        orientation = int(page.tags[_ORIENTATION].value) if _ORIENTATION in page.tags else 1
+        # the tag, else the XMP's tiff:Orientation: what the photograph reader turns a georeferenced one by
+        xmp = page.tags[_XMP].value if _XMP in page.tags else None
+        orientation = (
+            int(page.tags[_ORIENTATION].value) if _ORIENTATION in page.tags else xmp_orientation(xmp)
+        )
         tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
         # reduced-resolution pages (overviews, bit 0): their factors, for the output's; a transparency mask (bit 2,
         # GDAL's internal mask) marks pixels without data

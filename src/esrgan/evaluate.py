@@ -34,13 +34,14 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ConfigError, EsrganError, ImageError, one_line, out_of_memory
+from .imagedata import orient
 from .imageio import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -83,8 +84,10 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _read(path: Path, value_range: tuple[float, float] | None, what: str | None = None) -> ImageData:
-    """An image of the evaluation: a photograph as it is, a measurement as training reads it (module docstring).
-    `what` (LR, SR): a paired file, whose measurement needs `value_range` to share the HR's scale."""
+    """An image of the evaluation: a photograph as it is, a measurement as training reads it (module docstring),
+    turned as it is shown (its orientation tag applied, as to photographs): a model is then run on what
+    `esrgan upscale` runs it on. `what` (LR, SR): a paired file, whose measurement needs `value_range` to share the
+    HR's scale."""
     if not is_measurement(path):
         return read_image(path)
     if what is not None and value_range is None and own_range(path):
@@ -92,7 +95,18 @@ def _read(path: Path, value_range: tuple[float, float] | None, what: str | None 
             f"{path}: a measurement file as {what}: stretched from its own [min, max] it is not on the HR's scale; "
             "give --value-range LO:HI (the stored values every file is mapped from)"
         )
-    return read_image(path, measurements=True, value_range=value_range)
+    image = read_image(path, measurements=True, value_range=value_range)
+    turn = image.samples.orientation if image.samples is not None else 1
+    if turn == 1:
+        return image
+    return replace(
+        image,
+        pixels=orient(image.pixels, turn),
+        alpha=None if image.alpha is None else orient(image.alpha, turn),
+        extra=None,
+        valid=None,
+        samples=None,
+    )
 
 
 def _find_paired(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ __all__ = [
     "to_float",
     "too_many_pixels",
     "unorient",
+    "xmp_orientation",
 ]
 
 BIG_TIFF_BYTES = 2**32 - 2**25
@@ -234,6 +236,13 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
     elif orientation == 8:
         array = np.rot90(array, 1)
     return np.ascontiguousarray(array)
+
+
+def xmp_orientation(xmp: object) -> int:
+    """tiff:Orientation of an XMP packet as Pillow finds it (Image.getexif's pattern), 1 when none."""
+    text = xmp.encode("utf-8", "replace") if isinstance(xmp, str) else xmp
+    found = re.search(rb'tiff:Orientation(="|>)([0-9])', text) if isinstance(text, bytes) else None
+    return int(found[2]) if found and 1 <= int(found[2]) <= 8 else 1
 
 
 def unorient(array: np.ndarray, orientation: int) -> np.ndarray:

@@ -58,6 +58,7 @@ from .imagedata import (
     tifffile_quiet,
     to_float,
     too_many_pixels,
+    xmp_orientation,
 )
 
 __all__ = [
@@ -539,9 +540,9 @@ def _read_opened(
     if fmt == "TIFF" and _tiff_tag(im, 258) == 16 and _tiff_tag(im, 277) > 1:
         return _read_tiff16(im, path, max_pixels)
 
+    had_tag = fmt == "TIFF" and 274 in im.tag_v2  # type: ignore[attr-defined]
     tiff_orientation = int(im.tag_v2.get(274, 1)) if fmt == "TIFF" else 1  # type: ignore[attr-defined]
-    # Pillow >= 11 turns a TIFF without an Orientation tag by its XMP's tiff:Orientation, and deletes it there
-    xmp_orientation = _xmp_orientation(im.info.get("xmp")) if fmt == "TIFF" else 1
+    xmp_turn = xmp_orientation(im.info.get("xmp")) if fmt == "TIFF" else 1
     im.load()
     if fmt == "TIFF":
         exif = _tiff_exif(im)
@@ -552,14 +553,19 @@ def _read_opened(
     icc = im.info.get("icc_profile") or None
     pixels, alpha, depth, icc = _pil_to_arrays(im, path, icc)
 
-    # Pillow >= 11 applies a TIFF's orientation during load() and deletes the tag: only apply it if it did not
-    orientation = _shown_orientation(exif, png[0] if fmt == "PNG" else im.info.get("xmp"))
     if fmt == "TIFF":
-        orientation = tiff_orientation if 274 in im.tag_v2 else 1  # type: ignore[attr-defined]
+        # the file's orientation: its tag, else its XMP's (as every format's). Pillow >= 11 applies it during
+        # load() and deletes the tag, or the XMP's tiff:Orientation; Pillow 10 applies neither: turn what it left
+        turned = tiff_orientation if had_tag else xmp_turn
+        left = (
+            274 in im.tag_v2  # type: ignore[attr-defined]
+            if had_tag
+            else xmp_orientation(im.info.get("xmp")) == xmp_turn
+        )
+        orientation = turned if left else 1  # what is still to be applied here
+    else:
+        orientation = turned = _shown_orientation(exif, png[0] if fmt == "PNG" else im.info.get("xmp"))
     pixels, alpha = orient(pixels, orientation), None if alpha is None else orient(alpha, orientation)
-    turned = tiff_orientation if fmt == "TIFF" else orientation  # by Pillow or by us
-    if fmt == "TIFF" and xmp_orientation != 1 and _xmp_orientation(im.info.get("xmp")) == 1:
-        turned = xmp_orientation
     if fmt == "PNG":
         xmp, dpi, chunks = png
         meta = _metadata(xmp, _turned(dpi, turned), None, chunks, (), turned, path)
@@ -733,7 +739,7 @@ def _shown_orientation(exif: bytes | None, xmp: object) -> int:
     format audit."""
     if exif and _orientation_offset(exif) is not None:
         return _exif_orientation(exif)
-    return _xmp_orientation(xmp)
+    return xmp_orientation(xmp)
 
 
 def _exif_orientation(exif: bytes | None) -> int:
@@ -832,13 +838,6 @@ def _xmp_set(xmp: bytes, namespace: bytes, name: bytes, value: int) -> bytes:
             rb"(<" + qname + rb"\s*>)[^<]*(</" + qname + rb"\s*>)", lambda m: m[1] + text + m[2], xmp
         )
     return xmp
-
-
-def _xmp_orientation(xmp: object) -> int:
-    """tiff:Orientation of an XMP packet as Pillow finds it (Image.getexif's pattern), 1 when none."""
-    text = xmp.encode("utf-8", "replace") if isinstance(xmp, str) else xmp
-    found = re.search(rb'tiff:Orientation(="|>)([0-9])', text) if isinstance(text, bytes) else None
-    return int(found[2]) if found and 1 <= int(found[2]) <= 8 else 1
 
 
 def _capped(value: bytes | None, what: str, path: Path) -> bytes | None:
@@ -943,7 +942,9 @@ def _metadata(
     path: Path,
 ) -> dict[str, Any]:
     xmp = _capped(xmp, "XMP", path)
-    if xmp is not None and orientation != 1:  # turned upright as the EXIF's
+    # the pixels are as shown: the XMP says so, turned or not (EXIF 1 with XMP 6: the EXIF wins, and the XMP's 6
+    # would turn the output once more where no EXIF goes with it, a TIFF's)
+    if xmp is not None and (orientation != 1 or xmp_orientation(xmp) != 1):
         xmp = _xmp_set(xmp, _XMP_NS_TIFF, b"Orientation", 1)
     return {
         "xmp": xmp,
@@ -1027,11 +1028,13 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
             axes = page.axes
     except (ValueError, KeyError, NotImplementedError, ArithmeticError) as exc:  # TiffFileError: ValueError
         raise ImageError(f"{path}: cannot decode this 16-bit TIFF ({_one_line(exc)})") from None
+    # the tag, else the XMP's tiff:Orientation (as every reader here): tifffile applies neither
+    orientation = int(tags[274]) if 274 in tags else xmp_orientation(_as_bytes(tags.get(_TIFF_XMP)))
     if im is not None:
-        orientation, icc, exif = _tiff_tag(im, 274), im.info.get("icc_profile") or None, _tiff_exif(im)
+        icc, exif = im.info.get("icc_profile") or None, _tiff_exif(im)
         meta = _pillow_metadata(im, "TIFF", path, orientation)
     else:
-        orientation, icc, exif = int(tags.get(274, 1)), tags.get(34675) or None, None
+        icc, exif = tags.get(34675) or None, None
         icc = bytes(icc) if icc is not None else None
         unwritten = (_IPTC,) if _TIFF_IPTC in tags or _TIFF_PHOTOSHOP in tags else ()
         dpi = _turned(_tiff_dpi(tags), orientation)
@@ -2147,9 +2150,14 @@ class Frames:
         else:
             self.plays = loop if isinstance(loop, int) and loop >= 0 else 1
         self.default_image = bool(im.info.get("default_image"))
-        exif = _normalise_exif(im.info.get("exif"), path)
-        self._orientation = _shown_orientation(exif, im.info.get("xmp"))
         first = _read_opened(im, path, max_pixels, first_frame=True)
+        # the later frames turned as read_image turned the first: from what the first frame's load found (an
+        # APNG's XMP may follow its first image data), a PNG's XMP from the whole file as _read_opened reads it
+        exif = _normalise_exif(im.info.get("exif"), path)
+        xmp = im.info.get("xmp")
+        if im.format == "PNG" and not (exif and _orientation_offset(exif) is not None):
+            xmp = _png_metadata(path.read_bytes(), path)[0]
+        self._orientation = _shown_orientation(exif, xmp)
         self._canvas = im.size
         self._first_duration = _duration(im)
         self._composited: _Composited | None = None
