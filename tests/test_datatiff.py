@@ -973,7 +973,14 @@ def test_a_georeferenced_raster_with_an_orientation_tag_is_upscaled_as_shown(
         evaluate(tmp_path / name, [str(model_file)], bit_depth=16, niqe=False).images[0].scores["tiny_x2"]
         for name in ("tagged", "twin")
     ]
-    assert (scores[0].psnr, scores[0].ssim) == pytest.approx((scores[1].psnr, scores[1].ssim), abs=1e-9)
+    assert (scores[0].psnr, scores[0].ssim) == pytest.approx((scores[1].psnr, scores[1].ssim), abs=1e-6)
+    # a paired LR as GDAL makes it (georeferenced, no orientation tag): compared where the georeferencing agrees,
+    # as stored (helper-92: the HR turned and the LR not scored 14 dB, or a non-square pair was refused)
+    (tmp_path / "lr").mkdir()
+    tifffile.imwrite(tmp_path / "lr" / "b.tif", rect16[::2, ::2], photometric="rgb", extratags=geotags)
+    paired = evaluate(tmp_path / "tagged", [str(model_file)], lr_dir=tmp_path / "lr", scale=2, bit_depth=16,
+                      niqe=False, value_range=(0.0, 65535.0))  # fmt: skip
+    assert not paired.failed and paired.images[0].scores["bicubic"].psnr > 30, paired.failed
 
 
 # --- what a review found: compressed orthophotos, GDAL's internal mask, per-band no-data in colour -------------------

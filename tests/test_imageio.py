@@ -1119,6 +1119,24 @@ def test_an_xmp_orientation_turns_16_bit_tiffs_and_every_frame_alike(tmp_path: P
     assert len(got) == 3
     for k, frame in enumerate(got):
         np.testing.assert_array_equal(frame, np.rot90(frames[k], -1), err_msg=f"frame {k}")
+    # ImageMagick's "Raw profile type exif" text chunk: the frame reader took no EXIF from it (helper-92)
+    exif6 = _exif(t274=6).tobytes()
+    text = f"\nexif\n{len(exif6):8}\n{exif6.hex()}\n".encode()
+    raw = b"Raw profile type exif\x00" + text
+    raw_chunk = struct.pack(">I", len(raw)) + b"tEXt" + raw + struct.pack(">I", zlib.crc32(b"tEXt" + raw))
+    plain = [c for k, c in chunks if k != b"iTXt"]
+    (tmp_path / "raw.png").write_bytes(blob[:8] + plain[0] + raw_chunk + b"".join(plain[1:]))
+    assert np.array_equal(read_image(tmp_path / "raw.png").pixels, np.rot90(frames[0], -1))
+    with read_frames(tmp_path / "raw.png") as read:
+        assert all(np.array_equal(f.pixels, np.rot90(frames[k], -1)) for k, (f, _) in enumerate(read))
+    # a malformed XMP value Pillow reads as 6 ("60") and a two-valued tag: turned once, at 8 bits as at 16
+    bad = turn.replace(b'tiff:Orientation="6"', b'tiff:Orientation="60"')
+    tifffile.imwrite(
+        tmp_path / "x60.tif", pixels, photometric="rgb", extratags=[(700, 1, len(bad), bad, True)]
+    )
+    np.testing.assert_array_equal(read_image(tmp_path / "x60.tif").pixels, np.rot90(pixels, -1))
+    tifffile.imwrite(tmp_path / "t66.tif", deep, photometric="rgb", extratags=[(274, "H", 2, (6, 6), True)])
+    np.testing.assert_array_equal(read_image(tmp_path / "t66.tif").pixels, np.rot90(deep, -1))
 
 
 @pytest.mark.parametrize("orientation", [5, 6, 7, 8])

@@ -46,6 +46,7 @@ from .imagedata import (
     ImageData,
     ImageWarning,
     orient,
+    orientation_value,
     straighten,
     tifffile_quiet,
     too_many_pixels,
@@ -282,7 +283,9 @@ def _read(
         # the tag, else the XMP's tiff:Orientation: what the photograph reader turns a georeferenced one by
         xmp = page.tags[_XMP].value if _XMP in page.tags else None
         orientation = (
-            int(page.tags[_ORIENTATION].value) if _ORIENTATION in page.tags else xmp_orientation(xmp)
+            orientation_value(page.tags[_ORIENTATION].value)
+            if _ORIENTATION in page.tags
+            else xmp_orientation(xmp)
         )
         tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
         # reduced-resolution pages (overviews, bit 0): their factors, for the output's; a transparency mask (bit 2,

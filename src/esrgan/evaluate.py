@@ -34,14 +34,14 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ConfigError, EsrganError, ImageError, one_line, out_of_memory
-from .imagedata import orient
+from .imagedata import orient, unorient
 from .imageio import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -84,10 +84,10 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _read(path: Path, value_range: tuple[float, float] | None, what: str | None = None) -> ImageData:
-    """An image of the evaluation: a photograph as it is, a measurement as training reads it (module docstring),
-    turned as it is shown (its orientation tag applied, as to photographs): a model is then run on what
-    `esrgan upscale` runs it on. `what` (LR, SR): a paired file, whose measurement needs `value_range` to share the
-    HR's scale."""
+    """An image of the evaluation: a photograph as it is, a measurement as training reads it (module docstring;
+    as stored: a paired LR made by GDAL carries no orientation tag, and HR, LR and SR compare where their
+    georeferencing agrees). `what` (LR, SR): a paired file, whose measurement needs `value_range` to share the HR's
+    scale."""
     if not is_measurement(path):
         return read_image(path)
     if what is not None and value_range is None and own_range(path):
@@ -95,18 +95,7 @@ def _read(path: Path, value_range: tuple[float, float] | None, what: str | None 
             f"{path}: a measurement file as {what}: stretched from its own [min, max] it is not on the HR's scale; "
             "give --value-range LO:HI (the stored values every file is mapped from)"
         )
-    image = read_image(path, measurements=True, value_range=value_range)
-    turn = image.samples.orientation if image.samples is not None else 1
-    if turn == 1:
-        return image
-    return replace(
-        image,
-        pixels=orient(image.pixels, turn),
-        alpha=None if image.alpha is None else orient(image.alpha, turn),
-        extra=None,
-        valid=None,
-        samples=None,
-    )
+    return read_image(path, measurements=True, value_range=value_range)
 
 
 def _find_paired(
@@ -221,10 +210,11 @@ class _Model:
     scale: int
     upscaler: Upscaler
 
-    def run(self, lr: np.ndarray) -> tuple[np.ndarray, Inference]:
+    def run(self, lr: np.ndarray, turn: int = 1) -> tuple[np.ndarray, Inference]:
         """The model's output for uint8 (uint16) LR, of the same type, and how it was computed (precision as
-        computed, tile as used)."""
-        out = self.upscaler.upscale(lr)
+        computed, tile as used). turn: the HR's orientation tag (a measurement raster, held as stored): the model
+        sees the LR as it is shown, as `esrgan upscale` runs it, and its output is turned back."""
+        out = unorient(self.upscaler.upscale(orient(lr, turn)), turn)
         up = self.upscaler
         tile = up.last_tile if up.last_tile < max(lr.shape[:2]) else 0  # a tile the image fits in: one pass
         engine = up.runner_for(lr.dtype).engine
@@ -673,7 +663,9 @@ def _evaluate_one(
 ) -> ImageResult:
     """One HR image scored by every method; ``shared``: another HR image has its stem (see _find_paired)."""
     s, border, bits = result.scale, result.crop_border, result.bit_depth
-    original = _pixels_at(_read(path, result.value_range), bits)
+    read = _read(path, result.value_range)
+    turn = read.samples.orientation if read.samples is not None else 1
+    original = _pixels_at(read, bits)
     # grey as RGB of three equal channels, as BasicSR's test reads it: the LR is RGB, the model's RGB output is
     # scored as it is (not averaged back to grey); PSNR, SSIM and NIQE of the equal channels are the grey's
     hr = mod_crop(original if original.shape[2] == 3 else np.repeat(original, 3, axis=2), s)
@@ -701,7 +693,7 @@ def _evaluate_one(
     inference: dict[str, Inference] = {}
     for m in models:
         t0 = time.perf_counter()
-        out, inference[m.name] = m.run(lr)
+        out, inference[m.name] = m.run(lr, turn)
         seconds[m.name] = time.perf_counter() - t0
         if out.shape[:2] != hr.shape[:2]:
             raise EsrganError(

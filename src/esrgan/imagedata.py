@@ -32,6 +32,7 @@ __all__ = [
     "ImageWarning",
     "from_float",
     "orient",
+    "orientation_value",
     "straighten",
     "tifffile_quiet",
     "to_float",
@@ -236,6 +237,17 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
     elif orientation == 8:
         array = np.rot90(array, 1)
     return np.ascontiguousarray(array)
+
+
+def orientation_value(value: object) -> int:
+    """An orientation tag's value as read: an int, or from a malformed file a tuple (its largest counts, as
+    Pillow's reading of the tag takes it); 1 for anything else (a string: Pillow's load does not turn by it) and
+    for values outside 1-8."""
+    if isinstance(value, tuple):
+        value = max((v for v in value if isinstance(v, int)), default=1)
+    if not isinstance(value, int):  # an IntEnum (tifffile's) is an int
+        return 1
+    return int(value) if 1 <= value <= 8 else 1
 
 
 def xmp_orientation(xmp: object) -> int:

@@ -54,6 +54,7 @@ from .imagedata import (
     ImageWarning,
     from_float,
     orient,
+    orientation_value,
     straighten,
     tifffile_quiet,
     to_float,
@@ -541,15 +542,10 @@ def _read_opened(
         return _read_tiff16(im, path, max_pixels)
 
     had_tag = fmt == "TIFF" and 274 in im.tag_v2  # type: ignore[attr-defined]
-    tiff_orientation = int(im.tag_v2.get(274, 1)) if fmt == "TIFF" else 1  # type: ignore[attr-defined]
+    tiff_orientation = orientation_value(im.tag_v2.get(274, 1)) if fmt == "TIFF" else 1  # type: ignore[attr-defined]
     xmp_turn = xmp_orientation(im.info.get("xmp")) if fmt == "TIFF" else 1
     im.load()
-    if fmt == "TIFF":
-        exif = _tiff_exif(im)
-    elif "exif" not in im.info and "Raw profile type exif" in im.info:  # ImageMagick's PNG text chunk
-        exif = _normalise_exif(im.getexif().tobytes(), path)
-    else:
-        exif = _normalise_exif(im.info.get("exif"), path)
+    exif = _tiff_exif(im) if fmt == "TIFF" else _loaded_exif(im, path)
     icc = im.info.get("icc_profile") or None
     pixels, alpha, depth, icc = _pil_to_arrays(im, path, icc)
 
@@ -557,11 +553,9 @@ def _read_opened(
         # the file's orientation: its tag, else its XMP's (as every format's). Pillow >= 11 applies it during
         # load() and deletes the tag, or the XMP's tiff:Orientation; Pillow 10 applies neither: turn what it left
         turned = tiff_orientation if had_tag else xmp_turn
-        left = (
-            274 in im.tag_v2  # type: ignore[attr-defined]
-            if had_tag
-            else xmp_orientation(im.info.get("xmp")) == xmp_turn
-        )
+        # whether Pillow left it: the tag is still there, or (an XMP's) Pillow is older than 11; not the XMP's text
+        # after the load, which Pillow strips of the plain forms only ("60", "6.0" and " 6 " it reads as 6 too)
+        left = 274 in im.tag_v2 if had_tag else not _PILLOW_TURNS_TIFF  # type: ignore[attr-defined]
         orientation = turned if left else 1  # what is still to be applied here
     else:
         orientation = turned = _shown_orientation(exif, png[0] if fmt == "PNG" else im.info.get("xmp"))
@@ -732,6 +726,14 @@ def _orientation_offset(exif: bytes) -> tuple[int, _ExifOrder] | None:
     return None
 
 
+def _loaded_exif(im: Image.Image, path: Path) -> bytes | None:
+    """The EXIF of a loaded PNG, JPEG, WebP or GIF (its eXIf/APP1 chunk, or ImageMagick's PNG text chunk), as the
+    still reader and the frame reader both take it."""
+    if "exif" not in im.info and "Raw profile type exif" in im.info:  # ImageMagick's PNG text chunk
+        return _normalise_exif(im.getexif().tobytes(), path)
+    return _normalise_exif(im.info.get("exif"), path)
+
+
 def _shown_orientation(exif: bytes | None, xmp: object) -> int:
     """How the pixels are shown: the EXIF's orientation tag, else (no such tag) the XMP's tiff:Orientation, as the
     Metadata Working Group's guidelines and Pillow (Image.getexif, ImageOps.exif_transpose; a TIFF's load) read
@@ -818,6 +820,8 @@ _JPEG_PHOTOSHOP_ID = b"Photoshop 3.0\x00"  # APP13: IPTC and Photoshop's image r
 _TIFF_XMP, _TIFF_IPTC, _TIFF_PHOTOSHOP = 700, 33723, 34377
 _IPTC = "IPTC/Photoshop data"
 _PILLOW_JPEG_XMP = tuple(int(p) for p in re.findall(r"\d+", PIL.__version__)[:2]) >= (11, 0)
+_PILLOW_TURNS_TIFF = _PILLOW_JPEG_XMP
+"""Pillow >= 11 turns a TIFF by its orientation (the tag, else the XMP's) during load (TiffImageFile.load_end)."""
 """Pillow's JPEG writer takes xmp= from 11.0; before, the same APP1 segment goes in through its `extra` bytes."""
 
 
@@ -1029,7 +1033,9 @@ def _read_tiff16(im: Image.Image | None, path: Path, max_pixels: int) -> ImageDa
     except (ValueError, KeyError, NotImplementedError, ArithmeticError) as exc:  # TiffFileError: ValueError
         raise ImageError(f"{path}: cannot decode this 16-bit TIFF ({_one_line(exc)})") from None
     # the tag, else the XMP's tiff:Orientation (as every reader here): tifffile applies neither
-    orientation = int(tags[274]) if 274 in tags else xmp_orientation(_as_bytes(tags.get(_TIFF_XMP)))
+    orientation = (
+        orientation_value(tags[274]) if 274 in tags else xmp_orientation(_as_bytes(tags.get(_TIFF_XMP)))
+    )
     if im is not None:
         icc, exif = im.info.get("icc_profile") or None, _tiff_exif(im)
         meta = _pillow_metadata(im, "TIFF", path, orientation)
@@ -2153,7 +2159,7 @@ class Frames:
         first = _read_opened(im, path, max_pixels, first_frame=True)
         # the later frames turned as read_image turned the first: from what the first frame's load found (an
         # APNG's XMP may follow its first image data), a PNG's XMP from the whole file as _read_opened reads it
-        exif = _normalise_exif(im.info.get("exif"), path)
+        exif = _loaded_exif(im, path)
         xmp = im.info.get("xmp")
         if im.format == "PNG" and not (exif and _orientation_offset(exif) is not None):
             xmp = _png_metadata(path.read_bytes(), path)[0]
